@@ -1,0 +1,25 @@
+//! lb node agent: turns Services and EndpointSlices into the eBPF
+//! datapath's maps.
+//!
+//! - [`manifest`] reads Kubernetes YAML from a directory;
+//! - [`translate`] applies kube-proxy's semantics and produces the desired
+//!   [`model`];
+//! - [`reconcile`] writes the difference into the pinned maps ([`maps`]);
+//! - [`datapath`] loads and attaches the programs;
+//! - [`list`] renders what the maps hold.
+
+pub mod datapath;
+pub mod list;
+pub mod manifest;
+pub mod maps;
+pub mod model;
+pub mod netns;
+pub mod reconcile;
+pub mod run;
+pub mod translate;
+
+/// The eBPF object, built by `cargo xtask build-ebpf`.
+pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("LB_EBPF_OBJECT_PATH"));
+
+/// Default bpffs directory for the pinned maps.
+pub const DEFAULT_BPFFS_DIR: &str = "/sys/fs/bpf/lb";

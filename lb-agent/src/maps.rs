@@ -1,0 +1,164 @@
+//! Typed handles on the pinned maps, shared by the reconciler and `list`.
+
+use std::path::{Path, PathBuf};
+
+use aya::maps::{Array, HashMap, Map, MapData, MapError};
+use lb_common::{
+    Backend4, BackendKey, Config, Ct4Key, CtEntry, RevNat4, RevNatKey, Service4Key,
+    Service4Value, Slot, SlotKey, SockRevNat4, SockRevNat4Key, SvcName, names,
+};
+
+#[derive(Debug, thiserror::Error)]
+pub enum MapsError {
+    #[error("cannot open pinned map {name} at {path}: {source} (is the agent running, or has it run, with this --bpffs directory?)")]
+    Open {
+        name: &'static str,
+        path: PathBuf,
+        #[source]
+        source: MapError,
+    },
+    #[error("map {name} is full ({max_entries} entries); raise its size with the agent's --map-size flags")]
+    Full { name: &'static str, max_entries: u32 },
+    #[error("writing map {name} failed: {source}")]
+    Write {
+        name: &'static str,
+        #[source]
+        source: MapError,
+    },
+    #[error("reading map {name} failed: {source}")]
+    Read {
+        name: &'static str,
+        #[source]
+        source: MapError,
+    },
+}
+
+/// One pinned map with its name and capacity, for error messages.
+pub struct Named<M> {
+    pub name: &'static str,
+    pub max_entries: u32,
+    pub map: M,
+}
+
+impl<M> Named<M> {
+    fn write_error(&self, source: MapError) -> MapsError {
+        if let MapError::SyscallError(e) = &source {
+            // A full hash map answers E2BIG to an insert of a new key.
+            if e.io_error.raw_os_error() == Some(libc::E2BIG) {
+                return MapsError::Full {
+                    name: self.name,
+                    max_entries: self.max_entries,
+                };
+            }
+        }
+        MapsError::Write { name: self.name, source }
+    }
+
+    fn read_error(&self, source: MapError) -> MapsError {
+        MapsError::Read { name: self.name, source }
+    }
+}
+
+impl<K: aya::Pod, V: aya::Pod> Named<HashMap<MapData, K, V>> {
+    pub fn insert(&mut self, key: &K, value: &V) -> Result<(), MapsError> {
+        self.map.insert(key, value, 0).map_err(|e| self.write_error(e))
+    }
+
+    /// Removes `key`; a key that is already gone is not an error.
+    pub fn remove(&mut self, key: &K) -> Result<(), MapsError> {
+        match self.map.remove(key) {
+            Ok(()) => Ok(()),
+            Err(MapError::KeyNotFound) => Ok(()),
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+            Err(e) => Err(self.write_error(e)),
+        }
+    }
+
+    pub fn get(&self, key: &K) -> Result<Option<V>, MapsError> {
+        match self.map.get(key, 0) {
+            Ok(v) => Ok(Some(v)),
+            Err(MapError::KeyNotFound) => Ok(None),
+            Err(e) => Err(self.read_error(e)),
+        }
+    }
+
+    /// All entries. Entries deleted during the walk are skipped.
+    pub fn entries(&self) -> Result<Vec<(K, V)>, MapsError> {
+        let mut out = Vec::new();
+        for item in self.map.iter() {
+            match item {
+                Ok(kv) => out.push(kv),
+                Err(MapError::KeyNotFound) => continue,
+                Err(e) => return Err(self.read_error(e)),
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// Every map of the datapath, opened from its pin.
+pub struct Maps {
+    pub dir: PathBuf,
+    pub services: Named<HashMap<MapData, Service4Key, Service4Value>>,
+    pub slots: Named<HashMap<MapData, SlotKey, Slot>>,
+    pub backends: Named<HashMap<MapData, BackendKey, Backend4>>,
+    pub revnat: Named<HashMap<MapData, RevNatKey, RevNat4>>,
+    pub ct: Named<HashMap<MapData, Ct4Key, CtEntry>>,
+    pub sock_revnat: Named<HashMap<MapData, SockRevNat4Key, SockRevNat4>>,
+    pub config: Named<Array<MapData, Config>>,
+    pub names: Named<HashMap<MapData, RevNatKey, SvcName>>,
+}
+
+fn open<T>(dir: &Path, name: &'static str) -> Result<Named<T>, MapsError>
+where
+    T: TryFrom<Map, Error = MapError>,
+{
+    let path = dir.join(name);
+    let err = |source| MapsError::Open { name, path: path.clone(), source };
+    let data = MapData::from_pin(&path).map_err(err)?;
+    let max_entries = data.info().map_err(err)?.max_entries();
+    let map = Map::from_map_data(data).map_err(err)?;
+    let map = T::try_from(map).map_err(err)?;
+    Ok(Named { name, max_entries, map })
+}
+
+impl Maps {
+    /// Opens the maps pinned under `dir`.
+    pub fn open(dir: &Path) -> Result<Maps, MapsError> {
+        Ok(Maps {
+            dir: dir.to_path_buf(),
+            services: open(dir, names::SERVICES)?,
+            slots: open(dir, names::SLOTS)?,
+            backends: open(dir, names::BACKENDS)?,
+            revnat: open(dir, names::REVNAT)?,
+            ct: open(dir, names::CT)?,
+            sock_revnat: open(dir, names::SOCK_REVNAT)?,
+            config: open(dir, names::CONFIG)?,
+            names: open(dir, names::SVC_NAMES)?,
+        })
+    }
+
+    pub fn write_config(&mut self, config: &Config) -> Result<(), MapsError> {
+        let c = &mut self.config;
+        c.map.set(0, config, 0).map_err(|e| c.write_error(e))
+    }
+
+    pub fn read_config(&self) -> Result<Config, MapsError> {
+        let c = &self.config;
+        c.map.get(&0, 0).map_err(|e| c.read_error(e))
+    }
+}
+
+/// `SvcName` from a label, truncated to fit and NUL padded.
+pub fn svc_name(label: &str) -> SvcName {
+    let mut name = [0u8; lb_common::SVC_NAME_LEN];
+    let bytes = label.as_bytes();
+    let n = bytes.len().min(name.len() - 1);
+    name[..n].copy_from_slice(&bytes[..n]);
+    SvcName { name }
+}
+
+pub fn svc_name_str(name: &SvcName) -> String {
+    let end = name.name.iter().position(|&b| b == 0).unwrap_or(name.name.len());
+    String::from_utf8_lossy(&name.name[..end]).into_owned()
+}

@@ -1,0 +1,161 @@
+//! Facts about the agent's own network namespace and the host.
+
+use std::{
+    io,
+    os::fd::{AsRawFd, FromRawFd, OwnedFd},
+    path::{Path, PathBuf},
+};
+
+/// The cookie of the calling thread's network namespace (SO_NETNS_COOKIE,
+/// Linux 5.14+).
+pub fn current_netns_cookie() -> io::Result<u64> {
+    // SAFETY: plain socket(2); the fd is owned right away.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh, valid descriptor.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    let mut cookie: u64 = 0;
+    let mut len = size_of::<u64>() as libc::socklen_t;
+    const SO_NETNS_COOKIE: libc::c_int = 71;
+    // SAFETY: cookie and len are valid for the duration of the call.
+    let ret = unsafe {
+        libc::getsockopt(
+            sock.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            (&mut cookie as *mut u64).cast(),
+            &mut len,
+        )
+    };
+    if ret != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(cookie)
+}
+
+/// Names of the interfaces in the current network namespace.
+pub fn interface_names() -> io::Result<Vec<String>> {
+    // SAFETY: if_nameindex returns an array terminated by a zero entry,
+    // freed below with if_freenameindex.
+    unsafe {
+        let list = libc::if_nameindex();
+        if list.is_null() {
+            return Err(io::Error::last_os_error());
+        }
+        let mut names = Vec::new();
+        let mut cur = list;
+        while (*cur).if_index != 0 {
+            let name = std::ffi::CStr::from_ptr((*cur).if_name);
+            names.push(name.to_string_lossy().into_owned());
+            cur = cur.add(1);
+        }
+        libc::if_freenameindex(list);
+        Ok(names)
+    }
+}
+
+/// Shell-style match with `*` wildcards only (`lxc*`, `*-pod`, `veth*x`).
+pub fn glob_match(pattern: &str, name: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    if parts.len() == 1 {
+        return pattern == name;
+    }
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if !name.starts_with(first) || name.len() < first.len() + last.len() || !name.ends_with(last) {
+        return false;
+    }
+    let mut rest = &name[first.len()..name.len() - last.len()];
+    for mid in &parts[1..parts.len() - 1] {
+        match rest.find(mid) {
+            Some(i) => rest = &rest[i + mid.len()..],
+            None => return false,
+        }
+    }
+    true
+}
+
+/// Filesystem type of the mount holding `path`.
+fn fs_magic(path: &Path) -> io::Result<libc::c_long> {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: c is NUL terminated, st is a valid out pointer.
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(st.f_type as libc::c_long)
+}
+
+const BPF_FS_MAGIC: libc::c_long = 0xcafe4a11;
+const CGROUP2_SUPER_MAGIC: libc::c_long = 0x63677270;
+
+/// Makes sure `dir` lies on a bpffs. If `/sys/fs/bpf` is not mounted, mounts
+/// it there first, as Cilium's agent does. Creates `dir`.
+pub fn ensure_bpffs(dir: &Path) -> anyhow::Result<()> {
+    let root = Path::new("/sys/fs/bpf");
+    if dir.starts_with(root) && fs_magic(root).ok() != Some(BPF_FS_MAGIC) {
+        std::fs::create_dir_all(root)?;
+        let src = c"bpf";
+        let target = c"/sys/fs/bpf";
+        // SAFETY: constant NUL-terminated strings.
+        let ret = unsafe {
+            libc::mount(src.as_ptr(), target.as_ptr(), src.as_ptr(), 0, std::ptr::null())
+        };
+        if ret != 0 {
+            anyhow::bail!(
+                "bpffs is not mounted at /sys/fs/bpf and mounting it failed: {} \
+                 (run `mount -t bpf bpf /sys/fs/bpf` as root)",
+                io::Error::last_os_error()
+            );
+        }
+        tracing::info!("mounted bpffs at /sys/fs/bpf");
+    }
+    std::fs::create_dir_all(dir)?;
+    if fs_magic(dir)? != BPF_FS_MAGIC {
+        anyhow::bail!(
+            "{} is not on a bpffs: mount one (`mount -t bpf bpf <dir>`) or choose --bpffs under /sys/fs/bpf",
+            dir.display()
+        );
+    }
+    Ok(())
+}
+
+/// The cgroup2 mount to attach socket hooks to: `/sys/fs/cgroup` on a
+/// unified host, `/sys/fs/cgroup/unified` on a hybrid one.
+pub fn find_cgroup2() -> io::Result<PathBuf> {
+    for candidate in ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"] {
+        if fs_magic(Path::new(candidate)).ok() == Some(CGROUP2_SUPER_MAGIC) {
+            return Ok(PathBuf::from(candidate));
+        }
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mounts")?;
+    mounts
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let (_, target, fstype) = (f.next()?, f.next()?, f.next()?);
+            (fstype == "cgroup2").then(|| PathBuf::from(target))
+        })
+        .next()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no cgroup2 mount found"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::glob_match;
+
+    #[test]
+    fn globs() {
+        assert!(glob_match("lxc*", "lxc12ab"));
+        assert!(glob_match("lxc*", "lxc"));
+        assert!(!glob_match("lxc*", "eth0"));
+        assert!(glob_match("eth0", "eth0"));
+        assert!(!glob_match("eth0", "eth01"));
+        assert!(glob_match("*pod", "mypod"));
+        assert!(glob_match("a*b*c", "axxbyyc"));
+        assert!(!glob_match("a*b*c", "axxc"));
+        assert!(!glob_match("ab*ba", "aba"));
+    }
+}

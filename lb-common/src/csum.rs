@@ -1,0 +1,151 @@
+//! Internet checksum arithmetic (RFC 1071, RFC 1624).
+//!
+//! All values are taken exactly as they sit in packet memory (network byte
+//! order loaded as native integers): one's-complement sums do not depend on
+//! byte order as long as every operand uses the same one.
+
+/// Folds a 32-bit one's-complement accumulator into 16 bits.
+#[inline(always)]
+pub fn fold(mut sum: u32) -> u16 {
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum = (sum & 0xffff) + (sum >> 16);
+    sum as u16
+}
+
+/// RFC 1624 eqn. 3: the checksum after one 16-bit word changed.
+#[inline(always)]
+pub fn replace2(check: u16, from: u16, to: u16) -> u16 {
+    let sum = (!check as u32) + (!from as u32) + (to as u32);
+    !fold(sum)
+}
+
+/// The checksum after one 32-bit word (an IPv4 address) changed.
+#[inline(always)]
+pub fn replace4(check: u16, from: u32, to: u32) -> u16 {
+    let sum = (!check as u32)
+        + ((!from) & 0xffff)
+        + ((!from) >> 16)
+        + (to & 0xffff)
+        + (to >> 16);
+    !fold(sum)
+}
+
+/// UDP uses 0 for "no checksum"; a computed 0 is sent as 0xffff.
+#[inline(always)]
+pub fn udp_mangled_zero(check: u16) -> u16 {
+    if check == 0 { 0xffff } else { check }
+}
+
+/// One's-complement sum of `data` as native-order 16-bit words, added to
+/// `seed`. `N` is a constant so that the eBPF verifier sees a bounded loop.
+#[inline(always)]
+pub fn sum_words<const N: usize>(data: &[u8; N], seed: u32) -> u32 {
+    let mut sum = seed as u64;
+    let mut i = 0;
+    while i + 1 < N {
+        sum += u16::from_ne_bytes([data[i], data[i + 1]]) as u64;
+        i += 2;
+    }
+    if N % 2 == 1 {
+        sum += u16::from_ne_bytes([data[N - 1], 0]) as u64;
+    }
+    while sum >> 32 != 0 {
+        sum = (sum & 0xffff_ffff) + (sum >> 32);
+    }
+    sum as u32
+}
+
+/// The checksum of a fixed-size buffer (checksum field zeroed by the caller).
+#[inline(always)]
+pub fn checksum<const N: usize>(data: &[u8; N]) -> u16 {
+    !fold(sum_words(data, 0))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Plain RFC 1071 over big-endian words, written independently of the
+    /// functions above.
+    fn reference(data: &[u8]) -> u16 {
+        let mut sum: u32 = 0;
+        for chunk in data.chunks(2) {
+            let word = if chunk.len() == 2 {
+                u16::from_be_bytes([chunk[0], chunk[1]])
+            } else {
+                u16::from_be_bytes([chunk[0], 0])
+            };
+            sum += word as u32;
+        }
+        while sum >> 16 != 0 {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        !(sum as u16)
+    }
+
+    fn header() -> [u8; 20] {
+        [
+            0x45, 0, 0, 60, 0x1c, 0x46, 0x40, 0, 64, 6, 0, 0, 10, 244, 0, 11, 10, 96, 0, 10,
+        ]
+    }
+
+    fn store_check(h: &mut [u8; 20]) {
+        h[10] = 0;
+        h[11] = 0;
+        let c = checksum(h);
+        h[10..12].copy_from_slice(&c.to_ne_bytes());
+    }
+
+    #[test]
+    fn full_checksum_matches_reference() {
+        let mut h = header();
+        store_check(&mut h);
+        let mut z = h;
+        z[10] = 0;
+        z[11] = 0;
+        assert_eq!(u16::from_be_bytes([h[10], h[11]]), reference(&z));
+        assert_eq!(reference(&h), 0, "a header with its checksum sums to zero");
+    }
+
+    #[test]
+    fn odd_length_checksum() {
+        let data = [1u8, 2, 3, 4, 5];
+        assert_eq!(checksum(&data).to_ne_bytes(), reference(&data).to_be_bytes());
+    }
+
+    #[test]
+    fn replace4_equals_recompute() {
+        for to in [0x0a_f4_00_0cu32, 0, 0xffff_ffff, 0x7f00_0001, 0xc0a8_0101] {
+            let mut h = header();
+            store_check(&mut h);
+            let old_check = u16::from_ne_bytes([h[10], h[11]]);
+            let from = u32::from_ne_bytes([h[16], h[17], h[18], h[19]]);
+            h[16..20].copy_from_slice(&to.to_be_bytes());
+            let new = replace4(old_check, from, u32::from_ne_bytes(to.to_be_bytes()));
+            let mut expect = h;
+            store_check(&mut expect);
+            assert_eq!(new.to_ne_bytes(), [expect[10], expect[11]], "to={to:#x}");
+        }
+    }
+
+    #[test]
+    fn replace2_equals_recompute() {
+        for to in [0u16, 1, 0x1f90, 0xffff] {
+            let mut h = header();
+            store_check(&mut h);
+            let old_check = u16::from_ne_bytes([h[10], h[11]]);
+            let from = u16::from_ne_bytes([h[2], h[3]]);
+            h[2..4].copy_from_slice(&to.to_be_bytes());
+            let new = replace2(old_check, from, u16::from_ne_bytes(to.to_be_bytes()));
+            let mut expect = h;
+            store_check(&mut expect);
+            // 0x0000 and 0xffff are the same value in one's complement.
+            let got = new.to_ne_bytes();
+            assert!(
+                got == [expect[10], expect[11]] || (got == [0xff, 0xff] && expect[10..12] == [0, 0]),
+                "to={to:#x} got {got:?} expect {:?}",
+                &expect[10..12]
+            );
+        }
+    }
+}

@@ -1,0 +1,43 @@
+//! The datapath's maps. Their key and value types live in `lb-common`;
+//! see `docs/map-model.md`. Sizes here are defaults the agent overrides.
+
+use aya_ebpf::{
+    btf_maps::{Array, HashMap, LruHashMap},
+    macros::btf_map,
+};
+use lb_common::{
+    Backend4, BackendKey, Config, Ct4Key, CtEntry, RevNat4, RevNatKey, Service4Key,
+    Service4Value, Slot, SlotKey, SockRevNat4, SockRevNat4Key, SvcName, sizes,
+};
+
+#[btf_map]
+pub static LB4_SERVICES: HashMap<Service4Key, Service4Value, { sizes::SERVICES as usize }> =
+    HashMap::new();
+
+#[btf_map]
+pub static LB4_SLOTS: HashMap<SlotKey, Slot, { sizes::SLOTS as usize }> = HashMap::new();
+
+#[btf_map]
+pub static LB4_BACKENDS: HashMap<BackendKey, Backend4, { sizes::BACKENDS as usize }> =
+    HashMap::new();
+
+#[btf_map]
+pub static LB4_REVNAT: HashMap<RevNatKey, RevNat4, { sizes::REVNAT as usize }> = HashMap::new();
+
+/// Connection tracking. LRU: under pressure the oldest flows go first and a
+/// new flow never fails to be recorded.
+#[btf_map]
+pub static LB4_CT: LruHashMap<Ct4Key, CtEntry, { sizes::CT as usize }> = LruHashMap::new();
+
+#[btf_map]
+pub static LB4_SOCK_REVNAT: LruHashMap<SockRevNat4Key, SockRevNat4, { sizes::SOCK_REVNAT as usize }> =
+    LruHashMap::new();
+
+#[btf_map]
+pub static LB_CONFIG: Array<Config, 1> = Array::new();
+
+/// Names of frontends for `lb-agent list` and bpftool. Only userspace
+/// writes and reads it.
+#[btf_map]
+pub static LB_SVC_NAMES: HashMap<RevNatKey, SvcName, { sizes::SVC_NAMES as usize }> =
+    HashMap::new();

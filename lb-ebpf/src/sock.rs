@@ -1,0 +1,148 @@
+//! Socket-level load balancing for clients in the host network namespace.
+//!
+//! connect4 and sendmsg4 turn a frontend into a backend before the socket
+//! ever sends a packet, so host traffic needs no per-packet NAT and no
+//! conntrack. recvmsg4 and getpeername4 turn the backend back into the
+//! frontend, so the application only ever sees the address it dialled.
+//! Only sockets in the node's host namespace are translated (the namespace
+//! cookie in `LB_CONFIG`); pods are served by the tc program.
+
+use aya_ebpf::{
+    EbpfContext,
+    helpers::{bpf_get_netns_cookie, bpf_get_socket_cookie, bpf_set_retval},
+    macros::cgroup_sock_addr,
+    programs::SockAddrContext,
+};
+use aya_log_ebpf::debug;
+use lb_common::{SockRevNat4, SockRevNat4Key};
+
+use crate::{
+    lookup::{config, rev_nat, select_backend, service},
+    maps::LB4_SOCK_REVNAT,
+};
+
+/// Return values of cgroup sock_addr programs.
+const ALLOW: i32 = 1;
+const REJECT: i32 = 0;
+const ECONNREFUSED: i32 = 111;
+
+enum Error {
+    /// A backend slot or the socket rev-NAT entry could not be read or
+    /// written.
+    Map,
+}
+
+#[cgroup_sock_addr(connect4)]
+pub fn lb_connect4(ctx: SockAddrContext) -> i32 {
+    entry(&ctx, try_forward(&ctx))
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn lb_sendmsg4(ctx: SockAddrContext) -> i32 {
+    entry(&ctx, try_forward(&ctx))
+}
+
+#[cgroup_sock_addr(recvmsg4)]
+pub fn lb_recvmsg4(ctx: SockAddrContext) -> i32 {
+    entry(&ctx, try_reverse(&ctx))
+}
+
+#[cgroup_sock_addr(getpeername4)]
+pub fn lb_getpeername4(ctx: SockAddrContext) -> i32 {
+    entry(&ctx, try_reverse(&ctx))
+}
+
+#[inline(always)]
+fn entry(ctx: &SockAddrContext, result: Result<i32, Error>) -> i32 {
+    match result {
+        Ok(verdict) => verdict,
+        Err(Error::Map) => {
+            // Leave the address alone: the socket reaches the frontend
+            // address untranslated, as without lb.
+            debug!(ctx, "lb sock: map access failed, address left untranslated");
+            ALLOW
+        }
+    }
+}
+
+#[inline(always)]
+fn in_host_netns(ctx: &SockAddrContext) -> bool {
+    let Some(cfg) = config() else {
+        return false;
+    };
+    // SAFETY: the helper takes the program context.
+    unsafe { bpf_get_netns_cookie(ctx.as_ptr()) == cfg.host_netns_cookie }
+}
+
+#[inline(always)]
+fn try_forward(ctx: &SockAddrContext) -> Result<i32, Error> {
+    if !in_host_netns(ctx) {
+        return Ok(ALLOW);
+    }
+    // SAFETY: the context is a valid bpf_sock_addr for this program.
+    let sa = unsafe { &mut *ctx.sock_addr };
+    let addr = sa.user_ip4;
+    // The port sits in network order in the low 16 bits.
+    let port = sa.user_port as u16;
+    let proto = sa.protocol as u8;
+    let Some(svc) = service(addr, port, proto) else {
+        return Ok(ALLOW);
+    };
+    if svc.count == 0 {
+        // SAFETY: plain helper call; cgroup sock_addr programs may set the
+        // syscall's return value.
+        unsafe { bpf_set_retval(-ECONNREFUSED) };
+        return Ok(REJECT);
+    }
+    let (_, be) = select_backend(&svc).ok_or(Error::Map)?;
+    // SAFETY: the helper takes the program context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let key = SockRevNat4Key {
+        cookie,
+        addr: be.addr,
+        port: be.port,
+        _pad: 0,
+    };
+    let value = SockRevNat4 {
+        addr,
+        port,
+        _pad: 0,
+        rev_nat_id: svc.id,
+    };
+    LB4_SOCK_REVNAT.insert(&key, &value, 0).map_err(|_| Error::Map)?;
+    sa.user_ip4 = be.addr;
+    sa.user_port = be.port as u32;
+    Ok(ALLOW)
+}
+
+#[inline(always)]
+fn try_reverse(ctx: &SockAddrContext) -> Result<i32, Error> {
+    if !in_host_netns(ctx) {
+        return Ok(ALLOW);
+    }
+    // SAFETY: the context is a valid bpf_sock_addr for this program.
+    let sa = unsafe { &mut *ctx.sock_addr };
+    // SAFETY: the helper takes the program context.
+    let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    let key = SockRevNat4Key {
+        cookie,
+        addr: sa.user_ip4,
+        port: sa.user_port as u16,
+        _pad: 0,
+    };
+    // SAFETY: read once and copied.
+    let Some(front) = (unsafe { LB4_SOCK_REVNAT.get(&key).copied() }) else {
+        return Ok(ALLOW);
+    };
+    // Only while the frontend still exists as recorded.
+    match rev_nat(front.rev_nat_id) {
+        Some(rn) if rn.addr == front.addr && rn.port == front.port => {
+            sa.user_ip4 = front.addr;
+            sa.user_port = front.port as u32;
+        }
+        _ => {
+            LB4_SOCK_REVNAT.remove(&key).map_err(|_| Error::Map)?;
+        }
+    }
+    Ok(ALLOW)
+}

@@ -1,0 +1,292 @@
+//! tc ingress on the host side of pod interfaces (east-west traffic).
+//!
+//! A packet from a pod to a frontend is DNATed to a backend, and the flow is
+//! recorded in `LB4_CT` in both directions. A reply from a backend matches
+//! the reply entry and has its source turned back into the frontend, so the
+//! client only ever sees the address it dialled.
+
+use aya_ebpf::{
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_OK, TC_ACT_SHOT},
+    helpers::{bpf_redirect, bpf_skb_change_tail},
+    macros::classifier,
+    programs::TcContext,
+};
+use aya_log_ebpf::debug;
+use lb_common::{
+    CT_REPLY, CT_SERVICE, Ct4Key, IPPROTO_TCP, IPPROTO_UDP, Service4Value,
+    packet::{
+        ETH_HLEN, ETH_P_IP, ICMP_QUOTE_LEN, ICMP_UNREACH_LEN, IPV4_HLEN, icmp_port_unreachable,
+        ip, is_later_fragment, l4, l4_check_offset,
+    },
+};
+
+use crate::{
+    lookup::{backend, config, new_ct_entry, now_ns, rev_nat, select_backend, service},
+    maps::LB4_CT,
+};
+
+enum Error {
+    /// The packet is too short or not well formed: not ours to judge.
+    Malformed,
+    /// A map or packet write failed half-way through a translation.
+    Rewrite,
+}
+
+#[classifier]
+pub fn lb_tc(ctx: TcContext) -> i32 {
+    match try_lb_tc(&ctx) {
+        Ok(action) => action,
+        // The kernel's own stack validates and drops garbage.
+        Err(Error::Malformed) => TC_ACT_OK,
+        // Never let a half-translated packet out.
+        Err(Error::Rewrite) => {
+            debug!(&ctx, "lb_tc: translation failed, packet dropped");
+            TC_ACT_SHOT
+        }
+    }
+}
+
+/// The parsed IPv4 5-tuple, all fields in network order.
+struct Flow {
+    saddr: u32,
+    daddr: u32,
+    sport: u16,
+    dport: u16,
+    proto: u8,
+    tcp_flags: u8,
+    l4_off: usize,
+}
+
+#[inline(always)]
+fn ptr_at<T>(ctx: &TcContext, off: usize) -> Result<*const T, Error> {
+    let start = ctx.data();
+    if start + off + size_of::<T>() > ctx.data_end() {
+        return Err(Error::Malformed);
+    }
+    Ok((start + off) as *const T)
+}
+
+#[inline(always)]
+fn read<T: Copy>(ctx: &TcContext, off: usize) -> Result<T, Error> {
+    // SAFETY: ptr_at checked the bounds against data_end.
+    Ok(unsafe { ptr_at::<T>(ctx, off)?.read_unaligned() })
+}
+
+/// Headers we may read: Ethernet, IPv4 with options, a TCP header.
+const MAX_HEADERS: u32 = (ETH_HLEN + 60 + 20) as u32;
+
+#[inline(always)]
+fn parse(ctx: &TcContext) -> Result<Option<Flow>, Error> {
+    // Headers may sit in paged data on some drivers; pull them in once.
+    if ctx.data() + (MAX_HEADERS as usize) > ctx.data_end() {
+        let want = if ctx.len() < MAX_HEADERS { ctx.len() } else { MAX_HEADERS };
+        ctx.pull_data(want).map_err(|_| Error::Malformed)?;
+    }
+    if read::<u16>(ctx, 12)? != ETH_P_IP.to_be() {
+        return Ok(None);
+    }
+    let ver_ihl: u8 = read(ctx, ETH_HLEN)?;
+    if ver_ihl >> 4 != 4 {
+        return Err(Error::Malformed);
+    }
+    let ihl = ((ver_ihl & 0x0f) as usize) * 4;
+    if ihl < IPV4_HLEN {
+        return Err(Error::Malformed);
+    }
+    let proto: u8 = read(ctx, ETH_HLEN + ip::PROTO)?;
+    if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
+        return Ok(None);
+    }
+    if is_later_fragment(read(ctx, ETH_HLEN + ip::FRAG_OFF)?) {
+        return Ok(None);
+    }
+    let saddr: u32 = read(ctx, ETH_HLEN + ip::SADDR)?;
+    let daddr: u32 = read(ctx, ETH_HLEN + ip::DADDR)?;
+    let l4_off = ETH_HLEN + ihl;
+    let ports: [u16; 2] = read(ctx, l4_off)?;
+    // Make sure the checksum field we will rewrite is inside the packet.
+    let tcp_flags = if proto == IPPROTO_TCP {
+        let _: u16 = read(ctx, l4_off + l4::TCP_CHECK)?;
+        read::<u8>(ctx, l4_off + l4::TCP_FLAGS)?
+    } else {
+        let _: u16 = read(ctx, l4_off + l4::UDP_CHECK)?;
+        0
+    };
+    Ok(Some(Flow {
+        saddr,
+        daddr,
+        sport: ports[0],
+        dport: ports[1],
+        proto,
+        tcp_flags,
+        l4_off,
+    }))
+}
+
+#[inline(always)]
+fn try_lb_tc(ctx: &TcContext) -> Result<i32, Error> {
+    if config().is_none() {
+        return Ok(TC_ACT_OK);
+    }
+    let Some(flow) = parse(ctx)? else {
+        return Ok(TC_ACT_OK);
+    };
+    match service(flow.daddr, flow.dport, flow.proto) {
+        Some(svc) => forward(ctx, &flow, &svc),
+        None => reply(ctx, &flow),
+    }
+}
+
+/// Client -> frontend: stick to the recorded backend, or pick one.
+#[inline(always)]
+fn forward(ctx: &TcContext, f: &Flow, svc: &Service4Value) -> Result<i32, Error> {
+    let key = Ct4Key {
+        saddr: f.saddr,
+        daddr: f.daddr,
+        sport: f.sport,
+        dport: f.dport,
+        proto: f.proto,
+        dir: CT_SERVICE,
+        _pad: 0,
+    };
+    let mut known = None;
+    if let Some(ct) = LB4_CT.get_ptr_mut(&key) {
+        // SAFETY: a map value pointer; racing updates from other CPUs only
+        // touch the timestamp and the flag bits.
+        let ct = unsafe { &mut *ct };
+        // The entry is only good while it belongs to this frontend and its
+        // backend still exists.
+        if ct.rev_nat_id == svc.id {
+            if let Some(be) = backend(ct.backend_id) {
+                ct.last_seen = now_ns();
+                ct.tcp_flags |= f.tcp_flags;
+                known = Some(be);
+            }
+        }
+    }
+    let be = match known {
+        Some(be) => be,
+        None => {
+            if svc.count == 0 {
+                return reject(ctx, f);
+            }
+            let (backend_id, be) = select_backend(svc).ok_or(Error::Rewrite)?;
+            let entry = new_ct_entry(backend_id, svc.id, f.tcp_flags);
+            let reply_key = Ct4Key {
+                saddr: be.addr,
+                daddr: f.saddr,
+                sport: be.port,
+                dport: f.sport,
+                proto: f.proto,
+                dir: CT_REPLY,
+                _pad: 0,
+            };
+            LB4_CT.insert(&reply_key, &entry, 0).map_err(|_| Error::Rewrite)?;
+            LB4_CT.insert(&key, &entry, 0).map_err(|_| Error::Rewrite)?;
+            be
+        }
+    };
+    rewrite(ctx, f, ip::DADDR, l4::DPORT, f.daddr, be.addr, f.dport, be.port)?;
+    Ok(TC_ACT_OK)
+}
+
+/// Backend -> client: restore the frontend as the source.
+#[inline(always)]
+fn reply(ctx: &TcContext, f: &Flow) -> Result<i32, Error> {
+    let key = Ct4Key {
+        saddr: f.saddr,
+        daddr: f.daddr,
+        sport: f.sport,
+        dport: f.dport,
+        proto: f.proto,
+        dir: CT_REPLY,
+        _pad: 0,
+    };
+    let Some(ct) = LB4_CT.get_ptr_mut(&key) else {
+        return Ok(TC_ACT_OK);
+    };
+    // SAFETY: see `forward`.
+    let ct = unsafe { &mut *ct };
+    ct.last_seen = now_ns();
+    ct.tcp_flags |= f.tcp_flags;
+    let Some(front) = rev_nat(ct.rev_nat_id) else {
+        return Ok(TC_ACT_OK);
+    };
+    rewrite(ctx, f, ip::SADDR, l4::SPORT, f.saddr, front.addr, f.sport, front.port)?;
+    Ok(TC_ACT_OK)
+}
+
+/// Rewrites one address and one port, fixing the IPv4 and L4 checksums
+/// through the kernel helpers, which also keep the skb's checksum state
+/// (CHECKSUM_PARTIAL from local senders on veth) right.
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn rewrite(
+    ctx: &TcContext,
+    f: &Flow,
+    addr_field: usize,
+    port_field: usize,
+    old_addr: u32,
+    new_addr: u32,
+    old_port: u16,
+    new_port: u16,
+) -> Result<(), Error> {
+    let check_off = f.l4_off + l4_check_offset(f.proto);
+    let mangled = if f.proto == IPPROTO_UDP { BPF_F_MARK_MANGLED_0 as u64 } else { 0 };
+    if old_addr != new_addr {
+        ctx.l4_csum_replace(
+            check_off,
+            old_addr as u64,
+            new_addr as u64,
+            BPF_F_PSEUDO_HDR as u64 | mangled | 4,
+        )
+        .map_err(|_| Error::Rewrite)?;
+        ctx.l3_csum_replace(ETH_HLEN + ip::CHECK, old_addr as u64, new_addr as u64, 4)
+            .map_err(|_| Error::Rewrite)?;
+        ctx.store(ETH_HLEN + addr_field, &new_addr, 0)
+            .map_err(|_| Error::Rewrite)?;
+    }
+    if old_port != new_port {
+        ctx.l4_csum_replace(check_off, old_port as u64, new_port as u64, mangled | 2)
+            .map_err(|_| Error::Rewrite)?;
+        ctx.store(f.l4_off + port_field, &new_port, 0)
+            .map_err(|_| Error::Rewrite)?;
+    }
+    Ok(())
+}
+
+/// A frontend without endpoints: answer with ICMP port unreachable, as
+/// kube-proxy's REJECT rule does, so clients fail fast instead of timing
+/// out. The packet is turned into the ICMP error in place and sent back out
+/// of the interface it came in on.
+#[inline(always)]
+fn reject(ctx: &TcContext, f: &Flow) -> Result<i32, Error> {
+    debug!(
+        ctx,
+        "lb_tc: no backend for {:i}:{}, rejecting",
+        u32::from_be(f.daddr),
+        u16::from_be(f.dport)
+    );
+    // The quote we build covers a 20-byte header; with IP options, drop.
+    if f.l4_off != ETH_HLEN + IPV4_HLEN {
+        return Ok(TC_ACT_SHOT);
+    }
+    let mut macs = [0u8; 12];
+    ctx.load_bytes(0, &mut macs).map_err(|_| Error::Malformed)?;
+    let mut quote = [0u8; ICMP_QUOTE_LEN];
+    ctx.load_bytes(ETH_HLEN, &mut quote).map_err(|_| Error::Malformed)?;
+    let icmp = icmp_port_unreachable(&quote);
+    let mut swapped = [0u8; 12];
+    swapped[..6].copy_from_slice(&macs[6..]);
+    swapped[6..].copy_from_slice(&macs[..6]);
+    // SAFETY: the skb pointer is the program's context.
+    let ret = unsafe { bpf_skb_change_tail(ctx.skb.skb, (ETH_HLEN + ICMP_UNREACH_LEN) as u32, 0) };
+    if ret != 0 {
+        return Err(Error::Rewrite);
+    }
+    ctx.store(0, &swapped, 0).map_err(|_| Error::Rewrite)?;
+    ctx.store(ETH_HLEN, &icmp, 0).map_err(|_| Error::Rewrite)?;
+    // SAFETY: reading the context's ifindex field.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    Ok(unsafe { bpf_redirect(ifindex, 0) } as i32)
+}

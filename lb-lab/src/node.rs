@@ -1,0 +1,201 @@
+//! A sealed "Kubernetes node": a node namespace routing to pod namespaces.
+
+use std::net::Ipv4Addr;
+
+use anyhow::{Context, Result, bail};
+
+use crate::Netns;
+
+/// The node IP, on the dummy interface [`NODE_IF`] in the node namespace.
+pub const NODE_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+/// Dummy interface holding [`NODE_IP`].
+pub const NODE_IF: &str = "lbnode";
+/// The pods' (Calico-style) default gateway, answered by proxy ARP on the node.
+pub const GATEWAY_IP: Ipv4Addr = Ipv4Addr::new(169, 254, 1, 1);
+/// Interface name of every pod's end of its veth pair.
+pub const POD_IF: &str = "eth0";
+/// Maximum number of pods in one [`NodeLab`] (10.244.0.11 ..= 10.244.0.254).
+pub const MAX_PODS: usize = 244;
+
+/// The IP of pod `index`: `10.244.0.(11 + index)`.
+pub fn pod_ip(index: usize) -> Ipv4Addr {
+    assert!(index < MAX_PODS, "pod index {index} out of range");
+    Ipv4Addr::new(10, 244, 0, 11 + index as u8)
+}
+
+/// The node-side interface of pod `index`: `lbp<index>`.
+pub fn host_if(index: usize) -> String {
+    format!("lbp{index}")
+}
+
+/// A pod: its own namespace behind a veth pair whose other end (`host_if`)
+/// is in the node namespace.
+#[derive(Debug)]
+pub struct Pod {
+    pub name: String,
+    pub ns: Netns,
+    pub ip: Ipv4Addr,
+    pub host_if: String,
+}
+
+/// One node: a node namespace with IPv4 forwarding on and pods behind veth
+/// pairs, Calico-style.
+///
+/// * pod `i` has `10.244.0.(11+i)/32` on `eth0`, a link route to
+///   `169.254.1.1 dev eth0` and `default via 169.254.1.1 dev eth0`;
+/// * the node side `lbp<i>` has `proxy_arp=1` (and `neigh.proxy_delay=0`,
+///   as Calico does) and the node has
+///   `10.244.0.(11+i) dev lbp<i>`;
+/// * the node has `ip_forward=1`, `rp_filter=0` on all/default and every
+///   interface, and a dummy `lbnode` with `10.0.0.1/32` (an `ifb` device
+///   where the kernel lacks `CONFIG_DUMMY`). `169.254.1.1/32` is
+///   routed into `lbnode` (a sink) so that proxy ARP answers for the gateway.
+///
+/// No interface or route leads out of the lab: nothing is created in the
+/// root namespace and there is no default route in the node.
+#[derive(Debug)]
+pub struct NodeLab {
+    pub node: Netns,
+    pub pods: Vec<Pod>,
+}
+
+impl NodeLab {
+    /// Builds the node and one pod per name (in order, so `pod_names[i]` gets
+    /// [`pod_ip(i)`](pod_ip)). Pod names must be unique.
+    pub fn new(pod_names: &[&str]) -> Result<NodeLab> {
+        let node = Netns::new("node")?;
+        for (k, v) in [
+            ("net.ipv4.conf.all.rp_filter", "0"),
+            ("net.ipv4.conf.default.rp_filter", "0"),
+            ("net.ipv4.conf.lo.rp_filter", "0"),
+            ("net.ipv4.ip_forward", "1"),
+        ] {
+            node.sysctl(k, v)?;
+        }
+        // Kernels without CONFIG_DUMMY (like some CI VMs): an `ifb` device is
+        // an equally good sink (it drops everything not redirected into it).
+        if let Err(e) = node.ip(&["link", "add", NODE_IF, "type", "dummy"]) {
+            node.ip(&["link", "add", NODE_IF, "type", "ifb"])
+                .map_err(|e2| e2.context(format!("no dummy device ({e:#}), and no ifb either")))?;
+        }
+        node.sysctl(&format!("net.ipv4.conf.{NODE_IF}.rp_filter"), "0")?;
+        node.ip(&["addr", "add", &format!("{NODE_IP}/32"), "dev", NODE_IF])?;
+        node.ip(&["link", "set", NODE_IF, "up"])?;
+        // Proxy ARP only answers for targets with a unicast route through
+        // another interface: give the gateway address one, into the sink.
+        node.ip(&["route", "add", &format!("{GATEWAY_IP}/32"), "dev", NODE_IF])?;
+
+        let mut lab = NodeLab {
+            node,
+            pods: Vec::new(),
+        };
+        for name in pod_names {
+            lab.add_pod(name)?;
+        }
+        Ok(lab)
+    }
+
+    /// The pod called `name`. Panics if there is none.
+    pub fn pod(&self, name: &str) -> &Pod {
+        self.try_pod(name)
+            .unwrap_or_else(|| panic!("no pod named {name:?} in lab"))
+    }
+
+    /// The pod called `name`, if any.
+    pub fn try_pod(&self, name: &str) -> Option<&Pod> {
+        self.pods.iter().find(|p| p.name == name)
+    }
+
+    /// Adds a pod at the next index.
+    pub fn add_pod(&mut self, name: &str) -> Result<&Pod> {
+        if self.try_pod(name).is_some() {
+            bail!("pod {name:?} already exists");
+        }
+        let index = self.pods.len();
+        if index >= MAX_PODS {
+            bail!("too many pods (max {MAX_PODS})");
+        }
+        let ip = pod_ip(index);
+        let host_if = host_if(index);
+        let ns = Netns::new(name)?;
+        let pod = Pod {
+            name: name.to_owned(),
+            ns,
+            ip,
+            host_if,
+        };
+        if let Err(e) = self.wire_pod(&pod) {
+            // The pod namespace goes away with `pod`; the veth goes with it,
+            // but asynchronously: remove the node end now.
+            let _ = self.node.ip(&["link", "del", &pod.host_if]);
+            return Err(e.context(format!("set up pod {name:?}")));
+        }
+        self.pods.push(pod);
+        Ok(self.pods.last().expect("just pushed"))
+    }
+
+    fn wire_pod(&self, pod: &Pod) -> Result<()> {
+        let node = &self.node;
+        let hif = pod.host_if.as_str();
+        // Both ends are created directly inside lab namespaces.
+        node.ip(&[
+            "link",
+            "add",
+            hif,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            POD_IF,
+            "netns",
+            pod.ns.name(),
+        ])
+        .context("create veth pair")?;
+
+        let p = &pod.ns;
+        p.ip(&["addr", "add", &format!("{}/32", pod.ip), "dev", POD_IF])?;
+        p.ip(&["link", "set", POD_IF, "up"])?;
+        p.ip(&[
+            "route",
+            "add",
+            &format!("{GATEWAY_IP}/32"),
+            "dev",
+            POD_IF,
+            "scope",
+            "link",
+        ])?;
+        p.ip(&[
+            "route",
+            "add",
+            "default",
+            "via",
+            &GATEWAY_IP.to_string(),
+            "dev",
+            POD_IF,
+        ])?;
+
+        node.sysctl(&format!("net.ipv4.conf.{hif}.proxy_arp"), "1")?;
+        // Otherwise proxy ARP replies to broadcast requests are delayed by up
+        // to neigh.proxy_delay (0.8 s), stalling every pod's first packet.
+        node.sysctl(&format!("net.ipv4.neigh.{hif}.proxy_delay"), "0")?;
+        node.sysctl(&format!("net.ipv4.conf.{hif}.rp_filter"), "0")?;
+        node.ip(&["link", "set", hif, "up"])?;
+        node.ip(&["route", "add", &format!("{}/32", pod.ip), "dev", hif])?;
+        Ok(())
+    }
+
+    /// All namespace names of the lab (node first).
+    pub fn netns_names(&self) -> Vec<String> {
+        std::iter::once(self.node.name().to_owned())
+            .chain(self.pods.iter().map(|p| p.ns.name().to_owned()))
+            .collect()
+    }
+}
+
+impl Drop for NodeLab {
+    fn drop(&mut self) {
+        // Pods first, then the node (the field order would do node first;
+        // either is correct, this one leaves no dangling veth ends).
+        self.pods.clear();
+    }
+}

@@ -1,0 +1,70 @@
+//! `cargo xtask build-ebpf`: build lb-ebpf with its own nightly toolchain.
+
+use std::{env, path::PathBuf, process::Command};
+
+use anyhow::{Context as _, Result, ensure};
+
+use crate::util;
+
+const TARGET: &str = "bpfel-unknown-none";
+
+/// Where the eBPF build puts its artifacts.
+fn target_dir() -> PathBuf {
+    util::workspace_root().join("target/ebpf")
+}
+
+/// The eBPF object produced by [`build`].
+pub fn object_path() -> PathBuf {
+    target_dir().join(TARGET).join("release/lb")
+}
+
+/// Builds the eBPF object (assumes `setup_toolchain` ran) and returns its path.
+pub fn build() -> Result<PathBuf> {
+    let mut cmd = cargo_command();
+    util::run(&mut cmd).context(
+        "building lb-ebpf failed; it needs the nightly toolchain of lb-ebpf/rust-toolchain.toml \
+         with rust-src and bpf-linker (`cargo xtask setup` installs them)",
+    )?;
+    let object = object_path();
+    ensure!(
+        object.is_file(),
+        "the eBPF build succeeded but {} does not exist",
+        object.display()
+    );
+    Ok(object)
+}
+
+fn cargo_command() -> Command {
+    let flags = [
+        format!("--cfg=bpf_target_arch=\"{}\"", env::consts::ARCH),
+        "-Cdebuginfo=2".to_owned(),
+        "-Clink-arg=--btf".to_owned(),
+    ];
+    // The rustup proxy `cargo`, without the variables that pin the running
+    // (stable) toolchain, so lb-ebpf/rust-toolchain.toml selects nightly.
+    let mut cmd = Command::new("cargo");
+    util::clear_cargo_env(&mut cmd);
+    for var in [
+        "RUSTC",
+        "RUSTC_WORKSPACE_WRAPPER",
+        "RUSTDOC",
+        "RUSTUP_TOOLCHAIN",
+        "RUSTUP_TOOLCHAIN_SOURCE",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd.current_dir(util::workspace_root().join("lb-ebpf"))
+        .args([
+            "build",
+            "--release",
+            "-Z",
+            "build-std=core",
+            "--target",
+            TARGET,
+        ])
+        .env("CARGO_TARGET_DIR", target_dir())
+        .env("CARGO_ENCODED_RUSTFLAGS", flags.join("\x1f"))
+        // rustc runs bpf-linker from PATH; cargo install may have put it in ~/.cargo/bin.
+        .env("PATH", util::search_path());
+    cmd
+}
