@@ -134,8 +134,11 @@ impl Datapath {
         let file = File::open(cgroup).with_context(|| format!("opening cgroup {}", cgroup.display()))?;
         for name in SOCK_PROGRAMS {
             let p: &mut CgroupSockAddr = program(&mut self.ebpf, name)?.try_into()?;
+            // With bpf_link (the kernel 5.7+ path aya takes) the attachment
+            // always coexists with other programs; the link API rejects the
+            // legacy BPF_F_ALLOW_MULTI flag, so the mode must be Single (0).
             let link = p
-                .attach(&file, CgroupAttachMode::AllowMultiple)
+                .attach(&file, CgroupAttachMode::Single)
                 .with_context(|| format!("attaching {name} to cgroup {}", cgroup.display()))?;
             self.sock_links.push((name, link));
         }

@@ -7,7 +7,7 @@
 
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_OK, TC_ACT_SHOT},
-    helpers::{bpf_redirect, bpf_skb_change_tail},
+    helpers::{bpf_redirect, bpf_skb_change_tail, bpf_skb_load_bytes},
     macros::classifier,
     programs::TcContext,
 };
@@ -255,6 +255,22 @@ fn rewrite(
     Ok(())
 }
 
+/// Copies exactly `N` bytes at `off`. (`TcContext::load_bytes` clamps the
+/// length to the packet, which the verifier rejects as a possibly zero-sized
+/// read; a constant length is what it wants.)
+#[inline(always)]
+fn load_exact<const N: usize>(ctx: &TcContext, off: usize) -> Result<[u8; N], Error> {
+    let mut buf = [0u8; N];
+    // SAFETY: buf is N bytes of writable stack.
+    let ret = unsafe {
+        bpf_skb_load_bytes(ctx.skb.skb as *const _, off as u32, buf.as_mut_ptr().cast(), N as u32)
+    };
+    if ret != 0 {
+        return Err(Error::Malformed);
+    }
+    Ok(buf)
+}
+
 /// A frontend without endpoints: answer with ICMP port unreachable, as
 /// kube-proxy's REJECT rule does, so clients fail fast instead of timing
 /// out. The packet is turned into the ICMP error in place and sent back out
@@ -271,10 +287,8 @@ fn reject(ctx: &TcContext, f: &Flow) -> Result<i32, Error> {
     if f.l4_off != ETH_HLEN + IPV4_HLEN {
         return Ok(TC_ACT_SHOT);
     }
-    let mut macs = [0u8; 12];
-    ctx.load_bytes(0, &mut macs).map_err(|_| Error::Malformed)?;
-    let mut quote = [0u8; ICMP_QUOTE_LEN];
-    ctx.load_bytes(ETH_HLEN, &mut quote).map_err(|_| Error::Malformed)?;
+    let macs: [u8; 12] = load_exact(ctx, 0)?;
+    let quote: [u8; ICMP_QUOTE_LEN] = load_exact(ctx, ETH_HLEN)?;
     let icmp = icmp_port_unreachable(&quote);
     let mut swapped = [0u8; 12];
     swapped[..6].copy_from_slice(&macs[6..]);
