@@ -16,6 +16,7 @@ pub mod model;
 pub mod netns;
 pub mod reconcile;
 pub mod run;
+pub mod testrun;
 pub mod translate;
 
 /// The eBPF object, built by `cargo xtask build-ebpf`.

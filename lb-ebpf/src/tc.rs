@@ -15,7 +15,8 @@ use aya_log_ebpf::debug;
 use lb_common::{
     CT_REPLY, CT_SERVICE, Ct4Key, IPPROTO_TCP, IPPROTO_UDP, Service4Value,
     packet::{
-        ETH_HLEN, ETH_P_IP, ICMP_QUOTE_LEN, ICMP_UNREACH_LEN, IPV4_HLEN, icmp_port_unreachable,
+        ETH_HLEN, ETH_P_IP, ICMP_QUOTE_LEN, ICMP_UNREACH_LEN, IPV4_HLEN, TCP_HLEN, UDP_HLEN,
+        icmp_port_unreachable,
         ip, is_later_fragment, l4, l4_check_offset,
     },
 };
@@ -102,16 +103,28 @@ fn parse(ctx: &TcContext) -> Result<Option<Flow>, Error> {
     }
     let saddr: u32 = read(ctx, ETH_HLEN + ip::SADDR)?;
     let daddr: u32 = read(ctx, ETH_HLEN + ip::DADDR)?;
+    // A frame shorter than its IPv4 total length is truncated: the stack
+    // drops it, and so we leave it alone.
+    let tot_len = u16::from_be(read(ctx, ETH_HLEN + ip::TOT_LEN)?) as u32;
+    if ctx.len() < ETH_HLEN as u32 + tot_len {
+        return Err(Error::Malformed);
+    }
     let l4_off = ETH_HLEN + ihl;
-    let ports: [u16; 2] = read(ctx, l4_off)?;
-    // Make sure the checksum field we will rewrite is inside the packet.
-    let tcp_flags = if proto == IPPROTO_TCP {
-        let _: u16 = read(ctx, l4_off + l4::TCP_CHECK)?;
-        read::<u8>(ctx, l4_off + l4::TCP_FLAGS)?
+    // The whole L4 header must be there, including the checksum we rewrite.
+    // It is copied out in one bounds-checked read: a second pointer at a
+    // variable offset would be a new packet pointer the verifier has not
+    // seen checked.
+    let (ports, tcp_flags) = if proto == IPPROTO_TCP {
+        let h: [u8; TCP_HLEN] = read(ctx, l4_off)?;
+        ([h[0], h[1], h[2], h[3]], h[l4::TCP_FLAGS])
     } else {
-        let _: u16 = read(ctx, l4_off + l4::UDP_CHECK)?;
-        0
+        let h: [u8; UDP_HLEN] = read(ctx, l4_off)?;
+        ([h[0], h[1], h[2], h[3]], 0)
     };
+    let ports = [
+        u16::from_ne_bytes([ports[0], ports[1]]),
+        u16::from_ne_bytes([ports[2], ports[3]]),
+    ];
     Ok(Some(Flow {
         saddr,
         daddr,
