@@ -1,21 +1,26 @@
 //! lb node agent: turns Services and EndpointSlices into the eBPF
 //! datapath's maps.
 //!
-//! - [`manifest`] reads Kubernetes YAML from a directory;
+//! - [`source`] follows the Kubernetes API ([`source::kube`]) or a
+//!   directory of YAML ([`source::dir`], read by [`manifest`]);
 //! - [`translate`] applies kube-proxy's semantics and produces the desired
 //!   [`model`];
 //! - [`reconcile`] writes the difference into the pinned maps ([`maps`]);
 //! - [`datapath`] loads and attaches the programs;
-//! - [`list`] renders what the maps hold.
+//! - [`list`] renders what the maps hold;
+//! - [`health`] serves `/healthz`, `/readyz` and [`metrics`].
 
 pub mod datapath;
+pub mod health;
 pub mod list;
 pub mod manifest;
 pub mod maps;
+pub mod metrics;
 pub mod model;
 pub mod netns;
 pub mod reconcile;
 pub mod run;
+pub mod source;
 pub mod testrun;
 pub mod translate;
 

@@ -1,10 +1,17 @@
 //! `lb-agent`: the lb node agent and its CLI.
 
-use std::{path::PathBuf, time::Duration};
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use lb_agent::{DEFAULT_BPFFS_DIR, datapath, list, maps::Maps, run};
+use lb_agent::{
+    DEFAULT_BPFFS_DIR, datapath, list,
+    maps::Maps,
+    model::BackendSelection,
+    run::{self, SourceConfig},
+    source::kube::KubeOptions,
+    translate::TranslateOptions,
+};
 use tracing_subscriber::EnvFilter;
 
 #[derive(Parser)]
@@ -17,7 +24,9 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Load the datapath, attach it, and keep its maps in sync with the
-    /// Services and EndpointSlices of a manifest directory.
+    /// Services and EndpointSlices of the Kubernetes API (in-cluster, or
+    /// `--kubeconfig`/`KUBECONFIG`), or of a manifest directory
+    /// (`--manifests`).
     Run(RunArgs),
     /// Show the frontends and backends held in the pinned maps.
     List {
@@ -33,9 +42,31 @@ enum Command {
 
 #[derive(clap::Args)]
 struct RunArgs {
-    /// Directory of Service and EndpointSlice YAML, watched for changes.
-    #[arg(long, env = "LB_MANIFESTS")]
-    manifests: PathBuf,
+    /// Directory of Service and EndpointSlice YAML, watched for changes,
+    /// instead of the Kubernetes API.
+    #[arg(long, env = "LB_MANIFESTS", conflicts_with = "kubeconfig")]
+    manifests: Option<PathBuf>,
+    /// kubeconfig file for the API server (default: in-cluster config,
+    /// then KUBECONFIG, then ~/.kube/config).
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// This node's name (the downward API's spec.nodeName).
+    #[arg(long, env = "NODE_NAME")]
+    node_name: Option<String>,
+    /// Address of the health server (/healthz, /readyz, /metrics); "off"
+    /// disables it.
+    #[arg(long, default_value = "0.0.0.0:10256", value_parser = parse_health_addr)]
+    health_addr: HealthAddr,
+    /// Backend selection of Services without the lb.dev/backend-selection
+    /// annotation.
+    #[arg(long, default_value = "random", value_parser = parse_selection)]
+    backend_selection: BackendSelection,
+    /// How long to gather a burst of updates before writing the maps, in ms.
+    #[arg(long, default_value_t = 100)]
+    sync_delay_ms: u64,
+    /// Longest wait between retries against a failing API server, in ms.
+    #[arg(long, default_value_t = 30_000)]
+    api_backoff_max_ms: u64,
     /// bpffs directory where the maps are pinned.
     #[arg(long, default_value = DEFAULT_BPFFS_DIR, env = "LB_BPFFS")]
     bpffs: PathBuf,
@@ -51,7 +82,7 @@ struct RunArgs {
     /// ClusterIPs).
     #[arg(long)]
     no_socket_lb: bool,
-    /// How often to look for changed manifests and new interfaces, in ms.
+    /// How often to look for new interfaces (and changed manifests), in ms.
     #[arg(long, default_value_t = 1000)]
     poll_interval_ms: u64,
     /// Capacity of the conntrack map (LRU).
@@ -66,6 +97,36 @@ struct RunArgs {
     /// Capacity of the backend slot map.
     #[arg(long, default_value_t = lb_common::sizes::SLOTS)]
     slots_size: u32,
+    /// Maglev table size M (a prime; 16381 by default, as Cilium; 65537
+    /// for Services with more than ~160 backends).
+    #[arg(long, default_value_t = lb_common::sizes::MAGLEV_M, value_parser = parse_maglev_m)]
+    maglev_table_size: u32,
+    /// Capacity of the session affinity map (LRU).
+    #[arg(long, default_value_t = lb_common::sizes::AFFINITY)]
+    affinity_size: u32,
+    /// Conntrack timeout of a TCP flow that only sent its SYN, seconds.
+    #[arg(long, default_value_t = lb_common::CtTimeouts::DEFAULT.tcp_syn)]
+    ct_tcp_syn_timeout: u32,
+    /// Conntrack timeout of an established TCP flow, seconds.
+    #[arg(long, default_value_t = lb_common::CtTimeouts::DEFAULT.tcp_established)]
+    ct_tcp_established_timeout: u32,
+    /// Conntrack timeout of a TCP flow after FIN or RST, seconds.
+    #[arg(long, default_value_t = lb_common::CtTimeouts::DEFAULT.tcp_closing)]
+    ct_tcp_closing_timeout: u32,
+    /// Conntrack timeout of a UDP flow, seconds.
+    #[arg(long, default_value_t = lb_common::CtTimeouts::DEFAULT.udp)]
+    ct_udp_timeout: u32,
+    /// How often expired conntrack entries are collected, seconds.
+    #[arg(long, default_value_t = 30)]
+    ct_gc_interval: u64,
+}
+
+fn parse_maglev_m(s: &str) -> Result<u32, String> {
+    let m: u32 = s.parse().map_err(|e| format!("{e}"))?;
+    if !lb_agent::maglev::is_prime(m) || m < 7 {
+        return Err(format!("{m} is not a prime >= 7 (try 16381 or 65537)"));
+    }
+    Ok(m)
 }
 
 fn main() -> anyhow::Result<()> {
@@ -76,8 +137,17 @@ fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
         Command::Run(args) => {
+            let poll = Duration::from_millis(args.poll_interval_ms.max(10));
+            let source = match args.manifests {
+                Some(path) => SourceConfig::Dir { path, poll },
+                None => SourceConfig::Kube(KubeOptions {
+                    kubeconfig: args.kubeconfig,
+                    node_name: args.node_name,
+                    backoff_max: Duration::from_millis(args.api_backoff_max_ms.max(100)),
+                }),
+            };
             let cfg = run::RunConfig {
-                manifests: args.manifests,
+                source,
                 bpffs: args.bpffs,
                 pod_ifaces: args.pod_ifaces,
                 cgroup: args.cgroup,
@@ -87,8 +157,20 @@ fn main() -> anyhow::Result<()> {
                     backends: args.backends_size,
                     slots: args.slots_size,
                     ct: args.ct_size,
+                    affinity: args.affinity_size,
                 },
-                poll: Duration::from_millis(args.poll_interval_ms.max(10)),
+                poll,
+                sync_delay: Duration::from_millis(args.sync_delay_ms),
+                health_addr: args.health_addr.0,
+                translate: TranslateOptions { default_selection: args.backend_selection },
+                maglev_m: args.maglev_table_size,
+                ct_timeouts: lb_common::CtTimeouts {
+                    tcp_syn: args.ct_tcp_syn_timeout,
+                    tcp_established: args.ct_tcp_established_timeout,
+                    tcp_closing: args.ct_tcp_closing_timeout,
+                    udp: args.ct_udp_timeout,
+                },
+                ct_gc_interval: Duration::from_secs(args.ct_gc_interval.max(1)),
             };
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -103,6 +185,23 @@ fn main() -> anyhow::Result<()> {
         }
         Command::Cleanup { bpffs } => datapath::cleanup(&bpffs),
     }
+}
+
+#[derive(Clone, Debug)]
+struct HealthAddr(Option<SocketAddr>);
+
+fn parse_health_addr(s: &str) -> Result<HealthAddr, String> {
+    match s {
+        "off" | "" => Ok(HealthAddr(None)),
+        s => s
+            .parse()
+            .map(|a| HealthAddr(Some(a)))
+            .map_err(|e| format!("{s:?}: {e} (expected ip:port or \"off\")")),
+    }
+}
+
+fn parse_selection(s: &str) -> Result<BackendSelection, String> {
+    s.parse()
 }
 
 async fn shutdown_signal() {

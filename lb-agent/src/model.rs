@@ -1,7 +1,12 @@
 //! The desired datapath state: what the maps should hold, independent of
 //! IDs and generations.
 
-use std::{collections::BTreeMap, fmt, net::Ipv4Addr};
+use std::{
+    collections::BTreeMap,
+    fmt,
+    net::{IpAddr, Ipv4Addr},
+    str::FromStr,
+};
 
 use lb_common::{IPPROTO_TCP, IPPROTO_UDP, Service4Key, SCOPE_EXTERNAL};
 
@@ -89,6 +94,17 @@ pub struct Backend {
     pub addr: BackendAddr,
     /// Serving but terminating (KEP-1669); used only when nothing is ready.
     pub terminating: bool,
+    /// The endpoint's `nodeName`, for the traffic policies.
+    pub node_name: Option<String>,
+    /// The endpoint's `zone`, for topology-aware routing.
+    pub zone: Option<String>,
+}
+
+impl Backend {
+    /// A ready backend with no node or zone.
+    pub fn ready(addr: BackendAddr) -> Backend {
+        Backend { addr, terminating: false, node_name: None, zone: None }
+    }
 }
 
 /// One frontend of a Service with the backends that serve it.
@@ -117,4 +133,123 @@ impl Frontend {
         let any_ready = self.backends.iter().any(|b| !b.terminating);
         self.backends.iter().filter(move |b| b.terminating != any_ready)
     }
+}
+
+/// A Service, by namespace and name.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ServiceRef {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl fmt::Display for ServiceRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+/// How a frontend picks a backend for a new flow.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum BackendSelection {
+    #[default]
+    Random,
+    Maglev,
+}
+
+impl FromStr for BackendSelection {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "random" => Ok(BackendSelection::Random),
+            "maglev" => Ok(BackendSelection::Maglev),
+            other => Err(format!("{other:?} is not a backend selection (random or maglev)")),
+        }
+    }
+}
+
+impl fmt::Display for BackendSelection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BackendSelection::Random => "random",
+            BackendSelection::Maglev => "maglev",
+        })
+    }
+}
+
+/// An address block, as in `loadBalancerSourceRanges`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Cidr {
+    pub addr: IpAddr,
+    pub prefix_len: u8,
+}
+
+impl FromStr for Cidr {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (ip, len) = s.trim().split_once('/').ok_or_else(|| format!("{s:?} is not a CIDR (address/length)"))?;
+        let addr: IpAddr = ip.parse().map_err(|_| format!("{s:?}: {ip:?} is not an IP address"))?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix_len: u8 = len
+            .parse()
+            .ok()
+            .filter(|l| *l <= max)
+            .ok_or_else(|| format!("{s:?}: prefix length {len:?} is not in 0-{max}"))?;
+        Ok(Cidr { addr, prefix_len })
+    }
+}
+
+impl fmt::Display for Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix_len)
+    }
+}
+
+/// A traffic policy (`externalTrafficPolicy`, `internalTrafficPolicy`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum TrafficPolicy {
+    #[default]
+    Cluster,
+    Local,
+}
+
+/// One ServicePort as validated.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortModel {
+    pub name: Option<String>,
+    pub proto: Protocol,
+    pub port: u16,
+    pub node_port: Option<u16>,
+}
+
+/// Everything lb knows about a Service beyond its ClusterIP frontends:
+/// carried for the north-south, traffic-policy and affinity work even
+/// where the datapath does not use it yet. Invalid entries are left out
+/// (and reported); what is here is valid.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServiceModel {
+    /// `spec.type` (`ClusterIP` when absent).
+    pub type_: String,
+    /// Every valid ClusterIP, both families.
+    pub cluster_ips: Vec<IpAddr>,
+    /// `spec.ipFamilies` (`IPv4`, `IPv6`).
+    pub ip_families: Vec<String>,
+    /// `spec.ipFamilyPolicy`.
+    pub ip_family_policy: Option<String>,
+    /// The usable ports (TCP and UDP) with their NodePorts.
+    pub ports: Vec<PortModel>,
+    pub external_ips: Vec<IpAddr>,
+    /// `status.loadBalancer.ingress[].ip`.
+    pub load_balancer_ips: Vec<IpAddr>,
+    pub source_ranges: Vec<Cidr>,
+    pub health_check_node_port: Option<u16>,
+    pub external_traffic_policy: TrafficPolicy,
+    pub internal_traffic_policy: TrafficPolicy,
+    /// `sessionAffinity: ClientIP` timeout in seconds; `None` without
+    /// affinity.
+    pub affinity_timeout: Option<u32>,
+    pub backend_selection: BackendSelection,
+    /// The `svc_flags` its frontends carry.
+    pub flags: u32,
 }

@@ -1,27 +1,49 @@
-//! `lb-agent run`: load, attach, then keep the maps in sync with the
-//! manifest directory until told to stop.
+//! `lb-agent run`: load, attach, then keep the maps in sync with a source
+//! of Services and EndpointSlices (a manifest directory or the Kubernetes
+//! API) until told to stop.
+//!
+//! Updates are batched: the maps are written at most once per
+//! `sync_delay` after the first update of a burst. Nothing is written
+//! before the source has listed both kinds completely, so an agent that
+//! starts while the API server is down keeps serving what the pinned maps
+//! hold.
 
 use std::{
     future::Future,
-    path::{Path, PathBuf},
-    time::{Duration, Instant, SystemTime},
+    net::SocketAddr,
+    path::PathBuf,
+    time::{Duration, Instant},
 };
 
 use anyhow::Context;
-use lb_common::{Config, config_flags};
-use tokio::io::unix::AsyncFd;
+use lb_common::Config;
+use tokio::{io::unix::AsyncFd, sync::mpsc};
 use tracing::{debug, info, warn};
 
 use crate::{
     datapath::{Datapath, MapSizes},
-    manifest, maps::Maps, netns,
+    gc,
+    health::{self, Heartbeat},
+    maps::Maps,
+    metrics::{Metrics, SyncRecord},
+    netns,
     reconcile::Reconciler,
-    translate,
+    source::{self, Store, kube::KubeOptions},
+    translate::{self, TranslateOptions},
 };
+
+/// Where Services and EndpointSlices come from.
+#[derive(Clone, Debug)]
+pub enum SourceConfig {
+    /// A directory of manifests, polled every `poll`.
+    Dir { path: PathBuf, poll: Duration },
+    /// The Kubernetes API server.
+    Kube(KubeOptions),
+}
 
 #[derive(Clone, Debug)]
 pub struct RunConfig {
-    pub manifests: PathBuf,
+    pub source: SourceConfig,
     pub bpffs: PathBuf,
     /// Interface name patterns (`*` wildcards) of pod interfaces.
     pub pod_ifaces: Vec<String>,
@@ -29,14 +51,38 @@ pub struct RunConfig {
     pub cgroup: Option<PathBuf>,
     pub socket_lb: bool,
     pub sizes: MapSizes,
-    /// How often to look for changed manifests and new interfaces.
+    /// How often to look for new interfaces.
     pub poll: Duration,
+    /// How long to gather a burst of updates before writing the maps.
+    pub sync_delay: Duration,
+    /// Address of the health server; `None` disables it.
+    pub health_addr: Option<SocketAddr>,
+    pub translate: TranslateOptions,
+    /// Maglev table size M (prime).
+    pub maglev_m: u32,
+    pub ct_timeouts: lb_common::CtTimeouts,
+    /// How often expired conntrack entries are collected.
+    pub ct_gc_interval: Duration,
 }
 
 /// Runs until `shutdown` completes. Programs detach when the agent exits;
 /// the maps stay pinned, so a restarted agent resumes with every ID and
 /// flow intact.
 pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
+    let metrics = Metrics::default();
+    let heartbeat = Heartbeat::default();
+    heartbeat.beat();
+    // Bind first: a taken port is a configuration error worth failing on.
+    let health_task = match cfg.health_addr {
+        Some(addr) => {
+            let listener = health::bind(addr)
+                .await
+                .with_context(|| format!("binding the health server to {addr} (--health-addr)"))?;
+            Some(tokio::spawn(health::serve(listener, metrics.clone(), heartbeat.clone())))
+        }
+        None => None,
+    };
+
     let mut dp = Datapath::load(&cfg.bpffs, &cfg.sizes)?;
     let logger_task = match aya_log::EbpfLogger::init(&mut dp.ebpf) {
         Ok(logger) => Some(tokio::spawn(poll_kernel_logs(logger))),
@@ -48,10 +94,11 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> anyhow::
     let maps = Maps::open(&cfg.bpffs)?;
     let mut reconciler = Reconciler::recover(maps).context("recovering state from the pinned maps")?;
     let cookie = netns::current_netns_cookie().context("reading the network namespace cookie")?;
+    reconciler.set_maglev_m(cfg.maglev_m);
     reconciler.maps_mut().write_config(&Config {
-        host_netns_cookie: cookie,
-        flags: config_flags::READY,
-        _pad: 0,
+        maglev_m: cfg.maglev_m,
+        timeouts: cfg.ct_timeouts,
+        ..Config::ready(cookie)
     })?;
     if cfg.socket_lb {
         let cgroup = match &cfg.cgroup {
@@ -60,71 +107,118 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> anyhow::
         };
         dp.attach_cgroup(&cgroup)?;
     }
+    sync_interfaces(&mut dp, &cfg.pod_ifaces);
+
+    let (tx, mut rx) = mpsc::channel::<source::Batch>(1024);
+    let source_tasks = match &cfg.source {
+        SourceConfig::Dir { path, poll } => {
+            info!(dir = %path.display(), "source: manifest directory");
+            vec![tokio::spawn(source::dir::run(path.clone(), *poll, tx))]
+        }
+        SourceConfig::Kube(opts) => {
+            let client = source::kube::client(opts).await?;
+            source::kube::spawn(client, opts, tx, metrics.clone())
+        }
+    };
 
     tokio::pin!(shutdown);
     let mut ticker = tokio::time::interval(cfg.poll);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut seen: Option<Vec<(PathBuf, SystemTime, u64)>> = None;
+    let mut gc_ticker = tokio::time::interval(cfg.ct_gc_interval);
+    gc_ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut store = Store::default();
+    // The first update not yet written to the maps, and when to write.
+    let mut oldest_pending: Option<Instant> = None;
+    let mut apply_at: Option<tokio::time::Instant> = None;
+    let mut waiting_logged = false;
+    let mut sources_done = false;
     loop {
+        let deadline = apply_at;
         tokio::select! {
             _ = &mut shutdown => break,
-            _ = ticker.tick() => {}
-        }
-        sync_interfaces(&mut dp, &cfg.pod_ifaces);
-        match fingerprint(&cfg.manifests) {
-            Ok(fp) if seen.as_ref() != Some(&fp) => {
-                if sync_manifests(&cfg.manifests, &mut reconciler) {
-                    seen = Some(fp);
+            _ = ticker.tick() => {
+                heartbeat.beat();
+                sync_interfaces(&mut dp, &cfg.pod_ifaces);
+            }
+            _ = gc_ticker.tick() => gc::collect(&mut reconciler, &cfg.ct_timeouts),
+            batch = rx.recv(), if !sources_done => {
+                let Some(batch) = batch else {
+                    // Keep attaching interfaces and answering health checks.
+                    warn!("every source stopped; keeping the current state");
+                    sources_done = true;
+                    continue;
+                };
+                let seen = batch.seen;
+                for update in batch.updates {
+                    store.apply(update);
+                }
+                oldest_pending = Some(oldest_pending.map_or(seen, |o| o.min(seen)));
+                if apply_at.is_none() {
+                    apply_at = Some(tokio::time::Instant::now() + cfg.sync_delay);
                 }
             }
-            Ok(_) => {}
-            Err(e) => warn!(
-                "cannot list {}: {e}; keeping the current state",
-                cfg.manifests.display()
-            ),
+            _ = async { tokio::time::sleep_until(deadline.unwrap()).await }, if deadline.is_some() => {
+                apply_at = None;
+                heartbeat.beat();
+                if !store.ready() {
+                    if !waiting_logged {
+                        info!("waiting for complete lists of Services and EndpointSlices before writing the maps");
+                        waiting_logged = true;
+                    }
+                    continue;
+                }
+                let first = oldest_pending.take().unwrap_or_else(Instant::now);
+                let what = match cfg.source {
+                    SourceConfig::Dir { .. } => "synced manifests",
+                    SourceConfig::Kube(_) => "synced from the API server",
+                };
+                sync(&store, &cfg.translate, &mut reconciler, first, &metrics, what);
+            }
         }
     }
     info!("shutting down; maps stay pinned in {}", cfg.bpffs.display());
-    if let Some(task) = logger_task {
+    for task in source_tasks.into_iter().chain(health_task).chain(logger_task) {
         task.abort();
     }
     Ok(())
 }
 
-/// Reads, translates and applies the manifest directory. Returns false if
-/// the directory could not be read (nothing was changed then).
-fn sync_manifests(dir: &Path, reconciler: &mut Reconciler) -> bool {
-    let started = Instant::now();
-    let objects = match manifest::read_dir(dir) {
-        Ok(o) => o,
-        Err(e) => {
-            warn!("cannot read {}: {e}; keeping the current state", dir.display());
-            return false;
-        }
-    };
-    let translation = translate::translate(&objects.services, &objects.slices);
+/// Translates the store and writes the difference to the maps.
+fn sync(
+    store: &Store,
+    opts: &TranslateOptions,
+    reconciler: &mut Reconciler,
+    first_seen: Instant,
+    metrics: &Metrics,
+    what: &str,
+) {
+    let translation = translate::translate(store.services(), store.slices(), opts);
     let stats = reconciler.apply(&translation.desired);
+    let latency = first_seen.elapsed();
+    let record = SyncRecord {
+        latency,
+        map_ops: stats.ops,
+        map_errors: stats.errors.len() as u64,
+        skipped: store.skipped() + translation.problems.len(),
+        frontends: translation.desired.len(),
+        services: translation.services.len(),
+    };
+    metrics.record_sync(&record);
     info!(
-        frontends = translation.desired.len(),
+        services = record.services,
+        frontends = record.frontends,
         added = stats.added,
         updated = stats.updated,
         removed = stats.removed,
         map_ops = stats.ops,
-        skipped = objects.problems.len() + translation.problems.len(),
+        skipped = record.skipped,
         errors = stats.errors.len(),
-        elapsed_us = started.elapsed().as_micros() as u64,
-        "synced manifests"
+        latency_us = latency.as_micros() as u64,
+        "{what}"
     );
-    true
-}
-
-fn fingerprint(dir: &Path) -> std::io::Result<Vec<(PathBuf, SystemTime, u64)>> {
-    let mut fp = Vec::new();
-    for file in manifest::manifest_files(dir)? {
-        let meta = std::fs::metadata(&file)?;
-        fp.push((file, meta.modified()?, meta.len()));
+    for e in &stats.errors {
+        debug!("sync error: {e}");
     }
-    Ok(fp)
 }
 
 fn sync_interfaces(dp: &mut Datapath, patterns: &[String]) {

@@ -13,6 +13,12 @@
 //! - Slices of one Service are merged and endpoints deduplicated.
 //! - An invalid field skips what it belongs to, with a warning naming the
 //!   object and the field; everything else is applied.
+//! - `sessionAffinity`, the traffic policies and the backend selection
+//!   become `svc_flags` on the frontends; NodePorts, external IPs,
+//!   LoadBalancer ingress IPs, source ranges, the health check NodePort
+//!   and the dual-stack fields are validated and carried in
+//!   [`Translation::services`] for the north-south work (no frontends for
+//!   them yet).
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -20,29 +26,55 @@ use std::{
 };
 
 use k8s_openapi::api::{
-    core::v1::{Service, ServicePort},
+    core::v1::{Service, ServicePort, ServiceSpec},
     discovery::v1::EndpointSlice,
 };
+use lb_common::svc_flags;
 use tracing::{debug, warn};
 
 use crate::{
     manifest::Sourced,
-    model::{Backend, BackendAddr, Desired, Frontend, FrontendAddr, Protocol},
+    model::{
+        Backend, BackendAddr, BackendSelection, Cidr, Desired, Frontend, FrontendAddr, PortModel,
+        Protocol, ServiceModel, ServiceRef, TrafficPolicy,
+    },
 };
 
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
 pub const SERVICE_PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
+/// Per-Service backend selection: `random` or `maglev`.
+pub const BACKEND_SELECTION_ANNOTATION: &str = "lb.dev/backend-selection";
+/// kube-proxy's default `sessionAffinityConfig.clientIP.timeoutSeconds`.
+pub const DEFAULT_AFFINITY_TIMEOUT: u32 = 10_800;
+/// The API server's upper bound for the affinity timeout (one day).
+pub const MAX_AFFINITY_TIMEOUT: u32 = 86_400;
+
+/// Agent-wide choices that a Service can override.
+#[derive(Clone, Debug, Default)]
+pub struct TranslateOptions {
+    /// Backend selection of Services without the
+    /// [`BACKEND_SELECTION_ANNOTATION`] (or with an invalid one).
+    pub default_selection: BackendSelection,
+}
 
 #[derive(Debug, Default)]
 pub struct Translation {
     pub desired: Desired,
+    /// Every Service lb handles, with what its frontends do not carry.
+    pub services: BTreeMap<ServiceRef, ServiceModel>,
     /// Warnings about skipped objects or fields, deduplicated.
     pub problems: BTreeSet<String>,
 }
 
-pub fn translate(services: &[Sourced<Service>], slices: &[Sourced<EndpointSlice>]) -> Translation {
+type SlicesByService<'a> = BTreeMap<(String, String), Vec<&'a Sourced<EndpointSlice>>>;
+
+pub fn translate<'a>(
+    services: impl IntoIterator<Item = &'a Sourced<Service>>,
+    slices: impl IntoIterator<Item = &'a Sourced<EndpointSlice>>,
+    opts: &TranslateOptions,
+) -> Translation {
     let mut out = Translation::default();
-    let mut by_service: BTreeMap<(String, String), Vec<&Sourced<EndpointSlice>>> = BTreeMap::new();
+    let mut by_service: SlicesByService<'a> = BTreeMap::new();
     for slice in slices {
         let meta = &slice.obj.metadata;
         let ns = meta.namespace.clone().unwrap_or_else(|| "default".into());
@@ -50,12 +82,12 @@ pub fn translate(services: &[Sourced<Service>], slices: &[Sourced<EndpointSlice>
             Some(svc) => by_service.entry((ns, svc.clone())).or_default().push(slice),
             None => debug!(
                 "{}: EndpointSlice without the {SERVICE_NAME_LABEL} label, ignored",
-                slice.origin
+                describe(&slice.origin, "EndpointSlice", meta.namespace.as_deref(), meta.name.as_deref())
             ),
         }
     }
     for svc in services {
-        translate_service(svc, &by_service, &mut out);
+        translate_service(svc, &by_service, opts, &mut out);
     }
     for p in &out.problems {
         warn!("{p}");
@@ -63,19 +95,28 @@ pub fn translate(services: &[Sourced<Service>], slices: &[Sourced<EndpointSlice>
     out
 }
 
+/// `origin: Kind ns/name` (or without the origin when it is empty).
+pub fn describe(origin: &str, kind: &str, ns: Option<&str>, name: Option<&str>) -> String {
+    let obj = format!("{kind} {}/{}", ns.unwrap_or("default"), name.unwrap_or("<unnamed>"));
+    if origin.is_empty() { obj } else { format!("{origin}: {obj}") }
+}
+
 fn translate_service(
     svc: &Sourced<Service>,
-    slices: &BTreeMap<(String, String), Vec<&Sourced<EndpointSlice>>>,
+    slices: &SlicesByService<'_>,
+    opts: &TranslateOptions,
     out: &mut Translation,
 ) {
     let meta = &svc.obj.metadata;
     let ns = meta.namespace.clone().unwrap_or_else(|| "default".into());
     let Some(name) = meta.name.clone() else {
-        out.problems
-            .insert(format!("{}: Service without metadata.name, skipped", svc.origin));
+        out.problems.insert(format!(
+            "{}: Service without metadata.name, skipped",
+            if svc.origin.is_empty() { "API" } else { &svc.origin }
+        ));
         return;
     };
-    let what = format!("{}: Service {ns}/{name}", svc.origin);
+    let what = describe(&svc.origin, "Service", Some(&ns), Some(&name));
     if meta
         .labels
         .as_ref()
@@ -91,15 +132,35 @@ fn translate_service(
     if spec.type_.as_deref() == Some("ExternalName") {
         return;
     }
-    let ips = cluster_ips(&what, spec.cluster_ips.as_deref(), spec.cluster_ip.as_deref(), out);
-    if ips.is_empty() {
+    let all_ips = cluster_ips(&what, spec.cluster_ips.as_deref(), spec.cluster_ip.as_deref(), out);
+    if all_ips.is_empty() {
         return; // headless, or nothing usable
     }
+    let ips: Vec<Ipv4Addr> = all_ips
+        .iter()
+        .filter_map(|ip| match ip {
+            IpAddr::V4(a) => Some(*a),
+            IpAddr::V6(a) => {
+                debug!("{what}: IPv6 ClusterIP {a} not handled yet");
+                None
+            }
+        })
+        .collect();
+    let mut model = service_model(&what, svc, spec, opts, out);
+    model.cluster_ips = all_ips;
+    let frontend_flags = model.flags & !svc_flags::SOURCE_RANGES;
+    let affinity_timeout = model.affinity_timeout.unwrap_or(0);
     let svc_slices = slices.get(&(ns.clone(), name.clone())).map(Vec::as_slice).unwrap_or(&[]);
     for (i, port) in spec.ports.iter().flatten().enumerate() {
         let Some((proto, number)) = service_port(&what, i, port, out) else {
             continue;
         };
+        model.ports.push(PortModel {
+            name: port.name.clone().filter(|n| !n.is_empty()),
+            proto,
+            port: number,
+            node_port: optional_port(&what, &format!("spec.ports[{i}].nodePort"), port.node_port, out),
+        });
         let backends = backends_for(port.name.as_deref(), proto, svc_slices, out);
         let label = match port.name.as_deref() {
             Some(n) if !n.is_empty() => format!("{ns}/{name}:{n}"),
@@ -120,11 +181,195 @@ fn translate_service(
                     addr,
                     name: label.clone(),
                     backends: backends.clone(),
-                    flags: 0,
-                    affinity_timeout: 0,
+                    flags: frontend_flags,
+                    affinity_timeout,
                 },
             );
         }
+    }
+    out.services.insert(ServiceRef { namespace: ns, name }, model);
+}
+
+/// The Service-level fields, validated; flags for its frontends.
+fn service_model(
+    what: &str,
+    svc: &Sourced<Service>,
+    spec: &ServiceSpec,
+    opts: &TranslateOptions,
+    out: &mut Translation,
+) -> ServiceModel {
+    let mut m = ServiceModel {
+        type_: spec.type_.clone().unwrap_or_else(|| "ClusterIP".into()),
+        ..ServiceModel::default()
+    };
+    if !matches!(m.type_.as_str(), "ClusterIP" | "NodePort" | "LoadBalancer") {
+        out.problems.insert(format!(
+            "{what}: field spec.type: unknown type {:?}, treated as ClusterIP",
+            m.type_
+        ));
+        m.type_ = "ClusterIP".into();
+    }
+
+    // Session affinity.
+    match spec.session_affinity.as_deref() {
+        None | Some("None") | Some("") => {}
+        Some("ClientIP") => {
+            let timeout = spec
+                .session_affinity_config
+                .as_ref()
+                .and_then(|c| c.client_ip.as_ref())
+                .and_then(|c| c.timeout_seconds);
+            let timeout = match timeout {
+                None => DEFAULT_AFFINITY_TIMEOUT,
+                Some(t) if t > 0 && t as i64 <= MAX_AFFINITY_TIMEOUT as i64 => t as u32,
+                Some(t) => {
+                    out.problems.insert(format!(
+                        "{what}: field spec.sessionAffinityConfig.clientIP.timeoutSeconds: {t} is not in 1-{MAX_AFFINITY_TIMEOUT}; using {DEFAULT_AFFINITY_TIMEOUT}"
+                    ));
+                    DEFAULT_AFFINITY_TIMEOUT
+                }
+            };
+            m.affinity_timeout = Some(timeout);
+            m.flags |= svc_flags::AFFINITY;
+        }
+        Some(other) => {
+            out.problems.insert(format!(
+                "{what}: field spec.sessionAffinity: unknown value {other:?}, no affinity"
+            ));
+        }
+    }
+
+    // Backend selection.
+    let annotation = svc
+        .obj
+        .metadata
+        .annotations
+        .as_ref()
+        .and_then(|a| a.get(BACKEND_SELECTION_ANNOTATION));
+    m.backend_selection = match annotation.map(|a| a.parse::<BackendSelection>()) {
+        None => opts.default_selection,
+        Some(Ok(sel)) => sel,
+        Some(Err(e)) => {
+            out.problems.insert(format!(
+                "{what}: annotation {BACKEND_SELECTION_ANNOTATION}: {e}; using the agent default ({})",
+                opts.default_selection
+            ));
+            opts.default_selection
+        }
+    };
+    if m.backend_selection == BackendSelection::Maglev {
+        m.flags |= svc_flags::MAGLEV;
+    }
+
+    // Traffic policies.
+    m.external_traffic_policy =
+        traffic_policy(what, "spec.externalTrafficPolicy", spec.external_traffic_policy.as_deref(), out);
+    m.internal_traffic_policy =
+        traffic_policy(what, "spec.internalTrafficPolicy", spec.internal_traffic_policy.as_deref(), out);
+    if m.external_traffic_policy == TrafficPolicy::Local {
+        m.flags |= svc_flags::EXT_LOCAL;
+    }
+    if m.internal_traffic_policy == TrafficPolicy::Local {
+        m.flags |= svc_flags::INT_LOCAL;
+    }
+
+    // North-south addresses.
+    for (i, ip) in spec.external_ips.iter().flatten().enumerate() {
+        match ip.parse::<IpAddr>() {
+            Ok(a) => m.external_ips.push(a),
+            Err(_) => {
+                out.problems.insert(format!(
+                    "{what}: field spec.externalIPs[{i}]: invalid IP address {ip:?}, skipped"
+                ));
+            }
+        }
+    }
+    let ingress = svc
+        .obj
+        .status
+        .as_ref()
+        .and_then(|s| s.load_balancer.as_ref())
+        .and_then(|lb| lb.ingress.as_ref());
+    for (i, ing) in ingress.into_iter().flatten().enumerate() {
+        // A hostname-only ingress (some cloud LBs) has no IP to serve.
+        let Some(ip) = ing.ip.as_deref().filter(|ip| !ip.is_empty()) else {
+            continue;
+        };
+        match ip.parse::<IpAddr>() {
+            Ok(a) => m.load_balancer_ips.push(a),
+            Err(_) => {
+                out.problems.insert(format!(
+                    "{what}: field status.loadBalancer.ingress[{i}].ip: invalid IP address {ip:?}, skipped"
+                ));
+            }
+        }
+    }
+    for (i, range) in spec.load_balancer_source_ranges.iter().flatten().enumerate() {
+        match range.parse::<Cidr>() {
+            Ok(c) => m.source_ranges.push(c),
+            Err(e) => {
+                out.problems.insert(format!(
+                    "{what}: field spec.loadBalancerSourceRanges[{i}]: {e}, skipped"
+                ));
+            }
+        }
+    }
+    if !m.source_ranges.is_empty() {
+        m.flags |= svc_flags::SOURCE_RANGES;
+    }
+    m.health_check_node_port =
+        optional_port(what, "spec.healthCheckNodePort", spec.health_check_node_port, out);
+
+    // Dual-stack.
+    for (i, family) in spec.ip_families.iter().flatten().enumerate() {
+        match family.as_str() {
+            "IPv4" | "IPv6" => m.ip_families.push(family.clone()),
+            other => {
+                out.problems.insert(format!(
+                    "{what}: field spec.ipFamilies[{i}]: unknown family {other:?}, ignored"
+                ));
+            }
+        }
+    }
+    match spec.ip_family_policy.as_deref() {
+        None => {}
+        Some(p @ ("SingleStack" | "PreferDualStack" | "RequireDualStack")) => {
+            m.ip_family_policy = Some(p.to_string());
+        }
+        Some(other) => {
+            out.problems.insert(format!(
+                "{what}: field spec.ipFamilyPolicy: unknown policy {other:?}, ignored"
+            ));
+        }
+    }
+    m
+}
+
+fn traffic_policy(what: &str, field: &str, value: Option<&str>, out: &mut Translation) -> TrafficPolicy {
+    match value {
+        None | Some("") | Some("Cluster") => TrafficPolicy::Cluster,
+        Some("Local") => TrafficPolicy::Local,
+        Some(other) => {
+            out.problems
+                .insert(format!("{what}: field {field}: unknown policy {other:?}, using Cluster"));
+            TrafficPolicy::Cluster
+        }
+    }
+}
+
+/// An optional port field (NodePort, health check NodePort): absent or 0
+/// means none; anything outside 1-65535 is reported.
+fn optional_port(what: &str, field: &str, value: Option<i32>, out: &mut Translation) -> Option<u16> {
+    match value {
+        None | Some(0) => None,
+        Some(n) => match u16::try_from(n) {
+            Ok(p) => Some(p),
+            Err(_) => {
+                out.problems
+                    .insert(format!("{what}: field {field}: {n} is not a port (1-65535), ignored"));
+                None
+            }
+        },
     }
 }
 
@@ -133,18 +378,17 @@ fn cluster_ips(
     ips: Option<&[String]>,
     ip: Option<&str>,
     out: &mut Translation,
-) -> Vec<Ipv4Addr> {
+) -> Vec<IpAddr> {
     let (field, list): (&str, Vec<&str>) = match ips {
         Some(ips) if !ips.is_empty() => ("spec.clusterIPs", ips.iter().map(String::as_str).collect()),
         _ => ("spec.clusterIP", ip.into_iter().collect()),
     };
-    let mut v4 = Vec::new();
+    let mut ips = Vec::new();
     for (i, s) in list.into_iter().enumerate() {
         match s {
             "" | "None" => {}
             s => match s.parse::<IpAddr>() {
-                Ok(IpAddr::V4(a)) => v4.push(a),
-                Ok(IpAddr::V6(_)) => debug!("{what}: IPv6 ClusterIP {s} not handled yet"),
+                Ok(a) => ips.push(a),
                 Err(_) => {
                     out.problems
                         .insert(format!("{what}: field {field}[{i}]: invalid IP address {s:?}, skipped"));
@@ -152,7 +396,7 @@ fn cluster_ips(
             },
         }
     }
-    v4
+    ips
 }
 
 fn protocol(s: Option<&str>) -> Result<Protocol, String> {
@@ -193,15 +437,17 @@ fn backends_for(
     out: &mut Translation,
 ) -> Vec<Backend> {
     let want_name = port_name.unwrap_or("");
-    let mut ready = BTreeSet::new();
-    let mut terminating = BTreeSet::new();
+    // Deduplicated by address; the first slice that lists an endpoint
+    // gives its node and zone.
+    let mut ready: BTreeMap<BackendAddr, Backend> = BTreeMap::new();
+    let mut terminating: BTreeMap<BackendAddr, Backend> = BTreeMap::new();
     for slice in slices {
         let s = &slice.obj;
-        let what = format!(
-            "{}: EndpointSlice {}/{}",
-            slice.origin,
-            s.metadata.namespace.as_deref().unwrap_or("default"),
-            s.metadata.name.as_deref().unwrap_or("<unnamed>")
+        let what = describe(
+            &slice.origin,
+            "EndpointSlice",
+            s.metadata.namespace.as_deref(),
+            s.metadata.name.as_deref(),
         );
         if s.address_type != "IPv4" {
             continue;
@@ -234,8 +480,14 @@ fn backends_for(
             let Some(first) = ep.addresses.first() else {
                 continue;
             };
-            let ip = match first.parse::<Ipv4Addr>() {
-                Ok(ip) => ip,
+            let ip = match first.parse::<IpAddr>() {
+                Ok(IpAddr::V4(ip)) => ip,
+                Ok(IpAddr::V6(_)) => {
+                    out.problems.insert(format!(
+                        "{what}: field endpoints[{ei}].addresses[0]: {first:?} is an IPv6 address in an IPv4 slice; endpoint skipped"
+                    ));
+                    continue;
+                }
                 Err(_) => {
                     out.problems.insert(format!(
                         "{what}: field endpoints[{ei}].addresses[0]: {first:?} is not an IPv4 address; endpoint skipped"
@@ -244,22 +496,25 @@ fn backends_for(
                 }
             };
             let addr = BackendAddr { ip, port: target, proto };
+            let backend = |terminating| Backend {
+                addr,
+                terminating,
+                node_name: ep.node_name.clone(),
+                zone: ep.zone.clone(),
+            };
             if is_ready {
-                ready.insert(addr);
+                ready.entry(addr).or_insert_with(|| backend(false));
             } else if serving && is_terminating {
-                terminating.insert(addr);
+                terminating.entry(addr).or_insert_with(|| backend(true));
             }
         }
     }
     let terminating: Vec<Backend> = terminating
-        .difference(&ready)
-        .map(|addr| Backend { addr: *addr, terminating: true })
-        .collect();
-    ready
         .into_iter()
-        .map(|addr| Backend { addr, terminating: false })
-        .chain(terminating)
-        .collect()
+        .filter(|(addr, _)| !ready.contains_key(addr))
+        .map(|(_, b)| b)
+        .collect();
+    ready.into_values().chain(terminating).collect()
 }
 
 #[cfg(test)]

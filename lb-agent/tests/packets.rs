@@ -32,7 +32,7 @@ fn frontend(addr: &str, proto: Protocol, backends: &[&str]) -> (FrontendAddr, Fr
         .iter()
         .map(|b| {
             let b = sa(b);
-            Backend { addr: BackendAddr { ip: *b.ip(), port: b.port(), proto }, terminating: false }
+            Backend::ready(BackendAddr { ip: *b.ip(), port: b.port(), proto })
         })
         .collect();
     (fa, Frontend { addr: fa, name: format!("test/{addr}"), backends, flags: 0, affinity_timeout: 0 })

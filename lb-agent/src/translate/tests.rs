@@ -1,11 +1,13 @@
 use super::*;
 use crate::manifest::{Objects, parse_into};
+use crate::model::{BackendSelection, ServiceRef, TrafficPolicy};
+use std::net::IpAddr;
 
 fn run(yaml: &str) -> Translation {
     let mut objects = Objects::default();
     parse_into("t.yaml", yaml, &mut objects);
     assert!(objects.problems.is_empty(), "{:?}", objects.problems);
-    translate(&objects.services, &objects.slices)
+    translate(&objects.services, &objects.slices, &TranslateOptions::default())
 }
 
 fn fe(ip: &str, port: u16, proto: Protocol) -> FrontendAddr {
@@ -198,4 +200,174 @@ metadata: {name: ds}
 spec: {clusterIP: 10.96.0.60, clusterIPs: [10.96.0.60, "fd00::60"], ports: [{port: 80}]}
 "#);
     assert_eq!(t.desired.keys().copied().collect::<Vec<_>>(), [fe("10.96.0.60", 80, Protocol::Tcp)]);
+}
+
+fn run_with(yaml: &str, opts: &TranslateOptions) -> Translation {
+    let mut objects = Objects::default();
+    parse_into("t.yaml", yaml, &mut objects);
+    assert!(objects.problems.is_empty(), "{:?}", objects.problems);
+    translate(&objects.services, &objects.slices, opts)
+}
+
+const FULL: &str = r#"
+apiVersion: v1
+kind: Service
+metadata:
+  name: lb
+  namespace: prod
+  annotations: {lb.dev/backend-selection: maglev}
+spec:
+  type: LoadBalancer
+  clusterIP: 10.96.1.1
+  clusterIPs: [10.96.1.1, "fd00::1"]
+  ipFamilies: [IPv4, IPv6]
+  ipFamilyPolicy: PreferDualStack
+  sessionAffinity: ClientIP
+  sessionAffinityConfig: {clientIP: {timeoutSeconds: 300}}
+  externalTrafficPolicy: Local
+  internalTrafficPolicy: Local
+  healthCheckNodePort: 31000
+  externalIPs: [192.0.2.10]
+  loadBalancerSourceRanges: [203.0.113.0/24]
+  ports:
+  - {name: http, port: 80, nodePort: 30080}
+status:
+  loadBalancer:
+    ingress: [{ip: 198.51.100.7}, {hostname: lb.example.com}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: lb-1, namespace: prod, labels: {kubernetes.io/service-name: lb}}
+addressType: IPv4
+ports: [{name: http, port: 8080}]
+endpoints:
+- addresses: [10.244.1.5]
+  nodeName: node-a
+  zone: zone-1
+"#;
+
+#[test]
+fn service_semantics_become_flags_and_model() {
+    let t = run(FULL);
+    assert!(t.problems.is_empty(), "{:?}", t.problems);
+    let fe = &t.desired[&fe("10.96.1.1", 80, Protocol::Tcp)];
+    use lb_common::svc_flags::*;
+    assert_eq!(fe.flags, AFFINITY | MAGLEV | EXT_LOCAL | INT_LOCAL);
+    assert_eq!(fe.affinity_timeout, 300);
+    assert_eq!(fe.backends[0].node_name.as_deref(), Some("node-a"));
+    assert_eq!(fe.backends[0].zone.as_deref(), Some("zone-1"));
+    // Only the ClusterIP is a frontend for now.
+    assert_eq!(t.desired.len(), 1);
+
+    let m = &t.services[&ServiceRef { namespace: "prod".into(), name: "lb".into() }];
+    assert_eq!(m.type_, "LoadBalancer");
+    assert_eq!(m.cluster_ips.len(), 2);
+    assert_eq!(m.ip_families, ["IPv4", "IPv6"]);
+    assert_eq!(m.ip_family_policy.as_deref(), Some("PreferDualStack"));
+    assert_eq!(m.ports[0].node_port, Some(30080));
+    assert_eq!(m.external_ips, ["192.0.2.10".parse::<IpAddr>().unwrap()]);
+    assert_eq!(m.load_balancer_ips, ["198.51.100.7".parse::<IpAddr>().unwrap()]);
+    assert_eq!(m.source_ranges[0].to_string(), "203.0.113.0/24");
+    assert_eq!(m.health_check_node_port, Some(31000));
+    assert_eq!(m.external_traffic_policy, TrafficPolicy::Local);
+    assert_eq!(m.backend_selection, BackendSelection::Maglev);
+    assert_ne!(m.flags & SOURCE_RANGES, 0);
+}
+
+#[test]
+fn affinity_default_timeout_and_agent_default_selection() {
+    let yaml = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: a}
+spec: {clusterIP: 10.96.2.1, sessionAffinity: ClientIP, ports: [{port: 80}]}
+---
+apiVersion: v1
+kind: Service
+metadata: {name: b, annotations: {lb.dev/backend-selection: random}}
+spec: {clusterIP: 10.96.2.2, ports: [{port: 80}]}
+"#;
+    let maglev = TranslateOptions { default_selection: BackendSelection::Maglev };
+    let t = run_with(yaml, &maglev);
+    let a = &t.desired[&fe("10.96.2.1", 80, Protocol::Tcp)];
+    assert_eq!(a.affinity_timeout, DEFAULT_AFFINITY_TIMEOUT);
+    assert_eq!(a.flags, lb_common::svc_flags::AFFINITY | lb_common::svc_flags::MAGLEV);
+    // The annotation overrides the agent default.
+    assert_eq!(t.desired[&fe("10.96.2.2", 80, Protocol::Tcp)].flags, 0);
+    let t = run(yaml);
+    assert_eq!(t.desired[&fe("10.96.2.1", 80, Protocol::Tcp)].flags, lb_common::svc_flags::AFFINITY);
+}
+
+#[test]
+fn invalid_north_south_fields_are_named() {
+    let t = run_with(
+        r#"
+apiVersion: v1
+kind: Service
+metadata:
+  name: bad
+  namespace: ns
+  annotations: {lb.dev/backend-selection: roundrobin}
+spec:
+  type: LoadBalancer
+  clusterIP: 10.96.3.1
+  externalIPs: [192.0.2.300]
+  loadBalancerSourceRanges: [10.0.0.0/33, nonsense]
+  healthCheckNodePort: 70000
+  externalTrafficPolicy: Sometimes
+  ipFamilies: [IPv5]
+  sessionAffinity: ClientIP
+  sessionAffinityConfig: {clientIP: {timeoutSeconds: 0}}
+  ports: [{port: 80, nodePort: 99999}]
+status:
+  loadBalancer: {ingress: [{ip: not-an-ip}]}
+"#,
+        &TranslateOptions { default_selection: BackendSelection::Maglev },
+    );
+    let problems: Vec<_> = t.problems.iter().cloned().collect();
+    for needle in [
+        "Service ns/bad: annotation lb.dev/backend-selection: \"roundrobin\"",
+        "Service ns/bad: field spec.externalIPs[0]",
+        "Service ns/bad: field spec.loadBalancerSourceRanges[0]",
+        "Service ns/bad: field spec.loadBalancerSourceRanges[1]",
+        "Service ns/bad: field spec.healthCheckNodePort: 70000",
+        "Service ns/bad: field spec.externalTrafficPolicy",
+        "Service ns/bad: field spec.ipFamilies[0]",
+        "Service ns/bad: field spec.sessionAffinityConfig.clientIP.timeoutSeconds: 0",
+        "Service ns/bad: field spec.ports[0].nodePort: 99999",
+        "Service ns/bad: field status.loadBalancer.ingress[0].ip",
+    ] {
+        assert!(problems.iter().any(|p| p.contains(needle)), "missing {needle:?} in {problems:#?}");
+    }
+    assert_eq!(problems.len(), 10, "{problems:#?}");
+    // The ClusterIP frontend still works, with the agent default (maglev)
+    // for the invalid annotation.
+    let f = &t.desired[&fe("10.96.3.1", 80, Protocol::Tcp)];
+    assert_eq!(f.flags, lb_common::svc_flags::AFFINITY | lb_common::svc_flags::MAGLEV);
+    assert_eq!(f.affinity_timeout, DEFAULT_AFFINITY_TIMEOUT);
+}
+
+#[test]
+fn ipv6_endpoint_in_an_ipv4_slice_is_named() {
+    let t = run(r#"
+apiVersion: v1
+kind: Service
+metadata: {name: s, namespace: x}
+spec: {clusterIP: 10.96.4.1, ports: [{port: 80}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: s-1, namespace: x, labels: {kubernetes.io/service-name: s}}
+addressType: IPv4
+ports: [{port: 8080}]
+endpoints:
+- addresses: ["fd00::5"]
+- addresses: [10.244.4.5]
+"#);
+    let problems: Vec<_> = t.problems.iter().cloned().collect();
+    assert!(
+        problems.iter().any(|p| p.contains("EndpointSlice x/s-1: field endpoints[0].addresses[0]") && p.contains("IPv6")),
+        "{problems:#?}"
+    );
+    assert_eq!(backend_strings(&t, fe("10.96.4.1", 80, Protocol::Tcp)), ["10.244.4.5:8080"]);
 }

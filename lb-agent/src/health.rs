@@ -1,0 +1,128 @@
+//! The health server (kube-proxy's port, 10256 by default):
+//!
+//! - `/healthz`: liveness, 200 while the run loop keeps turning;
+//! - `/readyz`: 200 once the first full sync is written, 503 before;
+//! - `/metrics`: [`Metrics`] in the Prometheus text format.
+
+use std::{
+    net::SocketAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+};
+use tracing::{debug, info};
+
+use crate::metrics::Metrics;
+
+/// The run loop is considered stuck when it has not turned for this long.
+pub const STALL: Duration = Duration::from_secs(60);
+
+/// A timestamp the run loop refreshes on every turn.
+#[derive(Clone, Debug)]
+pub struct Heartbeat {
+    start: Instant,
+    last_ms: Arc<AtomicU64>,
+}
+
+impl Default for Heartbeat {
+    fn default() -> Self {
+        Heartbeat { start: Instant::now(), last_ms: Arc::new(AtomicU64::new(0)) }
+    }
+}
+
+impl Heartbeat {
+    pub fn beat(&self) {
+        self.last_ms.store(self.start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    pub fn age(&self) -> Duration {
+        let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+        self.start.elapsed().saturating_sub(last)
+    }
+}
+
+/// Binds the health server; fails when the address is taken.
+pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let listener = TcpListener::bind(addr).await?;
+    info!(addr = %listener.local_addr()?, "health server listening (/healthz, /readyz, /metrics)");
+    Ok(listener)
+}
+
+/// Serves until the task is dropped.
+pub async fn serve(listener: TcpListener, metrics: Metrics, heartbeat: Heartbeat) {
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                debug!("health server accept: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let (metrics, heartbeat) = (metrics.clone(), heartbeat.clone());
+        tokio::spawn(async move {
+            if let Err(e) = handle(stream, &metrics, &heartbeat).await {
+                debug!("health request from {peer}: {e}");
+            }
+        });
+    }
+}
+
+async fn handle(mut stream: TcpStream, metrics: &Metrics, heartbeat: &Heartbeat) -> std::io::Result<()> {
+    let mut buf = Vec::with_capacity(1024);
+    let read = tokio::time::timeout(Duration::from_secs(5), async {
+        let mut chunk = [0u8; 1024];
+        while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 16 * 1024 {
+            let n = stream.read(&mut chunk).await?;
+            if n == 0 {
+                break;
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+        Ok::<_, std::io::Error>(())
+    })
+    .await;
+    if !matches!(read, Ok(Ok(()))) {
+        return Ok(());
+    }
+    let head = String::from_utf8_lossy(&buf);
+    let mut parts = head.lines().next().unwrap_or("").split_whitespace();
+    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
+    let path = target.split('?').next().unwrap_or("");
+    let (status, content_type, body) = match (method, path) {
+        ("GET" | "HEAD", "/healthz" | "/livez") => {
+            let age = heartbeat.age();
+            if age < STALL {
+                ("200 OK", "text/plain", "ok\n".to_string())
+            } else {
+                ("503 Service Unavailable", "text/plain", format!("run loop stalled for {}s\n", age.as_secs()))
+            }
+        }
+        ("GET" | "HEAD", "/readyz") => {
+            if metrics.ready() {
+                ("200 OK", "text/plain", "ok\n".to_string())
+            } else {
+                ("503 Service Unavailable", "text/plain", "waiting for the first full sync\n".to_string())
+            }
+        }
+        ("GET" | "HEAD", "/metrics") => ("200 OK", "text/plain; version=0.0.4", metrics.render()),
+        ("GET" | "HEAD", _) => ("404 Not Found", "text/plain", "not found\n".to_string()),
+        _ => ("405 Method Not Allowed", "text/plain", "method not allowed\n".to_string()),
+    };
+    let mut response = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    if method != "HEAD" {
+        response.push_str(&body);
+    }
+    stream.write_all(response.as_bytes()).await?;
+    stream.shutdown().await
+}

@@ -1,0 +1,183 @@
+//! The agent's figures, served in the Prometheus text format on the
+//! health server's `/metrics`.
+
+use std::{
+    fmt::Write as _,
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use crate::source::Kind;
+
+/// Upper bounds (seconds) of the sync latency histogram.
+const LATENCY_BUCKETS: [f64; 12] = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+
+/// Shared handle; cheap to clone.
+#[derive(Clone, Debug, Default)]
+pub struct Metrics(Arc<Mutex<Inner>>);
+
+#[derive(Debug, Default)]
+struct Inner {
+    syncs: u64,
+    map_ops: u64,
+    map_errors: u64,
+    skipped: u64,
+    frontends: u64,
+    services: u64,
+    /// Counts per bucket (not cumulative), then the +Inf overflow.
+    latency_buckets: [u64; LATENCY_BUCKETS.len() + 1],
+    latency_sum: f64,
+    latency_count: u64,
+    last_sync_unix: f64,
+    api_errors_services: u64,
+    api_errors_slices: u64,
+    api_errors_node: u64,
+    node_seen: bool,
+    ready: bool,
+}
+
+/// What one sync did.
+#[derive(Clone, Debug, Default)]
+pub struct SyncRecord {
+    /// From the first event of the batch to the maps being written.
+    pub latency: Duration,
+    pub map_ops: u64,
+    pub map_errors: u64,
+    pub skipped: usize,
+    pub frontends: usize,
+    pub services: usize,
+}
+
+impl Metrics {
+    fn with<T>(&self, f: impl FnOnce(&mut Inner) -> T) -> T {
+        let mut guard = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        f(&mut guard)
+    }
+
+    pub fn record_sync(&self, r: &SyncRecord) {
+        self.with(|m| {
+            m.syncs += 1;
+            m.map_ops += r.map_ops;
+            m.map_errors += r.map_errors;
+            m.skipped = r.skipped as u64;
+            m.frontends = r.frontends as u64;
+            m.services = r.services as u64;
+            let secs = r.latency.as_secs_f64();
+            let i = LATENCY_BUCKETS.iter().position(|b| secs <= *b).unwrap_or(LATENCY_BUCKETS.len());
+            m.latency_buckets[i] += 1;
+            m.latency_sum += secs;
+            m.latency_count += 1;
+            m.last_sync_unix = SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(0.0);
+            m.ready = true;
+        })
+    }
+
+    /// Whether the first complete sync has been written.
+    pub fn ready(&self) -> bool {
+        self.with(|m| m.ready)
+    }
+
+    pub fn api_error(&self, kind: Kind) {
+        self.with(|m| match kind {
+            Kind::Service => m.api_errors_services += 1,
+            Kind::EndpointSlice => m.api_errors_slices += 1,
+        })
+    }
+
+    pub fn api_error_node(&self) {
+        self.with(|m| m.api_errors_node += 1)
+    }
+
+    pub fn set_node_seen(&self, seen: bool) {
+        self.with(|m| m.node_seen = seen)
+    }
+
+    /// The Prometheus text exposition (format 0.0.4).
+    pub fn render(&self) -> String {
+        self.with(|m| {
+            let mut out = String::new();
+            let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, String)]| {
+                let _ = writeln!(out, "# HELP {name} {help}");
+                let _ = writeln!(out, "# TYPE {name} {kind}");
+                for (labels, value) in samples {
+                    let _ = writeln!(out, "{name}{labels} {value}");
+                }
+            };
+            metric("lb_syncs_total", "counter", "Syncs of the maps with the desired state.", &[("", m.syncs.to_string())]);
+            metric(
+                "lb_map_operations_total",
+                "counter",
+                "Map updates and deletes issued by the reconciler.",
+                &[("", m.map_ops.to_string())],
+            );
+            metric(
+                "lb_map_errors_total",
+                "counter",
+                "Frontends or backends that could not be written.",
+                &[("", m.map_errors.to_string())],
+            );
+            metric(
+                "lb_objects_skipped",
+                "gauge",
+                "Objects or fields skipped as invalid in the last sync.",
+                &[("", m.skipped.to_string())],
+            );
+            metric("lb_frontends", "gauge", "Frontends in the desired state.", &[("", m.frontends.to_string())]);
+            metric("lb_services", "gauge", "Services handled.", &[("", m.services.to_string())]);
+            metric(
+                "lb_api_errors_total",
+                "counter",
+                "Failed lists and watches against the API server.",
+                &[
+                    ("{resource=\"services\"}", m.api_errors_services.to_string()),
+                    ("{resource=\"endpointslices\"}", m.api_errors_slices.to_string()),
+                    ("{resource=\"nodes\"}", m.api_errors_node.to_string()),
+                ],
+            );
+            metric("lb_node_seen", "gauge", "Whether this node's Node object is known.", &[("", u8::from(m.node_seen).to_string())]);
+            metric("lb_ready", "gauge", "Whether the first full sync is done.", &[("", u8::from(m.ready).to_string())]);
+            metric(
+                "lb_last_sync_timestamp_seconds",
+                "gauge",
+                "Unix time of the last sync.",
+                &[("", m.last_sync_unix.to_string())],
+            );
+            let _ = writeln!(out, "# HELP lb_sync_latency_seconds From the first event of a batch to its maps written.");
+            let _ = writeln!(out, "# TYPE lb_sync_latency_seconds histogram");
+            let mut cumulative = 0;
+            for (i, bound) in LATENCY_BUCKETS.iter().enumerate() {
+                cumulative += m.latency_buckets[i];
+                let _ = writeln!(out, "lb_sync_latency_seconds_bucket{{le=\"{bound}\"}} {cumulative}");
+            }
+            cumulative += m.latency_buckets[LATENCY_BUCKETS.len()];
+            let _ = writeln!(out, "lb_sync_latency_seconds_bucket{{le=\"+Inf\"}} {cumulative}");
+            let _ = writeln!(out, "lb_sync_latency_seconds_sum {}", m.latency_sum);
+            let _ = writeln!(out, "lb_sync_latency_seconds_count {}", m.latency_count);
+            out
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn histogram_is_cumulative_and_counts_match() {
+        let m = Metrics::default();
+        for ms in [2, 2, 40, 20_000] {
+            m.record_sync(&SyncRecord { latency: Duration::from_millis(ms), map_ops: 3, ..SyncRecord::default() });
+        }
+        let text = m.render();
+        assert!(text.contains("lb_sync_latency_seconds_bucket{le=\"0.005\"} 2\n"), "{text}");
+        assert!(text.contains("lb_sync_latency_seconds_bucket{le=\"0.05\"} 3\n"), "{text}");
+        assert!(text.contains("lb_sync_latency_seconds_bucket{le=\"10\"} 3\n"), "{text}");
+        assert!(text.contains("lb_sync_latency_seconds_bucket{le=\"+Inf\"} 4\n"), "{text}");
+        assert!(text.contains("lb_sync_latency_seconds_count 4\n"), "{text}");
+        assert!(text.contains("lb_map_operations_total 12\n"), "{text}");
+        assert!(text.contains("lb_ready 1\n"), "{text}");
+    }
+}

@@ -1,0 +1,266 @@
+//! Where Services and EndpointSlices come from, and the store they feed.
+//!
+//! A source ([`dir`] or [`kube`]) sends [`Batch`]es of [`Update`]s over a
+//! channel; the run loop applies them to one [`Store`], which it
+//! translates and reconciles. Both sources feed the same translation and
+//! the same reconciler.
+//!
+//! The store only becomes [`Store::ready`] after a complete list of both
+//! Services and EndpointSlices: before that, translating it would remove
+//! frontends that the pinned maps still serve.
+
+pub mod dir;
+pub mod kube;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fmt,
+    time::Instant,
+};
+
+use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+use tracing::{info, warn};
+
+use crate::manifest::Sourced;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Kind {
+    Service,
+    EndpointSlice,
+}
+
+impl fmt::Display for Kind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Kind::Service => "Service",
+            Kind::EndpointSlice => "EndpointSlice",
+        })
+    }
+}
+
+/// An object's namespace and name.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ObjectKey {
+    pub namespace: String,
+    pub name: String,
+}
+
+impl ObjectKey {
+    pub fn new(namespace: Option<&str>, name: Option<&str>) -> ObjectKey {
+        ObjectKey {
+            namespace: namespace.unwrap_or("default").to_string(),
+            name: name.unwrap_or("").to_string(),
+        }
+    }
+}
+
+impl fmt::Display for ObjectKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.namespace, self.name)
+    }
+}
+
+#[derive(Clone, Debug)]
+pub enum Object {
+    Service(Sourced<Service>),
+    EndpointSlice(Sourced<EndpointSlice>),
+}
+
+impl Object {
+    pub fn kind(&self) -> Kind {
+        match self {
+            Object::Service(_) => Kind::Service,
+            Object::EndpointSlice(_) => Kind::EndpointSlice,
+        }
+    }
+
+    pub fn key(&self) -> ObjectKey {
+        let meta = match self {
+            Object::Service(s) => &s.obj.metadata,
+            Object::EndpointSlice(s) => &s.obj.metadata,
+        };
+        ObjectKey::new(meta.namespace.as_deref(), meta.name.as_deref())
+    }
+
+    fn origin(&self) -> &str {
+        match self {
+            Object::Service(s) => &s.origin,
+            Object::EndpointSlice(s) => &s.origin,
+        }
+    }
+}
+
+/// An object that could not be read, with why (naming it and the field).
+#[derive(Clone, Debug)]
+pub struct Invalid {
+    pub kind: Kind,
+    /// `None` when the object's name could not be read either.
+    pub key: Option<ObjectKey>,
+    pub problem: String,
+}
+
+#[derive(Clone, Debug)]
+pub enum Update {
+    /// A complete list of one kind (a first list or a relist): replaces
+    /// what the store holds of that kind.
+    Listed { kind: Kind, objects: Vec<Object>, invalid: Vec<Invalid> },
+    /// An object was added or changed.
+    Applied(Object),
+    /// An object was deleted.
+    Deleted { kind: Kind, key: ObjectKey },
+    /// An added or changed object could not be read; the store keeps its
+    /// last valid version, if any.
+    Invalid(Invalid),
+}
+
+/// Updates a source saw together, with when it saw the first of them.
+#[derive(Clone, Debug)]
+pub struct Batch {
+    pub seen: Instant,
+    pub updates: Vec<Update>,
+}
+
+impl Batch {
+    pub fn now(updates: Vec<Update>) -> Batch {
+        Batch { seen: Instant::now(), updates }
+    }
+}
+
+pub type Sender = tokio::sync::mpsc::Sender<Batch>;
+
+/// The objects the agent currently knows.
+#[derive(Debug, Default)]
+pub struct Store {
+    services: BTreeMap<ObjectKey, Sourced<Service>>,
+    slices: BTreeMap<ObjectKey, Sourced<EndpointSlice>>,
+    /// Objects currently skipped because they could not be read.
+    invalid: BTreeMap<(Kind, ObjectKey), String>,
+    /// Problems of the last list of a kind that name no object.
+    unnamed_problems: BTreeMap<Kind, Vec<String>>,
+    listed: BTreeSet<Kind>,
+}
+
+impl Store {
+    /// Whether both kinds have been listed completely at least once.
+    pub fn ready(&self) -> bool {
+        self.listed.contains(&Kind::Service) && self.listed.contains(&Kind::EndpointSlice)
+    }
+
+    pub fn services(&self) -> impl Iterator<Item = &Sourced<Service>> {
+        self.services.values()
+    }
+
+    pub fn slices(&self) -> impl Iterator<Item = &Sourced<EndpointSlice>> {
+        self.slices.values()
+    }
+
+    /// Objects (or documents) skipped because they could not be read.
+    pub fn skipped(&self) -> usize {
+        self.invalid.len() + self.unnamed_problems.values().map(Vec::len).sum::<usize>()
+    }
+
+    pub fn apply(&mut self, update: Update) {
+        match update {
+            Update::Listed { kind, objects, invalid } => self.listed(kind, objects, invalid),
+            Update::Applied(obj) => {
+                self.invalid.remove(&(obj.kind(), obj.key()));
+                self.insert(obj);
+            }
+            Update::Deleted { kind, key } => {
+                self.invalid.remove(&(kind, key.clone()));
+                match kind {
+                    Kind::Service => self.services.remove(&key).map(drop),
+                    Kind::EndpointSlice => self.slices.remove(&key).map(drop),
+                };
+            }
+            Update::Invalid(inv) => self.record_invalid(inv),
+        }
+    }
+
+    fn listed(&mut self, kind: Kind, objects: Vec<Object>, invalid: Vec<Invalid>) {
+        let mut previous_services = BTreeMap::new();
+        let mut previous_slices = BTreeMap::new();
+        match kind {
+            Kind::Service => previous_services = std::mem::take(&mut self.services),
+            Kind::EndpointSlice => previous_slices = std::mem::take(&mut self.slices),
+        }
+        self.invalid.retain(|(k, _), _| *k != kind);
+        self.unnamed_problems.remove(&kind);
+        for obj in objects {
+            if obj.kind() != kind {
+                warn!("internal: a {} in a list of {kind}s, ignored", obj.kind());
+                continue;
+            }
+            let key = obj.key();
+            let duplicate = match kind {
+                Kind::Service => self.services.get(&key).map(|s| s.origin.clone()),
+                Kind::EndpointSlice => self.slices.get(&key).map(|s| s.origin.clone()),
+            };
+            if let Some(first) = duplicate {
+                let msg = format!(
+                    "{}: {kind} {key} is also defined in {first}; this copy is skipped",
+                    obj.origin()
+                );
+                warn!("{msg}");
+                self.unnamed_problems.entry(kind).or_default().push(msg);
+                continue;
+            }
+            self.insert(obj);
+        }
+        for inv in invalid {
+            // An object that turned invalid keeps its last valid version.
+            if let Some(key) = &inv.key {
+                match kind {
+                    Kind::Service => {
+                        if let Some(old) = previous_services.remove(key) {
+                            self.services.entry(key.clone()).or_insert(old);
+                        }
+                    }
+                    Kind::EndpointSlice => {
+                        if let Some(old) = previous_slices.remove(key) {
+                            self.slices.entry(key.clone()).or_insert(old);
+                        }
+                    }
+                }
+            }
+            self.record_invalid(inv);
+        }
+        self.listed.insert(kind);
+    }
+
+    fn insert(&mut self, obj: Object) {
+        let key = obj.key();
+        match obj {
+            Object::Service(s) => {
+                self.services.insert(key, s);
+            }
+            Object::EndpointSlice(s) => {
+                self.slices.insert(key, s);
+            }
+        }
+    }
+
+    fn record_invalid(&mut self, inv: Invalid) {
+        let kept = inv.key.as_ref().is_some_and(|key| match inv.kind {
+            Kind::Service => self.services.contains_key(key),
+            Kind::EndpointSlice => self.slices.contains_key(key),
+        });
+        // The source has logged the problem already.
+        let msg = if kept {
+            let key = inv.key.as_ref().map(ToString::to_string).unwrap_or_default();
+            info!("{} {key}: its last valid version stays in use", inv.kind);
+            format!("{}; its last valid version stays in use", inv.problem)
+        } else {
+            inv.problem
+        };
+        match inv.key {
+            Some(key) => {
+                self.invalid.insert((inv.kind, key), msg);
+            }
+            None => self.unnamed_problems.entry(inv.kind).or_default().push(msg),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
