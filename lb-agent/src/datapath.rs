@@ -28,6 +28,7 @@ pub struct MapSizes {
     pub backends: u32,
     pub slots: u32,
     pub ct: u32,
+    pub affinity: u32,
 }
 
 impl Default for MapSizes {
@@ -38,6 +39,7 @@ impl Default for MapSizes {
             backends: sizes::BACKENDS,
             slots: sizes::SLOTS,
             ct: sizes::CT,
+            affinity: sizes::AFFINITY,
         }
     }
 }
@@ -69,7 +71,8 @@ impl Datapath {
             .map_max_entries(names::SVC_NAMES, sizes.services)
             .map_max_entries(names::BACKENDS, sizes.backends)
             .map_max_entries(names::SLOTS, sizes.slots)
-            .map_max_entries(names::CT, sizes.ct);
+            .map_max_entries(names::CT, sizes.ct)
+            .map_max_entries(names::AFFINITY, sizes.affinity);
         let mut ebpf = loader
             .load(EBPF_OBJECT)
             .context("loading the eBPF object (are you root, with bpffs and BTF available?)")?;
@@ -156,7 +159,7 @@ fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut aya::pr
 /// the loader; refuse instead, naming the map.
 fn check_pinned_maps(dir: &Path) -> anyhow::Result<()> {
     use lb_common::*;
-    let expect: [(&str, usize, usize); 8] = [
+    let expect: [(&str, usize, usize); 10] = [
         (names::SERVICES, size_of::<Service4Key>(), size_of::<Service4Value>()),
         (names::SLOTS, size_of::<SlotKey>(), size_of::<Slot>()),
         (names::BACKENDS, size_of::<BackendKey>(), size_of::<Backend4>()),
@@ -165,6 +168,8 @@ fn check_pinned_maps(dir: &Path) -> anyhow::Result<()> {
         (names::SOCK_REVNAT, size_of::<SockRevNat4Key>(), size_of::<SockRevNat4>()),
         (names::CONFIG, 4, size_of::<Config>()),
         (names::SVC_NAMES, size_of::<RevNatKey>(), size_of::<SvcName>()),
+        (names::AFFINITY, size_of::<Affinity4Key>(), size_of::<Affinity4>()),
+        (names::MAGLEV, size_of::<RevNatKey>(), 4),
     ];
     for (name, key, value) in expect {
         let path = dir.join(name);

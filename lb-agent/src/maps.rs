@@ -2,10 +2,10 @@
 
 use std::path::{Path, PathBuf};
 
-use aya::maps::{Array, HashMap, Map, MapData, MapError};
+use aya::maps::{Array, HashMap, HashOfMaps, Map, MapData, MapError};
 use lb_common::{
-    Backend4, BackendKey, Config, Ct4Key, CtEntry, RevNat4, RevNatKey, Service4Key,
-    Service4Value, Slot, SlotKey, SockRevNat4, SockRevNat4Key, SvcName, names,
+    Affinity4, Affinity4Key, Backend4, BackendKey, Config, Ct4Key, CtEntry, RevNat4, RevNatKey,
+    Service4Key, Service4Value, Slot, SlotKey, SockRevNat4, SockRevNat4Key, SvcName, names,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -107,6 +107,9 @@ pub struct Maps {
     pub sock_revnat: Named<HashMap<MapData, SockRevNat4Key, SockRevNat4>>,
     pub config: Named<Array<MapData, Config>>,
     pub names: Named<HashMap<MapData, RevNatKey, SvcName>>,
+    pub affinity: Named<HashMap<MapData, Affinity4Key, Affinity4>>,
+    /// Frontend ID -> Maglev table (an inner array of backend IDs).
+    pub maglev: Named<HashOfMaps<MapData, RevNatKey, Array<MapData, u32>>>,
 }
 
 fn open<T>(dir: &Path, name: &'static str) -> Result<Named<T>, MapsError>
@@ -135,7 +138,51 @@ impl Maps {
             sock_revnat: open(dir, names::SOCK_REVNAT)?,
             config: open(dir, names::CONFIG)?,
             names: open(dir, names::SVC_NAMES)?,
+            affinity: open(dir, names::AFFINITY)?,
+            maglev: open(dir, names::MAGLEV)?,
         })
+    }
+
+    /// Installs `table` (backend IDs, one per slot) as the Maglev table of
+    /// frontend `id`: a new inner map is filled, then swapped in with one
+    /// update, so lookups see the old table or the new one, never a mix.
+    pub fn install_maglev(&mut self, id: u32, table: &[u32]) -> Result<(), MapsError> {
+        let m = &mut self.maglev;
+        let mut inner = Array::<MapData, u32>::create(table.len() as u32, aya_obj_inner_flag())
+            .map_err(|e| m.write_error(e))?;
+        for (i, backend_id) in table.iter().enumerate() {
+            inner.set(i as u32, backend_id, 0).map_err(|e| m.write_error(e))?;
+        }
+        m.map.insert(RevNatKey { id }, &inner, 0).map_err(|e| m.write_error(e))
+    }
+
+    pub fn remove_maglev(&mut self, id: u32) -> Result<(), MapsError> {
+        let m = &mut self.maglev;
+        match m.map.remove(&RevNatKey { id }) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+            Err(e) => Err(m.write_error(e)),
+        }
+    }
+
+    /// Frontend IDs that have a Maglev table.
+    pub fn maglev_ids(&self) -> Vec<u32> {
+        self.maglev.map.keys().filter_map(Result::ok).map(|k| k.id).collect()
+    }
+
+    /// The Maglev table of frontend `id`, if any.
+    pub fn maglev_table(&self, id: u32) -> Result<Option<Vec<u32>>, MapsError> {
+        let m = &self.maglev;
+        let inner: Array<MapData, u32> = match m.map.get(&RevNatKey { id }, 0) {
+            Ok(inner) => inner,
+            Err(MapError::KeyNotFound) => return Ok(None),
+            Err(e) => return Err(m.read_error(e)),
+        };
+        let mut table = Vec::with_capacity(inner.len() as usize);
+        for v in inner.iter() {
+            table.push(v.map_err(|e| m.read_error(e))?);
+        }
+        Ok(Some(table))
     }
 
     pub fn write_config(&mut self, config: &Config) -> Result<(), MapsError> {
@@ -161,4 +208,10 @@ pub fn svc_name(label: &str) -> SvcName {
 pub fn svc_name_str(name: &SvcName) -> String {
     let end = name.name.iter().position(|&b| b == 0).unwrap_or(name.name.len());
     String::from_utf8_lossy(&name.name[..end]).into_owned()
+}
+
+/// `BPF_F_INNER_MAP`: inner maps of `LB4_MAGLEV` may differ in size from
+/// the template in the object (the table size M is a runtime setting).
+fn aya_obj_inner_flag() -> u32 {
+    1 << 12
 }

@@ -20,11 +20,12 @@ use std::{
 
 use lb_common::{
     Backend4, BackendKey, RevNat4, RevNatKey, SCOPE_EXTERNAL, Service4Value, Slot, SlotKey,
-    backend_flags,
+    backend_flags, sizes, svc_flags,
 };
 use tracing::{debug, warn};
 
 use crate::{
+    maglev,
     maps::{Maps, MapsError, svc_name, svc_name_str},
     model::{BackendAddr, Desired, Frontend, FrontendAddr, Protocol},
 };
@@ -39,6 +40,13 @@ struct Installed {
     flags: u32,
     affinity_timeout: u32,
     name: String,
+    /// Backends whose established flows may continue: the slot backends
+    /// plus serving-but-terminating ones. Conntrack and affinity entries to
+    /// any other backend are purged.
+    allowed: BTreeSet<u32>,
+    /// M of the installed Maglev table; 0 = none, or unknown after a
+    /// restart (then it is rebuilt).
+    maglev_m: u32,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,16 +63,53 @@ pub struct Stats {
     pub added: usize,
     pub updated: usize,
     pub removed: usize,
+    /// Maglev tables built and swapped in.
+    pub maglev_tables: usize,
+    /// Conntrack entries purged because their backend left the Service.
+    pub ct_purged: usize,
+    /// Affinity entries purged because their backend left the Service.
+    pub affinity_purged: usize,
     /// Frontends or backends that could not be written, with why.
     pub errors: Vec<String>,
 }
 
+/// What one conntrack garbage collection did.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct GcStats {
+    pub scanned: usize,
+    pub deleted: usize,
+    /// Entries left, and the map's capacity: the fill level.
+    pub remaining: usize,
+    pub capacity: u32,
+}
+
+/// `Ct4Key` ordered by its bytes, for sets and maps.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct CtKeyOrd(lb_common::Ct4Key);
+
+impl PartialOrd for CtKeyOrd {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for CtKeyOrd {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        let k = |c: &CtKeyOrd| (c.0.saddr, c.0.daddr, c.0.sport, c.0.dport, c.0.proto, c.0.dir);
+        k(self).cmp(&k(other))
+    }
+}
+
 pub struct Reconciler {
     maps: Maps,
+    /// Frontends whose set of allowed backends lost members in this apply,
+    /// with the set they have now: their flows to others are purged.
+    shrunk: BTreeMap<u32, BTreeSet<u32>>,
     frontends: BTreeMap<FrontendAddr, Installed>,
     backends: BTreeMap<BackendAddr, InstalledBackend>,
     next_frontend_id: u32,
     next_backend_id: u32,
+    maglev_m: u32,
 }
 
 impl Reconciler {
@@ -112,6 +157,7 @@ impl Reconciler {
                 .get(&RevNatKey { id: value.id })?
                 .map(|n| svc_name_str(&n))
                 .unwrap_or_default();
+            let allowed = slots.iter().copied().collect();
             frontends.insert(
                 addr,
                 Installed {
@@ -121,6 +167,10 @@ impl Reconciler {
                     flags: value.flags,
                     affinity_timeout: value.affinity_timeout,
                     name,
+                    // Unknown until the first apply, which also re-adds
+                    // terminating backends here.
+                    allowed,
+                    maglev_m: 0,
                 },
             );
         }
@@ -141,6 +191,11 @@ impl Reconciler {
                 maps.names.remove(&key)?;
             }
         }
+        for id in maps.maglev_ids() {
+            if !live_ids.contains(&id) {
+                maps.remove_maglev(id)?;
+            }
+        }
         debug!(
             frontends = frontends.len(),
             backends = backends.len(),
@@ -148,11 +203,20 @@ impl Reconciler {
         );
         Ok(Reconciler {
             maps,
+            shrunk: BTreeMap::new(),
             frontends,
             backends,
             next_frontend_id,
             next_backend_id,
+            maglev_m: sizes::MAGLEV_M,
         })
+    }
+
+    /// Sets the Maglev table size M (prime); tables of another size are
+    /// rebuilt by the next `apply`.
+    pub fn set_maglev_m(&mut self, m: u32) {
+        assert!(maglev::is_prime(m), "Maglev M must be prime");
+        self.maglev_m = m;
     }
 
     pub fn maps(&self) -> &Maps {
@@ -181,11 +245,95 @@ impl Reconciler {
             .filter(|addr| !desired.contains_key(addr))
             .copied()
             .collect();
+        let mut purge: BTreeMap<u32, BTreeSet<u32>> = BTreeMap::new();
         for addr in gone {
-            self.remove_frontend(addr, &mut stats);
+            if let Some(id) = self.remove_frontend(addr, &mut stats) {
+                purge.insert(id, BTreeSet::new());
+            }
         }
         self.remove_unused_backends(desired, &mut stats);
+        for (id, allowed) in std::mem::take(&mut self.shrunk) {
+            purge.insert(id, allowed);
+        }
+        if !purge.is_empty() {
+            self.purge_flows(&purge, &mut stats);
+        }
         stats
+    }
+
+    /// Deletes conntrack and affinity entries of frontend `id` whose backend
+    /// is not in `purge[id]` (all of them for a removed frontend). UDP
+    /// clients then move to a live backend with their next packet instead
+    /// of blackholing; see `docs/connection-lifecycle.md` for TCP.
+    fn purge_flows(&mut self, purge: &BTreeMap<u32, BTreeSet<u32>>, stats: &mut Stats) {
+        let stale = |rev_nat_id: u32, backend_id: u32| {
+            purge.get(&rev_nat_id).is_some_and(|allowed| !allowed.contains(&backend_id))
+        };
+        match self.maps.ct.entries() {
+            Ok(entries) => {
+                for (key, entry) in entries {
+                    if stale(entry.rev_nat_id, entry.backend_id) {
+                        stats.ops += 1;
+                        match self.maps.ct.remove(&key) {
+                            Ok(()) => stats.ct_purged += 1,
+                            Err(e) => stats.errors.push(format!("purging conntrack: {e}")),
+                        }
+                    }
+                }
+            }
+            Err(e) => stats.errors.push(format!("purging conntrack: {e}")),
+        }
+        match self.maps.affinity.entries() {
+            Ok(entries) => {
+                for (key, entry) in entries {
+                    if stale(key.svc_id, entry.backend_id) {
+                        stats.ops += 1;
+                        match self.maps.affinity.remove(&key) {
+                            Ok(()) => stats.affinity_purged += 1,
+                            Err(e) => stats.errors.push(format!("purging affinity: {e}")),
+                        }
+                    }
+                }
+            }
+            Err(e) => stats.errors.push(format!("purging affinity: {e}")),
+        }
+    }
+
+    /// Deletes conntrack entries whose flow timed out (by the state of both
+    /// directions together), as of `now_ns` on CLOCK_MONOTONIC (the
+    /// datapath's `bpf_ktime_get_ns`). A flow is only deleted once neither
+    /// direction has seen a packet for its timeout, so a live flow is never
+    /// collected.
+    pub fn collect_conntrack(&mut self, timeouts: &lb_common::CtTimeouts, now_ns: u64) -> Result<GcStats, MapsError> {
+        let entries: BTreeMap<_, _> = self
+            .maps
+            .ct
+            .entries()?
+            .into_iter()
+            .map(|(k, v)| (CtKeyOrd(k), v))
+            .collect();
+        let mut gc = GcStats { scanned: entries.len(), capacity: self.maps.ct.max_entries, ..GcStats::default() };
+        let mut deleted = BTreeSet::new();
+        for (key, entry) in &entries {
+            if deleted.contains(key) {
+                continue;
+            }
+            let twin = CtKeyOrd(entry.twin_key(&key.0));
+            let (flags, last_seen) = match entries.get(&twin) {
+                Some(t) => (entry.tcp_flags | t.tcp_flags, entry.last_seen.max(t.last_seen)),
+                None => (entry.tcp_flags, entry.last_seen),
+            };
+            if lb_common::ct::expired(timeouts, key.0.proto, flags, last_seen, now_ns) {
+                for k in [key, &twin] {
+                    if entries.contains_key(k) && deleted.insert(*k) {
+                        self.maps.ct.remove(&k.0)?;
+                    }
+                }
+            }
+        }
+        gc.deleted = deleted.len();
+        gc.remaining = gc.scanned - gc.deleted;
+        Ok(gc)
     }
 
     fn write_backends(&mut self, desired: &Desired, stats: &mut Stats) {
@@ -241,29 +389,73 @@ impl Reconciler {
                 None => continue,
             }
         }
+        let allowed: BTreeSet<u32> = fe
+            .backends
+            .iter()
+            .filter_map(|b| self.backends.get(&b.addr).map(|x| x.id))
+            .collect();
+        let maglev_m = if fe.flags & svc_flags::MAGLEV != 0 && !slots.is_empty() {
+            self.maglev_m
+        } else {
+            0
+        };
         let current = self.frontends.get(&fe.addr).cloned();
         let result = match &current {
-            None => self.add_frontend(fe, slots, stats).map(|()| stats.added += 1),
+            None => self
+                .add_frontend(fe, slots, allowed.clone(), maglev_m, stats)
+                .map(|()| stats.added += 1),
             Some(inst)
                 if inst.slots == slots
                     && inst.flags == fe.flags
                     && inst.affinity_timeout == fe.affinity_timeout
-                    && inst.name == fe.name =>
+                    && inst.name == fe.name
+                    && inst.maglev_m == maglev_m =>
             {
+                // Only the terminating backends may differ.
+                if let Some(i) = self.frontends.get_mut(&fe.addr) {
+                    i.allowed = allowed.clone();
+                }
                 Ok(())
             }
             Some(inst) => self
-                .update_frontend(fe, inst, slots, stats)
+                .update_frontend(fe, inst, slots, allowed.clone(), maglev_m, stats)
                 .map(|()| stats.updated += 1),
         };
-        if let Err(e) = result {
-            let msg = format!("frontend {} ({}): {e}", fe.name, fe.addr);
-            warn!("{msg}; it keeps its previous state");
-            stats.errors.push(msg);
+        match result {
+            Ok(()) => {
+                if let Some(inst) = current {
+                    if !inst.allowed.is_subset(&allowed) {
+                        self.shrunk.insert(inst.id, allowed);
+                    }
+                }
+            }
+            Err(e) => {
+                let msg = format!("frontend {} ({}): {e}", fe.name, fe.addr);
+                warn!("{msg}; it keeps its previous state");
+                stats.errors.push(msg);
+            }
         }
     }
 
-    fn add_frontend(&mut self, fe: &Frontend, slots: Vec<u32>, stats: &mut Stats) -> Result<(), MapsError> {
+    /// The Maglev table of a frontend as backend IDs: keys are the slot
+    /// backends' `ip:port`, so every node builds the same table.
+    fn maglev_table(&self, slots: &[u32], m: u32) -> Vec<u32> {
+        let by_id: BTreeMap<u32, BackendAddr> = self.backends.iter().map(|(a, b)| (b.id, *a)).collect();
+        let keys: Vec<String> = slots
+            .iter()
+            .map(|id| by_id.get(id).map(|a| a.to_string()).unwrap_or_default())
+            .collect();
+        maglev::build(&keys, m).into_iter().map(|i| slots[i as usize]).collect()
+    }
+
+    fn add_frontend(
+        &mut self,
+        fe: &Frontend,
+        slots: Vec<u32>,
+        allowed: BTreeSet<u32>,
+        maglev_m: u32,
+        stats: &mut Stats,
+    ) -> Result<(), MapsError> {
         let id = self.alloc_frontend_id();
         let generation = 0;
         let result = (|| {
@@ -279,6 +471,12 @@ impl Reconciler {
             stats.ops += 1;
             self.maps.names.insert(&RevNatKey { id }, &svc_name(&fe.name))?;
             self.write_slots(id, generation, &slots, stats)?;
+            if maglev_m != 0 {
+                let table = self.maglev_table(&slots, maglev_m);
+                stats.ops += table.len() as u64 + 1;
+                self.maps.install_maglev(id, &table)?;
+                stats.maglev_tables += 1;
+            }
             stats.ops += 1;
             self.maps.services.insert(
                 &fe.addr.key(),
@@ -289,6 +487,7 @@ impl Reconciler {
             // Undo the parts that were written; the frontend entry itself
             // was the last write, so no packet saw any of them.
             self.delete_slots(id, generation, slots.len(), stats);
+            let _ = self.maps.remove_maglev(id);
             let _ = self.maps.revnat.remove(&RevNatKey { id });
             let _ = self.maps.names.remove(&RevNatKey { id });
             return Err(e);
@@ -302,6 +501,8 @@ impl Reconciler {
                 flags: fe.flags,
                 affinity_timeout: fe.affinity_timeout,
                 name: fe.name.clone(),
+                allowed,
+                maglev_m,
             },
         );
         Ok(())
@@ -312,15 +513,31 @@ impl Reconciler {
         fe: &Frontend,
         inst: &Installed,
         slots: Vec<u32>,
+        allowed: BTreeSet<u32>,
+        maglev_m: u32,
         stats: &mut Stats,
     ) -> Result<(), MapsError> {
         let id = inst.id;
-        let generation = if slots == inst.slots { inst.generation } else { 1 - inst.generation };
-        if generation != inst.generation {
+        let slots_changed = slots != inst.slots;
+        let generation = if slots_changed { 1 - inst.generation } else { inst.generation };
+        if slots_changed {
             if let Err(e) = self.write_slots(id, generation, &slots, stats) {
                 self.delete_slots(id, generation, slots.len(), stats);
                 return Err(e);
             }
+        }
+        // The new table goes in before the frontend flips to the new slots;
+        // both hold only backends that already exist.
+        if maglev_m != 0 && (slots_changed || inst.maglev_m != maglev_m) {
+            let table = self.maglev_table(&slots, maglev_m);
+            stats.ops += table.len() as u64 + 1;
+            if let Err(e) = self.maps.install_maglev(id, &table) {
+                if slots_changed {
+                    self.delete_slots(id, generation, slots.len(), stats);
+                }
+                return Err(e);
+            }
+            stats.maglev_tables += 1;
         }
         stats.ops += 1;
         if let Err(e) = self
@@ -328,13 +545,17 @@ impl Reconciler {
             .services
             .insert(&fe.addr.key(), &service_value(id, generation, slots.len(), fe))
         {
-            if generation != inst.generation {
+            if slots_changed {
                 self.delete_slots(id, generation, slots.len(), stats);
             }
             return Err(e);
         }
-        if generation != inst.generation {
+        if slots_changed {
             self.delete_slots(id, inst.generation, inst.slots.len(), stats);
+        }
+        if maglev_m == 0 && inst.maglev_m != 0 {
+            stats.ops += 1;
+            self.maps.remove_maglev(id)?;
         }
         if inst.name != fe.name {
             stats.ops += 1;
@@ -349,28 +570,31 @@ impl Reconciler {
                 flags: fe.flags,
                 affinity_timeout: fe.affinity_timeout,
                 name: fe.name.clone(),
+                allowed,
+                maglev_m,
             },
         );
         Ok(())
     }
 
-    fn remove_frontend(&mut self, addr: FrontendAddr, stats: &mut Stats) {
-        let Some(inst) = self.frontends.get(&addr).cloned() else {
-            return;
-        };
+    /// Removes a frontend; returns its ID if it was removed.
+    fn remove_frontend(&mut self, addr: FrontendAddr, stats: &mut Stats) -> Option<u32> {
+        let inst = self.frontends.get(&addr).cloned()?;
         stats.ops += 1;
         if let Err(e) = self.maps.services.remove(&addr.key()) {
             let msg = format!("removing frontend {} ({addr}): {e}", inst.name);
             warn!("{msg}");
             stats.errors.push(msg);
-            return;
+            return None;
         }
         self.delete_slots(inst.id, inst.generation, inst.slots.len(), stats);
-        stats.ops += 2;
+        stats.ops += 3;
+        let _ = self.maps.remove_maglev(inst.id);
         let _ = self.maps.revnat.remove(&RevNatKey { id: inst.id });
         let _ = self.maps.names.remove(&RevNatKey { id: inst.id });
         self.frontends.remove(&addr);
         stats.removed += 1;
+        Some(inst.id)
     }
 
     fn remove_unused_backends(&mut self, desired: &Desired, stats: &mut Stats) {
@@ -378,7 +602,11 @@ impl Reconciler {
             .values()
             .flat_map(|fe| fe.backends.iter().map(|b| b.addr))
             .collect();
-        let in_slots: BTreeSet<u32> = self.frontends.values().flat_map(|f| f.slots.iter().copied()).collect();
+        let in_slots: BTreeSet<u32> = self
+            .frontends
+            .values()
+            .flat_map(|f| f.slots.iter().chain(&f.allowed).copied())
+            .collect();
         let unused: Vec<(BackendAddr, u32)> = self
             .backends
             .iter()

@@ -7,57 +7,25 @@ mod common;
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
-use aya::programs::SchedClassifier;
-use common::{PinDir, kernel_tests_enabled};
+use common::{Loaded, frontend, kernel_tests_enabled};
 use etherparse::{Icmpv4Type, NetSlice, SlicedPacket, TransportSlice, icmpv4::DestUnreachableHeader};
 use lb_agent::{
-    datapath::{Datapath, MapSizes, TC_PROGRAM},
-    maps::Maps,
-    model::{Backend, BackendAddr, Desired, Frontend, FrontendAddr, Protocol},
-    reconcile::Reconciler,
-    testrun::{self, CLIENT_MAC, NODE_MAC, Outcome, TC_ACT_OK, TC_ACT_REDIRECT},
+    model::Protocol,
+    testrun::{self, CLIENT_MAC, NODE_MAC, TC_ACT_OK, TC_ACT_REDIRECT},
 };
-use lb_common::{Config, config_flags};
 
-fn sa(s: &str) -> SocketAddrV4 {
-    s.parse().unwrap()
-}
+use common::sa;
 
 const CLIENT: &str = "10.244.0.11:40000";
-
-fn frontend(addr: &str, proto: Protocol, backends: &[&str]) -> (FrontendAddr, Frontend) {
-    let a = sa(addr);
-    let fa = FrontendAddr { ip: *a.ip(), port: a.port(), proto };
-    let backends = backends
-        .iter()
-        .map(|b| {
-            let b = sa(b);
-            Backend::ready(BackendAddr { ip: *b.ip(), port: b.port(), proto })
-        })
-        .collect();
-    (fa, Frontend { addr: fa, name: format!("test/{addr}"), backends, flags: 0, affinity_timeout: 0 })
-}
 
 /// The datapath loaded into a private pin directory, with:
 /// - 10.96.0.10:80/TCP and :53/UDP -> one backend 10.244.0.12 (8080/5353);
 /// - 10.96.0.20:80/TCP and :53/UDP -> no backends;
 /// - 10.96.0.30:80/TCP -> two backends.
-struct Loaded {
-    dp: Datapath,
-    reconciler: Reconciler,
-    _pins: PinDir,
-}
-
-impl Loaded {
-    fn new(tag: &str) -> Loaded {
-        let pins = PinDir::new(tag);
-        let sizes = MapSizes { services: 64, backends: 64, slots: 256, ct: 1024 };
-        let dp = Datapath::load(&pins.0, &sizes).expect("loading the datapath");
-        let mut maps = Maps::open(&pins.0).unwrap();
-        maps.write_config(&Config { host_netns_cookie: 0, flags: config_flags::READY, _pad: 0 })
-            .unwrap();
-        let mut reconciler = Reconciler::recover(maps).unwrap();
-        let desired: Desired = [
+fn loaded(tag: &str) -> Loaded {
+    Loaded::new(
+        tag,
+        [
             frontend("10.96.0.10:80", Protocol::Tcp, &["10.244.0.12:8080"]),
             frontend("10.96.0.10:53", Protocol::Udp, &["10.244.0.12:5353"]),
             frontend("10.96.0.20:80", Protocol::Tcp, &[]),
@@ -65,19 +33,8 @@ impl Loaded {
             frontend("10.96.0.30:80", Protocol::Tcp, &["10.244.0.13:8080", "10.244.0.14:8080"]),
         ]
         .into_iter()
-        .collect();
-        let stats = reconciler.apply(&desired);
-        assert!(stats.errors.is_empty(), "{:?}", stats.errors);
-        Loaded { dp, reconciler, _pins: pins }
-    }
-
-    fn tc(&mut self) -> &mut SchedClassifier {
-        self.dp.ebpf.program_mut(TC_PROGRAM).unwrap().try_into().unwrap()
-    }
-
-    fn run(&mut self, input: &[u8]) -> Outcome {
-        testrun::run_tc(self.tc(), input).unwrap()
-    }
+        .collect(),
+    )
 }
 
 /// What a fixture expects.
@@ -172,7 +129,7 @@ fn fixtures() {
     if !kernel_tests_enabled() {
         return;
     }
-    let mut l = Loaded::new("fixtures");
+    let mut l = loaded("fixtures");
     let client = sa(CLIENT);
     let vip_tcp = sa("10.96.0.10:80");
     let vip_udp = sa("10.96.0.10:53");
@@ -277,7 +234,7 @@ fn truncated_packets_get_a_safe_verdict() {
     if !kernel_tests_enabled() {
         return;
     }
-    let mut l = Loaded::new("truncated");
+    let mut l = loaded("truncated");
     let full = testrun::tcp(sa(CLIENT), sa("10.96.0.10:80"), "S", 1, b"");
     // BPF_PROG_TEST_RUN itself refuses an IPv4 frame shorter than Ethernet
     // + IPv4 header (EINVAL), so truncation is tried from there on: inside
@@ -302,7 +259,7 @@ fn new_flows_spread_and_each_flow_sticks() {
     if !kernel_tests_enabled() {
         return;
     }
-    let mut l = Loaded::new("sticky");
+    let mut l = loaded("sticky");
     let vip = sa("10.96.0.30:80");
     let mut chosen = std::collections::BTreeMap::<[u8; 4], usize>::new();
     for port in 20000..20100u16 {

@@ -12,6 +12,8 @@
 #![cfg_attr(not(test), no_std)]
 
 pub mod csum;
+pub mod ct;
+pub mod hash;
 pub mod maps;
 pub mod packet;
 

@@ -13,9 +13,11 @@ pub mod names {
     pub const SOCK_REVNAT: &str = "LB4_SOCK_REVNAT";
     pub const CONFIG: &str = "LB_CONFIG";
     pub const SVC_NAMES: &str = "LB_SVC_NAMES";
+    pub const AFFINITY: &str = "LB4_AFFINITY";
+    pub const MAGLEV: &str = "LB4_MAGLEV";
 
     /// Every map the agent pins, in a stable order.
-    pub const ALL: [&str; 8] = [
+    pub const ALL: [&str; 10] = [
         SERVICES,
         SLOTS,
         BACKENDS,
@@ -24,6 +26,8 @@ pub mod names {
         SOCK_REVNAT,
         CONFIG,
         SVC_NAMES,
+        AFFINITY,
+        MAGLEV,
     ];
 }
 
@@ -36,6 +40,11 @@ pub mod sizes {
     pub const CT: u32 = 262_144;
     pub const SOCK_REVNAT: u32 = 65_536;
     pub const SVC_NAMES: u32 = 65_536;
+    pub const AFFINITY: u32 = 65_536;
+    /// Frontends that can have a Maglev table at once.
+    pub const MAGLEV: u32 = 4_096;
+    /// Default Maglev table size M (prime), as Cilium's.
+    pub const MAGLEV_M: u32 = 16_381;
 }
 
 pub const IPPROTO_ICMP: u8 = 1;
@@ -192,13 +201,47 @@ pub mod ct_flags {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CtEntry {
-    /// `bpf_ktime_get_ns()` of the last packet, for timeouts and GC.
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) of the last packet in this
+    /// entry's direction, for timeouts and GC.
     pub last_seen: u64,
     pub backend_id: u32,
     pub rev_nat_id: u32,
-    /// TCP flags seen on the flow (`ct_flags`), both directions.
+    /// The other end of the translation: the backend (in a `CT_SERVICE`
+    /// entry) or the frontend (in a `CT_REPLY` entry). With it the agent
+    /// finds an entry's twin without reading other maps.
+    pub peer_addr: u32,
+    pub peer_port: u16,
+    /// TCP flags seen in this entry's direction (`ct_flags`).
     pub tcp_flags: u8,
-    pub _pad: [u8; 7],
+    pub _pad: u8,
+}
+
+impl CtEntry {
+    /// The key of the other direction's entry.
+    #[inline(always)]
+    pub fn twin_key(&self, key: &Ct4Key) -> Ct4Key {
+        if key.dir == CT_SERVICE {
+            Ct4Key {
+                saddr: self.peer_addr,
+                daddr: key.saddr,
+                sport: self.peer_port,
+                dport: key.sport,
+                proto: key.proto,
+                dir: CT_REPLY,
+                _pad: 0,
+            }
+        } else {
+            Ct4Key {
+                saddr: key.daddr,
+                daddr: self.peer_addr,
+                sport: key.dport,
+                dport: self.peer_port,
+                proto: key.proto,
+                dir: CT_SERVICE,
+                _pad: 0,
+            }
+        }
+    }
 }
 
 /// Socket-level reverse NAT for host clients: after connect4/sendmsg4 turned
@@ -223,7 +266,7 @@ pub struct SockRevNat4 {
 
 /// Global datapath configuration, index 0 of `LB_CONFIG`.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Config {
     /// Network namespace cookie of the node's host namespace. The socket
     /// hooks only translate for sockets in that namespace: pods are served
@@ -231,13 +274,75 @@ pub struct Config {
     pub host_netns_cookie: u64,
     /// `config_flags::*`.
     pub flags: u32,
-    pub _pad: u32,
+    /// Size M of the Maglev tables (a prime).
+    pub maglev_m: u32,
+    /// Conntrack timeouts, in seconds (see `crate::ct`).
+    pub timeouts: CtTimeouts,
+}
+
+impl Config {
+    /// A ready configuration with default timeouts and Maglev size.
+    pub const fn ready(host_netns_cookie: u64) -> Config {
+        Config {
+            host_netns_cookie,
+            flags: config_flags::READY,
+            maglev_m: sizes::MAGLEV_M,
+            timeouts: CtTimeouts::DEFAULT,
+        }
+    }
+}
+
+/// Conntrack timeouts in seconds, by state.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct CtTimeouts {
+    /// TCP, only the opening SYN seen.
+    pub tcp_syn: u32,
+    /// TCP, handshake done and no FIN or RST seen.
+    pub tcp_established: u32,
+    /// TCP after a FIN or RST.
+    pub tcp_closing: u32,
+    /// UDP (and any non-TCP flow).
+    pub udp: u32,
+}
+
+impl CtTimeouts {
+    /// Cilium's defaults, with UDP at 60 s as in its CT (non-TCP) lifetime.
+    pub const DEFAULT: CtTimeouts = CtTimeouts {
+        tcp_syn: 60,
+        tcp_established: 21_600,
+        tcp_closing: 10,
+        udp: 60,
+    };
 }
 
 pub mod config_flags {
     /// The agent has written the configuration; until then the datapath
     /// passes everything untouched.
     pub const READY: u32 = 1 << 0;
+}
+
+/// Session affinity: which backend a client was last sent to, per frontend.
+/// `client` is the client's IPv4 address (network order) for packets, or
+/// the socket's network namespace cookie with `AFFINITY_NETNS` set for the
+/// socket hooks (a host client has no source address at connect time).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Affinity4Key {
+    pub client: u64,
+    pub svc_id: u32,
+    pub _pad: u32,
+}
+
+pub const AFFINITY_NETNS: u64 = 1 << 63;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Affinity4 {
+    /// CLOCK_MONOTONIC ns of the last new connection that used it.
+    pub last_used: u64,
+    pub backend_id: u32,
+    pub _pad: u32,
 }
 
 pub const SVC_NAME_LEN: usize = 64;
@@ -270,10 +375,13 @@ assert_layout!(Backend4, size = 8, addr @ 0, port @ 4, proto @ 6, flags @ 7);
 assert_layout!(RevNatKey, size = 4, id @ 0);
 assert_layout!(RevNat4, size = 8, addr @ 0, port @ 4, _pad @ 6);
 assert_layout!(Ct4Key, size = 16, saddr @ 0, daddr @ 4, sport @ 8, dport @ 10, proto @ 12, dir @ 13, _pad @ 14);
-assert_layout!(CtEntry, size = 24, last_seen @ 0, backend_id @ 8, rev_nat_id @ 12, tcp_flags @ 16, _pad @ 17);
+assert_layout!(CtEntry, size = 24, last_seen @ 0, backend_id @ 8, rev_nat_id @ 12, peer_addr @ 16, peer_port @ 20, tcp_flags @ 22, _pad @ 23);
 assert_layout!(SockRevNat4Key, size = 16, cookie @ 0, addr @ 8, port @ 12, _pad @ 14);
 assert_layout!(SockRevNat4, size = 12, addr @ 0, port @ 4, _pad @ 6, rev_nat_id @ 8);
-assert_layout!(Config, size = 16, host_netns_cookie @ 0, flags @ 8, _pad @ 12);
+assert_layout!(Config, size = 32, host_netns_cookie @ 0, flags @ 8, maglev_m @ 12, timeouts @ 16);
+assert_layout!(CtTimeouts, size = 16, tcp_syn @ 0, tcp_established @ 4, tcp_closing @ 8, udp @ 12);
+assert_layout!(Affinity4Key, size = 16, client @ 0, svc_id @ 8, _pad @ 12);
+assert_layout!(Affinity4, size = 16, last_used @ 0, backend_id @ 8, _pad @ 12);
 assert_layout!(SvcName, size = SVC_NAME_LEN, name @ 0);
 
 #[cfg(feature = "user")]
@@ -305,6 +413,9 @@ mod user {
         SockRevNat4Key,
         SockRevNat4,
         Config,
+        CtTimeouts,
+        Affinity4Key,
+        Affinity4,
         SvcName,
     );
 }

@@ -2,12 +2,13 @@
 //! see `docs/map-model.md`. Sizes here are defaults the agent overrides.
 
 use aya_ebpf::{
-    btf_maps::{Array, HashMap, LruHashMap},
+    bindings::BPF_F_INNER_MAP,
+    btf_maps::{Array, HashMap, HashOfMaps, LruHashMap},
     macros::btf_map,
 };
 use lb_common::{
-    Backend4, BackendKey, Config, Ct4Key, CtEntry, RevNat4, RevNatKey, Service4Key,
-    Service4Value, Slot, SlotKey, SockRevNat4, SockRevNat4Key, SvcName, sizes,
+    Affinity4, Affinity4Key, Backend4, BackendKey, Config, Ct4Key, CtEntry, RevNat4, RevNatKey,
+    Service4Key, Service4Value, Slot, SlotKey, SockRevNat4, SockRevNat4Key, SvcName, sizes,
 };
 
 #[btf_map]
@@ -41,3 +42,22 @@ pub static LB_CONFIG: Array<Config, 1> = Array::new();
 #[btf_map]
 pub static LB_SVC_NAMES: HashMap<RevNatKey, SvcName, { sizes::SVC_NAMES as usize }> =
     HashMap::new();
+
+/// Session affinity (sessionAffinity: ClientIP). LRU, so it can never fill
+/// up; entries expire by the Service's timeout and are purged by the agent
+/// when their backend leaves the Service.
+#[btf_map]
+pub static LB4_AFFINITY: LruHashMap<Affinity4Key, Affinity4, { sizes::AFFINITY as usize }> =
+    LruHashMap::new();
+
+/// A Maglev lookup table: M backend IDs. The template says 1 entry;
+/// `BPF_F_INNER_MAP` lets the agent insert tables of any size M, so M is a
+/// runtime setting (`Config::maglev_m`) and the verifier bounds-checks each
+/// lookup at run time.
+pub type MaglevTable = Array<u32, 1, { BPF_F_INNER_MAP as usize }>;
+
+/// Frontend ID -> its Maglev table. The agent builds a new table and swaps
+/// it in with one update of this map.
+#[btf_map]
+pub static LB4_MAGLEV: HashOfMaps<RevNatKey, MaglevTable, { sizes::MAGLEV as usize }> =
+    HashOfMaps::new();

@@ -14,7 +14,7 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 use aya_log_ebpf::debug;
-use lb_common::{SockRevNat4, SockRevNat4Key};
+use lb_common::{AFFINITY_NETNS, SockRevNat4, SockRevNat4Key, hash::fmix32};
 
 use crate::{
     lookup::{config, rev_nat, select_backend, service},
@@ -65,20 +65,20 @@ fn entry(ctx: &SockAddrContext, result: Result<i32, Error>) -> i32 {
     }
 }
 
+/// The configuration, if the socket lives in the host namespace we serve.
 #[inline(always)]
-fn in_host_netns(ctx: &SockAddrContext) -> bool {
-    let Some(cfg) = config() else {
-        return false;
-    };
+fn host_config(ctx: &SockAddrContext) -> Option<lb_common::Config> {
+    let cfg = config()?;
     // SAFETY: the helper takes the program context.
-    unsafe { bpf_get_netns_cookie(ctx.as_ptr()) == cfg.host_netns_cookie }
+    let cookie = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+    (cookie == cfg.host_netns_cookie).then_some(cfg)
 }
 
 #[inline(always)]
 fn try_forward(ctx: &SockAddrContext) -> Result<i32, Error> {
-    if !in_host_netns(ctx) {
+    let Some(cfg) = host_config(ctx) else {
         return Ok(ALLOW);
-    }
+    };
     // SAFETY: the context is a valid bpf_sock_addr for this program.
     let sa = unsafe { &mut *ctx.sock_addr };
     let addr = sa.user_ip4;
@@ -94,9 +94,13 @@ fn try_forward(ctx: &SockAddrContext) -> Result<i32, Error> {
         unsafe { bpf_set_retval(-ECONNREFUSED) };
         return Ok(REJECT);
     }
-    let (_, be) = select_backend(&svc).ok_or(Error::Map)?;
     // SAFETY: the helper takes the program context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
+    // No source port exists yet at connect time: Maglev hashes the socket,
+    // and affinity keys on the namespace (all host sockets are one client).
+    let hash = fmix32(cookie as u32 ^ (cookie >> 32) as u32);
+    let client = cfg.host_netns_cookie | AFFINITY_NETNS;
+    let (_, be) = select_backend(&cfg, &svc, hash, client).ok_or(Error::Map)?;
     let key = SockRevNat4Key {
         cookie,
         addr: be.addr,
@@ -117,7 +121,7 @@ fn try_forward(ctx: &SockAddrContext) -> Result<i32, Error> {
 
 #[inline(always)]
 fn try_reverse(ctx: &SockAddrContext) -> Result<i32, Error> {
-    if !in_host_netns(ctx) {
+    if host_config(ctx).is_none() {
         return Ok(ALLOW);
     }
     // SAFETY: the context is a valid bpf_sock_addr for this program.

@@ -13,7 +13,8 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use lb_common::{
-    CT_REPLY, CT_SERVICE, Ct4Key, IPPROTO_TCP, IPPROTO_UDP, Service4Value,
+    CT_REPLY, CT_SERVICE, Config, Ct4Key, CtEntry, IPPROTO_TCP, IPPROTO_UDP, Service4Value, ct,
+    hash::flow_hash,
     packet::{
         ETH_HLEN, ETH_P_IP, ICMP_QUOTE_LEN, ICMP_UNREACH_LEN, IPV4_HLEN, TCP_HLEN, UDP_HLEN,
         icmp_port_unreachable,
@@ -22,7 +23,7 @@ use lb_common::{
 };
 
 use crate::{
-    lookup::{backend, config, new_ct_entry, now_ns, rev_nat, select_backend, service},
+    lookup::{backend, config, now_ns, rev_nat, select_backend, service},
     maps::LB4_CT,
 };
 
@@ -138,21 +139,21 @@ fn parse(ctx: &TcContext) -> Result<Option<Flow>, Error> {
 
 #[inline(always)]
 fn try_lb_tc(ctx: &TcContext) -> Result<i32, Error> {
-    if config().is_none() {
+    let Some(cfg) = config() else {
         return Ok(TC_ACT_OK);
-    }
+    };
     let Some(flow) = parse(ctx)? else {
         return Ok(TC_ACT_OK);
     };
     match service(flow.daddr, flow.dport, flow.proto) {
-        Some(svc) => forward(ctx, &flow, &svc),
+        Some(svc) => forward(ctx, &cfg, &flow, &svc),
         None => reply(ctx, &flow),
     }
 }
 
 /// Client -> frontend: stick to the recorded backend, or pick one.
 #[inline(always)]
-fn forward(ctx: &TcContext, f: &Flow, svc: &Service4Value) -> Result<i32, Error> {
+fn forward(ctx: &TcContext, cfg: &Config, f: &Flow, svc: &Service4Value) -> Result<i32, Error> {
     let key = Ct4Key {
         saddr: f.saddr,
         daddr: f.daddr,
@@ -162,17 +163,22 @@ fn forward(ctx: &TcContext, f: &Flow, svc: &Service4Value) -> Result<i32, Error>
         dir: CT_SERVICE,
         _pad: 0,
     };
+    let now = now_ns();
     let mut known = None;
-    if let Some(ct) = LB4_CT.get_ptr_mut(&key) {
+    if let Some(entry) = LB4_CT.get_ptr_mut(&key) {
         // SAFETY: a map value pointer; racing updates from other CPUs only
         // touch the timestamp and the flag bits.
-        let ct = unsafe { &mut *ct };
-        // The entry is only good while it belongs to this frontend and its
-        // backend still exists.
-        if ct.rev_nat_id == svc.id {
-            if let Some(be) = backend(ct.backend_id) {
-                ct.last_seen = now_ns();
-                ct.tcp_flags |= f.tcp_flags;
+        let entry = unsafe { &mut *entry };
+        // The entry is only good while it belongs to this frontend, has not
+        // timed out or been closed and reopened, and its backend still
+        // exists (a terminating backend does: its flows continue).
+        if entry.rev_nat_id == svc.id
+            && !ct::expired(&cfg.timeouts, f.proto, entry.tcp_flags, entry.last_seen, now)
+            && !ct::restarts(f.proto, entry.tcp_flags, f.tcp_flags)
+        {
+            if let Some(be) = backend(entry.backend_id) {
+                entry.last_seen = now;
+                entry.tcp_flags |= f.tcp_flags;
                 known = Some(be);
             }
         }
@@ -183,8 +189,9 @@ fn forward(ctx: &TcContext, f: &Flow, svc: &Service4Value) -> Result<i32, Error>
             if svc.count == 0 {
                 return reject(ctx, f);
             }
-            let (backend_id, be) = select_backend(svc).ok_or(Error::Rewrite)?;
-            let entry = new_ct_entry(backend_id, svc.id, f.tcp_flags);
+            let hash = flow_hash(f.saddr, f.daddr, f.sport, f.dport, f.proto);
+            let (backend_id, be) =
+                select_backend(cfg, svc, hash, f.saddr as u64).ok_or(Error::Rewrite)?;
             let reply_key = Ct4Key {
                 saddr: be.addr,
                 daddr: f.saddr,
@@ -194,8 +201,23 @@ fn forward(ctx: &TcContext, f: &Flow, svc: &Service4Value) -> Result<i32, Error>
                 dir: CT_REPLY,
                 _pad: 0,
             };
-            LB4_CT.insert(&reply_key, &entry, 0).map_err(|_| Error::Rewrite)?;
-            LB4_CT.insert(&key, &entry, 0).map_err(|_| Error::Rewrite)?;
+            let reply = CtEntry {
+                last_seen: now,
+                backend_id,
+                rev_nat_id: svc.id,
+                peer_addr: f.daddr,
+                peer_port: f.dport,
+                tcp_flags: 0,
+                _pad: 0,
+            };
+            let service = CtEntry {
+                peer_addr: be.addr,
+                peer_port: be.port,
+                tcp_flags: f.tcp_flags,
+                ..reply
+            };
+            LB4_CT.insert(&reply_key, &reply, 0).map_err(|_| Error::Rewrite)?;
+            LB4_CT.insert(&key, &service, 0).map_err(|_| Error::Rewrite)?;
             be
         }
     };

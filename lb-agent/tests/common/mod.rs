@@ -10,7 +10,16 @@ use std::{
     time::{Duration, Instant},
 };
 
-use lb_agent::{list, maps::Maps};
+use aya::programs::SchedClassifier;
+use lb_agent::{
+    datapath::{Datapath, MapSizes, TC_PROGRAM},
+    list,
+    maps::Maps,
+    model::{Backend, BackendAddr, Desired, Frontend, FrontendAddr, Protocol},
+    reconcile::Reconciler,
+    testrun::{self, Outcome},
+};
+use lb_common::Config;
 use lb_lab::{ChildGuard, Netns};
 
 /// Whether the kernel tests can run. Without root they are skipped, except
@@ -224,4 +233,57 @@ addressType: IPv4
 ports: [{{name: p, port: {target_port}, protocol: {proto}}}]
 endpoints: {eps}"#
     )
+}
+
+pub fn sa(s: &str) -> std::net::SocketAddrV4 {
+    s.parse().unwrap()
+}
+
+/// A frontend `addr` with `backends` (all ready), flags 0.
+pub fn frontend(addr: &str, proto: Protocol, backends: &[&str]) -> (FrontendAddr, Frontend) {
+    let a = sa(addr);
+    let fa = FrontendAddr { ip: *a.ip(), port: a.port(), proto };
+    let backends = backends
+        .iter()
+        .map(|b| {
+            let b = sa(b);
+            Backend {
+                addr: BackendAddr { ip: *b.ip(), port: b.port(), proto },
+                terminating: false,
+                node_name: None,
+                zone: None,
+            }
+        })
+        .collect();
+    (fa, Frontend { addr: fa, name: format!("test/{addr}"), backends, flags: 0, affinity_timeout: 0 })
+}
+
+/// The datapath loaded in-process into a private pin directory, its maps
+/// programmed with `desired`, for BPF_PROG_TEST_RUN.
+pub struct Loaded {
+    pub dp: Datapath,
+    pub reconciler: Reconciler,
+    pub pins: PinDir,
+}
+
+impl Loaded {
+    pub fn new(tag: &str, desired: Desired) -> Loaded {
+        let pins = PinDir::new(tag);
+        let sizes = MapSizes { services: 64, backends: 64, slots: 256, ct: 4096, affinity: 256 };
+        let dp = Datapath::load(&pins.0, &sizes).expect("loading the datapath");
+        let mut maps = Maps::open(&pins.0).unwrap();
+        maps.write_config(&Config::ready(0)).unwrap();
+        let mut reconciler = Reconciler::recover(maps).unwrap();
+        let stats = reconciler.apply(&desired);
+        assert!(stats.errors.is_empty(), "{:?}", stats.errors);
+        Loaded { dp, reconciler, pins }
+    }
+
+    pub fn tc(&mut self) -> &mut SchedClassifier {
+        self.dp.ebpf.program_mut(TC_PROGRAM).unwrap().try_into().unwrap()
+    }
+
+    pub fn run(&mut self, input: &[u8]) -> Outcome {
+        testrun::run_tc(self.tc(), input).unwrap()
+    }
 }

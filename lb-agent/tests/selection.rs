@@ -1,0 +1,301 @@
+//! Backend selection and connection lifecycle through BPF_PROG_TEST_RUN:
+//! Maglev lookups, session affinity, conntrack expiry, garbage collection,
+//! and purging the flows of removed backends.
+
+mod common;
+
+use std::{collections::BTreeMap, net::SocketAddrV4};
+
+use common::{Loaded, frontend, kernel_tests_enabled, sa};
+use lb_agent::{
+    gc::monotonic_ns,
+    model::{Desired, FrontendAddr, Protocol},
+    testrun,
+};
+use lb_common::{
+    Affinity4Key, CT_SERVICE, CtTimeouts, RevNatKey, ct_flags, hash::flow_hash, sizes, svc_flags,
+};
+
+const CLIENT_IP: &str = "10.244.0.11";
+
+fn client(port: u16) -> SocketAddrV4 {
+    SocketAddrV4::new(CLIENT_IP.parse().unwrap(), port)
+}
+
+/// Destination address after the program ran (the chosen backend).
+fn dnat_target(packet: &[u8]) -> SocketAddrV4 {
+    let ip: [u8; 4] = packet[30..34].try_into().unwrap();
+    let port = u16::from_be_bytes([packet[36], packet[37]]);
+    SocketAddrV4::new(ip.into(), port)
+}
+
+fn backends(n: u8) -> Vec<String> {
+    (0..n).map(|i| format!("10.244.1.{}:8080", 10 + i)).collect()
+}
+
+fn desired(entries: Vec<(FrontendAddr, lb_agent::model::Frontend)>) -> Desired {
+    entries.into_iter().collect()
+}
+
+fn svc(addr: &str, backends: &[String], flags: u32, affinity_timeout: u32) -> (FrontendAddr, lb_agent::model::Frontend) {
+    let refs: Vec<&str> = backends.iter().map(String::as_str).collect();
+    let (a, mut f) = frontend(addr, Protocol::Tcp, &refs);
+    f.flags = flags;
+    f.affinity_timeout = affinity_timeout;
+    (a, f)
+}
+
+#[test]
+fn maglev_picks_exactly_the_agents_table_slot() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let vip = sa("10.96.0.40:80");
+    let five = backends(5);
+    let mut l = Loaded::new("maglev", desired(vec![svc("10.96.0.40:80", &five, svc_flags::MAGLEV, 0)]));
+    let fa = FrontendAddr { ip: *vip.ip(), port: 80, proto: Protocol::Tcp };
+    let id = l.reconciler.frontend_id(&fa).unwrap();
+    let table = l.reconciler.maps().maglev_table(id).unwrap().expect("a Maglev table is installed");
+    assert_eq!(table.len(), sizes::MAGLEV_M as usize);
+    let backend_of: BTreeMap<u32, SocketAddrV4> = l
+        .reconciler
+        .maps()
+        .backends
+        .entries()
+        .unwrap()
+        .into_iter()
+        .map(|(k, b)| (k.id, SocketAddrV4::new(b.addr.to_ne_bytes().into(), u16::from_be(b.port))))
+        .collect();
+
+    let mut used = BTreeMap::<SocketAddrV4, usize>::new();
+    for port in 30000..30300u16 {
+        let c = client(port);
+        let out = l.run(&testrun::tcp(c, vip, "S", 1, b""));
+        let hash = flow_hash(
+            u32::from_ne_bytes(c.ip().octets()),
+            u32::from_ne_bytes(vip.ip().octets()),
+            port.to_be(),
+            80u16.to_be(),
+            6,
+        );
+        let want = backend_of[&table[(hash % sizes::MAGLEV_M) as usize]];
+        assert_eq!(dnat_target(&out.packet), want, "flow from port {port}");
+        *used.entry(want).or_default() += 1;
+    }
+    assert_eq!(used.len(), 5, "all backends take flows: {used:?}");
+
+    // Without conntrack (another node, or an evicted entry) every flow
+    // still goes to the same backend.
+    let mut ct = l.reconciler.maps().ct.entries().unwrap();
+    for (k, _) in ct.drain(..) {
+        l.reconciler.maps_mut().ct.remove(&k).unwrap();
+    }
+    for port in 30000..30300u16 {
+        let c = client(port);
+        let first = dnat_target(&l.run(&testrun::tcp(c, vip, "A", 2, b"")).packet);
+        let again = dnat_target(&l.run(&testrun::tcp(c, vip, "A", 3, b"")).packet);
+        assert_eq!(first, again);
+    }
+
+    // Removing one backend moves only the flows it had (plus ~1%).
+    let before: Vec<SocketAddrV4> = (30000..30300u16)
+        .map(|p| backend_of[&table[(flow_hash(u32::from_ne_bytes(client(p).ip().octets()), u32::from_ne_bytes(vip.ip().octets()), p.to_be(), 80u16.to_be(), 6) % sizes::MAGLEV_M) as usize]])
+        .collect();
+    let four: Vec<String> = five[..4].to_vec();
+    let stats = l.reconciler.apply(&desired(vec![svc("10.96.0.40:80", &four, svc_flags::MAGLEV, 0)]));
+    assert_eq!(stats.maglev_tables, 1, "the table was rebuilt and swapped");
+    let removed = sa(&five[4]);
+    let mut moved = 0;
+    for (i, port) in (30000..30300u16).enumerate() {
+        let now = dnat_target(&l.run(&testrun::tcp(client(port), vip, "S", 1, b"")).packet);
+        assert_ne!(now, removed);
+        if before[i] != removed && now != before[i] {
+            moved += 1;
+        }
+    }
+    assert!(moved <= 300 / 100 + 3, "{moved} of 300 flows moved off surviving backends");
+}
+
+#[test]
+fn session_affinity_pins_a_client_until_it_expires_or_its_backend_goes() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let vip = sa("10.96.0.50:80");
+    let three = backends(3);
+    let mut l = Loaded::new("affinity", desired(vec![svc("10.96.0.50:80", &three, svc_flags::AFFINITY, 60)]));
+
+    // 100 connections (distinct source ports) from one client: one backend.
+    let first = dnat_target(&l.run(&testrun::tcp(client(40000), vip, "S", 1, b"")).packet);
+    for port in 40001..40100u16 {
+        let b = dnat_target(&l.run(&testrun::tcp(client(port), vip, "S", 1, b"")).packet);
+        assert_eq!(b, first, "connection from port {port}");
+    }
+    // Other clients are spread: 20 clients land on more than one backend.
+    let mut others = BTreeMap::<SocketAddrV4, usize>::new();
+    for host in 20..40u8 {
+        let c = SocketAddrV4::new([10, 244, 2, host].into(), 40000);
+        *others.entry(dnat_target(&l.run(&testrun::tcp(c, vip, "S", 1, b"")).packet)).or_default() += 1;
+    }
+    assert!(others.len() > 1, "{others:?}");
+
+    // Expire the client's entry: its next connection is chosen afresh
+    // (and sticks again). Ageing the entry stands in for waiting.
+    let id = l
+        .reconciler
+        .frontend_id(&FrontendAddr { ip: *vip.ip(), port: 80, proto: Protocol::Tcp })
+        .unwrap();
+    let key = Affinity4Key { client: u32::from_ne_bytes(client(0).ip().octets()) as u64, svc_id: id, _pad: 0 };
+    let mut moved = false;
+    for round in 0..30u16 {
+        let mut entry = l.reconciler.maps().affinity.get(&key).unwrap().expect("affinity entry");
+        entry.last_used -= 61 * 1_000_000_000;
+        l.reconciler.maps_mut().affinity.insert(&key, &entry).unwrap();
+        let b = dnat_target(&l.run(&testrun::tcp(client(41000 + round), vip, "S", 1, b"")).packet);
+        let again = dnat_target(&l.run(&testrun::tcp(client(42000 + round), vip, "S", 1, b"")).packet);
+        assert_eq!(b, again, "sticks again after being re-chosen");
+        if b != first {
+            moved = true;
+            break;
+        }
+    }
+    assert!(moved, "after expiry the client could move (30 fresh random choices all hit {first})");
+
+    // Remove the client's current backend: its affinity entry is purged
+    // and it moves, then sticks to the new one.
+    let current = dnat_target(&l.run(&testrun::tcp(client(43000), vip, "S", 1, b"")).packet);
+    let rest: Vec<String> = three.iter().filter(|b| sa(b) != current).cloned().collect();
+    let stats = l.reconciler.apply(&desired(vec![svc("10.96.0.50:80", &rest, svc_flags::AFFINITY, 60)]));
+    assert!(stats.affinity_purged >= 1, "{stats:?}");
+    let next = dnat_target(&l.run(&testrun::tcp(client(43001), vip, "S", 1, b"")).packet);
+    assert_ne!(next, current);
+    for port in 43002..43020u16 {
+        assert_eq!(dnat_target(&l.run(&testrun::tcp(client(port), vip, "S", 1, b"")).packet), next);
+    }
+}
+
+/// The conntrack entry of a flow, by its client tuple.
+fn ct_entry(l: &Loaded, c: SocketAddrV4, vip: SocketAddrV4, proto: u8) -> Option<lb_common::CtEntry> {
+    let key = lb_common::Ct4Key {
+        saddr: u32::from_ne_bytes(c.ip().octets()),
+        daddr: u32::from_ne_bytes(vip.ip().octets()),
+        sport: c.port().to_be(),
+        dport: vip.port().to_be(),
+        proto,
+        dir: CT_SERVICE,
+        _pad: 0,
+    };
+    l.reconciler.maps().ct.get(&key).unwrap()
+}
+
+#[test]
+fn conntrack_timeouts_reuse_and_garbage_collection() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let vip = sa("10.96.0.60:80");
+    let mut l = Loaded::new("ctgc", desired(vec![svc("10.96.0.60:80", &backends(2), 0, 0)]));
+    let t = CtTimeouts::DEFAULT;
+
+    // Three flows: established, closing, and a bare SYN.
+    let est = client(50000);
+    l.run(&testrun::tcp(est, vip, "S", 1, b""));
+    l.run(&testrun::tcp(est, vip, "A", 2, b""));
+    let closing = client(50001);
+    l.run(&testrun::tcp(closing, vip, "S", 1, b""));
+    l.run(&testrun::tcp(closing, vip, "A", 2, b""));
+    l.run(&testrun::tcp(closing, vip, "FA", 3, b""));
+    let syn = client(50002);
+    l.run(&testrun::tcp(syn, vip, "S", 1, b""));
+    assert_eq!(l.reconciler.maps().ct.entries().unwrap().len(), 6, "two entries per flow");
+    assert_eq!(ct_entry(&l, est, vip, 6).unwrap().tcp_flags, ct_flags::SYN | ct_flags::ACK);
+
+    // A new SYN on the closed flow's tuple starts a new flow (flags reset).
+    l.run(&testrun::tcp(closing, vip, "S", 9, b""));
+    assert_eq!(ct_entry(&l, closing, vip, 6).unwrap().tcp_flags, ct_flags::SYN);
+    l.run(&testrun::tcp(closing, vip, "FA", 10, b""));
+
+    // Garbage collection: at now + 11 s only the closing flow has run out
+    // (closing 10 s); at now + 61 s the SYN-only one too; the established
+    // flow survives until its 6 h.
+    let now = monotonic_ns();
+    let gc = l.reconciler.collect_conntrack(&t, now).unwrap();
+    assert_eq!(gc.deleted, 0, "nothing expires right away: {gc:?}");
+    let gc = l.reconciler.collect_conntrack(&t, now + 11_000_000_000).unwrap();
+    // The closing flow, both directions (plus the reply entry of its first
+    // incarnation when the restart picked the other backend).
+    assert_eq!(gc.remaining, 4, "only the established and SYN flows are left: {gc:?}");
+    assert!(ct_entry(&l, closing, vip, 6).is_none());
+    let gc = l.reconciler.collect_conntrack(&t, now + 61_000_000_000).unwrap();
+    assert_eq!(gc.deleted, 2, "the bare SYN: {gc:?}");
+    assert!(ct_entry(&l, syn, vip, 6).is_none());
+    assert!(ct_entry(&l, est, vip, 6).is_some(), "a live established flow is never collected");
+    assert_eq!(gc.remaining, 2);
+
+    // A flow that keeps sending is never collected: its last_seen moves.
+    let before = ct_entry(&l, est, vip, 6).unwrap().last_seen;
+    l.run(&testrun::tcp(est, vip, "A", 3, b"x"));
+    assert!(ct_entry(&l, est, vip, 6).unwrap().last_seen > before);
+
+    // An expired entry is not reused by the datapath even before GC: a UDP
+    // flow aged past its timeout is chosen afresh (last_seen renewed).
+    let dns = sa("10.96.0.60:53");
+    let (a, mut f) = frontend("10.96.0.60:53", Protocol::Udp, &["10.244.1.10:5353"]);
+    f.name = "test/dns".into();
+    let mut all = desired(vec![svc("10.96.0.60:80", &backends(2), 0, 0)]);
+    all.insert(a, f);
+    l.reconciler.apply(&all);
+    let c = client(50100);
+    l.run(&testrun::udp(c, dns, b"q"));
+    let key = lb_common::Ct4Key {
+        saddr: u32::from_ne_bytes(c.ip().octets()),
+        daddr: u32::from_ne_bytes(dns.ip().octets()),
+        sport: c.port().to_be(),
+        dport: 53u16.to_be(),
+        proto: 17,
+        dir: CT_SERVICE,
+        _pad: 0,
+    };
+    let mut e = l.reconciler.maps().ct.get(&key).unwrap().unwrap();
+    e.last_seen -= (t.udp as u64 + 1) * 1_000_000_000;
+    e.backend_id = 999_999; // would blackhole if reused
+    l.reconciler.maps_mut().ct.insert(&key, &e).unwrap();
+    let out = l.run(&testrun::udp(c, dns, b"q2"));
+    assert_eq!(dnat_target(&out.packet), sa("10.244.1.10:5353"));
+    assert_ne!(l.reconciler.maps().ct.get(&key).unwrap().unwrap().backend_id, 999_999);
+}
+
+#[test]
+fn removing_a_backend_purges_its_flows_only() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let vip = sa("10.96.0.70:53");
+    let refs = ["10.244.1.10:5353", "10.244.1.11:5353"];
+    let (a, f) = frontend("10.96.0.70:53", Protocol::Udp, &refs);
+    let mut l = Loaded::new("purge", desired(vec![(a, f)]));
+    let mut on = BTreeMap::<SocketAddrV4, Vec<SocketAddrV4>>::new();
+    for port in 51000..51040u16 {
+        let out = l.run(&testrun::udp(client(port), vip, b"q"));
+        on.entry(dnat_target(&out.packet)).or_default().push(client(port));
+    }
+    assert_eq!(on.len(), 2);
+    let gone = sa(refs[0]);
+    let (a, f) = frontend("10.96.0.70:53", Protocol::Udp, &refs[1..]);
+    let stats = l.reconciler.apply(&desired(vec![(a, f)]));
+    assert_eq!(stats.ct_purged, 2 * on[&gone].len(), "both directions of each flow: {stats:?}");
+    for c in &on[&gone] {
+        assert!(ct_entry(&l, *c, vip, 17).is_none());
+        // The client's next datagram moves to the live backend.
+        let out = l.run(&testrun::udp(*c, vip, b"again"));
+        assert_eq!(dnat_target(&out.packet), sa(refs[1]));
+    }
+    for c in &on[&sa(refs[1])] {
+        assert!(ct_entry(&l, *c, vip, 17).is_some(), "flows to the live backend stay");
+    }
+    // A frontend's removal purges all its flows.
+    let stats = l.reconciler.apply(&Desired::new());
+    assert_eq!(stats.removed, 1);
+    assert_eq!(l.reconciler.maps().ct.entries().unwrap().len(), 0, "{stats:?}");
+    let _ = RevNatKey { id: 0 };
+}
