@@ -12,7 +12,9 @@
 
 pub mod datapath;
 pub mod health;
+pub mod gc;
 pub mod list;
+pub mod maglev;
 pub mod manifest;
 pub mod maps;
 pub mod metrics;
