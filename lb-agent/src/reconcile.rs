@@ -49,6 +49,21 @@ struct Installed {
     maglev_m: u32,
 }
 
+impl Installed {
+    fn new(fe: &Frontend, id: u32, generation: u16, slots: Vec<u32>, allowed: BTreeSet<u32>, maglev_m: u32) -> Self {
+        Installed {
+            id,
+            generation,
+            slots,
+            flags: fe.flags,
+            affinity_timeout: fe.affinity_timeout,
+            name: fe.name.clone(),
+            allowed,
+            maglev_m,
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct InstalledBackend {
     id: u32,
@@ -492,19 +507,8 @@ impl Reconciler {
             let _ = self.maps.names.remove(&RevNatKey { id });
             return Err(e);
         }
-        self.frontends.insert(
-            fe.addr,
-            Installed {
-                id,
-                generation,
-                slots,
-                flags: fe.flags,
-                affinity_timeout: fe.affinity_timeout,
-                name: fe.name.clone(),
-                allowed,
-                maglev_m,
-            },
-        );
+        self.frontends
+            .insert(fe.addr, Installed::new(fe, id, generation, slots, allowed, maglev_m));
         Ok(())
     }
 
@@ -561,19 +565,8 @@ impl Reconciler {
             stats.ops += 1;
             self.maps.names.insert(&RevNatKey { id }, &svc_name(&fe.name))?;
         }
-        self.frontends.insert(
-            fe.addr,
-            Installed {
-                id,
-                generation,
-                slots,
-                flags: fe.flags,
-                affinity_timeout: fe.affinity_timeout,
-                name: fe.name.clone(),
-                allowed,
-                maglev_m,
-            },
-        );
+        self.frontends
+            .insert(fe.addr, Installed::new(fe, id, generation, slots, allowed, maglev_m));
         Ok(())
     }
 

@@ -59,6 +59,22 @@ struct Flow {
     l4_off: usize,
 }
 
+impl Flow {
+    /// The conntrack key of this packet's own tuple.
+    #[inline(always)]
+    fn ct_key(&self, dir: u8) -> Ct4Key {
+        Ct4Key {
+            saddr: self.saddr,
+            daddr: self.daddr,
+            sport: self.sport,
+            dport: self.dport,
+            proto: self.proto,
+            dir,
+            _pad: 0,
+        }
+    }
+}
+
 #[inline(always)]
 fn ptr_at<T>(ctx: &TcContext, off: usize) -> Result<*const T, Error> {
     let start = ctx.data();
@@ -154,15 +170,7 @@ fn try_lb_tc(ctx: &TcContext) -> Result<i32, Error> {
 /// Client -> frontend: stick to the recorded backend, or pick one.
 #[inline(always)]
 fn forward(ctx: &TcContext, cfg: &Config, f: &Flow, svc: &Service4Value) -> Result<i32, Error> {
-    let key = Ct4Key {
-        saddr: f.saddr,
-        daddr: f.daddr,
-        sport: f.sport,
-        dport: f.dport,
-        proto: f.proto,
-        dir: CT_SERVICE,
-        _pad: 0,
-    };
+    let key = f.ct_key(CT_SERVICE);
     let now = now_ns();
     let mut known = None;
     if let Some(entry) = LB4_CT.get_ptr_mut(&key) {
@@ -228,15 +236,7 @@ fn forward(ctx: &TcContext, cfg: &Config, f: &Flow, svc: &Service4Value) -> Resu
 /// Backend -> client: restore the frontend as the source.
 #[inline(always)]
 fn reply(ctx: &TcContext, f: &Flow) -> Result<i32, Error> {
-    let key = Ct4Key {
-        saddr: f.saddr,
-        daddr: f.daddr,
-        sport: f.sport,
-        dport: f.dport,
-        proto: f.proto,
-        dir: CT_REPLY,
-        _pad: 0,
-    };
+    let key = f.ct_key(CT_REPLY);
     let Some(ct) = LB4_CT.get_ptr_mut(&key) else {
         return Ok(TC_ACT_OK);
     };
