@@ -2,8 +2,10 @@
 
 use std::{
     collections::BTreeMap,
+    fmt,
     fs::File,
     path::{Path, PathBuf},
+    str::FromStr,
 };
 
 use anyhow::{Context, bail};
@@ -11,11 +13,11 @@ use aya::{
     Ebpf, EbpfLoader,
     maps::MapData,
     programs::{
-        CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachType,
-        cgroup_sock_addr::CgroupSockAddrLinkId, tc::SchedClassifierLinkId,
+        CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachType, Xdp, XdpMode,
+        cgroup_sock_addr::CgroupSockAddrLinkId, tc::SchedClassifierLinkId, xdp::XdpLinkId,
     },
 };
-use lb_common::names;
+use lb_common::{names, xdp_mode};
 use tracing::{debug, info, warn};
 
 use crate::{EBPF_OBJECT, netns};
@@ -45,6 +47,55 @@ impl Default for MapSizes {
 }
 
 pub const TC_PROGRAM: &str = "lb_tc";
+/// The north-south program on the external interfaces.
+pub const XDP_PROGRAM: &str = "lb_xdp";
+/// The no-op XDP program (benchmark floor; not loaded by [`Datapath::load`]).
+pub const XDP_PASS_PROGRAM: &str = "lb_xdp_pass";
+
+/// How the XDP program is attached to the external interfaces.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum XdpAttach {
+    /// Native (driver) XDP where the driver supports it, else generic.
+    #[default]
+    Auto,
+    /// Native only: fail when the driver does not support it.
+    Native,
+    /// Generic (skb) XDP only.
+    Generic,
+}
+
+impl FromStr for XdpAttach {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "auto" => Ok(XdpAttach::Auto),
+            "native" => Ok(XdpAttach::Native),
+            "generic" => Ok(XdpAttach::Generic),
+            other => Err(format!("{other:?} is not an XDP mode (auto, native or generic)")),
+        }
+    }
+}
+
+impl fmt::Display for XdpAttach {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            XdpAttach::Auto => "auto",
+            XdpAttach::Native => "native",
+            XdpAttach::Generic => "generic",
+        })
+    }
+}
+
+/// The name of an `xdp_mode` value.
+pub fn xdp_mode_name(mode: u32) -> &'static str {
+    match mode {
+        xdp_mode::NATIVE => "native",
+        xdp_mode::GENERIC => "generic",
+        xdp_mode::OFFLOAD => "offload",
+        _ => "unknown",
+    }
+}
 pub const SOCK_PROGRAMS: [&str; 4] = ["lb_connect4", "lb_sendmsg4", "lb_recvmsg4", "lb_getpeername4"];
 
 pub struct Datapath {
@@ -52,6 +103,8 @@ pub struct Datapath {
     pub pin_dir: PathBuf,
     tc_links: BTreeMap<String, SchedClassifierLinkId>,
     sock_links: Vec<(&'static str, CgroupSockAddrLinkId)>,
+    /// External interface -> (link, `xdp_mode`).
+    xdp_links: BTreeMap<String, (XdpLinkId, u32)>,
 }
 
 impl Datapath {
@@ -83,13 +136,61 @@ impl Datapath {
             let p: &mut CgroupSockAddr = program(&mut ebpf, name)?.try_into()?;
             p.load().with_context(|| format!("loading {name}"))?;
         }
+        let xdp: &mut Xdp = program(&mut ebpf, XDP_PROGRAM)?.try_into()?;
+        xdp.load().with_context(|| format!("loading {XDP_PROGRAM}"))?;
         info!(pin_dir = %pin_dir.display(), "datapath loaded");
         Ok(Datapath {
             ebpf,
             pin_dir: pin_dir.to_path_buf(),
             tc_links: BTreeMap::new(),
             sock_links: Vec::new(),
+            xdp_links: BTreeMap::new(),
         })
+    }
+
+    /// Attaches the north-south XDP program to `ifname` in the mode asked
+    /// for; `Auto` tries native XDP first and falls back to generic.
+    /// Returns the `xdp_mode` in use.
+    pub fn attach_xdp(&mut self, ifname: &str, want: XdpAttach) -> anyhow::Result<u32> {
+        if let Some((_, mode)) = self.xdp_links.get(ifname) {
+            return Ok(*mode);
+        }
+        if netns::interface_names()?.iter().all(|n| n != ifname) {
+            bail!("external interface {ifname} does not exist (check --external-ifaces)");
+        }
+        let xdp: &mut Xdp = program(&mut self.ebpf, XDP_PROGRAM)?.try_into()?;
+        let (link, mode) = match want {
+            XdpAttach::Native => (
+                xdp.attach(ifname, XdpMode::Driver).with_context(|| {
+                    format!("attaching {XDP_PROGRAM} to {ifname} in native mode (does its driver support XDP? try --xdp-mode generic)")
+                })?,
+                xdp_mode::NATIVE,
+            ),
+            XdpAttach::Generic => (
+                xdp.attach(ifname, XdpMode::Skb)
+                    .with_context(|| format!("attaching {XDP_PROGRAM} to {ifname} in generic mode"))?,
+                xdp_mode::GENERIC,
+            ),
+            XdpAttach::Auto => match xdp.attach(ifname, XdpMode::Driver) {
+                Ok(link) => (link, xdp_mode::NATIVE),
+                Err(e) => {
+                    warn!(interface = ifname, "native XDP unavailable ({e}); falling back to generic XDP");
+                    (
+                        xdp.attach(ifname, XdpMode::Skb)
+                            .with_context(|| format!("attaching {XDP_PROGRAM} to {ifname} (native failed: {e}; generic too)"))?,
+                        xdp_mode::GENERIC,
+                    )
+                }
+            },
+        };
+        info!(interface = ifname, mode = xdp_mode_name(mode), "XDP program attached");
+        self.xdp_links.insert(ifname.to_string(), (link, mode));
+        Ok(mode)
+    }
+
+    /// External interfaces with the XDP program, and their `xdp_mode`.
+    pub fn xdp_interfaces(&self) -> impl Iterator<Item = (&str, u32)> {
+        self.xdp_links.iter().map(|(n, (_, m))| (n.as_str(), *m))
     }
 
     /// Attaches the tc program on ingress of `ifname` (tcx).
@@ -159,7 +260,7 @@ fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut aya::pr
 /// the loader; refuse instead, naming the map.
 fn check_pinned_maps(dir: &Path) -> anyhow::Result<()> {
     use lb_common::*;
-    let expect: [(&str, usize, usize); 10] = [
+    let expect: [(&str, usize, usize); 14] = [
         (names::SERVICES, size_of::<Service4Key>(), size_of::<Service4Value>()),
         (names::SLOTS, size_of::<SlotKey>(), size_of::<Slot>()),
         (names::BACKENDS, size_of::<BackendKey>(), size_of::<Backend4>()),
@@ -170,6 +271,10 @@ fn check_pinned_maps(dir: &Path) -> anyhow::Result<()> {
         (names::SVC_NAMES, size_of::<RevNatKey>(), size_of::<SvcName>()),
         (names::AFFINITY, size_of::<Affinity4Key>(), size_of::<Affinity4>()),
         (names::MAGLEV, size_of::<RevNatKey>(), 4),
+        (names::NAT, size_of::<Ct4Key>(), size_of::<Nat4>()),
+        (names::SRC_RANGES, 4 + size_of::<SrcRange4>(), 4),
+        (names::NODE, 4, size_of::<NodeConfig>()),
+        (names::DEVICES, 4, size_of::<Device>()),
     ];
     for (name, key, value) in expect {
         let path = dir.join(name);

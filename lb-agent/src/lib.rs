@@ -8,10 +8,14 @@
 //! - [`reconcile`] writes the difference into the pinned maps ([`maps`]);
 //! - [`datapath`] loads and attaches the programs;
 //! - [`list`] renders what the maps hold;
-//! - [`health`] serves `/healthz`, `/readyz` and [`metrics`].
+//! - [`health`] serves `/healthz`, `/readyz` and [`metrics`];
+//! - [`northsouth`] adds NodePort, external IP and LoadBalancer frontends
+//!   and attaches the XDP program; [`healthcheck`] serves health check
+//!   NodePorts.
 
 pub mod datapath;
 pub mod health;
+pub mod healthcheck;
 pub mod gc;
 pub mod list;
 pub mod maglev;
@@ -20,6 +24,7 @@ pub mod maps;
 pub mod metrics;
 pub mod model;
 pub mod netns;
+pub mod northsouth;
 pub mod reconcile;
 pub mod run;
 pub mod source;

@@ -2,10 +2,14 @@
 
 use std::path::{Path, PathBuf};
 
-use aya::maps::{Array, HashMap, HashOfMaps, Map, MapData, MapError};
+use aya::maps::{
+    Array, HashMap, HashOfMaps, Map, MapData, MapError,
+    lpm_trie::{Key as LpmKey, LpmTrie},
+};
 use lb_common::{
-    Affinity4, Affinity4Key, Backend4, BackendKey, Config, Ct4Key, CtEntry, RevNat4, RevNatKey,
-    Service4Key, Service4Value, Slot, SlotKey, SockRevNat4, SockRevNat4Key, SvcName, names,
+    Affinity4, Affinity4Key, Backend4, BackendKey, Config, Ct4Key, CtEntry, Device, Nat4,
+    NodeConfig, RevNat4, RevNatKey, Service4Key, Service4Value, Slot, SlotKey, SockRevNat4,
+    SockRevNat4Key, SrcRange4, SvcName, names,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -110,6 +114,12 @@ pub struct Maps {
     pub affinity: Named<HashMap<MapData, Affinity4Key, Affinity4>>,
     /// Frontend ID -> Maglev table (an inner array of backend IDs).
     pub maglev: Named<HashOfMaps<MapData, RevNatKey, Array<MapData, u32>>>,
+    /// North-south SNAT entries.
+    pub nat: Named<HashMap<MapData, Ct4Key, Nat4>>,
+    /// loadBalancerSourceRanges.
+    pub src_ranges: Named<LpmTrie<MapData, SrcRange4, u32>>,
+    pub node: Named<Array<MapData, NodeConfig>>,
+    pub devices: Named<HashMap<MapData, u32, Device>>,
 }
 
 fn open<T>(dir: &Path, name: &'static str) -> Result<Named<T>, MapsError>
@@ -140,7 +150,49 @@ impl Maps {
             names: open(dir, names::SVC_NAMES)?,
             affinity: open(dir, names::AFFINITY)?,
             maglev: open(dir, names::MAGLEV)?,
+            nat: open(dir, names::NAT)?,
+            src_ranges: open(dir, names::SRC_RANGES)?,
+            node: open(dir, names::NODE)?,
+            devices: open(dir, names::DEVICES)?,
         })
+    }
+
+    pub fn write_node(&mut self, node: &NodeConfig) -> Result<(), MapsError> {
+        let n = &mut self.node;
+        n.map.set(0, node, 0).map_err(|e| n.write_error(e))
+    }
+
+    pub fn read_node(&self) -> Result<NodeConfig, MapsError> {
+        let n = &self.node;
+        n.map.get(&0, 0).map_err(|e| n.read_error(e))
+    }
+
+    /// All source-range entries as (prefix length, data).
+    pub fn src_range_entries(&self) -> Result<Vec<(u32, SrcRange4)>, MapsError> {
+        let m = &self.src_ranges;
+        let mut out = Vec::new();
+        for k in m.map.keys() {
+            match k {
+                Ok(k) => out.push((k.prefix_len(), k.data())),
+                Err(MapError::KeyNotFound) => continue,
+                Err(e) => return Err(m.read_error(e)),
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn insert_src_range(&mut self, prefix_len: u32, data: SrcRange4) -> Result<(), MapsError> {
+        let m = &mut self.src_ranges;
+        m.map.insert(&LpmKey::new(prefix_len, data), 1, 0).map_err(|e| m.write_error(e))
+    }
+
+    pub fn remove_src_range(&mut self, prefix_len: u32, data: SrcRange4) -> Result<(), MapsError> {
+        let m = &mut self.src_ranges;
+        match m.map.remove(&LpmKey::new(prefix_len, data)) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+            Err(e) => Err(m.write_error(e)),
+        }
     }
 
     /// Installs `table` (backend IDs, one per slot) as the Maglev table of

@@ -96,6 +96,8 @@ pub struct GcStats {
     /// Entries left, and the map's capacity: the fill level.
     pub remaining: usize,
     pub capacity: u32,
+    /// North-south SNAT entries deleted (both directions of a flow).
+    pub nat_deleted: usize,
 }
 
 /// `Ct4Key` ordered by its bytes, for sets and maps.
@@ -125,6 +127,10 @@ pub struct Reconciler {
     next_frontend_id: u32,
     next_backend_id: u32,
     maglev_m: u32,
+    /// This node's name: endpoints on it get `backend_flags::LOCAL`.
+    node_name: Option<String>,
+    /// Installed loadBalancerSourceRanges entries, by frontend ID.
+    src_ranges: BTreeMap<u32, BTreeSet<(u32, u32)>>,
 }
 
 impl Reconciler {
@@ -224,7 +230,71 @@ impl Reconciler {
             next_frontend_id,
             next_backend_id,
             maglev_m: sizes::MAGLEV_M,
+            node_name: None,
+            src_ranges: BTreeMap::new(),
         })
+    }
+
+    /// Sets this node's name: backends whose endpoint runs here are marked
+    /// `backend_flags::LOCAL` (the XDP program delivers to them without
+    /// SNAT) from the next `apply` on.
+    pub fn set_node_name(&mut self, node_name: Option<String>) {
+        self.node_name = node_name;
+    }
+
+    /// Brings `LB4_SRC_RANGES` to `ranges` (loadBalancerSourceRanges per
+    /// frontend; IPv4 ones are used). Call after `apply`, which gives the
+    /// frontends their IDs. A frontend flagged `SOURCE_RANGES` drops
+    /// everything until its ranges are written, so a new frontend fails
+    /// closed for the moment in between.
+    pub fn apply_source_ranges(&mut self, ranges: &BTreeMap<FrontendAddr, Vec<crate::model::Cidr>>, stats: &mut Stats) {
+        use lb_common::SrcRange4;
+        let mut wanted: BTreeMap<u32, BTreeSet<(u32, u32)>> = BTreeMap::new();
+        for (addr, cidrs) in ranges {
+            let Some(id) = self.frontend_id(addr) else { continue };
+            let set = wanted.entry(id).or_default();
+            for c in cidrs {
+                if let std::net::IpAddr::V4(ip) = c.addr {
+                    let (len, data) = SrcRange4::range(id, u32::from_ne_bytes(ip.octets()), c.prefix_len);
+                    set.insert((len, data.addr));
+                }
+            }
+        }
+        // After a restart, take over what the map holds.
+        if self.src_ranges.is_empty() {
+            if let Ok(entries) = self.maps.src_range_entries() {
+                for (len, data) in entries {
+                    self.src_ranges.entry(u32::from_be(data.svc_id)).or_default().insert((len, data.addr));
+                }
+            }
+        }
+        let ids: BTreeSet<u32> = wanted.keys().chain(self.src_ranges.keys()).copied().collect();
+        for id in ids {
+            let want = wanted.remove(&id).unwrap_or_default();
+            let have = self.src_ranges.remove(&id).unwrap_or_default();
+            let mut now = have.clone();
+            for &(len, addr) in want.difference(&have) {
+                stats.ops += 1;
+                match self.maps.insert_src_range(len, SrcRange4 { svc_id: id.to_be(), addr }) {
+                    Ok(()) => {
+                        now.insert((len, addr));
+                    }
+                    Err(e) => stats.errors.push(format!("source range of frontend {id}: {e}")),
+                }
+            }
+            for &(len, addr) in have.difference(&want) {
+                stats.ops += 1;
+                match self.maps.remove_src_range(len, SrcRange4 { svc_id: id.to_be(), addr }) {
+                    Ok(()) => {
+                        now.remove(&(len, addr));
+                    }
+                    Err(e) => stats.errors.push(format!("source range of frontend {id}: {e}")),
+                }
+            }
+            if !now.is_empty() {
+                self.src_ranges.insert(id, now);
+            }
+        }
     }
 
     /// Sets the Maglev table size M (prime); tables of another size are
@@ -312,6 +382,33 @@ impl Reconciler {
             }
             Err(e) => stats.errors.push(format!("purging affinity: {e}")),
         }
+        // North-south SNAT entries name their backend by address.
+        let addr_of: BTreeMap<u32, (u32, u16)> = self
+            .backends
+            .iter()
+            .map(|(a, b)| (b.id, (u32::from_ne_bytes(a.ip.octets()), a.port.to_be())))
+            .collect();
+        match self.maps.nat.entries() {
+            Ok(entries) => {
+                for (key, entry) in entries {
+                    let Some(allowed) = purge.get(&entry.rev_nat_id) else { continue };
+                    let backend = if key.dir == lb_common::CT_SERVICE {
+                        (entry.peer_addr, entry.peer_port)
+                    } else {
+                        (key.saddr, key.sport)
+                    };
+                    if allowed.iter().any(|id| addr_of.get(id) == Some(&backend)) {
+                        continue;
+                    }
+                    stats.ops += 1;
+                    match self.maps.nat.remove(&key) {
+                        Ok(()) => stats.ct_purged += 1,
+                        Err(e) => stats.errors.push(format!("purging NAT: {e}")),
+                    }
+                }
+            }
+            Err(e) => stats.errors.push(format!("purging NAT: {e}")),
+        }
     }
 
     /// Deletes conntrack entries whose flow timed out (by the state of both
@@ -348,14 +445,49 @@ impl Reconciler {
         }
         gc.deleted = deleted.len();
         gc.remaining = gc.scanned - gc.deleted;
+        gc.nat_deleted = self.collect_nat(timeouts, now_ns)?;
         Ok(gc)
+    }
+
+    /// The same for the north-south SNAT entries: a flow's two entries go
+    /// together once neither direction has seen a packet for its timeout.
+    fn collect_nat(&mut self, timeouts: &lb_common::CtTimeouts, now_ns: u64) -> Result<usize, MapsError> {
+        let entries: BTreeMap<_, _> = self
+            .maps
+            .nat
+            .entries()?
+            .into_iter()
+            .map(|(k, v)| (CtKeyOrd(k), v))
+            .collect();
+        let mut deleted = BTreeSet::new();
+        for (key, entry) in &entries {
+            if deleted.contains(key) {
+                continue;
+            }
+            let twin = CtKeyOrd(entry.twin_key(&key.0));
+            let (flags, last_seen) = match entries.get(&twin) {
+                Some(t) => (entry.tcp_flags | t.tcp_flags, entry.last_seen.max(t.last_seen)),
+                None => (entry.tcp_flags, entry.last_seen),
+            };
+            if lb_common::ct::expired(timeouts, key.0.proto, flags, last_seen, now_ns) {
+                for k in [key, &twin] {
+                    if entries.contains_key(k) && deleted.insert(*k) {
+                        self.maps.nat.remove(&k.0)?;
+                    }
+                }
+            }
+        }
+        Ok(deleted.len())
     }
 
     fn write_backends(&mut self, desired: &Desired, stats: &mut Stats) {
         let mut wanted: BTreeMap<BackendAddr, u8> = BTreeMap::new();
         for fe in desired.values() {
             for b in &fe.backends {
-                let flags = if b.terminating { backend_flags::TERMINATING } else { 0 };
+                let mut flags = if b.terminating { backend_flags::TERMINATING } else { 0 };
+                if self.node_name.is_some() && b.node_name == self.node_name {
+                    flags |= backend_flags::LOCAL;
+                }
                 // An endpoint terminating for one port is terminating.
                 *wanted.entry(b.addr).or_default() |= flags;
             }

@@ -15,9 +15,13 @@ pub mod names {
     pub const SVC_NAMES: &str = "LB_SVC_NAMES";
     pub const AFFINITY: &str = "LB4_AFFINITY";
     pub const MAGLEV: &str = "LB4_MAGLEV";
+    pub const NAT: &str = "LB4_NAT";
+    pub const SRC_RANGES: &str = "LB4_SRC_RANGES";
+    pub const NODE: &str = "LB_NODE";
+    pub const DEVICES: &str = "LB_DEVICES";
 
     /// Every map the agent pins, in a stable order.
-    pub const ALL: [&str; 10] = [
+    pub const ALL: [&str; 14] = [
         SERVICES,
         SLOTS,
         BACKENDS,
@@ -28,6 +32,10 @@ pub mod names {
         SVC_NAMES,
         AFFINITY,
         MAGLEV,
+        NAT,
+        SRC_RANGES,
+        NODE,
+        DEVICES,
     ];
 }
 
@@ -45,6 +53,12 @@ pub mod sizes {
     pub const MAGLEV: u32 = 4_096;
     /// Default Maglev table size M (prime), as Cilium's.
     pub const MAGLEV_M: u32 = 16_381;
+    /// North-south SNAT entries (two per SNATed flow).
+    pub const NAT: u32 = 131_072;
+    /// loadBalancerSourceRanges CIDRs, all frontends together (as Cilium).
+    pub const SRC_RANGES: u32 = 65_536;
+    /// External interfaces with the XDP program.
+    pub const DEVICES: u32 = 64;
 }
 
 pub const IPPROTO_ICMP: u8 = 1;
@@ -355,6 +369,138 @@ pub struct SvcName {
     pub name: [u8; SVC_NAME_LEN],
 }
 
+// ---- North-south (NodePort, external IPs, LoadBalancer) ---------------------
+
+/// `LB4_NAT` (LRU): the SNAT of north-south flows whose backend is on
+/// another node. Keyed by [`Ct4Key`], with `dir`:
+///
+/// - [`CT_SERVICE`]: the client's original tuple (client -> frontend); the
+///   value's `addr:port` is the node address and NAT port the flow leaves
+///   with, `peer_addr:peer_port` the backend the port was allocated for;
+/// - [`CT_REPLY`]: the backend's reply tuple (backend -> node address:NAT
+///   port); the value's `addr:port` is the client, `peer_addr:peer_port` the
+///   frontend the reply must come from.
+///
+/// The two entries of a flow name each other: see [`Nat4::twin_key`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Nat4 {
+    /// `bpf_ktime_get_ns()` of the last packet in this entry's direction.
+    pub last_seen: u64,
+    pub addr: u32,
+    pub port: u16,
+    /// TCP flags seen in this entry's direction (`ct_flags`).
+    pub tcp_flags: u8,
+    pub _pad: u8,
+    pub peer_addr: u32,
+    pub peer_port: u16,
+    pub _pad2: u16,
+    /// Frontend ID (rev-NAT index) of the flow.
+    pub rev_nat_id: u32,
+    pub _pad3: u32,
+}
+
+impl Nat4 {
+    /// The key of the other direction's entry.
+    #[inline(always)]
+    pub fn twin_key(&self, key: &Ct4Key) -> Ct4Key {
+        if key.dir == CT_SERVICE {
+            // client -> frontend  ==>  backend -> nat addr:port
+            Ct4Key {
+                saddr: self.peer_addr,
+                daddr: self.addr,
+                sport: self.peer_port,
+                dport: self.port,
+                proto: key.proto,
+                dir: CT_REPLY,
+                _pad: 0,
+            }
+        } else {
+            // backend -> nat addr:port  ==>  client -> frontend
+            Ct4Key {
+                saddr: self.addr,
+                daddr: self.peer_addr,
+                sport: self.port,
+                dport: self.peer_port,
+                proto: key.proto,
+                dir: CT_SERVICE,
+                _pad: 0,
+            }
+        }
+    }
+}
+
+/// `LB4_SRC_RANGES` (LPM trie): loadBalancerSourceRanges of frontends.
+/// The trie key is a prefix length followed by this data; the prefix length
+/// counts the 32 bits of `svc_id` plus the CIDR's prefix, so a lookup with
+/// prefix length 64 and the client's address finds whether any range of
+/// that frontend contains it. The value is unused (1).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SrcRange4 {
+    /// Frontend ID, big-endian (the trie matches bytes in order).
+    pub svc_id: u32,
+    /// CIDR address, network order (host bits zero).
+    pub addr: u32,
+}
+
+impl SrcRange4 {
+    /// The trie entry (prefix length, data) of `addr/len` (network-order
+    /// address) for frontend `id`.
+    pub const fn range(id: u32, addr: u32, len: u8) -> (u32, SrcRange4) {
+        let len = if len > 32 { 32 } else { len };
+        // The first `len` bits on the wire.
+        let mask_host: u32 = if len == 0 { 0 } else { u32::MAX << (32 - len as u32) };
+        (32 + len as u32, SrcRange4 { svc_id: id.to_be(), addr: addr & mask_host.to_be() })
+    }
+
+    /// The lookup entry for a client address.
+    #[inline(always)]
+    pub const fn client(id: u32, addr: u32) -> (u32, SrcRange4) {
+        (64, SrcRange4 { svc_id: id.to_be(), addr })
+    }
+}
+
+/// This node's north-south settings, index 0 of `LB_NODE`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NodeConfig {
+    /// The address north-south flows to a backend on another node are
+    /// SNATed to (network order). 0: no SNAT; such packets are left to the
+    /// kernel.
+    pub snat_addr: u32,
+    /// SNAT source ports, inclusive, host order.
+    pub nat_port_min: u16,
+    pub nat_port_max: u16,
+    /// `node_flags::*`.
+    pub flags: u32,
+    pub _pad: u32,
+}
+
+pub mod node_flags {
+    /// The agent has written the north-south configuration.
+    pub const READY: u32 = 1 << 0;
+}
+
+/// How the XDP program is attached to an external interface.
+pub mod xdp_mode {
+    pub const NATIVE: u32 = 1;
+    pub const GENERIC: u32 = 2;
+    pub const OFFLOAD: u32 = 3;
+}
+
+pub const IFNAME_LEN: usize = 16;
+
+/// `LB_DEVICES`: ifindex -> how the XDP program is attached there. Written
+/// by the agent for `lb-agent list`; the datapath does not read it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Device {
+    /// `xdp_mode::*`.
+    pub mode: u32,
+    pub name: [u8; IFNAME_LEN],
+}
+
 // ---- ABI locks -------------------------------------------------------------
 
 macro_rules! assert_layout {
@@ -383,6 +529,10 @@ assert_layout!(CtTimeouts, size = 16, tcp_syn @ 0, tcp_established @ 4, tcp_clos
 assert_layout!(Affinity4Key, size = 16, client @ 0, svc_id @ 8, _pad @ 12);
 assert_layout!(Affinity4, size = 16, last_used @ 0, backend_id @ 8, _pad @ 12);
 assert_layout!(SvcName, size = SVC_NAME_LEN, name @ 0);
+assert_layout!(Nat4, size = 32, last_seen @ 0, addr @ 8, port @ 12, tcp_flags @ 14, _pad @ 15, peer_addr @ 16, peer_port @ 20, _pad2 @ 22, rev_nat_id @ 24, _pad3 @ 28);
+assert_layout!(SrcRange4, size = 8, svc_id @ 0, addr @ 4);
+assert_layout!(NodeConfig, size = 16, snat_addr @ 0, nat_port_min @ 4, nat_port_max @ 6, flags @ 8, _pad @ 12);
+assert_layout!(Device, size = 20, mode @ 0, name @ 4);
 
 #[cfg(feature = "user")]
 mod user {
@@ -417,5 +567,45 @@ mod user {
         Affinity4Key,
         Affinity4,
         SvcName,
+        Nat4,
+        SrcRange4,
+        NodeConfig,
+        Device,
     );
+}
+
+#[cfg(test)]
+mod north_south_tests {
+    use super::*;
+
+    fn be(a: [u8; 4]) -> u32 {
+        u32::from_ne_bytes(a)
+    }
+
+    #[test]
+    fn source_range_keys_mask_host_bits() {
+        let (len, k) = SrcRange4::range(7, be([192, 168, 50, 77]), 24);
+        assert_eq!(len, 56);
+        assert_eq!(k.addr, be([192, 168, 50, 0]));
+        assert_eq!(k.svc_id.to_ne_bytes(), [0, 0, 0, 7]);
+        assert_eq!(SrcRange4::range(7, be([10, 1, 2, 3]), 0).1.addr, 0);
+        assert_eq!(SrcRange4::range(7, be([10, 1, 2, 3]), 32).1.addr, be([10, 1, 2, 3]));
+        assert_eq!(SrcRange4::range(7, be([10, 1, 2, 3]), 9).1.addr, be([10, 0, 0, 0]));
+        assert_eq!(SrcRange4::client(7, be([1, 2, 3, 4])).0, 64);
+    }
+
+    #[test]
+    fn nat_entries_name_their_twin() {
+        let out_key = Ct4Key {
+            saddr: 1, daddr: 2, sport: 3, dport: 4, proto: IPPROTO_TCP, dir: CT_SERVICE, _pad: 0,
+        };
+        let out = Nat4 {
+            last_seen: 0, addr: 10, port: 11, tcp_flags: 0, _pad: 0,
+            peer_addr: 20, peer_port: 21, _pad2: 0, rev_nat_id: 5, _pad3: 0,
+        };
+        let in_key = out.twin_key(&out_key);
+        assert_eq!((in_key.saddr, in_key.daddr, in_key.sport, in_key.dport, in_key.dir), (20, 10, 21, 11, CT_REPLY));
+        let back = Nat4 { addr: 1, port: 3, peer_addr: 2, peer_port: 4, ..out };
+        assert_eq!(back.twin_key(&in_key), out_key);
+    }
 }

@@ -3,12 +3,13 @@
 
 use aya_ebpf::{
     bindings::BPF_F_INNER_MAP,
-    btf_maps::{Array, HashMap, HashOfMaps, LruHashMap},
+    btf_maps::{Array, HashMap, HashOfMaps, LpmTrie, LruHashMap},
     macros::btf_map,
 };
 use lb_common::{
-    Affinity4, Affinity4Key, Backend4, BackendKey, Config, Ct4Key, CtEntry, RevNat4, RevNatKey,
-    Service4Key, Service4Value, Slot, SlotKey, SockRevNat4, SockRevNat4Key, SvcName, sizes,
+    Affinity4, Affinity4Key, Backend4, BackendKey, Config, Ct4Key, CtEntry, Device, Nat4,
+    NodeConfig, RevNat4, RevNatKey, Service4Key, Service4Value, Slot, SlotKey, SockRevNat4,
+    SockRevNat4Key, SrcRange4, SvcName, sizes,
 };
 
 #[btf_map]
@@ -61,3 +62,20 @@ pub type MaglevTable = Array<u32, 1, { BPF_F_INNER_MAP as usize }>;
 #[btf_map]
 pub static LB4_MAGLEV: HashOfMaps<RevNatKey, MaglevTable, { sizes::MAGLEV as usize }> =
     HashOfMaps::new();
+
+/// North-south SNAT of flows to backends on other nodes (see
+/// `lb_common::Nat4`). LRU: the oldest flows go first under pressure.
+#[btf_map]
+pub static LB4_NAT: LruHashMap<Ct4Key, Nat4, { sizes::NAT as usize }> = LruHashMap::new();
+
+/// loadBalancerSourceRanges: (frontend ID, CIDR) -> 1.
+#[btf_map]
+pub static LB4_SRC_RANGES: LpmTrie<SrcRange4, u32, { sizes::SRC_RANGES as usize }> = LpmTrie::new();
+
+/// This node's north-south settings (index 0).
+#[btf_map]
+pub static LB_NODE: Array<NodeConfig, 1> = Array::new();
+
+/// External interfaces and their XDP mode, for listings only.
+#[btf_map]
+pub static LB_DEVICES: HashMap<u32, Device, { sizes::DEVICES as usize }> = HashMap::new();

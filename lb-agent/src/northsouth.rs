@@ -1,0 +1,381 @@
+//! North-south frontends: NodePorts, external IPs and LoadBalancer ingress
+//! IPs, served by the XDP program on the external interfaces.
+//!
+//! - [`plan`] turns the per-Service model of a [`Translation`] into
+//!   frontends, as kube-proxy does: one NodePort frontend per node address
+//!   (so the tc program serves pods and the socket hooks serve the host
+//!   with the very same entries: no "is this a local address" check is
+//!   needed in the datapath); one frontend per external IP and per
+//!   LoadBalancer ingress IP. Their backends are the Service's, or only this
+//!   node's with `externalTrafficPolicy: Local`. `loadBalancerSourceRanges`
+//!   apply to the LoadBalancer ingress frontends (as kube-proxy), and the
+//!   health check NodePort reports this node's ready endpoints.
+//! - [`NorthSouth`] is the agent side at run time: it attaches the XDP
+//!   program, writes this node's settings (`LB_NODE`, `LB_DEVICES`), adds
+//!   the planned frontends to every sync and keeps the health check
+//!   servers in step.
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    ffi::CStr,
+    fmt,
+    net::{IpAddr, Ipv4Addr},
+    str::FromStr,
+};
+
+use anyhow::{Context, bail};
+use lb_common::{Device, IFNAME_LEN, NodeConfig, node_flags, svc_flags};
+use tracing::{info, warn};
+
+use crate::{
+    datapath::{Datapath, XdpAttach, xdp_mode_name},
+    health::Heartbeat,
+    healthcheck::HealthChecks,
+    model::{Backend, Cidr, Desired, Frontend, FrontendAddr, ServiceRef, TrafficPolicy},
+    reconcile::{Reconciler, Stats},
+    translate::Translation,
+};
+
+/// kube-proxy's default `--service-node-port-range`.
+pub const DEFAULT_NODEPORT_RANGE: PortRange = PortRange { min: 30_000, max: 32_767 };
+/// SNAT source ports: above Linux's default ephemeral range
+/// (32768-60999), so they never collide with the node's own connections.
+pub const DEFAULT_SNAT_PORTS: PortRange = PortRange { min: 61_000, max: 65_535 };
+
+/// An inclusive port range, `min-max`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct PortRange {
+    pub min: u16,
+    pub max: u16,
+}
+
+impl PortRange {
+    pub fn contains(&self, port: u16) -> bool {
+        (self.min..=self.max).contains(&port)
+    }
+}
+
+impl FromStr for PortRange {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let (a, b) = s.split_once('-').ok_or_else(|| format!("{s:?} is not a port range (min-max)"))?;
+        let p = |x: &str| x.trim().parse::<u16>().map_err(|_| format!("{s:?}: {x:?} is not a port"));
+        let (min, max) = (p(a)?, p(b)?);
+        if min == 0 || min > max {
+            return Err(format!("{s:?}: need 1 <= min <= max"));
+        }
+        Ok(PortRange { min, max })
+    }
+}
+
+impl fmt::Display for PortRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}", self.min, self.max)
+    }
+}
+
+/// What the planner needs to know about this node.
+#[derive(Clone, Debug)]
+pub struct NodeInfo {
+    /// `spec.nodeName` of this node's endpoints; `None`: no endpoint is
+    /// known to be local.
+    pub node_name: Option<String>,
+    /// Addresses NodePorts are served on.
+    pub node_ips: Vec<Ipv4Addr>,
+    pub nodeport_range: PortRange,
+}
+
+/// The north-south part of a sync.
+#[derive(Debug, Default)]
+pub struct Plan {
+    pub frontends: Desired,
+    /// loadBalancerSourceRanges of the frontends that enforce them.
+    pub source_ranges: BTreeMap<FrontendAddr, Vec<Cidr>>,
+    /// Health check NodePorts: Service -> (port, local ready endpoints).
+    pub health_checks: BTreeMap<ServiceRef, (u16, usize)>,
+    pub problems: BTreeSet<String>,
+}
+
+/// Frontend flags the north-south entries inherit from the Service.
+const INHERITED: u32 = svc_flags::AFFINITY | svc_flags::MAGLEV | svc_flags::EXT_LOCAL;
+
+/// Plans the north-south frontends of every Service in `t`.
+pub fn plan(t: &Translation, node: &NodeInfo) -> Plan {
+    let mut out = Plan::default();
+    for (svc, m) in &t.services {
+        let Some(cluster_ip) = m.cluster_ips.iter().find_map(|ip| match ip {
+            IpAddr::V4(a) => Some(*a),
+            IpAddr::V6(_) => None,
+        }) else {
+            continue;
+        };
+        let local = m.external_traffic_policy == TrafficPolicy::Local;
+        let base_flags = m.flags & INHERITED;
+        let is_lb = m.type_ == "LoadBalancer";
+        let has_node_ports = is_lb || m.type_ == "NodePort";
+        let mut local_ready = BTreeSet::new();
+        for port in &m.ports {
+            let cluster = FrontendAddr { ip: cluster_ip, port: port.port, proto: port.proto };
+            // The ClusterIP frontend carries the Service's backends; without
+            // it (e.g. its address was taken) there is nothing to serve.
+            let Some(fe) = t.desired.get(&cluster) else { continue };
+            let is_local = |b: &&Backend| node.node_name.is_some() && b.node_name == node.node_name;
+            local_ready.extend(fe.backends.iter().filter(is_local).filter(|b| !b.terminating).map(|b| b.addr.ip));
+            let backends: Vec<Backend> = if local {
+                fe.backends.iter().filter(is_local).cloned().collect()
+            } else {
+                fe.backends.clone()
+            };
+            let add = |ip: Ipv4Addr, fport: u16, kind: u32, ranges: bool, out: &mut Plan| {
+                let addr = FrontendAddr { ip, port: fport, proto: port.proto };
+                if let Some(other) = t.desired.get(&addr).or_else(|| out.frontends.get(&addr)) {
+                    out.problems.insert(format!(
+                        "Service {svc}: frontend {addr} already belongs to {}, skipped",
+                        other.name
+                    ));
+                    return;
+                }
+                let mut flags = base_flags | kind;
+                if ranges {
+                    flags |= svc_flags::SOURCE_RANGES;
+                    out.source_ranges.insert(addr, m.source_ranges.clone());
+                }
+                out.frontends.insert(
+                    addr,
+                    Frontend {
+                        addr,
+                        name: fe.name.clone(),
+                        backends: backends.clone(),
+                        flags,
+                        affinity_timeout: fe.affinity_timeout,
+                    },
+                );
+            };
+            if let Some(np) = port.node_port.filter(|_| has_node_ports) {
+                if node.nodeport_range.contains(np) {
+                    for ip in &node.node_ips {
+                        add(*ip, np, svc_flags::NODE_PORT, false, &mut out);
+                    }
+                } else {
+                    out.problems.insert(format!(
+                        "Service {svc}: nodePort {np} is outside the NodePort range {}, not served",
+                        node.nodeport_range
+                    ));
+                }
+            }
+            for ip in &m.external_ips {
+                if let IpAddr::V4(ip) = ip {
+                    add(*ip, port.port, svc_flags::EXTERNAL_IP, false, &mut out);
+                }
+            }
+            if is_lb {
+                let ranges = m.source_ranges.iter().any(|c| c.addr.is_ipv4());
+                for ip in &m.load_balancer_ips {
+                    if let IpAddr::V4(ip) = ip {
+                        add(*ip, port.port, svc_flags::LOAD_BALANCER, ranges, &mut out);
+                    }
+                }
+            }
+        }
+        if let (true, true, Some(hc)) = (is_lb, local, m.health_check_node_port) {
+            out.health_checks.insert(svc.clone(), (hc, local_ready.len()));
+        }
+    }
+    out
+}
+
+/// North-south settings of `lb-agent run`.
+#[derive(Clone, Debug)]
+pub struct NorthSouthConfig {
+    /// The node's name (endpoints' `nodeName`).
+    pub node_name: Option<String>,
+    /// Interfaces for the XDP program; empty: those of the default routes.
+    pub external_ifaces: Vec<String>,
+    /// Addresses NodePorts are served on; empty: the IPv4 addresses of the
+    /// external interfaces.
+    pub node_ips: Vec<Ipv4Addr>,
+    /// The address SNATed flows leave with; `None`: the first node address.
+    pub snat_ip: Option<Ipv4Addr>,
+    pub nodeport_range: PortRange,
+    pub snat_ports: PortRange,
+    pub xdp_mode: XdpAttach,
+    /// Attach the XDP program at all.
+    pub xdp: bool,
+}
+
+impl Default for NorthSouthConfig {
+    fn default() -> Self {
+        NorthSouthConfig {
+            node_name: None,
+            external_ifaces: Vec::new(),
+            node_ips: Vec::new(),
+            snat_ip: None,
+            nodeport_range: DEFAULT_NODEPORT_RANGE,
+            snat_ports: DEFAULT_SNAT_PORTS,
+            xdp_mode: XdpAttach::Auto,
+            xdp: true,
+        }
+    }
+}
+
+/// The north-south side of a running agent.
+pub struct NorthSouth {
+    node: NodeInfo,
+    health: HealthChecks,
+    logged: BTreeSet<String>,
+}
+
+impl NorthSouth {
+    /// Finds the external interfaces and node addresses, attaches the XDP
+    /// program and writes this node's settings. With no external interface
+    /// (configured or found through a default route) north-south traffic
+    /// is not served from XDP, but NodePorts still work from pods and the
+    /// host on the configured node addresses.
+    pub fn start(cfg: &NorthSouthConfig, dp: &mut Datapath, reconciler: &mut Reconciler, heartbeat: Heartbeat) -> anyhow::Result<NorthSouth> {
+        let ifaces = if cfg.external_ifaces.is_empty() {
+            default_route_interfaces().unwrap_or_default()
+        } else {
+            cfg.external_ifaces.clone()
+        };
+        let addrs = interface_addresses().context("listing the node's addresses")?;
+        let mut node_ips = cfg.node_ips.clone();
+        if node_ips.is_empty() {
+            for name in &ifaces {
+                node_ips.extend(addrs.iter().filter(|(n, _)| n == name).map(|(_, a)| *a));
+            }
+        }
+        let snat = cfg.snat_ip.or_else(|| node_ips.first().copied());
+        let maps = reconciler.maps_mut();
+        if cfg.xdp && ifaces.is_empty() {
+            warn!("no external interface (no --external-ifaces and no default route): NodePorts, external and LoadBalancer IPs are not served from outside");
+        }
+        if cfg.xdp {
+            for name in &ifaces {
+                let mode = dp.attach_xdp(name, cfg.xdp_mode)?;
+                // A packet XDP hands to the kernel after translating it may
+                // carry the node's own address as its source (a reply to a
+                // NodePort flow of a pod): without accept_local the kernel
+                // drops it as martian.
+                if let Err(e) = sysctl(&format!("net/ipv4/conf/{name}/accept_local"), "1") {
+                    warn!("setting accept_local on {name}: {e}");
+                }
+                let ifindex = ifindex(name)?;
+                let mut dev = Device { mode, name: [0; IFNAME_LEN] };
+                let n = name.len().min(IFNAME_LEN - 1);
+                dev.name[..n].copy_from_slice(&name.as_bytes()[..n]);
+                maps.devices.insert(&ifindex, &dev)?;
+            }
+            // Forget interfaces of an earlier run that are not ours now.
+            let ours: BTreeSet<u32> = ifaces.iter().filter_map(|n| ifindex(n).ok()).collect();
+            for (idx, _) in maps.devices.entries()? {
+                if !ours.contains(&idx) {
+                    maps.devices.remove(&idx)?;
+                }
+            }
+        }
+        maps.write_node(&NodeConfig {
+            snat_addr: snat.map_or(0, |a| u32::from_ne_bytes(a.octets())),
+            nat_port_min: cfg.snat_ports.min,
+            nat_port_max: cfg.snat_ports.max,
+            flags: node_flags::READY,
+            _pad: 0,
+        })?;
+        reconciler.set_node_name(cfg.node_name.clone());
+        info!(
+            interfaces = ?ifaces,
+            node_ips = ?node_ips,
+            snat = ?snat,
+            nodeport_range = %cfg.nodeport_range,
+            snat_ports = %cfg.snat_ports,
+            node = cfg.node_name.as_deref().unwrap_or("(unknown: no endpoint is local)"),
+            "north-south: {}",
+            if dp.xdp_interfaces().next().is_some() {
+                dp.xdp_interfaces().map(|(n, m)| format!("{n}: XDP {}", xdp_mode_name(m))).collect::<Vec<_>>().join(", ")
+            } else {
+                "no XDP".to_string()
+            }
+        );
+        Ok(NorthSouth {
+            node: NodeInfo { node_name: cfg.node_name.clone(), node_ips, nodeport_range: cfg.nodeport_range },
+            health: HealthChecks::new(heartbeat),
+            logged: BTreeSet::new(),
+        })
+    }
+
+    /// Adds the north-south frontends to `t`, writes everything, then the
+    /// source ranges (which need the frontends' IDs), and updates the
+    /// health check servers. Returns what the reconciler did.
+    pub fn apply(&mut self, t: &mut Translation, reconciler: &mut Reconciler) -> Stats {
+        let plan = plan(t, &self.node);
+        for p in &plan.problems {
+            if self.logged.insert(p.clone()) {
+                warn!("{p}");
+            }
+        }
+        t.problems.extend(plan.problems);
+        t.desired.extend(plan.frontends);
+        let mut stats = reconciler.apply(&t.desired);
+        reconciler.apply_source_ranges(&plan.source_ranges, &mut stats);
+        self.health.sync(&plan.health_checks);
+        stats
+    }
+}
+
+/// Interfaces of the IPv4 default routes (`/proc/net/route`).
+pub fn default_route_interfaces() -> std::io::Result<Vec<String>> {
+    let text = std::fs::read_to_string("/proc/net/route")?;
+    let mut out: Vec<String> = Vec::new();
+    for line in text.lines().skip(1) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() >= 8 && f[1] == "00000000" && f[7] == "00000000" && !out.iter().any(|n| n == f[0]) {
+            out.push(f[0].to_string());
+        }
+    }
+    Ok(out)
+}
+
+/// (interface, IPv4 address) of every address in this network namespace.
+pub fn interface_addresses() -> std::io::Result<Vec<(String, Ipv4Addr)>> {
+    let mut out = Vec::new();
+    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `list`, freed below with freeifaddrs.
+    if unsafe { libc::getifaddrs(&mut list) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mut cur = list;
+    while !cur.is_null() {
+        // SAFETY: a valid element of the list.
+        let ifa = unsafe { &*cur };
+        if !ifa.ifa_addr.is_null() && unsafe { (*ifa.ifa_addr).sa_family } as i32 == libc::AF_INET {
+            // SAFETY: AF_INET addresses are sockaddr_in.
+            let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
+            let ip = Ipv4Addr::from(sin.sin_addr.s_addr.to_ne_bytes());
+            // SAFETY: a NUL-terminated name.
+            let name = unsafe { CStr::from_ptr(ifa.ifa_name) }.to_string_lossy().into_owned();
+            out.push((name, ip));
+        }
+        cur = ifa.ifa_next;
+    }
+    // SAFETY: the list from getifaddrs.
+    unsafe { libc::freeifaddrs(list) };
+    Ok(out)
+}
+
+fn ifindex(name: &str) -> anyhow::Result<u32> {
+    let c = std::ffi::CString::new(name)?;
+    // SAFETY: a NUL-terminated name.
+    let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if idx == 0 {
+        bail!("interface {name} does not exist");
+    }
+    Ok(idx)
+}
+
+/// Writes a sysctl of the agent's network namespace.
+fn sysctl(key: &str, value: &str) -> std::io::Result<()> {
+    std::fs::write(format!("/proc/sys/{key}"), value)
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,141 @@
+use super::*;
+use crate::{
+    manifest::{Objects, parse_into},
+    model::Protocol,
+    translate::{TranslateOptions, translate},
+};
+
+fn run(yaml: &str) -> Translation {
+    let mut objects = Objects::default();
+    parse_into("t.yaml", yaml, &mut objects);
+    assert!(objects.problems.is_empty(), "{:?}", objects.problems);
+    translate(&objects.services, &objects.slices, &TranslateOptions::default())
+}
+
+fn node(name: &str) -> NodeInfo {
+    NodeInfo {
+        node_name: Some(name.into()),
+        node_ips: vec!["192.168.50.1".parse().unwrap(), "10.0.0.1".parse().unwrap()],
+        nodeport_range: DEFAULT_NODEPORT_RANGE,
+    }
+}
+
+fn fa(s: &str, proto: Protocol) -> FrontendAddr {
+    let a: std::net::SocketAddrV4 = s.parse().unwrap();
+    FrontendAddr { ip: *a.ip(), port: a.port(), proto }
+}
+
+fn backends(p: &Plan, addr: FrontendAddr) -> Vec<String> {
+    p.frontends[&addr].backends.iter().map(|b| b.addr.ip.to_string()).collect()
+}
+
+fn svc(policy: &str, extra: &str) -> String {
+    format!(
+        r#"
+apiVersion: v1
+kind: Service
+metadata: {{name: web, namespace: demo}}
+spec:
+  type: LoadBalancer
+  clusterIP: 10.96.0.10
+  externalTrafficPolicy: {policy}
+  externalIPs: [192.168.60.5]
+  loadBalancerSourceRanges: [192.168.50.0/24]
+  healthCheckNodePort: 32000
+  ports:
+  - {{name: http, port: 80, protocol: TCP, nodePort: 30080}}
+  - {{name: dns, port: 53, protocol: UDP, nodePort: 30053}}
+{extra}status:
+  loadBalancer:
+    ingress: [{{ip: 192.168.60.10}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: web-1, namespace: demo, labels: {{kubernetes.io/service-name: web}}}}
+addressType: IPv4
+ports:
+- {{name: http, port: 8080, protocol: TCP}}
+- {{name: dns, port: 5353, protocol: UDP}}
+endpoints:
+- addresses: [10.244.1.10]
+  nodeName: node-a
+- addresses: [10.244.2.10]
+  nodeName: node-b
+- addresses: [10.244.1.11]
+  nodeName: node-a
+  conditions: {{ready: false, serving: true, terminating: true}}
+"#
+    )
+}
+
+#[test]
+fn cluster_policy_frontends_on_every_node_address() {
+    let t = run(&svc("Cluster", ""));
+    let p = plan(&t, &node("node-a"));
+    assert!(p.problems.is_empty(), "{:?}", p.problems);
+    // 2 ports x (2 node addresses + 1 external IP + 1 LB IP).
+    assert_eq!(p.frontends.len(), 8, "{:#?}", p.frontends.keys().collect::<Vec<_>>());
+    for (addr, kind) in [
+        ("192.168.50.1:30080", svc_flags::NODE_PORT),
+        ("10.0.0.1:30080", svc_flags::NODE_PORT),
+        ("192.168.60.5:80", svc_flags::EXTERNAL_IP),
+        ("192.168.60.10:80", svc_flags::LOAD_BALANCER | svc_flags::SOURCE_RANGES),
+    ] {
+        let f = &p.frontends[&fa(addr, Protocol::Tcp)];
+        assert_eq!(f.flags, kind, "{addr}");
+        assert_eq!(f.name, "demo/web:http");
+        assert_eq!(backends(&p, fa(addr, Protocol::Tcp)), ["10.244.1.10", "10.244.2.10", "10.244.1.11"]);
+    }
+    assert!(p.frontends.contains_key(&fa("192.168.50.1:30053", Protocol::Udp)));
+    // Source ranges only on the LoadBalancer IPs, as kube-proxy.
+    assert_eq!(p.source_ranges.len(), 2);
+    assert!(p.source_ranges.contains_key(&fa("192.168.60.10:53", Protocol::Udp)));
+    // The health check port is only for Local.
+    assert!(p.health_checks.is_empty());
+}
+
+#[test]
+fn local_policy_keeps_this_nodes_endpoints_and_counts_them() {
+    let t = run(&svc("Local", ""));
+    let a = plan(&t, &node("node-a"));
+    let f = &a.frontends[&fa("192.168.50.1:30080", Protocol::Tcp)];
+    assert_eq!(f.flags, svc_flags::NODE_PORT | svc_flags::EXT_LOCAL);
+    assert_eq!(backends(&a, fa("192.168.50.1:30080", Protocol::Tcp)), ["10.244.1.10", "10.244.1.11"]);
+    let svc = ServiceRef { namespace: "demo".into(), name: "web".into() };
+    // Ready local endpoints only (the terminating one is not counted).
+    assert_eq!(a.health_checks[&svc], (32000, 1));
+
+    // A node without endpoints keeps the frontends, with no backend (drop),
+    // and reports 0.
+    let c = plan(&t, &node("node-c"));
+    assert!(c.frontends[&fa("192.168.50.1:30080", Protocol::Tcp)].backends.is_empty());
+    assert_eq!(c.health_checks[&svc], (32000, 0));
+    // The ClusterIP frontend is untouched: all endpoints.
+    assert_eq!(t.desired[&fa("10.96.0.10:80", Protocol::Tcp)].backends.len(), 3);
+}
+
+#[test]
+fn node_ports_outside_the_range_and_clashes_are_reported() {
+    let t = run(&svc("Cluster", ""));
+    let mut n = node("node-a");
+    n.nodeport_range = PortRange { min: 30_060, max: 30_070 };
+    let p = plan(&t, &n);
+    assert!(!p.frontends.contains_key(&fa("192.168.50.1:30080", Protocol::Tcp)));
+    assert!(!p.frontends.contains_key(&fa("192.168.50.1:30053", Protocol::Udp)));
+    assert!(p.problems.iter().any(|m| m.contains("nodePort 30080 is outside the NodePort range 30060-30070")), "{:?}", p.problems);
+
+    // An external IP that is some other Service's ClusterIP is not taken.
+    let mut n = node("node-a");
+    n.node_ips = vec!["10.96.0.10".parse().unwrap()];
+    let t = run(&svc("Cluster", "").replace("externalIPs: [192.168.60.5]", "externalIPs: [10.96.0.10]"));
+    let p = plan(&t, &n);
+    assert!(p.problems.iter().any(|m| m.contains("10.96.0.10:80/TCP already belongs to demo/web:http")), "{:?}", p.problems);
+}
+
+#[test]
+fn port_ranges_parse() {
+    assert_eq!("30000-32767".parse::<PortRange>().unwrap(), DEFAULT_NODEPORT_RANGE);
+    assert!("0-10".parse::<PortRange>().is_err());
+    assert!("20-10".parse::<PortRange>().is_err());
+    assert!("abc".parse::<PortRange>().is_err());
+}
