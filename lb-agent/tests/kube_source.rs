@@ -1,0 +1,636 @@
+//! The agent against the Kubernetes API, with the real kube-rs client and
+//! an in-process fake API server (`fake_api`) in the lab node's namespace,
+//! where the agent runs. Every scenario asserts on the pinned maps as
+//! `lb-agent list` reads them; the first and the restart test also on
+//! real traffic.
+
+mod common;
+mod fake_api;
+
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    fs,
+    io::{BufRead, BufReader, Write},
+    net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use common::{ManifestDir, PinDir, kernel_tests_enabled, wait_for};
+use fake_api::{FakeApi, Res};
+use k8s_openapi::{
+    api::{
+        core::v1::{Node, Service, ServicePort, ServiceSpec},
+        discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice},
+    },
+    apimachinery::pkg::{apis::meta::v1::ObjectMeta, util::intstr::IntOrString},
+};
+use lb_agent::{list, maps::Maps};
+use lb_lab::{ChildGuard, Netns, NodeLab, Server, tcp_request, tcp_server};
+use serde_json::json;
+
+const NS: &str = "test";
+const HEALTH_PORT: u16 = 10256;
+
+// ---- objects ----------------------------------------------------------------
+
+fn service(name: &str, ip: &str, ports: &[(&str, u16, &str)]) -> Service {
+    Service {
+        metadata: ObjectMeta { name: Some(name.into()), namespace: Some(NS.into()), ..Default::default() },
+        spec: Some(ServiceSpec {
+            cluster_ip: Some(ip.into()),
+            cluster_ips: Some(vec![ip.into()]),
+            type_: Some("ClusterIP".into()),
+            ports: Some(
+                ports
+                    .iter()
+                    .map(|(pname, port, target)| ServicePort {
+                        name: Some(pname.to_string()),
+                        port: i32::from(*port),
+                        protocol: Some("TCP".into()),
+                        target_port: Some(IntOrString::String(target.to_string())),
+                        ..Default::default()
+                    })
+                    .collect(),
+            ),
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
+
+#[derive(Clone, Copy)]
+enum Cond {
+    Ready,
+    NotReady,
+    Terminating,
+}
+
+fn slice(name: &str, svc: &str, ports: &[(&str, u16)], endpoints: &[(Ipv4Addr, Cond)]) -> EndpointSlice {
+    EndpointSlice {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some(NS.into()),
+            labels: Some(BTreeMap::from([("kubernetes.io/service-name".to_string(), svc.to_string())])),
+            ..Default::default()
+        },
+        address_type: "IPv4".into(),
+        ports: Some(
+            ports
+                .iter()
+                .map(|(n, p)| EndpointPort {
+                    name: Some(n.to_string()),
+                    port: Some(i32::from(*p)),
+                    protocol: Some("TCP".into()),
+                    ..Default::default()
+                })
+                .collect(),
+        ),
+        endpoints: endpoints
+            .iter()
+            .map(|(ip, cond)| {
+                let (ready, serving, terminating) = match cond {
+                    Cond::Ready => (true, true, false),
+                    Cond::NotReady => (false, false, false),
+                    Cond::Terminating => (false, true, true),
+                };
+                Endpoint {
+                    addresses: vec![ip.to_string()],
+                    conditions: Some(EndpointConditions {
+                        ready: Some(ready),
+                        serving: Some(serving),
+                        terminating: Some(terminating),
+                    }),
+                    node_name: Some("node-1".into()),
+                    ..Default::default()
+                }
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+fn node_object() -> Node {
+    Node {
+        metadata: ObjectMeta { name: Some("node-1".into()), ..Default::default() },
+        ..Default::default()
+    }
+}
+
+fn ip(n: u8) -> Ipv4Addr {
+    Ipv4Addr::new(10, 244, 9, n)
+}
+
+// ---- the agent ----------------------------------------------------------------
+
+/// `lb-agent run --kubeconfig ...` in a lab node.
+struct KubeAgent {
+    pins: Option<PinDir>,
+    log: PathBuf,
+    child: Option<ChildGuard>,
+}
+
+impl KubeAgent {
+    fn start(node: &Netns, kubeconfig: &Path, pins: PinDir) -> KubeAgent {
+        let log = std::env::temp_dir().join(format!(
+            "lb-agent-{}-{}.log",
+            std::process::id(),
+            pins.0.file_name().unwrap().to_string_lossy()
+        ));
+        let log_file = fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
+        let mut cmd = node.command(env!("CARGO_BIN_EXE_lb-agent"));
+        cmd.args(["run", "--pod-ifaces", "lbp*", "--poll-interval-ms", "100", "--sync-delay-ms", "50"])
+            .arg("--kubeconfig")
+            .arg(kubeconfig)
+            .args(["--node-name", "node-1", "--api-backoff-max-ms", "500"])
+            .arg("--health-addr")
+            .arg(format!("127.0.0.1:{HEALTH_PORT}"))
+            .arg("--bpffs")
+            .arg(&pins.0)
+            .env("RUST_LOG", "info,lb_agent=debug")
+            .env("NO_COLOR", "1")
+            .env_remove("KUBECONFIG")
+            .stdin(Stdio::null())
+            .stdout(log_file.try_clone().unwrap())
+            .stderr(log_file);
+        let child = node.spawn(&mut cmd).unwrap();
+        KubeAgent { pins: Some(pins), log, child: Some(child) }
+    }
+
+    fn pins(&self) -> &Path {
+        &self.pins.as_ref().unwrap().0
+    }
+
+    fn log_text(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn rows(&self) -> Vec<list::Row> {
+        list::rows(&Maps::open(self.pins()).unwrap()).unwrap()
+    }
+
+    fn wait_rows(&self, what: &str, pred: impl Fn(&[list::Row]) -> bool) -> Vec<list::Row> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let rows = Maps::open(self.pins()).ok().and_then(|m| list::rows(&m).ok());
+            if let Some(rows) = &rows {
+                if pred(rows) {
+                    return rows.clone();
+                }
+            }
+            if Instant::now() > deadline {
+                panic!("timed out waiting for {what}; maps hold {rows:#?}\nagent log:\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits for a log line containing `needle` (after `skip` bytes).
+    fn wait_log(&self, what: &str, skip: usize, needle: &str) -> String {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let text = self.log_text();
+            if let Some(line) = text.get(skip..).unwrap_or("").lines().find(|l| l.contains(needle)) {
+                return line.to_string();
+            }
+            if Instant::now() > deadline {
+                panic!("timed out waiting for {what} ({needle:?}); agent log:\n{text}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Stops the agent (SIGTERM) and returns its pin directory, maps kept.
+    fn stop(&mut self) -> PinDir {
+        if let Some(child) = self.child.take() {
+            let mut child = child.into_inner();
+            // SAFETY: plain kill(2) on our own child.
+            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            let status = child.wait().unwrap();
+            assert!(status.success(), "the agent exits cleanly on SIGTERM: {status}\n{}", self.log_text());
+        }
+        self.pins.take().unwrap()
+    }
+
+    fn assert_alive(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            assert!(child.try_wait().unwrap().is_none(), "the agent died:\n{}", self.log_text());
+        }
+    }
+}
+
+impl Drop for KubeAgent {
+    fn drop(&mut self) {
+        drop(self.child.take());
+        // After stop() the pins (and the log) go on with the next agent.
+        if self.pins.is_some() {
+            let _ = fs::remove_file(&self.log);
+        }
+    }
+}
+
+/// GET on the agent's health server, from inside the node namespace:
+/// (status code, body).
+fn health(node: &Netns, path: &str) -> (u16, String) {
+    let path = path.to_string();
+    node.run(move || {
+        let mut s = TcpStream::connect(("127.0.0.1", HEALTH_PORT)).expect("connecting to the health server");
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+        let mut text = String::new();
+        std::io::Read::read_to_string(&mut s, &mut text).unwrap();
+        let code = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+        (code, body)
+    })
+}
+
+fn wait_health(node: &Netns, path: &str, code: u16) -> String {
+    wait_for(&format!("{path} to answer {code}"), Duration::from_secs(20), || {
+        let node_path = path.to_string();
+        let (c, body) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| health(node, &node_path))).ok()?;
+        (c == code).then_some(body)
+    })
+}
+
+fn metric(body: &str, name: &str) -> f64 {
+    body.lines()
+        .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')).and_then(|v| v.trim().parse().ok()))
+        .unwrap_or_else(|| panic!("no {name} in\n{body}"))
+}
+
+fn backends(rows: &[list::Row], frontend: &str) -> BTreeSet<String> {
+    rows.iter()
+        .find(|r| r.frontend == frontend)
+        .map(|r| r.backends.iter().cloned().collect())
+        .unwrap_or_default()
+}
+
+fn set(items: &[&str]) -> BTreeSet<String> {
+    items.iter().map(|s| s.to_string()).collect()
+}
+
+/// A lab node (no pods), a fake API server in it and a scratch dir for
+/// the kubeconfig.
+struct Setup {
+    lab: NodeLab,
+    api: FakeApi,
+    dir: ManifestDir,
+}
+
+fn setup(pods: &[&str], tag: &str) -> Setup {
+    let lab = NodeLab::new(pods).unwrap();
+    let api = FakeApi::start(Some(&lab.node));
+    api.apply(&node_object());
+    Setup { lab, api, dir: ManifestDir::new(tag) }
+}
+
+impl Setup {
+    fn agent(&self, tag: &str) -> KubeAgent {
+        KubeAgent::start(&self.lab.node, &self.api.kubeconfig(&self.dir.0), PinDir::new(tag))
+    }
+}
+
+// ---- scenarios ----------------------------------------------------------------
+
+#[test]
+fn create_scale_and_delete_a_service_with_traffic() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let s = setup(&["client", "web-a", "web-b", "web-c"], "kcrud");
+    let _servers: Vec<Server> = ["web-a", "web-b", "web-c"]
+        .iter()
+        .map(|n| {
+            let pod = s.lab.pod(n);
+            tcp_server(&pod.ns, SocketAddrV4::new(pod.ip, 8080), n).unwrap()
+        })
+        .collect();
+    let pod_ip = |n: &str| s.lab.pod(n).ip;
+    let agent = s.agent("kcrud");
+    // Nothing exists yet: ready once both lists are done, with no frontend.
+    wait_health(&s.lab.node, "/readyz", 200);
+    assert!(agent.rows().is_empty());
+
+    s.api.apply(&service("web", "10.96.0.10", &[("http", 80, "http")]));
+    let all: Vec<_> = ["web-a", "web-b", "web-c"].iter().map(|n| (pod_ip(n), Cond::Ready)).collect();
+    s.api.apply(&slice("web-1", "web", &[("http", 8080)], &all));
+    let rows = agent.wait_rows("3 backends", |r| r.len() == 1 && r[0].backends.len() == 3);
+    assert_eq!(rows[0].name, "test/web:http");
+    let id = rows[0].id;
+    let vip = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 10), 80);
+    let client = &s.lab.pod("client").ns;
+    let mut seen = BTreeSet::new();
+    for _ in 0..60 {
+        seen.insert(tcp_request(client, vip).unwrap());
+    }
+    assert_eq!(seen, set(&["web-a", "web-b", "web-c"]));
+
+    // Scale down to one.
+    s.api.apply(&slice("web-1", "web", &[("http", 8080)], &[(pod_ip("web-b"), Cond::Ready)]));
+    let rows = agent.wait_rows("1 backend", |r| r.len() == 1 && r[0].backends.len() == 1);
+    assert_eq!(rows[0].id, id, "the frontend keeps its ID");
+    for _ in 0..20 {
+        assert_eq!(tcp_request(client, vip).unwrap(), "web-b");
+    }
+
+    // Delete.
+    s.api.delete(Res::Services, NS, "web");
+    s.api.delete(Res::EndpointSlices, NS, "web-1");
+    agent.wait_rows("no frontend", |r| r.is_empty());
+    assert!(tcp_request(client, vip).is_err(), "the ClusterIP is gone");
+
+    let metrics = wait_health(&s.lab.node, "/metrics", 200);
+    assert!(metric(&metrics, "lb_sync_latency_seconds_count") >= 3.0, "{metrics}");
+    assert!(metric(&metrics, "lb_map_operations_total") > 0.0, "{metrics}");
+    assert_eq!(metric(&metrics, "lb_node_seen"), 1.0, "{metrics}");
+    assert_eq!(health(&s.lab.node, "/healthz").0, 200);
+}
+
+#[test]
+fn endpoint_goes_unready_then_terminating() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let s = setup(&[], "kready");
+    let agent = s.agent("kready");
+    s.api.apply(&service("api", "10.96.0.20", &[("http", 80, "http")]));
+    s.api.apply(&slice("api-1", "api", &[("http", 8080)], &[(ip(1), Cond::Ready), (ip(2), Cond::Ready)]));
+    agent.wait_rows("2 backends", |r| r.len() == 1 && r[0].backends.len() == 2);
+    let fe = "10.96.0.20:80/TCP";
+
+    s.api.apply(&slice("api-1", "api", &[("http", 8080)], &[(ip(1), Cond::NotReady), (ip(2), Cond::Ready)]));
+    let rows = agent.wait_rows("unready backend out", |r| r.len() == 1 && r[0].backends.len() == 1);
+    assert_eq!(backends(&rows, fe), set(&["10.244.9.2:8080"]));
+
+    // The last one terminates while serving: with nothing ready it still
+    // takes new flows (KEP-1669), flagged terminating.
+    s.api.apply(&slice("api-1", "api", &[("http", 8080)], &[(ip(1), Cond::NotReady), (ip(2), Cond::Terminating)]));
+    let rows = agent.wait_rows("terminating fallback", |r| {
+        r.len() == 1 && r[0].backends.iter().any(|b| b.contains("terminating"))
+    });
+    assert_eq!(backends(&rows, fe), set(&["10.244.9.2:8080 (terminating)"]));
+
+    // A new ready endpoint takes over.
+    s.api.apply(&slice(
+        "api-1",
+        "api",
+        &[("http", 8080)],
+        &[(ip(2), Cond::Terminating), (ip(3), Cond::Ready)],
+    ));
+    let rows = agent.wait_rows("ready endpoint preferred", |r| backends(r, fe) == set(&["10.244.9.3:8080"]));
+    assert_eq!(rows.len(), 1);
+}
+
+#[test]
+fn renamed_named_port_follows_the_endpointslice_port() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let s = setup(&[], "kport");
+    let agent = s.agent("kport");
+    s.api.apply(&service("app", "10.96.0.30", &[("http", 80, "web")]));
+    // Several slices, merged, with a duplicate endpoint.
+    s.api.apply(&slice("app-1", "app", &[("http", 8080)], &[(ip(1), Cond::Ready), (ip(2), Cond::Ready)]));
+    s.api.apply(&slice("app-2", "app", &[("http", 8080)], &[(ip(2), Cond::Ready), (ip(3), Cond::Ready)]));
+    let fe = "10.96.0.30:80/TCP";
+    agent.wait_rows("merged slices", |r| {
+        backends(r, fe) == set(&["10.244.9.1:8080", "10.244.9.2:8080", "10.244.9.3:8080"])
+    });
+
+    // The ServicePort is renamed first: no slice port has the new name yet,
+    // so the frontend has no backend (and rejects).
+    s.api.apply(&service("app", "10.96.0.30", &[("web", 80, "web")]));
+    let rows = agent.wait_rows("no backend after the rename", |r| r.len() == 1 && r[0].backends.is_empty());
+    assert_eq!(rows[0].name, "test/app:web");
+    // The EndpointSlice controller catches up, with a new target port.
+    s.api.apply(&slice("app-1", "app", &[("web", 9090)], &[(ip(1), Cond::Ready), (ip(2), Cond::Ready)]));
+    s.api.apply(&slice("app-2", "app", &[("web", 9090)], &[(ip(3), Cond::Ready)]));
+    agent.wait_rows("new port", |r| {
+        backends(r, fe) == set(&["10.244.9.1:9090", "10.244.9.2:9090", "10.244.9.3:9090"])
+    });
+}
+
+#[test]
+fn watch_410_gone_relists_without_flushing() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let s = setup(&[], "k410");
+    let agent = s.agent("k410");
+    s.api.apply(&service("a", "10.96.0.41", &[("p", 80, "p")]));
+    s.api.apply(&slice("a-1", "a", &[("p", 8080)], &[(ip(1), Cond::Ready)]));
+    s.api.apply(&service("b", "10.96.0.42", &[("p", 80, "p")]));
+    let rows = agent.wait_rows("two frontends", |r| r.len() == 2 && r[0].backends.len() == 1);
+    let id_a = rows.iter().find(|r| r.name == "test/a:p").unwrap().id;
+    let lists_before = s.api.lists_of("/api/v1/services");
+
+    // Events lost: only a relist shows them.
+    s.api.apply_silently(&slice("a-1", "a", &[("p", 8080)], &[(ip(1), Cond::Ready), (ip(2), Cond::Ready)]));
+    s.api.delete_silently(Res::Services, NS, "b");
+    let log_len = agent.log_text().len();
+    s.api.expire_watches();
+    let rows = agent.wait_rows("the relisted state", |r| r.len() == 1 && r[0].backends.len() == 2);
+    assert_eq!(rows[0].id, id_a, "a relist keeps IDs: nothing was flushed");
+    assert!(s.api.lists_of("/api/v1/services") > lists_before, "{:#?}", s.api.requests());
+    agent.wait_log("the watch error", log_len, "watching Services");
+}
+
+#[test]
+fn api_server_restart_mid_watch() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let mut s = setup(&[], "krestart");
+    let agent = s.agent("krestart");
+    s.api.apply(&service("a", "10.96.0.51", &[("p", 80, "p")]));
+    s.api.apply(&slice("a-1", "a", &[("p", 8080)], &[(ip(1), Cond::Ready)]));
+    let before = agent.wait_rows("a", |r| r.len() == 1 && r[0].backends.len() == 1);
+
+    // The server goes away: the agent notices, and keeps the maps.
+    let log_len = agent.log_text().len();
+    s.api.down();
+    agent.wait_log("the watch failing", log_len, "retrying");
+    assert_eq!(agent.rows(), before, "nothing flushed while the API server is down");
+
+    // It comes back with its watch cache lost, and a change made meanwhile.
+    s.api.apply(&slice("a-1", "a", &[("p", 8080)], &[(ip(1), Cond::Ready), (ip(3), Cond::Ready)]));
+    s.api.apply(&service("c", "10.96.0.53", &[("p", 80, "p")]));
+    s.api.up(Some(&s.lab.node), true);
+    let rows = agent.wait_rows("the state after the restart", |r| r.len() == 2 && r[0].backends.len() == 2);
+    assert_eq!(rows[0].id, before[0].id);
+
+    // Cut connections only: the watches resume.
+    s.api.drop_connections();
+    s.api.apply(&slice("a-1", "a", &[("p", 8080)], &[(ip(3), Cond::Ready)]));
+    agent.wait_rows("a change after the reconnect", |r| r.len() == 2 && r[0].backends.len() == 1);
+}
+
+#[test]
+fn agent_starts_with_the_api_server_down() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let lab = NodeLab::new(&[]).unwrap();
+    let dir = ManifestDir::new("kdown");
+    let port = FakeApi::free_port(&lab.node);
+    let kubeconfig = fake_api::kubeconfig_for(&dir.0, port);
+
+    // A first agent fills the maps.
+    let mut api = FakeApi::start_on(&lab.node, port);
+    api.apply(&service("a", "10.96.0.61", &[("p", 80, "p")]));
+    api.apply(&slice("a-1", "a", &[("p", 8080)], &[(ip(1), Cond::Ready), (ip(2), Cond::Ready)]));
+    let mut first = KubeAgent::start(&lab.node, &kubeconfig, PinDir::new("kdown"));
+    let before = first.wait_rows("a", |r| r.len() == 1 && r[0].backends.len() == 2);
+    let pins = first.stop();
+    api.down();
+
+    // The second starts with no API server: it retries and serves what
+    // the maps hold, and is not ready.
+    let mut agent = KubeAgent::start(&lab.node, &kubeconfig, pins);
+    agent.wait_log("a failed list", 0, "retrying");
+    agent.wait_log("a second attempt", 0, "retrying");
+    wait_health(&lab.node, "/healthz", 200);
+    assert_eq!(health(&lab.node, "/readyz").0, 503);
+    assert_eq!(agent.rows(), before, "the pinned state is served untouched");
+    agent.assert_alive();
+
+    // The server comes up, with a change.
+    api.apply(&slice("a-1", "a", &[("p", 8080)], &[(ip(2), Cond::Ready)]));
+    api.up(Some(&lab.node), false);
+    let rows = agent.wait_rows("the live state", |r| r.len() == 1 && r[0].backends.len() == 1);
+    assert_eq!(rows[0].id, before[0].id);
+    wait_health(&lab.node, "/readyz", 200);
+}
+
+#[test]
+fn malformed_objects_are_skipped_and_the_rest_applies() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let s = setup(&[], "kbad");
+    // In the first list: a good Service, a malformed one (port is not a
+    // number), one with an invalid ClusterIP, and a slice with an IPv6
+    // address in an IPv4 slice.
+    s.api.apply(&service("good", "10.96.0.71", &[("p", 80, "p")]));
+    let mut bad = serde_json::to_value(service("typo", "10.96.0.72", &[("p", 80, "p")])).unwrap();
+    bad["spec"]["ports"][0]["port"] = json!("eighty");
+    s.api.apply_raw(Res::Services, bad);
+    s.api.apply(&service("badip", "10.96.0.999", &[("p", 80, "p")]));
+    let mut sl = serde_json::to_value(slice("good-1", "good", &[("p", 8080)], &[(ip(1), Cond::Ready), (ip(2), Cond::Ready)])).unwrap();
+    sl["endpoints"][0]["addresses"][0] = json!("fd00::1");
+    s.api.apply_raw(Res::EndpointSlices, sl);
+
+    let agent = s.agent("kbad");
+    let rows = agent.wait_rows("the good service", |r| r.len() == 1 && r[0].backends.len() == 1);
+    assert_eq!(backends(&rows, "10.96.0.71:80/TCP"), set(&["10.244.9.2:8080"]));
+    let line = agent.wait_log("the malformed service", 0, "Service test/typo");
+    assert!(line.contains("WARN") && line.contains("spec.ports[0].port"), "{line}");
+    let line = agent.wait_log("the bad ClusterIP", 0, "Service test/badip");
+    assert!(line.contains("WARN") && line.contains("spec.clusterIP"), "{line}");
+    let line = agent.wait_log("the IPv6 endpoint", 0, "EndpointSlice test/good-1");
+    assert!(line.contains("endpoints[0].addresses[0]"), "{line}");
+
+    // Over the watch: garbage metadata, a port out of range, then a good one.
+    let log_len = agent.log_text().len();
+    s.api.apply_raw(Res::Services, json!({"metadata": {"name": "weird", "namespace": NS, "labels": 5}, "spec": []}));
+    let mut big = serde_json::to_value(service("big", "10.96.0.73", &[("p", 80, "p")])).unwrap();
+    big["spec"]["ports"][0]["port"] = json!(70000);
+    s.api.apply_raw(Res::Services, big);
+    s.api.apply(&service("late", "10.96.0.74", &[("p", 80, "p")]));
+    agent.wait_rows("the late service", |r| r.iter().any(|r| r.name == "test/late:p"));
+    let line = agent.wait_log("the weird service", log_len, "Service test/weird");
+    assert!(line.contains("metadata.labels"), "{line}");
+    let line = agent.wait_log("the port out of range", log_len, "Service test/big");
+    assert!(line.contains("spec.ports[0].port"), "{line}");
+    assert_eq!(agent.rows().len(), 2);
+
+    // A good version replaces a malformed one.
+    s.api.apply(&service("typo", "10.96.0.72", &[("p", 80, "p")]));
+    agent.wait_rows("the fixed service", |r| r.iter().any(|r| r.name == "test/typo:p"));
+    let metrics = wait_health(&s.lab.node, "/metrics", 200);
+    assert!(metric(&metrics, "lb_objects_skipped") >= 3.0, "{metrics}");
+    assert_eq!(health(&s.lab.node, "/healthz").0, 200);
+}
+
+// ---- restart --------------------------------------------------------------------
+
+/// A line echo server in `pod` on `port`: every connection gets its lines
+/// back prefixed with the pod name; connections last as long as the client.
+fn echo_server(pod: &lb_lab::Pod, port: u16) {
+    let name = pod.name.clone();
+    let addr = SocketAddrV4::new(pod.ip, port);
+    let listener = pod.ns.run(move || TcpListener::bind(addr).unwrap());
+    std::thread::spawn(move || {
+        for conn in listener.incoming().flatten() {
+            let name = name.clone();
+            std::thread::spawn(move || {
+                let mut w = conn.try_clone().unwrap();
+                for line in BufReader::new(conn).lines() {
+                    let Ok(line) = line else { return };
+                    if writeln!(w, "{name}:{line}").is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+}
+
+fn exchange(conn: &mut (TcpStream, BufReader<TcpStream>), msg: &str) -> std::io::Result<String> {
+    writeln!(conn.0, "{msg}")?;
+    let mut line = String::new();
+    conn.1.read_line(&mut line)?;
+    Ok(line.trim().to_string())
+}
+
+#[test]
+fn restart_keeps_ids_and_live_flows() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let s = setup(&["client", "echo-a", "echo-b"], "kflows");
+    for n in ["echo-a", "echo-b"] {
+        echo_server(s.lab.pod(n), 7000);
+    }
+    s.api.apply(&service("echo", "10.96.0.80", &[("tcp", 70, "tcp")]));
+    let eps: Vec<_> = ["echo-a", "echo-b"].iter().map(|n| (s.lab.pod(n).ip, Cond::Ready)).collect();
+    s.api.apply(&slice("echo-1", "echo", &[("tcp", 7000)], &eps));
+    s.api.apply(&service("other", "10.96.0.81", &[("tcp", 71, "tcp")]));
+    s.api.apply(&slice("other-1", "other", &[("tcp", 7000)], &eps));
+
+    let mut agent = s.agent("kflows");
+    let before = agent.wait_rows("two services", |r| r.len() == 2 && r.iter().all(|r| r.backends.len() == 2));
+
+    // Long-lived connections from the client pod through the ClusterIP.
+    let vip = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 80), 70);
+    let mut conns: Vec<(TcpStream, BufReader<TcpStream>)> = (0..4)
+        .map(|_| {
+            let stream = s.lab.pod("client").ns.run(move || TcpStream::connect_timeout(&vip.into(), Duration::from_secs(2)).unwrap());
+            stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let reader = BufReader::new(stream.try_clone().unwrap());
+            (stream, reader)
+        })
+        .collect();
+    let owners: Vec<String> = conns
+        .iter_mut()
+        .map(|c| exchange(c, "before").unwrap().split(':').next().unwrap().to_string())
+        .collect();
+
+    let pins = agent.stop();
+    let log_len = agent.log_text().len();
+    let mut agent = KubeAgent::start(&s.lab.node, &s.api.kubeconfig(&s.dir.0), pins);
+    // The restarted agent re-attaches tc to the pod interfaces, then syncs.
+    agent.wait_log("tc attached", log_len, "tc program attached");
+    agent.wait_log("the first sync", log_len, "synced from the API server");
+    wait_health(&s.lab.node, "/readyz", 200);
+    let after = agent.rows();
+    assert_eq!(after, before, "IDs, slots and backends unchanged across the restart");
+
+    for (c, owner) in conns.iter_mut().zip(&owners) {
+        let reply = exchange(c, "after").unwrap_or_else(|e| panic!("connection broke across the restart: {e}\n{}", agent.log_text()));
+        assert_eq!(reply, format!("{owner}:after"), "same backend, same connection");
+    }
+    agent.assert_alive();
+}
