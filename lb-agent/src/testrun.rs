@@ -12,6 +12,12 @@ pub const TC_ACT_OK: i32 = 0;
 pub const TC_ACT_SHOT: i32 = 2;
 pub const TC_ACT_REDIRECT: i32 = 7;
 
+pub const XDP_ABORTED: i32 = 0;
+pub const XDP_DROP: i32 = 1;
+pub const XDP_PASS: i32 = 2;
+pub const XDP_TX: i32 = 3;
+pub const XDP_REDIRECT: i32 = 4;
+
 pub const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x11];
 pub const NODE_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0x01];
 
@@ -24,8 +30,28 @@ pub struct Outcome {
 
 /// An Ethernet + IPv4 + TCP packet; checksums computed by etherparse.
 pub fn tcp(src: SocketAddrV4, dst: SocketAddrV4, flags: &str, seq: u32, payload: &[u8]) -> Vec<u8> {
-    let mut b = PacketBuilder::ethernet2(CLIENT_MAC, NODE_MAC)
-        .ipv4(src.ip().octets(), dst.ip().octets(), 64)
+    tcp_frame(Frame::default(), src, dst, flags, seq, payload)
+}
+
+/// The Ethernet addresses and TTL of a test frame.
+#[derive(Clone, Copy, Debug)]
+pub struct Frame {
+    pub src_mac: [u8; 6],
+    pub dst_mac: [u8; 6],
+    pub ttl: u8,
+}
+
+impl Default for Frame {
+    /// From the client to the node, TTL 64.
+    fn default() -> Self {
+        Frame { src_mac: CLIENT_MAC, dst_mac: NODE_MAC, ttl: 64 }
+    }
+}
+
+/// [`tcp`] with given MACs and TTL.
+pub fn tcp_frame(frame: Frame, src: SocketAddrV4, dst: SocketAddrV4, flags: &str, seq: u32, payload: &[u8]) -> Vec<u8> {
+    let mut b = PacketBuilder::ethernet2(frame.src_mac, frame.dst_mac)
+        .ipv4(src.ip().octets(), dst.ip().octets(), frame.ttl)
         .tcp(src.port(), dst.port(), seq, 64240);
     for f in flags.chars() {
         b = match f {
@@ -44,8 +70,13 @@ pub fn tcp(src: SocketAddrV4, dst: SocketAddrV4, flags: &str, seq: u32, payload:
 
 /// An Ethernet + IPv4 + UDP packet; checksums computed by etherparse.
 pub fn udp(src: SocketAddrV4, dst: SocketAddrV4, payload: &[u8]) -> Vec<u8> {
-    let b = PacketBuilder::ethernet2(CLIENT_MAC, NODE_MAC)
-        .ipv4(src.ip().octets(), dst.ip().octets(), 64)
+    udp_frame(Frame::default(), src, dst, payload)
+}
+
+/// [`udp`] with given MACs and TTL.
+pub fn udp_frame(frame: Frame, src: SocketAddrV4, dst: SocketAddrV4, payload: &[u8]) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(frame.src_mac, frame.dst_mac)
+        .ipv4(src.ip().octets(), dst.ip().octets(), frame.ttl)
         .udp(src.port(), dst.port());
     let mut out = Vec::with_capacity(b.size(payload.len()));
     b.write(&mut out, payload).expect("writing to a Vec");
@@ -79,5 +110,41 @@ pub fn time_tc(prog: &SchedClassifier, input: &[u8], repeat: u32) -> Result<(i32
 pub fn time_xdp(prog: &Xdp, input: &[u8], repeat: u32) -> Result<(u32, Duration), ProgramError> {
     let mut out = vec![0u8; input.len() + 256];
     let r = prog.test_run(options(input, &mut out, repeat))?;
+    Ok((r.return_value, r.duration))
+}
+
+/// The `struct xdp_md` a test run starts from: the whole input is packet
+/// data, received on `ingress_ifindex` (of the calling thread's network
+/// namespace; 0 for the loopback device), queue 0.
+pub fn xdp_md(len: usize, ingress_ifindex: u32) -> [u8; 24] {
+    let mut md = [0u8; 24];
+    md[4..8].copy_from_slice(&(len as u32).to_ne_bytes()); // data_end
+    md[12..16].copy_from_slice(&ingress_ifindex.to_ne_bytes());
+    md
+}
+
+fn xdp_options<'a>(input: &'a [u8], output: &'a mut [u8], ctx: &'a [u8], repeat: u32) -> TestRunOptions<'a> {
+    let mut opts = options(input, output, repeat);
+    opts.ctx_in = Some(ctx);
+    opts
+}
+
+/// Runs an XDP program once on `input`, received on `ingress_ifindex`.
+/// `bpf_fib_lookup` in the program consults the routes and neighbours of
+/// the calling thread's network namespace.
+pub fn run_xdp(prog: &Xdp, input: &[u8], ingress_ifindex: u32) -> anyhow::Result<Outcome> {
+    let mut out = vec![0u8; input.len() + 256];
+    let md = xdp_md(input.len(), ingress_ifindex);
+    let r = prog.test_run(xdp_options(input, &mut out, &md, 1)).context("BPF_PROG_TEST_RUN")?;
+    out.truncate(r.data_size_out as usize);
+    Ok(Outcome { verdict: r.return_value as i32, packet: out })
+}
+
+/// Average time per run of an XDP program over `repeat` runs, received on
+/// `ingress_ifindex`.
+pub fn time_xdp_on(prog: &Xdp, input: &[u8], ingress_ifindex: u32, repeat: u32) -> Result<(u32, Duration), ProgramError> {
+    let mut out = vec![0u8; input.len() + 256];
+    let md = xdp_md(input.len(), ingress_ifindex);
+    let r = prog.test_run(xdp_options(input, &mut out, &md, repeat))?;
     Ok((r.return_value, r.duration))
 }

@@ -1,0 +1,506 @@
+//! North-south packet fixtures for the XDP program through
+//! BPF_PROG_TEST_RUN: NodePort DNAT+SNAT towards a backend on another node
+//! and the reverse translation of its replies, DNAT only for a local
+//! backend, UDP, source ranges, rejects and drops, NAT port collisions.
+//! Expected packets are built from scratch by etherparse, so its checksum
+//! code checks the program's incremental updates.
+//!
+//! `bpf_fib_lookup` in a test run consults the calling thread's network
+//! namespace, so each test enters a private namespace that looks like a
+//! node's external side: `ext0` (192.168.50.1/24) with permanent
+//! neighbours for node B (192.168.50.2) and the client (192.168.50.100),
+//! and node B's pod CIDR 10.244.2.0/24 routed via node B.
+
+mod common;
+
+use std::{
+    collections::BTreeMap,
+    fs::File,
+    net::{Ipv4Addr, SocketAddrV4},
+    os::fd::{AsFd, AsRawFd},
+};
+
+use aya::programs::{SchedClassifier, Xdp};
+use common::{Loaded, kernel_tests_enabled, sa};
+use etherparse::{Icmpv4Type, NetSlice, SlicedPacket, TransportSlice, icmpv4::DestUnreachableHeader};
+use lb_agent::{
+    datapath::{TC_PROGRAM, XDP_PASS_PROGRAM, XDP_PROGRAM},
+    model::{Backend, BackendAddr, Cidr, Desired, Frontend, FrontendAddr, Protocol},
+    reconcile::Stats,
+    testrun::{self, Frame, Outcome, XDP_DROP, XDP_PASS, XDP_TX},
+};
+use lb_common::{NodeConfig, node_flags, svc_flags};
+use lb_lab::Netns;
+
+const EXT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x50, 0x01];
+const NODE_B_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x50, 0x02];
+const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x50, 0x64];
+const NODE_IP: &str = "192.168.50.1";
+const CLIENT_IP: &str = "192.168.50.100";
+const NAT_PORT: u16 = 61000;
+
+/// From the client to node A, as it arrives.
+const IN: Frame = Frame { src_mac: CLIENT_MAC, dst_mac: EXT_MAC, ttl: 64 };
+/// Forwarded by node A to node B.
+const TO_B: Frame = Frame { src_mac: EXT_MAC, dst_mac: NODE_B_MAC, ttl: 63 };
+/// A reply as node B sends it to node A.
+const FROM_B: Frame = Frame { src_mac: NODE_B_MAC, dst_mac: EXT_MAC, ttl: 64 };
+/// Forwarded by node A back to the client.
+const TO_CLIENT: Frame = Frame { src_mac: EXT_MAC, dst_mac: CLIENT_MAC, ttl: 63 };
+
+/// The calling thread inside a network namespace until dropped.
+struct Entered {
+    orig: File,
+}
+
+impl Entered {
+    fn enter(ns: &Netns) -> Entered {
+        let orig = File::open("/proc/thread-self/ns/net").unwrap();
+        // SAFETY: setns on valid fds; only this thread changes namespace.
+        assert_eq!(unsafe { libc::setns(ns.as_fd().as_raw_fd(), libc::CLONE_NEWNET) }, 0, "setns");
+        Entered { orig }
+    }
+}
+
+impl Drop for Entered {
+    fn drop(&mut self) {
+        // SAFETY: as above.
+        unsafe { libc::setns(self.orig.as_raw_fd(), libc::CLONE_NEWNET) };
+    }
+}
+
+/// The external side of node A (see the module docs).
+fn external_side() -> Netns {
+    let ns = Netns::new("xdp-fixture").unwrap();
+    // bpf_fib_lookup answers only where forwarding is on.
+    ns.sysctl("net.ipv4.ip_forward", "1").unwrap();
+    let mac = |m: [u8; 6]| m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
+    ns.ip(&["link", "add", "ext0", "address", &mac(EXT_MAC), "type", "veth", "peer", "name", "peer0"]).unwrap();
+    ns.ip(&["addr", "add", "192.168.50.1/24", "dev", "ext0"]).unwrap();
+    ns.ip(&["link", "set", "peer0", "up"]).unwrap();
+    ns.ip(&["link", "set", "ext0", "up"]).unwrap();
+    for (ip, m) in [("192.168.50.2", NODE_B_MAC), (CLIENT_IP, CLIENT_MAC)] {
+        ns.ip(&["neigh", "replace", ip, "lladdr", &mac(m), "dev", "ext0", "nud", "permanent"]).unwrap();
+    }
+    ns.ip(&["route", "add", "10.244.2.0/24", "via", "192.168.50.2", "dev", "ext0"]).unwrap();
+    ns
+}
+
+fn ifindex(name: &str) -> u32 {
+    let c = std::ffi::CString::new(name).unwrap();
+    // SAFETY: a NUL-terminated name.
+    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    assert_ne!(i, 0, "interface {name} missing");
+    i
+}
+
+fn backend(addr: &str, proto: Protocol, node: &str) -> Backend {
+    let a = sa(addr);
+    Backend {
+        addr: BackendAddr { ip: *a.ip(), port: a.port(), proto },
+        terminating: false,
+        node_name: Some(node.into()),
+        zone: None,
+    }
+}
+
+fn front(addr: &str, proto: Protocol, flags: u32, backends: Vec<Backend>) -> (FrontendAddr, Frontend) {
+    let a = sa(addr);
+    let fa = FrontendAddr { ip: *a.ip(), port: a.port(), proto };
+    (fa, Frontend { addr: fa, name: format!("test/{addr}"), backends, flags, affinity_timeout: 0 })
+}
+
+/// Node A's frontends:
+/// - NodePort 30080/TCP -> 10.244.2.10:8080 on node B;
+/// - NodePort 30081/TCP -> 10.244.1.10:8080 on node A (local);
+/// - NodePort 30053/UDP -> 10.244.2.10:5353 on node B;
+/// - LoadBalancer 192.168.60.10:80/TCP -> 10.244.2.11:8080, source range
+///   192.168.50.0/24;
+/// - NodePort 30090/TCP, externalTrafficPolicy Local, no local endpoint;
+/// - NodePort 30091/TCP, no endpoint at all;
+/// - ClusterIP 10.96.0.10:80 -> 10.244.2.10:8080.
+fn desired() -> (Desired, BTreeMap<FrontendAddr, Vec<Cidr>>) {
+    let np = svc_flags::NODE_PORT;
+    let d: Desired = [
+        front("192.168.50.1:30080", Protocol::Tcp, np, vec![backend("10.244.2.10:8080", Protocol::Tcp, "node-b")]),
+        front("192.168.50.1:30081", Protocol::Tcp, np, vec![backend("10.244.1.10:8080", Protocol::Tcp, "node-a")]),
+        front("192.168.50.1:30053", Protocol::Udp, np, vec![backend("10.244.2.10:5353", Protocol::Udp, "node-b")]),
+        front(
+            "192.168.60.10:80",
+            Protocol::Tcp,
+            svc_flags::LOAD_BALANCER | svc_flags::SOURCE_RANGES,
+            vec![backend("10.244.2.11:8080", Protocol::Tcp, "node-b")],
+        ),
+        front("192.168.50.1:30090", Protocol::Tcp, np | svc_flags::EXT_LOCAL, vec![]),
+        front("192.168.50.1:30091", Protocol::Tcp, np, vec![]),
+        front("10.96.0.10:80", Protocol::Tcp, 0, vec![backend("10.244.2.10:8080", Protocol::Tcp, "node-b")]),
+    ]
+    .into_iter()
+    .collect();
+    let lb = FrontendAddr { ip: "192.168.60.10".parse().unwrap(), port: 80, proto: Protocol::Tcp };
+    let ranges = [(lb, vec!["192.168.50.0/24".parse().unwrap()])].into_iter().collect();
+    (d, ranges)
+}
+
+struct Fixture {
+    l: Loaded,
+    ext: u32,
+    _entered: Entered,
+    _ns: Netns,
+}
+
+impl Fixture {
+    fn new(tag: &str, nat_ports: (u16, u16)) -> Fixture {
+        let ns = external_side();
+        let entered = Entered::enter(&ns);
+        let mut l = Loaded::new(tag, Desired::new());
+        l.reconciler.set_node_name(Some("node-a".into()));
+        let (d, ranges) = desired();
+        let mut stats = l.reconciler.apply(&d);
+        l.reconciler.apply_source_ranges(&ranges, &mut stats);
+        assert!(stats.errors.is_empty(), "{:?}", stats.errors);
+        l.reconciler
+            .maps_mut()
+            .write_node(&NodeConfig {
+                snat_addr: u32::from_ne_bytes(NODE_IP.parse::<Ipv4Addr>().unwrap().octets()),
+                nat_port_min: nat_ports.0,
+                nat_port_max: nat_ports.1,
+                flags: node_flags::READY,
+                _pad: 0,
+            })
+            .unwrap();
+        Fixture { l, ext: ifindex("ext0"), _entered: entered, _ns: ns }
+    }
+
+    fn xdp(&mut self) -> &mut Xdp {
+        self.l.dp.ebpf.program_mut(XDP_PROGRAM).unwrap().try_into().unwrap()
+    }
+
+    fn run(&mut self, input: &[u8]) -> Outcome {
+        let ext = self.ext;
+        testrun::run_xdp(self.xdp(), input, ext).unwrap()
+    }
+
+    fn run_tc(&mut self, input: &[u8]) -> Outcome {
+        let tc: &mut SchedClassifier = self.l.dp.ebpf.program_mut(TC_PROGRAM).unwrap().try_into().unwrap();
+        testrun::run_tc(tc, input).unwrap()
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect::<Vec<_>>().join(" ")
+}
+
+/// Recomputes the IPv4 and L4 checksums from scratch with etherparse.
+fn assert_checksums_valid(name: &str, packet: &[u8]) {
+    let p = SlicedPacket::from_ethernet(packet).unwrap_or_else(|e| panic!("{name}: unparsable output: {e}"));
+    let Some(NetSlice::Ipv4(ip)) = &p.net else { panic!("{name}: not IPv4") };
+    let header = ip.header().to_header();
+    assert_eq!(header.header_checksum, header.calc_header_checksum(), "{name}: IPv4 checksum");
+    let (src, dst) = (ip.header().source(), ip.header().destination());
+    match &p.transport {
+        Some(TransportSlice::Tcp(tcp)) => {
+            let want = tcp.to_header().calc_checksum_ipv4_raw(src, dst, tcp.payload()).unwrap();
+            assert_eq!(tcp.checksum(), want, "{name}: TCP checksum");
+        }
+        Some(TransportSlice::Udp(udp)) if udp.checksum() != 0 => {
+            let want = udp.to_header().calc_checksum_ipv4_raw(src, dst, udp.payload()).unwrap();
+            assert_eq!(udp.checksum(), want, "{name}: UDP checksum");
+        }
+        Some(TransportSlice::Udp(_)) => {}
+        other => panic!("{name}: unexpected transport {other:?}"),
+    }
+}
+
+fn expect(name: &str, out: &Outcome, verdict: i32, packet: &[u8]) {
+    assert_eq!(out.verdict, verdict, "{name}: verdict");
+    assert_checksums_valid(name, &out.packet);
+    assert_eq!(hex(&out.packet), hex(packet), "{name}: output packet");
+}
+
+fn expect_unchanged(name: &str, out: &Outcome, input: &[u8]) {
+    assert_eq!(out.verdict, XDP_PASS, "{name}: verdict");
+    assert_eq!(out.packet, input, "{name}: packet must pass untouched");
+}
+
+fn client(port: u16) -> SocketAddrV4 {
+    SocketAddrV4::new(CLIENT_IP.parse().unwrap(), port)
+}
+
+fn node(port: u16) -> SocketAddrV4 {
+    SocketAddrV4::new(NODE_IP.parse().unwrap(), port)
+}
+
+#[test]
+fn nodeport_to_a_remote_backend_is_snated_and_forwarded_and_replies_reversed() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let mut fx = Fixture::new("xdp-remote", (NAT_PORT, NAT_PORT));
+    let c = client(40000);
+    let be = sa("10.244.2.10:8080");
+    let nat = node(NAT_PORT);
+
+    let out = fx.run(&testrun::tcp_frame(IN, c, node(30080), "S", 1000, b""));
+    expect("SYN to the NodePort", &out, XDP_TX, &testrun::tcp_frame(TO_B, nat, be, "S", 1000, b""));
+
+    let out = fx.run(&testrun::tcp_frame(FROM_B, be, nat, "SA", 5000, b""));
+    expect("SYN-ACK back to the client", &out, XDP_TX, &testrun::tcp_frame(TO_CLIENT, node(30080), c, "SA", 5000, b""));
+
+    let payload = b"GET / HTTP/1.1\r\n\r\n";
+    let out = fx.run(&testrun::tcp_frame(IN, c, node(30080), "PA", 1001, payload));
+    expect("data follows the flow's NAT", &out, XDP_TX, &testrun::tcp_frame(TO_B, nat, be, "PA", 1001, payload));
+
+    // UDP, with and without a checksum.
+    let be_udp = sa("10.244.2.10:5353");
+    let out = fx.run(&testrun::udp_frame(IN, client(40001), node(30053), b"query"));
+    expect("UDP to the NodePort", &out, XDP_TX, &testrun::udp_frame(TO_B, nat, be_udp, b"query"));
+    let out = fx.run(&testrun::udp_frame(FROM_B, be_udp, nat, b"answer"));
+    expect("UDP reply", &out, XDP_TX, &testrun::udp_frame(TO_CLIENT, node(30053), client(40001), b"answer"));
+    let mut no_sum = testrun::udp_frame(IN, client(40001), node(30053), b"q2");
+    no_sum[40..42].copy_from_slice(&[0, 0]);
+    let mut no_sum_out = testrun::udp_frame(TO_B, nat, be_udp, b"q2");
+    no_sum_out[40..42].copy_from_slice(&[0, 0]);
+    expect("UDP without a checksum keeps none", &fx.run(&no_sum), XDP_TX, &no_sum_out);
+
+    // Both directions of each flow are in LB4_NAT, naming each other.
+    let nat_entries = fx.l.reconciler.maps().nat.entries().unwrap();
+    assert_eq!(nat_entries.len(), 4, "{nat_entries:#?}");
+    for (k, v) in &nat_entries {
+        assert!(nat_entries.iter().any(|(k2, _)| *k2 == v.twin_key(k)), "twin of {k:?}");
+    }
+}
+
+#[test]
+fn nat_ports_never_collide() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    // One NAT port: a second flow to the same backend cannot get it while
+    // the first holds it, and is dropped rather than mixed up.
+    let mut fx = Fixture::new("xdp-collide", (NAT_PORT, NAT_PORT));
+    let be = sa("10.244.2.10:8080");
+    let first = fx.run(&testrun::tcp_frame(IN, client(40000), node(30080), "S", 1, b""));
+    assert_eq!(first.verdict, XDP_TX);
+    let second = fx.run(&testrun::tcp_frame(IN, client(40002), node(30080), "S", 1, b""));
+    assert_eq!(second.verdict, XDP_DROP, "the only NAT port is taken");
+    // The first flow is unaffected.
+    let again = fx.run(&testrun::tcp_frame(IN, client(40000), node(30080), "A", 2, b""));
+    expect("first flow", &again, XDP_TX, &testrun::tcp_frame(TO_B, node(NAT_PORT), be, "A", 2, b""));
+
+    // Two ports: 50 flows over 2 ports to one backend; at most 2 succeed and
+    // they never share a port.
+    let mut fx = Fixture::new("xdp-collide2", (NAT_PORT, NAT_PORT + 1));
+    let mut ports = Vec::new();
+    for p in 41000..41050u16 {
+        let out = fx.run(&testrun::tcp_frame(IN, client(p), node(30080), "S", 1, b""));
+        if out.verdict == XDP_TX {
+            ports.push(u16::from_be_bytes([out.packet[34], out.packet[35]]));
+        } else {
+            assert_eq!(out.verdict, XDP_DROP);
+        }
+    }
+    ports.sort();
+    assert_eq!(ports, [NAT_PORT, NAT_PORT + 1], "each port used once");
+}
+
+#[test]
+fn local_backend_is_dnated_only_and_kept_client_ip() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let mut fx = Fixture::new("xdp-local", (NAT_PORT, NAT_PORT + 100));
+    let c = client(40010);
+    let be = sa("10.244.1.10:8080");
+    let out = fx.run(&testrun::tcp_frame(IN, c, node(30081), "S", 7, b""));
+    // To the kernel (which routes to the pod), client address intact, not
+    // forwarded by us (TTL and MACs untouched).
+    expect("SYN to a local backend", &out, XDP_PASS, &testrun::tcp_frame(IN, c, be, "S", 7, b""));
+    // The pod's reply leaves through its interface, where the tc program
+    // restores the NodePort as the source from the conntrack entry the
+    // XDP program wrote.
+    let reply = testrun::tcp(be, c, "SA", 9, b"");
+    let out = fx.run_tc(&reply);
+    assert_eq!(out.verdict, testrun::TC_ACT_OK);
+    assert_checksums_valid("tc reply", &out.packet);
+    assert_eq!(hex(&out.packet), hex(&testrun::tcp(node(30081), c, "SA", 9, b"")), "tc reverse NAT");
+    assert!(fx.l.reconciler.maps().nat.entries().unwrap().is_empty(), "no SNAT for a local backend");
+}
+
+#[test]
+fn source_ranges_allow_and_deny() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let mut fx = Fixture::new("xdp-ranges", (NAT_PORT, NAT_PORT));
+    let lb = sa("192.168.60.10:80");
+    let out = fx.run(&testrun::tcp_frame(IN, client(40020), lb, "S", 1, b""));
+    expect(
+        "allowed source",
+        &out,
+        XDP_TX,
+        &testrun::tcp_frame(TO_B, node(NAT_PORT), sa("10.244.2.11:8080"), "S", 1, b""),
+    );
+    let outsider = sa("10.1.1.1:40000");
+    let out = fx.run(&testrun::tcp_frame(IN, outsider, lb, "S", 1, b""));
+    assert_eq!(out.verdict, XDP_DROP, "a source outside loadBalancerSourceRanges is dropped");
+    // Removing the ranges (the Service no longer has any) opens it up; the
+    // frontend's flag goes with it in a real sync, here only the trie
+    // changes, so the frontend still drops: ranges fail closed.
+    let mut stats = Stats::default();
+    fx.l.reconciler.apply_source_ranges(&BTreeMap::new(), &mut stats);
+    assert!(fx.l.reconciler.maps().src_range_entries().unwrap().is_empty());
+    let out = fx.run(&testrun::tcp_frame(IN, client(40021), lb, "S", 1, b""));
+    assert_eq!(out.verdict, XDP_DROP);
+}
+
+#[test]
+fn no_endpoints_rejects_local_policy_drops_and_others_pass() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let mut fx = Fixture::new("xdp-misc", (NAT_PORT, NAT_PORT));
+    let c = client(40030);
+
+    let input = testrun::tcp_frame(IN, c, node(30090), "S", 1, b"");
+    assert_eq!(fx.run(&input).verdict, XDP_DROP, "Local without local endpoints drops");
+
+    let input = testrun::tcp_frame(IN, c, node(30091), "S", 1, b"");
+    let out = fx.run(&input);
+    assert_eq!(out.verdict, XDP_TX, "no endpoints: ICMP back out");
+    let p = SlicedPacket::from_ethernet(&out.packet).unwrap();
+    let Some(etherparse::LinkSlice::Ethernet2(eth)) = &p.link else { panic!("not Ethernet") };
+    assert_eq!((eth.source(), eth.destination()), (EXT_MAC, CLIENT_MAC), "MACs swapped");
+    let Some(NetSlice::Ipv4(ip)) = &p.net else { panic!("not IPv4") };
+    let h = ip.header().to_header();
+    assert_eq!(h.header_checksum, h.calc_header_checksum());
+    assert_eq!(Ipv4Addr::from(h.source), *node(0).ip(), "from the dialled address");
+    assert_eq!(Ipv4Addr::from(h.destination), *c.ip());
+    let Some(TransportSlice::Icmpv4(icmp)) = &p.transport else { panic!("not ICMP") };
+    assert_eq!(icmp.icmp_type(), Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::Port));
+    assert_eq!(icmp.payload(), &input[14..14 + 28], "quotes the IP header and 8 bytes");
+    let want = etherparse::Icmpv4Header::with_checksum(icmp.icmp_type(), icmp.payload());
+    assert_eq!(icmp.checksum(), want.checksum, "ICMP checksum");
+
+    for (name, input) in [
+        ("a ClusterIP from outside", testrun::tcp_frame(IN, c, sa("10.96.0.10:80"), "S", 1, b"")),
+        ("a node port with no frontend", testrun::tcp_frame(IN, c, node(22), "S", 1, b"")),
+        ("an unknown reply", testrun::tcp_frame(FROM_B, sa("10.244.2.10:8080"), node(NAT_PORT), "SA", 1, b"")),
+        ("transit to a pod", testrun::udp_frame(FROM_B, sa("192.168.50.2:61000"), sa("10.244.1.10:8080"), b"x")),
+    ] {
+        let out = fx.run(&input);
+        expect_unchanged(name, &out, &input);
+    }
+    // IP options are left to the kernel.
+    let mut opts = testrun::tcp_frame(IN, c, node(30080), "S", 1, b"");
+    opts[14] = 0x46;
+    assert_eq!(fx.run(&opts).verdict, XDP_PASS);
+}
+
+#[test]
+fn replies_to_pods_whose_backend_is_remote_get_the_frontend_back() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let mut fx = Fixture::new("xdp-podreply", (NAT_PORT, NAT_PORT));
+    // A pod of node A dials node A's NodePort: tc DNATs it to node B's pod.
+    let pod = sa("10.244.1.20:45000");
+    let be = sa("10.244.2.10:8080");
+    let out = fx.run_tc(&testrun::tcp(pod, node(30080), "S", 1, b""));
+    assert_eq!(hex(&out.packet), hex(&testrun::tcp(pod, be, "S", 1, b"")));
+    // The reply comes back from node B on the external interface: XDP
+    // restores the NodePort as the source and passes it to the kernel.
+    let out = fx.run(&testrun::tcp_frame(FROM_B, be, pod, "SA", 2, b""));
+    expect("reply to the pod", &out, XDP_PASS, &testrun::tcp_frame(FROM_B, node(30080), pod, "SA", 2, b""));
+}
+
+/// Per-packet cost of the XDP NodePort path next to the no-op program, in
+/// the same run (BPF_PROG_TEST_RUN, repeat = 1,000,000):
+/// `cargo xtask test -- -p lb-agent --test xdp_packets -- --ignored --nocapture`.
+///
+/// A test run repeats the program on the same buffer without restoring it,
+/// so the timed packet must turn into itself. It does here: the "client"
+/// is the NodePort 192.168.50.7:30080 itself, its backend is
+/// 192.168.50.7:61000 on another node, and the SNAT address and only NAT
+/// port are 192.168.50.7:61000. The forward translation (conntrack hit,
+/// NAT hit and its twin check, DNAT+SNAT, FIB lookup with neighbour)
+/// turns the packet into the backend's view, which the reverse
+/// translation (frontend miss, NAT hit, reverse DNAT+SNAT, FIB lookup)
+/// turns back: every run is an established north-south packet, half of
+/// them in each direction. The TTL drops by one per run, so after 254
+/// runs it sits at 1: from then on the program stops after the FIB
+/// lookup and hands the packet to the kernel instead of rewriting the
+/// TTL and the MACs (four stores). The second figure, the mean of single
+/// runs on fresh packets of one established flow, includes those stores.
+#[test]
+#[ignore = "benchmark: run with --ignored --nocapture"]
+fn bench_xdp_nodeport_per_packet() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    const REPEAT: u32 = 1_000_000;
+    let mut fx = Fixture::new("xdp-bench", (NAT_PORT, NAT_PORT));
+    // The self-mapping frontend of the ping-pong.
+    let vip = sa("192.168.50.7:30080");
+    let be = sa("192.168.50.7:61000");
+    let (a, f) = front("192.168.50.7:30080", Protocol::Tcp, svc_flags::NODE_PORT, vec![backend("192.168.50.7:61000", Protocol::Tcp, "node-b")]);
+    let (mut d, _) = desired();
+    d.insert(a, f);
+    let stats = fx.l.reconciler.apply(&d);
+    assert!(stats.errors.is_empty(), "{:?}", stats.errors);
+    fx.l.reconciler
+        .maps_mut()
+        .write_node(&NodeConfig {
+            snat_addr: u32::from_ne_bytes([192, 168, 50, 7]),
+            nat_port_min: NAT_PORT,
+            nat_port_max: NAT_PORT,
+            flags: node_flags::READY,
+            _pad: 0,
+        })
+        .unwrap();
+    fx._ns.ip(&["neigh", "replace", "192.168.50.7", "lladdr", "02:00:00:00:50:07", "dev", "ext0", "nud", "permanent"]).unwrap();
+    let frame = Frame { ttl: 255, ..IN };
+    let ping = testrun::tcp_frame(frame, vip, vip, "A", 2, b"hello");
+    let out = fx.run(&ping);
+    assert_eq!(out.verdict, XDP_TX);
+    assert_eq!(&out.packet[26..38], &testrun::tcp(be, be, "A", 2, b"")[26..38], "forward: to the backend, SNATed");
+    let out = fx.run(&out.packet);
+    assert_eq!(out.verdict, XDP_TX);
+    assert_eq!(&out.packet[26..38], &ping[26..38], "reverse: back to the frontend");
+    let ext = fx.ext;
+    let (v, pingpong) = testrun::time_xdp_on(fx.xdp(), &ping, ext, REPEAT).unwrap();
+    assert_eq!(v as i32, XDP_PASS, "steady state: TTL 1, handed to the kernel after the FIB lookup");
+
+    // Fresh packets of one established flow to a remote backend, one run each.
+    let c = client(40100);
+    assert_eq!(fx.run(&testrun::tcp_frame(IN, c, node(30080), "S", 1, b"")).verdict, XDP_TX);
+    let data = testrun::tcp_frame(IN, c, node(30080), "A", 2, b"hello");
+    const SINGLE: u32 = 20_000;
+    let mut single = std::time::Duration::ZERO;
+    for _ in 0..SINGLE {
+        let (v, d) = testrun::time_xdp_on(fx.xdp(), &data, ext, 1).unwrap();
+        assert_eq!(v as i32, XDP_TX);
+        single += d;
+    }
+    // A packet for no frontend: two map misses, pass.
+    let other = testrun::tcp_frame(IN, c, node(22), "A", 2, b"hello");
+    let (v, miss) = testrun::time_xdp_on(fx.xdp(), &other, ext, REPEAT).unwrap();
+    assert_eq!(v as i32, XDP_PASS);
+
+    let pass: &mut Xdp = fx.l.dp.ebpf.program_mut(XDP_PASS_PROGRAM).unwrap().try_into().unwrap();
+    pass.load().unwrap();
+    let (v, floor) = testrun::time_xdp_on(pass, &ping, ext, REPEAT).unwrap();
+    assert_eq!(v as i32, XDP_PASS);
+    let mut floor_single = std::time::Duration::ZERO;
+    for _ in 0..SINGLE {
+        floor_single += testrun::time_xdp_on(pass, &data, ext, 1).unwrap().1;
+    }
+    println!("BPF_PROG_TEST_RUN, ns per packet:");
+    println!("  repeat = {REPEAT}:");
+    println!("    lb_xdp_pass (no-op floor)                         {:>5}", floor.as_nanos());
+    println!("    lb_xdp NodePort, established, forward+reverse     {:>5}", pingpong.as_nanos());
+    println!("    lb_xdp not for a frontend (misses, pass)          {:>5}", miss.as_nanos());
+    println!("  mean of {SINGLE} single runs (repeat = 1):");
+    println!("    lb_xdp_pass (no-op floor)                         {:>5}", floor_single.as_nanos() / SINGLE as u128);
+    println!("    lb_xdp NodePort -> remote, established, XDP_TX    {:>5}", single.as_nanos() / SINGLE as u128);
+}
