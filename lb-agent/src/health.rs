@@ -98,12 +98,20 @@ async fn handle(mut stream: TcpStream, metrics: &Metrics, heartbeat: &Heartbeat)
     let path = target.split('?').next().unwrap_or("");
     let (status, content_type, body) = match (method, path) {
         ("GET" | "HEAD", "/healthz" | "/livez") => {
+            // kube-proxy's shape (pkg/proxy/healthcheck/proxy_health.go):
+            // cloud load balancers probe /healthz on 10256.
             let age = heartbeat.age();
-            if age < STALL {
-                ("200 OK", "text/plain", "ok\n".to_string())
+            let now = std::time::SystemTime::now();
+            let healthy = age < STALL;
+            let last = if healthy { now } else { now - age };
+            let (now, last) = (go_time(now), go_time(last));
+            let body = if path == "/healthz" {
+                format!("{{\"lastUpdated\": \"{last}\",\"currentTime\": \"{now}\", \"nodeEligible\": true}}")
             } else {
-                ("503 Service Unavailable", "text/plain", format!("run loop stalled for {}s\n", age.as_secs()))
-            }
+                format!("{{\"lastUpdated\": \"{last}\",\"currentTime\": \"{now}\"}}")
+            };
+            let status = if healthy { "200 OK" } else { "503 Service Unavailable" };
+            (status, "application/json", body)
         }
         ("GET" | "HEAD", "/readyz") => {
             if metrics.ready() {
@@ -125,4 +133,48 @@ async fn handle(mut stream: TcpStream, metrics: &Metrics, heartbeat: &Heartbeat)
     }
     stream.write_all(response.as_bytes()).await?;
     stream.shutdown().await
+}
+
+/// A time as Go's `time.Time.String()` prints it in UTC
+/// (`2006-01-02 15:04:05.999999999 +0000 UTC`), as kube-proxy's health
+/// responses carry it.
+pub fn go_time(t: std::time::SystemTime) -> String {
+    let d = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs() as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    let mut frac = format!(".{:09}", d.subsec_nanos());
+    while frac.ends_with('0') {
+        frac.pop();
+    }
+    if frac == "." {
+        frac.clear();
+    }
+    format!(
+        "{year:04}-{month:02}-{day:02} {:02}:{:02}:{:02}{frac} +0000 UTC",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod go_time_tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn formats_like_go() {
+        let t = UNIX_EPOCH + Duration::new(1_700_000_000, 123_450_000);
+        assert_eq!(super::go_time(t), "2023-11-14 22:13:20.12345 +0000 UTC");
+        assert_eq!(super::go_time(UNIX_EPOCH + Duration::from_secs(951_782_400)), "2000-02-29 00:00:00 +0000 UTC");
+    }
 }

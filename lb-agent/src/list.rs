@@ -3,7 +3,7 @@
 
 use std::{fmt::Write as _, net::Ipv4Addr};
 
-use lb_common::{BackendKey, RevNatKey, SlotKey, backend_flags};
+use lb_common::{BackendKey, RevNatKey, SlotKey, backend_flags, node_flags, svc_flags};
 
 use crate::{
     maps::{Maps, MapsError, svc_name_str},
@@ -19,6 +19,25 @@ pub struct Row {
     /// `ip:port`, with ` (terminating)` where flagged; `?<id>` for a slot
     /// whose backend is missing.
     pub backends: Vec<String>,
+    /// What kind of frontend and which policies apply, e.g.
+    /// `NodePort,Local`; empty for a plain ClusterIP.
+    pub kind: String,
+}
+
+/// The kind and policies of a frontend from its `svc_flags`.
+pub fn kind(flags: u32) -> String {
+    let names = [
+        (svc_flags::NODE_PORT, "NodePort"),
+        (svc_flags::EXTERNAL_IP, "ExternalIP"),
+        (svc_flags::LOAD_BALANCER, "LoadBalancer"),
+        (svc_flags::EXT_LOCAL, "Local"),
+        (svc_flags::SOURCE_RANGES, "SourceRanges"),
+    ];
+    let ns = svc_flags::NODE_PORT | svc_flags::EXTERNAL_IP | svc_flags::LOAD_BALANCER;
+    if flags & ns == 0 {
+        return String::new();
+    }
+    names.iter().filter(|(f, _)| flags & f != 0).map(|(_, n)| *n).collect::<Vec<_>>().join(",")
 }
 
 /// Reads every frontend, sorted by address.
@@ -54,17 +73,28 @@ pub fn rows(maps: &Maps) -> Result<Vec<Row>, MapsError> {
                 None => backends.push(format!("?{}", s.backend_id)),
             }
         }
-        rows.push(Row { id: value.id, frontend, name, backends });
+        rows.push(Row { id: value.id, frontend, name, backends, kind: kind(value.flags) });
     }
     Ok(rows)
 }
 
 /// The table `lb-agent list` prints.
 pub fn render(maps: &Maps) -> Result<String, MapsError> {
-    let rows = rows(maps)?;
+    let rows: Vec<Row> = rows(maps)?
+        .into_iter()
+        .map(|mut r| {
+            if !r.kind.is_empty() {
+                r.name = format!("{} [{}]", r.name, r.kind);
+            }
+            r
+        })
+        .collect();
     let w_front = rows.iter().map(|r| r.frontend.len()).max().unwrap_or(0).max("FRONTEND".len());
     let w_name = rows.iter().map(|r| r.name.len()).max().unwrap_or(0).max("SERVICE".len());
     let mut out = String::new();
+    if let Some(line) = north_south(maps)? {
+        let _ = writeln!(out, "{line}");
+    }
     let _ = writeln!(out, "{:>5}  {:<w_front$}  {:<w_name$}  BACKENDS", "ID", "FRONTEND", "SERVICE");
     for r in &rows {
         let backends = if r.backends.is_empty() {
@@ -84,4 +114,42 @@ pub fn render(maps: &Maps) -> Result<String, MapsError> {
         maps.ct.max_entries
     );
     Ok(out)
+}
+
+/// `north-south: XDP native on eth0; SNAT 192.168.50.1 ports 61000-65535`,
+/// or `None` before an agent wrote the node settings.
+pub fn north_south(maps: &Maps) -> Result<Option<String>, MapsError> {
+    let node = maps.read_node()?;
+    if node.flags & node_flags::READY == 0 {
+        return Ok(None);
+    }
+    let mut devices = maps.devices.entries()?;
+    devices.sort_by_key(|(idx, _)| *idx);
+    let xdp = if devices.is_empty() {
+        "no XDP (no external interface)".to_string()
+    } else {
+        let list: Vec<String> = devices
+            .iter()
+            .map(|(_, d)| {
+                let end = d.name.iter().position(|&b| b == 0).unwrap_or(d.name.len());
+                format!(
+                    "XDP {} on {}",
+                    crate::datapath::xdp_mode_name(d.mode),
+                    String::from_utf8_lossy(&d.name[..end])
+                )
+            })
+            .collect();
+        list.join(", ")
+    };
+    let snat = if node.snat_addr == 0 {
+        "no SNAT".to_string()
+    } else {
+        format!(
+            "SNAT {} ports {}-{}",
+            Ipv4Addr::from(node.snat_addr.to_ne_bytes()),
+            node.nat_port_min,
+            node.nat_port_max
+        )
+    };
+    Ok(Some(format!("north-south: {xdp}; {snat}")))
 }

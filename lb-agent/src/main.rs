@@ -8,6 +8,7 @@ use lb_agent::{
     DEFAULT_BPFFS_DIR, datapath, list,
     maps::Maps,
     model::BackendSelection,
+    northsouth::{self, NorthSouthConfig, PortRange},
     run::{self, SourceConfig},
     source::kube::KubeOptions,
     translate::TranslateOptions,
@@ -119,6 +120,29 @@ struct RunArgs {
     /// How often expired conntrack entries are collected, seconds.
     #[arg(long, default_value_t = 30)]
     ct_gc_interval: u64,
+    /// External interfaces for the north-south XDP program (NodePorts,
+    /// external and LoadBalancer IPs), comma separated (default: those of
+    /// the default routes).
+    #[arg(long, value_delimiter = ',')]
+    external_ifaces: Vec<String>,
+    /// Node addresses NodePorts are served on, comma separated (default:
+    /// the IPv4 addresses of the external interfaces).
+    #[arg(long, value_delimiter = ',')]
+    node_ips: Vec<std::net::Ipv4Addr>,
+    /// Address that north-south flows to backends on other nodes are
+    /// SNATed to (default: the first node address).
+    #[arg(long)]
+    snat_ip: Option<std::net::Ipv4Addr>,
+    /// NodePort range, as the API server's --service-node-port-range.
+    #[arg(long, default_value_t = northsouth::DEFAULT_NODEPORT_RANGE)]
+    nodeport_range: PortRange,
+    /// Source ports for SNAT (keep them out of the node's ephemeral range).
+    #[arg(long, default_value_t = northsouth::DEFAULT_SNAT_PORTS)]
+    snat_ports: PortRange,
+    /// XDP attach mode on the external interfaces: auto (native where the
+    /// driver supports it, else generic), native, generic, or off.
+    #[arg(long, default_value = "auto")]
+    xdp_mode: String,
 }
 
 fn parse_maglev_m(s: &str) -> Result<u32, String> {
@@ -138,6 +162,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Run(args) => {
             let poll = Duration::from_millis(args.poll_interval_ms.max(10));
+            let node_name = args.node_name.clone();
             let source = match args.manifests {
                 Some(path) => SourceConfig::Dir { path, poll },
                 None => SourceConfig::Kube(KubeOptions {
@@ -171,6 +196,20 @@ fn main() -> anyhow::Result<()> {
                     udp: args.ct_udp_timeout,
                 },
                 ct_gc_interval: Duration::from_secs(args.ct_gc_interval.max(1)),
+                north_south: NorthSouthConfig {
+                    node_name: node_name.clone(),
+                    external_ifaces: args.external_ifaces,
+                    node_ips: args.node_ips,
+                    snat_ip: args.snat_ip,
+                    nodeport_range: args.nodeport_range,
+                    snat_ports: args.snat_ports,
+                    xdp: args.xdp_mode != "off",
+                    xdp_mode: if args.xdp_mode == "off" {
+                        Default::default()
+                    } else {
+                        args.xdp_mode.parse().map_err(anyhow::Error::msg).context("--xdp-mode")?
+                    },
+                },
             };
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)

@@ -27,6 +27,7 @@ use crate::{
     maps::Maps,
     metrics::{Metrics, SyncRecord},
     netns,
+    northsouth::{NorthSouth, NorthSouthConfig},
     reconcile::Reconciler,
     source::{self, Store, kube::KubeOptions},
     translate::{self, TranslateOptions},
@@ -63,6 +64,9 @@ pub struct RunConfig {
     pub ct_timeouts: lb_common::CtTimeouts,
     /// How often expired conntrack entries are collected.
     pub ct_gc_interval: Duration,
+    /// NodePorts, external and LoadBalancer IPs (XDP on the external
+    /// interfaces).
+    pub north_south: NorthSouthConfig,
 }
 
 /// Runs until `shutdown` completes. Programs detach when the agent exits;
@@ -108,6 +112,7 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> anyhow::
         dp.attach_cgroup(&cgroup)?;
     }
     sync_interfaces(&mut dp, &cfg.pod_ifaces);
+    let mut north_south = NorthSouth::start(&cfg.north_south, &mut dp, &mut reconciler, heartbeat.clone())?;
 
     let (tx, mut rx) = mpsc::channel::<source::Batch>(1024);
     let source_tasks = match &cfg.source {
@@ -172,7 +177,7 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> anyhow::
                     SourceConfig::Dir { .. } => "synced manifests",
                     SourceConfig::Kube(_) => "synced from the API server",
                 };
-                sync(&store, &cfg.translate, &mut reconciler, first, &metrics, what);
+                sync(&store, &cfg.translate, &mut reconciler, &mut north_south, first, &metrics, what);
             }
         }
     }
@@ -188,12 +193,13 @@ fn sync(
     store: &Store,
     opts: &TranslateOptions,
     reconciler: &mut Reconciler,
+    north_south: &mut NorthSouth,
     first_seen: Instant,
     metrics: &Metrics,
     what: &str,
 ) {
-    let translation = translate::translate(store.services(), store.slices(), opts);
-    let stats = reconciler.apply(&translation.desired);
+    let mut translation = translate::translate(store.services(), store.slices(), opts);
+    let stats = north_south.apply(&mut translation, reconciler);
     let latency = first_seen.elapsed();
     let record = SyncRecord {
         latency,
