@@ -203,6 +203,12 @@ impl Datapath {
             .attach(ifname, TcAttachType::Ingress)
             .with_context(|| format!("attaching {TC_PROGRAM} to {ifname} ingress"))?;
         info!(interface = ifname, "tc program attached");
+        // The tc program turns replies of NodePort flows into packets from
+        // the node's own address before they are routed: without
+        // accept_local the kernel would drop them as martians.
+        if let Err(e) = std::fs::write(format!("/proc/sys/net/ipv4/conf/{ifname}/accept_local"), "1") {
+            warn!("setting accept_local on {ifname}: {e} (NodePort replies from its pod may be dropped)");
+        }
         self.tc_links.insert(ifname.to_string(), link);
         Ok(())
     }

@@ -7,6 +7,8 @@
 //!   child that `setns`'d in `pre_exec`, network namespace only).
 //! * [`NodeLab`]: a node namespace plus pod namespaces behind veth pairs,
 //!   routed Calico-style (see its docs).
+//! * [`ClusterLab`]: two (or more) such nodes, an external client and a
+//!   switch namespace (a bridge) joining their external interfaces.
 //! * [`tcp_server`], [`udp_echo`], [`http_server`] and the clients
 //!   [`tcp_request`], [`udp_request`], [`http_get`], all with timeouts.
 //!
@@ -17,6 +19,7 @@
 //! Everything needs root (see [`require_root`]) and `ip` (iproute2).
 
 mod client;
+mod cluster;
 mod netns;
 mod node;
 mod server;
@@ -28,6 +31,10 @@ use anyhow::{Context, Result, bail};
 pub use client::{
     DEFAULT_TIMEOUT, http_get, http_get_with, tcp_request, tcp_request_with, udp_request,
     udp_request_with,
+};
+pub use cluster::{
+    BRIDGE, CLIENT_IF, CLIENT_IP, ClusterLab, ClusterNode, ClusterPod, EXT_IF, cluster_pod_ip, node_ip, pod_cidr,
+    tx_checksum_off,
 };
 pub use netns::{ChildGuard, NAME_PREFIX, NETNS_RUN_DIR, Netns, cleanup_stale, list_netns};
 pub use node::{GATEWAY_IP, MAX_PODS, NODE_IF, NODE_IP, NodeLab, POD_IF, Pod, host_if, pod_ip};

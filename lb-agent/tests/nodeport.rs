@@ -1,0 +1,396 @@
+//! North-south traffic through the real datapath in a two-node lab: an
+//! agent per node with XDP on its external interface, pods on both nodes,
+//! an external client on the nodes' shared segment (see
+//! `lb_lab::ClusterLab`), real sockets.
+
+mod common;
+
+use std::{
+    collections::BTreeMap,
+    fs::File,
+    io::{Read, Write},
+    net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream},
+    os::fd::{AsFd, AsRawFd},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use aya::{
+    Ebpf,
+    programs::{Xdp, XdpMode},
+};
+use common::{Agent, ManifestDir, PinDir, kernel_tests_enabled};
+use lb_agent::{datapath::XDP_PASS_PROGRAM, list, maps::Maps};
+use lb_lab::{CLIENT_IP, ClusterLab, Netns, Server, node_ip, tcp_request, tcp_request_with, tcp_server, udp_echo, udp_request};
+
+const HTTP_PORT: u16 = 30080;
+const DNS_PORT: u16 = 30053;
+const HC_PORT: u16 = 32000;
+const EXTERNAL_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 60, 5);
+const LB_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 60, 10);
+
+/// The calling thread inside a network namespace until dropped.
+struct Entered(File);
+
+impl Entered {
+    fn enter(ns: &Netns) -> Entered {
+        let orig = File::open("/proc/thread-self/ns/net").unwrap();
+        // SAFETY: setns on valid fds; only this thread changes namespace.
+        assert_eq!(unsafe { libc::setns(ns.as_fd().as_raw_fd(), libc::CLONE_NEWNET) }, 0, "setns");
+        Entered(orig)
+    }
+}
+
+impl Drop for Entered {
+    fn drop(&mut self) {
+        // SAFETY: as above.
+        unsafe { libc::setns(self.0.as_raw_fd(), libc::CLONE_NEWNET) };
+    }
+}
+
+/// The lab with its agents and servers. Field order is drop order: agents
+/// and servers go before the namespaces.
+struct Cluster {
+    agents: Vec<Agent>,
+    _servers: Vec<Server>,
+    _switch_xdp: Ebpf,
+    dir: ManifestDir,
+    lab: ClusterLab,
+}
+
+/// Node A runs `web-a` (and a client pod `cli-a`), node B runs `web-b`.
+/// Each web pod serves TCP 8080 and UDP 5353, answering with its name.
+fn cluster(tag: &str, manifest: &str) -> Cluster {
+    let lab = ClusterLab::new(&[&["web-a", "cli-a"], &["web-b"]]).unwrap();
+    let mut servers = Vec::new();
+    for (n, name) in [(0, "web-a"), (1, "web-b")] {
+        let pod = lab.node(n).pod(name);
+        servers.push(tcp_server(&pod.ns, SocketAddrV4::new(pod.ip, 8080), name).unwrap());
+        servers.push(udp_echo(&pod.ns, SocketAddrV4::new(pod.ip, 5353), name).unwrap());
+    }
+    // Frames a node's XDP program transmits back out of its veth are
+    // received natively by the peer only when the peer has an XDP program.
+    let switch_xdp = {
+        let _in = Entered::enter(&lab.switch);
+        let mut ebpf = Ebpf::load(lb_agent::EBPF_OBJECT).expect("loading the eBPF object for the switch");
+        let pass: &mut Xdp = ebpf.program_mut(XDP_PASS_PROGRAM).unwrap().try_into().unwrap();
+        pass.load().unwrap();
+        for port in lab.switch_ports() {
+            pass.attach(&port, XdpMode::Driver)
+                .unwrap_or_else(|e| panic!("attaching {XDP_PASS_PROGRAM} to switch port {port}: {e}"));
+        }
+        ebpf
+    };
+    let dir = ManifestDir::new(tag);
+    dir.write("svc.yaml", manifest);
+    let agents = (0..2)
+        .map(|n| {
+            let node = lab.node(n);
+            Agent::start_with(
+                &node.ns,
+                &dir.0,
+                PinDir::new(&format!("{tag}-{n}")),
+                &["--external-ifaces", lb_lab::EXT_IF, "--node-name", &node.name, "--health-addr", "off"],
+            )
+        })
+        .collect();
+    Cluster { agents, _servers: servers, _switch_xdp: switch_xdp, dir, lab }
+}
+
+impl Cluster {
+    /// Waits until node `n`'s agent lists `frontend` with `backends` backends.
+    fn wait_frontend(&self, n: usize, frontend: &str, backends: usize) -> Vec<list::Row> {
+        self.agents[n].wait_rows(&format!("{frontend} with {backends} backends on node {n}"), |rows| {
+            rows.iter().any(|r| r.frontend == frontend && r.backends.len() == backends)
+        })
+    }
+
+    fn logs(&self) -> String {
+        self.agents.iter().enumerate().map(|(n, a)| format!("--- agent {n} ---\n{}", a.log_text())).collect()
+    }
+
+    /// Counts which backend answered `n` TCP requests from `ns` to `to`.
+    fn spread(&self, ns: &Netns, to: SocketAddrV4, n: usize) -> BTreeMap<String, usize> {
+        let mut seen = BTreeMap::new();
+        for i in 0..n {
+            let tag = tcp_request(ns, to).unwrap_or_else(|e| panic!("request {i} to {to}: {e:#}\n{}", self.logs()));
+            *seen.entry(tag).or_default() += 1;
+        }
+        seen
+    }
+}
+
+/// A Service (with `spec` lines) and its EndpointSlice with web-a on
+/// node-a and web-b on node-b (or only the given ones).
+fn manifest(spec: &str, status: &str, endpoints: &[(&str, Ipv4Addr, &str)]) -> String {
+    let eps: String = endpoints
+        .iter()
+        .map(|(_, ip, node)| format!("- addresses: [{ip}]\n  nodeName: {node}\n  conditions: {{ready: true}}\n"))
+        .collect();
+    format!(
+        r#"apiVersion: v1
+kind: Service
+metadata: {{name: web, namespace: test}}
+spec:
+  clusterIP: 10.96.0.10
+  ports:
+  - {{name: http, port: 80, protocol: TCP, nodePort: {HTTP_PORT}}}
+  - {{name: dns, port: 53, protocol: UDP, nodePort: {DNS_PORT}}}
+{spec}{status}---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: web-1, namespace: test, labels: {{kubernetes.io/service-name: web}}}}
+addressType: IPv4
+ports:
+- {{name: http, port: 8080, protocol: TCP}}
+- {{name: dns, port: 5353, protocol: UDP}}
+endpoints:
+{eps}"#
+    )
+}
+
+fn ips(lab: &ClusterLab) -> (Ipv4Addr, Ipv4Addr) {
+    (lab.node(0).pod("web-a").ip, lab.node(1).pod("web-b").ip)
+}
+
+/// Pod IPs are fixed by the lab layout, so manifests can be written before
+/// the lab exists.
+fn fixed_endpoints(which: &[(&'static str, &'static str)]) -> Vec<(&'static str, Ipv4Addr, &'static str)> {
+    which
+        .iter()
+        .map(|(pod, node)| {
+            let ip = if *node == "node-a" { lb_lab::cluster_pod_ip(0, 0) } else { lb_lab::cluster_pod_ip(1, 0) };
+            (*pod, ip, *node)
+        })
+        .collect()
+}
+
+const BOTH: &[(&str, &str)] = &[("web-a", "node-a"), ("web-b", "node-b")];
+
+fn at(ip: Ipv4Addr, port: u16) -> SocketAddrV4 {
+    SocketAddrV4::new(ip, port)
+}
+
+#[test]
+fn nodeport_tcp_and_udp_from_outside_reach_backends_on_both_nodes() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let c = cluster("np", &manifest("  type: NodePort\n", "", &fixed_endpoints(BOTH)));
+    assert_eq!(ips(&c.lab), (fixed_endpoints(BOTH)[0].1, fixed_endpoints(BOTH)[1].1));
+    let front = format!("{}:{HTTP_PORT}/TCP", node_ip(0));
+    c.wait_frontend(0, &front, 2);
+
+    // The XDP mode the agent chose, as `lb-agent list` shows it.
+    let maps = Maps::open(&c.agents[0].pins.0).unwrap();
+    let header = list::north_south(&maps).unwrap().expect("north-south header");
+    eprintln!("node A: {header}");
+    assert!(header.contains("XDP native on lbext"), "{header}");
+    let rendered = list::render(&maps).unwrap();
+    assert!(rendered.contains("[NodePort]"), "{rendered}");
+
+    // TCP from the client to node A's NodePort: both backends answer, the
+    // one on node B through node A's SNAT and the reverse translation.
+    let seen = c.spread(&c.lab.client, at(node_ip(0), HTTP_PORT), 40);
+    assert_eq!(seen.keys().map(String::as_str).collect::<Vec<_>>(), ["web-a", "web-b"], "{seen:?}");
+    let nat = maps.nat.entries().unwrap();
+    assert!(!nat.is_empty(), "flows to web-b were SNATed");
+    // The same through node B.
+    let seen = c.spread(&c.lab.client, at(node_ip(1), HTTP_PORT), 40);
+    assert_eq!(seen.len(), 2, "{seen:?}");
+
+    // UDP: a connected socket only accepts replies from the address it
+    // dialled, so every answer proves the reverse translation.
+    let mut udp = BTreeMap::<String, usize>::new();
+    for i in 0..30 {
+        let (reply, peer) = udp_request(&c.lab.client, at(node_ip(0), DNS_PORT), &format!("q{i}"))
+            .unwrap_or_else(|e| panic!("query {i}: {e:#}\n{}", c.logs()));
+        assert_eq!(peer, std::net::SocketAddr::V4(at(node_ip(0), DNS_PORT)));
+        let (tag, rest) = reply.split_once(':').unwrap();
+        assert_eq!(rest, format!("q{i}"));
+        *udp.entry(tag.to_string()).or_default() += 1;
+    }
+    assert_eq!(udp.len(), 2, "UDP reached both backends: {udp:?}");
+}
+
+#[test]
+fn external_ip_and_load_balancer_ip_reach_backends_on_both_nodes() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let spec = format!("  type: LoadBalancer\n  externalIPs: [{EXTERNAL_IP}]\n");
+    let status = format!("status:\n  loadBalancer:\n    ingress: [{{ip: {LB_IP}}}]\n");
+    let c = cluster("lbip", &manifest(&spec, &status, &fixed_endpoints(BOTH)));
+    // The addresses are announced through node A (as a router or a cloud
+    // load balancer would send them there).
+    c.lab.client_route("192.168.60.0/24", 0).unwrap();
+    c.wait_frontend(0, &format!("{LB_IP}:80/TCP"), 2);
+    c.wait_frontend(0, &format!("{EXTERNAL_IP}:80/TCP"), 2);
+    for vip in [EXTERNAL_IP, LB_IP] {
+        let seen = c.spread(&c.lab.client, at(vip, 80), 40);
+        assert_eq!(seen.len(), 2, "{vip}: {seen:?}");
+        let (reply, peer) = udp_request(&c.lab.client, at(vip, 53), "q").unwrap_or_else(|e| panic!("{vip} UDP: {e:#}"));
+        assert!(reply.starts_with("web-"), "{reply}");
+        assert_eq!(peer, std::net::SocketAddr::V4(at(vip, 53)));
+    }
+}
+
+/// A TCP server that answers every connection with the peer's address.
+struct WhoAmI(Arc<AtomicBool>);
+
+impl WhoAmI {
+    fn start(ns: &Netns, addr: SocketAddrV4) -> WhoAmI {
+        let stop = Arc::new(AtomicBool::new(false));
+        let listener = ns.run(move || TcpListener::bind(addr).unwrap());
+        listener.set_nonblocking(true).unwrap();
+        let s = stop.clone();
+        std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((mut conn, peer)) => {
+                        // Read the request, answer, then close cleanly (unread
+                        // data would turn the close into a reset).
+                        let _ = conn.set_nonblocking(false);
+                        let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+                        let mut buf = [0u8; 64];
+                        let _ = conn.read(&mut buf);
+                        let _ = conn.write_all(format!("{peer}\n").as_bytes());
+                        let _ = conn.shutdown(std::net::Shutdown::Write);
+                        while matches!(conn.read(&mut buf), Ok(n) if n > 0) {}
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        WhoAmI(stop)
+    }
+}
+
+impl Drop for WhoAmI {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// `GET /` from `ns`: (status code, body).
+fn http_status(ns: &Netns, to: SocketAddrV4) -> (u16, String) {
+    ns.run(move || {
+        let mut s = TcpStream::connect_timeout(&to.into(), Duration::from_secs(2)).unwrap_or_else(|e| panic!("{to}: {e}"));
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        let code = text.split_whitespace().nth(1).unwrap_or("0").parse().unwrap_or(0);
+        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+        (code, body)
+    })
+}
+
+#[test]
+fn local_policy_keeps_the_client_ip_and_a_node_without_endpoints_drops_and_fails_its_health_check() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let spec = format!("  type: LoadBalancer\n  externalTrafficPolicy: Local\n  healthCheckNodePort: {HC_PORT}\n");
+    let status = format!("status:\n  loadBalancer:\n    ingress: [{{ip: {LB_IP}}}]\n");
+    // Only web-b (on node B) is an endpoint.
+    let only_b = fixed_endpoints(&[("web-b", "node-b")]);
+    let c = cluster("local", &manifest(&spec, &status, &only_b));
+    let web_b = c.lab.node(1).pod("web-b");
+    let _who = WhoAmI::start(&web_b.ns, SocketAddrV4::new(web_b.ip, 9000));
+    // A second port for the client-IP check.
+    c.dir.write(
+        "svc.yaml",
+        &manifest(&spec, &status, &only_b).replace(
+            "  - {name: dns,",
+            "  - {name: who, port: 90, protocol: TCP, nodePort: 30090}\n  - {name: dns,",
+        ).replace(
+            "- {name: dns, port: 5353",
+            "- {name: who, port: 9000, protocol: TCP}\n- {name: dns, port: 5353",
+        ),
+    );
+    c.wait_frontend(1, &format!("{}:30090/TCP", node_ip(1)), 1);
+    c.wait_frontend(0, &format!("{}:30090/TCP", node_ip(0)), 0);
+
+    // Node B: the backend sees the real client address (no SNAT).
+    let peer = tcp_request(&c.lab.client, at(node_ip(1), 30090)).unwrap_or_else(|e| panic!("{e:#}\n{}", c.logs()));
+    assert!(peer.starts_with(&format!("{CLIENT_IP}:")), "backend saw {peer}, not the client");
+    assert_eq!(tcp_request(&c.lab.client, at(node_ip(1), HTTP_PORT)).unwrap(), "web-b");
+
+    // Node A has no local endpoint: its NodePort drops (no answer at all,
+    // neither a reset nor a refusal), so the connection attempt times out.
+    let err = tcp_request_with(&c.lab.client, at(node_ip(0), HTTP_PORT), b"x", Duration::from_millis(700))
+        .expect_err("node A must not answer");
+    assert_eq!(lb_lab::io_error_kind(&err), Some(std::io::ErrorKind::TimedOut), "{err:#}");
+
+    // The health check NodePorts tell the load balancer so.
+    let (code, body) = http_status(&c.lab.client, at(node_ip(0), HC_PORT));
+    assert_eq!(code, 503, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["localEndpoints"], 0, "{body}");
+    assert_eq!(v["service"]["namespace"], "test");
+    assert_eq!(v["service"]["name"], "web");
+    assert_eq!(v["serviceProxyHealthy"], true);
+    let (code, body) = http_status(&c.lab.client, at(node_ip(1), HC_PORT));
+    assert_eq!(code, 200, "{body}");
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["localEndpoints"], 1, "{body}");
+}
+
+#[test]
+fn load_balancer_source_ranges_allow_and_deny() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let status = format!("status:\n  loadBalancer:\n    ingress: [{{ip: {LB_IP}}}]\n");
+    let spec = |range: &str| format!("  type: LoadBalancer\n  loadBalancerSourceRanges: [{range}]\n");
+    let c = cluster("ranges", &manifest(&spec("192.168.50.100/32"), &status, &fixed_endpoints(BOTH)));
+    c.lab.client_route("192.168.60.0/24", 0).unwrap();
+    let rows = c.wait_frontend(0, &format!("{LB_IP}:80/TCP"), 2);
+    assert!(rows.iter().any(|r| r.kind.contains("SourceRanges")), "{rows:#?}");
+    let seen = c.spread(&c.lab.client, at(LB_IP, 80), 10);
+    assert_eq!(seen.values().sum::<usize>(), 10);
+
+    // The client is no longer in the ranges: its packets are dropped.
+    c.dir.write("svc.yaml", &manifest(&spec("10.0.0.0/8"), &status, &fixed_endpoints(BOTH)));
+    common::wait_for("the new source range", Duration::from_secs(10), || {
+        let maps = Maps::open(&c.agents[0].pins.0).ok()?;
+        let entries = maps.src_range_entries().ok()?;
+        (entries.len() == 2 && entries.iter().all(|(_, r)| r.addr == u32::from_ne_bytes([10, 0, 0, 0]))).then_some(())
+    });
+    let err = tcp_request_with(&c.lab.client, at(LB_IP, 80), b"x", Duration::from_millis(700))
+        .expect_err("a source outside the ranges must be dropped");
+    assert_eq!(lb_lab::io_error_kind(&err), Some(std::io::ErrorKind::TimedOut), "{err:#}");
+    // The NodePort of the same Service is not restricted (as kube-proxy).
+    assert!(tcp_request(&c.lab.client, at(node_ip(0), HTTP_PORT)).unwrap().starts_with("web-"));
+}
+
+#[test]
+fn nodeport_is_reachable_from_a_pod_and_from_the_host() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let c = cluster("inside", &manifest("  type: NodePort\n", "", &fixed_endpoints(BOTH)));
+    c.wait_frontend(0, &format!("{}:{HTTP_PORT}/TCP", node_ip(0)), 2);
+    c.wait_frontend(1, &format!("{}:{HTTP_PORT}/TCP", node_ip(1)), 2);
+    // A pod on node A dials its own node's NodePort (tc), and node B's
+    // (routed out to node B, served there by XDP).
+    let pod = &c.lab.node(0).pod("cli-a").ns;
+    for n in 0..2 {
+        let seen = c.spread(pod, at(node_ip(n), HTTP_PORT), 30);
+        assert_eq!(seen.len(), 2, "pod -> node {n}: {seen:?}");
+    }
+    let (reply, peer) = udp_request(pod, at(node_ip(0), DNS_PORT), "q").unwrap_or_else(|e| panic!("{e:#}\n{}", c.logs()));
+    assert!(reply.starts_with("web-"));
+    assert_eq!(peer, std::net::SocketAddr::V4(at(node_ip(0), DNS_PORT)));
+    // The host of node A dials its own address (socket hooks) and node B's.
+    let host = &c.lab.node(0).ns;
+    for n in 0..2 {
+        let seen = c.spread(host, at(node_ip(n), HTTP_PORT), 30);
+        assert_eq!(seen.len(), 2, "host -> node {n}: {seen:?}");
+    }
+}
+
