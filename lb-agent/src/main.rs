@@ -56,17 +56,17 @@ struct RunArgs {
     node_name: Option<String>,
     /// Address of the health server (/healthz, /readyz, /metrics); "off"
     /// disables it.
-    #[arg(long, default_value = "0.0.0.0:10256", value_parser = parse_health_addr)]
+    #[arg(long, env = "LB_HEALTH_ADDR", default_value = "0.0.0.0:10256", value_parser = parse_health_addr)]
     health_addr: HealthAddr,
     /// Backend selection of Services without the lb.dev/backend-selection
     /// annotation.
-    #[arg(long, default_value = "random", value_parser = parse_selection)]
+    #[arg(long, env = "LB_BACKEND_SELECTION", default_value = "random", value_parser = parse_selection)]
     backend_selection: BackendSelection,
     /// How long to gather a burst of updates before writing the maps, in ms.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, env = "LB_SYNC_DELAY_MS", default_value_t = 100)]
     sync_delay_ms: u64,
     /// Longest wait between retries against a failing API server, in ms.
-    #[arg(long, default_value_t = 30_000)]
+    #[arg(long, env = "LB_API_BACKOFF_MAX_MS", default_value_t = 30_000)]
     api_backoff_max_ms: u64,
     /// bpffs directory where the maps are pinned.
     #[arg(long, default_value = DEFAULT_BPFFS_DIR, env = "LB_BPFFS")]
@@ -74,10 +74,10 @@ struct RunArgs {
     /// Pod interface name patterns (`*` wildcards), comma separated. The tc
     /// program is attached to every matching interface, including ones
     /// that appear later.
-    #[arg(long, value_delimiter = ',', default_value = "lxc*,veth*,cali*,eni*,gke*")]
+    #[arg(long, env = "LB_POD_IFACES", value_delimiter = ',', default_value = "lxc*,veth*,cali*,eni*,gke*")]
     pod_ifaces: Vec<String>,
     /// cgroup2 directory for the socket hooks (default: the cgroup2 mount).
-    #[arg(long)]
+    #[arg(long, env = "LB_CGROUP")]
     cgroup: Option<PathBuf>,
     /// Do not attach the socket hooks (host clients then do not reach
     /// ClusterIPs).

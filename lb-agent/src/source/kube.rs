@@ -37,6 +37,14 @@ use tracing::{debug, info, warn};
 use super::{Batch, Invalid, Kind, Object, ObjectKey, Sender, Update};
 use crate::{manifest::Sourced, metrics::Metrics};
 
+/// What the agent reads from the API, as RBAC names it: (API group,
+/// resource, verbs). `deploy/`'s ClusterRole grants exactly this.
+pub const WATCHED: [(&str, &str, &[&str]); 3] = [
+    ("", "services", &["get", "list", "watch"]),
+    ("discovery.k8s.io", "endpointslices", &["get", "list", "watch"]),
+    ("", "nodes", &["get", "list", "watch"]),
+];
+
 #[derive(Debug, thiserror::Error)]
 pub enum KubeError {
     #[error("reading kubeconfig {path}: {source}")]
