@@ -1,0 +1,408 @@
+//! B1: per-packet cost of the programs through BPF_PROG_TEST_RUN.
+//!
+//! Method (see docs/benchmarks.md for the reasoning):
+//! - the calling thread is pinned to one CPU (test runs of skb and XDP
+//!   programs execute on the calling CPU);
+//! - floor: `lb_xdp_pass` with `repeat` runs in the kernel, best of
+//!   `rounds`;
+//! - established flow: the kernel keeps rewriting the same skb across the
+//!   repeats of one test run, so after the first DNAT the packet would no
+//!   longer go to the service. Two frontends A and B are made each other's
+//!   only backend: the packet alternates A -> B -> A, and from the third
+//!   repeat on every run is a conntrack hit plus a full DNAT rewrite on the
+//!   real code path. `repeat` runs, best of `rounds`;
+//! - new flow: `repeat = 1` test runs, each with a source (address, port)
+//!   never seen before, so every run is a service lookup, a conntrack miss,
+//!   a backend selection and two conntrack inserts, then the rewrite. The
+//!   kernel's per-run duration of a `repeat = 1` run also includes one
+//!   clock read and the bh disable/enable around the program; that overhead
+//!   is measured with the same method on an established flow and on the
+//!   floor and reported beside it.
+
+use std::{
+    net::{Ipv4Addr, SocketAddrV4},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, ensure};
+use aya::programs::{SchedClassifier, TestRun, TestRunOptions, Xdp};
+use lb_agent::{
+    datapath::{Datapath, MapSizes, TC_PROGRAM},
+    maps::Maps,
+    model::{Backend, BackendAddr, Frontend, FrontendAddr, Protocol},
+    reconcile::Reconciler,
+    testrun::{self, TC_ACT_OK},
+};
+
+use crate::{services, sys};
+
+pub const XDP_PASS_PROGRAM: &str = "lb_xdp_pass";
+
+#[derive(Clone, Debug)]
+pub struct B1Options {
+    pub services: Vec<usize>,
+    pub endpoints: usize,
+    /// Repeat count of one test run (floor, established flow).
+    pub repeat: u32,
+    /// Best of this many test runs.
+    pub rounds: usize,
+    /// `repeat = 1` runs per round for new flows.
+    pub new_flows: usize,
+    pub cpu: usize,
+    /// Above this many backends in total the maps are filled by direct map
+    /// writes of the same entries (then checked by a `Reconciler::apply`
+    /// that must be a no-op): the reconciler's ID allocation is quadratic
+    /// (see B3) and would take hours at 100,000 services.
+    pub reconcile_limit: usize,
+}
+
+#[derive(Clone, Debug)]
+pub struct B1Row {
+    pub services: usize,
+    /// Reconciler::apply of the whole set (`None`: filled directly, see
+    /// [`B1Options::reconcile_limit`]).
+    pub program_time: Option<Duration>,
+    /// ns/packet, best of rounds, repeat = N.
+    pub floor_ns: f64,
+    pub established_ns: f64,
+    /// ns/packet, repeat = 1 runs: floor, established flow, new flow (best
+    /// round mean), new flow median.
+    pub floor_r1_ns: f64,
+    pub established_r1_ns: f64,
+    pub new_flow_ns: f64,
+    pub new_flow_p50_ns: f64,
+}
+
+impl B1Row {
+    /// The per-call overhead of the repeat = 1 method (established flow
+    /// measured both ways).
+    pub fn r1_overhead_ns(&self) -> f64 {
+        (self.established_r1_ns - self.established_ns).max(0.0)
+    }
+
+    /// New-flow cost with the repeat = 1 overhead taken off.
+    pub fn new_flow_net_ns(&self) -> f64 {
+        self.new_flow_ns - self.r1_overhead_ns()
+    }
+}
+
+pub fn ready_config() -> lb_common::Config {
+    crate::ready_config()
+}
+
+fn sizes_for(services: usize, endpoints: usize, new_flows: usize) -> MapSizes {
+    let fe = (services + 16) as u32;
+    MapSizes {
+        services: fe.next_power_of_two().max(1024),
+        backends: ((services * endpoints + 64) as u32)
+            .next_power_of_two()
+            .max(1024),
+        slots: ((services * endpoints) as u32 + (services * endpoints / 10) as u32 + 4096)
+            .max(4096),
+        // Two entries per new flow, every round, plus headroom: no eviction.
+        ct: ((new_flows as u32 * 2 + 1024) * 2)
+            .next_power_of_two()
+            .max(4096),
+        ..MapSizes::default()
+    }
+}
+
+/// The pair of frontends that are each other's backend (see the module docs).
+const PING: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 95, 0, 1), 80);
+const PONG: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 95, 0, 2), 80);
+
+fn one_backend(name: &str, at: SocketAddrV4, to: SocketAddrV4) -> (FrontendAddr, Frontend) {
+    let addr = FrontendAddr {
+        ip: *at.ip(),
+        port: at.port(),
+        proto: Protocol::Tcp,
+    };
+    let fe = Frontend {
+        addr,
+        name: name.into(),
+        backends: vec![Backend::ready(BackendAddr {
+            ip: *to.ip(),
+            port: to.port(),
+            proto: Protocol::Tcp,
+        })],
+        flags: 0,
+        affinity_timeout: 0,
+    };
+    (addr, fe)
+}
+
+pub fn run_one(opts: &B1Options, n: usize) -> Result<B1Row> {
+    let pins = sys::Pins::new(&format!("b1-{n}"));
+    let total_new = opts.new_flows * opts.rounds;
+    let sizes = sizes_for(n, opts.endpoints, total_new);
+    let mut dp = Datapath::load(pins.path(), &sizes).context("loading the datapath")?;
+    let mut maps = Maps::open(pins.path())?;
+    maps.write_config(&ready_config())?;
+    let reconciler = Reconciler::recover(maps)?;
+    let svcs = services::generate(n, opts.endpoints);
+    let mut desired = services::to_desired(&svcs);
+    let (a, fa) = one_backend("bench/ping:http", PING, PONG);
+    let (b, fb) = one_backend("bench/pong:http", PONG, PING);
+    desired.insert(a, fa);
+    desired.insert(b, fb);
+    let (reconciler, program_time) = fill(
+        pins.path(),
+        reconciler,
+        &desired,
+        n * opts.endpoints <= opts.reconcile_limit,
+    )?;
+
+    {
+        let xdp: &mut Xdp = dp
+            .ebpf
+            .program_mut(XDP_PASS_PROGRAM)
+            .with_context(|| format!("{XDP_PASS_PROGRAM} missing from the object"))?
+            .try_into()?;
+        xdp.load()
+            .with_context(|| format!("loading {XDP_PASS_PROGRAM}"))?;
+    }
+    let target = SocketAddrV4::new(
+        svcs.last().map(|s| s.ip).unwrap_or(*PING.ip()),
+        services::SERVICE_PORT,
+    );
+    let client = SocketAddrV4::new(Ipv4Addr::new(10, 244, 0, 11), 40000);
+
+    sys::pin_thread(opts.cpu)?;
+    let xdp: &Xdp = dp.ebpf.program(XDP_PASS_PROGRAM).unwrap().try_into()?;
+    let tc: &SchedClassifier = dp.ebpf.program(TC_PROGRAM).unwrap().try_into()?;
+
+    let syn = |src: SocketAddrV4, dst: SocketAddrV4| testrun::tcp(src, dst, "S", 1, &[]);
+    let ack = |src: SocketAddrV4, dst: SocketAddrV4| testrun::tcp(src, dst, "A", 2, b"hello");
+
+    // Floor.
+    let floor_pkt = ack(client, target);
+    let floor_ns = best_of(opts.rounds, || {
+        Ok(testrun::time_xdp(xdp, &floor_pkt, opts.repeat)?.1)
+    })?;
+    let floor_r1_ns = mean_r1(opts.new_flows.min(20_000), |_| {
+        run_xdp_once(xdp, &floor_pkt)
+    })?;
+
+    // Established flow, ping-pong, repeat = N. The first run creates the
+    // two conntrack entries; check that an even repeat count lands back on
+    // PING (the packet really went through both DNATs).
+    let pp = ack(client, PING);
+    let mut out = vec![0u8; pp.len() + 256];
+    let r = run_tc(tc, &pp, &mut out, 4)?;
+    ensure!(r == TC_ACT_OK as u32, "ping-pong verdict {r}");
+    ensure!(
+        out[30..34] == PING.ip().octets(),
+        "ping-pong: packet did not come back to the first frontend"
+    );
+    let established_ns = best_of(
+        opts.rounds,
+        || Ok(testrun::time_tc(tc, &pp, opts.repeat)?.1),
+    )?;
+
+    // Established flow to a regular service, repeat = 1.
+    let est = ack(client, target);
+    let (v, _) = testrun::time_tc(tc, &est, 1)?;
+    ensure!(v == TC_ACT_OK, "verdict {v} for an established flow");
+    let established_r1_ns = mean_r1(opts.new_flows.min(20_000), |_| run_tc_once(tc, &est))?;
+
+    // New flows, repeat = 1, a fresh source each run.
+    let mut k = 0usize;
+    let mut means = Vec::new();
+    let mut all = Vec::with_capacity(total_new);
+    for _ in 0..opts.rounds {
+        let mut sum = 0u128;
+        for _ in 0..opts.new_flows {
+            let src = fresh_source(k);
+            k += 1;
+            let ns = run_tc_once(tc, &syn(src, target))?;
+            sum += ns as u128;
+            all.push(ns);
+        }
+        means.push(sum as f64 / opts.new_flows.max(1) as f64);
+    }
+    all.sort_unstable();
+    let new_flow_ns = means.iter().copied().fold(f64::INFINITY, f64::min);
+    let new_flow_p50_ns = all.get(all.len() / 2).copied().unwrap_or(0) as f64;
+    // Every new flow made two conntrack entries (none evicted).
+    let ct_entries = reconciler.maps().ct.map.keys().count();
+    ensure!(
+        ct_entries >= 2 * total_new,
+        "expected {} conntrack entries after the new-flow runs, found {ct_entries}",
+        2 * total_new
+    );
+    Ok(B1Row {
+        services: n,
+        program_time,
+        floor_ns,
+        established_ns,
+        floor_r1_ns,
+        established_r1_ns,
+        new_flow_ns,
+        new_flow_p50_ns,
+    })
+}
+
+/// Programs `desired` into the maps: through `Reconciler::apply` (timed)
+/// when `reconcile`, else by [`write_directly`] and then a
+/// `Reconciler::apply` that must find nothing to do (or fixes whatever
+/// differs, reported).
+pub fn fill(
+    pins: &std::path::Path,
+    mut reconciler: Reconciler,
+    desired: &lb_agent::model::Desired,
+    reconcile: bool,
+) -> Result<(Reconciler, Option<Duration>)> {
+    if reconcile {
+        let started = Instant::now();
+        let stats = reconciler.apply(desired);
+        let took = started.elapsed();
+        ensure!(
+            stats.errors.is_empty(),
+            "programming: {:?}",
+            &stats.errors[..stats.errors.len().min(3)]
+        );
+        return Ok((reconciler, Some(took)));
+    }
+    drop(reconciler);
+    let mut maps = Maps::open(pins)?;
+    write_directly(&mut maps, desired)?;
+    let mut reconciler = Reconciler::recover(maps)?;
+    let stats = reconciler.apply(desired);
+    ensure!(
+        stats.errors.is_empty(),
+        "programming: {:?}",
+        &stats.errors[..stats.errors.len().min(3)]
+    );
+    if stats.ops > 0 {
+        eprintln!(
+            "lb-bench: the reconciler rewrote {} entries of the direct fill",
+            stats.ops
+        );
+    }
+    Ok((reconciler, None))
+}
+
+/// Fills the maps the way `Reconciler::apply` does into empty maps:
+/// backends by address order from ID 1, frontends in order from ID 1, each
+/// with its rev-NAT entry, name, generation-0 slots and frontend entry.
+pub fn write_directly(maps: &mut Maps, desired: &lb_agent::model::Desired) -> Result<()> {
+    use lb_common::{Backend4, BackendKey, RevNat4, RevNatKey, Service4Value, Slot, SlotKey};
+    let mut ids = std::collections::BTreeMap::new();
+    for fe in desired.values() {
+        for b in &fe.backends {
+            ids.entry(b.addr).or_insert(0u32);
+        }
+    }
+    for (i, (addr, id)) in ids.iter_mut().enumerate() {
+        *id = i as u32 + 1;
+        let v = Backend4 {
+            addr: u32::from_ne_bytes(addr.ip.octets()),
+            port: addr.port.to_be(),
+            proto: addr.proto.number(),
+            flags: 0,
+        };
+        maps.backends.insert(&BackendKey { id: *id }, &v)?;
+    }
+    for (i, fe) in desired.values().enumerate() {
+        let id = i as u32 + 1;
+        let key = fe.addr.key();
+        maps.revnat.insert(
+            &RevNatKey { id },
+            &RevNat4 {
+                addr: key.addr,
+                port: key.port,
+                _pad: 0,
+            },
+        )?;
+        maps.names
+            .insert(&RevNatKey { id }, &lb_agent::maps::svc_name(&fe.name))?;
+        let slots: Vec<u32> = fe.slot_backends().map(|b| ids[&b.addr]).collect();
+        for (s, backend_id) in slots.iter().enumerate() {
+            maps.slots.insert(
+                &SlotKey {
+                    svc_id: id,
+                    slot: s as u16,
+                    generation: 0,
+                },
+                &Slot {
+                    backend_id: *backend_id,
+                },
+            )?;
+        }
+        let v = Service4Value {
+            id,
+            count: slots.len() as u16,
+            generation: 0,
+            flags: fe.flags,
+            affinity_timeout: fe.affinity_timeout,
+        };
+        maps.services.insert(&key, &v)?;
+    }
+    Ok(())
+}
+
+/// 10.244.0.0/16 sources with ports 1024..=65535: about 4 billion flows.
+fn fresh_source(k: usize) -> SocketAddrV4 {
+    let ports = 64512;
+    let host = (k / ports) as u32;
+    let ip = Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 244, 1, 0)) + host);
+    SocketAddrV4::new(ip, 1024 + (k % ports) as u16)
+}
+
+fn run_tc(tc: &SchedClassifier, input: &[u8], out: &mut [u8], repeat: u32) -> Result<u32> {
+    let mut o = TestRunOptions::new();
+    o.data_in = Some(input);
+    o.data_out = Some(out);
+    o.repeat = repeat;
+    Ok(tc.test_run(o).context("BPF_PROG_TEST_RUN")?.return_value)
+}
+
+fn run_tc_once(tc: &SchedClassifier, input: &[u8]) -> Result<u64> {
+    let (v, d) = testrun::time_tc(tc, input, 1)?;
+    ensure!(v == TC_ACT_OK, "verdict {v}");
+    Ok(d.as_nanos() as u64)
+}
+
+fn run_xdp_once(xdp: &Xdp, input: &[u8]) -> Result<u64> {
+    Ok(testrun::time_xdp(xdp, input, 1)?.1.as_nanos() as u64)
+}
+
+fn best_of(rounds: usize, mut f: impl FnMut() -> Result<Duration>) -> Result<f64> {
+    let mut best = f64::INFINITY;
+    for _ in 0..rounds.max(1) {
+        best = best.min(f()?.as_nanos() as f64);
+    }
+    Ok(best)
+}
+
+fn mean_r1(runs: usize, mut f: impl FnMut(usize) -> Result<u64>) -> Result<f64> {
+    let runs = runs.max(1);
+    let mut sum = 0u128;
+    for i in 0..runs {
+        sum += f(i)? as u128;
+    }
+    Ok(sum as f64 / runs as f64)
+}
+
+pub fn run(opts: &B1Options) -> Result<Vec<B1Row>> {
+    let opts = opts.clone();
+    // A thread of its own, so that pinning stays with it.
+    std::thread::spawn(move || -> Result<Vec<B1Row>> {
+        let mut rows = Vec::new();
+        for &n in &opts.services {
+            let row = run_one(&opts, n).with_context(|| format!("B1 at {n} services"))?;
+            eprintln!(
+                "lb-bench: B1 {n} services: programmed in {:?}; floor {:.1} ns, established {:.1} ns, new flow {:.1} ns (r1 overhead {:.1} ns)",
+                row.program_time,
+                row.floor_ns,
+                row.established_ns,
+                row.new_flow_ns,
+                row.r1_overhead_ns()
+            );
+            rows.push(row);
+        }
+        Ok(rows)
+    })
+    .join()
+    .map_err(|_| anyhow::anyhow!("B1 thread panicked"))?
+}

@@ -1,0 +1,266 @@
+//! B2: new-connection latency against the number of services.
+//!
+//! A lab node with a client pod and ten backend pods (lean TCP servers
+//! on :8080). N services are generated once; the first and the last carry the
+//! ten real backends, the others fake endpoints. For each datapath in turn
+//! (in a fresh lab, so no conntrack or rule state carries over) the client
+//! makes `connections` sequential connections to the target service:
+//! connect, send a line, read the reply to EOF, close. Each connection is
+//! timed on the client (`Instant`), and so is the connect() alone.
+
+use std::{
+    io::{Read, Write},
+    net::{SocketAddrV4, TcpStream},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, ensure};
+use lb_lab::NodeLab;
+
+use crate::{
+    dp::{self, Kind},
+    services::{self, Svc},
+};
+
+#[derive(Clone, Debug)]
+pub struct B2Options {
+    pub services: Vec<usize>,
+    pub endpoints: usize,
+    pub connections: usize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Position {
+    First,
+    Last,
+}
+
+impl std::fmt::Display for Position {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Position::First => "first",
+            Position::Last => "last",
+        })
+    }
+}
+
+/// Latency percentiles in microseconds.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Pcts {
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+}
+
+impl Pcts {
+    pub fn of(mut v: Vec<Duration>) -> Pcts {
+        v.sort_unstable();
+        let at = |q: f64| {
+            if v.is_empty() {
+                return 0.0;
+            }
+            let i = ((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1;
+            v[i].as_secs_f64() * 1e6
+        };
+        Pcts {
+            p50: at(0.50),
+            p90: at(0.90),
+            p99: at(0.99),
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct B2Row {
+    pub kind: Kind,
+    pub services: usize,
+    pub position: Position,
+    /// connect + request + reply + close.
+    pub request: Pcts,
+    /// connect() alone (SYN to SYN-ACK through the datapath).
+    pub connect: Pcts,
+    pub connections: usize,
+    pub failures: usize,
+    /// Installing the rules / filling the maps.
+    pub install: Duration,
+}
+
+pub const BACKENDS: usize = 10;
+
+/// The service list: `n` services, the first and the last with the lab's
+/// backend pods as endpoints.
+pub fn service_list(n: usize, endpoints: usize, backends: &[std::net::Ipv4Addr]) -> Vec<Svc> {
+    let mut svcs = services::generate(n.max(2), endpoints);
+    let real: Vec<_> = backends
+        .iter()
+        .map(|&ip| (ip, services::TARGET_PORT))
+        .collect();
+    let last = svcs.len() - 1;
+    svcs[0].endpoints = real.clone();
+    svcs[last].endpoints = real;
+    svcs
+}
+
+/// A lean TCP server on one thread: accept, read the request line, write a
+/// reply, close. No thread per connection, no polling timers: it adds as
+/// little latency and jitter of its own as it can.
+pub struct LeanServer {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for LeanServer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+pub fn lean_server(ns: &lb_lab::Netns, addr: SocketAddrV4) -> Result<LeanServer> {
+    use std::{os::fd::AsRawFd, sync::atomic::Ordering};
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let listener = ns
+        .run(move || std::net::TcpListener::bind(addr))
+        .context("bind")?;
+    let s2 = stop.clone();
+    let thread = std::thread::spawn(move || {
+        let mut buf = [0u8; 256];
+        while !s2.load(Ordering::Relaxed) {
+            let mut pfd = libc::pollfd {
+                fd: listener.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd.
+            if unsafe { libc::poll(&mut pfd, 1, 50) } <= 0 {
+                continue;
+            }
+            let Ok((mut s, _)) = listener.accept() else {
+                continue;
+            };
+            let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+            let _ = s.set_nodelay(true);
+            if matches!(s.read(&mut buf), Ok(n) if n > 0) {
+                let _ = s.write_all(b"ok\n");
+            }
+            // Everything the client sent was read: close() sends a FIN.
+        }
+    });
+    Ok(LeanServer {
+        stop,
+        thread: Some(thread),
+    })
+}
+
+pub fn lab(backends: usize) -> Result<(NodeLab, Vec<LeanServer>)> {
+    let mut names = vec!["client".to_string()];
+    names.extend((0..backends).map(|i| format!("be{i}")));
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let lab = NodeLab::new(&refs)?;
+    let mut servers = Vec::new();
+    for p in &lab.pods[1..] {
+        servers.push(lean_server(
+            &p.ns,
+            SocketAddrV4::new(p.ip, services::TARGET_PORT),
+        )?);
+    }
+    Ok((lab, servers))
+}
+
+/// `count` sequential connections to `to` from `ns`; returns the request
+/// and connect latencies and the number of failures.
+pub fn connections(
+    ns: &lb_lab::Netns,
+    to: SocketAddrV4,
+    count: usize,
+) -> (Vec<Duration>, Vec<Duration>, usize) {
+    ns.run(move || {
+        let mut req = Vec::with_capacity(count);
+        let mut conn = Vec::with_capacity(count);
+        let mut failures = 0;
+        let timeout = Duration::from_secs(2);
+        for _ in 0..count {
+            let t0 = Instant::now();
+            let Ok(mut s) = TcpStream::connect_timeout(&to.into(), timeout) else {
+                failures += 1;
+                continue;
+            };
+            let t1 = Instant::now();
+            let _ = s.set_nodelay(true);
+            let _ = s.set_read_timeout(Some(timeout));
+            let mut buf = [0u8; 256];
+            let mut ok = s.write_all(b"hello\n").is_ok();
+            let mut got = 0;
+            while ok {
+                match s.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => got += n,
+                    Err(_) => ok = false,
+                }
+            }
+            drop(s);
+            let t2 = Instant::now();
+            if ok && got > 0 {
+                conn.push(t1 - t0);
+                req.push(t2 - t0);
+            } else {
+                failures += 1;
+            }
+        }
+        (req, conn, failures)
+    })
+}
+
+pub fn run(o: &B2Options) -> Result<Vec<B2Row>> {
+    let mut rows = Vec::new();
+    for &n in &o.services {
+        for kind in Kind::ALL {
+            let (lab, servers) = lab(BACKENDS)?;
+            let ips: Vec<_> = lab.pods[1..].iter().map(|p| p.ip).collect();
+            let svcs = service_list(n, o.endpoints, &ips);
+            let installed = dp::install(kind, &lab, &svcs)
+                .with_context(|| format!("installing {kind} with {n} services"))?;
+            let client = &lab.pods[0].ns;
+            for position in [Position::First, Position::Last] {
+                let s = match position {
+                    Position::First => &svcs[0],
+                    Position::Last => &svcs[svcs.len() - 1],
+                };
+                let to = SocketAddrV4::new(s.ip, s.port);
+                // Warm-up: neighbours, caches, the servers' first threads.
+                let (_, _, warm_fail) = connections(client, to, 50.min(o.connections));
+                ensure!(
+                    warm_fail == 0,
+                    "{kind}, {n} services: {warm_fail} of the warm-up connections to {to} failed"
+                );
+                let (req, conn, failures) = connections(client, to, o.connections);
+                ensure!(
+                    failures * 100 <= o.connections,
+                    "{kind}, {n} services: {failures} of {} connections failed",
+                    o.connections
+                );
+                let row = B2Row {
+                    kind,
+                    services: n,
+                    position,
+                    request: Pcts::of(req),
+                    connect: Pcts::of(conn),
+                    connections: o.connections,
+                    failures,
+                    install: installed.took,
+                };
+                eprintln!(
+                    "lb-bench: B2 {kind:<20} {n:>6} svc {position:<5}: p50 {:.0} us p90 {:.0} us p99 {:.0} us (connect p99 {:.0} us)",
+                    row.request.p50, row.request.p90, row.request.p99, row.connect.p99
+                );
+                rows.push(row);
+            }
+            drop(installed);
+            drop(servers);
+            drop(lab);
+        }
+    }
+    Ok(rows)
+}

@@ -1,0 +1,392 @@
+//! B3: programming time. A full sync of `services` x `endpoints`, then
+//! "+1 service" and "+1 endpoint" at that size, for the agent
+//! (`Reconciler::apply` into the maps), kube-proxy's iptables mode
+//! (`iptables-restore`) and kube-proxy's nftables mode (`nft -f`), each in
+//! a network namespace of its own. Also the agent's peak RSS, from a real
+//! `lb-agent run` on a generated manifest directory.
+
+use std::{
+    fmt::Write as _,
+    fs,
+    io::{BufRead, BufReader},
+    path::Path,
+    process::Stdio,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail, ensure};
+use lb_agent::{
+    datapath::{Datapath, MapSizes},
+    maps::Maps,
+    reconcile::Reconciler,
+};
+use lb_lab::Netns;
+
+use crate::{
+    services::{self, Svc},
+    sys,
+};
+
+#[derive(Clone, Debug)]
+pub struct B3Options {
+    pub services: usize,
+    pub endpoints: usize,
+}
+
+/// Full sync, +1 service, +1 endpoint.
+#[derive(Clone, Debug, Default)]
+pub struct Timings {
+    pub full: Duration,
+    pub add_service: Duration,
+    pub add_endpoint: Duration,
+}
+
+#[derive(Clone, Debug)]
+pub struct AgentRun {
+    /// The agent's own `elapsed_us` for its first sync (read, translate,
+    /// apply).
+    pub sync: Duration,
+    /// From start to the first "synced manifests" line.
+    pub wall: Duration,
+    pub vm_hwm_kib: u64,
+}
+
+#[derive(Clone, Debug)]
+pub struct B3Result {
+    pub services: usize,
+    pub endpoints: usize,
+    pub ours: Timings,
+    /// VmHWM growth of this process over the in-process full sync.
+    pub ours_hwm_growth_kib: u64,
+    pub agent: Option<Result<AgentRun, String>>,
+    /// Partial syncs (`--noflush` with KUBE-SERVICES and the changed
+    /// chains), as kube-proxy does by default.
+    pub iptables: Timings,
+    /// "+1 service" as a full restore (kube-proxy's periodic full sync).
+    pub iptables_full_resync: Duration,
+    pub iptables_lines: usize,
+    pub nft: Timings,
+    pub nft_lines: usize,
+}
+
+fn map_sizes(services: usize, endpoints: usize) -> MapSizes {
+    let fe = services as u32 + 1024;
+    let be = (services * (endpoints + 1)) as u32 + 1024;
+    MapSizes {
+        services: fe.next_power_of_two(),
+        backends: be.next_power_of_two(),
+        slots: (be * 2).next_power_of_two(),
+        ct: 65_536,
+        ..MapSizes::default()
+    }
+}
+
+/// The set after the full sync, and the two changes.
+fn scenarios(o: &B3Options) -> (Vec<Svc>, Vec<Svc>, Vec<Svc>, usize) {
+    let base = services::generate(o.services, o.endpoints);
+    let mut plus_svc = base.clone();
+    let extra = services::generate(o.services + 1, o.endpoints)
+        .pop()
+        .expect("one more");
+    plus_svc.push(extra);
+    let mut plus_ep = plus_svc.clone();
+    let changed = plus_ep.len() / 2;
+    let ep = services::fake_endpoint(o.services + 1, 0, o.endpoints);
+    plus_ep[changed].endpoints.push((ep, services::TARGET_PORT));
+    (base, plus_svc, plus_ep, changed)
+}
+
+fn time_ours(
+    o: &B3Options,
+    base: &[Svc],
+    plus_svc: &[Svc],
+    plus_ep: &[Svc],
+) -> Result<(Timings, u64)> {
+    let pins = sys::Pins::new("b3");
+    let _dp = Datapath::load(pins.path(), &map_sizes(o.services, o.endpoints))?;
+    let mut maps = Maps::open(pins.path())?;
+    maps.write_config(&crate::ready_config())?;
+    let mut rec = Reconciler::recover(maps)?;
+    let (d0, d1, d2) = (
+        services::to_desired(base),
+        services::to_desired(plus_svc),
+        services::to_desired(plus_ep),
+    );
+    let me = std::process::id().to_string();
+    let hwm_before = sys::status_kib(&me, "VmHWM").unwrap_or(0);
+    let mut t = Timings::default();
+    let start = Instant::now();
+    let s = rec.apply(&d0);
+    t.full = start.elapsed();
+    ensure!(
+        s.errors.is_empty(),
+        "full sync: {:?}",
+        &s.errors[..s.errors.len().min(3)]
+    );
+    let hwm_after = sys::status_kib(&me, "VmHWM").unwrap_or(0);
+    let start = Instant::now();
+    let s = rec.apply(&d1);
+    t.add_service = start.elapsed();
+    ensure!(s.errors.is_empty() && s.added == 1, "+1 service: {s:?}");
+    let start = Instant::now();
+    let s = rec.apply(&d2);
+    t.add_endpoint = start.elapsed();
+    ensure!(s.errors.is_empty() && s.updated == 1, "+1 endpoint: {s:?}");
+    Ok((t, hwm_after.saturating_sub(hwm_before)))
+}
+
+fn time_iptables(
+    base: &[Svc],
+    plus_svc: &[Svc],
+    plus_ep: &[Svc],
+    changed: usize,
+) -> Result<(Timings, Duration, usize)> {
+    let ns = Netns::new("b3-ipt")?;
+    let nfacct = nfacct_available(&ns);
+    let full = services::iptables_restore(base, nfacct);
+    let restore = |rules: &str| -> Result<Duration> {
+        let mut cmd = ns.command("iptables-restore");
+        cmd.arg("--noflush");
+        sys::timed_stdin(&mut cmd, rules)
+    };
+    let mut t = Timings {
+        full: restore(&full)?,
+        ..Timings::default()
+    };
+    let new = plus_svc.last().expect("non-empty");
+    t.add_service = restore(&services::iptables_partial(plus_svc, &[new]))?;
+    t.add_endpoint = restore(&services::iptables_partial(plus_ep, &[&plus_ep[changed]]))?;
+    // kube-proxy's full resync at N+1 (it runs one periodically, and after
+    // any partial sync failure).
+    let resync = restore(&services::iptables_restore(plus_ep, nfacct))?;
+    check_iptables(&ns, plus_ep.len())?;
+    let _ = restore(services::iptables_flush());
+    Ok((t, resync, full.lines().count()))
+}
+
+fn nfacct_available(ns: &Netns) -> bool {
+    let mut cmd = ns.command("iptables");
+    cmd.args(["-t", "filter", "-N", "LB-BENCH-PROBE"]);
+    let _ = cmd.stdout(Stdio::null()).stderr(Stdio::null()).status();
+    let mut cmd = ns.command("iptables");
+    cmd.args([
+        "-A",
+        "LB-BENCH-PROBE",
+        "-m",
+        "nfacct",
+        "--nfacct-name",
+        "lb_bench_probe",
+        "-j",
+        "RETURN",
+    ]);
+    let ok = cmd
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    for args in [&["-F", "LB-BENCH-PROBE"][..], &["-X", "LB-BENCH-PROBE"][..]] {
+        let mut cmd = ns.command("iptables");
+        let _ = cmd
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
+    ok
+}
+
+/// The nat table holds one KUBE-SERVICES rule per service (plus the
+/// NodePorts rule): the restores really landed.
+fn check_iptables(ns: &Netns, services: usize) -> Result<()> {
+    let mut cmd = ns.command("iptables");
+    cmd.args(["-t", "nat", "-S", "KUBE-SERVICES"]);
+    let out = cmd.output().context("iptables -S")?;
+    let rules = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.starts_with("-A"))
+        .count();
+    ensure!(
+        rules == services + 1,
+        "KUBE-SERVICES holds {rules} rules, expected {}",
+        services + 1
+    );
+    Ok(())
+}
+
+fn time_nft(
+    base: &[Svc],
+    plus_svc: &[Svc],
+    plus_ep: &[Svc],
+    changed: usize,
+) -> Result<(Timings, usize)> {
+    let ns = Netns::new("b3-nft")?;
+    let nft = |rules: &str| -> Result<Duration> {
+        let mut cmd = ns.command("nft");
+        cmd.args(["-f", "-"]);
+        sys::timed_stdin(&mut cmd, rules)
+    };
+    let full = services::nft_full(base);
+    let mut t = Timings {
+        full: nft(&full)?,
+        ..Timings::default()
+    };
+    let new = plus_svc.last().expect("non-empty");
+    t.add_service = nft(&services::nft_partial(&[new]))?;
+    t.add_endpoint = nft(&services::nft_partial(&[&plus_ep[changed]]))?;
+    // Check the map holds every service.
+    let mut cmd = ns.command("nft");
+    cmd.args(["list", "map", "ip", "kube-proxy", "service-ips"]);
+    let out = cmd.output().context("nft list map")?;
+    let elems = String::from_utf8_lossy(&out.stdout)
+        .matches("goto ")
+        .count();
+    ensure!(
+        elems == plus_ep.len(),
+        "service-ips holds {elems} elements, expected {}",
+        plus_ep.len()
+    );
+    let _ = nft(services::nft_delete());
+    Ok((t, full.lines().count()))
+}
+
+/// Services and EndpointSlices as YAML, for a real agent.
+pub fn manifests(svcs: &[Svc]) -> String {
+    let mut out = String::with_capacity(svcs.len() * 700);
+    for (i, s) in svcs.iter().enumerate() {
+        let name = format!("svc-{i}");
+        let eps: String = s
+            .endpoints
+            .iter()
+            .map(|(ip, _)| format!("- addresses: [{ip}]\n  conditions: {{ready: true}}\n"))
+            .collect();
+        let _ = write!(
+            out,
+            "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: bench}}\nspec:\n  clusterIP: {}\n  ports: [{{name: http, port: {}, protocol: TCP, targetPort: {}}}]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {name}-1, namespace: bench, labels: {{kubernetes.io/service-name: {name}}}}}\naddressType: IPv4\nports: [{{name: http, port: {}, protocol: TCP}}]\nendpoints:\n{eps}",
+            s.ip,
+            s.port,
+            services::TARGET_PORT,
+            services::TARGET_PORT
+        );
+    }
+    out
+}
+
+/// Runs `lb-agent run` on a manifest directory of `svcs` in a namespace of
+/// its own (no pod interfaces there, no socket hooks) until its first sync
+/// is logged; reads its VmHWM then.
+fn agent_run(bin: &Path, svcs: &[Svc], o: &B3Options) -> Result<AgentRun> {
+    let dir = std::env::temp_dir().join(format!("lb-bench-{}-manifests", std::process::id()));
+    fs::create_dir_all(&dir)?;
+    let _cleanup = DirGuard(dir.clone());
+    fs::write(dir.join("services.yaml"), manifests(svcs))?;
+    let pins = sys::Pins::new("b3-agent");
+    let sizes = map_sizes(o.services, o.endpoints);
+    let ns = Netns::new("b3-agent")?;
+    let mut cmd = ns.command(bin);
+    cmd.args([
+        "run",
+        "--no-socket-lb",
+        "--pod-ifaces",
+        "lbbench-none*",
+        "--poll-interval-ms",
+        "50",
+    ])
+    .arg("--manifests")
+    .arg(&dir)
+    .arg("--bpffs")
+    .arg(pins.path())
+    .args(["--services-size", &sizes.services.to_string()])
+    .args(["--backends-size", &sizes.backends.to_string()])
+    .args(["--slots-size", &sizes.slots.to_string()])
+    .env("RUST_LOG", "info")
+    .env("NO_COLOR", "1")
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped());
+    let start = Instant::now();
+    let child = ns.spawn(&mut cmd)?;
+    let mut child = child.into_inner();
+    let pid = child.id().to_string();
+    let stderr = child.stderr.take().expect("piped");
+    let mut result = Err(anyhow::anyhow!("the agent exited before its first sync"));
+    let mut log = Vec::new();
+    for line in BufReader::new(stderr).lines() {
+        let Ok(line) = line else { break };
+        if line.contains("synced manifests") {
+            let wall = start.elapsed();
+            let vm_hwm_kib = sys::status_kib(&pid, "VmHWM").unwrap_or(0);
+            let us: u64 = line
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix("elapsed_us="))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(0);
+            result = Ok(AgentRun {
+                sync: Duration::from_micros(us),
+                wall,
+                vm_hwm_kib,
+            });
+            break;
+        }
+        log.push(line);
+    }
+    // SAFETY: kill(2) on our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while child.try_wait()?.is_none() {
+        if Instant::now() > deadline {
+            let _ = child.kill();
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    result.map_err(|e| {
+        e.context(
+            log.iter()
+                .rev()
+                .take(5)
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(" | "),
+        )
+    })
+}
+
+struct DirGuard(std::path::PathBuf);
+
+impl Drop for DirGuard {
+    fn drop(&mut self) {
+        let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+pub fn run(o: &B3Options, agent_bin: Option<&Path>) -> Result<B3Result> {
+    if o.services < 2 {
+        bail!("B3 needs at least 2 services");
+    }
+    let (base, plus_svc, plus_ep, changed) = scenarios(o);
+    let (ours, hwm) = time_ours(o, &base, &plus_svc, &plus_ep).context("agent")?;
+    eprintln!(
+        "lb-bench: B3 agent: full {:?}, +1 svc {:?}, +1 ep {:?}",
+        ours.full, ours.add_service, ours.add_endpoint
+    );
+    let agent = agent_bin.map(|bin| agent_run(bin, &base, o).map_err(|e| format!("{e:#}")));
+    if let Some(a) = &agent {
+        eprintln!("lb-bench: B3 lb-agent run: {a:?}");
+    }
+    let (iptables, iptables_full_resync, iptables_lines) =
+        time_iptables(&base, &plus_svc, &plus_ep, changed).context("iptables")?;
+    eprintln!("lb-bench: B3 iptables: {iptables:?}, full resync {iptables_full_resync:?}");
+    let (nft, nft_lines) = time_nft(&base, &plus_svc, &plus_ep, changed).context("nftables")?;
+    eprintln!("lb-bench: B3 nftables: {nft:?}");
+    Ok(B3Result {
+        services: o.services,
+        endpoints: o.endpoints,
+        ours,
+        ours_hwm_growth_kib: hwm,
+        agent,
+        iptables,
+        iptables_full_resync,
+        iptables_lines,
+        nft,
+        nft_lines,
+    })
+}

@@ -1,0 +1,123 @@
+//! `lb-bench`: runs the benchmarks of issue #6 and writes the report.
+//! Normally started by `cargo xtask bench [--quick]` (needs root).
+
+use std::path::PathBuf;
+
+use anyhow::Result;
+use clap::Parser;
+use lb_bench::{Options, report, run_all};
+
+#[derive(Parser)]
+#[command(
+    name = "lb-bench",
+    about = "lb benchmarks: per-packet cost, connection latency, programming time, throughput"
+)]
+struct Cli {
+    /// A short run (a few minutes); without it, the full sizes.
+    #[arg(long)]
+    quick: bool,
+    /// Where benchmarks.md and the PNG plots go.
+    #[arg(long, default_value = "docs")]
+    out: PathBuf,
+    /// The lb-agent binary, for B3's memory measurement of a real agent.
+    #[arg(long)]
+    agent: Option<PathBuf>,
+    /// Only these benchmarks (comma separated: b1,b2,b3,b4,b5).
+    #[arg(long, value_delimiter = ',')]
+    only: Vec<String>,
+    /// B1: service counts.
+    #[arg(long, value_delimiter = ',')]
+    b1_services: Option<Vec<usize>>,
+    /// B1: repeat count of one test run.
+    #[arg(long)]
+    b1_repeat: Option<u32>,
+    /// B1: new flows per round (repeat = 1 runs).
+    #[arg(long)]
+    b1_new_flows: Option<usize>,
+    /// B2: service counts.
+    #[arg(long, value_delimiter = ',')]
+    b2_services: Option<Vec<usize>>,
+    /// B2: sequential connections per point.
+    #[arg(long)]
+    b2_connections: Option<usize>,
+    /// B3: services of the full sync.
+    #[arg(long)]
+    b3_services: Option<usize>,
+    /// B3: endpoints per service.
+    #[arg(long)]
+    b3_endpoints: Option<usize>,
+    /// B4: seconds per throughput run.
+    #[arg(long)]
+    b4_seconds: Option<f64>,
+    /// The command line to put in the report.
+    #[arg(long)]
+    command: Option<String>,
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let mut o = if cli.quick {
+        Options::quick()
+    } else {
+        Options::full()
+    };
+    if let Some(b1) = &mut o.b1 {
+        if let Some(v) = cli.b1_services {
+            b1.services = v;
+        }
+        if let Some(v) = cli.b1_repeat {
+            b1.repeat = v;
+        }
+        if let Some(v) = cli.b1_new_flows {
+            b1.new_flows = v;
+        }
+    }
+    if let Some(b2) = &mut o.b2 {
+        if let Some(v) = cli.b2_services {
+            b2.services = v;
+        }
+        if let Some(v) = cli.b2_connections {
+            b2.connections = v;
+        }
+    }
+    if let Some(b3) = &mut o.b3 {
+        if let Some(v) = cli.b3_services {
+            b3.services = v;
+        }
+        if let Some(v) = cli.b3_endpoints {
+            b3.endpoints = v;
+        }
+    }
+    if let Some(b4) = &mut o.b4 {
+        if let Some(v) = cli.b4_seconds {
+            b4.seconds = v;
+        }
+    }
+    if !cli.only.is_empty() {
+        let on = |b: &str| cli.only.iter().any(|x| x.eq_ignore_ascii_case(b));
+        if !on("b1") {
+            o.b1 = None;
+        }
+        if !on("b2") {
+            o.b2 = None;
+        }
+        if !on("b3") {
+            o.b3 = None;
+        }
+        if !on("b4") {
+            o.b4 = None;
+        }
+        o.b5 = on("b5");
+    }
+    o.agent_bin = cli.agent;
+    if let Some(c) = cli.command {
+        o.command = c;
+    }
+    let r = run_all(&o, &cli.out)?;
+    report::print(&r);
+    eprintln!(
+        "lb-bench: wrote {}",
+        cli.out.join("benchmarks.md").display()
+    );
+    Ok(())
+}

@@ -1,0 +1,487 @@
+//! The report: markdown tables (printed and written to benchmarks.md),
+//! with the method, the machine and the goals.
+
+use std::fmt::Write as _;
+
+use crate::{
+    Options,
+    b1::B1Row,
+    b2::B2Row,
+    b3::B3Result,
+    b4::{self, B4Row},
+    dp::Kind,
+    plot::fmt_count,
+    sys,
+};
+
+pub struct Report {
+    pub command: String,
+    pub date: String,
+    pub machine: Vec<(String, String)>,
+    pub options: Options,
+    pub b1: Option<Vec<B1Row>>,
+    pub b2: Option<Vec<B2Row>>,
+    pub b3: Option<B3Result>,
+    pub b4: Option<Vec<B4Row>>,
+    /// B5's table, once the agent has a Maglev builder.
+    pub b5: Option<String>,
+}
+
+impl Report {
+    pub fn new(o: &Options) -> Report {
+        let date = std::process::Command::new("date")
+            .args(["-u", "+%Y-%m-%d %H:%M UTC"])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+            .unwrap_or_default();
+        Report {
+            command: o.command.clone(),
+            date,
+            machine: sys::machine(),
+            options: o.clone(),
+            b1: None,
+            b2: None,
+            b3: None,
+            b4: None,
+            b5: None,
+        }
+    }
+}
+
+fn pass(ok: bool) -> &'static str {
+    if ok { "PASS" } else { "MISS" }
+}
+
+fn ms(d: std::time::Duration) -> String {
+    let v = d.as_secs_f64() * 1e3;
+    if v >= 1000.0 {
+        format!("{:.2} s", v / 1e3)
+    } else if v >= 10.0 {
+        format!("{v:.0} ms")
+    } else {
+        format!("{v:.2} ms")
+    }
+}
+
+/// The B1 table.
+pub fn b1_table(rows: &[B1Row]) -> String {
+    let mut t = String::new();
+    t.push_str("| services | programmed in (Reconciler::apply) | floor: XDP_PASS (ns) | ClusterIP established (ns) | × floor | ClusterIP new flow (ns, repeat=1, raw / overhead off) | × floor | new flow p50 (ns, raw) | repeat=1 overhead (ns) | XDP NodePort |\n");
+    t.push_str("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|\n");
+    for r in rows {
+        let prog = match r.program_time {
+            Some(d) => ms(d),
+            None => "filled directly¹".into(),
+        };
+        let _ = writeln!(
+            t,
+            "| {} | {} | {:.1} | {:.1} | {:.1} | {:.0} / {:.0} | {:.1} | {:.0} | {:.0} | n/a (not implemented yet) |",
+            fmt_count(r.services as f64),
+            prog,
+            r.floor_ns,
+            r.established_ns,
+            r.established_ns / r.floor_ns.max(1.0),
+            r.new_flow_ns,
+            r.new_flow_net_ns(),
+            r.new_flow_net_ns() / r.floor_ns.max(1.0),
+            r.new_flow_p50_ns,
+            r.r1_overhead_ns(),
+        );
+    }
+    t
+}
+
+pub fn b2_table(rows: &[B2Row]) -> String {
+    let mut t = String::new();
+    t.push_str("| datapath | services | target | p50 (µs) | p90 (µs) | p99 (µs) | connect() p50 / p99 (µs) | connections (failed) | install time |\n");
+    t.push_str("|---|---:|---|---:|---:|---:|---:|---:|---:|\n");
+    for r in rows {
+        let _ = writeln!(
+            t,
+            "| {} | {} | {} | {:.0} | {:.0} | {:.0} | {:.0} / {:.0} | {} ({}) | {} |",
+            r.kind,
+            fmt_count(r.services as f64),
+            r.position,
+            r.request.p50,
+            r.request.p90,
+            r.request.p99,
+            r.connect.p50,
+            r.connect.p99,
+            r.connections,
+            r.failures,
+            ms(r.install)
+        );
+    }
+    t
+}
+
+pub fn b3_table(b: &B3Result) -> String {
+    let mut t = String::new();
+    t.push_str(
+        "| datapath | full sync | +1 service | +1 endpoint | notes |\n|---|---:|---:|---:|---|\n",
+    );
+    let _ = writeln!(
+        t,
+        "| lb agent: `Reconciler::apply` into the maps | {} | {} | {} | in-process; VmHWM grew by {:.1} MiB |",
+        ms(b.ours.full),
+        ms(b.ours.add_service),
+        ms(b.ours.add_endpoint),
+        b.ours_hwm_growth_kib as f64 / 1024.0
+    );
+    match &b.agent {
+        Some(Ok(a)) => {
+            let _ = writeln!(
+                t,
+                "| lb agent: `lb-agent run` on {} manifests (read + translate + apply) | {} | – | – | first sync logged after {} from start; **peak RSS (VmHWM) {:.1} MiB** |",
+                fmt_count(b.services as f64),
+                ms(a.sync),
+                ms(a.wall),
+                a.vm_hwm_kib as f64 / 1024.0
+            );
+        }
+        Some(Err(e)) => {
+            let _ = writeln!(
+                t,
+                "| lb agent: `lb-agent run` | failed | – | – | {} |",
+                e.replace('|', "/")
+            );
+        }
+        None => {}
+    }
+    let _ = writeln!(
+        t,
+        "| kube-proxy iptables: `iptables-restore --noflush` | {} | {} | {} | {} lines; partial syncs (KUBE-SERVICES + changed chains); a full resync at N+1 took {} |",
+        ms(b.iptables.full),
+        ms(b.iptables.add_service),
+        ms(b.iptables.add_endpoint),
+        b.iptables_lines,
+        ms(b.iptables_full_resync)
+    );
+    let _ = writeln!(
+        t,
+        "| kube-proxy nftables: `nft -f` | {} | {} | {} | {} lines; partial syncs carry only the changed chains and elements |",
+        ms(b.nft.full),
+        ms(b.nft.add_service),
+        ms(b.nft.add_endpoint),
+        b.nft_lines
+    );
+    t
+}
+
+pub fn b4_table(rows: &[B4Row], seconds: f64) -> String {
+    let base = rows.iter().find(|r| r.kind == Kind::Iptables);
+    let mut t = String::new();
+    t.push_str("| datapath | UDP 64 B received (pps) | × iptables | softirq CPU (UDP) | softirq µs per datagram | TCP (Gbit/s) | × iptables | softirq CPU (TCP) |\n");
+    t.push_str("|---|---:|---:|---:|---:|---:|---:|---:|\n");
+    for r in rows {
+        let (ru, rt) = base
+            .map(|b| {
+                (
+                    r.udp_pps / b.udp_pps.max(1.0),
+                    r.tcp_bps / b.tcp_bps.max(1.0),
+                )
+            })
+            .unwrap_or((0.0, 0.0));
+        let _ = writeln!(
+            t,
+            "| {} | {:.0} | {:.2} | {:.1} % | {:.2} | {:.2} | {:.2} | {:.1} % |",
+            r.kind,
+            r.udp_pps,
+            ru,
+            r.udp_softirq_pct,
+            r.udp_softirq_us_per_pkt(seconds),
+            r.tcp_bps / 1e9,
+            rt,
+            r.tcp_softirq_pct
+        );
+    }
+    t
+}
+
+/// Goals with our figures.
+pub fn goals(r: &Report) -> String {
+    let mut t = String::new();
+    t.push_str("| goal | our figure | result |\n|---|---|---|\n");
+    if let Some(rows) = &r.b1 {
+        let worst = rows.iter().map(|r| r.established_ns).fold(0.0, f64::max);
+        let _ = writeln!(
+            t,
+            "| B1: ClusterIP path ≤ 100 ns/packet (Katran: 101–119 ns), established flow | {:.0} ns (worst over N) | {} |",
+            worst,
+            pass(worst <= 100.0)
+        );
+        let worst_new = rows.iter().map(|r| r.new_flow_net_ns()).fold(0.0, f64::max);
+        let _ = writeln!(
+            t,
+            "| B1: ClusterIP path ≤ 100 ns/packet, new flow (service lookup, selection, 2 CT inserts) | {:.0} ns (worst over N, repeat=1 overhead off) | {} |",
+            worst_new,
+            pass(worst_new <= 100.0)
+        );
+        t.push_str("| B1: NodePort (XDP) path ≤ 100 ns/packet | n/a (not implemented yet) | – |\n");
+        if let (Some(first), Some(last)) = (rows.first(), rows.last()) {
+            if rows.len() > 1 {
+                let g = last.established_ns / first.established_ns - 1.0;
+                let gn = last.new_flow_net_ns() / first.new_flow_net_ns() - 1.0;
+                let _ = writeln!(
+                    t,
+                    "| B1: flat across N (≤ 10 % growth from {} to {} services) | established {:+.1} %, new flow {:+.1} % | {} |",
+                    fmt_count(first.services as f64),
+                    fmt_count(last.services as f64),
+                    g * 100.0,
+                    gn * 100.0,
+                    pass(g <= 0.10 && gn <= 0.10)
+                );
+            }
+        }
+    }
+    if let Some(rows) = &r.b2 {
+        let ours: Vec<&B2Row> = rows.iter().filter(|r| r.kind == Kind::Ours).collect();
+        if let (Some(min), Some(max)) = (
+            ours.iter().map(|r| r.services).min(),
+            ours.iter().map(|r| r.services).max(),
+        ) {
+            let p99 = |n: usize, k: Kind| {
+                rows.iter()
+                    .filter(|r| r.kind == k && r.services == n)
+                    .map(|r| r.request.p99)
+                    .fold(0.0, f64::max)
+            };
+            if min != max {
+                let g = p99(max, Kind::Ours) / p99(min, Kind::Ours) - 1.0;
+                let _ = writeln!(
+                    t,
+                    "| B2: flat across N (p99, worst of first/last, grows ≤ 25 % from {} to {}) | {:.0} → {:.0} µs ({:+.0} %) | {} |",
+                    fmt_count(min as f64),
+                    fmt_count(max as f64),
+                    p99(min, Kind::Ours),
+                    p99(max, Kind::Ours),
+                    g * 100.0,
+                    pass(g <= 0.25)
+                );
+            }
+            let at = if ours.iter().any(|r| r.services == 10_000) {
+                10_000
+            } else {
+                max
+            };
+            let (o, i, n) = (
+                p99(at, Kind::Ours),
+                p99(at, Kind::Iptables),
+                p99(at, Kind::Nftables),
+            );
+            let _ = writeln!(
+                t,
+                "| B2: at {} services, p99 ≥ 5× better than iptables | ours {:.0} µs, iptables {:.0} µs ({:.1}×) | {} |",
+                fmt_count(at as f64),
+                o,
+                i,
+                i / o.max(1e-9),
+                pass(i >= 5.0 * o)
+            );
+            let _ = writeln!(
+                t,
+                "| B2: at {} services, p99 no worse than nftables (within 5 %) | ours {:.0} µs, nftables {:.0} µs | {} |",
+                fmt_count(at as f64),
+                o,
+                n,
+                pass(o <= n * 1.05)
+            );
+        }
+    }
+    if let Some(b) = &r.b3 {
+        let label = format!("{} × {}", fmt_count(b.services as f64), b.endpoints);
+        let _ = writeln!(
+            t,
+            "| B3: full sync of {label} < 1 s | {} | {} |",
+            ms(b.ours.full),
+            pass(b.ours.full.as_secs_f64() < 1.0)
+        );
+        let _ = writeln!(
+            t,
+            "| B3: +1 service < 10 ms (nftables' published figure: 141 ms) | {} (our nft: {}) | {} |",
+            ms(b.ours.add_service),
+            ms(b.nft.add_service),
+            pass(b.ours.add_service.as_secs_f64() < 0.010)
+        );
+        match &b.agent {
+            Some(Ok(a)) => {
+                let mib = a.vm_hwm_kib as f64 / 1024.0;
+                let _ = writeln!(
+                    t,
+                    "| B3: agent RSS < 100 MiB at {label} | {mib:.1} MiB (VmHWM of `lb-agent run`) | {} |",
+                    pass(mib < 100.0)
+                );
+            }
+            _ => {
+                let mib = b.ours_hwm_growth_kib as f64 / 1024.0;
+                let _ = writeln!(
+                    t,
+                    "| B3: agent RSS < 100 MiB at {label} | growth of the benchmark's VmHWM: {mib:.1} MiB (no `lb-agent run` figure) | {} |",
+                    pass(mib < 100.0)
+                );
+            }
+        }
+    }
+    t
+}
+
+pub fn markdown(r: &Report, plots: &[String]) -> String {
+    let mut md = String::new();
+    md.push_str("# lb benchmarks\n\n");
+    let _ = writeln!(
+        md,
+        "Generated by `{}` on {}. Every figure below comes from that one run; nothing is edited by hand. \
+         No test asserts a timing: the figures are for reading, next to the published ones in `anchors-perf.md`.\n",
+        r.command, r.date
+    );
+    md.push_str("## Machine\n\n| | |\n|---|---|\n");
+    for (k, v) in &r.machine {
+        let _ = writeln!(md, "| {k} | {} |", v.replace('|', "/"));
+    }
+    md.push_str(
+        "\nAll traffic stays inside network namespaces the benchmark creates (a lab \"node\" with pods behind veth pairs); \
+         nothing is linked to the root namespace. veth is the medium: absolute rates are far below a NIC's, so compare ratios.\n\n",
+    );
+    md.push_str("## Goals\n\n");
+    md.push_str(&goals(r));
+    md.push('\n');
+
+    if let Some(rows) = &r.b1 {
+        let o = r.options.b1.as_ref().expect("B1 ran");
+        md.push_str("## B1: per-packet cost\n\n");
+        md.push_str(&b1_table(rows));
+        let _ = write!(
+            md,
+            "\nMethod. `BPF_PROG_TEST_RUN` through aya, the calling thread pinned to CPU {} with `sched_setaffinity` (the kernel runs skb and XDP test runs on the calling CPU). \
+             Each service count is a fresh datapath whose maps hold N ClusterIP services with {} backends each (distinct backends), plus the two frontends described below; \
+             the measured service is the last one generated.\n\n\
+             - **Floor**: the no-op `lb_xdp_pass`, `repeat` = {}, best of {}.\n\
+             - **Established flow** (`lb_tc`, conntrack hit): with `repeat` > 1 the kernel runs the program again and again on the *same* skb, so after the first DNAT the packet \
+             no longer goes to a service and later repeats would measure a miss. Two frontends A and B are therefore made each other's only backend: \
+             the packet goes A → B → A …, and from the third repeat on every run is a conntrack hit plus the full DNAT rewrite on the real code path \
+             (checked: after an even number of repeats the packet is back at A). `repeat` = {}, best of {}.\n\
+             - **New flow** (`lb_tc`, TCP SYN): conntrack is defeated by giving every run a source (address, port) never seen before, so each run is a service lookup, \
+             a conntrack miss, a backend selection (random slot + backend lookup), two conntrack inserts (service and reply direction, LRU hash) and the rewrite. \
+             These are `repeat` = 1 runs ({} per round, best round mean of {}; the p50 column is over all runs); the conntrack map is sized so nothing is evicted, \
+             which the benchmark checks. The kernel's duration of a `repeat` = 1 run also holds one clock read, the bh disable/enable around the program and \
+             whatever the syscall left cold in the caches. That overhead is measured by timing an established flow the same way (`repeat` = 1) and subtracting \
+             the `repeat` = N figure; the \"overhead off\" new-flow figure subtracts it, the raw one does not. The repeat=1 floor (XDP_PASS) came out at {}.\n\
+             - **XDP NodePort path**: not implemented yet in the datapath.\n\
+             - The Katran anchor (101–119 ns) is an XDP program on a bare-metal CPU; ours is a tc (skb) program on a VM.\n",
+            o.cpu,
+            o.endpoints,
+            o.repeat,
+            o.rounds,
+            o.repeat,
+            o.rounds,
+            o.new_flows,
+            o.rounds,
+            rows.iter()
+                .map(|r| format!(
+                    "{:.0} ns at {}",
+                    r.floor_r1_ns,
+                    fmt_count(r.services as f64)
+                ))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        if rows.iter().any(|r| r.program_time.is_none()) {
+            let _ = write!(
+                md,
+                "\n¹ Above {} backends in total the maps are filled by writing the same entries the reconciler writes (same IDs, generation 0 slots), after which \
+                 `Reconciler::recover` and `Reconciler::apply` run and must find nothing to change. `Reconciler::apply` itself is not used there because its ID allocation \
+                 is quadratic (see B3): at 100,000 services × 10 backends it would run for hours.\n",
+                fmt_count(o.reconcile_limit as f64)
+            );
+        }
+        md.push('\n');
+    }
+    if let Some(b) = &r.b3 {
+        md.push_str("## B3: programming time\n\n");
+        md.push_str(&b3_table(b));
+        md.push_str(
+            "\nMethod. One generated list of ClusterIP services (TCP), each with its endpoints, rendered three ways. \
+             **lb**: a fresh datapath with maps sized for the set, `Reconciler::apply` timed in-process for the full set, then for the set plus one service \
+             (with its endpoints), then for that set plus one endpoint on an existing service. The same manifests are also given to a real `lb-agent run` \
+             (in a network namespace of its own, no pod interfaces, no socket hooks), whose own log gives the sync time (YAML read, translation, apply) and whose VmHWM \
+             is read from /proc once it has logged its first sync. \
+             **iptables**: the ruleset kube-proxy's iptables mode writes (filter and nat tables; KUBE-SERVICES → KUBE-SVC-* with `statistic --mode random --probability` \
+             → KUBE-SEP-* with KUBE-MARK-MASQ and DNAT; PREROUTING/OUTPUT jump to KUBE-SERVICES, KUBE-POSTROUTING masquerades marked packets) loaded with \
+             `iptables-restore --noflush` in an empty network namespace. \"+1 service\" and \"+1 endpoint\" are what kube-proxy's partial sync (the default since 1.27) \
+             restores: the whole KUBE-SERVICES chain (it lists every service) plus the changed service's chains, with `--noflush`; a full restore (kube-proxy's \
+             periodic resync) is shown in the notes. **nftables**: the table kube-proxy's nftables mode writes (`table ip kube-proxy`, the `service-ips` verdict map \
+             `ip daddr . meta l4proto . th dport vmap @service-ips`, per-service chains with `numgen random mod N vmap { … }`, per-endpoint chains with the masquerade \
+             mark and `dnat`), one `nft -f` transaction into an empty namespace; the changes send only the changed chains (`add chain` + `flush chain` + rules) and map \
+             elements, as kube-proxy's partial sync does. The rules were checked after loading (one KUBE-SERVICES rule and one `service-ips` element per service).\n\n",
+        );
+    }
+    if let Some(rows) = &r.b2 {
+        md.push_str("## B2: new-connection latency against the number of services\n\n");
+        md.push_str(&b2_table(rows));
+        let o = r.options.b2.as_ref().expect("B2 ran");
+        let _ = write!(
+            md,
+            "\nMethod. A lab node namespace with a client pod and {} backend pods (TCP servers on :8080), Calico-style routing through the node. \
+             N services are generated once ({} endpoints each); the first and the last generated service have the ten backend pods as endpoints, the others fake \
+             endpoints that are never contacted. The same list is programmed into each datapath in turn, each in a fresh lab (no conntrack or rule state carries over): \
+             **lb** (the `lb_tc` program attached to every pod interface in the node, maps filled as in B1), **kube-proxy iptables** (the B3 ruleset, `iptables-restore` \
+             inside the node namespace; the target's rule is first or last in KUBE-SERVICES) and **kube-proxy nftables** (the B3 table, `nft -f` inside the node namespace). \
+             The client then makes {} sequential connections to the target (after 50 warm-up ones): connect, send a line, read the reply to EOF, close; each is timed \
+             on the client. The connect() column is the SYN → SYN-ACK round trip alone, the first packet of a flow through the datapath.\n\n",
+            crate::b2::BACKENDS,
+            o.endpoints,
+            o.connections
+        );
+    }
+    if let Some(rows) = &r.b4 {
+        let o = r.options.b4.as_ref().expect("B4 ran");
+        md.push_str("## B4: throughput through the node\n\n");
+        md.push_str(&b4_table(rows, o.seconds));
+        let _ = write!(
+            md,
+            "\nMethod. A lab node with a client pod and one backend pod; {} services programmed (B2's list, the target with the backend pod as its endpoint, \
+             plus a UDP port on the target). UDP: one connected socket in the client sends 64-byte datagrams for {} s as fast as it can; a sink in the backend \
+             counts what arrives. TCP: one connection writes 64 KiB buffers for {} s; the sink counts bytes. Softirq is the share of all CPU time (both CPUs) spent \
+             in softirq over the run, from /proc/stat (on veth, forwarding and NAT run there); \"µs per datagram\" divides the softirq CPU time by the datagrams \
+             received. veth is the medium and the sender shares the two CPUs with the datapath, so only ratios mean anything.\n\n",
+            b4::SERVICES,
+            o.seconds,
+            o.seconds
+        );
+    }
+    md.push_str("## B5: Maglev table build\n\n");
+    match &r.b5 {
+        Some(t) => md.push_str(t),
+        None => md.push_str("Not run.\n"),
+    }
+    md.push('\n');
+    if !plots.is_empty() {
+        md.push_str("## Plots\n\n");
+        for p in plots {
+            let _ = writeln!(md, "![{p}]({p})\n");
+        }
+    }
+    md
+}
+
+/// The tables as printed at the end of a run.
+pub fn print(r: &Report) {
+    println!("\n== Goals ==\n{}", goals(r));
+    if let Some(rows) = &r.b1 {
+        println!("== B1: per-packet cost ==\n{}", b1_table(rows));
+    }
+    if let Some(rows) = &r.b2 {
+        println!("== B2: connection latency ==\n{}", b2_table(rows));
+    }
+    if let Some(b) = &r.b3 {
+        println!("== B3: programming time ==\n{}", b3_table(b));
+    }
+    if let Some(rows) = &r.b4 {
+        let s = r.options.b4.as_ref().map(|o| o.seconds).unwrap_or(1.0);
+        println!("== B4: throughput ==\n{}", b4_table(rows, s));
+    }
+    match &r.b5 {
+        Some(t) => println!("== B5: Maglev ==\n{t}"),
+        None => {}
+    }
+}

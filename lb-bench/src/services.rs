@@ -1,0 +1,476 @@
+//! One generated list of Services, rendered three ways: the agent's
+//! desired state ([`to_desired`]), kube-proxy's iptables ruleset
+//! ([`iptables_restore`]) and kube-proxy's nftables ruleset ([`nft_full`]).
+//! Every datapath gets the same services, endpoints and order, so they
+//! carry the same work.
+
+use std::{fmt::Write as _, net::Ipv4Addr};
+
+use lb_agent::model::{Backend, BackendAddr, Desired, Frontend, FrontendAddr, Protocol};
+
+/// The pod CIDR (kube-proxy's `--cluster-cidr`): the lab's pods are
+/// 10.244.0.x, the fake endpoints 10.128.0.0/12 (outside it: no pod
+/// there, never contacted).
+pub const CLUSTER_CIDR: &str = "10.244.0.0/16";
+/// Service port of every generated service.
+pub const SERVICE_PORT: u16 = 80;
+/// Target port of every endpoint.
+pub const TARGET_PORT: u16 = 8080;
+
+/// One Service port with its endpoints.
+#[derive(Clone, Debug)]
+pub struct Svc {
+    /// `namespace/name:port`, as kube-proxy names a service port.
+    pub name: String,
+    pub ip: Ipv4Addr,
+    pub port: u16,
+    pub proto: Protocol,
+    /// `(ip, port)`, in the order kube-proxy would list them.
+    pub endpoints: Vec<(Ipv4Addr, u16)>,
+}
+
+/// The ClusterIP of service `i`: 10.96.0.0/12 from 10.96.0.10 on.
+pub fn cluster_ip(i: usize) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 96, 0, 10)) + i as u32)
+}
+
+/// A fake endpoint address: 10.128.0.0/12, distinct per (service, index).
+pub fn fake_endpoint(i: usize, j: usize, per_service: usize) -> Ipv4Addr {
+    Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 128, 0, 1)) + (i * per_service + j) as u32)
+}
+
+/// `n` TCP services with `endpoints` fake endpoints each.
+pub fn generate(n: usize, endpoints: usize) -> Vec<Svc> {
+    (0..n)
+        .map(|i| Svc {
+            name: format!("bench/svc-{i}:http"),
+            ip: cluster_ip(i),
+            port: SERVICE_PORT,
+            proto: Protocol::Tcp,
+            endpoints: (0..endpoints)
+                .map(|j| (fake_endpoint(i, j, endpoints), TARGET_PORT))
+                .collect(),
+        })
+        .collect()
+}
+
+impl Svc {
+    /// `tcp` or `udp`, as iptables and nft spell it.
+    pub fn l4(&self) -> &'static str {
+        match self.proto {
+            Protocol::Tcp => "tcp",
+            Protocol::Udp => "udp",
+        }
+    }
+
+    /// The same service port over UDP (a second port of the service).
+    pub fn udp_twin(&self) -> Svc {
+        let mut s = self.clone();
+        s.proto = Protocol::Udp;
+        s.name = format!("{}-udp", self.name);
+        s
+    }
+}
+
+pub fn frontend(s: &Svc) -> Frontend {
+    let addr = FrontendAddr {
+        ip: s.ip,
+        port: s.port,
+        proto: s.proto,
+    };
+    Frontend {
+        addr,
+        name: s.name.clone(),
+        backends: s
+            .endpoints
+            .iter()
+            .map(|&(ip, port)| {
+                Backend::ready(BackendAddr {
+                    ip,
+                    port,
+                    proto: s.proto,
+                })
+            })
+            .collect(),
+        flags: 0,
+        affinity_timeout: 0,
+    }
+}
+
+/// The agent's desired state for `svcs`.
+pub fn to_desired(svcs: &[Svc]) -> Desired {
+    svcs.iter()
+        .map(|s| {
+            (
+                FrontendAddr {
+                    ip: s.ip,
+                    port: s.port,
+                    proto: s.proto,
+                },
+                frontend(s),
+            )
+        })
+        .collect()
+}
+
+// ---- naming, as kube-proxy does it -----------------------------------------
+
+/// kube-proxy names chains by base32(sha256(...))[:16]; any stable 16
+/// character hash gives rules of the same length and shape.
+fn hash16(s: &str) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567";
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut out = String::with_capacity(16);
+    for round in 0..2u64 {
+        for b in s.bytes().chain(round.to_le_bytes()) {
+            h ^= b as u64;
+            h = h.wrapping_mul(0x100_0000_01b3);
+        }
+        for k in 0..8 {
+            out.push(ALPHABET[((h >> (k * 5)) & 31) as usize] as char);
+        }
+    }
+    out
+}
+
+fn svc_chain(s: &Svc) -> String {
+    format!("KUBE-SVC-{}", hash16(&format!("{}{}", s.name, s.l4())))
+}
+
+fn sep_chain(s: &Svc, ep: (Ipv4Addr, u16)) -> String {
+    format!(
+        "KUBE-SEP-{}",
+        hash16(&format!("{}{}{}:{}", s.name, s.l4(), ep.0, ep.1))
+    )
+}
+
+// ---- iptables --------------------------------------------------------------
+
+/// The per-service rules kube-proxy's iptables mode writes into
+/// `KUBE-SERVICES`.
+fn iptables_services_rule(out: &mut String, s: &Svc) {
+    let l4 = s.l4();
+    let _ = writeln!(
+        out,
+        "-A KUBE-SERVICES -m comment --comment \"{} cluster IP\" -m {l4} -p {l4} -d {} --dport {} -j {}",
+        s.name,
+        s.ip,
+        s.port,
+        svc_chain(s)
+    );
+}
+
+/// A service's `KUBE-SVC-*` chain and its `KUBE-SEP-*` chains (rules only).
+fn iptables_service_chains(out: &mut String, s: &Svc) {
+    let svc = svc_chain(s);
+    let l4 = s.l4();
+    let _ = writeln!(
+        out,
+        "-A {svc} -m comment --comment \"{} cluster IP\" -m {l4} -p {l4} -d {} --dport {} ! -s {CLUSTER_CIDR} -j KUBE-MARK-MASQ",
+        s.name, s.ip, s.port
+    );
+    let n = s.endpoints.len();
+    for (i, &ep) in s.endpoints.iter().enumerate() {
+        let sep = sep_chain(s, ep);
+        if i + 1 < n {
+            let p = 1.0 / (n - i) as f64;
+            let _ = writeln!(
+                out,
+                "-A {svc} -m comment --comment \"{} -> {}:{}\" -m statistic --mode random --probability {p:.10} -j {sep}",
+                s.name, ep.0, ep.1
+            );
+        } else {
+            let _ = writeln!(
+                out,
+                "-A {svc} -m comment --comment \"{} -> {}:{}\" -j {sep}",
+                s.name, ep.0, ep.1
+            );
+        }
+    }
+    for &ep in &s.endpoints {
+        let sep = sep_chain(s, ep);
+        let _ = writeln!(
+            out,
+            "-A {sep} -m comment --comment {} -s {} -j KUBE-MARK-MASQ",
+            s.name, ep.0
+        );
+        let _ = writeln!(
+            out,
+            "-A {sep} -m comment --comment {} -m {l4} -p {l4} -j DNAT --to-destination {}:{}",
+            s.name, ep.0, ep.1
+        );
+    }
+}
+
+fn iptables_chain_decls(out: &mut String, s: &Svc) {
+    let _ = writeln!(out, ":{} - [0:0]", svc_chain(s));
+    for &ep in &s.endpoints {
+        let _ = writeln!(out, ":{} - [0:0]", sep_chain(s, ep));
+    }
+}
+
+const IPT_FILTER: &str = "*filter
+:KUBE-EXTERNAL-SERVICES - [0:0]
+:KUBE-FIREWALL - [0:0]
+:KUBE-FORWARD - [0:0]
+:KUBE-KUBELET-CANARY - [0:0]
+:KUBE-NODEPORTS - [0:0]
+:KUBE-PROXY-FIREWALL - [0:0]
+:KUBE-SERVICES - [0:0]
+-A INPUT -m conntrack --ctstate NEW -m comment --comment \"kubernetes load balancer firewall\" -j KUBE-PROXY-FIREWALL
+-A INPUT -m comment --comment \"kubernetes health check service ports\" -j KUBE-NODEPORTS
+-A INPUT -m conntrack --ctstate NEW -m comment --comment \"kubernetes externally-visible service portals\" -j KUBE-EXTERNAL-SERVICES
+-A FORWARD -m conntrack --ctstate NEW -m comment --comment \"kubernetes load balancer firewall\" -j KUBE-PROXY-FIREWALL
+-A FORWARD -m comment --comment \"kubernetes forwarding rules\" -j KUBE-FORWARD
+-A FORWARD -m conntrack --ctstate NEW -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES
+-A FORWARD -m conntrack --ctstate NEW -m comment --comment \"kubernetes externally-visible service portals\" -j KUBE-EXTERNAL-SERVICES
+-A OUTPUT -m conntrack --ctstate NEW -m comment --comment \"kubernetes load balancer firewall\" -j KUBE-PROXY-FIREWALL
+-A OUTPUT -m conntrack --ctstate NEW -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES
+-A KUBE-FORWARD -m conntrack --ctstate INVALID -m nfacct --nfacct-name ct_state_invalid_dropped_pkts -j DROP
+-A KUBE-FORWARD -m comment --comment \"kubernetes forwarding rules\" -m mark --mark 0x4000/0x4000 -j ACCEPT
+-A KUBE-FORWARD -m comment --comment \"kubernetes forwarding conntrack rule\" -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
+COMMIT
+";
+
+const IPT_NAT_HEAD: &str = ":KUBE-MARK-MASQ - [0:0]
+:KUBE-NODEPORTS - [0:0]
+:KUBE-POSTROUTING - [0:0]
+:KUBE-SERVICES - [0:0]
+";
+
+const IPT_NAT_JUMPS: &str = "-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES
+-A OUTPUT -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES
+-A POSTROUTING -m comment --comment \"kubernetes postrouting rules\" -j KUBE-POSTROUTING
+-A KUBE-MARK-MASQ -j MARK --or-mark 0x4000
+-A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN
+-A KUBE-POSTROUTING -j MARK --xor-mark 0x4000
+-A KUBE-POSTROUTING -m comment --comment \"kubernetes service traffic requiring SNAT\" -j MASQUERADE --random-fully
+";
+
+const IPT_NODEPORTS_LAST: &str = "-A KUBE-SERVICES -m comment --comment \"kubernetes service nodeports; NOTE: this must be the last rule in this chain\" -m addrtype --dst-type LOCAL -j KUBE-NODEPORTS\n";
+
+/// The full ruleset kube-proxy's iptables mode restores on a full sync
+/// (`iptables-restore --noflush`, every kube-proxy chain declared and so
+/// flushed and rewritten). The `nfacct` match of the real KUBE-FORWARD is
+/// left out when `nfacct` is false (it needs the xt_nfacct module).
+pub fn iptables_restore(svcs: &[Svc], nfacct: bool) -> String {
+    let mut out = String::with_capacity(svcs.len() * 2000 + 4096);
+    if nfacct {
+        out.push_str(IPT_FILTER);
+    } else {
+        out.push_str(
+            &IPT_FILTER.replace(" -m nfacct --nfacct-name ct_state_invalid_dropped_pkts", ""),
+        );
+    }
+    out.push_str("*nat\n");
+    out.push_str(IPT_NAT_HEAD);
+    for s in svcs {
+        iptables_chain_decls(&mut out, s);
+    }
+    out.push_str(IPT_NAT_JUMPS);
+    for s in svcs {
+        iptables_services_rule(&mut out, s);
+    }
+    out.push_str(IPT_NODEPORTS_LAST);
+    for s in svcs {
+        iptables_service_chains(&mut out, s);
+    }
+    out.push_str("COMMIT\n");
+    out
+}
+
+/// What kube-proxy's partial sync (`MinimizeIPTablesRestore`, on by
+/// default since 1.27) restores after `changed` services changed: the
+/// whole `KUBE-SERVICES` chain (it lists every service) and the changed
+/// services' own chains, with `--noflush` leaving every other chain as is.
+pub fn iptables_partial(all: &[Svc], changed: &[&Svc]) -> String {
+    let mut out = String::with_capacity(all.len() * 200 + 4096);
+    out.push_str("*filter\n:KUBE-SERVICES - [0:0]\n:KUBE-EXTERNAL-SERVICES - [0:0]\n:KUBE-FORWARD - [0:0]\n:KUBE-NODEPORTS - [0:0]\n:KUBE-PROXY-FIREWALL - [0:0]\n");
+    out.push_str("-A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP\n");
+    out.push_str("-A KUBE-FORWARD -m comment --comment \"kubernetes forwarding rules\" -m mark --mark 0x4000/0x4000 -j ACCEPT\n");
+    out.push_str("-A KUBE-FORWARD -m comment --comment \"kubernetes forwarding conntrack rule\" -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n");
+    out.push_str("COMMIT\n*nat\n");
+    out.push_str(IPT_NAT_HEAD);
+    for s in changed {
+        iptables_chain_decls(&mut out, s);
+    }
+    out.push_str("-A KUBE-MARK-MASQ -j MARK --or-mark 0x4000\n");
+    out.push_str("-A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN\n");
+    out.push_str("-A KUBE-POSTROUTING -j MARK --xor-mark 0x4000\n");
+    out.push_str("-A KUBE-POSTROUTING -m comment --comment \"kubernetes service traffic requiring SNAT\" -j MASQUERADE --random-fully\n");
+    for s in all {
+        iptables_services_rule(&mut out, s);
+    }
+    out.push_str(IPT_NODEPORTS_LAST);
+    for s in changed {
+        iptables_service_chains(&mut out, s);
+    }
+    out.push_str("COMMIT\n");
+    out
+}
+
+/// Rules that remove what [`iptables_restore`] installed.
+pub fn iptables_flush() -> &'static str {
+    "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\nCOMMIT\n"
+}
+
+// ---- nftables --------------------------------------------------------------
+
+fn nft_svc_chain(s: &Svc) -> String {
+    let (ns, rest) = s.name.split_once('/').unwrap_or(("default", &s.name));
+    let (name, port) = rest.split_once(':').unwrap_or((rest, "p"));
+    format!(
+        "service-{}-{ns}/{name}/{}/{port}",
+        &hash16(&format!("{}{}", s.name, s.l4()))[..8],
+        s.l4()
+    )
+}
+
+fn nft_ep_chain(s: &Svc, ep: (Ipv4Addr, u16)) -> String {
+    let (ns, rest) = s.name.split_once('/').unwrap_or(("default", &s.name));
+    let (name, port) = rest.split_once(':').unwrap_or((rest, "p"));
+    format!(
+        "endpoint-{}-{ns}/{name}/{}/{port}__{}/{}",
+        &hash16(&format!("{}{}{}:{}", s.name, s.l4(), ep.0, ep.1))[..8],
+        s.l4(),
+        ep.0,
+        ep.1
+    )
+}
+
+/// The fixed part of kube-proxy's nftables table (base chains, helper
+/// chains, maps and sets), as `nft -f` input.
+const NFT_BASE: &str = r#"add table ip kube-proxy { comment "rules for kube-proxy" ; }
+add chain ip kube-proxy mark-for-masquerade
+add rule ip kube-proxy mark-for-masquerade mark set mark or 0x4000
+add chain ip kube-proxy masquerading
+add rule ip kube-proxy masquerading mark and 0x4000 == 0 return
+add rule ip kube-proxy masquerading mark set mark xor 0x4000
+add rule ip kube-proxy masquerading masquerade fully-random
+add chain ip kube-proxy services
+add chain ip kube-proxy service-endpoints-check
+add chain ip kube-proxy firewall-check
+add chain ip kube-proxy filter-prerouting { type filter hook prerouting priority -110 ; }
+add rule ip kube-proxy filter-prerouting ct state new jump firewall-check
+add chain ip kube-proxy filter-input { type filter hook input priority -110 ; }
+add rule ip kube-proxy filter-input ct state new jump service-endpoints-check
+add chain ip kube-proxy filter-forward { type filter hook forward priority -110 ; }
+add rule ip kube-proxy filter-forward ct state new jump service-endpoints-check
+add chain ip kube-proxy filter-output { type filter hook output priority -110 ; }
+add rule ip kube-proxy filter-output ct state new jump service-endpoints-check
+add rule ip kube-proxy filter-output ct state new jump firewall-check
+add chain ip kube-proxy nat-prerouting { type nat hook prerouting priority -100 ; }
+add rule ip kube-proxy nat-prerouting jump services
+add chain ip kube-proxy nat-output { type nat hook output priority -100 ; }
+add rule ip kube-proxy nat-output jump services
+add chain ip kube-proxy nat-postrouting { type nat hook postrouting priority 100 ; }
+add rule ip kube-proxy nat-postrouting jump masquerading
+add set ip kube-proxy cluster-ips { type ipv4_addr ; comment "Active ClusterIPs" ; }
+add set ip kube-proxy nodeport-ips { type ipv4_addr ; comment "IPs that accept NodePort traffic" ; }
+add map ip kube-proxy firewall-ips { type ipv4_addr . inet_proto . inet_service : verdict ; comment "destinations that are subject to LoadBalancerSourceRanges" ; }
+add rule ip kube-proxy firewall-check ip daddr . meta l4proto . th dport vmap @firewall-ips
+add map ip kube-proxy no-endpoint-services { type ipv4_addr . inet_proto . inet_service : verdict ; comment "vmap to drop or reject packets to services with no endpoints" ; }
+add map ip kube-proxy no-endpoint-nodeports { type inet_proto . inet_service : verdict ; comment "vmap to drop or reject packets to service nodeports with no endpoints" ; }
+add rule ip kube-proxy service-endpoints-check ip daddr . meta l4proto . th dport vmap @no-endpoint-services
+add rule ip kube-proxy service-endpoints-check fib daddr type local ip daddr != 127.0.0.0/8 meta l4proto . th dport vmap @no-endpoint-nodeports
+add map ip kube-proxy service-ips { type ipv4_addr . inet_proto . inet_service : verdict ; comment "ClusterIP, ExternalIP and LoadBalancer IP traffic" ; }
+add map ip kube-proxy service-nodeports { type inet_proto . inet_service : verdict ; comment "NodePort traffic" ; }
+add rule ip kube-proxy services ip daddr . meta l4proto . th dport vmap @service-ips
+add rule ip kube-proxy services fib daddr type local ip daddr != 127.0.0.0/8 meta l4proto . th dport vmap @service-nodeports
+"#;
+
+/// One service's chains, rules and map elements, as kube-proxy's nftables
+/// mode writes them (`add chain` + `flush chain` + rules).
+fn nft_service(out: &mut String, s: &Svc) {
+    // Endpoint chains first: the service chain's vmap refers to them.
+    for &ep in &s.endpoints {
+        let ec = nft_ep_chain(s, ep);
+        let _ = writeln!(out, "add chain ip kube-proxy {ec}");
+        let _ = writeln!(out, "flush chain ip kube-proxy {ec}");
+        let _ = writeln!(
+            out,
+            "add rule ip kube-proxy {ec} ip saddr {} jump mark-for-masquerade",
+            ep.0
+        );
+        let _ = writeln!(
+            out,
+            "add rule ip kube-proxy {ec} meta l4proto {} dnat to {}:{}",
+            s.l4(),
+            ep.0,
+            ep.1
+        );
+    }
+    let chain = nft_svc_chain(s);
+    let _ = writeln!(out, "add chain ip kube-proxy {chain}");
+    let _ = writeln!(out, "flush chain ip kube-proxy {chain}");
+    let _ = writeln!(
+        out,
+        "add rule ip kube-proxy {chain} ip daddr {} {} dport {} ip saddr != {CLUSTER_CIDR} jump mark-for-masquerade",
+        s.ip,
+        s.l4(),
+        s.port
+    );
+    let eps: Vec<String> = s
+        .endpoints
+        .iter()
+        .enumerate()
+        .map(|(i, &ep)| format!("{i} : goto {}", nft_ep_chain(s, ep)))
+        .collect();
+    let _ = writeln!(
+        out,
+        "add rule ip kube-proxy {chain} numgen random mod {} vmap {{ {} }}",
+        s.endpoints.len(),
+        eps.join(" , ")
+    );
+    let _ = writeln!(out, "add element ip kube-proxy cluster-ips {{ {} }}", s.ip);
+    let _ = writeln!(
+        out,
+        "add element ip kube-proxy service-ips {{ {} . {} . {} : goto {chain} }}",
+        s.ip,
+        s.l4(),
+        s.port
+    );
+}
+
+/// The full ruleset kube-proxy's nftables mode writes on a full sync into
+/// an empty table, as one `nft -f` transaction.
+pub fn nft_full(svcs: &[Svc]) -> String {
+    let mut out = String::with_capacity(svcs.len() * 2500 + 8192);
+    out.push_str(NFT_BASE);
+    for s in svcs {
+        nft_service(&mut out, s);
+    }
+    out
+}
+
+/// What kube-proxy's nftables partial sync sends after `changed` services
+/// changed: only their chains (created or flushed, and rewritten) and map
+/// elements.
+pub fn nft_partial(changed: &[&Svc]) -> String {
+    let mut out = String::new();
+    for s in changed {
+        nft_service(&mut out, s);
+    }
+    out
+}
+
+pub fn nft_delete() -> &'static str {
+    "delete table ip kube-proxy\n"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shapes() {
+        let svcs = generate(3, 2);
+        let ipt = iptables_restore(&svcs, false);
+        assert!(ipt.contains("--probability 0.5000000000"));
+        assert_eq!(ipt.matches("-j DNAT").count(), 6);
+        let nft = nft_full(&svcs);
+        assert!(nft.contains("numgen random mod 2 vmap"));
+        assert_eq!(nft.matches(" dnat to ").count(), 6);
+        assert_eq!(to_desired(&svcs).len(), 3);
+    }
+}

@@ -1,0 +1,168 @@
+//! Machine facts and small OS helpers.
+
+use std::{
+    fs,
+    io::Write as _,
+    path::Path,
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, Result, bail};
+
+/// Pins the calling thread to `cpu`. BPF_PROG_TEST_RUN runs skb and XDP
+/// programs on the calling CPU, so this pins the measured program too.
+pub fn pin_thread(cpu: usize) -> Result<()> {
+    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET writes inside it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        if libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set) != 0 {
+            return Err(std::io::Error::last_os_error()).context("sched_setaffinity");
+        }
+    }
+    Ok(())
+}
+
+pub fn online_cpus() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+/// A line from `/proc/<pid>/status` (e.g. `VmHWM`), in KiB.
+pub fn status_kib(pid: &str, field: &str) -> Option<u64> {
+    let text = fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    text.lines()
+        .find(|l| l.starts_with(field) && l[field.len()..].starts_with(':'))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+}
+
+/// Total softirq and total CPU time (all CPUs), in clock ticks.
+pub fn cpu_ticks() -> (u64, u64) {
+    let text = fs::read_to_string("/proc/stat").unwrap_or_default();
+    let line = text.lines().next().unwrap_or_default();
+    let v: Vec<u64> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal ...
+    let softirq = v.get(6).copied().unwrap_or(0);
+    let total = v.iter().take(8).sum();
+    (softirq, total)
+}
+
+/// Machine, kernel and tool versions for the report.
+pub fn machine() -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let cpuinfo = fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split_once(':'))
+        .map(|(_, v)| v.trim().to_string())
+        .unwrap_or_else(|| "unknown".into());
+    out.push((
+        "CPU".into(),
+        format!("{model}, {} online CPUs", online_cpus()),
+    ));
+    let mem = status_line("/proc/meminfo", "MemTotal").unwrap_or_default();
+    out.push(("Memory".into(), mem));
+    let uname = cmd_out("uname", &["-srvm"]).unwrap_or_default();
+    out.push(("Kernel".into(), uname));
+    if let Ok(os) = fs::read_to_string("/etc/os-release") {
+        if let Some(p) = os.lines().find_map(|l| l.strip_prefix("PRETTY_NAME=")) {
+            out.push(("OS".into(), p.trim_matches('"').to_string()));
+        }
+    }
+    let virt = cmd_out("systemd-detect-virt", &[]).unwrap_or_else(|| {
+        if cpuinfo.contains(" hypervisor") {
+            "a hypervisor (VM)".into()
+        } else {
+            "none detected".into()
+        }
+    });
+    out.push(("Virtualization".into(), virt));
+    for (tool, args) in [("iptables", &["-V"][..]), ("nft", &["-v"][..])] {
+        if let Some(v) = cmd_out(tool, args) {
+            out.push((tool.into(), v));
+        }
+    }
+    out
+}
+
+fn status_line(path: &str, key: &str) -> Option<String> {
+    let text = fs::read_to_string(path).ok()?;
+    let line = text.lines().find(|l| l.starts_with(key))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(format!("{:.1} GiB", kib as f64 / 1024.0 / 1024.0))
+}
+
+fn cmd_out(prog: &str, args: &[&str]) -> Option<String> {
+    let out = Command::new(prog)
+        .args(args)
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    if !out.status.success() {
+        return None;
+    }
+    Some(String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// Runs `cmd` with `input` on stdin; returns how long it took (spawn to
+/// exit). Fails with its stderr unless it succeeds.
+pub fn timed_stdin(cmd: &mut Command, input: &str) -> Result<Duration> {
+    cmd.stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    let start = Instant::now();
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("starting {:?}", cmd.get_program()))?;
+    {
+        let mut stdin = child.stdin.take().expect("piped stdin");
+        stdin
+            .write_all(input.as_bytes())
+            .context("writing rules to stdin")?;
+    }
+    let out = child.wait_with_output()?;
+    let took = start.elapsed();
+    if !out.status.success() {
+        bail!(
+            "{:?} failed ({}): {}",
+            cmd.get_program(),
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+                .lines()
+                .take(5)
+                .collect::<Vec<_>>()
+                .join(" | ")
+        );
+    }
+    Ok(took)
+}
+
+/// A private bpffs directory, removed (with its pinned maps) on drop.
+pub struct Pins(pub std::path::PathBuf);
+
+impl Pins {
+    pub fn new(tag: &str) -> Pins {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static N: AtomicU32 = AtomicU32::new(0);
+        let n = N.fetch_add(1, Ordering::Relaxed);
+        Pins(format!("/sys/fs/bpf/lb-bench-{}-{n}-{tag}", std::process::id()).into())
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for Pins {
+    fn drop(&mut self) {
+        let _ = lb_agent::datapath::cleanup(&self.0);
+    }
+}

@@ -1,0 +1,60 @@
+//! Smoke test: the whole harness at a tiny size (N = 10, repeat = 1000, a
+//! few connections), writing into a temporary directory. It checks that
+//! every benchmark runs and the report and plots are written; it asserts
+//! no timing.
+
+use std::path::PathBuf;
+
+/// Whether the kernel tests can run. Without root they are skipped, except
+/// under CI (`CI=true`), where they must fail instead.
+fn kernel_tests_enabled() -> bool {
+    match lb_lab::require_root() {
+        Ok(()) => true,
+        Err(e) if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!("CI=true and the benchmark smoke test cannot run: {e:#}")
+        }
+        Err(e) => {
+            eprintln!("SKIPPED (needs root and iproute2): {e:#}");
+            false
+        }
+    }
+}
+
+#[test]
+fn harness_runs_at_a_tiny_size() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("lb-bench-smoke-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let mut o = lb_bench::Options::tiny();
+    // `cargo test --workspace` builds lb-agent next to this test's deps
+    // directory; use it for B3's agent run when it is there.
+    o.agent_bin = std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.parent()?.join("lb-agent")))
+        .filter(|p| p.exists());
+    let r = lb_bench::run_all(&o, &dir).expect("the benchmarks run");
+    assert_eq!(r.b1.as_ref().map(Vec::len), Some(2));
+    assert_eq!(
+        r.b2.as_ref().map(Vec::len),
+        Some(6),
+        "3 datapaths x first/last"
+    );
+    assert!(r.b3.is_some() && r.b4.as_ref().map(Vec::len) == Some(3));
+    let md = std::fs::read_to_string(dir.join("benchmarks.md")).unwrap();
+    for section in ["## B1", "## B2", "## B3", "## B4", "## B5", "## Goals"] {
+        assert!(md.contains(section), "report lacks {section}");
+    }
+    for png in [
+        "bench-b1-per-packet.png",
+        "bench-b2-latency.png",
+        "bench-b3-programming.png",
+        "bench-b4-throughput.png",
+    ] {
+        let bytes = std::fs::read(dir.join(png)).unwrap_or_else(|e| panic!("{png}: {e}"));
+        assert!(bytes.starts_with(b"\x89PNG"), "{png} is not a PNG");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
