@@ -64,6 +64,11 @@ struct Cluster {
 /// Node A runs `web-a` (and a client pod `cli-a`), node B runs `web-b`.
 /// Each web pod serves TCP 8080 and UDP 5353, answering with its name.
 fn cluster(tag: &str, manifest: &str) -> Cluster {
+    cluster_with(tag, manifest, &[])
+}
+
+/// [`cluster`] with extra agent arguments.
+fn cluster_with(tag: &str, manifest: &str, extra: &[&str]) -> Cluster {
     let lab = ClusterLab::new(&[&["web-a", "cli-a"], &["web-b"]]).unwrap();
     let mut servers = Vec::new();
     for (n, name) in [(0, "web-a"), (1, "web-b")] {
@@ -89,12 +94,9 @@ fn cluster(tag: &str, manifest: &str) -> Cluster {
     let agents = (0..2)
         .map(|n| {
             let node = lab.node(n);
-            Agent::start_with(
-                &node.ns,
-                &dir.0,
-                PinDir::new(&format!("{tag}-{n}")),
-                &["--external-ifaces", lb_lab::EXT_IF, "--node-name", &node.name, "--health-addr", "off"],
-            )
+            let mut args = vec!["--external-ifaces", lb_lab::EXT_IF, "--node-name", &node.name, "--health-addr", "off"];
+            args.extend_from_slice(extra);
+            Agent::start_with(&node.ns, &dir.0, PinDir::new(&format!("{tag}-{n}")), &args)
         })
         .collect();
     Cluster { agents, _servers: servers, _switch_xdp: switch_xdp, dir, lab }
@@ -394,3 +396,30 @@ fn nodeport_is_reachable_from_a_pod_and_from_the_host() {
     }
 }
 
+
+#[test]
+fn generic_xdp_mode_can_be_forced() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let c = cluster_with("generic", &manifest("  type: NodePort\n", "", &fixed_endpoints(BOTH)), &["--xdp-mode", "generic"]);
+    c.wait_frontend(0, &format!("{}:{HTTP_PORT}/TCP", node_ip(0)), 2);
+    let header = list::north_south(&Maps::open(&c.agents[0].pins.0).unwrap()).unwrap().unwrap();
+    assert!(header.contains("XDP generic on lbext"), "{header}");
+    assert!(c.agents[0].log_text().contains("mode=\"generic\""), "the mode is logged");
+    let seen = c.spread(&c.lab.client, at(node_ip(0), HTTP_PORT), 30);
+    assert_eq!(seen.len(), 2, "{seen:?}");
+}
+
+#[test]
+fn a_missing_external_interface_is_named() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let lab = lb_lab::NodeLab::new(&[]).unwrap();
+    let dir = ManifestDir::new("noext");
+    let agent = Agent::start_with(&lab.node, &dir.0, PinDir::new("noext"), &["--external-ifaces", "nosuch0"]);
+    common::wait_for("the agent to fail", Duration::from_secs(15), || {
+        agent.log_text().contains("external interface nosuch0 does not exist").then_some(())
+    });
+}
