@@ -27,7 +27,7 @@ use std::{
 use anyhow::{Context, Result, ensure};
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions, Xdp};
 use lb_agent::{
-    datapath::{Datapath, MapSizes, TC_PROGRAM},
+    datapath::{Datapath, MapSizes, TC_PROGRAM, XDP_PROGRAM},
     maps::Maps,
     model::{Backend, BackendAddr, Frontend, FrontendAddr, Protocol},
     reconcile::Reconciler,
@@ -71,6 +71,30 @@ pub struct B1Row {
     pub established_r1_ns: f64,
     pub new_flow_ns: f64,
     pub new_flow_p50_ns: f64,
+    /// The XDP NodePort path (`lb_xdp`), when the object has it.
+    pub xdp: Option<PathCost>,
+}
+
+/// Per-packet costs of one program path, ns/packet.
+#[derive(Clone, Debug)]
+pub struct PathCost {
+    /// repeat = N, best of rounds (ping-pong).
+    pub established_ns: f64,
+    /// repeat = 1 runs.
+    pub established_r1_ns: f64,
+    /// repeat = 1 runs, fresh sources: best round mean, and p50 of all.
+    pub new_flow_ns: f64,
+    pub new_flow_p50_ns: f64,
+}
+
+impl PathCost {
+    pub fn r1_overhead_ns(&self) -> f64 {
+        (self.established_r1_ns - self.established_ns).max(0.0)
+    }
+
+    pub fn new_flow_net_ns(&self) -> f64 {
+        self.new_flow_ns - self.r1_overhead_ns()
+    }
 }
 
 impl B1Row {
@@ -111,6 +135,14 @@ fn sizes_for(services: usize, endpoints: usize, new_flows: usize) -> MapSizes {
 const PING: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 95, 0, 1), 80);
 const PONG: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 95, 0, 2), 80);
 
+/// The node address of the NodePort frontends, and their ports: a
+/// ping-pong pair as for ClusterIP, and a NodePort with the measured
+/// service's endpoints for new flows.
+const NODE_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+const NP_PING: SocketAddrV4 = SocketAddrV4::new(NODE_IP, 30080);
+const NP_PONG: SocketAddrV4 = SocketAddrV4::new(NODE_IP, 30081);
+const NP_TARGET: SocketAddrV4 = SocketAddrV4::new(NODE_IP, 30000);
+
 fn one_backend(name: &str, at: SocketAddrV4, to: SocketAddrV4) -> (FrontendAddr, Frontend) {
     let addr = FrontendAddr {
         ip: *at.ip(),
@@ -134,7 +166,7 @@ fn one_backend(name: &str, at: SocketAddrV4, to: SocketAddrV4) -> (FrontendAddr,
 pub fn run_one(opts: &B1Options, n: usize) -> Result<B1Row> {
     let pins = sys::Pins::new(&format!("b1-{n}"));
     let total_new = opts.new_flows * opts.rounds;
-    let sizes = sizes_for(n, opts.endpoints, total_new);
+    let sizes = sizes_for(n, opts.endpoints, 2 * total_new);
     let mut dp = Datapath::load(pins.path(), &sizes).context("loading the datapath")?;
     let mut maps = Maps::open(pins.path())?;
     maps.write_config(&ready_config())?;
@@ -145,6 +177,28 @@ pub fn run_one(opts: &B1Options, n: usize) -> Result<B1Row> {
     let (b, fb) = one_backend("bench/pong:http", PONG, PING);
     desired.insert(a, fa);
     desired.insert(b, fb);
+    let has_xdp = dp.ebpf.program(XDP_PROGRAM).is_some();
+    if has_xdp {
+        for (name, at, to) in [
+            ("bench/np-ping:http", NP_PING, NP_PONG),
+            ("bench/np-pong:http", NP_PONG, NP_PING),
+        ] {
+            let (addr, mut fe) = one_backend(name, at, to);
+            fe.flags = lb_common::svc_flags::NODE_PORT;
+            desired.insert(addr, fe);
+        }
+        if let Some(last) = svcs.last() {
+            let mut fe = services::frontend(last);
+            fe.addr = FrontendAddr {
+                ip: *NP_TARGET.ip(),
+                port: NP_TARGET.port(),
+                proto: Protocol::Tcp,
+            };
+            fe.name = format!("{}:nodeport", last.name);
+            fe.flags = lb_common::svc_flags::NODE_PORT;
+            desired.insert(fe.addr, fe);
+        }
+    }
     let (reconciler, program_time) = fill(
         pins.path(),
         reconciler,
@@ -223,12 +277,66 @@ pub fn run_one(opts: &B1Options, n: usize) -> Result<B1Row> {
     all.sort_unstable();
     let new_flow_ns = means.iter().copied().fold(f64::INFINITY, f64::min);
     let new_flow_p50_ns = all.get(all.len() / 2).copied().unwrap_or(0) as f64;
+
+    // The XDP NodePort path, the same three ways. Without a node SNAT
+    // configuration the program DNATs and passes to the kernel (the path
+    // of a backend on this node); the SNAT + FIB forwarding path of a
+    // remote backend is not measured here.
+    let xdp_cost = if has_xdp {
+        let np: &Xdp = dp.ebpf.program(XDP_PROGRAM).unwrap().try_into()?;
+        let pass = 2u32; // XDP_PASS
+        let pp = ack(client, NP_PING);
+        let mut out = vec![0u8; pp.len() + 256];
+        let r = run_xdp(np, &pp, &mut out, 4)?;
+        ensure!(r == pass, "XDP ping-pong verdict {r}");
+        // Both frontends share the node address; the port tells them apart.
+        let port = u16::from_be_bytes([out[36], out[37]]);
+        ensure!(
+            port == NP_PING.port() || port == NP_PONG.port(),
+            "XDP ping-pong: packet went to port {port}"
+        );
+        let established_ns = best_of(opts.rounds, || {
+            Ok(testrun::time_xdp(np, &pp, opts.repeat)?.1)
+        })?;
+        let est = ack(client, NP_TARGET);
+        let (v, _) = testrun::time_xdp(np, &est, 1)?;
+        ensure!(
+            v == pass,
+            "XDP verdict {v} for an established NodePort flow"
+        );
+        let established_r1_ns = mean_r1(opts.new_flows.min(20_000), |_| {
+            run_xdp_checked(np, &est, pass)
+        })?;
+        let mut means = Vec::new();
+        let mut all = Vec::with_capacity(total_new);
+        for _ in 0..opts.rounds {
+            let mut sum = 0u128;
+            for _ in 0..opts.new_flows {
+                let src = fresh_source(k);
+                k += 1;
+                let ns = run_xdp_checked(np, &syn(src, NP_TARGET), pass)?;
+                sum += ns as u128;
+                all.push(ns);
+            }
+            means.push(sum as f64 / opts.new_flows.max(1) as f64);
+        }
+        all.sort_unstable();
+        Some(PathCost {
+            established_ns,
+            established_r1_ns,
+            new_flow_ns: means.iter().copied().fold(f64::INFINITY, f64::min),
+            new_flow_p50_ns: all.get(all.len() / 2).copied().unwrap_or(0) as f64,
+        })
+    } else {
+        None
+    };
     // Every new flow made two conntrack entries (none evicted).
     let ct_entries = reconciler.maps().ct.map.keys().count();
+    let flows = if has_xdp { 2 * total_new } else { total_new };
     ensure!(
-        ct_entries >= 2 * total_new,
+        ct_entries >= 2 * flows,
         "expected {} conntrack entries after the new-flow runs, found {ct_entries}",
-        2 * total_new
+        2 * flows
     );
     Ok(B1Row {
         services: n,
@@ -239,6 +347,7 @@ pub fn run_one(opts: &B1Options, n: usize) -> Result<B1Row> {
         established_r1_ns,
         new_flow_ns,
         new_flow_p50_ns,
+        xdp: xdp_cost,
     })
 }
 
@@ -360,6 +469,20 @@ fn run_tc(tc: &SchedClassifier, input: &[u8], out: &mut [u8], repeat: u32) -> Re
 fn run_tc_once(tc: &SchedClassifier, input: &[u8]) -> Result<u64> {
     let (v, d) = testrun::time_tc(tc, input, 1)?;
     ensure!(v == TC_ACT_OK, "verdict {v}");
+    Ok(d.as_nanos() as u64)
+}
+
+fn run_xdp(xdp: &Xdp, input: &[u8], out: &mut [u8], repeat: u32) -> Result<u32> {
+    let mut o = TestRunOptions::new();
+    o.data_in = Some(input);
+    o.data_out = Some(out);
+    o.repeat = repeat;
+    Ok(xdp.test_run(o).context("BPF_PROG_TEST_RUN")?.return_value)
+}
+
+fn run_xdp_checked(xdp: &Xdp, input: &[u8], want: u32) -> Result<u64> {
+    let (v, d) = testrun::time_xdp(xdp, input, 1)?;
+    ensure!(v == want, "XDP verdict {v}");
     Ok(d.as_nanos() as u64)
 }
 

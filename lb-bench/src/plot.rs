@@ -243,8 +243,26 @@ pub fn write_all(r: &Report, dir: &Path) -> Result<Vec<String>> {
                     &|r| r.new_flow_net_ns(),
                     false,
                 ),
+                s(
+                    "NodePort established (XDP)",
+                    &|r| r.xdp.as_ref().map(|x| x.established_ns).unwrap_or(f64::NAN),
+                    false,
+                ),
+                s(
+                    "NodePort new flow (XDP), overhead taken off",
+                    &|r| {
+                        r.xdp
+                            .as_ref()
+                            .map(|x| x.new_flow_net_ns())
+                            .unwrap_or(f64::NAN)
+                    },
+                    false,
+                ),
                 s("floor: XDP_PASS", &|r| r.floor_ns, true),
-            ],
+            ]
+            .into_iter()
+            .filter(|s| s.points.iter().all(|p| p.1.is_finite()))
+            .collect::<Vec<_>>(),
         )?;
         out.push(name.to_string());
     }
