@@ -35,6 +35,8 @@ use lb_lab::Netns;
 const EXT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x50, 0x01];
 const NODE_B_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x50, 0x02];
 const CLIENT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x50, 0x64];
+const EXT1_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x70, 0x01];
+const NODE_C_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x70, 0x03];
 const NODE_IP: &str = "192.168.50.1";
 const CLIENT_IP: &str = "192.168.50.100";
 const NAT_PORT: u16 = 61000;
@@ -83,6 +85,13 @@ fn external_side() -> Netns {
         ns.ip(&["neigh", "replace", ip, "lladdr", &mac(m), "dev", "ext0", "nud", "permanent"]).unwrap();
     }
     ns.ip(&["route", "add", "10.244.2.0/24", "via", "192.168.50.2", "dev", "ext0"]).unwrap();
+    // A second external interface, towards node C.
+    ns.ip(&["link", "add", "ext1", "address", &mac(EXT1_MAC), "type", "veth", "peer", "name", "peer1"]).unwrap();
+    ns.ip(&["addr", "add", "192.168.70.1/24", "dev", "ext1"]).unwrap();
+    ns.ip(&["link", "set", "peer1", "up"]).unwrap();
+    ns.ip(&["link", "set", "ext1", "up"]).unwrap();
+    ns.ip(&["neigh", "replace", "192.168.70.3", "lladdr", &mac(NODE_C_MAC), "dev", "ext1", "nud", "permanent"]).unwrap();
+    ns.ip(&["route", "add", "10.244.3.0/24", "via", "192.168.70.3", "dev", "ext1"]).unwrap();
     ns
 }
 
@@ -118,7 +127,8 @@ fn front(addr: &str, proto: Protocol, flags: u32, backends: Vec<Backend>) -> (Fr
 ///   192.168.50.0/24;
 /// - NodePort 30090/TCP, externalTrafficPolicy Local, no local endpoint;
 /// - NodePort 30091/TCP, no endpoint at all;
-/// - ClusterIP 10.96.0.10:80 -> 10.244.2.10:8080.
+/// - ClusterIP 10.96.0.10:80 -> 10.244.2.10:8080;
+/// - NodePort 30082/TCP -> 10.244.3.10:8080 on node C, behind `ext1`.
 fn desired() -> (Desired, BTreeMap<FrontendAddr, Vec<Cidr>>) {
     let np = svc_flags::NODE_PORT;
     let d: Desired = [
@@ -134,6 +144,7 @@ fn desired() -> (Desired, BTreeMap<FrontendAddr, Vec<Cidr>>) {
         front("192.168.50.1:30090", Protocol::Tcp, np | svc_flags::EXT_LOCAL, vec![]),
         front("192.168.50.1:30091", Protocol::Tcp, np, vec![]),
         front("10.96.0.10:80", Protocol::Tcp, 0, vec![backend("10.244.2.10:8080", Protocol::Tcp, "node-b")]),
+        front("192.168.50.1:30082", Protocol::Tcp, np, vec![backend("10.244.3.10:8080", Protocol::Tcp, "node-c")]),
     ]
     .into_iter()
     .collect();
@@ -503,4 +514,23 @@ fn bench_xdp_nodeport_per_packet() {
     println!("  mean of {SINGLE} single runs (repeat = 1):");
     println!("    lb_xdp_pass (no-op floor)                         {:>5}", floor_single.as_nanos() / SINGLE as u128);
     println!("    lb_xdp NodePort -> remote, established, XDP_TX    {:>5}", single.as_nanos() / SINGLE as u128);
+}
+
+#[test]
+fn a_backend_behind_another_interface_is_redirected_there() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let mut fx = Fixture::new("xdp-redirect", (NAT_PORT, NAT_PORT));
+    let c = client(40040);
+    let be = sa("10.244.3.10:8080");
+    let out = fx.run(&testrun::tcp_frame(IN, c, node(30082), "S", 1, b""));
+    let to_c = Frame { src_mac: EXT1_MAC, dst_mac: NODE_C_MAC, ttl: 63 };
+    expect("SYN to a backend behind ext1", &out, testrun::XDP_REDIRECT, &testrun::tcp_frame(to_c, node(NAT_PORT), be, "S", 1, b""));
+    // The reply arrives on ext1 and goes back out of ext0 to the client.
+    let from_c = Frame { src_mac: NODE_C_MAC, dst_mac: EXT1_MAC, ttl: 64 };
+    let ext1 = ifindex("ext1");
+    let xdp = fx.xdp();
+    let out = testrun::run_xdp(xdp, &testrun::tcp_frame(from_c, be, node(NAT_PORT), "SA", 2, b""), ext1).unwrap();
+    expect("reply redirected to ext0", &out, testrun::XDP_REDIRECT, &testrun::tcp_frame(TO_CLIENT, node(30082), c, "SA", 2, b""));
 }
