@@ -457,6 +457,10 @@ fn bench_xdp_nodeport_per_packet() {
     let (a, f) = front("192.168.50.7:30080", Protocol::Tcp, svc_flags::NODE_PORT, vec![backend("192.168.50.7:61000", Protocol::Tcp, "node-b")]);
     let (mut d, _) = desired();
     d.insert(a, f);
+    // A local backend that is the frontend itself: DNAT leaves the packet
+    // as it was, so every run is an established local-backend packet.
+    let (a, f) = front("192.168.50.8:30085", Protocol::Tcp, svc_flags::NODE_PORT, vec![backend("192.168.50.8:30085", Protocol::Tcp, "node-a")]);
+    d.insert(a, f);
     let stats = fx.l.reconciler.apply(&d);
     assert!(stats.errors.is_empty(), "{:?}", stats.errors);
     fx.l.reconciler
@@ -493,6 +497,10 @@ fn bench_xdp_nodeport_per_packet() {
         assert_eq!(v as i32, XDP_TX);
         single += d;
     }
+    let local = testrun::tcp_frame(IN, c, sa("192.168.50.8:30085"), "A", 2, b"hello");
+    assert_eq!(fx.run(&local).verdict, XDP_PASS);
+    let (v, local_ns) = testrun::time_xdp_on(fx.xdp(), &local, ext, REPEAT).unwrap();
+    assert_eq!(v as i32, XDP_PASS);
     // A packet for no frontend: two map misses, pass.
     let other = testrun::tcp_frame(IN, c, node(22), "A", 2, b"hello");
     let (v, miss) = testrun::time_xdp_on(fx.xdp(), &other, ext, REPEAT).unwrap();
@@ -510,6 +518,7 @@ fn bench_xdp_nodeport_per_packet() {
     println!("  repeat = {REPEAT}:");
     println!("    lb_xdp_pass (no-op floor)                         {:>5}", floor.as_nanos());
     println!("    lb_xdp NodePort, established, forward+reverse     {:>5}", pingpong.as_nanos());
+    println!("    lb_xdp NodePort -> local backend, established     {:>5}", local_ns.as_nanos());
     println!("    lb_xdp not for a frontend (misses, pass)          {:>5}", miss.as_nanos());
     println!("  mean of {SINGLE} single runs (repeat = 1):");
     println!("    lb_xdp_pass (no-op floor)                         {:>5}", floor_single.as_nanos() / SINGLE as u128);

@@ -216,7 +216,8 @@ fn north_south(ctx: &XdpContext, cfg: &Config, f: &Flow, svc: &Service4Value) ->
             return Ok(xdp_action::XDP_DROP);
         }
     }
-    let Some((_, be)) = conntrack(cfg, f, svc)? else {
+    let now = now_ns();
+    let Some((_, be)) = conntrack(cfg, f, svc, now)? else {
         // No backend. externalTrafficPolicy=Local without a local
         // endpoint: drop, so the load balancer's health check (503 here)
         // takes this node out. Otherwise reject, as kube-proxy does.
@@ -234,7 +235,7 @@ fn north_south(ctx: &XdpContext, cfg: &Config, f: &Flow, svc: &Service4Value) ->
             return Ok(xdp_action::XDP_PASS);
         }
     };
-    let (nat_addr, nat_port) = snat(f, svc, &be, &node)?;
+    let (nat_addr, nat_port) = snat(f, svc, &be, &node, now)?;
     rewrite(ctx, f, nat_addr, nat_port, be.addr, be.port)?;
     forward(ctx, f, nat_addr, be.addr, nat_port, be.port)
 }
@@ -243,9 +244,8 @@ fn north_south(ctx: &XdpContext, cfg: &Config, f: &Flow, svc: &Service4Value) ->
 /// the tc program), otherwise a new choice recorded in both directions.
 /// `None` when the frontend has no backend.
 #[inline(always)]
-fn conntrack(cfg: &Config, f: &Flow, svc: &Service4Value) -> Result<Option<(u32, Backend4)>, Error> {
+fn conntrack(cfg: &Config, f: &Flow, svc: &Service4Value, now: u64) -> Result<Option<(u32, Backend4)>, Error> {
     let key = f.ct_key(CT_SERVICE);
-    let now = now_ns();
     if let Some(entry) = LB4_CT.get_ptr_mut(&key) {
         // SAFETY: a map value; racing CPUs only touch the timestamp and flags.
         let entry = unsafe { &mut *entry };
@@ -301,9 +301,8 @@ fn conntrack(cfg: &Config, f: &Flow, svc: &Service4Value) -> Result<Option<(u32,
 /// port. A port is taken by inserting the reply entry with `BPF_NOEXIST`,
 /// so two flows (on any CPUs) never share a reply tuple.
 #[inline(always)]
-fn snat(f: &Flow, svc: &Service4Value, be: &Backend4, node: &NodeConfig) -> Result<(u32, u16), Error> {
+fn snat(f: &Flow, svc: &Service4Value, be: &Backend4, node: &NodeConfig, now: u64) -> Result<(u32, u16), Error> {
     let key = f.ct_key(CT_SERVICE);
-    let now = now_ns();
     if let Some(out) = LB4_NAT.get_ptr_mut(&key) {
         // SAFETY: a map value; racing CPUs only touch the timestamp and flags.
         let out = unsafe { &mut *out };
