@@ -6,14 +6,16 @@
 //!
 //! ```json
 //! {
-//! 	"service": {
-//! 		"namespace": "ns",
-//! 		"name": "name"
-//! 	},
-//! 	"localEndpoints": 1,
-//! 	"serviceProxyHealthy": true
+//!     "service": {
+//!         "namespace": "ns",
+//!         "name": "name"
+//!     },
+//!     "localEndpoints": 1,
+//!     "serviceProxyHealthy": true
 //! }
 //! ```
+//!
+//! (indented with tabs, exactly as kube-proxy prints it).
 //!
 //! Cloud load balancers probe it to send traffic only to nodes that have
 //! endpoints (the others drop it).

@@ -261,11 +261,11 @@ impl Reconciler {
             }
         }
         // After a restart, take over what the map holds.
-        if self.src_ranges.is_empty() {
-            if let Ok(entries) = self.maps.src_range_entries() {
-                for (len, data) in entries {
-                    self.src_ranges.entry(u32::from_be(data.svc_id)).or_default().insert((len, data.addr));
-                }
+        if self.src_ranges.is_empty()
+            && let Ok(entries) = self.maps.src_range_entries()
+        {
+            for (len, data) in entries {
+                self.src_ranges.entry(u32::from_be(data.svc_id)).or_default().insert((len, data.addr));
             }
         }
         let ids: BTreeSet<u32> = wanted.keys().chain(self.src_ranges.keys()).copied().collect();

@@ -280,6 +280,21 @@ fn nodeport_to_a_remote_backend_is_snated_and_forwarded_and_replies_reversed() {
     for (k, v) in &nat_entries {
         assert!(nat_entries.iter().any(|(k2, _)| *k2 == v.twin_key(k)), "twin of {k:?}");
     }
+
+    // Garbage collection: nothing is due now; the UDP flow (60 s) is after
+    // 61 s, the established TCP flow (6 h) is not.
+    let t = lb_common::CtTimeouts::DEFAULT;
+    let now = lb_agent::gc::monotonic_ns();
+    assert_eq!(fx.l.reconciler.collect_conntrack(&t, now).unwrap().nat_deleted, 0);
+    let gc = fx.l.reconciler.collect_conntrack(&t, now + 61_000_000_000).unwrap();
+    assert_eq!(gc.nat_deleted, 2, "the UDP flow's two NAT entries: {gc:?}");
+    assert_eq!(fx.l.reconciler.maps().nat.entries().unwrap().len(), 2);
+    // Removing the frontend purges its flows' NAT entries too.
+    let (mut d, _) = desired();
+    d.retain(|a, _| a.port != 30080);
+    let stats = fx.l.reconciler.apply(&d);
+    assert!(stats.errors.is_empty(), "{:?}", stats.errors);
+    assert!(fx.l.reconciler.maps().nat.entries().unwrap().is_empty(), "NAT entries of the removed NodePort purged");
 }
 
 #[test]
