@@ -125,6 +125,9 @@ pub fn north_south(maps: &Maps) -> Result<Option<String>, MapsError> {
     }
     let mut devices = maps.devices.entries()?;
     devices.sort_by_key(|(idx, _)| *idx);
+    if devices.is_empty() && node.snat_addr == 0 {
+        return Ok(Some("north-south: off (no external interface)".to_string()));
+    }
     let xdp = if devices.is_empty() {
         "no XDP (no external interface)".to_string()
     } else {
