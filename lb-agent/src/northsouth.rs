@@ -127,6 +127,15 @@ pub fn plan(t: &Translation, node: &NodeInfo) -> Plan {
             } else {
                 fe.backends.clone()
             };
+            // Local without a local endpoint drops (the load balancer's
+            // health check takes the node out), but a Service with no
+            // endpoint anywhere rejects, as kube-proxy does: the datapath
+            // tells the two apart by EXT_LOCAL.
+            let base_flags = if fe.slot_backends().next().is_none() {
+                base_flags & !svc_flags::EXT_LOCAL
+            } else {
+                base_flags
+            };
             let add = |ip: Ipv4Addr, fport: u16, kind: u32, ranges: bool, out: &mut Plan| {
                 let addr = FrontendAddr { ip, port: fport, proto: port.proto };
                 if let Some(other) = t.desired.get(&addr).or_else(|| out.frontends.get(&addr)) {

@@ -110,6 +110,7 @@ fn local_policy_keeps_this_nodes_endpoints_and_counts_them() {
     let c = plan(&t, &node("node-c"));
     assert!(c.frontends[&fa("192.168.50.1:30080", Protocol::Tcp)].backends.is_empty());
     assert_eq!(c.health_checks[&svc], (32000, 0));
+    assert_eq!(c.frontends[&fa("192.168.50.1:30080", Protocol::Tcp)].flags, svc_flags::NODE_PORT | svc_flags::EXT_LOCAL);
     // The ClusterIP frontend is untouched: all endpoints.
     assert_eq!(t.desired[&fa("10.96.0.10:80", Protocol::Tcp)].backends.len(), 3);
 }
@@ -138,4 +139,14 @@ fn port_ranges_parse() {
     assert!("0-10".parse::<PortRange>().is_err());
     assert!("20-10".parse::<PortRange>().is_err());
     assert!("abc".parse::<PortRange>().is_err());
+}
+
+#[test]
+fn local_policy_without_any_endpoint_rejects_like_kube_proxy() {
+    let yaml = svc("Local", "");
+    let cut = yaml.find("endpoints:\n").unwrap();
+    let t = run(&format!("{}endpoints: []\n", &yaml[..cut]));
+    let p = plan(&t, &node("node-a"));
+    // No EXT_LOCAL: the XDP program answers with ICMP instead of dropping.
+    assert_eq!(p.frontends[&fa("192.168.50.1:30080", Protocol::Tcp)].flags, svc_flags::NODE_PORT);
 }
