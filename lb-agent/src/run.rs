@@ -198,6 +198,7 @@ fn sync(
     metrics: &Metrics,
     what: &str,
 ) {
+    let started = Instant::now();
     let mut translation = translate::translate(store.services(), store.slices(), opts);
     let stats = north_south.apply(&mut translation, reconciler);
     let latency = first_seen.elapsed();
@@ -220,6 +221,7 @@ fn sync(
         skipped = record.skipped,
         errors = stats.errors.len(),
         latency_us = latency.as_micros() as u64,
+        apply_us = started.elapsed().as_micros() as u64,
         "{what}"
     );
     for e in &stats.errors {

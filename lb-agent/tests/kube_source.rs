@@ -133,6 +133,10 @@ struct KubeAgent {
 
 impl KubeAgent {
     fn start(node: &Netns, kubeconfig: &Path, pins: PinDir) -> KubeAgent {
+        Self::start_with(node, kubeconfig, pins, &["--sync-delay-ms", "50"])
+    }
+
+    fn start_with(node: &Netns, kubeconfig: &Path, pins: PinDir, extra: &[&str]) -> KubeAgent {
         let log = std::env::temp_dir().join(format!(
             "lb-agent-{}-{}.log",
             std::process::id(),
@@ -140,7 +144,7 @@ impl KubeAgent {
         ));
         let log_file = fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
         let mut cmd = node.command(env!("CARGO_BIN_EXE_lb-agent"));
-        cmd.args(["run", "--pod-ifaces", "lbp*", "--poll-interval-ms", "100", "--sync-delay-ms", "50"])
+        cmd.args(["run", "--pod-ifaces", "lbp*", "--poll-interval-ms", "100"])
             .arg("--kubeconfig")
             .arg(kubeconfig)
             .args(["--node-name", "node-1", "--api-backoff-max-ms", "500"])
@@ -148,6 +152,7 @@ impl KubeAgent {
             .arg(format!("127.0.0.1:{HEALTH_PORT}"))
             .arg("--bpffs")
             .arg(&pins.0)
+            .args(extra)
             .env("RUST_LOG", "info,lb_agent=debug")
             .env("NO_COLOR", "1")
             .env_remove("KUBECONFIG")
@@ -231,26 +236,28 @@ impl Drop for KubeAgent {
 }
 
 /// GET on the agent's health server, from inside the node namespace:
-/// (status code, body).
-fn health(node: &Netns, path: &str) -> (u16, String) {
+/// (status code, body), or `None` while nothing listens.
+fn try_health(node: &Netns, path: &str) -> Option<(u16, String)> {
     let path = path.to_string();
     node.run(move || {
-        let mut s = TcpStream::connect(("127.0.0.1", HEALTH_PORT)).expect("connecting to the health server");
-        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+        let mut s = TcpStream::connect(("127.0.0.1", HEALTH_PORT)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").ok()?;
         let mut text = String::new();
-        std::io::Read::read_to_string(&mut s, &mut text).unwrap();
-        let code = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+        std::io::Read::read_to_string(&mut s, &mut text).ok()?;
+        let code = text.split_whitespace().nth(1)?.parse().ok()?;
         let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-        (code, body)
+        Some((code, body))
     })
+}
+
+fn health(node: &Netns, path: &str) -> (u16, String) {
+    try_health(node, path).unwrap_or_else(|| panic!("the health server does not answer {path}"))
 }
 
 fn wait_health(node: &Netns, path: &str, code: u16) -> String {
     wait_for(&format!("{path} to answer {code}"), Duration::from_secs(20), || {
-        let node_path = path.to_string();
-        let (c, body) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| health(node, &node_path))).ok()?;
-        (c == code).then_some(body)
+        try_health(node, path).and_then(|(c, body)| (c == code).then_some(body))
     })
 }
 
@@ -633,4 +640,88 @@ fn restart_keeps_ids_and_live_flows() {
         assert_eq!(reply, format!("{owner}:after"), "same backend, same connection");
     }
     agent.assert_alive();
+}
+
+// ---- batching and sync latency ----------------------------------------------------
+
+/// Latencies (µs) of the agent's `synced` log lines.
+fn logged_latencies(log: &str) -> Vec<u64> {
+    logged_field(log, "latency_us")
+}
+
+fn logged_field(log: &str, field: &str) -> Vec<u64> {
+    log.lines()
+        .filter(|l| l.contains("synced from the API server"))
+        .filter_map(|l| l.split(&format!(" {field}=")).nth(1)?.split_whitespace().next()?.parse().ok())
+        .collect()
+}
+
+fn percentile(sorted: &[u64], p: f64) -> u64 {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+/// A burst of 300 Services (and their slices) is written in a few
+/// batches, not 600 syncs; prints the sync latency figures (event seen to
+/// maps written) for single changes and for the burst.
+#[test]
+fn bursts_are_batched_and_sync_latency_is_reported() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    // LB_TEST_SYNC_DELAY_MS changes the batching window for measurements.
+    let delay = std::env::var("LB_TEST_SYNC_DELAY_MS").unwrap_or_else(|_| "100".into());
+    let s = setup(&[], "kburst");
+    let agent = KubeAgent::start_with(
+        &s.lab.node,
+        &s.api.kubeconfig(&s.dir.0),
+        PinDir::new("kburst"),
+        &["--sync-delay-ms", &delay],
+    );
+    wait_health(&s.lab.node, "/readyz", 200);
+
+    // Single changes, one at a time.
+    s.api.apply(&service("one", "10.96.1.1", &[("p", 80, "p")]));
+    for n in 1..=20u8 {
+        let eps: Vec<_> = (1..=n).map(|i| (ip(i), Cond::Ready)).collect();
+        s.api.apply(&slice("one-1", "one", &[("p", 8080)], &eps));
+        agent.wait_rows("the change", |r| r.len() == 1 && r[0].backends.len() == n as usize);
+    }
+    let single = logged_latencies(&agent.log_text());
+
+    let before = metric(&wait_health(&s.lab.node, "/metrics", 200), "lb_syncs_total");
+    for i in 0..300u16 {
+        let name = format!("burst-{i}");
+        let vip = format!("10.96.{}.{}", 2 + i / 200, 1 + i % 200);
+        s.api.apply(&service(&name, &vip, &[("p", 80, "p")]));
+        s.api.apply(&slice(&format!("{name}-1"), &name, &[("p", 8080)], &[(ip(1), Cond::Ready), (ip(2), Cond::Ready)]));
+    }
+    agent.wait_rows("301 frontends", |r| r.len() == 301 && r.iter().all(|r| !r.backends.is_empty()));
+    let metrics = wait_health(&s.lab.node, "/metrics", 200);
+    let burst_syncs = metric(&metrics, "lb_syncs_total") - before;
+    assert!(burst_syncs < 600.0, "600 events were batched into fewer syncs, got {burst_syncs}");
+    let all = logged_latencies(&agent.log_text());
+    let burst: Vec<u64> = all[single.len()..].to_vec();
+
+    let mut sorted = single.clone();
+    sorted.sort_unstable();
+    let mut work = logged_field(&agent.log_text(), "apply_us");
+    work.sort_unstable();
+    eprintln!(
+        "translate+reconcile per sync (n={}): p50 {} us, p90 {} us, max {} us",
+        work.len(),
+        percentile(&work, 0.5),
+        percentile(&work, 0.9),
+        work.last().unwrap()
+    );
+    eprintln!(
+        "sync latency, single changes (n={}, --sync-delay-ms {delay}): p50 {} us, p90 {} us, max {} us",
+        sorted.len(),
+        percentile(&sorted, 0.5),
+        percentile(&sorted, 0.9),
+        sorted.last().unwrap()
+    );
+    eprintln!(
+        "burst of 300 Services + 300 EndpointSlices: {burst_syncs} syncs, latencies {burst:?} us; map ops total {}",
+        metric(&metrics, "lb_map_operations_total")
+    );
 }
