@@ -31,6 +31,14 @@ use crate::{
 pub struct B3Options {
     pub services: usize,
     pub endpoints: usize,
+    /// The agent's full sync is first timed at a tenth of the size; when
+    /// that, scaled quadratically, says the full size would take longer
+    /// than this, the full-size sync is not run (the maps are filled
+    /// directly instead, for the incremental measurements).
+    pub full_sync_budget: Duration,
+    /// Start the measured `lb-agent run` on maps already holding the set
+    /// (as after a restart: quick) rather than on empty maps (full).
+    pub agent_prefilled: bool,
 }
 
 /// Full sync, +1 service, +1 endpoint.
@@ -43,8 +51,11 @@ pub struct Timings {
 
 #[derive(Clone, Debug)]
 pub struct AgentRun {
-    /// The agent's own `elapsed_us` for its first sync (read, translate,
-    /// apply).
+    /// Started on maps already holding the set (a restart), rather than
+    /// on empty maps.
+    pub prefilled: bool,
+    /// The agent's own `apply_us` for its first sync (translate and
+    /// apply; reading the manifests comes before).
     pub sync: Duration,
     /// From start to the first "synced manifests" line.
     pub wall: Duration,
@@ -55,6 +66,10 @@ pub struct AgentRun {
 pub struct B3Result {
     pub services: usize,
     pub endpoints: usize,
+    /// `ours.full` is an estimate when this is false (see `probe`).
+    pub ours_full_measured: bool,
+    /// The probe sync: (services, time).
+    pub probe: (usize, Duration),
     pub ours: Timings,
     /// VmHWM growth of this process over the in-process full sync.
     pub ours_hwm_growth_kib: u64,
@@ -96,17 +111,53 @@ fn scenarios(o: &B3Options) -> (Vec<Svc>, Vec<Svc>, Vec<Svc>, usize) {
     (base, plus_svc, plus_ep, changed)
 }
 
+/// The agent's programming time: a probe at a tenth of the size, the full
+/// sync (or a direct fill when the probe says it would not fit the
+/// budget), then +1 service and +1 endpoint. Returns the pins (filled with
+/// the base set) for the agent run.
+#[allow(clippy::type_complexity)]
 fn time_ours(
     o: &B3Options,
     base: &[Svc],
     plus_svc: &[Svc],
     plus_ep: &[Svc],
-) -> Result<(Timings, u64)> {
+) -> Result<(Timings, u64, bool, (usize, Duration))> {
+    let probe_n = (o.services / 10).max(1);
+    let probe = {
+        let pins = sys::Pins::new("b3-probe");
+        let _dp = Datapath::load(pins.path(), &map_sizes(probe_n, o.endpoints))?;
+        let mut maps = Maps::open(pins.path())?;
+        maps.write_config(&crate::ready_config())?;
+        let mut rec = Reconciler::recover(maps)?;
+        let d = services::to_desired(&base[..probe_n]);
+        let start = Instant::now();
+        let s = rec.apply(&d);
+        let took = start.elapsed();
+        ensure!(
+            s.errors.is_empty(),
+            "probe sync: {:?}",
+            &s.errors[..s.errors.len().min(3)]
+        );
+        took
+    };
+    let scale = o.services as f64 / probe_n as f64;
+    let estimate = probe.mul_f64(scale * scale);
+    let measure = estimate <= o.full_sync_budget;
+    eprintln!(
+        "lb-bench: B3 agent probe: {probe_n} services in {probe:?}; quadratic estimate at {}: {estimate:?} ({})",
+        o.services,
+        if measure {
+            "running it"
+        } else {
+            "over the budget: filling directly"
+        }
+    );
+
     let pins = sys::Pins::new("b3");
     let _dp = Datapath::load(pins.path(), &map_sizes(o.services, o.endpoints))?;
     let mut maps = Maps::open(pins.path())?;
     maps.write_config(&crate::ready_config())?;
-    let mut rec = Reconciler::recover(maps)?;
+    let rec = Reconciler::recover(maps)?;
     let (d0, d1, d2) = (
         services::to_desired(base),
         services::to_desired(plus_svc),
@@ -115,14 +166,8 @@ fn time_ours(
     let me = std::process::id().to_string();
     let hwm_before = sys::status_kib(&me, "VmHWM").unwrap_or(0);
     let mut t = Timings::default();
-    let start = Instant::now();
-    let s = rec.apply(&d0);
-    t.full = start.elapsed();
-    ensure!(
-        s.errors.is_empty(),
-        "full sync: {:?}",
-        &s.errors[..s.errors.len().min(3)]
-    );
+    let (mut rec, took) = crate::b1::fill(pins.path(), rec, &d0, measure)?;
+    t.full = took.unwrap_or(estimate);
     let hwm_after = sys::status_kib(&me, "VmHWM").unwrap_or(0);
     let start = Instant::now();
     let s = rec.apply(&d1);
@@ -132,7 +177,12 @@ fn time_ours(
     let s = rec.apply(&d2);
     t.add_endpoint = start.elapsed();
     ensure!(s.errors.is_empty() && s.updated == 1, "+1 endpoint: {s:?}");
-    Ok((t, hwm_after.saturating_sub(hwm_before)))
+    Ok((
+        t,
+        hwm_after.saturating_sub(hwm_before),
+        measure,
+        (probe_n, probe),
+    ))
 }
 
 fn time_iptables(
@@ -274,13 +324,21 @@ pub fn manifests(svcs: &[Svc]) -> String {
 /// Runs `lb-agent run` on a manifest directory of `svcs` in a namespace of
 /// its own (no pod interfaces there, no socket hooks) until its first sync
 /// is logged; reads its VmHWM then.
-fn agent_run(bin: &Path, svcs: &[Svc], o: &B3Options) -> Result<AgentRun> {
+fn agent_run(bin: &Path, svcs: &[Svc], o: &B3Options, prefill: bool) -> Result<AgentRun> {
     let dir = std::env::temp_dir().join(format!("lb-bench-{}-manifests", std::process::id()));
     fs::create_dir_all(&dir)?;
     let _cleanup = DirGuard(dir.clone());
     fs::write(dir.join("services.yaml"), manifests(svcs))?;
     let pins = sys::Pins::new("b3-agent");
     let sizes = map_sizes(o.services, o.endpoints);
+    if prefill {
+        // The agent then starts as after a restart: it recovers the state
+        // from the pinned maps and its first sync finds nothing to write.
+        let dp = Datapath::load(pins.path(), &sizes)?;
+        let mut maps = Maps::open(pins.path())?;
+        crate::b1::write_directly(&mut maps, &services::to_desired(svcs))?;
+        drop(dp);
+    }
     let ns = Netns::new("b3-agent")?;
     let mut cmd = ns.command(bin);
     cmd.args([
@@ -317,10 +375,14 @@ fn agent_run(bin: &Path, svcs: &[Svc], o: &B3Options) -> Result<AgentRun> {
             let vm_hwm_kib = sys::status_kib(&pid, "VmHWM").unwrap_or(0);
             let us: u64 = line
                 .split_whitespace()
-                .find_map(|w| w.strip_prefix("elapsed_us="))
+                .find_map(|w| {
+                    w.strip_prefix("apply_us=")
+                        .or_else(|| w.strip_prefix("elapsed_us="))
+                })
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0);
             result = Ok(AgentRun {
+                prefilled: prefill,
                 sync: Duration::from_micros(us),
                 wall,
                 vm_hwm_kib,
@@ -363,12 +425,14 @@ pub fn run(o: &B3Options, agent_bin: Option<&Path>) -> Result<B3Result> {
         bail!("B3 needs at least 2 services");
     }
     let (base, plus_svc, plus_ep, changed) = scenarios(o);
-    let (ours, hwm) = time_ours(o, &base, &plus_svc, &plus_ep).context("agent")?;
+    let (ours, hwm, measured, probe) = time_ours(o, &base, &plus_svc, &plus_ep).context("agent")?;
     eprintln!(
         "lb-bench: B3 agent: full {:?}, +1 svc {:?}, +1 ep {:?}",
         ours.full, ours.add_service, ours.add_endpoint
     );
-    let agent = agent_bin.map(|bin| agent_run(bin, &base, o).map_err(|e| format!("{e:#}")));
+    let agent = agent_bin.map(|bin| {
+        agent_run(bin, &base, o, o.agent_prefilled || !measured).map_err(|e| format!("{e:#}"))
+    });
     if let Some(a) = &agent {
         eprintln!("lb-bench: B3 lb-agent run: {a:?}");
     }
@@ -380,6 +444,8 @@ pub fn run(o: &B3Options, agent_bin: Option<&Path>) -> Result<B3Result> {
     Ok(B3Result {
         services: o.services,
         endpoints: o.endpoints,
+        ours_full_measured: measured,
+        probe,
         ours,
         ours_hwm_growth_kib: hwm,
         agent,

@@ -65,6 +65,8 @@ impl Options {
             b3: Some(b3::B3Options {
                 services: 10_000,
                 endpoints: 10,
+                full_sync_budget: std::time::Duration::from_secs(300),
+                agent_prefilled: true,
             }),
             b4: Some(b4::B4Options { seconds: 3.0 }),
             b5: true,
@@ -85,6 +87,10 @@ impl Options {
         }
         if let Some(b4) = &mut o.b4 {
             b4.seconds = 10.0;
+        }
+        if let Some(b3) = &mut o.b3 {
+            b3.full_sync_budget = std::time::Duration::from_secs(3600);
+            b3.agent_prefilled = false;
         }
         o.command = "cargo xtask bench".into();
         o
@@ -110,6 +116,8 @@ impl Options {
             b3: Some(b3::B3Options {
                 services: 10,
                 endpoints: 3,
+                full_sync_budget: std::time::Duration::from_secs(60),
+                agent_prefilled: false,
             }),
             b4: Some(b4::B4Options { seconds: 0.3 }),
             b5: true,

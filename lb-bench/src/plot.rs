@@ -31,6 +31,8 @@ pub struct Series {
     pub name: String,
     pub points: Vec<(f64, f64)>,
     pub dashed: bool,
+    /// Index into the palette.
+    pub color: usize,
 }
 
 fn e<E: std::fmt::Debug>(err: E) -> anyhow::Error {
@@ -73,7 +75,8 @@ pub fn lines(
         .draw()
         .map_err(e)?;
     for (i, s) in series.iter().enumerate() {
-        let color = COLORS[i % COLORS.len()];
+        let _ = i;
+        let color = COLORS[s.color % COLORS.len()];
         let style = color.stroke_width(if s.dashed { 1 } else { 3 });
         chart
             .draw_series(LineSeries::new(s.points.iter().copied(), style))
@@ -226,10 +229,11 @@ pub fn write_all(r: &Report, dir: &Path) -> Result<Vec<String>> {
     let mut out = Vec::new();
     if let Some(rows) = &r.b1 {
         let name = "bench-b1-per-packet.png";
-        let s = |n: &str, f: &dyn Fn(&crate::b1::B1Row) -> f64, dashed| Series {
+        let s = |n: &str, f: &dyn Fn(&crate::b1::B1Row) -> f64, color: usize| Series {
             name: n.into(),
             points: rows.iter().map(|r| (r.services as f64, f(r))).collect(),
-            dashed,
+            dashed: color == 4,
+            color,
         };
         lines(
             &dir.join(name),
@@ -237,28 +241,28 @@ pub fn write_all(r: &Report, dir: &Path) -> Result<Vec<String>> {
             "services (10 backends each)",
             "ns per packet",
             &[
-                s("established flow (tc)", &|r| r.established_ns, false),
+                s("ClusterIP established (tc)", &|r| r.established_ns, 0),
                 s(
-                    "new flow (tc), overhead taken off",
+                    "ClusterIP new flow (tc), overhead off",
                     &|r| r.new_flow_net_ns(),
-                    false,
+                    1,
                 ),
                 s(
                     "NodePort established (XDP)",
                     &|r| r.xdp.as_ref().map(|x| x.established_ns).unwrap_or(f64::NAN),
-                    false,
+                    2,
                 ),
                 s(
-                    "NodePort new flow (XDP), overhead taken off",
+                    "NodePort new flow (XDP), overhead off",
                     &|r| {
                         r.xdp
                             .as_ref()
                             .map(|x| x.new_flow_net_ns())
                             .unwrap_or(f64::NAN)
                     },
-                    false,
+                    3,
                 ),
-                s("floor: XDP_PASS", &|r| r.floor_ns, true),
+                s("floor: XDP_PASS", &|r| r.floor_ns, 4),
             ]
             .into_iter()
             .filter(|s| s.points.iter().all(|p| p.1.is_finite()))
@@ -269,7 +273,7 @@ pub fn write_all(r: &Report, dir: &Path) -> Result<Vec<String>> {
     if let Some(rows) = &r.b2 {
         let name = "bench-b2-latency.png";
         let mut series = Vec::new();
-        for kind in Kind::ALL {
+        for (ci, kind) in Kind::ALL.into_iter().enumerate() {
             for (label, f) in [
                 (
                     "p99",
@@ -287,6 +291,7 @@ pub fn write_all(r: &Report, dir: &Path) -> Result<Vec<String>> {
                         name: format!("{kind} {label}"),
                         points,
                         dashed: label == "p50",
+                        color: ci,
                     });
                 }
             }

@@ -145,19 +145,31 @@ pub fn b3_table(b: &B3Result) -> String {
     t.push_str(
         "| datapath | full sync | +1 service | +1 endpoint | notes |\n|---|---:|---:|---:|---|\n",
     );
+    let full = if b.ours_full_measured {
+        ms(b.ours.full)
+    } else {
+        format!("≈ {} (estimated²)", ms(b.ours.full))
+    };
     let _ = writeln!(
         t,
-        "| lb agent: `Reconciler::apply` into the maps | {} | {} | {} | in-process; VmHWM grew by {:.1} MiB |",
-        ms(b.ours.full),
+        "| lb agent: `Reconciler::apply` into the maps | {} | {} | {} | in-process; {} services took {}; VmHWM grew by {:.1} MiB over the full sync |",
+        full,
         ms(b.ours.add_service),
         ms(b.ours.add_endpoint),
+        fmt_count(b.probe.0 as f64),
+        ms(b.probe.1),
         b.ours_hwm_growth_kib as f64 / 1024.0
     );
     match &b.agent {
         Some(Ok(a)) => {
+            let how = if a.prefilled {
+                "started on maps already holding the set (a restart: recover, then a sync with nothing to write)"
+            } else {
+                "started on empty maps"
+            };
             let _ = writeln!(
                 t,
-                "| lb agent: `lb-agent run` on {} manifests (read + translate + apply) | {} | – | – | first sync logged after {} from start; **peak RSS (VmHWM) {:.1} MiB** |",
+                "| lb agent: `lb-agent run` on {} services' manifests (translate + apply, from its log) | {} | – | – | {how}; first sync logged {} after start (YAML read and parsed first); **peak RSS (VmHWM) {:.1} MiB** |",
                 fmt_count(b.services as f64),
                 ms(a.sync),
                 ms(a.wall),
@@ -470,6 +482,35 @@ pub fn markdown(r: &Report, plots: &[String]) -> String {
              mark and `dnat`), one `nft -f` transaction into an empty namespace; the changes send only the changed chains (`add chain` + `flush chain` + rules) and map \
              elements, as kube-proxy's partial sync does. The rules were checked after loading (one KUBE-SERVICES rule and one `service-ips` element per service).\n\n",
         );
+    }
+    if let Some(b) = &r.b3 {
+        if !b.ours_full_measured {
+            let _ = write!(
+                md,
+                "² Not run at full size: the agent's sync is first timed at {} services ({}), and scaled by (N/n)² it would exceed this mode's budget of {}; \
+                 the maps were then filled directly (as in B1) for the incremental measurements. The growth is quadratic because `Reconciler` allocates each \
+                 frontend and backend ID by collecting every ID in use into a fresh `BTreeSet` (`alloc_frontend_id` / `alloc_backend_id` in \
+                 `lb-agent/src/reconcile.rs`): N allocations of O(N log N) each. The full mode runs it.\n\n",
+                fmt_count(b.probe.0 as f64),
+                ms(b.probe.1),
+                ms(r.options
+                    .b3
+                    .as_ref()
+                    .map(|o| o.full_sync_budget)
+                    .unwrap_or_default())
+            );
+        } else {
+            let _ = write!(
+                md,
+                "Why the agent's full sync is slow: `Reconciler` allocates each frontend and backend ID by collecting every ID in use into a fresh `BTreeSet` \
+                 (`alloc_frontend_id` / `alloc_backend_id` in `lb-agent/src/reconcile.rs`), so a sync of N new entries costs O(N² log N); {} services took {}, \
+                 ten times as many took {}. The same allocation is most of the \"+1\" times (one backend ID each collects all {} backend IDs).\n\n",
+                fmt_count(b.probe.0 as f64),
+                ms(b.probe.1),
+                ms(b.ours.full),
+                fmt_count((b.services * b.endpoints) as f64)
+            );
+        }
     }
     if let Some(rows) = &r.b2 {
         md.push_str("## B2: new-connection latency against the number of services\n\n");
