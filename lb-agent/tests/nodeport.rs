@@ -183,8 +183,8 @@ fn nodeport_tcp_and_udp_from_outside_reach_backends_on_both_nodes() {
     }
     let c = cluster("np", &manifest("  type: NodePort\n", "", &fixed_endpoints(BOTH)));
     assert_eq!(ips(&c.lab), (fixed_endpoints(BOTH)[0].1, fixed_endpoints(BOTH)[1].1));
-    let front = format!("{}:{HTTP_PORT}/TCP", node_ip(0));
-    c.wait_frontend(0, &front, 2);
+    c.wait_frontend(0, &format!("{}:{HTTP_PORT}/TCP", node_ip(0)), 2);
+    c.wait_frontend(1, &format!("{}:{HTTP_PORT}/TCP", node_ip(1)), 2);
 
     // The XDP mode the agent chose, as `lb-agent list` shows it.
     let maps = Maps::open(&c.agents[0].pins.0).unwrap();
