@@ -159,7 +159,10 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> anyhow::
                 }
                 oldest_pending = Some(oldest_pending.map_or(seen, |o| o.min(seen)));
                 if apply_at.is_none() {
-                    apply_at = Some(tokio::time::Instant::now() + cfg.sync_delay);
+                    // The first complete state is written at once (the
+                    // node is not ready before); later bursts are gathered.
+                    let delay = if metrics.ready() { cfg.sync_delay } else { Duration::ZERO };
+                    apply_at = Some(tokio::time::Instant::now() + delay);
                 }
             }
             _ = async { tokio::time::sleep_until(deadline.unwrap()).await }, if deadline.is_some() => {
