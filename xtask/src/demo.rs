@@ -5,13 +5,18 @@
 //! `examples/manifests`, then drives real traffic through the ClusterIPs and
 //! prints what happened: the spread over the backends, reverse NAT for UDP,
 //! socket-level load balancing for the node's own clients, a live scale-down
-//! and the rejection of a Service without endpoints. Everything is torn down
-//! at the end, on failure and on Ctrl-C.
+//! and the rejection of a Service without endpoints. Then, in a second lab
+//! of two nodes and an external client, an agent per node serves
+//! `examples/nodeport`: a NodePort spreading over pods on both nodes, a
+//! LoadBalancer IP, and `externalTrafficPolicy: Local` with its health
+//! check NodePort (see `demo/nodeport.rs`). Everything is torn down at the
+//! end, on failure and on Ctrl-C.
 
 mod agent;
 mod interrupt;
 mod listing;
 mod manifests;
+mod nodeport;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -142,6 +147,8 @@ pub fn run(args: &DemoArgs) -> Result<()> {
 /// runs inside the lab), the servers, the lab's namespaces, the temp dir.
 #[derive(Default)]
 struct Env {
+    /// The two-node lab of the north-south part, with its agents.
+    cluster: Option<nodeport::Cluster>,
     agent: Option<Agent>,
     servers: Vec<Server>,
     lab: Option<NodeLab>,
@@ -152,11 +159,14 @@ impl Env {
     /// Tears everything down, printing what was done. Returns false if
     /// something was left behind.
     fn teardown(&mut self) -> bool {
-        if self.agent.is_none() && self.lab.is_none() && self.tmp.is_none() {
+        if self.cluster.is_none() && self.agent.is_none() && self.lab.is_none() && self.tmp.is_none() {
             return true;
         }
         let mut clean = true;
         section("Teardown");
+        if let Some(cluster) = self.cluster.take() {
+            clean &= cluster.teardown();
+        }
         if let Some(mut agent) = self.agent.take() {
             match agent.stop() {
                 Ok(how) => row("lb-agent", format!("{how}; maps unpinned, {} removed", agent.pins.display())),
@@ -485,8 +495,11 @@ fn demo(args: &DemoArgs, env: &mut Env) -> Result<()> {
 
     show_listing(agent, "What the datapath holds now")?;
 
+    nodeport::run(&bin, &root, &tmp.0, pid, &mut env.cluster)?;
+
     if args.keep_running {
-        keep_running(agent, lab, &manifest_dir, &original, &pins)?;
+        let more = env.cluster.as_ref().map(nodeport::Cluster::try_lines).unwrap_or_default();
+        keep_running(agent, lab, &manifest_dir, &original, &pins, &more)?;
     }
     Ok(())
 }
@@ -499,6 +512,7 @@ fn keep_running(
     manifest_dir: &Path,
     original: &str,
     pins: &Path,
+    more: &[String],
 ) -> Result<()> {
     section("Keeping the lab up (--keep-running)");
     write_atomically(manifest_dir, "web.yaml", original)?;
@@ -517,6 +531,9 @@ fn keep_running(
     println!("    bpftool map dump pinned {}/LB4_SERVICES", pins.display());
     println!("    $EDITOR {}/web.yaml", manifest_dir.display());
     println!("    tail -f {}", agent.log.display());
+    for line in more {
+        println!("    {line}");
+    }
     println!();
     println!("  Edits to the manifests apply within {POLL_MS} ms; the agent's syncs show below.");
     println!("  Press Ctrl-C to tear everything down.");
@@ -543,9 +560,11 @@ fn remove_leftovers(bin: &Path) -> Result<()> {
         let Ok(entries) = fs::read_dir(dir) else { continue };
         for entry in entries.flatten() {
             let name = entry.file_name();
+            // lb-demo-<pid>, and lb-demo-<pid>-node-a etc. (the two-node lab)
             let pid = name
                 .to_str()
                 .and_then(|n| n.strip_prefix("lb-demo-"))
+                .and_then(|n| n.split('-').next())
                 .and_then(|n| n.parse::<u32>().ok());
             if let Some(pid) = pid
                 && !Path::new(&format!("/proc/{pid}")).exists()
@@ -556,8 +575,22 @@ fn remove_leftovers(bin: &Path) -> Result<()> {
     }
     for pid in pids {
         let mut removed = Vec::new();
-        let pins = bpffs.join(format!("lb-demo-{pid}"));
-        if pins.exists() {
+        let own = format!("lb-demo-{pid}");
+        let mut pin_dirs: Vec<PathBuf> = fs::read_dir(bpffs)
+            .map(|entries| {
+                entries
+                    .flatten()
+                    .filter(|entry| {
+                        let name = entry.file_name();
+                        let name = name.to_string_lossy();
+                        name == own.as_str() || name.starts_with(&format!("{own}-"))
+                    })
+                    .map(|entry| entry.path())
+                    .collect()
+            })
+            .unwrap_or_default();
+        pin_dirs.sort();
+        for pins in pin_dirs {
             agent::remove_pins(bin, &pins)?;
             removed.push(pins.display().to_string());
         }

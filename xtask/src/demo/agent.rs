@@ -42,11 +42,24 @@ impl Agent {
         log: &Path,
         poll_ms: u64,
     ) -> Result<Agent> {
+        Agent::start_with(node, bin, manifests, pins, log, poll_ms, &[])
+    }
+
+    /// [`Agent::start`] with more arguments for `run`.
+    pub fn start_with(
+        node: &Netns,
+        bin: &Path,
+        manifests: &Path,
+        pins: &Path,
+        log: &Path,
+        poll_ms: u64,
+        extra: &[&str],
+    ) -> Result<Agent> {
         // A pin dir of an earlier run with the same pid: start from scratch.
         if pins.exists() {
             remove_pins(bin, pins)?;
         }
-        let args = vec![
+        let mut args = vec![
             "run".to_owned(),
             "--manifests".to_owned(),
             manifests.display().to_string(),
@@ -57,6 +70,7 @@ impl Agent {
             "--poll-interval-ms".to_owned(),
             poll_ms.to_string(),
         ];
+        args.extend(extra.iter().map(|a| (*a).to_owned()));
         let log_file =
             fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
         let mut cmd = node.command(bin);
