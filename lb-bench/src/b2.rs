@@ -27,6 +27,9 @@ pub struct B2Options {
     pub services: Vec<usize>,
     pub endpoints: usize,
     pub connections: usize,
+    /// Budget for loading a baseline's rules; past it the point is not
+    /// measured.
+    pub install_budget: Duration,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -83,6 +86,8 @@ pub struct B2Row {
     pub failures: usize,
     /// Installing the rules / filling the maps.
     pub install: Duration,
+    /// Why the row holds no figures.
+    pub note: Option<String>,
 }
 
 pub const BACKENDS: usize = 10;
@@ -220,8 +225,31 @@ pub fn run(o: &B2Options) -> Result<Vec<B2Row>> {
             let (lab, servers) = lab(BACKENDS)?;
             let ips: Vec<_> = lab.pods[1..].iter().map(|p| p.ip).collect();
             let svcs = service_list(n, o.endpoints, &ips);
-            let installed = dp::install(kind, &lab, &svcs)
-                .with_context(|| format!("installing {kind} with {n} services"))?;
+            let Some(installed) = dp::install(kind, &lab, &svcs, Some(o.install_budget))
+                .with_context(|| format!("installing {kind} with {n} services"))?
+            else {
+                eprintln!(
+                    "lb-bench: B2 {kind} with {n} services: the rules did not load within {:?}; not measured",
+                    o.install_budget
+                );
+                for position in [Position::First, Position::Last] {
+                    rows.push(B2Row {
+                        kind,
+                        services: n,
+                        position,
+                        request: Pcts::default(),
+                        connect: Pcts::default(),
+                        connections: 0,
+                        failures: 0,
+                        install: o.install_budget,
+                        note: Some(format!(
+                            "not measured: loading the rules took over {} s",
+                            o.install_budget.as_secs()
+                        )),
+                    });
+                }
+                continue;
+            };
             let client = &lab.pods[0].ns;
             for position in [Position::First, Position::Last] {
                 let s = match position {
@@ -250,6 +278,7 @@ pub fn run(o: &B2Options) -> Result<Vec<B2Row>> {
                     connections: o.connections,
                     failures,
                     install: installed.took,
+                    note: None,
                 };
                 eprintln!(
                     "lb-bench: B2 {kind:<20} {n:>6} svc {position:<5}: p50 {:.0} us p90 {:.0} us p99 {:.0} us (connect p99 {:.0} us)",

@@ -24,7 +24,7 @@ use lb_lab::Netns;
 
 use crate::{
     services::{self, Svc},
-    sys,
+    sys::{self, Took},
 };
 
 #[derive(Clone, Debug)]
@@ -39,6 +39,12 @@ pub struct B3Options {
     /// Start the measured `lb-agent run` on maps already holding the set
     /// (as after a restart: quick) rather than on empty maps (full).
     pub agent_prefilled: bool,
+    /// Budget of each iptables-restore / nft command; a command still
+    /// running then is stopped and reported as such.
+    pub baseline_budget: Duration,
+    /// Also time a full iptables restore at N+1 (kube-proxy's periodic
+    /// resync).
+    pub iptables_resync: bool,
 }
 
 /// Full sync, +1 service, +1 endpoint.
@@ -76,12 +82,39 @@ pub struct B3Result {
     pub agent: Option<Result<AgentRun, String>>,
     /// Partial syncs (`--noflush` with KUBE-SERVICES and the changed
     /// chains), as kube-proxy does by default.
-    pub iptables: Timings,
+    pub iptables: BaseTimings,
     /// "+1 service" as a full restore (kube-proxy's periodic full sync).
-    pub iptables_full_resync: Duration,
+    pub iptables_full_resync: Took,
     pub iptables_lines: usize,
-    pub nft: Timings,
+    pub nft: BaseTimings,
     pub nft_lines: usize,
+}
+
+/// A baseline's full sync, +1 service, +1 endpoint; each command runs
+/// under the time budget.
+#[derive(Clone, Copy, Debug)]
+pub struct BaseTimings {
+    pub full: Took,
+    pub add_service: Took,
+    pub add_endpoint: Took,
+}
+
+impl Default for BaseTimings {
+    fn default() -> Self {
+        BaseTimings {
+            full: Took::NotRun,
+            add_service: Took::NotRun,
+            add_endpoint: Took::NotRun,
+        }
+    }
+}
+
+/// Runs `cmd` on `input` under `budget`.
+fn budgeted(mut cmd: std::process::Command, input: &str, budget: Duration) -> Result<Took> {
+    Ok(match sys::run_stdin(&mut cmd, input, Some(budget))? {
+        Some(d) => Took::Ran(d),
+        None => Took::Over(budget),
+    })
 }
 
 fn map_sizes(services: usize, endpoints: usize) -> MapSizes {
@@ -186,31 +219,39 @@ fn time_ours(
 }
 
 fn time_iptables(
+    o: &B3Options,
     base: &[Svc],
     plus_svc: &[Svc],
     plus_ep: &[Svc],
     changed: usize,
-) -> Result<(Timings, Duration, usize)> {
+) -> Result<(BaseTimings, Took, usize)> {
     let ns = Netns::new("b3-ipt")?;
     let nfacct = nfacct_available(&ns);
     let full = services::iptables_restore(base, nfacct);
-    let restore = |rules: &str| -> Result<Duration> {
+    let restore = |rules: &str| -> Result<Took> {
         let mut cmd = ns.command("iptables-restore");
         cmd.arg("--noflush");
-        sys::timed_stdin(&mut cmd, rules)
+        budgeted(cmd, rules, o.baseline_budget)
     };
-    let mut t = Timings {
+    let mut t = BaseTimings {
         full: restore(&full)?,
-        ..Timings::default()
+        ..BaseTimings::default()
     };
-    let new = plus_svc.last().expect("non-empty");
-    t.add_service = restore(&services::iptables_partial(plus_svc, &[new]))?;
-    t.add_endpoint = restore(&services::iptables_partial(plus_ep, &[&plus_ep[changed]]))?;
-    // kube-proxy's full resync at N+1 (it runs one periodically, and after
-    // any partial sync failure).
-    let resync = restore(&services::iptables_restore(plus_ep, nfacct))?;
-    check_iptables(&ns, plus_ep.len())?;
-    let _ = restore(services::iptables_flush());
+    let mut resync = Took::NotRun;
+    if t.full.ran().is_some() {
+        let new = plus_svc.last().expect("non-empty");
+        t.add_service = restore(&services::iptables_partial(plus_svc, &[new]))?;
+        t.add_endpoint = restore(&services::iptables_partial(plus_ep, &[&plus_ep[changed]]))?;
+        if t.add_service.ran().is_some() && t.add_endpoint.ran().is_some() {
+            check_iptables(&ns, plus_ep.len())?;
+        }
+        // kube-proxy's full resync at N+1 (it runs one periodically, and
+        // after any partial sync failure).
+        if o.iptables_resync {
+            resync = restore(&services::iptables_restore(plus_ep, nfacct))?;
+        }
+    }
+    // The namespace goes, and its rules with it.
     Ok((t, resync, full.lines().count()))
 }
 
@@ -264,38 +305,42 @@ fn check_iptables(ns: &Netns, services: usize) -> Result<()> {
 }
 
 fn time_nft(
+    o: &B3Options,
     base: &[Svc],
     plus_svc: &[Svc],
     plus_ep: &[Svc],
     changed: usize,
-) -> Result<(Timings, usize)> {
+) -> Result<(BaseTimings, usize)> {
     let ns = Netns::new("b3-nft")?;
-    let nft = |rules: &str| -> Result<Duration> {
+    let nft = |rules: &str| -> Result<Took> {
         let mut cmd = ns.command("nft");
         cmd.args(["-f", "-"]);
-        sys::timed_stdin(&mut cmd, rules)
+        budgeted(cmd, rules, o.baseline_budget)
     };
     let full = services::nft_full(base);
-    let mut t = Timings {
+    let mut t = BaseTimings {
         full: nft(&full)?,
-        ..Timings::default()
+        ..BaseTimings::default()
     };
-    let new = plus_svc.last().expect("non-empty");
-    t.add_service = nft(&services::nft_partial(&[new]))?;
-    t.add_endpoint = nft(&services::nft_partial(&[&plus_ep[changed]]))?;
-    // Check the map holds every service.
-    let mut cmd = ns.command("nft");
-    cmd.args(["list", "map", "ip", "kube-proxy", "service-ips"]);
-    let out = cmd.output().context("nft list map")?;
-    let elems = String::from_utf8_lossy(&out.stdout)
-        .matches("goto ")
-        .count();
-    ensure!(
-        elems == plus_ep.len(),
-        "service-ips holds {elems} elements, expected {}",
-        plus_ep.len()
-    );
-    let _ = nft(services::nft_delete());
+    if t.full.ran().is_some() {
+        let new = plus_svc.last().expect("non-empty");
+        t.add_service = nft(&services::nft_partial(&[new]))?;
+        t.add_endpoint = nft(&services::nft_partial(&[&plus_ep[changed]]))?;
+        if t.add_service.ran().is_some() && t.add_endpoint.ran().is_some() {
+            // Check the map holds every service.
+            let mut cmd = ns.command("nft");
+            cmd.args(["list", "map", "ip", "kube-proxy", "service-ips"]);
+            let out = cmd.output().context("nft list map")?;
+            let elems = String::from_utf8_lossy(&out.stdout)
+                .matches("goto ")
+                .count();
+            ensure!(
+                elems == plus_ep.len(),
+                "service-ips holds {elems} elements, expected {}",
+                plus_ep.len()
+            );
+        }
+    }
     Ok((t, full.lines().count()))
 }
 
@@ -437,9 +482,9 @@ pub fn run(o: &B3Options, agent_bin: Option<&Path>) -> Result<B3Result> {
         eprintln!("lb-bench: B3 lb-agent run: {a:?}");
     }
     let (iptables, iptables_full_resync, iptables_lines) =
-        time_iptables(&base, &plus_svc, &plus_ep, changed).context("iptables")?;
+        time_iptables(o, &base, &plus_svc, &plus_ep, changed).context("iptables")?;
     eprintln!("lb-bench: B3 iptables: {iptables:?}, full resync {iptables_full_resync:?}");
-    let (nft, nft_lines) = time_nft(&base, &plus_svc, &plus_ep, changed).context("nftables")?;
+    let (nft, nft_lines) = time_nft(o, &base, &plus_svc, &plus_ep, changed).context("nftables")?;
     eprintln!("lb-bench: B3 nftables: {nft:?}");
     Ok(B3Result {
         services: o.services,

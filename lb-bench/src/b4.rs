@@ -200,7 +200,7 @@ fn run_one(kind: Kind, o: &B4Options) -> Result<B4Row> {
     // The target service gets a UDP port too.
     let target = svcs[0].clone();
     svcs.push(target.udp_twin());
-    let installed = dp::install(kind, &lab, &svcs)?;
+    let installed = dp::install(kind, &lab, &svcs, None)?.expect("no budget");
     let to = SocketAddrV4::new(target.ip, target.port);
     let sink_addr = SocketAddrV4::new(be.ip, services::TARGET_PORT);
     let client = &lab.pods[0].ns;

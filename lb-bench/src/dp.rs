@@ -53,7 +53,14 @@ pub struct Installed<'a> {
 /// [`b1::B1Options::reconcile_limit`]).
 pub const RECONCILE_LIMIT: usize = 10_000;
 
-pub fn install<'a>(kind: Kind, lab: &'a NodeLab, svcs: &[Svc]) -> Result<Installed<'a>> {
+/// Installs `kind` with `svcs` into the lab's node. `None` when the rules
+/// did not load within `budget` (the command was stopped).
+pub fn install<'a>(
+    kind: Kind,
+    lab: &'a NodeLab,
+    svcs: &[Svc],
+    budget: Option<std::time::Duration>,
+) -> Result<Option<Installed<'a>>> {
     let node = &lab.node;
     let started = std::time::Instant::now();
     let mut ours = None;
@@ -89,21 +96,31 @@ pub fn install<'a>(kind: Kind, lab: &'a NodeLab, svcs: &[Svc]) -> Result<Install
         Kind::Iptables => {
             let mut cmd = lab.node.command("iptables-restore");
             cmd.arg("--noflush");
-            sys::timed_stdin(&mut cmd, &services::iptables_restore(svcs, false))
-                .context("iptables-restore")?;
+            if sys::run_stdin(&mut cmd, &services::iptables_restore(svcs, false), budget)
+                .context("iptables-restore")?
+                .is_none()
+            {
+                // Whatever was loaded goes with the lab's namespace.
+                return Ok(None);
+            }
         }
         Kind::Nftables => {
             let mut cmd = lab.node.command("nft");
             cmd.args(["-f", "-"]);
-            sys::timed_stdin(&mut cmd, &services::nft_full(svcs)).context("nft -f")?;
+            if sys::run_stdin(&mut cmd, &services::nft_full(svcs), budget)
+                .context("nft -f")?
+                .is_none()
+            {
+                return Ok(None);
+            }
         }
     }
-    Ok(Installed {
+    Ok(Some(Installed {
         kind,
         took: started.elapsed(),
         ours,
         node,
-    })
+    }))
 }
 
 impl Drop for Installed<'_> {

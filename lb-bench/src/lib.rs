@@ -61,12 +61,15 @@ impl Options {
                 services: vec![1_000, 10_000],
                 endpoints: 10,
                 connections: 2_000,
+                install_budget: std::time::Duration::from_secs(120),
             }),
             b3: Some(b3::B3Options {
                 services: 10_000,
                 endpoints: 10,
                 full_sync_budget: std::time::Duration::from_secs(300),
                 agent_prefilled: true,
+                baseline_budget: std::time::Duration::from_secs(120),
+                iptables_resync: false,
             }),
             b4: Some(b4::B4Options { seconds: 3.0 }),
             b5: true,
@@ -84,6 +87,7 @@ impl Options {
         if let Some(b2) = &mut o.b2 {
             b2.services = vec![1_000, 10_000, 30_000];
             b2.connections = 10_000;
+            b2.install_budget = std::time::Duration::from_secs(3 * 3600);
         }
         if let Some(b4) = &mut o.b4 {
             b4.seconds = 10.0;
@@ -91,6 +95,8 @@ impl Options {
         if let Some(b3) = &mut o.b3 {
             b3.full_sync_budget = std::time::Duration::from_secs(3600);
             b3.agent_prefilled = false;
+            b3.baseline_budget = std::time::Duration::from_secs(3 * 3600);
+            b3.iptables_resync = true;
         }
         o.command = "cargo xtask bench".into();
         o
@@ -112,12 +118,15 @@ impl Options {
                 services: vec![10],
                 endpoints: 3,
                 connections: 20,
+                install_budget: std::time::Duration::from_secs(60),
             }),
             b3: Some(b3::B3Options {
                 services: 10,
                 endpoints: 3,
                 full_sync_budget: std::time::Duration::from_secs(60),
                 agent_prefilled: false,
+                baseline_budget: std::time::Duration::from_secs(60),
+                iptables_resync: true,
             }),
             b4: Some(b4::B4Options { seconds: 0.3 }),
             b5: true,

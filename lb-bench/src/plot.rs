@@ -283,7 +283,7 @@ pub fn write_all(r: &Report, dir: &Path) -> Result<Vec<String>> {
             ] {
                 let points: Vec<_> = rows
                     .iter()
-                    .filter(|r| r.kind == kind && r.position == Position::Last)
+                    .filter(|r| r.kind == kind && r.position == Position::Last && r.note.is_none())
                     .map(|r| (r.services as f64, f(&r.request)))
                     .collect();
                 if !points.is_empty() {
@@ -312,6 +312,12 @@ pub fn write_all(r: &Report, dir: &Path) -> Result<Vec<String>> {
             "+1 service".to_string(),
             "+1 endpoint".to_string(),
         ];
+        let tk = |t: crate::sys::Took| match t {
+            crate::sys::Took::Ran(d) | crate::sys::Took::Over(d) => d.as_secs_f64() * 1e3,
+            crate::sys::Took::NotRun => 0.0,
+        };
+        let base =
+            |t: &crate::b3::BaseTimings| vec![tk(t.full), tk(t.add_service), tk(t.add_endpoint)];
         let ms = |t: &crate::b3::Timings| {
             vec![
                 t.full.as_secs_f64() * 1e3,
@@ -330,8 +336,11 @@ pub fn write_all(r: &Report, dir: &Path) -> Result<Vec<String>> {
             &cats,
             &[
                 ("lb agent (maps)".to_string(), ms(&b3.ours)),
-                ("iptables-restore".to_string(), ms(&b3.iptables)),
-                ("nft -f".to_string(), ms(&b3.nft)),
+                (
+                    "iptables-restore (a stopped command: its budget)".to_string(),
+                    base(&b3.iptables),
+                ),
+                ("nft -f".to_string(), base(&b3.nft)),
             ],
             true,
         )?;

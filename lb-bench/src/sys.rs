@@ -115,6 +115,34 @@ fn cmd_out(prog: &str, args: &[&str]) -> Option<String> {
 /// Runs `cmd` with `input` on stdin; returns how long it took (spawn to
 /// exit). Fails with its stderr unless it succeeds.
 pub fn timed_stdin(cmd: &mut Command, input: &str) -> Result<Duration> {
+    Ok(run_stdin(cmd, input, None)?.expect("no timeout"))
+}
+
+/// How long a command took, or that it was stopped at the budget.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Took {
+    Ran(Duration),
+    /// Killed after this long.
+    Over(Duration),
+    NotRun,
+}
+
+impl Took {
+    pub fn ran(&self) -> Option<Duration> {
+        match self {
+            Took::Ran(d) => Some(*d),
+            _ => None,
+        }
+    }
+}
+
+/// [`timed_stdin`] with a time budget: a command still running after
+/// `timeout` is killed and `None` returned.
+pub fn run_stdin(
+    cmd: &mut Command,
+    input: &str,
+    timeout: Option<Duration>,
+) -> Result<Option<Duration>> {
     cmd.stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
@@ -122,27 +150,52 @@ pub fn timed_stdin(cmd: &mut Command, input: &str) -> Result<Duration> {
     let mut child = cmd
         .spawn()
         .with_context(|| format!("starting {:?}", cmd.get_program()))?;
-    {
-        let mut stdin = child.stdin.take().expect("piped stdin");
-        stdin
-            .write_all(input.as_bytes())
-            .context("writing rules to stdin")?;
-    }
-    let out = child.wait_with_output()?;
-    let took = start.elapsed();
-    if !out.status.success() {
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    let input = input.to_string();
+    // A thread of its own: the child may not read everything before it
+    // starts working (or gets killed).
+    let writer = std::thread::spawn(move || {
+        let _ = stdin.write_all(input.as_bytes());
+    });
+    let mut stderr = child.stderr.take().expect("piped stderr");
+    let reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut s);
+        s
+    });
+    let pid = child.id() as libc::pid_t;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let status = child.wait();
+        let _ = tx.send((status, start.elapsed()));
+    });
+    let (status, took) = match timeout {
+        None => rx.recv().context("waiting for the command")?,
+        Some(t) => match rx.recv_timeout(t) {
+            Ok(r) => r,
+            Err(_) => {
+                // SAFETY: kill(2) on our own child, not yet reaped (the
+                // waiter thread reaps it after this).
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+                let _ = rx.recv();
+                let _ = writer.join();
+                let _ = reader.join();
+                return Ok(None);
+            }
+        },
+    };
+    let status = status?;
+    let _ = writer.join();
+    let err = reader.join().unwrap_or_default();
+    if !status.success() {
         bail!(
             "{:?} failed ({}): {}",
             cmd.get_program(),
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-                .lines()
-                .take(5)
-                .collect::<Vec<_>>()
-                .join(" | ")
+            status,
+            err.lines().take(5).collect::<Vec<_>>().join(" | ")
         );
     }
-    Ok(took)
+    Ok(Some(took))
 }
 
 /// A private bpffs directory, removed (with its pinned maps) on drop.
