@@ -133,53 +133,7 @@ fn at(ip: Ipv4Addr, port: u16) -> SocketAddrV4 {
 pub fn run(bin: &Path, root: &Path, tmp: &Path, pid: u32, slot: &mut Option<Cluster>) -> Result<()> {
     let repo_manifests = root.join("examples/nodeport");
     let web = web_pods();
-    let web_ips: Vec<(&str, Ipv4Addr)> = web.iter().map(|(pod, ip, _)| (*pod, *ip)).collect();
-    let whoami = [(WHOAMI, whoami_ip())];
-    let expected = [
-        manifests::Expected {
-            file: "web-np.yaml",
-            service: "web-np",
-            cluster_ip: Ipv4Addr::new(10, 96, 1, 10),
-            port: 80,
-            protocol: "TCP",
-            port_name: "http",
-            target_port: HTTP_PORT,
-            endpoints: &web_ips,
-        },
-        manifests::Expected {
-            file: "web-np.yaml",
-            service: "web-np",
-            cluster_ip: Ipv4Addr::new(10, 96, 1, 10),
-            port: 53,
-            protocol: "UDP",
-            port_name: "dns",
-            target_port: UDP_PORT,
-            endpoints: &web_ips,
-        },
-        manifests::Expected {
-            file: "web-lb.yaml",
-            service: "web-lb",
-            cluster_ip: Ipv4Addr::new(10, 96, 1, 20),
-            port: 80,
-            protocol: "TCP",
-            port_name: "http",
-            target_port: HTTP_PORT,
-            endpoints: &web_ips,
-        },
-        manifests::Expected {
-            file: "whoami-local.yaml",
-            service: "whoami",
-            cluster_ip: Ipv4Addr::new(10, 96, 1, 30),
-            port: 80,
-            protocol: "TCP",
-            port_name: "http",
-            target_port: WHOAMI_PORT,
-            endpoints: &whoami,
-        },
-    ];
-    for want in &expected {
-        manifests::check(&repo_manifests, want)?;
-    }
+    check_manifests(&repo_manifests)?;
     interrupt::check()?;
 
     section("North-south: a two-node lab");
@@ -241,7 +195,8 @@ pub fn run(bin: &Path, root: &Path, tmp: &Path, pid: u32, slot: &mut Option<Clus
     println!("  whoami-local.yaml Service whoami  type LoadBalancer, ingress {LOCAL_LB_IP}:80, NodePort {LOCAL_NP},");
     println!("                    externalTrafficPolicy: Local, healthCheckNodePort: {HC_PORT}");
     let pods_by_node: Vec<String> = web.iter().map(|(pod, ip, node)| format!("{pod} {ip} ({node})")).collect();
-    println!("  web-*'s endpoints carry their nodeName: {}.", pods_by_node.join(", "));
+    println!("  web-*'s endpoints carry their nodeName:");
+    println!("    {}", pods_by_node.join(", "));
     println!("  whoami's only endpoint is {WHOAMI} {} on node-b.", whoami_ip());
     interrupt::check()?;
 
@@ -409,6 +364,60 @@ pub fn run(bin: &Path, root: &Path, tmp: &Path, pid: u32, slot: &mut Option<Clus
     Ok(())
 }
 
+/// Fails unless the manifests in `dir` (examples/nodeport) describe what
+/// the two-node lab runs.
+fn check_manifests(dir: &Path) -> Result<()> {
+    let web = web_pods();
+    let web_ips: Vec<(&str, Ipv4Addr)> = web.iter().map(|(pod, ip, _)| (*pod, *ip)).collect();
+    let whoami = [(WHOAMI, whoami_ip())];
+    let expected = [
+        manifests::Expected {
+            file: "web-np.yaml",
+            service: "web-np",
+            cluster_ip: Ipv4Addr::new(10, 96, 1, 10),
+            port: 80,
+            protocol: "TCP",
+            port_name: "http",
+            target_port: HTTP_PORT,
+            endpoints: &web_ips,
+        },
+        manifests::Expected {
+            file: "web-np.yaml",
+            service: "web-np",
+            cluster_ip: Ipv4Addr::new(10, 96, 1, 10),
+            port: 53,
+            protocol: "UDP",
+            port_name: "dns",
+            target_port: UDP_PORT,
+            endpoints: &web_ips,
+        },
+        manifests::Expected {
+            file: "web-lb.yaml",
+            service: "web-lb",
+            cluster_ip: Ipv4Addr::new(10, 96, 1, 20),
+            port: 80,
+            protocol: "TCP",
+            port_name: "http",
+            target_port: HTTP_PORT,
+            endpoints: &web_ips,
+        },
+        manifests::Expected {
+            file: "whoami-local.yaml",
+            service: "whoami",
+            cluster_ip: Ipv4Addr::new(10, 96, 1, 30),
+            port: 80,
+            protocol: "TCP",
+            port_name: "http",
+            target_port: WHOAMI_PORT,
+            endpoints: &whoami,
+        },
+    ];
+    for want in &expected {
+        manifests::check(dir, want)?;
+    }
+    Ok(())
+}
+
 /// The agent's sync, warning and error lines, prefixed with its node.
 fn print_log(node: &str, agent: &mut Agent) {
     for line in agent.new_log_lines() {
@@ -510,5 +519,13 @@ impl Drop for WhoAmI {
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn repo_manifests_match_the_two_node_lab() {
+        super::check_manifests(&crate::util::workspace_root().join("examples/nodeport")).unwrap();
     }
 }
