@@ -124,6 +124,10 @@ pub struct Reconciler {
     shrunk: BTreeMap<u32, BTreeSet<u32>>,
     frontends: BTreeMap<FrontendAddr, Installed>,
     backends: BTreeMap<BackendAddr, InstalledBackend>,
+    /// IDs in use, kept alongside the two maps above so that allocating one
+    /// is O(log n) rather than a scan of every installed entry.
+    frontend_ids: BTreeSet<u32>,
+    backend_ids: BTreeSet<u32>,
     next_frontend_id: u32,
     next_backend_id: u32,
     maglev_m: u32,
@@ -225,6 +229,8 @@ impl Reconciler {
         Ok(Reconciler {
             maps,
             shrunk: BTreeMap::new(),
+            frontend_ids: frontends.values().map(|f| f.id).collect(),
+            backend_ids: backends.values().map(|b| b.id).collect(),
             frontends,
             backends,
             next_frontend_id,
@@ -511,6 +517,7 @@ impl Reconciler {
             match self.maps.backends.insert(&BackendKey { id }, &value) {
                 Ok(()) => {
                     self.backends.insert(addr, InstalledBackend { id, flags });
+                    self.backend_ids.insert(id);
                 }
                 Err(e) => stats.errors.push(format!("backend {addr}: {e}")),
             }
@@ -518,13 +525,11 @@ impl Reconciler {
     }
 
     fn alloc_backend_id(&mut self) -> u32 {
-        let used: BTreeSet<u32> = self.backends.values().map(|b| b.id).collect();
-        alloc(&mut self.next_backend_id, &used)
+        alloc(&mut self.next_backend_id, &self.backend_ids)
     }
 
     fn alloc_frontend_id(&mut self) -> u32 {
-        let used: BTreeSet<u32> = self.frontends.values().map(|f| f.id).collect();
-        alloc(&mut self.next_frontend_id, &used)
+        alloc(&mut self.next_frontend_id, &self.frontend_ids)
     }
 
     fn write_frontend(&mut self, fe: &Frontend, stats: &mut Stats) {
@@ -639,6 +644,7 @@ impl Reconciler {
             let _ = self.maps.names.remove(&RevNatKey { id });
             return Err(e);
         }
+        self.frontend_ids.insert(id);
         self.frontends
             .insert(fe.addr, Installed::new(fe, id, generation, slots, allowed, maglev_m));
         Ok(())
@@ -697,6 +703,7 @@ impl Reconciler {
             stats.ops += 1;
             self.maps.names.insert(&RevNatKey { id }, &svc_name(&fe.name))?;
         }
+        self.frontend_ids.insert(id);
         self.frontends
             .insert(fe.addr, Installed::new(fe, id, generation, slots, allowed, maglev_m));
         Ok(())
@@ -718,6 +725,7 @@ impl Reconciler {
         let _ = self.maps.revnat.remove(&RevNatKey { id: inst.id });
         let _ = self.maps.names.remove(&RevNatKey { id: inst.id });
         self.frontends.remove(&addr);
+        self.frontend_ids.remove(&inst.id);
         stats.removed += 1;
         Some(inst.id)
     }
@@ -743,6 +751,7 @@ impl Reconciler {
             match self.maps.backends.remove(&BackendKey { id }) {
                 Ok(()) => {
                     self.backends.remove(&addr);
+                    self.backend_ids.remove(&id);
                 }
                 Err(e) => stats.errors.push(format!("removing backend {addr}: {e}")),
             }
