@@ -218,10 +218,29 @@ pub fn connections(
     })
 }
 
-pub fn run(o: &B2Options) -> Result<Vec<B2Row>> {
+/// `skip`: (datapath, services) points known not to load within the
+/// budget (from B3), with the reason; they are reported, not run.
+pub fn run(o: &B2Options, skip: &[(Kind, usize, String)]) -> Result<Vec<B2Row>> {
     let mut rows = Vec::new();
     for &n in &o.services {
         for kind in Kind::ALL {
+            if let Some((_, _, why)) = skip.iter().find(|(k, at, _)| *k == kind && n >= *at) {
+                eprintln!("lb-bench: B2 {kind} with {n} services: {why}; not measured");
+                for position in [Position::First, Position::Last] {
+                    rows.push(B2Row {
+                        kind,
+                        services: n,
+                        position,
+                        request: Pcts::default(),
+                        connect: Pcts::default(),
+                        connections: 0,
+                        failures: 0,
+                        install: Duration::ZERO,
+                        note: Some(format!("not measured: {why}")),
+                    });
+                }
+                continue;
+            }
             let (lab, servers) = lab(BACKENDS)?;
             let ips: Vec<_> = lab.pods[1..].iter().map(|p| p.ip).collect();
             let svcs = service_list(n, o.endpoints, &ips);

@@ -86,6 +86,8 @@ pub struct B3Result {
     /// "+1 service" as a full restore (kube-proxy's periodic full sync).
     pub iptables_full_resync: Took,
     pub iptables_lines: usize,
+    /// The same rules through `iptables-legacy-restore`.
+    pub iptables_legacy: BaseTimings,
     pub nft: BaseTimings,
     pub nft_lines: usize,
 }
@@ -219,6 +221,7 @@ fn time_ours(
 }
 
 fn time_iptables(
+    kind: crate::dp::Kind,
     o: &B3Options,
     base: &[Svc],
     plus_svc: &[Svc],
@@ -226,10 +229,11 @@ fn time_iptables(
     changed: usize,
 ) -> Result<(BaseTimings, Took, usize)> {
     let ns = Netns::new("b3-ipt")?;
-    let nfacct = nfacct_available(&ns);
+    let legacy = kind == crate::dp::Kind::IptablesLegacy;
+    let nfacct = !legacy && nfacct_available(&ns);
     let full = services::iptables_restore(base, nfacct);
     let restore = |rules: &str| -> Result<Took> {
-        let mut cmd = ns.command("iptables-restore");
+        let mut cmd = ns.command(kind.restore_command());
         cmd.arg("--noflush");
         budgeted(cmd, rules, o.baseline_budget)
     };
@@ -243,11 +247,19 @@ fn time_iptables(
         t.add_service = restore(&services::iptables_partial(plus_svc, &[new]))?;
         t.add_endpoint = restore(&services::iptables_partial(plus_ep, &[&plus_ep[changed]]))?;
         if t.add_service.ran().is_some() && t.add_endpoint.ran().is_some() {
-            check_iptables(&ns, plus_ep.len())?;
+            check_iptables(
+                &ns,
+                if legacy {
+                    "iptables-legacy"
+                } else {
+                    "iptables"
+                },
+                plus_ep.len(),
+            )?;
         }
         // kube-proxy's full resync at N+1 (it runs one periodically, and
         // after any partial sync failure).
-        if o.iptables_resync {
+        if o.iptables_resync && !legacy {
             resync = restore(&services::iptables_restore(plus_ep, nfacct))?;
         }
     }
@@ -288,8 +300,8 @@ fn nfacct_available(ns: &Netns) -> bool {
 
 /// The nat table holds one KUBE-SERVICES rule per service (plus the
 /// NodePorts rule): the restores really landed.
-fn check_iptables(ns: &Netns, services: usize) -> Result<()> {
-    let mut cmd = ns.command("iptables");
+fn check_iptables(ns: &Netns, program: &str, services: usize) -> Result<()> {
+    let mut cmd = ns.command(program);
     cmd.args(["-t", "nat", "-S", "KUBE-SERVICES"]);
     let out = cmd.output().context("iptables -S")?;
     let rules = String::from_utf8_lossy(&out.stdout)
@@ -481,9 +493,26 @@ pub fn run(o: &B3Options, agent_bin: Option<&Path>) -> Result<B3Result> {
     if let Some(a) = &agent {
         eprintln!("lb-bench: B3 lb-agent run: {a:?}");
     }
-    let (iptables, iptables_full_resync, iptables_lines) =
-        time_iptables(o, &base, &plus_svc, &plus_ep, changed).context("iptables")?;
+    let (iptables, iptables_full_resync, iptables_lines) = time_iptables(
+        crate::dp::Kind::Iptables,
+        o,
+        &base,
+        &plus_svc,
+        &plus_ep,
+        changed,
+    )
+    .context("iptables")?;
     eprintln!("lb-bench: B3 iptables: {iptables:?}, full resync {iptables_full_resync:?}");
+    let (iptables_legacy, _, _) = time_iptables(
+        crate::dp::Kind::IptablesLegacy,
+        o,
+        &base,
+        &plus_svc,
+        &plus_ep,
+        changed,
+    )
+    .context("iptables-legacy")?;
+    eprintln!("lb-bench: B3 iptables-legacy: {iptables_legacy:?}");
     let (nft, nft_lines) = time_nft(o, &base, &plus_svc, &plus_ep, changed).context("nftables")?;
     eprintln!("lb-bench: B3 nftables: {nft:?}");
     Ok(B3Result {
@@ -497,6 +526,7 @@ pub fn run(o: &B3Options, agent_bin: Option<&Path>) -> Result<B3Result> {
         iptables,
         iptables_full_resync,
         iptables_lines,
+        iptables_legacy,
         nft,
         nft_lines,
     })

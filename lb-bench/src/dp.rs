@@ -22,19 +22,36 @@ use crate::{
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Kind {
     Ours,
+    /// The system's `iptables-restore` (here the nf_tables backend).
     Iptables,
+    /// The same rules through `iptables-legacy-restore` (x_tables).
+    IptablesLegacy,
     Nftables,
 }
 
 impl Kind {
-    pub const ALL: [Kind; 3] = [Kind::Ours, Kind::Iptables, Kind::Nftables];
+    pub const ALL: [Kind; 4] = [
+        Kind::Ours,
+        Kind::Iptables,
+        Kind::IptablesLegacy,
+        Kind::Nftables,
+    ];
+
+    /// The restore command of an iptables kind.
+    pub fn restore_command(self) -> &'static str {
+        match self {
+            Kind::IptablesLegacy => "iptables-legacy-restore",
+            _ => "iptables-restore",
+        }
+    }
 }
 
 impl fmt::Display for Kind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Kind::Ours => "lb (tc eBPF)",
-            Kind::Iptables => "kube-proxy iptables",
+            Kind::Iptables => "kube-proxy iptables (nft backend)",
+            Kind::IptablesLegacy => "kube-proxy iptables (legacy)",
             Kind::Nftables => "kube-proxy nftables",
         })
     }
@@ -93,8 +110,8 @@ pub fn install<'a>(
             let (rec, _) = b1::fill(pins.path(), rec, &desired, backends <= RECONCILE_LIMIT)?;
             ours = Some((dp, rec, pins));
         }
-        Kind::Iptables => {
-            let mut cmd = lab.node.command("iptables-restore");
+        Kind::Iptables | Kind::IptablesLegacy => {
+            let mut cmd = lab.node.command(kind.restore_command());
             cmd.arg("--noflush");
             if sys::run_stdin(&mut cmd, &services::iptables_restore(svcs, false), budget)
                 .context("iptables-restore")?
@@ -129,8 +146,8 @@ impl Drop for Installed<'_> {
         self.ours.take();
         match self.kind {
             Kind::Ours => {}
-            Kind::Iptables => {
-                let mut cmd = self.node.command("iptables-restore");
+            Kind::Iptables | Kind::IptablesLegacy => {
+                let mut cmd = self.node.command(self.kind.restore_command());
                 let _ = sys::timed_stdin(&mut cmd, services::iptables_flush());
             }
             Kind::Nftables => {

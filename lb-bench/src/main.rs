@@ -49,6 +49,14 @@ struct Cli {
     /// B4: seconds per throughput run.
     #[arg(long)]
     b4_seconds: Option<f64>,
+    /// Print the kube-proxy iptables ruleset (iptables-restore input) for
+    /// this many services x 10 endpoints, and exit.
+    #[arg(long)]
+    dump_iptables: Option<usize>,
+    /// Print the kube-proxy nftables ruleset (nft -f input) for this many
+    /// services x 10 endpoints, and exit.
+    #[arg(long)]
+    dump_nft: Option<usize>,
     /// The command line to put in the report.
     #[arg(long)]
     command: Option<String>,
@@ -56,6 +64,20 @@ struct Cli {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
+    if let Some(n) = cli.dump_iptables {
+        print!(
+            "{}",
+            lb_bench::services::iptables_restore(&lb_bench::services::generate(n, 10), true)
+        );
+        return Ok(());
+    }
+    if let Some(n) = cli.dump_nft {
+        print!(
+            "{}",
+            lb_bench::services::nft_full(&lb_bench::services::generate(n, 10))
+        );
+        return Ok(());
+    }
     let mut o = if cli.quick {
         Options::quick()
     } else {
