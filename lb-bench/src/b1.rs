@@ -51,8 +51,7 @@ pub struct B1Options {
     pub cpu: usize,
     /// Above this many backends in total the maps are filled by direct map
     /// writes of the same entries (then checked by a `Reconciler::apply`
-    /// that must be a no-op): the reconciler's ID allocation is quadratic
-    /// (see B3) and would take hours at 100,000 services.
+    /// that must be a no-op), for when the reconciler would take too long.
     pub reconcile_limit: usize,
 }
 

@@ -68,7 +68,7 @@ pub struct Installed<'a> {
 
 /// Above this many backends the maps are filled directly (see
 /// [`b1::B1Options::reconcile_limit`]).
-pub const RECONCILE_LIMIT: usize = 10_000;
+pub const RECONCILE_LIMIT: usize = 2_000_000;
 
 /// Installs `kind` with `svcs` into the lab's node. `None` when the rules
 /// did not load within `budget` (the command was stopped).

@@ -55,7 +55,7 @@ impl Options {
                 rounds: 5,
                 new_flows: 20_000,
                 cpu: sys::online_cpus().saturating_sub(1),
-                reconcile_limit: 10_000,
+                reconcile_limit: 2_000_000,
             }),
             b2: Some(b2::B2Options {
                 services: vec![1_000, 10_000],
@@ -67,7 +67,7 @@ impl Options {
                 services: 10_000,
                 endpoints: 10,
                 full_sync_budget: std::time::Duration::from_secs(300),
-                agent_prefilled: true,
+                agent_prefilled: false,
                 baseline_budget: std::time::Duration::from_secs(200),
                 iptables_resync: false,
             }),

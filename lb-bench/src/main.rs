@@ -28,6 +28,10 @@ struct Cli {
     /// B1: service counts.
     #[arg(long, value_delimiter = ',')]
     b1_services: Option<Vec<usize>>,
+    /// B1: above this many backends in total, fill the maps directly
+    /// instead of through Reconciler::apply.
+    #[arg(long)]
+    b1_reconcile_limit: Option<usize>,
     /// B1: repeat count of one test run.
     #[arg(long)]
     b1_repeat: Option<u32>,
@@ -46,6 +50,14 @@ struct Cli {
     /// B3: endpoints per service.
     #[arg(long)]
     b3_endpoints: Option<usize>,
+    /// B2/B3: seconds an iptables-restore / nft load may take before it is
+    /// stopped (and the point reported as not measured).
+    #[arg(long)]
+    baseline_budget_s: Option<u64>,
+    /// B3: the agent's full sync at full size is skipped (estimated from a
+    /// tenth of the size) when the estimate exceeds this many seconds.
+    #[arg(long)]
+    agent_full_sync_budget_s: Option<u64>,
     /// B4: seconds per throughput run.
     #[arg(long)]
     b4_seconds: Option<f64>,
@@ -87,6 +99,9 @@ fn main() -> Result<()> {
         if let Some(v) = cli.b1_services {
             b1.services = v;
         }
+        if let Some(v) = cli.b1_reconcile_limit {
+            b1.reconcile_limit = v;
+        }
         if let Some(v) = cli.b1_repeat {
             b1.repeat = v;
         }
@@ -109,6 +124,18 @@ fn main() -> Result<()> {
         if let Some(v) = cli.b3_endpoints {
             b3.endpoints = v;
         }
+    }
+    if let Some(v) = cli.baseline_budget_s {
+        let d = std::time::Duration::from_secs(v);
+        if let Some(b2) = &mut o.b2 {
+            b2.install_budget = d;
+        }
+        if let Some(b3) = &mut o.b3 {
+            b3.baseline_budget = d;
+        }
+    }
+    if let (Some(v), Some(b3)) = (cli.agent_full_sync_budget_s, &mut o.b3) {
+        b3.full_sync_budget = std::time::Duration::from_secs(v);
     }
     if let Some(b4) = &mut o.b4 {
         if let Some(v) = cli.b4_seconds {

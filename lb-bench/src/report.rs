@@ -451,6 +451,11 @@ pub fn markdown(r: &Report, plots: &[String]) -> String {
         "\nAll traffic stays inside network namespaces the benchmark creates (a lab \"node\" with pods behind veth pairs); \
          nothing is linked to the root namespace. veth is the medium: absolute rates are far below a NIC's, so compare ratios.\n\n",
     );
+    md.push_str(
+        "Run it with `cargo xtask bench --quick` (about a quarter of an hour on this machine, most of it the agent's full sync and the baselines' \
+         rule loads at 10,000 services) or `cargo xtask bench` (the full sizes: B2 up to 30,000 services and longer runs; the baselines' rule loads \
+         alone can take hours there). Sizes and budgets are flags: `cargo xtask bench -- --help`.\n\n",
+    );
     md.push_str("## Goals\n\n");
     md.push_str(&goals(r));
     md.push('\n');
@@ -462,7 +467,7 @@ pub fn markdown(r: &Report, plots: &[String]) -> String {
         let _ = write!(
             md,
             "\nMethod. `BPF_PROG_TEST_RUN` through aya, the calling thread pinned to CPU {} with `sched_setaffinity` (the kernel runs skb and XDP test runs on the calling CPU). \
-             Each service count is a fresh datapath whose maps hold N ClusterIP services with {} backends each (distinct backends), plus the two frontends described below; \
+             Each service count is a fresh datapath whose maps hold N ClusterIP services with {} backends each (distinct backends), plus the frontends described below (a ClusterIP pair, and NodePort frontends when the object has the XDP program); \
              the measured service is the last one generated.\n\n\
              - **Floor**: the no-op `lb_xdp_pass`, `repeat` = {}, best of {}.\n\
              - **Established flow** (`lb_tc`, conntrack hit): with `repeat` > 1 the kernel runs the program again and again on the *same* skb, so after the first DNAT the packet \
@@ -478,7 +483,7 @@ pub fn markdown(r: &Report, plots: &[String]) -> String {
              - **XDP NodePort path** (`lb_xdp`): measured the same three ways on NodePort frontends at the node address (a ping-pong pair for the established flow, \
              and a NodePort with the measured service's ten endpoints for new flows). No node SNAT configuration is written, so the program DNATs and hands the packet \
              to the kernel (`XDP_PASS`), which is its path for a backend on this node; the SNAT + FIB forwarding path to a remote backend is not measured.\n\
-             - The Katran anchor (101–119 ns) is an XDP program on a bare-metal CPU; ours is a tc (skb) program on a VM.\n",
+             - The Katran anchor (101–119 ns) is an XDP program on a bare-metal CPU; these figures come from the VM described above.\n",
             o.cpu,
             o.endpoints,
             o.repeat,
@@ -500,8 +505,7 @@ pub fn markdown(r: &Report, plots: &[String]) -> String {
             let _ = write!(
                 md,
                 "\n¹ Above {} backends in total the maps are filled by writing the same entries the reconciler writes (same IDs, generation 0 slots), after which \
-                 `Reconciler::recover` and `Reconciler::apply` run and must find nothing to change. `Reconciler::apply` itself is not used there because its ID allocation \
-                 is quadratic (see B3): at 100,000 services × 10 backends it would run for hours.\n",
+                 `Reconciler::recover` and `Reconciler::apply` run and must find nothing to change (the `--b1-reconcile-limit` flag sets the limit).\n",
                 fmt_count(o.reconcile_limit as f64)
             );
         }
@@ -534,9 +538,7 @@ pub fn markdown(r: &Report, plots: &[String]) -> String {
             let _ = write!(
                 md,
                 "² Not run at full size: the agent's sync is first timed at {} services ({}), and scaled by (N/n)² it would exceed this mode's budget of {}; \
-                 the maps were then filled directly (as in B1) for the incremental measurements. The growth is quadratic because `Reconciler` allocates each \
-                 frontend and backend ID by collecting every ID in use into a fresh `BTreeSet` (`alloc_frontend_id` / `alloc_backend_id` in \
-                 `lb-agent/src/reconcile.rs`): N allocations of O(N log N) each. The full mode runs it.\n\n",
+                 the maps were then filled directly (as in B1) for the incremental measurements.\n\n",
                 fmt_count(b.probe.0 as f64),
                 ms(b.probe.1),
                 ms(r.options
@@ -548,13 +550,11 @@ pub fn markdown(r: &Report, plots: &[String]) -> String {
         } else {
             let _ = write!(
                 md,
-                "Why the agent's full sync is slow: `Reconciler` allocates each frontend and backend ID by collecting every ID in use into a fresh `BTreeSet` \
-                 (`alloc_frontend_id` / `alloc_backend_id` in `lb-agent/src/reconcile.rs`), so a sync of N new entries costs O(N² log N); {} services took {}, \
-                 ten times as many took {}. The same allocation is most of the \"+1\" times (one backend ID each collects all {} backend IDs).\n\n",
+                "The agent's sync at a tenth of the size ({} services) took {}; the full size took {} ({:.1}× for 10× the services).\n\n",
                 fmt_count(b.probe.0 as f64),
                 ms(b.probe.1),
                 ms(b.ours.full),
-                fmt_count((b.services * b.endpoints) as f64)
+                b.ours.full.as_secs_f64() / b.probe.1.as_secs_f64().max(1e-9)
             );
         }
     }
