@@ -337,8 +337,12 @@ pub fn write_all(r: &Report, dir: &Path) -> Result<Vec<String>> {
             &[
                 ("lb agent (maps)".to_string(), ms(&b3.ours)),
                 (
-                    "iptables-restore (a stopped command: its budget)".to_string(),
+                    "iptables-restore, nft backend (a stopped load: its budget)".to_string(),
                     base(&b3.iptables),
+                ),
+                (
+                    "iptables-legacy-restore".to_string(),
+                    base(&b3.iptables_legacy),
                 ),
                 ("nft -f".to_string(), base(&b3.nft)),
             ],
