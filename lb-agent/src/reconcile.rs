@@ -326,7 +326,7 @@ impl Reconciler {
     /// Brings the maps to `desired` with the fewest writes.
     pub fn apply(&mut self, desired: &Desired) -> Stats {
         let mut stats = Stats::default();
-        self.write_backends(desired, &mut stats);
+        let wanted = self.write_backends(desired, &mut stats);
         for fe in desired.values() {
             self.write_frontend(fe, &mut stats);
         }
@@ -342,7 +342,7 @@ impl Reconciler {
                 purge.insert(id, BTreeSet::new());
             }
         }
-        self.remove_unused_backends(desired, &mut stats);
+        self.remove_unused_backends(&wanted, &mut stats);
         for (id, allowed) in std::mem::take(&mut self.shrunk) {
             purge.insert(id, allowed);
         }
@@ -486,7 +486,9 @@ impl Reconciler {
         Ok(deleted.len())
     }
 
-    fn write_backends(&mut self, desired: &Desired, stats: &mut Stats) {
+    /// Writes new and changed backends; returns every backend the desired
+    /// state uses, with its flags.
+    fn write_backends(&mut self, desired: &Desired, stats: &mut Stats) -> BTreeMap<BackendAddr, u8> {
         let mut wanted: BTreeMap<BackendAddr, u8> = BTreeMap::new();
         for fe in desired.values() {
             for b in &fe.backends {
@@ -498,7 +500,7 @@ impl Reconciler {
                 *wanted.entry(b.addr).or_default() |= flags;
             }
         }
-        for (addr, flags) in wanted {
+        for (&addr, &flags) in &wanted {
             let existing = self.backends.get(&addr).copied();
             if existing.is_some_and(|b| b.flags == flags) {
                 continue;
@@ -522,6 +524,7 @@ impl Reconciler {
                 Err(e) => stats.errors.push(format!("backend {addr}: {e}")),
             }
         }
+        wanted
     }
 
     fn alloc_backend_id(&mut self) -> u32 {
@@ -551,24 +554,28 @@ impl Reconciler {
         } else {
             0
         };
+        if let Some(inst) = self.frontends.get_mut(&fe.addr) {
+            if inst.slots == slots
+                && inst.flags == fe.flags
+                && inst.affinity_timeout == fe.affinity_timeout
+                && inst.name == fe.name
+                && inst.maglev_m == maglev_m
+            {
+                // Nothing to write; only terminating backends may differ.
+                if inst.allowed != allowed {
+                    if !inst.allowed.is_subset(&allowed) {
+                        self.shrunk.insert(inst.id, allowed.clone());
+                    }
+                    inst.allowed = allowed;
+                }
+                return;
+            }
+        }
         let current = self.frontends.get(&fe.addr).cloned();
         let result = match &current {
             None => self
                 .add_frontend(fe, slots, allowed.clone(), maglev_m, stats)
                 .map(|()| stats.added += 1),
-            Some(inst)
-                if inst.slots == slots
-                    && inst.flags == fe.flags
-                    && inst.affinity_timeout == fe.affinity_timeout
-                    && inst.name == fe.name
-                    && inst.maglev_m == maglev_m =>
-            {
-                // Only the terminating backends may differ.
-                if let Some(i) = self.frontends.get_mut(&fe.addr) {
-                    i.allowed = allowed.clone();
-                }
-                Ok(())
-            }
             Some(inst) => self
                 .update_frontend(fe, inst, slots, allowed.clone(), maglev_m, stats)
                 .map(|()| stats.updated += 1),
@@ -730,22 +737,24 @@ impl Reconciler {
         Some(inst.id)
     }
 
-    fn remove_unused_backends(&mut self, desired: &Desired, stats: &mut Stats) {
-        let wanted: BTreeSet<BackendAddr> = desired
-            .values()
-            .flat_map(|fe| fe.backends.iter().map(|b| b.addr))
+    fn remove_unused_backends(&mut self, wanted: &BTreeMap<BackendAddr, u8>, stats: &mut Stats) {
+        let candidates: Vec<(BackendAddr, u32)> = self
+            .backends
+            .iter()
+            .filter(|(addr, _)| !wanted.contains_key(addr))
+            .map(|(addr, b)| (*addr, b.id))
             .collect();
+        if candidates.is_empty() {
+            return;
+        }
+        // A frontend whose update failed may still point at one.
         let in_slots: BTreeSet<u32> = self
             .frontends
             .values()
             .flat_map(|f| f.slots.iter().chain(&f.allowed).copied())
             .collect();
-        let unused: Vec<(BackendAddr, u32)> = self
-            .backends
-            .iter()
-            .filter(|(addr, b)| !wanted.contains(addr) && !in_slots.contains(&b.id))
-            .map(|(addr, b)| (*addr, b.id))
-            .collect();
+        let unused: Vec<(BackendAddr, u32)> =
+            candidates.into_iter().filter(|(_, id)| !in_slots.contains(id)).collect();
         for (addr, id) in unused {
             stats.ops += 1;
             match self.maps.backends.remove(&BackendKey { id }) {
