@@ -204,6 +204,13 @@ pub struct Ct4Key {
     pub _pad: u16,
 }
 
+impl Ct4Key {
+    #[inline(always)]
+    pub const fn new(saddr: u32, daddr: u32, sport: u16, dport: u16, proto: u8, dir: u8) -> Ct4Key {
+        Ct4Key { saddr, daddr, sport, dport, proto, dir, _pad: 0 }
+    }
+}
+
 /// `CtEntry::tcp_flags` collects the TCP flags seen on the flow.
 pub mod ct_flags {
     pub const SYN: u8 = 0x02;

@@ -10,6 +10,7 @@
 
 mod lookup;
 mod maps;
+mod packet;
 mod sock;
 mod tc;
 mod xdp;

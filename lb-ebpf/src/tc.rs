@@ -23,6 +23,7 @@ use lb_common::{
 };
 
 use crate::{
+    packet,
     lookup::{backend, config, now_ns, rev_nat, select_backend, service},
     maps::LB4_CT,
 };
@@ -63,31 +64,13 @@ impl Flow {
     /// The conntrack key of this packet's own tuple.
     #[inline(always)]
     fn ct_key(&self, dir: u8) -> Ct4Key {
-        Ct4Key {
-            saddr: self.saddr,
-            daddr: self.daddr,
-            sport: self.sport,
-            dport: self.dport,
-            proto: self.proto,
-            dir,
-            _pad: 0,
-        }
+        Ct4Key::new(self.saddr, self.daddr, self.sport, self.dport, self.proto, dir)
     }
-}
-
-#[inline(always)]
-fn ptr_at<T>(ctx: &TcContext, off: usize) -> Result<*const T, Error> {
-    let start = ctx.data();
-    if start + off + size_of::<T>() > ctx.data_end() {
-        return Err(Error::Malformed);
-    }
-    Ok((start + off) as *const T)
 }
 
 #[inline(always)]
 fn read<T: Copy>(ctx: &TcContext, off: usize) -> Result<T, Error> {
-    // SAFETY: ptr_at checked the bounds against data_end.
-    Ok(unsafe { ptr_at::<T>(ctx, off)?.read_unaligned() })
+    packet::read(ctx, off).ok_or(Error::Malformed)
 }
 
 /// Headers we may read: Ethernet, IPv4 with options, a TCP header.

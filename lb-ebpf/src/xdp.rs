@@ -50,6 +50,7 @@ use lb_common::{
 
 use crate::{
     lookup::{backend, config, now_ns, rev_nat, select_backend, service},
+    packet,
     maps::{LB_NODE, LB4_CT, LB4_NAT, LB4_SRC_RANGES},
 };
 
@@ -110,31 +111,18 @@ struct Flow {
 impl Flow {
     #[inline(always)]
     fn ct_key(&self, dir: u8) -> Ct4Key {
-        Ct4Key {
-            saddr: self.saddr,
-            daddr: self.daddr,
-            sport: self.sport,
-            dport: self.dport,
-            proto: self.proto,
-            dir,
-            _pad: 0,
-        }
+        Ct4Key::new(self.saddr, self.daddr, self.sport, self.dport, self.proto, dir)
     }
 }
 
 #[inline(always)]
 fn ptr_at<T>(ctx: &XdpContext, off: usize) -> Result<*mut T, Error> {
-    let start = ctx.data();
-    if start + off + size_of::<T>() > ctx.data_end() {
-        return Err(Error::Malformed);
-    }
-    Ok((start + off) as *mut T)
+    packet::ptr_at(ctx, off).ok_or(Error::Malformed)
 }
 
 #[inline(always)]
 fn read<T: Copy>(ctx: &XdpContext, off: usize) -> Result<T, Error> {
-    // SAFETY: ptr_at checked the bounds against data_end.
-    Ok(unsafe { ptr_at::<T>(ctx, off)?.read_unaligned() })
+    packet::read(ctx, off).ok_or(Error::Malformed)
 }
 
 #[inline(always)]
