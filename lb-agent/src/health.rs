@@ -75,7 +75,9 @@ pub async fn serve(listener: TcpListener, metrics: Metrics, heartbeat: Heartbeat
     }
 }
 
-async fn handle(mut stream: TcpStream, metrics: &Metrics, heartbeat: &Heartbeat) -> std::io::Result<()> {
+/// Reads an HTTP request head (up to the blank line, at most 16 KiB, 5 s).
+/// `None` if the client sent nothing usable in time.
+pub(crate) async fn read_request_head(stream: &mut TcpStream) -> Option<Vec<u8>> {
     let mut buf = Vec::with_capacity(1024);
     let read = tokio::time::timeout(Duration::from_secs(5), async {
         let mut chunk = [0u8; 1024];
@@ -89,9 +91,13 @@ async fn handle(mut stream: TcpStream, metrics: &Metrics, heartbeat: &Heartbeat)
         Ok::<_, std::io::Error>(())
     })
     .await;
-    if !matches!(read, Ok(Ok(()))) {
+    matches!(read, Ok(Ok(()))).then_some(buf)
+}
+
+async fn handle(mut stream: TcpStream, metrics: &Metrics, heartbeat: &Heartbeat) -> std::io::Result<()> {
+    let Some(buf) = read_request_head(&mut stream).await else {
         return Ok(());
-    }
+    };
     let head = String::from_utf8_lossy(&buf);
     let mut parts = head.lines().next().unwrap_or("").split_whitespace();
     let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));

@@ -28,7 +28,7 @@ use std::{
 };
 
 use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
+    io::AsyncWriteExt,
     net::{TcpListener, TcpStream},
     task::JoinHandle,
 };
@@ -138,22 +138,9 @@ pub fn response(svc: &ServiceRef, local_endpoints: usize, proxy_healthy: bool) -
 }
 
 async fn handle(mut stream: TcpStream, port: u16, state: &State, heartbeat: &Heartbeat) -> std::io::Result<()> {
-    let mut buf = Vec::with_capacity(1024);
-    let read = tokio::time::timeout(Duration::from_secs(5), async {
-        let mut chunk = [0u8; 1024];
-        while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 16 * 1024 {
-            let n = stream.read(&mut chunk).await?;
-            if n == 0 {
-                break;
-            }
-            buf.extend_from_slice(&chunk[..n]);
-        }
-        Ok::<_, std::io::Error>(())
-    })
-    .await;
-    if !matches!(read, Ok(Ok(()))) {
+    let Some(buf) = crate::health::read_request_head(&mut stream).await else {
         return Ok(());
-    }
+    };
     let entry = state.lock().unwrap_or_else(|e| e.into_inner()).get(&port).cloned();
     // A port closed between accept and now: kube-proxy answers nothing.
     let Some((svc, count)) = entry else { return Ok(()) };

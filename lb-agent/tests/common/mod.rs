@@ -287,3 +287,29 @@ impl Loaded {
         testrun::run_tc(self.tc(), input).unwrap()
     }
 }
+
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect::<Vec<_>>().join(" ")
+}
+
+/// Recomputes the IPv4 and L4 checksums from scratch with etherparse.
+pub fn assert_checksums_valid(name: &str, packet: &[u8]) {
+    use etherparse::{NetSlice, SlicedPacket, TransportSlice};
+    let p = SlicedPacket::from_ethernet(packet).unwrap_or_else(|e| panic!("{name}: unparsable output: {e}"));
+    let Some(NetSlice::Ipv4(ip)) = &p.net else { panic!("{name}: not IPv4") };
+    let header = ip.header().to_header();
+    assert_eq!(header.header_checksum, header.calc_header_checksum(), "{name}: IPv4 checksum");
+    let (src, dst) = (ip.header().source(), ip.header().destination());
+    match &p.transport {
+        Some(TransportSlice::Tcp(tcp)) => {
+            let want = tcp.to_header().calc_checksum_ipv4_raw(src, dst, tcp.payload()).unwrap();
+            assert_eq!(tcp.checksum(), want, "{name}: TCP checksum");
+        }
+        Some(TransportSlice::Udp(udp)) if udp.checksum() != 0 => {
+            let want = udp.to_header().calc_checksum_ipv4_raw(src, dst, udp.payload()).unwrap();
+            assert_eq!(udp.checksum(), want, "{name}: UDP checksum");
+        }
+        Some(TransportSlice::Udp(_)) => {}
+        other => panic!("{name}: unexpected transport {other:?}"),
+    }
+}
