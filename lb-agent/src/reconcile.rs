@@ -19,6 +19,7 @@ use std::{
 };
 
 use lb_common::{
+    Ct4Key,
     Backend4, BackendKey, RevNat4, RevNatKey, SCOPE_EXTERNAL, Service4Value, Slot, SlotKey,
     backend_flags, sizes, svc_flags,
 };
@@ -26,7 +27,7 @@ use tracing::{debug, warn};
 
 use crate::{
     maglev,
-    maps::{Maps, MapsError, svc_name, svc_name_str},
+    maps::{Maps, MapsError, Named, svc_name, svc_name_str},
     model::{BackendAddr, Desired, Frontend, FrontendAddr, Protocol},
 };
 
@@ -421,69 +422,17 @@ impl Reconciler {
     /// directions together), as of `now_ns` on CLOCK_MONOTONIC (the
     /// datapath's `bpf_ktime_get_ns`). A flow is only deleted once neither
     /// direction has seen a packet for its timeout, so a live flow is never
-    /// collected.
+    /// collected. The north-south SNAT entries are collected the same way.
     pub fn collect_conntrack(&mut self, timeouts: &lb_common::CtTimeouts, now_ns: u64) -> Result<GcStats, MapsError> {
-        let entries: BTreeMap<_, _> = self
-            .maps
-            .ct
-            .entries()?
-            .into_iter()
-            .map(|(k, v)| (CtKeyOrd(k), v))
-            .collect();
-        let mut gc = GcStats { scanned: entries.len(), capacity: self.maps.ct.max_entries, ..GcStats::default() };
-        let mut deleted = BTreeSet::new();
-        for (key, entry) in &entries {
-            if deleted.contains(key) {
-                continue;
-            }
-            let twin = CtKeyOrd(entry.twin_key(&key.0));
-            let (flags, last_seen) = match entries.get(&twin) {
-                Some(t) => (entry.tcp_flags | t.tcp_flags, entry.last_seen.max(t.last_seen)),
-                None => (entry.tcp_flags, entry.last_seen),
-            };
-            if lb_common::ct::expired(timeouts, key.0.proto, flags, last_seen, now_ns) {
-                for k in [key, &twin] {
-                    if entries.contains_key(k) && deleted.insert(*k) {
-                        self.maps.ct.remove(&k.0)?;
-                    }
-                }
-            }
-        }
-        gc.deleted = deleted.len();
-        gc.remaining = gc.scanned - gc.deleted;
-        gc.nat_deleted = self.collect_nat(timeouts, now_ns)?;
-        Ok(gc)
-    }
-
-    /// The same for the north-south SNAT entries: a flow's two entries go
-    /// together once neither direction has seen a packet for its timeout.
-    fn collect_nat(&mut self, timeouts: &lb_common::CtTimeouts, now_ns: u64) -> Result<usize, MapsError> {
-        let entries: BTreeMap<_, _> = self
-            .maps
-            .nat
-            .entries()?
-            .into_iter()
-            .map(|(k, v)| (CtKeyOrd(k), v))
-            .collect();
-        let mut deleted = BTreeSet::new();
-        for (key, entry) in &entries {
-            if deleted.contains(key) {
-                continue;
-            }
-            let twin = CtKeyOrd(entry.twin_key(&key.0));
-            let (flags, last_seen) = match entries.get(&twin) {
-                Some(t) => (entry.tcp_flags | t.tcp_flags, entry.last_seen.max(t.last_seen)),
-                None => (entry.tcp_flags, entry.last_seen),
-            };
-            if lb_common::ct::expired(timeouts, key.0.proto, flags, last_seen, now_ns) {
-                for k in [key, &twin] {
-                    if entries.contains_key(k) && deleted.insert(*k) {
-                        self.maps.nat.remove(&k.0)?;
-                    }
-                }
-            }
-        }
-        Ok(deleted.len())
+        let (scanned, deleted) = collect_pairs(&mut self.maps.ct, timeouts, now_ns)?;
+        let (_, nat_deleted) = collect_pairs(&mut self.maps.nat, timeouts, now_ns)?;
+        Ok(GcStats {
+            scanned,
+            deleted,
+            remaining: scanned - deleted,
+            capacity: self.maps.ct.max_entries,
+            nat_deleted,
+        })
     }
 
     /// Writes new and changed backends; returns every backend the desired
@@ -809,4 +758,64 @@ fn alloc(next: &mut u32, used: &BTreeSet<u32>) -> u32 {
             return id;
         }
     }
+}
+
+/// An entry of a map that holds each flow as two entries, one per direction.
+trait PairedEntry: aya::Pod {
+    fn twin(&self, key: &Ct4Key) -> Ct4Key;
+    fn flags(&self) -> u8;
+    fn last_seen(&self) -> u64;
+}
+
+impl PairedEntry for lb_common::CtEntry {
+    fn twin(&self, key: &Ct4Key) -> Ct4Key {
+        self.twin_key(key)
+    }
+    fn flags(&self) -> u8 {
+        self.tcp_flags
+    }
+    fn last_seen(&self) -> u64 {
+        self.last_seen
+    }
+}
+
+impl PairedEntry for lb_common::Nat4 {
+    fn twin(&self, key: &Ct4Key) -> Ct4Key {
+        self.twin_key(key)
+    }
+    fn flags(&self) -> u8 {
+        self.tcp_flags
+    }
+    fn last_seen(&self) -> u64 {
+        self.last_seen
+    }
+}
+
+/// Deletes the flows of `map` that timed out, judged on both directions
+/// together; returns (entries scanned, entries deleted).
+fn collect_pairs<V: PairedEntry>(
+    map: &mut Named<aya::maps::HashMap<aya::maps::MapData, Ct4Key, V>>,
+    timeouts: &lb_common::CtTimeouts,
+    now_ns: u64,
+) -> Result<(usize, usize), MapsError> {
+    let entries: BTreeMap<_, _> = map.entries()?.into_iter().map(|(k, v)| (CtKeyOrd(k), v)).collect();
+    let mut deleted = BTreeSet::new();
+    for (key, entry) in &entries {
+        if deleted.contains(key) {
+            continue;
+        }
+        let twin = CtKeyOrd(entry.twin(&key.0));
+        let (flags, last_seen) = match entries.get(&twin) {
+            Some(t) => (entry.flags() | t.flags(), entry.last_seen().max(t.last_seen())),
+            None => (entry.flags(), entry.last_seen()),
+        };
+        if lb_common::ct::expired(timeouts, key.0.proto, flags, last_seen, now_ns) {
+            for k in [key, &twin] {
+                if entries.contains_key(k) && deleted.insert(*k) {
+                    map.remove(&k.0)?;
+                }
+            }
+        }
+    }
+    Ok((entries.len(), deleted.len()))
 }

@@ -2,11 +2,14 @@
 
 use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns};
 use lb_common::{
-    Affinity4, Affinity4Key, Backend4, BackendKey, Config, RevNat4, RevNatKey, SCOPE_EXTERNAL,
-    Service4Key, Service4Value, SlotKey, config_flags, svc_flags,
+    Affinity4, Affinity4Key, Backend4, BackendKey, CT_REPLY, CT_SERVICE, Config, Ct4Key, CtEntry,
+    RevNat4, RevNatKey, SCOPE_EXTERNAL, Service4Key, Service4Value, SlotKey, config_flags, ct,
+    hash::flow_hash, svc_flags,
 };
 
-use crate::maps::{LB_CONFIG, LB4_AFFINITY, LB4_BACKENDS, LB4_MAGLEV, LB4_REVNAT, LB4_SERVICES, LB4_SLOTS};
+use crate::maps::{
+    LB_CONFIG, LB4_AFFINITY, LB4_BACKENDS, LB4_CT, LB4_MAGLEV, LB4_REVNAT, LB4_SERVICES, LB4_SLOTS,
+};
 
 /// The configuration, or `None` until the agent marked it ready.
 #[inline(always)]
@@ -110,4 +113,65 @@ fn pick(cfg: &Config, svc: &Service4Value, hash: u32) -> Option<(u32, Backend4)>
     // SAFETY: read once and copied.
     let backend_id = unsafe { LB4_SLOTS.get(&key) }?.backend_id;
     Some((backend_id, backend(backend_id)?))
+}
+
+/// A client -> frontend packet's tuple (network order) and TCP flags.
+pub struct Tuple {
+    pub saddr: u32,
+    pub daddr: u32,
+    pub sport: u16,
+    pub dport: u16,
+    pub proto: u8,
+    pub tcp_flags: u8,
+}
+
+/// The backend of a client -> frontend flow, for the tc and XDP programs
+/// alike: its conntrack entry while that belongs to this frontend, has not
+/// timed out or been closed and reopened, and its backend still exists (a
+/// terminating backend does: its flows continue); otherwise a new choice,
+/// recorded in both directions (the reply entry is what restores the
+/// frontend as the source of replies). `Ok(None)` when the frontend has no
+/// backend; `Err` when a map read raced with the agent or a write failed.
+#[inline(always)]
+pub fn flow_backend(cfg: &Config, svc: &Service4Value, t: &Tuple, now: u64) -> Result<Option<(u32, Backend4)>, ()> {
+    let key = Ct4Key::new(t.saddr, t.daddr, t.sport, t.dport, t.proto, CT_SERVICE);
+    if let Some(entry) = LB4_CT.get_ptr_mut(&key) {
+        // SAFETY: a map value pointer; racing updates from other CPUs only
+        // touch the timestamp and the flag bits.
+        let entry = unsafe { &mut *entry };
+        if entry.rev_nat_id == svc.id
+            && !ct::expired(&cfg.timeouts, t.proto, entry.tcp_flags, entry.last_seen, now)
+            && !ct::restarts(t.proto, entry.tcp_flags, t.tcp_flags)
+        {
+            if let Some(be) = backend(entry.backend_id) {
+                entry.last_seen = now;
+                entry.tcp_flags |= t.tcp_flags;
+                return Ok(Some((entry.backend_id, be)));
+            }
+        }
+    }
+    if svc.count == 0 {
+        return Ok(None);
+    }
+    let hash = flow_hash(t.saddr, t.daddr, t.sport, t.dport, t.proto);
+    let (backend_id, be) = select_backend(cfg, svc, hash, t.saddr as u64).ok_or(())?;
+    let reply_key = Ct4Key::new(be.addr, t.saddr, be.port, t.sport, t.proto, CT_REPLY);
+    let reply = CtEntry {
+        last_seen: now,
+        backend_id,
+        rev_nat_id: svc.id,
+        peer_addr: t.daddr,
+        peer_port: t.dport,
+        tcp_flags: 0,
+        _pad: 0,
+    };
+    let service = CtEntry {
+        peer_addr: be.addr,
+        peer_port: be.port,
+        tcp_flags: t.tcp_flags,
+        ..reply
+    };
+    LB4_CT.insert(&reply_key, &reply, 0).map_err(|_| ())?;
+    LB4_CT.insert(&key, &service, 0).map_err(|_| ())?;
+    Ok(Some((backend_id, be)))
 }

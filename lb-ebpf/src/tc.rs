@@ -13,8 +13,7 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use lb_common::{
-    CT_REPLY, CT_SERVICE, Config, Ct4Key, CtEntry, IPPROTO_TCP, IPPROTO_UDP, Service4Value, ct,
-    hash::flow_hash,
+    CT_REPLY, Config, Ct4Key, IPPROTO_TCP, IPPROTO_UDP, Service4Value,
     packet::{
         ETH_HLEN, ETH_P_IP, ICMP_QUOTE_LEN, ICMP_UNREACH_LEN, IPV4_HLEN, TCP_HLEN, UDP_HLEN,
         icmp_port_unreachable,
@@ -24,7 +23,7 @@ use lb_common::{
 
 use crate::{
     packet,
-    lookup::{backend, config, now_ns, rev_nat, select_backend, service},
+    lookup::{Tuple, config, flow_backend, now_ns, rev_nat, service},
     maps::LB4_CT,
 };
 
@@ -61,6 +60,18 @@ struct Flow {
 }
 
 impl Flow {
+    #[inline(always)]
+    fn tuple(&self) -> Tuple {
+        Tuple {
+            saddr: self.saddr,
+            daddr: self.daddr,
+            sport: self.sport,
+            dport: self.dport,
+            proto: self.proto,
+            tcp_flags: self.tcp_flags,
+        }
+    }
+
     /// The conntrack key of this packet's own tuple.
     #[inline(always)]
     fn ct_key(&self, dir: u8) -> Ct4Key {
@@ -153,64 +164,8 @@ fn try_lb_tc(ctx: &TcContext) -> Result<i32, Error> {
 /// Client -> frontend: stick to the recorded backend, or pick one.
 #[inline(always)]
 fn forward(ctx: &TcContext, cfg: &Config, f: &Flow, svc: &Service4Value) -> Result<i32, Error> {
-    let key = f.ct_key(CT_SERVICE);
-    let now = now_ns();
-    let mut known = None;
-    if let Some(entry) = LB4_CT.get_ptr_mut(&key) {
-        // SAFETY: a map value pointer; racing updates from other CPUs only
-        // touch the timestamp and the flag bits.
-        let entry = unsafe { &mut *entry };
-        // The entry is only good while it belongs to this frontend, has not
-        // timed out or been closed and reopened, and its backend still
-        // exists (a terminating backend does: its flows continue).
-        if entry.rev_nat_id == svc.id
-            && !ct::expired(&cfg.timeouts, f.proto, entry.tcp_flags, entry.last_seen, now)
-            && !ct::restarts(f.proto, entry.tcp_flags, f.tcp_flags)
-        {
-            if let Some(be) = backend(entry.backend_id) {
-                entry.last_seen = now;
-                entry.tcp_flags |= f.tcp_flags;
-                known = Some(be);
-            }
-        }
-    }
-    let be = match known {
-        Some(be) => be,
-        None => {
-            if svc.count == 0 {
-                return reject(ctx, f);
-            }
-            let hash = flow_hash(f.saddr, f.daddr, f.sport, f.dport, f.proto);
-            let (backend_id, be) =
-                select_backend(cfg, svc, hash, f.saddr as u64).ok_or(Error::Rewrite)?;
-            let reply_key = Ct4Key {
-                saddr: be.addr,
-                daddr: f.saddr,
-                sport: be.port,
-                dport: f.sport,
-                proto: f.proto,
-                dir: CT_REPLY,
-                _pad: 0,
-            };
-            let reply = CtEntry {
-                last_seen: now,
-                backend_id,
-                rev_nat_id: svc.id,
-                peer_addr: f.daddr,
-                peer_port: f.dport,
-                tcp_flags: 0,
-                _pad: 0,
-            };
-            let service = CtEntry {
-                peer_addr: be.addr,
-                peer_port: be.port,
-                tcp_flags: f.tcp_flags,
-                ..reply
-            };
-            LB4_CT.insert(&reply_key, &reply, 0).map_err(|_| Error::Rewrite)?;
-            LB4_CT.insert(&key, &service, 0).map_err(|_| Error::Rewrite)?;
-            be
-        }
+    let Some((_, be)) = flow_backend(cfg, svc, &f.tuple(), now_ns()).map_err(|()| Error::Rewrite)? else {
+        return reject(ctx, f);
     };
     rewrite(ctx, f, ip::DADDR, l4::DPORT, f.daddr, be.addr, f.dport, be.port)?;
     Ok(TC_ACT_OK)

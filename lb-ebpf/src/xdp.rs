@@ -40,16 +40,15 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use lb_common::{
-    Backend4, CT_REPLY, CT_SERVICE, Config, Ct4Key, CtEntry, IPPROTO_TCP, IPPROTO_UDP, Nat4,
-    NodeConfig, Service4Value, SrcRange4, backend_flags, csum, ct,
-    hash::flow_hash,
+    Backend4, CT_REPLY, CT_SERVICE, Config, Ct4Key, IPPROTO_TCP, IPPROTO_UDP, Nat4,
+    NodeConfig, Service4Value, SrcRange4, backend_flags, csum,
     node_flags,
     packet::{ETH_HLEN, ETH_P_IP, ICMP_QUOTE_LEN, ICMP_UNREACH_LEN, IPV4_HLEN, icmp_port_unreachable, ip, l4},
     svc_flags,
 };
 
 use crate::{
-    lookup::{backend, config, now_ns, rev_nat, select_backend, service},
+    lookup::{Tuple, config, flow_backend, now_ns, rev_nat, service},
     packet,
     maps::{LB_NODE, LB4_CT, LB4_NAT, LB4_SRC_RANGES},
 };
@@ -109,6 +108,18 @@ struct Flow {
 }
 
 impl Flow {
+    #[inline(always)]
+    fn tuple(&self) -> Tuple {
+        Tuple {
+            saddr: self.saddr,
+            daddr: self.daddr,
+            sport: self.sport,
+            dport: self.dport,
+            proto: self.proto,
+            tcp_flags: self.tcp_flags,
+        }
+    }
+
     #[inline(always)]
     fn ct_key(&self, dir: u8) -> Ct4Key {
         Ct4Key::new(self.saddr, self.daddr, self.sport, self.dport, self.proto, dir)
@@ -205,7 +216,7 @@ fn north_south(ctx: &XdpContext, cfg: &Config, f: &Flow, svc: &Service4Value) ->
         }
     }
     let now = now_ns();
-    let Some((_, be)) = conntrack(cfg, f, svc, now)? else {
+    let Some((_, be)) = flow_backend(cfg, svc, &f.tuple(), now).map_err(|()| Error::Rewrite)? else {
         // No backend. externalTrafficPolicy=Local without a local
         // endpoint: drop, so the load balancer's health check (503 here)
         // takes this node out. Otherwise reject, as kube-proxy does.
@@ -226,62 +237,6 @@ fn north_south(ctx: &XdpContext, cfg: &Config, f: &Flow, svc: &Service4Value) ->
     let (nat_addr, nat_port) = snat(f, svc, &be, &node, now)?;
     rewrite(ctx, f, nat_addr, nat_port, be.addr, be.port)?;
     forward(ctx, f, nat_addr, be.addr, nat_port, be.port)
-}
-
-/// The flow's backend: its conntrack entry while valid (the same rules as
-/// the tc program), otherwise a new choice recorded in both directions.
-/// `None` when the frontend has no backend.
-#[inline(always)]
-fn conntrack(cfg: &Config, f: &Flow, svc: &Service4Value, now: u64) -> Result<Option<(u32, Backend4)>, Error> {
-    let key = f.ct_key(CT_SERVICE);
-    if let Some(entry) = LB4_CT.get_ptr_mut(&key) {
-        // SAFETY: a map value; racing CPUs only touch the timestamp and flags.
-        let entry = unsafe { &mut *entry };
-        if entry.rev_nat_id == svc.id
-            && !ct::expired(&cfg.timeouts, f.proto, entry.tcp_flags, entry.last_seen, now)
-            && !ct::restarts(f.proto, entry.tcp_flags, f.tcp_flags)
-        {
-            if let Some(be) = backend(entry.backend_id) {
-                entry.last_seen = now;
-                entry.tcp_flags |= f.tcp_flags;
-                return Ok(Some((entry.backend_id, be)));
-            }
-        }
-    }
-    if svc.count == 0 {
-        return Ok(None);
-    }
-    let hash = flow_hash(f.saddr, f.daddr, f.sport, f.dport, f.proto);
-    let (backend_id, be) = select_backend(cfg, svc, hash, f.saddr as u64).ok_or(Error::Rewrite)?;
-    // The reply entry is what the tc program on a local backend's
-    // interface uses to restore the frontend as the source.
-    let reply_key = Ct4Key {
-        saddr: be.addr,
-        daddr: f.saddr,
-        sport: be.port,
-        dport: f.sport,
-        proto: f.proto,
-        dir: CT_REPLY,
-        _pad: 0,
-    };
-    let reply = CtEntry {
-        last_seen: now,
-        backend_id,
-        rev_nat_id: svc.id,
-        peer_addr: f.daddr,
-        peer_port: f.dport,
-        tcp_flags: 0,
-        _pad: 0,
-    };
-    let service = CtEntry {
-        peer_addr: be.addr,
-        peer_port: be.port,
-        tcp_flags: f.tcp_flags,
-        ..reply
-    };
-    LB4_CT.insert(&reply_key, &reply, 0).map_err(|_| Error::Rewrite)?;
-    LB4_CT.insert(&key, &service, 0).map_err(|_| Error::Rewrite)?;
-    Ok(Some((backend_id, be)))
 }
 
 /// The node address and NAT port of the flow: its `LB4_NAT` entry while it
