@@ -89,7 +89,7 @@ impl fmt::Display for BackendAddr {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Backend {
     pub addr: BackendAddr,
     /// Serving but terminating (KEP-1669); used only when nothing is ready.
@@ -108,7 +108,7 @@ impl Backend {
 }
 
 /// One frontend of a Service with the backends that serve it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct Frontend {
     pub addr: FrontendAddr,
     /// `namespace/name:port` for listings and logs.

@@ -14,7 +14,8 @@
 //! agent never flushes working state because of an error.
 
 use std::{
-    collections::{BTreeMap, BTreeSet},
+    collections::{BTreeMap, BTreeSet, HashMap},
+    hash::{BuildHasher, Hash, Hasher},
     net::Ipv4Addr,
 };
 
@@ -30,6 +31,10 @@ use crate::{
     maps::{Maps, MapsError, Named, svc_name, svc_name_str},
     model::{BackendAddr, Desired, Frontend, FrontendAddr, Protocol},
 };
+
+/// A frontend's use of a backend: its address and the flags this frontend
+/// gives it (terminating, local).
+type Use = (BackendAddr, u8);
 
 /// A frontend as installed in the maps.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -48,10 +53,25 @@ struct Installed {
     /// M of the installed Maglev table; 0 = none, or unknown after a
     /// restart (then it is rebuilt).
     maglev_m: u32,
+    /// Digest of the desired frontend this was written from; 0 = unknown
+    /// (recovered from the maps, or the node name or M changed), so the
+    /// next `apply` looks at it again.
+    digest: u64,
+    /// The backends it counts as using (see `Reconciler::refs`).
+    uses: Vec<Use>,
 }
 
 impl Installed {
-    fn new(fe: &Frontend, id: u32, generation: u16, slots: Vec<u32>, allowed: BTreeSet<u32>, maglev_m: u32) -> Self {
+    fn new(
+        fe: &Frontend,
+        id: u32,
+        generation: u16,
+        slots: Vec<u32>,
+        allowed: BTreeSet<u32>,
+        maglev_m: u32,
+        digest: u64,
+        uses: Vec<Use>,
+    ) -> Self {
         Installed {
             id,
             generation,
@@ -61,7 +81,42 @@ impl Installed {
             name: fe.name.clone(),
             allowed,
             maglev_m,
+            digest,
+            uses,
         }
+    }
+}
+
+/// How many installed frontends use a backend, and how many of them mark
+/// it terminating or local: its flags are the union.
+#[derive(Clone, Copy, Debug, Default)]
+struct Refs {
+    n: u32,
+    terminating: u32,
+    local: u32,
+}
+
+impl Refs {
+    fn count(&mut self, flags: u8, add: bool) {
+        let step = |c: &mut u32| *c = if add { *c + 1 } else { c.saturating_sub(1) };
+        step(&mut self.n);
+        if flags & backend_flags::TERMINATING != 0 {
+            step(&mut self.terminating);
+        }
+        if flags & backend_flags::LOCAL != 0 {
+            step(&mut self.local);
+        }
+    }
+
+    fn flags(&self) -> u8 {
+        let mut f = 0;
+        if self.terminating > 0 {
+            f |= backend_flags::TERMINATING;
+        }
+        if self.local > 0 {
+            f |= backend_flags::LOCAL;
+        }
+        f
     }
 }
 
@@ -128,7 +183,8 @@ pub struct Reconciler {
     /// IDs in use, kept alongside the two maps above so that allocating one
     /// is O(log n) rather than a scan of every installed entry.
     frontend_ids: BTreeSet<u32>,
-    backend_ids: BTreeSet<u32>,
+    /// Backend addresses by ID (the IDs in use).
+    backend_addrs: HashMap<u32, BackendAddr>,
     next_frontend_id: u32,
     next_backend_id: u32,
     maglev_m: u32,
@@ -136,6 +192,14 @@ pub struct Reconciler {
     node_name: Option<String>,
     /// Installed loadBalancerSourceRanges entries, by frontend ID.
     src_ranges: BTreeMap<u32, BTreeSet<(u32, u32)>>,
+    /// Uses of each backend by installed frontends. An `apply` only looks
+    /// at frontends whose digest changed, so this is what tells it which
+    /// backends are still needed without walking every frontend.
+    refs: HashMap<BackendAddr, Refs>,
+    /// After recovery: remove backends nothing uses once the first `apply`
+    /// has counted every frontend.
+    scan_unused: bool,
+    hasher: foldhash::quality::FixedState,
 }
 
 impl Reconciler {
@@ -184,6 +248,11 @@ impl Reconciler {
                 .map(|n| svc_name_str(&n))
                 .unwrap_or_default();
             let allowed = slots.iter().copied().collect();
+            let uses: Vec<Use> = slots
+                .iter()
+                .filter_map(|id| backend_by_id.get(id))
+                .map(|a: &BackendAddr| (*a, backends.get(a).map_or(0, |b: &InstalledBackend| b.flags)))
+                .collect();
             frontends.insert(
                 addr,
                 Installed {
@@ -197,6 +266,8 @@ impl Reconciler {
                     // terminating backends here.
                     allowed,
                     maglev_m: 0,
+                    digest: 0,
+                    uses,
                 },
             );
         }
@@ -227,11 +298,20 @@ impl Reconciler {
             backends = backends.len(),
             "recovered state from the pinned maps"
         );
+        let mut refs: HashMap<BackendAddr, Refs> = HashMap::new();
+        for f in frontends.values() {
+            for &(addr, flags) in &f.uses {
+                refs.entry(addr).or_default().count(flags, true);
+            }
+        }
         Ok(Reconciler {
             maps,
+            refs,
+            scan_unused: true,
+            hasher: foldhash::quality::FixedState::with_seed(0x6c62_2d61_6765_6e74),
             shrunk: BTreeMap::new(),
             frontend_ids: frontends.values().map(|f| f.id).collect(),
-            backend_ids: backends.values().map(|b| b.id).collect(),
+            backend_addrs: backends.iter().map(|(a, b)| (b.id, *a)).collect(),
             frontends,
             backends,
             next_frontend_id,
@@ -246,7 +326,17 @@ impl Reconciler {
     /// `backend_flags::LOCAL` (the XDP program delivers to them without
     /// SNAT) from the next `apply` on.
     pub fn set_node_name(&mut self, node_name: Option<String>) {
+        if self.node_name != node_name {
+            self.forget_digests();
+        }
         self.node_name = node_name;
+    }
+
+    /// Makes the next `apply` look at every frontend again.
+    fn forget_digests(&mut self) {
+        for f in self.frontends.values_mut() {
+            f.digest = 0;
+        }
     }
 
     /// Brings `LB4_SRC_RANGES` to `ranges` (loadBalancerSourceRanges per
@@ -308,6 +398,9 @@ impl Reconciler {
     /// rebuilt by the next `apply`.
     pub fn set_maglev_m(&mut self, m: u32) {
         assert!(maglev::is_prime(m), "Maglev M must be prime");
+        if self.maglev_m != m {
+            self.forget_digests();
+        }
         self.maglev_m = m;
     }
 
@@ -325,25 +418,57 @@ impl Reconciler {
     }
 
     /// Brings the maps to `desired` with the fewest writes.
+    ///
+    /// Only frontends whose desired state changed since they were written
+    /// (by digest) are looked at, and only the backends those use, so a
+    /// change to one Service costs the same with 10 or 10,000 installed.
     pub fn apply(&mut self, desired: &Desired) -> Stats {
         let mut stats = Stats::default();
-        let wanted = self.write_backends(desired, &mut stats);
-        for fe in desired.values() {
-            self.write_frontend(fe, &mut stats);
-        }
+        let changed: Vec<(&Frontend, u64, Vec<Use>)> = desired
+            .values()
+            .filter_map(|fe| {
+                let digest = self.digest(fe);
+                let same = self.frontends.get(&fe.addr).is_some_and(|i| i.digest == digest);
+                (!same).then(|| (fe, digest, self.uses(fe)))
+            })
+            .collect();
         let gone: Vec<FrontendAddr> = self
             .frontends
             .keys()
             .filter(|addr| !desired.contains_key(addr))
             .copied()
             .collect();
-        let mut purge: BTreeMap<u32, BTreeSet<u32>> = BTreeMap::new();
-        for addr in gone {
-            if let Some(id) = self.remove_frontend(addr, &mut stats) {
-                purge.insert(id, BTreeSet::new());
+        // Backends first: count the new uses and write new backends (and
+        // changed flags) before any slot points at them.
+        let mut touched: BTreeSet<BackendAddr> = BTreeSet::new();
+        for (_, _, uses) in &changed {
+            self.count(uses, true);
+            touched.extend(uses.iter().map(|u| u.0));
+        }
+        self.write_backends(&touched, &mut stats);
+        for (fe, digest, uses) in changed {
+            match self.write_frontend(fe, digest, uses, &mut stats) {
+                // Written: the uses it had before are released.
+                Ok(old) => {
+                    self.count(&old, false);
+                    touched.extend(old.iter().map(|u| u.0));
+                }
+                // Kept its previous state: its new uses are released.
+                Err(new) => self.count(&new, false),
             }
         }
-        self.remove_unused_backends(&wanted, &mut stats);
+        let mut purge: BTreeMap<u32, BTreeSet<u32>> = BTreeMap::new();
+        for addr in gone {
+            if let Some((id, old)) = self.remove_frontend(addr, &mut stats) {
+                purge.insert(id, BTreeSet::new());
+                self.count(&old, false);
+                touched.extend(old.iter().map(|u| u.0));
+            }
+        }
+        if std::mem::take(&mut self.scan_unused) {
+            touched.extend(self.backends.keys().copied());
+        }
+        self.settle_backends(&touched, &mut stats);
         for (id, allowed) in std::mem::take(&mut self.shrunk) {
             purge.insert(id, allowed);
         }
@@ -351,6 +476,39 @@ impl Reconciler {
             self.purge_flows(&purge, &mut stats);
         }
         stats
+    }
+
+    /// What decides a frontend's map entries, hashed: a frontend whose
+    /// digest did not change needs no write.
+    fn digest(&self, fe: &Frontend) -> u64 {
+        let mut h = self.hasher.build_hasher();
+        fe.hash(&mut h);
+        // 0 means "unknown".
+        h.finish().max(1)
+    }
+
+    /// The backends a desired frontend uses, with the flags it gives them.
+    fn uses(&self, fe: &Frontend) -> Vec<Use> {
+        fe.backends
+            .iter()
+            .map(|b| {
+                let mut flags = if b.terminating { backend_flags::TERMINATING } else { 0 };
+                if self.node_name.is_some() && b.node_name == self.node_name {
+                    flags |= backend_flags::LOCAL;
+                }
+                (b.addr, flags)
+            })
+            .collect()
+    }
+
+    fn count(&mut self, uses: &[Use], add: bool) {
+        for &(addr, flags) in uses {
+            let refs = self.refs.entry(addr).or_default();
+            refs.count(flags, add);
+            if refs.n == 0 {
+                self.refs.remove(&addr);
+            }
+        }
     }
 
     /// Deletes conntrack and affinity entries of frontend `id` whose backend
@@ -390,11 +548,8 @@ impl Reconciler {
             Err(e) => stats.errors.push(format!("purging affinity: {e}")),
         }
         // North-south SNAT entries name their backend by address.
-        let addr_of: BTreeMap<u32, (u32, u16)> = self
-            .backends
-            .iter()
-            .map(|(a, b)| (b.id, (u32::from_ne_bytes(a.ip.octets()), a.port.to_be())))
-            .collect();
+        let addrs = &self.backend_addrs;
+        let addr_of = |id: &u32| addrs.get(id).map(|a| (u32::from_ne_bytes(a.ip.octets()), a.port.to_be()));
         match self.maps.nat.entries() {
             Ok(entries) => {
                 for (key, entry) in entries {
@@ -404,7 +559,7 @@ impl Reconciler {
                     } else {
                         (key.saddr, key.sport)
                     };
-                    if allowed.iter().any(|id| addr_of.get(id) == Some(&backend)) {
+                    if allowed.iter().any(|id| addr_of(id) == Some(backend)) {
                         continue;
                     }
                     stats.ops += 1;
@@ -435,21 +590,13 @@ impl Reconciler {
         })
     }
 
-    /// Writes new and changed backends; returns every backend the desired
-    /// state uses, with its flags.
-    fn write_backends(&mut self, desired: &Desired, stats: &mut Stats) -> BTreeMap<BackendAddr, u8> {
-        let mut wanted: BTreeMap<BackendAddr, u8> = BTreeMap::new();
-        for fe in desired.values() {
-            for b in &fe.backends {
-                let mut flags = if b.terminating { backend_flags::TERMINATING } else { 0 };
-                if self.node_name.is_some() && b.node_name == self.node_name {
-                    flags |= backend_flags::LOCAL;
-                }
-                // An endpoint terminating for one port is terminating.
-                *wanted.entry(b.addr).or_default() |= flags;
-            }
-        }
-        for (&addr, &flags) in &wanted {
+    /// Writes the backends of `addrs` that are used and new, or whose
+    /// flags changed.
+    fn write_backends(&mut self, addrs: &BTreeSet<BackendAddr>, stats: &mut Stats) {
+        for &addr in addrs {
+            let Some(flags) = self.refs.get(&addr).map(Refs::flags) else {
+                continue;
+            };
             let existing = self.backends.get(&addr).copied();
             if existing.is_some_and(|b| b.flags == flags) {
                 continue;
@@ -468,23 +615,46 @@ impl Reconciler {
             match self.maps.backends.insert(&BackendKey { id }, &value) {
                 Ok(()) => {
                     self.backends.insert(addr, InstalledBackend { id, flags });
-                    self.backend_ids.insert(id);
+                    self.backend_addrs.insert(id, addr);
                 }
                 Err(e) => stats.errors.push(format!("backend {addr}: {e}")),
             }
         }
-        wanted
+    }
+
+    /// After the frontends: backends of `addrs` that nothing uses any more
+    /// are removed, the others get their final flags.
+    fn settle_backends(&mut self, addrs: &BTreeSet<BackendAddr>, stats: &mut Stats) {
+        self.write_backends(addrs, stats);
+        for &addr in addrs {
+            if self.refs.contains_key(&addr) {
+                continue;
+            }
+            let Some(b) = self.backends.get(&addr).copied() else { continue };
+            stats.ops += 1;
+            match self.maps.backends.remove(&BackendKey { id: b.id }) {
+                Ok(()) => {
+                    self.backends.remove(&addr);
+                    self.backend_addrs.remove(&b.id);
+                }
+                Err(e) => stats.errors.push(format!("removing backend {addr}: {e}")),
+            }
+        }
     }
 
     fn alloc_backend_id(&mut self) -> u32 {
-        alloc(&mut self.next_backend_id, &self.backend_ids)
+        let used = &self.backend_addrs;
+        alloc(&mut self.next_backend_id, |id| used.contains_key(&id))
     }
 
     fn alloc_frontend_id(&mut self) -> u32 {
-        alloc(&mut self.next_frontend_id, &self.frontend_ids)
+        let used = &self.frontend_ids;
+        alloc(&mut self.next_frontend_id, |id| used.contains(&id))
     }
 
-    fn write_frontend(&mut self, fe: &Frontend, stats: &mut Stats) {
+    /// Writes one changed frontend. On success returns the uses it had
+    /// before; on failure (it keeps its previous state) gives back `uses`.
+    fn write_frontend(&mut self, fe: &Frontend, digest: u64, uses: Vec<Use>, stats: &mut Stats) -> Result<Vec<Use>, Vec<Use>> {
         let mut slots = Vec::new();
         for b in fe.slot_backends() {
             match self.backends.get(&b.addr) {
@@ -517,30 +687,42 @@ impl Reconciler {
                     }
                     inst.allowed = allowed;
                 }
-                return;
+                inst.digest = digest;
+                return Ok(std::mem::replace(&mut inst.uses, uses));
             }
         }
-        let current = self.frontends.get(&fe.addr).cloned();
-        let result = match &current {
+        let current = self.frontends.get(&fe.addr).map(|i| (i.id, i.generation, i.slots.clone(), i.maglev_m, i.name.clone(), i.allowed.is_subset(&allowed)));
+        let result = match current {
             None => self
-                .add_frontend(fe, slots, allowed.clone(), maglev_m, stats)
-                .map(|()| stats.added += 1),
-            Some(inst) => self
-                .update_frontend(fe, inst, slots, allowed.clone(), maglev_m, stats)
-                .map(|()| stats.updated += 1),
+                .add_frontend(fe, &slots, maglev_m, stats)
+                .map(|id| {
+                    stats.added += 1;
+                    (id, 0)
+                }),
+            Some((id, generation, ref old_slots, old_m, ref old_name, _)) => self
+                .update_frontend(fe, id, generation, old_slots, old_m, old_name, &slots, maglev_m, stats)
+                .map(|generation| {
+                    stats.updated += 1;
+                    (id, generation)
+                }),
         };
         match result {
-            Ok(()) => {
-                if let Some(inst) = current {
-                    if !inst.allowed.is_subset(&allowed) {
-                        self.shrunk.insert(inst.id, allowed);
-                    }
+            Ok((id, generation)) => {
+                if let Some((_, _, _, _, _, false)) = current {
+                    self.shrunk.insert(id, allowed.clone());
                 }
+                self.frontend_ids.insert(id);
+                let old = self.frontends.insert(
+                    fe.addr,
+                    Installed::new(fe, id, generation, slots, allowed, maglev_m, digest, uses),
+                );
+                Ok(old.map(|i| i.uses).unwrap_or_default())
             }
             Err(e) => {
                 let msg = format!("frontend {} ({}): {e}", fe.name, fe.addr);
                 warn!("{msg}; it keeps its previous state");
                 stats.errors.push(msg);
+                Err(uses)
             }
         }
     }
@@ -548,22 +730,15 @@ impl Reconciler {
     /// The Maglev table of a frontend as backend IDs: keys are the slot
     /// backends' `ip:port`, so every node builds the same table.
     fn maglev_table(&self, slots: &[u32], m: u32) -> Vec<u32> {
-        let by_id: BTreeMap<u32, BackendAddr> = self.backends.iter().map(|(a, b)| (b.id, *a)).collect();
         let keys: Vec<String> = slots
             .iter()
-            .map(|id| by_id.get(id).map(|a| a.to_string()).unwrap_or_default())
+            .map(|id| self.backend_addrs.get(id).map(|a| a.to_string()).unwrap_or_default())
             .collect();
         maglev::build(&keys, m).into_iter().map(|i| slots[i as usize]).collect()
     }
 
-    fn add_frontend(
-        &mut self,
-        fe: &Frontend,
-        slots: Vec<u32>,
-        allowed: BTreeSet<u32>,
-        maglev_m: u32,
-        stats: &mut Stats,
-    ) -> Result<(), MapsError> {
+    /// Writes a new frontend; returns its ID.
+    fn add_frontend(&mut self, fe: &Frontend, slots: &[u32], maglev_m: u32, stats: &mut Stats) -> Result<u32, MapsError> {
         let id = self.alloc_frontend_id();
         let generation = 0;
         let result = (|| {
@@ -578,9 +753,9 @@ impl Reconciler {
             )?;
             stats.ops += 1;
             self.maps.names.insert(&RevNatKey { id }, &svc_name(&fe.name))?;
-            self.write_slots(id, generation, &slots, stats)?;
+            self.write_slots(id, generation, slots, stats)?;
             if maglev_m != 0 {
-                let table = self.maglev_table(&slots, maglev_m);
+                let table = self.maglev_table(slots, maglev_m);
                 stats.ops += table.len() as u64 + 1;
                 self.maps.install_maglev(id, &table)?;
                 stats.maglev_tables += 1;
@@ -600,34 +775,35 @@ impl Reconciler {
             let _ = self.maps.names.remove(&RevNatKey { id });
             return Err(e);
         }
-        self.frontend_ids.insert(id);
-        self.frontends
-            .insert(fe.addr, Installed::new(fe, id, generation, slots, allowed, maglev_m));
-        Ok(())
+        Ok(id)
     }
 
+    /// Rewrites an installed frontend; returns its slot generation now.
+    #[allow(clippy::too_many_arguments)]
     fn update_frontend(
         &mut self,
         fe: &Frontend,
-        inst: &Installed,
-        slots: Vec<u32>,
-        allowed: BTreeSet<u32>,
+        id: u32,
+        old_generation: u16,
+        old_slots: &[u32],
+        old_maglev_m: u32,
+        old_name: &str,
+        slots: &[u32],
         maglev_m: u32,
         stats: &mut Stats,
-    ) -> Result<(), MapsError> {
-        let id = inst.id;
-        let slots_changed = slots != inst.slots;
-        let generation = if slots_changed { 1 - inst.generation } else { inst.generation };
+    ) -> Result<u16, MapsError> {
+        let slots_changed = slots != old_slots;
+        let generation = if slots_changed { 1 - old_generation } else { old_generation };
         if slots_changed {
-            if let Err(e) = self.write_slots(id, generation, &slots, stats) {
+            if let Err(e) = self.write_slots(id, generation, slots, stats) {
                 self.delete_slots(id, generation, slots.len(), stats);
                 return Err(e);
             }
         }
         // The new table goes in before the frontend flips to the new slots;
         // both hold only backends that already exist.
-        if maglev_m != 0 && (slots_changed || inst.maglev_m != maglev_m) {
-            let table = self.maglev_table(&slots, maglev_m);
+        if maglev_m != 0 && (slots_changed || old_maglev_m != maglev_m) {
+            let table = self.maglev_table(slots, maglev_m);
             stats.ops += table.len() as u64 + 1;
             if let Err(e) = self.maps.install_maglev(id, &table) {
                 if slots_changed {
@@ -649,71 +825,46 @@ impl Reconciler {
             return Err(e);
         }
         if slots_changed {
-            self.delete_slots(id, inst.generation, inst.slots.len(), stats);
+            self.delete_slots(id, old_generation, old_slots.len(), stats);
         }
-        if maglev_m == 0 && inst.maglev_m != 0 {
+        // The frontend entry is written: from here on a failure is only
+        // reported, the new state stands.
+        if maglev_m == 0 && old_maglev_m != 0 {
             stats.ops += 1;
-            self.maps.remove_maglev(id)?;
+            if let Err(e) = self.maps.remove_maglev(id) {
+                stats.errors.push(format!("removing the Maglev table of {}: {e}", fe.name));
+            }
         }
-        if inst.name != fe.name {
+        if old_name != fe.name {
             stats.ops += 1;
-            self.maps.names.insert(&RevNatKey { id }, &svc_name(&fe.name))?;
+            if let Err(e) = self.maps.names.insert(&RevNatKey { id }, &svc_name(&fe.name)) {
+                stats.errors.push(format!("renaming frontend {id} to {}: {e}", fe.name));
+            }
         }
-        self.frontend_ids.insert(id);
-        self.frontends
-            .insert(fe.addr, Installed::new(fe, id, generation, slots, allowed, maglev_m));
-        Ok(())
+        Ok(generation)
     }
 
-    /// Removes a frontend; returns its ID if it was removed.
-    fn remove_frontend(&mut self, addr: FrontendAddr, stats: &mut Stats) -> Option<u32> {
-        let inst = self.frontends.get(&addr).cloned()?;
+    /// Removes a frontend; returns its ID and the backends it used if it
+    /// was removed.
+    fn remove_frontend(&mut self, addr: FrontendAddr, stats: &mut Stats) -> Option<(u32, Vec<Use>)> {
+        let inst = self.frontends.get(&addr)?;
+        let (id, generation, count, name) = (inst.id, inst.generation, inst.slots.len(), inst.name.clone());
         stats.ops += 1;
         if let Err(e) = self.maps.services.remove(&addr.key()) {
-            let msg = format!("removing frontend {} ({addr}): {e}", inst.name);
+            let msg = format!("removing frontend {name} ({addr}): {e}");
             warn!("{msg}");
             stats.errors.push(msg);
             return None;
         }
-        self.delete_slots(inst.id, inst.generation, inst.slots.len(), stats);
+        self.delete_slots(id, generation, count, stats);
         stats.ops += 3;
-        let _ = self.maps.remove_maglev(inst.id);
-        let _ = self.maps.revnat.remove(&RevNatKey { id: inst.id });
-        let _ = self.maps.names.remove(&RevNatKey { id: inst.id });
-        self.frontends.remove(&addr);
-        self.frontend_ids.remove(&inst.id);
+        let _ = self.maps.remove_maglev(id);
+        let _ = self.maps.revnat.remove(&RevNatKey { id });
+        let _ = self.maps.names.remove(&RevNatKey { id });
+        let inst = self.frontends.remove(&addr)?;
+        self.frontend_ids.remove(&id);
         stats.removed += 1;
-        Some(inst.id)
-    }
-
-    fn remove_unused_backends(&mut self, wanted: &BTreeMap<BackendAddr, u8>, stats: &mut Stats) {
-        let candidates: Vec<(BackendAddr, u32)> = self
-            .backends
-            .iter()
-            .filter(|(addr, _)| !wanted.contains_key(addr))
-            .map(|(addr, b)| (*addr, b.id))
-            .collect();
-        if candidates.is_empty() {
-            return;
-        }
-        // A frontend whose update failed may still point at one.
-        let in_slots: BTreeSet<u32> = self
-            .frontends
-            .values()
-            .flat_map(|f| f.slots.iter().chain(&f.allowed).copied())
-            .collect();
-        let unused: Vec<(BackendAddr, u32)> =
-            candidates.into_iter().filter(|(_, id)| !in_slots.contains(id)).collect();
-        for (addr, id) in unused {
-            stats.ops += 1;
-            match self.maps.backends.remove(&BackendKey { id }) {
-                Ok(()) => {
-                    self.backends.remove(&addr);
-                    self.backend_ids.remove(&id);
-                }
-                Err(e) => stats.errors.push(format!("removing backend {addr}: {e}")),
-            }
-        }
+        Some((id, inst.uses))
     }
 
     fn write_slots(&mut self, id: u32, generation: u16, slots: &[u32], stats: &mut Stats) -> Result<(), MapsError> {
@@ -750,11 +901,11 @@ fn service_value(id: u32, generation: u16, count: usize, fe: &Frontend) -> Servi
 /// The next free ID at or after `next`, skipping 0 and IDs in use. IDs are
 /// not reused right away, so a stale conntrack entry cannot point at a
 /// different frontend or backend that happened to take a freed ID.
-fn alloc(next: &mut u32, used: &BTreeSet<u32>) -> u32 {
+fn alloc(next: &mut u32, used: impl Fn(u32) -> bool) -> u32 {
     loop {
         let id = *next;
         *next = next.wrapping_add(1);
-        if id != 0 && !used.contains(&id) {
+        if id != 0 && !used(id) {
             return id;
         }
     }

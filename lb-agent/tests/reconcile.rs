@@ -1,0 +1,111 @@
+//! The reconciler against real pinned maps: a change costs only its own
+//! writes however many Services are installed, a backend shared by several
+//! frontends lives as long as one uses it (with the union of their flags),
+//! and a restarted agent takes the maps over without rewriting them.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use common::{Loaded, frontend, kernel_tests_enabled};
+use lb_agent::{
+    maps::Maps,
+    model::{Desired, Frontend, FrontendAddr, Protocol},
+    reconcile::Reconciler,
+};
+use lb_common::{Backend4, BackendKey, backend_flags};
+
+const SHARED: &str = "10.244.9.9:8080";
+
+/// Service `i` at 10.96.1.i:80 with two backends of its own and the
+/// shared one.
+fn service(i: u8) -> (FrontendAddr, Frontend) {
+    let own = [format!("10.244.1.{i}:8080"), format!("10.244.2.{i}:8080")];
+    frontend(&format!("10.96.1.{i}:80"), Protocol::Tcp, &[&own[0], &own[1], SHARED])
+}
+
+fn services(range: std::ops::Range<u8>) -> Desired {
+    range.map(service).collect()
+}
+
+/// LB4_BACKENDS as address -> flags.
+fn backends(maps: &Maps) -> BTreeMap<String, u8> {
+    maps.backends
+        .entries()
+        .unwrap()
+        .into_iter()
+        .map(|(_, b)| {
+            let ip = std::net::Ipv4Addr::from(b.addr.to_ne_bytes());
+            (format!("{ip}:{}", u16::from_be(b.port)), b.flags)
+        })
+        .collect()
+}
+
+#[test]
+fn a_change_writes_only_its_own_entries_and_shared_backends_follow_their_users() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let mut l = Loaded::new("reconcile", services(1..16));
+    assert_eq!(backends(l.reconciler.maps()).len(), 2 * 15 + 1);
+
+    // The same state again: nothing to write.
+    let s = l.reconciler.apply(&services(1..16));
+    assert_eq!((s.ops, s.added, s.updated, s.removed), (0, 0, 0, 0), "{s:?}");
+
+    // +1 Service: its two new backends, rev-NAT, name, three slots and the
+    // frontend entry; nothing of the fifteen others.
+    let s = l.reconciler.apply(&services(1..17));
+    assert_eq!((s.added, s.updated, s.removed), (1, 0, 0), "{s:?}");
+    assert_eq!(s.ops, 2 + 1 + 1 + 3 + 1, "{s:?}");
+
+    // One frontend marks the shared backend terminating: the entry carries
+    // the flag while any user says so, and loses it when none does.
+    let mut d = services(1..17);
+    let (fa, _) = service(3);
+    d.get_mut(&fa).unwrap().backends[2].terminating = true;
+    l.reconciler.apply(&d);
+    assert_eq!(backends(l.reconciler.maps())[SHARED], backend_flags::TERMINATING);
+    let s = l.reconciler.apply(&services(1..17));
+    assert_eq!(backends(l.reconciler.maps())[SHARED], 0, "{s:?}");
+
+    // Remove all but one Service: their own backends go, the shared one
+    // stays for the last user; then it goes with it.
+    let s = l.reconciler.apply(&services(7..8));
+    assert_eq!(s.removed, 15, "{s:?}");
+    let left: Vec<String> = backends(l.reconciler.maps()).into_keys().collect();
+    assert_eq!(left, ["10.244.1.7:8080", "10.244.2.7:8080", SHARED]);
+    let s = l.reconciler.apply(&Desired::new());
+    assert_eq!(s.removed, 1);
+    assert!(backends(l.reconciler.maps()).is_empty(), "{s:?}");
+    assert!(l.reconciler.maps().slots.entries().unwrap().is_empty());
+}
+
+#[test]
+fn a_restarted_reconciler_rewrites_nothing_and_drops_orphans() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let l = Loaded::new("reconcile-restart", services(1..9));
+    let before = backends(l.reconciler.maps());
+    let ids_before: Vec<u32> = (1..9)
+        .map(|i| l.reconciler.frontend_id(&service(i).0).unwrap())
+        .collect();
+    // An orphan, as an interrupted run could leave behind.
+    let mut maps = Maps::open(&l.pins.0).unwrap();
+    maps.backends
+        .insert(&BackendKey { id: 9999 }, &Backend4 { addr: u32::from_ne_bytes([10, 244, 7, 7]), port: 80u16.to_be(), proto: 6, flags: 0 })
+        .unwrap();
+
+    // A new reconciler over the same pins, as after an agent restart.
+    let mut r = Reconciler::recover(maps).unwrap();
+    let s = r.apply(&services(1..9));
+    assert_eq!((s.added, s.updated, s.removed), (0, 0, 0), "{s:?}");
+    assert_eq!(s.ops, 1, "only the orphan is deleted: {s:?}");
+    assert_eq!(backends(r.maps()), before);
+    let ids_after: Vec<u32> = (1..9).map(|i| r.frontend_id(&service(i).0).unwrap()).collect();
+    assert_eq!(ids_after, ids_before);
+    // And it goes on incrementally from there.
+    let s = r.apply(&services(1..10));
+    assert_eq!((s.added, s.ops), (1, 2 + 1 + 1 + 3 + 1), "{s:?}");
+}
