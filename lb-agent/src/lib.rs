@@ -27,6 +27,7 @@ pub mod netns;
 pub mod northsouth;
 pub mod reconcile;
 pub mod run;
+pub mod slice;
 pub mod source;
 pub mod testrun;
 pub mod translate;

@@ -26,7 +26,7 @@ pub struct Sourced<T> {
 #[derive(Clone, Debug, Default)]
 pub struct Objects {
     pub services: Vec<Sourced<Service>>,
-    pub slices: Vec<Sourced<EndpointSlice>>,
+    pub slices: Vec<Sourced<crate::slice::Slice>>,
     /// One line per skipped document or unreadable file.
     pub problems: Vec<String>,
 }
@@ -103,7 +103,7 @@ fn parse_value(place: &str, value: serde_yaml::Value, out: &mut Objects) {
         }
         ("discovery.k8s.io/v1", "EndpointSlice") => {
             if let Some(obj) = typed::<EndpointSlice>(place, value, out) {
-                out.slices.push(Sourced { origin: place.to_string(), obj });
+                out.slices.push(Sourced { origin: place.to_string(), obj: obj.into() });
             }
         }
         (_, "List") | (_, "ServiceList") | (_, "EndpointSliceList") => {

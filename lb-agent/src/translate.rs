@@ -25,10 +25,7 @@ use std::{
     net::{IpAddr, Ipv4Addr},
 };
 
-use k8s_openapi::api::{
-    core::v1::{Service, ServicePort, ServiceSpec},
-    discovery::v1::EndpointSlice,
-};
+use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
 use lb_common::svc_flags;
 use tracing::{debug, warn};
 
@@ -40,7 +37,8 @@ use crate::{
     },
 };
 
-pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+pub use crate::slice::SERVICE_NAME_LABEL;
+use crate::slice::Slice;
 pub const SERVICE_PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
 /// Per-Service backend selection: `random` or `maglev`.
 pub const BACKEND_SELECTION_ANNOTATION: &str = "lb.dev/backend-selection";
@@ -66,23 +64,23 @@ pub struct Translation {
     pub problems: BTreeSet<String>,
 }
 
-type SlicesByService<'a> = BTreeMap<(String, String), Vec<&'a Sourced<EndpointSlice>>>;
+type SlicesByService<'a> = BTreeMap<(String, String), Vec<&'a Sourced<Slice>>>;
 
 pub fn translate<'a>(
     services: impl IntoIterator<Item = &'a Sourced<Service>>,
-    slices: impl IntoIterator<Item = &'a Sourced<EndpointSlice>>,
+    slices: impl IntoIterator<Item = &'a Sourced<Slice>>,
     opts: &TranslateOptions,
 ) -> Translation {
     let mut out = Translation::default();
     let mut by_service: SlicesByService<'a> = BTreeMap::new();
     for slice in slices {
-        let meta = &slice.obj.metadata;
-        let ns = meta.namespace.clone().unwrap_or_else(|| "default".into());
-        match meta.labels.as_ref().and_then(|l| l.get(SERVICE_NAME_LABEL)) {
+        let s = &slice.obj;
+        let ns = s.namespace.clone().unwrap_or_else(|| "default".into());
+        match &s.service {
             Some(svc) => by_service.entry((ns, svc.clone())).or_default().push(slice),
             None => debug!(
                 "{}: EndpointSlice without the {SERVICE_NAME_LABEL} label, ignored",
-                describe(&slice.origin, "EndpointSlice", meta.namespace.as_deref(), meta.name.as_deref())
+                describe(&slice.origin, "EndpointSlice", s.namespace.as_deref(), s.name.as_deref())
             ),
         }
     }
@@ -433,7 +431,7 @@ fn service_port(what: &str, i: usize, port: &ServicePort, out: &mut Translation)
 fn backends_for(
     port_name: Option<&str>,
     proto: Protocol,
-    slices: &[&Sourced<EndpointSlice>],
+    slices: &[&Sourced<Slice>],
     out: &mut Translation,
 ) -> Vec<Backend> {
     let want_name = port_name.unwrap_or("");
@@ -446,13 +444,13 @@ fn backends_for(
         let what = describe(
             &slice.origin,
             "EndpointSlice",
-            s.metadata.namespace.as_deref(),
-            s.metadata.name.as_deref(),
+            s.namespace.as_deref(),
+            s.name.as_deref(),
         );
         if s.address_type != "IPv4" {
             continue;
         }
-        let matching = s.ports.iter().flatten().enumerate().find(|(_, p)| {
+        let matching = s.ports.iter().enumerate().find(|(_, p)| {
             p.name.as_deref().unwrap_or("") == want_name
                 && protocol(p.protocol.as_deref()).ok() == Some(proto)
         });
@@ -470,14 +468,13 @@ fn backends_for(
             }
         };
         for (ei, ep) in s.endpoints.iter().enumerate() {
-            let cond = ep.conditions.as_ref();
             // API semantics: a nil `ready` means ready; a nil `serving`
             // means the same as `ready`; a nil `terminating` means false.
-            let is_ready = cond.and_then(|c| c.ready).unwrap_or(true);
-            let serving = cond.and_then(|c| c.serving).unwrap_or(is_ready);
-            let is_terminating = cond.and_then(|c| c.terminating).unwrap_or(false);
+            let is_ready = ep.ready.unwrap_or(true);
+            let serving = ep.serving.unwrap_or(is_ready);
+            let is_terminating = ep.terminating.unwrap_or(false);
             // Like kube-proxy, only the first address of an endpoint is used.
-            let Some(first) = ep.addresses.first() else {
+            let Some(first) = ep.address.as_deref() else {
                 continue;
             };
             let ip = match first.parse::<IpAddr>() {

@@ -190,7 +190,7 @@ fn to_object(kind: Kind, raw: &RawObject) -> Result<Object, Invalid> {
     match kind {
         Kind::Service => convert::<Service>(kind, raw).map(|obj| Object::Service(Sourced { origin, obj })),
         Kind::EndpointSlice => {
-            convert::<EndpointSlice>(kind, raw).map(|obj| Object::EndpointSlice(Sourced { origin, obj }))
+            convert::<EndpointSlice>(kind, raw).map(|obj| Object::EndpointSlice(Sourced { origin, obj: obj.into() }))
         }
     }
 }

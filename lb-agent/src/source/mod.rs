@@ -18,10 +18,10 @@ use std::{
     time::Instant,
 };
 
-use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+use k8s_openapi::api::core::v1::Service;
 use tracing::{info, warn};
 
-use crate::manifest::Sourced;
+use crate::{manifest::Sourced, slice::Slice};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Kind {
@@ -63,7 +63,7 @@ impl fmt::Display for ObjectKey {
 #[derive(Clone, Debug)]
 pub enum Object {
     Service(Sourced<Service>),
-    EndpointSlice(Sourced<EndpointSlice>),
+    EndpointSlice(Sourced<Slice>),
 }
 
 impl Object {
@@ -75,11 +75,10 @@ impl Object {
     }
 
     pub fn key(&self) -> ObjectKey {
-        let meta = match self {
-            Object::Service(s) => &s.obj.metadata,
-            Object::EndpointSlice(s) => &s.obj.metadata,
-        };
-        ObjectKey::new(meta.namespace.as_deref(), meta.name.as_deref())
+        match self {
+            Object::Service(s) => ObjectKey::new(s.obj.metadata.namespace.as_deref(), s.obj.metadata.name.as_deref()),
+            Object::EndpointSlice(s) => ObjectKey::new(s.obj.namespace.as_deref(), s.obj.name.as_deref()),
+        }
     }
 
     fn origin(&self) -> &str {
@@ -132,7 +131,7 @@ pub type Sender = tokio::sync::mpsc::Sender<Batch>;
 #[derive(Debug, Default)]
 pub struct Store {
     services: BTreeMap<ObjectKey, Sourced<Service>>,
-    slices: BTreeMap<ObjectKey, Sourced<EndpointSlice>>,
+    slices: BTreeMap<ObjectKey, Sourced<Slice>>,
     /// Objects currently skipped because they could not be read.
     invalid: BTreeMap<(Kind, ObjectKey), String>,
     /// Problems of the last list of a kind that name no object.
@@ -150,7 +149,7 @@ impl Store {
         self.services.values()
     }
 
-    pub fn slices(&self) -> impl Iterator<Item = &Sourced<EndpointSlice>> {
+    pub fn slices(&self) -> impl Iterator<Item = &Sourced<Slice>> {
         self.slices.values()
     }
 

@@ -1,0 +1,94 @@
+//! An EndpointSlice reduced to what translation reads.
+//!
+//! A k8s-openapi `Endpoint` is 352 bytes, almost all of it empty `Option`s
+//! (hints, targetRef, deprecated topology, ...); at 10,000 Services with 10
+//! endpoints each the store held about 45 MiB of them. Sources convert each
+//! slice when it arrives, so the store keeps about 100 bytes per endpoint.
+
+use k8s_openapi::api::discovery::v1::{Endpoint, EndpointPort, EndpointSlice};
+
+/// The label naming a slice's Service.
+pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Slice {
+    pub namespace: Option<String>,
+    pub name: Option<String>,
+    /// The `kubernetes.io/service-name` label.
+    pub service: Option<String>,
+    pub address_type: String,
+    pub ports: Vec<EndpointPort>,
+    pub endpoints: Vec<SliceEndpoint>,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SliceEndpoint {
+    /// The first address (kube-proxy uses only that one), as written.
+    pub address: Option<Box<str>>,
+    /// The conditions as given; `None` keeps the API's defaulting rules
+    /// for translation to apply.
+    pub ready: Option<bool>,
+    pub serving: Option<bool>,
+    pub terminating: Option<bool>,
+    pub node_name: Option<String>,
+    pub zone: Option<String>,
+}
+
+impl From<EndpointSlice> for Slice {
+    fn from(s: EndpointSlice) -> Slice {
+        let mut labels = s.metadata.labels.unwrap_or_default();
+        Slice {
+            namespace: s.metadata.namespace,
+            name: s.metadata.name,
+            service: labels.remove(SERVICE_NAME_LABEL),
+            address_type: s.address_type,
+            ports: s.ports.unwrap_or_default(),
+            endpoints: endpoints(s.endpoints),
+        }
+    }
+}
+
+fn endpoints(list: Vec<Endpoint>) -> Vec<SliceEndpoint> {
+    // A fresh Vec: `into_iter().map().collect()` would reuse the source
+    // allocation (sized for 352-byte Endpoints) and keep all of it.
+    let mut out = Vec::with_capacity(list.len());
+    out.extend(list.into_iter().map(|ep| {
+        let cond = ep.conditions.unwrap_or_default();
+        SliceEndpoint {
+            address: ep.addresses.into_iter().next().map(String::into_boxed_str),
+            ready: cond.ready,
+            serving: cond.serving,
+            terminating: cond.terminating,
+            node_name: ep.node_name,
+            zone: ep.zone,
+        }
+    }));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keeps_what_translation_reads() {
+        let s: EndpointSlice = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web-1", "namespace": "x", "labels": {SERVICE_NAME_LABEL: "web", "other": "y"}},
+            "addressType": "IPv4",
+            "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+            "endpoints": [
+                {"addresses": ["10.0.0.1", "10.0.0.2"], "conditions": {"ready": false, "terminating": true}, "nodeName": "n1", "zone": "z"},
+                {"addresses": []}
+            ]
+        }))
+        .unwrap();
+        let s = Slice::from(s);
+        assert_eq!((s.namespace.as_deref(), s.name.as_deref(), s.service.as_deref()), (Some("x"), Some("web-1"), Some("web")));
+        assert_eq!(s.ports[0].port, Some(8080));
+        let e = &s.endpoints[0];
+        assert_eq!(e.address.as_deref(), Some("10.0.0.1"));
+        assert_eq!((e.ready, e.serving, e.terminating), (Some(false), None, Some(true)));
+        assert_eq!((e.node_name.as_deref(), e.zone.as_deref()), (Some("n1"), Some("z")));
+        assert_eq!(s.endpoints[1], SliceEndpoint::default());
+    }
+}
