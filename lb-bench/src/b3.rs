@@ -66,6 +66,11 @@ pub struct AgentRun {
     /// From start to the first "synced manifests" line.
     pub wall: Duration,
     pub vm_hwm_kib: u64,
+    /// The agent's `apply_us` for the sync after one more Service (with
+    /// its endpoints) was added to the directory: everything the agent does
+    /// for the change (translation of the store, the reconciler's apply),
+    /// not reading the directory again.
+    pub add_service: Option<Duration>,
 }
 
 #[derive(Clone, Debug)]
@@ -358,9 +363,14 @@ fn time_nft(
 
 /// Services and EndpointSlices as YAML, for a real agent.
 pub fn manifests(svcs: &[Svc]) -> String {
+    manifests_from(svcs, 0)
+}
+
+/// As [`manifests`], the first Service named `svc-<first>`.
+fn manifests_from(svcs: &[Svc], first: usize) -> String {
     let mut out = String::with_capacity(svcs.len() * 700);
     for (i, s) in svcs.iter().enumerate() {
-        let name = format!("svc-{i}");
+        let name = format!("svc-{}", first + i);
         let eps: String = s
             .endpoints
             .iter()
@@ -381,7 +391,7 @@ pub fn manifests(svcs: &[Svc]) -> String {
 /// Runs `lb-agent run` on a manifest directory of `svcs` in a namespace of
 /// its own (no pod interfaces there, no socket hooks) until its first sync
 /// is logged; reads its VmHWM then.
-fn agent_run(bin: &Path, svcs: &[Svc], o: &B3Options, prefill: bool) -> Result<AgentRun> {
+fn agent_run(bin: &Path, svcs: &[Svc], extra: &Svc, o: &B3Options, prefill: bool) -> Result<AgentRun> {
     let dir = std::env::temp_dir().join(format!("lb-bench-{}-manifests", std::process::id()));
     fs::create_dir_all(&dir)?;
     let _cleanup = DirGuard(dir.clone());
@@ -425,28 +435,44 @@ fn agent_run(bin: &Path, svcs: &[Svc], o: &B3Options, prefill: bool) -> Result<A
     let stderr = child.stderr.take().expect("piped");
     let mut result = Err(anyhow::anyhow!("the agent exited before its first sync"));
     let mut log = Vec::new();
-    for line in BufReader::new(stderr).lines() {
+    let apply_us = |line: &str| -> Duration {
+        let us: u64 = line
+            .split_whitespace()
+            .find_map(|w| w.strip_prefix("apply_us="))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        Duration::from_micros(us)
+    };
+    let mut lines = BufReader::new(stderr).lines();
+    for line in lines.by_ref() {
         let Ok(line) = line else { break };
         if line.contains("synced manifests") {
             let wall = start.elapsed();
             let vm_hwm_kib = sys::status_kib(&pid, "VmHWM").unwrap_or(0);
-            let us: u64 = line
-                .split_whitespace()
-                .find_map(|w| {
-                    w.strip_prefix("apply_us=")
-                        .or_else(|| w.strip_prefix("elapsed_us="))
-                })
-                .and_then(|v| v.parse().ok())
-                .unwrap_or(0);
             result = Ok(AgentRun {
                 prefilled: prefill,
-                sync: Duration::from_micros(us),
+                sync: apply_us(&line),
                 wall,
                 vm_hwm_kib,
+                add_service: None,
             });
             break;
         }
         log.push(line);
+    }
+    if let Ok(run) = &mut result {
+        // One more Service in a file of its own; the agent notices it at
+        // its next poll of the directory.
+        fs::write(dir.join("zz-extra.yaml"), manifests_from(std::slice::from_ref(extra), svcs.len()))?;
+        for line in lines {
+            let Ok(line) = line else { break };
+            if line.contains("synced manifests") {
+                if line.contains(&format!("services={}", svcs.len() + 1)) {
+                    run.add_service = Some(apply_us(&line));
+                }
+                break;
+            }
+        }
     }
     // SAFETY: kill(2) on our own child.
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
@@ -488,7 +514,8 @@ pub fn run(o: &B3Options, agent_bin: Option<&Path>) -> Result<B3Result> {
         ours.full, ours.add_service, ours.add_endpoint
     );
     let agent = agent_bin.map(|bin| {
-        agent_run(bin, &base, o, o.agent_prefilled || !measured).map_err(|e| format!("{e:#}"))
+        let extra = plus_svc.last().expect("one more");
+        agent_run(bin, &base, extra, o, o.agent_prefilled || !measured).map_err(|e| format!("{e:#}"))
     });
     if let Some(a) = &agent {
         eprintln!("lb-bench: B3 lb-agent run: {a:?}");

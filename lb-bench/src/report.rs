@@ -187,9 +187,10 @@ pub fn b3_table(b: &B3Result) -> String {
             };
             let _ = writeln!(
                 t,
-                "| lb agent: `lb-agent run` on {} services' manifests (translate + apply, from its log) | {} | – | – | {how}; first sync logged {} after start (YAML read and parsed first); **peak RSS (VmHWM) {:.1} MiB** |",
+                "| lb agent: `lb-agent run` on {} services' manifests (translate + apply, from its log) | {} | {} | – | {how}; first sync logged {} after start (YAML read and parsed first); +1 service: a new manifest file, the sync's own time (translation of every Service, then apply); **peak RSS (VmHWM) {:.1} MiB** |",
                 fmt_count(b.services as f64),
                 ms(a.sync),
+                a.add_service.map_or_else(|| "not seen".to_string(), ms),
                 ms(a.wall),
                 a.vm_hwm_kib as f64 / 1024.0
             );
@@ -407,11 +408,21 @@ pub fn goals(r: &Report) -> String {
         );
         let _ = writeln!(
             t,
-            "| B3: +1 service < 10 ms (nftables' published figure: 141 ms) | {} (our nft: {}) | {} |",
+            "| B3: +1 service < 10 ms (nftables' published figure: 141 ms), reconciler | {} (our nft: {}) | {} |",
             ms(b.ours.add_service),
             took(b.nft.add_service),
             pass(b.ours.add_service.as_secs_f64() < 0.010)
         );
+        if let Some(Ok(a)) = &b.agent
+            && let Some(add) = a.add_service
+        {
+            let _ = writeln!(
+                t,
+                "| B3: +1 service < 10 ms, whole agent (`lb-agent run`: translation of every Service + apply) | {} | {} |",
+                ms(add),
+                pass(add.as_secs_f64() < 0.010)
+            );
+        }
         match &b.agent {
             Some(Ok(a)) => {
                 let mib = a.vm_hwm_kib as f64 / 1024.0;
