@@ -17,7 +17,7 @@ use serde::{Deserialize, de::DeserializeOwned};
 use tracing::{debug, warn};
 
 /// An object together with where it came from, for messages.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct Sourced<T> {
     pub origin: String,
     pub obj: T,

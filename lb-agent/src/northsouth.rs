@@ -114,6 +114,10 @@ pub fn plan(t: &Translation, node: &NodeInfo) -> Plan {
         let base_flags = m.flags & INHERITED;
         let is_lb = m.type_ == "LoadBalancer";
         let has_node_ports = is_lb || m.type_ == "NodePort";
+        // Most Services are ClusterIP only: nothing to do here.
+        if !has_node_ports && m.external_ips.is_empty() {
+            continue;
+        }
         let mut local_ready = BTreeSet::new();
         for port in &m.ports {
             let cluster = FrontendAddr { ip: cluster_ip, port: port.port, proto: port.proto };
@@ -315,19 +319,20 @@ impl NorthSouth {
     /// Adds the north-south frontends to `t`, writes everything, then the
     /// source ranges (which need the frontends' IDs), and updates the
     /// health check servers. Returns what the reconciler did.
-    pub fn apply(&mut self, t: &mut Translation, reconciler: &mut Reconciler) -> Stats {
+    ///
+    /// Returns the reconciler's stats and how many north-south frontends
+    /// were skipped (each logged once).
+    pub fn apply(&mut self, t: &Translation, reconciler: &mut Reconciler) -> (Stats, usize) {
         let plan = plan(t, &self.node);
         for p in &plan.problems {
             if self.logged.insert(p.clone()) {
                 warn!("{p}");
             }
         }
-        t.problems.extend(plan.problems);
-        t.desired.extend(plan.frontends);
-        let mut stats = reconciler.apply(&t.desired);
+        let mut stats = reconciler.apply_all(&[&t.desired, &plan.frontends]);
         reconciler.apply_source_ranges(&plan.source_ranges, &mut stats);
         self.health.sync(&plan.health_checks);
-        stats
+        (stats, plan.problems.len())
     }
 }
 

@@ -412,6 +412,11 @@ impl Reconciler {
         &mut self.maps
     }
 
+    /// How many frontends are installed.
+    pub fn frontend_count(&self) -> usize {
+        self.frontends.len()
+    }
+
     /// The ID of an installed frontend.
     pub fn frontend_id(&self, addr: &FrontendAddr) -> Option<u32> {
         self.frontends.get(addr).map(|f| f.id)
@@ -423,9 +428,16 @@ impl Reconciler {
     /// (by digest) are looked at, and only the backends those use, so a
     /// change to one Service costs the same with 10 or 10,000 installed.
     pub fn apply(&mut self, desired: &Desired) -> Stats {
+        self.apply_all(&[desired])
+    }
+
+    /// [`Reconciler::apply`] for a desired state kept in several maps (no
+    /// frontend in two of them), so that callers need not merge them.
+    pub fn apply_all(&mut self, parts: &[&Desired]) -> Stats {
         let mut stats = Stats::default();
-        let changed: Vec<(&Frontend, u64, Vec<Use>)> = desired
-            .values()
+        let changed: Vec<(&Frontend, u64, Vec<Use>)> = parts
+            .iter()
+            .flat_map(|d| d.values())
             .filter_map(|fe| {
                 let digest = self.digest(fe);
                 let same = self.frontends.get(&fe.addr).is_some_and(|i| i.digest == digest);
@@ -435,7 +447,7 @@ impl Reconciler {
         let gone: Vec<FrontendAddr> = self
             .frontends
             .keys()
-            .filter(|addr| !desired.contains_key(addr))
+            .filter(|addr| !parts.iter().any(|d| d.contains_key(addr)))
             .copied()
             .collect();
         // Backends first: count the new uses and write new backends (and

@@ -132,6 +132,7 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> anyhow::
     let mut gc_ticker = tokio::time::interval(cfg.ct_gc_interval);
     gc_ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut store = Store::default();
+    let mut translator = translate::Translator::default();
     // The first update not yet written to the maps, and when to write.
     let mut oldest_pending: Option<Instant> = None;
     let mut apply_at: Option<tokio::time::Instant> = None;
@@ -180,7 +181,7 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> anyhow::
                     SourceConfig::Dir { .. } => "synced manifests",
                     SourceConfig::Kube(_) => "synced from the API server",
                 };
-                sync(&store, &cfg.translate, &mut reconciler, &mut north_south, first, &metrics, what);
+                sync(&mut store, &mut translator, &cfg.translate, &mut reconciler, &mut north_south, first, &metrics, what);
             }
         }
     }
@@ -192,8 +193,10 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> anyhow::
 }
 
 /// Translates the store and writes the difference to the maps.
+#[allow(clippy::too_many_arguments)]
 fn sync(
-    store: &Store,
+    store: &mut Store,
+    translator: &mut translate::Translator,
     opts: &TranslateOptions,
     reconciler: &mut Reconciler,
     north_south: &mut NorthSouth,
@@ -202,15 +205,16 @@ fn sync(
     what: &str,
 ) {
     let started = Instant::now();
-    let mut translation = translate::translate(store.services(), store.slices(), opts);
-    let stats = north_south.apply(&mut translation, reconciler);
+    let translation = translator.update(store, opts);
+    let translated = started.elapsed();
+    let (stats, north_south_skipped) = north_south.apply(translation, reconciler);
     let latency = first_seen.elapsed();
     let record = SyncRecord {
         latency,
         map_ops: stats.ops,
         map_errors: stats.errors.len() as u64,
-        skipped: store.skipped() + translation.problems.len(),
-        frontends: translation.desired.len(),
+        skipped: store.skipped() + translation.problems.len() + north_south_skipped,
+        frontends: reconciler.frontend_count(),
         services: translation.services.len(),
     };
     metrics.record_sync(&record);
@@ -225,6 +229,7 @@ fn sync(
         errors = stats.errors.len(),
         latency_us = latency.as_micros() as u64,
         apply_us = started.elapsed().as_micros() as u64,
+        translate_us = translated.as_micros() as u64,
         "{what}"
     );
     for e in &stats.errors {

@@ -31,6 +31,7 @@ use tracing::{debug, warn};
 
 use crate::{
     manifest::Sourced,
+    source::{ObjectKey, Store},
     model::{
         Backend, BackendAddr, BackendSelection, Cidr, Desired, Frontend, FrontendAddr, PortModel,
         Protocol, ServiceModel, ServiceRef, TrafficPolicy,
@@ -85,12 +86,123 @@ pub fn translate<'a>(
         }
     }
     for svc in services {
-        translate_service(svc, &by_service, opts, &mut out);
+        let meta = &svc.obj.metadata;
+        let key = (
+            meta.namespace.clone().unwrap_or_else(|| "default".into()),
+            meta.name.clone().unwrap_or_default(),
+        );
+        let svc_slices = by_service.get(&key).map(Vec::as_slice).unwrap_or(&[]);
+        translate_service(svc, svc_slices, opts, &mut out);
     }
     for p in &out.problems {
         warn!("{p}");
     }
     out
+}
+
+/// The translation kept from one sync to the next. Only Services whose
+/// store generation moved (the Service or one of its slices changed) are
+/// translated again and patched in, so a change costs the same with 10 or
+/// 10,000 Services in the store.
+///
+/// When two Services claim the same frontend address, the one that had it
+/// first keeps it (a full [`translate`] gives it to the first in name
+/// order); the other is retried whenever anything changes.
+#[derive(Debug, Default)]
+pub struct Translator {
+    out: Translation,
+    parts: foldhash::HashMap<ObjectKey, Part>,
+    conflicted: BTreeSet<ObjectKey>,
+}
+
+/// What one Service contributed to the translation.
+#[derive(Debug, Default)]
+struct Part {
+    generation: u64,
+    frontends: Vec<FrontendAddr>,
+    problems: Vec<String>,
+    model: Option<ServiceRef>,
+}
+
+impl Translator {
+    /// Brings the translation up to date with `store`. New problems are
+    /// logged once.
+    pub fn update(&mut self, store: &mut Store, opts: &TranslateOptions) -> &Translation {
+        let touched = store.take_touched();
+        // The first time, every Service; then only those the store says
+        // were touched (added, changed, removed, or their slices).
+        let candidates: Vec<ObjectKey> = if self.parts.is_empty() {
+            store.services_by_key().map(|(k, _)| k.clone()).collect()
+        } else {
+            touched.into_iter().collect()
+        };
+        let mut dirty: BTreeSet<ObjectKey> = BTreeSet::new();
+        for key in candidates {
+            let had = self.parts.get(&key).map(|p| p.generation);
+            let present = store.has_service(&key);
+            if (present && had != Some(store.generation(&key))) || (!present && had.is_some()) {
+                dirty.insert(key);
+            }
+        }
+        if dirty.is_empty() {
+            return &self.out;
+        }
+        dirty.extend(std::mem::take(&mut self.conflicted));
+        for key in &dirty {
+            self.remove_part(key);
+        }
+        for key in dirty {
+            let Some(svc) = store.service(&key) else {
+                continue;
+            };
+            let svc_slices: Vec<&Sourced<Slice>> = store.slices_of(&key).collect();
+            let mut scratch = Translation::default();
+            translate_service(svc, &svc_slices, opts, &mut scratch);
+            let mut part = Part { generation: store.generation(&key), ..Part::default() };
+            for (addr, fe) in scratch.desired {
+                if let Some(other) = self.out.desired.get(&addr) {
+                    scratch.problems.insert(format!(
+                        "{}: frontend {addr} already belongs to {}, skipped",
+                        describe(&svc.origin, "Service", Some(&key.namespace), Some(&key.name)),
+                        other.name
+                    ));
+                    self.conflicted.insert(key.clone());
+                    continue;
+                }
+                part.frontends.push(addr);
+                self.out.desired.insert(addr, fe);
+            }
+            for (r, m) in scratch.services {
+                part.model = Some(r.clone());
+                self.out.services.insert(r, m);
+            }
+            for p in scratch.problems {
+                if self.out.problems.insert(p.clone()) {
+                    warn!("{p}");
+                }
+                part.problems.push(p);
+            }
+            self.parts.insert(key, part);
+        }
+        &self.out
+    }
+
+    pub fn translation(&self) -> &Translation {
+        &self.out
+    }
+
+    fn remove_part(&mut self, key: &ObjectKey) {
+        let Some(part) = self.parts.remove(key) else { return };
+        for addr in &part.frontends {
+            self.out.desired.remove(addr);
+        }
+        for p in &part.problems {
+            self.out.problems.remove(p);
+        }
+        if let Some(r) = &part.model {
+            self.out.services.remove(r);
+        }
+    }
 }
 
 /// `origin: Kind ns/name` (or without the origin when it is empty).
@@ -101,7 +213,7 @@ pub fn describe(origin: &str, kind: &str, ns: Option<&str>, name: Option<&str>) 
 
 fn translate_service(
     svc: &Sourced<Service>,
-    slices: &SlicesByService<'_>,
+    svc_slices: &[&Sourced<Slice>],
     opts: &TranslateOptions,
     out: &mut Translation,
 ) {
@@ -148,7 +260,6 @@ fn translate_service(
     model.cluster_ips = all_ips;
     let frontend_flags = model.flags & !svc_flags::SOURCE_RANGES;
     let affinity_timeout = model.affinity_timeout.unwrap_or(0);
-    let svc_slices = slices.get(&(ns.clone(), name.clone())).map(Vec::as_slice).unwrap_or(&[]);
     for (i, port) in spec.ports.iter().flatten().enumerate() {
         let Some((proto, number)) = service_port(&what, i, port, out) else {
             continue;

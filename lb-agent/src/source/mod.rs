@@ -137,6 +137,20 @@ pub struct Store {
     /// Problems of the last list of a kind that name no object.
     unnamed_problems: BTreeMap<Kind, Vec<String>>,
     listed: BTreeSet<Kind>,
+    /// A generation per Service (namespace, name), bumped whenever the
+    /// Service or one of its slices changes: translation redoes only the
+    /// Services whose generation moved.
+    generations: foldhash::HashMap<ObjectKey, u64>,
+    next_generation: u64,
+    /// Services touched since the last [`Store::take_touched`].
+    touched: BTreeSet<ObjectKey>,
+    /// Slices by the Service they name.
+    slices_of: foldhash::HashMap<ObjectKey, BTreeSet<ObjectKey>>,
+}
+
+/// The key of the Service a slice belongs to.
+fn slice_service(s: &Slice) -> Option<ObjectKey> {
+    Some(ObjectKey::new(s.namespace.as_deref(), Some(s.service.as_deref()?)))
 }
 
 impl Store {
@@ -151,6 +165,70 @@ impl Store {
 
     pub fn slices(&self) -> impl Iterator<Item = &Sourced<Slice>> {
         self.slices.values()
+    }
+
+    /// The Services, keyed by (namespace, name).
+    pub fn services_by_key(&self) -> impl Iterator<Item = (&ObjectKey, &Sourced<Service>)> {
+        self.services.iter()
+    }
+
+    pub fn service(&self, key: &ObjectKey) -> Option<&Sourced<Service>> {
+        self.services.get(key)
+    }
+
+    /// Whether the Service `key` is in the store.
+    pub fn has_service(&self, key: &ObjectKey) -> bool {
+        self.services.contains_key(key)
+    }
+
+    pub fn service_count(&self) -> usize {
+        self.services.len()
+    }
+
+    /// The slices that name the Service `key`.
+    pub fn slices_of(&self, key: &ObjectKey) -> impl Iterator<Item = &Sourced<Slice>> {
+        self.slices_of.get(key).into_iter().flatten().filter_map(|k| self.slices.get(k))
+    }
+
+    /// The generation of the Service `key` and its slices: it changes
+    /// whenever any of them does.
+    pub fn generation(&self, key: &ObjectKey) -> u64 {
+        self.generations.get(key).copied().unwrap_or(0)
+    }
+
+    /// The Services (keys) whose generation moved since the last call, or
+    /// that were removed.
+    pub fn take_touched(&mut self) -> BTreeSet<ObjectKey> {
+        std::mem::take(&mut self.touched)
+    }
+
+    fn touch(&mut self, service: ObjectKey) {
+        self.next_generation += 1;
+        self.touched.insert(service.clone());
+        // Nothing left of it: forget it (absent means generation 0; a
+        // Service created again is touched again).
+        if !self.services.contains_key(&service) && !self.slices_of.contains_key(&service) {
+            self.generations.remove(&service);
+            return;
+        }
+        self.generations.insert(service, self.next_generation);
+    }
+
+    fn touch_service(&mut self, key: &ObjectKey) {
+        self.touch(key.clone());
+    }
+
+    fn index_slice(&mut self, key: &ObjectKey, s: &Slice, add: bool) {
+        let Some(svc) = slice_service(s) else { return };
+        if add {
+            self.slices_of.entry(svc.clone()).or_default().insert(key.clone());
+        } else if let Some(set) = self.slices_of.get_mut(&svc) {
+            set.remove(key);
+            if set.is_empty() {
+                self.slices_of.remove(&svc);
+            }
+        }
+        self.touch(svc);
     }
 
     /// Objects (or documents) skipped because they could not be read.
@@ -168,9 +246,17 @@ impl Store {
             Update::Deleted { kind, key } => {
                 self.invalid.remove(&(kind, key.clone()));
                 match kind {
-                    Kind::Service => self.services.remove(&key).map(drop),
-                    Kind::EndpointSlice => self.slices.remove(&key).map(drop),
-                };
+                    Kind::Service => {
+                        if self.services.remove(&key).is_some() {
+                            self.touch_service(&key);
+                        }
+                    }
+                    Kind::EndpointSlice => {
+                        if let Some(old) = self.slices.remove(&key) {
+                            self.index_slice(&key, &old.obj, false);
+                        }
+                    }
+                }
             }
             Update::Invalid(inv) => self.record_invalid(inv),
         }
@@ -204,7 +290,7 @@ impl Store {
                 self.unnamed_problems.entry(kind).or_default().push(msg);
                 continue;
             }
-            self.insert(obj);
+            self.insert_listed(obj);
         }
         for inv in invalid {
             // An object that turned invalid keeps its last valid version.
@@ -225,9 +311,31 @@ impl Store {
             self.record_invalid(inv);
         }
         self.listed.insert(kind);
+        // Generations move only for what the list changed.
+        match kind {
+            Kind::Service => {
+                let changed: Vec<ObjectKey> = changed_keys(&previous_services, &self.services);
+                for key in changed {
+                    self.touch_service(&key);
+                }
+            }
+            Kind::EndpointSlice => {
+                for key in changed_keys(&previous_slices, &self.slices) {
+                    if let Some(old) = previous_slices.get(&key) {
+                        let old = old.obj.clone();
+                        self.index_slice(&key, &old, false);
+                    }
+                    if let Some(new) = self.slices.get(&key) {
+                        let new = new.obj.clone();
+                        self.index_slice(&key, &new, true);
+                    }
+                }
+            }
+        }
     }
 
-    fn insert(&mut self, obj: Object) {
+    /// Inserts without touching generations (a list compares afterwards).
+    fn insert_listed(&mut self, obj: Object) {
         let key = obj.key();
         match obj {
             Object::Service(s) => {
@@ -235,6 +343,28 @@ impl Store {
             }
             Object::EndpointSlice(s) => {
                 self.slices.insert(key, s);
+            }
+        }
+    }
+
+    fn insert(&mut self, obj: Object) {
+        let key = obj.key();
+        match obj {
+            Object::Service(s) => {
+                if self.services.get(&key) != Some(&s) {
+                    self.services.insert(key.clone(), s);
+                    self.touch_service(&key);
+                }
+            }
+            Object::EndpointSlice(s) => {
+                if self.slices.get(&key) == Some(&s) {
+                    return;
+                }
+                if let Some(old) = self.slices.insert(key.clone(), s) {
+                    self.index_slice(&key, &old.obj, false);
+                }
+                let new = self.slices[&key].obj.clone();
+                self.index_slice(&key, &new, true);
             }
         }
     }
@@ -259,6 +389,18 @@ impl Store {
             None => self.unnamed_problems.entry(inv.kind).or_default().push(msg),
         }
     }
+}
+
+/// Keys whose value differs between two versions of a map (added,
+/// removed or changed).
+fn changed_keys<T: PartialEq>(old: &BTreeMap<ObjectKey, T>, new: &BTreeMap<ObjectKey, T>) -> Vec<ObjectKey> {
+    let mut out: Vec<ObjectKey> = new
+        .iter()
+        .filter(|(k, v)| old.get(*k) != Some(*v))
+        .map(|(k, _)| k.clone())
+        .collect();
+    out.extend(old.keys().filter(|k| !new.contains_key(*k)).cloned());
+    out
 }
 
 #[cfg(test)]

@@ -371,3 +371,122 @@ endpoints:
     );
     assert_eq!(backend_strings(&t, fe("10.96.4.1", 80, Protocol::Tcp)), ["10.244.4.5:8080"]);
 }
+
+mod incremental {
+    use super::*;
+    use crate::source::{Kind, Object, ObjectKey, Store, Update};
+
+    fn objects(yaml: &str) -> Vec<Object> {
+        let mut o = Objects::default();
+        parse_into("t.yaml", yaml, &mut o);
+        assert!(o.problems.is_empty(), "{:?}", o.problems);
+        o.services
+            .into_iter()
+            .map(Object::Service)
+            .chain(o.slices.into_iter().map(Object::EndpointSlice))
+            .collect()
+    }
+
+    fn service(name: &str, ip: &str, endpoints: &[&str]) -> String {
+        let eps: String = endpoints.iter().map(|e| format!("- addresses: [{e}]\n")).collect();
+        format!(
+            "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: x}}\nspec:\n  clusterIP: {ip}\n  ports: [{{name: http, port: 80, protocol: TCP}}]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {name}-1, namespace: x, labels: {{kubernetes.io/service-name: {name}}}}}\naddressType: IPv4\nports: [{{name: http, port: 8080, protocol: TCP}}]\nendpoints:\n{eps}"
+        )
+    }
+
+    /// The incremental translation equals a full one of the same store.
+    fn check(t: &mut Translator, store: &mut Store) {
+        let services: Vec<_> = store.services().cloned().collect();
+        let slices: Vec<_> = store.slices().cloned().collect();
+        let full = translate(&services, &slices, &TranslateOptions::default());
+        let inc = t.update(store, &TranslateOptions::default());
+        assert_eq!(inc.desired, full.desired);
+        assert_eq!(inc.services, full.services);
+        assert_eq!(inc.problems, full.problems);
+    }
+
+    fn listed(store: &mut Store, yaml: &str) {
+        let (svcs, slices): (Vec<Object>, Vec<Object>) =
+            objects(yaml).into_iter().partition(|o| o.kind() == Kind::Service);
+        store.apply(Update::Listed { kind: Kind::Service, objects: svcs, invalid: vec![] });
+        store.apply(Update::Listed { kind: Kind::EndpointSlice, objects: slices, invalid: vec![] });
+    }
+
+    #[test]
+    fn follows_every_kind_of_change_like_a_full_translation() {
+        let mut store = Store::default();
+        let mut t = Translator::default();
+        let base = [
+            service("a", "10.96.0.1", &["10.244.0.1", "10.244.0.2"]),
+            service("b", "10.96.0.2", &["10.244.0.3"]),
+            service("c", "10.96.0.3", &[]),
+            format!("---{MULTI_PORT}"),
+        ]
+        .concat();
+        listed(&mut store, &base);
+        check(&mut t, &mut store);
+        assert_eq!(t.translation().desired.len(), 5);
+
+        // Nothing changed: nothing to redo, same result.
+        check(&mut t, &mut store);
+
+        // An endpoint added to one slice.
+        for o in objects(&service("a", "10.96.0.1", &["10.244.0.1", "10.244.0.2", "10.244.0.9"])) {
+            store.apply(Update::Applied(o));
+        }
+        check(&mut t, &mut store);
+        assert_eq!(t.translation().desired[&fe("10.96.0.1", 80, Protocol::Tcp)].backends.len(), 3);
+
+        // A slice moves to another Service (its label changes): both redo.
+        let moved = service("c", "10.96.0.3", &["10.244.0.7"]).replace("name: c-1", "name: b-1");
+        for o in objects(&moved) {
+            if o.kind() == Kind::EndpointSlice {
+                store.apply(Update::Applied(o));
+            }
+        }
+        check(&mut t, &mut store);
+        assert_eq!(backend_strings(t.translation(), fe("10.96.0.2", 80, Protocol::Tcp)), Vec::<String>::new());
+        assert_eq!(backend_strings(t.translation(), fe("10.96.0.3", 80, Protocol::Tcp)), ["10.244.0.7:8080"]);
+
+        // A Service deleted; an invalid one added (its problem comes and goes with it).
+        store.apply(Update::Deleted { kind: Kind::Service, key: ObjectKey::new(Some("x"), Some("a")) });
+        for o in objects(&service("bad", "not-an-ip", &[])) {
+            store.apply(Update::Applied(o));
+        }
+        check(&mut t, &mut store);
+        assert!(!t.translation().problems.is_empty());
+        store.apply(Update::Deleted { kind: Kind::Service, key: ObjectKey::new(Some("x"), Some("bad")) });
+        check(&mut t, &mut store);
+        assert!(t.translation().problems.is_empty());
+
+        // A relist that changes one Service and drops another.
+        let relist = [
+            service("b", "10.96.0.2", &["10.244.0.3", "10.244.0.4"]),
+            service("c", "10.96.0.3", &[]),
+            format!("---{MULTI_PORT}"),
+        ]
+        .concat();
+        listed(&mut store, &relist);
+        check(&mut t, &mut store);
+        assert_eq!(t.translation().desired.len(), 4);
+    }
+
+    #[test]
+    fn a_taken_address_goes_to_the_other_service_once_freed() {
+        let mut store = Store::default();
+        let mut t = Translator::default();
+        listed(&mut store, &service("a", "10.96.0.1", &["10.244.0.1"]));
+        t.update(&mut store, &TranslateOptions::default());
+        // b claims a's address: a keeps it, b is named in a problem.
+        for o in objects(&service("b", "10.96.0.1", &["10.244.0.2"])) {
+            store.apply(Update::Applied(o));
+        }
+        let tr = t.update(&mut store, &TranslateOptions::default());
+        assert_eq!(tr.desired[&fe("10.96.0.1", 80, Protocol::Tcp)].name, "x/a:http");
+        assert!(tr.problems.iter().any(|p| p.contains("Service x/b") && p.contains("already belongs to x/a:http")), "{:?}", tr.problems);
+        // a goes: b takes the address, and the problem is gone.
+        store.apply(Update::Deleted { kind: Kind::Service, key: ObjectKey::new(Some("x"), Some("a")) });
+        check(&mut t, &mut store);
+        assert_eq!(t.translation().desired[&fe("10.96.0.1", 80, Protocol::Tcp)].name, "x/b:http");
+    }
+}
