@@ -31,7 +31,7 @@ use tracing::{debug, warn};
 
 use crate::{
     manifest::Sourced,
-    source::{ObjectKey, Store},
+    source::{ObjectKey, Store, Touched},
     model::{
         Backend, BackendAddr, BackendSelection, Cidr, Desired, Frontend, FrontendAddr, PortModel,
         Protocol, ServiceModel, ServiceRef, TrafficPolicy,
@@ -121,20 +121,24 @@ struct Part {
     generation: u64,
     frontends: Vec<FrontendAddr>,
     problems: Vec<String>,
-    model: Option<ServiceRef>,
+    /// Whether it has a model in `services` (under its own key).
+    model: bool,
 }
 
 impl Translator {
     /// Brings the translation up to date with `store`. New problems are
     /// logged once.
     pub fn update(&mut self, store: &mut Store, opts: &TranslateOptions) -> &Translation {
-        let touched = store.take_touched();
-        // The first time, every Service; then only those the store says
-        // were touched (added, changed, removed, or their slices).
-        let candidates: Vec<ObjectKey> = if self.parts.is_empty() {
-            store.services_by_key().map(|(k, _)| k.clone()).collect()
-        } else {
-            touched.into_iter().collect()
+        // The first time (or after many changes), every Service we know
+        // of; then only those the store says were touched (added, changed,
+        // removed, or their slices).
+        let candidates: Vec<ObjectKey> = match store.take_touched() {
+            Touched::Some(set) if !self.parts.is_empty() => set.into_iter().collect(),
+            _ => store
+                .services_by_key()
+                .map(|(k, _)| k.clone())
+                .chain(self.parts.keys().filter(|k| !store.has_service(k)).cloned())
+                .collect(),
         };
         let mut dirty: BTreeSet<ObjectKey> = BTreeSet::new();
         for key in candidates {
@@ -173,7 +177,7 @@ impl Translator {
                 self.out.desired.insert(addr, fe);
             }
             for (r, m) in scratch.services {
-                part.model = Some(r.clone());
+                part.model = true;
                 self.out.services.insert(r, m);
             }
             for p in scratch.problems {
@@ -199,8 +203,8 @@ impl Translator {
         for p in &part.problems {
             self.out.problems.remove(p);
         }
-        if let Some(r) = &part.model {
-            self.out.services.remove(r);
+        if part.model {
+            self.out.services.remove(&ServiceRef { namespace: key.namespace.clone(), name: key.name.clone() });
         }
     }
 }

@@ -244,9 +244,33 @@ pub fn run(o: &B2Options, skip: &[(Kind, usize, String)]) -> Result<Vec<B2Row>> 
             let (lab, servers) = lab(BACKENDS)?;
             let ips: Vec<_> = lab.pods[1..].iter().map(|p| p.ip).collect();
             let svcs = service_list(n, o.endpoints, &ips);
-            let Some(installed) = dp::install(kind, &lab, &svcs, Some(o.install_budget))
-                .with_context(|| format!("installing {kind} with {n} services"))?
-            else {
+            let installed = match dp::install(kind, &lab, &svcs, Some(o.install_budget)) {
+                Ok(i) => i,
+                // A baseline that cannot hold the ruleset at all (legacy
+                // x_tables refuses tables over 512 MiB) is a result, not a
+                // reason to stop the run.
+                Err(e) if kind != Kind::Ours => {
+                    let why = format!("{e:#}");
+                    eprintln!("lb-bench: B2 {kind} with {n} services: loading the rules failed: {why}; not measured");
+                    for position in [Position::First, Position::Last] {
+                        rows.push(B2Row {
+                            kind,
+                            services: n,
+                            position,
+                            request: Pcts::default(),
+                            connect: Pcts::default(),
+                            connections: 0,
+                            failures: 0,
+                            install: Duration::ZERO,
+                            note: Some(format!("not measured: loading the rules failed ({why})")),
+                        });
+                    }
+                    continue;
+                }
+                Err(e) => return Err(e.context(format!("installing {kind} with {n} services"))),
+            };
+            // (A block moves the Option, so nothing of it outlives `lab`.)
+            let Some(installed) = ({ installed }) else {
                 eprintln!(
                     "lb-bench: B2 {kind} with {n} services: the rules did not load within {:?}; not measured",
                     o.install_budget

@@ -143,10 +143,29 @@ pub struct Store {
     generations: foldhash::HashMap<ObjectKey, u64>,
     next_generation: u64,
     /// Services touched since the last [`Store::take_touched`].
-    touched: BTreeSet<ObjectKey>,
+    touched: Touched,
     /// Slices by the Service they name.
-    slices_of: foldhash::HashMap<ObjectKey, BTreeSet<ObjectKey>>,
+    /// (A Vec: most Services have one or two slices, and a BTreeSet's
+    /// first node alone is about 500 bytes.)
+    slices_of: foldhash::HashMap<ObjectKey, Vec<ObjectKey>>,
 }
+
+/// Services whose generation moved since the last look.
+#[derive(Debug)]
+pub enum Touched {
+    Some(BTreeSet<ObjectKey>),
+    /// Too many to list (a first list, a relist): look at every Service.
+    All,
+}
+
+impl Default for Touched {
+    fn default() -> Self {
+        Touched::Some(BTreeSet::new())
+    }
+}
+
+/// Beyond this many touched Services the store stops listing them.
+const TOUCHED_MAX: usize = 1024;
 
 /// The key of the Service a slice belongs to.
 fn slice_service(s: &Slice) -> Option<ObjectKey> {
@@ -198,13 +217,19 @@ impl Store {
 
     /// The Services (keys) whose generation moved since the last call, or
     /// that were removed.
-    pub fn take_touched(&mut self) -> BTreeSet<ObjectKey> {
+    pub fn take_touched(&mut self) -> Touched {
         std::mem::take(&mut self.touched)
     }
 
     fn touch(&mut self, service: ObjectKey) {
         self.next_generation += 1;
-        self.touched.insert(service.clone());
+        if let Touched::Some(set) = &mut self.touched {
+            if set.len() >= TOUCHED_MAX {
+                self.touched = Touched::All;
+            } else {
+                set.insert(service.clone());
+            }
+        }
         // Nothing left of it: forget it (absent means generation 0; a
         // Service created again is touched again).
         if !self.services.contains_key(&service) && !self.slices_of.contains_key(&service) {
@@ -221,9 +246,12 @@ impl Store {
     fn index_slice(&mut self, key: &ObjectKey, s: &Slice, add: bool) {
         let Some(svc) = slice_service(s) else { return };
         if add {
-            self.slices_of.entry(svc.clone()).or_default().insert(key.clone());
+            let list = self.slices_of.entry(svc.clone()).or_default();
+            if !list.contains(key) {
+                list.push(key.clone());
+            }
         } else if let Some(set) = self.slices_of.get_mut(&svc) {
-            set.remove(key);
+            set.retain(|k| k != key);
             if set.is_empty() {
                 self.slices_of.remove(&svc);
             }
