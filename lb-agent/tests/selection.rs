@@ -299,3 +299,29 @@ fn removing_a_backend_purges_its_flows_only() {
     assert_eq!(l.reconciler.maps().ct.entries().unwrap().len(), 0, "{stats:?}");
     let _ = RevNatKey { id: 0 };
 }
+
+#[test]
+fn a_reused_client_port_avoids_the_backend_that_still_holds_its_tuple() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    // Two Services with the same two backends. A client that reuses its
+    // port for the second one must not land on the backend it just used
+    // with the same port: there the tuple may sit in TIME_WAIT.
+    let two = backends(2);
+    let mut l = Loaded::new(
+        "tuple-reuse",
+        desired(vec![svc("10.96.0.80:80", &two, 0, 0), svc("10.96.0.81:80", &two, 0, 0)]),
+    );
+    let (a, b) = (sa("10.96.0.80:80"), sa("10.96.0.81:80"));
+    let mut first_on = BTreeMap::<SocketAddrV4, usize>::new();
+    for port in 41000..41060u16 {
+        let c = client(port);
+        let x = dnat_target(&l.run(&testrun::tcp(c, a, "S", 1, b"")).packet);
+        *first_on.entry(x).or_default() += 1;
+        let y = dnat_target(&l.run(&testrun::tcp(c, b, "S", 1, b"")).packet);
+        assert_ne!(x, y, "client port {port} reused towards {b} landed on {x} again");
+    }
+    // Still random across clients.
+    assert_eq!(first_on.len(), 2, "{first_on:?}");
+}

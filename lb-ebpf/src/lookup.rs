@@ -2,7 +2,7 @@
 
 use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns};
 use lb_common::{
-    Affinity4, Affinity4Key, Backend4, BackendKey, CT_REPLY, CT_SERVICE, Config, Ct4Key, CtEntry,
+    Affinity4, Affinity4Key, Backend4, BackendKey, CT_REPLY, CT_SERVICE, Config, Ct4Key, CtEntry, IPPROTO_TCP,
     RevNat4, RevNatKey, SCOPE_EXTERNAL, Service4Key, Service4Value, SlotKey, config_flags, ct,
     hash::flow_hash, svc_flags,
 };
@@ -63,13 +63,24 @@ pub fn now_ns() -> u64 {
 /// `client` is the affinity key's client (an address, or a netns cookie
 /// for host sockets). `None` only when the service has no slot or a map
 /// read raced with the agent.
+///
+/// `taken` says whether a backend would put the new flow on a tuple the
+/// backend may still hold (see [`flow_backend`]); the random pick then
+/// tries the next slots. Maglev and a live affinity entry are kept as they
+/// are: their point is to be the same backend.
 #[inline(always)]
-pub fn select_backend(cfg: &Config, svc: &Service4Value, hash: u32, client: u64) -> Option<(u32, Backend4)> {
+pub fn select_backend<F: Fn(&Backend4) -> bool>(
+    cfg: &Config,
+    svc: &Service4Value,
+    hash: u32,
+    client: u64,
+    taken: F,
+) -> Option<(u32, Backend4)> {
     if svc.count == 0 {
         return None;
     }
     if svc.flags & svc_flags::AFFINITY == 0 {
-        return pick(cfg, svc, hash);
+        return pick(cfg, svc, hash, taken);
     }
     let now = now_ns();
     let key = Affinity4Key { client, svc_id: svc.id, _pad: 0 };
@@ -84,15 +95,18 @@ pub fn select_backend(cfg: &Config, svc: &Service4Value, hash: u32, client: u64)
             }
         }
     }
-    let (id, be) = pick(cfg, svc, hash)?;
+    let (id, be) = pick(cfg, svc, hash, taken)?;
     // An LRU insert only fails on a bad argument; affinity is then simply
     // not recorded for this connection.
     let _ = LB4_AFFINITY.insert(&key, &Affinity4 { last_used: now, backend_id: id, _pad: 0 }, 0);
     Some((id, be))
 }
 
+/// Slots a random pick tries before it settles for a taken backend.
+const SLOT_TRIES: u32 = 4;
+
 #[inline(always)]
-fn pick(cfg: &Config, svc: &Service4Value, hash: u32) -> Option<(u32, Backend4)> {
+fn pick<F: Fn(&Backend4) -> bool>(cfg: &Config, svc: &Service4Value, hash: u32, taken: F) -> Option<(u32, Backend4)> {
     if svc.flags & svc_flags::MAGLEV != 0 && cfg.maglev_m != 0 {
         let index = hash % cfg.maglev_m;
         // SAFETY: read once and copied.
@@ -104,16 +118,37 @@ fn pick(cfg: &Config, svc: &Service4Value, hash: u32) -> Option<(u32, Backend4)>
         }
         // No table yet (or a race with its replacement): random slot.
     }
-    let slot = (unsafe { bpf_get_prandom_u32() } % svc.count as u32) as u16;
-    let key = SlotKey {
-        svc_id: svc.id,
-        slot,
-        generation: svc.generation,
-    };
-    // SAFETY: read once and copied.
-    let backend_id = unsafe { LB4_SLOTS.get(&key) }?.backend_id;
-    Some((backend_id, backend(backend_id)?))
+    let count = svc.count as u32;
+    let first = unsafe { bpf_get_prandom_u32() } % count;
+    let mut fallback = None;
+    // A constant bound for the verifier; the next slots after a random one
+    // are as random as the first.
+    let mut i = 0;
+    while i < SLOT_TRIES && i < count {
+        let key = SlotKey {
+            svc_id: svc.id,
+            slot: ((first + i) % count) as u16,
+            generation: svc.generation,
+        };
+        // SAFETY: read once and copied.
+        if let Some(id) = unsafe { LB4_SLOTS.get(&key) }.map(|s| s.backend_id) {
+            if let Some(be) = backend(id) {
+                if !taken(&be) {
+                    return Some((id, be));
+                }
+                if fallback.is_none() {
+                    fallback = Some((id, be));
+                }
+            }
+        }
+        i += 1;
+    }
+    fallback
 }
+
+/// How long after its last packet a TCP tuple may still be in TIME_WAIT
+/// on the backend (Linux keeps it 60 s).
+const TIME_WAIT_NS: u64 = 60 * 1_000_000_000;
 
 /// A client -> frontend packet's tuple (network order) and TCP flags.
 pub struct Tuple {
@@ -154,7 +189,21 @@ pub fn flow_backend(cfg: &Config, svc: &Service4Value, t: &Tuple, now: u64) -> R
         return Ok(None);
     }
     let hash = flow_hash(t.saddr, t.daddr, t.sport, t.dport, t.proto);
-    let (backend_id, be) = select_backend(cfg, svc, hash, t.saddr as u64).ok_or(())?;
+    // A client that reuses its port for another frontend (or the same one
+    // after a close) would reach a backend it used before with the very
+    // same tuple. If the backend closed first, that tuple sits in TIME_WAIT
+    // there and the new SYN may be answered with a stale ACK instead of a
+    // SYN-ACK: the connection stalls. kube-proxy's conntrack avoids it by
+    // remapping the source port; we avoid that backend when another slot
+    // is free of it (our reply entry tells us the tuple was used lately).
+    let taken = |be: &Backend4| {
+        t.proto == IPPROTO_TCP
+            && LB4_CT
+                .get_ptr(&Ct4Key::new(be.addr, t.saddr, be.port, t.sport, t.proto, CT_REPLY))
+                // SAFETY: a map value pointer, read once.
+                .is_some_and(|e| now.saturating_sub(unsafe { (*e).last_seen }) < TIME_WAIT_NS)
+    };
+    let (backend_id, be) = select_backend(cfg, svc, hash, t.saddr as u64, taken).ok_or(())?;
     let reply_key = Ct4Key::new(be.addr, t.saddr, be.port, t.sport, t.proto, CT_REPLY);
     let reply = CtEntry {
         last_seen: now,

@@ -100,7 +100,9 @@ fn try_forward(ctx: &SockAddrContext) -> Result<i32, Error> {
     // and affinity keys on the namespace (all host sockets are one client).
     let hash = fmix32(cookie as u32 ^ (cookie >> 32) as u32);
     let client = cfg.host_netns_cookie | AFFINITY_NETNS;
-    let (_, be) = select_backend(&cfg, &svc, hash, client).ok_or(Error::Map)?;
+    // No tuple can be taken here: the kernel picks the source port after
+    // this hook, knowing the backend.
+    let (_, be) = select_backend(&cfg, &svc, hash, client, |_| false).ok_or(Error::Map)?;
     let key = SockRevNat4Key {
         cookie,
         addr: be.addr,
