@@ -20,6 +20,7 @@ use lb_lab::NodeLab;
 use crate::{
     dp::{self, Kind},
     services::{self, Svc},
+    sys,
 };
 
 #[derive(Clone, Debug)]
@@ -240,6 +241,10 @@ pub fn run(o: &B2Options, skip: &[(Kind, usize, String)]) -> Result<Vec<B2Row>> 
                     });
                 }
                 continue;
+            }
+            let waited = sys::wait_quiet(Duration::from_secs(300));
+            if waited > Duration::from_secs(2) {
+                eprintln!("lb-bench: B2 waited {waited:.1?} for the machine to be quiet before {kind} at {n}");
             }
             let (lab, servers) = lab(BACKENDS)?;
             let ips: Vec<_> = lab.pods[1..].iter().map(|p| p.ip).collect();

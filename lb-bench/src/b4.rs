@@ -194,6 +194,7 @@ fn tcp_send(ns: &lb_lab::Netns, to: SocketAddrV4, secs: f64) -> Result<u64> {
 }
 
 fn run_one(kind: Kind, o: &B4Options) -> Result<B4Row> {
+    crate::sys::wait_quiet(Duration::from_secs(300));
     let lab = NodeLab::new(&["client", "be0"])?;
     let be = &lab.pods[1];
     let mut svcs = b2::service_list(SERVICES, 10, &[be.ip]);

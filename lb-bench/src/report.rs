@@ -187,7 +187,7 @@ pub fn b3_table(b: &B3Result) -> String {
             };
             let _ = writeln!(
                 t,
-                "| lb agent: `lb-agent run` on {} services' manifests (translate + apply, from its log) | {} | {} | – | {how}; first sync logged {} after start (YAML read and parsed first); +1 service: a new manifest file, the sync's own time (translation of every Service, then apply); **peak RSS (VmHWM) {:.1} MiB** |",
+                "| lb agent: `lb-agent run` on {} services' manifests (translate + apply, from its log) | {} | {} | – | {how}; first sync logged {} after start (YAML read and parsed first); +1 service: a new manifest file, the sync's own time (translation of what changed, north-south planning, apply); **peak RSS (VmHWM) {:.1} MiB** |",
                 fmt_count(b.services as f64),
                 ms(a.sync),
                 a.add_service.map_or_else(|| "not seen".to_string(), ms),
@@ -418,7 +418,7 @@ pub fn goals(r: &Report) -> String {
         {
             let _ = writeln!(
                 t,
-                "| B3: +1 service < 10 ms, whole agent (`lb-agent run`: translation of every Service + apply) | {} | {} |",
+                "| B3: +1 service < 10 ms, whole agent (`lb-agent run`: translation + apply) | {} | {} |",
                 ms(add),
                 pass(add.as_secs_f64() < 0.010)
             );
@@ -584,7 +584,7 @@ pub fn markdown(r: &Report, plots: &[String]) -> String {
              The client then makes {} sequential connections to the target (after 50 warm-up ones): connect, send a line, read the reply to EOF, close; each is timed \
              on the client. The connect() column is the SYN → SYN-ACK round trip alone, the first packet of a flow through the datapath. \
              A baseline whose rules did not load within the budget (or did not in B3 at that size) is shown as not measured. \
-             Nothing else on the machine is stopped for the run; tails (p99) are the figures most sensitive to other load.\n\n",
+             Before each datapath's lab the run waits until the machine is quiet (under 10 % CPU busy; the kernel tears a deleted namespace down in the background, and one that held a big nftables table keeps a CPU busy for minutes). Nothing else on the machine is stopped for the run; tails (p99) are the figures most sensitive to other load.\n\n",
             crate::b2::BACKENDS,
             o.endpoints,
             o.connections

@@ -54,6 +54,40 @@ pub fn cpu_ticks() -> (u64, u64) {
     (softirq, total)
 }
 
+/// Busy and total CPU time (all CPUs), in clock ticks.
+fn busy_ticks() -> (u64, u64) {
+    let text = fs::read_to_string("/proc/stat").unwrap_or_default();
+    let v: Vec<u64> = text
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|x| x.parse().ok())
+        .collect();
+    let total: u64 = v.iter().take(8).sum();
+    let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
+    (total - idle, total)
+}
+
+/// Waits until the machine is quiet (under 10 % of all CPUs busy over
+/// half a second) or `max` has passed; returns how long it waited. The
+/// kernel tears a deleted network namespace down asynchronously, and one
+/// that held 460,000 nftables rules keeps a CPU busy for minutes: the next
+/// datapath must not be measured during that.
+pub fn wait_quiet(max: std::time::Duration) -> std::time::Duration {
+    let start = std::time::Instant::now();
+    loop {
+        let (b0, t0) = busy_ticks();
+        std::thread::sleep(std::time::Duration::from_millis(500));
+        let (b1, t1) = busy_ticks();
+        let busy = (b1 - b0) as f64 / (t1 - t0).max(1) as f64;
+        if busy < 0.10 || start.elapsed() >= max {
+            return start.elapsed();
+        }
+    }
+}
+
 /// Machine, kernel and tool versions for the report.
 pub fn machine() -> Vec<(String, String)> {
     let mut out = Vec::new();
