@@ -584,7 +584,7 @@ pub fn markdown(r: &Report, plots: &[String]) -> String {
              The client then makes {} sequential connections to the target (after 50 warm-up ones): connect, send a line, read the reply to EOF, close; each is timed \
              on the client. The connect() column is the SYN → SYN-ACK round trip alone, the first packet of a flow through the datapath. \
              A baseline whose rules did not load within the budget (or did not in B3 at that size) is shown as not measured. \
-             Before each datapath's lab the run waits until the machine is quiet (under 10 % CPU busy; the kernel tears a deleted namespace down in the background, and one that held a big nftables table keeps a CPU busy for minutes). Nothing else on the machine is stopped for the run; tails (p99) are the figures most sensitive to other load.\n\n",
+             Before each datapath's lab the run waits (at most 5 minutes) until the machine is quiet, under 10 % CPU busy over half a second, so that leftover background work (the kernel tears a deleted namespace down asynchronously) does not overlap a measurement. Nothing else on the machine is stopped for the run; tails (p99) are the figures most sensitive to other load.\n\n",
             crate::b2::BACKENDS,
             o.endpoints,
             o.connections

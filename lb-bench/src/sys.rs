@@ -72,9 +72,9 @@ fn busy_ticks() -> (u64, u64) {
 
 /// Waits until the machine is quiet (under 10 % of all CPUs busy over
 /// half a second) or `max` has passed; returns how long it waited. The
-/// kernel tears a deleted network namespace down asynchronously, and one
-/// that held 460,000 nftables rules keeps a CPU busy for minutes: the next
-/// datapath must not be measured during that.
+/// kernel tears a deleted network namespace down asynchronously; the next
+/// datapath should not be measured during that (a namespace with kube-proxy's
+/// 10k-Service nftables table took about a second here).
 pub fn wait_quiet(max: std::time::Duration) -> std::time::Duration {
     let start = std::time::Instant::now();
     loop {
