@@ -252,8 +252,8 @@ pub fn run(o: &B2Options, skip: &[(Kind, usize, String)]) -> Result<Vec<B2Row>> 
             let installed = match dp::install(kind, &lab, &svcs, Some(o.install_budget)) {
                 Ok(i) => i,
                 // A baseline that cannot hold the ruleset at all (legacy
-                // x_tables refuses tables over 512 MiB) is a result, not a
-                // reason to stop the run.
+                // iptables-restore fails at COMMIT with 30k x 10 here) is a
+                // result, not a reason to stop the run.
                 Err(e) if kind != Kind::Ours => {
                     let why = format!("{e:#}");
                     eprintln!("lb-bench: B2 {kind} with {n} services: loading the rules failed: {why}; not measured");
