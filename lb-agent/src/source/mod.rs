@@ -200,10 +200,6 @@ impl Store {
         self.services.contains_key(key)
     }
 
-    pub fn service_count(&self) -> usize {
-        self.services.len()
-    }
-
     /// The slices that name the Service `key`.
     pub fn slices_of(&self, key: &ObjectKey) -> impl Iterator<Item = &Sourced<Slice>> {
         self.slices_of.get(key).into_iter().flatten().filter_map(|k| self.slices.get(k))
@@ -243,8 +239,9 @@ impl Store {
         self.touch(key.clone());
     }
 
-    fn index_slice(&mut self, key: &ObjectKey, s: &Slice, add: bool) {
-        let Some(svc) = slice_service(s) else { return };
+    /// Adds or removes slice `key` under the Service `svc` it names.
+    fn index_slice(&mut self, key: &ObjectKey, svc: Option<ObjectKey>, add: bool) {
+        let Some(svc) = svc else { return };
         if add {
             let list = self.slices_of.entry(svc.clone()).or_default();
             if !list.contains(key) {
@@ -281,7 +278,7 @@ impl Store {
                     }
                     Kind::EndpointSlice => {
                         if let Some(old) = self.slices.remove(&key) {
-                            self.index_slice(&key, &old.obj, false);
+                            self.index_slice(&key, slice_service(&old.obj), false);
                         }
                     }
                 }
@@ -349,13 +346,13 @@ impl Store {
             }
             Kind::EndpointSlice => {
                 for key in changed_keys(&previous_slices, &self.slices) {
-                    if let Some(old) = previous_slices.get(&key) {
-                        let old = old.obj.clone();
-                        self.index_slice(&key, &old, false);
+                    let old = previous_slices.get(&key).map(|s| slice_service(&s.obj));
+                    let new = self.slices.get(&key).map(|s| slice_service(&s.obj));
+                    if let Some(svc) = old {
+                        self.index_slice(&key, svc, false);
                     }
-                    if let Some(new) = self.slices.get(&key) {
-                        let new = new.obj.clone();
-                        self.index_slice(&key, &new, true);
+                    if let Some(svc) = new {
+                        self.index_slice(&key, svc, true);
                     }
                 }
             }
@@ -388,11 +385,11 @@ impl Store {
                 if self.slices.get(&key) == Some(&s) {
                     return;
                 }
+                let svc = slice_service(&s.obj);
                 if let Some(old) = self.slices.insert(key.clone(), s) {
-                    self.index_slice(&key, &old.obj, false);
+                    self.index_slice(&key, slice_service(&old.obj), false);
                 }
-                let new = self.slices[&key].obj.clone();
-                self.index_slice(&key, &new, true);
+                self.index_slice(&key, svc, true);
             }
         }
     }
