@@ -219,6 +219,24 @@ pub fn connections(
     })
 }
 
+/// The two rows (first and last target) of a datapath that was not measured
+/// at `n` services, with why.
+fn not_measured(rows: &mut Vec<B2Row>, kind: Kind, n: usize, install: Duration, note: String) {
+    for position in [Position::First, Position::Last] {
+        rows.push(B2Row {
+            kind,
+            services: n,
+            position,
+            request: Pcts::default(),
+            connect: Pcts::default(),
+            connections: 0,
+            failures: 0,
+            install,
+            note: Some(note.clone()),
+        });
+    }
+}
+
 /// `skip`: (datapath, services) points known not to load within the
 /// budget (from B3), with the reason; they are reported, not run.
 pub fn run(o: &B2Options, skip: &[(Kind, usize, String)]) -> Result<Vec<B2Row>> {
@@ -227,19 +245,7 @@ pub fn run(o: &B2Options, skip: &[(Kind, usize, String)]) -> Result<Vec<B2Row>> 
         for kind in Kind::ALL {
             if let Some((_, _, why)) = skip.iter().find(|(k, at, _)| *k == kind && n >= *at) {
                 eprintln!("lb-bench: B2 {kind} with {n} services: {why}; not measured");
-                for position in [Position::First, Position::Last] {
-                    rows.push(B2Row {
-                        kind,
-                        services: n,
-                        position,
-                        request: Pcts::default(),
-                        connect: Pcts::default(),
-                        connections: 0,
-                        failures: 0,
-                        install: Duration::ZERO,
-                        note: Some(format!("not measured: {why}")),
-                    });
-                }
+                not_measured(&mut rows, kind, n, Duration::ZERO, format!("not measured: {why}"));
                 continue;
             }
             let waited = sys::wait_quiet(Duration::from_secs(300));
@@ -257,19 +263,7 @@ pub fn run(o: &B2Options, skip: &[(Kind, usize, String)]) -> Result<Vec<B2Row>> 
                 Err(e) if kind != Kind::Ours => {
                     let why = format!("{e:#}");
                     eprintln!("lb-bench: B2 {kind} with {n} services: loading the rules failed: {why}; not measured");
-                    for position in [Position::First, Position::Last] {
-                        rows.push(B2Row {
-                            kind,
-                            services: n,
-                            position,
-                            request: Pcts::default(),
-                            connect: Pcts::default(),
-                            connections: 0,
-                            failures: 0,
-                            install: Duration::ZERO,
-                            note: Some(format!("not measured: loading the rules failed ({why})")),
-                        });
-                    }
+                    not_measured(&mut rows, kind, n, Duration::ZERO, format!("not measured: loading the rules failed ({why})"));
                     continue;
                 }
                 Err(e) => return Err(e.context(format!("installing {kind} with {n} services"))),
@@ -280,22 +274,13 @@ pub fn run(o: &B2Options, skip: &[(Kind, usize, String)]) -> Result<Vec<B2Row>> 
                     "lb-bench: B2 {kind} with {n} services: the rules did not load within {:?}; not measured",
                     o.install_budget
                 );
-                for position in [Position::First, Position::Last] {
-                    rows.push(B2Row {
-                        kind,
-                        services: n,
-                        position,
-                        request: Pcts::default(),
-                        connect: Pcts::default(),
-                        connections: 0,
-                        failures: 0,
-                        install: o.install_budget,
-                        note: Some(format!(
-                            "not measured: loading the rules took over {} s",
-                            o.install_budget.as_secs()
-                        )),
-                    });
-                }
+                not_measured(
+                    &mut rows,
+                    kind,
+                    n,
+                    o.install_budget,
+                    format!("not measured: loading the rules took over {} s", o.install_budget.as_secs()),
+                );
                 continue;
             };
             let client = &lab.pods[0].ns;
