@@ -50,3 +50,12 @@ pub fn read<C: PacketData, T: Copy>(ctx: &C, off: usize) -> Option<T> {
     // SAFETY: ptr_at checked the bounds against data_end.
     Some(unsafe { ptr_at::<C, T>(ctx, off)?.read_unaligned() })
 }
+
+/// Writes a `T` into the packet at `off`; `None` if it would reach past
+/// the end. (tc: the verifier makes the skb writable first.)
+#[inline(always)]
+pub fn write<C: PacketData, T>(ctx: &C, off: usize, v: T) -> Option<()> {
+    // SAFETY: ptr_at checked the bounds against data_end.
+    unsafe { ptr_at::<C, T>(ctx, off)?.write_unaligned(v) };
+    Some(())
+}

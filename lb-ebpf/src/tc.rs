@@ -233,12 +233,9 @@ fn rewrite(
     Ok(())
 }
 
-/// A direct packet write (the verifier makes the skb writable first).
 #[inline(always)]
 fn write<T>(ctx: &TcContext, off: usize, v: T) -> Result<(), Error> {
-    // SAFETY: ptr_at checked the bounds against data_end.
-    unsafe { packet::ptr_at::<_, T>(ctx, off).ok_or(Error::Rewrite)?.write_unaligned(v) };
-    Ok(())
+    packet::write(ctx, off, v).ok_or(Error::Rewrite)
 }
 
 /// Copies exactly `N` bytes at `off`. (`TcContext::load_bytes` clamps the

@@ -127,20 +127,13 @@ impl Flow {
 }
 
 #[inline(always)]
-fn ptr_at<T>(ctx: &XdpContext, off: usize) -> Result<*mut T, Error> {
-    packet::ptr_at(ctx, off).ok_or(Error::Malformed)
-}
-
-#[inline(always)]
 fn read<T: Copy>(ctx: &XdpContext, off: usize) -> Result<T, Error> {
     packet::read(ctx, off).ok_or(Error::Malformed)
 }
 
 #[inline(always)]
 fn write<T>(ctx: &XdpContext, off: usize, v: T) -> Result<(), Error> {
-    // SAFETY: ptr_at checked the bounds against data_end.
-    unsafe { ptr_at::<T>(ctx, off).map_err(|_| Error::Rewrite)?.write_unaligned(v) };
-    Ok(())
+    packet::write(ctx, off, v).ok_or(Error::Rewrite)
 }
 
 #[inline(always)]
