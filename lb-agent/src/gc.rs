@@ -13,26 +13,29 @@ pub fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
-/// One collection pass; logs what it did and the table's fill level.
+/// One collection pass; logs what it did and the tables' fill levels.
 pub fn collect(reconciler: &mut Reconciler, timeouts: &CtTimeouts) {
     match reconciler.collect_conntrack(timeouts, monotonic_ns()) {
         Ok(gc) => {
-            let fill = gc.remaining as f64 * 100.0 / gc.capacity.max(1) as f64;
             debug!(
                 scanned = gc.scanned,
                 deleted = gc.deleted,
-                entries = gc.remaining,
-                capacity = gc.capacity,
-                fill_percent = format!("{fill:.1}"),
+                tcp_entries = gc.tcp_remaining,
+                tcp_capacity = gc.tcp_capacity,
+                other_entries = gc.any_remaining,
+                other_capacity = gc.any_capacity,
                 "conntrack garbage collected"
             );
-            if fill > 90.0 {
-                warn!(
-                    "conntrack map {} is {fill:.0}% full ({} of {}): the oldest flows are being evicted; raise --ct-size",
-                    lb_common::names::CT,
-                    gc.remaining,
-                    gc.capacity
-                );
+            for (name, left, capacity, flag) in [
+                (lb_common::names::CT_TCP, gc.tcp_remaining, gc.tcp_capacity, "--ct-tcp-size"),
+                (lb_common::names::CT_ANY, gc.any_remaining, gc.any_capacity, "--ct-any-size"),
+            ] {
+                let fill = left as f64 * 100.0 / capacity.max(1) as f64;
+                if fill > 90.0 {
+                    warn!(
+                        "conntrack map {name} is {fill:.0}% full ({left} of {capacity}): the oldest flows are being evicted; raise {flag}"
+                    );
+                }
             }
         }
         Err(e) => warn!("conntrack garbage collection: {e}"),

@@ -31,6 +31,7 @@ pub mod slice;
 pub mod source;
 pub mod testrun;
 pub mod translate;
+pub mod vips;
 
 /// The eBPF object, built by `cargo xtask build-ebpf`.
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("LB_EBPF_OBJECT_PATH"));

@@ -111,7 +111,7 @@ pub fn render(maps: &Maps) -> Result<String, MapsError> {
         rows.len(),
         maps.backends.entries()?.len(),
         ct,
-        maps.ct.max_entries
+        maps.ct.capacity()
     );
     Ok(out)
 }
@@ -136,9 +136,10 @@ pub fn north_south(maps: &Maps) -> Result<Option<String>, MapsError> {
             .map(|(_, d)| {
                 let end = d.name.iter().position(|&b| b == 0).unwrap_or(d.name.len());
                 format!(
-                    "XDP {} on {}",
+                    "XDP {} on {} ({})",
                     crate::datapath::xdp_mode_name(d.mode),
-                    String::from_utf8_lossy(&d.name[..end])
+                    String::from_utf8_lossy(&d.name[..end]),
+                    crate::datapath::xdp_why_text(d.why)
                 )
             })
             .collect();

@@ -86,9 +86,13 @@ struct RunArgs {
     /// How often to look for new interfaces (and changed manifests), in ms.
     #[arg(long, default_value_t = 1000)]
     poll_interval_ms: u64,
-    /// Capacity of the conntrack map (LRU).
-    #[arg(long, default_value_t = lb_common::sizes::CT)]
-    ct_size: u32,
+    /// Capacity of the TCP conntrack map (LRU; two entries per flow).
+    #[arg(long, default_value_t = lb_common::sizes::CT_TCP)]
+    ct_tcp_size: u32,
+    /// Capacity of the conntrack map of every other protocol (LRU; two
+    /// entries per flow).
+    #[arg(long, default_value_t = lb_common::sizes::CT_ANY)]
+    ct_any_size: u32,
     /// Capacity of the frontend map (and rev-NAT map).
     #[arg(long, default_value_t = lb_common::sizes::SERVICES)]
     services_size: u32,
@@ -181,7 +185,8 @@ fn main() -> anyhow::Result<()> {
                     services: args.services_size,
                     backends: args.backends_size,
                     slots: args.slots_size,
-                    ct: args.ct_size,
+                    ct_tcp: args.ct_tcp_size,
+                    ct_any: args.ct_any_size,
                     affinity: args.affinity_size,
                 },
                 poll,

@@ -3,13 +3,13 @@
 use std::path::{Path, PathBuf};
 
 use aya::maps::{
-    Array, HashMap, HashOfMaps, Map, MapData, MapError,
+    Array, HashMap, HashOfMaps, Map, MapData, MapError, PerCpuArray,
     lpm_trie::{Key as LpmKey, LpmTrie},
 };
 use lb_common::{
-    Affinity4, Affinity4Key, Backend4, BackendKey, Config, Ct4Key, CtEntry, Device, Nat4,
-    NodeConfig, RevNat4, RevNatKey, Service4Key, Service4Value, Slot, SlotKey, SockRevNat4,
-    SockRevNat4Key, SrcRange4, SvcName, names,
+    Affinity4, Affinity4Key, Backend4, BackendKey, Config, Ct4Key, CtEntry, Device, IPPROTO_TCP, NodeConfig,
+    RevNat4, RevNatKey, Service4Key, Service4Value, Slot, SlotKey, SockRevNat4, SockRevNat4Key, SrcRange4, SvcName,
+    Vip4, names, stat,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -21,7 +21,7 @@ pub enum MapsError {
         #[source]
         source: MapError,
     },
-    #[error("map {name} is full ({max_entries} entries); raise its size with the agent's --map-size flags")]
+    #[error("map {name} is full ({max_entries} entries); raise its size with the agent's --*-size flags (`lb-agent run --help`)")]
     Full { name: &'static str, max_entries: u32 },
     #[error("writing map {name} failed: {source}")]
     Write {
@@ -107,19 +107,63 @@ pub struct Maps {
     pub slots: Named<HashMap<MapData, SlotKey, Slot>>,
     pub backends: Named<HashMap<MapData, BackendKey, Backend4>>,
     pub revnat: Named<HashMap<MapData, RevNatKey, RevNat4>>,
-    pub ct: Named<HashMap<MapData, Ct4Key, CtEntry>>,
+    /// Conntrack, TCP and the rest.
+    pub ct: Conntrack,
     pub sock_revnat: Named<HashMap<MapData, SockRevNat4Key, SockRevNat4>>,
     pub config: Named<Array<MapData, Config>>,
     pub names: Named<HashMap<MapData, RevNatKey, SvcName>>,
     pub affinity: Named<HashMap<MapData, Affinity4Key, Affinity4>>,
     /// Frontend ID -> Maglev table (an inner array of backend IDs).
     pub maglev: Named<HashOfMaps<MapData, RevNatKey, Array<MapData, u32>>>,
-    /// North-south SNAT entries.
-    pub nat: Named<HashMap<MapData, Ct4Key, Nat4>>,
     /// loadBalancerSourceRanges.
     pub src_ranges: Named<LpmTrie<MapData, SrcRange4, u32>>,
     pub node: Named<Array<MapData, NodeConfig>>,
     pub devices: Named<HashMap<MapData, u32, Device>>,
+    /// Frontend addresses and their kinds.
+    pub vips: Named<HashMap<MapData, u32, Vip4>>,
+    /// The datapath's counters (`lb_common::stat`), per CPU.
+    pub stats: Named<PerCpuArray<MapData, u64>>,
+}
+
+/// The two conntrack maps: TCP flows, and all others. Keys carry their
+/// protocol, so each call goes to the right one.
+pub struct Conntrack {
+    pub tcp: Named<HashMap<MapData, Ct4Key, CtEntry>>,
+    pub any: Named<HashMap<MapData, Ct4Key, CtEntry>>,
+}
+
+impl Conntrack {
+    fn of(&self, key: &Ct4Key) -> &Named<HashMap<MapData, Ct4Key, CtEntry>> {
+        if key.proto == IPPROTO_TCP { &self.tcp } else { &self.any }
+    }
+
+    fn of_mut(&mut self, key: &Ct4Key) -> &mut Named<HashMap<MapData, Ct4Key, CtEntry>> {
+        if key.proto == IPPROTO_TCP { &mut self.tcp } else { &mut self.any }
+    }
+
+    pub fn get(&self, key: &Ct4Key) -> Result<Option<CtEntry>, MapsError> {
+        self.of(key).get(key)
+    }
+
+    pub fn insert(&mut self, key: &Ct4Key, value: &CtEntry) -> Result<(), MapsError> {
+        self.of_mut(key).insert(key, value)
+    }
+
+    pub fn remove(&mut self, key: &Ct4Key) -> Result<(), MapsError> {
+        self.of_mut(key).remove(key)
+    }
+
+    /// Every entry of both maps.
+    pub fn entries(&self) -> Result<Vec<(Ct4Key, CtEntry)>, MapsError> {
+        let mut out = self.tcp.entries()?;
+        out.extend(self.any.entries()?);
+        Ok(out)
+    }
+
+    /// Both maps' capacities together.
+    pub fn capacity(&self) -> u64 {
+        self.tcp.max_entries as u64 + self.any.max_entries as u64
+    }
 }
 
 fn open<T>(dir: &Path, name: &'static str) -> Result<Named<T>, MapsError>
@@ -144,17 +188,36 @@ impl Maps {
             slots: open(dir, names::SLOTS)?,
             backends: open(dir, names::BACKENDS)?,
             revnat: open(dir, names::REVNAT)?,
-            ct: open(dir, names::CT)?,
+            ct: Conntrack { tcp: open(dir, names::CT_TCP)?, any: open(dir, names::CT_ANY)? },
             sock_revnat: open(dir, names::SOCK_REVNAT)?,
             config: open(dir, names::CONFIG)?,
             names: open(dir, names::SVC_NAMES)?,
             affinity: open(dir, names::AFFINITY)?,
             maglev: open(dir, names::MAGLEV)?,
-            nat: open(dir, names::NAT)?,
             src_ranges: open(dir, names::SRC_RANGES)?,
             node: open(dir, names::NODE)?,
             devices: open(dir, names::DEVICES)?,
+            vips: open(dir, names::VIPS)?,
+            stats: open(dir, names::STATS)?,
         })
+    }
+
+    /// The datapath's counters summed over CPUs, by `lb_common::stat`
+    /// index.
+    pub fn stats(&self) -> Result<Vec<u64>, MapsError> {
+        let m = &self.stats;
+        let mut out = Vec::with_capacity(stat::NAMES.len());
+        for i in 0..stat::NAMES.len() as u32 {
+            let per_cpu = m.map.get(&i, 0).map_err(|e| m.read_error(e))?;
+            out.push(per_cpu.iter().sum());
+        }
+        Ok(out)
+    }
+
+    /// One counter summed over CPUs.
+    pub fn stat(&self, index: u32) -> Result<u64, MapsError> {
+        let m = &self.stats;
+        Ok(m.map.get(&index, 0).map_err(|e| m.read_error(e))?.iter().sum())
     }
 
     pub fn write_node(&mut self, node: &NodeConfig) -> Result<(), MapsError> {

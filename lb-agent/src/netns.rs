@@ -56,6 +56,50 @@ pub fn interface_names() -> io::Result<Vec<String>> {
     }
 }
 
+/// The driver of a network interface (`ethtool -i`'s "driver"), e.g.
+/// `veth`, `virtio_net`, `mlx5_core`.
+pub fn driver_name(ifname: &str) -> io::Result<String> {
+    const ETHTOOL_GDRVINFO: u32 = 0x03;
+    #[repr(C)]
+    struct DrvInfo {
+        cmd: u32,
+        driver: [u8; 32],
+        version: [u8; 32],
+        fw_version: [u8; 32],
+        bus_info: [u8; 32],
+        erom_version: [u8; 32],
+        reserved2: [u8; 12],
+        n_priv_flags: u32,
+        n_stats: u32,
+        testinfo_len: u32,
+        eedump_len: u32,
+        regdump_len: u32,
+    }
+    // SAFETY: a plain socket for the ioctl, closed below.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: all-zero is a valid value of both C structs.
+    let mut info: DrvInfo = unsafe { std::mem::zeroed() };
+    info.cmd = ETHTOOL_GDRVINFO;
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (i, b) in ifname.bytes().take(libc::IFNAMSIZ - 1).enumerate() {
+        ifr.ifr_name[i] = b as libc::c_char;
+    }
+    ifr.ifr_ifru.ifru_data = (&raw mut info).cast();
+    // SAFETY: SIOCETHTOOL with a valid ifreq pointing at `info`.
+    let rc = unsafe { libc::ioctl(fd, libc::SIOCETHTOOL, &mut ifr) };
+    let err = io::Error::last_os_error();
+    // SAFETY: our fd.
+    unsafe { libc::close(fd) };
+    if rc != 0 {
+        return Err(err);
+    }
+    let end = info.driver.iter().position(|&b| b == 0).unwrap_or(info.driver.len());
+    Ok(String::from_utf8_lossy(&info.driver[..end]).into_owned())
+}
+
 /// Shell-style match with `*` wildcards only (`lxc*`, `*-pod`, `veth*x`).
 pub fn glob_match(pattern: &str, name: &str) -> bool {
     let parts: Vec<&str> = pattern.split('*').collect();

@@ -28,7 +28,7 @@ use lb_common::{Device, IFNAME_LEN, NodeConfig, node_flags, svc_flags};
 use tracing::{info, warn};
 
 use crate::{
-    datapath::{Datapath, XdpAttach, xdp_mode_name},
+    datapath::{Datapath, XdpAttach, xdp_mode_name, xdp_why_text},
     health::Heartbeat,
     healthcheck::HealthChecks,
     model::{Backend, Cidr, Desired, Frontend, FrontendAddr, ServiceRef, TrafficPolicy},
@@ -86,9 +86,13 @@ pub struct NodeInfo {
     pub nodeport_range: PortRange,
 }
 
-/// The north-south part of a sync.
+/// The node-specific part of a sync.
 #[derive(Debug, Default)]
 pub struct Plan {
+    /// ClusterIP frontends of `internalTrafficPolicy: Local` Services with
+    /// only this node's endpoints: they replace the translation's.
+    pub internal: Desired,
+    /// North-south frontends.
     pub frontends: Desired,
     /// loadBalancerSourceRanges of the frontends that enforce them.
     pub source_ranges: BTreeMap<FrontendAddr, Vec<Cidr>>,
@@ -97,12 +101,16 @@ pub struct Plan {
     pub problems: BTreeSet<String>,
 }
 
-/// Frontend flags the north-south entries inherit from the Service.
+/// Frontend flags the north-south entries inherit from the Service
+/// (`internalTrafficPolicy` is not one: it is about in-cluster clients of
+/// the ClusterIP).
 const INHERITED: u32 = svc_flags::AFFINITY | svc_flags::MAGLEV | svc_flags::EXT_LOCAL;
 
-/// Plans the north-south frontends of every Service in `t`.
+/// Plans the node-specific frontends of every Service in `t`: north-south
+/// ones, and the ClusterIPs of `internalTrafficPolicy: Local` Services.
 pub fn plan(t: &Translation, node: &NodeInfo) -> Plan {
     let mut out = Plan::default();
+    let is_local = |b: &&Backend| node.node_name.is_some() && b.node_name == node.node_name;
     for (svc, m) in &t.services {
         let Some(cluster_ip) = m.cluster_ips.iter().find_map(|ip| match ip {
             IpAddr::V4(a) => Some(*a),
@@ -110,6 +118,23 @@ pub fn plan(t: &Translation, node: &NodeInfo) -> Plan {
         }) else {
             continue;
         };
+        if m.internal_traffic_policy == TrafficPolicy::Local {
+            // In-cluster clients get this node's endpoints only, and are
+            // dropped when there is none here, as kube-proxy does; a
+            // Service with no endpoint anywhere still rejects.
+            for port in &m.ports {
+                let cluster = FrontendAddr { ip: cluster_ip, port: port.port, proto: port.proto };
+                let Some(fe) = t.desired.get(&cluster) else { continue };
+                let mut flags = fe.flags;
+                if fe.slot_backends().next().is_none() {
+                    flags &= !svc_flags::INT_LOCAL;
+                }
+                out.internal.insert(
+                    cluster,
+                    Frontend { backends: fe.backends.iter().filter(is_local).cloned().collect(), flags, ..fe.clone() },
+                );
+            }
+        }
         let local = m.external_traffic_policy == TrafficPolicy::Local;
         let base_flags = m.flags & INHERITED;
         let is_lb = m.type_ == "LoadBalancer";
@@ -124,7 +149,6 @@ pub fn plan(t: &Translation, node: &NodeInfo) -> Plan {
             // The ClusterIP frontend carries the Service's backends; without
             // it (e.g. its address was taken) there is nothing to serve.
             let Some(fe) = t.desired.get(&cluster) else { continue };
-            let is_local = |b: &&Backend| node.node_name.is_some() && b.node_name == node.node_name;
             local_ready.extend(fe.backends.iter().filter(is_local).filter(|b| !b.terminating).map(|b| b.addr.ip));
             let backends: Vec<Backend> = if local {
                 fe.backends.iter().filter(is_local).cloned().collect()
@@ -265,16 +289,16 @@ impl NorthSouth {
         }
         if cfg.xdp {
             for name in &ifaces {
-                let mode = dp.attach_xdp(name, cfg.xdp_mode)?;
+                let (mode, why) = dp.attach_xdp(name, cfg.xdp_mode)?;
                 // A packet XDP hands to the kernel after translating it may
-                // carry the node's own address as its source (a reply to a
-                // NodePort flow of a pod): without accept_local the kernel
-                // drops it as martian.
+                // carry the node's own address as its source (a reply of a
+                // SNATed flow whose next hop has no neighbour entry yet):
+                // without accept_local the kernel drops it as martian.
                 if let Err(e) = sysctl(&format!("net/ipv4/conf/{name}/accept_local"), "1") {
                     warn!("setting accept_local on {name}: {e}");
                 }
                 let ifindex = ifindex(name)?;
-                let mut dev = Device { mode, name: [0; IFNAME_LEN] };
+                let mut dev = Device { mode, name: [0; IFNAME_LEN], why };
                 let n = name.len().min(IFNAME_LEN - 1);
                 dev.name[..n].copy_from_slice(&name.as_bytes()[..n]);
                 maps.devices.insert(&ifindex, &dev)?;
@@ -292,7 +316,8 @@ impl NorthSouth {
             nat_port_min: cfg.snat_ports.min,
             nat_port_max: cfg.snat_ports.max,
             flags: node_flags::READY,
-            _pad: 0,
+            nodeport_min: cfg.nodeport_range.min,
+            nodeport_max: cfg.nodeport_range.max,
         })?;
         reconciler.set_node_name(cfg.node_name.clone());
         info!(
@@ -304,7 +329,10 @@ impl NorthSouth {
             node = cfg.node_name.as_deref().unwrap_or("(unknown: no endpoint is local)"),
             "north-south: {}",
             if dp.xdp_interfaces().next().is_some() {
-                dp.xdp_interfaces().map(|(n, m)| format!("{n}: XDP {}", xdp_mode_name(m))).collect::<Vec<_>>().join(", ")
+                dp.xdp_interfaces()
+                    .map(|(n, m, w)| format!("{n}: XDP {} ({})", xdp_mode_name(m), xdp_why_text(w)))
+                    .collect::<Vec<_>>()
+                    .join(", ")
             } else {
                 "no XDP".to_string()
             }
@@ -329,7 +357,7 @@ impl NorthSouth {
                 warn!("{p}");
             }
         }
-        let mut stats = reconciler.apply_all(&[&t.desired, &plan.frontends]);
+        let mut stats = reconciler.apply_all(&[&t.desired, &plan.internal, &plan.frontends]);
         reconciler.apply_source_ranges(&plan.source_ranges, &mut stats);
         self.health.sync(&plan.health_checks);
         (stats, plan.problems.len())

@@ -30,6 +30,7 @@ use crate::{
     maglev,
     maps::{Maps, MapsError, Named, svc_name, svc_name_str},
     model::{BackendAddr, Desired, Frontend, FrontendAddr, Protocol},
+    vips::Vips,
 };
 
 /// A frontend's use of a backend: its address and the flags this frontend
@@ -149,11 +150,13 @@ pub struct Stats {
 pub struct GcStats {
     pub scanned: usize,
     pub deleted: usize,
-    /// Entries left, and the map's capacity: the fill level.
+    /// Entries left in both maps.
     pub remaining: usize,
-    pub capacity: u32,
-    /// North-south SNAT entries deleted (both directions of a flow).
-    pub nat_deleted: usize,
+    /// Entries left in each map, and its capacity: the fill levels.
+    pub tcp_remaining: usize,
+    pub tcp_capacity: u32,
+    pub any_remaining: usize,
+    pub any_capacity: u32,
 }
 
 /// `Ct4Key` ordered by its bytes, for sets and maps.
@@ -199,6 +202,8 @@ pub struct Reconciler {
     /// After recovery: remove backends nothing uses once the first `apply`
     /// has counted every frontend.
     scan_unused: bool,
+    /// `LB4_VIPS`, counted from the installed frontends.
+    vips: Vips,
     hasher: foldhash::quality::FixedState,
 }
 
@@ -304,10 +309,15 @@ impl Reconciler {
                 refs.entry(addr).or_default().count(flags, true);
             }
         }
+        let mut vips = Vips::recover(&maps)?;
+        for (addr, f) in &frontends {
+            vips.count(addr.ip, f.flags, true);
+        }
         Ok(Reconciler {
             maps,
             refs,
             scan_unused: true,
+            vips,
             hasher: foldhash::quality::FixedState::with_seed(0x6c62_2d61_6765_6e74),
             shrunk: BTreeMap::new(),
             frontend_ids: frontends.values().map(|f| f.id).collect(),
@@ -431,13 +441,17 @@ impl Reconciler {
         self.apply_all(&[desired])
     }
 
-    /// [`Reconciler::apply`] for a desired state kept in several maps (no
-    /// frontend in two of them), so that callers need not merge them.
+    /// [`Reconciler::apply`] for a desired state kept in several maps, so
+    /// that callers need not merge them: a frontend in a later part
+    /// replaces the one at the same address in an earlier part.
     pub fn apply_all(&mut self, parts: &[&Desired]) -> Stats {
         let mut stats = Stats::default();
         let changed: Vec<(&Frontend, u64, Vec<Use>)> = parts
             .iter()
-            .flat_map(|d| d.values())
+            .enumerate()
+            .flat_map(|(i, d)| d.values().map(move |fe| (i, fe)))
+            .filter(|(i, fe)| !parts[i + 1..].iter().any(|later| later.contains_key(&fe.addr)))
+            .map(|(_, fe)| fe)
             .filter_map(|fe| {
                 let digest = self.digest(fe);
                 let same = self.frontends.get(&fe.addr).is_some_and(|i| i.digest == digest);
@@ -450,7 +464,14 @@ impl Reconciler {
             .filter(|addr| !parts.iter().any(|d| d.contains_key(addr)))
             .copied()
             .collect();
-        // Backends first: count the new uses and write new backends (and
+        // Addresses first: a frontend whose address the datapath does not
+        // know is never looked up.
+        for (fe, _, _) in &changed {
+            if let Err(e) = self.vips.prepare(&mut self.maps, fe.addr.ip, fe.flags) {
+                stats.errors.push(format!("frontend {} ({}): {e}", fe.name, fe.addr));
+            }
+        }
+        // Backends next: count the new uses and write new backends (and
         // changed flags) before any slot points at them.
         let mut touched: BTreeSet<BackendAddr> = BTreeSet::new();
         for (_, _, uses) in &changed {
@@ -487,6 +508,9 @@ impl Reconciler {
         if !purge.is_empty() {
             self.purge_flows(&purge, &mut stats);
         }
+        let (ops, errors) = self.vips.settle(&mut self.maps);
+        stats.ops += ops;
+        stats.errors.extend(errors);
         stats
     }
 
@@ -559,46 +583,25 @@ impl Reconciler {
             }
             Err(e) => stats.errors.push(format!("purging affinity: {e}")),
         }
-        // North-south SNAT entries name their backend by address.
-        let addrs = &self.backend_addrs;
-        let addr_of = |id: &u32| addrs.get(id).map(|a| (u32::from_ne_bytes(a.ip.octets()), a.port.to_be()));
-        match self.maps.nat.entries() {
-            Ok(entries) => {
-                for (key, entry) in entries {
-                    let Some(allowed) = purge.get(&entry.rev_nat_id) else { continue };
-                    let backend = if key.dir == lb_common::CT_SERVICE {
-                        (entry.peer_addr, entry.peer_port)
-                    } else {
-                        (key.saddr, key.sport)
-                    };
-                    if allowed.iter().any(|id| addr_of(id) == Some(backend)) {
-                        continue;
-                    }
-                    stats.ops += 1;
-                    match self.maps.nat.remove(&key) {
-                        Ok(()) => stats.ct_purged += 1,
-                        Err(e) => stats.errors.push(format!("purging NAT: {e}")),
-                    }
-                }
-            }
-            Err(e) => stats.errors.push(format!("purging NAT: {e}")),
-        }
     }
 
     /// Deletes conntrack entries whose flow timed out (by the state of both
     /// directions together), as of `now_ns` on CLOCK_MONOTONIC (the
     /// datapath's `bpf_ktime_get_ns`). A flow is only deleted once neither
     /// direction has seen a packet for its timeout, so a live flow is never
-    /// collected. The north-south SNAT entries are collected the same way.
+    /// collected; a half-open one (the client never acknowledged) goes at
+    /// the SYN timeout.
     pub fn collect_conntrack(&mut self, timeouts: &lb_common::CtTimeouts, now_ns: u64) -> Result<GcStats, MapsError> {
-        let (scanned, deleted) = collect_pairs(&mut self.maps.ct, timeouts, now_ns)?;
-        let (_, nat_deleted) = collect_pairs(&mut self.maps.nat, timeouts, now_ns)?;
+        let (tcp_scanned, tcp_deleted) = collect_pairs(&mut self.maps.ct.tcp, timeouts, now_ns)?;
+        let (any_scanned, any_deleted) = collect_pairs(&mut self.maps.ct.any, timeouts, now_ns)?;
         Ok(GcStats {
-            scanned,
-            deleted,
-            remaining: scanned - deleted,
-            capacity: self.maps.ct.max_entries,
-            nat_deleted,
+            scanned: tcp_scanned + any_scanned,
+            deleted: tcp_deleted + any_deleted,
+            remaining: tcp_scanned + any_scanned - tcp_deleted - any_deleted,
+            tcp_remaining: tcp_scanned - tcp_deleted,
+            tcp_capacity: self.maps.ct.tcp.max_entries,
+            any_remaining: any_scanned - any_deleted,
+            any_capacity: self.maps.ct.any.max_entries,
         })
     }
 
@@ -728,6 +731,10 @@ impl Reconciler {
                     fe.addr,
                     Installed::new(fe, id, generation, slots, allowed, maglev_m, digest, uses),
                 );
+                self.vips.count(fe.addr.ip, fe.flags, true);
+                if let Some(old) = &old {
+                    self.vips.count(fe.addr.ip, old.flags, false);
+                }
                 Ok(old.map(|i| i.uses).unwrap_or_default())
             }
             Err(e) => {
@@ -875,6 +882,7 @@ impl Reconciler {
         let _ = self.maps.names.remove(&RevNatKey { id });
         let inst = self.frontends.remove(&addr)?;
         self.frontend_ids.remove(&id);
+        self.vips.count(addr.ip, inst.flags, false);
         stats.removed += 1;
         Some((id, inst.uses))
     }
@@ -923,56 +931,30 @@ fn alloc(next: &mut u32, used: impl Fn(u32) -> bool) -> u32 {
     }
 }
 
-/// An entry of a map that holds each flow as two entries, one per direction.
-trait PairedEntry: aya::Pod {
-    fn twin(&self, key: &Ct4Key) -> Ct4Key;
-    fn flags(&self) -> u8;
-    fn last_seen(&self) -> u64;
-}
-
-impl PairedEntry for lb_common::CtEntry {
-    fn twin(&self, key: &Ct4Key) -> Ct4Key {
-        self.twin_key(key)
-    }
-    fn flags(&self) -> u8 {
-        self.tcp_flags
-    }
-    fn last_seen(&self) -> u64 {
-        self.last_seen
-    }
-}
-
-impl PairedEntry for lb_common::Nat4 {
-    fn twin(&self, key: &Ct4Key) -> Ct4Key {
-        self.twin_key(key)
-    }
-    fn flags(&self) -> u8 {
-        self.tcp_flags
-    }
-    fn last_seen(&self) -> u64 {
-        self.last_seen
-    }
-}
-
 /// Deletes the flows of `map` that timed out, judged on both directions
 /// together; returns (entries scanned, entries deleted).
-fn collect_pairs<V: PairedEntry>(
-    map: &mut Named<aya::maps::HashMap<aya::maps::MapData, Ct4Key, V>>,
+fn collect_pairs(
+    map: &mut Named<aya::maps::HashMap<aya::maps::MapData, Ct4Key, lb_common::CtEntry>>,
     timeouts: &lb_common::CtTimeouts,
     now_ns: u64,
 ) -> Result<(usize, usize), MapsError> {
+    use lb_common::{CT_SERVICE, ct};
     let entries: BTreeMap<_, _> = map.entries()?.into_iter().map(|(k, v)| (CtKeyOrd(k), v)).collect();
     let mut deleted = BTreeSet::new();
     for (key, entry) in &entries {
         if deleted.contains(key) {
             continue;
         }
-        let twin = CtKeyOrd(entry.twin(&key.0));
-        let (flags, last_seen) = match entries.get(&twin) {
-            Some(t) => (entry.flags() | t.flags(), entry.last_seen().max(t.last_seen())),
-            None => (entry.flags(), entry.last_seen()),
+        let twin = CtKeyOrd(entry.twin_key(&key.0));
+        let proto = key.0.proto;
+        let (state, last_seen) = match entries.get(&twin) {
+            Some(t) => {
+                let (fwd, reply) = if key.0.dir == CT_SERVICE { (entry, t) } else { (t, entry) };
+                (ct::state(proto, fwd.tcp_flags, reply.tcp_flags), entry.last_seen.max(t.last_seen))
+            }
+            None => (ct::entry_state(proto, key.0.dir, entry), entry.last_seen),
         };
-        if lb_common::ct::expired(timeouts, key.0.proto, flags, last_seen, now_ns) {
+        if ct::expired(timeouts, state, last_seen, now_ns) {
             for k in [key, &twin] {
                 if entries.contains_key(k) && deleted.insert(*k) {
                     map.remove(&k.0)?;

@@ -8,6 +8,8 @@ use anyhow::Context;
 use aya::programs::{ProgramError, SchedClassifier, TestRun, TestRunOptions, Xdp};
 use etherparse::PacketBuilder;
 
+/// tcx "next": the packet goes on (to later programs, then the stack).
+pub const TC_ACT_UNSPEC: i32 = -1;
 pub const TC_ACT_OK: i32 = 0;
 pub const TC_ACT_SHOT: i32 = 2;
 pub const TC_ACT_REDIRECT: i32 = 7;

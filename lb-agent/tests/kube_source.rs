@@ -629,7 +629,7 @@ fn restart_keeps_ids_and_live_flows() {
     let log_len = agent.log_text().len();
     let mut agent = KubeAgent::start(&s.lab.node, &s.api.kubeconfig(&s.dir.0), pins);
     // The restarted agent re-attaches tc to the pod interfaces, then syncs.
-    agent.wait_log("tc attached", log_len, "tc program attached");
+    agent.wait_log("tc attached", log_len, "tc programs attached");
     agent.wait_log("the first sync", log_len, "synced from the API server");
     wait_health(&s.lab.node, "/readyz", 200);
     let after = agent.rows();

@@ -1,7 +1,9 @@
 //! Table-driven packet fixtures through BPF_PROG_TEST_RUN: an input packet
-//! and map state in, the expected packet and verdict out. Expected packets
-//! are built from scratch by etherparse, so its checksum code verifies the
-//! datapath's incremental checksum updates independently.
+//! and map state in, the expected packet and verdict out, for the tc
+//! programs of pod interfaces (ingress: packets leaving a pod; egress:
+//! packets on their way to a client). Expected packets are built from
+//! scratch by etherparse, so its checksum code verifies the datapath's
+//! incremental checksum updates independently.
 
 mod common;
 
@@ -11,8 +13,9 @@ use common::{Loaded, assert_checksums_valid, frontend, hex, kernel_tests_enabled
 use etherparse::{Icmpv4Type, NetSlice, SlicedPacket, TransportSlice, icmpv4::DestUnreachableHeader};
 use lb_agent::{
     model::Protocol,
-    testrun::{self, CLIENT_MAC, NODE_MAC, TC_ACT_OK, TC_ACT_REDIRECT},
+    testrun::{self, CLIENT_MAC, NODE_MAC, TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC},
 };
+use lb_common::stat;
 
 use common::sa;
 
@@ -39,30 +42,45 @@ fn loaded(tag: &str) -> Loaded {
 
 /// What a fixture expects.
 enum Expect {
-    /// Verdict OK, packet untouched.
+    /// Passed on ("next"), untouched.
     Unchanged,
-    /// Verdict OK, exactly this packet.
+    /// Passed on, exactly this packet.
     Packet(Vec<u8>),
     /// An ICMP port unreachable from `from` to the sender, quoting the
     /// input, sent back out of the interface (redirect).
     Unreachable { from: Ipv4Addr },
+    /// Dropped.
+    Dropped,
+}
+
+/// Which program a fixture's packet goes through.
+#[derive(Clone, Copy)]
+enum Hook {
+    /// Leaving a pod (its interface's ingress).
+    FromPod,
+    /// On its way to the client (an interface's egress).
+    ToClient,
 }
 
 struct Fixture {
     name: &'static str,
+    hook: Hook,
     input: Vec<u8>,
     expect: Expect,
 }
 
 fn check(l: &mut Loaded, f: &Fixture) {
-    let out = l.run(&f.input);
+    let out = match f.hook {
+        Hook::FromPod => l.run(&f.input),
+        Hook::ToClient => l.run_egress(&f.input),
+    };
     match &f.expect {
         Expect::Unchanged => {
-            assert_eq!(out.verdict, TC_ACT_OK, "{}: verdict", f.name);
+            assert_eq!(out.verdict, TC_ACT_UNSPEC, "{}: verdict", f.name);
             assert_eq!(out.packet, f.input, "{}: packet must pass untouched", f.name);
         }
         Expect::Packet(p) => {
-            assert_eq!(out.verdict, TC_ACT_OK, "{}: verdict", f.name);
+            assert_eq!(out.verdict, TC_ACT_UNSPEC, "{}: verdict", f.name);
             assert_checksums_valid(f.name, &out.packet);
             assert_eq!(hex(&out.packet), hex(p), "{}: output packet", f.name);
         }
@@ -70,6 +88,7 @@ fn check(l: &mut Loaded, f: &Fixture) {
             assert_eq!(out.verdict, TC_ACT_REDIRECT, "{}: verdict", f.name);
             assert_icmp_unreachable(f.name, &f.input, &out.packet, *from);
         }
+        Expect::Dropped => assert_eq!(out.verdict, TC_ACT_SHOT, "{}: verdict", f.name),
     }
 }
 
@@ -119,8 +138,19 @@ fn fixtures() {
     bad_ihl[14] = 0x43; // IHL 3 (< 5)
     let mut arp = testrun::udp(client, vip_udp, b"x");
     arp[12..14].copy_from_slice(&0x0806u16.to_be_bytes());
-    let mut later_fragment = testrun::udp(client, vip_udp, b"12345678");
-    later_fragment[20..22].copy_from_slice(&0x0001u16.to_be_bytes()); // offset 8 bytes
+    let later = |to: SocketAddrV4| {
+        let mut p = testrun::udp(client, to, b"12345678");
+        p[20..22].copy_from_slice(&0x0001u16.to_be_bytes()); // offset 8 bytes
+        let sum = common::ipv4_checksum(&{
+            let mut h = p[14..34].to_vec();
+            h[10..12].copy_from_slice(&[0, 0]);
+            h
+        });
+        p[24..26].copy_from_slice(&sum.to_be_bytes());
+        p
+    };
+    let later_fragment = later(vip_udp);
+    let later_fragment_elsewhere = later(sa("10.244.0.13:53"));
     let icmp_echo = {
         let b = etherparse::PacketBuilder::ethernet2(CLIENT_MAC, NODE_MAC)
             .ipv4(client.ip().octets(), vip_tcp.ip().octets(), 64)
@@ -134,75 +164,103 @@ fn fixtures() {
     let mut udp_no_checksum_out = testrun::udp(client, be_udp, b"q");
     udp_no_checksum_out[40..42].copy_from_slice(&[0, 0]);
 
+    use Hook::{FromPod, ToClient};
     let fixtures = [
         Fixture {
             name: "TCP SYN to a VIP is DNATed",
+            hook: FromPod,
             input: testrun::tcp(client, vip_tcp, "S", 1000, b""),
             expect: Expect::Packet(testrun::tcp(client, be_tcp, "S", 1000, b"")),
         },
         Fixture {
-            name: "the SYN-ACK is reverse-NATed",
+            name: "the SYN-ACK is reverse-NATed on its way to the client",
+            hook: ToClient,
             input: testrun::tcp(be_tcp, client, "SA", 5000, b""),
             expect: Expect::Packet(testrun::tcp(vip_tcp, client, "SA", 5000, b"")),
         },
         Fixture {
+            name: "the SYN-ACK leaving the backend's pod is left to egress",
+            hook: FromPod,
+            input: testrun::tcp(be_tcp, client, "SA", 5000, b""),
+            expect: Expect::Unchanged,
+        },
+        Fixture {
             name: "data on the flow follows conntrack",
+            hook: FromPod,
             input: testrun::tcp(client, vip_tcp, "PA", 1001, payload),
             expect: Expect::Packet(testrun::tcp(client, be_tcp, "PA", 1001, payload)),
         },
         Fixture {
             name: "UDP to a VIP is DNATed",
+            hook: FromPod,
             input: testrun::udp(client, vip_udp, b"query"),
             expect: Expect::Packet(testrun::udp(client, be_udp, b"query")),
         },
         Fixture {
             name: "the UDP reply is reverse-NATed",
+            hook: ToClient,
             input: testrun::udp(be_udp, client, b"answer"),
             expect: Expect::Packet(testrun::udp(vip_udp, client, b"answer")),
         },
         Fixture {
             name: "UDP without a checksum keeps none",
+            hook: FromPod,
             input: udp_no_checksum,
             expect: Expect::Packet(udp_no_checksum_out),
         },
         Fixture {
             name: "TCP to a service without backends is rejected",
+            hook: FromPod,
             input: testrun::tcp(client, sa("10.96.0.20:80"), "S", 7, b""),
             expect: Expect::Unreachable { from: "10.96.0.20".parse().unwrap() },
         },
         Fixture {
             name: "UDP to a service without backends is rejected",
+            hook: FromPod,
             input: testrun::udp(sa("10.244.0.11:40001"), sa("10.96.0.20:53"), b"a longer payload than the quote"),
             expect: Expect::Unreachable { from: "10.96.0.20".parse().unwrap() },
         },
         Fixture {
             name: "a packet between pods passes untouched",
+            hook: FromPod,
             input: testrun::tcp(client, sa("10.244.0.13:8080"), "S", 1, b""),
             expect: Expect::Unchanged,
         },
         Fixture {
-            name: "a VIP on another port passes untouched",
+            name: "a ClusterIP on a port no Service defines is rejected, not routed on",
+            hook: FromPod,
             input: testrun::tcp(client, sa("10.96.0.10:81"), "S", 1, b""),
-            expect: Expect::Unchanged,
+            expect: Expect::Unreachable { from: "10.96.0.10".parse().unwrap() },
         },
         Fixture {
             name: "a reply of an unknown flow passes untouched",
+            hook: ToClient,
             input: testrun::udp(be_udp, sa("10.244.0.11:40999"), b"x"),
             expect: Expect::Unchanged,
         },
-        Fixture { name: "ICMP passes untouched", input: icmp_echo, expect: Expect::Unchanged },
-        Fixture { name: "ARP passes untouched", input: arp, expect: Expect::Unchanged },
-        Fixture { name: "IP version 6 in an IPv4 frame passes", input: garbage_version, expect: Expect::Unchanged },
-        Fixture { name: "IHL below 5 passes", input: bad_ihl, expect: Expect::Unchanged },
+        Fixture { name: "ICMP echo passes untouched", hook: FromPod, input: icmp_echo, expect: Expect::Unchanged },
+        Fixture { name: "ARP passes untouched", hook: FromPod, input: arp, expect: Expect::Unchanged },
+        Fixture { name: "IP version 6 in an IPv4 frame passes", hook: FromPod, input: garbage_version, expect: Expect::Unchanged },
+        Fixture { name: "IHL below 5 passes", hook: FromPod, input: bad_ihl, expect: Expect::Unchanged },
         Fixture {
-            name: "a later fragment (no L4 header) passes",
+            name: "a later fragment to a ClusterIP whose first fragment was never seen is dropped",
+            hook: FromPod,
             input: later_fragment,
+            expect: Expect::Dropped,
+        },
+        Fixture {
+            name: "a later fragment to another address passes",
+            hook: FromPod,
+            input: later_fragment_elsewhere,
             expect: Expect::Unchanged,
         },
     ];
     for f in &fixtures {
         check(&mut l, f);
     }
+    assert_eq!(l.stat(stat::REJECT_UNSERVED_PORT), 1);
+    assert_eq!(l.stat(stat::REJECT_NO_BACKEND), 2);
+    assert_eq!(l.stat(stat::DROP_ORPHAN_FRAGMENT), 1);
 }
 
 #[test]
@@ -222,9 +280,10 @@ fn truncated_packets_get_a_safe_verdict() {
     inputs.push(long_ihl);
     for input in &inputs {
         let len = input.len();
-        let out = l.run(input);
-        assert_eq!(out.verdict, TC_ACT_OK, "{len}-byte prefix: verdict");
-        assert_eq!(&out.packet, input, "{len}-byte prefix must pass untouched");
+        for (hook, out) in [("ingress", l.run(input)), ("egress", l.run_egress(input))] {
+            assert_eq!(out.verdict, TC_ACT_UNSPEC, "{len}-byte prefix, {hook}: verdict");
+            assert_eq!(&out.packet, input, "{len}-byte prefix, {hook}: must pass untouched");
+        }
     }
     // Nothing was recorded for them.
     assert!(l.reconciler.maps().ct.entries().unwrap().is_empty());
@@ -252,4 +311,240 @@ fn new_flows_spread_and_each_flow_sticks() {
     }
     assert_eq!(chosen.len(), 2, "both backends take new flows: {chosen:?}");
     assert!(chosen.values().all(|&n| n >= 20), "{chosen:?}");
+}
+
+/// A UDP datagram of `len` payload bytes, split into two fragments after
+/// `first` bytes of IP payload.
+fn fragmented_udp(src: SocketAddrV4, dst: SocketAddrV4, len: usize, first: usize) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
+    let payload: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+    let whole = testrun::udp(src, dst, &payload);
+    let (a, b) = common::fragment(&whole, first);
+    (whole, a, b)
+}
+
+#[test]
+fn fragments_of_a_datagram_get_its_translation_both_ways() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let mut l = loaded("fragments");
+    let client = sa(CLIENT);
+    let vip = sa("10.96.0.10:53");
+    let be = sa("10.244.0.12:5353");
+
+    // A 3000-byte query leaves the client in two fragments.
+    let (_, first, later) = fragmented_udp(client, vip, 3000, 1480);
+    let out_first = l.run(&first);
+    let out_later = l.run(&later);
+    assert_eq!((out_first.verdict, out_later.verdict), (TC_ACT_UNSPEC, TC_ACT_UNSPEC));
+    // Put back together, it is the datagram sent to the backend, with a
+    // UDP checksum (over the whole datagram, in the first fragment) right.
+    let (want, _, _) = fragmented_udp(client, be, 3000, 1480);
+    let got = common::reassemble(&out_first.packet, &out_later.packet);
+    assert_checksums_valid("reassembled query", &got);
+    assert!(got == want, "both fragments DNATed: {}", hex(&got[..48]));
+    // Each fragment's own IPv4 checksum.
+    for (name, p) in [("first", &out_first.packet), ("later", &out_later.packet)] {
+        let mut h = p[14..34].to_vec();
+        let sum = u16::from_be_bytes([h[10], h[11]]);
+        h[10..12].copy_from_slice(&[0, 0]);
+        assert_eq!(sum, common::ipv4_checksum(&h), "{name} fragment's IPv4 checksum");
+    }
+
+    // A 4000-byte answer (EDNS) comes back in fragments: both get the
+    // frontend as their source.
+    let (_, first, later) = fragmented_udp(be, client, 4000, 1480);
+    let out_first = l.run_egress(&first);
+    let out_later = l.run_egress(&later);
+    let (want, _, _) = fragmented_udp(vip, client, 4000, 1480);
+    let got = common::reassemble(&out_first.packet, &out_later.packet);
+    assert_checksums_valid("reassembled answer", &got);
+    assert!(got == want, "both fragments reverse-NATed: {}", hex(&got[..48]));
+    assert_eq!(l.stat(stat::FRAGMENT_TRANSLATED), 2);
+}
+
+#[test]
+fn icmp_errors_about_translated_flows_are_translated() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let mut l = loaded("icmp-errors");
+    let client = sa(CLIENT);
+    let vip = sa("10.96.0.10:53");
+    let be = sa("10.244.0.12:5353");
+    let query = testrun::udp(client, vip, b"query");
+    let sent = l.run(&query);
+    assert_eq!(sent.packet, testrun::udp(client, be, b"query"));
+
+    // The backend has no socket on the port: its ICMP port unreachable
+    // (about the query as it arrived) reaches the client as if from the
+    // frontend, about the query the client sent, so its connected socket
+    // gets ECONNREFUSED.
+    let err = common::icmp_error(*be.ip(), *client.ip(), 3, 3, &sent.packet);
+    let out = l.run_egress(&err);
+    assert_eq!(out.verdict, TC_ACT_UNSPEC);
+    let (src, dst, q_src, q_dst) = common::icmp_error_parts("port unreachable to the client", &out.packet);
+    assert_eq!((src, dst), (*vip.ip(), *client.ip()), "outer: from the frontend");
+    assert_eq!((q_src, q_dst), (client, vip), "quote: the client's own packet");
+    assert_eq!(&out.packet[14 + 28..14 + 28 + 28], &query[14..14 + 28], "the quote is byte for byte what the client sent");
+
+    // A router's "time exceeded" about the query is translated the same.
+    let err = common::icmp_error("10.0.0.254".parse().unwrap(), *client.ip(), 11, 0, &sent.packet);
+    let out = l.run_egress(&err);
+    let (src, _, q_src, q_dst) = common::icmp_error_parts("time exceeded", &out.packet);
+    assert_eq!(src, *vip.ip());
+    assert_eq!((q_src, q_dst), (client, vip));
+
+    // The client's own error about the answer it got (from the frontend)
+    // goes to the backend, about the answer the backend sent.
+    let answer = l.run_egress(&testrun::udp(be, client, b"answer")).packet;
+    assert_eq!(answer, testrun::udp(vip, client, b"answer"));
+    let err = common::icmp_error(*client.ip(), *vip.ip(), 3, 3, &answer);
+    let out = l.run(&err);
+    let (src, dst, q_src, q_dst) = common::icmp_error_parts("port unreachable to the backend", &out.packet);
+    assert_eq!((src, dst), (*client.ip(), *be.ip()));
+    assert_eq!((q_src, q_dst), (be, client));
+
+    // An error about no flow of ours passes untouched.
+    let stray = common::icmp_error(*be.ip(), *client.ip(), 3, 3, &testrun::udp(client, sa("10.244.0.13:9"), b"x"));
+    let out = l.run_egress(&stray);
+    assert_eq!((out.verdict, &out.packet), (TC_ACT_UNSPEC, &stray));
+    assert_eq!(l.stat(stat::ICMP_TRANSLATED), 3);
+}
+
+#[test]
+fn a_pod_reaching_itself_through_its_service_is_hairpinned() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let pod = sa("10.244.0.12:40000");
+    let vip = sa("10.96.0.40:80");
+    let mut l = Loaded::new("hairpin", [frontend("10.96.0.40:80", Protocol::Tcp, &["10.244.0.12:8080"])].into_iter().collect());
+    let hairpin = SocketAddrV4::new(Ipv4Addr::from(lb_common::HAIRPIN_ADDR), 40000);
+    let me = sa("10.244.0.12:8080");
+    let swapped = testrun::Frame { src_mac: NODE_MAC, dst_mac: CLIENT_MAC, ttl: 64 };
+
+    // The SYN comes back to the pod, from the hairpin address, without
+    // routing (its own address as the source would be a martian).
+    let out = l.run(&testrun::tcp(pod, vip, "S", 1, b""));
+    assert_eq!(out.verdict, TC_ACT_REDIRECT, "straight back out of the pod's interface");
+    assert_checksums_valid("hairpin SYN", &out.packet);
+    assert_eq!(hex(&out.packet), hex(&testrun::tcp_frame(swapped, hairpin, me, "S", 1, b"")));
+    // The pod answers the hairpin address: both translations reversed.
+    let out = l.run(&testrun::tcp(me, hairpin, "SA", 9, b""));
+    assert_eq!(out.verdict, TC_ACT_REDIRECT);
+    assert_checksums_valid("hairpin SYN-ACK", &out.packet);
+    assert_eq!(hex(&out.packet), hex(&testrun::tcp_frame(swapped, vip, pod, "SA", 9, b"")));
+    assert_eq!(l.stat(stat::HAIRPIN), 1);
+}
+
+/// The backend (address) the flow from `client` to `vip` is DNATed to.
+fn dnat(l: &mut Loaded, client: SocketAddrV4, vip: SocketAddrV4, flags: &str, seq: u32) -> [u8; 4] {
+    let out = l.run(&testrun::tcp(client, vip, flags, seq, b""));
+    assert_eq!(out.verdict, TC_ACT_UNSPEC);
+    out.packet[30..34].try_into().unwrap()
+}
+
+#[test]
+fn a_rst_outside_the_window_neither_ends_nor_resteers_a_flow() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let mut l = loaded("rst");
+    let vip = sa("10.96.0.30:80");
+    for port in 30000..30020u16 {
+        let client = SocketAddrV4::new("10.244.0.11".parse().unwrap(), port);
+        let backend = dnat(&mut l, client, vip, "S", 1000);
+        let be = SocketAddrV4::new(Ipv4Addr::from(backend), 8080);
+        l.run_egress(&testrun::tcp(be, client, "SA", 5000, b""));
+        dnat(&mut l, client, vip, "A", 1001);
+        // A blind RST far from the client's sequence numbers, then a SYN:
+        // the flow stays where it is (with two backends a re-steered flow
+        // would move half the time).
+        assert_eq!(dnat(&mut l, client, vip, "R", 1001 + 0x4000_0000), backend);
+        assert_eq!(dnat(&mut l, client, vip, "S", 77), backend, "a SYN does not re-steer a live flow");
+        assert_eq!(dnat(&mut l, client, vip, "A", 1001), backend);
+    }
+    assert_eq!(l.stat(stat::RST_IGNORED), 20);
+    // An in-window RST ends the flow: a new SYN may then start another.
+    let client = SocketAddrV4::new("10.244.0.11".parse().unwrap(), 31000);
+    dnat(&mut l, client, vip, "S", 1000);
+    dnat(&mut l, client, vip, "A", 1001);
+    dnat(&mut l, client, vip, "R", 1001);
+    let key = lb_common::Ct4Key::new(
+        u32::from_ne_bytes(client.ip().octets()),
+        u32::from_ne_bytes(vip.ip().octets()),
+        client.port().to_be(),
+        vip.port().to_be(),
+        lb_common::IPPROTO_TCP,
+        lb_common::CT_SERVICE,
+    );
+    let e = l.reconciler.maps().ct.get(&key).unwrap().unwrap();
+    assert_eq!(
+        lb_common::ct::entry_state(lb_common::IPPROTO_TCP, lb_common::CT_SERVICE, &e),
+        lb_common::ct::State::TcpClosing
+    );
+    assert_eq!(l.stat(stat::RST_IGNORED), 20, "the in-window RST counted");
+}
+
+#[test]
+fn two_flows_from_one_client_port_to_one_backend_keep_apart() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    // Two Services with the same single backend: a client that reuses its
+    // source port for both would put both flows on one reply tuple.
+    let mut l = Loaded::new(
+        "clash",
+        [
+            frontend("10.96.0.50:80", Protocol::Tcp, &["10.244.0.12:8080"]),
+            frontend("10.96.0.51:80", Protocol::Tcp, &["10.244.0.12:8080"]),
+        ]
+        .into_iter()
+        .collect(),
+    );
+    let client = sa("10.244.0.11:40000");
+    let (a, b) = (sa("10.96.0.50:80"), sa("10.96.0.51:80"));
+    let be = sa("10.244.0.12:8080");
+    let first = l.run(&testrun::tcp(client, a, "S", 1, b""));
+    assert_eq!(hex(&first.packet), hex(&testrun::tcp(client, be, "S", 1, b"")), "the first keeps its port");
+    let second = l.run(&testrun::tcp(client, b, "S", 1, b""));
+    let sport = u16::from_be_bytes([second.packet[34], second.packet[35]]);
+    assert_ne!(sport, client.port(), "the second gets another source port");
+    let remapped = SocketAddrV4::new(*client.ip(), sport);
+    assert_eq!(hex(&second.packet), hex(&testrun::tcp(remapped, be, "S", 1, b"")));
+    // Each flow's replies come from its own frontend, to the client's port.
+    let out = l.run_egress(&testrun::tcp(be, client, "SA", 7, b""));
+    assert_eq!(hex(&out.packet), hex(&testrun::tcp(a, client, "SA", 7, b"")));
+    let out = l.run_egress(&testrun::tcp(be, remapped, "SA", 8, b""));
+    assert_eq!(hex(&out.packet), hex(&testrun::tcp(b, client, "SA", 8, b"")));
+    // And both stay put.
+    assert_eq!(l.run(&testrun::tcp(client, b, "A", 2, b"")).packet, testrun::tcp(remapped, be, "A", 2, b""));
+    assert_eq!(l.run(&testrun::tcp(client, a, "A", 2, b"")).packet, testrun::tcp(client, be, "A", 2, b""));
+    assert_eq!(l.stat(stat::PORT_REMAPPED), 1);
+}
+
+#[test]
+fn rejects_are_rate_limited_per_client() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let mut l = loaded("reject-rate");
+    let to = sa("10.96.0.20:53");
+    let mut sent = 0;
+    for i in 0..60u16 {
+        let out = l.run(&testrun::udp(SocketAddrV4::new("10.244.0.11".parse().unwrap(), 20000 + i), to, b"q"));
+        if out.verdict == TC_ACT_REDIRECT {
+            sent += 1;
+        } else {
+            assert_eq!(out.verdict, TC_ACT_SHOT);
+        }
+    }
+    // A burst of 20, plus what 10 a second refill during the loop (well
+    // under a second).
+    assert!((20..=25).contains(&sent), "{sent} rejects sent to one client");
+    assert_eq!(l.stat(stat::DROP_REJECT_RATE), 60 - sent);
+    // Another client still gets its reject.
+    let out = l.run(&testrun::udp(sa("10.244.0.99:20000"), to, b"q"));
+    assert_eq!(out.verdict, TC_ACT_REDIRECT);
 }

@@ -197,37 +197,49 @@ fn conntrack_timeouts_reuse_and_garbage_collection() {
     let mut l = Loaded::new("ctgc", desired(vec![svc("10.96.0.60:80", &backends(2), 0, 0)]));
     let t = CtTimeouts::DEFAULT;
 
-    // Three flows: established, closing, and a bare SYN.
+    // Three flows: established, closed (FIN both ways), and a bare SYN
+    // the backend answered but the client never acknowledged (half-open).
     let est = client(50000);
-    l.run(&testrun::tcp(est, vip, "S", 1, b""));
+    let est_be = dnat_target(&l.run(&testrun::tcp(est, vip, "S", 1, b"")).packet);
+    l.run_egress(&testrun::tcp(est_be, est, "SA", 1, b""));
     l.run(&testrun::tcp(est, vip, "A", 2, b""));
     let closing = client(50001);
-    l.run(&testrun::tcp(closing, vip, "S", 1, b""));
+    let closing_be = dnat_target(&l.run(&testrun::tcp(closing, vip, "S", 1, b"")).packet);
+    l.run_egress(&testrun::tcp(closing_be, closing, "SA", 1, b""));
     l.run(&testrun::tcp(closing, vip, "A", 2, b""));
     l.run(&testrun::tcp(closing, vip, "FA", 3, b""));
+    // Half-closed: the flow lives on (a SYN now would follow it).
+    assert_eq!(dnat_target(&l.run(&testrun::tcp(closing, vip, "S", 3, b"")).packet), closing_be);
+    l.run_egress(&testrun::tcp(closing_be, closing, "FA", 2, b""));
     let syn = client(50002);
-    l.run(&testrun::tcp(syn, vip, "S", 1, b""));
+    let syn_be = dnat_target(&l.run(&testrun::tcp(syn, vip, "S", 1, b"")).packet);
+    l.run_egress(&testrun::tcp(syn_be, syn, "SA", 1, b""));
     assert_eq!(l.reconciler.maps().ct.entries().unwrap().len(), 6, "two entries per flow");
     assert_eq!(ct_entry(&l, est, vip, 6).unwrap().tcp_flags, ct_flags::SYN | ct_flags::ACK);
 
     // A new SYN on the closed flow's tuple starts a new flow (flags reset).
     l.run(&testrun::tcp(closing, vip, "S", 9, b""));
     assert_eq!(ct_entry(&l, closing, vip, 6).unwrap().tcp_flags, ct_flags::SYN);
+    let e = ct_entry(&l, closing, vip, 6).unwrap();
+    let now_be = SocketAddrV4::new(std::net::Ipv4Addr::from(e.nat_daddr.to_ne_bytes()), u16::from_be(e.nat_dport));
+    let now_src = SocketAddrV4::new(*closing.ip(), u16::from_be(e.nat_sport));
     l.run(&testrun::tcp(closing, vip, "FA", 10, b""));
+    l.run_egress(&testrun::tcp(now_be, now_src, "FA", 10, b""));
 
-    // Garbage collection: at now + 11 s only the closing flow has run out
-    // (closing 10 s); at now + 61 s the SYN-only one too; the established
-    // flow survives until its 6 h.
+    // Garbage collection: at now + 11 s only the closed flow has run out
+    // (closing 10 s); at now + 61 s the half-open one too (the SYN timeout,
+    // not the 6 h of an established flow); the established flow survives
+    // until its 6 h.
     let now = monotonic_ns();
     let gc = l.reconciler.collect_conntrack(&t, now).unwrap();
     assert_eq!(gc.deleted, 0, "nothing expires right away: {gc:?}");
     let gc = l.reconciler.collect_conntrack(&t, now + 11_000_000_000).unwrap();
-    // The closing flow, both directions (plus the reply entry of its first
-    // incarnation when the restart picked the other backend).
-    assert_eq!(gc.remaining, 4, "only the established and SYN flows are left: {gc:?}");
+    // The closed flow, both directions (plus the reply entry of its first
+    // incarnation).
+    assert_eq!(gc.remaining, 4, "only the established and half-open flows are left: {gc:?}");
     assert!(ct_entry(&l, closing, vip, 6).is_none());
     let gc = l.reconciler.collect_conntrack(&t, now + 61_000_000_000).unwrap();
-    assert_eq!(gc.deleted, 2, "the bare SYN: {gc:?}");
+    assert_eq!(gc.deleted, 2, "the half-open flow: {gc:?}");
     assert!(ct_entry(&l, syn, vip, 6).is_none());
     assert!(ct_entry(&l, est, vip, 6).is_some(), "a live established flow is never collected");
     assert_eq!(gc.remaining, 2);
@@ -301,27 +313,32 @@ fn removing_a_backend_purges_its_flows_only() {
 }
 
 #[test]
-fn a_reused_client_port_avoids_the_backend_that_still_holds_its_tuple() {
+fn a_reused_client_port_never_puts_two_flows_on_one_backend_tuple() {
     if !kernel_tests_enabled() {
         return;
     }
-    // Two Services with the same two backends. A client that reuses its
-    // port for the second one must not land on the backend it just used
-    // with the same port: there the tuple may sit in TIME_WAIT.
+    // Two Services with the same two backends (one random, one Maglev). A
+    // client that reuses its port for the second one may land on the
+    // backend it just used: the second flow then gets another source port,
+    // so the backend sees two tuples (and a tuple in TIME_WAIT there is
+    // never reused).
     let two = backends(2);
     let mut l = Loaded::new(
         "tuple-reuse",
-        desired(vec![svc("10.96.0.80:80", &two, 0, 0), svc("10.96.0.81:80", &two, 0, 0)]),
+        desired(vec![svc("10.96.0.80:80", &two, 0, 0), svc("10.96.0.81:80", &two, svc_flags::MAGLEV, 0)]),
     );
     let (a, b) = (sa("10.96.0.80:80"), sa("10.96.0.81:80"));
-    let mut first_on = BTreeMap::<SocketAddrV4, usize>::new();
+    let mut same_backend = 0;
     for port in 41000..41060u16 {
         let c = client(port);
-        let x = dnat_target(&l.run(&testrun::tcp(c, a, "S", 1, b"")).packet);
-        *first_on.entry(x).or_default() += 1;
-        let y = dnat_target(&l.run(&testrun::tcp(c, b, "S", 1, b"")).packet);
-        assert_ne!(x, y, "client port {port} reused towards {b} landed on {x} again");
+        let first = l.run(&testrun::tcp(c, a, "S", 1, b"")).packet;
+        let second = l.run(&testrun::tcp(c, b, "S", 1, b"")).packet;
+        let tuple = |p: &[u8]| (p[26..38].to_vec(), dnat_target(p));
+        assert_ne!(tuple(&first), tuple(&second), "client port {port}: two flows on one tuple");
+        if dnat_target(&first) == dnat_target(&second) {
+            same_backend += 1;
+        }
     }
-    // Still random across clients.
-    assert_eq!(first_on.len(), 2, "{first_on:?}");
+    assert!(same_backend > 0, "some pairs shared a backend (and so needed another port)");
+    assert_eq!(l.stat(lb_common::stat::PORT_REMAPPED), same_backend);
 }

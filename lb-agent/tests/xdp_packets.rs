@@ -24,7 +24,7 @@ use aya::programs::{SchedClassifier, Xdp};
 use common::{Loaded, assert_checksums_valid, hex, kernel_tests_enabled, sa};
 use etherparse::{Icmpv4Type, NetSlice, SlicedPacket, TransportSlice, icmpv4::DestUnreachableHeader};
 use lb_agent::{
-    datapath::{TC_PROGRAM, XDP_PASS_PROGRAM, XDP_PROGRAM},
+    datapath::{TC_EGRESS_PROGRAM, XDP_PASS_PROGRAM, XDP_PROGRAM},
     model::{Backend, BackendAddr, Cidr, Desired, Frontend, FrontendAddr, Protocol},
     reconcile::Stats,
     testrun::{self, Frame, Outcome, XDP_DROP, XDP_PASS, XDP_TX},
@@ -177,7 +177,8 @@ impl Fixture {
                 nat_port_min: nat_ports.0,
                 nat_port_max: nat_ports.1,
                 flags: node_flags::READY,
-                _pad: 0,
+                nodeport_min: 30000,
+                nodeport_max: 32767,
             })
             .unwrap();
         Fixture { l, ext: ifindex("ext0"), _entered: entered, _ns: ns }
@@ -192,9 +193,16 @@ impl Fixture {
         testrun::run_xdp(self.xdp(), input, ext).unwrap()
     }
 
-    fn run_tc(&mut self, input: &[u8]) -> Outcome {
-        let tc: &mut SchedClassifier = self.l.dp.ebpf.program_mut(TC_PROGRAM).unwrap().try_into().unwrap();
+    /// Runs a packet through the egress program (of a pod's or the
+    /// external interface).
+    fn run_egress(&mut self, input: &[u8]) -> Outcome {
+        let tc: &mut SchedClassifier = self.l.dp.ebpf.program_mut(TC_EGRESS_PROGRAM).unwrap().try_into().unwrap();
         testrun::run_tc(tc, input).unwrap()
+    }
+
+    /// Runs a packet leaving a pod through the ingress program.
+    fn run_ingress(&mut self, input: &[u8]) -> Outcome {
+        self.l.run(input)
     }
 }
 
@@ -250,27 +258,29 @@ fn nodeport_to_a_remote_backend_is_snated_and_forwarded_and_replies_reversed() {
     no_sum_out[40..42].copy_from_slice(&[0, 0]);
     expect("UDP without a checksum keeps none", &fx.run(&no_sum), XDP_TX, &no_sum_out);
 
-    // Both directions of each flow are in LB4_NAT, naming each other.
-    let nat_entries = fx.l.reconciler.maps().nat.entries().unwrap();
-    assert_eq!(nat_entries.len(), 4, "{nat_entries:#?}");
-    for (k, v) in &nat_entries {
-        assert!(nat_entries.iter().any(|(k2, _)| *k2 == v.twin_key(k)), "twin of {k:?}");
+    // Each flow is two conntrack entries (TCP and UDP apart), naming each
+    // other, with the whole translation: one lookup per packet.
+    let ct = fx.l.reconciler.maps().ct.entries().unwrap();
+    assert_eq!(ct.len(), 4, "{ct:#?}");
+    assert_eq!(fx.l.reconciler.maps().ct.tcp.entries().unwrap().len(), 2);
+    for (k, v) in &ct {
+        assert!(ct.iter().any(|(k2, _)| *k2 == v.twin_key(k)), "twin of {k:?}");
     }
 
     // Garbage collection: nothing is due now; the UDP flow (60 s) is after
     // 61 s, the established TCP flow (6 h) is not.
     let t = lb_common::CtTimeouts::DEFAULT;
     let now = lb_agent::gc::monotonic_ns();
-    assert_eq!(fx.l.reconciler.collect_conntrack(&t, now).unwrap().nat_deleted, 0);
+    assert_eq!(fx.l.reconciler.collect_conntrack(&t, now).unwrap().deleted, 0);
     let gc = fx.l.reconciler.collect_conntrack(&t, now + 61_000_000_000).unwrap();
-    assert_eq!(gc.nat_deleted, 2, "the UDP flow's two NAT entries: {gc:?}");
-    assert_eq!(fx.l.reconciler.maps().nat.entries().unwrap().len(), 2);
-    // Removing the frontend purges its flows' NAT entries too.
+    assert_eq!(gc.deleted, 2, "the UDP flow's two entries: {gc:?}");
+    assert_eq!(fx.l.reconciler.maps().ct.entries().unwrap().len(), 2);
+    // Removing the frontend purges its flows too.
     let (mut d, _) = desired();
     d.retain(|a, _| a.port != 30080);
     let stats = fx.l.reconciler.apply(&d);
     assert!(stats.errors.is_empty(), "{:?}", stats.errors);
-    assert!(fx.l.reconciler.maps().nat.entries().unwrap().is_empty(), "NAT entries of the removed NodePort purged");
+    assert!(fx.l.reconciler.maps().ct.entries().unwrap().is_empty(), "flows of the removed NodePort purged");
 }
 
 #[test]
@@ -318,15 +328,16 @@ fn local_backend_is_dnated_only_and_kept_client_ip() {
     // To the kernel (which routes to the pod), client address intact, not
     // forwarded by us (TTL and MACs untouched).
     expect("SYN to a local backend", &out, XDP_PASS, &testrun::tcp_frame(IN, c, be, "S", 7, b""));
-    // The pod's reply leaves through its interface, where the tc program
-    // restores the NodePort as the source from the conntrack entry the
-    // XDP program wrote.
+    // The pod's reply is routed out of the external interface, where the
+    // egress program restores the NodePort as the source from the
+    // conntrack entry the XDP program wrote.
     let reply = testrun::tcp(be, c, "SA", 9, b"");
-    let out = fx.run_tc(&reply);
-    assert_eq!(out.verdict, testrun::TC_ACT_OK);
+    let out = fx.run_egress(&reply);
+    assert_eq!(out.verdict, testrun::TC_ACT_UNSPEC);
     assert_checksums_valid("tc reply", &out.packet);
     assert_eq!(hex(&out.packet), hex(&testrun::tcp(node(30081), c, "SA", 9, b"")), "tc reverse NAT");
-    assert!(fx.l.reconciler.maps().nat.entries().unwrap().is_empty(), "no SNAT for a local backend");
+    let ct = fx.l.reconciler.maps().ct.entries().unwrap();
+    assert!(ct.iter().all(|(k, e)| e.nat_saddr == k.saddr || k.dir == lb_common::CT_REPLY), "no SNAT for a local backend: {ct:?}");
 }
 
 #[test]
@@ -400,7 +411,7 @@ fn no_endpoints_rejects_local_policy_drops_and_others_pass() {
 }
 
 #[test]
-fn replies_to_pods_whose_backend_is_remote_get_the_frontend_back() {
+fn replies_to_pods_whose_backend_is_remote_get_the_frontend_back_on_the_pods_interface() {
     if !kernel_tests_enabled() {
         return;
     }
@@ -408,12 +419,17 @@ fn replies_to_pods_whose_backend_is_remote_get_the_frontend_back() {
     // A pod of node A dials node A's NodePort: tc DNATs it to node B's pod.
     let pod = sa("10.244.1.20:45000");
     let be = sa("10.244.2.10:8080");
-    let out = fx.run_tc(&testrun::tcp(pod, node(30080), "S", 1, b""));
+    let out = fx.run_ingress(&testrun::tcp(pod, node(30080), "S", 1, b""));
     assert_eq!(hex(&out.packet), hex(&testrun::tcp(pod, be, "S", 1, b"")));
     // The reply comes back from node B on the external interface: XDP
-    // restores the NodePort as the source and passes it to the kernel.
-    let out = fx.run(&testrun::tcp_frame(FROM_B, be, pod, "SA", 2, b""));
-    expect("reply to the pod", &out, XDP_PASS, &testrun::tcp_frame(FROM_B, node(30080), pod, "SA", 2, b""));
+    // leaves it alone (the kernel routes it, the backend's address is a
+    // real one) ...
+    let reply = testrun::tcp_frame(FROM_B, be, pod, "SA", 2, b"");
+    expect_unchanged("reply to the pod, at XDP", &fx.run(&reply), &reply);
+    // ... and the egress program on the pod's interface restores the
+    // NodePort as the source, after routing.
+    let out = fx.run_egress(&reply);
+    expect("reply to the pod", &out, testrun::TC_ACT_UNSPEC, &testrun::tcp_frame(FROM_B, node(30080), pod, "SA", 2, b""));
 }
 
 /// Per-packet cost of the XDP NodePort path next to the no-op program, in
@@ -461,7 +477,8 @@ fn bench_xdp_nodeport_per_packet() {
             nat_port_min: NAT_PORT,
             nat_port_max: NAT_PORT,
             flags: node_flags::READY,
-            _pad: 0,
+            nodeport_min: 30000,
+            nodeport_max: 32767,
         })
         .unwrap();
     fx._ns.ip(&["neigh", "replace", "192.168.50.7", "lladdr", "02:00:00:00:50:07", "dev", "ext0", "nud", "permanent"]).unwrap();

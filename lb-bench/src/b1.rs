@@ -27,11 +27,11 @@ use std::{
 use anyhow::{Context, Result, ensure};
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions, Xdp};
 use lb_agent::{
-    datapath::{Datapath, MapSizes, TC_PROGRAM, XDP_PROGRAM},
+    datapath::{Datapath, MapSizes, TC_INGRESS_PROGRAM, XDP_PROGRAM},
     maps::Maps,
     model::{Backend, BackendAddr, Frontend, FrontendAddr, Protocol},
     reconcile::Reconciler,
-    testrun::{self, TC_ACT_OK},
+    testrun::{self, TC_ACT_UNSPEC},
 };
 
 use crate::{services, sys};
@@ -123,7 +123,7 @@ fn sizes_for(services: usize, endpoints: usize, new_flows: usize) -> MapSizes {
         slots: ((services * endpoints) as u32 + (services * endpoints / 10) as u32 + 4096)
             .max(4096),
         // Two entries per new flow, every round, plus headroom: no eviction.
-        ct: ((new_flows as u32 * 2 + 1024) * 2)
+        ct_tcp: ((new_flows as u32 * 2 + 1024) * 2)
             .next_power_of_two()
             .max(4096),
         ..MapSizes::default()
@@ -222,7 +222,7 @@ pub fn run_one(opts: &B1Options, n: usize) -> Result<B1Row> {
 
     sys::pin_thread(opts.cpu)?;
     let xdp: &Xdp = dp.ebpf.program(XDP_PASS_PROGRAM).unwrap().try_into()?;
-    let tc: &SchedClassifier = dp.ebpf.program(TC_PROGRAM).unwrap().try_into()?;
+    let tc: &SchedClassifier = dp.ebpf.program(TC_INGRESS_PROGRAM).unwrap().try_into()?;
 
     let syn = |src: SocketAddrV4, dst: SocketAddrV4| testrun::tcp(src, dst, "S", 1, &[]);
     let ack = |src: SocketAddrV4, dst: SocketAddrV4| testrun::tcp(src, dst, "A", 2, b"hello");
@@ -242,7 +242,7 @@ pub fn run_one(opts: &B1Options, n: usize) -> Result<B1Row> {
     let pp = ack(client, PING);
     let mut out = vec![0u8; pp.len() + 256];
     let r = run_tc(tc, &pp, &mut out, 4)?;
-    ensure!(r == TC_ACT_OK as u32, "ping-pong verdict {r}");
+    ensure!(r == TC_ACT_UNSPEC as u32, "ping-pong verdict {r}");
     ensure!(
         out[30..34] == PING.ip().octets(),
         "ping-pong: packet did not come back to the first frontend"
@@ -255,7 +255,7 @@ pub fn run_one(opts: &B1Options, n: usize) -> Result<B1Row> {
     // Established flow to a regular service, repeat = 1.
     let est = ack(client, target);
     let (v, _) = testrun::time_tc(tc, &est, 1)?;
-    ensure!(v == TC_ACT_OK, "verdict {v} for an established flow");
+    ensure!(v == TC_ACT_UNSPEC, "verdict {v} for an established flow");
     let established_r1_ns = mean_r1(opts.new_flows.min(20_000), |_| run_tc_once(tc, &est))?;
 
     // New flows, repeat = 1, a fresh source each run.
@@ -330,7 +330,7 @@ pub fn run_one(opts: &B1Options, n: usize) -> Result<B1Row> {
         None
     };
     // Every new flow made two conntrack entries (none evicted).
-    let ct_entries = reconciler.maps().ct.map.keys().count();
+    let ct_entries = reconciler.maps().ct.tcp.map.keys().count();
     let flows = if has_xdp { 2 * total_new } else { total_new };
     ensure!(
         ct_entries >= 2 * flows,
@@ -394,7 +394,7 @@ pub fn fill(
 /// backends by address order from ID 1, frontends in order from ID 1, each
 /// with its rev-NAT entry, name, generation-0 slots and frontend entry.
 pub fn write_directly(maps: &mut Maps, desired: &lb_agent::model::Desired) -> Result<()> {
-    use lb_common::{Backend4, BackendKey, RevNat4, RevNatKey, Service4Value, Slot, SlotKey};
+    use lb_common::{Backend4, BackendKey, RevNat4, RevNatKey, Service4Value, Slot, SlotKey, Vip4};
     let mut ids = std::collections::BTreeMap::new();
     for fe in desired.values() {
         for b in &fe.backends {
@@ -445,6 +445,8 @@ pub fn write_directly(maps: &mut Maps, desired: &lb_agent::model::Desired) -> Re
             affinity_timeout: fe.affinity_timeout,
         };
         maps.services.insert(&key, &v)?;
+        let vip = Vip4 { flags: maps.vips.get(&key.addr)?.map_or(0, |v| v.flags) | lb_agent::vips::kind(fe.flags) };
+        maps.vips.insert(&key.addr, &vip)?;
     }
     Ok(())
 }
@@ -467,7 +469,7 @@ fn run_tc(tc: &SchedClassifier, input: &[u8], out: &mut [u8], repeat: u32) -> Re
 
 fn run_tc_once(tc: &SchedClassifier, input: &[u8]) -> Result<u64> {
     let (v, d) = testrun::time_tc(tc, input, 1)?;
-    ensure!(v == TC_ACT_OK, "verdict {v}");
+    ensure!(v == TC_ACT_UNSPEC, "verdict {v}");
     Ok(d.as_nanos() as u64)
 }
 

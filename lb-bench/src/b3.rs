@@ -131,7 +131,7 @@ fn map_sizes(services: usize, endpoints: usize) -> MapSizes {
         services: fe.next_power_of_two(),
         backends: be.next_power_of_two(),
         slots: (be * 2).next_power_of_two(),
-        ct: 65_536,
+        ct_tcp: 65_536,
         ..MapSizes::default()
     }
 }

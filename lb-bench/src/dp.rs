@@ -89,7 +89,7 @@ pub fn install<'a>(
                 services: (svcs.len() as u32 + 1024).next_power_of_two(),
                 backends: (backends as u32 + 1024).next_power_of_two(),
                 slots: (backends as u32 * 2 + 1024).next_power_of_two(),
-                ct: 262_144,
+                ct_tcp: 262_144,
                 ..MapSizes::default()
             };
             let ifaces: Vec<String> = lab.pods.iter().map(|p| p.host_if.clone()).collect();

@@ -84,7 +84,7 @@ pub fn b1_table(rows: &[B1Row]) -> String {
         let f = r.floor_ns.max(1.0);
         let _ = writeln!(
             t,
-            "| {} | ClusterIP (tc `lb_tc`) | {} | {:.1} | {:.1} | {:.1} | {:.0} / {:.0} | {:.1} | {:.0} | {:.0} |",
+            "| {} | ClusterIP (tc `lb_tc_ingress`) | {} | {:.1} | {:.1} | {:.1} | {:.0} / {:.0} | {:.1} | {:.0} | {:.0} |",
             fmt_count(r.services as f64),
             prog,
             r.floor_ns,
@@ -481,11 +481,11 @@ pub fn markdown(r: &Report, plots: &[String]) -> String {
              Each service count is a fresh datapath whose maps hold N ClusterIP services with {} backends each (distinct backends), plus the frontends described below (a ClusterIP pair, and NodePort frontends when the object has the XDP program); \
              the measured service is the last one generated.\n\n\
              - **Floor**: the no-op `lb_xdp_pass`, `repeat` = {}, best of {}.\n\
-             - **Established flow** (`lb_tc`, conntrack hit): with `repeat` > 1 the kernel runs the program again and again on the *same* skb, so after the first DNAT the packet \
+             - **Established flow** (`lb_tc_ingress`, conntrack hit): with `repeat` > 1 the kernel runs the program again and again on the *same* skb, so after the first DNAT the packet \
              no longer goes to a service and later repeats would measure a miss. Two frontends A and B are therefore made each other's only backend: \
              the packet goes A → B → A …, and from the third repeat on every run is a conntrack hit plus the full DNAT rewrite on the real code path \
              (checked: after an even number of repeats the packet is back at A). `repeat` = {}, best of {}.\n\
-             - **New flow** (`lb_tc`, TCP SYN): conntrack is defeated by giving every run a source (address, port) never seen before, so each run is a service lookup, \
+             - **New flow** (`lb_tc_ingress`, TCP SYN): conntrack is defeated by giving every run a source (address, port) never seen before, so each run is a service lookup, \
              a conntrack miss, a backend selection (random slot + backend lookup), two conntrack inserts (service and reply direction, LRU hash) and the rewrite. \
              These are `repeat` = 1 runs ({} per round, best round mean of {}; the p50 column is over all runs); the conntrack map is sized so nothing is evicted, \
              which the benchmark checks. The kernel's duration of a `repeat` = 1 run also holds one clock read, the bh disable/enable around the program and \
@@ -578,7 +578,7 @@ pub fn markdown(r: &Report, plots: &[String]) -> String {
             "\nMethod. A lab node namespace with a client pod and {} backend pods (TCP servers on :8080), Calico-style routing through the node. \
              N services are generated once ({} endpoints each); the first and the last generated service have the ten backend pods as endpoints, the others fake \
              endpoints that are never contacted. The same list is programmed into each datapath in turn, each in a fresh lab (no conntrack or rule state carries over): \
-             **lb** (the `lb_tc` program attached to every pod interface in the node, maps filled as in B1), **kube-proxy iptables** (the B3 ruleset, loaded inside the node namespace with \
+             **lb** (the `lb_tc_ingress` program attached to every pod interface in the node, maps filled as in B1), **kube-proxy iptables** (the B3 ruleset, loaded inside the node namespace with \
              `iptables-restore` (nf_tables backend, the system default) and, as a separate datapath, with `iptables-legacy-restore`; the target's rule is first \
              or last in KUBE-SERVICES) and **kube-proxy nftables** (the B3 table, `nft -f` inside the node namespace). \
              The client then makes {} sequential connections to the target (after 50 warm-up ones): connect, send a line, read the reply to EOF, close; each is timed \

@@ -9,33 +9,44 @@ pub mod names {
     pub const SLOTS: &str = "LB4_SLOTS";
     pub const BACKENDS: &str = "LB4_BACKENDS";
     pub const REVNAT: &str = "LB4_REVNAT";
-    pub const CT: &str = "LB4_CT";
+    /// Conntrack of TCP flows.
+    pub const CT_TCP: &str = "LB4_CT_TCP";
+    /// Conntrack of every other flow (UDP), so that DNS churn cannot evict
+    /// idle established TCP flows.
+    pub const CT_ANY: &str = "LB4_CT_ANY";
     pub const SOCK_REVNAT: &str = "LB4_SOCK_REVNAT";
     pub const CONFIG: &str = "LB_CONFIG";
     pub const SVC_NAMES: &str = "LB_SVC_NAMES";
     pub const AFFINITY: &str = "LB4_AFFINITY";
     pub const MAGLEV: &str = "LB4_MAGLEV";
-    pub const NAT: &str = "LB4_NAT";
     pub const SRC_RANGES: &str = "LB4_SRC_RANGES";
     pub const NODE: &str = "LB_NODE";
     pub const DEVICES: &str = "LB_DEVICES";
+    pub const VIPS: &str = "LB4_VIPS";
+    pub const FRAGS: &str = "LB4_FRAGS";
+    pub const REJECT_RATE: &str = "LB4_REJECT_RATE";
+    pub const STATS: &str = "LB_STATS";
 
     /// Every map the agent pins, in a stable order.
-    pub const ALL: [&str; 14] = [
+    pub const ALL: [&str; 18] = [
         SERVICES,
         SLOTS,
         BACKENDS,
         REVNAT,
-        CT,
+        CT_TCP,
+        CT_ANY,
         SOCK_REVNAT,
         CONFIG,
         SVC_NAMES,
         AFFINITY,
         MAGLEV,
-        NAT,
         SRC_RANGES,
         NODE,
         DEVICES,
+        VIPS,
+        FRAGS,
+        REJECT_RATE,
+        STATS,
     ];
 }
 
@@ -45,7 +56,10 @@ pub mod sizes {
     pub const SLOTS: u32 = 262_144;
     pub const BACKENDS: u32 = 65_536;
     pub const REVNAT: u32 = 65_536;
-    pub const CT: u32 = 262_144;
+    /// TCP conntrack entries (two per flow).
+    pub const CT_TCP: u32 = 262_144;
+    /// Non-TCP conntrack entries (two per flow).
+    pub const CT_ANY: u32 = 131_072;
     pub const SOCK_REVNAT: u32 = 65_536;
     pub const SVC_NAMES: u32 = 65_536;
     pub const AFFINITY: u32 = 65_536;
@@ -53,12 +67,16 @@ pub mod sizes {
     pub const MAGLEV: u32 = 4_096;
     /// Default Maglev table size M (prime), as Cilium's.
     pub const MAGLEV_M: u32 = 16_381;
-    /// North-south SNAT entries (two per SNATed flow).
-    pub const NAT: u32 = 131_072;
     /// loadBalancerSourceRanges CIDRs, all frontends together (as Cilium).
     pub const SRC_RANGES: u32 = 65_536;
     /// External interfaces with the XDP program.
     pub const DEVICES: u32 = 64;
+    /// Service addresses (ClusterIPs, LoadBalancer IPs).
+    pub const VIPS: u32 = 65_536;
+    /// IPv4 datagrams in flight as fragments.
+    pub const FRAGS: u32 = 8_192;
+    /// Clients tracked by the ICMP reject rate limit.
+    pub const REJECT_RATE: u32 = 16_384;
 }
 
 pub const IPPROTO_ICMP: u8 = 1;
@@ -211,58 +229,93 @@ impl Ct4Key {
     }
 }
 
-/// `CtEntry::tcp_flags` collects the TCP flags seen on the flow.
+/// TCP flags as they appear in the header, and as `CtEntry::tcp_flags`
+/// collects them.
 pub mod ct_flags {
-    pub const SYN: u8 = 0x02;
     pub const FIN: u8 = 0x01;
+    pub const SYN: u8 = 0x02;
     pub const RST: u8 = 0x04;
     pub const ACK: u8 = 0x10;
+    /// The flags conntrack keeps; the others are ignored.
+    pub const TRACKED: u8 = FIN | SYN | RST | ACK;
 }
 
+/// `CtEntry::flags`.
+pub mod ct_entry_flags {
+    /// `CtEntry::seq` holds a sequence number seen in this direction.
+    pub const SEQ_SEEN: u8 = 1 << 0;
+}
+
+/// One direction of a translated flow, in `LB4_CT_TCP` (TCP) or
+/// `LB4_CT_ANY` (everything else). A packet whose tuple is the key leaves
+/// with source `nat_saddr:nat_sport` and destination `nat_daddr:nat_dport`.
+///
+/// - A forward entry ([`CT_SERVICE`]) is keyed by the client's tuple
+///   towards the frontend; it rewrites the destination to the backend and
+///   the source to the client itself, or to what the client was translated
+///   to: a SNAT address and port (north-south to another node), the
+///   hairpin address (a pod reaching itself), or another source port (the
+///   reply tuple was taken by another flow).
+/// - A reply entry ([`CT_REPLY`]) is keyed by the backend's reply tuple; it
+///   rewrites the source back to the frontend and the destination back to
+///   the original client.
+///
+/// Either entry names its twin: [`CtEntry::twin_key`]. Together they hold
+/// everything a packet of the flow needs, so one lookup per packet does.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CtEntry {
     /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) of the last packet in this
     /// entry's direction, for timeouts and GC.
     pub last_seen: u64,
+    pub nat_saddr: u32,
+    pub nat_daddr: u32,
+    pub nat_sport: u16,
+    pub nat_dport: u16,
     pub backend_id: u32,
     pub rev_nat_id: u32,
-    /// The other end of the translation: the backend (in a `CT_SERVICE`
-    /// entry) or the frontend (in a `CT_REPLY` entry). With it the agent
-    /// finds an entry's twin without reading other maps.
-    pub peer_addr: u32,
-    pub peer_port: u16,
-    /// TCP flags seen in this entry's direction (`ct_flags`).
+    /// TCP: the highest sequence number seen in this direction (host
+    /// order), to tell whether a RST belongs to the flow.
+    pub seq: u32,
+    /// TCP flags seen in this entry's direction (`ct_flags::TRACKED`).
     pub tcp_flags: u8,
+    /// TCP flags the other direction saw that decide the flow's state: the
+    /// client's ACK (in a reply entry), FIN and RST (in both).
+    pub peer_flags: u8,
+    /// `ct_entry_flags::*`.
+    pub flags: u8,
     pub _pad: u8,
+    pub _pad2: u32,
 }
 
 impl CtEntry {
     /// The key of the other direction's entry.
     #[inline(always)]
     pub fn twin_key(&self, key: &Ct4Key) -> Ct4Key {
-        if key.dir == CT_SERVICE {
-            Ct4Key {
-                saddr: self.peer_addr,
-                daddr: key.saddr,
-                sport: self.peer_port,
-                dport: key.sport,
-                proto: key.proto,
-                dir: CT_REPLY,
-                _pad: 0,
-            }
+        let dir = if key.dir == CT_SERVICE { CT_REPLY } else { CT_SERVICE };
+        Ct4Key::new(self.nat_daddr, self.nat_saddr, self.nat_dport, self.nat_sport, key.proto, dir)
+    }
+
+    /// The flags of the flow's originator (client) and responder
+    /// (backend) as this entry knows them.
+    #[inline(always)]
+    pub fn orig_resp_flags(&self, dir: u8) -> (u8, u8) {
+        if dir == CT_SERVICE {
+            (self.tcp_flags, self.peer_flags)
         } else {
-            Ct4Key {
-                saddr: key.daddr,
-                daddr: self.peer_addr,
-                sport: key.dport,
-                dport: self.peer_port,
-                proto: key.proto,
-                dir: CT_SERVICE,
-                _pad: 0,
-            }
+            (self.peer_flags, self.tcp_flags)
         }
     }
+}
+
+/// The address a pod's connection to its own Service comes from, as seen
+/// by the pod (Cilium uses the same link-local address): the pod cannot
+/// talk to itself with its own address as the source.
+pub const HAIRPIN_ADDR: [u8; 4] = [169, 254, 42, 1];
+
+/// [`HAIRPIN_ADDR`] as stored in keys and values (network order).
+pub const fn hairpin_addr() -> u32 {
+    u32::from_ne_bytes(HAIRPIN_ADDR)
 }
 
 /// Socket-level reverse NAT for host clients: after connect4/sendmsg4 turned
@@ -378,65 +431,6 @@ pub struct SvcName {
 
 // ---- North-south (NodePort, external IPs, LoadBalancer) ---------------------
 
-/// `LB4_NAT` (LRU): the SNAT of north-south flows whose backend is on
-/// another node. Keyed by [`Ct4Key`], with `dir`:
-///
-/// - [`CT_SERVICE`]: the client's original tuple (client -> frontend); the
-///   value's `addr:port` is the node address and NAT port the flow leaves
-///   with, `peer_addr:peer_port` the backend the port was allocated for;
-/// - [`CT_REPLY`]: the backend's reply tuple (backend -> node address:NAT
-///   port); the value's `addr:port` is the client, `peer_addr:peer_port` the
-///   frontend the reply must come from.
-///
-/// The two entries of a flow name each other: see [`Nat4::twin_key`].
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Nat4 {
-    /// `bpf_ktime_get_ns()` of the last packet in this entry's direction.
-    pub last_seen: u64,
-    pub addr: u32,
-    pub port: u16,
-    /// TCP flags seen in this entry's direction (`ct_flags`).
-    pub tcp_flags: u8,
-    pub _pad: u8,
-    pub peer_addr: u32,
-    pub peer_port: u16,
-    pub _pad2: u16,
-    /// Frontend ID (rev-NAT index) of the flow.
-    pub rev_nat_id: u32,
-    pub _pad3: u32,
-}
-
-impl Nat4 {
-    /// The key of the other direction's entry.
-    #[inline(always)]
-    pub fn twin_key(&self, key: &Ct4Key) -> Ct4Key {
-        if key.dir == CT_SERVICE {
-            // client -> frontend  ==>  backend -> nat addr:port
-            Ct4Key {
-                saddr: self.peer_addr,
-                daddr: self.addr,
-                sport: self.peer_port,
-                dport: self.port,
-                proto: key.proto,
-                dir: CT_REPLY,
-                _pad: 0,
-            }
-        } else {
-            // backend -> nat addr:port  ==>  client -> frontend
-            Ct4Key {
-                saddr: self.addr,
-                daddr: self.peer_addr,
-                sport: self.port,
-                dport: self.peer_port,
-                proto: key.proto,
-                dir: CT_SERVICE,
-                _pad: 0,
-            }
-        }
-    }
-}
-
 /// `LB4_SRC_RANGES` (LPM trie): loadBalancerSourceRanges of frontends.
 /// The trie key is a prefix length followed by this data; the prefix length
 /// counts the 32 bits of `svc_id` plus the CIDR's prefix, so a lookup with
@@ -481,7 +475,10 @@ pub struct NodeConfig {
     pub nat_port_max: u16,
     /// `node_flags::*`.
     pub flags: u32,
-    pub _pad: u32,
+    /// The NodePort range, inclusive, host order: XDP leaves other
+    /// traffic to node addresses alone at once.
+    pub nodeport_min: u16,
+    pub nodeport_max: u16,
 }
 
 pub mod node_flags {
@@ -496,16 +493,164 @@ pub mod xdp_mode {
     pub const OFFLOAD: u32 = 3;
 }
 
+/// Why an external interface has the XDP mode it has (`Device::why`).
+pub mod xdp_why {
+    /// The mode was asked for (`--xdp-mode native|generic`).
+    pub const REQUESTED: u32 = 0;
+    /// `auto`: the driver runs XDP natively.
+    pub const AUTO_NATIVE: u32 = 1;
+    /// `auto`: a veth (kind, containerlab): native XDP there passes the
+    /// sender's partial checksums on as they are, and the frames it
+    /// transmits arrive only where the peer runs XDP too.
+    pub const AUTO_VETH: u32 = 2;
+    /// `auto`: the driver has no native XDP.
+    pub const AUTO_UNSUPPORTED: u32 = 3;
+}
+
 pub const IFNAME_LEN: usize = 16;
 
 /// `LB_DEVICES`: ifindex -> how the XDP program is attached there. Written
-/// by the agent for `lb-agent list`; the datapath does not read it.
+/// by the agent; read by `lb-agent list`, and by the XDP program to tell
+/// whether a frame can be a GSO super-packet (generic mode).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Device {
     /// `xdp_mode::*`.
     pub mode: u32,
     pub name: [u8; IFNAME_LEN],
+    /// `xdp_why::*`.
+    pub why: u32,
+}
+
+/// `LB4_VIPS`: every frontend address -> what kinds of frontend it has.
+/// The datapath's first lookup: a packet to any other address is not
+/// ours. Traffic to a ClusterIP on a port no Service defines is rejected,
+/// and a fragment to a virtual address whose first fragment was not seen
+/// is dropped, never routed on untranslated.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Vip4 {
+    /// `vip_flags::*`.
+    pub flags: u32,
+}
+
+/// What kinds of frontend an address has: the union over its frontends.
+pub mod vip_flags {
+    /// A ClusterIP: a port no Service defines is rejected.
+    pub const CLUSTER_IP: u32 = 1 << 0;
+    /// A LoadBalancer ingress IP.
+    pub const LOAD_BALANCER: u32 = 1 << 1;
+    /// An external IP.
+    pub const EXTERNAL_IP: u32 = 1 << 2;
+    /// A node address with NodePorts.
+    pub const NODE_PORT: u32 = 1 << 3;
+    /// Addresses that exist only as Service frontends: a fragment there
+    /// with no known first fragment cannot be for anything else.
+    pub const VIRTUAL: u32 = CLUSTER_IP | LOAD_BALANCER;
+}
+
+/// `LB4_FRAGS` (LRU): an IPv4 datagram being fragmented, as its packets
+/// arrive at a hook (before translation): its first fragment's ports, so
+/// the later fragments, which carry no L4 header, get the same
+/// translation (as Cilium's `IPV4_FRAG_DATAGRAMS_MAP`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Frag4Key {
+    pub saddr: u32,
+    pub daddr: u32,
+    /// The IPv4 identification field, network order.
+    pub id: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Frag4 {
+    pub sport: u16,
+    pub dport: u16,
+}
+
+/// `LB4_REJECT_RATE` (LRU): a token bucket per client address for the ICMP
+/// errors the datapath sends (rejects), so it cannot be used as a
+/// reflector: [`REJECT_BURST`] at once, then [`REJECT_PER_SEC`] a second.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RejectRate {
+    /// CLOCK_MONOTONIC ns of the last refill.
+    pub last_ns: u64,
+    pub tokens: u32,
+    pub _pad: u32,
+}
+
+pub const REJECT_BURST: u32 = 20;
+pub const REJECT_PER_SEC: u32 = 10;
+
+/// `LB_STATS` (per-CPU array of u64): what the datapath did with packets
+/// it did not simply translate, by index.
+pub mod stat {
+    /// Rejected (ICMP port unreachable / ECONNREFUSED): the frontend has
+    /// no endpoint.
+    pub const REJECT_NO_BACKEND: u32 = 0;
+    /// Dropped: a Local traffic policy and no endpoint on this node.
+    pub const DROP_NO_LOCAL_BACKEND: u32 = 1;
+    /// Dropped: the client is outside loadBalancerSourceRanges.
+    pub const DROP_SOURCE_RANGE: u32 = 2;
+    /// Dropped: no free SNAT or clash port for a new flow.
+    pub const DROP_NO_NAT_PORT: u32 = 3;
+    /// Dropped: a conntrack entry could not be written.
+    pub const DROP_CT_WRITE: u32 = 4;
+    /// Dropped: a packet write failed half-way.
+    pub const DROP_REWRITE: u32 = 5;
+    /// Dropped: a later fragment to a Service address whose first
+    /// fragment was not seen.
+    pub const DROP_ORPHAN_FRAGMENT: u32 = 6;
+    /// Rejected: a ClusterIP on a port no Service defines.
+    pub const REJECT_UNSERVED_PORT: u32 = 7;
+    /// Dropped: a reject that the per-client rate limit held back.
+    pub const DROP_REJECT_RATE: u32 = 8;
+    /// Dropped: a backend slot vanished under a concurrent update.
+    pub const DROP_NO_SLOT: u32 = 9;
+    /// A RST whose sequence number is outside the flow's window: passed
+    /// on, but it does not end the flow.
+    pub const RST_IGNORED: u32 = 10;
+    /// A new flow whose reply tuple was taken got another source port.
+    pub const PORT_REMAPPED: u32 = 11;
+    /// An ICMP error about a translated flow, translated.
+    pub const ICMP_TRANSLATED: u32 = 12;
+    /// A later fragment given its datagram's translation.
+    pub const FRAGMENT_TRANSLATED: u32 = 13;
+    /// A pod's connection to its own Service (hairpin), source-NATed.
+    pub const HAIRPIN: u32 = 14;
+    /// Dropped: TTL expired on a north-south packet forwarded by XDP.
+    pub const DROP_TTL: u32 = 15;
+    /// Answered with "fragmentation needed": a north-south packet too big
+    /// for the path to its backend.
+    pub const FRAG_NEEDED_SENT: u32 = 16;
+
+    /// Slots in the map.
+    pub const SLOTS: u32 = 32;
+
+    /// Names for listings and metrics, by index.
+    pub const NAMES: [&str; 17] = [
+        "reject_no_backend",
+        "drop_no_local_backend",
+        "drop_source_range",
+        "drop_no_nat_port",
+        "drop_ct_write",
+        "drop_rewrite",
+        "drop_orphan_fragment",
+        "reject_unserved_port",
+        "drop_reject_rate_limited",
+        "drop_no_slot",
+        "rst_ignored",
+        "port_remapped",
+        "icmp_translated",
+        "fragment_translated",
+        "hairpin",
+        "drop_ttl_exceeded",
+        "frag_needed_sent",
+    ];
 }
 
 // ---- ABI locks -------------------------------------------------------------
@@ -528,7 +673,7 @@ assert_layout!(Backend4, size = 8, addr @ 0, port @ 4, proto @ 6, flags @ 7);
 assert_layout!(RevNatKey, size = 4, id @ 0);
 assert_layout!(RevNat4, size = 8, addr @ 0, port @ 4, _pad @ 6);
 assert_layout!(Ct4Key, size = 16, saddr @ 0, daddr @ 4, sport @ 8, dport @ 10, proto @ 12, dir @ 13, _pad @ 14);
-assert_layout!(CtEntry, size = 24, last_seen @ 0, backend_id @ 8, rev_nat_id @ 12, peer_addr @ 16, peer_port @ 20, tcp_flags @ 22, _pad @ 23);
+assert_layout!(CtEntry, size = 40, last_seen @ 0, nat_saddr @ 8, nat_daddr @ 12, nat_sport @ 16, nat_dport @ 18, backend_id @ 20, rev_nat_id @ 24, seq @ 28, tcp_flags @ 32, peer_flags @ 33, flags @ 34, _pad @ 35, _pad2 @ 36);
 assert_layout!(SockRevNat4Key, size = 16, cookie @ 0, addr @ 8, port @ 12, _pad @ 14);
 assert_layout!(SockRevNat4, size = 12, addr @ 0, port @ 4, _pad @ 6, rev_nat_id @ 8);
 assert_layout!(Config, size = 32, host_netns_cookie @ 0, flags @ 8, maglev_m @ 12, timeouts @ 16);
@@ -536,10 +681,14 @@ assert_layout!(CtTimeouts, size = 16, tcp_syn @ 0, tcp_established @ 4, tcp_clos
 assert_layout!(Affinity4Key, size = 16, client @ 0, svc_id @ 8, _pad @ 12);
 assert_layout!(Affinity4, size = 16, last_used @ 0, backend_id @ 8, _pad @ 12);
 assert_layout!(SvcName, size = SVC_NAME_LEN, name @ 0);
-assert_layout!(Nat4, size = 32, last_seen @ 0, addr @ 8, port @ 12, tcp_flags @ 14, _pad @ 15, peer_addr @ 16, peer_port @ 20, _pad2 @ 22, rev_nat_id @ 24, _pad3 @ 28);
 assert_layout!(SrcRange4, size = 8, svc_id @ 0, addr @ 4);
-assert_layout!(NodeConfig, size = 16, snat_addr @ 0, nat_port_min @ 4, nat_port_max @ 6, flags @ 8, _pad @ 12);
-assert_layout!(Device, size = 20, mode @ 0, name @ 4);
+assert_layout!(NodeConfig, size = 16, snat_addr @ 0, nat_port_min @ 4, nat_port_max @ 6, flags @ 8, nodeport_min @ 12, nodeport_max @ 14);
+assert_layout!(Device, size = 24, mode @ 0, name @ 4, why @ 20);
+assert_layout!(Vip4, size = 4, flags @ 0);
+assert_layout!(Frag4Key, size = 12, saddr @ 0, daddr @ 4, id @ 8, proto @ 10, _pad @ 11);
+assert_layout!(Frag4, size = 4, sport @ 0, dport @ 2);
+assert_layout!(RejectRate, size = 16, last_ns @ 0, tokens @ 8, _pad @ 12);
+const _: () = assert!(stat::NAMES.len() as u32 <= stat::SLOTS);
 
 #[cfg(feature = "user")]
 mod user {
@@ -574,10 +723,13 @@ mod user {
         Affinity4Key,
         Affinity4,
         SvcName,
-        Nat4,
         SrcRange4,
         NodeConfig,
         Device,
+        Vip4,
+        Frag4Key,
+        Frag4,
+        RejectRate,
     );
 }
 
@@ -602,17 +754,17 @@ mod north_south_tests {
     }
 
     #[test]
-    fn nat_entries_name_their_twin() {
-        let out_key = Ct4Key {
-            saddr: 1, daddr: 2, sport: 3, dport: 4, proto: IPPROTO_TCP, dir: CT_SERVICE, _pad: 0,
+    fn ct_entries_name_their_twin() {
+        // client 1:3 -> frontend 2:4, SNATed to 10:11, backend 20:21.
+        let fwd_key = Ct4Key::new(1, 2, 3, 4, IPPROTO_TCP, CT_SERVICE);
+        let fwd = CtEntry {
+            last_seen: 0, nat_saddr: 10, nat_daddr: 20, nat_sport: 11, nat_dport: 21,
+            backend_id: 7, rev_nat_id: 5, seq: 0, tcp_flags: 0, peer_flags: 0, flags: 0, _pad: 0, _pad2: 0,
         };
-        let out = Nat4 {
-            last_seen: 0, addr: 10, port: 11, tcp_flags: 0, _pad: 0,
-            peer_addr: 20, peer_port: 21, _pad2: 0, rev_nat_id: 5, _pad3: 0,
-        };
-        let in_key = out.twin_key(&out_key);
-        assert_eq!((in_key.saddr, in_key.daddr, in_key.sport, in_key.dport, in_key.dir), (20, 10, 21, 11, CT_REPLY));
-        let back = Nat4 { addr: 1, port: 3, peer_addr: 2, peer_port: 4, ..out };
-        assert_eq!(back.twin_key(&in_key), out_key);
+        let reply_key = fwd.twin_key(&fwd_key);
+        assert_eq!(reply_key, Ct4Key::new(20, 10, 21, 11, IPPROTO_TCP, CT_REPLY));
+        let reply = CtEntry { nat_saddr: 2, nat_sport: 4, nat_daddr: 1, nat_dport: 3, ..fwd };
+        assert_eq!(reply.twin_key(&reply_key), fwd_key);
     }
+
 }

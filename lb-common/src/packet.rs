@@ -10,9 +10,17 @@ pub const TCP_HLEN: usize = 20;
 pub const UDP_HLEN: usize = 8;
 pub const ICMP_HLEN: usize = 8;
 
+/// The IPv4 "don't fragment" and "more fragments" bits and the offset mask
+/// of the (host order) `frag_off` field.
+pub const IP_DF: u16 = 0x4000;
+pub const IP_MF: u16 = 0x2000;
+pub const IP_OFFSET: u16 = 0x1fff;
+
 /// Offsets inside an IPv4 header.
 pub mod ip {
+    pub const TOS: usize = 1;
     pub const TOT_LEN: usize = 2;
+    pub const ID: usize = 4;
     pub const FRAG_OFF: usize = 6;
     pub const TTL: usize = 8;
     pub const PROTO: usize = 9;
@@ -25,6 +33,7 @@ pub mod ip {
 pub mod l4 {
     pub const SPORT: usize = 0;
     pub const DPORT: usize = 2;
+    pub const TCP_SEQ: usize = 4;
     pub const TCP_FLAGS: usize = 13;
     pub const TCP_CHECK: usize = 16;
     pub const UDP_CHECK: usize = 6;
@@ -40,10 +49,70 @@ pub fn l4_check_offset(proto: u8) -> usize {
     }
 }
 
+/// Offsets inside an ICMP header.
+pub mod icmp {
+    pub const TYPE: usize = 0;
+    pub const CODE: usize = 1;
+    pub const CHECK: usize = 2;
+    /// "Fragmentation needed": the next-hop MTU (network order).
+    pub const MTU: usize = 6;
+
+    pub const DEST_UNREACH: u8 = 3;
+    pub const TIME_EXCEEDED: u8 = 11;
+    pub const PARAMETER_PROBLEM: u8 = 12;
+    /// Codes of `DEST_UNREACH`.
+    pub const PORT_UNREACH: u8 = 3;
+    pub const FRAG_NEEDED: u8 = 4;
+}
+
+/// Whether an ICMP type is an error that quotes the packet it is about
+/// (destination unreachable, time exceeded, parameter problem): those are
+/// translated with the flow they belong to.
+#[inline(always)]
+pub fn is_icmp_error(icmp_type: u8) -> bool {
+    icmp_type == icmp::DEST_UNREACH || icmp_type == icmp::TIME_EXCEEDED || icmp_type == icmp::PARAMETER_PROBLEM
+}
+
+/// Where a fragment sits in its datagram.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fragment {
+    /// A whole datagram.
+    No,
+    /// The first fragment: it carries the L4 header.
+    First,
+    /// A later fragment: no L4 header.
+    Later,
+}
+
+/// The fragment position from the IPv4 `frag_off` field (network order).
+#[inline(always)]
+pub fn fragment(frag_off_be: u16) -> Fragment {
+    let f = u16::from_be(frag_off_be);
+    if f & IP_OFFSET != 0 {
+        Fragment::Later
+    } else if f & IP_MF != 0 {
+        Fragment::First
+    } else {
+        Fragment::No
+    }
+}
+
 /// A non-first fragment carries no L4 header (offset field != 0).
 #[inline(always)]
 pub fn is_later_fragment(frag_off_be: u16) -> bool {
-    u16::from_be(frag_off_be) & 0x1fff != 0
+    fragment(frag_off_be) == Fragment::Later
+}
+
+/// Offsets in an ICMP error about an IPv4 packet whose outer and inner
+/// IPv4 headers have no options (the only ones translated): from the start
+/// of the outer IPv4 header.
+pub mod icmp_error {
+    use super::{ICMP_HLEN, IPV4_HLEN};
+    pub const ICMP: usize = IPV4_HLEN;
+    pub const INNER_IP: usize = ICMP + ICMP_HLEN;
+    pub const INNER_L4: usize = INNER_IP + IPV4_HLEN;
+    /// The least an error must carry: both headers and the inner ports.
+    pub const MIN_LEN: usize = INNER_L4 + 8;
 }
 
 /// Length of the quoted datagram in an ICMP error we generate: the
@@ -57,7 +126,16 @@ pub const ICMP_UNREACH_LEN: usize = IPV4_HLEN + ICMP_HLEN + ICMP_QUOTE_LEN;
 /// IPv4 header and first 8 payload bytes). This is what kube-proxy's
 /// `REJECT` rule sends for a Service without endpoints, for TCP and UDP.
 /// The error comes from the address the client dialled.
+#[inline(always)]
 pub fn icmp_port_unreachable(quote: &[u8; ICMP_QUOTE_LEN]) -> [u8; ICMP_UNREACH_LEN] {
+    icmp_error_packet(quote, icmp::DEST_UNREACH, icmp::PORT_UNREACH, 0)
+}
+
+/// Builds the IPv4 packet of an ICMP error of `icmp_type`/`code` answering
+/// `quote`, from the address the offending packet was sent to. `mtu` goes
+/// into the "next-hop MTU" field (for "fragmentation needed"; 0 otherwise).
+#[inline(always)]
+pub fn icmp_error_packet(quote: &[u8; ICMP_QUOTE_LEN], icmp_type: u8, code: u8, mtu: u16) -> [u8; ICMP_UNREACH_LEN] {
     let mut out = [0u8; ICMP_UNREACH_LEN];
     // IPv4 header.
     out[0] = 0x45;
@@ -78,8 +156,9 @@ pub fn icmp_port_unreachable(quote: &[u8; ICMP_QUOTE_LEN]) -> [u8; ICMP_UNREACH_
     let check = csum::checksum(&iph);
     out[ip::CHECK..ip::CHECK + 2].copy_from_slice(&check.to_ne_bytes());
     // ICMP header + quote.
-    out[IPV4_HLEN] = 3; // destination unreachable
-    out[IPV4_HLEN + 1] = 3; // port unreachable
+    out[IPV4_HLEN + icmp::TYPE] = icmp_type;
+    out[IPV4_HLEN + icmp::CODE] = code;
+    out[IPV4_HLEN + icmp::MTU..IPV4_HLEN + icmp::MTU + 2].copy_from_slice(&mtu.to_be_bytes());
     out[IPV4_HLEN + ICMP_HLEN..].copy_from_slice(quote);
     let mut icmp = [0u8; ICMP_HLEN + ICMP_QUOTE_LEN];
     icmp.copy_from_slice(&out[IPV4_HLEN..]);
@@ -121,5 +200,24 @@ mod tests {
         assert!(!is_later_fragment(0x4000u16.to_be())); // DF only
         assert!(!is_later_fragment(0x2000u16.to_be())); // MF, first fragment
         assert!(is_later_fragment(0x0001u16.to_be()));
+        assert_eq!(fragment(0x4000u16.to_be()), Fragment::No);
+        assert_eq!(fragment(0x2000u16.to_be()), Fragment::First);
+        assert_eq!(fragment(0x2001u16.to_be()), Fragment::Later);
+        assert_eq!(fragment(0x0001u16.to_be()), Fragment::Later, "the last fragment has no MF");
+    }
+
+    #[test]
+    fn frag_needed_carries_the_mtu() {
+        let mut quote = [0u8; ICMP_QUOTE_LEN];
+        quote[0] = 0x45;
+        quote[ip::SADDR..ip::SADDR + 4].copy_from_slice(&[192, 168, 60, 100]);
+        quote[ip::DADDR..ip::DADDR + 4].copy_from_slice(&[192, 168, 50, 1]);
+        let out = icmp_error_packet(&quote, icmp::DEST_UNREACH, icmp::FRAG_NEEDED, 1400);
+        assert_eq!(&out[20..22], &[3, 4]);
+        assert_eq!(u16::from_be_bytes([out[26], out[27]]), 1400);
+        let mut icmp = [0u8; 36];
+        icmp.copy_from_slice(&out[20..]);
+        assert_eq!(csum::fold(csum::sum_words(&icmp, 0)), 0xffff);
+        assert!(is_icmp_error(3) && is_icmp_error(11) && is_icmp_error(12) && !is_icmp_error(8));
     }
 }

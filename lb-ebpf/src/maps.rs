@@ -3,13 +3,13 @@
 
 use aya_ebpf::{
     bindings::BPF_F_INNER_MAP,
-    btf_maps::{Array, HashMap, HashOfMaps, LpmTrie, LruHashMap},
+    btf_maps::{Array, HashMap, HashOfMaps, LpmTrie, LruHashMap, PerCpuArray},
     macros::btf_map,
 };
 use lb_common::{
-    Affinity4, Affinity4Key, Backend4, BackendKey, Config, Ct4Key, CtEntry, Device, Nat4,
-    NodeConfig, RevNat4, RevNatKey, Service4Key, Service4Value, Slot, SlotKey, SockRevNat4,
-    SockRevNat4Key, SrcRange4, SvcName, sizes,
+    Affinity4, Affinity4Key, Backend4, BackendKey, Config, Ct4Key, CtEntry, Device, Frag4, Frag4Key,
+    NodeConfig, RejectRate, RevNat4, RevNatKey, Service4Key, Service4Value, Slot, SlotKey, SockRevNat4,
+    SockRevNat4Key, SrcRange4, SvcName, Vip4, sizes, stat,
 };
 
 #[btf_map]
@@ -26,10 +26,17 @@ pub static LB4_BACKENDS: HashMap<BackendKey, Backend4, { sizes::BACKENDS as usiz
 #[btf_map]
 pub static LB4_REVNAT: HashMap<RevNatKey, RevNat4, { sizes::REVNAT as usize }> = HashMap::new();
 
-/// Connection tracking. LRU: under pressure the oldest flows go first and a
-/// new flow never fails to be recorded.
+/// Connection tracking of TCP flows, two entries per flow (see
+/// `lb_common::CtEntry`). LRU: under pressure the oldest flows go first and
+/// a new flow never fails to be recorded.
 #[btf_map]
-pub static LB4_CT: LruHashMap<Ct4Key, CtEntry, { sizes::CT as usize }> = LruHashMap::new();
+pub static LB4_CT_TCP: LruHashMap<Ct4Key, CtEntry, { sizes::CT_TCP as usize }> = LruHashMap::new();
+
+/// Connection tracking of every other flow (UDP). Kept apart from TCP so
+/// that a burst of short UDP flows (DNS) cannot evict idle established TCP
+/// flows, as in Cilium.
+#[btf_map]
+pub static LB4_CT_ANY: LruHashMap<Ct4Key, CtEntry, { sizes::CT_ANY as usize }> = LruHashMap::new();
 
 #[btf_map]
 pub static LB4_SOCK_REVNAT: LruHashMap<SockRevNat4Key, SockRevNat4, { sizes::SOCK_REVNAT as usize }> =
@@ -63,11 +70,6 @@ pub type MaglevTable = Array<u32, 1, { BPF_F_INNER_MAP as usize }>;
 pub static LB4_MAGLEV: HashOfMaps<RevNatKey, MaglevTable, { sizes::MAGLEV as usize }> =
     HashOfMaps::new();
 
-/// North-south SNAT of flows to backends on other nodes (see
-/// `lb_common::Nat4`). LRU: the oldest flows go first under pressure.
-#[btf_map]
-pub static LB4_NAT: LruHashMap<Ct4Key, Nat4, { sizes::NAT as usize }> = LruHashMap::new();
-
 /// loadBalancerSourceRanges: (frontend ID, CIDR) -> 1.
 #[btf_map]
 pub static LB4_SRC_RANGES: LpmTrie<SrcRange4, u32, { sizes::SRC_RANGES as usize }> = LpmTrie::new();
@@ -79,3 +81,19 @@ pub static LB_NODE: Array<NodeConfig, 1> = Array::new();
 /// External interfaces and their XDP mode, for listings only.
 #[btf_map]
 pub static LB_DEVICES: HashMap<u32, Device, { sizes::DEVICES as usize }> = HashMap::new();
+
+/// Every frontend address and its kinds: the first lookup of a packet.
+#[btf_map]
+pub static LB4_VIPS: HashMap<u32, Vip4, { sizes::VIPS as usize }> = HashMap::new();
+
+/// IPv4 datagrams in fragments: the first fragment's ports, for the rest.
+#[btf_map]
+pub static LB4_FRAGS: LruHashMap<Frag4Key, Frag4, { sizes::FRAGS as usize }> = LruHashMap::new();
+
+/// Per-client token buckets for the ICMP errors the datapath sends.
+#[btf_map]
+pub static LB4_REJECT_RATE: LruHashMap<u32, RejectRate, { sizes::REJECT_RATE as usize }> = LruHashMap::new();
+
+/// Counters by `lb_common::stat` index, per CPU.
+#[btf_map]
+pub static LB_STATS: PerCpuArray<u64, { stat::SLOTS as usize }> = PerCpuArray::new();

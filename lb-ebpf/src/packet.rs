@@ -1,11 +1,19 @@
-//! Bounds-checked packet access shared by the tc and XDP programs.
+//! Bounds-checked packet access and L4 checksum updates, shared by the tc
+//! and XDP programs.
 
-use aya_ebpf::programs::{TcContext, XdpContext};
+use aya_ebpf::{
+    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
+    programs::{TcContext, XdpContext},
+};
+use lb_common::csum;
 
 /// A context with direct packet access.
 pub trait PacketData {
     fn data(&self) -> usize;
     fn data_end(&self) -> usize;
+    /// The whole packet's length (an skb may hold more than its linear
+    /// part).
+    fn len(&self) -> u32;
 }
 
 impl PacketData for TcContext {
@@ -18,6 +26,11 @@ impl PacketData for TcContext {
     fn data_end(&self) -> usize {
         TcContext::data_end(self)
     }
+
+    #[inline(always)]
+    fn len(&self) -> u32 {
+        TcContext::len(self)
+    }
 }
 
 impl PacketData for XdpContext {
@@ -29,6 +42,11 @@ impl PacketData for XdpContext {
     #[inline(always)]
     fn data_end(&self) -> usize {
         XdpContext::data_end(self)
+    }
+
+    #[inline(always)]
+    fn len(&self) -> u32 {
+        (self.data_end() - self.data()) as u32
     }
 }
 
@@ -58,4 +76,59 @@ pub fn write<C: PacketData, T>(ctx: &C, off: usize, v: T) -> Option<()> {
     // SAFETY: ptr_at checked the bounds against data_end.
     unsafe { ptr_at::<C, T>(ctx, off)?.write_unaligned(v) };
     Some(())
+}
+
+/// Updates a TCP or UDP checksum (at `check_off`) for a changed field.
+/// A UDP checksum of 0 means "none" and stays 0.
+pub trait L4Csum {
+    /// A 4-byte field of the pseudo-header (an address) changed.
+    fn l4_csum_addr(&self, check_off: usize, udp: bool, from: u32, to: u32) -> Option<()>;
+    /// A 2-byte field inside the L4 header (a port) changed.
+    fn l4_csum_port(&self, check_off: usize, udp: bool, from: u16, to: u16) -> Option<()>;
+}
+
+/// tc goes through the kernel helper, which alone knows the skb's checksum
+/// state: with CHECKSUM_PARTIAL (local senders on veth) only the
+/// pseudo-header part of the field may change, and ports not at all.
+/// The helper may move packet data: pointers must be taken afresh after.
+impl L4Csum for TcContext {
+    #[inline(always)]
+    fn l4_csum_addr(&self, check_off: usize, udp: bool, from: u32, to: u32) -> Option<()> {
+        let mangled = if udp { BPF_F_MARK_MANGLED_0 as u64 } else { 0 };
+        self.l4_csum_replace(check_off, from as u64, to as u64, BPF_F_PSEUDO_HDR as u64 | mangled | 4)
+            .ok()
+    }
+
+    #[inline(always)]
+    fn l4_csum_port(&self, check_off: usize, udp: bool, from: u16, to: u16) -> Option<()> {
+        let mangled = if udp { BPF_F_MARK_MANGLED_0 as u64 } else { 0 };
+        self.l4_csum_replace(check_off, from as u64, to as u64, mangled | 2).ok()
+    }
+}
+
+/// XDP frames carry no checksum state: the field is updated in software
+/// (RFC 1624).
+impl L4Csum for XdpContext {
+    #[inline(always)]
+    fn l4_csum_addr(&self, check_off: usize, udp: bool, from: u32, to: u32) -> Option<()> {
+        let check: u16 = read(self, check_off)?;
+        if udp && check == 0 {
+            return Some(());
+        }
+        write(self, check_off, fix_udp(udp, csum::replace4(check, from, to)))
+    }
+
+    #[inline(always)]
+    fn l4_csum_port(&self, check_off: usize, udp: bool, from: u16, to: u16) -> Option<()> {
+        let check: u16 = read(self, check_off)?;
+        if udp && check == 0 {
+            return Some(());
+        }
+        write(self, check_off, fix_udp(udp, csum::replace2(check, from, to)))
+    }
+}
+
+#[inline(always)]
+fn fix_udp(udp: bool, check: u16) -> u16 {
+    if udp { csum::udp_mangled_zero(check) } else { check }
 }

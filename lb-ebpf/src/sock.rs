@@ -14,17 +14,19 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 use aya_log_ebpf::debug;
-use lb_common::{AFFINITY_NETNS, SockRevNat4, SockRevNat4Key, hash::fmix32};
+use lb_common::{AFFINITY_NETNS, SockRevNat4, SockRevNat4Key, hash::fmix32, stat, svc_flags, vip_flags};
 
 use crate::{
-    lookup::{config, rev_nat, select_backend, service},
     maps::LB4_SOCK_REVNAT,
+    select::{config, now_ns, rev_nat, select_backend, service, vip},
+    stats,
 };
 
 /// Return values of cgroup sock_addr programs.
 const ALLOW: i32 = 1;
 const REJECT: i32 = 0;
 const ECONNREFUSED: i32 = 111;
+const EHOSTUNREACH: i32 = 113;
 
 enum Error {
     /// A backend slot or the socket rev-NAT entry could not be read or
@@ -86,13 +88,23 @@ fn try_forward(ctx: &SockAddrContext) -> Result<i32, Error> {
     let port = sa.user_port as u16;
     let proto = sa.protocol as u8;
     let Some(svc) = service(addr, port, proto) else {
+        // A ClusterIP on a port no Service defines: refused, never sent
+        // along the default route.
+        if vip(addr).is_some_and(|v| v.flags & vip_flags::CLUSTER_IP != 0) {
+            stats::count(stat::REJECT_UNSERVED_PORT);
+            return Ok(refuse(ECONNREFUSED));
+        }
         return Ok(ALLOW);
     };
     if svc.count == 0 {
-        // SAFETY: plain helper call; cgroup sock_addr programs may set the
-        // syscall's return value.
-        unsafe { bpf_set_retval(-ECONNREFUSED) };
-        return Ok(REJECT);
+        // A Local traffic policy with no endpoint on this node: no route
+        // to one (packets would be dropped); no endpoint at all: refused.
+        if svc.flags & (svc_flags::INT_LOCAL | svc_flags::EXT_LOCAL) != 0 {
+            stats::count(stat::DROP_NO_LOCAL_BACKEND);
+            return Ok(refuse(EHOSTUNREACH));
+        }
+        stats::count(stat::REJECT_NO_BACKEND);
+        return Ok(refuse(ECONNREFUSED));
     }
     // SAFETY: the helper takes the program context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
@@ -100,9 +112,7 @@ fn try_forward(ctx: &SockAddrContext) -> Result<i32, Error> {
     // and affinity keys on the namespace (all host sockets are one client).
     let hash = fmix32(cookie as u32 ^ (cookie >> 32) as u32);
     let client = cfg.host_netns_cookie | AFFINITY_NETNS;
-    // No tuple can be taken here: the kernel picks the source port after
-    // this hook, knowing the backend.
-    let (_, be) = select_backend(&cfg, &svc, hash, client, |_| false).ok_or(Error::Map)?;
+    let (_, be) = select_backend(&cfg, &svc, hash, client, now_ns()).ok_or(Error::Map)?;
     let key = SockRevNat4Key {
         cookie,
         addr: be.addr,
@@ -119,6 +129,15 @@ fn try_forward(ctx: &SockAddrContext) -> Result<i32, Error> {
     sa.user_ip4 = be.addr;
     sa.user_port = be.port as u32;
     Ok(ALLOW)
+}
+
+/// Fails the syscall with `errno`.
+#[inline(always)]
+fn refuse(errno: i32) -> i32 {
+    // SAFETY: plain helper call; cgroup sock_addr programs may set the
+    // syscall's return value.
+    unsafe { bpf_set_retval(-errno) };
+    REJECT
 }
 
 #[inline(always)]

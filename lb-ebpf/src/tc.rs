@@ -1,289 +1,330 @@
-//! tc ingress on the host side of pod interfaces (east-west traffic).
+//! tc programs (tcx) on pod interfaces, and on the external interfaces'
+//! egress.
 //!
-//! A packet from a pod to a frontend is DNATed to a backend, and the flow is
-//! recorded in `LB4_CT` in both directions. A reply from a backend matches
-//! the reply entry and has its source turned back into the frontend, so the
-//! client only ever sees the address it dialled.
+//! - `lb_tc_ingress`, pod interfaces, ingress (packets leaving a pod):
+//!   a packet for a frontend is DNATed to a backend and its flow recorded
+//!   in conntrack both ways. A pod that reaches itself through its Service
+//!   (hairpin) is also SNATed to the hairpin address and sent straight back
+//!   out of its interface, as are the replies it sends itself. A frontend
+//!   without endpoints rejects (ICMP port unreachable, rate-limited), as
+//!   does a ClusterIP on a port no Service defines. An ICMP error a pod
+//!   sends about a reply it got is translated for the backend.
+//! - `lb_tc_egress`, pod and external interfaces, egress (packets on their
+//!   way to a client): a reply of a translated flow gets the frontend back
+//!   as its source (and the client's own address and port as destination).
+//!   This is after routing, where netfilter un-NATs too: reverse-path
+//!   filtering never sees a frontend address arriving on a pod interface,
+//!   and every reply path works (a backend on this node or another, in the
+//!   host network, behind a tunnel, with or without XDP). ICMP errors about
+//!   translated flows are translated on the same way.
+//! - `lb_tc_pass` lets everything through (a floor for measurements, and a
+//!   stand-in for a program another agent attaches after lb).
+//!
+//! Whatever passes returns `TC_ACT_UNSPEC`, tcx's "next": programs attached
+//! after lb (by a CNI, say) still see the packet.
 
 use aya_ebpf::{
-    bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR, TC_ACT_OK, TC_ACT_SHOT},
-    helpers::{bpf_redirect, bpf_skb_change_tail, bpf_skb_load_bytes},
+    bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC},
+    helpers::bpf_redirect,
     macros::classifier,
     programs::TcContext,
 };
 use aya_log_ebpf::debug;
 use lb_common::{
-    CT_REPLY, Config, Ct4Key, IPPROTO_TCP, IPPROTO_UDP, Service4Value, csum,
-    packet::{
-        ETH_HLEN, ETH_P_IP, ICMP_QUOTE_LEN, ICMP_UNREACH_LEN, IPV4_HLEN, TCP_HLEN, UDP_HLEN,
-        icmp_port_unreachable,
-        ip, is_later_fragment, l4, l4_check_offset,
-    },
+    CT_REPLY, CT_SERVICE, Config, CtEntry, Vip4, hairpin_addr,
+    hash::flow_hash,
+    packet::{ETH_HLEN, Fragment, IPV4_HLEN, TCP_HLEN},
+    stat, svc_flags, vip_flags,
 };
 
 use crate::{
-    packet,
-    lookup::{Tuple, config, flow_backend, now_ns, rev_nat, service},
-    maps::LB4_CT,
+    ct::{self, NewFlowError, Source},
+    frag, icmp, nat,
+    packet::{read, write},
+    parse::{Flow, IcmpError, Malformed, Packet, parse},
+    select::{config, node_config, now_ns, select_backend, service, vip},
+    stats,
 };
 
+const NEXT: i32 = TC_ACT_UNSPEC;
+const SHOT: i32 = TC_ACT_SHOT as i32;
+
+/// SNAT/clash source ports when the agent has not written `LB_NODE`.
+pub const DEFAULT_NAT_PORTS: (u16, u16) = (61_000, 65_535);
+
 enum Error {
-    /// The packet is too short or not well formed: not ours to judge.
+    /// Not ours to judge: passes untouched.
     Malformed,
-    /// A map or packet write failed half-way through a translation.
+    /// A packet write failed half-way: never let it out.
     Rewrite,
+    /// A conntrack write failed.
+    CtWrite,
+    /// No free source port for a new flow.
+    NoPort,
+    /// A backend slot vanished under a concurrent update.
+    NoSlot,
+}
+
+impl From<Malformed> for Error {
+    fn from(_: Malformed) -> Self {
+        Error::Malformed
+    }
+}
+
+impl From<NewFlowError> for Error {
+    fn from(e: NewFlowError) -> Self {
+        match e {
+            NewFlowError::NoPort => Error::NoPort,
+            NewFlowError::Write => Error::CtWrite,
+        }
+    }
+}
+
+#[inline(always)]
+fn verdict(ctx: &TcContext, result: Result<i32, Error>) -> i32 {
+    let (reason, what) = match result {
+        Ok(v) => return v,
+        Err(Error::Malformed) => return NEXT,
+        Err(Error::Rewrite) => (stat::DROP_REWRITE, "translation failed"),
+        Err(Error::CtWrite) => (stat::DROP_CT_WRITE, "conntrack write failed"),
+        Err(Error::NoPort) => (stat::DROP_NO_NAT_PORT, "no free source port"),
+        Err(Error::NoSlot) => (stat::DROP_NO_SLOT, "backend slot missing"),
+    };
+    stats::count(reason);
+    debug!(ctx, "lb_tc: {}, packet dropped", what);
+    SHOT
 }
 
 #[classifier]
-pub fn lb_tc(ctx: TcContext) -> i32 {
-    match try_lb_tc(&ctx) {
-        Ok(action) => action,
-        // The kernel's own stack validates and drops garbage.
-        Err(Error::Malformed) => TC_ACT_OK,
-        // Never let a half-translated packet out.
-        Err(Error::Rewrite) => {
-            debug!(&ctx, "lb_tc: translation failed, packet dropped");
-            TC_ACT_SHOT
-        }
-    }
+pub fn lb_tc_ingress(ctx: TcContext) -> i32 {
+    verdict(&ctx, try_ingress(&ctx))
 }
 
-/// The parsed IPv4 5-tuple, all fields in network order.
-struct Flow {
-    saddr: u32,
-    daddr: u32,
-    sport: u16,
-    dport: u16,
-    proto: u8,
-    tcp_flags: u8,
-    l4_off: usize,
+#[classifier]
+pub fn lb_tc_egress(ctx: TcContext) -> i32 {
+    verdict(&ctx, try_egress(&ctx))
 }
 
-impl Flow {
-    #[inline(always)]
-    fn tuple(&self) -> Tuple {
-        Tuple {
-            saddr: self.saddr,
-            daddr: self.daddr,
-            sport: self.sport,
-            dport: self.dport,
-            proto: self.proto,
-            tcp_flags: self.tcp_flags,
-        }
-    }
-
-    /// The conntrack key of this packet's own tuple.
-    #[inline(always)]
-    fn ct_key(&self, dir: u8) -> Ct4Key {
-        Ct4Key::new(self.saddr, self.daddr, self.sport, self.dport, self.proto, dir)
-    }
+#[classifier]
+pub fn lb_tc_pass(_ctx: TcContext) -> i32 {
+    NEXT
 }
 
+/// Headers we may read: Ethernet, IPv4 with options, a TCP header (an ICMP
+/// error with its quote is shorter).
+const MAX_HEADERS: usize = ETH_HLEN + 60 + TCP_HLEN;
+
+/// Headers may sit in paged data on some drivers: pull them into the
+/// linear part, only when they are not there already.
 #[inline(always)]
-fn read<T: Copy>(ctx: &TcContext, off: usize) -> Result<T, Error> {
-    packet::read(ctx, off).ok_or(Error::Malformed)
-}
-
-/// Headers we may read: Ethernet, IPv4 with options, a TCP header.
-const MAX_HEADERS: u32 = (ETH_HLEN + 60 + 20) as u32;
-
-#[inline(always)]
-fn parse(ctx: &TcContext) -> Result<Option<Flow>, Error> {
-    // Headers may sit in paged data on some drivers; pull them in once.
-    if ctx.data() + (MAX_HEADERS as usize) > ctx.data_end() {
-        let want = if ctx.len() < MAX_HEADERS { ctx.len() } else { MAX_HEADERS };
+fn pull(ctx: &TcContext) -> Result<(), Error> {
+    let linear = (ctx.data_end() - ctx.data()) as u32;
+    let len = ctx.len();
+    if linear < MAX_HEADERS as u32 && linear < len {
+        let want = if len < MAX_HEADERS as u32 { len } else { MAX_HEADERS as u32 };
         ctx.pull_data(want).map_err(|_| Error::Malformed)?;
-    }
-    if read::<u16>(ctx, 12)? != ETH_P_IP.to_be() {
-        return Ok(None);
-    }
-    let ver_ihl: u8 = read(ctx, ETH_HLEN)?;
-    if ver_ihl >> 4 != 4 {
-        return Err(Error::Malformed);
-    }
-    let ihl = ((ver_ihl & 0x0f) as usize) * 4;
-    if ihl < IPV4_HLEN {
-        return Err(Error::Malformed);
-    }
-    let proto: u8 = read(ctx, ETH_HLEN + ip::PROTO)?;
-    if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
-        return Ok(None);
-    }
-    if is_later_fragment(read(ctx, ETH_HLEN + ip::FRAG_OFF)?) {
-        return Ok(None);
-    }
-    let saddr: u32 = read(ctx, ETH_HLEN + ip::SADDR)?;
-    let daddr: u32 = read(ctx, ETH_HLEN + ip::DADDR)?;
-    // A frame shorter than its IPv4 total length is truncated: the stack
-    // drops it, and so we leave it alone.
-    let tot_len = u16::from_be(read(ctx, ETH_HLEN + ip::TOT_LEN)?) as u32;
-    if ctx.len() < ETH_HLEN as u32 + tot_len {
-        return Err(Error::Malformed);
-    }
-    let l4_off = ETH_HLEN + ihl;
-    // The whole L4 header must be there, including the checksum we rewrite.
-    // It is copied out in one bounds-checked read: a second pointer at a
-    // variable offset would be a new packet pointer the verifier has not
-    // seen checked.
-    let (ports, tcp_flags) = if proto == IPPROTO_TCP {
-        let h: [u8; TCP_HLEN] = read(ctx, l4_off)?;
-        ([h[0], h[1], h[2], h[3]], h[l4::TCP_FLAGS])
-    } else {
-        let h: [u8; UDP_HLEN] = read(ctx, l4_off)?;
-        ([h[0], h[1], h[2], h[3]], 0)
-    };
-    let ports = [
-        u16::from_ne_bytes([ports[0], ports[1]]),
-        u16::from_ne_bytes([ports[2], ports[3]]),
-    ];
-    Ok(Some(Flow {
-        saddr,
-        daddr,
-        sport: ports[0],
-        dport: ports[1],
-        proto,
-        tcp_flags,
-        l4_off,
-    }))
-}
-
-#[inline(always)]
-fn try_lb_tc(ctx: &TcContext) -> Result<i32, Error> {
-    let Some(cfg) = config() else {
-        return Ok(TC_ACT_OK);
-    };
-    let Some(flow) = parse(ctx)? else {
-        return Ok(TC_ACT_OK);
-    };
-    match service(flow.daddr, flow.dport, flow.proto) {
-        Some(svc) => forward(ctx, &cfg, &flow, &svc),
-        None => reply(ctx, &flow),
-    }
-}
-
-/// Client -> frontend: stick to the recorded backend, or pick one.
-#[inline(always)]
-fn forward(ctx: &TcContext, cfg: &Config, f: &Flow, svc: &Service4Value) -> Result<i32, Error> {
-    let Some((_, be)) = flow_backend(cfg, svc, &f.tuple(), now_ns()).map_err(|()| Error::Rewrite)? else {
-        return reject(ctx, f);
-    };
-    rewrite(ctx, f, ip::DADDR, l4::DPORT, f.daddr, be.addr, f.dport, be.port)?;
-    Ok(TC_ACT_OK)
-}
-
-/// Backend -> client: restore the frontend as the source.
-#[inline(always)]
-fn reply(ctx: &TcContext, f: &Flow) -> Result<i32, Error> {
-    let key = f.ct_key(CT_REPLY);
-    let Some(ct) = LB4_CT.get_ptr_mut(&key) else {
-        return Ok(TC_ACT_OK);
-    };
-    // SAFETY: see `forward`.
-    let ct = unsafe { &mut *ct };
-    ct.last_seen = now_ns();
-    ct.tcp_flags |= f.tcp_flags;
-    let Some(front) = rev_nat(ct.rev_nat_id) else {
-        return Ok(TC_ACT_OK);
-    };
-    rewrite(ctx, f, ip::SADDR, l4::SPORT, f.saddr, front.addr, f.sport, front.port)?;
-    Ok(TC_ACT_OK)
-}
-
-/// Rewrites one address and one port. The L4 checksum goes through the
-/// kernel helper, which alone knows the skb's checksum state (with
-/// CHECKSUM_PARTIAL from local senders on veth only the pseudo-header part
-/// changes); the IPv4 checksum has no such state, so it and the fields are
-/// written directly, which costs less than three more helper calls.
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
-fn rewrite(
-    ctx: &TcContext,
-    f: &Flow,
-    addr_field: usize,
-    port_field: usize,
-    old_addr: u32,
-    new_addr: u32,
-    old_port: u16,
-    new_port: u16,
-) -> Result<(), Error> {
-    let check_off = f.l4_off + l4_check_offset(f.proto);
-    let mangled = if f.proto == IPPROTO_UDP { BPF_F_MARK_MANGLED_0 as u64 } else { 0 };
-    if old_addr != new_addr {
-        ctx.l4_csum_replace(
-            check_off,
-            old_addr as u64,
-            new_addr as u64,
-            BPF_F_PSEUDO_HDR as u64 | mangled | 4,
-        )
-        .map_err(|_| Error::Rewrite)?;
-    }
-    if old_port != new_port {
-        ctx.l4_csum_replace(check_off, old_port as u64, new_port as u64, mangled | 2)
-            .map_err(|_| Error::Rewrite)?;
-    }
-    // The helpers may have moved the packet: fresh bounds checks below.
-    if old_addr != new_addr {
-        let check: u16 = packet::read(ctx, ETH_HLEN + ip::CHECK).ok_or(Error::Rewrite)?;
-        write(ctx, ETH_HLEN + ip::CHECK, csum::replace4(check, old_addr, new_addr))?;
-        write(ctx, ETH_HLEN + addr_field, new_addr)?;
-    }
-    if old_port != new_port {
-        write(ctx, f.l4_off + port_field, new_port)?;
     }
     Ok(())
 }
 
 #[inline(always)]
-fn write<T>(ctx: &TcContext, off: usize, v: T) -> Result<(), Error> {
-    packet::write(ctx, off, v).ok_or(Error::Rewrite)
-}
-
-/// Copies exactly `N` bytes at `off`. (`TcContext::load_bytes` clamps the
-/// length to the packet, which the verifier rejects as a possibly zero-sized
-/// read; a constant length is what it wants.)
-#[inline(always)]
-fn load_exact<const N: usize>(ctx: &TcContext, off: usize) -> Result<[u8; N], Error> {
-    let mut buf = [0u8; N];
-    // SAFETY: buf is N bytes of writable stack.
-    let ret = unsafe {
-        bpf_skb_load_bytes(ctx.skb.skb as *const _, off as u32, buf.as_mut_ptr().cast(), N as u32)
+fn try_ingress(ctx: &TcContext) -> Result<i32, Error> {
+    let Some(cfg) = config() else {
+        return Ok(NEXT);
     };
-    if ret != 0 {
-        return Err(Error::Malformed);
+    pull(ctx)?;
+    match parse(ctx)? {
+        Packet::Flow(f) => {
+            if f.daddr == hairpin_addr() {
+                return hairpin_reply(ctx, f);
+            }
+            match vip(f.daddr) {
+                Some(v) => forward(ctx, &cfg, v, f),
+                None => Ok(NEXT),
+            }
+        }
+        // A pod's error about a reply it got from a frontend.
+        Packet::IcmpError(err) if vip(err.daddr).is_some() => translate_icmp_error(ctx, &err, CT_SERVICE),
+        _ => Ok(NEXT),
     }
-    Ok(buf)
 }
 
-/// A frontend without endpoints: answer with ICMP port unreachable, as
-/// kube-proxy's REJECT rule does, so clients fail fast instead of timing
-/// out. The packet is turned into the ICMP error in place and sent back out
-/// of the interface it came in on.
 #[inline(always)]
-fn reject(ctx: &TcContext, f: &Flow) -> Result<i32, Error> {
-    debug!(
-        ctx,
-        "lb_tc: no backend for {:i}:{}, rejecting",
-        u32::from_be(f.daddr),
-        u16::from_be(f.dport)
-    );
-    // The quote we build covers a 20-byte header; with IP options, drop.
-    if f.l4_off != ETH_HLEN + IPV4_HLEN {
-        return Ok(TC_ACT_SHOT);
+fn try_egress(ctx: &TcContext) -> Result<i32, Error> {
+    if config().is_none() {
+        return Ok(NEXT);
     }
-    let macs: [u8; 12] = load_exact(ctx, 0)?;
-    let quote: [u8; ICMP_QUOTE_LEN] = load_exact(ctx, ETH_HLEN)?;
-    let icmp = icmp_port_unreachable(&quote);
+    pull(ctx)?;
+    match parse(ctx)? {
+        Packet::Flow(mut f) => {
+            if f.frag == Fragment::Later && !frag::lend_ports(&mut f) {
+                return Ok(NEXT);
+            }
+            let key = ct::key_of(&f, CT_REPLY);
+            let Some(e) = ct::get(&key) else {
+                return Ok(NEXT);
+            };
+            ct::seen(&key, e, &f, now_ns());
+            let entry = ct::load(e);
+            frag::record(&f);
+            translate(ctx, &f, &entry)?;
+            Ok(NEXT)
+        }
+        Packet::IcmpError(err) => translate_icmp_error(ctx, &err, CT_REPLY),
+        _ => Ok(NEXT),
+    }
+}
+
+/// Client -> frontend: the flow's backend from conntrack, or a new flow.
+#[inline(always)]
+fn forward(ctx: &TcContext, cfg: &Config, vip: Vip4, mut f: Flow) -> Result<i32, Error> {
+    if f.frag == Fragment::Later && !frag::lend_ports(&mut f) {
+        return Ok(orphan_fragment(vip));
+    }
+    let now = now_ns();
+    let key = ct::key_of(&f, CT_SERVICE);
+    let mut replace = false;
+    let mut entry = None;
+    if let Some(e) = ct::get(&key) {
+        let current = ct::load(e);
+        if ct::forward_usable(cfg, f.proto, &current, f.tcp_flags, now) {
+            ct::seen(&key, e, &f, now);
+            entry = Some(current);
+        } else {
+            replace = true;
+        }
+    }
+    let entry = match entry {
+        Some(e) => e,
+        // The datagram's first fragment made the flow; it is gone.
+        None if f.frag == Fragment::Later => return Ok(orphan_fragment(vip)),
+        None => match new_flow(ctx, cfg, vip, &f, now, replace)? {
+            Ok(e) => e,
+            Err(verdict) => return Ok(verdict),
+        },
+    };
+    frag::record(&f);
+    translate(ctx, &f, &entry)?;
+    if entry.nat_saddr == hairpin_addr() {
+        return bounce(ctx);
+    }
+    Ok(NEXT)
+}
+
+/// A new flow to the frontend at `f`'s destination, or the verdict for a
+/// packet that gets none (passed, rejected or dropped).
+#[inline(always)]
+fn new_flow(ctx: &TcContext, cfg: &Config, vip: Vip4, f: &Flow, now: u64, replace: bool) -> Result<Result<CtEntry, i32>, Error> {
+    let Some(svc) = service(f.daddr, f.dport, f.proto) else {
+        // A ClusterIP on a port no Service defines: never let it follow
+        // the default route (kube-proxy's nftables mode rejects it too).
+        if vip.flags & vip_flags::CLUSTER_IP != 0 {
+            stats::count(stat::REJECT_UNSERVED_PORT);
+            return Ok(Err(reject(ctx, f, now)?));
+        }
+        return Ok(Err(NEXT));
+    };
+    if svc.count == 0 {
+        // A Local traffic policy with no endpoint on this node drops, as
+        // kube-proxy does; no endpoint at all rejects.
+        if svc.flags & (svc_flags::INT_LOCAL | svc_flags::EXT_LOCAL) != 0 {
+            stats::count(stat::DROP_NO_LOCAL_BACKEND);
+            return Ok(Err(SHOT));
+        }
+        stats::count(stat::REJECT_NO_BACKEND);
+        debug!(ctx, "lb_tc: no backend for {:i}:{}, rejecting", u32::from_be(f.daddr), u16::from_be(f.dport));
+        return Ok(Err(reject(ctx, f, now)?));
+    }
+    let hash = flow_hash(f.saddr, f.daddr, f.sport, f.dport, f.proto);
+    let (be_id, be) = select_backend(cfg, &svc, hash, f.saddr as u64, now).ok_or(Error::NoSlot)?;
+    let source = if be.addr == f.saddr {
+        stats::count(stat::HAIRPIN);
+        Source::Hairpin
+    } else {
+        Source::Client
+    };
+    let ports = node_config().map_or(DEFAULT_NAT_PORTS, |n| (n.nat_port_min, n.nat_port_max));
+    Ok(Ok(ct::create(cfg, svc.id, f, be_id, &be, source, ports, now, replace)?))
+}
+
+/// A later fragment whose first fragment was not seen: dropped where the
+/// address belongs to Services alone (routing it on untranslated would
+/// send it who knows where), passed elsewhere (a node address has other
+/// traffic).
+#[inline(always)]
+fn orphan_fragment(vip: Vip4) -> i32 {
+    if vip.flags & vip_flags::VIRTUAL != 0 {
+        stats::count(stat::DROP_ORPHAN_FRAGMENT);
+        SHOT
+    } else {
+        NEXT
+    }
+}
+
+#[inline(always)]
+fn translate(ctx: &TcContext, f: &Flow, e: &CtEntry) -> Result<(), Error> {
+    nat::apply(ctx, f, e).ok_or(Error::Rewrite)?;
+    if f.frag == Fragment::Later {
+        stats::count(stat::FRAGMENT_TRANSLATED);
+    }
+    Ok(())
+}
+
+/// A reply of a hairpin flow (the pod answering itself): both translations
+/// reversed, and straight back to the pod.
+#[inline(always)]
+fn hairpin_reply(ctx: &TcContext, mut f: Flow) -> Result<i32, Error> {
+    if f.frag == Fragment::Later && !frag::lend_ports(&mut f) {
+        return Ok(NEXT);
+    }
+    let key = ct::key_of(&f, CT_REPLY);
+    let Some(e) = ct::get(&key) else {
+        return Ok(NEXT);
+    };
+    ct::seen(&key, e, &f, now_ns());
+    let entry = ct::load(e);
+    frag::record(&f);
+    translate(ctx, &f, &entry)?;
+    bounce(ctx)
+}
+
+/// Sends the packet back out of the interface it came in on, towards the
+/// pod that sent it, without routing: the hairpin address is not routable,
+/// and the pod's address arriving from its own interface would be a
+/// martian.
+#[inline(always)]
+fn bounce(ctx: &TcContext) -> Result<i32, Error> {
+    let macs: [u8; 12] = read(ctx, 0).ok_or(Error::Rewrite)?;
     let mut swapped = [0u8; 12];
     swapped[..6].copy_from_slice(&macs[6..]);
     swapped[6..].copy_from_slice(&macs[..6]);
-    // SAFETY: the skb pointer is the program's context.
-    let ret = unsafe { bpf_skb_change_tail(ctx.skb.skb, (ETH_HLEN + ICMP_UNREACH_LEN) as u32, 0) };
-    if ret != 0 {
-        return Err(Error::Rewrite);
-    }
-    ctx.store(0, &swapped, 0).map_err(|_| Error::Rewrite)?;
-    ctx.store(ETH_HLEN, &icmp, 0).map_err(|_| Error::Rewrite)?;
+    write(ctx, 0, swapped).ok_or(Error::Rewrite)?;
     // SAFETY: reading the context's ifindex field.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    // SAFETY: plain helper call.
     Ok(unsafe { bpf_redirect(ifindex, 0) } as i32)
+}
+
+/// ICMP port unreachable from the dialled address, within the client's
+/// rate. Only for a packet with its L4 header and no IP options (the quote
+/// covers a 20-byte header); others are dropped.
+#[inline(always)]
+fn reject(ctx: &TcContext, f: &Flow, now: u64) -> Result<i32, Error> {
+    if f.l4_off != ETH_HLEN + IPV4_HLEN || !f.has_l4() {
+        return Ok(SHOT);
+    }
+    icmp::tc_reject(ctx, f.saddr, now).ok_or(Error::Rewrite)
+}
+
+/// An ICMP error travelling in direction `dir` of a translated flow.
+#[inline(always)]
+fn translate_icmp_error(ctx: &TcContext, err: &IcmpError, dir: u8) -> Result<i32, Error> {
+    let key = nat::icmp_error_key(err, dir);
+    let Some(e) = ct::get(&key) else {
+        return Ok(NEXT);
+    };
+    let entry = ct::load(e);
+    nat::rewrite_icmp_error(ctx, err, &entry).ok_or(Error::Rewrite)?;
+    stats::count(stat::ICMP_TRANSLATED);
+    Ok(NEXT)
 }

@@ -1,59 +1,62 @@
 //! XDP on the node's external interfaces: north-south load balancing.
 //!
-//! `lb_xdp` sees every packet that arrives from outside the node:
+//! `lb_xdp` sees every packet that arrives from outside the node. Its first
+//! lookup (`LB4_VIPS`) leaves everything not sent to a frontend address
+//! alone, as well as traffic to a node address outside the NodePort range.
 //!
-//! - to a north-south frontend (a NodePort on a node address, an external
-//!   IP, a LoadBalancer ingress IP): loadBalancerSourceRanges are checked,
-//!   the backend comes from conntrack (established flows stick) or from
-//!   `select_backend` (Maglev and affinity apply), and the packet is
-//!   DNATed. A backend on this node gets the packet through the kernel
-//!   (`XDP_PASS`), with the client's address intact; the tc program on the
-//!   pod's interface reverse-NATs the replies from the conntrack entries
-//!   written here. A backend on another node (externalTrafficPolicy
-//!   Cluster) is reached by also SNATing to this node's address with a NAT
-//!   port allocated collision-free in `LB4_NAT`, and forwarding with
-//!   `bpf_fib_lookup` (`XDP_TX` out of the same interface, `XDP_REDIRECT`
-//!   to another one);
-//! - replies to SNATed flows (backend -> node address:NAT port): both
-//!   translations are reversed and the packet forwarded to the client, so
-//!   it sees the address it dialled;
-//! - replies to flows that a pod of this node opened through a frontend
-//!   whose backend is elsewhere: the source is turned back into the
-//!   frontend (the tc program only sees packets leaving pods);
-//! - anything else passes untouched.
+//! - To a north-south frontend (a NodePort on a node address, an external
+//!   IP, a LoadBalancer ingress IP): an established flow follows its
+//!   conntrack entry; a new one is checked against loadBalancerSourceRanges,
+//!   gets a backend from `select_backend` (Maglev and affinity apply), and
+//!   is recorded. A backend on this node (or `externalTrafficPolicy:
+//!   Local`) gets the packet DNATed through the kernel (`XDP_PASS`), with
+//!   the client's address intact; the replies are translated back by the tc
+//!   program on this interface's egress. A backend on another node is
+//!   reached by also SNATing to this node's address and a port of the SNAT
+//!   range, and forwarding with `bpf_fib_lookup` (`XDP_TX` out of the same
+//!   interface, `XDP_REDIRECT` to another one). A packet too big for that
+//!   path is answered with "fragmentation needed" from the frontend.
+//! - Replies to SNATed flows (backend -> node address:SNAT port): both
+//!   translations are reversed and the packet forwarded to the client.
+//! - ICMP errors about either (a router's "fragmentation needed" for a
+//!   reply, say) are translated and sent where the flow goes.
+//! - Fragments get their first fragment's translation.
+//! - Anything else passes untouched.
 //!
-//! Only IPv4 without options and unfragmented TCP/UDP is translated; the
-//! rest goes to the kernel. When the FIB has no neighbour for the next hop
-//! yet, the translated packet is handed to the kernel, which forwards it
-//! and resolves the neighbour (the agent sets `accept_local` on the
-//! external interfaces so that a packet from the node's own address is not
-//! dropped as martian).
+//! When the FIB has no neighbour for the next hop yet, the translated
+//! packet is handed to the kernel, which forwards it and resolves the
+//! neighbour (the agent sets `accept_local` on the external interfaces so
+//! that a packet from the node's own address is not dropped as martian).
 
 use core::mem::size_of;
 
 use aya_ebpf::{
-    bindings::{BPF_NOEXIST, bpf_fib_lookup as FibParams, xdp_action},
+    bindings::{BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibParams, xdp_action},
     btf_maps::lpm_trie::Key,
-    helpers::{bpf_fib_lookup, bpf_get_prandom_u32, bpf_redirect, bpf_xdp_adjust_tail},
+    helpers::{bpf_fib_lookup, bpf_redirect},
     macros::xdp,
     programs::XdpContext,
 };
 use aya_log_ebpf::debug;
 use lb_common::{
-    Backend4, CT_REPLY, CT_SERVICE, Config, Ct4Key, IPPROTO_TCP, IPPROTO_UDP, Nat4,
-    NodeConfig, Service4Value, SrcRange4, backend_flags, csum,
-    node_flags,
-    packet::{ETH_HLEN, ETH_P_IP, ICMP_QUOTE_LEN, ICMP_UNREACH_LEN, IPV4_HLEN, icmp_port_unreachable, ip, l4},
-    svc_flags,
+    CT_REPLY, CT_SERVICE, Config, CtEntry, NodeConfig, SrcRange4, Vip4, backend_flags, csum,
+    hash::flow_hash,
+    packet::{ETH_HLEN, Fragment, IPV4_HLEN, icmp},
+    stat, svc_flags, vip_flags, xdp_mode,
 };
 
 use crate::{
-    lookup::{Tuple, config, flow_backend, now_ns, rev_nat, service},
-    packet,
-    maps::{LB_NODE, LB4_CT, LB4_NAT, LB4_SRC_RANGES},
+    ct::{self, NewFlowError, Source},
+    frag, icmp as icmp_out, nat,
+    packet::{read, write},
+    parse::{Flow, IcmpError, Malformed, Packet, parse},
+    select::{config, node_config, now_ns, select_backend, service, vip},
+    stats,
+    maps::{LB_DEVICES, LB4_SRC_RANGES},
 };
 
-/// Passes every packet: the floor that per-packet costs are measured against.
+/// Passes every packet: the floor that per-packet costs are measured
+/// against.
 #[xdp]
 pub fn lb_xdp_pass(_ctx: XdpContext) -> u32 {
     xdp_action::XDP_PASS
@@ -61,348 +64,296 @@ pub fn lb_xdp_pass(_ctx: XdpContext) -> u32 {
 
 /// Frontend kinds served from outside the node.
 const NORTH_SOUTH: u32 = svc_flags::NODE_PORT | svc_flags::EXTERNAL_IP | svc_flags::LOAD_BALANCER;
-/// Offset of the IPv4 header and of the L4 header (no IP options here).
-const IP: usize = ETH_HLEN;
-const L4: usize = ETH_HLEN + IPV4_HLEN;
-/// Random NAT ports tried before a new flow is dropped.
-const NAT_TRIES: u32 = 32;
+const NORTH_SOUTH_VIP: u32 = vip_flags::NODE_PORT | vip_flags::EXTERNAL_IP | vip_flags::LOAD_BALANCER;
 const AF_INET: u8 = 2;
-const FIB_SUCCESS: i64 = 0;
+const PASS: u32 = xdp_action::XDP_PASS;
+const DROP: u32 = xdp_action::XDP_DROP;
 
 enum Error {
     /// Too short or not well formed: the kernel judges it.
     Malformed,
     /// A map or packet write failed half-way: never let it out.
     Rewrite,
-    /// No free NAT port for a new flow.
+    /// No free SNAT port for a new flow.
     NoPort,
+    /// A conntrack write failed.
+    CtWrite,
+    /// A backend slot vanished under a concurrent update.
+    NoSlot,
+}
+
+impl From<Malformed> for Error {
+    fn from(_: Malformed) -> Self {
+        Error::Malformed
+    }
+}
+
+impl From<NewFlowError> for Error {
+    fn from(e: NewFlowError) -> Self {
+        match e {
+            NewFlowError::NoPort => Error::NoPort,
+            NewFlowError::Write => Error::CtWrite,
+        }
+    }
 }
 
 #[xdp]
 pub fn lb_xdp(ctx: XdpContext) -> u32 {
-    match try_lb_xdp(&ctx) {
-        Ok(action) => action,
-        Err(Error::Malformed) => xdp_action::XDP_PASS,
-        Err(Error::Rewrite) => {
-            debug!(&ctx, "lb_xdp: translation failed, packet dropped");
-            xdp_action::XDP_DROP
-        }
-        Err(Error::NoPort) => {
-            debug!(&ctx, "lb_xdp: no free NAT port, packet dropped");
-            xdp_action::XDP_DROP
-        }
-    }
-}
-
-/// The parsed IPv4 5-tuple (network order) and the fields the rewrite needs.
-struct Flow {
-    saddr: u32,
-    daddr: u32,
-    sport: u16,
-    dport: u16,
-    proto: u8,
-    tcp_flags: u8,
-    tos: u8,
-    /// Host order.
-    tot_len: u16,
-}
-
-impl Flow {
-    #[inline(always)]
-    fn tuple(&self) -> Tuple {
-        Tuple {
-            saddr: self.saddr,
-            daddr: self.daddr,
-            sport: self.sport,
-            dport: self.dport,
-            proto: self.proto,
-            tcp_flags: self.tcp_flags,
-        }
-    }
-
-    #[inline(always)]
-    fn ct_key(&self, dir: u8) -> Ct4Key {
-        Ct4Key::new(self.saddr, self.daddr, self.sport, self.dport, self.proto, dir)
-    }
-}
-
-#[inline(always)]
-fn read<T: Copy>(ctx: &XdpContext, off: usize) -> Result<T, Error> {
-    packet::read(ctx, off).ok_or(Error::Malformed)
-}
-
-#[inline(always)]
-fn write<T>(ctx: &XdpContext, off: usize, v: T) -> Result<(), Error> {
-    packet::write(ctx, off, v).ok_or(Error::Rewrite)
-}
-
-#[inline(always)]
-fn parse(ctx: &XdpContext) -> Result<Option<Flow>, Error> {
-    if read::<u16>(ctx, 12)? != ETH_P_IP.to_be() {
-        return Ok(None);
-    }
-    let iph: [u8; IPV4_HLEN] = read(ctx, IP)?;
-    // IPv4 with options (or garbage) is left to the kernel.
-    if iph[0] != 0x45 {
-        return Ok(None);
-    }
-    let proto = iph[ip::PROTO];
-    if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
-        return Ok(None);
-    }
-    // Fragments (first ones included: the rest would not follow) pass.
-    if u16::from_be_bytes([iph[ip::FRAG_OFF], iph[ip::FRAG_OFF + 1]]) & 0x3fff != 0 {
-        return Ok(None);
-    }
-    let tot_len = u16::from_be_bytes([iph[ip::TOT_LEN], iph[ip::TOT_LEN + 1]]);
-    if ctx.data() + ETH_HLEN + (tot_len as usize) > ctx.data_end() {
-        return Err(Error::Malformed);
-    }
-    let (ports, tcp_flags) = if proto == IPPROTO_TCP {
-        let h: [u8; 20] = read(ctx, L4)?;
-        ([h[0], h[1], h[2], h[3]], h[l4::TCP_FLAGS])
-    } else {
-        let h: [u8; 8] = read(ctx, L4)?;
-        ([h[0], h[1], h[2], h[3]], 0)
+    let (reason, what) = match try_lb_xdp(&ctx) {
+        Ok(action) => return action,
+        Err(Error::Malformed) => return PASS,
+        Err(Error::Rewrite) => (stat::DROP_REWRITE, "translation failed"),
+        Err(Error::NoPort) => (stat::DROP_NO_NAT_PORT, "no free SNAT port"),
+        Err(Error::CtWrite) => (stat::DROP_CT_WRITE, "conntrack write failed"),
+        Err(Error::NoSlot) => (stat::DROP_NO_SLOT, "backend slot missing"),
     };
-    Ok(Some(Flow {
-        saddr: u32::from_ne_bytes([iph[12], iph[13], iph[14], iph[15]]),
-        daddr: u32::from_ne_bytes([iph[16], iph[17], iph[18], iph[19]]),
-        sport: u16::from_ne_bytes([ports[0], ports[1]]),
-        dport: u16::from_ne_bytes([ports[2], ports[3]]),
-        proto,
-        tcp_flags,
-        tos: iph[1],
-        tot_len,
-    }))
+    stats::count(reason);
+    debug!(&ctx, "lb_xdp: {}, packet dropped", what);
+    DROP
+}
+
+#[inline(always)]
+fn in_range(port_be: u16, min: u16, max: u16) -> bool {
+    let p = u16::from_be(port_be);
+    min <= p && p <= max
 }
 
 #[inline(always)]
 fn try_lb_xdp(ctx: &XdpContext) -> Result<u32, Error> {
     let Some(cfg) = config() else {
-        return Ok(xdp_action::XDP_PASS);
+        return Ok(PASS);
     };
-    let Some(f) = parse(ctx)? else {
-        return Ok(xdp_action::XDP_PASS);
-    };
-    match service(f.daddr, f.dport, f.proto) {
-        Some(svc) if svc.flags & NORTH_SOUTH != 0 => north_south(ctx, &cfg, &f, &svc),
-        // A ClusterIP from outside is not ours to serve.
-        Some(_) => Ok(xdp_action::XDP_PASS),
-        None => reply(ctx, &f),
+    match parse(ctx)? {
+        // IPv4 options are rare from outside; they are left to the kernel
+        // (as Katran does), which has no translation for them.
+        Packet::Flow(f) if f.l4_off != ETH_HLEN + IPV4_HLEN => Ok(PASS),
+        Packet::Flow(mut f) => {
+            let node = node_config();
+            if let Some(n) = node
+                && f.daddr == n.snat_addr
+            {
+                // Replies of SNATed flows come to a port of the SNAT range.
+                if f.frag == Fragment::Later && !frag::lend_ports(&mut f) {
+                    return Ok(PASS);
+                }
+                if in_range(f.dport, n.nat_port_min, n.nat_port_max) {
+                    return snat_reply(ctx, &f);
+                }
+            }
+            let Some(v) = vip(f.daddr) else {
+                return Ok(PASS);
+            };
+            // A ClusterIP from outside is not ours to serve.
+            if v.flags & NORTH_SOUTH_VIP == 0 {
+                return Ok(PASS);
+            }
+            north_south(ctx, &cfg, node, v, f)
+        }
+        Packet::IcmpError(err) => icmp_error(ctx, &err),
+        _ => Ok(PASS),
     }
-}
-
-#[inline(always)]
-fn node_config() -> Option<NodeConfig> {
-    let n = *LB_NODE.get(0)?;
-    (n.flags & node_flags::READY != 0 && n.snat_addr != 0).then_some(n)
 }
 
 /// Client -> north-south frontend.
 #[inline(always)]
-fn north_south(ctx: &XdpContext, cfg: &Config, f: &Flow, svc: &Service4Value) -> Result<u32, Error> {
+fn north_south(ctx: &XdpContext, cfg: &Config, node: Option<NodeConfig>, v: Vip4, mut f: Flow) -> Result<u32, Error> {
+    if f.frag == Fragment::Later {
+        if !frag::lend_ports(&mut f) {
+            return Ok(orphan_fragment(v));
+        }
+    } else if v.flags & !vip_flags::NODE_PORT & NORTH_SOUTH_VIP == 0
+        && let Some(n) = node
+        && !in_range(f.dport, n.nodeport_min, n.nodeport_max)
+    {
+        // Only NodePorts here, and this is not one: the node's own traffic.
+        return Ok(PASS);
+    }
+    let now = now_ns();
+    let key = ct::key_of(&f, CT_SERVICE);
+    let mut replace = false;
+    let mut entry = None;
+    if let Some(e) = ct::get(&key) {
+        let current = ct::load(e);
+        if ct::forward_usable(cfg, f.proto, &current, f.tcp_flags, now) {
+            ct::seen(&key, e, &f, now);
+            entry = Some(current);
+        } else {
+            replace = true;
+        }
+    }
+    let entry = match entry {
+        Some(e) => e,
+        None if f.frag == Fragment::Later => return Ok(orphan_fragment(v)),
+        None => match new_flow(ctx, cfg, node, &f, now, replace)? {
+            Ok(e) => e,
+            Err(verdict) => return Ok(verdict),
+        },
+    };
+    frag::record(&f);
+    if entry.nat_saddr == f.saddr {
+        // A backend on this node: DNAT only, the kernel delivers.
+        translate(ctx, &f, &entry)?;
+        return Ok(PASS);
+    }
+    forward(ctx, &f, &entry, now)
+}
+
+/// A new north-south flow, or the verdict for a packet that gets none.
+#[inline(always)]
+fn new_flow(ctx: &XdpContext, cfg: &Config, node: Option<NodeConfig>, f: &Flow, now: u64, replace: bool) -> Result<Result<CtEntry, u32>, Error> {
+    let Some(svc) = service(f.daddr, f.dport, f.proto) else {
+        return Ok(Err(PASS));
+    };
+    if svc.flags & NORTH_SOUTH == 0 {
+        return Ok(Err(PASS));
+    }
+    // loadBalancerSourceRanges are checked when a flow starts, as
+    // kube-proxy's firewall chains see only a connection's first packet.
     if svc.flags & svc_flags::SOURCE_RANGES != 0 {
         let (len, data) = SrcRange4::client(svc.id, f.saddr);
         if LB4_SRC_RANGES.get(&Key::new(len, data)).is_none() {
-            return Ok(xdp_action::XDP_DROP);
+            stats::count(stat::DROP_SOURCE_RANGE);
+            return Ok(Err(DROP));
         }
     }
-    let now = now_ns();
-    let Some((_, be)) = flow_backend(cfg, svc, &f.tuple(), now).map_err(|()| Error::Rewrite)? else {
-        // No backend. externalTrafficPolicy=Local without a local
-        // endpoint: drop, so the load balancer's health check (503 here)
-        // takes this node out. Otherwise reject, as kube-proxy does.
+    if svc.count == 0 {
+        // externalTrafficPolicy=Local without a local endpoint: drop, so
+        // the load balancer's health check (503 here) takes this node
+        // out. No endpoint anywhere: reject, as kube-proxy does.
         if svc.flags & svc_flags::EXT_LOCAL != 0 {
-            return Ok(xdp_action::XDP_DROP);
+            stats::count(stat::DROP_NO_LOCAL_BACKEND);
+            return Ok(Err(DROP));
         }
-        return reject(ctx, f);
-    };
-    let node = match node_config() {
-        Some(n) if be.flags & backend_flags::LOCAL == 0 && svc.flags & svc_flags::EXT_LOCAL == 0 => n,
-        // A local backend (or no SNAT configured): DNAT only, the kernel
-        // routes to the pod and the client address is preserved.
-        _ => {
-            rewrite(ctx, f, f.saddr, f.sport, be.addr, be.port)?;
-            return Ok(xdp_action::XDP_PASS);
+        stats::count(stat::REJECT_NO_BACKEND);
+        debug!(ctx, "lb_xdp: no backend for {:i}:{}, rejecting", u32::from_be(f.daddr), u16::from_be(f.dport));
+        if !f.has_l4() {
+            return Ok(Err(DROP));
         }
+        return Ok(Err(icmp_out::xdp_error(ctx, f.saddr, now, icmp::DEST_UNREACH, icmp::PORT_UNREACH, 0)));
+    }
+    let hash = flow_hash(f.saddr, f.daddr, f.sport, f.dport, f.proto);
+    let (be_id, be) = select_backend(cfg, &svc, hash, f.saddr as u64, now).ok_or(Error::NoSlot)?;
+    let (source, ports) = match node {
+        // A backend on another node (and a Cluster policy): SNAT, so the
+        // replies come back through this node.
+        Some(n) if n.snat_addr != 0 && be.flags & backend_flags::LOCAL == 0 && svc.flags & svc_flags::EXT_LOCAL == 0 => {
+            (Source::Snat(n.snat_addr), (n.nat_port_min, n.nat_port_max))
+        }
+        // A local backend, or no SNAT configured: DNAT only, the client's
+        // address is preserved.
+        Some(n) => (Source::Client, (n.nat_port_min, n.nat_port_max)),
+        None => (Source::Client, crate::tc::DEFAULT_NAT_PORTS),
     };
-    let (nat_addr, nat_port) = snat(f, svc, &be, &node, now)?;
-    rewrite(ctx, f, nat_addr, nat_port, be.addr, be.port)?;
-    forward(ctx, f, nat_addr, be.addr, nat_port, be.port)
+    Ok(Ok(ct::create(cfg, svc.id, f, be_id, &be, source, ports, now, replace)?))
 }
 
-/// The node address and NAT port of the flow: its `LB4_NAT` entry while it
-/// is for this backend and its reply entry still exists, otherwise a new
-/// port. A port is taken by inserting the reply entry with `BPF_NOEXIST`,
-/// so two flows (on any CPUs) never share a reply tuple.
 #[inline(always)]
-fn snat(f: &Flow, svc: &Service4Value, be: &Backend4, node: &NodeConfig, now: u64) -> Result<(u32, u16), Error> {
-    let key = f.ct_key(CT_SERVICE);
-    if let Some(out) = LB4_NAT.get_ptr_mut(&key) {
-        // SAFETY: a map value; racing CPUs only touch the timestamp and flags.
-        let out = unsafe { &mut *out };
-        if out.peer_addr == be.addr
-            && out.peer_port == be.port
-            && out.rev_nat_id == svc.id
-            && out.addr == node.snat_addr
-            && LB4_NAT.get_ptr(&out.twin_key(&key)).is_some()
-        {
-            out.last_seen = now;
-            out.tcp_flags |= f.tcp_flags;
-            return Ok((out.addr, out.port));
-        }
+fn orphan_fragment(v: Vip4) -> u32 {
+    if v.flags & vip_flags::VIRTUAL != 0 {
+        stats::count(stat::DROP_ORPHAN_FRAGMENT);
+        DROP
+    } else {
+        PASS
     }
-    let min = node.nat_port_min as u32;
-    let max = node.nat_port_max as u32;
-    if max < min {
-        return Err(Error::NoPort);
-    }
-    let span = max - min + 1;
-    let back = Nat4 {
-        last_seen: now,
-        addr: f.saddr,
-        port: f.sport,
-        tcp_flags: 0,
-        _pad: 0,
-        peer_addr: f.daddr,
-        peer_port: f.dport,
-        _pad2: 0,
-        rev_nat_id: svc.id,
-        _pad3: 0,
-    };
-    let mut i = 0;
-    while i < NAT_TRIES {
-        // SAFETY: plain helper call.
-        let port = ((min + unsafe { bpf_get_prandom_u32() } % span) as u16).to_be();
-        let reply_key = Ct4Key {
-            saddr: be.addr,
-            daddr: node.snat_addr,
-            sport: be.port,
-            dport: port,
-            proto: f.proto,
-            dir: CT_REPLY,
-            _pad: 0,
-        };
-        if LB4_NAT.insert(&reply_key, &back, BPF_NOEXIST as u64).is_ok() {
-            let out = Nat4 {
-                last_seen: now,
-                addr: node.snat_addr,
-                port,
-                tcp_flags: f.tcp_flags,
-                _pad: 0,
-                peer_addr: be.addr,
-                peer_port: be.port,
-                _pad2: 0,
-                rev_nat_id: svc.id,
-                _pad3: 0,
-            };
-            LB4_NAT.insert(&key, &out, 0).map_err(|_| Error::Rewrite)?;
-            return Ok((node.snat_addr, port));
-        }
-        i += 1;
-    }
-    Err(Error::NoPort)
 }
 
-/// Anything that is not for a north-south frontend: replies of flows we
-/// translated, or not ours.
 #[inline(always)]
-fn reply(ctx: &XdpContext, f: &Flow) -> Result<u32, Error> {
-    let key = f.ct_key(CT_REPLY);
-    let now = now_ns();
-    if let Some(back) = LB4_NAT.get_ptr_mut(&key) {
-        // SAFETY: see `conntrack`.
-        let back = unsafe { &mut *back };
-        back.last_seen = now;
-        back.tcp_flags |= f.tcp_flags;
-        let (client, client_port, front, front_port) = (back.addr, back.port, back.peer_addr, back.peer_port);
-        rewrite(ctx, f, front, front_port, client, client_port)?;
-        return forward(ctx, f, front, client, front_port, client_port);
-    }
-    if let Some(entry) = LB4_CT.get_ptr_mut(&key) {
-        // SAFETY: see `conntrack`.
-        let entry = unsafe { &mut *entry };
-        entry.last_seen = now;
-        entry.tcp_flags |= f.tcp_flags;
-        if let Some(front) = rev_nat(entry.rev_nat_id) {
-            rewrite(ctx, f, front.addr, front.port, f.daddr, f.dport)?;
-        }
-    }
-    Ok(xdp_action::XDP_PASS)
-}
-
-/// Sets the packet's addresses and ports, updating the IPv4 and L4
-/// checksums incrementally (a UDP datagram without checksum keeps none).
-#[inline(always)]
-fn rewrite(ctx: &XdpContext, f: &Flow, saddr: u32, sport: u16, daddr: u32, dport: u16) -> Result<(), Error> {
-    let check_off = L4 + if f.proto == IPPROTO_TCP { l4::TCP_CHECK } else { l4::UDP_CHECK };
-    let mut ip_check: u16 = read(ctx, IP + ip::CHECK)?;
-    let mut l4_check: u16 = read(ctx, check_off)?;
-    let l4_checked = f.proto == IPPROTO_TCP || l4_check != 0;
-    if saddr != f.saddr {
-        ip_check = csum::replace4(ip_check, f.saddr, saddr);
-        l4_check = csum::replace4(l4_check, f.saddr, saddr);
-        write(ctx, IP + ip::SADDR, saddr)?;
-    }
-    if daddr != f.daddr {
-        ip_check = csum::replace4(ip_check, f.daddr, daddr);
-        l4_check = csum::replace4(l4_check, f.daddr, daddr);
-        write(ctx, IP + ip::DADDR, daddr)?;
-    }
-    if sport != f.sport {
-        l4_check = csum::replace2(l4_check, f.sport, sport);
-        write(ctx, L4 + l4::SPORT, sport)?;
-    }
-    if dport != f.dport {
-        l4_check = csum::replace2(l4_check, f.dport, dport);
-        write(ctx, L4 + l4::DPORT, dport)?;
-    }
-    write(ctx, IP + ip::CHECK, ip_check)?;
-    if l4_checked {
-        if f.proto == IPPROTO_UDP {
-            l4_check = csum::udp_mangled_zero(l4_check);
-        }
-        write(ctx, check_off, l4_check)?;
+fn translate(ctx: &XdpContext, f: &Flow, e: &CtEntry) -> Result<(), Error> {
+    nat::apply(ctx, f, e).ok_or(Error::Rewrite)?;
+    if f.frag == Fragment::Later {
+        stats::count(stat::FRAGMENT_TRANSLATED);
     }
     Ok(())
 }
 
-/// Sends a translated packet on towards `dst`: the FIB gives the egress
-/// interface and the next hop's MAC; the TTL goes down by one as in any
-/// router. Without a usable route or neighbour the kernel forwards it.
+/// Backend -> node address:SNAT port: back to the client, from the
+/// frontend.
 #[inline(always)]
-fn forward(ctx: &XdpContext, f: &Flow, src: u32, dst: u32, sport: u16, dport: u16) -> Result<u32, Error> {
+fn snat_reply(ctx: &XdpContext, f: &Flow) -> Result<u32, Error> {
+    let key = ct::key_of(f, CT_REPLY);
+    let Some(e) = ct::get(&key) else {
+        return Ok(PASS);
+    };
+    let now = now_ns();
+    ct::seen(&key, e, f, now);
+    let entry = ct::load(e);
+    frag::record(f);
+    forward(ctx, f, &entry, now)
+}
+
+/// Where the FIB sends a packet from `src` to `dst`.
+#[inline(always)]
+fn fib(ctx: &XdpContext, proto: u8, src: u32, dst: u32, sport: u16, dport: u16, tot_len: u16, tos: u8) -> (i64, FibParams) {
     // SAFETY: a plain C struct; all-zero is a valid value.
     let mut p: FibParams = unsafe { core::mem::zeroed() };
     p.family = AF_INET;
-    p.l4_protocol = f.proto;
+    p.l4_protocol = proto;
     p.sport = sport;
     p.dport = dport;
-    p.__bindgen_anon_1.tot_len = f.tot_len;
-    p.__bindgen_anon_2.tos = f.tos;
+    p.__bindgen_anon_1.tot_len = tot_len;
+    p.__bindgen_anon_2.tos = tos;
     p.__bindgen_anon_3.ipv4_src = src;
     p.__bindgen_anon_4.ipv4_dst = dst;
-    let ingress = ctx.ingress_ifindex() as u32;
-    p.ifindex = ingress;
+    p.ifindex = ctx.ingress_ifindex() as u32;
     // SAFETY: the context and a parameter struct of the size we pass.
     let rc = unsafe { bpf_fib_lookup(ctx.ctx.cast(), &mut p, size_of::<FibParams>() as i32, 0) };
-    if rc != FIB_SUCCESS {
-        return Ok(xdp_action::XDP_PASS);
+    (rc, p)
+}
+
+/// Whether the interface a packet came in on runs XDP natively: only then
+/// is a frame longer than the path's MTU really one packet (generic XDP
+/// also sees GSO super-packets, which the kernel segments on the way out).
+#[inline(always)]
+fn native_ingress(ctx: &XdpContext) -> bool {
+    let ifindex = ctx.ingress_ifindex() as u32;
+    // SAFETY: read once and copied.
+    unsafe { LB_DEVICES.get(&ifindex) }.is_some_and(|d| d.mode == xdp_mode::NATIVE)
+}
+
+/// Sends a packet of a translated flow on, rewritten as `e` says: the FIB
+/// gives the egress interface and the next hop's MAC, and the TTL goes down
+/// by one as in any router. A packet too big for the path (with DF) is
+/// answered with "fragmentation needed" from where it was sent to, an
+/// expired TTL with "time exceeded"; both quote the packet as it came.
+/// Without a route or neighbour the kernel forwards it.
+#[inline(always)]
+fn forward(ctx: &XdpContext, f: &Flow, e: &CtEntry, now: u64) -> Result<u32, Error> {
+    let (rc, p) = fib(ctx, f.proto, e.nat_saddr, e.nat_daddr, e.nat_sport, e.nat_dport, f.tot_len, f.tos);
+    if rc == BPF_FIB_LKUP_RET_FRAG_NEEDED as i64 && f.df && f.has_l4() && native_ingress(ctx) {
+        stats::count(stat::FRAG_NEEDED_SENT);
+        // SAFETY: the union member the kernel wrote for this result.
+        let mtu = unsafe { p.__bindgen_anon_1.mtu_result };
+        return Ok(icmp_out::xdp_error(ctx, f.saddr, now, icmp::DEST_UNREACH, icmp::FRAG_NEEDED, mtu));
     }
-    let ttl_proto: [u8; 2] = read(ctx, IP + ip::TTL)?;
+    let ttl: u8 = read(ctx, ETH_HLEN + lb_common::packet::ip::TTL).ok_or(Error::Malformed)?;
+    if ttl <= 1 {
+        stats::count(stat::DROP_TTL);
+        return Ok(icmp_out::xdp_error(ctx, f.saddr, now, icmp::TIME_EXCEEDED, 0, 0));
+    }
+    translate(ctx, f, e)?;
+    if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
+        return Ok(PASS);
+    }
+    send(ctx, &p)
+}
+
+/// Decrements the TTL, sets the MACs from the FIB result and transmits.
+#[inline(always)]
+fn send(ctx: &XdpContext, p: &FibParams) -> Result<u32, Error> {
+    use lb_common::packet::ip;
+    let ttl_proto: [u8; 2] = read(ctx, ETH_HLEN + ip::TTL).ok_or(Error::Rewrite)?;
     if ttl_proto[0] <= 1 {
-        // The kernel answers with time exceeded.
-        return Ok(xdp_action::XDP_PASS);
+        stats::count(stat::DROP_TTL);
+        return Ok(DROP);
     }
-    let check: u16 = read(ctx, IP + ip::CHECK)?;
+    let check: u16 = read(ctx, ETH_HLEN + ip::CHECK).ok_or(Error::Rewrite)?;
     let new = [ttl_proto[0] - 1, ttl_proto[1]];
     let check = csum::replace2(check, u16::from_ne_bytes(ttl_proto), u16::from_ne_bytes(new));
-    write(ctx, IP + ip::TTL, new)?;
-    write(ctx, IP + ip::CHECK, check)?;
-    write(ctx, 0, p.dmac)?;
-    write(ctx, 6, p.smac)?;
-    if p.ifindex == ingress {
+    write(ctx, ETH_HLEN + ip::TTL, new).ok_or(Error::Rewrite)?;
+    write(ctx, ETH_HLEN + ip::CHECK, check).ok_or(Error::Rewrite)?;
+    write(ctx, 0, p.dmac).ok_or(Error::Rewrite)?;
+    write(ctx, 6, p.smac).ok_or(Error::Rewrite)?;
+    if p.ifindex == ctx.ingress_ifindex() as u32 {
         Ok(xdp_action::XDP_TX)
     } else {
         // SAFETY: plain helper call.
@@ -410,30 +361,37 @@ fn forward(ctx: &XdpContext, f: &Flow, src: u32, dst: u32, sport: u16, dport: u1
     }
 }
 
-/// A frontend without endpoints: the packet becomes an ICMP port
-/// unreachable from the dialled address (kube-proxy's REJECT) and goes back
-/// out where it came from.
+/// An ICMP error from outside about a translated flow: about a reply we
+/// sent a client (to the frontend address: it goes to the backend), or
+/// about a packet we SNATed to a backend (to this node's SNAT address: it
+/// goes to the client).
 #[inline(always)]
-fn reject(ctx: &XdpContext, f: &Flow) -> Result<u32, Error> {
-    debug!(
-        ctx,
-        "lb_xdp: no backend for {:i}:{}, rejecting",
-        u32::from_be(f.daddr),
-        u16::from_be(f.dport)
-    );
-    let macs: [u8; 12] = read(ctx, 0)?;
-    let quote: [u8; ICMP_QUOTE_LEN] = read(ctx, IP)?;
-    let icmp = icmp_port_unreachable(&quote);
-    let mut swapped = [0u8; 12];
-    swapped[..6].copy_from_slice(&macs[6..]);
-    swapped[6..].copy_from_slice(&macs[..6]);
-    let len = (ctx.data_end() - ctx.data()) as i32;
-    let delta = (ETH_HLEN + ICMP_UNREACH_LEN) as i32 - len;
-    // SAFETY: the program's own context.
-    if unsafe { bpf_xdp_adjust_tail(ctx.ctx, delta) } != 0 {
-        return Ok(xdp_action::XDP_DROP);
+fn icmp_error(ctx: &XdpContext, err: &IcmpError) -> Result<u32, Error> {
+    let node = node_config();
+    let to_snat = node.is_some_and(|n| err.daddr == n.snat_addr && in_range(err.quoted.sport, n.nat_port_min, n.nat_port_max));
+    let dir = if to_snat {
+        CT_REPLY
+    } else {
+        match vip(err.daddr) {
+            Some(v) if v.flags & NORTH_SOUTH_VIP != 0 => CT_SERVICE,
+            _ => return Ok(PASS),
+        }
+    };
+    let key = nat::icmp_error_key(err, dir);
+    let Some(e) = ct::get(&key) else {
+        return Ok(PASS);
+    };
+    let entry = ct::load(e);
+    nat::rewrite_icmp_error(ctx, err, &entry).ok_or(Error::Rewrite)?;
+    stats::count(stat::ICMP_TRANSLATED);
+    // To a backend on this node (the flow is not SNATed): the kernel
+    // delivers it.
+    if dir == CT_SERVICE && entry.nat_saddr == key.saddr {
+        return Ok(PASS);
     }
-    write(ctx, 0, swapped)?;
-    write(ctx, IP, icmp)?;
-    Ok(xdp_action::XDP_TX)
+    let (rc, p) = fib(ctx, lb_common::IPPROTO_ICMP, entry.nat_saddr, entry.nat_daddr, 0, 0, 0, 0);
+    if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
+        return Ok(PASS);
+    }
+    send(ctx, &p)
 }

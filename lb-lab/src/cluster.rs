@@ -16,14 +16,15 @@
 //!   pairs `lbp<i>` (Calico-style, as in [`crate::NodeLab`]) with
 //!   `10.244.(n+1).(10+i)/32`, and routes to the other nodes' pod CIDRs
 //!   `10.244.(m+1).0/24 via 192.168.50.(m+1)` over the external link (no
-//!   tunnel). Forwarding is on and rp_filter off.
+//!   tunnel). Forwarding is on and reverse-path filtering strict, as on a
+//!   real node.
 //! * The client has only the external link; [`ClusterLab::client_route`]
 //!   adds routes for external or LoadBalancer IPs through a node (what a
 //!   cloud load balancer or a BGP speaker would do).
-//! * TX checksum offload is off on the client, the pods and the nodes'
-//!   external interfaces: packets leave with complete checksums, as they
-//!   arrive from a physical network (a veth would otherwise hand partial
-//!   checksums to an XDP program that forwards them).
+//! * TX checksum offload is off on the client and the nodes' external
+//!   interfaces: packets cross the external segment with complete
+//!   checksums, as on a physical network. Pods keep their offloads, as
+//!   real pods do.
 //!
 //! Nothing is created in the root namespace and no route leads out.
 
@@ -157,14 +158,7 @@ impl ClusterLab {
     fn add_node(&self, n: usize, names: &[&str]) -> Result<ClusterNode> {
         let name = format!("node-{}", (b'a' + n as u8) as char);
         let ns = Netns::new(&name)?;
-        for (k, v) in [
-            ("net.ipv4.conf.all.rp_filter", "0"),
-            ("net.ipv4.conf.default.rp_filter", "0"),
-            ("net.ipv4.conf.lo.rp_filter", "0"),
-            ("net.ipv4.ip_forward", "1"),
-        ] {
-            ns.sysctl(k, v)?;
-        }
+        crate::node::strict_node(&ns)?;
         // The pods' gateway needs a route for proxy ARP to answer: into a
         // sink, as in NodeLab.
         if let Err(e) = ns.ip(&["link", "add", "lbnode", "type", "dummy"]) {
@@ -176,7 +170,7 @@ impl ClusterLab {
         self.attach(&ns, EXT_IF, &format!("lbsw-{n}"))?;
         let ip = node_ip(n);
         ns.ip(&["addr", "add", &format!("{ip}/{EXT_PREFIX}"), "dev", EXT_IF])?;
-        ns.sysctl(&format!("net.ipv4.conf.{EXT_IF}.rp_filter"), "0")?;
+        ns.sysctl(&format!("net.ipv4.conf.{EXT_IF}.rp_filter"), crate::node::RP_FILTER)?;
         ns.ip(&["link", "set", EXT_IF, "up"])?;
         tx_checksum_off(&ns, EXT_IF)?;
         let mut node = ClusterNode { name, ns, ip, pods: Vec::new() };
@@ -223,10 +217,9 @@ fn add_pod(node: &Netns, name: &str, ip: Ipv4Addr, hif: &str) -> Result<ClusterP
         p.ip(&["link", "set", crate::POD_IF, "up"])?;
         p.ip(&["route", "add", &format!("{GATEWAY_IP}/32"), "dev", crate::POD_IF, "scope", "link"])?;
         p.ip(&["route", "add", "default", "via", &GATEWAY_IP.to_string(), "dev", crate::POD_IF])?;
-        tx_checksum_off(p, crate::POD_IF)?;
         node.sysctl(&format!("net.ipv4.conf.{hif}.proxy_arp"), "1")?;
         node.sysctl(&format!("net.ipv4.neigh.{hif}.proxy_delay"), "0")?;
-        node.sysctl(&format!("net.ipv4.conf.{hif}.rp_filter"), "0")?;
+        node.sysctl(&format!("net.ipv4.conf.{hif}.rp_filter"), crate::node::RP_FILTER)?;
         node.ip(&["link", "set", hif, "up"])?;
         node.ip(&["route", "add", &format!("{ip}/32"), "dev", hif])?;
         Ok(())

@@ -28,6 +28,23 @@ pub fn host_if(index: usize) -> String {
     format!("lbp{index}")
 }
 
+/// Reverse-path filtering on every interface of a lab node: strict.
+pub const RP_FILTER: &str = "1";
+
+/// Makes a node namespace forward and filter as a strict real node does:
+/// `ip_forward=1`, `rp_filter=1` on all, default and lo.
+pub fn strict_node(node: &Netns) -> Result<()> {
+    for (k, v) in [
+        ("net.ipv4.conf.all.rp_filter", RP_FILTER),
+        ("net.ipv4.conf.default.rp_filter", RP_FILTER),
+        ("net.ipv4.conf.lo.rp_filter", RP_FILTER),
+        ("net.ipv4.ip_forward", "1"),
+    ] {
+        node.sysctl(k, v)?;
+    }
+    Ok(())
+}
+
 /// A pod: its own namespace behind a veth pair whose other end (`host_if`)
 /// is in the node namespace.
 #[derive(Debug)]
@@ -46,8 +63,10 @@ pub struct Pod {
 /// * the node side `lbp<i>` has `proxy_arp=1` (and `neigh.proxy_delay=0`,
 ///   as Calico does) and the node has
 ///   `10.244.0.(11+i) dev lbp<i>`;
-/// * the node has `ip_forward=1`, `rp_filter=0` on all/default and every
-///   interface, and a dummy `lbnode` with `10.0.0.1/32` (an `ifb` device
+/// * the node is strict, as real nodes are: `ip_forward=1` and strict
+///   reverse-path filtering (`rp_filter=1`) on all/default and every
+///   interface (Calico sets 1 on its `cali*` interfaces; systemd
+///   distributions default to 2), and a dummy `lbnode` with `10.0.0.1/32` (an `ifb` device
 ///   where the kernel lacks `CONFIG_DUMMY`). `169.254.1.1/32` is
 ///   routed into `lbnode` (a sink) so that proxy ARP answers for the gateway.
 ///
@@ -64,21 +83,14 @@ impl NodeLab {
     /// [`pod_ip(i)`](pod_ip)). Pod names must be unique.
     pub fn new(pod_names: &[&str]) -> Result<NodeLab> {
         let node = Netns::new("node")?;
-        for (k, v) in [
-            ("net.ipv4.conf.all.rp_filter", "0"),
-            ("net.ipv4.conf.default.rp_filter", "0"),
-            ("net.ipv4.conf.lo.rp_filter", "0"),
-            ("net.ipv4.ip_forward", "1"),
-        ] {
-            node.sysctl(k, v)?;
-        }
+        strict_node(&node)?;
         // Kernels without CONFIG_DUMMY (like some CI VMs): an `ifb` device is
         // an equally good sink (it drops everything not redirected into it).
         if let Err(e) = node.ip(&["link", "add", NODE_IF, "type", "dummy"]) {
             node.ip(&["link", "add", NODE_IF, "type", "ifb"])
                 .map_err(|e2| e2.context(format!("no dummy device ({e:#}), and no ifb either")))?;
         }
-        node.sysctl(&format!("net.ipv4.conf.{NODE_IF}.rp_filter"), "0")?;
+        node.sysctl(&format!("net.ipv4.conf.{NODE_IF}.rp_filter"), RP_FILTER)?;
         node.ip(&["addr", "add", &format!("{NODE_IP}/32"), "dev", NODE_IF])?;
         node.ip(&["link", "set", NODE_IF, "up"])?;
         // Proxy ARP only answers for targets with a unicast route through
@@ -178,7 +190,7 @@ impl NodeLab {
         // Otherwise proxy ARP replies to broadcast requests are delayed by up
         // to neigh.proxy_delay (0.8 s), stalling every pod's first packet.
         node.sysctl(&format!("net.ipv4.neigh.{hif}.proxy_delay"), "0")?;
-        node.sysctl(&format!("net.ipv4.conf.{hif}.rp_filter"), "0")?;
+        node.sysctl(&format!("net.ipv4.conf.{hif}.rp_filter"), RP_FILTER)?;
         node.ip(&["link", "set", hif, "up"])?;
         node.ip(&["route", "add", &format!("{}/32", pod.ip), "dev", hif])?;
         Ok(())

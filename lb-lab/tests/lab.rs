@@ -129,11 +129,12 @@ fn node_configuration() {
     let lab = lab(&["a"]);
     let n = &lab.node;
     assert_eq!(n.sysctl_get("net.ipv4.ip_forward").unwrap(), "1");
+    // A strict node: reverse-path filtering on everywhere.
     for iface in ["all", "default", "lo", "lbnode", "lbp0"] {
         assert_eq!(
             n.sysctl_get(&format!("net.ipv4.conf.{iface}.rp_filter"))
                 .unwrap(),
-            "0",
+            "1",
             "{iface}"
         );
     }

@@ -12,7 +12,7 @@ use std::{
 
 use aya::programs::SchedClassifier;
 use lb_agent::{
-    datapath::{Datapath, MapSizes, TC_PROGRAM},
+    datapath::{Datapath, MapSizes, TC_EGRESS_PROGRAM, TC_INGRESS_PROGRAM},
     list,
     maps::Maps,
     model::{Backend, BackendAddr, Desired, Frontend, FrontendAddr, Protocol},
@@ -269,7 +269,7 @@ pub struct Loaded {
 impl Loaded {
     pub fn new(tag: &str, desired: Desired) -> Loaded {
         let pins = PinDir::new(tag);
-        let sizes = MapSizes { services: 64, backends: 64, slots: 256, ct: 4096, affinity: 256 };
+        let sizes = MapSizes { services: 64, backends: 64, slots: 256, ct_tcp: 4096, ct_any: 4096, affinity: 256 };
         let dp = Datapath::load(&pins.0, &sizes).expect("loading the datapath");
         let mut maps = Maps::open(&pins.0).unwrap();
         maps.write_config(&Config::ready(0)).unwrap();
@@ -279,12 +279,29 @@ impl Loaded {
         Loaded { dp, reconciler, pins }
     }
 
+    /// The pod interfaces' ingress program (packets leaving pods).
     pub fn tc(&mut self) -> &mut SchedClassifier {
-        self.dp.ebpf.program_mut(TC_PROGRAM).unwrap().try_into().unwrap()
+        self.dp.ebpf.program_mut(TC_INGRESS_PROGRAM).unwrap().try_into().unwrap()
     }
 
+    /// The egress program (packets on their way to a client).
+    pub fn tc_egress(&mut self) -> &mut SchedClassifier {
+        self.dp.ebpf.program_mut(TC_EGRESS_PROGRAM).unwrap().try_into().unwrap()
+    }
+
+    /// Runs a packet leaving a pod through the ingress program.
     pub fn run(&mut self, input: &[u8]) -> Outcome {
         testrun::run_tc(self.tc(), input).unwrap()
+    }
+
+    /// Runs a packet on its way to a client through the egress program.
+    pub fn run_egress(&mut self, input: &[u8]) -> Outcome {
+        testrun::run_tc(self.tc_egress(), input).unwrap()
+    }
+
+    /// A datapath counter (`lb_common::stat`), summed over CPUs.
+    pub fn stat(&self, index: u32) -> u64 {
+        self.reconciler.maps().stat(index).unwrap()
     }
 }
 
@@ -312,4 +329,102 @@ pub fn assert_checksums_valid(name: &str, packet: &[u8]) {
         Some(TransportSlice::Udp(_)) => {}
         other => panic!("{name}: unexpected transport {other:?}"),
     }
+}
+
+/// Splits an Ethernet + IPv4 packet into two IPv4 fragments, the first
+/// carrying `first` bytes of the IP payload (a multiple of 8), with the
+/// same IP ID, as a sender's stack would.
+pub fn fragment(packet: &[u8], first: usize) -> (Vec<u8>, Vec<u8>) {
+    assert_eq!(first % 8, 0);
+    let (eth, ip) = packet.split_at(14);
+    let ihl = ((ip[0] & 0x0f) as usize) * 4;
+    let (hdr, payload) = ip.split_at(ihl);
+    let make = |data: &[u8], offset: usize, more: bool| {
+        let mut h = hdr.to_vec();
+        h[2..4].copy_from_slice(&((ihl + data.len()) as u16).to_be_bytes());
+        // Fragments carry no DF.
+        let frag = (offset / 8) as u16 | if more { 0x2000 } else { 0 };
+        h[6..8].copy_from_slice(&frag.to_be_bytes());
+        h[10..12].copy_from_slice(&[0, 0]);
+        let sum = ipv4_checksum(&h);
+        h[10..12].copy_from_slice(&sum.to_be_bytes());
+        [eth, &h, data].concat()
+    };
+    (make(&payload[..first], 0, true), make(&payload[first..], first, false))
+}
+
+/// Puts two fragments of one datagram back together (headers from the
+/// first, the fragment field set to DF, as the datagram was sent before
+/// the sender fragmented it), checking they agree.
+pub fn reassemble(first: &[u8], later: &[u8]) -> Vec<u8> {
+    let ihl = ((first[14] & 0x0f) as usize) * 4;
+    assert_eq!(first[14 + 4..14 + 6], later[14 + 4..14 + 6], "same IP ID");
+    assert_eq!(first[14 + 12..14 + 20], later[14 + 12..14 + 20], "same addresses");
+    let mut out = first.to_vec();
+    out.extend_from_slice(&later[14 + ihl..]);
+    let len = (out.len() - 14) as u16;
+    out[14 + 2..14 + 4].copy_from_slice(&len.to_be_bytes());
+    out[14 + 6..14 + 8].copy_from_slice(&0x4000u16.to_be_bytes());
+    out[14 + 10..14 + 12].copy_from_slice(&[0, 0]);
+    let sum = ipv4_checksum(&out[14..14 + ihl]);
+    out[14 + 10..14 + 12].copy_from_slice(&sum.to_be_bytes());
+    out
+}
+
+/// The IPv4 header checksum of `h` (whose checksum field is zero).
+pub fn ipv4_checksum(h: &[u8]) -> u16 {
+    let mut sum: u32 = h.chunks(2).map(|c| u16::from_be_bytes([c[0], c[1]]) as u32).sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// Asserts that an ICMP error's outer IPv4 header, its ICMP checksum and
+/// the quoted IPv4 header's checksum are all right; returns (outer source,
+/// outer destination, quoted source, quoted destination) as socket
+/// addresses (ports from the quoted L4 header).
+pub fn icmp_error_parts(name: &str, packet: &[u8]) -> (std::net::Ipv4Addr, std::net::Ipv4Addr, std::net::SocketAddrV4, std::net::SocketAddrV4) {
+    use std::net::{Ipv4Addr, SocketAddrV4};
+    let ip = &packet[14..];
+    assert_eq!(ip[9], 1, "{name}: ICMP");
+    let outer = &ip[..20];
+    assert_eq!(ipv4_checksum(outer), 0, "{name}: outer IPv4 checksum");
+    let icmp = &ip[20..];
+    let mut sum: u32 = icmp.chunks(2).map(|c| u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u32).sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    assert_eq!(sum, 0xffff, "{name}: ICMP checksum");
+    let q = &icmp[8..];
+    assert_eq!(ipv4_checksum(&q[..20]), 0, "{name}: quoted IPv4 checksum");
+    let a = |b: &[u8]| Ipv4Addr::new(b[0], b[1], b[2], b[3]);
+    let p = |b: &[u8]| u16::from_be_bytes([b[0], b[1]]);
+    (
+        a(&outer[12..16]),
+        a(&outer[16..20]),
+        SocketAddrV4::new(a(&q[12..16]), p(&q[20..22])),
+        SocketAddrV4::new(a(&q[16..20]), p(&q[22..24])),
+    )
+}
+
+/// An ICMP error of `icmp_type`/`code` from `from` to `to`, quoting the
+/// IPv4 header and the first 8 payload bytes of `about` (an Ethernet
+/// frame), with correct checksums.
+pub fn icmp_error(from: std::net::Ipv4Addr, to: std::net::Ipv4Addr, icmp_type: u8, code: u8, about: &[u8]) -> Vec<u8> {
+    let quote = &about[14..14 + 28];
+    let mut icmp = vec![icmp_type, code, 0, 0, 0, 0, 0, 0];
+    icmp.extend_from_slice(quote);
+    let mut sum: u32 = icmp.chunks(2).map(|c| u16::from_be_bytes([c[0], c[1]]) as u32).sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    icmp[2..4].copy_from_slice(&(!(sum as u16)).to_be_bytes());
+    let mut ip = vec![0x45, 0, 0, 0, 0, 0, 0x40, 0, 64, 1, 0, 0];
+    ip[2..4].copy_from_slice(&((20 + icmp.len()) as u16).to_be_bytes());
+    ip.extend_from_slice(&from.octets());
+    ip.extend_from_slice(&to.octets());
+    let sum = ipv4_checksum(&ip);
+    ip[10..12].copy_from_slice(&sum.to_be_bytes());
+    [&about[..14], &ip[..], &icmp[..]].concat()
 }

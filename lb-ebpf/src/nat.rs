@@ -1,0 +1,142 @@
+//! Rewriting packets: a TCP/UDP packet's addresses and ports, and an ICMP
+//! error about a translated flow (its outer header and the packet it
+//! quotes).
+
+use lb_common::{
+    CtEntry, IPPROTO_UDP, csum,
+    packet::{ETH_HLEN, icmp, icmp_error, ip, l4, l4_check_offset},
+};
+
+use crate::{
+    packet::{L4Csum, PacketData, read, write},
+    parse::{Flow, IcmpError},
+};
+
+/// Rewrites a TCP/UDP packet to source `saddr:sport` and destination
+/// `daddr:dport`. The IPv4 checksum is updated in software (the header has
+/// no offload state); the L4 checksum through the context (see [`L4Csum`]),
+/// unless this is a later fragment, which has no L4 header (the first
+/// fragment's checksum covers the whole datagram).
+#[inline(always)]
+pub fn rewrite<C: PacketData + L4Csum>(ctx: &C, f: &Flow, saddr: u32, sport: u16, daddr: u32, dport: u16) -> Option<()> {
+    let l4 = f.has_l4();
+    if l4 {
+        let check = f.l4_off + l4_check_offset(f.proto);
+        let udp = f.proto == IPPROTO_UDP;
+        if saddr != f.saddr {
+            ctx.l4_csum_addr(check, udp, f.saddr, saddr)?;
+        }
+        if daddr != f.daddr {
+            ctx.l4_csum_addr(check, udp, f.daddr, daddr)?;
+        }
+        if sport != f.sport {
+            ctx.l4_csum_port(check, udp, f.sport, sport)?;
+        }
+        if dport != f.dport {
+            ctx.l4_csum_port(check, udp, f.dport, dport)?;
+        }
+    }
+    // The tc helpers may have moved the packet: every access below is
+    // bounds-checked afresh.
+    if saddr != f.saddr || daddr != f.daddr {
+        let mut check: u16 = read(ctx, ETH_HLEN + ip::CHECK)?;
+        if saddr != f.saddr {
+            check = csum::replace4(check, f.saddr, saddr);
+            write(ctx, ETH_HLEN + ip::SADDR, saddr)?;
+        }
+        if daddr != f.daddr {
+            check = csum::replace4(check, f.daddr, daddr);
+            write(ctx, ETH_HLEN + ip::DADDR, daddr)?;
+        }
+        write(ctx, ETH_HLEN + ip::CHECK, check)?;
+    }
+    if l4 {
+        if sport != f.sport {
+            write(ctx, f.l4_off + l4::SPORT, sport)?;
+        }
+        if dport != f.dport {
+            write(ctx, f.l4_off + l4::DPORT, dport)?;
+        }
+    }
+    Some(())
+}
+
+/// Rewrites a packet as conntrack entry `e` says.
+#[inline(always)]
+pub fn apply<C: PacketData + L4Csum>(ctx: &C, f: &Flow, e: &CtEntry) -> Option<()> {
+    rewrite(ctx, f, e.nat_saddr, e.nat_sport, e.nat_daddr, e.nat_dport)
+}
+
+/// Translates an ICMP error that travels like a packet of the flow whose
+/// entry is `e` (found with the quoted packet's tuple reversed). The outer
+/// header gets the entry's addresses, as netfilter does with related ICMP;
+/// the quoted packet, which travelled the other way, gets the inverse: its
+/// source becomes the entry's destination and its destination the entry's
+/// source. The outer IPv4, quoted IPv4 and ICMP checksums are updated
+/// incrementally, all in software: ICMP has no checksum offload, and each
+/// change is balanced by its checksum's, so a CHECKSUM_COMPLETE skb stays
+/// right. The quoted L4 checksum is updated too when the quote has it (a
+/// UDP one always does; a TCP one is past the 8 bytes every quote has),
+/// so the quote is exactly the packet the receiver sent.
+#[inline(always)]
+pub fn rewrite_icmp_error<C: PacketData>(ctx: &C, err: &IcmpError, e: &CtEntry) -> Option<()> {
+    const IP: usize = ETH_HLEN;
+    const ICMP_CHECK: usize = ETH_HLEN + icmp_error::ICMP + icmp::CHECK;
+    const Q_IP: usize = ETH_HLEN + icmp_error::INNER_IP;
+    const Q_L4: usize = ETH_HLEN + icmp_error::INNER_L4;
+    let q = &err.quoted;
+    // The quoted packet's new tuple.
+    let (q_saddr, q_sport, q_daddr, q_dport) = (e.nat_daddr, e.nat_dport, e.nat_saddr, e.nat_sport);
+
+    let mut outer: u16 = read(ctx, IP + ip::CHECK)?;
+    outer = csum::replace4(outer, err.saddr, e.nat_saddr);
+    outer = csum::replace4(outer, err.daddr, e.nat_daddr);
+
+    let q_check_old: u16 = read(ctx, Q_IP + ip::CHECK)?;
+    let mut q_check = csum::replace4(q_check_old, q.saddr, q_saddr);
+    q_check = csum::replace4(q_check, q.daddr, q_daddr);
+
+    let mut icmp_check: u16 = read(ctx, ICMP_CHECK)?;
+    icmp_check = csum::replace4(icmp_check, q.saddr, q_saddr);
+    icmp_check = csum::replace4(icmp_check, q.daddr, q_daddr);
+    icmp_check = csum::replace2(icmp_check, q_check_old, q_check);
+    icmp_check = csum::replace2(icmp_check, q.sport, q_sport);
+    icmp_check = csum::replace2(icmp_check, q.dport, q_dport);
+
+    // The quoted L4 checksum, where the quote has it (a UDP checksum of 0
+    // means none).
+    let q_l4_check = Q_L4 + l4_check_offset(q.proto);
+    if let Some(old) = read::<C, u16>(ctx, q_l4_check)
+        && (old != 0 || q.proto != IPPROTO_UDP)
+    {
+        let mut new = csum::replace4(old, q.saddr, q_saddr);
+        new = csum::replace4(new, q.daddr, q_daddr);
+        new = csum::replace2(new, q.sport, q_sport);
+        new = csum::replace2(new, q.dport, q_dport);
+        if q.proto == IPPROTO_UDP {
+            new = csum::udp_mangled_zero(new);
+        }
+        icmp_check = csum::replace2(icmp_check, old, new);
+        write(ctx, q_l4_check, new)?;
+    }
+
+    write(ctx, IP + ip::SADDR, e.nat_saddr)?;
+    write(ctx, IP + ip::DADDR, e.nat_daddr)?;
+    write(ctx, IP + ip::CHECK, outer)?;
+    write(ctx, ICMP_CHECK, icmp_check)?;
+    write(ctx, Q_IP + ip::SADDR, q_saddr)?;
+    write(ctx, Q_IP + ip::DADDR, q_daddr)?;
+    write(ctx, Q_IP + ip::CHECK, q_check)?;
+    write(ctx, Q_L4 + l4::SPORT, q_sport)?;
+    write(ctx, Q_L4 + l4::DPORT, q_dport)?;
+    Some(())
+}
+
+/// The conntrack key under which an ICMP error's flow is found: the
+/// quoted packet's tuple reversed, in direction `dir` (the direction the
+/// error travels).
+#[inline(always)]
+pub fn icmp_error_key(err: &IcmpError, dir: u8) -> lb_common::Ct4Key {
+    let q = &err.quoted;
+    lb_common::Ct4Key::new(q.daddr, q.saddr, q.dport, q.sport, q.proto, dir)
+}
