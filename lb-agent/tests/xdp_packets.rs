@@ -551,3 +551,170 @@ fn a_backend_behind_another_interface_is_redirected_there() {
     let out = testrun::run_xdp(xdp, &testrun::tcp_frame(from_c, be, node(NAT_PORT), "SA", 2, b""), ext1).unwrap();
     expect("reply redirected to ext0", &out, testrun::XDP_REDIRECT, &testrun::tcp_frame(TO_CLIENT, node(30082), c, "SA", 2, b""));
 }
+
+#[test]
+fn fragments_through_a_nodeport_get_the_datagrams_translation() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let mut fx = Fixture::new("xdp-frags", (NAT_PORT, NAT_PORT));
+    let c = client(40050);
+    let be = sa("10.244.2.10:5353");
+    // Two fragments that fit the 1500-byte links: 1480 + 528 bytes.
+    let payload: Vec<u8> = (0..2000).map(|i| (i % 253) as u8).collect();
+    let (first, later) = common::fragment(&common::with_ip_id(&testrun::udp_frame(IN, c, node(30053), &payload), 1), 1480);
+    let out_first = fx.run(&first);
+    let out_later = fx.run(&later);
+    assert_eq!((out_first.verdict, out_later.verdict), (XDP_TX, XDP_TX), "both forwarded to node B");
+    let got = common::reassemble(&out_first.packet, &out_later.packet);
+    let (want_first, want_later) = common::fragment(&common::with_ip_id(&testrun::udp_frame(TO_B, node(NAT_PORT), be, &payload), 1), 1480);
+    assert_checksums_valid("reassembled at node B", &got);
+    assert!(got == common::reassemble(&want_first, &want_later), "DNAT+SNAT of the whole datagram");
+    // The answer comes back from node B in fragments too.
+    let (first, later) = common::fragment(&common::with_ip_id(&testrun::udp_frame(FROM_B, be, node(NAT_PORT), &payload), 2), 1480);
+    let out_first = fx.run(&first);
+    let out_later = fx.run(&later);
+    assert_eq!((out_first.verdict, out_later.verdict), (XDP_TX, XDP_TX));
+    let got = common::reassemble(&out_first.packet, &out_later.packet);
+    let (want_first, want_later) = common::fragment(&common::with_ip_id(&testrun::udp_frame(TO_CLIENT, node(30053), c, &payload), 2), 1480);
+    assert_checksums_valid("reassembled at the client", &got);
+    assert!(got == common::reassemble(&want_first, &want_later), "both translations reversed");
+    assert_eq!(fx.l.stat(lb_common::stat::FRAGMENT_TRANSLATED), 2);
+    // A later fragment to a LoadBalancer IP whose first fragment never
+    // came is dropped, never routed on untranslated.
+    let (_, later) = common::fragment(&common::with_ip_id(&testrun::udp_frame(IN, client(40051), sa("192.168.60.10:80"), &payload), 3), 1480);
+    assert_eq!(fx.run(&later).verdict, XDP_DROP);
+    // One to the node's address passes: it may be the node's own traffic.
+    let (_, later) = common::fragment(&common::with_ip_id(&testrun::udp_frame(IN, client(40052), node(30053), &payload), 4), 1480);
+    assert_eq!(fx.run(&later).verdict, XDP_PASS);
+    assert_eq!(fx.l.stat(lb_common::stat::DROP_ORPHAN_FRAGMENT), 1);
+}
+
+/// The frame as `frame` says, on `packet` (an Ethernet frame).
+fn reframed(frame: Frame, packet: &[u8]) -> Vec<u8> {
+    let mut p = packet.to_vec();
+    p[0..6].copy_from_slice(&frame.dst_mac);
+    p[6..12].copy_from_slice(&frame.src_mac);
+    p
+}
+
+#[test]
+fn icmp_errors_about_nodeport_flows_are_translated_both_ways() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let mut fx = Fixture::new("xdp-icmp", (NAT_PORT, NAT_PORT + 10));
+    let c = client(40060);
+    let be = sa("10.244.2.10:8080");
+    let syn = fx.run(&testrun::tcp_frame(IN, c, node(30080), "S", 1, b""));
+    assert_eq!(syn.verdict, XDP_TX);
+    let nat = SocketAddrV4::new(*node(0).ip(), u16::from_be_bytes([syn.packet[34], syn.packet[35]]));
+
+    // A router near the client: "fragmentation needed" about a reply we
+    // sent (from the NodePort to the client). It goes to the backend,
+    // about the packet the backend sent (to this node's SNAT port).
+    let router: Ipv4Addr = "192.168.50.254".parse().unwrap();
+    let reply_as_sent = testrun::tcp_frame(TO_CLIENT, node(30080), c, "A", 5000, b"");
+    let mut err = common::icmp_error(router, *node(0).ip(), 3, 4, &reframed(IN, &reply_as_sent));
+    err[14 + 20 + 6..14 + 20 + 8].copy_from_slice(&1400u16.to_be_bytes());
+    let sum = {
+        let mut e = err.clone();
+        e[14 + 22..14 + 24].copy_from_slice(&[0, 0]);
+        common::ipv4_checksum(&e[14 + 20..]) // the same folding as ICMP's
+    };
+    err[14 + 22..14 + 24].copy_from_slice(&sum.to_be_bytes());
+    let out = fx.run(&err);
+    assert_eq!(out.verdict, XDP_TX, "on to node B");
+    assert_eq!(&out.packet[..12], &[&NODE_B_MAC[..], &EXT_MAC[..]].concat()[..], "MACs from the FIB");
+    let (src, dst, q_src, q_dst) = common::icmp_error_parts("frag needed to the backend", &out.packet);
+    assert_eq!((src, dst), (*node(0).ip(), *be.ip()));
+    assert_eq!((q_src, q_dst), (be, nat), "about the packet the backend sent");
+    assert_eq!(u16::from_be_bytes([out.packet[14 + 26], out.packet[14 + 27]]), 1400, "the MTU is kept");
+
+    // Node B's port unreachable about a UDP query we SNATed goes to the
+    // client, about the query the client sent.
+    let q = fx.run(&testrun::udp_frame(IN, client(40061), node(30053), b"q"));
+    assert_eq!(q.verdict, XDP_TX);
+    let err = common::icmp_error(*sa("10.244.2.10:0").ip(), *node(0).ip(), 3, 3, &reframed(FROM_B, &q.packet));
+    let out = fx.run(&err);
+    assert_eq!(out.verdict, XDP_TX, "back to the client");
+    let (src, dst, q_src, q_dst) = common::icmp_error_parts("port unreachable to the client", &out.packet);
+    assert_eq!((src, dst), (*node(0).ip(), *c.ip()));
+    assert_eq!((q_src, q_dst), (client(40061), node(30053)));
+    assert_eq!(fx.l.stat(lb_common::stat::ICMP_TRANSLATED), 2);
+}
+
+#[test]
+fn a_packet_too_big_for_the_path_to_a_remote_backend_gets_frag_needed() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let mut fx = Fixture::new("xdp-mtu", (NAT_PORT, NAT_PORT));
+    // The path to node B's pods has MTU 1000 (a tunnel, say).
+    fx._ns.ip(&["route", "replace", "10.244.2.0/24", "via", "192.168.50.2", "dev", "ext0", "mtu", "lock", "1000"]).unwrap();
+    let big = testrun::tcp_frame(IN, client(40070), node(30080), "A", 1, &[7u8; 1200]);
+    // On a native interface a frame is one packet: answer it.
+    let ext = fx.ext;
+    fx.l.reconciler
+        .maps_mut()
+        .devices
+        .insert(&ext, &lb_common::Device { mode: lb_common::xdp_mode::NATIVE, name: *b"ext0\0\0\0\0\0\0\0\0\0\0\0\0", why: 0 })
+        .unwrap();
+    let out = fx.run(&big);
+    assert_eq!(out.verdict, XDP_TX);
+    let p = SlicedPacket::from_ethernet(&out.packet).unwrap();
+    let Some(NetSlice::Ipv4(ip)) = &p.net else { panic!("not IPv4") };
+    assert_eq!(Ipv4Addr::from(ip.header().source()), *node(0).ip(), "from the NodePort's address");
+    let Some(TransportSlice::Icmpv4(icmp)) = &p.transport else { panic!("not ICMP") };
+    assert_eq!(
+        icmp.icmp_type(),
+        Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1000 })
+    );
+    assert_eq!(icmp.payload(), &big[14..14 + 28], "quotes the packet as the client sent it");
+    assert_eq!(fx.l.stat(lb_common::stat::FRAG_NEEDED_SENT), 1);
+    // In generic mode a long frame may be a GSO super-packet, which the
+    // kernel segments on its way: translated and handed to the kernel.
+    fx.l.reconciler
+        .maps_mut()
+        .devices
+        .insert(&ext, &lb_common::Device { mode: lb_common::xdp_mode::GENERIC, name: *b"ext0\0\0\0\0\0\0\0\0\0\0\0\0", why: 0 })
+        .unwrap();
+    let out = fx.run(&testrun::tcp_frame(IN, client(40070), node(30080), "A", 1, &[7u8; 1200]));
+    assert_eq!(out.verdict, XDP_PASS);
+    assert_eq!(&out.packet[26..30], &node(0).ip().octets(), "SNATed");
+}
+
+#[test]
+fn spoofed_syns_hold_snat_ports_only_until_the_syn_timeout() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    // One SNAT port. A SYN from a source that never answers (spoofed)
+    // takes it; a real client is dropped while it is held, and gets it
+    // once the SYN timeout has passed, without waiting for GC.
+    let mut fx = Fixture::new("xdp-spoof", (NAT_PORT, NAT_PORT));
+    let be = sa("10.244.2.10:8080");
+    let spoofed = sa("203.0.113.9:4444");
+    assert_eq!(fx.run(&testrun::tcp_frame(IN, spoofed, node(30080), "S", 1, b"")).verdict, XDP_TX);
+    // The backend's SYN-ACK goes out to the spoofed source (through the
+    // kernel: no route here); nothing comes back.
+    assert_eq!(fx.run(&testrun::tcp_frame(FROM_B, be, node(NAT_PORT), "SA", 9, b"")).verdict, XDP_PASS);
+    let real = client(40080);
+    assert_eq!(fx.run(&testrun::tcp_frame(IN, real, node(30080), "S", 1, b"")).verdict, XDP_DROP, "the port is held");
+    // Age the half-open flow past the SYN timeout (60 s).
+    let age = |fx: &mut Fixture, by: u64| {
+        let ct = fx.l.reconciler.maps().ct.entries().unwrap();
+        for (k, mut e) in ct {
+            e.last_seen -= by;
+            fx.l.reconciler.maps_mut().ct.insert(&k, &e).unwrap();
+        }
+    };
+    age(&mut fx, 61_000_000_000);
+    let out = fx.run(&testrun::tcp_frame(IN, real, node(30080), "S", 1, b""));
+    expect("the real client gets the port", &out, XDP_TX, &testrun::tcp_frame(TO_B, node(NAT_PORT), be, "S", 1, b""));
+    // An established flow keeps its port for as long as it lives.
+    assert_eq!(fx.run(&testrun::tcp_frame(FROM_B, be, node(NAT_PORT), "SA", 9, b"")).verdict, XDP_TX);
+    assert_eq!(fx.run(&testrun::tcp_frame(IN, real, node(30080), "A", 2, b"")).verdict, XDP_TX);
+    age(&mut fx, 61_000_000_000);
+    assert_eq!(fx.run(&testrun::tcp_frame(IN, client(40081), node(30080), "S", 1, b"")).verdict, XDP_DROP);
+}

@@ -21,6 +21,12 @@
 //! * The client has only the external link; [`ClusterLab::client_route`]
 //!   adds routes for external or LoadBalancer IPs through a node (what a
 //!   cloud load balancer or a BGP speaker would do).
+//! * Options ([`ClusterOptions`]): the pod networks joined by a kernel
+//!   VXLAN device instead of plain routes (flannel's layout: `lbvx` with
+//!   `10.244.(n+1).0/32`, a route per other node's pod CIDR via its VTEP
+//!   address, static neighbour and FDB entries); and the client behind a
+//!   router (`192.168.60.100` -> `192.168.60.1` / `192.168.50.254`) whose
+//!   link towards the client has a smaller MTU, for path MTU discovery.
 //! * TX checksum offload is off on the client and the nodes' external
 //!   interfaces: packets cross the external segment with complete
 //!   checksums, as on a physical network. Pods keep their offloads, as
@@ -89,18 +95,52 @@ impl ClusterNode {
     }
 }
 
-/// The lab: a switch, nodes, a client.
+/// How the nodes' pod networks are joined.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Overlay {
+    /// Plain routes via the other nodes' external addresses.
+    #[default]
+    Routed,
+    /// A kernel VXLAN device (VNI 42, port 4789), as flannel sets it up.
+    Vxlan,
+}
+
+/// The VXLAN device of every node with [`Overlay::Vxlan`].
+pub const VXLAN_IF: &str = "lbvx";
+
+/// Options of a [`ClusterLab`].
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ClusterOptions {
+    pub overlay: Overlay,
+    /// Put the client behind a router whose link towards the client has
+    /// this MTU (the client's own link keeps 1500).
+    pub client_router_mtu: Option<u32>,
+}
+
+/// The client's address behind the router.
+pub const ROUTED_CLIENT_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 60, 100);
+/// The router's addresses: towards the client, and on the external segment.
+pub const ROUTER_CLIENT_SIDE: Ipv4Addr = Ipv4Addr::new(192, 168, 60, 1);
+pub const ROUTER_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 254);
+
+/// The lab: a switch, nodes, a client (and maybe a router before it).
 #[derive(Debug)]
 pub struct ClusterLab {
     pub nodes: Vec<ClusterNode>,
     pub client: Netns,
     pub switch: Netns,
+    pub router: Option<Netns>,
 }
 
 impl ClusterLab {
     /// Builds one node per entry of `pods` (node `n` gets the pods named in
     /// `pods[n]`, in order) plus the switch and the client.
     pub fn new(pods: &[&[&str]]) -> Result<ClusterLab> {
+        Self::with_options(pods, ClusterOptions::default())
+    }
+
+    /// [`ClusterLab::new`] with options.
+    pub fn with_options(pods: &[&[&str]], opts: ClusterOptions) -> Result<ClusterLab> {
         if pods.is_empty() || pods.len() > 26 {
             bail!("a cluster lab has 1 to 26 nodes, not {}", pods.len());
         }
@@ -108,24 +148,102 @@ impl ClusterLab {
         switch.ip(&["link", "add", BRIDGE, "type", "bridge"]).context("create the bridge")?;
         switch.ip(&["link", "set", BRIDGE, "up"])?;
         let client = Netns::new("client")?;
-        let mut lab = ClusterLab { nodes: Vec::new(), client, switch };
-        lab.attach(&lab.client, CLIENT_IF, "lbsw-c")?;
-        lab.client.ip(&["addr", "add", &format!("{CLIENT_IP}/{EXT_PREFIX}"), "dev", CLIENT_IF])?;
-        lab.client.ip(&["link", "set", CLIENT_IF, "up"])?;
+        let router = match opts.client_router_mtu {
+            Some(_) => Some(Netns::new("router")?),
+            None => None,
+        };
+        let mut lab = ClusterLab { nodes: Vec::new(), client, switch, router };
+        match (&lab.router, opts.client_router_mtu) {
+            (Some(router), Some(mtu)) => lab.wire_router(router, mtu).context("set up the router")?,
+            _ => {
+                lab.attach(&lab.client, CLIENT_IF, "lbsw-c")?;
+                lab.client.ip(&["addr", "add", &format!("{CLIENT_IP}/{EXT_PREFIX}"), "dev", CLIENT_IF])?;
+                lab.client.ip(&["link", "set", CLIENT_IF, "up"])?;
+            }
+        }
         tx_checksum_off(&lab.client, CLIENT_IF)?;
         for (n, names) in pods.iter().enumerate() {
             let node = lab.add_node(n, names).with_context(|| format!("set up node {n}"))?;
             lab.nodes.push(node);
         }
-        // Routes between the nodes' pod CIDRs over the external link.
-        for (n, node) in lab.nodes.iter().enumerate() {
-            for m in 0..lab.nodes.len() {
-                if m != n {
-                    node.ns.ip(&["route", "add", &pod_cidr(m), "via", &node_ip(m).to_string(), "dev", EXT_IF])?;
+        match opts.overlay {
+            Overlay::Routed => {
+                // Routes between the nodes' pod CIDRs over the external link.
+                for (n, node) in lab.nodes.iter().enumerate() {
+                    for m in 0..lab.nodes.len() {
+                        if m != n {
+                            node.ns.ip(&["route", "add", &pod_cidr(m), "via", &node_ip(m).to_string(), "dev", EXT_IF])?;
+                        }
+                    }
                 }
+            }
+            Overlay::Vxlan => lab.wire_vxlan().context("set up the VXLAN overlay")?,
+        }
+        if lab.router.is_some() {
+            for node in &lab.nodes {
+                node.ns.ip(&["route", "add", &format!("{ROUTED_CLIENT_IP}/32"), "via", &ROUTER_IP.to_string(), "dev", EXT_IF])?;
             }
         }
         Ok(lab)
+    }
+
+    /// The client's address.
+    pub fn client_ip(&self) -> Ipv4Addr {
+        if self.router.is_some() { ROUTED_CLIENT_IP } else { CLIENT_IP }
+    }
+
+    /// client (1500) -- (mtu) router -- switch.
+    fn wire_router(&self, router: &Netns, mtu: u32) -> Result<()> {
+        router.sysctl("net.ipv4.ip_forward", "1")?;
+        router
+            .ip(&["link", "add", "rtr-c", "type", "veth", "peer", "name", CLIENT_IF, "netns", self.client.name()])
+            .context("create the client link")?;
+        router.ip(&["addr", "add", &format!("{ROUTER_CLIENT_SIDE}/24"), "dev", "rtr-c"])?;
+        router.ip(&["link", "set", "rtr-c", "mtu", &mtu.to_string()])?;
+        router.ip(&["link", "set", "rtr-c", "up"])?;
+        self.attach(router, "rtr-sw", "lbsw-r")?;
+        router.ip(&["addr", "add", &format!("{ROUTER_IP}/{EXT_PREFIX}"), "dev", "rtr-sw"])?;
+        router.ip(&["link", "set", "rtr-sw", "up"])?;
+        tx_checksum_off(router, "rtr-sw")?;
+        let c = &self.client;
+        c.ip(&["addr", "add", &format!("{ROUTED_CLIENT_IP}/24"), "dev", CLIENT_IF])?;
+        c.ip(&["link", "set", CLIENT_IF, "up"])?;
+        c.ip(&["route", "add", &format!("192.168.50.0/{EXT_PREFIX}"), "via", &ROUTER_CLIENT_SIDE.to_string(), "dev", CLIENT_IF])?;
+        Ok(())
+    }
+
+    /// Flannel's VXLAN layout on every node (see the module docs).
+    fn wire_vxlan(&self) -> Result<()> {
+        let vtep_mac = |n: usize| format!("0e:00:00:00:00:{:02x}", n + 1);
+        let vtep_ip = |n: usize| Ipv4Addr::new(10, 244, n as u8 + 1, 0);
+        for (n, node) in self.nodes.iter().enumerate() {
+            let ns = &node.ns;
+            ns.ip(&[
+                "link", "add", VXLAN_IF, "type", "vxlan", "id", "42", "dstport", "4789", "local",
+                &node_ip(n).to_string(), "dev", EXT_IF, "nolearning",
+            ])
+            .context("create the VXLAN device")?;
+            ns.ip(&["link", "set", VXLAN_IF, "address", &vtep_mac(n)])?;
+            ns.ip(&["addr", "add", &format!("{}/32", vtep_ip(n)), "dev", VXLAN_IF])?;
+            ns.sysctl(&format!("net.ipv4.conf.{VXLAN_IF}.rp_filter"), crate::node::RP_FILTER)?;
+            ns.ip(&["link", "set", VXLAN_IF, "up"])?;
+            for m in 0..self.nodes.len() {
+                if m == n {
+                    continue;
+                }
+                ns.ip(&["route", "add", &pod_cidr(m), "via", &vtep_ip(m).to_string(), "dev", VXLAN_IF, "onlink"])?;
+                ns.ip(&["neigh", "replace", &vtep_ip(m).to_string(), "lladdr", &vtep_mac(m), "dev", VXLAN_IF, "nud", "permanent"])?;
+                let out = ns
+                    .command("bridge")
+                    .args(["fdb", "append", &vtep_mac(m), "dev", VXLAN_IF, "dst", &node_ip(m).to_string()])
+                    .output()
+                    .context("running bridge (iproute2)")?;
+                if !out.status.success() {
+                    bail!("bridge fdb append: {}", String::from_utf8_lossy(&out.stderr).trim());
+                }
+            }
+        }
+        Ok(())
     }
 
     pub fn node(&self, n: usize) -> &ClusterNode {
@@ -140,9 +258,16 @@ impl ClusterLab {
     }
 
     /// Routes `cidr` from the client through node `n` (an external or
-    /// LoadBalancer IP announced by that node).
+    /// LoadBalancer IP announced by that node), through the router if
+    /// there is one.
     pub fn client_route(&self, cidr: &str, n: usize) -> Result<()> {
-        self.client.ip(&["route", "replace", cidr, "via", &node_ip(n).to_string(), "dev", CLIENT_IF])
+        match &self.router {
+            Some(router) => {
+                self.client.ip(&["route", "replace", cidr, "via", &ROUTER_CLIENT_SIDE.to_string(), "dev", CLIENT_IF])?;
+                router.ip(&["route", "replace", cidr, "via", &node_ip(n).to_string(), "dev", "rtr-sw"])
+            }
+            None => self.client.ip(&["route", "replace", cidr, "via", &node_ip(n).to_string(), "dev", CLIENT_IF]),
+        }
     }
 
     /// A veth pair from `ns` (named `inner`) to a bridge port `port`.
@@ -188,6 +313,7 @@ impl ClusterLab {
     /// Every namespace name of the lab.
     pub fn netns_names(&self) -> Vec<String> {
         let mut out = vec![self.switch.name().to_owned(), self.client.name().to_owned()];
+        out.extend(self.router.iter().map(|r| r.name().to_owned()));
         for n in &self.nodes {
             out.push(n.ns.name().to_owned());
             out.extend(n.pods.iter().map(|p| p.ns.name().to_owned()));

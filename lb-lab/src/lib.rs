@@ -33,12 +33,13 @@ pub use client::{
     udp_request_with,
 };
 pub use cluster::{
-    BRIDGE, CLIENT_IF, CLIENT_IP, ClusterLab, ClusterNode, ClusterPod, EXT_IF, cluster_pod_ip, node_ip, pod_cidr,
+    BRIDGE, CLIENT_IF, CLIENT_IP, ClusterLab, ClusterNode, ClusterOptions, ClusterPod, EXT_IF, Overlay,
+    ROUTED_CLIENT_IP, ROUTER_CLIENT_SIDE, ROUTER_IP, VXLAN_IF, cluster_pod_ip, node_ip, pod_cidr,
     tx_checksum_off,
 };
 pub use netns::{ChildGuard, NAME_PREFIX, NETNS_RUN_DIR, Netns, cleanup_stale, list_netns};
 pub use node::{GATEWAY_IP, MAX_PODS, NODE_IF, NODE_IP, NodeLab, POD_IF, Pod, host_if, pod_ip};
-pub use server::{Server, http_server, tcp_server, udp_echo};
+pub use server::{Server, http_server, tcp_server, udp_echo, udp_padded};
 
 /// Fails unless running as root with `ip` (iproute2) available.
 pub fn require_root() -> Result<()> {

@@ -106,6 +106,17 @@ pub fn http_server(ns: &Netns, addr: SocketAddrV4, tag: &str) -> Result<Server> 
 
 /// UDP server: replies to every datagram with `<tag>:<payload>`, to its sender.
 pub fn udp_echo(ns: &Netns, addr: SocketAddrV4, tag: &str) -> Result<Server> {
+    udp_server(ns, addr, tag, 0)
+}
+
+/// UDP server: replies to every datagram with `<tag>:<payload>` padded with
+/// `.` to `len` bytes (a large answer to a small query, as an EDNS DNS
+/// answer is).
+pub fn udp_padded(ns: &Netns, addr: SocketAddrV4, tag: &str, len: usize) -> Result<Server> {
+    udp_server(ns, addr, tag, len)
+}
+
+fn udp_server(ns: &Netns, addr: SocketAddrV4, tag: &str, pad_to: usize) -> Result<Server> {
     let prefix = format!("{tag}:").into_bytes();
     let (stop, hits) = (
         Arc::new(AtomicBool::new(false)),
@@ -131,6 +142,9 @@ pub fn udp_echo(ns: &Netns, addr: SocketAddrV4, tag: &str) -> Result<Server> {
                     out.clear();
                     out.extend_from_slice(&prefix);
                     out.extend_from_slice(&buf[..n]);
+                    if out.len() < pad_to {
+                        out.resize(pad_to, b'.');
+                    }
                     hits2.fetch_add(1, Ordering::SeqCst);
                     let _ = sock.send_to(&out, from);
                 }

@@ -428,3 +428,13 @@ pub fn icmp_error(from: std::net::Ipv4Addr, to: std::net::Ipv4Addr, icmp_type: u
     ip[10..12].copy_from_slice(&sum.to_be_bytes());
     [&about[..14], &ip[..], &icmp[..]].concat()
 }
+
+/// `packet` (Ethernet + IPv4) with IP identification `id`, checksum fixed.
+pub fn with_ip_id(packet: &[u8], id: u16) -> Vec<u8> {
+    let mut p = packet.to_vec();
+    p[18..20].copy_from_slice(&id.to_be_bytes());
+    p[24..26].copy_from_slice(&[0, 0]);
+    let sum = ipv4_checksum(&p[14..34]);
+    p[24..26].copy_from_slice(&sum.to_be_bytes());
+    p
+}

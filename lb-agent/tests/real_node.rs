@@ -1,0 +1,424 @@
+//! The conditions of a real node, with real sockets: every lab node is
+//! strict (`rp_filter=1` on all, default and every interface), the agent
+//! runs as the DaemonSet runs it (the node's network namespace, the host's
+//! mount namespace), and each test takes one thing kube-proxy handles that
+//! a friendlier lab would not show: a backend in the host network,
+//! hairpin, fragmented answers, ICMP errors from backends, half-closed
+//! streams, `internalTrafficPolicy: Local`, another tc program after lb, a
+//! VXLAN overlay between nodes, and a smaller MTU on the way to a NodePort
+//! client.
+
+mod common;
+
+use std::{
+    io::{Read, Write},
+    net::{Shutdown, SocketAddrV4, TcpListener, TcpStream},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use common::{Agent, ManifestDir, PinDir, kernel_tests_enabled, service_yaml};
+use lb_common::stat;
+use lb_lab::{
+    ClusterLab, ClusterOptions, NODE_IP, NodeLab, Overlay, Server, is_connection_refused, node_ip, tcp_request,
+    tcp_request_with, tcp_server, udp_echo, udp_padded, udp_request, udp_request_with,
+};
+
+const VIP: &str = "10.96.0.10";
+
+fn vip(port: u16) -> SocketAddrV4 {
+    SocketAddrV4::new(VIP.parse().unwrap(), port)
+}
+
+/// A strict node with a client pod and two backend pods running a TCP
+/// server on 8080 that answers with the pod's name.
+fn node_lab() -> (NodeLab, Vec<Server>) {
+    let lab = NodeLab::new(&["client", "web-a", "web-b"]).unwrap();
+    let servers = ["web-a", "web-b"]
+        .iter()
+        .map(|n| tcp_server(&lab.pod(n).ns, SocketAddrV4::new(lab.pod(n).ip, 8080), n).unwrap())
+        .collect();
+    (lab, servers)
+}
+
+#[test]
+fn a_strict_node_serves_a_clusterip() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let (lab, _servers) = node_lab();
+    for iface in ["all", "default", "lbp0", "lbp1"] {
+        assert_eq!(lab.node.sysctl_get(&format!("net.ipv4.conf.{iface}.rp_filter")).unwrap(), "1");
+    }
+    let dir = ManifestDir::new("strict");
+    dir.write("web.yaml", &service_yaml("web", VIP, 80, "TCP", 8080, &[lab.pod("web-a").ip, lab.pod("web-b").ip]));
+    let agent = Agent::start(&lab.node, &dir.0, "strict");
+    agent.wait_rows("2 backends", |rows| rows.len() == 1 && rows[0].backends.len() == 2);
+    let client = &lab.pod("client").ns;
+    for i in 0..30 {
+        tcp_request(client, vip(80)).unwrap_or_else(|e| panic!("request {i}: {e:#}\n{}", agent.log_text()));
+    }
+}
+
+#[test]
+fn a_backend_in_the_host_network_answers_pods() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    // The `kubernetes` Service of a control-plane node: its endpoint is
+    // the node's own address.
+    let lab = NodeLab::new(&["client"]).unwrap();
+    let _apiserver = tcp_server(&lab.node, SocketAddrV4::new(NODE_IP, 6443), "apiserver").unwrap();
+    let dir = ManifestDir::new("hostnet");
+    dir.write("kubernetes.yaml", &service_yaml("kubernetes", VIP, 443, "TCP", 6443, &[NODE_IP]));
+    let agent = Agent::start(&lab.node, &dir.0, "hostnet");
+    agent.wait_rows("the endpoint", |rows| rows.len() == 1 && rows[0].backends.len() == 1);
+    for i in 0..10 {
+        let tag = tcp_request(&lab.pod("client").ns, vip(443)).unwrap_or_else(|e| panic!("request {i}: {e:#}\n{}", agent.log_text()));
+        assert_eq!(tag, "apiserver");
+    }
+}
+
+#[test]
+fn a_pod_reaches_itself_through_its_service() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let lab = NodeLab::new(&["self"]).unwrap();
+    let pod = lab.pod("self");
+    let _server = tcp_server(&pod.ns, SocketAddrV4::new(pod.ip, 8080), "self").unwrap();
+    let dir = ManifestDir::new("hairpin");
+    dir.write("self.yaml", &service_yaml("self", VIP, 80, "TCP", 8080, &[pod.ip]));
+    let agent = Agent::start(&lab.node, &dir.0, "hairpin");
+    agent.wait_rows("the endpoint", |rows| rows.len() == 1 && rows[0].backends.len() == 1);
+    for i in 0..10 {
+        let tag = tcp_request(&pod.ns, vip(80)).unwrap_or_else(|e| panic!("request {i}: {e:#}\n{}", agent.log_text()));
+        assert_eq!(tag, "self");
+    }
+    assert_eq!(agent.maps().stat(stat::HAIRPIN).unwrap(), 10);
+}
+
+#[test]
+fn a_4000_byte_udp_answer_crosses_a_clusterip_in_fragments() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    // An EDNS-sized DNS answer: bigger than the pod MTU, so the backend's
+    // stack sends it as IPv4 fragments.
+    let lab = NodeLab::new(&["client", "dns"]).unwrap();
+    let dns = lab.pod("dns");
+    let _server = udp_padded(&dns.ns, SocketAddrV4::new(dns.ip, 5353), "dns", 4000).unwrap();
+    let dir = ManifestDir::new("frag");
+    dir.write("dns.yaml", &service_yaml("dns", VIP, 53, "UDP", 5353, &[dns.ip]));
+    let agent = Agent::start(&lab.node, &dir.0, "frag");
+    agent.wait_rows("the endpoint", |rows| rows.len() == 1 && rows[0].backends.len() == 1);
+    for i in 0..5 {
+        let (reply, peer) = udp_request(&lab.pod("client").ns, vip(53), &format!("q{i}"))
+            .unwrap_or_else(|e| panic!("query {i}: {e:#}\n{}", agent.log_text()));
+        assert_eq!(reply.len(), 4000, "the whole answer");
+        assert!(reply.starts_with(&format!("dns:q{i}")));
+        assert_eq!(peer, std::net::SocketAddr::V4(vip(53)), "from the address dialled");
+    }
+    // A 3000-byte query fragments on the way there too.
+    let big = vec![b'x'; 3000];
+    let (reply, _) = udp_request_with(&lab.pod("client").ns, vip(53), &big, Duration::from_secs(2))
+        .unwrap_or_else(|e| panic!("big query: {e:#}"));
+    assert!(reply.starts_with(&format!("dns:{}", "x".repeat(3000))), "the query came through whole");
+    assert!(agent.maps().stat(stat::FRAGMENT_TRANSLATED).unwrap() >= 6, "later fragments were translated");
+}
+
+#[test]
+fn a_closed_backend_port_gives_a_connected_udp_socket_econnrefused() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    // The endpoint exists but nothing listens on its port (a DNS pod
+    // restarting): its ICMP port unreachable must reach the client as
+    // coming from the ClusterIP, so the resolver fails over at once.
+    let lab = NodeLab::new(&["client", "dns"]).unwrap();
+    let dir = ManifestDir::new("refused");
+    dir.write("dns.yaml", &service_yaml("dns", VIP, 53, "UDP", 5353, &[lab.pod("dns").ip]));
+    let agent = Agent::start(&lab.node, &dir.0, "refused");
+    agent.wait_rows("the endpoint", |rows| rows.len() == 1 && rows[0].backends.len() == 1);
+    let started = Instant::now();
+    let err = udp_request_with(&lab.pod("client").ns, vip(53), b"q", Duration::from_secs(3)).unwrap_err();
+    assert!(is_connection_refused(&err), "expected ECONNREFUSED, got {err:#}\n{}", agent.log_text());
+    assert!(started.elapsed() < Duration::from_secs(2), "refused at once, not after a timeout");
+    assert_eq!(agent.maps().stat(stat::ICMP_TRANSLATED).unwrap(), 1);
+}
+
+#[test]
+fn a_half_closed_stream_outlives_the_closing_timeout() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    // The client sends its request and shuts its side down (FIN); the
+    // server answers 3 s later, well past the 1 s closing timeout, with
+    // garbage collection running every second.
+    let lab = NodeLab::new(&["client", "slow"]).unwrap();
+    let slow = lab.pod("slow");
+    let addr = SocketAddrV4::new(slow.ip, 8080);
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let server = slow.ns.spawn_thread("slow-server", move || {
+        let l = TcpListener::bind(addr).unwrap();
+        l.set_nonblocking(true).unwrap();
+        while !stop2.load(Ordering::SeqCst) {
+            match l.accept() {
+                Ok((mut s, _)) => {
+                    s.set_nonblocking(false).unwrap();
+                    let mut req = Vec::new();
+                    s.read_to_end(&mut req).unwrap();
+                    thread::sleep(Duration::from_secs(3));
+                    s.write_all(format!("answer to {}", String::from_utf8_lossy(&req)).as_bytes()).unwrap();
+                    let _ = s.shutdown(Shutdown::Write);
+                }
+                Err(_) => thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    });
+    let dir = ManifestDir::new("halfclose");
+    dir.write("slow.yaml", &service_yaml("slow", VIP, 80, "TCP", 8080, &[slow.ip]));
+    let agent = Agent::start_with(
+        &lab.node,
+        &dir.0,
+        PinDir::new("halfclose"),
+        &["--ct-tcp-closing-timeout", "1", "--ct-gc-interval", "1"],
+    );
+    agent.wait_rows("the endpoint", |rows| rows.len() == 1 && rows[0].backends.len() == 1);
+    let answer = lab
+        .pod("client")
+        .ns
+        .run(move || -> std::io::Result<String> {
+            let mut s = TcpStream::connect_timeout(&vip(80).into(), Duration::from_secs(2))?;
+            s.set_read_timeout(Some(Duration::from_secs(8)))?;
+            s.write_all(b"request")?;
+            s.shutdown(Shutdown::Write)?;
+            let mut out = String::new();
+            s.read_to_string(&mut out)?;
+            Ok(out)
+        })
+        .unwrap_or_else(|e| panic!("half-closed stream: {e}\n{}", agent.log_text()));
+    assert_eq!(answer, "answer to request");
+    stop.store(true, Ordering::SeqCst);
+    server.unwrap().join().unwrap();
+}
+
+/// A Service with `internalTrafficPolicy: Local` and its slice: web-a on
+/// `node-1` (this node), web-b on `node-2`, or all on `node-2`.
+fn local_policy_yaml(lab: &NodeLab, all_remote: bool) -> String {
+    let (a, b) = (lab.pod("web-a").ip, lab.pod("web-b").ip);
+    let node_a = if all_remote { "node-2" } else { "node-1" };
+    format!(
+        r#"apiVersion: v1
+kind: Service
+metadata: {{name: local, namespace: test}}
+spec:
+  clusterIP: {VIP}
+  internalTrafficPolicy: Local
+  ports: [{{name: p, port: 80, protocol: TCP, targetPort: p}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: local-1, namespace: test, labels: {{kubernetes.io/service-name: local}}}}
+addressType: IPv4
+ports: [{{name: p, port: 8080, protocol: TCP}}]
+endpoints:
+- {{addresses: [{a}], conditions: {{ready: true}}, nodeName: {node_a}}}
+- {{addresses: [{b}], conditions: {{ready: true}}, nodeName: node-2}}
+"#
+    )
+}
+
+#[test]
+fn internal_traffic_policy_local_keeps_to_this_nodes_endpoints() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let (lab, _servers) = node_lab();
+    let dir = ManifestDir::new("itp");
+    dir.write("local.yaml", &local_policy_yaml(&lab, false));
+    let agent = Agent::start_with(&lab.node, &dir.0, PinDir::new("itp"), &["--node-name", "node-1"]);
+    agent.wait_rows("the local endpoint only", |rows| rows.len() == 1 && rows[0].backends.len() == 1);
+    let client = &lab.pod("client").ns;
+    for i in 0..20 {
+        let tag = tcp_request(client, vip(80)).unwrap_or_else(|e| panic!("request {i}: {e:#}\n{}", agent.log_text()));
+        assert_eq!(tag, "web-a", "only this node's endpoint");
+    }
+    // No endpoint on this node: dropped (no answer, not refused), as
+    // kube-proxy does.
+    dir.write("local.yaml", &local_policy_yaml(&lab, true));
+    agent.wait_rows("no local endpoint", |rows| rows.len() == 1 && rows[0].backends.is_empty());
+    let err = tcp_request_with(client, vip(80), b"hello\n", Duration::from_millis(1500)).unwrap_err();
+    assert!(!is_connection_refused(&err), "dropped, not rejected: {err:#}");
+}
+
+#[test]
+fn a_program_attached_after_lb_still_sees_packets() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    use aya::programs::{LinkOrder, SchedClassifier, TcAttachType, tc::TcAttachOptions};
+    let (lab, _servers) = node_lab();
+    let dir = ManifestDir::new("chain");
+    dir.write("web.yaml", &service_yaml("web", VIP, 80, "TCP", 8080, &[lab.pod("web-a").ip]));
+    let agent = Agent::start(&lab.node, &dir.0, "chain");
+    agent.wait_rows("the endpoint", |rows| rows.len() == 1 && rows[0].backends.len() == 1);
+    let client_if = lab.pod("client").host_if.clone();
+    // Another agent's tcx program (a CNI's, say), attached after lb on the
+    // client pod's interface.
+    let stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).expect("BPF_ENABLE_STATS");
+    let iface = client_if.clone();
+    let mut ebpf = lab.node.run(move || {
+        let mut ebpf = aya::Ebpf::load(lb_agent::EBPF_OBJECT).unwrap();
+        let p: &mut SchedClassifier = ebpf.program_mut(lb_agent::datapath::TC_PASS_PROGRAM).unwrap().try_into().unwrap();
+        p.load().unwrap();
+        p.attach_with_options(&iface, TcAttachType::Ingress, TcAttachOptions::TcxOrder(LinkOrder::last())).unwrap();
+        ebpf
+    });
+
+    let client = &lab.pod("client").ns;
+    for i in 0..5 {
+        tcp_request(client, vip(80)).unwrap_or_else(|e| panic!("request {i}: {e:#}"));
+    }
+    let pass: &mut SchedClassifier = ebpf.program_mut(lb_agent::datapath::TC_PASS_PROGRAM).unwrap().try_into().unwrap();
+    let runs = pass.info().unwrap().run_count();
+    drop(stats);
+    // Each connection's packets from the client (SYN, ACK, data, FIN, ...)
+    // went through lb (translated) and then on to the later program.
+    assert!(runs >= 5 * 3, "the program after lb ran {runs} times");
+}
+
+#[test]
+fn a_clusterip_reaches_a_backend_on_another_node_over_vxlan() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    // Two nodes whose pod networks are joined by a kernel VXLAN device
+    // (flannel's layout); the only backend is on the other node, so every
+    // reply arrives decapsulated on the tunnel device.
+    let opts = ClusterOptions { overlay: Overlay::Vxlan, ..Default::default() };
+    let lab = ClusterLab::with_options(&[&["cli-a"], &["web-b"]], opts).unwrap();
+    let web = lab.node(1).pod("web-b");
+    let _tcp = tcp_server(&web.ns, SocketAddrV4::new(web.ip, 8080), "web-b").unwrap();
+    let _udp = udp_echo(&web.ns, SocketAddrV4::new(web.ip, 5353), "web-b").unwrap();
+    let dir = ManifestDir::new("vxlan");
+    dir.write("tcp.yaml", &service_yaml("web", VIP, 80, "TCP", 8080, &[web.ip]));
+    dir.write("udp.yaml", &service_yaml("dns", VIP, 53, "UDP", 5353, &[web.ip]));
+    let agents: Vec<Agent> = (0..2)
+        .map(|n| {
+            let node = lab.node(n);
+            Agent::start_with(&node.ns, &dir.0, PinDir::new(&format!("vxlan-{n}")), &["--external-ifaces", lb_lab::EXT_IF, "--node-name", &node.name])
+        })
+        .collect();
+    agents[0].wait_rows("both frontends", |rows| rows.len() == 2);
+    let client = &lab.node(0).pod("cli-a").ns;
+    for i in 0..20 {
+        let tag = tcp_request(client, vip(80)).unwrap_or_else(|e| panic!("request {i}: {e:#}\n{}", agents[0].log_text()));
+        assert_eq!(tag, "web-b");
+        let (reply, peer) = udp_request(client, vip(53), &format!("q{i}")).unwrap_or_else(|e| panic!("query {i}: {e:#}"));
+        assert_eq!(reply, format!("web-b:q{i}"));
+        assert_eq!(peer, std::net::SocketAddr::V4(vip(53)));
+    }
+}
+
+/// A TCP server that sends `len` bytes to every connection and closes.
+fn bulk_server(ns: &lb_lab::Netns, addr: SocketAddrV4, len: usize) -> (Arc<AtomicBool>, thread::JoinHandle<()>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let h = ns
+        .spawn_thread("bulk", move || {
+            let l = TcpListener::bind(addr).unwrap();
+            l.set_nonblocking(true).unwrap();
+            let data = vec![b'z'; len];
+            while !stop2.load(Ordering::SeqCst) {
+                match l.accept() {
+                    Ok((mut s, _)) => {
+                        s.set_nonblocking(false).unwrap();
+                        s.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+                        let _ = s.write_all(&data);
+                        let _ = s.shutdown(Shutdown::Write);
+                        let mut rest = Vec::new();
+                        let _ = s.read_to_end(&mut rest);
+                    }
+                    Err(_) => thread::sleep(Duration::from_millis(20)),
+                }
+            }
+        })
+        .unwrap();
+    (stop, h)
+}
+
+fn nodeport_yaml(name: &str, port: u16, ip: std::net::Ipv4Addr, node: &str, cluster_ip: &str) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Service
+metadata: {{name: {name}, namespace: test}}
+spec:
+  type: NodePort
+  clusterIP: {cluster_ip}
+  ports: [{{name: p, port: 80, protocol: TCP, targetPort: p, nodePort: {port}}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: {name}-1, namespace: test, labels: {{kubernetes.io/service-name: {name}}}}}
+addressType: IPv4
+ports: [{{name: p, port: 9000, protocol: TCP}}]
+endpoints:
+- {{addresses: [{ip}], conditions: {{ready: true}}, nodeName: {node}}}
+"#
+    )
+}
+
+#[test]
+fn a_nodeport_download_crosses_a_hop_with_a_smaller_mtu() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    // The client sits behind a router whose link towards it has MTU 1400,
+    // while the client's own link (and so the MSS it announces) is 1500:
+    // the backend's full-size segments get "fragmentation needed" from the
+    // router, sent to the NodePort address. Only if lb translates that
+    // error back to the backend does the backend lower its path MTU; else
+    // the download stalls. A local backend (DNAT only) and a remote one
+    // (DNAT+SNAT through XDP) both.
+    let opts = ClusterOptions { client_router_mtu: Some(1400), ..Default::default() };
+    let lab = ClusterLab::with_options(&[&["web-a"], &["web-b"]], opts).unwrap();
+    let (a, b) = (lab.node(0).pod("web-a"), lab.node(1).pod("web-b"));
+    let servers = [bulk_server(&a.ns, SocketAddrV4::new(a.ip, 9000), 300_000), bulk_server(&b.ns, SocketAddrV4::new(b.ip, 9000), 300_000)];
+    let dir = ManifestDir::new("pmtu");
+    dir.write("local.yaml", &nodeport_yaml("local", 30100, a.ip, "node-a", "10.96.0.21"));
+    dir.write("remote.yaml", &nodeport_yaml("remote", 30101, b.ip, "node-b", "10.96.0.22"));
+    let agents: Vec<Agent> = (0..2)
+        .map(|n| {
+            let node = lab.node(n);
+            Agent::start_with(&node.ns, &dir.0, PinDir::new(&format!("pmtu-{n}")), &["--external-ifaces", lb_lab::EXT_IF, "--node-name", &node.name])
+        })
+        .collect();
+    agents[0].wait_rows("both NodePorts", |rows| rows.iter().filter(|r| r.frontend.starts_with(&node_ip(0).to_string())).count() == 2);
+    for port in [30100u16, 30101] {
+        let to = SocketAddrV4::new(node_ip(0), port);
+        let got = lab
+            .client
+            .run(move || -> std::io::Result<usize> {
+                let mut s = TcpStream::connect_timeout(&to.into(), Duration::from_secs(3))?;
+                s.set_read_timeout(Some(Duration::from_secs(10)))?;
+                let mut buf = Vec::new();
+                s.read_to_end(&mut buf)?;
+                Ok(buf.len())
+            })
+            .unwrap_or_else(|e| panic!("download through NodePort {port}: {e}\n{}", agents.iter().map(Agent::log_text).collect::<String>()));
+        assert_eq!(got, 300_000, "the whole download through NodePort {port}");
+    }
+    // The router's "fragmentation needed" errors were what got through.
+    let translated = agents[0].maps().stat(stat::ICMP_TRANSLATED).unwrap();
+    assert!(translated >= 2, "ICMP errors translated on node A: {translated}");
+    for (stop, h) in servers {
+        stop.store(true, Ordering::SeqCst);
+        h.join().unwrap();
+    }
+}
