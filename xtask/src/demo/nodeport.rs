@@ -205,15 +205,16 @@ pub fn run(bin: &Path, root: &Path, tmp: &Path, pid: u32, slot: &mut Option<Clus
         let node = cluster.lab.node(n);
         let pins = Path::new("/sys/fs/bpf").join(format!("lb-demo-{pid}-{}", node.name));
         let log = tmp.join(format!("agent-{}.log", node.name));
-        let extra = ["--external-ifaces", lb_lab::EXT_IF, "--node-name", &node.name, "--xdp-mode", "generic", "--health-addr", "off"];
+        let extra = ["--external-ifaces", lb_lab::EXT_IF, "--node-name", &node.name, "--health-addr", "off"];
         let agent = Agent::start_with(&node.ns, bin, &manifest_dir, &pins, &log, POLL_MS, &extra)
             .with_context(|| format!("starting lb-agent on {}", node.name))?;
         println!("  {}$ {}", node.name, agent.command_line());
         cluster.agents.push(agent);
     }
-    println!("  (--xdp-mode generic: a veth delivers its sender's partially checksummed");
-    println!("  packets to native XDP as they are, and frames native XDP transmits on a veth");
-    println!("  only arrive if the peer runs XDP too; physical NICs want the default, auto.)");
+    println!("  (--xdp-mode auto, the default: native XDP where the driver runs it well;");
+    println!("  on a veth, as here and on kind or containerlab nodes, generic: native XDP there");
+    println!("  passes the sender's partial checksums on as they are, and the frames it");
+    println!("  transmits only arrive where the peer runs XDP too.)");
     let a = format!("{}", node_ip(0));
     let b = format!("{}", node_ip(1));
     let wants: [Vec<(String, usize)>; 2] = [
@@ -245,7 +246,7 @@ pub fn run(bin: &Path, root: &Path, tmp: &Path, pid: u32, slot: &mut Option<Clus
         .lines()
         .find(|line| line.starts_with("north-south:"))
         .context("`lb-agent list` on node-a has no north-south: line")?;
-    ensure!(header.contains("XDP generic on lbext"), "node-a's agent reports {header:?}, not generic XDP on lbext");
+    ensure!(header.contains("XDP generic on lbext (auto: veth"), "node-a's agent reports {header:?}, not generic XDP (auto, veth) on lbext");
     println!("  XDP mode in use (from node-a's `lb-agent list`): {header}");
 
     section("What node-a's datapath holds");
