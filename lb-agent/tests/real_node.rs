@@ -326,6 +326,31 @@ fn a_clusterip_reaches_a_backend_on_another_node_over_vxlan() {
     }
 }
 
+#[test]
+fn a_clusterip_reaches_a_backend_on_another_node_with_xdp_off() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    // Plain routing between the nodes and no XDP program at all: the
+    // replies are still translated, at the client pod's interface.
+    let lab = ClusterLab::new(&[&["cli-a"], &["web-b"]]).unwrap();
+    let web = lab.node(1).pod("web-b");
+    let _tcp = tcp_server(&web.ns, SocketAddrV4::new(web.ip, 8080), "web-b").unwrap();
+    let dir = ManifestDir::new("xdpoff");
+    dir.write("tcp.yaml", &service_yaml("web", VIP, 80, "TCP", 8080, &[web.ip]));
+    let agent = Agent::start_with(
+        &lab.node(0).ns,
+        &dir.0,
+        PinDir::new("xdpoff"),
+        &["--external-ifaces", lb_lab::EXT_IF, "--xdp-mode", "off", "--node-name", "node-a"],
+    );
+    agent.wait_rows("the frontend", |rows| rows.len() == 1 && rows[0].backends.len() == 1);
+    for i in 0..10 {
+        let tag = tcp_request(&lab.node(0).pod("cli-a").ns, vip(80)).unwrap_or_else(|e| panic!("request {i}: {e:#}\n{}", agent.log_text()));
+        assert_eq!(tag, "web-b");
+    }
+}
+
 /// A TCP server that sends `len` bytes to every connection and closes.
 fn bulk_server(ns: &lb_lab::Netns, addr: SocketAddrV4, len: usize) -> (Arc<AtomicBool>, thread::JoinHandle<()>) {
     let stop = Arc::new(AtomicBool::new(false));
