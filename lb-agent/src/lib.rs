@@ -13,6 +13,7 @@
 //!   and attaches the XDP program; [`healthcheck`] serves health check
 //!   NodePorts.
 
+pub mod batch;
 pub mod datapath;
 pub mod health;
 pub mod healthcheck;

@@ -3,7 +3,7 @@
 
 use std::{fmt::Write as _, net::Ipv4Addr};
 
-use lb_common::{BackendKey, RevNatKey, SlotKey, backend_flags, node_flags, svc_flags};
+use lb_common::{RevNatKey, SlotKey, backend_flags, node_flags, svc_flags};
 
 use crate::{
     maps::{Maps, MapsError, svc_name_str},
@@ -62,7 +62,7 @@ pub fn rows(maps: &Maps) -> Result<Vec<Row>, MapsError> {
                 backends.push(format!("?slot{slot}"));
                 continue;
             };
-            match maps.backends.get(&BackendKey { id: s.backend_id })? {
+            match Some(maps.backends.get(s.backend_id)?).filter(|b| b.addr != 0) {
                 Some(b) => {
                     let mut text = format!("{}:{}", Ipv4Addr::from(b.addr.to_ne_bytes()), u16::from_be(b.port));
                     if b.flags & backend_flags::TERMINATING != 0 {
@@ -109,7 +109,7 @@ pub fn render(maps: &Maps) -> Result<String, MapsError> {
         out,
         "{} frontends, {} backends, {} conntrack entries (of {})",
         rows.len(),
-        maps.backends.entries()?.len(),
+        maps.live_backends()?.len(),
         ct,
         maps.ct.capacity()
     );

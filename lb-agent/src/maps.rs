@@ -7,7 +7,7 @@ use aya::maps::{
     lpm_trie::{Key as LpmKey, LpmTrie},
 };
 use lb_common::{
-    Affinity4, Affinity4Key, Backend4, BackendKey, Config, Ct4Key, CtEntry, Device, IPPROTO_TCP, NodeConfig,
+    Affinity4, Affinity4Key, Backend4, Config, Ct4Key, CtEntry, Device, IPPROTO_TCP, NodeConfig,
     RevNat4, RevNatKey, Service4Key, Service4Value, Slot, SlotKey, SockRevNat4, SockRevNat4Key, SrcRange4, SvcName,
     Vip4, names, stat,
 };
@@ -34,6 +34,12 @@ pub enum MapsError {
         name: &'static str,
         #[source]
         source: MapError,
+    },
+    #[error("batch operation on map {name} failed: {source}")]
+    Batch {
+        name: &'static str,
+        #[source]
+        source: std::io::Error,
     },
 }
 
@@ -86,17 +92,40 @@ impl<K: aya::Pod, V: aya::Pod> Named<HashMap<MapData, K, V>> {
         }
     }
 
-    /// All entries. Entries deleted during the walk are skipped.
+    /// All entries, read in batches.
     pub fn entries(&self) -> Result<Vec<(K, V)>, MapsError> {
-        let mut out = Vec::new();
-        for item in self.map.iter() {
-            match item {
-                Ok(kv) => out.push(kv),
-                Err(MapError::KeyNotFound) => continue,
-                Err(e) => return Err(self.read_error(e)),
-            }
+        crate::batch::lookup_all(crate::batch::fd(&self.map)).map_err(|e| self.io_error(e))
+    }
+
+    /// Deletes `keys` in batches; keys already gone are skipped. Returns
+    /// how many were deleted.
+    pub fn remove_all(&mut self, keys: &[K]) -> Result<usize, MapsError> {
+        crate::batch::delete(crate::batch::fd(&self.map), keys).map_err(|e| self.io_error(e))
+    }
+}
+
+impl<M> Named<M> {
+    fn io_error(&self, e: std::io::Error) -> MapsError {
+        MapsError::Batch { name: self.name, source: e }
+    }
+}
+
+/// An array map indexed by ID (`LB4_BACKENDS`, `LB4_REVNAT`).
+impl<V: aya::Pod> Named<Array<MapData, V>> {
+    pub fn set(&mut self, index: u32, value: &V) -> Result<(), MapsError> {
+        if index >= self.max_entries {
+            return Err(MapsError::Full { name: self.name, max_entries: self.max_entries });
         }
-        Ok(out)
+        self.map.set(index, value, 0).map_err(|e| self.write_error(e))
+    }
+
+    pub fn get(&self, index: u32) -> Result<V, MapsError> {
+        self.map.get(&index, 0).map_err(|e| self.read_error(e))
+    }
+
+    /// Every slot, read in batches.
+    pub fn slots(&self) -> Result<Vec<(u32, V)>, MapsError> {
+        crate::batch::lookup_all(crate::batch::fd(&self.map)).map_err(|e| self.io_error(e))
     }
 }
 
@@ -105,8 +134,10 @@ pub struct Maps {
     pub dir: PathBuf,
     pub services: Named<HashMap<MapData, Service4Key, Service4Value>>,
     pub slots: Named<HashMap<MapData, SlotKey, Slot>>,
-    pub backends: Named<HashMap<MapData, BackendKey, Backend4>>,
-    pub revnat: Named<HashMap<MapData, RevNatKey, RevNat4>>,
+    /// Backends by ID (an array).
+    pub backends: Named<Array<MapData, Backend4>>,
+    /// Frontend addresses and versions by ID (an array).
+    pub revnat: Named<Array<MapData, RevNat4>>,
     /// Conntrack, TCP and the rest.
     pub ct: Conntrack,
     pub sock_revnat: Named<HashMap<MapData, SockRevNat4Key, SockRevNat4>>,
@@ -151,6 +182,13 @@ impl Conntrack {
 
     pub fn remove(&mut self, key: &Ct4Key) -> Result<(), MapsError> {
         self.of_mut(key).remove(key)
+    }
+
+    /// Deletes `keys` (of either map) in batches; returns how many were
+    /// deleted.
+    pub fn remove_all(&mut self, keys: &[Ct4Key]) -> Result<usize, MapsError> {
+        let (tcp, any): (Vec<Ct4Key>, Vec<Ct4Key>) = keys.iter().partition(|k| k.proto == IPPROTO_TCP);
+        Ok(self.tcp.remove_all(&tcp)? + self.any.remove_all(&any)?)
     }
 
     /// Every entry of both maps.
@@ -200,6 +238,11 @@ impl Maps {
             vips: open(dir, names::VIPS)?,
             stats: open(dir, names::STATS)?,
         })
+    }
+
+    /// The backends installed (slots in use), by ID.
+    pub fn live_backends(&self) -> Result<Vec<(u32, Backend4)>, MapsError> {
+        Ok(self.backends.slots()?.into_iter().filter(|(_, b)| b.addr != 0).collect())
     }
 
     /// The datapath's counters summed over CPUs, by `lb_common::stat`
@@ -258,17 +301,34 @@ impl Maps {
         }
     }
 
-    /// Installs `table` (backend IDs, one per slot) as the Maglev table of
-    /// frontend `id`: a new inner map is filled, then swapped in with one
-    /// update, so lookups see the old table or the new one, never a mix.
-    pub fn install_maglev(&mut self, id: u32, table: &[u32]) -> Result<(), MapsError> {
+    /// Makes `table` (backend IDs, one per slot) the Maglev table of
+    /// frontend `id`; returns the map writes it took. An installed table
+    /// of the same size is patched in place where it differs (one batch of
+    /// the changed slots: a backend change moves about 1/N of them); a
+    /// lookup meanwhile sees each slot old or new, and both name live
+    /// backends. Otherwise a new inner map is filled and swapped in with
+    /// one update of the outer map.
+    pub fn write_maglev(&mut self, id: u32, table: &[u32]) -> Result<usize, MapsError> {
         let m = &mut self.maglev;
-        let mut inner = Array::<MapData, u32>::create(table.len() as u32, aya_obj_inner_flag())
-            .map_err(|e| m.write_error(e))?;
-        for (i, backend_id) in table.iter().enumerate() {
-            inner.set(i as u32, backend_id, 0).map_err(|e| m.write_error(e))?;
+        if let Ok(inner) = m.map.get(&RevNatKey { id }, 0) {
+            let inner: Array<MapData, u32> = inner;
+            if inner.len() as usize == table.len() {
+                let fd = crate::batch::fd(&inner);
+                let current: Vec<(u32, u32)> = crate::batch::lookup_all(fd).map_err(|e| m.io_error(e))?;
+                let changed: Vec<(u32, u32)> = current
+                    .iter()
+                    .filter(|(i, v)| table.get(*i as usize).is_some_and(|t| t != v))
+                    .map(|(i, _)| (*i, table[*i as usize]))
+                    .collect();
+                crate::batch::update(fd, &changed).map_err(|e| m.io_error(e))?;
+                return Ok(changed.len());
+            }
         }
-        m.map.insert(RevNatKey { id }, &inner, 0).map_err(|e| m.write_error(e))
+        let inner = Array::<MapData, u32>::create(table.len() as u32, aya_obj_inner_flag()).map_err(|e| m.write_error(e))?;
+        let entries: Vec<(u32, u32)> = table.iter().enumerate().map(|(i, b)| (i as u32, *b)).collect();
+        crate::batch::update(crate::batch::fd(&inner), &entries).map_err(|e| m.io_error(e))?;
+        m.map.insert(RevNatKey { id }, &inner, 0).map_err(|e| m.write_error(e))?;
+        Ok(table.len() + 1)
     }
 
     pub fn remove_maglev(&mut self, id: u32) -> Result<(), MapsError> {
@@ -293,11 +353,9 @@ impl Maps {
             Err(MapError::KeyNotFound) => return Ok(None),
             Err(e) => return Err(m.read_error(e)),
         };
-        let mut table = Vec::with_capacity(inner.len() as usize);
-        for v in inner.iter() {
-            table.push(v.map_err(|e| m.read_error(e))?);
-        }
-        Ok(Some(table))
+        let mut slots: Vec<(u32, u32)> = crate::batch::lookup_all(crate::batch::fd(&inner)).map_err(|e| m.io_error(e))?;
+        slots.sort_unstable_by_key(|(i, _)| *i);
+        Ok(Some(slots.into_iter().map(|(_, v)| v).collect()))
     }
 
     pub fn write_config(&mut self, config: &Config) -> Result<(), MapsError> {

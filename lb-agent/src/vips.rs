@@ -71,17 +71,18 @@ impl Vips {
     }
 
     /// Makes sure the map has `addr` with the kind of `flags` before a
-    /// frontend there is written.
-    pub fn prepare(&mut self, maps: &mut Maps, addr: Ipv4Addr, flags: u32) -> Result<(), MapsError> {
+    /// frontend there is written; returns the map writes issued (0 or 1).
+    pub fn prepare(&mut self, maps: &mut Maps, addr: Ipv4Addr, flags: u32) -> Result<u64, MapsError> {
         let have = self.written.get(&addr).copied().unwrap_or(0);
         let want = have | kind(flags);
-        if want != have {
-            maps.vips.insert(&key(addr), &Vip4 { flags: want })?;
-            self.written.insert(addr, want);
-        }
         // Settled against the counts later, should the frontend fail.
         self.touched.insert(addr);
-        Ok(())
+        if want == have {
+            return Ok(0);
+        }
+        maps.vips.insert(&key(addr), &Vip4 { flags: want })?;
+        self.written.insert(addr, want);
+        Ok(1)
     }
 
     fn wanted(&self, addr: &Ipv4Addr) -> u32 {

@@ -154,7 +154,7 @@ fn manifest_changes_apply_without_restart() {
     // Delete the Service.
     dir.remove("web.yaml");
     agent.wait_rows("no frontends", |rows| rows.is_empty());
-    let backends = agent.maps().backends.entries().unwrap();
+    let backends = agent.maps().live_backends().unwrap();
     assert!(backends.is_empty(), "unused backends are removed: {backends:?}");
     let err = tcp_request(&lab.lab.pod("client").ns, vip(80)).expect_err("the VIP is gone");
     assert!(!format!("{err:#}").is_empty());

@@ -170,10 +170,15 @@ fn udp_client_moves_to_a_live_backend_when_its_backend_is_removed() {
         assert!(query(&sock, &format!("q{i}")).unwrap().starts_with(current));
     }
     // Its backend goes away (e.g. CoreDNS rescheduled). The stale flow is
-    // purged, so the very same socket is answered by the other backend
-    // (the kube-proxy stale-UDP-conntrack bug would blackhole it instead).
+    // invalid at once (the backend's slot version moved on), so the very
+    // same socket is answered by the other backend (the kube-proxy
+    // stale-UDP-conntrack bug would blackhole it instead).
     dir.write("svc.yaml", &manifest("UDP", 53, 5353, &ready(&lab, &[other]), None));
     agent.wait_rows("1 backend", |rows| rows.len() == 1 && rows[0].backends.len() == 1);
+    common::wait_for("the backend's removal", Duration::from_secs(5), || {
+        let ip = u32::from_ne_bytes(lab.pod(current).ip.octets());
+        (!agent.maps().live_backends().unwrap().iter().any(|(_, b)| b.addr == ip)).then_some(())
+    });
     let after = query(&sock, "after").unwrap_or_else(|e| panic!("blackholed: {e}\n{}", agent.log_text()));
     assert!(after.starts_with(other), "{after}");
     assert_eq!(sock.peer_addr().unwrap(), std::net::SocketAddr::V4(vip(53)));
@@ -287,7 +292,8 @@ fn terminating_backend_keeps_its_stream_then_removal_resets_it() {
     assert_eq!(on_echo.connections(), before.0, "no new connection reached the terminating backend");
     assert_eq!(other_echo.connections(), before.1 + 20);
 
-    // The terminating pod goes away for good. Its flows are purged; the
+    // The terminating pod goes away for good. Its flows are invalid from
+    // the moment its backend is removed (no walk of conntrack); the
     // client's next segment is steered to a live backend, which does not
     // know the connection and resets it: the client sees ECONNRESET at
     // once instead of retransmitting into a void.
@@ -295,10 +301,9 @@ fn terminating_backend_keeps_its_stream_then_removal_resets_it() {
     agent.wait_rows("the terminating backend removed", |rows| {
         rows.len() == 1 && rows[0].backends.len() == 1 && rows[0].backends[0].starts_with(&lab.pod(other).ip.to_string())
     });
-    common::wait_for("the flow purge", Duration::from_secs(5), || {
-        let maps = agent.maps();
+    common::wait_for("the backend's removal", Duration::from_secs(5), || {
         let ip = u32::from_ne_bytes(lab.pod(on).ip.octets());
-        (!maps.ct.entries().unwrap().iter().any(|(k, _)| k.saddr == ip || k.daddr == ip)).then_some(())
+        (!agent.maps().live_backends().unwrap().iter().any(|(_, b)| b.addr == ip)).then_some(())
     });
     let err = roundtrip(&mut stream, "are you there\n").and_then(|_| roundtrip(&mut stream, "again\n"));
     let err = err.expect_err("the stream to a removed backend must be reset");

@@ -275,12 +275,18 @@ fn nodeport_to_a_remote_backend_is_snated_and_forwarded_and_replies_reversed() {
     let gc = fx.l.reconciler.collect_conntrack(&t, now + 61_000_000_000).unwrap();
     assert_eq!(gc.deleted, 2, "the UDP flow's two entries: {gc:?}");
     assert_eq!(fx.l.reconciler.maps().ct.entries().unwrap().len(), 2);
-    // Removing the frontend purges its flows too.
+    // Removing the frontend makes its flows invalid at once: the next
+    // packet of the flow is a new flow (and, the NodePort gone, passes);
+    // garbage collection deletes them.
     let (mut d, _) = desired();
     d.retain(|a, _| a.port != 30080);
     let stats = fx.l.reconciler.apply(&d);
     assert!(stats.errors.is_empty(), "{:?}", stats.errors);
-    assert!(fx.l.reconciler.maps().ct.entries().unwrap().is_empty(), "flows of the removed NodePort purged");
+    let data = testrun::tcp_frame(IN, c, node(30080), "A", 2000, b"");
+    expect_unchanged("a packet of the removed NodePort's flow", &fx.run(&data), &data);
+    let gc = fx.l.reconciler.collect_conntrack(&t, now).unwrap();
+    assert_eq!(gc.invalid, 2, "{gc:?}");
+    assert!(fx.l.reconciler.maps().ct.entries().unwrap().is_empty(), "flows of the removed NodePort collected");
 }
 
 #[test]

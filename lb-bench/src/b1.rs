@@ -394,7 +394,7 @@ pub fn fill(
 /// backends by address order from ID 1, frontends in order from ID 1, each
 /// with its rev-NAT entry, name, generation-0 slots and frontend entry.
 pub fn write_directly(maps: &mut Maps, desired: &lb_agent::model::Desired) -> Result<()> {
-    use lb_common::{Backend4, BackendKey, RevNat4, RevNatKey, Service4Value, Slot, SlotKey, Vip4};
+    use lb_common::{Backend4, RevNat4, RevNatKey, Service4Value, Slot, SlotKey, Vip4};
     let mut ids = std::collections::BTreeMap::new();
     for fe in desired.values() {
         for b in &fe.backends {
@@ -408,18 +408,20 @@ pub fn write_directly(maps: &mut Maps, desired: &lb_agent::model::Desired) -> Re
             port: addr.port.to_be(),
             proto: addr.proto.number(),
             flags: 0,
+            version: 1,
+            _pad: 0,
         };
-        maps.backends.insert(&BackendKey { id: *id }, &v)?;
+        maps.backends.set(*id, &v)?;
     }
     for (i, fe) in desired.values().enumerate() {
         let id = i as u32 + 1;
         let key = fe.addr.key();
-        maps.revnat.insert(
-            &RevNatKey { id },
+        maps.revnat.set(
+            id,
             &RevNat4 {
                 addr: key.addr,
                 port: key.port,
-                _pad: 0,
+                version: 1,
             },
         )?;
         maps.names

@@ -185,7 +185,8 @@ mod tests {
             peer_flags: peer,
             flags: 0,
             _pad: 0,
-            _pad2: 0,
+            frontend_version: 0,
+            backend_version: 0,
         }
     }
 

@@ -160,12 +160,6 @@ pub struct Slot {
     pub backend_id: u32,
 }
 
-#[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct BackendKey {
-    pub id: u32,
-}
-
 /// `Backend4::flags`.
 pub mod backend_flags {
     /// The endpoint is terminating (serving, not ready). Existing flows keep
@@ -175,6 +169,12 @@ pub mod backend_flags {
     pub const LOCAL: u8 = 1 << 1;
 }
 
+/// `LB4_BACKENDS[id]` (an array indexed by backend ID). An unused slot has
+/// `addr` 0. `version` moves on every time the agent gives the slot to a
+/// new backend, so a conntrack or affinity entry that names the slot (with
+/// the version it saw) knows whether its backend still exists: flows of a
+/// removed backend are invalid from the moment it is removed, without
+/// walking conntrack.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Backend4 {
@@ -185,6 +185,16 @@ pub struct Backend4 {
     pub proto: u8,
     /// `backend_flags::*`.
     pub flags: u8,
+    pub version: u16,
+    pub _pad: u16,
+}
+
+impl Backend4 {
+    /// Whether the slot holds the backend of `version`.
+    #[inline(always)]
+    pub fn is(&self, version: u16) -> bool {
+        self.addr != 0 && self.version == version
+    }
 }
 
 #[repr(C)]
@@ -193,13 +203,24 @@ pub struct RevNatKey {
     pub id: u32,
 }
 
-/// The frontend a reply must appear to come from.
+/// `LB4_REVNAT[id]` (an array indexed by frontend ID): the frontend's
+/// address, for the socket hooks' reverse translation, and its version,
+/// which a conntrack entry checks the way it checks its backend's (see
+/// [`Backend4`]). An unused slot has `addr` 0.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RevNat4 {
     pub addr: u32,
     pub port: u16,
-    pub _pad: u16,
+    pub version: u16,
+}
+
+impl RevNat4 {
+    /// Whether the slot holds the frontend of `version`.
+    #[inline(always)]
+    pub fn is(&self, version: u16) -> bool {
+        self.addr != 0 && self.version == version
+    }
 }
 
 /// `Ct4Key::dir`.
@@ -285,7 +306,10 @@ pub struct CtEntry {
     /// `ct_entry_flags::*`.
     pub flags: u8,
     pub _pad: u8,
-    pub _pad2: u32,
+    /// Versions of the frontend and backend slots when the flow was made:
+    /// the flow is valid only while both slots still hold them.
+    pub frontend_version: u16,
+    pub backend_version: u16,
 }
 
 impl CtEntry {
@@ -405,7 +429,10 @@ pub mod config_flags {
 pub struct Affinity4Key {
     pub client: u64,
     pub svc_id: u32,
-    pub _pad: u32,
+    /// The frontend slot's version (see [`RevNat4`]): a frontend that
+    /// takes over a freed ID does not inherit its affinities.
+    pub svc_version: u16,
+    pub _pad: u16,
 }
 
 pub const AFFINITY_NETNS: u64 = 1 << 63;
@@ -416,7 +443,9 @@ pub struct Affinity4 {
     /// CLOCK_MONOTONIC ns of the last new connection that used it.
     pub last_used: u64,
     pub backend_id: u32,
-    pub _pad: u32,
+    /// The backend slot's version (see [`Backend4`]).
+    pub backend_version: u16,
+    pub _pad: u16,
 }
 
 pub const SVC_NAME_LEN: usize = 64;
@@ -668,18 +697,17 @@ assert_layout!(Service4Key, size = 8, addr @ 0, port @ 4, proto @ 6, scope @ 7);
 assert_layout!(Service4Value, size = 16, id @ 0, count @ 4, generation @ 6, flags @ 8, affinity_timeout @ 12);
 assert_layout!(SlotKey, size = 8, svc_id @ 0, slot @ 4, generation @ 6);
 assert_layout!(Slot, size = 4, backend_id @ 0);
-assert_layout!(BackendKey, size = 4, id @ 0);
-assert_layout!(Backend4, size = 8, addr @ 0, port @ 4, proto @ 6, flags @ 7);
+assert_layout!(Backend4, size = 12, addr @ 0, port @ 4, proto @ 6, flags @ 7, version @ 8, _pad @ 10);
 assert_layout!(RevNatKey, size = 4, id @ 0);
-assert_layout!(RevNat4, size = 8, addr @ 0, port @ 4, _pad @ 6);
+assert_layout!(RevNat4, size = 8, addr @ 0, port @ 4, version @ 6);
 assert_layout!(Ct4Key, size = 16, saddr @ 0, daddr @ 4, sport @ 8, dport @ 10, proto @ 12, dir @ 13, _pad @ 14);
-assert_layout!(CtEntry, size = 40, last_seen @ 0, nat_saddr @ 8, nat_daddr @ 12, nat_sport @ 16, nat_dport @ 18, backend_id @ 20, rev_nat_id @ 24, seq @ 28, tcp_flags @ 32, peer_flags @ 33, flags @ 34, _pad @ 35, _pad2 @ 36);
+assert_layout!(CtEntry, size = 40, last_seen @ 0, nat_saddr @ 8, nat_daddr @ 12, nat_sport @ 16, nat_dport @ 18, backend_id @ 20, rev_nat_id @ 24, seq @ 28, tcp_flags @ 32, peer_flags @ 33, flags @ 34, _pad @ 35, frontend_version @ 36, backend_version @ 38);
 assert_layout!(SockRevNat4Key, size = 16, cookie @ 0, addr @ 8, port @ 12, _pad @ 14);
 assert_layout!(SockRevNat4, size = 12, addr @ 0, port @ 4, _pad @ 6, rev_nat_id @ 8);
 assert_layout!(Config, size = 32, host_netns_cookie @ 0, flags @ 8, maglev_m @ 12, timeouts @ 16);
 assert_layout!(CtTimeouts, size = 16, tcp_syn @ 0, tcp_established @ 4, tcp_closing @ 8, udp @ 12);
-assert_layout!(Affinity4Key, size = 16, client @ 0, svc_id @ 8, _pad @ 12);
-assert_layout!(Affinity4, size = 16, last_used @ 0, backend_id @ 8, _pad @ 12);
+assert_layout!(Affinity4Key, size = 16, client @ 0, svc_id @ 8, svc_version @ 12, _pad @ 14);
+assert_layout!(Affinity4, size = 16, last_used @ 0, backend_id @ 8, backend_version @ 12, _pad @ 14);
 assert_layout!(SvcName, size = SVC_NAME_LEN, name @ 0);
 assert_layout!(SrcRange4, size = 8, svc_id @ 0, addr @ 4);
 assert_layout!(NodeConfig, size = 16, snat_addr @ 0, nat_port_min @ 4, nat_port_max @ 6, flags @ 8, nodeport_min @ 12, nodeport_max @ 14);
@@ -710,7 +738,6 @@ mod user {
         Service4Value,
         SlotKey,
         Slot,
-        BackendKey,
         Backend4,
         RevNatKey,
         RevNat4,
@@ -759,7 +786,8 @@ mod north_south_tests {
         let fwd_key = Ct4Key::new(1, 2, 3, 4, IPPROTO_TCP, CT_SERVICE);
         let fwd = CtEntry {
             last_seen: 0, nat_saddr: 10, nat_daddr: 20, nat_sport: 11, nat_dport: 21,
-            backend_id: 7, rev_nat_id: 5, seq: 0, tcp_flags: 0, peer_flags: 0, flags: 0, _pad: 0, _pad2: 0,
+            backend_id: 7, rev_nat_id: 5, seq: 0, tcp_flags: 0, peer_flags: 0, flags: 0, _pad: 0,
+            frontend_version: 0, backend_version: 0,
         };
         let reply_key = fwd.twin_key(&fwd_key);
         assert_eq!(reply_key, Ct4Key::new(20, 10, 21, 11, IPPROTO_TCP, CT_REPLY));

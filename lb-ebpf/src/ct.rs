@@ -20,7 +20,7 @@ use lb_common::{
 use crate::{
     maps::{LB4_CT_ANY, LB4_CT_TCP},
     parse::Flow,
-    select::random,
+    select::{flow_valid, random, rev_nat},
     stats,
 };
 
@@ -63,12 +63,13 @@ pub fn key_of(f: &Flow, dir: u8) -> Ct4Key {
 }
 
 /// Whether a forward entry still carries its flow for a packet with
-/// `tcp_flags`: not timed out, and not a closed flow that a new SYN
-/// reopens. A SYN on a live flow follows it.
+/// `tcp_flags`: its frontend and backend still installed (see
+/// `select::flow_valid`), not timed out, and not a closed flow that a new
+/// SYN reopens. A SYN on a live flow follows it.
 #[inline(always)]
 pub fn forward_usable(cfg: &Config, proto: u8, e: &CtEntry, tcp_flags: u8, now: u64) -> bool {
     let st = ct::entry_state(proto, CT_SERVICE, e);
-    !ct::expired(&cfg.timeouts, st, e.last_seen, now) && !ct::restarts(st, tcp_flags)
+    !ct::expired(&cfg.timeouts, st, e.last_seen, now) && !ct::restarts(st, tcp_flags) && flow_valid(e)
 }
 
 /// Records a packet of a flow in its entry `e` (at `key`): the time, and
@@ -167,6 +168,7 @@ pub fn create(
     now: u64,
     replace: bool,
 ) -> Result<CtEntry, NewFlowError> {
+    let frontend_version = rev_nat(svc_id).map_or(0, |f| f.version);
     let (src_addr, keep_port) = match source {
         Source::Client => (f.saddr, true),
         Source::Hairpin => (hairpin_addr(), true),
@@ -188,7 +190,8 @@ pub fn create(
         peer_flags: if tcp { ct::to_propagate(CT_SERVICE, 0, f.tcp_flags) } else { 0 },
         flags: 0,
         _pad: 0,
-        _pad2: 0,
+        frontend_version,
+        backend_version: be.version,
     };
     let (min, max) = ports;
     let span = if max >= min { (max - min) as u32 + 1 } else { 1 };

@@ -7,7 +7,7 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use lb_common::{
-    Affinity4, Affinity4Key, Backend4, BackendKey, Config, Ct4Key, CtEntry, Device, Frag4, Frag4Key,
+    Affinity4, Affinity4Key, Backend4, Config, Ct4Key, CtEntry, Device, Frag4, Frag4Key,
     NodeConfig, RejectRate, RevNat4, RevNatKey, Service4Key, Service4Value, Slot, SlotKey, SockRevNat4,
     SockRevNat4Key, SrcRange4, SvcName, Vip4, sizes, stat,
 };
@@ -20,11 +20,13 @@ pub static LB4_SERVICES: HashMap<Service4Key, Service4Value, { sizes::SERVICES a
 pub static LB4_SLOTS: HashMap<SlotKey, Slot, { sizes::SLOTS as usize }> = HashMap::new();
 
 #[btf_map]
-pub static LB4_BACKENDS: HashMap<BackendKey, Backend4, { sizes::BACKENDS as usize }> =
-    HashMap::new();
+/// Backends by ID: an array, so a lookup is an index (see
+/// `lb_common::Backend4` for the slot versions).
+pub static LB4_BACKENDS: Array<Backend4, { sizes::BACKENDS as usize }> = Array::new();
 
 #[btf_map]
-pub static LB4_REVNAT: HashMap<RevNatKey, RevNat4, { sizes::REVNAT as usize }> = HashMap::new();
+/// Frontends by ID (their address and slot version): an array.
+pub static LB4_REVNAT: Array<RevNat4, { sizes::REVNAT as usize }> = Array::new();
 
 /// Connection tracking of TCP flows, two entries per flow (see
 /// `lb_common::CtEntry`). LRU: under pressure the oldest flows go first and

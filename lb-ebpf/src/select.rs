@@ -3,7 +3,7 @@
 
 use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns};
 use lb_common::{
-    Affinity4, Affinity4Key, Backend4, BackendKey, Config, NodeConfig, RevNat4, RevNatKey, SCOPE_EXTERNAL,
+    Affinity4, Affinity4Key, Backend4, Config, NodeConfig, RevNat4, RevNatKey, SCOPE_EXTERNAL,
     Service4Key, Service4Value, SlotKey, Vip4, config_flags, node_flags, svc_flags,
 };
 
@@ -49,16 +49,29 @@ pub fn service(addr: u32, port: u16, proto: u8) -> Option<Service4Value> {
     unsafe { LB4_SERVICES.get(&key).copied() }
 }
 
+/// The backend in slot `id`, if the slot is in use.
 #[inline(always)]
 pub fn backend(id: u32) -> Option<Backend4> {
-    // SAFETY: read once and copied.
-    unsafe { LB4_BACKENDS.get(BackendKey { id }).copied() }
+    let be = *LB4_BACKENDS.get(id)?;
+    (be.addr != 0).then_some(be)
 }
 
+/// The frontend in slot `id`, if the slot is in use.
 #[inline(always)]
 pub fn rev_nat(id: u32) -> Option<RevNat4> {
-    // SAFETY: read once and copied.
-    unsafe { LB4_REVNAT.get(RevNatKey { id }).copied() }
+    let rn = *LB4_REVNAT.get(id)?;
+    (rn.addr != 0).then_some(rn)
+}
+
+/// Whether the frontend and backend a flow was made for are both still
+/// installed (the slots hold the versions the flow saw). A flow of a
+/// removed frontend or backend is invalid at once: the next packet starts
+/// a new flow (a UDP client moves on, a TCP one gets reset), and the
+/// entries go with garbage collection.
+#[inline(always)]
+pub fn flow_valid(e: &lb_common::CtEntry) -> bool {
+    LB4_REVNAT.get(e.rev_nat_id).is_some_and(|f| f.is(e.frontend_version))
+        && LB4_BACKENDS.get(e.backend_id).is_some_and(|b| b.is(e.backend_version))
 }
 
 #[inline(always)]
@@ -92,20 +105,23 @@ pub fn select_backend(cfg: &Config, svc: &Service4Value, hash: u32, client: u64,
     if svc.flags & svc_flags::AFFINITY == 0 {
         return pick(cfg, svc, hash);
     }
-    let key = Affinity4Key { client, svc_id: svc.id, _pad: 0 };
+    let svc_version = rev_nat(svc.id).map_or(0, |f| f.version);
+    let key = Affinity4Key { client, svc_id: svc.id, svc_version, _pad: 0 };
     if let Some(a) = LB4_AFFINITY.get_ptr_mut(&key) {
         // SAFETY: a map value other CPUs may write too: each field is read
         // and written once (READ_ONCE/WRITE_ONCE); a racing CPU at worst
         // writes the same fields.
-        let (last_used, backend_id) = unsafe {
+        let (last_used, backend_id, version) = unsafe {
             (
                 core::ptr::addr_of!((*a).last_used).read_volatile(),
                 core::ptr::addr_of!((*a).backend_id).read_volatile(),
+                core::ptr::addr_of!((*a).backend_version).read_volatile(),
             )
         };
         let timeout = svc.affinity_timeout as u64 * 1_000_000_000;
         if now.saturating_sub(last_used) <= timeout {
-            if let Some(be) = backend(backend_id) {
+            // Only while the backend is still the one the client had.
+            if let Some(be) = backend(backend_id).filter(|b| b.version == version) {
                 // SAFETY: as above.
                 unsafe { core::ptr::addr_of_mut!((*a).last_used).write_volatile(now) };
                 return Some((backend_id, be));
@@ -115,7 +131,8 @@ pub fn select_backend(cfg: &Config, svc: &Service4Value, hash: u32, client: u64,
     let (id, be) = pick(cfg, svc, hash)?;
     // An LRU insert only fails on a bad argument; affinity is then simply
     // not recorded for this connection.
-    let _ = LB4_AFFINITY.insert(&key, &Affinity4 { last_used: now, backend_id: id, _pad: 0 }, 0);
+    let value = Affinity4 { last_used: now, backend_id: id, backend_version: be.version, _pad: 0 };
+    let _ = LB4_AFFINITY.insert(&key, &value, 0);
     Some((id, be))
 }
 
@@ -137,7 +154,9 @@ fn pick(cfg: &Config, svc: &Service4Value, hash: u32) -> Option<(u32, Backend4)>
         slot: (random() % svc.count as u32) as u16,
         generation: svc.generation,
     };
-    // SAFETY: read once and copied.
+    // SAFETY: read once and copied. (The agent deletes a generation of
+    // slots only a sync after it stopped being live, so a frontend value
+    // read just before a flip still finds its slots.)
     let id = unsafe { LB4_SLOTS.get(&key) }?.backend_id;
     Some((id, backend(id)?))
 }

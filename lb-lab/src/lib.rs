@@ -18,6 +18,7 @@
 //!
 //! Everything needs root (see [`require_root`]) and `ip` (iproute2).
 
+pub mod churn;
 mod client;
 mod cluster;
 mod netns;

@@ -1,0 +1,160 @@
+//! Conntrack garbage collection: every `--ct-gc-interval` the agent reads
+//! both conntrack maps (in batches) and deletes, both directions at once,
+//! the flows that:
+//! - timed out, judged on both directions together (a live flow is never
+//!   collected; a half-open one goes at the SYN timeout);
+//! - belong to a removed frontend or backend (the datapath already ignores
+//!   them: their slot versions moved on);
+//! - were queued for purging: flows of a frontend to a backend it no longer
+//!   uses while other frontends still do.
+//!
+//! Affinity entries of removed or purged backends go the same way.
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+
+use lb_common::{CT_SERVICE, Ct4Key, CtEntry, CtTimeouts, ct};
+
+use super::Reconciler;
+use crate::maps::{MapsError, Named};
+
+/// What one conntrack garbage collection did.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct GcStats {
+    pub scanned: usize,
+    /// Entries deleted, for any reason.
+    pub deleted: usize,
+    /// Of those: flows of a removed frontend or backend.
+    pub invalid: usize,
+    /// Of those: flows purged because their backend left their frontend.
+    pub purged: usize,
+    /// Entries left in both maps.
+    pub remaining: usize,
+    /// Entries left in each map, and its capacity: the fill levels.
+    pub tcp_remaining: usize,
+    pub tcp_capacity: u32,
+    pub any_remaining: usize,
+    pub any_capacity: u32,
+    /// Affinity entries deleted (their backend is gone or was purged).
+    pub affinity_deleted: usize,
+}
+
+type CtMap = Named<aya::maps::HashMap<aya::maps::MapData, Ct4Key, CtEntry>>;
+
+/// Why a flow goes, if it does.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    Keep,
+    Expired,
+    Invalid,
+    Purged,
+}
+
+impl Reconciler {
+    /// One collection pass as of `now_ns` on CLOCK_MONOTONIC (the
+    /// datapath's `bpf_ktime_get_ns`).
+    pub fn collect_conntrack(&mut self, timeouts: &CtTimeouts, now_ns: u64) -> Result<GcStats, MapsError> {
+        let purge = std::mem::take(&mut self.pending_purge);
+        let result = self.collect(timeouts, now_ns, &purge);
+        if result.is_err() {
+            // Try again next time.
+            self.pending_purge.extend(purge);
+        }
+        result
+    }
+
+    fn collect(&mut self, timeouts: &CtTimeouts, now_ns: u64, purge: &BTreeSet<(u32, u16)>) -> Result<GcStats, MapsError> {
+        // The backends each queued frontend may still use.
+        let allowed: HashMap<u32, &BTreeSet<u32>> = self
+            .frontends
+            .values()
+            .filter(|f| purge.contains(&(f.id, f.version)))
+            .map(|f| (f.id, &f.allowed))
+            .collect();
+        let judge = |e: &CtEntry| {
+            if !self.frontend_ids.holds(e.rev_nat_id, e.frontend_version) || !self.backend_ids.holds(e.backend_id, e.backend_version) {
+                Verdict::Invalid
+            } else if allowed.get(&e.rev_nat_id).is_some_and(|a| !a.contains(&e.backend_id)) {
+                Verdict::Purged
+            } else {
+                Verdict::Keep
+            }
+        };
+        let mut stats = GcStats {
+            tcp_capacity: self.maps.ct.tcp.max_entries,
+            any_capacity: self.maps.ct.any.max_entries,
+            ..GcStats::default()
+        };
+        for tcp in [true, false] {
+            let map = if tcp { &mut self.maps.ct.tcp } else { &mut self.maps.ct.any };
+            let (scanned, doomed) = collect_pairs(map, timeouts, now_ns, &judge)?;
+            let keys: Vec<Ct4Key> = doomed.iter().map(|(k, _)| *k).collect();
+            let deleted = map.remove_all(&keys)?;
+            stats.scanned += scanned;
+            stats.deleted += deleted;
+            stats.invalid += doomed.iter().filter(|(_, v)| *v == Verdict::Invalid).count();
+            stats.purged += doomed.iter().filter(|(_, v)| *v == Verdict::Purged).count();
+            let left = scanned.saturating_sub(deleted);
+            if tcp {
+                stats.tcp_remaining = left;
+            } else {
+                stats.any_remaining = left;
+            }
+        }
+        stats.remaining = stats.tcp_remaining + stats.any_remaining;
+
+        let affinity = self.maps.affinity.entries()?;
+        let gone: Vec<_> = affinity
+            .iter()
+            .filter(|(k, a)| {
+                !self.backend_ids.holds(a.backend_id, a.backend_version)
+                    || !self.frontend_ids.holds(k.svc_id, k.svc_version)
+                    || allowed.get(&k.svc_id).is_some_and(|s| !s.contains(&a.backend_id))
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        stats.affinity_deleted = self.maps.affinity.remove_all(&gone)?;
+        Ok(stats)
+    }
+}
+
+/// The flows of `map` to delete (both directions), with why, judged on
+/// both directions together; returns (entries scanned, entries to
+/// delete).
+fn collect_pairs(
+    map: &CtMap,
+    timeouts: &CtTimeouts,
+    now_ns: u64,
+    judge: &impl Fn(&CtEntry) -> Verdict,
+) -> Result<(usize, Vec<(Ct4Key, Verdict)>), MapsError> {
+    let entries: HashMap<Ct4Key, CtEntry> = map.entries()?.into_iter().collect();
+    let mut doomed: HashSet<Ct4Key> = HashSet::new();
+    let mut out = Vec::new();
+    for (key, entry) in &entries {
+        if doomed.contains(key) {
+            continue;
+        }
+        let twin_key = entry.twin_key(key);
+        let twin = entries.get(&twin_key);
+        let proto = key.proto;
+        let (state, last_seen) = match twin {
+            Some(t) => {
+                let (fwd, reply) = if key.dir == CT_SERVICE { (entry, t) } else { (t, entry) };
+                (ct::state(proto, fwd.tcp_flags, reply.tcp_flags), entry.last_seen.max(t.last_seen))
+            }
+            None => (ct::entry_state(proto, key.dir, entry), entry.last_seen),
+        };
+        let verdict = match judge(entry) {
+            Verdict::Keep if ct::expired(timeouts, state, last_seen, now_ns) => Verdict::Expired,
+            v => v,
+        };
+        if verdict == Verdict::Keep {
+            continue;
+        }
+        for k in [*key, twin_key] {
+            if entries.contains_key(&k) && doomed.insert(k) {
+                out.push((k, verdict));
+            }
+        }
+    }
+    Ok((entries.len(), out))
+}
