@@ -724,3 +724,34 @@ fn spoofed_syns_hold_snat_ports_only_until_the_syn_timeout() {
     age(&mut fx, 61_000_000_000);
     assert_eq!(fx.run(&testrun::tcp_frame(IN, client(40081), node(30080), "S", 1, b"")).verdict, XDP_DROP);
 }
+
+#[test]
+fn two_nodeport_flows_from_one_client_port_to_one_local_backend_keep_apart() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let mut fx = Fixture::new("xdp-clash", (NAT_PORT, NAT_PORT + 100));
+    // A second NodePort with the same local backend as 30081.
+    let (mut d, _) = desired();
+    let (a, f) = front("192.168.50.1:30083", Protocol::Tcp, svc_flags::NODE_PORT, vec![backend("10.244.1.10:8080", Protocol::Tcp, "node-a")]);
+    d.insert(a, f);
+    let stats = fx.l.reconciler.apply(&d);
+    assert!(stats.errors.is_empty(), "{:?}", stats.errors);
+    let c = client(40090);
+    let be = sa("10.244.1.10:8080");
+    let first = fx.run(&testrun::tcp_frame(IN, c, node(30081), "S", 1, b""));
+    expect("the first keeps its port", &first, XDP_PASS, &testrun::tcp_frame(IN, c, be, "S", 1, b""));
+    let second = fx.run(&testrun::tcp_frame(IN, c, node(30083), "S", 1, b""));
+    assert_eq!(second.verdict, XDP_PASS);
+    let sport = u16::from_be_bytes([second.packet[34], second.packet[35]]);
+    assert!((NAT_PORT..=NAT_PORT + 100).contains(&sport), "the second gets a port of the SNAT range, not {sport}");
+    let remapped = SocketAddrV4::new(*c.ip(), sport);
+    expect("client address kept, port remapped", &second, XDP_PASS, &testrun::tcp_frame(IN, remapped, be, "S", 1, b""));
+    // The replies leave through the external interface: each gets its own
+    // NodePort back, and the client's own port.
+    let out = fx.run_egress(&testrun::tcp(be, c, "SA", 5, b""));
+    assert_eq!(hex(&out.packet), hex(&testrun::tcp(node(30081), c, "SA", 5, b"")));
+    let out = fx.run_egress(&testrun::tcp(be, remapped, "SA", 6, b""));
+    assert_eq!(hex(&out.packet), hex(&testrun::tcp(node(30083), c, "SA", 6, b"")));
+    assert_eq!(fx.l.stat(lb_common::stat::PORT_REMAPPED), 1);
+}
