@@ -4,6 +4,7 @@ use std::{
     collections::BTreeMap,
     fmt,
     fs::File,
+    os::fd::{AsFd, AsRawFd},
     path::{Path, PathBuf},
     str::FromStr,
 };
@@ -11,16 +12,19 @@ use std::{
 use anyhow::{Context, bail};
 use aya::{
     Ebpf, EbpfLoader,
-    maps::MapData,
     programs::{
-        CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachType, Xdp, XdpMode,
-        cgroup_sock_addr::CgroupSockAddrLinkId, tc::SchedClassifierLinkId, xdp::XdpLinkId,
+        CgroupAttachMode, CgroupSockAddr, SchedClassifier, TcAttachType, Xdp, XdpMode, links::FdLink, tc::SchedClassifierLinkId,
+        xdp::XdpLinkId,
     },
 };
 use lb_common::{names, xdp_mode, xdp_why};
 use tracing::{debug, info, warn};
 
-use crate::{EBPF_OBJECT, netns};
+use crate::{
+    EBPF_OBJECT, layout,
+    links::{self, Pin},
+    netns,
+};
 
 /// Map capacities (max_entries). Only used when a map is created; a map
 /// that is already pinned keeps its size.
@@ -32,6 +36,21 @@ pub struct MapSizes {
     pub ct_tcp: u32,
     pub ct_any: u32,
     pub affinity: u32,
+}
+
+impl MapSizes {
+    /// The size asked for a map, by name; `None` for maps of fixed size.
+    pub fn for_map(&self, name: &str) -> Option<u32> {
+        Some(match name {
+            names::SERVICES | names::REVNAT | names::SVC_NAMES | names::VIPS => self.services,
+            names::BACKENDS => self.backends,
+            names::SLOTS => self.slots,
+            names::CT_TCP => self.ct_tcp,
+            names::CT_ANY => self.ct_any,
+            names::AFFINITY => self.affinity,
+            _ => return None,
+        })
+    }
 }
 
 impl Default for MapSizes {
@@ -117,39 +136,85 @@ pub fn xdp_mode_name(mode: u32) -> &'static str {
 }
 pub const SOCK_PROGRAMS: [&str; 4] = ["lb_connect4", "lb_sendmsg4", "lb_recvmsg4", "lb_getpeername4"];
 
+/// What became of an attachment.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Attached {
+    /// A link of an earlier agent, now running this agent's program (or
+    /// about to, at [`Datapath::go_live`]).
+    Adopted,
+    /// A new link.
+    New,
+    /// Attached already by this agent.
+    Already,
+}
+
+/// An external interface with the XDP program.
+#[derive(Clone, Debug)]
+struct External {
+    mode: u32,
+    why: u32,
+}
+
+/// The loaded programs, their pinned maps and their pinned links. One
+/// agent at a time owns a bpffs directory ([`DirLock`]).
 pub struct Datapath {
     pub ebpf: Ebpf,
     pub pin_dir: PathBuf,
-    /// Pod interface -> its ingress and egress links.
-    tc_links: BTreeMap<String, (SchedClassifierLinkId, SchedClassifierLinkId)>,
-    /// External interface -> its egress link.
-    ext_links: BTreeMap<String, SchedClassifierLinkId>,
-    sock_links: Vec<(&'static str, CgroupSockAddrLinkId)>,
-    /// External interface -> (link, `xdp_mode`, `xdp_why`).
-    xdp_links: BTreeMap<String, (XdpLinkId, u32, u32)>,
+    _lock: DirLock,
+    /// Maps found pinned with another layout and created anew.
+    rebuilt: Vec<(&'static str, String)>,
+    /// Whether adopted links run this agent's programs. Until then (only
+    /// after a rebuild: the new maps are empty until the first sync) they
+    /// keep the earlier agent's programs and maps.
+    live: bool,
+    /// Adopted links waiting for [`Datapath::go_live`]: pin and program.
+    held: Vec<(PathBuf, &'static str)>,
+    /// Links pinned by an earlier agent and not adopted (yet): removed by
+    /// [`Datapath::drop_unadopted`].
+    found: BTreeMap<Pin, PathBuf>,
+    /// Pod interfaces by ifindex, with their names.
+    pods: BTreeMap<u32, String>,
+    /// External interfaces by name.
+    externals: BTreeMap<String, External>,
+    /// Links the kernel could not pin (no tcx or XDP links): they end with
+    /// the agent. Detached when dropped.
+    unpinned: Vec<FdLinkless>,
+    cgroup_attached: bool,
+}
+
+/// An attachment aya holds for us (legacy tc or netlink XDP).
+enum FdLinkless {
+    Tc(&'static str, SchedClassifierLinkId),
+    Xdp(XdpLinkId),
 }
 
 impl Datapath {
-    /// Loads the programs. Maps already pinned under `pin_dir` are reused
-    /// with their content; missing ones are created and pinned.
+    /// Takes the bpffs directory, checks the layout of the maps pinned
+    /// there and loads the programs. Maps of this agent's layout are reused
+    /// with their content; others are created afresh (with a warning naming
+    /// each) and pinned, as are missing ones.
     pub fn load(pin_dir: &Path, sizes: &MapSizes) -> anyhow::Result<Datapath> {
         netns::ensure_bpffs(pin_dir)?;
-        check_pinned_maps(pin_dir)?;
+        std::fs::create_dir_all(links::dir(pin_dir))
+            .with_context(|| format!("creating {}", links::dir(pin_dir).display()))?;
+        let lock = DirLock::take(pin_dir)?;
+        let check = layout::check(pin_dir, sizes)?;
+        for note in &check.size_notes {
+            warn!("{note}");
+        }
+        for (name, why) in &check.rebuild {
+            warn!(map = name, "pinned map has another layout ({why}): rebuilding it from the source; the attached programs keep the old one until the first sync");
+            let path = pin_dir.join(name);
+            std::fs::remove_file(&path).with_context(|| format!("unpinning {}", path.display()))?;
+        }
         let mut loader = EbpfLoader::new();
         let paths: Vec<(&str, PathBuf)> = names::ALL.iter().map(|n| (*n, pin_dir.join(n))).collect();
         for (name, path) in &paths {
             loader.map_pin_path(name, path.as_path());
+            if let Some(n) = sizes.for_map(name) {
+                loader.map_max_entries(name, n);
+            }
         }
-        loader
-            .map_max_entries(names::SERVICES, sizes.services)
-            .map_max_entries(names::REVNAT, sizes.services)
-            .map_max_entries(names::SVC_NAMES, sizes.services)
-            .map_max_entries(names::VIPS, sizes.services)
-            .map_max_entries(names::BACKENDS, sizes.backends)
-            .map_max_entries(names::SLOTS, sizes.slots)
-            .map_max_entries(names::CT_TCP, sizes.ct_tcp)
-            .map_max_entries(names::CT_ANY, sizes.ct_any)
-            .map_max_entries(names::AFFINITY, sizes.affinity);
         // The datapath logs at debug only. With that level off, the
         // verifier sees the frozen level and removes every log call.
         let level = if tracing::enabled!(target: "lb", tracing::Level::DEBUG) {
@@ -172,15 +237,111 @@ impl Datapath {
         }
         let xdp: &mut Xdp = program(&mut ebpf, XDP_PROGRAM)?.try_into()?;
         xdp.load().with_context(|| format!("loading {XDP_PROGRAM}"))?;
-        info!(pin_dir = %pin_dir.display(), "datapath loaded");
-        Ok(Datapath {
+        let found: BTreeMap<Pin, PathBuf> = links::pinned(pin_dir)
+            .with_context(|| format!("listing {}", links::dir(pin_dir).display()))?
+            .into_iter()
+            .collect();
+        info!(pin_dir = %pin_dir.display(), pinned_links = found.len(), rebuilt_maps = check.rebuild.len(), "datapath loaded");
+        let live = check.rebuild.is_empty();
+        let mut dp = Datapath {
             ebpf,
             pin_dir: pin_dir.to_path_buf(),
-            tc_links: BTreeMap::new(),
-            ext_links: BTreeMap::new(),
-            sock_links: Vec::new(),
-            xdp_links: BTreeMap::new(),
-        })
+            _lock: lock,
+            rebuilt: check.rebuild,
+            live,
+            held: Vec::new(),
+            found,
+            pods: BTreeMap::new(),
+            externals: BTreeMap::new(),
+            unpinned: Vec::new(),
+            cgroup_attached: false,
+        };
+        if live {
+            layout::write_versions(&mut dp.ebpf)?;
+        }
+        Ok(dp)
+    }
+
+    /// Maps this load created afresh because another layout was pinned.
+    pub fn rebuilt(&self) -> &[(&'static str, String)] {
+        &self.rebuilt
+    }
+
+    /// Whether the adopted links run this agent's programs.
+    pub fn is_live(&self) -> bool {
+        self.live
+    }
+
+    /// Swaps this agent's programs into the links adopted so far and
+    /// records the map layouts: called once the maps hold a complete state
+    /// (at once, unless maps were rebuilt).
+    pub fn go_live(&mut self) -> anyhow::Result<()> {
+        if self.live {
+            return Ok(());
+        }
+        for (path, name) in std::mem::take(&mut self.held) {
+            let link = links::open(&path).with_context(|| format!("opening link {}", path.display()))?;
+            let prog = program(&mut self.ebpf, name)?.fd()?.as_fd();
+            links::update(link.as_fd(), prog).with_context(|| format!("updating link {} to this agent's {name}", path.display()))?;
+        }
+        layout::write_versions(&mut self.ebpf)?;
+        self.live = true;
+        info!(maps = ?self.rebuilt.iter().map(|(n, _)| *n).collect::<Vec<_>>(), "rebuilt maps filled; this agent's programs are live");
+        Ok(())
+    }
+
+    /// Removes the links of an earlier agent that were not adopted: hooks
+    /// this agent does not want (an interface gone or no longer matched, an
+    /// XDP mode changed, socket hooks turned off).
+    pub fn drop_unadopted(&mut self) {
+        for (pin, path) in std::mem::take(&mut self.found) {
+            match links::remove(&path) {
+                Ok(()) => info!(link = %pin.file_name(), "removed a link this agent does not use"),
+                Err(e) => warn!("removing link {}: {e}", path.display()),
+            }
+        }
+    }
+
+    /// Attaches `program` at the hook `pin` names: adopts the pinned link
+    /// there when `fits` accepts what the kernel says of it, else attaches
+    /// with `attach` and pins the new link.
+    fn attach_pinned(
+        &mut self,
+        pin: Pin,
+        name: &'static str,
+        fits: impl Fn(&links::LinkInfo) -> bool,
+        attach: impl FnOnce(&mut Ebpf) -> anyhow::Result<Result<FdLink, FdLinkless>>,
+    ) -> anyhow::Result<Attached> {
+        let path = links::dir(&self.pin_dir).join(pin.file_name());
+        self.found.remove(&pin);
+        if let Ok(link) = links::open(&path) {
+            match links::info(link.as_fd()) {
+                Ok(info) if fits(&info) => {
+                    if self.live {
+                        let prog = program(&mut self.ebpf, name)?.fd()?.as_fd();
+                        links::update(link.as_fd(), prog)
+                            .with_context(|| format!("updating link {} to this agent's {name}", path.display()))?;
+                    } else {
+                        self.held.push((path, name));
+                    }
+                    return Ok(Attached::Adopted);
+                }
+                other => {
+                    debug!(link = %pin.file_name(), info = ?other, "pinned link does not fit; replacing it");
+                    links::remove(&path).with_context(|| format!("removing link {}", path.display()))?;
+                }
+            }
+        }
+        match attach(&mut self.ebpf)? {
+            Ok(link) => {
+                link.pin(&path).with_context(|| format!("pinning link {}", path.display()))?;
+            }
+            Err(held) => {
+                warn!(link = %pin.file_name(), "this kernel gave no BPF link for {name}: the attachment ends with the agent");
+                self.unpinned.push(held);
+            }
+        }
+        Ok(Attached::New)
     }
 
     /// Attaches the north-south XDP program to `ifname` in the mode asked
@@ -188,129 +349,235 @@ impl Datapath {
     /// native XDP where the driver runs it well and generic otherwise (see
     /// [`auto_mode`]). Returns the `xdp_mode` in use and why.
     pub fn attach_xdp(&mut self, ifname: &str, want: XdpAttach) -> anyhow::Result<(u32, u32)> {
-        if let Some((_, mode, why)) = self.xdp_links.get(ifname) {
-            return Ok((*mode, *why));
+        if let Some(e) = self.externals.get(ifname) {
+            return Ok((e.mode, e.why));
         }
-        if netns::interface_names()?.iter().all(|n| n != ifname) {
+        let Ok(ifindex) = netns::ifindex(ifname) else {
             bail!("external interface {ifname} does not exist (check --external-ifaces)");
-        }
-        self.attach_egress(ifname)?;
-        let xdp: &mut Xdp = program(&mut self.ebpf, XDP_PROGRAM)?.try_into()?;
-        let (link, mode, why) = match want {
-            XdpAttach::Native => (
-                xdp.attach(ifname, XdpMode::Driver).with_context(|| {
-                    format!("attaching {XDP_PROGRAM} to {ifname} in native mode (does its driver support XDP? try --xdp-mode generic)")
-                })?,
-                xdp_mode::NATIVE,
-                xdp_why::REQUESTED,
-            ),
-            XdpAttach::Generic => (
-                xdp.attach(ifname, XdpMode::Skb)
-                    .with_context(|| format!("attaching {XDP_PROGRAM} to {ifname} in generic mode"))?,
-                xdp_mode::GENERIC,
-                xdp_why::REQUESTED,
-            ),
-            XdpAttach::Auto => {
-                let driver = netns::driver_name(ifname).unwrap_or_default();
-                let native_ok = auto_mode(&driver) == xdp_mode::NATIVE;
-                let native = if native_ok { Some(xdp.attach(ifname, XdpMode::Driver)) } else { None };
-                match native {
-                    Some(Ok(link)) => (link, xdp_mode::NATIVE, xdp_why::AUTO_NATIVE),
-                    other => {
-                        let why = match other {
-                            Some(Err(e)) => {
-                                debug!(interface = ifname, driver, "native XDP unavailable: {e}");
-                                xdp_why::AUTO_UNSUPPORTED
-                            }
-                            _ => xdp_why::AUTO_VETH,
-                        };
-                        (
-                            xdp.attach(ifname, XdpMode::Skb)
-                                .with_context(|| format!("attaching {XDP_PROGRAM} to {ifname} in generic mode"))?,
-                            xdp_mode::GENERIC,
-                            why,
-                        )
-                    }
-                }
+        };
+        self.attach_tc_hook(ifindex, ifname, false)?;
+        let driver = netns::driver_name(ifname).unwrap_or_default();
+        // A link of an earlier agent in a mode this one would pick is
+        // adopted (no gap); one in another mode is replaced (native and
+        // generic XDP cannot be attached together).
+        let earlier = self.found.keys().find_map(|p| match p {
+            Pin::Xdp { ifindex: i, mode } if *i == ifindex => Some(*mode),
+            _ => None,
+        });
+        if let Some(mode) = earlier {
+            let why = match (want, mode) {
+                (XdpAttach::Native, xdp_mode::NATIVE) | (XdpAttach::Generic, xdp_mode::GENERIC) => Some(xdp_why::REQUESTED),
+                (XdpAttach::Auto, xdp_mode::NATIVE) => Some(xdp_why::AUTO_NATIVE),
+                (XdpAttach::Auto, xdp_mode::GENERIC) if auto_mode(&driver) == xdp_mode::GENERIC => Some(xdp_why::AUTO_VETH),
+                (XdpAttach::Auto, xdp_mode::GENERIC) => match self.device_why(ifindex) {
+                    // Asked for generic before: native may work; find out.
+                    Some(xdp_why::REQUESTED) => None,
+                    _ => Some(xdp_why::AUTO_UNSUPPORTED),
+                },
+                _ => None,
+            };
+            if let Some(why) = why {
+                let pin = Pin::Xdp { ifindex, mode };
+                let got = self.attach_pinned(pin, XDP_PROGRAM, |i| i.kind == links::LINK_TYPE_XDP && i.ifindex == ifindex, |_| {
+                    bail!("the pinned XDP link on {ifname} is gone")
+                })?;
+                info!(interface = ifname, mode = xdp_mode_name(mode), why = xdp_why_text(why), "XDP program {}", verb(got));
+                self.externals.insert(ifname.to_string(), External { mode, why });
+                return Ok((mode, why));
             }
+        }
+        let (mode, why) = match want {
+            XdpAttach::Native => {
+                self.attach_xdp_mode(ifindex, ifname, xdp_mode::NATIVE).with_context(|| {
+                    format!("attaching {XDP_PROGRAM} to {ifname} in native mode (does its driver support XDP? try --xdp-mode generic)")
+                })?;
+                (xdp_mode::NATIVE, xdp_why::REQUESTED)
+            }
+            XdpAttach::Generic => {
+                self.attach_xdp_mode(ifindex, ifname, xdp_mode::GENERIC)?;
+                (xdp_mode::GENERIC, xdp_why::REQUESTED)
+            }
+            XdpAttach::Auto if auto_mode(&driver) == xdp_mode::GENERIC => {
+                self.attach_xdp_mode(ifindex, ifname, xdp_mode::GENERIC)?;
+                (xdp_mode::GENERIC, xdp_why::AUTO_VETH)
+            }
+            XdpAttach::Auto => match self.attach_xdp_mode(ifindex, ifname, xdp_mode::NATIVE) {
+                Ok(()) => (xdp_mode::NATIVE, xdp_why::AUTO_NATIVE),
+                Err(e) => {
+                    debug!(interface = ifname, driver, "native XDP unavailable: {e:#}");
+                    self.attach_xdp_mode(ifindex, ifname, xdp_mode::GENERIC)?;
+                    (xdp_mode::GENERIC, xdp_why::AUTO_UNSUPPORTED)
+                }
+            },
         };
         info!(interface = ifname, mode = xdp_mode_name(mode), why = xdp_why_text(why), "XDP program attached");
-        self.xdp_links.insert(ifname.to_string(), (link, mode, why));
+        self.externals.insert(ifname.to_string(), External { mode, why });
         Ok((mode, why))
+    }
+
+    /// Attaches the XDP program in `mode`, replacing any earlier link on
+    /// the interface.
+    fn attach_xdp_mode(&mut self, ifindex: u32, ifname: &str, mode: u32) -> anyhow::Result<()> {
+        for other in [xdp_mode::NATIVE, xdp_mode::GENERIC] {
+            let pin = Pin::Xdp { ifindex, mode: other };
+            if other != mode && self.found.remove(&pin).is_some() {
+                links::remove(&links::dir(&self.pin_dir).join(pin.file_name()))?;
+                info!(interface = ifname, "removed the XDP link of an earlier agent ({})", xdp_mode_name(other));
+            }
+        }
+        let flags = if mode == xdp_mode::NATIVE { XdpMode::Driver } else { XdpMode::Skb };
+        let ifname = ifname.to_string();
+        self.attach_pinned(Pin::Xdp { ifindex, mode }, XDP_PROGRAM, |i| i.kind == links::LINK_TYPE_XDP && i.ifindex == ifindex, move |ebpf| {
+            let xdp: &mut Xdp = program(ebpf, XDP_PROGRAM)?.try_into()?;
+            let id = xdp
+                .attach(&ifname, flags)
+                .with_context(|| format!("attaching {XDP_PROGRAM} to {ifname} ({})", xdp_mode_name(mode)))?;
+            let link = xdp.take_link(id)?;
+            match FdLink::try_from(link) {
+                Ok(l) => Ok(Ok(l)),
+                // Netlink XDP (no XDP links): attach again and let aya hold it.
+                Err(_) => Ok(Err(FdLinkless::Xdp(xdp.attach(&ifname, flags)?))),
+            }
+        })?;
+        Ok(())
+    }
+
+    /// The `xdp_why` an earlier agent recorded for an interface.
+    fn device_why(&self, ifindex: u32) -> Option<u32> {
+        let map = self.ebpf.map(names::DEVICES)?;
+        let devices: aya::maps::HashMap<_, u32, lb_common::Device> = aya::maps::HashMap::try_from(map).ok()?;
+        devices.get(&ifindex, 0).ok().map(|d| d.why)
     }
 
     /// External interfaces with the XDP program, their `xdp_mode` and why.
     pub fn xdp_interfaces(&self) -> impl Iterator<Item = (&str, u32, u32)> {
-        self.xdp_links.iter().map(|(n, (_, m, w))| (n.as_str(), *m, *w))
+        self.externals.iter().map(|(n, e)| (n.as_str(), e.mode, e.why))
     }
 
     /// Attaches the tc programs to a pod interface: ingress (tcx) for
     /// packets leaving the pod, egress for replies on their way into it.
-    pub fn attach_tc(&mut self, ifname: &str) -> anyhow::Result<()> {
-        if self.tc_links.contains_key(ifname) {
-            return Ok(());
+    pub fn attach_tc(&mut self, ifindex: u32, ifname: &str) -> anyhow::Result<Attached> {
+        if self.pods.contains_key(&ifindex) {
+            return Ok(Attached::Already);
         }
-        let ingress = attach_classifier(&mut self.ebpf, TC_INGRESS_PROGRAM, ifname, TcAttachType::Ingress)?;
-        let egress = match attach_classifier(&mut self.ebpf, TC_EGRESS_PROGRAM, ifname, TcAttachType::Egress) {
-            Ok(link) => link,
-            Err(e) => {
-                detach_classifier(&mut self.ebpf, TC_INGRESS_PROGRAM, ingress);
-                return Err(e);
-            }
+        let got = self.attach_tc_hook(ifindex, ifname, true)?;
+        if let Err(e) = self.attach_tc_hook(ifindex, ifname, false) {
+            self.remove_tc_hook(ifindex, true);
+            return Err(e);
+        }
+        info!(interface = ifname, ifindex, "tc programs {}", verb(got));
+        self.pods.insert(ifindex, ifname.to_string());
+        Ok(got)
+    }
+
+    fn attach_tc_hook(&mut self, ifindex: u32, ifname: &str, ingress: bool) -> anyhow::Result<Attached> {
+        let (name, at, attach_type) = if ingress {
+            (TC_INGRESS_PROGRAM, TcAttachType::Ingress, links::ATTACH_TCX_INGRESS)
+        } else {
+            (TC_EGRESS_PROGRAM, TcAttachType::Egress, links::ATTACH_TCX_EGRESS)
         };
-        info!(interface = ifname, "tc programs attached");
-        self.tc_links.insert(ifname.to_string(), (ingress, egress));
-        Ok(())
+        let ifname = ifname.to_string();
+        self.attach_pinned(
+            Pin::Tcx { ifindex, ingress },
+            name,
+            |i| i.kind == links::LINK_TYPE_TCX && i.ifindex == ifindex && i.attach_type == attach_type,
+            move |ebpf| {
+                let tc: &mut SchedClassifier = program(ebpf, name)?.try_into()?;
+                let id = tc.attach(&ifname, at).with_context(|| format!("attaching {name} to {ifname} {at:?}"))?;
+                let link = tc.take_link(id)?;
+                match FdLink::try_from(link) {
+                    Ok(l) => Ok(Ok(l)),
+                    // Legacy tc (no tcx before kernel 6.6): attach again
+                    // and let aya hold it.
+                    Err(_) => Ok(Err(FdLinkless::Tc(name, tc.attach(&ifname, at)?))),
+                }
+            },
+        )
     }
 
-    /// Attaches the reverse translation to an external interface's egress,
-    /// for replies to clients outside the node.
-    fn attach_egress(&mut self, ifname: &str) -> anyhow::Result<()> {
-        if !self.ext_links.contains_key(ifname) {
-            let link = attach_classifier(&mut self.ebpf, TC_EGRESS_PROGRAM, ifname, TcAttachType::Egress)?;
-            self.ext_links.insert(ifname.to_string(), link);
-        }
-        Ok(())
-    }
-
-    /// Forgets interfaces that no longer exist (their links went with them).
-    pub fn forget_interfaces(&mut self, present: &[String]) {
-        let gone: Vec<String> = self
-            .tc_links
-            .keys()
-            .filter(|name| !present.contains(name))
-            .cloned()
-            .collect();
-        for name in gone {
-            if let Some((ingress, egress)) = self.tc_links.remove(&name) {
-                // The interface is gone, and so are the attachments.
-                detach_classifier(&mut self.ebpf, TC_INGRESS_PROGRAM, ingress);
-                detach_classifier(&mut self.ebpf, TC_EGRESS_PROGRAM, egress);
-            }
-            debug!(interface = name, "interface gone");
+    fn remove_tc_hook(&mut self, ifindex: u32, ingress: bool) {
+        let pin = Pin::Tcx { ifindex, ingress };
+        let path = links::dir(&self.pin_dir).join(pin.file_name());
+        self.held.retain(|(p, _)| *p != path);
+        if let Err(e) = links::remove(&path) {
+            warn!("removing link {}: {e}", path.display());
         }
     }
 
-    pub fn attached_interfaces(&self) -> impl Iterator<Item = &str> {
-        self.tc_links.keys().map(String::as_str)
+    /// Lets go of a pod interface that is gone (or no longer matched):
+    /// its links are removed.
+    pub fn forget_interface(&mut self, ifindex: u32) {
+        if let Some(name) = self.pods.remove(&ifindex) {
+            self.remove_tc_hook(ifindex, true);
+            self.remove_tc_hook(ifindex, false);
+            debug!(interface = name, ifindex, "interface let go");
+        }
+    }
+
+    /// Pod interfaces with the tc programs: (ifindex, name).
+    pub fn attached_interfaces(&self) -> impl Iterator<Item = (u32, &str)> {
+        self.pods.iter().map(|(i, n)| (*i, n.as_str()))
     }
 
     /// Attaches the socket hooks to a cgroup2 directory (normally the root
     /// of the cgroup2 mount, so every process on the node is covered).
     pub fn attach_cgroup(&mut self, cgroup: &Path) -> anyhow::Result<()> {
-        let file = File::open(cgroup).with_context(|| format!("opening cgroup {}", cgroup.display()))?;
-        for name in SOCK_PROGRAMS {
-            let p: &mut CgroupSockAddr = program(&mut self.ebpf, name)?.try_into()?;
-            // With bpf_link (the kernel 5.7+ path aya takes) the attachment
-            // always coexists with other programs; the link API rejects the
-            // legacy BPF_F_ALLOW_MULTI flag, so the mode must be Single (0).
-            let link = p
-                .attach(&file, CgroupAttachMode::Single)
-                .with_context(|| format!("attaching {name} to cgroup {}", cgroup.display()))?;
-            self.sock_links.push((name, link));
+        if self.cgroup_attached {
+            return Ok(());
         }
-        info!(cgroup = %cgroup.display(), "socket hooks attached");
+        let file = File::open(cgroup).with_context(|| format!("opening cgroup {}", cgroup.display()))?;
+        // The kernel names a cgroup by the inode of its directory.
+        let cgroup_id = std::os::unix::fs::MetadataExt::ino(&file.metadata()?);
+        let mut got = Attached::Already;
+        for name in SOCK_PROGRAMS {
+            let file = &file;
+            got = self.attach_pinned(
+                Pin::Cgroup { program: name.to_string() },
+                name,
+                |i| i.kind == links::LINK_TYPE_CGROUP && i.cgroup_id == cgroup_id,
+                move |ebpf| {
+                    let p: &mut CgroupSockAddr = program(ebpf, name)?.try_into()?;
+                    // With bpf_link (the kernel 5.7+ path aya takes) the
+                    // attachment always coexists with other programs; the
+                    // link API rejects the legacy BPF_F_ALLOW_MULTI flag, so
+                    // the mode must be Single (0).
+                    let id = p
+                        .attach(file, CgroupAttachMode::Single)
+                        .with_context(|| format!("attaching {name} to cgroup {}", cgroup.display()))?;
+                    FdLink::try_from(p.take_link(id)?).map(Ok).map_err(|e| anyhow::anyhow!("{name}: no cgroup link: {e}"))
+                },
+            )?;
+        }
+        self.cgroup_attached = true;
+        info!(cgroup = %cgroup.display(), "socket hooks {}", verb(got));
         Ok(())
+    }
+}
+
+impl Drop for Datapath {
+    fn drop(&mut self) {
+        for held in self.unpinned.drain(..) {
+            match held {
+                FdLinkless::Tc(name, id) => {
+                    if let Ok(tc) = program(&mut self.ebpf, name).and_then(|p| <&mut SchedClassifier>::try_from(p).map_err(Into::into)) {
+                        let _ = tc.detach(id);
+                    }
+                }
+                FdLinkless::Xdp(id) => {
+                    if let Ok(xdp) = program(&mut self.ebpf, XDP_PROGRAM).and_then(|p| <&mut Xdp>::try_from(p).map_err(Into::into)) {
+                        let _ = xdp.detach(id);
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn verb(a: Attached) -> &'static str {
+    match a {
+        Attached::Adopted => "attached: links adopted from the earlier agent",
+        Attached::New => "attached",
+        Attached::Already => "attached already",
     }
 }
 
@@ -326,70 +593,26 @@ pub fn auto_mode(driver: &str) -> u32 {
     }
 }
 
-fn attach_classifier(ebpf: &mut Ebpf, name: &str, ifname: &str, at: TcAttachType) -> anyhow::Result<SchedClassifierLinkId> {
-    let tc: &mut SchedClassifier = program(ebpf, name)?.try_into()?;
-    tc.attach(ifname, at).with_context(|| format!("attaching {name} to {ifname} {at:?}"))
-}
-
-fn detach_classifier(ebpf: &mut Ebpf, name: &str, link: SchedClassifierLinkId) {
-    if let Ok(tc) = program(ebpf, name).and_then(|p| <&mut SchedClassifier>::try_from(p).map_err(Into::into)) {
-        let _ = tc.detach(link);
-    }
-}
-
 fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut aya::programs::Program> {
     ebpf.program_mut(name)
         .with_context(|| format!("program {name} missing from the eBPF object"))
 }
 
-/// Pinned maps from an older, incompatible build would be reused blindly by
-/// the loader; refuse instead, naming the map.
-fn check_pinned_maps(dir: &Path) -> anyhow::Result<()> {
-    use lb_common::*;
-    let expect: [(&str, usize, usize); 18] = [
-        (names::SERVICES, size_of::<Service4Key>(), size_of::<Service4Value>()),
-        (names::SLOTS, size_of::<SlotKey>(), size_of::<Slot>()),
-        (names::BACKENDS, 4, size_of::<Backend4>()),
-        (names::REVNAT, size_of::<RevNatKey>(), size_of::<RevNat4>()),
-        (names::CT_TCP, size_of::<Ct4Key>(), size_of::<CtEntry>()),
-        (names::CT_ANY, size_of::<Ct4Key>(), size_of::<CtEntry>()),
-        (names::SOCK_REVNAT, size_of::<SockRevNat4Key>(), size_of::<SockRevNat4>()),
-        (names::CONFIG, 4, size_of::<Config>()),
-        (names::SVC_NAMES, size_of::<RevNatKey>(), size_of::<SvcName>()),
-        (names::AFFINITY, size_of::<Affinity4Key>(), size_of::<Affinity4>()),
-        (names::MAGLEV, size_of::<RevNatKey>(), 4),
-        (names::SRC_RANGES, 4 + size_of::<SrcRange4>(), 4),
-        (names::NODE, 4, size_of::<NodeConfig>()),
-        (names::DEVICES, 4, size_of::<Device>()),
-        (names::VIPS, 4, size_of::<Vip4>()),
-        (names::FRAGS, size_of::<Frag4Key>(), size_of::<Frag4>()),
-        (names::REJECT_RATE, 4, size_of::<RejectRate>()),
-        (names::STATS, 4, 8),
-    ];
-    for (name, key, value) in expect {
-        let path = dir.join(name);
-        if !path.exists() {
-            continue;
-        }
-        let info = MapData::from_pin(&path)
-            .and_then(|m| m.info())
-            .with_context(|| format!("reading pinned map {}", path.display()))?;
-        if info.key_size() as usize != key || info.value_size() as usize != value {
-            bail!(
-                "pinned map {} has key/value sizes {}/{} but this agent expects {key}/{value}: \
-                 it was made by an incompatible version; remove it (`lb-agent cleanup --bpffs {}`) and restart",
-                path.display(),
-                info.key_size(),
-                info.value_size(),
-                dir.display()
-            );
+/// Removes everything lb pinned under `dir`: detaches every link (the
+/// datapath stops) and unpins every map (all state). Refused while an agent
+/// holds the directory.
+pub fn cleanup(dir: &Path) -> anyhow::Result<()> {
+    if !dir.exists() {
+        return Ok(());
+    }
+    let _lock = DirLock::take(dir).context("`lb-agent uninstall` runs only with no agent on the node (delete the DaemonSet first)")?;
+    for (pin, path) in links::pinned(dir)? {
+        match links::remove(&path) {
+            Ok(()) => info!(link = %pin.file_name(), "detached and unpinned"),
+            Err(e) => warn!("removing link {}: {e}", path.display()),
         }
     }
-    Ok(())
-}
-
-/// Removes the pinned maps (all state) under `dir`.
-pub fn cleanup(dir: &Path) -> anyhow::Result<()> {
+    let _ = std::fs::remove_dir(links::dir(dir));
     for name in names::ALL {
         let path = dir.join(name);
         match std::fs::remove_file(&path) {
@@ -401,4 +624,48 @@ pub fn cleanup(dir: &Path) -> anyhow::Result<()> {
     match std::fs::remove_dir(dir) {
         Ok(()) | Err(_) => Ok(()),
     }
+}
+
+/// The one-writer lock on a bpffs directory: an exclusive `flock` held for
+/// the agent's life (the kernel drops it when the process ends, however
+/// it ends).
+pub struct DirLock {
+    _file: File,
+}
+
+impl DirLock {
+    /// Takes the lock on `dir`, or says who holds it.
+    pub fn take(dir: &Path) -> anyhow::Result<DirLock> {
+        let file = File::open(dir).with_context(|| format!("opening {}", dir.display()))?;
+        // SAFETY: flock(2) on a descriptor we own.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc != 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+                let who = match holder(dir) {
+                    Some(pid) => format!("process {pid}"),
+                    None => "another process".to_string(),
+                };
+                bail!("{} is in use by {who} (another lb-agent): one agent per bpffs directory", dir.display());
+            }
+            return Err(e).with_context(|| format!("locking {}", dir.display()));
+        }
+        Ok(DirLock { _file: file })
+    }
+}
+
+/// A process (other than this one) with `dir` open: the lock's holder.
+fn holder(dir: &Path) -> Option<u32> {
+    let me = std::process::id();
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        if pid == me {
+            continue;
+        }
+        let Ok(fds) = std::fs::read_dir(entry.path().join("fd")) else { continue };
+        if fds.flatten().any(|fd| std::fs::read_link(fd.path()).is_ok_and(|t| t == dir)) {
+            return Some(pid);
+        }
+    }
+    None
 }

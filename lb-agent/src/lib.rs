@@ -14,10 +14,14 @@
 //!   NodePorts.
 
 pub mod batch;
+pub mod caps;
 pub mod datapath;
 pub mod health;
 pub mod healthcheck;
 pub mod gc;
+pub mod layout;
+pub mod links;
+pub mod linkwatch;
 pub mod list;
 pub mod maglev;
 pub mod manifest;

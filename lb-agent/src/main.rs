@@ -34,8 +34,10 @@ enum Command {
         #[arg(long, default_value = DEFAULT_BPFFS_DIR, env = "LB_BPFFS")]
         bpffs: PathBuf,
     },
-    /// Remove the pinned maps (all datapath state) of a stopped agent.
-    Cleanup {
+    /// Take lb off the node: detach every program and remove every pinned
+    /// link and map (all datapath state). Refused while an agent runs.
+    #[command(alias = "cleanup")]
+    Uninstall {
         #[arg(long, default_value = DEFAULT_BPFFS_DIR, env = "LB_BPFFS")]
         bpffs: PathBuf,
     },
@@ -227,7 +229,7 @@ fn main() -> anyhow::Result<()> {
             print!("{}", list::render(&maps).context("reading the maps")?);
             Ok(())
         }
-        Command::Cleanup { bpffs } => datapath::cleanup(&bpffs),
+        Command::Uninstall { bpffs } => datapath::cleanup(&bpffs),
     }
 }
 

@@ -37,6 +37,11 @@ pub fn current_netns_cookie() -> io::Result<u64> {
 
 /// Names of the interfaces in the current network namespace.
 pub fn interface_names() -> io::Result<Vec<String>> {
+    Ok(interfaces()?.into_iter().map(|(_, n)| n).collect())
+}
+
+/// (ifindex, name) of the interfaces in the current network namespace.
+pub fn interfaces() -> io::Result<Vec<(u32, String)>> {
     // SAFETY: if_nameindex returns an array terminated by a zero entry,
     // freed below with if_freenameindex.
     unsafe {
@@ -44,16 +49,27 @@ pub fn interface_names() -> io::Result<Vec<String>> {
         if list.is_null() {
             return Err(io::Error::last_os_error());
         }
-        let mut names = Vec::new();
+        let mut out = Vec::new();
         let mut cur = list;
         while (*cur).if_index != 0 {
             let name = std::ffi::CStr::from_ptr((*cur).if_name);
-            names.push(name.to_string_lossy().into_owned());
+            out.push(((*cur).if_index, name.to_string_lossy().into_owned()));
             cur = cur.add(1);
         }
         libc::if_freenameindex(list);
-        Ok(names)
+        Ok(out)
     }
+}
+
+/// The ifindex of an interface of the current network namespace.
+pub fn ifindex(name: &str) -> anyhow::Result<u32> {
+    let c = std::ffi::CString::new(name)?;
+    // SAFETY: a NUL-terminated name.
+    let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if idx == 0 {
+        anyhow::bail!("interface {name} does not exist");
+    }
+    Ok(idx)
 }
 
 /// The driver of a network interface (`ethtool -i`'s "driver"), e.g.

@@ -23,12 +23,13 @@ use std::{
     str::FromStr,
 };
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use lb_common::{Device, IFNAME_LEN, NodeConfig, node_flags, svc_flags};
 use tracing::{info, warn};
 
 use crate::{
     datapath::{Datapath, XdpAttach, xdp_mode_name, xdp_why_text},
+    netns::ifindex,
     health::Heartbeat,
     healthcheck::HealthChecks,
     model::{Backend, Cidr, Desired, Frontend, FrontendAddr, ServiceRef, TrafficPolicy},
@@ -294,9 +295,7 @@ impl NorthSouth {
                 // carry the node's own address as its source (a reply of a
                 // SNATed flow whose next hop has no neighbour entry yet):
                 // without accept_local the kernel drops it as martian.
-                if let Err(e) = sysctl(&format!("net/ipv4/conf/{name}/accept_local"), "1") {
-                    warn!("setting accept_local on {name}: {e}");
-                }
+                ensure_accept_local(name);
                 let ifindex = ifindex(name)?;
                 let mut dev = Device { mode, name: [0; IFNAME_LEN], why };
                 let n = name.len().min(IFNAME_LEN - 1);
@@ -404,14 +403,20 @@ pub fn interface_addresses() -> std::io::Result<Vec<(String, Ipv4Addr)>> {
     Ok(out)
 }
 
-fn ifindex(name: &str) -> anyhow::Result<u32> {
-    let c = std::ffi::CString::new(name)?;
-    // SAFETY: a NUL-terminated name.
-    let idx = unsafe { libc::if_nametoindex(c.as_ptr()) };
-    if idx == 0 {
-        bail!("interface {name} does not exist");
+/// Turns accept_local on for `name` unless it is on already (for the
+/// interface or for all): an agent without a writable /proc/sys (not
+/// privileged) relies on the DaemonSet's prepare-node init container.
+fn ensure_accept_local(name: &str) {
+    let on = |key: &str| std::fs::read_to_string(format!("/proc/sys/net/ipv4/conf/{key}/accept_local")).is_ok_and(|v| v.trim() == "1");
+    if on("all") || on(name) {
+        return;
     }
-    Ok(idx)
+    if let Err(e) = sysctl(&format!("net/ipv4/conf/{name}/accept_local"), "1") {
+        warn!(
+            "accept_local is off on {name} and setting it failed ({e}): replies of SNATed NodePort flows may be dropped \
+             as martians; set net.ipv4.conf.{name}.accept_local=1 (the DaemonSet's prepare-node init container does)"
+        );
+    }
 }
 
 /// Writes a sysctl of the agent's network namespace.

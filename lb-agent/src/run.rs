@@ -24,6 +24,7 @@ use crate::{
     datapath::{Datapath, MapSizes},
     gc,
     health::{self, Heartbeat},
+    linkwatch::{LinkEvent, LinkEvents},
     maps::Maps,
     metrics::{Metrics, SyncRecord},
     netns,
@@ -69,9 +70,10 @@ pub struct RunConfig {
     pub north_south: NorthSouthConfig,
 }
 
-/// Runs until `shutdown` completes. Programs detach when the agent exits;
-/// the maps stay pinned, so a restarted agent resumes with every ID and
-/// flow intact.
+/// Runs until `shutdown` completes. The programs stay attached when the
+/// agent exits (their links are pinned) and the maps stay pinned, so the
+/// node keeps serving, and a restarted agent adopts the links and resumes
+/// with every ID and flow intact.
 pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let metrics = Metrics::default();
     let heartbeat = Heartbeat::default();
@@ -87,6 +89,10 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> anyhow::
         None => None,
     };
 
+    let missing = crate::caps::missing();
+    if !missing.is_empty() {
+        warn!(missing = ?missing, "lb-agent needs CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN (securityContext.capabilities.add): loading the datapath is expected to fail");
+    }
     let mut dp = Datapath::load(&cfg.bpffs, &cfg.sizes)?;
     let logger_task = match aya_log::EbpfLogger::init(&mut dp.ebpf) {
         Ok(logger) => Some(tokio::spawn(poll_kernel_logs(logger))),
@@ -111,8 +117,22 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> anyhow::
         };
         dp.attach_cgroup(&cgroup)?;
     }
+    // Subscribe before listing, so that no interface slips in between.
+    let mut link_events = match LinkEvents::subscribe() {
+        Ok(events) => Some(events),
+        Err(e) => {
+            warn!("no link events ({e}): new pod interfaces are found every {:?}", cfg.poll);
+            None
+        }
+    };
     sync_interfaces(&mut dp, &cfg.pod_ifaces);
     let mut north_south = NorthSouth::start(&cfg.north_south, &mut dp, &mut reconciler, heartbeat.clone())?;
+    // Links of an earlier agent that this one did not take over are hooks
+    // it does not want.
+    dp.drop_unadopted();
+    if !dp.is_live() {
+        info!("the attached programs keep serving from the old maps until the rebuilt ones are filled");
+    }
 
     let (tx, mut rx) = mpsc::channel::<source::Batch>(1024);
     let source_tasks = match &cfg.source {
@@ -146,6 +166,13 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> anyhow::
                 heartbeat.beat();
                 sync_interfaces(&mut dp, &cfg.pod_ifaces);
             }
+            event = async { link_events.as_mut().unwrap().next().await }, if link_events.is_some() => match event {
+                Some(event) => on_link_event(&mut dp, &cfg.pod_ifaces, event),
+                None => {
+                    warn!("link events stopped: new pod interfaces are found every {:?}", cfg.poll);
+                    link_events = None;
+                }
+            },
             _ = gc_ticker.tick() => gc::collect(&mut reconciler, &cfg.ct_timeouts),
             batch = rx.recv(), if !sources_done => {
                 let Some(batch) = batch else {
@@ -182,10 +209,16 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> anyhow::
                     SourceConfig::Kube(_) => "synced from the API server",
                 };
                 sync(&mut store, &mut translator, &cfg.translate, &mut reconciler, &mut north_south, first, &metrics, what);
+                if !dp.is_live() {
+                    // The rebuilt maps hold a complete state now.
+                    if let Err(e) = dp.go_live() {
+                        warn!("{e:#}");
+                    }
+                }
             }
         }
     }
-    info!("shutting down; maps stay pinned in {}", cfg.bpffs.display());
+    info!("shutting down; the programs stay attached and the maps pinned in {} (`lb-agent uninstall` removes them)", cfg.bpffs.display());
     for task in source_tasks.into_iter().chain(health_task).chain(logger_task) {
         task.abort();
     }
@@ -237,22 +270,56 @@ fn sync(
     }
 }
 
+/// Attaches the tc programs to every pod interface and lets go of those
+/// gone or no longer matched.
 fn sync_interfaces(dp: &mut Datapath, patterns: &[String]) {
-    let names = match netns::interface_names() {
+    let present = match netns::interfaces() {
         Ok(n) => n,
         Err(e) => {
             warn!("listing interfaces: {e}");
             return;
         }
     };
-    dp.forget_interfaces(&names);
-    for name in &names {
-        if patterns.iter().any(|p| netns::glob_match(p, name)) {
-            if let Err(e) = dp.attach_tc(name) {
-                warn!("{e:#}");
-            }
+    let gone: Vec<u32> = dp
+        .attached_interfaces()
+        .filter(|(i, name)| !present.iter().any(|(j, n)| i == j && n == name && is_pod(patterns, n)))
+        .map(|(i, _)| i)
+        .collect();
+    for ifindex in gone {
+        dp.forget_interface(ifindex);
+    }
+    for (ifindex, name) in &present {
+        if is_pod(patterns, name)
+            && let Err(e) = dp.attach_tc(*ifindex, name)
+        {
+            warn!("{e:#}");
         }
     }
+}
+
+fn on_link_event(dp: &mut Datapath, patterns: &[String], event: LinkEvent) {
+    match event {
+        LinkEvent::New { ifindex, name } => {
+            let known = dp.attached_interfaces().find(|(i, _)| *i == ifindex).map(|(_, n)| n.to_string());
+            if known.as_deref().is_some_and(|n| n != name) {
+                // Renamed: judge it by its new name.
+                dp.forget_interface(ifindex);
+            }
+            if is_pod(patterns, &name) {
+                let started = Instant::now();
+                match dp.attach_tc(ifindex, &name) {
+                    Ok(crate::datapath::Attached::Already) => {}
+                    Ok(_) => debug!(interface = name, ifindex, attach_us = started.elapsed().as_micros() as u64, "attached on a link event"),
+                    Err(e) => warn!("{e:#}"),
+                }
+            }
+        }
+        LinkEvent::Gone { ifindex } => dp.forget_interface(ifindex),
+    }
+}
+
+fn is_pod(patterns: &[String], name: &str) -> bool {
+    patterns.iter().any(|p| netns::glob_match(p, name))
 }
 
 /// Forwards the programs' aya-log messages to tracing (at their level;

@@ -99,7 +99,7 @@ pub fn install<'a>(
             let dp = lab.node.run(move || -> Result<Datapath> {
                 let mut dp = Datapath::load(&path, &sizes)?;
                 for i in &ifaces {
-                    dp.attach_tc(i)?;
+                    dp.attach_tc(lb_agent::netns::ifindex(i)?, i)?;
                 }
                 Ok(dp)
             })?;

@@ -26,9 +26,11 @@ pub mod names {
     pub const FRAGS: &str = "LB4_FRAGS";
     pub const REJECT_RATE: &str = "LB4_REJECT_RATE";
     pub const STATS: &str = "LB_STATS";
+    /// The layout version of every other pinned map (see [`super::layout`]).
+    pub const LAYOUT: &str = "LB_LAYOUT";
 
     /// Every map the agent pins, in a stable order.
-    pub const ALL: [&str; 18] = [
+    pub const ALL: [&str; 19] = [
         SERVICES,
         SLOTS,
         BACKENDS,
@@ -47,7 +49,76 @@ pub mod names {
         FRAGS,
         REJECT_RATE,
         STATS,
+        LAYOUT,
     ];
+}
+
+/// Layout versions of the pinned maps. A map's version goes up whenever
+/// the meaning of its keys or values changes, even where their sizes do
+/// not; the agent records the versions in `LB_LAYOUT` and rebuilds a map
+/// it finds pinned with another version (or another type, key or value
+/// size, or flags) instead of reusing it.
+pub mod layout {
+    use super::names::*;
+
+    /// `LB_LAYOUT` keys: the map name, NUL-padded.
+    pub const KEY_LEN: usize = 16;
+
+    /// 1: the first layout (key and value sizes checked, no `LB_LAYOUT`).
+    /// 2: array slots with versions, conntrack entries holding the whole
+    /// NAT (the real-node datapath).
+    pub const VERSIONS: [(&str, u32); 19] = [
+        (SERVICES, 2),
+        (SLOTS, 2),
+        (BACKENDS, 2),
+        (REVNAT, 2),
+        (CT_TCP, 2),
+        (CT_ANY, 2),
+        (SOCK_REVNAT, 2),
+        (CONFIG, 2),
+        (SVC_NAMES, 2),
+        (AFFINITY, 2),
+        (MAGLEV, 2),
+        (SRC_RANGES, 2),
+        (NODE, 2),
+        (DEVICES, 2),
+        (VIPS, 2),
+        (FRAGS, 2),
+        (REJECT_RATE, 2),
+        (STATS, 2),
+        (LAYOUT, 1),
+    ];
+
+    /// The version this build writes for `name` (0: not a map of ours).
+    pub fn version(name: &str) -> u32 {
+        let mut i = 0;
+        while i < VERSIONS.len() {
+            if eq(VERSIONS[i].0, name) {
+                return VERSIONS[i].1;
+            }
+            i += 1;
+        }
+        0
+    }
+
+    fn eq(a: &str, b: &str) -> bool {
+        a.len() == b.len() && a.as_bytes().iter().zip(b.as_bytes()).all(|(x, y)| x == y)
+    }
+
+    /// The `LB_LAYOUT` key of a map name.
+    pub fn key(name: &str) -> [u8; KEY_LEN] {
+        let mut k = [0u8; KEY_LEN];
+        let n = name.len().min(KEY_LEN - 1);
+        k[..n].copy_from_slice(&name.as_bytes()[..n]);
+        k
+    }
+
+    /// Maps written by the agent's reconciler from the Services: they
+    /// hold IDs that the others refer to, so they are rebuilt together.
+    pub const RECONCILED: [&str; 8] = [SERVICES, SLOTS, BACKENDS, REVNAT, SVC_NAMES, MAGLEV, SRC_RANGES, VIPS];
+    /// Maps whose entries name frontend or backend IDs: rebuilt along with
+    /// [`RECONCILED`], since fresh IDs would give them other meanings.
+    pub const REFER_TO_IDS: [&str; 4] = [CT_TCP, CT_ANY, AFFINITY, SOCK_REVNAT];
 }
 
 /// Default capacities. The agent can override each at load time.
@@ -763,6 +834,17 @@ mod user {
 #[cfg(test)]
 mod north_south_tests {
     use super::*;
+
+    #[test]
+    fn every_map_has_a_layout_version() {
+        for (i, name) in names::ALL.iter().enumerate() {
+            assert_eq!(layout::VERSIONS[i].0, *name, "VERSIONS follows names::ALL");
+            assert!(layout::version(name) > 0, "{name}");
+            assert!(name.len() < layout::KEY_LEN, "{name} fits a LB_LAYOUT key");
+        }
+        assert_eq!(layout::version("LB4_OTHER"), 0);
+        assert_eq!(&layout::key("LB4_VIPS")[..9], b"LB4_VIPS\0");
+    }
 
     fn be(a: [u8; 4]) -> u32 {
         u32::from_ne_bytes(a)

@@ -9,7 +9,7 @@ use aya_ebpf::{
 use lb_common::{
     Affinity4, Affinity4Key, Backend4, Config, Ct4Key, CtEntry, Device, Frag4, Frag4Key,
     NodeConfig, RejectRate, RevNat4, RevNatKey, Service4Key, Service4Value, Slot, SlotKey, SockRevNat4,
-    SockRevNat4Key, SrcRange4, SvcName, Vip4, sizes, stat,
+    SockRevNat4Key, SrcRange4, SvcName, Vip4, layout, sizes, stat,
 };
 
 #[btf_map]
@@ -99,3 +99,8 @@ pub static LB4_REJECT_RATE: LruHashMap<u32, RejectRate, { sizes::REJECT_RATE as 
 /// Counters by `lb_common::stat` index, per CPU.
 #[btf_map]
 pub static LB_STATS: PerCpuArray<u64, { stat::SLOTS as usize }> = PerCpuArray::new();
+
+/// Layout version of each pinned map, by name (written and read by the
+/// agent only; see `lb_common::layout`).
+#[btf_map]
+pub static LB_LAYOUT: HashMap<[u8; layout::KEY_LEN], u32, 32> = HashMap::new();

@@ -104,14 +104,32 @@ impl Agent {
     }
 
     pub fn start_with(node: &Netns, manifests: &Path, pins: PinDir, extra: &[&str]) -> Agent {
+        Self::start_wrapped(node, manifests, pins, &[], extra)
+    }
+
+    /// [`Agent::start_with`], run through `wrapper` (a command that execs
+    /// its arguments, such as `setpriv ... --`).
+    pub fn start_wrapped(node: &Netns, manifests: &Path, pins: PinDir, wrapper: &[&str], extra: &[&str]) -> Agent {
         let log = std::env::temp_dir().join(format!(
             "lb-agent-{}-{}.log",
             std::process::id(),
             pins.0.file_name().unwrap().to_string_lossy()
         ));
         let log_file = fs::File::create(&log).unwrap();
-        let mut cmd = node.command(env!("CARGO_BIN_EXE_lb-agent"));
-        cmd.args(["run", "--pod-ifaces", "lbp*", "--poll-interval-ms", "100"])
+        let agent = env!("CARGO_BIN_EXE_lb-agent");
+        let mut cmd = match wrapper.split_first() {
+            Some((program, args)) => {
+                let mut c = node.command(program);
+                c.args(args).arg(agent);
+                c
+            }
+            None => node.command(agent),
+        };
+        cmd.args(["run", "--pod-ifaces", "lbp*"]);
+        if !extra.contains(&"--poll-interval-ms") {
+            cmd.args(["--poll-interval-ms", "100"]);
+        }
+        cmd
             .arg("--manifests")
             .arg(manifests)
             .arg("--bpffs")
@@ -166,10 +184,38 @@ impl Agent {
 
     /// Stops the agent (SIGTERM, as the kubelet would) and waits for it.
     pub fn stop(&mut self) {
+        self.signal(libc::SIGTERM);
+    }
+
+    /// Kills the agent (SIGKILL, as the OOM killer would) and waits for it.
+    pub fn kill(&mut self) {
+        self.signal(libc::SIGKILL);
+    }
+
+    /// The agent's process ID while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(|c| c.id())
+    }
+
+    /// Whether the agent has exited (reaping it), with its status.
+    pub fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        let status = self.child.as_mut()?.try_wait().ok().flatten()?;
+        self.child = None;
+        Some(status)
+    }
+
+    /// Stops the agent and hands over its pin directory (with everything
+    /// still pinned), for the next agent.
+    pub fn stop_keeping_pins(mut self, signal: libc::c_int) -> PinDir {
+        self.signal(signal);
+        std::mem::replace(&mut self.pins, PinDir(PathBuf::new()))
+    }
+
+    fn signal(&mut self, signal: libc::c_int) {
         if let Some(child) = self.child.take() {
             let mut child = child.into_inner();
             // SAFETY: plain kill(2) on our own child.
-            unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+            unsafe { libc::kill(child.id() as i32, signal) };
             let deadline = Instant::now() + Duration::from_secs(10);
             while Instant::now() < deadline {
                 if child.try_wait().ok().flatten().is_some() {

@@ -232,14 +232,15 @@ impl Drop for Agent {
     }
 }
 
-/// `lb-agent cleanup --bpffs <pins>`, then removes whatever is left.
+/// `lb-agent uninstall --bpffs <pins>` (detaches the programs, whose
+/// links outlive the agent), then removes whatever is left.
 pub fn remove_pins(bin: &Path, pins: &Path) -> Result<()> {
-    let cleanup = util::output(Command::new(bin).arg("cleanup").arg("--bpffs").arg(pins));
+    let cleanup = util::output(Command::new(bin).arg("uninstall").arg("--bpffs").arg(pins));
     if pins.exists() {
         fs::remove_dir_all(pins)
             .with_context(|| format!("removing {}", pins.display()))
             .with_context(|| match &cleanup {
-                Ok(_) => "`lb-agent cleanup` left the pin directory behind".to_owned(),
+                Ok(_) => "`lb-agent uninstall` left the pin directory behind".to_owned(),
                 Err(e) => format!("{e:#}"),
             })?;
     }

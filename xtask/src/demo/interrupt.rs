@@ -27,7 +27,7 @@ pub fn install() -> Result<()> {
 
 /// Ignores SIGINT and SIGTERM from now on, so that a second Ctrl-C cannot
 /// cut the teardown short. Children spawned afterwards (`ip netns del`,
-/// `lb-agent cleanup`) inherit the ignored disposition and finish too.
+/// `lb-agent uninstall`) inherit the ignored disposition and finish too.
 pub fn ignore() {
     for signal in [libc::SIGINT, libc::SIGTERM] {
         let _ = set_disposition(signal, libc::SIG_IGN);

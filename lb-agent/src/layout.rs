@@ -1,0 +1,223 @@
+//! Map layouts across agent versions: which pinned maps a starting agent
+//! may reuse, and which it must rebuild.
+//!
+//! A pinned map is reused only when its type, key and value sizes and
+//! flags are what this build's eBPF object declares, and `LB_LAYOUT`
+//! records this build's layout version for it (`lb_common::layout`).
+//! Anything else is rebuilt: the pin is removed, the loader creates the map
+//! afresh, and the reconciler fills it from the source. The programs
+//! already attached keep the old maps (they hold them) and keep serving
+//! until the new agent has written its first complete state and swaps its
+//! programs in (see `Datapath::go_live`). A map-size flag that differs from
+//! a reused map's size cannot apply; that is reported, not acted on.
+
+use std::path::Path;
+
+use anyhow::Context;
+use aya::maps::{HashMap as BpfHashMap, MapData};
+use lb_common::{
+    layout::{self, KEY_LEN},
+    names,
+};
+
+use crate::datapath::MapSizes;
+
+/// What [`check`] found.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Check {
+    /// Pinned maps to rebuild, with why.
+    pub rebuild: Vec<(&'static str, String)>,
+    /// Size flags that cannot apply to a reused map, in words.
+    pub size_notes: Vec<String>,
+}
+
+/// A map as the kernel (pinned) or the object (expected) describes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MapDef {
+    pub map_type: u32,
+    pub key_size: u32,
+    pub value_size: u32,
+    pub max_entries: u32,
+    pub flags: u32,
+}
+
+/// Why a pinned map (`pinned`, with its recorded layout `version`) cannot
+/// serve as `want`; `None` when it can.
+pub fn mismatch(name: &str, pinned: &MapDef, version: Option<u32>, want: &MapDef) -> Option<String> {
+    let mut why = Vec::new();
+    if pinned.map_type != want.map_type {
+        why.push(format!("map type {}, this agent's is {}", pinned.map_type, want.map_type));
+    }
+    if pinned.key_size != want.key_size {
+        why.push(format!("key size {}, this agent's is {}", pinned.key_size, want.key_size));
+    }
+    if pinned.value_size != want.value_size {
+        why.push(format!("value size {}, this agent's is {}", pinned.value_size, want.value_size));
+    }
+    if pinned.flags != want.flags {
+        why.push(format!("flags {:#x}, this agent's are {:#x}", pinned.flags, want.flags));
+    }
+    let current = layout::version(name);
+    match version {
+        _ if !why.is_empty() => {}
+        None => why.push(format!("no layout version recorded (an agent older than layouts), this agent's is {current}")),
+        Some(v) if v != current => why.push(format!("layout version {v}, this agent's is {current}")),
+        Some(_) => {}
+    }
+    (!why.is_empty()).then(|| why.join(", "))
+}
+
+/// Widens a set of maps to rebuild: the reconciled maps go together, and
+/// with them every map whose entries name their IDs.
+pub fn close_over_ids(rebuild: &mut Vec<(&'static str, String)>, pinned: impl Fn(&str) -> bool) {
+    let Some((first, _)) = rebuild.iter().find(|(n, _)| layout::RECONCILED.contains(n)) else {
+        return;
+    };
+    let first = *first;
+    for name in layout::RECONCILED.iter().chain(&layout::REFER_TO_IDS) {
+        if pinned(name) && !rebuild.iter().any(|(n, _)| n == name) {
+            rebuild.push((name, format!("its IDs are renumbered with {first}")));
+        }
+    }
+}
+
+/// The map definitions of this build's eBPF object.
+pub fn expected() -> anyhow::Result<Vec<(&'static str, MapDef)>> {
+    let obj = aya_obj::Object::parse(crate::EBPF_OBJECT).context("parsing the eBPF object")?;
+    names::ALL
+        .iter()
+        .map(|name| {
+            let m = obj
+                .maps
+                .get(*name)
+                .with_context(|| format!("map {name} missing from the eBPF object"))?;
+            Ok((
+                *name,
+                MapDef {
+                    map_type: m.map_type(),
+                    key_size: m.key_size(),
+                    value_size: m.value_size(),
+                    max_entries: m.max_entries(),
+                    flags: m.map_flags(),
+                },
+            ))
+        })
+        .collect()
+}
+
+/// The definition of a pinned map.
+pub fn pinned_def(path: &Path) -> anyhow::Result<MapDef> {
+    let info = MapData::from_pin(path)
+        .and_then(|m| m.info())
+        .with_context(|| format!("reading pinned map {}", path.display()))?;
+    Ok(MapDef {
+        map_type: info.map_type().map(|t| t as u32).unwrap_or(u32::MAX),
+        key_size: info.key_size(),
+        value_size: info.value_size(),
+        max_entries: info.max_entries(),
+        flags: info.map_flags(),
+    })
+}
+
+/// Layout versions by `LB_LAYOUT` key.
+pub type Versions = Vec<([u8; KEY_LEN], u32)>;
+
+/// The layout versions recorded under `dir`; `None` when no `LB_LAYOUT` is
+/// pinned there.
+pub fn recorded(dir: &Path) -> anyhow::Result<Option<Versions>> {
+    let path = dir.join(names::LAYOUT);
+    if !path.exists() {
+        return Ok(None);
+    }
+    let data = MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
+    let map: BpfHashMap<_, [u8; KEY_LEN], u32> =
+        BpfHashMap::try_from(aya::maps::Map::HashMap(data)).with_context(|| format!("{} is not a hash of layout versions", path.display()))?;
+    Ok(Some(map.iter().filter_map(Result::ok).collect()))
+}
+
+/// Compares what is pinned under `dir` with this build.
+pub fn check(dir: &Path, sizes: &MapSizes) -> anyhow::Result<Check> {
+    let mut out = Check::default();
+    let recorded = match recorded(dir) {
+        Ok(r) => r,
+        // An LB_LAYOUT of another shape: every version is unknown.
+        Err(_) => Some(Vec::new()),
+    };
+    let version_of = |name: &str| -> Option<u32> {
+        let key = layout::key(name);
+        recorded.as_ref()?.iter().find(|(k, _)| *k == key).map(|(_, v)| *v)
+    };
+    for (name, mut want) in expected()? {
+        let path = dir.join(name);
+        if !path.exists() {
+            continue;
+        }
+        if let Some(n) = sizes.for_map(name) {
+            want.max_entries = n;
+        }
+        let pinned = pinned_def(&path)?;
+        let version = if name == names::LAYOUT { Some(layout::version(name)) } else { version_of(name) };
+        if let Some(why) = mismatch(name, &pinned, version, &want) {
+            out.rebuild.push((name, why));
+        } else if pinned.max_entries != want.max_entries {
+            out.size_notes.push(format!(
+                "{name} is pinned with {} entries, not the {} asked for: the size applies when the map is created \
+                 (after `lb-agent uninstall`)",
+                pinned.max_entries, want.max_entries
+            ));
+        }
+    }
+    close_over_ids(&mut out.rebuild, |name| dir.join(name).exists());
+    Ok(out)
+}
+
+/// Records this build's layout versions in the `LB_LAYOUT` map of `ebpf`.
+pub fn write_versions(ebpf: &mut aya::Ebpf) -> anyhow::Result<()> {
+    let map = ebpf.map_mut(names::LAYOUT).context("LB_LAYOUT missing from the eBPF object")?;
+    let mut map: BpfHashMap<_, [u8; KEY_LEN], u32> = BpfHashMap::try_from(map)?;
+    for (name, version) in layout::VERSIONS {
+        map.insert(layout::key(name), version, 0)
+            .with_context(|| format!("recording the layout of {name} in {}", names::LAYOUT))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn def(value_size: u32) -> MapDef {
+        MapDef { map_type: 1, key_size: 4, value_size, max_entries: 16, flags: 0 }
+    }
+
+    #[test]
+    fn a_map_is_reused_only_with_the_same_shape_and_version() {
+        let v = layout::version(names::VIPS);
+        assert_eq!(mismatch(names::VIPS, &def(8), Some(v), &def(8)), None);
+        let why = mismatch(names::VIPS, &def(8), Some(v), &def(12)).unwrap();
+        assert!(why.contains("value size 8, this agent's is 12"), "{why}");
+        let why = mismatch(names::VIPS, &def(8), Some(v - 1), &def(8)).unwrap();
+        assert!(why.contains(&format!("layout version {}", v - 1)), "{why}");
+        let why = mismatch(names::VIPS, &def(8), None, &def(8)).unwrap();
+        assert!(why.contains("no layout version"), "{why}");
+        // Size is not the shape: max_entries differs, the map is reused.
+        let mut small = def(8);
+        small.max_entries = 4;
+        assert_eq!(mismatch(names::VIPS, &small, Some(v), &def(8)), None);
+    }
+
+    #[test]
+    fn reconciled_maps_are_rebuilt_together_with_the_flows_naming_their_ids() {
+        let mut rebuild = vec![(names::BACKENDS, "value size".to_string())];
+        close_over_ids(&mut rebuild, |n| n != names::MAGLEV);
+        let names: Vec<&str> = rebuild.iter().map(|(n, _)| *n).collect();
+        for n in layout::RECONCILED.iter().chain(&layout::REFER_TO_IDS) {
+            assert_eq!(names.contains(n), *n != names::MAGLEV, "{n}");
+        }
+        assert!(!names.contains(&names::FRAGS));
+        // A flow map alone is rebuilt alone.
+        let mut rebuild = vec![(names::FRAGS, "flags".to_string())];
+        close_over_ids(&mut rebuild, |_| true);
+        assert_eq!(rebuild.len(), 1);
+    }
+}

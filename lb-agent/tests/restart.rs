@@ -1,0 +1,637 @@
+//! The datapath outlives its agent, on a strict lab node with real
+//! sockets: Service traffic (ClusterIP requests, a live TCP stream, a UDP
+//! flow, NodePort requests from outside) carries on while the agent is
+//! stopped (SIGTERM) or killed (SIGKILL) and while the next one takes the
+//! links over; an agent that finds maps of an older layout rebuilds them
+//! without a gap; one agent per bpffs directory; `lb-agent uninstall`
+//! leaves nothing attached or pinned; a new pod's interface is attached on
+//! its link event, before its first packet (`lb-bench` B7 measures how
+//! soon).
+
+mod common;
+
+use std::{
+    io::{BufRead, BufReader, Write},
+    net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
+    os::fd::AsFd,
+    path::Path,
+    process::Command,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    },
+    thread,
+    time::Duration,
+};
+
+use common::{Agent, ManifestDir, PinDir, kernel_tests_enabled, wait_for};
+use lb_agent::links;
+use lb_lab::{ClusterLab, NodeLab, Netns, Server, node_ip, tcp_server, udp_echo};
+
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
+const STREAM_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 11);
+const HTTP_NODEPORT: u16 = 30080;
+
+/// `web` (TCP 80 and UDP 53 on web-a and web-b, NodePort 30080 for TCP)
+/// and `stream` (TCP 7000 on web-a only: a line echo).
+fn manifests(a: Ipv4Addr, b: Ipv4Addr) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Service
+metadata: {{name: web, namespace: test}}
+spec:
+  type: NodePort
+  clusterIP: {VIP}
+  ports:
+  - {{name: http, port: 80, protocol: TCP, targetPort: 8080, nodePort: {HTTP_NODEPORT}}}
+  - {{name: dns, port: 53, protocol: UDP, targetPort: 5353}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: web-1
+  namespace: test
+  labels: {{kubernetes.io/service-name: web}}
+addressType: IPv4
+ports:
+- {{name: http, port: 8080, protocol: TCP}}
+- {{name: dns, port: 5353, protocol: UDP}}
+endpoints:
+- addresses: [{a}]
+  nodeName: node-a
+  conditions: {{ready: true}}
+- addresses: [{b}]
+  nodeName: node-a
+  conditions: {{ready: true}}
+---
+apiVersion: v1
+kind: Service
+metadata: {{name: stream, namespace: test}}
+spec:
+  clusterIP: {STREAM_VIP}
+  ports:
+  - {{name: lines, port: 7000, protocol: TCP, targetPort: 9000}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: stream-1
+  namespace: test
+  labels: {{kubernetes.io/service-name: stream}}
+addressType: IPv4
+ports:
+- {{name: lines, port: 9000, protocol: TCP}}
+endpoints:
+- addresses: [{a}]
+  nodeName: node-a
+  conditions: {{ready: true}}
+"#
+    )
+}
+
+/// A TCP server answering every line with `<tag>:<line>` on connections
+/// it keeps open.
+fn line_echo(ns: &Netns, addr: SocketAddrV4, tag: &'static str) -> Arc<AtomicBool> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop2 = stop.clone();
+    ns.spawn_thread("line-echo", move || {
+        let l = TcpListener::bind(addr).unwrap();
+        l.set_nonblocking(true).unwrap();
+        while !stop2.load(Ordering::SeqCst) {
+            match l.accept() {
+                Ok((s, _)) => {
+                    thread::spawn(move || {
+                        s.set_nonblocking(false).unwrap();
+                        let mut out = s.try_clone().unwrap();
+                        for line in BufReader::new(s).lines() {
+                            let Ok(line) = line else { break };
+                            if writeln!(out, "{tag}:{line}").is_err() {
+                                break;
+                            }
+                        }
+                    });
+                }
+                Err(_) => thread::sleep(Duration::from_millis(10)),
+            }
+        }
+    })
+    .unwrap();
+    stop
+}
+
+/// One request on a new connection, answered within [`ANSWER`].
+fn request(to: SocketAddrV4) -> Result<(), String> {
+    let mut s = TcpStream::connect_timeout(&to.into(), ANSWER).map_err(|e| format!("connect {to}: {e}"))?;
+    s.set_read_timeout(Some(ANSWER)).map_err(|e| e.to_string())?;
+    s.write_all(b"hi\n").map_err(|e| format!("write {to}: {e}"))?;
+    let mut answer = String::new();
+    BufReader::new(s).read_line(&mut answer).map_err(|e| format!("read {to}: {e}"))?;
+    if answer.starts_with("web-") { Ok(()) } else { Err(format!("{to} answered {answer:?}")) }
+}
+
+/// One kind of traffic, counted.
+#[derive(Default)]
+struct Tally {
+    ok: AtomicU64,
+    failed: AtomicU64,
+    errors: Mutex<Vec<String>>,
+}
+
+impl Tally {
+    fn record(&self, what: &str, r: Result<(), String>) {
+        match r {
+            Ok(()) => {
+                self.ok.fetch_add(1, Ordering::SeqCst);
+            }
+            Err(e) => {
+                self.failed.fetch_add(1, Ordering::SeqCst);
+                let mut errors = self.errors.lock().unwrap();
+                if errors.len() < 10 {
+                    errors.push(format!("{what}: {e}"));
+                }
+            }
+        }
+    }
+
+    fn line(&self, name: &str) -> String {
+        format!(
+            "{name}: {} ok, {} failed {:?}",
+            self.ok.load(Ordering::SeqCst),
+            self.failed.load(Ordering::SeqCst),
+            self.errors.lock().unwrap()
+        )
+    }
+}
+
+/// Traffic every 50 ms until stopped: ClusterIP requests and a UDP flow
+/// from a pod, one TCP stream kept open, NodePort requests from outside.
+struct Traffic {
+    stop: Arc<AtomicBool>,
+    clusterip: Arc<Tally>,
+    udp: Arc<Tally>,
+    stream: Arc<Tally>,
+    nodeport: Arc<Tally>,
+    threads: Vec<thread::JoinHandle<()>>,
+}
+
+const EVERY: Duration = Duration::from_millis(50);
+/// How long an answer may take before it counts as failed.
+const ANSWER: Duration = Duration::from_secs(1);
+
+impl Traffic {
+    fn start(lab: &ClusterLab) -> Traffic {
+        let stop = Arc::new(AtomicBool::new(false));
+        let (clusterip, udp, stream, nodeport) = Default::default();
+        let mut t = Traffic { stop, clusterip, udp, stream, nodeport, threads: Vec::new() };
+        let cli = &lab.node(0).pod("cli").ns;
+
+        let (stop, tally) = (t.stop.clone(), t.clusterip.clone());
+        t.threads.push(
+            cli.spawn_thread("clusterip", move || {
+                while !stop.load(Ordering::SeqCst) {
+                    tally.record("clusterip", request(SocketAddrV4::new(VIP, 80)));
+                    thread::sleep(EVERY);
+                }
+            })
+            .unwrap(),
+        );
+
+        let (stop, tally) = (t.stop.clone(), t.nodeport.clone());
+        t.threads.push(
+            lab.client
+                .spawn_thread("nodeport", move || {
+                    while !stop.load(Ordering::SeqCst) {
+                        tally.record("nodeport", request(SocketAddrV4::new(node_ip(0), HTTP_NODEPORT)));
+                        thread::sleep(EVERY);
+                    }
+                })
+                .unwrap(),
+        );
+
+        // One connected UDP socket: the same flow all along.
+        let (stop, tally) = (t.stop.clone(), t.udp.clone());
+        t.threads.push(
+            cli.spawn_thread("udp-flow", move || {
+                let s = UdpSocket::bind("0.0.0.0:0").unwrap();
+                s.connect(SocketAddrV4::new(VIP, 53)).unwrap();
+                s.set_read_timeout(Some(ANSWER)).unwrap();
+                let mut n = 0u64;
+                while !stop.load(Ordering::SeqCst) {
+                    n += 1;
+                    let q = format!("q{n}");
+                    let r = s.send(q.as_bytes()).map_err(|e| e.to_string()).and_then(|_| {
+                        let mut buf = [0u8; 512];
+                        // Skip late answers to earlier queries.
+                        loop {
+                            let len = s.recv(&mut buf).map_err(|e| format!("no answer to {q}: {e}"))?;
+                            if String::from_utf8_lossy(&buf[..len]).ends_with(&format!(":{q}")) {
+                                return Ok(());
+                            }
+                        }
+                    });
+                    tally.record("udp", r);
+                    thread::sleep(EVERY);
+                }
+            })
+            .unwrap(),
+        );
+
+        // One TCP connection all along, a line every 50 ms.
+        let (stop, tally) = (t.stop.clone(), t.stream.clone());
+        t.threads.push(
+            cli.spawn_thread("stream", move || {
+                let s = TcpStream::connect_timeout(&SocketAddrV4::new(STREAM_VIP, 7000).into(), ANSWER).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+                let mut out = s.try_clone().unwrap();
+                let mut lines = BufReader::new(s);
+                let mut n = 0u64;
+                while !stop.load(Ordering::SeqCst) {
+                    n += 1;
+                    let r = writeln!(out, "l{n}").map_err(|e| e.to_string()).and_then(|_| {
+                        let mut line = String::new();
+                        lines.read_line(&mut line).map_err(|e| e.to_string())?;
+                        if line.trim() == format!("web-a:l{n}") { Ok(()) } else { Err(format!("line {n}: got {line:?}")) }
+                    });
+                    let broken = r.is_err();
+                    tally.record("stream", r);
+                    if broken {
+                        // A broken stream stays broken: count it once.
+                        return;
+                    }
+                    thread::sleep(EVERY);
+                }
+            })
+            .unwrap(),
+        );
+        t
+    }
+
+    fn report(&self) -> String {
+        [
+            self.clusterip.line("clusterip"),
+            self.udp.line("udp"),
+            self.stream.line("stream"),
+            self.nodeport.line("nodeport"),
+        ]
+        .join("\n")
+    }
+
+    fn finish(mut self) -> String {
+        self.stop.store(true, Ordering::SeqCst);
+        for t in self.threads.drain(..) {
+            t.join().unwrap();
+        }
+        self.report()
+    }
+
+    fn failed(&self) -> u64 {
+        [&self.clusterip, &self.udp, &self.stream, &self.nodeport]
+            .iter()
+            .map(|t| t.failed.load(Ordering::SeqCst))
+            .sum()
+    }
+
+    fn ok(&self) -> [u64; 4] {
+        [&self.clusterip, &self.udp, &self.stream, &self.nodeport].map(|t| t.ok.load(Ordering::SeqCst))
+    }
+}
+
+/// One node with web-a, web-b and a client pod; an external client.
+struct Node {
+    _servers: Vec<Server>,
+    _echo: Arc<AtomicBool>,
+    dir: ManifestDir,
+    lab: ClusterLab,
+}
+
+fn node(tag: &str) -> Node {
+    let lab = ClusterLab::new(&[&["web-a", "web-b", "cli"]]).unwrap();
+    let mut servers = Vec::new();
+    for name in ["web-a", "web-b"] {
+        let pod = lab.node(0).pod(name);
+        servers.push(tcp_server(&pod.ns, SocketAddrV4::new(pod.ip, 8080), name).unwrap());
+        servers.push(udp_echo(&pod.ns, SocketAddrV4::new(pod.ip, 5353), name).unwrap());
+    }
+    let a = lab.node(0).pod("web-a");
+    let echo = line_echo(&a.ns, SocketAddrV4::new(a.ip, 9000), "web-a");
+    let dir = ManifestDir::new(tag);
+    dir.write("svc.yaml", &manifests(a.ip, lab.node(0).pod("web-b").ip));
+    Node { _servers: servers, _echo: echo, dir, lab }
+}
+
+impl Node {
+    fn agent(&self, pins: PinDir) -> Agent {
+        let node = self.lab.node(0);
+        let agent = Agent::start_with(
+            &node.ns,
+            &self.dir.0,
+            pins,
+            &["--external-ifaces", lb_lab::EXT_IF, "--node-name", &node.name, "--health-addr", "off"],
+        );
+        agent.wait_rows("web and stream", |rows| {
+            rows.iter().filter(|r| r.frontend.starts_with("10.96.0.")).count() == 3
+                && rows.iter().any(|r| r.frontend.ends_with(&format!(":{HTTP_NODEPORT}/TCP")))
+        });
+        agent
+    }
+}
+
+/// The name of a loaded program, from `bpftool prog show`.
+fn prog_name(id: u32) -> String {
+    let out = Command::new("bpftool").args(["-j", "prog", "show", "id", &id.to_string()]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    v.get("name").and_then(|n| n.as_str()).unwrap_or("?").to_string()
+}
+
+/// Programs on each hook of the node's interfaces, as (hook, program
+/// names): tcx ingress and egress from the kernel (BPF_PROG_QUERY: this
+/// bpftool predates tcx), XDP from `bpftool net show`.
+fn hooks(ns: &Netns) -> Vec<(String, Vec<String>)> {
+    let ifaces = ns.run(|| lb_agent::netns::interfaces().unwrap());
+    let mut found = Vec::new();
+    for (ifindex, name) in ifaces {
+        for ingress in [true, false] {
+            let ids = ns.run(move || links::query_tcx(ifindex, ingress).unwrap_or_default());
+            if !ids.is_empty() {
+                let dir = if ingress { "ingress" } else { "egress" };
+                found.push((format!("tcx/{dir}/{name}"), ids.into_iter().map(prog_name).collect()));
+            }
+        }
+    }
+    let out = ns.command("bpftool").args(["-j", "net", "show"]).output().expect("running bpftool");
+    assert!(out.status.success(), "bpftool net show: {}", String::from_utf8_lossy(&out.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("bpftool JSON");
+    for section in v.as_array().into_iter().flatten() {
+        for e in section.get("xdp").and_then(|x| x.as_array()).into_iter().flatten() {
+            let dev = e.get("devname").and_then(|d| d.as_str()).unwrap_or("?");
+            let mut names = Vec::new();
+            if let Some(id) = e.get("id").and_then(|i| i.as_u64()) {
+                names.push(prog_name(id as u32));
+            }
+            for m in e.get("multi_attachments").and_then(|m| m.as_array()).into_iter().flatten() {
+                if let Some(id) = m.get("id").and_then(|i| i.as_u64()) {
+                    names.push(prog_name(id as u32));
+                }
+            }
+            found.push((format!("xdp/{dev}"), names));
+        }
+    }
+    found.sort();
+    found
+}
+
+/// Asserts exactly one lb program on each hook of the pod and external
+/// interfaces.
+fn assert_one_program_per_hook(ns: &Netns) {
+    let hooks = hooks(ns);
+    let ours: Vec<_> = hooks.iter().filter(|(_, names)| names.iter().any(|n| n.starts_with("lb_"))).collect();
+    assert!(
+        ours.iter().all(|(_, names)| names.iter().filter(|n| n.starts_with("lb_")).count() == 1),
+        "more than one lb program on a hook: {hooks:#?}"
+    );
+    // web-a, web-b, cli: ingress and egress each; lbext: XDP and egress.
+    assert_eq!(ours.len(), 3 * 2 + 2, "{hooks:#?}");
+}
+
+#[test]
+fn sigterm_and_three_seconds_without_an_agent_fail_nothing() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let n = node("restart");
+    let agent = n.agent(PinDir::new("restart"));
+    let traffic = Traffic::start(&n.lab);
+    thread::sleep(Duration::from_secs(1));
+    let pins = agent.stop_keeping_pins(libc::SIGTERM);
+    thread::sleep(Duration::from_secs(3));
+    let during = traffic.ok();
+    assert!(during.iter().all(|n| *n > 0), "no traffic got through: {}", traffic.report());
+    let agent = n.agent(pins);
+    wait_for("the new agent to adopt the links", Duration::from_secs(10), || {
+        agent.log_text().contains("adopted from the earlier agent").then_some(())
+    });
+    thread::sleep(Duration::from_secs(1));
+    let failed = traffic.failed();
+    let report = traffic.finish();
+    eprintln!("{report}");
+    assert_eq!(failed, 0, "{report}\nagent log:\n{}", agent.log_text());
+    assert_one_program_per_hook(&n.lab.node(0).ns);
+    let log = agent.log_text();
+    assert!(
+        log.contains("tc programs attached: links adopted") && !log.contains("tc programs attached interface="),
+        "links were adopted, not attached anew: {log}"
+    );
+}
+
+#[test]
+fn sigkill_and_five_seconds_without_an_agent_answer_every_request() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let n = node("crash");
+    let agent = n.agent(PinDir::new("crash"));
+    let traffic = Traffic::start(&n.lab);
+    thread::sleep(Duration::from_millis(500));
+    let pins = agent.stop_keeping_pins(libc::SIGKILL);
+    let before = traffic.ok();
+    thread::sleep(Duration::from_secs(5));
+    let after = traffic.ok();
+    // At one per 50 ms, 5 s is ~100 of each; the NodePort and ClusterIP
+    // requests take a connection each.
+    for (i, what) in ["clusterip", "udp", "stream", "nodeport"].iter().enumerate() {
+        assert!(after[i] - before[i] >= 40, "{what}: only {} answers in 5 s without an agent\n{}", after[i] - before[i], traffic.report());
+    }
+    assert_eq!(traffic.failed(), 0, "{}", traffic.report());
+    let agent = n.agent(pins);
+    thread::sleep(Duration::from_millis(500));
+    let failed = traffic.failed();
+    let report = traffic.finish();
+    eprintln!("{report}");
+    assert_eq!(failed, 0, "{report}\nagent log:\n{}", agent.log_text());
+    assert_one_program_per_hook(&n.lab.node(0).ns);
+}
+
+/// Replaces a pinned map with one of another layout, as an older agent
+/// would have left it, and forgets the recorded layout versions.
+fn fabricate_older_layout(pins: &Path) {
+    let backends = pins.join(lb_common::names::BACKENDS);
+    std::fs::remove_file(&backends).unwrap();
+    // Before slots had versions, a backend was 8 bytes.
+    let out = Command::new("bpftool")
+        .args(["map", "create"])
+        .arg(&backends)
+        .args(["type", "array", "key", "4", "value", "8", "entries", "65536", "name", "LB4_BACKENDS"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "bpftool map create: {}", String::from_utf8_lossy(&out.stderr));
+    // And an agent from before layouts recorded none.
+    std::fs::remove_file(pins.join(lb_common::names::LAYOUT)).unwrap();
+}
+
+#[test]
+fn maps_of_an_older_layout_are_rebuilt_while_the_old_programs_serve() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let n = node("upgrade");
+    let agent = n.agent(PinDir::new("upgrade"));
+    let traffic = Traffic::start(&n.lab);
+    thread::sleep(Duration::from_millis(500));
+    let pins = agent.stop_keeping_pins(libc::SIGTERM);
+    fabricate_older_layout(&pins.0);
+    let agent = n.agent(pins);
+    wait_for("the rebuilt maps to go live", Duration::from_secs(10), || {
+        agent.log_text().contains("this agent's programs are live").then_some(())
+    });
+    let live = traffic.ok();
+    thread::sleep(Duration::from_secs(1));
+    let after = traffic.ok();
+    // New connections never fail. A flow open across the swap may lose a
+    // reply: the conntrack maps were rebuilt too, so a reply to a packet
+    // the old program translated meets the new one without an entry (the
+    // UDP flow loses at most that answer; the TCP stream may be reset).
+    let failed = [traffic.clusterip.failed.load(Ordering::SeqCst), traffic.nodeport.failed.load(Ordering::SeqCst)];
+    let udp_failed = traffic.udp.failed.load(Ordering::SeqCst);
+    let report = traffic.finish();
+    eprintln!("{report}");
+    let log = agent.log_text();
+    assert_eq!(failed, [0, 0], "{report}\nagent log:\n{log}");
+    assert!(udp_failed <= 1 && after[1] > live[1] + 10, "the UDP flow stopped: {report}");
+    for map in ["LB4_BACKENDS", "LB4_SERVICES", "LB4_CT_TCP"] {
+        assert!(
+            log.lines().any(|l| l.contains("WARN") && l.contains(&format!("map=\"{map}\"")) && l.contains("rebuilding")),
+            "no warning naming {map}:\n{log}"
+        );
+    }
+    assert!(log.contains("value size 8, this agent's is 12"), "{log}");
+    // The rebuilt map is the new layout, and a restart now reuses it all.
+    let info = lb_agent::layout::pinned_def(&agent.pins.0.join("LB4_BACKENDS")).unwrap();
+    assert_eq!(info.value_size, 12);
+    let pins = agent.stop_keeping_pins(libc::SIGTERM);
+    let again = n.agent(pins);
+    assert!(!again.log_text().contains("rebuilding"), "{}", again.log_text());
+    assert_one_program_per_hook(&n.lab.node(0).ns);
+}
+
+/// The link and program IDs of everything pinned under `pins/links`.
+fn pinned_ids(pins: &Path) -> Vec<(String, u32, u32)> {
+    links::pinned(pins)
+        .unwrap()
+        .into_iter()
+        .map(|(pin, path)| {
+            let fd = links::open(&path).unwrap();
+            let info = links::info(fd.as_fd()).unwrap();
+            (pin.file_name(), info.id, info.prog_id)
+        })
+        .collect()
+}
+
+fn bpftool_ok(args: &[&str]) -> bool {
+    Command::new("bpftool").args(args).output().map(|o| o.status.success()).unwrap_or(false)
+}
+
+#[test]
+fn one_agent_per_directory_and_uninstall_leaves_nothing() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let n = node("one");
+    let first = n.agent(PinDir::new("one"));
+    let pins = first.pins.0.clone();
+
+    // A second agent on the same directory refuses, naming the first.
+    let log = std::env::temp_dir().join(format!("lb-second-{}.log", std::process::id()));
+    let out = n
+        .lab
+        .node(0)
+        .ns
+        .command(env!("CARGO_BIN_EXE_lb-agent"))
+        .args(["run", "--pod-ifaces", "lbp*", "--health-addr", "off", "--manifests"])
+        .arg(&n.dir.0)
+        .arg("--bpffs")
+        .arg(&pins)
+        .env("NO_COLOR", "1")
+        .output()
+        .unwrap();
+    let _ = std::fs::remove_file(log);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "the second agent ran: {err}");
+    assert!(err.contains("another lb-agent") && err.contains(&format!("process {}", first.pid().unwrap())), "{err}");
+
+    // uninstall refuses under a live agent.
+    let out = Command::new(env!("CARGO_BIN_EXE_lb-agent")).args(["uninstall", "--bpffs"]).arg(&pins).env("NO_COLOR", "1").output().unwrap();
+    assert!(!out.status.success(), "uninstall ran under a live agent");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("another lb-agent"), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(pins.join("LB4_SERVICES").exists());
+
+    let ids = pinned_ids(&pins);
+    // web-a, web-b, cli (in and out), lbext (XDP and out), 4 socket hooks.
+    assert_eq!(ids.len(), 3 * 2 + 2 + 4, "{ids:?}");
+    let pins_dir = first.stop_keeping_pins(libc::SIGTERM);
+    // Stopped, the agent leaves every link in place.
+    assert_eq!(pinned_ids(&pins), ids);
+    let out = Command::new(env!("CARGO_BIN_EXE_lb-agent")).args(["uninstall", "--bpffs"]).arg(&pins).output().unwrap();
+    assert!(out.status.success(), "uninstall: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(!pins.exists(), "{} left behind", pins.display());
+    for (name, link, prog) in &ids {
+        assert!(!bpftool_ok(&["link", "show", "id", &link.to_string()]), "link {name} ({link}) still exists");
+        assert!(!bpftool_ok(&["prog", "show", "id", &prog.to_string()]), "program of {name} ({prog}) still loaded");
+    }
+    let left: Vec<_> = hooks(&n.lab.node(0).ns).into_iter().filter(|(_, p)| p.iter().any(|n| n.starts_with("lb_"))).collect();
+    assert!(left.is_empty(), "still attached: {left:?}");
+    drop(pins_dir);
+}
+
+#[test]
+fn a_new_pod_is_served_from_its_first_packet() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let mut lab = NodeLab::new(&["dns"]).unwrap();
+    let dns = lab.pod("dns");
+    let _server = udp_echo(&dns.ns, SocketAddrV4::new(dns.ip, 5353), "dns").unwrap();
+    let dir = ManifestDir::new("newpod");
+    dir.write("dns.yaml", &common::service_yaml("dns", "10.96.0.53", 53, "UDP", 5353, &[dns.ip]));
+    // No polling to speak of: only link events can find the new pods.
+    let agent = Agent::start_with(&lab.node, &dir.0, PinDir::new("newpod"), &["--poll-interval-ms", "600000"]);
+    agent.wait_rows("the dns service", |rows| rows.len() == 1 && rows[0].backends.len() == 1);
+
+    for i in 0..5 {
+        let pod = lab.add_pod(&format!("new{i}")).unwrap();
+        // One query, sent the moment the pod has its address: no retry.
+        let answer = pod.ns.run(|| -> std::io::Result<String> {
+            let s = UdpSocket::bind("0.0.0.0:0")?;
+            s.set_read_timeout(Some(Duration::from_secs(2)))?;
+            s.send_to(b"first", "10.96.0.53:53")?;
+            let mut buf = [0u8; 64];
+            let (len, _) = s.recv_from(&mut buf)?;
+            Ok(String::from_utf8_lossy(&buf[..len]).into_owned())
+        });
+        assert_eq!(answer.as_deref().ok(), Some("dns:first"), "pod new{i}: {answer:?}\n{}", agent.log_text());
+    }
+
+    // An interface deleted and made again under the same name gets the
+    // programs again (it has another ifindex).
+    let node = &lab.node;
+    let attached = |name: &str| -> bool {
+        let Ok(ifindex) = node.run({
+            let name = name.to_string();
+            move || lb_agent::netns::ifindex(&name)
+        }) else {
+            return false;
+        };
+        agent.pins.0.join("links").join(format!("tcx-in-{ifindex}")).exists()
+    };
+    node.ip(&["link", "add", "lbpx", "type", "veth", "peer", "name", "lbqx"]).unwrap();
+    wait_for("lbpx attached", Duration::from_secs(2), || attached("lbpx").then_some(()));
+    node.ip(&["link", "del", "lbpx"]).unwrap();
+    node.ip(&["link", "add", "lbpx", "type", "veth", "peer", "name", "lbqx"]).unwrap();
+    wait_for("lbpx attached again", Duration::from_secs(2), || attached("lbpx").then_some(()));
+    // The links of the deleted interface went with it: six pods and lbpx
+    // (in and out), four socket hooks.
+    let pinned = wait_for("the deleted interface's links to go", Duration::from_secs(2), || {
+        let n = links::pinned(&agent.pins.0).unwrap();
+        (n.len() == 6 * 2 + 2 + 4).then_some(n)
+    });
+    assert!(pinned.iter().all(|(p, _)| p.ifindex().is_none_or(|i| i > 1)), "{pinned:?}");
+}
