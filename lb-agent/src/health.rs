@@ -1,7 +1,14 @@
 //! The health server (kube-proxy's port, 10256 by default):
 //!
-//! - `/healthz`: liveness, 200 while the run loop keeps turning;
-//! - `/readyz`: 200 once the first full sync is written, 503 before;
+//! - `/livez`: liveness, 200 while the run loop keeps turning (kube-proxy's
+//!   `/livez`); the DaemonSet's liveness probe;
+//! - `/healthz`: what cloud load balancers probe, as kube-proxy's
+//!   `/healthz` (KEP-3836): 200 while the run loop turns *and* the node is
+//!   eligible for traffic, 503 while its Node is being deleted or carries
+//!   the `ToBeDeletedByClusterAutoscaler` taint, so that load balancers
+//!   drain it before it goes (`nodeEligible` in the body says which);
+//! - `/readyz`: 200 once the first full sync is written and while the API
+//!   server can be reached, 503 (saying why) otherwise;
 //! - `/metrics`: [`Metrics`] in the Prometheus text format.
 
 use std::{
@@ -51,7 +58,7 @@ impl Heartbeat {
 /// Binds the health server; fails when the address is taken.
 pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let listener = TcpListener::bind(addr).await?;
-    info!(addr = %listener.local_addr()?, "health server listening (/healthz, /readyz, /metrics)");
+    info!(addr = %listener.local_addr()?, "health server listening (/livez, /healthz, /readyz, /metrics)");
     Ok(listener)
 }
 
@@ -94,6 +101,41 @@ pub(crate) async fn read_request_head(stream: &mut TcpStream) -> Option<Vec<u8>>
     matches!(read, Ok(Ok(()))).then_some(buf)
 }
 
+const OK: &str = "200 OK";
+const UNAVAILABLE: &str = "503 Service Unavailable";
+
+/// A response: status line text, content type, body.
+type Response = (&'static str, &'static str, String);
+
+/// Whether the run loop turned recently and `eligible` holds, with
+/// kube-proxy's `lastUpdated` and `currentTime` (`lastUpdated` is now while
+/// healthy, as kube-proxy keeps it for older clients; the last turn
+/// otherwise).
+fn check(heartbeat: &Heartbeat, eligible: bool) -> (bool, String, String) {
+    let age = heartbeat.age();
+    let now = std::time::SystemTime::now();
+    let healthy = age < STALL && eligible;
+    let last = if healthy { now } else { now - age };
+    (healthy, go_time(last), go_time(now))
+}
+
+/// kube-proxy's `/healthz` (pkg/proxy/healthcheck/proxy_health.go): cloud
+/// load balancers probe it on 10256 to decide whether to send this node
+/// traffic, so it fails while the node is on its way out.
+fn healthz(heartbeat: &Heartbeat, metrics: &Metrics) -> Response {
+    let eligible = metrics.node_ineligible().is_none();
+    let (healthy, last, now) = check(heartbeat, eligible);
+    let body = format!("{{\"lastUpdated\": \"{last}\",\"currentTime\": \"{now}\", \"nodeEligible\": {eligible}}}");
+    (if healthy { OK } else { UNAVAILABLE }, "application/json", body)
+}
+
+/// kube-proxy's `/livez`: the agent itself, whatever its node's fate.
+fn livez(heartbeat: &Heartbeat) -> Response {
+    let (healthy, last, now) = check(heartbeat, true);
+    let body = format!("{{\"lastUpdated\": \"{last}\",\"currentTime\": \"{now}\"}}");
+    (if healthy { OK } else { UNAVAILABLE }, "application/json", body)
+}
+
 async fn handle(mut stream: TcpStream, metrics: &Metrics, heartbeat: &Heartbeat) -> std::io::Result<()> {
     let Some(buf) = read_request_head(&mut stream).await else {
         return Ok(());
@@ -103,30 +145,13 @@ async fn handle(mut stream: TcpStream, metrics: &Metrics, heartbeat: &Heartbeat)
     let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
     let path = target.split('?').next().unwrap_or("");
     let (status, content_type, body) = match (method, path) {
-        ("GET" | "HEAD", "/healthz" | "/livez") => {
-            // kube-proxy's shape (pkg/proxy/healthcheck/proxy_health.go):
-            // cloud load balancers probe /healthz on 10256.
-            let age = heartbeat.age();
-            let now = std::time::SystemTime::now();
-            let healthy = age < STALL;
-            let last = if healthy { now } else { now - age };
-            let (now, last) = (go_time(now), go_time(last));
-            let body = if path == "/healthz" {
-                format!("{{\"lastUpdated\": \"{last}\",\"currentTime\": \"{now}\", \"nodeEligible\": true}}")
-            } else {
-                format!("{{\"lastUpdated\": \"{last}\",\"currentTime\": \"{now}\"}}")
-            };
-            let status = if healthy { "200 OK" } else { "503 Service Unavailable" };
-            (status, "application/json", body)
-        }
-        ("GET" | "HEAD", "/readyz") => {
-            if metrics.ready() {
-                ("200 OK", "text/plain", "ok\n".to_string())
-            } else {
-                ("503 Service Unavailable", "text/plain", "waiting for the first full sync\n".to_string())
-            }
-        }
-        ("GET" | "HEAD", "/metrics") => ("200 OK", "text/plain; version=0.0.4", metrics.render()),
+        ("GET" | "HEAD", "/healthz") => healthz(heartbeat, metrics),
+        ("GET" | "HEAD", "/livez") => livez(heartbeat),
+        ("GET" | "HEAD", "/readyz") => match metrics.readiness() {
+            Ok(()) => (OK, "text/plain", "ok\n".to_string()),
+            Err(why) => (UNAVAILABLE, "text/plain", format!("{why}\n")),
+        },
+        ("GET" | "HEAD", "/metrics") => (OK, "text/plain; version=0.0.4", metrics.render()),
         ("GET" | "HEAD", _) => ("404 Not Found", "text/plain", "not found\n".to_string()),
         _ => ("405 Method Not Allowed", "text/plain", "method not allowed\n".to_string()),
     };

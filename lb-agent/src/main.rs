@@ -3,14 +3,14 @@
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{ArgAction, Parser, Subcommand, builder::BoolishValueParser};
 use lb_agent::{
     DEFAULT_BPFFS_DIR, datapath, list,
     maps::Maps,
     model::BackendSelection,
     northsouth::{self, NorthSouthConfig, PortRange},
     run::{self, SourceConfig},
-    source::kube::KubeOptions,
+    source::kube::{self, KubeOptions},
     translate::TranslateOptions,
 };
 use tracing_subscriber::EnvFilter;
@@ -26,9 +26,10 @@ struct Cli {
 enum Command {
     /// Load the datapath, attach it, and keep its maps in sync with the
     /// Services and EndpointSlices of the Kubernetes API (in-cluster, or
-    /// `--kubeconfig`/`KUBECONFIG`), or of a manifest directory
-    /// (`--manifests`).
-    Run(RunArgs),
+    /// `--kubeconfig`/`KUBECONFIG`; `--k8s-api-server` for its address), or
+    /// of a manifest directory (`--manifests`). Every flag has an
+    /// environment variable, `LB_` and the flag in capitals.
+    Run(Box<RunArgs>),
     /// Show the frontends and backends held in the pinned maps.
     List {
         #[arg(long, default_value = DEFAULT_BPFFS_DIR, env = "LB_BPFFS")]
@@ -43,21 +44,31 @@ enum Command {
     },
 }
 
+/// The flags of `lb-agent run`. Each has an environment variable, `LB_`
+/// and the flag in capitals (`--sync-delay-ms`: `LB_SYNC_DELAY_MS`), except
+/// `--node-name` (`NODE_NAME`, from the downward API), so that the
+/// DaemonSet sets every one from its ConfigMap (`deploy/02-configmap.yaml`).
 #[derive(clap::Args)]
 struct RunArgs {
     /// Directory of Service and EndpointSlice YAML, watched for changes,
     /// instead of the Kubernetes API.
-    #[arg(long, env = "LB_MANIFESTS", conflicts_with = "kubeconfig")]
+    #[arg(long, env = "LB_MANIFESTS", conflicts_with_all = ["kubeconfig", "k8s_api_server"])]
     manifests: Option<PathBuf>,
-    /// kubeconfig file for the API server (default: in-cluster config,
-    /// then KUBECONFIG, then ~/.kube/config).
-    #[arg(long)]
+    /// kubeconfig file for the API server (default: KUBECONFIG, then
+    /// ~/.kube/config, then the in-cluster configuration).
+    #[arg(long, env = "LB_KUBECONFIG")]
     kubeconfig: Option<PathBuf>,
+    /// The API server's own address, e.g. https://10.0.0.1:6443, instead of
+    /// the kubeconfig's or the in-cluster one (a ClusterIP, which a node
+    /// without kube-proxy does not route before lb runs); the in-cluster
+    /// token and CA are kept.
+    #[arg(long, env = "LB_K8S_API_SERVER", value_parser = kube::parse_api_server)]
+    k8s_api_server: Option<String>,
     /// This node's name (the downward API's spec.nodeName).
     #[arg(long, env = "NODE_NAME")]
     node_name: Option<String>,
-    /// Address of the health server (/healthz, /readyz, /metrics); "off"
-    /// disables it.
+    /// Address of the health server (/livez, /healthz, /readyz, /metrics);
+    /// "off" disables it.
     #[arg(long, env = "LB_HEALTH_ADDR", default_value = "0.0.0.0:10256", value_parser = parse_health_addr)]
     health_addr: HealthAddr,
     /// Backend selection of Services without the lb.dev/backend-selection
@@ -82,73 +93,98 @@ struct RunArgs {
     #[arg(long, env = "LB_CGROUP")]
     cgroup: Option<PathBuf>,
     /// Do not attach the socket hooks (host clients then do not reach
-    /// ClusterIPs).
-    #[arg(long)]
+    /// ClusterIPs). As a variable: true or false (also yes/no, 1/0, on/off).
+    #[arg(long, env = "LB_NO_SOCKET_LB", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
     no_socket_lb: bool,
     /// How often to look for new interfaces (and changed manifests), in ms.
-    #[arg(long, default_value_t = 1000)]
+    #[arg(long, env = "LB_POLL_INTERVAL_MS", default_value_t = 1000)]
     poll_interval_ms: u64,
     /// Capacity of the TCP conntrack map (LRU; two entries per flow).
-    #[arg(long, default_value_t = lb_common::sizes::CT_TCP)]
+    #[arg(long, env = "LB_CT_TCP_SIZE", default_value_t = lb_common::sizes::CT_TCP)]
     ct_tcp_size: u32,
     /// Capacity of the conntrack map of every other protocol (LRU; two
     /// entries per flow).
-    #[arg(long, default_value_t = lb_common::sizes::CT_ANY)]
+    #[arg(long, env = "LB_CT_ANY_SIZE", default_value_t = lb_common::sizes::CT_ANY)]
     ct_any_size: u32,
     /// Capacity of the frontend map (and rev-NAT map).
-    #[arg(long, default_value_t = lb_common::sizes::SERVICES)]
+    #[arg(long, env = "LB_SERVICES_SIZE", default_value_t = lb_common::sizes::SERVICES)]
     services_size: u32,
     /// Capacity of the backend map.
-    #[arg(long, default_value_t = lb_common::sizes::BACKENDS)]
+    #[arg(long, env = "LB_BACKENDS_SIZE", default_value_t = lb_common::sizes::BACKENDS)]
     backends_size: u32,
     /// Capacity of the backend slot map.
-    #[arg(long, default_value_t = lb_common::sizes::SLOTS)]
+    #[arg(long, env = "LB_SLOTS_SIZE", default_value_t = lb_common::sizes::SLOTS)]
     slots_size: u32,
     /// Maglev table size M (a prime; 16381 by default, as Cilium; 65537
     /// for Services with more than ~160 backends).
-    #[arg(long, default_value_t = lb_common::sizes::MAGLEV_M, value_parser = parse_maglev_m)]
+    #[arg(
+        long,
+        env = "LB_MAGLEV_TABLE_SIZE",
+        default_value_t = lb_common::sizes::MAGLEV_M,
+        value_parser = parse_maglev_m
+    )]
     maglev_table_size: u32,
     /// Capacity of the session affinity map (LRU).
-    #[arg(long, default_value_t = lb_common::sizes::AFFINITY)]
+    #[arg(long, env = "LB_AFFINITY_SIZE", default_value_t = lb_common::sizes::AFFINITY)]
     affinity_size: u32,
     /// Conntrack timeout of a TCP flow that only sent its SYN, seconds.
-    #[arg(long, default_value_t = lb_common::CtTimeouts::DEFAULT.tcp_syn)]
+    #[arg(long, env = "LB_CT_TCP_SYN_TIMEOUT", default_value_t = lb_common::CtTimeouts::DEFAULT.tcp_syn)]
     ct_tcp_syn_timeout: u32,
     /// Conntrack timeout of an established TCP flow, seconds.
-    #[arg(long, default_value_t = lb_common::CtTimeouts::DEFAULT.tcp_established)]
+    #[arg(
+        long,
+        env = "LB_CT_TCP_ESTABLISHED_TIMEOUT",
+        default_value_t = lb_common::CtTimeouts::DEFAULT.tcp_established
+    )]
     ct_tcp_established_timeout: u32,
     /// Conntrack timeout of a TCP flow after FIN or RST, seconds.
-    #[arg(long, default_value_t = lb_common::CtTimeouts::DEFAULT.tcp_closing)]
+    #[arg(long, env = "LB_CT_TCP_CLOSING_TIMEOUT", default_value_t = lb_common::CtTimeouts::DEFAULT.tcp_closing)]
     ct_tcp_closing_timeout: u32,
     /// Conntrack timeout of a UDP flow, seconds.
-    #[arg(long, default_value_t = lb_common::CtTimeouts::DEFAULT.udp)]
+    #[arg(long, env = "LB_CT_UDP_TIMEOUT", default_value_t = lb_common::CtTimeouts::DEFAULT.udp)]
     ct_udp_timeout: u32,
     /// How often expired conntrack entries are collected, seconds.
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, env = "LB_CT_GC_INTERVAL", default_value_t = 30)]
     ct_gc_interval: u64,
     /// External interfaces for the north-south XDP program (NodePorts,
     /// external and LoadBalancer IPs), comma separated (default: those of
     /// the default routes).
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, env = "LB_EXTERNAL_IFACES", value_delimiter = ',')]
     external_ifaces: Vec<String>,
     /// Node addresses NodePorts are served on, comma separated (default:
     /// the IPv4 addresses of the external interfaces).
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, env = "LB_NODE_IPS", value_delimiter = ',')]
     node_ips: Vec<std::net::Ipv4Addr>,
     /// Address that north-south flows to backends on other nodes are
     /// SNATed to (default: the first node address).
-    #[arg(long)]
+    #[arg(long, env = "LB_SNAT_IP")]
     snat_ip: Option<std::net::Ipv4Addr>,
     /// NodePort range, as the API server's --service-node-port-range.
-    #[arg(long, default_value_t = northsouth::DEFAULT_NODEPORT_RANGE)]
+    #[arg(long, env = "LB_NODEPORT_RANGE", default_value_t = northsouth::DEFAULT_NODEPORT_RANGE)]
     nodeport_range: PortRange,
     /// Source ports for SNAT (keep them out of the node's ephemeral range).
-    #[arg(long, default_value_t = northsouth::DEFAULT_SNAT_PORTS)]
+    #[arg(long, env = "LB_SNAT_PORTS", default_value_t = northsouth::DEFAULT_SNAT_PORTS)]
     snat_ports: PortRange,
     /// XDP attach mode on the external interfaces: auto (native where the
     /// driver supports it, else generic), native, generic, or off.
-    #[arg(long, default_value = "auto")]
+    #[arg(long, env = "LB_XDP_MODE", default_value = "auto", value_parser = ["auto", "native", "generic", "off"])]
     xdp_mode: String,
+}
+
+/// kube-rs's own messages about every failed request and broken watch:
+/// the agent reports those itself, once per outage rather than at every
+/// retry. Off unless RUST_LOG names `kube_client`.
+const KUBE_CLIENT_QUIET: &str = "kube_client::client=off,kube_client::client::tls=info";
+
+/// The log filter: RUST_LOG (default `info`), with kube-rs's per-request
+/// messages off unless RUST_LOG asks for them.
+fn log_filter(rust_log: Option<&str>) -> EnvFilter {
+    let spec = rust_log.filter(|s| !s.trim().is_empty()).unwrap_or("info");
+    let spec = if spec.contains("kube_client") { spec.to_string() } else { format!("{spec},{KUBE_CLIENT_QUIET}") };
+    EnvFilter::try_new(&spec).unwrap_or_else(|e| {
+        eprintln!("RUST_LOG={spec:?}: {e}; logging at info");
+        EnvFilter::new(format!("info,{KUBE_CLIENT_QUIET}"))
+    })
 }
 
 fn parse_maglev_m(s: &str) -> Result<u32, String> {
@@ -161,7 +197,7 @@ fn parse_maglev_m(s: &str) -> Result<u32, String> {
 
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(log_filter(std::env::var("RUST_LOG").ok().as_deref()))
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
@@ -175,6 +211,7 @@ fn main() -> anyhow::Result<()> {
                     kubeconfig: args.kubeconfig,
                     node_name: args.node_name,
                     backoff_max: Duration::from_millis(args.api_backoff_max_ms.max(100)),
+                    api_server: args.k8s_api_server,
                 }),
             };
             let cfg = run::RunConfig {
@@ -256,5 +293,249 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}
         _ = term.recv() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::{
+        collections::{BTreeMap, BTreeSet},
+        path::{Path, PathBuf},
+        sync::Mutex,
+    };
+
+    use clap::{CommandFactory as _, FromArgMatches as _, parser::ValueSource};
+    use serde::Deserialize as _;
+
+    use super::*;
+
+    /// Held while the environment is changed and read (by parsing).
+    static ENV: Mutex<()> = Mutex::new(());
+
+    /// Variables in deploy/'s ConfigMap that are not `run` flags.
+    const NOT_FLAGS: [&str; 1] = ["RUST_LOG"];
+
+    fn run_flags() -> Vec<clap::Arg> {
+        let cli = Cli::command();
+        let run = cli.find_subcommand("run").expect("a run subcommand");
+        run.get_arguments().filter(|a| !matches!(a.get_id().as_str(), "help" | "version")).cloned().collect()
+    }
+
+    /// The variable of `--{long}`: `LB_` and the flag in capitals.
+    fn variable_for(long: &str) -> String {
+        match long {
+            "node-name" => "NODE_NAME".to_string(),
+            _ => format!("LB_{}", long.to_uppercase().replace('-', "_")),
+        }
+    }
+
+    fn flag_variables() -> BTreeSet<String> {
+        run_flags().iter().filter_map(|a| Some(a.get_env()?.to_str()?.to_string())).collect()
+    }
+
+    fn deploy_dir() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../deploy")
+    }
+
+    /// A variable as deploy/'s ConfigMaps list it.
+    struct Listed {
+        value: String,
+        /// `# LB_X: value`: a flag whose default is fine, or an example.
+        commented_out: bool,
+    }
+
+    /// Every variable the ConfigMaps in deploy/ list, set or commented out.
+    fn config_map_entries() -> BTreeMap<String, Listed> {
+        let mut vars = BTreeMap::new();
+        for entry in std::fs::read_dir(deploy_dir()).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().and_then(|e| e.to_str()) != Some("yaml") {
+                continue;
+            }
+            let text = std::fs::read_to_string(&path).unwrap();
+            let mut has_config_map = false;
+            for doc in serde_yaml::Deserializer::from_str(&text) {
+                let doc = serde_yaml::Value::deserialize(doc).unwrap();
+                if doc["kind"].as_str() != Some("ConfigMap") {
+                    continue;
+                }
+                has_config_map = true;
+                for (k, v) in doc["data"].as_mapping().into_iter().flatten() {
+                    vars.insert(scalar(k), Listed { value: scalar(v), commented_out: false });
+                }
+            }
+            if has_config_map {
+                for (k, value) in commented_out(&text) {
+                    vars.entry(k).or_insert(Listed { value, commented_out: true });
+                }
+            }
+        }
+        vars
+    }
+
+    /// The variables with their values, as if all were uncommented.
+    fn config_map_variables() -> BTreeMap<String, String> {
+        config_map_entries().into_iter().map(|(k, l)| (k, l.value)).collect()
+    }
+
+    /// `# LB_X: value` lines.
+    fn commented_out(text: &str) -> Vec<(String, String)> {
+        text.lines()
+            .filter_map(|l| {
+                let rest = l.trim_start().strip_prefix('#')?.trim_start().strip_prefix("LB_")?;
+                Some(format!("LB_{rest}"))
+            })
+            .filter(|l| l.contains(": ") && l.split(':').next().is_some_and(|k| !k.contains(' ')))
+            .map(|l| {
+                let map: BTreeMap<String, serde_yaml::Value> =
+                    serde_yaml::from_str(&l).unwrap_or_else(|e| panic!("commented-out variable {l:?}: {e}"));
+                map.into_iter().map(|(k, v)| (k, scalar(&v))).next().unwrap()
+            })
+            .collect()
+    }
+
+    fn scalar(v: &serde_yaml::Value) -> String {
+        match v {
+            serde_yaml::Value::String(s) => s.clone(),
+            serde_yaml::Value::Number(n) => n.to_string(),
+            serde_yaml::Value::Bool(b) => b.to_string(),
+            other => panic!("not a scalar: {other:?}"),
+        }
+    }
+
+    /// Parses `lb-agent run ARGS` with exactly `vars` set among the flags'
+    /// variables; returns the arguments and how each was set.
+    fn parse_run(args: &[&str], vars: &BTreeMap<String, String>) -> Result<(RunArgs, clap::ArgMatches), clap::Error> {
+        let _guard = ENV.lock().unwrap_or_else(|e| e.into_inner());
+        let names: BTreeSet<String> = flag_variables().into_iter().chain(vars.keys().cloned()).collect();
+        let set = |values: &BTreeMap<String, String>| {
+            for name in &names {
+                // SAFETY: every test of this binary that reads or writes
+                // the environment holds ENV.
+                unsafe {
+                    match values.get(name) {
+                        Some(v) => std::env::set_var(name, v),
+                        None => std::env::remove_var(name),
+                    }
+                }
+            }
+        };
+        set(vars);
+        let matches = Cli::command().try_get_matches_from(["lb-agent", "run"].iter().chain(args));
+        set(&BTreeMap::new());
+        let matches = matches?;
+        let run = matches.subcommand_matches("run").expect("run").clone();
+        Ok((RunArgs::from_arg_matches(&run)?, run))
+    }
+
+    #[test]
+    fn kube_client_requests_are_quiet_unless_asked_for() {
+        let default = log_filter(None).to_string();
+        assert!(default.contains("kube_client::client=off") && default.contains("info"), "{default}");
+        let asked = log_filter(Some("info,kube_client=debug")).to_string();
+        assert!(!asked.contains("kube_client::client=off"), "{asked}");
+        assert!(log_filter(Some("debug")).to_string().contains("kube_client::client=off"));
+    }
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn every_run_flag_has_its_variable() {
+        let flags = run_flags();
+        assert!(flags.len() > 30, "{} flags", flags.len());
+        for arg in flags {
+            let long = arg.get_long().expect("every run argument is a --flag");
+            let env = arg.get_env().unwrap_or_else(|| panic!("--{long} has no environment variable"));
+            assert_eq!(env.to_str(), Some(variable_for(long).as_str()), "--{long}");
+        }
+    }
+
+    #[test]
+    fn the_config_map_lists_every_flag_and_only_flags() {
+        let flags = flag_variables();
+        let listed = config_map_variables();
+        for key in listed.keys() {
+            assert!(
+                flags.contains(key) || NOT_FLAGS.contains(&key.as_str()),
+                "{key} is in deploy/'s ConfigMap but is no `lb-agent run` variable"
+            );
+        }
+        for var in flags.iter().filter(|v| *v != "NODE_NAME") {
+            assert!(
+                listed.contains_key(var),
+                "{var} is not in deploy/02-configmap.yaml (list it, commented out if the default is fine)"
+            );
+        }
+        assert!(!listed.contains_key("NODE_NAME"), "NODE_NAME comes from the DaemonSet (spec.nodeName)");
+    }
+
+    /// A commented-out entry of a flag with a default shows that default.
+    #[test]
+    fn commented_out_entries_show_the_defaults() {
+        let listed = config_map_entries();
+        for arg in run_flags() {
+            let Some(var) = arg.get_env().and_then(|v| v.to_str()) else { continue };
+            let default: Vec<String> =
+                arg.get_default_values().iter().map(|v| v.to_string_lossy().into_owned()).collect();
+            match listed.get(var) {
+                Some(entry) if entry.commented_out && !default.is_empty() && var != "LB_NO_SOCKET_LB" => {
+                    assert_eq!(entry.value, default.join(","), "the commented-out {var} is not the default");
+                }
+                Some(entry) if var == "LB_NO_SOCKET_LB" => assert_eq!(entry.value, "false"),
+                _ => {}
+            }
+        }
+    }
+
+    /// Every variable the ConfigMap lists (as if all were uncommented)
+    /// parses, and sets its flag. `--manifests` excludes the API server
+    /// flags, so it is tried apart.
+    #[test]
+    fn the_config_map_can_set_every_flag() {
+        let listed: BTreeMap<String, String> =
+            config_map_variables().into_iter().filter(|(k, _)| !NOT_FLAGS.contains(&k.as_str())).collect();
+        let without = |skip: &[&str]| -> BTreeMap<String, String> {
+            listed.iter().filter(|(k, _)| !skip.contains(&k.as_str())).map(|(k, v)| (k.clone(), v.clone())).collect()
+        };
+        let mut from_env = BTreeSet::new();
+        for vars in [without(&["LB_MANIFESTS"]), without(&["LB_KUBECONFIG", "LB_K8S_API_SERVER"])] {
+            let (_, matches) =
+                parse_run(&[], &vars).unwrap_or_else(|e| panic!("the ConfigMap's variables do not parse:\n{e}"));
+            for arg in run_flags() {
+                if matches.value_source(arg.get_id().as_str()) == Some(ValueSource::EnvVariable) {
+                    from_env.insert(arg.get_long().unwrap().to_string());
+                }
+            }
+        }
+        for arg in run_flags() {
+            let long = arg.get_long().unwrap();
+            assert!(long == "node-name" || from_env.contains(long), "--{long} cannot be set from the ConfigMap");
+        }
+    }
+
+    #[test]
+    fn boolean_variables_take_true_and_false() {
+        let var = |v: &str| BTreeMap::from([("LB_NO_SOCKET_LB".to_string(), v.to_string())]);
+        let values = [("true", true), ("false", false), ("1", true), ("0", false), ("yes", true), ("off", false)];
+        for (value, expected) in values {
+            let (args, _) = parse_run(&[], &var(value)).unwrap_or_else(|e| panic!("LB_NO_SOCKET_LB={value}: {e}"));
+            assert_eq!(args.no_socket_lb, expected, "LB_NO_SOCKET_LB={value}");
+        }
+        assert!(parse_run(&[], &var("maybe")).is_err());
+        assert!(parse_run(&["--no-socket-lb"], &BTreeMap::new()).unwrap().0.no_socket_lb);
+        assert!(!parse_run(&[], &BTreeMap::new()).unwrap().0.no_socket_lb);
+    }
+
+    #[test]
+    fn the_api_server_address_is_checked() {
+        let var = |v: &str| BTreeMap::from([("LB_K8S_API_SERVER".to_string(), v.to_string())]);
+        let (args, _) = parse_run(&[], &var("10.0.0.1:6443")).unwrap();
+        assert_eq!(args.k8s_api_server.as_deref(), Some("https://10.0.0.1:6443"));
+        assert!(parse_run(&[], &var("https://")).is_err());
+        let with_manifests = parse_run(&["--manifests", "/tmp"], &var("https://10.0.0.1:6443"));
+        assert!(with_manifests.is_err(), "no API server with --manifests");
     }
 }

@@ -4,7 +4,7 @@
 use std::{
     fmt::Write as _,
     sync::{Arc, Mutex},
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use crate::source::Kind;
@@ -33,7 +33,20 @@ struct Inner {
     api_errors_slices: u64,
     api_errors_node: u64,
     node_seen: bool,
+    /// Why this node should not get new load-balanced traffic (its Node
+    /// is being deleted, or is about to be); `None` while it is eligible.
+    node_ineligible: Option<String>,
+    /// The current outage of the API server, if it cannot be reached.
+    api_outage: Option<Outage>,
     ready: bool,
+}
+
+/// A streak of failures to reach the API server.
+#[derive(Debug)]
+struct Outage {
+    since: Instant,
+    /// The first failure of the streak.
+    why: String,
 }
 
 /// What one sync did.
@@ -95,6 +108,55 @@ impl Metrics {
         self.with(|m| m.node_seen = seen)
     }
 
+    /// Records whether this node is eligible for load-balanced traffic
+    /// (`None`), or why not; returns the previous value.
+    pub fn set_node_ineligible(&self, why: Option<String>) -> Option<String> {
+        self.with(|m| std::mem::replace(&mut m.node_ineligible, why))
+    }
+
+    /// Why this node is not eligible for load-balanced traffic, if it is not
+    /// (as kube-proxy's `/healthz` reports `nodeEligible`).
+    pub fn node_ineligible(&self) -> Option<String> {
+        self.with(|m| m.node_ineligible.clone())
+    }
+
+    /// Records a failure to reach the API server. Returns true when it
+    /// starts an outage (the caller then says why, once per outage).
+    pub fn api_unreachable(&self, why: &str) -> bool {
+        self.with(|m| {
+            let starts = m.api_outage.is_none();
+            if starts {
+                m.api_outage = Some(Outage { since: Instant::now(), why: why.to_string() });
+            }
+            starts
+        })
+    }
+
+    /// Records that the API server answered; returns how long the outage
+    /// it ends lasted, if there was one.
+    pub fn api_reachable(&self) -> Option<Duration> {
+        self.with(|m| m.api_outage.take().map(|o| o.since.elapsed()))
+    }
+
+    /// For how long, and why, the API server has been unreachable.
+    pub fn api_outage(&self) -> Option<(Duration, String)> {
+        self.with(|m| m.api_outage.as_ref().map(|o| (o.since.elapsed(), o.why.clone())))
+    }
+
+    /// What `/readyz` answers: ready once the first complete sync is
+    /// written and while the API server can be reached; otherwise why not.
+    pub fn readiness(&self) -> Result<(), String> {
+        self.with(|m| match (&m.api_outage, m.ready) {
+            (Some(o), _) => Err(format!(
+                "the API server cannot be reached (for {}s): {}",
+                o.since.elapsed().as_secs(),
+                o.why
+            )),
+            (None, false) => Err("waiting for the first full sync".to_string()),
+            (None, true) => Ok(()),
+        })
+    }
+
     /// The Prometheus text exposition (format 0.0.4).
     pub fn render(&self) -> String {
         self.with(|m| {
@@ -138,6 +200,19 @@ impl Metrics {
                 ],
             );
             metric("lb_node_seen", "gauge", "Whether this node's Node object is known.", &[("", u8::from(m.node_seen).to_string())]);
+            metric(
+                "lb_node_eligible",
+                "gauge",
+                "Whether this node takes load-balanced traffic (its Node is not being deleted, nor tainted \
+                 ToBeDeletedByClusterAutoscaler).",
+                &[("", u8::from(m.node_ineligible.is_none()).to_string())],
+            );
+            metric(
+                "lb_api_reachable",
+                "gauge",
+                "Whether the API server can be reached.",
+                &[("", u8::from(m.api_outage.is_none()).to_string())],
+            );
             metric("lb_ready", "gauge", "Whether the first full sync is done.", &[("", u8::from(m.ready).to_string())]);
             metric(
                 "lb_last_sync_timestamp_seconds",
@@ -179,5 +254,33 @@ mod tests {
         assert!(text.contains("lb_sync_latency_seconds_count 4\n"), "{text}");
         assert!(text.contains("lb_map_operations_total 12\n"), "{text}");
         assert!(text.contains("lb_ready 1\n"), "{text}");
+    }
+
+    #[test]
+    fn an_outage_is_reported_once_and_makes_the_agent_unready() {
+        let m = Metrics::default();
+        assert_eq!(m.readiness(), Err("waiting for the first full sync".to_string()));
+        m.record_sync(&SyncRecord::default());
+        assert_eq!(m.readiness(), Ok(()));
+        assert!(m.api_unreachable("connection refused"), "the first failure starts the outage");
+        assert!(!m.api_unreachable("connection refused again"), "later ones belong to it");
+        let why = m.readiness().unwrap_err();
+        assert!(why.contains("connection refused") && !why.contains("again"), "{why}");
+        assert!(m.render().contains("lb_api_reachable 0\n"));
+        assert!(m.api_reachable().is_some(), "the outage ends");
+        assert!(m.api_reachable().is_none(), "once");
+        assert_eq!(m.readiness(), Ok(()));
+        assert!(m.api_unreachable("timed out"), "a new outage");
+    }
+
+    #[test]
+    fn node_eligibility_defaults_to_eligible() {
+        let m = Metrics::default();
+        assert_eq!(m.node_ineligible(), None);
+        assert!(m.render().contains("lb_node_eligible 1\n"));
+        assert_eq!(m.set_node_ineligible(Some("being deleted".into())), None);
+        assert_eq!(m.node_ineligible().as_deref(), Some("being deleted"));
+        assert!(m.render().contains("lb_node_eligible 0\n"));
+        assert_eq!(m.set_node_ineligible(None).as_deref(), Some("being deleted"));
     }
 }

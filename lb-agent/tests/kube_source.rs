@@ -118,6 +118,17 @@ fn node_object() -> Node {
     }
 }
 
+/// node-1 with `extra` merged into its JSON (a deletionTimestamp, taints).
+fn node_with(extra: serde_json::Value) -> serde_json::Value {
+    let mut node = serde_json::to_value(node_object()).unwrap();
+    for (section, fields) in extra.as_object().unwrap() {
+        for (k, v) in fields.as_object().unwrap() {
+            node[section][k] = v.clone();
+        }
+    }
+    node
+}
+
 fn ip(n: u8) -> Ipv4Addr {
     Ipv4Addr::new(10, 244, 9, n)
 }
@@ -137,6 +148,11 @@ impl KubeAgent {
     }
 
     fn start_with(node: &Netns, kubeconfig: &Path, pins: PinDir, extra: &[&str]) -> KubeAgent {
+        Self::start_env(node, kubeconfig, pins, extra, &[])
+    }
+
+    /// With extra flags, and variables (`LB_*`, as the ConfigMap sets them).
+    fn start_env(node: &Netns, kubeconfig: &Path, pins: PinDir, extra: &[&str], vars: &[(&str, &str)]) -> KubeAgent {
         let log = std::env::temp_dir().join(format!(
             "lb-agent-{}-{}.log",
             std::process::id(),
@@ -153,6 +169,7 @@ impl KubeAgent {
             .arg("--bpffs")
             .arg(&pins.0)
             .args(extra)
+            .envs(vars.iter().copied())
             .env("RUST_LOG", "info,lb_agent=debug")
             .env("NO_COLOR", "1")
             .env_remove("KUBECONFIG")
@@ -724,4 +741,163 @@ fn bursts_are_batched_and_sync_latency_is_reported() {
         "burst of 300 Services + 300 EndpointSlices: {burst_syncs} syncs, latencies {burst:?} us; map ops total {}",
         metric(&metrics, "lb_map_operations_total")
     );
+}
+
+// ---- health as kube-proxy's, outages, bootstrap ---------------------------------
+
+/// `/healthz` as JSON, with its status.
+fn healthz(node: &Netns) -> (u16, serde_json::Value) {
+    let (code, body) = health(node, "/healthz");
+    (code, serde_json::from_str(&body).unwrap_or_else(|e| panic!("/healthz is not JSON ({e}): {body}")))
+}
+
+/// Waits for `/healthz` to answer `code`, then checks that `nodeEligible`
+/// says the same and that `/livez` (the agent itself) is fine regardless.
+fn wait_eligibility(node: &Netns, eligible: bool) {
+    let code = if eligible { 200 } else { 503 };
+    wait_health(node, "/healthz", code);
+    let (got, body) = healthz(node);
+    assert_eq!(got, code, "{body}");
+    assert_eq!(body["nodeEligible"], json!(eligible), "{body}");
+    assert!(body["lastUpdated"].is_string() && body["currentTime"].is_string(), "{body}");
+    let (live, body) = health(node, "/livez");
+    assert_eq!(live, 200, "/livez does not depend on the node: {body}");
+    assert!(!body.contains("nodeEligible"), "{body}");
+    let metrics = health(node, "/metrics").1;
+    assert_eq!(metric(&metrics, "lb_node_eligible"), f64::from(u8::from(eligible)), "{metrics}");
+}
+
+/// KEP-3836: while its Node is being deleted, or tainted by the cluster
+/// autoscaler for deletion, the node fails `/healthz` (load balancers drain
+/// it) but stays live and ready.
+#[test]
+fn a_node_on_its_way_out_fails_healthz_but_not_livez() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let s = setup(&[], "kelig");
+    let agent = s.agent("kelig");
+    wait_health(&s.lab.node, "/readyz", 200);
+    wait_eligibility(&s.lab.node, true);
+
+    let log_len = agent.log_text().len();
+    s.api.apply_raw(Res::Nodes, node_with(json!({"metadata": {"deletionTimestamp": "2025-01-01T00:00:00Z"}})));
+    wait_eligibility(&s.lab.node, false);
+    agent.wait_log("the deletion", log_len, "deletionTimestamp");
+    assert_eq!(health(&s.lab.node, "/readyz").0, 200, "still serving, so still ready");
+
+    // (A real API server never takes a deletionTimestamp back.)
+    s.api.apply(&node_object());
+    wait_eligibility(&s.lab.node, true);
+
+    let taint = json!({"key": "ToBeDeletedByClusterAutoscaler", "value": "1735689600", "effect": "NoSchedule"});
+    let other = json!({"key": "node.kubernetes.io/unschedulable", "effect": "NoSchedule"});
+    s.api.apply_raw(Res::Nodes, node_with(json!({"spec": {"taints": [other.clone()]}})));
+    s.api.apply_raw(Res::Nodes, node_with(json!({"spec": {"taints": [other.clone(), taint]}})));
+    wait_eligibility(&s.lab.node, false);
+    s.api.apply_raw(Res::Nodes, node_with(json!({"spec": {"taints": [other]}})));
+    wait_eligibility(&s.lab.node, true);
+
+    // Deleted outright.
+    s.api.delete(Res::Nodes, "", "node-1");
+    wait_eligibility(&s.lab.node, false);
+    s.api.apply(&node_object());
+    wait_eligibility(&s.lab.node, true);
+}
+
+/// WARN lines of the agent's log after `skip` bytes containing `needle`.
+fn warnings(agent: &KubeAgent, skip: usize, needle: &str) -> Vec<String> {
+    let text = agent.log_text();
+    let lines = text.get(skip..).unwrap_or("").lines();
+    lines.filter(|l| l.contains("WARN") && l.contains(needle)).map(String::from).collect()
+}
+
+/// While the API server cannot be reached the agent is not ready, and
+/// says why once, not at every retry. The server comes back with its watch
+/// history, so the watches resume without news: the probe sees it.
+#[test]
+fn an_outage_is_logged_once_and_unreadies_the_agent() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let mut s = setup(&[], "koutage");
+    let agent = s.agent("koutage");
+    s.api.apply(&service("a", "10.96.0.91", &[("p", 80, "p")]));
+    s.api.apply(&slice("a-1", "a", &[("p", 8080)], &[(ip(1), Cond::Ready)]));
+    let before = agent.wait_rows("a", |r| r.len() == 1 && r[0].backends.len() == 1);
+    wait_health(&s.lab.node, "/readyz", 200);
+
+    let log_len = agent.log_text().len();
+    s.api.down();
+    let why = wait_health(&s.lab.node, "/readyz", 503);
+    assert!(why.contains("cannot be reached"), "{why}");
+    agent.wait_log("the outage", log_len, "cannot reach the API server");
+    // Several retries (backoff at most 500 ms here), one warning.
+    std::thread::sleep(Duration::from_secs(3));
+    let outage_warnings = warnings(&agent, log_len, "cannot reach");
+    assert_eq!(outage_warnings.len(), 1, "one warning per outage:\n{}", agent.log_text());
+    assert!(outage_warnings[0].contains("--k8s-api-server"), "a hint at the bootstrap address: {}", outage_warnings[0]);
+    assert!(agent.log_text()[log_len..].matches("cannot reach").count() > 2, "the retries are logged at debug");
+    assert_eq!(warnings(&agent, log_len, "").len(), 1, "nothing else warns:\n{}", &agent.log_text()[log_len..]);
+    assert_eq!(metric(&health(&s.lab.node, "/metrics").1, "lb_api_reachable"), 0.0);
+    assert_eq!(health(&s.lab.node, "/livez").0, 200);
+    assert_eq!(health(&s.lab.node, "/healthz").0, 200, "the datapath still serves");
+    assert_eq!(agent.rows(), before);
+
+    // Back with its history: nothing to relist, the probe notices.
+    s.api.up(Some(&s.lab.node), false);
+    wait_health(&s.lab.node, "/readyz", 200);
+    agent.wait_log("the end of the outage", log_len, "answers again");
+    assert_eq!(metric(&health(&s.lab.node, "/metrics").1, "lb_api_reachable"), 1.0);
+    s.api.apply(&slice("a-1", "a", &[("p", 8080)], &[(ip(1), Cond::Ready), (ip(2), Cond::Ready)]));
+    agent.wait_rows("a change after the outage", |r| r.len() == 1 && r[0].backends.len() == 2);
+
+    // A second outage gets its own warning.
+    let log_len = agent.log_text().len();
+    s.api.down();
+    wait_health(&s.lab.node, "/readyz", 503);
+    agent.wait_log("the second outage", log_len, "cannot reach the API server");
+    s.api.up(Some(&s.lab.node), true);
+    wait_health(&s.lab.node, "/readyz", 200);
+}
+
+/// Bootstrap without kube-proxy: the configured address (here a
+/// kubeconfig's; in a pod the `kubernetes` ClusterIP) does not answer, and
+/// LB_K8S_API_SERVER, as the ConfigMap sets it, gives the real one.
+#[test]
+fn the_api_server_address_replaces_the_configured_one() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let s = setup(&[], "kboot");
+    s.api.apply(&service("a", "10.96.0.95", &[("p", 80, "p")]));
+    s.api.apply(&slice("a-1", "a", &[("p", 8080)], &[(ip(1), Cond::Ready)]));
+    // A kubeconfig whose server nothing answers.
+    let unrouted = FakeApi::free_port(&s.lab.node);
+    let kubeconfig = fake_api::kubeconfig_for(&s.dir.0, unrouted);
+
+    let mut agent = KubeAgent::start(&s.lab.node, &kubeconfig, PinDir::new("kboot"));
+    let line = agent.wait_log("the unreachable server", 0, "cannot reach the API server");
+    assert!(line.contains("WARN") && line.contains(&format!("127.0.0.1:{unrouted}")), "{line}");
+    assert!(line.contains("LB_K8S_API_SERVER"), "{line}");
+    let why = wait_health(&s.lab.node, "/readyz", 503);
+    assert!(why.contains("cannot be reached"), "{why}");
+    assert_eq!(health(&s.lab.node, "/livez").0, 200);
+    let pins = agent.stop();
+    // The next agent appends to the same log.
+    let log_len = agent.log_text().len();
+
+    let address = format!("http://127.0.0.1:{}", s.api.port());
+    let agent = KubeAgent::start_env(
+        &s.lab.node,
+        &kubeconfig,
+        pins,
+        &["--sync-delay-ms", "50"],
+        &[("LB_K8S_API_SERVER", &address)],
+    );
+    agent.wait_rows("the service", |r| r.len() == 1 && r[0].backends.len() == 1);
+    wait_health(&s.lab.node, "/readyz", 200);
+    let line = agent.wait_log("the server used", log_len, "Kubernetes API server");
+    assert!(line.contains(&address) && line.contains("given=true"), "{line}");
+    assert!(warnings(&agent, log_len, "cannot reach").is_empty(), "{}", agent.log_text());
 }

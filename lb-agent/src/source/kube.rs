@@ -10,8 +10,20 @@
 //! [`Update::Listed`] once it is complete, so nothing is removed while it
 //! is in progress, and until the first complete list of both kinds the
 //! store is not ready and the maps are left as they are.
+//!
+//! While the API server cannot be reached at all, the agent says why once
+//! per outage (at warn level) and `/readyz` reports not ready; a probe of
+//! `/version` notices the end of an outage even when the resumed watches
+//! stay quiet. On a node without kube-proxy, the in-cluster address of the
+//! API server (a ClusterIP) is not routed before lb runs, so the install
+//! gives the API server's own address ([`KubeOptions::api_server`]).
+//!
+//! This node's Node decides whether it is eligible for load-balanced
+//! traffic, as kube-proxy's `/healthz` has it: not while it is being
+//! deleted or carries the cluster autoscaler's `ToBeDeletedByClusterAutoscaler`
+//! taint.
 
-use std::{borrow::Cow, path::PathBuf, time::Duration};
+use std::{borrow::Cow, path::PathBuf, sync::OnceLock, time::Duration};
 
 use futures::StreamExt;
 use k8s_openapi::{
@@ -57,22 +69,41 @@ pub enum KubeError {
     Infer(#[from] kube::config::InferConfigError),
     #[error("creating the Kubernetes client: {0}")]
     Client(#[from] kube::Error),
+    #[error("--k8s-api-server: {0}")]
+    ApiServer(String),
 }
+
+/// The cluster autoscaler's taint on a node it is about to delete
+/// (kube-proxy's `ToBeDeletedTaint`).
+pub const TO_BE_DELETED_TAINT: &str = "ToBeDeletedByClusterAutoscaler";
 
 #[derive(Clone, Debug)]
 pub struct KubeOptions {
-    /// A kubeconfig file; `None` infers (in-cluster, then `KUBECONFIG`,
-    /// then `~/.kube/config`).
+    /// A kubeconfig file; `None` infers (`KUBECONFIG`, then
+    /// `~/.kube/config`, then the in-cluster configuration).
     pub kubeconfig: Option<PathBuf>,
     /// This node's name, for the Node watch.
     pub node_name: Option<String>,
     /// Longest wait between retries when the API server fails.
     pub backoff_max: Duration,
+    /// The API server's own address (`https://10.0.0.1:6443`), replacing
+    /// the one of the kubeconfig or of the in-cluster configuration (whose
+    /// service account token and CA are kept): a node without kube-proxy
+    /// cannot reach the in-cluster address, a ClusterIP, before lb runs.
+    pub api_server: Option<String>,
 }
 
-/// The client, from `--kubeconfig` or `kube::Config::infer()`.
+/// The API server the client talks to, for messages (set by [`client`]).
+static SERVER: OnceLock<String> = OnceLock::new();
+
+fn server() -> &'static str {
+    SERVER.get().map_or("the API server", String::as_str)
+}
+
+/// The client, from `--kubeconfig` or `kube::Config::infer()`, sent to
+/// `--k8s-api-server` if given.
 pub async fn client(opts: &KubeOptions) -> Result<Client, KubeError> {
-    let config = match &opts.kubeconfig {
+    let mut config = match &opts.kubeconfig {
         Some(path) => {
             let kc = Kubeconfig::read_from(path)
                 .map_err(|source| KubeError::Kubeconfig { path: path.clone(), source })?;
@@ -80,35 +111,190 @@ pub async fn client(opts: &KubeOptions) -> Result<Client, KubeError> {
                 .await
                 .map_err(|source| KubeError::Kubeconfig { path: path.clone(), source })?
         }
-        None => kube::Config::infer().await?,
+        None => infer(opts.api_server.is_some()).await?,
     };
-    info!(server = %config.cluster_url, "Kubernetes API server");
+    if let Some(url) = &opts.api_server {
+        set_server(&mut config, url).map_err(KubeError::ApiServer)?;
+    }
+    let url = config.cluster_url.to_string();
+    info!(server = %url, given = opts.api_server.is_some(), "Kubernetes API server");
+    let _ = SERVER.set(url);
     Ok(Client::try_from(config)?)
 }
 
-/// Starts the watchers; they run until the receiver goes away.
+/// `kube::Config::infer()`. When the API server's address is given, a pod
+/// does not need the `KUBERNETES_SERVICE_*` variables either: its service
+/// account (token, CA, namespace) is enough.
+async fn infer(address_given: bool) -> Result<kube::Config, KubeError> {
+    match kube::Config::infer().await {
+        Ok(config) => Ok(config),
+        Err(e) if address_given => kube::Config::incluster_dns().map_err(|_| KubeError::Infer(e)),
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Points `config` at `url`, which must be an http(s) URL with a host.
+fn set_server(config: &mut kube::Config, url: &str) -> Result<(), String> {
+    config.cluster_url = url.parse().map_err(|e| format!("{url:?}: {e}"))?;
+    let uri = &config.cluster_url;
+    // Anything in the authority besides the host must be a valid port.
+    let port_ok = uri.port_u16().is_some() || uri.authority().map(|a| a.as_str()) == uri.host();
+    match (uri.scheme_str(), uri.host()) {
+        (Some("https" | "http"), Some(_)) if port_ok => Ok(()),
+        _ => Err(format!("{url:?} is not an address like https://10.0.0.1:6443")),
+    }
+}
+
+/// Checks `--k8s-api-server` (`https://HOST:PORT`; a bare `HOST:PORT`
+/// means https) and returns it as a URL.
+pub fn parse_api_server(s: &str) -> Result<String, String> {
+    let s = s.trim();
+    let url = if s.contains("://") { s.to_string() } else { format!("https://{s}") };
+    set_server(&mut kube::Config::new(Default::default()), &url)?;
+    Ok(url)
+}
+
+/// Starts the watchers, and the probe that sees the end of an outage;
+/// they run until the receiver goes away (the probe until aborted).
 pub fn spawn(client: Client, opts: &KubeOptions, tx: Sender, metrics: Metrics) -> Vec<tokio::task::JoinHandle<()>> {
+    let api = Reachability { metrics, address_given: opts.api_server.is_some() };
     let mut tasks = vec![
-        tokio::spawn(watch_kind::<Service>(
-            client.clone(),
-            Kind::Service,
-            opts.backoff_max,
-            tx.clone(),
-            metrics.clone(),
-        )),
-        tokio::spawn(watch_kind::<EndpointSlice>(
-            client.clone(),
-            Kind::EndpointSlice,
-            opts.backoff_max,
-            tx,
-            metrics.clone(),
-        )),
+        tokio::spawn(watch_kind(client.clone(), Kind::Service, opts.backoff_max, tx.clone(), api.clone())),
+        tokio::spawn(watch_kind(client.clone(), Kind::EndpointSlice, opts.backoff_max, tx, api.clone())),
+        tokio::spawn(probe_api(client.clone(), api.clone(), opts.backoff_max)),
     ];
     match &opts.node_name {
-        Some(node) => tasks.push(tokio::spawn(watch_node(client, node.clone(), opts.backoff_max, metrics))),
+        Some(node) => tasks.push(tokio::spawn(watch_node(client, node.clone(), opts.backoff_max, api))),
         None => warn!("no --node-name (or NODE_NAME): not watching this node's Node object"),
     }
     tasks
+}
+
+/// Whether the API server can be reached, shared by the watchers and the
+/// probe: kept in [`Metrics`] (for `/readyz`), logged once per outage.
+#[derive(Clone, Debug)]
+struct Reachability {
+    metrics: Metrics,
+    /// Whether `--k8s-api-server` was given (otherwise an outage hints at it).
+    address_given: bool,
+}
+
+impl Reachability {
+    /// A request failed without an answer: the first failure of an outage
+    /// is a warning, later ones are for debugging.
+    fn failed(&self, what: &str, e: &dyn std::error::Error) {
+        let why = error_chain(e);
+        if !self.metrics.api_unreachable(&why) {
+            debug!("{what}: cannot reach {}: {why}; retrying", server());
+            return;
+        }
+        let hint = if self.address_given {
+            ""
+        } else {
+            " (on a node without kube-proxy the in-cluster address, a ClusterIP, is not routed before lb \
+             runs: give the API server's own address with --k8s-api-server or LB_K8S_API_SERVER)"
+        };
+        warn!(
+            "cannot reach the API server at {} ({what}): {why}; retrying with backoff, serving what the pinned \
+             maps hold, not ready until it answers{hint}",
+            server()
+        );
+    }
+
+    /// The API server answered: ends an outage, if there is one.
+    fn reached(&self) {
+        if let Some(outage) = self.metrics.api_reachable() {
+            info!("the API server at {} answers again, after {}s", server(), outage.as_secs());
+        }
+    }
+}
+
+/// An error with its causes, `a: b: c`, skipping causes that the error's
+/// own message already shows.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        let part = c.to_string();
+        if !text.contains(&part) {
+            text = format!("{text}: {part}");
+        }
+        cause = c.source();
+    }
+    text
+}
+
+/// Whether a watcher error means that the API server could not be reached
+/// (no connection, or no answer) when listing or starting a watch, rather
+/// than an answer refusing a request or a watch that broke once running.
+fn is_unreachable(e: &watcher::Error) -> bool {
+    match e {
+        watcher::Error::InitialListFailed(e) | watcher::Error::WatchStartFailed(e) => {
+            matches!(e, kube::Error::HyperError(_) | kube::Error::Service(_))
+        }
+        _ => false,
+    }
+}
+
+/// The first error of a watcher's streak that is not an outage. A watch
+/// that broke once running (as at every API server restart) is resumed at
+/// once, and one that expired (`410 Gone`, a compacted watch cache) is
+/// relisted: routine, worth a warning only if it leads to an outage. Any
+/// other answer refusing a request (forbidden, server errors) is a warning.
+fn log_watch_error(what: &str, e: &watcher::Error) {
+    let why = error_chain(e);
+    match e {
+        watcher::Error::WatchFailed(_) => info!("{what}: {why}; resuming"),
+        watcher::Error::WatchError(status) if status.code == 410 => info!("{what}: {why}; relisting"),
+        _ => warn!("{what}: {why}; retrying with backoff, the maps keep their current state"),
+    }
+}
+
+/// How often the probe checks for an outage while there is none.
+const PROBE_IDLE: Duration = Duration::from_secs(1);
+/// How long a probe waits for the API server's answer.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// During an outage, asks the API server for its version (with backoff):
+/// watches that resume without anything to report would not show that it
+/// is back. Any answer, even a refusal, ends the outage.
+async fn probe_api(client: Client, api: Reachability, backoff_max: Duration) {
+    let mut retry = Retry::new(backoff_max);
+    loop {
+        if api.metrics.api_outage().is_none() {
+            retry.reset();
+            tokio::time::sleep(PROBE_IDLE).await;
+            continue;
+        }
+        tokio::time::sleep(retry.next().unwrap_or(backoff_max)).await;
+        match tokio::time::timeout(PROBE_TIMEOUT, client.apiserver_version()).await {
+            Ok(Ok(_) | Err(kube::Error::Api(_))) => api.reached(),
+            Ok(Err(e)) => debug!("probing {}: {}", server(), error_chain(&e)),
+            Err(_) => debug!("probing {}: no answer within {PROBE_TIMEOUT:?}", server()),
+        }
+    }
+}
+
+/// Why this Node should not get new load-balanced traffic, as kube-proxy's
+/// `/healthz` decides (KEP-3836): it is being deleted, or the cluster
+/// autoscaler is about to delete it. `None`: eligible.
+pub fn node_ineligible(node: &Node) -> Option<String> {
+    if node.metadata.deletion_timestamp.is_some() {
+        return Some("the Node is being deleted (metadata.deletionTimestamp is set)".to_string());
+    }
+    let mut taints = node.spec.iter().flat_map(|s| s.taints.iter().flatten());
+    taints.find(|t| t.key == TO_BE_DELETED_TAINT).map(|t| format!("the Node has the {} taint", t.key))
+}
+
+/// Records this node's eligibility, logging when it changes.
+fn set_eligibility(metrics: &Metrics, node: &str, why: Option<String>) {
+    match (metrics.set_node_ineligible(why.clone()), why) {
+        (None, Some(why)) => {
+            info!(node, "{why}: /healthz answers 503 (nodeEligible: false), so that load balancers drain this node")
+        }
+        (Some(_), None) => info!(node, "the Node is eligible again: /healthz answers 200"),
+        _ => {}
+    }
 }
 
 /// Any object as the API server sent it: the metadata lb needs to follow
@@ -232,15 +418,18 @@ fn api_resource(kind: Kind) -> ApiResource {
     }
 }
 
-async fn watch_kind<T>(client: Client, kind: Kind, backoff_max: Duration, tx: Sender, metrics: Metrics) {
-    let api: Api<RawObject> = Api::all_with(client, &api_resource(kind));
-    let mut stream = watcher::watcher(api, watcher::Config::default())
+async fn watch_kind(client: Client, kind: Kind, backoff_max: Duration, tx: Sender, api: Reachability) {
+    let resources: Api<RawObject> = Api::all_with(client, &api_resource(kind));
+    let mut stream = watcher::watcher(resources, watcher::Config::default())
         .backoff(Retry::new(backoff_max))
         .boxed();
     // Objects of a list in progress; sent as one update when complete.
     let mut listing: Option<(Vec<Object>, Vec<Invalid>)> = None;
     let mut failing = false;
     while let Some(event) = stream.next().await {
+        if event.is_ok() {
+            api.reached();
+        }
         let update = match event {
             Ok(Event::Init) => {
                 debug!("listing {kind}s");
@@ -275,15 +464,17 @@ async fn watch_kind<T>(client: Client, kind: Kind, backoff_max: Duration, tx: Se
                 key: ObjectKey::new(raw.metadata.namespace.as_deref(), raw.metadata.name.as_deref()),
             }),
             Err(e) => {
-                metrics.api_error(kind);
+                api.metrics.api_error(kind);
                 // A watch that breaks, or expires (410 Gone), is restarted
                 // by the watcher: relisted if needed, maps untouched.
-                if failing {
-                    debug!("watching {kind}s: {e}; retrying");
+                if is_unreachable(&e) {
+                    api.failed(&format!("watching {kind}s"), &e);
+                } else if failing {
+                    debug!("watching {kind}s: {}; retrying", error_chain(&e));
                 } else {
-                    warn!("watching {kind}s: {e}; retrying with backoff, the maps keep their current state");
+                    failing = true;
+                    log_watch_error(&format!("watching {kind}s"), &e);
                 }
-                failing = true;
                 None
             }
         };
@@ -299,17 +490,25 @@ async fn watch_kind<T>(client: Client, kind: Kind, backoff_max: Duration, tx: Se
     }
 }
 
-/// Follows this agent's Node object. Only logged for now: its labels
-/// (zone) and addresses are for the topology and NodePort work.
-async fn watch_node(client: Client, node: String, backoff_max: Duration, metrics: Metrics) {
-    let api: Api<RawObject> = Api::all_with(client, &ApiResource::erase::<Node>(&()));
+/// Follows this agent's Node object: whether it is eligible for
+/// load-balanced traffic (for `/healthz`). Its labels (zone) and addresses
+/// are for the topology and NodePort work.
+async fn watch_node(client: Client, node: String, backoff_max: Duration, api: Reachability) {
+    let nodes: Api<RawObject> = Api::all_with(client, &ApiResource::erase::<Node>(&()));
     let config = watcher::Config::default().fields(&format!("metadata.name={node}"));
-    let mut stream = watcher::watcher(api, config).backoff(Retry::new(backoff_max)).boxed();
+    let mut stream = watcher::watcher(nodes, config).backoff(Retry::new(backoff_max)).boxed();
+    let metrics = &api.metrics;
     let mut failing = false;
+    // Whether the Node exists, and whether the list in progress has it.
+    let (mut known, mut listed) = (false, false);
     while let Some(event) = stream.next().await {
+        if event.is_ok() {
+            api.reached();
+        }
         match event {
             Ok(Event::Apply(raw) | Event::InitApply(raw)) => {
                 failing = false;
+                (known, listed) = (true, true);
                 match serde_path_to_error::deserialize::<_, Node>(&raw.value) {
                     Ok(n) => {
                         let zone = n
@@ -319,23 +518,104 @@ async fn watch_node(client: Client, node: String, backoff_max: Duration, metrics
                             .and_then(|l| l.get("topology.kubernetes.io/zone"))
                             .cloned();
                         metrics.set_node_seen(true);
+                        set_eligibility(metrics, &node, node_ineligible(&n));
                         debug!(node, ?zone, "node updated");
                     }
                     Err(e) => warn!("Node {node}: invalid field `{}`: {}; ignored", e.path(), e.inner()),
                 }
             }
             Ok(Event::Delete(_)) => {
-                metrics.set_node_seen(false);
-                warn!("Node {node} was deleted");
+                known = false;
+                node_deleted(metrics, &node);
             }
-            Ok(Event::Init | Event::InitDone) => {}
+            Ok(Event::Init) => listed = false,
+            Ok(Event::InitDone) => {
+                // A relist without the Node: it was deleted meanwhile.
+                if known && !listed {
+                    known = false;
+                    node_deleted(metrics, &node);
+                }
+            }
             Err(e) => {
                 metrics.api_error_node();
-                if !failing {
-                    warn!("watching Node {node}: {e}; retrying with backoff");
+                if is_unreachable(&e) {
+                    api.failed("watching this Node", &e);
+                } else if !failing {
+                    failing = true;
+                    log_watch_error(&format!("watching Node {node}"), &e);
                 }
-                failing = true;
             }
         }
+    }
+}
+
+/// This node's Node is gone: it takes no load-balanced traffic any more.
+fn node_deleted(metrics: &Metrics, node: &str) {
+    metrics.set_node_seen(false);
+    warn!("Node {node} was deleted");
+    set_eligibility(metrics, node, Some("the Node was deleted".to_string()));
+}
+
+#[cfg(test)]
+mod node_tests {
+    use k8s_openapi::{
+        api::core::v1::{NodeSpec, Taint},
+        apimachinery::pkg::apis::meta::v1::Time,
+    };
+
+    use super::*;
+
+    fn node(deleting: bool, taints: &[&str]) -> Node {
+        Node {
+            metadata: ObjectMeta {
+                name: Some("n".into()),
+                deletion_timestamp: deleting.then(|| Time(Default::default())),
+                ..ObjectMeta::default()
+            },
+            spec: Some(NodeSpec {
+                taints: Some(
+                    taints
+                        .iter()
+                        .map(|k| Taint { key: k.to_string(), effect: "NoSchedule".into(), ..Taint::default() })
+                        .collect(),
+                ),
+                ..NodeSpec::default()
+            }),
+            ..Node::default()
+        }
+    }
+
+    #[test]
+    fn eligibility_follows_kube_proxy() {
+        assert_eq!(node_ineligible(&node(false, &[])), None);
+        assert_eq!(node_ineligible(&node(false, &["node.kubernetes.io/unschedulable"])), None);
+        assert!(node_ineligible(&node(true, &[])).unwrap().contains("deletionTimestamp"));
+        let why = node_ineligible(&node(false, &["a", TO_BE_DELETED_TAINT])).unwrap();
+        assert!(why.contains(TO_BE_DELETED_TAINT), "{why}");
+        assert_eq!(node_ineligible(&Node::default()), None);
+    }
+
+    #[test]
+    fn api_server_addresses() {
+        assert_eq!(parse_api_server("https://10.0.0.1:6443").as_deref(), Ok("https://10.0.0.1:6443"));
+        assert_eq!(parse_api_server("10.0.0.1:6443").as_deref(), Ok("https://10.0.0.1:6443"));
+        assert_eq!(parse_api_server(" api.example:443 ").as_deref(), Ok("https://api.example:443"));
+        assert!(parse_api_server("http://[fd00::1]:6443").is_ok());
+        for bad in ["", "ftp://10.0.0.1", "https://", "https://10.0.0.1:port"] {
+            assert!(parse_api_server(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn error_chains_skip_repeated_causes() {
+        #[derive(Debug, thiserror::Error)]
+        #[error("outer: {0}")]
+        struct Repeats(#[source] std::io::Error);
+        #[derive(Debug, thiserror::Error)]
+        #[error("outer")]
+        struct Hides(#[source] std::io::Error);
+        let io = || std::io::Error::other("refused");
+        assert_eq!(error_chain(&Repeats(io())), "outer: refused");
+        assert_eq!(error_chain(&Hides(io())), "outer: refused");
     }
 }
