@@ -605,7 +605,19 @@ pub fn cleanup(dir: &Path) -> anyhow::Result<()> {
     if !dir.exists() {
         return Ok(());
     }
-    let _lock = DirLock::take(dir).context("`lb-agent uninstall` runs only with no agent on the node (delete the DaemonSet first)")?;
+    // A process forked from one that held the lock shares it until it
+    // execs: wait that out before calling the directory busy.
+    let mut tries = 0;
+    let _lock = loop {
+        match DirLock::take(dir) {
+            Ok(lock) => break lock,
+            Err(_) if tries < 20 => {
+                tries += 1;
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            Err(e) => return Err(e.context("`lb-agent uninstall` runs only with no agent on the node (delete the DaemonSet first)")),
+        }
+    };
     for (pin, path) in links::pinned(dir)? {
         match links::remove(&path) {
             Ok(()) => info!(link = %pin.file_name(), "detached and unpinned"),

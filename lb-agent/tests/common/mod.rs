@@ -54,7 +54,9 @@ impl PinDir {
 
 impl Drop for PinDir {
     fn drop(&mut self) {
-        let _ = lb_agent::datapath::cleanup(&self.0);
+        if let Err(e) = lb_agent::datapath::cleanup(&self.0) {
+            eprintln!("removing {}: {e:#}", self.0.display());
+        }
     }
 }
 
@@ -316,7 +318,7 @@ impl Loaded {
     pub fn new(tag: &str, desired: Desired) -> Loaded {
         let pins = PinDir::new(tag);
         let sizes = MapSizes { services: 64, backends: 64, slots: 256, ct_tcp: 4096, ct_any: 4096, affinity: 256 };
-        let dp = Datapath::load(&pins.0, &sizes).expect("loading the datapath");
+        let dp = Datapath::load(&pins.0, &sizes).unwrap_or_else(|e| panic!("loading the datapath: {e:#}"));
         let mut maps = Maps::open(&pins.0).unwrap();
         maps.write_config(&Config::ready(0)).unwrap();
         let mut reconciler = Reconciler::recover(maps).unwrap();
