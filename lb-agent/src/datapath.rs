@@ -6,7 +6,6 @@ use std::{
     fs::File,
     os::fd::{AsFd, AsRawFd},
     path::{Path, PathBuf},
-    str::FromStr,
 };
 
 use anyhow::{Context, bail};
@@ -41,14 +40,15 @@ pub struct MapSizes {
 impl MapSizes {
     /// The size asked for a map, by name; `None` for maps of fixed size.
     pub fn for_map(&self, name: &str) -> Option<u32> {
-        Some(match name {
-            names::SERVICES | names::REVNAT | names::SVC_NAMES | names::VIPS => self.services,
-            names::BACKENDS => self.backends,
-            names::SLOTS => self.slots,
-            names::CT_TCP => self.ct_tcp,
-            names::CT_ANY => self.ct_any,
-            names::AFFINITY => self.affinity,
-            _ => return None,
+        use lb_common::SizedBy;
+        Some(match lb_common::layout::sized_by(name) {
+            SizedBy::Services => self.services,
+            SizedBy::Backends => self.backends,
+            SizedBy::Slots => self.slots,
+            SizedBy::CtTcp => self.ct_tcp,
+            SizedBy::CtAny => self.ct_any,
+            SizedBy::Affinity => self.affinity,
+            SizedBy::Fixed => return None,
         })
     }
 }
@@ -79,29 +79,19 @@ pub const XDP_PROGRAM: &str = "lb_xdp";
 /// The no-op XDP program (benchmark floor; not loaded by [`Datapath::load`]).
 pub const XDP_PASS_PROGRAM: &str = "lb_xdp_pass";
 
-/// How the XDP program is attached to the external interfaces.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// How the XDP program is attached to the external interfaces
+/// (`--xdp-mode`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum XdpAttach {
-    /// Native (driver) XDP where the driver supports it, else generic.
+    /// Native (driver) XDP where the driver runs it well, else generic.
     #[default]
     Auto,
     /// Native only: fail when the driver does not support it.
     Native,
     /// Generic (skb) XDP only.
     Generic,
-}
-
-impl FromStr for XdpAttach {
-    type Err = String;
-
-    fn from_str(s: &str) -> Result<Self, Self::Err> {
-        match s {
-            "auto" => Ok(XdpAttach::Auto),
-            "native" => Ok(XdpAttach::Native),
-            "generic" => Ok(XdpAttach::Generic),
-            other => Err(format!("{other:?} is not an XDP mode (auto, native or generic)")),
-        }
-    }
+    /// No XDP: north-south traffic is served from pods and hosts only.
+    Off,
 }
 
 impl fmt::Display for XdpAttach {
@@ -110,6 +100,7 @@ impl fmt::Display for XdpAttach {
             XdpAttach::Auto => "auto",
             XdpAttach::Native => "native",
             XdpAttach::Generic => "generic",
+            XdpAttach::Off => "off",
         })
     }
 }
@@ -387,6 +378,7 @@ impl Datapath {
             }
         }
         let (mode, why) = match want {
+            XdpAttach::Off => bail!("attaching XDP to {ifname} with --xdp-mode off"),
             XdpAttach::Native => {
                 self.attach_xdp_mode(ifindex, ifname, xdp_mode::NATIVE).with_context(|| {
                     format!("attaching {XDP_PROGRAM} to {ifname} in native mode (does its driver support XDP? try --xdp-mode generic)")

@@ -1,17 +1,26 @@
 //! lb node agent: turns Services and EndpointSlices into the eBPF
 //! datapath's maps.
 //!
+//! The sync path ([`sync::Syncer`]), in order:
 //! - [`source`] follows the Kubernetes API ([`source::kube`]) or a
-//!   directory of YAML ([`source::dir`], read by [`manifest`]);
+//!   directory of YAML ([`source::dir`], read by [`manifest`]) into a
+//!   [`source::Store`];
 //! - [`translate`] applies kube-proxy's semantics and produces the desired
 //!   [`model`];
-//! - [`reconcile`] writes the difference into the pinned maps ([`maps`]);
-//! - [`datapath`] loads and attaches the programs;
+//! - [`northsouth::plan`] adds this node's frontends: NodePorts, external
+//!   and LoadBalancer IPs, `internalTrafficPolicy: Local`;
+//! - [`reconcile`] writes the difference into the pinned maps ([`maps`]).
+//!
+//! Around it:
+//! - [`datapath`] loads the programs and attaches them through pinned
+//!   links ([`links`]) that outlive the agent; [`layout`] decides which
+//!   pinned maps a new agent may reuse; [`linkwatch`] finds new pod
+//!   interfaces; [`netns`] holds the host plumbing (interfaces, routes,
+//!   sysctls, bpffs, cgroup2);
+//! - [`run`] is `lb-agent run`: the loop around all of this;
 //! - [`list`] renders what the maps hold;
-//! - [`health`] serves `/healthz`, `/readyz` and [`metrics`];
-//! - [`northsouth`] adds NodePort, external IP and LoadBalancer frontends
-//!   and attaches the XDP program; [`healthcheck`] serves health check
-//!   NodePorts.
+//! - [`health`] serves `/healthz`, `/livez`, `/readyz` and [`metrics`];
+//!   [`healthcheck`] serves the Services' health check NodePorts.
 
 pub mod batch;
 pub mod caps;
@@ -34,6 +43,7 @@ pub mod reconcile;
 pub mod run;
 pub mod slice;
 pub mod source;
+pub mod sync;
 pub mod testrun;
 pub mod translate;
 pub mod vips;

@@ -5,7 +5,9 @@ use std::{net::SocketAddr, path::PathBuf, time::Duration};
 use anyhow::Context;
 use clap::{ArgAction, Parser, Subcommand, builder::BoolishValueParser};
 use lb_agent::{
-    DEFAULT_BPFFS_DIR, datapath, list,
+    DEFAULT_BPFFS_DIR,
+    datapath::{self, XdpAttach},
+    list,
     maps::Maps,
     model::BackendSelection,
     northsouth::{self, NorthSouthConfig, PortRange},
@@ -167,8 +169,8 @@ struct RunArgs {
     snat_ports: PortRange,
     /// XDP attach mode on the external interfaces: auto (native where the
     /// driver supports it, else generic), native, generic, or off.
-    #[arg(long, env = "LB_XDP_MODE", default_value = "auto", value_parser = ["auto", "native", "generic", "off"])]
-    xdp_mode: String,
+    #[arg(long, env = "LB_XDP_MODE", value_enum, default_value_t = XdpAttach::Auto)]
+    xdp_mode: XdpAttach,
 }
 
 /// kube-rs's own messages about every failed request and broken watch:
@@ -247,12 +249,7 @@ fn main() -> anyhow::Result<()> {
                     snat_ip: args.snat_ip,
                     nodeport_range: args.nodeport_range,
                     snat_ports: args.snat_ports,
-                    xdp: args.xdp_mode != "off",
-                    xdp_mode: if args.xdp_mode == "off" {
-                        Default::default()
-                    } else {
-                        args.xdp_mode.parse().map_err(anyhow::Error::msg).context("--xdp-mode")?
-                    },
+                    xdp_mode: args.xdp_mode,
                 },
             };
             let rt = tokio::runtime::Builder::new_multi_thread()

@@ -223,6 +223,33 @@ pub struct PortModel {
     pub node_port: Option<u16>,
 }
 
+/// `spec.type` of a Service lb serves (`ExternalName` Services are not
+/// ours).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ServiceType {
+    #[default]
+    ClusterIp,
+    NodePort,
+    LoadBalancer,
+}
+
+impl ServiceType {
+    /// The type named by `spec.type` (`None`: not one lb serves).
+    pub fn parse(s: &str) -> Option<ServiceType> {
+        match s {
+            "ClusterIP" => Some(ServiceType::ClusterIp),
+            "NodePort" => Some(ServiceType::NodePort),
+            "LoadBalancer" => Some(ServiceType::LoadBalancer),
+            _ => None,
+        }
+    }
+
+    /// Whether the Service has NodePorts (LoadBalancer Services do too).
+    pub fn has_node_ports(self) -> bool {
+        matches!(self, ServiceType::NodePort | ServiceType::LoadBalancer)
+    }
+}
+
 /// Everything lb knows about a Service beyond its ClusterIP frontends:
 /// carried for the north-south, traffic-policy and affinity work even
 /// where the datapath does not use it yet. Invalid entries are left out
@@ -230,7 +257,7 @@ pub struct PortModel {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct ServiceModel {
     /// `spec.type` (`ClusterIP` when absent).
-    pub type_: String,
+    pub service_type: ServiceType,
     /// Every valid ClusterIP, both families.
     pub cluster_ips: Vec<IpAddr>,
     /// `spec.ipFamilies` (`IPv4`, `IPv6`).

@@ -219,3 +219,64 @@ mod tests {
         assert!(!glob_match("ab*ba", "aba"));
     }
 }
+
+/// Interfaces of the IPv4 default routes (`/proc/net/route`).
+pub fn default_route_interfaces() -> std::io::Result<Vec<String>> {
+    let text = std::fs::read_to_string("/proc/net/route")?;
+    let mut out: Vec<String> = Vec::new();
+    for line in text.lines().skip(1) {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() >= 8 && f[1] == "00000000" && f[7] == "00000000" && !out.iter().any(|n| n == f[0]) {
+            out.push(f[0].to_string());
+        }
+    }
+    Ok(out)
+}
+
+/// (interface, IPv4 address) of every address in this network namespace.
+pub fn interface_addresses() -> std::io::Result<Vec<(String, std::net::Ipv4Addr)>> {
+    let mut out = Vec::new();
+    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `list`, freed below with freeifaddrs.
+    if unsafe { libc::getifaddrs(&mut list) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mut cur = list;
+    while !cur.is_null() {
+        // SAFETY: a valid element of the list.
+        let ifa = unsafe { &*cur };
+        if !ifa.ifa_addr.is_null() && unsafe { (*ifa.ifa_addr).sa_family } as i32 == libc::AF_INET {
+            // SAFETY: AF_INET addresses are sockaddr_in.
+            let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
+            let ip = std::net::Ipv4Addr::from(sin.sin_addr.s_addr.to_ne_bytes());
+            // SAFETY: a NUL-terminated name.
+            let name = unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) }.to_string_lossy().into_owned();
+            out.push((name, ip));
+        }
+        cur = ifa.ifa_next;
+    }
+    // SAFETY: the list from getifaddrs.
+    unsafe { libc::freeifaddrs(list) };
+    Ok(out)
+}
+
+/// Turns accept_local on for `name` unless it is on already (for the
+/// interface or for all): an agent without a writable /proc/sys (not
+/// privileged) relies on the DaemonSet's prepare-node init container.
+pub fn ensure_accept_local(name: &str) {
+    let on = |key: &str| std::fs::read_to_string(format!("/proc/sys/net/ipv4/conf/{key}/accept_local")).is_ok_and(|v| v.trim() == "1");
+    if on("all") || on(name) {
+        return;
+    }
+    if let Err(e) = sysctl(&format!("net/ipv4/conf/{name}/accept_local"), "1") {
+        tracing::warn!(
+            "accept_local is off on {name} and setting it failed ({e}): replies of SNATed NodePort flows may be dropped \
+             as martians; set net.ipv4.conf.{name}.accept_local=1 (the DaemonSet's prepare-node init container does)"
+        );
+    }
+}
+
+/// Writes a sysctl of the agent's network namespace.
+pub fn sysctl(key: &str, value: &str) -> std::io::Result<()> {
+    std::fs::write(format!("/proc/sys/{key}"), value)
+}

@@ -11,13 +11,12 @@
 //!   apply to the LoadBalancer ingress frontends (as kube-proxy), and the
 //!   health check NodePort reports this node's ready endpoints.
 //! - [`NorthSouth`] is the agent side at run time: it attaches the XDP
-//!   program, writes this node's settings (`LB_NODE`, `LB_DEVICES`), adds
-//!   the planned frontends to every sync and keeps the health check
-//!   servers in step.
+//!   program, writes this node's settings (`LB_NODE`, `LB_DEVICES`), knows
+//!   what [`plan`] needs about the node, logs each planning problem once
+//!   and keeps the health check servers in step ([`crate::sync`] calls it).
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    ffi::CStr,
     fmt,
     net::{IpAddr, Ipv4Addr},
     str::FromStr,
@@ -29,11 +28,11 @@ use tracing::{info, warn};
 
 use crate::{
     datapath::{Datapath, XdpAttach, xdp_mode_name, xdp_why_text},
-    netns::ifindex,
+    netns::{default_route_interfaces, ensure_accept_local, ifindex, interface_addresses},
     health::Heartbeat,
     healthcheck::HealthChecks,
-    model::{Backend, Cidr, Desired, Frontend, FrontendAddr, ServiceRef, TrafficPolicy},
-    reconcile::{Reconciler, Stats},
+    model::{Backend, Cidr, Desired, Frontend, FrontendAddr, ServiceRef, ServiceType, TrafficPolicy},
+    reconcile::Reconciler,
     translate::Translation,
 };
 
@@ -138,8 +137,8 @@ pub fn plan(t: &Translation, node: &NodeInfo) -> Plan {
         }
         let local = m.external_traffic_policy == TrafficPolicy::Local;
         let base_flags = m.flags & INHERITED;
-        let is_lb = m.type_ == "LoadBalancer";
-        let has_node_ports = is_lb || m.type_ == "NodePort";
+        let is_lb = m.service_type == ServiceType::LoadBalancer;
+        let has_node_ports = m.service_type.has_node_ports();
         // Most Services are ClusterIP only: nothing to do here.
         if !has_node_ports && m.external_ips.is_empty() {
             continue;
@@ -237,9 +236,8 @@ pub struct NorthSouthConfig {
     pub snat_ip: Option<Ipv4Addr>,
     pub nodeport_range: PortRange,
     pub snat_ports: PortRange,
+    /// How to attach the XDP program (`Off`: not at all).
     pub xdp_mode: XdpAttach,
-    /// Attach the XDP program at all.
-    pub xdp: bool,
 }
 
 impl Default for NorthSouthConfig {
@@ -252,7 +250,6 @@ impl Default for NorthSouthConfig {
             nodeport_range: DEFAULT_NODEPORT_RANGE,
             snat_ports: DEFAULT_SNAT_PORTS,
             xdp_mode: XdpAttach::Auto,
-            xdp: true,
         }
     }
 }
@@ -285,10 +282,11 @@ impl NorthSouth {
         }
         let snat = cfg.snat_ip.or_else(|| node_ips.first().copied());
         let maps = reconciler.maps_mut();
-        if cfg.xdp && ifaces.is_empty() {
+        let xdp = cfg.xdp_mode != XdpAttach::Off;
+        if xdp && ifaces.is_empty() {
             warn!("no external interface (no --external-ifaces and no default route): NodePorts, external and LoadBalancer IPs are not served from outside");
         }
-        if cfg.xdp {
+        if xdp {
             for name in &ifaces {
                 let (mode, why) = dp.attach_xdp(name, cfg.xdp_mode)?;
                 // A packet XDP hands to the kernel after translating it may
@@ -343,85 +341,26 @@ impl NorthSouth {
         })
     }
 
-    /// Adds the north-south frontends to `t`, writes everything, then the
-    /// source ranges (which need the frontends' IDs), and updates the
-    /// health check servers. Returns what the reconciler did.
-    ///
-    /// Returns the reconciler's stats and how many north-south frontends
-    /// were skipped (each logged once).
-    pub fn apply(&mut self, t: &Translation, reconciler: &mut Reconciler) -> (Stats, usize) {
-        let plan = plan(t, &self.node);
+    /// What planning needs to know about this node.
+    pub fn node(&self) -> &NodeInfo {
+        &self.node
+    }
+
+    /// Logs each problem of `plan` once (a Service that stays broken is not
+    /// logged at every sync); returns how many frontends were skipped.
+    pub fn log_problems(&mut self, plan: &Plan) -> usize {
         for p in &plan.problems {
             if self.logged.insert(p.clone()) {
                 warn!("{p}");
             }
         }
-        let mut stats = reconciler.apply_all(&[&t.desired, &plan.internal, &plan.frontends]);
-        reconciler.apply_source_ranges(&plan.source_ranges, &mut stats);
+        plan.problems.len()
+    }
+
+    /// Brings the health check NodePort servers in step with `plan`.
+    pub fn sync_health_checks(&mut self, plan: &Plan) {
         self.health.sync(&plan.health_checks);
-        (stats, plan.problems.len())
     }
-}
-
-/// Interfaces of the IPv4 default routes (`/proc/net/route`).
-pub fn default_route_interfaces() -> std::io::Result<Vec<String>> {
-    let text = std::fs::read_to_string("/proc/net/route")?;
-    let mut out: Vec<String> = Vec::new();
-    for line in text.lines().skip(1) {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        if f.len() >= 8 && f[1] == "00000000" && f[7] == "00000000" && !out.iter().any(|n| n == f[0]) {
-            out.push(f[0].to_string());
-        }
-    }
-    Ok(out)
-}
-
-/// (interface, IPv4 address) of every address in this network namespace.
-pub fn interface_addresses() -> std::io::Result<Vec<(String, Ipv4Addr)>> {
-    let mut out = Vec::new();
-    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: getifaddrs fills `list`, freed below with freeifaddrs.
-    if unsafe { libc::getifaddrs(&mut list) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    let mut cur = list;
-    while !cur.is_null() {
-        // SAFETY: a valid element of the list.
-        let ifa = unsafe { &*cur };
-        if !ifa.ifa_addr.is_null() && unsafe { (*ifa.ifa_addr).sa_family } as i32 == libc::AF_INET {
-            // SAFETY: AF_INET addresses are sockaddr_in.
-            let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
-            let ip = Ipv4Addr::from(sin.sin_addr.s_addr.to_ne_bytes());
-            // SAFETY: a NUL-terminated name.
-            let name = unsafe { CStr::from_ptr(ifa.ifa_name) }.to_string_lossy().into_owned();
-            out.push((name, ip));
-        }
-        cur = ifa.ifa_next;
-    }
-    // SAFETY: the list from getifaddrs.
-    unsafe { libc::freeifaddrs(list) };
-    Ok(out)
-}
-
-/// Turns accept_local on for `name` unless it is on already (for the
-/// interface or for all): an agent without a writable /proc/sys (not
-/// privileged) relies on the DaemonSet's prepare-node init container.
-fn ensure_accept_local(name: &str) {
-    let on = |key: &str| std::fs::read_to_string(format!("/proc/sys/net/ipv4/conf/{key}/accept_local")).is_ok_and(|v| v.trim() == "1");
-    if on("all") || on(name) {
-        return;
-    }
-    if let Err(e) = sysctl(&format!("net/ipv4/conf/{name}/accept_local"), "1") {
-        warn!(
-            "accept_local is off on {name} and setting it failed ({e}): replies of SNATed NodePort flows may be dropped \
-             as martians; set net.ipv4.conf.{name}.accept_local=1 (the DaemonSet's prepare-node init container does)"
-        );
-    }
-}
-
-/// Writes a sysctl of the agent's network namespace.
-fn sysctl(key: &str, value: &str) -> std::io::Result<()> {
-    std::fs::write(format!("/proc/sys/{key}"), value)
 }
 
 #[cfg(test)]

@@ -26,12 +26,13 @@ use crate::{
     health::{self, Heartbeat},
     linkwatch::{LinkEvent, LinkEvents},
     maps::Maps,
-    metrics::{Metrics, SyncRecord},
+    metrics::Metrics,
     netns,
     northsouth::{NorthSouth, NorthSouthConfig},
     reconcile::Reconciler,
-    source::{self, Store, kube::KubeOptions},
-    translate::{self, TranslateOptions},
+    source::{self, kube::KubeOptions},
+    sync::Syncer,
+    translate::TranslateOptions,
 };
 
 /// Where Services and EndpointSlices come from.
@@ -126,7 +127,8 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> anyhow::
         }
     };
     sync_interfaces(&mut dp, &cfg.pod_ifaces);
-    let mut north_south = NorthSouth::start(&cfg.north_south, &mut dp, &mut reconciler, heartbeat.clone())?;
+    let north_south = NorthSouth::start(&cfg.north_south, &mut dp, &mut reconciler, heartbeat.clone())?;
+    let mut syncer = Syncer::new(cfg.translate.clone(), north_south, reconciler, metrics.clone());
     // Links of an earlier agent that this one did not take over are hooks
     // it does not want.
     dp.drop_unadopted();
@@ -151,8 +153,6 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> anyhow::
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut gc_ticker = tokio::time::interval(cfg.ct_gc_interval);
     gc_ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut store = Store::default();
-    let mut translator = translate::Translator::default();
     // The first update not yet written to the maps, and when to write.
     let mut oldest_pending: Option<Instant> = None;
     let mut apply_at: Option<tokio::time::Instant> = None;
@@ -173,7 +173,7 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> anyhow::
                     link_events = None;
                 }
             },
-            _ = gc_ticker.tick() => gc::collect(&mut reconciler, &cfg.ct_timeouts),
+            _ = gc_ticker.tick() => gc::collect(syncer.reconciler_mut(), &cfg.ct_timeouts),
             batch = rx.recv(), if !sources_done => {
                 let Some(batch) = batch else {
                     // Keep attaching interfaces and answering health checks.
@@ -183,7 +183,7 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> anyhow::
                 };
                 let seen = batch.seen;
                 for update in batch.updates {
-                    store.apply(update);
+                    syncer.take(update);
                 }
                 oldest_pending = Some(oldest_pending.map_or(seen, |o| o.min(seen)));
                 if apply_at.is_none() {
@@ -196,7 +196,7 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> anyhow::
             _ = async { tokio::time::sleep_until(deadline.unwrap()).await }, if deadline.is_some() => {
                 apply_at = None;
                 heartbeat.beat();
-                if !store.ready() {
+                if !syncer.ready() {
                     if !waiting_logged {
                         info!("waiting for complete lists of Services and EndpointSlices before writing the maps");
                         waiting_logged = true;
@@ -208,7 +208,7 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> anyhow::
                     SourceConfig::Dir { .. } => "synced manifests",
                     SourceConfig::Kube(_) => "synced from the API server",
                 };
-                sync(&mut store, &mut translator, &cfg.translate, &mut reconciler, &mut north_south, first, &metrics, what);
+                syncer.sync(first, what);
                 if !dp.is_live() {
                     // The rebuilt maps hold a complete state now.
                     if let Err(e) = dp.go_live() {
@@ -223,51 +223,6 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> anyhow::
         task.abort();
     }
     Ok(())
-}
-
-/// Translates the store and writes the difference to the maps.
-#[allow(clippy::too_many_arguments)]
-fn sync(
-    store: &mut Store,
-    translator: &mut translate::Translator,
-    opts: &TranslateOptions,
-    reconciler: &mut Reconciler,
-    north_south: &mut NorthSouth,
-    first_seen: Instant,
-    metrics: &Metrics,
-    what: &str,
-) {
-    let started = Instant::now();
-    let translation = translator.update(store, opts);
-    let translated = started.elapsed();
-    let (stats, north_south_skipped) = north_south.apply(translation, reconciler);
-    let latency = first_seen.elapsed();
-    let record = SyncRecord {
-        latency,
-        map_ops: stats.ops,
-        map_errors: stats.errors.len() as u64,
-        skipped: store.skipped() + translation.problems.len() + north_south_skipped,
-        frontends: reconciler.frontend_count(),
-        services: translation.services.len(),
-    };
-    metrics.record_sync(&record);
-    info!(
-        services = record.services,
-        frontends = record.frontends,
-        added = stats.added,
-        updated = stats.updated,
-        removed = stats.removed,
-        map_ops = stats.ops,
-        skipped = record.skipped,
-        errors = stats.errors.len(),
-        latency_us = latency.as_micros() as u64,
-        apply_us = started.elapsed().as_micros() as u64,
-        translate_us = translated.as_micros() as u64,
-        "{what}"
-    );
-    for e in &stats.errors {
-        debug!("sync error: {e}");
-    }
 }
 
 /// Attaches the tc programs to every pod interface and lets go of those

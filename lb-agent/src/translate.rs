@@ -17,8 +17,8 @@
 //!   become `svc_flags` on the frontends; NodePorts, external IPs,
 //!   LoadBalancer ingress IPs, source ranges, the health check NodePort
 //!   and the dual-stack fields are validated and carried in
-//!   [`Translation::services`] for the north-south work (no frontends for
-//!   them yet).
+//!   [`Translation::services`], from which [`crate::northsouth::plan`]
+//!   makes this node's NodePort, external IP and LoadBalancer frontends.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -34,7 +34,7 @@ use crate::{
     source::{ObjectKey, Store, Touched},
     model::{
         Backend, BackendAddr, BackendSelection, Cidr, Desired, Frontend, FrontendAddr, PortModel,
-        Protocol, ServiceModel, ServiceRef, TrafficPolicy,
+        Protocol, ServiceModel, ServiceRef, ServiceType, TrafficPolicy,
     },
 };
 
@@ -311,17 +311,12 @@ fn service_model(
     opts: &TranslateOptions,
     out: &mut Translation,
 ) -> ServiceModel {
-    let mut m = ServiceModel {
-        type_: spec.type_.clone().unwrap_or_else(|| "ClusterIP".into()),
-        ..ServiceModel::default()
-    };
-    if !matches!(m.type_.as_str(), "ClusterIP" | "NodePort" | "LoadBalancer") {
-        out.problems.insert(format!(
-            "{what}: field spec.type: unknown type {:?}, treated as ClusterIP",
-            m.type_
-        ));
-        m.type_ = "ClusterIP".into();
-    }
+    let type_name = spec.type_.as_deref().unwrap_or("ClusterIP");
+    let service_type = ServiceType::parse(type_name).unwrap_or_else(|| {
+        out.problems.insert(format!("{what}: field spec.type: unknown type {type_name:?}, treated as ClusterIP"));
+        ServiceType::ClusterIp
+    });
+    let mut m = ServiceModel { service_type, ..ServiceModel::default() };
 
     // Session affinity.
     match spec.session_affinity.as_deref() {

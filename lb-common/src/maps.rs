@@ -2,55 +2,66 @@
 
 use core::mem::{offset_of, size_of};
 
-/// Names of the maps, which are also their pin names under the bpffs
-/// directory. The kernel keeps at most 15 characters of a map name.
-pub mod names {
-    pub const SERVICES: &str = "LB4_SERVICES";
-    pub const SLOTS: &str = "LB4_SLOTS";
-    pub const BACKENDS: &str = "LB4_BACKENDS";
-    pub const REVNAT: &str = "LB4_REVNAT";
+/// Declares the map set once: each map's constant, its name (also its pin
+/// name under the bpffs directory; the kernel keeps at most 15 characters
+/// of a map name), its layout version and which capacity setting sizes it.
+/// `names`, `layout::VERSIONS` and `layout::SIZED_BY` come from here; the
+/// key and value types and flags come from the eBPF object itself.
+macro_rules! map_set {
+    ($($(#[$doc:meta])* $konst:ident = $name:literal, version $version:literal, sized by $size:ident;)*) => {
+        /// Names of the maps, which are also their pin names.
+        pub mod names {
+            $($(#[$doc])* pub const $konst: &str = $name;)*
+
+            /// Every map the agent pins, in a stable order.
+            pub const ALL: [&str; [$($name),*].len()] = [$($konst),*];
+        }
+
+        /// (name, layout version) of every map, in `names::ALL` order.
+        const MAP_VERSIONS: [(&str, u32); [$($name),*].len()] = [$(($name, $version)),*];
+        /// (name, capacity setting) of every map, in `names::ALL` order.
+        const MAP_SIZED_BY: [(&str, SizedBy); [$($name),*].len()] = [$(($name, SizedBy::$size)),*];
+    };
+}
+
+/// Which capacity setting sizes a map.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SizedBy {
+    /// The frontend count (services, rev-NAT, names, VIPs).
+    Services,
+    Backends,
+    Slots,
+    CtTcp,
+    CtAny,
+    Affinity,
+    /// A size set in the eBPF object, not by the agent.
+    Fixed,
+}
+
+map_set! {
+    SERVICES = "LB4_SERVICES", version 2, sized by Services;
+    SLOTS = "LB4_SLOTS", version 2, sized by Slots;
+    BACKENDS = "LB4_BACKENDS", version 2, sized by Backends;
+    REVNAT = "LB4_REVNAT", version 2, sized by Services;
     /// Conntrack of TCP flows.
-    pub const CT_TCP: &str = "LB4_CT_TCP";
+    CT_TCP = "LB4_CT_TCP", version 2, sized by CtTcp;
     /// Conntrack of every other flow (UDP), so that DNS churn cannot evict
     /// idle established TCP flows.
-    pub const CT_ANY: &str = "LB4_CT_ANY";
-    pub const SOCK_REVNAT: &str = "LB4_SOCK_REVNAT";
-    pub const CONFIG: &str = "LB_CONFIG";
-    pub const SVC_NAMES: &str = "LB_SVC_NAMES";
-    pub const AFFINITY: &str = "LB4_AFFINITY";
-    pub const MAGLEV: &str = "LB4_MAGLEV";
-    pub const SRC_RANGES: &str = "LB4_SRC_RANGES";
-    pub const NODE: &str = "LB_NODE";
-    pub const DEVICES: &str = "LB_DEVICES";
-    pub const VIPS: &str = "LB4_VIPS";
-    pub const FRAGS: &str = "LB4_FRAGS";
-    pub const REJECT_RATE: &str = "LB4_REJECT_RATE";
-    pub const STATS: &str = "LB_STATS";
-    /// The layout version of every other pinned map (see [`super::layout`]).
-    pub const LAYOUT: &str = "LB_LAYOUT";
-
-    /// Every map the agent pins, in a stable order.
-    pub const ALL: [&str; 19] = [
-        SERVICES,
-        SLOTS,
-        BACKENDS,
-        REVNAT,
-        CT_TCP,
-        CT_ANY,
-        SOCK_REVNAT,
-        CONFIG,
-        SVC_NAMES,
-        AFFINITY,
-        MAGLEV,
-        SRC_RANGES,
-        NODE,
-        DEVICES,
-        VIPS,
-        FRAGS,
-        REJECT_RATE,
-        STATS,
-        LAYOUT,
-    ];
+    CT_ANY = "LB4_CT_ANY", version 2, sized by CtAny;
+    SOCK_REVNAT = "LB4_SOCK_REVNAT", version 2, sized by Fixed;
+    CONFIG = "LB_CONFIG", version 2, sized by Fixed;
+    SVC_NAMES = "LB_SVC_NAMES", version 2, sized by Services;
+    AFFINITY = "LB4_AFFINITY", version 2, sized by Affinity;
+    MAGLEV = "LB4_MAGLEV", version 2, sized by Fixed;
+    SRC_RANGES = "LB4_SRC_RANGES", version 2, sized by Fixed;
+    NODE = "LB_NODE", version 2, sized by Fixed;
+    DEVICES = "LB_DEVICES", version 2, sized by Fixed;
+    VIPS = "LB4_VIPS", version 2, sized by Services;
+    FRAGS = "LB4_FRAGS", version 2, sized by Fixed;
+    REJECT_RATE = "LB4_REJECT_RATE", version 2, sized by Fixed;
+    STATS = "LB_STATS", version 2, sized by Fixed;
+    /// The layout version of every other pinned map (see [`layout`]).
+    LAYOUT = "LB_LAYOUT", version 1, sized by Fixed;
 }
 
 /// Layout versions of the pinned maps. A map's version goes up whenever
@@ -59,35 +70,19 @@ pub mod names {
 /// it finds pinned with another version (or another type, key or value
 /// size, or flags) instead of reusing it.
 pub mod layout {
-    use super::names::*;
+    use super::names::{self, *};
 
     /// `LB_LAYOUT` keys: the map name, NUL-padded.
     pub const KEY_LEN: usize = 16;
 
-    /// 1: the first layout (key and value sizes checked, no `LB_LAYOUT`).
-    /// 2: array slots with versions, conntrack entries holding the whole
-    /// NAT (the real-node datapath).
-    pub const VERSIONS: [(&str, u32); 19] = [
-        (SERVICES, 2),
-        (SLOTS, 2),
-        (BACKENDS, 2),
-        (REVNAT, 2),
-        (CT_TCP, 2),
-        (CT_ANY, 2),
-        (SOCK_REVNAT, 2),
-        (CONFIG, 2),
-        (SVC_NAMES, 2),
-        (AFFINITY, 2),
-        (MAGLEV, 2),
-        (SRC_RANGES, 2),
-        (NODE, 2),
-        (DEVICES, 2),
-        (VIPS, 2),
-        (FRAGS, 2),
-        (REJECT_RATE, 2),
-        (STATS, 2),
-        (LAYOUT, 1),
-    ];
+    /// Layout versions, per map (declared in `map_set!`). 1: the first
+    /// layout (key and value sizes checked, no `LB_LAYOUT`); 2: array
+    /// slots with versions, conntrack entries holding the whole NAT (the
+    /// real-node datapath).
+    pub const VERSIONS: [(&str, u32); names::ALL.len()] = super::MAP_VERSIONS;
+
+    /// Which capacity setting sizes each map (declared in `map_set!`).
+    pub const SIZED_BY: [(&str, super::SizedBy); names::ALL.len()] = super::MAP_SIZED_BY;
 
     /// The version this build writes for `name` (0: not a map of ours).
     pub fn version(name: &str) -> u32 {
@@ -99,6 +94,18 @@ pub mod layout {
             i += 1;
         }
         0
+    }
+
+    /// Which capacity setting sizes `name` (`Fixed` for a map not ours).
+    pub fn sized_by(name: &str) -> super::SizedBy {
+        let mut i = 0;
+        while i < SIZED_BY.len() {
+            if eq(SIZED_BY[i].0, name) {
+                return SIZED_BY[i].1;
+            }
+            i += 1;
+        }
+        super::SizedBy::Fixed
     }
 
     fn eq(a: &str, b: &str) -> bool {
@@ -843,6 +850,8 @@ mod north_south_tests {
             assert!(name.len() < layout::KEY_LEN, "{name} fits a LB_LAYOUT key");
         }
         assert_eq!(layout::version("LB4_OTHER"), 0);
+        assert_eq!(layout::sized_by(names::CT_TCP), SizedBy::CtTcp);
+        assert_eq!(layout::sized_by(names::LAYOUT), SizedBy::Fixed);
         assert_eq!(&layout::key("LB4_VIPS")[..9], b"LB4_VIPS\0");
     }
 

@@ -260,7 +260,7 @@ fn service_semantics_become_flags_and_model() {
     assert_eq!(t.desired.len(), 1);
 
     let m = &t.services[&ServiceRef { namespace: "prod".into(), name: "lb".into() }];
-    assert_eq!(m.type_, "LoadBalancer");
+    assert_eq!(m.service_type, ServiceType::LoadBalancer);
     assert_eq!(m.cluster_ips.len(), 2);
     assert_eq!(m.ip_families, ["IPv4", "IPv6"]);
     assert_eq!(m.ip_family_policy.as_deref(), Some("PreferDualStack"));

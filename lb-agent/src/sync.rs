@@ -1,0 +1,92 @@
+//! The sync path, in one place: updates from a source go into the
+//! [`Store`]; a sync translates it (kube-proxy's semantics,
+//! [`translate`]), plans this node's frontends ([`northsouth::plan`]:
+//! NodePorts, external and LoadBalancer IPs, `internalTrafficPolicy:
+//! Local`), writes the difference to the maps ([`Reconciler`]), then the
+//! source ranges, and brings the health check servers and the metrics up
+//! to date.
+
+use std::time::Instant;
+
+use tracing::{debug, info};
+
+use crate::{
+    metrics::{Metrics, SyncRecord},
+    northsouth::{self, NorthSouth},
+    reconcile::Reconciler,
+    source::{Store, Update},
+    translate::{TranslateOptions, Translator},
+};
+
+/// Source state in, map writes out.
+pub struct Syncer {
+    store: Store,
+    translator: Translator,
+    opts: TranslateOptions,
+    north_south: NorthSouth,
+    reconciler: Reconciler,
+    metrics: Metrics,
+}
+
+impl Syncer {
+    pub fn new(opts: TranslateOptions, north_south: NorthSouth, reconciler: Reconciler, metrics: Metrics) -> Syncer {
+        Syncer { store: Store::default(), translator: Translator::default(), opts, north_south, reconciler, metrics }
+    }
+
+    /// Takes an update from a source (nothing is written yet).
+    pub fn take(&mut self, update: Update) {
+        self.store.apply(update);
+    }
+
+    /// Whether the source has listed everything at least once: before
+    /// that, a sync would remove what it has not seen yet.
+    pub fn ready(&self) -> bool {
+        self.store.ready()
+    }
+
+    /// The reconciler, for what is not a sync (conntrack GC, settings).
+    pub fn reconciler_mut(&mut self) -> &mut Reconciler {
+        &mut self.reconciler
+    }
+
+    /// Writes the current state to the maps. `first_seen` is when the
+    /// oldest update in it arrived; `what` says where it came from.
+    pub fn sync(&mut self, first_seen: Instant, what: &str) -> SyncRecord {
+        let started = Instant::now();
+        let translation = self.translator.update(&mut self.store, &self.opts);
+        let translated = started.elapsed();
+        let plan = northsouth::plan(translation, self.north_south.node());
+        let north_south_skipped = self.north_south.log_problems(&plan);
+        let mut stats = self.reconciler.apply_all(&[&translation.desired, &plan.internal, &plan.frontends]);
+        self.reconciler.apply_source_ranges(&plan.source_ranges, &mut stats);
+        self.north_south.sync_health_checks(&plan);
+        let latency = first_seen.elapsed();
+        let record = SyncRecord {
+            latency,
+            map_ops: stats.ops,
+            map_errors: stats.errors.len() as u64,
+            skipped: self.store.skipped() + translation.problems.len() + north_south_skipped,
+            frontends: self.reconciler.frontend_count(),
+            services: translation.services.len(),
+        };
+        self.metrics.record_sync(&record);
+        info!(
+            services = record.services,
+            frontends = record.frontends,
+            added = stats.added,
+            updated = stats.updated,
+            removed = stats.removed,
+            map_ops = stats.ops,
+            skipped = record.skipped,
+            errors = stats.errors.len(),
+            latency_us = latency.as_micros() as u64,
+            apply_us = started.elapsed().as_micros() as u64,
+            translate_us = translated.as_micros() as u64,
+            "{what}"
+        );
+        for e in &stats.errors {
+            debug!("sync error: {e}");
+        }
+        record
+    }
+}
