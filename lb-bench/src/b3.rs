@@ -124,7 +124,9 @@ fn budgeted(mut cmd: std::process::Command, input: &str, budget: Duration) -> Re
     })
 }
 
-fn map_sizes(services: usize, endpoints: usize) -> MapSizes {
+/// Map sizes for `services` x `endpoints` distinct backends, with room
+/// for a spare slot generation.
+pub(crate) fn map_sizes(services: usize, endpoints: usize) -> MapSizes {
     let fe = services as u32 + 1024;
     let be = (services * (endpoints + 1)) as u32 + 1024;
     MapSizes {
@@ -367,7 +369,7 @@ pub fn manifests(svcs: &[Svc]) -> String {
 }
 
 /// As [`manifests`], the first Service named `svc-<first>`.
-fn manifests_from(svcs: &[Svc], first: usize) -> String {
+pub(crate) fn manifests_from(svcs: &[Svc], first: usize) -> String {
     let mut out = String::with_capacity(svcs.len() * 700);
     for (i, s) in svcs.iter().enumerate() {
         let name = format!("svc-{}", first + i);
@@ -495,7 +497,8 @@ fn agent_run(bin: &Path, svcs: &[Svc], extra: &Svc, o: &B3Options, prefill: bool
     })
 }
 
-struct DirGuard(std::path::PathBuf);
+/// A directory removed (with what it holds) on drop.
+pub(crate) struct DirGuard(pub(crate) std::path::PathBuf);
 
 impl Drop for DirGuard {
     fn drop(&mut self) {

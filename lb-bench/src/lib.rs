@@ -8,12 +8,15 @@
 //!   against kube-proxy's iptables and nftables rules;
 //! - B3 ([`b3`]): programming time and agent memory;
 //! - B4 ([`b4`]): throughput through the node;
-//! - B5: Maglev table build (`lb_agent::maglev::build`).
+//! - B5: Maglev table build (`lb_agent::maglev::build`);
+//! - B6 ([`b6`]): agent CPU and sync times under Service churn, next to
+//!   kube-proxy's rule syncs for the same churn.
 
 pub mod b1;
 pub mod b2;
 pub mod b3;
 pub mod b4;
+pub mod b6;
 pub mod dp;
 pub mod plot;
 pub mod report;
@@ -38,7 +41,9 @@ pub struct Options {
     pub b4: Option<b4::B4Options>,
     /// B5: Maglev table build.
     pub b5: bool,
-    /// The `lb-agent` binary (B3's memory measurement); `None` skips it.
+    pub b6: Option<b6::B6Options>,
+    /// The `lb-agent` binary (B3's memory measurement, B6's lb row);
+    /// `None` skips those.
     pub agent_bin: Option<PathBuf>,
     /// The command line, for the report.
     pub command: String,
@@ -73,6 +78,12 @@ impl Options {
             }),
             b4: Some(b4::B4Options { seconds: 3.0 }),
             b5: true,
+            b6: Some(b6::B6Options {
+                seconds: 20.0,
+                base_services: 1_000,
+                baseline_budget: std::time::Duration::from_secs(200),
+                quiet_max: std::time::Duration::from_secs(300),
+            }),
             agent_bin: None,
             command: "cargo xtask bench --quick".into(),
         }
@@ -97,6 +108,11 @@ impl Options {
             b3.agent_prefilled = false;
             b3.baseline_budget = std::time::Duration::from_secs(3 * 3600);
             b3.iptables_resync = true;
+        }
+        if let Some(b6) = &mut o.b6 {
+            b6.seconds = 60.0;
+            b6.base_services = 10_000;
+            b6.baseline_budget = std::time::Duration::from_secs(3 * 3600);
         }
         o.command = "cargo xtask bench".into();
         o
@@ -130,6 +146,14 @@ impl Options {
             }),
             b4: Some(b4::B4Options { seconds: 0.3 }),
             b5: true,
+            b6: Some(b6::B6Options {
+                seconds: 2.0,
+                base_services: 10,
+                baseline_budget: std::time::Duration::from_secs(60),
+                // No figure of the smoke test is read: do not wait long
+                // for a busy machine.
+                quiet_max: std::time::Duration::from_secs(5),
+            }),
             agent_bin: None,
             command: "smoke test".into(),
         }
@@ -157,33 +181,20 @@ pub fn run_all(opts: &Options, out_dir: &Path) -> Result<report::Report> {
             "lb-bench: B2 connection latency ({:?} services)",
             o.services
         );
-        // Baselines whose rules did not load within B3's budget at its
-        // size are not loaded again at that size or above.
-        let mut skip = Vec::new();
-        if let Some(b3) = &r.b3 {
-            for (kind, t) in [
-                (dp::Kind::Iptables, b3.iptables.full),
-                (dp::Kind::IptablesLegacy, b3.iptables_legacy.full),
-                (dp::Kind::Nftables, b3.nft.full),
-            ] {
-                if let sys::Took::Over(b) = t {
-                    skip.push((
-                        kind,
-                        b3.services,
-                        format!(
-                            "its rules did not load within {} s in B3 at {} services",
-                            b.as_secs(),
-                            b3.services
-                        ),
-                    ));
-                }
-            }
-        }
+        let skip = baseline_skips(&r);
         r.b2 = Some(b2::run(o, &skip).context("B2")?);
     }
     if let Some(o) = &opts.b4 {
         eprintln!("lb-bench: B4 throughput ({} s per run)", o.seconds);
         r.b4 = Some(b4::run(o).context("B4")?);
+    }
+    if let Some(o) = &opts.b6 {
+        eprintln!(
+            "lb-bench: B6 churn ({} s, {} base services)",
+            o.seconds, o.base_services
+        );
+        let skip = baseline_skips(&r);
+        r.b6 = Some(b6::run(o, opts.agent_bin.as_deref(), &skip).context("B6")?);
     }
     if opts.b5 {
         r.b5 = b5();
@@ -193,6 +204,33 @@ pub fn run_all(opts: &Options, out_dir: &Path) -> Result<report::Report> {
     let md = report::markdown(&r, &plots);
     std::fs::write(out_dir.join("benchmarks.md"), md).context("writing benchmarks.md")?;
     Ok(r)
+}
+
+/// Baselines whose rules did not load within B3's budget at its size:
+/// (datapath, services, why). B2 and B6 do not load them again at that
+/// size or above.
+fn baseline_skips(r: &report::Report) -> Vec<(dp::Kind, usize, String)> {
+    let mut skip = Vec::new();
+    if let Some(b3) = &r.b3 {
+        for (kind, t) in [
+            (dp::Kind::Iptables, b3.iptables.full),
+            (dp::Kind::IptablesLegacy, b3.iptables_legacy.full),
+            (dp::Kind::Nftables, b3.nft.full),
+        ] {
+            if let sys::Took::Over(b) = t {
+                skip.push((
+                    kind,
+                    b3.services,
+                    format!(
+                        "its rules did not load within {} s in B3 at {} services",
+                        b.as_secs(),
+                        b3.services
+                    ),
+                ));
+            }
+        }
+    }
+    skip
 }
 
 /// B5: `lb_agent::maglev::build` for 100 and 1,000 backends at M = 16381

@@ -10,7 +10,7 @@ use lb_bench::{Options, report, run_all};
 #[derive(Parser)]
 #[command(
     name = "lb-bench",
-    about = "lb benchmarks: per-packet cost, connection latency, programming time, throughput"
+    about = "lb benchmarks: per-packet cost, connection latency, programming time, throughput, churn"
 )]
 struct Cli {
     /// A short run (a few minutes); without it, the full sizes.
@@ -19,10 +19,11 @@ struct Cli {
     /// Where benchmarks.md and the PNG plots go.
     #[arg(long, default_value = "docs")]
     out: PathBuf,
-    /// The lb-agent binary, for B3's memory measurement of a real agent.
+    /// The lb-agent binary, for B3's memory measurement of a real agent
+    /// and B6's churn (without it, B6's lb row is not run).
     #[arg(long)]
     agent: Option<PathBuf>,
-    /// Only these benchmarks (comma separated: b1,b2,b3,b4,b5).
+    /// Only these benchmarks (comma separated: b1,b2,b3,b4,b5,b6).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// B1: service counts.
@@ -50,8 +51,9 @@ struct Cli {
     /// B3: endpoints per service.
     #[arg(long)]
     b3_endpoints: Option<usize>,
-    /// B2/B3: seconds an iptables-restore / nft load may take before it is
-    /// stopped (and the point reported as not measured).
+    /// B2/B3/B6: seconds an iptables-restore / nft load may take before it
+    /// is stopped (and the point reported as not measured); in B6 also the
+    /// budget of a baseline's whole churn.
     #[arg(long)]
     baseline_budget_s: Option<u64>,
     /// B3: the agent's full sync at full size is skipped (estimated from a
@@ -61,6 +63,12 @@ struct Cli {
     /// B4: seconds per throughput run.
     #[arg(long)]
     b4_seconds: Option<f64>,
+    /// B6: seconds of churn (one step every 200 ms).
+    #[arg(long)]
+    b6_seconds: Option<f64>,
+    /// B6: static Services (10 endpoints each) under the churn.
+    #[arg(long)]
+    b6_base_services: Option<usize>,
     /// Print the kube-proxy iptables ruleset (iptables-restore input) for
     /// this many services x 10 endpoints, and exit.
     #[arg(long)]
@@ -133,6 +141,9 @@ fn main() -> Result<()> {
         if let Some(b3) = &mut o.b3 {
             b3.baseline_budget = d;
         }
+        if let Some(b6) = &mut o.b6 {
+            b6.baseline_budget = d;
+        }
     }
     if let (Some(v), Some(b3)) = (cli.agent_full_sync_budget_s, &mut o.b3) {
         b3.full_sync_budget = std::time::Duration::from_secs(v);
@@ -140,6 +151,14 @@ fn main() -> Result<()> {
     if let Some(b4) = &mut o.b4 {
         if let Some(v) = cli.b4_seconds {
             b4.seconds = v;
+        }
+    }
+    if let Some(b6) = &mut o.b6 {
+        if let Some(v) = cli.b6_seconds {
+            b6.seconds = v;
+        }
+        if let Some(v) = cli.b6_base_services {
+            b6.base_services = v;
         }
     }
     if !cli.only.is_empty() {
@@ -155,6 +174,9 @@ fn main() -> Result<()> {
         }
         if !on("b4") {
             o.b4 = None;
+        }
+        if !on("b6") {
+            o.b6 = None;
         }
         o.b5 = on("b5");
     }

@@ -9,6 +9,7 @@ use crate::{
     b2::B2Row,
     b3::B3Result,
     b4::{self, B4Row},
+    b6::{B6Result, B6Row},
     dp::Kind,
     plot::fmt_count,
     sys,
@@ -25,6 +26,7 @@ pub struct Report {
     pub b4: Option<Vec<B4Row>>,
     /// B5's table, once the agent has a Maglev builder.
     pub b5: Option<String>,
+    pub b6: Option<B6Result>,
 }
 
 impl Report {
@@ -44,6 +46,7 @@ impl Report {
             b3: None,
             b4: None,
             b5: None,
+            b6: None,
         }
     }
 }
@@ -261,6 +264,57 @@ pub fn b4_table(rows: &[B4Row], seconds: f64) -> String {
     t
 }
 
+/// Microseconds as milliseconds, for B6's sync times.
+fn us_ms(us: f64) -> String {
+    ms(std::time::Duration::from_secs_f64(us / 1e6))
+}
+
+/// The B6 table.
+pub fn b6_table(b: &B6Result) -> String {
+    let mut t = String::new();
+    t.push_str("| datapath | steps | syncs (failed) | CPU over the churn | CPU per step | sync time p50 | sync time p99 | event → maps p50 / p99 | notes |\n");
+    t.push_str("|---|---:|---:|---:|---:|---:|---:|---:|---|\n");
+    for r in &b.rows {
+        let name = b6_name(r);
+        if let Some(why) = &r.not_run {
+            let _ = writeln!(t, "| {name} | – | – | – | – | – | – | – | {} |", why.replace('|', "/"));
+            continue;
+        }
+        let latency = match &r.latency {
+            Some(p) => format!("{} / {}", us_ms(p.p50), us_ms(p.p99)),
+            None => "–".into(),
+        };
+        let mut notes: Vec<String> = r.problems.iter().map(|p| format!("**{p}**")).collect();
+        notes.extend(r.notes.iter().cloned());
+        if let Some(e) = &r.error {
+            notes.push(format!("first failure: {e}"));
+        }
+        let notes = notes.join("; ");
+        let _ = writeln!(
+            t,
+            "| {name} | {} | {} ({}) | {:.2} s | {} | {} | {} | {latency} | {} |",
+            r.steps,
+            r.syncs,
+            r.failed,
+            r.cpu.as_secs_f64(),
+            ms(r.cpu_per_step()),
+            us_ms(r.sync.p50),
+            us_ms(r.sync.p99),
+            notes.replace('|', "/")
+        );
+    }
+    t
+}
+
+fn b6_name(r: &B6Row) -> &'static str {
+    match r.kind {
+        Kind::Ours => "lb: `lb-agent run` (agent process; sync time = its `apply_us`)",
+        Kind::Iptables => "kube-proxy iptables (nf_tables backend): `iptables-restore --noflush`",
+        Kind::IptablesLegacy => "kube-proxy iptables (legacy): `iptables-legacy-restore --noflush`",
+        Kind::Nftables => "kube-proxy nftables: `nft -f`",
+    }
+}
+
 /// Goals with our figures.
 pub fn goals(r: &Report) -> String {
     let mut t = String::new();
@@ -442,6 +496,47 @@ pub fn goals(r: &Report) -> String {
             }
         }
     }
+    if let Some(b) = &r.b6 {
+        let ran = |k: Kind| b.rows.iter().find(|r| r.kind == k && r.not_run.is_none());
+        if let Some(ours) = ran(Kind::Ours) {
+            let bases: Vec<&B6Row> = [Kind::Iptables, Kind::IptablesLegacy, Kind::Nftables]
+                .into_iter()
+                .filter_map(ran)
+                .filter(|r| r.failed == 0 && r.problems.is_empty())
+                .collect();
+            if !bases.is_empty() {
+                let p99 = bases.iter().map(|r| r.sync.p99).fold(f64::MAX, f64::min);
+                let _ = writeln!(
+                    t,
+                    "| B6: p99 sync time under churn ({} base Services) below every kube-proxy mode's p99 partial sync | ours {} (`apply_us`); {} | {} |",
+                    fmt_count(b.base_services as f64),
+                    us_ms(ours.sync.p99),
+                    bases
+                        .iter()
+                        .map(|r| format!("{} {}", r.kind, us_ms(r.sync.p99)))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    pass(ours.failed == 0 && ours.problems.is_empty() && ours.sync.p99 < p99)
+                );
+                let least = bases
+                    .iter()
+                    .map(|r| r.cpu_per_step())
+                    .min()
+                    .unwrap_or_default();
+                let _ = writeln!(
+                    t,
+                    "| B6: agent CPU per churn step below every kube-proxy mode's rule syncs (whole agent process against the sync commands alone) | ours {}; {} | {} |",
+                    ms(ours.cpu_per_step()),
+                    bases
+                        .iter()
+                        .map(|r| format!("{} {}", r.kind, ms(r.cpu_per_step())))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                    pass(ours.cpu_per_step() < least)
+                );
+            }
+        }
+    }
     t
 }
 
@@ -606,6 +701,59 @@ pub fn markdown(r: &Report, plots: &[String]) -> String {
             o.seconds
         );
     }
+    if let Some(b) = &r.b6 {
+        let o = r.options.b6.as_ref().expect("B6 ran");
+        md.push_str("## B6: agent CPU and sync time under Service churn\n\n");
+        md.push_str(&b6_table(b));
+        let _ = write!(
+            md,
+            "\nMethod. {} static Services ({} endpoints each, never changed) and, on top, `lb_lab::churn::Churn` (seed {}): every {} ms a step adds and removes \
+             filler Services (up to {} at once, 2 endpoints each), scales one Service (`scaled`) between 0 and 4 endpoints, renames its port (`http` ↔ `web`) every \
+             3rd step, flips it between random and Maglev selection every 4th and toggles its session affinity every 5th. {} steps ({} s) were generated once; \
+             over them {} filler Services were added and {} removed, with at most {} churn Services at once. Every datapath runs in a fresh lab node namespace \
+             (four pods) and gets the same steps on the same schedule, after the machine was quiet (as in B2; waiting at most {} s).\n\n\
+             - **lb**: the real agent, `lb-agent run --manifests DIR --pod-ifaces 'lbp*' --poll-interval-ms 100 --health-addr off --no-socket-lb` \
+             (default `--sync-delay-ms` 100), on a directory with one file per Service (Service and EndpointSlice), written before it starts. \
+             Once it logged its first sync, each step writes the files of added and updated Services (through a temporary file and a rename) and deletes \
+             those of removed ones. CPU is the agent's `utime + stime` from `/proc/<pid>/stat` from the first step to its sync of the last step's state \
+             (the first sync after the last write that holds the last step's Service count and that no other sync follows for {} s, or twice the longest \
+             gap between its syncs); syncs are the \"synced manifests\" lines logged meanwhile. Sync time is their `apply_us` (translation of what changed, north-south planning and \
+             the map writes); event → maps is their `latency_us`, from the moment the agent read the changed directory to the maps written, which holds \
+             the 100 ms `--sync-delay-ms` window in which it gathers a burst of changes. The manifest source re-reads and parses the whole directory \
+             (every Service's file) whenever a file changed, and the agent polls the directory and the interfaces every 100 ms; all of that is in the CPU \
+             figure (the notes give the idle rate and the syncs' own share). Against the API server the agent gets the changed objects alone.\n\
+             - **kube-proxy iptables** (`iptables-restore --noflush`, the nf_tables backend, and `iptables-legacy-restore --noflush`) and \
+             **kube-proxy nftables** (`nft -f`): the B3 rulesets of the static Services and the churn's initial ones are loaded first; then each \
+             step is one partial sync as kube-proxy makes it: iptables (`MinimizeIPTablesRestore`) rewrites `KUBE-SERVICES` with every Service, \
+             declares (so flushes) and rewrites the chains of added and updated Services, and declares and deletes (`-X`) the chains of removed Services \
+             and the `KUBE-SEP-*` chains of endpoints an updated Service lost; nftables deletes a removed Service's `service-ips` element (and its \
+             `cluster-ips` element when no Service keeps the address) and chains, rewrites added and updated Services' chains and elements, and deletes \
+             stale endpoint chains, in one transaction (kube-proxy flushes stale chains at once and deletes them a second later, a workaround for kernels \
+             before 6.2). The scaled Service is rewritten every step; its renamed port is another service port (the old one's chains go, the new one's \
+             come). A Service without endpoints is left out of the rules (treated as removed; kube-proxy would write a REJECT rule or a \
+             `no-endpoint-services` element for it); Maglev has no kube-proxy counterpart and session affinity is not rendered (kube-proxy adds `recent` \
+             matches or affinity sets). Each sync command is timed (wall, spawn to exit: the sync time) and its CPU is the `getrusage(RUSAGE_CHILDREN)` \
+             difference around it (user + system, the kernel's work in the command's syscalls included); steps run on the same {} ms schedule, back to \
+             back when a sync outlasts a step. A failing sync is counted and the churn goes on. After the churn the rules were checked (one \
+             `KUBE-SERVICES` rule or `service-ips` element per Service with endpoints). A baseline's full load and its whole churn each have a budget of {} s.\n\n\
+             The comparison favours the baselines: their CPU is the rule-loading commands alone, not kube-proxy's own work (watching the API, computing \
+             the rules, listing chains before an nftables sync), while lb's is its whole process, manifest parsing and polling included.\n\n",
+            fmt_count(b.base_services as f64),
+            crate::b6::BASE_ENDPOINTS,
+            crate::b6::SEED,
+            crate::b6::STEP.as_millis(),
+            lb_lab::churn::MAX_FILLERS,
+            b.steps,
+            o.seconds,
+            b.churn_added,
+            b.churn_removed,
+            b.churn_max,
+            o.quiet_max.as_secs(),
+            crate::b6::SETTLE.as_secs(),
+            crate::b6::STEP.as_millis(),
+            o.baseline_budget.as_secs()
+        );
+    }
     md.push_str("## B5: Maglev table build\n\n");
     match &r.b5 {
         Some(t) => md.push_str(t),
@@ -636,6 +784,9 @@ pub fn print(r: &Report) {
     if let Some(rows) = &r.b4 {
         let s = r.options.b4.as_ref().map(|o| o.seconds).unwrap_or(1.0);
         println!("== B4: throughput ==\n{}", b4_table(rows, s));
+    }
+    if let Some(b) = &r.b6 {
+        println!("== B6: churn ==\n{}", b6_table(b));
     }
     match &r.b5 {
         Some(t) => println!("== B5: Maglev ==\n{t}"),

@@ -284,15 +284,102 @@ pub fn iptables_restore(svcs: &[Svc], nfacct: bool) -> String {
 /// whole `KUBE-SERVICES` chain (it lists every service) and the changed
 /// services' own chains, with `--noflush` leaving every other chain as is.
 pub fn iptables_partial(all: &[Svc], changed: &[&Svc]) -> String {
-    let mut out = String::with_capacity(all.len() * 200 + 4096);
+    let all: Vec<&Svc> = all.iter().collect();
+    iptables_sync(
+        &all,
+        &Delta {
+            changed: changed.to_vec(),
+            ..Delta::default()
+        },
+    )
+}
+
+/// What changed between two syncs, as kube-proxy's change tracker hands
+/// it to a partial sync.
+#[derive(Clone, Debug, Default)]
+pub struct Delta<'a> {
+    /// Services added, or whose object or endpoints changed (their state
+    /// now): their chains are (re)written.
+    pub changed: Vec<&'a Svc>,
+    /// Services gone (their last state): their chains are deleted.
+    pub removed: Vec<&'a Svc>,
+    /// Endpoints a changed service no longer has (with that service's
+    /// last state): their endpoint chains are deleted.
+    pub stale: Vec<(&'a Svc, (Ipv4Addr, u16))>,
+}
+
+impl<'a> Delta<'a> {
+    /// The change from `before` to `after` (services matched by name).
+    /// A service in both counts as changed when its address or endpoints
+    /// differ, or when `touched` says its object changed anyway (kube-proxy
+    /// rewrites such a service's chains too).
+    pub fn between(before: &'a [Svc], after: &'a [Svc], touched: &dyn Fn(&str) -> bool) -> Delta<'a> {
+        use std::collections::HashMap;
+        let old: HashMap<&str, &Svc> = before.iter().map(|s| (s.name.as_str(), s)).collect();
+        let new: HashMap<&str, &Svc> = after.iter().map(|s| (s.name.as_str(), s)).collect();
+        let mut d = Delta::default();
+        for s in after {
+            match old.get(s.name.as_str()) {
+                None => d.changed.push(s),
+                Some(o) => {
+                    let same = o.ip == s.ip && o.port == s.port && o.proto == s.proto && o.endpoints == s.endpoints;
+                    if !same || touched(&s.name) {
+                        d.changed.push(s);
+                    }
+                    for &ep in &o.endpoints {
+                        if !s.endpoints.contains(&ep) {
+                            d.stale.push((o, ep));
+                        }
+                    }
+                }
+            }
+        }
+        d.removed = before.iter().filter(|s| !new.contains_key(s.name.as_str())).collect();
+        d
+    }
+
+    /// Whether nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.changed.is_empty() && self.removed.is_empty() && self.stale.is_empty()
+    }
+
+    /// The iptables chains this change deletes: every chain of a removed
+    /// service, and the endpoint chains of stale endpoints.
+    fn iptables_deleted_chains(&self) -> std::collections::BTreeSet<String> {
+        let mut gone = std::collections::BTreeSet::new();
+        for s in &self.removed {
+            gone.insert(svc_chain(s));
+            for &ep in &s.endpoints {
+                gone.insert(sep_chain(s, ep));
+            }
+        }
+        for &(s, ep) in &self.stale {
+            gone.insert(sep_chain(s, ep));
+        }
+        gone
+    }
+}
+
+/// kube-proxy's partial sync (`MinimizeIPTablesRestore`) for `delta`,
+/// with `all` the services now: `KUBE-SERVICES` rewritten with every
+/// service, the changed services' chains declared (so flushed) and
+/// rewritten, and the chains no longer used (removed services' `KUBE-SVC-*`
+/// and `KUBE-SEP-*`, stale endpoints' `KUBE-SEP-*`) declared and deleted
+/// with `-X` before `COMMIT`, as kube-proxy does. For `--noflush`.
+pub fn iptables_sync(all: &[&Svc], delta: &Delta) -> String {
+    let gone = delta.iptables_deleted_chains();
+    let mut out = String::with_capacity(all.len() * 200 + gone.len() * 40 + 4096);
     out.push_str("*filter\n:KUBE-SERVICES - [0:0]\n:KUBE-EXTERNAL-SERVICES - [0:0]\n:KUBE-FORWARD - [0:0]\n:KUBE-NODEPORTS - [0:0]\n:KUBE-PROXY-FIREWALL - [0:0]\n");
     out.push_str("-A KUBE-FORWARD -m conntrack --ctstate INVALID -j DROP\n");
     out.push_str("-A KUBE-FORWARD -m comment --comment \"kubernetes forwarding rules\" -m mark --mark 0x4000/0x4000 -j ACCEPT\n");
     out.push_str("-A KUBE-FORWARD -m comment --comment \"kubernetes forwarding conntrack rule\" -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n");
     out.push_str("COMMIT\n*nat\n");
     out.push_str(IPT_NAT_HEAD);
-    for s in changed {
+    for s in &delta.changed {
         iptables_chain_decls(&mut out, s);
+    }
+    for chain in &gone {
+        let _ = writeln!(out, ":{chain} - [0:0]");
     }
     out.push_str("-A KUBE-MARK-MASQ -j MARK --or-mark 0x4000\n");
     out.push_str("-A KUBE-POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN\n");
@@ -302,8 +389,11 @@ pub fn iptables_partial(all: &[Svc], changed: &[&Svc]) -> String {
         iptables_services_rule(&mut out, s);
     }
     out.push_str(IPT_NODEPORTS_LAST);
-    for s in changed {
+    for s in &delta.changed {
         iptables_service_chains(&mut out, s);
+    }
+    for chain in &gone {
+        let _ = writeln!(out, "-X {chain}");
     }
     out.push_str("COMMIT\n");
     out
@@ -454,6 +544,45 @@ pub fn nft_partial(changed: &[&Svc]) -> String {
     out
 }
 
+/// kube-proxy's nftables partial sync for `delta`, with `all` the
+/// services now, as one `nft -f` transaction: a removed service's
+/// `service-ips` element (and its `cluster-ips` element, unless another
+/// service still has that address) is deleted, then its service chain and
+/// endpoint chains; changed services are rewritten as [`nft_partial`]
+/// does; then the endpoint chains of stale endpoints are deleted (after
+/// the service chain that jumped to them was rewritten). kube-proxy flushes
+/// a stale chain at once and deletes it a second later (kernels before 6.2
+/// noticed a chain's last map reference going only after a while); here
+/// both happen in the same transaction.
+pub fn nft_sync(all: &[&Svc], delta: &Delta) -> String {
+    let live: std::collections::HashSet<Ipv4Addr> = all.iter().map(|s| s.ip).collect();
+    let mut ips_gone = std::collections::BTreeSet::new();
+    let mut out = String::new();
+    for s in &delta.removed {
+        let _ = writeln!(
+            out,
+            "delete element ip kube-proxy service-ips {{ {} . {} . {} }}",
+            s.ip,
+            s.l4(),
+            s.port
+        );
+        if !live.contains(&s.ip) && ips_gone.insert(s.ip) {
+            let _ = writeln!(out, "delete element ip kube-proxy cluster-ips {{ {} }}", s.ip);
+        }
+        let _ = writeln!(out, "delete chain ip kube-proxy {}", nft_svc_chain(s));
+        for &ep in &s.endpoints {
+            let _ = writeln!(out, "delete chain ip kube-proxy {}", nft_ep_chain(s, ep));
+        }
+    }
+    for s in &delta.changed {
+        nft_service(&mut out, s);
+    }
+    for &(s, ep) in &delta.stale {
+        let _ = writeln!(out, "delete chain ip kube-proxy {}", nft_ep_chain(s, ep));
+    }
+    out
+}
+
 pub fn nft_delete() -> &'static str {
     "delete table ip kube-proxy\n"
 }
@@ -472,5 +601,51 @@ mod tests {
         assert!(nft.contains("numgen random mod 2 vmap"));
         assert_eq!(nft.matches(" dnat to ").count(), 6);
         assert_eq!(to_desired(&svcs).len(), 3);
+    }
+
+    #[test]
+    fn deltas_and_partial_syncs_with_removals() {
+        let before = generate(3, 2);
+        let mut after = before.clone();
+        // svc-0 loses an endpoint and gains one, svc-1 goes, svc-3 comes.
+        after[0].endpoints[1] = (Ipv4Addr::new(10, 244, 0, 99), TARGET_PORT);
+        after.remove(1);
+        let mut extra = generate(4, 2).pop().unwrap();
+        extra.name = "bench/svc-3:http".into();
+        after.push(extra);
+        let d = Delta::between(&before, &after, &|n| n == "bench/svc-2:http");
+        let names = |v: &[&Svc]| v.iter().map(|s| s.name.clone()).collect::<Vec<_>>();
+        assert_eq!(names(&d.changed), ["bench/svc-0:http", "bench/svc-2:http", "bench/svc-3:http"]);
+        assert_eq!(names(&d.removed), ["bench/svc-1:http"]);
+        assert_eq!(d.stale.len(), 1);
+        assert_eq!(d.stale[0].1, before[0].endpoints[1]);
+        assert!(Delta::between(&before, &before, &|_| false).is_empty());
+
+        let all: Vec<&Svc> = after.iter().collect();
+        let ipt = iptables_sync(&all, &d);
+        // svc-1's service chain and two endpoint chains, svc-0's stale one.
+        assert_eq!(ipt.lines().filter(|l| l.starts_with("-X ")).count(), 4);
+        for chain in ipt.lines().filter_map(|l| l.strip_prefix("-X ")) {
+            assert!(ipt.contains(&format!(":{chain} - [0:0]")), "{chain} declared");
+        }
+        // Every service now, and the NodePorts rule.
+        assert_eq!(ipt.matches("-A KUBE-SERVICES -m comment").count(), 4);
+        let nft = nft_sync(&all, &d);
+        assert_eq!(nft.matches("delete element ip kube-proxy service-ips").count(), 1);
+        assert_eq!(nft.matches("delete element ip kube-proxy cluster-ips").count(), 1);
+        assert_eq!(nft.matches("delete chain").count(), 4);
+        // Stale endpoint chains go after the service chain was rewritten.
+        let stale = nft.find(&format!("delete chain ip kube-proxy {}", nft_ep_chain(&before[0], before[0].endpoints[1]))).unwrap();
+        assert!(stale > nft.find(&format!("flush chain ip kube-proxy {}", nft_svc_chain(&after[0]))).unwrap());
+        // A removed service whose address another service keeps: the
+        // address stays in cluster-ips.
+        let mut renamed = before[0].clone();
+        renamed.name = "bench/svc-0:web".into();
+        let after2 = vec![renamed];
+        let d2 = Delta::between(&before[..1], &after2, &|_| false);
+        let all2: Vec<&Svc> = after2.iter().collect();
+        let nft2 = nft_sync(&all2, &d2);
+        assert!(!nft2.contains("delete element ip kube-proxy cluster-ips"));
+        assert!(nft2.find("delete element ip kube-proxy service-ips").unwrap() < nft2.find("add element ip kube-proxy service-ips").unwrap());
     }
 }

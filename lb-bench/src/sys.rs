@@ -39,6 +39,44 @@ pub fn status_kib(pid: &str, field: &str) -> Option<u64> {
         .and_then(|v| v.parse().ok())
 }
 
+/// CPU time (user + system, all threads) a process has used so far, from
+/// `/proc/<pid>/stat` (`utime` + `stime`, in clock ticks).
+pub fn process_cpu(pid: u32) -> Result<Duration> {
+    let path = format!("/proc/{pid}/stat");
+    let text = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
+    // The command name (field 2) may hold spaces: count from its ')'.
+    let rest = text
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .with_context(|| format!("{path}: no ')'"))?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After ')': state is field 3, so utime (14) and stime (15) are 11, 12.
+    let tick = |i: usize| -> Result<u64> {
+        fields
+            .get(i)
+            .and_then(|v| v.parse().ok())
+            .with_context(|| format!("{path}: field {}", i + 3))
+    };
+    let ticks = tick(11)? + tick(12)?;
+    // SAFETY: trivial libc call.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    Ok(Duration::from_secs_f64(ticks as f64 / hz))
+}
+
+/// CPU time (user + system) of this process's terminated and reaped
+/// children so far (`getrusage(RUSAGE_CHILDREN)`). The difference around
+/// one command that was waited for is that command's CPU time.
+pub fn children_cpu() -> Duration {
+    // SAFETY: a zeroed rusage is valid; getrusage writes inside it.
+    let ru = unsafe {
+        let mut ru: libc::rusage = std::mem::zeroed();
+        libc::getrusage(libc::RUSAGE_CHILDREN, &mut ru);
+        ru
+    };
+    let tv = |t: libc::timeval| Duration::new(t.tv_sec as u64, t.tv_usec as u32 * 1000);
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
 /// Total softirq and total CPU time (all CPUs), in clock ticks.
 pub fn cpu_ticks() -> (u64, u64) {
     let text = fs::read_to_string("/proc/stat").unwrap_or_default();

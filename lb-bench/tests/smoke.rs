@@ -1,5 +1,6 @@
 //! Smoke test: the whole harness at a tiny size (N = 10, repeat = 1000, a
-//! few connections), writing into a temporary directory. It checks that
+//! few connections, two seconds of churn), writing into a temporary
+//! directory. It checks that
 //! every benchmark runs and the report and plots are written; it asserts
 //! no timing.
 
@@ -30,7 +31,7 @@ fn harness_runs_at_a_tiny_size() {
     let _ = std::fs::remove_dir_all(&dir);
     let mut o = lb_bench::Options::tiny();
     // `cargo test --workspace` builds lb-agent next to this test's deps
-    // directory; use it for B3's agent run when it is there.
+    // directory; use it for B3's and B6's agent runs when it is there.
     o.agent_bin = std::env::current_exe()
         .ok()
         .and_then(|exe| Some(exe.parent()?.parent()?.join("lb-agent")))
@@ -44,8 +45,25 @@ fn harness_runs_at_a_tiny_size() {
         "every datapath x first/last"
     );
     assert!(r.b3.is_some() && r.b4.as_ref().map(Vec::len) == Some(kinds));
+    // B6: every datapath has its row; every baseline sync of the churn
+    // loaded and the rules held the Services after it; the agent ran when
+    // there is one.
+    let b6 = r.b6.as_ref().expect("B6 ran");
+    assert_eq!(b6.rows.len(), kinds);
+    for row in &b6.rows {
+        let runs = row.kind != lb_bench::dp::Kind::Ours || o.agent_bin.is_some();
+        if !runs {
+            assert!(row.not_run.is_some(), "{}: no agent binary, yet it ran", row.kind);
+            continue;
+        }
+        assert_eq!(row.not_run, None, "{}", row.kind);
+        assert_eq!(row.failed, 0, "{}: failed syncs: {:?}", row.kind, row.error);
+        assert!(row.problems.is_empty(), "{}: {:?}", row.kind, row.problems);
+        assert_eq!(row.steps, b6.steps, "{}", row.kind);
+        assert!(row.syncs > 0, "{}: no sync", row.kind);
+    }
     let md = std::fs::read_to_string(dir.join("benchmarks.md")).unwrap();
-    for section in ["## B1", "## B2", "## B3", "## B4", "## B5", "## Goals"] {
+    for section in ["## B1", "## B2", "## B3", "## B4", "## B5", "## B6", "## Goals"] {
         assert!(md.contains(section), "report lacks {section}");
     }
     for png in [
