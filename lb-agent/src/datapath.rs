@@ -185,6 +185,9 @@ impl Datapath {
     /// with their content; others are created afresh (with a warning naming
     /// each) and pinned, as are missing ones.
     pub fn load(pin_dir: &Path, sizes: &MapSizes) -> anyhow::Result<Datapath> {
+        if EBPF_OBJECT.is_empty() {
+            bail!("this lb-agent was built without its eBPF object (a stub): build it with `cargo xtask build`");
+        }
         netns::ensure_bpffs(pin_dir)?;
         std::fs::create_dir_all(links::dir(pin_dir))
             .with_context(|| format!("creating {}", links::dir(pin_dir).display()))?;

@@ -48,7 +48,8 @@ pub mod testrun;
 pub mod translate;
 pub mod vips;
 
-/// The eBPF object, built by `cargo xtask build-ebpf`.
+/// The eBPF object, built by `cargo xtask build-ebpf` (empty when the
+/// crate was built without it; see `build.rs`).
 pub static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(env!("LB_EBPF_OBJECT_PATH"));
 
 /// Default bpffs directory for the pinned maps.
