@@ -3,7 +3,7 @@
 use lb_common::CtTimeouts;
 use tracing::{debug, warn};
 
-use crate::reconcile::Reconciler;
+use crate::reconcile::{MapStore, Reconciler};
 
 /// CLOCK_MONOTONIC in nanoseconds: the clock of `bpf_ktime_get_ns()`.
 pub fn monotonic_ns() -> u64 {
@@ -13,8 +13,17 @@ pub fn monotonic_ns() -> u64 {
     ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
 }
 
+/// How full a conntrack map is after a collection.
+struct Fill {
+    name: &'static str,
+    left: usize,
+    capacity: u32,
+    /// The flag that sizes it.
+    flag: &'static str,
+}
+
 /// One collection pass; logs what it did and the tables' fill levels.
-pub fn collect(reconciler: &mut Reconciler, timeouts: &CtTimeouts) {
+pub fn collect<M: MapStore>(reconciler: &mut Reconciler<M>, timeouts: &CtTimeouts) {
     match reconciler.collect_conntrack(timeouts, monotonic_ns()) {
         Ok(gc) => {
             debug!(
@@ -26,10 +35,11 @@ pub fn collect(reconciler: &mut Reconciler, timeouts: &CtTimeouts) {
                 other_capacity = gc.any_capacity,
                 "conntrack garbage collected"
             );
-            for (name, left, capacity, flag) in [
-                (lb_common::names::CT_TCP, gc.tcp_remaining, gc.tcp_capacity, "--ct-tcp-size"),
-                (lb_common::names::CT_ANY, gc.any_remaining, gc.any_capacity, "--ct-any-size"),
-            ] {
+            let fills = [
+                Fill { name: lb_common::names::CT_TCP, left: gc.tcp_remaining, capacity: gc.tcp_capacity, flag: "--ct-tcp-size" },
+                Fill { name: lb_common::names::CT_ANY, left: gc.any_remaining, capacity: gc.any_capacity, flag: "--ct-any-size" },
+            ];
+            for Fill { name, left, capacity, flag } in fills {
                 let fill = left as f64 * 100.0 / capacity.max(1) as f64;
                 if fill > 90.0 {
                     warn!(

@@ -50,18 +50,22 @@ pub struct Named<M> {
     pub map: M,
 }
 
+impl MapsError {
+    /// What a failed write to map `name` reports: a full hash map answers
+    /// `E2BIG` to an insert of a new key, which reads as [`MapsError::Full`].
+    pub fn write(name: &'static str, max_entries: u32, source: MapError) -> MapsError {
+        if let MapError::SyscallError(e) = &source
+            && e.io_error.raw_os_error() == Some(libc::E2BIG)
+        {
+            return MapsError::Full { name, max_entries };
+        }
+        MapsError::Write { name, source }
+    }
+}
+
 impl<M> Named<M> {
     fn write_error(&self, source: MapError) -> MapsError {
-        if let MapError::SyscallError(e) = &source {
-            // A full hash map answers E2BIG to an insert of a new key.
-            if e.io_error.raw_os_error() == Some(libc::E2BIG) {
-                return MapsError::Full {
-                    name: self.name,
-                    max_entries: self.max_entries,
-                };
-            }
-        }
-        MapsError::Write { name: self.name, source }
+        MapsError::write(self.name, self.max_entries, source)
     }
 
     fn read_error(&self, source: MapError) -> MapsError {

@@ -14,7 +14,7 @@ use std::{
 
 use lb_common::{Vip4, svc_flags, vip_flags};
 
-use crate::maps::{Maps, MapsError};
+use crate::{maps::MapsError, reconcile::MapStore};
 
 /// The VIP kind of a frontend with `svc_flags`.
 pub fn kind(flags: u32) -> u32 {
@@ -48,9 +48,9 @@ fn key(addr: Ipv4Addr) -> u32 {
 impl Vips {
     /// Takes over what the map holds; every address is looked at again by
     /// the next `settle`, once the installed frontends have been counted.
-    pub fn recover(maps: &Maps) -> Result<Vips, MapsError> {
+    pub fn recover(maps: &impl MapStore) -> Result<Vips, MapsError> {
         let mut v = Vips::default();
-        for (addr, vip) in maps.vips.entries()? {
+        for (addr, vip) in maps.vips()? {
             let ip = Ipv4Addr::from(addr.to_ne_bytes());
             v.written.insert(ip, vip.flags);
             v.touched.insert(ip);
@@ -72,7 +72,7 @@ impl Vips {
 
     /// Makes sure the map has `addr` with the kind of `flags` before a
     /// frontend there is written; returns the map writes issued (0 or 1).
-    pub fn prepare(&mut self, maps: &mut Maps, addr: Ipv4Addr, flags: u32) -> Result<u64, MapsError> {
+    pub fn prepare(&mut self, maps: &mut impl MapStore, addr: Ipv4Addr, flags: u32) -> Result<u64, MapsError> {
         let have = self.written.get(&addr).copied().unwrap_or(0);
         let want = have | kind(flags);
         // Settled against the counts later, should the frontend fail.
@@ -80,7 +80,7 @@ impl Vips {
         if want == have {
             return Ok(0);
         }
-        maps.vips.insert(&key(addr), &Vip4 { flags: want })?;
+        maps.insert_vip(key(addr), &Vip4 { flags: want })?;
         self.written.insert(addr, want);
         Ok(1)
     }
@@ -92,7 +92,7 @@ impl Vips {
 
     /// Writes the addresses whose kinds changed; returns the map
     /// operations issued and the errors.
-    pub fn settle(&mut self, maps: &mut Maps) -> (u64, Vec<String>) {
+    pub fn settle(&mut self, maps: &mut impl MapStore) -> (u64, Vec<String>) {
         let mut ops = 0;
         let mut errors = Vec::new();
         for addr in std::mem::take(&mut self.touched) {
@@ -102,11 +102,7 @@ impl Vips {
                 continue;
             }
             ops += 1;
-            let result = if want == 0 {
-                maps.vips.remove(&key(addr))
-            } else {
-                maps.vips.insert(&key(addr), &Vip4 { flags: want })
-            };
+            let result = if want == 0 { maps.remove_vip(key(addr)) } else { maps.insert_vip(key(addr), &Vip4 { flags: want }) };
             match result {
                 Ok(()) if want == 0 => {
                     self.written.remove(&addr);

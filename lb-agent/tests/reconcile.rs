@@ -1,19 +1,26 @@
 //! The reconciler against real pinned maps: a change costs only its own
 //! writes however many Services are installed, a backend shared by several
 //! frontends lives as long as one uses it (with the union of their flags),
-//! and a restarted agent takes the maps over without rewriting them.
+//! a restarted agent takes the maps over without rewriting them, and the
+//! in-memory maps the root-free tests use (`reconcile_fake.rs`) answer as
+//! the kernel's do, full maps and failures included.
 
 mod common;
 
 use std::collections::BTreeMap;
 
-use common::{Loaded, frontend, kernel_tests_enabled};
+use common::{Loaded, PinDir, frontend, kernel_tests_enabled};
 use lb_agent::{
+    datapath::{Datapath, MapSizes},
     maps::Maps,
     model::{Desired, Frontend, FrontendAddr, Protocol},
-    reconcile::Reconciler,
+    reconcile::{
+        MapKind, MapStore, Reconciler, Stats,
+        dump::dump,
+        fake::{FakeMaps, Fault, Faulty, Op},
+    },
 };
-use lb_common::{Backend4, backend_flags};
+use lb_common::{Backend4, backend_flags, svc_flags};
 
 const SHARED: &str = "10.244.9.9:8080";
 
@@ -113,4 +120,68 @@ fn a_restarted_reconciler_rewrites_nothing_and_drops_orphans() {
     // And it goes on incrementally from there.
     let s = r.apply(&services(1..10));
     assert_eq!((s.added, s.ops), (1, 1 + 2 + 1 + 1 + 3 + 1), "{s:?}");
+}
+
+/// One apply with `fault` (only) in force; what it did and the maps after.
+fn step<M: MapStore>(r: &mut Reconciler<Faulty<M>>, d: &Desired, fault: &Option<Fault>) -> (Stats, String) {
+    r.maps_mut().heal();
+    if let Some(f) = fault {
+        r.maps_mut().inject(f.clone());
+    }
+    let s = r.apply(d);
+    (s, dump(r.maps()).unwrap())
+}
+
+/// The same applies through the pinned maps and through `FakeMaps`: the
+/// same writes, errors and map dumps at every step, a slots map that fills
+/// in the middle of an update and a failed flip (through `Faulty` over
+/// either) included. This is what lets `reconcile_fake.rs` stand for the
+/// kernel.
+#[test]
+fn the_fake_maps_answer_as_the_pinned_maps() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let pins = PinDir::new("reconcile-fake");
+    // Room for six slots: an update of a three-backend frontend while
+    // four are in use fills the map half way.
+    let sizes = MapSizes { services: 8, backends: 8, slots: 6, ct_tcp: 64, ct_any: 64, affinity: 16 };
+    let _dp = Datapath::load(&pins.0, &sizes).unwrap_or_else(|e| panic!("loading the datapath: {e:#}"));
+    let mut real = Reconciler::recover(Faulty::new(Maps::open(&pins.0).unwrap())).unwrap();
+    let mut fake = Reconciler::recover(Faulty::new(FakeMaps::new(&sizes))).unwrap();
+    real.set_maglev_m(7);
+    fake.set_maglev_m(7);
+
+    let web = |backends: &[&str], flags: u32| {
+        let (a, mut f) = frontend("10.96.0.1:80", Protocol::Tcp, backends);
+        f.flags = flags;
+        (a, f)
+    };
+    let dns = frontend("10.96.0.10:53", Protocol::Udp, &["10.244.2.1:53", "10.244.2.2:53"]);
+    let two = ["10.244.1.1:8080", "10.244.1.2:8080"];
+    let three = ["10.244.1.1:8080", "10.244.1.3:8080", "10.244.1.4:8080"];
+    let mut terminating = web(&two, 0);
+    terminating.1.backends[0].terminating = true;
+    let steps: Vec<(&str, Desired, Option<Fault>)> = vec![
+        ("add", [web(&two, svc_flags::MAGLEV), dns.clone()].into_iter().collect(), None),
+        ("slots full mid-update", [web(&three, svc_flags::MAGLEV)].into_iter().collect(), None),
+        ("room again", [web(&three, svc_flags::MAGLEV)].into_iter().collect(), None),
+        ("flip fails", [web(&two, 0)].into_iter().collect(), Some(Fault::on(MapKind::Services, Op::Update))),
+        ("healed", [web(&two, 0)].into_iter().collect(), None),
+        ("terminating", [terminating].into_iter().collect(), None),
+        ("empty", Desired::new(), None),
+        ("settled", Desired::new(), None),
+    ];
+    for (name, d, fault) in &steps {
+        let (a, dump_a) = step(&mut real, d, fault);
+        let (b, dump_b) = step(&mut fake, d, fault);
+        assert_eq!(dump_a, dump_b, "{name}: the pinned maps (left) and the fake (right) differ");
+        assert_eq!(a.errors, b.errors, "{name}");
+        assert_eq!((a.ops, a.added, a.updated, a.removed, a.maglev_tables), (b.ops, b.added, b.updated, b.removed, b.maglev_tables), "{name}");
+        match *name {
+            "slots full mid-update" => assert!(a.errors[0].contains("map LB4_SLOTS is full (6 entries)"), "{:?}", a.errors),
+            "flip fails" => assert!(a.errors[0].contains("writing map LB4_SERVICES failed"), "{:?}", a.errors),
+            _ => assert!(a.errors.is_empty(), "{name}: {:?}", a.errors),
+        }
+    }
 }

@@ -7,12 +7,17 @@ use std::collections::BTreeSet;
 
 use lb_common::{Backend4, backend_flags};
 
-use super::{Reconciler, Stats};
+use super::{MapKind, MapStore, Reconciler, Stats};
 use crate::model::{BackendAddr, Frontend};
 
 /// A frontend's use of a backend: its address and the flags this frontend
 /// gives it (terminating, local).
-pub type Use = (BackendAddr, u8);
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Use {
+    pub addr: BackendAddr,
+    /// `backend_flags::TERMINATING` and `LOCAL`.
+    pub flags: u8,
+}
 
 /// How many installed frontends use a backend, and how many of them mark
 /// it terminating or local: its flags are the union.
@@ -47,6 +52,16 @@ impl Refs {
     }
 }
 
+/// Which backends [`Reconciler::write_backends`] writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Writing {
+    /// New ones, and installed ones whose flags changed.
+    NewAndChanged,
+    /// Only installed ones whose flags changed (a new backend that could
+    /// not be written earlier in the apply waits for the next one).
+    Changed,
+}
+
 /// A backend as installed: its ID, the version of its slot, its flags.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct InstalledBackend {
@@ -66,7 +81,7 @@ fn entry(addr: BackendAddr, flags: u8, version: u16) -> Backend4 {
     }
 }
 
-impl Reconciler {
+impl<M: MapStore> Reconciler<M> {
     /// The backends a desired frontend uses, with the flags it gives them.
     pub(super) fn uses(&self, fe: &Frontend) -> Vec<Use> {
         fe.backends
@@ -76,13 +91,13 @@ impl Reconciler {
                 if self.node_name.is_some() && b.node_name == self.node_name {
                     flags |= backend_flags::LOCAL;
                 }
-                (b.addr, flags)
+                Use { addr: b.addr, flags }
             })
             .collect()
     }
 
     pub(super) fn count(&mut self, uses: &[Use], add: bool) {
-        for &(addr, flags) in uses {
+        for &Use { addr, flags } in uses {
             let refs = self.refs.entry(addr).or_default();
             refs.count(flags, add);
             if refs.n == 0 {
@@ -91,15 +106,15 @@ impl Reconciler {
         }
     }
 
-    /// Writes the backends of `addrs` that are used and new, or whose
-    /// flags changed.
-    pub(super) fn write_backends(&mut self, addrs: &BTreeSet<BackendAddr>, stats: &mut Stats) {
+    /// Writes the backends of `addrs` that are used and new (if `writing`
+    /// says so), or whose flags changed.
+    pub(super) fn write_backends(&mut self, addrs: &BTreeSet<BackendAddr>, writing: Writing, stats: &mut Stats) {
         for &addr in addrs {
             let Some(flags) = self.refs.get(&addr).map(Refs::flags) else {
                 continue;
             };
             let existing = self.backends.get(&addr).copied();
-            if existing.is_some_and(|b| b.flags == flags) {
+            if existing.is_some_and(|b| b.flags == flags) || (existing.is_none() && writing == Writing::Changed) {
                 continue;
             }
             let (id, version) = match existing {
@@ -109,14 +124,15 @@ impl Reconciler {
                     None => {
                         stats.errors.push(format!(
                             "backend {addr}: map {} is full ({} entries); raise --backends-size",
-                            self.maps.backends.name, self.maps.backends.max_entries
+                            MapKind::Backends.name(),
+                            self.maps.max_entries(MapKind::Backends)
                         ));
                         continue;
                     }
                 },
             };
             stats.ops += 1;
-            match self.maps.backends.set(id, &entry(addr, flags, version)) {
+            match self.maps.set_backend(id, &entry(addr, flags, version)) {
                 Ok(()) => {
                     self.backends.insert(addr, InstalledBackend { id, version, flags });
                     self.backend_addrs.insert(id, addr);
@@ -124,6 +140,9 @@ impl Reconciler {
                 Err(e) => {
                     if existing.is_none() {
                         self.backend_ids.free(id);
+                    } else {
+                        // Its flags are tried again by the next apply.
+                        self.retry_backends.insert(addr);
                     }
                     stats.errors.push(format!("backend {addr}: {e}"));
                 }
@@ -135,7 +154,7 @@ impl Reconciler {
     /// are removed (their slot cleared, its version kept: every flow to
     /// them is invalid from now on), the others get their final flags.
     pub(super) fn settle_backends(&mut self, addrs: &BTreeSet<BackendAddr>, stats: &mut Stats) {
-        self.write_backends(addrs, stats);
+        self.write_backends(addrs, Writing::Changed, stats);
         for &addr in addrs {
             if self.refs.contains_key(&addr) {
                 continue;
@@ -143,13 +162,17 @@ impl Reconciler {
             let Some(b) = self.backends.get(&addr).copied() else { continue };
             stats.ops += 1;
             let empty = Backend4 { addr: 0, port: 0, proto: 0, flags: 0, version: b.version, _pad: 0 };
-            match self.maps.backends.set(b.id, &empty) {
+            match self.maps.set_backend(b.id, &empty) {
                 Ok(()) => {
                     self.backends.remove(&addr);
                     self.backend_addrs.remove(&b.id);
                     self.backend_ids.free(b.id);
                 }
-                Err(e) => stats.errors.push(format!("removing backend {addr}: {e}")),
+                Err(e) => {
+                    // Tried again by the next apply.
+                    self.retry_backends.insert(addr);
+                    stats.errors.push(format!("removing backend {addr}: {e}"));
+                }
             }
         }
     }

@@ -1,13 +1,18 @@
 //! Frontend entries: the `LB4_SERVICES` entry, its slots (two generations,
 //! flipped atomically), its rev-NAT slot (address and version), name, and
 //! Maglev table.
+//!
+//! Every write that fails before the frontend entry is written is rolled
+//! back, so the frontend keeps its previous state: a new frontend's
+//! rev-NAT slot, name, slots and table are cleared again; an update's new
+//! slot generation is deleted and its Maglev table put back as it was.
 
 use std::collections::BTreeSet;
 
-use lb_common::{RevNat4, RevNatKey, Service4Value, Slot, SlotKey, svc_flags};
+use lb_common::{RevNat4, Service4Value, Slot, SlotKey, svc_flags};
 use tracing::warn;
 
-use super::{Reconciler, Stats, backends::Use};
+use super::{Change, FrontendRef, MapKind, MapStore, Reconciler, Shrunk, Stats, backends::Use};
 use crate::{
     maglev,
     maps::{MapsError, svc_name},
@@ -34,11 +39,34 @@ pub struct Installed {
     /// restart (then it is rebuilt).
     pub maglev_m: u32,
     /// Digest of the desired frontend this was written from; 0 = unknown
-    /// (recovered from the maps, or the node name or M changed), so the
-    /// next `apply` looks at it again.
+    /// (recovered from the maps, the node name or M changed, or one of its
+    /// backends could not be written), so the next `apply` looks at it
+    /// again.
     pub digest: u64,
     /// The backends it counts as using (see `Reconciler::refs`).
     pub uses: Vec<Use>,
+}
+
+/// The slots of one generation of a frontend: `(id, generation, 0..count)`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SlotRange {
+    pub id: u32,
+    pub generation: u16,
+    pub count: usize,
+}
+
+impl SlotRange {
+    pub fn keys(self) -> impl Iterator<Item = SlotKey> {
+        (0..self.count).map(move |i| SlotKey { svc_id: self.id, slot: i as u16, generation: self.generation })
+    }
+}
+
+/// Where a newly written frontend stands.
+struct Placed {
+    id: u32,
+    /// Its rev-NAT slot's version.
+    version: u16,
+    generation: u16,
 }
 
 /// What a frontend's entries are to become.
@@ -54,8 +82,20 @@ struct Current {
     id: u32,
     generation: u16,
     slots: Vec<u32>,
+    flags: u32,
     maglev_m: u32,
     name: String,
+}
+
+/// The Maglev table a frontend had before an update, put back if the
+/// update fails after writing the new one.
+enum PreviousTable {
+    /// None: the new one is removed again.
+    None,
+    /// Built from the frontend's current slots and M.
+    Build,
+    /// As read from the map before the update (its M was unknown).
+    Read(Vec<u32>),
 }
 
 fn service_value(id: u32, generation: u16, count: usize, fe: &Frontend) -> Service4Value {
@@ -67,16 +107,21 @@ fn rev_nat(fe: &FrontendAddr, version: u16) -> RevNat4 {
     RevNat4 { addr: key.addr, port: key.port, version }
 }
 
-impl Reconciler {
+impl<M: MapStore> Reconciler<M> {
     /// Writes one changed frontend. On success returns the uses it had
-    /// before; on failure (it keeps its previous state) gives back `uses`.
-    pub(super) fn write_frontend(&mut self, fe: &Frontend, digest: u64, uses: Vec<Use>, stats: &mut Stats) -> Result<Vec<Use>, Vec<Use>> {
+    /// before; on failure (it keeps its previous state) gives back its new
+    /// uses.
+    pub(super) fn write_frontend(&mut self, change: Change<'_>, stats: &mut Stats) -> Result<Vec<Use>, Vec<Use>> {
+        let Change { fe, digest, uses } = change;
         let slots: Vec<u32> = fe
             .slot_backends()
             // A backend whose write failed was reported; serve with the rest.
             .filter_map(|b| self.backends.get(&b.addr).map(|i| i.id))
             .collect();
         let allowed: BTreeSet<u32> = fe.backends.iter().filter_map(|b| self.backends.get(&b.addr).map(|x| x.id)).collect();
+        // Written without a backend that could not be written: looked at
+        // again by the next apply, which tries that backend again.
+        let digest = if fe.backends.iter().all(|b| self.backends.contains_key(&b.addr)) { digest } else { 0 };
         let maglev_m = if fe.flags & svc_flags::MAGLEV != 0 && !slots.is_empty() { self.maglev_m } else { 0 };
         if let Some(inst) = self.frontends.get_mut(&fe.addr)
             && inst.slots == slots
@@ -89,7 +134,7 @@ impl Reconciler {
             if inst.allowed != allowed {
                 let removed: Vec<u32> = inst.allowed.difference(&allowed).copied().collect();
                 if !removed.is_empty() {
-                    self.shrunk.push((inst.id, removed));
+                    self.shrunk.push(Shrunk { id: inst.id, removed });
                 }
                 inst.allowed = allowed;
             }
@@ -101,6 +146,7 @@ impl Reconciler {
             id: i.id,
             generation: i.generation,
             slots: i.slots.clone(),
+            flags: i.flags,
             maglev_m: i.maglev_m,
             name: i.name.clone(),
         });
@@ -108,11 +154,11 @@ impl Reconciler {
             None => self.add_frontend(&target, stats).inspect(|_| stats.added += 1),
             Some(cur) => self.update_frontend(&target, cur, stats).map(|generation| {
                 stats.updated += 1;
-                (cur.id, self.frontend_ids.version(cur.id), generation)
+                Placed { id: cur.id, version: self.frontend_ids.version(cur.id), generation }
             }),
         };
         match result {
-            Ok((id, version, generation)) => {
+            Ok(Placed { id, version, generation }) => {
                 let old = self.frontends.insert(
                     fe.addr,
                     Installed {
@@ -135,7 +181,7 @@ impl Reconciler {
                     let now = &self.frontends[&fe.addr].allowed;
                     let removed: Vec<u32> = old.allowed.difference(now).copied().collect();
                     if !removed.is_empty() {
-                        self.shrunk.push((id, removed));
+                        self.shrunk.push(Shrunk { id, removed });
                     }
                 }
                 Ok(old.map(|i| i.uses).unwrap_or_default())
@@ -156,74 +202,93 @@ impl Reconciler {
         maglev::build(&keys, m).into_iter().map(|i| slots[i as usize]).collect()
     }
 
-    /// Writes a new frontend; returns its ID, version and generation.
-    fn add_frontend(&mut self, t: &Target<'_>, stats: &mut Stats) -> Result<(u32, u16, u16), MapsError> {
+    /// Writes a new frontend: rev-NAT slot, name, slots and Maglev table
+    /// first, the frontend entry last.
+    fn add_frontend(&mut self, t: &Target<'_>, stats: &mut Stats) -> Result<Placed, MapsError> {
         let Some((id, version)) = self.frontend_ids.alloc() else {
-            return Err(MapsError::Full { name: self.maps.revnat.name, max_entries: self.maps.revnat.max_entries });
+            return Err(MapsError::Full { name: MapKind::RevNat.name(), max_entries: self.maps.max_entries(MapKind::RevNat) });
         };
-        let generation = 0;
+        let slots = SlotRange { id, generation: 0, count: t.slots.len() };
         let result = (|| {
             stats.ops += 1;
-            self.maps.revnat.set(id, &rev_nat(&t.fe.addr, version))?;
+            self.maps.set_revnat(id, &rev_nat(&t.fe.addr, version))?;
             stats.ops += 1;
-            self.maps.names.insert(&RevNatKey { id }, &svc_name(&t.fe.name))?;
-            self.write_slots(id, generation, &t.slots, stats)?;
+            self.maps.insert_name(id, &svc_name(&t.fe.name))?;
+            self.write_slots(slots, &t.slots, stats)?;
             if t.maglev_m != 0 {
                 let table = self.maglev_table(&t.slots, t.maglev_m);
                 stats.ops += self.maps.write_maglev(id, &table)? as u64;
                 stats.maglev_tables += 1;
             }
             stats.ops += 1;
-            self.maps.services.insert(&t.fe.addr.key(), &service_value(id, generation, t.slots.len(), t.fe))
+            self.maps.insert_service(&t.fe.addr.key(), &service_value(id, slots.generation, t.slots.len(), t.fe))
         })();
         if let Err(e) = result {
             // Undo the parts that were written; the frontend entry itself
             // was the last write, so no packet saw any of them.
-            self.delete_slots(id, generation, t.slots.len(), stats);
+            self.delete_slots(slots, stats);
             let _ = self.maps.remove_maglev(id);
-            let _ = self.maps.revnat.set(id, &RevNat4 { addr: 0, port: 0, version });
-            let _ = self.maps.names.remove(&RevNatKey { id });
+            let _ = self.maps.set_revnat(id, &RevNat4 { addr: 0, port: 0, version });
+            let _ = self.maps.remove_name(id);
             self.frontend_ids.free(id);
             return Err(e);
         }
-        Ok((id, version, generation))
+        Ok(Placed { id, version, generation: slots.generation })
     }
 
     /// Rewrites an installed frontend; returns its slot generation now.
     fn update_frontend(&mut self, t: &Target<'_>, cur: &Current, stats: &mut Stats) -> Result<u16, MapsError> {
         let id = cur.id;
         let slots_changed = t.slots != cur.slots;
-        let generation = if slots_changed { 1 - cur.generation } else { cur.generation };
-        if slots_changed && let Err(e) = self.write_slots(id, generation, &t.slots, stats) {
-            self.delete_slots(id, generation, t.slots.len(), stats);
+        let new_slots = SlotRange { id, generation: if slots_changed { 1 - cur.generation } else { cur.generation }, count: t.slots.len() };
+        // Undoes the new generation of slots (no packet can have seen it).
+        let drop_new_slots = |r: &mut Self, stats: &mut Stats| {
+            if slots_changed {
+                r.delete_slots(new_slots, stats);
+            }
+        };
+        if slots_changed && let Err(e) = self.write_slots(new_slots, &t.slots, stats) {
+            drop_new_slots(self, stats);
             return Err(e);
         }
         // The table goes in before the frontend flips to the new slots;
         // both hold only backends that already exist. An existing table of
         // the same size is patched where it changed (each slot always
         // names a live backend, so a lookup during the patch is fine).
-        if t.maglev_m != 0 && (slots_changed || cur.maglev_m != t.maglev_m) {
+        let maglev_written = t.maglev_m != 0 && (slots_changed || cur.maglev_m != t.maglev_m);
+        let mut previous = PreviousTable::None;
+        if maglev_written {
+            previous = match self.previous_table(cur) {
+                Ok(p) => p,
+                Err(e) => {
+                    drop_new_slots(self, stats);
+                    return Err(e);
+                }
+            };
             let table = self.maglev_table(&t.slots, t.maglev_m);
             match self.maps.write_maglev(id, &table) {
                 Ok(ops) => stats.ops += ops as u64,
                 Err(e) => {
-                    if slots_changed {
-                        self.delete_slots(id, generation, t.slots.len(), stats);
-                    }
+                    // A patch may have been partly written.
+                    self.restore_table(cur, previous, stats);
+                    drop_new_slots(self, stats);
                     return Err(e);
                 }
             }
             stats.maglev_tables += 1;
         }
         stats.ops += 1;
-        if let Err(e) = self.maps.services.insert(&t.fe.addr.key(), &service_value(id, generation, t.slots.len(), t.fe)) {
-            if slots_changed {
-                self.delete_slots(id, generation, t.slots.len(), stats);
+        if let Err(e) = self.maps.insert_service(&t.fe.addr.key(), &service_value(id, new_slots.generation, t.slots.len(), t.fe)) {
+            if maglev_written {
+                // The frontend still serves its old backends: so must its
+                // table (the new backends it named may go now).
+                self.restore_table(cur, previous, stats);
             }
+            drop_new_slots(self, stats);
             return Err(e);
         }
         if slots_changed {
-            self.defer_slots(id, cur.generation, cur.slots.len());
+            self.defer_slots(SlotRange { id, generation: cur.generation, count: cur.slots.len() });
         }
         // The frontend entry is written: from here on a failure is only
         // reported, the new state stands.
@@ -235,59 +300,140 @@ impl Reconciler {
         }
         if cur.name != t.fe.name {
             stats.ops += 1;
-            if let Err(e) = self.maps.names.insert(&RevNatKey { id }, &svc_name(&t.fe.name)) {
+            if let Err(e) = self.maps.insert_name(id, &svc_name(&t.fe.name)) {
                 stats.errors.push(format!("renaming frontend {id} to {}: {e}", t.fe.name));
             }
         }
-        Ok(generation)
+        Ok(new_slots.generation)
+    }
+
+    /// How to put back the Maglev table `cur` has, should its update fail.
+    fn previous_table(&self, cur: &Current) -> Result<PreviousTable, MapsError> {
+        Ok(if cur.maglev_m != 0 {
+            PreviousTable::Build
+        } else if cur.flags & svc_flags::MAGLEV != 0 {
+            // Recovered from the maps: a table of unknown M may be there.
+            match self.maps.maglev_table(cur.id)? {
+                Some(table) => PreviousTable::Read(table),
+                None => PreviousTable::None,
+            }
+        } else {
+            PreviousTable::None
+        })
+    }
+
+    /// Puts back the Maglev table a frontend had before a failed update.
+    fn restore_table(&mut self, cur: &Current, previous: PreviousTable, stats: &mut Stats) {
+        let result = match previous {
+            PreviousTable::None => self.maps.remove_maglev(cur.id).map(|()| 1),
+            PreviousTable::Build => {
+                let table = self.maglev_table(&cur.slots, cur.maglev_m);
+                self.maps.write_maglev(cur.id, &table)
+            }
+            PreviousTable::Read(table) => self.maps.write_maglev(cur.id, &table),
+        };
+        match result {
+            Ok(ops) => stats.ops += ops as u64,
+            Err(e) => {
+                let msg = format!("restoring the Maglev table of frontend {} ({}): {e}", cur.id, cur.name);
+                warn!("{msg}");
+                stats.errors.push(msg);
+            }
+        }
     }
 
     /// Removes a frontend; returns the backends it used if it was removed.
     /// Its rev-NAT slot is cleared (version kept), which makes its flows
     /// invalid at once.
-    pub(super) fn remove_frontend(&mut self, addr: FrontendAddr, stats: &mut Stats) -> Option<Vec<super::Use>> {
+    pub(super) fn remove_frontend(&mut self, addr: FrontendAddr, stats: &mut Stats) -> Option<Vec<Use>> {
         let inst = self.frontends.get(&addr)?;
-        let (id, version, generation, count, name) = (inst.id, inst.version, inst.generation, inst.slots.len(), inst.name.clone());
+        let slots = SlotRange { id: inst.id, generation: inst.generation, count: inst.slots.len() };
+        let (version, name) = (inst.version, inst.name.clone());
         stats.ops += 1;
-        if let Err(e) = self.maps.services.remove(&addr.key()) {
+        if let Err(e) = self.maps.remove_service(&addr.key()) {
             let msg = format!("removing frontend {name} ({addr}): {e}");
             warn!("{msg}");
             stats.errors.push(msg);
             return None;
         }
-        self.defer_slots(id, generation, count);
+        self.defer_slots(slots);
+        // The frontend is gone for the datapath; what is left of it is
+        // cleared. Its ID is free once that is done; until then the next
+        // apply tries again.
         stats.ops += 3;
-        let _ = self.maps.remove_maglev(id);
-        let _ = self.maps.revnat.set(id, &RevNat4 { addr: 0, port: 0, version });
-        let _ = self.maps.names.remove(&RevNatKey { id });
+        let errors = self.clear_frontend(slots.id, version);
+        if errors.is_empty() {
+            self.frontend_ids.free(slots.id);
+        } else {
+            self.unclean.insert(FrontendRef { id: slots.id, version });
+        }
+        for e in errors {
+            let msg = format!("removing frontend {name} ({addr}): {e}");
+            warn!("{msg}");
+            stats.errors.push(msg);
+        }
         let inst = self.frontends.remove(&addr)?;
-        self.frontend_ids.free(id);
         self.vips.count(addr.ip, inst.flags, false);
         stats.removed += 1;
         Some(inst.uses)
     }
 
-    fn write_slots(&mut self, id: u32, generation: u16, slots: &[u32], stats: &mut Stats) -> Result<(), MapsError> {
-        for (i, backend_id) in slots.iter().enumerate() {
+    /// Clears what a removed frontend left: its Maglev table, its rev-NAT
+    /// slot (version kept, so its flows are invalid) and its name.
+    fn clear_frontend(&mut self, id: u32, version: u16) -> Vec<MapsError> {
+        [
+            self.maps.remove_maglev(id),
+            self.maps.set_revnat(id, &RevNat4 { addr: 0, port: 0, version }),
+            self.maps.remove_name(id),
+        ]
+        .into_iter()
+        .filter_map(Result::err)
+        .collect()
+    }
+
+    /// Clears again what removed frontends left when that failed, and
+    /// frees their IDs once it is done.
+    pub(super) fn retry_unclean(&mut self, stats: &mut Stats) {
+        for frontend in std::mem::take(&mut self.unclean) {
+            stats.ops += 3;
+            let errors = self.clear_frontend(frontend.id, frontend.version);
+            if errors.is_empty() {
+                self.frontend_ids.free(frontend.id);
+                continue;
+            }
+            self.unclean.insert(frontend);
+            for e in errors {
+                stats.errors.push(format!("clearing removed frontend {}: {e}", frontend.id));
+            }
+        }
+    }
+
+    fn write_slots(&mut self, range: SlotRange, backend_ids: &[u32], stats: &mut Stats) -> Result<(), MapsError> {
+        if !self.stale_slots.is_empty() {
+            // Stale slots whose deletion failed and is to be tried again:
+            // those about to be written are live from now on.
+            self.stale_slots.retain(|k| !(k.svc_id == range.id && k.generation == range.generation && (k.slot as usize) < range.count));
+        }
+        for (key, backend_id) in range.keys().zip(backend_ids) {
             stats.ops += 1;
-            self.maps.slots.insert(&SlotKey { svc_id: id, slot: i as u16, generation }, &Slot { backend_id: *backend_id })?;
+            self.maps.insert_slot(&key, &Slot { backend_id: *backend_id })?;
         }
         Ok(())
     }
 
     /// Deletes slots no packet can have seen (a write that failed).
-    fn delete_slots(&mut self, id: u32, generation: u16, count: usize, stats: &mut Stats) {
-        for i in 0..count {
+    fn delete_slots(&mut self, range: SlotRange, stats: &mut Stats) {
+        for key in range.keys() {
             stats.ops += 1;
-            if let Err(e) = self.maps.slots.remove(&SlotKey { svc_id: id, slot: i as u16, generation }) {
-                warn!("deleting slot {i} of frontend {id}: {e}");
+            if let Err(e) = self.maps.remove_slot(&key) {
+                warn!("deleting slot {} of frontend {}: {e}", key.slot, key.svc_id);
             }
         }
     }
 
     /// Slots that stopped being live: deleted at the next apply, so a
     /// packet that read the frontend just before still finds them.
-    fn defer_slots(&mut self, id: u32, generation: u16, count: usize) {
-        self.stale_slots.extend((0..count).map(|i| SlotKey { svc_id: id, slot: i as u16, generation }));
+    fn defer_slots(&mut self, range: SlotRange) {
+        self.stale_slots.extend(range.keys());
     }
 }

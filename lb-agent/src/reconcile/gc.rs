@@ -14,8 +14,8 @@ use std::collections::{BTreeSet, HashMap, HashSet};
 
 use lb_common::{CT_SERVICE, Ct4Key, CtEntry, CtTimeouts, ct};
 
-use super::Reconciler;
-use crate::maps::{MapsError, Named};
+use super::{CtMap, FrontendRef, MapStore, Reconciler};
+use crate::maps::MapsError;
 
 /// What one conntrack garbage collection did.
 #[derive(Debug, Default, Clone, Copy)]
@@ -38,8 +38,6 @@ pub struct GcStats {
     pub affinity_deleted: usize,
 }
 
-type CtMap = Named<aya::maps::HashMap<aya::maps::MapData, Ct4Key, CtEntry>>;
-
 /// Why a flow goes, if it does.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Verdict {
@@ -49,7 +47,21 @@ enum Verdict {
     Purged,
 }
 
-impl Reconciler {
+/// A conntrack entry to delete, and why.
+#[derive(Clone, Copy)]
+struct Doomed {
+    key: Ct4Key,
+    verdict: Verdict,
+}
+
+/// What one pass over a conntrack map found.
+struct Judged {
+    /// Entries read.
+    scanned: usize,
+    doomed: Vec<Doomed>,
+}
+
+impl<M: MapStore> Reconciler<M> {
     /// One collection pass as of `now_ns` on CLOCK_MONOTONIC (the
     /// datapath's `bpf_ktime_get_ns`).
     pub fn collect_conntrack(&mut self, timeouts: &CtTimeouts, now_ns: u64) -> Result<GcStats, MapsError> {
@@ -62,12 +74,12 @@ impl Reconciler {
         result
     }
 
-    fn collect(&mut self, timeouts: &CtTimeouts, now_ns: u64, purge: &BTreeSet<(u32, u16)>) -> Result<GcStats, MapsError> {
+    fn collect(&mut self, timeouts: &CtTimeouts, now_ns: u64, purge: &BTreeSet<FrontendRef>) -> Result<GcStats, MapsError> {
         // The backends each queued frontend may still use.
         let allowed: HashMap<u32, &BTreeSet<u32>> = self
             .frontends
             .values()
-            .filter(|f| purge.contains(&(f.id, f.version)))
+            .filter(|f| purge.contains(&FrontendRef { id: f.id, version: f.version }))
             .map(|f| (f.id, &f.allowed))
             .collect();
         let judge = |e: &CtEntry| {
@@ -80,29 +92,27 @@ impl Reconciler {
             }
         };
         let mut stats = GcStats {
-            tcp_capacity: self.maps.ct.tcp.max_entries,
-            any_capacity: self.maps.ct.any.max_entries,
+            tcp_capacity: self.maps.max_entries(CtMap::Tcp.kind()),
+            any_capacity: self.maps.max_entries(CtMap::Any.kind()),
             ..GcStats::default()
         };
-        for tcp in [true, false] {
-            let map = if tcp { &mut self.maps.ct.tcp } else { &mut self.maps.ct.any };
-            let (scanned, doomed) = collect_pairs(map, timeouts, now_ns, &judge)?;
-            let keys: Vec<Ct4Key> = doomed.iter().map(|(k, _)| *k).collect();
-            let deleted = map.remove_all(&keys)?;
+        for map in CtMap::BOTH {
+            let Judged { scanned, doomed } = judge_pairs(self.maps.ct_entries(map)?, timeouts, now_ns, &judge);
+            let keys: Vec<Ct4Key> = doomed.iter().map(|d| d.key).collect();
+            let deleted = self.maps.remove_ct(map, &keys)?;
             stats.scanned += scanned;
             stats.deleted += deleted;
-            stats.invalid += doomed.iter().filter(|(_, v)| *v == Verdict::Invalid).count();
-            stats.purged += doomed.iter().filter(|(_, v)| *v == Verdict::Purged).count();
+            stats.invalid += doomed.iter().filter(|d| d.verdict == Verdict::Invalid).count();
+            stats.purged += doomed.iter().filter(|d| d.verdict == Verdict::Purged).count();
             let left = scanned.saturating_sub(deleted);
-            if tcp {
-                stats.tcp_remaining = left;
-            } else {
-                stats.any_remaining = left;
+            match map {
+                CtMap::Tcp => stats.tcp_remaining = left,
+                CtMap::Any => stats.any_remaining = left,
             }
         }
         stats.remaining = stats.tcp_remaining + stats.any_remaining;
 
-        let affinity = self.maps.affinity.entries()?;
+        let affinity = self.maps.affinity()?;
         let gone: Vec<_> = affinity
             .iter()
             .filter(|(k, a)| {
@@ -112,21 +122,15 @@ impl Reconciler {
             })
             .map(|(k, _)| *k)
             .collect();
-        stats.affinity_deleted = self.maps.affinity.remove_all(&gone)?;
+        stats.affinity_deleted = self.maps.remove_affinity(&gone)?;
         Ok(stats)
     }
 }
 
-/// The flows of `map` to delete (both directions), with why, judged on
-/// both directions together; returns (entries scanned, entries to
-/// delete).
-fn collect_pairs(
-    map: &CtMap,
-    timeouts: &CtTimeouts,
-    now_ns: u64,
-    judge: &impl Fn(&CtEntry) -> Verdict,
-) -> Result<(usize, Vec<(Ct4Key, Verdict)>), MapsError> {
-    let entries: HashMap<Ct4Key, CtEntry> = map.entries()?.into_iter().collect();
+/// The flows of one map's `entries` to delete (both directions), with why,
+/// judged on both directions together.
+fn judge_pairs(entries: Vec<(Ct4Key, CtEntry)>, timeouts: &CtTimeouts, now_ns: u64, judge: &impl Fn(&CtEntry) -> Verdict) -> Judged {
+    let entries: HashMap<Ct4Key, CtEntry> = entries.into_iter().collect();
     let mut doomed: HashSet<Ct4Key> = HashSet::new();
     let mut out = Vec::new();
     for (key, entry) in &entries {
@@ -152,9 +156,9 @@ fn collect_pairs(
         }
         for k in [*key, twin_key] {
             if entries.contains_key(&k) && doomed.insert(k) {
-                out.push((k, verdict));
+                out.push(Doomed { key: k, verdict });
             }
         }
     }
-    Ok((entries.len(), out))
+    Judged { scanned: entries.len(), doomed: out }
 }

@@ -5,6 +5,16 @@
 //! or affinity entry that names an ID and the version it saw can tell
 //! whether its frontend or backend still exists.
 
+/// One slot of an array map as found at start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct IdSlot {
+    pub id: u32,
+    /// Whether a frontend or backend holds it.
+    pub used: bool,
+    /// The version it holds (kept while free, moved on at the next reuse).
+    pub version: u16,
+}
+
 /// The IDs of one array map.
 #[derive(Debug, Clone)]
 pub struct Ids {
@@ -20,12 +30,12 @@ impl Ids {
         Ids { used: vec![false; size as usize], versions: vec![0; size as usize], next: 1, in_use: 0 }
     }
 
-    /// Takes over what an array holds: `slots` gives each slot's (ID,
-    /// in use, version).
-    pub fn recover(size: u32, slots: impl IntoIterator<Item = (u32, bool, u16)>) -> Ids {
+    /// Takes over what an array holds: `slots` gives each slot's ID,
+    /// whether it is in use, and its version.
+    pub fn recover(size: u32, slots: impl IntoIterator<Item = IdSlot>) -> Ids {
         let mut ids = Ids::new(size);
         let mut last = 0;
-        for (id, used, version) in slots {
+        for IdSlot { id, used, version } in slots {
             let Some(slot) = ids.used.get_mut(id as usize) else { continue };
             if id == 0 {
                 continue;
@@ -108,7 +118,8 @@ mod tests {
 
     #[test]
     fn recovers_in_use_slots_and_versions() {
-        let ids = Ids::recover(8, [(1, true, 4), (2, false, 9), (5, true, 1)]);
+        let slot = |id, used, version| IdSlot { id, used, version };
+        let ids = Ids::recover(8, [slot(1, true, 4), slot(2, false, 9), slot(5, true, 1)]);
         assert!(ids.holds(1, 4) && ids.holds(5, 1) && !ids.holds(2, 9));
         let mut ids = ids;
         // After the highest in use, and a reused slot moves its version on.

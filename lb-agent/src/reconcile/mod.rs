@@ -26,33 +26,46 @@
 //! Parts: [`ids`] (ID and version allocation), [`backends`] (backend
 //! entries and their use counts), [`frontends`] (frontend entries, slots,
 //! Maglev tables), [`gc`] (conntrack garbage collection and deferred
-//! purges), [`ranges`] (loadBalancerSourceRanges).
+//! purges), [`ranges`] (loadBalancerSourceRanges), [`recover`] (taking
+//! over the maps at start).
+//!
+//! The maps are reached through [`MapStore`] ([`store`]): the pinned maps
+//! ([`Maps`], the default), or the in-memory fakes of [`fake`] (one with
+//! the kernel's answers, one that fails chosen operations), which let the
+//! tests check every path, the rollbacks included, against a [`dump`] of
+//! the maps without root.
 
 mod backends;
+pub mod dump;
+pub mod fake;
 mod frontends;
 mod gc;
 pub mod ids;
 mod ranges;
+mod recover;
+pub mod store;
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     hash::{BuildHasher, Hash, Hasher},
-    net::Ipv4Addr,
 };
 
-use lb_common::{SCOPE_EXTERNAL, SlotKey, sizes};
-use tracing::debug;
+use lb_common::SlotKey;
 
-pub use self::gc::GcStats;
+pub use self::{
+    gc::GcStats,
+    store::{CtMap, MapKind, MapStore},
+};
 use self::{
-    backends::{InstalledBackend, Refs, Use},
+    backends::{InstalledBackend, Refs, Use, Writing},
     frontends::Installed,
     ids::Ids,
+    ranges::SrcRange,
 };
 use crate::{
     maglev,
-    maps::{Maps, MapsError, svc_name_str},
-    model::{BackendAddr, Desired, Frontend, FrontendAddr, Protocol},
+    maps::Maps,
+    model::{BackendAddr, Desired, Frontend, FrontendAddr},
     vips::Vips,
 };
 
@@ -73,8 +86,35 @@ pub struct Stats {
     pub errors: Vec<String>,
 }
 
-pub struct Reconciler {
-    maps: Maps,
+/// A frontend ID with the version of its rev-NAT slot: names one frontend
+/// for as long as it is installed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct FrontendRef {
+    pub id: u32,
+    pub version: u16,
+}
+
+/// A frontend whose allowed backends lost members in an apply.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Shrunk {
+    /// The frontend's ID.
+    id: u32,
+    /// The backend IDs it no longer allows.
+    removed: Vec<u32>,
+}
+
+/// A desired frontend that differs from what was written for it.
+struct Change<'a> {
+    fe: &'a Frontend,
+    digest: u64,
+    /// The backends it uses, with the flags it gives them.
+    uses: Vec<Use>,
+}
+
+/// Keeps the maps (by default the pinned ones, [`Maps`]) in step with the
+/// desired state.
+pub struct Reconciler<M: MapStore = Maps> {
+    maps: M,
     frontends: BTreeMap<FrontendAddr, Installed>,
     backends: BTreeMap<BackendAddr, InstalledBackend>,
     frontend_ids: Ids,
@@ -85,7 +125,7 @@ pub struct Reconciler {
     /// This node's name: endpoints on it get `backend_flags::LOCAL`.
     node_name: Option<String>,
     /// Installed loadBalancerSourceRanges entries, by frontend ID.
-    src_ranges: BTreeMap<u32, BTreeSet<(u32, u32)>>,
+    src_ranges: BTreeMap<u32, BTreeSet<SrcRange>>,
     /// Uses of each backend by installed frontends. An `apply` only looks
     /// at frontends whose digest changed, so this is what tells it which
     /// backends are still needed without walking every frontend.
@@ -93,140 +133,27 @@ pub struct Reconciler {
     /// After recovery: remove backends nothing uses once the first `apply`
     /// has counted every frontend.
     scan_unused: bool,
+    /// Backends whose flags or removal could not be written: the next
+    /// `apply` tries them again.
+    retry_backends: BTreeSet<BackendAddr>,
     /// `LB4_VIPS`, counted from the installed frontends.
     vips: Vips,
-    /// Frontends (by ID, with the version) whose set of allowed backends
-    /// lost a backend that is still installed: their flows to it are
-    /// deleted by the next garbage collection.
-    pending_purge: BTreeSet<(u32, u16)>,
-    /// Frontends whose allowed set lost members in this apply (ID, the
-    /// backends removed).
-    shrunk: Vec<(u32, Vec<u32>)>,
+    /// Frontends whose set of allowed backends lost a backend that is still
+    /// installed: their flows to it are deleted by the next garbage
+    /// collection.
+    pending_purge: BTreeSet<FrontendRef>,
+    /// Frontends whose allowed set lost members in this apply.
+    shrunk: Vec<Shrunk>,
     /// Slots of generations that stopped being live, deleted at the start
     /// of the next apply.
     stale_slots: Vec<SlotKey>,
+    /// Removed frontends whose rev-NAT slot, name or Maglev table could not
+    /// be cleared: their IDs stay taken until an apply clears them.
+    unclean: BTreeSet<FrontendRef>,
     hasher: foldhash::quality::FixedState,
 }
 
-impl Reconciler {
-    /// Takes over whatever the pinned maps hold: IDs and their versions,
-    /// generations, slots. Leftovers of an interrupted run (slots of a
-    /// dead generation, rev-NAT slots without a frontend) are cleaned up.
-    pub fn recover(mut maps: Maps) -> Result<Self, MapsError> {
-        let mut backends = BTreeMap::new();
-        let backend_slots = maps.backends.slots()?;
-        let backend_ids = Ids::recover(
-            maps.backends.max_entries,
-            backend_slots.iter().map(|(id, b)| (*id, b.addr != 0, b.version)),
-        );
-        for (id, be) in &backend_slots {
-            if be.addr == 0 {
-                continue;
-            }
-            let Some(proto) = Protocol::from_number(be.proto) else {
-                continue;
-            };
-            let addr = BackendAddr { ip: Ipv4Addr::from(be.addr.to_ne_bytes()), port: u16::from_be(be.port), proto };
-            backends.insert(addr, InstalledBackend { id: *id, flags: be.flags, version: be.version });
-        }
-        let backend_by_id: HashMap<u32, BackendAddr> = backends.iter().map(|(a, b)| (b.id, *a)).collect();
-        let revnat_slots = maps.revnat.slots()?;
-        let mut frontends = BTreeMap::new();
-        let mut live_slots = BTreeSet::new();
-        for (key, value) in maps.services.entries()? {
-            let Some(addr) = FrontendAddr::from_key(&key) else {
-                continue;
-            };
-            if key.scope != SCOPE_EXTERNAL {
-                continue;
-            }
-            let mut slots = Vec::with_capacity(value.count as usize);
-            for slot in 0..value.count {
-                let k = SlotKey { svc_id: value.id, slot, generation: value.generation };
-                live_slots.insert(k);
-                if let Some(s) = maps.slots.get(&k)? {
-                    slots.push(s.backend_id);
-                }
-            }
-            let name = maps.names.get(&lb_common::RevNatKey { id: value.id })?.map(|n| svc_name_str(&n)).unwrap_or_default();
-            let uses: Vec<Use> = slots
-                .iter()
-                .filter_map(|id| backend_by_id.get(id))
-                .map(|a| (*a, backends.get(a).map_or(0, |b: &InstalledBackend| b.flags)))
-                .collect();
-            let version = revnat_slots.iter().find(|(id, _)| *id == value.id).map_or(0, |(_, r)| r.version);
-            frontends.insert(
-                addr,
-                Installed {
-                    id: value.id,
-                    version,
-                    generation: value.generation,
-                    allowed: slots.iter().copied().collect(),
-                    slots,
-                    flags: value.flags,
-                    affinity_timeout: value.affinity_timeout,
-                    name,
-                    // Unknown after a restart: the first apply rebuilds it.
-                    maglev_m: 0,
-                    digest: 0,
-                    uses,
-                },
-            );
-        }
-        let live_ids: BTreeSet<u32> = frontends.values().map(|f| f.id).collect();
-        let frontend_ids = Ids::recover(
-            maps.revnat.max_entries,
-            revnat_slots.iter().map(|(id, r)| (*id, live_ids.contains(id), r.version)),
-        );
-        // Leftovers.
-        let dead_slots: Vec<SlotKey> = maps.slots.entries()?.into_iter().map(|(k, _)| k).filter(|k| !live_slots.contains(k)).collect();
-        maps.slots.remove_all(&dead_slots)?;
-        for (id, r) in &revnat_slots {
-            if r.addr != 0 && !live_ids.contains(id) {
-                maps.revnat.set(*id, &lb_common::RevNat4 { addr: 0, port: 0, version: r.version })?;
-            }
-        }
-        for (key, _) in maps.names.entries()? {
-            if !live_ids.contains(&key.id) {
-                maps.names.remove(&key)?;
-            }
-        }
-        for id in maps.maglev_ids() {
-            if !live_ids.contains(&id) {
-                maps.remove_maglev(id)?;
-            }
-        }
-        debug!(frontends = frontends.len(), backends = backends.len(), "recovered state from the pinned maps");
-        let mut refs: HashMap<BackendAddr, Refs> = HashMap::new();
-        for f in frontends.values() {
-            for &(addr, flags) in &f.uses {
-                refs.entry(addr).or_default().count(flags, true);
-            }
-        }
-        let mut vips = Vips::recover(&maps)?;
-        for (addr, f) in &frontends {
-            vips.count(addr.ip, f.flags, true);
-        }
-        Ok(Reconciler {
-            maps,
-            refs,
-            scan_unused: true,
-            vips,
-            hasher: foldhash::quality::FixedState::with_seed(0x6c62_2d61_6765_6e74),
-            pending_purge: BTreeSet::new(),
-            shrunk: Vec::new(),
-            stale_slots: Vec::new(),
-            backend_addrs: backends.iter().map(|(a, b)| (b.id, *a)).collect(),
-            frontends,
-            backends,
-            frontend_ids,
-            backend_ids,
-            maglev_m: sizes::MAGLEV_M,
-            node_name: None,
-            src_ranges: BTreeMap::new(),
-        })
-    }
-
+impl<M: MapStore> Reconciler<M> {
     /// Sets this node's name: backends whose endpoint runs here are marked
     /// `backend_flags::LOCAL` (the XDP program delivers to them without
     /// SNAT) from the next `apply` on.
@@ -254,11 +181,11 @@ impl Reconciler {
         self.maglev_m = m;
     }
 
-    pub fn maps(&self) -> &Maps {
+    pub fn maps(&self) -> &M {
         &self.maps
     }
 
-    pub fn maps_mut(&mut self) -> &mut Maps {
+    pub fn maps_mut(&mut self) -> &mut M {
         &mut self.maps
     }
 
@@ -293,7 +220,8 @@ impl Reconciler {
     pub fn apply_all(&mut self, parts: &[&Desired]) -> Stats {
         let mut stats = Stats::default();
         self.delete_stale_slots(&mut stats);
-        let changed: Vec<(&Frontend, u64, Vec<Use>)> = parts
+        self.retry_unclean(&mut stats);
+        let changed: Vec<Change<'_>> = parts
             .iter()
             .enumerate()
             .flat_map(|(i, d)| d.values().map(move |fe| (i, fe)))
@@ -302,14 +230,14 @@ impl Reconciler {
             .filter_map(|fe| {
                 let digest = self.digest(fe);
                 let same = self.frontends.get(&fe.addr).is_some_and(|i| i.digest == digest);
-                (!same).then(|| (fe, digest, self.uses(fe)))
+                (!same).then(|| Change { fe, digest, uses: self.uses(fe) })
             })
             .collect();
         let gone: Vec<FrontendAddr> =
             self.frontends.keys().filter(|addr| !parts.iter().any(|d| d.contains_key(addr))).copied().collect();
         // Addresses first: a frontend whose address the datapath does not
         // know is never looked up.
-        for (fe, _, _) in &changed {
+        for Change { fe, .. } in &changed {
             match self.vips.prepare(&mut self.maps, fe.addr.ip, fe.flags) {
                 Ok(ops) => stats.ops += ops,
                 Err(e) => stats.errors.push(format!("frontend {} ({}): {e}", fe.name, fe.addr)),
@@ -317,18 +245,18 @@ impl Reconciler {
         }
         // Backends next: count the new uses and write new backends (and
         // changed flags) before any slot points at them.
-        let mut touched: BTreeSet<BackendAddr> = BTreeSet::new();
-        for (_, _, uses) in &changed {
+        let mut touched: BTreeSet<BackendAddr> = std::mem::take(&mut self.retry_backends);
+        for Change { uses, .. } in &changed {
             self.count(uses, true);
-            touched.extend(uses.iter().map(|u| u.0));
+            touched.extend(uses.iter().map(|u| u.addr));
         }
-        self.write_backends(&touched, &mut stats);
-        for (fe, digest, uses) in changed {
-            match self.write_frontend(fe, digest, uses, &mut stats) {
+        self.write_backends(&touched, Writing::NewAndChanged, &mut stats);
+        for change in changed {
+            match self.write_frontend(change, &mut stats) {
                 // Written: the uses it had before are released.
                 Ok(old) => {
                     self.count(&old, false);
-                    touched.extend(old.iter().map(|u| u.0));
+                    touched.extend(old.iter().map(|u| u.addr));
                 }
                 // Kept its previous state: its new uses are released.
                 Err(new) => self.count(&new, false),
@@ -337,7 +265,7 @@ impl Reconciler {
         for addr in gone {
             if let Some(old) = self.remove_frontend(addr, &mut stats) {
                 self.count(&old, false);
-                touched.extend(old.iter().map(|u| u.0));
+                touched.extend(old.iter().map(|u| u.addr));
             }
         }
         if std::mem::take(&mut self.scan_unused) {
@@ -365,10 +293,10 @@ impl Reconciler {
     /// moved on); flows to those still installed for other frontends wait
     /// for the next garbage collection.
     fn queue_purges(&mut self, stats: &mut Stats) {
-        for (id, removed) in std::mem::take(&mut self.shrunk) {
+        for Shrunk { id, removed } in std::mem::take(&mut self.shrunk) {
             if removed.iter().any(|b| self.backend_addrs.contains_key(b)) {
-                let version = self.frontend_ids.version(id);
-                if self.pending_purge.insert((id, version)) {
+                let frontend = FrontendRef { id, version: self.frontend_ids.version(id) };
+                if self.pending_purge.insert(frontend) {
                     stats.purges_queued += 1;
                 }
             }
@@ -376,15 +304,15 @@ impl Reconciler {
     }
 
     /// Deletes the slots of generations that stopped being live in the
-    /// previous apply.
+    /// previous apply; if that fails, the next apply tries again.
     fn delete_stale_slots(&mut self, stats: &mut Stats) {
         if self.stale_slots.is_empty() {
             return;
         }
-        let stale = std::mem::take(&mut self.stale_slots);
-        stats.ops += stale.len() as u64;
-        if let Err(e) = self.maps.slots.remove_all(&stale) {
-            stats.errors.push(format!("deleting old slots: {e}"));
+        stats.ops += self.stale_slots.len() as u64;
+        match self.maps.remove_slots(&self.stale_slots) {
+            Ok(_) => self.stale_slots.clear(),
+            Err(e) => stats.errors.push(format!("deleting old slots: {e}")),
         }
     }
 }

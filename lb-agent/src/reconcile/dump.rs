@@ -1,0 +1,256 @@
+//! A stable, readable text of everything the reconciler writes, from any
+//! [`MapStore`]: the golden form the table-driven tests compare, and the
+//! same for the pinned maps and the fakes, so one can be checked against
+//! the other.
+//!
+//! One section per map that holds anything, entries sorted, addresses
+//! and ports in host form; array slots that are all zeroes are left out,
+//! and a free slot that kept its version shows as `-`:
+//!
+//! ```text
+//! LB4_VIPS
+//!   10.96.0.1 ClusterIP
+//! LB4_SERVICES
+//!   10.96.0.1:80/TCP id 1 gen 0 count 2
+//! LB4_SLOTS
+//!   1/0: 1 2
+//! LB4_BACKENDS
+//!   1 v1 10.244.1.1:8080/TCP
+//!   2 v1 10.244.1.2:8080/TCP terminating
+//!   3 v1 -
+//! LB4_REVNAT
+//!   1 v1 10.96.0.1:80
+//! LB_SVC_NAMES
+//!   1 test/web
+//! ```
+
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    net::Ipv4Addr,
+};
+
+use lb_common::{CT_SERVICE, backend_flags, svc_flags, vip_flags};
+
+use super::store::{CtMap, MapKind, MapStore};
+use crate::{maps::{MapsError, svc_name_str}, model::Protocol};
+
+fn ip(addr: u32) -> Ipv4Addr {
+    Ipv4Addr::from(addr.to_ne_bytes())
+}
+
+fn proto(n: u8) -> String {
+    Protocol::from_number(n).map_or_else(|| format!("proto{n}"), |p| p.to_string())
+}
+
+fn flag_names(flags: u32, names: &[(u32, &str)]) -> String {
+    let mut out: Vec<String> = names.iter().filter(|(f, _)| flags & f != 0).map(|(_, n)| n.to_string()).collect();
+    let known = names.iter().fold(0, |acc, (f, _)| acc | f);
+    if flags & !known != 0 {
+        out.push(format!("{:#x}", flags & !known));
+    }
+    out.join(",")
+}
+
+fn svc_flag_names(flags: u32) -> String {
+    flag_names(
+        flags,
+        &[
+            (svc_flags::NODE_PORT, "NodePort"),
+            (svc_flags::EXTERNAL_IP, "ExternalIP"),
+            (svc_flags::LOAD_BALANCER, "LoadBalancer"),
+            (svc_flags::EXT_LOCAL, "ExtLocal"),
+            (svc_flags::INT_LOCAL, "IntLocal"),
+            (svc_flags::AFFINITY, "Affinity"),
+            (svc_flags::MAGLEV, "Maglev"),
+            (svc_flags::SOURCE_RANGES, "SourceRanges"),
+        ],
+    )
+}
+
+/// Appends a section if it has lines.
+fn section(out: &mut String, map: MapKind, lines: Vec<String>) {
+    if lines.is_empty() {
+        return;
+    }
+    let _ = writeln!(out, "{}", map.name());
+    for l in lines {
+        let _ = writeln!(out, "  {l}");
+    }
+}
+
+/// Backend IDs, or `i:id` pairs where indexes are missing.
+fn id_list(entries: &[(u16, u32)]) -> String {
+    let contiguous = entries.iter().enumerate().all(|(i, (slot, _))| i == *slot as usize);
+    let items: Vec<String> =
+        entries.iter().map(|(slot, id)| if contiguous { id.to_string() } else { format!("{slot}:{id}") }).collect();
+    items.join(" ")
+}
+
+/// Everything the reconciler keeps in `maps`, with conntrack and affinity.
+pub fn dump(maps: &impl MapStore) -> Result<String, MapsError> {
+    let mut out = String::new();
+
+    let mut vips: Vec<_> = maps.vips()?.into_iter().map(|(a, v)| (ip(a), v.flags)).collect();
+    vips.sort_unstable();
+    let kinds = [
+        (vip_flags::CLUSTER_IP, "ClusterIP"),
+        (vip_flags::LOAD_BALANCER, "LoadBalancer"),
+        (vip_flags::EXTERNAL_IP, "ExternalIP"),
+        (vip_flags::NODE_PORT, "NodePort"),
+    ];
+    section(&mut out, MapKind::Vips, vips.iter().map(|(a, f)| format!("{a} {}", flag_names(*f, &kinds))).collect());
+
+    let mut services = maps.services()?;
+    services.sort_by_key(|(k, _)| (u32::from_be(k.addr), u16::from_be(k.port), k.proto, k.scope));
+    section(
+        &mut out,
+        MapKind::Services,
+        services
+            .iter()
+            .map(|(k, v)| {
+                let mut l = format!("{}:{}/{}", ip(k.addr), u16::from_be(k.port), proto(k.proto));
+                if k.scope != lb_common::SCOPE_EXTERNAL {
+                    let _ = write!(l, " scope {}", k.scope);
+                }
+                let _ = write!(l, " id {} gen {} count {}", v.id, v.generation, v.count);
+                if v.flags != 0 {
+                    let _ = write!(l, " {}", svc_flag_names(v.flags));
+                }
+                if v.affinity_timeout != 0 {
+                    let _ = write!(l, " timeout {}s", v.affinity_timeout);
+                }
+                l
+            })
+            .collect(),
+    );
+
+    let mut slots: BTreeMap<(u32, u16), Vec<(u16, u32)>> = BTreeMap::new();
+    for (k, s) in maps.slots()? {
+        slots.entry((k.svc_id, k.generation)).or_default().push((k.slot, s.backend_id));
+    }
+    section(
+        &mut out,
+        MapKind::Slots,
+        slots
+            .into_iter()
+            .map(|((id, generation), mut entries)| {
+                entries.sort_unstable();
+                format!("{id}/{generation}: {}", id_list(&entries))
+            })
+            .collect(),
+    );
+
+    let mut backends = maps.backends()?;
+    backends.sort_by_key(|(id, _)| *id);
+    section(
+        &mut out,
+        MapKind::Backends,
+        backends
+            .iter()
+            .filter(|(_, b)| b.addr != 0 || b.version != 0 || b.port != 0 || b.flags != 0)
+            .map(|(id, b)| {
+                if b.addr == 0 {
+                    return format!("{id} v{} -", b.version);
+                }
+                let mut l = format!("{id} v{} {}:{}/{}", b.version, ip(b.addr), u16::from_be(b.port), proto(b.proto));
+                let flags = flag_names(
+                    b.flags as u32,
+                    &[(backend_flags::TERMINATING as u32, "terminating"), (backend_flags::LOCAL as u32, "local")],
+                );
+                if !flags.is_empty() {
+                    let _ = write!(l, " {flags}");
+                }
+                l
+            })
+            .collect(),
+    );
+
+    let mut revnats = maps.revnats()?;
+    revnats.sort_by_key(|(id, _)| *id);
+    section(
+        &mut out,
+        MapKind::RevNat,
+        revnats
+            .iter()
+            .filter(|(_, r)| r.addr != 0 || r.version != 0 || r.port != 0)
+            .map(|(id, r)| {
+                if r.addr == 0 {
+                    format!("{id} v{} -", r.version)
+                } else {
+                    format!("{id} v{} {}:{}", r.version, ip(r.addr), u16::from_be(r.port))
+                }
+            })
+            .collect(),
+    );
+
+    let mut names = maps.names()?;
+    names.sort_by_key(|(id, _)| *id);
+    section(&mut out, MapKind::Names, names.iter().map(|(id, n)| format!("{id} {}", svc_name_str(n))).collect());
+
+    let mut maglev = Vec::new();
+    let mut ids = maps.maglev_ids()?;
+    ids.sort_unstable();
+    for id in ids {
+        if let Some(table) = maps.maglev_table(id)? {
+            let t: Vec<String> = table.iter().map(u32::to_string).collect();
+            maglev.push(format!("{id}: {}", t.join(" ")));
+        }
+    }
+    section(&mut out, MapKind::Maglev, maglev);
+
+    let mut ranges: Vec<(u32, u32, u32)> =
+        maps.src_ranges()?.into_iter().map(|(len, d)| (u32::from_be(d.svc_id), u32::from_be(d.addr), len)).collect();
+    ranges.sort_unstable();
+    section(
+        &mut out,
+        MapKind::SrcRanges,
+        ranges.iter().map(|(id, addr, len)| format!("{id} {}/{}", Ipv4Addr::from(*addr), len.saturating_sub(32))).collect(),
+    );
+
+    for map in CtMap::BOTH {
+        let mut lines: Vec<String> = maps
+            .ct_entries(map)?
+            .iter()
+            .map(|(k, e)| {
+                format!(
+                    "{}:{} -> {}:{} {} {}: frontend {} v{} backend {} v{}",
+                    ip(k.saddr),
+                    u16::from_be(k.sport),
+                    ip(k.daddr),
+                    u16::from_be(k.dport),
+                    proto(k.proto),
+                    if k.dir == CT_SERVICE { "service" } else { "reply" },
+                    e.rev_nat_id,
+                    e.frontend_version,
+                    e.backend_id,
+                    e.backend_version
+                )
+            })
+            .collect();
+        lines.sort_unstable();
+        section(&mut out, map.kind(), lines);
+    }
+
+    let mut affinity: Vec<String> = maps
+        .affinity()?
+        .iter()
+        .map(|(k, a)| {
+            let client = if k.client & lb_common::AFFINITY_NETNS != 0 {
+                format!("netns {}", k.client & !lb_common::AFFINITY_NETNS)
+            } else {
+                ip(k.client as u32).to_string()
+            };
+            format!(
+                "{client} frontend {} v{}: backend {} v{}",
+                k.svc_id,
+                k.svc_version,
+                a.backend_id,
+                a.backend_version
+            )
+        })
+        .collect();
+    affinity.sort_unstable();
+    section(&mut out, MapKind::Affinity, affinity);
+    Ok(out)
+}

@@ -1,0 +1,1401 @@
+//! The reconciler against maps in memory (`reconcile::fake`), without
+//! root: table-driven cases from a desired state to the exact map dump
+//! (`reconcile::dump`), every rollback path among them (a map full in the
+//! middle of an update, a failed flip of the slot generation, a failed
+//! backend or Maglev write), recovery from maps an older agent left
+//! (orphans, half-written updates), the purge of a shared backend's flows,
+//! and a sweep that fails each write of an update in turn.
+//!
+//! A failing case prints the whole dump it got; `LB_BLESS=1` prints every
+//! case's dump instead of comparing, to write new goldens from (read them
+//! before pasting them in).
+
+use std::collections::BTreeMap;
+
+use lb_agent::{
+    datapath::MapSizes,
+    maps::MapsError,
+    model::{Backend, BackendAddr, Cidr, Desired, Frontend, FrontendAddr, Protocol},
+    reconcile::{
+        CtMap, MapKind, MapStore, Reconciler, Stats,
+        dump::dump,
+        fake::{FakeMaps, Fault, Faulty, Op},
+    },
+};
+use lb_common::{
+    Affinity4, Affinity4Key, Backend4, CT_REPLY, CT_SERVICE, Ct4Key, CtEntry, CtTimeouts, RevNat4, SCOPE_INTERNAL,
+    Service4Key, Service4Value, Slot, SlotKey, Vip4, svc_flags, vip_flags,
+};
+
+/// Small maps, so that a test can fill one.
+fn sizes() -> MapSizes {
+    MapSizes { services: 16, backends: 16, slots: 64, ct_tcp: 64, ct_any: 64, affinity: 16 }
+}
+
+/// The Maglev table size of the tests (prime, small enough to read).
+const M: u32 = 7;
+
+type Rec = Reconciler<Faulty<FakeMaps>>;
+
+fn reconciler_over(maps: FakeMaps) -> Rec {
+    let mut r = Reconciler::recover(Faulty::new(maps)).expect("recover");
+    r.set_maglev_m(M);
+    r
+}
+
+fn reconciler() -> Rec {
+    reconciler_over(FakeMaps::new(&sizes()))
+}
+
+/// A frontend from one line: `ip:port/PROTO name [flags] = backends`, the
+/// flags among `maglev`, `affinity=<s>`, `nodeport`, `local`; a backend
+/// `ip:port`, `~` after it for terminating.
+fn frontend(line: &str) -> Frontend {
+    let (head, backends) = line.split_once(" = ").unwrap_or((line.trim_end_matches(" ="), ""));
+    let mut words = head.split_whitespace();
+    let (ip_port, proto) = words.next().unwrap().split_once('/').unwrap();
+    let proto = match proto {
+        "TCP" => Protocol::Tcp,
+        "UDP" => Protocol::Udp,
+        p => panic!("protocol {p}"),
+    };
+    let sa: std::net::SocketAddrV4 = ip_port.parse().unwrap();
+    let addr = FrontendAddr { ip: *sa.ip(), port: sa.port(), proto };
+    let name = format!("test/{}", words.next().unwrap());
+    let (mut flags, mut affinity_timeout) = (0, 0);
+    for w in words {
+        match w {
+            "maglev" => flags |= svc_flags::MAGLEV,
+            "nodeport" => flags |= svc_flags::NODE_PORT,
+            "local" => flags |= svc_flags::EXT_LOCAL,
+            w if w.starts_with("affinity=") => {
+                flags |= svc_flags::AFFINITY;
+                affinity_timeout = w["affinity=".len()..].parse().unwrap();
+            }
+            w => panic!("flag {w}"),
+        }
+    }
+    let backends = backends
+        .split_whitespace()
+        .map(|b| {
+            let (b, terminating) = b.strip_suffix('~').map_or((b, false), |b| (b, true));
+            let sa: std::net::SocketAddrV4 = b.parse().unwrap();
+            Backend { addr: BackendAddr { ip: *sa.ip(), port: sa.port(), proto }, terminating, node_name: None, zone: None }
+        })
+        .collect();
+    Frontend { addr, name, backends, flags, affinity_timeout }
+}
+
+fn desired(lines: &[&str]) -> Desired {
+    lines.iter().map(|l| frontend(l)).map(|f| (f.addr, f)).collect()
+}
+
+/// Lines without their indentation and without blank lines.
+fn lines(text: &str) -> Vec<&str> {
+    text.lines().map(str::trim).filter(|l| !l.is_empty()).collect()
+}
+
+fn blessing() -> bool {
+    std::env::var("LB_BLESS").is_ok_and(|v| v == "1")
+}
+
+/// Compares a dump with its golden text.
+fn check_dump(case: &str, got: &str, want: &str) {
+    if blessing() {
+        println!("=== {case}\n{got}");
+        return;
+    }
+    assert_eq!(lines(got), lines(want), "{case}: the maps differ; they hold:\n{got}");
+}
+
+/// The errors of an apply, each containing its expected part, in order.
+fn check_errors(case: &str, stats: &Stats, want: &[&str]) {
+    if blessing() {
+        println!("=== {case} errors\n{:#?}", stats.errors);
+        return;
+    }
+    assert_eq!(stats.errors.len(), want.len(), "{case}: errors {:#?}", stats.errors);
+    for (got, want) in stats.errors.iter().zip(want) {
+        assert!(got.contains(want), "{case}: error {got:?} does not say {want:?}");
+    }
+}
+
+fn ip(addr: u32) -> std::net::Ipv4Addr {
+    std::net::Ipv4Addr::from(addr.to_ne_bytes())
+}
+
+/// What the datapath serves, free of IDs, versions and generations: per
+/// frontend its flags, name and backends in slot order (with their flags),
+/// and its Maglev table as backend addresses. Two maps that serve the same
+/// give the same view.
+fn view(maps: &impl MapStore) -> BTreeMap<String, String> {
+    let backends: BTreeMap<u32, Backend4> = maps.backends().unwrap().into_iter().filter(|(_, b)| b.addr != 0).collect();
+    let name_of = |id: u32| backends.get(&id).map_or(format!("?{id}"), |b| format!("{}:{}/{}", ip(b.addr), u16::from_be(b.port), b.flags));
+    let mut out = BTreeMap::new();
+    for (k, v) in maps.services().unwrap() {
+        let slots: Vec<String> = (0..v.count)
+            .map(|slot| match maps.slot(&SlotKey { svc_id: v.id, slot, generation: v.generation }).unwrap() {
+                Some(s) => name_of(s.backend_id),
+                None => format!("?slot{slot}"),
+            })
+            .collect();
+        let name = maps.name(v.id).unwrap().map(|n| lb_agent::maps::svc_name_str(&n)).unwrap_or_default();
+        let maglev = maps.maglev_table(v.id).unwrap().map(|t| t.iter().map(|id| name_of(*id)).collect::<Vec<_>>().join(" "));
+        let key = format!("{}:{}/{}", ip(k.addr), u16::from_be(k.port), k.proto);
+        out.insert(key, format!("{name} flags {:#x} timeout {} slots [{}] maglev {maglev:?}", v.flags, v.affinity_timeout, slots.join(" ")));
+    }
+    let mut all: Vec<String> = backends.keys().map(|id| name_of(*id)).collect();
+    all.sort();
+    out.insert("backends".into(), all.join(" "));
+    let mut vips: Vec<String> = maps.vips().unwrap().into_iter().map(|(a, v)| format!("{} {:#x}", ip(a), v.flags)).collect();
+    vips.sort();
+    out.insert("vips".into(), vips.join(" "));
+    out
+}
+
+/// What must hold whenever an apply has returned, whatever failed: every
+/// frontend entry has its address in `LB4_VIPS`, its rev-NAT slot, all its
+/// slots, each naming a live backend, and a Maglev table (if any) that
+/// names only its own slot backends. No packet can see a half-written
+/// frontend.
+fn check_consistent(case: &str, maps: &impl MapStore, stats: &Stats) {
+    // A frontend whose address did not fit is written, and waits for it.
+    let vips_full = stats.errors.iter().any(|e| e.contains("LB4_VIPS"));
+    let backends: BTreeMap<u32, Backend4> = maps.backends().unwrap().into_iter().filter(|(_, b)| b.addr != 0).collect();
+    let vips: BTreeMap<u32, u32> = maps.vips().unwrap().into_iter().map(|(a, v)| (a, v.flags)).collect();
+    let revnat: BTreeMap<u32, RevNat4> = maps.revnats().unwrap().into_iter().collect();
+    let text = || dump(maps).unwrap();
+    for (k, v) in maps.services().unwrap() {
+        let fe = format!("{}:{}", ip(k.addr), u16::from_be(k.port));
+        let kind = lb_agent::vips::kind(v.flags);
+        assert!(vips_full || vips.get(&k.addr).is_some_and(|f| f & kind != 0), "{case}: {fe} is not in LB4_VIPS as {kind:#x}:\n{}", text());
+        let r = revnat.get(&v.id).copied().unwrap_or(RevNat4 { addr: 0, port: 0, version: 0 });
+        assert!(r.addr == k.addr && r.port == k.port, "{case}: {fe}'s rev-NAT slot {} holds {r:?}:\n{}", v.id, text());
+        let mut slot_backends = Vec::new();
+        for slot in 0..v.count {
+            let s = maps.slot(&SlotKey { svc_id: v.id, slot, generation: v.generation }).unwrap();
+            let s = s.unwrap_or_else(|| panic!("{case}: {fe} has no slot {slot}:\n{}", text()));
+            let b = backends.get(&s.backend_id).unwrap_or_else(|| panic!("{case}: {fe}'s slot {slot} names a backend that is gone:\n{}", text()));
+            assert_eq!(b.proto, k.proto, "{case}: {fe}");
+            slot_backends.push(s.backend_id);
+        }
+        if let Some(table) = maps.maglev_table(v.id).unwrap() {
+            assert!(v.flags & svc_flags::MAGLEV != 0 || table.iter().all(|id| backends.contains_key(id)), "{case}: {fe}");
+            for id in &table {
+                assert!(
+                    backends.contains_key(id) && slot_backends.contains(id),
+                    "{case}: {fe}'s Maglev table names backend {id}, which is not one of its slot backends {slot_backends:?}:\n{}",
+                    text()
+                );
+            }
+        }
+    }
+}
+
+/// After two applies of the same state nothing is left of what is gone:
+/// every rev-NAT slot in use, name and Maglev table belongs to a frontend,
+/// and every slot to a live generation.
+fn check_no_leftovers(case: &str, maps: &impl MapStore) {
+    let services = maps.services().unwrap();
+    let ids: Vec<u32> = services.iter().map(|(_, v)| v.id).collect();
+    let text = || dump(maps).unwrap();
+    for (k, _) in maps.slots().unwrap() {
+        let live = services.iter().any(|(_, v)| v.id == k.svc_id && v.generation == k.generation && k.slot < v.count);
+        assert!(live, "{case}: slot {k:?} is not live:\n{}", text());
+    }
+    for (id, r) in maps.revnats().unwrap() {
+        assert!(r.addr == 0 || ids.contains(&id), "{case}: rev-NAT slot {id} without a frontend:\n{}", text());
+    }
+    for (id, _) in maps.names().unwrap() {
+        assert!(ids.contains(&id), "{case}: name {id} without a frontend:\n{}", text());
+    }
+    for id in maps.maglev_ids().unwrap() {
+        assert!(ids.contains(&id), "{case}: Maglev table {id} without a frontend:\n{}", text());
+    }
+}
+
+/// A reconciler that went through `steps` with nothing failing.
+fn reference(steps: &[&Desired]) -> Rec {
+    let mut r = reconciler();
+    for d in steps {
+        let s = r.apply(d);
+        assert!(s.errors.is_empty(), "{:?}", s.errors);
+    }
+    r
+}
+
+/// One step of the table: the maps before it (set up without faults), the
+/// capacities and failures it meets, and what it must leave.
+struct Case {
+    name: &'static str,
+    /// Desired states applied in turn first, with nothing failing.
+    setup: &'static [&'static [&'static str]],
+    /// Maps made full at so many entries for the step.
+    full: &'static [(MapKind, u32)],
+    /// Operations that fail in the step.
+    faults: fn() -> Vec<Fault>,
+    /// The desired state of the step.
+    step: &'static [&'static str],
+    /// The errors it reports (a part of each, in order).
+    errors: &'static [&'static str],
+    /// The maps after it.
+    dump: &'static str,
+}
+
+fn no_faults() -> Vec<Fault> {
+    Vec::new()
+}
+
+const WEB: &str = "10.96.0.1:80/TCP web = 10.244.1.1:8080 10.244.1.2:8080";
+const WEB3: &str = "10.96.0.1:80/TCP web = 10.244.1.1:8080 10.244.1.2:8080 10.244.1.3:8080";
+const WEB_MAGLEV: &str = "10.96.0.1:80/TCP web maglev = 10.244.1.1:8080 10.244.1.2:8080";
+const WEB_MAGLEV13: &str = "10.96.0.1:80/TCP web maglev = 10.244.1.1:8080 10.244.1.3:8080";
+const API: &str = "10.96.0.2:443/TCP api = 10.244.1.1:8080";
+const DNS: &str = "10.96.0.10:53/UDP dns = 10.244.2.1:53 10.244.2.2:53";
+
+fn cases() -> Vec<Case> {
+    vec![
+        // The plain paths.
+        Case {
+            name: "add: address, backends, rev-NAT, name, slots, then the frontend",
+            setup: &[],
+            full: &[],
+            faults: no_faults,
+            step: &[WEB, DNS],
+            errors: &[],
+            dump: "
+                LB4_VIPS
+                  10.96.0.1 ClusterIP
+                  10.96.0.10 ClusterIP
+                LB4_SERVICES
+                  10.96.0.1:80/TCP id 1 gen 0 count 2
+                  10.96.0.10:53/UDP id 2 gen 0 count 2
+                LB4_SLOTS
+                  1/0: 1 2
+                  2/0: 3 4
+                LB4_BACKENDS
+                  1 v1 10.244.1.1:8080/TCP
+                  2 v1 10.244.1.2:8080/TCP
+                  3 v1 10.244.2.1:53/UDP
+                  4 v1 10.244.2.2:53/UDP
+                LB4_REVNAT
+                  1 v1 10.96.0.1:80
+                  2 v1 10.96.0.10:53
+                LB_SVC_NAMES
+                  1 test/web
+                  2 test/dns
+            ",
+        },
+        Case {
+            name: "update: the other generation is written, then the frontend flips to it",
+            setup: &[&[WEB]],
+            full: &[],
+            faults: no_faults,
+            step: &[WEB3],
+            errors: &[],
+            dump: "
+                LB4_VIPS
+                  10.96.0.1 ClusterIP
+                LB4_SERVICES
+                  10.96.0.1:80/TCP id 1 gen 1 count 3
+                LB4_SLOTS
+                  1/0: 1 2
+                  1/1: 1 2 3
+                LB4_BACKENDS
+                  1 v1 10.244.1.1:8080/TCP
+                  2 v1 10.244.1.2:8080/TCP
+                  3 v1 10.244.1.3:8080/TCP
+                LB4_REVNAT
+                  1 v1 10.96.0.1:80
+                LB_SVC_NAMES
+                  1 test/web
+            ",
+        },
+        Case {
+            name: "the next apply deletes the generation that stopped being live",
+            setup: &[&[WEB], &[WEB3]],
+            full: &[],
+            faults: no_faults,
+            step: &[WEB3],
+            errors: &[],
+            dump: "
+                LB4_VIPS
+                  10.96.0.1 ClusterIP
+                LB4_SERVICES
+                  10.96.0.1:80/TCP id 1 gen 1 count 3
+                LB4_SLOTS
+                  1/1: 1 2 3
+                LB4_BACKENDS
+                  1 v1 10.244.1.1:8080/TCP
+                  2 v1 10.244.1.2:8080/TCP
+                  3 v1 10.244.1.3:8080/TCP
+                LB4_REVNAT
+                  1 v1 10.96.0.1:80
+                LB_SVC_NAMES
+                  1 test/web
+            ",
+        },
+        Case {
+            name: "remove: the frontend entry first, rev-NAT slot and backends cleared with their versions",
+            setup: &[&[WEB, DNS]],
+            full: &[],
+            faults: no_faults,
+            step: &[DNS],
+            errors: &[],
+            dump: "
+                LB4_VIPS
+                  10.96.0.10 ClusterIP
+                LB4_SERVICES
+                  10.96.0.10:53/UDP id 2 gen 0 count 2
+                LB4_SLOTS
+                  1/0: 1 2
+                  2/0: 3 4
+                LB4_BACKENDS
+                  1 v1 -
+                  2 v1 -
+                  3 v1 10.244.2.1:53/UDP
+                  4 v1 10.244.2.2:53/UDP
+                LB4_REVNAT
+                  1 v1 -
+                  2 v1 10.96.0.10:53
+                LB_SVC_NAMES
+                  2 test/dns
+            ",
+        },
+        Case {
+            name: "a shared backend is terminating while one of its frontends says so",
+            setup: &[&[WEB, API]],
+            full: &[],
+            faults: no_faults,
+            step: &["10.96.0.1:80/TCP web = 10.244.1.1:8080~ 10.244.1.2:8080", API],
+            errors: &[],
+            dump: "
+                LB4_VIPS
+                  10.96.0.1 ClusterIP
+                  10.96.0.2 ClusterIP
+                LB4_SERVICES
+                  10.96.0.1:80/TCP id 1 gen 1 count 1
+                  10.96.0.2:443/TCP id 2 gen 0 count 1
+                LB4_SLOTS
+                  1/0: 1 2
+                  1/1: 2
+                  2/0: 1
+                LB4_BACKENDS
+                  1 v1 10.244.1.1:8080/TCP terminating
+                  2 v1 10.244.1.2:8080/TCP
+                LB4_REVNAT
+                  1 v1 10.96.0.1:80
+                  2 v1 10.96.0.2:443
+                LB_SVC_NAMES
+                  1 test/web
+                  2 test/api
+            ",
+        },
+        Case {
+            name: "Maglev: the table goes in before the frontend",
+            setup: &[],
+            full: &[],
+            faults: no_faults,
+            step: &[WEB_MAGLEV],
+            errors: &[],
+            dump: "
+                LB4_VIPS
+                  10.96.0.1 ClusterIP
+                LB4_SERVICES
+                  10.96.0.1:80/TCP id 1 gen 0 count 2 Maglev
+                LB4_SLOTS
+                  1/0: 1 2
+                LB4_BACKENDS
+                  1 v1 10.244.1.1:8080/TCP
+                  2 v1 10.244.1.2:8080/TCP
+                LB4_REVNAT
+                  1 v1 10.96.0.1:80
+                LB_SVC_NAMES
+                  1 test/web
+                LB4_MAGLEV
+                  1: 1 1 2 1 2 1 2
+            ",
+        },
+        Case {
+            name: "Maglev: a changed backend set patches the table",
+            setup: &[&[WEB_MAGLEV]],
+            full: &[],
+            faults: no_faults,
+            step: &[WEB_MAGLEV13],
+            errors: &[],
+            dump: "
+                LB4_VIPS
+                  10.96.0.1 ClusterIP
+                LB4_SERVICES
+                  10.96.0.1:80/TCP id 1 gen 1 count 2 Maglev
+                LB4_SLOTS
+                  1/0: 1 2
+                  1/1: 1 3
+                LB4_BACKENDS
+                  1 v1 10.244.1.1:8080/TCP
+                  2 v1 -
+                  3 v1 10.244.1.3:8080/TCP
+                LB4_REVNAT
+                  1 v1 10.96.0.1:80
+                LB_SVC_NAMES
+                  1 test/web
+                LB4_MAGLEV
+                  1: 1 1 3 1 3 1 3
+            ",
+        },
+        // Rollbacks.
+        Case {
+            name: "slots full while adding: the new frontend is not added, what it wrote is undone",
+            setup: &[&[WEB]],
+            full: &[(MapKind::Slots, 3)],
+            faults: no_faults,
+            step: &[WEB, DNS],
+            errors: &["frontend test/dns (10.96.0.10:53/UDP): map LB4_SLOTS is full (3 entries)"],
+            dump: "
+                LB4_VIPS
+                  10.96.0.1 ClusterIP
+                LB4_SERVICES
+                  10.96.0.1:80/TCP id 1 gen 0 count 2
+                LB4_SLOTS
+                  1/0: 1 2
+                LB4_BACKENDS
+                  1 v1 10.244.1.1:8080/TCP
+                  2 v1 10.244.1.2:8080/TCP
+                  3 v1 -
+                  4 v1 -
+                LB4_REVNAT
+                  1 v1 10.96.0.1:80
+                  2 v1 -
+                LB_SVC_NAMES
+                  1 test/web
+            ",
+        },
+        Case {
+            name: "slots full in the middle of an update: the frontend keeps its previous state",
+            setup: &[&[WEB]],
+            full: &[(MapKind::Slots, 4)],
+            faults: no_faults,
+            step: &[WEB3],
+            errors: &["frontend test/web (10.96.0.1:80/TCP): map LB4_SLOTS is full (4 entries)"],
+            dump: "
+                LB4_VIPS
+                  10.96.0.1 ClusterIP
+                LB4_SERVICES
+                  10.96.0.1:80/TCP id 1 gen 0 count 2
+                LB4_SLOTS
+                  1/0: 1 2
+                LB4_BACKENDS
+                  1 v1 10.244.1.1:8080/TCP
+                  2 v1 10.244.1.2:8080/TCP
+                  3 v1 -
+                LB4_REVNAT
+                  1 v1 10.96.0.1:80
+                LB_SVC_NAMES
+                  1 test/web
+            ",
+        },
+        Case {
+            name: "services full: a new frontend is refused, what it wrote is undone",
+            setup: &[&[WEB]],
+            full: &[(MapKind::Services, 1)],
+            faults: no_faults,
+            step: &[WEB, DNS],
+            errors: &["frontend test/dns (10.96.0.10:53/UDP): map LB4_SERVICES is full (1 entries)"],
+            dump: "
+                LB4_VIPS
+                  10.96.0.1 ClusterIP
+                LB4_SERVICES
+                  10.96.0.1:80/TCP id 1 gen 0 count 2
+                LB4_SLOTS
+                  1/0: 1 2
+                LB4_BACKENDS
+                  1 v1 10.244.1.1:8080/TCP
+                  2 v1 10.244.1.2:8080/TCP
+                  3 v1 -
+                  4 v1 -
+                LB4_REVNAT
+                  1 v1 10.96.0.1:80
+                  2 v1 -
+                LB_SVC_NAMES
+                  1 test/web
+            ",
+        },
+        Case {
+            name: "frontend IDs run out: a new frontend is refused",
+            setup: &[&[WEB]],
+            full: &[(MapKind::RevNat, 2)],
+            faults: no_faults,
+            step: &[WEB, DNS],
+            errors: &["frontend test/dns (10.96.0.10:53/UDP): map LB4_REVNAT is full (2 entries)"],
+            dump: "
+                LB4_VIPS
+                  10.96.0.1 ClusterIP
+                LB4_SERVICES
+                  10.96.0.1:80/TCP id 1 gen 0 count 2
+                LB4_SLOTS
+                  1/0: 1 2
+                LB4_BACKENDS
+                  1 v1 10.244.1.1:8080/TCP
+                  2 v1 10.244.1.2:8080/TCP
+                  3 v1 -
+                  4 v1 -
+                LB4_REVNAT
+                  1 v1 10.96.0.1:80
+                LB_SVC_NAMES
+                  1 test/web
+            ",
+        },
+        Case {
+            name: "backend IDs run out: the frontend serves with the backends it has",
+            setup: &[&[WEB]],
+            full: &[(MapKind::Backends, 3)],
+            faults: no_faults,
+            step: &[WEB3],
+            errors: &["backend 10.244.1.3:8080: map LB4_BACKENDS is full (3 entries); raise --backends-size"],
+            dump: "
+                LB4_VIPS
+                  10.96.0.1 ClusterIP
+                LB4_SERVICES
+                  10.96.0.1:80/TCP id 1 gen 0 count 2
+                LB4_SLOTS
+                  1/0: 1 2
+                LB4_BACKENDS
+                  1 v1 10.244.1.1:8080/TCP
+                  2 v1 10.244.1.2:8080/TCP
+                LB4_REVNAT
+                  1 v1 10.96.0.1:80
+                LB_SVC_NAMES
+                  1 test/web
+            ",
+        },
+        Case {
+            name: "addresses full: the frontend is written and its address waits for room",
+            setup: &[&[WEB]],
+            full: &[(MapKind::Vips, 1)],
+            faults: no_faults,
+            step: &[WEB, DNS],
+            errors: &[
+                "frontend test/dns (10.96.0.10:53/UDP): map LB4_VIPS is full (1 entries)",
+                "frontend address 10.96.0.10: map LB4_VIPS is full (1 entries)",
+            ],
+            dump: "
+                LB4_VIPS
+                  10.96.0.1 ClusterIP
+                LB4_SERVICES
+                  10.96.0.1:80/TCP id 1 gen 0 count 2
+                  10.96.0.10:53/UDP id 2 gen 0 count 2
+                LB4_SLOTS
+                  1/0: 1 2
+                  2/0: 3 4
+                LB4_BACKENDS
+                  1 v1 10.244.1.1:8080/TCP
+                  2 v1 10.244.1.2:8080/TCP
+                  3 v1 10.244.2.1:53/UDP
+                  4 v1 10.244.2.2:53/UDP
+                LB4_REVNAT
+                  1 v1 10.96.0.1:80
+                  2 v1 10.96.0.10:53
+                LB_SVC_NAMES
+                  1 test/web
+                  2 test/dns
+            ",
+        },
+        Case {
+            name: "the flip of the slot generation fails: the frontend keeps its previous state",
+            setup: &[&[WEB]],
+            full: &[],
+            faults: || vec![Fault::on(MapKind::Services, Op::Update)],
+            step: &[WEB3],
+            errors: &["frontend test/web (10.96.0.1:80/TCP): writing map LB4_SERVICES failed"],
+            dump: "
+                LB4_VIPS
+                  10.96.0.1 ClusterIP
+                LB4_SERVICES
+                  10.96.0.1:80/TCP id 1 gen 0 count 2
+                LB4_SLOTS
+                  1/0: 1 2
+                LB4_BACKENDS
+                  1 v1 10.244.1.1:8080/TCP
+                  2 v1 10.244.1.2:8080/TCP
+                  3 v1 -
+                LB4_REVNAT
+                  1 v1 10.96.0.1:80
+                LB_SVC_NAMES
+                  1 test/web
+            ",
+        },
+        Case {
+            name: "the flip of a Maglev frontend fails: its table is put back",
+            setup: &[&[WEB_MAGLEV]],
+            full: &[],
+            faults: || vec![Fault::on(MapKind::Services, Op::Update)],
+            step: &[WEB_MAGLEV13],
+            errors: &["frontend test/web (10.96.0.1:80/TCP): writing map LB4_SERVICES failed"],
+            dump: "
+                LB4_VIPS
+                  10.96.0.1 ClusterIP
+                LB4_SERVICES
+                  10.96.0.1:80/TCP id 1 gen 0 count 2 Maglev
+                LB4_SLOTS
+                  1/0: 1 2
+                LB4_BACKENDS
+                  1 v1 10.244.1.1:8080/TCP
+                  2 v1 10.244.1.2:8080/TCP
+                  3 v1 -
+                LB4_REVNAT
+                  1 v1 10.96.0.1:80
+                LB_SVC_NAMES
+                  1 test/web
+                LB4_MAGLEV
+                  1: 1 1 2 1 2 1 2
+            ",
+        },
+        Case {
+            name: "the flip to Maglev fails: the new table is removed",
+            setup: &[&[WEB]],
+            full: &[],
+            faults: || vec![Fault::on(MapKind::Services, Op::Update)],
+            step: &[WEB_MAGLEV],
+            errors: &["frontend test/web (10.96.0.1:80/TCP): writing map LB4_SERVICES failed"],
+            dump: "
+                LB4_VIPS
+                  10.96.0.1 ClusterIP
+                LB4_SERVICES
+                  10.96.0.1:80/TCP id 1 gen 0 count 2
+                LB4_SLOTS
+                  1/0: 1 2
+                LB4_BACKENDS
+                  1 v1 10.244.1.1:8080/TCP
+                  2 v1 10.244.1.2:8080/TCP
+                LB4_REVNAT
+                  1 v1 10.96.0.1:80
+                LB_SVC_NAMES
+                  1 test/web
+            ",
+        },
+        Case {
+            name: "the Maglev table write fails: table and slots stay as they were",
+            setup: &[&[WEB_MAGLEV]],
+            full: &[],
+            faults: || vec![Fault::on(MapKind::Maglev, Op::Update).once()],
+            step: &[WEB_MAGLEV13],
+            errors: &["frontend test/web (10.96.0.1:80/TCP): writing map LB4_MAGLEV failed"],
+            dump: "
+                LB4_VIPS
+                  10.96.0.1 ClusterIP
+                LB4_SERVICES
+                  10.96.0.1:80/TCP id 1 gen 0 count 2 Maglev
+                LB4_SLOTS
+                  1/0: 1 2
+                LB4_BACKENDS
+                  1 v1 10.244.1.1:8080/TCP
+                  2 v1 10.244.1.2:8080/TCP
+                  3 v1 -
+                LB4_REVNAT
+                  1 v1 10.96.0.1:80
+                LB_SVC_NAMES
+                  1 test/web
+                LB4_MAGLEV
+                  1: 1 1 2 1 2 1 2
+            ",
+        },
+        Case {
+            name: "a new backend's write fails: the frontend serves with the others",
+            setup: &[&[WEB]],
+            full: &[],
+            faults: || vec![Fault::on(MapKind::Backends, Op::Update)],
+            step: &[WEB3],
+            errors: &["backend 10.244.1.3:8080: writing map LB4_BACKENDS failed"],
+            dump: "
+                LB4_VIPS
+                  10.96.0.1 ClusterIP
+                LB4_SERVICES
+                  10.96.0.1:80/TCP id 1 gen 0 count 2
+                LB4_SLOTS
+                  1/0: 1 2
+                LB4_BACKENDS
+                  1 v1 10.244.1.1:8080/TCP
+                  2 v1 10.244.1.2:8080/TCP
+                LB4_REVNAT
+                  1 v1 10.96.0.1:80
+                LB_SVC_NAMES
+                  1 test/web
+            ",
+        },
+        Case {
+            name: "a shared backend's new flags fail: tried again",
+            setup: &[&[WEB, API]],
+            full: &[],
+            faults: || vec![Fault::on(MapKind::Backends, Op::Update)],
+            step: &["10.96.0.1:80/TCP web = 10.244.1.1:8080~ 10.244.1.2:8080", API],
+            // Its flags while web's new uses count, then its final ones.
+            errors: &[
+                "backend 10.244.1.1:8080: writing map LB4_BACKENDS failed",
+                "backend 10.244.1.1:8080: writing map LB4_BACKENDS failed",
+            ],
+            dump: "
+                LB4_VIPS
+                  10.96.0.1 ClusterIP
+                  10.96.0.2 ClusterIP
+                LB4_SERVICES
+                  10.96.0.1:80/TCP id 1 gen 1 count 1
+                  10.96.0.2:443/TCP id 2 gen 0 count 1
+                LB4_SLOTS
+                  1/0: 1 2
+                  1/1: 2
+                  2/0: 1
+                LB4_BACKENDS
+                  1 v1 10.244.1.1:8080/TCP
+                  2 v1 10.244.1.2:8080/TCP
+                LB4_REVNAT
+                  1 v1 10.96.0.1:80
+                  2 v1 10.96.0.2:443
+                LB_SVC_NAMES
+                  1 test/web
+                  2 test/api
+            ",
+        },
+        Case {
+            name: "removing an unused backend fails: tried again",
+            setup: &[&[WEB3]],
+            full: &[],
+            faults: || vec![Fault::on(MapKind::Backends, Op::Update)],
+            step: &[WEB],
+            errors: &["removing backend 10.244.1.3:8080: writing map LB4_BACKENDS failed"],
+            dump: "
+                LB4_VIPS
+                  10.96.0.1 ClusterIP
+                LB4_SERVICES
+                  10.96.0.1:80/TCP id 1 gen 1 count 2
+                LB4_SLOTS
+                  1/0: 1 2 3
+                  1/1: 1 2
+                LB4_BACKENDS
+                  1 v1 10.244.1.1:8080/TCP
+                  2 v1 10.244.1.2:8080/TCP
+                  3 v1 10.244.1.3:8080/TCP
+                LB4_REVNAT
+                  1 v1 10.96.0.1:80
+                LB_SVC_NAMES
+                  1 test/web
+            ",
+        },
+        Case {
+            name: "a new frontend's name fails: everything it wrote is undone",
+            setup: &[],
+            full: &[],
+            faults: || vec![Fault::on(MapKind::Names, Op::Update)],
+            step: &[WEB],
+            errors: &["frontend test/web (10.96.0.1:80/TCP): writing map LB_SVC_NAMES failed"],
+            dump: "
+                LB4_BACKENDS
+                  1 v1 -
+                  2 v1 -
+                LB4_REVNAT
+                  1 v1 -
+            ",
+        },
+        Case {
+            name: "removing a frontend fails: it stays whole",
+            setup: &[&[WEB, DNS]],
+            full: &[],
+            faults: || vec![Fault::on(MapKind::Services, Op::Delete)],
+            step: &[WEB],
+            errors: &["removing frontend test/dns (10.96.0.10:53/UDP): writing map LB4_SERVICES failed"],
+            dump: "
+                LB4_VIPS
+                  10.96.0.1 ClusterIP
+                  10.96.0.10 ClusterIP
+                LB4_SERVICES
+                  10.96.0.1:80/TCP id 1 gen 0 count 2
+                  10.96.0.10:53/UDP id 2 gen 0 count 2
+                LB4_SLOTS
+                  1/0: 1 2
+                  2/0: 3 4
+                LB4_BACKENDS
+                  1 v1 10.244.1.1:8080/TCP
+                  2 v1 10.244.1.2:8080/TCP
+                  3 v1 10.244.2.1:53/UDP
+                  4 v1 10.244.2.2:53/UDP
+                LB4_REVNAT
+                  1 v1 10.96.0.1:80
+                  2 v1 10.96.0.10:53
+                LB_SVC_NAMES
+                  1 test/web
+                  2 test/dns
+            ",
+        },
+        Case {
+            name: "clearing a removed frontend's name fails: its ID is held until it is cleared",
+            setup: &[&[WEB, DNS]],
+            full: &[],
+            faults: || vec![Fault::on(MapKind::Names, Op::Delete)],
+            step: &[WEB],
+            errors: &["removing frontend test/dns (10.96.0.10:53/UDP): writing map LB_SVC_NAMES failed"],
+            dump: "
+                LB4_VIPS
+                  10.96.0.1 ClusterIP
+                LB4_SERVICES
+                  10.96.0.1:80/TCP id 1 gen 0 count 2
+                LB4_SLOTS
+                  1/0: 1 2
+                  2/0: 3 4
+                LB4_BACKENDS
+                  1 v1 10.244.1.1:8080/TCP
+                  2 v1 10.244.1.2:8080/TCP
+                  3 v1 -
+                  4 v1 -
+                LB4_REVNAT
+                  1 v1 10.96.0.1:80
+                  2 v1 -
+                LB_SVC_NAMES
+                  1 test/web
+                  2 test/dns
+            ",
+        },
+        Case {
+            name: "deleting the old generation fails: tried again at the next apply",
+            setup: &[&[WEB], &[WEB3]],
+            full: &[],
+            faults: || vec![Fault::on(MapKind::Slots, Op::Delete)],
+            step: &[WEB3],
+            errors: &["deleting old slots: batch operation on map LB4_SLOTS failed"],
+            dump: "
+                LB4_VIPS
+                  10.96.0.1 ClusterIP
+                LB4_SERVICES
+                  10.96.0.1:80/TCP id 1 gen 1 count 3
+                LB4_SLOTS
+                  1/0: 1 2
+                  1/1: 1 2 3
+                LB4_BACKENDS
+                  1 v1 10.244.1.1:8080/TCP
+                  2 v1 10.244.1.2:8080/TCP
+                  3 v1 10.244.1.3:8080/TCP
+                LB4_REVNAT
+                  1 v1 10.96.0.1:80
+                LB_SVC_NAMES
+                  1 test/web
+            ",
+        },
+        Case {
+            name: "deleting the old generation fails and the frontend flips back to it: the new slots stay",
+            setup: &[&[WEB], &[WEB3]],
+            full: &[],
+            faults: || vec![Fault::on(MapKind::Slots, Op::Delete)],
+            step: &[WEB],
+            errors: &["deleting old slots: batch operation on map LB4_SLOTS failed"],
+            dump: "
+                LB4_VIPS
+                  10.96.0.1 ClusterIP
+                LB4_SERVICES
+                  10.96.0.1:80/TCP id 1 gen 0 count 2
+                LB4_SLOTS
+                  1/0: 1 2
+                  1/1: 1 2 3
+                LB4_BACKENDS
+                  1 v1 10.244.1.1:8080/TCP
+                  2 v1 10.244.1.2:8080/TCP
+                  3 v1 -
+                LB4_REVNAT
+                  1 v1 10.96.0.1:80
+                LB_SVC_NAMES
+                  1 test/web
+            ",
+        },
+    ]
+}
+
+#[test]
+fn table() {
+    for case in cases() {
+        let setup: Vec<Desired> = case.setup.iter().map(|s| desired(s)).collect();
+        let step = desired(case.step);
+        let mut maps = FakeMaps::new(&sizes());
+        for &(map, n) in case.full {
+            maps.set_max_entries(map, n);
+        }
+        let mut r = reconciler_over(maps);
+        for d in &setup {
+            let s = r.apply(d);
+            assert!(s.errors.is_empty(), "{}: setup: {:?}", case.name, s.errors);
+        }
+        for f in (case.faults)() {
+            r.maps_mut().inject(f);
+        }
+        let stats = r.apply(&step);
+        check_errors(case.name, &stats, case.errors);
+        check_dump(case.name, &dump(r.maps()).unwrap(), case.dump);
+        check_consistent(case.name, r.maps(), &stats);
+
+        // Healed (with room: an agent restarted with bigger maps where the
+        // IDs ran out), the next applies bring the maps to what a run
+        // without failures has, and then there is nothing left to do.
+        r.maps_mut().heal();
+        let fresh = FakeMaps::new(&sizes());
+        for map in MapKind::ALL {
+            r.maps_mut().inner_mut().set_max_entries(map, fresh.max_entries(map));
+        }
+        if case.full.iter().any(|(m, _)| matches!(m, MapKind::Backends | MapKind::RevNat)) {
+            r = reconciler_over(r.maps().inner().clone());
+        }
+        for _ in 0..2 {
+            let s = r.apply(&step);
+            assert!(s.errors.is_empty(), "{}: after healing: {:?}", case.name, s.errors);
+        }
+        let steps: Vec<&Desired> = setup.iter().chain([&step, &step]).collect();
+        let want = reference(&steps);
+        assert_eq!(view(r.maps()), view(want.maps()), "{}: healed", case.name);
+        check_consistent(case.name, r.maps(), &Stats::default());
+        check_no_leftovers(case.name, r.maps());
+        let s = r.apply(&step);
+        assert_eq!((s.ops, s.errors.len()), (0, 0), "{}: nothing left to do: {s:?}", case.name);
+    }
+}
+
+/// Maps an earlier agent left, and what a new one makes of them.
+struct Recovery {
+    name: &'static str,
+    /// What the earlier agent had programmed.
+    before: &'static [&'static [&'static str]],
+    /// What it left besides: an interrupted run, or another version.
+    leave: fn(&mut FakeMaps),
+    /// Operations that fail in the new agent's first apply.
+    faults: fn() -> Vec<Fault>,
+    /// The new agent's desired state.
+    desired: &'static [&'static str],
+    /// The map writes of its first apply.
+    ops: u64,
+    errors: &'static [&'static str],
+    /// The maps after its first apply.
+    dump: &'static str,
+}
+
+fn leave_nothing(_: &mut FakeMaps) {}
+
+fn service_key(addr: [u8; 4], port: u16, proto: u8) -> Service4Key {
+    Service4Key { addr: u32::from_ne_bytes(addr), port: port.to_be(), proto, scope: lb_common::SCOPE_EXTERNAL }
+}
+
+fn backend(addr: [u8; 4], port: u16, proto: u8, version: u16) -> Backend4 {
+    Backend4 { addr: u32::from_ne_bytes(addr), port: port.to_be(), proto, flags: 0, version, _pad: 0 }
+}
+
+fn slot(svc_id: u32, generation: u16, slot: u16) -> SlotKey {
+    SlotKey { svc_id, slot, generation }
+}
+
+fn recoveries() -> Vec<Recovery> {
+    vec![
+        Recovery {
+            name: "orphans of an interrupted run go; the frontends are taken over as they are",
+            before: &[&[WEB, DNS]],
+            leave: |m| {
+                // A backend nothing uses.
+                m.set_backend(9, &backend([10, 244, 7, 7], 80, 6, 1)).unwrap();
+                // An add interrupted before its frontend entry.
+                let half = RevNat4 { addr: u32::from_ne_bytes([10, 96, 0, 5]), port: 80u16.to_be(), version: 1 };
+                m.set_revnat(5, &half).unwrap();
+                m.insert_name(5, &lb_agent::maps::svc_name("test/half")).unwrap();
+                m.insert_slot(&slot(5, 0, 0), &Slot { backend_id: 1 }).unwrap();
+                m.write_maglev(5, &[1; M as usize]).unwrap();
+                // An address without a frontend.
+                m.insert_vip(u32::from_ne_bytes([10, 96, 0, 99]), &Vip4 { flags: vip_flags::CLUSTER_IP }).unwrap();
+                // An update of web interrupted before its flip: the other
+                // generation written.
+                for (i, b) in [1, 2, 9].into_iter().enumerate() {
+                    m.insert_slot(&slot(1, 1, i as u16), &Slot { backend_id: b }).unwrap();
+                }
+            },
+            faults: no_faults,
+            desired: &[WEB, DNS],
+            // The orphan backend and the address.
+            ops: 2,
+            errors: &[],
+            dump: "
+                LB4_VIPS
+                  10.96.0.1 ClusterIP
+                  10.96.0.10 ClusterIP
+                LB4_SERVICES
+                  10.96.0.1:80/TCP id 1 gen 0 count 2
+                  10.96.0.10:53/UDP id 2 gen 0 count 2
+                LB4_SLOTS
+                  1/0: 1 2
+                  2/0: 3 4
+                LB4_BACKENDS
+                  1 v1 10.244.1.1:8080/TCP
+                  2 v1 10.244.1.2:8080/TCP
+                  3 v1 10.244.2.1:53/UDP
+                  4 v1 10.244.2.2:53/UDP
+                  9 v1 -
+                LB4_REVNAT
+                  1 v1 10.96.0.1:80
+                  2 v1 10.96.0.10:53
+                  5 v1 -
+                LB_SVC_NAMES
+                  1 test/web
+                  2 test/dns
+            ",
+        },
+        Recovery {
+            name: "an update interrupted after its flip: the old generation goes",
+            before: &[&[WEB], &[WEB3]],
+            leave: leave_nothing,
+            faults: no_faults,
+            desired: &[WEB3],
+            ops: 0,
+            errors: &[],
+            dump: "
+                LB4_VIPS
+                  10.96.0.1 ClusterIP
+                LB4_SERVICES
+                  10.96.0.1:80/TCP id 1 gen 1 count 3
+                LB4_SLOTS
+                  1/1: 1 2 3
+                LB4_BACKENDS
+                  1 v1 10.244.1.1:8080/TCP
+                  2 v1 10.244.1.2:8080/TCP
+                  3 v1 10.244.1.3:8080/TCP
+                LB4_REVNAT
+                  1 v1 10.96.0.1:80
+                LB_SVC_NAMES
+                  1 test/web
+            ",
+        },
+        Recovery {
+            name: "a frontend entry missing a slot is rewritten into the other generation",
+            before: &[&[WEB]],
+            leave: |m| {
+                m.remove_slot(&slot(1, 0, 1)).unwrap();
+            },
+            faults: no_faults,
+            desired: &[WEB],
+            // Two slots and the flip.
+            ops: 3,
+            errors: &[],
+            dump: "
+                LB4_VIPS
+                  10.96.0.1 ClusterIP
+                LB4_SERVICES
+                  10.96.0.1:80/TCP id 1 gen 1 count 2
+                LB4_SLOTS
+                  1/0: 1
+                  1/1: 1 2
+                LB4_BACKENDS
+                  1 v1 10.244.1.1:8080/TCP
+                  2 v1 10.244.1.2:8080/TCP
+                LB4_REVNAT
+                  1 v1 10.96.0.1:80
+                LB_SVC_NAMES
+                  1 test/web
+            ",
+        },
+        Recovery {
+            name: "entries this agent does not write go before their slots and IDs are reused",
+            before: &[&[WEB]],
+            leave: |m| {
+                let mut internal = service_key([10, 96, 0, 1], 80, 6);
+                internal.scope = SCOPE_INTERNAL;
+                m.insert_service(&internal, &Service4Value { id: 3, count: 1, generation: 0, flags: 0, affinity_timeout: 0 }).unwrap();
+                m.insert_slot(&slot(3, 0, 0), &Slot { backend_id: 1 }).unwrap();
+                // SCTP, with a backend of its own.
+                let sctp = service_key([10, 96, 0, 7], 9, 132);
+                m.insert_service(&sctp, &Service4Value { id: 2, count: 1, generation: 0, flags: 0, affinity_timeout: 0 }).unwrap();
+                m.set_revnat(2, &RevNat4 { addr: sctp.addr, port: sctp.port, version: 1 }).unwrap();
+                m.insert_slot(&slot(2, 0, 0), &Slot { backend_id: 8 }).unwrap();
+                m.set_backend(8, &backend([10, 244, 8, 8], 9, 132, 1)).unwrap();
+                m.insert_vip(sctp.addr, &Vip4 { flags: vip_flags::CLUSTER_IP }).unwrap();
+            },
+            faults: no_faults,
+            desired: &[WEB, DNS],
+            // dns added (its address, two backends, rev-NAT slot, name,
+            // two slots, the frontend entry), the SCTP address removed.
+            ops: 9,
+            errors: &[],
+            dump: "
+                LB4_VIPS
+                  10.96.0.1 ClusterIP
+                  10.96.0.10 ClusterIP
+                LB4_SERVICES
+                  10.96.0.1:80/TCP id 1 gen 0 count 2
+                  10.96.0.10:53/UDP id 2 gen 0 count 2
+                LB4_SLOTS
+                  1/0: 1 2
+                  2/0: 3 4
+                LB4_BACKENDS
+                  1 v1 10.244.1.1:8080/TCP
+                  2 v1 10.244.1.2:8080/TCP
+                  3 v1 10.244.2.1:53/UDP
+                  4 v1 10.244.2.2:53/UDP
+                  8 v1 -
+                LB4_REVNAT
+                  1 v1 10.96.0.1:80
+                  2 v2 10.96.0.10:53
+                LB_SVC_NAMES
+                  1 test/web
+                  2 test/dns
+            ",
+        },
+        Recovery {
+            name: "the first flip after a restart fails: the Maglev table read back is put back",
+            before: &[&[WEB_MAGLEV]],
+            leave: leave_nothing,
+            faults: || vec![Fault::on(MapKind::Services, Op::Update)],
+            desired: &[WEB_MAGLEV13],
+            ops: 0,
+            errors: &["frontend test/web (10.96.0.1:80/TCP): writing map LB4_SERVICES failed"],
+            dump: "
+                LB4_VIPS
+                  10.96.0.1 ClusterIP
+                LB4_SERVICES
+                  10.96.0.1:80/TCP id 1 gen 0 count 2 Maglev
+                LB4_SLOTS
+                  1/0: 1 2
+                LB4_BACKENDS
+                  1 v1 10.244.1.1:8080/TCP
+                  2 v1 10.244.1.2:8080/TCP
+                  3 v1 -
+                LB4_REVNAT
+                  1 v1 10.96.0.1:80
+                LB_SVC_NAMES
+                  1 test/web
+                LB4_MAGLEV
+                  1: 1 1 2 1 2 1 2
+            ",
+        },
+    ]
+}
+
+#[test]
+fn recovery() {
+    for case in recoveries() {
+        let mut earlier = reconciler();
+        for d in case.before {
+            let s = earlier.apply(&desired(d));
+            assert!(s.errors.is_empty(), "{}: {:?}", case.name, s.errors);
+        }
+        let mut maps = earlier.maps().inner().clone();
+        (case.leave)(&mut maps);
+        let want = desired(case.desired);
+        let mut r = reconciler_over(maps);
+        for f in (case.faults)() {
+            r.maps_mut().inject(f);
+        }
+        let stats = r.apply(&want);
+        check_errors(case.name, &stats, case.errors);
+        if !blessing() && case.errors.is_empty() {
+            assert_eq!(stats.ops, case.ops, "{}: {stats:?}", case.name);
+        }
+        check_dump(case.name, &dump(r.maps()).unwrap(), case.dump);
+        check_consistent(case.name, r.maps(), &stats);
+        r.maps_mut().heal();
+        for _ in 0..2 {
+            let s = r.apply(&want);
+            assert!(s.errors.is_empty(), "{}: {:?}", case.name, s.errors);
+        }
+        assert_eq!(view(r.maps()), view(reference(&[&want]).maps()), "{}", case.name);
+        check_no_leftovers(case.name, r.maps());
+        let s = r.apply(&want);
+        assert_eq!(s.ops, 0, "{}: {s:?}", case.name);
+    }
+}
+
+const NOW: u64 = 1_000_000_000_000;
+
+/// Both conntrack entries of a UDP flow from `client` to `frontend`,
+/// translated to `backend`, as the datapath writes them.
+fn udp_flow(maps: &mut FakeMaps, client: ([u8; 4], u16), frontend: ([u8; 4], u16), backend: ([u8; 4], u16), ids: (u32, u32)) {
+    let (c, f, b) = (u32::from_ne_bytes(client.0), u32::from_ne_bytes(frontend.0), u32::from_ne_bytes(backend.0));
+    let entry = |nat_saddr, nat_sport: u16, nat_daddr, nat_dport: u16| CtEntry {
+        last_seen: NOW,
+        nat_saddr,
+        nat_daddr,
+        nat_sport: nat_sport.to_be(),
+        nat_dport: nat_dport.to_be(),
+        backend_id: ids.1,
+        rev_nat_id: ids.0,
+        seq: 0,
+        tcp_flags: 0,
+        peer_flags: 0,
+        flags: 0,
+        _pad: 0,
+        frontend_version: 1,
+        backend_version: 1,
+    };
+    let service = Ct4Key::new(c, f, client.1.to_be(), frontend.1.to_be(), 17, CT_SERVICE);
+    maps.insert_ct(&service, &entry(c, client.1, b, backend.1));
+    let reply = Ct4Key::new(b, c, backend.1.to_be(), client.1.to_be(), 17, CT_REPLY);
+    maps.insert_ct(&reply, &entry(f, frontend.1, c, client.1));
+    assert_eq!(entry(c, client.1, b, backend.1).twin_key(&service), reply);
+}
+
+/// The conntrack and affinity sections of a dump.
+fn flows(maps: &impl MapStore) -> String {
+    let text = dump(maps).unwrap();
+    let start = text.find("LB4_CT_ANY").unwrap_or(text.len());
+    text[start..].to_string()
+}
+
+#[test]
+fn a_backend_that_leaves_one_frontend_but_serves_another_loses_only_that_frontends_flows() {
+    const A: &str = "10.96.0.71:53/UDP a = 10.244.1.10:5353 10.244.1.11:5353";
+    const A_WITHOUT_SHARED: &str = "10.96.0.71:53/UDP a = 10.244.1.11:5353";
+    const B: &str = "10.96.0.72:53/UDP b = 10.244.1.10:5353";
+    let mut r = reconciler();
+    assert!(r.apply(&desired(&[A, B])).errors.is_empty());
+    // IDs: a 1, b 2; backends 10.244.1.10 1, 10.244.1.11 2.
+    let client = [10, 244, 0, 11];
+    let maps = r.maps_mut().inner_mut();
+    udp_flow(maps, (client, 5000), ([10, 96, 0, 71], 53), ([10, 244, 1, 10], 5353), (1, 1));
+    udp_flow(maps, (client, 5001), ([10, 96, 0, 71], 53), ([10, 244, 1, 11], 5353), (1, 2));
+    udp_flow(maps, (client, 5002), ([10, 96, 0, 72], 53), ([10, 244, 1, 10], 5353), (2, 1));
+    let affinity = |svc_id| Affinity4Key { client: u32::from_ne_bytes(client) as u64, svc_id, svc_version: 1, _pad: 0 };
+    let to_shared = Affinity4 { last_used: NOW, backend_id: 1, backend_version: 1, _pad: 0 };
+    maps.insert_affinity(&affinity(1), &to_shared);
+    maps.insert_affinity(&affinity(2), &to_shared);
+
+    // The shared backend leaves a: its flows of a wait for the next
+    // garbage collection (the sync walks no flows).
+    let s = r.apply(&desired(&[A_WITHOUT_SHARED, B]));
+    assert_eq!((s.purges_queued, s.errors.len()), (1, 0), "{s:?}");
+    assert_eq!(r.pending_purges(), 1);
+
+    // A collection that fails keeps the purge for the next one.
+    r.maps_mut().inject(Fault::on(MapKind::CtAny, Op::Delete));
+    let e = r.collect_conntrack(&CtTimeouts::DEFAULT, NOW).unwrap_err();
+    assert!(matches!(e, MapsError::Batch { name: "LB4_CT_ANY", .. }), "{e}");
+    assert_eq!(r.pending_purges(), 1, "kept for the next collection");
+    r.maps_mut().heal();
+
+    let gc = r.collect_conntrack(&CtTimeouts::DEFAULT, NOW).unwrap();
+    assert_eq!((gc.purged, gc.invalid, gc.deleted, gc.affinity_deleted, gc.remaining), (2, 0, 2, 1, 4), "{gc:?}");
+    assert_eq!(r.pending_purges(), 0);
+    check_dump(
+        "purged",
+        &flows(r.maps()),
+        "
+        LB4_CT_ANY
+          10.244.0.11:5001 -> 10.96.0.71:53 UDP service: frontend 1 v1 backend 2 v1
+          10.244.0.11:5002 -> 10.96.0.72:53 UDP service: frontend 2 v1 backend 1 v1
+          10.244.1.10:5353 -> 10.244.0.11:5002 UDP reply: frontend 2 v1 backend 1 v1
+          10.244.1.11:5353 -> 10.244.0.11:5001 UDP reply: frontend 1 v1 backend 2 v1
+        LB4_AFFINITY
+          10.244.0.11 frontend 2 v1: backend 1 v1
+        ",
+    );
+
+    // b goes: its flows are invalid at once (its rev-NAT slot is cleared)
+    // and the next collection deletes them; a's flow stays.
+    assert!(r.apply(&desired(&[A_WITHOUT_SHARED])).errors.is_empty());
+    let gc = r.collect_conntrack(&CtTimeouts::DEFAULT, NOW).unwrap();
+    assert_eq!((gc.invalid, gc.deleted, gc.affinity_deleted, gc.remaining), (2, 2, 1, 2), "{gc:?}");
+    check_dump(
+        "invalid",
+        &flows(r.maps()),
+        "
+        LB4_CT_ANY
+          10.244.0.11:5001 -> 10.96.0.71:53 UDP service: frontend 1 v1 backend 2 v1
+          10.244.1.11:5353 -> 10.244.0.11:5001 UDP reply: frontend 1 v1 backend 2 v1
+        ",
+    );
+}
+
+/// Fails each write of an update in turn (the Nth of them, once): every
+/// time the datapath sees each frontend whole, old or new, and once
+/// healed the next applies reach what a run without failures has.
+#[test]
+fn every_failed_write_of_an_update_leaves_each_frontend_old_or_new() {
+    let before = desired(&[WEB_MAGLEV, DNS, API]);
+    let after = desired(&[
+        WEB_MAGLEV13,
+        "10.96.0.10:53/UDP dns = 10.244.2.1:53~ 10.244.2.2:53 10.244.2.3:53",
+        "10.96.0.3:80/TCP new affinity=30 = 10.244.3.1:80 10.244.1.1:8080",
+    ]);
+    let (old, new) = (view(reference(&[&before]).maps()), view(reference(&[&before, &after]).maps()));
+    let healed = view(reference(&[&before, &after, &after]).maps());
+
+    let mut probe = reconciler();
+    probe.apply(&before);
+    probe.maps_mut().clear_issued();
+    probe.apply(&after);
+    let writes = probe.maps().issued().iter().filter(|i| i.is_write()).count();
+    assert!(writes > 20, "{writes} writes");
+
+    for n in 0..writes {
+        let case = format!("write {n} of {writes} fails");
+        let mut r = reconciler();
+        r.apply(&before);
+        r.maps_mut().inject(Fault::nth_write(n));
+        let s = r.apply(&after);
+        let failed: Vec<_> = r.maps().issued().into_iter().filter(|i| i.failed).collect();
+        assert_eq!(failed.len(), 1, "{case}");
+        assert!(!s.errors.is_empty(), "{case}: the failure of {failed:?} is reported");
+        check_consistent(&case, r.maps(), &s);
+        let a_backend_failed = s.errors.iter().any(|e| e.starts_with("backend "));
+        for (fe, line) in view(r.maps()) {
+            if fe == "backends" || fe == "vips" || a_backend_failed {
+                continue;
+            }
+            assert!(
+                old.get(&fe) == Some(&line) || new.get(&fe) == Some(&line),
+                "{case} ({failed:?}, {:?}): {fe} is neither old nor new: {line}\nold: {:?}\nnew: {:?}",
+                s.errors,
+                old.get(&fe),
+                new.get(&fe)
+            );
+        }
+        r.maps_mut().heal();
+        for _ in 0..2 {
+            let s = r.apply(&after);
+            assert!(s.errors.is_empty(), "{case}: {:?}", s.errors);
+        }
+        assert_eq!(view(r.maps()), healed, "{case}: healed");
+        check_no_leftovers(&case, r.maps());
+        let s = r.apply(&after);
+        assert_eq!(s.ops, 0, "{case}: {s:?}");
+    }
+}
+
+/// A frontend that could not have one of its backends (the backend IDs
+/// ran out) gets it at the next apply once there is room, without its
+/// Service changing.
+#[test]
+fn a_backend_that_did_not_fit_is_added_once_there_is_room() {
+    const OTHER: &str = "10.96.0.9:80/TCP other = 10.244.9.9:80";
+    let mut maps = FakeMaps::new(&sizes());
+    maps.set_max_entries(MapKind::Backends, 4); // IDs 1 to 3
+    let mut r = reconciler_over(maps);
+    assert!(r.apply(&desired(&[WEB, OTHER])).errors.is_empty());
+    let s = r.apply(&desired(&[WEB3, OTHER]));
+    check_errors("full", &s, &["backend 10.244.1.3:8080: map LB4_BACKENDS is full (4 entries)"]);
+    // other goes, which frees an ID once the apply has settled.
+    let s = r.apply(&desired(&[WEB3]));
+    check_errors("room", &s, &["backend 10.244.1.3:8080: map LB4_BACKENDS is full (4 entries)"]);
+    let s = r.apply(&desired(&[WEB3]));
+    check_errors("added", &s, &[]);
+    assert_eq!(view(r.maps())["10.96.0.1:80/6"], view(reference(&[&desired(&[WEB3])]).maps())["10.96.0.1:80/6"]);
+}
+
+/// loadBalancerSourceRanges: a write that fails is reported and tried
+/// again by the next call.
+#[test]
+fn source_ranges_that_fail_are_tried_again() {
+    let lb = "10.96.0.1:80/TCP web nodeport = 10.244.1.1:8080";
+    let d = desired(&[lb]);
+    let mut r = reconciler();
+    let mut s = r.apply(&d);
+    let cidrs: Vec<Cidr> = ["10.0.0.0/8", "192.168.1.0/24"].iter().map(|c| c.parse().unwrap()).collect();
+    let ranges: BTreeMap<FrontendAddr, Vec<Cidr>> = d.keys().map(|a| (*a, cidrs.clone())).collect();
+    r.maps_mut().inject(Fault::on(MapKind::SrcRanges, Op::Update).after(1));
+    r.apply_source_ranges(&ranges, &mut s);
+    check_errors("ranges", &s, &["source range of frontend 1: writing map LB4_SRC_RANGES failed"]);
+    r.maps_mut().heal();
+    let mut s = Stats::default();
+    r.apply_source_ranges(&ranges, &mut s);
+    assert_eq!((s.ops, s.errors.len()), (1, 0), "{s:?}");
+    let mut s = Stats::default();
+    r.apply_source_ranges(&BTreeMap::new(), &mut s);
+    assert_eq!((s.ops, s.errors.len()), (2, 0), "{s:?}");
+    assert!(r.maps().src_ranges().unwrap().is_empty());
+    let _ = CtMap::BOTH;
+}
