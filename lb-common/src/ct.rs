@@ -118,6 +118,11 @@ pub fn to_propagate(dir: u8, old: u8, new: u8) -> u8 {
     fresh & mask
 }
 
+/// Source ports (host order, inclusive) for SNAT and for new flows whose
+/// reply tuple is taken, while the agent has not written `LB_NODE` (the
+/// same range as the agent's `--snat-ports` default).
+pub const DEFAULT_NAT_PORTS: (u16, u16) = (61_000, 65_535);
+
 /// How long after its last packet a TCP tuple may still be in TIME_WAIT on
 /// the backend (Linux keeps it 60 s): a new flow must not reuse it.
 pub const TIME_WAIT_NS: u64 = 60 * 1_000_000_000;

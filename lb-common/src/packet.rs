@@ -1,5 +1,13 @@
 //! Header layouts and packet builders that the datapath uses and host tests
 //! run directly.
+//!
+//! Packet fields are named as in smoltcp: a multi-byte field is its byte
+//! range from the start of its header ([`Field`]), a one-byte field its
+//! offset. `ETH_HLEN + ip::SADDR.start` is where the source address of the
+//! IPv4 header after an Ethernet header starts, and the range's length is
+//! the field's width.
+
+use core::ops::Range;
 
 use crate::csum;
 
@@ -10,52 +18,110 @@ pub const TCP_HLEN: usize = 20;
 pub const UDP_HLEN: usize = 8;
 pub const ICMP_HLEN: usize = 8;
 
+/// A multi-byte packet field: its byte range within its header.
+pub type Field = Range<usize>;
+
 /// The IPv4 "don't fragment" and "more fragments" bits and the offset mask
 /// of the (host order) `frag_off` field.
 pub const IP_DF: u16 = 0x4000;
 pub const IP_MF: u16 = 0x2000;
 pub const IP_OFFSET: u16 = 0x1fff;
 
-/// Offsets inside an IPv4 header.
-pub mod ip {
-    pub const TOS: usize = 1;
-    pub const TOT_LEN: usize = 2;
-    pub const ID: usize = 4;
-    pub const FRAG_OFF: usize = 6;
-    pub const TTL: usize = 8;
-    pub const PROTO: usize = 9;
-    pub const CHECK: usize = 10;
-    pub const SADDR: usize = 12;
-    pub const DADDR: usize = 16;
+/// The first byte of an IPv4 header without options: version 4, IHL 5.
+pub const IPV4_VER_IHL_NO_OPTIONS: u8 = 0x45;
+
+/// Fields of an Ethernet header.
+pub mod eth {
+    use super::Field;
+    pub const DST: Field = 0..6;
+    pub const SRC: Field = 6..12;
+    /// Both MAC addresses, destination first.
+    pub const ADDRS: Field = 0..12;
+    pub const ETHERTYPE: Field = 12..14;
 }
 
-/// Offsets inside a TCP or UDP header.
+/// Fields of an IPv4 header.
+pub mod ip {
+    use super::Field;
+    /// Version (high nibble) and header length in words (low nibble).
+    pub const VER_IHL: usize = 0;
+    pub const TOS: usize = 1;
+    pub const TOT_LEN: Field = 2..4;
+    pub const ID: Field = 4..6;
+    pub const FRAG_OFF: Field = 6..8;
+    pub const TTL: usize = 8;
+    pub const PROTO: usize = 9;
+    /// TTL and protocol: the 16-bit word of the header checksum that a TTL
+    /// change touches.
+    pub const TTL_PROTO: Field = 8..10;
+    pub const CHECK: Field = 10..12;
+    pub const SADDR: Field = 12..16;
+    pub const DADDR: Field = 16..20;
+}
+
+/// Fields of a TCP or UDP header.
 pub mod l4 {
-    pub const SPORT: usize = 0;
-    pub const DPORT: usize = 2;
-    pub const TCP_SEQ: usize = 4;
+    use super::Field;
+    pub const SPORT: Field = 0..2;
+    pub const DPORT: Field = 2..4;
+    /// Both ports, source first: the first 4 bytes of TCP and UDP alike.
+    pub const PORTS: Field = 0..4;
+    pub const TCP_SEQ: Field = 4..8;
     pub const TCP_FLAGS: usize = 13;
-    pub const TCP_CHECK: usize = 16;
-    pub const UDP_CHECK: usize = 6;
+    pub const TCP_CHECK: Field = 16..18;
+    pub const UDP_CHECK: Field = 6..8;
+}
+
+/// The 16-bit field `f` of header bytes `h`, as it sits in memory (so a
+/// network-order value stays in network order).
+#[inline(always)]
+pub fn get16<const N: usize>(h: &[u8; N], f: Field) -> u16 {
+    debug_assert!(f.len() == 2);
+    u16::from_ne_bytes([h[f.start], h[f.start + 1]])
+}
+
+/// The 32-bit field `f` of header bytes `h`, as it sits in memory.
+#[inline(always)]
+pub fn get32<const N: usize>(h: &[u8; N], f: Field) -> u32 {
+    debug_assert!(f.len() == 4);
+    u32::from_ne_bytes([h[f.start], h[f.start + 1], h[f.start + 2], h[f.start + 3]])
+}
+
+/// The source and destination ports of the TCP or UDP header that starts at
+/// `at` in `h`, as they sit in memory (network order).
+#[inline(always)]
+pub fn l4_ports<const N: usize>(h: &[u8; N], at: usize) -> (u16, u16) {
+    (get16(h, at + l4::SPORT.start..at + l4::SPORT.end), get16(h, at + l4::DPORT.start..at + l4::DPORT.end))
+}
+
+/// The two MAC addresses of an Ethernet header (`eth::ADDRS`) swapped: the
+/// header of a frame sent back where this one came from.
+#[inline(always)]
+pub fn swapped_macs(macs: &[u8; 12]) -> [u8; 12] {
+    let mut out = [0u8; 12];
+    out[eth::DST].copy_from_slice(&macs[eth::SRC]);
+    out[eth::SRC].copy_from_slice(&macs[eth::DST]);
+    out
 }
 
 /// Offset of the L4 checksum field for a protocol.
 #[inline(always)]
 pub fn l4_check_offset(proto: u8) -> usize {
     if proto == crate::IPPROTO_TCP {
-        l4::TCP_CHECK
+        l4::TCP_CHECK.start
     } else {
-        l4::UDP_CHECK
+        l4::UDP_CHECK.start
     }
 }
 
-/// Offsets inside an ICMP header.
+/// Fields of an ICMP header, and the types and codes the datapath uses.
 pub mod icmp {
+    use super::Field;
     pub const TYPE: usize = 0;
     pub const CODE: usize = 1;
-    pub const CHECK: usize = 2;
+    pub const CHECK: Field = 2..4;
     /// "Fragmentation needed": the next-hop MTU (network order).
-    pub const MTU: usize = 6;
+    pub const MTU: Field = 6..8;
 
     pub const DEST_UNREACH: u8 = 3;
     pub const TIME_EXCEEDED: u8 = 11;
@@ -138,32 +204,29 @@ pub fn icmp_port_unreachable(quote: &[u8; ICMP_QUOTE_LEN]) -> [u8; ICMP_UNREACH_
 pub fn icmp_error_packet(quote: &[u8; ICMP_QUOTE_LEN], icmp_type: u8, code: u8, mtu: u16) -> [u8; ICMP_UNREACH_LEN] {
     let mut out = [0u8; ICMP_UNREACH_LEN];
     // IPv4 header.
-    out[0] = 0x45;
-    out[1] = 0xc0; // precedence "internetwork control", as the kernel's icmp_send
-    out[2..4].copy_from_slice(&(ICMP_UNREACH_LEN as u16).to_be_bytes());
-    out[6] = 0x40; // DF
+    out[ip::VER_IHL] = IPV4_VER_IHL_NO_OPTIONS;
+    out[ip::TOS] = 0xc0; // precedence "internetwork control", as the kernel's icmp_send
+    out[ip::TOT_LEN].copy_from_slice(&(ICMP_UNREACH_LEN as u16).to_be_bytes());
+    out[ip::FRAG_OFF].copy_from_slice(&IP_DF.to_be_bytes());
     out[ip::TTL] = 64;
     out[ip::PROTO] = crate::IPPROTO_ICMP;
     // source = the original destination, destination = the original source
-    let mut i = 0;
-    while i < 4 {
-        out[ip::SADDR + i] = quote[ip::DADDR + i];
-        out[ip::DADDR + i] = quote[ip::SADDR + i];
-        i += 1;
-    }
+    out[ip::SADDR].copy_from_slice(&quote[ip::DADDR]);
+    out[ip::DADDR].copy_from_slice(&quote[ip::SADDR]);
     let mut iph = [0u8; IPV4_HLEN];
     iph.copy_from_slice(&out[..IPV4_HLEN]);
     let check = csum::checksum(&iph);
-    out[ip::CHECK..ip::CHECK + 2].copy_from_slice(&check.to_ne_bytes());
+    out[ip::CHECK].copy_from_slice(&check.to_ne_bytes());
     // ICMP header + quote.
-    out[IPV4_HLEN + icmp::TYPE] = icmp_type;
-    out[IPV4_HLEN + icmp::CODE] = code;
-    out[IPV4_HLEN + icmp::MTU..IPV4_HLEN + icmp::MTU + 2].copy_from_slice(&mtu.to_be_bytes());
-    out[IPV4_HLEN + ICMP_HLEN..].copy_from_slice(quote);
+    const ICMP: usize = IPV4_HLEN;
+    out[ICMP + icmp::TYPE] = icmp_type;
+    out[ICMP + icmp::CODE] = code;
+    out[ICMP + icmp::MTU.start..ICMP + icmp::MTU.end].copy_from_slice(&mtu.to_be_bytes());
+    out[ICMP + ICMP_HLEN..].copy_from_slice(quote);
     let mut icmp = [0u8; ICMP_HLEN + ICMP_QUOTE_LEN];
-    icmp.copy_from_slice(&out[IPV4_HLEN..]);
+    icmp.copy_from_slice(&out[ICMP..]);
     let check = csum::checksum(&icmp);
-    out[IPV4_HLEN + 2..IPV4_HLEN + 4].copy_from_slice(&check.to_ne_bytes());
+    out[ICMP + icmp::CHECK.start..ICMP + icmp::CHECK.end].copy_from_slice(&check.to_ne_bytes());
     out
 }
 
@@ -176,12 +239,15 @@ mod tests {
         let mut quote = [0u8; ICMP_QUOTE_LEN];
         quote[0] = 0x45;
         quote[ip::PROTO] = crate::IPPROTO_UDP;
-        quote[ip::SADDR..ip::SADDR + 4].copy_from_slice(&[10, 244, 0, 11]);
-        quote[ip::DADDR..ip::DADDR + 4].copy_from_slice(&[10, 96, 0, 10]);
+        quote[ip::SADDR].copy_from_slice(&[10, 244, 0, 11]);
+        quote[ip::DADDR].copy_from_slice(&[10, 96, 0, 10]);
         quote[20..24].copy_from_slice(&[0x9c, 0x40, 0, 53]);
         let out = icmp_port_unreachable(&quote);
-        assert_eq!(&out[ip::SADDR..ip::SADDR + 4], &[10, 96, 0, 10]);
-        assert_eq!(&out[ip::DADDR..ip::DADDR + 4], &[10, 244, 0, 11]);
+        assert_eq!(&out[ip::SADDR], &[10, 96, 0, 10]);
+        assert_eq!(&out[ip::DADDR], &[10, 244, 0, 11]);
+        assert_eq!(out[..2], [0x45, 0xc0]);
+        assert_eq!(&out[ip::FRAG_OFF], &[0x40, 0], "DF");
+        assert_eq!(out[ip::TTL], 64);
         assert_eq!(u16::from_be_bytes([out[2], out[3]]) as usize, ICMP_UNREACH_LEN);
         assert_eq!(out[ip::PROTO], 1);
         assert_eq!(&out[20..22], &[3, 3]);
@@ -210,8 +276,8 @@ mod tests {
     fn frag_needed_carries_the_mtu() {
         let mut quote = [0u8; ICMP_QUOTE_LEN];
         quote[0] = 0x45;
-        quote[ip::SADDR..ip::SADDR + 4].copy_from_slice(&[192, 168, 60, 100]);
-        quote[ip::DADDR..ip::DADDR + 4].copy_from_slice(&[192, 168, 50, 1]);
+        quote[ip::SADDR].copy_from_slice(&[192, 168, 60, 100]);
+        quote[ip::DADDR].copy_from_slice(&[192, 168, 50, 1]);
         let out = icmp_error_packet(&quote, icmp::DEST_UNREACH, icmp::FRAG_NEEDED, 1400);
         assert_eq!(&out[20..22], &[3, 4]);
         assert_eq!(u16::from_be_bytes([out[26], out[27]]), 1400);
@@ -219,5 +285,37 @@ mod tests {
         icmp.copy_from_slice(&out[20..]);
         assert_eq!(csum::fold(csum::sum_words(&icmp, 0)), 0xffff);
         assert!(is_icmp_error(3) && is_icmp_error(11) && is_icmp_error(12) && !is_icmp_error(8));
+    }
+
+    #[test]
+    fn fields() {
+        // The offsets of the kernel's struct iphdr, tcphdr, udphdr, icmphdr.
+        assert_eq!((ip::TOT_LEN, ip::ID, ip::FRAG_OFF, ip::CHECK), (2..4, 4..6, 6..8, 10..12));
+        assert_eq!((ip::SADDR, ip::DADDR, ip::TTL_PROTO), (12..16, 16..20, ip::TTL..ip::PROTO + 1));
+        assert_eq!((l4::SPORT.end, l4::DPORT), (l4::DPORT.start, 2..4));
+        assert_eq!(l4::PORTS, l4::SPORT.start..l4::DPORT.end);
+        assert_eq!((eth::ADDRS.start, eth::ADDRS.end, eth::SRC.start), (eth::DST.start, eth::SRC.end, eth::DST.end));
+        assert_eq!(eth::ETHERTYPE.end, ETH_HLEN);
+        assert_eq!((l4_check_offset(crate::IPPROTO_TCP), l4_check_offset(crate::IPPROTO_UDP)), (16, 6));
+        assert!(l4::TCP_CHECK.end <= TCP_HLEN && l4::UDP_CHECK.end <= UDP_HLEN && icmp::MTU.end <= ICMP_HLEN);
+    }
+
+    #[test]
+    fn field_reads() {
+        let h: [u8; 24] = [
+            0x45, 0, 0, 60, 0x1c, 0x46, 0x40, 0, 64, 6, 0xab, 0xcd, 10, 244, 0, 11, 10, 96, 0, 10, 0x9c, 0x40, 0, 80,
+        ];
+        assert_eq!(get16(&h, ip::TOT_LEN), 60u16.to_be());
+        assert_eq!(get16(&h, ip::CHECK), u16::from_be_bytes([0xab, 0xcd]).to_be());
+        assert_eq!(get32(&h, ip::SADDR), u32::from_be_bytes([10, 244, 0, 11]).to_be());
+        assert_eq!(get32(&h, ip::DADDR), u32::from_be_bytes([10, 96, 0, 10]).to_be());
+        assert_eq!(l4_ports(&h, IPV4_HLEN), (40_000u16.to_be(), 80u16.to_be()));
+    }
+
+    #[test]
+    fn macs_swap() {
+        let macs = [1, 2, 3, 4, 5, 6, 11, 12, 13, 14, 15, 16];
+        assert_eq!(swapped_macs(&macs), [11, 12, 13, 14, 15, 16, 1, 2, 3, 4, 5, 6]);
+        assert_eq!(swapped_macs(&swapped_macs(&macs)), macs);
     }
 }

@@ -12,15 +12,16 @@ use core::ptr::{addr_of, addr_of_mut};
 
 use aya_ebpf::bindings::{BPF_ANY, BPF_NOEXIST};
 use lb_common::{
-    Backend4, CT_REPLY, CT_SERVICE, Config, Ct4Key, CtEntry, IPPROTO_TCP, ct,
-    ct::ReplyTuple,
+    Backend4, CT_REPLY, CT_SERVICE, Config, Ct4Key, CtEntry, IPPROTO_TCP, NodeConfig, ct,
+    ct::{DEFAULT_NAT_PORTS, ReplyTuple},
     ct_entry_flags, ct_flags, hairpin_addr, stat,
 };
 
 use crate::{
+    error::Error,
     maps::{LB4_CT_ANY, LB4_CT_TCP},
     parse::Flow,
-    select::{flow_valid, random, rev_nat},
+    select::{flow_valid, now_ns, random, rev_nat},
     stats,
 };
 
@@ -52,7 +53,9 @@ fn remove(key: &Ct4Key) {
 /// A copy of the entry at `e`.
 #[inline(always)]
 pub fn load(e: *mut CtEntry) -> CtEntry {
-    // SAFETY: a map value pointer from a lookup; read once.
+    // SAFETY: `e` is a map value pointer from a lookup (valid and aligned
+    // for the program's run); other CPUs may write it, so it is read once,
+    // volatile, never through a reference.
     unsafe { e.read_volatile() }
 }
 
@@ -72,18 +75,59 @@ pub fn forward_usable(cfg: &Config, proto: u8, e: &CtEntry, tcp_flags: u8, now: 
     !ct::expired(&cfg.timeouts, st, e.last_seen, now) && !ct::restarts(st, tcp_flags) && flow_valid(e)
 }
 
+/// What conntrack holds for a packet towards a frontend.
+pub enum Forward {
+    /// The flow's entry; the packet is recorded in it.
+    Flow(CtEntry),
+    /// No usable entry: the packet starts a new flow, over an old flow's
+    /// entry (timed out, closed, or of a removed backend) when `replace`.
+    New { replace: bool },
+}
+
+/// Looks up the forward entry of the flow `f` (client -> frontend) belongs
+/// to at `now`, and records the packet in it when it is usable.
+#[inline(always)]
+pub fn forward(cfg: &Config, f: &Flow, now: u64) -> Forward {
+    let key = key_of(f, CT_SERVICE);
+    let Some(e) = get(&key) else {
+        return Forward::New { replace: false };
+    };
+    let current = load(e);
+    if !forward_usable(cfg, f.proto, &current, f.tcp_flags, now) {
+        return Forward::New { replace: true };
+    }
+    seen(&key, e, f, now);
+    Forward::Flow(current)
+}
+
+/// The reply entry of the flow `f` belongs to (backend -> client, or a
+/// hairpin flow's answer), with the packet recorded in it, and the time it
+/// was seen; `None` when `f` is no reply of a translated flow. The clock is
+/// read only for a reply.
+#[inline(always)]
+pub fn reply(f: &Flow) -> Option<(CtEntry, u64)> {
+    let key = key_of(f, CT_REPLY);
+    let e = get(&key)?;
+    let now = now_ns();
+    seen(&key, e, f, now);
+    Some((load(e), now))
+}
+
 /// Records a packet of a flow in its entry `e` (at `key`): the time, and
 /// for TCP the flags and highest sequence number, plus the flags its twin
 /// must learn to know the flow's state. A RST outside the flow's window is
 /// not recorded: it passes, but does not end the flow.
 #[inline(always)]
 pub fn seen(key: &Ct4Key, e: *mut CtEntry, f: &Flow, now: u64) {
-    // SAFETY (this block and the ones below): `e` is a map value pointer
-    // from a lookup; each field is read or written once.
+    // SAFETY: `e` is a map value pointer from a lookup, valid and aligned
+    // for the program's run; other CPUs may write the entry too, so each
+    // field is read or written once, volatile, through the raw pointer
+    // (READ_ONCE/WRITE_ONCE), and no reference to it is made.
     unsafe { addr_of_mut!((*e).last_seen).write_volatile(now) };
     if f.proto != IPPROTO_TCP || !f.has_l4() {
         return;
     }
+    // SAFETY: as above.
     let (old, eflags, highest) = unsafe {
         (
             addr_of!((*e).tcp_flags).read_volatile(),
@@ -97,22 +141,26 @@ pub fn seen(key: &Ct4Key, e: *mut CtEntry, f: &Flow, now: u64) {
         stats::count(stat::RST_IGNORED);
     }
     if eflags & ct_entry_flags::SEQ_SEEN == 0 {
+        // SAFETY: as above.
         unsafe {
             addr_of_mut!((*e).seq).write_volatile(f.seq);
             addr_of_mut!((*e).flags).write_volatile(eflags | ct_entry_flags::SEQ_SEEN);
         }
     } else if ct::seq_after(f.seq, highest) {
+        // SAFETY: as above.
         unsafe { addr_of_mut!((*e).seq).write_volatile(f.seq) };
     }
     let new = old | flags;
     if new == old {
         return;
     }
+    // SAFETY: as above.
     unsafe { addr_of_mut!((*e).tcp_flags).write_volatile(new) };
     let tell = ct::to_propagate(key.dir, old, new);
     if tell != 0 {
         let twin = load(e).twin_key(key);
         if let Some(t) = get(&twin) {
+            // SAFETY: as above, for the twin's entry `t`.
             unsafe {
                 let peer = addr_of!((*t).peer_flags).read_volatile();
                 addr_of_mut!((*t).peer_flags).write_volatile(peer | tell);
@@ -134,18 +182,30 @@ pub enum Source {
     Snat(u32),
 }
 
-pub enum NewFlowError {
-    /// No free reply tuple within the tries.
-    NoPort,
-    /// A conntrack write failed.
-    Write,
+/// A new flow: its frontend, the backend chosen for it, and what its
+/// source becomes.
+pub struct NewFlow {
+    pub svc_id: u32,
+    pub backend_id: u32,
+    pub backend: Backend4,
+    pub source: Source,
+    /// Where new source ports come from (host order, inclusive): SNAT, and
+    /// a client port whose reply tuple is taken.
+    pub ports: (u16, u16),
+}
+
+/// The source ports of new flows: this node's SNAT range (`LB_NODE`), or
+/// [`DEFAULT_NAT_PORTS`] until the agent wrote it.
+#[inline(always)]
+pub fn nat_ports(node: Option<NodeConfig>) -> (u16, u16) {
+    node.map_or(DEFAULT_NAT_PORTS, |n| (n.nat_port_min, n.nat_port_max))
 }
 
 /// Source ports tried for a new flow's reply tuple before it is dropped.
 const PORT_TRIES: u32 = 32;
 
-/// Records a new flow from `f` to backend `be` of frontend `svc_id`, and
-/// returns its forward entry (what the packet must be rewritten to).
+/// Records a new flow `new` of packet `f`, and returns its forward entry
+/// (what the packet must be rewritten to).
 ///
 /// The reply tuple (backend -> client's source) must be the flow's alone,
 /// or replies would be translated for the wrong flow: a client reuses a
@@ -153,23 +213,14 @@ const PORT_TRIES: u32 = 32;
 /// backend. So the reply entry is inserted first with `BPF_NOEXIST`; when
 /// the tuple is held by another flow (or, for TCP, was held so recently
 /// that the backend may keep it in TIME_WAIT), the flow gets another source
-/// port from `ports` (host order, inclusive), as netfilter's NAT clash
-/// resolution does. The forward entry goes in last; with `replace` it
-/// overwrites an old one (a timed out or closed flow reopened).
+/// port from `new.ports`, as netfilter's NAT clash resolution does. The
+/// forward entry goes in last; with `replace` it overwrites an old one (a
+/// timed out or closed flow reopened).
 #[inline(always)]
-pub fn create(
-    cfg: &Config,
-    svc_id: u32,
-    f: &Flow,
-    be_id: u32,
-    be: &Backend4,
-    source: Source,
-    ports: (u16, u16),
-    now: u64,
-    replace: bool,
-) -> Result<CtEntry, NewFlowError> {
-    let frontend_version = rev_nat(svc_id).map_or(0, |f| f.version);
-    let (src_addr, keep_port) = match source {
+pub fn create(cfg: &Config, f: &Flow, new: &NewFlow, now: u64, replace: bool) -> Result<CtEntry, Error> {
+    let be = &new.backend;
+    let frontend_version = rev_nat(new.svc_id).map_or(0, |f| f.version);
+    let (src_addr, keep_port) = match new.source {
         Source::Client => (f.saddr, true),
         Source::Hairpin => (hairpin_addr(), true),
         Source::Snat(addr) => (addr, false),
@@ -183,8 +234,8 @@ pub fn create(
         nat_daddr: f.saddr,
         nat_sport: f.dport,
         nat_dport: f.sport,
-        backend_id: be_id,
-        rev_nat_id: svc_id,
+        backend_id: new.backend_id,
+        rev_nat_id: new.svc_id,
         seq: 0,
         tcp_flags: 0,
         peer_flags: if tcp { ct::to_propagate(CT_SERVICE, 0, f.tcp_flags) } else { 0 },
@@ -193,7 +244,7 @@ pub fn create(
         frontend_version,
         backend_version: be.version,
     };
-    let (min, max) = ports;
+    let (min, max) = new.ports;
     let span = if max >= min { (max - min) as u32 + 1 } else { 1 };
     let mut i = 0;
     let mut port = 0u16;
@@ -218,7 +269,7 @@ pub fn create(
         i += 1;
     }
     if !found {
-        return Err(NewFlowError::NoPort);
+        return Err(Error::NoPort);
     }
     if keep_port && port != f.sport {
         stats::count(stat::PORT_REMAPPED);
@@ -242,6 +293,6 @@ pub fn create(
     remove(&Ct4Key::new(be.addr, src_addr, be.port, port, f.proto, CT_REPLY));
     match get(&fkey) {
         Some(e) => Ok(load(e)),
-        None => Err(NewFlowError::Write),
+        None => Err(Error::CtWrite),
     }
 }

@@ -4,20 +4,22 @@
 //! offending packet was sent to and quoting it, and the per-client rate
 //! limit that keeps them from being used as a reflector.
 
+use core::ptr::{addr_of, addr_of_mut};
+
 use aya_ebpf::{
     bindings::{TC_ACT_SHOT, xdp_action},
-    helpers::{bpf_redirect, bpf_skb_change_tail, bpf_skb_load_bytes, bpf_xdp_adjust_tail},
+    helpers::{bpf_skb_change_tail, bpf_skb_load_bytes, bpf_xdp_adjust_tail},
     programs::{TcContext, XdpContext},
 };
 use lb_common::{
     REJECT_BURST, REJECT_PER_SEC, RejectRate,
-    packet::{ETH_HLEN, ICMP_QUOTE_LEN, ICMP_UNREACH_LEN, icmp_error_packet},
+    packet::{ETH_HLEN, ICMP_QUOTE_LEN, ICMP_UNREACH_LEN, eth, icmp, icmp_error_packet, swapped_macs},
     stat,
 };
 
 use crate::{
     maps::LB4_REJECT_RATE,
-    packet::{read, write},
+    packet::{read, redirect_back, write},
     stats,
 };
 
@@ -29,15 +31,19 @@ const NS_PER_TOKEN: u64 = 1_000_000_000 / REJECT_PER_SEC as u64;
 /// counted (`stat::DROP_REJECT_RATE`).
 #[inline(always)]
 pub fn allowed(client: u32, now: u64) -> bool {
-    let Some(r) = LB4_REJECT_RATE.get_ptr_mut(&client) else {
+    let Some(r) = LB4_REJECT_RATE.get_ptr_mut(client) else {
         let fresh = RejectRate { last_ns: now, tokens: REJECT_BURST - 1, _pad: 0 };
         // LRU: fails only on a bad argument; then the client is not limited.
-        let _ = LB4_REJECT_RATE.insert(&client, &fresh, 0);
+        let _ = LB4_REJECT_RATE.insert(client, fresh, 0);
         return true;
     };
-    // SAFETY: a map value; other CPUs may race on the same client, which at
-    // worst lets one more error through.
-    let (last, tokens) = unsafe { ((*r).last_ns, (*r).tokens) };
+    // SAFETY: `r` is a map value pointer from a lookup, valid and aligned
+    // for the program's run. Other CPUs may update the same client's bucket
+    // at once, so each field is read and written once, volatile, through
+    // the raw pointer (READ_ONCE/WRITE_ONCE), never through a reference; a
+    // race at worst lets one more error through.
+    let (last, tokens) =
+        unsafe { (addr_of!((*r).last_ns).read_volatile(), addr_of!((*r).tokens).read_volatile()) };
     let refill = now.saturating_sub(last) / NS_PER_TOKEN;
     let mut tokens = tokens as u64 + refill;
     if tokens > REJECT_BURST as u64 {
@@ -49,13 +55,12 @@ pub fn allowed(client: u32, now: u64) -> bool {
     } else {
         stats::count(stat::DROP_REJECT_RATE);
     }
-    // SAFETY: as above.
-    unsafe {
-        if refill > 0 {
-            (*r).last_ns = last + refill * NS_PER_TOKEN;
-        }
-        (*r).tokens = tokens as u32;
+    if refill > 0 {
+        // SAFETY: as above.
+        unsafe { addr_of_mut!((*r).last_ns).write_volatile(last + refill * NS_PER_TOKEN) };
     }
+    // SAFETY: as above.
+    unsafe { addr_of_mut!((*r).tokens).write_volatile(tokens as u32) };
     allow
 }
 
@@ -65,17 +70,10 @@ pub fn allowed(client: u32, now: u64) -> bool {
 #[inline(always)]
 fn load_exact<const N: usize>(ctx: &TcContext, off: usize) -> Option<[u8; N]> {
     let mut buf = [0u8; N];
-    // SAFETY: buf is N bytes of writable stack.
+    // SAFETY: `skb` is the program's context and `buf` is N bytes of
+    // writable stack, the length passed.
     let ret = unsafe { bpf_skb_load_bytes(ctx.skb.skb as *const _, off as u32, buf.as_mut_ptr().cast(), N as u32) };
     (ret == 0).then_some(buf)
-}
-
-#[inline(always)]
-fn swapped_macs(macs: &[u8; 12]) -> [u8; 12] {
-    let mut out = [0u8; 12];
-    out[..6].copy_from_slice(&macs[6..]);
-    out[6..].copy_from_slice(&macs[..6]);
-    out
 }
 
 /// tc: turns the packet (IPv4 without options) into an ICMP error about it
@@ -83,44 +81,44 @@ fn swapped_macs(macs: &[u8; 12]) -> [u8; 12] {
 /// skb could not be rewritten.
 #[inline(always)]
 pub fn tc_reply(ctx: &TcContext, icmp_type: u8, code: u8, mtu: u16) -> Option<i32> {
-    let macs: [u8; 12] = load_exact(ctx, 0)?;
+    let macs: [u8; 12] = load_exact(ctx, eth::ADDRS.start)?;
     let quote: [u8; ICMP_QUOTE_LEN] = load_exact(ctx, ETH_HLEN)?;
     let icmp = icmp_error_packet(&quote, icmp_type, code, mtu);
-    // SAFETY: the skb pointer is the program's context.
+    // SAFETY: `skb` is the program's context; the helper takes it and
+    // integers.
     let ret = unsafe { bpf_skb_change_tail(ctx.skb.skb, (ETH_HLEN + ICMP_UNREACH_LEN) as u32, 0) };
     if ret != 0 {
         return None;
     }
-    ctx.store(0, &swapped_macs(&macs), 0).ok()?;
+    ctx.store(eth::ADDRS.start, &swapped_macs(&macs), 0).ok()?;
     ctx.store(ETH_HLEN, &icmp, 0).ok()?;
-    // SAFETY: reading the context's ifindex field.
-    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    // SAFETY: plain helper call.
-    Some(unsafe { bpf_redirect(ifindex, 0) } as i32)
+    Some(redirect_back(ctx))
 }
 
 /// tc: a reject (ICMP port unreachable) to `client`, within its rate.
 #[inline(always)]
 pub fn tc_reject(ctx: &TcContext, client: u32, now: u64) -> Option<i32> {
     if !allowed(client, now) {
-        return Some(TC_ACT_SHOT as i32);
+        return Some(TC_ACT_SHOT);
     }
-    tc_reply(ctx, lb_common::packet::icmp::DEST_UNREACH, lb_common::packet::icmp::PORT_UNREACH, 0)
+    tc_reply(ctx, icmp::DEST_UNREACH, icmp::PORT_UNREACH, 0)
 }
 
 /// XDP: the same as [`tc_reply`], transmitted back out of the interface.
 #[inline(always)]
 pub fn xdp_reply(ctx: &XdpContext, icmp_type: u8, code: u8, mtu: u16) -> Option<u32> {
-    let macs: [u8; 12] = read(ctx, 0)?;
+    let macs: [u8; 12] = read(ctx, eth::ADDRS.start)?;
     let quote: [u8; ICMP_QUOTE_LEN] = read(ctx, ETH_HLEN)?;
     let icmp = icmp_error_packet(&quote, icmp_type, code, mtu);
     let len = (ctx.data_end() - ctx.data()) as i32;
     let delta = (ETH_HLEN + ICMP_UNREACH_LEN) as i32 - len;
-    // SAFETY: the program's own context.
+    // SAFETY: `ctx.ctx` is the program's context; the helper takes it and
+    // an integer. Packet pointers taken before are stale after it: the
+    // writes below bounds-check afresh.
     if unsafe { bpf_xdp_adjust_tail(ctx.ctx, delta) } != 0 {
         return None;
     }
-    write(ctx, 0, swapped_macs(&macs))?;
+    write(ctx, eth::ADDRS.start, swapped_macs(&macs))?;
     write(ctx, ETH_HLEN, icmp)?;
     Some(xdp_action::XDP_TX)
 }

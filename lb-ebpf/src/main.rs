@@ -2,26 +2,45 @@
 //!
 //! Programs, by hook:
 //! - `lb_tc_ingress` (tc, pod interfaces, ingress): packets leaving pods;
-//!   DNAT to a backend (and SNAT for a pod reaching itself), rejects.
+//!   DNAT to a backend (and SNAT for a pod reaching itself), rejects, ICMP
+//!   errors a pod sends about a reply.
 //! - `lb_tc_egress` (tc, pod and external interfaces, egress): replies on
-//!   their way to the client get the frontend back, after routing.
+//!   their way to the client get the frontend back, after routing; ICMP
+//!   errors about translated flows.
 //! - `lb_xdp` (XDP, external interfaces): NodePorts, external and
-//!   LoadBalancer IPs from outside; DNAT, or DNAT+SNAT and forwarding.
+//!   LoadBalancer IPs from outside; DNAT, or DNAT+SNAT and forwarding, and
+//!   the replies of SNATed flows.
 //! - `lb_connect4`, `lb_sendmsg4`, `lb_recvmsg4`, `lb_getpeername4`
-//!   (cgroup): host clients are translated once, at connect time.
-//! - `lb_xdp_pass`, `lb_tc_pass`: do nothing (measurement floors).
+//!   (cgroup sock_addr): host clients are translated once, at connect time.
+//! - `lb_xdp_pass`, `lb_tc_pass`: do nothing (measurement floors, and a
+//!   stand-in for another program attached after lb).
 //!
-//! Layers, bottom up: `packet` (bounds-checked access, L4 checksums per
-//! hook), `parse` (one parser for every hook), `select` (frontend lookups,
-//! backend choice), `ct` (the two conntrack entries of a flow, new flows
-//! and their reply tuples), `frag` (fragments), `nat` (rewrites, ICMP
-//! errors), `icmp` (errors we send, rate-limited), `stats` (counters), then
-//! the programs in `tc`, `xdp` and `sock`. Maps are in `maps`; their types
-//! and the pure rules (checksums, conntrack states) are in `lb-common`.
+//! Layers, bottom up:
+//! - `maps`: the maps (their key and value types, and the pure rules:
+//!   checksums, header fields, conntrack states, are in `lb-common`);
+//! - `packet`: bounds-checked packet access, L4 checksum updates per hook;
+//! - `stats`: per-CPU counters; `error`: why a packet is dropped (each
+//!   counted), one error type for tc and XDP;
+//! - `parse`: one parser for every hook (a TCP/UDP `Flow`, or an ICMP error
+//!   quoting one);
+//! - `select`: frontend lookups and backend choice (Maglev, affinity);
+//! - `ct`: the two conntrack entries of a flow: lookups, updates, new flows
+//!   and their reply tuples;
+//! - `frag`: fragments (the first fragment's ports for the rest);
+//! - `nat`: rewrites of a flow's packets and of ICMP errors about it;
+//! - `icmp`: the ICMP errors lb sends itself, rate-limited;
+//! - the programs: `tc`, `xdp` and `sock`.
+//!
+//! Every map value that other CPUs write in place (conntrack entries,
+//! affinity, reject rates, counters) is accessed field by field through
+//! raw pointers, read and written once (Cilium's READ_ONCE/WRITE_ONCE); no
+//! reference to one is ever made.
 #![no_std]
 #![no_main]
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 mod ct;
+mod error;
 mod frag;
 mod icmp;
 mod maps;

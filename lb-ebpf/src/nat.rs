@@ -3,13 +3,17 @@
 //! quotes).
 
 use lb_common::{
-    CtEntry, IPPROTO_UDP, csum,
-    packet::{ETH_HLEN, icmp, icmp_error, ip, l4, l4_check_offset},
+    Ct4Key, CtEntry, IPPROTO_UDP, csum,
+    packet::{ETH_HLEN, Fragment, icmp, icmp_error, ip, l4, l4_check_offset},
+    stat,
 };
 
 use crate::{
+    ct,
+    error::Error,
     packet::{L4Csum, PacketData, read, write},
     parse::{Flow, IcmpError},
+    stats,
 };
 
 /// Rewrites a TCP/UDP packet to source `saddr:sport` and destination
@@ -39,32 +43,51 @@ pub fn rewrite<C: PacketData + L4Csum>(ctx: &C, f: &Flow, saddr: u32, sport: u16
     // The tc helpers may have moved the packet: every access below is
     // bounds-checked afresh.
     if saddr != f.saddr || daddr != f.daddr {
-        let mut check: u16 = read(ctx, ETH_HLEN + ip::CHECK)?;
+        let mut check: u16 = read(ctx, ETH_HLEN + ip::CHECK.start)?;
         if saddr != f.saddr {
             check = csum::replace4(check, f.saddr, saddr);
-            write(ctx, ETH_HLEN + ip::SADDR, saddr)?;
+            write(ctx, ETH_HLEN + ip::SADDR.start, saddr)?;
         }
         if daddr != f.daddr {
             check = csum::replace4(check, f.daddr, daddr);
-            write(ctx, ETH_HLEN + ip::DADDR, daddr)?;
+            write(ctx, ETH_HLEN + ip::DADDR.start, daddr)?;
         }
-        write(ctx, ETH_HLEN + ip::CHECK, check)?;
+        write(ctx, ETH_HLEN + ip::CHECK.start, check)?;
     }
     if l4 {
         if sport != f.sport {
-            write(ctx, f.l4_off + l4::SPORT, sport)?;
+            write(ctx, f.l4_off + l4::SPORT.start, sport)?;
         }
         if dport != f.dport {
-            write(ctx, f.l4_off + l4::DPORT, dport)?;
+            write(ctx, f.l4_off + l4::DPORT.start, dport)?;
         }
     }
     Some(())
 }
 
-/// Rewrites a packet as conntrack entry `e` says.
+/// Rewrites a packet of a flow as its conntrack entry `e` says (a later
+/// fragment is counted).
 #[inline(always)]
-pub fn apply<C: PacketData + L4Csum>(ctx: &C, f: &Flow, e: &CtEntry) -> Option<()> {
-    rewrite(ctx, f, e.nat_saddr, e.nat_sport, e.nat_daddr, e.nat_dport)
+pub fn translate<C: PacketData + L4Csum>(ctx: &C, f: &Flow, e: &CtEntry) -> Result<(), Error> {
+    rewrite(ctx, f, e.nat_saddr, e.nat_sport, e.nat_daddr, e.nat_dport).ok_or(Error::Rewrite)?;
+    if f.frag == Fragment::Later {
+        stats::count(stat::FRAGMENT_TRANSLATED);
+    }
+    Ok(())
+}
+
+/// Translates an ICMP error travelling in direction `dir` of a translated
+/// flow (see [`rewrite_icmp_error`]) and returns the flow's entry; `None`
+/// when it is about no flow we know (it passes untouched).
+#[inline(always)]
+pub fn translate_icmp_error<C: PacketData>(ctx: &C, err: &IcmpError, dir: u8) -> Result<Option<CtEntry>, Error> {
+    let Some(e) = ct::get(&icmp_error_key(err, dir)) else {
+        return Ok(None);
+    };
+    let entry = ct::load(e);
+    rewrite_icmp_error(ctx, err, &entry).ok_or(Error::Rewrite)?;
+    stats::count(stat::ICMP_TRANSLATED);
+    Ok(Some(entry))
 }
 
 /// Translates an ICMP error that travels like a packet of the flow whose
@@ -81,18 +104,18 @@ pub fn apply<C: PacketData + L4Csum>(ctx: &C, f: &Flow, e: &CtEntry) -> Option<(
 #[inline(always)]
 pub fn rewrite_icmp_error<C: PacketData>(ctx: &C, err: &IcmpError, e: &CtEntry) -> Option<()> {
     const IP: usize = ETH_HLEN;
-    const ICMP_CHECK: usize = ETH_HLEN + icmp_error::ICMP + icmp::CHECK;
+    const ICMP_CHECK: usize = ETH_HLEN + icmp_error::ICMP + icmp::CHECK.start;
     const Q_IP: usize = ETH_HLEN + icmp_error::INNER_IP;
     const Q_L4: usize = ETH_HLEN + icmp_error::INNER_L4;
     let q = &err.quoted;
     // The quoted packet's new tuple.
     let (q_saddr, q_sport, q_daddr, q_dport) = (e.nat_daddr, e.nat_dport, e.nat_saddr, e.nat_sport);
 
-    let mut outer: u16 = read(ctx, IP + ip::CHECK)?;
+    let mut outer: u16 = read(ctx, IP + ip::CHECK.start)?;
     outer = csum::replace4(outer, err.saddr, e.nat_saddr);
     outer = csum::replace4(outer, err.daddr, e.nat_daddr);
 
-    let q_check_old: u16 = read(ctx, Q_IP + ip::CHECK)?;
+    let q_check_old: u16 = read(ctx, Q_IP + ip::CHECK.start)?;
     let mut q_check = csum::replace4(q_check_old, q.saddr, q_saddr);
     q_check = csum::replace4(q_check, q.daddr, q_daddr);
 
@@ -120,15 +143,15 @@ pub fn rewrite_icmp_error<C: PacketData>(ctx: &C, err: &IcmpError, e: &CtEntry) 
         write(ctx, q_l4_check, new)?;
     }
 
-    write(ctx, IP + ip::SADDR, e.nat_saddr)?;
-    write(ctx, IP + ip::DADDR, e.nat_daddr)?;
-    write(ctx, IP + ip::CHECK, outer)?;
+    write(ctx, IP + ip::SADDR.start, e.nat_saddr)?;
+    write(ctx, IP + ip::DADDR.start, e.nat_daddr)?;
+    write(ctx, IP + ip::CHECK.start, outer)?;
     write(ctx, ICMP_CHECK, icmp_check)?;
-    write(ctx, Q_IP + ip::SADDR, q_saddr)?;
-    write(ctx, Q_IP + ip::DADDR, q_daddr)?;
-    write(ctx, Q_IP + ip::CHECK, q_check)?;
-    write(ctx, Q_L4 + l4::SPORT, q_sport)?;
-    write(ctx, Q_L4 + l4::DPORT, q_dport)?;
+    write(ctx, Q_IP + ip::SADDR.start, q_saddr)?;
+    write(ctx, Q_IP + ip::DADDR.start, q_daddr)?;
+    write(ctx, Q_IP + ip::CHECK.start, q_check)?;
+    write(ctx, Q_L4 + l4::SPORT.start, q_sport)?;
+    write(ctx, Q_L4 + l4::DPORT.start, q_dport)?;
     Some(())
 }
 
@@ -136,7 +159,7 @@ pub fn rewrite_icmp_error<C: PacketData>(ctx: &C, err: &IcmpError, e: &CtEntry) 
 /// quoted packet's tuple reversed, in direction `dir` (the direction the
 /// error travels).
 #[inline(always)]
-pub fn icmp_error_key(err: &IcmpError, dir: u8) -> lb_common::Ct4Key {
+fn icmp_error_key(err: &IcmpError, dir: u8) -> Ct4Key {
     let q = &err.quoted;
-    lb_common::Ct4Key::new(q.daddr, q.saddr, q.dport, q.sport, q.proto, dir)
+    Ct4Key::new(q.daddr, q.saddr, q.dport, q.sport, q.proto, dir)
 }

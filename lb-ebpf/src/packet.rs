@@ -3,6 +3,7 @@
 
 use aya_ebpf::{
     bindings::{BPF_F_MARK_MANGLED_0, BPF_F_PSEUDO_HDR},
+    helpers::bpf_redirect,
     programs::{TcContext, XdpContext},
 };
 use lb_common::csum;
@@ -65,7 +66,8 @@ pub fn ptr_at<C: PacketData, T>(ctx: &C, off: usize) -> Option<*mut T> {
 /// Copies a `T` out of the packet at `off`.
 #[inline(always)]
 pub fn read<C: PacketData, T: Copy>(ctx: &C, off: usize) -> Option<T> {
-    // SAFETY: ptr_at checked the bounds against data_end.
+    // SAFETY: ptr_at checked that the `T` lies inside the packet; the read
+    // is unaligned, and `T: Copy` is plain bytes here.
     Some(unsafe { ptr_at::<C, T>(ctx, off)?.read_unaligned() })
 }
 
@@ -73,9 +75,21 @@ pub fn read<C: PacketData, T: Copy>(ctx: &C, off: usize) -> Option<T> {
 /// the end. (tc: the verifier makes the skb writable first.)
 #[inline(always)]
 pub fn write<C: PacketData, T>(ctx: &C, off: usize, v: T) -> Option<()> {
-    // SAFETY: ptr_at checked the bounds against data_end.
+    // SAFETY: ptr_at checked that the `T` lies inside the packet; the write
+    // is unaligned.
     unsafe { ptr_at::<C, T>(ctx, off)?.write_unaligned(v) };
     Some(())
+}
+
+/// tc: sends the packet back out of the interface it came in on (its MACs
+/// swapped by the caller), without routing.
+#[inline(always)]
+pub fn redirect_back(ctx: &TcContext) -> i32 {
+    // SAFETY: `skb` is the program's context, valid for the whole run; one
+    // field is read through the raw pointer.
+    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    // SAFETY: the helper takes plain integers.
+    unsafe { bpf_redirect(ifindex, 0) as i32 }
 }
 
 /// Updates a TCP or UDP checksum (at `check_off`) for a changed field.

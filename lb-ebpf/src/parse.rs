@@ -3,14 +3,16 @@
 
 use lb_common::{
     IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
-    packet::{ETH_HLEN, ETH_P_IP, Fragment, IP_DF, IPV4_HLEN, TCP_HLEN, UDP_HLEN, fragment, icmp, icmp_error, ip, is_icmp_error, l4},
+    packet::{
+        ETH_HLEN, ETH_P_IP, Fragment, IP_DF, IPV4_HLEN, IPV4_VER_IHL_NO_OPTIONS, TCP_HLEN, UDP_HLEN, eth, fragment,
+        get16, get32, icmp, icmp_error, ip, is_icmp_error, l4, l4_ports,
+    },
 };
 
-use crate::packet::{PacketData, read};
-
-/// Not a packet to judge: too short or not well formed. The kernel's own
-/// stack validates and drops garbage, so such packets pass untouched.
-pub struct Malformed;
+use crate::{
+    error::Error,
+    packet::{PacketData, read},
+};
 
 /// A TCP or UDP packet. Addresses and ports are in network order, as on
 /// the wire.
@@ -76,34 +78,37 @@ pub enum Packet {
     OtherIpv4,
 }
 
+/// Copies a `T` out of the packet at `off`; a packet too short for it is
+/// malformed.
 #[inline(always)]
-fn get<C: PacketData, T: Copy>(ctx: &C, off: usize) -> Result<T, Malformed> {
-    read(ctx, off).ok_or(Malformed)
+fn get<C: PacketData, T: Copy>(ctx: &C, off: usize) -> Result<T, Error> {
+    read(ctx, off).ok_or(Error::Malformed)
 }
 
 /// Parses the headers. A packet shorter than its IPv4 total length is
-/// truncated: the stack drops it, and so it is left alone.
+/// truncated: the stack drops it, and so it is left alone
+/// (`Error::Malformed`).
 #[inline(always)]
-pub fn parse<C: PacketData>(ctx: &C) -> Result<Packet, Malformed> {
-    if get::<C, u16>(ctx, 12)? != ETH_P_IP.to_be() {
+pub fn parse<C: PacketData>(ctx: &C) -> Result<Packet, Error> {
+    if get::<C, u16>(ctx, eth::ETHERTYPE.start)? != ETH_P_IP.to_be() {
         return Ok(Packet::NotIpv4);
     }
     let iph: [u8; IPV4_HLEN] = get(ctx, ETH_HLEN)?;
-    if iph[0] >> 4 != 4 {
-        return Err(Malformed);
+    if iph[ip::VER_IHL] >> 4 != 4 {
+        return Err(Error::Malformed);
     }
-    let ihl = ((iph[0] & 0x0f) as usize) * 4;
+    let ihl = ((iph[ip::VER_IHL] & 0x0f) as usize) * 4;
     if ihl < IPV4_HLEN {
-        return Err(Malformed);
+        return Err(Error::Malformed);
     }
-    let tot_len = u16::from_be_bytes([iph[ip::TOT_LEN], iph[ip::TOT_LEN + 1]]);
+    let tot_len = u16::from_be(get16(&iph, ip::TOT_LEN));
     // BIG TCP super-packets carry 0 here; their length is the skb's.
     if ctx.len() < (ETH_HLEN + tot_len as usize) as u32 {
-        return Err(Malformed);
+        return Err(Error::Malformed);
     }
-    let saddr = u32::from_ne_bytes([iph[ip::SADDR], iph[ip::SADDR + 1], iph[ip::SADDR + 2], iph[ip::SADDR + 3]]);
-    let daddr = u32::from_ne_bytes([iph[ip::DADDR], iph[ip::DADDR + 1], iph[ip::DADDR + 2], iph[ip::DADDR + 3]]);
-    let frag_off = u16::from_ne_bytes([iph[ip::FRAG_OFF], iph[ip::FRAG_OFF + 1]]);
+    let saddr = get32(&iph, ip::SADDR);
+    let daddr = get32(&iph, ip::DADDR);
+    let frag_off = get16(&iph, ip::FRAG_OFF);
     let frag = fragment(frag_off);
     let proto = iph[ip::PROTO];
     if proto == IPPROTO_ICMP {
@@ -126,7 +131,7 @@ pub fn parse<C: PacketData>(ctx: &C) -> Result<Packet, Malformed> {
         seq: 0,
         l4_off,
         frag,
-        ip_id: u16::from_ne_bytes([iph[ip::ID], iph[ip::ID + 1]]),
+        ip_id: get16(&iph, ip::ID),
         tos: iph[ip::TOS],
         tot_len,
         df: u16::from_be(frag_off) & IP_DF != 0,
@@ -138,22 +143,22 @@ pub fn parse<C: PacketData>(ctx: &C) -> Result<Packet, Malformed> {
     // rewrite. It is copied out in one bounds-checked read: a second
     // pointer at a variable offset would be a new packet pointer the
     // verifier has not seen checked.
-    let ports = if proto == IPPROTO_TCP {
+    let (sport, dport) = if proto == IPPROTO_TCP {
         let h: [u8; TCP_HLEN] = get(ctx, l4_off)?;
         flow.tcp_flags = h[l4::TCP_FLAGS] & lb_common::ct_flags::TRACKED;
-        flow.seq = u32::from_be_bytes([h[l4::TCP_SEQ], h[l4::TCP_SEQ + 1], h[l4::TCP_SEQ + 2], h[l4::TCP_SEQ + 3]]);
-        [h[0], h[1], h[2], h[3]]
+        flow.seq = u32::from_be(get32(&h, l4::TCP_SEQ));
+        l4_ports(&h, 0)
     } else {
         let h: [u8; UDP_HLEN] = get(ctx, l4_off)?;
-        [h[0], h[1], h[2], h[3]]
+        l4_ports(&h, 0)
     };
-    flow.sport = u16::from_ne_bytes([ports[0], ports[1]]);
-    flow.dport = u16::from_ne_bytes([ports[2], ports[3]]);
+    flow.sport = sport;
+    flow.dport = dport;
     Ok(Packet::Flow(flow))
 }
 
 #[inline(always)]
-fn icmp_error_of<C: PacketData>(ctx: &C, saddr: u32, daddr: u32) -> Result<Packet, Malformed> {
+fn icmp_error_of<C: PacketData>(ctx: &C, saddr: u32, daddr: u32) -> Result<Packet, Error> {
     let icmp_type: u8 = get(ctx, ETH_HLEN + icmp_error::ICMP + icmp::TYPE)?;
     if !is_icmp_error(icmp_type) {
         return Ok(Packet::OtherIpv4);
@@ -163,19 +168,13 @@ fn icmp_error_of<C: PacketData>(ctx: &C, saddr: u32, daddr: u32) -> Result<Packe
         return Ok(Packet::OtherIpv4);
     };
     let proto = q[ip::PROTO];
-    if q[0] != 0x45 || (proto != IPPROTO_TCP && proto != IPPROTO_UDP) {
+    if q[ip::VER_IHL] != IPV4_VER_IHL_NO_OPTIONS || (proto != IPPROTO_TCP && proto != IPPROTO_UDP) {
         return Ok(Packet::OtherIpv4);
     }
-    let p = IPV4_HLEN;
+    let (sport, dport) = l4_ports(&q, IPV4_HLEN);
     Ok(Packet::IcmpError(IcmpError {
         saddr,
         daddr,
-        quoted: Quoted {
-            saddr: u32::from_ne_bytes([q[ip::SADDR], q[ip::SADDR + 1], q[ip::SADDR + 2], q[ip::SADDR + 3]]),
-            daddr: u32::from_ne_bytes([q[ip::DADDR], q[ip::DADDR + 1], q[ip::DADDR + 2], q[ip::DADDR + 3]]),
-            sport: u16::from_ne_bytes([q[p], q[p + 1]]),
-            dport: u16::from_ne_bytes([q[p + 2], q[p + 3]]),
-            proto,
-        },
+        quoted: Quoted { saddr: get32(&q, ip::SADDR), daddr: get32(&q, ip::DADDR), sport, dport, proto },
     }))
 }

@@ -1,14 +1,17 @@
 //! Frontend lookups and backend selection, shared by the tc, XDP and socket
 //! programs.
 
+use core::ptr::{addr_of, addr_of_mut};
+
 use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns};
 use lb_common::{
-    Affinity4, Affinity4Key, Backend4, Config, NodeConfig, RevNat4, RevNatKey, SCOPE_EXTERNAL,
-    Service4Key, Service4Value, SlotKey, Vip4, config_flags, node_flags, svc_flags,
+    Affinity4, Affinity4Key, Backend4, Config, CtEntry, NodeConfig, RevNat4, RevNatKey, SCOPE_EXTERNAL,
+    Service4Key, Service4Value, SlotKey, Vip4, config_flags, hash::flow_hash, node_flags, svc_flags,
 };
 
-use crate::maps::{
-    LB_CONFIG, LB_NODE, LB4_AFFINITY, LB4_BACKENDS, LB4_MAGLEV, LB4_REVNAT, LB4_SERVICES, LB4_SLOTS, LB4_VIPS,
+use crate::{
+    maps::{LB_CONFIG, LB_NODE, LB4_AFFINITY, LB4_BACKENDS, LB4_MAGLEV, LB4_REVNAT, LB4_SERVICES, LB4_SLOTS, LB4_VIPS},
+    parse::Flow,
 };
 
 /// The configuration, or `None` until the agent marked it ready.
@@ -31,8 +34,10 @@ pub fn node_config() -> Option<NodeConfig> {
 /// The kinds of frontend at `addr`, if it is a frontend address at all.
 #[inline(always)]
 pub fn vip(addr: u32) -> Option<Vip4> {
-    // SAFETY: read once and copied.
-    unsafe { LB4_VIPS.get(&addr).copied() }
+    // SAFETY: the reference lives only until the plain-data value is
+    // copied out (an update may recycle the element under us: at worst a
+    // stale copy).
+    unsafe { LB4_VIPS.get(addr).copied() }
 }
 
 /// Finds the frontend for (addr, port, proto). The value is copied out: a
@@ -45,8 +50,8 @@ pub fn service(addr: u32, port: u16, proto: u8) -> Option<Service4Value> {
         proto,
         scope: SCOPE_EXTERNAL,
     };
-    // SAFETY: read once and copied.
-    unsafe { LB4_SERVICES.get(&key).copied() }
+    // SAFETY: as in `vip`: copied out at once.
+    unsafe { LB4_SERVICES.get(key).copied() }
 }
 
 /// The backend in slot `id`, if the slot is in use.
@@ -69,7 +74,7 @@ pub fn rev_nat(id: u32) -> Option<RevNat4> {
 /// a new flow (a UDP client moves on, a TCP one gets reset), and the
 /// entries go with garbage collection.
 #[inline(always)]
-pub fn flow_valid(e: &lb_common::CtEntry) -> bool {
+pub fn flow_valid(e: &CtEntry) -> bool {
     LB4_REVNAT.get(e.rev_nat_id).is_some_and(|f| f.is(e.frontend_version))
         && LB4_BACKENDS.get(e.backend_id).is_some_and(|b| b.is(e.backend_version))
 }
@@ -84,6 +89,14 @@ pub fn now_ns() -> u64 {
 pub fn random() -> u32 {
     // SAFETY: a helper without arguments.
     unsafe { bpf_get_prandom_u32() }
+}
+
+/// Chooses the backend of a new flow `f` to `svc` (see [`select_backend`]):
+/// the flow's hash for Maglev, its client address for affinity.
+#[inline(always)]
+pub fn flow_backend(cfg: &Config, svc: &Service4Value, f: &Flow, now: u64) -> Option<(u32, Backend4)> {
+    let hash = flow_hash(f.saddr, f.daddr, f.sport, f.dport, f.proto);
+    select_backend(cfg, svc, hash, f.saddr as u64, now)
 }
 
 /// Chooses the backend of a new connection:
@@ -107,15 +120,17 @@ pub fn select_backend(cfg: &Config, svc: &Service4Value, hash: u32, client: u64,
     }
     let svc_version = rev_nat(svc.id).map_or(0, |f| f.version);
     let key = Affinity4Key { client, svc_id: svc.id, svc_version, _pad: 0 };
-    if let Some(a) = LB4_AFFINITY.get_ptr_mut(&key) {
-        // SAFETY: a map value other CPUs may write too: each field is read
-        // and written once (READ_ONCE/WRITE_ONCE); a racing CPU at worst
-        // writes the same fields.
+    if let Some(a) = LB4_AFFINITY.get_ptr_mut(key) {
+        // SAFETY: `a` is a map value pointer from a lookup, valid and
+        // aligned for the program's run. Other CPUs may write it too, so
+        // each field is read and written once, volatile, through the raw
+        // pointer (READ_ONCE/WRITE_ONCE), never through a reference; a
+        // racing CPU at worst writes the same fields.
         let (last_used, backend_id, version) = unsafe {
             (
-                core::ptr::addr_of!((*a).last_used).read_volatile(),
-                core::ptr::addr_of!((*a).backend_id).read_volatile(),
-                core::ptr::addr_of!((*a).backend_version).read_volatile(),
+                addr_of!((*a).last_used).read_volatile(),
+                addr_of!((*a).backend_id).read_volatile(),
+                addr_of!((*a).backend_version).read_volatile(),
             )
         };
         let timeout = svc.affinity_timeout as u64 * 1_000_000_000;
@@ -123,7 +138,7 @@ pub fn select_backend(cfg: &Config, svc: &Service4Value, hash: u32, client: u64,
             // Only while the backend is still the one the client had.
             if let Some(be) = backend(backend_id).filter(|b| b.version == version) {
                 // SAFETY: as above.
-                unsafe { core::ptr::addr_of_mut!((*a).last_used).write_volatile(now) };
+                unsafe { addr_of_mut!((*a).last_used).write_volatile(now) };
                 return Some((backend_id, be));
             }
         }
@@ -132,7 +147,7 @@ pub fn select_backend(cfg: &Config, svc: &Service4Value, hash: u32, client: u64,
     // An LRU insert only fails on a bad argument; affinity is then simply
     // not recorded for this connection.
     let value = Affinity4 { last_used: now, backend_id: id, backend_version: be.version, _pad: 0 };
-    let _ = LB4_AFFINITY.insert(&key, &value, 0);
+    let _ = LB4_AFFINITY.insert(key, value, 0);
     Some((id, be))
 }
 
@@ -140,12 +155,12 @@ pub fn select_backend(cfg: &Config, svc: &Service4Value, hash: u32, client: u64,
 fn pick(cfg: &Config, svc: &Service4Value, hash: u32) -> Option<(u32, Backend4)> {
     if svc.flags & svc_flags::MAGLEV != 0 && cfg.maglev_m != 0 {
         let index = hash % cfg.maglev_m;
-        // SAFETY: read once and copied.
+        // SAFETY: the reference lives only until the ID is copied out.
         let id = unsafe { LB4_MAGLEV.get_value(&RevNatKey { id: svc.id }, &index) }.copied();
-        if let Some(id) = id {
-            if let Some(be) = backend(id) {
-                return Some((id, be));
-            }
+        if let Some(id) = id
+            && let Some(be) = backend(id)
+        {
+            return Some((id, be));
         }
         // No table yet (or a race with its replacement): random slot.
     }
@@ -154,9 +169,10 @@ fn pick(cfg: &Config, svc: &Service4Value, hash: u32) -> Option<(u32, Backend4)>
         slot: (random() % svc.count as u32) as u16,
         generation: svc.generation,
     };
-    // SAFETY: read once and copied. (The agent deletes a generation of
-    // slots only a sync after it stopped being live, so a frontend value
-    // read just before a flip still finds its slots.)
-    let id = unsafe { LB4_SLOTS.get(&key) }?.backend_id;
+    // SAFETY: the reference lives only until the ID is copied out. (The
+    // agent deletes a generation of slots only a sync after it stopped
+    // being live, so a frontend value read just before a flip still finds
+    // its slots.)
+    let id = unsafe { LB4_SLOTS.get(key) }?.backend_id;
     Some((id, backend(id)?))
 }

@@ -28,39 +28,34 @@ const REJECT: i32 = 0;
 const ECONNREFUSED: i32 = 111;
 const EHOSTUNREACH: i32 = 113;
 
-enum Error {
-    /// A backend slot or the socket rev-NAT entry could not be read or
-    /// written.
-    Map,
-}
-
 #[cgroup_sock_addr(connect4)]
 pub fn lb_connect4(ctx: SockAddrContext) -> i32 {
-    entry(&ctx, try_forward(&ctx))
+    verdict(&ctx, try_forward(&ctx))
 }
 
 #[cgroup_sock_addr(sendmsg4)]
 pub fn lb_sendmsg4(ctx: SockAddrContext) -> i32 {
-    entry(&ctx, try_forward(&ctx))
+    verdict(&ctx, try_forward(&ctx))
 }
 
 #[cgroup_sock_addr(recvmsg4)]
 pub fn lb_recvmsg4(ctx: SockAddrContext) -> i32 {
-    entry(&ctx, try_reverse(&ctx))
+    verdict(&ctx, try_reverse(&ctx))
 }
 
 #[cgroup_sock_addr(getpeername4)]
 pub fn lb_getpeername4(ctx: SockAddrContext) -> i32 {
-    entry(&ctx, try_reverse(&ctx))
+    verdict(&ctx, try_reverse(&ctx))
 }
 
+/// The verdict, or `None` when a backend slot or the socket rev-NAT entry
+/// could not be read or written: the address is then left alone, and the
+/// socket reaches the frontend address untranslated, as without lb.
 #[inline(always)]
-fn entry(ctx: &SockAddrContext, result: Result<i32, Error>) -> i32 {
+fn verdict(ctx: &SockAddrContext, result: Option<i32>) -> i32 {
     match result {
-        Ok(verdict) => verdict,
-        Err(Error::Map) => {
-            // Leave the address alone: the socket reaches the frontend
-            // address untranslated, as without lb.
+        Some(verdict) => verdict,
+        None => {
             debug!(ctx, "lb sock: map access failed, address left untranslated");
             ALLOW
         }
@@ -71,48 +66,50 @@ fn entry(ctx: &SockAddrContext, result: Result<i32, Error>) -> i32 {
 #[inline(always)]
 fn host_config(ctx: &SockAddrContext) -> Option<lb_common::Config> {
     let cfg = config()?;
-    // SAFETY: the helper takes the program context.
+    // SAFETY: the helper takes the program's context.
     let cookie = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
     (cookie == cfg.host_netns_cookie).then_some(cfg)
 }
 
 #[inline(always)]
-fn try_forward(ctx: &SockAddrContext) -> Result<i32, Error> {
+fn try_forward(ctx: &SockAddrContext) -> Option<i32> {
     let Some(cfg) = host_config(ctx) else {
-        return Ok(ALLOW);
+        return Some(ALLOW);
     };
-    // SAFETY: the context is a valid bpf_sock_addr for this program.
-    let sa = unsafe { &mut *ctx.sock_addr };
-    let addr = sa.user_ip4;
+    let sa = ctx.sock_addr;
+    // SAFETY: `sa` is the program's context, a bpf_sock_addr valid for the
+    // whole run; its fields are read (and written below) through the raw
+    // pointer, without a reference (the verifier rewrites each access).
+    let (addr, user_port, protocol) = unsafe { ((*sa).user_ip4, (*sa).user_port, (*sa).protocol) };
     // The port sits in network order in the low 16 bits.
-    let port = sa.user_port as u16;
-    let proto = sa.protocol as u8;
+    let port = user_port as u16;
+    let proto = protocol as u8;
     let Some(svc) = service(addr, port, proto) else {
         // A ClusterIP on a port no Service defines: refused, never sent
         // along the default route.
         if vip(addr).is_some_and(|v| v.flags & vip_flags::CLUSTER_IP != 0) {
             stats::count(stat::REJECT_UNSERVED_PORT);
-            return Ok(refuse(ECONNREFUSED));
+            return Some(refuse(ECONNREFUSED));
         }
-        return Ok(ALLOW);
+        return Some(ALLOW);
     };
     if svc.count == 0 {
         // A Local traffic policy with no endpoint on this node: no route
         // to one (packets would be dropped); no endpoint at all: refused.
         if svc.flags & (svc_flags::INT_LOCAL | svc_flags::EXT_LOCAL) != 0 {
             stats::count(stat::DROP_NO_LOCAL_BACKEND);
-            return Ok(refuse(EHOSTUNREACH));
+            return Some(refuse(EHOSTUNREACH));
         }
         stats::count(stat::REJECT_NO_BACKEND);
-        return Ok(refuse(ECONNREFUSED));
+        return Some(refuse(ECONNREFUSED));
     }
-    // SAFETY: the helper takes the program context.
+    // SAFETY: the helper takes the program's context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     // No source port exists yet at connect time: Maglev hashes the socket,
     // and affinity keys on the namespace (all host sockets are one client).
     let hash = fmix32(cookie as u32 ^ (cookie >> 32) as u32);
     let client = cfg.host_netns_cookie | AFFINITY_NETNS;
-    let (_, be) = select_backend(&cfg, &svc, hash, client, now_ns()).ok_or(Error::Map)?;
+    let (_, be) = select_backend(&cfg, &svc, hash, client, now_ns())?;
     let key = SockRevNat4Key {
         cookie,
         addr: be.addr,
@@ -125,49 +122,58 @@ fn try_forward(ctx: &SockAddrContext) -> Result<i32, Error> {
         _pad: 0,
         rev_nat_id: svc.id,
     };
-    LB4_SOCK_REVNAT.insert(&key, &value, 0).map_err(|_| Error::Map)?;
-    sa.user_ip4 = be.addr;
-    sa.user_port = be.port as u32;
-    Ok(ALLOW)
+    LB4_SOCK_REVNAT.insert(key, value, 0).ok()?;
+    // SAFETY: as above.
+    unsafe {
+        (*sa).user_ip4 = be.addr;
+        (*sa).user_port = be.port as u32;
+    }
+    Some(ALLOW)
 }
 
 /// Fails the syscall with `errno`.
 #[inline(always)]
 fn refuse(errno: i32) -> i32 {
-    // SAFETY: plain helper call; cgroup sock_addr programs may set the
-    // syscall's return value.
+    // SAFETY: the helper takes an integer; cgroup sock_addr programs may set
+    // the syscall's return value.
     unsafe { bpf_set_retval(-errno) };
     REJECT
 }
 
 #[inline(always)]
-fn try_reverse(ctx: &SockAddrContext) -> Result<i32, Error> {
+fn try_reverse(ctx: &SockAddrContext) -> Option<i32> {
     if host_config(ctx).is_none() {
-        return Ok(ALLOW);
+        return Some(ALLOW);
     }
-    // SAFETY: the context is a valid bpf_sock_addr for this program.
-    let sa = unsafe { &mut *ctx.sock_addr };
-    // SAFETY: the helper takes the program context.
+    let sa = ctx.sock_addr;
+    // SAFETY: as in `try_forward`: the program's context, through the raw
+    // pointer.
+    let (addr, user_port) = unsafe { ((*sa).user_ip4, (*sa).user_port) };
+    // SAFETY: the helper takes the program's context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     let key = SockRevNat4Key {
         cookie,
-        addr: sa.user_ip4,
-        port: sa.user_port as u16,
+        addr,
+        port: user_port as u16,
         _pad: 0,
     };
-    // SAFETY: read once and copied.
-    let Some(front) = (unsafe { LB4_SOCK_REVNAT.get(&key).copied() }) else {
-        return Ok(ALLOW);
+    // SAFETY: the reference lives only until the plain-data value is
+    // copied out.
+    let Some(front) = (unsafe { LB4_SOCK_REVNAT.get(key).copied() }) else {
+        return Some(ALLOW);
     };
     // Only while the frontend still exists as recorded.
     match rev_nat(front.rev_nat_id) {
         Some(rn) if rn.addr == front.addr && rn.port == front.port => {
-            sa.user_ip4 = front.addr;
-            sa.user_port = front.port as u32;
+            // SAFETY: as above.
+            unsafe {
+                (*sa).user_ip4 = front.addr;
+                (*sa).user_port = front.port as u32;
+            }
         }
         _ => {
-            LB4_SOCK_REVNAT.remove(&key).map_err(|_| Error::Map)?;
+            LB4_SOCK_REVNAT.remove(key).ok()?;
         }
     }
-    Ok(ALLOW)
+    Some(ALLOW)
 }

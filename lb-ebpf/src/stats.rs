@@ -6,8 +6,11 @@ use crate::maps::LB_STATS;
 #[inline(always)]
 pub fn count(index: u32) {
     if let Some(c) = LB_STATS.get_ptr_mut(index) {
-        // SAFETY: this CPU's own slot of a per-CPU array: nothing else
-        // writes it while the program runs (no preemption inside it).
-        unsafe { *c += 1 };
+        // SAFETY: `c` is this CPU's own slot of a per-CPU array, valid and
+        // aligned for the program's run. Only programs on this CPU write it
+        // (one interrupting another, a tc program during a socket hook, may
+        // lose a count, nothing worse) and the agent only reads it: read
+        // and written once through the raw pointer, no reference made.
+        unsafe { c.write_volatile(c.read_volatile() + 1) };
     }
 }

@@ -28,7 +28,7 @@
 //! neighbour (the agent sets `accept_local` on the external interfaces so
 //! that a packet from the node's own address is not dropped as martian).
 
-use core::mem::size_of;
+use core::{mem::size_of, ops::ControlFlow};
 
 use aya_ebpf::{
     bindings::{BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibParams, xdp_action},
@@ -39,20 +39,21 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use lb_common::{
-    CT_REPLY, CT_SERVICE, Config, CtEntry, NodeConfig, SrcRange4, Vip4, backend_flags, csum,
-    hash::flow_hash,
-    packet::{ETH_HLEN, Fragment, IPV4_HLEN, icmp},
+    CT_REPLY, CT_SERVICE, Config, CtEntry, IPPROTO_ICMP, NodeConfig, SrcRange4, Vip4, backend_flags, csum,
+    packet::{ETH_HLEN, Fragment, IPV4_HLEN, eth, icmp, ip},
     stat, svc_flags, vip_flags, xdp_mode,
 };
 
 use crate::{
-    ct::{self, NewFlowError, Source},
-    frag, icmp as icmp_out, nat,
-    packet::{read, write},
-    parse::{Flow, IcmpError, Malformed, Packet, parse},
-    select::{config, node_config, now_ns, select_backend, service, vip},
-    stats,
+    ct::{self, Forward, NewFlow, Source},
+    error::Error,
+    frag, icmp as icmp_out,
     maps::{LB_DEVICES, LB4_SRC_RANGES},
+    nat,
+    packet::{read, write},
+    parse::{Flow, IcmpError, Packet, parse},
+    select::{config, flow_backend, node_config, now_ns, service, vip},
+    stats,
 };
 
 /// Passes every packet: the floor that per-packet costs are measured
@@ -69,49 +70,22 @@ const AF_INET: u8 = 2;
 const PASS: u32 = xdp_action::XDP_PASS;
 const DROP: u32 = xdp_action::XDP_DROP;
 
-enum Error {
-    /// Too short or not well formed: the kernel judges it.
-    Malformed,
-    /// A map or packet write failed half-way: never let it out.
-    Rewrite,
-    /// No free SNAT port for a new flow.
-    NoPort,
-    /// A conntrack write failed.
-    CtWrite,
-    /// A backend slot vanished under a concurrent update.
-    NoSlot,
-}
-
-impl From<Malformed> for Error {
-    fn from(_: Malformed) -> Self {
-        Error::Malformed
-    }
-}
-
-impl From<NewFlowError> for Error {
-    fn from(e: NewFlowError) -> Self {
-        match e {
-            NewFlowError::NoPort => Error::NoPort,
-            NewFlowError::Write => Error::CtWrite,
-        }
-    }
-}
-
 #[xdp]
 pub fn lb_xdp(ctx: XdpContext) -> u32 {
-    let (reason, what) = match try_lb_xdp(&ctx) {
-        Ok(action) => return action,
-        Err(Error::Malformed) => return PASS,
-        Err(Error::Rewrite) => (stat::DROP_REWRITE, "translation failed"),
-        Err(Error::NoPort) => (stat::DROP_NO_NAT_PORT, "no free SNAT port"),
-        Err(Error::CtWrite) => (stat::DROP_CT_WRITE, "conntrack write failed"),
-        Err(Error::NoSlot) => (stat::DROP_NO_SLOT, "backend slot missing"),
-    };
-    stats::count(reason);
-    debug!(&ctx, "lb_xdp: {}, packet dropped", what);
-    DROP
+    match try_lb_xdp(&ctx) {
+        Ok(action) => action,
+        Err(e) => match e.count_drop() {
+            None => PASS,
+            Some(what) => {
+                debug!(&ctx, "lb_xdp: {}, packet dropped", what);
+                DROP
+            }
+        },
+    }
 }
 
+/// Whether port `port_be` (network order) is within `min..=max` (host
+/// order).
 #[inline(always)]
 fn in_range(port_be: u16, min: u16, max: u16) -> bool {
     let p = u16::from_be(port_be);
@@ -133,7 +107,7 @@ fn try_lb_xdp(ctx: &XdpContext) -> Result<u32, Error> {
                 && f.daddr == n.snat_addr
             {
                 // Replies of SNATed flows come to a port of the SNAT range.
-                if f.frag == Fragment::Later && !frag::lend_ports(&mut f) {
+                if !frag::ports(&mut f) {
                     return Ok(PASS);
                 }
                 if in_range(f.dport, n.nat_port_min, n.nat_port_max) {
@@ -147,7 +121,7 @@ fn try_lb_xdp(ctx: &XdpContext) -> Result<u32, Error> {
             if v.flags & NORTH_SOUTH_VIP == 0 {
                 return Ok(PASS);
             }
-            north_south(ctx, &cfg, node, v, f)
+            north_south(ctx, &cfg, node, &v, f)
         }
         Packet::IcmpError(err) => icmp_error(ctx, &err),
         _ => Ok(PASS),
@@ -156,7 +130,7 @@ fn try_lb_xdp(ctx: &XdpContext) -> Result<u32, Error> {
 
 /// Client -> north-south frontend.
 #[inline(always)]
-fn north_south(ctx: &XdpContext, cfg: &Config, node: Option<NodeConfig>, v: Vip4, mut f: Flow) -> Result<u32, Error> {
+fn north_south(ctx: &XdpContext, cfg: &Config, node: Option<NodeConfig>, v: &Vip4, mut f: Flow) -> Result<u32, Error> {
     if f.frag == Fragment::Later {
         if !frag::lend_ports(&mut f) {
             return Ok(orphan_fragment(v));
@@ -169,30 +143,19 @@ fn north_south(ctx: &XdpContext, cfg: &Config, node: Option<NodeConfig>, v: Vip4
         return Ok(PASS);
     }
     let now = now_ns();
-    let key = ct::key_of(&f, CT_SERVICE);
-    let mut replace = false;
-    let mut entry = None;
-    if let Some(e) = ct::get(&key) {
-        let current = ct::load(e);
-        if ct::forward_usable(cfg, f.proto, &current, f.tcp_flags, now) {
-            ct::seen(&key, e, &f, now);
-            entry = Some(current);
-        } else {
-            replace = true;
-        }
-    }
-    let entry = match entry {
-        Some(e) => e,
-        None if f.frag == Fragment::Later => return Ok(orphan_fragment(v)),
-        None => match new_flow(ctx, cfg, node, &f, now, replace)? {
-            Ok(e) => e,
-            Err(verdict) => return Ok(verdict),
+    let entry = match ct::forward(cfg, &f, now) {
+        Forward::Flow(e) => e,
+        // The datagram's first fragment made the flow; it is gone.
+        Forward::New { .. } if f.frag == Fragment::Later => return Ok(orphan_fragment(v)),
+        Forward::New { replace } => match new_flow(ctx, cfg, node, &f, now, replace)? {
+            ControlFlow::Continue(e) => e,
+            ControlFlow::Break(verdict) => return Ok(verdict),
         },
     };
     frag::record(&f);
     if entry.nat_saddr == f.saddr {
         // A backend on this node: DNAT only, the kernel delivers.
-        translate(ctx, &f, &entry)?;
+        nat::translate(ctx, &f, &entry)?;
         return Ok(PASS);
     }
     forward(ctx, &f, &entry, now)
@@ -200,12 +163,19 @@ fn north_south(ctx: &XdpContext, cfg: &Config, node: Option<NodeConfig>, v: Vip4
 
 /// A new north-south flow, or the verdict for a packet that gets none.
 #[inline(always)]
-fn new_flow(ctx: &XdpContext, cfg: &Config, node: Option<NodeConfig>, f: &Flow, now: u64, replace: bool) -> Result<Result<CtEntry, u32>, Error> {
+fn new_flow(
+    ctx: &XdpContext,
+    cfg: &Config,
+    node: Option<NodeConfig>,
+    f: &Flow,
+    now: u64,
+    replace: bool,
+) -> Result<ControlFlow<u32, CtEntry>, Error> {
     let Some(svc) = service(f.daddr, f.dport, f.proto) else {
-        return Ok(Err(PASS));
+        return Ok(ControlFlow::Break(PASS));
     };
     if svc.flags & NORTH_SOUTH == 0 {
-        return Ok(Err(PASS));
+        return Ok(ControlFlow::Break(PASS));
     }
     // loadBalancerSourceRanges are checked when a flow starts, as
     // kube-proxy's firewall chains see only a connection's first packet.
@@ -213,7 +183,7 @@ fn new_flow(ctx: &XdpContext, cfg: &Config, node: Option<NodeConfig>, f: &Flow, 
         let (len, data) = SrcRange4::client(svc.id, f.saddr);
         if LB4_SRC_RANGES.get(&Key::new(len, data)).is_none() {
             stats::count(stat::DROP_SOURCE_RANGE);
-            return Ok(Err(DROP));
+            return Ok(ControlFlow::Break(DROP));
         }
     }
     if svc.count == 0 {
@@ -222,80 +192,82 @@ fn new_flow(ctx: &XdpContext, cfg: &Config, node: Option<NodeConfig>, f: &Flow, 
         // out. No endpoint anywhere: reject, as kube-proxy does.
         if svc.flags & svc_flags::EXT_LOCAL != 0 {
             stats::count(stat::DROP_NO_LOCAL_BACKEND);
-            return Ok(Err(DROP));
+            return Ok(ControlFlow::Break(DROP));
         }
         stats::count(stat::REJECT_NO_BACKEND);
         debug!(ctx, "lb_xdp: no backend for {:i}:{}, rejecting", u32::from_be(f.daddr), u16::from_be(f.dport));
         if !f.has_l4() {
-            return Ok(Err(DROP));
+            return Ok(ControlFlow::Break(DROP));
         }
-        return Ok(Err(icmp_out::xdp_error(ctx, f.saddr, now, icmp::DEST_UNREACH, icmp::PORT_UNREACH, 0)));
+        let verdict = icmp_out::xdp_error(ctx, f.saddr, now, icmp::DEST_UNREACH, icmp::PORT_UNREACH, 0);
+        return Ok(ControlFlow::Break(verdict));
     }
-    let hash = flow_hash(f.saddr, f.daddr, f.sport, f.dport, f.proto);
-    let (be_id, be) = select_backend(cfg, &svc, hash, f.saddr as u64, now).ok_or(Error::NoSlot)?;
-    let (source, ports) = match node {
+    let (backend_id, backend) = flow_backend(cfg, &svc, f, now).ok_or(Error::NoSlot)?;
+    let source = match node {
         // A backend on another node (and a Cluster policy): SNAT, so the
         // replies come back through this node.
-        Some(n) if n.snat_addr != 0 && be.flags & backend_flags::LOCAL == 0 && svc.flags & svc_flags::EXT_LOCAL == 0 => {
-            (Source::Snat(n.snat_addr), (n.nat_port_min, n.nat_port_max))
+        Some(n)
+            if n.snat_addr != 0
+                && backend.flags & backend_flags::LOCAL == 0
+                && svc.flags & svc_flags::EXT_LOCAL == 0 =>
+        {
+            Source::Snat(n.snat_addr)
         }
         // A local backend, or no SNAT configured: DNAT only, the client's
         // address is preserved.
-        Some(n) => (Source::Client, (n.nat_port_min, n.nat_port_max)),
-        None => (Source::Client, crate::tc::DEFAULT_NAT_PORTS),
+        _ => Source::Client,
     };
-    Ok(Ok(ct::create(cfg, svc.id, f, be_id, &be, source, ports, now, replace)?))
+    let new = NewFlow { svc_id: svc.id, backend_id, backend, source, ports: ct::nat_ports(node) };
+    Ok(ControlFlow::Continue(ct::create(cfg, f, &new, now, replace)?))
 }
 
+/// A later fragment whose first fragment was not seen (see
+/// `frag::orphan_dropped`).
 #[inline(always)]
-fn orphan_fragment(v: Vip4) -> u32 {
-    if v.flags & vip_flags::VIRTUAL != 0 {
-        stats::count(stat::DROP_ORPHAN_FRAGMENT);
-        DROP
-    } else {
-        PASS
-    }
-}
-
-#[inline(always)]
-fn translate(ctx: &XdpContext, f: &Flow, e: &CtEntry) -> Result<(), Error> {
-    nat::apply(ctx, f, e).ok_or(Error::Rewrite)?;
-    if f.frag == Fragment::Later {
-        stats::count(stat::FRAGMENT_TRANSLATED);
-    }
-    Ok(())
+fn orphan_fragment(v: &Vip4) -> u32 {
+    if frag::orphan_dropped(v) { DROP } else { PASS }
 }
 
 /// Backend -> node address:SNAT port: back to the client, from the
 /// frontend.
 #[inline(always)]
 fn snat_reply(ctx: &XdpContext, f: &Flow) -> Result<u32, Error> {
-    let key = ct::key_of(f, CT_REPLY);
-    let Some(e) = ct::get(&key) else {
+    let Some((entry, now)) = ct::reply(f) else {
         return Ok(PASS);
     };
-    let now = now_ns();
-    ct::seen(&key, e, f, now);
-    let entry = ct::load(e);
     frag::record(f);
     forward(ctx, f, &entry, now)
 }
 
-/// Where the FIB sends a packet from `src` to `dst`.
+/// What the FIB is asked: the packet of a flow rewritten as its entry
+/// says, or an ICMP error to the entry's destination.
+enum Route<'a> {
+    Flow(&'a Flow),
+    IcmpError,
+}
+
+/// Where the FIB sends a packet from `e.nat_saddr` to `e.nat_daddr`.
 #[inline(always)]
-fn fib(ctx: &XdpContext, proto: u8, src: u32, dst: u32, sport: u16, dport: u16, tot_len: u16, tos: u8) -> (i64, FibParams) {
-    // SAFETY: a plain C struct; all-zero is a valid value.
+fn fib(ctx: &XdpContext, e: &CtEntry, what: Route) -> (i64, FibParams) {
+    // SAFETY: a plain C struct of integers and arrays; all-zero is a valid
+    // value.
     let mut p: FibParams = unsafe { core::mem::zeroed() };
     p.family = AF_INET;
-    p.l4_protocol = proto;
-    p.sport = sport;
-    p.dport = dport;
-    p.__bindgen_anon_1.tot_len = tot_len;
-    p.__bindgen_anon_2.tos = tos;
-    p.__bindgen_anon_3.ipv4_src = src;
-    p.__bindgen_anon_4.ipv4_dst = dst;
+    match what {
+        Route::Flow(f) => {
+            p.l4_protocol = f.proto;
+            p.sport = e.nat_sport;
+            p.dport = e.nat_dport;
+            p.__bindgen_anon_1.tot_len = f.tot_len;
+            p.__bindgen_anon_2.tos = f.tos;
+        }
+        Route::IcmpError => p.l4_protocol = IPPROTO_ICMP,
+    }
+    p.__bindgen_anon_3.ipv4_src = e.nat_saddr;
+    p.__bindgen_anon_4.ipv4_dst = e.nat_daddr;
     p.ifindex = ctx.ingress_ifindex() as u32;
-    // SAFETY: the context and a parameter struct of the size we pass.
+    // SAFETY: `ctx.ctx` is the program's context and `p` a parameter
+    // struct of the size passed, on the stack.
     let rc = unsafe { bpf_fib_lookup(ctx.ctx.cast(), &mut p, size_of::<FibParams>() as i32, 0) };
     (rc, p)
 }
@@ -306,8 +278,8 @@ fn fib(ctx: &XdpContext, proto: u8, src: u32, dst: u32, sport: u16, dport: u16, 
 #[inline(always)]
 fn native_ingress(ctx: &XdpContext) -> bool {
     let ifindex = ctx.ingress_ifindex() as u32;
-    // SAFETY: read once and copied.
-    unsafe { LB_DEVICES.get(&ifindex) }.is_some_and(|d| d.mode == xdp_mode::NATIVE)
+    // SAFETY: the reference lives only while the mode is read.
+    unsafe { LB_DEVICES.get(ifindex) }.is_some_and(|d| d.mode == xdp_mode::NATIVE)
 }
 
 /// Sends a packet of a translated flow on, rewritten as `e` says: the FIB
@@ -318,19 +290,20 @@ fn native_ingress(ctx: &XdpContext) -> bool {
 /// Without a route or neighbour the kernel forwards it.
 #[inline(always)]
 fn forward(ctx: &XdpContext, f: &Flow, e: &CtEntry, now: u64) -> Result<u32, Error> {
-    let (rc, p) = fib(ctx, f.proto, e.nat_saddr, e.nat_daddr, e.nat_sport, e.nat_dport, f.tot_len, f.tos);
+    let (rc, p) = fib(ctx, e, Route::Flow(f));
     if rc == BPF_FIB_LKUP_RET_FRAG_NEEDED as i64 && f.df && f.has_l4() && native_ingress(ctx) {
         stats::count(stat::FRAG_NEEDED_SENT);
-        // SAFETY: the union member the kernel wrote for this result.
+        // SAFETY: the union member the kernel wrote for this result (all
+        // members are plain integers).
         let mtu = unsafe { p.__bindgen_anon_1.mtu_result };
         return Ok(icmp_out::xdp_error(ctx, f.saddr, now, icmp::DEST_UNREACH, icmp::FRAG_NEEDED, mtu));
     }
-    let ttl: u8 = read(ctx, ETH_HLEN + lb_common::packet::ip::TTL).ok_or(Error::Malformed)?;
+    let ttl: u8 = read(ctx, ETH_HLEN + ip::TTL).ok_or(Error::Malformed)?;
     if ttl <= 1 {
         stats::count(stat::DROP_TTL);
         return Ok(icmp_out::xdp_error(ctx, f.saddr, now, icmp::TIME_EXCEEDED, 0, 0));
     }
-    translate(ctx, f, e)?;
+    nat::translate(ctx, f, e)?;
     if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
         return Ok(PASS);
     }
@@ -340,23 +313,24 @@ fn forward(ctx: &XdpContext, f: &Flow, e: &CtEntry, now: u64) -> Result<u32, Err
 /// Decrements the TTL, sets the MACs from the FIB result and transmits.
 #[inline(always)]
 fn send(ctx: &XdpContext, p: &FibParams) -> Result<u32, Error> {
-    use lb_common::packet::ip;
-    let ttl_proto: [u8; 2] = read(ctx, ETH_HLEN + ip::TTL).ok_or(Error::Rewrite)?;
+    const TTL_PROTO: usize = ETH_HLEN + ip::TTL_PROTO.start;
+    const CHECK: usize = ETH_HLEN + ip::CHECK.start;
+    let ttl_proto: [u8; 2] = read(ctx, TTL_PROTO).ok_or(Error::Rewrite)?;
     if ttl_proto[0] <= 1 {
         stats::count(stat::DROP_TTL);
         return Ok(DROP);
     }
-    let check: u16 = read(ctx, ETH_HLEN + ip::CHECK).ok_or(Error::Rewrite)?;
+    let check: u16 = read(ctx, CHECK).ok_or(Error::Rewrite)?;
     let new = [ttl_proto[0] - 1, ttl_proto[1]];
     let check = csum::replace2(check, u16::from_ne_bytes(ttl_proto), u16::from_ne_bytes(new));
-    write(ctx, ETH_HLEN + ip::TTL, new).ok_or(Error::Rewrite)?;
-    write(ctx, ETH_HLEN + ip::CHECK, check).ok_or(Error::Rewrite)?;
-    write(ctx, 0, p.dmac).ok_or(Error::Rewrite)?;
-    write(ctx, 6, p.smac).ok_or(Error::Rewrite)?;
+    write(ctx, TTL_PROTO, new).ok_or(Error::Rewrite)?;
+    write(ctx, CHECK, check).ok_or(Error::Rewrite)?;
+    write(ctx, eth::DST.start, p.dmac).ok_or(Error::Rewrite)?;
+    write(ctx, eth::SRC.start, p.smac).ok_or(Error::Rewrite)?;
     if p.ifindex == ctx.ingress_ifindex() as u32 {
         Ok(xdp_action::XDP_TX)
     } else {
-        // SAFETY: plain helper call.
+        // SAFETY: the helper takes plain integers.
         Ok(unsafe { bpf_redirect(p.ifindex, 0) } as u32)
     }
 }
@@ -377,19 +351,15 @@ fn icmp_error(ctx: &XdpContext, err: &IcmpError) -> Result<u32, Error> {
             _ => return Ok(PASS),
         }
     };
-    let key = nat::icmp_error_key(err, dir);
-    let Some(e) = ct::get(&key) else {
+    let Some(entry) = nat::translate_icmp_error(ctx, err, dir)? else {
         return Ok(PASS);
     };
-    let entry = ct::load(e);
-    nat::rewrite_icmp_error(ctx, err, &entry).ok_or(Error::Rewrite)?;
-    stats::count(stat::ICMP_TRANSLATED);
-    // To a backend on this node (the flow is not SNATed): the kernel
-    // delivers it.
-    if dir == CT_SERVICE && entry.nat_saddr == key.saddr {
+    // To a backend on this node (the flow is not SNATed: its source is
+    // still the client the error is about): the kernel delivers it.
+    if dir == CT_SERVICE && entry.nat_saddr == err.quoted.daddr {
         return Ok(PASS);
     }
-    let (rc, p) = fib(ctx, lb_common::IPPROTO_ICMP, entry.nat_saddr, entry.nat_daddr, 0, 0, 0, 0);
+    let (rc, p) = fib(ctx, &entry, Route::IcmpError);
     if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
         return Ok(PASS);
     }
