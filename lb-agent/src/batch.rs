@@ -102,24 +102,15 @@ pub fn update<K: Pod, V: Pod>(map: BorrowedFd<'_>, entries: &[(K, V)]) -> io::Re
 pub fn delete<K: Pod>(map: BorrowedFd<'_>, keys: &[K]) -> io::Result<usize> {
     let mut deleted = 0;
     for chunk in keys.chunks(CHUNK) {
-        let mut attr = BatchAttr {
-            keys: chunk.as_ptr() as u64,
-            count: chunk.len() as u32,
-            map_fd: map.as_raw_fd() as u32,
-            ..Default::default()
-        };
+        let mut attr =
+            BatchAttr { keys: chunk.as_ptr() as u64, count: chunk.len() as u32, map_fd: map.as_raw_fd() as u32, ..Default::default() };
         match sys_bpf(BPF_MAP_DELETE_BATCH, &mut attr) {
             Ok(()) => deleted += attr.count as usize,
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
                 deleted += attr.count as usize;
                 // Skip the missing key and go on with the rest.
                 for k in chunk.iter().skip(attr.count as usize + 1) {
-                    let mut one = BatchAttr {
-                        keys: k as *const K as u64,
-                        count: 1,
-                        map_fd: map.as_raw_fd() as u32,
-                        ..Default::default()
-                    };
+                    let mut one = BatchAttr { keys: k as *const K as u64, count: 1, map_fd: map.as_raw_fd() as u32, ..Default::default() };
                     if sys_bpf(BPF_MAP_DELETE_BATCH, &mut one).is_ok() {
                         deleted += 1;
                     }

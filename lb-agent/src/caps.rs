@@ -24,11 +24,7 @@ pub fn missing_from(cap_eff: u64) -> Vec<&'static str> {
 /// The needed capabilities this process lacks (empty when it cannot tell).
 pub fn missing() -> Vec<&'static str> {
     let Ok(status) = std::fs::read_to_string("/proc/self/status") else { return Vec::new() };
-    let Some(mask) = status
-        .lines()
-        .find_map(|l| l.strip_prefix("CapEff:"))
-        .and_then(|m| u64::from_str_radix(m.trim(), 16).ok())
-    else {
+    let Some(mask) = status.lines().find_map(|l| l.strip_prefix("CapEff:")).and_then(|m| u64::from_str_radix(m.trim(), 16).ok()) else {
         return Vec::new();
     };
     missing_from(mask)

@@ -20,9 +20,8 @@ use lb_common::{names, xdp_mode, xdp_why};
 use tracing::{debug, info, warn};
 
 use crate::{
-    EBPF_OBJECT, layout,
+    EBPF_OBJECT, host, layout,
     links::{self, Pin},
-    netns,
 };
 
 /// Map capacities (max_entries). Only used when a map is created; a map
@@ -188,16 +187,18 @@ impl Datapath {
         if EBPF_OBJECT.is_empty() {
             bail!("this lb-agent was built without its eBPF object (a stub): build it with `cargo xtask build`");
         }
-        netns::ensure_bpffs(pin_dir)?;
-        std::fs::create_dir_all(links::dir(pin_dir))
-            .with_context(|| format!("creating {}", links::dir(pin_dir).display()))?;
+        host::ensure_bpffs(pin_dir)?;
+        std::fs::create_dir_all(links::dir(pin_dir)).with_context(|| format!("creating {}", links::dir(pin_dir).display()))?;
         let lock = DirLock::take(pin_dir)?;
         let check = layout::check(pin_dir, sizes)?;
         for note in &check.size_notes {
             warn!("{note}");
         }
         for (name, why) in &check.rebuild {
-            warn!(map = name, "pinned map has another layout ({why}): rebuilding it from the source; the attached programs keep the old one until the first sync");
+            warn!(
+                map = name,
+                "pinned map has another layout ({why}): rebuilding it from the source; the attached programs keep the old one until the first sync"
+            );
             let path = pin_dir.join(name);
             std::fs::remove_file(&path).with_context(|| format!("unpinning {}", path.display()))?;
         }
@@ -211,15 +212,9 @@ impl Datapath {
         }
         // The datapath logs at debug only. With that level off, the
         // verifier sees the frozen level and removes every log call.
-        let level = if tracing::enabled!(target: "lb", tracing::Level::DEBUG) {
-            aya_log::Level::Trace as u8
-        } else {
-            0u8
-        };
+        let level = if tracing::enabled!(target: "lb", tracing::Level::DEBUG) { aya_log::Level::Trace as u8 } else { 0u8 };
         loader.override_global(aya_log::LEVEL, &level, false);
-        let mut ebpf = loader
-            .load(EBPF_OBJECT)
-            .context("loading the eBPF object (are you root, with bpffs and BTF available?)")?;
+        let mut ebpf = loader.load(EBPF_OBJECT).context("loading the eBPF object (are you root, with bpffs and BTF available?)")?;
 
         for name in [TC_INGRESS_PROGRAM, TC_EGRESS_PROGRAM] {
             let tc: &mut SchedClassifier = program(&mut ebpf, name)?.try_into()?;
@@ -231,10 +226,8 @@ impl Datapath {
         }
         let xdp: &mut Xdp = program(&mut ebpf, XDP_PROGRAM)?.try_into()?;
         xdp.load().with_context(|| format!("loading {XDP_PROGRAM}"))?;
-        let found: BTreeMap<Pin, PathBuf> = links::pinned(pin_dir)
-            .with_context(|| format!("listing {}", links::dir(pin_dir).display()))?
-            .into_iter()
-            .collect();
+        let found: BTreeMap<Pin, PathBuf> =
+            links::pinned(pin_dir).with_context(|| format!("listing {}", links::dir(pin_dir).display()))?.into_iter().collect();
         info!(pin_dir = %pin_dir.display(), pinned_links = found.len(), rebuilt_maps = check.rebuild.len(), "datapath loaded");
         let live = check.rebuild.is_empty();
         let mut dp = Datapath {
@@ -346,11 +339,11 @@ impl Datapath {
         if let Some(e) = self.externals.get(ifname) {
             return Ok((e.mode, e.why));
         }
-        let Ok(ifindex) = netns::ifindex(ifname) else {
+        let Ok(ifindex) = host::ifindex(ifname) else {
             bail!("external interface {ifname} does not exist (check --external-ifaces)");
         };
         self.attach_tc_hook(ifindex, ifname, false)?;
-        let driver = netns::driver_name(ifname).unwrap_or_default();
+        let driver = host::driver_name(ifname).unwrap_or_default();
         // A link of an earlier agent in a mode this one would pick is
         // adopted (no gap); one in another mode is replaced (native and
         // generic XDP cannot be attached together).
@@ -372,9 +365,12 @@ impl Datapath {
             };
             if let Some(why) = why {
                 let pin = Pin::Xdp { ifindex, mode };
-                let got = self.attach_pinned(pin, XDP_PROGRAM, |i| i.kind == links::LINK_TYPE_XDP && i.ifindex == ifindex, |_| {
-                    bail!("the pinned XDP link on {ifname} is gone")
-                })?;
+                let got = self.attach_pinned(
+                    pin,
+                    XDP_PROGRAM,
+                    |i| i.kind == links::LINK_TYPE_XDP && i.ifindex == ifindex,
+                    |_| bail!("the pinned XDP link on {ifname} is gone"),
+                )?;
                 info!(interface = ifname, mode = xdp_mode_name(mode), why = xdp_why_text(why), "XDP program {}", verb(got));
                 self.externals.insert(ifname.to_string(), External { mode, why });
                 return Ok((mode, why));
@@ -422,18 +418,22 @@ impl Datapath {
         }
         let flags = if mode == xdp_mode::NATIVE { XdpMode::Driver } else { XdpMode::Skb };
         let ifname = ifname.to_string();
-        self.attach_pinned(Pin::Xdp { ifindex, mode }, XDP_PROGRAM, |i| i.kind == links::LINK_TYPE_XDP && i.ifindex == ifindex, move |ebpf| {
-            let xdp: &mut Xdp = program(ebpf, XDP_PROGRAM)?.try_into()?;
-            let id = xdp
-                .attach(&ifname, flags)
-                .with_context(|| format!("attaching {XDP_PROGRAM} to {ifname} ({})", xdp_mode_name(mode)))?;
-            let link = xdp.take_link(id)?;
-            match FdLink::try_from(link) {
-                Ok(l) => Ok(Ok(l)),
-                // Netlink XDP (no XDP links): attach again and let aya hold it.
-                Err(_) => Ok(Err(FdLinkless::Xdp(xdp.attach(&ifname, flags)?))),
-            }
-        })?;
+        self.attach_pinned(
+            Pin::Xdp { ifindex, mode },
+            XDP_PROGRAM,
+            |i| i.kind == links::LINK_TYPE_XDP && i.ifindex == ifindex,
+            move |ebpf| {
+                let xdp: &mut Xdp = program(ebpf, XDP_PROGRAM)?.try_into()?;
+                let id =
+                    xdp.attach(&ifname, flags).with_context(|| format!("attaching {XDP_PROGRAM} to {ifname} ({})", xdp_mode_name(mode)))?;
+                let link = xdp.take_link(id)?;
+                match FdLink::try_from(link) {
+                    Ok(l) => Ok(Ok(l)),
+                    // Netlink XDP (no XDP links): attach again and let aya hold it.
+                    Err(_) => Ok(Err(FdLinkless::Xdp(xdp.attach(&ifname, flags)?))),
+                }
+            },
+        )?;
         Ok(())
     }
 
@@ -589,8 +589,7 @@ pub fn auto_mode(driver: &str) -> u32 {
 }
 
 fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut aya::programs::Program> {
-    ebpf.program_mut(name)
-        .with_context(|| format!("program {name} missing from the eBPF object"))
+    ebpf.program_mut(name).with_context(|| format!("program {name} missing from the eBPF object"))
 }
 
 /// Removes everything lb pinned under `dir`: detaches every link (the

@@ -87,10 +87,7 @@ pub fn expected() -> anyhow::Result<Vec<(&'static str, MapDef)>> {
     names::ALL
         .iter()
         .map(|name| {
-            let m = obj
-                .maps
-                .get(*name)
-                .with_context(|| format!("map {name} missing from the eBPF object"))?;
+            let m = obj.maps.get(*name).with_context(|| format!("map {name} missing from the eBPF object"))?;
             Ok((
                 *name,
                 MapDef {
@@ -107,9 +104,7 @@ pub fn expected() -> anyhow::Result<Vec<(&'static str, MapDef)>> {
 
 /// The definition of a pinned map.
 pub fn pinned_def(path: &Path) -> anyhow::Result<MapDef> {
-    let info = MapData::from_pin(path)
-        .and_then(|m| m.info())
-        .with_context(|| format!("reading pinned map {}", path.display()))?;
+    let info = MapData::from_pin(path).and_then(|m| m.info()).with_context(|| format!("reading pinned map {}", path.display()))?;
     Ok(MapDef {
         map_type: info.map_type().map(|t| t as u32).unwrap_or(u32::MAX),
         key_size: info.key_size(),
@@ -130,8 +125,8 @@ pub fn recorded(dir: &Path) -> anyhow::Result<Option<Versions>> {
         return Ok(None);
     }
     let data = MapData::from_pin(&path).with_context(|| format!("opening {}", path.display()))?;
-    let map: BpfHashMap<_, [u8; KEY_LEN], u32> =
-        BpfHashMap::try_from(aya::maps::Map::HashMap(data)).with_context(|| format!("{} is not a hash of layout versions", path.display()))?;
+    let map: BpfHashMap<_, [u8; KEY_LEN], u32> = BpfHashMap::try_from(aya::maps::Map::HashMap(data))
+        .with_context(|| format!("{} is not a hash of layout versions", path.display()))?;
     Ok(Some(map.iter().filter_map(Result::ok).collect()))
 }
 
@@ -176,8 +171,7 @@ pub fn write_versions(ebpf: &mut aya::Ebpf) -> anyhow::Result<()> {
     let map = ebpf.map_mut(names::LAYOUT).context("LB_LAYOUT missing from the eBPF object")?;
     let mut map: BpfHashMap<_, [u8; KEY_LEN], u32> = BpfHashMap::try_from(map)?;
     for (name, version) in layout::VERSIONS {
-        map.insert(layout::key(name), version, 0)
-            .with_context(|| format!("recording the layout of {name} in {}", names::LAYOUT))?;
+        map.insert(layout::key(name), version, 0).with_context(|| format!("recording the layout of {name} in {}", names::LAYOUT))?;
     }
     Ok(())
 }

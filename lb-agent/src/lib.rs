@@ -3,7 +3,7 @@
 //!
 //! The sync path ([`sync::Syncer`]), in order:
 //! - [`source`] follows the Kubernetes API ([`source::kube`]) or a
-//!   directory of YAML ([`source::dir`], read by [`manifest`]) into a
+//!   directory of YAML ([`source::dir`], read by [`source::manifest`]) into a
 //!   [`source::Store`];
 //! - [`translate`] applies kube-proxy's semantics and produces the desired
 //!   [`model`];
@@ -15,36 +15,33 @@
 //! - [`datapath`] loads the programs and attaches them through pinned
 //!   links ([`links`]) that outlive the agent; [`layout`] decides which
 //!   pinned maps a new agent may reuse; [`linkwatch`] finds new pod
-//!   interfaces; [`netns`] holds the host plumbing (interfaces, routes,
+//!   interfaces; [`host`] holds the host plumbing (interfaces, routes,
 //!   sysctls, bpffs, cgroup2);
 //! - [`run`] is `lb-agent run`: the loop around all of this;
 //! - [`list`] renders what the maps hold;
-//! - [`health`] serves `/healthz`, `/livez`, `/readyz` and [`metrics`];
-//!   [`healthcheck`] serves the Services' health check NodePorts.
+//! - [`probes`] serves `/healthz`, `/livez`, `/readyz` and [`metrics`];
+//!   [`service_health`] serves the Services' health check NodePorts.
 
 pub mod batch;
 pub mod caps;
 pub mod datapath;
-pub mod health;
-pub mod healthcheck;
 pub mod gc;
+pub mod host;
 pub mod layout;
 pub mod links;
 pub mod linkwatch;
 pub mod list;
 pub mod maglev;
-pub mod manifest;
 pub mod maps;
 pub mod metrics;
 pub mod model;
-pub mod netns;
 pub mod northsouth;
+pub mod probes;
 pub mod reconcile;
 pub mod run;
-pub mod slice;
+pub mod service_health;
 pub mod source;
 pub mod sync;
-pub mod testrun;
 pub mod translate;
 pub mod vips;
 

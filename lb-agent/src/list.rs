@@ -50,14 +50,10 @@ pub fn rows(maps: &Maps) -> Result<Vec<Row>, MapsError> {
             Some(f) => f.to_string(),
             None => format!("{}:{}/{}", Ipv4Addr::from(key.addr.to_ne_bytes()), u16::from_be(key.port), key.proto),
         };
-        let name = maps
-            .names
-            .get(&RevNatKey { id: value.id })?
-            .map(|n| svc_name_str(&n))
-            .unwrap_or_default();
+        let name = maps.names.get(&RevNatKey { frontend_id: value.frontend_id })?.map(|n| svc_name_str(&n)).unwrap_or_default();
         let mut backends = Vec::new();
         for slot in 0..value.count {
-            let slot_key = SlotKey { svc_id: value.id, slot, generation: value.generation };
+            let slot_key = SlotKey { frontend_id: value.frontend_id, slot, generation: value.generation };
             let Some(s) = maps.slots.get(&slot_key)? else {
                 backends.push(format!("?slot{slot}"));
                 continue;
@@ -73,7 +69,7 @@ pub fn rows(maps: &Maps) -> Result<Vec<Row>, MapsError> {
                 None => backends.push(format!("?{}", s.backend_id)),
             }
         }
-        rows.push(Row { id: value.id, frontend, name, backends, kind: kind(value.flags) });
+        rows.push(Row { id: value.frontend_id, frontend, name, backends, kind: kind(value.flags) });
     }
     Ok(rows)
 }
@@ -97,11 +93,7 @@ pub fn render(maps: &Maps) -> Result<String, MapsError> {
     }
     let _ = writeln!(out, "{:>5}  {:<w_front$}  {:<w_name$}  BACKENDS", "ID", "FRONTEND", "SERVICE");
     for r in &rows {
-        let backends = if r.backends.is_empty() {
-            "(none: rejects)".to_string()
-        } else {
-            r.backends.join(", ")
-        };
+        let backends = if r.backends.is_empty() { "(none: rejects)".to_string() } else { r.backends.join(", ") };
         let _ = writeln!(out, "{:>5}  {:<w_front$}  {:<w_name$}  {backends}", r.id, r.frontend, r.name);
     }
     let ct = maps.ct.entries()?.len();
@@ -148,12 +140,7 @@ pub fn north_south(maps: &Maps) -> Result<Option<String>, MapsError> {
     let snat = if node.snat_addr == 0 {
         "no SNAT".to_string()
     } else {
-        format!(
-            "SNAT {} ports {}-{}",
-            Ipv4Addr::from(node.snat_addr.to_ne_bytes()),
-            node.nat_port_min,
-            node.nat_port_max
-        )
+        format!("SNAT {} ports {}-{}", Ipv4Addr::from(node.snat_addr.to_ne_bytes()), node.nat_port_min, node.nat_port_max)
     };
     Ok(Some(format!("north-south: {xdp}; {snat}")))
 }

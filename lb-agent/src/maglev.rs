@@ -13,12 +13,12 @@ pub fn is_prime(m: u32) -> bool {
     if m < 2 {
         return false;
     }
-    if m % 2 == 0 {
+    if m.is_multiple_of(2) {
         return m == 2;
     }
     let mut d = 3u32;
     while (d as u64) * (d as u64) <= m as u64 {
-        if m % d == 0 {
+        if m.is_multiple_of(d) {
             return false;
         }
         d += 2;
@@ -103,9 +103,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn names(ids: &[u32]) -> Vec<String> {
-        ids.iter()
-            .map(|i| format!("10.{}.{}.{}:8080", (i >> 16) & 0xff, (i >> 8) & 0xff, i & 0xff))
-            .collect()
+        ids.iter().map(|i| format!("10.{}.{}.{}:8080", (i >> 16) & 0xff, (i >> 8) & 0xff, i & 0xff)).collect()
     }
 
     fn counts(table: &[u32], n: usize) -> Vec<usize> {
@@ -154,11 +152,7 @@ mod tests {
         let gone = rest.remove(removed % n);
         let after = build(&names(&rest), m);
         // Compare by backend identity, not index.
-        let moved = before
-            .iter()
-            .zip(&after)
-            .filter(|(b, a)| ids[**b as usize] != rest[**a as usize])
-            .count();
+        let moved = before.iter().zip(&after).filter(|(b, a)| ids[**b as usize] != rest[**a as usize]).count();
         let _ = gone;
         moved as f64 / m as f64
     }
@@ -204,10 +198,8 @@ mod tests {
         for &(m, ns) in &[(16_381u32, &[3usize, 5, 10, 20][..]), (65_537, &[3, 10, 100, 300, 1000][..])] {
             for &n in ns {
                 let sets = if n >= 1000 { 5 } else { 40 };
-                let mean_extra = (0..sets)
-                    .map(|seed| disruption(n, m, seed, seed as usize * 31) - 1.0 / n as f64)
-                    .sum::<f64>()
-                    / sets as f64;
+                let mean_extra =
+                    (0..sets).map(|seed| disruption(n, m, seed, seed as usize * 31) - 1.0 / n as f64).sum::<f64>() / sets as f64;
                 assert!(mean_extra <= 0.01, "N={n} M={m}: mean extra churn {:.3}%", mean_extra * 100.0);
             }
         }

@@ -198,10 +198,7 @@ fn parse_maglev_m(s: &str) -> Result<u32, String> {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(log_filter(std::env::var("RUST_LOG").ok().as_deref()))
-        .with_writer(std::io::stderr)
-        .init();
+    tracing_subscriber::fmt().with_env_filter(log_filter(std::env::var("RUST_LOG").ok().as_deref())).with_writer(std::io::stderr).init();
     let cli = Cli::parse();
     match cli.command {
         Command::Run(args) => {
@@ -252,10 +249,7 @@ fn main() -> anyhow::Result<()> {
                     xdp_mode: args.xdp_mode,
                 },
             };
-            let rt = tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(2)
-                .enable_all()
-                .build()?;
+            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
             rt.block_on(run::run(cfg, shutdown_signal()))
         }
         Command::List { bpffs } => {
@@ -273,10 +267,7 @@ struct HealthAddr(Option<SocketAddr>);
 fn parse_health_addr(s: &str) -> Result<HealthAddr, String> {
     match s {
         "off" | "" => Ok(HealthAddr(None)),
-        s => s
-            .parse()
-            .map(|a| HealthAddr(Some(a)))
-            .map_err(|e| format!("{s:?}: {e} (expected ip:port or \"off\")")),
+        s => s.parse().map(|a| HealthAddr(Some(a))).map_err(|e| format!("{s:?}: {e} (expected ip:port or \"off\")")),
     }
 }
 
@@ -461,10 +452,7 @@ mod tests {
             );
         }
         for var in flags.iter().filter(|v| *v != "NODE_NAME") {
-            assert!(
-                listed.contains_key(var),
-                "{var} is not in deploy/02-configmap.yaml (list it, commented out if the default is fine)"
-            );
+            assert!(listed.contains_key(var), "{var} is not in deploy/02-configmap.yaml (list it, commented out if the default is fine)");
         }
         assert!(!listed.contains_key("NODE_NAME"), "NODE_NAME comes from the DaemonSet (spec.nodeName)");
     }
@@ -475,8 +463,7 @@ mod tests {
         let listed = config_map_entries();
         for arg in run_flags() {
             let Some(var) = arg.get_env().and_then(|v| v.to_str()) else { continue };
-            let default: Vec<String> =
-                arg.get_default_values().iter().map(|v| v.to_string_lossy().into_owned()).collect();
+            let default: Vec<String> = arg.get_default_values().iter().map(|v| v.to_string_lossy().into_owned()).collect();
             match listed.get(var) {
                 Some(entry) if entry.commented_out && !default.is_empty() && var != "LB_NO_SOCKET_LB" => {
                     assert_eq!(entry.value, default.join(","), "the commented-out {var} is not the default");
@@ -499,8 +486,7 @@ mod tests {
         };
         let mut from_env = BTreeSet::new();
         for vars in [without(&["LB_MANIFESTS"]), without(&["LB_KUBECONFIG", "LB_K8S_API_SERVER"])] {
-            let (_, matches) =
-                parse_run(&[], &vars).unwrap_or_else(|e| panic!("the ConfigMap's variables do not parse:\n{e}"));
+            let (_, matches) = parse_run(&[], &vars).unwrap_or_else(|e| panic!("the ConfigMap's variables do not parse:\n{e}"));
             for arg in run_flags() {
                 if matches.value_source(arg.get_id().as_str()) == Some(ValueSource::EnvVariable) {
                     from_env.insert(arg.get_long().unwrap().to_string());

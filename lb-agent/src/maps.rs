@@ -7,9 +7,8 @@ use aya::maps::{
     lpm_trie::{Key as LpmKey, LpmTrie},
 };
 use lb_common::{
-    Affinity4, Affinity4Key, Backend4, Config, Ct4Key, CtEntry, Device, IPPROTO_TCP, NodeConfig,
-    RevNat4, RevNatKey, Service4Key, Service4Value, Slot, SlotKey, SockRevNat4, SockRevNat4Key, SrcRange4, SvcName,
-    Vip4, names, stat,
+    Affinity4, Affinity4Key, Backend4, Config, Ct4Key, CtEntry, Device, IPPROTO_TCP, NodeConfig, RevNat4, RevNatKey, Service4Key,
+    Service4Value, Slot, SlotKey, SockRevNat4, SockRevNat4Key, SrcRange4, SvcName, Vip4, names, stat,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -314,7 +313,7 @@ impl Maps {
     /// one update of the outer map.
     pub fn write_maglev(&mut self, id: u32, table: &[u32]) -> Result<usize, MapsError> {
         let m = &mut self.maglev;
-        if let Ok(inner) = m.map.get(&RevNatKey { id }, 0) {
+        if let Ok(inner) = m.map.get(&RevNatKey { frontend_id: id }, 0) {
             let inner: Array<MapData, u32> = inner;
             if inner.len() as usize == table.len() {
                 let fd = crate::batch::fd(&inner);
@@ -331,13 +330,13 @@ impl Maps {
         let inner = Array::<MapData, u32>::create(table.len() as u32, aya_obj_inner_flag()).map_err(|e| m.write_error(e))?;
         let entries: Vec<(u32, u32)> = table.iter().enumerate().map(|(i, b)| (i as u32, *b)).collect();
         crate::batch::update(crate::batch::fd(&inner), &entries).map_err(|e| m.io_error(e))?;
-        m.map.insert(RevNatKey { id }, &inner, 0).map_err(|e| m.write_error(e))?;
+        m.map.insert(RevNatKey { frontend_id: id }, &inner, 0).map_err(|e| m.write_error(e))?;
         Ok(table.len() + 1)
     }
 
     pub fn remove_maglev(&mut self, id: u32) -> Result<(), MapsError> {
         let m = &mut self.maglev;
-        match m.map.remove(&RevNatKey { id }) {
+        match m.map.remove(&RevNatKey { frontend_id: id }) {
             Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
             Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
             Err(e) => Err(m.write_error(e)),
@@ -346,13 +345,13 @@ impl Maps {
 
     /// Frontend IDs that have a Maglev table.
     pub fn maglev_ids(&self) -> Vec<u32> {
-        self.maglev.map.keys().filter_map(Result::ok).map(|k| k.id).collect()
+        self.maglev.map.keys().filter_map(Result::ok).map(|k| k.frontend_id).collect()
     }
 
     /// The Maglev table of frontend `id`, if any.
     pub fn maglev_table(&self, id: u32) -> Result<Option<Vec<u32>>, MapsError> {
         let m = &self.maglev;
-        let inner: Array<MapData, u32> = match m.map.get(&RevNatKey { id }, 0) {
+        let inner: Array<MapData, u32> = match m.map.get(&RevNatKey { frontend_id: id }, 0) {
             Ok(inner) => inner,
             Err(MapError::KeyNotFound) => return Ok(None),
             Err(e) => return Err(m.read_error(e)),

@@ -80,10 +80,7 @@ impl Metrics {
             m.latency_buckets[i] += 1;
             m.latency_sum += secs;
             m.latency_count += 1;
-            m.last_sync_unix = SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .map(|d| d.as_secs_f64())
-                .unwrap_or(0.0);
+            m.last_sync_unix = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
             m.ready = true;
         })
     }
@@ -147,11 +144,7 @@ impl Metrics {
     /// written and while the API server can be reached; otherwise why not.
     pub fn readiness(&self) -> Result<(), String> {
         self.with(|m| match (&m.api_outage, m.ready) {
-            (Some(o), _) => Err(format!(
-                "the API server cannot be reached (for {}s): {}",
-                o.since.elapsed().as_secs(),
-                o.why
-            )),
+            (Some(o), _) => Err(format!("the API server cannot be reached (for {}s): {}", o.since.elapsed().as_secs(), o.why)),
             (None, false) => Err("waiting for the first full sync".to_string()),
             (None, true) => Ok(()),
         })
@@ -175,18 +168,8 @@ impl Metrics {
                 "Map updates and deletes issued by the reconciler.",
                 &[("", m.map_ops.to_string())],
             );
-            metric(
-                "lb_map_errors_total",
-                "counter",
-                "Frontends or backends that could not be written.",
-                &[("", m.map_errors.to_string())],
-            );
-            metric(
-                "lb_objects_skipped",
-                "gauge",
-                "Objects or fields skipped as invalid in the last sync.",
-                &[("", m.skipped.to_string())],
-            );
+            metric("lb_map_errors_total", "counter", "Frontends or backends that could not be written.", &[("", m.map_errors.to_string())]);
+            metric("lb_objects_skipped", "gauge", "Objects or fields skipped as invalid in the last sync.", &[("", m.skipped.to_string())]);
             metric("lb_frontends", "gauge", "Frontends in the desired state.", &[("", m.frontends.to_string())]);
             metric("lb_services", "gauge", "Services handled.", &[("", m.services.to_string())]);
             metric(
@@ -214,12 +197,7 @@ impl Metrics {
                 &[("", u8::from(m.api_outage.is_none()).to_string())],
             );
             metric("lb_ready", "gauge", "Whether the first full sync is done.", &[("", u8::from(m.ready).to_string())]);
-            metric(
-                "lb_last_sync_timestamp_seconds",
-                "gauge",
-                "Unix time of the last sync.",
-                &[("", m.last_sync_unix.to_string())],
-            );
+            metric("lb_last_sync_timestamp_seconds", "gauge", "Unix time of the last sync.", &[("", m.last_sync_unix.to_string())]);
             let _ = writeln!(out, "# HELP lb_sync_latency_seconds From the first event of a batch to its maps written.");
             let _ = writeln!(out, "# TYPE lb_sync_latency_seconds histogram");
             let mut cumulative = 0;

@@ -8,7 +8,7 @@ use std::{
     str::FromStr,
 };
 
-use lb_common::{IPPROTO_TCP, IPPROTO_UDP, Service4Key, SCOPE_EXTERNAL};
+use lb_common::{IPPROTO_TCP, IPPROTO_UDP, SCOPE_EXTERNAL, Service4Key};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Protocol {
@@ -191,11 +191,8 @@ impl FromStr for Cidr {
         let (ip, len) = s.trim().split_once('/').ok_or_else(|| format!("{s:?} is not a CIDR (address/length)"))?;
         let addr: IpAddr = ip.parse().map_err(|_| format!("{s:?}: {ip:?} is not an IP address"))?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix_len: u8 = len
-            .parse()
-            .ok()
-            .filter(|l| *l <= max)
-            .ok_or_else(|| format!("{s:?}: prefix length {len:?} is not in 0-{max}"))?;
+        let prefix_len: u8 =
+            len.parse().ok().filter(|l| *l <= max).ok_or_else(|| format!("{s:?}: prefix length {len:?} is not in 0-{max}"))?;
         Ok(Cidr { addr, prefix_len })
     }
 }

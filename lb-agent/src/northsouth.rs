@@ -28,11 +28,11 @@ use tracing::{info, warn};
 
 use crate::{
     datapath::{Datapath, XdpAttach, xdp_mode_name, xdp_why_text},
-    netns::{default_route_interfaces, ensure_accept_local, ifindex, interface_addresses},
-    health::Heartbeat,
-    healthcheck::HealthChecks,
+    host::{default_route_interfaces, ensure_accept_local, ifindex, interface_addresses},
     model::{Backend, Cidr, Desired, Frontend, FrontendAddr, ServiceRef, ServiceType, TrafficPolicy},
+    probes::Heartbeat,
     reconcile::Reconciler,
+    service_health::HealthChecks,
     translate::Translation,
 };
 
@@ -129,10 +129,8 @@ pub fn plan(t: &Translation, node: &NodeInfo) -> Plan {
                 if fe.slot_backends().next().is_none() {
                     flags &= !svc_flags::INT_LOCAL;
                 }
-                out.internal.insert(
-                    cluster,
-                    Frontend { backends: fe.backends.iter().filter(is_local).cloned().collect(), flags, ..fe.clone() },
-                );
+                out.internal
+                    .insert(cluster, Frontend { backends: fe.backends.iter().filter(is_local).cloned().collect(), flags, ..fe.clone() });
             }
         }
         let local = m.external_traffic_policy == TrafficPolicy::Local;
@@ -150,27 +148,16 @@ pub fn plan(t: &Translation, node: &NodeInfo) -> Plan {
             // it (e.g. its address was taken) there is nothing to serve.
             let Some(fe) = t.desired.get(&cluster) else { continue };
             local_ready.extend(fe.backends.iter().filter(is_local).filter(|b| !b.terminating).map(|b| b.addr.ip));
-            let backends: Vec<Backend> = if local {
-                fe.backends.iter().filter(is_local).cloned().collect()
-            } else {
-                fe.backends.clone()
-            };
+            let backends: Vec<Backend> = if local { fe.backends.iter().filter(is_local).cloned().collect() } else { fe.backends.clone() };
             // Local without a local endpoint drops (the load balancer's
             // health check takes the node out), but a Service with no
             // endpoint anywhere rejects, as kube-proxy does: the datapath
             // tells the two apart by EXT_LOCAL.
-            let base_flags = if fe.slot_backends().next().is_none() {
-                base_flags & !svc_flags::EXT_LOCAL
-            } else {
-                base_flags
-            };
+            let base_flags = if fe.slot_backends().next().is_none() { base_flags & !svc_flags::EXT_LOCAL } else { base_flags };
             let add = |ip: Ipv4Addr, fport: u16, kind: u32, ranges: bool, out: &mut Plan| {
                 let addr = FrontendAddr { ip, port: fport, proto: port.proto };
                 if let Some(other) = t.desired.get(&addr).or_else(|| out.frontends.get(&addr)) {
-                    out.problems.insert(format!(
-                        "Service {svc}: frontend {addr} already belongs to {}, skipped",
-                        other.name
-                    ));
+                    out.problems.insert(format!("Service {svc}: frontend {addr} already belongs to {}, skipped", other.name));
                     return;
                 }
                 let mut flags = base_flags | kind;
@@ -180,13 +167,7 @@ pub fn plan(t: &Translation, node: &NodeInfo) -> Plan {
                 }
                 out.frontends.insert(
                     addr,
-                    Frontend {
-                        addr,
-                        name: fe.name.clone(),
-                        backends: backends.clone(),
-                        flags,
-                        affinity_timeout: fe.affinity_timeout,
-                    },
+                    Frontend { addr, name: fe.name.clone(), backends: backends.clone(), flags, affinity_timeout: fe.affinity_timeout },
                 );
             };
             if let Some(np) = port.node_port.filter(|_| has_node_ports) {
@@ -195,10 +176,8 @@ pub fn plan(t: &Translation, node: &NodeInfo) -> Plan {
                         add(*ip, np, svc_flags::NODE_PORT, false, &mut out);
                     }
                 } else {
-                    out.problems.insert(format!(
-                        "Service {svc}: nodePort {np} is outside the NodePort range {}, not served",
-                        node.nodeport_range
-                    ));
+                    out.problems
+                        .insert(format!("Service {svc}: nodePort {np} is outside the NodePort range {}, not served", node.nodeport_range));
                 }
             }
             for ip in &m.external_ips {
@@ -267,12 +246,14 @@ impl NorthSouth {
     /// (configured or found through a default route) north-south traffic
     /// is not served from XDP, but NodePorts still work from pods and the
     /// host on the configured node addresses.
-    pub fn start(cfg: &NorthSouthConfig, dp: &mut Datapath, reconciler: &mut Reconciler, heartbeat: Heartbeat) -> anyhow::Result<NorthSouth> {
-        let ifaces = if cfg.external_ifaces.is_empty() {
-            default_route_interfaces().unwrap_or_default()
-        } else {
-            cfg.external_ifaces.clone()
-        };
+    pub fn start(
+        cfg: &NorthSouthConfig,
+        dp: &mut Datapath,
+        reconciler: &mut Reconciler,
+        heartbeat: Heartbeat,
+    ) -> anyhow::Result<NorthSouth> {
+        let ifaces =
+            if cfg.external_ifaces.is_empty() { default_route_interfaces().unwrap_or_default() } else { cfg.external_ifaces.clone() };
         let addrs = interface_addresses().context("listing the node's addresses")?;
         let mut node_ips = cfg.node_ips.clone();
         if node_ips.is_empty() {
@@ -284,7 +265,9 @@ impl NorthSouth {
         let maps = reconciler.maps_mut();
         let xdp = cfg.xdp_mode != XdpAttach::Off;
         if xdp && ifaces.is_empty() {
-            warn!("no external interface (no --external-ifaces and no default route): NodePorts, external and LoadBalancer IPs are not served from outside");
+            warn!(
+                "no external interface (no --external-ifaces and no default route): NodePorts, external and LoadBalancer IPs are not served from outside"
+            );
         }
         if xdp {
             for name in &ifaces {

@@ -22,13 +22,12 @@ use tracing::{debug, info, warn};
 
 use crate::{
     datapath::{Datapath, MapSizes},
-    gc,
-    health::{self, Heartbeat},
+    gc, host,
     linkwatch::{LinkEvent, LinkEvents},
     maps::Maps,
     metrics::Metrics,
-    netns,
     northsouth::{NorthSouth, NorthSouthConfig},
+    probes::{self, Heartbeat},
     reconcile::Reconciler,
     source::{self, kube::KubeOptions},
     sync::Syncer,
@@ -82,10 +81,8 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> anyhow::
     // Bind first: a taken port is a configuration error worth failing on.
     let health_task = match cfg.health_addr {
         Some(addr) => {
-            let listener = health::bind(addr)
-                .await
-                .with_context(|| format!("binding the health server to {addr} (--health-addr)"))?;
-            Some(tokio::spawn(health::serve(listener, metrics.clone(), heartbeat.clone())))
+            let listener = probes::bind(addr).await.with_context(|| format!("binding the health server to {addr} (--health-addr)"))?;
+            Some(tokio::spawn(probes::serve(listener, metrics.clone(), heartbeat.clone())))
         }
         None => None,
     };
@@ -104,17 +101,13 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> anyhow::
     };
     let maps = Maps::open(&cfg.bpffs)?;
     let mut reconciler = Reconciler::recover(maps).context("recovering state from the pinned maps")?;
-    let cookie = netns::current_netns_cookie().context("reading the network namespace cookie")?;
+    let cookie = host::current_netns_cookie().context("reading the network namespace cookie")?;
     reconciler.set_maglev_m(cfg.maglev_m);
-    reconciler.maps_mut().write_config(&Config {
-        maglev_m: cfg.maglev_m,
-        timeouts: cfg.ct_timeouts,
-        ..Config::ready(cookie)
-    })?;
+    reconciler.maps_mut().write_config(&Config { maglev_m: cfg.maglev_m, timeouts: cfg.ct_timeouts, ..Config::ready(cookie) })?;
     if cfg.socket_lb {
         let cgroup = match &cfg.cgroup {
             Some(c) => c.clone(),
-            None => netns::find_cgroup2().context("finding the cgroup2 mount for the socket hooks")?,
+            None => host::find_cgroup2().context("finding the cgroup2 mount for the socket hooks")?,
         };
         dp.attach_cgroup(&cgroup)?;
     }
@@ -228,7 +221,7 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> anyhow::
 /// Attaches the tc programs to every pod interface and lets go of those
 /// gone or no longer matched.
 fn sync_interfaces(dp: &mut Datapath, patterns: &[String]) {
-    let present = match netns::interfaces() {
+    let present = match host::interfaces() {
         Ok(n) => n,
         Err(e) => {
             warn!("listing interfaces: {e}");
@@ -264,7 +257,9 @@ fn on_link_event(dp: &mut Datapath, patterns: &[String], event: LinkEvent) {
                 let started = Instant::now();
                 match dp.attach_tc(ifindex, &name) {
                     Ok(crate::datapath::Attached::Already) => {}
-                    Ok(_) => debug!(interface = name, ifindex, attach_us = started.elapsed().as_micros() as u64, "attached on a link event"),
+                    Ok(_) => {
+                        debug!(interface = name, ifindex, attach_us = started.elapsed().as_micros() as u64, "attached on a link event")
+                    }
                     Err(e) => warn!("{e:#}"),
                 }
             }
@@ -274,7 +269,7 @@ fn on_link_event(dp: &mut Datapath, patterns: &[String], event: LinkEvent) {
 }
 
 fn is_pod(patterns: &[String], name: &str) -> bool {
-    patterns.iter().any(|p| netns::glob_match(p, name))
+    patterns.iter().any(|p| host::glob_match(p, name))
 }
 
 /// Forwards the programs' aya-log messages to tracing (at their level;

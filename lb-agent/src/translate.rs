@@ -30,16 +30,16 @@ use lb_common::svc_flags;
 use tracing::{debug, warn};
 
 use crate::{
-    manifest::Sourced,
-    source::{ObjectKey, Store, Touched},
     model::{
-        Backend, BackendAddr, BackendSelection, Cidr, Desired, Frontend, FrontendAddr, PortModel,
-        Protocol, ServiceModel, ServiceRef, ServiceType, TrafficPolicy,
+        Backend, BackendAddr, BackendSelection, Cidr, Desired, Frontend, FrontendAddr, PortModel, Protocol, ServiceModel, ServiceRef,
+        ServiceType, TrafficPolicy,
     },
+    source::manifest::Sourced,
+    source::{ObjectKey, Store, Touched},
 };
 
-pub use crate::slice::SERVICE_NAME_LABEL;
-use crate::slice::Slice;
+pub use crate::source::slice::SERVICE_NAME_LABEL;
+use crate::source::slice::Slice;
 pub const SERVICE_PROXY_NAME_LABEL: &str = "service.kubernetes.io/service-proxy-name";
 /// Per-Service backend selection: `random` or `maglev`.
 pub const BACKEND_SELECTION_ANNOTATION: &str = "lb.dev/backend-selection";
@@ -87,10 +87,7 @@ pub fn translate<'a>(
     }
     for svc in services {
         let meta = &svc.obj.metadata;
-        let key = (
-            meta.namespace.clone().unwrap_or_else(|| "default".into()),
-            meta.name.clone().unwrap_or_default(),
-        );
+        let key = (meta.namespace.clone().unwrap_or_else(|| "default".into()), meta.name.clone().unwrap_or_default());
         let svc_slices = by_service.get(&key).map(Vec::as_slice).unwrap_or(&[]);
         translate_service(svc, svc_slices, opts, &mut out);
     }
@@ -215,27 +212,15 @@ pub fn describe(origin: &str, kind: &str, ns: Option<&str>, name: Option<&str>) 
     if origin.is_empty() { obj } else { format!("{origin}: {obj}") }
 }
 
-fn translate_service(
-    svc: &Sourced<Service>,
-    svc_slices: &[&Sourced<Slice>],
-    opts: &TranslateOptions,
-    out: &mut Translation,
-) {
+fn translate_service(svc: &Sourced<Service>, svc_slices: &[&Sourced<Slice>], opts: &TranslateOptions, out: &mut Translation) {
     let meta = &svc.obj.metadata;
     let ns = meta.namespace.clone().unwrap_or_else(|| "default".into());
     let Some(name) = meta.name.clone() else {
-        out.problems.insert(format!(
-            "{}: Service without metadata.name, skipped",
-            if svc.origin.is_empty() { "API" } else { &svc.origin }
-        ));
+        out.problems.insert(format!("{}: Service without metadata.name, skipped", if svc.origin.is_empty() { "API" } else { &svc.origin }));
         return;
     };
     let what = describe(&svc.origin, "Service", Some(&ns), Some(&name));
-    if meta
-        .labels
-        .as_ref()
-        .is_some_and(|l| l.contains_key(SERVICE_PROXY_NAME_LABEL))
-    {
+    if meta.labels.as_ref().is_some_and(|l| l.contains_key(SERVICE_PROXY_NAME_LABEL)) {
         debug!("{what}: labelled {SERVICE_PROXY_NAME_LABEL}, left to another proxy");
         return;
     }
@@ -282,35 +267,18 @@ fn translate_service(
         for ip in &ips {
             let addr = FrontendAddr { ip: *ip, port: number, proto };
             if let Some(other) = out.desired.get(&addr) {
-                out.problems.insert(format!(
-                    "{what}: frontend {addr} already belongs to {}, port {} skipped",
-                    other.name, i
-                ));
+                out.problems.insert(format!("{what}: frontend {addr} already belongs to {}, port {} skipped", other.name, i));
                 continue;
             }
-            out.desired.insert(
-                addr,
-                Frontend {
-                    addr,
-                    name: label.clone(),
-                    backends: backends.clone(),
-                    flags: frontend_flags,
-                    affinity_timeout,
-                },
-            );
+            out.desired
+                .insert(addr, Frontend { addr, name: label.clone(), backends: backends.clone(), flags: frontend_flags, affinity_timeout });
         }
     }
     out.services.insert(ServiceRef { namespace: ns, name }, model);
 }
 
 /// The Service-level fields, validated; flags for its frontends.
-fn service_model(
-    what: &str,
-    svc: &Sourced<Service>,
-    spec: &ServiceSpec,
-    opts: &TranslateOptions,
-    out: &mut Translation,
-) -> ServiceModel {
+fn service_model(what: &str, svc: &Sourced<Service>, spec: &ServiceSpec, opts: &TranslateOptions, out: &mut Translation) -> ServiceModel {
     let type_name = spec.type_.as_deref().unwrap_or("ClusterIP");
     let service_type = ServiceType::parse(type_name).unwrap_or_else(|| {
         out.problems.insert(format!("{what}: field spec.type: unknown type {type_name:?}, treated as ClusterIP"));
@@ -322,11 +290,7 @@ fn service_model(
     match spec.session_affinity.as_deref() {
         None | Some("None") | Some("") => {}
         Some("ClientIP") => {
-            let timeout = spec
-                .session_affinity_config
-                .as_ref()
-                .and_then(|c| c.client_ip.as_ref())
-                .and_then(|c| c.timeout_seconds);
+            let timeout = spec.session_affinity_config.as_ref().and_then(|c| c.client_ip.as_ref()).and_then(|c| c.timeout_seconds);
             let timeout = match timeout {
                 None => DEFAULT_AFFINITY_TIMEOUT,
                 Some(t) if t > 0 && t as i64 <= MAX_AFFINITY_TIMEOUT as i64 => t as u32,
@@ -341,19 +305,12 @@ fn service_model(
             m.flags |= svc_flags::AFFINITY;
         }
         Some(other) => {
-            out.problems.insert(format!(
-                "{what}: field spec.sessionAffinity: unknown value {other:?}, no affinity"
-            ));
+            out.problems.insert(format!("{what}: field spec.sessionAffinity: unknown value {other:?}, no affinity"));
         }
     }
 
     // Backend selection.
-    let annotation = svc
-        .obj
-        .metadata
-        .annotations
-        .as_ref()
-        .and_then(|a| a.get(BACKEND_SELECTION_ANNOTATION));
+    let annotation = svc.obj.metadata.annotations.as_ref().and_then(|a| a.get(BACKEND_SELECTION_ANNOTATION));
     m.backend_selection = match annotation.map(|a| a.parse::<BackendSelection>()) {
         None => opts.default_selection,
         Some(Ok(sel)) => sel,
@@ -370,10 +327,8 @@ fn service_model(
     }
 
     // Traffic policies.
-    m.external_traffic_policy =
-        traffic_policy(what, "spec.externalTrafficPolicy", spec.external_traffic_policy.as_deref(), out);
-    m.internal_traffic_policy =
-        traffic_policy(what, "spec.internalTrafficPolicy", spec.internal_traffic_policy.as_deref(), out);
+    m.external_traffic_policy = traffic_policy(what, "spec.externalTrafficPolicy", spec.external_traffic_policy.as_deref(), out);
+    m.internal_traffic_policy = traffic_policy(what, "spec.internalTrafficPolicy", spec.internal_traffic_policy.as_deref(), out);
     if m.external_traffic_policy == TrafficPolicy::Local {
         m.flags |= svc_flags::EXT_LOCAL;
     }
@@ -386,18 +341,11 @@ fn service_model(
         match ip.parse::<IpAddr>() {
             Ok(a) => m.external_ips.push(a),
             Err(_) => {
-                out.problems.insert(format!(
-                    "{what}: field spec.externalIPs[{i}]: invalid IP address {ip:?}, skipped"
-                ));
+                out.problems.insert(format!("{what}: field spec.externalIPs[{i}]: invalid IP address {ip:?}, skipped"));
             }
         }
     }
-    let ingress = svc
-        .obj
-        .status
-        .as_ref()
-        .and_then(|s| s.load_balancer.as_ref())
-        .and_then(|lb| lb.ingress.as_ref());
+    let ingress = svc.obj.status.as_ref().and_then(|s| s.load_balancer.as_ref()).and_then(|lb| lb.ingress.as_ref());
     for (i, ing) in ingress.into_iter().flatten().enumerate() {
         // A hostname-only ingress (some cloud LBs) has no IP to serve.
         let Some(ip) = ing.ip.as_deref().filter(|ip| !ip.is_empty()) else {
@@ -406,9 +354,7 @@ fn service_model(
         match ip.parse::<IpAddr>() {
             Ok(a) => m.load_balancer_ips.push(a),
             Err(_) => {
-                out.problems.insert(format!(
-                    "{what}: field status.loadBalancer.ingress[{i}].ip: invalid IP address {ip:?}, skipped"
-                ));
+                out.problems.insert(format!("{what}: field status.loadBalancer.ingress[{i}].ip: invalid IP address {ip:?}, skipped"));
             }
         }
     }
@@ -416,26 +362,21 @@ fn service_model(
         match range.parse::<Cidr>() {
             Ok(c) => m.source_ranges.push(c),
             Err(e) => {
-                out.problems.insert(format!(
-                    "{what}: field spec.loadBalancerSourceRanges[{i}]: {e}, skipped"
-                ));
+                out.problems.insert(format!("{what}: field spec.loadBalancerSourceRanges[{i}]: {e}, skipped"));
             }
         }
     }
     if !m.source_ranges.is_empty() {
         m.flags |= svc_flags::SOURCE_RANGES;
     }
-    m.health_check_node_port =
-        optional_port(what, "spec.healthCheckNodePort", spec.health_check_node_port, out);
+    m.health_check_node_port = optional_port(what, "spec.healthCheckNodePort", spec.health_check_node_port, out);
 
     // Dual-stack.
     for (i, family) in spec.ip_families.iter().flatten().enumerate() {
         match family.as_str() {
             "IPv4" | "IPv6" => m.ip_families.push(family.clone()),
             other => {
-                out.problems.insert(format!(
-                    "{what}: field spec.ipFamilies[{i}]: unknown family {other:?}, ignored"
-                ));
+                out.problems.insert(format!("{what}: field spec.ipFamilies[{i}]: unknown family {other:?}, ignored"));
             }
         }
     }
@@ -445,9 +386,7 @@ fn service_model(
             m.ip_family_policy = Some(p.to_string());
         }
         Some(other) => {
-            out.problems.insert(format!(
-                "{what}: field spec.ipFamilyPolicy: unknown policy {other:?}, ignored"
-            ));
+            out.problems.insert(format!("{what}: field spec.ipFamilyPolicy: unknown policy {other:?}, ignored"));
         }
     }
     m
@@ -458,8 +397,7 @@ fn traffic_policy(what: &str, field: &str, value: Option<&str>, out: &mut Transl
         None | Some("") | Some("Cluster") => TrafficPolicy::Cluster,
         Some("Local") => TrafficPolicy::Local,
         Some(other) => {
-            out.problems
-                .insert(format!("{what}: field {field}: unknown policy {other:?}, using Cluster"));
+            out.problems.insert(format!("{what}: field {field}: unknown policy {other:?}, using Cluster"));
             TrafficPolicy::Cluster
         }
     }
@@ -473,20 +411,14 @@ fn optional_port(what: &str, field: &str, value: Option<i32>, out: &mut Translat
         Some(n) => match u16::try_from(n) {
             Ok(p) => Some(p),
             Err(_) => {
-                out.problems
-                    .insert(format!("{what}: field {field}: {n} is not a port (1-65535), ignored"));
+                out.problems.insert(format!("{what}: field {field}: {n} is not a port (1-65535), ignored"));
                 None
             }
         },
     }
 }
 
-fn cluster_ips(
-    what: &str,
-    ips: Option<&[String]>,
-    ip: Option<&str>,
-    out: &mut Translation,
-) -> Vec<IpAddr> {
+fn cluster_ips(what: &str, ips: Option<&[String]>, ip: Option<&str>, out: &mut Translation) -> Vec<IpAddr> {
     let (field, list): (&str, Vec<&str>) = match ips {
         Some(ips) if !ips.is_empty() => ("spec.clusterIPs", ips.iter().map(String::as_str).collect()),
         _ => ("spec.clusterIP", ip.into_iter().collect()),
@@ -498,8 +430,7 @@ fn cluster_ips(
             s => match s.parse::<IpAddr>() {
                 Ok(a) => ips.push(a),
                 Err(_) => {
-                    out.problems
-                        .insert(format!("{what}: field {field}[{i}]: invalid IP address {s:?}, skipped"));
+                    out.problems.insert(format!("{what}: field {field}[{i}]: invalid IP address {s:?}, skipped"));
                 }
             },
         }
@@ -520,30 +451,21 @@ fn service_port(what: &str, i: usize, port: &ServicePort, out: &mut Translation)
     let proto = match protocol(port.protocol.as_deref()) {
         Ok(p) => p,
         Err(e) => {
-            out.problems
-                .insert(format!("{what}: field spec.ports[{i}].protocol: {e}; port skipped"));
+            out.problems.insert(format!("{what}: field spec.ports[{i}].protocol: {e}; port skipped"));
             return None;
         }
     };
     match u16::try_from(port.port) {
         Ok(n) if n > 0 => Some((proto, n)),
         _ => {
-            out.problems.insert(format!(
-                "{what}: field spec.ports[{i}].port: {} is not a port (1-65535); port skipped",
-                port.port
-            ));
+            out.problems.insert(format!("{what}: field spec.ports[{i}].port: {} is not a port (1-65535); port skipped", port.port));
             None
         }
     }
 }
 
 /// Backends for one ServicePort across all of the Service's slices.
-fn backends_for(
-    port_name: Option<&str>,
-    proto: Protocol,
-    slices: &[&Sourced<Slice>],
-    out: &mut Translation,
-) -> Vec<Backend> {
+fn backends_for(port_name: Option<&str>, proto: Protocol, slices: &[&Sourced<Slice>], out: &mut Translation) -> Vec<Backend> {
     let want_name = port_name.unwrap_or("");
     // Deduplicated by address; the first slice that lists an endpoint
     // gives its node and zone.
@@ -551,19 +473,15 @@ fn backends_for(
     let mut terminating: BTreeMap<BackendAddr, Backend> = BTreeMap::new();
     for slice in slices {
         let s = &slice.obj;
-        let what = describe(
-            &slice.origin,
-            "EndpointSlice",
-            s.namespace.as_deref(),
-            s.name.as_deref(),
-        );
+        let what = describe(&slice.origin, "EndpointSlice", s.namespace.as_deref(), s.name.as_deref());
         if s.address_type != "IPv4" {
             continue;
         }
-        let matching = s.ports.iter().enumerate().find(|(_, p)| {
-            p.name.as_deref().unwrap_or("") == want_name
-                && protocol(p.protocol.as_deref()).ok() == Some(proto)
-        });
+        let matching = s
+            .ports
+            .iter()
+            .enumerate()
+            .find(|(_, p)| p.name.as_deref().unwrap_or("") == want_name && protocol(p.protocol.as_deref()).ok() == Some(proto));
         let Some((pi, slice_port)) = matching else {
             continue;
         };
@@ -596,19 +514,13 @@ fn backends_for(
                     continue;
                 }
                 Err(_) => {
-                    out.problems.insert(format!(
-                        "{what}: field endpoints[{ei}].addresses[0]: {first:?} is not an IPv4 address; endpoint skipped"
-                    ));
+                    out.problems
+                        .insert(format!("{what}: field endpoints[{ei}].addresses[0]: {first:?} is not an IPv4 address; endpoint skipped"));
                     continue;
                 }
             };
             let addr = BackendAddr { ip, port: target, proto };
-            let backend = |terminating| Backend {
-                addr,
-                terminating,
-                node_name: ep.node_name.clone(),
-                zone: ep.zone.clone(),
-            };
+            let backend = |terminating| Backend { addr, terminating, node_name: ep.node_name.clone(), zone: ep.zone.clone() };
             if is_ready {
                 ready.entry(addr).or_insert_with(|| backend(false));
             } else if serving && is_terminating {
@@ -616,11 +528,7 @@ fn backends_for(
             }
         }
     }
-    let terminating: Vec<Backend> = terminating
-        .into_iter()
-        .filter(|(addr, _)| !ready.contains_key(addr))
-        .map(|(_, b)| b)
-        .collect();
+    let terminating: Vec<Backend> = terminating.into_iter().filter(|(addr, _)| !ready.contains_key(addr)).map(|(_, b)| b).collect();
     ready.into_values().chain(terminating).collect()
 }
 

@@ -142,9 +142,8 @@ fn two_live_flows_from_one_client_port_to_two_services_on_one_backend() {
     });
     stop.store(true, Ordering::SeqCst);
     let lines = result.unwrap_or_else(|e| panic!("{e}\n{}", agent.log_text()));
-    let want: Vec<String> = (0..10)
-        .flat_map(|r| (0..3).map(move |i| format!("b1:a{r}.{i}|b1:b{r}.{i}")).chain([format!("b1:ua{r}|b1:ub{r}")]))
-        .collect();
+    let want: Vec<String> =
+        (0..10).flat_map(|r| (0..3).map(move |i| format!("b1:a{r}.{i}|b1:b{r}.{i}")).chain([format!("b1:ua{r}|b1:ub{r}")])).collect();
     assert_eq!(lines, want, "both flows of each pair answered, each on its own connection");
     assert!(agent.maps().stat(lb_common::stat::PORT_REMAPPED).unwrap() >= 20, "the second flow of each pair got another port");
 }
@@ -260,7 +259,14 @@ fn soak(length: Duration) {
         failed.len(),
         scaled_answers.load(Ordering::Relaxed)
     );
-    assert!(failed.is_empty(), "{} of {} requests to unchanged Services failed: {:?}\n{}", failed.len(), ok + failed.len() as u64, &failed[..failed.len().min(5)], agent.log_text());
+    assert!(
+        failed.is_empty(),
+        "{} of {} requests to unchanged Services failed: {:?}\n{}",
+        failed.len(),
+        ok + failed.len() as u64,
+        &failed[..failed.len().min(5)],
+        agent.log_text()
+    );
     assert!(ok > 500, "the clients kept going: {ok}");
     let wrong = wrong.into_inner().unwrap();
     assert!(wrong.is_empty(), "answers from outside the scaled Service's endpoints: {wrong:?}");

@@ -93,8 +93,8 @@ fn connected_udp_socket_gets_replies_from_the_cluster_ip() {
     for i in 0..20 {
         // A connected socket only accepts datagrams from the address it is
         // connected to: a reply proves the reverse NAT.
-        let (reply, peer) = udp_request(client, vip(53), &format!("q{i}"))
-            .unwrap_or_else(|e| panic!("query {i}: {e:#}\n{}", agent.log_text()));
+        let (reply, peer) =
+            udp_request(client, vip(53), &format!("q{i}")).unwrap_or_else(|e| panic!("query {i}: {e:#}\n{}", agent.log_text()));
         assert!(reply.starts_with("web-") && reply.ends_with(&format!(":q{i}")), "{reply}");
         assert_eq!(peer, SocketAddr::V4(vip(53)));
     }

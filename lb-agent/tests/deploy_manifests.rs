@@ -148,13 +148,8 @@ fn every_manifest_parses_strictly() {
 #[test]
 fn the_kustomization_lists_every_manifest() {
     let k = kustomization();
-    let listed: BTreeSet<String> = k
-        .resources
-        .iter()
-        .chain(k.patches.iter().map(|p| &p.path))
-        .cloned()
-        .chain(["kustomization.yaml".to_string()])
-        .collect();
+    let listed: BTreeSet<String> =
+        k.resources.iter().chain(k.patches.iter().map(|p| &p.path)).cloned().chain(["kustomization.yaml".to_string()]).collect();
     let present: BTreeSet<String> = std::fs::read_dir(deploy_dir())
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -186,8 +181,7 @@ fn the_image_is_pinned() {
     let (name, tag) = image.rsplit_once(':').unwrap_or_else(|| panic!("{image} has no tag"));
     assert_eq!(tag, env!("CARGO_PKG_VERSION"), "{image}: the release this tree builds");
     let k = kustomization();
-    let set =
-        k.images.iter().find(|i| i.name == name).unwrap_or_else(|| panic!("kustomization.yaml sets no tag for {name}"));
+    let set = k.images.iter().find(|i| i.name == name).unwrap_or_else(|| panic!("kustomization.yaml sets no tag for {name}"));
     assert_eq!(set.new_tag.as_deref(), Some(tag));
     assert!(set.new_name.is_none() && set.digest.is_none());
 }
@@ -217,10 +211,8 @@ fn cluster_role_grants_what_the_agent_watches_and_nothing_more() {
             }
         }
     }
-    let wanted: BTreeSet<(String, String, String)> = WATCHED
-        .iter()
-        .flat_map(|(g, r, verbs)| verbs.iter().map(move |v| (g.to_string(), r.to_string(), v.to_string())))
-        .collect();
+    let wanted: BTreeSet<(String, String, String)> =
+        WATCHED.iter().flat_map(|(g, r, verbs)| verbs.iter().map(move |v| (g.to_string(), r.to_string(), v.to_string()))).collect();
     assert_eq!(granted, wanted);
 
     let binding = &m.bindings[0];
@@ -229,9 +221,9 @@ fn cluster_role_grants_what_the_agent_watches_and_nothing_more() {
     let sa = &m.service_accounts[0];
     let subjects = binding.subjects.as_deref().unwrap_or_default();
     assert!(
-        subjects.iter().any(|s| s.kind == "ServiceAccount"
-            && Some(&s.name) == sa.metadata.name.as_ref()
-            && s.namespace == sa.metadata.namespace),
+        subjects
+            .iter()
+            .any(|s| s.kind == "ServiceAccount" && Some(&s.name) == sa.metadata.name.as_ref() && s.namespace == sa.metadata.namespace),
         "{subjects:?}"
     );
 }
@@ -300,18 +292,10 @@ fn daemonset_runs_the_agent_as_a_node_proxy() {
     assert!(from.into_iter().any(|n| Some(&n) == cm.metadata.name.as_ref()), "the flags come from the ConfigMap");
 
     // bpffs (shared, so pins outlive the container) and the host cgroup2.
-    let volumes: BTreeMap<String, String> = pod
-        .volumes
-        .iter()
-        .flatten()
-        .filter_map(|v| Some((v.name.clone(), v.host_path.as_ref()?.path.clone())))
-        .collect();
-    let mounts: BTreeMap<String, (String, Option<String>)> = c
-        .volume_mounts
-        .iter()
-        .flatten()
-        .map(|m| (m.name.clone(), (m.mount_path.clone(), m.mount_propagation.clone())))
-        .collect();
+    let volumes: BTreeMap<String, String> =
+        pod.volumes.iter().flatten().filter_map(|v| Some((v.name.clone(), v.host_path.as_ref()?.path.clone()))).collect();
+    let mounts: BTreeMap<String, (String, Option<String>)> =
+        c.volume_mounts.iter().flatten().map(|m| (m.name.clone(), (m.mount_path.clone(), m.mount_propagation.clone()))).collect();
     let mount_of = |host: &str| {
         let (name, _) = volumes.iter().find(|(_, p)| p.as_str() == host).unwrap_or_else(|| panic!("no hostPath {host}"));
         mounts.get(name).cloned().unwrap_or_else(|| panic!("{host} not mounted"))
@@ -350,9 +334,7 @@ fn the_containerfile_builds_with_xtask_from_pinned_images() {
     for base in &bases {
         let (_, tag) = base.rsplit_once(':').unwrap_or_else(|| panic!("{base} has no tag"));
         // 1.95.0-bookworm, bookworm-20260824-slim: a full version or a date.
-        let exact = tag
-            .split('-')
-            .any(|part| part.split('.').count() == 3 || (part.len() == 8 && part.parse::<u32>().is_ok()));
+        let exact = tag.split('-').any(|part| part.split('.').count() == 3 || (part.len() == 8 && part.parse::<u32>().is_ok()));
         assert!(exact && !tag.contains("latest"), "{base} is not pinned to an exact version");
     }
     let rust_version = std::fs::read_to_string(root.join("Cargo.toml"))
@@ -368,8 +350,7 @@ fn the_containerfile_builds_with_xtask_from_pinned_images() {
     assert!(!instructions.contains("cargo install"), "bpf-linker comes from xtask's toolchain step, at its version");
 
     let ignore = std::fs::read_to_string(root.join(".containerignore")).unwrap();
-    let ignored: BTreeSet<&str> =
-        ignore.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).collect();
+    let ignored: BTreeSet<&str> = ignore.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).collect();
     for path in ["target/", "lb-ebpf/target/", ".git/"] {
         assert!(ignored.contains(path), ".containerignore lacks {path}");
     }
@@ -444,10 +425,7 @@ fn kustomize_renders_the_install() {
     assert!(out.status.success(), "kubectl kustomize deploy/: {}", String::from_utf8_lossy(&out.stderr));
     let mut m = Manifests::default();
     parse_into(&mut m, "kubectl kustomize deploy/", &String::from_utf8(out.stdout).unwrap());
-    assert_eq!(
-        (m.daemonsets.len(), m.config_maps.len(), m.service_accounts.len(), m.roles.len(), m.bindings.len()),
-        (1, 1, 1, 1, 1)
-    );
+    assert_eq!((m.daemonsets.len(), m.config_maps.len(), m.service_accounts.len(), m.roles.len(), m.bindings.len()), (1, 1, 1, 1, 1));
 
     let c = &m.daemonsets[0].spec.as_ref().unwrap().template.spec.as_ref().unwrap().containers[0];
     let image = c.image.as_deref().unwrap();
@@ -461,14 +439,12 @@ fn kustomize_renders_the_install() {
     let server = data.get("LB_K8S_API_SERVER").expect("LB_K8S_API_SERVER in the rendered ConfigMap");
     parse_api_server(server).unwrap();
     assert_eq!(data.get("LB_HEALTH_ADDR").map(String::as_str), Some("0.0.0.0:10256"), "the base's data is kept");
-    let from: Vec<String> =
-        c.env_from.iter().flatten().filter_map(|e| Some(e.config_map_ref.as_ref()?.name.clone())).collect();
+    let from: Vec<String> = c.env_from.iter().flatten().filter_map(|e| Some(e.config_map_ref.as_ref()?.name.clone())).collect();
     assert_eq!(from, [cm.metadata.name.clone().unwrap()]);
     assert!(!c.env.iter().flatten().any(|e| e.name.starts_with("LB_")), "no variable hides the ConfigMap's");
 
-    let path = |probe: &Option<k8s_openapi::api::core::v1::Probe>| {
-        probe.as_ref().and_then(|p| p.http_get.as_ref()).and_then(|g| g.path.clone())
-    };
+    let path =
+        |probe: &Option<k8s_openapi::api::core::v1::Probe>| probe.as_ref().and_then(|p| p.http_get.as_ref()).and_then(|g| g.path.clone());
     assert_eq!(path(&c.liveness_probe).as_deref(), Some("/livez"));
     assert_eq!(path(&c.readiness_probe).as_deref(), Some("/readyz"));
 }

@@ -97,25 +97,17 @@ fn slice(name: &str, svc: &str, ports: &[(&str, u16)], endpoints: &[(Ipv4Addr, C
                 };
                 Endpoint {
                     addresses: vec![ip.to_string()],
-                    conditions: Some(EndpointConditions {
-                        ready: Some(ready),
-                        serving: Some(serving),
-                        terminating: Some(terminating),
-                    }),
+                    conditions: Some(EndpointConditions { ready: Some(ready), serving: Some(serving), terminating: Some(terminating) }),
                     node_name: Some("node-1".into()),
                     ..Default::default()
                 }
             })
             .collect(),
-        ..Default::default()
     }
 }
 
 fn node_object() -> Node {
-    Node {
-        metadata: ObjectMeta { name: Some("node-1".into()), ..Default::default() },
-        ..Default::default()
-    }
+    Node { metadata: ObjectMeta { name: Some("node-1".into()), ..Default::default() }, ..Default::default() }
 }
 
 /// node-1 with `extra` merged into its JSON (a deletionTimestamp, taints).
@@ -153,11 +145,8 @@ impl KubeAgent {
 
     /// With extra flags, and variables (`LB_*`, as the ConfigMap sets them).
     fn start_env(node: &Netns, kubeconfig: &Path, pins: PinDir, extra: &[&str], vars: &[(&str, &str)]) -> KubeAgent {
-        let log = std::env::temp_dir().join(format!(
-            "lb-agent-{}-{}.log",
-            std::process::id(),
-            pins.0.file_name().unwrap().to_string_lossy()
-        ));
+        let log =
+            std::env::temp_dir().join(format!("lb-agent-{}-{}.log", std::process::id(), pins.0.file_name().unwrap().to_string_lossy()));
         let log_file = fs::OpenOptions::new().create(true).append(true).open(&log).unwrap();
         let mut cmd = node.command(env!("CARGO_BIN_EXE_lb-agent"));
         cmd.args(["run", "--pod-ifaces", "lbp*", "--poll-interval-ms", "100"])
@@ -196,10 +185,10 @@ impl KubeAgent {
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let rows = Maps::open(self.pins()).ok().and_then(|m| list::rows(&m).ok());
-            if let Some(rows) = &rows {
-                if pred(rows) {
-                    return rows.clone();
-                }
+            if let Some(rows) = &rows
+                && pred(rows)
+            {
+                return rows.clone();
             }
             if Instant::now() > deadline {
                 panic!("timed out waiting for {what}; maps hold {rows:#?}\nagent log:\n{}", self.log_text());
@@ -285,10 +274,7 @@ fn metric(body: &str, name: &str) -> f64 {
 }
 
 fn backends(rows: &[list::Row], frontend: &str) -> BTreeSet<String> {
-    rows.iter()
-        .find(|r| r.frontend == frontend)
-        .map(|r| r.backends.iter().cloned().collect())
-        .unwrap_or_default()
+    rows.iter().find(|r| r.frontend == frontend).map(|r| r.backends.iter().cloned().collect()).unwrap_or_default()
 }
 
 fn set(items: &[&str]) -> BTreeSet<String> {
@@ -391,18 +377,11 @@ fn endpoint_goes_unready_then_terminating() {
     // The last one terminates while serving: with nothing ready it still
     // takes new flows (KEP-1669), flagged terminating.
     s.api.apply(&slice("api-1", "api", &[("http", 8080)], &[(ip(1), Cond::NotReady), (ip(2), Cond::Terminating)]));
-    let rows = agent.wait_rows("terminating fallback", |r| {
-        r.len() == 1 && r[0].backends.iter().any(|b| b.contains("terminating"))
-    });
+    let rows = agent.wait_rows("terminating fallback", |r| r.len() == 1 && r[0].backends.iter().any(|b| b.contains("terminating")));
     assert_eq!(backends(&rows, fe), set(&["10.244.9.2:8080 (terminating)"]));
 
     // A new ready endpoint takes over.
-    s.api.apply(&slice(
-        "api-1",
-        "api",
-        &[("http", 8080)],
-        &[(ip(2), Cond::Terminating), (ip(3), Cond::Ready)],
-    ));
+    s.api.apply(&slice("api-1", "api", &[("http", 8080)], &[(ip(2), Cond::Terminating), (ip(3), Cond::Ready)]));
     let rows = agent.wait_rows("ready endpoint preferred", |r| backends(r, fe) == set(&["10.244.9.3:8080"]));
     assert_eq!(rows.len(), 1);
 }
@@ -419,9 +398,7 @@ fn renamed_named_port_follows_the_endpointslice_port() {
     s.api.apply(&slice("app-1", "app", &[("http", 8080)], &[(ip(1), Cond::Ready), (ip(2), Cond::Ready)]));
     s.api.apply(&slice("app-2", "app", &[("http", 8080)], &[(ip(2), Cond::Ready), (ip(3), Cond::Ready)]));
     let fe = "10.96.0.30:80/TCP";
-    agent.wait_rows("merged slices", |r| {
-        backends(r, fe) == set(&["10.244.9.1:8080", "10.244.9.2:8080", "10.244.9.3:8080"])
-    });
+    agent.wait_rows("merged slices", |r| backends(r, fe) == set(&["10.244.9.1:8080", "10.244.9.2:8080", "10.244.9.3:8080"]));
 
     // The ServicePort is renamed first: no slice port has the new name yet,
     // so the frontend has no backend (and rejects).
@@ -431,9 +408,7 @@ fn renamed_named_port_follows_the_endpointslice_port() {
     // The EndpointSlice controller catches up, with a new target port.
     s.api.apply(&slice("app-1", "app", &[("web", 9090)], &[(ip(1), Cond::Ready), (ip(2), Cond::Ready)]));
     s.api.apply(&slice("app-2", "app", &[("web", 9090)], &[(ip(3), Cond::Ready)]));
-    agent.wait_rows("new port", |r| {
-        backends(r, fe) == set(&["10.244.9.1:9090", "10.244.9.2:9090", "10.244.9.3:9090"])
-    });
+    agent.wait_rows("new port", |r| backends(r, fe) == set(&["10.244.9.1:9090", "10.244.9.2:9090", "10.244.9.3:9090"]));
 }
 
 #[test]
@@ -637,10 +612,7 @@ fn restart_keeps_ids_and_live_flows() {
             (stream, reader)
         })
         .collect();
-    let owners: Vec<String> = conns
-        .iter_mut()
-        .map(|c| exchange(c, "before").unwrap().split(':').next().unwrap().to_string())
-        .collect();
+    let owners: Vec<String> = conns.iter_mut().map(|c| exchange(c, "before").unwrap().split(':').next().unwrap().to_string()).collect();
 
     let pins = agent.stop();
     let log_len = agent.log_text().len();
@@ -688,12 +660,7 @@ fn bursts_are_batched_and_sync_latency_is_reported() {
     // LB_TEST_SYNC_DELAY_MS changes the batching window for measurements.
     let delay = std::env::var("LB_TEST_SYNC_DELAY_MS").unwrap_or_else(|_| "100".into());
     let s = setup(&[], "kburst");
-    let agent = KubeAgent::start_with(
-        &s.lab.node,
-        &s.api.kubeconfig(&s.dir.0),
-        PinDir::new("kburst"),
-        &["--sync-delay-ms", &delay],
-    );
+    let agent = KubeAgent::start_with(&s.lab.node, &s.api.kubeconfig(&s.dir.0), PinDir::new("kburst"), &["--sync-delay-ms", &delay]);
     wait_health(&s.lab.node, "/readyz", 200);
 
     // Single changes, one at a time.
@@ -888,13 +855,7 @@ fn the_api_server_address_replaces_the_configured_one() {
     let log_len = agent.log_text().len();
 
     let address = format!("http://127.0.0.1:{}", s.api.port());
-    let agent = KubeAgent::start_env(
-        &s.lab.node,
-        &kubeconfig,
-        pins,
-        &["--sync-delay-ms", "50"],
-        &[("LB_K8S_API_SERVER", &address)],
-    );
+    let agent = KubeAgent::start_env(&s.lab.node, &kubeconfig, pins, &["--sync-delay-ms", "50"], &[("LB_K8S_API_SERVER", &address)]);
     agent.wait_rows("the service", |r| r.len() == 1 && r[0].backends.len() == 1);
     wait_health(&s.lab.node, "/readyz", 200);
     let line = agent.wait_log("the server used", log_len, "Kubernetes API server");

@@ -75,12 +75,7 @@ impl Kubectl {
 
     fn get(&self, args: &[&str]) -> String {
         let out = self.command().arg("get").args(args).output().unwrap();
-        assert!(
-            out.status.success(),
-            "kubectl get {args:?}: {}\n{}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert!(out.status.success(), "kubectl get {args:?}: {}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
         String::from_utf8(out.stdout).unwrap()
     }
 }
@@ -143,9 +138,7 @@ fn kubectl_lists_and_watches_the_fake_server() {
             }
         }
     });
-    let next = |what: &str| {
-        rx.recv_timeout(Duration::from_secs(20)).unwrap_or_else(|e| panic!("kubectl printed no {what}: {e}"))
-    };
+    let next = |what: &str| rx.recv_timeout(Duration::from_secs(20)).unwrap_or_else(|e| panic!("kubectl printed no {what}: {e}"));
     assert_eq!(next("initial event"), "ADDED web");
     // Wait until kubectl's watch request is open before changing things,
     // so the events come over the watch and not a list.

@@ -96,10 +96,7 @@ fn client_ip_affinity_sticks_expires_and_differs_between_clients() {
 
     // Different clients are balanced: 8 clients do not all share one
     // backend (chance (1/3)^7 if they did by accident).
-    let per_client: BTreeSet<String> = clients
-        .iter()
-        .map(|c| tcp_request(&lab.pod(c).ns, vip(80)).unwrap())
-        .collect();
+    let per_client: BTreeSet<String> = clients.iter().map(|c| tcp_request(&lab.pod(c).ns, vip(80)).unwrap()).collect();
     assert!(per_client.len() > 1, "all clients on {per_client:?}");
 
     // After the 1 s timeout without new connections, the choice is made
@@ -266,11 +263,8 @@ fn terminating_backend_keeps_its_stream_then_removal_resets_it() {
     let mut stream = client.run(|| TcpStream::connect_timeout(&vip(90).into(), Duration::from_secs(2)).unwrap());
     stream.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
     assert_eq!(roundtrip(&mut stream, "hello\n").unwrap(), "hello\n");
-    let (on, other, on_echo, other_echo) = if echo_a.connections() == 1 {
-        ("web-a", "web-b", &echo_a, &echo_b)
-    } else {
-        ("web-b", "web-a", &echo_b, &echo_a)
-    };
+    let (on, other, on_echo, other_echo) =
+        if echo_a.connections() == 1 { ("web-a", "web-b", &echo_a, &echo_b) } else { ("web-b", "web-a", &echo_b, &echo_a) };
     assert_eq!(on_echo.connections(), 1);
 
     // Its backend starts terminating (ready=false, serving, terminating).

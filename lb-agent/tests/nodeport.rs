@@ -114,10 +114,8 @@ impl Cluster {
 /// A Service (with `spec` lines) and its EndpointSlice with web-a on
 /// node-a and web-b on node-b (or only the given ones).
 fn manifest(spec: &str, status: &str, endpoints: &[(&str, Ipv4Addr, &str)]) -> String {
-    let eps: String = endpoints
-        .iter()
-        .map(|(_, ip, node)| format!("- addresses: [{ip}]\n  nodeName: {node}\n  conditions: {{ready: true}}\n"))
-        .collect();
+    let eps: String =
+        endpoints.iter().map(|(_, ip, node)| format!("- addresses: [{ip}]\n  nodeName: {node}\n  conditions: {{ready: true}}\n")).collect();
     format!(
         r#"apiVersion: v1
 kind: Service
@@ -295,13 +293,9 @@ fn local_policy_keeps_the_client_ip_and_a_node_without_endpoints_drops_and_fails
     // A second port for the client-IP check.
     c.dir.write(
         "svc.yaml",
-        &manifest(&spec, &status, &only_b).replace(
-            "  - {name: dns,",
-            "  - {name: who, port: 90, protocol: TCP, nodePort: 30090}\n  - {name: dns,",
-        ).replace(
-            "- {name: dns, port: 5353",
-            "- {name: who, port: 9000, protocol: TCP}\n- {name: dns, port: 5353",
-        ),
+        &manifest(&spec, &status, &only_b)
+            .replace("  - {name: dns,", "  - {name: who, port: 90, protocol: TCP, nodePort: 30090}\n  - {name: dns,")
+            .replace("- {name: dns, port: 5353", "- {name: who, port: 9000, protocol: TCP}\n- {name: dns, port: 5353"),
     );
     c.wait_frontend(1, &format!("{}:30090/TCP", node_ip(1)), 1);
     c.wait_frontend(0, &format!("{}:30090/TCP", node_ip(0)), 0);
@@ -313,8 +307,8 @@ fn local_policy_keeps_the_client_ip_and_a_node_without_endpoints_drops_and_fails
 
     // Node A has no local endpoint: its NodePort drops (no answer at all,
     // neither a reset nor a refusal), so the connection attempt times out.
-    let err = tcp_request_with(&c.lab.client, at(node_ip(0), HTTP_PORT), b"x", Duration::from_millis(700))
-        .expect_err("node A must not answer");
+    let err =
+        tcp_request_with(&c.lab.client, at(node_ip(0), HTTP_PORT), b"x", Duration::from_millis(700)).expect_err("node A must not answer");
     assert_eq!(lb_lab::io_error_kind(&err), Some(std::io::ErrorKind::TimedOut), "{err:#}");
 
     // The health check NodePorts tell the load balancer so.
@@ -385,7 +379,6 @@ fn nodeport_is_reachable_from_a_pod_and_from_the_host() {
     }
 }
 
-
 /// An XDP program on the switch's ports: frames a node's native XDP
 /// program transmits back out of its veth are received by the peer only
 /// when the peer runs XDP too.
@@ -395,8 +388,7 @@ fn switch_xdp(lab: &ClusterLab) -> Ebpf {
     let pass: &mut Xdp = ebpf.program_mut(XDP_PASS_PROGRAM).unwrap().try_into().unwrap();
     pass.load().unwrap();
     for port in lab.switch_ports() {
-        pass.attach(&port, XdpMode::Driver)
-            .unwrap_or_else(|e| panic!("attaching {XDP_PASS_PROGRAM} to switch port {port}: {e}"));
+        pass.attach(&port, XdpMode::Driver).unwrap_or_else(|e| panic!("attaching {XDP_PASS_PROGRAM} to switch port {port}: {e}"));
     }
     ebpf
 }

@@ -11,11 +11,9 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use common::{Loaded, assert_checksums_valid, frontend, hex, kernel_tests_enabled};
 use etherparse::{Icmpv4Type, NetSlice, SlicedPacket, TransportSlice, icmpv4::DestUnreachableHeader};
-use lb_agent::{
-    model::Protocol,
-    testrun::{self, CLIENT_MAC, NODE_MAC, TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC},
-};
+use lb_agent::model::Protocol;
 use lb_common::stat;
+use lb_lab::testrun::{self, CLIENT_MAC, NODE_MAC, TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC};
 
 use common::sa;
 
@@ -92,7 +90,6 @@ fn check(l: &mut Loaded, f: &Fixture) {
     }
 }
 
-
 fn assert_icmp_unreachable(name: &str, input: &[u8], out: &[u8], from: Ipv4Addr) {
     let p = SlicedPacket::from_ethernet(out).unwrap_or_else(|e| panic!("{name}: unparsable ICMP: {e}"));
     let eth = p.link.as_ref().unwrap().to_header().unwrap();
@@ -108,11 +105,7 @@ fn assert_icmp_unreachable(name: &str, input: &[u8], out: &[u8], from: Ipv4Addr)
     assert_eq!(Ipv4Addr::from(header.source), from, "{name}: ICMP source is the dialled address");
     assert_eq!(&header.destination[..], &input_ip[12..16], "{name}: sent back to the client");
     let Some(TransportSlice::Icmpv4(icmp)) = &p.transport else { panic!("{name}: not ICMP") };
-    assert_eq!(
-        icmp.icmp_type(),
-        Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::Port),
-        "{name}: type 3 code 3"
-    );
+    assert_eq!(icmp.icmp_type(), Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::Port), "{name}: type 3 code 3");
     let quote = &input_ip[..28];
     assert_eq!(icmp.payload(), quote, "{name}: quotes the IP header and 8 bytes");
     let want = etherparse::Icmpv4Header::with_checksum(icmp.icmp_type(), icmp.payload());
@@ -480,10 +473,7 @@ fn a_rst_outside_the_window_neither_ends_nor_resteers_a_flow() {
         lb_common::CT_SERVICE,
     );
     let e = l.reconciler.maps().ct.get(&key).unwrap().unwrap();
-    assert_eq!(
-        lb_common::ct::entry_state(lb_common::IPPROTO_TCP, lb_common::CT_SERVICE, &e),
-        lb_common::ct::State::TcpClosing
-    );
+    assert_eq!(lb_common::ct::entry_state(lb_common::IPPROTO_TCP, lb_common::CT_SERVICE, &e), lb_common::ct::State::TcpClosing);
     assert_eq!(l.stat(stat::RST_IGNORED), 20, "the in-window RST counted");
 }
 
@@ -496,12 +486,9 @@ fn two_flows_from_one_client_port_to_one_backend_keep_apart() {
     // source port for both would put both flows on one reply tuple.
     let mut l = Loaded::new(
         "clash",
-        [
-            frontend("10.96.0.50:80", Protocol::Tcp, &["10.244.0.12:8080"]),
-            frontend("10.96.0.51:80", Protocol::Tcp, &["10.244.0.12:8080"]),
-        ]
-        .into_iter()
-        .collect(),
+        [frontend("10.96.0.50:80", Protocol::Tcp, &["10.244.0.12:8080"]), frontend("10.96.0.51:80", Protocol::Tcp, &["10.244.0.12:8080"])]
+            .into_iter()
+            .collect(),
     );
     let client = sa("10.244.0.11:40000");
     let (a, b) = (sa("10.96.0.50:80"), sa("10.96.0.51:80"));

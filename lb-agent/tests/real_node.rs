@@ -24,8 +24,8 @@ use std::{
 use common::{Agent, ManifestDir, PinDir, kernel_tests_enabled, service_yaml};
 use lb_common::stat;
 use lb_lab::{
-    ClusterLab, ClusterOptions, NODE_IP, NodeLab, Overlay, Server, is_connection_refused, node_ip, tcp_request,
-    tcp_request_with, tcp_server, udp_echo, udp_padded, udp_request, udp_request_with,
+    ClusterLab, ClusterOptions, NODE_IP, NodeLab, Overlay, Server, is_connection_refused, node_ip, tcp_request, tcp_request_with,
+    tcp_server, udp_echo, udp_padded, udp_request, udp_request_with,
 };
 
 const VIP: &str = "10.96.0.10";
@@ -38,10 +38,8 @@ fn vip(port: u16) -> SocketAddrV4 {
 /// server on 8080 that answers with the pod's name.
 fn node_lab() -> (NodeLab, Vec<Server>) {
     let lab = NodeLab::new(&["client", "web-a", "web-b"]).unwrap();
-    let servers = ["web-a", "web-b"]
-        .iter()
-        .map(|n| tcp_server(&lab.pod(n).ns, SocketAddrV4::new(lab.pod(n).ip, 8080), n).unwrap())
-        .collect();
+    let servers =
+        ["web-a", "web-b"].iter().map(|n| tcp_server(&lab.pod(n).ns, SocketAddrV4::new(lab.pod(n).ip, 8080), n).unwrap()).collect();
     (lab, servers)
 }
 
@@ -125,8 +123,8 @@ fn a_4000_byte_udp_answer_crosses_a_clusterip_in_fragments() {
     }
     // A 3000-byte query fragments on the way there too.
     let big = vec![b'x'; 3000];
-    let (reply, _) = udp_request_with(&lab.pod("client").ns, vip(53), &big, Duration::from_secs(2))
-        .unwrap_or_else(|e| panic!("big query: {e:#}"));
+    let (reply, _) =
+        udp_request_with(&lab.pod("client").ns, vip(53), &big, Duration::from_secs(2)).unwrap_or_else(|e| panic!("big query: {e:#}"));
     assert!(reply.starts_with(&format!("dns:{}", "x".repeat(3000))), "the query came through whole");
     assert!(agent.maps().stat(stat::FRAGMENT_TRANSLATED).unwrap() >= 6, "later fragments were translated");
 }
@@ -183,12 +181,7 @@ fn a_half_closed_stream_outlives_the_closing_timeout() {
     });
     let dir = ManifestDir::new("halfclose");
     dir.write("slow.yaml", &service_yaml("slow", VIP, 80, "TCP", 8080, &[slow.ip]));
-    let agent = Agent::start_with(
-        &lab.node,
-        &dir.0,
-        PinDir::new("halfclose"),
-        &["--ct-tcp-closing-timeout", "1", "--ct-gc-interval", "1"],
-    );
+    let agent = Agent::start_with(&lab.node, &dir.0, PinDir::new("halfclose"), &["--ct-tcp-closing-timeout", "1", "--ct-gc-interval", "1"]);
     agent.wait_rows("the endpoint", |rows| rows.len() == 1 && rows[0].backends.len() == 1);
     let answer = lab
         .pod("client")
@@ -312,7 +305,12 @@ fn a_clusterip_reaches_a_backend_on_another_node_over_vxlan() {
     let agents: Vec<Agent> = (0..2)
         .map(|n| {
             let node = lab.node(n);
-            Agent::start_with(&node.ns, &dir.0, PinDir::new(&format!("vxlan-{n}")), &["--external-ifaces", lb_lab::EXT_IF, "--node-name", &node.name])
+            Agent::start_with(
+                &node.ns,
+                &dir.0,
+                PinDir::new(&format!("vxlan-{n}")),
+                &["--external-ifaces", lb_lab::EXT_IF, "--node-name", &node.name],
+            )
         })
         .collect();
     agents[0].wait_rows("both frontends", |rows| rows.len() == 2);
@@ -421,7 +419,12 @@ fn a_nodeport_download_crosses_a_hop_with_a_smaller_mtu() {
     let agents: Vec<Agent> = (0..2)
         .map(|n| {
             let node = lab.node(n);
-            Agent::start_with(&node.ns, &dir.0, PinDir::new(&format!("pmtu-{n}")), &["--external-ifaces", lb_lab::EXT_IF, "--node-name", &node.name])
+            Agent::start_with(
+                &node.ns,
+                &dir.0,
+                PinDir::new(&format!("pmtu-{n}")),
+                &["--external-ifaces", lb_lab::EXT_IF, "--node-name", &node.name],
+            )
         })
         .collect();
     agents[0].wait_rows("both NodePorts", |rows| rows.iter().filter(|r| r.frontend.starts_with(&node_ip(0).to_string())).count() == 2);
@@ -436,7 +439,9 @@ fn a_nodeport_download_crosses_a_hop_with_a_smaller_mtu() {
                 s.read_to_end(&mut buf)?;
                 Ok(buf.len())
             })
-            .unwrap_or_else(|e| panic!("download through NodePort {port}: {e}\n{}", agents.iter().map(Agent::log_text).collect::<String>()));
+            .unwrap_or_else(|e| {
+                panic!("download through NodePort {port}: {e}\n{}", agents.iter().map(Agent::log_text).collect::<String>())
+            });
         assert_eq!(got, 300_000, "the whole download through NodePort {port}");
     }
     // The router's "fragmentation needed" errors were what got through.

@@ -101,9 +101,7 @@ fn a_restarted_reconciler_rewrites_nothing_and_drops_orphans() {
     }
     let l = Loaded::new("reconcile-restart", services(1..9));
     let before = backends(l.reconciler.maps());
-    let ids_before: Vec<u32> = (1..9)
-        .map(|i| l.reconciler.frontend_id(&service(i).0).unwrap())
-        .collect();
+    let ids_before: Vec<u32> = (1..9).map(|i| l.reconciler.frontend_id(&service(i).0).unwrap()).collect();
     // An orphan, as an interrupted run could leave behind.
     let mut maps = Maps::open(&l.pins.0).unwrap();
     let orphan = Backend4 { addr: u32::from_ne_bytes([10, 244, 7, 7]), port: 80u16.to_be(), proto: 6, flags: 0, version: 1, _pad: 0 };
@@ -177,7 +175,11 @@ fn the_fake_maps_answer_as_the_pinned_maps() {
         let (b, dump_b) = step(&mut fake, d, fault);
         assert_eq!(dump_a, dump_b, "{name}: the pinned maps (left) and the fake (right) differ");
         assert_eq!(a.errors, b.errors, "{name}");
-        assert_eq!((a.ops, a.added, a.updated, a.removed, a.maglev_tables), (b.ops, b.added, b.updated, b.removed, b.maglev_tables), "{name}");
+        assert_eq!(
+            (a.ops, a.added, a.updated, a.removed, a.maglev_tables),
+            (b.ops, b.added, b.updated, b.removed, b.maglev_tables),
+            "{name}"
+        );
         match *name {
             "slots full mid-update" => assert!(a.errors[0].contains("map LB4_SLOTS is full (6 entries)"), "{:?}", a.errors),
             "flip fails" => assert!(a.errors[0].contains("writing map LB4_SERVICES failed"), "{:?}", a.errors),

@@ -23,8 +23,8 @@ use lb_agent::{
     },
 };
 use lb_common::{
-    Affinity4, Affinity4Key, Backend4, CT_REPLY, CT_SERVICE, Ct4Key, CtEntry, CtTimeouts, RevNat4, SCOPE_INTERNAL,
-    Service4Key, Service4Value, Slot, SlotKey, Vip4, svc_flags, vip_flags,
+    Affinity4, Affinity4Key, Backend4, CT_REPLY, CT_SERVICE, Ct4Key, CtEntry, CtTimeouts, RevNat4, SCOPE_INTERNAL, Service4Key,
+    Service4Value, Slot, SlotKey, Vip4, svc_flags, vip_flags,
 };
 
 /// Small maps, so that a test can fill one.
@@ -134,15 +134,18 @@ fn view(maps: &impl MapStore) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     for (k, v) in maps.services().unwrap() {
         let slots: Vec<String> = (0..v.count)
-            .map(|slot| match maps.slot(&SlotKey { svc_id: v.id, slot, generation: v.generation }).unwrap() {
+            .map(|slot| match maps.slot(&SlotKey { frontend_id: v.frontend_id, slot, generation: v.generation }).unwrap() {
                 Some(s) => name_of(s.backend_id),
                 None => format!("?slot{slot}"),
             })
             .collect();
-        let name = maps.name(v.id).unwrap().map(|n| lb_agent::maps::svc_name_str(&n)).unwrap_or_default();
-        let maglev = maps.maglev_table(v.id).unwrap().map(|t| t.iter().map(|id| name_of(*id)).collect::<Vec<_>>().join(" "));
+        let name = maps.name(v.frontend_id).unwrap().map(|n| lb_agent::maps::svc_name_str(&n)).unwrap_or_default();
+        let maglev = maps.maglev_table(v.frontend_id).unwrap().map(|t| t.iter().map(|id| name_of(*id)).collect::<Vec<_>>().join(" "));
         let key = format!("{}:{}/{}", ip(k.addr), u16::from_be(k.port), k.proto);
-        out.insert(key, format!("{name} flags {:#x} timeout {} slots [{}] maglev {maglev:?}", v.flags, v.affinity_timeout, slots.join(" ")));
+        out.insert(
+            key,
+            format!("{name} flags {:#x} timeout {} slots [{}] maglev {maglev:?}", v.flags, v.affinity_timeout, slots.join(" ")),
+        );
     }
     let mut all: Vec<String> = backends.keys().map(|id| name_of(*id)).collect();
     all.sort();
@@ -169,17 +172,19 @@ fn check_consistent(case: &str, maps: &impl MapStore, stats: &Stats) {
         let fe = format!("{}:{}", ip(k.addr), u16::from_be(k.port));
         let kind = lb_agent::vips::kind(v.flags);
         assert!(vips_full || vips.get(&k.addr).is_some_and(|f| f & kind != 0), "{case}: {fe} is not in LB4_VIPS as {kind:#x}:\n{}", text());
-        let r = revnat.get(&v.id).copied().unwrap_or(RevNat4 { addr: 0, port: 0, version: 0 });
-        assert!(r.addr == k.addr && r.port == k.port, "{case}: {fe}'s rev-NAT slot {} holds {r:?}:\n{}", v.id, text());
+        let r = revnat.get(&v.frontend_id).copied().unwrap_or(RevNat4 { addr: 0, port: 0, version: 0 });
+        assert!(r.addr == k.addr && r.port == k.port, "{case}: {fe}'s rev-NAT slot {} holds {r:?}:\n{}", v.frontend_id, text());
         let mut slot_backends = Vec::new();
         for slot in 0..v.count {
-            let s = maps.slot(&SlotKey { svc_id: v.id, slot, generation: v.generation }).unwrap();
+            let s = maps.slot(&SlotKey { frontend_id: v.frontend_id, slot, generation: v.generation }).unwrap();
             let s = s.unwrap_or_else(|| panic!("{case}: {fe} has no slot {slot}:\n{}", text()));
-            let b = backends.get(&s.backend_id).unwrap_or_else(|| panic!("{case}: {fe}'s slot {slot} names a backend that is gone:\n{}", text()));
+            let b = backends
+                .get(&s.backend_id)
+                .unwrap_or_else(|| panic!("{case}: {fe}'s slot {slot} names a backend that is gone:\n{}", text()));
             assert_eq!(b.proto, k.proto, "{case}: {fe}");
             slot_backends.push(s.backend_id);
         }
-        if let Some(table) = maps.maglev_table(v.id).unwrap() {
+        if let Some(table) = maps.maglev_table(v.frontend_id).unwrap() {
             assert!(v.flags & svc_flags::MAGLEV != 0 || table.iter().all(|id| backends.contains_key(id)), "{case}: {fe}");
             for id in &table {
                 assert!(
@@ -197,10 +202,10 @@ fn check_consistent(case: &str, maps: &impl MapStore, stats: &Stats) {
 /// and every slot to a live generation.
 fn check_no_leftovers(case: &str, maps: &impl MapStore) {
     let services = maps.services().unwrap();
-    let ids: Vec<u32> = services.iter().map(|(_, v)| v.id).collect();
+    let ids: Vec<u32> = services.iter().map(|(_, v)| v.frontend_id).collect();
     let text = || dump(maps).unwrap();
     for (k, _) in maps.slots().unwrap() {
-        let live = services.iter().any(|(_, v)| v.id == k.svc_id && v.generation == k.generation && k.slot < v.count);
+        let live = services.iter().any(|(_, v)| v.frontend_id == k.frontend_id && v.generation == k.generation && k.slot < v.count);
         assert!(live, "{case}: slot {k:?} is not live:\n{}", text());
     }
     for (id, r) in maps.revnats().unwrap() {
@@ -981,8 +986,8 @@ fn backend(addr: [u8; 4], port: u16, proto: u8, version: u16) -> Backend4 {
     Backend4 { addr: u32::from_ne_bytes(addr), port: port.to_be(), proto, flags: 0, version, _pad: 0 }
 }
 
-fn slot(svc_id: u32, generation: u16, slot: u16) -> SlotKey {
-    SlotKey { svc_id, slot, generation }
+fn slot(frontend_id: u32, generation: u16, slot: u16) -> SlotKey {
+    SlotKey { frontend_id, slot, generation }
 }
 
 fn recoveries() -> Vec<Recovery> {
@@ -1096,11 +1101,12 @@ fn recoveries() -> Vec<Recovery> {
             leave: |m| {
                 let mut internal = service_key([10, 96, 0, 1], 80, 6);
                 internal.scope = SCOPE_INTERNAL;
-                m.insert_service(&internal, &Service4Value { id: 3, count: 1, generation: 0, flags: 0, affinity_timeout: 0 }).unwrap();
+                m.insert_service(&internal, &Service4Value { frontend_id: 3, count: 1, generation: 0, flags: 0, affinity_timeout: 0 })
+                    .unwrap();
                 m.insert_slot(&slot(3, 0, 0), &Slot { backend_id: 1 }).unwrap();
                 // SCTP, with a backend of its own.
                 let sctp = service_key([10, 96, 0, 7], 9, 132);
-                m.insert_service(&sctp, &Service4Value { id: 2, count: 1, generation: 0, flags: 0, affinity_timeout: 0 }).unwrap();
+                m.insert_service(&sctp, &Service4Value { frontend_id: 2, count: 1, generation: 0, flags: 0, affinity_timeout: 0 }).unwrap();
                 m.set_revnat(2, &RevNat4 { addr: sctp.addr, port: sctp.port, version: 1 }).unwrap();
                 m.insert_slot(&slot(2, 0, 0), &Slot { backend_id: 8 }).unwrap();
                 m.set_backend(8, &backend([10, 244, 8, 8], 9, 132, 1)).unwrap();
@@ -1213,7 +1219,7 @@ fn udp_flow(maps: &mut FakeMaps, client: ([u8; 4], u16), frontend: ([u8; 4], u16
         nat_sport: nat_sport.to_be(),
         nat_dport: nat_dport.to_be(),
         backend_id: ids.1,
-        rev_nat_id: ids.0,
+        frontend_id: ids.0,
         seq: 0,
         tcp_flags: 0,
         peer_flags: 0,
@@ -1249,7 +1255,7 @@ fn a_backend_that_leaves_one_frontend_but_serves_another_loses_only_that_fronten
     udp_flow(maps, (client, 5000), ([10, 96, 0, 71], 53), ([10, 244, 1, 10], 5353), (1, 1));
     udp_flow(maps, (client, 5001), ([10, 96, 0, 71], 53), ([10, 244, 1, 11], 5353), (1, 2));
     udp_flow(maps, (client, 5002), ([10, 96, 0, 72], 53), ([10, 244, 1, 10], 5353), (2, 1));
-    let affinity = |svc_id| Affinity4Key { client: u32::from_ne_bytes(client) as u64, svc_id, svc_version: 1, _pad: 0 };
+    let affinity = |frontend_id| Affinity4Key { client: u32::from_ne_bytes(client) as u64, frontend_id, frontend_version: 1, _pad: 0 };
     let to_shared = Affinity4 { last_used: NOW, backend_id: 1, backend_version: 1, _pad: 0 };
     maps.insert_affinity(&affinity(1), &to_shared);
     maps.insert_affinity(&affinity(2), &to_shared);

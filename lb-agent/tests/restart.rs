@@ -26,7 +26,7 @@ use std::{
 
 use common::{Agent, ManifestDir, PinDir, kernel_tests_enabled, wait_for};
 use lb_agent::links;
-use lb_lab::{ClusterLab, NodeLab, Netns, Server, node_ip, tcp_server, udp_echo};
+use lb_lab::{ClusterLab, Netns, NodeLab, Server, node_ip, tcp_server, udp_echo};
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 const STREAM_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 11);
@@ -267,13 +267,7 @@ impl Traffic {
     }
 
     fn report(&self) -> String {
-        [
-            self.clusterip.line("clusterip"),
-            self.udp.line("udp"),
-            self.stream.line("stream"),
-            self.nodeport.line("nodeport"),
-        ]
-        .join("\n")
+        [self.clusterip.line("clusterip"), self.udp.line("udp"), self.stream.line("stream"), self.nodeport.line("nodeport")].join("\n")
     }
 
     fn finish(mut self) -> String {
@@ -285,10 +279,7 @@ impl Traffic {
     }
 
     fn failed(&self) -> u64 {
-        [&self.clusterip, &self.udp, &self.stream, &self.nodeport]
-            .iter()
-            .map(|t| t.failed.load(Ordering::SeqCst))
-            .sum()
+        [&self.clusterip, &self.udp, &self.stream, &self.nodeport].iter().map(|t| t.failed.load(Ordering::SeqCst)).sum()
     }
 
     fn ok(&self) -> [u64; 4] {
@@ -347,7 +338,7 @@ fn prog_name(id: u32) -> String {
 /// names): tcx ingress and egress from the kernel (BPF_PROG_QUERY: this
 /// bpftool predates tcx), XDP from `bpftool net show`.
 fn hooks(ns: &Netns) -> Vec<(String, Vec<String>)> {
-    let ifaces = ns.run(|| lb_agent::netns::interfaces().unwrap());
+    let ifaces = ns.run(|| lb_agent::host::interfaces().unwrap());
     let mut found = Vec::new();
     for (ifindex, name) in ifaces {
         for ingress in [true, false] {
@@ -616,7 +607,7 @@ fn a_new_pod_is_served_from_its_first_packet() {
     let attached = |name: &str| -> bool {
         let Ok(ifindex) = node.run({
             let name = name.to_string();
-            move || lb_agent::netns::ifindex(&name)
+            move || lb_agent::host::ifindex(&name)
         }) else {
             return false;
         };

@@ -10,11 +10,9 @@ use common::{Loaded, frontend, kernel_tests_enabled, sa};
 use lb_agent::{
     gc::monotonic_ns,
     model::{Desired, FrontendAddr, Protocol},
-    testrun,
 };
-use lb_common::{
-    Affinity4Key, CT_SERVICE, CtTimeouts, ct_flags, hash::flow_hash, sizes, svc_flags,
-};
+use lb_common::{Affinity4Key, CT_SERVICE, CtTimeouts, ct_flags, hash::flow_hash, sizes, svc_flags};
+use lb_lab::testrun;
 
 const CLIENT_IP: &str = "10.244.0.11";
 
@@ -70,13 +68,7 @@ fn maglev_picks_exactly_the_agents_table_slot() {
     for port in 30000..30300u16 {
         let c = client(port);
         let out = l.run(&testrun::tcp(c, vip, "S", 1, b""));
-        let hash = flow_hash(
-            u32::from_ne_bytes(c.ip().octets()),
-            u32::from_ne_bytes(vip.ip().octets()),
-            port.to_be(),
-            80u16.to_be(),
-            6,
-        );
+        let hash = flow_hash(u32::from_ne_bytes(c.ip().octets()), u32::from_ne_bytes(vip.ip().octets()), port.to_be(), 80u16.to_be(), 6);
         let want = backend_of[&table[(hash % sizes::MAGLEV_M) as usize]];
         assert_eq!(dnat_target(&out.packet), want, "flow from port {port}");
         *used.entry(want).or_default() += 1;
@@ -98,7 +90,15 @@ fn maglev_picks_exactly_the_agents_table_slot() {
 
     // Removing one backend moves only the flows it had (plus ~1%).
     let before: Vec<SocketAddrV4> = (30000..30300u16)
-        .map(|p| backend_of[&table[(flow_hash(u32::from_ne_bytes(client(p).ip().octets()), u32::from_ne_bytes(vip.ip().octets()), p.to_be(), 80u16.to_be(), 6) % sizes::MAGLEV_M) as usize]])
+        .map(|p| {
+            backend_of[&table[(flow_hash(
+                u32::from_ne_bytes(client(p).ip().octets()),
+                u32::from_ne_bytes(vip.ip().octets()),
+                p.to_be(),
+                80u16.to_be(),
+                6,
+            ) % sizes::MAGLEV_M) as usize]]
+        })
         .collect();
     let four: Vec<String> = five[..4].to_vec();
     let stats = l.reconciler.apply(&desired(vec![svc("10.96.0.40:80", &four, svc_flags::MAGLEV, 0)]));
@@ -143,12 +143,9 @@ fn session_affinity_pins_a_client_until_it_expires_or_its_backend_goes() {
 
     // Expire the client's entry: its next connection is chosen afresh
     // (and sticks again). Ageing the entry stands in for waiting.
-    let id = l
-        .reconciler
-        .frontend_id(&FrontendAddr { ip: *vip.ip(), port: 80, proto: Protocol::Tcp })
-        .unwrap();
-    let svc_version = l.reconciler.maps().revnat.get(id).unwrap().version;
-    let key = Affinity4Key { client: u32::from_ne_bytes(client(0).ip().octets()) as u64, svc_id: id, svc_version, _pad: 0 };
+    let id = l.reconciler.frontend_id(&FrontendAddr { ip: *vip.ip(), port: 80, proto: Protocol::Tcp }).unwrap();
+    let frontend_version = l.reconciler.maps().revnat.get(id).unwrap().version;
+    let key = Affinity4Key { client: u32::from_ne_bytes(client(0).ip().octets()) as u64, frontend_id: id, frontend_version, _pad: 0 };
     let mut moved = false;
     for round in 0..30u16 {
         let mut entry = l.reconciler.maps().affinity.get(&key).unwrap().expect("affinity entry");
@@ -372,10 +369,8 @@ fn a_reused_client_port_never_puts_two_flows_on_one_backend_tuple() {
     // so the backend sees two tuples (and a tuple in TIME_WAIT there is
     // never reused).
     let two = backends(2);
-    let mut l = Loaded::new(
-        "tuple-reuse",
-        desired(vec![svc("10.96.0.80:80", &two, 0, 0), svc("10.96.0.81:80", &two, svc_flags::MAGLEV, 0)]),
-    );
+    let mut l =
+        Loaded::new("tuple-reuse", desired(vec![svc("10.96.0.80:80", &two, 0, 0), svc("10.96.0.81:80", &two, svc_flags::MAGLEV, 0)]));
     let (a, b) = (sa("10.96.0.80:80"), sa("10.96.0.81:80"));
     let mut same_backend = 0;
     for port in 41000..41060u16 {

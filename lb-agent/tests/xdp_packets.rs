@@ -27,10 +27,10 @@ use lb_agent::{
     datapath::{TC_EGRESS_PROGRAM, XDP_PASS_PROGRAM, XDP_PROGRAM},
     model::{Backend, BackendAddr, Cidr, Desired, Frontend, FrontendAddr, Protocol},
     reconcile::Stats,
-    testrun::{self, Frame, Outcome, XDP_DROP, XDP_PASS, XDP_TX},
 };
 use lb_common::{NodeConfig, node_flags, svc_flags};
 use lb_lab::Netns;
+use lb_lab::testrun::{self, Frame, Outcome, XDP_DROP, XDP_PASS, XDP_TX};
 
 const EXT_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x50, 0x01];
 const NODE_B_MAC: [u8; 6] = [0x02, 0, 0, 0, 0x50, 0x02];
@@ -105,12 +105,7 @@ fn ifindex(name: &str) -> u32 {
 
 fn backend(addr: &str, proto: Protocol, node: &str) -> Backend {
     let a = sa(addr);
-    Backend {
-        addr: BackendAddr { ip: *a.ip(), port: a.port(), proto },
-        terminating: false,
-        node_name: Some(node.into()),
-        zone: None,
-    }
+    Backend { addr: BackendAddr { ip: *a.ip(), port: a.port(), proto }, terminating: false, node_name: Some(node.into()), zone: None }
 }
 
 fn front(addr: &str, proto: Protocol, flags: u32, backends: Vec<Backend>) -> (FrontendAddr, Frontend) {
@@ -205,7 +200,6 @@ impl Fixture {
         self.l.run(input)
     }
 }
-
 
 fn expect(name: &str, out: &Outcome, verdict: i32, packet: &[u8]) {
     assert_eq!(out.verdict, verdict, "{name}: verdict");
@@ -354,12 +348,7 @@ fn source_ranges_allow_and_deny() {
     let mut fx = Fixture::new("xdp-ranges", (NAT_PORT, NAT_PORT));
     let lb = sa("192.168.60.10:80");
     let out = fx.run(&testrun::tcp_frame(IN, client(40020), lb, "S", 1, b""));
-    expect(
-        "allowed source",
-        &out,
-        XDP_TX,
-        &testrun::tcp_frame(TO_B, node(NAT_PORT), sa("10.244.2.11:8080"), "S", 1, b""),
-    );
+    expect("allowed source", &out, XDP_TX, &testrun::tcp_frame(TO_B, node(NAT_PORT), sa("10.244.2.11:8080"), "S", 1, b""));
     let outsider = sa("10.1.1.1:40000");
     let out = fx.run(&testrun::tcp_frame(IN, outsider, lb, "S", 1, b""));
     assert_eq!(out.verdict, XDP_DROP, "a source outside loadBalancerSourceRanges is dropped");
@@ -467,12 +456,14 @@ fn bench_xdp_nodeport_per_packet() {
     // The self-mapping frontend of the ping-pong.
     let vip = sa("192.168.50.7:30080");
     let be = sa("192.168.50.7:61000");
-    let (a, f) = front("192.168.50.7:30080", Protocol::Tcp, svc_flags::NODE_PORT, vec![backend("192.168.50.7:61000", Protocol::Tcp, "node-b")]);
+    let (a, f) =
+        front("192.168.50.7:30080", Protocol::Tcp, svc_flags::NODE_PORT, vec![backend("192.168.50.7:61000", Protocol::Tcp, "node-b")]);
     let (mut d, _) = desired();
     d.insert(a, f);
     // A local backend that is the frontend itself: DNAT leaves the packet
     // as it was, so every run is an established local-backend packet.
-    let (a, f) = front("192.168.50.8:30085", Protocol::Tcp, svc_flags::NODE_PORT, vec![backend("192.168.50.8:30085", Protocol::Tcp, "node-a")]);
+    let (a, f) =
+        front("192.168.50.8:30085", Protocol::Tcp, svc_flags::NODE_PORT, vec![backend("192.168.50.8:30085", Protocol::Tcp, "node-a")]);
     d.insert(a, f);
     let stats = fx.l.reconciler.apply(&d);
     assert!(stats.errors.is_empty(), "{:?}", stats.errors);
@@ -588,7 +579,8 @@ fn fragments_through_a_nodeport_get_the_datagrams_translation() {
     assert_eq!(fx.l.stat(lb_common::stat::FRAGMENT_TRANSLATED), 2);
     // A later fragment to a LoadBalancer IP whose first fragment never
     // came is dropped, never routed on untranslated.
-    let (_, later) = common::fragment(&common::with_ip_id(&testrun::udp_frame(IN, client(40051), sa("192.168.60.10:80"), &payload), 3), 1480);
+    let (_, later) =
+        common::fragment(&common::with_ip_id(&testrun::udp_frame(IN, client(40051), sa("192.168.60.10:80"), &payload), 3), 1480);
     assert_eq!(fx.run(&later).verdict, XDP_DROP);
     // One to the node's address passes: it may be the node's own traffic.
     let (_, later) = common::fragment(&common::with_ip_id(&testrun::udp_frame(IN, client(40052), node(30053), &payload), 4), 1480);
@@ -672,10 +664,7 @@ fn a_packet_too_big_for_the_path_to_a_remote_backend_gets_frag_needed() {
     let Some(NetSlice::Ipv4(ip)) = &p.net else { panic!("not IPv4") };
     assert_eq!(Ipv4Addr::from(ip.header().source()), *node(0).ip(), "from the NodePort's address");
     let Some(TransportSlice::Icmpv4(icmp)) = &p.transport else { panic!("not ICMP") };
-    assert_eq!(
-        icmp.icmp_type(),
-        Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1000 })
-    );
+    assert_eq!(icmp.icmp_type(), Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1000 }));
     assert_eq!(icmp.payload(), &big[14..14 + 28], "quotes the packet as the client sent it");
     assert_eq!(fx.l.stat(lb_common::stat::FRAG_NEEDED_SENT), 1);
     // In generic mode a long frame may be a GSO super-packet, which the
@@ -733,7 +722,8 @@ fn two_nodeport_flows_from_one_client_port_to_one_local_backend_keep_apart() {
     let mut fx = Fixture::new("xdp-clash", (NAT_PORT, NAT_PORT + 100));
     // A second NodePort with the same local backend as 30081.
     let (mut d, _) = desired();
-    let (a, f) = front("192.168.50.1:30083", Protocol::Tcp, svc_flags::NODE_PORT, vec![backend("10.244.1.10:8080", Protocol::Tcp, "node-a")]);
+    let (a, f) =
+        front("192.168.50.1:30083", Protocol::Tcp, svc_flags::NODE_PORT, vec![backend("10.244.1.10:8080", Protocol::Tcp, "node-a")]);
     d.insert(a, f);
     let stats = fx.l.reconciler.apply(&d);
     assert!(stats.errors.is_empty(), "{:?}", stats.errors);

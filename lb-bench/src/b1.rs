@@ -31,8 +31,8 @@ use lb_agent::{
     maps::Maps,
     model::{Backend, BackendAddr, Frontend, FrontendAddr, Protocol},
     reconcile::Reconciler,
-    testrun::{self, TC_ACT_UNSPEC},
 };
+use lb_lab::testrun::{self, TC_ACT_UNSPEC};
 
 use crate::{services, sys};
 
@@ -117,15 +117,10 @@ fn sizes_for(services: usize, endpoints: usize, new_flows: usize) -> MapSizes {
     let fe = (services + 16) as u32;
     MapSizes {
         services: fe.next_power_of_two().max(1024),
-        backends: ((services * endpoints + 64) as u32)
-            .next_power_of_two()
-            .max(1024),
-        slots: ((services * endpoints) as u32 + (services * endpoints / 10) as u32 + 4096)
-            .max(4096),
+        backends: ((services * endpoints + 64) as u32).next_power_of_two().max(1024),
+        slots: ((services * endpoints) as u32 + (services * endpoints / 10) as u32 + 4096).max(4096),
         // Two entries per new flow, every round, plus headroom: no eviction.
-        ct_tcp: ((new_flows as u32 * 2 + 1024) * 2)
-            .next_power_of_two()
-            .max(4096),
+        ct_tcp: ((new_flows as u32 * 2 + 1024) * 2).next_power_of_two().max(4096),
         ..MapSizes::default()
     }
 }
@@ -143,19 +138,11 @@ const NP_PONG: SocketAddrV4 = SocketAddrV4::new(NODE_IP, 30081);
 const NP_TARGET: SocketAddrV4 = SocketAddrV4::new(NODE_IP, 30000);
 
 fn one_backend(name: &str, at: SocketAddrV4, to: SocketAddrV4) -> (FrontendAddr, Frontend) {
-    let addr = FrontendAddr {
-        ip: *at.ip(),
-        port: at.port(),
-        proto: Protocol::Tcp,
-    };
+    let addr = FrontendAddr { ip: *at.ip(), port: at.port(), proto: Protocol::Tcp };
     let fe = Frontend {
         addr,
         name: name.into(),
-        backends: vec![Backend::ready(BackendAddr {
-            ip: *to.ip(),
-            port: to.port(),
-            proto: Protocol::Tcp,
-        })],
+        backends: vec![Backend::ready(BackendAddr { ip: *to.ip(), port: to.port(), proto: Protocol::Tcp })],
         flags: 0,
         affinity_timeout: 0,
     };
@@ -178,46 +165,27 @@ pub fn run_one(opts: &B1Options, n: usize) -> Result<B1Row> {
     desired.insert(b, fb);
     let has_xdp = dp.ebpf.program(XDP_PROGRAM).is_some();
     if has_xdp {
-        for (name, at, to) in [
-            ("bench/np-ping:http", NP_PING, NP_PONG),
-            ("bench/np-pong:http", NP_PONG, NP_PING),
-        ] {
+        for (name, at, to) in [("bench/np-ping:http", NP_PING, NP_PONG), ("bench/np-pong:http", NP_PONG, NP_PING)] {
             let (addr, mut fe) = one_backend(name, at, to);
             fe.flags = lb_common::svc_flags::NODE_PORT;
             desired.insert(addr, fe);
         }
         if let Some(last) = svcs.last() {
             let mut fe = services::frontend(last);
-            fe.addr = FrontendAddr {
-                ip: *NP_TARGET.ip(),
-                port: NP_TARGET.port(),
-                proto: Protocol::Tcp,
-            };
+            fe.addr = FrontendAddr { ip: *NP_TARGET.ip(), port: NP_TARGET.port(), proto: Protocol::Tcp };
             fe.name = format!("{}:nodeport", last.name);
             fe.flags = lb_common::svc_flags::NODE_PORT;
             desired.insert(fe.addr, fe);
         }
     }
-    let (reconciler, program_time) = fill(
-        pins.path(),
-        reconciler,
-        &desired,
-        n * opts.endpoints <= opts.reconcile_limit,
-    )?;
+    let (reconciler, program_time) = fill(pins.path(), reconciler, &desired, n * opts.endpoints <= opts.reconcile_limit)?;
 
     {
-        let xdp: &mut Xdp = dp
-            .ebpf
-            .program_mut(XDP_PASS_PROGRAM)
-            .with_context(|| format!("{XDP_PASS_PROGRAM} missing from the object"))?
-            .try_into()?;
-        xdp.load()
-            .with_context(|| format!("loading {XDP_PASS_PROGRAM}"))?;
+        let xdp: &mut Xdp =
+            dp.ebpf.program_mut(XDP_PASS_PROGRAM).with_context(|| format!("{XDP_PASS_PROGRAM} missing from the object"))?.try_into()?;
+        xdp.load().with_context(|| format!("loading {XDP_PASS_PROGRAM}"))?;
     }
-    let target = SocketAddrV4::new(
-        svcs.last().map(|s| s.ip).unwrap_or(*PING.ip()),
-        services::SERVICE_PORT,
-    );
+    let target = SocketAddrV4::new(svcs.last().map(|s| s.ip).unwrap_or(*PING.ip()), services::SERVICE_PORT);
     let client = SocketAddrV4::new(Ipv4Addr::new(10, 244, 0, 11), 40000);
 
     sys::pin_thread(opts.cpu)?;
@@ -229,12 +197,8 @@ pub fn run_one(opts: &B1Options, n: usize) -> Result<B1Row> {
 
     // Floor.
     let floor_pkt = ack(client, target);
-    let floor_ns = best_of(opts.rounds, || {
-        Ok(testrun::time_xdp(xdp, &floor_pkt, opts.repeat)?.1)
-    })?;
-    let floor_r1_ns = mean_r1(opts.new_flows.min(20_000), |_| {
-        run_xdp_once(xdp, &floor_pkt)
-    })?;
+    let floor_ns = best_of(opts.rounds, || Ok(testrun::time_xdp(xdp, &floor_pkt, opts.repeat)?.1))?;
+    let floor_r1_ns = mean_r1(opts.new_flows.min(20_000), |_| run_xdp_once(xdp, &floor_pkt))?;
 
     // Established flow, ping-pong, repeat = N. The first run creates the
     // two conntrack entries; check that an even repeat count lands back on
@@ -243,14 +207,8 @@ pub fn run_one(opts: &B1Options, n: usize) -> Result<B1Row> {
     let mut out = vec![0u8; pp.len() + 256];
     let r = run_tc(tc, &pp, &mut out, 4)?;
     ensure!(r == TC_ACT_UNSPEC as u32, "ping-pong verdict {r}");
-    ensure!(
-        out[30..34] == PING.ip().octets(),
-        "ping-pong: packet did not come back to the first frontend"
-    );
-    let established_ns = best_of(
-        opts.rounds,
-        || Ok(testrun::time_tc(tc, &pp, opts.repeat)?.1),
-    )?;
+    ensure!(out[30..34] == PING.ip().octets(), "ping-pong: packet did not come back to the first frontend");
+    let established_ns = best_of(opts.rounds, || Ok(testrun::time_tc(tc, &pp, opts.repeat)?.1))?;
 
     // Established flow to a regular service, repeat = 1.
     let est = ack(client, target);
@@ -290,22 +248,12 @@ pub fn run_one(opts: &B1Options, n: usize) -> Result<B1Row> {
         ensure!(r == pass, "XDP ping-pong verdict {r}");
         // Both frontends share the node address; the port tells them apart.
         let port = u16::from_be_bytes([out[36], out[37]]);
-        ensure!(
-            port == NP_PING.port() || port == NP_PONG.port(),
-            "XDP ping-pong: packet went to port {port}"
-        );
-        let established_ns = best_of(opts.rounds, || {
-            Ok(testrun::time_xdp(np, &pp, opts.repeat)?.1)
-        })?;
+        ensure!(port == NP_PING.port() || port == NP_PONG.port(), "XDP ping-pong: packet went to port {port}");
+        let established_ns = best_of(opts.rounds, || Ok(testrun::time_xdp(np, &pp, opts.repeat)?.1))?;
         let est = ack(client, NP_TARGET);
         let (v, _) = testrun::time_xdp(np, &est, 1)?;
-        ensure!(
-            v == pass,
-            "XDP verdict {v} for an established NodePort flow"
-        );
-        let established_r1_ns = mean_r1(opts.new_flows.min(20_000), |_| {
-            run_xdp_checked(np, &est, pass)
-        })?;
+        ensure!(v == pass, "XDP verdict {v} for an established NodePort flow");
+        let established_r1_ns = mean_r1(opts.new_flows.min(20_000), |_| run_xdp_checked(np, &est, pass))?;
         let mut means = Vec::new();
         let mut all = Vec::with_capacity(total_new);
         for _ in 0..opts.rounds {
@@ -332,11 +280,7 @@ pub fn run_one(opts: &B1Options, n: usize) -> Result<B1Row> {
     // Every new flow made two conntrack entries (none evicted).
     let ct_entries = reconciler.maps().ct.tcp.map.keys().count();
     let flows = if has_xdp { 2 * total_new } else { total_new };
-    ensure!(
-        ct_entries >= 2 * flows,
-        "expected {} conntrack entries after the new-flow runs, found {ct_entries}",
-        2 * flows
-    );
+    ensure!(ct_entries >= 2 * flows, "expected {} conntrack entries after the new-flow runs, found {ct_entries}", 2 * flows);
     Ok(B1Row {
         services: n,
         program_time,
@@ -364,11 +308,7 @@ pub fn fill(
         let started = Instant::now();
         let stats = reconciler.apply(desired);
         let took = started.elapsed();
-        ensure!(
-            stats.errors.is_empty(),
-            "programming: {:?}",
-            &stats.errors[..stats.errors.len().min(3)]
-        );
+        ensure!(stats.errors.is_empty(), "programming: {:?}", &stats.errors[..stats.errors.len().min(3)]);
         return Ok((reconciler, Some(took)));
     }
     drop(reconciler);
@@ -376,16 +316,9 @@ pub fn fill(
     write_directly(&mut maps, desired)?;
     let mut reconciler = Reconciler::recover(maps)?;
     let stats = reconciler.apply(desired);
-    ensure!(
-        stats.errors.is_empty(),
-        "programming: {:?}",
-        &stats.errors[..stats.errors.len().min(3)]
-    );
+    ensure!(stats.errors.is_empty(), "programming: {:?}", &stats.errors[..stats.errors.len().min(3)]);
     if stats.ops > 0 {
-        eprintln!(
-            "lb-bench: the reconciler rewrote {} entries of the direct fill",
-            stats.ops
-        );
+        eprintln!("lb-bench: the reconciler rewrote {} entries of the direct fill", stats.ops);
     }
     Ok((reconciler, None))
 }
@@ -416,31 +349,14 @@ pub fn write_directly(maps: &mut Maps, desired: &lb_agent::model::Desired) -> Re
     for (i, fe) in desired.values().enumerate() {
         let id = i as u32 + 1;
         let key = fe.addr.key();
-        maps.revnat.set(
-            id,
-            &RevNat4 {
-                addr: key.addr,
-                port: key.port,
-                version: 1,
-            },
-        )?;
-        maps.names
-            .insert(&RevNatKey { id }, &lb_agent::maps::svc_name(&fe.name))?;
+        maps.revnat.set(id, &RevNat4 { addr: key.addr, port: key.port, version: 1 })?;
+        maps.names.insert(&RevNatKey { frontend_id: id }, &lb_agent::maps::svc_name(&fe.name))?;
         let slots: Vec<u32> = fe.slot_backends().map(|b| ids[&b.addr]).collect();
         for (s, backend_id) in slots.iter().enumerate() {
-            maps.slots.insert(
-                &SlotKey {
-                    svc_id: id,
-                    slot: s as u16,
-                    generation: 0,
-                },
-                &Slot {
-                    backend_id: *backend_id,
-                },
-            )?;
+            maps.slots.insert(&SlotKey { frontend_id: id, slot: s as u16, generation: 0 }, &Slot { backend_id: *backend_id })?;
         }
         let v = Service4Value {
-            id,
+            frontend_id: id,
             count: slots.len() as u16,
             generation: 0,
             flags: fe.flags,

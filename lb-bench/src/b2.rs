@@ -66,11 +66,7 @@ impl Pcts {
             let i = ((v.len() as f64 * q).ceil() as usize).clamp(1, v.len()) - 1;
             v[i].as_secs_f64() * 1e6
         };
-        Pcts {
-            p50: at(0.50),
-            p90: at(0.90),
-            p99: at(0.99),
-        }
+        Pcts { p50: at(0.50), p90: at(0.90), p99: at(0.99) }
     }
 }
 
@@ -97,10 +93,7 @@ pub const BACKENDS: usize = 10;
 /// backend pods as endpoints.
 pub fn service_list(n: usize, endpoints: usize, backends: &[std::net::Ipv4Addr]) -> Vec<Svc> {
     let mut svcs = services::generate(n.max(2), endpoints);
-    let real: Vec<_> = backends
-        .iter()
-        .map(|&ip| (ip, services::TARGET_PORT))
-        .collect();
+    let real: Vec<_> = backends.iter().map(|&ip| (ip, services::TARGET_PORT)).collect();
     let last = svcs.len() - 1;
     svcs[0].endpoints = real.clone();
     svcs[last].endpoints = real;
@@ -127,18 +120,12 @@ impl Drop for LeanServer {
 pub fn lean_server(ns: &lb_lab::Netns, addr: SocketAddrV4) -> Result<LeanServer> {
     use std::{os::fd::AsRawFd, sync::atomic::Ordering};
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let listener = ns
-        .run(move || std::net::TcpListener::bind(addr))
-        .context("bind")?;
+    let listener = ns.run(move || std::net::TcpListener::bind(addr)).context("bind")?;
     let s2 = stop.clone();
     let thread = std::thread::spawn(move || {
         let mut buf = [0u8; 256];
         while !s2.load(Ordering::Relaxed) {
-            let mut pfd = libc::pollfd {
-                fd: listener.as_raw_fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            };
+            let mut pfd = libc::pollfd { fd: listener.as_raw_fd(), events: libc::POLLIN, revents: 0 };
             // SAFETY: one valid pollfd.
             if unsafe { libc::poll(&mut pfd, 1, 50) } <= 0 {
                 continue;
@@ -154,10 +141,7 @@ pub fn lean_server(ns: &lb_lab::Netns, addr: SocketAddrV4) -> Result<LeanServer>
             // Everything the client sent was read: close() sends a FIN.
         }
     });
-    Ok(LeanServer {
-        stop,
-        thread: Some(thread),
-    })
+    Ok(LeanServer { stop, thread: Some(thread) })
 }
 
 pub fn lab(backends: usize) -> Result<(NodeLab, Vec<LeanServer>)> {
@@ -167,21 +151,14 @@ pub fn lab(backends: usize) -> Result<(NodeLab, Vec<LeanServer>)> {
     let lab = NodeLab::new(&refs)?;
     let mut servers = Vec::new();
     for p in &lab.pods[1..] {
-        servers.push(lean_server(
-            &p.ns,
-            SocketAddrV4::new(p.ip, services::TARGET_PORT),
-        )?);
+        servers.push(lean_server(&p.ns, SocketAddrV4::new(p.ip, services::TARGET_PORT))?);
     }
     Ok((lab, servers))
 }
 
 /// `count` sequential connections to `to` from `ns`; returns the request
 /// and connect latencies and the number of failures.
-pub fn connections(
-    ns: &lb_lab::Netns,
-    to: SocketAddrV4,
-    count: usize,
-) -> (Vec<Duration>, Vec<Duration>, usize) {
+pub fn connections(ns: &lb_lab::Netns, to: SocketAddrV4, count: usize) -> (Vec<Duration>, Vec<Duration>, usize) {
     ns.run(move || {
         let mut req = Vec::with_capacity(count);
         let mut conn = Vec::with_capacity(count);
@@ -270,10 +247,7 @@ pub fn run(o: &B2Options, skip: &[(Kind, usize, String)]) -> Result<Vec<B2Row>> 
             };
             // (A block moves the Option, so nothing of it outlives `lab`.)
             let Some(installed) = ({ installed }) else {
-                eprintln!(
-                    "lb-bench: B2 {kind} with {n} services: the rules did not load within {:?}; not measured",
-                    o.install_budget
-                );
+                eprintln!("lb-bench: B2 {kind} with {n} services: the rules did not load within {:?}; not measured", o.install_budget);
                 not_measured(
                     &mut rows,
                     kind,
@@ -292,16 +266,9 @@ pub fn run(o: &B2Options, skip: &[(Kind, usize, String)]) -> Result<Vec<B2Row>> 
                 let to = SocketAddrV4::new(s.ip, s.port);
                 // Warm-up: neighbours, caches, the servers' first threads.
                 let (_, _, warm_fail) = connections(client, to, 50.min(o.connections));
-                ensure!(
-                    warm_fail == 0,
-                    "{kind}, {n} services: {warm_fail} of the warm-up connections to {to} failed"
-                );
+                ensure!(warm_fail == 0, "{kind}, {n} services: {warm_fail} of the warm-up connections to {to} failed");
                 let (req, conn, failures) = connections(client, to, o.connections);
-                ensure!(
-                    failures * 100 <= o.connections,
-                    "{kind}, {n} services: {failures} of {} connections failed",
-                    o.connections
-                );
+                ensure!(failures * 100 <= o.connections, "{kind}, {n} services: {failures} of {} connections failed", o.connections);
                 let row = B2Row {
                     kind,
                     services: n,

@@ -108,11 +108,7 @@ pub struct BaseTimings {
 
 impl Default for BaseTimings {
     fn default() -> Self {
-        BaseTimings {
-            full: Took::NotRun,
-            add_service: Took::NotRun,
-            add_endpoint: Took::NotRun,
-        }
+        BaseTimings { full: Took::NotRun, add_service: Took::NotRun, add_endpoint: Took::NotRun }
     }
 }
 
@@ -142,9 +138,7 @@ pub(crate) fn map_sizes(services: usize, endpoints: usize) -> MapSizes {
 fn scenarios(o: &B3Options) -> (Vec<Svc>, Vec<Svc>, Vec<Svc>, usize) {
     let base = services::generate(o.services, o.endpoints);
     let mut plus_svc = base.clone();
-    let extra = services::generate(o.services + 1, o.endpoints)
-        .pop()
-        .expect("one more");
+    let extra = services::generate(o.services + 1, o.endpoints).pop().expect("one more");
     plus_svc.push(extra);
     let mut plus_ep = plus_svc.clone();
     let changed = plus_ep.len() / 2;
@@ -158,12 +152,7 @@ fn scenarios(o: &B3Options) -> (Vec<Svc>, Vec<Svc>, Vec<Svc>, usize) {
 /// budget), then +1 service and +1 endpoint. Returns the pins (filled with
 /// the base set) for the agent run.
 #[allow(clippy::type_complexity)]
-fn time_ours(
-    o: &B3Options,
-    base: &[Svc],
-    plus_svc: &[Svc],
-    plus_ep: &[Svc],
-) -> Result<(Timings, u64, bool, (usize, Duration))> {
+fn time_ours(o: &B3Options, base: &[Svc], plus_svc: &[Svc], plus_ep: &[Svc]) -> Result<(Timings, u64, bool, (usize, Duration))> {
     let probe_n = (o.services / 10).max(1);
     let probe = {
         let pins = sys::Pins::new("b3-probe");
@@ -175,11 +164,7 @@ fn time_ours(
         let start = Instant::now();
         let s = rec.apply(&d);
         let took = start.elapsed();
-        ensure!(
-            s.errors.is_empty(),
-            "probe sync: {:?}",
-            &s.errors[..s.errors.len().min(3)]
-        );
+        ensure!(s.errors.is_empty(), "probe sync: {:?}", &s.errors[..s.errors.len().min(3)]);
         took
     };
     let scale = o.services as f64 / probe_n as f64;
@@ -188,11 +173,7 @@ fn time_ours(
     eprintln!(
         "lb-bench: B3 agent probe: {probe_n} services in {probe:?}; quadratic estimate at {}: {estimate:?} ({})",
         o.services,
-        if measure {
-            "running it"
-        } else {
-            "over the budget: filling directly"
-        }
+        if measure { "running it" } else { "over the budget: filling directly" }
     );
 
     let pins = sys::Pins::new("b3");
@@ -200,11 +181,7 @@ fn time_ours(
     let mut maps = Maps::open(pins.path())?;
     maps.write_config(&crate::ready_config())?;
     let rec = Reconciler::recover(maps)?;
-    let (d0, d1, d2) = (
-        services::to_desired(base),
-        services::to_desired(plus_svc),
-        services::to_desired(plus_ep),
-    );
+    let (d0, d1, d2) = (services::to_desired(base), services::to_desired(plus_svc), services::to_desired(plus_ep));
     let me = std::process::id().to_string();
     let hwm_before = sys::status_kib(&me, "VmHWM").unwrap_or(0);
     let mut t = Timings::default();
@@ -219,12 +196,7 @@ fn time_ours(
     let s = rec.apply(&d2);
     t.add_endpoint = start.elapsed();
     ensure!(s.errors.is_empty() && s.updated == 1, "+1 endpoint: {s:?}");
-    Ok((
-        t,
-        hwm_after.saturating_sub(hwm_before),
-        measure,
-        (probe_n, probe),
-    ))
+    Ok((t, hwm_after.saturating_sub(hwm_before), measure, (probe_n, probe)))
 }
 
 fn time_iptables(
@@ -244,25 +216,14 @@ fn time_iptables(
         cmd.arg("--noflush");
         budgeted(cmd, rules, o.baseline_budget)
     };
-    let mut t = BaseTimings {
-        full: restore(&full)?,
-        ..BaseTimings::default()
-    };
+    let mut t = BaseTimings { full: restore(&full)?, ..BaseTimings::default() };
     let mut resync = Took::NotRun;
     if t.full.ran().is_some() {
         let new = plus_svc.last().expect("non-empty");
         t.add_service = restore(&services::iptables_partial(plus_svc, &[new]))?;
         t.add_endpoint = restore(&services::iptables_partial(plus_ep, &[&plus_ep[changed]]))?;
         if t.add_service.ran().is_some() && t.add_endpoint.ran().is_some() {
-            check_iptables(
-                &ns,
-                if legacy {
-                    "iptables-legacy"
-                } else {
-                    "iptables"
-                },
-                plus_ep.len(),
-            )?;
+            check_iptables(&ns, if legacy { "iptables-legacy" } else { "iptables" }, plus_ep.len())?;
         }
         // kube-proxy's full resync at N+1 (it runs one periodically, and
         // after any partial sync failure).
@@ -279,28 +240,11 @@ fn nfacct_available(ns: &Netns) -> bool {
     cmd.args(["-t", "filter", "-N", "LB-BENCH-PROBE"]);
     let _ = cmd.stdout(Stdio::null()).stderr(Stdio::null()).status();
     let mut cmd = ns.command("iptables");
-    cmd.args([
-        "-A",
-        "LB-BENCH-PROBE",
-        "-m",
-        "nfacct",
-        "--nfacct-name",
-        "lb_bench_probe",
-        "-j",
-        "RETURN",
-    ]);
-    let ok = cmd
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
+    cmd.args(["-A", "LB-BENCH-PROBE", "-m", "nfacct", "--nfacct-name", "lb_bench_probe", "-j", "RETURN"]);
+    let ok = cmd.stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
     for args in [&["-F", "LB-BENCH-PROBE"][..], &["-X", "LB-BENCH-PROBE"][..]] {
         let mut cmd = ns.command("iptables");
-        let _ = cmd
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status();
+        let _ = cmd.args(args).stdout(Stdio::null()).stderr(Stdio::null()).status();
     }
     ok
 }
@@ -311,25 +255,12 @@ fn check_iptables(ns: &Netns, program: &str, services: usize) -> Result<()> {
     let mut cmd = ns.command(program);
     cmd.args(["-t", "nat", "-S", "KUBE-SERVICES"]);
     let out = cmd.output().context("iptables -S")?;
-    let rules = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| l.starts_with("-A"))
-        .count();
-    ensure!(
-        rules == services + 1,
-        "KUBE-SERVICES holds {rules} rules, expected {}",
-        services + 1
-    );
+    let rules = String::from_utf8_lossy(&out.stdout).lines().filter(|l| l.starts_with("-A")).count();
+    ensure!(rules == services + 1, "KUBE-SERVICES holds {rules} rules, expected {}", services + 1);
     Ok(())
 }
 
-fn time_nft(
-    o: &B3Options,
-    base: &[Svc],
-    plus_svc: &[Svc],
-    plus_ep: &[Svc],
-    changed: usize,
-) -> Result<(BaseTimings, usize)> {
+fn time_nft(o: &B3Options, base: &[Svc], plus_svc: &[Svc], plus_ep: &[Svc], changed: usize) -> Result<(BaseTimings, usize)> {
     let ns = Netns::new("b3-nft")?;
     let nft = |rules: &str| -> Result<Took> {
         let mut cmd = ns.command("nft");
@@ -337,10 +268,7 @@ fn time_nft(
         budgeted(cmd, rules, o.baseline_budget)
     };
     let full = services::nft_full(base);
-    let mut t = BaseTimings {
-        full: nft(&full)?,
-        ..BaseTimings::default()
-    };
+    let mut t = BaseTimings { full: nft(&full)?, ..BaseTimings::default() };
     if t.full.ran().is_some() {
         let new = plus_svc.last().expect("non-empty");
         t.add_service = nft(&services::nft_partial(&[new]))?;
@@ -350,14 +278,8 @@ fn time_nft(
             let mut cmd = ns.command("nft");
             cmd.args(["list", "map", "ip", "kube-proxy", "service-ips"]);
             let out = cmd.output().context("nft list map")?;
-            let elems = String::from_utf8_lossy(&out.stdout)
-                .matches("goto ")
-                .count();
-            ensure!(
-                elems == plus_ep.len(),
-                "service-ips holds {elems} elements, expected {}",
-                plus_ep.len()
-            );
+            let elems = String::from_utf8_lossy(&out.stdout).matches("goto ").count();
+            ensure!(elems == plus_ep.len(), "service-ips holds {elems} elements, expected {}", plus_ep.len());
         }
     }
     Ok((t, full.lines().count()))
@@ -373,11 +295,7 @@ pub(crate) fn manifests_from(svcs: &[Svc], first: usize) -> String {
     let mut out = String::with_capacity(svcs.len() * 700);
     for (i, s) in svcs.iter().enumerate() {
         let name = format!("svc-{}", first + i);
-        let eps: String = s
-            .endpoints
-            .iter()
-            .map(|(ip, _)| format!("- addresses: [{ip}]\n  conditions: {{ready: true}}\n"))
-            .collect();
+        let eps: String = s.endpoints.iter().map(|(ip, _)| format!("- addresses: [{ip}]\n  conditions: {{ready: true}}\n")).collect();
         let _ = write!(
             out,
             "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: bench}}\nspec:\n  clusterIP: {}\n  ports: [{{name: http, port: {}, protocol: TCP, targetPort: {}}}]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {name}-1, namespace: bench, labels: {{kubernetes.io/service-name: {name}}}}}\naddressType: IPv4\nports: [{{name: http, port: {}, protocol: TCP}}]\nendpoints:\n{eps}",
@@ -410,26 +328,19 @@ fn agent_run(bin: &Path, svcs: &[Svc], extra: &Svc, o: &B3Options, prefill: bool
     }
     let ns = Netns::new("b3-agent")?;
     let mut cmd = ns.command(bin);
-    cmd.args([
-        "run",
-        "--no-socket-lb",
-        "--pod-ifaces",
-        "lbbench-none*",
-        "--poll-interval-ms",
-        "50",
-    ])
-    .arg("--manifests")
-    .arg(&dir)
-    .arg("--bpffs")
-    .arg(pins.path())
-    .args(["--services-size", &sizes.services.to_string()])
-    .args(["--backends-size", &sizes.backends.to_string()])
-    .args(["--slots-size", &sizes.slots.to_string()])
-    .env("RUST_LOG", "info")
-    .env("NO_COLOR", "1")
-    .stdin(Stdio::null())
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped());
+    cmd.args(["run", "--no-socket-lb", "--pod-ifaces", "lbbench-none*", "--poll-interval-ms", "50"])
+        .arg("--manifests")
+        .arg(&dir)
+        .arg("--bpffs")
+        .arg(pins.path())
+        .args(["--services-size", &sizes.services.to_string()])
+        .args(["--backends-size", &sizes.backends.to_string()])
+        .args(["--slots-size", &sizes.slots.to_string()])
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
     let start = Instant::now();
     let child = ns.spawn(&mut cmd)?;
     let mut child = child.into_inner();
@@ -438,11 +349,7 @@ fn agent_run(bin: &Path, svcs: &[Svc], extra: &Svc, o: &B3Options, prefill: bool
     let mut result = Err(anyhow::anyhow!("the agent exited before its first sync"));
     let mut log = Vec::new();
     let apply_us = |line: &str| -> Duration {
-        let us: u64 = line
-            .split_whitespace()
-            .find_map(|w| w.strip_prefix("apply_us="))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0);
+        let us: u64 = line.split_whitespace().find_map(|w| w.strip_prefix("apply_us=")).and_then(|v| v.parse().ok()).unwrap_or(0);
         Duration::from_micros(us)
     };
     let mut lines = BufReader::new(stderr).lines();
@@ -451,21 +358,19 @@ fn agent_run(bin: &Path, svcs: &[Svc], extra: &Svc, o: &B3Options, prefill: bool
         if line.contains("synced manifests") {
             let wall = start.elapsed();
             let vm_hwm_kib = sys::status_kib(&pid, "VmHWM").unwrap_or(0);
-            result = Ok(AgentRun {
-                prefilled: prefill,
-                sync: apply_us(&line),
-                wall,
-                vm_hwm_kib,
-                add_service: None,
-            });
+            result = Ok(AgentRun { prefilled: prefill, sync: apply_us(&line), wall, vm_hwm_kib, add_service: None });
             break;
         }
         log.push(line);
     }
-    if let Ok(run) = &mut result {
-        // One more Service in a file of its own; the agent notices it at
-        // its next poll of the directory.
-        fs::write(dir.join("zz-extra.yaml"), manifests_from(std::slice::from_ref(extra), svcs.len()))?;
+    // One more Service in a file of its own; the agent notices it at its
+    // next poll of the directory. (A failed write is reported after the
+    // agent is stopped.)
+    let extra_written = match &result {
+        Ok(_) => fs::write(dir.join("zz-extra.yaml"), manifests_from(std::slice::from_ref(extra), svcs.len())),
+        Err(_) => Ok(()),
+    };
+    if let (Ok(run), Ok(())) = (&mut result, &extra_written) {
         for line in lines {
             let Ok(line) = line else { break };
             if line.contains("synced manifests") {
@@ -485,16 +390,8 @@ fn agent_run(bin: &Path, svcs: &[Svc], extra: &Svc, o: &B3Options, prefill: bool
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    result.map_err(|e| {
-        e.context(
-            log.iter()
-                .rev()
-                .take(5)
-                .cloned()
-                .collect::<Vec<_>>()
-                .join(" | "),
-        )
-    })
+    extra_written.context("writing the extra Service")?;
+    result.map_err(|e| e.context(log.iter().rev().take(5).cloned().collect::<Vec<_>>().join(" | ")))
 }
 
 /// A directory removed (with what it holds) on drop.
@@ -512,10 +409,7 @@ pub fn run(o: &B3Options, agent_bin: Option<&Path>) -> Result<B3Result> {
     }
     let (base, plus_svc, plus_ep, changed) = scenarios(o);
     let (ours, hwm, measured, probe) = time_ours(o, &base, &plus_svc, &plus_ep).context("agent")?;
-    eprintln!(
-        "lb-bench: B3 agent: full {:?}, +1 svc {:?}, +1 ep {:?}",
-        ours.full, ours.add_service, ours.add_endpoint
-    );
+    eprintln!("lb-bench: B3 agent: full {:?}, +1 svc {:?}, +1 ep {:?}", ours.full, ours.add_service, ours.add_endpoint);
     let agent = agent_bin.map(|bin| {
         let extra = plus_svc.last().expect("one more");
         agent_run(bin, &base, extra, o, o.agent_prefilled || !measured).map_err(|e| format!("{e:#}"))
@@ -523,25 +417,11 @@ pub fn run(o: &B3Options, agent_bin: Option<&Path>) -> Result<B3Result> {
     if let Some(a) = &agent {
         eprintln!("lb-bench: B3 lb-agent run: {a:?}");
     }
-    let (iptables, iptables_full_resync, iptables_lines) = time_iptables(
-        crate::dp::Kind::Iptables,
-        o,
-        &base,
-        &plus_svc,
-        &plus_ep,
-        changed,
-    )
-    .context("iptables")?;
+    let (iptables, iptables_full_resync, iptables_lines) =
+        time_iptables(crate::dp::Kind::Iptables, o, &base, &plus_svc, &plus_ep, changed).context("iptables")?;
     eprintln!("lb-bench: B3 iptables: {iptables:?}, full resync {iptables_full_resync:?}");
-    let (iptables_legacy, _, _) = time_iptables(
-        crate::dp::Kind::IptablesLegacy,
-        o,
-        &base,
-        &plus_svc,
-        &plus_ep,
-        changed,
-    )
-    .context("iptables-legacy")?;
+    let (iptables_legacy, _, _) =
+        time_iptables(crate::dp::Kind::IptablesLegacy, o, &base, &plus_svc, &plus_ep, changed).context("iptables-legacy")?;
     eprintln!("lb-bench: B3 iptables-legacy: {iptables_legacy:?}");
     let (nft, nft_lines) = time_nft(o, &base, &plus_svc, &plus_ep, changed).context("nftables")?;
     eprintln!("lb-bench: B3 nftables: {nft:?}");

@@ -83,9 +83,7 @@ fn udp_sink(ns: &lb_lab::Netns, addr: SocketAddrV4) -> Result<Sink> {
     let stop = Arc::new(AtomicBool::new(false));
     let count = Arc::new(AtomicU64::new(0));
     let (s2, c2) = (stop.clone(), count.clone());
-    let sock = ns
-        .run(move || UdpSocket::bind(addr))
-        .context("bind UDP sink")?;
+    let sock = ns.run(move || UdpSocket::bind(addr)).context("bind UDP sink")?;
     sock.set_read_timeout(Some(Duration::from_millis(50)))?;
     let thread = std::thread::spawn(move || {
         let mut buf = [0u8; 2048];
@@ -95,20 +93,14 @@ fn udp_sink(ns: &lb_lab::Netns, addr: SocketAddrV4) -> Result<Sink> {
             }
         }
     });
-    Ok(Sink {
-        stop,
-        count,
-        thread: Some(thread),
-    })
+    Ok(Sink { stop, count, thread: Some(thread) })
 }
 
 fn tcp_sink(ns: &lb_lab::Netns, addr: SocketAddrV4) -> Result<Sink> {
     let stop = Arc::new(AtomicBool::new(false));
     let count = Arc::new(AtomicU64::new(0));
     let (s2, c2) = (stop.clone(), count.clone());
-    let listener = ns
-        .run(move || TcpListener::bind(addr))
-        .context("bind TCP sink")?;
+    let listener = ns.run(move || TcpListener::bind(addr)).context("bind TCP sink")?;
     listener.set_nonblocking(true)?;
     let thread = std::thread::spawn(move || {
         let mut buf = vec![0u8; 256 * 1024];
@@ -125,21 +117,13 @@ fn tcp_sink(ns: &lb_lab::Netns, addr: SocketAddrV4) -> Result<Sink> {
                     Ok(n) => {
                         c2.fetch_add(n as u64, Ordering::Relaxed);
                     }
-                    Err(e)
-                        if matches!(
-                            e.kind(),
-                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                        ) => {}
+                    Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
                     Err(_) => break,
                 }
             }
         }
     });
-    Ok(Sink {
-        stop,
-        count,
-        thread: Some(thread),
-    })
+    Ok(Sink { stop, count, thread: Some(thread) })
 }
 
 /// Runs `f` (the sender) and returns its result with the softirq share of
@@ -181,11 +165,7 @@ fn tcp_send(ns: &lb_lab::Netns, to: SocketAddrV4, secs: f64) -> Result<u64> {
         while Instant::now() < end {
             match s.write(&buf) {
                 Ok(n) => sent += n as u64,
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                    ) => {}
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
                 Err(e) => return Err(e.into()),
             }
         }
@@ -251,8 +231,5 @@ fn run_one(kind: Kind, o: &B4Options) -> Result<B4Row> {
 }
 
 pub fn run(o: &B4Options) -> Result<Vec<B4Row>> {
-    Kind::ALL
-        .iter()
-        .map(|&k| run_one(k, o).with_context(|| format!("B4 {k}")))
-        .collect()
+    Kind::ALL.iter().map(|&k| run_one(k, o).with_context(|| format!("B4 {k}"))).collect()
 }

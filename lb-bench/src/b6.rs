@@ -136,25 +136,13 @@ impl Plan {
     /// pods, the fillers' its first two.
     pub fn new(base_services: usize, steps: usize) -> Result<Plan> {
         // 10.96.0.10 + n must stay below the fillers' 10.97.0.0/16.
-        ensure!(
-            base_services + 1 < 65_000,
-            "B6 takes at most 65,000 base Services ({base_services} asked)"
-        );
+        ensure!(base_services + 1 < 65_000, "B6 takes at most 65,000 base Services ({base_services} asked)");
         let base = services::generate(base_services, BASE_ENDPOINTS);
         let pods: Vec<Ipv4Addr> = (0..PODS.len()).map(lb_lab::pod_ip).collect();
-        let mut churn = Churn::new(
-            services::cluster_ip(base_services),
-            pods.clone(),
-            pods[..2].to_vec(),
-            SEED,
-        );
+        let mut churn = Churn::new(services::cluster_ip(base_services), pods.clone(), pods[..2].to_vec(), SEED);
         let view = |c: &Churn| -> Vec<Svc> { c.services.values().filter_map(kube_proxy_view).collect() };
         let initial = view(&churn);
-        let initial_files = churn
-            .services
-            .values()
-            .map(|s| (file_name(&s.name), churn::manifest(s)))
-            .collect();
+        let initial_files = churn.services.values().map(|s| (file_name(&s.name), churn::manifest(s))).collect();
         let initial_services = churn.services.len();
         let steps = (0..steps)
             .map(|_| {
@@ -183,13 +171,7 @@ impl Plan {
                 }
             })
             .collect();
-        Ok(Plan {
-            base,
-            initial,
-            initial_files,
-            initial_services,
-            steps,
-        })
+        Ok(Plan { base, initial, initial_files, initial_services, steps })
     }
 
     /// Every Service before the first step (base and churn), for the full
@@ -204,32 +186,19 @@ impl Plan {
         self.base
             .iter()
             .enumerate()
-            .map(|(i, s)| {
-                (
-                    format!("svc-{i}.yaml"),
-                    crate::b3::manifests_from(std::slice::from_ref(s), i),
-                )
-            })
+            .map(|(i, s)| (format!("svc-{i}.yaml"), crate::b3::manifests_from(std::slice::from_ref(s), i)))
             .chain(self.initial_files.iter().cloned())
     }
 
     /// Services (base and churn, with or without endpoints) after step
     /// `i`: what the agent's last sync should report.
     pub fn services_after(&self, i: usize) -> usize {
-        self.base.len()
-            + self
-                .steps
-                .get(i)
-                .map_or(self.initial_services, |s| s.services)
+        self.base.len() + self.steps.get(i).map_or(self.initial_services, |s| s.services)
     }
 
     /// The churn's rendered Services before step `i`.
     fn before(&self, i: usize) -> &[Svc] {
-        if i == 0 {
-            &self.initial
-        } else {
-            &self.steps[i - 1].svcs
-        }
+        if i == 0 { &self.initial } else { &self.steps[i - 1].svcs }
     }
 
     /// Every rendered Service after step `i`, base first.
@@ -298,11 +267,7 @@ pub fn check_rules(kind: Kind, ns: &lb_lab::Netns, services: usize) -> Result<()
             (cmd, services)
         }
         _ => {
-            let program = if kind == Kind::IptablesLegacy {
-                "iptables-legacy"
-            } else {
-                "iptables"
-            };
+            let program = if kind == Kind::IptablesLegacy { "iptables-legacy" } else { "iptables" };
             let mut cmd = ns.command(program);
             cmd.args(["-t", "nat", "-S", "KUBE-SERVICES"]);
             (cmd, services + 1)
@@ -314,10 +279,7 @@ pub fn check_rules(kind: Kind, ns: &lb_lab::Netns, services: usize) -> Result<()
         Kind::Nftables => text.matches("goto ").count(),
         _ => text.lines().filter(|l| l.starts_with("-A")).count(),
     };
-    ensure!(
-        found == expected,
-        "{kind}: the rules hold {found} service entries, expected {expected}"
-    );
+    ensure!(found == expected, "{kind}: the rules hold {found} service entries, expected {expected}");
     Ok(())
 }
 
@@ -409,9 +371,7 @@ fn sleep_until(at: Instant) {
 
 /// A `key=value` field of a log line, as a number.
 fn field(line: &str, key: &str) -> Option<u64> {
-    line.split_whitespace()
-        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
-        .and_then(|v| v.parse().ok())
+    line.split_whitespace().find_map(|w| w.strip_prefix(key)?.strip_prefix('=')).and_then(|v| v.parse().ok())
 }
 
 /// A line of the agent's log, with when it arrived and, for a
@@ -435,11 +395,7 @@ fn log_lines(stderr: std::process::ChildStderr, pid: u32) -> mpsc::Receiver<LogL
         for text in BufReader::new(stderr).lines() {
             let Ok(text) = text else { break };
             let at = Instant::now();
-            let cpu = if text.contains("synced manifests") {
-                sys::process_cpu(pid).ok()
-            } else {
-                None
-            };
+            let cpu = if text.contains("synced manifests") { sys::process_cpu(pid).ok() } else { None };
             if tx.send(LogLine { at, cpu, text }).is_err() {
                 break;
             }
@@ -575,10 +531,8 @@ fn run_agent(plan: &Plan, bin: &Path) -> Result<B6Row> {
         let mut problems = Vec::new();
         while !caught_up(&syncs, start, last_write, expected) {
             if last_write.elapsed() > CATCH_UP_BUDGET {
-                problems.push(format!(
-                    "no sync of the last step's state ({expected} Services) within {} s of it",
-                    CATCH_UP_BUDGET.as_secs()
-                ));
+                problems
+                    .push(format!("no sync of the last step's state ({expected} Services) within {} s of it", CATCH_UP_BUDGET.as_secs()));
                 break;
             }
             match rx.recv_timeout(Duration::from_millis(50)) {
@@ -663,17 +617,11 @@ fn run_baseline(kind: Kind, plan: &Plan, o: &B6Options) -> Result<B6Row> {
         Ok(None) => {
             return Ok(B6Row::not_run(
                 kind,
-                format!(
-                    "not run: the full ruleset ({lines} lines) did not load within {} s",
-                    o.baseline_budget.as_secs()
-                ),
+                format!("not run: the full ruleset ({lines} lines) did not load within {} s", o.baseline_budget.as_secs()),
             ));
         }
         Err(e) => {
-            return Ok(B6Row::not_run(
-                kind,
-                format!("not run: loading the full ruleset ({lines} lines) failed: {e:#}"),
-            ));
+            return Ok(B6Row::not_run(kind, format!("not run: loading the full ruleset ({lines} lines) failed: {e:#}")));
         }
     };
     drop(full);
@@ -715,10 +663,7 @@ fn run_baseline(kind: Kind, plan: &Plan, o: &B6Options) -> Result<B6Row> {
     let steps = stopped.unwrap_or(plan.steps.len());
     let mut notes = vec![
         format!("full load: {lines} lines in {:.2} s", load.as_secs_f64()),
-        format!(
-            "{:.0} lines per partial sync on average",
-            sync_lines as f64 / steps.max(1) as f64
-        ),
+        format!("{:.0} lines per partial sync on average", sync_lines as f64 / steps.max(1) as f64),
     ];
     // The schedule: the last step at (steps - 1) x STEP, then its sync.
     if stopped.is_none() && wall > STEP * steps as u32 + STEP {
@@ -793,9 +738,7 @@ pub fn run(o: &B6Options, agent_bin: Option<&Path>, skip: &[(Kind, usize, String
         let row = match kind {
             Kind::Ours => match agent_bin {
                 None => B6Row::not_run(kind, "not run: no agent binary (`--agent`)".into()),
-                Some(bin) => run_agent(&plan, bin).unwrap_or_else(|e| {
-                    B6Row::not_run(kind, format!("failed: {e:#}"))
-                }),
+                Some(bin) => run_agent(&plan, bin).unwrap_or_else(|e| B6Row::not_run(kind, format!("failed: {e:#}"))),
             },
             _ => match skip.iter().find(|(k, at, _)| *k == kind && total >= *at) {
                 Some((_, _, why)) => B6Row::not_run(kind, format!("not run: {why}")),
@@ -817,14 +760,7 @@ pub fn run(o: &B6Options, agent_bin: Option<&Path>, skip: &[(Kind, usize, String
         }
         rows.push(row);
     }
-    Ok(B6Result {
-        base_services: o.base_services,
-        steps,
-        churn_max,
-        churn_added,
-        churn_removed,
-        rows,
-    })
+    Ok(B6Result { base_services: o.base_services, steps, churn_max, churn_added, churn_removed, rows })
 }
 
 #[cfg(test)]

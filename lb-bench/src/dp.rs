@@ -30,12 +30,7 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub const ALL: [Kind; 4] = [
-        Kind::Ours,
-        Kind::Iptables,
-        Kind::IptablesLegacy,
-        Kind::Nftables,
-    ];
+    pub const ALL: [Kind; 4] = [Kind::Ours, Kind::Iptables, Kind::IptablesLegacy, Kind::Nftables];
 
     /// The restore command of an iptables kind.
     pub fn restore_command(self) -> &'static str {
@@ -72,12 +67,7 @@ pub const RECONCILE_LIMIT: usize = 2_000_000;
 
 /// Installs `kind` with `svcs` into the lab's node. `None` when the rules
 /// did not load within `budget` (the command was stopped).
-pub fn install<'a>(
-    kind: Kind,
-    lab: &'a NodeLab,
-    svcs: &[Svc],
-    budget: Option<std::time::Duration>,
-) -> Result<Option<Installed<'a>>> {
+pub fn install<'a>(kind: Kind, lab: &'a NodeLab, svcs: &[Svc], budget: Option<std::time::Duration>) -> Result<Option<Installed<'a>>> {
     let node = &lab.node;
     let started = std::time::Instant::now();
     let mut ours = None;
@@ -99,7 +89,7 @@ pub fn install<'a>(
             let dp = lab.node.run(move || -> Result<Datapath> {
                 let mut dp = Datapath::load(&path, &sizes)?;
                 for i in &ifaces {
-                    dp.attach_tc(lb_agent::netns::ifindex(i)?, i)?;
+                    dp.attach_tc(lb_agent::host::ifindex(i)?, i)?;
                 }
                 Ok(dp)
             })?;
@@ -113,10 +103,7 @@ pub fn install<'a>(
         Kind::Iptables | Kind::IptablesLegacy => {
             let mut cmd = lab.node.command(kind.restore_command());
             cmd.arg("--noflush");
-            if sys::run_stdin(&mut cmd, &services::iptables_restore(svcs, false), budget)
-                .context("iptables-restore")?
-                .is_none()
-            {
+            if sys::run_stdin(&mut cmd, &services::iptables_restore(svcs, false), budget).context("iptables-restore")?.is_none() {
                 // Whatever was loaded goes with the lab's namespace.
                 return Ok(None);
             }
@@ -124,20 +111,12 @@ pub fn install<'a>(
         Kind::Nftables => {
             let mut cmd = lab.node.command("nft");
             cmd.args(["-f", "-"]);
-            if sys::run_stdin(&mut cmd, &services::nft_full(svcs), budget)
-                .context("nft -f")?
-                .is_none()
-            {
+            if sys::run_stdin(&mut cmd, &services::nft_full(svcs), budget).context("nft -f")?.is_none() {
                 return Ok(None);
             }
         }
     }
-    Ok(Some(Installed {
-        kind,
-        took: started.elapsed(),
-        ours,
-        node,
-    }))
+    Ok(Some(Installed { kind, took: started.elapsed(), ours, node }))
 }
 
 impl Drop for Installed<'_> {

@@ -170,17 +170,11 @@ pub fn run_all(opts: &Options, out_dir: &Path) -> Result<report::Report> {
         r.b1 = Some(b1::run(o).context("B1")?);
     }
     if let Some(o) = &opts.b3 {
-        eprintln!(
-            "lb-bench: B3 programming time ({} services x {} endpoints)",
-            o.services, o.endpoints
-        );
+        eprintln!("lb-bench: B3 programming time ({} services x {} endpoints)", o.services, o.endpoints);
         r.b3 = Some(b3::run(o, opts.agent_bin.as_deref()).context("B3")?);
     }
     if let Some(o) = &opts.b2 {
-        eprintln!(
-            "lb-bench: B2 connection latency ({:?} services)",
-            o.services
-        );
+        eprintln!("lb-bench: B2 connection latency ({:?} services)", o.services);
         let skip = baseline_skips(&r);
         r.b2 = Some(b2::run(o, &skip).context("B2")?);
     }
@@ -189,10 +183,7 @@ pub fn run_all(opts: &Options, out_dir: &Path) -> Result<report::Report> {
         r.b4 = Some(b4::run(o).context("B4")?);
     }
     if let Some(o) = &opts.b6 {
-        eprintln!(
-            "lb-bench: B6 churn ({} s, {} base services)",
-            o.seconds, o.base_services
-        );
+        eprintln!("lb-bench: B6 churn ({} s, {} base services)", o.seconds, o.base_services);
         let skip = baseline_skips(&r);
         r.b6 = Some(b6::run(o, opts.agent_bin.as_deref(), &skip).context("B6")?);
     }
@@ -212,20 +203,14 @@ pub fn run_all(opts: &Options, out_dir: &Path) -> Result<report::Report> {
 fn baseline_skips(r: &report::Report) -> Vec<(dp::Kind, usize, String)> {
     let mut skip = Vec::new();
     if let Some(b3) = &r.b3 {
-        for (kind, t) in [
-            (dp::Kind::Iptables, b3.iptables.full),
-            (dp::Kind::IptablesLegacy, b3.iptables_legacy.full),
-            (dp::Kind::Nftables, b3.nft.full),
-        ] {
+        for (kind, t) in
+            [(dp::Kind::Iptables, b3.iptables.full), (dp::Kind::IptablesLegacy, b3.iptables_legacy.full), (dp::Kind::Nftables, b3.nft.full)]
+        {
             if let sys::Took::Over(b) = t {
                 skip.push((
                     kind,
                     b3.services,
-                    format!(
-                        "its rules did not load within {} s in B3 at {} services",
-                        b.as_secs(),
-                        b3.services
-                    ),
+                    format!("its rules did not load within {} s in B3 at {} services", b.as_secs(), b3.services),
                 ));
             }
         }
@@ -238,24 +223,9 @@ fn baseline_skips(r: &report::Report) -> Vec<(dp::Kind, usize, String)> {
 /// passes them). Returns the markdown table.
 fn b5() -> Option<String> {
     use std::fmt::Write as _;
-    let mut t = String::from(
-        "| backends | M | build time (best of 5) | table memory | published |\n|---:|---:|---:|---:|---|\n",
-    );
-    for (n, m) in [
-        (100usize, 16381u32),
-        (1000, 16381),
-        (100, 65537),
-        (1000, 65537),
-    ] {
-        let keys: Vec<String> = (0..n)
-            .map(|i| {
-                format!(
-                    "{}:{}",
-                    services::fake_endpoint(0, i, 1),
-                    services::TARGET_PORT
-                )
-            })
-            .collect();
+    let mut t = String::from("| backends | M | build time (best of 5) | table memory | published |\n|---:|---:|---:|---:|---|\n");
+    for (n, m) in [(100usize, 16381u32), (1000, 16381), (100, 65537), (1000, 65537)] {
+        let keys: Vec<String> = (0..n).map(|i| format!("{}:{}", services::fake_endpoint(0, i, 1), services::TARGET_PORT)).collect();
         let mut best = std::time::Duration::MAX;
         let mut len = 0;
         for _ in 0..5 {
@@ -270,12 +240,7 @@ fn b5() -> Option<String> {
             (1000, 65537) => "maglev_ex (Elixir): 19.0 ms",
             _ => "",
         };
-        let _ = writeln!(
-            t,
-            "| {n} | {m} | {:.2} ms | {:.0} KiB |  {anchor} |",
-            best.as_secs_f64() * 1e3,
-            (len * 4) as f64 / 1024.0
-        );
+        let _ = writeln!(t, "| {n} | {m} | {:.2} ms | {:.0} KiB |  {anchor} |", best.as_secs_f64() * 1e3, (len * 4) as f64 / 1024.0);
     }
     t.push_str("\nMethod: `lb_agent::maglev::build` on one thread, keys `ip:port` of distinct backends, best of 5 builds. ");
     t.push_str("Table memory is the M × 4-byte result; the builder's working state is two u64 per backend.\n");

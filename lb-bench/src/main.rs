@@ -8,10 +8,7 @@ use clap::Parser;
 use lb_bench::{Options, report, run_all};
 
 #[derive(Parser)]
-#[command(
-    name = "lb-bench",
-    about = "lb benchmarks: per-packet cost, connection latency, programming time, throughput, churn"
-)]
+#[command(name = "lb-bench", about = "lb benchmarks: per-packet cost, connection latency, programming time, throughput, churn")]
 struct Cli {
     /// A short run (a few minutes); without it, the full sizes.
     #[arg(long)]
@@ -85,24 +82,14 @@ struct Cli {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     if let Some(n) = cli.dump_iptables {
-        print!(
-            "{}",
-            lb_bench::services::iptables_restore(&lb_bench::services::generate(n, 10), true)
-        );
+        print!("{}", lb_bench::services::iptables_restore(&lb_bench::services::generate(n, 10), true));
         return Ok(());
     }
     if let Some(n) = cli.dump_nft {
-        print!(
-            "{}",
-            lb_bench::services::nft_full(&lb_bench::services::generate(n, 10))
-        );
+        print!("{}", lb_bench::services::nft_full(&lb_bench::services::generate(n, 10)));
         return Ok(());
     }
-    let mut o = if cli.quick {
-        Options::quick()
-    } else {
-        Options::full()
-    };
+    let mut o = if cli.quick { Options::quick() } else { Options::full() };
     if let Some(b1) = &mut o.b1 {
         if let Some(v) = cli.b1_services {
             b1.services = v;
@@ -148,10 +135,10 @@ fn main() -> Result<()> {
     if let (Some(v), Some(b3)) = (cli.agent_full_sync_budget_s, &mut o.b3) {
         b3.full_sync_budget = std::time::Duration::from_secs(v);
     }
-    if let Some(b4) = &mut o.b4 {
-        if let Some(v) = cli.b4_seconds {
-            b4.seconds = v;
-        }
+    if let Some(b4) = &mut o.b4
+        && let Some(v) = cli.b4_seconds
+    {
+        b4.seconds = v;
     }
     if let Some(b6) = &mut o.b6 {
         if let Some(v) = cli.b6_seconds {
@@ -186,9 +173,6 @@ fn main() -> Result<()> {
     }
     let r = run_all(&o, &cli.out)?;
     report::print(&r);
-    eprintln!(
-        "lb-bench: wrote {}",
-        cli.out.join("benchmarks.md").display()
-    );
+    eprintln!("lb-bench: wrote {}", cli.out.join("benchmarks.md").display());
     Ok(())
 }

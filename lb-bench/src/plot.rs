@@ -11,11 +11,7 @@ use crate::{b2::Position, dp::Kind, report::Report};
 fn register_font() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
-        let _ = plotters::style::register_font(
-            "sans-serif",
-            FontStyle::Normal,
-            dejavu::sans::regular(),
-        );
+        let _ = plotters::style::register_font("sans-serif", FontStyle::Normal, dejavu::sans::regular());
     });
 }
 
@@ -40,20 +36,11 @@ fn e<E: std::fmt::Debug>(err: E) -> anyhow::Error {
 }
 
 /// A line chart with a logarithmic x axis.
-pub fn lines(
-    path: &Path,
-    title: &str,
-    x_desc: &str,
-    y_desc: &str,
-    series: &[Series],
-) -> Result<()> {
+pub fn lines(path: &Path, title: &str, x_desc: &str, y_desc: &str, series: &[Series]) -> Result<()> {
     register_font();
     let xs = series.iter().flat_map(|s| s.points.iter().map(|p| p.0));
     let (xmin, xmax) = xs.fold((f64::MAX, f64::MIN), |(a, b), x| (a.min(x), b.max(x)));
-    let ymax = series
-        .iter()
-        .flat_map(|s| s.points.iter().map(|p| p.1))
-        .fold(0.0, f64::max);
+    let ymax = series.iter().flat_map(|s| s.points.iter().map(|p| p.1)).fold(0.0, f64::max);
     if xmin > xmax {
         return Ok(());
     }
@@ -82,12 +69,8 @@ pub fn lines(
             .draw_series(LineSeries::new(s.points.iter().copied(), style))
             .map_err(e)?
             .label(s.name.clone())
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(3))
-            });
-        chart
-            .draw_series(s.points.iter().map(|&p| Circle::new(p, 4, color.filled())))
-            .map_err(e)?;
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], color.stroke_width(3)));
+        chart.draw_series(s.points.iter().map(|&p| Circle::new(p, 4, color.filled()))).map_err(e)?;
     }
     chart
         .configure_series_labels()
@@ -102,49 +85,24 @@ pub fn lines(
 }
 
 /// Grouped bars: one group per category, one bar per series.
-pub fn bars(
-    path: &Path,
-    title: &str,
-    y_desc: &str,
-    categories: &[String],
-    series: &[(String, Vec<f64>)],
-    log: bool,
-) -> Result<()> {
+pub fn bars(path: &Path, title: &str, y_desc: &str, categories: &[String], series: &[(String, Vec<f64>)], log: bool) -> Result<()> {
     register_font();
-    let ymax = series
-        .iter()
-        .flat_map(|s| s.1.iter().copied())
-        .fold(0.0, f64::max)
-        .max(1e-9);
-    let ymin = series
-        .iter()
-        .flat_map(|s| s.1.iter().copied())
-        .filter(|v| *v > 0.0)
-        .fold(f64::MAX, f64::min);
+    let ymax = series.iter().flat_map(|s| s.1.iter().copied()).fold(0.0, f64::max).max(1e-9);
+    let ymin = series.iter().flat_map(|s| s.1.iter().copied()).filter(|v| *v > 0.0).fold(f64::MAX, f64::min);
     let root = BitMapBackend::new(path, (900, 520)).into_drawing_area();
     root.fill(&WHITE).map_err(e)?;
     let n = categories.len() as f64;
     let k = series.len().max(1) as f64;
     let mut builder = ChartBuilder::on(&root);
-    builder
-        .caption(title, ("sans-serif", 22))
-        .margin(15)
-        .x_label_area_size(40)
-        .y_label_area_size(80);
+    builder.caption(title, ("sans-serif", 22)).margin(15).x_label_area_size(40).y_label_area_size(80);
     let cats = categories.to_vec();
     let fmt_x = move |x: &f64| {
         let i = x.floor() as usize;
-        if (x - x.floor() - 0.5).abs() < 1e-6 {
-            cats.get(i).cloned().unwrap_or_default()
-        } else {
-            String::new()
-        }
+        if (x - x.floor() - 0.5).abs() < 1e-6 { cats.get(i).cloned().unwrap_or_default() } else { String::new() }
     };
     if log {
         let lo = (ymin / 2.0).max(1e-9);
-        let mut chart = builder
-            .build_cartesian_2d(0.0..n, (lo..ymax * 3.0).log_scale())
-            .map_err(e)?;
+        let mut chart = builder.build_cartesian_2d(0.0..n, (lo..ymax * 3.0).log_scale()).map_err(e)?;
         chart
             .configure_mesh()
             .y_desc(y_desc)
@@ -164,9 +122,7 @@ pub fn bars(
                 }))
                 .map_err(e)?
                 .label(name.clone())
-                .legend(move |(x, y)| {
-                    Rectangle::new([(x, y - 5), (x + 15, y + 5)], color.filled())
-                });
+                .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 15, y + 5)], color.filled()));
         }
         chart
             .configure_series_labels()
@@ -177,9 +133,7 @@ pub fn bars(
             .draw()
             .map_err(e)?;
     } else {
-        let mut chart = builder
-            .build_cartesian_2d(0.0..n, 0.0..ymax * 1.2)
-            .map_err(e)?;
+        let mut chart = builder.build_cartesian_2d(0.0..n, 0.0..ymax * 1.2).map_err(e)?;
         chart
             .configure_mesh()
             .y_desc(y_desc)
@@ -199,9 +153,7 @@ pub fn bars(
                 }))
                 .map_err(e)?
                 .label(name.clone())
-                .legend(move |(x, y)| {
-                    Rectangle::new([(x, y - 5), (x + 15, y + 5)], color.filled())
-                });
+                .legend(move |(x, y)| Rectangle::new([(x, y - 5), (x + 15, y + 5)], color.filled()));
         }
         chart
             .configure_series_labels()
@@ -217,11 +169,7 @@ pub fn bars(
 }
 
 pub fn fmt_count(x: f64) -> String {
-    if x >= 1000.0 && (x / 1000.0).fract().abs() < 1e-9 {
-        format!("{}k", x / 1000.0)
-    } else {
-        format!("{x}")
-    }
+    if x >= 1000.0 && (x / 1000.0).fract().abs() < 1e-9 { format!("{}k", x / 1000.0) } else { format!("{x}") }
 }
 
 /// Writes every plot the report has data for; returns the file names.
@@ -242,26 +190,9 @@ pub fn write_all(r: &Report, dir: &Path) -> Result<Vec<String>> {
             "ns per packet",
             &[
                 s("ClusterIP established (tc)", &|r| r.established_ns, 0),
-                s(
-                    "ClusterIP new flow (tc), overhead off",
-                    &|r| r.new_flow_net_ns(),
-                    1,
-                ),
-                s(
-                    "NodePort established (XDP)",
-                    &|r| r.xdp.as_ref().map(|x| x.established_ns).unwrap_or(f64::NAN),
-                    2,
-                ),
-                s(
-                    "NodePort new flow (XDP), overhead off",
-                    &|r| {
-                        r.xdp
-                            .as_ref()
-                            .map(|x| x.new_flow_net_ns())
-                            .unwrap_or(f64::NAN)
-                    },
-                    3,
-                ),
+                s("ClusterIP new flow (tc), overhead off", &|r| r.new_flow_net_ns(), 1),
+                s("NodePort established (XDP)", &|r| r.xdp.as_ref().map(|x| x.established_ns).unwrap_or(f64::NAN), 2),
+                s("NodePort new flow (XDP), overhead off", &|r| r.xdp.as_ref().map(|x| x.new_flow_net_ns()).unwrap_or(f64::NAN), 3),
                 s("floor: XDP_PASS", &|r| r.floor_ns, 4),
             ]
             .into_iter()
@@ -274,25 +205,14 @@ pub fn write_all(r: &Report, dir: &Path) -> Result<Vec<String>> {
         let name = "bench-b2-latency.png";
         let mut series = Vec::new();
         for (ci, kind) in Kind::ALL.into_iter().enumerate() {
-            for (label, f) in [
-                (
-                    "p99",
-                    (|p: &crate::b2::Pcts| p.p99) as fn(&crate::b2::Pcts) -> f64,
-                ),
-                ("p50", |p| p.p50),
-            ] {
+            for (label, f) in [("p99", (|p: &crate::b2::Pcts| p.p99) as fn(&crate::b2::Pcts) -> f64), ("p50", |p| p.p50)] {
                 let points: Vec<_> = rows
                     .iter()
                     .filter(|r| r.kind == kind && r.position == Position::Last && r.note.is_none())
                     .map(|r| (r.services as f64, f(&r.request)))
                     .collect();
                 if !points.is_empty() {
-                    series.push(Series {
-                        name: format!("{kind} {label}"),
-                        points,
-                        dashed: label == "p50",
-                        color: ci,
-                    });
+                    series.push(Series { name: format!("{kind} {label}"), points, dashed: label == "p50", color: ci });
                 }
             }
         }
@@ -307,43 +227,24 @@ pub fn write_all(r: &Report, dir: &Path) -> Result<Vec<String>> {
     }
     if let Some(b3) = &r.b3 {
         let name = "bench-b3-programming.png";
-        let cats = vec![
-            "full sync".to_string(),
-            "+1 service".to_string(),
-            "+1 endpoint".to_string(),
-        ];
+        let cats = vec!["full sync".to_string(), "+1 service".to_string(), "+1 endpoint".to_string()];
         let tk = |t: crate::sys::Took| match t {
             crate::sys::Took::Ran(d) | crate::sys::Took::Over(d) => d.as_secs_f64() * 1e3,
             crate::sys::Took::NotRun => 0.0,
         };
-        let base =
-            |t: &crate::b3::BaseTimings| vec![tk(t.full), tk(t.add_service), tk(t.add_endpoint)];
+        let base = |t: &crate::b3::BaseTimings| vec![tk(t.full), tk(t.add_service), tk(t.add_endpoint)];
         let ms = |t: &crate::b3::Timings| {
-            vec![
-                t.full.as_secs_f64() * 1e3,
-                t.add_service.as_secs_f64() * 1e3,
-                t.add_endpoint.as_secs_f64() * 1e3,
-            ]
+            vec![t.full.as_secs_f64() * 1e3, t.add_service.as_secs_f64() * 1e3, t.add_endpoint.as_secs_f64() * 1e3]
         };
         bars(
             &dir.join(name),
-            &format!(
-                "B3: programming time, {} services × {} endpoints",
-                fmt_count(b3.services as f64),
-                b3.endpoints
-            ),
+            &format!("B3: programming time, {} services × {} endpoints", fmt_count(b3.services as f64), b3.endpoints),
             "milliseconds (log scale)",
             &cats,
             &[
                 ("lb agent (maps)".to_string(), ms(&b3.ours)),
-                (
-                    "iptables-restore, nft backend (a stopped load: its budget)".to_string(),
-                    base(&b3.iptables),
-                ),
-                (
-                    "iptables-legacy-restore".to_string(),
-                    base(&b3.iptables_legacy),
-                ),
+                ("iptables-restore, nft backend (a stopped load: its budget)".to_string(), base(&b3.iptables)),
+                ("iptables-legacy-restore".to_string(), base(&b3.iptables_legacy)),
                 ("nft -f".to_string(), base(&b3.nft)),
             ],
             true,
@@ -357,24 +258,9 @@ pub fn write_all(r: &Report, dir: &Path) -> Result<Vec<String>> {
             let cats = vec!["UDP packets/s".to_string(), "TCP bits/s".to_string()];
             let series: Vec<(String, Vec<f64>)> = rows
                 .iter()
-                .map(|r| {
-                    (
-                        r.kind.to_string(),
-                        vec![
-                            r.udp_pps / base.udp_pps.max(1.0),
-                            r.tcp_bps / base.tcp_bps.max(1.0),
-                        ],
-                    )
-                })
+                .map(|r| (r.kind.to_string(), vec![r.udp_pps / base.udp_pps.max(1.0), r.tcp_bps / base.tcp_bps.max(1.0)]))
                 .collect();
-            bars(
-                &dir.join(name),
-                "B4: throughput through the node, relative to iptables",
-                "× iptables",
-                &cats,
-                &series,
-                false,
-            )?;
+            bars(&dir.join(name), "B4: throughput through the node, relative to iptables", "× iptables", &cats, &series, false)?;
             out.push(name.to_string());
         }
     }

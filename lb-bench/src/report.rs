@@ -116,11 +116,7 @@ pub fn b1_table(rows: &[B1Row]) -> String {
                 );
             }
             None => {
-                let _ = writeln!(
-                    t,
-                    "| {} | NodePort (XDP) | n/a (not implemented yet) | | | | | | | |",
-                    fmt_count(r.services as f64)
-                );
+                let _ = writeln!(t, "| {} | NodePort (XDP) | n/a (not implemented yet) | | | | | | | |", fmt_count(r.services as f64));
             }
         }
     }
@@ -133,13 +129,7 @@ pub fn b2_table(rows: &[B2Row]) -> String {
     t.push_str("|---|---:|---|---:|---:|---:|---:|---:|---:|\n");
     for r in rows {
         if let Some(note) = &r.note {
-            let _ = writeln!(
-                t,
-                "| {} | {} | {} | – | – | – | – | – | {note} |",
-                r.kind,
-                fmt_count(r.services as f64),
-                r.position
-            );
+            let _ = writeln!(t, "| {} | {} | {} | – | – | – | – | – | {note} |", r.kind, fmt_count(r.services as f64), r.position);
             continue;
         }
         let _ = writeln!(
@@ -163,14 +153,8 @@ pub fn b2_table(rows: &[B2Row]) -> String {
 
 pub fn b3_table(b: &B3Result) -> String {
     let mut t = String::new();
-    t.push_str(
-        "| datapath | full sync | +1 service | +1 endpoint | notes |\n|---|---:|---:|---:|---|\n",
-    );
-    let full = if b.ours_full_measured {
-        ms(b.ours.full)
-    } else {
-        format!("≈ {} (estimated²)", ms(b.ours.full))
-    };
+    t.push_str("| datapath | full sync | +1 service | +1 endpoint | notes |\n|---|---:|---:|---:|---|\n");
+    let full = if b.ours_full_measured { ms(b.ours.full) } else { format!("≈ {} (estimated²)", ms(b.ours.full)) };
     let _ = writeln!(
         t,
         "| lb agent: `Reconciler::apply` into the maps | {} | {} | {} | in-process; {} services took {}; VmHWM grew by {:.1} MiB over the full sync |",
@@ -199,11 +183,7 @@ pub fn b3_table(b: &B3Result) -> String {
             );
         }
         Some(Err(e)) => {
-            let _ = writeln!(
-                t,
-                "| lb agent: `lb-agent run` | failed | – | – | {} |",
-                e.replace('|', "/")
-            );
+            let _ = writeln!(t, "| lb agent: `lb-agent run` | failed | – | – | {} |", e.replace('|', "/"));
         }
         None => {}
     }
@@ -240,14 +220,7 @@ pub fn b4_table(rows: &[B4Row], seconds: f64) -> String {
     t.push_str("| datapath | UDP 64 B received (pps) | × iptables | softirq CPU (UDP) | softirq µs per datagram | TCP (Gbit/s) | × iptables | softirq CPU (TCP) |\n");
     t.push_str("|---|---:|---:|---:|---:|---:|---:|---:|\n");
     for r in rows {
-        let (ru, rt) = base
-            .map(|b| {
-                (
-                    r.udp_pps / b.udp_pps.max(1.0),
-                    r.tcp_bps / b.tcp_bps.max(1.0),
-                )
-            })
-            .unwrap_or((0.0, 0.0));
+        let (ru, rt) = base.map(|b| (r.udp_pps / b.udp_pps.max(1.0), r.tcp_bps / b.tcp_bps.max(1.0))).unwrap_or((0.0, 0.0));
         let _ = writeln!(
             t,
             "| {} | {:.0} | {:.2} | {:.1} % | {:.2} | {:.2} | {:.2} | {:.1} % |",
@@ -335,62 +308,46 @@ pub fn goals(r: &Report) -> String {
             pass(worst_new <= 100.0)
         );
         if rows.iter().all(|r| r.xdp.is_some()) {
-            let worst = rows
-                .iter()
-                .filter_map(|r| r.xdp.as_ref())
-                .map(|x| x.established_ns)
-                .fold(0.0, f64::max);
+            let worst = rows.iter().filter_map(|r| r.xdp.as_ref()).map(|x| x.established_ns).fold(0.0, f64::max);
             let _ = writeln!(
                 t,
                 "| B1: NodePort (XDP) path ≤ 100 ns/packet, established flow | {worst:.0} ns (worst over N) | {} |",
                 pass(worst <= 100.0)
             );
-            let worst = rows
-                .iter()
-                .filter_map(|r| r.xdp.as_ref())
-                .map(|x| x.new_flow_net_ns())
-                .fold(0.0, f64::max);
+            let worst = rows.iter().filter_map(|r| r.xdp.as_ref()).map(|x| x.new_flow_net_ns()).fold(0.0, f64::max);
             let _ = writeln!(
                 t,
                 "| B1: NodePort (XDP) path ≤ 100 ns/packet, new flow | {worst:.0} ns (worst over N, repeat=1 overhead off) | {} |",
                 pass(worst <= 100.0)
             );
         } else {
-            t.push_str(
-                "| B1: NodePort (XDP) path ≤ 100 ns/packet | n/a (not implemented yet) | – |\n",
-            );
+            t.push_str("| B1: NodePort (XDP) path ≤ 100 ns/packet | n/a (not implemented yet) | – |\n");
         }
-        if let (Some(first), Some(last)) = (rows.first(), rows.last()) {
-            if rows.len() > 1 {
-                let mut g = last.established_ns / first.established_ns - 1.0;
-                let mut gn = last.new_flow_net_ns() / first.new_flow_net_ns() - 1.0;
-                if let (Some(a), Some(b)) = (&first.xdp, &last.xdp) {
-                    g = g.max(b.established_ns / a.established_ns - 1.0);
-                    gn = gn.max(b.new_flow_net_ns() / a.new_flow_net_ns() - 1.0);
-                }
-                let _ = writeln!(
-                    t,
-                    "| B1: flat across N (≤ 10 % growth from {} to {} services; worst of both paths) | established {:+.1} %, new flow {:+.1} % | {} |",
-                    fmt_count(first.services as f64),
-                    fmt_count(last.services as f64),
-                    g * 100.0,
-                    gn * 100.0,
-                    pass(g <= 0.10 && gn <= 0.10)
-                );
+        if let (Some(first), Some(last)) = (rows.first(), rows.last())
+            && rows.len() > 1
+        {
+            let mut g = last.established_ns / first.established_ns - 1.0;
+            let mut gn = last.new_flow_net_ns() / first.new_flow_net_ns() - 1.0;
+            if let (Some(a), Some(b)) = (&first.xdp, &last.xdp) {
+                g = g.max(b.established_ns / a.established_ns - 1.0);
+                gn = gn.max(b.new_flow_net_ns() / a.new_flow_net_ns() - 1.0);
             }
+            let _ = writeln!(
+                t,
+                "| B1: flat across N (≤ 10 % growth from {} to {} services; worst of both paths) | established {:+.1} %, new flow {:+.1} % | {} |",
+                fmt_count(first.services as f64),
+                fmt_count(last.services as f64),
+                g * 100.0,
+                gn * 100.0,
+                pass(g <= 0.10 && gn <= 0.10)
+            );
         }
     }
     if let Some(rows) = &r.b2 {
         let ours: Vec<&B2Row> = rows.iter().filter(|r| r.kind == Kind::Ours).collect();
-        if let (Some(min), Some(max)) = (
-            ours.iter().map(|r| r.services).min(),
-            ours.iter().map(|r| r.services).max(),
-        ) {
+        if let (Some(min), Some(max)) = (ours.iter().map(|r| r.services).min(), ours.iter().map(|r| r.services).max()) {
             let p99 = |n: usize, k: Kind| {
-                rows.iter()
-                    .filter(|r| r.kind == k && r.services == n && r.note.is_none())
-                    .map(|r| r.request.p99)
-                    .fold(0.0, f64::max)
+                rows.iter().filter(|r| r.kind == k && r.services == n && r.note.is_none()).map(|r| r.request.p99).fold(0.0, f64::max)
             };
             if min != max {
                 let g = p99(max, Kind::Ours) / p99(min, Kind::Ours) - 1.0;
@@ -405,18 +362,10 @@ pub fn goals(r: &Report) -> String {
                     pass(g <= 0.25)
                 );
             }
-            let at = if ours.iter().any(|r| r.services == 10_000) {
-                10_000
-            } else {
-                max
-            };
+            let at = if ours.iter().any(|r| r.services == 10_000) { 10_000 } else { max };
             let (o, n) = (p99(at, Kind::Ours), p99(at, Kind::Nftables));
             let fig = |v: f64| {
-                if v > 0.0 {
-                    format!("{v:.0} µs")
-                } else {
-                    "not measured (its rules did not load within the budget)".to_string()
-                }
+                if v > 0.0 { format!("{v:.0} µs") } else { "not measured (its rules did not load within the budget)".to_string() }
             };
             for k in [Kind::Iptables, Kind::IptablesLegacy] {
                 let i = p99(at, k);
@@ -426,16 +375,8 @@ pub fn goals(r: &Report) -> String {
                     fmt_count(at as f64),
                     fig(o),
                     fig(i),
-                    if i > 0.0 && o > 0.0 {
-                        format!(" ({:.1}×)", i / o)
-                    } else {
-                        String::new()
-                    },
-                    if i > 0.0 && o > 0.0 {
-                        pass(i >= 5.0 * o)
-                    } else {
-                        "n/a"
-                    }
+                    if i > 0.0 && o > 0.0 { format!(" ({:.1}×)", i / o) } else { String::new() },
+                    if i > 0.0 && o > 0.0 { pass(i >= 5.0 * o) } else { "n/a" }
                 );
             }
             let _ = writeln!(
@@ -444,22 +385,13 @@ pub fn goals(r: &Report) -> String {
                 fmt_count(at as f64),
                 fig(o),
                 fig(n),
-                if n > 0.0 && o > 0.0 {
-                    pass(o <= n * 1.05)
-                } else {
-                    "n/a"
-                }
+                if n > 0.0 && o > 0.0 { pass(o <= n * 1.05) } else { "n/a" }
             );
         }
     }
     if let Some(b) = &r.b3 {
         let label = format!("{} × {}", fmt_count(b.services as f64), b.endpoints);
-        let _ = writeln!(
-            t,
-            "| B3: full sync of {label} < 1 s | {} | {} |",
-            ms(b.ours.full),
-            pass(b.ours.full.as_secs_f64() < 1.0)
-        );
+        let _ = writeln!(t, "| B3: full sync of {label} < 1 s | {} | {} |", ms(b.ours.full), pass(b.ours.full.as_secs_f64() < 1.0));
         let _ = writeln!(
             t,
             "| B3: +1 service < 10 ms (nftables' published figure: 141 ms), reconciler | {} (our nft: {}) | {} |",
@@ -480,11 +412,8 @@ pub fn goals(r: &Report) -> String {
         match &b.agent {
             Some(Ok(a)) => {
                 let mib = a.vm_hwm_kib as f64 / 1024.0;
-                let _ = writeln!(
-                    t,
-                    "| B3: agent RSS < 100 MiB at {label} | {mib:.1} MiB (VmHWM of `lb-agent run`) | {} |",
-                    pass(mib < 100.0)
-                );
+                let _ =
+                    writeln!(t, "| B3: agent RSS < 100 MiB at {label} | {mib:.1} MiB (VmHWM of `lb-agent run`) | {} |", pass(mib < 100.0));
             }
             _ => {
                 let mib = b.ours_hwm_growth_kib as f64 / 1024.0;
@@ -511,27 +440,15 @@ pub fn goals(r: &Report) -> String {
                     "| B6: p99 sync time under churn ({} base Services) below every kube-proxy mode's p99 partial sync | ours {} (`apply_us`); {} | {} |",
                     fmt_count(b.base_services as f64),
                     us_ms(ours.sync.p99),
-                    bases
-                        .iter()
-                        .map(|r| format!("{} {}", r.kind, us_ms(r.sync.p99)))
-                        .collect::<Vec<_>>()
-                        .join(", "),
+                    bases.iter().map(|r| format!("{} {}", r.kind, us_ms(r.sync.p99))).collect::<Vec<_>>().join(", "),
                     pass(ours.failed == 0 && ours.problems.is_empty() && ours.sync.p99 < p99)
                 );
-                let least = bases
-                    .iter()
-                    .map(|r| r.cpu_per_step())
-                    .min()
-                    .unwrap_or_default();
+                let least = bases.iter().map(|r| r.cpu_per_step()).min().unwrap_or_default();
                 let _ = writeln!(
                     t,
                     "| B6: agent CPU per churn step below every kube-proxy mode's rule syncs (whole agent process against the sync commands alone) | ours {}; {} | {} |",
                     ms(ours.cpu_per_step()),
-                    bases
-                        .iter()
-                        .map(|r| format!("{} {}", r.kind, ms(r.cpu_per_step())))
-                        .collect::<Vec<_>>()
-                        .join(", "),
+                    bases.iter().map(|r| format!("{} {}", r.kind, ms(r.cpu_per_step()))).collect::<Vec<_>>().join(", "),
                     pass(ours.cpu_per_step() < least)
                 );
             }
@@ -598,14 +515,7 @@ pub fn markdown(r: &Report, plots: &[String]) -> String {
             o.rounds,
             o.new_flows,
             o.rounds,
-            rows.iter()
-                .map(|r| format!(
-                    "{:.0} ns at {}",
-                    r.floor_r1_ns,
-                    fmt_count(r.services as f64)
-                ))
-                .collect::<Vec<_>>()
-                .join(", ")
+            rows.iter().map(|r| format!("{:.0} ns at {}", r.floor_r1_ns, fmt_count(r.services as f64))).collect::<Vec<_>>().join(", ")
         );
         if rows.iter().any(|r| r.program_time.is_none()) {
             let _ = write!(
@@ -647,11 +557,7 @@ pub fn markdown(r: &Report, plots: &[String]) -> String {
                  the maps were then filled directly (as in B1) for the incremental measurements.\n\n",
                 fmt_count(b.probe.0 as f64),
                 ms(b.probe.1),
-                ms(r.options
-                    .b3
-                    .as_ref()
-                    .map(|o| o.full_sync_budget)
-                    .unwrap_or_default())
+                ms(r.options.b3.as_ref().map(|o| o.full_sync_budget).unwrap_or_default())
             );
         } else {
             let _ = write!(
@@ -788,8 +694,7 @@ pub fn print(r: &Report) {
     if let Some(b) = &r.b6 {
         println!("== B6: churn ==\n{}", b6_table(b));
     }
-    match &r.b5 {
-        Some(t) => println!("== B5: Maglev ==\n{t}"),
-        None => {}
+    if let Some(t) = &r.b5 {
+        println!("== B5: Maglev ==\n{t}")
     }
 }

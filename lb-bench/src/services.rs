@@ -47,9 +47,7 @@ pub fn generate(n: usize, endpoints: usize) -> Vec<Svc> {
             ip: cluster_ip(i),
             port: SERVICE_PORT,
             proto: Protocol::Tcp,
-            endpoints: (0..endpoints)
-                .map(|j| (fake_endpoint(i, j, endpoints), TARGET_PORT))
-                .collect(),
+            endpoints: (0..endpoints).map(|j| (fake_endpoint(i, j, endpoints), TARGET_PORT)).collect(),
         })
         .collect()
 }
@@ -73,25 +71,11 @@ impl Svc {
 }
 
 pub fn frontend(s: &Svc) -> Frontend {
-    let addr = FrontendAddr {
-        ip: s.ip,
-        port: s.port,
-        proto: s.proto,
-    };
+    let addr = FrontendAddr { ip: s.ip, port: s.port, proto: s.proto };
     Frontend {
         addr,
         name: s.name.clone(),
-        backends: s
-            .endpoints
-            .iter()
-            .map(|&(ip, port)| {
-                Backend::ready(BackendAddr {
-                    ip,
-                    port,
-                    proto: s.proto,
-                })
-            })
-            .collect(),
+        backends: s.endpoints.iter().map(|&(ip, port)| Backend::ready(BackendAddr { ip, port, proto: s.proto })).collect(),
         flags: 0,
         affinity_timeout: 0,
     }
@@ -99,18 +83,7 @@ pub fn frontend(s: &Svc) -> Frontend {
 
 /// The agent's desired state for `svcs`.
 pub fn to_desired(svcs: &[Svc]) -> Desired {
-    svcs.iter()
-        .map(|s| {
-            (
-                FrontendAddr {
-                    ip: s.ip,
-                    port: s.port,
-                    proto: s.proto,
-                },
-                frontend(s),
-            )
-        })
-        .collect()
+    svcs.iter().map(|s| (FrontendAddr { ip: s.ip, port: s.port, proto: s.proto }, frontend(s))).collect()
 }
 
 // ---- naming, as kube-proxy does it -----------------------------------------
@@ -138,10 +111,7 @@ fn svc_chain(s: &Svc) -> String {
 }
 
 fn sep_chain(s: &Svc, ep: (Ipv4Addr, u16)) -> String {
-    format!(
-        "KUBE-SEP-{}",
-        hash16(&format!("{}{}{}:{}", s.name, s.l4(), ep.0, ep.1))
-    )
+    format!("KUBE-SEP-{}", hash16(&format!("{}{}{}:{}", s.name, s.l4(), ep.0, ep.1)))
 }
 
 // ---- iptables --------------------------------------------------------------
@@ -180,25 +150,13 @@ fn iptables_service_chains(out: &mut String, s: &Svc) {
                 s.name, ep.0, ep.1
             );
         } else {
-            let _ = writeln!(
-                out,
-                "-A {svc} -m comment --comment \"{} -> {}:{}\" -j {sep}",
-                s.name, ep.0, ep.1
-            );
+            let _ = writeln!(out, "-A {svc} -m comment --comment \"{} -> {}:{}\" -j {sep}", s.name, ep.0, ep.1);
         }
     }
     for &ep in &s.endpoints {
         let sep = sep_chain(s, ep);
-        let _ = writeln!(
-            out,
-            "-A {sep} -m comment --comment {} -s {} -j KUBE-MARK-MASQ",
-            s.name, ep.0
-        );
-        let _ = writeln!(
-            out,
-            "-A {sep} -m comment --comment {} -m {l4} -p {l4} -j DNAT --to-destination {}:{}",
-            s.name, ep.0, ep.1
-        );
+        let _ = writeln!(out, "-A {sep} -m comment --comment {} -s {} -j KUBE-MARK-MASQ", s.name, ep.0);
+        let _ = writeln!(out, "-A {sep} -m comment --comment {} -m {l4} -p {l4} -j DNAT --to-destination {}:{}", s.name, ep.0, ep.1);
     }
 }
 
@@ -258,9 +216,7 @@ pub fn iptables_restore(svcs: &[Svc], nfacct: bool) -> String {
     if nfacct {
         out.push_str(IPT_FILTER);
     } else {
-        out.push_str(
-            &IPT_FILTER.replace(" -m nfacct --nfacct-name ct_state_invalid_dropped_pkts", ""),
-        );
+        out.push_str(&IPT_FILTER.replace(" -m nfacct --nfacct-name ct_state_invalid_dropped_pkts", ""));
     }
     out.push_str("*nat\n");
     out.push_str(IPT_NAT_HEAD);
@@ -285,13 +241,7 @@ pub fn iptables_restore(svcs: &[Svc], nfacct: bool) -> String {
 /// services' own chains, with `--noflush` leaving every other chain as is.
 pub fn iptables_partial(all: &[Svc], changed: &[&Svc]) -> String {
     let all: Vec<&Svc> = all.iter().collect();
-    iptables_sync(
-        &all,
-        &Delta {
-            changed: changed.to_vec(),
-            ..Delta::default()
-        },
-    )
+    iptables_sync(&all, &Delta { changed: changed.to_vec(), ..Delta::default() })
 }
 
 /// What changed between two syncs, as kube-proxy's change tracker hands
@@ -409,23 +359,13 @@ pub fn iptables_flush() -> &'static str {
 fn nft_svc_chain(s: &Svc) -> String {
     let (ns, rest) = s.name.split_once('/').unwrap_or(("default", &s.name));
     let (name, port) = rest.split_once(':').unwrap_or((rest, "p"));
-    format!(
-        "service-{}-{ns}/{name}/{}/{port}",
-        &hash16(&format!("{}{}", s.name, s.l4()))[..8],
-        s.l4()
-    )
+    format!("service-{}-{ns}/{name}/{}/{port}", &hash16(&format!("{}{}", s.name, s.l4()))[..8], s.l4())
 }
 
 fn nft_ep_chain(s: &Svc, ep: (Ipv4Addr, u16)) -> String {
     let (ns, rest) = s.name.split_once('/').unwrap_or(("default", &s.name));
     let (name, port) = rest.split_once(':').unwrap_or((rest, "p"));
-    format!(
-        "endpoint-{}-{ns}/{name}/{}/{port}__{}/{}",
-        &hash16(&format!("{}{}{}:{}", s.name, s.l4(), ep.0, ep.1))[..8],
-        s.l4(),
-        ep.0,
-        ep.1
-    )
+    format!("endpoint-{}-{ns}/{name}/{}/{port}__{}/{}", &hash16(&format!("{}{}{}:{}", s.name, s.l4(), ep.0, ep.1))[..8], s.l4(), ep.0, ep.1)
 }
 
 /// The fixed part of kube-proxy's nftables table (base chains, helper
@@ -477,18 +417,8 @@ fn nft_service(out: &mut String, s: &Svc) {
         let ec = nft_ep_chain(s, ep);
         let _ = writeln!(out, "add chain ip kube-proxy {ec}");
         let _ = writeln!(out, "flush chain ip kube-proxy {ec}");
-        let _ = writeln!(
-            out,
-            "add rule ip kube-proxy {ec} ip saddr {} jump mark-for-masquerade",
-            ep.0
-        );
-        let _ = writeln!(
-            out,
-            "add rule ip kube-proxy {ec} meta l4proto {} dnat to {}:{}",
-            s.l4(),
-            ep.0,
-            ep.1
-        );
+        let _ = writeln!(out, "add rule ip kube-proxy {ec} ip saddr {} jump mark-for-masquerade", ep.0);
+        let _ = writeln!(out, "add rule ip kube-proxy {ec} meta l4proto {} dnat to {}:{}", s.l4(), ep.0, ep.1);
     }
     let chain = nft_svc_chain(s);
     let _ = writeln!(out, "add chain ip kube-proxy {chain}");
@@ -500,26 +430,10 @@ fn nft_service(out: &mut String, s: &Svc) {
         s.l4(),
         s.port
     );
-    let eps: Vec<String> = s
-        .endpoints
-        .iter()
-        .enumerate()
-        .map(|(i, &ep)| format!("{i} : goto {}", nft_ep_chain(s, ep)))
-        .collect();
-    let _ = writeln!(
-        out,
-        "add rule ip kube-proxy {chain} numgen random mod {} vmap {{ {} }}",
-        s.endpoints.len(),
-        eps.join(" , ")
-    );
+    let eps: Vec<String> = s.endpoints.iter().enumerate().map(|(i, &ep)| format!("{i} : goto {}", nft_ep_chain(s, ep))).collect();
+    let _ = writeln!(out, "add rule ip kube-proxy {chain} numgen random mod {} vmap {{ {} }}", s.endpoints.len(), eps.join(" , "));
     let _ = writeln!(out, "add element ip kube-proxy cluster-ips {{ {} }}", s.ip);
-    let _ = writeln!(
-        out,
-        "add element ip kube-proxy service-ips {{ {} . {} . {} : goto {chain} }}",
-        s.ip,
-        s.l4(),
-        s.port
-    );
+    let _ = writeln!(out, "add element ip kube-proxy service-ips {{ {} . {} . {} : goto {chain} }}", s.ip, s.l4(), s.port);
 }
 
 /// The full ruleset kube-proxy's nftables mode writes on a full sync into
@@ -559,13 +473,7 @@ pub fn nft_sync(all: &[&Svc], delta: &Delta) -> String {
     let mut ips_gone = std::collections::BTreeSet::new();
     let mut out = String::new();
     for s in &delta.removed {
-        let _ = writeln!(
-            out,
-            "delete element ip kube-proxy service-ips {{ {} . {} . {} }}",
-            s.ip,
-            s.l4(),
-            s.port
-        );
+        let _ = writeln!(out, "delete element ip kube-proxy service-ips {{ {} . {} . {} }}", s.ip, s.l4(), s.port);
         if !live.contains(&s.ip) && ips_gone.insert(s.ip) {
             let _ = writeln!(out, "delete element ip kube-proxy cluster-ips {{ {} }}", s.ip);
         }
@@ -646,6 +554,8 @@ mod tests {
         let all2: Vec<&Svc> = after2.iter().collect();
         let nft2 = nft_sync(&all2, &d2);
         assert!(!nft2.contains("delete element ip kube-proxy cluster-ips"));
-        assert!(nft2.find("delete element ip kube-proxy service-ips").unwrap() < nft2.find("add element ip kube-proxy service-ips").unwrap());
+        assert!(
+            nft2.find("delete element ip kube-proxy service-ips").unwrap() < nft2.find("add element ip kube-proxy service-ips").unwrap()
+        );
     }
 }

@@ -25,9 +25,7 @@ pub fn pin_thread(cpu: usize) -> Result<()> {
 }
 
 pub fn online_cpus() -> usize {
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
 
 /// A line from `/proc/<pid>/status` (e.g. `VmHWM`), in KiB.
@@ -45,18 +43,10 @@ pub fn process_cpu(pid: u32) -> Result<Duration> {
     let path = format!("/proc/{pid}/stat");
     let text = fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
     // The command name (field 2) may hold spaces: count from its ')'.
-    let rest = text
-        .rsplit_once(')')
-        .map(|(_, r)| r)
-        .with_context(|| format!("{path}: no ')'"))?;
+    let rest = text.rsplit_once(')').map(|(_, r)| r).with_context(|| format!("{path}: no ')'"))?;
     let fields: Vec<&str> = rest.split_whitespace().collect();
     // After ')': state is field 3, so utime (14) and stime (15) are 11, 12.
-    let tick = |i: usize| -> Result<u64> {
-        fields
-            .get(i)
-            .and_then(|v| v.parse().ok())
-            .with_context(|| format!("{path}: field {}", i + 3))
-    };
+    let tick = |i: usize| -> Result<u64> { fields.get(i).and_then(|v| v.parse().ok()).with_context(|| format!("{path}: field {}", i + 3)) };
     let ticks = tick(11)? + tick(12)?;
     // SAFETY: trivial libc call.
     let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
@@ -81,11 +71,7 @@ pub fn children_cpu() -> Duration {
 pub fn cpu_ticks() -> (u64, u64) {
     let text = fs::read_to_string("/proc/stat").unwrap_or_default();
     let line = text.lines().next().unwrap_or_default();
-    let v: Vec<u64> = line
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|x| x.parse().ok())
-        .collect();
+    let v: Vec<u64> = line.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
     // user nice system idle iowait irq softirq steal ...
     let softirq = v.get(6).copied().unwrap_or(0);
     let total = v.iter().take(8).sum();
@@ -95,14 +81,7 @@ pub fn cpu_ticks() -> (u64, u64) {
 /// Busy and total CPU time (all CPUs), in clock ticks.
 fn busy_ticks() -> (u64, u64) {
     let text = fs::read_to_string("/proc/stat").unwrap_or_default();
-    let v: Vec<u64> = text
-        .lines()
-        .next()
-        .unwrap_or_default()
-        .split_whitespace()
-        .skip(1)
-        .filter_map(|x| x.parse().ok())
-        .collect();
+    let v: Vec<u64> = text.lines().next().unwrap_or_default().split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
     let total: u64 = v.iter().take(8).sum();
     let idle = v.get(3).copied().unwrap_or(0) + v.get(4).copied().unwrap_or(0);
     (total - idle, total)
@@ -136,26 +115,18 @@ pub fn machine() -> Vec<(String, String)> {
         .and_then(|l| l.split_once(':'))
         .map(|(_, v)| v.trim().to_string())
         .unwrap_or_else(|| "unknown".into());
-    out.push((
-        "CPU".into(),
-        format!("{model}, {} online CPUs", online_cpus()),
-    ));
+    out.push(("CPU".into(), format!("{model}, {} online CPUs", online_cpus())));
     let mem = status_line("/proc/meminfo", "MemTotal").unwrap_or_default();
     out.push(("Memory".into(), mem));
     let uname = cmd_out("uname", &["-srvm"]).unwrap_or_default();
     out.push(("Kernel".into(), uname));
-    if let Ok(os) = fs::read_to_string("/etc/os-release") {
-        if let Some(p) = os.lines().find_map(|l| l.strip_prefix("PRETTY_NAME=")) {
-            out.push(("OS".into(), p.trim_matches('"').to_string()));
-        }
+    if let Ok(os) = fs::read_to_string("/etc/os-release")
+        && let Some(p) = os.lines().find_map(|l| l.strip_prefix("PRETTY_NAME="))
+    {
+        out.push(("OS".into(), p.trim_matches('"').to_string()));
     }
-    let virt = cmd_out("systemd-detect-virt", &[]).unwrap_or_else(|| {
-        if cpuinfo.contains(" hypervisor") {
-            "a hypervisor (VM)".into()
-        } else {
-            "none detected".into()
-        }
-    });
+    let virt = cmd_out("systemd-detect-virt", &[])
+        .unwrap_or_else(|| if cpuinfo.contains(" hypervisor") { "a hypervisor (VM)".into() } else { "none detected".into() });
     out.push(("Virtualization".into(), virt));
     for (tool, args) in [("iptables", &["-V"][..]), ("nft", &["-v"][..])] {
         if let Some(v) = cmd_out(tool, args) {
@@ -173,11 +144,7 @@ fn status_line(path: &str, key: &str) -> Option<String> {
 }
 
 fn cmd_out(prog: &str, args: &[&str]) -> Option<String> {
-    let out = Command::new(prog)
-        .args(args)
-        .stderr(Stdio::null())
-        .output()
-        .ok()?;
+    let out = Command::new(prog).args(args).stderr(Stdio::null()).output().ok()?;
     if !out.status.success() {
         return None;
     }
@@ -210,18 +177,10 @@ impl Took {
 
 /// [`timed_stdin`] with a time budget: a command still running after
 /// `timeout` is killed and `None` returned.
-pub fn run_stdin(
-    cmd: &mut Command,
-    input: &str,
-    timeout: Option<Duration>,
-) -> Result<Option<Duration>> {
-    cmd.stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+pub fn run_stdin(cmd: &mut Command, input: &str, timeout: Option<Duration>) -> Result<Option<Duration>> {
+    cmd.stdin(Stdio::piped()).stdout(Stdio::null()).stderr(Stdio::piped());
     let start = Instant::now();
-    let mut child = cmd
-        .spawn()
-        .with_context(|| format!("starting {:?}", cmd.get_program()))?;
+    let mut child = cmd.spawn().with_context(|| format!("starting {:?}", cmd.get_program()))?;
     let mut stdin = child.stdin.take().expect("piped stdin");
     let input = input.to_string();
     // A thread of its own: the child may not read everything before it
@@ -260,12 +219,7 @@ pub fn run_stdin(
     let _ = writer.join();
     let err = reader.join().unwrap_or_default();
     if !status.success() {
-        bail!(
-            "{:?} failed ({}): {}",
-            cmd.get_program(),
-            status,
-            err.lines().take(5).collect::<Vec<_>>().join(" | ")
-        );
+        bail!("{:?} failed ({}): {}", cmd.get_program(), status, err.lines().take(5).collect::<Vec<_>>().join(" | "));
     }
     Ok(Some(took))
 }

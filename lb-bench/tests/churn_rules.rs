@@ -33,11 +33,7 @@ fn chains(kind: Kind, ns: &lb_lab::Netns) -> (usize, usize) {
             cmd.output()
         }
         _ => {
-            let program = if kind == Kind::IptablesLegacy {
-                "iptables-legacy"
-            } else {
-                "iptables"
-            };
+            let program = if kind == Kind::IptablesLegacy { "iptables-legacy" } else { "iptables" };
             let mut cmd = ns.command(program);
             cmd.args(["-t", "nat", "-S"]);
             cmd.output()
@@ -52,9 +48,7 @@ fn chains(kind: Kind, ns: &lb_lab::Netns) -> (usize, usize) {
                 match kind {
                     // Per-service chains are `service-<hash>-ns/name/proto/port`
                     // (`service-endpoints-check` is a helper chain).
-                    Kind::Nftables => l
-                        .strip_prefix("chain ")
-                        .is_some_and(|c| c.starts_with(prefix) && c.contains('/')),
+                    Kind::Nftables => l.strip_prefix("chain ").is_some_and(|c| c.starts_with(prefix) && c.contains('/')),
                     _ => l.strip_prefix("-N ").is_some_and(|c| c.starts_with(prefix)),
                 }
             })
@@ -86,11 +80,7 @@ fn every_churn_step_loads_and_leaves_exact_rules() {
             let svcs: Vec<_> = plan.base.iter().chain(&step.svcs).collect();
             b6::check_rules(kind, &ns, svcs.len()).unwrap_or_else(|e| panic!("step {i}: {e:#}"));
             let endpoints: usize = svcs.iter().map(|s| s.endpoints.len()).sum();
-            assert_eq!(
-                chains(kind, &ns),
-                (svcs.len(), endpoints),
-                "{kind}, step {i}: service and endpoint chains"
-            );
+            assert_eq!(chains(kind, &ns), (svcs.len(), endpoints), "{kind}, step {i}: service and endpoint chains");
         }
     }
 }

@@ -26,24 +26,16 @@ fn harness_runs_at_a_tiny_size() {
     if !kernel_tests_enabled() {
         return;
     }
-    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"))
-        .join(format!("lb-bench-smoke-{}", std::process::id()));
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(format!("lb-bench-smoke-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     let mut o = lb_bench::Options::tiny();
     // `cargo test --workspace` builds lb-agent next to this test's deps
     // directory; use it for B3's and B6's agent runs when it is there.
-    o.agent_bin = std::env::current_exe()
-        .ok()
-        .and_then(|exe| Some(exe.parent()?.parent()?.join("lb-agent")))
-        .filter(|p| p.exists());
+    o.agent_bin = std::env::current_exe().ok().and_then(|exe| Some(exe.parent()?.parent()?.join("lb-agent"))).filter(|p| p.exists());
     let r = lb_bench::run_all(&o, &dir).expect("the benchmarks run");
     assert_eq!(r.b1.as_ref().map(Vec::len), Some(2));
     let kinds = lb_bench::dp::Kind::ALL.len();
-    assert_eq!(
-        r.b2.as_ref().map(Vec::len),
-        Some(kinds * 2),
-        "every datapath x first/last"
-    );
+    assert_eq!(r.b2.as_ref().map(Vec::len), Some(kinds * 2), "every datapath x first/last");
     assert!(r.b3.is_some() && r.b4.as_ref().map(Vec::len) == Some(kinds));
     // B6: every datapath has its row; every baseline sync of the churn
     // loaded and the rules held the Services after it; the agent ran when
@@ -66,12 +58,7 @@ fn harness_runs_at_a_tiny_size() {
     for section in ["## B1", "## B2", "## B3", "## B4", "## B5", "## B6", "## Goals"] {
         assert!(md.contains(section), "report lacks {section}");
     }
-    for png in [
-        "bench-b1-per-packet.png",
-        "bench-b2-latency.png",
-        "bench-b3-programming.png",
-        "bench-b4-throughput.png",
-    ] {
+    for png in ["bench-b1-per-packet.png", "bench-b2-latency.png", "bench-b3-programming.png", "bench-b4-throughput.png"] {
         let bytes = std::fs::read(dir.join(png)).unwrap_or_else(|e| panic!("{png}: {e}"));
         assert!(bytes.starts_with(b"\x89PNG"), "{png} is not a PNG");
     }

@@ -22,11 +22,7 @@ pub fn replace2(check: u16, from: u16, to: u16) -> u16 {
 /// The checksum after one 32-bit word (an IPv4 address) changed.
 #[inline(always)]
 pub fn replace4(check: u16, from: u32, to: u32) -> u16 {
-    let sum = (!check as u32)
-        + ((!from) & 0xffff)
-        + ((!from) >> 16)
-        + (to & 0xffff)
-        + (to >> 16);
+    let sum = (!check as u32) + ((!from) & 0xffff) + ((!from) >> 16) + (to & 0xffff) + (to >> 16);
     !fold(sum)
 }
 
@@ -70,11 +66,7 @@ mod tests {
     fn reference(data: &[u8]) -> u16 {
         let mut sum: u32 = 0;
         for chunk in data.chunks(2) {
-            let word = if chunk.len() == 2 {
-                u16::from_be_bytes([chunk[0], chunk[1]])
-            } else {
-                u16::from_be_bytes([chunk[0], 0])
-            };
+            let word = if chunk.len() == 2 { u16::from_be_bytes([chunk[0], chunk[1]]) } else { u16::from_be_bytes([chunk[0], 0]) };
             sum += word as u32;
         }
         while sum >> 16 != 0 {
@@ -84,9 +76,7 @@ mod tests {
     }
 
     fn header() -> [u8; 20] {
-        [
-            0x45, 0, 0, 60, 0x1c, 0x46, 0x40, 0, 64, 6, 0, 0, 10, 244, 0, 11, 10, 96, 0, 10,
-        ]
+        [0x45, 0, 0, 60, 0x1c, 0x46, 0x40, 0, 64, 6, 0, 0, 10, 244, 0, 11, 10, 96, 0, 10]
     }
 
     fn store_check(h: &mut [u8; 20]) {

@@ -159,10 +159,7 @@ pub fn reply_tuple(t: &CtTimeouts, proto: u8, existing: &CtEntry, wanted: &CtEnt
     // Only a connection that was established leaves TIME_WAIT behind; a
     // half-open one (a spoofed SYN) frees its tuple at the SYN timeout.
     let (orig, _) = existing.orig_resp_flags(crate::CT_REPLY);
-    if proto == IPPROTO_TCP
-        && orig & ct_flags::ACK != 0
-        && now.saturating_sub(existing.last_seen) < TIME_WAIT_NS
-    {
+    if proto == IPPROTO_TCP && orig & ct_flags::ACK != 0 && now.saturating_sub(existing.last_seen) < TIME_WAIT_NS {
         return ReplyTuple::Taken;
     }
     ReplyTuple::Reclaim
@@ -184,7 +181,7 @@ mod tests {
             nat_sport: 3,
             nat_dport: 4,
             backend_id: 1,
-            rev_nat_id: 1,
+            frontend_id: 1,
             seq: 0,
             tcp_flags: own,
             peer_flags: peer,

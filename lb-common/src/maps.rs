@@ -210,7 +210,7 @@ pub mod svc_flags {
 pub struct Service4Value {
     /// Frontend ID. It is also the rev-NAT index and the key of the
     /// backend slots.
-    pub id: u32,
+    pub frontend_id: u32,
     /// Number of backend slots in use (slot 0..count). 0 means the service
     /// has no usable endpoint and new connections are rejected.
     pub count: u16,
@@ -227,7 +227,7 @@ pub struct Service4Value {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SlotKey {
-    pub svc_id: u32,
+    pub frontend_id: u32,
     pub slot: u16,
     pub generation: u16,
 }
@@ -278,7 +278,7 @@ impl Backend4 {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct RevNatKey {
-    pub id: u32,
+    pub frontend_id: u32,
 }
 
 /// `LB4_REVNAT[id]` (an array indexed by frontend ID): the frontend's
@@ -372,7 +372,7 @@ pub struct CtEntry {
     pub nat_sport: u16,
     pub nat_dport: u16,
     pub backend_id: u32,
-    pub rev_nat_id: u32,
+    pub frontend_id: u32,
     /// TCP: the highest sequence number seen in this direction (host
     /// order), to tell whether a RST belongs to the flow.
     pub seq: u32,
@@ -402,11 +402,7 @@ impl CtEntry {
     /// (backend) as this entry knows them.
     #[inline(always)]
     pub fn orig_resp_flags(&self, dir: u8) -> (u8, u8) {
-        if dir == CT_SERVICE {
-            (self.tcp_flags, self.peer_flags)
-        } else {
-            (self.peer_flags, self.tcp_flags)
-        }
+        if dir == CT_SERVICE { (self.tcp_flags, self.peer_flags) } else { (self.peer_flags, self.tcp_flags) }
     }
 }
 
@@ -437,7 +433,7 @@ pub struct SockRevNat4 {
     pub addr: u32,
     pub port: u16,
     pub _pad: u16,
-    pub rev_nat_id: u32,
+    pub frontend_id: u32,
 }
 
 /// Global datapath configuration, index 0 of `LB_CONFIG`.
@@ -459,12 +455,7 @@ pub struct Config {
 impl Config {
     /// A ready configuration with default timeouts and Maglev size.
     pub const fn ready(host_netns_cookie: u64) -> Config {
-        Config {
-            host_netns_cookie,
-            flags: config_flags::READY,
-            maglev_m: sizes::MAGLEV_M,
-            timeouts: CtTimeouts::DEFAULT,
-        }
+        Config { host_netns_cookie, flags: config_flags::READY, maglev_m: sizes::MAGLEV_M, timeouts: CtTimeouts::DEFAULT }
     }
 }
 
@@ -484,12 +475,7 @@ pub struct CtTimeouts {
 
 impl CtTimeouts {
     /// Cilium's defaults, with UDP at 60 s as in its CT (non-TCP) lifetime.
-    pub const DEFAULT: CtTimeouts = CtTimeouts {
-        tcp_syn: 60,
-        tcp_established: 21_600,
-        tcp_closing: 10,
-        udp: 60,
-    };
+    pub const DEFAULT: CtTimeouts = CtTimeouts { tcp_syn: 60, tcp_established: 21_600, tcp_closing: 10, udp: 60 };
 }
 
 pub mod config_flags {
@@ -506,10 +492,10 @@ pub mod config_flags {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Affinity4Key {
     pub client: u64,
-    pub svc_id: u32,
+    pub frontend_id: u32,
     /// The frontend slot's version (see [`RevNat4`]): a frontend that
     /// takes over a freed ID does not inherit its affinities.
-    pub svc_version: u16,
+    pub frontend_version: u16,
     pub _pad: u16,
 }
 
@@ -540,14 +526,14 @@ pub struct SvcName {
 
 /// `LB4_SRC_RANGES` (LPM trie): loadBalancerSourceRanges of frontends.
 /// The trie key is a prefix length followed by this data; the prefix length
-/// counts the 32 bits of `svc_id` plus the CIDR's prefix, so a lookup with
+/// counts the 32 bits of `frontend_id` plus the CIDR's prefix, so a lookup with
 /// prefix length 64 and the client's address finds whether any range of
 /// that frontend contains it. The value is unused (1).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct SrcRange4 {
     /// Frontend ID, big-endian (the trie matches bytes in order).
-    pub svc_id: u32,
+    pub frontend_id: u32,
     /// CIDR address, network order (host bits zero).
     pub addr: u32,
 }
@@ -559,13 +545,13 @@ impl SrcRange4 {
         let len = if len > 32 { 32 } else { len };
         // The first `len` bits on the wire.
         let mask_host: u32 = if len == 0 { 0 } else { u32::MAX << (32 - len as u32) };
-        (32 + len as u32, SrcRange4 { svc_id: id.to_be(), addr: addr & mask_host.to_be() })
+        (32 + len as u32, SrcRange4 { frontend_id: id.to_be(), addr: addr & mask_host.to_be() })
     }
 
     /// The lookup entry for a client address.
     #[inline(always)]
     pub const fn client(id: u32, addr: u32) -> (u32, SrcRange4) {
-        (64, SrcRange4 { svc_id: id.to_be(), addr })
+        (64, SrcRange4 { frontend_id: id.to_be(), addr })
     }
 }
 
@@ -772,22 +758,22 @@ macro_rules! assert_layout {
 }
 
 assert_layout!(Service4Key, size = 8, addr @ 0, port @ 4, proto @ 6, scope @ 7);
-assert_layout!(Service4Value, size = 16, id @ 0, count @ 4, generation @ 6, flags @ 8, affinity_timeout @ 12);
-assert_layout!(SlotKey, size = 8, svc_id @ 0, slot @ 4, generation @ 6);
+assert_layout!(Service4Value, size = 16, frontend_id @ 0, count @ 4, generation @ 6, flags @ 8, affinity_timeout @ 12);
+assert_layout!(SlotKey, size = 8, frontend_id @ 0, slot @ 4, generation @ 6);
 assert_layout!(Slot, size = 4, backend_id @ 0);
 assert_layout!(Backend4, size = 12, addr @ 0, port @ 4, proto @ 6, flags @ 7, version @ 8, _pad @ 10);
-assert_layout!(RevNatKey, size = 4, id @ 0);
+assert_layout!(RevNatKey, size = 4, frontend_id @ 0);
 assert_layout!(RevNat4, size = 8, addr @ 0, port @ 4, version @ 6);
 assert_layout!(Ct4Key, size = 16, saddr @ 0, daddr @ 4, sport @ 8, dport @ 10, proto @ 12, dir @ 13, _pad @ 14);
-assert_layout!(CtEntry, size = 40, last_seen @ 0, nat_saddr @ 8, nat_daddr @ 12, nat_sport @ 16, nat_dport @ 18, backend_id @ 20, rev_nat_id @ 24, seq @ 28, tcp_flags @ 32, peer_flags @ 33, flags @ 34, _pad @ 35, frontend_version @ 36, backend_version @ 38);
+assert_layout!(CtEntry, size = 40, last_seen @ 0, nat_saddr @ 8, nat_daddr @ 12, nat_sport @ 16, nat_dport @ 18, backend_id @ 20, frontend_id @ 24, seq @ 28, tcp_flags @ 32, peer_flags @ 33, flags @ 34, _pad @ 35, frontend_version @ 36, backend_version @ 38);
 assert_layout!(SockRevNat4Key, size = 16, cookie @ 0, addr @ 8, port @ 12, _pad @ 14);
-assert_layout!(SockRevNat4, size = 12, addr @ 0, port @ 4, _pad @ 6, rev_nat_id @ 8);
+assert_layout!(SockRevNat4, size = 12, addr @ 0, port @ 4, _pad @ 6, frontend_id @ 8);
 assert_layout!(Config, size = 32, host_netns_cookie @ 0, flags @ 8, maglev_m @ 12, timeouts @ 16);
 assert_layout!(CtTimeouts, size = 16, tcp_syn @ 0, tcp_established @ 4, tcp_closing @ 8, udp @ 12);
-assert_layout!(Affinity4Key, size = 16, client @ 0, svc_id @ 8, svc_version @ 12, _pad @ 14);
+assert_layout!(Affinity4Key, size = 16, client @ 0, frontend_id @ 8, frontend_version @ 12, _pad @ 14);
 assert_layout!(Affinity4, size = 16, last_used @ 0, backend_id @ 8, backend_version @ 12, _pad @ 14);
 assert_layout!(SvcName, size = SVC_NAME_LEN, name @ 0);
-assert_layout!(SrcRange4, size = 8, svc_id @ 0, addr @ 4);
+assert_layout!(SrcRange4, size = 8, frontend_id @ 0, addr @ 4);
 assert_layout!(NodeConfig, size = 16, snat_addr @ 0, nat_port_min @ 4, nat_port_max @ 6, flags @ 8, nodeport_min @ 12, nodeport_max @ 14);
 assert_layout!(Device, size = 24, mode @ 0, name @ 4, why @ 20);
 assert_layout!(Vip4, size = 4, flags @ 0);
@@ -864,7 +850,7 @@ mod north_south_tests {
         let (len, k) = SrcRange4::range(7, be([192, 168, 50, 77]), 24);
         assert_eq!(len, 56);
         assert_eq!(k.addr, be([192, 168, 50, 0]));
-        assert_eq!(k.svc_id.to_ne_bytes(), [0, 0, 0, 7]);
+        assert_eq!(k.frontend_id.to_ne_bytes(), [0, 0, 0, 7]);
         assert_eq!(SrcRange4::range(7, be([10, 1, 2, 3]), 0).1.addr, 0);
         assert_eq!(SrcRange4::range(7, be([10, 1, 2, 3]), 32).1.addr, be([10, 1, 2, 3]));
         assert_eq!(SrcRange4::range(7, be([10, 1, 2, 3]), 9).1.addr, be([10, 0, 0, 0]));
@@ -876,14 +862,24 @@ mod north_south_tests {
         // client 1:3 -> frontend 2:4, SNATed to 10:11, backend 20:21.
         let fwd_key = Ct4Key::new(1, 2, 3, 4, IPPROTO_TCP, CT_SERVICE);
         let fwd = CtEntry {
-            last_seen: 0, nat_saddr: 10, nat_daddr: 20, nat_sport: 11, nat_dport: 21,
-            backend_id: 7, rev_nat_id: 5, seq: 0, tcp_flags: 0, peer_flags: 0, flags: 0, _pad: 0,
-            frontend_version: 0, backend_version: 0,
+            last_seen: 0,
+            nat_saddr: 10,
+            nat_daddr: 20,
+            nat_sport: 11,
+            nat_dport: 21,
+            backend_id: 7,
+            frontend_id: 5,
+            seq: 0,
+            tcp_flags: 0,
+            peer_flags: 0,
+            flags: 0,
+            _pad: 0,
+            frontend_version: 0,
+            backend_version: 0,
         };
         let reply_key = fwd.twin_key(&fwd_key);
         assert_eq!(reply_key, Ct4Key::new(20, 10, 21, 11, IPPROTO_TCP, CT_REPLY));
         let reply = CtEntry { nat_saddr: 2, nat_sport: 4, nat_daddr: 1, nat_dport: 3, ..fwd };
         assert_eq!(reply.twin_key(&reply_key), fwd_key);
     }
-
 }

@@ -107,11 +107,7 @@ pub fn swapped_macs(macs: &[u8; 12]) -> [u8; 12] {
 /// Offset of the L4 checksum field for a protocol.
 #[inline(always)]
 pub fn l4_check_offset(proto: u8) -> usize {
-    if proto == crate::IPPROTO_TCP {
-        l4::TCP_CHECK.start
-    } else {
-        l4::UDP_CHECK.start
-    }
+    if proto == crate::IPPROTO_TCP { l4::TCP_CHECK.start } else { l4::UDP_CHECK.start }
 }
 
 /// Fields of an ICMP header, and the types and codes the datapath uses.
@@ -297,14 +293,12 @@ mod tests {
         assert_eq!((eth::ADDRS.start, eth::ADDRS.end, eth::SRC.start), (eth::DST.start, eth::SRC.end, eth::DST.end));
         assert_eq!(eth::ETHERTYPE.end, ETH_HLEN);
         assert_eq!((l4_check_offset(crate::IPPROTO_TCP), l4_check_offset(crate::IPPROTO_UDP)), (16, 6));
-        assert!(l4::TCP_CHECK.end <= TCP_HLEN && l4::UDP_CHECK.end <= UDP_HLEN && icmp::MTU.end <= ICMP_HLEN);
+        const { assert!(l4::TCP_CHECK.end <= TCP_HLEN && l4::UDP_CHECK.end <= UDP_HLEN && icmp::MTU.end <= ICMP_HLEN) };
     }
 
     #[test]
     fn field_reads() {
-        let h: [u8; 24] = [
-            0x45, 0, 0, 60, 0x1c, 0x46, 0x40, 0, 64, 6, 0xab, 0xcd, 10, 244, 0, 11, 10, 96, 0, 10, 0x9c, 0x40, 0, 80,
-        ];
+        let h: [u8; 24] = [0x45, 0, 0, 60, 0x1c, 0x46, 0x40, 0, 64, 6, 0xab, 0xcd, 10, 244, 0, 11, 10, 96, 0, 10, 0x9c, 0x40, 0, 80];
         assert_eq!(get16(&h, ip::TOT_LEN), 60u16.to_be());
         assert_eq!(get16(&h, ip::CHECK), u16::from_be_bytes([0xab, 0xcd]).to_be());
         assert_eq!(get32(&h, ip::SADDR), u32::from_be_bytes([10, 244, 0, 11]).to_be());

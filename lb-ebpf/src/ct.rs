@@ -28,20 +28,12 @@ use crate::{
 /// The entry at `key` in the map of its protocol.
 #[inline(always)]
 pub fn get(key: &Ct4Key) -> Option<*mut CtEntry> {
-    if key.proto == IPPROTO_TCP {
-        LB4_CT_TCP.get_ptr_mut(key)
-    } else {
-        LB4_CT_ANY.get_ptr_mut(key)
-    }
+    if key.proto == IPPROTO_TCP { LB4_CT_TCP.get_ptr_mut(key) } else { LB4_CT_ANY.get_ptr_mut(key) }
 }
 
 #[inline(always)]
 fn insert(key: &Ct4Key, value: &CtEntry, flags: u32) -> Result<(), i32> {
-    if key.proto == IPPROTO_TCP {
-        LB4_CT_TCP.insert(key, value, flags as u64)
-    } else {
-        LB4_CT_ANY.insert(key, value, flags as u64)
-    }
+    if key.proto == IPPROTO_TCP { LB4_CT_TCP.insert(key, value, flags as u64) } else { LB4_CT_ANY.insert(key, value, flags as u64) }
 }
 
 #[inline(always)]
@@ -128,13 +120,8 @@ pub fn seen(key: &Ct4Key, e: *mut CtEntry, f: &Flow, now: u64) {
         return;
     }
     // SAFETY: as above.
-    let (old, eflags, highest) = unsafe {
-        (
-            addr_of!((*e).tcp_flags).read_volatile(),
-            addr_of!((*e).flags).read_volatile(),
-            addr_of!((*e).seq).read_volatile(),
-        )
-    };
+    let (old, eflags, highest) =
+        unsafe { (addr_of!((*e).tcp_flags).read_volatile(), addr_of!((*e).flags).read_volatile(), addr_of!((*e).seq).read_volatile()) };
     let mut flags = f.tcp_flags;
     if flags & ct_flags::RST != 0 && !ct::rst_in_window(eflags, highest, f.seq) {
         flags &= !ct_flags::RST;
@@ -185,7 +172,7 @@ pub enum Source {
 /// A new flow: its frontend, the backend chosen for it, and what its
 /// source becomes.
 pub struct NewFlow {
-    pub svc_id: u32,
+    pub frontend_id: u32,
     pub backend_id: u32,
     pub backend: Backend4,
     pub source: Source,
@@ -219,7 +206,7 @@ const PORT_TRIES: u32 = 32;
 #[inline(always)]
 pub fn create(cfg: &Config, f: &Flow, new: &NewFlow, now: u64, replace: bool) -> Result<CtEntry, Error> {
     let be = &new.backend;
-    let frontend_version = rev_nat(new.svc_id).map_or(0, |f| f.version);
+    let frontend_version = rev_nat(new.frontend_id).map_or(0, |f| f.version);
     let (src_addr, keep_port) = match new.source {
         Source::Client => (f.saddr, true),
         Source::Hairpin => (hairpin_addr(), true),
@@ -235,7 +222,7 @@ pub fn create(cfg: &Config, f: &Flow, new: &NewFlow, now: u64, replace: bool) ->
         nat_sport: f.dport,
         nat_dport: f.sport,
         backend_id: new.backend_id,
-        rev_nat_id: new.svc_id,
+        frontend_id: new.frontend_id,
         seq: 0,
         tcp_flags: 0,
         peer_flags: if tcp { ct::to_propagate(CT_SERVICE, 0, f.tcp_flags) } else { 0 },
@@ -259,9 +246,7 @@ pub fn create(cfg: &Config, f: &Flow, new: &NewFlow, now: u64, replace: bool) ->
         }
         if let Some(old) = get(&rkey) {
             let old = load(old);
-            if ct::reply_tuple(&cfg.timeouts, f.proto, &old, &reply, now) == ReplyTuple::Reclaim
-                && insert(&rkey, &reply, BPF_ANY).is_ok()
-            {
+            if ct::reply_tuple(&cfg.timeouts, f.proto, &old, &reply, now) == ReplyTuple::Reclaim && insert(&rkey, &reply, BPF_ANY).is_ok() {
                 found = true;
                 break;
             }

@@ -42,8 +42,7 @@ pub fn allowed(client: u32, now: u64) -> bool {
     // at once, so each field is read and written once, volatile, through
     // the raw pointer (READ_ONCE/WRITE_ONCE), never through a reference; a
     // race at worst lets one more error through.
-    let (last, tokens) =
-        unsafe { (addr_of!((*r).last_ns).read_volatile(), addr_of!((*r).tokens).read_volatile()) };
+    let (last, tokens) = unsafe { (addr_of!((*r).last_ns).read_volatile(), addr_of!((*r).tokens).read_volatile()) };
     let refill = now.saturating_sub(last) / NS_PER_TOKEN;
     let mut tokens = tokens as u64 + refill;
     if tokens > REJECT_BURST as u64 {

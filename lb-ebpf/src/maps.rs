@@ -7,14 +7,12 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use lb_common::{
-    Affinity4, Affinity4Key, Backend4, Config, Ct4Key, CtEntry, Device, Frag4, Frag4Key,
-    NodeConfig, RejectRate, RevNat4, RevNatKey, Service4Key, Service4Value, Slot, SlotKey, SockRevNat4,
-    SockRevNat4Key, SrcRange4, SvcName, Vip4, layout, sizes, stat,
+    Affinity4, Affinity4Key, Backend4, Config, Ct4Key, CtEntry, Device, Frag4, Frag4Key, NodeConfig, RejectRate, RevNat4, RevNatKey,
+    Service4Key, Service4Value, Slot, SlotKey, SockRevNat4, SockRevNat4Key, SrcRange4, SvcName, Vip4, layout, sizes, stat,
 };
 
 #[btf_map]
-pub static LB4_SERVICES: HashMap<Service4Key, Service4Value, { sizes::SERVICES as usize }> =
-    HashMap::new();
+pub static LB4_SERVICES: HashMap<Service4Key, Service4Value, { sizes::SERVICES as usize }> = HashMap::new();
 
 #[btf_map]
 pub static LB4_SLOTS: HashMap<SlotKey, Slot, { sizes::SLOTS as usize }> = HashMap::new();
@@ -41,8 +39,7 @@ pub static LB4_CT_TCP: LruHashMap<Ct4Key, CtEntry, { sizes::CT_TCP as usize }> =
 pub static LB4_CT_ANY: LruHashMap<Ct4Key, CtEntry, { sizes::CT_ANY as usize }> = LruHashMap::new();
 
 #[btf_map]
-pub static LB4_SOCK_REVNAT: LruHashMap<SockRevNat4Key, SockRevNat4, { sizes::SOCK_REVNAT as usize }> =
-    LruHashMap::new();
+pub static LB4_SOCK_REVNAT: LruHashMap<SockRevNat4Key, SockRevNat4, { sizes::SOCK_REVNAT as usize }> = LruHashMap::new();
 
 #[btf_map]
 pub static LB_CONFIG: Array<Config, 1> = Array::new();
@@ -50,15 +47,13 @@ pub static LB_CONFIG: Array<Config, 1> = Array::new();
 /// Names of frontends for `lb-agent list` and bpftool. Only userspace
 /// writes and reads it.
 #[btf_map]
-pub static LB_SVC_NAMES: HashMap<RevNatKey, SvcName, { sizes::SVC_NAMES as usize }> =
-    HashMap::new();
+pub static LB_SVC_NAMES: HashMap<RevNatKey, SvcName, { sizes::SVC_NAMES as usize }> = HashMap::new();
 
 /// Session affinity (sessionAffinity: ClientIP). LRU, so it can never fill
 /// up; entries expire by the Service's timeout and are purged by the agent
 /// when their backend leaves the Service.
 #[btf_map]
-pub static LB4_AFFINITY: LruHashMap<Affinity4Key, Affinity4, { sizes::AFFINITY as usize }> =
-    LruHashMap::new();
+pub static LB4_AFFINITY: LruHashMap<Affinity4Key, Affinity4, { sizes::AFFINITY as usize }> = LruHashMap::new();
 
 /// A Maglev lookup table: M backend IDs. The template says 1 entry;
 /// `BPF_F_INNER_MAP` lets the agent insert tables of any size M, so M is a
@@ -69,8 +64,7 @@ pub type MaglevTable = Array<u32, 1, { BPF_F_INNER_MAP as usize }>;
 /// Frontend ID -> its Maglev table. The agent builds a new table and swaps
 /// it in with one update of this map.
 #[btf_map]
-pub static LB4_MAGLEV: HashOfMaps<RevNatKey, MaglevTable, { sizes::MAGLEV as usize }> =
-    HashOfMaps::new();
+pub static LB4_MAGLEV: HashOfMaps<RevNatKey, MaglevTable, { sizes::MAGLEV as usize }> = HashOfMaps::new();
 
 /// loadBalancerSourceRanges: (frontend ID, CIDR) -> 1.
 #[btf_map]

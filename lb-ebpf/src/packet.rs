@@ -109,8 +109,7 @@ impl L4Csum for TcContext {
     #[inline(always)]
     fn l4_csum_addr(&self, check_off: usize, udp: bool, from: u32, to: u32) -> Option<()> {
         let mangled = if udp { BPF_F_MARK_MANGLED_0 as u64 } else { 0 };
-        self.l4_csum_replace(check_off, from as u64, to as u64, BPF_F_PSEUDO_HDR as u64 | mangled | 4)
-            .ok()
+        self.l4_csum_replace(check_off, from as u64, to as u64, BPF_F_PSEUDO_HDR as u64 | mangled | 4).ok()
     }
 
     #[inline(always)]

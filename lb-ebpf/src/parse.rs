@@ -4,8 +4,8 @@
 use lb_common::{
     IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
     packet::{
-        ETH_HLEN, ETH_P_IP, Fragment, IP_DF, IPV4_HLEN, IPV4_VER_IHL_NO_OPTIONS, TCP_HLEN, UDP_HLEN, eth, fragment,
-        get16, get32, icmp, icmp_error, ip, is_icmp_error, l4, l4_ports,
+        ETH_HLEN, ETH_P_IP, Fragment, IP_DF, IPV4_HLEN, IPV4_VER_IHL_NO_OPTIONS, TCP_HLEN, UDP_HLEN, eth, fragment, get16, get32, icmp,
+        icmp_error, ip, is_icmp_error, l4, l4_ports,
     },
 };
 

@@ -5,8 +5,8 @@ use core::ptr::{addr_of, addr_of_mut};
 
 use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_ktime_get_ns};
 use lb_common::{
-    Affinity4, Affinity4Key, Backend4, Config, CtEntry, NodeConfig, RevNat4, RevNatKey, SCOPE_EXTERNAL,
-    Service4Key, Service4Value, SlotKey, Vip4, config_flags, hash::flow_hash, node_flags, svc_flags,
+    Affinity4, Affinity4Key, Backend4, Config, CtEntry, NodeConfig, RevNat4, RevNatKey, SCOPE_EXTERNAL, Service4Key, Service4Value,
+    SlotKey, Vip4, config_flags, hash::flow_hash, node_flags, svc_flags,
 };
 
 use crate::{
@@ -44,12 +44,7 @@ pub fn vip(addr: u32) -> Option<Vip4> {
 /// hash map slot can be recycled under us once the agent replaces it.
 #[inline(always)]
 pub fn service(addr: u32, port: u16, proto: u8) -> Option<Service4Value> {
-    let key = Service4Key {
-        addr,
-        port,
-        proto,
-        scope: SCOPE_EXTERNAL,
-    };
+    let key = Service4Key { addr, port, proto, scope: SCOPE_EXTERNAL };
     // SAFETY: as in `vip`: copied out at once.
     unsafe { LB4_SERVICES.get(key).copied() }
 }
@@ -75,7 +70,7 @@ pub fn rev_nat(id: u32) -> Option<RevNat4> {
 /// entries go with garbage collection.
 #[inline(always)]
 pub fn flow_valid(e: &CtEntry) -> bool {
-    LB4_REVNAT.get(e.rev_nat_id).is_some_and(|f| f.is(e.frontend_version))
+    LB4_REVNAT.get(e.frontend_id).is_some_and(|f| f.is(e.frontend_version))
         && LB4_BACKENDS.get(e.backend_id).is_some_and(|b| b.is(e.backend_version))
 }
 
@@ -118,8 +113,8 @@ pub fn select_backend(cfg: &Config, svc: &Service4Value, hash: u32, client: u64,
     if svc.flags & svc_flags::AFFINITY == 0 {
         return pick(cfg, svc, hash);
     }
-    let svc_version = rev_nat(svc.id).map_or(0, |f| f.version);
-    let key = Affinity4Key { client, svc_id: svc.id, svc_version, _pad: 0 };
+    let frontend_version = rev_nat(svc.frontend_id).map_or(0, |f| f.version);
+    let key = Affinity4Key { client, frontend_id: svc.frontend_id, frontend_version, _pad: 0 };
     if let Some(a) = LB4_AFFINITY.get_ptr_mut(key) {
         // SAFETY: `a` is a map value pointer from a lookup, valid and
         // aligned for the program's run. Other CPUs may write it too, so
@@ -156,7 +151,7 @@ fn pick(cfg: &Config, svc: &Service4Value, hash: u32) -> Option<(u32, Backend4)>
     if svc.flags & svc_flags::MAGLEV != 0 && cfg.maglev_m != 0 {
         let index = hash % cfg.maglev_m;
         // SAFETY: the reference lives only until the ID is copied out.
-        let id = unsafe { LB4_MAGLEV.get_value(&RevNatKey { id: svc.id }, &index) }.copied();
+        let id = unsafe { LB4_MAGLEV.get_value(&RevNatKey { frontend_id: svc.frontend_id }, &index) }.copied();
         if let Some(id) = id
             && let Some(be) = backend(id)
         {
@@ -164,11 +159,7 @@ fn pick(cfg: &Config, svc: &Service4Value, hash: u32) -> Option<(u32, Backend4)>
         }
         // No table yet (or a race with its replacement): random slot.
     }
-    let key = SlotKey {
-        svc_id: svc.id,
-        slot: (random() % svc.count as u32) as u16,
-        generation: svc.generation,
-    };
+    let key = SlotKey { frontend_id: svc.frontend_id, slot: (random() % svc.count as u32) as u16, generation: svc.generation };
     // SAFETY: the reference lives only until the ID is copied out. (The
     // agent deletes a generation of slots only a sync after it stopped
     // being live, so a frontend value read just before a flip still finds

@@ -110,18 +110,8 @@ fn try_forward(ctx: &SockAddrContext) -> Option<i32> {
     let hash = fmix32(cookie as u32 ^ (cookie >> 32) as u32);
     let client = cfg.host_netns_cookie | AFFINITY_NETNS;
     let (_, be) = select_backend(&cfg, &svc, hash, client, now_ns())?;
-    let key = SockRevNat4Key {
-        cookie,
-        addr: be.addr,
-        port: be.port,
-        _pad: 0,
-    };
-    let value = SockRevNat4 {
-        addr,
-        port,
-        _pad: 0,
-        rev_nat_id: svc.id,
-    };
+    let key = SockRevNat4Key { cookie, addr: be.addr, port: be.port, _pad: 0 };
+    let value = SockRevNat4 { addr, port, _pad: 0, frontend_id: svc.frontend_id };
     LB4_SOCK_REVNAT.insert(key, value, 0).ok()?;
     // SAFETY: as above.
     unsafe {
@@ -151,19 +141,14 @@ fn try_reverse(ctx: &SockAddrContext) -> Option<i32> {
     let (addr, user_port) = unsafe { ((*sa).user_ip4, (*sa).user_port) };
     // SAFETY: the helper takes the program's context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
-    let key = SockRevNat4Key {
-        cookie,
-        addr,
-        port: user_port as u16,
-        _pad: 0,
-    };
+    let key = SockRevNat4Key { cookie, addr, port: user_port as u16, _pad: 0 };
     // SAFETY: the reference lives only until the plain-data value is
     // copied out.
     let Some(front) = (unsafe { LB4_SOCK_REVNAT.get(key).copied() }) else {
         return Some(ALLOW);
     };
     // Only while the frontend still exists as recorded.
-    match rev_nat(front.rev_nat_id) {
+    match rev_nat(front.frontend_id) {
         Some(rn) if rn.addr == front.addr && rn.port == front.port => {
             // SAFETY: as above.
             unsafe {

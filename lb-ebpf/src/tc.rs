@@ -168,14 +168,7 @@ fn forward(ctx: &TcContext, cfg: &Config, vip: Vip4, mut f: Flow) -> Result<i32,
 /// A new flow to the frontend at `f`'s destination, or the verdict for a
 /// packet that gets none (passed, rejected or dropped).
 #[inline(always)]
-fn new_flow(
-    ctx: &TcContext,
-    cfg: &Config,
-    vip: &Vip4,
-    f: &Flow,
-    now: u64,
-    replace: bool,
-) -> Result<ControlFlow<i32, CtEntry>, Error> {
+fn new_flow(ctx: &TcContext, cfg: &Config, vip: &Vip4, f: &Flow, now: u64, replace: bool) -> Result<ControlFlow<i32, CtEntry>, Error> {
     let Some(svc) = service(f.daddr, f.dport, f.proto) else {
         // A ClusterIP on a port no Service defines: never let it follow
         // the default route (kube-proxy's nftables mode rejects it too).
@@ -203,7 +196,7 @@ fn new_flow(
     } else {
         Source::Client
     };
-    let new = NewFlow { svc_id: svc.id, backend_id, backend, source, ports: ct::nat_ports(node_config()) };
+    let new = NewFlow { frontend_id: svc.frontend_id, backend_id, backend, source, ports: ct::nat_ports(node_config()) };
     Ok(ControlFlow::Continue(ct::create(cfg, f, &new, now, replace)?))
 }
 

@@ -180,7 +180,7 @@ fn new_flow(
     // loadBalancerSourceRanges are checked when a flow starts, as
     // kube-proxy's firewall chains see only a connection's first packet.
     if svc.flags & svc_flags::SOURCE_RANGES != 0 {
-        let (len, data) = SrcRange4::client(svc.id, f.saddr);
+        let (len, data) = SrcRange4::client(svc.frontend_id, f.saddr);
         if LB4_SRC_RANGES.get(&Key::new(len, data)).is_none() {
             stats::count(stat::DROP_SOURCE_RANGE);
             return Ok(ControlFlow::Break(DROP));
@@ -206,18 +206,14 @@ fn new_flow(
     let source = match node {
         // A backend on another node (and a Cluster policy): SNAT, so the
         // replies come back through this node.
-        Some(n)
-            if n.snat_addr != 0
-                && backend.flags & backend_flags::LOCAL == 0
-                && svc.flags & svc_flags::EXT_LOCAL == 0 =>
-        {
+        Some(n) if n.snat_addr != 0 && backend.flags & backend_flags::LOCAL == 0 && svc.flags & svc_flags::EXT_LOCAL == 0 => {
             Source::Snat(n.snat_addr)
         }
         // A local backend, or no SNAT configured: DNAT only, the client's
         // address is preserved.
         _ => Source::Client,
     };
-    let new = NewFlow { svc_id: svc.id, backend_id, backend, source, ports: ct::nat_ports(node) };
+    let new = NewFlow { frontend_id: svc.frontend_id, backend_id, backend, source, ports: ct::nat_ports(node) };
     Ok(ControlFlow::Continue(ct::create(cfg, f, &new, now, replace)?))
 }
 

@@ -108,7 +108,8 @@ impl Churn {
             let name = format!("churn-{n:05}");
             let pods = self.filler_pods.len().max(1) as u64;
             let first = self.below(pods) as usize;
-            let endpoints: Vec<Ipv4Addr> = self.filler_pods.iter().cycle().skip(first).take(2.min(self.filler_pods.len())).copied().collect();
+            let endpoints: Vec<Ipv4Addr> =
+                self.filler_pods.iter().cycle().skip(first).take(2.min(self.filler_pods.len())).copied().collect();
             let ip = Ipv4Addr::new(10, 97, (n / 250 % 250) as u8, (n % 250) as u8 + 1);
             self.services.insert(
                 name.clone(),
@@ -137,13 +138,13 @@ impl Churn {
         let s = self.services.get_mut(SCALED).expect("the scaled Service");
         s.endpoints = pods.into_iter().take(count).collect();
         s.endpoints.sort();
-        if step % 3 == 0 {
+        if step.is_multiple_of(3) {
             s.port_name = if s.port_name == "http" { "web".into() } else { "http".into() };
         }
-        if step % 4 == 0 {
+        if step.is_multiple_of(4) {
             s.maglev = !s.maglev;
         }
-        if step % 5 == 0 {
+        if step.is_multiple_of(5) {
             s.affinity = !s.affinity;
         }
         change.updated.push(SCALED.to_string());

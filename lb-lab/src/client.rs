@@ -22,20 +22,14 @@ pub fn tcp_request(ns: &Netns, to: SocketAddrV4) -> Result<String> {
 
 /// [`tcp_request`] with a custom payload (may be empty) and timeout (for
 /// connect, and separately for the whole exchange after connect).
-pub fn tcp_request_with(
-    ns: &Netns,
-    to: SocketAddrV4,
-    payload: &[u8],
-    timeout: Duration,
-) -> Result<String> {
+pub fn tcp_request_with(ns: &Netns, to: SocketAddrV4, payload: &[u8], timeout: Duration) -> Result<String> {
     let payload = payload.to_vec();
     let ctx = format!("tcp_request {to} from netns {}", ns.name());
     let out = ns
         .run(move || -> Result<Vec<u8>> {
             let s = connect(to, timeout)?;
             let deadline = Instant::now() + timeout;
-            s.set_write_timeout(Some(timeout))
-                .context("set write timeout")?;
+            s.set_write_timeout(Some(timeout)).context("set write timeout")?;
             (&s).write_all(&payload).context("send")?;
             read_to_eof(&s, deadline)
         })
@@ -50,22 +44,14 @@ pub fn http_get(ns: &Netns, to: SocketAddrV4) -> Result<String> {
 }
 
 /// [`http_get`] with a path and timeout.
-pub fn http_get_with(
-    ns: &Netns,
-    to: SocketAddrV4,
-    path: &str,
-    timeout: Duration,
-) -> Result<String> {
-    let req = format!(
-        "GET {path} HTTP/1.1\r\nHost: {to}\r\nUser-Agent: lb-lab\r\nAccept: */*\r\nConnection: close\r\n\r\n"
-    );
+pub fn http_get_with(ns: &Netns, to: SocketAddrV4, path: &str, timeout: Duration) -> Result<String> {
+    let req = format!("GET {path} HTTP/1.1\r\nHost: {to}\r\nUser-Agent: lb-lab\r\nAccept: */*\r\nConnection: close\r\n\r\n");
     let ctx = format!("http_get http://{to}{path} from netns {}", ns.name());
     let resp = ns
         .run(move || -> Result<Vec<u8>> {
             let s = connect(to, timeout)?;
             let deadline = Instant::now() + timeout;
-            s.set_write_timeout(Some(timeout))
-                .context("set write timeout")?;
+            s.set_write_timeout(Some(timeout)).context("set write timeout")?;
             (&s).write_all(req.as_bytes()).context("send request")?;
             read_to_eof(&s, deadline)
         })
@@ -91,26 +77,17 @@ pub fn udp_request(ns: &Netns, to: SocketAddrV4, payload: &str) -> Result<(Strin
 }
 
 /// [`udp_request`] with raw payload bytes and a timeout.
-pub fn udp_request_with(
-    ns: &Netns,
-    to: SocketAddrV4,
-    payload: &[u8],
-    timeout: Duration,
-) -> Result<(String, SocketAddr)> {
+pub fn udp_request_with(ns: &Netns, to: SocketAddrV4, payload: &[u8], timeout: Duration) -> Result<(String, SocketAddr)> {
     let payload = payload.to_vec();
     let ctx = format!("udp_request {to} from netns {}", ns.name());
     let (reply, peer) = ns
         .run(move || -> Result<(Vec<u8>, SocketAddr)> {
             let sock = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).context("bind")?;
             sock.connect(to).context("connect")?;
-            sock.set_read_timeout(Some(timeout))
-                .context("set read timeout")?;
+            sock.set_read_timeout(Some(timeout)).context("set read timeout")?;
             sock.send(&payload).context("send")?;
             let mut buf = vec![0u8; 65536];
-            let n = sock
-                .recv(&mut buf)
-                .map_err(timeout_err)
-                .context("recv reply")?;
+            let n = sock.recv(&mut buf).map_err(timeout_err).context("recv reply")?;
             buf.truncate(n);
             let peer = sock.peer_addr().context("peer_addr")?;
             Ok((buf, peer))
@@ -129,11 +106,8 @@ fn read_to_eof(mut s: &TcpStream, deadline: Instant) -> Result<Vec<u8>> {
     loop {
         let now = Instant::now();
         if now >= deadline {
-            return Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                "timed out waiting for EOF",
-            ))
-            .with_context(|| format!("read (got {:?} so far)", String::from_utf8_lossy(&out)));
+            return Err(io::Error::new(io::ErrorKind::TimedOut, "timed out waiting for EOF"))
+                .with_context(|| format!("read (got {:?} so far)", String::from_utf8_lossy(&out)));
         }
         s.set_read_timeout(Some((deadline - now).max(Duration::from_millis(1))))?;
         match s.read(&mut buf) {
@@ -147,9 +121,5 @@ fn read_to_eof(mut s: &TcpStream, deadline: Instant) -> Result<Vec<u8>> {
 
 /// A read timeout surfaces as EAGAIN (`WouldBlock`) on Linux: report it as `TimedOut`.
 fn timeout_err(e: io::Error) -> io::Error {
-    if e.kind() == io::ErrorKind::WouldBlock {
-        io::Error::new(io::ErrorKind::TimedOut, "timed out waiting for a reply")
-    } else {
-        e
-    }
+    if e.kind() == io::ErrorKind::WouldBlock { io::Error::new(io::ErrorKind::TimedOut, "timed out waiting for a reply") } else { e }
 }

@@ -88,10 +88,7 @@ pub struct ClusterNode {
 
 impl ClusterNode {
     pub fn pod(&self, name: &str) -> &ClusterPod {
-        self.pods
-            .iter()
-            .find(|p| p.name == name)
-            .unwrap_or_else(|| panic!("no pod named {name:?} on {}", self.name))
+        self.pods.iter().find(|p| p.name == name).unwrap_or_else(|| panic!("no pod named {name:?} on {}", self.name))
     }
 }
 
@@ -219,8 +216,20 @@ impl ClusterLab {
         for (n, node) in self.nodes.iter().enumerate() {
             let ns = &node.ns;
             ns.ip(&[
-                "link", "add", VXLAN_IF, "type", "vxlan", "id", "42", "dstport", "4789", "local",
-                &node_ip(n).to_string(), "dev", EXT_IF, "nolearning",
+                "link",
+                "add",
+                VXLAN_IF,
+                "type",
+                "vxlan",
+                "id",
+                "42",
+                "dstport",
+                "4789",
+                "local",
+                &node_ip(n).to_string(),
+                "dev",
+                EXT_IF,
+                "nolearning",
             ])
             .context("create the VXLAN device")?;
             ns.ip(&["link", "set", VXLAN_IF, "address", &vtep_mac(n)])?;

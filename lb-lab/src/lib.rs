@@ -11,6 +11,8 @@
 //!   switch namespace (a bridge) joining their external interfaces.
 //! * [`tcp_server`], [`udp_echo`], [`http_server`] and the clients
 //!   [`tcp_request`], [`udp_request`], [`http_get`], all with timeouts.
+//! * [`testrun`]: runs datapath programs on crafted packets through
+//!   BPF_PROG_TEST_RUN (the packet fixtures and the per-packet benchmarks).
 //!
 //! The lab is sealed: every interface is created inside lab namespaces (veth
 //! pairs are created with both ends placed directly), nothing is linked to
@@ -24,19 +26,16 @@ mod cluster;
 mod netns;
 mod node;
 mod server;
+pub mod testrun;
 
 use std::io;
 
 use anyhow::{Context, Result, bail};
 
-pub use client::{
-    DEFAULT_TIMEOUT, http_get, http_get_with, tcp_request, tcp_request_with, udp_request,
-    udp_request_with,
-};
+pub use client::{DEFAULT_TIMEOUT, http_get, http_get_with, tcp_request, tcp_request_with, udp_request, udp_request_with};
 pub use cluster::{
-    BRIDGE, CLIENT_IF, CLIENT_IP, ClusterLab, ClusterNode, ClusterOptions, ClusterPod, EXT_IF, Overlay,
-    ROUTED_CLIENT_IP, ROUTER_CLIENT_SIDE, ROUTER_IP, VXLAN_IF, cluster_pod_ip, node_ip, pod_cidr,
-    tx_checksum_off,
+    BRIDGE, CLIENT_IF, CLIENT_IP, ClusterLab, ClusterNode, ClusterOptions, ClusterPod, EXT_IF, Overlay, ROUTED_CLIENT_IP,
+    ROUTER_CLIENT_SIDE, ROUTER_IP, VXLAN_IF, cluster_pod_ip, node_ip, pod_cidr, tx_checksum_off,
 };
 pub use netns::{ChildGuard, NAME_PREFIX, NETNS_RUN_DIR, Netns, cleanup_stale, list_netns};
 pub use node::{GATEWAY_IP, MAX_PODS, NODE_IF, NODE_IP, NodeLab, POD_IF, Pod, host_if, pod_ip};
@@ -49,15 +48,9 @@ pub fn require_root() -> Result<()> {
     if euid != 0 {
         bail!("lb-lab needs root (network namespaces, veths); running as euid {euid}");
     }
-    let out = std::process::Command::new("ip")
-        .arg("-V")
-        .output()
-        .context("lb-lab needs `ip` (iproute2) in PATH")?;
+    let out = std::process::Command::new("ip").arg("-V").output().context("lb-lab needs `ip` (iproute2) in PATH")?;
     if !out.status.success() {
-        bail!(
-            "`ip -V` failed: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        bail!("`ip -V` failed: {}", String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(())
 }
@@ -65,8 +58,7 @@ pub fn require_root() -> Result<()> {
 /// The network-namespace cookie of `ns`: `getsockopt(SO_NETNS_COOKIE)` on a
 /// socket created inside it (what `bpf_get_netns_cookie()` returns there).
 pub fn netns_cookie(ns: &Netns) -> Result<u64> {
-    ns.cookie()
-        .with_context(|| format!("netns cookie of {}", ns.name()))
+    ns.cookie().with_context(|| format!("netns cookie of {}", ns.name()))
 }
 
 /// The first [`io::Error`] in `err`'s chain (client errors keep theirs).

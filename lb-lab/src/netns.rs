@@ -157,14 +157,7 @@ impl Netns {
         // not allocate.
         unsafe {
             cmd.pre_exec(move || {
-                if libc::prctl(
-                    libc::PR_SET_PDEATHSIG,
-                    libc::SIGKILL as libc::c_ulong,
-                    0,
-                    0,
-                    0,
-                ) != 0
-                {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL as libc::c_ulong, 0, 0, 0) != 0 {
                     return Err(io::Error::last_os_error());
                 }
                 // The parent died before prctl took effect.
@@ -183,9 +176,7 @@ impl Netns {
     /// Spawns `cmd` (normally from [`Netns::command`]) and returns a guard
     /// that kills and reaps the child on drop.
     pub fn spawn(&self, cmd: &mut Command) -> Result<ChildGuard> {
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("spawn {cmd:?} in netns {}", self.name))?;
+        let child = cmd.spawn().with_context(|| format!("spawn {cmd:?} in netns {}", self.name))?;
         Ok(ChildGuard(Some(child)))
     }
 
@@ -210,16 +201,13 @@ impl Netns {
     pub fn sysctl(&self, key: &str, value: &str) -> Result<()> {
         let path = sysctl_path(key);
         let v = value.to_owned();
-        self.run(move || std::fs::write(&path, v.as_bytes()))
-            .with_context(|| format!("sysctl -w {key}={value} in netns {}", self.name))
+        self.run(move || std::fs::write(&path, v.as_bytes())).with_context(|| format!("sysctl -w {key}={value} in netns {}", self.name))
     }
 
     /// Reads a sysctl inside the namespace (trimmed).
     pub fn sysctl_get(&self, key: &str) -> Result<String> {
         let path = sysctl_path(key);
-        let v = self
-            .run(move || std::fs::read_to_string(&path))
-            .with_context(|| format!("sysctl {key} in netns {}", self.name))?;
+        let v = self.run(move || std::fs::read_to_string(&path)).with_context(|| format!("sysctl {key} in netns {}", self.name))?;
         Ok(v.trim().to_owned())
     }
 
@@ -296,11 +284,7 @@ pub fn cleanup_stale() -> Result<Vec<String>> {
     let me = std::process::id();
     for entry in dir {
         let name = entry?.file_name().to_string_lossy().into_owned();
-        let Some(pid) = name
-            .strip_prefix(NAME_PREFIX)
-            .and_then(|r| r.split('-').next())
-            .and_then(|p| p.parse::<u32>().ok())
-        else {
+        let Some(pid) = name.strip_prefix(NAME_PREFIX).and_then(|r| r.split('-').next()).and_then(|p| p.parse::<u32>().ok()) else {
             continue;
         };
         if pid == me || PathBuf::from(format!("/proc/{pid}")).exists() {
@@ -315,26 +299,13 @@ pub fn cleanup_stale() -> Result<Vec<String>> {
 /// Names from `ip netns list`.
 pub fn list_netns() -> Result<Vec<String>> {
     let out = run_ip(&["netns", "list"])?;
-    Ok(out
-        .lines()
-        .filter_map(|l| l.split_whitespace().next())
-        .map(str::to_owned)
-        .collect())
+    Ok(out.lines().filter_map(|l| l.split_whitespace().next()).map(str::to_owned).collect())
 }
 
 pub(crate) fn run_ip(args: &[&str]) -> Result<String> {
-    let out = Command::new("ip")
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .with_context(|| format!("run `ip {}`", args.join(" ")))?;
+    let out = Command::new("ip").args(args).stdin(Stdio::null()).output().with_context(|| format!("run `ip {}`", args.join(" ")))?;
     if !out.status.success() {
-        bail!(
-            "`ip {}` failed ({}): {}",
-            args.join(" "),
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
+        bail!("`ip {}` failed ({}): {}", args.join(" "), out.status, String::from_utf8_lossy(&out.stderr).trim());
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -345,15 +316,7 @@ pub(crate) fn netns_cookie_here() -> Result<u64> {
     let mut cookie: u64 = 0;
     let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
     // SAFETY: valid fd, buffer and length.
-    let rc = unsafe {
-        libc::getsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            SO_NETNS_COOKIE,
-            (&raw mut cookie).cast(),
-            &mut len,
-        )
-    };
+    let rc = unsafe { libc::getsockopt(sock.as_raw_fd(), libc::SOL_SOCKET, SO_NETNS_COOKIE, (&raw mut cookie).cast(), &mut len) };
     if rc != 0 {
         return Err(io::Error::last_os_error()).context("getsockopt(SO_NETNS_COOKIE)");
     }
@@ -369,17 +332,8 @@ fn enter(fd: BorrowedFd<'_>) -> io::Result<()> {
 }
 
 fn sanitize_role(role: &str) -> String {
-    let s: String = role
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') {
-                c
-            } else {
-                '-'
-            }
-        })
-        .take(64)
-        .collect();
+    let s: String =
+        role.chars().map(|c| if c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-') { c } else { '-' }).take(64).collect();
     if s.is_empty() { "ns".to_owned() } else { s }
 }
 
@@ -390,10 +344,6 @@ fn thread_name(name: &str) -> String {
 }
 
 fn sysctl_path(key: &str) -> PathBuf {
-    let rel = if key.contains('/') {
-        key.trim_start_matches('/').to_owned()
-    } else {
-        key.replace('.', "/")
-    };
+    let rel = if key.contains('/') { key.trim_start_matches('/').to_owned() } else { key.replace('.', "/") };
     PathBuf::from("/proc/sys").join(rel)
 }

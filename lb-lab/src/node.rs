@@ -97,10 +97,7 @@ impl NodeLab {
         // another interface: give the gateway address one, into the sink.
         node.ip(&["route", "add", &format!("{GATEWAY_IP}/32"), "dev", NODE_IF])?;
 
-        let mut lab = NodeLab {
-            node,
-            pods: Vec::new(),
-        };
+        let mut lab = NodeLab { node, pods: Vec::new() };
         for name in pod_names {
             lab.add_pod(name)?;
         }
@@ -109,8 +106,7 @@ impl NodeLab {
 
     /// The pod called `name`. Panics if there is none.
     pub fn pod(&self, name: &str) -> &Pod {
-        self.try_pod(name)
-            .unwrap_or_else(|| panic!("no pod named {name:?} in lab"))
+        self.try_pod(name).unwrap_or_else(|| panic!("no pod named {name:?} in lab"))
     }
 
     /// The pod called `name`, if any.
@@ -130,12 +126,7 @@ impl NodeLab {
         let ip = pod_ip(index);
         let host_if = host_if(index);
         let ns = Netns::new(name)?;
-        let pod = Pod {
-            name: name.to_owned(),
-            ns,
-            ip,
-            host_if,
-        };
+        let pod = Pod { name: name.to_owned(), ns, ip, host_if };
         if let Err(e) = self.wire_pod(&pod) {
             // The pod namespace goes away with `pod`; the veth goes with it,
             // but asynchronously: remove the node end now.
@@ -150,41 +141,13 @@ impl NodeLab {
         let node = &self.node;
         let hif = pod.host_if.as_str();
         // Both ends are created directly inside lab namespaces.
-        node.ip(&[
-            "link",
-            "add",
-            hif,
-            "type",
-            "veth",
-            "peer",
-            "name",
-            POD_IF,
-            "netns",
-            pod.ns.name(),
-        ])
-        .context("create veth pair")?;
+        node.ip(&["link", "add", hif, "type", "veth", "peer", "name", POD_IF, "netns", pod.ns.name()]).context("create veth pair")?;
 
         let p = &pod.ns;
         p.ip(&["addr", "add", &format!("{}/32", pod.ip), "dev", POD_IF])?;
         p.ip(&["link", "set", POD_IF, "up"])?;
-        p.ip(&[
-            "route",
-            "add",
-            &format!("{GATEWAY_IP}/32"),
-            "dev",
-            POD_IF,
-            "scope",
-            "link",
-        ])?;
-        p.ip(&[
-            "route",
-            "add",
-            "default",
-            "via",
-            &GATEWAY_IP.to_string(),
-            "dev",
-            POD_IF,
-        ])?;
+        p.ip(&["route", "add", &format!("{GATEWAY_IP}/32"), "dev", POD_IF, "scope", "link"])?;
+        p.ip(&["route", "add", "default", "via", &GATEWAY_IP.to_string(), "dev", POD_IF])?;
 
         node.sysctl(&format!("net.ipv4.conf.{hif}.proxy_arp"), "1")?;
         // Otherwise proxy ARP replies to broadcast requests are delayed by up
@@ -198,9 +161,7 @@ impl NodeLab {
 
     /// All namespace names of the lab (node first).
     pub fn netns_names(&self) -> Vec<String> {
-        std::iter::once(self.node.name().to_owned())
-            .chain(self.pods.iter().map(|p| p.ns.name().to_owned()))
-            .collect()
+        std::iter::once(self.node.name().to_owned()).chain(self.pods.iter().map(|p| p.ns.name().to_owned())).collect()
     }
 }
 

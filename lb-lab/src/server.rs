@@ -80,11 +80,8 @@ pub fn tcp_server(ns: &Netns, addr: SocketAddrV4, tag: &str) -> Result<Server> {
 /// anything are not answered (nor counted).
 pub fn http_server(ns: &Netns, addr: SocketAddrV4, tag: &str) -> Result<Server> {
     let body = format!("{tag}\n");
-    let reply = format!(
-        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .into_bytes();
+    let reply = format!("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len())
+        .into_bytes();
     let handler: Handler = Arc::new(move |s, stop, hits| {
         let deadline = Instant::now() + HTTP_READ_WAIT;
         let mut req = Vec::new();
@@ -118,10 +115,7 @@ pub fn udp_padded(ns: &Netns, addr: SocketAddrV4, tag: &str, len: usize) -> Resu
 
 fn udp_server(ns: &Netns, addr: SocketAddrV4, tag: &str, pad_to: usize) -> Result<Server> {
     let prefix = format!("{tag}:").into_bytes();
-    let (stop, hits) = (
-        Arc::new(AtomicBool::new(false)),
-        Arc::new(AtomicU64::new(0)),
-    );
+    let (stop, hits) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
     let (tx, rx) = mpsc::channel();
     let (stop2, hits2) = (stop.clone(), hits.clone());
     let thread = ns.spawn_thread("udp-echo", move || {
@@ -157,16 +151,8 @@ fn udp_server(ns: &Netns, addr: SocketAddrV4, tag: &str, pad_to: usize) -> Resul
     finish_start(ns, addr, "udp_echo", stop, hits, thread, rx)
 }
 
-fn start_tcp(
-    ns: &Netns,
-    addr: SocketAddrV4,
-    kind: &'static str,
-    handler: Handler,
-) -> Result<Server> {
-    let (stop, hits) = (
-        Arc::new(AtomicBool::new(false)),
-        Arc::new(AtomicU64::new(0)),
-    );
+fn start_tcp(ns: &Netns, addr: SocketAddrV4, kind: &'static str, handler: Handler) -> Result<Server> {
+    let (stop, hits) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
     let (tx, rx) = mpsc::channel();
     let (stop2, hits2) = (stop.clone(), hits.clone());
     let thread = ns.spawn_thread(&format!("{kind}-accept"), move || {
@@ -209,20 +195,10 @@ fn finish_start(
             return Err(e);
         }
     };
-    Ok(Server {
-        local_addr,
-        stop,
-        hits,
-        thread: Some(thread),
-    })
+    Ok(Server { local_addr, stop, hits, thread: Some(thread) })
 }
 
-fn accept_loop(
-    listener: TcpListener,
-    stop: &Arc<AtomicBool>,
-    hits: &Arc<AtomicU64>,
-    handler: Handler,
-) {
+fn accept_loop(listener: TcpListener, stop: &Arc<AtomicBool>, hits: &Arc<AtomicU64>, handler: Handler) {
     let mut conns: Vec<JoinHandle<()>> = Vec::new();
     while !stop.load(Ordering::SeqCst) {
         if !poll_readable(listener.as_raw_fd(), POLL) {
@@ -242,10 +218,7 @@ fn accept_loop(
         }
         let (h, st, hi) = (handler.clone(), stop.clone(), hits.clone());
         // Threads spawned here start in this (the server's) namespace.
-        match std::thread::Builder::new()
-            .name("lb-lab-conn".into())
-            .spawn(move || h(stream, &st, &hi))
-        {
+        match std::thread::Builder::new().name("lb-lab-conn".into()).spawn(move || h(stream, &st, &hi)) {
             Ok(j) => conns.push(j),
             Err(e) => eprintln!("lb-lab: spawn connection thread: {e}"),
         }
@@ -258,12 +231,7 @@ fn accept_loop(
 }
 
 /// One read, waiting until `deadline` at most; gives up early when `stop` is set.
-fn read_some(
-    mut s: &TcpStream,
-    buf: &mut [u8],
-    deadline: Instant,
-    stop: &AtomicBool,
-) -> io::Result<usize> {
+fn read_some(mut s: &TcpStream, buf: &mut [u8], deadline: Instant, stop: &AtomicBool) -> io::Result<usize> {
     loop {
         let now = Instant::now();
         if now >= deadline || stop.load(Ordering::SeqCst) {
@@ -293,19 +261,12 @@ fn finish(s: TcpStream, stop: &AtomicBool) {
 }
 
 fn poll_readable(fd: i32, timeout: Duration) -> bool {
-    let mut pfd = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
+    let mut pfd = libc::pollfd { fd, events: libc::POLLIN, revents: 0 };
     // SAFETY: one valid pollfd.
     let rc = unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as libc::c_int) };
     rc > 0
 }
 
 pub(crate) fn is_retry(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
-    )
+    matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted)
 }

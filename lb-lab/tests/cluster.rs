@@ -5,18 +5,14 @@
 use std::net::SocketAddrV4;
 
 use lb_lab::{
-    CLIENT_IP, ClusterLab, EXT_IF, cluster_pod_ip, list_netns, node_ip, require_root, tcp_request,
-    tcp_server, udp_echo, udp_request,
+    CLIENT_IP, ClusterLab, EXT_IF, cluster_pod_ip, list_netns, node_ip, require_root, tcp_request, tcp_server, udp_echo, udp_request,
 };
 
 fn root_links() -> Vec<String> {
     let out = std::process::Command::new("ip").args(["-o", "link"]).output().unwrap();
     assert!(out.status.success());
-    let mut names: Vec<String> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.split(':').nth(1))
-        .map(|n| n.trim().to_owned())
-        .collect();
+    let mut names: Vec<String> =
+        String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.split(':').nth(1)).map(|n| n.trim().to_owned()).collect();
     names.sort();
     names
 }

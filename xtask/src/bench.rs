@@ -32,19 +32,13 @@ pub struct BenchArgs {
 pub fn run(args: &BenchArgs) -> Result<()> {
     let object = ebpf::object_path();
     let mut build = util::host_cargo();
-    build
-        .args(["build", "--release", "-p", "lb-bench", "-p", "lb-agent"])
-        .env(util::EBPF_OBJECT_ENV, &object);
+    build.args(["build", "--release", "-p", "lb-bench", "-p", "lb-agent"]).env(util::EBPF_OBJECT_ENV, &object);
     util::run(&mut build).context("building lb-bench failed")?;
 
     let root = util::workspace_root();
     let target = root.join("target/release");
     let mut cmd = Command::new(target.join("lb-bench"));
-    cmd.current_dir(&root)
-        .arg("--out")
-        .arg(root.join("docs"))
-        .arg("--agent")
-        .arg(target.join("lb-agent"));
+    cmd.current_dir(&root).arg("--out").arg(root.join("docs")).arg("--agent").arg(target.join("lb-agent"));
     let mut shown = String::from("cargo xtask bench");
     if args.quick {
         cmd.arg("--quick");

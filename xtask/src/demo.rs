@@ -65,11 +65,7 @@ const BAR_WIDTH: usize = 40;
 
 /// The backend pods with the IPs the lab gives them.
 fn backend_pods() -> Vec<(&'static str, Ipv4Addr)> {
-    PODS.iter()
-        .enumerate()
-        .filter(|(_, name)| **name != CLIENT)
-        .map(|(index, name)| (*name, lb_lab::pod_ip(index)))
-        .collect()
+    PODS.iter().enumerate().filter(|(_, name)| **name != CLIENT).map(|(index, name)| (*name, lb_lab::pod_ip(index))).collect()
 }
 
 /// What `examples/manifests` must say for the demo's lab.
@@ -118,15 +114,10 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         && let Ok(Some(status)) = agent.exited()
         && !interrupted
     {
-        result = Err(anyhow::anyhow!("{e:#}")
-            .context(format!("lb-agent died during the demo ({status}); its log is above")));
+        result = Err(anyhow::anyhow!("{e:#}").context(format!("lb-agent died during the demo ({status}); its log is above")));
     }
     if let (Err(_), false, Some(agent)) = (&result, interrupted, &env.agent) {
-        eprintln!(
-            "\nlb-agent's log (last 40 lines of {}):\n{}\n",
-            agent.log.display(),
-            indent(&agent.log_tail(40), "  | ")
-        );
+        eprintln!("\nlb-agent's log (last 40 lines of {}):\n{}\n", agent.log.display(), indent(&agent.log_tail(40), "  | "));
     }
     if interrupted {
         println!("\nCtrl-C: tearing the lab down.");
@@ -184,11 +175,7 @@ impl Env {
         if let Some(lab) = self.lab.take() {
             let names = lab.netns_names();
             drop(lab);
-            let left: Vec<String> = lb_lab::list_netns()
-                .unwrap_or_default()
-                .into_iter()
-                .filter(|name| names.contains(name))
-                .collect();
+            let left: Vec<String> = lb_lab::list_netns().unwrap_or_default().into_iter().filter(|name| names.contains(name)).collect();
             if left.is_empty() {
                 row("lab", format!("{} network namespaces deleted", names.len()));
             } else {
@@ -268,18 +255,13 @@ fn demo(args: &DemoArgs, env: &mut Env) -> Result<()> {
     let lab = env.lab.insert(NodeLab::new(&PODS).context("building the lab")?);
     for (name, ip) in &pods {
         let got = lab.pod(name).ip;
-        ensure!(
-            got == *ip,
-            "the lab gave pod {name} {got}, but examples/manifests lists it as {ip}"
-        );
+        ensure!(got == *ip, "the lab gave pod {name} {got}, but examples/manifests lists it as {ip}");
     }
     for (name, _) in &pods {
         interrupt::check()?;
         let pod = lab.pod(name);
-        env.servers
-            .push(http_server(&pod.ns, SocketAddrV4::new(pod.ip, HTTP_PORT), name)?);
-        env.servers
-            .push(udp_echo(&pod.ns, SocketAddrV4::new(pod.ip, UDP_PORT), name)?);
+        env.servers.push(http_server(&pod.ns, SocketAddrV4::new(pod.ip, HTTP_PORT), name)?);
+        env.servers.push(udp_echo(&pod.ns, SocketAddrV4::new(pod.ip, UDP_PORT), name)?);
     }
     let w_ns = lab.netns_names().iter().map(String::len).max().unwrap_or(0);
     println!("  {:<8} {:<w_ns$}  {:<13} RUNS", "NAME", "NETNS", "IP");
@@ -295,12 +277,7 @@ fn demo(args: &DemoArgs, env: &mut Env) -> Result<()> {
         } else {
             format!("HTTP on :{HTTP_PORT}, UDP echo on :{UDP_PORT}")
         };
-        println!(
-            "  {:<8} {:<w_ns$}  {:<13} {runs}",
-            pod.name,
-            pod.ns.name(),
-            pod.ip.to_string()
-        );
+        println!("  {:<8} {:<w_ns$}  {:<13} {runs}", pod.name, pod.ns.name(), pod.ip.to_string());
     }
     println!("  Each server answers with its pod's name, so every reply says who served it.");
 
@@ -308,10 +285,7 @@ fn demo(args: &DemoArgs, env: &mut Env) -> Result<()> {
     let tmp = env.tmp.insert(TempDir::new(&format!("lb-demo-{pid}"))?);
     let manifest_dir = tmp.0.join("manifests");
     copy_manifests(&repo_manifests, &manifest_dir)?;
-    println!(
-        "  examples/manifests, copied to {} (the demo edits the copy):",
-        manifest_dir.display()
-    );
+    println!("  examples/manifests, copied to {} (the demo edits the copy):", manifest_dir.display());
     let names: Vec<&str> = pods.iter().map(|(name, _)| *name).collect();
     for want in &expected {
         println!(
@@ -325,34 +299,20 @@ fn demo(args: &DemoArgs, env: &mut Env) -> Result<()> {
             names.join(", ")
         );
     }
-    println!(
-        "  Their endpoints are the lab's pod IPs ({}).",
-        pods.iter().map(|(_, ip)| ip.to_string()).collect::<Vec<_>>().join(", ")
-    );
+    println!("  Their endpoints are the lab's pod IPs ({}).", pods.iter().map(|(_, ip)| ip.to_string()).collect::<Vec<_>>().join(", "));
     interrupt::check()?;
 
     section("Starting lb-agent in the node namespace");
     let pins = PathBuf::from(format!("/sys/fs/bpf/lb-demo-{pid}"));
     let log = tmp.0.join("agent.log");
-    let agent = env.agent.insert(Agent::start(
-        &lab.node,
-        &bin,
-        &manifest_dir,
-        &pins,
-        &log,
-        POLL_MS,
-    )?);
+    let agent = env.agent.insert(Agent::start(&lab.node, &bin, &manifest_dir, &pins, &log, POLL_MS)?);
     println!("  $ {}", agent.command_line());
     println!("  binary {}, log {} (RUST_LOG=info)", bin.display(), log.display());
     let (_, took) = agent.wait_for("both Services with 3 backends each", START_TIMEOUT, |rows| {
-        listing::backend_count(rows, &web_frontend()) == Some(3)
-            && listing::backend_count(rows, &dns_frontend()) == Some(3)
+        listing::backend_count(rows, &web_frontend()) == Some(3) && listing::backend_count(rows, &dns_frontend()) == Some(3)
     })?;
     print_agent_log(agent);
-    println!(
-        "  Loaded, attached and in sync {} ms after start.",
-        took.as_millis()
-    );
+    println!("  Loaded, attached and in sync {} ms after start.", took.as_millis());
 
     show_listing(agent, "What the datapath holds")?;
     show_bpftool(&pins)?;
@@ -362,50 +322,27 @@ fn demo(args: &DemoArgs, env: &mut Env) -> Result<()> {
 
     section("1/5  HTTP through the ClusterIP");
     let requests = 300;
-    println!(
-        "  {requests} x GET http://{}/ from pod {CLIENT} ({}), one connection each:",
-        WEB_VIP.ip(),
-        client.ip
-    );
+    println!("  {requests} x GET http://{}/ from pod {CLIENT} ({}), one connection each:", WEB_VIP.ip(), client.ip);
     let (counts, took) = http_spread(&client.ns, requests)?;
     print_counts(&counts, &backends, requests);
-    let starved: Vec<&str> = backends
-        .iter()
-        .copied()
-        .filter(|name| counts.get(*name).copied().unwrap_or(0) == 0)
-        .collect();
-    ensure!(
-        starved.is_empty(),
-        "{} got none of the {requests} requests",
-        starved.join(" and ")
-    );
-    println!(
-        "  {requests}/{requests} answered in {:.2} s, by all three pods. The tc program on the",
-        took.as_secs_f64()
-    );
+    let starved: Vec<&str> = backends.iter().copied().filter(|name| counts.get(*name).copied().unwrap_or(0) == 0).collect();
+    ensure!(starved.is_empty(), "{} got none of the {requests} requests", starved.join(" and "));
+    println!("  {requests}/{requests} answered in {:.2} s, by all three pods. The tc program on the", took.as_secs_f64());
     println!("  client's veth picked a backend per connection and rewrote the destination;");
     println!("  the replies were rewritten back, so the client only ever saw {WEB_VIP}.");
 
     section("2/5  DNS-style UDP through the ClusterIP");
     let queries = 30;
-    println!(
-        "  {queries} queries to {DNS_VIP} from pod {CLIENT}, each from a new connected UDP socket:"
-    );
+    println!("  {queries} queries to {DNS_VIP} from pod {CLIENT}, each from a new connected UDP socket:");
     let (counts, sample) = udp_spread(&client.ns, queries)?;
     print_counts(&counts, &backends, queries);
     println!("  e.g. sent {:?}, got {:?} back from {DNS_VIP}.", sample.0, sample.1);
-    println!(
-        "  All {queries} replies came from {DNS_VIP}, not from a pod IP: the datapath reversed"
-    );
+    println!("  All {queries} replies came from {DNS_VIP}, not from a pod IP: the datapath reversed");
     println!("  the NAT, or the connected socket would have dropped them.");
 
     section("3/5  From the node itself (socket-level LB)");
     let requests = 30;
-    println!(
-        "  {requests} x GET http://{}/ from the node namespace ({}), not from a pod:",
-        WEB_VIP.ip(),
-        lab.node.name()
-    );
+    println!("  {requests} x GET http://{}/ from the node namespace ({}), not from a pod:", WEB_VIP.ip(), lab.node.name());
     let (counts, _) = http_spread(&lab.node, requests)?;
     print_counts(&counts, &backends, requests);
     println!("  Host clients have no veth to hook: the cgroup connect4 program chose the");
@@ -415,63 +352,36 @@ fn demo(args: &DemoArgs, env: &mut Env) -> Result<()> {
     let two: Vec<(&str, Ipv4Addr)> = pods[..2].to_vec();
     let (gone, gone_ip) = pods[2];
     let web_manifest = repo_manifests.join("web.yaml");
-    let original = fs::read_to_string(&web_manifest)
-        .with_context(|| format!("reading {}", web_manifest.display()))?;
+    let original = fs::read_to_string(&web_manifest).with_context(|| format!("reading {}", web_manifest.display()))?;
     let keep: Vec<Ipv4Addr> = two.iter().map(|(_, ip)| *ip).collect();
     let note = format!("cargo xtask demo: {gone} ({gone_ip}) scaled away");
-    write_atomically(
-        &manifest_dir,
-        "web.yaml",
-        &manifests::with_endpoints(&original, &keep, &note)?,
-    )?;
-    println!(
-        "  web.yaml rewritten without {gone} ({gone_ip}): written to .web.yaml.tmp, then renamed,"
-    );
+    write_atomically(&manifest_dir, "web.yaml", &manifests::with_endpoints(&original, &keep, &note)?)?;
+    println!("  web.yaml rewritten without {gone} ({gone_ip}): written to .web.yaml.tmp, then renamed,");
     println!("  as a ConfigMap update does, so the agent never reads half a file.");
-    let (_, took) = agent.wait_for("2 backends for web", CHANGE_TIMEOUT, |rows| {
-        listing::backend_count(rows, &web_frontend()) == Some(2)
-    })?;
+    let (_, took) =
+        agent.wait_for("2 backends for web", CHANGE_TIMEOUT, |rows| listing::backend_count(rows, &web_frontend()) == Some(2))?;
     print_agent_log(agent);
-    println!(
-        "  The datapath had 2 backends {} ms after the rename (the agent polls every {POLL_MS} ms).",
-        took.as_millis()
-    );
+    println!("  The datapath had 2 backends {} ms after the rename (the agent polls every {POLL_MS} ms).", took.as_millis());
     let requests = 100;
     println!("  {requests} x GET http://{}/ from pod {CLIENT}:", WEB_VIP.ip());
     let (counts, _) = http_spread(&client.ns, requests)?;
     print_counts(&counts, &backends, requests);
     let to_gone = counts.get(gone).copied().unwrap_or(0);
-    ensure!(
-        to_gone == 0,
-        "{gone} was scaled away but got {to_gone} of {requests} requests"
-    );
+    ensure!(to_gone == 0, "{gone} was scaled away but got {to_gone} of {requests} requests");
     for (name, _) in &two {
-        ensure!(
-            counts.get(*name).copied().unwrap_or(0) > 0,
-            "{name} got none of the {requests} requests after the scale-down"
-        );
+        ensure!(counts.get(*name).copied().unwrap_or(0) > 0, "{name} got none of the {requests} requests after the scale-down");
     }
     println!("  {gone} got nothing: new connections only go to the endpoints that remain.");
 
     section("5/5  No endpoints: reject, not blackhole");
     let note = "cargo xtask demo: every endpoint removed";
-    write_atomically(
-        &manifest_dir,
-        "web.yaml",
-        &manifests::with_endpoints(&original, &[], note)?,
-    )?;
+    write_atomically(&manifest_dir, "web.yaml", &manifests::with_endpoints(&original, &[], note)?)?;
     println!("  web.yaml rewritten with `endpoints: []` (the Deployment scaled to zero).");
-    let (rows, took) = agent.wait_for("no backends for web", CHANGE_TIMEOUT, |rows| {
-        listing::backend_count(rows, &web_frontend()) == Some(0)
-    })?;
+    let (rows, took) =
+        agent.wait_for("no backends for web", CHANGE_TIMEOUT, |rows| listing::backend_count(rows, &web_frontend()) == Some(0))?;
     print_agent_log(agent);
     if let Some(row) = listing::find(&rows, &web_frontend()) {
-        println!(
-            "  After {} ms, lb-agent list shows: {}  {}  (none: rejects)",
-            took.as_millis(),
-            row.frontend,
-            row.service
-        );
+        println!("  After {} ms, lb-agent list shows: {}  {}  (none: rejects)", took.as_millis(), row.frontend, row.service);
     }
     let started = Instant::now();
     match http_get(&client.ns, WEB_VIP) {
@@ -482,16 +392,11 @@ fn demo(args: &DemoArgs, env: &mut Env) -> Result<()> {
             started.elapsed().as_secs_f64() * 1000.0
         ),
         Err(e) => {
-            return Err(e.context(format!(
-                "expected the connection to {WEB_VIP} to be refused (ECONNREFUSED)"
-            )));
+            return Err(e.context(format!("expected the connection to {WEB_VIP} to be refused (ECONNREFUSED)")));
         }
     }
     println!("  As with kube-proxy, a Service without endpoints rejects: the client fails at");
-    println!(
-        "  once instead of hanging until its timeout ({} s for these clients).",
-        lb_lab::DEFAULT_TIMEOUT.as_secs()
-    );
+    println!("  once instead of hanging until its timeout ({} s for these clients).", lb_lab::DEFAULT_TIMEOUT.as_secs());
 
     show_listing(agent, "What the datapath holds now")?;
 
@@ -506,19 +411,10 @@ fn demo(args: &DemoArgs, env: &mut Env) -> Result<()> {
 
 /// Restores the full web manifest and waits for Ctrl-C, relaying the
 /// agent's log.
-fn keep_running(
-    agent: &mut Agent,
-    lab: &NodeLab,
-    manifest_dir: &Path,
-    original: &str,
-    pins: &Path,
-    more: &[String],
-) -> Result<()> {
+fn keep_running(agent: &mut Agent, lab: &NodeLab, manifest_dir: &Path, original: &str, pins: &Path, more: &[String]) -> Result<()> {
     section("Keeping the lab up (--keep-running)");
     write_atomically(manifest_dir, "web.yaml", original)?;
-    agent.wait_for("3 backends for web again", CHANGE_TIMEOUT, |rows| {
-        listing::backend_count(rows, &web_frontend()) == Some(3)
-    })?;
+    agent.wait_for("3 backends for web again", CHANGE_TIMEOUT, |rows| listing::backend_count(rows, &web_frontend()) == Some(3))?;
     print_agent_log(agent);
     let client = lab.pod(CLIENT).ns.name();
     let node = lab.node.name();
@@ -610,10 +506,7 @@ fn remove_leftovers(bin: &Path) -> Result<()> {
         if namespaces > 0 {
             removed.push(format!("{namespaces} namespaces {prefix}*"));
         }
-        println!(
-            "(Removed what a killed demo, pid {pid}, left behind: {}.)",
-            removed.join(", ")
-        );
+        println!("(Removed what a killed demo, pid {pid}, left behind: {}.)", removed.join(", "));
     }
     Ok(())
 }
@@ -626,11 +519,7 @@ fn agent_binary(root: &Path) -> Result<PathBuf> {
         None => root.join("target"),
     };
     let bin = target.join("release/lb-agent");
-    ensure!(
-        bin.is_file(),
-        "{} does not exist; `cargo xtask build` builds it",
-        bin.display()
-    );
+    ensure!(bin.is_file(), "{} does not exist; `cargo xtask build` builds it", bin.display());
     Ok(bin)
 }
 
@@ -640,13 +529,9 @@ fn copy_manifests(from: &Path, to: &Path) -> Result<()> {
     let entries = fs::read_dir(from).with_context(|| format!("reading {}", from.display()))?;
     for entry in entries {
         let path = entry?.path();
-        let is_manifest = matches!(
-            path.extension().and_then(|e| e.to_str()),
-            Some("yaml" | "yml" | "json")
-        );
+        let is_manifest = matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json"));
         if let (true, Some(name)) = (is_manifest, path.file_name()) {
-            fs::copy(&path, to.join(name))
-                .with_context(|| format!("copying {} to {}", path.display(), to.display()))?;
+            fs::copy(&path, to.join(name)).with_context(|| format!("copying {} to {}", path.display(), to.display()))?;
         }
     }
     Ok(())
@@ -682,12 +567,8 @@ fn udp_spread(ns: &Netns, n: usize) -> Result<(BTreeMap<String, usize>, (String,
     for i in 0..n {
         interrupt::check()?;
         let query = format!("query-{i}");
-        let (reply, peer) =
-            udp_request(ns, DNS_VIP, &query).with_context(|| format!("query {} of {n} failed", i + 1))?;
-        ensure!(
-            peer == SocketAddr::V4(DNS_VIP),
-            "the reply to {query:?} came from {peer}, not from {DNS_VIP}"
-        );
+        let (reply, peer) = udp_request(ns, DNS_VIP, &query).with_context(|| format!("query {} of {n} failed", i + 1))?;
+        ensure!(peer == SocketAddr::V4(DNS_VIP), "the reply to {query:?} came from {peer}, not from {DNS_VIP}");
         let Some(pod) = reply.strip_suffix(&format!(":{query}")) else {
             bail!("the reply to {query:?} was {reply:?}, not <pod>:{query}");
         };
@@ -701,20 +582,13 @@ fn udp_spread(ns: &Netns, n: usize) -> Result<(BTreeMap<String, usize>, (String,
 /// listed too.
 fn print_counts(counts: &BTreeMap<String, usize>, backends: &[&str], total: usize) {
     let others = counts.keys().filter(|k| !backends.contains(&k.as_str()));
-    let names: Vec<&str> = backends
-        .iter()
-        .copied()
-        .chain(others.map(String::as_str))
-        .collect();
+    let names: Vec<&str> = backends.iter().copied().chain(others.map(String::as_str)).collect();
     let width = names.iter().map(|n| n.len()).max().unwrap_or(0);
     for name in names {
         let count = counts.get(name).copied().unwrap_or(0);
         let share = count as f64 / total.max(1) as f64;
         let bar = "#".repeat((share * BAR_WIDTH as f64).round() as usize);
-        println!(
-            "    {name:<width$}  {bar:<BAR_WIDTH$}  {count:>4}  {:>5.1}%",
-            share * 100.0
-        );
+        println!("    {name:<width$}  {bar:<BAR_WIDTH$}  {count:>4}  {:>5.1}%", share * 100.0);
     }
 }
 
@@ -732,8 +606,7 @@ fn show_bpftool(pins: &Path) -> Result<()> {
     println!();
     println!("  The same frontends, raw, as an operator sees them with bpftool:");
     println!("  $ bpftool map dump pinned {}", map.display());
-    let bpftool = util::find_program("bpftool")
-        .context("bpftool is not installed (`cargo xtask setup` installs it)")?;
+    let bpftool = util::find_program("bpftool").context("bpftool is not installed (`cargo xtask setup` installs it)")?;
     let out = util::output(Command::new(bpftool).args(["map", "dump", "pinned"]).arg(&map))?;
     println!("{}", indent(out.trim_end(), "  "));
     // The key holds the address and port as the packet does (network byte
@@ -768,8 +641,5 @@ fn row(what: &str, text: String) {
 }
 
 fn indent(text: &str, prefix: &str) -> String {
-    text.lines()
-        .map(|line| format!("{prefix}{line}"))
-        .collect::<Vec<_>>()
-        .join("\n")
+    text.lines().map(|line| format!("{prefix}{line}")).collect::<Vec<_>>().join("\n")
 }

@@ -33,6 +33,9 @@ enum Cmd {
     /// Run every test: setup, build the eBPF object, then
     /// `cargo test --workspace --release` (needs root).
     Test(test::TestArgs),
+    /// The lint gate that `test` runs first: rustfmt --check and clippy
+    /// -D warnings on the host crates and on lb-ebpf.
+    Lint,
     /// Set up, build, then run the demo (needs root).
     Demo(demo::DemoArgs),
     /// Set up, build, then run the benchmark (needs root).
@@ -67,6 +70,10 @@ fn run(command: Cmd) -> Result<ExitCode> {
             agent::build(&ebpf::build()?)?;
         }
         Cmd::Test(args) => return test::run(&args),
+        Cmd::Lint => {
+            setup::setup_toolchain()?;
+            test::lint()?;
+        }
         Cmd::Demo(args) => {
             prepare_root_run("demo")?;
             demo::run(&args)?;
@@ -102,10 +109,7 @@ mod tests {
     #[test]
     fn test_passes_args_after_double_dash() {
         let cli = Cli::try_parse_from(["xtask", "test", "--", "-p", "lb-lab", "--", "--nocapture"]);
-        let Ok(Cli {
-            command: Cmd::Test(args),
-        }) = cli
-        else {
+        let Ok(Cli { command: Cmd::Test(args) }) = cli else {
             panic!("`test -- ...` did not parse as the test command");
         };
         assert_eq!(args.cargo_args, ["-p", "lb-lab", "--", "--nocapture"]);

@@ -45,30 +45,21 @@ pub fn search_path() -> OsString {
 /// non-login root shell may lack).
 pub fn find_program(name: &str) -> Option<PathBuf> {
     let sbin = ["/usr/local/sbin", "/usr/sbin", "/sbin"].map(PathBuf::from);
-    env::split_paths(&search_path())
-        .chain(sbin)
-        .map(|dir| dir.join(name))
-        .find(|candidate| is_executable(candidate))
+    env::split_paths(&search_path()).chain(sbin).map(|dir| dir.join(name)).find(|candidate| is_executable(candidate))
 }
 
 fn is_executable(path: &Path) -> bool {
-    path.metadata()
-        .is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
+    path.metadata().is_ok_and(|meta| meta.is_file() && meta.permissions().mode() & 0o111 != 0)
 }
 
 /// The command line of `cmd`, for messages.
 pub fn describe(cmd: &Command) -> String {
-    std::iter::once(cmd.get_program())
-        .chain(cmd.get_args())
-        .map(|part| part.to_string_lossy())
-        .collect::<Vec<_>>()
-        .join(" ")
+    std::iter::once(cmd.get_program()).chain(cmd.get_args()).map(|part| part.to_string_lossy()).collect::<Vec<_>>().join(" ")
 }
 
 /// Runs `cmd` with inherited stdio and returns its exit status.
 pub fn status(cmd: &mut Command) -> Result<ExitStatus> {
-    cmd.status()
-        .with_context(|| format!("could not start `{}`", describe(cmd)))
+    cmd.status().with_context(|| format!("could not start `{}`", describe(cmd)))
 }
 
 /// Runs `cmd` with inherited stdio; fails unless it exits successfully.
@@ -83,17 +74,10 @@ pub fn run(cmd: &mut Command) -> Result<()> {
 /// Runs `cmd` and returns its stdout; fails (with its stderr) unless it
 /// exits successfully.
 pub fn output(cmd: &mut Command) -> Result<String> {
-    let out = cmd
-        .output()
-        .with_context(|| format!("could not start `{}`", describe(cmd)))?;
+    let out = cmd.output().with_context(|| format!("could not start `{}`", describe(cmd)))?;
     if !out.status.success() {
         let stderr = String::from_utf8_lossy(&out.stderr);
-        bail!(
-            "`{}` failed ({}): {}",
-            describe(cmd),
-            out.status,
-            stderr.trim()
-        );
+        bail!("`{}` failed ({}): {}", describe(cmd), out.status, stderr.trim());
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
@@ -123,12 +107,7 @@ pub fn clear_cargo_env(cmd: &mut Command) {
         "CARGO_RUSTC_CURRENT_DIR",
         "CARGO_MAKEFLAGS",
     ];
-    const PREFIXES: &[&str] = &[
-        "CARGO_PKG_",
-        "CARGO_BIN_EXE_",
-        "CARGO_CFG_",
-        "CARGO_FEATURE_",
-    ];
+    const PREFIXES: &[&str] = &["CARGO_PKG_", "CARGO_BIN_EXE_", "CARGO_CFG_", "CARGO_FEATURE_"];
     for (key, _) in env::vars_os() {
         let Some(key) = key.to_str() else { continue };
         if EXACT.contains(&key) || PREFIXES.iter().any(|prefix| key.starts_with(prefix)) {

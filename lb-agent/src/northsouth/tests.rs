@@ -1,7 +1,7 @@
 use super::*;
 use crate::{
-    manifest::{Objects, parse_into},
     model::Protocol,
+    source::manifest::{Objects, parse_into},
     translate::{TranslateOptions, translate},
 };
 

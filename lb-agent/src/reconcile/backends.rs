@@ -71,14 +71,7 @@ pub struct InstalledBackend {
 }
 
 fn entry(addr: BackendAddr, flags: u8, version: u16) -> Backend4 {
-    Backend4 {
-        addr: u32::from_ne_bytes(addr.ip.octets()),
-        port: addr.port.to_be(),
-        proto: addr.proto.number(),
-        flags,
-        version,
-        _pad: 0,
-    }
+    Backend4 { addr: u32::from_ne_bytes(addr.ip.octets()), port: addr.port.to_be(), proto: addr.proto.number(), flags, version, _pad: 0 }
 }
 
 impl<M: MapStore> Reconciler<M> {

@@ -24,16 +24,15 @@
 //!   1 test/web
 //! ```
 
-use std::{
-    collections::BTreeMap,
-    fmt::Write as _,
-    net::Ipv4Addr,
-};
+use std::{collections::BTreeMap, fmt::Write as _, net::Ipv4Addr};
 
 use lb_common::{CT_SERVICE, backend_flags, svc_flags, vip_flags};
 
 use super::store::{CtMap, MapKind, MapStore};
-use crate::{maps::{MapsError, svc_name_str}, model::Protocol};
+use crate::{
+    maps::{MapsError, svc_name_str},
+    model::Protocol,
+};
 
 fn ip(addr: u32) -> Ipv4Addr {
     Ipv4Addr::from(addr.to_ne_bytes())
@@ -82,8 +81,7 @@ fn section(out: &mut String, map: MapKind, lines: Vec<String>) {
 /// Backend IDs, or `i:id` pairs where indexes are missing.
 fn id_list(entries: &[(u16, u32)]) -> String {
     let contiguous = entries.iter().enumerate().all(|(i, (slot, _))| i == *slot as usize);
-    let items: Vec<String> =
-        entries.iter().map(|(slot, id)| if contiguous { id.to_string() } else { format!("{slot}:{id}") }).collect();
+    let items: Vec<String> = entries.iter().map(|(slot, id)| if contiguous { id.to_string() } else { format!("{slot}:{id}") }).collect();
     items.join(" ")
 }
 
@@ -113,7 +111,7 @@ pub fn dump(maps: &impl MapStore) -> Result<String, MapsError> {
                 if k.scope != lb_common::SCOPE_EXTERNAL {
                     let _ = write!(l, " scope {}", k.scope);
                 }
-                let _ = write!(l, " id {} gen {} count {}", v.id, v.generation, v.count);
+                let _ = write!(l, " id {} gen {} count {}", v.frontend_id, v.generation, v.count);
                 if v.flags != 0 {
                     let _ = write!(l, " {}", svc_flag_names(v.flags));
                 }
@@ -127,7 +125,7 @@ pub fn dump(maps: &impl MapStore) -> Result<String, MapsError> {
 
     let mut slots: BTreeMap<(u32, u16), Vec<(u16, u32)>> = BTreeMap::new();
     for (k, s) in maps.slots()? {
-        slots.entry((k.svc_id, k.generation)).or_default().push((k.slot, s.backend_id));
+        slots.entry((k.frontend_id, k.generation)).or_default().push((k.slot, s.backend_id));
     }
     section(
         &mut out,
@@ -200,7 +198,7 @@ pub fn dump(maps: &impl MapStore) -> Result<String, MapsError> {
     section(&mut out, MapKind::Maglev, maglev);
 
     let mut ranges: Vec<(u32, u32, u32)> =
-        maps.src_ranges()?.into_iter().map(|(len, d)| (u32::from_be(d.svc_id), u32::from_be(d.addr), len)).collect();
+        maps.src_ranges()?.into_iter().map(|(len, d)| (u32::from_be(d.frontend_id), u32::from_be(d.addr), len)).collect();
     ranges.sort_unstable();
     section(
         &mut out,
@@ -221,7 +219,7 @@ pub fn dump(maps: &impl MapStore) -> Result<String, MapsError> {
                     u16::from_be(k.dport),
                     proto(k.proto),
                     if k.dir == CT_SERVICE { "service" } else { "reply" },
-                    e.rev_nat_id,
+                    e.frontend_id,
                     e.frontend_version,
                     e.backend_id,
                     e.backend_version
@@ -241,13 +239,7 @@ pub fn dump(maps: &impl MapStore) -> Result<String, MapsError> {
             } else {
                 ip(k.client as u32).to_string()
             };
-            format!(
-                "{client} frontend {} v{}: backend {} v{}",
-                k.svc_id,
-                k.svc_version,
-                a.backend_id,
-                a.backend_version
-            )
+            format!("{client} frontend {} v{}: backend {} v{}", k.frontend_id, k.frontend_version, a.backend_id, a.backend_version)
         })
         .collect();
     affinity.sort_unstable();

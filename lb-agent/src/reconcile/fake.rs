@@ -22,8 +22,7 @@ use std::{
 
 use aya::{maps::MapError, sys::SyscallError};
 use lb_common::{
-    Affinity4, Affinity4Key, Backend4, Ct4Key, CtEntry, RevNat4, Service4Key, Service4Value, Slot, SlotKey, SrcRange4,
-    SvcName, Vip4, sizes,
+    Affinity4, Affinity4Key, Backend4, Ct4Key, CtEntry, RevNat4, Service4Key, Service4Value, Slot, SlotKey, SrcRange4, SvcName, Vip4, sizes,
 };
 
 use super::store::{CtMap, MapKind, MapStore};
@@ -267,16 +266,16 @@ impl MapStore for FakeMaps {
     fn src_ranges(&self) -> Result<Vec<(u32, SrcRange4)>, MapsError> {
         let mut keys: Vec<(u32, u32, u32)> = self.src_ranges.keys().copied().collect();
         keys.sort_unstable();
-        Ok(keys.into_iter().map(|(len, svc_id, addr)| (len, SrcRange4 { svc_id, addr })).collect())
+        Ok(keys.into_iter().map(|(len, frontend_id, addr)| (len, SrcRange4 { frontend_id, addr })).collect())
     }
 
     fn insert_src_range(&mut self, prefix_len: u32, data: SrcRange4) -> Result<(), MapsError> {
-        let key = (prefix_len, data.svc_id, data.addr);
+        let key = (prefix_len, data.frontend_id, data.addr);
         Self::hash_insert(self.max(MapKind::SrcRanges), MapKind::SrcRanges, &mut self.src_ranges, key, 1)
     }
 
     fn remove_src_range(&mut self, prefix_len: u32, data: SrcRange4) -> Result<(), MapsError> {
-        self.src_ranges.remove(&(prefix_len, data.svc_id, data.addr));
+        self.src_ranges.remove(&(prefix_len, data.frontend_id, data.addr));
         Ok(())
     }
 

@@ -57,7 +57,7 @@ pub struct SlotRange {
 
 impl SlotRange {
     pub fn keys(self) -> impl Iterator<Item = SlotKey> {
-        (0..self.count).map(move |i| SlotKey { svc_id: self.id, slot: i as u16, generation: self.generation })
+        (0..self.count).map(move |i| SlotKey { frontend_id: self.id, slot: i as u16, generation: self.generation })
     }
 }
 
@@ -99,7 +99,7 @@ enum PreviousTable {
 }
 
 fn service_value(id: u32, generation: u16, count: usize, fe: &Frontend) -> Service4Value {
-    Service4Value { id, count: count as u16, generation, flags: fe.flags, affinity_timeout: fe.affinity_timeout }
+    Service4Value { frontend_id: id, count: count as u16, generation, flags: fe.flags, affinity_timeout: fe.affinity_timeout }
 }
 
 fn rev_nat(fe: &FrontendAddr, version: u16) -> RevNat4 {
@@ -381,14 +381,10 @@ impl<M: MapStore> Reconciler<M> {
     /// Clears what a removed frontend left: its Maglev table, its rev-NAT
     /// slot (version kept, so its flows are invalid) and its name.
     fn clear_frontend(&mut self, id: u32, version: u16) -> Vec<MapsError> {
-        [
-            self.maps.remove_maglev(id),
-            self.maps.set_revnat(id, &RevNat4 { addr: 0, port: 0, version }),
-            self.maps.remove_name(id),
-        ]
-        .into_iter()
-        .filter_map(Result::err)
-        .collect()
+        [self.maps.remove_maglev(id), self.maps.set_revnat(id, &RevNat4 { addr: 0, port: 0, version }), self.maps.remove_name(id)]
+            .into_iter()
+            .filter_map(Result::err)
+            .collect()
     }
 
     /// Clears again what removed frontends left when that failed, and
@@ -412,7 +408,8 @@ impl<M: MapStore> Reconciler<M> {
         if !self.stale_slots.is_empty() {
             // Stale slots whose deletion failed and is to be tried again:
             // those about to be written are live from now on.
-            self.stale_slots.retain(|k| !(k.svc_id == range.id && k.generation == range.generation && (k.slot as usize) < range.count));
+            self.stale_slots
+                .retain(|k| !(k.frontend_id == range.id && k.generation == range.generation && (k.slot as usize) < range.count));
         }
         for (key, backend_id) in range.keys().zip(backend_ids) {
             stats.ops += 1;
@@ -426,7 +423,7 @@ impl<M: MapStore> Reconciler<M> {
         for key in range.keys() {
             stats.ops += 1;
             if let Err(e) = self.maps.remove_slot(&key) {
-                warn!("deleting slot {} of frontend {}: {e}", key.slot, key.svc_id);
+                warn!("deleting slot {} of frontend {}: {e}", key.slot, key.frontend_id);
             }
         }
     }

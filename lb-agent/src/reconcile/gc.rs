@@ -83,9 +83,9 @@ impl<M: MapStore> Reconciler<M> {
             .map(|f| (f.id, &f.allowed))
             .collect();
         let judge = |e: &CtEntry| {
-            if !self.frontend_ids.holds(e.rev_nat_id, e.frontend_version) || !self.backend_ids.holds(e.backend_id, e.backend_version) {
+            if !self.frontend_ids.holds(e.frontend_id, e.frontend_version) || !self.backend_ids.holds(e.backend_id, e.backend_version) {
                 Verdict::Invalid
-            } else if allowed.get(&e.rev_nat_id).is_some_and(|a| !a.contains(&e.backend_id)) {
+            } else if allowed.get(&e.frontend_id).is_some_and(|a| !a.contains(&e.backend_id)) {
                 Verdict::Purged
             } else {
                 Verdict::Keep
@@ -117,8 +117,8 @@ impl<M: MapStore> Reconciler<M> {
             .iter()
             .filter(|(k, a)| {
                 !self.backend_ids.holds(a.backend_id, a.backend_version)
-                    || !self.frontend_ids.holds(k.svc_id, k.svc_version)
-                    || allowed.get(&k.svc_id).is_some_and(|s| !s.contains(&a.backend_id))
+                    || !self.frontend_ids.holds(k.frontend_id, k.frontend_version)
+                    || allowed.get(&k.frontend_id).is_some_and(|s| !s.contains(&a.backend_id))
             })
             .map(|(k, _)| *k)
             .collect();

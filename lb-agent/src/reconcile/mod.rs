@@ -47,20 +47,20 @@ pub mod store;
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
-    hash::{BuildHasher, Hash, Hasher},
+    hash::{BuildHasher, Hash},
 };
 
 use lb_common::SlotKey;
 
-pub use self::{
-    gc::GcStats,
-    store::{CtMap, MapKind, MapStore},
-};
 use self::{
     backends::{InstalledBackend, Refs, Use, Writing},
     frontends::Installed,
     ids::Ids,
     ranges::SrcRange,
+};
+pub use self::{
+    gc::GcStats,
+    store::{CtMap, MapKind, MapStore},
 };
 use crate::{
     maglev,
@@ -233,8 +233,7 @@ impl<M: MapStore> Reconciler<M> {
                 (!same).then(|| Change { fe, digest, uses: self.uses(fe) })
             })
             .collect();
-        let gone: Vec<FrontendAddr> =
-            self.frontends.keys().filter(|addr| !parts.iter().any(|d| d.contains_key(addr))).copied().collect();
+        let gone: Vec<FrontendAddr> = self.frontends.keys().filter(|addr| !parts.iter().any(|d| d.contains_key(addr))).copied().collect();
         // Addresses first: a frontend whose address the datapath does not
         // know is never looked up.
         for Change { fe, .. } in &changed {
@@ -282,10 +281,8 @@ impl<M: MapStore> Reconciler<M> {
     /// What decides a frontend's map entries, hashed: a frontend whose
     /// digest did not change needs no write.
     fn digest(&self, fe: &Frontend) -> u64 {
-        let mut h = self.hasher.build_hasher();
-        fe.hash(&mut h);
         // 0 means "unknown".
-        h.finish().max(1)
+        self.hasher.hash_one(fe).max(1)
     }
 
     /// A frontend that lost backends from its allowed set: flows to those

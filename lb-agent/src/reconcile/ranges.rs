@@ -18,7 +18,7 @@ pub struct SrcRange {
 
 impl SrcRange {
     fn data(self, id: u32) -> SrcRange4 {
-        SrcRange4 { svc_id: id.to_be(), addr: self.addr }
+        SrcRange4 { frontend_id: id.to_be(), addr: self.addr }
     }
 }
 
@@ -45,7 +45,7 @@ impl<M: MapStore> Reconciler<M> {
             && let Ok(entries) = self.maps.src_ranges()
         {
             for (prefix_len, data) in entries {
-                self.src_ranges.entry(u32::from_be(data.svc_id)).or_default().insert(SrcRange { prefix_len, addr: data.addr });
+                self.src_ranges.entry(u32::from_be(data.frontend_id)).or_default().insert(SrcRange { prefix_len, addr: data.addr });
             }
         }
         let ids: BTreeSet<u32> = wanted.keys().chain(self.src_ranges.keys()).copied().collect();

@@ -57,7 +57,7 @@ impl<M: MapStore> Reconciler<M> {
                 foreign.push(key);
                 continue;
             };
-            let range = SlotRange { id: value.id, generation: value.generation, count: value.count as usize };
+            let range = SlotRange { id: value.frontend_id, generation: value.generation, count: value.count as usize };
             let mut slots = Vec::with_capacity(range.count);
             for k in range.keys() {
                 live_slots.insert(k);
@@ -65,17 +65,17 @@ impl<M: MapStore> Reconciler<M> {
                     slots.push(s.backend_id);
                 }
             }
-            let name = maps.name(value.id)?.map(|n| svc_name_str(&n)).unwrap_or_default();
+            let name = maps.name(value.frontend_id)?.map(|n| svc_name_str(&n)).unwrap_or_default();
             let uses: Vec<Use> = slots
                 .iter()
                 .filter_map(|id| backend_by_id.get(id))
                 .map(|addr| Use { addr: *addr, flags: backends.by_addr.get(addr).map_or(0, |b| b.flags) })
                 .collect();
-            let version = revnats.get(&value.id).map_or(0, |r| r.version);
+            let version = revnats.get(&value.frontend_id).map_or(0, |r| r.version);
             frontends.insert(
                 addr,
                 Installed {
-                    id: value.id,
+                    id: value.frontend_id,
                     version,
                     generation: value.generation,
                     allowed: slots.iter().copied().collect(),

@@ -12,8 +12,8 @@
 //! whichever implementation produced them.
 
 use lb_common::{
-    Affinity4, Affinity4Key, Backend4, Ct4Key, CtEntry, RevNat4, RevNatKey, Service4Key, Service4Value, Slot, SlotKey,
-    SrcRange4, SvcName, Vip4, names,
+    Affinity4, Affinity4Key, Backend4, Ct4Key, CtEntry, RevNat4, RevNatKey, Service4Key, Service4Value, Slot, SlotKey, SrcRange4, SvcName,
+    Vip4, names,
 };
 
 use crate::maps::{Maps, MapsError};
@@ -217,19 +217,19 @@ impl MapStore for Maps {
     }
 
     fn name(&self, id: u32) -> Result<Option<SvcName>, MapsError> {
-        self.names.get(&RevNatKey { id })
+        self.names.get(&RevNatKey { frontend_id: id })
     }
 
     fn names(&self) -> Result<Vec<(u32, SvcName)>, MapsError> {
-        Ok(self.names.entries()?.into_iter().map(|(k, v)| (k.id, v)).collect())
+        Ok(self.names.entries()?.into_iter().map(|(k, v)| (k.frontend_id, v)).collect())
     }
 
     fn insert_name(&mut self, id: u32, name: &SvcName) -> Result<(), MapsError> {
-        self.names.insert(&RevNatKey { id }, name)
+        self.names.insert(&RevNatKey { frontend_id: id }, name)
     }
 
     fn remove_name(&mut self, id: u32) -> Result<(), MapsError> {
-        self.names.remove(&RevNatKey { id })
+        self.names.remove(&RevNatKey { frontend_id: id })
     }
 
     fn vips(&self) -> Result<Vec<(u32, Vip4)>, MapsError> {

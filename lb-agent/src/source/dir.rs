@@ -9,7 +9,7 @@ use std::{
 use tracing::warn;
 
 use super::{Batch, Invalid, Kind, Object, Sender, Update};
-use crate::manifest;
+use crate::source::manifest;
 
 /// Polls `dir` every `poll` until the receiver goes away. A directory that
 /// cannot be read changes nothing (the last good state stays).
@@ -48,17 +48,9 @@ pub fn read(dir: &Path) -> Option<Batch> {
             return None;
         }
     };
-    let invalid = objects
-        .problems
-        .into_iter()
-        .map(|problem| Invalid { kind: Kind::Service, key: None, problem })
-        .collect();
+    let invalid = objects.problems.into_iter().map(|problem| Invalid { kind: Kind::Service, key: None, problem }).collect();
     Some(Batch::now(vec![
-        Update::Listed {
-            kind: Kind::Service,
-            objects: objects.services.into_iter().map(Object::Service).collect(),
-            invalid,
-        },
+        Update::Listed { kind: Kind::Service, objects: objects.services.into_iter().map(Object::Service).collect(), invalid },
         Update::Listed {
             kind: Kind::EndpointSlice,
             objects: objects.slices.into_iter().map(Object::EndpointSlice).collect(),

@@ -47,7 +47,7 @@ use serde::{Deserialize, de::DeserializeOwned};
 use tracing::{debug, info, warn};
 
 use super::{Batch, Invalid, Kind, Object, ObjectKey, Sender, Update};
-use crate::{manifest::Sourced, metrics::Metrics};
+use crate::{metrics::Metrics, source::manifest::Sourced};
 
 /// What the agent reads from the API, as RBAC names it: (API group,
 /// resource, verbs). `deploy/`'s ClusterRole grants exactly this.
@@ -105,8 +105,7 @@ fn server() -> &'static str {
 pub async fn client(opts: &KubeOptions) -> Result<Client, KubeError> {
     let mut config = match &opts.kubeconfig {
         Some(path) => {
-            let kc = Kubeconfig::read_from(path)
-                .map_err(|source| KubeError::Kubeconfig { path: path.clone(), source })?;
+            let kc = Kubeconfig::read_from(path).map_err(|source| KubeError::Kubeconfig { path: path.clone(), source })?;
             kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default())
                 .await
                 .map_err(|source| KubeError::Kubeconfig { path: path.clone(), source })?
@@ -352,22 +351,10 @@ impl Resource for RawObject {
 /// Converts a raw object into its k8s-openapi type, naming the failing
 /// field. Fields unknown to k8s-openapi (newer API versions) are ignored.
 pub fn convert<T: DeserializeOwned>(kind: Kind, raw: &RawObject) -> Result<T, Invalid> {
-    let key = raw
-        .metadata
-        .name
-        .as_ref()
-        .map(|_| ObjectKey::new(raw.metadata.namespace.as_deref(), raw.metadata.name.as_deref()));
+    let key = raw.metadata.name.as_ref().map(|_| ObjectKey::new(raw.metadata.namespace.as_deref(), raw.metadata.name.as_deref()));
     serde_path_to_error::deserialize::<_, T>(&raw.value).map_err(|e| {
         let name = key.as_ref().map(ToString::to_string).unwrap_or_else(|| "<unnamed>".into());
-        Invalid {
-            kind,
-            key,
-            problem: format!(
-                "{kind} {name}: invalid field `{}`: {}; object skipped",
-                e.path(),
-                e.inner()
-            ),
-        }
+        Invalid { kind, key, problem: format!("{kind} {name}: invalid field `{}`: {}; object skipped", e.path(), e.inner()) }
     })
 }
 
@@ -375,9 +362,7 @@ fn to_object(kind: Kind, raw: &RawObject) -> Result<Object, Invalid> {
     let origin = String::new();
     match kind {
         Kind::Service => convert::<Service>(kind, raw).map(|obj| Object::Service(Sourced { origin, obj })),
-        Kind::EndpointSlice => {
-            convert::<EndpointSlice>(kind, raw).map(|obj| Object::EndpointSlice(Sourced { origin, obj: obj.into() }))
-        }
+        Kind::EndpointSlice => convert::<EndpointSlice>(kind, raw).map(|obj| Object::EndpointSlice(Sourced { origin, obj: obj.into() })),
     }
 }
 
@@ -420,9 +405,7 @@ fn api_resource(kind: Kind) -> ApiResource {
 
 async fn watch_kind(client: Client, kind: Kind, backoff_max: Duration, tx: Sender, api: Reachability) {
     let resources: Api<RawObject> = Api::all_with(client, &api_resource(kind));
-    let mut stream = watcher::watcher(resources, watcher::Config::default())
-        .backoff(Retry::new(backoff_max))
-        .boxed();
+    let mut stream = watcher::watcher(resources, watcher::Config::default()).backoff(Retry::new(backoff_max)).boxed();
     // Objects of a list in progress; sent as one update when complete.
     let mut listing: Option<(Vec<Object>, Vec<Invalid>)> = None;
     let mut failing = false;
@@ -459,10 +442,9 @@ async fn watch_kind(client: Client, kind: Kind, backoff_max: Duration, tx: Sende
                     Update::Invalid(inv)
                 }
             }),
-            Ok(Event::Delete(raw)) => Some(Update::Deleted {
-                kind,
-                key: ObjectKey::new(raw.metadata.namespace.as_deref(), raw.metadata.name.as_deref()),
-            }),
+            Ok(Event::Delete(raw)) => {
+                Some(Update::Deleted { kind, key: ObjectKey::new(raw.metadata.namespace.as_deref(), raw.metadata.name.as_deref()) })
+            }
             Err(e) => {
                 api.metrics.api_error(kind);
                 // A watch that breaks, or expires (410 Gone), is restarted
@@ -511,12 +493,7 @@ async fn watch_node(client: Client, node: String, backoff_max: Duration, api: Re
                 (known, listed) = (true, true);
                 match serde_path_to_error::deserialize::<_, Node>(&raw.value) {
                     Ok(n) => {
-                        let zone = n
-                            .metadata
-                            .labels
-                            .as_ref()
-                            .and_then(|l| l.get("topology.kubernetes.io/zone"))
-                            .cloned();
+                        let zone = n.metadata.labels.as_ref().and_then(|l| l.get("topology.kubernetes.io/zone")).cloned();
                         metrics.set_node_seen(true);
                         set_eligibility(metrics, &node, node_ineligible(&n));
                         debug!(node, ?zone, "node updated");
@@ -574,10 +551,7 @@ mod node_tests {
             },
             spec: Some(NodeSpec {
                 taints: Some(
-                    taints
-                        .iter()
-                        .map(|k| Taint { key: k.to_string(), effect: "NoSchedule".into(), ..Taint::default() })
-                        .collect(),
+                    taints.iter().map(|k| Taint { key: k.to_string(), effect: "NoSchedule".into(), ..Taint::default() }).collect(),
                 ),
                 ..NodeSpec::default()
             }),

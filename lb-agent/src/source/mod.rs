@@ -3,7 +3,9 @@
 //! A source ([`dir`] or [`kube`]) sends [`Batch`]es of [`Update`]s over a
 //! channel; the run loop applies them to one [`Store`], which it
 //! translates and reconciles. Both sources feed the same translation and
-//! the same reconciler.
+//! the same reconciler. [`manifest`] parses YAML documents (the directory
+//! source and the tests), [`slice`] holds an EndpointSlice as translation
+//! reads it.
 //!
 //! The store only becomes [`Store::ready`] after a complete list of both
 //! Services and EndpointSlices: before that, translating it would remove
@@ -11,6 +13,8 @@
 
 pub mod dir;
 pub mod kube;
+pub mod manifest;
+pub mod slice;
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -21,7 +25,7 @@ use std::{
 use k8s_openapi::api::core::v1::Service;
 use tracing::{info, warn};
 
-use crate::{manifest::Sourced, slice::Slice};
+use self::{manifest::Sourced, slice::Slice};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Kind {
@@ -47,10 +51,7 @@ pub struct ObjectKey {
 
 impl ObjectKey {
     pub fn new(namespace: Option<&str>, name: Option<&str>) -> ObjectKey {
-        ObjectKey {
-            namespace: namespace.unwrap_or("default").to_string(),
-            name: name.unwrap_or("").to_string(),
-        }
+        ObjectKey { namespace: namespace.unwrap_or("default").to_string(), name: name.unwrap_or("").to_string() }
     }
 }
 
@@ -60,6 +61,9 @@ impl fmt::Display for ObjectKey {
     }
 }
 
+// Objects are moved, never copied in bulk, and nearly all are Services or
+// slices of similar size: boxing would add an allocation per object.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug)]
 pub enum Object {
     Service(Sourced<Service>),
@@ -98,6 +102,8 @@ pub struct Invalid {
     pub problem: String,
 }
 
+// One Update per watch event, moved through a channel once.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug)]
 pub enum Update {
     /// A complete list of one kind (a first list or a relist): replaces
@@ -307,10 +313,7 @@ impl Store {
                 Kind::EndpointSlice => self.slices.get(&key).map(|s| s.origin.clone()),
             };
             if let Some(first) = duplicate {
-                let msg = format!(
-                    "{}: {kind} {key} is also defined in {first}; this copy is skipped",
-                    obj.origin()
-                );
+                let msg = format!("{}: {kind} {key} is also defined in {first}; this copy is skipped", obj.origin());
                 warn!("{msg}");
                 self.unnamed_problems.entry(kind).or_default().push(msg);
                 continue;
@@ -419,11 +422,7 @@ impl Store {
 /// Keys whose value differs between two versions of a map (added,
 /// removed or changed).
 fn changed_keys<T: PartialEq>(old: &BTreeMap<ObjectKey, T>, new: &BTreeMap<ObjectKey, T>) -> Vec<ObjectKey> {
-    let mut out: Vec<ObjectKey> = new
-        .iter()
-        .filter(|(k, v)| old.get(*k) != Some(*v))
-        .map(|(k, _)| k.clone())
-        .collect();
+    let mut out: Vec<ObjectKey> = new.iter().filter(|(k, v)| old.get(*k) != Some(*v)).map(|(k, _)| k.clone()).collect();
     out.extend(old.keys().filter(|k| !new.contains_key(*k)).cloned());
     out
 }

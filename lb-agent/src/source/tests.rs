@@ -5,10 +5,7 @@ use super::*;
 fn svc(name: &str, ip: &str) -> Object {
     let obj = Service {
         metadata: ObjectMeta { name: Some(name.into()), namespace: Some("ns".into()), ..Default::default() },
-        spec: Some(k8s_openapi::api::core::v1::ServiceSpec {
-            cluster_ip: Some(ip.into()),
-            ..Default::default()
-        }),
+        spec: Some(k8s_openapi::api::core::v1::ServiceSpec { cluster_ip: Some(ip.into()), ..Default::default() }),
         ..Default::default()
     };
     Object::Service(Sourced { origin: String::new(), obj })
@@ -55,11 +52,7 @@ fn relist_replaces_and_invalid_objects_keep_their_last_valid_version() {
     assert_eq!(store.skipped(), 1);
     // A relist without c (deleted while the watch was down), with b still
     // invalid and a new invalid d.
-    store.apply(Update::Listed {
-        kind: Kind::Service,
-        objects: vec![svc("a", "10.0.0.9")],
-        invalid: vec![invalid("b"), invalid("d")],
-    });
+    store.apply(Update::Listed { kind: Kind::Service, objects: vec![svc("a", "10.0.0.9")], invalid: vec![invalid("b"), invalid("d")] });
     assert_eq!(names(&store), ["a", "b"]);
     assert_eq!(ip(&store, "a"), "10.0.0.9");
     assert_eq!(store.skipped(), 2);
@@ -75,11 +68,7 @@ fn relist_replaces_and_invalid_objects_keep_their_last_valid_version() {
 #[test]
 fn duplicate_in_a_list_keeps_the_first() {
     let mut store = Store::default();
-    store.apply(Update::Listed {
-        kind: Kind::Service,
-        objects: vec![svc("a", "10.0.0.1"), svc("a", "10.0.0.2")],
-        invalid: vec![],
-    });
+    store.apply(Update::Listed { kind: Kind::Service, objects: vec![svc("a", "10.0.0.1"), svc("a", "10.0.0.2")], invalid: vec![] });
     assert_eq!(ip(&store, "a"), "10.0.0.1");
     assert_eq!(store.skipped(), 1);
 }

@@ -1,6 +1,6 @@
 use super::*;
-use crate::manifest::{Objects, parse_into};
 use crate::model::{BackendSelection, ServiceRef, TrafficPolicy};
+use crate::source::manifest::{Objects, parse_into};
 use std::net::IpAddr;
 
 fn run(yaml: &str) -> Translation {
@@ -15,10 +15,7 @@ fn fe(ip: &str, port: u16, proto: Protocol) -> FrontendAddr {
 }
 
 fn backend_strings(t: &Translation, addr: FrontendAddr) -> Vec<String> {
-    t.desired[&addr]
-        .slot_backends()
-        .map(|b| format!("{}{}", b.addr, if b.terminating { " T" } else { "" }))
-        .collect()
+    t.desired[&addr].slot_backends().map(|b| format!("{}{}", b.addr, if b.terminating { " T" } else { "" })).collect()
 }
 
 const MULTI_PORT: &str = r#"
@@ -380,11 +377,7 @@ mod incremental {
         let mut o = Objects::default();
         parse_into("t.yaml", yaml, &mut o);
         assert!(o.problems.is_empty(), "{:?}", o.problems);
-        o.services
-            .into_iter()
-            .map(Object::Service)
-            .chain(o.slices.into_iter().map(Object::EndpointSlice))
-            .collect()
+        o.services.into_iter().map(Object::Service).chain(o.slices.into_iter().map(Object::EndpointSlice)).collect()
     }
 
     fn service(name: &str, ip: &str, endpoints: &[&str]) -> String {
@@ -406,8 +399,7 @@ mod incremental {
     }
 
     fn listed(store: &mut Store, yaml: &str) {
-        let (svcs, slices): (Vec<Object>, Vec<Object>) =
-            objects(yaml).into_iter().partition(|o| o.kind() == Kind::Service);
+        let (svcs, slices): (Vec<Object>, Vec<Object>) = objects(yaml).into_iter().partition(|o| o.kind() == Kind::Service);
         store.apply(Update::Listed { kind: Kind::Service, objects: svcs, invalid: vec![] });
         store.apply(Update::Listed { kind: Kind::EndpointSlice, objects: slices, invalid: vec![] });
     }
@@ -460,12 +452,8 @@ mod incremental {
         assert!(t.translation().problems.is_empty());
 
         // A relist that changes one Service and drops another.
-        let relist = [
-            service("b", "10.96.0.2", &["10.244.0.3", "10.244.0.4"]),
-            service("c", "10.96.0.3", &[]),
-            format!("---{MULTI_PORT}"),
-        ]
-        .concat();
+        let relist =
+            [service("b", "10.96.0.2", &["10.244.0.3", "10.244.0.4"]), service("c", "10.96.0.3", &[]), format!("---{MULTI_PORT}")].concat();
         listed(&mut store, &relist);
         check(&mut t, &mut store);
         assert_eq!(t.translation().desired.len(), 4);

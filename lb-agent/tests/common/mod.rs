@@ -17,9 +17,9 @@ use lb_agent::{
     maps::Maps,
     model::{Backend, BackendAddr, Desired, Frontend, FrontendAddr, Protocol},
     reconcile::Reconciler,
-    testrun::{self, Outcome},
 };
 use lb_common::Config;
+use lb_lab::testrun::{self, Outcome};
 use lb_lab::{ChildGuard, Netns};
 
 /// Whether the kernel tests can run. Without root they are skipped, except
@@ -45,10 +45,7 @@ pub struct PinDir(pub PathBuf);
 impl PinDir {
     pub fn new(tag: &str) -> PinDir {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-        PinDir(PathBuf::from(format!(
-            "/sys/fs/bpf/lb-test-{}-{n}-{tag}",
-            std::process::id()
-        )))
+        PinDir(PathBuf::from(format!("/sys/fs/bpf/lb-test-{}-{n}-{tag}", std::process::id())))
     }
 }
 
@@ -112,11 +109,8 @@ impl Agent {
     /// [`Agent::start_with`], run through `wrapper` (a command that execs
     /// its arguments, such as `setpriv ... --`).
     pub fn start_wrapped(node: &Netns, manifests: &Path, pins: PinDir, wrapper: &[&str], extra: &[&str]) -> Agent {
-        let log = std::env::temp_dir().join(format!(
-            "lb-agent-{}-{}.log",
-            std::process::id(),
-            pins.0.file_name().unwrap().to_string_lossy()
-        ));
+        let log =
+            std::env::temp_dir().join(format!("lb-agent-{}-{}.log", std::process::id(), pins.0.file_name().unwrap().to_string_lossy()));
         let log_file = fs::File::create(&log).unwrap();
         let agent = env!("CARGO_BIN_EXE_lb-agent");
         let mut cmd = match wrapper.split_first() {
@@ -131,8 +125,7 @@ impl Agent {
         if !extra.contains(&"--poll-interval-ms") {
             cmd.args(["--poll-interval-ms", "100"]);
         }
-        cmd
-            .arg("--manifests")
+        cmd.arg("--manifests")
             .arg(manifests)
             .arg("--bpffs")
             .arg(&pins.0)
@@ -152,9 +145,7 @@ impl Agent {
 
     /// The maps, as `lb-agent list` reads them.
     pub fn maps(&self) -> Maps {
-        wait_for("the agent to pin its maps", Duration::from_secs(10), || {
-            Maps::open(&self.pins.0).ok()
-        })
+        wait_for("the agent to pin its maps", Duration::from_secs(10), || Maps::open(&self.pins.0).ok())
     }
 
     /// The listing rows, once the agent has written the config.
@@ -167,14 +158,14 @@ impl Agent {
     pub fn wait_rows(&self, what: &str, pred: impl Fn(&[list::Row]) -> bool) -> Vec<list::Row> {
         let deadline = Instant::now() + Duration::from_secs(15);
         loop {
-            if let Ok(maps) = Maps::open(&self.pins.0) {
-                if let Ok(rows) = list::rows(&maps) {
-                    if pred(&rows) {
-                        return rows;
-                    }
-                    if Instant::now() > deadline {
-                        panic!("timed out waiting for {what}; maps hold {rows:#?}\nagent log:\n{}", self.log_text());
-                    }
+            if let Ok(maps) = Maps::open(&self.pins.0)
+                && let Ok(rows) = list::rows(&maps)
+            {
+                if pred(&rows) {
+                    return rows;
+                }
+                if Instant::now() > deadline {
+                    panic!("timed out waiting for {what}; maps hold {rows:#?}\nagent log:\n{}", self.log_text());
                 }
             }
             if Instant::now() > deadline {
@@ -253,18 +244,8 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
 }
 
 /// A ClusterIP Service with one port, and its EndpointSlice.
-pub fn service_yaml(
-    name: &str,
-    cluster_ip: &str,
-    port: u16,
-    proto: &str,
-    target_port: u16,
-    endpoints: &[std::net::Ipv4Addr],
-) -> String {
-    let eps: String = endpoints
-        .iter()
-        .map(|ip| format!("- addresses: [{ip}]\n  conditions: {{ready: true}}\n"))
-        .collect();
+pub fn service_yaml(name: &str, cluster_ip: &str, port: u16, proto: &str, target_port: u16, endpoints: &[std::net::Ipv4Addr]) -> String {
+    let eps: String = endpoints.iter().map(|ip| format!("- addresses: [{ip}]\n  conditions: {{ready: true}}\n")).collect();
     let eps = if eps.is_empty() { "[]\n".to_string() } else { format!("\n{eps}") };
     format!(
         r#"apiVersion: v1
@@ -295,12 +276,7 @@ pub fn frontend(addr: &str, proto: Protocol, backends: &[&str]) -> (FrontendAddr
         .iter()
         .map(|b| {
             let b = sa(b);
-            Backend {
-                addr: BackendAddr { ip: *b.ip(), port: b.port(), proto },
-                terminating: false,
-                node_name: None,
-                zone: None,
-            }
+            Backend { addr: BackendAddr { ip: *b.ip(), port: b.port(), proto }, terminating: false, node_name: None, zone: None }
         })
         .collect();
     (fa, Frontend { addr: fa, name: format!("test/{addr}"), backends, flags: 0, affinity_timeout: 0 })
@@ -432,7 +408,10 @@ pub fn ipv4_checksum(h: &[u8]) -> u16 {
 /// the quoted IPv4 header's checksum are all right; returns (outer source,
 /// outer destination, quoted source, quoted destination) as socket
 /// addresses (ports from the quoted L4 header).
-pub fn icmp_error_parts(name: &str, packet: &[u8]) -> (std::net::Ipv4Addr, std::net::Ipv4Addr, std::net::SocketAddrV4, std::net::SocketAddrV4) {
+pub fn icmp_error_parts(
+    name: &str,
+    packet: &[u8],
+) -> (std::net::Ipv4Addr, std::net::Ipv4Addr, std::net::SocketAddrV4, std::net::SocketAddrV4) {
     use std::net::{Ipv4Addr, SocketAddrV4};
     let ip = &packet[14..];
     assert_eq!(ip[9], 1, "{name}: ICMP");
@@ -448,12 +427,7 @@ pub fn icmp_error_parts(name: &str, packet: &[u8]) -> (std::net::Ipv4Addr, std::
     assert_eq!(ipv4_checksum(&q[..20]), 0, "{name}: quoted IPv4 checksum");
     let a = |b: &[u8]| Ipv4Addr::new(b[0], b[1], b[2], b[3]);
     let p = |b: &[u8]| u16::from_be_bytes([b[0], b[1]]);
-    (
-        a(&outer[12..16]),
-        a(&outer[16..20]),
-        SocketAddrV4::new(a(&q[12..16]), p(&q[20..22])),
-        SocketAddrV4::new(a(&q[16..20]), p(&q[22..24])),
-    )
+    (a(&outer[12..16]), a(&outer[16..20]), SocketAddrV4::new(a(&q[12..16]), p(&q[20..22])), SocketAddrV4::new(a(&q[16..20]), p(&q[22..24])))
 }
 
 /// An ICMP error of `icmp_type`/`code` from `from` to `to`, quoting the

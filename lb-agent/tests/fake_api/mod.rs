@@ -220,11 +220,7 @@ impl FakeApi {
 
     fn change(&self, res: Res, mut value: Value, present: bool, notify: bool) {
         let name = value["metadata"]["name"].as_str().expect("metadata.name").to_string();
-        let ns = if res.namespaced() {
-            value["metadata"]["namespace"].as_str().unwrap_or("default").to_string()
-        } else {
-            String::new()
-        };
+        let ns = if res.namespaced() { value["metadata"]["namespace"].as_str().unwrap_or("default").to_string() } else { String::new() };
         let key = (res, ns.clone(), name);
         let mut st = self.shared.lock();
         st.rv += 1;
@@ -356,10 +352,10 @@ fn read_request(reader: &mut BufReader<TcpStream>) -> Option<(Request, String)> 
         if h.is_empty() {
             break;
         }
-        if let Some((k, v)) = h.split_once(':') {
-            if k.eq_ignore_ascii_case("content-length") {
-                content_length = v.trim().parse().unwrap_or(0);
-            }
+        if let Some((k, v)) = h.split_once(':')
+            && k.eq_ignore_ascii_case("content-length")
+        {
+            content_length = v.trim().parse().unwrap_or(0);
         }
     }
     if content_length > 0 {
@@ -541,11 +537,7 @@ fn respond(out: &mut TcpStream, code: u16, body: &Value) -> std::io::Result<()> 
         410 => "Gone",
         _ => "Error",
     };
-    write!(
-        out,
-        "HTTP/1.1 {code} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
-        body.len()
-    )?;
+    write!(out, "HTTP/1.1 {code} {reason}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n", body.len())?;
     out.write_all(&body)?;
     out.flush()
 }
@@ -559,13 +551,7 @@ fn chunk(out: &mut TcpStream, event: &Value) -> std::io::Result<()> {
     out.flush()
 }
 
-fn stream_watch(
-    out: &mut TcpStream,
-    shared: &Shared,
-    res: Res,
-    ns: Option<&str>,
-    query: &BTreeMap<String, String>,
-) -> std::io::Result<()> {
+fn stream_watch(out: &mut TcpStream, shared: &Shared, res: Res, ns: Option<&str>, query: &BTreeMap<String, String>) -> std::io::Result<()> {
     write!(out, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")?;
     out.flush()?;
     let from: Option<u64> = query.get("resourceVersion").filter(|s| !s.is_empty() && *s != "0").and_then(|s| s.parse().ok());
@@ -573,11 +559,7 @@ fn stream_watch(
     let epoch = st.epoch;
     let mut sent = match from {
         Some(rv) if rv < st.compacted => {
-            let status = status_json(
-                410,
-                "Expired",
-                &format!("too old resource version: {rv} ({})", st.compacted),
-            );
+            let status = status_json(410, "Expired", &format!("too old resource version: {rv} ({})", st.compacted));
             let status: Status = serde_json::from_value(status.clone()).unwrap();
             drop(st);
             let mut ev = serde_json::to_value(WatchEvent::<Value>::ErrorStatus(status)).unwrap();
@@ -590,8 +572,7 @@ fn stream_watch(
         None => {
             // No resourceVersion: the current objects as ADDED, then news.
             let rv = st.rv;
-            let current: Vec<Value> =
-                st.objects.iter().filter(|(k, v)| matches(res, ns, query, k, v)).map(|(_, v)| v.clone()).collect();
+            let current: Vec<Value> = st.objects.iter().filter(|(k, v)| matches(res, ns, query, k, v)).map(|(_, v)| v.clone()).collect();
             drop(st);
             for v in current {
                 chunk(out, &serde_json::to_value(WatchEvent::Added(v)).unwrap())?;
@@ -607,8 +588,7 @@ fn stream_watch(
             // expire_watches: a 410 for watches that were open.
             if st.compacted > sent {
                 drop(st);
-                let status: Status =
-                    serde_json::from_value(status_json(410, "Expired", "the watch cache was reset")).unwrap();
+                let status: Status = serde_json::from_value(status_json(410, "Expired", "the watch cache was reset")).unwrap();
                 let mut ev = serde_json::to_value(WatchEvent::<Value>::ErrorStatus(status)).unwrap();
                 ev["object"]["kind"] = "Status".into();
                 ev["object"]["apiVersion"] = "v1".into();
@@ -621,10 +601,7 @@ fn stream_watch(
             .events
             .iter()
             .filter(|(rv, r, _, v)| {
-                *rv > sent
-                    && *r == res
-                    && ns.is_none_or(|ns| v["metadata"]["namespace"].as_str() == Some(ns))
-                    && matches_field(query, v)
+                *rv > sent && *r == res && ns.is_none_or(|ns| v["metadata"]["namespace"].as_str() == Some(ns)) && matches_field(query, v)
             })
             .map(|(rv, _, t, v)| (*rv, *t, v.clone()))
             .collect();

@@ -34,27 +34,12 @@ impl Agent {
     ///
     /// Must be called from a thread that outlives the agent: the child gets
     /// `PR_SET_PDEATHSIG` for the spawning thread (see `Netns::command`).
-    pub fn start(
-        node: &Netns,
-        bin: &Path,
-        manifests: &Path,
-        pins: &Path,
-        log: &Path,
-        poll_ms: u64,
-    ) -> Result<Agent> {
+    pub fn start(node: &Netns, bin: &Path, manifests: &Path, pins: &Path, log: &Path, poll_ms: u64) -> Result<Agent> {
         Agent::start_with(node, bin, manifests, pins, log, poll_ms, &[])
     }
 
     /// [`Agent::start`] with more arguments for `run`.
-    pub fn start_with(
-        node: &Netns,
-        bin: &Path,
-        manifests: &Path,
-        pins: &Path,
-        log: &Path,
-        poll_ms: u64,
-        extra: &[&str],
-    ) -> Result<Agent> {
+    pub fn start_with(node: &Netns, bin: &Path, manifests: &Path, pins: &Path, log: &Path, poll_ms: u64, extra: &[&str]) -> Result<Agent> {
         // A pin dir of an earlier run with the same pid: start from scratch.
         if pins.exists() {
             remove_pins(bin, pins)?;
@@ -71,8 +56,7 @@ impl Agent {
             poll_ms.to_string(),
         ];
         args.extend(extra.iter().map(|a| (*a).to_owned()));
-        let log_file =
-            fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        let log_file = fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
         let mut cmd = node.command(bin);
         cmd.args(&args)
             .env("RUST_LOG", "info")
@@ -83,27 +67,13 @@ impl Agent {
         // Its own process group: Ctrl-C in the terminal reaches the demo
         // only, which then stops the agent in order.
         std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-        let child = node
-            .spawn(&mut cmd)
-            .context("starting lb-agent in the node namespace")?
-            .into_inner();
-        Ok(Agent {
-            bin: bin.to_owned(),
-            pins: pins.to_owned(),
-            log: log.to_owned(),
-            args,
-            child: Some(child),
-            log_seen: 0,
-        })
+        let child = node.spawn(&mut cmd).context("starting lb-agent in the node namespace")?.into_inner();
+        Ok(Agent { bin: bin.to_owned(), pins: pins.to_owned(), log: log.to_owned(), args, child: Some(child), log_seen: 0 })
     }
 
     /// `lb-agent <args>` as a shell command line.
     pub fn command_line(&self) -> String {
-        let quoted: Vec<String> = self
-            .args
-            .iter()
-            .map(|a| if a.contains('*') { format!("'{a}'") } else { a.clone() })
-            .collect();
+        let quoted: Vec<String> = self.args.iter().map(|a| if a.contains('*') { format!("'{a}'") } else { a.clone() }).collect();
         format!("lb-agent {}", quoted.join(" "))
     }
 
@@ -129,8 +99,7 @@ impl Agent {
             }
             let last = match self.list() {
                 Ok(text) => {
-                    let rows = listing::parse(&text)
-                        .with_context(|| format!("reading the output of `lb-agent list`:\n{text}"))?;
+                    let rows = listing::parse(&text).with_context(|| format!("reading the output of `lb-agent list`:\n{text}"))?;
                     if done(&rows) {
                         return Ok((rows, started.elapsed()));
                     }
@@ -140,11 +109,7 @@ impl Agent {
                 Err(e) => format!("{e:#}"),
             };
             if started.elapsed() > timeout {
-                bail!(
-                    "timed out after {} s waiting for {what}; `lb-agent list` last showed:\n{}",
-                    timeout.as_secs(),
-                    last.trim_end()
-                );
+                bail!("timed out after {} s waiting for {what}; `lb-agent list` last showed:\n{}", timeout.as_secs(), last.trim_end());
             }
             interrupt::sleep(Duration::from_millis(50))?;
         }
@@ -165,9 +130,7 @@ impl Agent {
             return Vec::new();
         };
         let mut text = String::new();
-        if file.seek(SeekFrom::Start(self.log_seen)).is_err()
-            || file.read_to_string(&mut text).is_err()
-        {
+        if file.seek(SeekFrom::Start(self.log_seen)).is_err() || file.read_to_string(&mut text).is_err() {
             return Vec::new();
         }
         // Only whole lines; a partial last line waits for the next call.
@@ -175,9 +138,7 @@ impl Agent {
         self.log_seen += complete as u64;
         text[..complete]
             .lines()
-            .filter(|line| {
-                line.contains("synced manifests") || line.contains("WARN") || line.contains("ERROR")
-            })
+            .filter(|line| line.contains("synced manifests") || line.contains("WARN") || line.contains("ERROR"))
             .map(strip_timestamp)
             .collect()
     }
@@ -204,11 +165,7 @@ impl Agent {
                 let deadline = Instant::now() + STOP_GRACE;
                 loop {
                     if let Ok(Some(status)) = child.try_wait() {
-                        break if status.success() {
-                            "stopped (SIGTERM)".to_owned()
-                        } else {
-                            format!("stopped (SIGTERM), {status}")
-                        };
+                        break if status.success() { "stopped (SIGTERM)".to_owned() } else { format!("stopped (SIGTERM), {status}") };
                     }
                     if Instant::now() > deadline {
                         let _ = child.kill();
@@ -237,12 +194,10 @@ impl Drop for Agent {
 pub fn remove_pins(bin: &Path, pins: &Path) -> Result<()> {
     let cleanup = util::output(Command::new(bin).arg("uninstall").arg("--bpffs").arg(pins));
     if pins.exists() {
-        fs::remove_dir_all(pins)
-            .with_context(|| format!("removing {}", pins.display()))
-            .with_context(|| match &cleanup {
-                Ok(_) => "`lb-agent uninstall` left the pin directory behind".to_owned(),
-                Err(e) => format!("{e:#}"),
-            })?;
+        fs::remove_dir_all(pins).with_context(|| format!("removing {}", pins.display())).with_context(|| match &cleanup {
+            Ok(_) => "`lb-agent uninstall` left the pin directory behind".to_owned(),
+            Err(e) => format!("{e:#}"),
+        })?;
     }
     Ok(())
 }
@@ -252,9 +207,7 @@ pub fn remove_pins(bin: &Path, pins: &Path) -> Result<()> {
 fn strip_timestamp(line: &str) -> String {
     let mut parts = line.splitn(2, ' ');
     match (parts.next(), parts.next()) {
-        (Some(first), Some(rest)) if first.contains('T') && first.ends_with('Z') => {
-            rest.trim_start().to_owned()
-        }
+        (Some(first), Some(rest)) if first.contains('T') && first.ends_with('Z') => rest.trim_start().to_owned(),
         _ => line.to_owned(),
     }
 }

@@ -44,10 +44,7 @@ fn set_disposition(signal: libc::c_int, handler: libc::sighandler_t) -> Result<(
         libc::sigaction(signal, &action, std::ptr::null_mut())
     };
     if rc != 0 {
-        bail!(
-            "installing the handler for signal {signal}: {}",
-            io::Error::last_os_error()
-        );
+        bail!("installing the handler for signal {signal}: {}", io::Error::last_os_error());
     }
     Ok(())
 }

@@ -31,15 +31,8 @@ const NO_BACKENDS: &str = "(none: rejects)";
 /// Parses the output of `lb-agent list`.
 pub fn parse(text: &str) -> Result<Vec<Row>> {
     let mut lines = text.lines();
-    let header = lines
-        .by_ref()
-        .find(|line| line.contains("FRONTEND"))
-        .context("no header line (with FRONTEND) in the listing")?;
-    let column = |title: &str| {
-        header
-            .find(title)
-            .with_context(|| format!("no {title} column in the header {header:?}"))
-    };
+    let header = lines.by_ref().find(|line| line.contains("FRONTEND")).context("no header line (with FRONTEND) in the listing")?;
+    let column = |title: &str| header.find(title).with_context(|| format!("no {title} column in the header {header:?}"));
     let (front, service, backends) = (column("FRONTEND")?, column("SERVICE")?, column("BACKENDS")?);
     if !(front < service && service < backends) {
         bail!("unexpected column order in the header {header:?}");
@@ -105,12 +98,7 @@ mod tests {
                     service: "demo/web:http".into(),
                     backends: vec!["10.244.0.12:8080".into(), "10.244.0.13:8080 (terminating)".into()],
                 },
-                Row {
-                    id: 2,
-                    frontend: "10.96.0.53:53/UDP".into(),
-                    service: String::new(),
-                    backends: Vec::new(),
-                },
+                Row { id: 2, frontend: "10.96.0.53:53/UDP".into(), service: String::new(), backends: Vec::new() },
             ]
         );
         assert_eq!(backend_count(&rows, "10.96.0.10:80/TCP"), Some(2));

@@ -26,8 +26,7 @@ pub struct Expected<'a> {
 /// endpoints of `want`.
 pub fn check(dir: &Path, want: &Expected<'_>) -> Result<()> {
     let path = dir.join(want.file);
-    let text =
-        fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
+    let text = fs::read_to_string(&path).with_context(|| format!("reading {}", path.display()))?;
     let docs = documents(&text).with_context(|| format!("parsing {}", path.display()))?;
     check_docs(&docs, want).with_context(|| {
         format!(
@@ -45,41 +44,24 @@ fn check_docs(docs: &[Value], want: &Expected<'_>) -> Result<()> {
         .find(|doc| kind(doc) == "Service" && text_at(doc, &["metadata", "name"]) == Some(name))
         .with_context(|| format!("no Service named {name:?}"))?;
     let cluster_ip = text_at(service, &["spec", "clusterIP"]).unwrap_or("(none)");
-    ensure!(
-        cluster_ip == want.cluster_ip.to_string(),
-        "Service {name} has clusterIP {cluster_ip}, the demo sends to {}",
-        want.cluster_ip
-    );
+    ensure!(cluster_ip == want.cluster_ip.to_string(), "Service {name} has clusterIP {cluster_ip}, the demo sends to {}", want.cluster_ip);
     let has_port = items(service, &["spec", "ports"]).iter().any(|port| {
         text_at(port, &["name"]) == Some(want.port_name)
             && number_at(port, &["port"]) == Some(u64::from(want.port))
             && text_at(port, &["protocol"]).unwrap_or("TCP") == want.protocol
     });
-    ensure!(
-        has_port,
-        "Service {name} has no port named {:?} = {}/{}",
-        want.port_name,
-        want.port,
-        want.protocol
-    );
+    ensure!(has_port, "Service {name} has no port named {:?} = {}/{}", want.port_name, want.port, want.protocol);
 
     let slices: Vec<&Value> = docs
         .iter()
-        .filter(|doc| {
-            kind(doc) == "EndpointSlice"
-                && text_at(doc, &["metadata", "labels", "kubernetes.io/service-name"]) == Some(name)
-        })
+        .filter(|doc| kind(doc) == "EndpointSlice" && text_at(doc, &["metadata", "labels", "kubernetes.io/service-name"]) == Some(name))
         .collect();
-    ensure!(
-        !slices.is_empty(),
-        "no EndpointSlice labelled kubernetes.io/service-name: {name}"
-    );
+    ensure!(!slices.is_empty(), "no EndpointSlice labelled kubernetes.io/service-name: {name}");
     let mut found: Vec<(Option<&str>, Ipv4Addr)> = Vec::new();
     for slice in slices {
         let slice_name = text_at(slice, &["metadata", "name"]).unwrap_or("?");
         let has_port = items(slice, &["ports"]).iter().any(|port| {
-            text_at(port, &["name"]) == Some(want.port_name)
-                && number_at(port, &["port"]) == Some(u64::from(want.target_port))
+            text_at(port, &["name"]) == Some(want.port_name) && number_at(port, &["port"]) == Some(u64::from(want.target_port))
         });
         ensure!(
             has_port,
@@ -88,18 +70,12 @@ fn check_docs(docs: &[Value], want: &Expected<'_>) -> Result<()> {
             want.target_port
         );
         for endpoint in items(slice, &["endpoints"]) {
-            let ip = first_address(endpoint).with_context(|| {
-                format!("EndpointSlice {slice_name}: an endpoint without an IPv4 address")
-            })?;
+            let ip = first_address(endpoint).with_context(|| format!("EndpointSlice {slice_name}: an endpoint without an IPv4 address"))?;
             found.push((text_at(endpoint, &["targetRef", "name"]), ip));
         }
     }
     let matches = found.len() == want.endpoints.len()
-        && want.endpoints.iter().all(|&(pod, ip)| {
-            found
-                .iter()
-                .any(|&(target, addr)| addr == ip && target.is_none_or(|t| t == pod))
-        });
+        && want.endpoints.iter().all(|&(pod, ip)| found.iter().any(|&(target, addr)| addr == ip && target.is_none_or(|t| t == pod)));
     if !matches {
         let listed: Vec<String> = found
             .iter()
@@ -108,26 +84,14 @@ fn check_docs(docs: &[Value], want: &Expected<'_>) -> Result<()> {
                 None => ip.to_string(),
             })
             .collect();
-        let lab: Vec<String> = want
-            .endpoints
-            .iter()
-            .map(|(pod, ip)| format!("{ip} ({pod})"))
-            .collect();
-        bail!(
-            "the EndpointSlices of {name} list {}, but the lab's pods get {} (lb_lab::pod_ip)",
-            or_none(&listed),
-            or_none(&lab)
-        );
+        let lab: Vec<String> = want.endpoints.iter().map(|(pod, ip)| format!("{ip} ({pod})")).collect();
+        bail!("the EndpointSlices of {name} list {}, but the lab's pods get {} (lb_lab::pod_ip)", or_none(&listed), or_none(&lab));
     }
     Ok(())
 }
 
 fn or_none(list: &[String]) -> String {
-    if list.is_empty() {
-        "no endpoints".to_owned()
-    } else {
-        list.join(", ")
-    }
+    if list.is_empty() { "no endpoints".to_owned() } else { list.join(", ") }
 }
 
 /// `text` (a manifest file) with the endpoints of every EndpointSlice
@@ -154,8 +118,7 @@ fn documents(text: &str) -> Result<Vec<Value>> {
     let mut docs = Vec::new();
     let mut current = String::new();
     let mut flush = |current: &mut String| -> Result<()> {
-        let doc: Value = serde_yaml::from_str(current)
-            .with_context(|| format!("YAML document {}", docs.len() + 1))?;
+        let doc: Value = serde_yaml::from_str(current).with_context(|| format!("YAML document {}", docs.len() + 1))?;
         if !doc.is_null() {
             docs.push(doc);
         }
@@ -191,16 +154,11 @@ fn number_at(value: &Value, path: &[&str]) -> Option<u64> {
 }
 
 fn items<'a>(value: &'a Value, path: &[&str]) -> &'a [Value] {
-    value_at(value, path)
-        .and_then(Value::as_sequence)
-        .map_or(&[], Vec::as_slice)
+    value_at(value, path).and_then(Value::as_sequence).map_or(&[], Vec::as_slice)
 }
 
 fn first_address(endpoint: &Value) -> Option<Ipv4Addr> {
-    items(endpoint, &["addresses"])
-        .first()
-        .and_then(Value::as_str)
-        .and_then(|a| a.parse().ok())
+    items(endpoint, &["addresses"]).first().and_then(Value::as_str).and_then(|a| a.parse().ok())
 }
 
 #[cfg(test)]

@@ -20,8 +20,8 @@ use anyhow::{Context as _, Result, bail, ensure};
 use lb_lab::{CLIENT_IP, ClusterLab, Netns, Server, http_get, http_get_with, http_server, node_ip, udp_echo, udp_request};
 
 use super::{
-    HTTP_PORT, POLL_MS, START_TIMEOUT, UDP_PORT, agent::Agent, copy_manifests, indent, interrupt, listing,
-    manifests, print_counts, row, section,
+    HTTP_PORT, POLL_MS, START_TIMEOUT, UDP_PORT, agent::Agent, copy_manifests, indent, interrupt, listing, manifests, print_counts, row,
+    section,
 };
 
 /// The pods of each node, in lab order: pod `i` of node `n` gets
@@ -74,11 +74,7 @@ impl Cluster {
         row("servers", format!("{count} stopped in the two-node lab"));
         let names = self.lab.netns_names();
         drop(self);
-        let left: Vec<String> = lb_lab::list_netns()
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|name| names.contains(name))
-            .collect();
+        let left: Vec<String> = lb_lab::list_netns().unwrap_or_default().into_iter().filter(|name| names.contains(name)).collect();
         if left.is_empty() {
             row("two nodes", format!("{} network namespaces deleted", names.len()));
         } else {
@@ -242,11 +238,12 @@ pub fn run(bin: &Path, root: &Path, tmp: &Path, pid: u32, slot: &mut Option<Clus
     }
     let agent_a = &cluster.agents[0];
     let listing_a = agent_a.list()?;
-    let header = listing_a
-        .lines()
-        .find(|line| line.starts_with("north-south:"))
-        .context("`lb-agent list` on node-a has no north-south: line")?;
-    ensure!(header.contains("XDP generic on lbext (auto: veth"), "node-a's agent reports {header:?}, not generic XDP (auto, veth) on lbext");
+    let header =
+        listing_a.lines().find(|line| line.starts_with("north-south:")).context("`lb-agent list` on node-a has no north-south: line")?;
+    ensure!(
+        header.contains("XDP generic on lbext (auto: veth"),
+        "node-a's agent reports {header:?}, not generic XDP (auto, veth) on lbext"
+    );
     println!("  XDP mode in use (from node-a's `lb-agent list`): {header}");
 
     section("What node-a's datapath holds");
@@ -257,8 +254,7 @@ pub fn run(bin: &Path, root: &Path, tmp: &Path, pid: u32, slot: &mut Option<Clus
 
     let lab = &cluster.lab;
     let client = &lab.client;
-    let labels: BTreeMap<String, String> =
-        web.iter().map(|(pod, _, node)| ((*pod).to_owned(), format!("{pod} on {node}"))).collect();
+    let labels: BTreeMap<String, String> = web.iter().map(|(pod, _, node)| ((*pod).to_owned(), format!("{pod} on {node}"))).collect();
     let shown: Vec<&str> = labels.values().map(String::as_str).collect();
 
     section("N1/3  NodePort from outside the cluster");
@@ -270,10 +266,7 @@ pub fn run(bin: &Path, root: &Path, tmp: &Path, pid: u32, slot: &mut Option<Clus
     print_counts(&counts, &shown, requests);
     let starved: Vec<&str> = shown.iter().copied().filter(|l| counts.get(*l).copied().unwrap_or(0) == 0).collect();
     ensure!(starved.is_empty(), "{} got none of the {requests} requests", starved.join(" and "));
-    println!(
-        "  {requests}/{requests} answered in {:.2} s, by all four pods on both nodes. node-a's XDP",
-        took.as_secs_f64()
-    );
+    println!("  {requests}/{requests} answered in {:.2} s, by all four pods on both nodes. node-a's XDP", took.as_secs_f64());
     println!("  program DNATed each new flow to a pod; flows to node-b's pods were also SNATed");
     println!("  to {} and sent on over lbext, and their replies came back through node-a,", node_ip(0));
     println!("  which reversed both translations: the client only ever talked to {np_a}.");
@@ -301,16 +294,9 @@ pub fn run(bin: &Path, root: &Path, tmp: &Path, pid: u32, slot: &mut Option<Clus
     let requests = 40;
     let (counts, _) = spread(client, np_b, requests)?;
     let on_a: usize = counts.iter().filter(|(pod, _)| pod.contains("-a")).map(|(_, c)| c).sum();
-    ensure!(
-        on_a > 0 && on_a < requests,
-        "through node-b, {on_a} of {requests} requests reached node-a's pods: {counts:?}"
-    );
+    ensure!(on_a > 0 && on_a < requests, "through node-b, {on_a} of {requests} requests reached node-a's pods: {counts:?}");
     println!();
-    println!(
-        "  The same NodePort on node-b, http://{np_b}/: {} of {requests} to node-a's pods, {} to node-b's.",
-        on_a,
-        requests - on_a
-    );
+    println!("  The same NodePort on node-b, http://{np_b}/: {} of {requests} to node-a's pods, {} to node-b's.", on_a, requests - on_a);
 
     section("N2/3  LoadBalancer IP");
     let lb = at(LB_IP, 80);
@@ -320,10 +306,7 @@ pub fn run(bin: &Path, root: &Path, tmp: &Path, pid: u32, slot: &mut Option<Clus
     let counts = relabel(&counts, &labels);
     print_counts(&counts, &shown, requests);
     for node in ["node-a", "node-b"] {
-        ensure!(
-            counts.iter().any(|(label, c)| label.ends_with(node) && *c > 0),
-            "no request to {LB_IP} reached a pod on {node}"
-        );
+        ensure!(counts.iter().any(|(label, c)| label.ends_with(node) && *c > 0), "no request to {LB_IP} reached a pod on {node}");
     }
     println!("  status.loadBalancer.ingress[].ip is served like the NodePort, on port 80.");
 
@@ -440,10 +423,7 @@ fn spread(ns: &Netns, to: SocketAddrV4, n: usize) -> Result<(BTreeMap<String, us
 
 /// Counts per pod -> counts per "pod on node" (unknown answers kept as they are).
 fn relabel(counts: &BTreeMap<String, usize>, labels: &BTreeMap<String, String>) -> BTreeMap<String, usize> {
-    counts
-        .iter()
-        .map(|(pod, count)| (labels.get(pod).cloned().unwrap_or_else(|| pod.clone()), *count))
-        .collect()
+    counts.iter().map(|(pod, count)| (labels.get(pod).cloned().unwrap_or_else(|| pod.clone()), *count)).collect()
 }
 
 /// `GET /` from `ns` with any status: (status line, body).
@@ -473,9 +453,7 @@ struct WhoAmI {
 
 impl WhoAmI {
     fn start(ns: &Netns, addr: SocketAddrV4) -> Result<WhoAmI> {
-        let listener = ns
-            .run(move || TcpListener::bind(addr))
-            .with_context(|| format!("binding {addr} in {}", ns.name()))?;
+        let listener = ns.run(move || TcpListener::bind(addr)).with_context(|| format!("binding {addr} in {}", ns.name()))?;
         listener.set_nonblocking(true)?;
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
@@ -504,10 +482,7 @@ fn answer(mut conn: TcpStream, peer: SocketAddr) {
         }
     }
     let body = format!("{peer}\n");
-    let reply = format!(
-        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
+    let reply = format!("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
     let _ = conn.write_all(reply.as_bytes());
     let _ = conn.shutdown(Shutdown::Write);
     // Wait for the client's close so unread data never turns ours into a reset.

@@ -11,13 +11,8 @@ use anyhow::{Context as _, Result, bail};
 use crate::util::{self, step};
 
 /// (binary that must be on PATH, Debian package providing it)
-const PACKAGES: &[(&str, &str)] = &[
-    ("ip", "iproute2"),
-    ("bpftool", "bpftool"),
-    ("nft", "nftables"),
-    ("iptables", "iptables"),
-    ("sysctl", "procps"),
-];
+const PACKAGES: &[(&str, &str)] =
+    &[("ip", "iproute2"), ("bpftool", "bpftool"), ("nft", "nftables"), ("iptables", "iptables"), ("sysctl", "procps")];
 
 const BPFFS: &str = "/sys/fs/bpf";
 
@@ -29,11 +24,7 @@ pub fn ensure() -> Result<()> {
 }
 
 fn missing_packages() -> Vec<&'static str> {
-    PACKAGES
-        .iter()
-        .filter(|(binary, _)| util::find_program(binary).is_none())
-        .map(|&(_, package)| package)
-        .collect()
+    PACKAGES.iter().filter(|(binary, _)| util::find_program(binary).is_none()).map(|&(_, package)| package).collect()
 }
 
 fn ensure_packages() -> Result<()> {
@@ -43,49 +34,31 @@ fn ensure_packages() -> Result<()> {
     }
     let list = missing.join(" ");
     step(format!("installing Debian packages: {list}"));
-    let by_hand =
-        || format!("install them by hand (as root): apt-get update && apt-get install -y {list}");
+    let by_hand = || format!("install them by hand (as root): apt-get update && apt-get install -y {list}");
     util::run(Command::new("apt-get").arg("update")).with_context(by_hand)?;
-    util::run(
-        Command::new("apt-get")
-            .args(["install", "-y"])
-            .args(&missing)
-            .env("DEBIAN_FRONTEND", "noninteractive"),
-    )
-    .with_context(by_hand)?;
+    util::run(Command::new("apt-get").args(["install", "-y"]).args(&missing).env("DEBIAN_FRONTEND", "noninteractive"))
+        .with_context(by_hand)?;
     let still_missing = missing_packages();
     if !still_missing.is_empty() {
-        bail!(
-            "packages installed, but the binaries of {} are still not on PATH; {}",
-            still_missing.join(" "),
-            by_hand()
-        );
+        bail!("packages installed, but the binaries of {} are still not on PATH; {}", still_missing.join(" "), by_hand());
     }
     Ok(())
 }
 
 fn ensure_bpffs() -> Result<()> {
-    let mounted = mounts()?
-        .iter()
-        .any(|mount| mount.fstype == "bpf" && mount.target == Path::new(BPFFS));
+    let mounted = mounts()?.iter().any(|mount| mount.fstype == "bpf" && mount.target == Path::new(BPFFS));
     if mounted {
         return Ok(());
     }
     step(format!("mounting bpffs at {BPFFS}"));
-    let by_hand =
-        || format!("mount it by hand (as root): mkdir -p {BPFFS} && mount -t bpf bpf {BPFFS}");
-    fs::create_dir_all(BPFFS)
-        .with_context(|| format!("could not create {BPFFS}"))
-        .with_context(by_hand)?;
+    let by_hand = || format!("mount it by hand (as root): mkdir -p {BPFFS} && mount -t bpf bpf {BPFFS}");
+    fs::create_dir_all(BPFFS).with_context(|| format!("could not create {BPFFS}")).with_context(by_hand)?;
     util::run(Command::new("mount").args(["-t", "bpf", "bpf", BPFFS])).with_context(by_hand)
 }
 
 /// The mount point of a cgroup2 filesystem (the first in /proc/mounts).
 pub fn cgroup2_mount() -> Result<PathBuf> {
-    match mounts()?
-        .into_iter()
-        .find(|mount| mount.fstype == "cgroup2")
-    {
+    match mounts()?.into_iter().find(|mount| mount.fstype == "cgroup2") {
         Some(mount) => Ok(mount.target),
         None => bail!(
             "no cgroup2 filesystem is mounted (none in /proc/mounts); mount one by hand (as root): \
@@ -110,10 +83,7 @@ fn parse_mount(line: &str) -> Option<Mount> {
     let _source = fields.next()?;
     let target = unescape(fields.next()?);
     let fstype = fields.next()?.to_owned();
-    Some(Mount {
-        target: PathBuf::from(target),
-        fstype,
-    })
+    Some(Mount { target: PathBuf::from(target), fstype })
 }
 
 /// Undoes the octal escapes (`\040` for space, ...) of /proc/mounts.

@@ -17,6 +17,7 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 pub fn ensure() -> Result<()> {
     let sysroot = ensure_nightly()?;
     ensure_rust_src(&sysroot)?;
+    ensure_lint_tools(&sysroot)?;
     ensure_bpf_linker(&sysroot)
 }
 
@@ -30,10 +31,8 @@ fn ensure_nightly() -> Result<PathBuf> {
         return Ok(sysroot);
     }
     step("installing the nightly Rust toolchain");
-    util::run(Command::new("rustup").args([
-        "toolchain", "install", "nightly", "--profile", "minimal", "--component", "rust-src",
-    ]))
-    .context("could not install nightly; do it by hand: rustup toolchain install nightly --component rust-src")?;
+    util::run(Command::new("rustup").args(["toolchain", "install", "nightly", "--profile", "minimal", "--component", "rust-src"]))
+        .context("could not install nightly; do it by hand: rustup toolchain install nightly --component rust-src")?;
     nightly_sysroot()
 }
 
@@ -42,16 +41,26 @@ fn ensure_rust_src(sysroot: &Path) -> Result<()> {
         return Ok(());
     }
     step("adding rust-src to the nightly toolchain");
-    util::run(Command::new("rustup").args([
-        "component",
-        "add",
-        "rust-src",
-        "--toolchain",
-        "nightly",
-    ]))
-    .context(
-        "could not add rust-src; do it by hand: rustup component add rust-src --toolchain nightly",
-    )
+    util::run(Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]))
+        .context("could not add rust-src; do it by hand: rustup component add rust-src --toolchain nightly")
+}
+
+/// clippy and rustfmt for the lint gate (`cargo xtask lint`), on nightly
+/// (lb-ebpf) and on the host toolchain.
+fn ensure_lint_tools(sysroot: &Path) -> Result<()> {
+    let on_nightly = |bin: &str| sysroot.join("bin").join(bin).is_file();
+    if !(on_nightly("cargo-clippy") && on_nightly("rustfmt")) {
+        step("adding clippy and rustfmt to the nightly toolchain");
+        util::run(Command::new("rustup").args(["component", "add", "clippy", "rustfmt", "--toolchain", "nightly"]))
+            .context("could not add clippy and rustfmt; do it by hand: rustup component add clippy rustfmt --toolchain nightly")?;
+    }
+    let host_has = |sub: &str| util::output(util::host_cargo().args([sub, "--version"])).is_ok();
+    if !(host_has("clippy") && host_has("fmt")) {
+        step("adding clippy and rustfmt to the host toolchain");
+        util::run(Command::new("rustup").args(["component", "add", "clippy", "rustfmt"]))
+            .context("could not add clippy and rustfmt; do it by hand: rustup component add clippy rustfmt")?;
+    }
+    Ok(())
 }
 
 /// True if the `bpf-linker` that rustc will find reports the wanted version.
@@ -59,10 +68,7 @@ fn bpf_linker_ok() -> bool {
     let Some(path) = util::find_program("bpf-linker") else {
         return false;
     };
-    util::output(Command::new(path).arg("--version")).is_ok_and(|out| {
-        out.split_whitespace()
-            .any(|word| word == BPF_LINKER_VERSION)
-    })
+    util::output(Command::new(path).arg("--version")).is_ok_and(|out| out.split_whitespace().any(|word| word == BPF_LINKER_VERSION))
 }
 
 fn ensure_bpf_linker(sysroot: &Path) -> Result<()> {
@@ -96,17 +102,12 @@ fn find_libllvm(sysroot: &Path) -> Result<PathBuf> {
         .collect();
     found.sort();
     found.pop().with_context(|| {
-        format!(
-            "no libLLVM.so.* in {}; reinstall nightly by hand: rustup toolchain install nightly --force",
-            lib.display()
-        )
+        format!("no libLLVM.so.* in {}; reinstall nightly by hand: rustup toolchain install nightly --force", lib.display())
     })
 }
 
 fn file_name(path: &Path) -> String {
-    path.file_name()
-        .map(|name| name.to_string_lossy().into_owned())
-        .unwrap_or_default()
+    path.file_name().map(|name| name.to_string_lossy().into_owned()).unwrap_or_default()
 }
 
 /// Makes `<prefix>/lib/{libLLVM.so, libLLVM.so.<version>}` point at `libllvm`.
@@ -120,15 +121,10 @@ fn link_libllvm(prefix: &Path, libllvm: &Path) -> Result<bool> {
             continue;
         }
         if !changed {
-            step(format!(
-                "linking {} into {}",
-                libllvm.display(),
-                lib.display()
-            ));
+            step(format!("linking {} into {}", libllvm.display(), lib.display()));
             changed = true;
         }
-        replace_symlink(libllvm, &link)
-            .with_context(|| format!("could not create the symlink {}", link.display()))?;
+        replace_symlink(libllvm, &link).with_context(|| format!("could not create the symlink {}", link.display()))?;
     }
     Ok(changed)
 }
@@ -155,20 +151,11 @@ fn llvm_major(libllvm: &Path) -> Result<u32> {
 
 fn install_bpf_linker(prefix: &Path, libllvm: &Path) -> Result<()> {
     let feature = format!("llvm-{}", llvm_major(libllvm)?);
-    step(format!(
-        "building bpf-linker {BPF_LINKER_VERSION} ({feature}) against {} (takes a minute or two)",
-        libllvm.display()
-    ));
+    step(format!("building bpf-linker {BPF_LINKER_VERSION} ({feature}) against {} (takes a minute or two)", libllvm.display()));
     let mut cmd = util::host_cargo();
-    cmd.args([
-        "install",
-        "bpf-linker",
-        "--version",
-        BPF_LINKER_VERSION,
-        "--locked",
-    ])
-    .args(["--no-default-features", "--features", &feature])
-    .env("LLVM_PREFIX", prefix);
+    cmd.args(["install", "bpf-linker", "--version", BPF_LINKER_VERSION, "--locked"])
+        .args(["--no-default-features", "--features", &feature])
+        .env("LLVM_PREFIX", prefix);
     let by_hand = format!(
         "could not build bpf-linker; do it by hand: LLVM_PREFIX={} cargo install bpf-linker \
          --version {BPF_LINKER_VERSION} --locked --no-default-features --features {feature}",

@@ -52,9 +52,12 @@ impl Default for Frame {
 
 /// [`tcp`] with given MACs and TTL.
 pub fn tcp_frame(frame: Frame, src: SocketAddrV4, dst: SocketAddrV4, flags: &str, seq: u32, payload: &[u8]) -> Vec<u8> {
-    let mut b = PacketBuilder::ethernet2(frame.src_mac, frame.dst_mac)
-        .ipv4(src.ip().octets(), dst.ip().octets(), frame.ttl)
-        .tcp(src.port(), dst.port(), seq, 64240);
+    let mut b = PacketBuilder::ethernet2(frame.src_mac, frame.dst_mac).ipv4(src.ip().octets(), dst.ip().octets(), frame.ttl).tcp(
+        src.port(),
+        dst.port(),
+        seq,
+        64240,
+    );
     for f in flags.chars() {
         b = match f {
             'S' => b.syn(),

@@ -35,8 +35,8 @@ use tokio::{
 use tracing::{debug, info, warn};
 
 use crate::{
-    health::{Heartbeat, STALL},
     model::ServiceRef,
+    probes::{Heartbeat, STALL},
 };
 
 /// Port -> (Service, local ready endpoints), shared with the servers.
@@ -52,20 +52,14 @@ pub struct HealthChecks {
 
 impl HealthChecks {
     pub fn new(heartbeat: Heartbeat) -> HealthChecks {
-        HealthChecks {
-            state: Arc::default(),
-            servers: BTreeMap::new(),
-            heartbeat,
-            bind: Ipv4Addr::UNSPECIFIED,
-        }
+        HealthChecks { state: Arc::default(), servers: BTreeMap::new(), heartbeat, bind: Ipv4Addr::UNSPECIFIED }
     }
 
     /// Opens the ports of new Services, closes those of removed ones and
     /// updates the counts. Must run inside the tokio runtime. A port that
     /// cannot be bound is reported and retried at the next sync.
     pub fn sync(&mut self, want: &BTreeMap<ServiceRef, (u16, usize)>) {
-        let by_port: BTreeMap<u16, (ServiceRef, usize)> =
-            want.iter().map(|(svc, (port, n))| (*port, (svc.clone(), *n))).collect();
+        let by_port: BTreeMap<u16, (ServiceRef, usize)> = want.iter().map(|(svc, (port, n))| (*port, (svc.clone(), *n))).collect();
         *self.state.lock().unwrap_or_else(|e| e.into_inner()) = by_port.clone();
         let gone: Vec<u16> = self.servers.keys().filter(|p| !by_port.contains_key(p)).copied().collect();
         for port in gone {
@@ -138,7 +132,7 @@ pub fn response(svc: &ServiceRef, local_endpoints: usize, proxy_healthy: bool) -
 }
 
 async fn handle(mut stream: TcpStream, port: u16, state: &State, heartbeat: &Heartbeat) -> std::io::Result<()> {
-    let Some(buf) = crate::health::read_request_head(&mut stream).await else {
+    let Some(buf) = crate::probes::read_request_head(&mut stream).await else {
         return Ok(());
     };
     let entry = state.lock().unwrap_or_else(|e| e.into_inner()).get(&port).cloned();

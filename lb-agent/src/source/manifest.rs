@@ -26,7 +26,7 @@ pub struct Sourced<T> {
 #[derive(Clone, Debug, Default)]
 pub struct Objects {
     pub services: Vec<Sourced<Service>>,
-    pub slices: Vec<Sourced<crate::slice::Slice>>,
+    pub slices: Vec<Sourced<crate::source::slice::Slice>>,
     /// One line per skipped document or unreadable file.
     pub problems: Vec<String>,
 }
@@ -43,16 +43,10 @@ pub fn manifest_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     for entry in fs::read_dir(dir)? {
         let path = entry?.path();
-        let is_manifest = matches!(
-            path.extension().and_then(|e| e.to_str()),
-            Some("yaml" | "yml" | "json")
-        );
+        let is_manifest = matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json"));
         // Hidden files: editors' swap files and Kubernetes ConfigMap
         // mounts' ..data links.
-        let hidden = path
-            .file_name()
-            .and_then(|n| n.to_str())
-            .is_some_and(|n| n.starts_with('.'));
+        let hidden = path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.'));
         if is_manifest && !hidden && path.is_file() {
             files.push(path);
         }
@@ -118,9 +112,7 @@ fn parse_value(place: &str, value: serde_yaml::Value, out: &mut Objects) {
                 parse_value(&format!("{place} items[{i}]"), item, out);
             }
         }
-        ("", _) | (_, "") => out.problem(format!(
-            "{place}: missing apiVersion or kind, skipped"
-        )),
+        ("", _) | (_, "") => out.problem(format!("{place}: missing apiVersion or kind, skipped")),
         _ => debug!("{place}: ignoring {api_version}/{kind}"),
     }
 }
@@ -130,10 +122,10 @@ fn parse_value(place: &str, value: serde_yaml::Value, out: &mut Objects) {
 fn typed<T: DeserializeOwned>(place: &str, value: serde_yaml::Value, out: &mut Objects) -> Option<T> {
     let name = object_name(&value);
     let mut unknown = Vec::new();
-    let result: Result<T, _> = serde_path_to_error::deserialize(serde_ignored::Deserializer::new(
-        value,
-        &mut |path: serde_ignored::Path<'_>| unknown.push(path.to_string()),
-    ));
+    let result: Result<T, _> =
+        serde_path_to_error::deserialize(serde_ignored::Deserializer::new(value, &mut |path: serde_ignored::Path<'_>| {
+            unknown.push(path.to_string())
+        }));
     match result {
         Ok(obj) => {
             for field in unknown {
@@ -143,10 +135,7 @@ fn typed<T: DeserializeOwned>(place: &str, value: serde_yaml::Value, out: &mut O
         }
         Err(e) => {
             let field = e.path().to_string();
-            out.problem(format!(
-                "{place}: {name}: invalid field `{field}`: {}; object skipped",
-                e.inner()
-            ));
+            out.problem(format!("{place}: {name}: invalid field `{field}`: {}; object skipped", e.inner()));
             None
         }
     }
@@ -155,14 +144,8 @@ fn typed<T: DeserializeOwned>(place: &str, value: serde_yaml::Value, out: &mut O
 fn object_name(value: &serde_yaml::Value) -> String {
     let kind = value.get("kind").and_then(|v| v.as_str()).unwrap_or("object");
     let meta = value.get("metadata");
-    let ns = meta
-        .and_then(|m| m.get("namespace"))
-        .and_then(|v| v.as_str())
-        .unwrap_or("default");
-    let name = meta
-        .and_then(|m| m.get("name"))
-        .and_then(|v| v.as_str())
-        .unwrap_or("<unnamed>");
+    let ns = meta.and_then(|m| m.get("namespace")).and_then(|v| v.as_str()).unwrap_or("default");
+    let name = meta.and_then(|m| m.get("name")).and_then(|v| v.as_str()).unwrap_or("<unnamed>");
     format!("{kind} {ns}/{name}")
 }
 

@@ -20,15 +20,7 @@ pub fn current_netns_cookie() -> io::Result<u64> {
     let mut len = size_of::<u64>() as libc::socklen_t;
     const SO_NETNS_COOKIE: libc::c_int = 71;
     // SAFETY: cookie and len are valid for the duration of the call.
-    let ret = unsafe {
-        libc::getsockopt(
-            sock.as_raw_fd(),
-            libc::SOL_SOCKET,
-            SO_NETNS_COOKIE,
-            (&mut cookie as *mut u64).cast(),
-            &mut len,
-        )
-    };
+    let ret = unsafe { libc::getsockopt(sock.as_raw_fd(), libc::SOL_SOCKET, SO_NETNS_COOKIE, (&mut cookie as *mut u64).cast(), &mut len) };
     if ret != 0 {
         return Err(io::Error::last_os_error());
     }
@@ -138,8 +130,7 @@ pub fn glob_match(pattern: &str, name: &str) -> bool {
 
 /// Filesystem type of the mount holding `path`.
 fn fs_magic(path: &Path) -> io::Result<libc::c_long> {
-    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes())
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     let mut st: libc::statfs = unsafe { std::mem::zeroed() };
     // SAFETY: c is NUL terminated, st is a valid out pointer.
     if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
@@ -160,9 +151,7 @@ pub fn ensure_bpffs(dir: &Path) -> anyhow::Result<()> {
         let src = c"bpf";
         let target = c"/sys/fs/bpf";
         // SAFETY: constant NUL-terminated strings.
-        let ret = unsafe {
-            libc::mount(src.as_ptr(), target.as_ptr(), src.as_ptr(), 0, std::ptr::null())
-        };
+        let ret = unsafe { libc::mount(src.as_ptr(), target.as_ptr(), src.as_ptr(), 0, std::ptr::null()) };
         if ret != 0 {
             anyhow::bail!(
                 "bpffs is not mounted at /sys/fs/bpf and mounting it failed: {} \
@@ -174,10 +163,7 @@ pub fn ensure_bpffs(dir: &Path) -> anyhow::Result<()> {
     }
     std::fs::create_dir_all(dir)?;
     if fs_magic(dir)? != BPF_FS_MAGIC {
-        anyhow::bail!(
-            "{} is not on a bpffs: mount one (`mount -t bpf bpf <dir>`) or choose --bpffs under /sys/fs/bpf",
-            dir.display()
-        );
+        anyhow::bail!("{} is not on a bpffs: mount one (`mount -t bpf bpf <dir>`) or choose --bpffs under /sys/fs/bpf", dir.display());
     }
     Ok(())
 }
@@ -200,24 +186,6 @@ pub fn find_cgroup2() -> io::Result<PathBuf> {
         })
         .next()
         .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no cgroup2 mount found"))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::glob_match;
-
-    #[test]
-    fn globs() {
-        assert!(glob_match("lxc*", "lxc12ab"));
-        assert!(glob_match("lxc*", "lxc"));
-        assert!(!glob_match("lxc*", "eth0"));
-        assert!(glob_match("eth0", "eth0"));
-        assert!(!glob_match("eth0", "eth01"));
-        assert!(glob_match("*pod", "mypod"));
-        assert!(glob_match("a*b*c", "axxbyyc"));
-        assert!(!glob_match("a*b*c", "axxc"));
-        assert!(!glob_match("ab*ba", "aba"));
-    }
 }
 
 /// Interfaces of the IPv4 default routes (`/proc/net/route`).
@@ -279,4 +247,22 @@ pub fn ensure_accept_local(name: &str) {
 /// Writes a sysctl of the agent's network namespace.
 pub fn sysctl(key: &str, value: &str) -> std::io::Result<()> {
     std::fs::write(format!("/proc/sys/{key}"), value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::glob_match;
+
+    #[test]
+    fn globs() {
+        assert!(glob_match("lxc*", "lxc12ab"));
+        assert!(glob_match("lxc*", "lxc"));
+        assert!(!glob_match("lxc*", "eth0"));
+        assert!(glob_match("eth0", "eth0"));
+        assert!(!glob_match("eth0", "eth01"));
+        assert!(glob_match("*pod", "mypod"));
+        assert!(glob_match("a*b*c", "axxbyyc"));
+        assert!(!glob_match("a*b*c", "axxc"));
+        assert!(!glob_match("ab*ba", "aba"));
+    }
 }
