@@ -160,7 +160,10 @@ fn a_churn_of_services_fails_no_request_to_the_unchanged_ones() {
     if !kernel_tests_enabled() {
         return;
     }
-    soak(Duration::from_secs(20));
+    // 20 s in every test run; longer on demand (the 60 s soak):
+    // LB_SOAK_SECONDS=60 cargo xtask test -- -p lb-agent --test churn
+    let seconds = std::env::var("LB_SOAK_SECONDS").ok().and_then(|v| v.parse().ok()).unwrap_or(20);
+    soak(Duration::from_secs(seconds));
 }
 
 /// Runs the churn for `length` with clients on the two unchanged Services

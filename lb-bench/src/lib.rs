@@ -17,6 +17,7 @@ pub mod b2;
 pub mod b3;
 pub mod b4;
 pub mod b6;
+pub mod b7;
 pub mod dp;
 pub mod plot;
 pub mod report;
@@ -42,6 +43,8 @@ pub struct Options {
     /// B5: Maglev table build.
     pub b5: bool,
     pub b6: Option<b6::B6Options>,
+    /// B7: new pod interfaces to tcx attached (needs `agent_bin`).
+    pub b7: Option<b7::B7Options>,
     /// The `lb-agent` binary (B3's memory measurement, B6's lb row);
     /// `None` skips those.
     pub agent_bin: Option<PathBuf>,
@@ -84,6 +87,7 @@ impl Options {
                 baseline_budget: std::time::Duration::from_secs(200),
                 quiet_max: std::time::Duration::from_secs(300),
             }),
+            b7: Some(b7::B7Options { pods: 50 }),
             agent_bin: None,
             command: "cargo xtask bench --quick".into(),
         }
@@ -113,6 +117,9 @@ impl Options {
             b6.seconds = 60.0;
             b6.base_services = 10_000;
             b6.baseline_budget = std::time::Duration::from_secs(3 * 3600);
+        }
+        if let Some(b7) = &mut o.b7 {
+            b7.pods = 200;
         }
         o.command = "cargo xtask bench".into();
         o
@@ -154,6 +161,7 @@ impl Options {
                 // for a busy machine.
                 quiet_max: std::time::Duration::from_secs(5),
             }),
+            b7: Some(b7::B7Options { pods: 3 }),
             agent_bin: None,
             command: "smoke test".into(),
         }
@@ -186,6 +194,10 @@ pub fn run_all(opts: &Options, out_dir: &Path) -> Result<report::Report> {
         eprintln!("lb-bench: B6 churn ({} s, {} base services)", o.seconds, o.base_services);
         let skip = baseline_skips(&r);
         r.b6 = Some(b6::run(o, opts.agent_bin.as_deref(), &skip).context("B6")?);
+    }
+    if let Some(o) = &opts.b7 {
+        eprintln!("lb-bench: B7 pod interface to tcx attached ({} interfaces)", o.pods);
+        r.b7 = b7::run(o, opts.agent_bin.as_deref()).context("B7")?;
     }
     if opts.b5 {
         r.b5 = b5();

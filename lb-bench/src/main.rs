@@ -8,7 +8,10 @@ use clap::Parser;
 use lb_bench::{Options, report, run_all};
 
 #[derive(Parser)]
-#[command(name = "lb-bench", about = "lb benchmarks: per-packet cost, connection latency, programming time, throughput, churn")]
+#[command(
+    name = "lb-bench",
+    about = "lb benchmarks: per-packet cost, connection latency, programming time, throughput, churn, new pod interfaces"
+)]
 struct Cli {
     /// A short run (a few minutes); without it, the full sizes.
     #[arg(long)]
@@ -20,7 +23,7 @@ struct Cli {
     /// and B6's churn (without it, B6's lb row is not run).
     #[arg(long)]
     agent: Option<PathBuf>,
-    /// Only these benchmarks (comma separated: b1,b2,b3,b4,b5,b6).
+    /// Only these benchmarks (comma separated: b1,b2,b3,b4,b5,b6,b7).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
     /// B1: service counts.
@@ -66,6 +69,9 @@ struct Cli {
     /// B6: static Services (10 endpoints each) under the churn.
     #[arg(long)]
     b6_base_services: Option<usize>,
+    /// B7: new pod interfaces timed.
+    #[arg(long)]
+    b7_pods: Option<usize>,
     /// Print the kube-proxy iptables ruleset (iptables-restore input) for
     /// this many services x 10 endpoints, and exit.
     #[arg(long)]
@@ -148,6 +154,9 @@ fn main() -> Result<()> {
             b6.base_services = v;
         }
     }
+    if let (Some(b7), Some(v)) = (&mut o.b7, cli.b7_pods) {
+        b7.pods = v;
+    }
     if !cli.only.is_empty() {
         let on = |b: &str| cli.only.iter().any(|x| x.eq_ignore_ascii_case(b));
         if !on("b1") {
@@ -164,6 +173,9 @@ fn main() -> Result<()> {
         }
         if !on("b6") {
             o.b6 = None;
+        }
+        if !on("b7") {
+            o.b7 = None;
         }
         o.b5 = on("b5");
     }
