@@ -31,6 +31,9 @@ pub struct B2Options {
     /// Budget for loading a baseline's rules; past it the point is not
     /// measured.
     pub install_budget: Duration,
+    /// The longest wait for a quiet machine before each datapath
+    /// ([`sys::wait_quiet`]).
+    pub quiet_max: Duration,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -225,7 +228,7 @@ pub fn run(o: &B2Options, skip: &[(Kind, usize, String)]) -> Result<Vec<B2Row>> 
                 not_measured(&mut rows, kind, n, Duration::ZERO, format!("not measured: {why}"));
                 continue;
             }
-            let waited = sys::wait_quiet(Duration::from_secs(300));
+            let waited = sys::wait_quiet(o.quiet_max);
             if waited > Duration::from_secs(2) {
                 eprintln!("lb-bench: B2 waited {waited:.1?} for the machine to be quiet before {kind} at {n}");
             }

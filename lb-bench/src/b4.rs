@@ -32,6 +32,9 @@ use crate::{
 #[derive(Clone, Debug)]
 pub struct B4Options {
     pub seconds: f64,
+    /// The longest wait for a quiet machine before each datapath
+    /// ([`crate::sys::wait_quiet`]).
+    pub quiet_max: Duration,
 }
 
 pub const SERVICES: usize = 1_000;
@@ -174,7 +177,7 @@ fn tcp_send(ns: &lb_lab::Netns, to: SocketAddrV4, secs: f64) -> Result<u64> {
 }
 
 fn run_one(kind: Kind, o: &B4Options) -> Result<B4Row> {
-    crate::sys::wait_quiet(Duration::from_secs(300));
+    crate::sys::wait_quiet(o.quiet_max);
     let lab = NodeLab::new(&["client", "be0"])?;
     let be = &lab.pods[1];
     let mut svcs = b2::service_list(SERVICES, 10, &[be.ip]);

@@ -70,6 +70,7 @@ impl Options {
                 endpoints: 10,
                 connections: 2_000,
                 install_budget: std::time::Duration::from_secs(200),
+                quiet_max: std::time::Duration::from_secs(300),
             }),
             b3: Some(b3::B3Options {
                 services: 10_000,
@@ -79,7 +80,7 @@ impl Options {
                 baseline_budget: std::time::Duration::from_secs(200),
                 iptables_resync: false,
             }),
-            b4: Some(b4::B4Options { seconds: 3.0 }),
+            b4: Some(b4::B4Options { seconds: 3.0, quiet_max: std::time::Duration::from_secs(300) }),
             b5: true,
             b6: Some(b6::B6Options {
                 seconds: 20.0,
@@ -142,6 +143,7 @@ impl Options {
                 endpoints: 3,
                 connections: 20,
                 install_budget: std::time::Duration::from_secs(60),
+                quiet_max: std::time::Duration::from_secs(5),
             }),
             b3: Some(b3::B3Options {
                 services: 10,
@@ -151,7 +153,7 @@ impl Options {
                 baseline_budget: std::time::Duration::from_secs(60),
                 iptables_resync: true,
             }),
-            b4: Some(b4::B4Options { seconds: 0.3 }),
+            b4: Some(b4::B4Options { seconds: 0.3, quiet_max: std::time::Duration::from_secs(5) }),
             b5: true,
             b6: Some(b6::B6Options {
                 seconds: 2.0,
