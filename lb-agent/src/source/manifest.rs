@@ -59,12 +59,18 @@ pub fn manifest_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
 pub fn read_dir(dir: &Path) -> std::io::Result<Objects> {
     let mut objects = Objects::default();
     for file in manifest_files(dir)? {
-        match fs::read_to_string(&file) {
-            Ok(text) => parse_into(&file.display().to_string(), &text, &mut objects),
-            Err(e) => objects.problem(format!("{}: cannot read: {e}", file.display())),
-        }
+        read_file(&file, &mut objects);
     }
     Ok(objects)
+}
+
+/// Reads and parses one file into `out` (a file that cannot be read is a
+/// problem, logged and recorded).
+pub fn read_file(file: &Path, out: &mut Objects) {
+    match fs::read_to_string(file) {
+        Ok(text) => parse_into(&file.display().to_string(), &text, out),
+        Err(e) => out.problem(format!("{}: cannot read: {e}", file.display())),
+    }
 }
 
 /// Parses one file's text (one or more YAML documents).
