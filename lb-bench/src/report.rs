@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use crate::{
     Options,
     b1::B1Row,
-    b2::B2Row,
+    b2::{B2Row, Position},
     b3::B3Result,
     b4::{self, B4Row},
     b6::{B6Result, B6Row},
@@ -386,6 +386,30 @@ pub fn goals(r: &Report) -> String {
                     pass(g <= 0.25)
                 );
             }
+            // What each datapath adds to a connection: its p50 to the last
+            // service less its p50 straight to a backend pod.
+            let p50 = |n: usize, k: Kind, p: Position| {
+                rows.iter().find(|r| r.kind == k && r.services == n && r.position == p && r.note.is_none()).map(|r| r.request.p50)
+            };
+            let mut ns: Vec<usize> = ours.iter().map(|r| r.services).collect();
+            ns.dedup();
+            let added = |k: Kind| -> Vec<String> {
+                ns.iter()
+                    .map(|&n| match (p50(n, k, Position::Last), p50(n, k, Position::Direct)) {
+                        (Some(l), Some(d)) => format!("{:+.0} µs at {}", l - d, fmt_count(n as f64)),
+                        _ => format!("n/a at {}", fmt_count(n as f64)),
+                    })
+                    .collect()
+            };
+            let ours_added: Vec<f64> =
+                ns.iter().filter_map(|&n| Some(p50(n, Kind::Ours, Position::Last)? - p50(n, Kind::Ours, Position::Direct)?)).collect();
+            let _ = writeln!(
+                t,
+                "| B2: lb adds ≤ 5 µs p50 to a connection at every N (last service less direct to a backend pod) | {} (iptables: {}) | {} |",
+                added(Kind::Ours).join(", "),
+                added(Kind::Iptables).join(", "),
+                if ours_added.len() == ns.len() { pass(ours_added.iter().all(|&a| a <= 5.0)) } else { "n/a" }
+            );
             let at = if ours.iter().any(|r| r.services == 10_000) { 10_000 } else { max };
             let (o, n) = (p99(at, Kind::Ours), p99(at, Kind::Nftables));
             let fig = |v: f64| {
@@ -616,6 +640,8 @@ pub fn markdown(r: &Report, plots: &[String]) -> String {
              or last in KUBE-SERVICES) and **kube-proxy nftables** (the B3 table, `nft -f` inside the node namespace). \
              The client then makes {} sequential connections to the target (after 50 warm-up ones): connect, send a line, read the reply to EOF, close; each is timed \
              on the client. The connect() column is the SYN → SYN-ACK round trip alone, the first packet of a flow through the datapath. \
+             The \"direct\" row is the floor: the same client, in the same lab with the same datapath installed, straight to a backend pod's address (no Service), \
+             so the difference to the last service's row is what the Service translation adds. \
              A baseline whose rules did not load within the budget (or did not in B3 at that size) is shown as not measured. \
              Before each datapath's lab the run waits (at most 5 minutes) until the machine is quiet, under 10 % CPU busy over half a second, so that leftover background work (the kernel tears a deleted namespace down asynchronously) does not overlap a measurement. Nothing else on the machine is stopped for the run; tails (p99) are the figures most sensitive to other load.\n\n",
             crate::b2::BACKENDS,
@@ -728,5 +754,52 @@ pub fn print(r: &Report) {
     }
     if let Some(t) = &r.b5 {
         println!("== B5: Maglev ==\n{t}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::b2::Pcts;
+
+    fn row(kind: Kind, services: usize, position: Position, p50: f64) -> B2Row {
+        let p = Pcts { p50, p90: p50, p99: p50 };
+        B2Row {
+            kind,
+            services,
+            position,
+            request: p,
+            connect: p,
+            connections: 100,
+            failures: 0,
+            install: std::time::Duration::ZERO,
+            note: None,
+        }
+    }
+
+    /// The B2 floor goal: each datapath's p50 to the last service less its
+    /// p50 straight to a backend pod, at every N.
+    #[test]
+    fn b2_added_latency_is_last_less_direct() {
+        let mut r = Report::new(&Options::tiny());
+        let mut rows = Vec::new();
+        for (n, ours_last, ipt_last) in [(10, 93.0, 100.0), (1000, 96.0, 140.0)] {
+            rows.push(row(Kind::Ours, n, Position::First, 95.0));
+            rows.push(row(Kind::Ours, n, Position::Last, ours_last));
+            rows.push(row(Kind::Ours, n, Position::Direct, 90.0));
+            rows.push(row(Kind::Iptables, n, Position::Last, ipt_last));
+            rows.push(row(Kind::Iptables, n, Position::Direct, 91.0));
+        }
+        r.b2 = Some(rows.clone());
+        let g = goals(&r);
+        let line = g.lines().find(|l| l.contains("lb adds ≤ 5 µs")).expect("the B2 floor goal");
+        assert!(line.contains("+3 µs at 10, +6 µs at 1k"), "{line}");
+        assert!(line.contains("iptables: +9 µs at 10, +49 µs at 1k"), "{line}");
+        assert!(line.ends_with("| MISS |"), "{line}");
+        rows.retain(|r| !(r.kind == Kind::Ours && r.services == 1000 && r.position == Position::Last));
+        rows.push(row(Kind::Ours, 1000, Position::Last, 94.0));
+        r.b2 = Some(rows);
+        let line = goals(&r).lines().find(|l| l.contains("lb adds ≤ 5 µs")).unwrap().to_string();
+        assert!(line.ends_with("| PASS |"), "{line}");
     }
 }
