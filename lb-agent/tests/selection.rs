@@ -248,7 +248,10 @@ fn conntrack_timeouts_reuse_and_garbage_collection() {
     assert_eq!(gc.remaining, 2);
 
     // A flow that keeps sending is never collected: its last_seen moves.
+    // (The datapath's clock is CLOCK_MONOTONIC_COARSE: it moves once per
+    // tick, 10 ms at HZ=100.)
     let before = ct_entry(&l, est, vip, 6).unwrap().last_seen;
+    std::thread::sleep(std::time::Duration::from_millis(25));
     l.run(&testrun::tcp(est, vip, "A", 3, b"x"));
     assert!(ct_entry(&l, est, vip, 6).unwrap().last_seen > before);
 

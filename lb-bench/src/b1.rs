@@ -25,7 +25,7 @@ use std::{
 };
 
 use anyhow::{Context, Result, ensure};
-use aya::programs::{SchedClassifier, TestRun, TestRunOptions, Xdp};
+use aya::programs::{ProgramInfo, SchedClassifier, TestRun, TestRunOptions, Xdp};
 use lb_agent::{
     datapath::{Datapath, MapSizes, TC_INGRESS_PROGRAM, XDP_PROGRAM},
     maps::Maps,
@@ -70,8 +70,27 @@ pub struct B1Row {
     pub established_r1_ns: f64,
     pub new_flow_ns: f64,
     pub new_flow_p50_ns: f64,
+    /// The tc path in the kernel's own accounting.
+    pub kernel: KernelNs,
     /// The XDP NodePort path (`lb_xdp`), when the object has it.
     pub xdp: Option<PathCost>,
+    /// The XDP NodePort path to a backend on another node (DNAT + SNAT,
+    /// FIB lookup, TTL, MACs, `XDP_TX`).
+    pub remote: Option<PathCost>,
+}
+
+/// Per-run cost in the kernel's own accounting: `run_time_ns / run_cnt` of
+/// the program's `bpf_prog_info`, counted while `BPF_ENABLE_STATS` is held
+/// (around the runs measured, and only then: the accounting itself costs a
+/// clock read per run). It leaves out what the test run adds around the
+/// program (the bh disable/enable, the syscall), so it is also the clean
+/// figure for `repeat` = 1 runs.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct KernelNs {
+    /// ns/run, established flow.
+    pub established: f64,
+    /// ns/run, new flows (fresh sources, `repeat` = 1).
+    pub new_flow: f64,
 }
 
 /// Per-packet costs of one program path, ns/packet.
@@ -84,6 +103,7 @@ pub struct PathCost {
     /// repeat = 1 runs, fresh sources: best round mean, and p50 of all.
     pub new_flow_ns: f64,
     pub new_flow_p50_ns: f64,
+    pub kernel: KernelNs,
 }
 
 impl PathCost {
@@ -149,14 +169,112 @@ fn one_backend(name: &str, at: SocketAddrV4, to: SocketAddrV4) -> (FrontendAddr,
     (addr, fe)
 }
 
+/// The NodePort frontend whose endpoints are all on another node: its
+/// packets are DNATed and SNATed and forwarded (`bpf_fib_lookup`, TTL,
+/// MACs, `XDP_TX` back out of `ext0`).
+const NP_REMOTE: SocketAddrV4 = SocketAddrV4::new(NODE_IP, 30001);
+/// This node's name (its endpoints are local) and the other node's.
+const NODE_NAME: &str = "bench-node-a";
+const OTHER_NODE: &str = "bench-node-b";
+/// The other node: its address on `ext0`'s subnet, its MAC (a permanent
+/// neighbour), and the pod network behind it.
+const NODE_B: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 2);
+const NODE_B_MAC: [u8; 6] = [0x02, 0, 0, 0, 0, 0xb];
+const REMOTE_PODS: Ipv4Addr = Ipv4Addr::new(10, 245, 0, 0);
+const XDP_PASS: u32 = 2;
+const XDP_TX: u32 = 3;
+
+/// The network namespace B1 runs in: the FIB lookups of the remote path
+/// answer from its routes (`ext0` with the node address, node B a
+/// permanent neighbour, node B's pods routed through it), never from the
+/// host's.
+fn lab() -> Result<lb_lab::Netns> {
+    let ns = lb_lab::Netns::new("b1")?;
+    ns.sysctl("net.ipv4.ip_forward", "1")?;
+    ns.ip(&["link", "add", "ext0", "type", "veth", "peer", "name", "ext0p"])?;
+    ns.ip(&["addr", "add", &format!("{NODE_IP}/24"), "dev", "ext0"])?;
+    ns.ip(&["link", "set", "ext0p", "up"])?;
+    ns.ip(&["link", "set", "ext0", "up"])?;
+    let mac = NODE_B_MAC.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
+    ns.ip(&["neigh", "replace", &NODE_B.to_string(), "lladdr", &mac, "dev", "ext0", "nud", "permanent"])?;
+    ns.ip(&["route", "add", &format!("{REMOTE_PODS}/16"), "via", &NODE_B.to_string(), "dev", "ext0"])?;
+    Ok(ns)
+}
+
+/// The calling thread inside a network namespace until dropped.
+struct Entered(std::fs::File);
+
+impl Entered {
+    fn enter(ns: &lb_lab::Netns) -> Result<Entered> {
+        use std::os::fd::{AsFd, AsRawFd};
+        let orig = std::fs::File::open("/proc/thread-self/ns/net").context("opening this thread's netns")?;
+        // SAFETY: setns on a valid namespace fd; only this thread moves.
+        let rc = unsafe { libc::setns(ns.as_fd().as_raw_fd(), libc::CLONE_NEWNET) };
+        ensure!(rc == 0, "setns into {}: {}", ns.name(), std::io::Error::last_os_error());
+        Ok(Entered(orig))
+    }
+}
+
+impl Drop for Entered {
+    fn drop(&mut self) {
+        use std::os::fd::AsRawFd;
+        // SAFETY: as in `enter`, back to the thread's own namespace.
+        unsafe { libc::setns(self.0.as_raw_fd(), libc::CLONE_NEWNET) };
+    }
+}
+
+fn ifindex(name: &str) -> Result<u32> {
+    let c = std::ffi::CString::new(name)?;
+    // SAFETY: a NUL-terminated name.
+    let i = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    ensure!(i != 0, "interface {name} missing");
+    Ok(i)
+}
+
+/// The kernel's run time per run of a program over what `run` does (see
+/// [`KernelNs`]).
+fn kernel_ns(info: impl Fn() -> Result<ProgramInfo, aya::programs::ProgramError>, run: impl FnOnce() -> Result<()>) -> Result<f64> {
+    let _stats = aya::sys::enable_stats(aya::sys::Stats::RunTime).context("BPF_ENABLE_STATS")?;
+    let before = info()?;
+    run()?;
+    let after = info()?;
+    let runs = after.run_count().saturating_sub(before.run_count());
+    ensure!(runs > 0, "the kernel counted no run (BPF stats unavailable?)");
+    Ok(after.run_time().saturating_sub(before.run_time()).as_nanos() as f64 / runs as f64)
+}
+
+fn local(mut fe: Frontend, node: &str) -> Frontend {
+    for b in &mut fe.backends {
+        b.node_name = Some(node.into());
+    }
+    fe
+}
+
 pub fn run_one(opts: &B1Options, n: usize) -> Result<B1Row> {
+    let ns = lab().context("the B1 network namespace")?;
+    let _entered = Entered::enter(&ns)?;
+    let ext0 = ifindex("ext0")?;
     let pins = sys::Pins::new(&format!("b1-{n}"));
     let total_new = opts.new_flows * opts.rounds;
-    let sizes = sizes_for(n, opts.endpoints, 2 * total_new);
+    // Three paths of new flows, plus the kernel-statistics passes.
+    let sizes = sizes_for(n, opts.endpoints, 3 * total_new);
     let mut dp = Datapath::load(pins.path(), &sizes).context("loading the datapath")?;
     let mut maps = Maps::open(pins.path())?;
     maps.write_config(&ready_config())?;
-    let reconciler = Reconciler::recover(maps)?;
+    // A wide SNAT range below the NodePorts: the remote path's 6 x
+    // `new_flows` flows share 10 backends, and the default range (4536
+    // ports) would fill up and make new flows retry ports.
+    let (nat_port_min, nat_port_max) = (1024, 29_999);
+    maps.write_node(&lb_common::NodeConfig {
+        snat_addr: u32::from_ne_bytes(NODE_IP.octets()),
+        nat_port_min,
+        nat_port_max,
+        flags: lb_common::node_flags::READY,
+        nodeport_min: 30000,
+        nodeport_max: 32767,
+    })?;
+    let mut reconciler = Reconciler::recover(maps)?;
+    reconciler.set_node_name(Some(NODE_NAME.into()));
     let svcs = services::generate(n, opts.endpoints);
     let mut desired = services::to_desired(&svcs);
     let (a, fa) = one_backend("bench/ping:http", PING, PONG);
@@ -165,17 +283,28 @@ pub fn run_one(opts: &B1Options, n: usize) -> Result<B1Row> {
     desired.insert(b, fb);
     let has_xdp = dp.ebpf.program(XDP_PROGRAM).is_some();
     if has_xdp {
+        // Local endpoints: DNAT only, the kernel delivers.
         for (name, at, to) in [("bench/np-ping:http", NP_PING, NP_PONG), ("bench/np-pong:http", NP_PONG, NP_PING)] {
             let (addr, mut fe) = one_backend(name, at, to);
             fe.flags = lb_common::svc_flags::NODE_PORT;
-            desired.insert(addr, fe);
+            desired.insert(addr, local(fe, NODE_NAME));
         }
         if let Some(last) = svcs.last() {
             let mut fe = services::frontend(last);
             fe.addr = FrontendAddr { ip: *NP_TARGET.ip(), port: NP_TARGET.port(), proto: Protocol::Tcp };
             fe.name = format!("{}:nodeport", last.name);
             fe.flags = lb_common::svc_flags::NODE_PORT;
-            desired.insert(fe.addr, fe);
+            desired.insert(fe.addr, local(fe, NODE_NAME));
+            // The same number of endpoints, all on node B.
+            let remote = Ipv4Addr::from(u32::from(REMOTE_PODS) + 1);
+            let mut fe = services::frontend(last);
+            fe.addr = FrontendAddr { ip: *NP_REMOTE.ip(), port: NP_REMOTE.port(), proto: Protocol::Tcp };
+            fe.name = format!("{}:nodeport-remote", last.name);
+            fe.flags = lb_common::svc_flags::NODE_PORT;
+            for (i, b) in fe.backends.iter_mut().enumerate() {
+                b.addr.ip = Ipv4Addr::from(u32::from(remote) + i as u32);
+            }
+            desired.insert(fe.addr, local(fe, OTHER_NODE));
         }
     }
     let (reconciler, program_time) = fill(pins.path(), reconciler, &desired, n * opts.endpoints <= opts.reconcile_limit)?;
@@ -185,6 +314,28 @@ pub fn run_one(opts: &B1Options, n: usize) -> Result<B1Row> {
             dp.ebpf.program_mut(XDP_PASS_PROGRAM).with_context(|| format!("{XDP_PASS_PROGRAM} missing from the object"))?.try_into()?;
         xdp.load().with_context(|| format!("loading {XDP_PASS_PROGRAM}"))?;
     }
+    let result = measure(opts, &dp, &svcs, ext0, has_xdp);
+    // A failed run says what the datapath counted (its drops).
+    let counted = || -> String {
+        let stats = reconciler.maps().stats().unwrap_or_default();
+        lb_common::stat::NAMES.iter().zip(stats).filter(|(_, v)| *v != 0).map(|(n, v)| format!("{n}={v}")).collect::<Vec<_>>().join(", ")
+    };
+    let m = result.with_context(|| format!("datapath counters: {}", counted()))?;
+    // Every new flow made two conntrack entries (none evicted).
+    let k = m.flows;
+    let ct_entries = reconciler.maps().ct.tcp.map.keys().count();
+    ensure!(ct_entries >= 2 * k, "expected {} conntrack entries after the new-flow runs, found {ct_entries}", 2 * k);
+    Ok(B1Row { services: n, program_time, ..m.row })
+}
+
+/// What [`measure`] found, and how many new flows it made.
+struct Measured {
+    row: B1Row,
+    flows: usize,
+}
+
+/// Every measurement of one service count, on the loaded datapath.
+fn measure(opts: &B1Options, dp: &Datapath, svcs: &[services::Svc], ext0: u32, has_xdp: bool) -> Result<Measured> {
     let target = SocketAddrV4::new(svcs.last().map(|s| s.ip).unwrap_or(*PING.ip()), services::SERVICE_PORT);
     let client = SocketAddrV4::new(Ipv4Addr::new(10, 244, 0, 11), 40000);
 
@@ -209,6 +360,11 @@ pub fn run_one(opts: &B1Options, n: usize) -> Result<B1Row> {
     ensure!(r == TC_ACT_UNSPEC as u32, "ping-pong verdict {r}");
     ensure!(out[30..34] == PING.ip().octets(), "ping-pong: packet did not come back to the first frontend");
     let established_ns = best_of(opts.rounds, || Ok(testrun::time_tc(tc, &pp, opts.repeat)?.1))?;
+    let tc_info = || tc.info();
+    let kernel_established = kernel_ns(tc_info, || {
+        testrun::time_tc(tc, &pp, opts.repeat)?;
+        Ok(())
+    })?;
 
     // Established flow to a regular service, repeat = 1.
     let est = ack(client, target);
@@ -218,80 +374,132 @@ pub fn run_one(opts: &B1Options, n: usize) -> Result<B1Row> {
 
     // New flows, repeat = 1, a fresh source each run.
     let mut k = 0usize;
+    let (new_flow_ns, new_flow_p50_ns) = new_flows(opts, &mut k, |src| run_tc_once(tc, &syn(src, target)))?;
+    let kernel_new_flow = kernel_ns(tc_info, || {
+        for _ in 0..opts.new_flows.min(20_000) {
+            run_tc_once(tc, &syn(fresh_source(k), target))?;
+            k += 1;
+        }
+        Ok(())
+    })?;
+
+    // The XDP NodePort path, the same three ways, to local endpoints: the
+    // program DNATs and hands the packet to the kernel (`XDP_PASS`).
+    let xdp_cost = if has_xdp {
+        let np: &Xdp = dp.ebpf.program(XDP_PROGRAM).unwrap().try_into()?;
+        let np_info = || np.info();
+        let pp = ack(client, NP_PING);
+        let mut out = vec![0u8; pp.len() + 256];
+        let r = run_xdp(np, &pp, &mut out, 4)?;
+        ensure!(r == XDP_PASS, "XDP ping-pong verdict {r}");
+        // Both frontends share the node address; the port tells them apart.
+        let port = u16::from_be_bytes([out[36], out[37]]);
+        ensure!(port == NP_PING.port() || port == NP_PONG.port(), "XDP ping-pong: packet went to port {port}");
+        let established_ns = best_of(opts.rounds, || Ok(testrun::time_xdp(np, &pp, opts.repeat)?.1))?;
+        let kernel_established = kernel_ns(np_info, || {
+            testrun::time_xdp(np, &pp, opts.repeat)?;
+            Ok(())
+        })?;
+        let est = ack(client, NP_TARGET);
+        let (v, _) = testrun::time_xdp(np, &est, 1)?;
+        ensure!(v == XDP_PASS, "XDP verdict {v} for an established NodePort flow");
+        let established_r1_ns = mean_r1(opts.new_flows.min(20_000), |_| run_xdp_checked(np, &est, XDP_PASS, 0))?;
+        let (new_flow_ns, new_flow_p50_ns) = new_flows(opts, &mut k, |src| run_xdp_checked(np, &syn(src, NP_TARGET), XDP_PASS, 0))?;
+        let kernel_new_flow = kernel_ns(np_info, || {
+            for _ in 0..opts.new_flows.min(20_000) {
+                run_xdp_checked(np, &syn(fresh_source(k), NP_TARGET), XDP_PASS, 0)?;
+                k += 1;
+            }
+            Ok(())
+        })?;
+        Some(PathCost {
+            established_ns,
+            established_r1_ns,
+            new_flow_ns,
+            new_flow_p50_ns,
+            kernel: KernelNs { established: kernel_established, new_flow: kernel_new_flow },
+        })
+    } else {
+        None
+    };
+
+    // The remote path: packets arrive on `ext0` and leave through it to
+    // node B, DNATed and SNATed. No ping-pong here (SNAT gives every pass
+    // a new source), so the established flow is measured with `repeat` = 1
+    // runs of the same packet: its figure is their mean less the local XDP
+    // path's repeat = 1 overhead, and the kernel's own figure needs no
+    // correction.
+    let remote_cost = match (&xdp_cost, has_xdp) {
+        (Some(local), true) => {
+            let np: &Xdp = dp.ebpf.program(XDP_PROGRAM).unwrap().try_into()?;
+            let np_info = || np.info();
+            let est = ack(client, NP_REMOTE);
+            let first = testrun::run_xdp(np, &est, ext0)?;
+            let (r, out) = (first.verdict as u32, first.packet);
+            ensure!(r == XDP_TX, "remote NodePort verdict {r} (XDP_TX expected)");
+            ensure!(out[0..6] == NODE_B_MAC, "remote NodePort: not sent to node B's MAC");
+            ensure!(out[26..30] == NODE_IP.octets(), "remote NodePort: source not SNATed to the node address");
+            ensure!(out[30..32] == REMOTE_PODS.octets()[..2], "remote NodePort: not DNATed to a pod on node B");
+            let r1 = mean_r1(opts.new_flows.min(20_000), |_| run_xdp_checked(np, &est, XDP_TX, ext0))?;
+            let kernel_established = kernel_ns(np_info, || {
+                for _ in 0..opts.new_flows.min(20_000) {
+                    run_xdp_checked(np, &est, XDP_TX, ext0)?;
+                }
+                Ok(())
+            })?;
+            let (new_flow_ns, new_flow_p50_ns) = new_flows(opts, &mut k, |src| run_xdp_checked(np, &syn(src, NP_REMOTE), XDP_TX, ext0))?;
+            let kernel_new_flow = kernel_ns(np_info, || {
+                for _ in 0..opts.new_flows.min(20_000) {
+                    run_xdp_checked(np, &syn(fresh_source(k), NP_REMOTE), XDP_TX, ext0)?;
+                    k += 1;
+                }
+                Ok(())
+            })?;
+            Some(PathCost {
+                established_ns: r1 - local.r1_overhead_ns(),
+                established_r1_ns: r1,
+                new_flow_ns,
+                new_flow_p50_ns,
+                kernel: KernelNs { established: kernel_established, new_flow: kernel_new_flow },
+            })
+        }
+        _ => None,
+    };
+    Ok(Measured {
+        row: B1Row {
+            services: 0,
+            program_time: None,
+            floor_ns,
+            established_ns,
+            floor_r1_ns,
+            established_r1_ns,
+            new_flow_ns,
+            new_flow_p50_ns,
+            kernel: KernelNs { established: kernel_established, new_flow: kernel_new_flow },
+            xdp: xdp_cost,
+            remote: remote_cost,
+        },
+        flows: k,
+    })
+}
+
+/// `rounds` rounds of `new_flows` runs of `run` from fresh sources: the
+/// best round's mean and the median of all, ns.
+fn new_flows(opts: &B1Options, k: &mut usize, mut run: impl FnMut(SocketAddrV4) -> Result<u64>) -> Result<(f64, f64)> {
     let mut means = Vec::new();
-    let mut all = Vec::with_capacity(total_new);
+    let mut all = Vec::with_capacity(opts.new_flows * opts.rounds);
     for _ in 0..opts.rounds {
         let mut sum = 0u128;
         for _ in 0..opts.new_flows {
-            let src = fresh_source(k);
-            k += 1;
-            let ns = run_tc_once(tc, &syn(src, target))?;
+            let ns = run(fresh_source(*k)).with_context(|| format!("new flow {} from {}", *k, fresh_source(*k)))?;
+            *k += 1;
             sum += ns as u128;
             all.push(ns);
         }
         means.push(sum as f64 / opts.new_flows.max(1) as f64);
     }
     all.sort_unstable();
-    let new_flow_ns = means.iter().copied().fold(f64::INFINITY, f64::min);
-    let new_flow_p50_ns = all.get(all.len() / 2).copied().unwrap_or(0) as f64;
-
-    // The XDP NodePort path, the same three ways. Without a node SNAT
-    // configuration the program DNATs and passes to the kernel (the path
-    // of a backend on this node); the SNAT + FIB forwarding path of a
-    // remote backend is not measured here.
-    let xdp_cost = if has_xdp {
-        let np: &Xdp = dp.ebpf.program(XDP_PROGRAM).unwrap().try_into()?;
-        let pass = 2u32; // XDP_PASS
-        let pp = ack(client, NP_PING);
-        let mut out = vec![0u8; pp.len() + 256];
-        let r = run_xdp(np, &pp, &mut out, 4)?;
-        ensure!(r == pass, "XDP ping-pong verdict {r}");
-        // Both frontends share the node address; the port tells them apart.
-        let port = u16::from_be_bytes([out[36], out[37]]);
-        ensure!(port == NP_PING.port() || port == NP_PONG.port(), "XDP ping-pong: packet went to port {port}");
-        let established_ns = best_of(opts.rounds, || Ok(testrun::time_xdp(np, &pp, opts.repeat)?.1))?;
-        let est = ack(client, NP_TARGET);
-        let (v, _) = testrun::time_xdp(np, &est, 1)?;
-        ensure!(v == pass, "XDP verdict {v} for an established NodePort flow");
-        let established_r1_ns = mean_r1(opts.new_flows.min(20_000), |_| run_xdp_checked(np, &est, pass))?;
-        let mut means = Vec::new();
-        let mut all = Vec::with_capacity(total_new);
-        for _ in 0..opts.rounds {
-            let mut sum = 0u128;
-            for _ in 0..opts.new_flows {
-                let src = fresh_source(k);
-                k += 1;
-                let ns = run_xdp_checked(np, &syn(src, NP_TARGET), pass)?;
-                sum += ns as u128;
-                all.push(ns);
-            }
-            means.push(sum as f64 / opts.new_flows.max(1) as f64);
-        }
-        all.sort_unstable();
-        Some(PathCost {
-            established_ns,
-            established_r1_ns,
-            new_flow_ns: means.iter().copied().fold(f64::INFINITY, f64::min),
-            new_flow_p50_ns: all.get(all.len() / 2).copied().unwrap_or(0) as f64,
-        })
-    } else {
-        None
-    };
-    // Every new flow made two conntrack entries (none evicted).
-    let ct_entries = reconciler.maps().ct.tcp.map.keys().count();
-    let flows = if has_xdp { 2 * total_new } else { total_new };
-    ensure!(ct_entries >= 2 * flows, "expected {} conntrack entries after the new-flow runs, found {ct_entries}", 2 * flows);
-    Ok(B1Row {
-        services: n,
-        program_time,
-        floor_ns,
-        established_ns,
-        floor_r1_ns,
-        established_r1_ns,
-        new_flow_ns,
-        new_flow_p50_ns,
-        xdp: xdp_cost,
-    })
+    Ok((means.iter().copied().fold(f64::INFINITY, f64::min), all.get(all.len() / 2).copied().unwrap_or(0) as f64))
 }
 
 /// Programs `desired` into the maps: through `Reconciler::apply` (timed)
@@ -399,8 +607,9 @@ fn run_xdp(xdp: &Xdp, input: &[u8], out: &mut [u8], repeat: u32) -> Result<u32> 
     Ok(xdp.test_run(o).context("BPF_PROG_TEST_RUN")?.return_value)
 }
 
-fn run_xdp_checked(xdp: &Xdp, input: &[u8], want: u32) -> Result<u64> {
-    let (v, d) = testrun::time_xdp(xdp, input, 1)?;
+/// One run on `ingress_ifindex` (0: the loopback device).
+fn run_xdp_checked(xdp: &Xdp, input: &[u8], want: u32, ingress_ifindex: u32) -> Result<u64> {
+    let (v, d) = testrun::time_xdp_on(xdp, input, ingress_ifindex, 1)?;
     ensure!(v == want, "XDP verdict {v}");
     Ok(d.as_nanos() as u64)
 }

@@ -40,6 +40,10 @@ pub struct B2Options {
 pub enum Position {
     First,
     Last,
+    /// Straight to a backend pod's address, no Service: the floor that
+    /// shows what the datapath adds (its programs or rules still see the
+    /// packets).
+    Direct,
 }
 
 impl std::fmt::Display for Position {
@@ -47,6 +51,7 @@ impl std::fmt::Display for Position {
         f.write_str(match self {
             Position::First => "first",
             Position::Last => "last",
+            Position::Direct => "direct to a backend pod (no Service)",
         })
     }
 }
@@ -261,12 +266,12 @@ pub fn run(o: &B2Options, skip: &[(Kind, usize, String)]) -> Result<Vec<B2Row>> 
                 continue;
             };
             let client = &lab.pods[0].ns;
-            for position in [Position::First, Position::Last] {
-                let s = match position {
-                    Position::First => &svcs[0],
-                    Position::Last => &svcs[svcs.len() - 1],
+            for position in [Position::First, Position::Last, Position::Direct] {
+                let to = match position {
+                    Position::First => SocketAddrV4::new(svcs[0].ip, svcs[0].port),
+                    Position::Last => SocketAddrV4::new(svcs[svcs.len() - 1].ip, svcs[svcs.len() - 1].port),
+                    Position::Direct => SocketAddrV4::new(ips[0], services::TARGET_PORT),
                 };
-                let to = SocketAddrV4::new(s.ip, s.port);
                 // Warm-up: neighbours, caches, the servers' first threads.
                 let (_, _, warm_fail) = connections(client, to, 50.min(o.connections));
                 ensure!(warm_fail == 0, "{kind}, {n} services: {warm_fail} of the warm-up connections to {to} failed");

@@ -6,7 +6,7 @@ use std::fmt::Write as _;
 use crate::{
     Options,
     b1::B1Row,
-    b2::B2Row,
+    b2::{B2Row, Position},
     b3::B3Result,
     b4::{self, B4Row},
     b6::{B6Result, B6Row},
@@ -79,8 +79,8 @@ fn took(t: crate::sys::Took) -> String {
 /// The B1 table.
 pub fn b1_table(rows: &[B1Row]) -> String {
     let mut t = String::new();
-    t.push_str("| services | path | programmed in | floor: XDP_PASS (ns) | established flow (ns) | × floor | new flow (ns), raw / repeat=1 overhead off | × floor | new flow p50 (ns, raw) | repeat=1 overhead (ns) |\n");
-    t.push_str("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    t.push_str("| services | path | programmed in | floor: XDP_PASS (ns) | established flow (ns) | × floor | new flow (ns), raw / repeat=1 overhead off | × floor | new flow p50 (ns, raw) | repeat=1 overhead (ns) | kernel run_time/run_cnt (ns): established / new flow |\n");
+    t.push_str("|---:|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for r in rows {
         let prog = match r.program_time {
             Some(d) => ms(d),
@@ -89,7 +89,7 @@ pub fn b1_table(rows: &[B1Row]) -> String {
         let f = r.floor_ns.max(1.0);
         let _ = writeln!(
             t,
-            "| {} | ClusterIP (tc `lb_tc_ingress`) | {} | {:.1} | {:.1} | {:.1} | {:.0} / {:.0} | {:.1} | {:.0} | {:.0} |",
+            "| {} | ClusterIP (tc `lb_tc_ingress`) | {} | {:.1} | {:.1} | {:.1} | {:.0} / {:.0} | {:.1} | {:.0} | {:.0} | {:.0} / {:.0} |",
             fmt_count(r.services as f64),
             prog,
             r.floor_ns,
@@ -100,25 +100,35 @@ pub fn b1_table(rows: &[B1Row]) -> String {
             r.new_flow_net_ns() / f,
             r.new_flow_p50_ns,
             r.r1_overhead_ns(),
+            r.kernel.established,
+            r.kernel.new_flow,
         );
-        match &r.xdp {
-            Some(x) => {
-                let _ = writeln!(
-                    t,
-                    "| {} | NodePort (XDP `lb_xdp`, local delivery) | 〃 | {:.1} | {:.1} | {:.1} | {:.0} / {:.0} | {:.1} | {:.0} | {:.0} |",
-                    fmt_count(r.services as f64),
-                    r.floor_ns,
-                    x.established_ns,
-                    x.established_ns / f,
-                    x.new_flow_ns,
-                    x.new_flow_net_ns(),
-                    x.new_flow_net_ns() / f,
-                    x.new_flow_p50_ns,
-                    x.r1_overhead_ns(),
-                );
-            }
-            None => {
-                let _ = writeln!(t, "| {} | NodePort (XDP) | n/a (not implemented yet) | | | | | | | |", fmt_count(r.services as f64));
+        let paths = [
+            ("NodePort (XDP `lb_xdp`, local delivery)", &r.xdp),
+            ("NodePort (XDP `lb_xdp`, remote backend: DNAT+SNAT, FIB, `XDP_TX`)²", &r.remote),
+        ];
+        for (name, cost) in paths {
+            match cost {
+                Some(x) => {
+                    let _ = writeln!(
+                        t,
+                        "| {} | {name} | 〃 | {:.1} | {:.1} | {:.1} | {:.0} / {:.0} | {:.1} | {:.0} | {:.0} | {:.0} / {:.0} |",
+                        fmt_count(r.services as f64),
+                        r.floor_ns,
+                        x.established_ns,
+                        x.established_ns / f,
+                        x.new_flow_ns,
+                        x.new_flow_net_ns(),
+                        x.new_flow_net_ns() / f,
+                        x.new_flow_p50_ns,
+                        x.r1_overhead_ns(),
+                        x.kernel.established,
+                        x.kernel.new_flow,
+                    );
+                }
+                None => {
+                    let _ = writeln!(t, "| {} | {name} | n/a (not in this object) | | | | | | | | |", fmt_count(r.services as f64));
+                }
             }
         }
     }
@@ -312,40 +322,54 @@ fn b6_name(r: &B6Row) -> &'static str {
     }
 }
 
+/// A B1 path's figures at one N: established ns, established × floor,
+/// new flow ns (overhead off).
+type B1Figures = (f64, f64, f64);
+
 /// Goals with our figures.
 pub fn goals(r: &Report) -> String {
     let mut t = String::new();
     t.push_str("| goal | our figure | result |\n|---|---|---|\n");
     if let Some(rows) = &r.b1 {
-        let worst = rows.iter().map(|r| r.established_ns).fold(0.0, f64::max);
-        let _ = writeln!(
-            t,
-            "| B1: ClusterIP path ≤ 100 ns/packet (Katran: 101–119 ns), established flow | {:.0} ns (worst over N) | {} |",
-            worst,
-            pass(worst <= 100.0)
-        );
-        let worst_new = rows.iter().map(|r| r.new_flow_net_ns()).fold(0.0, f64::max);
-        let _ = writeln!(
-            t,
-            "| B1: ClusterIP path ≤ 100 ns/packet, new flow (service lookup, selection, 2 CT inserts) | {:.0} ns (worst over N, repeat=1 overhead off) | {} |",
-            worst_new,
-            pass(worst_new <= 100.0)
-        );
-        if rows.iter().all(|r| r.xdp.is_some()) {
-            let worst = rows.iter().filter_map(|r| r.xdp.as_ref()).map(|x| x.established_ns).fold(0.0, f64::max);
+        // The issue's targets: an established flow ≤ 100 ns and ≤ 4× the
+        // XDP_PASS floor, a new flow ≤ 400 ns (Katran: 101–119 ns).
+        let paths: [(&str, Vec<Option<B1Figures>>); 3] = [
+            (
+                "ClusterIP (tc)",
+                rows.iter().map(|r| Some((r.established_ns, r.established_ns / r.floor_ns.max(1.0), r.new_flow_net_ns()))).collect(),
+            ),
+            (
+                "NodePort (XDP), local backend",
+                rows.iter()
+                    .map(|r| r.xdp.as_ref().map(|x| (x.established_ns, x.established_ns / r.floor_ns.max(1.0), x.new_flow_net_ns())))
+                    .collect(),
+            ),
+            (
+                "NodePort (XDP), remote backend",
+                rows.iter()
+                    .map(|r| r.remote.as_ref().map(|x| (x.established_ns, x.established_ns / r.floor_ns.max(1.0), x.new_flow_net_ns())))
+                    .collect(),
+            ),
+        ];
+        for (name, figures) in paths {
+            if figures.iter().any(Option::is_none) {
+                let _ = writeln!(t, "| B1: {name} | n/a (not in this object) | – |");
+                continue;
+            }
+            let figures: Vec<_> = figures.into_iter().flatten().collect();
+            let est = figures.iter().map(|f| f.0).fold(0.0, f64::max);
+            let ratio = figures.iter().map(|f| f.1).fold(0.0, f64::max);
+            let new = figures.iter().map(|f| f.2).fold(0.0, f64::max);
             let _ = writeln!(
                 t,
-                "| B1: NodePort (XDP) path ≤ 100 ns/packet, established flow | {worst:.0} ns (worst over N) | {} |",
-                pass(worst <= 100.0)
+                "| B1: {name}, established flow ≤ 100 ns/packet and ≤ 4× the XDP_PASS floor (Katran: 101–119 ns) | {est:.0} ns, {ratio:.1}× (worst over N) | {} |",
+                pass(est <= 100.0 && ratio <= 4.0)
             );
-            let worst = rows.iter().filter_map(|r| r.xdp.as_ref()).map(|x| x.new_flow_net_ns()).fold(0.0, f64::max);
             let _ = writeln!(
                 t,
-                "| B1: NodePort (XDP) path ≤ 100 ns/packet, new flow | {worst:.0} ns (worst over N, repeat=1 overhead off) | {} |",
-                pass(worst <= 100.0)
+                "| B1: {name}, new flow ≤ 400 ns/packet | {new:.0} ns (worst over N, repeat=1 overhead off) | {} |",
+                pass(new <= 400.0)
             );
-        } else {
-            t.push_str("| B1: NodePort (XDP) path ≤ 100 ns/packet | n/a (not implemented yet) | – |\n");
         }
         if let (Some(first), Some(last)) = (rows.first(), rows.last())
             && rows.len() > 1
@@ -386,6 +410,30 @@ pub fn goals(r: &Report) -> String {
                     pass(g <= 0.25)
                 );
             }
+            // What each datapath adds to a connection: its p50 to the last
+            // service less its p50 straight to a backend pod.
+            let p50 = |n: usize, k: Kind, p: Position| {
+                rows.iter().find(|r| r.kind == k && r.services == n && r.position == p && r.note.is_none()).map(|r| r.request.p50)
+            };
+            let mut ns: Vec<usize> = ours.iter().map(|r| r.services).collect();
+            ns.dedup();
+            let added = |k: Kind| -> Vec<String> {
+                ns.iter()
+                    .map(|&n| match (p50(n, k, Position::Last), p50(n, k, Position::Direct)) {
+                        (Some(l), Some(d)) => format!("{:+.0} µs at {}", l - d, fmt_count(n as f64)),
+                        _ => format!("n/a at {}", fmt_count(n as f64)),
+                    })
+                    .collect()
+            };
+            let ours_added: Vec<f64> =
+                ns.iter().filter_map(|&n| Some(p50(n, Kind::Ours, Position::Last)? - p50(n, Kind::Ours, Position::Direct)?)).collect();
+            let _ = writeln!(
+                t,
+                "| B2: lb adds ≤ 5 µs p50 to a connection at every N (last service less direct to a backend pod) | {} (iptables: {}) | {} |",
+                added(Kind::Ours).join(", "),
+                added(Kind::Iptables).join(", "),
+                if ours_added.len() == ns.len() { pass(ours_added.iter().all(|&a| a <= 5.0)) } else { "n/a" }
+            );
             let at = if ours.iter().any(|r| r.services == 10_000) { 10_000 } else { max };
             let (o, n) = (p99(at, Kind::Ours), p99(at, Kind::Nftables));
             let fig = |v: f64| {
@@ -537,9 +585,17 @@ pub fn markdown(r: &Report, plots: &[String]) -> String {
              which the benchmark checks. The kernel's duration of a `repeat` = 1 run also holds one clock read, the bh disable/enable around the program and \
              whatever the syscall left cold in the caches. That overhead is measured by timing an established flow the same way (`repeat` = 1) and subtracting \
              the `repeat` = N figure; the \"overhead off\" new-flow figure subtracts it, the raw one does not. The repeat=1 floor (XDP_PASS) came out at {}.\n\
-             - **XDP NodePort path** (`lb_xdp`): measured the same three ways on NodePort frontends at the node address (a ping-pong pair for the established flow, \
-             and a NodePort with the measured service's ten endpoints for new flows). No node SNAT configuration is written, so the program DNATs and hands the packet \
-             to the kernel (`XDP_PASS`), which is its path for a backend on this node; the SNAT + FIB forwarding path to a remote backend is not measured.\n\
+             - **XDP NodePort path, local delivery** (`lb_xdp`): measured the same three ways on NodePort frontends at the node address (a ping-pong pair for the established flow, \
+             and a NodePort with the measured service's ten endpoints for new flows), all endpoints on this node: the program DNATs and hands the packet \
+             to the kernel (`XDP_PASS`).\n\
+             - **XDP NodePort path, remote backend** (²): a NodePort whose ten endpoints are on another node. B1 runs in a network namespace of its own where \
+             `ext0` holds the node address, the other node is a permanent neighbour and its pod network is routed through it; the packets arrive on `ext0`, \
+             so each run is the whole north-south path: DNAT and SNAT (to the node address, a port of the SNAT range 1024–29999), `bpf_fib_lookup`, TTL, MACs, \
+             `XDP_TX` (checked on the first packet: verdict, MAC, addresses). SNAT gives every pass a new source, so there is no ping-pong: its established figure is the mean of \
+             `repeat` = 1 runs of one packet less the local XDP path's repeat = 1 overhead.\n\
+             - **Kernel run_time/run_cnt**: the kernel's own accounting of the program (`bpf_prog_info`, counted only while `BPF_ENABLE_STATS` is held, around one \
+             `repeat` = N run of the ping-pong packet, or one more round of `repeat` = 1 runs: new flows, and the remote path's established packet). It leaves out what \
+             the test run adds around the program, so it needs no overhead correction, but includes the accounting's own clock reads (about two TSC reads per run).\n\
              - The Katran anchor (101–119 ns) is an XDP program on a bare-metal CPU; these figures come from the VM described above.\n",
             o.cpu,
             o.endpoints,
@@ -618,6 +674,8 @@ pub fn markdown(r: &Report, plots: &[String]) -> String {
              or last in KUBE-SERVICES) and **kube-proxy nftables** (the B3 table, `nft -f` inside the node namespace). \
              The client then makes {} sequential connections to the target (after 50 warm-up ones): connect, send a line, read the reply to EOF, close; each is timed \
              on the client. The connect() column is the SYN → SYN-ACK round trip alone, the first packet of a flow through the datapath. \
+             The \"direct\" row is the floor: the same client, in the same lab with the same datapath installed, straight to a backend pod's address (no Service), \
+             so the difference to the last service's row is what the Service translation adds. \
              A baseline whose rules did not load within the budget (or did not in B3 at that size) is shown as not measured. \
              Before each datapath's lab the run waits (at most 5 minutes) until the machine is quiet, under 10 % CPU busy over half a second, so that leftover background work (the kernel tears a deleted namespace down asynchronously) does not overlap a measurement. Nothing else on the machine is stopped for the run; tails (p99) are the figures most sensitive to other load.\n\n",
             crate::b2::BACKENDS,
@@ -749,5 +807,52 @@ pub fn print(r: &Report) {
     }
     if let Some(t) = &r.b5 {
         println!("== B5: Maglev ==\n{t}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::b2::Pcts;
+
+    fn row(kind: Kind, services: usize, position: Position, p50: f64) -> B2Row {
+        let p = Pcts { p50, p90: p50, p99: p50 };
+        B2Row {
+            kind,
+            services,
+            position,
+            request: p,
+            connect: p,
+            connections: 100,
+            failures: 0,
+            install: std::time::Duration::ZERO,
+            note: None,
+        }
+    }
+
+    /// The B2 floor goal: each datapath's p50 to the last service less its
+    /// p50 straight to a backend pod, at every N.
+    #[test]
+    fn b2_added_latency_is_last_less_direct() {
+        let mut r = Report::new(&Options::tiny());
+        let mut rows = Vec::new();
+        for (n, ours_last, ipt_last) in [(10, 93.0, 100.0), (1000, 96.0, 140.0)] {
+            rows.push(row(Kind::Ours, n, Position::First, 95.0));
+            rows.push(row(Kind::Ours, n, Position::Last, ours_last));
+            rows.push(row(Kind::Ours, n, Position::Direct, 90.0));
+            rows.push(row(Kind::Iptables, n, Position::Last, ipt_last));
+            rows.push(row(Kind::Iptables, n, Position::Direct, 91.0));
+        }
+        r.b2 = Some(rows.clone());
+        let g = goals(&r);
+        let line = g.lines().find(|l| l.contains("lb adds ≤ 5 µs")).expect("the B2 floor goal");
+        assert!(line.contains("+3 µs at 10, +6 µs at 1k"), "{line}");
+        assert!(line.contains("iptables: +9 µs at 10, +49 µs at 1k"), "{line}");
+        assert!(line.ends_with("| MISS |"), "{line}");
+        rows.retain(|r| !(r.kind == Kind::Ours && r.services == 1000 && r.position == Position::Last));
+        rows.push(row(Kind::Ours, 1000, Position::Last, 94.0));
+        r.b2 = Some(rows);
+        let line = goals(&r).lines().find(|l| l.contains("lb adds ≤ 5 µs")).unwrap().to_string();
+        assert!(line.ends_with("| PASS |"), "{line}");
     }
 }

@@ -364,7 +364,8 @@ pub mod ct_entry_flags {
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CtEntry {
-    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) of the last packet in this
+    /// `bpf_ktime_get_coarse_ns()` (CLOCK_MONOTONIC_COARSE, at most a tick
+    /// behind CLOCK_MONOTONIC) of the last packet in this
     /// entry's direction, for timeouts and GC.
     pub last_seen: u64,
     pub nat_saddr: u32,

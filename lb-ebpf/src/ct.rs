@@ -111,11 +111,18 @@ pub fn reply(f: &Flow) -> Option<(CtEntry, u64)> {
 /// not recorded: it passes, but does not end the flow.
 #[inline(always)]
 pub fn seen(key: &Ct4Key, e: *mut CtEntry, f: &Flow, now: u64) {
+    // Written only when the (coarse) clock moved: most packets leave the
+    // entry's cache line clean, so CPUs sharing a flow do not bounce it.
     // SAFETY: `e` is a map value pointer from a lookup, valid and aligned
     // for the program's run; other CPUs may write the entry too, so each
     // field is read or written once, volatile, through the raw pointer
     // (READ_ONCE/WRITE_ONCE), and no reference to it is made.
-    unsafe { addr_of_mut!((*e).last_seen).write_volatile(now) };
+    unsafe {
+        let last = addr_of_mut!((*e).last_seen);
+        if last.read_volatile() != now {
+            last.write_volatile(now);
+        }
+    }
     if f.proto != IPPROTO_TCP || !f.has_l4() {
         return;
     }
