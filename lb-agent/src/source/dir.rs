@@ -43,10 +43,17 @@ pub struct DirCache {
 
 impl DirCache {
     /// Everything in `dir` as one batch, re-reading only the files whose
-    /// modification time, size or inode changed since the last call; `None` (and
-    /// a warning) when the directory cannot be listed. Also says whether
-    /// anything changed since the last call.
+    /// modification time, size or inode changed since the last call, with
+    /// whether anything changed; `None` (and a warning) when the directory
+    /// cannot be listed.
     pub fn read(&mut self, dir: &Path) -> Option<(Batch, bool)> {
+        let changed = self.refresh(dir)?;
+        Some((self.batch(), changed))
+    }
+
+    /// Re-reads what changed in `dir`; says whether anything did (`None`:
+    /// the directory cannot be listed).
+    pub fn refresh(&mut self, dir: &Path) -> Option<bool> {
         let files = match manifest::manifest_files(dir) {
             Ok(f) => f,
             Err(e) => {
@@ -78,11 +85,11 @@ impl DirCache {
         }
         changed |= !self.files.is_empty();
         self.files = next;
-        Some((self.batch(), changed))
+        Some(changed)
     }
 
     /// One list of each kind from what the files hold, in file order.
-    fn batch(&self) -> Batch {
+    pub fn batch(&self) -> Batch {
         let mut services = Vec::new();
         let mut slices = Vec::new();
         let mut invalid = Vec::new();
@@ -107,14 +114,14 @@ pub async fn run(dir: PathBuf, poll: Duration, tx: Sender) {
     let mut first = true;
     loop {
         ticker.tick().await;
-        let Some((batch, changed)) = cache.read(&dir) else {
+        let Some(changed) = cache.refresh(&dir) else {
             continue;
         };
         if !changed && !first {
             continue;
         }
         first = false;
-        if tx.send(batch).await.is_err() {
+        if tx.send(cache.batch()).await.is_err() {
             return;
         }
     }
