@@ -35,7 +35,7 @@ fn harness_runs_at_a_tiny_size() {
     let r = lb_bench::run_all(&o, &dir).expect("the benchmarks run");
     assert_eq!(r.b1.as_ref().map(Vec::len), Some(2));
     let kinds = lb_bench::dp::Kind::ALL.len();
-    assert_eq!(r.b2.as_ref().map(Vec::len), Some(kinds * 2), "every datapath x first/last");
+    assert_eq!(r.b2.as_ref().map(Vec::len), Some(kinds * 3), "every datapath x first/last/direct");
     assert!(r.b3.is_some() && r.b4.as_ref().map(Vec::len) == Some(kinds));
     // B6: every datapath has its row; every baseline sync of the churn
     // loaded and the rules held the Services after it; the agent ran when
