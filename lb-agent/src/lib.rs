@@ -18,7 +18,8 @@
 //!   interfaces; [`host`] holds the host plumbing (interfaces, routes,
 //!   sysctls, bpffs, cgroup2);
 //! - [`run`] is `lb-agent run`: the loop around all of this;
-//! - [`list`] renders what the maps hold;
+//! - [`list`] renders what the maps hold; [`inspect`] holds `lb-agent ct`,
+//!   `stats`, `status` and `explain`;
 //! - [`probes`] serves `/healthz`, `/livez`, `/readyz` and [`metrics`];
 //!   [`service_health`] serves the Services' health check NodePorts.
 
@@ -27,6 +28,7 @@ pub mod caps;
 pub mod datapath;
 pub mod gc;
 pub mod host;
+pub mod inspect;
 pub mod layout;
 pub mod links;
 pub mod linkwatch;

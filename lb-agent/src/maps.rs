@@ -280,6 +280,18 @@ impl Maps {
         }))
     }
 
+    /// Zeroes the counters of frontend `id` on every CPU.
+    pub fn reset_frontend_stats(&mut self, id: u32) -> Result<(), MapsError> {
+        let m = &mut self.frontend_stats;
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| MapsError::Batch { name: m.name, source: e })?;
+        let zero = aya::maps::PerCpuValues::try_from(vec![FrontendStats::default(); cpus])
+            .map_err(|e| MapsError::Batch { name: m.name, source: e })?;
+        if id >= m.max_entries {
+            return Err(MapsError::Full { name: m.name, max_entries: m.max_entries });
+        }
+        m.map.set(id, zero, 0).map_err(|e| m.write_error(e))
+    }
+
     pub fn write_node(&mut self, node: &NodeConfig) -> Result<(), MapsError> {
         let n = &mut self.node;
         n.map.set(0, node, 0).map_err(|e| n.write_error(e))
