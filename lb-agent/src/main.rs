@@ -23,6 +23,28 @@ use tracing_subscriber::EnvFilter;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log format on stderr: text (coloured only on a terminal) or json
+    /// (one object a line).
+    #[arg(long, global = true, env = "LB_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Logs to stderr as `format` asks; colours only when stderr is a
+/// terminal (a DaemonSet's logs are a file, where escape codes are noise).
+fn init_logs(format: LogFormat) {
+    use std::io::IsTerminal;
+    let filter = log_filter(std::env::var("RUST_LOG").ok().as_deref());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => builder.json().with_ansi(false).init(),
+    }
 }
 
 #[derive(Subcommand)]
@@ -262,8 +284,8 @@ fn parse_maglev_m(s: &str) -> Result<u32, String> {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt().with_env_filter(log_filter(std::env::var("RUST_LOG").ok().as_deref())).with_writer(std::io::stderr).init();
     let cli = Cli::parse();
+    init_logs(cli.log_format);
     match cli.command {
         Command::Run(args) => {
             let poll = Duration::from_millis(args.poll_interval_ms.max(10));

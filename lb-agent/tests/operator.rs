@@ -266,3 +266,36 @@ fn a_reused_frontend_id_starts_with_zero_counters() {
     }
     panic!("no frontend took ID {counted} over");
 }
+
+/// `lb-agent status` on a directory whose link pin is no BPF object: it
+/// warns, and its log is one JSON object a line with `--log-format json`,
+/// plain text without escape codes on a pipe otherwise.
+#[test]
+fn logs_are_json_on_request_and_never_coloured_on_a_pipe() {
+    let dir = std::env::temp_dir().join(format!("lb-logs-{}", std::process::id()));
+    std::fs::create_dir_all(dir.join("links")).unwrap();
+    std::fs::write(dir.join("links").join("tcx-in-1"), b"not a link").unwrap();
+    let run = |format: &str| {
+        let out = Command::new(env!("CARGO_BIN_EXE_lb-agent"))
+            .args(["status", "--log-format", format, "--bpffs"])
+            .arg(&dir)
+            .env_remove("NO_COLOR")
+            .env("RUST_LOG", "info")
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stderr).unwrap()
+    };
+    let text = run("text");
+    assert!(text.contains("WARN") && text.contains("tcx-in-1"), "{text}");
+    assert!(!text.contains('\x1b'), "escape codes on a pipe: {text:?}");
+    let json = run("json");
+    let lines: Vec<&str> = json.lines().collect();
+    assert!(!lines.is_empty());
+    for line in lines {
+        let v: Value = serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"));
+        assert_eq!(v["level"], "WARN", "{v}");
+        assert!(v["fields"]["message"].as_str().unwrap().contains("tcx-in-1"), "{v}");
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
+}
