@@ -41,10 +41,29 @@ pub struct Row {
     pub selection: &'static str,
     /// Whether loadBalancerSourceRanges apply.
     pub source_ranges: bool,
-    /// What the datapath counted for this frontend.
+}
+
+/// A frontend with what the datapath counted for it (`LB_FE_STATS`), as
+/// `lb-agent list` prints it. Apart from [`Row`], whose value stays the
+/// same while traffic flows.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Listed {
+    #[serde(flatten)]
+    pub row: Row,
     pub packets: u64,
     pub bytes: u64,
     pub new_flows: u64,
+}
+
+/// Every frontend with its counters, sorted by address.
+pub fn listed(maps: &Maps) -> Result<Vec<Listed>, MapsError> {
+    rows(maps)?
+        .into_iter()
+        .map(|row| {
+            let FrontendStats { packets, bytes, new_flows } = maps.frontend_stats(row.id)?;
+            Ok(Listed { row, packets, bytes, new_flows })
+        })
+        .collect()
 }
 
 /// Which frontends `lb-agent list` shows.
@@ -135,7 +154,6 @@ pub fn rows(maps: &Maps) -> Result<Vec<Row>, MapsError> {
                 None => backends.push(format!("?{}", s.backend_id)),
             }
         }
-        let FrontendStats { packets, bytes, new_flows } = maps.frontend_stats(value.frontend_id)?;
         rows.push(Row {
             id: value.frontend_id,
             frontend,
@@ -148,9 +166,6 @@ pub fn rows(maps: &Maps) -> Result<Vec<Row>, MapsError> {
             affinity_timeout_s: if value.flags & svc_flags::AFFINITY != 0 { value.affinity_timeout } else { 0 },
             selection: if value.flags & svc_flags::MAGLEV != 0 { "maglev" } else { "random" },
             source_ranges: value.flags & svc_flags::SOURCE_RANGES != 0,
-            packets,
-            bytes,
-            new_flows,
         });
     }
     Ok(rows)
@@ -163,20 +178,20 @@ pub fn render(maps: &Maps) -> Result<String, MapsError> {
 
 /// The table `lb-agent list` prints, of the frontends `filter` keeps.
 pub fn render_filtered(maps: &Maps, filter: &Filter) -> Result<String, MapsError> {
-    let all = rows(maps)?;
+    let all = listed(maps)?;
     let total = all.len();
-    let rows: Vec<Row> = all
+    let rows: Vec<Listed> = all
         .into_iter()
-        .filter(|r| filter.keeps(r))
-        .map(|mut r| {
-            if !r.kind.is_empty() {
-                r.name = format!("{} [{}]", r.name, r.kind);
+        .filter(|l| filter.keeps(&l.row))
+        .map(|mut l| {
+            if !l.row.kind.is_empty() {
+                l.row.name = format!("{} [{}]", l.row.name, l.row.kind);
             }
-            r
+            l
         })
         .collect();
-    let w_front = rows.iter().map(|r| r.frontend.len()).max().unwrap_or(0).max("FRONTEND".len());
-    let w_name = rows.iter().map(|r| r.name.len()).max().unwrap_or(0).max("SERVICE".len());
+    let w_front = rows.iter().map(|l| l.row.frontend.len()).max().unwrap_or(0).max("FRONTEND".len());
+    let w_name = rows.iter().map(|l| l.row.name.len()).max().unwrap_or(0).max("SERVICE".len());
     let mut out = String::new();
     if let Some(line) = north_south(maps)? {
         let _ = writeln!(out, "{line}");
@@ -186,13 +201,14 @@ pub fn render_filtered(maps: &Maps, filter: &Filter) -> Result<String, MapsError
         "{:>5}  {:<w_front$}  {:<w_name$}  {:<8}  {:<7}  {:<8}  {:<7}  {:>10}  {:>9}  BACKENDS",
         "ID", "FRONTEND", "SERVICE", "SCOPE", "POLICY", "AFFINITY", "SELECT", "PACKETS", "NEW FLOWS"
     );
-    for r in &rows {
+    for l in &rows {
+        let r = &l.row;
         let backends = if r.backends.is_empty() { "(none: rejects)".to_string() } else { r.backends.join(", ") };
         let affinity = if r.affinity_timeout_s == 0 { "-".to_string() } else { format!("{}s", r.affinity_timeout_s) };
         let _ = writeln!(
             out,
             "{:>5}  {:<w_front$}  {:<w_name$}  {:<8}  {:<7}  {:<8}  {:<7}  {:>10}  {:>9}  {backends}",
-            r.id, r.frontend, r.name, r.scope, r.policy, affinity, r.selection, r.packets, r.new_flows
+            r.id, r.frontend, r.name, r.scope, r.policy, affinity, r.selection, l.packets, l.new_flows
         );
     }
     let ct = maps.ct.entries()?.len();
@@ -209,7 +225,7 @@ pub fn render_filtered(maps: &Maps, filter: &Filter) -> Result<String, MapsError
 
 /// `lb-agent list -o json`: the rows `filter` keeps.
 pub fn json(maps: &Maps, filter: &Filter) -> Result<serde_json::Value, MapsError> {
-    let rows: Vec<Row> = rows(maps)?.into_iter().filter(|r| filter.keeps(r)).collect();
+    let rows: Vec<Listed> = listed(maps)?.into_iter().filter(|l| filter.keeps(&l.row)).collect();
     Ok(serde_json::json!({ "frontends": rows }))
 }
 

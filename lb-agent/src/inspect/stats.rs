@@ -59,10 +59,11 @@ pub fn reasons(maps: &Maps) -> Result<Vec<Reason>, MapsError> {
 }
 
 /// Per-Service counters summed from the frontend rows, by name.
-pub fn services(rows: &[list::Row]) -> Vec<ServiceCounters> {
+pub fn services(rows: &[list::Listed]) -> Vec<ServiceCounters> {
     let mut by: std::collections::BTreeMap<&str, ServiceCounters> = Default::default();
     for r in rows {
-        let s = by.entry(r.service.as_str()).or_insert_with(|| ServiceCounters { service: r.service.clone(), ..Default::default() });
+        let service = &r.row.service;
+        let s = by.entry(service.as_str()).or_insert_with(|| ServiceCounters { service: service.clone(), ..Default::default() });
         s.frontends += 1;
         s.packets += r.packets;
         s.bytes += r.bytes;
@@ -96,7 +97,7 @@ pub fn fills(maps: &Maps) -> Result<Vec<Fill>, MapsError> {
 }
 
 pub fn read(maps: &Maps) -> Result<Stats, MapsError> {
-    Ok(Stats { reasons: reasons(maps)?, services: services(&list::rows(maps)?), maps: fills(maps)? })
+    Ok(Stats { reasons: reasons(maps)?, services: services(&list::listed(maps)?), maps: fills(maps)? })
 }
 
 pub fn render(s: &Stats) -> String {
