@@ -28,6 +28,7 @@ pub mod caps;
 pub mod datapath;
 pub mod gc;
 pub mod host;
+pub mod http_server;
 pub mod inspect;
 pub mod layout;
 pub mod links;

@@ -288,6 +288,11 @@ fn main() -> anyhow::Result<()> {
     init_logs(cli.log_format);
     match cli.command {
         Command::Run(args) => {
+            match lb_agent::http_server::raise_fd_limit() {
+                Ok((before, after)) if before != after => tracing::info!("open files limit raised from {before} to {after}"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!("cannot raise the open files limit: {e}"),
+            }
             let poll = Duration::from_millis(args.poll_interval_ms.max(10));
             let node_name = args.node_name.clone();
             let source = match args.manifests {
