@@ -26,6 +26,7 @@
 pub mod batch;
 pub mod caps;
 pub mod datapath;
+pub mod datapath_metrics;
 pub mod gc;
 pub mod host;
 pub mod http_server;

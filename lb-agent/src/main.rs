@@ -159,6 +159,10 @@ struct RunArgs {
     /// "off" disables it.
     #[arg(long, env = "LB_HEALTH_ADDR", default_value = "0.0.0.0:10256", value_parser = parse_health_addr)]
     health_addr: HealthAddr,
+    /// Address of the metrics server (/metrics: the agent's and the
+    /// datapath's figures), kube-proxy's by default; "off" disables it.
+    #[arg(long, env = "LB_METRICS_ADDR", default_value = "127.0.0.1:10249", value_parser = parse_health_addr)]
+    metrics_addr: HealthAddr,
     /// Backend selection of Services without the lb.dev/backend-selection
     /// annotation.
     #[arg(long, env = "LB_BACKEND_SELECTION", default_value = "random", value_parser = parse_selection)]
@@ -321,6 +325,7 @@ fn main() -> anyhow::Result<()> {
                 poll,
                 sync_delay: Duration::from_millis(args.sync_delay_ms),
                 health_addr: args.health_addr.0,
+                metrics_addr: args.metrics_addr.0,
                 translate: TranslateOptions { default_selection: args.backend_selection },
                 maglev_m: args.maglev_table_size,
                 ct_timeouts: lb_common::CtTimeouts {

@@ -63,6 +63,28 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     Ok(listener)
 }
 
+/// Serves the metrics server (kube-proxy's 127.0.0.1:10249): `/metrics`,
+/// the agent's figures and the datapath's (read from the maps pinned under
+/// `bpffs` at each scrape), until the task is dropped.
+pub async fn serve_metrics(listener: TcpListener, metrics: Metrics, bpffs: std::path::PathBuf) {
+    crate::http_server::serve(listener, "metrics server", Limits::default(), move |req| {
+        let head = req.method() == hyper::Method::HEAD;
+        if req.uri().path() != "/metrics" {
+            return Some(reply(head, 404, "text/plain", "not found\n".to_string(), &[]));
+        }
+        let mut body = metrics.render();
+        match crate::maps::Maps::open(&bpffs)
+            .map_err(|e| e.to_string())
+            .and_then(|m| crate::datapath_metrics::render(&m).map_err(|e| e.to_string()))
+        {
+            Ok(text) => body.push_str(&text),
+            Err(e) => tracing::warn!("metrics: the datapath's figures are missing: {e}"),
+        }
+        Some(reply(head, 200, "text/plain; version=0.0.4", body, &[]))
+    })
+    .await
+}
+
 /// Serves until the task is dropped (see [`crate::http_server`] for its
 /// bounds).
 pub async fn serve(listener: TcpListener, metrics: Metrics, heartbeat: Heartbeat) {

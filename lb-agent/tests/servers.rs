@@ -114,3 +114,39 @@ fn probes_are_answered_under_a_connection_flood() {
     assert!(rss_during < rss_before + 64 * 1024, "VmRSS grew from {rss_before} kB to {rss_during} kB under the flood");
     assert!(agent.log_text().contains("open files limit raised from 1024"), "{}", agent.log_text());
 }
+
+/// `GET /metrics` on 127.0.0.1:10249 inside the node: the body.
+fn scrape() -> String {
+    let mut s = TcpStream::connect_timeout(&SocketAddrV4::new(Ipv4Addr::LOCALHOST, 10249).into(), Duration::from_secs(2)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    text
+}
+
+#[test]
+fn metrics_are_served_on_localhost_10249_with_the_datapath_figures() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let lab = NodeLab::new(&["web"]).unwrap();
+    let pod = lab.pod("web").ip;
+    let dir = ManifestDir::new("metrics");
+    dir.write("svc.yaml", &manifest(pod));
+    let agent = Agent::start_with(&lab.node, &dir.0, PinDir::new("metrics"), &["--health-addr", "off", "--node-name", "lab-node"]);
+    let text = wait_for("the agent's frontends in its metrics", Duration::from_secs(20), || {
+        lab.node.run(|| std::panic::catch_unwind(scrape).ok()).filter(|t| t.contains("service=\"test/web\""))
+    });
+    for want in [
+        format!("lb_build_info{{version=\"{}\"}} 1", env!("CARGO_PKG_VERSION")),
+        "lb_datapath_packets_total{reason=\"reject_no_backend\",drop=\"true\"} 0".to_string(),
+        "lb_frontend_packets_total{service=\"test/web\",frontend=\"10.96.0.10:80/TCP\",scope=\"external\"} 0".to_string(),
+        "lb_map_max_entries{map=\"LB4_CT_TCP\"} 262144".to_string(),
+        "lb_syncs_total ".to_string(),
+    ] {
+        assert!(text.contains(&want), "{want} missing from\n{text}\n{}", agent.log_text());
+    }
+    assert!(text.contains("lb_map_entries{map=\"LB4_SERVICES\"} "), "{text}");
+}
