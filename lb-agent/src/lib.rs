@@ -18,15 +18,19 @@
 //!   interfaces; [`host`] holds the host plumbing (interfaces, routes,
 //!   sysctls, bpffs, cgroup2);
 //! - [`run`] is `lb-agent run`: the loop around all of this;
-//! - [`list`] renders what the maps hold;
+//! - [`list`] renders what the maps hold; [`inspect`] holds `lb-agent ct`,
+//!   `stats`, `status` and `explain`;
 //! - [`probes`] serves `/healthz`, `/livez`, `/readyz` and [`metrics`];
 //!   [`service_health`] serves the Services' health check NodePorts.
 
 pub mod batch;
 pub mod caps;
 pub mod datapath;
+pub mod datapath_metrics;
 pub mod gc;
 pub mod host;
+pub mod http_server;
+pub mod inspect;
 pub mod layout;
 pub mod links;
 pub mod linkwatch;

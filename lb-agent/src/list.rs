@@ -1,9 +1,11 @@
-//! Renders what the pinned maps hold as a table, the way an operator reads
-//! it: one row per frontend with its backends.
+//! Renders what the pinned maps hold, the way an operator reads it: one
+//! row per frontend with its backends, its policies and its counters; a
+//! table or JSON (`-o json`, field names stable).
 
 use std::{fmt::Write as _, net::Ipv4Addr};
 
-use lb_common::{RevNatKey, SlotKey, backend_flags, node_flags, svc_flags};
+use lb_common::{FrontendStats, RevNatKey, SCOPE_INTERNAL, SlotKey, backend_flags, node_flags, svc_flags};
+use serde::Serialize;
 
 use crate::{
     maps::{Maps, MapsError, svc_name_str},
@@ -11,10 +13,12 @@ use crate::{
 };
 
 /// One frontend as read back from the maps.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Row {
     pub id: u32,
+    /// `ip:port/PROTO`.
     pub frontend: String,
+    /// `namespace/name:port` as the agent labelled it.
     pub name: String,
     /// `ip:port`, with ` (terminating)` where flagged; `?<id>` for a slot
     /// whose backend is missing.
@@ -22,6 +26,87 @@ pub struct Row {
     /// What kind of frontend and which policies apply, e.g.
     /// `NodePort,Local`; empty for a plain ClusterIP.
     pub kind: String,
+    /// `namespace/name` (the label without its port).
+    pub service: String,
+    /// `external` (every client, the usual entry) or `internal` (a second
+    /// entry for clients inside the cluster, when the internal and external
+    /// traffic policies select different backends).
+    pub scope: &'static str,
+    /// `Cluster` or `Local`: the traffic policy that applies to this
+    /// entry's clients.
+    pub policy: &'static str,
+    /// sessionAffinity ClientIP timeout in seconds; 0: no affinity.
+    pub affinity_timeout_s: u32,
+    /// `maglev` or `random`.
+    pub selection: &'static str,
+    /// Whether loadBalancerSourceRanges apply.
+    pub source_ranges: bool,
+}
+
+/// A frontend with what the datapath counted for it (`LB_FE_STATS`), as
+/// `lb-agent list` prints it. Apart from [`Row`], whose value stays the
+/// same while traffic flows.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Listed {
+    #[serde(flatten)]
+    pub row: Row,
+    pub packets: u64,
+    pub bytes: u64,
+    pub new_flows: u64,
+}
+
+/// Every frontend with its counters, sorted by address.
+pub fn listed(maps: &Maps) -> Result<Vec<Listed>, MapsError> {
+    rows(maps)?
+        .into_iter()
+        .map(|row| {
+            let FrontendStats { packets, bytes, new_flows } = maps.frontend_stats(row.id)?;
+            Ok(Listed { row, packets, bytes, new_flows })
+        })
+        .collect()
+}
+
+/// Which frontends `lb-agent list` shows.
+#[derive(Clone, Debug, Default)]
+pub struct Filter {
+    /// `namespace/name`.
+    pub service: Option<String>,
+    /// `ip:port` (any protocol) or `ip:port/PROTO`.
+    pub frontend: Option<String>,
+}
+
+impl Filter {
+    pub fn keeps(&self, r: &Row) -> bool {
+        if let Some(s) = &self.service
+            && r.service != *s
+        {
+            return false;
+        }
+        if let Some(f) = &self.frontend {
+            let base = r.frontend.split('/').next().unwrap_or_default();
+            if r.frontend != *f && base != f {
+                return false;
+            }
+        }
+        true
+    }
+}
+
+/// The service (`namespace/name`) of a label `namespace/name:port`.
+pub fn service_of(label: &str) -> &str {
+    label.rsplit_once(':').map_or(label, |(s, _)| s)
+}
+
+/// The traffic policy of an entry: which `Local` flag applies to its
+/// clients.
+pub fn policy(flags: u32, scope: u8) -> &'static str {
+    let local = if scope == SCOPE_INTERNAL {
+        flags & svc_flags::INT_LOCAL != 0
+    } else {
+        let ns = svc_flags::NODE_PORT | svc_flags::EXTERNAL_IP | svc_flags::LOAD_BALANCER;
+        if flags & ns != 0 { flags & svc_flags::EXT_LOCAL != 0 } else { flags & svc_flags::INT_LOCAL != 0 }
+    };
+    if local { "Local" } else { "Cluster" }
 }
 
 /// The kind and policies of a frontend from its `svc_flags`.
@@ -69,43 +154,79 @@ pub fn rows(maps: &Maps) -> Result<Vec<Row>, MapsError> {
                 None => backends.push(format!("?{}", s.backend_id)),
             }
         }
-        rows.push(Row { id: value.frontend_id, frontend, name, backends, kind: kind(value.flags) });
+        rows.push(Row {
+            id: value.frontend_id,
+            frontend,
+            service: service_of(&name).to_string(),
+            name,
+            backends,
+            kind: kind(value.flags),
+            scope: if key.scope == SCOPE_INTERNAL { "internal" } else { "external" },
+            policy: policy(value.flags, key.scope),
+            affinity_timeout_s: if value.flags & svc_flags::AFFINITY != 0 { value.affinity_timeout } else { 0 },
+            selection: if value.flags & svc_flags::MAGLEV != 0 { "maglev" } else { "random" },
+            source_ranges: value.flags & svc_flags::SOURCE_RANGES != 0,
+        });
     }
     Ok(rows)
 }
 
-/// The table `lb-agent list` prints.
+/// The table `lb-agent list` prints (every frontend).
 pub fn render(maps: &Maps) -> Result<String, MapsError> {
-    let rows: Vec<Row> = rows(maps)?
+    render_filtered(maps, &Filter::default())
+}
+
+/// The table `lb-agent list` prints, of the frontends `filter` keeps.
+pub fn render_filtered(maps: &Maps, filter: &Filter) -> Result<String, MapsError> {
+    let all = listed(maps)?;
+    let total = all.len();
+    let rows: Vec<Listed> = all
         .into_iter()
-        .map(|mut r| {
-            if !r.kind.is_empty() {
-                r.name = format!("{} [{}]", r.name, r.kind);
+        .filter(|l| filter.keeps(&l.row))
+        .map(|mut l| {
+            if !l.row.kind.is_empty() {
+                l.row.name = format!("{} [{}]", l.row.name, l.row.kind);
             }
-            r
+            l
         })
         .collect();
-    let w_front = rows.iter().map(|r| r.frontend.len()).max().unwrap_or(0).max("FRONTEND".len());
-    let w_name = rows.iter().map(|r| r.name.len()).max().unwrap_or(0).max("SERVICE".len());
+    let w_front = rows.iter().map(|l| l.row.frontend.len()).max().unwrap_or(0).max("FRONTEND".len());
+    let w_name = rows.iter().map(|l| l.row.name.len()).max().unwrap_or(0).max("SERVICE".len());
     let mut out = String::new();
     if let Some(line) = north_south(maps)? {
         let _ = writeln!(out, "{line}");
     }
-    let _ = writeln!(out, "{:>5}  {:<w_front$}  {:<w_name$}  BACKENDS", "ID", "FRONTEND", "SERVICE");
-    for r in &rows {
-        let backends = if r.backends.is_empty() { "(none: rejects)".to_string() } else { r.backends.join(", ") };
-        let _ = writeln!(out, "{:>5}  {:<w_front$}  {:<w_name$}  {backends}", r.id, r.frontend, r.name);
-    }
-    let ct = maps.ct.entries()?.len();
     let _ = writeln!(
         out,
-        "{} frontends, {} backends, {} conntrack entries (of {})",
-        rows.len(),
+        "{:>5}  {:<w_front$}  {:<w_name$}  {:<8}  {:<7}  {:<8}  {:<7}  {:>10}  {:>9}  BACKENDS",
+        "ID", "FRONTEND", "SERVICE", "SCOPE", "POLICY", "AFFINITY", "SELECT", "PACKETS", "NEW FLOWS"
+    );
+    for l in &rows {
+        let r = &l.row;
+        let backends = if r.backends.is_empty() { "(none: rejects)".to_string() } else { r.backends.join(", ") };
+        let affinity = if r.affinity_timeout_s == 0 { "-".to_string() } else { format!("{}s", r.affinity_timeout_s) };
+        let _ = writeln!(
+            out,
+            "{:>5}  {:<w_front$}  {:<w_name$}  {:<8}  {:<7}  {:<8}  {:<7}  {:>10}  {:>9}  {backends}",
+            r.id, r.frontend, r.name, r.scope, r.policy, affinity, r.selection, l.packets, l.new_flows
+        );
+    }
+    let ct = maps.ct.entries()?.len();
+    let shown = if rows.len() == total { String::new() } else { format!(" ({} shown)", rows.len()) };
+    let _ = writeln!(
+        out,
+        "{total} frontends{shown}, {} backends, {} conntrack entries (of {})",
         maps.live_backends()?.len(),
         ct,
         maps.ct.capacity()
     );
     Ok(out)
+}
+
+/// `lb-agent list -o json`: the rows `filter` keeps.
+pub fn json(maps: &Maps, filter: &Filter) -> Result<serde_json::Value, MapsError> {
+    let rows: Vec<Listed> = listed(maps)?.into_iter().filter(|l| filter.keeps(&l.row)).collect();
+    Ok(serde_json::json!({ "frontends": rows }))
 }
 
 /// `north-south: XDP native on eth0; SNAT 192.168.50.1 ports 61000-65535`,
@@ -143,4 +264,20 @@ pub fn north_south(maps: &Maps) -> Result<Option<String>, MapsError> {
         format!("SNAT {} ports {}-{}", Ipv4Addr::from(node.snat_addr.to_ne_bytes()), node.nat_port_min, node.nat_port_max)
     };
     Ok(Some(format!("north-south: {xdp}; {snat}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn policies_by_scope_and_kind() {
+        assert_eq!(policy(0, 0), "Cluster");
+        assert_eq!(policy(svc_flags::INT_LOCAL, 0), "Local", "a ClusterIP entry follows internalTrafficPolicy");
+        assert_eq!(policy(svc_flags::NODE_PORT | svc_flags::INT_LOCAL, 0), "Cluster", "a NodePort follows externalTrafficPolicy");
+        assert_eq!(policy(svc_flags::NODE_PORT | svc_flags::EXT_LOCAL, 0), "Local");
+        assert_eq!(policy(svc_flags::NODE_PORT | svc_flags::INT_LOCAL, SCOPE_INTERNAL), "Local");
+        assert_eq!(service_of("default/web:http"), "default/web");
+        assert_eq!(service_of("default/web"), "default/web");
+    }
 }

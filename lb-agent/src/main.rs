@@ -7,6 +7,7 @@ use clap::{ArgAction, Parser, Subcommand, builder::BoolishValueParser};
 use lb_agent::{
     DEFAULT_BPFFS_DIR,
     datapath::{self, XdpAttach},
+    inspect::{Output, conntrack, explain, stats, status},
     list,
     maps::Maps,
     model::BackendSelection,
@@ -22,6 +23,28 @@ use tracing_subscriber::EnvFilter;
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Log format on stderr: text (coloured only on a terminal) or json
+    /// (one object a line).
+    #[arg(long, global = true, env = "LB_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+/// Logs to stderr as `format` asks; colours only when stderr is a
+/// terminal (a DaemonSet's logs are a file, where escape codes are noise).
+fn init_logs(format: LogFormat) {
+    use std::io::IsTerminal;
+    let filter = log_filter(std::env::var("RUST_LOG").ok().as_deref());
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => builder.json().with_ansi(false).init(),
+    }
 }
 
 #[derive(Subcommand)]
@@ -32,10 +55,73 @@ enum Command {
     /// of a manifest directory (`--manifests`). Every flag has an
     /// environment variable, `LB_` and the flag in capitals.
     Run(Box<RunArgs>),
-    /// Show the frontends and backends held in the pinned maps.
+    /// Show the frontends held in the pinned maps: their backends, scope,
+    /// traffic policy, affinity, backend selection and counters.
     List {
         #[arg(long, default_value = DEFAULT_BPFFS_DIR, env = "LB_BPFFS")]
         bpffs: PathBuf,
+        /// Only the frontends of this Service (`namespace/name`).
+        #[arg(long)]
+        service: Option<String>,
+        /// Only this frontend (`ip:port`, or `ip:port/PROTO`).
+        #[arg(long)]
+        frontend: Option<String>,
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// Show the conntrack entries (both directions of each flow, the NAT
+    /// they apply, their state and age).
+    Ct {
+        #[arg(long, default_value = DEFAULT_BPFFS_DIR, env = "LB_BPFFS")]
+        bpffs: PathBuf,
+        /// Only entries with this address (client, frontend, backend or
+        /// SNAT address).
+        #[arg(long)]
+        addr: Option<std::net::Ipv4Addr>,
+        /// Only entries with this port.
+        #[arg(long)]
+        port: Option<u16>,
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// Show the datapath's counters: drops and rejects by reason, what
+    /// each Service served, how full each map is.
+    Stats {
+        #[arg(long, default_value = DEFAULT_BPFFS_DIR, env = "LB_BPFFS")]
+        bpffs: PathBuf,
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// Show what is attached where (interfaces, modes, program and link
+    /// IDs), the maps' IDs and sizes, and this binary's version.
+    Status {
+        #[arg(long, default_value = DEFAULT_BPFFS_DIR, env = "LB_BPFFS")]
+        bpffs: PathBuf,
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
+        output: Output,
+    },
+    /// Explain what the datapath would do with a packet: the frontend it
+    /// hits, conntrack, affinity, Maglev slot or random pick, or the
+    /// reject or drop and its reason. Reads the maps only.
+    Explain {
+        /// tcp, udp or sctp.
+        #[arg(value_parser = explain::parse_proto)]
+        proto: u8,
+        /// The packet's source, `ip:port`.
+        src: std::net::SocketAddrV4,
+        /// The packet's destination, `ip:port`.
+        dst: std::net::SocketAddrV4,
+        /// Where the packet meets the datapath: leaving a pod (tc), or
+        /// arriving from outside the node (XDP).
+        #[arg(long, value_enum, default_value_t = explain::Hook::Pod)]
+        hook: explain::Hook,
+        /// TCP flags of the packet (letters S, A, F, R).
+        #[arg(long, default_value = "S", value_parser = explain::parse_tcp_flags)]
+        tcp_flags: u8,
+        #[arg(long, default_value = DEFAULT_BPFFS_DIR, env = "LB_BPFFS")]
+        bpffs: PathBuf,
+        #[arg(short, long, value_enum, default_value_t = Output::Table)]
+        output: Output,
     },
     /// Take lb off the node: detach every program and remove every pinned
     /// link and map (all datapath state). Refused while an agent runs.
@@ -73,6 +159,10 @@ struct RunArgs {
     /// "off" disables it.
     #[arg(long, env = "LB_HEALTH_ADDR", default_value = "0.0.0.0:10256", value_parser = parse_health_addr)]
     health_addr: HealthAddr,
+    /// Address of the metrics server (/metrics: the agent's and the
+    /// datapath's figures), kube-proxy's by default; "off" disables it.
+    #[arg(long, env = "LB_METRICS_ADDR", default_value = "127.0.0.1:10249", value_parser = parse_health_addr)]
+    metrics_addr: HealthAddr,
     /// Backend selection of Services without the lb.dev/backend-selection
     /// annotation.
     #[arg(long, env = "LB_BACKEND_SELECTION", default_value = "random", value_parser = parse_selection)]
@@ -198,10 +288,15 @@ fn parse_maglev_m(s: &str) -> Result<u32, String> {
 }
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt().with_env_filter(log_filter(std::env::var("RUST_LOG").ok().as_deref())).with_writer(std::io::stderr).init();
     let cli = Cli::parse();
+    init_logs(cli.log_format);
     match cli.command {
         Command::Run(args) => {
+            match lb_agent::http_server::raise_fd_limit() {
+                Ok((before, after)) if before != after => tracing::info!("open files limit raised from {before} to {after}"),
+                Ok(_) => {}
+                Err(e) => tracing::warn!("cannot raise the open files limit: {e}"),
+            }
             let poll = Duration::from_millis(args.poll_interval_ms.max(10));
             let node_name = args.node_name.clone();
             let source = match args.manifests {
@@ -230,6 +325,7 @@ fn main() -> anyhow::Result<()> {
                 poll,
                 sync_delay: Duration::from_millis(args.sync_delay_ms),
                 health_addr: args.health_addr.0,
+                metrics_addr: args.metrics_addr.0,
                 translate: TranslateOptions { default_selection: args.backend_selection },
                 maglev_m: args.maglev_table_size,
                 ct_timeouts: lb_common::CtTimeouts {
@@ -252,13 +348,58 @@ fn main() -> anyhow::Result<()> {
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
             rt.block_on(run::run(cfg, shutdown_signal()))
         }
-        Command::List { bpffs } => {
+        Command::List { bpffs, service, frontend, output } => {
             let maps = Maps::open(&bpffs)?;
-            print!("{}", list::render(&maps).context("reading the maps")?);
+            let filter = list::Filter { service, frontend };
+            match output {
+                Output::Table => print!("{}", list::render_filtered(&maps, &filter).context("reading the maps")?),
+                Output::Json => print_json(&list::json(&maps, &filter).context("reading the maps")?)?,
+            }
+            Ok(())
+        }
+        Command::Ct { bpffs, addr, port, output } => {
+            let maps = Maps::open(&bpffs)?;
+            let rows = conntrack::rows(&maps, &conntrack::CtFilter { addr, port }).context("reading the maps")?;
+            match output {
+                Output::Table => print!("{}", conntrack::render(&rows)),
+                Output::Json => print_json(&serde_json::json!({ "entries": rows }))?,
+            }
+            Ok(())
+        }
+        Command::Stats { bpffs, output } => {
+            let maps = Maps::open(&bpffs)?;
+            let s = stats::read(&maps).context("reading the maps")?;
+            match output {
+                Output::Table => print!("{}", stats::render(&s)),
+                Output::Json => print_json(&s)?,
+            }
+            Ok(())
+        }
+        Command::Status { bpffs, output } => {
+            let s = status::read(&bpffs)?;
+            match output {
+                Output::Table => print!("{}", status::render(&s)),
+                Output::Json => print_json(&s)?,
+            }
+            Ok(())
+        }
+        Command::Explain { proto, src, dst, hook, tcp_flags, bpffs, output } => {
+            let maps = Maps::open(&bpffs)?;
+            let q = explain::Query { hook, proto, src, dst, tcp_flags };
+            let x = explain::explain(&maps, &q, lb_agent::gc::monotonic_ns()).context("reading the maps")?;
+            match output {
+                Output::Table => print!("{}", explain::render(&x)),
+                Output::Json => print_json(&x)?,
+            }
             Ok(())
         }
         Command::Uninstall { bpffs } => datapath::cleanup(&bpffs),
     }
+}
+
+fn print_json(v: &impl serde::Serialize) -> anyhow::Result<()> {
+    println!("{}", serde_json::to_string_pretty(v)?);
+    Ok(())
 }
 
 #[derive(Clone, Debug)]

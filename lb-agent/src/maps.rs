@@ -7,8 +7,8 @@ use aya::maps::{
     lpm_trie::{Key as LpmKey, LpmTrie},
 };
 use lb_common::{
-    Affinity4, Affinity4Key, Backend4, Config, Ct4Key, CtEntry, Device, IPPROTO_TCP, NodeConfig, RevNat4, RevNatKey, Service4Key,
-    Service4Value, Slot, SlotKey, SockRevNat4, SockRevNat4Key, SrcRange4, SvcName, Vip4, names, stat,
+    Affinity4, Affinity4Key, Backend4, Config, Ct4Key, CtEntry, Device, FrontendStats, IPPROTO_TCP, NodeConfig, RevNat4, RevNatKey,
+    Service4Key, Service4Value, Slot, SlotKey, SockRevNat4, SockRevNat4Key, SrcRange4, SvcName, Vip4, names, stat,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -157,6 +157,8 @@ pub struct Maps {
     pub vips: Named<HashMap<MapData, u32, Vip4>>,
     /// The datapath's counters (`lb_common::stat`), per CPU.
     pub stats: Named<PerCpuArray<MapData, u64>>,
+    /// What each frontend served, by frontend ID, per CPU.
+    pub frontend_stats: Named<PerCpuArray<MapData, FrontendStats>>,
 }
 
 /// The two conntrack maps: TCP flows, and all others. Keys carry their
@@ -240,6 +242,7 @@ impl Maps {
             devices: open(dir, names::DEVICES)?,
             vips: open(dir, names::VIPS)?,
             stats: open(dir, names::STATS)?,
+            frontend_stats: open(dir, names::FRONTEND_STATS)?,
         })
     }
 
@@ -264,6 +267,29 @@ impl Maps {
     pub fn stat(&self, index: u32) -> Result<u64, MapsError> {
         let m = &self.stats;
         Ok(m.map.get(&index, 0).map_err(|e| m.read_error(e))?.iter().sum())
+    }
+
+    /// What frontend `id` served, summed over CPUs.
+    pub fn frontend_stats(&self, id: u32) -> Result<FrontendStats, MapsError> {
+        let m = &self.frontend_stats;
+        let per_cpu = m.map.get(&id, 0).map_err(|e| m.read_error(e))?;
+        Ok(per_cpu.iter().fold(FrontendStats::default(), |a, c| FrontendStats {
+            packets: a.packets + c.packets,
+            bytes: a.bytes + c.bytes,
+            new_flows: a.new_flows + c.new_flows,
+        }))
+    }
+
+    /// Zeroes the counters of frontend `id` on every CPU.
+    pub fn reset_frontend_stats(&mut self, id: u32) -> Result<(), MapsError> {
+        let m = &mut self.frontend_stats;
+        let cpus = aya::util::nr_cpus().map_err(|(_, e)| MapsError::Batch { name: m.name, source: e })?;
+        let zero = aya::maps::PerCpuValues::try_from(vec![FrontendStats::default(); cpus])
+            .map_err(|e| MapsError::Batch { name: m.name, source: e })?;
+        if id >= m.max_entries {
+            return Err(MapsError::Full { name: m.name, max_entries: m.max_entries });
+        }
+        m.map.set(id, zero, 0).map_err(|e| m.write_error(e))
     }
 
     pub fn write_node(&mut self, node: &NodeConfig) -> Result<(), MapsError> {

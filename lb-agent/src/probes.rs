@@ -20,13 +20,14 @@ use std::{
     time::{Duration, Instant},
 };
 
-use tokio::{
-    io::{AsyncReadExt, AsyncWriteExt},
-    net::{TcpListener, TcpStream},
-};
-use tracing::{debug, info};
+use hyper::{Request, body::Incoming};
+use tokio::net::TcpListener;
+use tracing::info;
 
-use crate::metrics::Metrics;
+use crate::{
+    http_server::{Limits, Reply, reply},
+    metrics::Metrics,
+};
 
 /// The run loop is considered stuck when it has not turned for this long.
 pub const STALL: Duration = Duration::from_secs(60);
@@ -62,50 +63,39 @@ pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     Ok(listener)
 }
 
-/// Serves until the task is dropped.
-pub async fn serve(listener: TcpListener, metrics: Metrics, heartbeat: Heartbeat) {
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(s) => s,
-            Err(e) => {
-                debug!("health server accept: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let (metrics, heartbeat) = (metrics.clone(), heartbeat.clone());
-        tokio::spawn(async move {
-            if let Err(e) = handle(stream, &metrics, &heartbeat).await {
-                debug!("health request from {peer}: {e}");
-            }
-        });
-    }
-}
-
-/// Reads an HTTP request head (up to the blank line, at most 16 KiB, 5 s).
-/// `None` if the client sent nothing usable in time.
-pub(crate) async fn read_request_head(stream: &mut TcpStream) -> Option<Vec<u8>> {
-    let mut buf = Vec::with_capacity(1024);
-    let read = tokio::time::timeout(Duration::from_secs(5), async {
-        let mut chunk = [0u8; 1024];
-        while !buf.windows(4).any(|w| w == b"\r\n\r\n") && buf.len() < 16 * 1024 {
-            let n = stream.read(&mut chunk).await?;
-            if n == 0 {
-                break;
-            }
-            buf.extend_from_slice(&chunk[..n]);
+/// Serves the metrics server (kube-proxy's 127.0.0.1:10249): `/metrics`,
+/// the agent's figures and the datapath's (read from the maps pinned under
+/// `bpffs` at each scrape), until the task is dropped.
+pub async fn serve_metrics(listener: TcpListener, metrics: Metrics, bpffs: std::path::PathBuf) {
+    crate::http_server::serve(listener, "metrics server", Limits::default(), move |req| {
+        let head = req.method() == hyper::Method::HEAD;
+        if req.uri().path() != "/metrics" {
+            return Some(reply(head, 404, "text/plain", "not found\n".to_string(), &[]));
         }
-        Ok::<_, std::io::Error>(())
+        let mut body = metrics.render();
+        match crate::maps::Maps::open(&bpffs)
+            .map_err(|e| e.to_string())
+            .and_then(|m| crate::datapath_metrics::render(&m).map_err(|e| e.to_string()))
+        {
+            Ok(text) => body.push_str(&text),
+            Err(e) => tracing::warn!("metrics: the datapath's figures are missing: {e}"),
+        }
+        Some(reply(head, 200, "text/plain; version=0.0.4", body, &[]))
     })
-    .await;
-    matches!(read, Ok(Ok(()))).then_some(buf)
+    .await
 }
 
-const OK: &str = "200 OK";
-const UNAVAILABLE: &str = "503 Service Unavailable";
+/// Serves until the task is dropped (see [`crate::http_server`] for its
+/// bounds).
+pub async fn serve(listener: TcpListener, metrics: Metrics, heartbeat: Heartbeat) {
+    crate::http_server::serve(listener, "health server", Limits::default(), move |req| Some(handle(req, &metrics, &heartbeat))).await
+}
 
-/// A response: status line text, content type, body.
-type Response = (&'static str, &'static str, String);
+const OK: u16 = 200;
+const UNAVAILABLE: u16 = 503;
+
+/// A response: status, content type, body.
+type Response = (u16, &'static str, String);
 
 /// Whether the run loop turned recently and `eligible` holds, with
 /// kube-proxy's `lastUpdated` and `currentTime` (`lastUpdated` is now while
@@ -136,14 +126,8 @@ fn livez(heartbeat: &Heartbeat) -> Response {
     (if healthy { OK } else { UNAVAILABLE }, "application/json", body)
 }
 
-async fn handle(mut stream: TcpStream, metrics: &Metrics, heartbeat: &Heartbeat) -> std::io::Result<()> {
-    let Some(buf) = read_request_head(&mut stream).await else {
-        return Ok(());
-    };
-    let head = String::from_utf8_lossy(&buf);
-    let mut parts = head.lines().next().unwrap_or("").split_whitespace();
-    let (method, target) = (parts.next().unwrap_or(""), parts.next().unwrap_or(""));
-    let path = target.split('?').next().unwrap_or("");
+fn handle(req: &Request<Incoming>, metrics: &Metrics, heartbeat: &Heartbeat) -> Reply {
+    let (method, path) = (req.method().as_str(), req.uri().path());
     let (status, content_type, body) = match (method, path) {
         ("GET" | "HEAD", "/healthz") => healthz(heartbeat, metrics),
         ("GET" | "HEAD", "/livez") => livez(heartbeat),
@@ -152,16 +136,10 @@ async fn handle(mut stream: TcpStream, metrics: &Metrics, heartbeat: &Heartbeat)
             Err(why) => (UNAVAILABLE, "text/plain", format!("{why}\n")),
         },
         ("GET" | "HEAD", "/metrics") => (OK, "text/plain; version=0.0.4", metrics.render()),
-        ("GET" | "HEAD", _) => ("404 Not Found", "text/plain", "not found\n".to_string()),
-        _ => ("405 Method Not Allowed", "text/plain", "method not allowed\n".to_string()),
+        ("GET" | "HEAD", _) => (404, "text/plain", "not found\n".to_string()),
+        _ => (405, "text/plain", "method not allowed\n".to_string()),
     };
-    let mut response =
-        format!("HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
-    if method != "HEAD" {
-        response.push_str(&body);
-    }
-    stream.write_all(response.as_bytes()).await?;
-    stream.shutdown().await
+    reply(method == "HEAD", status, content_type, body, &[])
 }
 
 /// A time as Go's `time.Time.String()` prints it in UTC

@@ -59,6 +59,8 @@ pub struct RunConfig {
     pub sync_delay: Duration,
     /// Address of the health server; `None` disables it.
     pub health_addr: Option<SocketAddr>,
+    /// Address of the metrics server; `None` disables it.
+    pub metrics_addr: Option<SocketAddr>,
     pub translate: TranslateOptions,
     /// Maglev table size M (prime).
     pub maglev_m: u32,
@@ -83,6 +85,16 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> anyhow::
         Some(addr) => {
             let listener = probes::bind(addr).await.with_context(|| format!("binding the health server to {addr} (--health-addr)"))?;
             Some(tokio::spawn(probes::serve(listener, metrics.clone(), heartbeat.clone())))
+        }
+        None => None,
+    };
+    let metrics_task = match cfg.metrics_addr {
+        Some(addr) => {
+            let listener = tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the metrics server to {addr} (--metrics-addr)"))?;
+            info!(%addr, "metrics server listening (/metrics)");
+            Some(tokio::spawn(probes::serve_metrics(listener, metrics.clone(), cfg.bpffs.clone())))
         }
         None => None,
     };
@@ -212,7 +224,7 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> anyhow::
         }
     }
     info!("shutting down; the programs stay attached and the maps pinned in {} (`lb-agent uninstall` removes them)", cfg.bpffs.display());
-    for task in source_tasks.into_iter().chain(health_task).chain(logger_task) {
+    for task in source_tasks.into_iter().chain(health_task).chain(metrics_task).chain(logger_task) {
         task.abort();
     }
     Ok(())

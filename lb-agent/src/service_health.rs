@@ -24,17 +24,13 @@ use std::{
     collections::BTreeMap,
     net::{Ipv4Addr, SocketAddr},
     sync::{Arc, Mutex},
-    time::Duration,
 };
 
-use tokio::{
-    io::AsyncWriteExt,
-    net::{TcpListener, TcpStream},
-    task::JoinHandle,
-};
-use tracing::{debug, info, warn};
+use tokio::{net::TcpListener, task::JoinHandle};
+use tracing::{info, warn};
 
 use crate::{
+    http_server::{Limits, reply},
     model::ServiceRef,
     probes::{Heartbeat, STALL},
 };
@@ -100,22 +96,15 @@ fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
 }
 
 async fn serve(listener: TcpListener, port: u16, state: State, heartbeat: Heartbeat) {
-    loop {
-        let (stream, peer) = match listener.accept().await {
-            Ok(s) => s,
-            Err(e) => {
-                debug!("health check {port} accept: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let (state, heartbeat) = (state.clone(), heartbeat.clone());
-        tokio::spawn(async move {
-            if let Err(e) = handle(stream, port, &state, &heartbeat).await {
-                debug!("health check request from {peer}: {e}");
-            }
-        });
-    }
+    crate::http_server::serve(listener, "health check NodePort", Limits::default(), move |req| {
+        let entry = state.lock().unwrap_or_else(|e| e.into_inner()).get(&port).cloned();
+        // A port closed between accept and now: kube-proxy answers nothing.
+        let (svc, count) = entry?;
+        let (status, body) = response(&svc, count, heartbeat.age() < STALL);
+        let code = if status.starts_with("200") { 200 } else { 503 };
+        Some(reply(req.method() == hyper::Method::HEAD, code, "application/json", body, &[("X-Content-Type-Options", "nosniff")]))
+    })
+    .await
 }
 
 /// The response to a probe: status line and body.
@@ -129,27 +118,6 @@ pub fn response(svc: &ServiceRef, local_endpoints: usize, proxy_healthy: bool) -
         proxy_healthy
     );
     (status, body)
-}
-
-async fn handle(mut stream: TcpStream, port: u16, state: &State, heartbeat: &Heartbeat) -> std::io::Result<()> {
-    let Some(buf) = crate::probes::read_request_head(&mut stream).await else {
-        return Ok(());
-    };
-    let entry = state.lock().unwrap_or_else(|e| e.into_inner()).get(&port).cloned();
-    // A port closed between accept and now: kube-proxy answers nothing.
-    let Some((svc, count)) = entry else { return Ok(()) };
-    let (status, body) = response(&svc, count, heartbeat.age() < STALL);
-    let head = String::from_utf8_lossy(&buf);
-    let method = head.split_whitespace().next().unwrap_or("");
-    let mut out = format!(
-        "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nX-Content-Type-Options: nosniff\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-        body.len()
-    );
-    if method != "HEAD" {
-        out.push_str(&body);
-    }
-    stream.write_all(out.as_bytes()).await?;
-    stream.shutdown().await
 }
 
 #[cfg(test)]

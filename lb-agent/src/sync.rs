@@ -8,7 +8,7 @@
 
 use std::time::Instant;
 
-use tracing::{debug, info};
+use tracing::{info, warn};
 
 use crate::{
     metrics::{Metrics, SyncRecord},
@@ -85,7 +85,7 @@ impl Syncer {
             "{what}"
         );
         for e in &stats.errors {
-            debug!("sync error: {e}");
+            warn!("sync error: {e}");
         }
         record
     }

@@ -537,7 +537,7 @@ fn one_agent_per_directory_and_uninstall_leaves_nothing() {
         .node(0)
         .ns
         .command(env!("CARGO_BIN_EXE_lb-agent"))
-        .args(["run", "--pod-ifaces", "lbp*", "--health-addr", "off", "--manifests"])
+        .args(["run", "--pod-ifaces", "lbp*", "--health-addr", "off", "--metrics-addr", "off", "--manifests"])
         .arg(&n.dir.0)
         .arg("--bpffs")
         .arg(&pins)

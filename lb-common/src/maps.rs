@@ -60,6 +60,8 @@ map_set! {
     FRAGS = "LB4_FRAGS", version 2, sized by Fixed;
     REJECT_RATE = "LB4_REJECT_RATE", version 2, sized by Fixed;
     STATS = "LB_STATS", version 2, sized by Fixed;
+    /// Per-frontend counters (packets, bytes, new flows), by frontend ID.
+    FRONTEND_STATS = "LB_FE_STATS", version 1, sized by Services;
     /// The layout version of every other pinned map (see [`layout`]).
     LAYOUT = "LB_LAYOUT", version 1, sized by Fixed;
 }
@@ -125,7 +127,7 @@ pub mod layout {
     pub const RECONCILED: [&str; 8] = [SERVICES, SLOTS, BACKENDS, REVNAT, SVC_NAMES, MAGLEV, SRC_RANGES, VIPS];
     /// Maps whose entries name frontend or backend IDs: rebuilt along with
     /// [`RECONCILED`], since fresh IDs would give them other meanings.
-    pub const REFER_TO_IDS: [&str; 4] = [CT_TCP, CT_ANY, AFFINITY, SOCK_REVNAT];
+    pub const REFER_TO_IDS: [&str; 5] = [CT_TCP, CT_ANY, AFFINITY, SOCK_REVNAT, FRONTEND_STATS];
 }
 
 /// Default capacities. The agent can override each at load time.
@@ -722,11 +724,16 @@ pub mod stat {
     /// for the path to its backend.
     pub const FRAG_NEEDED_SENT: u32 = 16;
 
+    /// A malformed packet (too short, a bad header length): passed
+    /// untouched, for the kernel's own stack to judge.
+    pub const MALFORMED: u32 = 17;
+
     /// Slots in the map.
     pub const SLOTS: u32 = 32;
 
-    /// Names for listings and metrics, by index.
-    pub const NAMES: [&str; 17] = [
+    /// Names for listings and metrics, by index. Stable: they are the
+    /// `reason` of `lb-agent stats -o json` and of the metrics.
+    pub const NAMES: [&str; 18] = [
         "reject_no_backend",
         "drop_no_local_backend",
         "drop_source_range",
@@ -744,7 +751,63 @@ pub mod stat {
         "hairpin",
         "drop_ttl_exceeded",
         "frag_needed_sent",
+        "malformed_passed",
     ];
+
+    /// What each counter means, by index (for `lb-agent stats` and the
+    /// README).
+    pub const HELP: [&str; 18] = [
+        "rejected (ICMP port unreachable, ECONNREFUSED): the frontend has no endpoint",
+        "dropped: a Local traffic policy and no endpoint on this node",
+        "dropped: the client is outside loadBalancerSourceRanges",
+        "dropped: no free SNAT or reply-tuple port for a new flow",
+        "dropped: a conntrack entry could not be written",
+        "dropped: a packet rewrite failed half-way",
+        "dropped: a later fragment to a Service address whose first fragment was not seen",
+        "rejected: a ClusterIP on a port no Service defines",
+        "dropped: a reject held back by the per-client ICMP rate limit",
+        "dropped: a backend slot vanished under a concurrent update",
+        "passed: a TCP RST outside the flow's window (does not end the flow)",
+        "translated: a new flow whose reply tuple was taken got another source port",
+        "translated: an ICMP error about a translated flow",
+        "translated: a later fragment given its datagram's translation",
+        "translated: a pod reaching itself through its Service (source-NATed)",
+        "dropped: TTL expired on a north-south packet forwarded by XDP (time exceeded sent)",
+        "answered: fragmentation needed, for a north-south packet too big for its path",
+        "passed untouched: a malformed packet (too short, bad header length), left to the kernel",
+    ];
+
+    /// Whether counter `index` is a packet lb dropped or rejected.
+    pub const fn is_drop(index: u32) -> bool {
+        matches!(
+            index,
+            REJECT_NO_BACKEND
+                | DROP_NO_LOCAL_BACKEND
+                | DROP_SOURCE_RANGE
+                | DROP_NO_NAT_PORT
+                | DROP_CT_WRITE
+                | DROP_REWRITE
+                | DROP_ORPHAN_FRAGMENT
+                | REJECT_UNSERVED_PORT
+                | DROP_REJECT_RATE
+                | DROP_NO_SLOT
+                | DROP_TTL
+        )
+    }
+}
+
+/// `LB_FE_STATS` (per-CPU array indexed by frontend ID): what one
+/// frontend served. Counted once per packet sent to the frontend that the
+/// datapath translates (tc ingress, XDP), and once per socket the connect
+/// and sendmsg hooks translate (a new flow, no packet seen).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FrontendStats {
+    pub packets: u64,
+    /// Bytes of those packets, as the hook saw them (with the Ethernet
+    /// header).
+    pub bytes: u64,
+    pub new_flows: u64,
 }
 
 // ---- ABI locks -------------------------------------------------------------
@@ -781,7 +844,9 @@ assert_layout!(Vip4, size = 4, flags @ 0);
 assert_layout!(Frag4Key, size = 12, saddr @ 0, daddr @ 4, id @ 8, proto @ 10, _pad @ 11);
 assert_layout!(Frag4, size = 4, sport @ 0, dport @ 2);
 assert_layout!(RejectRate, size = 16, last_ns @ 0, tokens @ 8, _pad @ 12);
+assert_layout!(FrontendStats, size = 24, packets @ 0, bytes @ 8, new_flows @ 16);
 const _: () = assert!(stat::NAMES.len() as u32 <= stat::SLOTS);
+const _: () = assert!(stat::NAMES.len() == stat::HELP.len());
 
 #[cfg(feature = "user")]
 mod user {
@@ -822,6 +887,7 @@ mod user {
         Frag4Key,
         Frag4,
         RejectRate,
+        FrontendStats,
     );
 }
 

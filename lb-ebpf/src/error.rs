@@ -26,7 +26,10 @@ impl Error {
     #[inline(always)]
     pub fn count_drop(&self) -> Option<&'static str> {
         let (reason, what) = match self {
-            Error::Malformed => return None,
+            Error::Malformed => {
+                stats::count(stat::MALFORMED);
+                return None;
+            }
             Error::Rewrite => (stat::DROP_REWRITE, "translation failed"),
             Error::CtWrite => (stat::DROP_CT_WRITE, "conntrack write failed"),
             Error::NoPort => (stat::DROP_NO_NAT_PORT, "no free source port"),

@@ -7,8 +7,8 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use lb_common::{
-    Affinity4, Affinity4Key, Backend4, Config, Ct4Key, CtEntry, Device, Frag4, Frag4Key, NodeConfig, RejectRate, RevNat4, RevNatKey,
-    Service4Key, Service4Value, Slot, SlotKey, SockRevNat4, SockRevNat4Key, SrcRange4, SvcName, Vip4, layout, sizes, stat,
+    Affinity4, Affinity4Key, Backend4, Config, Ct4Key, CtEntry, Device, Frag4, Frag4Key, FrontendStats, NodeConfig, RejectRate, RevNat4,
+    RevNatKey, Service4Key, Service4Value, Slot, SlotKey, SockRevNat4, SockRevNat4Key, SrcRange4, SvcName, Vip4, layout, sizes, stat,
 };
 
 #[btf_map]
@@ -93,6 +93,11 @@ pub static LB4_REJECT_RATE: LruHashMap<u32, RejectRate, { sizes::REJECT_RATE as 
 /// Counters by `lb_common::stat` index, per CPU.
 #[btf_map]
 pub static LB_STATS: PerCpuArray<u64, { stat::SLOTS as usize }> = PerCpuArray::new();
+
+/// Per-frontend counters by frontend ID, per CPU (sized as the frontend
+/// maps by the agent).
+#[btf_map]
+pub static LB_FE_STATS: PerCpuArray<FrontendStats, { sizes::SERVICES as usize }> = PerCpuArray::new();
 
 /// Layout version of each pinned map, by name (written and read by the
 /// agent only; see `lb_common::layout`).

@@ -113,6 +113,7 @@ fn try_forward(ctx: &SockAddrContext) -> Option<i32> {
     let key = SockRevNat4Key { cookie, addr: be.addr, port: be.port, _pad: 0 };
     let value = SockRevNat4 { addr, port, _pad: 0, frontend_id: svc.frontend_id };
     LB4_SOCK_REVNAT.insert(key, value, 0).ok()?;
+    stats::frontend_socket(svc.frontend_id);
     // SAFETY: as above.
     unsafe {
         (*sa).user_ip4 = be.addr;

@@ -148,15 +148,16 @@ fn forward(ctx: &TcContext, cfg: &Config, vip: Vip4, mut f: Flow) -> Result<i32,
         return Ok(orphan_fragment(&vip));
     }
     let now = now_ns();
-    let entry = match ct::forward(cfg, &f, now) {
-        Forward::Flow(e) => e,
+    let (entry, new) = match ct::forward(cfg, &f, now) {
+        Forward::Flow(e) => (e, false),
         // The datagram's first fragment made the flow; it is gone.
         Forward::New { .. } if f.frag == Fragment::Later => return Ok(orphan_fragment(&vip)),
         Forward::New { replace } => match new_flow(ctx, cfg, &vip, &f, now, replace)? {
-            ControlFlow::Continue(e) => e,
+            ControlFlow::Continue(e) => (e, true),
             ControlFlow::Break(verdict) => return Ok(verdict),
         },
     };
+    stats::frontend_packet(entry.frontend_id, ctx.len(), new);
     frag::record(&f);
     nat::translate(ctx, &f, &entry)?;
     if entry.nat_saddr == hairpin_addr() {

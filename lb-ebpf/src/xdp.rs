@@ -143,15 +143,16 @@ fn north_south(ctx: &XdpContext, cfg: &Config, node: Option<NodeConfig>, v: &Vip
         return Ok(PASS);
     }
     let now = now_ns();
-    let entry = match ct::forward(cfg, &f, now) {
-        Forward::Flow(e) => e,
+    let (entry, new) = match ct::forward(cfg, &f, now) {
+        Forward::Flow(e) => (e, false),
         // The datagram's first fragment made the flow; it is gone.
         Forward::New { .. } if f.frag == Fragment::Later => return Ok(orphan_fragment(v)),
         Forward::New { replace } => match new_flow(ctx, cfg, node, &f, now, replace)? {
-            ControlFlow::Continue(e) => e,
+            ControlFlow::Continue(e) => (e, true),
             ControlFlow::Break(verdict) => return Ok(verdict),
         },
     };
+    stats::frontend_packet(entry.frontend_id, (ctx.data_end() - ctx.data()) as u32, new);
     frag::record(&f);
     if entry.nat_saddr == f.saddr {
         // A backend on this node: DNAT only, the kernel delivers.

@@ -209,6 +209,11 @@ impl<M: MapStore> Reconciler<M> {
             return Err(MapsError::Full { name: MapKind::RevNat.name(), max_entries: self.maps.max_entries(MapKind::RevNat) });
         };
         let slots = SlotRange { id, generation: 0, count: t.slots.len() };
+        // The ID's counters were another frontend's: they start from zero
+        // (no packet reaches the ID before the frontend entry, written last).
+        if let Err(e) = self.maps.reset_frontend_stats(id) {
+            warn!("frontend {}: its counters keep an earlier frontend's counts: {e}", t.fe.addr);
+        }
         let result = (|| {
             stats.ops += 1;
             self.maps.set_revnat(id, &rev_nat(&t.fe.addr, version))?;

@@ -116,6 +116,11 @@ pub trait MapStore {
     /// `LB4_REVNAT`, an array by frontend ID.
     fn revnats(&self) -> Result<Vec<(u32, RevNat4)>, MapsError>;
     fn set_revnat(&mut self, id: u32, revnat: &RevNat4) -> Result<(), MapsError>;
+    /// Zeroes the per-frontend counters of `id` (`LB_FE_STATS`), for a
+    /// frontend that takes the ID over. The fakes keep no counters.
+    fn reset_frontend_stats(&mut self, _id: u32) -> Result<(), MapsError> {
+        Ok(())
+    }
 
     /// `LB_SVC_NAMES`, by frontend ID.
     fn name(&self, id: u32) -> Result<Option<SvcName>, MapsError>;
@@ -214,6 +219,10 @@ impl MapStore for Maps {
 
     fn set_revnat(&mut self, id: u32, revnat: &RevNat4) -> Result<(), MapsError> {
         self.revnat.set(id, revnat)
+    }
+
+    fn reset_frontend_stats(&mut self, id: u32) -> Result<(), MapsError> {
+        Maps::reset_frontend_stats(self, id)
     }
 
     fn name(&self, id: u32) -> Result<Option<SvcName>, MapsError> {

@@ -1,0 +1,128 @@
+//! The agent's HTTP servers (the health server, the health check
+//! NodePorts) on hyper, bounded: at most `max_connections` at once (a new
+//! connection beyond that closes the oldest one, which is the one most
+//! likely to be a stuck or slow client, so a real probe is always served),
+//! a deadline for the request head, and a deadline for the whole
+//! connection (no keep-alive: one request a connection, as the probes
+//! make). Accept errors (out of file descriptors, say) are logged at warn.
+
+use std::{
+    collections::BTreeMap,
+    convert::Infallible,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::{Request, Response, body::Incoming, server::conn::http1, service::service_fn};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::{net::TcpListener, sync::oneshot};
+use tracing::{debug, warn};
+
+/// How much a server takes on.
+#[derive(Clone, Copy, Debug)]
+pub struct Limits {
+    /// Connections open at once; a new one closes the oldest beyond this.
+    pub max_connections: usize,
+    /// Time a client has to send its request head.
+    pub header_timeout: Duration,
+    /// Time a connection may stay open at all.
+    pub idle_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { max_connections: 128, header_timeout: Duration::from_secs(5), idle_timeout: Duration::from_secs(10) }
+    }
+}
+
+/// A response with a whole body.
+pub type Reply = Response<Full<Bytes>>;
+
+/// A response with `status`, `content_type` and `body` (no body for HEAD).
+pub fn reply(head: bool, status: u16, content_type: &str, body: String, extra: &[(&str, &str)]) -> Reply {
+    let len = body.len();
+    let mut b = Response::builder().status(status).header("Content-Type", content_type).header("Content-Length", len);
+    for (k, v) in extra {
+        b = b.header(*k, *v);
+    }
+    let body = if head { Full::new(Bytes::new()) } else { Full::new(Bytes::from(body)) };
+    b.body(body).unwrap_or_else(|_| Response::new(Full::new(Bytes::new())))
+}
+
+/// The open connections, oldest first, each with the sender that closes
+/// it when dropped.
+#[derive(Default)]
+struct Open {
+    next: u64,
+    by_age: BTreeMap<u64, oneshot::Sender<()>>,
+}
+
+/// Serves `handler` on `listener` until the task is dropped.
+pub async fn serve<F>(listener: TcpListener, what: &'static str, limits: Limits, handler: F)
+where
+    F: Fn(&Request<Incoming>) -> Option<Reply> + Clone + Send + Sync + 'static,
+{
+    let open: Arc<Mutex<Open>> = Arc::default();
+    loop {
+        let (stream, peer) = match listener.accept().await {
+            Ok(s) => s,
+            Err(e) => {
+                warn!("{what}: accepting a connection failed: {e}");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let (id, closed) = {
+            let mut o = open.lock().unwrap_or_else(|e| e.into_inner());
+            while o.by_age.len() >= limits.max_connections.max(1) {
+                // Dropping the sender closes that connection.
+                o.by_age.pop_first();
+            }
+            let id = o.next;
+            o.next += 1;
+            let (tx, rx) = oneshot::channel();
+            o.by_age.insert(id, tx);
+            (id, rx)
+        };
+        let (open, handler) = (open.clone(), handler.clone());
+        tokio::spawn(async move {
+            let service = service_fn(move |req: Request<Incoming>| {
+                let r = handler(&req);
+                async move { Ok::<_, Infallible>(r.unwrap_or_else(|| reply(false, 404, "text/plain", String::new(), &[]))) }
+            });
+            let conn = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(limits.header_timeout)
+                .keep_alive(false)
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::select! {
+                r = conn => if let Err(e) = r { debug!("{what}: connection from {peer}: {e}") },
+                _ = closed => debug!("{what}: connection from {peer} closed for a newer one"),
+                _ = tokio::time::sleep(limits.idle_timeout) => debug!("{what}: connection from {peer} timed out"),
+            }
+            open.lock().unwrap_or_else(|e| e.into_inner()).by_age.remove(&id);
+        });
+    }
+}
+
+/// Raises this process's soft limit of open files to its hard limit, so
+/// that many connections at once (each a file descriptor) do not starve
+/// the agent's own maps, links and sockets. Returns (before, after).
+pub fn raise_fd_limit() -> std::io::Result<(u64, u64)> {
+    let mut l = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: a valid out pointer.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let before = l.rlim_cur;
+    if l.rlim_cur < l.rlim_max {
+        l.rlim_cur = l.rlim_max;
+        // SAFETY: a valid rlimit value.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &l) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok((before, l.rlim_cur))
+}

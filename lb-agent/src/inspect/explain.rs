@@ -1,0 +1,400 @@
+//! `lb-agent explain PROTO SRC:PORT DST:PORT`: what the datapath would do
+//! with a packet, read from the pinned maps: which frontend it hits, a
+//! conntrack hit or a new flow, the backend choice (affinity, Maglev slot,
+//! random pick) or the reject or drop and its reason. It follows the
+//! programs' decisions step by step (`lb-ebpf`'s `tc.rs`, `xdp.rs`,
+//! `select.rs`); a test holds it to what the programs do with the same
+//! packet through BPF_PROG_TEST_RUN. It reads only: the packet is not
+//! recorded anywhere.
+
+use std::net::SocketAddrV4;
+
+use aya::maps::lpm_trie::Key as LpmKey;
+use lb_common::{
+    Affinity4Key, CT_SERVICE, Config, Ct4Key, NodeConfig, RevNatKey, SCOPE_EXTERNAL, Service4Key, Service4Value, SlotKey, SrcRange4,
+    backend_flags, config_flags, ct, ct_flags, hairpin_addr, hash::flow_hash, node_flags, stat, svc_flags, vip_flags,
+};
+use serde::Serialize;
+
+use super::endpoint;
+use crate::maps::{Maps, MapsError, svc_name_str};
+
+/// Where the packet meets the datapath.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Hook {
+    /// Leaving a pod: `lb_tc_ingress` on its interface.
+    #[default]
+    Pod,
+    /// Arriving from outside the node: `lb_xdp` on an external interface.
+    External,
+}
+
+/// The packet asked about.
+#[derive(Clone, Copy, Debug)]
+pub struct Query {
+    pub hook: Hook,
+    pub proto: u8,
+    pub src: SocketAddrV4,
+    pub dst: SocketAddrV4,
+    /// TCP flags of the packet (`ct_flags`); a SYN by default.
+    pub tcp_flags: u8,
+}
+
+/// What the datapath does with the packet.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    /// Not lb's: it goes on untouched.
+    Pass,
+    /// Translated to a backend.
+    Translate,
+    /// Answered with ICMP port unreachable (ECONNREFUSED for a socket).
+    Reject,
+    Drop,
+}
+
+/// How the backend was found.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Selection {
+    /// The flow's conntrack entry.
+    Conntrack,
+    /// The client's session affinity entry.
+    Affinity,
+    /// The frontend's Maglev table.
+    Maglev,
+    /// A random slot: any of `candidates`.
+    Random,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Explanation {
+    pub hook: Hook,
+    pub verdict: Verdict,
+    /// The counter (`lb-agent stats`) a reject or drop goes to.
+    pub reason: Option<&'static str>,
+    /// `ip:port/PROTO` of the frontend hit, with its ID and name.
+    pub frontend: Option<String>,
+    pub frontend_id: Option<u32>,
+    pub service: Option<String>,
+    pub selection: Option<Selection>,
+    /// The backend `ip:port` (for a random pick: none, see `candidates`).
+    pub backend: Option<String>,
+    pub backend_id: Option<u32>,
+    /// The Maglev slot (`hash % M`) when Maglev chose.
+    pub maglev_slot: Option<u32>,
+    /// Every backend a random pick can give.
+    pub candidates: Vec<String>,
+    /// The source the packet leaves with, when it is source-NATed.
+    pub snat: Option<String>,
+    /// Each decision, in order, in words.
+    pub steps: Vec<String>,
+}
+
+impl Explanation {
+    fn new(hook: Hook) -> Explanation {
+        Explanation {
+            hook,
+            verdict: Verdict::Pass,
+            reason: None,
+            frontend: None,
+            frontend_id: None,
+            service: None,
+            selection: None,
+            backend: None,
+            backend_id: None,
+            maglev_slot: None,
+            candidates: Vec::new(),
+            snat: None,
+            steps: Vec::new(),
+        }
+    }
+
+    fn step(&mut self, s: impl Into<String>) {
+        self.steps.push(s.into());
+    }
+
+    fn end(mut self, verdict: Verdict, reason: Option<u32>, why: impl Into<String>) -> Explanation {
+        self.verdict = verdict;
+        self.reason = reason.map(|r| stat::NAMES[r as usize]);
+        self.step(why);
+        self
+    }
+}
+
+const NORTH_SOUTH: u32 = svc_flags::NODE_PORT | svc_flags::EXTERNAL_IP | svc_flags::LOAD_BALANCER;
+const NORTH_SOUTH_VIP: u32 = vip_flags::NODE_PORT | vip_flags::EXTERNAL_IP | vip_flags::LOAD_BALANCER;
+
+fn be_addr(a: &SocketAddrV4) -> u32 {
+    u32::from_ne_bytes(a.ip().octets())
+}
+
+/// Explains `q` against the maps as of `now_ns` (CLOCK_MONOTONIC).
+pub fn explain(maps: &Maps, q: &Query, now_ns: u64) -> Result<Explanation, MapsError> {
+    let mut x = Explanation::new(q.hook);
+    let (saddr, daddr) = (be_addr(&q.src), be_addr(&q.dst));
+    let (sport, dport) = (q.src.port().to_be(), q.dst.port().to_be());
+    let cfg: Config = maps.read_config()?;
+    if cfg.flags & config_flags::READY == 0 {
+        return Ok(x.end(Verdict::Pass, None, "the datapath is not ready (no agent has written its configuration): everything passes"));
+    }
+    if q.hook == Hook::Pod && daddr == hairpin_addr() {
+        return Ok(x.end(Verdict::Pass, None, "to the hairpin address: a pod's reply to itself, translated only as part of a flow"));
+    }
+    let Some(vip) = maps.vips.get(&daddr)? else {
+        return Ok(x.end(Verdict::Pass, None, format!("{} is no frontend address (LB4_VIPS): not lb's, passes untouched", q.dst.ip())));
+    };
+    x.step(format!("{} is a frontend address ({})", q.dst.ip(), vip_kinds(vip.flags)));
+    let node: Option<NodeConfig> = maps.read_node().ok().filter(|n| n.flags & node_flags::READY != 0);
+    if q.hook == Hook::External {
+        if vip.flags & NORTH_SOUTH_VIP == 0 {
+            return Ok(x.end(Verdict::Pass, None, "a ClusterIP from outside the node is not served: passes"));
+        }
+        if vip.flags & !vip_flags::NODE_PORT & NORTH_SOUTH_VIP == 0
+            && let Some(n) = node
+            && !(n.nodeport_min..=n.nodeport_max).contains(&q.dst.port())
+        {
+            return Ok(x.end(
+                Verdict::Pass,
+                None,
+                format!("port {} is outside the NodePort range: the node's own traffic, passes", q.dst.port()),
+            ));
+        }
+    }
+    // Conntrack: an established flow follows its entry.
+    let key = Ct4Key::new(saddr, daddr, sport, dport, q.proto, CT_SERVICE);
+    if let Some(e) = maps.ct.get(&key)? {
+        let st = ct::entry_state(q.proto, CT_SERVICE, &e);
+        let fresh = !ct::expired(&cfg.timeouts, st, e.last_seen, now_ns);
+        let reopened = ct::restarts(st, q.tcp_flags);
+        let valid = maps.revnat.get(e.frontend_id).is_ok_and(|f| f.is(e.frontend_version))
+            && maps.backends.get(e.backend_id).is_ok_and(|b| b.is(e.backend_version));
+        if fresh && !reopened && valid {
+            describe_frontend(maps, &mut x, e.frontend_id)?;
+            x.selection = Some(Selection::Conntrack);
+            x.backend = Some(endpoint(e.nat_daddr, e.nat_dport));
+            x.backend_id = Some(e.backend_id);
+            if e.nat_saddr != saddr {
+                x.snat = Some(endpoint(e.nat_saddr, e.nat_sport));
+            }
+            let state = super::conntrack::state_name(st);
+            return Ok(x.end(
+                Verdict::Translate,
+                None,
+                format!(
+                    "conntrack hit ({state}, last seen {}s ago): the flow's backend {}",
+                    now_ns.saturating_sub(e.last_seen) / 1_000_000_000,
+                    endpoint(e.nat_daddr, e.nat_dport)
+                ),
+            ));
+        }
+        let why = if !valid {
+            "its frontend or backend is gone"
+        } else if !fresh {
+            "timed out"
+        } else {
+            "closed, and this SYN reopens it"
+        };
+        x.step(format!("a conntrack entry exists but is not used ({why}): a new flow replaces it"));
+    } else {
+        x.step("no conntrack entry: a new flow");
+    }
+    let skey = Service4Key { addr: daddr, port: dport, proto: q.proto, scope: SCOPE_EXTERNAL };
+    let Some(svc) = maps.services.get(&skey)? else {
+        if q.hook == Hook::Pod && vip.flags & vip_flags::CLUSTER_IP != 0 {
+            return Ok(x.end(
+                Verdict::Reject,
+                Some(stat::REJECT_UNSERVED_PORT),
+                format!("no Service defines port {} on this ClusterIP: rejected", q.dst.port()),
+            ));
+        }
+        return Ok(x.end(Verdict::Pass, None, format!("no frontend on port {}: passes", q.dst.port())));
+    };
+    describe_frontend(maps, &mut x, svc.frontend_id)?;
+    if q.hook == Hook::External {
+        if svc.flags & NORTH_SOUTH == 0 {
+            return Ok(x.end(Verdict::Pass, None, "the frontend is not served from outside: passes"));
+        }
+        if svc.flags & svc_flags::SOURCE_RANGES != 0 {
+            let (len, data) = SrcRange4::client(svc.frontend_id, saddr);
+            let allowed = maps.src_ranges.map.get(&LpmKey::new(len, data), 0).is_ok();
+            if !allowed {
+                return Ok(x.end(
+                    Verdict::Drop,
+                    Some(stat::DROP_SOURCE_RANGE),
+                    format!("{} is outside the loadBalancerSourceRanges: dropped", q.src.ip()),
+                ));
+            }
+            x.step(format!("{} is inside the loadBalancerSourceRanges", q.src.ip()));
+        }
+    }
+    if svc.count == 0 {
+        let local = if q.hook == Hook::External { svc_flags::EXT_LOCAL } else { svc_flags::INT_LOCAL | svc_flags::EXT_LOCAL };
+        if svc.flags & local != 0 {
+            return Ok(x.end(
+                Verdict::Drop,
+                Some(stat::DROP_NO_LOCAL_BACKEND),
+                "a Local traffic policy and no endpoint on this node: dropped",
+            ));
+        }
+        return Ok(x.end(Verdict::Reject, Some(stat::REJECT_NO_BACKEND), "the frontend has no endpoint: rejected (ICMP port unreachable)"));
+    }
+    select(maps, &mut x, &cfg, &svc, q, now_ns)?;
+    // XDP: a backend on another node is also source-NATed (Cluster policy).
+    if q.hook == Hook::External
+        && let (Some(n), Some(id)) = (node, x.backend_id.or(None))
+        && n.snat_addr != 0
+        && svc.flags & svc_flags::EXT_LOCAL == 0
+        && maps.backends.get(id)?.flags & backend_flags::LOCAL == 0
+    {
+        x.snat = Some(format!("{}:<port {}-{}>", super::ip(n.snat_addr), n.nat_port_min, n.nat_port_max));
+        x.step(format!("the backend is on another node: source-NATed to {} and forwarded", super::ip(n.snat_addr)));
+    }
+    x.verdict = Verdict::Translate;
+    Ok(x)
+}
+
+/// The backend choice of a new flow (`select_backend` in `select.rs`).
+fn select(maps: &Maps, x: &mut Explanation, cfg: &Config, svc: &Service4Value, q: &Query, now_ns: u64) -> Result<(), MapsError> {
+    let (saddr, daddr) = (be_addr(&q.src), be_addr(&q.dst));
+    if svc.flags & svc_flags::AFFINITY != 0 {
+        let frontend_version = maps.revnat.get(svc.frontend_id).map_or(0, |f| if f.addr != 0 { f.version } else { 0 });
+        let key = Affinity4Key { client: saddr as u64, frontend_id: svc.frontend_id, frontend_version, _pad: 0 };
+        match maps.affinity.get(&key)? {
+            Some(a) if now_ns.saturating_sub(a.last_used) <= svc.affinity_timeout as u64 * 1_000_000_000 => {
+                let be = maps.backends.get(a.backend_id)?;
+                if be.addr != 0 && be.version == a.backend_version {
+                    x.selection = Some(Selection::Affinity);
+                    x.backend = Some(endpoint(be.addr, be.port));
+                    x.backend_id = Some(a.backend_id);
+                    x.step(format!(
+                        "session affinity: {} used backend {} {}s ago",
+                        q.src.ip(),
+                        endpoint(be.addr, be.port),
+                        now_ns.saturating_sub(a.last_used) / 1_000_000_000
+                    ));
+                    return Ok(());
+                }
+                x.step("session affinity: the client's backend is gone");
+            }
+            Some(_) => x.step("session affinity: the client's entry timed out"),
+            None => x.step("session affinity: no entry for this client yet (this flow makes one)"),
+        }
+    }
+    if svc.flags & svc_flags::MAGLEV != 0 && cfg.maglev_m != 0 {
+        let hash = flow_hash(saddr, daddr, q.src.port().to_be(), q.dst.port().to_be(), q.proto);
+        let slot = hash % cfg.maglev_m;
+        if let Some(table) = maps.maglev_table(svc.frontend_id)?
+            && let Some(&id) = table.get(slot as usize)
+            && let Ok(be) = maps.backends.get(id)
+            && be.addr != 0
+        {
+            x.selection = Some(Selection::Maglev);
+            x.maglev_slot = Some(slot);
+            x.backend = Some(endpoint(be.addr, be.port));
+            x.backend_id = Some(id);
+            x.step(format!("Maglev: flow hash {hash:#010x}, slot {slot} of {}: backend {}", cfg.maglev_m, endpoint(be.addr, be.port)));
+            return Ok(());
+        }
+        x.step("Maglev: no table (yet): a random slot");
+    }
+    x.selection = Some(Selection::Random);
+    for slot in 0..svc.count {
+        let key = SlotKey { frontend_id: svc.frontend_id, slot, generation: svc.generation };
+        if let Some(s) = maps.slots.get(&key)? {
+            let be = maps.backends.get(s.backend_id)?;
+            if be.addr != 0 {
+                x.candidates.push(endpoint(be.addr, be.port));
+            }
+        }
+    }
+    if x.candidates.len() == 1 {
+        x.backend = x.candidates.first().cloned();
+    }
+    x.step(format!("random pick among {} slots: {}", svc.count, x.candidates.join(", ")));
+    Ok(())
+}
+
+fn describe_frontend(maps: &Maps, x: &mut Explanation, id: u32) -> Result<(), MapsError> {
+    let rn = maps.revnat.get(id)?;
+    let name = maps.names.get(&RevNatKey { frontend_id: id })?.map(|n| svc_name_str(&n));
+    x.frontend = Some(endpoint(rn.addr, rn.port));
+    x.frontend_id = Some(id);
+    x.step(format!("frontend {} (ID {id}{})", endpoint(rn.addr, rn.port), name.as_deref().map(|n| format!(", {n}")).unwrap_or_default()));
+    x.service = name;
+    Ok(())
+}
+
+fn vip_kinds(flags: u32) -> String {
+    let names = [
+        (vip_flags::CLUSTER_IP, "ClusterIP"),
+        (vip_flags::LOAD_BALANCER, "LoadBalancer"),
+        (vip_flags::EXTERNAL_IP, "external IP"),
+        (vip_flags::NODE_PORT, "node address with NodePorts"),
+    ];
+    names.iter().filter(|(f, _)| flags & f != 0).map(|(_, n)| *n).collect::<Vec<_>>().join(", ")
+}
+
+/// Parses `tcp`, `udp` or `sctp`.
+pub fn parse_proto(s: &str) -> Result<u8, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "tcp" => Ok(lb_common::IPPROTO_TCP),
+        "udp" => Ok(lb_common::IPPROTO_UDP),
+        "sctp" => Ok(lb_common::IPPROTO_SCTP),
+        other => Err(format!("unknown protocol {other:?}: tcp, udp or sctp")),
+    }
+}
+
+/// Parses TCP flags as letters (`S`, `SA`, `A`, `F`, `R`).
+pub fn parse_tcp_flags(s: &str) -> Result<u8, String> {
+    let mut f = 0;
+    for c in s.chars() {
+        f |= match c.to_ascii_uppercase() {
+            'S' => ct_flags::SYN,
+            'A' => ct_flags::ACK,
+            'F' => ct_flags::FIN,
+            'R' => ct_flags::RST,
+            other => return Err(format!("unknown TCP flag {other:?}: S, A, F or R")),
+        };
+    }
+    Ok(f)
+}
+
+pub fn render(x: &Explanation) -> String {
+    let mut out = String::new();
+    for (i, s) in x.steps.iter().enumerate() {
+        out.push_str(&format!("{}. {s}\n", i + 1));
+    }
+    let verdict = match x.verdict {
+        Verdict::Pass => "PASS".to_string(),
+        Verdict::Translate => match (&x.backend, x.candidates.len()) {
+            (Some(b), _) => format!("TRANSLATE to {b}"),
+            (None, _) => format!("TRANSLATE to one of {}", x.candidates.join(", ")),
+        },
+        Verdict::Reject => "REJECT".to_string(),
+        Verdict::Drop => "DROP".to_string(),
+    };
+    out.push_str(&verdict);
+    if let Some(r) = x.reason {
+        out.push_str(&format!(" (counted as {r})"));
+    }
+    if let Some(s) = &x.snat {
+        out.push_str(&format!(", source-NATed to {s}"));
+    }
+    out.push('\n');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_protocols_and_flags() {
+        assert_eq!(parse_proto("TCP"), Ok(lb_common::IPPROTO_TCP));
+        assert!(parse_proto("icmp").is_err());
+        assert_eq!(parse_tcp_flags("SA"), Ok(ct_flags::SYN | ct_flags::ACK));
+        assert!(parse_tcp_flags("X").is_err());
+    }
+}
