@@ -55,6 +55,7 @@ impl Syncer {
         let started = Instant::now();
         let translation = self.translator.update(&mut self.store, &self.opts);
         let translated = started.elapsed();
+        self.north_south.set_zone(self.store.node_zone());
         let plan = northsouth::plan(translation, self.north_south.node());
         let north_south_skipped = self.north_south.log_problems(&plan);
         let mut stats = self.reconciler.apply_all(&[&translation.desired, &plan.internal, &plan.frontends]);

@@ -862,3 +862,94 @@ fn the_api_server_address_replaces_the_configured_one() {
     assert!(line.contains(&address) && line.contains("given=true"), "{line}");
     assert!(warnings(&agent, log_len, "cannot reach").is_empty(), "{}", agent.log_text());
 }
+
+/// An EndpointSlice as JSON: endpoints (address, conditions, zone hints).
+fn hinted_slice(name: &str, svc: &str, endpoints: &[(Ipv4Addr, serde_json::Value, &[&str])]) -> serde_json::Value {
+    let eps: Vec<serde_json::Value> = endpoints
+        .iter()
+        .map(|(ip, cond, zones)| {
+            let mut ep = json!({"addresses": [ip.to_string()], "conditions": cond, "nodeName": "node-2"});
+            if !zones.is_empty() {
+                ep["hints"] = json!({"forZones": zones.iter().map(|z| json!({"name": z})).collect::<Vec<_>>()});
+            }
+            ep
+        })
+        .collect();
+    json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": name, "namespace": NS, "labels": {"kubernetes.io/service-name": svc}},
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+        "endpoints": eps,
+    })
+}
+
+/// Who answers `n` requests to `vip` from `client`.
+fn answers(client: &Netns, vip: SocketAddrV4, n: usize) -> BTreeSet<String> {
+    (0..n).map(|_| tcp_request(client, vip).unwrap()).collect()
+}
+
+#[test]
+fn topology_hints_ip_mode_proxy_and_nil_serving_with_traffic() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let s = setup(&["client", "web-a", "web-b", "web-c"], "ktopo");
+    let _servers: Vec<Server> = ["web-a", "web-b", "web-c"]
+        .iter()
+        .map(|n| {
+            let pod = s.lab.pod(n);
+            tcp_server(&pod.ns, SocketAddrV4::new(pod.ip, 8080), n).unwrap()
+        })
+        .collect();
+    let (a, b, c) = (s.lab.pod("web-a").ip, s.lab.pod("web-b").ip, s.lab.pod("web-c").ip);
+    s.api.apply_raw(Res::Nodes, node_with(json!({"metadata": {"labels": {"topology.kubernetes.io/zone": "zone-a"}}})));
+    let agent = s.agent("ktopo");
+    let client = &s.lab.pod("client").ns;
+
+    // A LoadBalancer Service with trafficDistribution: PreferClose, one
+    // ingress IP in VIP mode and one in Proxy mode.
+    let mut svc = serde_json::to_value(service("web", "10.96.0.30", &[("http", 80, "http")])).unwrap();
+    svc["spec"]["type"] = "LoadBalancer".into();
+    svc["spec"]["trafficDistribution"] = "PreferClose".into();
+    svc["status"] = json!({"loadBalancer": {"ingress": [{"ip": "192.0.2.10", "ipMode": "VIP"}, {"ip": "192.0.2.11", "ipMode": "Proxy"}]}});
+    s.api.apply_raw(Res::Services, svc);
+    let ready = json!({"ready": true, "serving": true, "terminating": false});
+    s.api.apply_raw(
+        Res::EndpointSlices,
+        hinted_slice("web-1", "web", &[(a, ready.clone(), &["zone-a"]), (b, ready.clone(), &["zone-b"]), (c, ready.clone(), &["zone-a"])]),
+    );
+    let fe = "10.96.0.30:80/TCP";
+    let rows = agent.wait_rows("zone-a endpoints", |r| backends(r, fe).len() == 2);
+    let ab = |ips: &[Ipv4Addr]| ips.iter().map(|ip| format!("{ip}:8080")).collect::<BTreeSet<_>>();
+    assert_eq!(backends(&rows, fe), ab(&[a, c]));
+    assert_eq!(backends(&rows, "192.0.2.10:80/TCP"), ab(&[a, c]), "the VIP-mode ingress IP is served, with the same topology");
+    assert!(rows.iter().all(|r| !r.frontend.starts_with("192.0.2.11")), "the Proxy-mode ingress IP is not programmed: {rows:#?}");
+    let vip = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 30), 80);
+    assert_eq!(answers(client, vip, 40), set(&["web-a", "web-c"]));
+
+    // A hint missing on one endpoint: every endpoint.
+    s.api.apply_raw(
+        Res::EndpointSlices,
+        hinted_slice("web-1", "web", &[(a, ready.clone(), &["zone-a"]), (b, ready.clone(), &["zone-b"]), (c, ready.clone(), &[])]),
+    );
+    agent.wait_rows("all endpoints (missing hint)", |r| backends(r, fe).len() == 3);
+    assert_eq!(answers(client, vip, 60), set(&["web-a", "web-b", "web-c"]));
+
+    // No endpoint hinted for this zone: every endpoint.
+    s.api.apply_raw(Res::EndpointSlices, hinted_slice("web-1", "web", &[(a, ready.clone(), &["zone-c"]), (b, ready.clone(), &["zone-b"])]));
+    let rows = agent.wait_rows("all endpoints (none for zone-a)", |r| backends(r, fe).len() == 2);
+    assert_eq!(backends(&rows, fe), ab(&[a, b]));
+
+    // The node moves to zone-b: its endpoint only.
+    s.api.apply_raw(Res::Nodes, node_with(json!({"metadata": {"labels": {"topology.kubernetes.io/zone": "zone-b"}}})));
+    agent.wait_rows("zone-b endpoint", |r| backends(r, fe) == ab(&[b]));
+    assert_eq!(answers(client, vip, 20), set(&["web-b"]));
+
+    // Nil `serving` is true: a terminating endpoint without it still
+    // serves when nothing is ready.
+    s.api.apply_raw(Res::EndpointSlices, hinted_slice("web-1", "web", &[(c, json!({"ready": false, "terminating": true}), &[])]));
+    let terminating = set(&[&format!("{c}:8080 (terminating)")]);
+    agent.wait_rows("terminating fallback", |r| backends(r, fe) == terminating);
+    assert_eq!(answers(client, vip, 10), set(&["web-c"]));
+}

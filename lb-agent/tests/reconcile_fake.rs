@@ -80,7 +80,7 @@ fn frontend(line: &str) -> Frontend {
         .map(|b| {
             let (b, terminating) = b.strip_suffix('~').map_or((b, false), |b| (b, true));
             let sa: std::net::SocketAddrV4 = b.parse().unwrap();
-            Backend { addr: BackendAddr { ip: *sa.ip(), port: sa.port(), proto }, terminating, node_name: None, zone: None }
+            Backend { addr: BackendAddr { ip: *sa.ip(), port: sa.port(), proto }, terminating, node_name: None, zone: None, hints: None }
         })
         .collect();
     Frontend { addr, name, backends, flags, affinity_timeout }

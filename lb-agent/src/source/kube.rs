@@ -76,6 +76,8 @@ pub enum KubeError {
 /// The cluster autoscaler's taint on a node it is about to delete
 /// (kube-proxy's `ToBeDeletedTaint`).
 pub const TO_BE_DELETED_TAINT: &str = "ToBeDeletedByClusterAutoscaler";
+/// The Node label giving its zone (topology hints).
+pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 
 #[derive(Clone, Debug)]
 pub struct KubeOptions {
@@ -159,11 +161,11 @@ pub fn spawn(client: Client, opts: &KubeOptions, tx: Sender, metrics: Metrics) -
     let api = Reachability { metrics, address_given: opts.api_server.is_some() };
     let mut tasks = vec![
         tokio::spawn(watch_kind(client.clone(), Kind::Service, opts.backoff_max, tx.clone(), api.clone())),
-        tokio::spawn(watch_kind(client.clone(), Kind::EndpointSlice, opts.backoff_max, tx, api.clone())),
+        tokio::spawn(watch_kind(client.clone(), Kind::EndpointSlice, opts.backoff_max, tx.clone(), api.clone())),
         tokio::spawn(probe_api(client.clone(), api.clone(), opts.backoff_max)),
     ];
     match &opts.node_name {
-        Some(node) => tasks.push(tokio::spawn(watch_node(client, node.clone(), opts.backoff_max, api))),
+        Some(node) => tasks.push(tokio::spawn(watch_node(client, node.clone(), opts.backoff_max, api, tx))),
         None => warn!("no --node-name (or NODE_NAME): not watching this node's Node object"),
     }
     tasks
@@ -475,7 +477,7 @@ async fn watch_kind(client: Client, kind: Kind, backoff_max: Duration, tx: Sende
 /// Follows this agent's Node object: whether it is eligible for
 /// load-balanced traffic (for `/healthz`). Its labels (zone) and addresses
 /// are for the topology and NodePort work.
-async fn watch_node(client: Client, node: String, backoff_max: Duration, api: Reachability) {
+async fn watch_node(client: Client, node: String, backoff_max: Duration, api: Reachability, tx: Sender) {
     let nodes: Api<RawObject> = Api::all_with(client, &ApiResource::erase::<Node>(&()));
     let config = watcher::Config::default().fields(&format!("metadata.name={node}"));
     let mut stream = watcher::watcher(nodes, config).backoff(Retry::new(backoff_max)).boxed();
@@ -483,6 +485,8 @@ async fn watch_node(client: Client, node: String, backoff_max: Duration, api: Re
     let mut failing = false;
     // Whether the Node exists, and whether the list in progress has it.
     let (mut known, mut listed) = (false, false);
+    // The zone last sent to the store.
+    let mut sent_zone: Option<Option<String>> = None;
     while let Some(event) = stream.next().await {
         if event.is_ok() {
             api.reached();
@@ -493,10 +497,16 @@ async fn watch_node(client: Client, node: String, backoff_max: Duration, api: Re
                 (known, listed) = (true, true);
                 match serde_path_to_error::deserialize::<_, Node>(&raw.value) {
                     Ok(n) => {
-                        let zone = n.metadata.labels.as_ref().and_then(|l| l.get("topology.kubernetes.io/zone")).cloned();
+                        let zone = n.metadata.labels.as_ref().and_then(|l| l.get(ZONE_LABEL)).cloned();
                         metrics.set_node_seen(true);
                         set_eligibility(metrics, &node, node_ineligible(&n));
                         debug!(node, ?zone, "node updated");
+                        if sent_zone.as_ref() != Some(&zone) {
+                            sent_zone = Some(zone.clone());
+                            if tx.send(Batch::now(vec![Update::Node { zone }])).await.is_err() {
+                                return;
+                            }
+                        }
                     }
                     Err(e) => warn!("Node {node}: invalid field `{}`: {}; ignored", e.path(), e.inner()),
                 }
