@@ -953,3 +953,38 @@ fn topology_hints_ip_mode_proxy_and_nil_serving_with_traffic() {
     agent.wait_rows("terminating fallback", |r| backends(r, fe) == terminating);
     assert_eq!(answers(client, vip, 10), set(&["web-c"]));
 }
+
+#[test]
+fn watches_use_kube_proxys_label_selector() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let s = setup(&[], "ksel");
+    let agent = s.agent("ksel");
+    // A Service of another proxy, with a ClusterIP that would clash with
+    // ours: the API server never sends it, so ours is served without a
+    // conflict warning.
+    let mut other = serde_json::to_value(service("other", "10.96.0.40", &[("http", 80, "http")])).unwrap();
+    other["metadata"]["labels"] = json!({"service.kubernetes.io/service-proxy-name": "someone-else"});
+    s.api.apply_raw(Res::Services, other);
+    let mut ours = serde_json::to_value(service("ours", "10.96.0.40", &[("http", 80, "http")])).unwrap();
+    // A full object, as the API server sends it.
+    ours["metadata"]["managedFields"] = json!([{"manager": "kubectl", "operation": "Update", "fieldsV1": {"f:spec": {"f:ports": {}}}}]);
+    ours["metadata"]["annotations"] = json!({"kubectl.kubernetes.io/last-applied-configuration": "{\"spec\":{}}"});
+    s.api.apply_raw(Res::Services, ours);
+    s.api.apply(&slice("ours-1", "ours", &[("http", 8080)], &[(ip(1), Cond::Ready)]));
+    let mut headless_slice = serde_json::to_value(slice("ours-2", "ours", &[("http", 8080)], &[(ip(2), Cond::Ready)])).unwrap();
+    headless_slice["metadata"]["labels"]["service.kubernetes.io/headless"] = "".into();
+    s.api.apply_raw(Res::EndpointSlices, headless_slice);
+    let rows = agent.wait_rows("ours", |r| r.len() == 1 && r[0].backends.len() == 1);
+    assert_eq!(rows[0].name, "test/ours:http");
+    assert_eq!(backends(&rows, "10.96.0.40:80/TCP"), set(&["10.244.9.1:8080"]), "the headless-labelled slice is not sent");
+    assert!(!agent.log_text().contains("already belongs to"), "{}", agent.log_text());
+    let selector = "labelSelector=%21service.kubernetes.io%2Fservice-proxy-name%2C%21service.kubernetes.io%2Fheadless";
+    let requests = s.api.requests();
+    for path in ["/api/v1/services?", "/apis/discovery.k8s.io/v1/endpointslices?"] {
+        let of_path: Vec<&String> = requests.iter().filter(|r| r.contains(path)).collect();
+        assert!(!of_path.is_empty(), "{requests:#?}");
+        assert!(of_path.iter().all(|r| r.contains(selector)), "every list and watch of {path} carries the selector: {of_path:#?}");
+    }
+}

@@ -46,7 +46,7 @@ use kube::{
 use serde::{Deserialize, de::DeserializeOwned};
 use tracing::{debug, info, warn};
 
-use super::{Batch, Invalid, Kind, Object, ObjectKey, Sender, Update};
+use super::{Batch, Invalid, Kind, Object, ObjectKey, Sender, Update, lean};
 use crate::{metrics::Metrics, source::manifest::Sourced};
 
 /// What the agent reads from the API, as RBAC names it: (API group,
@@ -360,7 +360,9 @@ pub fn convert<T: DeserializeOwned>(kind: Kind, raw: &RawObject) -> Result<T, In
     })
 }
 
-fn to_object(kind: Kind, raw: &RawObject) -> Result<Object, Invalid> {
+fn to_object(kind: Kind, mut raw: RawObject) -> Result<Object, Invalid> {
+    lean::trim(kind, &mut raw.value);
+    let raw = &raw;
     let origin = String::new();
     match kind {
         Kind::Service => convert::<Service>(kind, raw).map(|obj| Object::Service(Sourced { origin, obj })),
@@ -368,17 +370,38 @@ fn to_object(kind: Kind, raw: &RawObject) -> Result<Object, Invalid> {
     }
 }
 
-/// Exponential backoff from 200 ms to `max`, reset after a success.
+/// Exponential backoff from 200 ms to `max`, reset after a success, with
+/// jitter: each wait is drawn from its upper half, so that the agents of
+/// every node do not retry against a recovering API server in step.
 struct Retry {
     next: Duration,
     max: Duration,
+    /// Random bits for the jitter (the std hasher's random keys).
+    seed: std::collections::hash_map::RandomState,
+    draws: u64,
+}
+
+/// `d` with equal jitter: `d/2 + (r mod d/2)` for a random `r`, so in
+/// `[d/2, d)` (`d` when it is too short to jitter).
+fn jittered(d: Duration, r: u64) -> Duration {
+    let half = d.as_nanos() as u64 / 2;
+    if half == 0 {
+        return d;
+    }
+    Duration::from_nanos(half + r % half)
 }
 
 const RETRY_MIN: Duration = Duration::from_millis(200);
 
 impl Retry {
     fn new(max: Duration) -> Retry {
-        Retry { next: RETRY_MIN.min(max), max }
+        Retry { next: RETRY_MIN.min(max), max, seed: Default::default(), draws: 0 }
+    }
+
+    fn random(&mut self) -> u64 {
+        use std::hash::BuildHasher;
+        self.draws += 1;
+        self.seed.hash_one(self.draws)
     }
 }
 
@@ -388,7 +411,8 @@ impl Iterator for Retry {
     fn next(&mut self) -> Option<Duration> {
         let d = self.next;
         self.next = (self.next * 2).min(self.max);
-        Some(d)
+        let r = self.random();
+        Some(jittered(d, r))
     }
 }
 
@@ -407,7 +431,10 @@ fn api_resource(kind: Kind) -> ApiResource {
 
 async fn watch_kind(client: Client, kind: Kind, backoff_max: Duration, tx: Sender, api: Reachability) {
     let resources: Api<RawObject> = Api::all_with(client, &api_resource(kind));
-    let mut stream = watcher::watcher(resources, watcher::Config::default()).backoff(Retry::new(backoff_max)).boxed();
+    // kube-proxy's selector: the API server leaves out other proxies' and
+    // headless Services (and their slices).
+    let config = watcher::Config::default().labels(lean::WATCH_LABEL_SELECTOR);
+    let mut stream = watcher::watcher(resources, config).backoff(Retry::new(backoff_max)).boxed();
     // Objects of a list in progress; sent as one update when complete.
     let mut listing: Option<(Vec<Object>, Vec<Invalid>)> = None;
     let mut failing = false;
@@ -423,7 +450,7 @@ async fn watch_kind(client: Client, kind: Kind, backoff_max: Duration, tx: Sende
             }
             Ok(Event::InitApply(raw)) => {
                 let (objects, invalid) = listing.get_or_insert_with(Default::default);
-                match to_object(kind, &raw) {
+                match to_object(kind, raw) {
                     Ok(obj) => objects.push(obj),
                     Err(inv) => {
                         warn!("{}", inv.problem);
@@ -437,7 +464,7 @@ async fn watch_kind(client: Client, kind: Kind, backoff_max: Duration, tx: Sende
                 info!(count = objects.len(), skipped = invalid.len(), "listed {kind}s");
                 Some(Update::Listed { kind, objects, invalid })
             }
-            Ok(Event::Apply(raw)) => Some(match to_object(kind, &raw) {
+            Ok(Event::Apply(raw)) => Some(match to_object(kind, raw) {
                 Ok(obj) => Update::Applied(obj),
                 Err(inv) => {
                     warn!("{}", inv.problem);
@@ -577,6 +604,21 @@ mod node_tests {
         let why = node_ineligible(&node(false, &["a", TO_BE_DELETED_TAINT])).unwrap();
         assert!(why.contains(TO_BE_DELETED_TAINT), "{why}");
         assert_eq!(node_ineligible(&Node::default()), None);
+    }
+
+    #[test]
+    fn retries_back_off_with_jitter() {
+        assert_eq!(jittered(Duration::from_millis(200), 0), Duration::from_millis(100));
+        assert_eq!(jittered(Duration::from_millis(200), 99_999_999), Duration::from_nanos(199_999_999));
+        assert_eq!(jittered(Duration::ZERO, 5), Duration::ZERO);
+        let waits: Vec<Duration> = Retry::new(Duration::from_secs(2)).take(8).collect();
+        let bases = [200, 400, 800, 1600, 2000, 2000, 2000, 2000].map(Duration::from_millis);
+        for (w, b) in waits.iter().zip(bases) {
+            assert!(*w >= b / 2 && *w < b, "{w:?} not in [{:?}, {b:?})", b / 2);
+        }
+        // Two agents do not wait the same.
+        let other: Vec<Duration> = Retry::new(Duration::from_secs(2)).take(8).collect();
+        assert_ne!(waits, other);
     }
 
     #[test]

@@ -13,6 +13,7 @@
 
 pub mod dir;
 pub mod kube;
+pub mod lean;
 pub mod manifest;
 pub mod slice;
 
