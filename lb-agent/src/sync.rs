@@ -8,7 +8,7 @@
 
 use std::time::Instant;
 
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 use crate::{
     metrics::{Metrics, SyncRecord},
@@ -47,6 +47,27 @@ impl Syncer {
     /// The reconciler, for what is not a sync (conntrack GC, settings).
     pub fn reconciler_mut(&mut self) -> &mut Reconciler {
         &mut self.reconciler
+    }
+
+    /// The periodic resync (`--sync-period`): compares the maps with what
+    /// the last sync wrote and repairs any difference (an entry written or
+    /// deleted behind the agent's back); counted in
+    /// `lb_drift_repairs_total`. Returns how many entries were repaired.
+    pub fn resync(&mut self) -> u64 {
+        let started = Instant::now();
+        let repairs = self.reconciler.repair();
+        for e in &repairs.errors {
+            warn!("resync: {e}");
+        }
+        let total = repairs.total();
+        self.metrics.drift_repaired(total);
+        if total > 0 {
+            let per_map: Vec<String> = repairs.repaired.iter().map(|(m, n)| format!("{}: {n}", m.name())).collect();
+            warn!(repaired = total, "resync: the maps differed from the desired state, repaired ({})", per_map.join(", "));
+        } else {
+            debug!(check_us = started.elapsed().as_micros() as u64, "resync: the maps match the desired state");
+        }
+        total
     }
 
     /// Writes the current state to the maps. `first_seen` is when the

@@ -988,3 +988,82 @@ fn watches_use_kube_proxys_label_selector() {
         assert!(of_path.iter().all(|r| r.contains(selector)), "every list and watch of {path} carries the selector: {of_path:#?}");
     }
 }
+
+/// `bpftool map <args...>` on a pinned map of `pins`.
+fn bpftool_map(pins: &Path, op: &str, map: &str, args: &[String]) {
+    let out = std::process::Command::new("bpftool")
+        .args(["map", op, "pinned"])
+        .arg(pins.join(map))
+        .args(args)
+        .output()
+        .expect("bpftool (the drift test damages the maps with it)");
+    assert!(out.status.success(), "bpftool map {op} {map} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// `hex b0 b1 ...`, as bpftool reads a key or value.
+fn hex_bytes(bytes: &[u8]) -> Vec<String> {
+    std::iter::once("hex".to_string()).chain(bytes.iter().map(|b| format!("{b:02x}"))).collect()
+}
+
+#[test]
+fn drift_is_repaired_by_the_periodic_resync() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let s = setup(&["client", "web-a"], "kdrift");
+    let pod = s.lab.pod("web-a");
+    let _server = tcp_server(&pod.ns, SocketAddrV4::new(pod.ip, 8080), "web-a").unwrap();
+    let agent = KubeAgent::start_with(
+        &s.lab.node,
+        &s.api.kubeconfig(&s.dir.0),
+        PinDir::new("kdrift"),
+        &["--sync-delay-ms", "50", "--sync-period", "2s"],
+    );
+    s.api.apply(&service("web", "10.96.0.50", &[("http", 80, "http")]));
+    s.api.apply(&slice("web-1", "web", &[("http", 8080)], &[(pod.ip, Cond::Ready)]));
+    let fe = "10.96.0.50:80/TCP";
+    agent.wait_rows("the frontend", |r| backends(r, fe).len() == 1);
+    let client = &s.lab.pod("client").ns;
+    let vip = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 50), 80);
+    assert_eq!(tcp_request(client, vip).unwrap(), "web-a");
+    let metrics = wait_health(&s.lab.node, "/metrics", 200);
+    assert_eq!(metric(&metrics, "lb_drift_repairs_total"), 0.0, "intact maps need no repair");
+
+    // Behind the agent's back: the frontend entry deleted, its backend
+    // pointed elsewhere.
+    let pins = agent.pins().to_path_buf();
+    // Service4Key: address and port in network order, protocol, scope.
+    let key = [10, 96, 0, 50, 0, 80, 6, lb_common::SCOPE_EXTERNAL];
+    bpftool_map(&pins, "delete", lb_common::names::SERVICES, &[&["key".to_string()][..], &hex_bytes(&key)].concat());
+    use lb_agent::reconcile::MapStore;
+    let installed = Maps::open(&pins).unwrap().backends().unwrap();
+    let (backend_id, _) = *installed.iter().find(|(_, b)| b.addr == u32::from_ne_bytes(pod.ip.octets())).unwrap();
+    let wrong = lb_common::Backend4 {
+        addr: u32::from_ne_bytes([10, 244, 250, 250]),
+        port: 8080u16.to_be(),
+        proto: 6,
+        flags: 0,
+        version: 1,
+        _pad: 0,
+    };
+    // SAFETY: Backend4 is a plain repr(C) struct of integers.
+    let value =
+        unsafe { std::slice::from_raw_parts((&wrong as *const lb_common::Backend4).cast::<u8>(), size_of::<lb_common::Backend4>()) };
+    let args = [&["key".to_string()][..], &hex_bytes(&backend_id.to_ne_bytes()), &["value".to_string()], &hex_bytes(value)].concat();
+    bpftool_map(&pins, "update", lb_common::names::BACKENDS, &args);
+    // (The resync runs every 2 s: this looks well before the next one.)
+    let damaged = Maps::open(&pins).unwrap();
+    assert!(list::rows(&damaged).unwrap().iter().all(|r| r.frontend != fe), "the frontend entry is gone");
+    assert!(damaged.backends().unwrap().contains(&(backend_id, wrong)), "the backend is overwritten");
+
+    // The next resync puts both right.
+    let body = wait_for("the drift repaired", Duration::from_secs(20), || {
+        let body = try_health(&s.lab.node, "/metrics")?.1;
+        (metric(&body, "lb_drift_repairs_total") >= 2.0).then_some(body)
+    });
+    assert_eq!(metric(&body, "lb_drift_repairs_total"), 2.0, "{body}");
+    let rows = agent.wait_rows("the frontend back", |r| backends(r, fe) == set(&[&format!("{}:8080", pod.ip)]));
+    assert_eq!(rows.len(), 1);
+    assert_eq!(tcp_request(client, vip).unwrap(), "web-a");
+    agent.wait_log("the repair logged", 0, "resync: the maps differed");
+}
