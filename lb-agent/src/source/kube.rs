@@ -309,7 +309,7 @@ pub struct RawObject {
 
 impl<'de> Deserialize<'de> for RawObject {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let value = serde_json::Value::deserialize(d)?;
+        let mut value = serde_json::Value::deserialize(d)?;
         let meta = value.get("metadata");
         let field = |k: &str| meta.and_then(|m| m.get(k)).and_then(|v| v.as_str()).map(String::from);
         let metadata = ObjectMeta {
@@ -319,6 +319,9 @@ impl<'de> Deserialize<'de> for RawObject {
             uid: field("uid"),
             ..ObjectMeta::default()
         };
+        // Before the next object of a list page is read: a page of full
+        // objects would otherwise hold every `managedFields` as JSON values.
+        lean::trim_metadata(&mut value);
         Ok(RawObject { metadata, value })
     }
 }

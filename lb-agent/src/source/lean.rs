@@ -12,7 +12,7 @@
 
 use serde_json::Value;
 
-use super::{Kind, slice::SERVICE_NAME_LABEL};
+use super::{Kind, kube::ZONE_LABEL, slice::SERVICE_NAME_LABEL};
 use crate::translate::{BACKEND_SELECTION_ANNOTATION, SERVICE_PROXY_NAME_LABEL};
 
 /// kube-proxy's label selector for Services and EndpointSlices (the
@@ -20,17 +20,31 @@ use crate::translate::{BACKEND_SELECTION_ANNOTATION, SERVICE_PROXY_NAME_LABEL};
 /// labels those of headless Services).
 pub const WATCH_LABEL_SELECTOR: &str = "!service.kubernetes.io/service-proxy-name,!service.kubernetes.io/headless";
 
+/// Removes from any object's JSON (a Service, an EndpointSlice, a Node)
+/// the metadata no part of the agent reads: done as each object of a list
+/// page or watch event is read, so a page never holds `managedFields`.
+/// Keeps name, namespace, `deletionTimestamp`, the labels lb reads (a
+/// Service's proxy name, a slice's Service, a Node's zone) and lb's own
+/// annotation.
+pub fn trim_metadata(v: &mut Value) {
+    if let Some(meta) = v.get_mut("metadata").and_then(Value::as_object_mut) {
+        meta.retain(|k, _| matches!(k.as_str(), "name" | "namespace" | "labels" | "annotations" | "deletionTimestamp"));
+        keep_only(meta.get_mut("labels"), &[SERVICE_PROXY_NAME_LABEL, SERVICE_NAME_LABEL, ZONE_LABEL]);
+        keep_only(meta.get_mut("annotations"), &[BACKEND_SELECTION_ANNOTATION]);
+    }
+}
+
 /// Removes from `v` (a Service or an EndpointSlice as JSON) what
 /// translation does not read.
 pub fn trim(kind: Kind, v: &mut Value) {
+    trim_metadata(v);
     if let Some(meta) = v.get_mut("metadata").and_then(Value::as_object_mut) {
-        meta.retain(|k, _| matches!(k.as_str(), "name" | "namespace" | "labels" | "annotations"));
+        meta.remove("deletionTimestamp");
         let keep_labels: &[&str] = match kind {
             Kind::Service => &[SERVICE_PROXY_NAME_LABEL],
             Kind::EndpointSlice => &[SERVICE_NAME_LABEL],
         };
         keep_only(meta.get_mut("labels"), keep_labels);
-        keep_only(meta.get_mut("annotations"), &[BACKEND_SELECTION_ANNOTATION]);
     }
     match kind {
         Kind::Service => {

@@ -521,10 +521,15 @@ fn label_selector_ok(query: &BTreeMap<String, String>) -> bool {
 
 fn list(shared: &Shared, res: Res, ns: Option<&str>, query: &BTreeMap<String, String>) -> Value {
     let st = shared.lock();
-    let items: Vec<Value> = st
-        .objects
-        .iter()
-        .filter(|(k, v)| matches(res, ns, query, k, v))
+    // Pages as the API server cuts them: `limit` items, then a `continue`
+    // token (here the offset of the next item).
+    let offset: usize = query.get("continue").and_then(|c| c.parse().ok()).unwrap_or(0);
+    let limit: usize = query.get("limit").and_then(|l| l.parse().ok()).filter(|l| *l > 0).unwrap_or(usize::MAX);
+    let mut matching = st.objects.iter().filter(|(k, v)| matches(res, ns, query, k, v)).skip(offset);
+    let page: Vec<(&Key, &Value)> = matching.by_ref().take(limit).collect();
+    let more = matching.next().is_some();
+    let items: Vec<Value> = page
+        .into_iter()
         .map(|(_, v)| {
             // Items of a list carry neither kind nor apiVersion.
             let mut v = v.clone();
@@ -535,10 +540,14 @@ fn list(shared: &Shared, res: Res, ns: Option<&str>, query: &BTreeMap<String, St
             v
         })
         .collect();
+    let mut metadata = json!({"resourceVersion": st.rv.to_string()});
+    if more {
+        metadata["continue"] = (offset + items.len()).to_string().into();
+    }
     json!({
         "kind": format!("{}List", res.kind()),
         "apiVersion": res.api_version(),
-        "metadata": {"resourceVersion": st.rv.to_string()},
+        "metadata": metadata,
         "items": items,
     })
 }
