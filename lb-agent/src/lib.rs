@@ -46,6 +46,7 @@ pub mod run;
 pub mod service_health;
 pub mod source;
 pub mod sync;
+pub mod topology;
 pub mod translate;
 pub mod vips;
 

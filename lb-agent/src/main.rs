@@ -238,6 +238,11 @@ struct RunArgs {
     /// How often expired conntrack entries are collected, seconds.
     #[arg(long, env = "LB_CT_GC_INTERVAL", default_value_t = 30)]
     ct_gc_interval: u64,
+    /// How often the maps are compared with the desired state and any
+    /// difference repaired (kube-proxy's --sync-period): `1h`, `15m`,
+    /// `30s`, `500ms`; a bare number is seconds.
+    #[arg(long, env = "LB_SYNC_PERIOD", default_value = "1h", value_parser = lb_agent::run::parse_period)]
+    sync_period: Duration,
     /// External interfaces for the north-south XDP program (NodePorts,
     /// external and LoadBalancer IPs), comma separated (default: those of
     /// the default routes).
@@ -335,6 +340,7 @@ fn main() -> anyhow::Result<()> {
                     udp: args.ct_udp_timeout,
                 },
                 ct_gc_interval: Duration::from_secs(args.ct_gc_interval.max(1)),
+                sync_period: args.sync_period,
                 north_south: NorthSouthConfig {
                     node_name: node_name.clone(),
                     external_ifaces: args.external_ifaces,

@@ -32,6 +32,8 @@ struct Inner {
     api_errors_services: u64,
     api_errors_slices: u64,
     api_errors_node: u64,
+    /// Map entries put right by the periodic resync (drift repair).
+    drift_repairs: u64,
     node_seen: bool,
     /// Why this node should not get new load-balanced traffic (its Node
     /// is being deleted, or is about to be); `None` while it is eligible.
@@ -95,6 +97,11 @@ impl Metrics {
             Kind::Service => m.api_errors_services += 1,
             Kind::EndpointSlice => m.api_errors_slices += 1,
         })
+    }
+
+    /// Counts map entries the periodic resync repaired.
+    pub fn drift_repaired(&self, n: u64) {
+        self.with(|m| m.drift_repairs += n)
     }
 
     pub fn api_error_node(&self) {
@@ -181,6 +188,12 @@ impl Metrics {
                     ("{resource=\"endpointslices\"}", m.api_errors_slices.to_string()),
                     ("{resource=\"nodes\"}", m.api_errors_node.to_string()),
                 ],
+            );
+            metric(
+                "lb_drift_repairs_total",
+                "counter",
+                "Map entries the periodic resync found different from the desired state and repaired.",
+                &[("", m.drift_repairs.to_string())],
             );
             metric("lb_node_seen", "gauge", "Whether this node's Node object is known.", &[("", u8::from(m.node_seen).to_string())]);
             metric(

@@ -6,6 +6,7 @@ use std::{
     fmt,
     net::{IpAddr, Ipv4Addr},
     str::FromStr,
+    sync::Arc,
 };
 
 use lb_common::{IPPROTO_TCP, IPPROTO_UDP, SCOPE_EXTERNAL, Service4Key};
@@ -98,13 +99,27 @@ pub struct Backend {
     pub node_name: Option<String>,
     /// The endpoint's `zone`, for topology-aware routing.
     pub zone: Option<String>,
+    /// The endpoint's topology hints (`hints.forZones`, `hints.forNodes`),
+    /// shared by every frontend of the Service.
+    pub hints: Option<Arc<Hints>>,
 }
 
 impl Backend {
     /// A ready backend with no node or zone.
     pub fn ready(addr: BackendAddr) -> Backend {
-        Backend { addr, terminating: false, node_name: None, zone: None }
+        Backend { addr, terminating: false, node_name: None, zone: None, hints: None }
     }
+}
+
+/// An endpoint's topology hints, as the EndpointSlice controller writes
+/// them from `trafficDistribution` (or the topology-mode annotation).
+/// An empty list means no hint of that kind.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Hints {
+    /// `hints.forZones[].name`.
+    pub zones: Vec<String>,
+    /// `hints.forNodes[].name`.
+    pub nodes: Vec<String>,
 }
 
 /// One frontend of a Service with the backends that serve it.
@@ -270,6 +285,9 @@ pub struct ServiceModel {
     pub health_check_node_port: Option<u16>,
     pub external_traffic_policy: TrafficPolicy,
     pub internal_traffic_policy: TrafficPolicy,
+    /// `spec.trafficDistribution` when it is one of the known values. As in
+    /// kube-proxy, what it changes comes through the EndpointSlice hints.
+    pub traffic_distribution: Option<String>,
     /// `sessionAffinity: ClientIP` timeout in seconds; `None` without
     /// affinity.
     pub affinity_timeout: Option<u32>,

@@ -33,6 +33,7 @@ use crate::{
     probes::Heartbeat,
     reconcile::Reconciler,
     service_health::HealthChecks,
+    topology,
     translate::Translation,
 };
 
@@ -84,6 +85,8 @@ pub struct NodeInfo {
     /// Addresses NodePorts are served on.
     pub node_ips: Vec<Ipv4Addr>,
     pub nodeport_range: PortRange,
+    /// This node's `topology.kubernetes.io/zone` label, for topology hints.
+    pub zone: Option<String>,
 }
 
 /// The node-specific part of a sync.
@@ -118,6 +121,21 @@ pub fn plan(t: &Translation, node: &NodeInfo) -> Plan {
         }) else {
             continue;
         };
+        // Topology hints narrow the endpoints of cluster traffic (see
+        // `crate::topology`): this node's ClusterIP frontends unless
+        // `internalTrafficPolicy: Local` (below), and the north-south ones
+        // unless `externalTrafficPolicy: Local`.
+        let mut topology: BTreeMap<FrontendAddr, Vec<Backend>> = BTreeMap::new();
+        for port in &m.ports {
+            let cluster = FrontendAddr { ip: cluster_ip, port: port.port, proto: port.proto };
+            let Some(fe) = t.desired.get(&cluster) else { continue };
+            if let Some(backends) = topology::cluster_backends(&fe.backends, node.node_name.as_deref(), node.zone.as_deref()) {
+                if m.internal_traffic_policy == TrafficPolicy::Cluster {
+                    out.internal.insert(cluster, Frontend { backends: backends.clone(), ..fe.clone() });
+                }
+                topology.insert(cluster, backends);
+            }
+        }
         if m.internal_traffic_policy == TrafficPolicy::Local {
             // In-cluster clients get this node's endpoints only, and are
             // dropped when there is none here, as kube-proxy does; a
@@ -148,7 +166,11 @@ pub fn plan(t: &Translation, node: &NodeInfo) -> Plan {
             // it (e.g. its address was taken) there is nothing to serve.
             let Some(fe) = t.desired.get(&cluster) else { continue };
             local_ready.extend(fe.backends.iter().filter(is_local).filter(|b| !b.terminating).map(|b| b.addr.ip));
-            let backends: Vec<Backend> = if local { fe.backends.iter().filter(is_local).cloned().collect() } else { fe.backends.clone() };
+            let backends: Vec<Backend> = if local {
+                fe.backends.iter().filter(is_local).cloned().collect()
+            } else {
+                topology.get(&cluster).unwrap_or(&fe.backends).clone()
+            };
             // Local without a local endpoint drops (the load balancer's
             // health check takes the node out), but a Service with no
             // endpoint anywhere rejects, as kube-proxy does: the datapath
@@ -318,7 +340,7 @@ impl NorthSouth {
             }
         );
         Ok(NorthSouth {
-            node: NodeInfo { node_name: cfg.node_name.clone(), node_ips, nodeport_range: cfg.nodeport_range },
+            node: NodeInfo { node_name: cfg.node_name.clone(), node_ips, nodeport_range: cfg.nodeport_range, zone: None },
             health: HealthChecks::new(heartbeat),
             logged: BTreeSet::new(),
         })
@@ -327,6 +349,15 @@ impl NorthSouth {
     /// What planning needs to know about this node.
     pub fn node(&self) -> &NodeInfo {
         &self.node
+    }
+
+    /// Sets this node's zone (from its Node's labels); logged when it
+    /// changes.
+    pub fn set_zone(&mut self, zone: Option<&str>) {
+        if self.node.zone.as_deref() != zone {
+            info!(zone = zone.unwrap_or("(none)"), "this node's zone (topology.kubernetes.io/zone)");
+            self.node.zone = zone.map(String::from);
+        }
     }
 
     /// Logs each problem of `plan` once (a Service that stays broken is not

@@ -67,9 +67,32 @@ pub struct RunConfig {
     pub ct_timeouts: lb_common::CtTimeouts,
     /// How often expired conntrack entries are collected.
     pub ct_gc_interval: Duration,
+    /// How often the maps are compared with the desired state and any
+    /// drift repaired (kube-proxy's `--sync-period`).
+    pub sync_period: Duration,
     /// NodePorts, external and LoadBalancer IPs (XDP on the external
     /// interfaces).
     pub north_south: NorthSouthConfig,
+}
+
+/// A period such as `1h`, `15m`, `30s` or `500ms` (a bare number is
+/// seconds); at least 100 ms.
+pub fn parse_period(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (n, unit) = s.split_at(split);
+    let n: u64 = n.parse().map_err(|_| format!("{s:?} is not a period (like 1h, 15m, 30s, 500ms)"))?;
+    let d = match unit {
+        "" | "s" => Duration::from_secs(n),
+        "ms" => Duration::from_millis(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        "h" => Duration::from_secs(n.saturating_mul(3600)),
+        other => return Err(format!("{s:?}: unknown unit {other:?} (h, m, s or ms)")),
+    };
+    if d < Duration::from_millis(100) {
+        return Err(format!("{s:?}: at least 100ms"));
+    }
+    Ok(d)
 }
 
 /// Runs until `shutdown` completes. The programs stay attached when the
@@ -158,6 +181,11 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> anyhow::
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut gc_ticker = tokio::time::interval(cfg.ct_gc_interval);
     gc_ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut resync_ticker = tokio::time::interval_at(tokio::time::Instant::now() + cfg.sync_period, cfg.sync_period);
+    resync_ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Whether a sync wrote the maps (a resync before would compare them
+    // with nothing).
+    let mut synced = false;
     // The first update not yet written to the maps, and when to write.
     let mut oldest_pending: Option<Instant> = None;
     let mut apply_at: Option<tokio::time::Instant> = None;
@@ -179,6 +207,12 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> anyhow::
                 }
             },
             _ = gc_ticker.tick() => gc::collect(syncer.reconciler_mut(), &cfg.ct_timeouts),
+            _ = resync_ticker.tick() => {
+                // A pending sync writes first; the resync waits for its next turn.
+                if synced && apply_at.is_none() {
+                    syncer.resync();
+                }
+            }
             batch = rx.recv(), if !sources_done => {
                 let Some(batch) = batch else {
                     // Keep attaching interfaces and answering health checks.
@@ -214,6 +248,7 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> anyhow::
                     SourceConfig::Kube(_) => "synced from the API server",
                 };
                 syncer.sync(first, what);
+                synced = true;
                 if !dp.is_live() {
                     // The rebuilt maps hold a complete state now.
                     if let Err(e) = dp.go_live() {
@@ -307,6 +342,22 @@ async fn poll_kernel_logs(logger: aya_log::EbpfLogger<&'static dyn log::Log>) {
                 debug!("kernel log polling stopped: {e}");
                 return;
             }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn periods() {
+        assert_eq!(parse_period("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_period("15m"), Ok(Duration::from_secs(900)));
+        assert_eq!(parse_period("30"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_period(" 500ms "), Ok(Duration::from_millis(500)));
+        for bad in ["", "h", "1d", "-1s", "50ms", "1.5h"] {
+            assert!(parse_period(bad).is_err(), "{bad:?}");
         }
     }
 }

@@ -8,7 +8,7 @@
 
 use std::time::Instant;
 
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::{
     metrics::{Metrics, SyncRecord},
@@ -49,12 +49,34 @@ impl Syncer {
         &mut self.reconciler
     }
 
+    /// The periodic resync (`--sync-period`): compares the maps with what
+    /// the last sync wrote and repairs any difference (an entry written or
+    /// deleted behind the agent's back); counted in
+    /// `lb_drift_repairs_total`. Returns how many entries were repaired.
+    pub fn resync(&mut self) -> u64 {
+        let started = Instant::now();
+        let repairs = self.reconciler.repair();
+        for e in &repairs.errors {
+            warn!("resync: {e}");
+        }
+        let total = repairs.total();
+        self.metrics.drift_repaired(total);
+        if total > 0 {
+            let per_map: Vec<String> = repairs.repaired.iter().map(|(m, n)| format!("{}: {n}", m.name())).collect();
+            warn!(repaired = total, "resync: the maps differed from the desired state, repaired ({})", per_map.join(", "));
+        } else {
+            debug!(check_us = started.elapsed().as_micros() as u64, "resync: the maps match the desired state");
+        }
+        total
+    }
+
     /// Writes the current state to the maps. `first_seen` is when the
     /// oldest update in it arrived; `what` says where it came from.
     pub fn sync(&mut self, first_seen: Instant, what: &str) -> SyncRecord {
         let started = Instant::now();
         let translation = self.translator.update(&mut self.store, &self.opts);
         let translated = started.elapsed();
+        self.north_south.set_zone(self.store.node_zone());
         let plan = northsouth::plan(translation, self.north_south.node());
         let north_south_skipped = self.north_south.log_problems(&plan);
         let mut stats = self.reconciler.apply_all(&[&translation.desired, &plan.internal, &plan.frontends]);

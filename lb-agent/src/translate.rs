@@ -335,6 +335,16 @@ fn service_model(what: &str, svc: &Sourced<Service>, spec: &ServiceSpec, opts: &
     if m.internal_traffic_policy == TrafficPolicy::Local {
         m.flags |= svc_flags::INT_LOCAL;
     }
+    // Topology: kube-proxy acts on the EndpointSlice hints the controller
+    // derives from this field (see `crate::topology`); the field itself is
+    // only validated.
+    match spec.traffic_distribution.as_deref() {
+        None | Some("") => {}
+        Some(d @ ("PreferClose" | "PreferSameZone" | "PreferSameNode")) => m.traffic_distribution = Some(d.to_string()),
+        Some(other) => {
+            out.problems.insert(format!("{what}: field spec.trafficDistribution: unknown value {other:?}, ignored"));
+        }
+    }
 
     // North-south addresses.
     for (i, ip) in spec.external_ips.iter().flatten().enumerate() {
@@ -351,6 +361,21 @@ fn service_model(what: &str, svc: &Sourced<Service>, spec: &ServiceSpec, opts: &
         let Some(ip) = ing.ip.as_deref().filter(|ip| !ip.is_empty()) else {
             continue;
         };
+        // KEP-1860: with `ipMode: Proxy` the load balancer delivers to the
+        // node's address and NodePort (or the pod), so the ingress IP is
+        // not programmed and in-cluster clients go through the load
+        // balancer, as with kube-proxy.
+        match ing.ip_mode.as_deref() {
+            None | Some("") | Some("VIP") => {}
+            Some("Proxy") => {
+                debug!("{what}: status.loadBalancer.ingress[{i}] {ip} has ipMode Proxy: not programmed");
+                continue;
+            }
+            Some(other) => {
+                out.problems
+                    .insert(format!("{what}: field status.loadBalancer.ingress[{i}].ipMode: unknown mode {other:?}, treated as VIP"));
+            }
+        }
         match ip.parse::<IpAddr>() {
             Ok(a) => m.load_balancer_ips.push(a),
             Err(_) => {
@@ -496,10 +521,11 @@ fn backends_for(port_name: Option<&str>, proto: Protocol, slices: &[&Sourced<Sli
             }
         };
         for (ei, ep) in s.endpoints.iter().enumerate() {
-            // API semantics: a nil `ready` means ready; a nil `serving`
-            // means the same as `ready`; a nil `terminating` means false.
+            // API semantics: a nil `ready` or `serving` means true (the
+            // documented default, as kube-proxy reads it); a nil
+            // `terminating` means false.
             let is_ready = ep.ready.unwrap_or(true);
-            let serving = ep.serving.unwrap_or(is_ready);
+            let serving = ep.serving.unwrap_or(true);
             let is_terminating = ep.terminating.unwrap_or(false);
             // Like kube-proxy, only the first address of an endpoint is used.
             let Some(first) = ep.address.as_deref() else {
@@ -520,7 +546,13 @@ fn backends_for(port_name: Option<&str>, proto: Protocol, slices: &[&Sourced<Sli
                 }
             };
             let addr = BackendAddr { ip, port: target, proto };
-            let backend = |terminating| Backend { addr, terminating, node_name: ep.node_name.clone(), zone: ep.zone.clone() };
+            let backend = |terminating| Backend {
+                addr,
+                terminating,
+                node_name: ep.node_name.clone(),
+                zone: ep.zone.clone(),
+                hints: ep.hints.clone(),
+            };
             if is_ready {
                 ready.entry(addr).or_insert_with(|| backend(false));
             } else if serving && is_terminating {

@@ -85,6 +85,11 @@ impl Vips {
         Ok(1)
     }
 
+    /// What the map should hold: every address with its kinds.
+    pub fn written(&self) -> impl Iterator<Item = (Ipv4Addr, u32)> + '_ {
+        self.written.iter().map(|(a, f)| (*a, *f))
+    }
+
     fn wanted(&self, addr: &Ipv4Addr) -> u32 {
         let Some(refs) = self.refs.get(addr) else { return 0 };
         KINDS.iter().zip(refs).filter(|(_, n)| **n > 0).fold(0, |acc, (k, _)| acc | k)

@@ -862,3 +862,208 @@ fn the_api_server_address_replaces_the_configured_one() {
     assert!(line.contains(&address) && line.contains("given=true"), "{line}");
     assert!(warnings(&agent, log_len, "cannot reach").is_empty(), "{}", agent.log_text());
 }
+
+/// An EndpointSlice as JSON: endpoints (address, conditions, zone hints).
+fn hinted_slice(name: &str, svc: &str, endpoints: &[(Ipv4Addr, serde_json::Value, &[&str])]) -> serde_json::Value {
+    let eps: Vec<serde_json::Value> = endpoints
+        .iter()
+        .map(|(ip, cond, zones)| {
+            let mut ep = json!({"addresses": [ip.to_string()], "conditions": cond, "nodeName": "node-2"});
+            if !zones.is_empty() {
+                ep["hints"] = json!({"forZones": zones.iter().map(|z| json!({"name": z})).collect::<Vec<_>>()});
+            }
+            ep
+        })
+        .collect();
+    json!({
+        "apiVersion": "discovery.k8s.io/v1", "kind": "EndpointSlice",
+        "metadata": {"name": name, "namespace": NS, "labels": {"kubernetes.io/service-name": svc}},
+        "addressType": "IPv4",
+        "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+        "endpoints": eps,
+    })
+}
+
+/// Who answers `n` requests to `vip` from `client`.
+fn answers(client: &Netns, vip: SocketAddrV4, n: usize) -> BTreeSet<String> {
+    (0..n).map(|_| tcp_request(client, vip).unwrap()).collect()
+}
+
+#[test]
+fn topology_hints_ip_mode_proxy_and_nil_serving_with_traffic() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let s = setup(&["client", "web-a", "web-b", "web-c"], "ktopo");
+    let _servers: Vec<Server> = ["web-a", "web-b", "web-c"]
+        .iter()
+        .map(|n| {
+            let pod = s.lab.pod(n);
+            tcp_server(&pod.ns, SocketAddrV4::new(pod.ip, 8080), n).unwrap()
+        })
+        .collect();
+    let (a, b, c) = (s.lab.pod("web-a").ip, s.lab.pod("web-b").ip, s.lab.pod("web-c").ip);
+    s.api.apply_raw(Res::Nodes, node_with(json!({"metadata": {"labels": {"topology.kubernetes.io/zone": "zone-a"}}})));
+    let agent = s.agent("ktopo");
+    let client = &s.lab.pod("client").ns;
+
+    // A LoadBalancer Service with trafficDistribution: PreferClose, one
+    // ingress IP in VIP mode and one in Proxy mode.
+    let mut svc = serde_json::to_value(service("web", "10.96.0.30", &[("http", 80, "http")])).unwrap();
+    svc["spec"]["type"] = "LoadBalancer".into();
+    svc["spec"]["trafficDistribution"] = "PreferClose".into();
+    svc["status"] = json!({"loadBalancer": {"ingress": [{"ip": "192.0.2.10", "ipMode": "VIP"}, {"ip": "192.0.2.11", "ipMode": "Proxy"}]}});
+    s.api.apply_raw(Res::Services, svc);
+    let ready = json!({"ready": true, "serving": true, "terminating": false});
+    s.api.apply_raw(
+        Res::EndpointSlices,
+        hinted_slice("web-1", "web", &[(a, ready.clone(), &["zone-a"]), (b, ready.clone(), &["zone-b"]), (c, ready.clone(), &["zone-a"])]),
+    );
+    let fe = "10.96.0.30:80/TCP";
+    let rows = agent.wait_rows("zone-a endpoints", |r| backends(r, fe).len() == 2);
+    let ab = |ips: &[Ipv4Addr]| ips.iter().map(|ip| format!("{ip}:8080")).collect::<BTreeSet<_>>();
+    assert_eq!(backends(&rows, fe), ab(&[a, c]));
+    assert_eq!(backends(&rows, "192.0.2.10:80/TCP"), ab(&[a, c]), "the VIP-mode ingress IP is served, with the same topology");
+    assert!(rows.iter().all(|r| !r.frontend.starts_with("192.0.2.11")), "the Proxy-mode ingress IP is not programmed: {rows:#?}");
+    let vip = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 30), 80);
+    assert_eq!(answers(client, vip, 40), set(&["web-a", "web-c"]));
+
+    // A hint missing on one endpoint: every endpoint.
+    s.api.apply_raw(
+        Res::EndpointSlices,
+        hinted_slice("web-1", "web", &[(a, ready.clone(), &["zone-a"]), (b, ready.clone(), &["zone-b"]), (c, ready.clone(), &[])]),
+    );
+    agent.wait_rows("all endpoints (missing hint)", |r| backends(r, fe).len() == 3);
+    assert_eq!(answers(client, vip, 60), set(&["web-a", "web-b", "web-c"]));
+
+    // No endpoint hinted for this zone: every endpoint.
+    s.api.apply_raw(Res::EndpointSlices, hinted_slice("web-1", "web", &[(a, ready.clone(), &["zone-c"]), (b, ready.clone(), &["zone-b"])]));
+    let rows = agent.wait_rows("all endpoints (none for zone-a)", |r| backends(r, fe).len() == 2);
+    assert_eq!(backends(&rows, fe), ab(&[a, b]));
+
+    // The node moves to zone-b: its endpoint only.
+    s.api.apply_raw(Res::Nodes, node_with(json!({"metadata": {"labels": {"topology.kubernetes.io/zone": "zone-b"}}})));
+    agent.wait_rows("zone-b endpoint", |r| backends(r, fe) == ab(&[b]));
+    assert_eq!(answers(client, vip, 20), set(&["web-b"]));
+
+    // Nil `serving` is true: a terminating endpoint without it still
+    // serves when nothing is ready.
+    s.api.apply_raw(Res::EndpointSlices, hinted_slice("web-1", "web", &[(c, json!({"ready": false, "terminating": true}), &[])]));
+    let terminating = set(&[&format!("{c}:8080 (terminating)")]);
+    agent.wait_rows("terminating fallback", |r| backends(r, fe) == terminating);
+    assert_eq!(answers(client, vip, 10), set(&["web-c"]));
+}
+
+#[test]
+fn watches_use_kube_proxys_label_selector() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let s = setup(&[], "ksel");
+    let agent = s.agent("ksel");
+    // A Service of another proxy, with a ClusterIP that would clash with
+    // ours: the API server never sends it, so ours is served without a
+    // conflict warning.
+    let mut other = serde_json::to_value(service("other", "10.96.0.40", &[("http", 80, "http")])).unwrap();
+    other["metadata"]["labels"] = json!({"service.kubernetes.io/service-proxy-name": "someone-else"});
+    s.api.apply_raw(Res::Services, other);
+    let mut ours = serde_json::to_value(service("ours", "10.96.0.40", &[("http", 80, "http")])).unwrap();
+    // A full object, as the API server sends it.
+    ours["metadata"]["managedFields"] = json!([{"manager": "kubectl", "operation": "Update", "fieldsV1": {"f:spec": {"f:ports": {}}}}]);
+    ours["metadata"]["annotations"] = json!({"kubectl.kubernetes.io/last-applied-configuration": "{\"spec\":{}}"});
+    s.api.apply_raw(Res::Services, ours);
+    s.api.apply(&slice("ours-1", "ours", &[("http", 8080)], &[(ip(1), Cond::Ready)]));
+    let mut headless_slice = serde_json::to_value(slice("ours-2", "ours", &[("http", 8080)], &[(ip(2), Cond::Ready)])).unwrap();
+    headless_slice["metadata"]["labels"]["service.kubernetes.io/headless"] = "".into();
+    s.api.apply_raw(Res::EndpointSlices, headless_slice);
+    let rows = agent.wait_rows("ours", |r| r.len() == 1 && r[0].backends.len() == 1);
+    assert_eq!(rows[0].name, "test/ours:http");
+    assert_eq!(backends(&rows, "10.96.0.40:80/TCP"), set(&["10.244.9.1:8080"]), "the headless-labelled slice is not sent");
+    assert!(!agent.log_text().contains("already belongs to"), "{}", agent.log_text());
+    let selector = "labelSelector=%21service.kubernetes.io%2Fservice-proxy-name%2C%21service.kubernetes.io%2Fheadless";
+    let requests = s.api.requests();
+    for path in ["/api/v1/services?", "/apis/discovery.k8s.io/v1/endpointslices?"] {
+        let of_path: Vec<&String> = requests.iter().filter(|r| r.contains(path)).collect();
+        assert!(!of_path.is_empty(), "{requests:#?}");
+        assert!(of_path.iter().all(|r| r.contains(selector)), "every list and watch of {path} carries the selector: {of_path:#?}");
+    }
+}
+
+/// `bpftool map <args...>` on a pinned map of `pins`.
+fn bpftool_map(pins: &Path, op: &str, map: &str, args: &[String]) {
+    let out = std::process::Command::new("bpftool")
+        .args(["map", op, "pinned"])
+        .arg(pins.join(map))
+        .args(args)
+        .output()
+        .expect("bpftool (the drift test damages the maps with it)");
+    assert!(out.status.success(), "bpftool map {op} {map} {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// `hex b0 b1 ...`, as bpftool reads a key or value.
+fn hex_bytes(bytes: &[u8]) -> Vec<String> {
+    std::iter::once("hex".to_string()).chain(bytes.iter().map(|b| format!("{b:02x}"))).collect()
+}
+
+#[test]
+fn drift_is_repaired_by_the_periodic_resync() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let s = setup(&["client", "web-a"], "kdrift");
+    let pod = s.lab.pod("web-a");
+    let _server = tcp_server(&pod.ns, SocketAddrV4::new(pod.ip, 8080), "web-a").unwrap();
+    let agent = KubeAgent::start_with(
+        &s.lab.node,
+        &s.api.kubeconfig(&s.dir.0),
+        PinDir::new("kdrift"),
+        &["--sync-delay-ms", "50", "--sync-period", "2s"],
+    );
+    s.api.apply(&service("web", "10.96.0.50", &[("http", 80, "http")]));
+    s.api.apply(&slice("web-1", "web", &[("http", 8080)], &[(pod.ip, Cond::Ready)]));
+    let fe = "10.96.0.50:80/TCP";
+    agent.wait_rows("the frontend", |r| backends(r, fe).len() == 1);
+    let client = &s.lab.pod("client").ns;
+    let vip = SocketAddrV4::new(Ipv4Addr::new(10, 96, 0, 50), 80);
+    assert_eq!(tcp_request(client, vip).unwrap(), "web-a");
+    let metrics = wait_health(&s.lab.node, "/metrics", 200);
+    assert_eq!(metric(&metrics, "lb_drift_repairs_total"), 0.0, "intact maps need no repair");
+
+    // Behind the agent's back: the frontend entry deleted, its backend
+    // pointed elsewhere.
+    let pins = agent.pins().to_path_buf();
+    // Service4Key: address and port in network order, protocol, scope.
+    let key = [10, 96, 0, 50, 0, 80, 6, lb_common::SCOPE_EXTERNAL];
+    bpftool_map(&pins, "delete", lb_common::names::SERVICES, &[&["key".to_string()][..], &hex_bytes(&key)].concat());
+    use lb_agent::reconcile::MapStore;
+    let installed = Maps::open(&pins).unwrap().backends().unwrap();
+    let (backend_id, _) = *installed.iter().find(|(_, b)| b.addr == u32::from_ne_bytes(pod.ip.octets())).unwrap();
+    let wrong = lb_common::Backend4 {
+        addr: u32::from_ne_bytes([10, 244, 250, 250]),
+        port: 8080u16.to_be(),
+        proto: 6,
+        flags: 0,
+        version: 1,
+        _pad: 0,
+    };
+    // SAFETY: Backend4 is a plain repr(C) struct of integers.
+    let value =
+        unsafe { std::slice::from_raw_parts((&wrong as *const lb_common::Backend4).cast::<u8>(), size_of::<lb_common::Backend4>()) };
+    let args = [&["key".to_string()][..], &hex_bytes(&backend_id.to_ne_bytes()), &["value".to_string()], &hex_bytes(value)].concat();
+    bpftool_map(&pins, "update", lb_common::names::BACKENDS, &args);
+    // (The resync runs every 2 s: this looks well before the next one.)
+    let damaged = Maps::open(&pins).unwrap();
+    assert!(list::rows(&damaged).unwrap().iter().all(|r| r.frontend != fe), "the frontend entry is gone");
+    assert!(damaged.backends().unwrap().contains(&(backend_id, wrong)), "the backend is overwritten");
+
+    // The next resync puts both right.
+    let body = wait_for("the drift repaired", Duration::from_secs(20), || {
+        let body = try_health(&s.lab.node, "/metrics")?.1;
+        (metric(&body, "lb_drift_repairs_total") >= 2.0).then_some(body)
+    });
+    assert_eq!(metric(&body, "lb_drift_repairs_total"), 2.0, "{body}");
+    let rows = agent.wait_rows("the frontend back", |r| backends(r, fe) == set(&[&format!("{}:8080", pod.ip)]));
+    assert_eq!(rows.len(), 1);
+    assert_eq!(tcp_request(client, vip).unwrap(), "web-a");
+    agent.wait_log("the repair logged", 0, "resync: the maps differed");
+}

@@ -80,7 +80,7 @@ fn frontend(line: &str) -> Frontend {
         .map(|b| {
             let (b, terminating) = b.strip_suffix('~').map_or((b, false), |b| (b, true));
             let sa: std::net::SocketAddrV4 = b.parse().unwrap();
-            Backend { addr: BackendAddr { ip: *sa.ip(), port: sa.port(), proto }, terminating, node_name: None, zone: None }
+            Backend { addr: BackendAddr { ip: *sa.ip(), port: sa.port(), proto }, terminating, node_name: None, zone: None, hints: None }
         })
         .collect();
     Frontend { addr, name, backends, flags, affinity_timeout }
@@ -1404,4 +1404,87 @@ fn source_ranges_that_fail_are_tried_again() {
     assert_eq!((s.ops, s.errors.len()), (2, 0), "{s:?}");
     assert!(r.maps().src_ranges().unwrap().is_empty());
     let _ = CtMap::BOTH;
+}
+
+/// Drift repair: entries deleted, overwritten or added behind the
+/// reconciler's back are put right, and a repair of intact maps changes
+/// nothing.
+#[test]
+fn drift_is_repaired() {
+    let mut r = reconciler();
+    let d = desired(&[
+        "10.96.0.1:80/TCP web = 10.244.1.1:8080 10.244.1.2:8080",
+        "10.96.0.2:53/UDP dns maglev = 10.244.1.3:53 10.244.1.4:53~",
+        "192.168.1.1:30080/TCP np nodeport = 10.244.1.1:8080",
+    ]);
+    let stats = r.apply(&d);
+    assert!(stats.errors.is_empty(), "{:?}", stats.errors);
+    let r2 = r.apply(&desired(&[
+        "10.96.0.1:80/TCP web = 10.244.1.1:8080",
+        "10.96.0.2:53/UDP dns maglev = 10.244.1.3:53 10.244.1.4:53~",
+        "192.168.1.1:30080/TCP np nodeport = 10.244.1.1:8080",
+    ]));
+    assert!(r2.errors.is_empty());
+    let good = dump(r.maps()).unwrap();
+    assert_eq!(r.repair().total(), 0, "intact maps need no repair");
+
+    let web = r.frontend_id(&frontend("10.96.0.1:80/TCP web").addr).unwrap();
+    let dns = r.frontend_id(&frontend("10.96.0.2:53/UDP dns").addr).unwrap();
+    let m = r.maps_mut().inner_mut();
+    let web_key = service_key([10, 96, 0, 1], 80, 6);
+    let web_value = m.services().unwrap().into_iter().find(|(k, _)| *k == web_key).unwrap().1;
+    // A frontend deleted, another overwritten, one added.
+    m.remove_service(&service_key([192, 168, 1, 1], 30080, 6)).unwrap();
+    let mut bad = web_value;
+    bad.count = 9;
+    m.insert_service(&web_key, &bad).unwrap();
+    m.insert_service(
+        &service_key([10, 96, 0, 99], 80, 6),
+        &Service4Value { frontend_id: 15, count: 0, generation: 0, flags: 0, affinity_timeout: 0 },
+    )
+    .unwrap();
+    // A slot, a backend, a rev-NAT slot, a name, an address, a Maglev table.
+    // (In the live generation: the other one waits for deletion by the
+    // next apply.)
+    let live = web_value.generation;
+    let (slot_key, _) = m.slots().unwrap().into_iter().find(|(k, _)| k.frontend_id == web && k.generation == live).unwrap();
+    m.insert_slot(&slot_key, &Slot { backend_id: 14 }).unwrap();
+    m.insert_slot(&SlotKey { frontend_id: web, slot: 5, generation: slot_key.generation }, &Slot { backend_id: 1 }).unwrap();
+    let (bid, mut b) = m.backends().unwrap().into_iter().find(|(_, b)| b.addr != 0).unwrap();
+    b.port = 1;
+    m.set_backend(bid, &b).unwrap();
+    m.set_backend(13, &Backend4 { addr: 1, port: 2, proto: 6, flags: 0, version: 0, _pad: 0 }).unwrap();
+    m.set_revnat(web, &RevNat4 { addr: 0, port: 0, version: 0 }).unwrap();
+    m.remove_name(dns).unwrap();
+    m.remove_vip(u32::from_ne_bytes([10, 96, 0, 2])).unwrap();
+    m.insert_vip(u32::from_ne_bytes([10, 96, 0, 77]), &Vip4 { flags: vip_flags::CLUSTER_IP }).unwrap();
+    m.write_maglev(dns, &[0; M as usize]).unwrap();
+    assert_ne!(dump(r.maps()).unwrap(), good);
+
+    let repairs = r.repair();
+    assert!(repairs.errors.is_empty(), "{:?}", repairs.errors);
+    check_dump("after repair", &dump(r.maps()).unwrap(), &good);
+    let per_map: BTreeMap<&str, u64> = repairs.repaired.iter().map(|(k, n)| (k.name(), *n)).collect();
+    assert_eq!(
+        per_map,
+        BTreeMap::from([
+            (MapKind::Services.name(), 3),
+            (MapKind::Slots.name(), 2),
+            (MapKind::Backends.name(), 2),
+            (MapKind::RevNat.name(), 1),
+            (MapKind::Names.name(), 1),
+            (MapKind::Vips.name(), 2),
+            (MapKind::Maglev.name(), 1),
+        ])
+    );
+    assert_eq!(r.repair().total(), 0, "repaired maps stay as they are");
+    // The next apply finds no frontend to write (it only deletes the
+    // generation of slots that was waiting for it).
+    let again = r.apply(&desired(&[
+        "10.96.0.1:80/TCP web = 10.244.1.1:8080",
+        "10.96.0.2:53/UDP dns maglev = 10.244.1.3:53 10.244.1.4:53~",
+        "192.168.1.1:30080/TCP np nodeport = 10.244.1.1:8080",
+    ]));
+    assert_eq!((again.added, again.updated, again.removed), (0, 0, 0), "{again:?}");
+    assert_eq!(r.repair().total(), 0);
 }

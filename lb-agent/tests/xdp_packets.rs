@@ -105,7 +105,13 @@ fn ifindex(name: &str) -> u32 {
 
 fn backend(addr: &str, proto: Protocol, node: &str) -> Backend {
     let a = sa(addr);
-    Backend { addr: BackendAddr { ip: *a.ip(), port: a.port(), proto }, terminating: false, node_name: Some(node.into()), zone: None }
+    Backend {
+        addr: BackendAddr { ip: *a.ip(), port: a.port(), proto },
+        terminating: false,
+        node_name: Some(node.into()),
+        zone: None,
+        hints: None,
+    }
 }
 
 fn front(addr: &str, proto: Protocol, flags: u32, backends: Vec<Backend>) -> (FrontendAddr, Frontend) {

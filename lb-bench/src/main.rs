@@ -26,6 +26,11 @@ struct Cli {
     /// Only these benchmarks (comma separated: b1,b2,b3,b4,b5,b6,b7).
     #[arg(long, value_delimiter = ',')]
     only: Vec<String>,
+    /// Only the agent's peak RSS with full API objects (managedFields,
+    /// typical annotations) from the in-process API server, at
+    /// --b3-services x --b3-endpoints (default 10,000 x 10); needs --agent.
+    #[arg(long)]
+    api_rss: bool,
     /// B1: service counts.
     #[arg(long, value_delimiter = ',')]
     b1_services: Option<Vec<usize>>,
@@ -182,6 +187,20 @@ fn main() -> Result<()> {
     o.agent_bin = cli.agent;
     if let Some(c) = cli.command {
         o.command = c;
+    }
+    if cli.api_rss {
+        let bin = o.agent_bin.clone().ok_or_else(|| anyhow::anyhow!("--api-rss needs --agent"))?;
+        let (n, e) = (cli.b3_services.unwrap_or(10_000), cli.b3_endpoints.unwrap_or(10));
+        let r = lb_bench::api_rss::run(&bin, n, e)?;
+        println!(
+            "agent peak RSS (VmHWM) with full API objects: {} Services x {} endpoints ({:.1} MiB of JSON at the API server): {:.1} MiB, first sync after {:.2} s",
+            r.services,
+            r.endpoints,
+            r.json_bytes as f64 / (1024.0 * 1024.0),
+            r.vm_hwm_kib as f64 / 1024.0,
+            r.wall.as_secs_f64()
+        );
+        return Ok(());
     }
     let r = run_all(&o, &cli.out)?;
     report::print(&r);

@@ -17,6 +17,7 @@ fn node(name: &str) -> NodeInfo {
         node_name: Some(name.into()),
         node_ips: vec!["192.168.50.1".parse().unwrap(), "10.0.0.1".parse().unwrap()],
         nodeport_range: DEFAULT_NODEPORT_RANGE,
+        zone: None,
     }
 }
 

@@ -70,7 +70,7 @@ pub struct InstalledBackend {
     pub flags: u8,
 }
 
-fn entry(addr: BackendAddr, flags: u8, version: u16) -> Backend4 {
+pub(super) fn entry(addr: BackendAddr, flags: u8, version: u16) -> Backend4 {
     Backend4 { addr: u32::from_ne_bytes(addr.ip.octets()), port: addr.port.to_be(), proto: addr.proto.number(), flags, version, _pad: 0 }
 }
 

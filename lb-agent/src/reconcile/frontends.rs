@@ -102,6 +102,10 @@ fn service_value(id: u32, generation: u16, count: usize, fe: &Frontend) -> Servi
     Service4Value { frontend_id: id, count: count as u16, generation, flags: fe.flags, affinity_timeout: fe.affinity_timeout }
 }
 
+pub(super) fn rev_nat_entry(fe: &FrontendAddr, version: u16) -> RevNat4 {
+    rev_nat(fe, version)
+}
+
 fn rev_nat(fe: &FrontendAddr, version: u16) -> RevNat4 {
     let key = fe.key();
     RevNat4 { addr: key.addr, port: key.port, version }
@@ -197,7 +201,7 @@ impl<M: MapStore> Reconciler<M> {
 
     /// The Maglev table of a frontend as backend IDs: keys are the slot
     /// backends' `ip:port`, so every node builds the same table.
-    fn maglev_table(&self, slots: &[u32], m: u32) -> Vec<u32> {
+    pub(super) fn maglev_table(&self, slots: &[u32], m: u32) -> Vec<u32> {
         let keys: Vec<String> = slots.iter().map(|id| self.backend_addrs.get(id).map(|a| a.to_string()).unwrap_or_default()).collect();
         maglev::build(&keys, m).into_iter().map(|i| slots[i as usize]).collect()
     }

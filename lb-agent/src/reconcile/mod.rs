@@ -43,6 +43,7 @@ mod gc;
 pub mod ids;
 mod ranges;
 mod recover;
+pub mod repair;
 pub mod store;
 
 use std::{

@@ -46,7 +46,7 @@ use kube::{
 use serde::{Deserialize, de::DeserializeOwned};
 use tracing::{debug, info, warn};
 
-use super::{Batch, Invalid, Kind, Object, ObjectKey, Sender, Update};
+use super::{Batch, Invalid, Kind, Object, ObjectKey, Sender, Update, lean};
 use crate::{metrics::Metrics, source::manifest::Sourced};
 
 /// What the agent reads from the API, as RBAC names it: (API group,
@@ -76,6 +76,8 @@ pub enum KubeError {
 /// The cluster autoscaler's taint on a node it is about to delete
 /// (kube-proxy's `ToBeDeletedTaint`).
 pub const TO_BE_DELETED_TAINT: &str = "ToBeDeletedByClusterAutoscaler";
+/// The Node label giving its zone (topology hints).
+pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
 
 #[derive(Clone, Debug)]
 pub struct KubeOptions {
@@ -159,11 +161,11 @@ pub fn spawn(client: Client, opts: &KubeOptions, tx: Sender, metrics: Metrics) -
     let api = Reachability { metrics, address_given: opts.api_server.is_some() };
     let mut tasks = vec![
         tokio::spawn(watch_kind(client.clone(), Kind::Service, opts.backoff_max, tx.clone(), api.clone())),
-        tokio::spawn(watch_kind(client.clone(), Kind::EndpointSlice, opts.backoff_max, tx, api.clone())),
+        tokio::spawn(watch_kind(client.clone(), Kind::EndpointSlice, opts.backoff_max, tx.clone(), api.clone())),
         tokio::spawn(probe_api(client.clone(), api.clone(), opts.backoff_max)),
     ];
     match &opts.node_name {
-        Some(node) => tasks.push(tokio::spawn(watch_node(client, node.clone(), opts.backoff_max, api))),
+        Some(node) => tasks.push(tokio::spawn(watch_node(client, node.clone(), opts.backoff_max, api, tx))),
         None => warn!("no --node-name (or NODE_NAME): not watching this node's Node object"),
     }
     tasks
@@ -307,7 +309,7 @@ pub struct RawObject {
 
 impl<'de> Deserialize<'de> for RawObject {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let value = serde_json::Value::deserialize(d)?;
+        let mut value = serde_json::Value::deserialize(d)?;
         let meta = value.get("metadata");
         let field = |k: &str| meta.and_then(|m| m.get(k)).and_then(|v| v.as_str()).map(String::from);
         let metadata = ObjectMeta {
@@ -317,6 +319,9 @@ impl<'de> Deserialize<'de> for RawObject {
             uid: field("uid"),
             ..ObjectMeta::default()
         };
+        // Before the next object of a list page is read: a page of full
+        // objects would otherwise hold every `managedFields` as JSON values.
+        lean::trim_metadata(&mut value);
         Ok(RawObject { metadata, value })
     }
 }
@@ -358,7 +363,9 @@ pub fn convert<T: DeserializeOwned>(kind: Kind, raw: &RawObject) -> Result<T, In
     })
 }
 
-fn to_object(kind: Kind, raw: &RawObject) -> Result<Object, Invalid> {
+fn to_object(kind: Kind, mut raw: RawObject) -> Result<Object, Invalid> {
+    lean::trim(kind, &mut raw.value);
+    let raw = &raw;
     let origin = String::new();
     match kind {
         Kind::Service => convert::<Service>(kind, raw).map(|obj| Object::Service(Sourced { origin, obj })),
@@ -366,17 +373,38 @@ fn to_object(kind: Kind, raw: &RawObject) -> Result<Object, Invalid> {
     }
 }
 
-/// Exponential backoff from 200 ms to `max`, reset after a success.
+/// Exponential backoff from 200 ms to `max`, reset after a success, with
+/// jitter: each wait is drawn from its upper half, so that the agents of
+/// every node do not retry against a recovering API server in step.
 struct Retry {
     next: Duration,
     max: Duration,
+    /// Random bits for the jitter (the std hasher's random keys).
+    seed: std::collections::hash_map::RandomState,
+    draws: u64,
+}
+
+/// `d` with equal jitter: `d/2 + (r mod d/2)` for a random `r`, so in
+/// `[d/2, d)` (`d` when it is too short to jitter).
+fn jittered(d: Duration, r: u64) -> Duration {
+    let half = d.as_nanos() as u64 / 2;
+    if half == 0 {
+        return d;
+    }
+    Duration::from_nanos(half + r % half)
 }
 
 const RETRY_MIN: Duration = Duration::from_millis(200);
 
 impl Retry {
     fn new(max: Duration) -> Retry {
-        Retry { next: RETRY_MIN.min(max), max }
+        Retry { next: RETRY_MIN.min(max), max, seed: Default::default(), draws: 0 }
+    }
+
+    fn random(&mut self) -> u64 {
+        use std::hash::BuildHasher;
+        self.draws += 1;
+        self.seed.hash_one(self.draws)
     }
 }
 
@@ -386,7 +414,8 @@ impl Iterator for Retry {
     fn next(&mut self) -> Option<Duration> {
         let d = self.next;
         self.next = (self.next * 2).min(self.max);
-        Some(d)
+        let r = self.random();
+        Some(jittered(d, r))
     }
 }
 
@@ -405,7 +434,10 @@ fn api_resource(kind: Kind) -> ApiResource {
 
 async fn watch_kind(client: Client, kind: Kind, backoff_max: Duration, tx: Sender, api: Reachability) {
     let resources: Api<RawObject> = Api::all_with(client, &api_resource(kind));
-    let mut stream = watcher::watcher(resources, watcher::Config::default()).backoff(Retry::new(backoff_max)).boxed();
+    // kube-proxy's selector: the API server leaves out other proxies' and
+    // headless Services (and their slices).
+    let config = watcher::Config::default().labels(lean::WATCH_LABEL_SELECTOR);
+    let mut stream = watcher::watcher(resources, config).backoff(Retry::new(backoff_max)).boxed();
     // Objects of a list in progress; sent as one update when complete.
     let mut listing: Option<(Vec<Object>, Vec<Invalid>)> = None;
     let mut failing = false;
@@ -421,7 +453,7 @@ async fn watch_kind(client: Client, kind: Kind, backoff_max: Duration, tx: Sende
             }
             Ok(Event::InitApply(raw)) => {
                 let (objects, invalid) = listing.get_or_insert_with(Default::default);
-                match to_object(kind, &raw) {
+                match to_object(kind, raw) {
                     Ok(obj) => objects.push(obj),
                     Err(inv) => {
                         warn!("{}", inv.problem);
@@ -435,7 +467,7 @@ async fn watch_kind(client: Client, kind: Kind, backoff_max: Duration, tx: Sende
                 info!(count = objects.len(), skipped = invalid.len(), "listed {kind}s");
                 Some(Update::Listed { kind, objects, invalid })
             }
-            Ok(Event::Apply(raw)) => Some(match to_object(kind, &raw) {
+            Ok(Event::Apply(raw)) => Some(match to_object(kind, raw) {
                 Ok(obj) => Update::Applied(obj),
                 Err(inv) => {
                     warn!("{}", inv.problem);
@@ -475,7 +507,7 @@ async fn watch_kind(client: Client, kind: Kind, backoff_max: Duration, tx: Sende
 /// Follows this agent's Node object: whether it is eligible for
 /// load-balanced traffic (for `/healthz`). Its labels (zone) and addresses
 /// are for the topology and NodePort work.
-async fn watch_node(client: Client, node: String, backoff_max: Duration, api: Reachability) {
+async fn watch_node(client: Client, node: String, backoff_max: Duration, api: Reachability, tx: Sender) {
     let nodes: Api<RawObject> = Api::all_with(client, &ApiResource::erase::<Node>(&()));
     let config = watcher::Config::default().fields(&format!("metadata.name={node}"));
     let mut stream = watcher::watcher(nodes, config).backoff(Retry::new(backoff_max)).boxed();
@@ -483,6 +515,8 @@ async fn watch_node(client: Client, node: String, backoff_max: Duration, api: Re
     let mut failing = false;
     // Whether the Node exists, and whether the list in progress has it.
     let (mut known, mut listed) = (false, false);
+    // The zone last sent to the store.
+    let mut sent_zone: Option<Option<String>> = None;
     while let Some(event) = stream.next().await {
         if event.is_ok() {
             api.reached();
@@ -493,10 +527,16 @@ async fn watch_node(client: Client, node: String, backoff_max: Duration, api: Re
                 (known, listed) = (true, true);
                 match serde_path_to_error::deserialize::<_, Node>(&raw.value) {
                     Ok(n) => {
-                        let zone = n.metadata.labels.as_ref().and_then(|l| l.get("topology.kubernetes.io/zone")).cloned();
+                        let zone = n.metadata.labels.as_ref().and_then(|l| l.get(ZONE_LABEL)).cloned();
                         metrics.set_node_seen(true);
                         set_eligibility(metrics, &node, node_ineligible(&n));
                         debug!(node, ?zone, "node updated");
+                        if sent_zone.as_ref() != Some(&zone) {
+                            sent_zone = Some(zone.clone());
+                            if tx.send(Batch::now(vec![Update::Node { zone }])).await.is_err() {
+                                return;
+                            }
+                        }
                     }
                     Err(e) => warn!("Node {node}: invalid field `{}`: {}; ignored", e.path(), e.inner()),
                 }
@@ -567,6 +607,21 @@ mod node_tests {
         let why = node_ineligible(&node(false, &["a", TO_BE_DELETED_TAINT])).unwrap();
         assert!(why.contains(TO_BE_DELETED_TAINT), "{why}");
         assert_eq!(node_ineligible(&Node::default()), None);
+    }
+
+    #[test]
+    fn retries_back_off_with_jitter() {
+        assert_eq!(jittered(Duration::from_millis(200), 0), Duration::from_millis(100));
+        assert_eq!(jittered(Duration::from_millis(200), 99_999_999), Duration::from_nanos(199_999_999));
+        assert_eq!(jittered(Duration::ZERO, 5), Duration::ZERO);
+        let waits: Vec<Duration> = Retry::new(Duration::from_secs(2)).take(8).collect();
+        let bases = [200, 400, 800, 1600, 2000, 2000, 2000, 2000].map(Duration::from_millis);
+        for (w, b) in waits.iter().zip(bases) {
+            assert!(*w >= b / 2 && *w < b, "{w:?} not in [{:?}, {b:?})", b / 2);
+        }
+        // Two agents do not wait the same.
+        let other: Vec<Duration> = Retry::new(Duration::from_secs(2)).take(8).collect();
+        assert_ne!(waits, other);
     }
 
     #[test]

@@ -13,6 +13,7 @@
 
 pub mod dir;
 pub mod kube;
+pub mod lean;
 pub mod manifest;
 pub mod slice;
 
@@ -116,6 +117,8 @@ pub enum Update {
     /// An added or changed object could not be read; the store keeps its
     /// last valid version, if any.
     Invalid(Invalid),
+    /// This node's Node changed: its `topology.kubernetes.io/zone` label.
+    Node { zone: Option<String> },
 }
 
 /// Updates a source saw together, with when it saw the first of them.
@@ -154,6 +157,8 @@ pub struct Store {
     /// (A Vec: most Services have one or two slices, and a BTreeSet's
     /// first node alone is about 500 bytes.)
     slices_of: foldhash::HashMap<ObjectKey, Vec<ObjectKey>>,
+    /// This node's zone label (topology hints).
+    node_zone: Option<String>,
 }
 
 /// Services whose generation moved since the last look.
@@ -262,6 +267,12 @@ impl Store {
         self.touch(svc);
     }
 
+    /// This node's `topology.kubernetes.io/zone` label, once its Node was
+    /// seen.
+    pub fn node_zone(&self) -> Option<&str> {
+        self.node_zone.as_deref()
+    }
+
     /// Objects (or documents) skipped because they could not be read.
     pub fn skipped(&self) -> usize {
         self.invalid.len() + self.unnamed_problems.values().map(Vec::len).sum::<usize>()
@@ -290,6 +301,7 @@ impl Store {
                 }
             }
             Update::Invalid(inv) => self.record_invalid(inv),
+            Update::Node { zone } => self.node_zone = zone,
         }
     }
 

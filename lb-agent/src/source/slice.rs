@@ -5,7 +5,11 @@
 //! endpoints each the store held about 45 MiB of them. Sources convert each
 //! slice when it arrives, so the store keeps about 100 bytes per endpoint.
 
-use k8s_openapi::api::discovery::v1::{Endpoint, EndpointPort, EndpointSlice};
+use std::sync::Arc;
+
+use k8s_openapi::api::discovery::v1::{Endpoint, EndpointHints, EndpointPort, EndpointSlice};
+
+use crate::model::Hints;
 
 /// The label naming a slice's Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
@@ -32,6 +36,8 @@ pub struct SliceEndpoint {
     pub terminating: Option<bool>,
     pub node_name: Option<String>,
     pub zone: Option<String>,
+    /// Topology hints; `None` when there is none (most endpoints).
+    pub hints: Option<Arc<Hints>>,
 }
 
 impl From<EndpointSlice> for Slice {
@@ -61,9 +67,16 @@ fn endpoints(list: Vec<Endpoint>) -> Vec<SliceEndpoint> {
             terminating: cond.terminating,
             node_name: ep.node_name,
             zone: ep.zone,
+            hints: ep.hints.and_then(hints),
         }
     }));
     out
+}
+
+fn hints(h: EndpointHints) -> Option<Arc<Hints>> {
+    let zones: Vec<String> = h.for_zones.into_iter().flatten().map(|z| z.name).collect();
+    let nodes: Vec<String> = h.for_nodes.into_iter().flatten().map(|n| n.name).collect();
+    (!zones.is_empty() || !nodes.is_empty()).then(|| Arc::new(Hints { zones, nodes }))
 }
 
 #[cfg(test)]
@@ -77,7 +90,8 @@ mod tests {
             "addressType": "IPv4",
             "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
             "endpoints": [
-                {"addresses": ["10.0.0.1", "10.0.0.2"], "conditions": {"ready": false, "terminating": true}, "nodeName": "n1", "zone": "z"},
+                {"addresses": ["10.0.0.1", "10.0.0.2"], "conditions": {"ready": false, "terminating": true}, "nodeName": "n1", "zone": "z",
+                 "hints": {"forZones": [{"name": "z"}, {"name": "y"}], "forNodes": [{"name": "n1"}]}},
                 {"addresses": []}
             ]
         }))
@@ -89,6 +103,8 @@ mod tests {
         assert_eq!(e.address.as_deref(), Some("10.0.0.1"));
         assert_eq!((e.ready, e.serving, e.terminating), (Some(false), None, Some(true)));
         assert_eq!((e.node_name.as_deref(), e.zone.as_deref()), (Some("n1"), Some("z")));
+        let h = e.hints.as_deref().unwrap();
+        assert_eq!((h.zones.as_slice(), h.nodes.as_slice()), (&["z".to_string(), "y".to_string()][..], &["n1".to_string()][..]));
         assert_eq!(s.endpoints[1], SliceEndpoint::default());
     }
 }

@@ -478,3 +478,49 @@ mod incremental {
         assert_eq!(t.translation().desired[&fe("10.96.0.1", 80, Protocol::Tcp)].name, "x/b:http");
     }
 }
+
+#[test]
+fn nil_serving_is_true() {
+    // `serving` absent on a terminating, not-ready endpoint: the API's
+    // default is true, so it serves when nothing is ready (it used to be
+    // read as "same as ready", i.e. not serving).
+    let t = run(r#"
+apiVersion: v1
+kind: Service
+metadata: {name: s}
+spec: {clusterIP: 10.96.0.21, ports: [{port: 80}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: s-1, labels: {kubernetes.io/service-name: s}}
+addressType: IPv4
+ports: [{port: 8080}]
+endpoints:
+- addresses: [10.244.0.13]
+  conditions: {ready: false, terminating: true}
+- addresses: [10.244.0.14]
+  conditions: {ready: false, serving: false, terminating: true}
+"#);
+    assert_eq!(backend_strings(&t, fe("10.96.0.21", 80, Protocol::Tcp)), ["10.244.0.13:8080 T"]);
+}
+
+#[test]
+fn ingress_ips_in_proxy_mode_are_not_programmed() {
+    let t = run(r#"
+apiVersion: v1
+kind: Service
+metadata: {name: s, namespace: x}
+spec: {type: LoadBalancer, clusterIP: 10.96.0.22, trafficDistribution: PreferClose, ports: [{port: 80, nodePort: 30080}]}
+status:
+  loadBalancer:
+    ingress:
+    - {ip: 192.0.2.1, ipMode: VIP}
+    - {ip: 192.0.2.2, ipMode: Proxy}
+    - {ip: 192.0.2.3}
+"#);
+    assert!(t.problems.is_empty(), "{:?}", t.problems);
+    let m = &t.services[&ServiceRef { namespace: "x".into(), name: "s".into() }];
+    let ips: Vec<String> = m.load_balancer_ips.iter().map(ToString::to_string).collect();
+    assert_eq!(ips, ["192.0.2.1", "192.0.2.3"]);
+    assert_eq!(m.traffic_distribution.as_deref(), Some("PreferClose"));
+}

@@ -276,7 +276,13 @@ pub fn frontend(addr: &str, proto: Protocol, backends: &[&str]) -> (FrontendAddr
         .iter()
         .map(|b| {
             let b = sa(b);
-            Backend { addr: BackendAddr { ip: *b.ip(), port: b.port(), proto }, terminating: false, node_name: None, zone: None }
+            Backend {
+                addr: BackendAddr { ip: *b.ip(), port: b.port(), proto },
+                terminating: false,
+                node_name: None,
+                zone: None,
+                hints: None,
+            }
         })
         .collect();
     (fa, Frontend { addr: fa, name: format!("test/{addr}"), backends, flags: 0, affinity_timeout: 0 })

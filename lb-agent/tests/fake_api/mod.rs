@@ -415,6 +415,9 @@ fn serve_connection(stream: TcpStream, shared: &Shared) {
         }
         let ok = match route(&req.path) {
             Route::Json(v) => respond(&mut out, 200, &v),
+            Route::Collection(_, _) if !label_selector_ok(&req.query) => {
+                respond(&mut out, 400, &status_json(400, "BadRequest", "unable to parse the label selector"))
+            }
             Route::Collection(res, ns) => {
                 let watch = matches!(req.query.get("watch").map(String::as_str), Some("true" | "1"));
                 if watch {
@@ -484,18 +487,49 @@ fn matches(res: Res, ns: Option<&str>, query: &BTreeMap<String, String>, key: &K
     if key.0 != res || ns.is_some_and(|ns| ns != key.1) {
         return false;
     }
-    match query.get("fieldSelector").and_then(|f| f.strip_prefix("metadata.name=")) {
-        Some(name) => value["metadata"]["name"].as_str() == Some(name),
-        None => true,
-    }
+    matches_field(query, value)
+}
+
+/// Whether `v` matches the request's `labelSelector`, as the API server
+/// reads it: comma-separated `key`, `!key`, `key=value`, `key!=value`.
+/// (A selector with other syntax is refused by [`label_selector_ok`].)
+fn matches_labels(query: &BTreeMap<String, String>, v: &Value) -> bool {
+    let Some(sel) = query.get("labelSelector") else { return true };
+    let label = |k: &str| v["metadata"]["labels"][k].as_str().map(String::from);
+    sel.split(',').filter(|t| !t.is_empty()).all(|term| {
+        if let Some(k) = term.strip_prefix('!') {
+            label(k.trim()).is_none()
+        } else if let Some((k, val)) = term.split_once("!=") {
+            label(k.trim()).as_deref() != Some(val.trim())
+        } else if let Some((k, val)) = term.split_once('=') {
+            label(k.trim()).as_deref() == Some(val.trim().trim_start_matches('='))
+        } else {
+            label(term.trim()).is_some()
+        }
+    })
+}
+
+/// Whether the request's `labelSelector` has a syntax this server reads.
+fn label_selector_ok(query: &BTreeMap<String, String>) -> bool {
+    query.get("labelSelector").is_none_or(|sel| {
+        sel.split(',').all(|t| {
+            let key = t.trim_start_matches('!').split(['=', '!']).next().unwrap_or("");
+            !key.is_empty() && !key.contains([' ', '(', ')'])
+        })
+    })
 }
 
 fn list(shared: &Shared, res: Res, ns: Option<&str>, query: &BTreeMap<String, String>) -> Value {
     let st = shared.lock();
-    let items: Vec<Value> = st
-        .objects
-        .iter()
-        .filter(|(k, v)| matches(res, ns, query, k, v))
+    // Pages as the API server cuts them: `limit` items, then a `continue`
+    // token (here the offset of the next item).
+    let offset: usize = query.get("continue").and_then(|c| c.parse().ok()).unwrap_or(0);
+    let limit: usize = query.get("limit").and_then(|l| l.parse().ok()).filter(|l| *l > 0).unwrap_or(usize::MAX);
+    let mut matching = st.objects.iter().filter(|(k, v)| matches(res, ns, query, k, v)).skip(offset);
+    let page: Vec<(&Key, &Value)> = matching.by_ref().take(limit).collect();
+    let more = matching.next().is_some();
+    let items: Vec<Value> = page
+        .into_iter()
         .map(|(_, v)| {
             // Items of a list carry neither kind nor apiVersion.
             let mut v = v.clone();
@@ -506,10 +540,14 @@ fn list(shared: &Shared, res: Res, ns: Option<&str>, query: &BTreeMap<String, St
             v
         })
         .collect();
+    let mut metadata = json!({"resourceVersion": st.rv.to_string()});
+    if more {
+        metadata["continue"] = (offset + items.len()).to_string().into();
+    }
     json!({
         "kind": format!("{}List", res.kind()),
         "apiVersion": res.api_version(),
-        "metadata": {"resourceVersion": st.rv.to_string()},
+        "metadata": metadata,
         "items": items,
     })
 }
@@ -639,10 +677,11 @@ fn stream_watch(out: &mut TcpStream, shared: &Shared, res: Res, ns: Option<&str>
 }
 
 fn matches_field(query: &BTreeMap<String, String>, v: &Value) -> bool {
-    match query.get("fieldSelector").and_then(|f| f.strip_prefix("metadata.name=")) {
+    let field = match query.get("fieldSelector").and_then(|f| f.strip_prefix("metadata.name=")) {
         Some(name) => v["metadata"]["name"].as_str() == Some(name),
         None => true,
-    }
+    };
+    field && matches_labels(query, v)
 }
 
 fn finish(out: &mut TcpStream) -> std::io::Result<()> {
