@@ -450,10 +450,13 @@ mod tests {
     /// Variables in deploy/'s ConfigMap that are not `run` flags.
     const NOT_FLAGS: [&str; 1] = ["RUST_LOG"];
 
+    /// `lb-agent run`'s flags, the global ones (such as `--log-format`)
+    /// included.
     fn run_flags() -> Vec<clap::Arg> {
         let cli = Cli::command();
         let run = cli.find_subcommand("run").expect("a run subcommand");
-        run.get_arguments().filter(|a| !matches!(a.get_id().as_str(), "help" | "version")).cloned().collect()
+        let global = cli.get_arguments().filter(|a| a.is_global_set());
+        run.get_arguments().chain(global).filter(|a| !matches!(a.get_id().as_str(), "help" | "version")).cloned().collect()
     }
 
     /// The variable of `--{long}`: `LB_` and the flag in capitals.
