@@ -176,11 +176,15 @@ mod tests {
         // Any single set of backends: the extra churn of canonical Maglev
         // (beyond the removed backend's own 1/N) has a tail: over 200
         // random sets per N, the worst cases measured 1.1-1.6% at
-        // M = 16381 and 0.4-1.8% at M = 65537 for N <= 12. The per-set
-        // bound is therefore 2%; the 1% goal holds on average (below).
+        // M = 16381 and 0.4-1.8% at M = 65537 for N <= 12, but single
+        // sets reach further at M = 16381 (removing each backend in turn
+        // of 12 sets: worst 2.2% at N = 20, 4.15% at N = 50, 2.4% at
+        // N = 100; 1.1% at N = 423, M = 65537). The per-set bound is
+        // therefore 5% at M = 16381 and 2% at M = 65537; the 1% goal
+        // holds on average (below).
         #[test]
-        fn removing_one_backend_moves_at_most_a_nth_plus_2pct(n in 3usize..=100, seed in any::<u32>(), removed in any::<usize>()) {
-            check_disruption(n, 16_381, seed, removed, 0.02);
+        fn removing_one_backend_moves_at_most_a_nth_plus_5pct(n in 3usize..=100, seed in any::<u32>(), removed in any::<usize>()) {
+            check_disruption(n, 16_381, seed, removed, 0.05);
         }
 
         #[test]
@@ -203,6 +207,13 @@ mod tests {
                 assert!(mean_extra <= 0.01, "N={n} M={m}: mean extra churn {:.3}%", mean_extra * 100.0);
             }
         }
+    }
+
+    /// The worst single set found (4.15% extra): within the per-set bound.
+    #[test]
+    fn the_worst_set_found_stays_within_the_bound() {
+        let moved = check_disruption(50, 16_381, 3_763_706_842, 17, 0.05);
+        assert!(moved - 1.0 / 50.0 > 0.04, "no longer the tail case: {moved:.4}");
     }
 
     #[test]
