@@ -1,16 +1,22 @@
 //! Interfaces as they come and go, from rtnetlink link events
 //! (`RTNLGRP_LINK`), so a new pod's interface has the tc programs before
-//! the pod sends its first packet. The agent also re-lists the interfaces
-//! now and then, in case events were lost (a netlink socket that overflows
-//! drops them).
+//! the pod sends its first packet; and IPv4 addresses as they are added
+//! and removed (`RTNLGRP_IPV4_IFADDR`), so NodePorts and the SNAT address
+//! follow the node's addresses. The agent also re-lists the interfaces
+//! (and the addresses) now and then, in case events were lost (a netlink
+//! socket that overflows drops them).
 
-use std::io;
+use std::{
+    io,
+    net::{IpAddr, Ipv4Addr},
+};
 
 use futures::{StreamExt, channel::mpsc::UnboundedReceiver};
 use rtnetlink::{
     packet_core::{NetlinkMessage, NetlinkPayload},
     packet_route::{
         RouteNetlinkMessage,
+        address::{AddressAttribute, AddressMessage},
         link::{LinkAttribute, LinkMessage},
     },
     sys::{AsyncSocket, SocketAddr},
@@ -19,6 +25,8 @@ use tokio::task::JoinHandle;
 
 /// The link group's bit in a netlink socket address (`RTMGRP_LINK`).
 const RTMGRP_LINK: u32 = 1;
+/// The IPv4 address group's bit (`RTMGRP_IPV4_IFADDR`).
+const RTMGRP_IPV4_IFADDR: u32 = 0x10;
 
 /// A change of an interface.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -27,6 +35,8 @@ pub enum LinkEvent {
     New { ifindex: u32, name: String },
     /// An interface is gone.
     Gone { ifindex: u32 },
+    /// An IPv4 address was added to (`added`) or removed from an interface.
+    Address { ifindex: u32, address: Ipv4Addr, added: bool },
 }
 
 /// A subscription to link events; ends with the value.
@@ -36,12 +46,13 @@ pub struct LinkEvents {
 }
 
 impl LinkEvents {
-    /// Subscribes to the link events of the current network namespace.
+    /// Subscribes to the link and IPv4 address events of the current
+    /// network namespace.
     /// Subscribe before listing the interfaces, so none is missed between.
     pub fn subscribe() -> io::Result<LinkEvents> {
         let (mut connection, _handle, messages) = rtnetlink::new_connection()?;
         let socket = connection.socket_mut().socket_mut();
-        socket.bind(&SocketAddr::new(0, RTMGRP_LINK))?;
+        socket.bind(&SocketAddr::new(0, RTMGRP_LINK | RTMGRP_IPV4_IFADDR))?;
         // A node starting many pods at once sends bursts of events.
         let _ = socket.set_rx_buf_sz(4 << 20);
         let connection = tokio::spawn(connection);
@@ -71,8 +82,30 @@ fn event(message: NetlinkMessage<RouteNetlinkMessage>) -> Option<LinkEvent> {
             Some(LinkEvent::New { ifindex: link.header.index, name: name(&link)? })
         }
         NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(link)) => Some(LinkEvent::Gone { ifindex: link.header.index }),
+        NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewAddress(a)) => address_event(&a, true),
+        NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelAddress(a)) => address_event(&a, false),
         _ => None,
     }
+}
+
+/// The interface's own address: `IFA_LOCAL` (on a point-to-point link
+/// `IFA_ADDRESS` is the peer's), else `IFA_ADDRESS`.
+fn address_event(a: &AddressMessage, added: bool) -> Option<LinkEvent> {
+    let v4 = |ip: &IpAddr| match ip {
+        IpAddr::V4(ip) => Some(*ip),
+        IpAddr::V6(_) => None,
+    };
+    let local = a.attributes.iter().find_map(|x| match x {
+        AddressAttribute::Local(ip) => v4(ip),
+        _ => None,
+    });
+    let address = local.or_else(|| {
+        a.attributes.iter().find_map(|x| match x {
+            AddressAttribute::Address(ip) => v4(ip),
+            _ => None,
+        })
+    })?;
+    Some(LinkEvent::Address { ifindex: a.header.index, address, added })
 }
 
 fn name(link: &LinkMessage) -> Option<String> {
@@ -80,4 +113,28 @@ fn name(link: &LinkMessage) -> Option<String> {
         LinkAttribute::IfName(n) => Some(n.clone()),
         _ => None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn message(attributes: Vec<AddressAttribute>) -> AddressMessage {
+        let mut m = AddressMessage::default();
+        m.header.index = 7;
+        m.attributes = attributes;
+        m
+    }
+
+    #[test]
+    fn address_events_carry_the_interfaces_own_address() {
+        let (own, peer) = (Ipv4Addr::new(192, 168, 50, 11), Ipv4Addr::new(192, 168, 50, 99));
+        let m = message(vec![AddressAttribute::Address(own.into())]);
+        assert_eq!(address_event(&m, true), Some(LinkEvent::Address { ifindex: 7, address: own, added: true }));
+        // Point-to-point: IFA_ADDRESS is the peer, IFA_LOCAL ours.
+        let m = message(vec![AddressAttribute::Address(peer.into()), AddressAttribute::Local(own.into())]);
+        assert_eq!(address_event(&m, false), Some(LinkEvent::Address { ifindex: 7, address: own, added: false }));
+        let m = message(vec![AddressAttribute::Address("fe80::1".parse().unwrap())]);
+        assert_eq!(address_event(&m, true), None);
+    }
 }

@@ -260,6 +260,61 @@ pub struct NorthSouth {
     node: NodeInfo,
     health: HealthChecks,
     logged: BTreeSet<String>,
+    /// The external interfaces, whose addresses are the node addresses.
+    ifaces: Vec<String>,
+    /// `--node-ips`: when set, the node addresses do not follow the
+    /// interfaces.
+    configured_ips: Vec<Ipv4Addr>,
+    configured_snat: Option<Ipv4Addr>,
+    /// The SNAT address in `LB_NODE`.
+    snat: Option<Ipv4Addr>,
+    /// What `LB_NODE` holds.
+    node_config: NodeConfig,
+}
+
+/// The addresses NodePorts are served on: the configured ones, or else
+/// the IPv4 addresses of the external interfaces (`addrs`: interface,
+/// address), in interface order.
+pub fn node_addresses(configured: &[Ipv4Addr], ifaces: &[String], addrs: &[(String, Ipv4Addr)]) -> Vec<Ipv4Addr> {
+    if !configured.is_empty() {
+        return configured.to_vec();
+    }
+    let mut out = Vec::new();
+    for name in ifaces {
+        for (_, a) in addrs.iter().filter(|(n, _)| n == name) {
+            if !out.contains(a) {
+                out.push(*a);
+            }
+        }
+    }
+    out
+}
+
+/// The address SNATed flows leave with: the configured one; else the
+/// current one while it is still a node address (flows keep working);
+/// else the first node address; else (no address left) the current one.
+pub fn snat_address(configured: Option<Ipv4Addr>, current: Option<Ipv4Addr>, node_ips: &[Ipv4Addr]) -> Option<Ipv4Addr> {
+    configured.or(current.filter(|c| node_ips.contains(c))).or_else(|| node_ips.first().copied()).or(current)
+}
+
+/// Node addresses that came and went.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct AddressChange {
+    pub added: Vec<Ipv4Addr>,
+    pub removed: Vec<Ipv4Addr>,
+}
+
+impl AddressChange {
+    pub fn between(old: &[Ipv4Addr], new: &[Ipv4Addr]) -> AddressChange {
+        AddressChange {
+            added: new.iter().filter(|a| !old.contains(a)).copied().collect(),
+            removed: old.iter().filter(|a| !new.contains(a)).copied().collect(),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.removed.is_empty()
+    }
 }
 
 impl NorthSouth {
@@ -277,13 +332,8 @@ impl NorthSouth {
         let ifaces =
             if cfg.external_ifaces.is_empty() { default_route_interfaces().unwrap_or_default() } else { cfg.external_ifaces.clone() };
         let addrs = interface_addresses().context("listing the node's addresses")?;
-        let mut node_ips = cfg.node_ips.clone();
-        if node_ips.is_empty() {
-            for name in &ifaces {
-                node_ips.extend(addrs.iter().filter(|(n, _)| n == name).map(|(_, a)| *a));
-            }
-        }
-        let snat = cfg.snat_ip.or_else(|| node_ips.first().copied());
+        let node_ips = node_addresses(&cfg.node_ips, &ifaces, &addrs);
+        let snat = snat_address(cfg.snat_ip, None, &node_ips);
         let maps = reconciler.maps_mut();
         let xdp = cfg.xdp_mode != XdpAttach::Off;
         if xdp && ifaces.is_empty() {
@@ -313,14 +363,15 @@ impl NorthSouth {
                 }
             }
         }
-        maps.write_node(&NodeConfig {
+        let node_config = NodeConfig {
             snat_addr: snat.map_or(0, |a| u32::from_ne_bytes(a.octets())),
             nat_port_min: cfg.snat_ports.min,
             nat_port_max: cfg.snat_ports.max,
             flags: node_flags::READY,
             nodeport_min: cfg.nodeport_range.min,
             nodeport_max: cfg.nodeport_range.max,
-        })?;
+        };
+        maps.write_node(&node_config)?;
         reconciler.set_node_name(cfg.node_name.clone());
         info!(
             interfaces = ?ifaces,
@@ -343,7 +394,59 @@ impl NorthSouth {
             node: NodeInfo { node_name: cfg.node_name.clone(), node_ips, nodeport_range: cfg.nodeport_range, zone: None },
             health: HealthChecks::new(heartbeat),
             logged: BTreeSet::new(),
+            ifaces,
+            configured_ips: cfg.node_ips.clone(),
+            configured_snat: cfg.snat_ip,
+            snat,
+            node_config,
         })
+    }
+
+    /// Reads the node's addresses again (after an address event, or now
+    /// and then): when they changed, logs what changed, moves the SNAT
+    /// address if it is gone (or there was none) and returns true: the
+    /// NodePort frontends need a re-plan. Configured `--node-ips` do not
+    /// follow the interfaces.
+    pub fn refresh_addresses(&mut self, reconciler: &mut Reconciler) -> bool {
+        if !self.configured_ips.is_empty() {
+            return false;
+        }
+        let addrs = match interface_addresses() {
+            Ok(a) => a,
+            Err(e) => {
+                warn!("listing the node's addresses: {e} (NodePorts stay on {:?})", self.node.node_ips);
+                return false;
+            }
+        };
+        let node_ips = node_addresses(&self.configured_ips, &self.ifaces, &addrs);
+        let change = AddressChange::between(&self.node.node_ips, &node_ips);
+        if change.is_empty() {
+            return false;
+        }
+        let snat = snat_address(self.configured_snat, self.snat, &node_ips);
+        info!(
+            added = ?change.added,
+            removed = ?change.removed,
+            node_ips = ?node_ips,
+            snat = ?snat,
+            "the node's addresses changed: NodePorts follow"
+        );
+        if node_ips.is_empty() {
+            warn!(interfaces = ?self.ifaces, "no node address left on the external interfaces: no NodePort is served from outside");
+        }
+        if snat != self.snat {
+            let config = NodeConfig { snat_addr: snat.map_or(0, |a| u32::from_ne_bytes(a.octets())), ..self.node_config };
+            match reconciler.maps_mut().write_node(&config) {
+                Ok(()) => {
+                    info!(old = ?self.snat, new = ?snat, "SNAT address moved (flows already SNATed keep theirs)");
+                    self.snat = snat;
+                    self.node_config = config;
+                }
+                Err(e) => warn!("writing the new SNAT address {snat:?}: {e:#} (SNAT stays {:?})", self.snat),
+            }
+        }
+        self.node.node_ips = node_ips;
+        true
     }
 
     /// What planning needs to know about this node.

@@ -191,6 +191,9 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> anyhow::
     let mut apply_at: Option<tokio::time::Instant> = None;
     let mut waiting_logged = false;
     let mut sources_done = false;
+    // An address event (or a periodic look) asks for the node's addresses
+    // to be read again; a burst of events is read once, at `apply_at`.
+    let mut addresses_dirty = false;
     loop {
         let deadline = apply_at;
         tokio::select! {
@@ -198,8 +201,18 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> anyhow::
             _ = ticker.tick() => {
                 heartbeat.beat();
                 sync_interfaces(&mut dp, &cfg.pod_ifaces);
+                if link_events.is_none() {
+                    // No address events: look at the addresses instead.
+                    addresses_dirty = true;
+                    apply_at.get_or_insert_with(tokio::time::Instant::now);
+                }
             }
             event = async { link_events.as_mut().unwrap().next().await }, if link_events.is_some() => match event {
+                Some(LinkEvent::Address { ifindex, address, added }) => {
+                    debug!(ifindex, %address, added, "address event");
+                    addresses_dirty = true;
+                    apply_at.get_or_insert_with(|| tokio::time::Instant::now() + cfg.sync_delay);
+                }
                 Some(event) => on_link_event(&mut dp, &cfg.pod_ifaces, event),
                 None => {
                     warn!("link events stopped: new pod interfaces are found every {:?}", cfg.poll);
@@ -212,6 +225,9 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> anyhow::
                 if synced && apply_at.is_none() {
                     syncer.resync();
                 }
+                // In case address events were lost.
+                addresses_dirty = true;
+                apply_at.get_or_insert_with(tokio::time::Instant::now);
             }
             batch = rx.recv(), if !sources_done => {
                 let Some(batch) = batch else {
@@ -235,6 +251,10 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> anyhow::
             _ = async { tokio::time::sleep_until(deadline.unwrap()).await }, if deadline.is_some() => {
                 apply_at = None;
                 heartbeat.beat();
+                let addresses_changed = std::mem::take(&mut addresses_dirty) && syncer.refresh_node_addresses();
+                if oldest_pending.is_none() && !addresses_changed {
+                    continue;
+                }
                 if !syncer.ready() {
                     if !waiting_logged {
                         info!("waiting for complete lists of Services and EndpointSlices before writing the maps");
@@ -242,11 +262,12 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> anyhow::
                     }
                     continue;
                 }
-                let first = oldest_pending.take().unwrap_or_else(Instant::now);
-                let what = match cfg.source {
-                    SourceConfig::Dir { .. } => "synced manifests",
-                    SourceConfig::Kube(_) => "synced from the API server",
+                let what = match (oldest_pending.is_some(), &cfg.source) {
+                    (false, _) => "synced for the node's new addresses",
+                    (true, SourceConfig::Dir { .. }) => "synced manifests",
+                    (true, SourceConfig::Kube(_)) => "synced from the API server",
                 };
+                let first = oldest_pending.take().unwrap_or_else(Instant::now);
                 syncer.sync(first, what);
                 synced = true;
                 if !dp.is_live() {
@@ -312,6 +333,8 @@ fn on_link_event(dp: &mut Datapath, patterns: &[String], event: LinkEvent) {
             }
         }
         LinkEvent::Gone { ifindex } => dp.forget_interface(ifindex),
+        // The run loop re-plans the NodePorts for these.
+        LinkEvent::Address { .. } => {}
     }
 }
 

@@ -49,6 +49,12 @@ impl Syncer {
         &mut self.reconciler
     }
 
+    /// Reads the node's addresses again; true when they changed, and the
+    /// next sync plans the NodePorts on the new ones.
+    pub fn refresh_node_addresses(&mut self) -> bool {
+        self.north_south.refresh_addresses(&mut self.reconciler)
+    }
+
     /// The periodic resync (`--sync-period`): compares the maps with what
     /// the last sync wrote and repairs any difference (an entry written or
     /// deleted behind the agent's back); counted in

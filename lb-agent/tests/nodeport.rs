@@ -433,3 +433,42 @@ fn a_missing_external_interface_is_named() {
         agent.log_text().contains("external interface nosuch0 does not exist").then_some(())
     });
 }
+
+#[test]
+fn nodeports_follow_an_address_added_to_and_removed_from_the_node() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let c = cluster("addr", &manifest("  type: NodePort\n", "", &fixed_endpoints(BOTH)));
+    c.wait_frontend(0, &format!("{}:{HTTP_PORT}/TCP", node_ip(0)), 2);
+    // A second address on node A's external interface, on the client's
+    // segment (so the client reaches it directly), while the agent runs.
+    let extra = Ipv4Addr::new(192, 168, 50, 11);
+    let node_a = &c.lab.node(0).ns;
+    node_a.ip(&["addr", "add", &format!("{extra}/24"), "dev", lb_lab::EXT_IF]).unwrap();
+    // Nothing listens on the new address: only the agent's new frontend
+    // answers there.
+    common::wait_for("the NodePort to answer on the new address", Duration::from_secs(10), || {
+        tcp_request_with(&c.lab.client, at(extra, HTTP_PORT), b"x", Duration::from_millis(300)).ok()
+    });
+    // Both backends, the one on node B through node A's SNAT.
+    let seen = c.spread(&c.lab.client, at(extra, HTTP_PORT), 30);
+    assert_eq!(seen.keys().map(String::as_str).collect::<Vec<_>>(), ["web-a", "web-b"], "{seen:?}");
+    let (reply, peer) = udp_request(&c.lab.client, at(extra, DNS_PORT), "q").unwrap_or_else(|e| panic!("UDP: {e:#}\n{}", c.logs()));
+    assert!(reply.starts_with("web-"), "{reply}");
+    assert_eq!(peer, std::net::SocketAddr::V4(at(extra, DNS_PORT)));
+    c.wait_frontend(0, &format!("{extra}:{DNS_PORT}/UDP"), 2);
+    let log = c.agents[0].log_text();
+    assert!(log.contains("the node's addresses changed") && log.contains("192.168.50.11"), "the change is logged:\n{log}");
+    // Node B's agent plans on node B's addresses only.
+    assert!(!c.agents[1].rows().iter().any(|r| r.frontend.starts_with(&format!("{extra}:"))));
+
+    // Removed: its frontends go, the node's first address still serves.
+    node_a.ip(&["addr", "del", &format!("{extra}/24"), "dev", lb_lab::EXT_IF]).unwrap();
+    c.agents[0].wait_rows("the frontends of the removed address to go", |rows| {
+        !rows.iter().any(|r| r.frontend.starts_with(&format!("{extra}:")))
+            && rows.iter().any(|r| r.frontend == format!("{}:{HTTP_PORT}/TCP", node_ip(0)))
+    });
+    let seen = c.spread(&c.lab.client, at(node_ip(0), HTTP_PORT), 20);
+    assert_eq!(seen.len(), 2, "{seen:?}");
+}

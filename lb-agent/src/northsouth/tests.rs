@@ -151,3 +151,47 @@ fn local_policy_without_any_endpoint_rejects_like_kube_proxy() {
     // No EXT_LOCAL: the XDP program answers with ICMP instead of dropping.
     assert_eq!(p.frontends[&fa("192.168.50.1:30080", Protocol::Tcp)].flags, svc_flags::NODE_PORT);
 }
+
+#[test]
+fn node_addresses_are_those_of_the_external_interfaces_unless_configured() {
+    let a = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+    let addrs = vec![
+        ("lo".to_string(), a("127.0.0.1")),
+        ("eth0".to_string(), a("192.168.50.1")),
+        ("lxc1".to_string(), a("10.244.1.1")),
+        ("eth1".to_string(), a("172.16.0.1")),
+        ("eth0".to_string(), a("192.168.50.11")),
+    ];
+    let ifaces = ["eth1".to_string(), "eth0".to_string()];
+    assert_eq!(node_addresses(&[], &ifaces, &addrs), [a("172.16.0.1"), a("192.168.50.1"), a("192.168.50.11")]);
+    assert_eq!(node_addresses(&[a("10.0.0.1")], &ifaces, &addrs), [a("10.0.0.1")]);
+    assert!(node_addresses(&[], &["eth9".to_string()], &addrs).is_empty());
+}
+
+#[test]
+fn address_changes_say_what_came_and_went() {
+    let a = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+    let old = [a("192.168.50.1"), a("192.168.50.11")];
+    let new = [a("192.168.50.11"), a("192.168.50.12")];
+    let c = AddressChange::between(&old, &new);
+    assert_eq!(c.added, [a("192.168.50.12")]);
+    assert_eq!(c.removed, [a("192.168.50.1")]);
+    assert!(AddressChange::between(&old, &[old[1], old[0]]).is_empty(), "the order does not matter");
+}
+
+#[test]
+fn the_snat_address_stays_while_it_is_a_node_address() {
+    let a = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+    let (one, two) = (a("192.168.50.1"), a("192.168.50.11"));
+    // The first address at start-up.
+    assert_eq!(snat_address(None, None, &[one, two]), Some(one));
+    // An address added before it does not move it.
+    assert_eq!(snat_address(None, Some(one), &[two, one]), Some(one));
+    // Removed: the first remaining address.
+    assert_eq!(snat_address(None, Some(one), &[two]), Some(two));
+    // No address left: keep the old one rather than none.
+    assert_eq!(snat_address(None, Some(one), &[]), Some(one));
+    assert_eq!(snat_address(None, None, &[]), None);
+    // Configured: always that one.
+    assert_eq!(snat_address(Some(a("10.0.0.9")), Some(one), &[two]), Some(a("10.0.0.9")));
+}
