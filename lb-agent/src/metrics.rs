@@ -12,6 +12,43 @@ use crate::source::Kind;
 /// Upper bounds (seconds) of the sync latency histogram.
 const LATENCY_BUCKETS: [f64; 12] = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
+/// Upper bounds (seconds) of the network programming latency histogram:
+/// kube-proxy's (`NetworkProgrammingLatency`): 0.25 s, 0.5 s, every second
+/// to 59 s, every 5 s to 115 s, every 30 s to 5 min.
+const PROGRAMMING_BUCKETS: [f64; 80] = programming_buckets();
+
+const fn programming_buckets() -> [f64; 80] {
+    let mut b = [0.0; 80];
+    b[0] = 0.25;
+    b[1] = 0.5;
+    let mut i = 0;
+    while i < 59 {
+        b[2 + i] = (i + 1) as f64;
+        i += 1;
+    }
+    i = 0;
+    while i < 12 {
+        b[61 + i] = (60 + 5 * i) as f64;
+        i += 1;
+    }
+    i = 0;
+    while i < 7 {
+        b[73 + i] = (120 + 30 * i) as f64;
+        i += 1;
+    }
+    b
+}
+
+/// The network programming latency of one slice change: from its trigger
+/// time to `now` (its change is in the maps). `None` for a change
+/// triggered before the agent `started` (a list after a start or restart
+/// sees old changes, already programmed by a predecessor: kube-proxy
+/// skips them the same way). A trigger time ahead of `now` (clock skew
+/// between the control plane and the node) counts as 0.
+pub fn programming_latency(trigger: SystemTime, started: SystemTime, now: SystemTime) -> Option<Duration> {
+    (trigger > started).then(|| now.duration_since(trigger).unwrap_or(Duration::ZERO))
+}
+
 /// Shared handle; cheap to clone.
 #[derive(Clone, Debug, Default)]
 pub struct Metrics(Arc<Mutex<Inner>>);
@@ -28,6 +65,10 @@ struct Inner {
     latency_buckets: [u64; LATENCY_BUCKETS.len() + 1],
     latency_sum: f64,
     latency_count: u64,
+    /// The network programming latency histogram, like the above.
+    programming_buckets: Vec<u64>,
+    programming_sum: f64,
+    programming_count: u64,
     last_sync_unix: f64,
     api_errors_services: u64,
     api_errors_slices: u64,
@@ -84,6 +125,23 @@ impl Metrics {
             m.latency_count += 1;
             m.last_sync_unix = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
             m.ready = true;
+        })
+    }
+
+    /// Observes the network programming latency of slice changes a sync
+    /// has written.
+    pub fn record_programming(&self, latencies: impl IntoIterator<Item = Duration>) {
+        self.with(|m| {
+            for d in latencies {
+                let secs = d.as_secs_f64();
+                let i = PROGRAMMING_BUCKETS.iter().position(|b| secs <= *b).unwrap_or(PROGRAMMING_BUCKETS.len());
+                if m.programming_buckets.is_empty() {
+                    m.programming_buckets = vec![0; PROGRAMMING_BUCKETS.len() + 1];
+                }
+                m.programming_buckets[i] += 1;
+                m.programming_sum += secs;
+                m.programming_count += 1;
+            }
         })
     }
 
@@ -222,6 +280,22 @@ impl Metrics {
             let _ = writeln!(out, "lb_sync_latency_seconds_bucket{{le=\"+Inf\"}} {cumulative}");
             let _ = writeln!(out, "lb_sync_latency_seconds_sum {}", m.latency_sum);
             let _ = writeln!(out, "lb_sync_latency_seconds_count {}", m.latency_count);
+            let name = "lb_network_programming_duration_seconds";
+            let _ = writeln!(
+                out,
+                "# HELP {name} From an EndpointSlice change's trigger time (its endpoints.kubernetes.io/last-change-trigger-time) \
+                 to its maps written (kube-proxy's network_programming_duration_seconds)."
+            );
+            let _ = writeln!(out, "# TYPE {name} histogram");
+            let mut cumulative = 0;
+            for (i, bound) in PROGRAMMING_BUCKETS.iter().enumerate() {
+                cumulative += m.programming_buckets.get(i).copied().unwrap_or(0);
+                let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
+            }
+            cumulative += m.programming_buckets.get(PROGRAMMING_BUCKETS.len()).copied().unwrap_or(0);
+            let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
+            let _ = writeln!(out, "{name}_sum {}", m.programming_sum);
+            let _ = writeln!(out, "{name}_count {}", m.programming_count);
             out
         })
     }
@@ -245,6 +319,44 @@ mod tests {
         assert!(text.contains("lb_sync_latency_seconds_count 4\n"), "{text}");
         assert!(text.contains("lb_map_operations_total 12\n"), "{text}");
         assert!(text.contains("lb_ready 1\n"), "{text}");
+    }
+
+    #[test]
+    fn programming_buckets_are_kube_proxys() {
+        assert_eq!(&PROGRAMMING_BUCKETS[..4], &[0.25, 0.5, 1.0, 2.0]);
+        assert_eq!(PROGRAMMING_BUCKETS[60], 59.0);
+        assert_eq!(&PROGRAMMING_BUCKETS[61..63], &[60.0, 65.0]);
+        assert_eq!(PROGRAMMING_BUCKETS[72], 115.0);
+        assert_eq!(&PROGRAMMING_BUCKETS[73..], &[120.0, 150.0, 180.0, 210.0, 240.0, 270.0, 300.0]);
+        assert!(PROGRAMMING_BUCKETS.windows(2).all(|w| w[0] < w[1]));
+    }
+
+    #[test]
+    fn programming_latency_runs_from_the_trigger_time_and_skips_older_changes() {
+        let at = |s: f64| UNIX_EPOCH + Duration::from_secs_f64(s);
+        let started = at(1000.0);
+        assert_eq!(programming_latency(at(1010.0), started, at(1012.5)), Some(Duration::from_millis(2500)));
+        assert_eq!(programming_latency(at(1000.0), started, at(1012.5)), None, "triggered before the agent started");
+        assert_eq!(programming_latency(at(990.0), started, at(1012.5)), None);
+        assert_eq!(programming_latency(at(1013.0), started, at(1012.5)), Some(Duration::ZERO), "a trigger time ahead of the node's clock");
+    }
+
+    #[test]
+    fn programming_histogram_is_cumulative() {
+        let m = Metrics::default();
+        assert!(m.render().contains("lb_network_programming_duration_seconds_count 0\n"));
+        m.record_programming([0.1, 2.5, 2.5, 70.0, 400.0].map(Duration::from_secs_f64));
+        let text = m.render();
+        let bucket = |le: &str| format!("lb_network_programming_duration_seconds_bucket{{le=\"{le}\"}} ");
+        assert!(text.contains(&format!("{}1\n", bucket("0.25"))), "{text}");
+        assert!(text.contains(&format!("{}1\n", bucket("2"))), "{text}");
+        assert!(text.contains(&format!("{}3\n", bucket("3"))), "{text}");
+        assert!(text.contains(&format!("{}3\n", bucket("65"))), "{text}");
+        assert!(text.contains(&format!("{}4\n", bucket("70"))), "{text}");
+        assert!(text.contains(&format!("{}4\n", bucket("300"))), "{text}");
+        assert!(text.contains(&format!("{}5\n", bucket("+Inf"))), "{text}");
+        assert!(text.contains("lb_network_programming_duration_seconds_count 5\n"), "{text}");
+        assert!(text.contains("lb_network_programming_duration_seconds_sum 475.1\n"), "{text}");
     }
 
     #[test]

@@ -6,12 +6,12 @@
 //! source ranges, and brings the health check servers and the metrics up
 //! to date.
 
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use tracing::{debug, info, warn};
 
 use crate::{
-    metrics::{Metrics, SyncRecord},
+    metrics::{Metrics, SyncRecord, programming_latency},
     northsouth::{self, NorthSouth},
     reconcile::Reconciler,
     source::{Store, Update},
@@ -26,11 +26,22 @@ pub struct Syncer {
     north_south: NorthSouth,
     reconciler: Reconciler,
     metrics: Metrics,
+    /// When the agent started: slice changes triggered before are not
+    /// counted in the network programming latency.
+    started: SystemTime,
 }
 
 impl Syncer {
     pub fn new(opts: TranslateOptions, north_south: NorthSouth, reconciler: Reconciler, metrics: Metrics) -> Syncer {
-        Syncer { store: Store::default(), translator: Translator::default(), opts, north_south, reconciler, metrics }
+        Syncer {
+            store: Store::default(),
+            translator: Translator::default(),
+            opts,
+            north_south,
+            reconciler,
+            metrics,
+            started: SystemTime::now(),
+        }
     }
 
     /// Takes an update from a source (nothing is written yet).
@@ -89,6 +100,9 @@ impl Syncer {
         self.reconciler.apply_source_ranges(&plan.source_ranges, &mut stats);
         self.north_south.sync_health_checks(&plan);
         let latency = first_seen.elapsed();
+        let now = SystemTime::now();
+        let triggers = self.store.take_trigger_times();
+        self.metrics.record_programming(triggers.into_iter().filter_map(|t| programming_latency(t, self.started, now)));
         let record = SyncRecord {
             latency,
             map_ops: stats.ops,

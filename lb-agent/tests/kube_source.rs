@@ -14,7 +14,7 @@ use std::{
     net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream},
     path::{Path, PathBuf},
     process::Stdio,
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use common::{ManifestDir, PinDir, kernel_tests_enabled, wait_for};
@@ -551,6 +551,57 @@ fn malformed_objects_are_skipped_and_the_rest_applies() {
     let metrics = wait_health(&s.lab.node, "/metrics", 200);
     assert!(metric(&metrics, "lb_objects_skipped") >= 3.0, "{metrics}");
     assert_eq!(health(&s.lab.node, "/healthz").0, 200);
+}
+
+/// `slice(..)` with an `endpoints.kubernetes.io/last-change-trigger-time`.
+fn triggered(mut sl: EndpointSlice, trigger: &str) -> EndpointSlice {
+    sl.metadata.annotations = Some(BTreeMap::from([(TRIGGER_TIME.to_string(), trigger.to_string())]));
+    sl
+}
+
+const TRIGGER_TIME: &str = "endpoints.kubernetes.io/last-change-trigger-time";
+
+/// The network programming latency: a slice whose change was triggered
+/// 2.2 s ago (written, as the EndpointSlice controller does, to the
+/// second, so 2.2 to 3.2 s) is observed once, at 2.2 s or more; slices
+/// without the annotation, or with a malformed one (a warning naming the
+/// slice), apply but are not counted.
+#[test]
+fn network_programming_latency_is_observed_from_the_trigger_time() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let s = setup(&[], "kprog");
+    let agent = s.agent("kprog");
+    wait_health(&s.lab.node, "/readyz", 200);
+    // Changes triggered before the agent started are not counted (as
+    // kube-proxy): let it run long enough for 2.2 s ago, truncated to the
+    // second, to be after.
+    std::thread::sleep(Duration::from_millis(3500));
+    let name = "lb_network_programming_duration_seconds";
+    assert_eq!(metric(&health(&s.lab.node, "/metrics").1, &format!("{name}_count")), 0.0);
+
+    s.api.apply(&service("prog", "10.96.0.81", &[("p", 80, "p")]));
+    s.api.apply(&slice("prog-plain", "prog", &[("p", 8080)], &[(ip(1), Cond::Ready)]));
+    s.api.apply(&triggered(slice("prog-bad", "prog", &[("p", 8080)], &[(ip(2), Cond::Ready)]), "two seconds ago"));
+    let secs = (SystemTime::now() - Duration::from_millis(2200)).duration_since(UNIX_EPOCH).unwrap().as_secs();
+    let trigger = k8s_openapi::jiff::Timestamp::from_second(secs as i64).unwrap().to_string();
+    s.api.apply(&triggered(slice("prog-1", "prog", &[("p", 8080)], &[(ip(3), Cond::Ready)]), &trigger));
+    let rows = agent.wait_rows("the three slices' backends", |r| r.len() == 1 && r[0].backends.len() == 3);
+    assert_eq!(backends(&rows, "10.96.0.81:80/TCP"), set(&["10.244.9.1:8080", "10.244.9.2:8080", "10.244.9.3:8080"]));
+    let line = agent.wait_log("the malformed trigger time", 0, "EndpointSlice test/prog-bad");
+    assert!(line.contains("WARN") && line.contains(TRIGGER_TIME) && line.contains("two seconds ago"), "{line}");
+
+    let metrics = health(&s.lab.node, "/metrics").1;
+    let bucket = |le: &str| metric(&metrics, &format!("{name}_bucket{{le=\"{le}\"}}"));
+    assert_eq!(metric(&metrics, &format!("{name}_count")), 1.0, "only prog-1 counts:\n{metrics}");
+    assert_eq!(bucket("2"), 0.0, "at least 2.2 s:\n{metrics}");
+    assert_eq!(bucket("10"), 1.0, "{metrics}");
+    let sum = metric(&metrics, &format!("{name}_sum"));
+    assert!((2.2..10.0).contains(&sum), "{sum}\n{metrics}");
+    // The histogram agrees with the sum: its bucket is the first le >= sum.
+    let le = sum.ceil().to_string();
+    assert_eq!((bucket(&(sum.ceil() - 1.0).to_string()), bucket(&le)), (0.0, 1.0), "{metrics}");
 }
 
 // ---- restart --------------------------------------------------------------------

@@ -12,7 +12,11 @@
 
 use serde_json::Value;
 
-use super::{Kind, kube::ZONE_LABEL, slice::SERVICE_NAME_LABEL};
+use super::{
+    Kind,
+    kube::ZONE_LABEL,
+    slice::{SERVICE_NAME_LABEL, TRIGGER_TIME_ANNOTATION},
+};
 use crate::translate::{BACKEND_SELECTION_ANNOTATION, SERVICE_PROXY_NAME_LABEL};
 
 /// kube-proxy's label selector for Services and EndpointSlices (the
@@ -24,13 +28,14 @@ pub const WATCH_LABEL_SELECTOR: &str = "!service.kubernetes.io/service-proxy-nam
 /// the metadata no part of the agent reads: done as each object of a list
 /// page or watch event is read, so a page never holds `managedFields`.
 /// Keeps name, namespace, `deletionTimestamp`, the labels lb reads (a
-/// Service's proxy name, a slice's Service, a Node's zone) and lb's own
-/// annotation.
+/// Service's proxy name, a slice's Service, a Node's zone), lb's own
+/// annotation and a slice's change trigger time (network programming
+/// latency).
 pub fn trim_metadata(v: &mut Value) {
     if let Some(meta) = v.get_mut("metadata").and_then(Value::as_object_mut) {
         meta.retain(|k, _| matches!(k.as_str(), "name" | "namespace" | "labels" | "annotations" | "deletionTimestamp"));
         keep_only(meta.get_mut("labels"), &[SERVICE_PROXY_NAME_LABEL, SERVICE_NAME_LABEL, ZONE_LABEL]);
-        keep_only(meta.get_mut("annotations"), &[BACKEND_SELECTION_ANNOTATION]);
+        keep_only(meta.get_mut("annotations"), &[BACKEND_SELECTION_ANNOTATION, TRIGGER_TIME_ANNOTATION]);
     }
 }
 
@@ -104,6 +109,7 @@ mod tests {
         );
         let mut slice = json!({
             "metadata": {"name": "web-1", "labels": {SERVICE_NAME_LABEL: "web", "endpointslice.kubernetes.io/managed-by": "c"},
+                "annotations": {TRIGGER_TIME_ANNOTATION: "2026-12-02T05:00:01Z", "other": "x"},
                 "managedFields": [{}]},
             "addressType": "IPv4", "ports": [{"port": 8080}],
             "endpoints": [{"addresses": ["10.0.0.1"], "conditions": {"ready": true}, "nodeName": "n", "zone": "z",
@@ -113,7 +119,8 @@ mod tests {
         assert_eq!(
             slice,
             json!({
-                "metadata": {"name": "web-1", "labels": {SERVICE_NAME_LABEL: "web"}},
+                "metadata": {"name": "web-1", "labels": {SERVICE_NAME_LABEL: "web"},
+                    "annotations": {TRIGGER_TIME_ANNOTATION: "2026-12-02T05:00:01Z"}},
                 "addressType": "IPv4", "ports": [{"port": 8080}],
                 "endpoints": [{"addresses": ["10.0.0.1"], "conditions": {"ready": true}, "nodeName": "n", "zone": "z",
                     "hints": {"forZones": [{"name": "z"}]}}]

@@ -220,6 +220,20 @@ metadata: {name: web}
     }
 
     #[test]
+    fn a_slice_keeps_its_trigger_time() {
+        let text = GOOD.replace(
+            "  name: web-abc\n",
+            "  name: web-abc\n  annotations: {endpoints.kubernetes.io/last-change-trigger-time: \"2026-12-02T05:00:01Z\"}\n",
+        );
+        let mut out = Objects::default();
+        parse_into("t.yaml", &text, &mut out);
+        let t = out.slices[0].obj.trigger_time.expect("the trigger time");
+        assert_eq!(t.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs(), 1_796_187_601);
+        parse_into("g.yaml", GOOD, &mut out);
+        assert_eq!(out.slices[1].obj.trigger_time, None);
+    }
+
+    #[test]
     fn list_kind() {
         let text = "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Service\n  metadata: {name: a}\n  spec: {clusterIP: 10.96.0.1, ports: [{port: 53, protocol: UDP}]}\n";
         let mut out = Objects::default();

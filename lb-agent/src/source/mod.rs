@@ -20,7 +20,7 @@ pub mod slice;
 use std::{
     collections::{BTreeMap, BTreeSet},
     fmt,
-    time::Instant,
+    time::{Instant, SystemTime},
 };
 
 use k8s_openapi::api::core::v1::Service;
@@ -159,6 +159,9 @@ pub struct Store {
     slices_of: foldhash::HashMap<ObjectKey, Vec<ObjectKey>>,
     /// This node's zone label (topology hints).
     node_zone: Option<String>,
+    /// The trigger times of the slice changes not yet synced, by the
+    /// Service they name (network programming latency).
+    trigger_times: BTreeMap<ObjectKey, Vec<SystemTime>>,
 }
 
 /// Services whose generation moved since the last look.
@@ -273,6 +276,20 @@ impl Store {
         self.node_zone.as_deref()
     }
 
+    /// The trigger times of the slice changes since the last call (a slice
+    /// added or changed with a readable trigger time, as kube-proxy counts
+    /// them): the next sync writes these changes.
+    pub fn take_trigger_times(&mut self) -> Vec<SystemTime> {
+        std::mem::take(&mut self.trigger_times).into_values().flatten().collect()
+    }
+
+    /// Notes the trigger time of a slice that was added or changed.
+    fn note_trigger_time(&mut self, trigger_time: Option<SystemTime>, service: Option<ObjectKey>) {
+        if let (Some(t), Some(svc)) = (trigger_time, service) {
+            self.trigger_times.entry(svc).or_default().push(t);
+        }
+    }
+
     /// Objects (or documents) skipped because they could not be read.
     pub fn skipped(&self) -> usize {
         self.invalid.len() + self.unnamed_problems.values().map(Vec::len).sum::<usize>()
@@ -295,6 +312,12 @@ impl Store {
                     }
                     Kind::EndpointSlice => {
                         if let Some(old) = self.slices.remove(&key) {
+                            // As kube-proxy: a deleted slice's trigger time
+                            // is that of its last update, not of the
+                            // deletion; the Service's pending ones go too.
+                            if let Some(svc) = slice_service(&old.obj) {
+                                self.trigger_times.remove(&svc);
+                            }
                             self.index_slice(&key, slice_service(&old.obj), false);
                         }
                     }
@@ -363,6 +386,9 @@ impl Store {
                 for key in changed_keys(&previous_slices, &self.slices) {
                     let old = previous_slices.get(&key).map(|s| slice_service(&s.obj));
                     let new = self.slices.get(&key).map(|s| slice_service(&s.obj));
+                    if let Some(svc) = &new {
+                        self.note_trigger_time(self.slices.get(&key).and_then(|s| s.obj.trigger_time), svc.clone());
+                    }
                     if let Some(svc) = old {
                         self.index_slice(&key, svc, false);
                     }
@@ -401,6 +427,7 @@ impl Store {
                     return;
                 }
                 let svc = slice_service(&s.obj);
+                self.note_trigger_time(s.obj.trigger_time, svc.clone());
                 if let Some(old) = self.slices.insert(key.clone(), s) {
                     self.index_slice(&key, slice_service(&old.obj), false);
                 }

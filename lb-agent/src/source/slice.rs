@@ -5,14 +5,23 @@
 //! endpoints each the store held about 45 MiB of them. Sources convert each
 //! slice when it arrives, so the store keeps about 100 bytes per endpoint.
 
-use std::sync::Arc;
+use std::{sync::Arc, time::SystemTime};
 
-use k8s_openapi::api::discovery::v1::{Endpoint, EndpointHints, EndpointPort, EndpointSlice};
+use k8s_openapi::{
+    api::discovery::v1::{Endpoint, EndpointHints, EndpointPort, EndpointSlice},
+    jiff::Timestamp,
+};
+use tracing::warn;
 
 use crate::model::Hints;
 
 /// The label naming a slice's Service.
 pub const SERVICE_NAME_LABEL: &str = "kubernetes.io/service-name";
+
+/// When the change that produced this version of the slice happened (a
+/// Pod or Service update), as the EndpointSlice controller writes it
+/// (RFC 3339): the start of the network programming latency.
+pub const TRIGGER_TIME_ANNOTATION: &str = "endpoints.kubernetes.io/last-change-trigger-time";
 
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Slice {
@@ -23,6 +32,8 @@ pub struct Slice {
     pub address_type: String,
     pub ports: Vec<EndpointPort>,
     pub endpoints: Vec<SliceEndpoint>,
+    /// The [`TRIGGER_TIME_ANNOTATION`], when present and readable.
+    pub trigger_time: Option<SystemTime>,
 }
 
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -43,6 +54,14 @@ pub struct SliceEndpoint {
 impl From<EndpointSlice> for Slice {
     fn from(s: EndpointSlice) -> Slice {
         let mut labels = s.metadata.labels.unwrap_or_default();
+        let trigger_time = s.metadata.annotations.as_ref().and_then(|a| a.get(TRIGGER_TIME_ANNOTATION)).and_then(|v| {
+            parse_trigger_time(v)
+                .map_err(|e| {
+                    let (ns, name) = (s.metadata.namespace.as_deref().unwrap_or("default"), s.metadata.name.as_deref().unwrap_or(""));
+                    warn!("EndpointSlice {ns}/{name}: annotation {TRIGGER_TIME_ANNOTATION} {v:?} is not an RFC 3339 time ({e}); ignored");
+                })
+                .ok()
+        });
         Slice {
             namespace: s.metadata.namespace,
             name: s.metadata.name,
@@ -50,8 +69,15 @@ impl From<EndpointSlice> for Slice {
             address_type: s.address_type,
             ports: s.ports.unwrap_or_default(),
             endpoints: endpoints(s.endpoints),
+            trigger_time,
         }
     }
+}
+
+/// Reads a [`TRIGGER_TIME_ANNOTATION`] value (RFC 3339, as
+/// `metav1.Time` writes it).
+pub fn parse_trigger_time(value: &str) -> Result<SystemTime, String> {
+    value.parse::<Timestamp>().map(SystemTime::from).map_err(|e| e.to_string())
 }
 
 fn endpoints(list: Vec<Endpoint>) -> Vec<SliceEndpoint> {
@@ -106,5 +132,24 @@ mod tests {
         let h = e.hints.as_deref().unwrap();
         assert_eq!((h.zones.as_slice(), h.nodes.as_slice()), (&["z".to_string(), "y".to_string()][..], &["n1".to_string()][..]));
         assert_eq!(s.endpoints[1], SliceEndpoint::default());
+        assert_eq!(s.trigger_time, None);
+    }
+
+    #[test]
+    fn reads_the_trigger_time_and_ignores_a_malformed_one() {
+        let with = |value: &str| {
+            let s: EndpointSlice = serde_json::from_value(serde_json::json!({
+                "metadata": {"name": "web-1", "namespace": "x", "annotations": {TRIGGER_TIME_ANNOTATION: value}},
+                "addressType": "IPv4", "endpoints": []
+            }))
+            .unwrap();
+            Slice::from(s).trigger_time
+        };
+        let t = with("2026-12-02T05:00:01Z").unwrap();
+        assert_eq!(t.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs(), 1_796_187_601);
+        let t = with("2026-12-02T06:00:01.5+01:00").unwrap();
+        assert_eq!(t.duration_since(std::time::UNIX_EPOCH).unwrap().as_millis(), 1_796_187_601_500);
+        assert_eq!(with("yesterday"), None);
+        assert_eq!(with(""), None);
     }
 }

@@ -72,3 +72,53 @@ fn duplicate_in_a_list_keeps_the_first() {
     assert_eq!(ip(&store, "a"), "10.0.0.1");
     assert_eq!(store.skipped(), 1);
 }
+
+fn timed_slice(name: &str, service: &str, secs: u64) -> Object {
+    let obj = Slice {
+        namespace: Some("ns".into()),
+        name: Some(name.into()),
+        service: Some(service.into()),
+        address_type: "IPv4".into(),
+        trigger_time: (secs > 0).then(|| std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs)),
+        ..Default::default()
+    };
+    Object::EndpointSlice(Sourced { origin: String::new(), obj })
+}
+
+fn trigger_secs(store: &mut Store) -> Vec<u64> {
+    let mut v: Vec<u64> = store.take_trigger_times().iter().map(|t| t.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs()).collect();
+    v.sort();
+    v
+}
+
+#[test]
+fn trigger_times_of_changed_slices_are_taken_once() {
+    let mut store = Store::default();
+    // A list: every slice with a trigger time is a change.
+    store.apply(Update::Listed {
+        kind: Kind::EndpointSlice,
+        objects: vec![timed_slice("a-1", "a", 10), timed_slice("b-1", "b", 0)],
+        invalid: vec![],
+    });
+    assert_eq!(trigger_secs(&mut store), [10]);
+    assert_eq!(trigger_secs(&mut store), [] as [u64; 0], "taken once");
+    // A relist with nothing new is no change.
+    store.apply(Update::Listed {
+        kind: Kind::EndpointSlice,
+        objects: vec![timed_slice("a-1", "a", 10), timed_slice("b-1", "b", 0)],
+        invalid: vec![],
+    });
+    assert_eq!(trigger_secs(&mut store), [] as [u64; 0]);
+    // Updates, one of them repeated unchanged, one without annotation.
+    store.apply(Update::Applied(timed_slice("a-1", "a", 20)));
+    store.apply(Update::Applied(timed_slice("a-1", "a", 20)));
+    store.apply(Update::Applied(timed_slice("a-2", "a", 21)));
+    store.apply(Update::Applied(timed_slice("c-1", "c", 30)));
+    store.apply(Update::Applied(timed_slice("b-1", "b", 0)));
+    assert_eq!(trigger_secs(&mut store), [20, 21, 30]);
+    // A deletion drops its Service's pending changes (as kube-proxy).
+    store.apply(Update::Applied(timed_slice("a-1", "a", 40)));
+    store.apply(Update::Applied(timed_slice("c-1", "c", 41)));
+    store.apply(Update::Deleted { kind: Kind::EndpointSlice, key: key("a-2") });
+    assert_eq!(trigger_secs(&mut store), [41]);
+}
