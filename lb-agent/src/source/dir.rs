@@ -7,6 +7,12 @@
 //! the lists it sends are still complete, so duplicates across files,
 //! problems and "the last valid version stays" keep the semantics of a
 //! full read.
+//!
+//! The price is memory: the cache holds a second copy of every object next
+//! to the store's (B3 from manifests at 10,000 Services x 10 endpoints:
+//! VmHWM 104 MiB without the cache, 136 MiB with it). Sending only what
+//! changed (applied and deleted objects) would let it keep keys instead of
+//! objects; the API-server source does not have this cost.
 
 use std::{
     collections::BTreeMap,
