@@ -381,15 +381,7 @@ fn agent_run(bin: &Path, svcs: &[Svc], extra: &Svc, o: &B3Options, prefill: bool
             }
         }
     }
-    // SAFETY: kill(2) on our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while child.try_wait()?.is_none() {
-        if Instant::now() > deadline {
-            let _ = child.kill();
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    sys::stop_agent(&mut child)?;
     extra_written.context("writing the extra Service")?;
     result.map_err(|e| e.context(log.iter().rev().take(5).cloned().collect::<Vec<_>>().join(" | ")))
 }

@@ -585,13 +585,7 @@ fn run_agent(plan: &Plan, bin: &Path) -> Result<B6Row> {
         })
     })();
 
-    // SAFETY: kill(2) on our own child, not yet reaped.
-    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while child.try_wait()?.is_none() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    // Killed (SIGKILL) and reaped here if it is still running.
+    sys::stop_agent(&mut child)?;
     drop(child);
     // The maps are unpinned (lb_agent::datapath::cleanup) once it is gone.
     drop(pins);

@@ -120,7 +120,6 @@ pub fn run(o: &B7Options, agent_bin: Option<&Path>) -> Result<Option<B7Result>> 
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     let mut child = lab.node.spawn(&mut cmd)?;
-    let pid = child.id();
     let stderr = child.stderr.take().expect("piped");
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
@@ -159,12 +158,7 @@ pub fn run(o: &B7Options, agent_bin: Option<&Path>) -> Result<Option<B7Result>> 
         Ok(r)
     })();
 
-    // SAFETY: kill(2) on our own child, not yet reaped.
-    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while child.try_wait()?.is_none() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    sys::stop_agent(&mut child)?;
     drop(child);
     drop(pins);
     drop(lab);

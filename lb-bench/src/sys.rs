@@ -87,6 +87,23 @@ fn busy_ticks() -> (u64, u64) {
     (total - idle, total)
 }
 
+/// Stops an agent the way its DaemonSet is stopped: SIGTERM, then up to
+/// 10 s for it to exit; past that it is killed. Reaped either way.
+pub fn stop_agent(child: &mut std::process::Child) -> std::io::Result<()> {
+    // SAFETY: kill(2) on our own child, not yet reaped.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while child.try_wait()?.is_none() {
+        if Instant::now() > deadline {
+            child.kill()?;
+            child.wait()?;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(())
+}
+
 /// Waits until the machine is quiet (under 10 % of all CPUs busy over
 /// half a second) or `max` has passed; returns how long it waited. The
 /// kernel tears a deleted network namespace down asynchronously; the next
