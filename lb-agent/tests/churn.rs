@@ -11,17 +11,17 @@ mod common;
 use std::{
     collections::BTreeMap,
     io::{BufRead, BufReader, Write},
-    net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
+    net::{Ipv4Addr, SocketAddrV4, TcpStream, UdpSocket},
     os::fd::{FromRawFd, OwnedFd},
     sync::{
-        Arc, Mutex,
+        Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
     thread,
     time::{Duration, Instant},
 };
 
-use common::{Agent, ManifestDir, PinDir, kernel_tests_enabled, service_yaml};
+use common::{Agent, ManifestDir, PinDir, kernel_tests_enabled, line_echo, service_yaml};
 use lb_lab::{NodeLab, Server, churn, tcp_request_with, tcp_server, udp_echo};
 
 /// A socket of `kind` bound to `port` with SO_REUSEADDR, so that a second
@@ -51,36 +51,6 @@ fn connect(fd: &OwnedFd, to: SocketAddrV4) -> std::io::Result<()> {
     // SAFETY: as above.
     let rc = unsafe { libc::connect(fd.as_raw_fd(), (&raw const sa).cast(), size_of::<libc::sockaddr_in>() as u32) };
     if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
-}
-
-/// A TCP server that answers every line with `<tag>:<line>`, connections
-/// kept open.
-fn line_echo(ns: &lb_lab::Netns, addr: SocketAddrV4, tag: &'static str) -> Arc<AtomicBool> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let stop2 = stop.clone();
-    ns.spawn_thread("line-echo", move || {
-        let l = TcpListener::bind(addr).unwrap();
-        l.set_nonblocking(true).unwrap();
-        while !stop2.load(Ordering::SeqCst) {
-            match l.accept() {
-                Ok((s, _)) => {
-                    thread::spawn(move || {
-                        s.set_nonblocking(false).unwrap();
-                        let mut out = s.try_clone().unwrap();
-                        for line in BufReader::new(s).lines() {
-                            let Ok(line) = line else { break };
-                            if writeln!(out, "{tag}:{line}").is_err() {
-                                break;
-                            }
-                        }
-                    });
-                }
-                Err(_) => thread::sleep(Duration::from_millis(10)),
-            }
-        }
-    })
-    .unwrap();
-    stop
 }
 
 #[test]

@@ -12,7 +12,7 @@ mod common;
 
 use std::{
     io::{BufRead, BufReader, Write},
-    net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
+    net::{Ipv4Addr, SocketAddrV4, TcpStream, UdpSocket},
     os::fd::AsFd,
     path::Path,
     process::Command,
@@ -24,7 +24,7 @@ use std::{
     time::Duration,
 };
 
-use common::{Agent, ManifestDir, PinDir, kernel_tests_enabled, wait_for};
+use common::{Agent, ManifestDir, PinDir, kernel_tests_enabled, line_echo, wait_for};
 use lb_agent::links;
 use lb_lab::{ClusterLab, Netns, NodeLab, Server, node_ip, tcp_server, udp_echo};
 
@@ -87,36 +87,6 @@ endpoints:
   conditions: {{ready: true}}
 "#
     )
-}
-
-/// A TCP server answering every line with `<tag>:<line>` on connections
-/// it keeps open.
-fn line_echo(ns: &Netns, addr: SocketAddrV4, tag: &'static str) -> Arc<AtomicBool> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let stop2 = stop.clone();
-    ns.spawn_thread("line-echo", move || {
-        let l = TcpListener::bind(addr).unwrap();
-        l.set_nonblocking(true).unwrap();
-        while !stop2.load(Ordering::SeqCst) {
-            match l.accept() {
-                Ok((s, _)) => {
-                    thread::spawn(move || {
-                        s.set_nonblocking(false).unwrap();
-                        let mut out = s.try_clone().unwrap();
-                        for line in BufReader::new(s).lines() {
-                            let Ok(line) = line else { break };
-                            if writeln!(out, "{tag}:{line}").is_err() {
-                                break;
-                            }
-                        }
-                    });
-                }
-                Err(_) => thread::sleep(Duration::from_millis(10)),
-            }
-        }
-    })
-    .unwrap();
-    stop
 }
 
 /// One request on a new connection, answered within [`ANSWER`].

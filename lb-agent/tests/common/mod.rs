@@ -4,9 +4,13 @@
 
 use std::{
     fs,
+    net::{SocketAddrV4, TcpListener},
     path::{Path, PathBuf},
     process::Stdio,
-    sync::atomic::{AtomicU32, Ordering},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU32, Ordering},
+    },
     time::{Duration, Instant},
 };
 
@@ -465,4 +469,35 @@ pub fn with_ip_id(packet: &[u8], id: u16) -> Vec<u8> {
     let sum = ipv4_checksum(&p[14..34]);
     p[24..26].copy_from_slice(&sum.to_be_bytes());
     p
+}
+
+/// A TCP server answering every line with `<tag>:<line>` on connections
+/// it keeps open; stops when the flag it returns is set.
+pub fn line_echo(ns: &Netns, addr: SocketAddrV4, tag: &'static str) -> Arc<AtomicBool> {
+    use std::io::{BufRead, BufReader, Write};
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop2 = stop.clone();
+    ns.spawn_thread("line-echo", move || {
+        let l = TcpListener::bind(addr).unwrap();
+        l.set_nonblocking(true).unwrap();
+        while !stop2.load(Ordering::SeqCst) {
+            match l.accept() {
+                Ok((s, _)) => {
+                    std::thread::spawn(move || {
+                        s.set_nonblocking(false).unwrap();
+                        let mut out = s.try_clone().unwrap();
+                        for line in BufReader::new(s).lines() {
+                            let Ok(line) = line else { break };
+                            if writeln!(out, "{tag}:{line}").is_err() {
+                                break;
+                            }
+                        }
+                    });
+                }
+                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        }
+    })
+    .unwrap();
+    stop
 }
