@@ -1,14 +1,23 @@
 //! The agent's figures, served in the Prometheus text format on the
-//! health server's `/metrics`.
+//! health server's `/metrics` and the metrics server's, through
+//! prometheus-client: counters, gauges and histograms registered once
+//! in a [`Registry`], encoded at each scrape.
 
 use std::{
-    fmt::Write as _,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, atomic::AtomicU64},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use prometheus_client::{
+    encoding::prometheus_text,
+    metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram},
+    registry::Registry,
 };
 
 use crate::source::Kind;
 
+/// The `Content-Type` of what [`Metrics::render`] returns.
+pub const CONTENT_TYPE: &str = prometheus_text::CONTENT_TYPE;
 /// Upper bounds (seconds) of the sync latency histogram.
 const LATENCY_BUCKETS: [f64; 12] = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
 
@@ -51,31 +60,39 @@ pub fn programming_latency(trigger: SystemTime, started: SystemTime, now: System
 
 /// Shared handle; cheap to clone.
 #[derive(Clone, Debug, Default)]
-pub struct Metrics(Arc<Mutex<Inner>>);
+pub struct Metrics(Arc<Shared>);
 
-#[derive(Debug, Default)]
-struct Inner {
-    syncs: u64,
-    map_ops: u64,
-    map_errors: u64,
-    skipped: u64,
-    frontends: u64,
-    services: u64,
-    /// Counts per bucket (not cumulative), then the +Inf overflow.
-    latency_buckets: [u64; LATENCY_BUCKETS.len() + 1],
-    latency_sum: f64,
-    latency_count: u64,
-    /// The network programming latency histogram, like the above.
-    programming_buckets: Vec<u64>,
-    programming_sum: f64,
-    programming_count: u64,
-    last_sync_unix: f64,
-    api_errors_services: u64,
-    api_errors_slices: u64,
-    api_errors_node: u64,
+#[derive(Debug)]
+struct Shared {
+    registry: Registry,
+    m: Instruments,
+    state: Mutex<State>,
+}
+
+/// The instruments, each registered in the registry under its name.
+#[derive(Debug)]
+struct Instruments {
+    syncs: Counter,
+    map_ops: Counter,
+    map_errors: Counter,
+    skipped: Gauge,
+    frontends: Gauge,
+    services: Gauge,
+    api_errors: Family<[(&'static str, &'static str); 1], Counter>,
     /// Map entries put right by the periodic resync (drift repair).
-    drift_repairs: u64,
-    node_seen: bool,
+    drift_repairs: Counter,
+    node_seen: Gauge,
+    node_eligible: Gauge,
+    api_reachable: Gauge,
+    ready: Gauge,
+    last_sync_unix: Gauge<f64, AtomicU64>,
+    sync_latency: Histogram,
+    programming: Histogram,
+}
+
+/// What the agent's probes need besides the figures.
+#[derive(Debug, Default)]
+struct State {
     /// Why this node should not get new load-balanced traffic (its Node
     /// is being deleted, or is about to be); `None` while it is eligible.
     node_ineligible: Option<String>,
@@ -83,6 +100,68 @@ struct Inner {
     api_outage: Option<Outage>,
     ready: bool,
 }
+
+impl Default for Shared {
+    fn default() -> Self {
+        let m = Instruments {
+            syncs: Counter::default(),
+            map_ops: Counter::default(),
+            map_errors: Counter::default(),
+            skipped: Gauge::default(),
+            frontends: Gauge::default(),
+            services: Gauge::default(),
+            api_errors: Family::default(),
+            drift_repairs: Counter::default(),
+            node_seen: Gauge::default(),
+            node_eligible: Gauge::default(),
+            api_reachable: Gauge::default(),
+            ready: Gauge::default(),
+            last_sync_unix: Gauge::default(),
+            sync_latency: Histogram::new(LATENCY_BUCKETS),
+            programming: Histogram::new(PROGRAMMING_BUCKETS),
+        };
+        // Every resource's line from the start, at 0.
+        for resource in API_RESOURCES {
+            let _ = m.api_errors.get_or_create(&[("resource", resource)]);
+        }
+        m.node_eligible.set(1);
+        m.api_reachable.set(1);
+        let mut r = Registry::default();
+        r.register("lb_syncs", "Syncs of the maps with the desired state", m.syncs.clone());
+        r.register("lb_map_operations", "Map updates and deletes issued by the reconciler", m.map_ops.clone());
+        r.register("lb_map_errors", "Frontends or backends that could not be written", m.map_errors.clone());
+        r.register("lb_objects_skipped", "Objects or fields skipped as invalid in the last sync", m.skipped.clone());
+        r.register("lb_frontends", "Frontends in the desired state", m.frontends.clone());
+        r.register("lb_services", "Services handled", m.services.clone());
+        r.register("lb_api_errors", "Failed lists and watches against the API server", m.api_errors.clone());
+        r.register(
+            "lb_drift_repairs",
+            "Map entries the periodic resync found different from the desired state and repaired",
+            m.drift_repairs.clone(),
+        );
+        r.register("lb_node_seen", "Whether this node's Node object is known", m.node_seen.clone());
+        r.register(
+            "lb_node_eligible",
+            "Whether this node takes load-balanced traffic (its Node is not being deleted, nor tainted \
+             ToBeDeletedByClusterAutoscaler)",
+            m.node_eligible.clone(),
+        );
+        r.register("lb_api_reachable", "Whether the API server can be reached", m.api_reachable.clone());
+        r.register("lb_ready", "Whether the first full sync is done", m.ready.clone());
+        r.register("lb_last_sync_timestamp_seconds", "Unix time of the last sync", m.last_sync_unix.clone());
+        r.register("lb_sync_latency_seconds", "From the first event of a batch to its maps written", m.sync_latency.clone());
+        r.register(
+            "lb_network_programming_duration_seconds",
+            "From an EndpointSlice change's trigger time (its endpoints.kubernetes.io/last-change-trigger-time) \
+             to its maps written (kube-proxy's network_programming_duration_seconds)",
+            m.programming.clone(),
+        );
+        Shared { registry: r, m, state: Mutex::default() }
+    }
+}
+
+/// The values of `lb_api_errors_total`'s `resource` label.
+const API_RESOURCES: [&str; 3] = ["services", "endpointslices", "nodes"];
 
 /// A streak of failures to reach the API server.
 #[derive(Debug)]
@@ -104,91 +183,86 @@ pub struct SyncRecord {
     pub services: usize,
 }
 
+/// A count as a gauge's value.
+fn gauge_value(n: usize) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
 impl Metrics {
-    fn with<T>(&self, f: impl FnOnce(&mut Inner) -> T) -> T {
-        let mut guard = self.0.lock().unwrap_or_else(|e| e.into_inner());
+    fn state<T>(&self, f: impl FnOnce(&mut State) -> T) -> T {
+        let mut guard = self.0.state.lock().unwrap_or_else(|e| e.into_inner());
         f(&mut guard)
     }
 
     pub fn record_sync(&self, r: &SyncRecord) {
-        self.with(|m| {
-            m.syncs += 1;
-            m.map_ops += r.map_ops;
-            m.map_errors += r.map_errors;
-            m.skipped = r.skipped as u64;
-            m.frontends = r.frontends as u64;
-            m.services = r.services as u64;
-            let secs = r.latency.as_secs_f64();
-            let i = LATENCY_BUCKETS.iter().position(|b| secs <= *b).unwrap_or(LATENCY_BUCKETS.len());
-            m.latency_buckets[i] += 1;
-            m.latency_sum += secs;
-            m.latency_count += 1;
-            m.last_sync_unix = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
-            m.ready = true;
-        })
+        let m = &self.0.m;
+        m.syncs.inc();
+        m.map_ops.inc_by(r.map_ops);
+        m.map_errors.inc_by(r.map_errors);
+        m.skipped.set(gauge_value(r.skipped));
+        m.frontends.set(gauge_value(r.frontends));
+        m.services.set(gauge_value(r.services));
+        m.sync_latency.observe(r.latency.as_secs_f64());
+        m.last_sync_unix.set(SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0));
+        m.ready.set(1);
+        self.state(|s| s.ready = true);
     }
 
     /// Observes the network programming latency of slice changes a sync
     /// has written.
     pub fn record_programming(&self, latencies: impl IntoIterator<Item = Duration>) {
-        self.with(|m| {
-            for d in latencies {
-                let secs = d.as_secs_f64();
-                let i = PROGRAMMING_BUCKETS.iter().position(|b| secs <= *b).unwrap_or(PROGRAMMING_BUCKETS.len());
-                if m.programming_buckets.is_empty() {
-                    m.programming_buckets = vec![0; PROGRAMMING_BUCKETS.len() + 1];
-                }
-                m.programming_buckets[i] += 1;
-                m.programming_sum += secs;
-                m.programming_count += 1;
-            }
-        })
+        for d in latencies {
+            self.0.m.programming.observe(d.as_secs_f64());
+        }
     }
 
     /// Whether the first complete sync has been written.
     pub fn ready(&self) -> bool {
-        self.with(|m| m.ready)
+        self.state(|s| s.ready)
     }
 
     pub fn api_error(&self, kind: Kind) {
-        self.with(|m| match kind {
-            Kind::Service => m.api_errors_services += 1,
-            Kind::EndpointSlice => m.api_errors_slices += 1,
-        })
+        let resource = match kind {
+            Kind::Service => API_RESOURCES[0],
+            Kind::EndpointSlice => API_RESOURCES[1],
+        };
+        self.0.m.api_errors.get_or_create(&[("resource", resource)]).inc();
     }
 
     /// Counts map entries the periodic resync repaired.
     pub fn drift_repaired(&self, n: u64) {
-        self.with(|m| m.drift_repairs += n)
+        self.0.m.drift_repairs.inc_by(n);
     }
 
     pub fn api_error_node(&self) {
-        self.with(|m| m.api_errors_node += 1)
+        self.0.m.api_errors.get_or_create(&[("resource", API_RESOURCES[2])]).inc();
     }
 
     pub fn set_node_seen(&self, seen: bool) {
-        self.with(|m| m.node_seen = seen)
+        self.0.m.node_seen.set(i64::from(seen));
     }
 
     /// Records whether this node is eligible for load-balanced traffic
     /// (`None`), or why not; returns the previous value.
     pub fn set_node_ineligible(&self, why: Option<String>) -> Option<String> {
-        self.with(|m| std::mem::replace(&mut m.node_ineligible, why))
+        self.0.m.node_eligible.set(i64::from(why.is_none()));
+        self.state(|s| std::mem::replace(&mut s.node_ineligible, why))
     }
 
     /// Why this node is not eligible for load-balanced traffic, if it is not
     /// (as kube-proxy's `/healthz` reports `nodeEligible`).
     pub fn node_ineligible(&self) -> Option<String> {
-        self.with(|m| m.node_ineligible.clone())
+        self.state(|s| s.node_ineligible.clone())
     }
 
     /// Records a failure to reach the API server. Returns true when it
     /// starts an outage (the caller then says why, once per outage).
     pub fn api_unreachable(&self, why: &str) -> bool {
-        self.with(|m| {
-            let starts = m.api_outage.is_none();
+        self.0.m.api_reachable.set(0);
+        self.state(|s| {
+            let starts = s.api_outage.is_none();
             if starts {
-                m.api_outage = Some(Outage { since: Instant::now(), why: why.to_string() });
+                s.api_outage = Some(Outage { since: Instant::now(), why: why.to_string() });
             }
             starts
         })
@@ -197,107 +271,31 @@ impl Metrics {
     /// Records that the API server answered; returns how long the outage
     /// it ends lasted, if there was one.
     pub fn api_reachable(&self) -> Option<Duration> {
-        self.with(|m| m.api_outage.take().map(|o| o.since.elapsed()))
+        self.0.m.api_reachable.set(1);
+        self.state(|s| s.api_outage.take().map(|o| o.since.elapsed()))
     }
 
     /// For how long, and why, the API server has been unreachable.
     pub fn api_outage(&self) -> Option<(Duration, String)> {
-        self.with(|m| m.api_outage.as_ref().map(|o| (o.since.elapsed(), o.why.clone())))
+        self.state(|s| s.api_outage.as_ref().map(|o| (o.since.elapsed(), o.why.clone())))
     }
 
     /// What `/readyz` answers: ready once the first complete sync is
     /// written and while the API server can be reached; otherwise why not.
     pub fn readiness(&self) -> Result<(), String> {
-        self.with(|m| match (&m.api_outage, m.ready) {
+        self.state(|s| match (&s.api_outage, s.ready) {
             (Some(o), _) => Err(format!("the API server cannot be reached (for {}s): {}", o.since.elapsed().as_secs(), o.why)),
             (None, false) => Err("waiting for the first full sync".to_string()),
             (None, true) => Ok(()),
         })
     }
 
-    /// The Prometheus text exposition (format 0.0.4).
+    /// The Prometheus text exposition (format 0.0.4, [`CONTENT_TYPE`]).
     pub fn render(&self) -> String {
-        self.with(|m| {
-            let mut out = String::new();
-            let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, String)]| {
-                let _ = writeln!(out, "# HELP {name} {help}");
-                let _ = writeln!(out, "# TYPE {name} {kind}");
-                for (labels, value) in samples {
-                    let _ = writeln!(out, "{name}{labels} {value}");
-                }
-            };
-            metric("lb_syncs_total", "counter", "Syncs of the maps with the desired state.", &[("", m.syncs.to_string())]);
-            metric(
-                "lb_map_operations_total",
-                "counter",
-                "Map updates and deletes issued by the reconciler.",
-                &[("", m.map_ops.to_string())],
-            );
-            metric("lb_map_errors_total", "counter", "Frontends or backends that could not be written.", &[("", m.map_errors.to_string())]);
-            metric("lb_objects_skipped", "gauge", "Objects or fields skipped as invalid in the last sync.", &[("", m.skipped.to_string())]);
-            metric("lb_frontends", "gauge", "Frontends in the desired state.", &[("", m.frontends.to_string())]);
-            metric("lb_services", "gauge", "Services handled.", &[("", m.services.to_string())]);
-            metric(
-                "lb_api_errors_total",
-                "counter",
-                "Failed lists and watches against the API server.",
-                &[
-                    ("{resource=\"services\"}", m.api_errors_services.to_string()),
-                    ("{resource=\"endpointslices\"}", m.api_errors_slices.to_string()),
-                    ("{resource=\"nodes\"}", m.api_errors_node.to_string()),
-                ],
-            );
-            metric(
-                "lb_drift_repairs_total",
-                "counter",
-                "Map entries the periodic resync found different from the desired state and repaired.",
-                &[("", m.drift_repairs.to_string())],
-            );
-            metric("lb_node_seen", "gauge", "Whether this node's Node object is known.", &[("", u8::from(m.node_seen).to_string())]);
-            metric(
-                "lb_node_eligible",
-                "gauge",
-                "Whether this node takes load-balanced traffic (its Node is not being deleted, nor tainted \
-                 ToBeDeletedByClusterAutoscaler).",
-                &[("", u8::from(m.node_ineligible.is_none()).to_string())],
-            );
-            metric(
-                "lb_api_reachable",
-                "gauge",
-                "Whether the API server can be reached.",
-                &[("", u8::from(m.api_outage.is_none()).to_string())],
-            );
-            metric("lb_ready", "gauge", "Whether the first full sync is done.", &[("", u8::from(m.ready).to_string())]);
-            metric("lb_last_sync_timestamp_seconds", "gauge", "Unix time of the last sync.", &[("", m.last_sync_unix.to_string())]);
-            let _ = writeln!(out, "# HELP lb_sync_latency_seconds From the first event of a batch to its maps written.");
-            let _ = writeln!(out, "# TYPE lb_sync_latency_seconds histogram");
-            let mut cumulative = 0;
-            for (i, bound) in LATENCY_BUCKETS.iter().enumerate() {
-                cumulative += m.latency_buckets[i];
-                let _ = writeln!(out, "lb_sync_latency_seconds_bucket{{le=\"{bound}\"}} {cumulative}");
-            }
-            cumulative += m.latency_buckets[LATENCY_BUCKETS.len()];
-            let _ = writeln!(out, "lb_sync_latency_seconds_bucket{{le=\"+Inf\"}} {cumulative}");
-            let _ = writeln!(out, "lb_sync_latency_seconds_sum {}", m.latency_sum);
-            let _ = writeln!(out, "lb_sync_latency_seconds_count {}", m.latency_count);
-            let name = "lb_network_programming_duration_seconds";
-            let _ = writeln!(
-                out,
-                "# HELP {name} From an EndpointSlice change's trigger time (its endpoints.kubernetes.io/last-change-trigger-time) \
-                 to its maps written (kube-proxy's network_programming_duration_seconds)."
-            );
-            let _ = writeln!(out, "# TYPE {name} histogram");
-            let mut cumulative = 0;
-            for (i, bound) in PROGRAMMING_BUCKETS.iter().enumerate() {
-                cumulative += m.programming_buckets.get(i).copied().unwrap_or(0);
-                let _ = writeln!(out, "{name}_bucket{{le=\"{bound}\"}} {cumulative}");
-            }
-            cumulative += m.programming_buckets.get(PROGRAMMING_BUCKETS.len()).copied().unwrap_or(0);
-            let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {cumulative}");
-            let _ = writeln!(out, "{name}_sum {}", m.programming_sum);
-            let _ = writeln!(out, "{name}_count {}", m.programming_count);
-            out
-        })
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_text::encode(&mut out, &self.0.registry);
+        out
     }
 }
 

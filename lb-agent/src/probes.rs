@@ -80,7 +80,7 @@ pub async fn serve_metrics(listener: TcpListener, metrics: Metrics, bpffs: std::
             Ok(text) => body.push_str(&text),
             Err(e) => tracing::warn!("metrics: the datapath's figures are missing: {e}"),
         }
-        Some(reply(head, 200, "text/plain; version=0.0.4", body, &[]))
+        Some(reply(head, 200, crate::metrics::CONTENT_TYPE, body, &[]))
     })
     .await
 }
@@ -135,7 +135,7 @@ fn handle(req: &Request<Incoming>, metrics: &Metrics, heartbeat: &Heartbeat) -> 
             Ok(()) => (OK, "text/plain", "ok\n".to_string()),
             Err(why) => (UNAVAILABLE, "text/plain", format!("{why}\n")),
         },
-        ("GET" | "HEAD", "/metrics") => (OK, "text/plain; version=0.0.4", metrics.render()),
+        ("GET" | "HEAD", "/metrics") => (OK, crate::metrics::CONTENT_TYPE, metrics.render()),
         ("GET" | "HEAD", _) => (404, "text/plain", "not found\n".to_string()),
         _ => (405, "text/plain", "method not allowed\n".to_string()),
     };

@@ -596,3 +596,73 @@ fn a_new_pod_is_served_from_its_first_packet() {
     });
     assert!(pinned.iter().all(|(p, _)| p.ifindex().is_none_or(|i| i > 1)), "{pinned:?}");
 }
+
+/// `lb-agent status -o json`, run in the node's namespace (interface
+/// names are per namespace).
+fn status(ns: &Netns, pins: &Path) -> serde_json::Value {
+    let out = ns.command(env!("CARGO_BIN_EXE_lb-agent")).args(["status", "-o", "json", "--bpffs"]).arg(pins).output().unwrap();
+    assert!(out.status.success(), "lb-agent status: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+/// What `status` lists as attached, checked against the kernel: every
+/// hook that holds an lb program is listed once, with the ID of the
+/// program the kernel runs there; the XDP mode is the one `auto` picks on
+/// a veth (generic); the four socket hooks run the programs they are
+/// named after. Still true with the agent stopped (status reads the pins).
+#[test]
+fn status_lists_what_the_kernel_has_attached() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let n = node("status");
+    let agent = n.agent(PinDir::new("status"));
+    let ns = &n.lab.node(0).ns;
+    let ifindex: std::collections::BTreeMap<String, u32> =
+        ns.run(|| lb_agent::host::interfaces().unwrap()).into_iter().map(|(i, name)| (name, i)).collect();
+    let check = |v: &serde_json::Value| {
+        assert_eq!(v["version"], env!("CARGO_PKG_VERSION"));
+        assert_eq!(v["ready"], true, "{v:#}");
+        assert_eq!(v["missing_maps"].as_array().map(Vec::len), Some(0), "{v:#}");
+        assert!(v["maps"].as_array().is_some_and(|m| m.iter().any(|m| m["name"] == "LB4_SERVICES" && m["max_entries"].as_u64() > Some(0))));
+        let mut listed = Vec::new();
+        for a in v["attachments"].as_array().expect("attachments") {
+            let (kind, target, mode) = (a["kind"].as_str().unwrap(), a["target"].as_str().unwrap(), a["mode"].as_str().unwrap());
+            let prog = a["program_id"].as_u64().unwrap() as u32;
+            assert!(a["link_id"].as_u64().unwrap() > 0, "{a}");
+            match kind {
+                "tcx" => {
+                    let i = *ifindex.get(target).unwrap_or_else(|| panic!("no interface {target}: {a}"));
+                    let ingress = mode == "ingress";
+                    assert!(ingress || mode == "egress", "{a}");
+                    let on_hook = ns.run(move || links::query_tcx(i, ingress).unwrap_or_default());
+                    assert!(on_hook.contains(&prog), "{a}: the kernel runs {on_hook:?} there");
+                    listed.push(format!("tcx/{mode}/{target}"));
+                }
+                "xdp" => {
+                    assert_eq!(mode, "generic", "auto on a veth: {a}");
+                    assert_eq!(prog_name(prog), "lb_xdp", "{a}");
+                    listed.push(format!("xdp/{target}"));
+                }
+                "cgroup" => {
+                    assert_eq!(prog_name(prog), mode, "{a}");
+                    listed.push(format!("cgroup/{mode}"));
+                }
+                other => panic!("unknown kind {other}: {a}"),
+            }
+        }
+        listed.sort();
+        let mut expected: Vec<String> =
+            hooks(ns).into_iter().filter(|(_, names)| names.iter().any(|n| n.starts_with("lb_"))).map(|(hook, _)| hook).collect();
+        expected.extend(["connect4", "getpeername4", "recvmsg4", "sendmsg4"].map(|p| format!("cgroup/lb_{p}")));
+        expected.sort();
+        assert_eq!(listed, expected, "{v:#}");
+    };
+    let running = status(ns, &agent.pins.0);
+    check(&running);
+    // Returns once the agent has exited.
+    let pins = agent.stop_keeping_pins(libc::SIGTERM);
+    let stopped = status(ns, &pins.0);
+    check(&stopped);
+    assert_eq!(stopped["attachments"], running["attachments"], "the same links with the agent gone");
+}
