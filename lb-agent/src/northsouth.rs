@@ -7,7 +7,9 @@
 //!   with the very same entries: no "is this a local address" check is
 //!   needed in the datapath); one frontend per external IP and per
 //!   LoadBalancer ingress IP. Their backends are the Service's, or only this
-//!   node's with `externalTrafficPolicy: Local`. `loadBalancerSourceRanges`
+//!   node's with `externalTrafficPolicy: Local`, which holds only for
+//!   traffic from outside: a second entry per address gives pods and the
+//!   host every endpoint, as kube-proxy does. `loadBalancerSourceRanges`
 //!   apply to the LoadBalancer ingress frontends (as kube-proxy), and the
 //!   health check NodePort reports this node's ready endpoints.
 //! - [`NorthSouth`] is the agent side at run time: it attaches the XDP
@@ -127,7 +129,7 @@ pub fn plan(t: &Translation, node: &NodeInfo) -> Plan {
         // unless `externalTrafficPolicy: Local`.
         let mut topology: BTreeMap<FrontendAddr, Vec<Backend>> = BTreeMap::new();
         for port in &m.ports {
-            let cluster = FrontendAddr { ip: cluster_ip, port: port.port, proto: port.proto };
+            let cluster = FrontendAddr::new(cluster_ip, port.port, port.proto);
             let Some(fe) = t.desired.get(&cluster) else { continue };
             if let Some(backends) = topology::cluster_backends(&fe.backends, node.node_name.as_deref(), node.zone.as_deref()) {
                 if m.internal_traffic_policy == TrafficPolicy::Cluster {
@@ -141,7 +143,7 @@ pub fn plan(t: &Translation, node: &NodeInfo) -> Plan {
             // dropped when there is none here, as kube-proxy does; a
             // Service with no endpoint anywhere still rejects.
             for port in &m.ports {
-                let cluster = FrontendAddr { ip: cluster_ip, port: port.port, proto: port.proto };
+                let cluster = FrontendAddr::new(cluster_ip, port.port, port.proto);
                 let Some(fe) = t.desired.get(&cluster) else { continue };
                 let mut flags = fe.flags;
                 if fe.slot_backends().next().is_none() {
@@ -161,23 +163,26 @@ pub fn plan(t: &Translation, node: &NodeInfo) -> Plan {
         }
         let mut local_ready = BTreeSet::new();
         for port in &m.ports {
-            let cluster = FrontendAddr { ip: cluster_ip, port: port.port, proto: port.proto };
+            let cluster = FrontendAddr::new(cluster_ip, port.port, port.proto);
             // The ClusterIP frontend carries the Service's backends; without
             // it (e.g. its address was taken) there is nothing to serve.
             let Some(fe) = t.desired.get(&cluster) else { continue };
             local_ready.extend(fe.backends.iter().filter(is_local).filter(|b| !b.terminating).map(|b| b.addr.ip));
-            let backends: Vec<Backend> = if local {
-                fe.backends.iter().filter(is_local).cloned().collect()
-            } else {
-                topology.get(&cluster).unwrap_or(&fe.backends).clone()
-            };
+            let cluster_backends = topology.get(&cluster).unwrap_or(&fe.backends);
+            let backends: Vec<Backend> =
+                if local { fe.backends.iter().filter(is_local).cloned().collect() } else { cluster_backends.clone() };
+            // Clients inside the cluster (pods, the host) of a Local
+            // Service's external addresses get every endpoint, as
+            // kube-proxy's short-circuit to the cluster chain gives them:
+            // a second entry, where it differs (see `SCOPE_INTERNAL`).
+            let in_cluster = (local && backends != *cluster_backends).then_some(cluster_backends);
             // Local without a local endpoint drops (the load balancer's
             // health check takes the node out), but a Service with no
             // endpoint anywhere rejects, as kube-proxy does: the datapath
             // tells the two apart by EXT_LOCAL.
             let base_flags = if fe.slot_backends().next().is_none() { base_flags & !svc_flags::EXT_LOCAL } else { base_flags };
             let add = |ip: Ipv4Addr, fport: u16, kind: u32, ranges: bool, out: &mut Plan| {
-                let addr = FrontendAddr { ip, port: fport, proto: port.proto };
+                let addr = FrontendAddr::new(ip, fport, port.proto);
                 if let Some(other) = t.desired.get(&addr).or_else(|| out.frontends.get(&addr)) {
                     out.problems.insert(format!("Service {svc}: frontend {addr} already belongs to {}, skipped", other.name));
                     return;
@@ -186,6 +191,14 @@ pub fn plan(t: &Translation, node: &NodeInfo) -> Plan {
                 if ranges {
                     flags |= svc_flags::SOURCE_RANGES;
                     out.source_ranges.insert(addr, m.source_ranges.clone());
+                }
+                if let Some(all) = in_cluster {
+                    flags |= svc_flags::HAS_INTERNAL;
+                    let inner = addr.internal();
+                    let inner_flags = (base_flags & !svc_flags::EXT_LOCAL) | kind;
+                    let (name, affinity_timeout) = (fe.name.clone(), fe.affinity_timeout);
+                    out.frontends
+                        .insert(inner, Frontend { addr: inner, name, backends: all.clone(), flags: inner_flags, affinity_timeout });
                 }
                 out.frontends.insert(
                     addr,

@@ -326,6 +326,56 @@ fn local_policy_keeps_the_client_ip_and_a_node_without_endpoints_drops_and_fails
 }
 
 #[test]
+fn local_policy_holds_only_for_traffic_from_outside_pods_and_the_host_reach_every_endpoint() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let spec = "  type: LoadBalancer\n  externalTrafficPolicy: Local\n";
+    let status = format!("status:\n  loadBalancer:\n    ingress: [{{ip: {LB_IP}}}]\n");
+    // The only endpoint, web-b, is on node B.
+    let c = cluster("local-inside", &manifest(spec, &status, &fixed_endpoints(&[("web-b", "node-b")])));
+    let nodeport = at(node_ip(0), HTTP_PORT);
+    c.wait_frontend(1, &format!("{}:{HTTP_PORT}/TCP", node_ip(1)), 1);
+    // The LB IP's TCP frontend is the last one node A's agent writes.
+    c.agents[0].wait_rows("node A's LB IP frontend", |rows| rows.iter().any(|r| r.frontend == format!("{LB_IP}:80/TCP")));
+
+    // A pod on node A (tc) reaches node A's NodePort and the LB IP: web-b
+    // answers, over TCP and UDP.
+    let pod = &c.lab.node(0).pod("cli-a").ns;
+    for to in [nodeport, at(LB_IP, 80)] {
+        let tag = tcp_request(pod, to).unwrap_or_else(|e| panic!("pod -> {to}: {e:#}\n{}", c.logs()));
+        assert_eq!(tag, "web-b", "pod -> {to}");
+    }
+    let (reply, peer) = udp_request(pod, at(node_ip(0), DNS_PORT), "q").unwrap_or_else(|e| panic!("pod UDP: {e:#}\n{}", c.logs()));
+    assert!(reply.starts_with("web-b"), "{reply}");
+    assert_eq!(peer, std::net::SocketAddr::V4(at(node_ip(0), DNS_PORT)));
+    // So does node A's host (socket hooks).
+    let host = &c.lab.node(0).ns;
+    for to in [nodeport, at(LB_IP, 80)] {
+        let tag = tcp_request(host, to).unwrap_or_else(|e| panic!("host -> {to}: {e:#}\n{}", c.logs()));
+        assert_eq!(tag, "web-b", "host -> {to}");
+    }
+
+    // From outside, node A still has no endpoint for the Service: no
+    // answer at all.
+    let err = tcp_request_with(&c.lab.client, nodeport, b"x", Duration::from_millis(700)).expect_err("node A must not answer from outside");
+    assert_eq!(lb_lab::io_error_kind(&err), Some(std::io::ErrorKind::TimedOut), "{err:#}");
+    // Node B's own endpoint serves it there.
+    assert_eq!(tcp_request(&c.lab.client, at(node_ip(1), HTTP_PORT)).unwrap(), "web-b");
+
+    // `list` shows both entries of node A's NodePort: Local (no endpoint
+    // here) for traffic from outside, Cluster (every endpoint) for pods and
+    // the host.
+    let rows = c.agents[0].rows();
+    let np: Vec<_> = rows
+        .iter()
+        .filter(|r| r.frontend == format!("{}:{HTTP_PORT}/TCP", node_ip(0)))
+        .map(|r| (r.scope, r.policy, r.backends.len()))
+        .collect();
+    assert_eq!(np, [("external", "Local", 0), ("internal", "Cluster", 1)], "{rows:#?}");
+}
+
+#[test]
 fn load_balancer_source_ranges_allow_and_deny() {
     if !kernel_tests_enabled() {
         return;

@@ -60,7 +60,7 @@ fn frontend(line: &str) -> Frontend {
         p => panic!("protocol {p}"),
     };
     let sa: std::net::SocketAddrV4 = ip_port.parse().unwrap();
-    let addr = FrontendAddr { ip: *sa.ip(), port: sa.port(), proto };
+    let addr = FrontendAddr::new(*sa.ip(), sa.port(), proto);
     let name = format!("test/{}", words.next().unwrap());
     let (mut flags, mut affinity_timeout) = (0, 0);
     for w in words {
@@ -1099,9 +1099,10 @@ fn recoveries() -> Vec<Recovery> {
             name: "entries this agent does not write go before their slots and IDs are reused",
             before: &[&[WEB]],
             leave: |m| {
-                let mut internal = service_key([10, 96, 0, 1], 80, 6);
-                internal.scope = SCOPE_INTERNAL;
-                m.insert_service(&internal, &Service4Value { frontend_id: 3, count: 1, generation: 0, flags: 0, affinity_timeout: 0 })
+                // A scope this agent has no use for.
+                let mut other_scope = service_key([10, 96, 0, 1], 80, 6);
+                other_scope.scope = SCOPE_INTERNAL + 1;
+                m.insert_service(&other_scope, &Service4Value { frontend_id: 3, count: 1, generation: 0, flags: 0, affinity_timeout: 0 })
                     .unwrap();
                 m.insert_slot(&slot(3, 0, 0), &Slot { backend_id: 1 }).unwrap();
                 // SCTP, with a backend of its own.

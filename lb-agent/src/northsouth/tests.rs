@@ -23,7 +23,7 @@ fn node(name: &str) -> NodeInfo {
 
 fn fa(s: &str, proto: Protocol) -> FrontendAddr {
     let a: std::net::SocketAddrV4 = s.parse().unwrap();
-    FrontendAddr { ip: *a.ip(), port: a.port(), proto }
+    FrontendAddr::new(*a.ip(), a.port(), proto)
 }
 
 fn backends(p: &Plan, addr: FrontendAddr) -> Vec<String> {
@@ -100,7 +100,7 @@ fn local_policy_keeps_this_nodes_endpoints_and_counts_them() {
     let t = run(&svc("Local", ""));
     let a = plan(&t, &node("node-a"));
     let f = &a.frontends[&fa("192.168.50.1:30080", Protocol::Tcp)];
-    assert_eq!(f.flags, svc_flags::NODE_PORT | svc_flags::EXT_LOCAL);
+    assert_eq!(f.flags, svc_flags::NODE_PORT | svc_flags::EXT_LOCAL | svc_flags::HAS_INTERNAL);
     assert_eq!(backends(&a, fa("192.168.50.1:30080", Protocol::Tcp)), ["10.244.1.10", "10.244.1.11"]);
     let svc = ServiceRef { namespace: "demo".into(), name: "web".into() };
     // Ready local endpoints only (the terminating one is not counted).
@@ -111,9 +111,48 @@ fn local_policy_keeps_this_nodes_endpoints_and_counts_them() {
     let c = plan(&t, &node("node-c"));
     assert!(c.frontends[&fa("192.168.50.1:30080", Protocol::Tcp)].backends.is_empty());
     assert_eq!(c.health_checks[&svc], (32000, 0));
-    assert_eq!(c.frontends[&fa("192.168.50.1:30080", Protocol::Tcp)].flags, svc_flags::NODE_PORT | svc_flags::EXT_LOCAL);
+    assert_eq!(
+        c.frontends[&fa("192.168.50.1:30080", Protocol::Tcp)].flags,
+        svc_flags::NODE_PORT | svc_flags::EXT_LOCAL | svc_flags::HAS_INTERNAL
+    );
     // The ClusterIP frontend is untouched: all endpoints.
     assert_eq!(t.desired[&fa("10.96.0.10:80", Protocol::Tcp)].backends.len(), 3);
+}
+
+#[test]
+fn local_policy_gives_clients_inside_the_cluster_every_endpoint() {
+    let t = run(&svc("Local", ""));
+    for n in ["node-a", "node-c"] {
+        let p = plan(&t, &node(n));
+        // Every external address (2 node addresses, the external IP, the
+        // LB IP; 2 ports) has a second entry for pods and the host, with
+        // every endpoint and no Local flag, as kube-proxy's short-circuit
+        // to the cluster chain.
+        assert_eq!(p.frontends.len(), 16, "{n}: {:#?}", p.frontends.keys().collect::<Vec<_>>());
+        for (addr, kind) in [
+            ("192.168.50.1:30080", svc_flags::NODE_PORT),
+            ("10.0.0.1:30080", svc_flags::NODE_PORT),
+            ("192.168.60.5:80", svc_flags::EXTERNAL_IP),
+            ("192.168.60.10:80", svc_flags::LOAD_BALANCER),
+        ] {
+            let inner = fa(addr, Protocol::Tcp).internal();
+            assert_eq!(p.frontends[&inner].flags, kind, "{n} {addr}");
+            assert_eq!(p.frontends[&inner].addr.key().scope, lb_common::SCOPE_INTERNAL);
+            assert_eq!(backends(&p, inner), ["10.244.1.10", "10.244.2.10", "10.244.1.11"], "{n} {addr}");
+            assert_ne!(p.frontends[&fa(addr, Protocol::Tcp)].flags & svc_flags::HAS_INTERNAL, 0, "{n} {addr}");
+        }
+        // Source ranges stay on the entry for traffic from outside.
+        assert_eq!(p.source_ranges.len(), 2);
+    }
+
+    // Where every endpoint is local, one entry serves everyone.
+    let only_a = svc("Local", "").replace("- addresses: [10.244.2.10]\n  nodeName: node-b\n", "");
+    let p = plan(&run(&only_a), &node("node-a"));
+    assert_eq!(p.frontends.len(), 8, "{:#?}", p.frontends.keys().collect::<Vec<_>>());
+    assert_eq!(p.frontends[&fa("192.168.50.1:30080", Protocol::Tcp)].flags, svc_flags::NODE_PORT | svc_flags::EXT_LOCAL);
+    // The Cluster policy needs no second entry.
+    let p = plan(&run(&svc("Cluster", "")), &node("node-a"));
+    assert!(p.frontends.keys().all(|a| a.scope == crate::model::Scope::External));
 }
 
 #[test]
