@@ -256,6 +256,17 @@ impl FromStr for Cidr {
     }
 }
 
+impl Cidr {
+    /// Whether `ip` is inside this block (never for an IPv6 block).
+    pub fn contains_v4(&self, ip: Ipv4Addr) -> bool {
+        let IpAddr::V4(net) = self.addr else {
+            return false;
+        };
+        let mask = u32::MAX.checked_shl(32 - self.prefix_len as u32).unwrap_or(0);
+        u32::from(ip) & mask == u32::from(net) & mask
+    }
+}
+
 impl fmt::Display for Cidr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}/{}", self.addr, self.prefix_len)

@@ -78,6 +78,34 @@ impl fmt::Display for PortRange {
     }
 }
 
+/// One item of `--nodeport-addresses`, as kube-proxy's flag: a CIDR, or
+/// `primary` (the node's primary addresses).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NodePortAddress {
+    Primary,
+    Cidr(Cidr),
+}
+
+impl FromStr for NodePortAddress {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.trim() == "primary" {
+            return Ok(NodePortAddress::Primary);
+        }
+        s.parse().map(NodePortAddress::Cidr).map_err(|e| format!("{e}; a NodePort address is a CIDR or `primary`"))
+    }
+}
+
+impl fmt::Display for NodePortAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NodePortAddress::Primary => f.write_str("primary"),
+            NodePortAddress::Cidr(c) => c.fmt(f),
+        }
+    }
+}
+
 /// What the planner needs to know about this node.
 #[derive(Clone, Debug)]
 pub struct NodeInfo {
@@ -243,9 +271,13 @@ pub struct NorthSouthConfig {
     pub node_name: Option<String>,
     /// Interfaces for the XDP program; empty: those of the default routes.
     pub external_ifaces: Vec<String>,
-    /// Addresses NodePorts are served on; empty: the IPv4 addresses of the
-    /// external interfaces.
+    /// The node's primary addresses (`--node-ips`); empty: the IPv4
+    /// addresses of the external interfaces. NodePorts are served on them
+    /// unless `nodeport_addresses` says otherwise.
     pub node_ips: Vec<Ipv4Addr>,
+    /// `--nodeport-addresses`: which node addresses NodePorts are served
+    /// on (see [`nodeport_addresses`]); empty: the node addresses.
+    pub nodeport_addresses: Vec<NodePortAddress>,
     /// The address SNATed flows leave with; `None`: the first node address.
     pub snat_ip: Option<Ipv4Addr>,
     pub nodeport_range: PortRange,
@@ -260,6 +292,7 @@ impl Default for NorthSouthConfig {
             node_name: None,
             external_ifaces: Vec::new(),
             node_ips: Vec::new(),
+            nodeport_addresses: Vec::new(),
             snat_ip: None,
             nodeport_range: DEFAULT_NODEPORT_RANGE,
             snat_ports: DEFAULT_SNAT_PORTS,
@@ -278,6 +311,11 @@ pub struct NorthSouth {
     /// `--node-ips`: when set, the node addresses do not follow the
     /// interfaces.
     configured_ips: Vec<Ipv4Addr>,
+    /// `--nodeport-addresses`.
+    nodeport_filter: Vec<NodePortAddress>,
+    /// The Node's `InternalIP` addresses (IPv4), once its Node was seen:
+    /// the primary addresses when `--node-ips` is not given.
+    node_primary: Vec<Ipv4Addr>,
     configured_snat: Option<Ipv4Addr>,
     /// The SNAT address in `LB_NODE`.
     snat: Option<Ipv4Addr>,
@@ -301,6 +339,50 @@ pub fn node_addresses(configured: &[Ipv4Addr], ifaces: &[String], addrs: &[(Stri
         }
     }
     out
+}
+
+/// The addresses NodePorts are served on. Without `--nodeport-addresses`
+/// (`filter` empty), the node addresses (`node_ips`, see
+/// [`node_addresses`]). With it, as kube-proxy: every IPv4 address of the
+/// node (`addrs`: interface, address, in the kernel's order) inside one of
+/// its CIDRs, or, for `primary`, one of the node's `primary` addresses.
+/// Loopback addresses never serve NodePorts; IPv6 CIDRs are accepted and
+/// match nothing (lb serves IPv4).
+pub fn nodeport_addresses(
+    filter: &[NodePortAddress],
+    node_ips: &[Ipv4Addr],
+    addrs: &[(String, Ipv4Addr)],
+    primary: &[Ipv4Addr],
+) -> Vec<Ipv4Addr> {
+    if filter.is_empty() {
+        return node_ips.to_vec();
+    }
+    let wanted = |a: Ipv4Addr| {
+        filter.iter().any(|f| match f {
+            NodePortAddress::Primary => primary.contains(&a),
+            NodePortAddress::Cidr(c) => c.contains_v4(a),
+        })
+    };
+    let mut out = Vec::new();
+    for (_, a) in addrs {
+        if !a.is_loopback() && wanted(*a) && !out.contains(a) {
+            out.push(*a);
+        }
+    }
+    out
+}
+
+/// The node's primary addresses (`--nodeport-addresses primary`):
+/// `--node-ips`; else its Node's `InternalIP` addresses; else the first
+/// node address (the one SNATed flows leave with by default).
+pub fn primary_addresses(configured: &[Ipv4Addr], node_internal: &[Ipv4Addr], node_ips: &[Ipv4Addr]) -> Vec<Ipv4Addr> {
+    if !configured.is_empty() {
+        return configured.to_vec();
+    }
+    if !node_internal.is_empty() {
+        return node_internal.to_vec();
+    }
+    node_ips.first().copied().into_iter().collect()
 }
 
 /// The address SNATed flows leave with: the configured one; else the
@@ -345,8 +427,12 @@ impl NorthSouth {
         let ifaces =
             if cfg.external_ifaces.is_empty() { default_route_interfaces().unwrap_or_default() } else { cfg.external_ifaces.clone() };
         let addrs = interface_addresses().context("listing the node's addresses")?;
-        let node_ips = node_addresses(&cfg.node_ips, &ifaces, &addrs);
-        let snat = snat_address(cfg.snat_ip, None, &node_ips);
+        let base = node_addresses(&cfg.node_ips, &ifaces, &addrs);
+        let node_ips = nodeport_addresses(&cfg.nodeport_addresses, &base, &addrs, &primary_addresses(&cfg.node_ips, &[], &base));
+        let snat = snat_address(cfg.snat_ip, None, &base);
+        if !cfg.nodeport_addresses.is_empty() && node_ips.is_empty() {
+            warn!(nodeport_addresses = ?cfg.nodeport_addresses, "no node address matches --nodeport-addresses: no NodePort is served");
+        }
         let maps = reconciler.maps_mut();
         let xdp = cfg.xdp_mode != XdpAttach::Off;
         if xdp && ifaces.is_empty() {
@@ -389,6 +475,7 @@ impl NorthSouth {
         info!(
             interfaces = ?ifaces,
             node_ips = ?node_ips,
+            nodeport_addresses = ?cfg.nodeport_addresses.iter().map(ToString::to_string).collect::<Vec<_>>(),
             snat = ?snat,
             nodeport_range = %cfg.nodeport_range,
             snat_ports = %cfg.snat_ports,
@@ -409,6 +496,8 @@ impl NorthSouth {
             logged: BTreeSet::new(),
             ifaces,
             configured_ips: cfg.node_ips.clone(),
+            nodeport_filter: cfg.nodeport_addresses.clone(),
+            node_primary: Vec::new(),
             configured_snat: cfg.snat_ip,
             snat,
             node_config,
@@ -416,12 +505,13 @@ impl NorthSouth {
     }
 
     /// Reads the node's addresses again (after an address event, or now
-    /// and then): when they changed, logs what changed, moves the SNAT
-    /// address if it is gone (or there was none) and returns true: the
-    /// NodePort frontends need a re-plan. Configured `--node-ips` do not
-    /// follow the interfaces.
+    /// and then): when the NodePort addresses changed, logs what changed
+    /// and returns true: the NodePort frontends need a re-plan. Moves the
+    /// SNAT address if it is gone (or there was none). Configured
+    /// `--node-ips` do not follow the interfaces (but addresses chosen by
+    /// `--nodeport-addresses` do).
     pub fn refresh_addresses(&mut self, reconciler: &mut Reconciler) -> bool {
-        if !self.configured_ips.is_empty() {
+        if !self.configured_ips.is_empty() && self.nodeport_filter.is_empty() {
             return false;
         }
         let addrs = match interface_addresses() {
@@ -431,22 +521,10 @@ impl NorthSouth {
                 return false;
             }
         };
-        let node_ips = node_addresses(&self.configured_ips, &self.ifaces, &addrs);
-        let change = AddressChange::between(&self.node.node_ips, &node_ips);
-        if change.is_empty() {
-            return false;
-        }
-        let snat = snat_address(self.configured_snat, self.snat, &node_ips);
-        info!(
-            added = ?change.added,
-            removed = ?change.removed,
-            node_ips = ?node_ips,
-            snat = ?snat,
-            "the node's addresses changed: NodePorts follow"
-        );
-        if node_ips.is_empty() {
-            warn!(interfaces = ?self.ifaces, "no node address left on the external interfaces: no NodePort is served from outside");
-        }
+        let base = node_addresses(&self.configured_ips, &self.ifaces, &addrs);
+        let primary = primary_addresses(&self.configured_ips, &self.node_primary, &base);
+        let node_ips = nodeport_addresses(&self.nodeport_filter, &base, &addrs, &primary);
+        let snat = snat_address(self.configured_snat, self.snat, &base);
         if snat != self.snat {
             let config = NodeConfig { snat_addr: snat.map_or(0, |a| u32::from_ne_bytes(a.octets())), ..self.node_config };
             match reconciler.maps_mut().write_node(&config) {
@@ -458,8 +536,34 @@ impl NorthSouth {
                 Err(e) => warn!("writing the new SNAT address {snat:?}: {e:#} (SNAT stays {:?})", self.snat),
             }
         }
+        let change = AddressChange::between(&self.node.node_ips, &node_ips);
+        if change.is_empty() {
+            return false;
+        }
+        info!(
+            added = ?change.added,
+            removed = ?change.removed,
+            node_ips = ?node_ips,
+            snat = ?self.snat,
+            "the node's addresses changed: NodePorts follow"
+        );
+        if node_ips.is_empty() {
+            warn!(interfaces = ?self.ifaces, nodeport_addresses = ?self.nodeport_filter, "no NodePort address left: no NodePort is served");
+        }
         self.node.node_ips = node_ips;
         true
+    }
+
+    /// Takes the Node's `InternalIP` addresses (the primary addresses when
+    /// `--node-ips` is not given); true when the NodePort addresses changed
+    /// with them (`--nodeport-addresses primary`).
+    pub fn set_node_primary(&mut self, ips: &[Ipv4Addr], reconciler: &mut Reconciler) -> bool {
+        if self.node_primary == ips {
+            return false;
+        }
+        info!(internal_ips = ?ips, "this node's InternalIP addresses (its Node)");
+        self.node_primary = ips.to_vec();
+        self.nodeport_filter.contains(&NodePortAddress::Primary) && self.configured_ips.is_empty() && self.refresh_addresses(reconciler)
     }
 
     /// What planning needs to know about this node.

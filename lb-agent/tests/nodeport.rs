@@ -522,3 +522,35 @@ fn nodeports_follow_an_address_added_to_and_removed_from_the_node() {
     let seen = c.spread(&c.lab.client, at(node_ip(0), HTTP_PORT), 20);
     assert_eq!(seen.len(), 2, "{seen:?}");
 }
+
+#[test]
+fn nodeport_addresses_choose_the_node_addresses_nodeports_are_served_on() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    // Only 192.168.50.11 (not yet on the node); the IPv6 block is accepted
+    // and ignored.
+    let extra = Ipv4Addr::new(192, 168, 50, 11);
+    let args = ["--nodeport-addresses", "192.168.50.11/32,fd00::/64"];
+    let c = cluster_with("npaddr", &manifest("  type: NodePort\n", "", &fixed_endpoints(BOTH)), &args);
+    c.wait_frontend(0, "10.96.0.10:80/TCP", 2);
+    // Node A's own address is outside: no NodePort there, the kernel
+    // refuses (nothing listens on the port).
+    assert!(!c.agents[0].rows().iter().any(|r| r.frontend.starts_with(&format!("{}:", node_ip(0)))), "{:#?}", c.agents[0].rows());
+    let err = tcp_request_with(&c.lab.client, at(node_ip(0), HTTP_PORT), b"x", Duration::from_millis(700))
+        .expect_err("no NodePort on an address outside --nodeport-addresses");
+    assert!(lb_lab::is_connection_refused(&err), "{err:#}");
+
+    // The address inside, added while the agent runs, serves it.
+    c.lab.node(0).ns.ip(&["addr", "add", &format!("{extra}/24"), "dev", lb_lab::EXT_IF]).unwrap();
+    common::wait_for("the NodePort to answer on the address inside --nodeport-addresses", Duration::from_secs(10), || {
+        tcp_request_with(&c.lab.client, at(extra, HTTP_PORT), b"x", Duration::from_millis(300)).ok()
+    });
+    let seen = c.spread(&c.lab.client, at(extra, HTTP_PORT), 20);
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    let rows = c.agents[0].rows();
+    assert!(!rows.iter().any(|r| r.frontend.starts_with(&format!("{}:", node_ip(0)))), "{rows:#?}");
+    // Still refused on node A's first address.
+    let err = tcp_request_with(&c.lab.client, at(node_ip(0), HTTP_PORT), b"x", Duration::from_millis(700)).expect_err("still outside");
+    assert!(lb_lab::is_connection_refused(&err), "{err:#}");
+}

@@ -234,3 +234,66 @@ fn the_snat_address_stays_while_it_is_a_node_address() {
     // Configured: always that one.
     assert_eq!(snat_address(Some(a("10.0.0.9")), Some(one), &[two]), Some(a("10.0.0.9")));
 }
+
+#[test]
+fn nodeport_addresses_parse_as_kube_proxys_flag() {
+    assert_eq!("primary".parse::<NodePortAddress>().unwrap(), NodePortAddress::Primary);
+    let c: NodePortAddress = "192.168.50.0/24".parse().unwrap();
+    assert_eq!(c.to_string(), "192.168.50.0/24");
+    // IPv6 blocks are accepted (and match no IPv4 address).
+    assert!(matches!("fd00::/64".parse::<NodePortAddress>().unwrap(), NodePortAddress::Cidr(_)));
+    for bad in ["192.168.50.1", "all", "10.0.0.0/33"] {
+        let e = bad.parse::<NodePortAddress>().unwrap_err();
+        assert!(e.contains("a CIDR or `primary`"), "{bad}: {e}");
+    }
+}
+
+#[test]
+fn nodeport_addresses_pick_the_node_addresses_inside_the_cidrs_or_primary() {
+    let a = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+    let addrs = vec![
+        ("lo".to_string(), a("127.0.0.1")),
+        ("eth0".to_string(), a("192.168.50.1")),
+        ("eth0".to_string(), a("192.168.50.9")),
+        ("eth1".to_string(), a("10.0.0.1")),
+        ("cni0".to_string(), a("10.244.1.1")),
+    ];
+    let f = |items: &[&str]| items.iter().map(|i| i.parse::<NodePortAddress>().unwrap()).collect::<Vec<_>>();
+    let node_ips = [a("192.168.50.1"), a("192.168.50.9")];
+    // Unset: the node addresses, as before.
+    assert_eq!(nodeport_addresses(&[], &node_ips, &addrs, &[]), node_ips);
+    // CIDRs: any interface's address inside one, never loopback.
+    assert_eq!(nodeport_addresses(&f(&["10.0.0.0/8"]), &node_ips, &addrs, &[]), [a("10.0.0.1"), a("10.244.1.1")]);
+    assert_eq!(nodeport_addresses(&f(&["192.168.50.9/32", "10.0.0.0/24"]), &node_ips, &addrs, &[]), [a("192.168.50.9"), a("10.0.0.1")]);
+    assert_eq!(nodeport_addresses(&f(&["0.0.0.0/0"]), &node_ips, &addrs, &[]).len(), 4, "all but loopback");
+    // IPv6 CIDRs match nothing; a CIDR without a node address neither.
+    assert!(nodeport_addresses(&f(&["fd00::/8", "172.16.0.0/12"]), &node_ips, &addrs, &[]).is_empty());
+    // primary: the primary addresses that are the node's.
+    assert_eq!(nodeport_addresses(&f(&["primary"]), &node_ips, &addrs, &[a("10.0.0.1"), a("10.9.9.9")]), [a("10.0.0.1")]);
+    assert_eq!(
+        nodeport_addresses(&f(&["primary", "10.244.0.0/16"]), &node_ips, &addrs, &[a("192.168.50.1")]),
+        [a("192.168.50.1"), a("10.244.1.1")]
+    );
+}
+
+#[test]
+fn primary_addresses_are_node_ips_else_the_nodes_internal_ips_else_the_first_node_address() {
+    let a = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+    let node_ips = [a("192.168.50.1"), a("192.168.50.9")];
+    assert_eq!(primary_addresses(&[a("10.0.0.1")], &[a("10.0.0.2")], &node_ips), [a("10.0.0.1")]);
+    assert_eq!(primary_addresses(&[], &[a("10.0.0.2")], &node_ips), [a("10.0.0.2")]);
+    assert_eq!(primary_addresses(&[], &[], &node_ips), [a("192.168.50.1")]);
+    assert!(primary_addresses(&[], &[], &[]).is_empty());
+}
+
+#[test]
+fn cidrs_contain_ipv4_addresses() {
+    let c = |s: &str| s.parse::<Cidr>().unwrap();
+    let a = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+    assert!(c("10.0.0.0/8").contains_v4(a("10.255.1.2")));
+    assert!(!c("10.0.0.0/8").contains_v4(a("11.0.0.1")));
+    assert!(c("0.0.0.0/0").contains_v4(a("203.0.113.7")));
+    assert!(c("192.168.50.9/32").contains_v4(a("192.168.50.9")));
+    assert!(!c("192.168.50.9/32").contains_v4(a("192.168.50.8")));
+    assert!(!c("::/0").contains_v4(a("10.0.0.1")));
+}
