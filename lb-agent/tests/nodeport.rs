@@ -554,3 +554,49 @@ fn nodeport_addresses_choose_the_node_addresses_nodeports_are_served_on() {
     let err = tcp_request_with(&c.lab.client, at(node_ip(0), HTTP_PORT), b"x", Duration::from_millis(700)).expect_err("still outside");
     assert!(lb_lab::is_connection_refused(&err), "{err:#}");
 }
+
+/// `GET /metrics` on the agent's default metrics address inside `ns`.
+fn scrape(ns: &Netns) -> String {
+    let _in = Entered::enter(ns);
+    let mut s = TcpStream::connect_timeout(&SocketAddrV4::new(Ipv4Addr::LOCALHOST, 10249).into(), Duration::from_secs(2)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    text
+}
+
+#[test]
+fn a_nodeport_outside_the_nodeport_range_is_reported_not_silently_ignored() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    // HTTP's NodePort (30080) is outside the range, DNS's (30053) inside.
+    let args = ["--nodeport-range", "30000-30060"];
+    let c = cluster_with("range", &manifest("  type: NodePort\n", "", &fixed_endpoints(BOTH)), &args);
+    c.wait_frontend(0, &format!("{}:{DNS_PORT}/UDP", node_ip(0)), 2);
+    let rows = c.agents[0].rows();
+    assert!(!rows.iter().any(|r| r.frontend.ends_with(&format!(":{HTTP_PORT}/TCP"))), "{rows:#?}");
+    // A warning names the Service, the port and the range.
+    let log = c.agents[0].log_text();
+    let line = log.lines().find(|l| l.contains(&format!("nodePort {HTTP_PORT}"))).unwrap_or_else(|| panic!("no warning:\n{log}"));
+    assert!(
+        line.contains("WARN") && line.contains("Service test/web") && line.contains("outside the NodePort range 30000-30060"),
+        "{line}"
+    );
+    // Counted among the skipped objects and fields.
+    let metrics = scrape(&c.lab.node(0).ns);
+    let skipped: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("lb_objects_skipped "))
+        .unwrap_or_else(|| panic!("no lb_objects_skipped:\n{metrics}"))
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(skipped >= 1.0, "{metrics}");
+    // Not served: the kernel refuses, the other port answers.
+    let err = tcp_request_with(&c.lab.client, at(node_ip(0), HTTP_PORT), b"x", Duration::from_millis(700)).expect_err("not served");
+    assert!(lb_lab::is_connection_refused(&err), "{err:#}");
+    let (reply, _) = udp_request(&c.lab.client, at(node_ip(0), DNS_PORT), "q").unwrap_or_else(|e| panic!("UDP: {e:#}\n{}", c.logs()));
+    assert!(reply.starts_with("web-"), "{reply}");
+}
