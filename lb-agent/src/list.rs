@@ -128,11 +128,12 @@ pub fn kind(flags: u32) -> String {
 /// Reads every frontend, sorted by address.
 pub fn rows(maps: &Maps) -> Result<Vec<Row>, MapsError> {
     let mut services = maps.services.entries()?;
-    services.sort_by_key(|(k, _)| (u32::from_be(k.addr), u16::from_be(k.port), k.proto));
+    services.sort_by_key(|(k, _)| (u32::from_be(k.addr), u16::from_be(k.port), k.proto, k.scope));
     let mut rows = Vec::new();
     for (key, value) in services {
         let frontend = match FrontendAddr::from_key(&key) {
-            Some(f) => f.to_string(),
+            // The scope has a column of its own.
+            Some(f) => f.address(),
             None => format!("{}:{}/{}", Ipv4Addr::from(key.addr.to_ne_bytes()), u16::from_be(key.port), key.proto),
         };
         let name = maps.names.get(&RevNatKey { frontend_id: value.frontend_id })?.map(|n| svc_name_str(&n)).unwrap_or_default();

@@ -11,7 +11,7 @@ use lb_agent::{
     list,
     maps::Maps,
     model::BackendSelection,
-    northsouth::{self, NorthSouthConfig, PortRange},
+    northsouth::{self, NodePortAddress, NorthSouthConfig, PortRange},
     run::{self, SourceConfig},
     source::kube::{self, KubeOptions},
     translate::TranslateOptions,
@@ -248,10 +248,19 @@ struct RunArgs {
     /// the default routes).
     #[arg(long, env = "LB_EXTERNAL_IFACES", value_delimiter = ',')]
     external_ifaces: Vec<String>,
-    /// Node addresses NodePorts are served on, comma separated (default:
-    /// the IPv4 addresses of the external interfaces).
+    /// The node's primary addresses, comma separated: NodePorts are served
+    /// on them unless --nodeport-addresses says otherwise (default: the
+    /// IPv4 addresses of the external interfaces).
     #[arg(long, env = "LB_NODE_IPS", value_delimiter = ',')]
     node_ips: Vec<std::net::Ipv4Addr>,
+    /// Which node addresses NodePorts are served on, as kube-proxy's flag:
+    /// CIDRs (IPv4 ones used, IPv6 ones accepted and ignored) and
+    /// `primary` (--node-ips, else the Node's InternalIP), comma
+    /// separated; any address of the node inside them, followed as
+    /// addresses come and go (default: the --node-ips, else the external
+    /// interfaces' IPv4 addresses).
+    #[arg(long, env = "LB_NODEPORT_ADDRESSES", value_delimiter = ',')]
+    nodeport_addresses: Vec<NodePortAddress>,
     /// Address that north-south flows to backends on other nodes are
     /// SNATed to (default: the first node address).
     #[arg(long, env = "LB_SNAT_IP")]
@@ -345,6 +354,7 @@ fn main() -> anyhow::Result<()> {
                     node_name: node_name.clone(),
                     external_ifaces: args.external_ifaces,
                     node_ips: args.node_ips,
+                    nodeport_addresses: args.nodeport_addresses,
                     snat_ip: args.snat_ip,
                     nodeport_range: args.nodeport_range,
                     snat_ports: args.snat_ports,

@@ -9,7 +9,7 @@ use std::{
     sync::Arc,
 };
 
-use lb_common::{IPPROTO_TCP, IPPROTO_UDP, SCOPE_EXTERNAL, Service4Key};
+use lb_common::{IPPROTO_TCP, IPPROTO_UDP, SCOPE_EXTERNAL, SCOPE_INTERNAL, Service4Key};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Protocol {
@@ -43,36 +43,80 @@ impl fmt::Display for Protocol {
     }
 }
 
-/// A frontend address: what clients dial.
+/// Which clients a frontend entry serves (`Service4Key::scope`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Scope {
+    /// Every client, unless an [`Scope::Internal`] entry at the same
+    /// address serves those inside the cluster.
+    #[default]
+    External,
+    /// Clients inside the cluster (pods, the host) only: the second entry
+    /// of an `externalTrafficPolicy: Local` Service's external address.
+    Internal,
+}
+
+/// A frontend address: what clients dial, and which of them the entry
+/// serves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FrontendAddr {
     pub ip: Ipv4Addr,
     pub port: u16,
     pub proto: Protocol,
+    pub scope: Scope,
 }
 
 impl FrontendAddr {
+    /// The (usual) entry that serves every client.
+    pub fn new(ip: Ipv4Addr, port: u16, proto: Protocol) -> FrontendAddr {
+        FrontendAddr { ip, port, proto, scope: Scope::External }
+    }
+
+    /// The entry at the same address for clients inside the cluster.
+    pub fn internal(self) -> FrontendAddr {
+        FrontendAddr { scope: Scope::Internal, ..self }
+    }
+
     pub fn key(&self) -> Service4Key {
         Service4Key {
             addr: u32::from_ne_bytes(self.ip.octets()),
             port: self.port.to_be(),
             proto: self.proto.number(),
-            scope: SCOPE_EXTERNAL,
+            scope: match self.scope {
+                Scope::External => SCOPE_EXTERNAL,
+                Scope::Internal => SCOPE_INTERNAL,
+            },
         }
     }
 
+    /// The address of a map key; `None` for a protocol or scope this agent
+    /// does not write.
     pub fn from_key(key: &Service4Key) -> Option<Self> {
+        let scope = match key.scope {
+            SCOPE_EXTERNAL => Scope::External,
+            SCOPE_INTERNAL => Scope::Internal,
+            _ => return None,
+        };
         Some(FrontendAddr {
             ip: Ipv4Addr::from(key.addr.to_ne_bytes()),
             port: u16::from_be(key.port),
             proto: Protocol::from_number(key.proto)?,
+            scope,
         })
+    }
+
+    /// `ip:port/PROTO`, without the scope.
+    pub fn address(&self) -> String {
+        format!("{}:{}/{}", self.ip, self.port, self.proto)
     }
 }
 
 impl fmt::Display for FrontendAddr {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}/{}", self.ip, self.port, self.proto)
+        write!(f, "{}:{}/{}", self.ip, self.port, self.proto)?;
+        if self.scope == Scope::Internal {
+            f.write_str(" (in-cluster clients)")?;
+        }
+        Ok(())
     }
 }
 
@@ -209,6 +253,17 @@ impl FromStr for Cidr {
         let prefix_len: u8 =
             len.parse().ok().filter(|l| *l <= max).ok_or_else(|| format!("{s:?}: prefix length {len:?} is not in 0-{max}"))?;
         Ok(Cidr { addr, prefix_len })
+    }
+}
+
+impl Cidr {
+    /// Whether `ip` is inside this block (never for an IPv6 block).
+    pub fn contains_v4(&self, ip: Ipv4Addr) -> bool {
+        let IpAddr::V4(net) = self.addr else {
+            return false;
+        };
+        let mask = u32::MAX.checked_shl(32 - self.prefix_len as u32).unwrap_or(0);
+        u32::from(ip) & mask == u32::from(net) & mask
     }
 }
 

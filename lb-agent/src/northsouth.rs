@@ -7,7 +7,9 @@
 //!   with the very same entries: no "is this a local address" check is
 //!   needed in the datapath); one frontend per external IP and per
 //!   LoadBalancer ingress IP. Their backends are the Service's, or only this
-//!   node's with `externalTrafficPolicy: Local`. `loadBalancerSourceRanges`
+//!   node's with `externalTrafficPolicy: Local`, which holds only for
+//!   traffic from outside: a second entry per address gives pods and the
+//!   host every endpoint, as kube-proxy does. `loadBalancerSourceRanges`
 //!   apply to the LoadBalancer ingress frontends (as kube-proxy), and the
 //!   health check NodePort reports this node's ready endpoints.
 //! - [`NorthSouth`] is the agent side at run time: it attaches the XDP
@@ -76,6 +78,34 @@ impl fmt::Display for PortRange {
     }
 }
 
+/// One item of `--nodeport-addresses`, as kube-proxy's flag: a CIDR, or
+/// `primary` (the node's primary addresses).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NodePortAddress {
+    Primary,
+    Cidr(Cidr),
+}
+
+impl FromStr for NodePortAddress {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        if s.trim() == "primary" {
+            return Ok(NodePortAddress::Primary);
+        }
+        s.parse().map(NodePortAddress::Cidr).map_err(|e| format!("{e}; a NodePort address is a CIDR or `primary`"))
+    }
+}
+
+impl fmt::Display for NodePortAddress {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NodePortAddress::Primary => f.write_str("primary"),
+            NodePortAddress::Cidr(c) => c.fmt(f),
+        }
+    }
+}
+
 /// What the planner needs to know about this node.
 #[derive(Clone, Debug)]
 pub struct NodeInfo {
@@ -127,7 +157,7 @@ pub fn plan(t: &Translation, node: &NodeInfo) -> Plan {
         // unless `externalTrafficPolicy: Local`.
         let mut topology: BTreeMap<FrontendAddr, Vec<Backend>> = BTreeMap::new();
         for port in &m.ports {
-            let cluster = FrontendAddr { ip: cluster_ip, port: port.port, proto: port.proto };
+            let cluster = FrontendAddr::new(cluster_ip, port.port, port.proto);
             let Some(fe) = t.desired.get(&cluster) else { continue };
             if let Some(backends) = topology::cluster_backends(&fe.backends, node.node_name.as_deref(), node.zone.as_deref()) {
                 if m.internal_traffic_policy == TrafficPolicy::Cluster {
@@ -141,7 +171,7 @@ pub fn plan(t: &Translation, node: &NodeInfo) -> Plan {
             // dropped when there is none here, as kube-proxy does; a
             // Service with no endpoint anywhere still rejects.
             for port in &m.ports {
-                let cluster = FrontendAddr { ip: cluster_ip, port: port.port, proto: port.proto };
+                let cluster = FrontendAddr::new(cluster_ip, port.port, port.proto);
                 let Some(fe) = t.desired.get(&cluster) else { continue };
                 let mut flags = fe.flags;
                 if fe.slot_backends().next().is_none() {
@@ -161,23 +191,26 @@ pub fn plan(t: &Translation, node: &NodeInfo) -> Plan {
         }
         let mut local_ready = BTreeSet::new();
         for port in &m.ports {
-            let cluster = FrontendAddr { ip: cluster_ip, port: port.port, proto: port.proto };
+            let cluster = FrontendAddr::new(cluster_ip, port.port, port.proto);
             // The ClusterIP frontend carries the Service's backends; without
             // it (e.g. its address was taken) there is nothing to serve.
             let Some(fe) = t.desired.get(&cluster) else { continue };
             local_ready.extend(fe.backends.iter().filter(is_local).filter(|b| !b.terminating).map(|b| b.addr.ip));
-            let backends: Vec<Backend> = if local {
-                fe.backends.iter().filter(is_local).cloned().collect()
-            } else {
-                topology.get(&cluster).unwrap_or(&fe.backends).clone()
-            };
+            let cluster_backends = topology.get(&cluster).unwrap_or(&fe.backends);
+            let backends: Vec<Backend> =
+                if local { fe.backends.iter().filter(is_local).cloned().collect() } else { cluster_backends.clone() };
+            // Clients inside the cluster (pods, the host) of a Local
+            // Service's external addresses get every endpoint, as
+            // kube-proxy's short-circuit to the cluster chain gives them:
+            // a second entry, where it differs (see `SCOPE_INTERNAL`).
+            let in_cluster = (local && backends != *cluster_backends).then_some(cluster_backends);
             // Local without a local endpoint drops (the load balancer's
             // health check takes the node out), but a Service with no
             // endpoint anywhere rejects, as kube-proxy does: the datapath
             // tells the two apart by EXT_LOCAL.
             let base_flags = if fe.slot_backends().next().is_none() { base_flags & !svc_flags::EXT_LOCAL } else { base_flags };
             let add = |ip: Ipv4Addr, fport: u16, kind: u32, ranges: bool, out: &mut Plan| {
-                let addr = FrontendAddr { ip, port: fport, proto: port.proto };
+                let addr = FrontendAddr::new(ip, fport, port.proto);
                 if let Some(other) = t.desired.get(&addr).or_else(|| out.frontends.get(&addr)) {
                     out.problems.insert(format!("Service {svc}: frontend {addr} already belongs to {}, skipped", other.name));
                     return;
@@ -186,6 +219,14 @@ pub fn plan(t: &Translation, node: &NodeInfo) -> Plan {
                 if ranges {
                     flags |= svc_flags::SOURCE_RANGES;
                     out.source_ranges.insert(addr, m.source_ranges.clone());
+                }
+                if let Some(all) = in_cluster {
+                    flags |= svc_flags::HAS_INTERNAL;
+                    let inner = addr.internal();
+                    let inner_flags = (base_flags & !svc_flags::EXT_LOCAL) | kind;
+                    let (name, affinity_timeout) = (fe.name.clone(), fe.affinity_timeout);
+                    out.frontends
+                        .insert(inner, Frontend { addr: inner, name, backends: all.clone(), flags: inner_flags, affinity_timeout });
                 }
                 out.frontends.insert(
                     addr,
@@ -230,9 +271,13 @@ pub struct NorthSouthConfig {
     pub node_name: Option<String>,
     /// Interfaces for the XDP program; empty: those of the default routes.
     pub external_ifaces: Vec<String>,
-    /// Addresses NodePorts are served on; empty: the IPv4 addresses of the
-    /// external interfaces.
+    /// The node's primary addresses (`--node-ips`); empty: the IPv4
+    /// addresses of the external interfaces. NodePorts are served on them
+    /// unless `nodeport_addresses` says otherwise.
     pub node_ips: Vec<Ipv4Addr>,
+    /// `--nodeport-addresses`: which node addresses NodePorts are served
+    /// on (see [`nodeport_addresses`]); empty: the node addresses.
+    pub nodeport_addresses: Vec<NodePortAddress>,
     /// The address SNATed flows leave with; `None`: the first node address.
     pub snat_ip: Option<Ipv4Addr>,
     pub nodeport_range: PortRange,
@@ -247,6 +292,7 @@ impl Default for NorthSouthConfig {
             node_name: None,
             external_ifaces: Vec::new(),
             node_ips: Vec::new(),
+            nodeport_addresses: Vec::new(),
             snat_ip: None,
             nodeport_range: DEFAULT_NODEPORT_RANGE,
             snat_ports: DEFAULT_SNAT_PORTS,
@@ -265,6 +311,11 @@ pub struct NorthSouth {
     /// `--node-ips`: when set, the node addresses do not follow the
     /// interfaces.
     configured_ips: Vec<Ipv4Addr>,
+    /// `--nodeport-addresses`.
+    nodeport_filter: Vec<NodePortAddress>,
+    /// The Node's `InternalIP` addresses (IPv4), once its Node was seen:
+    /// the primary addresses when `--node-ips` is not given.
+    node_primary: Vec<Ipv4Addr>,
     configured_snat: Option<Ipv4Addr>,
     /// The SNAT address in `LB_NODE`.
     snat: Option<Ipv4Addr>,
@@ -288,6 +339,50 @@ pub fn node_addresses(configured: &[Ipv4Addr], ifaces: &[String], addrs: &[(Stri
         }
     }
     out
+}
+
+/// The addresses NodePorts are served on. Without `--nodeport-addresses`
+/// (`filter` empty), the node addresses (`node_ips`, see
+/// [`node_addresses`]). With it, as kube-proxy: every IPv4 address of the
+/// node (`addrs`: interface, address, in the kernel's order) inside one of
+/// its CIDRs, or, for `primary`, one of the node's `primary` addresses.
+/// Loopback addresses never serve NodePorts; IPv6 CIDRs are accepted and
+/// match nothing (lb serves IPv4).
+pub fn nodeport_addresses(
+    filter: &[NodePortAddress],
+    node_ips: &[Ipv4Addr],
+    addrs: &[(String, Ipv4Addr)],
+    primary: &[Ipv4Addr],
+) -> Vec<Ipv4Addr> {
+    if filter.is_empty() {
+        return node_ips.to_vec();
+    }
+    let wanted = |a: Ipv4Addr| {
+        filter.iter().any(|f| match f {
+            NodePortAddress::Primary => primary.contains(&a),
+            NodePortAddress::Cidr(c) => c.contains_v4(a),
+        })
+    };
+    let mut out = Vec::new();
+    for (_, a) in addrs {
+        if !a.is_loopback() && wanted(*a) && !out.contains(a) {
+            out.push(*a);
+        }
+    }
+    out
+}
+
+/// The node's primary addresses (`--nodeport-addresses primary`):
+/// `--node-ips`; else its Node's `InternalIP` addresses; else the first
+/// node address (the one SNATed flows leave with by default).
+pub fn primary_addresses(configured: &[Ipv4Addr], node_internal: &[Ipv4Addr], node_ips: &[Ipv4Addr]) -> Vec<Ipv4Addr> {
+    if !configured.is_empty() {
+        return configured.to_vec();
+    }
+    if !node_internal.is_empty() {
+        return node_internal.to_vec();
+    }
+    node_ips.first().copied().into_iter().collect()
 }
 
 /// The address SNATed flows leave with: the configured one; else the
@@ -332,8 +427,12 @@ impl NorthSouth {
         let ifaces =
             if cfg.external_ifaces.is_empty() { default_route_interfaces().unwrap_or_default() } else { cfg.external_ifaces.clone() };
         let addrs = interface_addresses().context("listing the node's addresses")?;
-        let node_ips = node_addresses(&cfg.node_ips, &ifaces, &addrs);
-        let snat = snat_address(cfg.snat_ip, None, &node_ips);
+        let base = node_addresses(&cfg.node_ips, &ifaces, &addrs);
+        let node_ips = nodeport_addresses(&cfg.nodeport_addresses, &base, &addrs, &primary_addresses(&cfg.node_ips, &[], &base));
+        let snat = snat_address(cfg.snat_ip, None, &base);
+        if !cfg.nodeport_addresses.is_empty() && node_ips.is_empty() {
+            warn!(nodeport_addresses = ?cfg.nodeport_addresses, "no node address matches --nodeport-addresses: no NodePort is served");
+        }
         let maps = reconciler.maps_mut();
         let xdp = cfg.xdp_mode != XdpAttach::Off;
         if xdp && ifaces.is_empty() {
@@ -376,6 +475,7 @@ impl NorthSouth {
         info!(
             interfaces = ?ifaces,
             node_ips = ?node_ips,
+            nodeport_addresses = ?cfg.nodeport_addresses.iter().map(ToString::to_string).collect::<Vec<_>>(),
             snat = ?snat,
             nodeport_range = %cfg.nodeport_range,
             snat_ports = %cfg.snat_ports,
@@ -396,6 +496,8 @@ impl NorthSouth {
             logged: BTreeSet::new(),
             ifaces,
             configured_ips: cfg.node_ips.clone(),
+            nodeport_filter: cfg.nodeport_addresses.clone(),
+            node_primary: Vec::new(),
             configured_snat: cfg.snat_ip,
             snat,
             node_config,
@@ -403,12 +505,13 @@ impl NorthSouth {
     }
 
     /// Reads the node's addresses again (after an address event, or now
-    /// and then): when they changed, logs what changed, moves the SNAT
-    /// address if it is gone (or there was none) and returns true: the
-    /// NodePort frontends need a re-plan. Configured `--node-ips` do not
-    /// follow the interfaces.
+    /// and then): when the NodePort addresses changed, logs what changed
+    /// and returns true: the NodePort frontends need a re-plan. Moves the
+    /// SNAT address if it is gone (or there was none). Configured
+    /// `--node-ips` do not follow the interfaces (but addresses chosen by
+    /// `--nodeport-addresses` do).
     pub fn refresh_addresses(&mut self, reconciler: &mut Reconciler) -> bool {
-        if !self.configured_ips.is_empty() {
+        if !self.configured_ips.is_empty() && self.nodeport_filter.is_empty() {
             return false;
         }
         let addrs = match interface_addresses() {
@@ -418,22 +521,10 @@ impl NorthSouth {
                 return false;
             }
         };
-        let node_ips = node_addresses(&self.configured_ips, &self.ifaces, &addrs);
-        let change = AddressChange::between(&self.node.node_ips, &node_ips);
-        if change.is_empty() {
-            return false;
-        }
-        let snat = snat_address(self.configured_snat, self.snat, &node_ips);
-        info!(
-            added = ?change.added,
-            removed = ?change.removed,
-            node_ips = ?node_ips,
-            snat = ?snat,
-            "the node's addresses changed: NodePorts follow"
-        );
-        if node_ips.is_empty() {
-            warn!(interfaces = ?self.ifaces, "no node address left on the external interfaces: no NodePort is served from outside");
-        }
+        let base = node_addresses(&self.configured_ips, &self.ifaces, &addrs);
+        let primary = primary_addresses(&self.configured_ips, &self.node_primary, &base);
+        let node_ips = nodeport_addresses(&self.nodeport_filter, &base, &addrs, &primary);
+        let snat = snat_address(self.configured_snat, self.snat, &base);
         if snat != self.snat {
             let config = NodeConfig { snat_addr: snat.map_or(0, |a| u32::from_ne_bytes(a.octets())), ..self.node_config };
             match reconciler.maps_mut().write_node(&config) {
@@ -445,8 +536,34 @@ impl NorthSouth {
                 Err(e) => warn!("writing the new SNAT address {snat:?}: {e:#} (SNAT stays {:?})", self.snat),
             }
         }
+        let change = AddressChange::between(&self.node.node_ips, &node_ips);
+        if change.is_empty() {
+            return false;
+        }
+        info!(
+            added = ?change.added,
+            removed = ?change.removed,
+            node_ips = ?node_ips,
+            snat = ?self.snat,
+            "the node's addresses changed: NodePorts follow"
+        );
+        if node_ips.is_empty() {
+            warn!(interfaces = ?self.ifaces, nodeport_addresses = ?self.nodeport_filter, "no NodePort address left: no NodePort is served");
+        }
         self.node.node_ips = node_ips;
         true
+    }
+
+    /// Takes the Node's `InternalIP` addresses (the primary addresses when
+    /// `--node-ips` is not given); true when the NodePort addresses changed
+    /// with them (`--nodeport-addresses primary`).
+    pub fn set_node_primary(&mut self, ips: &[Ipv4Addr], reconciler: &mut Reconciler) -> bool {
+        if self.node_primary == ips {
+            return false;
+        }
+        info!(internal_ips = ?ips, "this node's InternalIP addresses (its Node)");
+        self.node_primary = ips.to_vec();
+        self.nodeport_filter.contains(&NodePortAddress::Primary) && self.configured_ips.is_empty() && self.refresh_addresses(reconciler)
     }
 
     /// What planning needs to know about this node.

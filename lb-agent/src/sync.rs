@@ -94,6 +94,9 @@ impl Syncer {
         let translation = self.translator.update(&mut self.store, &self.opts);
         let translated = started.elapsed();
         self.north_south.set_zone(self.store.node_zone());
+        // Its InternalIPs are the primary addresses (`--nodeport-addresses
+        // primary`); the plan below takes what they change.
+        self.north_south.set_node_primary(self.store.node_internal_ips(), &mut self.reconciler);
         let plan = northsouth::plan(translation, self.north_south.node());
         let north_south_skipped = self.north_south.log_problems(&plan);
         let mut stats = self.reconciler.apply_all(&[&translation.desired, &plan.internal, &plan.frontends]);

@@ -265,7 +265,7 @@ fn translate_service(svc: &Sourced<Service>, svc_slices: &[&Sourced<Slice>], opt
             _ => format!("{ns}/{name}:{number}"),
         };
         for ip in &ips {
-            let addr = FrontendAddr { ip: *ip, port: number, proto };
+            let addr = FrontendAddr::new(*ip, number, proto);
             if let Some(other) = out.desired.get(&addr) {
                 out.problems.insert(format!("{what}: frontend {addr} already belongs to {}, port {} skipped", other.name, i));
                 continue;

@@ -1118,3 +1118,45 @@ fn drift_is_repaired_by_the_periodic_resync() {
     assert_eq!(tcp_request(client, vip).unwrap(), "web-a");
     agent.wait_log("the repair logged", 0, "resync: the maps differed");
 }
+
+#[test]
+fn nodeport_addresses_primary_follows_the_nodes_internal_ip() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let s = setup(&["client", "web-a"], "kprimary");
+    let web = s.lab.pod("web-a");
+    let _server = tcp_server(&web.ns, SocketAddrV4::new(web.ip, 8080), "web-a").unwrap();
+    // A second address on the node; the Node names the first as its
+    // InternalIP.
+    let second = Ipv4Addr::new(10, 0, 0, 2);
+    s.lab.node.ip(&["addr", "add", &format!("{second}/32"), "dev", lb_lab::NODE_IF]).unwrap();
+    let internal_ip = |ip: Ipv4Addr| {
+        node_with(
+            json!({"status": {"addresses": [{"type": "InternalIP", "address": ip.to_string()}, {"type": "Hostname", "address": "node-1"}]}}),
+        )
+    };
+    s.api.apply_raw(Res::Nodes, internal_ip(lb_lab::NODE_IP));
+    let agent = KubeAgent::start_with(
+        &s.lab.node,
+        &s.api.kubeconfig(&s.dir.0),
+        PinDir::new("kprimary"),
+        &["--sync-delay-ms", "50", "--nodeport-addresses", "primary"],
+    );
+    let mut svc = serde_json::to_value(service("web", "10.96.0.40", &[("http", 80, "http")])).unwrap();
+    svc["spec"]["type"] = "NodePort".into();
+    svc["spec"]["ports"][0]["nodePort"] = 30080.into();
+    s.api.apply_raw(Res::Services, svc);
+    s.api.apply(&slice("web-1", "web", &[("http", 8080)], &[(web.ip, Cond::Ready)]));
+    let on = |rows: &[list::Row], ip: Ipv4Addr| rows.iter().any(|r| r.frontend == format!("{ip}:30080/TCP"));
+    let rows = agent.wait_rows("the NodePort on the InternalIP", |r| on(r, lb_lab::NODE_IP));
+    assert!(!on(&rows, second), "only the primary address: {rows:#?}");
+    let client = &s.lab.pod("client").ns;
+    assert_eq!(tcp_request(client, SocketAddrV4::new(lb_lab::NODE_IP, 30080)).unwrap(), "web-a");
+
+    // The Node's InternalIP moves to the second address: so does the
+    // NodePort.
+    s.api.apply_raw(Res::Nodes, internal_ip(second));
+    agent.wait_rows("the NodePort on the new InternalIP", |r| on(r, second) && !on(r, lb_lab::NODE_IP));
+    assert_eq!(tcp_request(client, SocketAddrV4::new(second, 30080)).unwrap(), "web-a");
+}

@@ -326,6 +326,56 @@ fn local_policy_keeps_the_client_ip_and_a_node_without_endpoints_drops_and_fails
 }
 
 #[test]
+fn local_policy_holds_only_for_traffic_from_outside_pods_and_the_host_reach_every_endpoint() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let spec = "  type: LoadBalancer\n  externalTrafficPolicy: Local\n";
+    let status = format!("status:\n  loadBalancer:\n    ingress: [{{ip: {LB_IP}}}]\n");
+    // The only endpoint, web-b, is on node B.
+    let c = cluster("local-inside", &manifest(spec, &status, &fixed_endpoints(&[("web-b", "node-b")])));
+    let nodeport = at(node_ip(0), HTTP_PORT);
+    c.wait_frontend(1, &format!("{}:{HTTP_PORT}/TCP", node_ip(1)), 1);
+    // The LB IP's TCP frontend is the last one node A's agent writes.
+    c.agents[0].wait_rows("node A's LB IP frontend", |rows| rows.iter().any(|r| r.frontend == format!("{LB_IP}:80/TCP")));
+
+    // A pod on node A (tc) reaches node A's NodePort and the LB IP: web-b
+    // answers, over TCP and UDP.
+    let pod = &c.lab.node(0).pod("cli-a").ns;
+    for to in [nodeport, at(LB_IP, 80)] {
+        let tag = tcp_request(pod, to).unwrap_or_else(|e| panic!("pod -> {to}: {e:#}\n{}", c.logs()));
+        assert_eq!(tag, "web-b", "pod -> {to}");
+    }
+    let (reply, peer) = udp_request(pod, at(node_ip(0), DNS_PORT), "q").unwrap_or_else(|e| panic!("pod UDP: {e:#}\n{}", c.logs()));
+    assert!(reply.starts_with("web-b"), "{reply}");
+    assert_eq!(peer, std::net::SocketAddr::V4(at(node_ip(0), DNS_PORT)));
+    // So does node A's host (socket hooks).
+    let host = &c.lab.node(0).ns;
+    for to in [nodeport, at(LB_IP, 80)] {
+        let tag = tcp_request(host, to).unwrap_or_else(|e| panic!("host -> {to}: {e:#}\n{}", c.logs()));
+        assert_eq!(tag, "web-b", "host -> {to}");
+    }
+
+    // From outside, node A still has no endpoint for the Service: no
+    // answer at all.
+    let err = tcp_request_with(&c.lab.client, nodeport, b"x", Duration::from_millis(700)).expect_err("node A must not answer from outside");
+    assert_eq!(lb_lab::io_error_kind(&err), Some(std::io::ErrorKind::TimedOut), "{err:#}");
+    // Node B's own endpoint serves it there.
+    assert_eq!(tcp_request(&c.lab.client, at(node_ip(1), HTTP_PORT)).unwrap(), "web-b");
+
+    // `list` shows both entries of node A's NodePort: Local (no endpoint
+    // here) for traffic from outside, Cluster (every endpoint) for pods and
+    // the host.
+    let rows = c.agents[0].rows();
+    let np: Vec<_> = rows
+        .iter()
+        .filter(|r| r.frontend == format!("{}:{HTTP_PORT}/TCP", node_ip(0)))
+        .map(|r| (r.scope, r.policy, r.backends.len()))
+        .collect();
+    assert_eq!(np, [("external", "Local", 0), ("internal", "Cluster", 1)], "{rows:#?}");
+}
+
+#[test]
 fn load_balancer_source_ranges_allow_and_deny() {
     if !kernel_tests_enabled() {
         return;
@@ -471,4 +521,82 @@ fn nodeports_follow_an_address_added_to_and_removed_from_the_node() {
     });
     let seen = c.spread(&c.lab.client, at(node_ip(0), HTTP_PORT), 20);
     assert_eq!(seen.len(), 2, "{seen:?}");
+}
+
+#[test]
+fn nodeport_addresses_choose_the_node_addresses_nodeports_are_served_on() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    // Only 192.168.50.11 (not yet on the node); the IPv6 block is accepted
+    // and ignored.
+    let extra = Ipv4Addr::new(192, 168, 50, 11);
+    let args = ["--nodeport-addresses", "192.168.50.11/32,fd00::/64"];
+    let c = cluster_with("npaddr", &manifest("  type: NodePort\n", "", &fixed_endpoints(BOTH)), &args);
+    c.wait_frontend(0, "10.96.0.10:80/TCP", 2);
+    // Node A's own address is outside: no NodePort there, the kernel
+    // refuses (nothing listens on the port).
+    assert!(!c.agents[0].rows().iter().any(|r| r.frontend.starts_with(&format!("{}:", node_ip(0)))), "{:#?}", c.agents[0].rows());
+    let err = tcp_request_with(&c.lab.client, at(node_ip(0), HTTP_PORT), b"x", Duration::from_millis(700))
+        .expect_err("no NodePort on an address outside --nodeport-addresses");
+    assert!(lb_lab::is_connection_refused(&err), "{err:#}");
+
+    // The address inside, added while the agent runs, serves it.
+    c.lab.node(0).ns.ip(&["addr", "add", &format!("{extra}/24"), "dev", lb_lab::EXT_IF]).unwrap();
+    common::wait_for("the NodePort to answer on the address inside --nodeport-addresses", Duration::from_secs(10), || {
+        tcp_request_with(&c.lab.client, at(extra, HTTP_PORT), b"x", Duration::from_millis(300)).ok()
+    });
+    let seen = c.spread(&c.lab.client, at(extra, HTTP_PORT), 20);
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    let rows = c.agents[0].rows();
+    assert!(!rows.iter().any(|r| r.frontend.starts_with(&format!("{}:", node_ip(0)))), "{rows:#?}");
+    // Still refused on node A's first address.
+    let err = tcp_request_with(&c.lab.client, at(node_ip(0), HTTP_PORT), b"x", Duration::from_millis(700)).expect_err("still outside");
+    assert!(lb_lab::is_connection_refused(&err), "{err:#}");
+}
+
+/// `GET /metrics` on the agent's default metrics address inside `ns`.
+fn scrape(ns: &Netns) -> String {
+    let _in = Entered::enter(ns);
+    let mut s = TcpStream::connect_timeout(&SocketAddrV4::new(Ipv4Addr::LOCALHOST, 10249).into(), Duration::from_secs(2)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+    let mut text = String::new();
+    s.read_to_string(&mut text).unwrap();
+    text
+}
+
+#[test]
+fn a_nodeport_outside_the_nodeport_range_is_reported_not_silently_ignored() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    // HTTP's NodePort (30080) is outside the range, DNS's (30053) inside.
+    let args = ["--nodeport-range", "30000-30060"];
+    let c = cluster_with("range", &manifest("  type: NodePort\n", "", &fixed_endpoints(BOTH)), &args);
+    c.wait_frontend(0, &format!("{}:{DNS_PORT}/UDP", node_ip(0)), 2);
+    let rows = c.agents[0].rows();
+    assert!(!rows.iter().any(|r| r.frontend.ends_with(&format!(":{HTTP_PORT}/TCP"))), "{rows:#?}");
+    // A warning names the Service, the port and the range.
+    let log = c.agents[0].log_text();
+    let line = log.lines().find(|l| l.contains(&format!("nodePort {HTTP_PORT}"))).unwrap_or_else(|| panic!("no warning:\n{log}"));
+    assert!(
+        line.contains("WARN") && line.contains("Service test/web") && line.contains("outside the NodePort range 30000-30060"),
+        "{line}"
+    );
+    // Counted among the skipped objects and fields.
+    let metrics = scrape(&c.lab.node(0).ns);
+    let skipped: f64 = metrics
+        .lines()
+        .find_map(|l| l.strip_prefix("lb_objects_skipped "))
+        .unwrap_or_else(|| panic!("no lb_objects_skipped:\n{metrics}"))
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(skipped >= 1.0, "{metrics}");
+    // Not served: the kernel refuses, the other port answers.
+    let err = tcp_request_with(&c.lab.client, at(node_ip(0), HTTP_PORT), b"x", Duration::from_millis(700)).expect_err("not served");
+    assert!(lb_lab::is_connection_refused(&err), "{err:#}");
+    let (reply, _) = udp_request(&c.lab.client, at(node_ip(0), DNS_PORT), "q").unwrap_or_else(|e| panic!("UDP: {e:#}\n{}", c.logs()));
+    assert!(reply.starts_with("web-"), "{reply}");
 }

@@ -42,6 +42,13 @@ fn with_flags(mut fe: (FrontendAddr, lb_agent::model::Frontend), flags: u32, aff
     fe
 }
 
+/// The entry at the same address for clients inside the cluster.
+fn in_cluster(mut fe: (FrontendAddr, lb_agent::model::Frontend)) -> (FrontendAddr, lb_agent::model::Frontend) {
+    fe.0 = fe.0.internal();
+    fe.1.addr = fe.0;
+    fe
+}
+
 fn desired() -> Desired {
     [
         frontend("10.96.0.10:80", Protocol::Tcp, &["10.244.0.12:8080"]),
@@ -62,6 +69,14 @@ fn desired() -> Desired {
             svc_flags::LOAD_BALANCER | svc_flags::SOURCE_RANGES,
             0,
         ),
+        // An externalTrafficPolicy: Local external IP without an endpoint
+        // on this node, and its entry for clients inside the cluster.
+        with_flags(
+            frontend("192.168.60.5:80", Protocol::Tcp, &[]),
+            svc_flags::EXTERNAL_IP | svc_flags::EXT_LOCAL | svc_flags::HAS_INTERNAL,
+            0,
+        ),
+        in_cluster(with_flags(frontend("192.168.60.5:80", Protocol::Tcp, &["10.244.0.17:8080"]), svc_flags::EXTERNAL_IP, 0)),
     ]
     .into_iter()
     .collect()
@@ -69,7 +84,7 @@ fn desired() -> Desired {
 
 fn loaded(tag: &str) -> Loaded {
     let mut l = Loaded::new(tag, desired());
-    let lb = FrontendAddr { ip: "192.168.60.10".parse().unwrap(), port: 80, proto: Protocol::Tcp };
+    let lb = FrontendAddr::new("192.168.60.10".parse().unwrap(), 80, Protocol::Tcp);
     let ranges: BTreeMap<FrontendAddr, Vec<Cidr>> = [(lb, vec!["192.168.50.0/24".parse().unwrap()])].into_iter().collect();
     let mut stats = Default::default();
     l.reconciler.apply_source_ranges(&ranges, &mut stats);
@@ -116,7 +131,7 @@ fn frontend_counters_and_the_cli() {
     assert_eq!(affinity["affinity_timeout_s"], 600);
     let by_service = cli(&pins, &["list", "--service", "test/10.96.0.30"]);
     assert_eq!(by_service["frontends"].as_array().unwrap().len(), 1, "{by_service}");
-    assert_eq!(cli(&pins, &["list"])["frontends"].as_array().unwrap().len(), 6);
+    assert_eq!(cli(&pins, &["list"])["frontends"].as_array().unwrap().len(), 8);
 
     // ct: both directions of the flow, established, NATed to the backend.
     let v = cli(&pins, &["ct", "--addr", "10.244.0.12"]);
@@ -141,7 +156,7 @@ fn frontend_counters_and_the_cli() {
     let ct_fill = v["maps"].as_array().unwrap().iter().find(|m| m["map"] == "LB4_CT_TCP").cloned().unwrap();
     assert_eq!((ct_fill["entries"].as_u64(), ct_fill["max_entries"].as_u64()), (Some(2), Some(4096)));
     let services = v["maps"].as_array().unwrap().iter().find(|m| m["map"] == "LB4_SERVICES").cloned().unwrap();
-    assert_eq!(services["entries"], 6);
+    assert_eq!(services["entries"], 8);
 
     // status: every map pinned with its size, the version.
     let v = cli(&pins, &["status"]);
@@ -229,6 +244,30 @@ fn explain_agrees_with_the_programs() {
     assert_eq!(l.stat(stat::DROP_SOURCE_RANGE), before + 1);
     let x = explain(&pins, "external", "192.168.50.7:5000", "192.168.60.10:80", "S");
     assert_eq!((x["verdict"].as_str(), x["backend"].as_str()), (Some("translate"), Some("10.244.0.16:8080")), "{x}");
+
+    // externalTrafficPolicy: Local holds only for traffic from outside: a
+    // pod gets the in-cluster entry's endpoint, a client outside is
+    // dropped (no endpoint on this node).
+    let x = explain(&pins, "pod", "10.244.0.11:43000", "192.168.60.5:80", "S");
+    assert_eq!((x["verdict"].as_str(), x["backend"].as_str()), (Some("translate"), Some("10.244.0.17:8080")), "{x}");
+    let out = l.run(&testrun::tcp(sa("10.244.0.11:43000"), sa("192.168.60.5:80"), "S", 1, b""));
+    assert_eq!((out.verdict, dst_of(&out.packet)), (TC_ACT_UNSPEC, "10.244.0.17:8080".to_string()));
+    let x = explain(&pins, "external", "192.168.50.7:5001", "192.168.60.5:80", "S");
+    assert_eq!((x["verdict"].as_str(), x["reason"].as_str()), (Some("drop"), Some("drop_no_local_backend")), "{x}");
+    let before = l.stat(stat::DROP_NO_LOCAL_BACKEND);
+    let xdp: &mut Xdp = l.dp.ebpf.program_mut(XDP_PROGRAM).unwrap().try_into().unwrap();
+    let frame = testrun::tcp(sa("192.168.50.7:5001"), sa("192.168.60.5:80"), "S", 1, b"");
+    assert_eq!(testrun::run_xdp(xdp, &frame, 1).unwrap().verdict, XDP_DROP);
+    assert_eq!(l.stat(stat::DROP_NO_LOCAL_BACKEND), before + 1);
+    // `list` shows both entries.
+    let rows = cli(&pins, &["list", "--frontend", "192.168.60.5:80"]);
+    let scopes: Vec<(String, String, usize)> = rows["frontends"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["scope"].as_str().unwrap().into(), r["policy"].as_str().unwrap().into(), r["backends"].as_array().unwrap().len()))
+        .collect();
+    assert_eq!(scopes, [("external".into(), "Local".into(), 0), ("internal".into(), "Cluster".into(), 1)], "{rows}");
 
     // Per-frontend counters saw every translated packet of the Maglev
     // frontend.

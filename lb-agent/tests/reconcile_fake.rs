@@ -48,8 +48,9 @@ fn reconciler() -> Rec {
 }
 
 /// A frontend from one line: `ip:port/PROTO name [flags] = backends`, the
-/// flags among `maglev`, `affinity=<s>`, `nodeport`, `local`; a backend
-/// `ip:port`, `~` after it for terminating.
+/// flags among `maglev`, `affinity=<s>`, `nodeport`, `local`,
+/// `hasinternal`, and `internal` for the in-cluster entry
+/// (`SCOPE_INTERNAL`); a backend `ip:port`, `~` after it for terminating.
 fn frontend(line: &str) -> Frontend {
     let (head, backends) = line.split_once(" = ").unwrap_or((line.trim_end_matches(" ="), ""));
     let mut words = head.split_whitespace();
@@ -60,7 +61,7 @@ fn frontend(line: &str) -> Frontend {
         p => panic!("protocol {p}"),
     };
     let sa: std::net::SocketAddrV4 = ip_port.parse().unwrap();
-    let addr = FrontendAddr { ip: *sa.ip(), port: sa.port(), proto };
+    let mut addr = FrontendAddr::new(*sa.ip(), sa.port(), proto);
     let name = format!("test/{}", words.next().unwrap());
     let (mut flags, mut affinity_timeout) = (0, 0);
     for w in words {
@@ -68,6 +69,8 @@ fn frontend(line: &str) -> Frontend {
             "maglev" => flags |= svc_flags::MAGLEV,
             "nodeport" => flags |= svc_flags::NODE_PORT,
             "local" => flags |= svc_flags::EXT_LOCAL,
+            "hasinternal" => flags |= svc_flags::HAS_INTERNAL,
+            "internal" => addr = addr.internal(),
             w if w.starts_with("affinity=") => {
                 flags |= svc_flags::AFFINITY;
                 affinity_timeout = w["affinity=".len()..].parse().unwrap();
@@ -257,6 +260,10 @@ const WEB_MAGLEV: &str = "10.96.0.1:80/TCP web maglev = 10.244.1.1:8080 10.244.1
 const WEB_MAGLEV13: &str = "10.96.0.1:80/TCP web maglev = 10.244.1.1:8080 10.244.1.3:8080";
 const API: &str = "10.96.0.2:443/TCP api = 10.244.1.1:8080";
 const DNS: &str = "10.96.0.10:53/UDP dns = 10.244.2.1:53 10.244.2.2:53";
+/// An externalTrafficPolicy: Local NodePort without a local endpoint, and
+/// its entry for clients inside the cluster.
+const NP_LOCAL: &str = "192.168.50.1:30080/TCP np nodeport local hasinternal =";
+const NP_IN_CLUSTER: &str = "192.168.50.1:30080/TCP np nodeport internal = 10.244.1.1:8080";
 
 fn cases() -> Vec<Case> {
     vec![
@@ -993,6 +1000,32 @@ fn slot(frontend_id: u32, generation: u16, slot: u16) -> SlotKey {
 fn recoveries() -> Vec<Recovery> {
     vec![
         Recovery {
+            name: "an in-cluster entry is taken over with the external entry at its address",
+            before: &[&[NP_LOCAL, NP_IN_CLUSTER]],
+            leave: leave_nothing,
+            faults: no_faults,
+            desired: &[NP_LOCAL, NP_IN_CLUSTER],
+            ops: 0,
+            errors: &[],
+            dump: "
+                LB4_VIPS
+                  192.168.50.1 NodePort
+                LB4_SERVICES
+                  192.168.50.1:30080/TCP id 1 gen 0 count 0 NodePort,ExtLocal,HasInternal
+                  192.168.50.1:30080/TCP scope 1 id 2 gen 0 count 1 NodePort
+                LB4_SLOTS
+                  2/0: 1
+                LB4_BACKENDS
+                  1 v1 10.244.1.1:8080/TCP
+                LB4_REVNAT
+                  1 v1 192.168.50.1:30080
+                  2 v1 192.168.50.1:30080
+                LB_SVC_NAMES
+                  1 test/np
+                  2 test/np
+            ",
+        },
+        Recovery {
             name: "orphans of an interrupted run go; the frontends are taken over as they are",
             before: &[&[WEB, DNS]],
             leave: |m| {
@@ -1099,9 +1132,10 @@ fn recoveries() -> Vec<Recovery> {
             name: "entries this agent does not write go before their slots and IDs are reused",
             before: &[&[WEB]],
             leave: |m| {
-                let mut internal = service_key([10, 96, 0, 1], 80, 6);
-                internal.scope = SCOPE_INTERNAL;
-                m.insert_service(&internal, &Service4Value { frontend_id: 3, count: 1, generation: 0, flags: 0, affinity_timeout: 0 })
+                // A scope this agent has no use for.
+                let mut other_scope = service_key([10, 96, 0, 1], 80, 6);
+                other_scope.scope = SCOPE_INTERNAL + 1;
+                m.insert_service(&other_scope, &Service4Value { frontend_id: 3, count: 1, generation: 0, flags: 0, affinity_timeout: 0 })
                     .unwrap();
                 m.insert_slot(&slot(3, 0, 0), &Slot { backend_id: 1 }).unwrap();
                 // SCTP, with a backend of its own.

@@ -51,7 +51,7 @@ fn maglev_picks_exactly_the_agents_table_slot() {
     let vip = sa("10.96.0.40:80");
     let five = backends(5);
     let mut l = Loaded::new("maglev", desired(vec![svc("10.96.0.40:80", &five, svc_flags::MAGLEV, 0)]));
-    let fa = FrontendAddr { ip: *vip.ip(), port: 80, proto: Protocol::Tcp };
+    let fa = FrontendAddr::new(*vip.ip(), 80, Protocol::Tcp);
     let id = l.reconciler.frontend_id(&fa).unwrap();
     let table = l.reconciler.maps().maglev_table(id).unwrap().expect("a Maglev table is installed");
     assert_eq!(table.len(), sizes::MAGLEV_M as usize);
@@ -143,7 +143,7 @@ fn session_affinity_pins_a_client_until_it_expires_or_its_backend_goes() {
 
     // Expire the client's entry: its next connection is chosen afresh
     // (and sticks again). Ageing the entry stands in for waiting.
-    let id = l.reconciler.frontend_id(&FrontendAddr { ip: *vip.ip(), port: 80, proto: Protocol::Tcp }).unwrap();
+    let id = l.reconciler.frontend_id(&FrontendAddr::new(*vip.ip(), 80, Protocol::Tcp)).unwrap();
     let frontend_version = l.reconciler.maps().revnat.get(id).unwrap().version;
     let key = Affinity4Key { client: u32::from_ne_bytes(client(0).ip().octets()) as u64, frontend_id: id, frontend_version, _pad: 0 };
     let mut moved = false;

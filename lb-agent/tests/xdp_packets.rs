@@ -116,7 +116,7 @@ fn backend(addr: &str, proto: Protocol, node: &str) -> Backend {
 
 fn front(addr: &str, proto: Protocol, flags: u32, backends: Vec<Backend>) -> (FrontendAddr, Frontend) {
     let a = sa(addr);
-    let fa = FrontendAddr { ip: *a.ip(), port: a.port(), proto };
+    let fa = FrontendAddr::new(*a.ip(), a.port(), proto);
     (fa, Frontend { addr: fa, name: format!("test/{addr}"), backends, flags, affinity_timeout: 0 })
 }
 
@@ -149,7 +149,7 @@ fn desired() -> (Desired, BTreeMap<FrontendAddr, Vec<Cidr>>) {
     ]
     .into_iter()
     .collect();
-    let lb = FrontendAddr { ip: "192.168.60.10".parse().unwrap(), port: 80, proto: Protocol::Tcp };
+    let lb = FrontendAddr::new("192.168.60.10".parse().unwrap(), 80, Protocol::Tcp);
     let ranges = [(lb, vec!["192.168.50.0/24".parse().unwrap()])].into_iter().collect();
     (d, ranges)
 }

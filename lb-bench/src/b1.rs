@@ -158,7 +158,7 @@ const NP_PONG: SocketAddrV4 = SocketAddrV4::new(NODE_IP, 30081);
 const NP_TARGET: SocketAddrV4 = SocketAddrV4::new(NODE_IP, 30000);
 
 fn one_backend(name: &str, at: SocketAddrV4, to: SocketAddrV4) -> (FrontendAddr, Frontend) {
-    let addr = FrontendAddr { ip: *at.ip(), port: at.port(), proto: Protocol::Tcp };
+    let addr = FrontendAddr::new(*at.ip(), at.port(), Protocol::Tcp);
     let fe = Frontend {
         addr,
         name: name.into(),
@@ -291,14 +291,14 @@ pub fn run_one(opts: &B1Options, n: usize) -> Result<B1Row> {
         }
         if let Some(last) = svcs.last() {
             let mut fe = services::frontend(last);
-            fe.addr = FrontendAddr { ip: *NP_TARGET.ip(), port: NP_TARGET.port(), proto: Protocol::Tcp };
+            fe.addr = FrontendAddr::new(*NP_TARGET.ip(), NP_TARGET.port(), Protocol::Tcp);
             fe.name = format!("{}:nodeport", last.name);
             fe.flags = lb_common::svc_flags::NODE_PORT;
             desired.insert(fe.addr, local(fe, NODE_NAME));
             // The same number of endpoints, all on node B.
             let remote = Ipv4Addr::from(u32::from(REMOTE_PODS) + 1);
             let mut fe = services::frontend(last);
-            fe.addr = FrontendAddr { ip: *NP_REMOTE.ip(), port: NP_REMOTE.port(), proto: Protocol::Tcp };
+            fe.addr = FrontendAddr::new(*NP_REMOTE.ip(), NP_REMOTE.port(), Protocol::Tcp);
             fe.name = format!("{}:nodeport-remote", last.name);
             fe.flags = lb_common::svc_flags::NODE_PORT;
             for (i, b) in fe.backends.iter_mut().enumerate() {

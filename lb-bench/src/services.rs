@@ -71,7 +71,7 @@ impl Svc {
 }
 
 pub fn frontend(s: &Svc) -> Frontend {
-    let addr = FrontendAddr { ip: s.ip, port: s.port, proto: s.proto };
+    let addr = FrontendAddr::new(s.ip, s.port, s.proto);
     Frontend {
         addr,
         name: s.name.clone(),
@@ -83,7 +83,7 @@ pub fn frontend(s: &Svc) -> Frontend {
 
 /// The agent's desired state for `svcs`.
 pub fn to_desired(svcs: &[Svc]) -> Desired {
-    svcs.iter().map(|s| (FrontendAddr { ip: s.ip, port: s.port, proto: s.proto }, frontend(s))).collect()
+    svcs.iter().map(|s| (FrontendAddr::new(s.ip, s.port, s.proto), frontend(s))).collect()
 }
 
 // ---- naming, as kube-proxy does it -----------------------------------------

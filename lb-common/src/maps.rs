@@ -167,7 +167,13 @@ pub const IPPROTO_SCTP: u8 = 132;
 /// `Service4Key::scope`: which clients a frontend entry serves.
 /// `SCOPE_EXTERNAL` is the only entry for most services; a second
 /// `SCOPE_INTERNAL` entry exists when internal and external traffic policies
-/// select different backends (as in Cilium).
+/// select different backends (as in Cilium): the NodePort, external and
+/// LoadBalancer IPs of an `externalTrafficPolicy: Local` Service, whose
+/// clients inside the cluster (pods through tc, the host through the socket
+/// hooks) get every endpoint, as kube-proxy's short-circuit to the cluster
+/// chain does. The `SCOPE_EXTERNAL` entry then carries
+/// `svc_flags::HAS_INTERNAL`, so the in-cluster hooks look the second
+/// entry up only where one exists.
 pub const SCOPE_EXTERNAL: u8 = 0;
 pub const SCOPE_INTERNAL: u8 = 1;
 
@@ -203,6 +209,10 @@ pub mod svc_flags {
     pub const MAGLEV: u32 = 1 << 6;
     /// loadBalancerSourceRanges apply.
     pub const SOURCE_RANGES: u32 = 1 << 7;
+    /// A `SCOPE_INTERNAL` entry at the same address serves clients inside
+    /// the cluster (see `SCOPE_INTERNAL`); this entry serves only traffic
+    /// from outside (XDP).
+    pub const HAS_INTERNAL: u32 = 1 << 8;
 }
 
 /// What a frontend resolves to. Replaced as a whole by one map update, so a

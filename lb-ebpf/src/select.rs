@@ -5,8 +5,8 @@ use core::ptr::{addr_of, addr_of_mut};
 
 use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_ktime_get_coarse_ns};
 use lb_common::{
-    Affinity4, Affinity4Key, Backend4, Config, CtEntry, NodeConfig, RevNat4, RevNatKey, SCOPE_EXTERNAL, Service4Key, Service4Value,
-    SlotKey, Vip4, config_flags, hash::flow_hash, node_flags, svc_flags,
+    Affinity4, Affinity4Key, Backend4, Config, CtEntry, NodeConfig, RevNat4, RevNatKey, SCOPE_EXTERNAL, SCOPE_INTERNAL, Service4Key,
+    Service4Value, SlotKey, Vip4, config_flags, hash::flow_hash, node_flags, svc_flags,
 };
 
 use crate::{
@@ -44,7 +44,27 @@ pub fn vip(addr: u32) -> Option<Vip4> {
 /// hash map slot can be recycled under us once the agent replaces it.
 #[inline(always)]
 pub fn service(addr: u32, port: u16, proto: u8) -> Option<Service4Value> {
-    let key = Service4Key { addr, port, proto, scope: SCOPE_EXTERNAL };
+    scoped_service(addr, port, proto, SCOPE_EXTERNAL)
+}
+
+/// [`service`] for a client inside the cluster (a pod, the host): where
+/// the frontend has a second entry for such clients (the external address
+/// of an `externalTrafficPolicy: Local` Service, see `SCOPE_INTERNAL`),
+/// that one.
+#[inline(always)]
+pub fn in_cluster_service(addr: u32, port: u16, proto: u8) -> Option<Service4Value> {
+    let svc = service(addr, port, proto)?;
+    if svc.flags & svc_flags::HAS_INTERNAL == 0 {
+        return Some(svc);
+    }
+    // Should it be missing (between the agent's two writes when the entry
+    // comes or goes), the external entry serves.
+    scoped_service(addr, port, proto, SCOPE_INTERNAL).or(Some(svc))
+}
+
+#[inline(always)]
+fn scoped_service(addr: u32, port: u16, proto: u8, scope: u8) -> Option<Service4Value> {
+    let key = Service4Key { addr, port, proto, scope };
     // SAFETY: as in `vip`: copied out at once.
     unsafe { LB4_SERVICES.get(key).copied() }
 }

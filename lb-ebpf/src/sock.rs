@@ -18,7 +18,7 @@ use lb_common::{AFFINITY_NETNS, SockRevNat4, SockRevNat4Key, hash::fmix32, stat,
 
 use crate::{
     maps::LB4_SOCK_REVNAT,
-    select::{config, now_ns, rev_nat, select_backend, service, vip},
+    select::{config, in_cluster_service, now_ns, rev_nat, select_backend, vip},
     stats,
 };
 
@@ -84,7 +84,7 @@ fn try_forward(ctx: &SockAddrContext) -> Option<i32> {
     // The port sits in network order in the low 16 bits.
     let port = user_port as u16;
     let proto = protocol as u8;
-    let Some(svc) = service(addr, port, proto) else {
+    let Some(svc) = in_cluster_service(addr, port, proto) else {
         // A ClusterIP on a port no Service defines: refused, never sent
         // along the default route.
         if vip(addr).is_some_and(|v| v.flags & vip_flags::CLUSTER_IP != 0) {

@@ -43,7 +43,7 @@ use crate::{
     frag, icmp, nat,
     packet::{read, redirect_back, write},
     parse::{Flow, IcmpError, Packet, parse},
-    select::{config, flow_backend, node_config, now_ns, service, vip},
+    select::{config, flow_backend, in_cluster_service, node_config, now_ns, vip},
     stats,
 };
 
@@ -170,7 +170,7 @@ fn forward(ctx: &TcContext, cfg: &Config, vip: Vip4, mut f: Flow) -> Result<i32,
 /// packet that gets none (passed, rejected or dropped).
 #[inline(always)]
 fn new_flow(ctx: &TcContext, cfg: &Config, vip: &Vip4, f: &Flow, now: u64, replace: bool) -> Result<ControlFlow<i32, CtEntry>, Error> {
-    let Some(svc) = service(f.daddr, f.dport, f.proto) else {
+    let Some(svc) = in_cluster_service(f.daddr, f.dport, f.proto) else {
         // A ClusterIP on a port no Service defines: never let it follow
         // the default route (kube-proxy's nftables mode rejects it too).
         if vip.flags & vip_flags::CLUSTER_IP != 0 {

@@ -11,8 +11,8 @@ use std::net::SocketAddrV4;
 
 use aya::maps::lpm_trie::Key as LpmKey;
 use lb_common::{
-    Affinity4Key, CT_SERVICE, Config, Ct4Key, NodeConfig, RevNatKey, SCOPE_EXTERNAL, Service4Key, Service4Value, SlotKey, SrcRange4,
-    backend_flags, config_flags, ct, ct_flags, hairpin_addr, hash::flow_hash, node_flags, stat, svc_flags, vip_flags,
+    Affinity4Key, CT_SERVICE, Config, Ct4Key, NodeConfig, RevNatKey, SCOPE_EXTERNAL, SCOPE_INTERNAL, Service4Key, Service4Value, SlotKey,
+    SrcRange4, backend_flags, config_flags, ct, ct_flags, hairpin_addr, hash::flow_hash, node_flags, stat, svc_flags, vip_flags,
 };
 use serde::Serialize;
 
@@ -201,7 +201,18 @@ pub fn explain(maps: &Maps, q: &Query, now_ns: u64) -> Result<Explanation, MapsE
         x.step("no conntrack entry: a new flow");
     }
     let skey = Service4Key { addr: daddr, port: dport, proto: q.proto, scope: SCOPE_EXTERNAL };
-    let Some(svc) = maps.services.get(&skey)? else {
+    let mut found = maps.services.get(&skey)?;
+    // A pod is inside the cluster: where the frontend has an entry for such
+    // clients (`in_cluster_service` in `select.rs`), that one serves it.
+    if q.hook == Hook::Pod
+        && let Some(svc) = found
+        && svc.flags & svc_flags::HAS_INTERNAL != 0
+        && let Some(inner) = maps.services.get(&Service4Key { scope: SCOPE_INTERNAL, ..skey })?
+    {
+        x.step("a client inside the cluster: the frontend's in-cluster entry serves it, with every endpoint (externalTrafficPolicy: Local holds only for traffic from outside)");
+        found = Some(inner);
+    }
+    let Some(svc) = found else {
         if q.hook == Hook::Pod && vip.flags & vip_flags::CLUSTER_IP != 0 {
             return Ok(x.end(
                 Verdict::Reject,

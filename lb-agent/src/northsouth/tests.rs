@@ -23,7 +23,7 @@ fn node(name: &str) -> NodeInfo {
 
 fn fa(s: &str, proto: Protocol) -> FrontendAddr {
     let a: std::net::SocketAddrV4 = s.parse().unwrap();
-    FrontendAddr { ip: *a.ip(), port: a.port(), proto }
+    FrontendAddr::new(*a.ip(), a.port(), proto)
 }
 
 fn backends(p: &Plan, addr: FrontendAddr) -> Vec<String> {
@@ -100,7 +100,7 @@ fn local_policy_keeps_this_nodes_endpoints_and_counts_them() {
     let t = run(&svc("Local", ""));
     let a = plan(&t, &node("node-a"));
     let f = &a.frontends[&fa("192.168.50.1:30080", Protocol::Tcp)];
-    assert_eq!(f.flags, svc_flags::NODE_PORT | svc_flags::EXT_LOCAL);
+    assert_eq!(f.flags, svc_flags::NODE_PORT | svc_flags::EXT_LOCAL | svc_flags::HAS_INTERNAL);
     assert_eq!(backends(&a, fa("192.168.50.1:30080", Protocol::Tcp)), ["10.244.1.10", "10.244.1.11"]);
     let svc = ServiceRef { namespace: "demo".into(), name: "web".into() };
     // Ready local endpoints only (the terminating one is not counted).
@@ -111,9 +111,48 @@ fn local_policy_keeps_this_nodes_endpoints_and_counts_them() {
     let c = plan(&t, &node("node-c"));
     assert!(c.frontends[&fa("192.168.50.1:30080", Protocol::Tcp)].backends.is_empty());
     assert_eq!(c.health_checks[&svc], (32000, 0));
-    assert_eq!(c.frontends[&fa("192.168.50.1:30080", Protocol::Tcp)].flags, svc_flags::NODE_PORT | svc_flags::EXT_LOCAL);
+    assert_eq!(
+        c.frontends[&fa("192.168.50.1:30080", Protocol::Tcp)].flags,
+        svc_flags::NODE_PORT | svc_flags::EXT_LOCAL | svc_flags::HAS_INTERNAL
+    );
     // The ClusterIP frontend is untouched: all endpoints.
     assert_eq!(t.desired[&fa("10.96.0.10:80", Protocol::Tcp)].backends.len(), 3);
+}
+
+#[test]
+fn local_policy_gives_clients_inside_the_cluster_every_endpoint() {
+    let t = run(&svc("Local", ""));
+    for n in ["node-a", "node-c"] {
+        let p = plan(&t, &node(n));
+        // Every external address (2 node addresses, the external IP, the
+        // LB IP; 2 ports) has a second entry for pods and the host, with
+        // every endpoint and no Local flag, as kube-proxy's short-circuit
+        // to the cluster chain.
+        assert_eq!(p.frontends.len(), 16, "{n}: {:#?}", p.frontends.keys().collect::<Vec<_>>());
+        for (addr, kind) in [
+            ("192.168.50.1:30080", svc_flags::NODE_PORT),
+            ("10.0.0.1:30080", svc_flags::NODE_PORT),
+            ("192.168.60.5:80", svc_flags::EXTERNAL_IP),
+            ("192.168.60.10:80", svc_flags::LOAD_BALANCER),
+        ] {
+            let inner = fa(addr, Protocol::Tcp).internal();
+            assert_eq!(p.frontends[&inner].flags, kind, "{n} {addr}");
+            assert_eq!(p.frontends[&inner].addr.key().scope, lb_common::SCOPE_INTERNAL);
+            assert_eq!(backends(&p, inner), ["10.244.1.10", "10.244.2.10", "10.244.1.11"], "{n} {addr}");
+            assert_ne!(p.frontends[&fa(addr, Protocol::Tcp)].flags & svc_flags::HAS_INTERNAL, 0, "{n} {addr}");
+        }
+        // Source ranges stay on the entry for traffic from outside.
+        assert_eq!(p.source_ranges.len(), 2);
+    }
+
+    // Where every endpoint is local, one entry serves everyone.
+    let only_a = svc("Local", "").replace("- addresses: [10.244.2.10]\n  nodeName: node-b\n", "");
+    let p = plan(&run(&only_a), &node("node-a"));
+    assert_eq!(p.frontends.len(), 8, "{:#?}", p.frontends.keys().collect::<Vec<_>>());
+    assert_eq!(p.frontends[&fa("192.168.50.1:30080", Protocol::Tcp)].flags, svc_flags::NODE_PORT | svc_flags::EXT_LOCAL);
+    // The Cluster policy needs no second entry.
+    let p = plan(&run(&svc("Cluster", "")), &node("node-a"));
+    assert!(p.frontends.keys().all(|a| a.scope == crate::model::Scope::External));
 }
 
 #[test]
@@ -194,4 +233,67 @@ fn the_snat_address_stays_while_it_is_a_node_address() {
     assert_eq!(snat_address(None, None, &[]), None);
     // Configured: always that one.
     assert_eq!(snat_address(Some(a("10.0.0.9")), Some(one), &[two]), Some(a("10.0.0.9")));
+}
+
+#[test]
+fn nodeport_addresses_parse_as_kube_proxys_flag() {
+    assert_eq!("primary".parse::<NodePortAddress>().unwrap(), NodePortAddress::Primary);
+    let c: NodePortAddress = "192.168.50.0/24".parse().unwrap();
+    assert_eq!(c.to_string(), "192.168.50.0/24");
+    // IPv6 blocks are accepted (and match no IPv4 address).
+    assert!(matches!("fd00::/64".parse::<NodePortAddress>().unwrap(), NodePortAddress::Cidr(_)));
+    for bad in ["192.168.50.1", "all", "10.0.0.0/33"] {
+        let e = bad.parse::<NodePortAddress>().unwrap_err();
+        assert!(e.contains("a CIDR or `primary`"), "{bad}: {e}");
+    }
+}
+
+#[test]
+fn nodeport_addresses_pick_the_node_addresses_inside_the_cidrs_or_primary() {
+    let a = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+    let addrs = vec![
+        ("lo".to_string(), a("127.0.0.1")),
+        ("eth0".to_string(), a("192.168.50.1")),
+        ("eth0".to_string(), a("192.168.50.9")),
+        ("eth1".to_string(), a("10.0.0.1")),
+        ("cni0".to_string(), a("10.244.1.1")),
+    ];
+    let f = |items: &[&str]| items.iter().map(|i| i.parse::<NodePortAddress>().unwrap()).collect::<Vec<_>>();
+    let node_ips = [a("192.168.50.1"), a("192.168.50.9")];
+    // Unset: the node addresses, as before.
+    assert_eq!(nodeport_addresses(&[], &node_ips, &addrs, &[]), node_ips);
+    // CIDRs: any interface's address inside one, never loopback.
+    assert_eq!(nodeport_addresses(&f(&["10.0.0.0/8"]), &node_ips, &addrs, &[]), [a("10.0.0.1"), a("10.244.1.1")]);
+    assert_eq!(nodeport_addresses(&f(&["192.168.50.9/32", "10.0.0.0/24"]), &node_ips, &addrs, &[]), [a("192.168.50.9"), a("10.0.0.1")]);
+    assert_eq!(nodeport_addresses(&f(&["0.0.0.0/0"]), &node_ips, &addrs, &[]).len(), 4, "all but loopback");
+    // IPv6 CIDRs match nothing; a CIDR without a node address neither.
+    assert!(nodeport_addresses(&f(&["fd00::/8", "172.16.0.0/12"]), &node_ips, &addrs, &[]).is_empty());
+    // primary: the primary addresses that are the node's.
+    assert_eq!(nodeport_addresses(&f(&["primary"]), &node_ips, &addrs, &[a("10.0.0.1"), a("10.9.9.9")]), [a("10.0.0.1")]);
+    assert_eq!(
+        nodeport_addresses(&f(&["primary", "10.244.0.0/16"]), &node_ips, &addrs, &[a("192.168.50.1")]),
+        [a("192.168.50.1"), a("10.244.1.1")]
+    );
+}
+
+#[test]
+fn primary_addresses_are_node_ips_else_the_nodes_internal_ips_else_the_first_node_address() {
+    let a = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+    let node_ips = [a("192.168.50.1"), a("192.168.50.9")];
+    assert_eq!(primary_addresses(&[a("10.0.0.1")], &[a("10.0.0.2")], &node_ips), [a("10.0.0.1")]);
+    assert_eq!(primary_addresses(&[], &[a("10.0.0.2")], &node_ips), [a("10.0.0.2")]);
+    assert_eq!(primary_addresses(&[], &[], &node_ips), [a("192.168.50.1")]);
+    assert!(primary_addresses(&[], &[], &[]).is_empty());
+}
+
+#[test]
+fn cidrs_contain_ipv4_addresses() {
+    let c = |s: &str| s.parse::<Cidr>().unwrap();
+    let a = |s: &str| s.parse::<Ipv4Addr>().unwrap();
+    assert!(c("10.0.0.0/8").contains_v4(a("10.255.1.2")));
+    assert!(!c("10.0.0.0/8").contains_v4(a("11.0.0.1")));
+    assert!(c("0.0.0.0/0").contains_v4(a("203.0.113.7")));
+    assert!(c("192.168.50.9/32").contains_v4(a("192.168.50.9")));
+    assert!(!c("192.168.50.9/32").contains_v4(a("192.168.50.8")));
+    assert!(!c("::/0").contains_v4(a("10.0.0.1")));
 }

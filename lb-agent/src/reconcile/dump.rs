@@ -63,6 +63,7 @@ fn svc_flag_names(flags: u32) -> String {
             (svc_flags::AFFINITY, "Affinity"),
             (svc_flags::MAGLEV, "Maglev"),
             (svc_flags::SOURCE_RANGES, "SourceRanges"),
+            (svc_flags::HAS_INTERNAL, "HasInternal"),
         ],
     )
 }

@@ -11,7 +11,7 @@ use std::{
     net::Ipv4Addr,
 };
 
-use lb_common::{Backend4, RevNat4, SCOPE_EXTERNAL, Service4Key, SlotKey, sizes};
+use lb_common::{Backend4, RevNat4, Service4Key, SlotKey, sizes};
 use tracing::{debug, warn};
 
 use super::{
@@ -50,10 +50,9 @@ impl<M: MapStore> Reconciler<M> {
         let mut foreign: Vec<Service4Key> = Vec::new();
         for (key, value) in maps.services()? {
             // Only entries this agent writes are taken over. Any other
-            // (another scope or protocol) would point at slots and an ID
+            // (an unknown scope or protocol) would point at slots and an ID
             // that are cleaned up and handed out again below.
-            let addr = FrontendAddr::from_key(&key).filter(|_| key.scope == SCOPE_EXTERNAL);
-            let Some(addr) = addr else {
+            let Some(addr) = FrontendAddr::from_key(&key) else {
                 foreign.push(key);
                 continue;
             };

@@ -504,6 +504,12 @@ async fn watch_kind(client: Client, kind: Kind, backoff_max: Duration, tx: Sende
     }
 }
 
+/// A Node's `InternalIP` addresses (IPv4 ones: lb serves IPv4).
+fn node_internal_ips(n: &Node) -> Vec<std::net::Ipv4Addr> {
+    let addresses = n.status.as_ref().and_then(|s| s.addresses.as_ref());
+    addresses.into_iter().flatten().filter(|a| a.type_ == "InternalIP").filter_map(|a| a.address.parse().ok()).collect()
+}
+
 /// Follows this agent's Node object: whether it is eligible for
 /// load-balanced traffic (for `/healthz`). Its labels (zone) and addresses
 /// are for the topology and NodePort work.
@@ -515,8 +521,8 @@ async fn watch_node(client: Client, node: String, backoff_max: Duration, api: Re
     let mut failing = false;
     // Whether the Node exists, and whether the list in progress has it.
     let (mut known, mut listed) = (false, false);
-    // The zone last sent to the store.
-    let mut sent_zone: Option<Option<String>> = None;
+    // The zone and InternalIPs last sent to the store.
+    let mut sent: Option<(Option<String>, Vec<std::net::Ipv4Addr>)> = None;
     while let Some(event) = stream.next().await {
         if event.is_ok() {
             api.reached();
@@ -528,12 +534,15 @@ async fn watch_node(client: Client, node: String, backoff_max: Duration, api: Re
                 match serde_path_to_error::deserialize::<_, Node>(&raw.value) {
                     Ok(n) => {
                         let zone = n.metadata.labels.as_ref().and_then(|l| l.get(ZONE_LABEL)).cloned();
+                        let internal_ips = node_internal_ips(&n);
                         metrics.set_node_seen(true);
                         set_eligibility(metrics, &node, node_ineligible(&n));
-                        debug!(node, ?zone, "node updated");
-                        if sent_zone.as_ref() != Some(&zone) {
-                            sent_zone = Some(zone.clone());
-                            if tx.send(Batch::now(vec![Update::Node { zone }])).await.is_err() {
+                        debug!(node, ?zone, ?internal_ips, "node updated");
+                        let now = (zone, internal_ips);
+                        if sent.as_ref() != Some(&now) {
+                            sent = Some(now.clone());
+                            let (zone, internal_ips) = now;
+                            if tx.send(Batch::now(vec![Update::Node { zone, internal_ips }])).await.is_err() {
                                 return;
                             }
                         }

@@ -117,8 +117,9 @@ pub enum Update {
     /// An added or changed object could not be read; the store keeps its
     /// last valid version, if any.
     Invalid(Invalid),
-    /// This node's Node changed: its `topology.kubernetes.io/zone` label.
-    Node { zone: Option<String> },
+    /// This node's Node changed: its `topology.kubernetes.io/zone` label
+    /// and its `InternalIP` addresses (IPv4).
+    Node { zone: Option<String>, internal_ips: Vec<std::net::Ipv4Addr> },
 }
 
 /// Updates a source saw together, with when it saw the first of them.
@@ -159,6 +160,8 @@ pub struct Store {
     slices_of: foldhash::HashMap<ObjectKey, Vec<ObjectKey>>,
     /// This node's zone label (topology hints).
     node_zone: Option<String>,
+    /// This node's `InternalIP` addresses (`--nodeport-addresses primary`).
+    node_internal_ips: Vec<std::net::Ipv4Addr>,
     /// The trigger times of the slice changes not yet synced, by the
     /// Service they name (network programming latency).
     trigger_times: BTreeMap<ObjectKey, Vec<SystemTime>>,
@@ -276,6 +279,11 @@ impl Store {
         self.node_zone.as_deref()
     }
 
+    /// This node's `InternalIP` addresses (IPv4), once its Node was seen.
+    pub fn node_internal_ips(&self) -> &[std::net::Ipv4Addr] {
+        &self.node_internal_ips
+    }
+
     /// The trigger times of the slice changes since the last call (a slice
     /// added or changed with a readable trigger time, as kube-proxy counts
     /// them): the next sync writes these changes.
@@ -324,7 +332,10 @@ impl Store {
                 }
             }
             Update::Invalid(inv) => self.record_invalid(inv),
-            Update::Node { zone } => self.node_zone = zone,
+            Update::Node { zone, internal_ips } => {
+                self.node_zone = zone;
+                self.node_internal_ips = internal_ips;
+            }
         }
     }
 

@@ -11,7 +11,7 @@ fn run(yaml: &str) -> Translation {
 }
 
 fn fe(ip: &str, port: u16, proto: Protocol) -> FrontendAddr {
-    FrontendAddr { ip: ip.parse().unwrap(), port, proto }
+    FrontendAddr::new(ip.parse().unwrap(), port, proto)
 }
 
 fn backend_strings(t: &Translation, addr: FrontendAddr) -> Vec<String> {

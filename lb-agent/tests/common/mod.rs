@@ -275,7 +275,7 @@ pub fn sa(s: &str) -> std::net::SocketAddrV4 {
 /// A frontend `addr` with `backends` (all ready), flags 0.
 pub fn frontend(addr: &str, proto: Protocol, backends: &[&str]) -> (FrontendAddr, Frontend) {
     let a = sa(addr);
-    let fa = FrontendAddr { ip: *a.ip(), port: a.port(), proto };
+    let fa = FrontendAddr::new(*a.ip(), a.port(), proto);
     let backends = backends
         .iter()
         .map(|b| {
