@@ -100,7 +100,7 @@ impl DirCache {
         let mut slices = Vec::new();
         let mut invalid = Vec::new();
         for parsed in self.files.values() {
-            services.extend(parsed.objects.services.iter().cloned().map(Object::Service));
+            services.extend(parsed.objects.services.iter().cloned().map(|s| Object::Service(Box::new(s))));
             slices.extend(parsed.objects.slices.iter().cloned().map(Object::EndpointSlice));
             invalid.extend(parsed.objects.problems.iter().map(|p| Invalid { kind: Kind::Service, key: None, problem: p.clone() }));
         }
