@@ -121,6 +121,10 @@ pub enum Update {
     Invalid(Invalid),
     /// This node's Node changed: its `topology.kubernetes.io/zone` label.
     Node { zone: Option<String> },
+    /// The problems of one kind that name no object (a directory's
+    /// documents that could not be read, duplicates), replacing those the
+    /// last list or `Problems` gave.
+    Problems { kind: Kind, problems: Vec<String> },
 }
 
 /// Updates a source saw together, with when it saw the first of them.
@@ -327,6 +331,13 @@ impl Store {
             }
             Update::Invalid(inv) => self.record_invalid(inv),
             Update::Node { zone } => self.node_zone = zone,
+            Update::Problems { kind, problems } => {
+                if problems.is_empty() {
+                    self.unnamed_problems.remove(&kind);
+                } else {
+                    self.unnamed_problems.insert(kind, problems);
+                }
+            }
         }
     }
 
