@@ -28,6 +28,7 @@ pub mod caps;
 pub mod datapath;
 pub mod datapath_metrics;
 pub mod gc;
+pub mod heap;
 pub mod host;
 pub mod http_server;
 pub mod inspect;

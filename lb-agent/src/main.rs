@@ -306,6 +306,7 @@ fn main() -> anyhow::Result<()> {
     init_logs(cli.log_format);
     match cli.command {
         Command::Run(args) => {
+            lb_agent::heap::one_arena();
             match lb_agent::http_server::raise_fd_limit() {
                 Ok((before, after)) if before != after => tracing::info!("open files limit raised from {before} to {after}"),
                 Ok(_) => {}

@@ -139,10 +139,11 @@ pub struct Backend {
     pub addr: BackendAddr,
     /// Serving but terminating (KEP-1669); used only when nothing is ready.
     pub terminating: bool,
-    /// The endpoint's `nodeName`, for the traffic policies.
-    pub node_name: Option<String>,
-    /// The endpoint's `zone`, for topology-aware routing.
-    pub zone: Option<String>,
+    /// The endpoint's `nodeName`, for the traffic policies (shared, as
+    /// every copy of it: [`crate::source::shared`]).
+    pub node_name: Option<Arc<str>>,
+    /// The endpoint's `zone`, for topology-aware routing (shared).
+    pub zone: Option<Arc<str>>,
     /// The endpoint's topology hints (`hints.forZones`, `hints.forNodes`),
     /// shared by every frontend of the Service.
     pub hints: Option<Arc<Hints>>,

@@ -143,7 +143,7 @@ const INHERITED: u32 = svc_flags::AFFINITY | svc_flags::MAGLEV | svc_flags::EXT_
 /// ones, and the ClusterIPs of `internalTrafficPolicy: Local` Services.
 pub fn plan(t: &Translation, node: &NodeInfo) -> Plan {
     let mut out = Plan::default();
-    let is_local = |b: &&Backend| node.node_name.is_some() && b.node_name == node.node_name;
+    let is_local = |b: &&Backend| node.node_name.is_some() && b.node_name.as_deref() == node.node_name.as_deref();
     for (svc, m) in &t.services {
         let Some(cluster_ip) = m.cluster_ips.iter().find_map(|ip| match ip {
             IpAddr::V4(a) => Some(*a),

@@ -269,6 +269,9 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> anyhow::
                 };
                 let first = oldest_pending.take().unwrap_or_else(Instant::now);
                 syncer.sync(first, what);
+                if !synced {
+                    crate::heap::give_back();
+                }
                 synced = true;
                 if !dp.is_live() {
                     // The rebuilt maps hold a complete state now.

@@ -81,7 +81,7 @@ impl<M: MapStore> Reconciler<M> {
             .iter()
             .map(|b| {
                 let mut flags = if b.terminating { backend_flags::TERMINATING } else { 0 };
-                if self.node_name.is_some() && b.node_name == self.node_name {
+                if self.node_name.is_some() && b.node_name.as_deref() == self.node_name.as_deref() {
                     flags |= backend_flags::LOCAL;
                 }
                 Use { addr: b.addr, flags }

@@ -368,7 +368,7 @@ fn to_object(kind: Kind, mut raw: RawObject) -> Result<Object, Invalid> {
     let raw = &raw;
     let origin = String::new();
     match kind {
-        Kind::Service => convert::<Service>(kind, raw).map(|obj| Object::Service(Sourced { origin, obj })),
+        Kind::Service => convert::<Service>(kind, raw).map(|obj| Object::Service(Box::new(Sourced { origin, obj }))),
         Kind::EndpointSlice => convert::<EndpointSlice>(kind, raw).map(|obj| Object::EndpointSlice(Sourced { origin, obj: obj.into() })),
     }
 }

@@ -15,6 +15,7 @@ pub mod dir;
 pub mod kube;
 pub mod lean;
 pub mod manifest;
+pub mod shared;
 pub mod slice;
 
 use std::{
@@ -62,12 +63,13 @@ impl fmt::Display for ObjectKey {
     }
 }
 
-// Objects are moved, never copied in bulk, and nearly all are Services or
-// slices of similar size: boxing would add an allocation per object.
-#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug)]
 pub enum Object {
-    Service(Sourced<Service>),
+    /// Boxed: a k8s-openapi Service is about 900 bytes, nearly all of it
+    /// empty `Option`s. Unboxed, the store's map kept that much in each of
+    /// its nodes' empty slots, and a list's `Vec<Object>` (grown by
+    /// doubling) held every object at that size too.
+    Service(Box<Sourced<Service>>),
     EndpointSlice(Sourced<Slice>),
 }
 
@@ -120,6 +122,10 @@ pub enum Update {
     /// This node's Node changed: its `topology.kubernetes.io/zone` label
     /// and its `InternalIP` addresses (IPv4).
     Node { zone: Option<String>, internal_ips: Vec<std::net::Ipv4Addr> },
+    /// The problems of one kind that name no object (a directory's
+    /// documents that could not be read, duplicates), replacing those the
+    /// last list or `Problems` gave.
+    Problems { kind: Kind, problems: Vec<String> },
 }
 
 /// Updates a source saw together, with when it saw the first of them.
@@ -140,7 +146,7 @@ pub type Sender = tokio::sync::mpsc::Sender<Batch>;
 /// The objects the agent currently knows.
 #[derive(Debug, Default)]
 pub struct Store {
-    services: BTreeMap<ObjectKey, Sourced<Service>>,
+    services: BTreeMap<ObjectKey, Box<Sourced<Service>>>,
     slices: BTreeMap<ObjectKey, Sourced<Slice>>,
     /// Objects currently skipped because they could not be read.
     invalid: BTreeMap<(Kind, ObjectKey), String>,
@@ -196,7 +202,7 @@ impl Store {
     }
 
     pub fn services(&self) -> impl Iterator<Item = &Sourced<Service>> {
-        self.services.values()
+        self.services.values().map(|s| &**s)
     }
 
     pub fn slices(&self) -> impl Iterator<Item = &Sourced<Slice>> {
@@ -205,11 +211,11 @@ impl Store {
 
     /// The Services, keyed by (namespace, name).
     pub fn services_by_key(&self) -> impl Iterator<Item = (&ObjectKey, &Sourced<Service>)> {
-        self.services.iter()
+        self.services.iter().map(|(k, s)| (k, &**s))
     }
 
     pub fn service(&self, key: &ObjectKey) -> Option<&Sourced<Service>> {
-        self.services.get(key)
+        self.services.get(key).map(|s| &**s)
     }
 
     /// Whether the Service `key` is in the store.
@@ -335,6 +341,13 @@ impl Store {
             Update::Node { zone, internal_ips } => {
                 self.node_zone = zone;
                 self.node_internal_ips = internal_ips;
+            }
+            Update::Problems { kind, problems } => {
+                if problems.is_empty() {
+                    self.unnamed_problems.remove(&kind);
+                } else {
+                    self.unnamed_problems.insert(kind, problems);
+                }
             }
         }
     }

@@ -13,6 +13,7 @@ use k8s_openapi::{
 };
 use tracing::warn;
 
+use super::shared;
 use crate::model::Hints;
 
 /// The label naming a slice's Service.
@@ -45,9 +46,11 @@ pub struct SliceEndpoint {
     pub ready: Option<bool>,
     pub serving: Option<bool>,
     pub terminating: Option<bool>,
-    pub node_name: Option<String>,
-    pub zone: Option<String>,
+    /// Node name and zone, shared ([`shared::name`]).
+    pub node_name: Option<Arc<str>>,
+    pub zone: Option<Arc<str>>,
     /// Topology hints; `None` when there is none (most endpoints).
+    /// Shared ([`shared::hints`]): the endpoints of a zone have the same.
     pub hints: Option<Arc<Hints>>,
 }
 
@@ -91,18 +94,18 @@ fn endpoints(list: Vec<Endpoint>) -> Vec<SliceEndpoint> {
             ready: cond.ready,
             serving: cond.serving,
             terminating: cond.terminating,
-            node_name: ep.node_name,
-            zone: ep.zone,
-            hints: ep.hints.and_then(hints),
+            node_name: ep.node_name.map(shared::name),
+            zone: ep.zone.map(shared::name),
+            hints: ep.hints.and_then(hints).map(shared::hints),
         }
     }));
     out
 }
 
-fn hints(h: EndpointHints) -> Option<Arc<Hints>> {
+fn hints(h: EndpointHints) -> Option<Hints> {
     let zones: Vec<String> = h.for_zones.into_iter().flatten().map(|z| z.name).collect();
     let nodes: Vec<String> = h.for_nodes.into_iter().flatten().map(|n| n.name).collect();
-    (!zones.is_empty() || !nodes.is_empty()).then(|| Arc::new(Hints { zones, nodes }))
+    (!zones.is_empty() || !nodes.is_empty()).then_some(Hints { zones, nodes })
 }
 
 #[cfg(test)]
@@ -133,6 +136,29 @@ mod tests {
         assert_eq!((h.zones.as_slice(), h.nodes.as_slice()), (&["z".to_string(), "y".to_string()][..], &["n1".to_string()][..]));
         assert_eq!(s.endpoints[1], SliceEndpoint::default());
         assert_eq!(s.trigger_time, None);
+    }
+
+    #[test]
+    fn equal_names_and_hints_are_shared() {
+        let ep = |zone: &str| serde_json::json!({"addresses": ["10.0.0.1"], "hints": {"forZones": [{"name": zone}]}});
+        let s: EndpointSlice = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web-1"}, "addressType": "IPv4", "endpoints": [ep("a"), ep("b"), ep("a")]
+        }))
+        .unwrap();
+        let s = Slice::from(s);
+        let h: Vec<&Arc<Hints>> = s.endpoints.iter().map(|e| e.hints.as_ref().unwrap()).collect();
+        assert!(Arc::ptr_eq(h[0], h[2]));
+        assert!(!Arc::ptr_eq(h[0], h[1]));
+        assert_eq!((h[0].zones.as_slice(), h[1].zones.as_slice()), (&["a".to_string()][..], &["b".to_string()][..]));
+        let other: EndpointSlice = serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "web-2"}, "addressType": "IPv4",
+            "endpoints": [{"addresses": ["10.0.0.2"], "nodeName": "n1", "zone": "a", "hints": {"forZones": [{"name": "a"}]}}]
+        }))
+        .unwrap();
+        let e = &Slice::from(other).endpoints[0];
+        assert!(Arc::ptr_eq(e.hints.as_ref().unwrap(), h[0]), "shared across slices");
+        let again = shared::name("n1".to_string());
+        assert!(Arc::ptr_eq(e.node_name.as_ref().unwrap(), &again));
     }
 
     #[test]

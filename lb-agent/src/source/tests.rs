@@ -8,7 +8,7 @@ fn svc(name: &str, ip: &str) -> Object {
         spec: Some(k8s_openapi::api::core::v1::ServiceSpec { cluster_ip: Some(ip.into()), ..Default::default() }),
         ..Default::default()
     };
-    Object::Service(Sourced { origin: String::new(), obj })
+    Object::Service(Box::new(Sourced { origin: String::new(), obj }))
 }
 
 fn key(name: &str) -> ObjectKey {

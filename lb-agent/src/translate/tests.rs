@@ -377,7 +377,7 @@ mod incremental {
         let mut o = Objects::default();
         parse_into("t.yaml", yaml, &mut o);
         assert!(o.problems.is_empty(), "{:?}", o.problems);
-        o.services.into_iter().map(Object::Service).chain(o.slices.into_iter().map(Object::EndpointSlice)).collect()
+        o.services.into_iter().map(|s| Object::Service(Box::new(s))).chain(o.slices.into_iter().map(Object::EndpointSlice)).collect()
     }
 
     fn service(name: &str, ip: &str, endpoints: &[&str]) -> String {
