@@ -15,6 +15,8 @@ pub mod csum;
 pub mod ct;
 pub mod hash;
 pub mod maps;
+pub mod maps6;
 pub mod packet;
 
 pub use maps::*;
+pub use maps6::*;
