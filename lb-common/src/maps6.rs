@@ -12,7 +12,10 @@
 //! the kernel's `struct in6_addr` (`s6_addr32`) and `bpf_sock_addr.user_ip6`
 //! hold them, so the datapath copies them without swapping bytes.
 
-use core::mem::{offset_of, size_of};
+use core::{
+    mem::{offset_of, size_of},
+    net::Ipv6Addr,
+};
 
 #[cfg(doc)]
 use crate::Vip4;
@@ -20,6 +23,26 @@ use crate::{Backend4, RevNat4, SCOPE_EXTERNAL, Service4Key, Service4Value, SockR
 
 /// An IPv6 address: four words, each in network order.
 pub type Addr6 = [u32; 4];
+
+/// An address as the maps store it.
+pub const fn addr6(ip: Ipv6Addr) -> Addr6 {
+    let o = ip.octets();
+    [
+        u32::from_ne_bytes([o[0], o[1], o[2], o[3]]),
+        u32::from_ne_bytes([o[4], o[5], o[6], o[7]]),
+        u32::from_ne_bytes([o[8], o[9], o[10], o[11]]),
+        u32::from_ne_bytes([o[12], o[13], o[14], o[15]]),
+    ]
+}
+
+/// The address a map holds.
+pub fn ipv6(addr: Addr6) -> Ipv6Addr {
+    let mut o = [0u8; 16];
+    for (i, w) in addr.iter().enumerate() {
+        o[4 * i..4 * i + 4].copy_from_slice(&w.to_ne_bytes());
+    }
+    Ipv6Addr::from(o)
+}
 
 /// The `::ffff:0:0/96` prefix of IPv4-mapped addresses, as words.
 const V4_MAPPED_PREFIX: [u32; 3] = [0, 0, u32::from_ne_bytes([0, 0, 0xff, 0xff])];
@@ -243,9 +266,10 @@ mod user {
 mod tests {
     use super::*;
 
-    fn words(a: core::net::Ipv6Addr) -> Addr6 {
-        let o = a.octets();
-        core::array::from_fn(|i| u32::from_ne_bytes([o[4 * i], o[4 * i + 1], o[4 * i + 2], o[4 * i + 3]]))
+    fn words(a: Ipv6Addr) -> Addr6 {
+        let w = addr6(a);
+        assert_eq!(ipv6(w), a);
+        w
     }
 
     #[test]
