@@ -20,7 +20,7 @@ use std::{
 use common::{Agent, ManifestDir, kernel_tests_enabled, service_yaml};
 use lb_agent::maps::{Maps, svc_name};
 use lb_common::{
-    Backend6, IPPROTO_TCP, IPPROTO_UDP, RevNat6, RevNatKey, Service4Value, Service6Key, Slot, SlotKey, Vip4, addr6, vip_flags,
+    Backend6, IPPROTO_TCP, IPPROTO_UDP, RevNat6, RevNatKey, Service4Value, Service6Key, Slot, SlotKey, Vip4, addr6, svc_flags, vip_flags,
 };
 use lb_lab::{NodeLab, Server, tcp_request_to, tcp_server, tcp_server_at, udp_echo, udp_echo_at, udp_request_to};
 
@@ -58,8 +58,9 @@ fn dual_stack_socket_reaches_an_ipv4_service_through_a_mapped_address() {
     let ips: Vec<Ipv4Addr> = BACKENDS.iter().map(|n| lab.pod(n).ip).collect();
     dir.write("web.yaml", &service_yaml("web", "10.96.0.10", 80, "TCP", 8080, &ips));
     dir.write("dns.yaml", &service_yaml("dns", "10.96.0.53", 53, "UDP", 5353, &ips));
+    dir.write("empty.yaml", &service_yaml("empty", "10.96.0.99", 80, "TCP", 8080, &[]));
     let agent = Agent::start(&lab.node, &dir.0, "mapped");
-    agent.wait_rows("both services", |rows| rows.len() == 2 && rows.iter().all(|r| r.backends.len() == 2));
+    agent.wait_rows("the services", |rows| rows.len() == 3 && rows.iter().filter(|r| r.backends.len() == 2).count() == 2);
 
     // connect6 to ::ffff:10.96.0.10 goes through the IPv4 frontend.
     let web = mapped("10.96.0.10", 80);
@@ -79,6 +80,10 @@ fn dual_stack_socket_reaches_an_ipv4_service_through_a_mapped_address() {
     assert_eq!(peer, dns);
     // Unconnected: sendmsg6 and recvmsg6 over the mapped address.
     assert_eq!(unconnected_exchange(&lab.node, dns, "u").1, dns, "recvmsg6 shows the mapped ClusterIP as the source");
+
+    // A Service without endpoints refuses over the mapped address too.
+    let err = tcp_request_to(&lab.node, mapped("10.96.0.99", 80), b"", TIMEOUT).unwrap_err();
+    assert!(lb_lab::is_connection_refused(&err), "{err:#}");
 }
 
 /// An unconnected IPv6 UDP socket sends `payload` to `to` with sendto;
@@ -103,6 +108,11 @@ fn unconnected_exchange(ns: &lb_lab::Netns, to: SocketAddr, payload: &str) -> (S
 /// reconciler's order: address, backends, rev-NAT slot, name, slots, and
 /// the frontend entry last.
 fn install_v6(maps: &mut Maps, id: u32, name: &str, vip: SocketAddrV6, proto: u8, backends: &[(u32, SocketAddrV6)]) {
+    install_v6_with(maps, id, name, vip, proto, backends, 0);
+}
+
+/// [`install_v6`] with `svc_flags` (a 60 s timeout with `AFFINITY`).
+fn install_v6_with(maps: &mut Maps, id: u32, name: &str, vip: SocketAddrV6, proto: u8, backends: &[(u32, SocketAddrV6)], svc: u32) {
     let flags = vip_flags::CLUSTER_IP;
     maps.v6.vips.insert(&addr6(*vip.ip()), &Vip4 { flags }).unwrap();
     for (slot, (be_id, be)) in backends.iter().enumerate() {
@@ -113,7 +123,8 @@ fn install_v6(maps: &mut Maps, id: u32, name: &str, vip: SocketAddrV6, proto: u8
     maps.v6.revnat.set(id, &RevNat6 { addr: addr6(*vip.ip()), port: vip.port().to_be(), version: 1 }).unwrap();
     maps.names.insert(&RevNatKey { frontend_id: id }, &svc_name(name)).unwrap();
     let key = Service6Key { addr: addr6(*vip.ip()), port: vip.port().to_be(), proto, scope: 0 };
-    let value = Service4Value { frontend_id: id, count: backends.len() as u16, generation: 0, flags: 0, affinity_timeout: 0 };
+    let timeout = if svc & svc_flags::AFFINITY != 0 { 60 } else { 0 };
+    let value = Service4Value { frontend_id: id, count: backends.len() as u16, generation: 0, flags: svc, affinity_timeout: timeout };
     maps.v6.services.insert(&key, &value).unwrap();
 }
 
@@ -167,6 +178,20 @@ fn host_sockets_reach_an_ipv6_cluster_ip() {
     // sent along a route.
     let err = tcp_request_to(&lab.node, SocketAddr::new(web.into(), 81), b"", TIMEOUT).unwrap_err();
     assert!(lb_lab::is_connection_refused(&err), "{err:#}");
+    // So is a frontend without endpoints.
+    let empty: Ipv6Addr = "fd00:96::63".parse().unwrap();
+    install_v6(&mut maps, 60_002, "test/empty6:http", SocketAddrV6::new(empty, 80, 0, 0), IPPROTO_TCP, &[]);
+    let err = tcp_request_to(&lab.node, SocketAddr::new(empty.into(), 80), b"", TIMEOUT).unwrap_err();
+    assert!(lb_lab::is_connection_refused(&err), "{err:#}");
+
+    // Session affinity over IPv6: every connection of the host goes to
+    // the backend the first one got (the same backend slots as `web`).
+    let sticky: Ipv6Addr = "fd00:96::5".parse().unwrap();
+    let vip = SocketAddrV6::new(sticky, 80, 0, 0);
+    install_v6_with(&mut maps, 60_003, "test/sticky6:http", vip, IPPROTO_TCP, &web_backends, svc_flags::AFFINITY);
+    let tags: BTreeSet<String> =
+        (0..20).map(|i| tcp_request_to(&lab.node, vip.into(), b"hi\n", TIMEOUT).unwrap_or_else(|e| panic!("sticky {i}: {e:#}"))).collect();
+    assert_eq!(tags.len(), 1, "affinity keeps one backend: {tags:?}");
 
     // `lb-agent list` shows the IPv6 frontends with their backends.
     let rows = agent.rows();
@@ -174,4 +199,6 @@ fn host_sockets_reach_an_ipv6_cluster_ip() {
     assert_eq!(row.name, "test/web6:http");
     assert_eq!(row.backends, pods.iter().map(|ip| format!("[{ip}]:8080")).collect::<Vec<_>>());
     assert!(rows.iter().any(|r| r.frontend == "[fd00:96::35]:53/UDP"), "{rows:#?}");
+    let sticky_row = rows.iter().find(|r| r.frontend == "[fd00:96::5]:80/TCP").unwrap_or_else(|| panic!("{rows:#?}"));
+    assert_eq!(sticky_row.affinity_timeout_s, 60);
 }
