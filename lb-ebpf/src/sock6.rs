@@ -40,8 +40,9 @@ pub fn lb_getpeername6(ctx: SockAddrContext) -> i32 {
 /// `sa` is the program's context.
 #[inline(always)]
 unsafe fn read_ip6(sa: *const bpf_sock_addr) -> Addr6 {
-    // The verifier takes only 4-byte loads of `user_ip6`: one volatile read
-    // per word, so that the compiler cannot merge them.
+    // The verifier accepts only 4-byte accesses to `user_ip6` (or 8-byte
+    // ones at an 8-byte offset): one volatile access per word, so that the
+    // compiler can neither merge nor split them.
     // SAFETY: the caller's context pointer; each access is a field of it.
     unsafe {
         [
