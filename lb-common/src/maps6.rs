@@ -227,16 +227,7 @@ impl Family for V6 {
 /// The frontend value is the same for both families.
 pub type Service6Value = Service4Value;
 
-// ---- ABI locks -------------------------------------------------------------
-
-macro_rules! assert_layout {
-    ($ty:ty, size = $size:expr, $( $field:ident @ $off:expr ),* $(,)?) => {
-        const _: () = {
-            assert!(size_of::<$ty>() == $size);
-            $( assert!(offset_of!($ty, $field) == $off); )*
-        };
-    };
-}
+// ---- ABI locks (`assert_layout!` from `maps`) ------------------------------
 
 assert_layout!(Service6Key, size = 20, addr @ 0, port @ 16, proto @ 18, scope @ 19);
 assert_layout!(Backend6, size = 24, addr @ 0, port @ 16, proto @ 18, flags @ 19, version @ 20, _pad @ 22);
