@@ -34,6 +34,10 @@ pub struct MapSizes {
     pub ct_tcp: u32,
     pub ct_any: u32,
     pub affinity: u32,
+    /// IPv6 frontends (`LB6_SERVICES`, `LB6_VIPS`).
+    pub services6: u32,
+    /// IPv6 backends (`LB6_BACKENDS`).
+    pub backends6: u32,
 }
 
 impl MapSizes {
@@ -47,6 +51,8 @@ impl MapSizes {
             SizedBy::CtTcp => self.ct_tcp,
             SizedBy::CtAny => self.ct_any,
             SizedBy::Affinity => self.affinity,
+            SizedBy::Services6 => self.services6,
+            SizedBy::Backends6 => self.backends6,
             SizedBy::Fixed => return None,
         })
     }
@@ -62,6 +68,8 @@ impl Default for MapSizes {
             ct_tcp: sizes::CT_TCP,
             ct_any: sizes::CT_ANY,
             affinity: sizes::AFFINITY,
+            services6: sizes::SERVICES6,
+            backends6: sizes::BACKENDS6,
         }
     }
 }
@@ -124,7 +132,8 @@ pub fn xdp_mode_name(mode: u32) -> &'static str {
         _ => "unknown",
     }
 }
-pub const SOCK_PROGRAMS: [&str; 4] = ["lb_connect4", "lb_sendmsg4", "lb_recvmsg4", "lb_getpeername4"];
+pub const SOCK_PROGRAMS: [&str; 8] =
+    ["lb_connect4", "lb_sendmsg4", "lb_recvmsg4", "lb_getpeername4", "lb_connect6", "lb_sendmsg6", "lb_recvmsg6", "lb_getpeername6"];
 
 /// What became of an attachment.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

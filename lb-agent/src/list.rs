@@ -2,21 +2,24 @@
 //! row per frontend with its backends, its policies and its counters; a
 //! table or JSON (`-o json`, field names stable).
 
-use std::{fmt::Write as _, net::Ipv4Addr};
+use std::{
+    fmt::Write as _,
+    net::{Ipv4Addr, SocketAddr},
+};
 
-use lb_common::{FrontendStats, RevNatKey, SCOPE_INTERNAL, SlotKey, backend_flags, node_flags, svc_flags};
+use lb_common::{Family, FrontendStats, RevNatKey, SCOPE_INTERNAL, Service4Value, SlotKey, V6, backend_flags, ipv6, node_flags, svc_flags};
 use serde::Serialize;
 
 use crate::{
     maps::{Maps, MapsError, svc_name_str},
-    model::FrontendAddr,
+    model::{FrontendAddr, Protocol},
 };
 
 /// One frontend as read back from the maps.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Row {
     pub id: u32,
-    /// `ip:port/PROTO`.
+    /// `ip:port/PROTO` (`[ip]:port/PROTO` for IPv6).
     pub frontend: String,
     /// `namespace/name:port` as the agent labelled it.
     pub name: String,
@@ -125,7 +128,7 @@ pub fn kind(flags: u32) -> String {
     names.iter().filter(|(f, _)| flags & f != 0).map(|(_, n)| *n).collect::<Vec<_>>().join(",")
 }
 
-/// Reads every frontend, sorted by address.
+/// Reads every frontend, sorted by address: IPv4, then IPv6.
 pub fn rows(maps: &Maps) -> Result<Vec<Row>, MapsError> {
     let mut services = maps.services.entries()?;
     services.sort_by_key(|(k, _)| (u32::from_be(k.addr), u16::from_be(k.port), k.proto, k.scope));
@@ -136,40 +139,70 @@ pub fn rows(maps: &Maps) -> Result<Vec<Row>, MapsError> {
             Some(f) => f.address(),
             None => format!("{}:{}/{}", Ipv4Addr::from(key.addr.to_ne_bytes()), u16::from_be(key.port), key.proto),
         };
-        let name = maps.names.get(&RevNatKey { frontend_id: value.frontend_id })?.map(|n| svc_name_str(&n)).unwrap_or_default();
-        let mut backends = Vec::new();
-        for slot in 0..value.count {
-            let slot_key = SlotKey { frontend_id: value.frontend_id, slot, generation: value.generation };
-            let Some(s) = maps.slots.get(&slot_key)? else {
-                backends.push(format!("?slot{slot}"));
-                continue;
-            };
-            match Some(maps.backends.get(s.backend_id)?).filter(|b| b.addr != 0) {
-                Some(b) => {
-                    let mut text = format!("{}:{}", Ipv4Addr::from(b.addr.to_ne_bytes()), u16::from_be(b.port));
-                    if b.flags & backend_flags::TERMINATING != 0 {
-                        text.push_str(" (terminating)");
-                    }
-                    backends.push(text);
-                }
-                None => backends.push(format!("?{}", s.backend_id)),
-            }
-        }
-        rows.push(Row {
-            id: value.frontend_id,
-            frontend,
-            service: service_of(&name).to_string(),
-            name,
-            backends,
-            kind: kind(value.flags),
-            scope: if key.scope == SCOPE_INTERNAL { "internal" } else { "external" },
-            policy: policy(value.flags, key.scope),
-            affinity_timeout_s: if value.flags & svc_flags::AFFINITY != 0 { value.affinity_timeout } else { 0 },
-            selection: if value.flags & svc_flags::MAGLEV != 0 { "maglev" } else { "random" },
-            source_ranges: value.flags & svc_flags::SOURCE_RANGES != 0,
-        });
+        let backend = |id| -> Result<_, MapsError> {
+            let b = maps.backends.get(id)?;
+            Ok((b.addr != 0).then(|| (SocketAddr::from((Ipv4Addr::from(b.addr.to_ne_bytes()), u16::from_be(b.port))), b.flags)))
+        };
+        rows.push(row(maps, frontend, key.scope, &value, backend)?);
+    }
+    let mut services6 = maps.v6.services.entries()?;
+    services6.sort_by_key(|(k, _)| (ipv6(k.addr), u16::from_be(k.port), k.proto));
+    for (key, value) in services6 {
+        let frontend = format!("{}/{}", SocketAddr::from((ipv6(key.addr), u16::from_be(key.port))), proto_name(key.proto));
+        let backend = |id| -> Result<_, MapsError> {
+            let b = maps.v6.backends.get(id)?;
+            Ok(V6::backend_addr(&b).map(|(a, p)| (SocketAddr::from((ipv6(a), u16::from_be(p))), b.flags)))
+        };
+        rows.push(row(maps, frontend, key.scope, &value, backend)?);
     }
     Ok(rows)
+}
+
+fn proto_name(proto: u8) -> String {
+    Protocol::from_number(proto).map_or_else(|| proto.to_string(), |p| p.to_string())
+}
+
+/// One frontend's row, of either family: `backend` reads a backend slot
+/// of the frontend's family (its address and flags, `None` when unused).
+fn row(
+    maps: &Maps,
+    frontend: String,
+    scope: u8,
+    value: &Service4Value,
+    backend: impl Fn(u32) -> Result<Option<(SocketAddr, u8)>, MapsError>,
+) -> Result<Row, MapsError> {
+    let name = maps.names.get(&RevNatKey { frontend_id: value.frontend_id })?.map(|n| svc_name_str(&n)).unwrap_or_default();
+    let mut backends = Vec::new();
+    for slot in 0..value.count {
+        let slot_key = SlotKey { frontend_id: value.frontend_id, slot, generation: value.generation };
+        let Some(s) = maps.slots.get(&slot_key)? else {
+            backends.push(format!("?slot{slot}"));
+            continue;
+        };
+        match backend(s.backend_id)? {
+            Some((addr, flags)) => {
+                let mut text = addr.to_string();
+                if flags & backend_flags::TERMINATING != 0 {
+                    text.push_str(" (terminating)");
+                }
+                backends.push(text);
+            }
+            None => backends.push(format!("?{}", s.backend_id)),
+        }
+    }
+    Ok(Row {
+        id: value.frontend_id,
+        frontend,
+        service: service_of(&name).to_string(),
+        name,
+        backends,
+        kind: kind(value.flags),
+        scope: if scope == SCOPE_INTERNAL { "internal" } else { "external" },
+        policy: policy(value.flags, scope),
+        affinity_timeout_s: if value.flags & svc_flags::AFFINITY != 0 { value.affinity_timeout } else { 0 },
+        selection: if value.flags & svc_flags::MAGLEV != 0 { "maglev" } else { "random" },
+        source_ranges: value.flags & svc_flags::SOURCE_RANGES != 0,
+    })
 }
 
 /// The table `lb-agent list` prints (every frontend).
@@ -217,7 +250,7 @@ pub fn render_filtered(maps: &Maps, filter: &Filter) -> Result<String, MapsError
     let _ = writeln!(
         out,
         "{total} frontends{shown}, {} backends, {} conntrack entries (of {})",
-        maps.live_backends()?.len(),
+        maps.live_backends()?.len() + maps.live_backends6()?,
         ct,
         maps.ct.capacity()
     );

@@ -204,6 +204,12 @@ struct RunArgs {
     /// Capacity of the backend map.
     #[arg(long, env = "LB_BACKENDS_SIZE", default_value_t = lb_common::sizes::BACKENDS)]
     backends_size: u32,
+    /// Capacity of the IPv6 frontend map (and IPv6 address map).
+    #[arg(long, env = "LB_SERVICES6_SIZE", default_value_t = lb_common::sizes::SERVICES6)]
+    services6_size: u32,
+    /// Capacity of the IPv6 backend map.
+    #[arg(long, env = "LB_BACKENDS6_SIZE", default_value_t = lb_common::sizes::BACKENDS6)]
+    backends6_size: u32,
     /// Capacity of the backend slot map.
     #[arg(long, env = "LB_SLOTS_SIZE", default_value_t = lb_common::sizes::SLOTS)]
     slots_size: u32,
@@ -336,6 +342,8 @@ fn main() -> anyhow::Result<()> {
                     ct_tcp: args.ct_tcp_size,
                     ct_any: args.ct_any_size,
                     affinity: args.affinity_size,
+                    services6: args.services6_size,
+                    backends6: args.backends6_size,
                 },
                 poll,
                 sync_delay: Duration::from_millis(args.sync_delay_ms),

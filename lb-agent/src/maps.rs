@@ -7,8 +7,9 @@ use aya::maps::{
     lpm_trie::{Key as LpmKey, LpmTrie},
 };
 use lb_common::{
-    Affinity4, Affinity4Key, Backend4, Config, Ct4Key, CtEntry, Device, FrontendStats, IPPROTO_TCP, NodeConfig, RevNat4, RevNatKey,
-    Service4Key, Service4Value, Slot, SlotKey, SockRevNat4, SockRevNat4Key, SrcRange4, SvcName, Vip4, names, stat,
+    Addr6, Affinity4, Affinity4Key, Backend4, Backend6, Config, Ct4Key, CtEntry, Device, FrontendStats, IPPROTO_TCP, NodeConfig, RevNat4,
+    RevNat6, RevNatKey, Service4Key, Service4Value, Service6Key, Slot, SlotKey, SockRevNat4, SockRevNat4Key, SockRevNat6, SockRevNat6Key,
+    SrcRange4, SvcName, Vip4, names, stat,
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -159,6 +160,21 @@ pub struct Maps {
     pub stats: Named<PerCpuArray<MapData, u64>>,
     /// What each frontend served, by frontend ID, per CPU.
     pub frontend_stats: Named<PerCpuArray<MapData, FrontendStats>>,
+    /// The IPv6 maps.
+    pub v6: Maps6,
+}
+
+/// The maps of IPv6 frontends that name an address (see
+/// `lb_common::maps6`); everything indexed by a frontend ID is shared
+/// with IPv4.
+pub struct Maps6 {
+    pub services: Named<HashMap<MapData, Service6Key, Service4Value>>,
+    /// IPv6 backends by their own IDs (an array).
+    pub backends: Named<Array<MapData, Backend6>>,
+    /// IPv6 frontend addresses and versions by (shared) frontend ID.
+    pub revnat: Named<Array<MapData, RevNat6>>,
+    pub vips: Named<HashMap<MapData, Addr6, Vip4>>,
+    pub sock_revnat: Named<HashMap<MapData, SockRevNat6Key, SockRevNat6>>,
 }
 
 /// The two conntrack maps: TCP flows, and all others. Keys carry their
@@ -243,12 +259,25 @@ impl Maps {
             vips: open(dir, names::VIPS)?,
             stats: open(dir, names::STATS)?,
             frontend_stats: open(dir, names::FRONTEND_STATS)?,
+            v6: Maps6 {
+                services: open(dir, names::SERVICES6)?,
+                backends: open(dir, names::BACKENDS6)?,
+                revnat: open(dir, names::REVNAT6)?,
+                vips: open(dir, names::VIPS6)?,
+                sock_revnat: open(dir, names::SOCK_REVNAT6)?,
+            },
         })
     }
 
     /// The backends installed (slots in use), by ID.
     pub fn live_backends(&self) -> Result<Vec<(u32, Backend4)>, MapsError> {
         Ok(self.backends.slots()?.into_iter().filter(|(_, b)| b.addr != 0).collect())
+    }
+
+    /// How many IPv6 backends are installed (slots in use).
+    pub fn live_backends6(&self) -> Result<usize, MapsError> {
+        use lb_common::Family as _;
+        Ok(self.v6.backends.slots()?.iter().filter(|(_, b)| lb_common::V6::backend_addr(b).is_some()).count())
     }
 
     /// The datapath's counters summed over CPUs, by `lb_common::stat`

@@ -4,7 +4,8 @@
 use std::{
     collections::BTreeMap,
     fmt,
-    net::{IpAddr, Ipv4Addr},
+    hash::Hash,
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
     str::FromStr,
     sync::Arc,
 };
@@ -55,27 +56,63 @@ pub enum Scope {
     Internal,
 }
 
+/// An address family of the model: `Ipv4Addr` or `Ipv6Addr`. Frontends,
+/// backends and the desired state are generic over it (IPv4 by default),
+/// so translation and listing are written once for both.
+pub trait IpFamily: Copy + fmt::Debug + fmt::Display + Eq + Hash + Ord + Into<IpAddr> + Send + Sync + 'static {
+    /// The family's name in `spec.ipFamilies` and in an EndpointSlice's
+    /// `addressType`.
+    const NAME: &'static str;
+
+    /// `ip` if it is of this family.
+    fn of(ip: IpAddr) -> Option<Self>;
+}
+
+impl IpFamily for Ipv4Addr {
+    const NAME: &'static str = "IPv4";
+
+    fn of(ip: IpAddr) -> Option<Self> {
+        match ip {
+            IpAddr::V4(a) => Some(a),
+            IpAddr::V6(_) => None,
+        }
+    }
+}
+
+impl IpFamily for Ipv6Addr {
+    const NAME: &'static str = "IPv6";
+
+    fn of(ip: IpAddr) -> Option<Self> {
+        match ip {
+            IpAddr::V6(a) => Some(a),
+            IpAddr::V4(_) => None,
+        }
+    }
+}
+
 /// A frontend address: what clients dial, and which of them the entry
 /// serves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct FrontendAddr {
-    pub ip: Ipv4Addr,
+pub struct FrontendAddr<A = Ipv4Addr> {
+    pub ip: A,
     pub port: u16,
     pub proto: Protocol,
     pub scope: Scope,
 }
 
-impl FrontendAddr {
+impl<A> FrontendAddr<A> {
     /// The (usual) entry that serves every client.
-    pub fn new(ip: Ipv4Addr, port: u16, proto: Protocol) -> FrontendAddr {
+    pub fn new(ip: A, port: u16, proto: Protocol) -> FrontendAddr<A> {
         FrontendAddr { ip, port, proto, scope: Scope::External }
     }
 
     /// The entry at the same address for clients inside the cluster.
-    pub fn internal(self) -> FrontendAddr {
+    pub fn internal(self) -> FrontendAddr<A> {
         FrontendAddr { scope: Scope::Internal, ..self }
     }
+}
 
+impl FrontendAddr {
     pub fn key(&self) -> Service4Key {
         Service4Key {
             addr: u32::from_ne_bytes(self.ip.octets()),
@@ -110,9 +147,10 @@ impl FrontendAddr {
     }
 }
 
-impl fmt::Display for FrontendAddr {
+/// `10.96.0.10:53/UDP`, `[fd00:96::a]:53/UDP`.
+impl<A: IpFamily> fmt::Display for FrontendAddr<A> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}/{}", self.ip, self.port, self.proto)?;
+        write!(f, "{}/{}", SocketAddr::new(self.ip.into(), self.port), self.proto)?;
         if self.scope == Scope::Internal {
             f.write_str(" (in-cluster clients)")?;
         }
@@ -122,21 +160,22 @@ impl fmt::Display for FrontendAddr {
 
 /// A backend as the datapath sees it: one endpoint address and target port.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct BackendAddr {
-    pub ip: Ipv4Addr,
+pub struct BackendAddr<A = Ipv4Addr> {
+    pub ip: A,
     pub port: u16,
     pub proto: Protocol,
 }
 
-impl fmt::Display for BackendAddr {
+/// `10.244.0.11:8080`, `[fd00:244::11]:8080`.
+impl<A: IpFamily> fmt::Display for BackendAddr<A> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.ip, self.port)
+        write!(f, "{}", SocketAddr::new(self.ip.into(), self.port))
     }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct Backend {
-    pub addr: BackendAddr,
+pub struct Backend<A = Ipv4Addr> {
+    pub addr: BackendAddr<A>,
     /// Serving but terminating (KEP-1669); used only when nothing is ready.
     pub terminating: bool,
     /// The endpoint's `nodeName`, for the traffic policies (shared, as
@@ -149,9 +188,9 @@ pub struct Backend {
     pub hints: Option<Arc<Hints>>,
 }
 
-impl Backend {
+impl<A> Backend<A> {
     /// A ready backend with no node or zone.
-    pub fn ready(addr: BackendAddr) -> Backend {
+    pub fn ready(addr: BackendAddr<A>) -> Backend<A> {
         Backend { addr, terminating: false, node_name: None, zone: None, hints: None }
     }
 }
@@ -169,27 +208,27 @@ pub struct Hints {
 
 /// One frontend of a Service with the backends that serve it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
-pub struct Frontend {
-    pub addr: FrontendAddr,
+pub struct Frontend<A = Ipv4Addr> {
+    pub addr: FrontendAddr<A>,
     /// `namespace/name:port` for listings and logs.
     pub name: String,
     /// Every serving endpoint, ready ones first, each group in a stable
     /// order. Terminating ones are kept so established flows to them keep
     /// working; [`Frontend::slot_backends`] says which take new flows.
-    pub backends: Vec<Backend>,
+    pub backends: Vec<Backend<A>>,
     /// `lb_common::svc_flags::*`.
     pub flags: u32,
     pub affinity_timeout: u32,
 }
 
-/// Everything the maps should hold, keyed by frontend.
-pub type Desired = BTreeMap<FrontendAddr, Frontend>;
+/// Everything the maps should hold, keyed by frontend (of one family).
+pub type Desired<A = Ipv4Addr> = BTreeMap<FrontendAddr<A>, Frontend<A>>;
 
-impl Frontend {
+impl<A> Frontend<A> {
     /// The backends that take new connections: the ready ones, or, when
     /// none is ready, the serving-but-terminating ones (KEP-1669). Empty
     /// means the frontend rejects.
-    pub fn slot_backends(&self) -> impl Iterator<Item = &Backend> {
+    pub fn slot_backends(&self) -> impl Iterator<Item = &Backend<A>> {
         let any_ready = self.backends.iter().any(|b| !b.terminating);
         self.backends.iter().filter(move |b| b.terminating != any_ready)
     }

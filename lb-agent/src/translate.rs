@@ -1,7 +1,11 @@
 //! Kubernetes Services and EndpointSlices -> the desired datapath state,
 //! with kube-proxy's semantics.
 //!
-//! - Every ClusterIP (IPv4) x every port is a frontend; headless and
+//! - Every ClusterIP x every port is a frontend, of the ClusterIP's family
+//!   ([`Translation::desired`] for IPv4, [`Translation::desired6`] for
+//!   IPv6; `spec.clusterIPs` holds one per family of a dual-stack
+//!   Service), with the endpoints of that family's EndpointSlices
+//!   (`addressType`); headless and
 //!   ExternalName Services, and Services labelled
 //!   `service.kubernetes.io/service-proxy-name`, are not ours.
 //! - The backend port comes from the EndpointSlice port whose name matches
@@ -22,7 +26,7 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
-    net::{IpAddr, Ipv4Addr},
+    net::{IpAddr, Ipv6Addr},
 };
 
 use k8s_openapi::api::core::v1::{Service, ServicePort, ServiceSpec};
@@ -31,8 +35,8 @@ use tracing::{debug, warn};
 
 use crate::{
     model::{
-        Backend, BackendAddr, BackendSelection, Cidr, Desired, Frontend, FrontendAddr, PortModel, Protocol, ServiceModel, ServiceRef,
-        ServiceType, TrafficPolicy,
+        Backend, BackendAddr, BackendSelection, Cidr, Desired, Frontend, FrontendAddr, IpFamily, PortModel, Protocol, ServiceModel,
+        ServiceRef, ServiceType, TrafficPolicy,
     },
     source::manifest::Sourced,
     source::{ObjectKey, Store, Touched},
@@ -58,7 +62,10 @@ pub struct TranslateOptions {
 
 #[derive(Debug, Default)]
 pub struct Translation {
+    /// The IPv4 frontends.
     pub desired: Desired,
+    /// The IPv6 frontends.
+    pub desired6: Desired<Ipv6Addr>,
     /// Every Service lb handles, with what its frontends do not carry.
     pub services: BTreeMap<ServiceRef, ServiceModel>,
     /// Warnings about skipped objects or fields, deduplicated.
@@ -117,6 +124,7 @@ pub struct Translator {
 struct Part {
     generation: u64,
     frontends: Vec<FrontendAddr>,
+    frontends6: Vec<FrontendAddr<Ipv6Addr>>,
     problems: Vec<String>,
     /// Whether it has a model in `services` (under its own key).
     model: bool,
@@ -160,18 +168,11 @@ impl Translator {
             let mut scratch = Translation::default();
             translate_service(svc, &svc_slices, opts, &mut scratch);
             let mut part = Part { generation: store.generation(&key), ..Part::default() };
-            for (addr, fe) in scratch.desired {
-                if let Some(other) = self.out.desired.get(&addr) {
-                    scratch.problems.insert(format!(
-                        "{}: frontend {addr} already belongs to {}, skipped",
-                        describe(&svc.origin, "Service", Some(&key.namespace), Some(&key.name)),
-                        other.name
-                    ));
-                    self.conflicted.insert(key.clone());
-                    continue;
-                }
-                part.frontends.push(addr);
-                self.out.desired.insert(addr, fe);
+            let what = describe(&svc.origin, "Service", Some(&key.namespace), Some(&key.name));
+            let clean4 = merge(&what, scratch.desired, &mut self.out.desired, &mut part.frontends, &mut scratch.problems);
+            let clean6 = merge(&what, scratch.desired6, &mut self.out.desired6, &mut part.frontends6, &mut scratch.problems);
+            if !(clean4 && clean6) {
+                self.conflicted.insert(key.clone());
             }
             for (r, m) in scratch.services {
                 part.model = true;
@@ -197,6 +198,9 @@ impl Translator {
         for addr in &part.frontends {
             self.out.desired.remove(addr);
         }
+        for addr in &part.frontends6 {
+            self.out.desired6.remove(addr);
+        }
         for p in &part.problems {
             self.out.problems.remove(p);
         }
@@ -204,6 +208,29 @@ impl Translator {
             self.out.services.remove(&ServiceRef { namespace: key.namespace.clone(), name: key.name.clone() });
         }
     }
+}
+
+/// Moves one Service's frontends of a family into the translation; those
+/// whose address another Service has are skipped and reported. `false`
+/// when there was such a conflict.
+fn merge<A: IpFamily>(
+    what: &str,
+    from: Desired<A>,
+    into: &mut Desired<A>,
+    taken: &mut Vec<FrontendAddr<A>>,
+    problems: &mut BTreeSet<String>,
+) -> bool {
+    let mut clean = true;
+    for (addr, fe) in from {
+        if let Some(other) = into.get(&addr) {
+            problems.insert(format!("{what}: frontend {addr} already belongs to {}, skipped", other.name));
+            clean = false;
+            continue;
+        }
+        taken.push(addr);
+        into.insert(addr, fe);
+    }
+    clean
 }
 
 /// `origin: Kind ns/name` (or without the origin when it is empty).
@@ -235,16 +262,6 @@ fn translate_service(svc: &Sourced<Service>, svc_slices: &[&Sourced<Slice>], opt
     if all_ips.is_empty() {
         return; // headless, or nothing usable
     }
-    let ips: Vec<Ipv4Addr> = all_ips
-        .iter()
-        .filter_map(|ip| match ip {
-            IpAddr::V4(a) => Some(*a),
-            IpAddr::V6(a) => {
-                debug!("{what}: IPv6 ClusterIP {a} not handled yet");
-                None
-            }
-        })
-        .collect();
     let mut model = service_model(&what, svc, spec, opts, out);
     model.cluster_ips = all_ips;
     let frontend_flags = model.flags & !svc_flags::SOURCE_RANGES;
@@ -259,22 +276,63 @@ fn translate_service(svc: &Sourced<Service>, svc_slices: &[&Sourced<Slice>], opt
             port: number,
             node_port: optional_port(&what, &format!("spec.ports[{i}].nodePort"), port.node_port, out),
         });
-        let backends = backends_for(port.name.as_deref(), proto, svc_slices, out);
         let label = match port.name.as_deref() {
             Some(n) if !n.is_empty() => format!("{ns}/{name}:{n}"),
             _ => format!("{ns}/{name}:{number}"),
         };
-        for ip in &ips {
-            let addr = FrontendAddr::new(*ip, number, proto);
-            if let Some(other) = out.desired.get(&addr) {
-                out.problems.insert(format!("{what}: frontend {addr} already belongs to {}, port {} skipped", other.name, i));
-                continue;
-            }
-            out.desired
-                .insert(addr, Frontend { addr, name: label.clone(), backends: backends.clone(), flags: frontend_flags, affinity_timeout });
-        }
+        let port = PortFrontends {
+            what: &what,
+            index: i,
+            port_name: port.name.as_deref(),
+            proto,
+            port: number,
+            label: &label,
+            flags: frontend_flags,
+            affinity_timeout,
+        };
+        port.add(&model.cluster_ips, svc_slices, &mut out.desired, &mut out.problems);
+        port.add(&model.cluster_ips, svc_slices, &mut out.desired6, &mut out.problems);
     }
     out.services.insert(ServiceRef { namespace: ns, name }, model);
+}
+
+/// One ServicePort of a Service, as its frontends of either family get it.
+struct PortFrontends<'a> {
+    what: &'a str,
+    index: usize,
+    port_name: Option<&'a str>,
+    proto: Protocol,
+    port: u16,
+    label: &'a str,
+    flags: u32,
+    affinity_timeout: u32,
+}
+
+impl PortFrontends<'_> {
+    /// The port's frontends of family `A`: one per ClusterIP of that
+    /// family, each with the endpoints of that family's slices.
+    fn add<A: IpFamily>(&self, ips: &[IpAddr], slices: &[&Sourced<Slice>], desired: &mut Desired<A>, problems: &mut BTreeSet<String>) {
+        let ips: Vec<A> = ips.iter().filter_map(|ip| A::of(*ip)).collect();
+        if ips.is_empty() {
+            return;
+        }
+        let backends = backends_for::<A>(self.port_name, self.proto, slices, problems);
+        for ip in ips {
+            let addr = FrontendAddr::new(ip, self.port, self.proto);
+            if let Some(other) = desired.get(&addr) {
+                problems.insert(format!("{}: frontend {addr} already belongs to {}, port {} skipped", self.what, other.name, self.index));
+                continue;
+            }
+            let fe = Frontend {
+                addr,
+                name: self.label.to_string(),
+                backends: backends.clone(),
+                flags: self.flags,
+                affinity_timeout: self.affinity_timeout,
+            };
+            desired.insert(addr, fe);
+        }
+    }
 }
 
 /// The Service-level fields, validated; flags for its frontends.
@@ -489,17 +547,23 @@ fn service_port(what: &str, i: usize, port: &ServicePort, out: &mut Translation)
     }
 }
 
-/// Backends for one ServicePort across all of the Service's slices.
-fn backends_for(port_name: Option<&str>, proto: Protocol, slices: &[&Sourced<Slice>], out: &mut Translation) -> Vec<Backend> {
+/// Backends of family `A` for one ServicePort across all of the
+/// Service's slices of that family.
+fn backends_for<A: IpFamily>(
+    port_name: Option<&str>,
+    proto: Protocol,
+    slices: &[&Sourced<Slice>],
+    problems: &mut BTreeSet<String>,
+) -> Vec<Backend<A>> {
     let want_name = port_name.unwrap_or("");
     // Deduplicated by address; the first slice that lists an endpoint
     // gives its node and zone.
-    let mut ready: BTreeMap<BackendAddr, Backend> = BTreeMap::new();
-    let mut terminating: BTreeMap<BackendAddr, Backend> = BTreeMap::new();
+    let mut ready: BTreeMap<BackendAddr<A>, Backend<A>> = BTreeMap::new();
+    let mut terminating: BTreeMap<BackendAddr<A>, Backend<A>> = BTreeMap::new();
     for slice in slices {
         let s = &slice.obj;
         let what = describe(&slice.origin, "EndpointSlice", s.namespace.as_deref(), s.name.as_deref());
-        if s.address_type != "IPv4" {
+        if s.address_type != A::NAME {
             continue;
         }
         let matching = s
@@ -513,7 +577,7 @@ fn backends_for(port_name: Option<&str>, proto: Protocol, slices: &[&Sourced<Sli
         let target = match slice_port.port.map(u16::try_from) {
             Some(Ok(n)) if n > 0 => n,
             other => {
-                out.problems.insert(format!(
+                problems.insert(format!(
                     "{what}: field ports[{pi}].port: {:?} is not a port (1-65535); slice skipped for this port",
                     other.and_then(Result::ok)
                 ));
@@ -532,16 +596,22 @@ fn backends_for(port_name: Option<&str>, proto: Protocol, slices: &[&Sourced<Sli
                 continue;
             };
             let ip = match first.parse::<IpAddr>() {
-                Ok(IpAddr::V4(ip)) => ip,
-                Ok(IpAddr::V6(_)) => {
-                    out.problems.insert(format!(
-                        "{what}: field endpoints[{ei}].addresses[0]: {first:?} is an IPv6 address in an IPv4 slice; endpoint skipped"
-                    ));
-                    continue;
-                }
+                Ok(ip) => match A::of(ip) {
+                    Some(ip) => ip,
+                    None => {
+                        let other = if ip.is_ipv4() { "IPv4" } else { "IPv6" };
+                        problems.insert(format!(
+                            "{what}: field endpoints[{ei}].addresses[0]: {first:?} is an {other} address in an {} slice; endpoint skipped",
+                            A::NAME
+                        ));
+                        continue;
+                    }
+                },
                 Err(_) => {
-                    out.problems
-                        .insert(format!("{what}: field endpoints[{ei}].addresses[0]: {first:?} is not an IPv4 address; endpoint skipped"));
+                    problems.insert(format!(
+                        "{what}: field endpoints[{ei}].addresses[0]: {first:?} is not an {} address; endpoint skipped",
+                        A::NAME
+                    ));
                     continue;
                 }
             };
@@ -560,7 +630,7 @@ fn backends_for(port_name: Option<&str>, proto: Protocol, slices: &[&Sourced<Sli
             }
         }
     }
-    let terminating: Vec<Backend> = terminating.into_iter().filter(|(addr, _)| !ready.contains_key(addr)).map(|(_, b)| b).collect();
+    let terminating: Vec<Backend<A>> = terminating.into_iter().filter(|(addr, _)| !ready.contains_key(addr)).map(|(_, b)| b).collect();
     ready.into_values().chain(terminating).collect()
 }
 

@@ -143,7 +143,7 @@ fn the_fake_maps_answer_as_the_pinned_maps() {
     let pins = PinDir::new("reconcile-fake");
     // Room for six slots: an update of a three-backend frontend while
     // four are in use fills the map half way.
-    let sizes = MapSizes { services: 8, backends: 8, slots: 6, ct_tcp: 64, ct_any: 64, affinity: 16 };
+    let sizes = MapSizes { services: 8, backends: 8, slots: 6, ct_tcp: 64, ct_any: 64, affinity: 16, ..MapSizes::default() };
     let _dp = Datapath::load(&pins.0, &sizes).unwrap_or_else(|e| panic!("loading the datapath: {e:#}"));
     let mut real = Reconciler::recover(Faulty::new(Maps::open(&pins.0).unwrap())).unwrap();
     let mut fake = Reconciler::recover(Faulty::new(FakeMaps::new(&sizes))).unwrap();

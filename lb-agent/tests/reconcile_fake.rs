@@ -29,7 +29,7 @@ use lb_common::{
 
 /// Small maps, so that a test can fill one.
 fn sizes() -> MapSizes {
-    MapSizes { services: 16, backends: 16, slots: 64, ct_tcp: 64, ct_any: 64, affinity: 16 }
+    MapSizes { services: 16, backends: 16, slots: 64, ct_tcp: 64, ct_any: 64, affinity: 16, ..MapSizes::default() }
 }
 
 /// The Maglev table size of the tests (prime, small enough to read).

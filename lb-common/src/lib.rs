@@ -14,7 +14,11 @@
 pub mod csum;
 pub mod ct;
 pub mod hash;
+// `maps` first, with its macros (`assert_layout!`) for `maps6`.
+#[macro_use]
 pub mod maps;
+pub mod maps6;
 pub mod packet;
 
 pub use maps::*;
+pub use maps6::*;

@@ -34,6 +34,10 @@ pub enum SizedBy {
     CtTcp,
     CtAny,
     Affinity,
+    /// The IPv6 frontend count (IPv6 services and VIPs).
+    Services6,
+    /// IPv6 backends (their own ID space).
+    Backends6,
     /// A size set in the eBPF object, not by the agent.
     Fixed,
 }
@@ -62,6 +66,14 @@ map_set! {
     STATS = "LB_STATS", version 2, sized by Fixed;
     /// Per-frontend counters (packets, bytes, new flows), by frontend ID.
     FRONTEND_STATS = "LB_FE_STATS", version 1, sized by Services;
+    /// IPv6 frontends (see `maps6`): their own keys, the frontend IDs
+    /// and everything indexed by them shared with IPv4.
+    SERVICES6 = "LB6_SERVICES", version 1, sized by Services6;
+    BACKENDS6 = "LB6_BACKENDS", version 1, sized by Backends6;
+    /// Indexed by the shared frontend ID, so sized as `LB4_REVNAT`.
+    REVNAT6 = "LB6_REVNAT", version 1, sized by Services;
+    VIPS6 = "LB6_VIPS", version 1, sized by Services6;
+    SOCK_REVNAT6 = "LB6_SOCK_REVNAT", version 1, sized by Fixed;
     /// The layout version of every other pinned map (see [`layout`]).
     LAYOUT = "LB_LAYOUT", version 1, sized by Fixed;
 }
@@ -124,10 +136,11 @@ pub mod layout {
 
     /// Maps written by the agent's reconciler from the Services: they
     /// hold IDs that the others refer to, so they are rebuilt together.
-    pub const RECONCILED: [&str; 8] = [SERVICES, SLOTS, BACKENDS, REVNAT, SVC_NAMES, MAGLEV, SRC_RANGES, VIPS];
+    pub const RECONCILED: [&str; 12] =
+        [SERVICES, SLOTS, BACKENDS, REVNAT, SVC_NAMES, MAGLEV, SRC_RANGES, VIPS, SERVICES6, BACKENDS6, REVNAT6, VIPS6];
     /// Maps whose entries name frontend or backend IDs: rebuilt along with
     /// [`RECONCILED`], since fresh IDs would give them other meanings.
-    pub const REFER_TO_IDS: [&str; 5] = [CT_TCP, CT_ANY, AFFINITY, SOCK_REVNAT, FRONTEND_STATS];
+    pub const REFER_TO_IDS: [&str; 6] = [CT_TCP, CT_ANY, AFFINITY, SOCK_REVNAT, FRONTEND_STATS, SOCK_REVNAT6];
 }
 
 /// Default capacities. The agent can override each at load time.
@@ -157,6 +170,10 @@ pub mod sizes {
     pub const FRAGS: u32 = 8_192;
     /// Clients tracked by the ICMP reject rate limit.
     pub const REJECT_RATE: u32 = 16_384;
+    /// IPv6 frontends (`LB6_SERVICES`) and addresses (`LB6_VIPS`).
+    pub const SERVICES6: u32 = 16_384;
+    /// IPv6 backends (`LB6_BACKENDS`).
+    pub const BACKENDS6: u32 = 16_384;
 }
 
 pub const IPPROTO_ICMP: u8 = 1;

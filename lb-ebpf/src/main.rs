@@ -11,7 +11,9 @@
 //!   LoadBalancer IPs from outside; DNAT, or DNAT+SNAT and forwarding, and
 //!   the replies of SNATed flows.
 //! - `lb_connect4`, `lb_sendmsg4`, `lb_recvmsg4`, `lb_getpeername4`
-//!   (cgroup sock_addr): host clients are translated once, at connect time.
+//!   (cgroup sock_addr): host clients are translated once, at connect time;
+//!   `lb_connect6`, `lb_sendmsg6`, `lb_recvmsg6`, `lb_getpeername6` do the
+//!   same over IPv6 (and IPv4-mapped addresses of dual-stack sockets).
 //! - `lb_xdp_pass`, `lb_tc_pass`: do nothing (measurement floors, and a
 //!   stand-in for another program attached after lb).
 //!
@@ -23,13 +25,15 @@
 //!   counted), one error type for tc and XDP;
 //! - `parse`: one parser for every hook (a TCP/UDP `Flow`, or an ICMP error
 //!   quoting one);
+//! - `family`: each address family's maps behind one trait;
 //! - `select`: frontend lookups and backend choice (Maglev, affinity);
 //! - `ct`: the two conntrack entries of a flow: lookups, updates, new flows
 //!   and their reply tuples;
 //! - `frag`: fragments (the first fragment's ports for the rest);
 //! - `nat`: rewrites of a flow's packets and of ICMP errors about it;
 //! - `icmp`: the ICMP errors lb sends itself, rate-limited;
-//! - the programs: `tc`, `xdp` and `sock`.
+//! - `sock_family`: the socket translation, over an address family;
+//! - the programs: `tc`, `xdp`, `sock` and `sock6`.
 //!
 //! Every map value that other CPUs write in place (conntrack entries,
 //! affinity, reject rates, counters) is accessed field by field through
@@ -41,6 +45,7 @@
 
 mod ct;
 mod error;
+mod family;
 mod frag;
 mod icmp;
 mod maps;
@@ -49,6 +54,8 @@ mod packet;
 mod parse;
 mod select;
 mod sock;
+mod sock6;
+mod sock_family;
 mod stats;
 mod tc;
 mod xdp;

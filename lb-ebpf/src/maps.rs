@@ -7,8 +7,9 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use lb_common::{
-    Affinity4, Affinity4Key, Backend4, Config, Ct4Key, CtEntry, Device, Frag4, Frag4Key, FrontendStats, NodeConfig, RejectRate, RevNat4,
-    RevNatKey, Service4Key, Service4Value, Slot, SlotKey, SockRevNat4, SockRevNat4Key, SrcRange4, SvcName, Vip4, layout, sizes, stat,
+    Addr6, Affinity4, Affinity4Key, Backend4, Backend6, Config, Ct4Key, CtEntry, Device, Frag4, Frag4Key, FrontendStats, NodeConfig,
+    RejectRate, RevNat4, RevNat6, RevNatKey, Service4Key, Service4Value, Service6Key, Slot, SlotKey, SockRevNat4, SockRevNat4Key,
+    SockRevNat6, SockRevNat6Key, SrcRange4, SvcName, Vip4, layout, sizes, stat,
 };
 
 #[btf_map]
@@ -103,3 +104,22 @@ pub static LB_FE_STATS: PerCpuArray<FrontendStats, { sizes::SERVICES as usize }>
 /// agent only; see `lb_common::layout`).
 #[btf_map]
 pub static LB_LAYOUT: HashMap<[u8; layout::KEY_LEN], u32, 32> = HashMap::new();
+
+// ---- IPv6 (see `lb_common::maps6`): the maps that name an address ----------
+
+#[btf_map]
+pub static LB6_SERVICES: HashMap<Service6Key, Service4Value, { sizes::SERVICES6 as usize }> = HashMap::new();
+
+/// IPv6 backends by their own IDs (an IPv6 frontend's slots name these).
+#[btf_map]
+pub static LB6_BACKENDS: Array<Backend6, { sizes::BACKENDS6 as usize }> = Array::new();
+
+/// IPv6 frontends by the shared frontend ID.
+#[btf_map]
+pub static LB6_REVNAT: Array<RevNat6, { sizes::REVNAT as usize }> = Array::new();
+
+#[btf_map]
+pub static LB6_VIPS: HashMap<Addr6, Vip4, { sizes::SERVICES6 as usize }> = HashMap::new();
+
+#[btf_map]
+pub static LB6_SOCK_REVNAT: LruHashMap<SockRevNat6Key, SockRevNat6, { sizes::SOCK_REVNAT as usize }> = LruHashMap::new();

@@ -6,10 +6,11 @@ use core::ptr::{addr_of, addr_of_mut};
 use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_ktime_get_coarse_ns};
 use lb_common::{
     Affinity4, Affinity4Key, Backend4, Config, CtEntry, NodeConfig, RevNat4, RevNatKey, SCOPE_EXTERNAL, SCOPE_INTERNAL, Service4Key,
-    Service4Value, SlotKey, Vip4, config_flags, hash::flow_hash, node_flags, svc_flags,
+    Service4Value, SlotKey, V4, Vip4, config_flags, hash::flow_hash, node_flags, svc_flags,
 };
 
 use crate::{
+    family::FamilyMaps,
     maps::{LB_CONFIG, LB_NODE, LB4_AFFINITY, LB4_BACKENDS, LB4_MAGLEV, LB4_REVNAT, LB4_SERVICES, LB4_SLOTS, LB4_VIPS},
     parse::Flow,
 };
@@ -133,13 +134,21 @@ pub fn flow_backend(cfg: &Config, svc: &Service4Value, f: &Flow, now: u64) -> Op
 /// read raced with the agent.
 #[inline(always)]
 pub fn select_backend(cfg: &Config, svc: &Service4Value, hash: u32, client: u64, now: u64) -> Option<(u32, Backend4)> {
+    select_backend_of::<V4>(cfg, svc, hash, client, now)
+}
+
+/// [`select_backend`] for a frontend of family `F`: the slots, Maglev
+/// tables and affinities are shared (they name IDs); the backend comes
+/// from the family's own backend map.
+#[inline(always)]
+pub fn select_backend_of<F: FamilyMaps>(cfg: &Config, svc: &Service4Value, hash: u32, client: u64, now: u64) -> Option<(u32, F::Backend)> {
     if svc.count == 0 {
         return None;
     }
     if svc.flags & svc_flags::AFFINITY == 0 {
-        return pick(cfg, svc, hash);
+        return pick::<F>(cfg, svc, hash);
     }
-    let frontend_version = rev_nat(svc.frontend_id).map_or(0, |f| f.version);
+    let frontend_version = F::frontend(svc.frontend_id).map_or(0, |f| f.2);
     let key = Affinity4Key { client, frontend_id: svc.frontend_id, frontend_version, _pad: 0 };
     if let Some(a) = LB4_AFFINITY.get_ptr_mut(key) {
         // SAFETY: `a` is a map value pointer from a lookup, valid and
@@ -157,29 +166,29 @@ pub fn select_backend(cfg: &Config, svc: &Service4Value, hash: u32, client: u64,
         let timeout = svc.affinity_timeout as u64 * 1_000_000_000;
         if now.saturating_sub(last_used) <= timeout {
             // Only while the backend is still the one the client had.
-            if let Some(be) = backend(backend_id).filter(|b| b.version == version) {
+            if let Some(be) = F::backend(backend_id).filter(|b| F::backend_version(b) == version) {
                 // SAFETY: as above.
                 unsafe { addr_of_mut!((*a).last_used).write_volatile(now) };
                 return Some((backend_id, be));
             }
         }
     }
-    let (id, be) = pick(cfg, svc, hash)?;
+    let (id, be) = pick::<F>(cfg, svc, hash)?;
     // An LRU insert only fails on a bad argument; affinity is then simply
     // not recorded for this connection.
-    let value = Affinity4 { last_used: now, backend_id: id, backend_version: be.version, _pad: 0 };
+    let value = Affinity4 { last_used: now, backend_id: id, backend_version: F::backend_version(&be), _pad: 0 };
     let _ = LB4_AFFINITY.insert(key, value, 0);
     Some((id, be))
 }
 
 #[inline(always)]
-fn pick(cfg: &Config, svc: &Service4Value, hash: u32) -> Option<(u32, Backend4)> {
+fn pick<F: FamilyMaps>(cfg: &Config, svc: &Service4Value, hash: u32) -> Option<(u32, F::Backend)> {
     if svc.flags & svc_flags::MAGLEV != 0 && cfg.maglev_m != 0 {
         let index = hash % cfg.maglev_m;
         // SAFETY: the reference lives only until the ID is copied out.
         let id = unsafe { LB4_MAGLEV.get_value(&RevNatKey { frontend_id: svc.frontend_id }, &index) }.copied();
         if let Some(id) = id
-            && let Some(be) = backend(id)
+            && let Some(be) = F::backend(id)
         {
             return Some((id, be));
         }
@@ -191,5 +200,5 @@ fn pick(cfg: &Config, svc: &Service4Value, hash: u32) -> Option<(u32, Backend4)>
     // being live, so a frontend value read just before a flip still finds
     // its slots.)
     let id = unsafe { LB4_SLOTS.get(key) }?.backend_id;
-    Some((id, backend(id)?))
+    Some((id, F::backend(id)?))
 }

@@ -23,10 +23,10 @@ use crate::{
 };
 
 /// Return values of cgroup sock_addr programs.
-const ALLOW: i32 = 1;
+pub(crate) const ALLOW: i32 = 1;
 const REJECT: i32 = 0;
-const ECONNREFUSED: i32 = 111;
-const EHOSTUNREACH: i32 = 113;
+pub(crate) const ECONNREFUSED: i32 = 111;
+pub(crate) const EHOSTUNREACH: i32 = 113;
 
 #[cgroup_sock_addr(connect4)]
 pub fn lb_connect4(ctx: SockAddrContext) -> i32 {
@@ -52,7 +52,7 @@ pub fn lb_getpeername4(ctx: SockAddrContext) -> i32 {
 /// could not be read or written: the address is then left alone, and the
 /// socket reaches the frontend address untranslated, as without lb.
 #[inline(always)]
-fn verdict(ctx: &SockAddrContext, result: Option<i32>) -> i32 {
+pub(crate) fn verdict(ctx: &SockAddrContext, result: Option<i32>) -> i32 {
     match result {
         Some(verdict) => verdict,
         None => {
@@ -64,7 +64,7 @@ fn verdict(ctx: &SockAddrContext, result: Option<i32>) -> i32 {
 
 /// The configuration, if the socket lives in the host namespace we serve.
 #[inline(always)]
-fn host_config(ctx: &SockAddrContext) -> Option<lb_common::Config> {
+pub(crate) fn host_config(ctx: &SockAddrContext) -> Option<lb_common::Config> {
     let cfg = config()?;
     // SAFETY: the helper takes the program's context.
     let cookie = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
@@ -124,7 +124,7 @@ fn try_forward(ctx: &SockAddrContext) -> Option<i32> {
 
 /// Fails the syscall with `errno`.
 #[inline(always)]
-fn refuse(errno: i32) -> i32 {
+pub(crate) fn refuse(errno: i32) -> i32 {
     // SAFETY: the helper takes an integer; cgroup sock_addr programs may set
     // the syscall's return value.
     unsafe { bpf_set_retval(-errno) };

@@ -1,7 +1,7 @@
 //! Clients that run inside a namespace, always with timeouts.
 
 use std::io::{self, Read, Write};
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4, TcpStream, UdpSocket};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -23,6 +23,12 @@ pub fn tcp_request(ns: &Netns, to: SocketAddrV4) -> Result<String> {
 /// [`tcp_request`] with a custom payload (may be empty) and timeout (for
 /// connect, and separately for the whole exchange after connect).
 pub fn tcp_request_with(ns: &Netns, to: SocketAddrV4, payload: &[u8], timeout: Duration) -> Result<String> {
+    tcp_request_to(ns, to.into(), payload, timeout)
+}
+
+/// [`tcp_request_with`] to an address of either family (an IPv6 socket
+/// for an IPv6 address, IPv4-mapped ones included).
+pub fn tcp_request_to(ns: &Netns, to: SocketAddr, payload: &[u8], timeout: Duration) -> Result<String> {
     let payload = payload.to_vec();
     let ctx = format!("tcp_request {to} from netns {}", ns.name());
     let out = ns
@@ -49,7 +55,7 @@ pub fn http_get_with(ns: &Netns, to: SocketAddrV4, path: &str, timeout: Duration
     let ctx = format!("http_get http://{to}{path} from netns {}", ns.name());
     let resp = ns
         .run(move || -> Result<Vec<u8>> {
-            let s = connect(to, timeout)?;
+            let s = connect(to.into(), timeout)?;
             let deadline = Instant::now() + timeout;
             s.set_write_timeout(Some(timeout)).context("set write timeout")?;
             (&s).write_all(req.as_bytes()).context("send request")?;
@@ -78,11 +84,18 @@ pub fn udp_request(ns: &Netns, to: SocketAddrV4, payload: &str) -> Result<(Strin
 
 /// [`udp_request`] with raw payload bytes and a timeout.
 pub fn udp_request_with(ns: &Netns, to: SocketAddrV4, payload: &[u8], timeout: Duration) -> Result<(String, SocketAddr)> {
+    udp_request_to(ns, to.into(), payload, timeout)
+}
+
+/// [`udp_request_with`] to an address of either family (an IPv6 socket,
+/// bound to `[::]:0`, for an IPv6 address, IPv4-mapped ones included).
+pub fn udp_request_to(ns: &Netns, to: SocketAddr, payload: &[u8], timeout: Duration) -> Result<(String, SocketAddr)> {
     let payload = payload.to_vec();
     let ctx = format!("udp_request {to} from netns {}", ns.name());
     let (reply, peer) = ns
         .run(move || -> Result<(Vec<u8>, SocketAddr)> {
-            let sock = UdpSocket::bind((Ipv4Addr::UNSPECIFIED, 0)).context("bind")?;
+            let any: SocketAddr = if to.is_ipv4() { (Ipv4Addr::UNSPECIFIED, 0).into() } else { (Ipv6Addr::UNSPECIFIED, 0).into() };
+            let sock = UdpSocket::bind(any).context("bind")?;
             sock.connect(to).context("connect")?;
             sock.set_read_timeout(Some(timeout)).context("set read timeout")?;
             sock.send(&payload).context("send")?;
@@ -96,8 +109,8 @@ pub fn udp_request_with(ns: &Netns, to: SocketAddrV4, payload: &[u8], timeout: D
     Ok((String::from_utf8_lossy(&reply).into_owned(), peer))
 }
 
-fn connect(to: SocketAddrV4, timeout: Duration) -> Result<TcpStream> {
-    TcpStream::connect_timeout(&to.into(), timeout).context("connect")
+fn connect(to: SocketAddr, timeout: Duration) -> Result<TcpStream> {
+    TcpStream::connect_timeout(&to, timeout).context("connect")
 }
 
 fn read_to_eof(mut s: &TcpStream, deadline: Instant) -> Result<Vec<u8>> {

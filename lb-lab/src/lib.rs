@@ -32,14 +32,16 @@ use std::io;
 
 use anyhow::{Context, Result, bail};
 
-pub use client::{DEFAULT_TIMEOUT, http_get, http_get_with, tcp_request, tcp_request_with, udp_request, udp_request_with};
+pub use client::{
+    DEFAULT_TIMEOUT, http_get, http_get_with, tcp_request, tcp_request_to, tcp_request_with, udp_request, udp_request_to, udp_request_with,
+};
 pub use cluster::{
     BRIDGE, CLIENT_IF, CLIENT_IP, ClusterLab, ClusterNode, ClusterOptions, ClusterPod, EXT_IF, Overlay, ROUTED_CLIENT_IP,
     ROUTER_CLIENT_SIDE, ROUTER_IP, VXLAN_IF, cluster_pod_ip, node_ip, pod_cidr, tx_checksum_off,
 };
 pub use netns::{ChildGuard, NAME_PREFIX, NETNS_RUN_DIR, Netns, cleanup_stale, list_netns};
-pub use node::{GATEWAY_IP, MAX_PODS, NODE_IF, NODE_IP, NodeLab, POD_IF, Pod, host_if, pod_ip};
-pub use server::{Server, http_server, tcp_server, udp_echo, udp_padded};
+pub use node::{GATEWAY_IP, GATEWAY_IP6, MAX_PODS, NODE_IF, NODE_IP, NODE_IP6, NodeLab, POD_IF, Pod, host_if, pod_ip, pod_ip6};
+pub use server::{Server, http_server, tcp_server, tcp_server_at, udp_echo, udp_echo_at, udp_padded};
 
 /// Fails unless running as root with `ip` (iproute2) available.
 pub fn require_root() -> Result<()> {

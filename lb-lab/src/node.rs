@@ -1,6 +1,6 @@
 //! A sealed "Kubernetes node": a node namespace routing to pod namespaces.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use anyhow::{Context, Result, bail};
 
@@ -21,6 +21,20 @@ pub const MAX_PODS: usize = 244;
 pub fn pod_ip(index: usize) -> Ipv4Addr {
     assert!(index < MAX_PODS, "pod index {index} out of range");
     Ipv4Addr::new(10, 244, 0, 11 + index as u8)
+}
+
+/// The node's IPv6 address (with [`NodeLab::enable_ipv6`]), on [`NODE_IF`].
+pub const NODE_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0, 0, 0, 0, 0, 1);
+/// The pods' IPv6 default gateway: the same link-local address on every
+/// node-side veth end (as Calico's `fe80::ecee:eeff:feee:eeee`).
+pub const GATEWAY_IP6: Ipv6Addr = Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0, 1);
+
+/// The IPv6 address of pod `index` (with [`NodeLab::enable_ipv6`]):
+/// `fd00:244::(11 + index)`, written in hex as `pod_ip`'s last octet is in
+/// decimal (`pod_ip(0)` = 10.244.0.11, `pod_ip6(0)` = fd00:244::b).
+pub fn pod_ip6(index: usize) -> Ipv6Addr {
+    assert!(index < MAX_PODS, "pod index {index} out of range");
+    Ipv6Addr::new(0xfd00, 0x244, 0, 0, 0, 0, 0, 11 + index as u16)
 }
 
 /// The node-side interface of pod `index`: `lbp<index>`.
@@ -157,6 +171,36 @@ impl NodeLab {
         node.ip(&["link", "set", hif, "up"])?;
         node.ip(&["route", "add", &format!("{}/32", pod.ip), "dev", hif])?;
         Ok(())
+    }
+
+    /// Gives the node and every pod an IPv6 address as well (dual stack):
+    /// the node [`NODE_IP6`]`/128` on [`NODE_IF`] and IPv6 forwarding; pod
+    /// `i` [`pod_ip6(i)`](pod_ip6)`/128` on `eth0` with a default route
+    /// via [`GATEWAY_IP6`], which the node side `lbp<i>` holds, and the
+    /// node a route `pod_ip6(i) dev lbp<i>`. Addresses skip duplicate
+    /// address detection, so they are usable at once. Pods added later
+    /// get no IPv6 address.
+    pub fn enable_ipv6(&self) -> Result<()> {
+        let node = &self.node;
+        node.sysctl("net.ipv6.conf.all.forwarding", "1")?;
+        node.ip(&["-6", "addr", "add", &format!("{NODE_IP6}/128"), "dev", NODE_IF, "nodad"])?;
+        for (i, pod) in self.pods.iter().enumerate() {
+            let ip6 = pod_ip6(i);
+            let hif = pod.host_if.as_str();
+            node.ip(&["-6", "addr", "add", &format!("{GATEWAY_IP6}/64"), "dev", hif, "nodad"])?;
+            node.ip(&["-6", "route", "add", &format!("{ip6}/128"), "dev", hif])?;
+            let p = &pod.ns;
+            p.ip(&["-6", "addr", "add", &format!("{ip6}/128"), "dev", POD_IF, "nodad"])?;
+            p.ip(&["-6", "route", "add", "default", "via", &GATEWAY_IP6.to_string(), "dev", POD_IF])?;
+        }
+        Ok(())
+    }
+
+    /// The IPv6 address of the pod called `name` (see
+    /// [`NodeLab::enable_ipv6`]). Panics if there is none.
+    pub fn pod_ip6(&self, name: &str) -> Ipv6Addr {
+        let i = self.pods.iter().position(|p| p.name == name).unwrap_or_else(|| panic!("no pod named {name:?} in lab"));
+        pod_ip6(i)
     }
 
     /// All namespace names of the lab (node first).

@@ -1,7 +1,7 @@
 //! Tiny TCP / UDP / HTTP servers running inside a namespace.
 
 use std::io::{self, Read, Write};
-use std::net::{Shutdown, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
+use std::net::{Shutdown, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket};
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -26,7 +26,7 @@ const LINGER: Duration = Duration::from_secs(1);
 /// closed) on drop, within about 20 ms.
 #[derive(Debug)]
 pub struct Server {
-    local_addr: SocketAddrV4,
+    local_addr: SocketAddr,
     stop: Arc<AtomicBool>,
     hits: Arc<AtomicU64>,
     thread: Option<JoinHandle<()>>,
@@ -39,8 +39,17 @@ impl Server {
         self.hits.load(Ordering::SeqCst)
     }
 
-    /// The bound address (useful with port 0).
+    /// The bound address (useful with port 0) of an IPv4 server. Panics
+    /// for an IPv6 one ([`Server::socket_addr`]).
     pub fn local_addr(&self) -> SocketAddrV4 {
+        match self.local_addr {
+            SocketAddr::V4(a) => a,
+            SocketAddr::V6(a) => panic!("{a} is an IPv6 server: use socket_addr()"),
+        }
+    }
+
+    /// The bound address, of either family.
+    pub fn socket_addr(&self) -> SocketAddr {
         self.local_addr
     }
 
@@ -64,6 +73,11 @@ type Handler = Arc<dyn Fn(TcpStream, &AtomicBool, &AtomicU64) + Send + Sync>;
 /// the client's FIN so unread data never turns the close into a RST).
 /// Connections are handled concurrently.
 pub fn tcp_server(ns: &Netns, addr: SocketAddrV4, tag: &str) -> Result<Server> {
+    tcp_server_at(ns, addr.into(), tag)
+}
+
+/// [`tcp_server`] on an address of either family.
+pub fn tcp_server_at(ns: &Netns, addr: SocketAddr, tag: &str) -> Result<Server> {
     let reply = format!("{tag}\n").into_bytes();
     let handler: Handler = Arc::new(move |s, stop, hits| {
         let mut buf = [0u8; 4096];
@@ -98,11 +112,16 @@ pub fn http_server(ns: &Netns, addr: SocketAddrV4, tag: &str) -> Result<Server> 
         }
         finish(s, stop);
     });
-    start_tcp(ns, addr, "http", handler)
+    start_tcp(ns, addr.into(), "http", handler)
 }
 
 /// UDP server: replies to every datagram with `<tag>:<payload>`, to its sender.
 pub fn udp_echo(ns: &Netns, addr: SocketAddrV4, tag: &str) -> Result<Server> {
+    udp_server(ns, addr.into(), tag, 0)
+}
+
+/// [`udp_echo`] on an address of either family.
+pub fn udp_echo_at(ns: &Netns, addr: SocketAddr, tag: &str) -> Result<Server> {
     udp_server(ns, addr, tag, 0)
 }
 
@@ -110,10 +129,10 @@ pub fn udp_echo(ns: &Netns, addr: SocketAddrV4, tag: &str) -> Result<Server> {
 /// `.` to `len` bytes (a large answer to a small query, as an EDNS DNS
 /// answer is).
 pub fn udp_padded(ns: &Netns, addr: SocketAddrV4, tag: &str, len: usize) -> Result<Server> {
-    udp_server(ns, addr, tag, len)
+    udp_server(ns, addr.into(), tag, len)
 }
 
-fn udp_server(ns: &Netns, addr: SocketAddrV4, tag: &str, pad_to: usize) -> Result<Server> {
+fn udp_server(ns: &Netns, addr: SocketAddr, tag: &str, pad_to: usize) -> Result<Server> {
     let prefix = format!("{tag}:").into_bytes();
     let (stop, hits) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
     let (tx, rx) = mpsc::channel();
@@ -151,7 +170,7 @@ fn udp_server(ns: &Netns, addr: SocketAddrV4, tag: &str, pad_to: usize) -> Resul
     finish_start(ns, addr, "udp_echo", stop, hits, thread, rx)
 }
 
-fn start_tcp(ns: &Netns, addr: SocketAddrV4, kind: &'static str, handler: Handler) -> Result<Server> {
+fn start_tcp(ns: &Netns, addr: SocketAddr, kind: &'static str, handler: Handler) -> Result<Server> {
     let (stop, hits) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
     let (tx, rx) = mpsc::channel();
     let (stop2, hits2) = (stop.clone(), hits.clone());
@@ -171,7 +190,7 @@ fn start_tcp(ns: &Netns, addr: SocketAddrV4, kind: &'static str, handler: Handle
 
 fn finish_start(
     ns: &Netns,
-    addr: SocketAddrV4,
+    addr: SocketAddr,
     kind: &str,
     stop: Arc<AtomicBool>,
     hits: Arc<AtomicU64>,
@@ -184,7 +203,7 @@ fn finish_start(
         Err(_) => Err(anyhow!("server thread died")).with_context(ctx),
     };
     let local_addr = match bound {
-        Ok(std::net::SocketAddr::V4(a)) => a,
+        Ok(a) if a.is_ipv4() == addr.is_ipv4() => a,
         Ok(other) => {
             stop.store(true, Ordering::SeqCst);
             let _ = thread.join();

@@ -93,6 +93,10 @@ pub fn fills(maps: &Maps) -> Result<Vec<Fill>, MapsError> {
         fill(maps.ct.any.name, maps.ct.any.entries()?.len(), maps.ct.any.max_entries),
         fill(maps.affinity.name, maps.affinity.entries()?.len(), maps.affinity.max_entries),
         fill(maps.sock_revnat.name, maps.sock_revnat.entries()?.len(), maps.sock_revnat.max_entries),
+        fill(maps.v6.services.name, maps.v6.services.entries()?.len(), maps.v6.services.max_entries),
+        fill(maps.v6.backends.name, maps.live_backends6()?, maps.v6.backends.max_entries),
+        fill(maps.v6.vips.name, maps.v6.vips.entries()?.len(), maps.v6.vips.max_entries),
+        fill(maps.v6.sock_revnat.name, maps.v6.sock_revnat.entries()?.len(), maps.v6.sock_revnat.max_entries),
     ])
 }
 

@@ -1,7 +1,7 @@
 use super::*;
 use crate::model::{BackendSelection, ServiceRef, TrafficPolicy};
 use crate::source::manifest::{Objects, parse_into};
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv6Addr};
 
 fn run(yaml: &str) -> Translation {
     let mut objects = Objects::default();
@@ -189,7 +189,7 @@ endpoints:
 }
 
 #[test]
-fn dual_clusterips_keep_the_ipv4_one() {
+fn dual_clusterips_give_a_frontend_per_family() {
     let t = run(r#"
 apiVersion: v1
 kind: Service
@@ -197,6 +197,8 @@ metadata: {name: ds}
 spec: {clusterIP: 10.96.0.60, clusterIPs: [10.96.0.60, "fd00::60"], ports: [{port: 80}]}
 "#);
     assert_eq!(t.desired.keys().copied().collect::<Vec<_>>(), [fe("10.96.0.60", 80, Protocol::Tcp)]);
+    let v6: Vec<String> = t.desired6.keys().map(ToString::to_string).collect();
+    assert_eq!(v6, ["[fd00::60]:80/TCP"]);
 }
 
 fn run_with(yaml: &str, opts: &TranslateOptions) -> Translation {
@@ -253,8 +255,12 @@ fn service_semantics_become_flags_and_model() {
     assert_eq!(fe.affinity_timeout, 300);
     assert_eq!(fe.backends[0].node_name.as_deref(), Some("node-a"));
     assert_eq!(fe.backends[0].zone.as_deref(), Some("zone-1"));
-    // Only the ClusterIP is a frontend for now.
+    // Only the ClusterIPs are frontends for now: one per family; the
+    // IPv6 one has no endpoints (no IPv6 slice), so it rejects.
     assert_eq!(t.desired.len(), 1);
+    let fe6 = &t.desired6[&FrontendAddr::new("fd00::1".parse().unwrap(), 80, Protocol::Tcp)];
+    assert!(fe6.backends.is_empty());
+    assert_eq!(fe6.flags, fe.flags);
 
     let m = &t.services[&ServiceRef { namespace: "prod".into(), name: "lb".into() }];
     assert_eq!(m.service_type, ServiceType::LoadBalancer);
@@ -394,6 +400,7 @@ mod incremental {
         let full = translate(&services, &slices, &TranslateOptions::default());
         let inc = t.update(store, &TranslateOptions::default());
         assert_eq!(inc.desired, full.desired);
+        assert_eq!(inc.desired6, full.desired6);
         assert_eq!(inc.services, full.services);
         assert_eq!(inc.problems, full.problems);
     }
@@ -460,6 +467,39 @@ mod incremental {
     }
 
     #[test]
+    fn ipv6_frontends_follow_changes_and_conflicts_like_ipv4_ones() {
+        let mut store = Store::default();
+        let mut t = Translator::default();
+        let dual = |name: &str, ip6: &str, eps: &[&str]| {
+            let eps: String = eps.iter().map(|e| format!("- addresses: [\"{e}\"]\n")).collect();
+            format!(
+                "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: x}}\nspec:\n  clusterIPs: [\"{ip6}\"]\n  ipFamilies: [IPv6]\n  ports: [{{name: http, port: 80}}]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {name}-6, namespace: x, labels: {{kubernetes.io/service-name: {name}}}}}\naddressType: IPv6\nports: [{{name: http, port: 8080}}]\nendpoints:\n{eps}"
+            )
+        };
+        let fe6 = |ip: &str| FrontendAddr::new(ip.parse::<Ipv6Addr>().unwrap(), 80, Protocol::Tcp);
+        listed(&mut store, &[dual("a", "fd00:96::1", &["fd00:244::1"]), service("v4", "10.96.0.1", &["10.244.0.1"])].concat());
+        check(&mut t, &mut store);
+        assert_eq!(t.translation().desired6[&fe6("fd00:96::1")].backends[0].addr.to_string(), "[fd00:244::1]:8080");
+        assert_eq!(t.translation().desired.len(), 1);
+        // b claims a's IPv6 address: a keeps it, b is named in a problem.
+        for o in objects(&dual("b", "fd00:96::1", &["fd00:244::2"])) {
+            store.apply(Update::Applied(o));
+        }
+        let tr = t.update(&mut store, &TranslateOptions::default());
+        assert_eq!(tr.desired6[&fe6("fd00:96::1")].name, "x/a:http");
+        assert!(tr.problems.iter().any(|p| p.contains("Service x/b") && p.contains("[fd00:96::1]:80/TCP already belongs to x/a:http")));
+        // a goes: b takes the address over; the IPv4 Service is untouched.
+        store.apply(Update::Deleted { kind: Kind::Service, key: ObjectKey::new(Some("x"), Some("a")) });
+        check(&mut t, &mut store);
+        assert_eq!(t.translation().desired6[&fe6("fd00:96::1")].name, "x/b:http");
+        assert_eq!(t.translation().desired6[&fe6("fd00:96::1")].backends[0].addr.to_string(), "[fd00:244::2]:8080");
+        assert_eq!(t.translation().desired.len(), 1);
+        store.apply(Update::Deleted { kind: Kind::Service, key: ObjectKey::new(Some("x"), Some("b")) });
+        check(&mut t, &mut store);
+        assert!(t.translation().desired6.is_empty());
+    }
+
+    #[test]
     fn a_taken_address_goes_to_the_other_service_once_freed() {
         let mut store = Store::default();
         let mut t = Translator::default();
@@ -523,4 +563,149 @@ status:
     let ips: Vec<String> = m.load_balancer_ips.iter().map(ToString::to_string).collect();
     assert_eq!(ips, ["192.0.2.1", "192.0.2.3"]);
     assert_eq!(m.traffic_distribution.as_deref(), Some("PreferClose"));
+}
+
+mod dual_stack {
+    use super::*;
+
+    const DUAL: &str = r#"
+apiVersion: v1
+kind: Service
+metadata: {name: web, namespace: demo}
+spec:
+  clusterIP: 10.96.0.10
+  clusterIPs: [10.96.0.10, "fd00:96::a"]
+  ipFamilies: [IPv4, IPv6]
+  ipFamilyPolicy: RequireDualStack
+  sessionAffinity: ClientIP
+  ports:
+  - {name: http, port: 80, protocol: TCP}
+  - {name: dns, port: 53, protocol: UDP}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-v4, namespace: demo, labels: {kubernetes.io/service-name: web}}
+addressType: IPv4
+ports:
+- {name: http, port: 8080, protocol: TCP}
+- {name: dns, port: 5353, protocol: UDP}
+endpoints:
+- addresses: [10.244.0.11]
+- addresses: [10.244.0.12]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-v6, namespace: demo, labels: {kubernetes.io/service-name: web}}
+addressType: IPv6
+ports:
+- {name: http, port: 8080, protocol: TCP}
+- {name: dns, port: 5353, protocol: UDP}
+endpoints:
+- addresses: ["fd00:244::11"]
+- addresses: ["fd00:244::12"]
+  conditions: {ready: false, serving: true, terminating: true}
+- addresses: ["fd00:244::13"]
+  conditions: {ready: true}
+"#;
+
+    fn fe6(ip: &str, port: u16, proto: Protocol) -> FrontendAddr<Ipv6Addr> {
+        FrontendAddr::new(ip.parse().unwrap(), port, proto)
+    }
+
+    fn backends6(t: &Translation, addr: FrontendAddr<Ipv6Addr>) -> Vec<String> {
+        t.desired6[&addr].slot_backends().map(|b| b.addr.to_string()).collect()
+    }
+
+    #[test]
+    fn a_dual_stack_service_has_frontends_of_each_family_with_that_familys_endpoints() {
+        let t = run(DUAL);
+        assert!(t.problems.is_empty(), "{:?}", t.problems);
+        assert_eq!(t.desired.len(), 2);
+        assert_eq!(t.desired6.len(), 2);
+        assert_eq!(backend_strings(&t, fe("10.96.0.10", 80, Protocol::Tcp)), ["10.244.0.11:8080", "10.244.0.12:8080"]);
+        let http6 = fe6("fd00:96::a", 80, Protocol::Tcp);
+        // Ready first; the terminating one is carried for its flows only.
+        assert_eq!(backends6(&t, http6), ["[fd00:244::11]:8080", "[fd00:244::13]:8080"]);
+        let all: Vec<_> = t.desired6[&http6].backends.iter().map(|b| (b.addr.to_string(), b.terminating)).collect();
+        assert_eq!(all.last().unwrap(), &("[fd00:244::12]:8080".to_string(), true));
+        assert_eq!(backends6(&t, fe6("fd00:96::a", 53, Protocol::Udp)), ["[fd00:244::11]:5353", "[fd00:244::13]:5353"]);
+        // Same label, flags and affinity as the IPv4 frontend.
+        let (v4, v6) = (&t.desired[&fe("10.96.0.10", 80, Protocol::Tcp)], &t.desired6[&http6]);
+        assert_eq!(v6.name, "demo/web:http");
+        assert_eq!((v6.name.as_str(), v6.flags, v6.affinity_timeout), (v4.name.as_str(), v4.flags, v4.affinity_timeout));
+        assert_eq!(http6.to_string(), "[fd00:96::a]:80/TCP");
+        let m = &t.services[&ServiceRef { namespace: "demo".into(), name: "web".into() }];
+        assert_eq!(m.ip_families, ["IPv4", "IPv6"]);
+        assert_eq!(m.ip_family_policy.as_deref(), Some("RequireDualStack"));
+        assert_eq!(m.cluster_ips, ["10.96.0.10".parse::<IpAddr>().unwrap(), "fd00:96::a".parse::<IpAddr>().unwrap()]);
+    }
+
+    #[test]
+    fn an_ipv6_only_service_is_served_and_ignores_ipv4_slices() {
+        // Used to be dropped (IPv4 frontends only).
+        let t = run(r#"
+apiVersion: v1
+kind: Service
+metadata: {name: v6, namespace: x}
+spec:
+  clusterIP: "fd00:96::20"
+  clusterIPs: ["fd00:96::20"]
+  ipFamilies: [IPv6]
+  ipFamilyPolicy: SingleStack
+  ports: [{port: 80}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: v6-a, namespace: x, labels: {kubernetes.io/service-name: v6}}
+addressType: IPv6
+ports: [{port: 8080}]
+endpoints:
+- addresses: ["fd00:244::5"]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: v6-b, namespace: x, labels: {kubernetes.io/service-name: v6}}
+addressType: IPv4
+ports: [{port: 8080}]
+endpoints:
+- addresses: [10.244.0.5]
+"#);
+        assert!(t.problems.is_empty(), "{:?}", t.problems);
+        assert!(t.desired.is_empty());
+        assert_eq!(backends6(&t, fe6("fd00:96::20", 80, Protocol::Tcp)), ["[fd00:244::5]:8080"]);
+    }
+
+    #[test]
+    fn an_ipv4_endpoint_in_an_ipv6_slice_is_named() {
+        let t = run(r#"
+apiVersion: v1
+kind: Service
+metadata: {name: s, namespace: x}
+spec: {clusterIPs: ["fd00:96::30"], ports: [{port: 80}]}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: s-1, namespace: x, labels: {kubernetes.io/service-name: s}}
+addressType: IPv6
+ports: [{port: 8080}]
+endpoints:
+- addresses: [10.244.4.5]
+- addresses: ["fd00:244::6"]
+- addresses: ["not-an-ip"]
+"#);
+        assert!(
+            t.problems
+                .iter()
+                .any(|p| p.contains("EndpointSlice x/s-1: field endpoints[0].addresses[0]")
+                    && p.contains("is an IPv4 address in an IPv6 slice")),
+            "{:?}",
+            t.problems
+        );
+        assert!(
+            t.problems.iter().any(|p| p.contains("endpoints[2].addresses[0]") && p.contains("is not an IPv6 address")),
+            "{:?}",
+            t.problems
+        );
+        assert_eq!(backends6(&t, fe6("fd00:96::30", 80, Protocol::Tcp)), ["[fd00:244::6]:8080"]);
+    }
 }

@@ -303,7 +303,7 @@ pub struct Loaded {
 impl Loaded {
     pub fn new(tag: &str, desired: Desired) -> Loaded {
         let pins = PinDir::new(tag);
-        let sizes = MapSizes { services: 64, backends: 64, slots: 256, ct_tcp: 4096, ct_any: 4096, affinity: 256 };
+        let sizes = MapSizes { services: 64, backends: 64, slots: 256, ct_tcp: 4096, ct_any: 4096, affinity: 256, ..MapSizes::default() };
         let dp = Datapath::load(&pins.0, &sizes).unwrap_or_else(|e| panic!("loading the datapath: {e:#}"));
         let mut maps = Maps::open(&pins.0).unwrap();
         maps.write_config(&Config::ready(0)).unwrap();

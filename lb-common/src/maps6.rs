@@ -1,0 +1,290 @@
+//! IPv6 map keys and values, and the [`Family`] trait that lets one
+//! lookup, selection and socket-translation path serve both families.
+//!
+//! What does not name an address is shared with IPv4: frontend IDs (and
+//! so `LB4_SLOTS`, `LB_SVC_NAMES`, `LB4_MAGLEV`, `LB_FE_STATS` and the
+//! socket-side `LB4_AFFINITY`, keyed by a namespace cookie), the
+//! frontend value ([`Service4Value`]) and the VIP kinds ([`Vip4`]). What
+//! names an address has an IPv6 twin here. Backend IDs are per family:
+//! a slot of an IPv6 frontend names an entry of `LB6_BACKENDS`.
+//!
+//! IPv6 addresses are stored as four 32-bit words in network order, as
+//! the kernel's `struct in6_addr` (`s6_addr32`) and `bpf_sock_addr.user_ip6`
+//! hold them, so the datapath copies them without swapping bytes.
+
+use core::{
+    mem::{offset_of, size_of},
+    net::Ipv6Addr,
+};
+
+#[cfg(doc)]
+use crate::Vip4;
+use crate::{Backend4, RevNat4, SCOPE_EXTERNAL, Service4Key, Service4Value, SockRevNat4, SockRevNat4Key};
+
+/// An IPv6 address: four words, each in network order.
+pub type Addr6 = [u32; 4];
+
+/// An address as the maps store it.
+pub const fn addr6(ip: Ipv6Addr) -> Addr6 {
+    let o = ip.octets();
+    [
+        u32::from_ne_bytes([o[0], o[1], o[2], o[3]]),
+        u32::from_ne_bytes([o[4], o[5], o[6], o[7]]),
+        u32::from_ne_bytes([o[8], o[9], o[10], o[11]]),
+        u32::from_ne_bytes([o[12], o[13], o[14], o[15]]),
+    ]
+}
+
+/// The address a map holds.
+pub fn ipv6(addr: Addr6) -> Ipv6Addr {
+    let mut o = [0u8; 16];
+    for (i, w) in addr.iter().enumerate() {
+        o[4 * i..4 * i + 4].copy_from_slice(&w.to_ne_bytes());
+    }
+    Ipv6Addr::from(o)
+}
+
+/// The `::ffff:0:0/96` prefix of IPv4-mapped addresses, as words.
+const V4_MAPPED_PREFIX: [u32; 3] = [0, 0, u32::from_ne_bytes([0, 0, 0xff, 0xff])];
+
+/// The IPv4 address (network order) of an IPv4-mapped IPv6 address
+/// (`::ffff:a.b.c.d`), which a dual-stack socket uses to reach IPv4.
+#[inline(always)]
+pub const fn v4_mapped(addr: &Addr6) -> Option<u32> {
+    if addr[0] == V4_MAPPED_PREFIX[0] && addr[1] == V4_MAPPED_PREFIX[1] && addr[2] == V4_MAPPED_PREFIX[2] { Some(addr[3]) } else { None }
+}
+
+/// `::ffff:a.b.c.d` for an IPv4 address (network order).
+#[inline(always)]
+pub const fn map_v4(addr: u32) -> Addr6 {
+    [V4_MAPPED_PREFIX[0], V4_MAPPED_PREFIX[1], V4_MAPPED_PREFIX[2], addr]
+}
+
+/// `LB6_SERVICES`: an IPv6 frontend (see [`Service4Key`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Service6Key {
+    pub addr: Addr6,
+    /// Frontend port, network order.
+    pub port: u16,
+    pub proto: u8,
+    pub scope: u8,
+}
+
+/// `LB6_BACKENDS[id]` (see [`Backend4`]): an unused slot has `addr` all
+/// zeroes (`::` is never a backend).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Backend6 {
+    pub addr: Addr6,
+    pub port: u16,
+    pub proto: u8,
+    pub flags: u8,
+    pub version: u16,
+    pub _pad: u16,
+}
+
+/// `LB6_REVNAT[id]`, indexed by the (shared) frontend ID (see
+/// [`RevNat4`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RevNat6 {
+    pub addr: Addr6,
+    pub port: u16,
+    pub version: u16,
+}
+
+/// `LB6_SOCK_REVNAT` key (see [`SockRevNat4Key`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct SockRevNat6Key {
+    pub cookie: u64,
+    pub addr: Addr6,
+    pub port: u16,
+    pub _pad: [u16; 3],
+}
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SockRevNat6 {
+    pub addr: Addr6,
+    pub port: u16,
+    pub _pad: u16,
+    pub frontend_id: u32,
+}
+
+/// An address family as the maps store it: its address type and the
+/// entries that hold one. The lookups, the backend choice and the socket
+/// translation are written once over this trait; [`V4`] and [`V6`] pick
+/// the keys, values (and, in the datapath, the maps).
+pub trait Family {
+    /// An address, in network order.
+    type Addr: Copy + PartialEq;
+    type ServiceKey: Copy;
+    type Backend: Copy;
+    type RevNat: Copy;
+    type SockRevNatKey: Copy;
+    type SockRevNat: Copy;
+
+    fn service_key(addr: Self::Addr, port: u16, proto: u8) -> Self::ServiceKey;
+    /// A backend's address and port, if the slot is in use.
+    fn backend_addr(b: &Self::Backend) -> Option<(Self::Addr, u16)>;
+    fn backend_version(b: &Self::Backend) -> u16;
+    /// A frontend slot's address, port and version, if it is in use.
+    fn rev_nat(r: &Self::RevNat) -> Option<(Self::Addr, u16, u16)>;
+    fn sock_rev_nat_key(cookie: u64, addr: Self::Addr, port: u16) -> Self::SockRevNatKey;
+    fn sock_rev_nat(addr: Self::Addr, port: u16, frontend_id: u32) -> Self::SockRevNat;
+    /// The frontend (address, port, ID) a socket's backend stands for.
+    fn sock_front(v: &Self::SockRevNat) -> (Self::Addr, u16, u32);
+}
+
+/// IPv4: the `LB4_*` maps.
+pub enum V4 {}
+/// IPv6: the `LB6_*` maps.
+pub enum V6 {}
+
+impl Family for V4 {
+    type Addr = u32;
+    type ServiceKey = Service4Key;
+    type Backend = Backend4;
+    type RevNat = RevNat4;
+    type SockRevNatKey = SockRevNat4Key;
+    type SockRevNat = SockRevNat4;
+
+    #[inline(always)]
+    fn service_key(addr: u32, port: u16, proto: u8) -> Service4Key {
+        Service4Key { addr, port, proto, scope: SCOPE_EXTERNAL }
+    }
+    #[inline(always)]
+    fn backend_addr(b: &Backend4) -> Option<(u32, u16)> {
+        (b.addr != 0).then_some((b.addr, b.port))
+    }
+    #[inline(always)]
+    fn backend_version(b: &Backend4) -> u16 {
+        b.version
+    }
+    #[inline(always)]
+    fn rev_nat(r: &RevNat4) -> Option<(u32, u16, u16)> {
+        (r.addr != 0).then_some((r.addr, r.port, r.version))
+    }
+    #[inline(always)]
+    fn sock_rev_nat_key(cookie: u64, addr: u32, port: u16) -> SockRevNat4Key {
+        SockRevNat4Key { cookie, addr, port, _pad: 0 }
+    }
+    #[inline(always)]
+    fn sock_rev_nat(addr: u32, port: u16, frontend_id: u32) -> SockRevNat4 {
+        SockRevNat4 { addr, port, _pad: 0, frontend_id }
+    }
+    #[inline(always)]
+    fn sock_front(v: &SockRevNat4) -> (u32, u16, u32) {
+        (v.addr, v.port, v.frontend_id)
+    }
+}
+
+#[inline(always)]
+const fn unspecified(a: &Addr6) -> bool {
+    a[0] | a[1] | a[2] | a[3] == 0
+}
+
+impl Family for V6 {
+    type Addr = Addr6;
+    type ServiceKey = Service6Key;
+    type Backend = Backend6;
+    type RevNat = RevNat6;
+    type SockRevNatKey = SockRevNat6Key;
+    type SockRevNat = SockRevNat6;
+
+    #[inline(always)]
+    fn service_key(addr: Addr6, port: u16, proto: u8) -> Service6Key {
+        Service6Key { addr, port, proto, scope: SCOPE_EXTERNAL }
+    }
+    #[inline(always)]
+    fn backend_addr(b: &Backend6) -> Option<(Addr6, u16)> {
+        (!unspecified(&b.addr)).then_some((b.addr, b.port))
+    }
+    #[inline(always)]
+    fn backend_version(b: &Backend6) -> u16 {
+        b.version
+    }
+    #[inline(always)]
+    fn rev_nat(r: &RevNat6) -> Option<(Addr6, u16, u16)> {
+        (!unspecified(&r.addr)).then_some((r.addr, r.port, r.version))
+    }
+    #[inline(always)]
+    fn sock_rev_nat_key(cookie: u64, addr: Addr6, port: u16) -> SockRevNat6Key {
+        SockRevNat6Key { cookie, addr, port, _pad: [0; 3] }
+    }
+    #[inline(always)]
+    fn sock_rev_nat(addr: Addr6, port: u16, frontend_id: u32) -> SockRevNat6 {
+        SockRevNat6 { addr, port, _pad: 0, frontend_id }
+    }
+    #[inline(always)]
+    fn sock_front(v: &SockRevNat6) -> (Addr6, u16, u32) {
+        (v.addr, v.port, v.frontend_id)
+    }
+}
+
+/// The frontend value is the same for both families.
+pub type Service6Value = Service4Value;
+
+// ---- ABI locks (`assert_layout!` from `maps`) ------------------------------
+
+assert_layout!(Service6Key, size = 20, addr @ 0, port @ 16, proto @ 18, scope @ 19);
+assert_layout!(Backend6, size = 24, addr @ 0, port @ 16, proto @ 18, flags @ 19, version @ 20, _pad @ 22);
+assert_layout!(RevNat6, size = 20, addr @ 0, port @ 16, version @ 18);
+assert_layout!(SockRevNat6Key, size = 32, cookie @ 0, addr @ 8, port @ 24, _pad @ 26);
+assert_layout!(SockRevNat6, size = 24, addr @ 0, port @ 16, _pad @ 18, frontend_id @ 20);
+
+#[cfg(feature = "user")]
+mod user {
+    use super::*;
+
+    macro_rules! pod {
+        ($($ty:ty),* $(,)?) => {$(
+            // SAFETY: repr(C), only integer fields, explicit padding: every
+            // bit pattern is valid and there are no implicit padding bytes
+            // (the layout asserts above prove the sizes add up).
+            unsafe impl aya::Pod for $ty {}
+            unsafe impl bytemuck::Zeroable for $ty {}
+            unsafe impl bytemuck::Pod for $ty {}
+        )*};
+    }
+
+    pod!(Service6Key, Backend6, RevNat6, SockRevNat6Key, SockRevNat6);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn words(a: Ipv6Addr) -> Addr6 {
+        let w = addr6(a);
+        assert_eq!(ipv6(w), a);
+        w
+    }
+
+    #[test]
+    fn v4_mapped_addresses_are_told_apart() {
+        let mapped = words("::ffff:10.96.0.10".parse().unwrap());
+        assert_eq!(v4_mapped(&mapped), Some(u32::from_ne_bytes([10, 96, 0, 10])));
+        assert_eq!(map_v4(u32::from_ne_bytes([10, 96, 0, 10])), mapped);
+        // Not mapped: a plain IPv6 address, the IPv4-compatible form
+        // (deprecated, `::a.b.c.d`) and NAT64's prefix.
+        for s in ["fd00:96::10", "::10.96.0.10", "64:ff9b::a60:a", "::1", "::"] {
+            assert_eq!(v4_mapped(&words(s.parse().unwrap())), None, "{s}");
+        }
+    }
+
+    #[test]
+    fn unused_slots_are_all_zero() {
+        let b = Backend6 { addr: [0; 4], port: 80u16.to_be(), proto: 6, flags: 0, version: 3, _pad: 0 };
+        assert_eq!(V6::backend_addr(&b), None);
+        let b = Backend6 { addr: words("fd00::1".parse().unwrap()), ..b };
+        assert_eq!(V6::backend_addr(&b), Some((b.addr, 80u16.to_be())));
+        assert_eq!(V6::backend_version(&b), 3);
+        let r = RevNat6 { addr: [0; 4], port: 0, version: 1 };
+        assert_eq!(V6::rev_nat(&r), None);
+        let r = RevNat6 { addr: words("fd00:96::10".parse().unwrap()), port: 53u16.to_be(), version: 1 };
+        assert_eq!(V6::rev_nat(&r), Some((r.addr, 53u16.to_be(), 1)));
+    }
+}

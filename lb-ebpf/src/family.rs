@@ -1,0 +1,96 @@
+//! The maps of each address family behind one trait, so that lookups,
+//! backend selection and the socket translation are written once (see
+//! `lb_common::maps6` for what the families share).
+
+use lb_common::{Addr6, Family, Service4Value, V4, V6, Vip4};
+
+use crate::{
+    maps::{LB4_SOCK_REVNAT, LB6_BACKENDS, LB6_REVNAT, LB6_SERVICES, LB6_SOCK_REVNAT, LB6_VIPS},
+    select,
+};
+
+/// Where a family's entries live. Every value is copied out of its map at
+/// once (an update can recycle a hash map slot under us).
+pub trait FamilyMaps: Family {
+    /// The frontend a client inside the cluster (the socket hooks' host
+    /// sockets) reaches at (addr, port, proto): the in-cluster entry of an
+    /// `externalTrafficPolicy: Local` address where there is one
+    /// (`select::in_cluster_service`), else the usual one.
+    fn service(addr: Self::Addr, port: u16, proto: u8) -> Option<Service4Value>;
+    /// The kinds of frontend at `addr`.
+    fn vip(addr: Self::Addr) -> Option<Vip4>;
+    /// The backend in slot `id`, if the slot is in use.
+    fn backend(id: u32) -> Option<Self::Backend>;
+    /// The frontend in slot `id` (address, port, version), if in use.
+    fn frontend(id: u32) -> Option<(Self::Addr, u16, u16)>;
+    fn sock_rev_nat_get(key: Self::SockRevNatKey) -> Option<Self::SockRevNat>;
+    fn sock_rev_nat_insert(key: Self::SockRevNatKey, value: Self::SockRevNat) -> Option<()>;
+    fn sock_rev_nat_remove(key: Self::SockRevNatKey) -> Option<()>;
+}
+
+impl FamilyMaps for V4 {
+    #[inline(always)]
+    fn service(addr: u32, port: u16, proto: u8) -> Option<Service4Value> {
+        select::in_cluster_service(addr, port, proto)
+    }
+    #[inline(always)]
+    fn vip(addr: u32) -> Option<Vip4> {
+        select::vip(addr)
+    }
+    #[inline(always)]
+    fn backend(id: u32) -> Option<lb_common::Backend4> {
+        select::backend(id)
+    }
+    #[inline(always)]
+    fn frontend(id: u32) -> Option<(u32, u16, u16)> {
+        select::rev_nat(id).map(|r| (r.addr, r.port, r.version))
+    }
+    #[inline(always)]
+    fn sock_rev_nat_get(key: Self::SockRevNatKey) -> Option<Self::SockRevNat> {
+        // SAFETY: the reference lives only until the value is copied out.
+        unsafe { LB4_SOCK_REVNAT.get(key).copied() }
+    }
+    #[inline(always)]
+    fn sock_rev_nat_insert(key: Self::SockRevNatKey, value: Self::SockRevNat) -> Option<()> {
+        LB4_SOCK_REVNAT.insert(key, value, 0).ok()
+    }
+    #[inline(always)]
+    fn sock_rev_nat_remove(key: Self::SockRevNatKey) -> Option<()> {
+        LB4_SOCK_REVNAT.remove(key).ok()
+    }
+}
+
+impl FamilyMaps for V6 {
+    #[inline(always)]
+    fn service(addr: Addr6, port: u16, proto: u8) -> Option<Service4Value> {
+        // SAFETY: copied out at once.
+        unsafe { LB6_SERVICES.get(V6::service_key(addr, port, proto)).copied() }
+    }
+    #[inline(always)]
+    fn vip(addr: Addr6) -> Option<Vip4> {
+        // SAFETY: copied out at once.
+        unsafe { LB6_VIPS.get(addr).copied() }
+    }
+    #[inline(always)]
+    fn backend(id: u32) -> Option<lb_common::Backend6> {
+        let be = *LB6_BACKENDS.get(id)?;
+        V6::backend_addr(&be).map(|_| be)
+    }
+    #[inline(always)]
+    fn frontend(id: u32) -> Option<(Addr6, u16, u16)> {
+        V6::rev_nat(LB6_REVNAT.get(id)?)
+    }
+    #[inline(always)]
+    fn sock_rev_nat_get(key: Self::SockRevNatKey) -> Option<Self::SockRevNat> {
+        // SAFETY: the reference lives only until the value is copied out.
+        unsafe { LB6_SOCK_REVNAT.get(key).copied() }
+    }
+    #[inline(always)]
+    fn sock_rev_nat_insert(key: Self::SockRevNatKey, value: Self::SockRevNat) -> Option<()> {
+        LB6_SOCK_REVNAT.insert(key, value, 0).ok()
+    }
+    #[inline(always)]
+    fn sock_rev_nat_remove(key: Self::SockRevNatKey) -> Option<()> {
+        LB6_SOCK_REVNAT.remove(key).ok()
+    }
+}
