@@ -31,7 +31,7 @@ use tracing::{info, warn};
 use crate::{
     datapath::{Datapath, XdpAttach, xdp_mode_name, xdp_why_text},
     host::{default_route_interfaces, ensure_accept_local, ifindex, interface_addresses},
-    model::{Backend, Cidr, Desired, Frontend, FrontendAddr, ServiceRef, ServiceType, TrafficPolicy},
+    model::{Backend, Cidr, Desired, Frontend, FrontendAddr, ServiceModel, ServiceRef, ServiceType, TrafficPolicy},
     probes::Heartbeat,
     reconcile::Reconciler,
     service_health::HealthChecks,
@@ -145,10 +145,12 @@ pub fn plan(t: &Translation, node: &NodeInfo) -> Plan {
     let mut out = Plan::default();
     let is_local = |b: &&Backend| node.node_name.is_some() && b.node_name.as_deref() == node.node_name.as_deref();
     for (svc, m) in &t.services {
-        let Some(cluster_ip) = m.cluster_ips.iter().find_map(|ip| match ip {
+        let cluster_ip = m.cluster_ips.iter().find_map(|ip| match ip {
             IpAddr::V4(a) => Some(*a),
             IpAddr::V6(_) => None,
-        }) else {
+        });
+        report_unserved(svc, m, &mut out.problems);
+        let Some(cluster_ip) = cluster_ip else {
             continue;
         };
         // Topology hints narrow the endpoints of cluster traffic (see
@@ -262,6 +264,40 @@ pub fn plan(t: &Translation, node: &NodeInfo) -> Plan {
         }
     }
     out
+}
+
+/// Names the north-south addresses of `svc` that [`plan`] does not serve
+/// (each one a problem, so counted as skipped): IPv6 external and
+/// LoadBalancer IPs, as there is no IPv6 north-south path yet; and, on an
+/// IPv6-only Service (its endpoints are IPv6), its IPv4 ones and its
+/// NodePorts too. A headless Service has no frontend at all: nothing to say.
+fn report_unserved(svc: &ServiceRef, m: &ServiceModel, problems: &mut BTreeSet<String>) {
+    if m.cluster_ips.is_empty() {
+        return;
+    }
+    let has_ipv4 = m.cluster_ips.iter().any(IpAddr::is_ipv4);
+    let why = |ip: &IpAddr| match ip {
+        IpAddr::V6(_) => Some("IPv6 north-south is not supported yet"),
+        IpAddr::V4(_) if !has_ipv4 => Some("the Service has no IPv4 ClusterIP"),
+        IpAddr::V4(_) => None,
+    };
+    for ip in &m.external_ips {
+        if let Some(why) = why(ip) {
+            problems.insert(format!("Service {svc}: external IP {ip} is not served: {why}"));
+        }
+    }
+    if m.service_type == ServiceType::LoadBalancer {
+        for ip in &m.load_balancer_ips {
+            if let Some(why) = why(ip) {
+                problems.insert(format!("Service {svc}: LoadBalancer IP {ip} is not served: {why}"));
+            }
+        }
+    }
+    if !has_ipv4 && m.service_type.has_node_ports() {
+        for np in m.ports.iter().filter_map(|p| p.node_port) {
+            problems.insert(format!("Service {svc}: nodePort {np} is not served: the Service has no IPv4 ClusterIP"));
+        }
+    }
 }
 
 /// North-south settings of `lb-agent run`.

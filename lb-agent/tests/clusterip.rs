@@ -130,6 +130,45 @@ fn host_namespace_client_reaches_the_cluster_ip() {
     assert!(tcp_request(&lab.lab.pod("client").ns, vip(80)).is_ok());
 }
 
+/// The IPv4 socket hooks' refusals and session affinity, for host clients:
+/// a ClusterIP port no Service defines is refused; an
+/// `internalTrafficPolicy: Local` Service with no endpoint on this node
+/// has no route to one; ClientIP affinity pins the host (one client) to
+/// one backend.
+#[test]
+fn host_sockets_are_refused_where_nothing_serves_and_keep_their_affinity() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let lab = lab();
+    let dir = ManifestDir::new("host-verdicts");
+    let ips = lab.ips(&["web-a", "web-b", "web-c"]);
+    let sticky = service_yaml("web", VIP, 80, "TCP", 8080, &ips).replace("  ports:", "  sessionAffinity: ClientIP\n  ports:");
+    dir.write("web.yaml", &sticky);
+    let local = service_yaml("local", "10.96.0.20", 80, "TCP", 8080, &ips[..1])
+        .replace("  ports:", "  internalTrafficPolicy: Local\n  ports:")
+        .replace("  conditions:", "  nodeName: node-2\n  conditions:");
+    dir.write("local.yaml", &local);
+    let agent = Agent::start_with(&lab.lab.node, &dir.0, common::PinDir::new("host-verdicts"), &["--node-name", "node-1"]);
+    agent.wait_rows("both services", |rows| rows.len() == 2);
+    let node = &lab.lab.node;
+
+    let started = Instant::now();
+    let err = tcp_request(node, vip(81)).expect_err("no Service on port 81");
+    assert!(lb_lab::is_connection_refused(&err), "an unserved ClusterIP port: {err:#}");
+    let local_vip = SocketAddrV4::new("10.96.0.20".parse().unwrap(), 80);
+    let err = tcp_request(node, local_vip).expect_err("no local endpoint");
+    assert_eq!(lb_lab::io_error(&err).and_then(std::io::Error::raw_os_error), Some(libc::EHOSTUNREACH), "{err:#}");
+    assert!(started.elapsed() < Duration::from_secs(1), "refusals are immediate, not timeouts");
+
+    let mut seen = BTreeMap::<String, usize>::new();
+    for i in 0..20 {
+        let tag = tcp_request(node, vip(80)).unwrap_or_else(|e| panic!("host request {i}: {e:#}\n{}", agent.log_text()));
+        *seen.entry(tag).or_default() += 1;
+    }
+    assert_eq!(seen.len(), 1, "ClientIP affinity holds for host sockets: {seen:?}");
+}
+
 #[test]
 fn manifest_changes_apply_without_restart() {
     if !kernel_tests_enabled() {

@@ -10,7 +10,7 @@ use aya_ebpf::{bindings::bpf_sock_addr, macros::cgroup_sock_addr, programs::Sock
 use lb_common::{Addr6, V4, V6, map_v4, v4_mapped};
 
 use crate::{
-    sock::{ALLOW, host_config, refuse, verdict},
+    sock::{ALLOW, host_config, verdict},
     sock_family::{Forward, forward, reverse},
 };
 
@@ -89,15 +89,8 @@ fn try_forward6(ctx: &SockAddrContext) -> Option<i32> {
         },
         None => forward::<V6>(ctx, &cfg, addr, port, proto)?,
     };
-    match to {
-        Forward::Pass => Some(ALLOW),
-        Forward::Refuse(errno) => Some(refuse(errno)),
-        Forward::To(be, be_port) => {
-            // SAFETY: the program's context.
-            unsafe { write_addr6(sa, be, be_port) };
-            Some(ALLOW)
-        }
-    }
+    // SAFETY: the program's context.
+    Some(to.apply(|be, be_port| unsafe { write_addr6(sa, be, be_port) }))
 }
 
 #[inline(always)]

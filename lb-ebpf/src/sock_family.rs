@@ -1,7 +1,7 @@
 //! The socket translation of the connect/sendmsg and recvmsg/getpeername
-//! hooks, written once over an address family ([`FamilyMaps`]): the IPv6
-//! hooks use it for IPv6 and, on dual-stack sockets, for IPv4-mapped
-//! addresses.
+//! hooks, written once over an address family ([`FamilyMaps`]): the IPv4
+//! hooks (`sock`) use it for IPv4, the IPv6 hooks (`sock6`) for IPv6 and,
+//! on dual-stack sockets, for IPv4-mapped addresses.
 
 use aya_ebpf::{EbpfContext, helpers::bpf_get_socket_cookie, programs::SockAddrContext};
 use lb_common::{AFFINITY_NETNS, Config, hash::fmix32, stat, svc_flags, vip_flags};
@@ -9,7 +9,7 @@ use lb_common::{AFFINITY_NETNS, Config, hash::fmix32, stat, svc_flags, vip_flags
 use crate::{
     family::FamilyMaps,
     select::{now_ns, select_backend_of},
-    sock::{ECONNREFUSED, EHOSTUNREACH},
+    sock::{ALLOW, ECONNREFUSED, EHOSTUNREACH, refuse},
     stats,
 };
 
@@ -21,6 +21,23 @@ pub enum Forward<A> {
     Refuse(i32),
     /// Goes to this backend (address, port in network order).
     To(A, u16),
+}
+
+impl<A> Forward<A> {
+    /// The hook's verdict: a refusal fails the syscall; a backend is
+    /// written into the socket address by `write` (address, port in
+    /// network order).
+    #[inline(always)]
+    pub fn apply(self, write: impl FnOnce(A, u16)) -> i32 {
+        match self {
+            Forward::Pass => ALLOW,
+            Forward::Refuse(errno) => refuse(errno),
+            Forward::To(be, be_port) => {
+                write(be, be_port);
+                ALLOW
+            }
+        }
+    }
 }
 
 /// The translation of a connect or sendmsg from a host socket to

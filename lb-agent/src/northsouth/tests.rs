@@ -174,6 +174,46 @@ fn node_ports_outside_the_range_and_clashes_are_reported() {
 }
 
 #[test]
+fn ipv6_north_south_addresses_are_reported_not_dropped_silently() {
+    // Dual-stack: the IPv4 addresses are served, each IPv6 one is named
+    // once (not once per port).
+    let yaml = svc("Cluster", "")
+        .replace("clusterIP: 10.96.0.10", "clusterIP: 10.96.0.10\n  clusterIPs: [10.96.0.10, \"fd00:96::10\"]")
+        .replace("externalIPs: [192.168.60.5]", "externalIPs: [192.168.60.5, \"fd00:60::5\"]")
+        .replace("ingress: [{ip: 192.168.60.10}]", "ingress: [{ip: 192.168.60.10}, {ip: \"fd00:60::10\"}]");
+    let t = run(&yaml);
+    assert!(t.problems.is_empty(), "{:?}", t.problems);
+    let p = plan(&t, &node("node-a"));
+    assert_eq!(p.frontends.len(), 8, "{:#?}", p.frontends.keys().collect::<Vec<_>>());
+    assert!(p.frontends.contains_key(&fa("192.168.60.5:80", Protocol::Tcp)));
+    assert!(p.frontends.contains_key(&fa("192.168.60.10:53", Protocol::Udp)));
+    assert_eq!(
+        p.problems.iter().map(String::as_str).collect::<Vec<_>>(),
+        [
+            "Service demo/web: LoadBalancer IP fd00:60::10 is not served: IPv6 north-south is not supported yet",
+            "Service demo/web: external IP fd00:60::5 is not served: IPv6 north-south is not supported yet",
+        ]
+    );
+
+    // IPv6-only: nothing north-south is served, and all of it is named.
+    let yaml = svc("Cluster", "")
+        .replace("clusterIP: 10.96.0.10", "clusterIPs: [\"fd00:96::10\"]\n  ipFamilies: [IPv6]")
+        .replace("externalIPs: [192.168.60.5]", "externalIPs: [192.168.60.5, \"fd00:60::5\"]");
+    let p = plan(&run(&yaml), &node("node-a"));
+    assert!(p.frontends.is_empty(), "{:#?}", p.frontends.keys().collect::<Vec<_>>());
+    assert_eq!(
+        p.problems.iter().map(String::as_str).collect::<Vec<_>>(),
+        [
+            "Service demo/web: LoadBalancer IP 192.168.60.10 is not served: the Service has no IPv4 ClusterIP",
+            "Service demo/web: external IP 192.168.60.5 is not served: the Service has no IPv4 ClusterIP",
+            "Service demo/web: external IP fd00:60::5 is not served: IPv6 north-south is not supported yet",
+            "Service demo/web: nodePort 30053 is not served: the Service has no IPv4 ClusterIP",
+            "Service demo/web: nodePort 30080 is not served: the Service has no IPv4 ClusterIP",
+        ]
+    );
+}
+
+#[test]
 fn port_ranges_parse() {
     assert_eq!("30000-32767".parse::<PortRange>().unwrap(), DEFAULT_NODEPORT_RANGE);
     assert!("0-10".parse::<PortRange>().is_err());
