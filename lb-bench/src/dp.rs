@@ -61,7 +61,7 @@ pub struct Installed<'a> {
     /// How long installing took.
     pub took: Duration,
     /// Ours on a cluster node: the XDP mode that ran on the external
-    /// interface (`generic, auto mode`).
+    /// interface and the mode asked for (`generic, --xdp-mode auto`).
     pub xdp: Option<String>,
     ours: Option<(Datapath, Reconciler, sys::Pins)>,
     node: &'a lb_lab::Netns,
@@ -74,9 +74,10 @@ pub struct NorthSouthSetup {
     pub node_name: String,
     /// The node address NodePorts are served on.
     pub node_ip: Ipv4Addr,
-    /// The external interface: lb attaches its XDP program there in
-    /// `auto` mode, as the agent does.
+    /// The external interface: lb attaches its XDP program there.
     pub ext_if: String,
+    /// How (`--xdp-mode`; the agent's default is `auto`).
+    pub xdp_mode: XdpAttach,
     /// The node of each endpoint address (others: unknown).
     pub endpoint_nodes: Vec<(Ipv4Addr, String)>,
 }
@@ -142,7 +143,7 @@ pub fn install_on<'a>(
                     let cfg = NorthSouthConfig {
                         node_name: Some(ns.node_name.clone()),
                         external_ifaces: vec![ns.ext_if.clone()],
-                        xdp_mode: XdpAttach::Auto,
+                        xdp_mode: ns.xdp_mode,
                         ..NorthSouthConfig::default()
                     };
                     (dp, rec) = node.run(move || -> Result<(Datapath, Reconciler)> {
@@ -151,7 +152,7 @@ pub fn install_on<'a>(
                     })?;
                     if let Some((name, mode, why)) = dp.xdp_interfaces().next() {
                         eprintln!("lb-bench: lb's XDP program on {name}: {} ({})", xdp_mode_name(mode), xdp_why_text(why));
-                        xdp = Some(format!("{}, auto mode", xdp_mode_name(mode)));
+                        xdp = Some(format!("{}, --xdp-mode {}", xdp_mode_name(mode), ns.xdp_mode));
                     }
                     let nodes = ns.endpoint_nodes.clone();
                     let node_of = move |ip: Ipv4Addr| nodes.iter().find(|(a, _)| *a == ip).map(|(_, n)| n.clone());
