@@ -1,5 +1,13 @@
-//! B4: throughput through the node, client pod -> service -> backend pod,
-//! for each datapath in a fresh lab with 1,000 services programmed.
+//! B4: throughput through the node, for each datapath in a fresh lab with
+//! 1,000 services programmed:
+//!
+//! - east-west: client pod -> ClusterIP -> backend pod ([`NodeLab`]);
+//! - north-south: the external client of a two-node [`ClusterLab`] ->
+//!   node A's NodePort -> a backend pod on node A, and -> a backend pod on
+//!   node B (DNAT + SNAT to node A's address, back out of the external
+//!   interface). kube-proxy marks NodePort traffic for masquerade in both
+//!   cases; lb (its XDP program on the external interface, `auto` mode as
+//!   the agent attaches it) only DNATs towards a local pod.
 //!
 //! - UDP: one connected socket sends 64-byte datagrams as fast as it can
 //!   for `seconds`; a sink in the backend pod counts what arrives.
@@ -21,7 +29,8 @@ use std::{
 };
 
 use anyhow::{Context, Result, ensure};
-use lb_lab::NodeLab;
+use lb_agent::datapath::XdpAttach;
+use lb_lab::{ClusterLab, NodeLab};
 
 use crate::{
     b2,
@@ -40,9 +49,38 @@ pub struct B4Options {
 pub const SERVICES: usize = 1_000;
 const UDP_PAYLOAD: usize = 64;
 
+/// The NodePorts of the north-south rows (the local and the remote
+/// backend's services).
+pub const NODE_PORT_LOCAL: u16 = 30080;
+pub const NODE_PORT_REMOTE: u16 = 30081;
+
+/// Which way the traffic goes through the node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum B4Path {
+    /// Client pod -> ClusterIP -> backend pod on the same node.
+    ClusterIp,
+    /// External client -> NodePort -> backend pod on that node.
+    NodePortLocal,
+    /// External client -> NodePort -> backend pod on another node.
+    NodePortRemote,
+}
+
+impl std::fmt::Display for B4Path {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            B4Path::ClusterIp => "pod → ClusterIP → pod",
+            B4Path::NodePortLocal => "external → NodePort → pod on the node",
+            B4Path::NodePortRemote => "external → NodePort → pod on another node",
+        })
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct B4Row {
     pub kind: Kind,
+    pub path: B4Path,
+    /// lb's north-south rows: the XDP mode that ran, and why.
+    pub xdp: Option<String>,
     /// Datagrams per second sent and received.
     pub udp_sent_pps: f64,
     pub udp_pps: f64,
@@ -176,20 +214,18 @@ fn tcp_send(ns: &lb_lab::Netns, to: SocketAddrV4, secs: f64) -> Result<u64> {
     })
 }
 
-fn run_one(kind: Kind, o: &B4Options) -> Result<B4Row> {
-    crate::sys::wait_quiet(o.quiet_max);
-    let lab = NodeLab::new(&["client", "be0"])?;
-    let be = &lab.pods[1];
-    let mut svcs = b2::service_list(SERVICES, 10, &[be.ip]);
-    // The target service gets a UDP port too.
-    let target = svcs[0].clone();
-    svcs.push(target.udp_twin());
-    let installed = dp::install(kind, &lab, &svcs, None)?.expect("no budget");
-    let to = SocketAddrV4::new(target.ip, target.port);
-    let sink_addr = SocketAddrV4::new(be.ip, services::TARGET_PORT);
-    let client = &lab.pods[0].ns;
-
-    let udp = udp_sink(&be.ns, sink_addr)?;
+/// Sends UDP, then TCP, from `client` to `to` for `o.seconds` each, and
+/// counts what a sink on `sink_addr` in `sink_ns` receives.
+fn measure(
+    kind: Kind,
+    path: B4Path,
+    client: &lb_lab::Netns,
+    to: SocketAddrV4,
+    sink_ns: &lb_lab::Netns,
+    sink_addr: SocketAddrV4,
+    o: &B4Options,
+) -> Result<B4Row> {
+    let udp = udp_sink(sink_ns, sink_addr)?;
     // Warm-up (neighbours, conntrack entry).
     let _ = udp_send(client, to, 0.05)?;
     std::thread::sleep(Duration::from_millis(100));
@@ -201,9 +237,9 @@ fn run_one(kind: Kind, o: &B4Options) -> Result<B4Row> {
     let elapsed = start.elapsed().as_secs_f64() - 0.1;
     let got = udp.count() - before;
     drop(udp);
-    ensure!(got > 0, "{kind}: no UDP datagram reached the backend");
+    ensure!(got > 0, "{kind}, {path}: no UDP datagram reached the backend");
 
-    let tcp = tcp_sink(&be.ns, sink_addr)?;
+    let tcp = tcp_sink(sink_ns, sink_addr)?;
     let before = tcp.count();
     let start = Instant::now();
     let (sent_bytes, tcp_softirq_pct) = with_softirq(|| tcp_send(client, to, o.seconds));
@@ -212,10 +248,11 @@ fn run_one(kind: Kind, o: &B4Options) -> Result<B4Row> {
     let tcp_elapsed = start.elapsed().as_secs_f64() - 0.1;
     let bytes = tcp.count() - before;
     drop(tcp);
-    ensure!(bytes > 0, "{kind}: no TCP data reached the backend");
-    drop(installed);
+    ensure!(bytes > 0, "{kind}, {path}: no TCP data reached the backend");
     let row = B4Row {
         kind,
+        path,
+        xdp: None,
         udp_sent_pps: sent as f64 / elapsed,
         udp_pps: got as f64 / elapsed,
         udp_softirq_pct,
@@ -223,7 +260,7 @@ fn run_one(kind: Kind, o: &B4Options) -> Result<B4Row> {
         tcp_softirq_pct,
     };
     eprintln!(
-        "lb-bench: B4 {kind:<20}: UDP {:.0} pps received ({:.0} sent), softirq {:.1}%; TCP {:.2} Gbit/s, softirq {:.1}%",
+        "lb-bench: B4 {kind:<20} {path}: UDP {:.0} pps received ({:.0} sent), softirq {:.1}%; TCP {:.2} Gbit/s, softirq {:.1}%",
         row.udp_pps,
         row.udp_sent_pps,
         row.udp_softirq_pct,
@@ -233,6 +270,94 @@ fn run_one(kind: Kind, o: &B4Options) -> Result<B4Row> {
     Ok(row)
 }
 
+fn run_one(kind: Kind, o: &B4Options) -> Result<B4Row> {
+    crate::sys::wait_quiet(o.quiet_max);
+    let lab = NodeLab::new(&["client", "be0"])?;
+    let be = &lab.pods[1];
+    let mut svcs = b2::service_list(SERVICES, 10, &[be.ip]);
+    // The target service gets a UDP port too.
+    let target = svcs[0].clone();
+    svcs.push(target.udp_twin());
+    let installed = dp::install(kind, &lab, &svcs, None)?.expect("no budget");
+    let to = SocketAddrV4::new(target.ip, target.port);
+    let sink_addr = SocketAddrV4::new(be.ip, services::TARGET_PORT);
+    let row = measure(kind, B4Path::ClusterIp, &lab.pods[0].ns, to, &be.ns, sink_addr, o)?;
+    drop(installed);
+    Ok(row)
+}
+
+/// The north-south rows of one datapath: a two-node cluster, the
+/// datapath on node A (node B only routes to its pod), one NodePort
+/// service (TCP and UDP) per backend.
+fn run_north_south(kind: Kind, xdp_mode: XdpAttach, o: &B4Options) -> Result<Vec<B4Row>> {
+    crate::sys::wait_quiet(o.quiet_max);
+    let lab = ClusterLab::new(&[&["be-local"], &["be-remote"]])?;
+    let (node, other) = (lab.node(0), lab.node(1));
+    let (local, remote) = (&node.pods[0], &other.pods[0]);
+    let mut svcs = b2::service_list(SERVICES, 10, &[local.ip]);
+    let last = svcs.len() - 1;
+    svcs[0].node_port = Some(NODE_PORT_LOCAL);
+    svcs[last].endpoints = vec![(remote.ip, services::TARGET_PORT)];
+    svcs[last].node_port = Some(NODE_PORT_REMOTE);
+    let (a, b) = (svcs[0].udp_twin(), svcs[last].udp_twin());
+    svcs.extend([a, b]);
+    let setup = dp::NorthSouthSetup {
+        node_name: node.name.clone(),
+        node_ip: node.ip,
+        ext_if: lb_lab::EXT_IF.to_string(),
+        xdp_mode,
+        endpoint_nodes: vec![(local.ip, node.name.clone()), (remote.ip, other.name.clone())],
+    };
+    let pod_ifaces: Vec<String> = node.pods.iter().map(|p| p.host_if.clone()).collect();
+    // Native XDP on a veth: frames it transmits (XDP_TX) reach the peer
+    // only when the peer runs XDP too; the switch ports run XDP_PASS.
+    let _switch = match (kind, xdp_mode) {
+        (Kind::Ours, XdpAttach::Native) => Some(switch_xdp_pass(&lab)?),
+        _ => None,
+    };
+    let installed = dp::install_on(kind, &node.ns, &pod_ifaces, Some(&setup), &svcs, None)?.expect("no budget");
+    if let Some(mode) = &installed.xdp {
+        eprintln!("lb-bench: B4 {kind}: XDP {mode} on {} of {}", setup.ext_if, node.name);
+    }
+    let mut rows = Vec::new();
+    for (path, be, np) in [(B4Path::NodePortLocal, local, NODE_PORT_LOCAL), (B4Path::NodePortRemote, remote, NODE_PORT_REMOTE)] {
+        let to = SocketAddrV4::new(node.ip, np);
+        let sink = SocketAddrV4::new(be.ip, services::TARGET_PORT);
+        let row = measure(kind, path, &lab.client, to, &be.ns, sink, o)?;
+        rows.push(B4Row { xdp: installed.xdp.clone(), ..row });
+    }
+    drop(installed);
+    Ok(rows)
+}
+
+/// `lb_xdp_pass` in native mode on every switch port of `lab`, until the
+/// returned object is dropped.
+fn switch_xdp_pass(lab: &ClusterLab) -> Result<aya::Ebpf> {
+    let ports = lab.switch_ports();
+    lab.switch.run(move || -> Result<aya::Ebpf> {
+        let mut ebpf = aya::Ebpf::load(lb_agent::EBPF_OBJECT).context("loading the eBPF object for the switch")?;
+        let name = lb_agent::datapath::XDP_PASS_PROGRAM;
+        let pass: &mut aya::programs::Xdp = ebpf.program_mut(name).with_context(|| format!("{name} missing"))?.try_into()?;
+        pass.load()?;
+        for port in &ports {
+            pass.attach(port, aya::programs::XdpMode::Driver).with_context(|| format!("attaching {name} to switch port {port}"))?;
+        }
+        Ok(ebpf)
+    })
+}
+
 pub fn run(o: &B4Options) -> Result<Vec<B4Row>> {
-    Kind::ALL.iter().map(|&k| run_one(k, o).with_context(|| format!("B4 {k}"))).collect()
+    let mut rows = Vec::new();
+    for &k in &Kind::ALL {
+        rows.push(run_one(k, o).with_context(|| format!("B4 {k}"))?);
+    }
+    for &k in &Kind::ALL {
+        rows.extend(run_north_south(k, XdpAttach::Auto, o).with_context(|| format!("B4 north-south {k}"))?);
+    }
+    // lb once more with native XDP (the lab allows it with XDP on the
+    // switch ports).
+    rows.extend(run_north_south(Kind::Ours, XdpAttach::Native, o).context("B4 north-south, lb with native XDP")?);
+    // Grouped by path, datapaths in order within each.
+    rows.sort_by_key(|r| (r.path, r.kind));
+    Ok(rows)
 }

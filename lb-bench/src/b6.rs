@@ -122,6 +122,7 @@ pub fn kube_proxy_view(c: &ChurnSvc) -> Option<Svc> {
         port: c.port,
         proto: Protocol::Tcp,
         endpoints: c.endpoints.iter().map(|&ip| (ip, c.target_port)).collect(),
+        node_port: None,
     })
 }
 

@@ -1,17 +1,20 @@
 //! The three datapaths of B2 and B4, installed into a lab node namespace
 //! from one service list: ours (the tc program on the pod interfaces, maps
-//! filled through the reconciler), kube-proxy's iptables rules and
-//! kube-proxy's nftables rules.
+//! filled through the reconciler; on a cluster node also the XDP program
+//! on the external interface, for NodePorts), kube-proxy's iptables rules
+//! and kube-proxy's nftables rules.
 
-use std::{fmt, time::Duration};
+use std::{fmt, net::Ipv4Addr, time::Duration};
 
 use anyhow::{Context, Result};
 use lb_agent::{
-    datapath::{Datapath, MapSizes},
+    datapath::{Datapath, MapSizes, XdpAttach, xdp_mode_name, xdp_why_text},
     maps::Maps,
+    northsouth::{NorthSouth, NorthSouthConfig},
+    probes::Heartbeat,
     reconcile::Reconciler,
 };
-use lb_lab::NodeLab;
+use lb_lab::{Netns, NodeLab};
 
 use crate::{
     b1,
@@ -57,8 +60,26 @@ pub struct Installed<'a> {
     pub kind: Kind,
     /// How long installing took.
     pub took: Duration,
+    /// Ours on a cluster node: the XDP mode that ran on the external
+    /// interface and the mode asked for (`generic, --xdp-mode auto`).
+    pub xdp: Option<String>,
     ours: Option<(Datapath, Reconciler, sys::Pins)>,
     node: &'a lb_lab::Netns,
+}
+
+/// What an install on a cluster node adds for north-south traffic.
+#[derive(Clone, Debug)]
+pub struct NorthSouthSetup {
+    /// This node's name (endpoints' `nodeName`).
+    pub node_name: String,
+    /// The node address NodePorts are served on.
+    pub node_ip: Ipv4Addr,
+    /// The external interface: lb attaches its XDP program there.
+    pub ext_if: String,
+    /// How (`--xdp-mode`; the agent's default is `auto`).
+    pub xdp_mode: XdpAttach,
+    /// The node of each endpoint address (others: unknown).
+    pub endpoint_nodes: Vec<(Ipv4Addr, String)>,
 }
 
 /// Above this many backends the maps are filled directly (see
@@ -68,9 +89,25 @@ pub const RECONCILE_LIMIT: usize = 2_000_000;
 /// Installs `kind` with `svcs` into the lab's node. `None` when the rules
 /// did not load within `budget` (the command was stopped).
 pub fn install<'a>(kind: Kind, lab: &'a NodeLab, svcs: &[Svc], budget: Option<std::time::Duration>) -> Result<Option<Installed<'a>>> {
-    let node = &lab.node;
+    let ifaces: Vec<String> = lab.pods.iter().map(|p| p.host_if.clone()).collect();
+    install_on(kind, &lab.node, &ifaces, None, svcs, budget)
+}
+
+/// Installs `kind` with `svcs` into `node`, whose pods sit behind
+/// `pod_ifaces`; with `north_south`, NodePorts are served from outside too
+/// (kube-proxy: the services' NodePort rules; ours: the XDP program and
+/// the NodePort frontends).
+pub fn install_on<'a>(
+    kind: Kind,
+    node: &'a Netns,
+    pod_ifaces: &[String],
+    north_south: Option<&NorthSouthSetup>,
+    svcs: &[Svc],
+    budget: Option<std::time::Duration>,
+) -> Result<Option<Installed<'a>>> {
     let started = std::time::Instant::now();
     let mut ours = None;
+    let mut xdp = None;
     match kind {
         Kind::Ours => {
             let pins = sys::Pins::new("dp");
@@ -82,11 +119,11 @@ pub fn install<'a>(kind: Kind, lab: &'a NodeLab, svcs: &[Svc], budget: Option<st
                 ct_tcp: 262_144,
                 ..MapSizes::default()
             };
-            let ifaces: Vec<String> = lab.pods.iter().map(|p| p.host_if.clone()).collect();
+            let ifaces = pod_ifaces.to_vec();
             let path = pins.path().to_path_buf();
             // Attaching resolves interface names in the calling thread's
             // namespace: do it from inside the node.
-            let dp = lab.node.run(move || -> Result<Datapath> {
+            let dp = node.run(move || -> Result<Datapath> {
                 let mut dp = Datapath::load(&path, &sizes)?;
                 for i in &ifaces {
                     dp.attach_tc(lb_agent::host::ifindex(i)?, i)?;
@@ -95,13 +132,38 @@ pub fn install<'a>(kind: Kind, lab: &'a NodeLab, svcs: &[Svc], budget: Option<st
             })?;
             let mut maps = Maps::open(pins.path())?;
             maps.write_config(&crate::ready_config())?;
-            let rec = Reconciler::recover(maps)?;
-            let desired = services::to_desired(svcs);
+            let mut rec = Reconciler::recover(maps)?;
+            let mut dp = dp;
+            let desired = match north_south {
+                None => services::to_desired(svcs),
+                Some(ns) => {
+                    // What the agent does at start: XDP on the external
+                    // interface, this node's settings (SNAT address from
+                    // the interface), its name.
+                    let cfg = NorthSouthConfig {
+                        node_name: Some(ns.node_name.clone()),
+                        external_ifaces: vec![ns.ext_if.clone()],
+                        xdp_mode: ns.xdp_mode,
+                        ..NorthSouthConfig::default()
+                    };
+                    (dp, rec) = node.run(move || -> Result<(Datapath, Reconciler)> {
+                        NorthSouth::start(&cfg, &mut dp, &mut rec, Heartbeat::default())?;
+                        Ok((dp, rec))
+                    })?;
+                    if let Some((name, mode, why)) = dp.xdp_interfaces().next() {
+                        eprintln!("lb-bench: lb's XDP program on {name}: {} ({})", xdp_mode_name(mode), xdp_why_text(why));
+                        xdp = Some(format!("{}, --xdp-mode {}", xdp_mode_name(mode), ns.xdp_mode));
+                    }
+                    let nodes = ns.endpoint_nodes.clone();
+                    let node_of = move |ip: Ipv4Addr| nodes.iter().find(|(a, _)| *a == ip).map(|(_, n)| n.clone());
+                    services::to_desired_with_nodeports(svcs, ns.node_ip, &node_of)
+                }
+            };
             let (rec, _) = b1::fill(pins.path(), rec, &desired, backends <= RECONCILE_LIMIT)?;
             ours = Some((dp, rec, pins));
         }
         Kind::Iptables | Kind::IptablesLegacy => {
-            let mut cmd = lab.node.command(kind.restore_command());
+            let mut cmd = node.command(kind.restore_command());
             cmd.arg("--noflush");
             if sys::run_stdin(&mut cmd, &services::iptables_restore(svcs, false), budget).context("iptables-restore")?.is_none() {
                 // Whatever was loaded goes with the lab's namespace.
@@ -109,14 +171,14 @@ pub fn install<'a>(kind: Kind, lab: &'a NodeLab, svcs: &[Svc], budget: Option<st
             }
         }
         Kind::Nftables => {
-            let mut cmd = lab.node.command("nft");
+            let mut cmd = node.command("nft");
             cmd.args(["-f", "-"]);
             if sys::run_stdin(&mut cmd, &services::nft_full(svcs), budget).context("nft -f")?.is_none() {
                 return Ok(None);
             }
         }
     }
-    Ok(Some(Installed { kind, took: started.elapsed(), ours, node }))
+    Ok(Some(Installed { kind, took: started.elapsed(), xdp, ours, node }))
 }
 
 impl Drop for Installed<'_> {

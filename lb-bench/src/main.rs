@@ -68,6 +68,11 @@ struct Cli {
     /// B4: seconds per throughput run.
     #[arg(long)]
     b4_seconds: Option<f64>,
+    /// B4: the longest wait, in seconds, for a quiet machine before each
+    /// datapath's lab (on a shared, busy machine: a smaller wait, figures
+    /// taken under load).
+    #[arg(long)]
+    b4_quiet_max_s: Option<u64>,
     /// B6: seconds of churn (one step every 200 ms).
     #[arg(long)]
     b6_seconds: Option<f64>,
@@ -150,6 +155,11 @@ fn main() -> Result<()> {
         && let Some(v) = cli.b4_seconds
     {
         b4.seconds = v;
+    }
+    if let Some(b4) = &mut o.b4
+        && let Some(v) = cli.b4_quiet_max_s
+    {
+        b4.quiet_max = std::time::Duration::from_secs(v);
     }
     if let Some(b6) = &mut o.b6 {
         if let Some(v) = cli.b6_seconds {

@@ -253,12 +253,31 @@ pub fn write_all(r: &Report, dir: &Path) -> Result<Vec<String>> {
     }
     if let Some(rows) = &r.b4 {
         let name = "bench-b4-throughput.png";
-        let base = rows.iter().find(|r| r.kind == Kind::Iptables);
-        if let Some(base) = base {
-            let cats = vec!["UDP packets/s".to_string(), "TCP bits/s".to_string()];
-            let series: Vec<(String, Vec<f64>)> = rows
+        // One pair of categories per path, each relative to iptables on it.
+        let mut paths: Vec<_> = rows.iter().map(|r| r.path).collect();
+        paths.dedup();
+        let base = |p| rows.iter().find(|r| r.kind == Kind::Iptables && r.path == p);
+        let paths: Vec<_> = paths.into_iter().filter(|&p| base(p).is_some()).collect();
+        if !paths.is_empty() {
+            let cats: Vec<String> = paths.iter().flat_map(|p| [format!("UDP pps, {p}"), format!("TCP bit/s, {p}")]).collect();
+            let mut kinds: Vec<Kind> = rows.iter().map(|r| r.kind).collect();
+            kinds.sort();
+            kinds.dedup();
+            let series: Vec<(String, Vec<f64>)> = kinds
                 .iter()
-                .map(|r| (r.kind.to_string(), vec![r.udp_pps / base.udp_pps.max(1.0), r.tcp_bps / base.tcp_bps.max(1.0)]))
+                .map(|&k| {
+                    let v = paths
+                        .iter()
+                        .flat_map(|&p| {
+                            let b = base(p).expect("filtered");
+                            match rows.iter().find(|r| r.kind == k && r.path == p) {
+                                Some(r) => [r.udp_pps / b.udp_pps.max(1.0), r.tcp_bps / b.tcp_bps.max(1.0)],
+                                None => [0.0, 0.0],
+                            }
+                        })
+                        .collect();
+                    (k.to_string(), v)
+                })
                 .collect();
             bars(&dir.join(name), "B4: throughput through the node, relative to iptables", "× iptables", &cats, &series, false)?;
             out.push(name.to_string());

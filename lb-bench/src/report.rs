@@ -227,16 +227,22 @@ pub fn b3_table(b: &B3Result) -> String {
 }
 
 pub fn b4_table(rows: &[B4Row], seconds: f64) -> String {
-    let base = rows.iter().find(|r| r.kind == Kind::Iptables);
     let mut t = String::new();
-    t.push_str("| datapath | UDP 64 B received (pps) | × iptables | softirq CPU (UDP) | softirq µs per datagram | TCP (Gbit/s) | × iptables | softirq CPU (TCP) |\n");
-    t.push_str("|---|---:|---:|---:|---:|---:|---:|---:|\n");
+    t.push_str("| path | datapath | UDP 64 B received (pps) | × iptables | softirq CPU (UDP) | softirq µs per datagram | TCP (Gbit/s) | × iptables | softirq CPU (TCP) |\n");
+    t.push_str("|---|---|---:|---:|---:|---:|---:|---:|---:|\n");
     for r in rows {
+        // Ratios against iptables on the same path.
+        let base = rows.iter().find(|b| b.kind == Kind::Iptables && b.path == r.path);
         let (ru, rt) = base.map(|b| (r.udp_pps / b.udp_pps.max(1.0), r.tcp_bps / b.tcp_bps.max(1.0))).unwrap_or((0.0, 0.0));
+        let datapath = match (&r.xdp, r.kind) {
+            (Some(mode), Kind::Ours) => format!("lb (XDP {mode})"),
+            _ => r.kind.to_string(),
+        };
         let _ = writeln!(
             t,
-            "| {} | {:.0} | {:.2} | {:.1} % | {:.2} | {:.2} | {:.2} | {:.1} % |",
-            r.kind,
+            "| {} | {} | {:.0} | {:.2} | {:.1} % | {:.2} | {:.2} | {:.2} | {:.1} % |",
+            r.path,
+            datapath,
             r.udp_pps,
             ru,
             r.udp_softirq_pct,
@@ -693,10 +699,22 @@ pub fn markdown(r: &Report, plots: &[String]) -> String {
              plus a UDP port on the target). UDP: one connected socket in the client sends 64-byte datagrams for {} s as fast as it can; a sink in the backend \
              counts what arrives. TCP: one connection writes 64 KiB buffers for {} s; the sink counts bytes. Softirq is the share of all CPU time (both CPUs) spent \
              in softirq over the run, from /proc/stat (on veth, forwarding and NAT run there); \"µs per datagram\" divides the softirq CPU time by the datagrams \
-             received. veth is the medium and the sender shares the two CPUs with the datapath, so only ratios mean anything.\n\n",
+             received. veth is the medium and the sender shares the two CPUs with the datapath, so only ratios mean anything.\n\n\
+             North-south rows: a two-node lab cluster (nodes and the external client on one bridge, every link a veth); the same {} services, \
+             two of them NodePorts ({} with its endpoint a pod on node A, {} with its endpoint a pod on node B), TCP and UDP. The client sends to node A's \
+             address; the datapath runs on node A only (node B just routes to its pod). kube-proxy (externalTrafficPolicy: Cluster) DNATs and marks \
+             NodePort traffic for masquerade, so both rows are DNAT + SNAT there; lb's XDP program on node A's external interface DNATs towards a local \
+             pod (passing it on to the kernel) and DNATs + SNATs towards node B (FIB lookup, transmitted back out of the interface). lb attaches its XDP \
+             program in `auto` mode as the agent does, and once more with `--xdp-mode native` (the lab allows it: the switch's ports then run an XDP_PASS \
+             program, since frames a native XDP program transmits on a veth reach only a peer running XDP); the mode that ran is in the datapath column \
+             (on veth `auto` picks generic XDP: native XDP there passes partial checksums on). TX checksum offload is off on the external links, so \
+             TCP there runs well below the pod-to-pod rows.\n\n",
             b4::SERVICES,
             o.seconds,
-            o.seconds
+            o.seconds,
+            b4::SERVICES,
+            b4::NODE_PORT_LOCAL,
+            b4::NODE_PORT_REMOTE
         );
     }
     if let Some(b) = &r.b6 {

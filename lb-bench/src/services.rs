@@ -27,6 +27,9 @@ pub struct Svc {
     pub proto: Protocol,
     /// `(ip, port)`, in the order kube-proxy would list them.
     pub endpoints: Vec<(Ipv4Addr, u16)>,
+    /// The Service's NodePort for this port (`type: NodePort`,
+    /// `externalTrafficPolicy: Cluster`), if any.
+    pub node_port: Option<u16>,
 }
 
 /// The ClusterIP of service `i`: 10.96.0.0/12 from 10.96.0.10 on.
@@ -48,6 +51,7 @@ pub fn generate(n: usize, endpoints: usize) -> Vec<Svc> {
             port: SERVICE_PORT,
             proto: Protocol::Tcp,
             endpoints: (0..endpoints).map(|j| (fake_endpoint(i, j, endpoints), TARGET_PORT)).collect(),
+            node_port: None,
         })
         .collect()
 }
@@ -86,6 +90,26 @@ pub fn to_desired(svcs: &[Svc]) -> Desired {
     svcs.iter().map(|s| (FrontendAddr::new(s.ip, s.port, s.proto), frontend(s))).collect()
 }
 
+/// [`to_desired`] plus, for every service with a NodePort, the NodePort
+/// frontend on `node_ip` as the agent plans it (`svc_flags::NODE_PORT`),
+/// each endpoint's `nodeName` from `node_of` (an endpoint on another node
+/// is reached through DNAT + SNAT).
+pub fn to_desired_with_nodeports(svcs: &[Svc], node_ip: Ipv4Addr, node_of: &dyn Fn(Ipv4Addr) -> Option<String>) -> Desired {
+    let mut d = to_desired(svcs);
+    for s in svcs {
+        let Some(np) = s.node_port else { continue };
+        let mut fe = frontend(s);
+        fe.addr = FrontendAddr::new(node_ip, np, s.proto);
+        fe.name = format!("{}:nodeport", s.name);
+        fe.flags = lb_common::svc_flags::NODE_PORT;
+        for b in &mut fe.backends {
+            b.node_name = node_of(b.addr.ip);
+        }
+        d.insert(fe.addr, fe);
+    }
+    d
+}
+
 // ---- naming, as kube-proxy does it -----------------------------------------
 
 /// kube-proxy names chains by base32(sha256(...))[:16]; any stable 16
@@ -108,6 +132,10 @@ fn hash16(s: &str) -> String {
 
 fn svc_chain(s: &Svc) -> String {
     format!("KUBE-SVC-{}", hash16(&format!("{}{}", s.name, s.l4())))
+}
+
+fn ext_chain(s: &Svc) -> String {
+    format!("KUBE-EXT-{}", hash16(&format!("{}{}", s.name, s.l4())))
 }
 
 fn sep_chain(s: &Svc, ep: (Ipv4Addr, u16)) -> String {
@@ -160,7 +188,29 @@ fn iptables_service_chains(out: &mut String, s: &Svc) {
     }
 }
 
+/// A service's `KUBE-NODEPORTS` rule (`KUBE-NODEPORTS` lists every
+/// NodePort, like `KUBE-SERVICES` every service).
+fn iptables_nodeport_rule(out: &mut String, s: &Svc) {
+    let Some(np) = s.node_port else { return };
+    let l4 = s.l4();
+    let _ = writeln!(out, "-A KUBE-NODEPORTS -m comment --comment {} -m {l4} -p {l4} --dport {np} -j {}", s.name, ext_chain(s));
+}
+
+/// A NodePort service's `KUBE-EXT-*` chain (`externalTrafficPolicy:
+/// Cluster`): mark the traffic for masquerade, then the service chain.
+fn iptables_ext_chain(out: &mut String, s: &Svc) {
+    if s.node_port.is_none() {
+        return;
+    }
+    let ext = ext_chain(s);
+    let _ = writeln!(out, "-A {ext} -m comment --comment \"masquerade traffic for {} external destinations\" -j KUBE-MARK-MASQ", s.name);
+    let _ = writeln!(out, "-A {ext} -j {}", svc_chain(s));
+}
+
 fn iptables_chain_decls(out: &mut String, s: &Svc) {
+    if s.node_port.is_some() {
+        let _ = writeln!(out, ":{} - [0:0]", ext_chain(s));
+    }
     let _ = writeln!(out, ":{} - [0:0]", svc_chain(s));
     for &ep in &s.endpoints {
         let _ = writeln!(out, ":{} - [0:0]", sep_chain(s, ep));
@@ -229,6 +279,10 @@ pub fn iptables_restore(svcs: &[Svc], nfacct: bool) -> String {
     }
     out.push_str(IPT_NODEPORTS_LAST);
     for s in svcs {
+        iptables_nodeport_rule(&mut out, s);
+    }
+    for s in svcs {
+        iptables_ext_chain(&mut out, s);
         iptables_service_chains(&mut out, s);
     }
     out.push_str("COMMIT\n");
@@ -302,6 +356,9 @@ impl<'a> Delta<'a> {
             for &ep in &s.endpoints {
                 gone.insert(sep_chain(s, ep));
             }
+            if s.node_port.is_some() {
+                gone.insert(ext_chain(s));
+            }
         }
         for &(s, ep) in &self.stale {
             gone.insert(sep_chain(s, ep));
@@ -339,7 +396,11 @@ pub fn iptables_sync(all: &[&Svc], delta: &Delta) -> String {
         iptables_services_rule(&mut out, s);
     }
     out.push_str(IPT_NODEPORTS_LAST);
+    for s in all {
+        iptables_nodeport_rule(&mut out, s);
+    }
     for s in &delta.changed {
+        iptables_ext_chain(&mut out, s);
         iptables_service_chains(&mut out, s);
     }
     for chain in &gone {
@@ -360,6 +421,10 @@ fn nft_svc_chain(s: &Svc) -> String {
     let (ns, rest) = s.name.split_once('/').unwrap_or(("default", &s.name));
     let (name, port) = rest.split_once(':').unwrap_or((rest, "p"));
     format!("service-{}-{ns}/{name}/{}/{port}", &hash16(&format!("{}{}", s.name, s.l4()))[..8], s.l4())
+}
+
+fn nft_ext_chain(s: &Svc) -> String {
+    nft_svc_chain(s).replacen("service-", "external-", 1)
 }
 
 fn nft_ep_chain(s: &Svc, ep: (Ipv4Addr, u16)) -> String {
@@ -434,6 +499,15 @@ fn nft_service(out: &mut String, s: &Svc) {
     let _ = writeln!(out, "add rule ip kube-proxy {chain} numgen random mod {} vmap {{ {} }}", s.endpoints.len(), eps.join(" , "));
     let _ = writeln!(out, "add element ip kube-proxy cluster-ips {{ {} }}", s.ip);
     let _ = writeln!(out, "add element ip kube-proxy service-ips {{ {} . {} . {} : goto {chain} }}", s.ip, s.l4(), s.port);
+    if let Some(np) = s.node_port {
+        // externalTrafficPolicy: Cluster: masquerade, then the service chain.
+        let ext = nft_ext_chain(s);
+        let _ = writeln!(out, "add chain ip kube-proxy {ext}");
+        let _ = writeln!(out, "flush chain ip kube-proxy {ext}");
+        let _ = writeln!(out, "add rule ip kube-proxy {ext} jump mark-for-masquerade");
+        let _ = writeln!(out, "add rule ip kube-proxy {ext} goto {chain}");
+        let _ = writeln!(out, "add element ip kube-proxy service-nodeports {{ {} . {np} : goto {ext} }}", s.l4());
+    }
 }
 
 /// The full ruleset kube-proxy's nftables mode writes on a full sync into
@@ -476,6 +550,10 @@ pub fn nft_sync(all: &[&Svc], delta: &Delta) -> String {
         let _ = writeln!(out, "delete element ip kube-proxy service-ips {{ {} . {} . {} }}", s.ip, s.l4(), s.port);
         if !live.contains(&s.ip) && ips_gone.insert(s.ip) {
             let _ = writeln!(out, "delete element ip kube-proxy cluster-ips {{ {} }}", s.ip);
+        }
+        if let Some(np) = s.node_port {
+            let _ = writeln!(out, "delete element ip kube-proxy service-nodeports {{ {} . {np} }}", s.l4());
+            let _ = writeln!(out, "delete chain ip kube-proxy {}", nft_ext_chain(s));
         }
         let _ = writeln!(out, "delete chain ip kube-proxy {}", nft_svc_chain(s));
         for &ep in &s.endpoints {

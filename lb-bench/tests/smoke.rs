@@ -6,6 +6,8 @@
 
 use std::path::PathBuf;
 
+use lb_bench::b4::B4Path;
+
 /// Whether the kernel tests can run. Without root they are skipped, except
 /// under CI (`CI=true`), where they must fail instead.
 fn kernel_tests_enabled() -> bool {
@@ -36,7 +38,17 @@ fn harness_runs_at_a_tiny_size() {
     assert_eq!(r.b1.as_ref().map(Vec::len), Some(2));
     let kinds = lb_bench::dp::Kind::ALL.len();
     assert_eq!(r.b2.as_ref().map(Vec::len), Some(kinds * 3), "every datapath x first/last/direct");
-    assert!(r.b3.is_some() && r.b4.as_ref().map(Vec::len) == Some(kinds));
+    assert!(r.b3.is_some());
+    // B4: every datapath on the ClusterIP path and on both NodePort paths,
+    // lb there twice (XDP auto, XDP native); each row saw its UDP
+    // datagrams and TCP bytes arrive.
+    let b4 = r.b4.as_ref().expect("B4 ran");
+    for (path, n) in [(B4Path::ClusterIp, kinds), (B4Path::NodePortLocal, kinds + 1), (B4Path::NodePortRemote, kinds + 1)] {
+        assert_eq!(b4.iter().filter(|row| row.path == path).count(), n, "B4 rows on {path}");
+    }
+    let modes: Vec<&str> = b4.iter().filter_map(|row| row.xdp.as_deref()).collect();
+    assert_eq!(modes.len(), 4, "lb's north-south rows say which XDP mode ran: {modes:?}");
+    assert_eq!(modes.iter().filter(|m| m.starts_with("native, --xdp-mode native")).count(), 2, "{modes:?}");
     // B6: every datapath has its row; every baseline sync of the churn
     // loaded and the rules held the Services after it; the agent ran when
     // there is one.
