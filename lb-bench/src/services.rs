@@ -103,7 +103,7 @@ pub fn to_desired_with_nodeports(svcs: &[Svc], node_ip: Ipv4Addr, node_of: &dyn 
         fe.name = format!("{}:nodeport", s.name);
         fe.flags = lb_common::svc_flags::NODE_PORT;
         for b in &mut fe.backends {
-            b.node_name = node_of(b.addr.ip);
+            b.node_name = node_of(b.addr.ip).map(Into::into);
         }
         d.insert(fe.addr, fe);
     }
