@@ -526,8 +526,9 @@ fn one_agent_per_directory_and_uninstall_leaves_nothing() {
     assert!(pins.join("LB4_SERVICES").exists());
 
     let ids = pinned_ids(&pins);
-    // web-a, web-b, cli (in and out), lbext (XDP and out), 4 socket hooks.
-    assert_eq!(ids.len(), 3 * 2 + 2 + 4, "{ids:?}");
+    // web-a, web-b, cli (in and out), lbext (XDP and out), 8 socket hooks
+    // (IPv4 and IPv6).
+    assert_eq!(ids.len(), 3 * 2 + 2 + 8, "{ids:?}");
     let pins_dir = first.stop_keeping_pins(libc::SIGTERM);
     // Stopped, the agent leaves every link in place.
     assert_eq!(pinned_ids(&pins), ids);
@@ -589,10 +590,10 @@ fn a_new_pod_is_served_from_its_first_packet() {
     node.ip(&["link", "add", "lbpx", "type", "veth", "peer", "name", "lbqx"]).unwrap();
     wait_for("lbpx attached again", Duration::from_secs(2), || attached("lbpx").then_some(()));
     // The links of the deleted interface went with it: six pods and lbpx
-    // (in and out), four socket hooks.
+    // (in and out), eight socket hooks (IPv4 and IPv6).
     let pinned = wait_for("the deleted interface's links to go", Duration::from_secs(2), || {
         let n = links::pinned(&agent.pins.0).unwrap();
-        (n.len() == 6 * 2 + 2 + 4).then_some(n)
+        (n.len() == 6 * 2 + 2 + 8).then_some(n)
     });
     assert!(pinned.iter().all(|(p, _)| p.ifindex().is_none_or(|i| i > 1)), "{pinned:?}");
 }
@@ -608,8 +609,8 @@ fn status(ns: &Netns, pins: &Path) -> serde_json::Value {
 /// What `status` lists as attached, checked against the kernel: every
 /// hook that holds an lb program is listed once, with the ID of the
 /// program the kernel runs there; the XDP mode is the one `auto` picks on
-/// a veth (generic); the four socket hooks run the programs they are
-/// named after. Still true with the agent stopped (status reads the pins).
+/// a veth (generic); the eight socket hooks (IPv4 and IPv6) run the
+/// programs they are named after. Still true with the agent stopped (status reads the pins).
 #[test]
 fn status_lists_what_the_kernel_has_attached() {
     if !kernel_tests_enabled() {
@@ -654,7 +655,9 @@ fn status_lists_what_the_kernel_has_attached() {
         listed.sort();
         let mut expected: Vec<String> =
             hooks(ns).into_iter().filter(|(_, names)| names.iter().any(|n| n.starts_with("lb_"))).map(|(hook, _)| hook).collect();
-        expected.extend(["connect4", "getpeername4", "recvmsg4", "sendmsg4"].map(|p| format!("cgroup/lb_{p}")));
+        for hook in ["connect", "getpeername", "recvmsg", "sendmsg"] {
+            expected.extend([4, 6].map(|family| format!("cgroup/lb_{hook}{family}")));
+        }
         expected.sort();
         assert_eq!(listed, expected, "{v:#}");
     };
