@@ -300,6 +300,16 @@ impl Setup {
     fn agent(&self, tag: &str) -> KubeAgent {
         KubeAgent::start(&self.lab.node, &self.api.kubeconfig(&self.dir.0), PinDir::new(tag))
     }
+
+    /// A TCP server on :8080 in each of these pods, answering its name.
+    fn web_servers(&self, pods: &[&str]) -> Vec<Server> {
+        pods.iter()
+            .map(|n| {
+                let pod = self.lab.pod(n);
+                tcp_server(&pod.ns, SocketAddrV4::new(pod.ip, 8080), n).unwrap()
+            })
+            .collect()
+    }
 }
 
 // ---- scenarios ----------------------------------------------------------------
@@ -310,13 +320,7 @@ fn create_scale_and_delete_a_service_with_traffic() {
         return;
     }
     let s = setup(&["client", "web-a", "web-b", "web-c"], "kcrud");
-    let _servers: Vec<Server> = ["web-a", "web-b", "web-c"]
-        .iter()
-        .map(|n| {
-            let pod = s.lab.pod(n);
-            tcp_server(&pod.ns, SocketAddrV4::new(pod.ip, 8080), n).unwrap()
-        })
-        .collect();
+    let _servers = s.web_servers(&["web-a", "web-b", "web-c"]);
     let pod_ip = |n: &str| s.lab.pod(n).ip;
     let agent = s.agent("kcrud");
     // Nothing exists yet: ready once both lists are done, with no frontend.
@@ -946,13 +950,7 @@ fn topology_hints_ip_mode_proxy_and_nil_serving_with_traffic() {
         return;
     }
     let s = setup(&["client", "web-a", "web-b", "web-c"], "ktopo");
-    let _servers: Vec<Server> = ["web-a", "web-b", "web-c"]
-        .iter()
-        .map(|n| {
-            let pod = s.lab.pod(n);
-            tcp_server(&pod.ns, SocketAddrV4::new(pod.ip, 8080), n).unwrap()
-        })
-        .collect();
+    let _servers = s.web_servers(&["web-a", "web-b", "web-c"]);
     let (a, b, c) = (s.lab.pod("web-a").ip, s.lab.pod("web-b").ip, s.lab.pod("web-c").ip);
     s.api.apply_raw(Res::Nodes, node_with(json!({"metadata": {"labels": {"topology.kubernetes.io/zone": "zone-a"}}})));
     let agent = s.agent("ktopo");

@@ -837,6 +837,20 @@ pub struct FrontendStats {
     pub new_flows: u64,
 }
 
+/// Marks map key and value types as plain data for aya and bytemuck (with
+/// the `user` feature); used by `maps` and `maps6`.
+#[cfg(feature = "user")]
+macro_rules! pod {
+    ($($ty:ty),* $(,)?) => {$(
+        // SAFETY: repr(C), only integer fields, explicit padding: every
+        // bit pattern is valid and there are no implicit padding bytes
+        // (the layout asserts prove the sizes add up).
+        unsafe impl aya::Pod for $ty {}
+        unsafe impl bytemuck::Zeroable for $ty {}
+        unsafe impl bytemuck::Pod for $ty {}
+    )*};
+}
+
 // ---- ABI locks -------------------------------------------------------------
 
 macro_rules! assert_layout {
@@ -878,17 +892,6 @@ const _: () = assert!(stat::NAMES.len() == stat::HELP.len());
 #[cfg(feature = "user")]
 mod user {
     use super::*;
-
-    macro_rules! pod {
-        ($($ty:ty),* $(,)?) => {$(
-            // SAFETY: repr(C), only integer fields, explicit padding: every
-            // bit pattern is valid and there are no implicit padding bytes
-            // (the layout asserts above prove the sizes add up).
-            unsafe impl aya::Pod for $ty {}
-            unsafe impl bytemuck::Zeroable for $ty {}
-            unsafe impl bytemuck::Pod for $ty {}
-        )*};
-    }
 
     pod!(
         Service4Key,

@@ -239,17 +239,6 @@ assert_layout!(SockRevNat6, size = 24, addr @ 0, port @ 16, _pad @ 18, frontend_
 mod user {
     use super::*;
 
-    macro_rules! pod {
-        ($($ty:ty),* $(,)?) => {$(
-            // SAFETY: repr(C), only integer fields, explicit padding: every
-            // bit pattern is valid and there are no implicit padding bytes
-            // (the layout asserts above prove the sizes add up).
-            unsafe impl aya::Pod for $ty {}
-            unsafe impl bytemuck::Zeroable for $ty {}
-            unsafe impl bytemuck::Pod for $ty {}
-        )*};
-    }
-
     pod!(Service6Key, Backend6, RevNat6, SockRevNat6Key, SockRevNat6);
 }
 
