@@ -118,6 +118,197 @@ fn two_live_flows_from_one_client_port_to_two_services_on_one_backend() {
     assert!(agent.maps().stat(lb_common::stat::PORT_REMAPPED).unwrap() >= 20, "the second flow of each pair got another port");
 }
 
+/// A server that answers each connection with the peer's port and closes
+/// first, so that it holds the tuple in TIME_WAIT, as the churn's servers
+/// do.
+fn peer_port_server(ns: &lb_lab::Netns, addr: SocketAddrV4, stop: std::sync::Arc<AtomicBool>) {
+    ns.spawn_thread("peer-port", move || {
+        let l = std::net::TcpListener::bind(addr).unwrap();
+        l.set_nonblocking(true).unwrap();
+        while !stop.load(Ordering::SeqCst) {
+            match l.accept() {
+                Ok((mut s, peer)) => {
+                    let _ = writeln!(s, "{}", peer.port());
+                    let _ = s.shutdown(std::net::Shutdown::Write);
+                    // Wait for the client's FIN: this side closed first.
+                    let _ = s.set_read_timeout(Some(Duration::from_secs(1)));
+                    let _ = std::io::Read::read(&mut s, &mut [0u8; 64]);
+                }
+                Err(_) => thread::sleep(Duration::from_millis(5)),
+            }
+        }
+    })
+    .unwrap();
+}
+
+/// A client reusing its source port for the same Service, while the
+/// backend still holds the previous connection's tuple in TIME_WAIT, is
+/// the same client socket tuple as before: the backend takes its new SYN
+/// (the ISN and timestamps of a tuple only move on), as it would without
+/// lb, and sees the client's own port every time. Another port (of the
+/// clash range) would meet other client tuples' TIME_WAIT there, with
+/// unrelated timestamps, which the backend drops half the time (PAWS):
+/// under the churn soak, a second's wait for a SYN retransmission.
+#[test]
+fn a_client_reusing_its_port_for_the_same_service_keeps_it() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let lab = NodeLab::new(&["client", "b1"]).unwrap();
+    let b1 = lab.pod("b1");
+    let stop = std::sync::Arc::new(AtomicBool::new(false));
+    peer_port_server(&b1.ns, SocketAddrV4::new(b1.ip, 8080), stop.clone());
+    let dir = ManifestDir::new("reuse");
+    dir.write("a.yaml", &service_yaml("a", "10.96.0.60", 80, "TCP", 8080, &[b1.ip]));
+    let agent = Agent::start(&lab.node, &dir.0, "reuse");
+    agent.wait_rows("the Service", |rows| rows.len() == 1 && rows[0].backends.len() == 1);
+    let to = SocketAddrV4::new([10, 96, 0, 60].into(), 80);
+    let client = &lab.pod("client").ns;
+    let seen = client.run(move || -> std::io::Result<Vec<String>> {
+        let mut seen = Vec::new();
+        for _ in 0..5 {
+            let fd = reused_port_socket(libc::SOCK_STREAM, 45500);
+            connect(&fd, to)?;
+            let mut s = BufReader::new(TcpStream::from(fd));
+            s.get_ref().set_read_timeout(Some(Duration::from_secs(3)))?;
+            let mut line = String::new();
+            s.read_line(&mut line)?;
+            seen.push(line.trim().to_string());
+            // Our FIN after the server's: the server is in TIME_WAIT.
+            drop(s);
+            thread::sleep(Duration::from_millis(50));
+        }
+        Ok(seen)
+    });
+    stop.store(true, Ordering::SeqCst);
+    let seen = seen.unwrap_or_else(|e| panic!("{e}\n{}", agent.log_text()));
+    let retransmitted = lab_counters(client);
+    assert_eq!(seen, ["45500"; 5], "the backend saw the client's own port each time");
+    assert!(!retransmitted.contains("SynRetrans"), "no SYN had to be sent again: {retransmitted}");
+    assert_eq!(agent.maps().stat(lb_common::stat::PORT_REMAPPED).unwrap(), 0);
+}
+
+/// One request as `lb_lab::tcp_request_with` makes it (connect with
+/// `timeout`, send `hello`, read to EOF within `timeout`), from the calling
+/// thread's namespace, that also says which local port it had: a failure
+/// can then be looked up in conntrack.
+fn request_from_port(to: SocketAddrV4, timeout: Duration) -> Result<String, (u16, String)> {
+    use std::{io::Read, os::fd::AsRawFd};
+    // SAFETY: a fresh socket we own at once.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK, 0) };
+    if fd < 0 {
+        return Err((0, format!("socket: {}", std::io::Error::last_os_error())));
+    }
+    // SAFETY: as above.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let started = Instant::now();
+    match connect(&fd, to) {
+        Err(e) if e.raw_os_error() == Some(libc::EINPROGRESS) => {}
+        Err(e) => return Err((0, format!("connect: {e}"))),
+        Ok(()) => {}
+    }
+    let port = local_port(&fd);
+    let mut pfd = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLOUT, revents: 0 };
+    // SAFETY: one valid pollfd.
+    let ready = unsafe { libc::poll(&mut pfd, 1, timeout.as_millis() as libc::c_int) };
+    if ready == 0 {
+        return Err((port, format!("connect: timed out after {:?}", started.elapsed())));
+    }
+    let mut err: libc::c_int = 0;
+    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: a valid fd and out pointers of the right size.
+    unsafe { libc::getsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, libc::SO_ERROR, (&raw mut err).cast(), &mut len) };
+    if err != 0 {
+        return Err((port, format!("connect: {}", std::io::Error::from_raw_os_error(err))));
+    }
+    let mut s = TcpStream::from(fd);
+    let io = |s: &mut TcpStream| -> std::io::Result<String> {
+        s.set_nonblocking(false)?;
+        s.set_write_timeout(Some(timeout))?;
+        s.set_read_timeout(Some(timeout))?;
+        s.write_all(b"hello\n")?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok(out.trim().to_owned())
+    };
+    io(&mut s).map_err(|e| (port, format!("after connect: {e}")))
+}
+
+fn local_port(fd: &OwnedFd) -> u16 {
+    use std::os::fd::AsRawFd;
+    // SAFETY: zeroed plain data.
+    let mut sa: libc::sockaddr_in = unsafe { std::mem::zeroed() };
+    let mut len = size_of::<libc::sockaddr_in>() as libc::socklen_t;
+    // SAFETY: a valid fd and an out buffer of `len` bytes.
+    unsafe { libc::getsockname(fd.as_raw_fd(), (&raw mut sa).cast(), &mut len) };
+    u16::from_be(sa.sin_port)
+}
+
+/// The kernel's TCP and IP counters of a namespace that say where a SYN
+/// went (the nonzero ones among these), as `name=value`.
+fn lab_counters(ns: &lb_lab::Netns) -> String {
+    const WANTED: [&str; 16] = [
+        "Listen",
+        "PAWS",
+        "TW",
+        "TimeWait",
+        "Challenge",
+        "Syn",
+        "SYN",
+        "Abort",
+        "Rst",
+        "Reset",
+        "Fail",
+        "Retrans",
+        "Timeout",
+        "NoRoute",
+        "Unreach",
+        "InErrs",
+    ];
+    // /proc/net is the process's namespace: the thread's is in thread-self.
+    let text = ns.run(|| {
+        ["netstat", "snmp"]
+            .iter()
+            .map(|f| std::fs::read_to_string(format!("/proc/thread-self/net/{f}")).unwrap_or_default())
+            .collect::<Vec<_>>()
+    });
+    let mut out = Vec::new();
+    for file in &text {
+        let lines: Vec<&str> = file.lines().collect();
+        for pair in lines.chunks(2) {
+            let [names, values] = pair else { continue };
+            for (n, v) in names.split_whitespace().zip(values.split_whitespace()).skip(1) {
+                if WANTED.iter().any(|w| n.contains(w)) && v != "0" {
+                    out.push(format!("{n}={v}"));
+                }
+            }
+        }
+    }
+    out.join(" ")
+}
+
+/// Everything the datapath reads to serve a new flow to the frontend
+/// `addr` (TCP): its address's entry, both scopes of its frontend entry,
+/// its rev-NAT slot, the live generation's slots and their backends.
+fn datapath_view(maps: &lb_agent::maps::Maps, addr: SocketAddrV4) -> String {
+    use lb_common::{IPPROTO_TCP, SCOPE_EXTERNAL, SCOPE_INTERNAL, Service4Key, SlotKey};
+    let ip = u32::from_ne_bytes(addr.ip().octets());
+    let key = |scope| Service4Key { addr: ip, port: addr.port().to_be(), proto: IPPROTO_TCP, scope };
+    let vip = maps.vips.get(&ip).ok().flatten().map(|v| v.flags);
+    let (ext, int) = (maps.services.get(&key(SCOPE_EXTERNAL)).ok().flatten(), maps.services.get(&key(SCOPE_INTERNAL)).ok().flatten());
+    let mut view = format!("vip {vip:?} external {ext:?} internal {int:?}");
+    if let Some(svc) = ext {
+        let revnat = maps.revnat.map.get(&svc.frontend_id, 0).ok();
+        view += &format!(" revnat {revnat:?}");
+        for slot in 0..svc.count {
+            let s = maps.slots.get(&SlotKey { frontend_id: svc.frontend_id, slot, generation: svc.generation }).ok().flatten();
+            let be = s.and_then(|s| maps.backends.map.get(&s.backend_id, 0).ok());
+            view += &format!(" slot{slot} {s:?} {be:?}");
+        }
+    }
+    view
+}
+
 /// How the clients fared.
 #[derive(Default)]
 struct Tally {
@@ -166,22 +357,34 @@ fn soak(length: Duration) {
         Mutex::new(vec![(Instant::now(), churn.scaled_endpoints().iter().map(|ip| name_of[ip].to_string()).collect())]);
     let wrong = Mutex::new(Vec::<String>::new());
     let scaled_answers = AtomicU64::new(0);
+    let maps = agent.maps();
+    let views: Vec<(SocketAddrV4, String)> =
+        ["10.96.0.10:80", "10.96.0.11:80"].iter().map(|a| a.parse().unwrap()).map(|a| (a, datapath_view(&maps, a))).collect();
+    let view_changes = Mutex::new(Vec::<String>::new());
     let started = Instant::now();
     let mut steps = 0;
     thread::scope(|scope| {
         for (pod, targets) in [("client", ["10.96.0.10:80", "10.96.0.11:80"]), ("client2", ["10.96.0.11:80", "10.96.0.10:80"])] {
             let ns = &lab.pod(pod).ns;
-            let (stop, tally) = (&stop, &tally);
+            let (stop, tally, maps) = (&stop, &tally, &maps);
             scope.spawn(move || {
                 let mut i = 0usize;
                 while !stop.load(Ordering::SeqCst) {
                     let to: SocketAddrV4 = targets[i % targets.len()].parse().unwrap();
                     i += 1;
-                    match tcp_request_with(ns, to, b"hello\n", Duration::from_secs(2)) {
+                    match ns.run(move || request_from_port(to, Duration::from_secs(2))) {
                         Ok(_) => {
                             tally.ok.fetch_add(1, Ordering::Relaxed);
                         }
-                        Err(e) => tally.failed.lock().unwrap().push(format!("{to}: {e:#}")),
+                        Err((port, e)) => {
+                            // The flow's conntrack entries, as the datapath has them now.
+                            let ct = lb_agent::inspect::conntrack::rows(
+                                maps,
+                                &lb_agent::inspect::conntrack::CtFilter { addr: None, port: Some(port) },
+                            );
+                            let at = started.elapsed();
+                            tally.failed.lock().unwrap().push(format!("{to} from port {port} at {at:?}: {e}; conntrack: {ct:#?}"))
+                        }
                     }
                 }
             });
@@ -210,6 +413,21 @@ fn soak(length: Duration) {
             }
         });
 
+        // What the datapath reads for the unchanged Services must not
+        // change (their entries are never rewritten): sampled all along.
+        let (views, view_changes, maps) = (&views, &view_changes, &maps);
+        scope.spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                for (addr, first) in views {
+                    let now = datapath_view(maps, *addr);
+                    if now != *first {
+                        view_changes.lock().unwrap().push(format!("{addr} at {:?}: {now}", started.elapsed()));
+                    }
+                }
+                thread::sleep(Duration::from_millis(10));
+            }
+        });
+
         while started.elapsed() < length {
             let change = churn.step();
             steps += 1;
@@ -232,6 +450,23 @@ fn soak(length: Duration) {
         failed.len(),
         scaled_answers.load(Ordering::Relaxed)
     );
+    let counters: Vec<String> = lb_common::stat::NAMES
+        .iter()
+        .enumerate()
+        .filter_map(|(i, name)| Some((name, maps.stat(i as u32).ok()?)))
+        .filter(|(_, n)| *n != 0)
+        .map(|(name, n)| format!("{name}={n}"))
+        .collect();
+    eprintln!("soak: datapath: {}", counters.join(" "));
+    for name in pods {
+        eprintln!("soak: {name}: {}", lab_counters(&lab.pod(name).ns));
+    }
+    eprintln!("soak: node: {}", lab_counters(&lab.node));
+    let mut states: BTreeMap<(&str, &str, u64), usize> = BTreeMap::new();
+    for r in lb_agent::inspect::conntrack::rows(&maps, &Default::default()).unwrap() {
+        *states.entry((r.direction, r.state, r.age_s.min(3))).or_default() += 1;
+    }
+    eprintln!("soak: conntrack (direction, state, age up to 3 s): {states:?}");
     assert!(
         failed.is_empty(),
         "{} of {} requests to unchanged Services failed: {:?}\n{}",
@@ -241,6 +476,13 @@ fn soak(length: Duration) {
         agent.log_text()
     );
     assert!(ok > 500, "the clients kept going: {ok}");
+    let view_changes = view_changes.into_inner().unwrap();
+    assert!(
+        view_changes.is_empty(),
+        "{} samples of the unchanged Services' map entries differed from {views:#?}, the first: {:#?}",
+        view_changes.len(),
+        &view_changes[..view_changes.len().min(3)]
+    );
     let wrong = wrong.into_inner().unwrap();
     assert!(wrong.is_empty(), "answers from outside the scaled Service's endpoints: {wrong:?}");
     assert!(scaled_answers.load(Ordering::Relaxed) > 20);

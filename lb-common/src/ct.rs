@@ -142,6 +142,17 @@ pub enum ReplyTuple {
 /// to a new flow whose reply entry would be `wanted`, at `now`. The same
 /// flow is the same client address and port towards the same frontend;
 /// a client reusing its port towards another frontend is another flow.
+///
+/// The same flow always gets its tuple back: its live entry (its forward
+/// entry was lost), or a connection of the same client socket tuple that
+/// ended, the client reusing its port. The backend may hold the tuple in
+/// TIME_WAIT, which takes the new SYN, as it does without a load balancer:
+/// the client's initial sequence number and timestamp clock are its
+/// tuple's and only move on. Another port for it would be worse: a port of
+/// the clash range whose TIME_WAIT is another client tuple's, whose
+/// timestamps are unrelated (Linux offsets them per tuple), so the backend
+/// drops the SYN half the time (PAWS) and the client waits a second for
+/// its retransmission.
 #[inline(always)]
 pub fn reply_tuple(t: &CtTimeouts, proto: u8, existing: &CtEntry, wanted: &CtEntry, now: u64) -> ReplyTuple {
     let st = entry_state(proto, crate::CT_REPLY, existing);
@@ -150,7 +161,7 @@ pub fn reply_tuple(t: &CtTimeouts, proto: u8, existing: &CtEntry, wanted: &CtEnt
         && existing.nat_dport == wanted.nat_dport
         && existing.nat_saddr == wanted.nat_saddr
         && existing.nat_sport == wanted.nat_sport;
-    if live && same_flow && st != State::TcpClosing {
+    if same_flow {
         return ReplyTuple::Reclaim;
     }
     if live {
@@ -277,13 +288,24 @@ mod tests {
         assert_eq!(reply_tuple(&T, IPPROTO_TCP, &live, &other_frontend, now), ReplyTuple::Taken);
         // This flow's own live entry (its forward entry was lost).
         assert_eq!(reply_tuple(&T, IPPROTO_TCP, &live, &same, now), ReplyTuple::Reclaim);
-        // This client's closed flow, 20 s ago: the backend may be in
-        // TIME_WAIT for the tuple.
+        // A closed flow, 20 s ago: the backend may be in TIME_WAIT for the
+        // tuple. Another client's (or this client's towards another
+        // frontend) would meet it with unrelated sequence numbers and
+        // timestamps: taken.
         let closed = entry(SYN | ACK | FIN, ACK | FIN, now - 20 * S);
-        assert_eq!(reply_tuple(&T, IPPROTO_TCP, &closed, &same, now), ReplyTuple::Taken);
-        // ... and 61 s ago: free.
+        assert_eq!(reply_tuple(&T, IPPROTO_TCP, &closed, &other_client, now), ReplyTuple::Taken);
+        assert_eq!(reply_tuple(&T, IPPROTO_TCP, &closed, &other_frontend, now), ReplyTuple::Taken);
+        // This client reusing its port towards the same frontend is the
+        // same client socket tuple, whose TIME_WAIT takes its new SYN: it
+        // keeps its port. So it does while the old flow is closing.
+        assert_eq!(reply_tuple(&T, IPPROTO_TCP, &closed, &same, now), ReplyTuple::Reclaim);
+        let closing = entry(SYN | ACK | FIN, ACK | FIN, now - S);
+        assert_eq!(reply_tuple(&T, IPPROTO_TCP, &closing, &same, now), ReplyTuple::Reclaim);
+        assert_eq!(reply_tuple(&T, IPPROTO_TCP, &closing, &other_client, now), ReplyTuple::Taken);
+        // ... and 61 s ago: free for anyone.
         let old = entry(SYN | ACK | FIN, ACK | FIN, now - 61 * S);
         assert_eq!(reply_tuple(&T, IPPROTO_TCP, &old, &same, now), ReplyTuple::Reclaim);
+        assert_eq!(reply_tuple(&T, IPPROTO_TCP, &old, &other_client, now), ReplyTuple::Reclaim);
         // A half-open flow (a spoofed SYN) frees its tuple at the SYN
         // timeout: no TIME_WAIT without a connection.
         let half_open = entry(SYN | ACK, 0, now - 61 * S);
