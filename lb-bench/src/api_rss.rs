@@ -9,7 +9,6 @@
 use std::{
     io::{BufRead, BufReader},
     path::Path,
-    process::Stdio,
     time::{Duration, Instant},
 };
 
@@ -17,6 +16,7 @@ use anyhow::{Result, bail};
 use lb_lab::Netns;
 use serde_json::{Value, json};
 
+use crate::agent_cmd::{AgentCommand, Source};
 use crate::{services, sys};
 
 #[allow(unused_imports)]
@@ -113,21 +113,12 @@ pub fn run(bin: &Path, n: usize, endpoints: usize) -> Result<ApiRss> {
     let kubeconfig = api.kubeconfig(&dir);
     let pins = sys::Pins::new("api-rss");
     let size = (n * 2).next_power_of_two().max(1024);
-    let mut cmd = ns.command(bin);
-    cmd.args(["run", "--no-socket-lb", "--pod-ifaces", "lbbench-none*", "--xdp-mode", "off", "--health-addr", "127.0.0.1:10299"])
-        .arg("--kubeconfig")
-        .arg(&kubeconfig)
-        .arg("--bpffs")
-        .arg(pins.path())
-        .args(["--services-size", &size.to_string()])
-        .args(["--backends-size", &(n * endpoints * 2).next_power_of_two().max(1024).to_string()])
-        .args(["--slots-size", &(n * endpoints * 4).next_power_of_two().max(1024).to_string()])
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .env_remove("KUBECONFIG")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+    let (backends, slots) = ((n * endpoints * 2).next_power_of_two().max(1024), (n * endpoints * 4).next_power_of_two().max(1024));
+    let mut cmd = AgentCommand::new("api-rss", Source::Kubeconfig(&kubeconfig), pins.path(), "lbbench-none*")
+        .xdp_mode("off")
+        .health_addr("127.0.0.1:10299")
+        .sizes(size as u32, backends as u32, slots as u32)
+        .command(&ns, bin);
     let start = Instant::now();
     let mut child = ns.spawn(&mut cmd)?.into_inner();
     let pid = child.id().to_string();

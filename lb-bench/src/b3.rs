@@ -22,6 +22,7 @@ use lb_agent::{
 };
 use lb_lab::Netns;
 
+use crate::agent_cmd::{AgentCommand, Source};
 use crate::{
     services::{self, Svc},
     sys::{self, Took},
@@ -327,20 +328,10 @@ fn agent_run(bin: &Path, svcs: &[Svc], extra: &Svc, o: &B3Options, prefill: bool
         drop(dp);
     }
     let ns = Netns::new("b3-agent")?;
-    let mut cmd = ns.command(bin);
-    cmd.args(["run", "--no-socket-lb", "--pod-ifaces", "lbbench-none*", "--poll-interval-ms", "50"])
-        .arg("--manifests")
-        .arg(&dir)
-        .arg("--bpffs")
-        .arg(pins.path())
-        .args(["--services-size", &sizes.services.to_string()])
-        .args(["--backends-size", &sizes.backends.to_string()])
-        .args(["--slots-size", &sizes.slots.to_string()])
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+    let mut cmd = AgentCommand::new("B3", Source::Manifests(&dir), pins.path(), "lbbench-none*")
+        .poll_interval_ms(50)
+        .map_sizes(&sizes)
+        .command(&ns, bin);
     let start = Instant::now();
     let child = ns.spawn(&mut cmd)?;
     let mut child = child.into_inner();

@@ -25,7 +25,7 @@ use std::{
     io::{BufRead, BufReader},
     net::Ipv4Addr,
     path::Path,
-    process::{Command, Stdio},
+    process::Command,
     sync::mpsc,
     time::{Duration, Instant},
 };
@@ -37,6 +37,7 @@ use lb_lab::{
     churn::{self, Churn, ChurnSvc, MAX_FILLERS},
 };
 
+use crate::agent_cmd::{AgentCommand, Source};
 use crate::{
     b2::Pcts,
     dp::Kind,
@@ -464,22 +465,11 @@ fn run_agent(plan: &Plan, bin: &Path) -> Result<B6Row> {
     }
     let pins = sys::Pins::new("b6-agent");
     let sizes = crate::b3::map_sizes(plan.base.len() + MAX_FILLERS + 1, BASE_ENDPOINTS);
-    let mut cmd = lab.node.command(bin);
-    cmd.arg("run")
-        .arg("--manifests")
-        .arg(&dir)
-        .arg("--bpffs")
-        .arg(pins.path())
-        .args(["--pod-ifaces", "lbp*", "--poll-interval-ms", "100"])
-        .args(["--health-addr", "off", "--no-socket-lb"])
-        .args(["--services-size", &sizes.services.to_string()])
-        .args(["--backends-size", &sizes.backends.to_string()])
-        .args(["--slots-size", &sizes.slots.to_string()])
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+    let mut cmd = AgentCommand::new("B6", Source::Manifests(&dir), pins.path(), "lbp*")
+        .poll_interval_ms(100)
+        .health_addr("off")
+        .map_sizes(&sizes)
+        .command(&lab.node, bin);
     let mut child = lab.node.spawn(&mut cmd)?;
     let pid = child.id();
     let rx = log_lines(child.stderr.take().expect("piped"), pid);

@@ -29,6 +29,7 @@ use anyhow::{Context, Result, bail};
 use lb_agent::links;
 use lb_lab::NodeLab;
 
+use crate::agent_cmd::{AgentCommand, Source};
 use crate::sys;
 
 /// How long one sample waits for the programs before it counts as missed.
@@ -106,19 +107,11 @@ pub fn run(o: &B7Options, agent_bin: Option<&Path>) -> Result<Option<B7Result>> 
     fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let _dir_guard = crate::b3::DirGuard(dir.clone());
     let pins = sys::Pins::new("b7-agent");
-    let mut cmd = lab.node.command(bin);
-    cmd.arg("run")
-        .arg("--manifests")
-        .arg(&dir)
-        .arg("--bpffs")
-        .arg(pins.path())
-        .args(["--pod-ifaces", "lbp*", "--poll-interval-ms", "600000"])
-        .args(["--health-addr", "off", "--no-socket-lb"])
-        .env("RUST_LOG", "info")
-        .env("NO_COLOR", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+    // The directory is never polled again: interfaces come from link events.
+    let mut cmd = AgentCommand::new("B7", Source::Manifests(&dir), pins.path(), "lbp*")
+        .poll_interval_ms(600_000)
+        .health_addr("off")
+        .command(&lab.node, bin);
     let mut child = lab.node.spawn(&mut cmd)?;
     let stderr = child.stderr.take().expect("piped");
     let (tx, rx) = mpsc::channel();

@@ -12,6 +12,7 @@
 //! - B6 ([`b6`]): agent CPU and sync times under Service churn, next to
 //!   kube-proxy's rule syncs for the same churn.
 
+pub mod agent_cmd;
 pub mod api_rss;
 pub mod b1;
 pub mod b2;

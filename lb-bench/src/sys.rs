@@ -241,6 +241,11 @@ pub fn run_stdin(cmd: &mut Command, input: &str, timeout: Option<Duration>) -> R
     Ok(Some(took))
 }
 
+/// `cmd` as a shell shows it (program, then arguments), for the log.
+pub fn command_line(cmd: &Command) -> String {
+    std::iter::once(cmd.get_program()).chain(cmd.get_args()).map(|a| a.to_string_lossy()).collect::<Vec<_>>().join(" ")
+}
+
 /// A private bpffs directory, removed (with its pinned maps) on drop.
 pub struct Pins(pub std::path::PathBuf);
 
