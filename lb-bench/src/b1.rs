@@ -615,7 +615,7 @@ pub fn write_directly(maps: &mut Maps, desired: &lb_agent::model::Desired) -> Re
         };
         maps.services.insert(&key, &v)?;
         let vip = Vip4 { flags: maps.vips.get(&key.addr)?.map_or(0, |v| v.flags) | lb_agent::vips::kind(fe.flags) };
-        maps.vips.insert(&key.addr, &vip)?;
+        maps.insert_vip(key.addr, &vip)?;
     }
     Ok(())
 }
