@@ -49,6 +49,7 @@ pub mod source;
 pub mod sync;
 pub mod topology;
 pub mod translate;
+pub mod vip_filter;
 pub mod vips;
 
 /// The eBPF object, built by `cargo xtask build-ebpf` (empty when the

@@ -2,6 +2,8 @@
 
 use std::path::{Path, PathBuf};
 
+use tracing::warn;
+
 use aya::maps::{
     Array, HashMap, HashOfMaps, Map, MapData, MapError, PerCpuArray,
     lpm_trie::{Key as LpmKey, LpmTrie},
@@ -11,6 +13,8 @@ use lb_common::{
     RevNat6, RevNatKey, Service4Key, Service4Value, Service6Key, Slot, SlotKey, SockRevNat4, SockRevNat4Key, SockRevNat6, SockRevNat6Key,
     SrcRange4, SvcName, Vip4, names, stat,
 };
+
+use crate::vip_filter::{VipFilter, WordWrite};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MapsError {
@@ -154,8 +158,14 @@ pub struct Maps {
     pub src_ranges: Named<LpmTrie<MapData, SrcRange4, u32>>,
     pub node: Named<Array<MapData, NodeConfig>>,
     pub devices: Named<HashMap<MapData, u32, Device>>,
-    /// Frontend addresses and their kinds.
+    /// Frontend addresses and their kinds. Written through
+    /// [`Maps::insert_vip`] and [`Maps::remove_vip`], which keep
+    /// `vip_filter` in step.
     pub vips: Named<HashMap<MapData, u32, Vip4>>,
+    /// The XDP program's pre-filter of `vips` (see `crate::vip_filter`).
+    pub vip_filter: Named<Array<MapData, u64>>,
+    /// What `vip_filter` holds, once read (see [`Maps::sync_vip_filter`]).
+    filter: Option<VipFilter>,
     /// The datapath's counters (`lb_common::stat`), per CPU.
     pub stats: Named<PerCpuArray<MapData, u64>>,
     /// What each frontend served, by frontend ID, per CPU.
@@ -257,6 +267,8 @@ impl Maps {
             node: open(dir, names::NODE)?,
             devices: open(dir, names::DEVICES)?,
             vips: open(dir, names::VIPS)?,
+            vip_filter: open(dir, names::VIP_FILTER)?,
+            filter: None,
             stats: open(dir, names::STATS)?,
             frontend_stats: open(dir, names::FRONTEND_STATS)?,
             v6: Maps6 {
@@ -319,6 +331,67 @@ impl Maps {
             return Err(MapsError::Full { name: m.name, max_entries: m.max_entries });
         }
         m.map.set(id, zero, 0).map_err(|e| m.write_error(e))
+    }
+
+    /// Reads `LB4_VIPS` and its pre-filter and writes the filter words
+    /// they disagree on (a filter new to this agent, or one left behind by
+    /// another), before the XDP program runs against them; returns how
+    /// many. Done once before the first write of either.
+    pub fn sync_vip_filter(&mut self) -> Result<usize, MapsError> {
+        let vips = self.vips.entries()?;
+        let current = self.vip_filter.slots()?;
+        let (filter, writes) = VipFilter::rebuild(vips.iter().map(|(a, v)| (*a, v.flags)), current);
+        self.filter = Some(filter);
+        for w in &writes {
+            self.write_filter_word(*w)?;
+        }
+        Ok(writes.len())
+    }
+
+    fn write_filter_word(&mut self, w: WordWrite) -> Result<(), MapsError> {
+        self.vip_filter.set(w.0, &w.1)?;
+        if let Some(f) = &mut self.filter {
+            f.wrote(w);
+        }
+        Ok(())
+    }
+
+    fn filter(&mut self) -> Result<&mut VipFilter, MapsError> {
+        if self.filter.is_none() {
+            self.sync_vip_filter()?;
+        }
+        Ok(self.filter.get_or_insert_with(VipFilter::default))
+    }
+
+    /// Writes frontend address `addr` (network order) with its kinds: the
+    /// pre-filter learns them first.
+    pub fn insert_vip(&mut self, addr: u32, vip: &Vip4) -> Result<(), MapsError> {
+        if let Some(w) = self.filter()?.before(addr, vip.flags) {
+            self.write_filter_word(w)?;
+        }
+        self.vips.insert(&addr, vip)?;
+        self.narrow_filter(addr, vip.flags);
+        Ok(())
+    }
+
+    /// Removes frontend address `addr`; the pre-filter forgets it after.
+    pub fn remove_vip(&mut self, addr: u32) -> Result<(), MapsError> {
+        self.filter()?;
+        self.vips.remove(&addr)?;
+        self.narrow_filter(addr, 0);
+        Ok(())
+    }
+
+    /// After `addr` went into `LB4_VIPS` with `flags` (0: out): clears the
+    /// kinds its lane no longer needs. A failed write leaves a superset
+    /// (false positives only), retried with the next change of the word.
+    fn narrow_filter(&mut self, addr: u32, flags: u32) {
+        let Some(w) = self.filter.as_mut().and_then(|f| f.after(addr, flags)) else {
+            return;
+        };
+        if let Err(e) = self.write_filter_word(w) {
+            warn!("narrowing the XDP pre-filter for {}: {e}", std::net::Ipv4Addr::from(addr.to_ne_bytes()));
+        }
     }
 
     pub fn write_node(&mut self, node: &NodeConfig) -> Result<(), MapsError> {

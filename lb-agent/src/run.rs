@@ -134,7 +134,13 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> anyhow::
             None
         }
     };
-    let maps = Maps::open(&cfg.bpffs)?;
+    let mut maps = Maps::open(&cfg.bpffs)?;
+    // Before the XDP program is attached (below): a pre-filter new to
+    // these pins learns the frontend addresses they already hold.
+    let fixed = maps.sync_vip_filter()?;
+    if fixed > 0 {
+        info!(words = fixed, "XDP pre-filter rebuilt from the pinned frontend addresses");
+    }
     let mut reconciler = Reconciler::recover(maps).context("recovering state from the pinned maps")?;
     let cookie = host::current_netns_cookie().context("reading the network namespace cookie")?;
     reconciler.set_maglev_m(cfg.maglev_m);

@@ -28,7 +28,7 @@ use lb_agent::{
     model::{Backend, BackendAddr, Cidr, Desired, Frontend, FrontendAddr, Protocol},
     reconcile::Stats,
 };
-use lb_common::{NodeConfig, node_flags, svc_flags};
+use lb_common::{NodeConfig, node_flags, svc_flags, vip_filter, vip_flags};
 use lb_lab::Netns;
 use lb_lab::testrun::{self, Frame, Outcome, XDP_DROP, XDP_PASS, XDP_TX};
 
@@ -750,4 +750,155 @@ fn two_nodeport_flows_from_one_client_port_to_one_local_backend_keep_apart() {
     let out = fx.run_egress(&testrun::tcp(be, remapped, "SA", 6, b""));
     assert_eq!(hex(&out.packet), hex(&testrun::tcp(node(30083), c, "SA", 6, b"")));
     assert_eq!(fx.l.stat(lb_common::stat::PORT_REMAPPED), 1);
+}
+
+/// The pre-filter's kinds for `addr` as the map holds them (the lane the
+/// XDP program reads, by the same lb-common function).
+fn filter_kinds(fx: &Fixture, addr: Ipv4Addr) -> u32 {
+    let a = u32::from_ne_bytes(addr.octets());
+    let slot = vip_filter::slot(a);
+    vip_filter::kinds(fx.l.reconciler.maps().vip_filter.get(slot.word).unwrap(), slot)
+}
+
+/// An address other than `of` (and outside every fixture subnet) whose
+/// pre-filter lane is `of`'s: a false positive.
+fn sharing_lane(of: Ipv4Addr) -> Ipv4Addr {
+    let s = vip_filter::slot(u32::from_ne_bytes(of.octets()));
+    (1u32..)
+        .map(|i| Ipv4Addr::from(0xac10_0000 + i))
+        .find(|a| vip_filter::slot(u32::from_ne_bytes(a.octets())) == s)
+        .expect("an address sharing the lane")
+}
+
+#[test]
+fn packets_for_no_frontend_pass_untouched_and_leave_no_conntrack_entry() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let mut fx = Fixture::new("xdp-nofront", (NAT_PORT, NAT_PORT));
+    // The pre-filter holds the north-south addresses with their kinds, and
+    // nothing for a ClusterIP or an address with no frontend.
+    let lb_ip: Ipv4Addr = "192.168.60.10".parse().unwrap();
+    assert_eq!(filter_kinds(&fx, NODE_IP.parse().unwrap()), vip_flags::NODE_PORT);
+    assert_eq!(filter_kinds(&fx, lb_ip), vip_flags::LOAD_BALANCER);
+    assert_eq!(filter_kinds(&fx, "10.96.0.10".parse().unwrap()), 0, "a ClusterIP is not served from outside");
+    let c = client(40100);
+    for (name, input) in [
+        ("TCP to an address with no frontend", testrun::tcp_frame(IN, c, sa("192.168.50.77:443"), "S", 1, b"")),
+        ("UDP to an address with no frontend", testrun::udp_frame(IN, c, sa("192.168.50.77:53"), b"q")),
+        ("a ClusterIP from outside", testrun::tcp_frame(IN, c, sa("10.96.0.10:80"), "S", 1, b"")),
+        ("the node address, not a NodePort", testrun::tcp_frame(IN, c, node(22), "S", 1, b"")),
+        ("the node address, a NodePort nobody has", testrun::tcp_frame(IN, c, node(30999), "S", 1, b"")),
+        ("the LB IP, a port it does not serve", testrun::tcp_frame(IN, c, sa("192.168.60.10:443"), "S", 1, b"")),
+    ] {
+        expect_unchanged(name, &fx.run(&input), &input);
+    }
+    let ct = fx.l.reconciler.maps().ct.entries().unwrap();
+    assert!(ct.is_empty(), "no conntrack entry for packets to no frontend: {ct:?}");
+}
+
+#[test]
+fn an_address_sharing_a_frontends_filter_lane_passes_untouched() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let mut fx = Fixture::new("xdp-falsepos", (NAT_PORT, NAT_PORT));
+    let c = client(40110);
+    // A false positive of the LoadBalancer IP's lane, and of the node
+    // address's (NodePorts only: a port in the NodePort range gets past
+    // the lane's kinds to the exact lookup).
+    for (frontend, port) in [("192.168.60.10", 80), (NODE_IP, 30080)] {
+        let other = sharing_lane(frontend.parse().unwrap());
+        assert_ne!(filter_kinds(&fx, other), 0, "{other} shares {frontend}'s lane");
+        let dst = SocketAddrV4::new(other, port);
+        for (name, input) in [
+            (format!("TCP SYN to {dst}"), testrun::tcp_frame(IN, c, dst, "S", 1, b"")),
+            (format!("TCP data to {dst}"), testrun::tcp_frame(IN, c, dst, "A", 2, b"x")),
+            (format!("UDP to {dst}"), testrun::udp_frame(IN, c, dst, b"q")),
+        ] {
+            expect_unchanged(&name, &fx.run(&input), &input);
+        }
+    }
+    assert!(fx.l.reconciler.maps().ct.entries().unwrap().is_empty());
+    // The frontend itself is served as ever.
+    let out = fx.run(&testrun::tcp_frame(IN, c, sa("192.168.60.10:80"), "S", 1, b""));
+    assert_eq!(out.verdict, XDP_TX);
+}
+
+#[test]
+fn established_flows_follow_conntrack_without_the_address_lookup_until_their_frontend_goes() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let mut fx = Fixture::new("xdp-est", (NAT_PORT, NAT_PORT + 10));
+    let c = client(40120);
+    let lb = sa("192.168.60.10:80");
+    let be = sa("10.244.2.11:8080");
+    let out = fx.run(&testrun::tcp_frame(IN, c, lb, "S", 1, b""));
+    assert_eq!(out.verdict, XDP_TX, "SYN to the LoadBalancer IP");
+    let nat = SocketAddrV4::new(NODE_IP.parse().unwrap(), u16::from_be_bytes([out.packet[34], out.packet[35]]));
+    expect("the SYN", &out, XDP_TX, &testrun::tcp_frame(TO_B, nat, be, "S", 1, b""));
+
+    // The address's `LB4_VIPS` entry taken away behind the agent's back
+    // (the frontend and the pre-filter stay): the established flow does
+    // not look it up, a new flow does (and passes).
+    let key = u32::from_ne_bytes(lb.ip().octets());
+    let vip = fx.l.reconciler.maps().vips.get(&key).unwrap().expect("the LB IP's VIPS entry");
+    fx.l.reconciler.maps_mut().vips.remove(&key).unwrap();
+    let data = testrun::tcp_frame(IN, c, lb, "A", 2, b"data");
+    expect("established, without LB4_VIPS", &fx.run(&data), XDP_TX, &testrun::tcp_frame(TO_B, nat, be, "A", 2, b"data"));
+    let other = testrun::tcp_frame(IN, client(40121), lb, "S", 1, b"");
+    expect_unchanged("a new flow needs LB4_VIPS", &fx.run(&other), &other);
+    fx.l.reconciler.maps_mut().vips.insert(&key, &vip).unwrap();
+
+    // The frontend removed: its lane is cleared (no other frontend there)
+    // and the flow's next packet passes untranslated; so it does when the
+    // lane stays set (a NodePort flow on the node address, whose other
+    // NodePorts remain), by the entry's version check.
+    let out = fx.run(&testrun::tcp_frame(IN, c, node(30080), "S", 1, b""));
+    assert_eq!(out.verdict, XDP_TX, "SYN to NodePort 30080");
+    let (mut d, _) = desired();
+    d.retain(|a, _| a.port != 80 && a.port != 30080);
+    let mut stats = fx.l.reconciler.apply(&d);
+    fx.l.reconciler.apply_source_ranges(&BTreeMap::new(), &mut stats);
+    assert!(stats.errors.is_empty(), "{:?}", stats.errors);
+    assert_eq!(filter_kinds(&fx, *lb.ip()), 0, "the removed LB IP's lane is cleared");
+    assert_eq!(filter_kinds(&fx, NODE_IP.parse().unwrap()), vip_flags::NODE_PORT);
+    let data = testrun::tcp_frame(IN, c, lb, "A", 3, b"more");
+    expect_unchanged("the removed LB IP's flow", &fx.run(&data), &data);
+    let data = testrun::tcp_frame(IN, c, node(30080), "A", 3, b"more");
+    expect_unchanged("the removed NodePort's flow", &fx.run(&data), &data);
+    // The remaining NodePorts are served.
+    let out = fx.run(&testrun::tcp_frame(IN, c, node(30082), "S", 1, b""));
+    assert_eq!(out.verdict, testrun::XDP_REDIRECT, "NodePort 30082 (behind ext1)");
+}
+
+#[test]
+fn a_pre_filter_new_to_the_pins_is_rebuilt_from_the_frontend_addresses() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let mut fx = Fixture::new("xdp-filter-sync", (NAT_PORT, NAT_PORT));
+    let c = client(40130);
+    let lb = sa("192.168.60.10:80");
+    let out = fx.run(&testrun::tcp_frame(IN, c, lb, "S", 1, b""));
+    assert_eq!(out.verdict, XDP_TX);
+    let established = testrun::tcp_frame(IN, c, lb, "A", 2, b"x");
+    assert_eq!(fx.run(&established).verdict, XDP_TX);
+    // An empty filter (as a new agent finds one next to an older agent's
+    // maps): everything passes, flows included.
+    let maps = fx.l.reconciler.maps_mut();
+    for (i, w) in maps.vip_filter.slots().unwrap() {
+        if w != 0 {
+            maps.vip_filter.set(i, &0).unwrap();
+        }
+    }
+    expect_unchanged("with an empty pre-filter", &fx.run(&established), &established);
+    // What the agent does at start, before attaching XDP.
+    let fixed = fx.l.reconciler.maps_mut().sync_vip_filter().unwrap();
+    let word = |a: &str| vip_filter::slot(u32::from_ne_bytes(a.parse::<Ipv4Addr>().unwrap().octets())).word;
+    let words: std::collections::BTreeSet<u32> = [word(NODE_IP), word("192.168.60.10")].into();
+    assert_eq!(fixed, words.len(), "the node address's word and the LB IP's");
+    assert_eq!(fx.run(&established).verdict, XDP_TX, "the flow is served again");
+    assert_eq!(fx.l.reconciler.maps_mut().sync_vip_filter().unwrap(), 0, "nothing to fix twice");
 }

@@ -77,6 +77,22 @@ pub struct B1Row {
     /// The XDP NodePort path to a backend on another node (DNAT + SNAT,
     /// FIB lookup, TTL, MACs, `XDP_TX`).
     pub remote: Option<PathCost>,
+    /// What `lb_xdp` costs the packets it leaves alone: every other packet
+    /// on the NIC.
+    pub xdp_pass: Option<PassCost>,
+}
+
+/// `lb_xdp` on packets for no frontend, which it passes untouched: ns per
+/// packet (repeat = N, best of rounds) and the kernel's run_time/run_cnt.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct PassCost {
+    /// To an address that has no frontend (traffic routed through the node).
+    pub other_addr_ns: f64,
+    pub other_addr_kernel: f64,
+    /// To the node's address on a port that is no NodePort (ssh, the
+    /// kubelet: the node's own traffic).
+    pub node_port_ns: f64,
+    pub node_port_kernel: f64,
 }
 
 /// Per-run cost in the kernel's own accounting: `run_time_ns / run_cnt` of
@@ -173,6 +189,10 @@ fn one_backend(name: &str, at: SocketAddrV4, to: SocketAddrV4) -> (FrontendAddr,
 /// packets are DNATed and SNATed and forwarded (`bpf_fib_lookup`, TTL,
 /// MACs, `XDP_TX` back out of `ext0`).
 const NP_REMOTE: SocketAddrV4 = SocketAddrV4::new(NODE_IP, 30001);
+/// Packets `lb_xdp` leaves alone: to an address with no frontend, and to
+/// the node's address on a port outside the NodePort range.
+const NO_FRONTEND: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 77), 443);
+const NODE_SSH: SocketAddrV4 = SocketAddrV4::new(NODE_IP, 22);
 /// This node's name (its endpoints are local) and the other node's.
 const NODE_NAME: &str = "bench-node-a";
 const OTHER_NODE: &str = "bench-node-b";
@@ -465,6 +485,28 @@ fn measure(opts: &B1Options, dp: &Datapath, svcs: &[services::Svc], ext0: u32, h
         }
         _ => None,
     };
+
+    // Packets for no frontend: passed untouched, each must cost little.
+    let pass_cost = if has_xdp {
+        let np: &Xdp = dp.ebpf.program(XDP_PROGRAM).unwrap().try_into()?;
+        let np_info = || np.info();
+        let one = |dst: SocketAddrV4| -> Result<(f64, f64)> {
+            let pkt = ack(client, dst);
+            let first = testrun::run_xdp(np, &pkt, ext0)?;
+            ensure!(first.verdict as u32 == XDP_PASS && first.packet == pkt, "a packet to {dst} (no frontend) was not passed untouched");
+            let ns = best_of(opts.rounds, || Ok(testrun::time_xdp(np, &pkt, opts.repeat)?.1))?;
+            let kernel = kernel_ns(np_info, || {
+                testrun::time_xdp(np, &pkt, opts.repeat)?;
+                Ok(())
+            })?;
+            Ok((ns, kernel))
+        };
+        let (other_addr_ns, other_addr_kernel) = one(NO_FRONTEND)?;
+        let (node_port_ns, node_port_kernel) = one(NODE_SSH)?;
+        Some(PassCost { other_addr_ns, other_addr_kernel, node_port_ns, node_port_kernel })
+    } else {
+        None
+    };
     Ok(Measured {
         row: B1Row {
             services: 0,
@@ -478,6 +520,7 @@ fn measure(opts: &B1Options, dp: &Datapath, svcs: &[services::Svc], ext0: u32, h
             kernel: KernelNs { established: kernel_established, new_flow: kernel_new_flow },
             xdp: xdp_cost,
             remote: remote_cost,
+            xdp_pass: pass_cost,
         },
         flows: k,
     })
@@ -572,7 +615,7 @@ pub fn write_directly(maps: &mut Maps, desired: &lb_agent::model::Desired) -> Re
         };
         maps.services.insert(&key, &v)?;
         let vip = Vip4 { flags: maps.vips.get(&key.addr)?.map_or(0, |v| v.flags) | lb_agent::vips::kind(fe.flags) };
-        maps.vips.insert(&key.addr, &vip)?;
+        maps.insert_vip(key.addr, &vip)?;
     }
     Ok(())
 }

@@ -131,6 +131,23 @@ pub fn b1_table(rows: &[B1Row]) -> String {
                 }
             }
         }
+        if let Some(p) = &r.xdp_pass {
+            let rows = [
+                ("no frontend (XDP `lb_xdp`, passed): another address", p.other_addr_ns, p.other_addr_kernel),
+                ("no frontend (XDP `lb_xdp`, passed): node address, port 22", p.node_port_ns, p.node_port_kernel),
+            ];
+            for (name, ns, kernel) in rows {
+                let _ = writeln!(
+                    t,
+                    "| {} | {name} | 〃 | {:.1} | {:.1} | {:.1} | – | – | – | – | {:.0} / – |",
+                    fmt_count(r.services as f64),
+                    r.floor_ns,
+                    ns,
+                    ns / f,
+                    kernel,
+                );
+            }
+        }
     }
     t
 }

@@ -19,6 +19,7 @@ pub mod hash;
 pub mod maps;
 pub mod maps6;
 pub mod packet;
+pub mod vip_filter;
 
 pub use maps::*;
 pub use maps6::*;

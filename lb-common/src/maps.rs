@@ -73,6 +73,9 @@ map_set! {
     /// Indexed by the shared frontend ID, so sized as `LB4_REVNAT`.
     REVNAT6 = "LB6_REVNAT", version 1, sized by Services;
     VIPS6 = "LB6_VIPS", version 1, sized by Services6;
+    /// The XDP program's pre-filter of north-south frontend addresses
+    /// (see `vip_filter`), derived from `LB4_VIPS`.
+    VIP_FILTER = "LB4_VIP_FILTER", version 1, sized by Fixed;
     SOCK_REVNAT6 = "LB6_SOCK_REVNAT", version 1, sized by Fixed;
     /// The layout version of every other pinned map (see [`layout`]).
     LAYOUT = "LB_LAYOUT", version 1, sized by Fixed;
@@ -136,8 +139,10 @@ pub mod layout {
 
     /// Maps written by the agent's reconciler from the Services: they
     /// hold IDs that the others refer to, so they are rebuilt together.
-    pub const RECONCILED: [&str; 12] =
-        [SERVICES, SLOTS, BACKENDS, REVNAT, SVC_NAMES, MAGLEV, SRC_RANGES, VIPS, SERVICES6, BACKENDS6, REVNAT6, VIPS6];
+    /// (`LB4_VIP_FILTER` is derived from `LB4_VIPS` and rebuilt with it:
+    /// programs still attached to the old `LB4_VIPS` keep the old filter.)
+    pub const RECONCILED: [&str; 13] =
+        [SERVICES, SLOTS, BACKENDS, REVNAT, SVC_NAMES, MAGLEV, SRC_RANGES, VIPS, SERVICES6, BACKENDS6, REVNAT6, VIPS6, VIP_FILTER];
     /// Maps whose entries name frontend or backend IDs: rebuilt along with
     /// [`RECONCILED`], since fresh IDs would give them other meanings.
     pub const REFER_TO_IDS: [&str; 6] = [CT_TCP, CT_ANY, AFFINITY, SOCK_REVNAT, FRONTEND_STATS, SOCK_REVNAT6];
@@ -372,6 +377,11 @@ pub mod ct_flags {
 pub mod ct_entry_flags {
     /// `CtEntry::seq` holds a sequence number seen in this direction.
     pub const SEQ_SEEN: u8 = 1 << 0;
+    /// A forward entry the XDP program made for a north-south frontend
+    /// (`svc_flags::NODE_PORT`, `EXTERNAL_IP`, `LOAD_BALANCER`, external
+    /// scope): its packets need no `LB4_VIPS` lookup while the entry's
+    /// frontend is installed (the entry's version check).
+    pub const NORTH_SOUTH: u8 = 1 << 1;
 }
 
 /// One direction of a translated flow, in `LB4_CT_TCP` (TCP) or

@@ -92,6 +92,39 @@ pub fn forward(cfg: &Config, f: &Flow, now: u64) -> Forward {
     Forward::Flow(current)
 }
 
+/// The forward entry of the tuple of `f` (client -> frontend), if any,
+/// not yet judged nor recorded: the XDP program looks the flow up before
+/// it knows the packet is for a frontend (an entry [`marked`]
+/// `ct_entry_flags::NORTH_SOUTH` tells it), and [`follow`] finishes what
+/// [`forward`] does. Only the pointer is kept: a copy of the entry on the
+/// stack as well would take `lb_xdp` past the 512-byte stack limit.
+#[inline(always)]
+pub fn find_forward(f: &Flow) -> Option<*mut CtEntry> {
+    get(&key_of(f, CT_SERVICE))
+}
+
+/// Whether the entry at `e` has `mark` (`ct_entry_flags`) in its flags.
+#[inline(always)]
+pub fn marked(e: *mut CtEntry, mark: u8) -> bool {
+    // SAFETY: as in `load`, one field read once.
+    unsafe { addr_of!((*e).flags).read_volatile() & mark != 0 }
+}
+
+/// [`forward`] for the entry `found` by [`find_forward`] (`None`: no
+/// entry): the packet is recorded in it when it is usable.
+#[inline(always)]
+pub fn follow(cfg: &Config, f: &Flow, found: Option<*mut CtEntry>, now: u64) -> Forward {
+    let Some(e) = found else {
+        return Forward::New { replace: false };
+    };
+    let current = load(e);
+    if !forward_usable(cfg, f.proto, &current, f.tcp_flags, now) {
+        return Forward::New { replace: true };
+    }
+    seen(&key_of(f, CT_SERVICE), e, f, now);
+    Forward::Flow(current)
+}
+
 /// The reply entry of the flow `f` belongs to (backend -> client, or a
 /// hairpin flow's answer), with the packet recorded in it, and the time it
 /// was seen; `None` when `f` is no reply of a translated flow. The clock is
@@ -212,6 +245,13 @@ const PORT_TRIES: u32 = 32;
 /// timed out or closed flow reopened).
 #[inline(always)]
 pub fn create(cfg: &Config, f: &Flow, new: &NewFlow, now: u64, replace: bool) -> Result<CtEntry, Error> {
+    create_marked(cfg, f, new, now, replace, 0)
+}
+
+/// [`create`], with `mark` (`ct_entry_flags`) added to the forward entry's
+/// flags.
+#[inline(always)]
+pub fn create_marked(cfg: &Config, f: &Flow, new: &NewFlow, now: u64, replace: bool, mark: u8) -> Result<CtEntry, Error> {
     let be = &new.backend;
     let frontend_version = rev_nat(new.frontend_id).map_or(0, |f| f.version);
     let (src_addr, keep_port) = match new.source {
@@ -274,7 +314,7 @@ pub fn create(cfg: &Config, f: &Flow, new: &NewFlow, now: u64, replace: bool) ->
         seq: if tcp { f.seq } else { 0 },
         tcp_flags: if tcp { f.tcp_flags & !ct_flags::RST } else { 0 },
         peer_flags: 0,
-        flags: if tcp { ct_entry_flags::SEQ_SEEN } else { 0 },
+        flags: if tcp { ct_entry_flags::SEQ_SEEN | mark } else { mark },
         ..reply
     };
     let fkey = key_of(f, CT_SERVICE);

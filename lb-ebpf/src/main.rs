@@ -27,6 +27,7 @@
 //!   quoting one);
 //! - `family`: each address family's maps behind one trait;
 //! - `select`: frontend lookups and backend choice (Maglev, affinity);
+//!   `vip_filter`: XDP's pre-filter of frontend addresses (one array load);
 //! - `ct`: the two conntrack entries of a flow: lookups, updates, new flows
 //!   and their reply tuples;
 //! - `frag`: fragments (the first fragment's ports for the rest);
@@ -58,6 +59,7 @@ mod sock6;
 mod sock_family;
 mod stats;
 mod tc;
+mod vip_filter;
 mod xdp;
 
 #[cfg(not(test))]

@@ -9,7 +9,7 @@ use aya_ebpf::{
 use lb_common::{
     Addr6, Affinity4, Affinity4Key, Backend4, Backend6, Config, Ct4Key, CtEntry, Device, Frag4, Frag4Key, FrontendStats, NodeConfig,
     RejectRate, RevNat4, RevNat6, RevNatKey, Service4Key, Service4Value, Service6Key, Slot, SlotKey, SockRevNat4, SockRevNat4Key,
-    SockRevNat6, SockRevNat6Key, SrcRange4, SvcName, Vip4, layout, sizes, stat,
+    SockRevNat6, SockRevNat6Key, SrcRange4, SvcName, Vip4, layout, sizes, stat, vip_filter,
 };
 
 #[btf_map]
@@ -82,6 +82,11 @@ pub static LB_DEVICES: HashMap<u32, Device, { sizes::DEVICES as usize }> = HashM
 /// Every frontend address and its kinds: the first lookup of a packet.
 #[btf_map]
 pub static LB4_VIPS: HashMap<u32, Vip4, { sizes::VIPS as usize }> = HashMap::new();
+
+/// The XDP program's pre-filter of north-south frontend addresses (see
+/// `lb_common::vip_filter`): an array, so its lookup is an inlined index.
+#[btf_map]
+pub static LB4_VIP_FILTER: Array<u64, { vip_filter::WORDS as usize }> = Array::new();
 
 /// IPv4 datagrams in fragments: the first fragment's ports, for the rest.
 #[btf_map]

@@ -1,8 +1,13 @@
 //! XDP on the node's external interfaces: north-south load balancing.
 //!
 //! `lb_xdp` sees every packet that arrives from outside the node. Its first
-//! lookup (`LB4_VIPS`) leaves everything not sent to a frontend address
-//! alone, as well as traffic to a node address outside the NodePort range.
+//! look, one array load of the pre-filter (`vip_filter`), leaves
+//! everything not sent to a north-south frontend address alone, as well as
+//! traffic to a node address outside the NodePort range; no hash lookup,
+//! no clock read. An established flow then follows its conntrack entry,
+//! which carries the whole rewrite: `LB4_VIPS` and `LB4_SERVICES` are
+//! looked up only for a new flow (and for an entry the XDP program did not
+//! make, or a fragment without ports, which take the exact checks first).
 //!
 //! - To a north-south frontend (a NodePort on a node address, an external
 //!   IP, a LoadBalancer ingress IP): an established flow follows its
@@ -42,7 +47,7 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use lb_common::{
-    CT_REPLY, CT_SERVICE, Config, CtEntry, IPPROTO_ICMP, NodeConfig, SrcRange4, Vip4, backend_flags, csum,
+    CT_REPLY, CT_SERVICE, Config, CtEntry, IPPROTO_ICMP, NodeConfig, SrcRange4, Vip4, backend_flags, csum, ct_entry_flags,
     packet::{ETH_HLEN, Fragment, IPV4_HLEN, eth, icmp, ip},
     stat, svc_flags, vip_flags, xdp_mode,
 };
@@ -56,7 +61,7 @@ use crate::{
     packet::{read, write},
     parse::{Flow, IcmpError, Packet, parse},
     select::{config, flow_backend, node_config, now_ns, service, vip},
-    stats,
+    stats, vip_filter,
 };
 
 /// Passes every packet: the floor that per-packet costs are measured
@@ -117,43 +122,88 @@ fn try_lb_xdp(ctx: &XdpContext) -> Result<u32, Error> {
                     return snat_reply(ctx, &f);
                 }
             }
-            let Some(v) = vip(f.daddr) else {
-                return Ok(PASS);
-            };
-            // A ClusterIP from outside is not ours to serve.
-            if v.flags & NORTH_SOUTH_VIP == 0 {
+            // No north-south frontend at this address (a ClusterIP from
+            // outside is not ours to serve either): one array load.
+            let kinds = vip_filter::kinds(f.daddr);
+            if kinds == 0 {
                 return Ok(PASS);
             }
-            north_south(ctx, &cfg, node, &v, f)
+            north_south(ctx, &cfg, node, kinds, f)
         }
         Packet::IcmpError(err) => icmp_error(ctx, &err),
         _ => Ok(PASS),
     }
 }
 
-/// Client -> north-south frontend.
+/// Whether a packet to `dport` at an address with north-south kinds
+/// `kinds` (exact, or the pre-filter's superset) is the node's own
+/// traffic: only NodePorts at the address, and this port is none.
 #[inline(always)]
-fn north_south(ctx: &XdpContext, cfg: &Config, node: Option<NodeConfig>, v: &Vip4, mut f: Flow) -> Result<u32, Error> {
+fn not_a_node_port(kinds: u32, node: Option<NodeConfig>, dport: u16) -> bool {
+    kinds & !vip_flags::NODE_PORT & NORTH_SOUTH_VIP == 0 && node.is_some_and(|n| !in_range(dport, n.nodeport_min, n.nodeport_max))
+}
+
+/// The frontend kinds of the address `f` is sent to, when the packet is
+/// one for a north-south frontend by them; `None`: it passes.
+#[inline(always)]
+fn exact_vip(f: &Flow, node: Option<NodeConfig>) -> Option<Vip4> {
+    let v = vip(f.daddr)?;
+    // A ClusterIP from outside is not ours to serve.
+    if v.flags & NORTH_SOUTH_VIP == 0 || (f.frag != Fragment::Later && not_a_node_port(v.flags, node, f.dport)) {
+        return None;
+    }
+    Some(v)
+}
+
+/// Client -> north-south frontend (by the pre-filter's `kinds`).
+///
+/// An established flow whose forward entry this program made
+/// (`ct_entry_flags::NORTH_SOUTH`) is followed without `LB4_VIPS`: the
+/// entry was made for a north-south frontend at this address and port, and
+/// its version check (`ct::forward_usable`) ends it when that frontend or
+/// its backend goes. Any other packet gets the exact checks first, as
+/// before the pre-filter: a later fragment (its ports come from its first
+/// fragment), an entry another program made (a pod's flow to the same
+/// tuple), a new flow.
+#[inline(always)]
+fn north_south(ctx: &XdpContext, cfg: &Config, node: Option<NodeConfig>, kinds: u32, mut f: Flow) -> Result<u32, Error> {
+    let mut v = None;
     if f.frag == Fragment::Later {
+        let Some(exact) = exact_vip(&f, node) else {
+            return Ok(PASS);
+        };
         if !frag::lend_ports(&mut f) {
-            return Ok(orphan_fragment(v));
+            return Ok(orphan_fragment(&exact));
         }
-    } else if v.flags & !vip_flags::NODE_PORT & NORTH_SOUTH_VIP == 0
-        && let Some(n) = node
-        && !in_range(f.dport, n.nodeport_min, n.nodeport_max)
-    {
+        v = Some(exact);
+    } else if not_a_node_port(kinds, node, f.dport) {
         // Only NodePorts here, and this is not one: the node's own traffic.
         return Ok(PASS);
     }
     let now = now_ns();
-    let (entry, new) = match ct::forward(cfg, &f, now) {
+    let found = ct::find_forward(&f);
+    let ours = found.is_some_and(|e| ct::marked(e, ct_entry_flags::NORTH_SOUTH));
+    if !ours && v.is_none() {
+        v = exact_vip(&f, node);
+        if v.is_none() {
+            return Ok(PASS);
+        }
+    }
+    let (entry, new) = match ct::follow(cfg, &f, found, now) {
         Forward::Flow(e) => (e, false),
         // The datagram's first fragment made the flow; it is gone.
-        Forward::New { .. } if f.frag == Fragment::Later => return Ok(orphan_fragment(v)),
-        Forward::New { replace } => match new_flow(ctx, cfg, node, &f, now, replace)? {
-            ControlFlow::Continue(e) => (e, true),
-            ControlFlow::Break(verdict) => return Ok(verdict),
-        },
+        Forward::New { .. } if f.frag == Fragment::Later => return Ok(v.map_or(PASS, |v| orphan_fragment(&v))),
+        Forward::New { replace } => {
+            // A new flow (or the entry's frontend or backend gone): the
+            // exact checks, if the entry let them be skipped.
+            if v.is_none() && exact_vip(&f, node).is_none() {
+                return Ok(PASS);
+            }
+            match new_flow(ctx, cfg, node, &f, now, replace)? {
+                ControlFlow::Continue(e) => (e, true),
+                ControlFlow::Break(verdict) => return Ok(verdict),
+            }
+        }
     };
     stats::frontend_packet(entry.frontend_id, (ctx.data_end() - ctx.data()) as u32, new);
     frag::record(&f);
@@ -218,7 +268,8 @@ fn new_flow(
         _ => Source::Client,
     };
     let new = NewFlow { frontend_id: svc.frontend_id, backend_id, backend, source, ports: ct::nat_ports(node) };
-    Ok(ControlFlow::Continue(ct::create(cfg, f, &new, now, replace)?))
+    // Marked: its next packets need no `LB4_VIPS` lookup (`north_south`).
+    Ok(ControlFlow::Continue(ct::create_marked(cfg, f, &new, now, replace, ct_entry_flags::NORTH_SOUTH)?))
 }
 
 /// A later fragment whose first fragment was not seen (see
@@ -368,6 +419,8 @@ fn icmp_error(ctx: &XdpContext, err: &IcmpError) -> Result<u32, Error> {
     let to_snat = node.is_some_and(|n| err.daddr == n.snat_addr && in_range(err.quoted.sport, n.nat_port_min, n.nat_port_max));
     let dir = if to_snat {
         CT_REPLY
+    } else if vip_filter::kinds(err.daddr) == 0 {
+        return Ok(PASS);
     } else {
         match vip(err.daddr) {
             Some(v) if v.flags & NORTH_SOUTH_VIP != 0 => CT_SERVICE,

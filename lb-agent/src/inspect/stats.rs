@@ -97,7 +97,17 @@ pub fn fills(maps: &Maps) -> Result<Vec<Fill>, MapsError> {
         fill(maps.v6.backends.name, maps.live_backends6()?, maps.v6.backends.max_entries),
         fill(maps.v6.vips.name, maps.v6.vips.entries()?.len(), maps.v6.vips.max_entries),
         fill(maps.v6.sock_revnat.name, maps.v6.sock_revnat.entries()?.len(), maps.v6.sock_revnat.max_entries),
+        // The pre-filter's lanes in use: the share of addresses with no
+        // frontend that take the exact lookup (false positives).
+        fill(maps.vip_filter.name, filter_lanes_in_use(maps)?, lb_common::vip_filter::BUCKETS),
     ])
+}
+
+/// Lanes of `LB4_VIP_FILTER` that record some frontend kind.
+fn filter_lanes_in_use(maps: &Maps) -> Result<usize, MapsError> {
+    use lb_common::vip_filter::{LANE_BITS, LANES};
+    let lane_mask = (1u64 << LANE_BITS) - 1;
+    Ok(maps.vip_filter.slots()?.iter().map(|(_, w)| (0..LANES).filter(|i| (w >> (i * LANE_BITS)) & lane_mask != 0).count()).sum())
 }
 
 pub fn read(maps: &Maps) -> Result<Stats, MapsError> {

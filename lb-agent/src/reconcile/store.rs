@@ -246,11 +246,11 @@ impl MapStore for Maps {
     }
 
     fn insert_vip(&mut self, addr: u32, vip: &Vip4) -> Result<(), MapsError> {
-        self.vips.insert(&addr, vip)
+        Maps::insert_vip(self, addr, vip)
     }
 
     fn remove_vip(&mut self, addr: u32) -> Result<(), MapsError> {
-        self.vips.remove(&addr)
+        Maps::remove_vip(self, addr)
     }
 
     fn write_maglev(&mut self, id: u32, table: &[u32]) -> Result<usize, MapsError> {

@@ -1,0 +1,209 @@
+//! `LB4_VIP_FILTER`, the XDP program's pre-filter of north-south frontend
+//! addresses (see `lb_common::vip_filter`), kept in step with `LB4_VIPS`
+//! by the map store: every write of `LB4_VIPS` goes through
+//! [`VipFilter::before`] and [`VipFilter::after`].
+//!
+//! The order is the one `LB4_VIPS` itself keeps towards the frontends: an
+//! address's kinds are set in its lane before the address is written with
+//! them, and cleared only after it was written without them (or removed),
+//! so the filter never misses an address the datapath has. Lanes are
+//! shared: a lane holds the kinds of every address hashing there, so the
+//! filter remembers each address's kinds to clear only what none needs.
+
+use std::collections::{BTreeMap, HashMap};
+
+use lb_common::vip_filter::{self, KINDS, WORDS};
+
+/// What the filter holds and why.
+#[derive(Debug, Default)]
+pub struct VipFilter {
+    /// North-south kinds by address (network order), grouped by word.
+    members: HashMap<u32, BTreeMap<u32, u32>>,
+    /// The words the map holds that are not zero.
+    words: HashMap<u32, u64>,
+}
+
+/// One word to write: (index, value).
+pub type WordWrite = (u32, u64);
+
+impl VipFilter {
+    /// The filter of the addresses `vips` ((address, `vip_flags`), as
+    /// `LB4_VIPS` holds them) and the writes that turn the map's `current`
+    /// words into it.
+    pub fn rebuild(
+        vips: impl IntoIterator<Item = (u32, u32)>,
+        current: impl IntoIterator<Item = (u32, u64)>,
+    ) -> (VipFilter, Vec<WordWrite>) {
+        let mut f = VipFilter::default();
+        for (addr, flags) in vips {
+            if flags & KINDS != 0 {
+                f.members.entry(vip_filter::slot(addr).word).or_default().insert(addr, flags & KINDS);
+            }
+        }
+        let current: HashMap<u32, u64> = current.into_iter().filter(|(i, w)| *w != 0 && *i < WORDS).collect();
+        let mut writes = Vec::new();
+        for (&word, &have) in &current {
+            let want = f.exact(word);
+            if want != have {
+                writes.push((word, want));
+            }
+        }
+        for &word in f.members.keys() {
+            let want = f.exact(word);
+            if !current.contains_key(&word) && want != 0 {
+                writes.push((word, want));
+            }
+        }
+        writes.sort_unstable();
+        f.words = current;
+        (f, writes)
+    }
+
+    /// The word `word` as the members say.
+    fn exact(&self, word: u32) -> u64 {
+        let Some(m) = self.members.get(&word) else { return 0 };
+        m.iter().fold(0, |acc, (addr, kinds)| acc | vip_filter::lane(*kinds, vip_filter::slot(*addr)))
+    }
+
+    fn held(&self, word: u32) -> u64 {
+        self.words.get(&word).copied().unwrap_or(0)
+    }
+
+    /// Before `addr` is written to `LB4_VIPS` with `flags`: the write that
+    /// sets its kinds, if its lane lacks any.
+    pub fn before(&self, addr: u32, flags: u32) -> Option<WordWrite> {
+        let slot = vip_filter::slot(addr);
+        let have = self.held(slot.word);
+        let want = have | vip_filter::lane(flags, slot);
+        (want != have).then_some((slot.word, want))
+    }
+
+    /// After `addr` was written to `LB4_VIPS` with `flags` (0: removed):
+    /// records it, and returns the write that clears the kinds no address
+    /// of the word needs any more.
+    pub fn after(&mut self, addr: u32, flags: u32) -> Option<WordWrite> {
+        let word = vip_filter::slot(addr).word;
+        let m = self.members.entry(word).or_default();
+        if flags & KINDS == 0 {
+            m.remove(&addr);
+        } else {
+            m.insert(addr, flags & KINDS);
+        }
+        if m.is_empty() {
+            self.members.remove(&word);
+        }
+        let want = self.exact(word);
+        (want != self.held(word)).then_some((word, want))
+    }
+
+    /// Records that the map's word `index` now holds `value`.
+    pub fn wrote(&mut self, (index, value): WordWrite) {
+        if value == 0 {
+            self.words.remove(&index);
+        } else {
+            self.words.insert(index, value);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use lb_common::vip_flags;
+
+    use super::*;
+
+    fn addr(s: &str) -> u32 {
+        u32::from_ne_bytes(s.parse::<std::net::Ipv4Addr>().unwrap().octets())
+    }
+
+    /// An address other than `a` whose lane is `a`'s.
+    fn sharing_lane_with(a: u32) -> u32 {
+        let s = vip_filter::slot(a);
+        (1u32..).map(|i| (0xac10_0000u32 + i).to_be()).find(|b| *b != a && vip_filter::slot(*b) == s).unwrap()
+    }
+
+    /// Applies a write to a model of the map.
+    fn apply(map: &mut HashMap<u32, u64>, f: &mut VipFilter, w: Option<WordWrite>) {
+        if let Some(w) = w {
+            map.insert(w.0, w.1);
+            f.wrote(w);
+        }
+    }
+
+    fn kinds_in(map: &HashMap<u32, u64>, a: u32) -> u32 {
+        let s = vip_filter::slot(a);
+        vip_filter::kinds(map.get(&s.word).copied().unwrap_or(0), s)
+    }
+
+    #[test]
+    fn the_agents_lane_is_the_one_the_datapath_reads() {
+        // The datapath reads word `slot.word`, bits `slot.shift..+4`
+        // (`lb-ebpf/src/vip_filter.rs`, the same lb-common functions); the
+        // agent must write exactly there.
+        let a = addr("192.168.60.10");
+        let mut f = VipFilter::default();
+        let w = f.before(a, vip_flags::LOAD_BALANCER).unwrap();
+        let s = vip_filter::slot(a);
+        assert_eq!(w, (s.word, (vip_flags::LOAD_BALANCER as u64) << s.shift));
+        f.wrote(w);
+        // The hash is a fixed function of the address: pinned here, so a
+        // change on one side only cannot go unnoticed.
+        assert_eq!(vip_filter::slot(a), vip_filter::slot(u32::from_ne_bytes([192, 168, 60, 10])));
+        assert_eq!(f.after(a, vip_flags::LOAD_BALANCER), None, "nothing to clear");
+    }
+
+    #[test]
+    fn kinds_are_set_before_and_cleared_after_and_shared_lanes_keep_their_other_address() {
+        let a = addr("192.168.50.1");
+        let b = sharing_lane_with(a);
+        let mut f = VipFilter::default();
+        let mut map = HashMap::new();
+        // ClusterIPs are not recorded.
+        assert_eq!(f.before(addr("10.96.0.10"), vip_flags::CLUSTER_IP), None);
+
+        let w = f.before(a, vip_flags::NODE_PORT);
+        apply(&mut map, &mut f, w);
+        assert_eq!(kinds_in(&map, a), vip_flags::NODE_PORT, "set before the address is written");
+        let w = f.after(a, vip_flags::NODE_PORT);
+        apply(&mut map, &mut f, w);
+        let w = f.before(b, vip_flags::EXTERNAL_IP);
+        apply(&mut map, &mut f, w);
+        let w = f.after(b, vip_flags::EXTERNAL_IP);
+        apply(&mut map, &mut f, w);
+        assert_eq!(kinds_in(&map, a), vip_flags::NODE_PORT | vip_flags::EXTERNAL_IP);
+
+        // `b` removed: `a`'s kind stays; `a` loses its NodePorts: empty.
+        assert_eq!(f.before(b, 0), None, "a removal sets nothing");
+        let w = f.after(b, 0);
+        apply(&mut map, &mut f, w);
+        assert_eq!(kinds_in(&map, a), vip_flags::NODE_PORT);
+        // `a` keeps a ClusterIP only: nothing north-south is left.
+        let w = f.after(a, vip_flags::CLUSTER_IP);
+        apply(&mut map, &mut f, w);
+        assert_eq!(kinds_in(&map, a), 0);
+        assert!(f.words.is_empty() && f.members.is_empty(), "{f:?}");
+    }
+
+    #[test]
+    fn rebuild_writes_what_the_vips_need_and_clears_stale_words() {
+        let a = addr("192.168.50.1");
+        let b = addr("192.168.60.10");
+        let stale_word = (vip_filter::slot(a).word + 1) % WORDS;
+        let vips =
+            [(a, vip_flags::NODE_PORT), (b, vip_flags::LOAD_BALANCER | vip_flags::CLUSTER_IP), (addr("10.96.0.1"), vip_flags::CLUSTER_IP)];
+        let (mut f, writes) = VipFilter::rebuild(vips, [(stale_word, 0xff)]);
+        let mut map: HashMap<u32, u64> = [(stale_word, 0xff)].into_iter().collect();
+        for &w in &writes {
+            map.insert(w.0, w.1);
+            f.wrote(w);
+        }
+        assert_eq!(kinds_in(&map, a), vip_flags::NODE_PORT);
+        assert_eq!(kinds_in(&map, b), vip_flags::LOAD_BALANCER);
+        if stale_word != vip_filter::slot(b).word {
+            assert_eq!(map[&stale_word], 0, "stale word cleared: {writes:?}");
+        }
+        // Rebuilding over a map that already holds it writes nothing.
+        let (_, again) = VipFilter::rebuild(vips, f.words.clone());
+        assert!(again.is_empty(), "{again:?}");
+    }
+}

@@ -1,0 +1,91 @@
+//! `LB4_VIP_FILTER`: the XDP program's pre-filter of frontend addresses,
+//! a counting-free Bloom-like bitmap (one hash) over every address in
+//! `LB4_VIPS` that has a north-south kind (`vip_flags::NODE_PORT`,
+//! `EXTERNAL_IP`, `LOAD_BALANCER`).
+//!
+//! Each address hashes to one 4-bit lane holding the OR of the north-south
+//! kinds of every frontend address that hashes there; sixteen lanes make
+//! one `u64` word of the array. An array lookup is an index the verifier
+//! inlines (no hash, no helper call), so a packet whose destination's lane
+//! is empty leaves `lb_xdp` after one load, and the node's own traffic (a
+//! lane with `NODE_PORT` alone, a port outside the NodePort range) after
+//! a compare. Addresses sharing a lane are false positives: they take the
+//! exact path (`LB4_VIPS`). False negatives never happen: the agent sets
+//! an address's kinds in its lane before the address goes into `LB4_VIPS`
+//! and clears them only after it left.
+//!
+//! Both sides compute the lane with [`slot`]; the agent keeps the words in
+//! step with `LB4_VIPS` (`lb-agent`'s `vip_filter` module).
+
+use crate::{hash::fmix32, vip_flags};
+
+/// Words in the array (`u64` each, 128 KiB).
+pub const WORDS: u32 = 16_384;
+/// Lanes per word, and bits per lane.
+pub const LANES: u32 = 16;
+pub const LANE_BITS: u32 = 4;
+/// Lanes in all: addresses are spread over this many.
+pub const BUCKETS: u32 = WORDS * LANES;
+/// The kinds a lane records: the north-south ones.
+pub const KINDS: u32 = vip_flags::LOAD_BALANCER | vip_flags::EXTERNAL_IP | vip_flags::NODE_PORT;
+
+const _: () = assert!(BUCKETS.is_power_of_two() && KINDS < 1 << LANE_BITS && LANES * LANE_BITS == 64);
+
+/// Mixed in so that the lane differs from other uses of `fmix32` over the
+/// same address.
+const SEED: u32 = 0x5bd1_e995;
+
+/// Where an address's kinds live: word `word`, bits `shift..shift + 4`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Slot {
+    pub word: u32,
+    pub shift: u32,
+}
+
+/// The slot of `addr` (network order, as in `LB4_VIPS`' keys).
+#[inline(always)]
+pub fn slot(addr: u32) -> Slot {
+    let bucket = fmix32(addr ^ SEED) & (BUCKETS - 1);
+    Slot { word: bucket / LANES, shift: (bucket % LANES) * LANE_BITS }
+}
+
+/// The bits of a word that record `vip_flags` at `slot`.
+#[inline(always)]
+pub fn lane(flags: u32, slot: Slot) -> u64 {
+    ((flags & KINDS) as u64) << slot.shift
+}
+
+/// The north-south kinds `word` records at `slot`: a superset of those of
+/// every address with that slot.
+#[inline(always)]
+pub fn kinds(word: u64, slot: Slot) -> u32 {
+    (word >> slot.shift) as u32 & KINDS
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lanes_round_trip_and_keep_apart() {
+        let a = u32::from_ne_bytes([192, 168, 50, 1]);
+        let s = slot(a);
+        assert!(s.word < WORDS && s.shift < 64 && s.shift.is_multiple_of(LANE_BITS));
+        let w = lane(vip_flags::NODE_PORT | vip_flags::CLUSTER_IP, s);
+        assert_eq!(kinds(w, s), vip_flags::NODE_PORT, "ClusterIPs are not recorded");
+        let other = Slot { word: s.word, shift: (s.shift + LANE_BITS) % 64 };
+        assert_eq!(kinds(w, other), 0, "a lane leaks into its neighbour");
+        assert_eq!(kinds(u64::MAX, s), KINDS);
+    }
+
+    #[test]
+    fn spreads_addresses_over_the_words() {
+        // 4096 consecutive addresses (a /20 of LoadBalancer IPs): few share
+        // a lane.
+        let mut seen = std::collections::HashSet::new();
+        for i in 0..4096u32 {
+            seen.insert(slot((0x0a60_0000 + i).to_be()));
+        }
+        assert!(seen.len() > 4000, "{} distinct lanes", seen.len());
+    }
+}
