@@ -38,6 +38,10 @@ pub struct MapSizes {
     pub services6: u32,
     /// IPv6 backends (`LB6_BACKENDS`).
     pub backends6: u32,
+    /// IPv6 TCP conntrack (`LB6_CT_TCP`).
+    pub ct_tcp6: u32,
+    /// IPv6 conntrack of every other protocol (`LB6_CT_ANY`).
+    pub ct_any6: u32,
 }
 
 impl MapSizes {
@@ -53,6 +57,8 @@ impl MapSizes {
             SizedBy::Affinity => self.affinity,
             SizedBy::Services6 => self.services6,
             SizedBy::Backends6 => self.backends6,
+            SizedBy::CtTcp6 => self.ct_tcp6,
+            SizedBy::CtAny6 => self.ct_any6,
             SizedBy::Fixed => return None,
         })
     }
@@ -70,6 +76,8 @@ impl Default for MapSizes {
             affinity: sizes::AFFINITY,
             services6: sizes::SERVICES6,
             backends6: sizes::BACKENDS6,
+            ct_tcp6: sizes::CT_TCP6,
+            ct_any6: sizes::CT_ANY6,
         }
     }
 }

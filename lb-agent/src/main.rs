@@ -210,6 +210,13 @@ struct RunArgs {
     /// Capacity of the IPv6 backend map.
     #[arg(long, env = "LB_BACKENDS6_SIZE", default_value_t = lb_common::sizes::BACKENDS6)]
     backends6_size: u32,
+    /// Capacity of the IPv6 TCP conntrack map (LRU; two entries per flow).
+    #[arg(long, env = "LB_CT6_TCP_SIZE", default_value_t = lb_common::sizes::CT_TCP6)]
+    ct6_tcp_size: u32,
+    /// Capacity of the IPv6 conntrack map of every other protocol (LRU;
+    /// two entries per flow).
+    #[arg(long, env = "LB_CT6_ANY_SIZE", default_value_t = lb_common::sizes::CT_ANY6)]
+    ct6_any_size: u32,
     /// Capacity of the backend slot map.
     #[arg(long, env = "LB_SLOTS_SIZE", default_value_t = lb_common::sizes::SLOTS)]
     slots_size: u32,
@@ -344,6 +351,8 @@ fn main() -> anyhow::Result<()> {
                     affinity: args.affinity_size,
                     services6: args.services6_size,
                     backends6: args.backends6_size,
+                    ct_tcp6: args.ct6_tcp_size,
+                    ct_any6: args.ct6_any_size,
                 },
                 poll,
                 sync_delay: Duration::from_millis(args.sync_delay_ms),

@@ -9,9 +9,9 @@ use aya::maps::{
     lpm_trie::{Key as LpmKey, LpmTrie},
 };
 use lb_common::{
-    Addr6, Affinity4, Affinity4Key, Backend4, Backend6, Config, Ct4Key, CtEntry, Device, FrontendStats, IPPROTO_TCP, NodeConfig, RevNat4,
-    RevNat6, RevNatKey, Service4Key, Service4Value, Service6Key, Slot, SlotKey, SockRevNat4, SockRevNat4Key, SockRevNat6, SockRevNat6Key,
-    SrcRange4, SvcName, Vip4, names, stat,
+    Addr6, Affinity4, Affinity4Key, Backend4, Backend6, Config, Ct4Key, Ct6Entry, Ct6Key, CtEntry, Device, FrontendStats, IPPROTO_TCP,
+    NodeConfig, RevNat4, RevNat6, RevNatKey, Service4Key, Service4Value, Service6Key, Slot, SlotKey, SockRevNat4, SockRevNat4Key,
+    SockRevNat6, SockRevNat6Key, SrcRange4, SvcName, Vip4, names, stat,
 };
 
 use crate::vip_filter::{VipFilter, WordWrite};
@@ -185,6 +185,10 @@ pub struct Maps6 {
     pub revnat: Named<Array<MapData, RevNat6>>,
     pub vips: Named<HashMap<MapData, Addr6, Vip4>>,
     pub sock_revnat: Named<HashMap<MapData, SockRevNat6Key, SockRevNat6>>,
+    /// IPv6 conntrack: TCP flows, and all others (not garbage collected
+    /// by the agent yet: LRU maps, the oldest flows go first).
+    pub ct_tcp: Named<HashMap<MapData, Ct6Key, Ct6Entry>>,
+    pub ct_any: Named<HashMap<MapData, Ct6Key, Ct6Entry>>,
 }
 
 /// The two conntrack maps: TCP flows, and all others. Keys carry their
@@ -277,6 +281,8 @@ impl Maps {
                 revnat: open(dir, names::REVNAT6)?,
                 vips: open(dir, names::VIPS6)?,
                 sock_revnat: open(dir, names::SOCK_REVNAT6)?,
+                ct_tcp: open(dir, names::CT_TCP6)?,
+                ct_any: open(dir, names::CT_ANY6)?,
             },
         })
     }

@@ -9,7 +9,7 @@
 //! datapath copies over when they first appear. So either entry alone knows
 //! the flow's state, and the agent judges a pair the same way.
 
-use crate::{CT_SERVICE, CtEntry, CtTimeouts, IPPROTO_TCP, ct_entry_flags, ct_flags};
+use crate::{CT_SERVICE, CtEntryOf, CtTimeouts, IPPROTO_TCP, ct_entry_flags, ct_flags};
 
 /// The lifecycle state of a flow.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -44,7 +44,7 @@ pub fn state(proto: u8, orig: u8, resp: u8) -> State {
 
 /// The state of a flow as one of its entries (of direction `dir`) knows it.
 #[inline(always)]
-pub fn entry_state(proto: u8, dir: u8, entry: &CtEntry) -> State {
+pub fn entry_state<A: Copy>(proto: u8, dir: u8, entry: &CtEntryOf<A>) -> State {
     let (orig, resp) = entry.orig_resp_flags(dir);
     state(proto, orig, resp)
 }
@@ -154,7 +154,7 @@ pub enum ReplyTuple {
 /// drops the SYN half the time (PAWS) and the client waits a second for
 /// its retransmission.
 #[inline(always)]
-pub fn reply_tuple(t: &CtTimeouts, proto: u8, existing: &CtEntry, wanted: &CtEntry, now: u64) -> ReplyTuple {
+pub fn reply_tuple<A: Copy + PartialEq>(t: &CtTimeouts, proto: u8, existing: &CtEntryOf<A>, wanted: &CtEntryOf<A>, now: u64) -> ReplyTuple {
     let st = entry_state(proto, crate::CT_REPLY, existing);
     let live = !expired(t, st, existing.last_seen, now);
     let same_flow = existing.nat_daddr == wanted.nat_daddr
@@ -179,7 +179,7 @@ pub fn reply_tuple(t: &CtTimeouts, proto: u8, existing: &CtEntry, wanted: &CtEnt
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::{CT_REPLY, IPPROTO_UDP, ct_flags::*};
+    use crate::{CT_REPLY, CtEntry, IPPROTO_UDP, ct_flags::*};
 
     const T: CtTimeouts = CtTimeouts { tcp_syn: 60, tcp_established: 3600, tcp_closing: 10, udp: 30 };
     const S: u64 = 1_000_000_000;

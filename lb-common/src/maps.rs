@@ -38,6 +38,10 @@ pub enum SizedBy {
     Services6,
     /// IPv6 backends (their own ID space).
     Backends6,
+    /// IPv6 TCP conntrack.
+    CtTcp6,
+    /// IPv6 conntrack of every other protocol.
+    CtAny6,
     /// A size set in the eBPF object, not by the agent.
     Fixed,
 }
@@ -77,6 +81,10 @@ map_set! {
     /// (see `vip_filter`), derived from `LB4_VIPS`.
     VIP_FILTER = "LB4_VIP_FILTER", version 1, sized by Fixed;
     SOCK_REVNAT6 = "LB6_SOCK_REVNAT", version 1, sized by Fixed;
+    /// IPv6 conntrack (`Ct6Key` -> `Ct6Entry`), TCP and the rest apart
+    /// as for IPv4, with sizes of their own.
+    CT_TCP6 = "LB6_CT_TCP", version 1, sized by CtTcp6;
+    CT_ANY6 = "LB6_CT_ANY", version 1, sized by CtAny6;
     /// The layout version of every other pinned map (see [`layout`]).
     LAYOUT = "LB_LAYOUT", version 1, sized by Fixed;
 }
@@ -145,7 +153,7 @@ pub mod layout {
         [SERVICES, SLOTS, BACKENDS, REVNAT, SVC_NAMES, MAGLEV, SRC_RANGES, VIPS, SERVICES6, BACKENDS6, REVNAT6, VIPS6, VIP_FILTER];
     /// Maps whose entries name frontend or backend IDs: rebuilt along with
     /// [`RECONCILED`], since fresh IDs would give them other meanings.
-    pub const REFER_TO_IDS: [&str; 6] = [CT_TCP, CT_ANY, AFFINITY, SOCK_REVNAT, FRONTEND_STATS, SOCK_REVNAT6];
+    pub const REFER_TO_IDS: [&str; 8] = [CT_TCP, CT_ANY, AFFINITY, SOCK_REVNAT, FRONTEND_STATS, SOCK_REVNAT6, CT_TCP6, CT_ANY6];
 }
 
 /// Default capacities. The agent can override each at load time.
@@ -179,6 +187,12 @@ pub mod sizes {
     pub const SERVICES6: u32 = 16_384;
     /// IPv6 backends (`LB6_BACKENDS`).
     pub const BACKENDS6: u32 = 16_384;
+    /// IPv6 TCP conntrack entries (two per flow; 104 bytes each against
+    /// IPv4's 56, so a quarter of IPv4's count by default, as the other
+    /// IPv6 maps).
+    pub const CT_TCP6: u32 = 65_536;
+    /// IPv6 non-TCP conntrack entries (two per flow).
+    pub const CT_ANY6: u32 = 32_768;
 }
 
 pub const IPPROTO_ICMP: u8 = 1;
@@ -340,14 +354,15 @@ pub const CT_SERVICE: u8 = 1;
 /// `Ct4Key::dir`: reply direction, keyed by the backend's tuple.
 pub const CT_REPLY: u8 = 2;
 
-/// A connection tracking key. Service entries are keyed by the client's
-/// original tuple (client -> frontend); reply entries by the reply's tuple
-/// (backend -> client).
+/// A connection tracking key, over an address type `A` (`u32` for IPv4,
+/// `Addr6` for IPv6: [`Ct4Key`], `Ct6Key`). Service entries are keyed by
+/// the client's original tuple (client -> frontend); reply entries by the
+/// reply's tuple (backend -> client).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct Ct4Key {
-    pub saddr: u32,
-    pub daddr: u32,
+pub struct CtKeyOf<A> {
+    pub saddr: A,
+    pub daddr: A,
     pub sport: u16,
     pub dport: u16,
     pub proto: u8,
@@ -355,10 +370,13 @@ pub struct Ct4Key {
     pub _pad: u16,
 }
 
-impl Ct4Key {
+/// `LB4_CT_TCP` / `LB4_CT_ANY` key.
+pub type Ct4Key = CtKeyOf<u32>;
+
+impl<A: Copy> CtKeyOf<A> {
     #[inline(always)]
-    pub const fn new(saddr: u32, daddr: u32, sport: u16, dport: u16, proto: u8, dir: u8) -> Ct4Key {
-        Ct4Key { saddr, daddr, sport, dport, proto, dir, _pad: 0 }
+    pub const fn new(saddr: A, daddr: A, sport: u16, dport: u16, proto: u8, dir: u8) -> CtKeyOf<A> {
+        CtKeyOf { saddr, daddr, sport, dport, proto, dir, _pad: 0 }
     }
 }
 
@@ -385,7 +403,9 @@ pub mod ct_entry_flags {
 }
 
 /// One direction of a translated flow, in `LB4_CT_TCP` (TCP) or
-/// `LB4_CT_ANY` (everything else). A packet whose tuple is the key leaves
+/// `LB4_CT_ANY` (everything else); over an address type `A` like
+/// [`CtKeyOf`] (the IPv6 entries, `Ct6Entry`, are in `LB6_CT_TCP` and
+/// `LB6_CT_ANY`). A packet whose tuple is the key leaves
 /// with source `nat_saddr:nat_sport` and destination `nat_daddr:nat_dport`.
 ///
 /// - A forward entry ([`CT_SERVICE`]) is keyed by the client's tuple
@@ -402,13 +422,13 @@ pub mod ct_entry_flags {
 /// everything a packet of the flow needs, so one lookup per packet does.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct CtEntry {
+pub struct CtEntryOf<A> {
     /// `bpf_ktime_get_coarse_ns()` (CLOCK_MONOTONIC_COARSE, at most a tick
     /// behind CLOCK_MONOTONIC) of the last packet in this
     /// entry's direction, for timeouts and GC.
     pub last_seen: u64,
-    pub nat_saddr: u32,
-    pub nat_daddr: u32,
+    pub nat_saddr: A,
+    pub nat_daddr: A,
     pub nat_sport: u16,
     pub nat_dport: u16,
     pub backend_id: u32,
@@ -430,12 +450,15 @@ pub struct CtEntry {
     pub backend_version: u16,
 }
 
-impl CtEntry {
+/// An IPv4 conntrack entry.
+pub type CtEntry = CtEntryOf<u32>;
+
+impl<A: Copy> CtEntryOf<A> {
     /// The key of the other direction's entry.
     #[inline(always)]
-    pub fn twin_key(&self, key: &Ct4Key) -> Ct4Key {
+    pub fn twin_key(&self, key: &CtKeyOf<A>) -> CtKeyOf<A> {
         let dir = if key.dir == CT_SERVICE { CT_REPLY } else { CT_SERVICE };
-        Ct4Key::new(self.nat_daddr, self.nat_saddr, self.nat_dport, self.nat_sport, key.proto, dir)
+        CtKeyOf::new(self.nat_daddr, self.nat_saddr, self.nat_dport, self.nat_sport, key.proto, dir)
     }
 
     /// The flags of the flow's originator (client) and responder

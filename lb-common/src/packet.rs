@@ -135,6 +135,48 @@ pub fn is_icmp_error(icmp_type: u8) -> bool {
     icmp_type == icmp::DEST_UNREACH || icmp_type == icmp::TIME_EXCEEDED || icmp_type == icmp::PARAMETER_PROBLEM
 }
 
+/// The IPv6 ethertype, and the IPv6 header (no checksum of its own: the
+/// L4 checksums cover its addresses through the pseudo header).
+pub const ETH_P_IPV6: u16 = 0x86dd;
+pub const IPV6_HLEN: usize = 40;
+
+/// Fields of an IPv6 header.
+pub mod ip6 {
+    use super::Field;
+    /// Version (4 bits), traffic class (8), and the flow label's top 4
+    /// bits (the rest of it follows).
+    pub const VER_TC: Field = 0..2;
+    pub const PAYLOAD_LEN: Field = 4..6;
+    pub const NEXT_HEADER: usize = 6;
+    pub const HOP_LIMIT: usize = 7;
+    pub const SADDR: Field = 8..24;
+    pub const DADDR: Field = 24..40;
+
+    /// Extension headers the datapath skips over to find TCP or UDP.
+    pub const HOP_BY_HOP: u8 = 0;
+    pub const ROUTING: u8 = 43;
+    pub const FRAGMENT: u8 = 44;
+    pub const DEST_OPTS: u8 = 60;
+    /// How many extension headers are skipped at most: a bound the
+    /// verifier can see (more are left alone).
+    pub const MAX_EXT_HEADERS: usize = 4;
+
+    /// Whether the datapath skips an extension header of type `next`
+    /// (hop-by-hop, routing, destination options). A fragment header, or
+    /// any other, ends the walk.
+    #[inline(always)]
+    pub fn skippable(next: u8) -> bool {
+        next == HOP_BY_HOP || next == ROUTING || next == DEST_OPTS
+    }
+
+    /// The length of a skippable extension header from its "header
+    /// extension length" byte (its second): 8-byte units beyond the first.
+    #[inline(always)]
+    pub fn ext_len(hdr_ext_len: u8) -> usize {
+        (hdr_ext_len as usize + 1) * 8
+    }
+}
+
 /// Where a fragment sits in its datagram.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Fragment {

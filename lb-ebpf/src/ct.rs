@@ -1,6 +1,8 @@
-//! Connection tracking: the two entries of a flow (see `lb_common::CtEntry`
+//! Connection tracking: the two entries of a flow (see `lb_common::CtEntryOf`
 //! for what they hold and `lb_common::ct` for the state rules), how a
 //! packet updates them, and how a new flow gets a reply tuple of its own.
+//! Written once over the address family (`FamilyMaps` picks the maps:
+//! `LB4_CT_*` or `LB6_CT_*`).
 //!
 //! Entries live in a map other CPUs write at the same time: every field is
 //! read and written once through a raw pointer (READ_ONCE/WRITE_ONCE); no
@@ -12,39 +14,40 @@ use core::ptr::{addr_of, addr_of_mut};
 
 use aya_ebpf::bindings::{BPF_ANY, BPF_NOEXIST};
 use lb_common::{
-    Backend4, CT_REPLY, CT_SERVICE, Config, Ct4Key, CtEntry, IPPROTO_TCP, NodeConfig, ct,
+    CT_REPLY, CT_SERVICE, Config, CtEntryOf, IPPROTO_TCP, NodeConfig, V4, ct,
     ct::{DEFAULT_NAT_PORTS, ReplyTuple},
-    ct_entry_flags, ct_flags, hairpin_addr, stat,
+    ct_entry_flags, ct_flags, stat,
 };
 
 use crate::{
     error::Error,
-    maps::{LB4_CT_ANY, LB4_CT_TCP},
+    family::{Ct, CtKey, FamilyMaps},
+    l3::L3,
     parse::Flow,
-    select::{flow_valid, now_ns, random, rev_nat},
+    select::{now_ns, random},
     stats,
 };
 
-/// The entry at `key` in the map of its protocol.
+/// The entry at `key` in the map of its family and protocol.
 #[inline(always)]
-pub fn get(key: &Ct4Key) -> Option<*mut CtEntry> {
-    if key.proto == IPPROTO_TCP { LB4_CT_TCP.get_ptr_mut(key) } else { LB4_CT_ANY.get_ptr_mut(key) }
+pub fn get<F: FamilyMaps>(key: &CtKey<F>) -> Option<*mut Ct<F>> {
+    F::ct_get(key)
 }
 
 #[inline(always)]
-fn insert(key: &Ct4Key, value: &CtEntry, flags: u32) -> Result<(), i32> {
-    if key.proto == IPPROTO_TCP { LB4_CT_TCP.insert(key, value, flags as u64) } else { LB4_CT_ANY.insert(key, value, flags as u64) }
+fn insert<F: FamilyMaps>(key: &CtKey<F>, value: &Ct<F>, flags: u32) -> Result<(), i32> {
+    F::ct_insert(key, value, flags as u64)
 }
 
 #[inline(always)]
-fn remove(key: &Ct4Key) {
+fn remove<F: FamilyMaps>(key: &CtKey<F>) {
     // Gone already is as good.
-    let _ = if key.proto == IPPROTO_TCP { LB4_CT_TCP.remove(key) } else { LB4_CT_ANY.remove(key) };
+    let _ = F::ct_remove(key);
 }
 
 /// A copy of the entry at `e`.
 #[inline(always)]
-pub fn load(e: *mut CtEntry) -> CtEntry {
+pub fn load<A: Copy>(e: *mut CtEntryOf<A>) -> CtEntryOf<A> {
     // SAFETY: `e` is a map value pointer from a lookup (valid and aligned
     // for the program's run); other CPUs may write it, so it is read once,
     // volatile, never through a reference.
@@ -53,24 +56,24 @@ pub fn load(e: *mut CtEntry) -> CtEntry {
 
 /// The key of a packet's own tuple, in direction `dir`.
 #[inline(always)]
-pub fn key_of(f: &Flow, dir: u8) -> Ct4Key {
-    Ct4Key::new(f.saddr, f.daddr, f.sport, f.dport, f.proto, dir)
+pub fn key_of<F: FamilyMaps>(f: &Flow<F>, dir: u8) -> CtKey<F> {
+    CtKey::<F>::new(f.saddr, f.daddr, f.sport, f.dport, f.proto, dir)
 }
 
 /// Whether a forward entry still carries its flow for a packet with
 /// `tcp_flags`: its frontend and backend still installed (see
-/// `select::flow_valid`), not timed out, and not a closed flow that a new
-/// SYN reopens. A SYN on a live flow follows it.
+/// `FamilyMaps::flow_valid`), not timed out, and not a closed flow that a
+/// new SYN reopens. A SYN on a live flow follows it.
 #[inline(always)]
-pub fn forward_usable(cfg: &Config, proto: u8, e: &CtEntry, tcp_flags: u8, now: u64) -> bool {
+pub fn forward_usable<F: FamilyMaps>(cfg: &Config, proto: u8, e: &Ct<F>, tcp_flags: u8, now: u64) -> bool {
     let st = ct::entry_state(proto, CT_SERVICE, e);
-    !ct::expired(&cfg.timeouts, st, e.last_seen, now) && !ct::restarts(st, tcp_flags) && flow_valid(e)
+    !ct::expired(&cfg.timeouts, st, e.last_seen, now) && !ct::restarts(st, tcp_flags) && F::flow_valid(e)
 }
 
 /// What conntrack holds for a packet towards a frontend.
-pub enum Forward {
+pub enum Forward<E> {
     /// The flow's entry; the packet is recorded in it.
-    Flow(CtEntry),
+    Flow(E),
     /// No usable entry: the packet starts a new flow, over an old flow's
     /// entry (timed out, closed, or of a removed backend) when `replace`.
     New { replace: bool },
@@ -79,13 +82,15 @@ pub enum Forward {
 /// Looks up the forward entry of the flow `f` (client -> frontend) belongs
 /// to at `now`, and records the packet in it when it is usable.
 #[inline(always)]
-pub fn forward(cfg: &Config, f: &Flow, now: u64) -> Forward {
+pub fn forward<F: L3>(cfg: &Config, f: &Flow<F>, now: u64) -> Forward<Ct<F>> {
     let key = key_of(f, CT_SERVICE);
-    let Some(e) = get(&key) else {
+    F::keep_in_memory(&key);
+    let Some(e) = get::<F>(&key) else {
         return Forward::New { replace: false };
     };
     let current = load(e);
-    if !forward_usable(cfg, f.proto, &current, f.tcp_flags, now) {
+    F::keep_in_memory(&current);
+    if !forward_usable::<F>(cfg, f.proto, &current, f.tcp_flags, now) {
         return Forward::New { replace: true };
     }
     seen(&key, e, f, now);
@@ -99,13 +104,13 @@ pub fn forward(cfg: &Config, f: &Flow, now: u64) -> Forward {
 /// [`forward`] does. Only the pointer is kept: a copy of the entry on the
 /// stack as well would take `lb_xdp` past the 512-byte stack limit.
 #[inline(always)]
-pub fn find_forward(f: &Flow) -> Option<*mut CtEntry> {
-    get(&key_of(f, CT_SERVICE))
+pub fn find_forward<F: L3>(f: &Flow<F>) -> Option<*mut Ct<F>> {
+    get::<F>(&key_of(f, CT_SERVICE))
 }
 
 /// Whether the entry at `e` has `mark` (`ct_entry_flags`) in its flags.
 #[inline(always)]
-pub fn marked(e: *mut CtEntry, mark: u8) -> bool {
+pub fn marked<A>(e: *mut CtEntryOf<A>, mark: u8) -> bool {
     // SAFETY: as in `load`, one field read once.
     unsafe { addr_of!((*e).flags).read_volatile() & mark != 0 }
 }
@@ -113,12 +118,12 @@ pub fn marked(e: *mut CtEntry, mark: u8) -> bool {
 /// [`forward`] for the entry `found` by [`find_forward`] (`None`: no
 /// entry): the packet is recorded in it when it is usable.
 #[inline(always)]
-pub fn follow(cfg: &Config, f: &Flow, found: Option<*mut CtEntry>, now: u64) -> Forward {
+pub fn follow<F: L3>(cfg: &Config, f: &Flow<F>, found: Option<*mut Ct<F>>, now: u64) -> Forward<Ct<F>> {
     let Some(e) = found else {
         return Forward::New { replace: false };
     };
     let current = load(e);
-    if !forward_usable(cfg, f.proto, &current, f.tcp_flags, now) {
+    if !forward_usable::<F>(cfg, f.proto, &current, f.tcp_flags, now) {
         return Forward::New { replace: true };
     }
     seen(&key_of(f, CT_SERVICE), e, f, now);
@@ -130,9 +135,9 @@ pub fn follow(cfg: &Config, f: &Flow, found: Option<*mut CtEntry>, now: u64) -> 
 /// was seen; `None` when `f` is no reply of a translated flow. The clock is
 /// read only for a reply.
 #[inline(always)]
-pub fn reply(f: &Flow) -> Option<(CtEntry, u64)> {
+pub fn reply<F: FamilyMaps>(f: &Flow<F>) -> Option<(Ct<F>, u64)> {
     let key = key_of(f, CT_REPLY);
-    let e = get(&key)?;
+    let e = get::<F>(&key)?;
     let now = now_ns();
     seen(&key, e, f, now);
     Some((load(e), now))
@@ -143,7 +148,7 @@ pub fn reply(f: &Flow) -> Option<(CtEntry, u64)> {
 /// must learn to know the flow's state. A RST outside the flow's window is
 /// not recorded: it passes, but does not end the flow.
 #[inline(always)]
-pub fn seen(key: &Ct4Key, e: *mut CtEntry, f: &Flow, now: u64) {
+pub fn seen<F: FamilyMaps>(key: &CtKey<F>, e: *mut Ct<F>, f: &Flow<F>, now: u64) {
     // Written only when the (coarse) clock moved: most packets leave the
     // entry's cache line clean, so CPUs sharing a flow do not bounce it.
     // SAFETY: `e` is a map value pointer from a lookup, valid and aligned
@@ -186,7 +191,7 @@ pub fn seen(key: &Ct4Key, e: *mut CtEntry, f: &Flow, now: u64) {
     let tell = ct::to_propagate(key.dir, old, new);
     if tell != 0 {
         let twin = load(e).twin_key(key);
-        if let Some(t) = get(&twin) {
+        if let Some(t) = get::<F>(&twin) {
             // SAFETY: as above, for the twin's entry `t`.
             unsafe {
                 let peer = addr_of!((*t).peer_flags).read_volatile();
@@ -196,26 +201,27 @@ pub fn seen(key: &Ct4Key, e: *mut CtEntry, f: &Flow, now: u64) {
     }
 }
 
-/// What the client's source becomes in a new flow.
+/// What the client's source (an address of type `A`) becomes in a new
+/// flow.
 #[derive(Clone, Copy)]
-pub enum Source {
+pub enum Source<A = u32> {
     /// The client's address, and its port unless the reply tuple is taken.
     Client,
-    /// The hairpin address (a pod reaching itself), the client's port
-    /// unless taken.
+    /// The hairpin address (a pod reaching itself; `L3::hairpin_addr`),
+    /// the client's port unless taken.
     Hairpin,
     /// This node's address with a port from the SNAT range (north-south to
     /// a backend on another node).
-    Snat(u32),
+    Snat(A),
 }
 
-/// A new flow: its frontend, the backend chosen for it, and what its
-/// source becomes.
-pub struct NewFlow {
+/// A new flow of family `F`: its frontend, the backend chosen for it, and
+/// what its source becomes.
+pub struct NewFlow<F: FamilyMaps = V4> {
     pub frontend_id: u32,
     pub backend_id: u32,
-    pub backend: Backend4,
-    pub source: Source,
+    pub backend: F::Backend,
+    pub source: Source<F::Addr>,
     /// Where new source ports come from (host order, inclusive): SNAT, and
     /// a client port whose reply tuple is taken.
     pub ports: (u16, u16),
@@ -244,25 +250,25 @@ const PORT_TRIES: u32 = 32;
 /// forward entry goes in last; with `replace` it overwrites an old one (a
 /// timed out or closed flow reopened).
 #[inline(always)]
-pub fn create(cfg: &Config, f: &Flow, new: &NewFlow, now: u64, replace: bool) -> Result<CtEntry, Error> {
+pub fn create<F: L3>(cfg: &Config, f: &Flow<F>, new: &NewFlow<F>, now: u64, replace: bool) -> Result<Ct<F>, Error> {
     create_marked(cfg, f, new, now, replace, 0)
 }
 
 /// [`create`], with `mark` (`ct_entry_flags`) added to the forward entry's
 /// flags.
 #[inline(always)]
-pub fn create_marked(cfg: &Config, f: &Flow, new: &NewFlow, now: u64, replace: bool, mark: u8) -> Result<CtEntry, Error> {
-    let be = &new.backend;
-    let frontend_version = rev_nat(new.frontend_id).map_or(0, |f| f.version);
+pub fn create_marked<F: L3>(cfg: &Config, f: &Flow<F>, new: &NewFlow<F>, now: u64, replace: bool, mark: u8) -> Result<Ct<F>, Error> {
+    let (be_addr, be_port) = F::backend_addr(&new.backend).ok_or(Error::NoSlot)?;
+    let frontend_version = F::frontend(new.frontend_id).map_or(0, |f| f.2);
     let (src_addr, keep_port) = match new.source {
         Source::Client => (f.saddr, true),
-        Source::Hairpin => (hairpin_addr(), true),
+        Source::Hairpin => (F::hairpin_addr().unwrap_or(f.saddr), true),
         Source::Snat(addr) => (addr, false),
     };
     // The first packet's flags and sequence number, as `seen` would record
     // them (a flow may start mid-stream: its entries were lost).
     let tcp = f.proto == IPPROTO_TCP && f.has_l4();
-    let reply = CtEntry {
+    let reply = Ct::<F> {
         last_seen: now,
         nat_saddr: f.daddr,
         nat_daddr: f.saddr,
@@ -276,24 +282,32 @@ pub fn create_marked(cfg: &Config, f: &Flow, new: &NewFlow, now: u64, replace: b
         flags: 0,
         _pad: 0,
         frontend_version,
-        backend_version: be.version,
+        backend_version: F::backend_version(&new.backend),
     };
+    F::keep_in_memory(&reply);
     let (min, max) = new.ports;
     let span = if max >= min { (max - min) as u32 + 1 } else { 1 };
     let mut i = 0;
     let mut port = 0u16;
     let mut found = false;
+    // One key on the stack for every lookup and write below (the IPv6
+    // path's stack is tight): the reply tuple's, then the forward one's.
+    let mut key = CtKey::<F>::new(be_addr, src_addr, be_port, 0, f.proto, CT_REPLY);
+    F::keep_in_memory(&key);
     // A constant bound for the verifier.
     while i < PORT_TRIES {
         port = if i == 0 && keep_port { f.sport } else { ((min as u32 + random() % span) as u16).to_be() };
-        let rkey = Ct4Key::new(be.addr, src_addr, be.port, port, f.proto, CT_REPLY);
-        if insert(&rkey, &reply, BPF_NOEXIST).is_ok() {
+        key.dport = port;
+        let rkey = &key;
+        if insert::<F>(rkey, &reply, BPF_NOEXIST).is_ok() {
             found = true;
             break;
         }
-        if let Some(old) = get(&rkey) {
+        if let Some(old) = get::<F>(rkey) {
             let old = load(old);
-            if ct::reply_tuple(&cfg.timeouts, f.proto, &old, &reply, now) == ReplyTuple::Reclaim && insert(&rkey, &reply, BPF_ANY).is_ok() {
+            if ct::reply_tuple(&cfg.timeouts, f.proto, &old, &reply, now) == ReplyTuple::Reclaim
+                && insert::<F>(rkey, &reply, BPF_ANY).is_ok()
+            {
                 found = true;
                 break;
             }
@@ -306,24 +320,27 @@ pub fn create_marked(cfg: &Config, f: &Flow, new: &NewFlow, now: u64, replace: b
     if keep_port && port != f.sport {
         stats::count(stat::PORT_REMAPPED);
     }
-    let fwd = CtEntry {
-        nat_saddr: src_addr,
-        nat_daddr: be.addr,
-        nat_sport: port,
-        nat_dport: be.port,
-        seq: if tcp { f.seq } else { 0 },
-        tcp_flags: if tcp { f.tcp_flags & !ct_flags::RST } else { 0 },
-        peer_flags: 0,
-        flags: if tcp { ct_entry_flags::SEQ_SEEN | mark } else { mark },
-        ..reply
-    };
-    let fkey = key_of(f, CT_SERVICE);
-    if insert(&fkey, &fwd, if replace { BPF_ANY } else { BPF_NOEXIST }).is_ok() {
+    // The forward entry: the reply entry's value rewritten in place (one
+    // entry on the stack, not two: the IPv6 path's stack is tight).
+    let mut fwd = reply;
+    fwd.nat_sport = port;
+    fwd.nat_dport = be_port;
+    fwd.seq = if tcp { f.seq } else { 0 };
+    fwd.tcp_flags = if tcp { f.tcp_flags & !ct_flags::RST } else { 0 };
+    fwd.peer_flags = 0;
+    fwd.flags = if tcp { ct_entry_flags::SEQ_SEEN | mark } else { mark };
+    // The addresses from the key in memory, not from registers spilled
+    // across the loop's helper calls (the same values).
+    fwd.nat_saddr = key.daddr;
+    fwd.nat_daddr = key.saddr;
+    let rkey = key;
+    key = key_of(f, CT_SERVICE);
+    if insert::<F>(&key, &fwd, if replace { BPF_ANY } else { BPF_NOEXIST }).is_ok() {
         return Ok(fwd);
     }
     // Another CPU recorded this flow meanwhile: follow its choice.
-    remove(&Ct4Key::new(be.addr, src_addr, be.port, port, f.proto, CT_REPLY));
-    match get(&fkey) {
+    remove::<F>(&rkey);
+    match get::<F>(&key) {
         Some(e) => Ok(load(e)),
         None => Err(Error::CtWrite),
     }

@@ -1,13 +1,20 @@
 //! The maps of each address family behind one trait, so that lookups,
-//! backend selection and the socket translation are written once (see
-//! `lb_common::maps6` for what the families share).
+//! backend selection, conntrack and the socket translation are written
+//! once (see `lb_common::maps6` for what the families share).
 
-use lb_common::{Addr6, Family, Service4Value, V4, V6, Vip4};
+use lb_common::{Addr6, CtEntryOf, CtKeyOf, Family, IPPROTO_TCP, Service4Value, V4, V6, Vip4};
 
 use crate::{
-    maps::{LB4_SOCK_REVNAT, LB6_BACKENDS, LB6_REVNAT, LB6_SERVICES, LB6_SOCK_REVNAT, LB6_VIPS},
+    maps::{
+        LB4_CT_ANY, LB4_CT_TCP, LB4_SOCK_REVNAT, LB6_BACKENDS, LB6_CT_ANY, LB6_CT_TCP, LB6_REVNAT, LB6_SERVICES, LB6_SOCK_REVNAT, LB6_VIPS,
+    },
     select,
 };
+
+/// A conntrack key of family `F`.
+pub type CtKey<F> = CtKeyOf<<F as Family>::Addr>;
+/// A conntrack entry of family `F`.
+pub type Ct<F> = CtEntryOf<<F as Family>::Addr>;
 
 /// Where a family's entries live. Every value is copied out of its map at
 /// once (an update can recycle a hash map slot under us).
@@ -26,6 +33,15 @@ pub trait FamilyMaps: Family {
     fn sock_rev_nat_get(key: Self::SockRevNatKey) -> Option<Self::SockRevNat>;
     fn sock_rev_nat_insert(key: Self::SockRevNatKey, value: Self::SockRevNat) -> Option<()>;
     fn sock_rev_nat_remove(key: Self::SockRevNatKey) -> Option<()>;
+    /// The conntrack entry at `key`, in the map of its protocol (TCP, or
+    /// any other).
+    fn ct_get(key: &CtKey<Self>) -> Option<*mut Ct<Self>>;
+    fn ct_insert(key: &CtKey<Self>, value: &Ct<Self>, flags: u64) -> Result<(), i32>;
+    fn ct_remove(key: &CtKey<Self>) -> Result<(), i32>;
+    /// Whether the frontend and backend a flow was made for are both still
+    /// installed with the versions the entry holds (see
+    /// `select::flow_valid`).
+    fn flow_valid(e: &Ct<Self>) -> bool;
 }
 
 impl FamilyMaps for V4 {
@@ -57,6 +73,22 @@ impl FamilyMaps for V4 {
     #[inline(always)]
     fn sock_rev_nat_remove(key: Self::SockRevNatKey) -> Option<()> {
         LB4_SOCK_REVNAT.remove(key).ok()
+    }
+    #[inline(always)]
+    fn ct_get(key: &CtKey<Self>) -> Option<*mut Ct<Self>> {
+        if key.proto == IPPROTO_TCP { LB4_CT_TCP.get_ptr_mut(key) } else { LB4_CT_ANY.get_ptr_mut(key) }
+    }
+    #[inline(always)]
+    fn ct_insert(key: &CtKey<Self>, value: &Ct<Self>, flags: u64) -> Result<(), i32> {
+        if key.proto == IPPROTO_TCP { LB4_CT_TCP.insert(key, value, flags) } else { LB4_CT_ANY.insert(key, value, flags) }
+    }
+    #[inline(always)]
+    fn ct_remove(key: &CtKey<Self>) -> Result<(), i32> {
+        if key.proto == IPPROTO_TCP { LB4_CT_TCP.remove(key) } else { LB4_CT_ANY.remove(key) }
+    }
+    #[inline(always)]
+    fn flow_valid(e: &Ct<Self>) -> bool {
+        select::flow_valid(e)
     }
 }
 
@@ -92,5 +124,22 @@ impl FamilyMaps for V6 {
     #[inline(always)]
     fn sock_rev_nat_remove(key: Self::SockRevNatKey) -> Option<()> {
         LB6_SOCK_REVNAT.remove(key).ok()
+    }
+    #[inline(always)]
+    fn ct_get(key: &CtKey<Self>) -> Option<*mut Ct<Self>> {
+        if key.proto == IPPROTO_TCP { LB6_CT_TCP.get_ptr_mut(key) } else { LB6_CT_ANY.get_ptr_mut(key) }
+    }
+    #[inline(always)]
+    fn ct_insert(key: &CtKey<Self>, value: &Ct<Self>, flags: u64) -> Result<(), i32> {
+        if key.proto == IPPROTO_TCP { LB6_CT_TCP.insert(key, value, flags) } else { LB6_CT_ANY.insert(key, value, flags) }
+    }
+    #[inline(always)]
+    fn ct_remove(key: &CtKey<Self>) -> Result<(), i32> {
+        if key.proto == IPPROTO_TCP { LB6_CT_TCP.remove(key) } else { LB6_CT_ANY.remove(key) }
+    }
+    #[inline(always)]
+    fn flow_valid(e: &Ct<Self>) -> bool {
+        LB6_REVNAT.get(e.frontend_id).and_then(V6::rev_nat).is_some_and(|f| f.2 == e.frontend_version)
+            && LB6_BACKENDS.get(e.backend_id).is_some_and(|b| V6::backend_addr(b).is_some() && b.version == e.backend_version)
     }
 }

@@ -49,6 +49,7 @@ mod error;
 mod family;
 mod frag;
 mod icmp;
+mod l3;
 mod maps;
 mod nat;
 mod packet;

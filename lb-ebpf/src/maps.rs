@@ -7,9 +7,9 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use lb_common::{
-    Addr6, Affinity4, Affinity4Key, Backend4, Backend6, Config, Ct4Key, CtEntry, Device, Frag4, Frag4Key, FrontendStats, NodeConfig,
-    RejectRate, RevNat4, RevNat6, RevNatKey, Service4Key, Service4Value, Service6Key, Slot, SlotKey, SockRevNat4, SockRevNat4Key,
-    SockRevNat6, SockRevNat6Key, SrcRange4, SvcName, Vip4, layout, sizes, stat, vip_filter,
+    Addr6, Affinity4, Affinity4Key, Backend4, Backend6, Config, Ct4Key, Ct6Entry, Ct6Key, CtEntry, Device, Frag4, Frag4Key, FrontendStats,
+    NodeConfig, RejectRate, RevNat4, RevNat6, RevNatKey, Service4Key, Service4Value, Service6Key, Slot, SlotKey, SockRevNat4,
+    SockRevNat4Key, SockRevNat6, SockRevNat6Key, SrcRange4, SvcName, Vip4, layout, sizes, stat, vip_filter,
 };
 
 #[btf_map]
@@ -128,3 +128,11 @@ pub static LB6_VIPS: HashMap<Addr6, Vip4, { sizes::SERVICES6 as usize }> = HashM
 
 #[btf_map]
 pub static LB6_SOCK_REVNAT: LruHashMap<SockRevNat6Key, SockRevNat6, { sizes::SOCK_REVNAT as usize }> = LruHashMap::new();
+
+/// IPv6 conntrack of TCP flows (see `LB4_CT_TCP`).
+#[btf_map]
+pub static LB6_CT_TCP: LruHashMap<Ct6Key, Ct6Entry, { sizes::CT_TCP6 as usize }> = LruHashMap::new();
+
+/// IPv6 conntrack of every other flow (see `LB4_CT_ANY`).
+#[btf_map]
+pub static LB6_CT_ANY: LruHashMap<Ct6Key, Ct6Entry, { sizes::CT_ANY6 as usize }> = LruHashMap::new();

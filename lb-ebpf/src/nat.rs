@@ -1,9 +1,9 @@
-//! Rewriting packets: a TCP/UDP packet's addresses and ports, and an ICMP
-//! error about a translated flow (its outer header and the packet it
-//! quotes).
+//! Rewriting packets: a TCP/UDP packet's addresses and ports (either
+//! family, through `L3`), and an ICMP error about a translated IPv4 flow
+//! (its outer header and the packet it quotes).
 
 use lb_common::{
-    Ct4Key, CtEntry, IPPROTO_UDP, csum,
+    Ct4Key, CtEntry, IPPROTO_UDP, V4, csum,
     packet::{ETH_HLEN, Fragment, icmp, icmp_error, ip, l4, l4_check_offset},
     stat,
 };
@@ -11,27 +11,39 @@ use lb_common::{
 use crate::{
     ct,
     error::Error,
+    family::Ct,
+    l3::L3,
     packet::{L4Csum, PacketData, read, write},
     parse::{Flow, IcmpError},
     stats,
 };
 
 /// Rewrites a TCP/UDP packet to source `saddr:sport` and destination
-/// `daddr:dport`. The IPv4 checksum is updated in software (the header has
-/// no offload state); the L4 checksum through the context (see [`L4Csum`]),
+/// `daddr:dport`. The network header as its family needs (`L3`); the L4
+/// checksum through the context (see [`L4Csum`]), pseudo header included,
 /// unless this is a later fragment, which has no L4 header (the first
 /// fragment's checksum covers the whole datagram).
 #[inline(always)]
-pub fn rewrite<C: PacketData + L4Csum>(ctx: &C, f: &Flow, saddr: u32, sport: u16, daddr: u32, dport: u16) -> Option<()> {
+///
+/// The addresses are taken by reference: an IPv6 address passed by value
+/// lives in four registers, spilled across each checksum helper call.
+pub fn rewrite<F: L3, C: PacketData + L4Csum>(
+    ctx: &C,
+    f: &Flow<F>,
+    saddr: &F::Addr,
+    sport: u16,
+    daddr: &F::Addr,
+    dport: u16,
+) -> Option<()> {
     let l4 = f.has_l4();
     if l4 {
         let check = f.l4_off + l4_check_offset(f.proto);
         let udp = f.proto == IPPROTO_UDP;
-        if saddr != f.saddr {
-            ctx.l4_csum_addr(check, udp, f.saddr, saddr)?;
+        if *saddr != f.saddr {
+            F::l4_csum_addr(ctx, check, udp, &f.saddr, saddr)?;
         }
-        if daddr != f.daddr {
-            ctx.l4_csum_addr(check, udp, f.daddr, daddr)?;
+        if *daddr != f.daddr {
+            F::l4_csum_addr(ctx, check, udp, &f.daddr, daddr)?;
         }
         if sport != f.sport {
             ctx.l4_csum_port(check, udp, f.sport, sport)?;
@@ -42,18 +54,7 @@ pub fn rewrite<C: PacketData + L4Csum>(ctx: &C, f: &Flow, saddr: u32, sport: u16
     }
     // The tc helpers may have moved the packet: every access below is
     // bounds-checked afresh.
-    if saddr != f.saddr || daddr != f.daddr {
-        let mut check: u16 = read(ctx, ETH_HLEN + ip::CHECK.start)?;
-        if saddr != f.saddr {
-            check = csum::replace4(check, f.saddr, saddr);
-            write(ctx, ETH_HLEN + ip::SADDR.start, saddr)?;
-        }
-        if daddr != f.daddr {
-            check = csum::replace4(check, f.daddr, daddr);
-            write(ctx, ETH_HLEN + ip::DADDR.start, daddr)?;
-        }
-        write(ctx, ETH_HLEN + ip::CHECK.start, check)?;
-    }
+    F::rewrite_addrs(ctx, f, saddr, daddr)?;
     if l4 {
         if sport != f.sport {
             write(ctx, f.l4_off + l4::SPORT.start, sport)?;
@@ -68,8 +69,8 @@ pub fn rewrite<C: PacketData + L4Csum>(ctx: &C, f: &Flow, saddr: u32, sport: u16
 /// Rewrites a packet of a flow as its conntrack entry `e` says (a later
 /// fragment is counted).
 #[inline(always)]
-pub fn translate<C: PacketData + L4Csum>(ctx: &C, f: &Flow, e: &CtEntry) -> Result<(), Error> {
-    rewrite(ctx, f, e.nat_saddr, e.nat_sport, e.nat_daddr, e.nat_dport).ok_or(Error::Rewrite)?;
+pub fn translate<F: L3, C: PacketData + L4Csum>(ctx: &C, f: &Flow<F>, e: &Ct<F>) -> Result<(), Error> {
+    rewrite(ctx, f, &e.nat_saddr, e.nat_sport, &e.nat_daddr, e.nat_dport).ok_or(Error::Rewrite)?;
     if f.frag == Fragment::Later {
         stats::count(stat::FRAGMENT_TRANSLATED);
     }
@@ -81,7 +82,7 @@ pub fn translate<C: PacketData + L4Csum>(ctx: &C, f: &Flow, e: &CtEntry) -> Resu
 /// when it is about no flow we know (it passes untouched).
 #[inline(always)]
 pub fn translate_icmp_error<C: PacketData>(ctx: &C, err: &IcmpError, dir: u8) -> Result<Option<CtEntry>, Error> {
-    let Some(e) = ct::get(&icmp_error_key(err, dir)) else {
+    let Some(e) = ct::get::<V4>(&icmp_error_key(err, dir)) else {
         return Ok(None);
     };
     let entry = ct::load(e);

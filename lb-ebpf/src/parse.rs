@@ -1,11 +1,14 @@
-//! One parser for every hook: Ethernet + IPv4, then a TCP or UDP flow or
-//! an ICMP error quoting one.
+//! One parser per family for every hook: Ethernet + IPv4 (`parse`), then
+//! a TCP or UDP flow or an ICMP error quoting one; Ethernet + IPv6
+//! (`parse6`), then a TCP or UDP flow after at most
+//! `ip6::MAX_EXT_HEADERS` extension headers. Both give a [`Flow`] of their
+//! family, which the rest of the path handles alike.
 
 use lb_common::{
-    IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
+    Family, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, V4, V6,
     packet::{
-        ETH_HLEN, ETH_P_IP, Fragment, IP_DF, IPV4_HLEN, IPV4_VER_IHL_NO_OPTIONS, TCP_HLEN, UDP_HLEN, eth, fragment, get16, get32, icmp,
-        icmp_error, ip, is_icmp_error, l4, l4_ports,
+        ETH_HLEN, ETH_P_IP, ETH_P_IPV6, Fragment, IP_DF, IPV4_HLEN, IPV4_VER_IHL_NO_OPTIONS, IPV6_HLEN, TCP_HLEN, UDP_HLEN, eth, fragment,
+        get16, get32, icmp, icmp_error, ip, ip6, is_icmp_error, l4, l4_ports,
     },
 };
 
@@ -14,12 +17,11 @@ use crate::{
     packet::{PacketData, read},
 };
 
-/// A TCP or UDP packet. Addresses and ports are in network order, as on
-/// the wire.
-#[derive(Clone, Copy)]
-pub struct Flow {
-    pub saddr: u32,
-    pub daddr: u32,
+/// A TCP or UDP packet of family `F`. Addresses and ports are in network
+/// order, as on the wire.
+pub struct Flow<F: Family = V4> {
+    pub saddr: F::Addr,
+    pub daddr: F::Addr,
     /// Zero in a later fragment until the fragment map supplies them.
     pub sport: u16,
     pub dport: u16,
@@ -28,19 +30,34 @@ pub struct Flow {
     pub tcp_flags: u8,
     /// TCP sequence number, host order.
     pub seq: u32,
-    /// Offset of the L4 header (after IPv4 options).
+    /// Offset of the L4 header (after IPv4 options, or IPv6 extension
+    /// headers).
     pub l4_off: usize,
+    /// IPv6: always `No` (fragments are not parsed as flows).
     pub frag: Fragment,
-    /// The IPv4 identification, network order (for the fragment map).
+    /// The IPv4 identification, network order (for the fragment map);
+    /// IPv6: 0.
     pub ip_id: u16,
+    /// IPv4 TOS; IPv6 traffic class.
     pub tos: u8,
-    /// IPv4 total length, host order.
+    /// IPv4 total length, host order; IPv6: the payload length plus the
+    /// fixed header.
     pub tot_len: u16,
-    /// The "don't fragment" bit.
+    /// The "don't fragment" bit (always set in IPv6: routers never
+    /// fragment).
     pub df: bool,
 }
 
-impl Flow {
+impl<F: Family> Clone for Flow<F> {
+    #[inline(always)]
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<F: Family> Copy for Flow<F> {}
+
+impl<F: Family> Flow<F> {
     /// Whether the L4 header is in this packet (not a later fragment).
     #[inline(always)]
     pub fn has_l4(&self) -> bool {
@@ -68,14 +85,18 @@ pub struct IcmpError {
     pub quoted: Quoted,
 }
 
-pub enum Packet {
-    /// Not IPv4 (ARP, IPv6, a VLAN tag, ...).
-    NotIpv4,
-    Flow(Flow),
+/// What a parser found: `parse` answers for IPv4, `parse6` for IPv6.
+pub enum Packet<F: Family = V4> {
+    /// Not of the parser's family (ARP, the other IP family, a VLAN tag,
+    /// ...).
+    OtherEthertype,
+    Flow(Flow<F>),
+    /// IPv4 only (ICMPv6 errors are not translated yet).
     IcmpError(IcmpError),
-    /// Any other IPv4 packet (ICMP echo, other protocols, errors we do not
-    /// translate).
-    OtherIpv4,
+    /// Any other packet of the family (ICMP echo, other protocols, errors
+    /// we do not translate, IPv6 fragments and extension headers beyond
+    /// the walk).
+    OtherIp,
 }
 
 /// Copies a `T` out of the packet at `off`; a packet too short for it is
@@ -89,9 +110,9 @@ fn get<C: PacketData, T: Copy>(ctx: &C, off: usize) -> Result<T, Error> {
 /// truncated: the stack drops it, and so it is left alone
 /// (`Error::Malformed`).
 #[inline(always)]
-pub fn parse<C: PacketData>(ctx: &C) -> Result<Packet, Error> {
+pub fn parse<C: PacketData>(ctx: &C) -> Result<Packet<V4>, Error> {
     if get::<C, u16>(ctx, eth::ETHERTYPE.start)? != ETH_P_IP.to_be() {
-        return Ok(Packet::NotIpv4);
+        return Ok(Packet::OtherEthertype);
     }
     let iph: [u8; IPV4_HLEN] = get(ctx, ETH_HLEN)?;
     if iph[ip::VER_IHL] >> 4 != 4 {
@@ -113,12 +134,12 @@ pub fn parse<C: PacketData>(ctx: &C) -> Result<Packet, Error> {
     let proto = iph[ip::PROTO];
     if proto == IPPROTO_ICMP {
         if ihl != IPV4_HLEN || frag != Fragment::No {
-            return Ok(Packet::OtherIpv4);
+            return Ok(Packet::OtherIp);
         }
         return icmp_error_of(ctx, saddr, daddr);
     }
     if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
-        return Ok(Packet::OtherIpv4);
+        return Ok(Packet::OtherIp);
     }
     let l4_off = ETH_HLEN + ihl;
     let mut flow = Flow {
@@ -158,18 +179,18 @@ pub fn parse<C: PacketData>(ctx: &C) -> Result<Packet, Error> {
 }
 
 #[inline(always)]
-fn icmp_error_of<C: PacketData>(ctx: &C, saddr: u32, daddr: u32) -> Result<Packet, Error> {
+fn icmp_error_of<C: PacketData>(ctx: &C, saddr: u32, daddr: u32) -> Result<Packet<V4>, Error> {
     let icmp_type: u8 = get(ctx, ETH_HLEN + icmp_error::ICMP + icmp::TYPE)?;
     if !is_icmp_error(icmp_type) {
-        return Ok(Packet::OtherIpv4);
+        return Ok(Packet::OtherIp);
     }
     // The quoted IPv4 header and the first 8 bytes after it (the ports).
     let Some(q) = read::<C, [u8; icmp_error::MIN_LEN - icmp_error::INNER_IP]>(ctx, ETH_HLEN + icmp_error::INNER_IP) else {
-        return Ok(Packet::OtherIpv4);
+        return Ok(Packet::OtherIp);
     };
     let proto = q[ip::PROTO];
     if q[ip::VER_IHL] != IPV4_VER_IHL_NO_OPTIONS || (proto != IPPROTO_TCP && proto != IPPROTO_UDP) {
-        return Ok(Packet::OtherIpv4);
+        return Ok(Packet::OtherIp);
     }
     let (sport, dport) = l4_ports(&q, IPV4_HLEN);
     Ok(Packet::IcmpError(IcmpError {
@@ -177,4 +198,73 @@ fn icmp_error_of<C: PacketData>(ctx: &C, saddr: u32, daddr: u32) -> Result<Packe
         daddr,
         quoted: Quoted { saddr: get32(&q, ip::SADDR), daddr: get32(&q, ip::DADDR), sport, dport, proto },
     }))
+}
+
+/// Parses an IPv6 packet: the fixed header, then up to
+/// `ip6::MAX_EXT_HEADERS` hop-by-hop, routing and destination options
+/// headers, then TCP or UDP. A fragment header ends the walk (the packet
+/// passes, as does anything after more extension headers than the walk
+/// takes); so does ICMPv6. A packet shorter than its payload length is
+/// truncated (`Error::Malformed`), as in [`parse`].
+#[inline(always)]
+pub fn parse6<C: PacketData>(ctx: &C) -> Result<Packet<V6>, Error> {
+    if get::<C, u16>(ctx, eth::ETHERTYPE.start)? != ETH_P_IPV6.to_be() {
+        return Ok(Packet::OtherEthertype);
+    }
+    // The fixed header's first 8 bytes; the addresses are read into the
+    // flow directly (a copy of the whole header would cost 40 bytes of the
+    // IPv6 path's stack).
+    let iph: [u8; 8] = get(ctx, ETH_HLEN)?;
+    let ver_tc = u16::from_be(get16(&iph, ip6::VER_TC));
+    if ver_tc >> 12 != 6 {
+        return Err(Error::Malformed);
+    }
+    let payload_len = u16::from_be(get16(&iph, ip6::PAYLOAD_LEN));
+    // A jumbogram or BIG TCP super-packet carries 0 here.
+    if ctx.len() < (ETH_HLEN + IPV6_HLEN + payload_len as usize) as u32 {
+        return Err(Error::Malformed);
+    }
+    let mut proto = iph[ip6::NEXT_HEADER];
+    let mut l4_off = ETH_HLEN + IPV6_HLEN;
+    // A constant bound for the verifier, unrolled; each header is read
+    // with its own bounds check at a bounded offset (at most
+    // MAX_EXT_HEADERS * 2 KiB past the fixed header).
+    let mut i = 0;
+    while i < ip6::MAX_EXT_HEADERS && ip6::skippable(proto) {
+        let ext: [u8; 2] = get(ctx, l4_off)?;
+        proto = ext[0];
+        l4_off += ip6::ext_len(ext[1]);
+        i += 1;
+    }
+    if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
+        return Ok(Packet::OtherIp);
+    }
+    let mut flow = Flow::<V6> {
+        saddr: get(ctx, ETH_HLEN + ip6::SADDR.start)?,
+        daddr: get(ctx, ETH_HLEN + ip6::DADDR.start)?,
+        sport: 0,
+        dport: 0,
+        proto,
+        tcp_flags: 0,
+        seq: 0,
+        l4_off,
+        frag: Fragment::No,
+        ip_id: 0,
+        tos: (ver_tc >> 4) as u8,
+        tot_len: payload_len.wrapping_add(IPV6_HLEN as u16),
+        df: true,
+    };
+    // As in `parse`: the whole L4 header, copied out in one read.
+    let (sport, dport) = if proto == IPPROTO_TCP {
+        let h: [u8; TCP_HLEN] = get(ctx, l4_off)?;
+        flow.tcp_flags = h[l4::TCP_FLAGS] & lb_common::ct_flags::TRACKED;
+        flow.seq = u32::from_be(get32(&h, l4::TCP_SEQ));
+        l4_ports(&h, 0)
+    } else {
+        let h: [u8; UDP_HLEN] = get(ctx, l4_off)?;
+        l4_ports(&h, 0)
+    };
+    flow.sport = sport;
+    flow.dport = dport;
+    Ok(Packet::Flow(flow))
 }

@@ -6,11 +6,12 @@ use core::ptr::{addr_of, addr_of_mut};
 use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_ktime_get_coarse_ns};
 use lb_common::{
     Affinity4, Affinity4Key, Backend4, Config, CtEntry, NodeConfig, RevNat4, RevNatKey, SCOPE_EXTERNAL, SCOPE_INTERNAL, Service4Key,
-    Service4Value, SlotKey, V4, Vip4, config_flags, hash::flow_hash, node_flags, svc_flags,
+    Service4Value, SlotKey, Vip4, config_flags, node_flags, svc_flags,
 };
 
 use crate::{
     family::FamilyMaps,
+    l3::L3,
     maps::{LB_CONFIG, LB_NODE, LB4_AFFINITY, LB4_BACKENDS, LB4_MAGLEV, LB4_REVNAT, LB4_SERVICES, LB4_SLOTS, LB4_VIPS},
     parse::Flow,
 };
@@ -113,15 +114,15 @@ pub fn random() -> u32 {
     unsafe { bpf_get_prandom_u32() }
 }
 
-/// Chooses the backend of a new flow `f` to `svc` (see [`select_backend`]):
-/// the flow's hash for Maglev, its client address for affinity.
+/// Chooses the backend of a new flow `f` of family `F` to `svc` (see
+/// [`select_backend_of`]): the flow's hash for Maglev, its client address
+/// for affinity.
 #[inline(always)]
-pub fn flow_backend(cfg: &Config, svc: &Service4Value, f: &Flow, now: u64) -> Option<(u32, Backend4)> {
-    let hash = flow_hash(f.saddr, f.daddr, f.sport, f.dport, f.proto);
-    select_backend(cfg, svc, hash, f.saddr as u64, now)
+pub fn flow_backend<F: L3>(cfg: &Config, svc: &Service4Value, f: &Flow<F>, now: u64) -> Option<(u32, F::Backend)> {
+    select_backend_of::<F>(cfg, svc, F::flow_hash(f), F::affinity_client(f.saddr), now)
 }
 
-/// Chooses the backend of a new connection:
+/// Chooses the backend of a new connection to a frontend of family `F`:
 /// 1. with session affinity, the client's backend while it is fresh and
 ///    still exists;
 /// 2. with Maglev, the service's table at `hash % M`, so every node sends
@@ -129,17 +130,11 @@ pub fn flow_backend(cfg: &Config, svc: &Service4Value, f: &Flow, now: u64) -> Op
 /// 3. otherwise a random slot. Each CPU draws its own random number:
 ///    there is no shared counter to race on.
 ///
+/// The slots, Maglev tables and affinities are shared by the families
+/// (they name IDs); the backend comes from the family's own backend map.
 /// `client` is the affinity key's client (an address, or a netns cookie
 /// for host sockets). `None` only when the service has no slot or a map
 /// read raced with the agent.
-#[inline(always)]
-pub fn select_backend(cfg: &Config, svc: &Service4Value, hash: u32, client: u64, now: u64) -> Option<(u32, Backend4)> {
-    select_backend_of::<V4>(cfg, svc, hash, client, now)
-}
-
-/// [`select_backend`] for a frontend of family `F`: the slots, Maglev
-/// tables and affinities are shared (they name IDs); the backend comes
-/// from the family's own backend map.
 #[inline(always)]
 pub fn select_backend_of<F: FamilyMaps>(cfg: &Config, svc: &Service4Value, hash: u32, client: u64, now: u64) -> Option<(u32, F::Backend)> {
     if svc.count == 0 {
@@ -183,6 +178,13 @@ pub fn select_backend_of<F: FamilyMaps>(cfg: &Config, svc: &Service4Value, hash:
 
 #[inline(always)]
 fn pick<F: FamilyMaps>(cfg: &Config, svc: &Service4Value, hash: u32) -> Option<(u32, F::Backend)> {
+    // Read and checked here, before any helper call: LLVM may not carry
+    // the caller's check of `svc.count` across one, and would leave a
+    // division-by-zero panic in the object, which the verifier rejects.
+    let count = svc.count as u32;
+    if count == 0 {
+        return None;
+    }
     if svc.flags & svc_flags::MAGLEV != 0 && cfg.maglev_m != 0 {
         let index = hash % cfg.maglev_m;
         // SAFETY: the reference lives only until the ID is copied out.
@@ -194,7 +196,7 @@ fn pick<F: FamilyMaps>(cfg: &Config, svc: &Service4Value, hash: u32) -> Option<(
         }
         // No table yet (or a race with its replacement): random slot.
     }
-    let key = SlotKey { frontend_id: svc.frontend_id, slot: (random() % svc.count as u32) as u16, generation: svc.generation };
+    let key = SlotKey { frontend_id: svc.frontend_id, slot: (random() % count) as u16, generation: svc.generation };
     // SAFETY: the reference lives only until the ID is copied out. (The
     // agent deletes a generation of slots only a sync after it stopped
     // being live, so a frontend value read just before a flip still finds

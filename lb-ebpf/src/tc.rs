@@ -22,30 +22,69 @@
 //!
 //! Whatever passes returns `TC_ACT_UNSPEC`, tcx's "next": programs attached
 //! after lb (by a CNI, say) still see the packet.
+//!
+//! IPv4 and IPv6 flows take the same path, written once over the family
+//! (`TcFamily`, on top of `l3::L3` and `family::FamilyMaps`). What IPv6
+//! does not have yet: the hairpin SNAT (a pod reaching itself is DNATed
+//! only), ICMPv6 rejects (a frontend without endpoints, or a ClusterIP on
+//! an unserved port, drops instead), translated ICMPv6 errors, and
+//! fragments (passed untouched).
 
 use core::ops::ControlFlow;
 
 use aya_ebpf::{
-    bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC},
+    bindings::{__sk_buff, TC_ACT_SHOT, TC_ACT_UNSPEC},
     macros::classifier,
     programs::TcContext,
 };
 use aya_log_ebpf::debug;
 use lb_common::{
-    CT_SERVICE, Config, CtEntry, Vip4, hairpin_addr,
-    packet::{ETH_HLEN, Fragment, IPV4_HLEN, TCP_HLEN, eth, swapped_macs},
+    CT_SERVICE, Config, V4, V6, Vip4,
+    packet::{ETH_HLEN, ETH_P_IPV6, Fragment, IPV4_HLEN, IPV6_HLEN, TCP_HLEN, eth, swapped_macs},
     stat, svc_flags, vip_flags,
 };
 
 use crate::{
     ct::{self, Forward, NewFlow, Source},
     error::Error,
-    frag, icmp, nat,
+    family::Ct,
+    frag, icmp,
+    l3::L3,
+    nat,
     packet::{read, redirect_back, write},
-    parse::{Flow, IcmpError, Packet, parse},
-    select::{config, flow_backend, in_cluster_service, node_config, now_ns, vip},
+    parse::{Flow, IcmpError, Packet, parse, parse6},
+    select::{config, flow_backend, node_config, now_ns, vip},
     stats,
 };
+
+/// What the tc programs do differently per family.
+trait TcFamily: L3 {
+    /// The verdict for a flow `f` to a frontend that cannot serve it (no
+    /// endpoint, or a ClusterIP port no Service defines).
+    fn reject(ctx: &TcContext, f: &Flow<Self>, now: u64) -> Result<i32, Error>;
+}
+
+impl TcFamily for V4 {
+    /// ICMP port unreachable from the dialled address, within the client's
+    /// rate. Only for a packet with its L4 header and no IP options (the
+    /// quote covers a 20-byte header); others are dropped.
+    #[inline(always)]
+    fn reject(ctx: &TcContext, f: &Flow<V4>, now: u64) -> Result<i32, Error> {
+        if f.l4_off != ETH_HLEN + IPV4_HLEN || !f.has_l4() {
+            return Ok(SHOT);
+        }
+        icmp::tc_reject(ctx, f.saddr, now).ok_or(Error::Rewrite)
+    }
+}
+
+impl TcFamily for V6 {
+    /// No ICMPv6 reject yet: dropped, as IPv4 drops what it cannot reject
+    /// (never passed along the default route).
+    #[inline(always)]
+    fn reject(_ctx: &TcContext, _f: &Flow<V6>, _now: u64) -> Result<i32, Error> {
+        Ok(SHOT)
+    }
+}
 
 const NEXT: i32 = TC_ACT_UNSPEC;
 const SHOT: i32 = TC_ACT_SHOT;
@@ -64,14 +103,41 @@ fn verdict(ctx: &TcContext, result: Result<i32, Error>) -> i32 {
     }
 }
 
+// Each family's path is a function of its own (a BPF-to-BPF call), called
+// from the program by the ethertype: inlined into one function, the two
+// paths' stacks would add up in one frame, past the 512 bytes the verifier
+// allows; called, each has a frame of its own (their sum along a call
+// chain is what is limited: the program's own frame stays nearly empty).
+// The verdict (and its log call, a function of its own) is reached from
+// the program, not from inside a path, for the same reason.
+
 #[classifier]
 pub fn lb_tc_ingress(ctx: TcContext) -> i32 {
-    verdict(&ctx, try_ingress(&ctx))
+    let result = if is_ipv6(&ctx) { ingress6(ctx.skb.skb) } else { ingress4(ctx.skb.skb) };
+    verdict(&ctx, result)
 }
 
 #[classifier]
 pub fn lb_tc_egress(ctx: TcContext) -> i32 {
-    verdict(&ctx, try_egress(&ctx))
+    let result = if is_ipv6(&ctx) { egress6(ctx.skb.skb) } else { egress4(ctx.skb.skb) };
+    verdict(&ctx, result)
+}
+
+/// Whether the frame carries IPv6 (the Ethernet header is always in the
+/// linear part).
+#[inline(always)]
+fn is_ipv6(ctx: &TcContext) -> bool {
+    read::<TcContext, u16>(ctx, eth::ETHERTYPE.start) == Some(ETH_P_IPV6.to_be())
+}
+
+#[inline(never)]
+fn ingress4(skb: *mut __sk_buff) -> Result<i32, Error> {
+    try_ingress(&TcContext::new(skb))
+}
+
+#[inline(never)]
+fn egress4(skb: *mut __sk_buff) -> Result<i32, Error> {
+    try_egress(&TcContext::new(skb))
 }
 
 #[classifier]
@@ -83,14 +149,19 @@ pub fn lb_tc_pass(_ctx: TcContext) -> i32 {
 /// error with its quote is shorter).
 const MAX_HEADERS: usize = ETH_HLEN + 60 + TCP_HLEN;
 
-/// Headers may sit in paged data on some drivers: pull them into the
-/// linear part, only when they are not there already.
+/// IPv6: Ethernet, the fixed header, extension headers (most are 8 or 16
+/// bytes; a longer chain is read from the linear part only if it is
+/// there), a TCP header.
+const MAX_HEADERS6: usize = ETH_HLEN + IPV6_HLEN + 64 + TCP_HLEN;
+
+/// Headers may sit in paged data on some drivers: pull up to `max` bytes
+/// into the linear part, only when they are not there already.
 #[inline(always)]
-fn pull(ctx: &TcContext) -> Result<(), Error> {
+fn pull(ctx: &TcContext, max: usize) -> Result<(), Error> {
     let linear = (ctx.data_end() - ctx.data()) as u32;
     let len = ctx.len();
-    if linear < MAX_HEADERS as u32 && linear < len {
-        let want = if len < MAX_HEADERS as u32 { len } else { MAX_HEADERS as u32 };
+    if linear < max as u32 && linear < len {
+        let want = if len < max as u32 { len } else { max as u32 };
         ctx.pull_data(want).map_err(|_| Error::Malformed)?;
     }
     Ok(())
@@ -101,20 +172,40 @@ fn try_ingress(ctx: &TcContext) -> Result<i32, Error> {
     let Some(cfg) = config() else {
         return Ok(NEXT);
     };
-    pull(ctx)?;
+    pull(ctx, MAX_HEADERS)?;
     match parse(ctx)? {
-        Packet::Flow(f) => {
-            if f.daddr == hairpin_addr() {
-                return hairpin_reply(ctx, f);
-            }
-            match vip(f.daddr) {
-                Some(v) => forward(ctx, &cfg, v, f),
-                None => Ok(NEXT),
-            }
-        }
+        Packet::Flow(mut f) => ingress_flow(ctx, &cfg, &mut f),
         // A pod's error about a reply it got from a frontend.
         Packet::IcmpError(err) if vip(err.daddr).is_some() => translate_icmp_error(ctx, &err, CT_SERVICE),
         _ => Ok(NEXT),
+    }
+}
+
+/// [`try_ingress`] for IPv6.
+#[inline(never)]
+fn ingress6(skb: *mut __sk_buff) -> Result<i32, Error> {
+    let ctx = &TcContext::new(skb);
+    let Some(cfg) = config() else {
+        return Ok(NEXT);
+    };
+    pull(ctx, MAX_HEADERS6)?;
+    match parse6(ctx)? {
+        Packet::Flow(mut f) => ingress_flow(ctx, &cfg, &mut f),
+        _ => Ok(NEXT),
+    }
+}
+
+/// A flow leaving a pod: a reply of a hairpin flow, or a packet to a
+/// frontend address.
+#[inline(always)]
+fn ingress_flow<F: TcFamily>(ctx: &TcContext, cfg: &Config, f: &mut Flow<F>) -> Result<i32, Error> {
+    F::keep_in_memory(f);
+    if F::hairpin_addr() == Some(f.daddr) {
+        return hairpin_reply(ctx, f);
+    }
+    match F::vip(f.daddr) {
+        Some(v) => forward(ctx, cfg, v, f),
+        None => Ok(NEXT),
     }
 }
 
@@ -123,44 +214,64 @@ fn try_egress(ctx: &TcContext) -> Result<i32, Error> {
     if config().is_none() {
         return Ok(NEXT);
     }
-    pull(ctx)?;
+    pull(ctx, MAX_HEADERS)?;
     match parse(ctx)? {
-        Packet::Flow(mut f) => {
-            if !frag::ports(&mut f) {
-                return Ok(NEXT);
-            }
-            let Some((entry, _)) = ct::reply(&f) else {
-                return Ok(NEXT);
-            };
-            frag::record(&f);
-            nat::translate(ctx, &f, &entry)?;
-            Ok(NEXT)
-        }
+        Packet::Flow(mut f) => reply(ctx, &mut f),
         Packet::IcmpError(err) => translate_icmp_error(ctx, &err, lb_common::CT_REPLY),
         _ => Ok(NEXT),
     }
 }
 
+/// [`try_egress`] for IPv6.
+#[inline(never)]
+fn egress6(skb: *mut __sk_buff) -> Result<i32, Error> {
+    let ctx = &TcContext::new(skb);
+    if config().is_none() {
+        return Ok(NEXT);
+    }
+    pull(ctx, MAX_HEADERS6)?;
+    match parse6(ctx)? {
+        Packet::Flow(mut f) => reply(ctx, &mut f),
+        _ => Ok(NEXT),
+    }
+}
+
+/// A packet on its way to a client: a reply of a translated flow gets
+/// the frontend back.
+#[inline(always)]
+fn reply<F: TcFamily>(ctx: &TcContext, f: &mut Flow<F>) -> Result<i32, Error> {
+    F::keep_in_memory(f);
+    if !F::frag_ports(f) {
+        return Ok(NEXT);
+    }
+    let Some((entry, _)) = ct::reply(f) else {
+        return Ok(NEXT);
+    };
+    F::frag_record(f);
+    nat::translate(ctx, f, &entry)?;
+    Ok(NEXT)
+}
+
 /// Client -> frontend: the flow's backend from conntrack, or a new flow.
 #[inline(always)]
-fn forward(ctx: &TcContext, cfg: &Config, vip: Vip4, mut f: Flow) -> Result<i32, Error> {
-    if !frag::ports(&mut f) {
+fn forward<F: TcFamily>(ctx: &TcContext, cfg: &Config, vip: Vip4, f: &mut Flow<F>) -> Result<i32, Error> {
+    if !F::frag_ports(f) {
         return Ok(orphan_fragment(&vip));
     }
     let now = now_ns();
-    let (entry, new) = match ct::forward(cfg, &f, now) {
+    let (entry, new) = match ct::forward(cfg, f, now) {
         Forward::Flow(e) => (e, false),
         // The datagram's first fragment made the flow; it is gone.
         Forward::New { .. } if f.frag == Fragment::Later => return Ok(orphan_fragment(&vip)),
-        Forward::New { replace } => match new_flow(ctx, cfg, &vip, &f, now, replace)? {
+        Forward::New { replace } => match new_flow(ctx, cfg, &vip, f, now, replace)? {
             ControlFlow::Continue(e) => (e, true),
             ControlFlow::Break(verdict) => return Ok(verdict),
         },
     };
     stats::frontend_packet(entry.frontend_id, ctx.len(), new);
-    frag::record(&f);
-    nat::translate(ctx, &f, &entry)?;
-    if entry.nat_saddr == hairpin_addr() {
+    F::frag_record(f);
+    nat::translate(ctx, f, &entry)?;
+    if F::hairpin_addr() == Some(entry.nat_saddr) {
         return bounce(ctx);
     }
     Ok(NEXT)
@@ -169,13 +280,20 @@ fn forward(ctx: &TcContext, cfg: &Config, vip: Vip4, mut f: Flow) -> Result<i32,
 /// A new flow to the frontend at `f`'s destination, or the verdict for a
 /// packet that gets none (passed, rejected or dropped).
 #[inline(always)]
-fn new_flow(ctx: &TcContext, cfg: &Config, vip: &Vip4, f: &Flow, now: u64, replace: bool) -> Result<ControlFlow<i32, CtEntry>, Error> {
-    let Some(svc) = in_cluster_service(f.daddr, f.dport, f.proto) else {
+fn new_flow<F: TcFamily>(
+    ctx: &TcContext,
+    cfg: &Config,
+    vip: &Vip4,
+    f: &Flow<F>,
+    now: u64,
+    replace: bool,
+) -> Result<ControlFlow<i32, Ct<F>>, Error> {
+    let Some(svc) = F::service(f.daddr, f.dport, f.proto) else {
         // A ClusterIP on a port no Service defines: never let it follow
         // the default route (kube-proxy's nftables mode rejects it too).
         if vip.flags & vip_flags::CLUSTER_IP != 0 {
             stats::count(stat::REJECT_UNSERVED_PORT);
-            return Ok(ControlFlow::Break(reject(ctx, f, now)?));
+            return Ok(ControlFlow::Break(F::reject(ctx, f, now)?));
         }
         return Ok(ControlFlow::Break(NEXT));
     };
@@ -187,15 +305,16 @@ fn new_flow(ctx: &TcContext, cfg: &Config, vip: &Vip4, f: &Flow, now: u64, repla
             return Ok(ControlFlow::Break(SHOT));
         }
         stats::count(stat::REJECT_NO_BACKEND);
-        debug!(ctx, "lb_tc: no backend for {:i}:{}, rejecting", u32::from_be(f.daddr), u16::from_be(f.dport));
-        return Ok(ControlFlow::Break(reject(ctx, f, now)?));
+        debug!(ctx, "lb_tc: no backend for frontend {} (port {}), rejecting", svc.frontend_id, u16::from_be(f.dport));
+        return Ok(ControlFlow::Break(F::reject(ctx, f, now)?));
     }
     let (backend_id, backend) = flow_backend(cfg, &svc, f, now).ok_or(Error::NoSlot)?;
-    let source = if backend.addr == f.saddr {
-        stats::count(stat::HAIRPIN);
-        Source::Hairpin
-    } else {
-        Source::Client
+    let source = match F::backend_addr(&backend) {
+        Some((addr, _)) if F::hairpin_addr().is_some() && addr == f.saddr => {
+            stats::count(stat::HAIRPIN);
+            Source::Hairpin
+        }
+        _ => Source::Client,
     };
     let new = NewFlow { frontend_id: svc.frontend_id, backend_id, backend, source, ports: ct::nat_ports(node_config()) };
     Ok(ControlFlow::Continue(ct::create(cfg, f, &new, now, replace)?))
@@ -211,15 +330,15 @@ fn orphan_fragment(vip: &Vip4) -> i32 {
 /// A reply of a hairpin flow (the pod answering itself): both translations
 /// reversed, and straight back to the pod.
 #[inline(always)]
-fn hairpin_reply(ctx: &TcContext, mut f: Flow) -> Result<i32, Error> {
-    if !frag::ports(&mut f) {
+fn hairpin_reply<F: TcFamily>(ctx: &TcContext, f: &mut Flow<F>) -> Result<i32, Error> {
+    if !F::frag_ports(f) {
         return Ok(NEXT);
     }
-    let Some((entry, _)) = ct::reply(&f) else {
+    let Some((entry, _)) = ct::reply(f) else {
         return Ok(NEXT);
     };
-    frag::record(&f);
-    nat::translate(ctx, &f, &entry)?;
+    F::frag_record(f);
+    nat::translate(ctx, f, &entry)?;
     bounce(ctx)
 }
 
@@ -232,17 +351,6 @@ fn bounce(ctx: &TcContext) -> Result<i32, Error> {
     let macs: [u8; 12] = read(ctx, eth::ADDRS.start).ok_or(Error::Rewrite)?;
     write(ctx, eth::ADDRS.start, swapped_macs(&macs)).ok_or(Error::Rewrite)?;
     Ok(redirect_back(ctx))
-}
-
-/// ICMP port unreachable from the dialled address, within the client's
-/// rate. Only for a packet with its L4 header and no IP options (the quote
-/// covers a 20-byte header); others are dropped.
-#[inline(always)]
-fn reject(ctx: &TcContext, f: &Flow, now: u64) -> Result<i32, Error> {
-    if f.l4_off != ETH_HLEN + IPV4_HLEN || !f.has_l4() {
-        return Ok(SHOT);
-    }
-    icmp::tc_reject(ctx, f.saddr, now).ok_or(Error::Rewrite)
 }
 
 /// An ICMP error travelling in direction `dir` of a translated flow.

@@ -2,6 +2,8 @@
 //! running and skipping, an agent process in a lab node, and polling.
 #![allow(dead_code)]
 
+pub mod v6;
+
 use std::{
     fs,
     net::{SocketAddrV4, TcpListener},

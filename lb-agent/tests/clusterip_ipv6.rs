@@ -1,0 +1,100 @@
+//! An IPv6 ClusterIP through the real tc datapath: an agent in a
+//! dual-stack lab node, a client pod, two backend pods, real sockets.
+//! The agent's reconciler does not write the IPv6 maps yet, so the test
+//! installs the IPv6 frontends in the agent's pinned `LB6_*` maps itself
+//! (`common::v6::install`), while `lb-agent run` runs.
+
+mod common;
+
+use std::{
+    collections::BTreeMap,
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6},
+    time::Duration,
+};
+
+use common::{Agent, ManifestDir, kernel_tests_enabled, service_yaml, v6, wait_for};
+use lb_common::{IPPROTO_TCP, IPPROTO_UDP};
+use lb_lab::{NodeLab, Server, tcp_request_to, tcp_server_at, udp_echo_at, udp_request_to};
+
+const BACKENDS: [&str; 2] = ["web-a", "web-b"];
+const TIMEOUT: Duration = Duration::from_secs(2);
+const CONNECTIONS: usize = 60;
+
+/// A dual-stack node with a client pod and two backend pods, each serving
+/// TCP 8080 (its name) and UDP echo 5353 on its IPv6 address.
+fn lab() -> (NodeLab, Vec<Server>) {
+    let lab = NodeLab::new(&["client", BACKENDS[0], BACKENDS[1]]).unwrap();
+    lab.enable_ipv6().unwrap();
+    let mut servers = Vec::new();
+    for name in BACKENDS {
+        let ip6 = lab.pod_ip6(name);
+        let ns = &lab.pod(name).ns;
+        servers.push(tcp_server_at(ns, SocketAddrV6::new(ip6, 8080, 0, 0).into(), name).unwrap());
+        servers.push(udp_echo_at(ns, SocketAddrV6::new(ip6, 5353, 0, 0).into(), name).unwrap());
+    }
+    (lab, servers)
+}
+
+#[test]
+fn a_pod_reaches_an_ipv6_cluster_ip_over_tcp_and_udp() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let (lab, servers) = lab();
+    let dir = ManifestDir::new("tc6");
+    // An IPv4 Service, to know when the agent is up and programming.
+    let ips: Vec<Ipv4Addr> = BACKENDS.iter().map(|n| lab.pod(n).ip).collect();
+    dir.write("web.yaml", &service_yaml("web", "10.96.0.10", 80, "TCP", 8080, &ips));
+    let agent = Agent::start(&lab.node, &dir.0, "tc6");
+    // Loading (the verifier) can take a while on a busy machine.
+    wait_for("the agent's datapath", Duration::from_secs(120), || agent.log_text().contains("datapath loaded").then_some(()));
+    agent.wait_rows("the IPv4 service", |rows| rows.len() == 1);
+
+    let web: Ipv6Addr = "fd00:96::a".parse().unwrap();
+    let dns: Ipv6Addr = "fd00:96::35".parse().unwrap();
+    let pods: Vec<Ipv6Addr> = BACKENDS.iter().map(|n| lab.pod_ip6(n)).collect();
+    let mut maps = agent.maps();
+    let web_backends: Vec<(u32, SocketAddrV6)> =
+        pods.iter().enumerate().map(|(i, ip)| (1 + i as u32, SocketAddrV6::new(*ip, 8080, 0, 0))).collect();
+    let dns_backends: Vec<(u32, SocketAddrV6)> =
+        pods.iter().enumerate().map(|(i, ip)| (3 + i as u32, SocketAddrV6::new(*ip, 5353, 0, 0))).collect();
+    // Frontend IDs far above the few the agent hands out.
+    v6::install(&mut maps, 60_000, "test/web6:http", SocketAddrV6::new(web, 80, 0, 0), IPPROTO_TCP, &web_backends, 0);
+    v6::install(&mut maps, 60_001, "test/dns6:dns", SocketAddrV6::new(dns, 53, 0, 0), IPPROTO_UDP, &dns_backends, 0);
+
+    let client = &lab.pod("client").ns;
+    // TCP: many connections, each answered by one of the backends.
+    let mut tcp = BTreeMap::<String, usize>::new();
+    for i in 0..CONNECTIONS {
+        let to = SocketAddr::new(web.into(), 80);
+        let tag =
+            tcp_request_to(client, to, b"hello\n", TIMEOUT).unwrap_or_else(|e| panic!("TCP request {i}: {e:#}\n{}", agent.log_text()));
+        *tcp.entry(tag).or_default() += 1;
+    }
+    // UDP: each request from a new socket (a new flow); the reply comes
+    // from the ClusterIP (reverse NAT), not the backend.
+    let mut udp = BTreeMap::<String, usize>::new();
+    let dns_addr = SocketAddr::new(dns.into(), 53);
+    for i in 0..CONNECTIONS {
+        let (reply, peer) =
+            udp_request_to(client, dns_addr, b"q", TIMEOUT).unwrap_or_else(|e| panic!("UDP request {i}: {e:#}\n{}", agent.log_text()));
+        assert_eq!(peer, dns_addr, "the reply's source is the ClusterIP");
+        let tag = reply.strip_suffix(":q").unwrap_or_else(|| panic!("{reply}"));
+        *udp.entry(tag.to_string()).or_default() += 1;
+    }
+    for (proto, counts) in [("TCP", &tcp), ("UDP", &udp)] {
+        assert_eq!(counts.keys().cloned().collect::<Vec<_>>(), BACKENDS, "{proto}: both backends answered: {counts:?}");
+        // Uniform random choice: 30 each expected; 10 is > 5 sigma away.
+        assert!(counts.values().all(|&n| n >= 10), "{proto}: {counts:?}");
+    }
+    let served: u64 = servers.iter().map(Server::hits).sum();
+    assert_eq!(served, 2 * CONNECTIONS as u64, "every connection and datagram reached a backend once");
+    // Both directions of each flow were recorded in the IPv6 conntrack.
+    let maps = agent.maps();
+    let ct_tcp = maps.v6.ct_tcp.entries().unwrap().len();
+    let ct_udp = maps.v6.ct_any.entries().unwrap().len();
+    assert!(ct_tcp >= 2 * CONNECTIONS, "IPv6 TCP conntrack: {ct_tcp}");
+    // A client may draw the same source port twice: that is the same UDP
+    // flow, its entries reused.
+    assert!(ct_udp >= CONNECTIONS, "IPv6 UDP conntrack: {ct_udp}");
+}

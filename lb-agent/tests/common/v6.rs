@@ -1,0 +1,90 @@
+//! IPv6 helpers for the kernel tests: IPv6 frontends written straight
+//! into the pinned `LB6_*` maps (as the reconciler would, in its order),
+//! and IPv6 test packets built by etherparse.
+
+use std::net::SocketAddrV6;
+
+use etherparse::{IpHeaders, IpNumber, Ipv6Extensions, Ipv6Header, PacketBuilder};
+use lb_agent::maps::{Maps, svc_name};
+use lb_common::{Backend6, RevNat6, RevNatKey, Service4Value, Service6Key, Slot, SlotKey, Vip4, addr6, svc_flags, vip_flags};
+use lb_lab::testrun::{CLIENT_MAC, NODE_MAC};
+
+/// Installs an IPv6 ClusterIP frontend `vip` (port, proto) with
+/// `backends` (IPv6 backend IDs and addresses) under frontend ID `id`:
+/// address, backends, rev-NAT slot, name, slots, and the frontend entry
+/// last. `svc` are `svc_flags` (a 60 s timeout with `AFFINITY`).
+pub fn install(maps: &mut Maps, id: u32, name: &str, vip: SocketAddrV6, proto: u8, backends: &[(u32, SocketAddrV6)], svc: u32) {
+    maps.v6.vips.insert(&addr6(*vip.ip()), &Vip4 { flags: vip_flags::CLUSTER_IP }).unwrap();
+    for (slot, (be_id, be)) in backends.iter().enumerate() {
+        let entry = Backend6 { addr: addr6(*be.ip()), port: be.port().to_be(), proto, flags: 0, version: 1, _pad: 0 };
+        maps.v6.backends.set(*be_id, &entry).unwrap();
+        maps.slots.insert(&SlotKey { frontend_id: id, slot: slot as u16, generation: 0 }, &Slot { backend_id: *be_id }).unwrap();
+    }
+    maps.v6.revnat.set(id, &RevNat6 { addr: addr6(*vip.ip()), port: vip.port().to_be(), version: 1 }).unwrap();
+    maps.names.insert(&RevNatKey { frontend_id: id }, &svc_name(name)).unwrap();
+    let key = Service6Key { addr: addr6(*vip.ip()), port: vip.port().to_be(), proto, scope: 0 };
+    let timeout = if svc & svc_flags::AFFINITY != 0 { 60 } else { 0 };
+    let value = Service4Value { frontend_id: id, count: backends.len() as u16, generation: 0, flags: svc, affinity_timeout: timeout };
+    maps.v6.services.insert(&key, &value).unwrap();
+}
+
+fn ip6(src: &SocketAddrV6, dst: &SocketAddrV6, next: IpNumber, exts: Ipv6Extensions) -> IpHeaders {
+    let header = Ipv6Header {
+        traffic_class: 0,
+        flow_label: Default::default(),
+        payload_length: 0,
+        next_header: next,
+        hop_limit: 64,
+        source: src.ip().octets(),
+        destination: dst.ip().octets(),
+    };
+    IpHeaders::Ipv6(header, exts)
+}
+
+/// An Ethernet + IPv6 + TCP packet (TCP flags as letters: S, A, F, R, P)
+/// after the extension headers `exts`; checksums computed by etherparse.
+pub fn tcp(src: SocketAddrV6, dst: SocketAddrV6, flags: &str, seq: u32, payload: &[u8], exts: Ipv6Extensions) -> Vec<u8> {
+    let mut b =
+        PacketBuilder::ethernet2(CLIENT_MAC, NODE_MAC).ip(ip6(&src, &dst, IpNumber::TCP, exts)).tcp(src.port(), dst.port(), seq, 64240);
+    for f in flags.chars() {
+        b = match f {
+            'S' => b.syn(),
+            'A' => b.ack(1),
+            'F' => b.fin(),
+            'R' => b.rst(),
+            'P' => b.psh(),
+            _ => panic!("unknown TCP flag {f}"),
+        };
+    }
+    let mut out = Vec::with_capacity(b.size(payload.len()));
+    b.write(&mut out, payload).expect("writing to a Vec");
+    out
+}
+
+/// An Ethernet + IPv6 + UDP packet after the extension headers `exts`.
+pub fn udp(src: SocketAddrV6, dst: SocketAddrV6, payload: &[u8], exts: Ipv6Extensions) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(CLIENT_MAC, NODE_MAC).ip(ip6(&src, &dst, IpNumber::UDP, exts)).udp(src.port(), dst.port());
+    let mut out = Vec::with_capacity(b.size(payload.len()));
+    b.write(&mut out, payload).expect("writing to a Vec");
+    out
+}
+
+/// Recomputes the L4 checksum of an Ethernet + IPv6 packet from scratch
+/// with etherparse (extension headers included in the walk).
+pub fn assert_checksums_valid(name: &str, packet: &[u8]) {
+    use etherparse::{NetSlice, SlicedPacket, TransportSlice};
+    let p = SlicedPacket::from_ethernet(packet).unwrap_or_else(|e| panic!("{name}: unparsable output: {e}"));
+    let Some(NetSlice::Ipv6(ip)) = &p.net else { panic!("{name}: not IPv6") };
+    let (src, dst) = (ip.header().source(), ip.header().destination());
+    match &p.transport {
+        Some(TransportSlice::Tcp(tcp)) => {
+            let want = tcp.to_header().calc_checksum_ipv6_raw(src, dst, tcp.payload()).unwrap();
+            assert_eq!(tcp.checksum(), want, "{name}: TCP checksum");
+        }
+        Some(TransportSlice::Udp(udp)) => {
+            let want = udp.to_header().calc_checksum_ipv6_raw(src, dst, udp.payload()).unwrap();
+            assert_eq!(udp.checksum(), want, "{name}: UDP checksum");
+        }
+        other => panic!("{name}: unexpected transport {other:?}"),
+    }
+}
