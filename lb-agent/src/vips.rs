@@ -1,5 +1,5 @@
-//! `LB4_VIPS`: every frontend address with the kinds of frontend it has,
-//! the datapath's first lookup. Kept in step with the installed frontends
+//! `LB4_VIPS` and `LB6_VIPS`: every frontend address with the kinds of
+//! frontend it has, the datapath's first lookup (one [`Vips`] per family). Kept in step with the installed frontends
 //! by counting, per address and kind, how many frontends have it, so a
 //! sync touches only the addresses whose frontends changed.
 //!
@@ -11,6 +11,8 @@ use std::{
     collections::{BTreeSet, HashMap},
     net::Ipv4Addr,
 };
+
+use crate::reconcile::MapFamily;
 
 use lb_common::{Vip4, svc_flags, vip_flags};
 
@@ -31,27 +33,30 @@ pub fn kind(flags: u32) -> u32 {
 
 const KINDS: [u32; 4] = [vip_flags::CLUSTER_IP, vip_flags::LOAD_BALANCER, vip_flags::EXTERNAL_IP, vip_flags::NODE_PORT];
 
-#[derive(Default)]
-pub struct Vips {
+/// The addresses of one family's frontends (`A`: `Ipv4Addr` or
+/// `Ipv6Addr`).
+pub struct Vips<A = Ipv4Addr> {
     /// Frontends per address, by kind (in `KINDS` order).
-    refs: HashMap<Ipv4Addr, [u32; 4]>,
+    refs: HashMap<A, [u32; 4]>,
     /// What the map holds.
-    written: HashMap<Ipv4Addr, u32>,
+    written: HashMap<A, u32>,
     /// Addresses whose count changed since the last `settle`.
-    touched: BTreeSet<Ipv4Addr>,
+    touched: BTreeSet<A>,
 }
 
-fn key(addr: Ipv4Addr) -> u32 {
-    u32::from_ne_bytes(addr.octets())
+impl<A> Default for Vips<A> {
+    fn default() -> Self {
+        Vips { refs: HashMap::new(), written: HashMap::new(), touched: BTreeSet::new() }
+    }
 }
 
-impl Vips {
+impl<A: MapFamily> Vips<A> {
     /// Takes over what the map holds; every address is looked at again by
     /// the next `settle`, once the installed frontends have been counted.
-    pub fn recover(maps: &impl MapStore) -> Result<Vips, MapsError> {
+    pub fn recover(maps: &impl MapStore) -> Result<Vips<A>, MapsError> {
         let mut v = Vips::default();
-        for (addr, vip) in maps.vips()? {
-            let ip = Ipv4Addr::from(addr.to_ne_bytes());
+        for (addr, vip) in maps.vips::<A>()? {
+            let ip = A::vip_ip(addr);
             v.written.insert(ip, vip.flags);
             v.touched.insert(ip);
         }
@@ -59,7 +64,7 @@ impl Vips {
     }
 
     /// Counts a frontend with `flags` at `addr` in (`add`) or out.
-    pub fn count(&mut self, addr: Ipv4Addr, flags: u32, add: bool) {
+    pub fn count(&mut self, addr: A, flags: u32, add: bool) {
         let k = kind(flags);
         let slot = KINDS.iter().position(|&x| x == k).expect("a known kind");
         let refs = self.refs.entry(addr).or_default();
@@ -72,7 +77,7 @@ impl Vips {
 
     /// Makes sure the map has `addr` with the kind of `flags` before a
     /// frontend there is written; returns the map writes issued (0 or 1).
-    pub fn prepare(&mut self, maps: &mut impl MapStore, addr: Ipv4Addr, flags: u32) -> Result<u64, MapsError> {
+    pub fn prepare(&mut self, maps: &mut impl MapStore, addr: A, flags: u32) -> Result<u64, MapsError> {
         let have = self.written.get(&addr).copied().unwrap_or(0);
         let want = have | kind(flags);
         // Settled against the counts later, should the frontend fail.
@@ -80,17 +85,17 @@ impl Vips {
         if want == have {
             return Ok(0);
         }
-        maps.insert_vip(key(addr), &Vip4 { flags: want })?;
+        maps.insert_vip::<A>(A::vip_key(addr), &Vip4 { flags: want })?;
         self.written.insert(addr, want);
         Ok(1)
     }
 
     /// What the map should hold: every address with its kinds.
-    pub fn written(&self) -> impl Iterator<Item = (Ipv4Addr, u32)> + '_ {
+    pub fn written(&self) -> impl Iterator<Item = (A, u32)> + '_ {
         self.written.iter().map(|(a, f)| (*a, *f))
     }
 
-    fn wanted(&self, addr: &Ipv4Addr) -> u32 {
+    fn wanted(&self, addr: &A) -> u32 {
         let Some(refs) = self.refs.get(addr) else { return 0 };
         KINDS.iter().zip(refs).filter(|(_, n)| **n > 0).fold(0, |acc, (k, _)| acc | k)
     }
@@ -107,7 +112,11 @@ impl Vips {
                 continue;
             }
             ops += 1;
-            let result = if want == 0 { maps.remove_vip(key(addr)) } else { maps.insert_vip(key(addr), &Vip4 { flags: want }) };
+            let result = if want == 0 {
+                maps.remove_vip::<A>(A::vip_key(addr))
+            } else {
+                maps.insert_vip::<A>(A::vip_key(addr), &Vip4 { flags: want })
+            };
             match result {
                 Ok(()) if want == 0 => {
                     self.written.remove(&addr);

@@ -1085,7 +1085,7 @@ fn drift_is_repaired_by_the_periodic_resync() {
     let key = [10, 96, 0, 50, 0, 80, 6, lb_common::SCOPE_EXTERNAL];
     bpftool_map(&pins, "delete", lb_common::names::SERVICES, &[&["key".to_string()][..], &hex_bytes(&key)].concat());
     use lb_agent::reconcile::MapStore;
-    let installed = Maps::open(&pins).unwrap().backends().unwrap();
+    let installed = Maps::open(&pins).unwrap().backends::<Ipv4Addr>().unwrap();
     let (backend_id, _) = *installed.iter().find(|(_, b)| b.addr == u32::from_ne_bytes(pod.ip.octets())).unwrap();
     let wrong = lb_common::Backend4 {
         addr: u32::from_ne_bytes([10, 244, 250, 250]),
@@ -1103,7 +1103,7 @@ fn drift_is_repaired_by_the_periodic_resync() {
     // (The resync runs every 2 s: this looks well before the next one.)
     let damaged = Maps::open(&pins).unwrap();
     assert!(list::rows(&damaged).unwrap().iter().all(|r| r.frontend != fe), "the frontend entry is gone");
-    assert!(damaged.backends().unwrap().contains(&(backend_id, wrong)), "the backend is overwritten");
+    assert!(damaged.backends::<Ipv4Addr>().unwrap().contains(&(backend_id, wrong)), "the backend is overwritten");
 
     // The next resync puts both right.
     let body = wait_for("the drift repaired", Duration::from_secs(20), || {

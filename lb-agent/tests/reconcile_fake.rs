@@ -10,12 +10,15 @@
 //! case's dump instead of comparing, to write new goldens from (read them
 //! before pasting them in).
 
-use std::collections::BTreeMap;
+use std::{
+    collections::{BTreeMap, BTreeSet},
+    net::{Ipv4Addr, Ipv6Addr},
+};
 
 use lb_agent::{
     datapath::MapSizes,
     maps::MapsError,
-    model::{Backend, BackendAddr, Cidr, Desired, Frontend, FrontendAddr, Protocol},
+    model::{Backend, BackendAddr, Cidr, Desired, Frontend, FrontendAddr, IpFamily, Protocol},
     reconcile::{
         CtMap, MapKind, MapStore, Reconciler, Stats,
         dump::dump,
@@ -52,6 +55,11 @@ fn reconciler() -> Rec {
 /// `hasinternal`, and `internal` for the in-cluster entry
 /// (`SCOPE_INTERNAL`); a backend `ip:port`, `~` after it for terminating.
 fn frontend(line: &str) -> Frontend {
+    frontend_of(line)
+}
+
+/// [`frontend`] of either family: `[fd00::1]:80/TCP web = [fd00::a]:8080`.
+fn frontend_of<A: IpFamily>(line: &str) -> Frontend<A> {
     let (head, backends) = line.split_once(" = ").unwrap_or((line.trim_end_matches(" ="), ""));
     let mut words = head.split_whitespace();
     let (ip_port, proto) = words.next().unwrap().split_once('/').unwrap();
@@ -60,8 +68,8 @@ fn frontend(line: &str) -> Frontend {
         "UDP" => Protocol::Udp,
         p => panic!("protocol {p}"),
     };
-    let sa: std::net::SocketAddrV4 = ip_port.parse().unwrap();
-    let mut addr = FrontendAddr::new(*sa.ip(), sa.port(), proto);
+    let sa: std::net::SocketAddr = ip_port.parse().unwrap();
+    let mut addr = FrontendAddr::new(A::of(sa.ip()).expect("the family's address"), sa.port(), proto);
     let name = format!("test/{}", words.next().unwrap());
     let (mut flags, mut affinity_timeout) = (0, 0);
     for w in words {
@@ -82,8 +90,9 @@ fn frontend(line: &str) -> Frontend {
         .split_whitespace()
         .map(|b| {
             let (b, terminating) = b.strip_suffix('~').map_or((b, false), |b| (b, true));
-            let sa: std::net::SocketAddrV4 = b.parse().unwrap();
-            Backend { addr: BackendAddr { ip: *sa.ip(), port: sa.port(), proto }, terminating, node_name: None, zone: None, hints: None }
+            let sa: std::net::SocketAddr = b.parse().unwrap();
+            let ip = A::of(sa.ip()).expect("the family's address");
+            Backend { addr: BackendAddr { ip, port: sa.port(), proto }, terminating, node_name: None, zone: None, hints: None }
         })
         .collect();
     Frontend { addr, name, backends, flags, affinity_timeout }
@@ -132,10 +141,10 @@ fn ip(addr: u32) -> std::net::Ipv4Addr {
 /// and its Maglev table as backend addresses. Two maps that serve the same
 /// give the same view.
 fn view(maps: &impl MapStore) -> BTreeMap<String, String> {
-    let backends: BTreeMap<u32, Backend4> = maps.backends().unwrap().into_iter().filter(|(_, b)| b.addr != 0).collect();
+    let backends: BTreeMap<u32, Backend4> = maps.backends::<Ipv4Addr>().unwrap().into_iter().filter(|(_, b)| b.addr != 0).collect();
     let name_of = |id: u32| backends.get(&id).map_or(format!("?{id}"), |b| format!("{}:{}/{}", ip(b.addr), u16::from_be(b.port), b.flags));
     let mut out = BTreeMap::new();
-    for (k, v) in maps.services().unwrap() {
+    for (k, v) in maps.services::<Ipv4Addr>().unwrap() {
         let slots: Vec<String> = (0..v.count)
             .map(|slot| match maps.slot(&SlotKey { frontend_id: v.frontend_id, slot, generation: v.generation }).unwrap() {
                 Some(s) => name_of(s.backend_id),
@@ -153,7 +162,7 @@ fn view(maps: &impl MapStore) -> BTreeMap<String, String> {
     let mut all: Vec<String> = backends.keys().map(|id| name_of(*id)).collect();
     all.sort();
     out.insert("backends".into(), all.join(" "));
-    let mut vips: Vec<String> = maps.vips().unwrap().into_iter().map(|(a, v)| format!("{} {:#x}", ip(a), v.flags)).collect();
+    let mut vips: Vec<String> = maps.vips::<Ipv4Addr>().unwrap().into_iter().map(|(a, v)| format!("{} {:#x}", ip(a), v.flags)).collect();
     vips.sort();
     out.insert("vips".into(), vips.join(" "));
     out
@@ -167,11 +176,11 @@ fn view(maps: &impl MapStore) -> BTreeMap<String, String> {
 fn check_consistent(case: &str, maps: &impl MapStore, stats: &Stats) {
     // A frontend whose address did not fit is written, and waits for it.
     let vips_full = stats.errors.iter().any(|e| e.contains("LB4_VIPS"));
-    let backends: BTreeMap<u32, Backend4> = maps.backends().unwrap().into_iter().filter(|(_, b)| b.addr != 0).collect();
-    let vips: BTreeMap<u32, u32> = maps.vips().unwrap().into_iter().map(|(a, v)| (a, v.flags)).collect();
-    let revnat: BTreeMap<u32, RevNat4> = maps.revnats().unwrap().into_iter().collect();
+    let backends: BTreeMap<u32, Backend4> = maps.backends::<Ipv4Addr>().unwrap().into_iter().filter(|(_, b)| b.addr != 0).collect();
+    let vips: BTreeMap<u32, u32> = maps.vips::<Ipv4Addr>().unwrap().into_iter().map(|(a, v)| (a, v.flags)).collect();
+    let revnat: BTreeMap<u32, RevNat4> = maps.revnats::<Ipv4Addr>().unwrap().into_iter().collect();
     let text = || dump(maps).unwrap();
-    for (k, v) in maps.services().unwrap() {
+    for (k, v) in maps.services::<Ipv4Addr>().unwrap() {
         let fe = format!("{}:{}", ip(k.addr), u16::from_be(k.port));
         let kind = lb_agent::vips::kind(v.flags);
         assert!(vips_full || vips.get(&k.addr).is_some_and(|f| f & kind != 0), "{case}: {fe} is not in LB4_VIPS as {kind:#x}:\n{}", text());
@@ -204,15 +213,24 @@ fn check_consistent(case: &str, maps: &impl MapStore, stats: &Stats) {
 /// every rev-NAT slot in use, name and Maglev table belongs to a frontend,
 /// and every slot to a live generation.
 fn check_no_leftovers(case: &str, maps: &impl MapStore) {
-    let services = maps.services().unwrap();
+    // Both families' frontend entries: slots, names and tables are by the
+    // frontend ID they share.
+    let mut services: Vec<(Option<Service4Key>, Service4Value)> =
+        maps.services::<Ipv4Addr>().unwrap().into_iter().map(|(k, v)| (Some(k), v)).collect();
+    services.extend(maps.services::<Ipv6Addr>().unwrap().into_iter().map(|(_, v)| (None, v)));
     let ids: Vec<u32> = services.iter().map(|(_, v)| v.frontend_id).collect();
     let text = || dump(maps).unwrap();
     for (k, _) in maps.slots().unwrap() {
         let live = services.iter().any(|(_, v)| v.frontend_id == k.frontend_id && v.generation == k.generation && k.slot < v.count);
         assert!(live, "{case}: slot {k:?} is not live:\n{}", text());
     }
-    for (id, r) in maps.revnats().unwrap() {
-        assert!(r.addr == 0 || ids.contains(&id), "{case}: rev-NAT slot {id} without a frontend:\n{}", text());
+    let ids4: Vec<u32> = services.iter().filter(|(k, _)| k.is_some()).map(|(_, v)| v.frontend_id).collect();
+    let ids6: Vec<u32> = services.iter().filter(|(k, _)| k.is_none()).map(|(_, v)| v.frontend_id).collect();
+    for (id, r) in maps.revnats::<Ipv4Addr>().unwrap() {
+        assert!(r.addr == 0 || ids4.contains(&id), "{case}: LB4_REVNAT slot {id} without an IPv4 frontend:\n{}", text());
+    }
+    for (id, r) in maps.revnats::<Ipv6Addr>().unwrap() {
+        assert!(r.addr == [0; 4] || ids6.contains(&id), "{case}: LB6_REVNAT slot {id} without an IPv6 frontend:\n{}", text());
     }
     for (id, _) in maps.names().unwrap() {
         assert!(ids.contains(&id), "{case}: name {id} without a frontend:\n{}", text());
@@ -1030,15 +1048,15 @@ fn recoveries() -> Vec<Recovery> {
             before: &[&[WEB, DNS]],
             leave: |m| {
                 // A backend nothing uses.
-                m.set_backend(9, &backend([10, 244, 7, 7], 80, 6, 1)).unwrap();
+                m.set_backend::<Ipv4Addr>(9, &backend([10, 244, 7, 7], 80, 6, 1)).unwrap();
                 // An add interrupted before its frontend entry.
                 let half = RevNat4 { addr: u32::from_ne_bytes([10, 96, 0, 5]), port: 80u16.to_be(), version: 1 };
-                m.set_revnat(5, &half).unwrap();
+                m.set_revnat::<Ipv4Addr>(5, &half).unwrap();
                 m.insert_name(5, &lb_agent::maps::svc_name("test/half")).unwrap();
                 m.insert_slot(&slot(5, 0, 0), &Slot { backend_id: 1 }).unwrap();
                 m.write_maglev(5, &[1; M as usize]).unwrap();
                 // An address without a frontend.
-                m.insert_vip(u32::from_ne_bytes([10, 96, 0, 99]), &Vip4 { flags: vip_flags::CLUSTER_IP }).unwrap();
+                m.insert_vip::<Ipv4Addr>(u32::from_ne_bytes([10, 96, 0, 99]), &Vip4 { flags: vip_flags::CLUSTER_IP }).unwrap();
                 // An update of web interrupted before its flip: the other
                 // generation written.
                 for (i, b) in [1, 2, 9].into_iter().enumerate() {
@@ -1135,16 +1153,23 @@ fn recoveries() -> Vec<Recovery> {
                 // A scope this agent has no use for.
                 let mut other_scope = service_key([10, 96, 0, 1], 80, 6);
                 other_scope.scope = SCOPE_INTERNAL + 1;
-                m.insert_service(&other_scope, &Service4Value { frontend_id: 3, count: 1, generation: 0, flags: 0, affinity_timeout: 0 })
-                    .unwrap();
+                m.insert_service::<Ipv4Addr>(
+                    &other_scope,
+                    &Service4Value { frontend_id: 3, count: 1, generation: 0, flags: 0, affinity_timeout: 0 },
+                )
+                .unwrap();
                 m.insert_slot(&slot(3, 0, 0), &Slot { backend_id: 1 }).unwrap();
                 // SCTP, with a backend of its own.
                 let sctp = service_key([10, 96, 0, 7], 9, 132);
-                m.insert_service(&sctp, &Service4Value { frontend_id: 2, count: 1, generation: 0, flags: 0, affinity_timeout: 0 }).unwrap();
-                m.set_revnat(2, &RevNat4 { addr: sctp.addr, port: sctp.port, version: 1 }).unwrap();
+                m.insert_service::<Ipv4Addr>(
+                    &sctp,
+                    &Service4Value { frontend_id: 2, count: 1, generation: 0, flags: 0, affinity_timeout: 0 },
+                )
+                .unwrap();
+                m.set_revnat::<Ipv4Addr>(2, &RevNat4 { addr: sctp.addr, port: sctp.port, version: 1 }).unwrap();
                 m.insert_slot(&slot(2, 0, 0), &Slot { backend_id: 8 }).unwrap();
-                m.set_backend(8, &backend([10, 244, 8, 8], 9, 132, 1)).unwrap();
-                m.insert_vip(sctp.addr, &Vip4 { flags: vip_flags::CLUSTER_IP }).unwrap();
+                m.set_backend::<Ipv4Addr>(8, &backend([10, 244, 8, 8], 9, 132, 1)).unwrap();
+                m.insert_vip::<Ipv4Addr>(sctp.addr, &Vip4 { flags: vip_flags::CLUSTER_IP }).unwrap();
             },
             faults: no_faults,
             desired: &[WEB, DNS],
@@ -1466,13 +1491,13 @@ fn drift_is_repaired() {
     let dns = r.frontend_id(&frontend("10.96.0.2:53/UDP dns").addr).unwrap();
     let m = r.maps_mut().inner_mut();
     let web_key = service_key([10, 96, 0, 1], 80, 6);
-    let web_value = m.services().unwrap().into_iter().find(|(k, _)| *k == web_key).unwrap().1;
+    let web_value = m.services::<Ipv4Addr>().unwrap().into_iter().find(|(k, _)| *k == web_key).unwrap().1;
     // A frontend deleted, another overwritten, one added.
-    m.remove_service(&service_key([192, 168, 1, 1], 30080, 6)).unwrap();
+    m.remove_service::<Ipv4Addr>(&service_key([192, 168, 1, 1], 30080, 6)).unwrap();
     let mut bad = web_value;
     bad.count = 9;
-    m.insert_service(&web_key, &bad).unwrap();
-    m.insert_service(
+    m.insert_service::<Ipv4Addr>(&web_key, &bad).unwrap();
+    m.insert_service::<Ipv4Addr>(
         &service_key([10, 96, 0, 99], 80, 6),
         &Service4Value { frontend_id: 15, count: 0, generation: 0, flags: 0, affinity_timeout: 0 },
     )
@@ -1484,14 +1509,14 @@ fn drift_is_repaired() {
     let (slot_key, _) = m.slots().unwrap().into_iter().find(|(k, _)| k.frontend_id == web && k.generation == live).unwrap();
     m.insert_slot(&slot_key, &Slot { backend_id: 14 }).unwrap();
     m.insert_slot(&SlotKey { frontend_id: web, slot: 5, generation: slot_key.generation }, &Slot { backend_id: 1 }).unwrap();
-    let (bid, mut b) = m.backends().unwrap().into_iter().find(|(_, b)| b.addr != 0).unwrap();
+    let (bid, mut b) = m.backends::<Ipv4Addr>().unwrap().into_iter().find(|(_, b)| b.addr != 0).unwrap();
     b.port = 1;
-    m.set_backend(bid, &b).unwrap();
-    m.set_backend(13, &Backend4 { addr: 1, port: 2, proto: 6, flags: 0, version: 0, _pad: 0 }).unwrap();
-    m.set_revnat(web, &RevNat4 { addr: 0, port: 0, version: 0 }).unwrap();
+    m.set_backend::<Ipv4Addr>(bid, &b).unwrap();
+    m.set_backend::<Ipv4Addr>(13, &Backend4 { addr: 1, port: 2, proto: 6, flags: 0, version: 0, _pad: 0 }).unwrap();
+    m.set_revnat::<Ipv4Addr>(web, &RevNat4 { addr: 0, port: 0, version: 0 }).unwrap();
     m.remove_name(dns).unwrap();
-    m.remove_vip(u32::from_ne_bytes([10, 96, 0, 2])).unwrap();
-    m.insert_vip(u32::from_ne_bytes([10, 96, 0, 77]), &Vip4 { flags: vip_flags::CLUSTER_IP }).unwrap();
+    m.remove_vip::<Ipv4Addr>(u32::from_ne_bytes([10, 96, 0, 2])).unwrap();
+    m.insert_vip::<Ipv4Addr>(u32::from_ne_bytes([10, 96, 0, 77]), &Vip4 { flags: vip_flags::CLUSTER_IP }).unwrap();
     m.write_maglev(dns, &[0; M as usize]).unwrap();
     assert_ne!(dump(r.maps()).unwrap(), good);
 
@@ -1521,4 +1546,333 @@ fn drift_is_repaired() {
     ]));
     assert_eq!((again.added, again.updated, again.removed), (0, 0, 0), "{again:?}");
     assert_eq!(r.repair().total(), 0);
+}
+
+// ---- Dual stack ------------------------------------------------------------
+
+fn desired6(lines: &[&str]) -> Desired<Ipv6Addr> {
+    lines.iter().map(|l| frontend_of::<Ipv6Addr>(l)).map(|f| (f.addr, f)).collect()
+}
+
+/// A dual-stack Service: its IPv4 ClusterIP and its IPv6 one.
+const WEB4: &str = "10.96.0.1:80/TCP web = 10.244.1.1:8080 10.244.1.2:8080";
+const WEB6: &str = "[fd00:96::1]:80/TCP web = [fd00:244::1]:8080 [fd00:244::2]:8080";
+
+/// The frontend IDs of each family's frontend entries, and the IDs whose
+/// rev-NAT slot each family has in use.
+fn ids_by_family(maps: &impl MapStore) -> (BTreeSet<u32>, BTreeSet<u32>, BTreeSet<u32>, BTreeSet<u32>) {
+    let fe4: BTreeSet<u32> = maps.services::<Ipv4Addr>().unwrap().iter().map(|(_, v)| v.frontend_id).collect();
+    let fe6: BTreeSet<u32> = maps.services::<Ipv6Addr>().unwrap().iter().map(|(_, v)| v.frontend_id).collect();
+    let rev4: BTreeSet<u32> = maps.revnats::<Ipv4Addr>().unwrap().iter().filter(|(_, r)| r.addr != 0).map(|(id, _)| *id).collect();
+    let rev6: BTreeSet<u32> = maps.revnats::<Ipv6Addr>().unwrap().iter().filter(|(_, r)| r.addr != [0; 4]).map(|(id, _)| *id).collect();
+    (fe4, fe6, rev4, rev6)
+}
+
+/// A dual-stack Service added, its IPv6 backends changed, its IPv6
+/// ClusterIP removed, then the whole Service: the exact maps at each step.
+#[test]
+fn a_dual_stack_service_is_written_in_both_families_maps() {
+    let mut r = reconciler();
+    let s = r.apply_dual(&[&desired(&[WEB4])], &[&desired6(&[WEB6])]);
+    assert!(s.errors.is_empty(), "{:?}", s.errors);
+    assert_eq!(s.added, 2);
+    check_dump(
+        "added",
+        &dump(r.maps()).unwrap(),
+        "
+        LB4_VIPS
+          10.96.0.1 ClusterIP
+        LB6_VIPS
+          fd00:96::1 ClusterIP
+        LB4_SERVICES
+          10.96.0.1:80/TCP id 1 gen 0 count 2
+        LB6_SERVICES
+          [fd00:96::1]:80/TCP id 2 gen 0 count 2
+        LB4_SLOTS
+          1/0: 1 2
+          2/0: 1 2
+        LB4_BACKENDS
+          1 v1 10.244.1.1:8080/TCP
+          2 v1 10.244.1.2:8080/TCP
+        LB6_BACKENDS
+          1 v1 [fd00:244::1]:8080/TCP
+          2 v1 [fd00:244::2]:8080/TCP
+        LB4_REVNAT
+          1 v1 10.96.0.1:80
+        LB6_REVNAT
+          2 v1 [fd00:96::1]:80
+        LB_SVC_NAMES
+          1 test/web
+          2 test/web
+        ",
+    );
+    // Slot 2/0 names IPv6 backends 1 and 2 (LB6_BACKENDS), not the IPv4
+    // ones with the same IDs.
+
+    // One IPv6 backend replaced by another: a new slot generation of the
+    // IPv6 frontend only.
+    let web6b = "[fd00:244::1]:8080 [fd00:244::3]:8080";
+    let web6b = format!("[fd00:96::1]:80/TCP web = {web6b}");
+    let s = r.apply_dual(&[&desired(&[WEB4])], &[&desired6(&[&web6b])]);
+    assert!(s.errors.is_empty(), "{:?}", s.errors);
+    assert_eq!((s.added, s.updated, s.removed), (0, 1, 0));
+    let s = r.apply_dual(&[&desired(&[WEB4])], &[&desired6(&[&web6b])]);
+    assert_eq!((s.ops, s.added, s.updated, s.removed), (2, 0, 0, 0), "only the old generation's two slots are deleted: {s:?}");
+    check_dump(
+        "IPv6 backends changed",
+        &dump(r.maps()).unwrap(),
+        "
+        LB4_VIPS
+          10.96.0.1 ClusterIP
+        LB6_VIPS
+          fd00:96::1 ClusterIP
+        LB4_SERVICES
+          10.96.0.1:80/TCP id 1 gen 0 count 2
+        LB6_SERVICES
+          [fd00:96::1]:80/TCP id 2 gen 1 count 2
+        LB4_SLOTS
+          1/0: 1 2
+          2/1: 1 3
+        LB4_BACKENDS
+          1 v1 10.244.1.1:8080/TCP
+          2 v1 10.244.1.2:8080/TCP
+        LB6_BACKENDS
+          1 v1 [fd00:244::1]:8080/TCP
+          2 v1 -
+          3 v1 [fd00:244::3]:8080/TCP
+        LB4_REVNAT
+          1 v1 10.96.0.1:80
+        LB6_REVNAT
+          2 v1 [fd00:96::1]:80
+        LB_SVC_NAMES
+          1 test/web
+          2 test/web
+        ",
+    );
+
+    // The IPv6 ClusterIP goes (the Service becomes single-stack).
+    let s = r.apply_dual(&[&desired(&[WEB4])], &[]);
+    assert!(s.errors.is_empty(), "{:?}", s.errors);
+    assert_eq!((s.added, s.updated, s.removed), (0, 0, 1));
+    r.apply_dual(&[&desired(&[WEB4])], &[]);
+    check_dump(
+        "IPv6 frontend removed",
+        &dump(r.maps()).unwrap(),
+        "
+        LB4_VIPS
+          10.96.0.1 ClusterIP
+        LB4_SERVICES
+          10.96.0.1:80/TCP id 1 gen 0 count 2
+        LB4_SLOTS
+          1/0: 1 2
+        LB4_BACKENDS
+          1 v1 10.244.1.1:8080/TCP
+          2 v1 10.244.1.2:8080/TCP
+        LB6_BACKENDS
+          1 v1 -
+          2 v1 -
+          3 v1 -
+        LB4_REVNAT
+          1 v1 10.96.0.1:80
+        LB6_REVNAT
+          2 v1 -
+        LB_SVC_NAMES
+          1 test/web
+        ",
+    );
+    check_no_leftovers("IPv6 frontend removed", r.maps());
+
+    // The whole Service goes.
+    let s = r.apply_dual(&[], &[]);
+    assert_eq!(s.removed, 1);
+    r.apply_dual(&[], &[]);
+    let (fe4, fe6, rev4, rev6) = ids_by_family(r.maps());
+    assert!(fe4.is_empty() && fe6.is_empty() && rev4.is_empty() && rev6.is_empty());
+    assert!(r.maps().vips::<Ipv6Addr>().unwrap().is_empty() && r.maps().slots().unwrap().is_empty());
+}
+
+/// Frontend IDs are one space for both families: a new frontend of either
+/// family never gets an ID a frontend of the other holds, through adds and
+/// removals that free IDs on both sides; each family's rev-NAT array has
+/// its own frontends' IDs only. Backend IDs are per family.
+#[test]
+fn ipv4_and_ipv6_frontends_never_share_an_id() {
+    let mut r = reconciler();
+    let v4 = |n: u8| format!("10.96.0.{n}:80/TCP s{n} = 10.244.1.{n}:8080");
+    let v6 = |n: u8| format!("[fd00:96::{n:x}]:80/TCP s{n} = [fd00:244::{n:x}]:8080");
+    // Rounds of adds and removals: the reconciler's 16 IDs go round more
+    // than once, so freed IDs of one family are handed to the other.
+    let mut seen_shared = false;
+    let mut owner: BTreeMap<u32, &str> = BTreeMap::new();
+    for round in 0u8..12 {
+        let four: Vec<String> = (0..3).map(|i| v4(round * 3 + i + 1)).collect();
+        let six: Vec<String> = (0..3).map(|i| v6(round * 3 + i + 1)).collect();
+        let four: Vec<&str> = four.iter().map(String::as_str).collect();
+        let six: Vec<&str> = six.iter().map(String::as_str).collect();
+        let s = r.apply_dual(&[&desired(&four)], &[&desired6(&six)]);
+        assert!(s.errors.is_empty(), "round {round}: {:?}", s.errors);
+        assert_eq!((s.added, s.removed), (6, if round == 0 { 0 } else { 6 }), "round {round}");
+        // The slots of the removed frontends go with the next apply.
+        r.apply_dual(&[&desired(&four)], &[&desired6(&six)]);
+        let (fe4, fe6, rev4, rev6) = ids_by_family(r.maps());
+        assert_eq!((fe4.len(), fe6.len()), (3, 3), "round {round}");
+        assert!(fe4.is_disjoint(&fe6), "round {round}: IPv4 {fe4:?} and IPv6 {fe6:?} frontends share an ID");
+        assert_eq!(rev4, fe4, "round {round}: LB4_REVNAT holds the IPv4 frontends' IDs only");
+        assert_eq!(rev6, fe6, "round {round}: LB6_REVNAT holds the IPv6 frontends' IDs only");
+        for id in &fe4 {
+            seen_shared |= owner.insert(*id, "v4") == Some("v6");
+        }
+        for id in &fe6 {
+            seen_shared |= owner.insert(*id, "v6") == Some("v4");
+        }
+        // Backend IDs: each family from its own array, 1.. in use.
+        let b6: BTreeSet<u32> =
+            r.maps().backends::<Ipv6Addr>().unwrap().iter().filter(|(_, b)| b.addr != [0; 4]).map(|(i, _)| *i).collect();
+        assert_eq!(b6.len(), 3, "round {round}");
+        check_no_leftovers(&format!("round {round}"), r.maps());
+    }
+    assert!(seen_shared, "an ID went from one family to the other in the rounds");
+    // A restart reads both families' IDs back.
+    let maps = std::mem::replace(r.maps_mut(), Faulty::new(FakeMaps::new(&sizes()))).into_inner();
+    let mut r = reconciler_over(maps);
+    let s = r.apply_dual(&[&desired(&[&v4(200)])], &[&desired6(&[&v6(200)])]);
+    assert!(s.errors.is_empty(), "{:?}", s.errors);
+    let (fe4, fe6, _, _) = ids_by_family(r.maps());
+    assert!(fe4.is_disjoint(&fe6), "after a restart: {fe4:?} {fe6:?}");
+}
+
+/// A full `LB6_SERVICES` refuses a new IPv6 frontend with the map's name
+/// and size, leaving nothing of it behind; a failed flip of an IPv6
+/// frontend keeps its previous state; the IPv4 side is untouched by both.
+#[test]
+fn a_failed_ipv6_write_keeps_the_previous_state() {
+    let mut r = reconciler();
+    let s = r.apply_dual(&[&desired(&[WEB4])], &[&desired6(&[WEB6])]);
+    assert!(s.errors.is_empty(), "{:?}", s.errors);
+    let before = dump(r.maps()).unwrap();
+
+    // A new IPv6 frontend does not fit.
+    r.maps_mut().inner_mut().set_max_entries(MapKind::Services6, 1);
+    let dns6 = "[fd00:96::a]:53/UDP dns = [fd00:244::5]:53";
+    let s = r.apply_dual(&[&desired(&[WEB4])], &[&desired6(&[WEB6, dns6])]);
+    check_errors("LB6_SERVICES full", &s, &["frontend test/dns ([fd00:96::a]:53/UDP): map LB6_SERVICES is full (1 entries)"]);
+    check_consistent("LB6_SERVICES full", r.maps(), &s);
+    // Nothing of it is left but the versions of the backend slot and the
+    // frontend ID it took (both free again); its address is gone.
+    let after = dump(r.maps()).unwrap();
+    let extra: Vec<&str> = lines(&after).into_iter().filter(|l| !lines(&before).contains(l)).collect();
+    assert_eq!(extra, ["3 v1 -", "3 v1 -"], "{after}");
+    check_dump(
+        "LB6_SERVICES full",
+        &after,
+        "
+        LB4_VIPS
+          10.96.0.1 ClusterIP
+        LB6_VIPS
+          fd00:96::1 ClusterIP
+        LB4_SERVICES
+          10.96.0.1:80/TCP id 1 gen 0 count 2
+        LB6_SERVICES
+          [fd00:96::1]:80/TCP id 2 gen 0 count 2
+        LB4_SLOTS
+          1/0: 1 2
+          2/0: 1 2
+        LB4_BACKENDS
+          1 v1 10.244.1.1:8080/TCP
+          2 v1 10.244.1.2:8080/TCP
+        LB6_BACKENDS
+          1 v1 [fd00:244::1]:8080/TCP
+          2 v1 [fd00:244::2]:8080/TCP
+          3 v1 -
+        LB4_REVNAT
+          1 v1 10.96.0.1:80
+        LB6_REVNAT
+          2 v1 [fd00:96::1]:80
+          3 v1 -
+        LB_SVC_NAMES
+          1 test/web
+          2 test/web
+        ",
+    );
+    r.maps_mut().inner_mut().set_max_entries(MapKind::Services6, 16);
+
+    // The flip of an IPv6 frontend to new backends fails.
+    let before = dump(r.maps()).unwrap();
+    r.maps_mut().inject(Fault::on(MapKind::Services6, Op::Update));
+    let web6b = "[fd00:96::1]:80/TCP web = [fd00:244::1]:8080 [fd00:244::9]:8080";
+    let s = r.apply_dual(&[&desired(&[WEB4])], &[&desired6(&[web6b])]);
+    check_errors("flip fails", &s, &["frontend test/web ([fd00:96::1]:80/TCP): writing map LB6_SERVICES failed"]);
+    check_consistent("flip fails", r.maps(), &s);
+    r.maps_mut().heal();
+    let s = r.apply_dual(&[&desired(&[WEB4])], &[&desired6(&[WEB6])]);
+    assert!(s.errors.is_empty(), "{:?}", s.errors);
+    r.apply_dual(&[&desired(&[WEB4])], &[&desired6(&[WEB6])]);
+    let after = dump(r.maps()).unwrap();
+    // Only the backend the failed update wrote is left, free.
+    let extra: Vec<&str> = lines(&after).into_iter().filter(|l| !lines(&before).contains(l)).collect();
+    assert_eq!(extra, ["4 v1 -"], "the maps went back to the previous state:\n{after}");
+}
+
+/// An agent restart over dual-stack maps: recovery reads both families
+/// and the same desired state needs no write at all.
+#[test]
+fn a_restart_over_dual_stack_maps_writes_nothing() {
+    let mut r = reconciler();
+    // (Not Maglev: a restart does not know the M of an installed table and
+    // checks it with one patch, as for IPv4.)
+    let d4 = desired(&[WEB4, "10.96.0.2:53/UDP dns affinity=60 = 10.244.1.3:53 10.244.1.4:53"]);
+    let d6 = desired6(&[WEB6, "[fd00:96::2]:53/UDP dns affinity=60 = [fd00:244::3]:53 [fd00:244::4]:53~"]);
+    let s = r.apply_dual(&[&d4], &[&d6]);
+    assert!(s.errors.is_empty(), "{:?}", s.errors);
+    r.apply_dual(&[&d4], &[&d6]);
+    let before = dump(r.maps()).unwrap();
+    assert!(before.contains("LB6_SERVICES") && before.contains("terminating"), "{before}");
+
+    let maps = std::mem::replace(r.maps_mut(), Faulty::new(FakeMaps::new(&sizes()))).into_inner();
+    let mut r = reconciler_over(maps);
+    let s = r.apply_dual(&[&d4], &[&d6]);
+    assert!(s.errors.is_empty(), "{:?}", s.errors);
+    let writes: Vec<_> = r.maps().issued().into_iter().filter(|i| i.is_write()).collect();
+    assert!(writes.is_empty(), "a restart rewrote {writes:?} ({s:?})");
+    assert_eq!((s.ops, s.added, s.updated, s.removed), (0, 0, 0, 0), "{s:?}");
+    check_dump("after a restart", &dump(r.maps()).unwrap(), &before);
+    assert_eq!(r.repair().total(), 0, "nothing to repair after a restart");
+}
+
+/// Drift in the IPv6 maps is repaired like drift in the IPv4 ones.
+#[test]
+fn drift_in_the_ipv6_maps_is_repaired() {
+    let mut r = reconciler();
+    let s = r.apply_dual(&[&desired(&[WEB4])], &[&desired6(&[WEB6, "[fd00:96::2]:53/UDP dns = [fd00:244::3]:53"])]);
+    assert!(s.errors.is_empty(), "{:?}", s.errors);
+    let good = dump(r.maps()).unwrap();
+    assert_eq!(r.repair().total(), 0);
+    let web6 = r.frontend_id(&frontend_of::<Ipv6Addr>(WEB6).addr).unwrap();
+    let m = r.maps_mut().inner_mut();
+    let dns_key =
+        lb_common::Service6Key { addr: lb_common::addr6("fd00:96::2".parse().unwrap()), port: 53u16.to_be(), proto: 17, scope: 0 };
+    m.remove_service::<Ipv6Addr>(&dns_key).unwrap();
+    let stray =
+        lb_common::Backend6 { addr: lb_common::addr6("fd00::bad".parse().unwrap()), port: 1, proto: 6, flags: 0, version: 0, _pad: 0 };
+    m.set_backend::<Ipv6Addr>(9, &stray).unwrap();
+    m.set_revnat::<Ipv6Addr>(web6, &lb_common::RevNat6 { addr: [0; 4], port: 0, version: 0 }).unwrap();
+    // The IPv6 frontend's ID in the IPv4 rev-NAT array: not IPv4's.
+    m.set_revnat::<Ipv4Addr>(web6, &RevNat4 { addr: 1, port: 2, version: 0 }).unwrap();
+    m.remove_vip::<Ipv6Addr>(lb_common::addr6("fd00:96::1".parse().unwrap())).unwrap();
+    m.insert_vip::<Ipv6Addr>(lb_common::addr6("fd00:96::77".parse().unwrap()), &Vip4 { flags: vip_flags::CLUSTER_IP }).unwrap();
+    assert_ne!(dump(r.maps()).unwrap(), good);
+    let repairs = r.repair();
+    assert!(repairs.errors.is_empty(), "{:?}", repairs.errors);
+    check_dump("after repair", &dump(r.maps()).unwrap(), &good);
+    let per_map: BTreeMap<&str, u64> = repairs.repaired.iter().map(|(k, n)| (k.name(), *n)).collect();
+    assert_eq!(
+        per_map,
+        BTreeMap::from([
+            (MapKind::Services6.name(), 1),
+            (MapKind::Backends6.name(), 1),
+            (MapKind::RevNat.name(), 1),
+            (MapKind::RevNat6.name(), 1),
+            (MapKind::Vips6.name(), 2),
+        ])
+    );
 }

@@ -3,11 +3,9 @@
 //!
 //! - IPv4-mapped addresses: a dual-stack (AF_INET6) socket reaching an
 //!   IPv4 Service through `::ffff:a.b.c.d`, end to end through the agent.
-//! - IPv6 ClusterIPs: the agent does not write the IPv6 maps yet (its
-//!   reconciler is IPv4 only), so the test installs an IPv6 frontend in
-//!   the agent's pinned `LB6_*` maps itself, as the reconciler would (a
-//!   frontend ID of its own, slots, name), and checks the hooks and
-//!   `lb-agent list` against it.
+//! - IPv6 ClusterIPs: dual-stack Services in the manifest directory, which
+//!   the agent programs into the `LB6_*` maps itself; the hooks, `lb-agent
+//!   list`, a restart and a removal are checked against them.
 
 mod common;
 
@@ -17,11 +15,7 @@ use std::{
     time::Duration,
 };
 
-use common::{Agent, ManifestDir, kernel_tests_enabled, service_yaml};
-use lb_agent::maps::{Maps, svc_name};
-use lb_common::{
-    Backend6, IPPROTO_TCP, IPPROTO_UDP, RevNat6, RevNatKey, Service4Value, Service6Key, Slot, SlotKey, Vip4, addr6, svc_flags, vip_flags,
-};
+use common::{Agent, ManifestDir, kernel_tests_enabled, service_yaml, wait_for};
 use lb_lab::{NodeLab, Server, tcp_request_to, tcp_server, tcp_server_at, udp_echo, udp_echo_at, udp_request_to};
 
 const BACKENDS: [&str; 2] = ["web-a", "web-b"];
@@ -103,102 +97,147 @@ fn unconnected_exchange(ns: &lb_lab::Netns, to: SocketAddr, payload: &str) -> (S
     (reply, from)
 }
 
-/// Installs an IPv6 frontend `vip` (port, proto) with `backends` (IPv6
-/// backend IDs from 1) under frontend ID `id` in the agent's maps, in the
-/// reconciler's order: address, backends, rev-NAT slot, name, slots, and
-/// the frontend entry last.
-fn install_v6(maps: &mut Maps, id: u32, name: &str, vip: SocketAddrV6, proto: u8, backends: &[(u32, SocketAddrV6)]) {
-    install_v6_with(maps, id, name, vip, proto, backends, 0);
+/// A dual-stack Service (`ipFamilies: [IPv4, IPv6]`, a ClusterIP of each
+/// family) with one port, and an EndpointSlice of each family for
+/// `pods4` and `pods6` (ready). `affinity`: `sessionAffinity: ClientIP`.
+fn dual_stack_yaml(name: &str, ips: (&str, &str), port: (u16, &str, u16), pods: (&[Ipv4Addr], &[Ipv6Addr]), affinity: bool) -> String {
+    let ((ip4, ip6), (port, proto, target), (pods4, pods6)) = (ips, port, pods);
+    let endpoints = |ips: Vec<String>| {
+        if ips.is_empty() {
+            return " []\n".to_string();
+        }
+        let eps: String = ips.iter().map(|ip| format!("- addresses: [\"{ip}\"]\n  conditions: {{ready: true}}\n")).collect();
+        format!("\n{eps}")
+    };
+    let eps4 = endpoints(pods4.iter().map(ToString::to_string).collect());
+    let eps6 = endpoints(pods6.iter().map(ToString::to_string).collect());
+    let affinity = if affinity { "  sessionAffinity: ClientIP\n" } else { "" };
+    format!(
+        r#"apiVersion: v1
+kind: Service
+metadata: {{name: {name}, namespace: test}}
+spec:
+  clusterIP: {ip4}
+  clusterIPs: [{ip4}, "{ip6}"]
+  ipFamilies: [IPv4, IPv6]
+  ipFamilyPolicy: RequireDualStack
+{affinity}  ports: [{{name: p, port: {port}, protocol: {proto}, targetPort: p}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: {name}-4, namespace: test, labels: {{kubernetes.io/service-name: {name}}}}}
+addressType: IPv4
+ports: [{{name: p, port: {target}, protocol: {proto}}}]
+endpoints:{eps4}---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: {name}-6, namespace: test, labels: {{kubernetes.io/service-name: {name}}}}}
+addressType: IPv6
+ports: [{{name: p, port: {target}, protocol: {proto}}}]
+endpoints:{eps6}"#
+    )
 }
 
-/// [`install_v6`] with `svc_flags` (a 60 s timeout with `AFFINITY`).
-fn install_v6_with(maps: &mut Maps, id: u32, name: &str, vip: SocketAddrV6, proto: u8, backends: &[(u32, SocketAddrV6)], svc: u32) {
-    let flags = vip_flags::CLUSTER_IP;
-    maps.v6.vips.insert(&addr6(*vip.ip()), &Vip4 { flags }).unwrap();
-    for (slot, (be_id, be)) in backends.iter().enumerate() {
-        let entry = Backend6 { addr: addr6(*be.ip()), port: be.port().to_be(), proto, flags: 0, version: 1, _pad: 0 };
-        maps.v6.backends.set(*be_id, &entry).unwrap();
-        maps.slots.insert(&SlotKey { frontend_id: id, slot: slot as u16, generation: 0 }, &Slot { backend_id: *be_id }).unwrap();
+/// TCP requests to `to` until both backends have answered.
+fn both_backends_answer(lab: &NodeLab, agent: &Agent, to: SocketAddr) {
+    let mut seen = BTreeSet::new();
+    for i in 0..20 {
+        let tag = tcp_request_to(&lab.node, to, b"hello\n", TIMEOUT)
+            .unwrap_or_else(|e| panic!("request {i} to {to}: {e:#}\n{}", agent.log_text()));
+        seen.insert(tag);
     }
-    maps.v6.revnat.set(id, &RevNat6 { addr: addr6(*vip.ip()), port: vip.port().to_be(), version: 1 }).unwrap();
-    maps.names.insert(&RevNatKey { frontend_id: id }, &svc_name(name)).unwrap();
-    let key = Service6Key { addr: addr6(*vip.ip()), port: vip.port().to_be(), proto, scope: 0 };
-    let timeout = if svc & svc_flags::AFFINITY != 0 { 60 } else { 0 };
-    let value = Service4Value { frontend_id: id, count: backends.len() as u16, generation: 0, flags: svc, affinity_timeout: timeout };
-    maps.v6.services.insert(&key, &value).unwrap();
+    assert_eq!(seen, BACKENDS.iter().map(|s| s.to_string()).collect(), "both backends served {to}");
 }
 
+/// The agent programs dual-stack Services from the manifest directory:
+/// host sockets reach their IPv6 ClusterIPs (TCP, connected and
+/// unconnected UDP, session affinity), a port or Service without endpoints
+/// is refused, `lb-agent list` shows the IPv6 rows, a restarted agent
+/// keeps them without a write, and a removed Service stops answering.
 #[test]
-fn host_sockets_reach_an_ipv6_cluster_ip() {
+fn the_agent_programs_the_ipv6_cluster_ips_of_dual_stack_services() {
     if !kernel_tests_enabled() {
         return;
     }
     let (lab, _servers) = lab();
     let dir = ManifestDir::new("v6");
-    let ips: Vec<Ipv4Addr> = BACKENDS.iter().map(|n| lab.pod(n).ip).collect();
-    dir.write("web.yaml", &service_yaml("web", "10.96.0.10", 80, "TCP", 8080, &ips));
+    let pods4: Vec<Ipv4Addr> = BACKENDS.iter().map(|n| lab.pod(n).ip).collect();
+    let pods6: Vec<Ipv6Addr> = BACKENDS.iter().map(|n| lab.pod_ip6(n)).collect();
+    let pods = (&pods4[..], &pods6[..]);
+    dir.write("web.yaml", &dual_stack_yaml("web", ("10.96.0.10", "fd00:96::a"), (80, "TCP", 8080), pods, false));
+    dir.write("dns.yaml", &dual_stack_yaml("dns", ("10.96.0.53", "fd00:96::35"), (53, "UDP", 5353), pods, false));
+    dir.write("empty.yaml", &dual_stack_yaml("empty", ("10.96.0.99", "fd00:96::63"), (80, "TCP", 8080), (&[], &[]), false));
+    dir.write("sticky.yaml", &dual_stack_yaml("sticky", ("10.96.0.5", "fd00:96::5"), (80, "TCP", 8080), pods, true));
     let agent = Agent::start(&lab.node, &dir.0, "v6");
-    agent.wait_rows("the IPv4 service", |rows| rows.len() == 1);
+    let rows = agent.wait_rows("both families' frontends", |rows| rows.len() == 8);
 
-    let web: Ipv6Addr = "fd00:96::a".parse().unwrap();
-    let dns: Ipv6Addr = "fd00:96::35".parse().unwrap();
-    let pods: Vec<Ipv6Addr> = BACKENDS.iter().map(|n| lab.pod_ip6(n)).collect();
-    let mut maps = agent.maps();
-    // Frontend IDs far above the few the agent hands out; IPv6 backend
-    // IDs are their own.
-    let web_backends: Vec<(u32, SocketAddrV6)> =
-        pods.iter().enumerate().map(|(i, ip)| (1 + i as u32, SocketAddrV6::new(*ip, 8080, 0, 0))).collect();
-    let dns_backends: Vec<(u32, SocketAddrV6)> =
-        pods.iter().enumerate().map(|(i, ip)| (3 + i as u32, SocketAddrV6::new(*ip, 5353, 0, 0))).collect();
-    install_v6(&mut maps, 60_000, "test/web6:http", SocketAddrV6::new(web, 80, 0, 0), IPPROTO_TCP, &web_backends);
-    install_v6(&mut maps, 60_001, "test/dns6:dns", SocketAddrV6::new(dns, 53, 0, 0), IPPROTO_UDP, &dns_backends);
+    // `lb-agent list` shows the IPv6 frontends with their backends.
+    let row = rows.iter().find(|r| r.frontend == "[fd00:96::a]:80/TCP").unwrap_or_else(|| panic!("{rows:#?}"));
+    assert_eq!(row.name, "test/web:p");
+    assert_eq!(row.backends, pods6.iter().map(|ip| format!("[{ip}]:8080")).collect::<Vec<_>>());
+    let dns_row = rows.iter().find(|r| r.frontend == "[fd00:96::35]:53/UDP").unwrap_or_else(|| panic!("{rows:#?}"));
+    assert_eq!(dns_row.backends.len(), 2);
+    let sticky_row = rows.iter().find(|r| r.frontend == "[fd00:96::5]:80/TCP").unwrap_or_else(|| panic!("{rows:#?}"));
+    assert_eq!(sticky_row.affinity_timeout_s, 10_800, "the default ClientIP timeout");
+    // IPv4 and IPv6 frontends never share an ID.
+    let ids: BTreeSet<u32> = rows.iter().map(|r| r.id).collect();
+    assert_eq!(ids.len(), rows.len(), "{rows:#?}");
 
     // connect6: TCP to the IPv6 ClusterIP reaches the backends' IPv6
-    // addresses (the pods serve nothing on the ClusterIP).
-    let mut seen = BTreeSet::new();
-    for i in 0..20 {
-        let to = SocketAddr::new(web.into(), 80);
-        let tag = tcp_request_to(&lab.node, to, b"hello\n", TIMEOUT).unwrap_or_else(|e| panic!("request {i}: {e:#}\n{}", agent.log_text()));
-        seen.insert(tag);
-    }
-    assert_eq!(seen, BACKENDS.iter().map(|s| s.to_string()).collect(), "both IPv6 backends served");
+    // addresses (the pods serve nothing on the ClusterIP); the IPv4 one
+    // still works.
+    let web = SocketAddr::new("fd00:96::a".parse::<Ipv6Addr>().unwrap().into(), 80);
+    both_backends_answer(&lab, &agent, web);
+    both_backends_answer(&lab, &agent, "10.96.0.10:80".parse().unwrap());
 
     // A connected UDP socket: getpeername6 shows the ClusterIP.
-    let dns_addr = SocketAddr::new(dns.into(), 53);
-    let (reply, peer) = udp_request_to(&lab.node, dns_addr, b"q", TIMEOUT).unwrap_or_else(|e| panic!("{e:#}\n{}", agent.log_text()));
+    let dns = SocketAddr::new("fd00:96::35".parse::<Ipv6Addr>().unwrap().into(), 53);
+    let (reply, peer) = udp_request_to(&lab.node, dns, b"q", TIMEOUT).unwrap_or_else(|e| panic!("{e:#}\n{}", agent.log_text()));
     assert!(reply.ends_with(":q"), "{reply}");
-    assert_eq!(peer, dns_addr);
-
+    assert_eq!(peer, dns);
     // An unconnected one: sendmsg6 translates each datagram, recvmsg6
     // gives the reply's source back as the ClusterIP.
-    let (_, from) = unconnected_exchange(&lab.node, dns_addr, "u");
-    assert_eq!(from, dns_addr, "recvmsg6 shows the ClusterIP as the source");
+    let (_, from) = unconnected_exchange(&lab.node, dns, "u");
+    assert_eq!(from, dns, "recvmsg6 shows the ClusterIP as the source");
 
-    // A port no Service defines on the IPv6 ClusterIP is refused, not
-    // sent along a route.
-    let err = tcp_request_to(&lab.node, SocketAddr::new(web.into(), 81), b"", TIMEOUT).unwrap_err();
+    // A port no Service defines on the IPv6 ClusterIP is refused, not sent
+    // along a route; so is a Service without endpoints.
+    let err = tcp_request_to(&lab.node, SocketAddr::new(web.ip(), 81), b"", TIMEOUT).unwrap_err();
     assert!(lb_lab::is_connection_refused(&err), "{err:#}");
-    // So is a frontend without endpoints.
-    let empty: Ipv6Addr = "fd00:96::63".parse().unwrap();
-    install_v6(&mut maps, 60_002, "test/empty6:http", SocketAddrV6::new(empty, 80, 0, 0), IPPROTO_TCP, &[]);
-    let err = tcp_request_to(&lab.node, SocketAddr::new(empty.into(), 80), b"", TIMEOUT).unwrap_err();
+    let empty = SocketAddr::new("fd00:96::63".parse::<Ipv6Addr>().unwrap().into(), 80);
+    let err = tcp_request_to(&lab.node, empty, b"", TIMEOUT).unwrap_err();
     assert!(lb_lab::is_connection_refused(&err), "{err:#}");
 
     // Session affinity over IPv6: every connection of the host goes to
-    // the backend the first one got (the same backend slots as `web`).
-    let sticky: Ipv6Addr = "fd00:96::5".parse().unwrap();
-    let vip = SocketAddrV6::new(sticky, 80, 0, 0);
-    install_v6_with(&mut maps, 60_003, "test/sticky6:http", vip, IPPROTO_TCP, &web_backends, svc_flags::AFFINITY);
+    // the backend the first one got.
+    let sticky = SocketAddr::new("fd00:96::5".parse::<Ipv6Addr>().unwrap().into(), 80);
     let tags: BTreeSet<String> =
-        (0..20).map(|i| tcp_request_to(&lab.node, vip.into(), b"hi\n", TIMEOUT).unwrap_or_else(|e| panic!("sticky {i}: {e:#}"))).collect();
+        (0..20).map(|i| tcp_request_to(&lab.node, sticky, b"hi\n", TIMEOUT).unwrap_or_else(|e| panic!("sticky {i}: {e:#}"))).collect();
     assert_eq!(tags.len(), 1, "affinity keeps one backend: {tags:?}");
 
-    // `lb-agent list` shows the IPv6 frontends with their backends.
-    let rows = agent.rows();
-    let row = rows.iter().find(|r| r.frontend == "[fd00:96::a]:80/TCP").unwrap_or_else(|| panic!("{rows:#?}"));
-    assert_eq!(row.name, "test/web6:http");
-    assert_eq!(row.backends, pods.iter().map(|ip| format!("[{ip}]:8080")).collect::<Vec<_>>());
-    assert!(rows.iter().any(|r| r.frontend == "[fd00:96::35]:53/UDP"), "{rows:#?}");
-    let sticky_row = rows.iter().find(|r| r.frontend == "[fd00:96::5]:80/TCP").unwrap_or_else(|| panic!("{rows:#?}"));
-    assert_eq!(sticky_row.affinity_timeout_s, 60);
+    // A restarted agent takes both families over from the pinned maps and
+    // writes nothing: its first sync issues no map operation.
+    let pins = agent.stop_keeping_pins(libc::SIGTERM);
+    let agent = Agent::start_with(&lab.node, &dir.0, pins, &[]);
+    let first_sync = wait_for("the restarted agent's first sync", Duration::from_secs(15), || {
+        agent.log_text().lines().find(|l| l.contains("synced manifests")).map(str::to_owned)
+    });
+    assert!(first_sync.contains("map_ops=0") && first_sync.contains("frontends=8"), "{first_sync}\n{}", agent.log_text());
+    assert_eq!(agent.rows(), rows, "the same frontends, IDs and backends after the restart");
+    both_backends_answer(&lab, &agent, web);
+
+    // The Service leaves the directory: its IPv6 ClusterIP refuses TCP and
+    // leaves UDP unanswered; the other Services stay.
+    dir.remove("web.yaml");
+    dir.remove("dns.yaml");
+    agent.wait_rows("the removal", |rows| rows.len() == 4 && !rows.iter().any(|r| r.frontend.starts_with("[fd00:96::a]")));
+    // (No longer a Service address, the ClusterIP is left to the routes,
+    // and the lab node has none for it.)
+    let err = tcp_request_to(&lab.node, web, b"", TIMEOUT).unwrap_err();
+    let errno = lb_lab::io_error(&err).and_then(std::io::Error::raw_os_error);
+    assert!(matches!(errno, Some(libc::ECONNREFUSED | libc::ENETUNREACH)), "{err:#}");
+    assert!(udp_request_to(&lab.node, dns, b"q", Duration::from_millis(500)).is_err(), "a removed UDP Service is not answered");
+    let tags: BTreeSet<String> =
+        (0..5).map(|i| tcp_request_to(&lab.node, sticky, b"hi\n", TIMEOUT).unwrap_or_else(|e| panic!("sticky {i}: {e:#}"))).collect();
+    assert_eq!(tags.len(), 1);
 }

@@ -1,20 +1,23 @@
-//! Backend entries (`LB4_BACKENDS`, an array by ID) and their use counts:
+//! Backend entries (`LB4_BACKENDS` and `LB6_BACKENDS`, arrays by ID, one
+//! ID space per family) and their use counts:
 //! a backend is written before the first frontend that uses it, carries
 //! the union of the flags its users give it (terminating, local), and is
 //! removed once nothing uses it.
 
 use std::collections::BTreeSet;
 
-use lb_common::{Backend4, backend_flags};
+use std::net::Ipv4Addr;
 
-use super::{MapKind, MapStore, Reconciler, Stats};
+use lb_common::backend_flags;
+
+use super::{MapFamily, MapStore, Reconciler, Stats};
 use crate::model::{BackendAddr, Frontend};
 
 /// A frontend's use of a backend: its address and the flags this frontend
 /// gives it (terminating, local).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Use {
-    pub addr: BackendAddr,
+pub struct Use<A = Ipv4Addr> {
+    pub addr: BackendAddr<A>,
     /// `backend_flags::TERMINATING` and `LOCAL`.
     pub flags: u8,
 }
@@ -70,13 +73,9 @@ pub struct InstalledBackend {
     pub flags: u8,
 }
 
-pub(super) fn entry(addr: BackendAddr, flags: u8, version: u16) -> Backend4 {
-    Backend4 { addr: u32::from_ne_bytes(addr.ip.octets()), port: addr.port.to_be(), proto: addr.proto.number(), flags, version, _pad: 0 }
-}
-
 impl<M: MapStore> Reconciler<M> {
     /// The backends a desired frontend uses, with the flags it gives them.
-    pub(super) fn uses(&self, fe: &Frontend) -> Vec<Use> {
+    pub(super) fn uses<A: MapFamily>(&self, fe: &Frontend<A>) -> Vec<Use<A>> {
         fe.backends
             .iter()
             .map(|b| {
@@ -89,53 +88,56 @@ impl<M: MapStore> Reconciler<M> {
             .collect()
     }
 
-    pub(super) fn count(&mut self, uses: &[Use], add: bool) {
+    pub(super) fn count<A: MapFamily>(&mut self, uses: &[Use<A>], add: bool) {
+        let all = &mut A::pick_mut(&mut self.fam).refs;
         for &Use { addr, flags } in uses {
-            let refs = self.refs.entry(addr).or_default();
+            let refs = all.entry(addr).or_default();
             refs.count(flags, add);
             if refs.n == 0 {
-                self.refs.remove(&addr);
+                all.remove(&addr);
             }
         }
     }
 
     /// Writes the backends of `addrs` that are used and new (if `writing`
     /// says so), or whose flags changed.
-    pub(super) fn write_backends(&mut self, addrs: &BTreeSet<BackendAddr>, writing: Writing, stats: &mut Stats) {
+    pub(super) fn write_backends<A: MapFamily>(&mut self, addrs: &BTreeSet<BackendAddr<A>>, writing: Writing, stats: &mut Stats) {
+        let fam = A::pick_mut(&mut self.fam);
         for &addr in addrs {
-            let Some(flags) = self.refs.get(&addr).map(Refs::flags) else {
+            let Some(flags) = fam.refs.get(&addr).map(Refs::flags) else {
                 continue;
             };
-            let existing = self.backends.get(&addr).copied();
+            let existing = fam.backends.get(&addr).copied();
             if existing.is_some_and(|b| b.flags == flags) || (existing.is_none() && writing == Writing::Changed) {
                 continue;
             }
             let (id, version) = match existing {
                 Some(b) => (b.id, b.version),
-                None => match self.backend_ids.alloc() {
+                None => match fam.backend_ids.alloc() {
                     Some(v) => v,
                     None => {
                         stats.errors.push(format!(
-                            "backend {addr}: map {} is full ({} entries); raise --backends-size",
-                            MapKind::Backends.name(),
-                            self.maps.max_entries(MapKind::Backends)
+                            "backend {addr}: map {} is full ({} entries); raise {}",
+                            A::BACKENDS.name(),
+                            self.maps.max_entries(A::BACKENDS),
+                            A::BACKENDS_SIZE_FLAG
                         ));
                         continue;
                     }
                 },
             };
             stats.ops += 1;
-            match self.maps.set_backend(id, &entry(addr, flags, version)) {
+            match self.maps.set_backend::<A>(id, &A::backend(addr, flags, version)) {
                 Ok(()) => {
-                    self.backends.insert(addr, InstalledBackend { id, version, flags });
-                    self.backend_addrs.insert(id, addr);
+                    fam.backends.insert(addr, InstalledBackend { id, version, flags });
+                    fam.backend_addrs.insert(id, addr);
                 }
                 Err(e) => {
                     if existing.is_none() {
-                        self.backend_ids.free(id);
+                        fam.backend_ids.free(id);
                     } else {
                         // Its flags are tried again by the next apply.
-                        self.retry_backends.insert(addr);
+                        fam.retry_backends.insert(addr);
                     }
                     stats.errors.push(format!("backend {addr}: {e}"));
                 }
@@ -146,24 +148,24 @@ impl<M: MapStore> Reconciler<M> {
     /// After the frontends: backends of `addrs` that nothing uses any more
     /// are removed (their slot cleared, its version kept: every flow to
     /// them is invalid from now on), the others get their final flags.
-    pub(super) fn settle_backends(&mut self, addrs: &BTreeSet<BackendAddr>, stats: &mut Stats) {
+    pub(super) fn settle_backends<A: MapFamily>(&mut self, addrs: &BTreeSet<BackendAddr<A>>, stats: &mut Stats) {
         self.write_backends(addrs, Writing::Changed, stats);
+        let fam = A::pick_mut(&mut self.fam);
         for &addr in addrs {
-            if self.refs.contains_key(&addr) {
+            if fam.refs.contains_key(&addr) {
                 continue;
             }
-            let Some(b) = self.backends.get(&addr).copied() else { continue };
+            let Some(b) = fam.backends.get(&addr).copied() else { continue };
             stats.ops += 1;
-            let empty = Backend4 { addr: 0, port: 0, proto: 0, flags: 0, version: b.version, _pad: 0 };
-            match self.maps.set_backend(b.id, &empty) {
+            match self.maps.set_backend::<A>(b.id, &A::free_backend(b.version)) {
                 Ok(()) => {
-                    self.backends.remove(&addr);
-                    self.backend_addrs.remove(&b.id);
-                    self.backend_ids.free(b.id);
+                    fam.backends.remove(&addr);
+                    fam.backend_addrs.remove(&b.id);
+                    fam.backend_ids.free(b.id);
                 }
                 Err(e) => {
                     // Tried again by the next apply.
-                    self.retry_backends.insert(addr);
+                    fam.retry_backends.insert(addr);
                     stats.errors.push(format!("removing backend {addr}: {e}"));
                 }
             }

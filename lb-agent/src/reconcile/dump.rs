@@ -23,12 +23,19 @@
 //! LB_SVC_NAMES
 //!   1 test/web
 //! ```
+//!
+//! The IPv6 maps follow their IPv4 twins (`LB6_VIPS` after `LB4_VIPS`,
+//! ...), addresses as `[fd00::1]:80`.
 
-use std::{collections::BTreeMap, fmt::Write as _, net::Ipv4Addr};
+use std::{
+    collections::BTreeMap,
+    fmt::Write as _,
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
+};
 
 use lb_common::{CT_SERVICE, backend_flags, svc_flags, vip_flags};
 
-use super::store::{CtMap, MapKind, MapStore};
+use super::store::{CtMap, MapFamily, MapKind, MapStore};
 use crate::{
     maps::{MapsError, svc_name_str},
     model::Protocol,
@@ -90,39 +97,10 @@ fn id_list(entries: &[(u16, u32)]) -> String {
 pub fn dump(maps: &impl MapStore) -> Result<String, MapsError> {
     let mut out = String::new();
 
-    let mut vips: Vec<_> = maps.vips()?.into_iter().map(|(a, v)| (ip(a), v.flags)).collect();
-    vips.sort_unstable();
-    let kinds = [
-        (vip_flags::CLUSTER_IP, "ClusterIP"),
-        (vip_flags::LOAD_BALANCER, "LoadBalancer"),
-        (vip_flags::EXTERNAL_IP, "ExternalIP"),
-        (vip_flags::NODE_PORT, "NodePort"),
-    ];
-    section(&mut out, MapKind::Vips, vips.iter().map(|(a, f)| format!("{a} {}", flag_names(*f, &kinds))).collect());
-
-    let mut services = maps.services()?;
-    services.sort_by_key(|(k, _)| (u32::from_be(k.addr), u16::from_be(k.port), k.proto, k.scope));
-    section(
-        &mut out,
-        MapKind::Services,
-        services
-            .iter()
-            .map(|(k, v)| {
-                let mut l = format!("{}:{}/{}", ip(k.addr), u16::from_be(k.port), proto(k.proto));
-                if k.scope != lb_common::SCOPE_EXTERNAL {
-                    let _ = write!(l, " scope {}", k.scope);
-                }
-                let _ = write!(l, " id {} gen {} count {}", v.frontend_id, v.generation, v.count);
-                if v.flags != 0 {
-                    let _ = write!(l, " {}", svc_flag_names(v.flags));
-                }
-                if v.affinity_timeout != 0 {
-                    let _ = write!(l, " timeout {}s", v.affinity_timeout);
-                }
-                l
-            })
-            .collect(),
-    );
+    vips::<Ipv4Addr>(&mut out, maps)?;
+    vips::<Ipv6Addr>(&mut out, maps)?;
+    services::<Ipv4Addr>(&mut out, maps)?;
+    services::<Ipv6Addr>(&mut out, maps)?;
 
     let mut slots: BTreeMap<(u32, u16), Vec<(u16, u32)>> = BTreeMap::new();
     for (k, s) in maps.slots()? {
@@ -140,48 +118,10 @@ pub fn dump(maps: &impl MapStore) -> Result<String, MapsError> {
             .collect(),
     );
 
-    let mut backends = maps.backends()?;
-    backends.sort_by_key(|(id, _)| *id);
-    section(
-        &mut out,
-        MapKind::Backends,
-        backends
-            .iter()
-            .filter(|(_, b)| b.addr != 0 || b.version != 0 || b.port != 0 || b.flags != 0)
-            .map(|(id, b)| {
-                if b.addr == 0 {
-                    return format!("{id} v{} -", b.version);
-                }
-                let mut l = format!("{id} v{} {}:{}/{}", b.version, ip(b.addr), u16::from_be(b.port), proto(b.proto));
-                let flags = flag_names(
-                    b.flags as u32,
-                    &[(backend_flags::TERMINATING as u32, "terminating"), (backend_flags::LOCAL as u32, "local")],
-                );
-                if !flags.is_empty() {
-                    let _ = write!(l, " {flags}");
-                }
-                l
-            })
-            .collect(),
-    );
-
-    let mut revnats = maps.revnats()?;
-    revnats.sort_by_key(|(id, _)| *id);
-    section(
-        &mut out,
-        MapKind::RevNat,
-        revnats
-            .iter()
-            .filter(|(_, r)| r.addr != 0 || r.version != 0 || r.port != 0)
-            .map(|(id, r)| {
-                if r.addr == 0 {
-                    format!("{id} v{} -", r.version)
-                } else {
-                    format!("{id} v{} {}:{}", r.version, ip(r.addr), u16::from_be(r.port))
-                }
-            })
-            .collect(),
-    );
+    backends::<Ipv4Addr>(&mut out, maps)?;
+    backends::<Ipv6Addr>(&mut out, maps)?;
+    revnats::<Ipv4Addr>(&mut out, maps)?;
+    revnats::<Ipv6Addr>(&mut out, maps)?;
 
     let mut names = maps.names()?;
     names.sort_by_key(|(id, _)| *id);
@@ -246,4 +186,95 @@ pub fn dump(maps: &impl MapStore) -> Result<String, MapsError> {
     affinity.sort_unstable();
     section(&mut out, MapKind::Affinity, affinity);
     Ok(out)
+}
+
+/// `ip:port`, `[ip]:port` for IPv6.
+fn socket<A: MapFamily>(ip: A, port: u16) -> SocketAddr {
+    SocketAddr::new(ip.into(), port)
+}
+
+fn vips<A: MapFamily>(out: &mut String, maps: &impl MapStore) -> Result<(), MapsError> {
+    let mut vips: Vec<(A, u32)> = maps.vips::<A>()?.into_iter().map(|(a, v)| (A::vip_ip(a), v.flags)).collect();
+    vips.sort_unstable();
+    let kinds = [
+        (vip_flags::CLUSTER_IP, "ClusterIP"),
+        (vip_flags::LOAD_BALANCER, "LoadBalancer"),
+        (vip_flags::EXTERNAL_IP, "ExternalIP"),
+        (vip_flags::NODE_PORT, "NodePort"),
+    ];
+    section(out, A::VIPS, vips.iter().map(|(a, f)| format!("{a} {}", flag_names(*f, &kinds))).collect());
+    Ok(())
+}
+
+fn services<A: MapFamily>(out: &mut String, maps: &impl MapStore) -> Result<(), MapsError> {
+    let mut services: Vec<_> = maps.services::<A>()?.into_iter().map(|(k, v)| (A::service_parts(&k), v)).collect();
+    services.sort_by_key(|(k, _)| *k);
+    section(
+        out,
+        A::SERVICES,
+        services
+            .iter()
+            .map(|((ip, port, p, scope), v)| {
+                let mut l = format!("{}/{}", socket(*ip, *port), proto(*p));
+                if *scope != lb_common::SCOPE_EXTERNAL {
+                    let _ = write!(l, " scope {scope}");
+                }
+                let _ = write!(l, " id {} gen {} count {}", v.frontend_id, v.generation, v.count);
+                if v.flags != 0 {
+                    let _ = write!(l, " {}", svc_flag_names(v.flags));
+                }
+                if v.affinity_timeout != 0 {
+                    let _ = write!(l, " timeout {}s", v.affinity_timeout);
+                }
+                l
+            })
+            .collect(),
+    );
+    Ok(())
+}
+
+fn backends<A: MapFamily>(out: &mut String, maps: &impl MapStore) -> Result<(), MapsError> {
+    let mut backends: Vec<_> = maps.backends::<A>()?.iter().map(|(id, b)| (*id, A::backend_slot(b))).collect();
+    backends.sort_by_key(|(id, _)| *id);
+    section(
+        out,
+        A::BACKENDS,
+        backends
+            .iter()
+            .filter(|(_, b)| b.ip.is_some() || b.version != 0 || b.port != 0 || b.flags != 0)
+            .map(|(id, b)| {
+                let Some(ip) = b.ip else {
+                    return format!("{id} v{} -", b.version);
+                };
+                let mut l = format!("{id} v{} {}/{}", b.version, socket(ip, b.port), proto(b.proto));
+                let flags = flag_names(
+                    b.flags as u32,
+                    &[(backend_flags::TERMINATING as u32, "terminating"), (backend_flags::LOCAL as u32, "local")],
+                );
+                if !flags.is_empty() {
+                    let _ = write!(l, " {flags}");
+                }
+                l
+            })
+            .collect(),
+    );
+    Ok(())
+}
+
+fn revnats<A: MapFamily>(out: &mut String, maps: &impl MapStore) -> Result<(), MapsError> {
+    let mut revnats: Vec<_> = maps.revnats::<A>()?.iter().map(|(id, r)| (*id, A::revnat_slot(r))).collect();
+    revnats.sort_by_key(|(id, _)| *id);
+    section(
+        out,
+        A::REVNAT,
+        revnats
+            .iter()
+            .filter(|(_, r)| r.ip.is_some() || r.version != 0 || r.port != 0)
+            .map(|(id, r)| match r.ip {
+                None => format!("{id} v{} -", r.version),
+                Some(ip) => format!("{id} v{} {}", r.version, socket(ip, r.port)),
+            })
+            .collect(),
+    );
+    Ok(())
 }

@@ -18,14 +18,13 @@ use std::{
     cell::{Cell, RefCell},
     collections::{BTreeMap, HashMap},
     hash::Hash,
+    net::{Ipv4Addr, Ipv6Addr},
 };
 
 use aya::{maps::MapError, sys::SyscallError};
-use lb_common::{
-    Affinity4, Affinity4Key, Backend4, Ct4Key, CtEntry, RevNat4, Service4Key, Service4Value, Slot, SlotKey, SrcRange4, SvcName, Vip4, sizes,
-};
+use lb_common::{Affinity4, Affinity4Key, Ct4Key, CtEntry, Service4Value, Slot, SlotKey, SrcRange4, SvcName, Vip4, sizes};
 
-use super::store::{CtMap, MapKind, MapStore};
+use super::store::{CtMap, MapFamily, MapKind, MapStore, PerFamily};
 use crate::{datapath::MapSizes, maps::MapsError};
 
 type Table<K, V> = HashMap<K, V, foldhash::fast::FixedState>;
@@ -34,17 +33,53 @@ fn syscall(call: &'static str, errno: i32) -> MapError {
     MapError::SyscallError(SyscallError { call, io_error: std::io::Error::from_raw_os_error(errno) })
 }
 
+/// The maps of one family that name an address, in memory.
+#[derive(Clone, Debug)]
+pub struct FakeFamily<A: MapFamily> {
+    services: Table<A::ServiceKey, Service4Value>,
+    /// Arrays: the slots ever written (the others read as zeroes).
+    backends: BTreeMap<u32, A::Backend>,
+    revnat: BTreeMap<u32, A::RevNat>,
+    vips: Table<A::VipKey, Vip4>,
+}
+
+impl<A: MapFamily> Default for FakeFamily<A> {
+    fn default() -> Self {
+        FakeFamily { services: Table::default(), backends: BTreeMap::new(), revnat: BTreeMap::new(), vips: Table::default() }
+    }
+}
+
+/// Both families' [`FakeFamily`].
+#[derive(Clone, Debug, Default)]
+pub struct FakeFamilies {
+    v4: FakeFamily<Ipv4Addr>,
+    v6: FakeFamily<Ipv6Addr>,
+}
+
+impl PerFamily for FakeFamilies {
+    type Of<A: MapFamily> = FakeFamily<A>;
+    fn v4(&self) -> &FakeFamily<Ipv4Addr> {
+        &self.v4
+    }
+    fn v4_mut(&mut self) -> &mut FakeFamily<Ipv4Addr> {
+        &mut self.v4
+    }
+    fn v6(&self) -> &FakeFamily<Ipv6Addr> {
+        &self.v6
+    }
+    fn v6_mut(&mut self) -> &mut FakeFamily<Ipv6Addr> {
+        &mut self.v6
+    }
+}
+
 /// The maps of the datapath, in memory.
 #[derive(Clone, Debug)]
 pub struct FakeMaps {
     max_entries: BTreeMap<MapKind, u32>,
-    services: Table<Service4Key, Service4Value>,
+    /// The maps that name an address, per family.
+    fam: FakeFamilies,
     slots: Table<SlotKey, Slot>,
-    /// Arrays: the slots ever written (the others read as zeroes).
-    backends: BTreeMap<u32, Backend4>,
-    revnat: BTreeMap<u32, RevNat4>,
     names: Table<u32, SvcName>,
-    vips: Table<u32, Vip4>,
     maglev: BTreeMap<u32, Vec<u32>>,
     /// (prefix length, frontend ID as stored, address) -> 1.
     src_ranges: Table<(u32, u32, u32), u32>,
@@ -75,12 +110,9 @@ impl FakeMaps {
             .collect();
         FakeMaps {
             max_entries,
-            services: Table::default(),
+            fam: FakeFamilies::default(),
             slots: Table::default(),
-            backends: BTreeMap::new(),
-            revnat: BTreeMap::new(),
             names: Table::default(),
-            vips: Table::default(),
             maglev: BTreeMap::new(),
             src_ranges: Table::default(),
             ct_tcp: Table::default(),
@@ -152,16 +184,17 @@ impl MapStore for FakeMaps {
         self.max(map)
     }
 
-    fn services(&self) -> Result<Vec<(Service4Key, Service4Value)>, MapsError> {
-        Ok(sorted(self.services.iter().map(|(k, v)| (*k, *v))))
+    fn services<A: MapFamily>(&self) -> Result<Vec<(A::ServiceKey, Service4Value)>, MapsError> {
+        Ok(sorted(A::pick(&self.fam).services.iter().map(|(k, v)| (*k, *v))))
     }
 
-    fn insert_service(&mut self, key: &Service4Key, value: &Service4Value) -> Result<(), MapsError> {
-        Self::hash_insert(self.max(MapKind::Services), MapKind::Services, &mut self.services, *key, *value)
+    fn insert_service<A: MapFamily>(&mut self, key: &A::ServiceKey, value: &Service4Value) -> Result<(), MapsError> {
+        let max = self.max(A::SERVICES);
+        Self::hash_insert(max, A::SERVICES, &mut A::pick_mut(&mut self.fam).services, *key, *value)
     }
 
-    fn remove_service(&mut self, key: &Service4Key) -> Result<(), MapsError> {
-        self.services.remove(key);
+    fn remove_service<A: MapFamily>(&mut self, key: &A::ServiceKey) -> Result<(), MapsError> {
+        A::pick_mut(&mut self.fam).services.remove(key);
         Ok(())
     }
 
@@ -186,20 +219,22 @@ impl MapStore for FakeMaps {
         Ok(Self::batch_remove(&mut self.slots, keys))
     }
 
-    fn backends(&self) -> Result<Vec<(u32, Backend4)>, MapsError> {
-        Ok(self.backends.iter().map(|(k, v)| (*k, *v)).collect())
+    fn backends<A: MapFamily>(&self) -> Result<Vec<(u32, A::Backend)>, MapsError> {
+        Ok(A::pick(&self.fam).backends.iter().map(|(k, v)| (*k, *v)).collect())
     }
 
-    fn set_backend(&mut self, id: u32, backend: &Backend4) -> Result<(), MapsError> {
-        Self::array_set(self.max(MapKind::Backends), MapKind::Backends, &mut self.backends, id, *backend)
+    fn set_backend<A: MapFamily>(&mut self, id: u32, backend: &A::Backend) -> Result<(), MapsError> {
+        let max = self.max(A::BACKENDS);
+        Self::array_set(max, A::BACKENDS, &mut A::pick_mut(&mut self.fam).backends, id, *backend)
     }
 
-    fn revnats(&self) -> Result<Vec<(u32, RevNat4)>, MapsError> {
-        Ok(self.revnat.iter().map(|(k, v)| (*k, *v)).collect())
+    fn revnats<A: MapFamily>(&self) -> Result<Vec<(u32, A::RevNat)>, MapsError> {
+        Ok(A::pick(&self.fam).revnat.iter().map(|(k, v)| (*k, *v)).collect())
     }
 
-    fn set_revnat(&mut self, id: u32, revnat: &RevNat4) -> Result<(), MapsError> {
-        Self::array_set(self.max(MapKind::RevNat), MapKind::RevNat, &mut self.revnat, id, *revnat)
+    fn set_revnat<A: MapFamily>(&mut self, id: u32, revnat: &A::RevNat) -> Result<(), MapsError> {
+        let max = self.max(A::REVNAT);
+        Self::array_set(max, A::REVNAT, &mut A::pick_mut(&mut self.fam).revnat, id, *revnat)
     }
 
     fn name(&self, id: u32) -> Result<Option<SvcName>, MapsError> {
@@ -219,16 +254,17 @@ impl MapStore for FakeMaps {
         Ok(())
     }
 
-    fn vips(&self) -> Result<Vec<(u32, Vip4)>, MapsError> {
-        Ok(sorted(self.vips.iter().map(|(k, v)| (*k, *v))))
+    fn vips<A: MapFamily>(&self) -> Result<Vec<(A::VipKey, Vip4)>, MapsError> {
+        Ok(sorted(A::pick(&self.fam).vips.iter().map(|(k, v)| (*k, *v))))
     }
 
-    fn insert_vip(&mut self, addr: u32, vip: &Vip4) -> Result<(), MapsError> {
-        Self::hash_insert(self.max(MapKind::Vips), MapKind::Vips, &mut self.vips, addr, *vip)
+    fn insert_vip<A: MapFamily>(&mut self, addr: A::VipKey, vip: &Vip4) -> Result<(), MapsError> {
+        let max = self.max(A::VIPS);
+        Self::hash_insert(max, A::VIPS, &mut A::pick_mut(&mut self.fam).vips, addr, *vip)
     }
 
-    fn remove_vip(&mut self, addr: u32) -> Result<(), MapsError> {
-        self.vips.remove(&addr);
+    fn remove_vip<A: MapFamily>(&mut self, addr: A::VipKey) -> Result<(), MapsError> {
+        A::pick_mut(&mut self.fam).vips.remove(&addr);
         Ok(())
     }
 
@@ -459,19 +495,19 @@ impl<M: MapStore> MapStore for Faulty<M> {
         self.inner.max_entries(map)
     }
 
-    fn services(&self) -> Result<Vec<(Service4Key, Service4Value)>, MapsError> {
-        self.check(MapKind::Services, Op::Read, Shape::Batch)?;
-        self.inner.services()
+    fn services<A: MapFamily>(&self) -> Result<Vec<(A::ServiceKey, Service4Value)>, MapsError> {
+        self.check(A::SERVICES, Op::Read, Shape::Batch)?;
+        self.inner.services::<A>()
     }
 
-    fn insert_service(&mut self, key: &Service4Key, value: &Service4Value) -> Result<(), MapsError> {
-        self.check(MapKind::Services, Op::Update, Shape::Single)?;
-        self.inner.insert_service(key, value)
+    fn insert_service<A: MapFamily>(&mut self, key: &A::ServiceKey, value: &Service4Value) -> Result<(), MapsError> {
+        self.check(A::SERVICES, Op::Update, Shape::Single)?;
+        self.inner.insert_service::<A>(key, value)
     }
 
-    fn remove_service(&mut self, key: &Service4Key) -> Result<(), MapsError> {
-        self.check(MapKind::Services, Op::Delete, Shape::Single)?;
-        self.inner.remove_service(key)
+    fn remove_service<A: MapFamily>(&mut self, key: &A::ServiceKey) -> Result<(), MapsError> {
+        self.check(A::SERVICES, Op::Delete, Shape::Single)?;
+        self.inner.remove_service::<A>(key)
     }
 
     fn slot(&self, key: &SlotKey) -> Result<Option<Slot>, MapsError> {
@@ -499,24 +535,24 @@ impl<M: MapStore> MapStore for Faulty<M> {
         self.inner.remove_slots(keys)
     }
 
-    fn backends(&self) -> Result<Vec<(u32, Backend4)>, MapsError> {
-        self.check(MapKind::Backends, Op::Read, Shape::Batch)?;
-        self.inner.backends()
+    fn backends<A: MapFamily>(&self) -> Result<Vec<(u32, A::Backend)>, MapsError> {
+        self.check(A::BACKENDS, Op::Read, Shape::Batch)?;
+        self.inner.backends::<A>()
     }
 
-    fn set_backend(&mut self, id: u32, backend: &Backend4) -> Result<(), MapsError> {
-        self.check(MapKind::Backends, Op::Update, Shape::Single)?;
-        self.inner.set_backend(id, backend)
+    fn set_backend<A: MapFamily>(&mut self, id: u32, backend: &A::Backend) -> Result<(), MapsError> {
+        self.check(A::BACKENDS, Op::Update, Shape::Single)?;
+        self.inner.set_backend::<A>(id, backend)
     }
 
-    fn revnats(&self) -> Result<Vec<(u32, RevNat4)>, MapsError> {
-        self.check(MapKind::RevNat, Op::Read, Shape::Batch)?;
-        self.inner.revnats()
+    fn revnats<A: MapFamily>(&self) -> Result<Vec<(u32, A::RevNat)>, MapsError> {
+        self.check(A::REVNAT, Op::Read, Shape::Batch)?;
+        self.inner.revnats::<A>()
     }
 
-    fn set_revnat(&mut self, id: u32, revnat: &RevNat4) -> Result<(), MapsError> {
-        self.check(MapKind::RevNat, Op::Update, Shape::Single)?;
-        self.inner.set_revnat(id, revnat)
+    fn set_revnat<A: MapFamily>(&mut self, id: u32, revnat: &A::RevNat) -> Result<(), MapsError> {
+        self.check(A::REVNAT, Op::Update, Shape::Single)?;
+        self.inner.set_revnat::<A>(id, revnat)
     }
 
     fn name(&self, id: u32) -> Result<Option<SvcName>, MapsError> {
@@ -539,19 +575,19 @@ impl<M: MapStore> MapStore for Faulty<M> {
         self.inner.remove_name(id)
     }
 
-    fn vips(&self) -> Result<Vec<(u32, Vip4)>, MapsError> {
-        self.check(MapKind::Vips, Op::Read, Shape::Batch)?;
-        self.inner.vips()
+    fn vips<A: MapFamily>(&self) -> Result<Vec<(A::VipKey, Vip4)>, MapsError> {
+        self.check(A::VIPS, Op::Read, Shape::Batch)?;
+        self.inner.vips::<A>()
     }
 
-    fn insert_vip(&mut self, addr: u32, vip: &Vip4) -> Result<(), MapsError> {
-        self.check(MapKind::Vips, Op::Update, Shape::Single)?;
-        self.inner.insert_vip(addr, vip)
+    fn insert_vip<A: MapFamily>(&mut self, addr: A::VipKey, vip: &Vip4) -> Result<(), MapsError> {
+        self.check(A::VIPS, Op::Update, Shape::Single)?;
+        self.inner.insert_vip::<A>(addr, vip)
     }
 
-    fn remove_vip(&mut self, addr: u32) -> Result<(), MapsError> {
-        self.check(MapKind::Vips, Op::Delete, Shape::Single)?;
-        self.inner.remove_vip(addr)
+    fn remove_vip<A: MapFamily>(&mut self, addr: A::VipKey) -> Result<(), MapsError> {
+        self.check(A::VIPS, Op::Delete, Shape::Single)?;
+        self.inner.remove_vip::<A>(addr)
     }
 
     fn write_maglev(&mut self, id: u32, table: &[u32]) -> Result<usize, MapsError> {

@@ -1,18 +1,20 @@
-//! Frontend entries: the `LB4_SERVICES` entry, its slots (two generations,
-//! flipped atomically), its rev-NAT slot (address and version), name, and
-//! Maglev table.
+//! Frontend entries: the `LB4_SERVICES` (or `LB6_SERVICES`) entry, its
+//! slots (two generations, flipped atomically), its rev-NAT slot (address
+//! and version, in its family's `*_REVNAT`), name, and Maglev table. All
+//! but the entry and the rev-NAT slot are indexed by the frontend ID the
+//! two families share.
 //!
 //! Every write that fails before the frontend entry is written is rolled
 //! back, so the frontend keeps its previous state: a new frontend's
 //! rev-NAT slot, name, slots and table are cleared again; an update's new
 //! slot generation is deleted and its Maglev table put back as it was.
 
-use std::collections::BTreeSet;
+use std::{collections::BTreeSet, net::Ipv4Addr};
 
-use lb_common::{RevNat4, Service4Value, Slot, SlotKey, svc_flags};
+use lb_common::{Service4Value, Slot, SlotKey, svc_flags};
 use tracing::warn;
 
-use super::{Change, FrontendRef, MapKind, MapStore, Reconciler, Shrunk, Stats, backends::Use};
+use super::{Change, FrontendRef, MapFamily, MapStore, Reconciler, Shrunk, Stats, backends::Use};
 use crate::{
     maglev,
     maps::{MapsError, svc_name},
@@ -21,7 +23,7 @@ use crate::{
 
 /// A frontend as installed in the maps.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Installed {
+pub struct Installed<A = Ipv4Addr> {
     pub id: u32,
     /// Its rev-NAT slot's version.
     pub version: u16,
@@ -44,7 +46,7 @@ pub struct Installed {
     /// again.
     pub digest: u64,
     /// The backends it counts as using (see `Reconciler::refs`).
-    pub uses: Vec<Use>,
+    pub uses: Vec<Use<A>>,
 }
 
 /// The slots of one generation of a frontend: `(id, generation, 0..count)`.
@@ -70,8 +72,8 @@ struct Placed {
 }
 
 /// What a frontend's entries are to become.
-struct Target<'a> {
-    fe: &'a Frontend,
+struct Target<'a, A> {
+    fe: &'a Frontend<A>,
     /// Backend IDs in slot order.
     slots: Vec<u32>,
     maglev_m: u32,
@@ -98,36 +100,28 @@ enum PreviousTable {
     Read(Vec<u32>),
 }
 
-fn service_value(id: u32, generation: u16, count: usize, fe: &Frontend) -> Service4Value {
+fn service_value<A>(id: u32, generation: u16, count: usize, fe: &Frontend<A>) -> Service4Value {
     Service4Value { frontend_id: id, count: count as u16, generation, flags: fe.flags, affinity_timeout: fe.affinity_timeout }
-}
-
-pub(super) fn rev_nat_entry(fe: &FrontendAddr, version: u16) -> RevNat4 {
-    rev_nat(fe, version)
-}
-
-fn rev_nat(fe: &FrontendAddr, version: u16) -> RevNat4 {
-    let key = fe.key();
-    RevNat4 { addr: key.addr, port: key.port, version }
 }
 
 impl<M: MapStore> Reconciler<M> {
     /// Writes one changed frontend. On success returns the uses it had
     /// before; on failure (it keeps its previous state) gives back its new
     /// uses.
-    pub(super) fn write_frontend(&mut self, change: Change<'_>, stats: &mut Stats) -> Result<Vec<Use>, Vec<Use>> {
+    pub(super) fn write_frontend<A: MapFamily>(&mut self, change: Change<'_, A>, stats: &mut Stats) -> Result<Vec<Use<A>>, Vec<Use<A>>> {
         let Change { fe, digest, uses } = change;
+        let fam = A::pick_mut(&mut self.fam);
         let slots: Vec<u32> = fe
             .slot_backends()
             // A backend whose write failed was reported; serve with the rest.
-            .filter_map(|b| self.backends.get(&b.addr).map(|i| i.id))
+            .filter_map(|b| fam.backends.get(&b.addr).map(|i| i.id))
             .collect();
-        let allowed: BTreeSet<u32> = fe.backends.iter().filter_map(|b| self.backends.get(&b.addr).map(|x| x.id)).collect();
+        let allowed: BTreeSet<u32> = fe.backends.iter().filter_map(|b| fam.backends.get(&b.addr).map(|x| x.id)).collect();
         // Written without a backend that could not be written: looked at
         // again by the next apply, which tries that backend again.
-        let digest = if fe.backends.iter().all(|b| self.backends.contains_key(&b.addr)) { digest } else { 0 };
+        let digest = if fe.backends.iter().all(|b| fam.backends.contains_key(&b.addr)) { digest } else { 0 };
         let maglev_m = if fe.flags & svc_flags::MAGLEV != 0 && !slots.is_empty() { self.maglev_m } else { 0 };
-        if let Some(inst) = self.frontends.get_mut(&fe.addr)
+        if let Some(inst) = fam.frontends.get_mut(&fe.addr)
             && inst.slots == slots
             && inst.flags == fe.flags
             && inst.affinity_timeout == fe.affinity_timeout
@@ -138,7 +132,7 @@ impl<M: MapStore> Reconciler<M> {
             if inst.allowed != allowed {
                 let removed: Vec<u32> = inst.allowed.difference(&allowed).copied().collect();
                 if !removed.is_empty() {
-                    self.shrunk.push(Shrunk { id: inst.id, removed });
+                    fam.shrunk.push(Shrunk { id: inst.id, removed });
                 }
                 inst.allowed = allowed;
             }
@@ -146,7 +140,7 @@ impl<M: MapStore> Reconciler<M> {
             return Ok(std::mem::replace(&mut inst.uses, uses));
         }
         let target = Target { fe, slots, maglev_m };
-        let current = self.frontends.get(&fe.addr).map(|i| Current {
+        let current = fam.frontends.get(&fe.addr).map(|i| Current {
             id: i.id,
             generation: i.generation,
             slots: i.slots.clone(),
@@ -163,7 +157,8 @@ impl<M: MapStore> Reconciler<M> {
         };
         match result {
             Ok(Placed { id, version, generation }) => {
-                let old = self.frontends.insert(
+                let fam = A::pick_mut(&mut self.fam);
+                let old = fam.frontends.insert(
                     fe.addr,
                     Installed {
                         id,
@@ -179,13 +174,13 @@ impl<M: MapStore> Reconciler<M> {
                         uses,
                     },
                 );
-                self.vips.count(fe.addr.ip, fe.flags, true);
+                fam.vips.count(fe.addr.ip, fe.flags, true);
                 if let Some(old) = &old {
-                    self.vips.count(fe.addr.ip, old.flags, false);
-                    let now = &self.frontends[&fe.addr].allowed;
+                    fam.vips.count(fe.addr.ip, old.flags, false);
+                    let now = &fam.frontends[&fe.addr].allowed;
                     let removed: Vec<u32> = old.allowed.difference(now).copied().collect();
                     if !removed.is_empty() {
-                        self.shrunk.push(Shrunk { id, removed });
+                        fam.shrunk.push(Shrunk { id, removed });
                     }
                 }
                 Ok(old.map(|i| i.uses).unwrap_or_default())
@@ -201,16 +196,17 @@ impl<M: MapStore> Reconciler<M> {
 
     /// The Maglev table of a frontend as backend IDs: keys are the slot
     /// backends' `ip:port`, so every node builds the same table.
-    pub(super) fn maglev_table(&self, slots: &[u32], m: u32) -> Vec<u32> {
-        let keys: Vec<String> = slots.iter().map(|id| self.backend_addrs.get(id).map(|a| a.to_string()).unwrap_or_default()).collect();
+    pub(super) fn maglev_table<A: MapFamily>(&self, slots: &[u32], m: u32) -> Vec<u32> {
+        let addrs = &A::pick(&self.fam).backend_addrs;
+        let keys: Vec<String> = slots.iter().map(|id| addrs.get(id).map(|a| a.to_string()).unwrap_or_default()).collect();
         maglev::build(&keys, m).into_iter().map(|i| slots[i as usize]).collect()
     }
 
     /// Writes a new frontend: rev-NAT slot, name, slots and Maglev table
     /// first, the frontend entry last.
-    fn add_frontend(&mut self, t: &Target<'_>, stats: &mut Stats) -> Result<Placed, MapsError> {
+    fn add_frontend<A: MapFamily>(&mut self, t: &Target<'_, A>, stats: &mut Stats) -> Result<Placed, MapsError> {
         let Some((id, version)) = self.frontend_ids.alloc() else {
-            return Err(MapsError::Full { name: MapKind::RevNat.name(), max_entries: self.maps.max_entries(MapKind::RevNat) });
+            return Err(MapsError::Full { name: A::REVNAT.name(), max_entries: self.maps.max_entries(A::REVNAT) });
         };
         let slots = SlotRange { id, generation: 0, count: t.slots.len() };
         // The ID's counters were another frontend's: they start from zero
@@ -220,24 +216,24 @@ impl<M: MapStore> Reconciler<M> {
         }
         let result = (|| {
             stats.ops += 1;
-            self.maps.set_revnat(id, &rev_nat(&t.fe.addr, version))?;
+            self.maps.set_revnat::<A>(id, &A::revnat(&t.fe.addr, version))?;
             stats.ops += 1;
             self.maps.insert_name(id, &svc_name(&t.fe.name))?;
             self.write_slots(slots, &t.slots, stats)?;
             if t.maglev_m != 0 {
-                let table = self.maglev_table(&t.slots, t.maglev_m);
+                let table = self.maglev_table::<A>(&t.slots, t.maglev_m);
                 stats.ops += self.maps.write_maglev(id, &table)? as u64;
                 stats.maglev_tables += 1;
             }
             stats.ops += 1;
-            self.maps.insert_service(&t.fe.addr.key(), &service_value(id, slots.generation, t.slots.len(), t.fe))
+            self.maps.insert_service::<A>(&A::key(&t.fe.addr), &service_value(id, slots.generation, t.slots.len(), t.fe))
         })();
         if let Err(e) = result {
             // Undo the parts that were written; the frontend entry itself
             // was the last write, so no packet saw any of them.
             self.delete_slots(slots, stats);
             let _ = self.maps.remove_maglev(id);
-            let _ = self.maps.set_revnat(id, &RevNat4 { addr: 0, port: 0, version });
+            let _ = self.maps.set_revnat::<A>(id, &A::free_revnat(version));
             let _ = self.maps.remove_name(id);
             self.frontend_ids.free(id);
             return Err(e);
@@ -246,7 +242,7 @@ impl<M: MapStore> Reconciler<M> {
     }
 
     /// Rewrites an installed frontend; returns its slot generation now.
-    fn update_frontend(&mut self, t: &Target<'_>, cur: &Current, stats: &mut Stats) -> Result<u16, MapsError> {
+    fn update_frontend<A: MapFamily>(&mut self, t: &Target<'_, A>, cur: &Current, stats: &mut Stats) -> Result<u16, MapsError> {
         let id = cur.id;
         let slots_changed = t.slots != cur.slots;
         let new_slots = SlotRange { id, generation: if slots_changed { 1 - cur.generation } else { cur.generation }, count: t.slots.len() };
@@ -274,12 +270,12 @@ impl<M: MapStore> Reconciler<M> {
                     return Err(e);
                 }
             };
-            let table = self.maglev_table(&t.slots, t.maglev_m);
+            let table = self.maglev_table::<A>(&t.slots, t.maglev_m);
             match self.maps.write_maglev(id, &table) {
                 Ok(ops) => stats.ops += ops as u64,
                 Err(e) => {
                     // A patch may have been partly written.
-                    self.restore_table(cur, previous, stats);
+                    self.restore_table::<A>(cur, previous, stats);
                     drop_new_slots(self, stats);
                     return Err(e);
                 }
@@ -287,11 +283,11 @@ impl<M: MapStore> Reconciler<M> {
             stats.maglev_tables += 1;
         }
         stats.ops += 1;
-        if let Err(e) = self.maps.insert_service(&t.fe.addr.key(), &service_value(id, new_slots.generation, t.slots.len(), t.fe)) {
+        if let Err(e) = self.maps.insert_service::<A>(&A::key(&t.fe.addr), &service_value(id, new_slots.generation, t.slots.len(), t.fe)) {
             if maglev_written {
                 // The frontend still serves its old backends: so must its
                 // table (the new backends it named may go now).
-                self.restore_table(cur, previous, stats);
+                self.restore_table::<A>(cur, previous, stats);
             }
             drop_new_slots(self, stats);
             return Err(e);
@@ -332,11 +328,11 @@ impl<M: MapStore> Reconciler<M> {
     }
 
     /// Puts back the Maglev table a frontend had before a failed update.
-    fn restore_table(&mut self, cur: &Current, previous: PreviousTable, stats: &mut Stats) {
+    fn restore_table<A: MapFamily>(&mut self, cur: &Current, previous: PreviousTable, stats: &mut Stats) {
         let result = match previous {
             PreviousTable::None => self.maps.remove_maglev(cur.id).map(|()| 1),
             PreviousTable::Build => {
-                let table = self.maglev_table(&cur.slots, cur.maglev_m);
+                let table = self.maglev_table::<A>(&cur.slots, cur.maglev_m);
                 self.maps.write_maglev(cur.id, &table)
             }
             PreviousTable::Read(table) => self.maps.write_maglev(cur.id, &table),
@@ -354,12 +350,12 @@ impl<M: MapStore> Reconciler<M> {
     /// Removes a frontend; returns the backends it used if it was removed.
     /// Its rev-NAT slot is cleared (version kept), which makes its flows
     /// invalid at once.
-    pub(super) fn remove_frontend(&mut self, addr: FrontendAddr, stats: &mut Stats) -> Option<Vec<Use>> {
-        let inst = self.frontends.get(&addr)?;
+    pub(super) fn remove_frontend<A: MapFamily>(&mut self, addr: FrontendAddr<A>, stats: &mut Stats) -> Option<Vec<Use<A>>> {
+        let inst = A::pick(&self.fam).frontends.get(&addr)?;
         let slots = SlotRange { id: inst.id, generation: inst.generation, count: inst.slots.len() };
         let (version, name) = (inst.version, inst.name.clone());
         stats.ops += 1;
-        if let Err(e) = self.maps.remove_service(&addr.key()) {
+        if let Err(e) = self.maps.remove_service::<A>(&A::key(&addr)) {
             let msg = format!("removing frontend {name} ({addr}): {e}");
             warn!("{msg}");
             stats.errors.push(msg);
@@ -370,27 +366,28 @@ impl<M: MapStore> Reconciler<M> {
         // cleared. Its ID is free once that is done; until then the next
         // apply tries again.
         stats.ops += 3;
-        let errors = self.clear_frontend(slots.id, version);
+        let errors = self.clear_frontend::<A>(slots.id, version);
         if errors.is_empty() {
             self.frontend_ids.free(slots.id);
         } else {
-            self.unclean.insert(FrontendRef { id: slots.id, version });
+            A::pick_mut(&mut self.fam).unclean.insert(FrontendRef { id: slots.id, version });
         }
         for e in errors {
             let msg = format!("removing frontend {name} ({addr}): {e}");
             warn!("{msg}");
             stats.errors.push(msg);
         }
-        let inst = self.frontends.remove(&addr)?;
-        self.vips.count(addr.ip, inst.flags, false);
+        let fam = A::pick_mut(&mut self.fam);
+        let inst = fam.frontends.remove(&addr)?;
+        fam.vips.count(addr.ip, inst.flags, false);
         stats.removed += 1;
         Some(inst.uses)
     }
 
     /// Clears what a removed frontend left: its Maglev table, its rev-NAT
     /// slot (version kept, so its flows are invalid) and its name.
-    fn clear_frontend(&mut self, id: u32, version: u16) -> Vec<MapsError> {
-        [self.maps.remove_maglev(id), self.maps.set_revnat(id, &RevNat4 { addr: 0, port: 0, version }), self.maps.remove_name(id)]
+    fn clear_frontend<A: MapFamily>(&mut self, id: u32, version: u16) -> Vec<MapsError> {
+        [self.maps.remove_maglev(id), self.maps.set_revnat::<A>(id, &A::free_revnat(version)), self.maps.remove_name(id)]
             .into_iter()
             .filter_map(Result::err)
             .collect()
@@ -398,15 +395,15 @@ impl<M: MapStore> Reconciler<M> {
 
     /// Clears again what removed frontends left when that failed, and
     /// frees their IDs once it is done.
-    pub(super) fn retry_unclean(&mut self, stats: &mut Stats) {
-        for frontend in std::mem::take(&mut self.unclean) {
+    pub(super) fn retry_unclean<A: MapFamily>(&mut self, stats: &mut Stats) {
+        for frontend in std::mem::take(&mut A::pick_mut(&mut self.fam).unclean) {
             stats.ops += 3;
-            let errors = self.clear_frontend(frontend.id, frontend.version);
+            let errors = self.clear_frontend::<A>(frontend.id, frontend.version);
             if errors.is_empty() {
                 self.frontend_ids.free(frontend.id);
                 continue;
             }
-            self.unclean.insert(frontend);
+            A::pick_mut(&mut self.fam).unclean.insert(frontend);
             for e in errors {
                 stats.errors.push(format!("clearing removed frontend {}: {e}", frontend.id));
             }

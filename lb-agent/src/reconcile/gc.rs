@@ -8,7 +8,10 @@
 //! - were queued for purging: flows of a frontend to a backend it no longer
 //!   uses while other frontends still do.
 //!
-//! Affinity entries of removed or purged backends go the same way.
+//! Affinity entries of removed or purged backends go the same way (those
+//! of IPv6 frontends, which the socket hooks keep in the same map, judged
+//! against the IPv6 backend IDs). The conntrack maps hold IPv4 flows only:
+//! there is no IPv6 conntrack yet.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 
@@ -76,14 +79,20 @@ impl<M: MapStore> Reconciler<M> {
 
     fn collect(&mut self, timeouts: &CtTimeouts, now_ns: u64, purge: &BTreeSet<FrontendRef>) -> Result<GcStats, MapsError> {
         // The backends each queued frontend may still use.
+        // Frontend IDs are shared by both families, so one map serves both.
         let allowed: HashMap<u32, &BTreeSet<u32>> = self
+            .fam
+            .v4
             .frontends
             .values()
-            .filter(|f| purge.contains(&FrontendRef { id: f.id, version: f.version }))
-            .map(|f| (f.id, &f.allowed))
+            .map(|f| (f.id, f.version, &f.allowed))
+            .chain(self.fam.v6.frontends.values().map(|f| (f.id, f.version, &f.allowed)))
+            .filter(|(id, version, _)| purge.contains(&FrontendRef { id: *id, version: *version }))
+            .map(|(id, _, allowed)| (id, allowed))
             .collect();
+        let backend_ids = &self.fam.v4.backend_ids;
         let judge = |e: &CtEntry| {
-            if !self.frontend_ids.holds(e.frontend_id, e.frontend_version) || !self.backend_ids.holds(e.backend_id, e.backend_version) {
+            if !self.frontend_ids.holds(e.frontend_id, e.frontend_version) || !backend_ids.holds(e.backend_id, e.backend_version) {
                 Verdict::Invalid
             } else if allowed.get(&e.frontend_id).is_some_and(|a| !a.contains(&e.backend_id)) {
                 Verdict::Purged
@@ -113,10 +122,12 @@ impl<M: MapStore> Reconciler<M> {
         stats.remaining = stats.tcp_remaining + stats.any_remaining;
 
         let affinity = self.maps.affinity()?;
+        let ids6: HashSet<u32> = self.fam.v6.frontends.values().map(|f| f.id).collect();
         let gone: Vec<_> = affinity
             .iter()
             .filter(|(k, a)| {
-                !self.backend_ids.holds(a.backend_id, a.backend_version)
+                let backend_ids = if ids6.contains(&k.frontend_id) { &self.fam.v6.backend_ids } else { backend_ids };
+                !backend_ids.holds(a.backend_id, a.backend_version)
                     || !self.frontend_ids.holds(k.frontend_id, k.frontend_version)
                     || allowed.get(&k.frontend_id).is_some_and(|s| !s.contains(&a.backend_id))
             })

@@ -49,6 +49,7 @@ pub mod store;
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     hash::{BuildHasher, Hash},
+    net::{Ipv4Addr, Ipv6Addr},
 };
 
 use lb_common::SlotKey;
@@ -61,7 +62,7 @@ use self::{
 };
 pub use self::{
     gc::GcStats,
-    store::{CtMap, MapKind, MapStore},
+    store::{CtMap, MapFamily, MapKind, MapStore, PerFamily},
 };
 use crate::{
     maglev,
@@ -105,52 +106,101 @@ struct Shrunk {
 }
 
 /// A desired frontend that differs from what was written for it.
-struct Change<'a> {
-    fe: &'a Frontend,
+struct Change<'a, A: MapFamily> {
+    fe: &'a Frontend<A>,
     digest: u64,
     /// The backends it uses, with the flags it gives them.
-    uses: Vec<Use>,
+    uses: Vec<Use<A>>,
+}
+
+/// What the reconciler keeps of one address family: its frontends (their
+/// IDs come from the one space both families share), its backends (with
+/// IDs of its own), their use counts and its frontend addresses.
+pub struct FamilyState<A: MapFamily> {
+    frontends: BTreeMap<FrontendAddr<A>, Installed<A>>,
+    backends: BTreeMap<BackendAddr<A>, InstalledBackend>,
+    backend_ids: Ids,
+    /// Backend addresses by ID (the IDs in use).
+    backend_addrs: HashMap<u32, BackendAddr<A>>,
+    /// Uses of each backend by installed frontends. An `apply` only looks
+    /// at frontends whose digest changed, so this is what tells it which
+    /// backends are still needed without walking every frontend.
+    refs: HashMap<BackendAddr<A>, Refs>,
+    /// Backends whose flags or removal could not be written: the next
+    /// `apply` tries them again.
+    retry_backends: BTreeSet<BackendAddr<A>>,
+    /// `LB4_VIPS` or `LB6_VIPS`, counted from the installed frontends.
+    vips: Vips<A>,
+    /// Frontends whose allowed set lost members in this apply.
+    shrunk: Vec<Shrunk>,
+    /// Removed frontends whose rev-NAT slot, name or Maglev table could not
+    /// be cleared: their IDs stay taken until an apply clears them.
+    unclean: BTreeSet<FrontendRef>,
+}
+
+impl<A: MapFamily> FamilyState<A> {
+    fn new(backend_ids: Ids) -> Self {
+        FamilyState {
+            frontends: BTreeMap::new(),
+            backends: BTreeMap::new(),
+            backend_ids,
+            backend_addrs: HashMap::new(),
+            refs: HashMap::new(),
+            retry_backends: BTreeSet::new(),
+            vips: Vips::default(),
+            shrunk: Vec::new(),
+            unclean: BTreeSet::new(),
+        }
+    }
+}
+
+/// Both families' [`FamilyState`].
+pub struct Families {
+    v4: FamilyState<Ipv4Addr>,
+    v6: FamilyState<Ipv6Addr>,
+}
+
+impl PerFamily for Families {
+    type Of<A: MapFamily> = FamilyState<A>;
+    fn v4(&self) -> &FamilyState<Ipv4Addr> {
+        &self.v4
+    }
+    fn v4_mut(&mut self) -> &mut FamilyState<Ipv4Addr> {
+        &mut self.v4
+    }
+    fn v6(&self) -> &FamilyState<Ipv6Addr> {
+        &self.v6
+    }
+    fn v6_mut(&mut self) -> &mut FamilyState<Ipv6Addr> {
+        &mut self.v6
+    }
 }
 
 /// Keeps the maps (by default the pinned ones, [`Maps`]) in step with the
-/// desired state.
+/// desired state of both address families.
 pub struct Reconciler<M: MapStore = Maps> {
     maps: M,
-    frontends: BTreeMap<FrontendAddr, Installed>,
-    backends: BTreeMap<BackendAddr, InstalledBackend>,
+    /// Frontends, backends and addresses, per family.
+    fam: Families,
+    /// Frontend IDs: one space for both families (`LB4_REVNAT` and
+    /// `LB6_REVNAT` are both indexed by it, as are the slots, names and
+    /// Maglev tables).
     frontend_ids: Ids,
-    backend_ids: Ids,
-    /// Backend addresses by ID (the IDs in use).
-    backend_addrs: HashMap<u32, BackendAddr>,
     maglev_m: u32,
     /// This node's name: endpoints on it get `backend_flags::LOCAL`.
     node_name: Option<String>,
     /// Installed loadBalancerSourceRanges entries, by frontend ID.
     src_ranges: BTreeMap<u32, BTreeSet<SrcRange>>,
-    /// Uses of each backend by installed frontends. An `apply` only looks
-    /// at frontends whose digest changed, so this is what tells it which
-    /// backends are still needed without walking every frontend.
-    refs: HashMap<BackendAddr, Refs>,
     /// After recovery: remove backends nothing uses once the first `apply`
     /// has counted every frontend.
     scan_unused: bool,
-    /// Backends whose flags or removal could not be written: the next
-    /// `apply` tries them again.
-    retry_backends: BTreeSet<BackendAddr>,
-    /// `LB4_VIPS`, counted from the installed frontends.
-    vips: Vips,
     /// Frontends whose set of allowed backends lost a backend that is still
     /// installed: their flows to it are deleted by the next garbage
     /// collection.
     pending_purge: BTreeSet<FrontendRef>,
-    /// Frontends whose allowed set lost members in this apply.
-    shrunk: Vec<Shrunk>,
     /// Slots of generations that stopped being live, deleted at the start
     /// of the next apply.
     stale_slots: Vec<SlotKey>,
-    /// Removed frontends whose rev-NAT slot, name or Maglev table could not
-    /// be cleared: their IDs stay taken until an apply clears them.
-    unclean: BTreeSet<FrontendRef>,
     hasher: foldhash::quality::FixedState,
 }
 
@@ -167,7 +217,10 @@ impl<M: MapStore> Reconciler<M> {
 
     /// Makes the next `apply` look at every frontend again.
     fn forget_digests(&mut self) {
-        for f in self.frontends.values_mut() {
+        for f in self.fam.v4.frontends.values_mut() {
+            f.digest = 0;
+        }
+        for f in self.fam.v6.frontends.values_mut() {
             f.digest = 0;
         }
     }
@@ -190,14 +243,14 @@ impl<M: MapStore> Reconciler<M> {
         &mut self.maps
     }
 
-    /// How many frontends are installed.
+    /// How many frontends are installed (both families).
     pub fn frontend_count(&self) -> usize {
-        self.frontends.len()
+        self.fam.v4.frontends.len() + self.fam.v6.frontends.len()
     }
 
-    /// The ID of an installed frontend.
-    pub fn frontend_id(&self, addr: &FrontendAddr) -> Option<u32> {
-        self.frontends.get(addr).map(|f| f.id)
+    /// The ID of an installed frontend (of either family).
+    pub fn frontend_id<A: MapFamily>(&self, addr: &FrontendAddr<A>) -> Option<u32> {
+        A::pick(&self.fam).frontends.get(addr).map(|f| f.id)
     }
 
     /// Frontends waiting for the next garbage collection to purge their
@@ -206,7 +259,8 @@ impl<M: MapStore> Reconciler<M> {
         self.pending_purge.len()
     }
 
-    /// Brings the maps to `desired` with the fewest writes.
+    /// Brings the maps to `desired` (IPv4 frontends only: any IPv6
+    /// frontend is removed) with the fewest writes.
     ///
     /// Only frontends whose desired state changed since they were written
     /// (by digest) are looked at, and only the backends those use, so a
@@ -217,12 +271,34 @@ impl<M: MapStore> Reconciler<M> {
 
     /// [`Reconciler::apply`] for a desired state kept in several maps, so
     /// that callers need not merge them: a frontend in a later part
-    /// replaces the one at the same address in an earlier part.
+    /// replaces the one at the same address in an earlier part. IPv4 only,
+    /// as `apply`; [`Reconciler::apply_dual`] takes both families.
     pub fn apply_all(&mut self, parts: &[&Desired]) -> Stats {
+        self.apply_dual(parts, &[])
+    }
+
+    /// Brings the maps to the desired state of both families: IPv4
+    /// frontends in `parts`, IPv6 ones in `parts6` (each a list of maps as
+    /// in [`Reconciler::apply_all`]). One frontend ID space serves both, so
+    /// an IPv4 and an IPv6 frontend never share an ID; each family has its
+    /// own backend IDs. Each family is written with the same ordering
+    /// rules, IPv4 first.
+    pub fn apply_dual(&mut self, parts: &[&Desired], parts6: &[&Desired<Ipv6Addr>]) -> Stats {
         let mut stats = Stats::default();
         self.delete_stale_slots(&mut stats);
-        self.retry_unclean(&mut stats);
-        let changed: Vec<Change<'_>> = parts
+        self.retry_unclean::<Ipv4Addr>(&mut stats);
+        self.retry_unclean::<Ipv6Addr>(&mut stats);
+        let scan_unused = std::mem::take(&mut self.scan_unused);
+        self.apply_family(parts, scan_unused, &mut stats);
+        self.apply_family(parts6, scan_unused, &mut stats);
+        stats
+    }
+
+    /// The changes of one family's frontends, in the order of the module
+    /// docs.
+    fn apply_family<A: MapFamily>(&mut self, parts: &[&Desired<A>], scan_unused: bool, stats: &mut Stats) {
+        let installed = &A::pick(&self.fam).frontends;
+        let changed: Vec<Change<'_, A>> = parts
             .iter()
             .enumerate()
             .flat_map(|(i, d)| d.values().map(move |fe| (i, fe)))
@@ -230,29 +306,29 @@ impl<M: MapStore> Reconciler<M> {
             .map(|(_, fe)| fe)
             .filter_map(|fe| {
                 let digest = self.digest(fe);
-                let same = self.frontends.get(&fe.addr).is_some_and(|i| i.digest == digest);
+                let same = installed.get(&fe.addr).is_some_and(|i| i.digest == digest);
                 (!same).then(|| Change { fe, digest, uses: self.uses(fe) })
             })
             .collect();
-        let gone: Vec<FrontendAddr> = self.frontends.keys().filter(|addr| !parts.iter().any(|d| d.contains_key(addr))).copied().collect();
+        let gone: Vec<FrontendAddr<A>> = installed.keys().filter(|addr| !parts.iter().any(|d| d.contains_key(addr))).copied().collect();
         // Addresses first: a frontend whose address the datapath does not
         // know is never looked up.
         for Change { fe, .. } in &changed {
-            match self.vips.prepare(&mut self.maps, fe.addr.ip, fe.flags) {
+            match A::pick_mut(&mut self.fam).vips.prepare(&mut self.maps, fe.addr.ip, fe.flags) {
                 Ok(ops) => stats.ops += ops,
                 Err(e) => stats.errors.push(format!("frontend {} ({}): {e}", fe.name, fe.addr)),
             }
         }
         // Backends next: count the new uses and write new backends (and
         // changed flags) before any slot points at them.
-        let mut touched: BTreeSet<BackendAddr> = std::mem::take(&mut self.retry_backends);
+        let mut touched: BTreeSet<BackendAddr<A>> = std::mem::take(&mut A::pick_mut(&mut self.fam).retry_backends);
         for Change { uses, .. } in &changed {
             self.count(uses, true);
             touched.extend(uses.iter().map(|u| u.addr));
         }
-        self.write_backends(&touched, Writing::NewAndChanged, &mut stats);
+        self.write_backends(&touched, Writing::NewAndChanged, stats);
         for change in changed {
-            match self.write_frontend(change, &mut stats) {
+            match self.write_frontend(change, stats) {
                 // Written: the uses it had before are released.
                 Ok(old) => {
                     self.count(&old, false);
@@ -263,25 +339,24 @@ impl<M: MapStore> Reconciler<M> {
             }
         }
         for addr in gone {
-            if let Some(old) = self.remove_frontend(addr, &mut stats) {
+            if let Some(old) = self.remove_frontend(addr, stats) {
                 self.count(&old, false);
                 touched.extend(old.iter().map(|u| u.addr));
             }
         }
-        if std::mem::take(&mut self.scan_unused) {
-            touched.extend(self.backends.keys().copied());
+        if scan_unused {
+            touched.extend(A::pick(&self.fam).backends.keys().copied());
         }
-        self.settle_backends(&touched, &mut stats);
-        self.queue_purges(&mut stats);
-        let (ops, errors) = self.vips.settle(&mut self.maps);
+        self.settle_backends(&touched, stats);
+        self.queue_purges::<A>(stats);
+        let (ops, errors) = A::pick_mut(&mut self.fam).vips.settle(&mut self.maps);
         stats.ops += ops;
         stats.errors.extend(errors);
-        stats
     }
 
     /// What decides a frontend's map entries, hashed: a frontend whose
     /// digest did not change needs no write.
-    fn digest(&self, fe: &Frontend) -> u64 {
+    fn digest<A: MapFamily>(&self, fe: &Frontend<A>) -> u64 {
         // 0 means "unknown".
         self.hasher.hash_one(fe).max(1)
     }
@@ -290,9 +365,10 @@ impl<M: MapStore> Reconciler<M> {
     /// that were removed outright are invalid already (their slot version
     /// moved on); flows to those still installed for other frontends wait
     /// for the next garbage collection.
-    fn queue_purges(&mut self, stats: &mut Stats) {
-        for Shrunk { id, removed } in std::mem::take(&mut self.shrunk) {
-            if removed.iter().any(|b| self.backend_addrs.contains_key(b)) {
+    fn queue_purges<A: MapFamily>(&mut self, stats: &mut Stats) {
+        let fam = A::pick_mut(&mut self.fam);
+        for Shrunk { id, removed } in std::mem::take(&mut fam.shrunk) {
+            if removed.iter().any(|b| fam.backend_addrs.contains_key(b)) {
                 let frontend = FrontendRef { id, version: self.frontend_ids.version(id) };
                 if self.pending_purge.insert(frontend) {
                     stats.purges_queued += 1;

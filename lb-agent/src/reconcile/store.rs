@@ -11,14 +11,26 @@
 //! Errors are [`MapsError`]s naming the map (and its size when it is full),
 //! whichever implementation produced them.
 
-use lb_common::{
-    Affinity4, Affinity4Key, Backend4, Ct4Key, CtEntry, RevNat4, RevNatKey, Service4Key, Service4Value, Slot, SlotKey, SrcRange4, SvcName,
-    Vip4, names,
+use std::{
+    fmt::Debug,
+    hash::Hash,
+    net::{Ipv4Addr, Ipv6Addr},
 };
 
-use crate::maps::{Maps, MapsError};
+use aya::maps::{Array, HashMap, MapData};
+use lb_common::{
+    Addr6, Affinity4, Affinity4Key, Backend4, Backend6, Ct4Key, CtEntry, RevNat4, RevNat6, RevNatKey, SCOPE_EXTERNAL, SCOPE_INTERNAL,
+    Service4Key, Service4Value, Service6Key, Slot, SlotKey, SrcRange4, SvcName, Vip4, addr6, ipv6, names,
+};
 
-/// The maps the reconciler reads and writes.
+use crate::{
+    maps::{Maps, MapsError, Named},
+    model::{BackendAddr, FrontendAddr, IpFamily, Protocol, Scope},
+};
+
+/// The maps the reconciler reads and writes. The `*6` ones are the IPv6
+/// twins of the maps that name an address; the others (slots, names,
+/// Maglev tables, ...) are indexed by the frontend ID both families share.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum MapKind {
     Services,
@@ -32,10 +44,14 @@ pub enum MapKind {
     CtTcp,
     CtAny,
     Affinity,
+    Services6,
+    Backends6,
+    RevNat6,
+    Vips6,
 }
 
 impl MapKind {
-    pub const ALL: [MapKind; 11] = [
+    pub const ALL: [MapKind; 15] = [
         MapKind::Services,
         MapKind::Slots,
         MapKind::Backends,
@@ -47,6 +63,10 @@ impl MapKind {
         MapKind::CtTcp,
         MapKind::CtAny,
         MapKind::Affinity,
+        MapKind::Services6,
+        MapKind::Backends6,
+        MapKind::RevNat6,
+        MapKind::Vips6,
     ];
 
     /// The map's name (also its pin name).
@@ -63,7 +83,297 @@ impl MapKind {
             MapKind::CtTcp => names::CT_TCP,
             MapKind::CtAny => names::CT_ANY,
             MapKind::Affinity => names::AFFINITY,
+            MapKind::Services6 => names::SERVICES6,
+            MapKind::Backends6 => names::BACKENDS6,
+            MapKind::RevNat6 => names::REVNAT6,
+            MapKind::Vips6 => names::VIPS6,
         }
+    }
+}
+
+/// A backend slot (`LB4_BACKENDS`, `LB6_BACKENDS`) read back, host order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BackendSlot<A> {
+    /// `None`: a free slot (the address all zeroes).
+    pub ip: Option<A>,
+    pub port: u16,
+    pub proto: u8,
+    pub flags: u8,
+    pub version: u16,
+}
+
+/// A rev-NAT slot (`LB4_REVNAT`, `LB6_REVNAT`) read back, host order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct RevNatSlot<A> {
+    /// `None`: no frontend of this family holds the ID.
+    pub ip: Option<A>,
+    pub port: u16,
+    pub version: u16,
+}
+
+/// Something held once per address family (the reconciler's state, the
+/// fakes' tables): [`MapFamily::pick`] reaches the part of a family.
+pub trait PerFamily {
+    type Of<A: MapFamily>;
+    fn v4(&self) -> &Self::Of<Ipv4Addr>;
+    fn v4_mut(&mut self) -> &mut Self::Of<Ipv4Addr>;
+    fn v6(&self) -> &Self::Of<Ipv6Addr>;
+    fn v6_mut(&mut self) -> &mut Self::Of<Ipv6Addr>;
+}
+
+/// An address family as the reconciler writes it: its map entries
+/// (`lb_common` keys and values), the maps that hold them, and its part of
+/// anything held per family. One reconciler path, written over this trait,
+/// serves both families: [`Ipv4Addr`] picks the `LB4_*` maps, [`Ipv6Addr`]
+/// the `LB6_*` ones.
+pub trait MapFamily: IpFamily {
+    type ServiceKey: aya::Pod + Copy + Eq + Hash + Ord + Debug;
+    type Backend: aya::Pod + Copy + Eq + Debug;
+    type RevNat: aya::Pod + Copy + Eq + Debug;
+    /// A `*_VIPS` key: the address as the maps store it.
+    type VipKey: aya::Pod + Copy + Eq + Hash + Ord + Debug;
+
+    const SERVICES: MapKind;
+    const BACKENDS: MapKind;
+    const REVNAT: MapKind;
+    const VIPS: MapKind;
+    /// The agent flag that sizes the backend map.
+    const BACKENDS_SIZE_FLAG: &'static str;
+
+    /// A frontend key; `port` in host order.
+    fn service_key(ip: Self, port: u16, proto: u8, scope: u8) -> Self::ServiceKey;
+    /// (address, port in host order, protocol, scope) of a key.
+    fn service_parts(key: &Self::ServiceKey) -> (Self, u16, u8, u8);
+    fn backend_entry(slot: BackendSlot<Self>) -> Self::Backend;
+    fn backend_slot(b: &Self::Backend) -> BackendSlot<Self>;
+    fn revnat_entry(slot: RevNatSlot<Self>) -> Self::RevNat;
+    fn revnat_slot(r: &Self::RevNat) -> RevNatSlot<Self>;
+    fn vip_key(ip: Self) -> Self::VipKey;
+    fn vip_ip(key: Self::VipKey) -> Self;
+
+    fn pick<P: PerFamily>(p: &P) -> &P::Of<Self>;
+    fn pick_mut<P: PerFamily>(p: &mut P) -> &mut P::Of<Self>;
+
+    /// This family's maps among the pinned ones.
+    fn pinned_services(m: &Maps) -> &Named<HashMap<MapData, Self::ServiceKey, Service4Value>>;
+    fn pinned_services_mut(m: &mut Maps) -> &mut Named<HashMap<MapData, Self::ServiceKey, Service4Value>>;
+    fn pinned_backends(m: &Maps) -> &Named<Array<MapData, Self::Backend>>;
+    fn pinned_backends_mut(m: &mut Maps) -> &mut Named<Array<MapData, Self::Backend>>;
+    fn pinned_revnat(m: &Maps) -> &Named<Array<MapData, Self::RevNat>>;
+    fn pinned_revnat_mut(m: &mut Maps) -> &mut Named<Array<MapData, Self::RevNat>>;
+    fn pinned_vips(m: &Maps) -> &Named<HashMap<MapData, Self::VipKey, Vip4>>;
+    fn pinned_vips_mut(m: &mut Maps) -> &mut Named<HashMap<MapData, Self::VipKey, Vip4>>;
+    /// Adds a frontend address to the pinned maps (IPv4 also sets the
+    /// XDP pre-filter's bits first: `Maps::insert_vip`).
+    fn insert_pinned_vip(m: &mut Maps, addr: Self::VipKey, vip: &Vip4) -> Result<(), MapsError> {
+        Self::pinned_vips_mut(m).insert(&addr, vip)
+    }
+    /// Removes a frontend address (IPv4 clears the pre-filter after).
+    fn remove_pinned_vip(m: &mut Maps, addr: Self::VipKey) -> Result<(), MapsError> {
+        Self::pinned_vips_mut(m).remove(&addr)
+    }
+
+    /// The key of a frontend.
+    fn key(addr: &FrontendAddr<Self>) -> Self::ServiceKey {
+        let scope = match addr.scope {
+            Scope::External => SCOPE_EXTERNAL,
+            Scope::Internal => SCOPE_INTERNAL,
+        };
+        Self::service_key(addr.ip, addr.port, addr.proto.number(), scope)
+    }
+
+    /// The frontend of a key; `None` for a protocol or scope this agent
+    /// does not write.
+    fn frontend_addr(key: &Self::ServiceKey) -> Option<FrontendAddr<Self>> {
+        let (ip, port, proto, scope) = Self::service_parts(key);
+        let scope = match scope {
+            SCOPE_EXTERNAL => Scope::External,
+            SCOPE_INTERNAL => Scope::Internal,
+            _ => return None,
+        };
+        Some(FrontendAddr { ip, port, proto: Protocol::from_number(proto)?, scope })
+    }
+
+    /// A backend entry in use.
+    fn backend(addr: BackendAddr<Self>, flags: u8, version: u16) -> Self::Backend {
+        Self::backend_entry(BackendSlot { ip: Some(addr.ip), port: addr.port, proto: addr.proto.number(), flags, version })
+    }
+
+    /// A free backend slot that keeps its version.
+    fn free_backend(version: u16) -> Self::Backend {
+        Self::backend_entry(BackendSlot { ip: None, port: 0, proto: 0, flags: 0, version })
+    }
+
+    /// The rev-NAT slot of a frontend.
+    fn revnat(addr: &FrontendAddr<Self>, version: u16) -> Self::RevNat {
+        Self::revnat_entry(RevNatSlot { ip: Some(addr.ip), port: addr.port, version })
+    }
+
+    /// A free rev-NAT slot that keeps its version.
+    fn free_revnat(version: u16) -> Self::RevNat {
+        Self::revnat_entry(RevNatSlot { ip: None, port: 0, version })
+    }
+}
+
+fn v4_addr(ip: Option<Ipv4Addr>) -> u32 {
+    ip.map_or(0, |ip| u32::from_ne_bytes(ip.octets()))
+}
+
+fn v4_ip(addr: u32) -> Option<Ipv4Addr> {
+    (addr != 0).then(|| Ipv4Addr::from(addr.to_ne_bytes()))
+}
+
+impl MapFamily for Ipv4Addr {
+    type ServiceKey = Service4Key;
+    type Backend = Backend4;
+    type RevNat = RevNat4;
+    type VipKey = u32;
+
+    const SERVICES: MapKind = MapKind::Services;
+    const BACKENDS: MapKind = MapKind::Backends;
+    const REVNAT: MapKind = MapKind::RevNat;
+    const VIPS: MapKind = MapKind::Vips;
+    const BACKENDS_SIZE_FLAG: &'static str = "--backends-size";
+
+    fn service_key(ip: Self, port: u16, proto: u8, scope: u8) -> Service4Key {
+        Service4Key { addr: u32::from_ne_bytes(ip.octets()), port: port.to_be(), proto, scope }
+    }
+    fn service_parts(k: &Service4Key) -> (Self, u16, u8, u8) {
+        (Ipv4Addr::from(k.addr.to_ne_bytes()), u16::from_be(k.port), k.proto, k.scope)
+    }
+    fn backend_entry(s: BackendSlot<Self>) -> Backend4 {
+        Backend4 { addr: v4_addr(s.ip), port: s.port.to_be(), proto: s.proto, flags: s.flags, version: s.version, _pad: 0 }
+    }
+    fn backend_slot(b: &Backend4) -> BackendSlot<Self> {
+        BackendSlot { ip: v4_ip(b.addr), port: u16::from_be(b.port), proto: b.proto, flags: b.flags, version: b.version }
+    }
+    fn revnat_entry(s: RevNatSlot<Self>) -> RevNat4 {
+        RevNat4 { addr: v4_addr(s.ip), port: s.port.to_be(), version: s.version }
+    }
+    fn revnat_slot(r: &RevNat4) -> RevNatSlot<Self> {
+        RevNatSlot { ip: v4_ip(r.addr), port: u16::from_be(r.port), version: r.version }
+    }
+    fn vip_key(ip: Self) -> u32 {
+        u32::from_ne_bytes(ip.octets())
+    }
+    fn vip_ip(key: u32) -> Self {
+        Ipv4Addr::from(key.to_ne_bytes())
+    }
+
+    fn pick<P: PerFamily>(p: &P) -> &P::Of<Self> {
+        p.v4()
+    }
+    fn pick_mut<P: PerFamily>(p: &mut P) -> &mut P::Of<Self> {
+        p.v4_mut()
+    }
+
+    fn pinned_services(m: &Maps) -> &Named<HashMap<MapData, Service4Key, Service4Value>> {
+        &m.services
+    }
+    fn pinned_services_mut(m: &mut Maps) -> &mut Named<HashMap<MapData, Service4Key, Service4Value>> {
+        &mut m.services
+    }
+    fn pinned_backends(m: &Maps) -> &Named<Array<MapData, Backend4>> {
+        &m.backends
+    }
+    fn pinned_backends_mut(m: &mut Maps) -> &mut Named<Array<MapData, Backend4>> {
+        &mut m.backends
+    }
+    fn pinned_revnat(m: &Maps) -> &Named<Array<MapData, RevNat4>> {
+        &m.revnat
+    }
+    fn pinned_revnat_mut(m: &mut Maps) -> &mut Named<Array<MapData, RevNat4>> {
+        &mut m.revnat
+    }
+    fn pinned_vips(m: &Maps) -> &Named<HashMap<MapData, u32, Vip4>> {
+        &m.vips
+    }
+    fn pinned_vips_mut(m: &mut Maps) -> &mut Named<HashMap<MapData, u32, Vip4>> {
+        &mut m.vips
+    }
+    fn insert_pinned_vip(m: &mut Maps, addr: u32, vip: &Vip4) -> Result<(), MapsError> {
+        m.insert_vip(addr, vip)
+    }
+    fn remove_pinned_vip(m: &mut Maps, addr: u32) -> Result<(), MapsError> {
+        m.remove_vip(addr)
+    }
+}
+
+fn v6_addr(ip: Option<Ipv6Addr>) -> Addr6 {
+    ip.map_or([0; 4], addr6)
+}
+
+fn v6_ip(addr: Addr6) -> Option<Ipv6Addr> {
+    (addr != [0; 4]).then(|| ipv6(addr))
+}
+
+impl MapFamily for Ipv6Addr {
+    type ServiceKey = Service6Key;
+    type Backend = Backend6;
+    type RevNat = RevNat6;
+    type VipKey = Addr6;
+
+    const SERVICES: MapKind = MapKind::Services6;
+    const BACKENDS: MapKind = MapKind::Backends6;
+    const REVNAT: MapKind = MapKind::RevNat6;
+    const VIPS: MapKind = MapKind::Vips6;
+    const BACKENDS_SIZE_FLAG: &'static str = "--backends6-size";
+
+    fn service_key(ip: Self, port: u16, proto: u8, scope: u8) -> Service6Key {
+        Service6Key { addr: addr6(ip), port: port.to_be(), proto, scope }
+    }
+    fn service_parts(k: &Service6Key) -> (Self, u16, u8, u8) {
+        (ipv6(k.addr), u16::from_be(k.port), k.proto, k.scope)
+    }
+    fn backend_entry(s: BackendSlot<Self>) -> Backend6 {
+        Backend6 { addr: v6_addr(s.ip), port: s.port.to_be(), proto: s.proto, flags: s.flags, version: s.version, _pad: 0 }
+    }
+    fn backend_slot(b: &Backend6) -> BackendSlot<Self> {
+        BackendSlot { ip: v6_ip(b.addr), port: u16::from_be(b.port), proto: b.proto, flags: b.flags, version: b.version }
+    }
+    fn revnat_entry(s: RevNatSlot<Self>) -> RevNat6 {
+        RevNat6 { addr: v6_addr(s.ip), port: s.port.to_be(), version: s.version }
+    }
+    fn revnat_slot(r: &RevNat6) -> RevNatSlot<Self> {
+        RevNatSlot { ip: v6_ip(r.addr), port: u16::from_be(r.port), version: r.version }
+    }
+    fn vip_key(ip: Self) -> Addr6 {
+        addr6(ip)
+    }
+    fn vip_ip(key: Addr6) -> Self {
+        ipv6(key)
+    }
+
+    fn pick<P: PerFamily>(p: &P) -> &P::Of<Self> {
+        p.v6()
+    }
+    fn pick_mut<P: PerFamily>(p: &mut P) -> &mut P::Of<Self> {
+        p.v6_mut()
+    }
+
+    fn pinned_services(m: &Maps) -> &Named<HashMap<MapData, Service6Key, Service4Value>> {
+        &m.v6.services
+    }
+    fn pinned_services_mut(m: &mut Maps) -> &mut Named<HashMap<MapData, Service6Key, Service4Value>> {
+        &mut m.v6.services
+    }
+    fn pinned_backends(m: &Maps) -> &Named<Array<MapData, Backend6>> {
+        &m.v6.backends
+    }
+    fn pinned_backends_mut(m: &mut Maps) -> &mut Named<Array<MapData, Backend6>> {
+        &mut m.v6.backends
+    }
+    fn pinned_revnat(m: &Maps) -> &Named<Array<MapData, RevNat6>> {
+        &m.v6.revnat
+    }
+    fn pinned_revnat_mut(m: &mut Maps) -> &mut Named<Array<MapData, RevNat6>> {
+        &mut m.v6.revnat
+    }
+    fn pinned_vips(m: &Maps) -> &Named<HashMap<MapData, Addr6, Vip4>> {
+        &m.v6.vips
+    }
+    fn pinned_vips_mut(m: &mut Maps) -> &mut Named<HashMap<MapData, Addr6, Vip4>> {
+        &mut m.v6.vips
     }
 }
 
@@ -90,16 +400,16 @@ impl CtMap {
 /// Every operation the reconciler (with its garbage collection) issues on
 /// the maps. Removing a key that is not there is not an error; batch
 /// deletes return how many keys they deleted. Array maps (`LB4_BACKENDS`,
-/// `LB4_REVNAT`) are listed with at least every slot that is not all
+/// `LB4_REVNAT` and their IPv6 twins) are listed with at least every slot that is not all
 /// zeroes.
 pub trait MapStore {
     /// The capacity of a map (`max_entries`).
     fn max_entries(&self, map: MapKind) -> u32;
 
-    /// `LB4_SERVICES`: every frontend entry.
-    fn services(&self) -> Result<Vec<(Service4Key, Service4Value)>, MapsError>;
-    fn insert_service(&mut self, key: &Service4Key, value: &Service4Value) -> Result<(), MapsError>;
-    fn remove_service(&mut self, key: &Service4Key) -> Result<(), MapsError>;
+    /// `LB4_SERVICES` or `LB6_SERVICES`: every frontend entry.
+    fn services<A: MapFamily>(&self) -> Result<Vec<(A::ServiceKey, Service4Value)>, MapsError>;
+    fn insert_service<A: MapFamily>(&mut self, key: &A::ServiceKey, value: &Service4Value) -> Result<(), MapsError>;
+    fn remove_service<A: MapFamily>(&mut self, key: &A::ServiceKey) -> Result<(), MapsError>;
 
     /// `LB4_SLOTS`.
     fn slot(&self, key: &SlotKey) -> Result<Option<Slot>, MapsError>;
@@ -109,13 +419,15 @@ pub trait MapStore {
     /// Deletes `keys` in batches.
     fn remove_slots(&mut self, keys: &[SlotKey]) -> Result<usize, MapsError>;
 
-    /// `LB4_BACKENDS`, an array by backend ID.
-    fn backends(&self) -> Result<Vec<(u32, Backend4)>, MapsError>;
-    fn set_backend(&mut self, id: u32, backend: &Backend4) -> Result<(), MapsError>;
+    /// `LB4_BACKENDS` or `LB6_BACKENDS`, an array by backend ID (each
+    /// family has its own IDs).
+    fn backends<A: MapFamily>(&self) -> Result<Vec<(u32, A::Backend)>, MapsError>;
+    fn set_backend<A: MapFamily>(&mut self, id: u32, backend: &A::Backend) -> Result<(), MapsError>;
 
-    /// `LB4_REVNAT`, an array by frontend ID.
-    fn revnats(&self) -> Result<Vec<(u32, RevNat4)>, MapsError>;
-    fn set_revnat(&mut self, id: u32, revnat: &RevNat4) -> Result<(), MapsError>;
+    /// `LB4_REVNAT` or `LB6_REVNAT`, an array by frontend ID (one ID space
+    /// for both families: an ID holds a frontend in one of them).
+    fn revnats<A: MapFamily>(&self) -> Result<Vec<(u32, A::RevNat)>, MapsError>;
+    fn set_revnat<A: MapFamily>(&mut self, id: u32, revnat: &A::RevNat) -> Result<(), MapsError>;
     /// Zeroes the per-frontend counters of `id` (`LB_FE_STATS`), for a
     /// frontend that takes the ID over. The fakes keep no counters.
     fn reset_frontend_stats(&mut self, _id: u32) -> Result<(), MapsError> {
@@ -128,10 +440,10 @@ pub trait MapStore {
     fn insert_name(&mut self, id: u32, name: &SvcName) -> Result<(), MapsError>;
     fn remove_name(&mut self, id: u32) -> Result<(), MapsError>;
 
-    /// `LB4_VIPS`, by address (network order).
-    fn vips(&self) -> Result<Vec<(u32, Vip4)>, MapsError>;
-    fn insert_vip(&mut self, addr: u32, vip: &Vip4) -> Result<(), MapsError>;
-    fn remove_vip(&mut self, addr: u32) -> Result<(), MapsError>;
+    /// `LB4_VIPS` or `LB6_VIPS`, by address (as the maps store it).
+    fn vips<A: MapFamily>(&self) -> Result<Vec<(A::VipKey, Vip4)>, MapsError>;
+    fn insert_vip<A: MapFamily>(&mut self, addr: A::VipKey, vip: &Vip4) -> Result<(), MapsError>;
+    fn remove_vip<A: MapFamily>(&mut self, addr: A::VipKey) -> Result<(), MapsError>;
 
     /// `LB4_MAGLEV`: makes `table` the table of frontend `id` (patching an
     /// installed table of the same size where it differs, otherwise
@@ -170,19 +482,23 @@ impl MapStore for Maps {
             MapKind::CtTcp => self.ct.tcp.max_entries,
             MapKind::CtAny => self.ct.any.max_entries,
             MapKind::Affinity => self.affinity.max_entries,
+            MapKind::Services6 => self.v6.services.max_entries,
+            MapKind::Backends6 => self.v6.backends.max_entries,
+            MapKind::RevNat6 => self.v6.revnat.max_entries,
+            MapKind::Vips6 => self.v6.vips.max_entries,
         }
     }
 
-    fn services(&self) -> Result<Vec<(Service4Key, Service4Value)>, MapsError> {
-        self.services.entries()
+    fn services<A: MapFamily>(&self) -> Result<Vec<(A::ServiceKey, Service4Value)>, MapsError> {
+        A::pinned_services(self).entries()
     }
 
-    fn insert_service(&mut self, key: &Service4Key, value: &Service4Value) -> Result<(), MapsError> {
-        self.services.insert(key, value)
+    fn insert_service<A: MapFamily>(&mut self, key: &A::ServiceKey, value: &Service4Value) -> Result<(), MapsError> {
+        A::pinned_services_mut(self).insert(key, value)
     }
 
-    fn remove_service(&mut self, key: &Service4Key) -> Result<(), MapsError> {
-        self.services.remove(key)
+    fn remove_service<A: MapFamily>(&mut self, key: &A::ServiceKey) -> Result<(), MapsError> {
+        A::pinned_services_mut(self).remove(key)
     }
 
     fn slot(&self, key: &SlotKey) -> Result<Option<Slot>, MapsError> {
@@ -205,20 +521,20 @@ impl MapStore for Maps {
         self.slots.remove_all(keys)
     }
 
-    fn backends(&self) -> Result<Vec<(u32, Backend4)>, MapsError> {
-        self.backends.slots()
+    fn backends<A: MapFamily>(&self) -> Result<Vec<(u32, A::Backend)>, MapsError> {
+        A::pinned_backends(self).slots()
     }
 
-    fn set_backend(&mut self, id: u32, backend: &Backend4) -> Result<(), MapsError> {
-        self.backends.set(id, backend)
+    fn set_backend<A: MapFamily>(&mut self, id: u32, backend: &A::Backend) -> Result<(), MapsError> {
+        A::pinned_backends_mut(self).set(id, backend)
     }
 
-    fn revnats(&self) -> Result<Vec<(u32, RevNat4)>, MapsError> {
-        self.revnat.slots()
+    fn revnats<A: MapFamily>(&self) -> Result<Vec<(u32, A::RevNat)>, MapsError> {
+        A::pinned_revnat(self).slots()
     }
 
-    fn set_revnat(&mut self, id: u32, revnat: &RevNat4) -> Result<(), MapsError> {
-        self.revnat.set(id, revnat)
+    fn set_revnat<A: MapFamily>(&mut self, id: u32, revnat: &A::RevNat) -> Result<(), MapsError> {
+        A::pinned_revnat_mut(self).set(id, revnat)
     }
 
     fn reset_frontend_stats(&mut self, id: u32) -> Result<(), MapsError> {
@@ -241,16 +557,16 @@ impl MapStore for Maps {
         self.names.remove(&RevNatKey { frontend_id: id })
     }
 
-    fn vips(&self) -> Result<Vec<(u32, Vip4)>, MapsError> {
-        self.vips.entries()
+    fn vips<A: MapFamily>(&self) -> Result<Vec<(A::VipKey, Vip4)>, MapsError> {
+        A::pinned_vips(self).entries()
     }
 
-    fn insert_vip(&mut self, addr: u32, vip: &Vip4) -> Result<(), MapsError> {
-        Maps::insert_vip(self, addr, vip)
+    fn insert_vip<A: MapFamily>(&mut self, addr: A::VipKey, vip: &Vip4) -> Result<(), MapsError> {
+        A::insert_pinned_vip(self, addr, vip)
     }
 
-    fn remove_vip(&mut self, addr: u32) -> Result<(), MapsError> {
-        Maps::remove_vip(self, addr)
+    fn remove_vip<A: MapFamily>(&mut self, addr: A::VipKey) -> Result<(), MapsError> {
+        A::remove_pinned_vip(self, addr)
     }
 
     fn write_maglev(&mut self, id: u32, table: &[u32]) -> Result<usize, MapsError> {
