@@ -155,8 +155,6 @@ pub enum ReplyTuple {
 /// its retransmission.
 #[inline(always)]
 pub fn reply_tuple<A: Copy + PartialEq>(t: &CtTimeouts, proto: u8, existing: &CtEntryOf<A>, wanted: &CtEntryOf<A>, now: u64) -> ReplyTuple {
-    let st = entry_state(proto, crate::CT_REPLY, existing);
-    let live = !expired(t, st, existing.last_seen, now);
     let same_flow = existing.nat_daddr == wanted.nat_daddr
         && existing.nat_dport == wanted.nat_dport
         && existing.nat_saddr == wanted.nat_saddr
@@ -164,7 +162,8 @@ pub fn reply_tuple<A: Copy + PartialEq>(t: &CtTimeouts, proto: u8, existing: &Ct
     if same_flow {
         return ReplyTuple::Reclaim;
     }
-    if live {
+    let st = entry_state(proto, crate::CT_REPLY, existing);
+    if !expired(t, st, existing.last_seen, now) {
         return ReplyTuple::Taken;
     }
     // Only a connection that was established leaves TIME_WAIT behind; a
