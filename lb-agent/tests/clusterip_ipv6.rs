@@ -1,8 +1,8 @@
 //! An IPv6 ClusterIP through the real tc datapath: an agent in a
 //! dual-stack lab node, a client pod, two backend pods, real sockets.
-//! The agent's reconciler does not write the IPv6 maps yet, so the test
-//! installs the IPv6 frontends in the agent's pinned `LB6_*` maps itself
-//! (`common::v6::install`), while `lb-agent run` runs.
+//! The Services are dual-stack manifests in the agent's directory: the
+//! agent programs the `LB6_*` maps itself, and a pod reaches the IPv6
+//! ClusterIPs (and still the IPv4 ones).
 
 mod common;
 
@@ -12,8 +12,7 @@ use std::{
     time::Duration,
 };
 
-use common::{Agent, ManifestDir, kernel_tests_enabled, service_yaml, v6, wait_for};
-use lb_common::{IPPROTO_TCP, IPPROTO_UDP};
+use common::{Agent, ManifestDir, dual_stack_yaml, kernel_tests_enabled, wait_for};
 use lb_lab::{NodeLab, Server, tcp_request_to, tcp_server_at, udp_echo_at, udp_request_to};
 
 const BACKENDS: [&str; 2] = ["web-a", "web-b"];
@@ -42,25 +41,18 @@ fn a_pod_reaches_an_ipv6_cluster_ip_over_tcp_and_udp() {
     }
     let (lab, servers) = lab();
     let dir = ManifestDir::new("tc6");
-    // An IPv4 Service, to know when the agent is up and programming.
-    let ips: Vec<Ipv4Addr> = BACKENDS.iter().map(|n| lab.pod(n).ip).collect();
-    dir.write("web.yaml", &service_yaml("web", "10.96.0.10", 80, "TCP", 8080, &ips));
+    let pods4: Vec<Ipv4Addr> = BACKENDS.iter().map(|n| lab.pod(n).ip).collect();
+    let pods6: Vec<Ipv6Addr> = BACKENDS.iter().map(|n| lab.pod_ip6(n)).collect();
+    let pods = (&pods4[..], &pods6[..]);
+    dir.write("web.yaml", &dual_stack_yaml("web", ("10.96.0.10", "fd00:96::a"), (80, "TCP", 8080), pods, false));
+    dir.write("dns.yaml", &dual_stack_yaml("dns", ("10.96.0.53", "fd00:96::35"), (53, "UDP", 5353), pods, false));
     let agent = Agent::start(&lab.node, &dir.0, "tc6");
     // Loading (the verifier) can take a while on a busy machine.
     wait_for("the agent's datapath", Duration::from_secs(120), || agent.log_text().contains("datapath loaded").then_some(()));
-    agent.wait_rows("the IPv4 service", |rows| rows.len() == 1);
+    agent.wait_rows("both families' frontends", |rows| rows.len() == 4);
 
     let web: Ipv6Addr = "fd00:96::a".parse().unwrap();
     let dns: Ipv6Addr = "fd00:96::35".parse().unwrap();
-    let pods: Vec<Ipv6Addr> = BACKENDS.iter().map(|n| lab.pod_ip6(n)).collect();
-    let mut maps = agent.maps();
-    let web_backends: Vec<(u32, SocketAddrV6)> =
-        pods.iter().enumerate().map(|(i, ip)| (1 + i as u32, SocketAddrV6::new(*ip, 8080, 0, 0))).collect();
-    let dns_backends: Vec<(u32, SocketAddrV6)> =
-        pods.iter().enumerate().map(|(i, ip)| (3 + i as u32, SocketAddrV6::new(*ip, 5353, 0, 0))).collect();
-    // Frontend IDs far above the few the agent hands out.
-    v6::install(&mut maps, 60_000, "test/web6:http", SocketAddrV6::new(web, 80, 0, 0), IPPROTO_TCP, &web_backends, 0);
-    v6::install(&mut maps, 60_001, "test/dns6:dns", SocketAddrV6::new(dns, 53, 0, 0), IPPROTO_UDP, &dns_backends, 0);
 
     let client = &lab.pod("client").ns;
     // TCP: many connections, each answered by one of the backends.

@@ -15,7 +15,7 @@ use std::{
     time::Duration,
 };
 
-use common::{Agent, ManifestDir, kernel_tests_enabled, service_yaml, wait_for};
+use common::{Agent, ManifestDir, dual_stack_yaml, kernel_tests_enabled, service_yaml, wait_for};
 use lb_lab::{NodeLab, Server, tcp_request_to, tcp_server, tcp_server_at, udp_echo, udp_echo_at, udp_request_to};
 
 const BACKENDS: [&str; 2] = ["web-a", "web-b"];
@@ -95,47 +95,6 @@ fn unconnected_exchange(ns: &lb_lab::Netns, to: SocketAddr, payload: &str) -> (S
     });
     assert!(reply.ends_with(&format!(":{payload}")) && BACKENDS.iter().any(|b| reply.starts_with(b)), "{reply}");
     (reply, from)
-}
-
-/// A dual-stack Service (`ipFamilies: [IPv4, IPv6]`, a ClusterIP of each
-/// family) with one port, and an EndpointSlice of each family for
-/// `pods4` and `pods6` (ready). `affinity`: `sessionAffinity: ClientIP`.
-fn dual_stack_yaml(name: &str, ips: (&str, &str), port: (u16, &str, u16), pods: (&[Ipv4Addr], &[Ipv6Addr]), affinity: bool) -> String {
-    let ((ip4, ip6), (port, proto, target), (pods4, pods6)) = (ips, port, pods);
-    let endpoints = |ips: Vec<String>| {
-        if ips.is_empty() {
-            return " []\n".to_string();
-        }
-        let eps: String = ips.iter().map(|ip| format!("- addresses: [\"{ip}\"]\n  conditions: {{ready: true}}\n")).collect();
-        format!("\n{eps}")
-    };
-    let eps4 = endpoints(pods4.iter().map(ToString::to_string).collect());
-    let eps6 = endpoints(pods6.iter().map(ToString::to_string).collect());
-    let affinity = if affinity { "  sessionAffinity: ClientIP\n" } else { "" };
-    format!(
-        r#"apiVersion: v1
-kind: Service
-metadata: {{name: {name}, namespace: test}}
-spec:
-  clusterIP: {ip4}
-  clusterIPs: [{ip4}, "{ip6}"]
-  ipFamilies: [IPv4, IPv6]
-  ipFamilyPolicy: RequireDualStack
-{affinity}  ports: [{{name: p, port: {port}, protocol: {proto}, targetPort: p}}]
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {{name: {name}-4, namespace: test, labels: {{kubernetes.io/service-name: {name}}}}}
-addressType: IPv4
-ports: [{{name: p, port: {target}, protocol: {proto}}}]
-endpoints:{eps4}---
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {{name: {name}-6, namespace: test, labels: {{kubernetes.io/service-name: {name}}}}}
-addressType: IPv6
-ports: [{{name: p, port: {target}, protocol: {proto}}}]
-endpoints:{eps6}"#
-    )
 }
 
 /// TCP requests to `to` until both backends have answered.

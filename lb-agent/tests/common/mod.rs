@@ -249,6 +249,49 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
     }
 }
 
+/// A dual-stack Service (`ipFamilies: [IPv4, IPv6]`, a ClusterIP of each
+/// family) with one port, and an EndpointSlice of each family for
+/// `pods4` and `pods6` (ready). `affinity`: `sessionAffinity: ClientIP`.
+pub fn dual_stack_yaml(
+    name: &str, ips: (&str, &str), port: (u16, &str, u16), pods: (&[std::net::Ipv4Addr], &[std::net::Ipv6Addr]), affinity: bool,
+) -> String {
+    let ((ip4, ip6), (port, proto, target), (pods4, pods6)) = (ips, port, pods);
+    let endpoints = |ips: Vec<String>| {
+        if ips.is_empty() {
+            return " []\n".to_string();
+        }
+        let eps: String = ips.iter().map(|ip| format!("- addresses: [\"{ip}\"]\n  conditions: {{ready: true}}\n")).collect();
+        format!("\n{eps}")
+    };
+    let eps4 = endpoints(pods4.iter().map(ToString::to_string).collect());
+    let eps6 = endpoints(pods6.iter().map(ToString::to_string).collect());
+    let affinity = if affinity { "  sessionAffinity: ClientIP\n" } else { "" };
+    format!(
+        r#"apiVersion: v1
+kind: Service
+metadata: {{name: {name}, namespace: test}}
+spec:
+  clusterIP: {ip4}
+  clusterIPs: [{ip4}, "{ip6}"]
+  ipFamilies: [IPv4, IPv6]
+  ipFamilyPolicy: RequireDualStack
+{affinity}  ports: [{{name: p, port: {port}, protocol: {proto}, targetPort: p}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: {name}-4, namespace: test, labels: {{kubernetes.io/service-name: {name}}}}}
+addressType: IPv4
+ports: [{{name: p, port: {target}, protocol: {proto}}}]
+endpoints:{eps4}---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: {name}-6, namespace: test, labels: {{kubernetes.io/service-name: {name}}}}}
+addressType: IPv6
+ports: [{{name: p, port: {target}, protocol: {proto}}}]
+endpoints:{eps6}"#
+    )
+}
+
 /// A ClusterIP Service with one port, and its EndpointSlice.
 pub fn service_yaml(name: &str, cluster_ip: &str, port: u16, proto: &str, target_port: u16, endpoints: &[std::net::Ipv4Addr]) -> String {
     let eps: String = endpoints.iter().map(|ip| format!("- addresses: [{ip}]\n  conditions: {{ready: true}}\n")).collect();
