@@ -253,7 +253,11 @@ pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<
 /// family) with one port, and an EndpointSlice of each family for
 /// `pods4` and `pods6` (ready). `affinity`: `sessionAffinity: ClientIP`.
 pub fn dual_stack_yaml(
-    name: &str, ips: (&str, &str), port: (u16, &str, u16), pods: (&[std::net::Ipv4Addr], &[std::net::Ipv6Addr]), affinity: bool,
+    name: &str,
+    ips: (&str, &str),
+    port: (u16, &str, u16),
+    pods: (&[std::net::Ipv4Addr], &[std::net::Ipv6Addr]),
+    affinity: bool,
 ) -> String {
     let ((ip4, ip6), (port, proto, target), (pods4, pods6)) = (ips, port, pods);
     let endpoints = |ips: Vec<String>| {
