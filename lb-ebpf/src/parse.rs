@@ -160,10 +160,17 @@ pub fn parse<C: PacketData>(ctx: &C) -> Result<Packet<V4>, Error> {
     if frag == Fragment::Later {
         return Ok(Packet::Flow(flow));
     }
-    // The whole L4 header must be there, including the checksum we
-    // rewrite. It is copied out in one bounds-checked read: a second
-    // pointer at a variable offset would be a new packet pointer the
-    // verifier has not seen checked.
+    l4_header(ctx, l4_off, proto, &mut flow)?;
+    Ok(Packet::Flow(flow))
+}
+
+/// Reads the TCP or UDP header at `l4_off` into `flow`: ports, and for
+/// TCP the tracked flags and sequence number. The whole L4 header must be
+/// there, including the checksum we rewrite. It is copied out in one
+/// bounds-checked read: a second pointer at a variable offset would be a
+/// new packet pointer the verifier has not seen checked.
+#[inline(always)]
+fn l4_header<C: PacketData, F: Family>(ctx: &C, l4_off: usize, proto: u8, flow: &mut Flow<F>) -> Result<(), Error> {
     let (sport, dport) = if proto == IPPROTO_TCP {
         let h: [u8; TCP_HLEN] = get(ctx, l4_off)?;
         flow.tcp_flags = h[l4::TCP_FLAGS] & lb_common::ct_flags::TRACKED;
@@ -175,7 +182,7 @@ pub fn parse<C: PacketData>(ctx: &C) -> Result<Packet<V4>, Error> {
     };
     flow.sport = sport;
     flow.dport = dport;
-    Ok(Packet::Flow(flow))
+    Ok(())
 }
 
 #[inline(always)]
@@ -254,17 +261,6 @@ pub fn parse6<C: PacketData>(ctx: &C) -> Result<Packet<V6>, Error> {
         tot_len: payload_len.wrapping_add(IPV6_HLEN as u16),
         df: true,
     };
-    // As in `parse`: the whole L4 header, copied out in one read.
-    let (sport, dport) = if proto == IPPROTO_TCP {
-        let h: [u8; TCP_HLEN] = get(ctx, l4_off)?;
-        flow.tcp_flags = h[l4::TCP_FLAGS] & lb_common::ct_flags::TRACKED;
-        flow.seq = u32::from_be(get32(&h, l4::TCP_SEQ));
-        l4_ports(&h, 0)
-    } else {
-        let h: [u8; UDP_HLEN] = get(ctx, l4_off)?;
-        l4_ports(&h, 0)
-    };
-    flow.sport = sport;
-    flow.dport = dport;
+    l4_header(ctx, l4_off, proto, &mut flow)?;
     Ok(Packet::Flow(flow))
 }

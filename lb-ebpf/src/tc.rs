@@ -241,15 +241,23 @@ fn egress6(skb: *mut __sk_buff) -> Result<i32, Error> {
 #[inline(always)]
 fn reply<F: TcFamily>(ctx: &TcContext, f: &mut Flow<F>) -> Result<i32, Error> {
     F::keep_in_memory(f);
+    reverse(ctx, f)?;
+    Ok(NEXT)
+}
+
+/// Translates a reply of a flow in conntrack back (a later fragment takes
+/// its first fragment's ports); `false` when `f` is no such reply.
+#[inline(always)]
+fn reverse<F: TcFamily>(ctx: &TcContext, f: &mut Flow<F>) -> Result<bool, Error> {
     if !F::frag_ports(f) {
-        return Ok(NEXT);
+        return Ok(false);
     }
     let Some((entry, _)) = ct::reply(f) else {
-        return Ok(NEXT);
+        return Ok(false);
     };
     F::frag_record(f);
     nat::translate(ctx, f, &entry)?;
-    Ok(NEXT)
+    Ok(true)
 }
 
 /// Client -> frontend: the flow's backend from conntrack, or a new flow.
@@ -331,15 +339,7 @@ fn orphan_fragment(vip: &Vip4) -> i32 {
 /// reversed, and straight back to the pod.
 #[inline(always)]
 fn hairpin_reply<F: TcFamily>(ctx: &TcContext, f: &mut Flow<F>) -> Result<i32, Error> {
-    if !F::frag_ports(f) {
-        return Ok(NEXT);
-    }
-    let Some((entry, _)) = ct::reply(f) else {
-        return Ok(NEXT);
-    };
-    F::frag_record(f);
-    nat::translate(ctx, f, &entry)?;
-    bounce(ctx)
+    if reverse(ctx, f)? { bounce(ctx) } else { Ok(NEXT) }
 }
 
 /// Sends the packet back out of the interface it came in on, towards the
