@@ -80,6 +80,18 @@ pub struct B1Row {
     /// What `lb_xdp` costs the packets it leaves alone: every other packet
     /// on the NIC.
     pub xdp_pass: Option<PassCost>,
+    /// What `lb_tc_ingress` costs a packet leaving a pod for no frontend
+    /// (pod to pod), which it passes untouched.
+    pub tc_pass: TcPassCost,
+}
+
+/// `lb_tc_ingress` on a packet from a pod to another pod's address (no
+/// frontend): ns per packet (repeat = N, best of rounds) and the kernel's
+/// run_time/run_cnt.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TcPassCost {
+    pub pod_to_pod_ns: f64,
+    pub pod_to_pod_kernel: f64,
 }
 
 /// `lb_xdp` on packets for no frontend, which it passes untouched: ns per
@@ -193,6 +205,8 @@ const NP_REMOTE: SocketAddrV4 = SocketAddrV4::new(NODE_IP, 30001);
 /// the node's address on a port outside the NodePort range.
 const NO_FRONTEND: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 77), 443);
 const NODE_SSH: SocketAddrV4 = SocketAddrV4::new(NODE_IP, 22);
+/// A pod's address (no frontend): pod-to-pod traffic through tc.
+const OTHER_POD: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 244, 0, 12), 8080);
 /// This node's name (its endpoints are local) and the other node's.
 const NODE_NAME: &str = "bench-node-a";
 const OTHER_NODE: &str = "bench-node-b";
@@ -403,6 +417,22 @@ fn measure(opts: &B1Options, dp: &Datapath, svcs: &[services::Svc], ext0: u32, h
         Ok(())
     })?;
 
+    // Pod to pod (no frontend): passed untouched.
+    let tc_pass = {
+        let pkt = ack(client, OTHER_POD);
+        let first = testrun::run_tc(tc, &pkt)?;
+        ensure!(
+            first.verdict == TC_ACT_UNSPEC && first.packet == pkt,
+            "a packet to {OTHER_POD} (no frontend) was not passed untouched by tc"
+        );
+        let pod_to_pod_ns = best_of(opts.rounds, || Ok(testrun::time_tc(tc, &pkt, opts.repeat)?.1))?;
+        let pod_to_pod_kernel = kernel_ns(tc_info, || {
+            testrun::time_tc(tc, &pkt, opts.repeat)?;
+            Ok(())
+        })?;
+        TcPassCost { pod_to_pod_ns, pod_to_pod_kernel }
+    };
+
     // The XDP NodePort path, the same three ways, to local endpoints: the
     // program DNATs and hands the packet to the kernel (`XDP_PASS`).
     let xdp_cost = if has_xdp {
@@ -521,6 +551,7 @@ fn measure(opts: &B1Options, dp: &Datapath, svcs: &[services::Svc], ext0: u32, h
             xdp: xdp_cost,
             remote: remote_cost,
             xdp_pass: pass_cost,
+            tc_pass,
         },
         flows: k,
     })
