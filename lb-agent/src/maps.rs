@@ -162,7 +162,8 @@ pub struct Maps {
     /// [`Maps::insert_vip`] and [`Maps::remove_vip`], which keep
     /// `vip_filter` in step.
     pub vips: Named<HashMap<MapData, u32, Vip4>>,
-    /// The XDP program's pre-filter of `vips` (see `crate::vip_filter`).
+    /// The XDP and tc programs' pre-filter of `vips` (see
+    /// `crate::vip_filter`).
     pub vip_filter: Named<Array<MapData, u64>>,
     /// What `vip_filter` holds, once read (see [`Maps::sync_vip_filter`]).
     filter: Option<VipFilter>,
@@ -341,7 +342,7 @@ impl Maps {
 
     /// Reads `LB4_VIPS` and its pre-filter and writes the filter words
     /// they disagree on (a filter new to this agent, or one left behind by
-    /// another), before the XDP program runs against them; returns how
+    /// another), before the XDP and tc programs run against them; returns how
     /// many. Done once before the first write of either.
     pub fn sync_vip_filter(&mut self) -> Result<usize, MapsError> {
         let vips = self.vips.entries()?;
@@ -396,7 +397,7 @@ impl Maps {
             return;
         };
         if let Err(e) = self.write_filter_word(w) {
-            warn!("narrowing the XDP pre-filter for {}: {e}", std::net::Ipv4Addr::from(addr.to_ne_bytes()));
+            warn!("narrowing the frontend pre-filter for {}: {e}", std::net::Ipv4Addr::from(addr.to_ne_bytes()));
         }
     }
 

@@ -135,11 +135,11 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> anyhow::
         }
     };
     let mut maps = Maps::open(&cfg.bpffs)?;
-    // Before the XDP program is attached (below): a pre-filter new to
+    // Before the XDP and tc programs are attached (below): a pre-filter new to
     // these pins learns the frontend addresses they already hold.
     let fixed = maps.sync_vip_filter()?;
     if fixed > 0 {
-        info!(words = fixed, "XDP pre-filter rebuilt from the pinned frontend addresses");
+        info!(words = fixed, "frontend pre-filter rebuilt from the pinned frontend addresses");
     }
     let mut reconciler = Reconciler::recover(maps).context("recovering state from the pinned maps")?;
     let cookie = host::current_netns_cookie().context("reading the network namespace cookie")?;

@@ -1,6 +1,7 @@
-//! `LB4_VIP_FILTER`, the XDP program's pre-filter of north-south frontend
-//! addresses (see `lb_common::vip_filter`), kept in step with `LB4_VIPS`
-//! by the map store: every write of `LB4_VIPS` goes through
+//! `LB4_VIP_FILTER`, the XDP and tc programs' pre-filter of frontend
+//! addresses and their kinds (see `lb_common::vip_filter`: ClusterIPs for
+//! tc, the north-south kinds for both), kept in step with `LB4_VIPS` by
+//! the map store: every write of `LB4_VIPS` goes through
 //! [`VipFilter::before`] and [`VipFilter::after`].
 //!
 //! The order is the one `LB4_VIPS` itself keeps towards the frontends: an
@@ -17,7 +18,8 @@ use lb_common::vip_filter::{self, KINDS, WORDS};
 /// What the filter holds and why.
 #[derive(Debug, Default)]
 pub struct VipFilter {
-    /// North-south kinds by address (network order), grouped by word.
+    /// Kinds (`vip_filter::KINDS`) by address (network order), grouped by
+    /// word.
     members: HashMap<u32, BTreeMap<u32, u32>>,
     /// The words the map holds that are not zero.
     words: HashMap<u32, u64>,
@@ -158,8 +160,16 @@ mod tests {
         let b = sharing_lane_with(a);
         let mut f = VipFilter::default();
         let mut map = HashMap::new();
-        // ClusterIPs are not recorded.
-        assert_eq!(f.before(addr("10.96.0.10"), vip_flags::CLUSTER_IP), None);
+        // ClusterIPs are recorded too (for tc).
+        let cip = addr("10.96.0.10");
+        let w = f.before(cip, vip_flags::CLUSTER_IP);
+        assert_eq!(w, Some((vip_filter::slot(cip).word, vip_filter::lane(vip_flags::CLUSTER_IP, vip_filter::slot(cip)))));
+        apply(&mut map, &mut f, w);
+        assert_eq!(f.after(cip, vip_flags::CLUSTER_IP), None);
+        assert_eq!(kinds_in(&map, cip), vip_flags::CLUSTER_IP);
+        let w = f.after(cip, 0);
+        apply(&mut map, &mut f, w);
+        assert_eq!(kinds_in(&map, cip), 0, "cleared once the ClusterIP left");
 
         let w = f.before(a, vip_flags::NODE_PORT);
         apply(&mut map, &mut f, w);
@@ -177,8 +187,13 @@ mod tests {
         let w = f.after(b, 0);
         apply(&mut map, &mut f, w);
         assert_eq!(kinds_in(&map, a), vip_flags::NODE_PORT);
-        // `a` keeps a ClusterIP only: nothing north-south is left.
+        // `a` keeps a ClusterIP only: its NodePort kind is cleared.
+        let w = f.before(a, vip_flags::CLUSTER_IP);
+        apply(&mut map, &mut f, w);
         let w = f.after(a, vip_flags::CLUSTER_IP);
+        apply(&mut map, &mut f, w);
+        assert_eq!(kinds_in(&map, a), vip_flags::CLUSTER_IP);
+        let w = f.after(a, 0);
         apply(&mut map, &mut f, w);
         assert_eq!(kinds_in(&map, a), 0);
         assert!(f.words.is_empty() && f.members.is_empty(), "{f:?}");
@@ -198,8 +213,9 @@ mod tests {
             f.wrote(w);
         }
         assert_eq!(kinds_in(&map, a), vip_flags::NODE_PORT);
-        assert_eq!(kinds_in(&map, b), vip_flags::LOAD_BALANCER);
-        if stale_word != vip_filter::slot(b).word {
+        assert_eq!(kinds_in(&map, b), vip_flags::LOAD_BALANCER | vip_flags::CLUSTER_IP);
+        assert_eq!(kinds_in(&map, addr("10.96.0.1")), vip_flags::CLUSTER_IP);
+        if stale_word != vip_filter::slot(b).word && stale_word != vip_filter::slot(addr("10.96.0.1")).word {
             assert_eq!(map[&stale_word], 0, "stale word cleared: {writes:?}");
         }
         // Rebuilding over a map that already holds it writes nothing.

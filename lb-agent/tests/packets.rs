@@ -11,8 +11,8 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use common::{Loaded, assert_checksums_valid, frontend, hex, kernel_tests_enabled};
 use etherparse::{Icmpv4Type, NetSlice, SlicedPacket, TransportSlice, icmpv4::DestUnreachableHeader};
-use lb_agent::model::Protocol;
-use lb_common::stat;
+use lb_agent::model::{Desired, Protocol};
+use lb_common::{CT_SERVICE, ct_entry_flags, stat, vip_filter, vip_flags};
 use lb_lab::testrun::{self, CLIENT_MAC, NODE_MAC, TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC};
 
 use common::sa;
@@ -24,18 +24,19 @@ const CLIENT: &str = "10.244.0.11:40000";
 /// - 10.96.0.20:80/TCP and :53/UDP -> no backends;
 /// - 10.96.0.30:80/TCP -> two backends.
 fn loaded(tag: &str) -> Loaded {
-    Loaded::new(
-        tag,
-        [
-            frontend("10.96.0.10:80", Protocol::Tcp, &["10.244.0.12:8080"]),
-            frontend("10.96.0.10:53", Protocol::Udp, &["10.244.0.12:5353"]),
-            frontend("10.96.0.20:80", Protocol::Tcp, &[]),
-            frontend("10.96.0.20:53", Protocol::Udp, &[]),
-            frontend("10.96.0.30:80", Protocol::Tcp, &["10.244.0.13:8080", "10.244.0.14:8080"]),
-        ]
-        .into_iter()
-        .collect(),
-    )
+    Loaded::new(tag, desired())
+}
+
+fn desired() -> Desired {
+    [
+        frontend("10.96.0.10:80", Protocol::Tcp, &["10.244.0.12:8080"]),
+        frontend("10.96.0.10:53", Protocol::Udp, &["10.244.0.12:5353"]),
+        frontend("10.96.0.20:80", Protocol::Tcp, &[]),
+        frontend("10.96.0.20:53", Protocol::Udp, &[]),
+        frontend("10.96.0.30:80", Protocol::Tcp, &["10.244.0.13:8080", "10.244.0.14:8080"]),
+    ]
+    .into_iter()
+    .collect()
 }
 
 /// What a fixture expects.
@@ -428,6 +429,10 @@ fn a_pod_reaching_itself_through_its_service_is_hairpinned() {
     assert_eq!(out.verdict, TC_ACT_REDIRECT);
     assert_checksums_valid("hairpin SYN-ACK", &out.packet);
     assert_eq!(hex(&out.packet), hex(&testrun::tcp_frame(swapped, vip, pod, "SA", 9, b"")));
+    // The pod's next packet follows the flow's entry, back to itself.
+    let out = l.run(&testrun::tcp(pod, vip, "A", 2, b"x"));
+    assert_eq!(out.verdict, TC_ACT_REDIRECT, "established hairpin flow");
+    assert_eq!(hex(&out.packet), hex(&testrun::tcp_frame(swapped, hairpin, me, "A", 2, b"x")));
     assert_eq!(l.stat(stat::HAIRPIN), 1);
 }
 
@@ -534,4 +539,160 @@ fn rejects_are_rate_limited_per_client() {
     // Another client still gets its reject.
     let out = l.run(&testrun::udp(sa("10.244.0.99:20000"), to, b"q"));
     assert_eq!(out.verdict, TC_ACT_REDIRECT);
+}
+
+/// The pre-filter's kinds for `addr` as the map holds them (the lane the
+/// programs read, by the same lb-common function).
+fn filter_kinds(l: &Loaded, addr: Ipv4Addr) -> u32 {
+    let slot = vip_filter::slot(u32::from_ne_bytes(addr.octets()));
+    vip_filter::kinds(l.reconciler.maps().vip_filter.get(slot.word).unwrap(), slot)
+}
+
+/// The flags of the forward conntrack entry of `client` -> `vip` (TCP).
+fn forward_entry_flags(l: &Loaded, client: SocketAddrV4, vip: SocketAddrV4) -> Option<u8> {
+    let (s, d) = (u32::from_ne_bytes(client.ip().octets()), u32::from_ne_bytes(vip.ip().octets()));
+    l.reconciler.maps().ct.entries().unwrap().into_iter().find_map(|(k, e)| {
+        (k.dir == CT_SERVICE && k.saddr == s && k.daddr == d && k.sport == client.port().to_be() && k.dport == vip.port().to_be())
+            .then_some(e.flags)
+    })
+}
+
+#[test]
+fn pod_to_pod_packets_pass_untouched_and_leave_no_conntrack_entry() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let mut l = loaded("pod-to-pod");
+    // The pre-filter holds the ClusterIPs (tc reads them), nothing for a
+    // pod's address.
+    for cip in ["10.96.0.10", "10.96.0.20", "10.96.0.30"] {
+        assert_eq!(filter_kinds(&l, cip.parse().unwrap()), vip_flags::CLUSTER_IP, "{cip}'s lane");
+    }
+    assert_eq!(filter_kinds(&l, "10.244.0.12".parse().unwrap()), 0);
+    let client = sa(CLIENT);
+    // An address sharing a ClusterIP's lane (a false positive) takes the
+    // exact lookup and passes too.
+    let s = vip_filter::slot(u32::from_ne_bytes([10, 96, 0, 10]));
+    let sharing = (1u32..)
+        .map(|i| Ipv4Addr::from(0x0af4_0000 + i))
+        .find(|a| vip_filter::slot(u32::from_ne_bytes(a.octets())) == s)
+        .expect("a pod address sharing the lane");
+    for dst in [sa("10.244.0.12:8080"), sa("10.244.0.12:80"), SocketAddrV4::new(sharing, 80)] {
+        for (name, input) in [
+            (format!("TCP SYN to {dst}"), testrun::tcp(client, dst, "S", 1, b"")),
+            (format!("TCP data to {dst}"), testrun::tcp(client, dst, "PA", 2, b"data")),
+            (format!("UDP to {dst}"), testrun::udp(client, dst, b"q")),
+        ] {
+            let name = Box::leak(name.into_boxed_str());
+            check(&mut l, &Fixture { name, hook: Hook::FromPod, input, expect: Expect::Unchanged });
+        }
+    }
+    let ct = l.reconciler.maps().ct.entries().unwrap();
+    assert!(ct.is_empty(), "no conntrack entry for pod-to-pod packets: {ct:?}");
+    assert_eq!(l.stat(stat::REJECT_UNSERVED_PORT), 0);
+}
+
+#[test]
+fn established_flows_follow_conntrack_without_the_address_lookup_until_their_frontend_or_backend_goes() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let mut l = loaded("tc-established");
+    let client = sa(CLIENT);
+    let vip = sa("10.96.0.10:80");
+    let be = sa("10.244.0.12:8080");
+    assert_eq!(dnat(&mut l, client, vip, "S", 1), be.ip().octets());
+    let flags = forward_entry_flags(&l, client, vip).expect("the flow's forward entry");
+    assert_ne!(flags & ct_entry_flags::FROM_POD, 0, "marked as made by tc: {flags:#x}");
+    assert_eq!(flags & ct_entry_flags::NORTH_SOUTH, 0);
+
+    // The ClusterIP's `LB4_VIPS` entry taken away behind the agent's back
+    // (the frontend and the pre-filter stay): the established flow does
+    // not look it up, a new flow does (and passes).
+    let key = u32::from_ne_bytes(vip.ip().octets());
+    let entry = l.reconciler.maps().vips.get(&key).unwrap().expect("the ClusterIP's VIPS entry");
+    l.reconciler.maps_mut().vips.remove(&key).unwrap();
+    let data = testrun::tcp(client, vip, "PA", 2, b"data");
+    let out = l.run(&data);
+    assert_eq!(out.verdict, TC_ACT_UNSPEC);
+    assert_checksums_valid("established, without LB4_VIPS", &out.packet);
+    assert_eq!(hex(&out.packet), hex(&testrun::tcp(client, be, "PA", 2, b"data")), "established, without LB4_VIPS");
+    let other = testrun::tcp(sa("10.244.0.11:40001"), vip, "S", 1, b"");
+    check(&mut l, &Fixture { name: "a new flow needs LB4_VIPS", hook: Hook::FromPod, input: other, expect: Expect::Unchanged });
+    l.reconciler.maps_mut().vips.insert(&key, &entry).unwrap();
+
+    // A flow to the two-backend ClusterIP, and one to 10.96.0.10:53/UDP.
+    let vip30 = sa("10.96.0.30:80");
+    let first = dnat(&mut l, client, vip30, "S", 1);
+    let udp = sa("10.96.0.10:53");
+    let out = l.run(&testrun::udp(client, udp, b"q"));
+    assert_eq!(hex(&out.packet), hex(&testrun::udp(client, sa("10.244.0.12:5353"), b"q")));
+
+    // Its backend removed: the flow's next packet is a new flow, to the
+    // other backend (the entry's version check).
+    let mut d = desired();
+    let (a30, mut f30) = frontend("10.96.0.30:80", Protocol::Tcp, &["10.244.0.13:8080", "10.244.0.14:8080"]);
+    f30.backends.retain(|b| b.addr.ip.octets() != first);
+    let other_be = f30.backends[0].addr.ip.octets();
+    d.insert(a30, f30);
+    let stats = l.reconciler.apply(&d);
+    assert!(stats.errors.is_empty(), "{:?}", stats.errors);
+    assert_eq!(dnat(&mut l, client, vip30, "A", 2), other_be, "the removed backend's flow moved on");
+
+    // The frontend 10.96.0.10:80 removed: its address stays (port 53), so
+    // does the lane, and the flow's next packet takes the exact path by the
+    // version check: a ClusterIP on a port no Service defines, rejected.
+    d.remove(&a30);
+    d.retain(|a, _| !(a.ip == *vip.ip() && a.port == vip.port()));
+    let stats = l.reconciler.apply(&d);
+    assert!(stats.errors.is_empty(), "{:?}", stats.errors);
+    assert_eq!(filter_kinds(&l, *vip.ip()), vip_flags::CLUSTER_IP);
+    let data = testrun::tcp(client, vip, "PA", 3, b"more");
+    check(
+        &mut l,
+        &Fixture { name: "the removed frontend's flow", hook: Hook::FromPod, input: data, expect: Expect::Unreachable { from: *vip.ip() } },
+    );
+    // 10.96.0.30 removed whole: its lane cleared (no other ClusterIP there),
+    // the flow's next packet passes untouched.
+    assert_eq!(filter_kinds(&l, *vip30.ip()), 0, "the removed ClusterIP's lane is cleared");
+    let data = testrun::tcp(client, vip30, "A", 3, b"more");
+    check(&mut l, &Fixture { name: "the removed ClusterIP's flow", hook: Hook::FromPod, input: data, expect: Expect::Unchanged });
+    // The remaining frontend is served, its flow followed.
+    let out = l.run(&testrun::udp(client, udp, b"q2"));
+    assert_eq!(hex(&out.packet), hex(&testrun::udp(client, sa("10.244.0.12:5353"), b"q2")));
+}
+
+#[test]
+fn a_wiped_pre_filter_lets_flows_pass_until_the_agent_rebuilds_it() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let mut l = loaded("tc-filter-sync");
+    let client = sa(CLIENT);
+    let vip = sa("10.96.0.10:80");
+    let be = sa("10.244.0.12:8080");
+    assert_eq!(dnat(&mut l, client, vip, "S", 1), be.ip().octets());
+    let established = testrun::tcp(client, vip, "A", 2, b"x");
+    let translated = testrun::tcp(client, be, "A", 2, b"x");
+    assert_eq!(hex(&l.run(&established).packet), hex(&translated));
+    // An empty filter (as a new agent finds one next to an older agent's
+    // maps): the established flow passes untranslated, so tc really gates
+    // on the filter.
+    let maps = l.reconciler.maps_mut();
+    for (i, w) in maps.vip_filter.slots().unwrap() {
+        if w != 0 {
+            maps.vip_filter.set(i, &0).unwrap();
+        }
+    }
+    check(
+        &mut l,
+        &Fixture { name: "with an empty pre-filter", hook: Hook::FromPod, input: established.clone(), expect: Expect::Unchanged },
+    );
+    // What the agent does at start, before attaching the programs.
+    let fixed = l.reconciler.maps_mut().sync_vip_filter().unwrap();
+    let word = |a: &str| vip_filter::slot(u32::from_ne_bytes(a.parse::<Ipv4Addr>().unwrap().octets())).word;
+    let words: std::collections::BTreeSet<u32> = [word("10.96.0.10"), word("10.96.0.20"), word("10.96.0.30")].into();
+    assert_eq!(fixed, words.len(), "the three ClusterIPs' words");
+    assert_eq!(hex(&l.run(&established).packet), hex(&translated), "the flow is served again");
+    assert_eq!(l.reconciler.maps_mut().sync_vip_filter().unwrap(), 0, "nothing to fix twice");
 }

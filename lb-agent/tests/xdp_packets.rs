@@ -776,12 +776,14 @@ fn packets_for_no_frontend_pass_untouched_and_leave_no_conntrack_entry() {
         return;
     }
     let mut fx = Fixture::new("xdp-nofront", (NAT_PORT, NAT_PORT));
-    // The pre-filter holds the north-south addresses with their kinds, and
-    // nothing for a ClusterIP or an address with no frontend.
+    // The pre-filter holds the frontend addresses with their kinds (a
+    // ClusterIP's for tc: XDP reads the north-south kinds only), and
+    // nothing for an address with no frontend.
     let lb_ip: Ipv4Addr = "192.168.60.10".parse().unwrap();
     assert_eq!(filter_kinds(&fx, NODE_IP.parse().unwrap()), vip_flags::NODE_PORT);
     assert_eq!(filter_kinds(&fx, lb_ip), vip_flags::LOAD_BALANCER);
-    assert_eq!(filter_kinds(&fx, "10.96.0.10".parse().unwrap()), 0, "a ClusterIP is not served from outside");
+    assert_eq!(filter_kinds(&fx, "10.96.0.10".parse().unwrap()), vip_flags::CLUSTER_IP, "a ClusterIP-only lane");
+    assert_eq!(filter_kinds(&fx, "192.168.50.77".parse().unwrap()), 0);
     let c = client(40100);
     for (name, input) in [
         ("TCP to an address with no frontend", testrun::tcp_frame(IN, c, sa("192.168.50.77:443"), "S", 1, b"")),
@@ -897,8 +899,8 @@ fn a_pre_filter_new_to_the_pins_is_rebuilt_from_the_frontend_addresses() {
     // What the agent does at start, before attaching XDP.
     let fixed = fx.l.reconciler.maps_mut().sync_vip_filter().unwrap();
     let word = |a: &str| vip_filter::slot(u32::from_ne_bytes(a.parse::<Ipv4Addr>().unwrap().octets())).word;
-    let words: std::collections::BTreeSet<u32> = [word(NODE_IP), word("192.168.60.10")].into();
-    assert_eq!(fixed, words.len(), "the node address's word and the LB IP's");
+    let words: std::collections::BTreeSet<u32> = [word(NODE_IP), word("192.168.60.10"), word("10.96.0.10")].into();
+    assert_eq!(fixed, words.len(), "the node address's word, the LB IP's and the ClusterIP's");
     assert_eq!(fx.run(&established).verdict, XDP_TX, "the flow is served again");
     assert_eq!(fx.l.reconciler.maps_mut().sync_vip_filter().unwrap(), 0, "nothing to fix twice");
 }

@@ -77,8 +77,8 @@ map_set! {
     /// Indexed by the shared frontend ID, so sized as `LB4_REVNAT`.
     REVNAT6 = "LB6_REVNAT", version 1, sized by Services;
     VIPS6 = "LB6_VIPS", version 1, sized by Services6;
-    /// The XDP program's pre-filter of north-south frontend addresses
-    /// (see `vip_filter`), derived from `LB4_VIPS`.
+    /// The XDP and tc programs' pre-filter of frontend addresses (see
+    /// `vip_filter`), derived from `LB4_VIPS`.
     VIP_FILTER = "LB4_VIP_FILTER", version 1, sized by Fixed;
     SOCK_REVNAT6 = "LB6_SOCK_REVNAT", version 1, sized by Fixed;
     /// IPv6 conntrack (`Ct6Key` -> `Ct6Entry`), TCP and the rest apart
@@ -400,6 +400,10 @@ pub mod ct_entry_flags {
     /// scope): its packets need no `LB4_VIPS` lookup while the entry's
     /// frontend is installed (the entry's version check).
     pub const NORTH_SOUTH: u8 = 1 << 1;
+    /// A forward entry the tc program made for a packet leaving a pod:
+    /// its packets need no `LB4_VIPS` lookup while the entry's frontend
+    /// and backend are installed (the entry's version check).
+    pub const FROM_POD: u8 = 1 << 2;
 }
 
 /// One direction of a translated flow, in `LB4_CT_TCP` (TCP) or

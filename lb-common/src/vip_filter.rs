@@ -1,18 +1,21 @@
-//! `LB4_VIP_FILTER`: the XDP program's pre-filter of frontend addresses,
-//! a counting-free Bloom-like bitmap (one hash) over every address in
-//! `LB4_VIPS` that has a north-south kind (`vip_flags::NODE_PORT`,
-//! `EXTERNAL_IP`, `LOAD_BALANCER`).
+//! `LB4_VIP_FILTER`: the pre-filter of frontend addresses of the XDP and
+//! tc programs, a counting-free Bloom-like bitmap (one hash) over every
+//! address in `LB4_VIPS`, with its kinds (`vip_flags::CLUSTER_IP`,
+//! `LOAD_BALANCER`, `EXTERNAL_IP`, `NODE_PORT`: [`KINDS`]).
 //!
-//! Each address hashes to one 4-bit lane holding the OR of the north-south
-//! kinds of every frontend address that hashes there; sixteen lanes make
-//! one `u64` word of the array. An array lookup is an index the verifier
-//! inlines (no hash, no helper call), so a packet whose destination's lane
-//! is empty leaves `lb_xdp` after one load, and the node's own traffic (a
-//! lane with `NODE_PORT` alone, a port outside the NodePort range) after
-//! a compare. Addresses sharing a lane are false positives: they take the
-//! exact path (`LB4_VIPS`). False negatives never happen: the agent sets
-//! an address's kinds in its lane before the address goes into `LB4_VIPS`
-//! and clears them only after it left.
+//! Each address hashes to one 4-bit lane holding the OR of the kinds of
+//! every frontend address that hashes there; sixteen lanes make one `u64`
+//! word of the array. An array lookup is an index the verifier inlines (no
+//! hash, no helper call), so a packet whose destination's lane is empty
+//! leaves after one load: `lb_xdp` looks at the north-south kinds only
+//! ([`NORTH_SOUTH`]: a ClusterIP is not served from outside), and leaves
+//! the node's own traffic (a lane with `NODE_PORT` alone, a port outside
+//! the NodePort range) after a compare; `lb_tc_ingress` passes a pod's
+//! packet to an address with no kind at all (pod to pod). Addresses
+//! sharing a lane are false positives: they take the exact path
+//! (`LB4_VIPS`). False negatives never happen: the agent sets an address's
+//! kinds in its lane before the address goes into `LB4_VIPS` and clears
+//! them only after it left.
 //!
 //! Both sides compute the lane with [`slot`]; the agent keeps the words in
 //! step with `LB4_VIPS` (`lb-agent`'s `vip_filter` module).
@@ -26,10 +29,12 @@ pub const LANES: u32 = 16;
 pub const LANE_BITS: u32 = 4;
 /// Lanes in all: addresses are spread over this many.
 pub const BUCKETS: u32 = WORDS * LANES;
-/// The kinds a lane records: the north-south ones.
-pub const KINDS: u32 = vip_flags::LOAD_BALANCER | vip_flags::EXTERNAL_IP | vip_flags::NODE_PORT;
+/// The kinds a lane records: every kind of frontend address.
+pub const KINDS: u32 = vip_flags::CLUSTER_IP | vip_flags::LOAD_BALANCER | vip_flags::EXTERNAL_IP | vip_flags::NODE_PORT;
+/// The kinds served from outside the node (what `lb_xdp` reads).
+pub const NORTH_SOUTH: u32 = vip_flags::LOAD_BALANCER | vip_flags::EXTERNAL_IP | vip_flags::NODE_PORT;
 
-const _: () = assert!(BUCKETS.is_power_of_two() && KINDS < 1 << LANE_BITS && LANES * LANE_BITS == 64);
+const _: () = assert!(BUCKETS.is_power_of_two() && KINDS < 1 << LANE_BITS && LANES * LANE_BITS == 64 && NORTH_SOUTH & !KINDS == 0);
 
 /// Mixed in so that the lane differs from other uses of `fmix32` over the
 /// same address.
@@ -55,8 +60,8 @@ pub fn lane(flags: u32, slot: Slot) -> u64 {
     ((flags & KINDS) as u64) << slot.shift
 }
 
-/// The north-south kinds `word` records at `slot`: a superset of those of
-/// every address with that slot.
+/// The kinds `word` records at `slot`: a superset of those of every
+/// address with that slot.
 #[inline(always)]
 pub fn kinds(word: u64, slot: Slot) -> u32 {
     (word >> slot.shift) as u32 & KINDS
@@ -72,9 +77,12 @@ mod tests {
         let s = slot(a);
         assert!(s.word < WORDS && s.shift < 64 && s.shift.is_multiple_of(LANE_BITS));
         let w = lane(vip_flags::NODE_PORT | vip_flags::CLUSTER_IP, s);
-        assert_eq!(kinds(w, s), vip_flags::NODE_PORT, "ClusterIPs are not recorded");
+        assert_eq!(kinds(w, s), vip_flags::NODE_PORT | vip_flags::CLUSTER_IP, "every kind is recorded");
+        assert_eq!(kinds(w, s) & NORTH_SOUTH, vip_flags::NODE_PORT, "XDP's view");
+        assert_eq!(kinds(lane(vip_flags::CLUSTER_IP, s), s) & NORTH_SOUTH, 0, "XDP ignores a ClusterIP-only lane");
         let other = Slot { word: s.word, shift: (s.shift + LANE_BITS) % 64 };
         assert_eq!(kinds(w, other), 0, "a lane leaks into its neighbour");
+        assert_eq!(kinds(lane(KINDS, s), other), 0, "a full lane leaks into its neighbour");
         assert_eq!(kinds(u64::MAX, s), KINDS);
     }
 

@@ -98,11 +98,12 @@ pub fn forward<F: L3>(cfg: &Config, f: &Flow<F>, now: u64) -> Forward<Ct<F>> {
 }
 
 /// The forward entry of the tuple of `f` (client -> frontend), if any,
-/// not yet judged nor recorded: the XDP program looks the flow up before
-/// it knows the packet is for a frontend (an entry [`marked`]
-/// `ct_entry_flags::NORTH_SOUTH` tells it), and [`follow`] finishes what
-/// [`forward`] does. Only the pointer is kept: a copy of the entry on the
-/// stack as well would take `lb_xdp` past the 512-byte stack limit.
+/// not yet judged nor recorded: the XDP and tc programs look the flow up
+/// before they know the packet is for a frontend (an entry [`marked`]
+/// `ct_entry_flags::NORTH_SOUTH` or `FROM_POD`, made by the program
+/// itself, tells them), and [`follow`] judges and records it. Only the
+/// pointer is kept: a copy of the entry on the stack as well would take
+/// `lb_xdp` past the 512-byte stack limit.
 #[inline(always)]
 pub fn find_forward<F: L3>(f: &Flow<F>) -> Option<*mut Ct<F>> {
     get::<F>(&key_of(f, CT_SERVICE))
@@ -237,8 +238,9 @@ pub fn nat_ports(node: Option<NodeConfig>) -> (u16, u16) {
 /// Source ports tried for a new flow's reply tuple before it is dropped.
 const PORT_TRIES: u32 = 32;
 
-/// Records a new flow `new` of packet `f`, and returns its forward entry
-/// (what the packet must be rewritten to).
+/// Records a new flow `new` of packet `f`, with `mark` (`ct_entry_flags`:
+/// the program that made it) added to the forward entry's flags, and
+/// returns its forward entry (what the packet must be rewritten to).
 ///
 /// The reply tuple (backend -> client's source) must be the flow's alone,
 /// or replies would be translated for the wrong flow: a client reuses a
@@ -249,13 +251,6 @@ const PORT_TRIES: u32 = 32;
 /// port from `new.ports`, as netfilter's NAT clash resolution does. The
 /// forward entry goes in last; with `replace` it overwrites an old one (a
 /// timed out or closed flow reopened).
-#[inline(always)]
-pub fn create<F: L3>(cfg: &Config, f: &Flow<F>, new: &NewFlow<F>, now: u64, replace: bool) -> Result<Ct<F>, Error> {
-    create_marked(cfg, f, new, now, replace, 0)
-}
-
-/// [`create`], with `mark` (`ct_entry_flags`) added to the forward entry's
-/// flags.
 #[inline(always)]
 pub fn create_marked<F: L3>(cfg: &Config, f: &Flow<F>, new: &NewFlow<F>, now: u64, replace: bool, mark: u8) -> Result<Ct<F>, Error> {
     let (be_addr, be_port) = F::backend_addr(&new.backend).ok_or(Error::NoSlot)?;

@@ -8,7 +8,7 @@ use crate::{
     maps::{
         LB4_CT_ANY, LB4_CT_TCP, LB4_SOCK_REVNAT, LB6_BACKENDS, LB6_CT_ANY, LB6_CT_TCP, LB6_REVNAT, LB6_SERVICES, LB6_SOCK_REVNAT, LB6_VIPS,
     },
-    select,
+    select, vip_filter,
 };
 
 /// A conntrack key of family `F`.
@@ -26,6 +26,15 @@ pub trait FamilyMaps: Family {
     fn service(addr: Self::Addr, port: u16, proto: u8) -> Option<Service4Value>;
     /// The kinds of frontend at `addr`.
     fn vip(addr: Self::Addr) -> Option<Vip4>;
+    /// Whether `addr` may be a frontend address: `false` only when it is
+    /// none (the pre-filter, `vip_filter`, one array load; IPv6 has no
+    /// pre-filter and looks its addresses up).
+    fn may_be_frontend(addr: Self::Addr) -> bool;
+    /// Whether tc looks a packet towards a frontend up in conntrack before
+    /// the frontend address (an established flow it made itself then
+    /// needs no address lookup). IPv6 looks the address up first: the
+    /// other order took its tc path past the verifier's 512-byte stack.
+    const CONNTRACK_FIRST: bool;
     /// The backend in slot `id`, if the slot is in use.
     fn backend(id: u32) -> Option<Self::Backend>;
     /// The frontend in slot `id` (address, port, version), if in use.
@@ -45,6 +54,8 @@ pub trait FamilyMaps: Family {
 }
 
 impl FamilyMaps for V4 {
+    const CONNTRACK_FIRST: bool = true;
+
     #[inline(always)]
     fn service(addr: u32, port: u16, proto: u8) -> Option<Service4Value> {
         select::in_cluster_service(addr, port, proto)
@@ -52,6 +63,10 @@ impl FamilyMaps for V4 {
     #[inline(always)]
     fn vip(addr: u32) -> Option<Vip4> {
         select::vip(addr)
+    }
+    #[inline(always)]
+    fn may_be_frontend(addr: u32) -> bool {
+        vip_filter::kinds(addr) != 0
     }
     #[inline(always)]
     fn backend(id: u32) -> Option<lb_common::Backend4> {
@@ -93,6 +108,8 @@ impl FamilyMaps for V4 {
 }
 
 impl FamilyMaps for V6 {
+    const CONNTRACK_FIRST: bool = false;
+
     #[inline(always)]
     fn service(addr: Addr6, port: u16, proto: u8) -> Option<Service4Value> {
         // SAFETY: copied out at once.
@@ -102,6 +119,10 @@ impl FamilyMaps for V6 {
     fn vip(addr: Addr6) -> Option<Vip4> {
         // SAFETY: copied out at once.
         unsafe { LB6_VIPS.get(addr).copied() }
+    }
+    #[inline(always)]
+    fn may_be_frontend(_addr: Addr6) -> bool {
+        true
     }
     #[inline(always)]
     fn backend(id: u32) -> Option<lb_common::Backend6> {

@@ -27,7 +27,8 @@
 //!   quoting one);
 //! - `family`: each address family's maps behind one trait;
 //! - `select`: frontend lookups and backend choice (Maglev, affinity);
-//!   `vip_filter`: XDP's pre-filter of frontend addresses (one array load);
+//!   `vip_filter`: XDP's and tc's pre-filter of frontend addresses (one
+//!   array load);
 //! - `ct`: the two conntrack entries of a flow: lookups, updates, new flows
 //!   and their reply tuples;
 //! - `frag`: fragments (the first fragment's ports for the rest);

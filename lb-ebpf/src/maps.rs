@@ -83,7 +83,7 @@ pub static LB_DEVICES: HashMap<u32, Device, { sizes::DEVICES as usize }> = HashM
 #[btf_map]
 pub static LB4_VIPS: HashMap<u32, Vip4, { sizes::VIPS as usize }> = HashMap::new();
 
-/// The XDP program's pre-filter of north-south frontend addresses (see
+/// The XDP and tc programs' pre-filter of frontend addresses (see
 /// `lb_common::vip_filter`): an array, so its lookup is an inlined index.
 #[btf_map]
 pub static LB4_VIP_FILTER: Array<u64, { vip_filter::WORDS as usize }> = Array::new();

@@ -39,7 +39,7 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use lb_common::{
-    CT_SERVICE, Config, V4, V6, Vip4,
+    CT_SERVICE, Config, V4, V6, Vip4, ct_entry_flags,
     packet::{ETH_HLEN, ETH_P_IPV6, Fragment, IPV4_HLEN, IPV6_HLEN, TCP_HLEN, eth, swapped_macs},
     stat, svc_flags, vip_flags,
 };
@@ -196,17 +196,19 @@ fn ingress6(skb: *mut __sk_buff) -> Result<i32, Error> {
 }
 
 /// A flow leaving a pod: a reply of a hairpin flow, or a packet to a
-/// frontend address.
+/// frontend address. A packet to an address the pre-filter has no kind
+/// for (pod to pod, or anywhere outside) leaves after one array load: no
+/// hash lookup, no clock read, no conntrack.
 #[inline(always)]
 fn ingress_flow<F: TcFamily>(ctx: &TcContext, cfg: &Config, f: &mut Flow<F>) -> Result<i32, Error> {
     F::keep_in_memory(f);
     if F::hairpin_addr() == Some(f.daddr) {
         return hairpin_reply(ctx, f);
     }
-    match F::vip(f.daddr) {
-        Some(v) => forward(ctx, cfg, v, f),
-        None => Ok(NEXT),
+    if !F::may_be_frontend(f.daddr) {
+        return Ok(NEXT);
     }
+    forward(ctx, cfg, f)
 }
 
 #[inline(always)]
@@ -261,20 +263,55 @@ fn reverse<F: TcFamily>(ctx: &TcContext, f: &mut Flow<F>) -> Result<bool, Error>
 }
 
 /// Client -> frontend: the flow's backend from conntrack, or a new flow.
+///
+/// An established flow whose forward entry this program made
+/// (`ct_entry_flags::FROM_POD`) is followed without `LB4_VIPS`: the entry
+/// was made for a frontend at this address and port, and its version
+/// check (`ct::forward_usable`) ends it when that frontend or its backend
+/// goes. Any other packet gets the exact lookup first, as before: a later
+/// fragment (its ports come from its first fragment), an entry another
+/// program made, a new flow.
+///
+/// IPv6 (`FamilyMaps::CONNTRACK_FIRST`) takes the exact lookup first for
+/// every packet.
 #[inline(always)]
-fn forward<F: TcFamily>(ctx: &TcContext, cfg: &Config, vip: Vip4, f: &mut Flow<F>) -> Result<i32, Error> {
+fn forward<F: TcFamily>(ctx: &TcContext, cfg: &Config, f: &mut Flow<F>) -> Result<i32, Error> {
+    // `None`: not looked up yet (a later fragment has no ports before its
+    // lookup below, and IPv6 looks conntrack up after the address).
+    let found = if F::CONNTRACK_FIRST && f.frag != Fragment::Later { Some(ct::find_forward(f)) } else { None };
+    let ours = matches!(found, Some(Some(e)) if ct::marked(e, ct_entry_flags::FROM_POD));
+    let vip = if ours {
+        None
+    } else {
+        let Some(v) = F::vip(f.daddr) else {
+            return Ok(NEXT);
+        };
+        Some(v)
+    };
     if !F::frag_ports(f) {
-        return Ok(orphan_fragment(&vip));
+        // A later fragment: never `ours`, its frontend was looked up.
+        return Ok(vip.map_or(NEXT, |v| orphan_fragment(&v)));
     }
     let now = now_ns();
-    let (entry, new) = match ct::forward(cfg, f, now) {
+    let forward = match found {
+        Some(found) => ct::follow(cfg, f, found, now),
+        None => ct::forward(cfg, f, now),
+    };
+    let (entry, new) = match forward {
         Forward::Flow(e) => (e, false),
         // The datagram's first fragment made the flow; it is gone.
-        Forward::New { .. } if f.frag == Fragment::Later => return Ok(orphan_fragment(&vip)),
-        Forward::New { replace } => match new_flow(ctx, cfg, &vip, f, now, replace)? {
-            ControlFlow::Continue(e) => (e, true),
-            ControlFlow::Break(verdict) => return Ok(verdict),
-        },
+        Forward::New { .. } if f.frag == Fragment::Later => return Ok(vip.map_or(NEXT, |v| orphan_fragment(&v))),
+        Forward::New { replace } => {
+            // A new flow (or the entry's frontend or backend gone): the
+            // exact lookup, if the entry let it be skipped.
+            let Some(v) = vip.or_else(|| F::vip(f.daddr)) else {
+                return Ok(NEXT);
+            };
+            match new_flow(ctx, cfg, &v, f, now, replace)? {
+                ControlFlow::Continue(e) => (e, true),
+                ControlFlow::Break(verdict) => return Ok(verdict),
+            }
+        }
     };
     stats::frontend_packet(entry.frontend_id, ctx.len(), new);
     F::frag_record(f);
@@ -325,7 +362,8 @@ fn new_flow<F: TcFamily>(
         _ => Source::Client,
     };
     let new = NewFlow { frontend_id: svc.frontend_id, backend_id, backend, source, ports: ct::nat_ports(node_config()) };
-    Ok(ControlFlow::Continue(ct::create(cfg, f, &new, now, replace)?))
+    // Marked: its next packets need no `LB4_VIPS` lookup (`forward`).
+    Ok(ControlFlow::Continue(ct::create_marked(cfg, f, &new, now, replace, ct_entry_flags::FROM_POD)?))
 }
 
 /// A later fragment whose first fragment was not seen (see

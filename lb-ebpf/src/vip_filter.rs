@@ -1,13 +1,14 @@
-//! The XDP program's frontend pre-filter (`LB4_VIP_FILTER`, see
-//! `lb_common::vip_filter`): which north-south kinds an address may have,
-//! from one array load.
+//! The XDP and tc programs' frontend pre-filter (`LB4_VIP_FILTER`, see
+//! `lb_common::vip_filter`): which kinds an address may have, from one
+//! array load.
 
 use lb_common::vip_filter::{self, KINDS};
 
 use crate::maps::LB4_VIP_FILTER;
 
-/// A superset of the north-south `vip_flags` of `addr` (network order):
-/// 0 means it is no north-south frontend address.
+/// A superset of the `vip_flags` kinds of `addr` (network order): 0 means
+/// it is no frontend address. `lb_xdp` reads the north-south ones
+/// (`vip_filter::NORTH_SOUTH`), tc all of them.
 #[inline(always)]
 pub fn kinds(addr: u32) -> u32 {
     let slot = vip_filter::slot(addr);

@@ -73,7 +73,8 @@ pub fn lb_xdp_pass(_ctx: XdpContext) -> u32 {
 
 /// Frontend kinds served from outside the node.
 const NORTH_SOUTH: u32 = svc_flags::NODE_PORT | svc_flags::EXTERNAL_IP | svc_flags::LOAD_BALANCER;
-const NORTH_SOUTH_VIP: u32 = vip_flags::NODE_PORT | vip_flags::EXTERNAL_IP | vip_flags::LOAD_BALANCER;
+/// The pre-filter's lanes hold ClusterIPs too (for tc): XDP reads these.
+const NORTH_SOUTH_VIP: u32 = lb_common::vip_filter::NORTH_SOUTH;
 const AF_INET: u8 = 2;
 const PASS: u32 = xdp_action::XDP_PASS;
 const DROP: u32 = xdp_action::XDP_DROP;
@@ -124,7 +125,7 @@ fn try_lb_xdp(ctx: &XdpContext) -> Result<u32, Error> {
             }
             // No north-south frontend at this address (a ClusterIP from
             // outside is not ours to serve either): one array load.
-            let kinds = vip_filter::kinds(f.daddr);
+            let kinds = vip_filter::kinds(f.daddr) & NORTH_SOUTH_VIP;
             if kinds == 0 {
                 return Ok(PASS);
             }
@@ -419,7 +420,7 @@ fn icmp_error(ctx: &XdpContext, err: &IcmpError) -> Result<u32, Error> {
     let to_snat = node.is_some_and(|n| err.daddr == n.snat_addr && in_range(err.quoted.sport, n.nat_port_min, n.nat_port_max));
     let dir = if to_snat {
         CT_REPLY
-    } else if vip_filter::kinds(err.daddr) == 0 {
+    } else if vip_filter::kinds(err.daddr) & NORTH_SOUTH_VIP == 0 {
         return Ok(PASS);
     } else {
         match vip(err.daddr) {
