@@ -2,7 +2,8 @@
 //! programs of pod interfaces (ingress: packets leaving a pod; egress:
 //! packets on their way to a client), reached from the attached programs
 //! by a tail call: DNAT, conntrack and reverse NAT of TCP and UDP,
-//! extension headers, truncations, ICMPv6 rejects and their rate limit. The IPv6 frontends are
+//! extension headers, truncations, ICMPv6 rejects and their rate limit,
+//! ICMPv6 errors (Packet Too Big) about translated flows. The IPv6 frontends are
 //! written straight into the `LB6_*` maps (`common::v6::install`);
 //! expected packets are built from scratch by etherparse, so its checksum
 //! code checks the datapath's incremental updates (pseudo header
@@ -10,10 +11,13 @@
 
 mod common;
 
-use std::{collections::BTreeMap, net::SocketAddrV6};
+use std::{
+    collections::BTreeMap,
+    net::{Ipv6Addr, SocketAddrV6},
+};
 
 use common::{Loaded, hex, kernel_tests_enabled, v6};
-use etherparse::{IpNumber, Ipv6Extensions, Ipv6FragmentHeader, Ipv6RawExtHeader, PacketBuilder, icmpv6::DestUnreachableCode};
+use etherparse::{Icmpv6Type, IpNumber, Ipv6Extensions, Ipv6FragmentHeader, Ipv6RawExtHeader, PacketBuilder, icmpv6::DestUnreachableCode};
 use lb_agent::model::Desired;
 use lb_common::{CT_REPLY, CT_SERVICE, Ct6Key, IPPROTO_TCP, IPPROTO_UDP, ipv6, stat, svc_flags};
 use lb_lab::testrun::{CLIENT_MAC, NODE_MAC, TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC};
@@ -413,4 +417,66 @@ fn ipv6_passes_untranslated_and_is_counted_while_its_programs_are_missing() {
     let out = l.run(&syn);
     assert_eq!(hex(&out.packet), hex(&v6::tcp(sa6(CLIENT), sa6(BE_TCP), "S", 1, b"", none())), "translated again");
     assert_eq!(l.stat(stat::TAIL_CALL_FAILED), 2);
+}
+
+/// An ICMPv6 error of type `t` from `src` to `dst` about the Ethernet +
+/// IPv6 packet `about`, quoting as much of it as fits in 1280 bytes; built
+/// by etherparse, checksum included.
+fn icmp6_error(src: Ipv6Addr, dst: Ipv6Addr, t: Icmpv6Type, about: &[u8]) -> Vec<u8> {
+    let ip = &about[14..];
+    let quote = &ip[..ip.len().min(1280 - 48)];
+    let b = PacketBuilder::ethernet2(CLIENT_MAC, NODE_MAC).ipv6(src.octets(), dst.octets(), 64).icmpv6(t);
+    let mut out = Vec::new();
+    b.write(&mut out, quote).unwrap();
+    out
+}
+
+#[test]
+fn icmpv6_errors_about_translated_flows_are_translated() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let mut l = loaded("v6-icmp-errors");
+    let (client, vip, be) = (sa6(CLIENT), sa6(VIP_TCP), sa6(BE_TCP));
+    let ptb = Icmpv6Type::PacketTooBig { mtu: 1280 };
+    let payload = [0x5a; 1300];
+    l.run(&v6::tcp(client, vip, "S", 1, b"", none()));
+    let data = v6::tcp(client, vip, "PA", 2, &payload, none());
+    let sent = l.run(&data).packet;
+    assert_eq!(hex(&sent), hex(&v6::tcp(client, be, "PA", 2, &payload, none())), "DNATed");
+
+    // Packet Too Big on its way to the client (PMTU through a ClusterIP):
+    // from a router towards the backend, about the packet as DNATed. The
+    // client must read it as from the ClusterIP, about the packet it sent.
+    let router: Ipv6Addr = "fd00:10:244::1".parse().unwrap();
+    let out = l.run_egress(&icmp6_error(router, *client.ip(), ptb, &sent));
+    assert_eq!(out.verdict, TC_ACT_UNSPEC);
+    assert_eq!(hex(&out.packet), hex(&icmp6_error(*vip.ip(), *client.ip(), ptb, &data)), "Packet Too Big to the client");
+
+    // The other way: the client's error about a reply it got from the
+    // ClusterIP goes to the backend, about the packet the backend sent.
+    let sent_reply = v6::tcp(be, client, "PA", 7, &payload, none());
+    let got = l.run_egress(&sent_reply).packet;
+    assert_eq!(hex(&got), hex(&v6::tcp(vip, client, "PA", 7, &payload, none())), "reverse-NATed");
+    let out = l.run(&icmp6_error(*client.ip(), *vip.ip(), ptb, &got));
+    assert_eq!(out.verdict, TC_ACT_UNSPEC);
+    assert_eq!(hex(&out.packet), hex(&icmp6_error(*client.ip(), *be.ip(), ptb, &sent_reply)), "Packet Too Big to the backend");
+
+    // UDP, destination unreachable, a whole quote with its checksum.
+    let (vip_udp, be_udp) = (sa6(VIP_UDP), sa6(BE_UDP));
+    let query = v6::udp(client, vip_udp, b"query", none());
+    let sent = l.run(&query).packet;
+    let unreach = Icmpv6Type::DestinationUnreachable(DestUnreachableCode::Port);
+    let out = l.run_egress(&icmp6_error(*be_udp.ip(), *client.ip(), unreach, &sent));
+    assert_eq!(hex(&out.packet), hex(&icmp6_error(*vip_udp.ip(), *client.ip(), unreach, &query)), "port unreachable to the client");
+    assert_eq!(l.stat(stat::ICMP_TRANSLATED), 3);
+
+    // Errors about no flow lb knows pass untouched, both ways.
+    let stray = icmp6_error(router, *client.ip(), ptb, &v6::tcp(client, sa6("[fd00:10:244::d]:8080"), "PA", 2, &payload, none()));
+    let out = l.run_egress(&stray);
+    assert_eq!((out.verdict, hex(&out.packet)), (TC_ACT_UNSPEC, hex(&stray)));
+    let stray = icmp6_error(*client.ip(), *vip.ip(), ptb, &v6::tcp(vip, sa6("[fd00:10:244::b]:1"), "PA", 2, b"x", none()));
+    let out = l.run(&stray);
+    assert_eq!((out.verdict, hex(&out.packet)), (TC_ACT_UNSPEC, hex(&stray)));
+    assert_eq!(l.stat(stat::ICMP_TRANSLATED), 3);
 }

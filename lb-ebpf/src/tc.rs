@@ -29,10 +29,12 @@
 //! which they tail-call through `LB_TC_CALLS` (pinned, filled by the
 //! agent; an empty slot passes the packet and counts
 //! `stat::TAIL_CALL_FAILED`). IPv6 rejects are ICMPv6 port unreachable,
-//! quoting up to the minimum MTU, rate-limited per client as IPv4's. What
-//! IPv6 does not have yet: the hairpin SNAT (a pod reaching itself is
-//! DNATed only), translated ICMPv6 errors (passed untouched, Packet Too
-//! Big included), and fragments (passed untouched).
+//! quoting up to the minimum MTU, rate-limited per client as IPv4's.
+//! ICMPv6 errors about translated flows (Packet Too Big included) are
+//! translated as IPv4's, when ICMPv6 follows the fixed header directly
+//! and the quote has no extension headers. What IPv6 does not have yet:
+//! the hairpin SNAT (a pod reaching itself is DNATed only), and fragments
+//! (passed untouched).
 
 use core::ops::ControlFlow;
 
@@ -43,21 +45,21 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use lb_common::{
-    CT_SERVICE, Config, V4, V6, Vip4,
-    packet::{ETH_HLEN, ETH_P_IPV6, Fragment, IPV4_HLEN, IPV6_HLEN, TCP_HLEN, eth, swapped_macs},
+    CT_SERVICE, Config, IPPROTO_ICMPV6, V4, V6, Vip4,
+    packet::{ETH_HLEN, ETH_P_IPV6, Fragment, ICMP_HLEN, IPV4_HLEN, IPV6_HLEN, TCP_HLEN, eth, ip6, swapped_macs},
     stat, svc_flags, tc_call, vip_flags,
 };
 
 use crate::{
     ct::{self, Forward, NewFlow, Source},
     error::Error,
-    family::Ct,
+    family::{Ct, FamilyMaps},
     frag, icmp,
     l3::L3,
     maps::LB_TC_CALLS,
     nat,
     packet::{read, redirect_back, write},
-    parse::{Flow, IcmpError, Packet, parse, parse6},
+    parse::{Flow, IcmpError, Packet, icmp6_error_at, parse, parse6},
     select::{config, flow_backend, node_config, now_ns, vip},
     stats,
 };
@@ -149,6 +151,10 @@ fn egress4(skb: *mut __sk_buff) -> Result<i32, Error> {
 /// reject (another) is built.
 #[classifier]
 pub fn lb_tc_ingress6(ctx: TcContext) -> i32 {
+    if is_icmp6(&ctx) {
+        // A pod's error about a reply it got from a frontend.
+        return verdict(&ctx, icmp6_error(ctx.skb.skb, CT_SERVICE));
+    }
     let result = match ingress6(ctx.skb.skb) {
         Ok(REJECT) => reject6(ctx.skb.skb),
         other => other,
@@ -159,8 +165,20 @@ pub fn lb_tc_ingress6(ctx: TcContext) -> i32 {
 /// IPv6, on its way to a client: `LB_TC_CALLS[tc_call::EGRESS6]`.
 #[classifier]
 pub fn lb_tc_egress6(ctx: TcContext) -> i32 {
-    let result = egress6(ctx.skb.skb);
-    verdict(&ctx, result)
+    if is_icmp6(&ctx) {
+        return verdict(&ctx, icmp6_error(ctx.skb.skb, lb_common::CT_REPLY));
+    }
+    verdict(&ctx, egress6(ctx.skb.skb))
+}
+
+/// Whether an IPv6 frame carries ICMPv6 right after its fixed header.
+/// ICMPv6 is recognised here, before the path, and not by `parse6`: one
+/// more branch there grew the IPv6 path's frame past the verifier's limit.
+/// (So an ICMPv6 error behind extension headers passes untouched; the
+/// kernel sends its own without any.)
+#[inline(always)]
+fn is_icmp6(ctx: &TcContext) -> bool {
+    read::<TcContext, u8>(ctx, ETH_HLEN + ip6::NEXT_HEADER) == Some(IPPROTO_ICMPV6)
 }
 
 /// Continues in the program at `slot` of `LB_TC_CALLS`. Returns only when
@@ -179,6 +197,25 @@ fn tail_call(ctx: &TcContext, slot: u32) -> i32 {
 #[inline(always)]
 fn is_ipv6(ctx: &TcContext) -> bool {
     read::<TcContext, u16>(ctx, eth::ETHERTYPE.start) == Some(ETH_P_IPV6.to_be())
+}
+
+/// An ICMPv6 error travelling in direction `dir` of a translated flow.
+/// From a pod (`CT_SERVICE`), only one sent to a frontend address.
+#[inline(never)]
+fn icmp6_error(skb: *mut __sk_buff, dir: u8) -> Result<i32, Error> {
+    let ctx = &TcContext::new(skb);
+    if config().is_none() {
+        return Ok(NEXT);
+    }
+    pull(ctx, MAX_ICMP6_ERROR)?;
+    let Some(err) = icmp6_error_at(ctx, ETH_HLEN + IPV6_HLEN) else {
+        return Ok(NEXT);
+    };
+    if dir == CT_SERVICE && V6::vip(err.daddr).is_none() {
+        return Ok(NEXT);
+    }
+    nat::translate_icmp6_error(ctx, &err, dir)?;
+    Ok(NEXT)
 }
 
 /// The ICMPv6 reject the IPv6 path asked for ([`REJECT`]).
@@ -200,6 +237,10 @@ const MAX_HEADERS: usize = ETH_HLEN + 60 + TCP_HLEN;
 /// bytes; a longer chain is read from the linear part only if it is
 /// there), a TCP header.
 const MAX_HEADERS6: usize = ETH_HLEN + IPV6_HLEN + 64 + TCP_HLEN;
+
+/// An ICMPv6 error: Ethernet, IPv6, ICMPv6, the quoted IPv6 header and
+/// the quoted TCP header (the UDP one is shorter).
+const MAX_ICMP6_ERROR: usize = ETH_HLEN + IPV6_HLEN + ICMP_HLEN + IPV6_HLEN + TCP_HLEN;
 
 /// Headers may sit in paged data on some drivers: pull up to `max` bytes
 /// into the linear part, only when they are not there already.
