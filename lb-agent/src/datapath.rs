@@ -16,7 +16,7 @@ use aya::{
         xdp::XdpLinkId,
     },
 };
-use lb_common::{names, xdp_mode, xdp_why};
+use lb_common::{names, tc_call, xdp_mode, xdp_why};
 use tracing::{debug, info, warn};
 
 use crate::{
@@ -86,6 +86,9 @@ impl Default for MapSizes {
 pub const TC_INGRESS_PROGRAM: &str = "lb_tc_ingress";
 /// Pod and external interfaces, egress: reverse translation of replies.
 pub const TC_EGRESS_PROGRAM: &str = "lb_tc_egress";
+/// The IPv6 tc programs, by `LB_TC_CALLS` slot: the attached tc programs
+/// tail-call them for IPv6 frames (see [`fill_tc_calls`]).
+pub const TC_CALL_PROGRAMS: [&str; tc_call::SLOTS as usize] = tc_call::PROGRAMS;
 /// A tc program that passes everything on (floor; not loaded by
 /// [`Datapath::load`]).
 pub const TC_PASS_PROGRAM: &str = "lb_tc_pass";
@@ -233,7 +236,7 @@ impl Datapath {
         loader.override_global(aya_log::LEVEL, &level, false);
         let mut ebpf = loader.load(EBPF_OBJECT).context("loading the eBPF object (are you root, with bpffs and BTF available?)")?;
 
-        for name in [TC_INGRESS_PROGRAM, TC_EGRESS_PROGRAM] {
+        for name in [TC_INGRESS_PROGRAM, TC_EGRESS_PROGRAM].into_iter().chain(TC_CALL_PROGRAMS) {
             let tc: &mut SchedClassifier = program(&mut ebpf, name)?.try_into()?;
             tc.load().with_context(|| format!("loading {name}"))?;
         }
@@ -261,6 +264,7 @@ impl Datapath {
             cgroup_attached: false,
         };
         if live {
+            fill_tc_calls(&mut dp.ebpf)?;
             layout::write_versions(&mut dp.ebpf)?;
         }
         Ok(dp)
@@ -283,6 +287,7 @@ impl Datapath {
         if self.live {
             return Ok(());
         }
+        fill_tc_calls(&mut self.ebpf)?;
         for (path, name) in std::mem::take(&mut self.held) {
             let link = links::open(&path).with_context(|| format!("opening link {}", path.display()))?;
             let prog = program(&mut self.ebpf, name)?.fd()?.as_fd();
@@ -603,6 +608,26 @@ pub fn auto_mode(driver: &str) -> u32 {
         "veth" | "tun" => xdp_mode::GENERIC,
         _ => xdp_mode::NATIVE,
     }
+}
+
+/// Points `LB_TC_CALLS` at this agent's IPv6 tc programs. The array is
+/// pinned: it keeps them (and IPv6 working) after the agent is gone, until
+/// the next agent points it at its own. Done when this agent's maps are
+/// complete (at load, or at [`Datapath::go_live`] after a rebuild): the
+/// programs attached until then keep the earlier agent's.
+pub fn fill_tc_calls(ebpf: &mut Ebpf) -> anyhow::Result<()> {
+    let mut fds = Vec::new();
+    for name in TC_CALL_PROGRAMS {
+        let fd = program(ebpf, name)?.fd().with_context(|| format!("{name} is not loaded"))?.try_clone()?;
+        fds.push((name, fd));
+    }
+    let map = ebpf.map_mut(names::TC_CALLS).with_context(|| format!("{} missing from the eBPF object", names::TC_CALLS))?;
+    let mut calls = aya::maps::ProgramArray::try_from(map)?;
+    for (slot, (name, fd)) in fds.iter().enumerate() {
+        calls.set(slot as u32, fd, 0).with_context(|| format!("setting {name} in {}", names::TC_CALLS))?;
+    }
+    debug!(map = names::TC_CALLS, programs = ?TC_CALL_PROGRAMS, "IPv6 tc programs set");
+    Ok(())
 }
 
 fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut aya::programs::Program> {

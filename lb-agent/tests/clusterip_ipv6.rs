@@ -2,18 +2,21 @@
 //! dual-stack lab node, a client pod, two backend pods, real sockets.
 //! The Services are dual-stack manifests in the agent's directory: the
 //! agent programs the `LB6_*` maps itself, and a pod reaches the IPv6
-//! ClusterIPs (and still the IPv4 ones).
+//! ClusterIPs (and still the IPv4 ones), is refused by those without
+//! endpoints (ICMPv6), and keeps reaching them with the agent killed and
+//! restarted (the IPv6 programs, tail-called, are pinned with the maps).
 
 mod common;
 
 use std::{
     collections::BTreeMap,
     net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV6},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
-use common::{Agent, ManifestDir, dual_stack_yaml, kernel_tests_enabled, wait_for};
-use lb_lab::{NodeLab, Server, tcp_request_to, tcp_server_at, udp_echo_at, udp_request_to};
+use common::{Agent, ManifestDir, PinDir, dual_stack_yaml, kernel_tests_enabled, wait_for};
+use lb_common::stat;
+use lb_lab::{NodeLab, Server, is_connection_refused, tcp_request_to, tcp_server_at, udp_echo_at, udp_request_to};
 
 const BACKENDS: [&str; 2] = ["web-a", "web-b"];
 const TIMEOUT: Duration = Duration::from_secs(2);
@@ -89,4 +92,72 @@ fn a_pod_reaches_an_ipv6_cluster_ip_over_tcp_and_udp() {
     // A client may draw the same source port twice: that is the same UDP
     // flow, its entries reused.
     assert!(ct_udp >= CONNECTIONS, "IPv6 UDP conntrack: {ct_udp}");
+}
+
+/// Requests from the client pod to the web ClusterIP over IPv6: each is
+/// answered by a backend.
+fn reach_web(lab: &NodeLab, what: &str, n: usize) {
+    let web: SocketAddr = "[fd00:96::a]:80".parse().unwrap();
+    for i in 0..n {
+        let tag = tcp_request_to(&lab.pod("client").ns, web, b"hello\n", TIMEOUT).unwrap_or_else(|e| panic!("{what}: request {i}: {e:#}"));
+        assert!(BACKENDS.contains(&tag.as_str()), "{what}: {tag}");
+    }
+}
+
+/// A TCP connect and a connected UDP socket's send to IPv6 ClusterIPs that
+/// cannot serve them: both see ECONNREFUSED (ICMPv6 port unreachable),
+/// never a timeout. A TCP connect is refused at the latest by the answer
+/// to its first SYN retransmission (1 s): the answer to the first SYN
+/// arrives while connect() still holds the socket (the whole path runs in
+/// the sender's softirq), and the kernel then only notes it
+/// (TcpExtLockDroppedIcmps counts it; for IPv4 it ends the connect at
+/// once, for IPv6 it waits for the next answer).
+fn assert_refused(lab: &NodeLab, what: &str) {
+    let client = &lab.pod("client").ns;
+    for to in ["[fd00:96::14]:80", "[fd00:96::a]:81"] {
+        let t = Instant::now();
+        let err = tcp_request_to(client, to.parse().unwrap(), b"x", Duration::from_secs(5)).unwrap_err();
+        assert!(is_connection_refused(&err), "{what}: TCP to {to}: {err:#}");
+        assert!(t.elapsed() < Duration::from_millis(2500), "{what}: TCP to {to} refused after {:?}", t.elapsed());
+    }
+    let err = udp_request_to(client, "[fd00:96::15]:53".parse().unwrap(), b"q", Duration::from_secs(5)).unwrap_err();
+    assert!(is_connection_refused(&err), "{what}: UDP: {err:#}");
+}
+
+#[test]
+fn ipv6_cluster_ips_without_endpoints_refuse_and_the_datapath_outlives_its_agent() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let (lab, _servers) = lab();
+    let dir = ManifestDir::new("tc6-reject");
+    let pods4: Vec<Ipv4Addr> = BACKENDS.iter().map(|n| lab.pod(n).ip).collect();
+    let pods6: Vec<Ipv6Addr> = BACKENDS.iter().map(|n| lab.pod_ip6(n)).collect();
+    dir.write("web.yaml", &dual_stack_yaml("web", ("10.96.0.10", "fd00:96::a"), (80, "TCP", 8080), (&pods4, &pods6), false));
+    dir.write("empty.yaml", &dual_stack_yaml("empty", ("10.96.0.20", "fd00:96::14"), (80, "TCP", 8080), (&[], &[]), false));
+    dir.write("quiet.yaml", &dual_stack_yaml("quiet", ("10.96.0.21", "fd00:96::15"), (53, "UDP", 5353), (&[], &[]), false));
+    let agent = Agent::start_with(&lab.node, &dir.0, PinDir::new("tc6-reject"), &[]);
+    wait_for("the agent's datapath", Duration::from_secs(120), || agent.log_text().contains("datapath loaded").then_some(()));
+    agent.wait_rows("both families' frontends", |rows| rows.len() == 6);
+
+    reach_web(&lab, "with the agent", 10);
+    assert_refused(&lab, "with the agent");
+    let maps = agent.maps();
+    // Two TCP rejects and the UDP one (a connect may retry nothing: one
+    // SYN each), one of them for the unserved port.
+    assert!(maps.stat(stat::REJECT_NO_BACKEND).unwrap() >= 2, "{}", agent.log_text());
+    assert!(maps.stat(stat::REJECT_UNSERVED_PORT).unwrap() >= 1);
+
+    // SIGKILL: no clean-up ran; the pinned program array still holds the
+    // IPv6 programs.
+    let pins = agent.stop_keeping_pins(libc::SIGKILL);
+    reach_web(&lab, "with the agent killed", 10);
+    assert_refused(&lab, "with the agent killed");
+
+    let agent = Agent::start_with(&lab.node, &dir.0, pins, &[]);
+    wait_for("the restarted agent's datapath", Duration::from_secs(120), || agent.log_text().contains("datapath loaded").then_some(()));
+    agent.wait_rows("both families' frontends", |rows| rows.len() == 6);
+    reach_web(&lab, "with the agent restarted", 10);
+    assert_refused(&lab, "with the agent restarted");
+    assert_eq!(agent.maps().stat(stat::TAIL_CALL_FAILED).unwrap(), 0, "no IPv6 packet missed its program");
 }

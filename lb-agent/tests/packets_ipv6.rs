@@ -1,7 +1,9 @@
 //! IPv6 ClusterIP packet fixtures through BPF_PROG_TEST_RUN, for the tc
 //! programs of pod interfaces (ingress: packets leaving a pod; egress:
-//! packets on their way to a client): DNAT, conntrack and reverse NAT of
-//! TCP and UDP, extension headers, truncations. The IPv6 frontends are
+//! packets on their way to a client), reached from the attached programs
+//! by a tail call: DNAT, conntrack and reverse NAT of TCP and UDP,
+//! extension headers, truncations, ICMPv6 rejects and their rate limit,
+//! ICMPv6 errors (Packet Too Big) about translated flows. The IPv6 frontends are
 //! written straight into the `LB6_*` maps (`common::v6::install`);
 //! expected packets are built from scratch by etherparse, so its checksum
 //! code checks the datapath's incremental updates (pseudo header
@@ -9,13 +11,16 @@
 
 mod common;
 
-use std::{collections::BTreeMap, net::SocketAddrV6};
+use std::{
+    collections::BTreeMap,
+    net::{Ipv6Addr, SocketAddrV6},
+};
 
 use common::{Loaded, hex, kernel_tests_enabled, v6};
-use etherparse::{IpNumber, Ipv6Extensions, Ipv6FragmentHeader, Ipv6RawExtHeader};
+use etherparse::{Icmpv6Type, IpNumber, Ipv6Extensions, Ipv6FragmentHeader, Ipv6RawExtHeader, PacketBuilder, icmpv6::DestUnreachableCode};
 use lb_agent::model::Desired;
 use lb_common::{CT_REPLY, CT_SERVICE, Ct6Key, IPPROTO_TCP, IPPROTO_UDP, ipv6, stat, svc_flags};
-use lb_lab::testrun::{TC_ACT_SHOT, TC_ACT_UNSPEC};
+use lb_lab::testrun::{CLIENT_MAC, NODE_MAC, TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC};
 
 fn sa6(s: &str) -> SocketAddrV6 {
     s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
@@ -63,7 +68,24 @@ enum Expect {
     Unchanged,
     /// Passed on, exactly this packet (with valid checksums).
     Packet(Vec<u8>),
-    Dropped,
+    /// Answered: exactly this packet sent back out of the interface.
+    Answer(Vec<u8>),
+}
+
+/// The ICMPv6 port unreachable lb must answer `input` with: from the
+/// address it was sent to, back to its sender, quoting as much of it (from
+/// the IPv6 header on) as fits in 1280 bytes; built, checksum included, by
+/// etherparse.
+fn port_unreachable(input: &[u8]) -> Vec<u8> {
+    let ip = &input[14..];
+    let (src, dst): ([u8; 16], [u8; 16]) = (ip[8..24].try_into().unwrap(), ip[24..40].try_into().unwrap());
+    let quote = &ip[..ip.len().min(1280 - 48)];
+    let b = PacketBuilder::ethernet2(NODE_MAC, CLIENT_MAC)
+        .ipv6(dst, src, 64)
+        .icmpv6(etherparse::Icmpv6Type::DestinationUnreachable(DestUnreachableCode::Port));
+    let mut out = Vec::new();
+    b.write(&mut out, quote).unwrap();
+    out
 }
 
 #[derive(Clone, Copy)]
@@ -94,7 +116,10 @@ fn check(l: &mut Loaded, f: &Fixture) {
             v6::assert_checksums_valid(f.name, &out.packet);
             assert_eq!(hex(&out.packet), hex(p), "{}: output packet", f.name);
         }
-        Expect::Dropped => assert_eq!(out.verdict, TC_ACT_SHOT, "{}: verdict", f.name),
+        Expect::Answer(p) => {
+            assert_eq!(out.verdict, TC_ACT_REDIRECT, "{}: verdict", f.name);
+            assert_eq!(hex(&out.packet), hex(p), "{}: answer", f.name);
+        }
     }
 }
 
@@ -119,6 +144,12 @@ fn fixtures() {
         b.write(&mut v, b"ping").unwrap();
         v
     };
+
+    let no_backend_syn = v6::tcp(client, sa6("[fd00:96::14]:80"), "S", 7, b"", none());
+    let unserved_syn = v6::tcp(client, sa6("[fd00:96::a]:81"), "S", 1, b"", none());
+    let no_backend_exts = v6::tcp(ext_client, sa6("[fd00:96::14]:80"), "S", 7, b"", exts());
+    let long_datagram = v6::udp(client, sa6("[fd00:96::a]:54"), &[0xa5; 1400], none());
+    let odd_datagram = v6::udp(client, sa6("[fd00:96::a]:54"), b"odd", none());
 
     use Hook::{FromPod, ToClient};
     let fixtures = [
@@ -177,16 +208,34 @@ fn fixtures() {
             expect: Expect::Unchanged,
         },
         Fixture {
-            name: "TCP to an IPv6 service without backends is dropped",
+            name: "TCP to an IPv6 service without backends is rejected (ICMPv6 port unreachable)",
             hook: FromPod,
-            input: v6::tcp(client, sa6("[fd00:96::14]:80"), "S", 7, b"", none()),
-            expect: Expect::Dropped,
+            input: no_backend_syn.clone(),
+            expect: Expect::Answer(port_unreachable(&no_backend_syn)),
         },
         Fixture {
-            name: "an IPv6 ClusterIP on a port no Service defines is dropped, not routed on",
+            name: "an IPv6 ClusterIP on a port no Service defines is rejected, not routed on",
             hook: FromPod,
-            input: v6::tcp(client, sa6("[fd00:96::a]:81"), "S", 1, b"", none()),
-            expect: Expect::Dropped,
+            input: unserved_syn.clone(),
+            expect: Expect::Answer(port_unreachable(&unserved_syn)),
+        },
+        Fixture {
+            name: "a reject quotes the whole packet after extension headers",
+            hook: FromPod,
+            input: no_backend_exts.clone(),
+            expect: Expect::Answer(port_unreachable(&no_backend_exts)),
+        },
+        Fixture {
+            name: "a datagram longer than the minimum MTU is quoted up to it (1280-byte answer)",
+            hook: FromPod,
+            input: long_datagram.clone(),
+            expect: Expect::Answer(port_unreachable(&long_datagram)),
+        },
+        Fixture {
+            name: "an odd-length datagram is quoted whole",
+            hook: FromPod,
+            input: odd_datagram.clone(),
+            expect: Expect::Answer(port_unreachable(&odd_datagram)),
         },
         Fixture {
             name: "a packet between pods passes untouched",
@@ -205,8 +254,9 @@ fn fixtures() {
     for f in &fixtures {
         check(&mut l, f);
     }
-    assert_eq!(l.stat(stat::REJECT_NO_BACKEND), 1);
-    assert_eq!(l.stat(stat::REJECT_UNSERVED_PORT), 1);
+    assert_eq!(l.stat(stat::REJECT_NO_BACKEND), 2);
+    assert_eq!(l.stat(stat::REJECT_UNSERVED_PORT), 3);
+    assert_eq!(l.stat(stat::TAIL_CALL_FAILED), 0);
 
     // Conntrack: both entries of each flow, in the IPv6 maps, naming each
     // other's tuple; nothing in the IPv4 ones.
@@ -308,4 +358,125 @@ fn new_flows_spread_each_flow_sticks_and_affinity_holds() {
     assert_eq!(chosen.keys().cloned().collect::<Vec<_>>(), two, "both backends take new flows: {chosen:?}");
     assert!(chosen.values().all(|&n| n >= 20), "{chosen:?}");
     assert_eq!(sticky_chosen.len(), 1, "affinity keeps the client on one backend: {sticky_chosen:?}");
+}
+
+#[test]
+fn rejects_are_rate_limited_per_client() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let mut l = loaded("v6-reject-rate");
+    let to = sa6("[fd00:96::14]:80");
+    let mut sent = 0;
+    for i in 0..60u16 {
+        let out = l.run(&v6::tcp(SocketAddrV6::new(*sa6(CLIENT).ip(), 20000 + i, 0, 0), to, "S", 1, b"", none()));
+        if out.verdict == TC_ACT_REDIRECT {
+            sent += 1;
+        } else {
+            assert_eq!(out.verdict, TC_ACT_SHOT);
+        }
+    }
+    // A burst of 20, plus what 10 a second refill during the loop (well
+    // under a second), as for IPv4.
+    assert!((20..=25).contains(&sent), "{sent} rejects sent to one client");
+    assert_eq!(l.stat(stat::DROP_REJECT_RATE), 60 - sent);
+    assert_eq!(l.stat(stat::REJECT_NO_BACKEND), 60);
+    // Another client still gets its reject.
+    let other = v6::tcp(sa6("[fd00:10:244::63]:20000"), to, "S", 1, b"", none());
+    let out = l.run(&other);
+    assert_eq!(out.verdict, TC_ACT_REDIRECT);
+    assert_eq!(hex(&out.packet), hex(&port_unreachable(&other)));
+}
+
+#[test]
+fn ipv6_passes_untranslated_and_is_counted_while_its_programs_are_missing() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let mut l = loaded("v6-tail-call");
+    let syn = v6::tcp(sa6(CLIENT), sa6(VIP_TCP), "S", 1, b"", none());
+    let reply = v6::tcp(sa6(BE_TCP), sa6(CLIENT), "SA", 5, b"", none());
+    {
+        let map = l.dp.ebpf.map_mut(lb_common::names::TC_CALLS).unwrap();
+        let mut calls = aya::maps::ProgramArray::try_from(map).unwrap();
+        for slot in 0..lb_common::tc_call::SLOTS {
+            calls.clear_index(&slot).unwrap();
+        }
+    }
+    let out = l.run(&syn);
+    assert_eq!((out.verdict, hex(&out.packet)), (TC_ACT_UNSPEC, hex(&syn)), "ingress passes untouched");
+    let out = l.run_egress(&reply);
+    assert_eq!((out.verdict, hex(&out.packet)), (TC_ACT_UNSPEC, hex(&reply)), "egress passes untouched");
+    assert_eq!(l.stat(stat::TAIL_CALL_FAILED), 2);
+    // IPv4 does not go through the array.
+    let v4 = lb_lab::testrun::tcp("10.244.0.11:40000".parse().unwrap(), "10.244.0.12:80".parse().unwrap(), "S", 1, b"");
+    assert_eq!(l.run(&v4).verdict, TC_ACT_UNSPEC);
+    assert_eq!(l.stat(stat::TAIL_CALL_FAILED), 2);
+
+    lb_agent::datapath::fill_tc_calls(&mut l.dp.ebpf).unwrap();
+    let out = l.run(&syn);
+    assert_eq!(hex(&out.packet), hex(&v6::tcp(sa6(CLIENT), sa6(BE_TCP), "S", 1, b"", none())), "translated again");
+    assert_eq!(l.stat(stat::TAIL_CALL_FAILED), 2);
+}
+
+/// An ICMPv6 error of type `t` from `src` to `dst` about the Ethernet +
+/// IPv6 packet `about`, quoting as much of it as fits in 1280 bytes; built
+/// by etherparse, checksum included.
+fn icmp6_error(src: Ipv6Addr, dst: Ipv6Addr, t: Icmpv6Type, about: &[u8]) -> Vec<u8> {
+    let ip = &about[14..];
+    let quote = &ip[..ip.len().min(1280 - 48)];
+    let b = PacketBuilder::ethernet2(CLIENT_MAC, NODE_MAC).ipv6(src.octets(), dst.octets(), 64).icmpv6(t);
+    let mut out = Vec::new();
+    b.write(&mut out, quote).unwrap();
+    out
+}
+
+#[test]
+fn icmpv6_errors_about_translated_flows_are_translated() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let mut l = loaded("v6-icmp-errors");
+    let (client, vip, be) = (sa6(CLIENT), sa6(VIP_TCP), sa6(BE_TCP));
+    let ptb = Icmpv6Type::PacketTooBig { mtu: 1280 };
+    let payload = [0x5a; 1300];
+    l.run(&v6::tcp(client, vip, "S", 1, b"", none()));
+    let data = v6::tcp(client, vip, "PA", 2, &payload, none());
+    let sent = l.run(&data).packet;
+    assert_eq!(hex(&sent), hex(&v6::tcp(client, be, "PA", 2, &payload, none())), "DNATed");
+
+    // Packet Too Big on its way to the client (PMTU through a ClusterIP):
+    // from a router towards the backend, about the packet as DNATed. The
+    // client must read it as from the ClusterIP, about the packet it sent.
+    let router: Ipv6Addr = "fd00:10:244::1".parse().unwrap();
+    let out = l.run_egress(&icmp6_error(router, *client.ip(), ptb, &sent));
+    assert_eq!(out.verdict, TC_ACT_UNSPEC);
+    assert_eq!(hex(&out.packet), hex(&icmp6_error(*vip.ip(), *client.ip(), ptb, &data)), "Packet Too Big to the client");
+
+    // The other way: the client's error about a reply it got from the
+    // ClusterIP goes to the backend, about the packet the backend sent.
+    let sent_reply = v6::tcp(be, client, "PA", 7, &payload, none());
+    let got = l.run_egress(&sent_reply).packet;
+    assert_eq!(hex(&got), hex(&v6::tcp(vip, client, "PA", 7, &payload, none())), "reverse-NATed");
+    let out = l.run(&icmp6_error(*client.ip(), *vip.ip(), ptb, &got));
+    assert_eq!(out.verdict, TC_ACT_UNSPEC);
+    assert_eq!(hex(&out.packet), hex(&icmp6_error(*client.ip(), *be.ip(), ptb, &sent_reply)), "Packet Too Big to the backend");
+
+    // UDP, destination unreachable, a whole quote with its checksum.
+    let (vip_udp, be_udp) = (sa6(VIP_UDP), sa6(BE_UDP));
+    let query = v6::udp(client, vip_udp, b"query", none());
+    let sent = l.run(&query).packet;
+    let unreach = Icmpv6Type::DestinationUnreachable(DestUnreachableCode::Port);
+    let out = l.run_egress(&icmp6_error(*be_udp.ip(), *client.ip(), unreach, &sent));
+    assert_eq!(hex(&out.packet), hex(&icmp6_error(*vip_udp.ip(), *client.ip(), unreach, &query)), "port unreachable to the client");
+    assert_eq!(l.stat(stat::ICMP_TRANSLATED), 3);
+
+    // Errors about no flow lb knows pass untouched, both ways.
+    let stray = icmp6_error(router, *client.ip(), ptb, &v6::tcp(client, sa6("[fd00:10:244::d]:8080"), "PA", 2, &payload, none()));
+    let out = l.run_egress(&stray);
+    assert_eq!((out.verdict, hex(&out.packet)), (TC_ACT_UNSPEC, hex(&stray)));
+    let stray = icmp6_error(*client.ip(), *vip.ip(), ptb, &v6::tcp(vip, sa6("[fd00:10:244::b]:1"), "PA", 2, b"x", none()));
+    let out = l.run(&stray);
+    assert_eq!((out.verdict, hex(&out.packet)), (TC_ACT_UNSPEC, hex(&stray)));
+    assert_eq!(l.stat(stat::ICMP_TRANSLATED), 3);
 }

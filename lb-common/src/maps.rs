@@ -85,6 +85,14 @@ map_set! {
     /// as for IPv4, with sizes of their own.
     CT_TCP6 = "LB6_CT_TCP", version 1, sized by CtTcp6;
     CT_ANY6 = "LB6_CT_ANY", version 1, sized by CtAny6;
+    /// The IPv6 tc programs (see [`tc_call`]), tail-called by the tc
+    /// programs attached to interfaces. Pinned so that they outlive the
+    /// agent: the kernel empties a program array when its last user
+    /// reference (a pin, or a process's descriptor) goes.
+    TC_CALLS = "LB_TC_CALLS", version 1, sized by Fixed;
+    /// Per-client token buckets for the ICMPv6 errors the datapath sends
+    /// (`LB4_REJECT_RATE` for IPv6 clients).
+    REJECT_RATE6 = "LB6_REJECT_RATE", version 1, sized by Fixed;
     /// The layout version of every other pinned map (see [`layout`]).
     LAYOUT = "LB_LAYOUT", version 1, sized by Fixed;
 }
@@ -196,6 +204,7 @@ pub mod sizes {
 }
 
 pub const IPPROTO_ICMP: u8 = 1;
+pub const IPPROTO_ICMPV6: u8 = 58;
 pub const IPPROTO_TCP: u8 = 6;
 pub const IPPROTO_UDP: u8 = 17;
 pub const IPPROTO_SCTP: u8 = 132;
@@ -743,6 +752,19 @@ pub struct RejectRate {
     pub _pad: u32,
 }
 
+/// Slots of `LB_TC_CALLS`: the tc programs each family's packets are
+/// tail-called into (IPv4 runs in the attached programs themselves).
+pub mod tc_call {
+    /// `lb_tc_ingress6`, from `lb_tc_ingress`.
+    pub const INGRESS6: u32 = 0;
+    /// `lb_tc_egress6`, from `lb_tc_egress`.
+    pub const EGRESS6: u32 = 1;
+    /// Slots in the map.
+    pub const SLOTS: u32 = 2;
+    /// The program of each slot, by index.
+    pub const PROGRAMS: [&str; SLOTS as usize] = ["lb_tc_ingress6", "lb_tc_egress6"];
+}
+
 pub const REJECT_BURST: u32 = 20;
 pub const REJECT_PER_SEC: u32 = 10;
 
@@ -791,13 +813,16 @@ pub mod stat {
     /// A malformed packet (too short, a bad header length): passed
     /// untouched, for the kernel's own stack to judge.
     pub const MALFORMED: u32 = 17;
+    /// Passed untranslated: an IPv6 packet whose program was missing from
+    /// `LB_TC_CALLS` (the tail call failed).
+    pub const TAIL_CALL_FAILED: u32 = 18;
 
     /// Slots in the map.
     pub const SLOTS: u32 = 32;
 
     /// Names for listings and metrics, by index. Stable: they are the
     /// `reason` of `lb-agent stats -o json` and of the metrics.
-    pub const NAMES: [&str; 18] = [
+    pub const NAMES: [&str; 19] = [
         "reject_no_backend",
         "drop_no_local_backend",
         "drop_source_range",
@@ -816,11 +841,12 @@ pub mod stat {
         "drop_ttl_exceeded",
         "frag_needed_sent",
         "malformed_passed",
+        "tail_call_failed",
     ];
 
     /// What each counter means, by index (for `lb-agent stats` and the
     /// README).
-    pub const HELP: [&str; 18] = [
+    pub const HELP: [&str; 19] = [
         "rejected (ICMP port unreachable, ECONNREFUSED): the frontend has no endpoint",
         "dropped: a Local traffic policy and no endpoint on this node",
         "dropped: the client is outside loadBalancerSourceRanges",
@@ -839,6 +865,7 @@ pub mod stat {
         "dropped: TTL expired on a north-south packet forwarded by XDP (time exceeded sent)",
         "answered: fragmentation needed, for a north-south packet too big for its path",
         "passed untouched: a malformed packet (too short, bad header length), left to the kernel",
+        "passed untranslated: an IPv6 packet whose tc program was missing from LB_TC_CALLS (tail call failed)",
     ];
 
     /// Whether counter `index` is a packet lb dropped or rejected.

@@ -268,6 +268,76 @@ pub fn icmp_error_packet(quote: &[u8; ICMP_QUOTE_LEN], icmp_type: u8, code: u8, 
     out
 }
 
+/// ICMPv6 (RFC 4443): the error types (those that quote the packet they
+/// are about) and the codes the datapath uses.
+pub mod icmp6 {
+    use super::Field;
+    pub const TYPE: usize = 0;
+    pub const CODE: usize = 1;
+    pub const CHECK: Field = 2..4;
+    /// The type-specific word (the MTU of "packet too big", the pointer of
+    /// "parameter problem"), network order.
+    pub const INFO: Field = 4..8;
+
+    pub const DEST_UNREACH: u8 = 1;
+    pub const PACKET_TOO_BIG: u8 = 2;
+    pub const TIME_EXCEEDED: u8 = 3;
+    pub const PARAMETER_PROBLEM: u8 = 4;
+    /// Code of `DEST_UNREACH`: what kube-proxy's REJECT sends over IPv6
+    /// (icmp6-port-unreachable).
+    pub const PORT_UNREACH: u8 = 4;
+}
+
+/// Whether an ICMPv6 type is an error that quotes the packet it is about
+/// (destination unreachable, packet too big, time exceeded, parameter
+/// problem).
+#[inline(always)]
+pub fn is_icmp6_error(icmp_type: u8) -> bool {
+    (icmp6::DEST_UNREACH..=icmp6::PARAMETER_PROBLEM).contains(&icmp_type)
+}
+
+/// The IPv6 minimum MTU: an ICMPv6 error is never longer.
+pub const IPV6_MIN_MTU: usize = 1280;
+/// The headers of an ICMPv6 error (IPv6, ICMPv6) before its quote.
+pub const ICMP6_ERROR_HLEN: usize = IPV6_HLEN + ICMP_HLEN;
+/// The most of the offending packet an ICMPv6 error quotes: as much as
+/// fits in the minimum MTU (RFC 4443 2.4 (c), as the kernel's icmp6_send).
+pub const ICMP6_QUOTE_MAX: usize = IPV6_MIN_MTU - ICMP6_ERROR_HLEN;
+
+/// Builds the IPv6 and ICMPv6 headers of an ICMPv6 error of
+/// `icmp_type`/`code` (with `info`, host order, as its type-specific word)
+/// about a packet whose source and destination addresses are `addrs` (32
+/// bytes, as in its header). The error comes from the address the packet
+/// was sent to and goes to its sender. It quotes `quote_len` bytes of the
+/// packet (from its IPv6 header on), whose one's-complement sum as
+/// [`csum::sum_words`] computes it is `quote_sum`: the checksum covers the
+/// pseudo header, these headers and the quote.
+#[inline(always)]
+pub fn icmp6_error_headers(addrs: &[u8; 32], icmp_type: u8, code: u8, info: u32, quote_len: u16, quote_sum: u32) -> [u8; ICMP6_ERROR_HLEN] {
+    let mut out = [0u8; ICMP6_ERROR_HLEN];
+    let payload_len = (ICMP_HLEN as u16).wrapping_add(quote_len);
+    out[ip6::VER_TC.start] = 0x60;
+    out[ip6::PAYLOAD_LEN].copy_from_slice(&payload_len.to_be_bytes());
+    out[ip6::NEXT_HEADER] = crate::IPPROTO_ICMPV6;
+    out[ip6::HOP_LIMIT] = 64;
+    out[ip6::SADDR].copy_from_slice(&addrs[16..32]);
+    out[ip6::DADDR].copy_from_slice(&addrs[0..16]);
+    let mut icmp = [0u8; ICMP_HLEN];
+    icmp[icmp6::TYPE] = icmp_type;
+    icmp[icmp6::CODE] = code;
+    icmp[icmp6::INFO].copy_from_slice(&info.to_be_bytes());
+    // The pseudo header: both addresses (their order does not change the
+    // sum), the upper-layer length and the next header, as 32-bit words.
+    let mut pseudo = [0u8; 8];
+    pseudo[2..4].copy_from_slice(&payload_len.to_be_bytes());
+    pseudo[7] = crate::IPPROTO_ICMPV6;
+    let sum = csum::sum_words(&pseudo, csum::sum_words(&icmp, csum::sum_words(addrs, quote_sum)));
+    let check = !csum::fold(sum);
+    icmp[icmp6::CHECK].copy_from_slice(&check.to_ne_bytes());
+    out[IPV6_HLEN..].copy_from_slice(&icmp);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -346,6 +416,41 @@ mod tests {
         assert_eq!(get32(&h, ip::SADDR), u32::from_be_bytes([10, 244, 0, 11]).to_be());
         assert_eq!(get32(&h, ip::DADDR), u32::from_be_bytes([10, 96, 0, 10]).to_be());
         assert_eq!(l4_ports(&h, IPV4_HLEN), (40_000u16.to_be(), 80u16.to_be()));
+    }
+
+    #[test]
+    fn icmp6_error_checksum_covers_pseudo_header_headers_and_quote() {
+        let mut quote = [0u8; 61];
+        quote[0] = 0x60;
+        for (i, b) in quote.iter_mut().enumerate().skip(1) {
+            *b = (i * 7) as u8;
+        }
+        let mut addrs = [0u8; 32];
+        addrs.copy_from_slice(&quote[8..40]);
+        let out = icmp6_error_headers(&addrs, icmp6::DEST_UNREACH, icmp6::PORT_UNREACH, 0, 61, csum::sum_words(&quote, 0));
+        assert_eq!(&out[8..24], &quote[24..40], "from the dialled address");
+        assert_eq!(&out[24..40], &quote[8..24], "to the sender");
+        assert_eq!((out[0], out[6], out[7]), (0x60, 58, 64));
+        assert_eq!(u16::from_be_bytes([out[4], out[5]]), 8 + 61);
+        assert_eq!(&out[40..42], &[1, 4]);
+        // RFC 1071 over the pseudo header and the whole message, big-endian
+        // words, written out here: a valid checksum sums to 0xffff.
+        let mut msg = out[40..].to_vec();
+        msg.extend_from_slice(&quote);
+        let mut all = out[8..40].to_vec();
+        all.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+        all.extend_from_slice(&[0, 0, 0, 58]);
+        all.extend_from_slice(&msg);
+        let mut sum: u32 = 0;
+        for c in all.chunks(2) {
+            sum += u16::from_be_bytes([c[0], *c.get(1).unwrap_or(&0)]) as u32;
+        }
+        while sum >> 16 != 0 {
+            sum = (sum & 0xffff) + (sum >> 16);
+        }
+        assert_eq!(sum, 0xffff);
+        assert!(is_icmp6_error(1) && is_icmp6_error(2) && is_icmp6_error(4) && !is_icmp6_error(128) && !is_icmp6_error(0));
+        assert_eq!(ICMP6_QUOTE_MAX, 1232);
     }
 
     #[test]

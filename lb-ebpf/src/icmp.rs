@@ -1,24 +1,29 @@
 //! The ICMP errors the datapath sends itself (a reject for a frontend
-//! without endpoints or on an unserved port, "fragmentation needed" and
-//! "time exceeded" on the north-south path), each from the address the
-//! offending packet was sent to and quoting it, and the per-client rate
-//! limit that keeps them from being used as a reflector.
+//! without endpoints or on an unserved port, over IPv4 and IPv6;
+//! "fragmentation needed" and "time exceeded" on the north-south path),
+//! each from the address the offending packet was sent to and quoting it,
+//! and the per-client rate limit (one for both families, a map each) that
+//! keeps them from being used as a reflector.
 
 use core::ptr::{addr_of, addr_of_mut};
 
 use aya_ebpf::{
-    bindings::{TC_ACT_SHOT, xdp_action},
+    bindings::{TC_ACT_SHOT, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, xdp_action},
+    btf_maps::LruHashMap,
     helpers::{bpf_skb_change_tail, bpf_skb_load_bytes, bpf_xdp_adjust_tail},
     programs::{TcContext, XdpContext},
 };
 use lb_common::{
-    REJECT_BURST, REJECT_PER_SEC, RejectRate,
-    packet::{ETH_HLEN, ICMP_QUOTE_LEN, ICMP_UNREACH_LEN, eth, icmp, icmp_error_packet, swapped_macs},
+    Addr6, REJECT_BURST, REJECT_PER_SEC, RejectRate, csum,
+    packet::{
+        ETH_HLEN, ICMP_QUOTE_LEN, ICMP_UNREACH_LEN, ICMP6_ERROR_HLEN, ICMP6_QUOTE_MAX, eth, icmp, icmp_error_packet, icmp6,
+        icmp6_error_headers, ip6, swapped_macs,
+    },
     stat,
 };
 
 use crate::{
-    maps::LB4_REJECT_RATE,
+    maps::{LB4_REJECT_RATE, LB6_REJECT_RATE},
     packet::{read, redirect_back, write},
     stats,
 };
@@ -31,10 +36,22 @@ const NS_PER_TOKEN: u64 = 1_000_000_000 / REJECT_PER_SEC as u64;
 /// counted (`stat::DROP_REJECT_RATE`).
 #[inline(always)]
 pub fn allowed(client: u32, now: u64) -> bool {
-    let Some(r) = LB4_REJECT_RATE.get_ptr_mut(client) else {
+    allowed_in(&LB4_REJECT_RATE, &client, now)
+}
+
+/// [`allowed`] for an IPv6 client.
+#[inline(always)]
+pub fn allowed6(client: &Addr6, now: u64) -> bool {
+    allowed_in(&LB6_REJECT_RATE, client, now)
+}
+
+/// The token bucket of `client` in `map` (its family's).
+#[inline(always)]
+fn allowed_in<K, const M: usize>(map: &LruHashMap<K, RejectRate, M>, client: &K, now: u64) -> bool {
+    let Some(r) = map.get_ptr_mut(client) else {
         let fresh = RejectRate { last_ns: now, tokens: REJECT_BURST - 1, _pad: 0 };
         // LRU: fails only on a bad argument; then the client is not limited.
-        let _ = LB4_REJECT_RATE.insert(client, fresh, 0);
+        let _ = map.insert(client, fresh, 0);
         return true;
     };
     // SAFETY: `r` is a map value pointer from a lookup, valid and aligned
@@ -101,6 +118,95 @@ pub fn tc_reject(ctx: &TcContext, client: u32, now: u64) -> Option<i32> {
         return Some(TC_ACT_SHOT);
     }
     tc_reply(ctx, icmp::DEST_UNREACH, icmp::PORT_UNREACH, 0)
+}
+
+/// tc: an IPv6 reject (ICMPv6 port unreachable) to the packet's sender,
+/// within its rate.
+#[inline(always)]
+pub fn tc_reject6(ctx: &TcContext, now: u64) -> Option<i32> {
+    let client: Addr6 = load_exact::<16>(ctx, ETH_HLEN + ip6::SADDR.start).map(addr6_of)?;
+    if !allowed6(&client, now) {
+        return Some(TC_ACT_SHOT);
+    }
+    tc_reply6(ctx, icmp6::DEST_UNREACH, icmp6::PORT_UNREACH, 0)
+}
+
+/// An address as the maps hold it, from its 16 bytes.
+#[inline(always)]
+fn addr6_of(b: [u8; 16]) -> Addr6 {
+    [
+        u32::from_ne_bytes([b[0], b[1], b[2], b[3]]),
+        u32::from_ne_bytes([b[4], b[5], b[6], b[7]]),
+        u32::from_ne_bytes([b[8], b[9], b[10], b[11]]),
+        u32::from_ne_bytes([b[12], b[13], b[14], b[15]]),
+    ]
+}
+
+/// tc: turns the IPv6 packet into an ICMPv6 error about it (from the
+/// address it was sent to, quoting as much of it as fits in the IPv6
+/// minimum MTU) and sends it back out of the interface it came in on.
+/// The packet is cut to the quote and the new headers are inserted in
+/// front of it: the quote is never copied. `None` when the skb could not
+/// be rewritten.
+#[inline(always)]
+pub fn tc_reply6(ctx: &TcContext, icmp_type: u8, code: u8, info: u32) -> Option<i32> {
+    let macs: [u8; 12] = load_exact(ctx, eth::ADDRS.start)?;
+    let addrs: [u8; 32] = load_exact(ctx, ETH_HLEN + ip6::SADDR.start)?;
+    let len = ctx.len() as usize;
+    if len < ETH_HLEN + ip6::DADDR.end {
+        return None;
+    }
+    let mut quote = len - ETH_HLEN;
+    if quote > ICMP6_QUOTE_MAX {
+        quote = ICMP6_QUOTE_MAX;
+        // SAFETY: `skb` is the program's context; the helper takes it and
+        // integers.
+        if unsafe { bpf_skb_change_tail(ctx.skb.skb, (ETH_HLEN + quote) as u32, 0) } != 0 {
+            return None;
+        }
+    }
+    let sum = packet_sum(ctx, ETH_HLEN, quote)?;
+    let headers = icmp6_error_headers(&addrs, icmp_type, code, info, quote as u16, sum);
+    // Room for the IPv6 and ICMPv6 headers between the Ethernet header and
+    // the packet, which becomes the quote.
+    ctx.adjust_room(ICMP6_ERROR_HLEN as i32, BPF_ADJ_ROOM_MAC, 0).ok()?;
+    ctx.store(eth::ADDRS.start, &swapped_macs(&macs), 0).ok()?;
+    ctx.store(ETH_HLEN, &headers, 0).ok()?;
+    Some(redirect_back(ctx))
+}
+
+/// The one's-complement sum (as `csum::sum_words`) of `len` bytes of the
+/// packet from `start`; `len` is at most [`ICMP6_QUOTE_MAX`]. A loop of
+/// 8-byte words with a bound the verifier can see, then the last bytes.
+/// Copied out by the helper: a packet pointer at a growing offset, LLVM
+/// turned into arithmetic on the end pointer, which the verifier refuses.
+#[inline(always)]
+fn packet_sum(ctx: &TcContext, start: usize, len: usize) -> Option<u32> {
+    let mut sum: u64 = 0;
+    let words = len / 8;
+    let mut i = 0;
+    while i < ICMP6_QUOTE_MAX / 8 && i < words {
+        let w: [u8; 8] = load_exact(ctx, start + i * 8)?;
+        sum += csum::sum_words(&w, 0) as u64;
+        i += 1;
+    }
+    let mut off = start + words * 8;
+    if len & 4 != 0 {
+        let w: [u8; 4] = load_exact(ctx, off)?;
+        sum += csum::sum_words(&w, 0) as u64;
+        off += 4;
+    }
+    if len & 2 != 0 {
+        let w: [u8; 2] = load_exact(ctx, off)?;
+        sum += csum::sum_words(&w, 0) as u64;
+        off += 2;
+    }
+    if len & 1 != 0 {
+        let w: [u8; 1] = load_exact(ctx, off)?;
+        sum += csum::sum_words(&w, 0) as u64;
+    }
+    sum = (sum & 0xffff_ffff) + (sum >> 32);
+    Some(((sum & 0xffff_ffff) + (sum >> 32)) as u32)
 }
 
 /// XDP: the same as [`tc_reply`], transmitted back out of the interface.

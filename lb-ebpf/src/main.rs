@@ -7,6 +7,8 @@
 //! - `lb_tc_egress` (tc, pod and external interfaces, egress): replies on
 //!   their way to the client get the frontend back, after routing; ICMP
 //!   errors about translated flows.
+//! - `lb_tc_ingress6`, `lb_tc_egress6`: the same for IPv6, tail-called by
+//!   the two above through `LB_TC_CALLS` (never attached themselves).
 //! - `lb_xdp` (XDP, external interfaces): NodePorts, external and
 //!   LoadBalancer IPs from outside; DNAT, or DNAT+SNAT and forwarding, and
 //!   the replies of SNATed flows.

@@ -3,13 +3,13 @@
 
 use aya_ebpf::{
     bindings::BPF_F_INNER_MAP,
-    btf_maps::{Array, HashMap, HashOfMaps, LpmTrie, LruHashMap, PerCpuArray},
+    btf_maps::{Array, HashMap, HashOfMaps, LpmTrie, LruHashMap, PerCpuArray, ProgramArray},
     macros::btf_map,
 };
 use lb_common::{
     Addr6, Affinity4, Affinity4Key, Backend4, Backend6, Config, Ct4Key, Ct6Entry, Ct6Key, CtEntry, Device, Frag4, Frag4Key, FrontendStats,
     NodeConfig, RejectRate, RevNat4, RevNat6, RevNatKey, Service4Key, Service4Value, Service6Key, Slot, SlotKey, SockRevNat4,
-    SockRevNat4Key, SockRevNat6, SockRevNat6Key, SrcRange4, SvcName, Vip4, layout, sizes, stat, vip_filter,
+    SockRevNat4Key, SockRevNat6, SockRevNat6Key, SrcRange4, SvcName, Vip4, layout, sizes, stat, tc_call, vip_filter,
 };
 
 #[btf_map]
@@ -136,3 +136,13 @@ pub static LB6_CT_TCP: LruHashMap<Ct6Key, Ct6Entry, { sizes::CT_TCP6 as usize }>
 /// IPv6 conntrack of every other flow (see `LB4_CT_ANY`).
 #[btf_map]
 pub static LB6_CT_ANY: LruHashMap<Ct6Key, Ct6Entry, { sizes::CT_ANY6 as usize }> = LruHashMap::new();
+
+/// Per-client token buckets for the ICMPv6 errors the datapath sends (see
+/// `LB4_REJECT_RATE`).
+#[btf_map]
+pub static LB6_REJECT_RATE: LruHashMap<Addr6, RejectRate, { sizes::REJECT_RATE as usize }> = LruHashMap::new();
+
+/// The IPv6 tc programs by `lb_common::tc_call` slot, filled and pinned by
+/// the agent: the attached programs tail-call them for IPv6 frames.
+#[btf_map]
+pub static LB_TC_CALLS: ProgramArray<{ tc_call::SLOTS as usize }> = ProgramArray::new();

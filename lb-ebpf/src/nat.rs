@@ -1,10 +1,10 @@
 //! Rewriting packets: a TCP/UDP packet's addresses and ports (either
-//! family, through `L3`), and an ICMP error about a translated IPv4 flow
-//! (its outer header and the packet it quotes).
+//! family, through `L3`), and an ICMP or ICMPv6 error about a translated
+//! flow (its outer header and the packet it quotes).
 
 use lb_common::{
-    Ct4Key, CtEntry, IPPROTO_UDP, V4, csum,
-    packet::{ETH_HLEN, Fragment, icmp, icmp_error, ip, l4, l4_check_offset},
+    Addr6, Ct4Key, Ct6Entry, Ct6Key, CtEntry, IPPROTO_UDP, V4, V6, csum,
+    packet::{ETH_HLEN, Fragment, ICMP_HLEN, IPV6_HLEN, icmp, icmp_error, icmp6, ip, ip6, l4, l4_check_offset},
     stat,
 };
 
@@ -154,6 +154,79 @@ pub fn rewrite_icmp_error<C: PacketData>(ctx: &C, err: &IcmpError, e: &CtEntry) 
     write(ctx, Q_L4 + l4::SPORT.start, q_sport)?;
     write(ctx, Q_L4 + l4::DPORT.start, q_dport)?;
     Some(())
+}
+
+/// [`translate_icmp_error`] for an ICMPv6 error.
+#[inline(always)]
+pub fn translate_icmp6_error<C: PacketData>(ctx: &C, err: &IcmpError<V6>, dir: u8) -> Result<Option<Ct6Entry>, Error> {
+    let q = &err.quoted;
+    let key = Ct6Key::new(q.daddr, q.saddr, q.dport, q.sport, q.proto, dir);
+    let Some(e) = ct::get::<V6>(&key) else {
+        return Ok(None);
+    };
+    let entry = ct::load(e);
+    rewrite_icmp6_error(ctx, err, &entry).ok_or(Error::Rewrite)?;
+    stats::count(stat::ICMP_TRANSLATED);
+    Ok(Some(entry))
+}
+
+/// [`rewrite_icmp_error`] for ICMPv6: the outer addresses, the quoted
+/// packet's addresses and ports, and its L4 checksum where the quote has
+/// it. IPv6 has no header checksum; the ICMPv6 checksum covers the pseudo
+/// header (the outer addresses) and the whole quote, and is updated
+/// incrementally in software for every change.
+#[inline(always)]
+pub fn rewrite_icmp6_error<C: PacketData>(ctx: &C, err: &IcmpError<V6>, e: &Ct6Entry) -> Option<()> {
+    let check_off = err.icmp_off + icmp6::CHECK.start;
+    let q_ip = err.icmp_off + ICMP_HLEN;
+    let q_l4 = q_ip + IPV6_HLEN;
+    let q = &err.quoted;
+    // The quoted packet's new tuple is the entry's, reversed.
+    let (q_saddr, q_sport, q_daddr, q_dport) = (&e.nat_daddr, e.nat_dport, &e.nat_saddr, e.nat_sport);
+
+    let mut icmp_check: u16 = read(ctx, check_off)?;
+    icmp_check = replace16(icmp_check, &err.saddr, &e.nat_saddr);
+    icmp_check = replace16(icmp_check, &err.daddr, &e.nat_daddr);
+    icmp_check = replace16(icmp_check, &q.saddr, q_saddr);
+    icmp_check = replace16(icmp_check, &q.daddr, q_daddr);
+    icmp_check = csum::replace2(icmp_check, q.sport, q_sport);
+    icmp_check = csum::replace2(icmp_check, q.dport, q_dport);
+
+    let q_l4_check = q_l4 + l4_check_offset(q.proto);
+    if let Some(old) = read::<C, u16>(ctx, q_l4_check)
+        && (old != 0 || q.proto != IPPROTO_UDP)
+    {
+        let mut new = replace16(old, &q.saddr, q_saddr);
+        new = replace16(new, &q.daddr, q_daddr);
+        new = csum::replace2(new, q.sport, q_sport);
+        new = csum::replace2(new, q.dport, q_dport);
+        if q.proto == IPPROTO_UDP {
+            new = csum::udp_mangled_zero(new);
+        }
+        icmp_check = csum::replace2(icmp_check, old, new);
+        write(ctx, q_l4_check, new)?;
+    }
+
+    write(ctx, ETH_HLEN + ip6::SADDR.start, e.nat_saddr)?;
+    write(ctx, ETH_HLEN + ip6::DADDR.start, e.nat_daddr)?;
+    write(ctx, check_off, icmp_check)?;
+    write(ctx, q_ip + ip6::SADDR.start, *q_saddr)?;
+    write(ctx, q_ip + ip6::DADDR.start, *q_daddr)?;
+    write(ctx, q_l4 + l4::SPORT.start, q_sport)?;
+    write(ctx, q_l4 + l4::DPORT.start, q_dport)?;
+    Some(())
+}
+
+/// A checksum after an IPv6 address it covers changed, word by word.
+#[inline(always)]
+fn replace16(check: u16, from: &Addr6, to: &Addr6) -> u16 {
+    let mut c = check;
+    let mut i = 0;
+    while i < 4 {
+        c = csum::replace4(c, from[i], to[i]);
+        i += 1;
+    }
+    c
 }
 
 /// The conntrack key under which an ICMP error's flow is found: the

@@ -1,14 +1,15 @@
 //! One parser per family for every hook: Ethernet + IPv4 (`parse`), then
 //! a TCP or UDP flow or an ICMP error quoting one; Ethernet + IPv6
 //! (`parse6`), then a TCP or UDP flow after at most
-//! `ip6::MAX_EXT_HEADERS` extension headers. Both give a [`Flow`] of their
+//! `ip6::MAX_EXT_HEADERS` extension headers (an ICMPv6 error quoting one:
+//! `icmp6_error_at`). Both give a [`Flow`] (or [`IcmpError`]) of their
 //! family, which the rest of the path handles alike.
 
 use lb_common::{
     Family, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, V4, V6,
     packet::{
-        ETH_HLEN, ETH_P_IP, ETH_P_IPV6, Fragment, IP_DF, IPV4_HLEN, IPV4_VER_IHL_NO_OPTIONS, IPV6_HLEN, TCP_HLEN, UDP_HLEN, eth, fragment,
-        get16, get32, icmp, icmp_error, ip, ip6, is_icmp_error, l4, l4_ports,
+        ETH_HLEN, ETH_P_IP, ETH_P_IPV6, Fragment, ICMP_HLEN, IP_DF, IPV4_HLEN, IPV4_VER_IHL_NO_OPTIONS, IPV6_HLEN, TCP_HLEN, UDP_HLEN, eth,
+        fragment, get16, get32, icmp, icmp_error, icmp6, ip, ip6, is_icmp_error, is_icmp6_error, l4, l4_ports,
     },
 };
 
@@ -66,24 +67,44 @@ impl<F: Family> Flow<F> {
 }
 
 /// The tuple of the packet an ICMP error quotes.
-#[derive(Clone, Copy)]
-pub struct Quoted {
-    pub saddr: u32,
-    pub daddr: u32,
+pub struct Quoted<F: Family = V4> {
+    pub saddr: F::Addr,
+    pub daddr: F::Addr,
     pub sport: u16,
     pub dport: u16,
     pub proto: u8,
 }
 
-/// An ICMP error (destination unreachable, time exceeded, parameter
-/// problem) about a TCP or UDP packet, both IPv4 headers without options:
-/// its layout is `lb_common::packet::icmp_error`.
-#[derive(Clone, Copy)]
-pub struct IcmpError {
-    pub saddr: u32,
-    pub daddr: u32,
-    pub quoted: Quoted,
+/// An ICMP error about a TCP or UDP packet. IPv4: destination
+/// unreachable, time exceeded, parameter problem, both IPv4 headers
+/// without options (its layout is `lb_common::packet::icmp_error`). IPv6:
+/// any ICMPv6 error (packet too big included) after the extension headers
+/// `parse6` skips, quoting an IPv6 header followed by TCP or UDP.
+pub struct IcmpError<F: Family = V4> {
+    pub saddr: F::Addr,
+    pub daddr: F::Addr,
+    /// Offset of the ICMP header.
+    pub icmp_off: usize,
+    pub quoted: Quoted<F>,
 }
+
+impl<F: Family> Clone for Quoted<F> {
+    #[inline(always)]
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<F: Family> Copy for Quoted<F> {}
+
+impl<F: Family> Clone for IcmpError<F> {
+    #[inline(always)]
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<F: Family> Copy for IcmpError<F> {}
 
 /// What a parser found: `parse` answers for IPv4, `parse6` for IPv6.
 pub enum Packet<F: Family = V4> {
@@ -91,7 +112,7 @@ pub enum Packet<F: Family = V4> {
     /// ...).
     OtherEthertype,
     Flow(Flow<F>),
-    /// IPv4 only (ICMPv6 errors are not translated yet).
+    /// IPv4 (ICMPv6 errors: [`icmp6_error_at`]).
     IcmpError(IcmpError),
     /// Any other packet of the family (ICMP echo, other protocols, errors
     /// we do not translate, IPv6 fragments and extension headers beyond
@@ -203,6 +224,7 @@ fn icmp_error_of<C: PacketData>(ctx: &C, saddr: u32, daddr: u32) -> Result<Packe
     Ok(Packet::IcmpError(IcmpError {
         saddr,
         daddr,
+        icmp_off: ETH_HLEN + icmp_error::ICMP,
         quoted: Quoted { saddr: get32(&q, ip::SADDR), daddr: get32(&q, ip::DADDR), sport, dport, proto },
     }))
 }
@@ -211,8 +233,9 @@ fn icmp_error_of<C: PacketData>(ctx: &C, saddr: u32, daddr: u32) -> Result<Packe
 /// `ip6::MAX_EXT_HEADERS` hop-by-hop, routing and destination options
 /// headers, then TCP or UDP. A fragment header ends the walk (the packet
 /// passes, as does anything after more extension headers than the walk
-/// takes); so does ICMPv6. A packet shorter than its payload length is
-/// truncated (`Error::Malformed`), as in [`parse`].
+/// takes); so does ICMPv6 (errors are read by [`icmp6_error_at`]). A
+/// packet shorter than its payload length is truncated
+/// (`Error::Malformed`), as in [`parse`].
 #[inline(always)]
 pub fn parse6<C: PacketData>(ctx: &C) -> Result<Packet<V6>, Error> {
     if get::<C, u16>(ctx, eth::ETHERTYPE.start)? != ETH_P_IPV6.to_be() {
@@ -263,4 +286,36 @@ pub fn parse6<C: PacketData>(ctx: &C) -> Result<Packet<V6>, Error> {
     };
     l4_header(ctx, l4_off, proto, &mut flow)?;
     Ok(Packet::Flow(flow))
+}
+
+/// The ICMPv6 message at `icmp_off` as an error, when it is one (packet
+/// too big included) quoting an IPv6 header directly followed by TCP or
+/// UDP (a quote with extension headers passes untouched). Not part of
+/// [`parse6`]: one more branch there grew the IPv6 tc path's frame past
+/// the verifier's limit.
+#[inline(always)]
+pub fn icmp6_error_at<C: PacketData>(ctx: &C, icmp_off: usize) -> Option<IcmpError<V6>> {
+    let icmp_type: u8 = read(ctx, icmp_off + icmp6::TYPE)?;
+    if !is_icmp6_error(icmp_type) {
+        return None;
+    }
+    let q_ip = icmp_off + ICMP_HLEN;
+    let next: u8 = read(ctx, q_ip + ip6::NEXT_HEADER)?;
+    if next != IPPROTO_TCP && next != IPPROTO_UDP {
+        return None;
+    }
+    let ports: [u8; 4] = read(ctx, q_ip + IPV6_HLEN)?;
+    let (sport, dport) = l4_ports(&ports, 0);
+    Some(IcmpError {
+        saddr: read(ctx, ETH_HLEN + ip6::SADDR.start)?,
+        daddr: read(ctx, ETH_HLEN + ip6::DADDR.start)?,
+        icmp_off,
+        quoted: Quoted {
+            saddr: read(ctx, q_ip + ip6::SADDR.start)?,
+            daddr: read(ctx, q_ip + ip6::DADDR.start)?,
+            sport,
+            dport,
+            proto: next,
+        },
+    })
 }

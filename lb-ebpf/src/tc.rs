@@ -24,11 +24,17 @@
 //! after lb (by a CNI, say) still see the packet.
 //!
 //! IPv4 and IPv6 flows take the same path, written once over the family
-//! (`TcFamily`, on top of `l3::L3` and `family::FamilyMaps`). What IPv6
-//! does not have yet: the hairpin SNAT (a pod reaching itself is DNATed
-//! only), ICMPv6 rejects (a frontend without endpoints, or a ClusterIP on
-//! an unserved port, drops instead), translated ICMPv6 errors, and
-//! fragments (passed untouched).
+//! (`TcFamily`, on top of `l3::L3` and `family::FamilyMaps`). IPv4 runs in
+//! the attached programs; IPv6 in `lb_tc_ingress6` and `lb_tc_egress6`,
+//! which they tail-call through `LB_TC_CALLS` (pinned, filled by the
+//! agent; an empty slot passes the packet and counts
+//! `stat::TAIL_CALL_FAILED`). IPv6 rejects are ICMPv6 port unreachable,
+//! quoting up to the minimum MTU, rate-limited per client as IPv4's.
+//! ICMPv6 errors about translated flows (Packet Too Big included) are
+//! translated as IPv4's, when ICMPv6 follows the fixed header directly
+//! and the quote has no extension headers. What IPv6 does not have yet:
+//! the hairpin SNAT (a pod reaching itself is DNATed only), and fragments
+//! (passed untouched).
 
 use core::ops::ControlFlow;
 
@@ -39,20 +45,21 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use lb_common::{
-    CT_SERVICE, Config, V4, V6, Vip4, ct_entry_flags,
-    packet::{ETH_HLEN, ETH_P_IPV6, Fragment, IPV4_HLEN, IPV6_HLEN, TCP_HLEN, eth, swapped_macs},
-    stat, svc_flags, vip_flags,
+    CT_SERVICE, Config, IPPROTO_ICMPV6, V4, V6, Vip4, ct_entry_flags,
+    packet::{ETH_HLEN, ETH_P_IPV6, Fragment, ICMP_HLEN, IPV4_HLEN, IPV6_HLEN, TCP_HLEN, eth, ip6, swapped_macs},
+    stat, svc_flags, tc_call, vip_flags,
 };
 
 use crate::{
     ct::{self, Forward, NewFlow, Source},
     error::Error,
-    family::Ct,
+    family::{Ct, FamilyMaps},
     frag, icmp,
     l3::L3,
+    maps::LB_TC_CALLS,
     nat,
     packet::{read, redirect_back, write},
-    parse::{Flow, IcmpError, Packet, parse, parse6},
+    parse::{Flow, IcmpError, Packet, icmp6_error_at, parse, parse6},
     select::{config, flow_backend, node_config, now_ns, vip},
     stats,
 };
@@ -78,16 +85,21 @@ impl TcFamily for V4 {
 }
 
 impl TcFamily for V6 {
-    /// No ICMPv6 reject yet: dropped, as IPv4 drops what it cannot reject
-    /// (never passed along the default route).
+    /// ICMPv6 port unreachable, built by the program once the path has
+    /// returned ([`REJECT`]).
     #[inline(always)]
     fn reject(_ctx: &TcContext, _f: &Flow<V6>, _now: u64) -> Result<i32, Error> {
-        Ok(SHOT)
+        Ok(REJECT)
     }
 }
 
 const NEXT: i32 = TC_ACT_UNSPEC;
 const SHOT: i32 = TC_ACT_SHOT;
+/// The IPv6 path's verdict for a packet to answer with an ICMPv6 reject
+/// (no tc action has this value). The verifier forced this: the IPv6
+/// path's frame leaves no room for the reject's, so the path returns and
+/// its program builds the reject in a frame of its own (`reject6`).
+const REJECT: i32 = 0x7e1ec7;
 
 #[inline(always)]
 fn verdict(ctx: &TcContext, result: Result<i32, Error>) -> i32 {
@@ -103,24 +115,81 @@ fn verdict(ctx: &TcContext, result: Result<i32, Error>) -> i32 {
     }
 }
 
-// Each family's path is a function of its own (a BPF-to-BPF call), called
-// from the program by the ethertype: inlined into one function, the two
-// paths' stacks would add up in one frame, past the 512 bytes the verifier
-// allows; called, each has a frame of its own (their sum along a call
-// chain is what is limited: the program's own frame stays nearly empty).
-// The verdict (and its log call, a function of its own) is reached from
-// the program, not from inside a path, for the same reason.
+// IPv4 runs in the attached programs; IPv6 in programs of its own,
+// reached by a tail call (`LB_TC_CALLS`, filled and pinned by the agent).
+// Each gets the verifier's 512 bytes of stack: both paths in one program
+// exceeded it (as BPF-to-BPF calls, their frames add up along the call
+// chain). The tail call is made from the program itself, never from a
+// function it calls (the verifier limits tail calls from subprograms).
 
 #[classifier]
 pub fn lb_tc_ingress(ctx: TcContext) -> i32 {
-    let result = if is_ipv6(&ctx) { ingress6(ctx.skb.skb) } else { ingress4(ctx.skb.skb) };
-    verdict(&ctx, result)
+    if is_ipv6(&ctx) {
+        return tail_call(&ctx, tc_call::INGRESS6);
+    }
+    verdict(&ctx, try_ingress(&ctx))
 }
 
 #[classifier]
 pub fn lb_tc_egress(ctx: TcContext) -> i32 {
-    let result = if is_ipv6(&ctx) { egress6(ctx.skb.skb) } else { egress4(ctx.skb.skb) };
+    if is_ipv6(&ctx) {
+        return tail_call(&ctx, tc_call::EGRESS6);
+    }
+    verdict(&ctx, egress4(ctx.skb.skb))
+}
+
+/// [`try_egress`] as a function of its own. Inlined into `lb_tc_egress`,
+/// LLVM left a path reading an uninitialised register (the error byte of
+/// the result), which the verifier refuses.
+#[inline(never)]
+fn egress4(skb: *mut __sk_buff) -> Result<i32, Error> {
+    try_egress(&TcContext::new(skb))
+}
+
+/// IPv6, leaving a pod: `LB_TC_CALLS[tc_call::INGRESS6]`. The path is a
+/// function of its own (a BPF-to-BPF call): its frame is gone when the
+/// reject (another) is built.
+#[classifier]
+pub fn lb_tc_ingress6(ctx: TcContext) -> i32 {
+    if is_icmp6(&ctx) {
+        // A pod's error about a reply it got from a frontend.
+        return verdict(&ctx, icmp6_error(ctx.skb.skb, CT_SERVICE));
+    }
+    let result = match ingress6(ctx.skb.skb) {
+        Ok(REJECT) => reject6(ctx.skb.skb),
+        other => other,
+    };
     verdict(&ctx, result)
+}
+
+/// IPv6, on its way to a client: `LB_TC_CALLS[tc_call::EGRESS6]`.
+#[classifier]
+pub fn lb_tc_egress6(ctx: TcContext) -> i32 {
+    if is_icmp6(&ctx) {
+        return verdict(&ctx, icmp6_error(ctx.skb.skb, lb_common::CT_REPLY));
+    }
+    verdict(&ctx, egress6(ctx.skb.skb))
+}
+
+/// Whether an IPv6 frame carries ICMPv6 right after its fixed header.
+/// ICMPv6 is recognised here, before the path, and not by `parse6`: one
+/// more branch there grew the IPv6 path's frame past the verifier's limit.
+/// (So an ICMPv6 error behind extension headers passes untouched; the
+/// kernel sends its own without any.)
+#[inline(always)]
+fn is_icmp6(ctx: &TcContext) -> bool {
+    read::<TcContext, u8>(ctx, ETH_HLEN + ip6::NEXT_HEADER) == Some(IPPROTO_ICMPV6)
+}
+
+/// Continues in the program at `slot` of `LB_TC_CALLS`. Returns only when
+/// the slot is empty (no agent filled it: counted, the packet passes).
+#[inline(always)]
+fn tail_call(ctx: &TcContext, slot: u32) -> i32 {
+    // SAFETY: the slot holds a tc program of this object (or nothing: the
+    // call returns); the context is this program's.
+    unsafe { LB_TC_CALLS.tail_call(ctx, slot) };
+    stats::count(stat::TAIL_CALL_FAILED);
+    NEXT
 }
 
 /// Whether the frame carries IPv6 (the Ethernet header is always in the
@@ -130,14 +199,29 @@ fn is_ipv6(ctx: &TcContext) -> bool {
     read::<TcContext, u16>(ctx, eth::ETHERTYPE.start) == Some(ETH_P_IPV6.to_be())
 }
 
+/// An ICMPv6 error travelling in direction `dir` of a translated flow.
+/// From a pod (`CT_SERVICE`), only one sent to a frontend address.
 #[inline(never)]
-fn ingress4(skb: *mut __sk_buff) -> Result<i32, Error> {
-    try_ingress(&TcContext::new(skb))
+fn icmp6_error(skb: *mut __sk_buff, dir: u8) -> Result<i32, Error> {
+    let ctx = &TcContext::new(skb);
+    if config().is_none() {
+        return Ok(NEXT);
+    }
+    pull(ctx, MAX_ICMP6_ERROR)?;
+    let Some(err) = icmp6_error_at(ctx, ETH_HLEN + IPV6_HLEN) else {
+        return Ok(NEXT);
+    };
+    if dir == CT_SERVICE && V6::vip(err.daddr).is_none() {
+        return Ok(NEXT);
+    }
+    nat::translate_icmp6_error(ctx, &err, dir)?;
+    Ok(NEXT)
 }
 
+/// The ICMPv6 reject the IPv6 path asked for ([`REJECT`]).
 #[inline(never)]
-fn egress4(skb: *mut __sk_buff) -> Result<i32, Error> {
-    try_egress(&TcContext::new(skb))
+fn reject6(skb: *mut __sk_buff) -> Result<i32, Error> {
+    icmp::tc_reject6(&TcContext::new(skb), now_ns()).ok_or(Error::Rewrite)
 }
 
 #[classifier]
@@ -153,6 +237,10 @@ const MAX_HEADERS: usize = ETH_HLEN + 60 + TCP_HLEN;
 /// bytes; a longer chain is read from the linear part only if it is
 /// there), a TCP header.
 const MAX_HEADERS6: usize = ETH_HLEN + IPV6_HLEN + 64 + TCP_HLEN;
+
+/// An ICMPv6 error: Ethernet, IPv6, ICMPv6, the quoted IPv6 header and
+/// the quoted TCP header (the UDP one is shorter).
+const MAX_ICMP6_ERROR: usize = ETH_HLEN + IPV6_HLEN + ICMP_HLEN + IPV6_HLEN + TCP_HLEN;
 
 /// Headers may sit in paged data on some drivers: pull up to `max` bytes
 /// into the linear part, only when they are not there already.
