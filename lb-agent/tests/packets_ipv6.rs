@@ -9,13 +9,20 @@
 
 mod common;
 
-use std::{collections::BTreeMap, net::SocketAddrV6};
+use std::{
+    collections::BTreeMap,
+    net::{Ipv6Addr, SocketAddrV6},
+};
 
-use common::{Loaded, hex, kernel_tests_enabled, v6};
+use common::{
+    Loaded,
+    fixture::{Expect, Fixture, Hook, check_all},
+    hex, kernel_tests_enabled, v6,
+};
 use etherparse::{IpNumber, Ipv6Extensions, Ipv6FragmentHeader, Ipv6RawExtHeader};
 use lb_agent::model::Desired;
 use lb_common::{CT_REPLY, CT_SERVICE, Ct6Key, IPPROTO_TCP, IPPROTO_UDP, ipv6, stat, svc_flags};
-use lb_lab::testrun::{TC_ACT_SHOT, TC_ACT_UNSPEC};
+use lb_lab::testrun::TC_ACT_UNSPEC;
 
 fn sa6(s: &str) -> SocketAddrV6 {
     s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
@@ -56,46 +63,6 @@ fn hop_by_hop_and_dest_opts() -> Ipv6Extensions {
     let hbh = Ipv6RawExtHeader::new_raw(IpNumber::IPV6_DESTINATION_OPTIONS, &[1, 4, 0, 0, 0, 0]).unwrap();
     let dst = Ipv6RawExtHeader::new_raw(IpNumber::TCP, &[1, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]).unwrap();
     Ipv6Extensions { hop_by_hop_options: Some(hbh), destination_options: Some(dst), ..Default::default() }
-}
-
-enum Expect {
-    /// Passed on, untouched.
-    Unchanged,
-    /// Passed on, exactly this packet (with valid checksums).
-    Packet(Vec<u8>),
-    Dropped,
-}
-
-#[derive(Clone, Copy)]
-enum Hook {
-    FromPod,
-    ToClient,
-}
-
-struct Fixture {
-    name: &'static str,
-    hook: Hook,
-    input: Vec<u8>,
-    expect: Expect,
-}
-
-fn check(l: &mut Loaded, f: &Fixture) {
-    let out = match f.hook {
-        Hook::FromPod => l.run(&f.input),
-        Hook::ToClient => l.run_egress(&f.input),
-    };
-    match &f.expect {
-        Expect::Unchanged => {
-            assert_eq!(out.verdict, TC_ACT_UNSPEC, "{}: verdict", f.name);
-            assert_eq!(hex(&out.packet), hex(&f.input), "{}: packet must pass untouched", f.name);
-        }
-        Expect::Packet(p) => {
-            assert_eq!(out.verdict, TC_ACT_UNSPEC, "{}: verdict", f.name);
-            v6::assert_checksums_valid(f.name, &out.packet);
-            assert_eq!(hex(&out.packet), hex(p), "{}: output packet", f.name);
-        }
-        Expect::Dropped => assert_eq!(out.verdict, TC_ACT_SHOT, "{}: verdict", f.name),
-    }
 }
 
 #[test]
@@ -202,9 +169,7 @@ fn fixtures() {
         },
         Fixture { name: "ICMPv6 echo to the ClusterIP passes untouched", hook: FromPod, input: echo, expect: Expect::Unchanged },
     ];
-    for f in &fixtures {
-        check(&mut l, f);
-    }
+    check_all::<Ipv6Addr>(&mut l, &fixtures);
     assert_eq!(l.stat(stat::REJECT_NO_BACKEND), 1);
     assert_eq!(l.stat(stat::REJECT_UNSERVED_PORT), 1);
 
