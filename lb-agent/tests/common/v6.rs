@@ -78,3 +78,25 @@ pub fn assert_checksums_valid(name: &str, packet: &[u8]) {
         other => panic!("{name}: unexpected transport {other:?}"),
     }
 }
+
+/// An IPv6 frontend `addr` with `backends` (all ready), flags 0, for the
+/// reconciler (`Reconciler::apply_dual`).
+pub fn frontend(
+    addr: SocketAddrV6,
+    proto: lb_agent::model::Protocol,
+    backends: &[SocketAddrV6],
+) -> (lb_agent::model::FrontendAddr<std::net::Ipv6Addr>, lb_agent::model::Frontend<std::net::Ipv6Addr>) {
+    use lb_agent::model::{Backend, BackendAddr, Frontend, FrontendAddr};
+    let fa = FrontendAddr::new(*addr.ip(), addr.port(), proto);
+    let backends = backends
+        .iter()
+        .map(|b| Backend {
+            addr: BackendAddr { ip: *b.ip(), port: b.port(), proto },
+            terminating: false,
+            node_name: None,
+            zone: None,
+            hints: None,
+        })
+        .collect();
+    (fa, Frontend { addr: fa, name: format!("test/{addr}"), backends, flags: 0, affinity_timeout: 0 })
+}
