@@ -77,7 +77,7 @@ enum Command {
         /// Only entries with this address (client, frontend, backend or
         /// SNAT address).
         #[arg(long)]
-        addr: Option<std::net::Ipv4Addr>,
+        addr: Option<std::net::IpAddr>,
         /// Only entries with this port.
         #[arg(long)]
         port: Option<u16>,
@@ -107,10 +107,10 @@ enum Command {
         /// tcp, udp or sctp.
         #[arg(value_parser = explain::parse_proto)]
         proto: u8,
-        /// The packet's source, `ip:port`.
-        src: std::net::SocketAddrV4,
-        /// The packet's destination, `ip:port`.
-        dst: std::net::SocketAddrV4,
+        /// The packet's source, `ip:port` (IPv6: `[ip]:port`).
+        src: std::net::SocketAddr,
+        /// The packet's destination, `ip:port` (IPv6: `[ip]:port`).
+        dst: std::net::SocketAddr,
         /// Where the packet meets the datapath: leaving a pod (tc), or
         /// arriving from outside the node (XDP).
         #[arg(long, value_enum, default_value_t = explain::Hook::Pod)]

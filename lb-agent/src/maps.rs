@@ -186,8 +186,8 @@ pub struct Maps6 {
     pub revnat: Named<Array<MapData, RevNat6>>,
     pub vips: Named<HashMap<MapData, Addr6, Vip4>>,
     pub sock_revnat: Named<HashMap<MapData, SockRevNat6Key, SockRevNat6>>,
-    /// IPv6 conntrack: TCP flows, and all others (not garbage collected
-    /// by the agent yet: LRU maps, the oldest flows go first).
+    /// IPv6 conntrack: TCP flows, and all others (LRU maps, garbage
+    /// collected with the IPv4 ones).
     pub ct_tcp: Named<HashMap<MapData, Ct6Key, Ct6Entry>>,
     pub ct_any: Named<HashMap<MapData, Ct6Key, Ct6Entry>>,
 }

@@ -17,6 +17,7 @@ use std::{
 use common::{Agent, ManifestDir, PinDir, dual_stack_yaml, kernel_tests_enabled, wait_for};
 use lb_common::stat;
 use lb_lab::{NodeLab, Server, is_connection_refused, tcp_request_to, tcp_server_at, udp_echo_at, udp_request_to};
+use serde_json::Value;
 
 const BACKENDS: [&str; 2] = ["web-a", "web-b"];
 const TIMEOUT: Duration = Duration::from_secs(2);
@@ -92,6 +93,69 @@ fn a_pod_reaches_an_ipv6_cluster_ip_over_tcp_and_udp() {
     // A client may draw the same source port twice: that is the same UDP
     // flow, its entries reused.
     assert!(ct_udp >= CONNECTIONS, "IPv6 UDP conntrack: {ct_udp}");
+
+    // The operator's view of the same flows (the binary, on the pins).
+    let pins = &agent.pins.0;
+    let backends6: Vec<String> = pods6.iter().map(|p| format!("[{p}]:8080")).collect();
+    let v = cli(pins, &["ct", "--addr", "fd00:96::a"]);
+    let entries = v["entries"].as_array().unwrap();
+    let text = |e: &Value, f: &str| e[f].as_str().unwrap_or_else(|| panic!("{f} in {e}")).to_string();
+    let service: Vec<&Value> = entries.iter().filter(|e| e["direction"] == "service").collect();
+    assert!(service.len() >= CONNECTIONS, "{} TCP service entries: {v}", service.len());
+    for fwd in &service {
+        assert_eq!((text(fwd, "family"), text(fwd, "protocol"), text(fwd, "dst")), ("IPv6".into(), "TCP".into(), "[fd00:96::a]:80".into()));
+        assert!(backends6.contains(&text(fwd, "nat_dst")), "translated to a backend: {fwd}");
+        assert!(text(fwd, "service").starts_with("test/web"), "{fwd}");
+        // Its reply entry: from that backend to the client, back to the
+        // ClusterIP.
+        let reply = entries
+            .iter()
+            .find(|e| e["direction"] == "reply" && e["src"] == fwd["nat_dst"] && e["dst"] == fwd["nat_src"])
+            .unwrap_or_else(|| panic!("no reply entry for {fwd}"));
+        assert_eq!((text(reply, "nat_src"), text(reply, "nat_dst")), (text(fwd, "dst"), text(fwd, "src")));
+    }
+    assert!(
+        cli(pins, &["ct", "--addr", "fd00:96::b"])["entries"].as_array().unwrap().is_empty(),
+        "an IPv6 address of no flow filters everything out"
+    );
+
+    // explain: a packet of a recorded flow follows its entry (an ACK: the
+    // flow is closing, a SYN would start a new one) ...
+    let fwd = service[0];
+    let x = cli(pins, &["explain", "tcp", &text(fwd, "src"), "[fd00:96::a]:80", "--tcp-flags", "A"]);
+    assert_eq!((text(&x, "verdict"), text(&x, "selection")), ("translate".into(), "conntrack".into()), "{x}");
+    assert_eq!((text(&x, "frontend"), text(&x, "backend")), ("[fd00:96::a]:80".into(), text(fwd, "nat_dst")), "{x}");
+    assert!(text(&x, "service").starts_with("test/web"), "{x}");
+    // ... and a new flow picks among both backends.
+    let client_ip = lab.pod_ip6("client");
+    let x = cli(pins, &["explain", "tcp", &format!("[{client_ip}]:1"), "[fd00:96::a]:80"]);
+    assert_eq!((text(&x, "verdict"), text(&x, "selection")), ("translate".into(), "random".into()), "{x}");
+    let mut candidates: Vec<String> = x["candidates"].as_array().unwrap().iter().map(|c| c.as_str().unwrap().to_string()).collect();
+    candidates.sort();
+    let mut want = backends6.clone();
+    want.sort();
+    assert_eq!(candidates, want, "{x}");
+
+    // stats: the IPv6 conntrack's fill.
+    let v = cli(pins, &["stats"]);
+    let fill = |map: &str| v["maps"].as_array().unwrap().iter().find(|m| m["map"] == map).cloned().unwrap_or_else(|| panic!("{map}: {v}"));
+    let tcp6 = fill("LB6_CT_TCP");
+    assert!(tcp6["entries"].as_u64().unwrap() >= 2 * CONNECTIONS as u64, "{tcp6}");
+    assert_eq!(tcp6["max_entries"], lb_common::sizes::CT_TCP6);
+    assert!(fill("LB6_CT_ANY")["entries"].as_u64().unwrap() >= CONNECTIONS as u64);
+}
+
+/// Runs `lb-agent ARGS --bpffs DIR -o json` and parses its output.
+fn cli(pins: &std::path::Path, args: &[&str]) -> Value {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lb-agent"))
+        .args(args)
+        .arg("--bpffs")
+        .arg(pins)
+        .args(["-o", "json"])
+        .output()
+        .expect("running lb-agent");
+    assert!(out.status.success(), "lb-agent {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("lb-agent {args:?}: {e}: {}", String::from_utf8_lossy(&out.stdout)))
 }
 
 /// Requests from the client pod to the web ClusterIP over IPv6: each is

@@ -9,7 +9,11 @@ mod common;
 
 use std::net::{Ipv4Addr, SocketAddrV4};
 
-use common::{Loaded, assert_checksums_valid, frontend, hex, kernel_tests_enabled};
+use common::{
+    Loaded, assert_checksums_valid,
+    fixture::{Expect, Fixture, Hook, check_all},
+    frontend, hex, kernel_tests_enabled,
+};
 use etherparse::{Icmpv4Type, NetSlice, SlicedPacket, TransportSlice, icmpv4::DestUnreachableHeader};
 use lb_agent::model::{Desired, Protocol};
 use lb_common::{CT_SERVICE, ct_entry_flags, stat, vip_filter, vip_flags};
@@ -37,80 +41,6 @@ fn desired() -> Desired {
     ]
     .into_iter()
     .collect()
-}
-
-/// What a fixture expects.
-enum Expect {
-    /// Passed on ("next"), untouched.
-    Unchanged,
-    /// Passed on, exactly this packet.
-    Packet(Vec<u8>),
-    /// An ICMP port unreachable from `from` to the sender, quoting the
-    /// input, sent back out of the interface (redirect).
-    Unreachable { from: Ipv4Addr },
-    /// Dropped.
-    Dropped,
-}
-
-/// Which program a fixture's packet goes through.
-#[derive(Clone, Copy)]
-enum Hook {
-    /// Leaving a pod (its interface's ingress).
-    FromPod,
-    /// On its way to the client (an interface's egress).
-    ToClient,
-}
-
-struct Fixture {
-    name: &'static str,
-    hook: Hook,
-    input: Vec<u8>,
-    expect: Expect,
-}
-
-fn check(l: &mut Loaded, f: &Fixture) {
-    let out = match f.hook {
-        Hook::FromPod => l.run(&f.input),
-        Hook::ToClient => l.run_egress(&f.input),
-    };
-    match &f.expect {
-        Expect::Unchanged => {
-            assert_eq!(out.verdict, TC_ACT_UNSPEC, "{}: verdict", f.name);
-            assert_eq!(out.packet, f.input, "{}: packet must pass untouched", f.name);
-        }
-        Expect::Packet(p) => {
-            assert_eq!(out.verdict, TC_ACT_UNSPEC, "{}: verdict", f.name);
-            assert_checksums_valid(f.name, &out.packet);
-            assert_eq!(hex(&out.packet), hex(p), "{}: output packet", f.name);
-        }
-        Expect::Unreachable { from } => {
-            assert_eq!(out.verdict, TC_ACT_REDIRECT, "{}: verdict", f.name);
-            assert_icmp_unreachable(f.name, &f.input, &out.packet, *from);
-        }
-        Expect::Dropped => assert_eq!(out.verdict, TC_ACT_SHOT, "{}: verdict", f.name),
-    }
-}
-
-fn assert_icmp_unreachable(name: &str, input: &[u8], out: &[u8], from: Ipv4Addr) {
-    let p = SlicedPacket::from_ethernet(out).unwrap_or_else(|e| panic!("{name}: unparsable ICMP: {e}"));
-    let eth = p.link.as_ref().unwrap().to_header().unwrap();
-    let eth = match eth {
-        etherparse::LinkHeader::Ethernet2(e) => e,
-        other => panic!("{name}: {other:?}"),
-    };
-    assert_eq!((eth.source, eth.destination), (NODE_MAC, CLIENT_MAC), "{name}: MACs swapped");
-    let Some(NetSlice::Ipv4(ip)) = &p.net else { panic!("{name}: not IPv4") };
-    let header = ip.header().to_header();
-    assert_eq!(header.header_checksum, header.calc_header_checksum(), "{name}: IPv4 checksum");
-    let input_ip = &input[14..];
-    assert_eq!(Ipv4Addr::from(header.source), from, "{name}: ICMP source is the dialled address");
-    assert_eq!(&header.destination[..], &input_ip[12..16], "{name}: sent back to the client");
-    let Some(TransportSlice::Icmpv4(icmp)) = &p.transport else { panic!("{name}: not ICMP") };
-    assert_eq!(icmp.icmp_type(), Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::Port), "{name}: type 3 code 3");
-    let quote = &input_ip[..28];
-    assert_eq!(icmp.payload(), quote, "{name}: quotes the IP header and 8 bytes");
-    let want = etherparse::Icmpv4Header::with_checksum(icmp.icmp_type(), icmp.payload());
-    assert_eq!(icmp.checksum(), want.checksum, "{name}: ICMP checksum");
 }
 
 #[test]
@@ -249,9 +179,7 @@ fn fixtures() {
             expect: Expect::Unchanged,
         },
     ];
-    for f in &fixtures {
-        check(&mut l, f);
-    }
+    check_all::<Ipv4Addr>(&mut l, &fixtures);
     assert_eq!(l.stat(stat::REJECT_UNSERVED_PORT), 1);
     assert_eq!(l.stat(stat::REJECT_NO_BACKEND), 2);
     assert_eq!(l.stat(stat::DROP_ORPHAN_FRAGMENT), 1);

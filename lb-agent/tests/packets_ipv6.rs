@@ -16,7 +16,11 @@ use std::{
     net::{Ipv6Addr, SocketAddrV6},
 };
 
-use common::{Loaded, hex, kernel_tests_enabled, v6};
+use common::{
+    Loaded,
+    fixture::{Expect, Fixture, Hook, check, check_all},
+    hex, kernel_tests_enabled, v6,
+};
 use etherparse::{Icmpv6Type, IpNumber, Ipv6Extensions, Ipv6FragmentHeader, Ipv6RawExtHeader, PacketBuilder, icmpv6::DestUnreachableCode};
 use lb_agent::model::Desired;
 use lb_common::{CT_REPLY, CT_SERVICE, Ct6Key, IPPROTO_TCP, IPPROTO_UDP, ipv6, stat, svc_flags};
@@ -63,15 +67,6 @@ fn hop_by_hop_and_dest_opts() -> Ipv6Extensions {
     Ipv6Extensions { hop_by_hop_options: Some(hbh), destination_options: Some(dst), ..Default::default() }
 }
 
-enum Expect {
-    /// Passed on, untouched.
-    Unchanged,
-    /// Passed on, exactly this packet (with valid checksums).
-    Packet(Vec<u8>),
-    /// Answered: exactly this packet sent back out of the interface.
-    Answer(Vec<u8>),
-}
-
 /// The ICMPv6 port unreachable lb must answer `input` with: from the
 /// address it was sent to, back to its sender, quoting as much of it (from
 /// the IPv6 header on) as fits in 1280 bytes; built, checksum included, by
@@ -86,41 +81,6 @@ fn port_unreachable(input: &[u8]) -> Vec<u8> {
     let mut out = Vec::new();
     b.write(&mut out, quote).unwrap();
     out
-}
-
-#[derive(Clone, Copy)]
-enum Hook {
-    FromPod,
-    ToClient,
-}
-
-struct Fixture {
-    name: &'static str,
-    hook: Hook,
-    input: Vec<u8>,
-    expect: Expect,
-}
-
-fn check(l: &mut Loaded, f: &Fixture) {
-    let out = match f.hook {
-        Hook::FromPod => l.run(&f.input),
-        Hook::ToClient => l.run_egress(&f.input),
-    };
-    match &f.expect {
-        Expect::Unchanged => {
-            assert_eq!(out.verdict, TC_ACT_UNSPEC, "{}: verdict", f.name);
-            assert_eq!(hex(&out.packet), hex(&f.input), "{}: packet must pass untouched", f.name);
-        }
-        Expect::Packet(p) => {
-            assert_eq!(out.verdict, TC_ACT_UNSPEC, "{}: verdict", f.name);
-            v6::assert_checksums_valid(f.name, &out.packet);
-            assert_eq!(hex(&out.packet), hex(p), "{}: output packet", f.name);
-        }
-        Expect::Answer(p) => {
-            assert_eq!(out.verdict, TC_ACT_REDIRECT, "{}: verdict", f.name);
-            assert_eq!(hex(&out.packet), hex(p), "{}: answer", f.name);
-        }
-    }
 }
 
 #[test]
@@ -251,9 +211,7 @@ fn fixtures() {
         },
         Fixture { name: "ICMPv6 echo to the ClusterIP passes untouched", hook: FromPod, input: echo, expect: Expect::Unchanged },
     ];
-    for f in &fixtures {
-        check(&mut l, f);
-    }
+    check_all::<Ipv6Addr>(&mut l, &fixtures);
     assert_eq!(l.stat(stat::REJECT_NO_BACKEND), 2);
     assert_eq!(l.stat(stat::REJECT_UNSERVED_PORT), 3);
     assert_eq!(l.stat(stat::TAIL_CALL_FAILED), 0);

@@ -20,13 +20,13 @@ use lb_agent::{
     maps::MapsError,
     model::{Backend, BackendAddr, Cidr, Desired, Frontend, FrontendAddr, IpFamily, Protocol},
     reconcile::{
-        CtMap, MapKind, MapStore, Reconciler, Stats,
+        CtMap, MapFamily, MapKind, MapStore, Reconciler, Stats,
         dump::dump,
         fake::{FakeMaps, Fault, Faulty, Op},
     },
 };
 use lb_common::{
-    Affinity4, Affinity4Key, Backend4, CT_REPLY, CT_SERVICE, Ct4Key, CtEntry, CtTimeouts, RevNat4, SCOPE_INTERNAL, Service4Key,
+    Affinity4, Affinity4Key, Backend4, CT_REPLY, CT_SERVICE, CtEntryOf, CtKeyOf, CtTimeouts, RevNat4, SCOPE_INTERNAL, Service4Key,
     Service4Value, Slot, SlotKey, Vip4, svc_flags, vip_flags,
 };
 
@@ -1270,8 +1270,14 @@ const NOW: u64 = 1_000_000_000_000;
 /// Both conntrack entries of a UDP flow from `client` to `frontend`,
 /// translated to `backend`, as the datapath writes them.
 fn udp_flow(maps: &mut FakeMaps, client: ([u8; 4], u16), frontend: ([u8; 4], u16), backend: ([u8; 4], u16), ids: (u32, u32)) {
-    let (c, f, b) = (u32::from_ne_bytes(client.0), u32::from_ne_bytes(frontend.0), u32::from_ne_bytes(backend.0));
-    let entry = |nat_saddr, nat_sport: u16, nat_daddr, nat_dport: u16| CtEntry {
+    let ip = |a: ([u8; 4], u16)| (Ipv4Addr::from(a.0), a.1);
+    udp_flow_of(maps, ip(client), ip(frontend), ip(backend), ids);
+}
+
+/// [`udp_flow`] in family `A`'s conntrack map (versions 1).
+fn udp_flow_of<A: MapFamily>(maps: &mut FakeMaps, client: (A, u16), frontend: (A, u16), backend: (A, u16), ids: (u32, u32)) {
+    let (c, f, b) = (A::vip_key(client.0), A::vip_key(frontend.0), A::vip_key(backend.0));
+    let entry = |nat_saddr, nat_sport: u16, nat_daddr, nat_dport: u16| CtEntryOf {
         last_seen: NOW,
         nat_saddr,
         nat_daddr,
@@ -1287,10 +1293,10 @@ fn udp_flow(maps: &mut FakeMaps, client: ([u8; 4], u16), frontend: ([u8; 4], u16
         frontend_version: 1,
         backend_version: 1,
     };
-    let service = Ct4Key::new(c, f, client.1.to_be(), frontend.1.to_be(), 17, CT_SERVICE);
-    maps.insert_ct(&service, &entry(c, client.1, b, backend.1));
-    let reply = Ct4Key::new(b, c, backend.1.to_be(), client.1.to_be(), 17, CT_REPLY);
-    maps.insert_ct(&reply, &entry(f, frontend.1, c, client.1));
+    let service = CtKeyOf::new(c, f, client.1.to_be(), frontend.1.to_be(), 17, CT_SERVICE);
+    maps.insert_ct_of::<A>(&service, &entry(c, client.1, b, backend.1));
+    let reply = CtKeyOf::new(b, c, backend.1.to_be(), client.1.to_be(), 17, CT_REPLY);
+    maps.insert_ct_of::<A>(&reply, &entry(f, frontend.1, c, client.1));
     assert_eq!(entry(c, client.1, b, backend.1).twin_key(&service), reply);
 }
 
@@ -1875,4 +1881,95 @@ fn drift_in_the_ipv6_maps_is_repaired() {
             (MapKind::Vips6.name(), 2),
         ])
     );
+}
+
+/// The frontend ID of family `A`'s frontend at `ip`.
+fn frontend_id_of<A: MapFamily>(maps: &impl MapStore, ip: A) -> u32 {
+    maps.services::<A>().unwrap().into_iter().find(|(k, _)| A::service_parts(k).0 == ip).map(|(_, v)| v.frontend_id).unwrap()
+}
+
+/// The backend ID of family `A`'s backend at `ip`.
+fn backend_id_of<A: MapFamily>(maps: &impl MapStore, ip: A) -> u32 {
+    maps.backends::<A>().unwrap().into_iter().find(|(_, b)| A::backend_slot(b).ip == Some(ip)).map(|(id, _)| id).unwrap()
+}
+
+/// Family `A`'s flows (both maps) as `direction src -> dst` lines, sorted.
+fn flows_of<A: MapFamily>(maps: &impl MapStore) -> Vec<String> {
+    let mut out: Vec<String> = CtMap::BOTH
+        .iter()
+        .flat_map(|m| maps.ct_entries::<A>(*m).unwrap())
+        .map(|(k, e)| {
+            let r = lb_agent::inspect::conntrack::row::<A>(&k, &e, String::new(), NOW);
+            format!("{} {} -> {}", r.direction, r.src, r.dst)
+        })
+        .collect();
+    out.sort();
+    out
+}
+
+/// The IPv6 conntrack is collected as the IPv4 one is, by the same pass:
+/// a backend that leaves one frontend loses that frontend's flows only
+/// (purge), a removed frontend's flows go (invalid), flows time out, and
+/// the IPv4 flows are judged apart (their own backend IDs).
+#[test]
+fn ipv6_flows_are_collected_like_ipv4_ones() {
+    const A6: &str = "[fd00:96::71]:53/UDP a = [fd00:244::10]:5353 [fd00:244::11]:5353";
+    const A6_WITHOUT_SHARED: &str = "[fd00:96::71]:53/UDP a = [fd00:244::11]:5353";
+    const B6: &str = "[fd00:96::72]:53/UDP b = [fd00:244::10]:5353";
+    let mut r = reconciler();
+    assert!(r.apply_dual(&[&desired(&[WEB4])], &[&desired6(&[A6, B6])]).errors.is_empty());
+    let ip6 = |s: &str| s.parse::<Ipv6Addr>().unwrap();
+    let (a, b) = (frontend_id_of(r.maps(), ip6("fd00:96::71")), frontend_id_of(r.maps(), ip6("fd00:96::72")));
+    let (shared, other) = (backend_id_of(r.maps(), ip6("fd00:244::10")), backend_id_of(r.maps(), ip6("fd00:244::11")));
+    let web = frontend_id_of(r.maps(), Ipv4Addr::new(10, 96, 0, 1));
+    let web_be = backend_id_of(r.maps(), Ipv4Addr::new(10, 244, 1, 1));
+    let client = ip6("fd00:10:244::b");
+    let maps = r.maps_mut().inner_mut();
+    udp_flow_of(maps, (client, 5000), (ip6("fd00:96::71"), 53), (ip6("fd00:244::10"), 5353), (a, shared));
+    udp_flow_of(maps, (client, 5001), (ip6("fd00:96::71"), 53), (ip6("fd00:244::11"), 5353), (a, other));
+    udp_flow_of(maps, (client, 5002), (ip6("fd00:96::72"), 53), (ip6("fd00:244::10"), 5353), (b, shared));
+    // An IPv4 flow (backend IDs are per family: judged against the IPv4
+    // ones, it stays until it times out).
+    udp_flow(maps, ([10, 244, 0, 11], 6000), ([10, 96, 0, 1], 80), ([10, 244, 1, 1], 8080), (web, web_be));
+    let gc = r.collect_conntrack(&CtTimeouts::DEFAULT, NOW).unwrap();
+    assert_eq!((gc.deleted, gc.remaining), (0, 8), "{gc:?}");
+    let fill = |gc: &lb_agent::reconcile::GcStats, map: &str| gc.fills.iter().find(|f| f.map == map).map(|f| (f.remaining, f.capacity));
+    assert_eq!(fill(&gc, "LB6_CT_ANY"), Some((6, r.maps().max_entries(MapKind::CtAny6))), "{gc:?}");
+    assert_eq!(fill(&gc, "LB4_CT_ANY").map(|f| f.0), Some(2));
+
+    // The shared backend leaves a: a's flow to it goes at the next
+    // collection, b's stays.
+    let s = r.apply_dual(&[&desired(&[WEB4])], &[&desired6(&[A6_WITHOUT_SHARED, B6])]);
+    assert_eq!((s.purges_queued, s.errors.len()), (1, 0), "{s:?}");
+    let gc = r.collect_conntrack(&CtTimeouts::DEFAULT, NOW).unwrap();
+    assert_eq!((gc.purged, gc.invalid, gc.deleted, gc.remaining), (2, 0, 2, 6), "{gc:?}");
+    assert_eq!(
+        flows_of::<Ipv6Addr>(r.maps()),
+        [
+            "reply [fd00:244::10]:5353 -> [fd00:10:244::b]:5002",
+            "reply [fd00:244::11]:5353 -> [fd00:10:244::b]:5001",
+            "service [fd00:10:244::b]:5001 -> [fd00:96::71]:53",
+            "service [fd00:10:244::b]:5002 -> [fd00:96::72]:53",
+        ]
+    );
+
+    // b goes: its flow is invalid and is deleted.
+    assert!(r.apply_dual(&[&desired(&[WEB4])], &[&desired6(&[A6_WITHOUT_SHARED])]).errors.is_empty());
+    let gc = r.collect_conntrack(&CtTimeouts::DEFAULT, NOW).unwrap();
+    assert_eq!((gc.invalid, gc.deleted, gc.remaining), (2, 2, 4), "{gc:?}");
+    assert_eq!(
+        flows_of::<Ipv6Addr>(r.maps()),
+        ["reply [fd00:244::11]:5353 -> [fd00:10:244::b]:5001", "service [fd00:10:244::b]:5001 -> [fd00:96::71]:53"]
+    );
+
+    // A collection that fails on the IPv6 map is reported with its name.
+    r.maps_mut().inject(Fault::on(MapKind::CtAny6, Op::Read));
+    let e = r.collect_conntrack(&CtTimeouts::DEFAULT, NOW).unwrap_err();
+    assert!(matches!(e, MapsError::Batch { name: "LB6_CT_ANY", .. }), "{e}");
+    r.maps_mut().heal();
+
+    // Past the UDP timeout, both families' flows time out.
+    let gc = r.collect_conntrack(&CtTimeouts::DEFAULT, NOW + 3_600_000_000_000).unwrap();
+    assert_eq!((gc.deleted, gc.remaining), (4, 0), "{gc:?}");
+    assert!(flows_of::<Ipv6Addr>(r.maps()).is_empty());
 }

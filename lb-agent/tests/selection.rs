@@ -389,3 +389,71 @@ fn a_reused_client_port_never_puts_two_flows_on_one_backend_tuple() {
     assert!(same_backend > 0, "some pairs shared a backend (and so needed another port)");
     assert_eq!(l.stat(lb_common::stat::PORT_REMAPPED), same_backend);
 }
+
+/// The IPv6 conntrack (`LB6_CT_TCP`) is garbage collected as the IPv4 one:
+/// a closed flow goes after the closing timeout, an established one stays,
+/// and the flows of a removed backend go at the next collection.
+#[test]
+fn ipv6_conntrack_garbage_collection() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    use common::v6;
+    use std::net::{Ipv6Addr, SocketAddrV6};
+    let sa6 = |s: &str| s.parse::<SocketAddrV6>().unwrap();
+    let vip = sa6("[fd00:96::60]:80");
+    let bes = [sa6("[fd00:10:244::d]:8080"), sa6("[fd00:10:244::e]:8080")];
+    let mut l = Loaded::new("ctgc6", Desired::default());
+    let apply = |l: &mut Loaded, bes: &[SocketAddrV6]| {
+        let d6: Desired<Ipv6Addr> = [v6::frontend(vip, Protocol::Tcp, bes)].into_iter().collect();
+        let s = l.reconciler.apply_dual(&[&Desired::default()], &[&d6]);
+        assert!(s.errors.is_empty(), "{s:?}");
+    };
+    apply(&mut l, &bes);
+    let none = etherparse::Ipv6Extensions::default;
+    let client = |port| SocketAddrV6::new("fd00:10:244::b".parse().unwrap(), port, 0, 0);
+    // The backend a packet leaving the program goes to.
+    let target = |p: &[u8]| {
+        let ip: [u8; 16] = p[14 + 24..14 + 40].try_into().unwrap();
+        SocketAddrV6::new(ip.into(), u16::from_be_bytes([p[14 + 42], p[14 + 43]]), 0, 0)
+    };
+    let tcp6 = |l: &mut Loaded, from: SocketAddrV6, to: SocketAddrV6, flags: &str, egress: bool| {
+        let p = v6::tcp(from, to, flags, 1, b"", none());
+        if egress { l.run_egress(&p) } else { l.run(&p) }.packet
+    };
+    // An established flow, and a closed one (FIN both ways).
+    let est = client(50000);
+    let est_be = target(&tcp6(&mut l, est, vip, "S", false));
+    tcp6(&mut l, est_be, est, "SA", true);
+    tcp6(&mut l, est, vip, "A", false);
+    let closed = client(50001);
+    let closed_be = target(&tcp6(&mut l, closed, vip, "S", false));
+    tcp6(&mut l, closed_be, closed, "SA", true);
+    tcp6(&mut l, closed, vip, "A", false);
+    tcp6(&mut l, closed, vip, "FA", false);
+    tcp6(&mut l, closed_be, closed, "FA", true);
+    let v6_flows = |l: &Loaded| l.reconciler.maps().v6.ct_tcp.entries().unwrap();
+    assert_eq!(v6_flows(&l).len(), 4, "two entries per flow");
+    // The service entries of a client's flow.
+    let of = |l: &Loaded, c: SocketAddrV6| {
+        v6_flows(l).iter().filter(|(k, _)| lb_common::ipv6(k.saddr) == *c.ip() && k.sport == c.port().to_be()).count()
+    };
+
+    let t = CtTimeouts::DEFAULT;
+    let now = monotonic_ns();
+    let gc = l.reconciler.collect_conntrack(&t, now).unwrap();
+    assert_eq!(gc.deleted, 0, "nothing expires right away: {gc:?}");
+    let fill = gc.fills.iter().find(|f| f.map == "LB6_CT_TCP").copied().unwrap();
+    assert_eq!((fill.remaining, fill.capacity), (4, sizes::CT_TCP6), "{gc:?}");
+    let gc = l.reconciler.collect_conntrack(&t, now + 11_000_000_000).unwrap();
+    assert_eq!((gc.deleted, gc.remaining), (2, 2), "the closed flow, both directions: {gc:?}");
+    assert_eq!(of(&l, closed), 0);
+    assert_eq!(of(&l, est), 1, "the established flow's service entry stays");
+
+    // The established flow's backend is removed: its entries go at once.
+    let rest: Vec<SocketAddrV6> = bes.iter().copied().filter(|b| *b != est_be).collect();
+    apply(&mut l, &rest);
+    let gc = l.reconciler.collect_conntrack(&t, monotonic_ns()).unwrap();
+    assert_eq!((gc.invalid, gc.deleted, gc.remaining), (2, 2, 0), "{gc:?}");
+    assert!(v6_flows(&l).is_empty());
+}

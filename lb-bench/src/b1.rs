@@ -17,10 +17,19 @@
 //!   kernel's per-run duration of a `repeat = 1` run also includes one
 //!   clock read and the bh disable/enable around the program; that overhead
 //!   is measured with the same method on an established flow and on the
-//!   floor and reported beside it.
+//!   floor and reported beside it;
+//! - IPv6 ClusterIP: the same two measurements of `lb_tc_ingress` on IPv6
+//!   frames, in the same run, over IPv6 twins of the IPv4 frontends (each
+//!   address mapped into `fd00::/96`, see [`to_v6`]): the ping-pong pair
+//!   and the services (all of them up to `--b1-reconcile-limit` backends,
+//!   else the measured one), programmed by `Reconciler::apply_dual`.
+//!
+//! The datapath is loaded by lb-agent's own loader (`Datapath::load`), as
+//! the agent loads it: whatever the loader sets up (program arrays, tail
+//! calls) the bench runs with.
 
 use std::{
-    net::{Ipv4Addr, SocketAddrV4},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddrV4, SocketAddrV6},
     time::{Duration, Instant},
 };
 
@@ -83,6 +92,10 @@ pub struct B1Row {
     /// What `lb_tc_ingress` costs a packet leaving a pod for no frontend
     /// (pod to pod), which it passes untouched.
     pub tc_pass: TcPassCost,
+    /// The tc ClusterIP path over IPv6 (same run), and how many IPv6
+    /// services the maps held.
+    pub v6: Option<PathCost>,
+    pub v6_services: usize,
 }
 
 /// `lb_tc_ingress` on a packet from a pod to another pod's address (no
@@ -155,6 +168,18 @@ impl B1Row {
     pub fn new_flow_net_ns(&self) -> f64 {
         self.new_flow_ns - self.r1_overhead_ns()
     }
+
+    /// IPv6 over IPv4 on the tc ClusterIP path, same run: (established,
+    /// new flow net, kernel established, kernel new flow).
+    pub fn v6_ratios(&self) -> Option<(f64, f64, f64, f64)> {
+        let v6 = self.v6.as_ref()?;
+        Some((
+            v6.established_ns / self.established_ns,
+            v6.new_flow_net_ns() / self.new_flow_net_ns(),
+            v6.kernel.established / self.kernel.established,
+            v6.kernel.new_flow / self.kernel.new_flow,
+        ))
+    }
 }
 
 pub fn ready_config() -> lb_common::Config {
@@ -162,15 +187,49 @@ pub fn ready_config() -> lb_common::Config {
 }
 
 fn sizes_for(services: usize, endpoints: usize, new_flows: usize) -> MapSizes {
-    let fe = (services + 16) as u32;
+    let fe = ((services + 16) as u32).next_power_of_two().max(1024);
+    let backends = ((services * endpoints + 64) as u32).next_power_of_two().max(1024);
+    // Two entries per new flow, every round, plus headroom: no eviction.
+    let ct_tcp = ((new_flows as u32 * 2 + 1024) * 2).next_power_of_two().max(4096);
+    let slots = ((services * endpoints) as u32 + (services * endpoints / 10) as u32 + 4096).max(4096);
     MapSizes {
-        services: fe.next_power_of_two().max(1024),
-        backends: ((services * endpoints + 64) as u32).next_power_of_two().max(1024),
-        slots: ((services * endpoints) as u32 + (services * endpoints / 10) as u32 + 4096).max(4096),
-        // Two entries per new flow, every round, plus headroom: no eviction.
-        ct_tcp: ((new_flows as u32 * 2 + 1024) * 2).next_power_of_two().max(4096),
+        services: fe,
+        backends,
+        // Both families' frontends take slots.
+        slots: 2 * slots,
+        ct_tcp,
+        services6: fe,
+        backends6: backends,
+        ct_tcp6: ct_tcp,
         ..MapSizes::default()
     }
+}
+
+/// The IPv6 twin of an IPv4 address of the bench: it in the low 32 bits
+/// of `fd00::/96`.
+pub fn to_v6(a: Ipv4Addr) -> Ipv6Addr {
+    Ipv6Addr::from((0xfd00u128 << 112) | u32::from(a) as u128)
+}
+
+fn sa6(a: SocketAddrV4) -> SocketAddrV6 {
+    SocketAddrV6::new(to_v6(*a.ip()), a.port(), 0, 0)
+}
+
+/// The IPv6 twin of a frontend (addresses mapped by [`to_v6`]).
+fn frontend6(fe: &Frontend) -> (FrontendAddr<Ipv6Addr>, Frontend<Ipv6Addr>) {
+    let addr = FrontendAddr { ip: to_v6(fe.addr.ip), port: fe.addr.port, proto: fe.addr.proto, scope: fe.addr.scope };
+    let backends = fe
+        .backends
+        .iter()
+        .map(|b| Backend {
+            addr: BackendAddr { ip: to_v6(b.addr.ip), port: b.addr.port, proto: b.addr.proto },
+            terminating: b.terminating,
+            node_name: b.node_name.clone(),
+            zone: b.zone.clone(),
+            hints: b.hints.clone(),
+        })
+        .collect();
+    (addr, Frontend { addr, name: fe.name.clone(), backends, flags: fe.flags, affinity_timeout: fe.affinity_timeout })
 }
 
 /// The pair of frontends that are each other's backend (see the module docs).
@@ -341,7 +400,18 @@ pub fn run_one(opts: &B1Options, n: usize) -> Result<B1Row> {
             desired.insert(fe.addr, local(fe, OTHER_NODE));
         }
     }
-    let (reconciler, program_time) = fill(pins.path(), reconciler, &desired, n * opts.endpoints <= opts.reconcile_limit)?;
+    let (mut reconciler, program_time) = fill(pins.path(), reconciler, &desired, n * opts.endpoints <= opts.reconcile_limit)?;
+    // The IPv6 twins: the ping-pong pair and the services (all of them
+    // within the reconcile limit, else the measured one).
+    let svcs6 = if n * opts.endpoints <= opts.reconcile_limit { &svcs[..] } else { &svcs[svcs.len().saturating_sub(1)..] };
+    let desired6: lb_agent::model::Desired<Ipv6Addr> = svcs6
+        .iter()
+        .map(services::frontend)
+        .chain([one_backend("bench/ping:http", PING, PONG).1, one_backend("bench/pong:http", PONG, PING).1])
+        .map(|fe| frontend6(&fe))
+        .collect();
+    let stats = reconciler.apply_dual(&[&desired], &[&desired6]);
+    ensure!(stats.errors.is_empty(), "programming the IPv6 frontends: {:?}", &stats.errors[..stats.errors.len().min(3)]);
 
     {
         let xdp: &mut Xdp =
@@ -359,7 +429,12 @@ pub fn run_one(opts: &B1Options, n: usize) -> Result<B1Row> {
     let k = m.flows;
     let ct_entries = reconciler.maps().ct.tcp.map.keys().count();
     ensure!(ct_entries >= 2 * k, "expected {} conntrack entries after the new-flow runs, found {ct_entries}", 2 * k);
-    Ok(B1Row { services: n, program_time, ..m.row })
+    let target6 = SocketAddrV6::new(to_v6(svcs.last().map(|s| s.ip).unwrap_or(*PING.ip())), services::SERVICE_PORT, 0, 0);
+    let mut k6 = 0;
+    let v6 = measure_v6(opts, &dp, target6, &mut k6).with_context(|| format!("IPv6; datapath counters: {}", counted()))?;
+    let ct6_entries = reconciler.maps().v6.ct_tcp.map.keys().count();
+    ensure!(ct6_entries >= 2 * k6, "expected {} IPv6 conntrack entries after the new-flow runs, found {ct6_entries}", 2 * k6);
+    Ok(B1Row { services: n, program_time, v6: Some(v6), v6_services: svcs6.len(), ..m.row })
 }
 
 /// What [`measure`] found, and how many new flows it made.
@@ -552,8 +627,54 @@ fn measure(opts: &B1Options, dp: &Datapath, svcs: &[services::Svc], ext0: u32, h
             remote: remote_cost,
             xdp_pass: pass_cost,
             tc_pass,
+            v6: None,
+            v6_services: 0,
         },
         flows: k,
+    })
+}
+
+/// The tc ClusterIP path over IPv6, measured as the IPv4 one (ping-pong
+/// established flow, repeat = 1 established flow and new flows, the
+/// kernel's figures); counts its new flows in `k`.
+fn measure_v6(opts: &B1Options, dp: &Datapath, target: SocketAddrV6, k: &mut usize) -> Result<PathCost> {
+    let tc: &SchedClassifier = dp.ebpf.program(TC_INGRESS_PROGRAM).unwrap().try_into()?;
+    let tc_info = || tc.info();
+    let client = sa6(SocketAddrV4::new(Ipv4Addr::new(10, 244, 0, 11), 40000));
+    let syn = |src: SocketAddrV4| testrun::tcp6(sa6(src), target, "S", 1, &[]);
+    let ack = |dst: SocketAddrV6| testrun::tcp6(client, dst, "A", 2, b"hello");
+
+    // Ping-pong: an even repeat count lands back on PING, through both DNATs.
+    let pp = ack(sa6(PING));
+    let mut out = vec![0u8; pp.len() + 256];
+    let r = run_tc(tc, &pp, &mut out, 4)?;
+    ensure!(r == TC_ACT_UNSPEC as u32, "IPv6 ping-pong verdict {r}");
+    ensure!(out[14 + 24..14 + 40] == sa6(PING).ip().octets(), "IPv6 ping-pong: packet did not come back to the first frontend");
+    let established_ns = best_of(opts.rounds, || Ok(testrun::time_tc(tc, &pp, opts.repeat)?.1))?;
+    let kernel_established = kernel_ns(tc_info, || {
+        testrun::time_tc(tc, &pp, opts.repeat)?;
+        Ok(())
+    })?;
+
+    let est = ack(target);
+    let (v, _) = testrun::time_tc(tc, &est, 1)?;
+    ensure!(v == TC_ACT_UNSPEC, "verdict {v} for an established IPv6 flow");
+    let established_r1_ns = mean_r1(opts.new_flows.min(20_000), |_| run_tc_once(tc, &est))?;
+
+    let (new_flow_ns, new_flow_p50_ns) = new_flows(opts, k, |src| run_tc_once(tc, &syn(src)))?;
+    let kernel_new_flow = kernel_ns(tc_info, || {
+        for _ in 0..opts.new_flows.min(20_000) {
+            run_tc_once(tc, &syn(fresh_source(*k)))?;
+            *k += 1;
+        }
+        Ok(())
+    })?;
+    Ok(PathCost {
+        established_ns,
+        established_r1_ns,
+        new_flow_ns,
+        new_flow_p50_ns,
+        kernel: KernelNs { established: kernel_established, new_flow: kernel_new_flow },
     })
 }
 
@@ -724,6 +845,13 @@ pub fn run(opts: &B1Options) -> Result<Vec<B1Row>> {
                 row.new_flow_ns,
                 row.r1_overhead_ns()
             );
+            if let (Some(v6), Some((est, new, kest, knew))) = (&row.v6, row.v6_ratios()) {
+                eprintln!(
+                    "lb-bench: B1 {n} services, IPv6 ClusterIP: established {:.1} ns ({est:.2}x IPv4), new flow {:.1} ns net ({new:.2}x); kernel {kest:.2}x / {knew:.2}x",
+                    v6.established_ns,
+                    v6.new_flow_net_ns()
+                );
+            }
             rows.push(row);
         }
         Ok(rows)

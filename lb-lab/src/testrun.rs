@@ -2,11 +2,14 @@
 //! the harness behind the packet fixtures (functional mode, `repeat = 1`)
 //! and the per-packet benchmarks (perf mode, large `repeat`).
 
-use std::{net::SocketAddrV4, time::Duration};
+use std::{
+    net::{SocketAddrV4, SocketAddrV6},
+    time::Duration,
+};
 
 use anyhow::Context;
 use aya::programs::{ProgramError, SchedClassifier, TestRun, TestRunOptions, Xdp};
-use etherparse::PacketBuilder;
+use etherparse::{PacketBuilder, PacketBuilderStep, TcpHeader};
 
 /// tcx "next": the packet goes on (to later programs, then the stack).
 pub const TC_ACT_UNSPEC: i32 = -1;
@@ -52,12 +55,36 @@ impl Default for Frame {
 
 /// [`tcp`] with given MACs and TTL.
 pub fn tcp_frame(frame: Frame, src: SocketAddrV4, dst: SocketAddrV4, flags: &str, seq: u32, payload: &[u8]) -> Vec<u8> {
-    let mut b = PacketBuilder::ethernet2(frame.src_mac, frame.dst_mac).ipv4(src.ip().octets(), dst.ip().octets(), frame.ttl).tcp(
+    let b = PacketBuilder::ethernet2(frame.src_mac, frame.dst_mac).ipv4(src.ip().octets(), dst.ip().octets(), frame.ttl).tcp(
         src.port(),
         dst.port(),
         seq,
         64240,
     );
+    let b = with_tcp_flags(b, flags);
+    let mut out = Vec::with_capacity(b.size(payload.len()));
+    b.write(&mut out, payload).expect("writing to a Vec");
+    out
+}
+
+/// An Ethernet + IPv6 + TCP packet (no extension headers), from the
+/// client to the node; checksums computed by etherparse.
+pub fn tcp6(src: SocketAddrV6, dst: SocketAddrV6, flags: &str, seq: u32, payload: &[u8]) -> Vec<u8> {
+    let b = PacketBuilder::ethernet2(CLIENT_MAC, NODE_MAC).ipv6(src.ip().octets(), dst.ip().octets(), 64).tcp(
+        src.port(),
+        dst.port(),
+        seq,
+        64240,
+    );
+    let b = with_tcp_flags(b, flags);
+    let mut out = Vec::with_capacity(b.size(payload.len()));
+    b.write(&mut out, payload).expect("writing to a Vec");
+    out
+}
+
+/// `b` (a packet builder after `.tcp()`, of either IP family) with the
+/// TCP flags given as letters: S, A (acknowledging 1), F, R, P.
+pub fn with_tcp_flags(mut b: PacketBuilderStep<TcpHeader>, flags: &str) -> PacketBuilderStep<TcpHeader> {
     for f in flags.chars() {
         b = match f {
             'S' => b.syn(),
@@ -68,9 +95,7 @@ pub fn tcp_frame(frame: Frame, src: SocketAddrV4, dst: SocketAddrV4, flags: &str
             _ => panic!("unknown TCP flag {f}"),
         };
     }
-    let mut out = Vec::with_capacity(b.size(payload.len()));
-    b.write(&mut out, payload).expect("writing to a Vec");
-    out
+    b
 }
 
 /// An Ethernet + IPv4 + UDP packet; checksums computed by etherparse.

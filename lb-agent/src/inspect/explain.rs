@@ -5,19 +5,71 @@
 //! programs' decisions step by step (`lb-ebpf`'s `tc.rs`, `xdp.rs`,
 //! `select.rs`); a test holds it to what the programs do with the same
 //! packet through BPF_PROG_TEST_RUN. It reads only: the packet is not
-//! recorded anywhere.
+//! recorded anywhere. One walk, written over the family ([`Explained`]:
+//! a `MapFamily` with the few decisions that differ); IPv6 is served on
+//! pod interfaces (tc) only so far.
 
-use std::net::SocketAddrV4;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use aya::maps::lpm_trie::Key as LpmKey;
 use lb_common::{
-    Affinity4Key, CT_SERVICE, Config, Ct4Key, NodeConfig, RevNatKey, SCOPE_EXTERNAL, SCOPE_INTERNAL, Service4Key, Service4Value, SlotKey,
-    SrcRange4, backend_flags, config_flags, ct, ct_flags, hairpin_addr, hash::flow_hash, node_flags, stat, svc_flags, vip_flags,
+    Addr6, Affinity4Key, CT_SERVICE, Config, CtKeyOf, IPPROTO_TCP, NodeConfig, RevNatKey, SCOPE_EXTERNAL, SCOPE_INTERNAL, Service4Value,
+    SlotKey, SrcRange4, config_flags, ct, ct_flags, hairpin_addr,
+    hash::{affinity_client6, flow_hash, flow_hash6},
+    node_flags, stat, svc_flags, vip_flags,
 };
 use serde::Serialize;
 
-use super::endpoint;
-use crate::maps::{Maps, MapsError, svc_name_str};
+use super::conntrack::ct_endpoint;
+use crate::{
+    maps::{Maps, MapsError, svc_name_str},
+    reconcile::{CtKey, CtValue, MapFamily},
+};
+
+/// What the datapath decides differently by family (`lb-ebpf`'s `l3.rs`).
+pub trait Explained: MapFamily {
+    /// Whether `lb_xdp` serves this family (north-south frontends).
+    const NORTH_SOUTH: bool;
+    fn ct_get(maps: &Maps, key: &CtKey<Self>) -> Result<Option<CtValue<Self>>, MapsError>;
+    fn flow_hash(saddr: Self::VipKey, daddr: Self::VipKey, sport: u16, dport: u16, proto: u8) -> u32;
+    /// The session affinity key's client.
+    fn affinity_client(addr: Self::VipKey) -> u64;
+    /// Whether `addr` is the hairpin address (a pod's reply to itself).
+    fn is_hairpin(addr: Self::VipKey) -> bool;
+}
+
+impl Explained for Ipv4Addr {
+    const NORTH_SOUTH: bool = true;
+    fn ct_get(maps: &Maps, key: &CtKey<Self>) -> Result<Option<CtValue<Self>>, MapsError> {
+        maps.ct.get(key)
+    }
+    fn flow_hash(saddr: u32, daddr: u32, sport: u16, dport: u16, proto: u8) -> u32 {
+        flow_hash(saddr, daddr, sport, dport, proto)
+    }
+    fn affinity_client(addr: u32) -> u64 {
+        addr as u64
+    }
+    fn is_hairpin(addr: u32) -> bool {
+        addr == hairpin_addr()
+    }
+}
+
+impl Explained for Ipv6Addr {
+    const NORTH_SOUTH: bool = false;
+    fn ct_get(maps: &Maps, key: &CtKey<Self>) -> Result<Option<CtValue<Self>>, MapsError> {
+        if key.proto == IPPROTO_TCP { &maps.v6.ct_tcp } else { &maps.v6.ct_any }.get(key)
+    }
+    fn flow_hash(saddr: Addr6, daddr: Addr6, sport: u16, dport: u16, proto: u8) -> u32 {
+        flow_hash6(&saddr, &daddr, sport, dport, proto)
+    }
+    fn affinity_client(addr: Addr6) -> u64 {
+        affinity_client6(&addr)
+    }
+    /// No IPv6 hairpin yet.
+    fn is_hairpin(_: Addr6) -> bool {
+        false
+    }
+}
 
 /// Where the packet meets the datapath.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, clap::ValueEnum)]
@@ -35,8 +87,9 @@ pub enum Hook {
 pub struct Query {
     pub hook: Hook,
     pub proto: u8,
-    pub src: SocketAddrV4,
-    pub dst: SocketAddrV4,
+    /// Of one family, IPv4 or IPv6.
+    pub src: SocketAddr,
+    pub dst: SocketAddr,
     /// TCP flags of the packet (`ct_flags`); a SYN by default.
     pub tcp_flags: u8,
 }
@@ -126,24 +179,45 @@ impl Explanation {
 const NORTH_SOUTH: u32 = svc_flags::NODE_PORT | svc_flags::EXTERNAL_IP | svc_flags::LOAD_BALANCER;
 const NORTH_SOUTH_VIP: u32 = vip_flags::NODE_PORT | vip_flags::EXTERNAL_IP | vip_flags::LOAD_BALANCER;
 
-fn be_addr(a: &SocketAddrV4) -> u32 {
-    u32::from_ne_bytes(a.ip().octets())
+/// A packet of family `A`: its addresses as the maps store them, its
+/// ports in network order.
+struct Tuple<A: MapFamily> {
+    saddr: A::VipKey,
+    daddr: A::VipKey,
+    sport: u16,
+    dport: u16,
 }
 
 /// Explains `q` against the maps as of `now_ns` (CLOCK_MONOTONIC).
 pub fn explain(maps: &Maps, q: &Query, now_ns: u64) -> Result<Explanation, MapsError> {
+    match (q.src.ip(), q.dst.ip()) {
+        (IpAddr::V4(s), IpAddr::V4(d)) => explain_in::<Ipv4Addr>(maps, q, (s, d), now_ns),
+        (IpAddr::V6(s), IpAddr::V6(d)) => explain_in::<Ipv6Addr>(maps, q, (s, d), now_ns),
+        _ => Ok(Explanation::new(q.hook).end(Verdict::Pass, None, "source and destination are of different families: no such packet")),
+    }
+}
+
+fn explain_in<A: Explained>(maps: &Maps, q: &Query, (src, dst): (A, A), now_ns: u64) -> Result<Explanation, MapsError> {
     let mut x = Explanation::new(q.hook);
-    let (saddr, daddr) = (be_addr(&q.src), be_addr(&q.dst));
-    let (sport, dport) = (q.src.port().to_be(), q.dst.port().to_be());
+    let t = Tuple::<A> { saddr: A::vip_key(src), daddr: A::vip_key(dst), sport: q.src.port().to_be(), dport: q.dst.port().to_be() };
+    let (saddr, daddr, sport, dport) = (t.saddr, t.daddr, t.sport, t.dport);
     let cfg: Config = maps.read_config()?;
     if cfg.flags & config_flags::READY == 0 {
         return Ok(x.end(Verdict::Pass, None, "the datapath is not ready (no agent has written its configuration): everything passes"));
     }
-    if q.hook == Hook::Pod && daddr == hairpin_addr() {
+    if q.hook == Hook::Pod && A::is_hairpin(daddr) {
         return Ok(x.end(Verdict::Pass, None, "to the hairpin address: a pod's reply to itself, translated only as part of a flow"));
     }
-    let Some(vip) = maps.vips.get(&daddr)? else {
-        return Ok(x.end(Verdict::Pass, None, format!("{} is no frontend address (LB4_VIPS): not lb's, passes untouched", q.dst.ip())));
+    if q.hook == Hook::External && !A::NORTH_SOUTH {
+        return Ok(x.end(Verdict::Pass, None, format!("lb_xdp does not serve {} yet: passes", A::NAME)));
+    }
+    let vips = A::pinned_vips(maps);
+    let Some(vip) = vips.get(&daddr)? else {
+        return Ok(x.end(
+            Verdict::Pass,
+            None,
+            format!("{} is no frontend address ({}): not lb's, passes untouched", q.dst.ip(), vips.name),
+        ));
     };
     x.step(format!("{} is a frontend address ({})", q.dst.ip(), vip_kinds(vip.flags)));
     let node: Option<NodeConfig> = maps.read_node().ok().filter(|n| n.flags & node_flags::READY != 0);
@@ -163,20 +237,20 @@ pub fn explain(maps: &Maps, q: &Query, now_ns: u64) -> Result<Explanation, MapsE
         }
     }
     // Conntrack: an established flow follows its entry.
-    let key = Ct4Key::new(saddr, daddr, sport, dport, q.proto, CT_SERVICE);
-    if let Some(e) = maps.ct.get(&key)? {
+    let key = CtKeyOf::new(saddr, daddr, sport, dport, q.proto, CT_SERVICE);
+    if let Some(e) = A::ct_get(maps, &key)? {
         let st = ct::entry_state(q.proto, CT_SERVICE, &e);
         let fresh = !ct::expired(&cfg.timeouts, st, e.last_seen, now_ns);
         let reopened = ct::restarts(st, q.tcp_flags);
-        let valid = maps.revnat.get(e.frontend_id).is_ok_and(|f| f.is(e.frontend_version))
-            && maps.backends.get(e.backend_id).is_ok_and(|b| b.is(e.backend_version));
+        let valid = revnat::<A>(maps, e.frontend_id).is_some_and(|(_, version)| version == e.frontend_version)
+            && backend::<A>(maps, e.backend_id).is_some_and(|b| b.version == e.backend_version);
         if fresh && !reopened && valid {
-            describe_frontend(maps, &mut x, e.frontend_id)?;
+            describe_frontend::<A>(maps, &mut x, e.frontend_id)?;
             x.selection = Some(Selection::Conntrack);
-            x.backend = Some(endpoint(e.nat_daddr, e.nat_dport));
+            x.backend = Some(ct_endpoint::<A>(e.nat_daddr, e.nat_dport));
             x.backend_id = Some(e.backend_id);
             if e.nat_saddr != saddr {
-                x.snat = Some(endpoint(e.nat_saddr, e.nat_sport));
+                x.snat = Some(ct_endpoint::<A>(e.nat_saddr, e.nat_sport));
             }
             let state = super::conntrack::state_name(st);
             return Ok(x.end(
@@ -185,7 +259,7 @@ pub fn explain(maps: &Maps, q: &Query, now_ns: u64) -> Result<Explanation, MapsE
                 format!(
                     "conntrack hit ({state}, last seen {}s ago): the flow's backend {}",
                     now_ns.saturating_sub(e.last_seen) / 1_000_000_000,
-                    endpoint(e.nat_daddr, e.nat_dport)
+                    ct_endpoint::<A>(e.nat_daddr, e.nat_dport)
                 ),
             ));
         }
@@ -200,14 +274,14 @@ pub fn explain(maps: &Maps, q: &Query, now_ns: u64) -> Result<Explanation, MapsE
     } else {
         x.step("no conntrack entry: a new flow");
     }
-    let skey = Service4Key { addr: daddr, port: dport, proto: q.proto, scope: SCOPE_EXTERNAL };
-    let mut found = maps.services.get(&skey)?;
+    let services = A::pinned_services(maps);
+    let mut found = services.get(&A::service_key(dst, q.dst.port(), q.proto, SCOPE_EXTERNAL))?;
     // A pod is inside the cluster: where the frontend has an entry for such
     // clients (`in_cluster_service` in `select.rs`), that one serves it.
     if q.hook == Hook::Pod
         && let Some(svc) = found
         && svc.flags & svc_flags::HAS_INTERNAL != 0
-        && let Some(inner) = maps.services.get(&Service4Key { scope: SCOPE_INTERNAL, ..skey })?
+        && let Some(inner) = services.get(&A::service_key(dst, q.dst.port(), q.proto, SCOPE_INTERNAL))?
     {
         x.step("a client inside the cluster: the frontend's in-cluster entry serves it, with every endpoint (externalTrafficPolicy: Local holds only for traffic from outside)");
         found = Some(inner);
@@ -222,13 +296,18 @@ pub fn explain(maps: &Maps, q: &Query, now_ns: u64) -> Result<Explanation, MapsE
         }
         return Ok(x.end(Verdict::Pass, None, format!("no frontend on port {}: passes", q.dst.port())));
     };
-    describe_frontend(maps, &mut x, svc.frontend_id)?;
+    describe_frontend::<A>(maps, &mut x, svc.frontend_id)?;
     if q.hook == Hook::External {
         if svc.flags & NORTH_SOUTH == 0 {
             return Ok(x.end(Verdict::Pass, None, "the frontend is not served from outside: passes"));
         }
         if svc.flags & svc_flags::SOURCE_RANGES != 0 {
-            let (len, data) = SrcRange4::client(svc.frontend_id, saddr);
+            // North-south is IPv4's only (`A::NORTH_SOUTH`).
+            let client = match q.src.ip() {
+                IpAddr::V4(a) => u32::from_ne_bytes(a.octets()),
+                IpAddr::V6(_) => 0,
+            };
+            let (len, data) = SrcRange4::client(svc.frontend_id, client);
             let allowed = maps.src_ranges.map.get(&LpmKey::new(len, data), 0).is_ok();
             if !allowed {
                 return Ok(x.end(
@@ -251,13 +330,13 @@ pub fn explain(maps: &Maps, q: &Query, now_ns: u64) -> Result<Explanation, MapsE
         }
         return Ok(x.end(Verdict::Reject, Some(stat::REJECT_NO_BACKEND), "the frontend has no endpoint: rejected (ICMP port unreachable)"));
     }
-    select(maps, &mut x, &cfg, &svc, q, now_ns)?;
+    select::<A>(maps, &mut x, &cfg, &svc, q, &t, now_ns)?;
     // XDP: a backend on another node is also source-NATed (Cluster policy).
     if q.hook == Hook::External
         && let (Some(n), Some(id)) = (node, x.backend_id.or(None))
         && n.snat_addr != 0
         && svc.flags & svc_flags::EXT_LOCAL == 0
-        && maps.backends.get(id)?.flags & backend_flags::LOCAL == 0
+        && backend::<A>(maps, id).is_some_and(|b| b.flags & lb_common::backend_flags::LOCAL == 0)
     {
         x.snat = Some(format!("{}:<port {}-{}>", super::ip(n.snat_addr), n.nat_port_min, n.nat_port_max));
         x.step(format!("the backend is on another node: source-NATed to {} and forwarded", super::ip(n.snat_addr)));
@@ -266,23 +345,54 @@ pub fn explain(maps: &Maps, q: &Query, now_ns: u64) -> Result<Explanation, MapsE
     Ok(x)
 }
 
+/// A backend slot in use: its address and port (host order), flags and
+/// version.
+struct InUse {
+    addr: SocketAddr,
+    flags: u8,
+    version: u16,
+}
+
+/// Backend `id` of family `A`, if its slot is in use.
+fn backend<A: MapFamily>(maps: &Maps, id: u32) -> Option<InUse> {
+    let b = A::backend_slot(&A::pinned_backends(maps).get(id).ok()?);
+    let ip: IpAddr = b.ip?.into();
+    Some(InUse { addr: SocketAddr::new(ip, b.port), flags: b.flags, version: b.version })
+}
+
+/// Frontend `id`'s address and version in family `A`'s rev-NAT slots, if
+/// a frontend of this family holds it.
+fn revnat<A: MapFamily>(maps: &Maps, id: u32) -> Option<(SocketAddr, u16)> {
+    let r = A::revnat_slot(&A::pinned_revnat(maps).get(id).ok()?);
+    let ip: IpAddr = r.ip?.into();
+    Some((SocketAddr::new(ip, r.port), r.version))
+}
+
 /// The backend choice of a new flow (`select_backend` in `select.rs`).
-fn select(maps: &Maps, x: &mut Explanation, cfg: &Config, svc: &Service4Value, q: &Query, now_ns: u64) -> Result<(), MapsError> {
-    let (saddr, daddr) = (be_addr(&q.src), be_addr(&q.dst));
+fn select<A: Explained>(
+    maps: &Maps,
+    x: &mut Explanation,
+    cfg: &Config,
+    svc: &Service4Value,
+    q: &Query,
+    t: &Tuple<A>,
+    now_ns: u64,
+) -> Result<(), MapsError> {
     if svc.flags & svc_flags::AFFINITY != 0 {
-        let frontend_version = maps.revnat.get(svc.frontend_id).map_or(0, |f| if f.addr != 0 { f.version } else { 0 });
-        let key = Affinity4Key { client: saddr as u64, frontend_id: svc.frontend_id, frontend_version, _pad: 0 };
+        let frontend_version = revnat::<A>(maps, svc.frontend_id).map_or(0, |(_, v)| v);
+        let key = Affinity4Key { client: A::affinity_client(t.saddr), frontend_id: svc.frontend_id, frontend_version, _pad: 0 };
         match maps.affinity.get(&key)? {
             Some(a) if now_ns.saturating_sub(a.last_used) <= svc.affinity_timeout as u64 * 1_000_000_000 => {
-                let be = maps.backends.get(a.backend_id)?;
-                if be.addr != 0 && be.version == a.backend_version {
+                if let Some(be) = backend::<A>(maps, a.backend_id)
+                    && be.version == a.backend_version
+                {
                     x.selection = Some(Selection::Affinity);
-                    x.backend = Some(endpoint(be.addr, be.port));
+                    x.backend = Some(be.addr.to_string());
                     x.backend_id = Some(a.backend_id);
                     x.step(format!(
                         "session affinity: {} used backend {} {}s ago",
                         q.src.ip(),
-                        endpoint(be.addr, be.port),
+                        be.addr,
                         now_ns.saturating_sub(a.last_used) / 1_000_000_000
                     ));
                     return Ok(());
@@ -294,18 +404,17 @@ fn select(maps: &Maps, x: &mut Explanation, cfg: &Config, svc: &Service4Value, q
         }
     }
     if svc.flags & svc_flags::MAGLEV != 0 && cfg.maglev_m != 0 {
-        let hash = flow_hash(saddr, daddr, q.src.port().to_be(), q.dst.port().to_be(), q.proto);
+        let hash = A::flow_hash(t.saddr, t.daddr, t.sport, t.dport, q.proto);
         let slot = hash % cfg.maglev_m;
         if let Some(table) = maps.maglev_table(svc.frontend_id)?
             && let Some(&id) = table.get(slot as usize)
-            && let Ok(be) = maps.backends.get(id)
-            && be.addr != 0
+            && let Some(be) = backend::<A>(maps, id)
         {
             x.selection = Some(Selection::Maglev);
             x.maglev_slot = Some(slot);
-            x.backend = Some(endpoint(be.addr, be.port));
+            x.backend = Some(be.addr.to_string());
             x.backend_id = Some(id);
-            x.step(format!("Maglev: flow hash {hash:#010x}, slot {slot} of {}: backend {}", cfg.maglev_m, endpoint(be.addr, be.port)));
+            x.step(format!("Maglev: flow hash {hash:#010x}, slot {slot} of {}: backend {}", cfg.maglev_m, be.addr));
             return Ok(());
         }
         x.step("Maglev: no table (yet): a random slot");
@@ -313,11 +422,10 @@ fn select(maps: &Maps, x: &mut Explanation, cfg: &Config, svc: &Service4Value, q
     x.selection = Some(Selection::Random);
     for slot in 0..svc.count {
         let key = SlotKey { frontend_id: svc.frontend_id, slot, generation: svc.generation };
-        if let Some(s) = maps.slots.get(&key)? {
-            let be = maps.backends.get(s.backend_id)?;
-            if be.addr != 0 {
-                x.candidates.push(endpoint(be.addr, be.port));
-            }
+        if let Some(s) = maps.slots.get(&key)?
+            && let Some(be) = backend::<A>(maps, s.backend_id)
+        {
+            x.candidates.push(be.addr.to_string());
         }
     }
     if x.candidates.len() == 1 {
@@ -327,12 +435,12 @@ fn select(maps: &Maps, x: &mut Explanation, cfg: &Config, svc: &Service4Value, q
     Ok(())
 }
 
-fn describe_frontend(maps: &Maps, x: &mut Explanation, id: u32) -> Result<(), MapsError> {
-    let rn = maps.revnat.get(id)?;
+fn describe_frontend<A: MapFamily>(maps: &Maps, x: &mut Explanation, id: u32) -> Result<(), MapsError> {
     let name = maps.names.get(&RevNatKey { frontend_id: id })?.map(|n| svc_name_str(&n));
-    x.frontend = Some(endpoint(rn.addr, rn.port));
+    let frontend = revnat::<A>(maps, id).map_or_else(|| format!("<no {} frontend>", A::NAME), |(a, _)| a.to_string());
+    x.step(format!("frontend {frontend} (ID {id}{})", name.as_deref().map(|n| format!(", {n}")).unwrap_or_default()));
+    x.frontend = Some(frontend);
     x.frontend_id = Some(id);
-    x.step(format!("frontend {} (ID {id}{})", endpoint(rn.addr, rn.port), name.as_deref().map(|n| format!(", {n}")).unwrap_or_default()));
     x.service = name;
     Ok(())
 }

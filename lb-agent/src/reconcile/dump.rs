@@ -149,7 +149,7 @@ pub fn dump(maps: &impl MapStore) -> Result<String, MapsError> {
 
     for map in CtMap::BOTH {
         let mut lines: Vec<String> = maps
-            .ct_entries(map)?
+            .ct_entries::<Ipv4Addr>(map)?
             .iter()
             .map(|(k, e)| {
                 format!(

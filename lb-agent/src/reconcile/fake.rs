@@ -24,7 +24,7 @@ use std::{
 use aya::{maps::MapError, sys::SyscallError};
 use lb_common::{Affinity4, Affinity4Key, Ct4Key, CtEntry, Service4Value, Slot, SlotKey, SrcRange4, SvcName, Vip4, sizes};
 
-use super::store::{CtMap, MapFamily, MapKind, MapStore, PerFamily};
+use super::store::{CtEntries, CtKey, CtMap, CtValue, MapFamily, MapKind, MapStore, PerFamily};
 use crate::{datapath::MapSizes, maps::MapsError};
 
 type Table<K, V> = HashMap<K, V, foldhash::fast::FixedState>;
@@ -41,11 +41,31 @@ pub struct FakeFamily<A: MapFamily> {
     backends: BTreeMap<u32, A::Backend>,
     revnat: BTreeMap<u32, A::RevNat>,
     vips: Table<A::VipKey, Vip4>,
+    /// Conntrack: TCP flows, and all others.
+    ct_tcp: Table<CtKey<A>, CtValue<A>>,
+    ct_any: Table<CtKey<A>, CtValue<A>>,
+}
+
+impl<A: MapFamily> FakeFamily<A> {
+    fn ct(&self, map: CtMap) -> &Table<CtKey<A>, CtValue<A>> {
+        if map == CtMap::Tcp { &self.ct_tcp } else { &self.ct_any }
+    }
+
+    fn ct_mut(&mut self, map: CtMap) -> &mut Table<CtKey<A>, CtValue<A>> {
+        if map == CtMap::Tcp { &mut self.ct_tcp } else { &mut self.ct_any }
+    }
 }
 
 impl<A: MapFamily> Default for FakeFamily<A> {
     fn default() -> Self {
-        FakeFamily { services: Table::default(), backends: BTreeMap::new(), revnat: BTreeMap::new(), vips: Table::default() }
+        FakeFamily {
+            services: Table::default(),
+            backends: BTreeMap::new(),
+            revnat: BTreeMap::new(),
+            vips: Table::default(),
+            ct_tcp: Table::default(),
+            ct_any: Table::default(),
+        }
     }
 }
 
@@ -83,8 +103,6 @@ pub struct FakeMaps {
     maglev: BTreeMap<u32, Vec<u32>>,
     /// (prefix length, frontend ID as stored, address) -> 1.
     src_ranges: Table<(u32, u32, u32), u32>,
-    ct_tcp: Table<Ct4Key, CtEntry>,
-    ct_any: Table<Ct4Key, CtEntry>,
     affinity: Table<Affinity4Key, Affinity4>,
 }
 
@@ -115,8 +133,6 @@ impl FakeMaps {
             names: Table::default(),
             maglev: BTreeMap::new(),
             src_ranges: Table::default(),
-            ct_tcp: Table::default(),
-            ct_any: Table::default(),
             affinity: Table::default(),
         }
     }
@@ -129,20 +145,18 @@ impl FakeMaps {
 
     /// A conntrack entry, as the datapath writes them.
     pub fn insert_ct(&mut self, key: &Ct4Key, entry: &CtEntry) {
-        let table = if key.proto == lb_common::IPPROTO_TCP { &mut self.ct_tcp } else { &mut self.ct_any };
-        table.insert(*key, *entry);
+        self.insert_ct_of::<Ipv4Addr>(key, entry);
+    }
+
+    /// A conntrack entry of family `A`, as the datapath writes them.
+    pub fn insert_ct_of<A: MapFamily>(&mut self, key: &CtKey<A>, entry: &CtValue<A>) {
+        let map = if key.proto == lb_common::IPPROTO_TCP { CtMap::Tcp } else { CtMap::Any };
+        A::pick_mut(&mut self.fam).ct_mut(map).insert(*key, *entry);
     }
 
     /// An affinity entry, as the datapath writes them.
     pub fn insert_affinity(&mut self, key: &Affinity4Key, entry: &Affinity4) {
         self.affinity.insert(*key, *entry);
-    }
-
-    fn ct(&self, map: CtMap) -> &Table<Ct4Key, CtEntry> {
-        match map {
-            CtMap::Tcp => &self.ct_tcp,
-            CtMap::Any => &self.ct_any,
-        }
     }
 
     fn max(&self, map: MapKind) -> u32 {
@@ -315,16 +329,12 @@ impl MapStore for FakeMaps {
         Ok(())
     }
 
-    fn ct_entries(&self, map: CtMap) -> Result<Vec<(Ct4Key, CtEntry)>, MapsError> {
-        Ok(self.ct(map).iter().map(|(k, v)| (*k, *v)).collect())
+    fn ct_entries<A: MapFamily>(&self, map: CtMap) -> Result<CtEntries<A>, MapsError> {
+        Ok(A::pick(&self.fam).ct(map).iter().map(|(k, v)| (*k, *v)).collect())
     }
 
-    fn remove_ct(&mut self, map: CtMap, keys: &[Ct4Key]) -> Result<usize, MapsError> {
-        let table = match map {
-            CtMap::Tcp => &mut self.ct_tcp,
-            CtMap::Any => &mut self.ct_any,
-        };
-        Ok(Self::batch_remove(table, keys))
+    fn remove_ct<A: MapFamily>(&mut self, map: CtMap, keys: &[CtKey<A>]) -> Result<usize, MapsError> {
+        Ok(Self::batch_remove(A::pick_mut(&mut self.fam).ct_mut(map), keys))
     }
 
     fn affinity(&self) -> Result<Vec<(Affinity4Key, Affinity4)>, MapsError> {
@@ -625,14 +635,14 @@ impl<M: MapStore> MapStore for Faulty<M> {
         self.inner.remove_src_range(prefix_len, data)
     }
 
-    fn ct_entries(&self, map: CtMap) -> Result<Vec<(Ct4Key, CtEntry)>, MapsError> {
-        self.check(map.kind(), Op::Read, Shape::Batch)?;
-        self.inner.ct_entries(map)
+    fn ct_entries<A: MapFamily>(&self, map: CtMap) -> Result<CtEntries<A>, MapsError> {
+        self.check(map.kind_of::<A>(), Op::Read, Shape::Batch)?;
+        self.inner.ct_entries::<A>(map)
     }
 
-    fn remove_ct(&mut self, map: CtMap, keys: &[Ct4Key]) -> Result<usize, MapsError> {
-        self.check(map.kind(), Op::Delete, Shape::Batch)?;
-        self.inner.remove_ct(map, keys)
+    fn remove_ct<A: MapFamily>(&mut self, map: CtMap, keys: &[CtKey<A>]) -> Result<usize, MapsError> {
+        self.check(map.kind_of::<A>(), Op::Delete, Shape::Batch)?;
+        self.inner.remove_ct::<A>(map, keys)
     }
 
     fn affinity(&self) -> Result<Vec<(Affinity4Key, Affinity4)>, MapsError> {

@@ -1,6 +1,6 @@
 //! Conntrack garbage collection: every `--ct-gc-interval` the agent reads
-//! both conntrack maps (in batches) and deletes, both directions at once,
-//! the flows that:
+//! the conntrack maps of both families (`LB4_CT_*`, `LB6_CT_*`, in
+//! batches) and deletes, both directions at once, the flows that:
 //! - timed out, judged on both directions together (a live flow is never
 //!   collected; a half-open one goes at the SYN timeout);
 //! - belong to a removed frontend or backend (the datapath already ignores
@@ -10,15 +10,31 @@
 //!
 //! Affinity entries of removed or purged backends go the same way (those
 //! of IPv6 frontends, which the socket hooks keep in the same map, judged
-//! against the IPv6 backend IDs). The conntrack maps hold IPv4 flows only:
-//! there is no IPv6 conntrack yet.
+//! against the IPv6 backend IDs). One pass, written over the family
+//! (`MapFamily`), serves both; a flow is judged against its own family's
+//! backend IDs (frontend IDs are shared).
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::{
+    collections::{BTreeSet, HashMap, HashSet},
+    hash::Hash,
+    net::{Ipv4Addr, Ipv6Addr},
+};
 
-use lb_common::{CT_SERVICE, Ct4Key, CtEntry, CtTimeouts, ct};
+use lb_common::{CT_SERVICE, CtEntryOf, CtKeyOf, CtTimeouts, ct};
 
-use super::{CtMap, FrontendRef, MapStore, Reconciler};
+use super::{CtKey, CtValue, FrontendRef, MapFamily, MapStore, Reconciler, ids::Ids};
 use crate::maps::MapsError;
+
+/// How full one conntrack map is after a collection.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct CtFill {
+    /// The map's name (`LB4_CT_TCP`, ...).
+    pub map: &'static str,
+    /// The agent flag that sizes it.
+    pub size_flag: &'static str,
+    pub remaining: usize,
+    pub capacity: u32,
+}
 
 /// What one conntrack garbage collection did.
 #[derive(Debug, Default, Clone, Copy)]
@@ -30,13 +46,11 @@ pub struct GcStats {
     pub invalid: usize,
     /// Of those: flows purged because their backend left their frontend.
     pub purged: usize,
-    /// Entries left in both maps.
+    /// Entries left in all the conntrack maps.
     pub remaining: usize,
-    /// Entries left in each map, and its capacity: the fill levels.
-    pub tcp_remaining: usize,
-    pub tcp_capacity: u32,
-    pub any_remaining: usize,
-    pub any_capacity: u32,
+    /// Entries left in each map, and its capacity: the fill levels
+    /// (`LB4_CT_TCP`, `LB4_CT_ANY`, `LB6_CT_TCP`, `LB6_CT_ANY`).
+    pub fills: [CtFill; 4],
     /// Affinity entries deleted (their backend is gone or was purged).
     pub affinity_deleted: usize,
 }
@@ -52,16 +66,16 @@ enum Verdict {
 
 /// A conntrack entry to delete, and why.
 #[derive(Clone, Copy)]
-struct Doomed {
-    key: Ct4Key,
+struct Doomed<K> {
+    key: K,
     verdict: Verdict,
 }
 
 /// What one pass over a conntrack map found.
-struct Judged {
+struct Judged<K> {
     /// Entries read.
     scanned: usize,
-    doomed: Vec<Doomed>,
+    doomed: Vec<Doomed<K>>,
 }
 
 impl<M: MapStore> Reconciler<M> {
@@ -90,37 +104,14 @@ impl<M: MapStore> Reconciler<M> {
             .filter(|(id, version, _)| purge.contains(&FrontendRef { id: *id, version: *version }))
             .map(|(id, _, allowed)| (id, allowed))
             .collect();
-        let backend_ids = &self.fam.v4.backend_ids;
-        let judge = |e: &CtEntry| {
-            if !self.frontend_ids.holds(e.frontend_id, e.frontend_version) || !backend_ids.holds(e.backend_id, e.backend_version) {
-                Verdict::Invalid
-            } else if allowed.get(&e.frontend_id).is_some_and(|a| !a.contains(&e.backend_id)) {
-                Verdict::Purged
-            } else {
-                Verdict::Keep
-            }
-        };
-        let mut stats = GcStats {
-            tcp_capacity: self.maps.max_entries(CtMap::Tcp.kind()),
-            any_capacity: self.maps.max_entries(CtMap::Any.kind()),
-            ..GcStats::default()
-        };
-        for map in CtMap::BOTH {
-            let Judged { scanned, doomed } = judge_pairs(self.maps.ct_entries(map)?, timeouts, now_ns, &judge);
-            let keys: Vec<Ct4Key> = doomed.iter().map(|d| d.key).collect();
-            let deleted = self.maps.remove_ct(map, &keys)?;
-            stats.scanned += scanned;
-            stats.deleted += deleted;
-            stats.invalid += doomed.iter().filter(|d| d.verdict == Verdict::Invalid).count();
-            stats.purged += doomed.iter().filter(|d| d.verdict == Verdict::Purged).count();
-            let left = scanned.saturating_sub(deleted);
-            match map {
-                CtMap::Tcp => stats.tcp_remaining = left,
-                CtMap::Any => stats.any_remaining = left,
-            }
-        }
-        stats.remaining = stats.tcp_remaining + stats.any_remaining;
+        let mut stats = GcStats::default();
+        let ids = (&self.frontend_ids, &allowed);
+        let [v4_tcp, v4_any] = collect_family::<Ipv4Addr, M>(&mut self.maps, ids, &self.fam.v4.backend_ids, timeouts, now_ns, &mut stats)?;
+        let [v6_tcp, v6_any] = collect_family::<Ipv6Addr, M>(&mut self.maps, ids, &self.fam.v6.backend_ids, timeouts, now_ns, &mut stats)?;
+        stats.fills = [v4_tcp, v4_any, v6_tcp, v6_any];
+        stats.remaining = stats.fills.iter().map(|f| f.remaining).sum();
 
+        let backend_ids = &self.fam.v4.backend_ids;
         let affinity = self.maps.affinity()?;
         let ids6: HashSet<u32> = self.fam.v6.frontends.values().map(|f| f.id).collect();
         let gone: Vec<_> = affinity
@@ -138,11 +129,50 @@ impl<M: MapStore> Reconciler<M> {
     }
 }
 
+/// Collects family `A`'s two conntrack maps into `stats`, judging flows
+/// against the (shared) frontend IDs, the purge queue's allowed backends
+/// (`ids`) and the family's `backend_ids`; returns the maps' fill levels.
+fn collect_family<A: MapFamily, M: MapStore>(
+    maps: &mut M,
+    (frontend_ids, allowed): (&Ids, &HashMap<u32, &BTreeSet<u32>>),
+    backend_ids: &Ids,
+    timeouts: &CtTimeouts,
+    now_ns: u64,
+    stats: &mut GcStats,
+) -> Result<[CtFill; 2], MapsError> {
+    let judge = |e: &CtValue<A>| {
+        if !frontend_ids.holds(e.frontend_id, e.frontend_version) || !backend_ids.holds(e.backend_id, e.backend_version) {
+            Verdict::Invalid
+        } else if allowed.get(&e.frontend_id).is_some_and(|a| !a.contains(&e.backend_id)) {
+            Verdict::Purged
+        } else {
+            Verdict::Keep
+        }
+    };
+    let mut fills = [CtFill::default(); 2];
+    for (fill, (map, kind, size_flag)) in fills.iter_mut().zip(A::CT) {
+        let Judged { scanned, doomed } = judge_pairs(maps.ct_entries::<A>(map)?, timeouts, now_ns, &judge);
+        let keys: Vec<CtKey<A>> = doomed.iter().map(|d| d.key).collect();
+        let deleted = maps.remove_ct::<A>(map, &keys)?;
+        stats.scanned += scanned;
+        stats.deleted += deleted;
+        stats.invalid += doomed.iter().filter(|d| d.verdict == Verdict::Invalid).count();
+        stats.purged += doomed.iter().filter(|d| d.verdict == Verdict::Purged).count();
+        *fill = CtFill { map: kind.name(), size_flag, remaining: scanned.saturating_sub(deleted), capacity: maps.max_entries(kind) };
+    }
+    Ok(fills)
+}
+
 /// The flows of one map's `entries` to delete (both directions), with why,
 /// judged on both directions together.
-fn judge_pairs(entries: Vec<(Ct4Key, CtEntry)>, timeouts: &CtTimeouts, now_ns: u64, judge: &impl Fn(&CtEntry) -> Verdict) -> Judged {
-    let entries: HashMap<Ct4Key, CtEntry> = entries.into_iter().collect();
-    let mut doomed: HashSet<Ct4Key> = HashSet::new();
+fn judge_pairs<A: Copy + Eq + Hash>(
+    entries: Vec<(CtKeyOf<A>, CtEntryOf<A>)>,
+    timeouts: &CtTimeouts,
+    now_ns: u64,
+    judge: &impl Fn(&CtEntryOf<A>) -> Verdict,
+) -> Judged<CtKeyOf<A>> {
+    let entries: HashMap<CtKeyOf<A>, CtEntryOf<A>> = entries.into_iter().collect();
+    let mut doomed: HashSet<CtKeyOf<A>> = HashSet::new();
     let mut out = Vec::new();
     for (key, entry) in &entries {
         if doomed.contains(key) {

@@ -61,8 +61,8 @@ use self::{
     ranges::SrcRange,
 };
 pub use self::{
-    gc::GcStats,
-    store::{CtMap, MapFamily, MapKind, MapStore, PerFamily},
+    gc::{CtFill, GcStats},
+    store::{CtKey, CtMap, CtValue, MapFamily, MapKind, MapStore, PerFamily},
 };
 use crate::{
     maglev,

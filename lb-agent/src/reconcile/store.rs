@@ -19,8 +19,8 @@ use std::{
 
 use aya::maps::{Array, HashMap, MapData};
 use lb_common::{
-    Addr6, Affinity4, Affinity4Key, Backend4, Backend6, Ct4Key, CtEntry, RevNat4, RevNat6, RevNatKey, SCOPE_EXTERNAL, SCOPE_INTERNAL,
-    Service4Key, Service4Value, Service6Key, Slot, SlotKey, SrcRange4, SvcName, Vip4, addr6, ipv6, names,
+    Addr6, Affinity4, Affinity4Key, Backend4, Backend6, Ct4Key, Ct6Entry, Ct6Key, CtEntry, CtEntryOf, CtKeyOf, RevNat4, RevNat6, RevNatKey,
+    SCOPE_EXTERNAL, SCOPE_INTERNAL, Service4Key, Service4Value, Service6Key, Slot, SlotKey, SrcRange4, SvcName, Vip4, addr6, ipv6, names,
 };
 
 use crate::{
@@ -48,10 +48,12 @@ pub enum MapKind {
     Backends6,
     RevNat6,
     Vips6,
+    CtTcp6,
+    CtAny6,
 }
 
 impl MapKind {
-    pub const ALL: [MapKind; 15] = [
+    pub const ALL: [MapKind; 17] = [
         MapKind::Services,
         MapKind::Slots,
         MapKind::Backends,
@@ -67,6 +69,8 @@ impl MapKind {
         MapKind::Backends6,
         MapKind::RevNat6,
         MapKind::Vips6,
+        MapKind::CtTcp6,
+        MapKind::CtAny6,
     ];
 
     /// The map's name (also its pin name).
@@ -87,6 +91,8 @@ impl MapKind {
             MapKind::Backends6 => names::BACKENDS6,
             MapKind::RevNat6 => names::REVNAT6,
             MapKind::Vips6 => names::VIPS6,
+            MapKind::CtTcp6 => names::CT_TCP6,
+            MapKind::CtAny6 => names::CT_ANY6,
         }
     }
 }
@@ -139,6 +145,9 @@ pub trait MapFamily: IpFamily {
     const VIPS: MapKind;
     /// The agent flag that sizes the backend map.
     const BACKENDS_SIZE_FLAG: &'static str;
+    /// The conntrack maps (TCP, everything else) and the flags that size
+    /// them.
+    const CT: [(CtMap, MapKind, &'static str); 2];
 
     /// A frontend key; `port` in host order.
     fn service_key(ip: Self, port: u16, proto: u8, scope: u8) -> Self::ServiceKey;
@@ -163,6 +172,10 @@ pub trait MapFamily: IpFamily {
     fn pinned_revnat_mut(m: &mut Maps) -> &mut Named<Array<MapData, Self::RevNat>>;
     fn pinned_vips(m: &Maps) -> &Named<HashMap<MapData, Self::VipKey, Vip4>>;
     fn pinned_vips_mut(m: &mut Maps) -> &mut Named<HashMap<MapData, Self::VipKey, Vip4>>;
+    /// Every entry of the family's conntrack map `map`.
+    fn pinned_ct_entries(m: &Maps, map: CtMap) -> Result<CtEntries<Self>, MapsError>;
+    /// Deletes `keys` from it in batches; how many were deleted.
+    fn remove_pinned_ct(m: &mut Maps, map: CtMap, keys: &[CtKey<Self>]) -> Result<usize, MapsError>;
     /// Adds a frontend address to the pinned maps (IPv4 also sets the
     /// XDP pre-filter's bits first: `Maps::insert_vip`).
     fn insert_pinned_vip(m: &mut Maps, addr: Self::VipKey, vip: &Vip4) -> Result<(), MapsError> {
@@ -234,6 +247,8 @@ impl MapFamily for Ipv4Addr {
     const REVNAT: MapKind = MapKind::RevNat;
     const VIPS: MapKind = MapKind::Vips;
     const BACKENDS_SIZE_FLAG: &'static str = "--backends-size";
+    const CT: [(CtMap, MapKind, &'static str); 2] =
+        [(CtMap::Tcp, MapKind::CtTcp, "--ct-tcp-size"), (CtMap::Any, MapKind::CtAny, "--ct-any-size")];
 
     fn service_key(ip: Self, port: u16, proto: u8, scope: u8) -> Service4Key {
         Service4Key { addr: u32::from_ne_bytes(ip.octets()), port: port.to_be(), proto, scope }
@@ -291,6 +306,12 @@ impl MapFamily for Ipv4Addr {
     fn pinned_vips_mut(m: &mut Maps) -> &mut Named<HashMap<MapData, u32, Vip4>> {
         &mut m.vips
     }
+    fn pinned_ct_entries(m: &Maps, map: CtMap) -> Result<Vec<(Ct4Key, CtEntry)>, MapsError> {
+        (if map == CtMap::Tcp { &m.ct.tcp } else { &m.ct.any }).entries()
+    }
+    fn remove_pinned_ct(m: &mut Maps, map: CtMap, keys: &[Ct4Key]) -> Result<usize, MapsError> {
+        (if map == CtMap::Tcp { &mut m.ct.tcp } else { &mut m.ct.any }).remove_all(keys)
+    }
     fn insert_pinned_vip(m: &mut Maps, addr: u32, vip: &Vip4) -> Result<(), MapsError> {
         m.insert_vip(addr, vip)
     }
@@ -318,6 +339,8 @@ impl MapFamily for Ipv6Addr {
     const REVNAT: MapKind = MapKind::RevNat6;
     const VIPS: MapKind = MapKind::Vips6;
     const BACKENDS_SIZE_FLAG: &'static str = "--backends6-size";
+    const CT: [(CtMap, MapKind, &'static str); 2] =
+        [(CtMap::Tcp, MapKind::CtTcp6, "--ct6-tcp-size"), (CtMap::Any, MapKind::CtAny6, "--ct6-any-size")];
 
     fn service_key(ip: Self, port: u16, proto: u8, scope: u8) -> Service6Key {
         Service6Key { addr: addr6(ip), port: port.to_be(), proto, scope }
@@ -375,27 +398,43 @@ impl MapFamily for Ipv6Addr {
     fn pinned_vips_mut(m: &mut Maps) -> &mut Named<HashMap<MapData, Addr6, Vip4>> {
         &mut m.v6.vips
     }
+    fn pinned_ct_entries(m: &Maps, map: CtMap) -> Result<Vec<(Ct6Key, Ct6Entry)>, MapsError> {
+        (if map == CtMap::Tcp { &m.v6.ct_tcp } else { &m.v6.ct_any }).entries()
+    }
+    fn remove_pinned_ct(m: &mut Maps, map: CtMap, keys: &[Ct6Key]) -> Result<usize, MapsError> {
+        (if map == CtMap::Tcp { &mut m.v6.ct_tcp } else { &mut m.v6.ct_any }).remove_all(keys)
+    }
 }
 
-/// One of the two conntrack maps.
+/// One of a family's two conntrack maps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum CtMap {
-    /// `LB4_CT_TCP`.
+    /// `LB4_CT_TCP`, `LB6_CT_TCP`.
     Tcp,
-    /// `LB4_CT_ANY`: every other protocol.
+    /// `LB4_CT_ANY`, `LB6_CT_ANY`: every other protocol.
     Any,
 }
 
 impl CtMap {
     pub const BOTH: [CtMap; 2] = [CtMap::Tcp, CtMap::Any];
 
+    /// The IPv4 map.
     pub fn kind(self) -> MapKind {
-        match self {
-            CtMap::Tcp => MapKind::CtTcp,
-            CtMap::Any => MapKind::CtAny,
-        }
+        self.kind_of::<Ipv4Addr>()
+    }
+
+    /// Family `A`'s map.
+    pub fn kind_of<A: MapFamily>(self) -> MapKind {
+        A::CT[self as usize].1
     }
 }
+
+/// A conntrack key of family `A` (`Ct4Key`, `Ct6Key`).
+pub type CtKey<A> = CtKeyOf<<A as MapFamily>::VipKey>;
+/// A conntrack entry of family `A` (`CtEntry`, `Ct6Entry`).
+pub type CtValue<A> = CtEntryOf<<A as MapFamily>::VipKey>;
+/// The entries of one of family `A`'s conntrack maps.
+pub type CtEntries<A> = Vec<(CtKey<A>, CtValue<A>)>;
 
 /// Every operation the reconciler (with its garbage collection) issues on
 /// the maps. Removing a key that is not there is not an error; batch
@@ -460,8 +499,8 @@ pub trait MapStore {
     fn remove_src_range(&mut self, prefix_len: u32, data: SrcRange4) -> Result<(), MapsError>;
 
     /// Conntrack, read and deleted in batches.
-    fn ct_entries(&self, map: CtMap) -> Result<Vec<(Ct4Key, CtEntry)>, MapsError>;
-    fn remove_ct(&mut self, map: CtMap, keys: &[Ct4Key]) -> Result<usize, MapsError>;
+    fn ct_entries<A: MapFamily>(&self, map: CtMap) -> Result<CtEntries<A>, MapsError>;
+    fn remove_ct<A: MapFamily>(&mut self, map: CtMap, keys: &[CtKey<A>]) -> Result<usize, MapsError>;
 
     /// `LB4_AFFINITY`, read and deleted in batches.
     fn affinity(&self) -> Result<Vec<(Affinity4Key, Affinity4)>, MapsError>;
@@ -486,6 +525,8 @@ impl MapStore for Maps {
             MapKind::Backends6 => self.v6.backends.max_entries,
             MapKind::RevNat6 => self.v6.revnat.max_entries,
             MapKind::Vips6 => self.v6.vips.max_entries,
+            MapKind::CtTcp6 => self.v6.ct_tcp.max_entries,
+            MapKind::CtAny6 => self.v6.ct_any.max_entries,
         }
     }
 
@@ -597,18 +638,12 @@ impl MapStore for Maps {
         Maps::remove_src_range(self, prefix_len, data)
     }
 
-    fn ct_entries(&self, map: CtMap) -> Result<Vec<(Ct4Key, CtEntry)>, MapsError> {
-        match map {
-            CtMap::Tcp => self.ct.tcp.entries(),
-            CtMap::Any => self.ct.any.entries(),
-        }
+    fn ct_entries<A: MapFamily>(&self, map: CtMap) -> Result<CtEntries<A>, MapsError> {
+        A::pinned_ct_entries(self, map)
     }
 
-    fn remove_ct(&mut self, map: CtMap, keys: &[Ct4Key]) -> Result<usize, MapsError> {
-        match map {
-            CtMap::Tcp => self.ct.tcp.remove_all(keys),
-            CtMap::Any => self.ct.any.remove_all(keys),
-        }
+    fn remove_ct<A: MapFamily>(&mut self, map: CtMap, keys: &[CtKey<A>]) -> Result<usize, MapsError> {
+        A::remove_pinned_ct(self, map, keys)
     }
 
     fn affinity(&self) -> Result<Vec<(Affinity4Key, Affinity4)>, MapsError> {

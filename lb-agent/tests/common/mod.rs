@@ -2,6 +2,7 @@
 //! running and skipping, an agent process in a lab node, and polling.
 #![allow(dead_code)]
 
+pub mod fixture;
 pub mod v6;
 
 use std::{
