@@ -11,10 +11,9 @@ use std::net::{Ipv4Addr, SocketAddrV4};
 
 use common::{
     Loaded, assert_checksums_valid,
-    fixture::{Expect, Fixture, Hook, check_all},
+    fixture::{Expect, Fixture, Hook, check, check_all},
     frontend, hex, kernel_tests_enabled,
 };
-use etherparse::{Icmpv4Type, NetSlice, SlicedPacket, TransportSlice, icmpv4::DestUnreachableHeader};
 use lb_agent::model::{Desired, Protocol};
 use lb_common::{CT_SERVICE, ct_entry_flags, stat, vip_filter, vip_flags};
 use lb_lab::testrun::{self, CLIENT_MAC, NODE_MAC, TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC};
@@ -512,7 +511,7 @@ fn pod_to_pod_packets_pass_untouched_and_leave_no_conntrack_entry() {
             (format!("UDP to {dst}"), testrun::udp(client, dst, b"q")),
         ] {
             let name = Box::leak(name.into_boxed_str());
-            check(&mut l, &Fixture { name, hook: Hook::FromPod, input, expect: Expect::Unchanged });
+            check::<Ipv4Addr>(&mut l, &Fixture { name, hook: Hook::FromPod, input, expect: Expect::Unchanged });
         }
     }
     let ct = l.reconciler.maps().ct.entries().unwrap();
@@ -546,7 +545,7 @@ fn established_flows_follow_conntrack_without_the_address_lookup_until_their_fro
     assert_checksums_valid("established, without LB4_VIPS", &out.packet);
     assert_eq!(hex(&out.packet), hex(&testrun::tcp(client, be, "PA", 2, b"data")), "established, without LB4_VIPS");
     let other = testrun::tcp(sa("10.244.0.11:40001"), vip, "S", 1, b"");
-    check(&mut l, &Fixture { name: "a new flow needs LB4_VIPS", hook: Hook::FromPod, input: other, expect: Expect::Unchanged });
+    check::<Ipv4Addr>(&mut l, &Fixture { name: "a new flow needs LB4_VIPS", hook: Hook::FromPod, input: other, expect: Expect::Unchanged });
     l.reconciler.maps_mut().vips.insert(&key, &entry).unwrap();
 
     // A flow to the two-backend ClusterIP, and one to 10.96.0.10:53/UDP.
@@ -576,7 +575,7 @@ fn established_flows_follow_conntrack_without_the_address_lookup_until_their_fro
     assert!(stats.errors.is_empty(), "{:?}", stats.errors);
     assert_eq!(filter_kinds(&l, *vip.ip()), vip_flags::CLUSTER_IP);
     let data = testrun::tcp(client, vip, "PA", 3, b"more");
-    check(
+    check::<Ipv4Addr>(
         &mut l,
         &Fixture { name: "the removed frontend's flow", hook: Hook::FromPod, input: data, expect: Expect::Unreachable { from: *vip.ip() } },
     );
@@ -584,7 +583,10 @@ fn established_flows_follow_conntrack_without_the_address_lookup_until_their_fro
     // the flow's next packet passes untouched.
     assert_eq!(filter_kinds(&l, *vip30.ip()), 0, "the removed ClusterIP's lane is cleared");
     let data = testrun::tcp(client, vip30, "A", 3, b"more");
-    check(&mut l, &Fixture { name: "the removed ClusterIP's flow", hook: Hook::FromPod, input: data, expect: Expect::Unchanged });
+    check::<Ipv4Addr>(
+        &mut l,
+        &Fixture { name: "the removed ClusterIP's flow", hook: Hook::FromPod, input: data, expect: Expect::Unchanged },
+    );
     // The remaining frontend is served, its flow followed.
     let out = l.run(&testrun::udp(client, udp, b"q2"));
     assert_eq!(hex(&out.packet), hex(&testrun::udp(client, sa("10.244.0.12:5353"), b"q2")));
@@ -612,7 +614,7 @@ fn a_wiped_pre_filter_lets_flows_pass_until_the_agent_rebuilds_it() {
             maps.vip_filter.set(i, &0).unwrap();
         }
     }
-    check(
+    check::<Ipv4Addr>(
         &mut l,
         &Fixture { name: "with an empty pre-filter", hook: Hook::FromPod, input: established.clone(), expect: Expect::Unchanged },
     );

@@ -18,7 +18,7 @@ use std::{
 
 use common::{
     Loaded,
-    fixture::{Expect, Fixture, Hook, check, check_all},
+    fixture::{Expect, Fixture, Hook, check_all},
     hex, kernel_tests_enabled, v6,
 };
 use etherparse::{Icmpv6Type, IpNumber, Ipv6Extensions, Ipv6FragmentHeader, Ipv6RawExtHeader, PacketBuilder, icmpv6::DestUnreachableCode};
