@@ -3,7 +3,7 @@
 //! flow (its outer header and the packet it quotes).
 
 use lb_common::{
-    Addr6, Ct4Key, Ct6Entry, Ct6Key, CtEntry, IPPROTO_UDP, V4, V6, csum,
+    Addr6, Ct6Entry, CtEntry, IPPROTO_UDP, V4, V6, csum,
     packet::{ETH_HLEN, Fragment, ICMP_HLEN, IPV6_HLEN, icmp, icmp_error, icmp6, ip, ip6, l4, l4_check_offset},
     stat,
 };
@@ -11,7 +11,7 @@ use lb_common::{
 use crate::{
     ct,
     error::Error,
-    family::Ct,
+    family::{Ct, CtKey, FamilyMaps},
     l3::L3,
     packet::{L4Csum, PacketData, read, write},
     parse::{Flow, IcmpError},
@@ -77,18 +77,42 @@ pub fn translate<F: L3, C: PacketData + L4Csum>(ctx: &C, f: &Flow<F>, e: &Ct<F>)
     Ok(())
 }
 
-/// Translates an ICMP error travelling in direction `dir` of a translated
-/// flow (see [`rewrite_icmp_error`]) and returns the flow's entry; `None`
-/// when it is about no flow we know (it passes untouched).
+/// Translates an ICMP or ICMPv6 error travelling in direction `dir` of a
+/// translated flow (see [`IcmpRewrite`]) and returns the flow's entry;
+/// `None` when it is about no flow we know (it passes untouched). The flow
+/// is found under the quoted packet's tuple reversed, in direction `dir`
+/// (the direction the error travels).
 #[inline(always)]
-pub fn translate_icmp_error<C: PacketData>(ctx: &C, err: &IcmpError, dir: u8) -> Result<Option<CtEntry>, Error> {
-    let Some(e) = ct::get::<V4>(&icmp_error_key(err, dir)) else {
+pub fn translate_icmp_error<F: IcmpRewrite, C: PacketData>(ctx: &C, err: &IcmpError<F>, dir: u8) -> Result<Option<Ct<F>>, Error> {
+    let q = &err.quoted;
+    let key = CtKey::<F>::new(q.daddr, q.saddr, q.dport, q.sport, q.proto, dir);
+    let Some(e) = ct::get::<F>(&key) else {
         return Ok(None);
     };
     let entry = ct::load(e);
-    rewrite_icmp_error(ctx, err, &entry).ok_or(Error::Rewrite)?;
+    F::rewrite_icmp_error(ctx, err, &entry).ok_or(Error::Rewrite)?;
     stats::count(stat::ICMP_TRANSLATED);
     Ok(Some(entry))
+}
+
+/// How each family rewrites an ICMP error about a flow (the checksums
+/// differ: IPv4 has header checksums, ICMPv6's covers a pseudo header).
+pub trait IcmpRewrite: FamilyMaps + Sized {
+    fn rewrite_icmp_error<C: PacketData>(ctx: &C, err: &IcmpError<Self>, e: &Ct<Self>) -> Option<()>;
+}
+
+impl IcmpRewrite for V4 {
+    #[inline(always)]
+    fn rewrite_icmp_error<C: PacketData>(ctx: &C, err: &IcmpError, e: &CtEntry) -> Option<()> {
+        rewrite_icmp_error(ctx, err, e)
+    }
+}
+
+impl IcmpRewrite for V6 {
+    #[inline(always)]
+    fn rewrite_icmp_error<C: PacketData>(ctx: &C, err: &IcmpError<V6>, e: &Ct6Entry) -> Option<()> {
+        rewrite_icmp6_error(ctx, err, e)
+    }
 }
 
 /// Translates an ICMP error that travels like a packet of the flow whose
@@ -156,20 +180,6 @@ pub fn rewrite_icmp_error<C: PacketData>(ctx: &C, err: &IcmpError, e: &CtEntry) 
     Some(())
 }
 
-/// [`translate_icmp_error`] for an ICMPv6 error.
-#[inline(always)]
-pub fn translate_icmp6_error<C: PacketData>(ctx: &C, err: &IcmpError<V6>, dir: u8) -> Result<Option<Ct6Entry>, Error> {
-    let q = &err.quoted;
-    let key = Ct6Key::new(q.daddr, q.saddr, q.dport, q.sport, q.proto, dir);
-    let Some(e) = ct::get::<V6>(&key) else {
-        return Ok(None);
-    };
-    let entry = ct::load(e);
-    rewrite_icmp6_error(ctx, err, &entry).ok_or(Error::Rewrite)?;
-    stats::count(stat::ICMP_TRANSLATED);
-    Ok(Some(entry))
-}
-
 /// [`rewrite_icmp_error`] for ICMPv6: the outer addresses, the quoted
 /// packet's addresses and ports, and its L4 checksum where the quote has
 /// it. IPv6 has no header checksum; the ICMPv6 checksum covers the pseudo
@@ -227,13 +237,4 @@ fn replace16(check: u16, from: &Addr6, to: &Addr6) -> u16 {
         i += 1;
     }
     c
-}
-
-/// The conntrack key under which an ICMP error's flow is found: the
-/// quoted packet's tuple reversed, in direction `dir` (the direction the
-/// error travels).
-#[inline(always)]
-fn icmp_error_key(err: &IcmpError, dir: u8) -> Ct4Key {
-    let q = &err.quoted;
-    Ct4Key::new(q.daddr, q.saddr, q.dport, q.sport, q.proto, dir)
 }

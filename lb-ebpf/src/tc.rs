@@ -214,7 +214,7 @@ fn icmp6_error(skb: *mut __sk_buff, dir: u8) -> Result<i32, Error> {
     if dir == CT_SERVICE && V6::vip(err.daddr).is_none() {
         return Ok(NEXT);
     }
-    nat::translate_icmp6_error(ctx, &err, dir)?;
+    nat::translate_icmp_error(ctx, &err, dir)?;
     Ok(NEXT)
 }
 
