@@ -14,7 +14,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Agent, ManifestDir, PinDir, dual_stack_yaml, kernel_tests_enabled, wait_for};
+use common::{Agent, ManifestDir, PinDir, cli, dual_stack_yaml, kernel_tests_enabled, wait_for};
 use lb_common::stat;
 use lb_lab::{NodeLab, Server, is_connection_refused, tcp_request_to, tcp_server_at, udp_echo_at, udp_request_to};
 use serde_json::Value;
@@ -143,19 +143,6 @@ fn a_pod_reaches_an_ipv6_cluster_ip_over_tcp_and_udp() {
     assert!(tcp6["entries"].as_u64().unwrap() >= 2 * CONNECTIONS as u64, "{tcp6}");
     assert_eq!(tcp6["max_entries"], lb_common::sizes::CT_TCP6);
     assert!(fill("LB6_CT_ANY")["entries"].as_u64().unwrap() >= CONNECTIONS as u64);
-}
-
-/// Runs `lb-agent ARGS --bpffs DIR -o json` and parses its output.
-fn cli(pins: &std::path::Path, args: &[&str]) -> Value {
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lb-agent"))
-        .args(args)
-        .arg("--bpffs")
-        .arg(pins)
-        .args(["-o", "json"])
-        .output()
-        .expect("running lb-agent");
-    assert!(out.status.success(), "lb-agent {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("lb-agent {args:?}: {e}: {}", String::from_utf8_lossy(&out.stdout)))
 }
 
 /// Requests from the client pod to the web ClusterIP over IPv6: each is

@@ -9,7 +9,7 @@ mod common;
 use std::{collections::BTreeMap, net::Ipv4Addr, path::Path, process::Command};
 
 use aya::programs::Xdp;
-use common::{Loaded, frontend, kernel_tests_enabled, sa};
+use common::{Loaded, cli, frontend, kernel_tests_enabled, sa};
 use lb_agent::{
     datapath::XDP_PROGRAM,
     model::{Cidr, Desired, FrontendAddr, Protocol},
@@ -17,19 +17,6 @@ use lb_agent::{
 use lb_common::{stat, svc_flags};
 use lb_lab::testrun::{self, TC_ACT_REDIRECT, TC_ACT_UNSPEC, XDP_DROP};
 use serde_json::Value;
-
-/// Runs `lb-agent ARGS --bpffs DIR -o json` and parses its output.
-fn cli(pins: &Path, args: &[&str]) -> Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_lb-agent"))
-        .args(args)
-        .arg("--bpffs")
-        .arg(pins)
-        .args(["-o", "json"])
-        .output()
-        .expect("running lb-agent");
-    assert!(out.status.success(), "lb-agent {args:?}: {}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("lb-agent {args:?}: {e}: {}", String::from_utf8_lossy(&out.stdout)))
-}
 
 /// The destination `ip:port` of an Ethernet/IPv4 (no options) packet.
 fn dst_of(p: &[u8]) -> String {

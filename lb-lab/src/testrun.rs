@@ -61,10 +61,7 @@ pub fn tcp_frame(frame: Frame, src: SocketAddrV4, dst: SocketAddrV4, flags: &str
         seq,
         64240,
     );
-    let b = with_tcp_flags(b, flags);
-    let mut out = Vec::with_capacity(b.size(payload.len()));
-    b.write(&mut out, payload).expect("writing to a Vec");
-    out
+    tcp_packet(b, flags, payload)
 }
 
 /// An Ethernet + IPv6 + TCP packet (no extension headers), from the
@@ -76,6 +73,12 @@ pub fn tcp6(src: SocketAddrV6, dst: SocketAddrV6, flags: &str, seq: u32, payload
         seq,
         64240,
     );
+    tcp_packet(b, flags, payload)
+}
+
+/// The packet `b` (a builder after `.tcp()`, of either IP family) builds
+/// with the TCP `flags` (see [`with_tcp_flags`]) and `payload`.
+pub fn tcp_packet(b: PacketBuilderStep<TcpHeader>, flags: &str, payload: &[u8]) -> Vec<u8> {
     let b = with_tcp_flags(b, flags);
     let mut out = Vec::with_capacity(b.size(payload.len()));
     b.write(&mut out, payload).expect("writing to a Vec");

@@ -324,22 +324,81 @@ pub fn sa(s: &str) -> std::net::SocketAddrV4 {
 
 /// A frontend `addr` with `backends` (all ready), flags 0.
 pub fn frontend(addr: &str, proto: Protocol, backends: &[&str]) -> (FrontendAddr, Frontend) {
-    let a = sa(addr);
-    let fa = FrontendAddr::new(*a.ip(), a.port(), proto);
+    let backends: Vec<SocketAddrV4> = backends.iter().map(|b| sa(b)).collect();
+    frontend_of(sa(addr), proto, &backends)
+}
+
+/// [`frontend`] of either family (`SocketAddrV4` or `SocketAddrV6`), for
+/// the reconciler (`Reconciler::apply`, `apply_dual`).
+pub fn frontend_of<S: SocketAddrOf>(addr: S, proto: Protocol, backends: &[S]) -> (FrontendAddr<S::Ip>, Frontend<S::Ip>) {
+    let fa = FrontendAddr::new(addr.ip_of(), addr.port_of(), proto);
     let backends = backends
         .iter()
-        .map(|b| {
-            let b = sa(b);
-            Backend {
-                addr: BackendAddr { ip: *b.ip(), port: b.port(), proto },
-                terminating: false,
-                node_name: None,
-                zone: None,
-                hints: None,
-            }
+        .map(|b| Backend {
+            addr: BackendAddr { ip: b.ip_of(), port: b.port_of(), proto },
+            terminating: false,
+            node_name: None,
+            zone: None,
+            hints: None,
         })
         .collect();
     (fa, Frontend { addr: fa, name: format!("test/{addr}"), backends, flags: 0, affinity_timeout: 0 })
+}
+
+/// A socket address of one family: its IP and port.
+pub trait SocketAddrOf: Copy + std::fmt::Display {
+    type Ip: Copy;
+    fn ip_of(&self) -> Self::Ip;
+    fn port_of(&self) -> u16;
+}
+
+impl SocketAddrOf for SocketAddrV4 {
+    type Ip = std::net::Ipv4Addr;
+    fn ip_of(&self) -> Self::Ip {
+        *self.ip()
+    }
+    fn port_of(&self) -> u16 {
+        self.port()
+    }
+}
+
+impl SocketAddrOf for std::net::SocketAddrV6 {
+    type Ip = std::net::Ipv6Addr;
+    fn ip_of(&self) -> Self::Ip {
+        *self.ip()
+    }
+    fn port_of(&self) -> u16 {
+        self.port()
+    }
+}
+
+/// Runs each packet through the pod-side program and counts the ones
+/// answered (sent back out: a reject within the client's rate); every
+/// other one must have been dropped.
+pub fn count_answered(l: &mut Loaded, packets: impl IntoIterator<Item = Vec<u8>>) -> u64 {
+    let mut sent = 0;
+    for p in packets {
+        let out = l.run(&p);
+        if out.verdict == testrun::TC_ACT_REDIRECT {
+            sent += 1;
+        } else {
+            assert_eq!(out.verdict, testrun::TC_ACT_SHOT);
+        }
+    }
+    sent
+}
+
+/// Runs `lb-agent ARGS --bpffs DIR -o json` and parses its output.
+pub fn cli(pins: &Path, args: &[&str]) -> serde_json::Value {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_lb-agent"))
+        .args(args)
+        .arg("--bpffs")
+        .arg(pins)
+        .args(["-o", "json"])
+        .output()
+        .expect("running lb-agent");
+    assert!(out.status.success(), "lb-agent {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("lb-agent {args:?}: {e}: {}", String::from_utf8_lossy(&out.stdout)))
 }
 
 /// The datapath loaded in-process into a private pin directory, its maps

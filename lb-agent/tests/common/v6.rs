@@ -7,7 +7,7 @@ use std::net::SocketAddrV6;
 use etherparse::{IpHeaders, IpNumber, Ipv6Extensions, Ipv6Header, PacketBuilder};
 use lb_agent::maps::{Maps, svc_name};
 use lb_common::{Backend6, RevNat6, RevNatKey, Service4Value, Service6Key, Slot, SlotKey, Vip4, addr6, svc_flags, vip_flags};
-use lb_lab::testrun::{CLIENT_MAC, NODE_MAC, with_tcp_flags};
+use lb_lab::testrun::{CLIENT_MAC, NODE_MAC, tcp_packet};
 
 /// Installs an IPv6 ClusterIP frontend `vip` (port, proto) with
 /// `backends` (IPv6 backend IDs and addresses) under frontend ID `id`:
@@ -45,10 +45,7 @@ fn ip6(src: &SocketAddrV6, dst: &SocketAddrV6, next: IpNumber, exts: Ipv6Extensi
 /// after the extension headers `exts`; checksums computed by etherparse.
 pub fn tcp(src: SocketAddrV6, dst: SocketAddrV6, flags: &str, seq: u32, payload: &[u8], exts: Ipv6Extensions) -> Vec<u8> {
     let b = PacketBuilder::ethernet2(CLIENT_MAC, NODE_MAC).ip(ip6(&src, &dst, IpNumber::TCP, exts)).tcp(src.port(), dst.port(), seq, 64240);
-    let b = with_tcp_flags(b, flags);
-    let mut out = Vec::with_capacity(b.size(payload.len()));
-    b.write(&mut out, payload).expect("writing to a Vec");
-    out
+    tcp_packet(b, flags, payload)
 }
 
 /// An Ethernet + IPv6 + UDP packet after the extension headers `exts`.
@@ -86,17 +83,5 @@ pub fn frontend(
     proto: lb_agent::model::Protocol,
     backends: &[SocketAddrV6],
 ) -> (lb_agent::model::FrontendAddr<std::net::Ipv6Addr>, lb_agent::model::Frontend<std::net::Ipv6Addr>) {
-    use lb_agent::model::{Backend, BackendAddr, Frontend, FrontendAddr};
-    let fa = FrontendAddr::new(*addr.ip(), addr.port(), proto);
-    let backends = backends
-        .iter()
-        .map(|b| Backend {
-            addr: BackendAddr { ip: *b.ip(), port: b.port(), proto },
-            terminating: false,
-            node_name: None,
-            zone: None,
-            hints: None,
-        })
-        .collect();
-    (fa, Frontend { addr: fa, name: format!("test/{addr}"), backends, flags: 0, affinity_timeout: 0 })
+    super::frontend_of(addr, proto, backends)
 }
