@@ -18,12 +18,12 @@ use std::{
 
 use common::{
     Loaded, count_answered,
-    fixture::{Expect, Fixture, Hook, check_all},
+    fixture::{Expect, Fixture, Hook, check, check_all},
     hex, kernel_tests_enabled, v6,
 };
 use etherparse::{Icmpv6Type, IpNumber, Ipv6Extensions, Ipv6FragmentHeader, Ipv6RawExtHeader, PacketBuilder, icmpv6::DestUnreachableCode};
-use lb_agent::model::Desired;
-use lb_common::{CT_REPLY, CT_SERVICE, Ct6Key, IPPROTO_TCP, IPPROTO_UDP, ipv6, stat, svc_flags};
+use lb_agent::model::{Desired, Protocol};
+use lb_common::{CT_REPLY, CT_SERVICE, Ct6Key, IPPROTO_TCP, IPPROTO_UDP, addr6, ct_entry_flags, ipv6, stat, svc_flags};
 use lb_lab::testrun::{CLIENT_MAC, NODE_MAC, TC_ACT_REDIRECT, TC_ACT_UNSPEC};
 
 fn sa6(s: &str) -> SocketAddrV6 {
@@ -430,4 +430,97 @@ fn icmpv6_errors_about_translated_flows_are_translated() {
     let out = l.run(&stray);
     assert_eq!((out.verdict, hex(&out.packet)), (TC_ACT_UNSPEC, hex(&stray)));
     assert_eq!(l.stat(stat::ICMP_TRANSLATED), 3);
+}
+
+/// The flags of the forward conntrack entry of `client` -> `vip` (TCP).
+fn forward_entry_flags(l: &Loaded, client: SocketAddrV6, vip: SocketAddrV6) -> Option<u8> {
+    let want = format!("service {client} -> {vip}");
+    l.reconciler.maps().v6.ct_tcp.entries().unwrap().into_iter().find_map(|(k, e)| (key_text(&k) == want).then_some(e.flags))
+}
+
+/// Installs the IPv6 frontends `d` through the reconciler (no IPv4 one).
+fn apply6(l: &mut Loaded, d: &Desired<Ipv6Addr>) {
+    let stats = l.reconciler.apply_dual(&[], &[d]);
+    assert!(stats.errors.is_empty(), "{:?}", stats.errors);
+}
+
+/// Where the IPv6 packet `p` goes (its destination address).
+fn dst_of(p: &[u8]) -> Ipv6Addr {
+    <[u8; 16]>::try_from(&p[14 + 24..14 + 40]).unwrap().into()
+}
+
+#[test]
+fn established_flows_follow_conntrack_without_the_address_lookup_until_their_frontend_or_backend_goes() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let mut l = Loaded::new("v6-established", Desired::default());
+    let (client, vip, be) = (sa6(CLIENT), sa6(VIP_TCP), sa6(BE_TCP));
+    let (udp, be_udp) = (sa6(VIP_UDP), sa6(BE_UDP));
+    let vip30 = sa6("[fd00:96::1e]:80");
+    let two = [sa6("[fd00:10:244::d]:8080"), sa6("[fd00:10:244::e]:8080")];
+    let mut d: Desired<Ipv6Addr> =
+        [v6::frontend(vip, Protocol::Tcp, &[be]), v6::frontend(udp, Protocol::Udp, &[be_udp]), v6::frontend(vip30, Protocol::Tcp, &two)]
+            .into_iter()
+            .collect();
+    apply6(&mut l, &d);
+    let syn = l.run(&v6::tcp(client, vip, "S", 1, b"", none()));
+    assert_eq!(hex(&syn.packet), hex(&v6::tcp(client, be, "S", 1, b"", none())));
+    let flags = forward_entry_flags(&l, client, vip).expect("the flow's forward entry");
+    assert_ne!(flags & ct_entry_flags::FROM_POD, 0, "marked as made by tc: {flags:#x}");
+
+    // The ClusterIP's `LB6_VIPS` entry taken away behind the agent's back
+    // (the frontend stays): the established flow does not look it up, a
+    // new flow does (and passes).
+    let key = addr6(*vip.ip());
+    let entry = l.reconciler.maps().v6.vips.get(&key).unwrap().expect("the ClusterIP's LB6_VIPS entry");
+    l.reconciler.maps_mut().v6.vips.remove(&key).unwrap();
+    let data = v6::tcp(client, vip, "PA", 2, b"data", none());
+    check::<Ipv6Addr>(
+        &mut l,
+        &Fixture {
+            name: "established, without LB6_VIPS",
+            hook: Hook::FromPod,
+            input: data,
+            expect: Expect::Packet(v6::tcp(client, be, "PA", 2, b"data", none())),
+        },
+    );
+    let other = v6::tcp(sa6("[fd00:10:244::b]:40001"), vip, "S", 1, b"", none());
+    check::<Ipv6Addr>(&mut l, &Fixture { name: "a new flow needs LB6_VIPS", hook: Hook::FromPod, input: other, expect: Expect::Unchanged });
+    l.reconciler.maps_mut().v6.vips.insert(&key, &entry).unwrap();
+
+    // A flow to the two-backend ClusterIP, and one to the UDP port.
+    let first = dst_of(&l.run(&v6::tcp(client, vip30, "S", 1, b"", none())).packet);
+    let out = l.run(&v6::udp(client, udp, b"q", none()));
+    assert_eq!(hex(&out.packet), hex(&v6::udp(client, be_udp, b"q", none())));
+
+    // Its backend removed: the flow's next packet is a new flow, to the
+    // other backend (the entry's version check).
+    let rest: Vec<SocketAddrV6> = two.iter().copied().filter(|b| *b.ip() != first).collect();
+    let (a30, f30) = v6::frontend(vip30, Protocol::Tcp, &rest);
+    d.insert(a30, f30);
+    apply6(&mut l, &d);
+    let moved = dst_of(&l.run(&v6::tcp(client, vip30, "A", 2, b"", none())).packet);
+    assert_eq!(moved, *rest[0].ip(), "the removed backend's flow moved on");
+
+    // The frontend [fd00:96::a]:80 removed: its address stays (port 53),
+    // and the flow's next packet takes the exact path by the version
+    // check: a ClusterIP on a port no Service defines, rejected.
+    d.retain(|a, _| !(a.ip == *vip.ip() && a.port == vip.port()));
+    d.remove(&a30);
+    apply6(&mut l, &d);
+    let data = v6::tcp(client, vip, "PA", 3, b"more", none());
+    check::<Ipv6Addr>(
+        &mut l,
+        &Fixture { name: "the removed frontend's flow", hook: Hook::FromPod, input: data, expect: Expect::Unreachable { from: *vip.ip() } },
+    );
+    // fd00:96::1e removed whole: the flow's next packet passes untouched.
+    let data = v6::tcp(client, vip30, "A", 3, b"more", none());
+    check::<Ipv6Addr>(
+        &mut l,
+        &Fixture { name: "the removed ClusterIP's flow", hook: Hook::FromPod, input: data, expect: Expect::Unchanged },
+    );
+    // The remaining frontend is served, its flow followed.
+    let out = l.run(&v6::udp(client, udp, b"q2", none()));
+    assert_eq!(hex(&out.packet), hex(&v6::udp(client, be_udp, b"q2", none())));
 }

@@ -30,11 +30,6 @@ pub trait FamilyMaps: Family {
     /// none (the pre-filter, `vip_filter`, one array load; IPv6 has no
     /// pre-filter and looks its addresses up).
     fn may_be_frontend(addr: Self::Addr) -> bool;
-    /// Whether tc looks a packet towards a frontend up in conntrack before
-    /// the frontend address (an established flow it made itself then
-    /// needs no address lookup). IPv6 looks the address up first: the
-    /// other order took its tc path past the verifier's 512-byte stack.
-    const CONNTRACK_FIRST: bool;
     /// The backend in slot `id`, if the slot is in use.
     fn backend(id: u32) -> Option<Self::Backend>;
     /// The frontend in slot `id` (address, port, version), if in use.
@@ -54,8 +49,6 @@ pub trait FamilyMaps: Family {
 }
 
 impl FamilyMaps for V4 {
-    const CONNTRACK_FIRST: bool = true;
-
     #[inline(always)]
     fn service(addr: u32, port: u16, proto: u8) -> Option<Service4Value> {
         select::in_cluster_service(addr, port, proto)
@@ -108,8 +101,6 @@ impl FamilyMaps for V4 {
 }
 
 impl FamilyMaps for V6 {
-    const CONNTRACK_FIRST: bool = false;
-
     #[inline(always)]
     fn service(addr: Addr6, port: u16, proto: u8) -> Option<Service4Value> {
         // SAFETY: copied out at once.

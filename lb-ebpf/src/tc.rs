@@ -100,6 +100,12 @@ const SHOT: i32 = TC_ACT_SHOT;
 /// path's frame leaves no room for the reject's, so the path returns and
 /// its program builds the reject in a frame of its own (`reject6`).
 const REJECT: i32 = 0x7e1ec7;
+/// The IPv6 first look's verdicts for a packet that needs the exact path
+/// ([`ingress6`]): with a conntrack entry (or not looked up), and with
+/// none (a new flow: the exact path need not look again). No tc action
+/// has these values either.
+const EXACT: i32 = 0x7e1ec8;
+const EXACT_NO_ENTRY: i32 = 0x7e1ec9;
 
 #[inline(always)]
 fn verdict(ctx: &TcContext, result: Result<i32, Error>) -> i32 {
@@ -146,16 +152,24 @@ fn egress4(skb: *mut __sk_buff) -> Result<i32, Error> {
     try_egress(&TcContext::new(skb))
 }
 
-/// IPv6, leaving a pod: `LB_TC_CALLS[tc_call::INGRESS6]`. The path is a
-/// function of its own (a BPF-to-BPF call): its frame is gone when the
-/// reject (another) is built.
+/// IPv6, leaving a pod: `LB_TC_CALLS[tc_call::INGRESS6]`. The path runs
+/// in functions of their own (BPF-to-BPF calls), one after the other, so
+/// that their frames never add up: the first look ([`first6`]: the
+/// pre-filter, then an established flow straight from conntrack), the
+/// exact path when that one did not settle the packet ([`ingress6`]), and
+/// a reject ([`reject6`]).
 #[classifier]
 pub fn lb_tc_ingress6(ctx: TcContext) -> i32 {
     if is_icmp6(&ctx) {
         // A pod's error about a reply it got from a frontend.
         return verdict(&ctx, icmp6_error(ctx.skb.skb, CT_SERVICE));
     }
-    let result = match ingress6(ctx.skb.skb) {
+    let exact = match first6(ctx.skb.skb) {
+        Ok(EXACT) => ingress6(ctx.skb.skb, false),
+        Ok(EXACT_NO_ENTRY) => ingress6(ctx.skb.skb, true),
+        other => return verdict(&ctx, other),
+    };
+    let result = match exact {
         Ok(REJECT) => reject6(ctx.skb.skb),
         other => other,
     };
@@ -262,25 +276,56 @@ fn try_ingress(ctx: &TcContext) -> Result<i32, Error> {
     };
     pull(ctx, MAX_HEADERS)?;
     match parse(ctx)? {
-        Packet::Flow(mut f) => ingress_flow(ctx, &cfg, &mut f),
+        Packet::Flow(mut f) => ingress_flow(ctx, &cfg, &mut f, Stage::Whole),
         // A pod's error about a reply it got from a frontend.
         Packet::IcmpError(err) if vip(err.daddr).is_some() => translate_icmp_error(ctx, &err, CT_SERVICE),
         _ => Ok(NEXT),
     }
 }
 
-/// [`try_ingress`] for IPv6.
+/// [`try_ingress`] for IPv6, first part ([`Stage::First`]).
 #[inline(never)]
-fn ingress6(skb: *mut __sk_buff) -> Result<i32, Error> {
+fn first6(skb: *mut __sk_buff) -> Result<i32, Error> {
+    ingress6_stage(skb, Stage::First)
+}
+
+/// [`try_ingress`] for IPv6, the rest ([`Stage::Exact`]).
+#[inline(never)]
+fn ingress6(skb: *mut __sk_buff, no_entry: bool) -> Result<i32, Error> {
+    ingress6_stage(skb, Stage::Exact { no_entry })
+}
+
+#[inline(always)]
+fn ingress6_stage(skb: *mut __sk_buff, stage: Stage) -> Result<i32, Error> {
     let ctx = &TcContext::new(skb);
     let Some(cfg) = config() else {
         return Ok(NEXT);
     };
     pull(ctx, MAX_HEADERS6)?;
     match parse6(ctx)? {
-        Packet::Flow(mut f) => ingress_flow(ctx, &cfg, &mut f),
+        Packet::Flow(mut f) => ingress_flow(ctx, &cfg, &mut f, stage),
         _ => Ok(NEXT),
     }
+}
+
+/// Which part of the path from a pod a call runs (a constant at each call
+/// site). IPv4 runs it whole. IPv6 runs it in two functions called one
+/// after the other ([`first6`], then [`ingress6`] when the first answers
+/// [`EXACT`]): the verifier forced this, as one function its frame grew
+/// past 512 bytes (the IPv6 flow, keys and entries, and the four-word
+/// addresses spilled across helper calls). The packet is parsed twice on
+/// the exact path (new flows); an established flow never gets there.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    Whole,
+    /// The pre-filter and conntrack ([`established`]); [`EXACT`] or
+    /// [`EXACT_NO_ENTRY`] for the rest.
+    First,
+    /// The rest: frontend address first, then conntrack (unless the first
+    /// look found `no_entry`).
+    Exact {
+        no_entry: bool,
+    },
 }
 
 /// A flow leaving a pod: a reply of a hairpin flow, or a packet to a
@@ -288,7 +333,7 @@ fn ingress6(skb: *mut __sk_buff) -> Result<i32, Error> {
 /// for (pod to pod, or anywhere outside) leaves after one array load: no
 /// hash lookup, no clock read, no conntrack.
 #[inline(always)]
-fn ingress_flow<F: TcFamily>(ctx: &TcContext, cfg: &Config, f: &mut Flow<F>) -> Result<i32, Error> {
+fn ingress_flow<F: TcFamily>(ctx: &TcContext, cfg: &Config, f: &mut Flow<F>, stage: Stage) -> Result<i32, Error> {
     F::keep_in_memory(f);
     if F::hairpin_addr() == Some(f.daddr) {
         return hairpin_reply(ctx, f);
@@ -296,7 +341,21 @@ fn ingress_flow<F: TcFamily>(ctx: &TcContext, cfg: &Config, f: &mut Flow<F>) -> 
     if !F::may_be_frontend(f.daddr) {
         return Ok(NEXT);
     }
-    forward(ctx, cfg, f)
+    let first = match stage {
+        Stage::Exact { no_entry: true } => ControlFlow::Continue(Some(None)),
+        Stage::Exact { no_entry: false } => ControlFlow::Continue(None),
+        Stage::Whole | Stage::First => established(cfg, f),
+    };
+    let flow = match first {
+        ControlFlow::Break(entry) => ControlFlow::Continue((entry, false)),
+        ControlFlow::Continue(Some(None)) if stage == Stage::First => return Ok(EXACT_NO_ENTRY),
+        ControlFlow::Continue(_) if stage == Stage::First => return Ok(EXACT),
+        ControlFlow::Continue(found) => forward(ctx, cfg, f, found)?,
+    };
+    match flow {
+        ControlFlow::Continue((entry, new)) => translated(ctx, f, &entry, new),
+        ControlFlow::Break(verdict) => Ok(verdict),
+    }
 }
 
 #[inline(always)]
@@ -350,60 +409,73 @@ fn reverse<F: TcFamily>(ctx: &TcContext, f: &mut Flow<F>) -> Result<bool, Error>
     Ok(true)
 }
 
-/// Client -> frontend: the flow's backend from conntrack, or a new flow.
-///
 /// An established flow whose forward entry this program made
-/// (`ct_entry_flags::FROM_POD`) is followed without `LB4_VIPS`: the entry
-/// was made for a frontend at this address and port, and its version
-/// check (`ct::forward_usable`) ends it when that frontend or its backend
-/// goes. Any other packet gets the exact lookup first, as before: a later
-/// fragment (its ports come from its first fragment), an entry another
-/// program made, a new flow.
-///
-/// IPv6 (`FamilyMaps::CONNTRACK_FIRST`) takes the exact lookup first for
-/// every packet.
+/// (`ct_entry_flags::FROM_POD`), followed without `LB4_VIPS` or
+/// `LB6_VIPS`: the entry was made for a frontend at this address and
+/// port, and its version check (`ct::forward_usable`) ends it when that
+/// frontend or its backend goes. `Break`: the flow's entry, the packet
+/// recorded in it. `Continue`: the exact path's turn ([`forward`]), with
+/// what conntrack
+/// holds for the flow (`None`: not looked up, a later fragment, whose
+/// ports come from its first fragment): no entry, an entry another program
+/// made, one no longer usable.
 #[inline(always)]
-fn forward<F: TcFamily>(ctx: &TcContext, cfg: &Config, f: &mut Flow<F>) -> Result<i32, Error> {
-    // `None`: not looked up yet (a later fragment has no ports before its
-    // lookup below, and IPv6 looks conntrack up after the address).
-    let found = if F::CONNTRACK_FIRST && f.frag != Fragment::Later { Some(ct::find_forward(f)) } else { None };
-    let ours = matches!(found, Some(Some(e)) if ct::marked(e, ct_entry_flags::FROM_POD));
-    let vip = if ours {
-        None
-    } else {
-        let Some(v) = F::vip(f.daddr) else {
-            return Ok(NEXT);
-        };
-        Some(v)
+fn established<F: TcFamily>(cfg: &Config, f: &Flow<F>) -> ControlFlow<Ct<F>, Option<Option<*mut Ct<F>>>> {
+    if f.frag == Fragment::Later {
+        return ControlFlow::Continue(None);
+    }
+    let found = ct::find_forward(f);
+    let Some(e) = found else {
+        return ControlFlow::Continue(Some(None));
+    };
+    if !ct::marked(e, ct_entry_flags::FROM_POD) {
+        return ControlFlow::Continue(Some(found));
+    }
+    match ct::follow(cfg, f, found, now_ns()) {
+        Forward::Flow(entry) => ControlFlow::Break(entry),
+        Forward::New { .. } => ControlFlow::Continue(Some(found)),
+    }
+}
+
+/// Client -> frontend, once [`established`] left the packet (with what it
+/// `found` in conntrack; `None`: to look up): the frontend address, then
+/// the flow's entry (and whether it is new), or the packet's verdict.
+#[inline(always)]
+fn forward<F: TcFamily>(
+    ctx: &TcContext,
+    cfg: &Config,
+    f: &mut Flow<F>,
+    found: Option<Option<*mut Ct<F>>>,
+) -> Result<ControlFlow<i32, (Ct<F>, bool)>, Error> {
+    let Some(vip) = F::vip(f.daddr) else {
+        return Ok(ControlFlow::Break(NEXT));
     };
     if !F::frag_ports(f) {
-        // A later fragment: never `ours`, its frontend was looked up.
-        return Ok(vip.map_or(NEXT, |v| orphan_fragment(&v)));
+        return Ok(ControlFlow::Break(orphan_fragment(&vip)));
     }
     let now = now_ns();
     let forward = match found {
         Some(found) => ct::follow(cfg, f, found, now),
         None => ct::forward(cfg, f, now),
     };
-    let (entry, new) = match forward {
-        Forward::Flow(e) => (e, false),
+    Ok(match forward {
+        Forward::Flow(e) => ControlFlow::Continue((e, false)),
         // The datagram's first fragment made the flow; it is gone.
-        Forward::New { .. } if f.frag == Fragment::Later => return Ok(vip.map_or(NEXT, |v| orphan_fragment(&v))),
-        Forward::New { replace } => {
-            // A new flow (or the entry's frontend or backend gone): the
-            // exact lookup, if the entry let it be skipped.
-            let Some(v) = vip.or_else(|| F::vip(f.daddr)) else {
-                return Ok(NEXT);
-            };
-            match new_flow(ctx, cfg, &v, f, now, replace)? {
-                ControlFlow::Continue(e) => (e, true),
-                ControlFlow::Break(verdict) => return Ok(verdict),
-            }
-        }
-    };
+        Forward::New { .. } if f.frag == Fragment::Later => ControlFlow::Break(orphan_fragment(&vip)),
+        Forward::New { replace } => match new_flow(ctx, cfg, &vip, f, now, replace)? {
+            ControlFlow::Continue(e) => ControlFlow::Continue((e, true)),
+            ControlFlow::Break(verdict) => ControlFlow::Break(verdict),
+        },
+    })
+}
+
+/// A packet of a flow towards a frontend, counted and rewritten as its
+/// forward entry says (a `new` flow's first).
+#[inline(always)]
+fn translated<F: TcFamily>(ctx: &TcContext, f: &Flow<F>, entry: &Ct<F>, new: bool) -> Result<i32, Error> {
     stats::frontend_packet(entry.frontend_id, ctx.len(), new);
     F::frag_record(f);
-    nat::translate(ctx, f, &entry)?;
+    nat::translate(ctx, f, entry)?;
     if F::hairpin_addr() == Some(entry.nat_saddr) {
         return bounce(ctx);
     }
