@@ -14,7 +14,7 @@ use lb_common::{
     SockRevNat6, SockRevNat6Key, SrcRange4, SvcName, Vip4, names, stat,
 };
 
-use crate::vip_filter::{VipFilter, WordWrite};
+use crate::vip_filter::{FilterAddr, VipFilter, WordWrite};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MapsError {
@@ -184,7 +184,13 @@ pub struct Maps6 {
     pub backends: Named<Array<MapData, Backend6>>,
     /// IPv6 frontend addresses and versions by (shared) frontend ID.
     pub revnat: Named<Array<MapData, RevNat6>>,
+    /// Written through [`Maps::insert_vip`] and [`Maps::remove_vip`], as
+    /// `LB4_VIPS`, which keep `vip_filter` in step.
     pub vips: Named<HashMap<MapData, Addr6, Vip4>>,
+    /// tc's pre-filter of `vips`.
+    pub vip_filter: Named<Array<MapData, u64>>,
+    /// What `vip_filter` holds, once read.
+    filter: Option<VipFilter<Addr6>>,
     pub sock_revnat: Named<HashMap<MapData, SockRevNat6Key, SockRevNat6>>,
     /// IPv6 conntrack: TCP flows, and all others (LRU maps, garbage
     /// collected with the IPv4 ones).
@@ -281,6 +287,8 @@ impl Maps {
                 backends: open(dir, names::BACKENDS6)?,
                 revnat: open(dir, names::REVNAT6)?,
                 vips: open(dir, names::VIPS6)?,
+                vip_filter: open(dir, names::VIP_FILTER6)?,
+                filter: None,
                 sock_revnat: open(dir, names::SOCK_REVNAT6)?,
                 ct_tcp: open(dir, names::CT_TCP6)?,
                 ct_any: open(dir, names::CT_ANY6)?,
@@ -340,64 +348,62 @@ impl Maps {
         m.map.set(id, zero, 0).map_err(|e| m.write_error(e))
     }
 
-    /// Reads `LB4_VIPS` and its pre-filter and writes the filter words
-    /// they disagree on (a filter new to this agent, or one left behind by
-    /// another), before the XDP and tc programs run against them; returns how
-    /// many. Done once before the first write of either.
+    /// Reads `LB4_VIPS` and `LB6_VIPS` and their pre-filters and writes the
+    /// filter words they disagree on (a filter new to this agent, or one
+    /// left behind by another), before the XDP and tc programs run against
+    /// them; returns how many. Done once before the first write of either.
     pub fn sync_vip_filter(&mut self) -> Result<usize, MapsError> {
-        let vips = self.vips.entries()?;
-        let current = self.vip_filter.slots()?;
-        let (filter, writes) = VipFilter::rebuild(vips.iter().map(|(a, v)| (*a, v.flags)), current);
-        self.filter = Some(filter);
+        Ok(self.sync_filter::<u32>()? + self.sync_filter::<Addr6>()?)
+    }
+
+    fn sync_filter<A: VipAddr>(&mut self) -> Result<usize, MapsError> {
+        let (vips, words, filter) = A::filtered(self);
+        let current = words.slots()?;
+        let (rebuilt, writes) = VipFilter::rebuild(vips.entries()?.into_iter().map(|(a, v)| (a, v.flags)), current);
+        *filter = Some(rebuilt);
         for w in &writes {
-            self.write_filter_word(*w)?;
+            A::write_filter_word(self, *w)?;
         }
         Ok(writes.len())
     }
 
-    fn write_filter_word(&mut self, w: WordWrite) -> Result<(), MapsError> {
-        self.vip_filter.set(w.0, &w.1)?;
-        if let Some(f) = &mut self.filter {
-            f.wrote(w);
+    /// The pre-filter of family `A`'s addresses, read first if need be.
+    fn filter<A: VipAddr>(&mut self) -> Result<&mut VipFilter<A>, MapsError> {
+        if A::filtered(self).2.is_none() {
+            self.sync_filter::<A>()?;
         }
-        Ok(())
+        Ok(A::filtered(self).2.get_or_insert_with(VipFilter::default))
     }
 
-    fn filter(&mut self) -> Result<&mut VipFilter, MapsError> {
-        if self.filter.is_none() {
-            self.sync_vip_filter()?;
+    /// Writes frontend address `addr` (network order, `LB4_VIPS` or
+    /// `LB6_VIPS` by its type) with its kinds: the pre-filter learns them
+    /// first.
+    pub fn insert_vip<A: VipAddr>(&mut self, addr: A, vip: &Vip4) -> Result<(), MapsError> {
+        if let Some(w) = self.filter::<A>()?.before(addr, vip.flags) {
+            A::write_filter_word(self, w)?;
         }
-        Ok(self.filter.get_or_insert_with(VipFilter::default))
-    }
-
-    /// Writes frontend address `addr` (network order) with its kinds: the
-    /// pre-filter learns them first.
-    pub fn insert_vip(&mut self, addr: u32, vip: &Vip4) -> Result<(), MapsError> {
-        if let Some(w) = self.filter()?.before(addr, vip.flags) {
-            self.write_filter_word(w)?;
-        }
-        self.vips.insert(&addr, vip)?;
+        A::filtered(self).0.insert(&addr, vip)?;
         self.narrow_filter(addr, vip.flags);
         Ok(())
     }
 
     /// Removes frontend address `addr`; the pre-filter forgets it after.
-    pub fn remove_vip(&mut self, addr: u32) -> Result<(), MapsError> {
-        self.filter()?;
-        self.vips.remove(&addr)?;
+    pub fn remove_vip<A: VipAddr>(&mut self, addr: A) -> Result<(), MapsError> {
+        self.filter::<A>()?;
+        A::filtered(self).0.remove(&addr)?;
         self.narrow_filter(addr, 0);
         Ok(())
     }
 
-    /// After `addr` went into `LB4_VIPS` with `flags` (0: out): clears the
-    /// kinds its lane no longer needs. A failed write leaves a superset
+    /// After `addr` went into its `*_VIPS` with `flags` (0: out): clears
+    /// the kinds its lane no longer needs. A failed write leaves a superset
     /// (false positives only), retried with the next change of the word.
-    fn narrow_filter(&mut self, addr: u32, flags: u32) {
-        let Some(w) = self.filter.as_mut().and_then(|f| f.after(addr, flags)) else {
+    fn narrow_filter<A: VipAddr>(&mut self, addr: A, flags: u32) {
+        let Some(w) = A::filtered(self).2.as_mut().and_then(|f| f.after(addr, flags)) else {
             return;
         };
-        if let Err(e) = self.write_filter_word(w) {
-            warn!("narrowing the frontend pre-filter for {}: {e}", std::net::Ipv4Addr::from(addr.to_ne_bytes()));
+        if let Err(e) = A::write_filter_word(self, w) {
+            warn!("narrowing the frontend pre-filter for {addr:?}: {e}");
         }
     }
 
@@ -525,4 +531,37 @@ pub fn svc_name_str(name: &SvcName) -> String {
 /// the template in the object (the table size M is a runtime setting).
 fn aya_obj_inner_flag() -> u32 {
     1 << 12
+}
+
+/// A frontend address of one family, as its `*_VIPS` map holds it (`u32`:
+/// `LB4_VIPS`, `Addr6`: `LB6_VIPS`), with that family's pre-filter.
+pub trait VipAddr: FilterAddr + aya::Pod {
+    /// The family's addresses, its pre-filter map, and what the agent
+    /// knows the filter holds.
+    #[allow(clippy::type_complexity)]
+    fn filtered(m: &mut Maps) -> (&mut Named<HashMap<MapData, Self, Vip4>>, &mut Named<Array<MapData, u64>>, &mut Option<VipFilter<Self>>);
+
+    /// Writes one word of the family's filter and records it.
+    fn write_filter_word(m: &mut Maps, w: WordWrite) -> Result<(), MapsError> {
+        let (_, words, filter) = Self::filtered(m);
+        words.set(w.0, &w.1)?;
+        if let Some(f) = filter {
+            f.wrote(w);
+        }
+        Ok(())
+    }
+}
+
+impl VipAddr for u32 {
+    fn filtered(m: &mut Maps) -> (&mut Named<HashMap<MapData, u32, Vip4>>, &mut Named<Array<MapData, u64>>, &mut Option<VipFilter>) {
+        (&mut m.vips, &mut m.vip_filter, &mut m.filter)
+    }
+}
+
+impl VipAddr for Addr6 {
+    fn filtered(
+        m: &mut Maps,
+    ) -> (&mut Named<HashMap<MapData, Addr6, Vip4>>, &mut Named<Array<MapData, u64>>, &mut Option<VipFilter<Addr6>>) {
+        (&mut m.v6.vips, &mut m.v6.vip_filter, &mut m.v6.filter)
+    }
 }

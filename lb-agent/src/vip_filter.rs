@@ -1,8 +1,10 @@
-//! `LB4_VIP_FILTER`, the XDP and tc programs' pre-filter of frontend
-//! addresses and their kinds (see `lb_common::vip_filter`: ClusterIPs for
-//! tc, the north-south kinds for both), kept in step with `LB4_VIPS` by
-//! the map store: every write of `LB4_VIPS` goes through
-//! [`VipFilter::before`] and [`VipFilter::after`].
+//! `LB4_VIP_FILTER` and `LB6_VIP_FILTER`, the XDP and tc programs'
+//! pre-filters of frontend addresses and their kinds (see
+//! `lb_common::vip_filter`: ClusterIPs for tc, the north-south kinds for
+//! both), kept in step with `LB4_VIPS` and `LB6_VIPS` by the map store:
+//! every write of either goes through [`VipFilter::before`] and
+//! [`VipFilter::after`] (one filter per family, over its addresses:
+//! [`FilterAddr`]).
 //!
 //! The order is the one `LB4_VIPS` itself keeps towards the frontends: an
 //! address's kinds are set in its lane before the address is written with
@@ -11,35 +13,64 @@
 //! shared: a lane holds the kinds of every address hashing there, so the
 //! filter remembers each address's kinds to clear only what none needs.
 
-use std::collections::{BTreeMap, HashMap};
+use std::{
+    collections::{BTreeMap, HashMap},
+    fmt::Debug,
+};
 
-use lb_common::vip_filter::{self, KINDS, WORDS};
+use lb_common::{
+    Addr6,
+    vip_filter::{self, KINDS, Slot, WORDS},
+};
 
-/// What the filter holds and why.
-#[derive(Debug, Default)]
-pub struct VipFilter {
+/// An address as a family's `*_VIPS` map holds it, and its lane.
+pub trait FilterAddr: Copy + Ord + Debug {
+    fn slot(&self) -> Slot;
+}
+
+impl FilterAddr for u32 {
+    fn slot(&self) -> Slot {
+        vip_filter::slot(*self)
+    }
+}
+
+impl FilterAddr for Addr6 {
+    fn slot(&self) -> Slot {
+        vip_filter::slot6(self)
+    }
+}
+
+/// What the filter of a family's addresses `A` holds and why.
+#[derive(Debug)]
+pub struct VipFilter<A = u32> {
     /// Kinds (`vip_filter::KINDS`) by address (network order), grouped by
     /// word.
-    members: HashMap<u32, BTreeMap<u32, u32>>,
+    members: HashMap<u32, BTreeMap<A, u32>>,
     /// The words the map holds that are not zero.
     words: HashMap<u32, u64>,
+}
+
+impl<A> Default for VipFilter<A> {
+    fn default() -> Self {
+        VipFilter { members: HashMap::new(), words: HashMap::new() }
+    }
 }
 
 /// One word to write: (index, value).
 pub type WordWrite = (u32, u64);
 
-impl VipFilter {
+impl<A: FilterAddr> VipFilter<A> {
     /// The filter of the addresses `vips` ((address, `vip_flags`), as
-    /// `LB4_VIPS` holds them) and the writes that turn the map's `current`
-    /// words into it.
+    /// `LB4_VIPS` or `LB6_VIPS` holds them) and the writes that turn the
+    /// map's `current` words into it.
     pub fn rebuild(
-        vips: impl IntoIterator<Item = (u32, u32)>,
+        vips: impl IntoIterator<Item = (A, u32)>,
         current: impl IntoIterator<Item = (u32, u64)>,
-    ) -> (VipFilter, Vec<WordWrite>) {
+    ) -> (VipFilter<A>, Vec<WordWrite>) {
         let mut f = VipFilter::default();
         for (addr, flags) in vips {
             if flags & KINDS != 0 {
-                f.members.entry(vip_filter::slot(addr).word).or_default().insert(addr, flags & KINDS);
+                f.members.entry(addr.slot().word).or_default().insert(addr, flags & KINDS);
             }
         }
         let current: HashMap<u32, u64> = current.into_iter().filter(|(i, w)| *w != 0 && *i < WORDS).collect();
@@ -64,27 +95,27 @@ impl VipFilter {
     /// The word `word` as the members say.
     fn exact(&self, word: u32) -> u64 {
         let Some(m) = self.members.get(&word) else { return 0 };
-        m.iter().fold(0, |acc, (addr, kinds)| acc | vip_filter::lane(*kinds, vip_filter::slot(*addr)))
+        m.iter().fold(0, |acc, (addr, kinds)| acc | vip_filter::lane(*kinds, addr.slot()))
     }
 
     fn held(&self, word: u32) -> u64 {
         self.words.get(&word).copied().unwrap_or(0)
     }
 
-    /// Before `addr` is written to `LB4_VIPS` with `flags`: the write that
-    /// sets its kinds, if its lane lacks any.
-    pub fn before(&self, addr: u32, flags: u32) -> Option<WordWrite> {
-        let slot = vip_filter::slot(addr);
+    /// Before `addr` is written to `LB4_VIPS` (`LB6_VIPS`) with `flags`:
+    /// the write that sets its kinds, if its lane lacks any.
+    pub fn before(&self, addr: A, flags: u32) -> Option<WordWrite> {
+        let slot = addr.slot();
         let have = self.held(slot.word);
         let want = have | vip_filter::lane(flags, slot);
         (want != have).then_some((slot.word, want))
     }
 
-    /// After `addr` was written to `LB4_VIPS` with `flags` (0: removed):
-    /// records it, and returns the write that clears the kinds no address
-    /// of the word needs any more.
-    pub fn after(&mut self, addr: u32, flags: u32) -> Option<WordWrite> {
-        let word = vip_filter::slot(addr).word;
+    /// After `addr` was written to `LB4_VIPS` (`LB6_VIPS`) with `flags`
+    /// (0: removed): records it, and returns the write that clears the
+    /// kinds no address of the word needs any more.
+    pub fn after(&mut self, addr: A, flags: u32) -> Option<WordWrite> {
+        let word = addr.slot().word;
         let m = self.members.entry(word).or_default();
         if flags & KINDS == 0 {
             m.remove(&addr);
@@ -125,15 +156,15 @@ mod tests {
     }
 
     /// Applies a write to a model of the map.
-    fn apply(map: &mut HashMap<u32, u64>, f: &mut VipFilter, w: Option<WordWrite>) {
+    fn apply<A: FilterAddr>(map: &mut HashMap<u32, u64>, f: &mut VipFilter<A>, w: Option<WordWrite>) {
         if let Some(w) = w {
             map.insert(w.0, w.1);
             f.wrote(w);
         }
     }
 
-    fn kinds_in(map: &HashMap<u32, u64>, a: u32) -> u32 {
-        let s = vip_filter::slot(a);
+    fn kinds_in<A: FilterAddr>(map: &HashMap<u32, u64>, a: A) -> u32 {
+        let s = a.slot();
         vip_filter::kinds(map.get(&s.word).copied().unwrap_or(0), s)
     }
 
@@ -220,6 +251,57 @@ mod tests {
         }
         // Rebuilding over a map that already holds it writes nothing.
         let (_, again) = VipFilter::rebuild(vips, f.words.clone());
+        assert!(again.is_empty(), "{again:?}");
+    }
+
+    fn addr6(s: &str) -> Addr6 {
+        lb_common::addr6(s.parse().unwrap())
+    }
+
+    #[test]
+    fn ipv6_addresses_get_their_own_lanes_set_before_and_cleared_after() {
+        // The lane the datapath reads for an IPv6 address
+        // (`lb-ebpf/src/vip_filter.rs::kinds6`, the same lb-common
+        // function) is the one the agent writes.
+        let a = addr6("fd00:96::a");
+        let s = vip_filter::slot6(&a);
+        let mut f = VipFilter::<Addr6>::default();
+        let mut map = HashMap::new();
+        let w = f.before(a, vip_flags::CLUSTER_IP);
+        assert_eq!(w, Some((s.word, (vip_flags::CLUSTER_IP as u64) << s.shift)));
+        apply(&mut map, &mut f, w);
+        assert_eq!(f.after(a, vip_flags::CLUSTER_IP), None, "nothing to clear");
+        // Every word counts: addresses differing in one high word only
+        // land apart (not all in one lane).
+        let lanes: std::collections::HashSet<Slot> = (0..64u16).map(|i| vip_filter::slot6(&addr6(&format!("fd00:{i:x}::a")))).collect();
+        assert!(lanes.len() > 60, "{} lanes", lanes.len());
+
+        // An address sharing `a`'s lane keeps it when `a` goes.
+        let b = (1u16..)
+            .map(|i| addr6(&format!("fd00:10:244::{i:x}")))
+            .find(|b| vip_filter::slot6(b) == s)
+            .expect("an address sharing the lane");
+        let w = f.before(b, vip_flags::CLUSTER_IP);
+        assert_eq!(w, None, "the lane already has the kind");
+        assert_eq!(f.after(b, vip_flags::CLUSTER_IP), None);
+        let w = f.after(a, 0);
+        assert_eq!(w, None, "b still needs the lane");
+        assert_eq!(kinds_in(&map, b), vip_flags::CLUSTER_IP);
+        let w = f.after(b, 0);
+        apply(&mut map, &mut f, w);
+        assert_eq!(kinds_in(&map, a), 0, "cleared once the last address left");
+        assert!(f.words.is_empty() && f.members.is_empty(), "{f:?}");
+
+        // Rebuilt at start from `LB6_VIPS` over a stale map.
+        let stale = (s.word + 1) % WORDS;
+        let (mut f, writes) = VipFilter::rebuild([(a, vip_flags::CLUSTER_IP)], [(stale, 0xf0)]);
+        let mut map: HashMap<u32, u64> = [(stale, 0xf0)].into_iter().collect();
+        for &w in &writes {
+            apply(&mut map, &mut f, Some(w));
+        }
+        assert_eq!(kinds_in(&map, a), vip_flags::CLUSTER_IP);
+        assert_eq!(map[&stale], 0, "stale word cleared: {writes:?}");
+        let (_, again) = VipFilter::rebuild([(a, vip_flags::CLUSTER_IP)], f.words.clone());
         assert!(again.is_empty(), "{again:?}");
     }
 }

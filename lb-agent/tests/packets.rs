@@ -10,9 +10,9 @@ mod common;
 use std::net::{Ipv4Addr, SocketAddrV4};
 
 use common::{
-    Loaded, assert_checksums_valid, count_answered,
+    Loaded, assert_checksums_valid, count_answered, filter_kinds,
     fixture::{Expect, Fixture, Hook, check, check_all},
-    frontend, hex, kernel_tests_enabled,
+    frontend, hex, kernel_tests_enabled, wipe_filter,
 };
 use lb_agent::model::{Desired, Protocol};
 use lb_common::{CT_SERVICE, ct_entry_flags, stat, vip_filter, vip_flags};
@@ -461,13 +461,6 @@ fn rejects_are_rate_limited_per_client() {
     assert_eq!(out.verdict, TC_ACT_REDIRECT);
 }
 
-/// The pre-filter's kinds for `addr` as the map holds them (the lane the
-/// programs read, by the same lb-common function).
-fn filter_kinds(l: &Loaded, addr: Ipv4Addr) -> u32 {
-    let slot = vip_filter::slot(u32::from_ne_bytes(addr.octets()));
-    vip_filter::kinds(l.reconciler.maps().vip_filter.get(slot.word).unwrap(), slot)
-}
-
 /// The flags of the forward conntrack entry of `client` -> `vip` (TCP).
 fn forward_entry_flags(l: &Loaded, client: SocketAddrV4, vip: SocketAddrV4) -> Option<u8> {
     let (s, d) = (u32::from_ne_bytes(client.ip().octets()), u32::from_ne_bytes(vip.ip().octets()));
@@ -486,9 +479,9 @@ fn pod_to_pod_packets_pass_untouched_and_leave_no_conntrack_entry() {
     // The pre-filter holds the ClusterIPs (tc reads them), nothing for a
     // pod's address.
     for cip in ["10.96.0.10", "10.96.0.20", "10.96.0.30"] {
-        assert_eq!(filter_kinds(&l, cip.parse().unwrap()), vip_flags::CLUSTER_IP, "{cip}'s lane");
+        assert_eq!(filter_kinds(&l, cip.parse::<Ipv4Addr>().unwrap()), vip_flags::CLUSTER_IP, "{cip}'s lane");
     }
-    assert_eq!(filter_kinds(&l, "10.244.0.12".parse().unwrap()), 0);
+    assert_eq!(filter_kinds(&l, "10.244.0.12".parse::<Ipv4Addr>().unwrap()), 0);
     let client = sa(CLIENT);
     // An address sharing a ClusterIP's lane (a false positive) takes the
     // exact lookup and passes too.
@@ -601,12 +594,7 @@ fn a_wiped_pre_filter_lets_flows_pass_until_the_agent_rebuilds_it() {
     // An empty filter (as a new agent finds one next to an older agent's
     // maps): the established flow passes untranslated, so tc really gates
     // on the filter.
-    let maps = l.reconciler.maps_mut();
-    for (i, w) in maps.vip_filter.slots().unwrap() {
-        if w != 0 {
-            maps.vip_filter.set(i, &0).unwrap();
-        }
-    }
+    wipe_filter(&mut l.reconciler.maps_mut().vip_filter);
     check::<Ipv4Addr>(
         &mut l,
         &Fixture { name: "with an empty pre-filter", hook: Hook::FromPod, input: established.clone(), expect: Expect::Unchanged },

@@ -17,13 +17,15 @@ use std::{
 };
 
 use common::{
-    Loaded, count_answered,
+    Loaded, count_answered, filter_kinds,
     fixture::{Expect, Fixture, Hook, check, check_all},
-    hex, kernel_tests_enabled, v6,
+    hex, kernel_tests_enabled, v6, wipe_filter,
 };
 use etherparse::{Icmpv6Type, IpNumber, Ipv6Extensions, Ipv6FragmentHeader, Ipv6RawExtHeader, PacketBuilder, icmpv6::DestUnreachableCode};
 use lb_agent::model::{Desired, Protocol};
-use lb_common::{CT_REPLY, CT_SERVICE, Ct6Key, IPPROTO_TCP, IPPROTO_UDP, addr6, ct_entry_flags, ipv6, stat, svc_flags};
+use lb_common::{
+    CT_REPLY, CT_SERVICE, Ct6Key, IPPROTO_TCP, IPPROTO_UDP, addr6, ct_entry_flags, ipv6, stat, svc_flags, vip_filter, vip_flags,
+};
 use lb_lab::testrun::{CLIENT_MAC, NODE_MAC, TC_ACT_REDIRECT, TC_ACT_UNSPEC};
 
 fn sa6(s: &str) -> SocketAddrV6 {
@@ -509,12 +511,15 @@ fn established_flows_follow_conntrack_without_the_address_lookup_until_their_fro
     d.retain(|a, _| !(a.ip == *vip.ip() && a.port == vip.port()));
     d.remove(&a30);
     apply6(&mut l, &d);
+    assert_eq!(filter_kinds(&l, *vip.ip()), vip_flags::CLUSTER_IP);
     let data = v6::tcp(client, vip, "PA", 3, b"more", none());
     check::<Ipv6Addr>(
         &mut l,
         &Fixture { name: "the removed frontend's flow", hook: Hook::FromPod, input: data, expect: Expect::Unreachable { from: *vip.ip() } },
     );
-    // fd00:96::1e removed whole: the flow's next packet passes untouched.
+    // fd00:96::1e removed whole: its lane cleared (no other ClusterIP
+    // there), the flow's next packet passes untouched.
+    assert_eq!(filter_kinds(&l, *vip30.ip()), 0, "the removed ClusterIP's lane is cleared");
     let data = v6::tcp(client, vip30, "A", 3, b"more", none());
     check::<Ipv6Addr>(
         &mut l,
@@ -523,4 +528,70 @@ fn established_flows_follow_conntrack_without_the_address_lookup_until_their_fro
     // The remaining frontend is served, its flow followed.
     let out = l.run(&v6::udp(client, udp, b"q2", none()));
     assert_eq!(hex(&out.packet), hex(&v6::udp(client, be_udp, b"q2", none())));
+}
+
+#[test]
+fn pod_to_pod_packets_pass_untouched_and_leave_no_conntrack_entry() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let mut l = loaded("v6-pod-to-pod");
+    // The pre-filter holds the ClusterIPs (tc reads them), nothing for a
+    // pod's address.
+    for cip in ["fd00:96::a", "fd00:96::14", "fd00:96::1e", "fd00:96::1f"] {
+        assert_eq!(filter_kinds(&l, cip.parse::<Ipv6Addr>().unwrap()), vip_flags::CLUSTER_IP, "{cip}'s lane");
+    }
+    assert_eq!(filter_kinds(&l, *sa6(BE_TCP).ip()), 0);
+    let client = sa6(CLIENT);
+    // An address sharing a ClusterIP's lane (a false positive) takes the
+    // exact lookup and passes too.
+    let s = vip_filter::slot6(&addr6(*sa6(VIP_TCP).ip()));
+    let sharing = (1u32..)
+        .map(|i| Ipv6Addr::from((0xfd00_0010_0244_0000_0000_0000_0000_0000u128) + i as u128))
+        .find(|a| vip_filter::slot6(&addr6(*a)) == s)
+        .expect("a pod address sharing the lane");
+    for dst in [sa6(BE_TCP), sa6("[fd00:10:244::c]:80"), SocketAddrV6::new(sharing, 80, 0, 0)] {
+        for (name, input) in [
+            (format!("TCP SYN to {dst}"), v6::tcp(client, dst, "S", 1, b"", none())),
+            (format!("TCP data to {dst}"), v6::tcp(client, dst, "PA", 2, b"data", none())),
+            (format!("UDP to {dst}"), v6::udp(client, dst, b"q", none())),
+            (format!("TCP data after extension headers to {dst}"), v6::tcp(client, dst, "PA", 2, b"data", hop_by_hop_and_dest_opts())),
+        ] {
+            let name = Box::leak(name.into_boxed_str());
+            check::<Ipv6Addr>(&mut l, &Fixture { name, hook: Hook::FromPod, input, expect: Expect::Unchanged });
+        }
+    }
+    let maps = l.reconciler.maps();
+    let ct: Vec<_> = maps.v6.ct_tcp.entries().unwrap().into_iter().chain(maps.v6.ct_any.entries().unwrap()).collect();
+    assert!(ct.is_empty(), "no conntrack entry for pod-to-pod packets: {ct:?}");
+    assert_eq!(l.stat(stat::REJECT_UNSERVED_PORT), 0);
+}
+
+#[test]
+fn a_wiped_pre_filter_lets_flows_pass_until_the_agent_rebuilds_it() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let mut l = loaded("v6-filter-sync");
+    let (client, vip, be) = (sa6(CLIENT), sa6(VIP_TCP), sa6(BE_TCP));
+    l.run(&v6::tcp(client, vip, "S", 1, b"", none()));
+    let established = v6::tcp(client, vip, "A", 2, b"x", none());
+    let translated = v6::tcp(client, be, "A", 2, b"x", none());
+    assert_eq!(hex(&l.run(&established).packet), hex(&translated));
+    // An empty IPv6 filter: the established flow passes untranslated, so
+    // tc really gates IPv6 on it.
+    wipe_filter(&mut l.reconciler.maps_mut().v6.vip_filter);
+    check::<Ipv6Addr>(
+        &mut l,
+        &Fixture { name: "with an empty IPv6 pre-filter", hook: Hook::FromPod, input: established.clone(), expect: Expect::Unchanged },
+    );
+    // What the agent does at start, before attaching the programs.
+    let fixed = l.reconciler.maps_mut().sync_vip_filter().unwrap();
+    let words: std::collections::BTreeSet<u32> = ["fd00:96::a", "fd00:96::14", "fd00:96::1e", "fd00:96::1f"]
+        .iter()
+        .map(|a| vip_filter::slot6(&addr6(a.parse().unwrap())).word)
+        .collect();
+    assert_eq!(fixed, words.len(), "the four ClusterIPs' words");
+    assert_eq!(hex(&l.run(&established).packet), hex(&translated), "the flow is served again");
+    assert_eq!(l.reconciler.maps_mut().sync_vip_filter().unwrap(), 0, "nothing to fix twice");
 }

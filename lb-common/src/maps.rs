@@ -80,6 +80,8 @@ map_set! {
     /// The XDP and tc programs' pre-filter of frontend addresses (see
     /// `vip_filter`), derived from `LB4_VIPS`.
     VIP_FILTER = "LB4_VIP_FILTER", version 1, sized by Fixed;
+    /// `LB6_VIPS`' pre-filter (see `vip_filter::slot6`), for tc.
+    VIP_FILTER6 = "LB6_VIP_FILTER", version 1, sized by Fixed;
     SOCK_REVNAT6 = "LB6_SOCK_REVNAT", version 1, sized by Fixed;
     /// IPv6 conntrack (`Ct6Key` -> `Ct6Entry`), TCP and the rest apart
     /// as for IPv4, with sizes of their own.
@@ -155,10 +157,25 @@ pub mod layout {
 
     /// Maps written by the agent's reconciler from the Services: they
     /// hold IDs that the others refer to, so they are rebuilt together.
-    /// (`LB4_VIP_FILTER` is derived from `LB4_VIPS` and rebuilt with it:
-    /// programs still attached to the old `LB4_VIPS` keep the old filter.)
-    pub const RECONCILED: [&str; 13] =
-        [SERVICES, SLOTS, BACKENDS, REVNAT, SVC_NAMES, MAGLEV, SRC_RANGES, VIPS, SERVICES6, BACKENDS6, REVNAT6, VIPS6, VIP_FILTER];
+    /// (`LB4_VIP_FILTER` and `LB6_VIP_FILTER` are derived from `LB4_VIPS`
+    /// and `LB6_VIPS` and rebuilt with them: programs still attached to
+    /// the old maps keep the old filters.)
+    pub const RECONCILED: [&str; 14] = [
+        SERVICES,
+        SLOTS,
+        BACKENDS,
+        REVNAT,
+        SVC_NAMES,
+        MAGLEV,
+        SRC_RANGES,
+        VIPS,
+        SERVICES6,
+        BACKENDS6,
+        REVNAT6,
+        VIPS6,
+        VIP_FILTER,
+        VIP_FILTER6,
+    ];
     /// Maps whose entries name frontend or backend IDs: rebuilt along with
     /// [`RECONCILED`], since fresh IDs would give them other meanings.
     pub const REFER_TO_IDS: [&str; 8] = [CT_TCP, CT_ANY, AFFINITY, SOCK_REVNAT, FRONTEND_STATS, SOCK_REVNAT6, CT_TCP6, CT_ANY6];

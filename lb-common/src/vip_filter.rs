@@ -1,6 +1,7 @@
-//! `LB4_VIP_FILTER`: the pre-filter of frontend addresses of the XDP and
-//! tc programs, a counting-free Bloom-like bitmap (one hash) over every
-//! address in `LB4_VIPS`, with its kinds (`vip_flags::CLUSTER_IP`,
+//! `LB4_VIP_FILTER` and `LB6_VIP_FILTER`: the pre-filters of frontend
+//! addresses of the XDP and tc programs, each a counting-free Bloom-like
+//! bitmap (one hash) over every address in its family's `LB4_VIPS` or
+//! `LB6_VIPS`, with its kinds (`vip_flags::CLUSTER_IP`,
 //! `LOAD_BALANCER`, `EXTERNAL_IP`, `NODE_PORT`: [`KINDS`]).
 //!
 //! Each address hashes to one 4-bit lane holding the OR of the kinds of
@@ -17,12 +18,15 @@
 //! kinds in its lane before the address goes into `LB4_VIPS` and clears
 //! them only after it left.
 //!
-//! Both sides compute the lane with [`slot`]; the agent keeps the words in
-//! step with `LB4_VIPS` (`lb-agent`'s `vip_filter` module).
+//! Both sides compute the lane with [`slot`] (an IPv6 address: [`slot6`],
+//! the same lanes over a 128-bit hash); the agent keeps the words in step
+//! with `LB4_VIPS` and `LB6_VIPS` (`lb-agent`'s `vip_filter` module).
+//! IPv6 has a map of its own (same size and layout): IPv6 packets meet
+//! only IPv6 addresses' lanes.
 
-use crate::{hash::fmix32, vip_flags};
+use crate::{Addr6, hash::fmix32, vip_flags};
 
-/// Words in the array (`u64` each, 128 KiB).
+/// Words in each array (`u64` each, 128 KiB).
 pub const WORDS: u32 = 16_384;
 /// Lanes per word, and bits per lane.
 pub const LANES: u32 = 16;
@@ -50,7 +54,26 @@ pub struct Slot {
 /// The slot of `addr` (network order, as in `LB4_VIPS`' keys).
 #[inline(always)]
 pub fn slot(addr: u32) -> Slot {
-    let bucket = fmix32(addr ^ SEED) & (BUCKETS - 1);
+    slot_of(fmix32(addr ^ SEED))
+}
+
+/// The slot of an IPv6 `addr` (four words in network order, as in
+/// `LB6_VIPS`' keys): its words folded one by one (as
+/// `hash::flow_hash6` does), so every bit counts.
+#[inline(always)]
+pub fn slot6(addr: &Addr6) -> Slot {
+    let mut h = SEED;
+    let mut i = 0;
+    while i < 4 {
+        h = fmix32(h ^ addr[i]);
+        i += 1;
+    }
+    slot_of(h)
+}
+
+#[inline(always)]
+fn slot_of(hash: u32) -> Slot {
+    let bucket = hash & (BUCKETS - 1);
     Slot { word: bucket / LANES, shift: (bucket % LANES) * LANE_BITS }
 }
 
@@ -95,5 +118,17 @@ mod tests {
             seen.insert(slot((0x0a60_0000 + i).to_be()));
         }
         assert!(seen.len() > 4000, "{} distinct lanes", seen.len());
+        // The same over IPv6: a /116 of ClusterIPs, then addresses that
+        // differ in one high word only.
+        let mut seen6 = std::collections::HashSet::new();
+        for i in 0..4096u32 {
+            seen6.insert(slot6(&crate::addr6(std::net::Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, i as u16))));
+        }
+        assert!(seen6.len() > 4000, "{} distinct IPv6 lanes", seen6.len());
+        seen6.clear();
+        for i in 0..4096u32 {
+            seen6.insert(slot6(&crate::addr6(std::net::Ipv6Addr::new(0xfd00, i as u16, 0, 0, 0, 0, 0, 1))));
+        }
+        assert!(seen6.len() > 4000, "{} distinct IPv6 lanes", seen6.len());
     }
 }

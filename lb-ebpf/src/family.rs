@@ -27,8 +27,7 @@ pub trait FamilyMaps: Family {
     /// The kinds of frontend at `addr`.
     fn vip(addr: Self::Addr) -> Option<Vip4>;
     /// Whether `addr` may be a frontend address: `false` only when it is
-    /// none (the pre-filter, `vip_filter`, one array load; IPv6 has no
-    /// pre-filter and looks its addresses up).
+    /// none (the family's pre-filter, `vip_filter`, one array load).
     fn may_be_frontend(addr: Self::Addr) -> bool;
     /// The backend in slot `id`, if the slot is in use.
     fn backend(id: u32) -> Option<Self::Backend>;
@@ -112,8 +111,8 @@ impl FamilyMaps for V6 {
         unsafe { LB6_VIPS.get(addr).copied() }
     }
     #[inline(always)]
-    fn may_be_frontend(_addr: Addr6) -> bool {
-        true
+    fn may_be_frontend(addr: Addr6) -> bool {
+        vip_filter::kinds6(&addr) != 0
     }
     #[inline(always)]
     fn backend(id: u32) -> Option<lb_common::Backend6> {

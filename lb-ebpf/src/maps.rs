@@ -126,6 +126,11 @@ pub static LB6_REVNAT: Array<RevNat6, { sizes::REVNAT as usize }> = Array::new()
 #[btf_map]
 pub static LB6_VIPS: HashMap<Addr6, Vip4, { sizes::SERVICES6 as usize }> = HashMap::new();
 
+/// `LB6_VIPS`' pre-filter for tc (see `LB4_VIP_FILTER`; IPv6 addresses
+/// hash with `lb_common::vip_filter::slot6`).
+#[btf_map]
+pub static LB6_VIP_FILTER: Array<u64, { vip_filter::WORDS as usize }> = Array::new();
+
 #[btf_map]
 pub static LB6_SOCK_REVNAT: LruHashMap<SockRevNat6Key, SockRevNat6, { sizes::SOCK_REVNAT as usize }> = LruHashMap::new();
 

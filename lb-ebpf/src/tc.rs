@@ -338,7 +338,8 @@ fn ingress_flow<F: TcFamily>(ctx: &TcContext, cfg: &Config, f: &mut Flow<F>, sta
     if F::hairpin_addr() == Some(f.daddr) {
         return hairpin_reply(ctx, f);
     }
-    if !F::may_be_frontend(f.daddr) {
+    // (The exact path follows a first look that passed the pre-filter.)
+    if !matches!(stage, Stage::Exact { .. }) && !F::may_be_frontend(f.daddr) {
         return Ok(NEXT);
     }
     let first = match stage {

@@ -1,12 +1,13 @@
 //! `lb-agent stats`: the datapath's counters by reason, what each Service
 //! served, and how full each map is.
 
+use aya::maps::{Array, MapData};
 use lb_common::stat;
 use serde::Serialize;
 
 use crate::{
     list,
-    maps::{Maps, MapsError},
+    maps::{Maps, MapsError, Named},
 };
 
 /// One datapath counter (`lb_common::stat`).
@@ -101,15 +102,17 @@ pub fn fills(maps: &Maps) -> Result<Vec<Fill>, MapsError> {
         fill(maps.v6.ct_any.name, maps.v6.ct_any.entries()?.len(), maps.v6.ct_any.max_entries),
         // The pre-filter's lanes in use: the share of addresses with no
         // frontend that take the exact lookup (false positives).
-        fill(maps.vip_filter.name, filter_lanes_in_use(maps)?, lb_common::vip_filter::BUCKETS),
+        fill(maps.vip_filter.name, filter_lanes_in_use(&maps.vip_filter)?, lb_common::vip_filter::BUCKETS),
+        fill(maps.v6.vip_filter.name, filter_lanes_in_use(&maps.v6.vip_filter)?, lb_common::vip_filter::BUCKETS),
     ])
 }
 
-/// Lanes of `LB4_VIP_FILTER` that record some frontend kind.
-fn filter_lanes_in_use(maps: &Maps) -> Result<usize, MapsError> {
+/// Lanes of a pre-filter (`LB4_VIP_FILTER`, `LB6_VIP_FILTER`) that record
+/// some frontend kind.
+fn filter_lanes_in_use(filter: &Named<Array<MapData, u64>>) -> Result<usize, MapsError> {
     use lb_common::vip_filter::{LANE_BITS, LANES};
     let lane_mask = (1u64 << LANE_BITS) - 1;
-    Ok(maps.vip_filter.slots()?.iter().map(|(_, w)| (0..LANES).filter(|i| (w >> (i * LANE_BITS)) & lane_mask != 0).count()).sum())
+    Ok(filter.slots()?.iter().map(|(_, w)| (0..LANES).filter(|i| (w >> (i * LANE_BITS)) & lane_mask != 0).count()).sum())
 }
 
 pub fn read(maps: &Maps) -> Result<Stats, MapsError> {

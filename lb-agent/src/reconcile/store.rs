@@ -137,7 +137,7 @@ pub trait MapFamily: IpFamily {
     type Backend: aya::Pod + Copy + Eq + Debug;
     type RevNat: aya::Pod + Copy + Eq + Debug;
     /// A `*_VIPS` key: the address as the maps store it.
-    type VipKey: aya::Pod + Copy + Eq + Hash + Ord + Debug;
+    type VipKey: aya::Pod + Copy + Eq + Hash + Ord + Debug + crate::maps::VipAddr;
 
     const SERVICES: MapKind;
     const BACKENDS: MapKind;
@@ -176,14 +176,14 @@ pub trait MapFamily: IpFamily {
     fn pinned_ct_entries(m: &Maps, map: CtMap) -> Result<CtEntries<Self>, MapsError>;
     /// Deletes `keys` from it in batches; how many were deleted.
     fn remove_pinned_ct(m: &mut Maps, map: CtMap, keys: &[CtKey<Self>]) -> Result<usize, MapsError>;
-    /// Adds a frontend address to the pinned maps (IPv4 also sets the
-    /// XDP pre-filter's bits first: `Maps::insert_vip`).
+    /// Adds a frontend address to the pinned maps (its family's pre-filter
+    /// learns it first: `Maps::insert_vip`).
     fn insert_pinned_vip(m: &mut Maps, addr: Self::VipKey, vip: &Vip4) -> Result<(), MapsError> {
-        Self::pinned_vips_mut(m).insert(&addr, vip)
+        m.insert_vip(addr, vip)
     }
-    /// Removes a frontend address (IPv4 clears the pre-filter after).
+    /// Removes a frontend address (the pre-filter forgets it after).
     fn remove_pinned_vip(m: &mut Maps, addr: Self::VipKey) -> Result<(), MapsError> {
-        Self::pinned_vips_mut(m).remove(&addr)
+        m.remove_vip(addr)
     }
 
     /// The key of a frontend.
@@ -311,12 +311,6 @@ impl MapFamily for Ipv4Addr {
     }
     fn remove_pinned_ct(m: &mut Maps, map: CtMap, keys: &[Ct4Key]) -> Result<usize, MapsError> {
         (if map == CtMap::Tcp { &mut m.ct.tcp } else { &mut m.ct.any }).remove_all(keys)
-    }
-    fn insert_pinned_vip(m: &mut Maps, addr: u32, vip: &Vip4) -> Result<(), MapsError> {
-        m.insert_vip(addr, vip)
-    }
-    fn remove_pinned_vip(m: &mut Maps, addr: u32) -> Result<(), MapsError> {
-        m.remove_vip(addr)
     }
 }
 

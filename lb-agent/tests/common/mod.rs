@@ -610,3 +610,26 @@ pub fn line_echo(ns: &Netns, addr: SocketAddrV4, tag: &'static str) -> Arc<Atomi
     .unwrap();
     stop
 }
+
+/// The pre-filter's kinds for `addr` as its family's map holds it
+/// (`LB4_VIP_FILTER` or `LB6_VIP_FILTER`: the lane the programs read, by
+/// the same lb-common functions).
+pub fn filter_kinds(l: &Loaded, addr: impl Into<std::net::IpAddr>) -> u32 {
+    use lb_common::vip_filter;
+    let maps = l.reconciler.maps();
+    let (slot, filter) = match addr.into() {
+        std::net::IpAddr::V4(a) => (vip_filter::slot(u32::from_ne_bytes(a.octets())), &maps.vip_filter),
+        std::net::IpAddr::V6(a) => (vip_filter::slot6(&lb_common::addr6(a)), &maps.v6.vip_filter),
+    };
+    vip_filter::kinds(filter.get(slot.word).unwrap(), slot)
+}
+
+/// Zeroes a pre-filter's words behind the agent's back (as a new agent
+/// finds a filter next to an older agent's maps).
+pub fn wipe_filter(filter: &mut lb_agent::maps::Named<aya::maps::Array<aya::maps::MapData, u64>>) {
+    for (i, w) in filter.slots().unwrap() {
+        if w != 0 {
+            filter.set(i, &0).unwrap();
+        }
+    }
+}

@@ -11,10 +11,11 @@ use lb_lab::testrun::{CLIENT_MAC, NODE_MAC, tcp_packet};
 
 /// Installs an IPv6 ClusterIP frontend `vip` (port, proto) with
 /// `backends` (IPv6 backend IDs and addresses) under frontend ID `id`:
-/// address, backends, rev-NAT slot, name, slots, and the frontend entry
+/// address (and its pre-filter lane), backends, rev-NAT slot, name, slots, and the frontend entry
 /// last. `svc` are `svc_flags` (a 60 s timeout with `AFFINITY`).
 pub fn install(maps: &mut Maps, id: u32, name: &str, vip: SocketAddrV6, proto: u8, backends: &[(u32, SocketAddrV6)], svc: u32) {
-    maps.v6.vips.insert(&addr6(*vip.ip()), &Vip4 { flags: vip_flags::CLUSTER_IP }).unwrap();
+    // Through the store, as the reconciler: the pre-filter learns it first.
+    maps.insert_vip(addr6(*vip.ip()), &Vip4 { flags: vip_flags::CLUSTER_IP }).unwrap();
     for (slot, (be_id, be)) in backends.iter().enumerate() {
         let entry = Backend6 { addr: addr6(*be.ip()), port: be.port().to_be(), proto, flags: 0, version: 1, _pad: 0 };
         maps.v6.backends.set(*be_id, &entry).unwrap();
