@@ -5,7 +5,10 @@
 //! and the per-client rate limit (one for both families, a map each) that
 //! keeps them from being used as a reflector.
 
-use core::ptr::{addr_of, addr_of_mut};
+use core::{
+    net::Ipv6Addr,
+    ptr::{addr_of, addr_of_mut},
+};
 
 use aya_ebpf::{
     bindings::{TC_ACT_SHOT, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, xdp_action},
@@ -14,7 +17,7 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use lb_common::{
-    Addr6, REJECT_BURST, REJECT_PER_SEC, RejectRate, csum,
+    Addr6, REJECT_BURST, REJECT_PER_SEC, RejectRate, addr6, csum,
     packet::{
         ETH_HLEN, ICMP_QUOTE_LEN, ICMP_UNREACH_LEN, ICMP6_ERROR_HLEN, ICMP6_QUOTE_MAX, eth, icmp, icmp_error_packet, icmp6,
         icmp6_error_headers, ip6, swapped_macs,
@@ -124,22 +127,11 @@ pub fn tc_reject(ctx: &TcContext, client: u32, now: u64) -> Option<i32> {
 /// within its rate.
 #[inline(always)]
 pub fn tc_reject6(ctx: &TcContext, now: u64) -> Option<i32> {
-    let client: Addr6 = load_exact::<16>(ctx, ETH_HLEN + ip6::SADDR.start).map(addr6_of)?;
+    let client: Addr6 = load_exact::<16>(ctx, ETH_HLEN + ip6::SADDR.start).map(|b| addr6(Ipv6Addr::from(b)))?;
     if !allowed6(&client, now) {
         return Some(TC_ACT_SHOT);
     }
     tc_reply6(ctx, icmp6::DEST_UNREACH, icmp6::PORT_UNREACH, 0)
-}
-
-/// An address as the maps hold it, from its 16 bytes.
-#[inline(always)]
-fn addr6_of(b: [u8; 16]) -> Addr6 {
-    [
-        u32::from_ne_bytes([b[0], b[1], b[2], b[3]]),
-        u32::from_ne_bytes([b[4], b[5], b[6], b[7]]),
-        u32::from_ne_bytes([b[8], b[9], b[10], b[11]]),
-        u32::from_ne_bytes([b[12], b[13], b[14], b[15]]),
-    ]
 }
 
 /// tc: turns the IPv6 packet into an ICMPv6 error about it (from the
