@@ -45,7 +45,7 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use lb_common::{
-    CT_SERVICE, Config, IPPROTO_ICMPV6, V4, V6, Vip4, ct_entry_flags,
+    CT_SERVICE, Config, IPPROTO_ICMPV6, V4, V6, Vip4, config_flags, ct_entry_flags,
     packet::{ETH_HLEN, ETH_P_IPV6, Fragment, ICMP_HLEN, IPV4_HLEN, IPV6_HLEN, TCP_HLEN, eth, ip6, swapped_macs},
     stat, svc_flags, tc_call, vip_flags,
 };
@@ -60,6 +60,7 @@ use crate::{
     nat,
     packet::{read, redirect_back, write},
     parse::{Flow, IcmpError, Packet, icmp6_error_at, parse, parse6},
+    route,
     select::{config, flow_backend, node_config, now_ns, vip},
     stats,
 };
@@ -69,6 +70,14 @@ trait TcFamily: L3 {
     /// The verdict for a flow `f` to a frontend that cannot serve it (no
     /// endpoint, or a ClusterIP port no Service defines).
     fn reject(ctx: &TcContext, f: &Flow<Self>, now: u64) -> Result<i32, Error>;
+    /// The verdict for a packet of flow `f` translated as its forward
+    /// entry `e` says: past the host stack into a pod of this node with
+    /// BPF host routing (`route`), else `NEXT`.
+    fn deliver(ctx: &TcContext, cfg: &Config, f: &Flow<Self>, e: &Ct<Self>) -> Result<i32, Error>;
+    /// The verdict for a flow `f` to no frontend: with BPF host routing,
+    /// a reply of a translated flow to a pod of this node is translated
+    /// back and redirected into it (`route`); else `NEXT`.
+    fn deliver_reply(ctx: &TcContext, cfg: &Config, f: &Flow<Self>) -> Result<i32, Error>;
 }
 
 impl TcFamily for V4 {
@@ -82,6 +91,32 @@ impl TcFamily for V4 {
         }
         icmp::tc_reject(ctx, f.saddr, now).ok_or(Error::Rewrite)
     }
+
+    #[inline(always)]
+    fn deliver(ctx: &TcContext, cfg: &Config, f: &Flow<V4>, e: &Ct<V4>) -> Result<i32, Error> {
+        if cfg.flags & config_flags::HOST_ROUTING_BPF == 0 {
+            return Ok(NEXT);
+        }
+        let addrs = e.nat_saddr as u64 | (e.nat_daddr as u64) << 32;
+        let l4 = f.proto as u64 | (e.nat_sport as u64) << 16 | (e.nat_dport as u64) << 32;
+        Ok(route::redirect_translated(ctx.skb.skb, addrs, l4))
+    }
+
+    #[inline(always)]
+    fn deliver_reply(ctx: &TcContext, cfg: &Config, f: &Flow<V4>) -> Result<i32, Error> {
+        if cfg.flags & config_flags::HOST_ROUTING_BPF == 0 {
+            return Ok(NEXT);
+        }
+        if f.frag != Fragment::No {
+            // Its ports and translation come from the first fragment, on
+            // the stack path.
+            return Ok(NEXT);
+        }
+        let addrs = f.saddr as u64 | (f.daddr as u64) << 32;
+        let l4 = f.sport as u64 | (f.dport as u64) << 16 | (f.proto as u64) << 32 | (f.tcp_flags as u64) << 40;
+        let seq_off = f.seq as u64 | (f.l4_off as u64) << 32;
+        Ok(route::redirect_reply(ctx.skb.skb, addrs, l4, seq_off))
+    }
 }
 
 impl TcFamily for V6 {
@@ -90,6 +125,17 @@ impl TcFamily for V6 {
     #[inline(always)]
     fn reject(_ctx: &TcContext, _f: &Flow<V6>, _now: u64) -> Result<i32, Error> {
         Ok(REJECT)
+    }
+
+    /// Not yet: IPv6 takes the host stack.
+    #[inline(always)]
+    fn deliver(_ctx: &TcContext, _cfg: &Config, _f: &Flow<V6>, _e: &Ct<V6>) -> Result<i32, Error> {
+        Ok(NEXT)
+    }
+
+    #[inline(always)]
+    fn deliver_reply(_ctx: &TcContext, _cfg: &Config, _f: &Flow<V6>) -> Result<i32, Error> {
+        Ok(NEXT)
     }
 }
 
@@ -102,7 +148,7 @@ const SHOT: i32 = TC_ACT_SHOT;
 const REJECT: i32 = 0x7e1ec7;
 
 #[inline(always)]
-fn verdict(ctx: &TcContext, result: Result<i32, Error>) -> i32 {
+pub fn verdict(ctx: &TcContext, result: Result<i32, Error>) -> i32 {
     match result {
         Ok(v) => v,
         Err(e) => match e.count_drop() {
@@ -286,7 +332,8 @@ fn ingress6(skb: *mut __sk_buff) -> Result<i32, Error> {
 /// A flow leaving a pod: a reply of a hairpin flow, or a packet to a
 /// frontend address. A packet to an address the pre-filter has no kind
 /// for (pod to pod, or anywhere outside) leaves after one array load: no
-/// hash lookup, no clock read, no conntrack.
+/// hash lookup, no clock read, no conntrack (with BPF host routing, one
+/// conntrack lookup: it may be a backend's reply, `route`).
 #[inline(always)]
 fn ingress_flow<F: TcFamily>(ctx: &TcContext, cfg: &Config, f: &mut Flow<F>) -> Result<i32, Error> {
     F::keep_in_memory(f);
@@ -294,7 +341,7 @@ fn ingress_flow<F: TcFamily>(ctx: &TcContext, cfg: &Config, f: &mut Flow<F>) -> 
         return hairpin_reply(ctx, f);
     }
     if !F::may_be_frontend(f.daddr) {
-        return Ok(NEXT);
+        return F::deliver_reply(ctx, cfg, f);
     }
     forward(ctx, cfg, f)
 }
@@ -407,7 +454,7 @@ fn forward<F: TcFamily>(ctx: &TcContext, cfg: &Config, f: &mut Flow<F>) -> Resul
     if F::hairpin_addr() == Some(entry.nat_saddr) {
         return bounce(ctx);
     }
-    Ok(NEXT)
+    F::deliver(ctx, cfg, f, &entry)
 }
 
 /// A new flow to the frontend at `f`'s destination, or the verdict for a
