@@ -227,7 +227,7 @@ fn not_measured(rows: &mut Vec<B2Row>, kind: Kind, n: usize, install: Duration, 
 pub fn run(o: &B2Options, skip: &[(Kind, usize, String)]) -> Result<Vec<B2Row>> {
     let mut rows = Vec::new();
     for &n in &o.services {
-        for kind in Kind::ALL {
+        for kind in Kind::B2 {
             if let Some((_, _, why)) = skip.iter().find(|(k, at, _)| *k == kind && n >= *at) {
                 eprintln!("lb-bench: B2 {kind} with {n} services: {why}; not measured");
                 not_measured(&mut rows, kind, n, Duration::ZERO, format!("not measured: {why}"));
@@ -245,7 +245,7 @@ pub fn run(o: &B2Options, skip: &[(Kind, usize, String)]) -> Result<Vec<B2Row>> 
                 // A baseline that cannot hold the ruleset at all (legacy
                 // iptables-restore fails at COMMIT with 30k x 10 here) is a
                 // result, not a reason to stop the run.
-                Err(e) if kind != Kind::Ours => {
+                Err(e) if !kind.is_ours() => {
                     let why = format!("{e:#}");
                     eprintln!("lb-bench: B2 {kind} with {n} services: loading the rules failed: {why}; not measured");
                     not_measured(&mut rows, kind, n, Duration::ZERO, format!("not measured: loading the rules failed ({why})"));
