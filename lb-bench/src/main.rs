@@ -73,6 +73,10 @@ struct Cli {
     /// taken under load).
     #[arg(long)]
     b4_quiet_max_s: Option<u64>,
+    /// B2: the longest wait, in seconds, for a quiet machine before each
+    /// datapath (as --b4-quiet-max-s).
+    #[arg(long)]
+    b2_quiet_max_s: Option<u64>,
     /// B6: seconds of churn (one step every 200 ms).
     #[arg(long)]
     b6_seconds: Option<f64>,
@@ -155,6 +159,11 @@ fn main() -> Result<()> {
         && let Some(v) = cli.b4_seconds
     {
         b4.seconds = v;
+    }
+    if let Some(b2) = &mut o.b2
+        && let Some(v) = cli.b2_quiet_max_s
+    {
+        b2.quiet_max = std::time::Duration::from_secs(v);
     }
     if let Some(b4) = &mut o.b4
         && let Some(v) = cli.b4_quiet_max_s
