@@ -38,6 +38,12 @@ struct Cli {
     /// instead of through Reconciler::apply.
     #[arg(long)]
     b1_reconcile_limit: Option<usize>,
+    /// B1: run the datapath with BPF host routing (`--host-routing bpf`):
+    /// the pod-to-pod row then pays its conntrack lookup, and a translated
+    /// packet its FIB lookup (the test run's device is no pod interface:
+    /// nothing is redirected).
+    #[arg(long)]
+    b1_host_routing: bool,
     /// B1: repeat count of one test run.
     #[arg(long)]
     b1_repeat: Option<u32>,
@@ -117,6 +123,7 @@ fn main() -> Result<()> {
         if let Some(v) = cli.b1_reconcile_limit {
             b1.reconcile_limit = v;
         }
+        b1.host_routing = cli.b1_host_routing;
         if let Some(v) = cli.b1_repeat {
             b1.repeat = v;
         }
