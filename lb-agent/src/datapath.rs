@@ -123,6 +123,40 @@ impl fmt::Display for XdpAttach {
     }
 }
 
+/// How translated pod traffic reaches a pod of this node
+/// (`--host-routing`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum HostRouting {
+    /// Through the host stack (its routing, netfilter and neighbour
+    /// layer), as kube-proxy's: the NetworkPolicy of an iptables-based
+    /// CNI applies.
+    #[default]
+    Legacy,
+    /// Straight into the destination pod (`bpf_redirect_peer`), past the
+    /// host stack and its netfilter: only where netfilter enforces
+    /// nothing for pod traffic (no iptables-based NetworkPolicy).
+    Bpf,
+}
+
+impl HostRouting {
+    /// The `lb_common::config_flags` bits of this mode.
+    pub fn config_flags(self) -> u32 {
+        match self {
+            HostRouting::Legacy => 0,
+            HostRouting::Bpf => lb_common::config_flags::HOST_ROUTING_BPF,
+        }
+    }
+}
+
+impl fmt::Display for HostRouting {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            HostRouting::Legacy => "legacy",
+            HostRouting::Bpf => "bpf",
+        })
+    }
+}
+
 /// Why an interface got its XDP mode, in words.
 pub fn xdp_why_text(why: u32) -> &'static str {
     match why {
@@ -473,6 +507,8 @@ impl Datapath {
 
     /// Attaches the tc programs to a pod interface: ingress (tcx) for
     /// packets leaving the pod, egress for replies on their way into it.
+    /// The interface is recorded in `LB_POD_IFACES` (BPF host routing
+    /// redirects only into those) once both programs are attached.
     pub fn attach_tc(&mut self, ifindex: u32, ifname: &str) -> anyhow::Result<Attached> {
         if self.pods.contains_key(&ifindex) {
             return Ok(Attached::Already);
@@ -482,9 +518,36 @@ impl Datapath {
             self.remove_tc_hook(ifindex, true);
             return Err(e);
         }
+        if let Err(e) = self.pod_ifaces().and_then(|mut m| Ok(m.insert(ifindex, 1, 0)?)) {
+            warn!(interface = ifname, ifindex, "recording the pod interface in {}: {e:#}", names::POD_IFACES);
+        }
         info!(interface = ifname, ifindex, "tc programs {}", verb(got));
         self.pods.insert(ifindex, ifname.to_string());
         Ok(got)
+    }
+
+    /// `LB_POD_IFACES`: ifindex -> 1.
+    fn pod_ifaces(&mut self) -> anyhow::Result<aya::maps::HashMap<&mut aya::maps::MapData, u32, u32>> {
+        let map = self.ebpf.map_mut(names::POD_IFACES).with_context(|| format!("no map {}", names::POD_IFACES))?;
+        Ok(aya::maps::HashMap::try_from(map)?)
+    }
+
+    /// Drops the `LB_POD_IFACES` entries of interfaces this agent has no
+    /// tc programs on (an earlier agent's, gone meanwhile).
+    pub fn prune_pod_ifaces(&mut self) {
+        let known: Vec<u32> = self.pods.keys().copied().collect();
+        let result = self.pod_ifaces().and_then(|mut m| {
+            let stale: Vec<u32> = m.keys().filter_map(Result::ok).filter(|i| !known.contains(i)).collect();
+            for i in &stale {
+                m.remove(i)?;
+            }
+            Ok(stale.len())
+        });
+        match result {
+            Ok(0) => {}
+            Ok(n) => debug!(interfaces = n, "stale pod interfaces dropped from {}", names::POD_IFACES),
+            Err(e) => warn!("pruning {}: {e:#}", names::POD_IFACES),
+        }
     }
 
     fn attach_tc_hook(&mut self, ifindex: u32, ifname: &str, ingress: bool) -> anyhow::Result<Attached> {
@@ -525,6 +588,10 @@ impl Datapath {
     /// its links are removed.
     pub fn forget_interface(&mut self, ifindex: u32) {
         if let Some(name) = self.pods.remove(&ifindex) {
+            // Before the hooks go: no redirect into an interface being let go.
+            if let Err(e) = self.pod_ifaces().and_then(|mut m| Ok(m.remove(&ifindex)?)) {
+                debug!(interface = name, ifindex, "removing the pod interface from {}: {e:#}", names::POD_IFACES);
+            }
             self.remove_tc_hook(ifindex, true);
             self.remove_tc_hook(ifindex, false);
             debug!(interface = name, ifindex, "interface let go");

@@ -6,7 +6,7 @@ use anyhow::Context;
 use clap::{ArgAction, Parser, Subcommand, builder::BoolishValueParser};
 use lb_agent::{
     DEFAULT_BPFFS_DIR,
-    datapath::{self, XdpAttach},
+    datapath::{self, HostRouting, XdpAttach},
     inspect::{Output, conntrack, explain, stats, status},
     list,
     maps::Maps,
@@ -288,6 +288,12 @@ struct RunArgs {
     /// driver supports it, else generic), native, generic, or off.
     #[arg(long, env = "LB_XDP_MODE", value_enum, default_value_t = XdpAttach::Auto)]
     xdp_mode: XdpAttach,
+    /// How translated pod traffic reaches a pod of this node: legacy
+    /// (through the host stack and its netfilter) or bpf (straight into
+    /// the pod with bpf_redirect_peer, IPv4; skips netfilter, so the
+    /// NetworkPolicy of an iptables-based CNI too).
+    #[arg(long, env = "LB_HOST_ROUTING", value_enum, default_value_t = HostRouting::Legacy)]
+    host_routing: HostRouting,
 }
 
 /// kube-rs's own messages about every failed request and broken watch:
@@ -368,6 +374,7 @@ fn main() -> anyhow::Result<()> {
                 },
                 ct_gc_interval: Duration::from_secs(args.ct_gc_interval.max(1)),
                 sync_period: args.sync_period,
+                host_routing: args.host_routing,
                 north_south: NorthSouthConfig {
                     node_name: node_name.clone(),
                     external_ifaces: args.external_ifaces,

@@ -21,7 +21,7 @@ use tokio::{io::unix::AsyncFd, sync::mpsc};
 use tracing::{debug, info, warn};
 
 use crate::{
-    datapath::{Datapath, MapSizes},
+    datapath::{Datapath, HostRouting, MapSizes},
     gc, host,
     linkwatch::{LinkEvent, LinkEvents},
     maps::Maps,
@@ -70,6 +70,8 @@ pub struct RunConfig {
     /// How often the maps are compared with the desired state and any
     /// drift repaired (kube-proxy's `--sync-period`).
     pub sync_period: Duration,
+    /// How translated pod traffic reaches a pod of this node.
+    pub host_routing: HostRouting,
     /// NodePorts, external and LoadBalancer IPs (XDP on the external
     /// interfaces).
     pub north_south: NorthSouthConfig,
@@ -144,7 +146,10 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> anyhow::
     let mut reconciler = Reconciler::recover(maps).context("recovering state from the pinned maps")?;
     let cookie = host::current_netns_cookie().context("reading the network namespace cookie")?;
     reconciler.set_maglev_m(cfg.maglev_m);
-    reconciler.maps_mut().write_config(&Config { maglev_m: cfg.maglev_m, timeouts: cfg.ct_timeouts, ..Config::ready(cookie) })?;
+    let ready = Config::ready(cookie);
+    let flags = ready.flags | cfg.host_routing.config_flags();
+    reconciler.maps_mut().write_config(&Config { flags, maglev_m: cfg.maglev_m, timeouts: cfg.ct_timeouts, ..ready })?;
+    info!(host_routing = %cfg.host_routing, "datapath configured");
     if cfg.socket_lb {
         let cgroup = match &cfg.cgroup {
             Some(c) => c.clone(),
@@ -166,6 +171,7 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> anyhow::
     // Links of an earlier agent that this one did not take over are hooks
     // it does not want.
     dp.drop_unadopted();
+    dp.prune_pod_ifaces();
     if !dp.is_live() {
         info!("the attached programs keep serving from the old maps until the rebuilt ones are filled");
     }

@@ -62,6 +62,8 @@ pub struct B1Options {
     /// writes of the same entries (then checked by a `Reconciler::apply`
     /// that must be a no-op), for when the reconciler would take too long.
     pub reconcile_limit: usize,
+    /// With BPF host routing (`config_flags::HOST_ROUTING_BPF`).
+    pub host_routing: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -353,7 +355,9 @@ pub fn run_one(opts: &B1Options, n: usize) -> Result<B1Row> {
     let sizes = sizes_for(n, opts.endpoints, 3 * total_new);
     let mut dp = Datapath::load(pins.path(), &sizes).context("loading the datapath")?;
     let mut maps = Maps::open(pins.path())?;
-    maps.write_config(&ready_config())?;
+    let ready = ready_config();
+    let host_routing = if opts.host_routing { lb_common::config_flags::HOST_ROUTING_BPF } else { 0 };
+    maps.write_config(&lb_common::Config { flags: ready.flags | host_routing, ..ready })?;
     // A wide SNAT range below the NodePorts: the remote path's 6 x
     // `new_flows` flows share 10 backends, and the default range (4536
     // ports) would fill up and make new flows retry ports.

@@ -25,6 +25,9 @@ use crate::{
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Kind {
     Ours,
+    /// Ours with BPF host routing (`lb-agent run --host-routing bpf`):
+    /// translated packets go straight into the destination pod. B2 only.
+    OursHostRouting,
     /// The system's `iptables-restore` (here the nf_tables backend).
     Iptables,
     /// The same rules through `iptables-legacy-restore` (x_tables).
@@ -34,6 +37,13 @@ pub enum Kind {
 
 impl Kind {
     pub const ALL: [Kind; 4] = [Kind::Ours, Kind::Iptables, Kind::IptablesLegacy, Kind::Nftables];
+    /// B2's datapaths: [`Kind::ALL`] and lb with BPF host routing.
+    pub const B2: [Kind; 5] = [Kind::Ours, Kind::OursHostRouting, Kind::Iptables, Kind::IptablesLegacy, Kind::Nftables];
+
+    /// Whether this is lb (either host routing).
+    pub fn is_ours(self) -> bool {
+        matches!(self, Kind::Ours | Kind::OursHostRouting)
+    }
 
     /// The restore command of an iptables kind.
     pub fn restore_command(self) -> &'static str {
@@ -48,6 +58,7 @@ impl fmt::Display for Kind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Kind::Ours => "lb (tc eBPF)",
+            Kind::OursHostRouting => "lb (tc eBPF, BPF host routing)",
             Kind::Iptables => "kube-proxy iptables (nft backend)",
             Kind::IptablesLegacy => "kube-proxy iptables (legacy)",
             Kind::Nftables => "kube-proxy nftables",
@@ -109,7 +120,7 @@ pub fn install_on<'a>(
     let mut ours = None;
     let mut xdp = None;
     match kind {
-        Kind::Ours => {
+        Kind::Ours | Kind::OursHostRouting => {
             let pins = sys::Pins::new("dp");
             let backends: usize = svcs.iter().map(|s| s.endpoints.len()).sum();
             let sizes = MapSizes {
@@ -131,7 +142,9 @@ pub fn install_on<'a>(
                 Ok(dp)
             })?;
             let mut maps = Maps::open(pins.path())?;
-            maps.write_config(&crate::ready_config())?;
+            let ready = crate::ready_config();
+            let host_routing = if kind == Kind::OursHostRouting { lb_common::config_flags::HOST_ROUTING_BPF } else { 0 };
+            maps.write_config(&lb_common::Config { flags: ready.flags | host_routing, ..ready })?;
             let mut rec = Reconciler::recover(maps)?;
             let mut dp = dp;
             let desired = match north_south {
@@ -186,7 +199,7 @@ impl Drop for Installed<'_> {
         // Programs detach with their links; the maps go with the pins.
         self.ours.take();
         match self.kind {
-            Kind::Ours => {}
+            Kind::Ours | Kind::OursHostRouting => {}
             Kind::Iptables | Kind::IptablesLegacy => {
                 let mut cmd = self.node.command(self.kind.restore_command());
                 let _ = sys::timed_stdin(&mut cmd, services::iptables_flush());

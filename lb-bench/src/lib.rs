@@ -66,6 +66,7 @@ impl Options {
                 new_flows: 20_000,
                 cpu: sys::online_cpus().saturating_sub(1),
                 reconcile_limit: 2_000_000,
+                host_routing: false,
             }),
             b2: Some(b2::B2Options {
                 services: vec![1_000, 10_000],
@@ -139,6 +140,7 @@ impl Options {
                 new_flows: 100,
                 cpu: 0,
                 reconcile_limit: 10_000,
+                host_routing: false,
             }),
             b2: Some(b2::B2Options {
                 services: vec![10],

@@ -38,6 +38,12 @@ struct Cli {
     /// instead of through Reconciler::apply.
     #[arg(long)]
     b1_reconcile_limit: Option<usize>,
+    /// B1: run the datapath with BPF host routing (`--host-routing bpf`):
+    /// the pod-to-pod row then pays its conntrack lookup, and a translated
+    /// packet its FIB lookup (the test run's device is no pod interface:
+    /// nothing is redirected).
+    #[arg(long)]
+    b1_host_routing: bool,
     /// B1: repeat count of one test run.
     #[arg(long)]
     b1_repeat: Option<u32>,
@@ -73,6 +79,10 @@ struct Cli {
     /// taken under load).
     #[arg(long)]
     b4_quiet_max_s: Option<u64>,
+    /// B2: the longest wait, in seconds, for a quiet machine before each
+    /// datapath (as --b4-quiet-max-s).
+    #[arg(long)]
+    b2_quiet_max_s: Option<u64>,
     /// B6: seconds of churn (one step every 200 ms).
     #[arg(long)]
     b6_seconds: Option<f64>,
@@ -113,6 +123,7 @@ fn main() -> Result<()> {
         if let Some(v) = cli.b1_reconcile_limit {
             b1.reconcile_limit = v;
         }
+        b1.host_routing = cli.b1_host_routing;
         if let Some(v) = cli.b1_repeat {
             b1.repeat = v;
         }
@@ -155,6 +166,11 @@ fn main() -> Result<()> {
         && let Some(v) = cli.b4_seconds
     {
         b4.seconds = v;
+    }
+    if let Some(b2) = &mut o.b2
+        && let Some(v) = cli.b2_quiet_max_s
+    {
+        b2.quiet_max = std::time::Duration::from_secs(v);
     }
     if let Some(b4) = &mut o.b4
         && let Some(v) = cli.b4_quiet_max_s

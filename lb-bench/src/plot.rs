@@ -204,7 +204,7 @@ pub fn write_all(r: &Report, dir: &Path) -> Result<Vec<String>> {
     if let Some(rows) = &r.b2 {
         let name = "bench-b2-latency.png";
         let mut series = Vec::new();
-        for (ci, kind) in Kind::ALL.into_iter().enumerate() {
+        for (ci, kind) in Kind::B2.into_iter().enumerate() {
             for (label, f) in [("p99", (|p: &crate::b2::Pcts| p.p99) as fn(&crate::b2::Pcts) -> f64), ("p50", |p| p.p50)] {
                 let points: Vec<_> = rows
                     .iter()

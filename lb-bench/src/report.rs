@@ -349,7 +349,7 @@ pub fn b6_table(b: &B6Result) -> String {
 
 fn b6_name(r: &B6Row) -> &'static str {
     match r.kind {
-        Kind::Ours => "lb: `lb-agent run` (agent process; sync time = its `apply_us`)",
+        Kind::Ours | Kind::OursHostRouting => "lb: `lb-agent run` (agent process; sync time = its `apply_us`)",
         Kind::Iptables => "kube-proxy iptables (nf_tables backend): `iptables-restore --noflush`",
         Kind::IptablesLegacy => "kube-proxy iptables (legacy): `iptables-legacy-restore --noflush`",
         Kind::Nftables => "kube-proxy nftables: `nft -f`",

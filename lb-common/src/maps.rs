@@ -95,6 +95,14 @@ map_set! {
     /// Per-client token buckets for the ICMPv6 errors the datapath sends
     /// (`LB4_REJECT_RATE` for IPv6 clients).
     REJECT_RATE6 = "LB6_REJECT_RATE", version 1, sized by Fixed;
+    /// The pod interfaces the tc programs are attached to (ifindex -> 1):
+    /// BPF host routing redirects only into these
+    /// (`config_flags::HOST_ROUTING_BPF`).
+    POD_IFACES = "LB_POD_IFACES", version 1, sized by Fixed;
+    /// BPF host routing's per-CPU working memory (a `bpf_fib_lookup`
+    /// parameter block and a flow), off the tc programs' stack. Only the
+    /// datapath reads and writes it.
+    HR_SCRATCH = "LB_HR_SCRATCH", version 1, sized by Fixed;
     /// The layout version of every other pinned map (see [`layout`]).
     LAYOUT = "LB_LAYOUT", version 1, sized by Fixed;
 }
@@ -218,6 +226,8 @@ pub mod sizes {
     pub const CT_TCP6: u32 = 65_536;
     /// IPv6 non-TCP conntrack entries (two per flow).
     pub const CT_ANY6: u32 = 32_768;
+    /// Pod interfaces (`LB_POD_IFACES`).
+    pub const POD_IFACES: u32 = 4_096;
 }
 
 pub const IPPROTO_ICMP: u8 = 1;
@@ -575,6 +585,12 @@ pub mod config_flags {
     /// The agent has written the configuration; until then the datapath
     /// passes everything untouched.
     pub const READY: u32 = 1 << 0;
+    /// BPF host routing (`lb-agent run --host-routing bpf`): a translated
+    /// IPv4 packet between two pods of this node goes straight into the
+    /// destination pod (`bpf_redirect_peer`) instead of through the host
+    /// stack (and its netfilter: NetworkPolicy of an iptables-based CNI is
+    /// skipped). Off: the host stack routes it (legacy, the default).
+    pub const HOST_ROUTING_BPF: u32 = 1 << 1;
 }
 
 /// Session affinity: which backend a client was last sent to, per frontend.
@@ -833,13 +849,17 @@ pub mod stat {
     /// Passed untranslated: an IPv6 packet whose program was missing from
     /// `LB_TC_CALLS` (the tail call failed).
     pub const TAIL_CALL_FAILED: u32 = 18;
+    /// BPF host routing: a translated packet (to a backend, or a reply to
+    /// its client) redirected straight into a pod of this node
+    /// (`bpf_redirect_peer`), past the host stack.
+    pub const REDIRECTED_PEER: u32 = 19;
 
     /// Slots in the map.
     pub const SLOTS: u32 = 32;
 
     /// Names for listings and metrics, by index. Stable: they are the
     /// `reason` of `lb-agent stats -o json` and of the metrics.
-    pub const NAMES: [&str; 19] = [
+    pub const NAMES: [&str; 20] = [
         "reject_no_backend",
         "drop_no_local_backend",
         "drop_source_range",
@@ -859,11 +879,12 @@ pub mod stat {
         "frag_needed_sent",
         "malformed_passed",
         "tail_call_failed",
+        "redirected_peer",
     ];
 
     /// What each counter means, by index (for `lb-agent stats` and the
     /// README).
-    pub const HELP: [&str; 19] = [
+    pub const HELP: [&str; 20] = [
         "rejected (ICMP port unreachable, ECONNREFUSED): the frontend has no endpoint",
         "dropped: a Local traffic policy and no endpoint on this node",
         "dropped: the client is outside loadBalancerSourceRanges",
@@ -883,6 +904,7 @@ pub mod stat {
         "answered: fragmentation needed, for a north-south packet too big for its path",
         "passed untouched: a malformed packet (too short, bad header length), left to the kernel",
         "passed untranslated: an IPv6 packet whose tc program was missing from LB_TC_CALLS (tail call failed)",
+        "redirected: a translated packet sent straight into a pod of this node, past the host stack (--host-routing bpf)",
     ];
 
     /// Whether counter `index` is a packet lb dropped or rejected.

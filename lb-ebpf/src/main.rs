@@ -36,6 +36,8 @@
 //! - `frag`: fragments (the first fragment's ports for the rest);
 //! - `nat`: rewrites of a flow's packets and of ICMP errors about it;
 //! - `icmp`: the ICMP errors lb sends itself, rate-limited;
+//! - `route`: forwarding past the host stack (FIB lookups and a router's
+//!   rewrite, for XDP; tc's BPF host routing into pods of this node);
 //! - `sock_family`: the socket translation, over an address family;
 //! - the programs: `tc`, `xdp`, `sock` and `sock6`.
 //!
@@ -57,6 +59,7 @@ mod maps;
 mod nat;
 mod packet;
 mod parse;
+mod route;
 mod select;
 mod sock;
 mod sock6;

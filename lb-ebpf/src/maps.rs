@@ -12,6 +12,8 @@ use lb_common::{
     SockRevNat4Key, SockRevNat6, SockRevNat6Key, SrcRange4, SvcName, Vip4, layout, sizes, stat, tc_call, vip_filter,
 };
 
+use crate::route::Scratch;
+
 #[btf_map]
 pub static LB4_SERVICES: HashMap<Service4Key, Service4Value, { sizes::SERVICES as usize }> = HashMap::new();
 
@@ -146,6 +148,16 @@ pub static LB6_CT_ANY: LruHashMap<Ct6Key, Ct6Entry, { sizes::CT_ANY6 as usize }>
 /// `LB4_REJECT_RATE`).
 #[btf_map]
 pub static LB6_REJECT_RATE: LruHashMap<Addr6, RejectRate, { sizes::REJECT_RATE as usize }> = LruHashMap::new();
+
+/// The pod interfaces with the tc programs (ifindex -> 1), kept by the
+/// agent: BPF host routing redirects only into these (`route`).
+#[btf_map]
+pub static LB_POD_IFACES: HashMap<u32, u32, { sizes::POD_IFACES as usize }> = HashMap::new();
+
+/// BPF host routing's working memory, one per CPU (`route::Scratch`):
+/// off the tc programs' stack.
+#[btf_map]
+pub static LB_HR_SCRATCH: PerCpuArray<Scratch, 1> = PerCpuArray::new();
 
 /// The IPv6 tc programs by `lb_common::tc_call` slot, filled and pinned by
 /// the agent: the attached programs tail-call them for IPv6 frames.

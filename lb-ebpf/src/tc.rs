@@ -17,6 +17,11 @@
 //!   and every reply path works (a backend on this node or another, in the
 //!   host network, behind a tunnel, with or without XDP). ICMP errors about
 //!   translated flows are translated on the same way.
+//! - With BPF host routing (`config_flags::HOST_ROUTING_BPF`, see
+//!   `route`), `lb_tc_ingress` also sends a translated IPv4 packet, and a
+//!   backend's reply translated back at its own interface, straight into
+//!   a pod of this node (`bpf_redirect_peer`); what cannot be redirected
+//!   takes the path above.
 //! - `lb_tc_pass` lets everything through (a floor for measurements, and a
 //!   stand-in for a program another agent attaches after lb).
 //!
@@ -45,7 +50,7 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use lb_common::{
-    CT_SERVICE, Config, IPPROTO_ICMPV6, V4, V6, Vip4, ct_entry_flags,
+    CT_SERVICE, Config, IPPROTO_ICMPV6, V4, V6, Vip4, config_flags, ct_entry_flags,
     packet::{ETH_HLEN, ETH_P_IPV6, Fragment, ICMP_HLEN, IPV4_HLEN, IPV6_HLEN, TCP_HLEN, eth, ip6, swapped_macs},
     stat, svc_flags, tc_call, vip_flags,
 };
@@ -60,6 +65,7 @@ use crate::{
     nat,
     packet::{read, redirect_back, write},
     parse::{Flow, IcmpError, Packet, icmp6_error_at, parse, parse6},
+    route,
     select::{config, flow_backend, node_config, now_ns, vip},
     stats,
 };
@@ -69,6 +75,14 @@ trait TcFamily: L3 {
     /// The verdict for a flow `f` to a frontend that cannot serve it (no
     /// endpoint, or a ClusterIP port no Service defines).
     fn reject(ctx: &TcContext, f: &Flow<Self>, now: u64) -> Result<i32, Error>;
+    /// The verdict for a packet of flow `f` translated as its forward
+    /// entry `e` says: past the host stack into a pod of this node with
+    /// BPF host routing (`route`), else `NEXT`.
+    fn deliver(ctx: &TcContext, cfg: &Config, f: &Flow<Self>, e: &Ct<Self>) -> Result<i32, Error>;
+    /// The verdict for a flow `f` to no frontend: with BPF host routing,
+    /// a reply of a translated flow to a pod of this node is translated
+    /// back and redirected into it (`route`); else `NEXT`.
+    fn deliver_reply(ctx: &TcContext, cfg: &Config, f: &Flow<Self>) -> Result<i32, Error>;
 }
 
 impl TcFamily for V4 {
@@ -82,6 +96,32 @@ impl TcFamily for V4 {
         }
         icmp::tc_reject(ctx, f.saddr, now).ok_or(Error::Rewrite)
     }
+
+    #[inline(always)]
+    fn deliver(ctx: &TcContext, cfg: &Config, f: &Flow<V4>, e: &Ct<V4>) -> Result<i32, Error> {
+        if cfg.flags & config_flags::HOST_ROUTING_BPF == 0 {
+            return Ok(NEXT);
+        }
+        let addrs = e.nat_saddr as u64 | (e.nat_daddr as u64) << 32;
+        let l4 = f.proto as u64 | (e.nat_sport as u64) << 16 | (e.nat_dport as u64) << 32;
+        Ok(route::redirect_translated(ctx.skb.skb, addrs, l4))
+    }
+
+    #[inline(always)]
+    fn deliver_reply(ctx: &TcContext, cfg: &Config, f: &Flow<V4>) -> Result<i32, Error> {
+        if cfg.flags & config_flags::HOST_ROUTING_BPF == 0 {
+            return Ok(NEXT);
+        }
+        if f.frag != Fragment::No {
+            // Its ports and translation come from the first fragment, on
+            // the stack path.
+            return Ok(NEXT);
+        }
+        let addrs = f.saddr as u64 | (f.daddr as u64) << 32;
+        let l4 = f.sport as u64 | (f.dport as u64) << 16 | (f.proto as u64) << 32 | (f.tcp_flags as u64) << 40;
+        let seq_off = f.seq as u64 | (f.l4_off as u64) << 32;
+        Ok(route::redirect_reply(ctx.skb.skb, addrs, l4, seq_off))
+    }
 }
 
 impl TcFamily for V6 {
@@ -90,6 +130,17 @@ impl TcFamily for V6 {
     #[inline(always)]
     fn reject(_ctx: &TcContext, _f: &Flow<V6>, _now: u64) -> Result<i32, Error> {
         Ok(REJECT)
+    }
+
+    /// Not yet: IPv6 takes the host stack.
+    #[inline(always)]
+    fn deliver(_ctx: &TcContext, _cfg: &Config, _f: &Flow<V6>, _e: &Ct<V6>) -> Result<i32, Error> {
+        Ok(NEXT)
+    }
+
+    #[inline(always)]
+    fn deliver_reply(_ctx: &TcContext, _cfg: &Config, _f: &Flow<V6>) -> Result<i32, Error> {
+        Ok(NEXT)
     }
 }
 
@@ -108,7 +159,7 @@ const EXACT: i32 = 0x7e1ec8;
 const EXACT_NO_ENTRY: i32 = 0x7e1ec9;
 
 #[inline(always)]
-fn verdict(ctx: &TcContext, result: Result<i32, Error>) -> i32 {
+pub fn verdict(ctx: &TcContext, result: Result<i32, Error>) -> i32 {
     match result {
         Ok(v) => v,
         Err(e) => match e.count_drop() {
@@ -331,7 +382,8 @@ enum Stage {
 /// A flow leaving a pod: a reply of a hairpin flow, or a packet to a
 /// frontend address. A packet to an address the pre-filter has no kind
 /// for (pod to pod, or anywhere outside) leaves after one array load: no
-/// hash lookup, no clock read, no conntrack.
+/// hash lookup, no clock read, no conntrack (with BPF host routing, one
+/// conntrack lookup: it may be a backend's reply, `route`).
 #[inline(always)]
 fn ingress_flow<F: TcFamily>(ctx: &TcContext, cfg: &Config, f: &mut Flow<F>, stage: Stage) -> Result<i32, Error> {
     F::keep_in_memory(f);
@@ -340,7 +392,7 @@ fn ingress_flow<F: TcFamily>(ctx: &TcContext, cfg: &Config, f: &mut Flow<F>, sta
     }
     // (The exact path follows a first look that passed the pre-filter.)
     if !matches!(stage, Stage::Exact { .. }) && !F::may_be_frontend(f.daddr) {
-        return Ok(NEXT);
+        return F::deliver_reply(ctx, cfg, f);
     }
     let first = match stage {
         Stage::Exact { no_entry: true } => ControlFlow::Continue(Some(None)),
@@ -354,7 +406,7 @@ fn ingress_flow<F: TcFamily>(ctx: &TcContext, cfg: &Config, f: &mut Flow<F>, sta
         ControlFlow::Continue(found) => forward(ctx, cfg, f, found)?,
     };
     match flow {
-        ControlFlow::Continue((entry, new)) => translated(ctx, f, &entry, new),
+        ControlFlow::Continue((entry, new)) => translated(ctx, cfg, f, &entry, new),
         ControlFlow::Break(verdict) => Ok(verdict),
     }
 }
@@ -473,14 +525,14 @@ fn forward<F: TcFamily>(
 /// A packet of a flow towards a frontend, counted and rewritten as its
 /// forward entry says (a `new` flow's first).
 #[inline(always)]
-fn translated<F: TcFamily>(ctx: &TcContext, f: &Flow<F>, entry: &Ct<F>, new: bool) -> Result<i32, Error> {
+fn translated<F: TcFamily>(ctx: &TcContext, cfg: &Config, f: &Flow<F>, entry: &Ct<F>, new: bool) -> Result<i32, Error> {
     stats::frontend_packet(entry.frontend_id, ctx.len(), new);
     F::frag_record(f);
     nat::translate(ctx, f, entry)?;
     if F::hairpin_addr() == Some(entry.nat_saddr) {
         return bounce(ctx);
     }
-    Ok(NEXT)
+    F::deliver(ctx, cfg, f, entry)
 }
 
 /// A new flow to the frontend at `f`'s destination, or the verdict for a

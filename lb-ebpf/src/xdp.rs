@@ -34,7 +34,7 @@
 //! that a packet from the node's own address is not dropped as martian).
 
 use core::{
-    mem::{MaybeUninit, align_of, size_of},
+    mem::{MaybeUninit, size_of},
     ops::ControlFlow,
 };
 
@@ -47,8 +47,8 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use lb_common::{
-    CT_REPLY, CT_SERVICE, Config, CtEntry, IPPROTO_ICMP, NodeConfig, SrcRange4, Vip4, backend_flags, csum, ct_entry_flags,
-    packet::{ETH_HLEN, Fragment, IPV4_HLEN, eth, icmp, ip},
+    CT_REPLY, CT_SERVICE, Config, CtEntry, IPPROTO_ICMP, NodeConfig, SrcRange4, Vip4, backend_flags, ct_entry_flags,
+    packet::{ETH_HLEN, Fragment, IPV4_HLEN, icmp, ip},
     stat, svc_flags, vip_flags, xdp_mode,
 };
 
@@ -58,8 +58,9 @@ use crate::{
     frag, icmp as icmp_out,
     maps::{LB_DEVICES, LB4_SRC_RANGES},
     nat,
-    packet::{read, write},
+    packet::read,
     parse::{Flow, IcmpError, Packet, parse},
+    route,
     select::{config, flow_backend, node_config, now_ns, service, vip},
     stats, vip_filter,
 };
@@ -75,7 +76,6 @@ pub fn lb_xdp_pass(_ctx: XdpContext) -> u32 {
 const NORTH_SOUTH: u32 = svc_flags::NODE_PORT | svc_flags::EXTERNAL_IP | svc_flags::LOAD_BALANCER;
 /// The pre-filter's lanes hold ClusterIPs too (for tc): XDP reads these.
 const NORTH_SOUTH_VIP: u32 = lb_common::vip_filter::NORTH_SOUTH;
-const AF_INET: u8 = 2;
 const PASS: u32 = xdp_action::XDP_PASS;
 const DROP: u32 = xdp_action::XDP_DROP;
 
@@ -298,35 +298,12 @@ enum Route<'a> {
     IcmpError,
 }
 
-/// Zeroes the `bpf_fib_lookup` at `p` in place with sixteen 4-byte
-/// stores and returns it. `mem::zeroed()`, or any copy of the struct,
-/// compiles to a call of the object's `memset`/`memcpy`, loops of one-byte
-/// accesses (some 200 instructions for these 64 bytes) on every forwarded
-/// packet; volatile stores into storage that is never moved cannot be
-/// merged back into one.
-#[inline(always)]
-fn zeroed_fib_params(p: &mut MaybeUninit<FibParams>) -> &mut FibParams {
-    const WORDS: usize = size_of::<FibParams>() / 4;
-    const _: () = assert!(size_of::<FibParams>() == WORDS * 4 && align_of::<FibParams>() >= 4);
-    let words = p.as_mut_ptr().cast::<u32>();
-    let mut i = 0;
-    while i < WORDS {
-        // SAFETY: `words` points at the start of `p`, 4-aligned (checked
-        // above), and `i < WORDS` keeps each store inside it.
-        unsafe { words.add(i).write_volatile(0) };
-        i += 1;
-    }
-    // SAFETY: every byte was written (zero), and all-zero is a valid value
-    // of this plain C struct of integers, arrays and unions of them.
-    unsafe { p.assume_init_mut() }
-}
-
 /// Where the FIB sends a packet from `e.nat_saddr` to `e.nat_daddr`.
 /// The parameters are built in `params`, which also receives the answer.
 #[inline(always)]
 fn fib<'a>(ctx: &XdpContext, e: &CtEntry, what: Route, params: &'a mut MaybeUninit<FibParams>) -> (i64, &'a FibParams) {
-    let p = zeroed_fib_params(params);
-    p.family = AF_INET;
+    let p = route::zeroed_fib_params(params);
+    p.family = route::AF_INET;
     match what {
         Route::Flow(f) => {
             p.l4_protocol = f.proto;
@@ -388,20 +365,10 @@ fn forward(ctx: &XdpContext, f: &Flow, e: &CtEntry, now: u64) -> Result<u32, Err
 /// Decrements the TTL, sets the MACs from the FIB result and transmits.
 #[inline(always)]
 fn send(ctx: &XdpContext, p: &FibParams) -> Result<u32, Error> {
-    const TTL_PROTO: usize = ETH_HLEN + ip::TTL_PROTO.start;
-    const CHECK: usize = ETH_HLEN + ip::CHECK.start;
-    let ttl_proto: [u8; 2] = read(ctx, TTL_PROTO).ok_or(Error::Rewrite)?;
-    if ttl_proto[0] <= 1 {
+    if !route::hop(ctx, p)? {
         stats::count(stat::DROP_TTL);
         return Ok(DROP);
     }
-    let check: u16 = read(ctx, CHECK).ok_or(Error::Rewrite)?;
-    let new = [ttl_proto[0] - 1, ttl_proto[1]];
-    let check = csum::replace2(check, u16::from_ne_bytes(ttl_proto), u16::from_ne_bytes(new));
-    write(ctx, TTL_PROTO, new).ok_or(Error::Rewrite)?;
-    write(ctx, CHECK, check).ok_or(Error::Rewrite)?;
-    write(ctx, eth::DST.start, p.dmac).ok_or(Error::Rewrite)?;
-    write(ctx, eth::SRC.start, p.smac).ok_or(Error::Rewrite)?;
     if p.ifindex == ctx.ingress_ifindex() as u32 {
         Ok(xdp_action::XDP_TX)
     } else {

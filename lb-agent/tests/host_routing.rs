@@ -1,0 +1,234 @@
+//! BPF host routing (`lb-agent run --host-routing bpf`), with real
+//! sockets on a strict lab node (`rp_filter=1`): a pod's TCP and UDP to a
+//! ClusterIP reach a backend pod of the same node and get answers, both
+//! directions redirected straight into the destination pod
+//! (`bpf_redirect_peer`, counted as `redirected_peer`) and never seen by
+//! the node's netfilter (nft counters in its forward chain stay at 0),
+//! while legacy routing takes the host stack (the counters count). A
+//! packet whose next hop has no neighbour entry yet takes the stack path,
+//! and its flow still works.
+
+mod common;
+
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+
+use common::{Agent, ManifestDir, PinDir, kernel_tests_enabled};
+use lb_common::stat;
+use lb_lab::{Netns, NodeLab, Server, tcp_request, tcp_server, udp_echo, udp_request};
+
+const VIP: &str = "10.96.0.20";
+
+fn vip(port: u16) -> SocketAddrV4 {
+    SocketAddrV4::new(VIP.parse().unwrap(), port)
+}
+
+/// A TCP (80 -> 8080) and a UDP (53 -> 5353) Service on one ClusterIP,
+/// both served by `backend`.
+fn services_yaml(backend: Ipv4Addr) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Service
+metadata: {{name: web, namespace: default}}
+spec:
+  clusterIP: {VIP}
+  ports:
+  - {{name: http, port: 80, protocol: TCP, targetPort: 8080}}
+  - {{name: dns, port: 53, protocol: UDP, targetPort: 5353}}
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: web-1
+  namespace: default
+  labels: {{kubernetes.io/service-name: web}}
+addressType: IPv4
+endpoints:
+- addresses: ["{backend}"]
+  conditions: {{ready: true}}
+ports:
+- {{name: http, port: 8080, protocol: TCP}}
+- {{name: dns, port: 5353, protocol: UDP}}
+"#
+    )
+}
+
+/// nft counters in the node's forward chain, one per direction between
+/// the client and the backend pod: what the host stack routed.
+struct ForwardCounters<'a> {
+    node: &'a Netns,
+}
+
+impl<'a> ForwardCounters<'a> {
+    fn install(node: &'a Netns, client: Ipv4Addr, backend: Ipv4Addr) -> ForwardCounters<'a> {
+        let rules = format!(
+            "table inet lbtest {{\n\
+             counter to_backend {{}}\n\
+             counter to_client {{}}\n\
+             chain forward {{\n\
+             type filter hook forward priority 0; policy accept;\n\
+             ip saddr {client} ip daddr {backend} counter name to_backend\n\
+             ip saddr {backend} ip daddr {client} counter name to_client\n\
+             }}\n\
+             }}\n"
+        );
+        nft(node, &["-f", "-"], Some(&rules));
+        ForwardCounters { node }
+    }
+
+    /// Packets routed by the host stack (client -> backend, backend ->
+    /// client).
+    fn read(&self) -> (u64, u64) {
+        (self.packets("to_backend"), self.packets("to_client"))
+    }
+
+    fn packets(&self, name: &str) -> u64 {
+        let out = nft(self.node, &["list", "counter", "inet", "lbtest", name], None);
+        let after = out.split("packets ").nth(1).unwrap_or_else(|| panic!("no packet count in {out:?}"));
+        after.split_whitespace().next().unwrap().parse().unwrap()
+    }
+
+    fn reset(&self) {
+        nft(self.node, &["reset", "counters", "table", "inet", "lbtest"], None);
+    }
+}
+
+fn nft(ns: &Netns, args: &[&str], stdin: Option<&str>) -> String {
+    use std::{io::Write, process::Stdio};
+    let mut cmd = ns.command("nft");
+    cmd.args(args).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("running nft");
+    if let Some(text) = stdin {
+        child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    }
+    drop(child.stdin.take());
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "nft {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+/// A strict node with a client pod and a backend pod (TCP server on 8080,
+/// UDP echo on 5353), the agent serving the Services with `--host-routing
+/// mode`, and nft counters in the node's forward chain.
+struct Lab {
+    lab: NodeLab,
+    _servers: Vec<Server>,
+    agent: Agent,
+    _dir: ManifestDir,
+}
+
+impl Lab {
+    fn start(mode: &str) -> Lab {
+        let lab = NodeLab::new(&["client", "web"]).unwrap();
+        assert_eq!(lab.node.sysctl_get("net.ipv4.conf.all.rp_filter").unwrap(), "1");
+        let web = lab.pod("web");
+        let servers = vec![
+            tcp_server(&web.ns, SocketAddrV4::new(web.ip, 8080), "web").unwrap(),
+            udp_echo(&web.ns, SocketAddrV4::new(web.ip, 5353), "web").unwrap(),
+        ];
+        let dir = ManifestDir::new(&format!("hr-{mode}"));
+        dir.write("web.yaml", &services_yaml(web.ip));
+        let agent = Agent::start_with(&lab.node, &dir.0, PinDir::new(&format!("hr-{mode}")), &["--host-routing", mode]);
+        agent.wait_rows("both ports", |rows| rows.len() == 2 && rows.iter().all(|r| r.backends.len() == 1));
+        Lab { lab, _servers: servers, agent, _dir: dir }
+    }
+
+    fn client(&self) -> &Netns {
+        &self.lab.pod("client").ns
+    }
+
+    fn redirected(&self) -> u64 {
+        self.agent.maps().stat(stat::REDIRECTED_PEER).unwrap()
+    }
+
+    /// `n` TCP requests and `n` UDP queries through the ClusterIP, each
+    /// answered by the backend, from the address dialled.
+    fn requests(&self, n: usize) {
+        for i in 0..n {
+            let tag = tcp_request(self.client(), vip(80)).unwrap_or_else(|e| panic!("TCP request {i}: {e:#}\n{}", self.agent.log_text()));
+            assert_eq!(tag, "web");
+            let (reply, peer) = udp_request(self.client(), vip(53), &format!("q{i}"))
+                .unwrap_or_else(|e| panic!("UDP query {i}: {e:#}\n{}", self.agent.log_text()));
+            assert_eq!(reply, format!("web:q{i}"));
+            assert_eq!(peer, SocketAddr::V4(vip(53)), "the answer comes from the address dialled");
+        }
+    }
+
+    /// Forgets the node's neighbour entries of both pods (their next
+    /// packets find no neighbour: `bpf_fib_lookup` says NO_NEIGH).
+    fn forget_neighbours(&self) {
+        for pod in ["client", "web"] {
+            let p = self.lab.pod(pod);
+            // Absent already is as good.
+            let _ = self.lab.node.ip(&["neigh", "del", &p.ip.to_string(), "dev", &p.host_if]);
+        }
+        let left = self.lab.node.ip_output(&["neigh", "show"]).unwrap();
+        let valid = ["REACHABLE", "STALE", "DELAY", "PROBE", "PERMANENT"];
+        for pod in ["client", "web"] {
+            let ip = format!("{} ", self.lab.pod(pod).ip);
+            let usable = left.lines().any(|l| l.starts_with(&ip) && valid.iter().any(|v| l.contains(v)));
+            assert!(!usable, "{pod}'s neighbour entry is gone: {left}");
+        }
+    }
+}
+
+#[test]
+fn bpf_host_routing_delivers_clusterip_traffic_past_the_host_stack() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let lab = Lab::start("bpf");
+    let (client, web) = (lab.lab.pod("client").ip, lab.lab.pod("web").ip);
+    let counters = ForwardCounters::install(&lab.lab.node, client, web);
+    // The node learns both pods' MACs (the first packets may take the
+    // stack path: no neighbour yet).
+    lab.requests(1);
+    counters.reset();
+    let before = lab.redirected();
+    lab.requests(10);
+    assert_eq!(counters.read(), (0, 0), "no packet of these flows went through the node's netfilter");
+    // Ten UDP queries and their answers alone are 20 packets, both
+    // directions (the TCP flows add some 7 packets each).
+    let redirected = lab.redirected() - before;
+    assert!(redirected >= 20 + 10 * 6, "redirected_peer counted {redirected} packets\n{}", lab.agent.log_text());
+}
+
+#[test]
+fn legacy_host_routing_goes_through_the_host_stack() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let lab = Lab::start("legacy");
+    let (client, web) = (lab.lab.pod("client").ip, lab.lab.pod("web").ip);
+    let counters = ForwardCounters::install(&lab.lab.node, client, web);
+    lab.requests(10);
+    let (to_backend, to_client) = counters.read();
+    assert!(to_backend >= 10 && to_client >= 10, "the host stack routed both directions: {to_backend}, {to_client}");
+    assert_eq!(lab.redirected(), 0);
+}
+
+#[test]
+fn without_a_neighbour_entry_bpf_host_routing_falls_back_to_the_host_stack() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let lab = Lab::start("bpf");
+    let (client, web) = (lab.lab.pod("client").ip, lab.lab.pod("web").ip);
+    let counters = ForwardCounters::install(&lab.lab.node, client, web);
+    lab.requests(1);
+    // Neither pod's neighbour is known: the query and its answer both take
+    // the stack path (the answer translated back on the client's
+    // interface, after routing, as without host routing), and the node
+    // resolves both neighbours on the way.
+    lab.forget_neighbours();
+    counters.reset();
+    let before = lab.redirected();
+    let (reply, peer) = udp_request(lab.client(), vip(53), "first").unwrap_or_else(|e| panic!("{e:#}\n{}", lab.agent.log_text()));
+    assert_eq!((reply.as_str(), peer), ("web:first", SocketAddr::V4(vip(53))));
+    assert_eq!(counters.read(), (1, 1), "both packets took the host stack");
+    assert_eq!(lab.redirected(), before, "nothing was redirected");
+    // The next ones are redirected again.
+    counters.reset();
+    lab.requests(3);
+    assert_eq!(counters.read(), (0, 0));
+    assert!(lab.redirected() - before >= 6);
+}

@@ -1,0 +1,253 @@
+//! Forwarding as a router does, past the host stack: the FIB lookup's
+//! parameters and the rewrite of a forwarded IPv4 packet (TTL down by one,
+//! the next hop's MACs), shared by `lb_xdp` (north-south packets to and
+//! from other nodes) and tc's BPF host routing.
+//!
+//! BPF host routing (`config_flags::HOST_ROUTING_BPF`, `lb-agent run
+//! --host-routing bpf`; Cilium's "BPF host routing"): `lb_tc_ingress`
+//! sends a translated IPv4 packet whose FIB next hop is a pod interface of
+//! this node (one the agent attached the tc programs to: `LB_POD_IFACES`)
+//! straight into that pod with `bpf_redirect_peer`, instead of handing it
+//! to the host stack (netfilter, reverse-path filtering, the neighbour
+//! layer). Both directions of a flow between two pods of this node:
+//! - a packet to a frontend, once translated to its backend
+//!   ([`redirect_translated`]); it skips the backend interface's egress
+//!   hook, where nothing is translated for it;
+//! - the backend's reply, at the backend interface's ingress
+//!   ([`redirect_reply`]): translated back there, only when it can be
+//!   redirected, so it skips the client interface's egress hook where the
+//!   stack path translates it.
+//!
+//! Whatever cannot be redirected (no neighbour entry yet, a next hop that
+//! is no pod interface: another node, the host, an external interface; a
+//! packet too big for the next hop's MTU, an expired TTL, a fragment of a
+//! reply) takes the stack path exactly as without host routing, and the
+//! stack resolves the neighbour for the next packets.
+
+use core::mem::{MaybeUninit, align_of, size_of};
+
+use aya_ebpf::{
+    bindings::{__sk_buff, BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_UNSPEC, bpf_fib_lookup as FibParams},
+    helpers::{bpf_fib_lookup, bpf_redirect_peer},
+    programs::TcContext,
+};
+use lb_common::{
+    CT_REPLY, V4, csum,
+    packet::{ETH_HLEN, Fragment, eth, ip},
+    stat,
+};
+
+use crate::{
+    ct,
+    error::Error,
+    maps::{LB_HR_SCRATCH, LB_POD_IFACES},
+    nat,
+    packet::{PacketData, read, write},
+    parse::Flow,
+    select::now_ns,
+    stats,
+    tc::verdict,
+};
+
+pub const AF_INET: u8 = 2;
+
+/// Zeroes the `bpf_fib_lookup` at `p` in place with sixteen 4-byte
+/// stores and returns it. `mem::zeroed()`, or any copy of the struct,
+/// compiles to a call of the object's `memset`/`memcpy`, loops of one-byte
+/// accesses (some 200 instructions for these 64 bytes) on every forwarded
+/// packet; volatile stores into storage that is never moved cannot be
+/// merged back into one.
+#[inline(always)]
+pub fn zeroed_fib_params(p: &mut MaybeUninit<FibParams>) -> &mut FibParams {
+    const WORDS: usize = size_of::<FibParams>() / 4;
+    const _: () = assert!(size_of::<FibParams>() == WORDS * 4 && align_of::<FibParams>() >= 4);
+    let words = p.as_mut_ptr().cast::<u32>();
+    let mut i = 0;
+    while i < WORDS {
+        // SAFETY: `words` points at the start of `p`, 4-aligned (checked
+        // above), and `i < WORDS` keeps each store inside it.
+        unsafe { words.add(i).write_volatile(0) };
+        i += 1;
+    }
+    // SAFETY: every byte was written (zero), and all-zero is a valid value
+    // of this plain C struct of integers, arrays and unions of them.
+    unsafe { p.assume_init_mut() }
+}
+
+/// What a router does to an IPv4 packet it forwards: the TTL goes down by
+/// one (and the header checksum with it) and the MACs become those of the
+/// FIB result `p` (the egress interface's and the next hop's). `false`,
+/// the packet left as it was, when the TTL has expired.
+#[inline(always)]
+pub fn hop<C: PacketData>(ctx: &C, p: &FibParams) -> Result<bool, Error> {
+    const TTL_PROTO: usize = ETH_HLEN + ip::TTL_PROTO.start;
+    const CHECK: usize = ETH_HLEN + ip::CHECK.start;
+    let ttl_proto: [u8; 2] = read(ctx, TTL_PROTO).ok_or(Error::Rewrite)?;
+    if ttl_proto[0] <= 1 {
+        return Ok(false);
+    }
+    let check: u16 = read(ctx, CHECK).ok_or(Error::Rewrite)?;
+    let new = [ttl_proto[0] - 1, ttl_proto[1]];
+    let check = csum::replace2(check, u16::from_ne_bytes(ttl_proto), u16::from_ne_bytes(new));
+    write(ctx, TTL_PROTO, new).ok_or(Error::Rewrite)?;
+    write(ctx, CHECK, check).ok_or(Error::Rewrite)?;
+    write(ctx, eth::DST.start, p.dmac).ok_or(Error::Rewrite)?;
+    write(ctx, eth::SRC.start, p.smac).ok_or(Error::Rewrite)?;
+    Ok(true)
+}
+
+/// A packet that stays on the stack path.
+const NEXT: i32 = TC_ACT_UNSPEC;
+
+/// Whether `ifindex` is a pod interface with the tc programs: a veth
+/// whose peer is in the pod's network namespace, so that
+/// `bpf_redirect_peer` can deliver there (the helper itself only fails
+/// once the program has returned, and then drops the packet).
+#[inline(always)]
+fn pod_iface(ifindex: u32) -> bool {
+    // SAFETY: only the presence of the entry is looked at.
+    unsafe { LB_POD_IFACES.get(ifindex) }.is_some()
+}
+
+/// The FIB's next hop for an IPv4 packet of `proto` from `saddr:sport` to
+/// `daddr:dport` that came in on the skb's interface, when it is a pod
+/// interface with a resolved neighbour; the parameters and the answer in
+/// `params` (this CPU's [`Scratch`]). The MTU is checked against the
+/// packet (`tot_len` 0: the skb's length, GSO segments included).
+#[inline(always)]
+fn pod_next_hop<'a>(
+    ctx: &TcContext,
+    params: &'a mut MaybeUninit<FibParams>,
+    proto: u8,
+    (saddr, daddr): (u32, u32),
+    ports: (u16, u16),
+) -> Option<&'a FibParams> {
+    let p = zeroed_fib_params(params);
+    p.family = AF_INET;
+    p.l4_protocol = proto;
+    p.sport = ports.0;
+    p.dport = ports.1;
+    p.__bindgen_anon_3.ipv4_src = saddr;
+    p.__bindgen_anon_4.ipv4_dst = daddr;
+    // SAFETY: `skb` is the program's context, valid for the whole run; one
+    // field is read through the raw pointer.
+    p.ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    // SAFETY: `skb` is the program's context and `p` a parameter struct of
+    // the size passed, on the stack.
+    let rc = unsafe { bpf_fib_lookup(ctx.skb.skb.cast(), p, size_of::<FibParams>() as i32, 0) };
+    (rc == BPF_FIB_LKUP_RET_SUCCESS as i64 && pod_iface(p.ifindex)).then_some(p)
+}
+
+/// Hands the packet to the pod behind `p.ifindex` (its MACs and TTL
+/// rewritten already, by [`hop`]), counted.
+#[inline(always)]
+fn into_pod(p: &FibParams) -> i32 {
+    stats::count(stat::REDIRECTED_PEER);
+    // SAFETY: the helper takes plain integers.
+    unsafe { bpf_redirect_peer(p.ifindex, 0) as i32 }
+}
+
+/// BPF host routing's working memory, one per CPU (`LB_HR_SCRATCH`): the
+/// verifier's 512 bytes of stack forced this, as `lb_tc_ingress` (320
+/// bytes) and [`redirect_reply`] with the FIB parameters on its stack
+/// reached the limit together. A tc program runs to its end on its CPU
+/// (softirq), so nothing else uses the slot meanwhile.
+pub struct Scratch {
+    pub fib: MaybeUninit<FibParams>,
+}
+
+/// This CPU's [`Scratch`].
+#[inline(always)]
+fn scratch() -> Option<&'static mut Scratch> {
+    let s = LB_HR_SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: this CPU's slot of a per-CPU array, valid and aligned for the
+    // program's run and used by nothing else during it (see `Scratch`);
+    // its members are `MaybeUninit`, written before they are read.
+    Some(unsafe { &mut *s })
+}
+
+/// BPF host routing of a packet that `lb_tc_ingress` translated to a
+/// backend, now of `proto` from `saddr:sport` to `daddr:dport` (`addrs`:
+/// `saddr | daddr << 32`; `l4`: `proto | sport << 16 | dport << 32`,
+/// ports in network order): into the backend's pod when it is one of
+/// this node's, else `NEXT` (the host stack routes it, and answers an
+/// expired TTL). A function of its own, so that the FIB lookup's frame is
+/// apart from the translation's; its arguments are scalars, and it
+/// returns the verdict itself: a reference to the entry, or a `Result`
+/// returned through memory, took `lb_tc_ingress`'s frame from 320 to 376
+/// bytes.
+#[inline(never)]
+pub fn redirect_translated(skb: *mut __sk_buff, addrs: u64, l4: u64) -> i32 {
+    let ctx = &TcContext::new(skb);
+    let Some(s) = scratch() else {
+        return NEXT;
+    };
+    let ports = ((l4 >> 16) as u16, (l4 >> 32) as u16);
+    let Some(p) = pod_next_hop(ctx, &mut s.fib, l4 as u8, (addrs as u32, (addrs >> 32) as u32), ports) else {
+        return NEXT;
+    };
+    match hop(ctx, p) {
+        Ok(true) => into_pod(p),
+        Ok(false) => NEXT,
+        Err(e) => verdict(ctx, Err(e)),
+    }
+}
+
+/// BPF host routing of a whole packet (no fragment) leaving a pod for no
+/// frontend: when it is the reply of a translated flow (a backend
+/// answering) and its client is a pod of this node, translated back and
+/// redirected into the client's pod; else `NEXT`, untouched (the client
+/// interface's egress translates it after the stack routed it, as without
+/// host routing: translated here, its frontend source would meet
+/// reverse-path filtering on the backend's interface). Costs every such
+/// packet (pod to pod) one conntrack lookup.
+///
+/// The flow comes as scalars, `addrs` = `saddr | daddr << 32`, `l4` =
+/// `sport | dport << 16 | proto << 32 | tcp_flags << 40`, `seq_off` =
+/// `seq | l4_off << 32`, and is rebuilt on this function's stack: given a
+/// reference to the caller's flow, LLVM kept that flow in memory in
+/// `lb_tc_ingress`, where the verifier lost the bounds of its header
+/// offset (and a flow in the per-CPU scratch has no bounds at all).
+#[inline(never)]
+pub fn redirect_reply(skb: *mut __sk_buff, addrs: u64, l4: u64, seq_off: u64) -> i32 {
+    let ctx = &TcContext::new(skb);
+    let Some(s) = scratch() else {
+        return NEXT;
+    };
+    let f = Flow {
+        saddr: addrs as u32,
+        daddr: (addrs >> 32) as u32,
+        sport: l4 as u16,
+        dport: (l4 >> 16) as u16,
+        proto: (l4 >> 32) as u8,
+        tcp_flags: (l4 >> 40) as u8,
+        seq: seq_off as u32,
+        // Bounded again for the verifier (an IPv4 header ends by 74).
+        l4_off: (seq_off >> 32) as usize & 0xff,
+        frag: Fragment::No,
+        ip_id: 0,
+        tos: 0,
+        tot_len: 0,
+        df: false,
+    };
+    verdict(ctx, reply(ctx, &mut s.fib, &f))
+}
+
+#[inline(always)]
+fn reply(ctx: &TcContext, params: &mut MaybeUninit<FibParams>, f: &Flow<V4>) -> Result<i32, Error> {
+    let key = ct::key_of(f, CT_REPLY);
+    let Some(e) = ct::get::<V4>(&key) else {
+        return Ok(NEXT);
+    };
+    let entry = ct::load(e);
+    let Some(p) = pod_next_hop(ctx, params, f.proto, (entry.nat_saddr, entry.nat_daddr), (entry.nat_sport, entry.nat_dport)) else {
+        return Ok(NEXT);
+    };
+    // The TTL first: a packet that cannot be redirected leaves untouched.
+    if !hop(ctx, p)? {
+        return Ok(NEXT);
+    }
+    ct::seen(&key, e, f, now_ns());
+    nat::translate(ctx, f, &entry)?;
+    Ok(into_pod(p))
+}
