@@ -16,7 +16,7 @@ use aya::{
         xdp::XdpLinkId,
     },
 };
-use lb_common::{names, tc_call, xdp_mode, xdp_why};
+use lb_common::{names, tc_call, xdp_call, xdp_mode, xdp_why};
 use tracing::{debug, info, warn};
 
 use crate::{
@@ -94,6 +94,9 @@ pub const TC_CALL_PROGRAMS: [&str; tc_call::SLOTS as usize] = tc_call::PROGRAMS;
 pub const TC_PASS_PROGRAM: &str = "lb_tc_pass";
 /// The north-south program on the external interfaces.
 pub const XDP_PROGRAM: &str = "lb_xdp";
+/// The IPv6 XDP program, by `LB_XDP_CALLS` slot: `lb_xdp` tail-calls it
+/// for IPv6 frames (see [`fill_tc_calls`]).
+pub const XDP_CALL_PROGRAMS: [&str; xdp_call::SLOTS as usize] = xdp_call::PROGRAMS;
 /// The no-op XDP program (benchmark floor; not loaded by [`Datapath::load`]).
 pub const XDP_PASS_PROGRAM: &str = "lb_xdp_pass";
 
@@ -278,8 +281,10 @@ impl Datapath {
             let p: &mut CgroupSockAddr = program(&mut ebpf, name)?.try_into()?;
             p.load().with_context(|| format!("loading {name}"))?;
         }
-        let xdp: &mut Xdp = program(&mut ebpf, XDP_PROGRAM)?.try_into()?;
-        xdp.load().with_context(|| format!("loading {XDP_PROGRAM}"))?;
+        for name in [XDP_PROGRAM].into_iter().chain(XDP_CALL_PROGRAMS) {
+            let xdp: &mut Xdp = program(&mut ebpf, name)?.try_into()?;
+            xdp.load().with_context(|| format!("loading {name}"))?;
+        }
         let found: BTreeMap<Pin, PathBuf> =
             links::pinned(pin_dir).with_context(|| format!("listing {}", links::dir(pin_dir).display()))?.into_iter().collect();
         info!(pin_dir = %pin_dir.display(), pinned_links = found.len(), rebuilt_maps = check.rebuild.len(), "datapath loaded");
@@ -677,23 +682,31 @@ pub fn auto_mode(driver: &str) -> u32 {
     }
 }
 
-/// Points `LB_TC_CALLS` at this agent's IPv6 tc programs. The array is
-/// pinned: it keeps them (and IPv6 working) after the agent is gone, until
-/// the next agent points it at its own. Done when this agent's maps are
-/// complete (at load, or at [`Datapath::go_live`] after a rebuild): the
-/// programs attached until then keep the earlier agent's.
+/// Points `LB_TC_CALLS` at this agent's IPv6 tc programs, and
+/// `LB_XDP_CALLS` at its IPv6 XDP program. The arrays are pinned: they
+/// keep them (and IPv6 working) after the agent is gone, until the next
+/// agent points them at its own. Done when this agent's maps are complete
+/// (at load, or at [`Datapath::go_live`] after a rebuild): the programs
+/// attached until then keep the earlier agent's.
 pub fn fill_tc_calls(ebpf: &mut Ebpf) -> anyhow::Result<()> {
+    fill_calls(ebpf, names::TC_CALLS, &TC_CALL_PROGRAMS)?;
+    fill_calls(ebpf, names::XDP_CALLS, &XDP_CALL_PROGRAMS)
+}
+
+/// Sets each slot of the program array `map` to the program of that
+/// index in `programs`.
+fn fill_calls(ebpf: &mut Ebpf, map: &str, programs: &[&str]) -> anyhow::Result<()> {
     let mut fds = Vec::new();
-    for name in TC_CALL_PROGRAMS {
+    for name in programs {
         let fd = program(ebpf, name)?.fd().with_context(|| format!("{name} is not loaded"))?.try_clone()?;
         fds.push((name, fd));
     }
-    let map = ebpf.map_mut(names::TC_CALLS).with_context(|| format!("{} missing from the eBPF object", names::TC_CALLS))?;
-    let mut calls = aya::maps::ProgramArray::try_from(map)?;
+    let m = ebpf.map_mut(map).with_context(|| format!("{map} missing from the eBPF object"))?;
+    let mut calls = aya::maps::ProgramArray::try_from(m)?;
     for (slot, (name, fd)) in fds.iter().enumerate() {
-        calls.set(slot as u32, fd, 0).with_context(|| format!("setting {name} in {}", names::TC_CALLS))?;
+        calls.set(slot as u32, fd, 0).with_context(|| format!("setting {name} in {map}"))?;
     }
-    debug!(map = names::TC_CALLS, programs = ?TC_CALL_PROGRAMS, "IPv6 tc programs set");
+    debug!(map, ?programs, "IPv6 programs set");
     Ok(())
 }
 

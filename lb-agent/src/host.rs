@@ -228,6 +228,37 @@ pub fn interface_addresses() -> std::io::Result<Vec<(String, std::net::Ipv4Addr)
     Ok(out)
 }
 
+/// The global IPv6 addresses of every interface (interface, address), in
+/// the kernel's order: link-local and loopback ones never serve NodePorts.
+pub fn interface_addresses6() -> std::io::Result<Vec<(String, std::net::Ipv6Addr)>> {
+    let mut out = Vec::new();
+    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `list`, freed below with freeifaddrs.
+    if unsafe { libc::getifaddrs(&mut list) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mut cur = list;
+    while !cur.is_null() {
+        // SAFETY: a valid element of the list.
+        let ifa = unsafe { &*cur };
+        // SAFETY: a non-null address of the element.
+        if !ifa.ifa_addr.is_null() && unsafe { (*ifa.ifa_addr).sa_family } as i32 == libc::AF_INET6 {
+            // SAFETY: AF_INET6 addresses are sockaddr_in6.
+            let sin6 = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in6) };
+            let ip = std::net::Ipv6Addr::from(sin6.sin6_addr.s6_addr);
+            if !ip.is_loopback() && !ip.is_unicast_link_local() && !ip.is_multicast() {
+                // SAFETY: a NUL-terminated name.
+                let name = unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) }.to_string_lossy().into_owned();
+                out.push((name, ip));
+            }
+        }
+        cur = ifa.ifa_next;
+    }
+    // SAFETY: the list from getifaddrs.
+    unsafe { libc::freeifaddrs(list) };
+    Ok(out)
+}
+
 /// Turns accept_local on for `name` unless it is on already (for the
 /// interface or for all): an agent without a writable /proc/sys (not
 /// privileged) relies on the DaemonSet's prepare-node init container.

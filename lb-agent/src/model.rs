@@ -305,6 +305,15 @@ impl Cidr {
         let mask = u32::MAX.checked_shl(32 - self.prefix_len as u32).unwrap_or(0);
         u32::from(ip) & mask == u32::from(net) & mask
     }
+
+    /// Whether `ip` is inside this block (never for an IPv4 block).
+    pub fn contains_v6(&self, ip: Ipv6Addr) -> bool {
+        let IpAddr::V6(net) = self.addr else {
+            return false;
+        };
+        let mask = u128::MAX.checked_shl(128 - self.prefix_len as u32).unwrap_or(0);
+        u128::from(ip) & mask == u128::from(net) & mask
+    }
 }
 
 impl fmt::Display for Cidr {

@@ -20,7 +20,7 @@
 use std::{
     collections::{BTreeMap, BTreeSet},
     fmt,
-    net::{IpAddr, Ipv4Addr},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr},
     str::FromStr,
 };
 
@@ -30,8 +30,8 @@ use tracing::{info, warn};
 
 use crate::{
     datapath::{Datapath, XdpAttach, xdp_mode_name, xdp_why_text},
-    host::{default_route_interfaces, ensure_accept_local, ifindex, interface_addresses},
-    model::{Backend, Cidr, Desired, Frontend, FrontendAddr, ServiceModel, ServiceRef, ServiceType, TrafficPolicy},
+    host::{default_route_interfaces, ensure_accept_local, ifindex, interface_addresses, interface_addresses6},
+    model::{Backend, Cidr, Desired, Frontend, FrontendAddr, IpFamily, ServiceModel, ServiceRef, ServiceType, TrafficPolicy},
     probes::Heartbeat,
     reconcile::Reconciler,
     service_health::HealthChecks,
@@ -114,6 +114,8 @@ pub struct NodeInfo {
     pub node_name: Option<String>,
     /// Addresses NodePorts are served on.
     pub node_ips: Vec<Ipv4Addr>,
+    /// IPv6 addresses NodePorts are served on.
+    pub node_ips6: Vec<Ipv6Addr>,
     pub nodeport_range: PortRange,
     /// This node's `topology.kubernetes.io/zone` label, for topology hints.
     pub zone: Option<String>,
@@ -127,6 +129,8 @@ pub struct Plan {
     pub internal: Desired,
     /// North-south frontends.
     pub frontends: Desired,
+    /// IPv6 north-south frontends (no source ranges: see [`plan`]).
+    pub frontends6: Desired<Ipv6Addr>,
     /// loadBalancerSourceRanges of the frontends that enforce them.
     pub source_ranges: BTreeMap<FrontendAddr, Vec<Cidr>>,
     /// Health check NodePorts: Service -> (port, local ready endpoints).
@@ -140,147 +144,204 @@ pub struct Plan {
 const INHERITED: u32 = svc_flags::AFFINITY | svc_flags::MAGLEV | svc_flags::EXT_LOCAL;
 
 /// Plans the node-specific frontends of every Service in `t`: north-south
-/// ones, and the ClusterIPs of `internalTrafficPolicy: Local` Services.
+/// ones of both families, and the ClusterIPs of `internalTrafficPolicy:
+/// Local` Services.
 pub fn plan(t: &Translation, node: &NodeInfo) -> Plan {
     let mut out = Plan::default();
     let is_local = |b: &&Backend| node.node_name.is_some() && b.node_name.as_deref() == node.node_name.as_deref();
     for (svc, m) in &t.services {
-        let cluster_ip = m.cluster_ips.iter().find_map(|ip| match ip {
-            IpAddr::V4(a) => Some(*a),
-            IpAddr::V6(_) => None,
-        });
         report_unserved(svc, m, &mut out.problems);
-        let Some(cluster_ip) = cluster_ip else {
-            continue;
-        };
-        // Topology hints narrow the endpoints of cluster traffic (see
-        // `crate::topology`): this node's ClusterIP frontends unless
-        // `internalTrafficPolicy: Local` (below), and the north-south ones
-        // unless `externalTrafficPolicy: Local`.
-        let mut topology: BTreeMap<FrontendAddr, Vec<Backend>> = BTreeMap::new();
-        for port in &m.ports {
-            let cluster = FrontendAddr::new(cluster_ip, port.port, port.proto);
-            let Some(fe) = t.desired.get(&cluster) else { continue };
-            if let Some(backends) = topology::cluster_backends(&fe.backends, node.node_name.as_deref(), node.zone.as_deref()) {
-                if m.internal_traffic_policy == TrafficPolicy::Cluster {
-                    out.internal.insert(cluster, Frontend { backends: backends.clone(), ..fe.clone() });
-                }
-                topology.insert(cluster, backends);
-            }
-        }
-        if m.internal_traffic_policy == TrafficPolicy::Local {
-            // In-cluster clients get this node's endpoints only, and are
-            // dropped when there is none here, as kube-proxy does; a
-            // Service with no endpoint anywhere still rejects.
+        // Addresses of this node's ready endpoints, for the health check,
+        // by family (a dual-stack pod is one endpoint in each).
+        let (mut local_ready, mut local_ready6) = (BTreeSet::new(), BTreeSet::new());
+        if let Some(cluster_ip) = m.cluster_ips.iter().find_map(|ip| Ipv4Addr::of(*ip)) {
+            // Topology hints narrow the endpoints of cluster traffic (see
+            // `crate::topology`): this node's ClusterIP frontends unless
+            // `internalTrafficPolicy: Local` (below), and the north-south
+            // ones unless `externalTrafficPolicy: Local`.
+            let mut topology: BTreeMap<FrontendAddr, Vec<Backend>> = BTreeMap::new();
             for port in &m.ports {
                 let cluster = FrontendAddr::new(cluster_ip, port.port, port.proto);
                 let Some(fe) = t.desired.get(&cluster) else { continue };
-                let mut flags = fe.flags;
-                if fe.slot_backends().next().is_none() {
-                    flags &= !svc_flags::INT_LOCAL;
+                if let Some(backends) = topology::cluster_backends(&fe.backends, node.node_name.as_deref(), node.zone.as_deref()) {
+                    if m.internal_traffic_policy == TrafficPolicy::Cluster {
+                        out.internal.insert(cluster, Frontend { backends: backends.clone(), ..fe.clone() });
+                    }
+                    topology.insert(cluster, backends);
                 }
-                out.internal
-                    .insert(cluster, Frontend { backends: fe.backends.iter().filter(is_local).cloned().collect(), flags, ..fe.clone() });
             }
-        }
-        let local = m.external_traffic_policy == TrafficPolicy::Local;
-        let base_flags = m.flags & INHERITED;
-        let is_lb = m.service_type == ServiceType::LoadBalancer;
-        let has_node_ports = m.service_type.has_node_ports();
-        // Most Services are ClusterIP only: nothing to do here.
-        if !has_node_ports && m.external_ips.is_empty() {
-            continue;
-        }
-        let mut local_ready = BTreeSet::new();
-        for port in &m.ports {
-            let cluster = FrontendAddr::new(cluster_ip, port.port, port.proto);
-            // The ClusterIP frontend carries the Service's backends; without
-            // it (e.g. its address was taken) there is nothing to serve.
-            let Some(fe) = t.desired.get(&cluster) else { continue };
-            local_ready.extend(fe.backends.iter().filter(is_local).filter(|b| !b.terminating).map(|b| b.addr.ip));
-            let cluster_backends = topology.get(&cluster).unwrap_or(&fe.backends);
-            let backends: Vec<Backend> =
-                if local { fe.backends.iter().filter(is_local).cloned().collect() } else { cluster_backends.clone() };
-            // Clients inside the cluster (pods, the host) of a Local
-            // Service's external addresses get every endpoint, as
-            // kube-proxy's short-circuit to the cluster chain gives them:
-            // a second entry, where it differs (see `SCOPE_INTERNAL`).
-            let in_cluster = (local && backends != *cluster_backends).then_some(cluster_backends);
-            // Local without a local endpoint drops (the load balancer's
-            // health check takes the node out), but a Service with no
-            // endpoint anywhere rejects, as kube-proxy does: the datapath
-            // tells the two apart by EXT_LOCAL.
-            let base_flags = if fe.slot_backends().next().is_none() { base_flags & !svc_flags::EXT_LOCAL } else { base_flags };
-            let add = |ip: Ipv4Addr, fport: u16, kind: u32, ranges: bool, out: &mut Plan| {
-                let addr = FrontendAddr::new(ip, fport, port.proto);
-                if let Some(other) = t.desired.get(&addr).or_else(|| out.frontends.get(&addr)) {
-                    out.problems.insert(format!("Service {svc}: frontend {addr} already belongs to {}, skipped", other.name));
-                    return;
+            if m.internal_traffic_policy == TrafficPolicy::Local {
+                // In-cluster clients get this node's endpoints only, and
+                // are dropped when there is none here, as kube-proxy does;
+                // a Service with no endpoint anywhere still rejects.
+                for port in &m.ports {
+                    let cluster = FrontendAddr::new(cluster_ip, port.port, port.proto);
+                    let Some(fe) = t.desired.get(&cluster) else { continue };
+                    let mut flags = fe.flags;
+                    if fe.slot_backends().next().is_none() {
+                        flags &= !svc_flags::INT_LOCAL;
+                    }
+                    out.internal.insert(
+                        cluster,
+                        Frontend { backends: fe.backends.iter().filter(is_local).cloned().collect(), flags, ..fe.clone() },
+                    );
                 }
-                let mut flags = base_flags | kind;
-                if ranges {
-                    flags |= svc_flags::SOURCE_RANGES;
-                    out.source_ranges.insert(addr, m.source_ranges.clone());
-                }
-                if let Some(all) = in_cluster {
-                    flags |= svc_flags::HAS_INTERNAL;
-                    let inner = addr.internal();
-                    let inner_flags = (base_flags & !svc_flags::EXT_LOCAL) | kind;
-                    let (name, affinity_timeout) = (fe.name.clone(), fe.affinity_timeout);
-                    out.frontends
-                        .insert(inner, Frontend { addr: inner, name, backends: all.clone(), flags: inner_flags, affinity_timeout });
-                }
-                out.frontends.insert(
-                    addr,
-                    Frontend { addr, name: fe.name.clone(), backends: backends.clone(), flags, affinity_timeout: fe.affinity_timeout },
-                );
+            }
+            let mut family = FamilyPlan {
+                desired: &t.desired,
+                node_ips: &node.node_ips,
+                frontends: &mut out.frontends,
+                source_ranges: Some(&mut out.source_ranges),
+                problems: &mut out.problems,
             };
-            if let Some(np) = port.node_port.filter(|_| has_node_ports) {
-                if node.nodeport_range.contains(np) {
-                    for ip in &node.node_ips {
-                        add(*ip, np, svc_flags::NODE_PORT, false, &mut out);
-                    }
-                } else {
-                    out.problems
-                        .insert(format!("Service {svc}: nodePort {np} is outside the NodePort range {}, not served", node.nodeport_range));
-                }
-            }
-            for ip in &m.external_ips {
-                if let IpAddr::V4(ip) = ip {
-                    add(*ip, port.port, svc_flags::EXTERNAL_IP, false, &mut out);
-                }
-            }
-            if is_lb {
-                let ranges = m.source_ranges.iter().any(|c| c.addr.is_ipv4());
-                for ip in &m.load_balancer_ips {
-                    if let IpAddr::V4(ip) = ip {
-                        add(*ip, port.port, svc_flags::LOAD_BALANCER, ranges, &mut out);
-                    }
-                }
-            }
+            north_south(svc, m, cluster_ip, &topology, node, &mut family, &mut local_ready);
         }
+        // IPv6 (a dual-stack or IPv6-only Service): the same frontends on
+        // the node's IPv6 addresses and the Service's IPv6 external and
+        // LoadBalancer IPs, from its IPv6 ClusterIP frontends. Topology
+        // hints are IPv4's only so far.
+        if let Some(cluster_ip) = m.cluster_ips.iter().find_map(|ip| Ipv6Addr::of(*ip)) {
+            let mut family = FamilyPlan {
+                desired: &t.desired6,
+                node_ips: &node.node_ips6,
+                frontends: &mut out.frontends6,
+                source_ranges: None,
+                problems: &mut out.problems,
+            };
+            north_south(svc, m, cluster_ip, &BTreeMap::new(), node, &mut family, &mut local_ready6);
+        }
+        let (is_lb, local) = (m.service_type == ServiceType::LoadBalancer, m.external_traffic_policy == TrafficPolicy::Local);
         if let (true, true, Some(hc)) = (is_lb, local, m.health_check_node_port) {
-            out.health_checks.insert(svc.clone(), (hc, local_ready.len()));
+            out.health_checks.insert(svc.clone(), (hc, local_ready.len().max(local_ready6.len())));
         }
     }
     out
 }
 
+/// Where [`north_south`] plans one family's frontends.
+struct FamilyPlan<'a, A: IpFamily> {
+    /// The family's ClusterIP frontends (the translation's).
+    desired: &'a Desired<A>,
+    /// The node addresses NodePorts are served on.
+    node_ips: &'a [A],
+    frontends: &'a mut Desired<A>,
+    /// loadBalancerSourceRanges of the frontends that enforce them; `None`:
+    /// the family has no map for them, and a LoadBalancer IP with ranges
+    /// of this family is not served (a problem).
+    source_ranges: Option<&'a mut BTreeMap<FrontendAddr<A>, Vec<Cidr>>>,
+    problems: &'a mut BTreeSet<String>,
+}
+
+/// The north-south frontends of Service `svc` (model `m`) in the family of
+/// `cluster_ip`: NodePorts on each node address, external IPs and
+/// LoadBalancer ingress IPs, with the backends of the ClusterIP frontend
+/// of each port (narrowed by `topology`, or to this node's with
+/// `externalTrafficPolicy: Local`). This node's ready endpoints go into
+/// `local_ready`.
+fn north_south<A: IpFamily>(
+    svc: &ServiceRef,
+    m: &ServiceModel,
+    cluster_ip: A,
+    topology: &BTreeMap<FrontendAddr<A>, Vec<Backend<A>>>,
+    node: &NodeInfo,
+    out: &mut FamilyPlan<'_, A>,
+    local_ready: &mut BTreeSet<IpAddr>,
+) {
+    let is_local = |b: &&Backend<A>| node.node_name.is_some() && b.node_name.as_deref() == node.node_name.as_deref();
+    let local = m.external_traffic_policy == TrafficPolicy::Local;
+    let base_flags = m.flags & INHERITED;
+    let is_lb = m.service_type == ServiceType::LoadBalancer;
+    let has_node_ports = m.service_type.has_node_ports();
+    // Most Services are ClusterIP only: nothing to do here.
+    if !has_node_ports && m.external_ips.is_empty() {
+        return;
+    }
+    let family_ranges = m.source_ranges.iter().any(|c| A::of(c.addr).is_some());
+    let unenforceable = is_lb && family_ranges && out.source_ranges.is_none();
+    if unenforceable {
+        for ip in m.load_balancer_ips.iter().filter_map(|ip| A::of(*ip)) {
+            out.problems.insert(format!(
+                "Service {svc}: LoadBalancer IP {ip} is not served: its {} loadBalancerSourceRanges are not enforced yet",
+                A::NAME
+            ));
+        }
+    }
+    let desired = out.desired;
+    for port in &m.ports {
+        let cluster = FrontendAddr::new(cluster_ip, port.port, port.proto);
+        // The ClusterIP frontend carries the Service's backends; without
+        // it (e.g. its address was taken) there is nothing to serve.
+        let Some(fe) = desired.get(&cluster) else { continue };
+        local_ready.extend(fe.backends.iter().filter(is_local).filter(|b| !b.terminating).map(|b| b.addr.ip.into()));
+        let cluster_backends = topology.get(&cluster).unwrap_or(&fe.backends);
+        let backends: Vec<Backend<A>> =
+            if local { fe.backends.iter().filter(is_local).cloned().collect() } else { cluster_backends.clone() };
+        // Clients inside the cluster (pods, the host) of a Local Service's
+        // external addresses get every endpoint, as kube-proxy's
+        // short-circuit to the cluster chain gives them: a second entry,
+        // where it differs (see `SCOPE_INTERNAL`).
+        let in_cluster = (local && backends != *cluster_backends).then_some(cluster_backends);
+        // Local without a local endpoint drops (the load balancer's health
+        // check takes the node out), but a Service with no endpoint
+        // anywhere rejects, as kube-proxy does: the datapath tells the two
+        // apart by EXT_LOCAL.
+        let base_flags = if fe.slot_backends().next().is_none() { base_flags & !svc_flags::EXT_LOCAL } else { base_flags };
+        let add = |ip: A, fport: u16, kind: u32, ranges: bool, out: &mut FamilyPlan<'_, A>| {
+            let addr = FrontendAddr::new(ip, fport, port.proto);
+            if let Some(other) = desired.get(&addr).or_else(|| out.frontends.get(&addr)) {
+                out.problems.insert(format!("Service {svc}: frontend {addr} already belongs to {}, skipped", other.name));
+                return;
+            }
+            let mut flags = base_flags | kind;
+            if ranges && let Some(r) = out.source_ranges.as_deref_mut() {
+                flags |= svc_flags::SOURCE_RANGES;
+                r.insert(addr, m.source_ranges.clone());
+            }
+            if let Some(all) = in_cluster {
+                flags |= svc_flags::HAS_INTERNAL;
+                let inner = addr.internal();
+                let inner_flags = (base_flags & !svc_flags::EXT_LOCAL) | kind;
+                let (name, affinity_timeout) = (fe.name.clone(), fe.affinity_timeout);
+                out.frontends.insert(inner, Frontend { addr: inner, name, backends: all.clone(), flags: inner_flags, affinity_timeout });
+            }
+            out.frontends.insert(
+                addr,
+                Frontend { addr, name: fe.name.clone(), backends: backends.clone(), flags, affinity_timeout: fe.affinity_timeout },
+            );
+        };
+        if let Some(np) = port.node_port.filter(|_| has_node_ports) {
+            if node.nodeport_range.contains(np) {
+                for ip in out.node_ips {
+                    add(*ip, np, svc_flags::NODE_PORT, false, out);
+                }
+            } else {
+                out.problems
+                    .insert(format!("Service {svc}: nodePort {np} is outside the NodePort range {}, not served", node.nodeport_range));
+            }
+        }
+        for ip in m.external_ips.iter().filter_map(|ip| A::of(*ip)) {
+            add(ip, port.port, svc_flags::EXTERNAL_IP, false, out);
+        }
+        if is_lb && !unenforceable {
+            for ip in m.load_balancer_ips.iter().filter_map(|ip| A::of(*ip)) {
+                add(ip, port.port, svc_flags::LOAD_BALANCER, family_ranges, out);
+            }
+        }
+    }
+}
+
 /// Names the north-south addresses of `svc` that [`plan`] does not serve
-/// (each one a problem, so counted as skipped): IPv6 external and
-/// LoadBalancer IPs, as there is no IPv6 north-south path yet; and, on an
-/// IPv6-only Service (its endpoints are IPv6), its IPv4 ones and its
-/// NodePorts too. A headless Service has no frontend at all: nothing to say.
+/// (each one a problem, so counted as skipped): an external or
+/// LoadBalancer IP of a family the Service has no ClusterIP of (its
+/// endpoints are of the other family). A headless Service has no frontend
+/// at all: nothing to say.
 fn report_unserved(svc: &ServiceRef, m: &ServiceModel, problems: &mut BTreeSet<String>) {
     if m.cluster_ips.is_empty() {
         return;
     }
-    let has_ipv4 = m.cluster_ips.iter().any(IpAddr::is_ipv4);
-    let why = |ip: &IpAddr| match ip {
-        IpAddr::V6(_) => Some("IPv6 north-south is not supported yet"),
-        IpAddr::V4(_) if !has_ipv4 => Some("the Service has no IPv4 ClusterIP"),
-        IpAddr::V4(_) => None,
-    };
+    let has = |v4: bool| m.cluster_ips.iter().any(|ip| ip.is_ipv4() == v4);
+    let why =
+        |ip: &IpAddr| (!has(ip.is_ipv4())).then(|| format!("the Service has no {} ClusterIP", if ip.is_ipv4() { "IPv4" } else { "IPv6" }));
     for ip in &m.external_ips {
         if let Some(why) = why(ip) {
             problems.insert(format!("Service {svc}: external IP {ip} is not served: {why}"));
@@ -291,11 +352,6 @@ fn report_unserved(svc: &ServiceRef, m: &ServiceModel, problems: &mut BTreeSet<S
             if let Some(why) = why(ip) {
                 problems.insert(format!("Service {svc}: LoadBalancer IP {ip} is not served: {why}"));
             }
-        }
-    }
-    if !has_ipv4 && m.service_type.has_node_ports() {
-        for np in m.ports.iter().filter_map(|p| p.node_port) {
-            problems.insert(format!("Service {svc}: nodePort {np} is not served: the Service has no IPv4 ClusterIP"));
         }
     }
 }
@@ -408,6 +464,31 @@ pub fn nodeport_addresses(
     out
 }
 
+/// The IPv6 addresses NodePorts are served on: the global IPv6 addresses
+/// of the external interfaces (`addrs6`: interface, address), in
+/// interface order; with `--nodeport-addresses` (`filter`), as for IPv4,
+/// every global IPv6 address of the node inside one of its IPv6 CIDRs
+/// (`primary` names IPv4 addresses only).
+pub fn nodeport_addresses6(filter: &[NodePortAddress], ifaces: &[String], addrs6: &[(String, Ipv6Addr)]) -> Vec<Ipv6Addr> {
+    let mut out = Vec::new();
+    if filter.is_empty() {
+        for name in ifaces {
+            for (_, a) in addrs6.iter().filter(|(n, _)| n == name) {
+                if !out.contains(a) {
+                    out.push(*a);
+                }
+            }
+        }
+        return out;
+    }
+    for (_, a) in addrs6 {
+        if filter.iter().any(|f| matches!(f, NodePortAddress::Cidr(c) if c.contains_v6(*a))) && !out.contains(a) {
+            out.push(*a);
+        }
+    }
+    out
+}
+
 /// The node's primary addresses (`--nodeport-addresses primary`):
 /// `--node-ips`; else its Node's `InternalIP` addresses; else the first
 /// node address (the one SNATed flows leave with by default).
@@ -463,6 +544,7 @@ impl NorthSouth {
         let ifaces =
             if cfg.external_ifaces.is_empty() { default_route_interfaces().unwrap_or_default() } else { cfg.external_ifaces.clone() };
         let addrs = interface_addresses().context("listing the node's addresses")?;
+        let node_ips6 = nodeport_addresses6(&cfg.nodeport_addresses, &ifaces, &interface_addresses6().unwrap_or_default());
         let base = node_addresses(&cfg.node_ips, &ifaces, &addrs);
         let node_ips = nodeport_addresses(&cfg.nodeport_addresses, &base, &addrs, &primary_addresses(&cfg.node_ips, &[], &base));
         let snat = snat_address(cfg.snat_ip, None, &base);
@@ -511,6 +593,7 @@ impl NorthSouth {
         info!(
             interfaces = ?ifaces,
             node_ips = ?node_ips,
+            node_ips6 = ?node_ips6,
             nodeport_addresses = ?cfg.nodeport_addresses.iter().map(ToString::to_string).collect::<Vec<_>>(),
             snat = ?snat,
             nodeport_range = %cfg.nodeport_range,
@@ -527,7 +610,7 @@ impl NorthSouth {
             }
         );
         Ok(NorthSouth {
-            node: NodeInfo { node_name: cfg.node_name.clone(), node_ips, nodeport_range: cfg.nodeport_range, zone: None },
+            node: NodeInfo { node_name: cfg.node_name.clone(), node_ips, node_ips6, nodeport_range: cfg.nodeport_range, zone: None },
             health: HealthChecks::new(heartbeat),
             logged: BTreeSet::new(),
             ifaces,
@@ -547,14 +630,15 @@ impl NorthSouth {
     /// `--node-ips` do not follow the interfaces (but addresses chosen by
     /// `--nodeport-addresses` do).
     pub fn refresh_addresses(&mut self, reconciler: &mut Reconciler) -> bool {
+        let changed6 = self.refresh_addresses6();
         if !self.configured_ips.is_empty() && self.nodeport_filter.is_empty() {
-            return false;
+            return changed6;
         }
         let addrs = match interface_addresses() {
             Ok(a) => a,
             Err(e) => {
                 warn!("listing the node's addresses: {e} (NodePorts stay on {:?})", self.node.node_ips);
-                return false;
+                return changed6;
             }
         };
         let base = node_addresses(&self.configured_ips, &self.ifaces, &addrs);
@@ -574,7 +658,7 @@ impl NorthSouth {
         }
         let change = AddressChange::between(&self.node.node_ips, &node_ips);
         if change.is_empty() {
-            return false;
+            return changed6;
         }
         info!(
             added = ?change.added,
@@ -587,6 +671,25 @@ impl NorthSouth {
             warn!(interfaces = ?self.ifaces, nodeport_addresses = ?self.nodeport_filter, "no NodePort address left: no NodePort is served");
         }
         self.node.node_ips = node_ips;
+        true
+    }
+
+    /// Reads the IPv6 addresses of the external interfaces again: true
+    /// (logged) when the IPv6 NodePort addresses changed.
+    fn refresh_addresses6(&mut self) -> bool {
+        let addrs6 = match interface_addresses6() {
+            Ok(a) => a,
+            Err(e) => {
+                warn!("listing the node's IPv6 addresses: {e} (IPv6 NodePorts stay on {:?})", self.node.node_ips6);
+                return false;
+            }
+        };
+        let node_ips6 = nodeport_addresses6(&self.nodeport_filter, &self.ifaces, &addrs6);
+        if node_ips6 == self.node.node_ips6 {
+            return false;
+        }
+        info!(old = ?self.node.node_ips6, new = ?node_ips6, "the node's IPv6 addresses changed: IPv6 NodePorts follow");
+        self.node.node_ips6 = node_ips6;
         true
     }
 

@@ -99,9 +99,9 @@ impl Syncer {
         self.north_south.set_node_primary(self.store.node_internal_ips(), &mut self.reconciler);
         let plan = northsouth::plan(translation, self.north_south.node());
         let north_south_skipped = self.north_south.log_problems(&plan);
-        // IPv6 frontends are the ClusterIPs of `translation.desired6`: the
-        // north-south plan (NodePorts, external IPs) is IPv4 only so far.
-        let mut stats = self.reconciler.apply_dual(&[&translation.desired, &plan.internal, &plan.frontends], &[&translation.desired6]);
+        let mut stats = self
+            .reconciler
+            .apply_dual(&[&translation.desired, &plan.internal, &plan.frontends], &[&translation.desired6, &plan.frontends6]);
         self.reconciler.apply_source_ranges(&plan.source_ranges, &mut stats);
         self.north_south.sync_health_checks(&plan);
         let latency = first_seen.elapsed();

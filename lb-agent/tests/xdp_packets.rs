@@ -28,7 +28,7 @@ use lb_agent::{
     model::{Backend, BackendAddr, Cidr, Desired, Frontend, FrontendAddr, Protocol},
     reconcile::Stats,
 };
-use lb_common::{NodeConfig, node_flags, svc_flags, vip_filter, vip_flags};
+use lb_common::{NodeConfig, node_flags, stat, svc_flags, vip_filter, vip_flags};
 use lb_lab::Netns;
 use lb_lab::testrun::{self, Frame, Outcome, XDP_DROP, XDP_PASS, XDP_TX};
 
@@ -903,4 +903,132 @@ fn a_pre_filter_new_to_the_pins_is_rebuilt_from_the_frontend_addresses() {
     assert_eq!(fixed, words.len(), "the node address's word, the LB IP's and the ClusterIP's");
     assert_eq!(fx.run(&established).verdict, XDP_TX, "the flow is served again");
     assert_eq!(fx.l.reconciler.maps_mut().sync_vip_filter().unwrap(), 0, "nothing to fix twice");
+}
+
+fn sa6(s: &str) -> std::net::SocketAddrV6 {
+    s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
+}
+
+/// An IPv6 frontend of `kind` with one backend on `node`.
+fn front6(addr: &str, kind: u32, be: &str, node: &str) -> (FrontendAddr<std::net::Ipv6Addr>, Frontend<std::net::Ipv6Addr>) {
+    let (a, b) = (sa6(addr), sa6(be));
+    let fa = FrontendAddr::new(*a.ip(), a.port(), Protocol::Tcp);
+    let backend = Backend {
+        addr: BackendAddr { ip: *b.ip(), port: b.port(), proto: Protocol::Tcp },
+        terminating: false,
+        node_name: Some(node.into()),
+        zone: None,
+        hints: None,
+    };
+    (fa, Frontend { addr: fa, name: format!("test/{addr}"), backends: vec![backend], flags: kind, affinity_timeout: 0 })
+}
+
+const NODE6: &str = "fd00:50::1";
+const CLIENT6: &str = "[fd00:50::64]:40000";
+
+/// [`Fixture::new`] with node A's IPv6 frontends as well, written by the
+/// reconciler (backends on node-a are local):
+/// - NodePort [fd00:50::1]:30081 -> [fd00:244:1::10]:8080 on node A;
+/// - NodePort [fd00:50::1]:30080 -> [fd00:244:2::10]:8080 on node B;
+/// - NodePort [fd00:50::1]:30092, externalTrafficPolicy Local ->
+///   [fd00:244:1::12]:8080 on node A;
+/// - LoadBalancer [fd00:60::10]:80 -> [fd00:244:1::11]:8080 on node A.
+fn fixture6(tag: &str) -> Fixture {
+    let mut fx = Fixture::new(tag, (NAT_PORT, NAT_PORT));
+    let np = svc_flags::NODE_PORT;
+    let d6: Desired<std::net::Ipv6Addr> = [
+        front6("[fd00:50::1]:30081", np, "[fd00:244:1::10]:8080", "node-a"),
+        front6("[fd00:50::1]:30080", np, "[fd00:244:2::10]:8080", "node-b"),
+        front6("[fd00:50::1]:30092", np | svc_flags::EXT_LOCAL, "[fd00:244:1::12]:8080", "node-a"),
+        front6("[fd00:60::10]:80", svc_flags::LOAD_BALANCER, "[fd00:244:1::11]:8080", "node-a"),
+    ]
+    .into_iter()
+    .collect();
+    let (d, _) = desired();
+    let stats = fx.l.reconciler.apply_dual(&[&d], &[&d6]);
+    assert!(stats.errors.is_empty(), "{:?}", stats.errors);
+    fx
+}
+
+#[test]
+fn ipv6_nodeport_and_lb_ip_to_a_local_backend_are_dnated_and_replies_reversed() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let mut fx = fixture6("xdp-v6-local");
+    let none = etherparse::Ipv6Extensions::default;
+    let c = sa6(CLIENT6);
+    let np = sa6(&format!("[{NODE6}]:30081"));
+    let be = sa6("[fd00:244:1::10]:8080");
+
+    let out = fx.run(&common::v6::tcp(c, np, "S", 1000, b"", none()));
+    assert_eq!(out.verdict, XDP_PASS, "SYN to the IPv6 NodePort: verdict");
+    common::v6::assert_checksums_valid("SYN", &out.packet);
+    assert_eq!(hex(&out.packet), hex(&common::v6::tcp(c, be, "S", 1000, b"", none())), "SYN DNATed to the local backend");
+
+    let out = fx.run_egress(&common::v6::tcp(be, c, "SA", 5000, b"", none()));
+    assert_eq!(hex(&out.packet), hex(&common::v6::tcp(np, c, "SA", 5000, b"", none())), "SYN-ACK from the NodePort");
+
+    let payload = b"GET / HTTP/1.1\r\n\r\n";
+    let out = fx.run(&common::v6::tcp(c, np, "PA", 1001, payload, none()));
+    assert_eq!((out.verdict, hex(&out.packet)), (XDP_PASS, hex(&common::v6::tcp(c, be, "PA", 1001, payload, none()))), "data");
+
+    // Local policy keeps the client's address too (all of it is DNAT).
+    let local = sa6(&format!("[{NODE6}]:30092"));
+    let out = fx.run(&common::v6::tcp(c, local, "S", 7, b"", none()));
+    assert_eq!(hex(&out.packet), hex(&common::v6::tcp(c, sa6("[fd00:244:1::12]:8080"), "S", 7, b"", none())), "Local policy");
+
+    // A LoadBalancer IP.
+    let lb = sa6("[fd00:60::10]:80");
+    let out = fx.run(&common::v6::tcp(c, lb, "S", 9, b"", none()));
+    assert_eq!(hex(&out.packet), hex(&common::v6::tcp(c, sa6("[fd00:244:1::11]:8080"), "S", 9, b"", none())), "LB IP");
+    assert_eq!(fx.l.stat(stat::TAIL_CALL_FAILED), 0);
+}
+
+#[test]
+fn ipv6_traffic_that_is_not_served_passes_untouched() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let mut fx = fixture6("xdp-v6-pass");
+    let none = etherparse::Ipv6Extensions::default;
+    let c = sa6(CLIENT6);
+    for (name, dst) in [
+        ("a port outside the NodePort range on the node's IPv6 address", format!("[{NODE6}]:22")),
+        ("an unused NodePort on the node's IPv6 address", format!("[{NODE6}]:30999")),
+        ("an IPv6 address with no frontend", "[fd00:50::99]:80".to_string()),
+        ("the LB IP on a port no Service defines", "[fd00:60::10]:81".to_string()),
+    ] {
+        let input = common::v6::tcp(c, sa6(&dst), "S", 1, b"", none());
+        expect_unchanged(name, &fx.run(&input), &input);
+    }
+    // A backend on another node: no NAT66 yet, so not DNAT alone either.
+    let input = common::v6::tcp(c, sa6(&format!("[{NODE6}]:30080")), "S", 1, b"", none());
+    expect_unchanged("a NodePort whose backend is on another node", &fx.run(&input), &input);
+    assert_eq!(fx.l.stat(stat::PASS_NO_NAT66), 1);
+    assert_eq!(fx.l.stat(stat::TAIL_CALL_FAILED), 0);
+}
+
+#[test]
+fn ipv6_passes_and_is_counted_while_the_xdp_program_is_missing() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let mut fx = fixture6("xdp-v6-tail-call");
+    {
+        let map = fx.l.dp.ebpf.map_mut(lb_common::names::XDP_CALLS).unwrap();
+        let mut calls = aya::maps::ProgramArray::try_from(map).unwrap();
+        calls.clear_index(&lb_common::xdp_call::XDP6).unwrap();
+    }
+    let none = etherparse::Ipv6Extensions::default;
+    let input = common::v6::tcp(sa6(CLIENT6), sa6(&format!("[{NODE6}]:30081")), "S", 1, b"", none());
+    expect_unchanged("IPv6 NodePort with an empty slot", &fx.run(&input), &input);
+    assert_eq!(fx.l.stat(stat::TAIL_CALL_FAILED), 1);
+    // IPv4 does not go through the array.
+    let v4 = testrun::tcp_frame(IN, client(40000), node(30081), "S", 1000, b"");
+    assert_eq!(fx.run(&v4).verdict, XDP_PASS);
+    assert_eq!(fx.l.stat(stat::TAIL_CALL_FAILED), 1);
+    lb_agent::datapath::fill_tc_calls(&mut fx.l.dp.ebpf).unwrap();
+    let out = fx.run(&input);
+    assert_eq!(hex(&out.packet), hex(&common::v6::tcp(sa6(CLIENT6), sa6("[fd00:244:1::10]:8080"), "S", 1, b"", none())), "served again");
 }

@@ -92,6 +92,10 @@ map_set! {
     /// agent: the kernel empties a program array when its last user
     /// reference (a pin, or a process's descriptor) goes.
     TC_CALLS = "LB_TC_CALLS", version 1, sized by Fixed;
+    /// The IPv6 XDP program (see [`xdp_call`]), tail-called by `lb_xdp`;
+    /// pinned for the same reason as `LB_TC_CALLS` (a program array holds
+    /// programs of its owner's type only, so XDP has its own).
+    XDP_CALLS = "LB_XDP_CALLS", version 1, sized by Fixed;
     /// Per-client token buckets for the ICMPv6 errors the datapath sends
     /// (`LB4_REJECT_RATE` for IPv6 clients).
     REJECT_RATE6 = "LB6_REJECT_RATE", version 1, sized by Fixed;
@@ -785,6 +789,17 @@ pub struct RejectRate {
     pub _pad: u32,
 }
 
+/// Slots of `LB_XDP_CALLS`: the XDP programs `lb_xdp` tail-calls (IPv4
+/// runs in `lb_xdp` itself).
+pub mod xdp_call {
+    /// `lb_xdp6`, from `lb_xdp`.
+    pub const XDP6: u32 = 0;
+    /// Slots in the map.
+    pub const SLOTS: u32 = 1;
+    /// The program of each slot, by index.
+    pub const PROGRAMS: [&str; SLOTS as usize] = ["lb_xdp6"];
+}
+
 /// Slots of `LB_TC_CALLS`: the tc programs each family's packets are
 /// tail-called into (IPv4 runs in the attached programs themselves).
 pub mod tc_call {
@@ -847,19 +862,23 @@ pub mod stat {
     /// untouched, for the kernel's own stack to judge.
     pub const MALFORMED: u32 = 17;
     /// Passed untranslated: an IPv6 packet whose program was missing from
-    /// `LB_TC_CALLS` (the tail call failed).
+    /// `LB_TC_CALLS` or `LB_XDP_CALLS` (the tail call failed).
     pub const TAIL_CALL_FAILED: u32 = 18;
     /// BPF host routing: a translated packet (to a backend, or a reply to
     /// its client) redirected straight into a pod of this node
     /// (`bpf_redirect_peer`), past the host stack.
     pub const REDIRECTED_PEER: u32 = 19;
+    /// Passed untranslated: a new IPv6 north-south flow whose backend is
+    /// on another node (no NAT66 yet: DNAT alone would send the backend's
+    /// replies straight to the client, from the wrong address).
+    pub const PASS_NO_NAT66: u32 = 20;
 
     /// Slots in the map.
     pub const SLOTS: u32 = 32;
 
     /// Names for listings and metrics, by index. Stable: they are the
     /// `reason` of `lb-agent stats -o json` and of the metrics.
-    pub const NAMES: [&str; 20] = [
+    pub const NAMES: [&str; 21] = [
         "reject_no_backend",
         "drop_no_local_backend",
         "drop_source_range",
@@ -880,11 +899,12 @@ pub mod stat {
         "malformed_passed",
         "tail_call_failed",
         "redirected_peer",
+        "pass_no_nat66",
     ];
 
     /// What each counter means, by index (for `lb-agent stats` and the
     /// README).
-    pub const HELP: [&str; 20] = [
+    pub const HELP: [&str; 21] = [
         "rejected (ICMP port unreachable, ECONNREFUSED): the frontend has no endpoint",
         "dropped: a Local traffic policy and no endpoint on this node",
         "dropped: the client is outside loadBalancerSourceRanges",
@@ -903,8 +923,9 @@ pub mod stat {
         "dropped: TTL expired on a north-south packet forwarded by XDP (time exceeded sent)",
         "answered: fragmentation needed, for a north-south packet too big for its path",
         "passed untouched: a malformed packet (too short, bad header length), left to the kernel",
-        "passed untranslated: an IPv6 packet whose tc program was missing from LB_TC_CALLS (tail call failed)",
+        "passed untranslated: an IPv6 packet whose tc or XDP program was missing from LB_TC_CALLS / LB_XDP_CALLS (tail call failed)",
         "redirected: a translated packet sent straight into a pod of this node, past the host stack (--host-routing bpf)",
+        "passed untranslated: a new IPv6 north-south flow to a backend on another node (no NAT66 yet)",
     ];
 
     /// Whether counter `index` is a packet lb dropped or rejected.

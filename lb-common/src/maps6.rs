@@ -135,6 +135,8 @@ pub trait Family {
     /// A backend's address and port, if the slot is in use.
     fn backend_addr(b: &Self::Backend) -> Option<(Self::Addr, u16)>;
     fn backend_version(b: &Self::Backend) -> u16;
+    /// A backend's `backend_flags`.
+    fn backend_flags(b: &Self::Backend) -> u8;
     /// A frontend slot's address, port and version, if it is in use.
     fn rev_nat(r: &Self::RevNat) -> Option<(Self::Addr, u16, u16)>;
     fn sock_rev_nat_key(cookie: u64, addr: Self::Addr, port: u16) -> Self::SockRevNatKey;
@@ -167,6 +169,10 @@ impl Family for V4 {
     #[inline(always)]
     fn backend_version(b: &Backend4) -> u16 {
         b.version
+    }
+    #[inline(always)]
+    fn backend_flags(b: &Backend4) -> u8 {
+        b.flags
     }
     #[inline(always)]
     fn rev_nat(r: &RevNat4) -> Option<(u32, u16, u16)> {
@@ -210,6 +216,10 @@ impl Family for V6 {
     #[inline(always)]
     fn backend_version(b: &Backend6) -> u16 {
         b.version
+    }
+    #[inline(always)]
+    fn backend_flags(b: &Backend6) -> u8 {
+        b.flags
     }
     #[inline(always)]
     fn rev_nat(r: &RevNat6) -> Option<(Addr6, u16, u16)> {

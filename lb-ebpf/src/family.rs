@@ -2,7 +2,7 @@
 //! backend selection, conntrack and the socket translation are written
 //! once (see `lb_common::maps6` for what the families share).
 
-use lb_common::{Addr6, CtEntryOf, CtKeyOf, Family, IPPROTO_TCP, Service4Value, V4, V6, Vip4};
+use lb_common::{Addr6, CtEntryOf, CtKeyOf, Family, IPPROTO_TCP, SCOPE_INTERNAL, Service4Value, V4, V6, Vip4, svc_flags};
 
 use crate::{
     maps::{
@@ -100,10 +100,18 @@ impl FamilyMaps for V4 {
 }
 
 impl FamilyMaps for V6 {
+    /// As IPv4's: the in-cluster entry where the frontend has one.
     #[inline(always)]
     fn service(addr: Addr6, port: u16, proto: u8) -> Option<Service4Value> {
+        let mut key = V6::service_key(addr, port, proto);
         // SAFETY: copied out at once.
-        unsafe { LB6_SERVICES.get(V6::service_key(addr, port, proto)).copied() }
+        let svc = unsafe { LB6_SERVICES.get(key).copied() }?;
+        if svc.flags & svc_flags::HAS_INTERNAL == 0 {
+            return Some(svc);
+        }
+        key.scope = SCOPE_INTERNAL;
+        // SAFETY: as above.
+        unsafe { LB6_SERVICES.get(key).copied() }.or(Some(svc))
     }
     #[inline(always)]
     fn vip(addr: Addr6) -> Option<Vip4> {

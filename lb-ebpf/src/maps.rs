@@ -9,7 +9,7 @@ use aya_ebpf::{
 use lb_common::{
     Addr6, Affinity4, Affinity4Key, Backend4, Backend6, Config, Ct4Key, Ct6Entry, Ct6Key, CtEntry, Device, Frag4, Frag4Key, FrontendStats,
     NodeConfig, RejectRate, RevNat4, RevNat6, RevNatKey, Service4Key, Service4Value, Service6Key, Slot, SlotKey, SockRevNat4,
-    SockRevNat4Key, SockRevNat6, SockRevNat6Key, SrcRange4, SvcName, Vip4, layout, sizes, stat, tc_call, vip_filter,
+    SockRevNat4Key, SockRevNat6, SockRevNat6Key, SrcRange4, SvcName, Vip4, layout, sizes, stat, tc_call, vip_filter, xdp_call,
 };
 
 use crate::route::Scratch;
@@ -163,3 +163,8 @@ pub static LB_HR_SCRATCH: PerCpuArray<Scratch, 1> = PerCpuArray::new();
 /// the agent: the attached programs tail-call them for IPv6 frames.
 #[btf_map]
 pub static LB_TC_CALLS: ProgramArray<{ tc_call::SLOTS as usize }> = ProgramArray::new();
+
+/// The IPv6 XDP program by `lb_common::xdp_call` slot, filled and pinned
+/// by the agent: `lb_xdp` tail-calls it for IPv6 frames.
+#[btf_map]
+pub static LB_XDP_CALLS: ProgramArray<{ xdp_call::SLOTS as usize }> = ProgramArray::new();

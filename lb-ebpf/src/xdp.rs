@@ -39,7 +39,7 @@ use core::{
 };
 
 use aya_ebpf::{
-    bindings::{BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibParams, xdp_action},
+    bindings::{BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibParams, xdp_action, xdp_md},
     btf_maps::lpm_trie::Key,
     helpers::{bpf_fib_lookup, bpf_redirect},
     macros::xdp,
@@ -47,23 +47,141 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use lb_common::{
-    CT_REPLY, CT_SERVICE, Config, CtEntry, IPPROTO_ICMP, NodeConfig, SrcRange4, Vip4, backend_flags, ct_entry_flags,
-    packet::{ETH_HLEN, Fragment, IPV4_HLEN, icmp, ip},
-    stat, svc_flags, vip_flags, xdp_mode,
+    CT_REPLY, CT_SERVICE, Config, CtEntry, IPPROTO_ICMP, NodeConfig, Service4Value, SrcRange4, V4, V6, Vip4, backend_flags,
+    ct_entry_flags,
+    packet::{ETH_HLEN, ETH_P_IPV6, Fragment, IPV4_HLEN, eth, icmp, ip},
+    stat, svc_flags, vip_flags, xdp_call, xdp_mode,
 };
 
 use crate::{
     ct::{self, Forward, NewFlow, Source},
     error::Error,
+    family::{Ct, FamilyMaps},
     frag, icmp as icmp_out,
-    maps::{LB_DEVICES, LB4_SRC_RANGES},
+    l3::L3,
+    maps::{LB_DEVICES, LB_XDP_CALLS, LB4_SRC_RANGES, LB6_SERVICES},
     nat,
     packet::read,
-    parse::{Flow, IcmpError, Packet, parse},
+    parse::{Flow, IcmpError, Packet, parse, parse6},
     route,
-    select::{config, flow_backend, node_config, now_ns, service, vip},
+    select::{config, flow_backend, node_config, now_ns, vip},
     stats, vip_filter,
 };
+
+/// What the north-south path does differently per family. IPv6 has no
+/// pre-filter, no source ranges, no NAT66 (a new flow to a backend on
+/// another node passes, counted `stat::PASS_NO_NAT66`) and no fragments
+/// (`parse6` does not take them as flows).
+trait XdpFamily: L3 {
+    /// Whether the family's flows may be later fragments (IPv4); IPv6
+    /// fragments are not flows (`parse6`), and their paths are left out.
+    const FRAGMENTS: bool;
+    /// The north-south kinds (`vip_flags`) that may be at `addr`: the
+    /// exact ones or a superset (IPv4's pre-filter, one array load); 0:
+    /// none, the packet is not ours.
+    fn north_south_kinds(addr: Self::Addr) -> u32;
+    /// The frontend at (addr, port, proto) for clients outside the
+    /// cluster (`SCOPE_EXTERNAL`).
+    fn external_service(addr: Self::Addr, port: u16, proto: u8) -> Option<Service4Value>;
+    /// Whether `saddr` is inside the loadBalancerSourceRanges of frontend
+    /// `frontend_id`.
+    fn source_allowed(frontend_id: u32, saddr: Self::Addr) -> bool;
+    /// What a new flow's source becomes, for a backend with `backend_flags`
+    /// of a frontend with `svc_flags` (a backend on this node, or an
+    /// `externalTrafficPolicy: Local` frontend, whose backends all are:
+    /// DNAT only); `None`: the flow is not served here (passes).
+    fn source(node: Option<NodeConfig>, backend: u8, svc: u32) -> Option<Source<Self::Addr>>;
+    /// The verdict for a new flow to a frontend with no endpoint at all.
+    fn reject(ctx: &XdpContext, f: &Flow<Self>, now: u64) -> u32;
+    /// Sends on a packet of a flow that is not DNAT only (SNATed to a
+    /// backend on another node).
+    fn forward(ctx: &XdpContext, f: &Flow<Self>, e: &Ct<Self>, now: u64) -> Result<u32, Error>;
+}
+
+impl XdpFamily for V4 {
+    const FRAGMENTS: bool = true;
+
+    #[inline(always)]
+    fn north_south_kinds(addr: u32) -> u32 {
+        vip_filter::kinds(addr) & NORTH_SOUTH_VIP
+    }
+    #[inline(always)]
+    fn external_service(addr: u32, port: u16, proto: u8) -> Option<Service4Value> {
+        crate::select::service(addr, port, proto)
+    }
+    #[inline(always)]
+    fn source_allowed(frontend_id: u32, saddr: u32) -> bool {
+        let (len, data) = SrcRange4::client(frontend_id, saddr);
+        LB4_SRC_RANGES.get(&Key::new(len, data)).is_some()
+    }
+    #[inline(always)]
+    fn source(node: Option<NodeConfig>, backend: u8, svc: u32) -> Option<Source<u32>> {
+        Some(match node {
+            // A backend on another node (and a Cluster policy): SNAT, so
+            // the replies come back through this node.
+            Some(n) if n.snat_addr != 0 && backend & backend_flags::LOCAL == 0 && svc & svc_flags::EXT_LOCAL == 0 => {
+                Source::Snat(n.snat_addr)
+            }
+            // A local backend, or no SNAT configured: DNAT only, the
+            // client's address is preserved.
+            _ => Source::Client,
+        })
+    }
+    #[inline(always)]
+    fn reject(ctx: &XdpContext, f: &Flow<V4>, now: u64) -> u32 {
+        debug!(ctx, "lb_xdp: no backend for {:i}:{}, rejecting", u32::from_be(f.daddr), u16::from_be(f.dport));
+        if !f.has_l4() {
+            return DROP;
+        }
+        icmp_out::xdp_error(ctx, f.saddr, now, icmp::DEST_UNREACH, icmp::PORT_UNREACH, 0)
+    }
+    #[inline(always)]
+    fn forward(ctx: &XdpContext, f: &Flow<V4>, e: &CtEntry, now: u64) -> Result<u32, Error> {
+        forward(ctx, f, e, now)
+    }
+}
+
+impl XdpFamily for V6 {
+    const FRAGMENTS: bool = false;
+
+    /// No pre-filter: the exact lookup.
+    #[inline(always)]
+    fn north_south_kinds(addr: lb_common::Addr6) -> u32 {
+        V6::vip(addr).map_or(0, |v| v.flags & NORTH_SOUTH_VIP)
+    }
+    #[inline(always)]
+    fn external_service(addr: lb_common::Addr6, port: u16, proto: u8) -> Option<Service4Value> {
+        // SAFETY: copied out at once.
+        unsafe { LB6_SERVICES.get(<V6 as lb_common::Family>::service_key(addr, port, proto)).copied() }
+    }
+    /// The agent does not serve an IPv6 frontend with IPv6 source ranges
+    /// (it has no map for them): one that says so anyway is refused.
+    #[inline(always)]
+    fn source_allowed(_frontend_id: u32, _saddr: lb_common::Addr6) -> bool {
+        false
+    }
+    /// No NAT66 yet: only a backend on this node is served (DNAT only).
+    #[inline(always)]
+    fn source(_node: Option<NodeConfig>, backend: u8, svc: u32) -> Option<Source<lb_common::Addr6>> {
+        if backend & backend_flags::LOCAL != 0 || svc & svc_flags::EXT_LOCAL != 0 {
+            Some(Source::Client)
+        } else {
+            stats::count(stat::PASS_NO_NAT66);
+            None
+        }
+    }
+    /// Passed: the kernel answers (a TCP reset, or ICMPv6 port unreachable
+    /// for UDP, from a node address; elsewhere it routes or drops).
+    #[inline(always)]
+    fn reject(_ctx: &XdpContext, _f: &Flow<V6>, _now: u64) -> u32 {
+        PASS
+    }
+    /// Never reached: IPv6 flows are DNAT only (`source`).
+    #[inline(always)]
+    fn forward(_ctx: &XdpContext, _f: &Flow<V6>, _e: &Ct<V6>, _now: u64) -> Result<u32, Error> {
+        Ok(PASS)
+    }
+}
 
 /// Passes every packet: the floor that per-packet costs are measured
 /// against.
@@ -79,17 +197,83 @@ const NORTH_SOUTH_VIP: u32 = lb_common::vip_filter::NORTH_SOUTH;
 const PASS: u32 = xdp_action::XDP_PASS;
 const DROP: u32 = xdp_action::XDP_DROP;
 
-#[xdp]
-pub fn lb_xdp(ctx: XdpContext) -> u32 {
-    match try_lb_xdp(&ctx) {
+#[inline(always)]
+fn verdict(ctx: &XdpContext, result: Result<u32, Error>) -> u32 {
+    match result {
         Ok(action) => action,
         Err(e) => match e.count_drop() {
             None => PASS,
             Some(what) => {
-                debug!(&ctx, "lb_xdp: {}, packet dropped", what);
+                debug!(ctx, "lb_xdp: {}, packet dropped", what);
                 DROP
             }
         },
+    }
+}
+
+/// IPv4 runs here; IPv6 in `lb_xdp6`, reached by a tail call through
+/// `LB_XDP_CALLS` (filled and pinned by the agent; an empty slot passes
+/// the packet and counts `stat::TAIL_CALL_FAILED`), with the verifier's
+/// 512 bytes of stack of its own, as tc's IPv6 programs.
+#[xdp]
+pub fn lb_xdp(ctx: XdpContext) -> u32 {
+    if read::<XdpContext, u16>(&ctx, eth::ETHERTYPE.start) == Some(ETH_P_IPV6.to_be()) {
+        // SAFETY: the slot holds an XDP program of this object (or
+        // nothing: the call returns); the context is this program's.
+        unsafe { LB_XDP_CALLS.tail_call(&ctx, xdp_call::XDP6) };
+        stats::count(stat::TAIL_CALL_FAILED);
+        return PASS;
+    }
+    verdict(&ctx, xdp4(ctx.ctx))
+}
+
+/// The IPv4 path, a function of its own: the tail call above is then made
+/// from the program itself (as tc's), not from a function it calls, which
+/// took the verifier past its million instructions.
+#[inline(never)]
+fn xdp4(ctx: *mut xdp_md) -> Result<u32, Error> {
+    try_lb_xdp(&XdpContext::new(ctx))
+}
+
+/// IPv6 from outside: `LB_XDP_CALLS[xdp_call::XDP6]`. NodePorts on the
+/// node's IPv6 addresses, IPv6 external and LoadBalancer IPs, to backends
+/// on this node (DNAT only; the replies are translated back by
+/// `lb_tc_egress6`); everything else passes.
+///
+/// It logs nothing: a log call is a function call, whose frame added to
+/// the path's (504 bytes) exceeds the verifier's 512 when the agent logs
+/// at debug level. Its drops are counted as everywhere.
+#[xdp]
+pub fn lb_xdp6(ctx: XdpContext) -> u32 {
+    match xdp6(&ctx) {
+        Ok(action) => action,
+        Err(e) => match e.count_drop() {
+            None => PASS,
+            Some(_) => DROP,
+        },
+    }
+}
+
+/// [`lb_xdp6`]'s path, inlined: one frame of the 512 bytes (a function of
+/// its own, as tc's `ingress6`, would add the program's frame to its own).
+#[inline(always)]
+fn xdp6(ctx: &XdpContext) -> Result<u32, Error> {
+    let Some(cfg) = config() else {
+        return Ok(PASS);
+    };
+    match parse6(ctx)? {
+        Packet::Flow(mut f) => {
+            V6::keep_in_memory(&f);
+            // No pre-filter: the exact kinds, looked up once.
+            let Some(v) = V6::vip(f.daddr) else {
+                return Ok(PASS);
+            };
+            if v.flags & NORTH_SOUTH_VIP == 0 {
+                return Ok(PASS);
+            }
+            north_south(ctx, &cfg, node_config(), Kinds::Exact(v), &mut f)
+        }
+        _ => Ok(PASS),
     }
 }
 
@@ -125,11 +309,11 @@ fn try_lb_xdp(ctx: &XdpContext) -> Result<u32, Error> {
             }
             // No north-south frontend at this address (a ClusterIP from
             // outside is not ours to serve either): one array load.
-            let kinds = vip_filter::kinds(f.daddr) & NORTH_SOUTH_VIP;
+            let kinds = V4::north_south_kinds(f.daddr);
             if kinds == 0 {
                 return Ok(PASS);
             }
-            north_south(ctx, &cfg, node, kinds, f)
+            north_south(ctx, &cfg, node, Kinds::Filter(kinds), &mut f)
         }
         Packet::IcmpError(err) => icmp_error(ctx, &err),
         _ => Ok(PASS),
@@ -147,13 +331,26 @@ fn not_a_node_port(kinds: u32, node: Option<NodeConfig>, dport: u16) -> bool {
 /// The frontend kinds of the address `f` is sent to, when the packet is
 /// one for a north-south frontend by them; `None`: it passes.
 #[inline(always)]
-fn exact_vip(f: &Flow, node: Option<NodeConfig>) -> Option<Vip4> {
-    let v = vip(f.daddr)?;
+fn exact_vip<F: XdpFamily>(f: &Flow<F>, node: Option<NodeConfig>) -> Option<Vip4> {
+    let v = F::vip(f.daddr)?;
     // A ClusterIP from outside is not ours to serve.
     if v.flags & NORTH_SOUTH_VIP == 0 || (f.frag != Fragment::Later && not_a_node_port(v.flags, node, f.dport)) {
         return None;
     }
     Some(v)
+}
+
+/// What is known of the kinds of frontend at a packet's destination.
+#[derive(Clone, Copy)]
+enum Kinds {
+    /// The pre-filter's superset (IPv4): the exact ones are looked up
+    /// where needed.
+    Filter(u32),
+    /// The address's exact entry (IPv6): no further lookup, and
+    /// conntrack is looked up after it (the pre-filter and
+    /// conntrack-first order took `lb_xdp6` past the verifier's 512-byte
+    /// stack).
+    Exact(Vip4),
 }
 
 /// Client -> north-south frontend (by the pre-filter's `kinds`).
@@ -167,66 +364,81 @@ fn exact_vip(f: &Flow, node: Option<NodeConfig>) -> Option<Vip4> {
 /// fragment), an entry another program made (a pod's flow to the same
 /// tuple), a new flow.
 #[inline(always)]
-fn north_south(ctx: &XdpContext, cfg: &Config, node: Option<NodeConfig>, kinds: u32, mut f: Flow) -> Result<u32, Error> {
-    let mut v = None;
-    if f.frag == Fragment::Later {
-        let Some(exact) = exact_vip(&f, node) else {
+fn north_south<F: XdpFamily>(
+    ctx: &XdpContext,
+    cfg: &Config,
+    node: Option<NodeConfig>,
+    kinds: Kinds,
+    f: &mut Flow<F>,
+) -> Result<u32, Error> {
+    let (mut v, filter) = match kinds {
+        Kinds::Filter(k) => (None, k),
+        Kinds::Exact(v) => (Some(v), v.flags),
+    };
+    if F::FRAGMENTS && f.frag == Fragment::Later {
+        let Some(exact) = v.or_else(|| exact_vip(f, node)) else {
             return Ok(PASS);
         };
-        if !frag::lend_ports(&mut f) {
+        if !F::frag_ports(f) {
             return Ok(orphan_fragment(&exact));
         }
         v = Some(exact);
-    } else if not_a_node_port(kinds, node, f.dport) {
+    } else if not_a_node_port(filter, node, f.dport) {
         // Only NodePorts here, and this is not one: the node's own traffic.
         return Ok(PASS);
     }
     let now = now_ns();
-    let found = ct::find_forward(&f);
-    let ours = found.is_some_and(|e| ct::marked(e, ct_entry_flags::NORTH_SOUTH));
-    if !ours && v.is_none() {
-        v = exact_vip(&f, node);
-        if v.is_none() {
-            return Ok(PASS);
+    let forward = if let Kinds::Exact(_) = kinds {
+        ct::forward(cfg, f, now)
+    } else {
+        let found = ct::find_forward(f);
+        let ours = found.is_some_and(|e| ct::marked(e, ct_entry_flags::NORTH_SOUTH));
+        if !ours && v.is_none() {
+            v = exact_vip(f, node);
+            if v.is_none() {
+                return Ok(PASS);
+            }
         }
-    }
-    let (entry, new) = match ct::follow(cfg, &f, found, now) {
+        ct::follow(cfg, f, found, now)
+    };
+    let (entry, new) = match forward {
         Forward::Flow(e) => (e, false),
         // The datagram's first fragment made the flow; it is gone.
-        Forward::New { .. } if f.frag == Fragment::Later => return Ok(v.map_or(PASS, |v| orphan_fragment(&v))),
+        Forward::New { .. } if F::FRAGMENTS && f.frag == Fragment::Later => return Ok(v.map_or(PASS, |v| orphan_fragment(&v))),
         Forward::New { replace } => {
             // A new flow (or the entry's frontend or backend gone): the
             // exact checks, if the entry let them be skipped.
-            if v.is_none() && exact_vip(&f, node).is_none() {
+            if v.is_none() && exact_vip(f, node).is_none() {
                 return Ok(PASS);
             }
-            match new_flow(ctx, cfg, node, &f, now, replace)? {
+            match new_flow(ctx, cfg, node, f, now, replace)? {
                 ControlFlow::Continue(e) => (e, true),
                 ControlFlow::Break(verdict) => return Ok(verdict),
             }
         }
     };
+    F::keep_in_memory(&entry);
     stats::frontend_packet(entry.frontend_id, (ctx.data_end() - ctx.data()) as u32, new);
-    frag::record(&f);
+    F::frag_record(f);
     if entry.nat_saddr == f.saddr {
         // A backend on this node: DNAT only, the kernel delivers.
-        nat::translate(ctx, &f, &entry)?;
+        nat::translate(ctx, f, &entry)?;
         return Ok(PASS);
     }
-    forward(ctx, &f, &entry, now)
+    F::forward(ctx, f, &entry, now)
 }
 
 /// A new north-south flow, or the verdict for a packet that gets none.
 #[inline(always)]
-fn new_flow(
+fn new_flow<F: XdpFamily>(
     ctx: &XdpContext,
     cfg: &Config,
     node: Option<NodeConfig>,
-    f: &Flow,
+    f: &Flow<F>,
     now: u64,
     replace: bool,
-) -> Result<ControlFlow<u32, CtEntry>, Error> {
-    let Some(svc) = service(f.daddr, f.dport, f.proto) else {
+) -> Result<ControlFlow<u32, Ct<F>>, Error> {
+    let Some(svc) = F::external_service(f.daddr, f.dport, f.proto) else {
         return Ok(ControlFlow::Break(PASS));
     };
     if svc.flags & NORTH_SOUTH == 0 {
@@ -234,12 +446,9 @@ fn new_flow(
     }
     // loadBalancerSourceRanges are checked when a flow starts, as
     // kube-proxy's firewall chains see only a connection's first packet.
-    if svc.flags & svc_flags::SOURCE_RANGES != 0 {
-        let (len, data) = SrcRange4::client(svc.frontend_id, f.saddr);
-        if LB4_SRC_RANGES.get(&Key::new(len, data)).is_none() {
-            stats::count(stat::DROP_SOURCE_RANGE);
-            return Ok(ControlFlow::Break(DROP));
-        }
+    if svc.flags & svc_flags::SOURCE_RANGES != 0 && !F::source_allowed(svc.frontend_id, f.saddr) {
+        stats::count(stat::DROP_SOURCE_RANGE);
+        return Ok(ControlFlow::Break(DROP));
     }
     if svc.count == 0 {
         // externalTrafficPolicy=Local without a local endpoint: drop, so
@@ -250,23 +459,11 @@ fn new_flow(
             return Ok(ControlFlow::Break(DROP));
         }
         stats::count(stat::REJECT_NO_BACKEND);
-        debug!(ctx, "lb_xdp: no backend for {:i}:{}, rejecting", u32::from_be(f.daddr), u16::from_be(f.dport));
-        if !f.has_l4() {
-            return Ok(ControlFlow::Break(DROP));
-        }
-        let verdict = icmp_out::xdp_error(ctx, f.saddr, now, icmp::DEST_UNREACH, icmp::PORT_UNREACH, 0);
-        return Ok(ControlFlow::Break(verdict));
+        return Ok(ControlFlow::Break(F::reject(ctx, f, now)));
     }
     let (backend_id, backend) = flow_backend(cfg, &svc, f, now).ok_or(Error::NoSlot)?;
-    let source = match node {
-        // A backend on another node (and a Cluster policy): SNAT, so the
-        // replies come back through this node.
-        Some(n) if n.snat_addr != 0 && backend.flags & backend_flags::LOCAL == 0 && svc.flags & svc_flags::EXT_LOCAL == 0 => {
-            Source::Snat(n.snat_addr)
-        }
-        // A local backend, or no SNAT configured: DNAT only, the client's
-        // address is preserved.
-        _ => Source::Client,
+    let Some(source) = F::source(node, F::backend_flags(&backend), svc.flags) else {
+        return Ok(ControlFlow::Break(PASS));
     };
     let new = NewFlow { frontend_id: svc.frontend_id, backend_id, backend, source, ports: ct::nat_ports(node) };
     // Marked: its next packets need no `LB4_VIPS` lookup (`north_south`).

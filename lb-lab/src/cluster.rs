@@ -34,11 +34,14 @@
 //!
 //! Nothing is created in the root namespace and no route leads out.
 
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use anyhow::{Context, Result, bail};
 
-use crate::{Netns, node::GATEWAY_IP};
+use crate::{
+    Netns,
+    node::{GATEWAY_IP, GATEWAY_IP6},
+};
 
 /// The external interface of every node.
 pub const EXT_IF: &str = "lbext";
@@ -54,6 +57,22 @@ pub const EXT_PREFIX: u8 = 24;
 /// The external address of node `n`.
 pub fn node_ip(n: usize) -> Ipv4Addr {
     Ipv4Addr::new(192, 168, 50, n as u8 + 1)
+}
+
+/// The client's IPv6 address on the external segment (with
+/// [`ClusterLab::enable_ipv6`]).
+pub const CLIENT_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x50, 0, 0, 0, 0, 0, 0x64);
+
+/// The external IPv6 address of node `n` (with
+/// [`ClusterLab::enable_ipv6`]): `fd00:50::<n+1>/64`.
+pub fn node_ip6(n: usize) -> Ipv6Addr {
+    Ipv6Addr::new(0xfd00, 0x50, 0, 0, 0, 0, 0, n as u16 + 1)
+}
+
+/// The IPv6 address of pod `i` on node `n` (with
+/// [`ClusterLab::enable_ipv6`]): `fd00:244:<n+1>::<10+i>` (hex).
+pub fn cluster_pod_ip6(n: usize, i: usize) -> Ipv6Addr {
+    Ipv6Addr::new(0xfd00, 0x244, n as u16 + 1, 0, 0, 0, 0, 10 + i as u16)
 }
 
 /// The address of pod `i` on node `n`.
@@ -257,6 +276,35 @@ impl ClusterLab {
 
     pub fn node(&self, n: usize) -> &ClusterNode {
         &self.nodes[n]
+    }
+
+    /// Gives the external segment and the pods IPv6 as well (dual stack,
+    /// the client directly on the segment): the client [`CLIENT_IP6`]`/64`,
+    /// node `n` [`node_ip6(n)`](node_ip6)`/64` on [`EXT_IF`] with IPv6
+    /// forwarding, its pod `i` [`cluster_pod_ip6(n, i)`](cluster_pod_ip6)
+    /// `/128` with a default route via [`GATEWAY_IP6`] (link-local, on the
+    /// node side `lbp<i>`) and the node a route to it. No routes between
+    /// the nodes' IPv6 pod addresses. Addresses skip duplicate address
+    /// detection, so they are usable at once.
+    pub fn enable_ipv6(&self) -> Result<()> {
+        if self.router.is_some() {
+            bail!("IPv6 with a router before the client is not built");
+        }
+        self.client.ip(&["-6", "addr", "add", &format!("{CLIENT_IP6}/64"), "dev", CLIENT_IF, "nodad"])?;
+        for (n, node) in self.nodes.iter().enumerate() {
+            let ns = &node.ns;
+            ns.sysctl("net.ipv6.conf.all.forwarding", "1")?;
+            ns.ip(&["-6", "addr", "add", &format!("{}/64", node_ip6(n)), "dev", EXT_IF, "nodad"])?;
+            for (i, pod) in node.pods.iter().enumerate() {
+                let ip6 = cluster_pod_ip6(n, i);
+                let hif = pod.host_if.as_str();
+                ns.ip(&["-6", "addr", "add", &format!("{GATEWAY_IP6}/64"), "dev", hif, "nodad"])?;
+                ns.ip(&["-6", "route", "add", &format!("{ip6}/128"), "dev", hif])?;
+                pod.ns.ip(&["-6", "addr", "add", &format!("{ip6}/128"), "dev", "eth0", "nodad"])?;
+                pod.ns.ip(&["-6", "route", "add", "default", "via", &GATEWAY_IP6.to_string(), "dev", "eth0"])?;
+            }
+        }
+        Ok(())
     }
 
     /// The names of the switch's ports (one per node, then the client's):

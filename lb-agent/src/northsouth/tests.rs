@@ -16,6 +16,7 @@ fn node(name: &str) -> NodeInfo {
     NodeInfo {
         node_name: Some(name.into()),
         node_ips: vec!["192.168.50.1".parse().unwrap(), "10.0.0.1".parse().unwrap()],
+        node_ips6: vec!["fd00:50::1".parse().unwrap()],
         nodeport_range: DEFAULT_NODEPORT_RANGE,
         zone: None,
     }
@@ -173,44 +174,137 @@ fn node_ports_outside_the_range_and_clashes_are_reported() {
     assert!(p.problems.iter().any(|m| m.contains("10.96.0.10:80/TCP already belongs to demo/web:http")), "{:?}", p.problems);
 }
 
-#[test]
-fn ipv6_north_south_addresses_are_reported_not_dropped_silently() {
-    // Dual-stack: the IPv4 addresses are served, each IPv6 one is named
-    // once (not once per port).
-    let yaml = svc("Cluster", "")
-        .replace("clusterIP: 10.96.0.10", "clusterIP: 10.96.0.10\n  clusterIPs: [10.96.0.10, \"fd00:96::10\"]")
+/// The IPv6 EndpointSlice of the dual-stack `svc`: one ready endpoint on
+/// each node, one terminating on node-a.
+const SLICE6: &str = r#"
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {name: web-6, namespace: demo, labels: {kubernetes.io/service-name: web}}
+addressType: IPv6
+ports:
+- {name: http, port: 8080, protocol: TCP}
+- {name: dns, port: 5353, protocol: UDP}
+endpoints:
+- addresses: ["fd00:244:1::10"]
+  nodeName: node-a
+- addresses: ["fd00:244:2::10"]
+  nodeName: node-b
+- addresses: ["fd00:244:1::11"]
+  nodeName: node-a
+  conditions: {ready: false, serving: true, terminating: true}
+"#;
+
+fn dual_stack(policy: &str) -> String {
+    svc(policy, "")
+        .replace("clusterIP: 10.96.0.10", "clusterIP: 10.96.0.10\n  clusterIPs: [10.96.0.10, \"fd00:96::10\"]\n  ipFamilies: [IPv4, IPv6]")
         .replace("externalIPs: [192.168.60.5]", "externalIPs: [192.168.60.5, \"fd00:60::5\"]")
-        .replace("ingress: [{ip: 192.168.60.10}]", "ingress: [{ip: 192.168.60.10}, {ip: \"fd00:60::10\"}]");
-    let t = run(&yaml);
+        .replace("ingress: [{ip: 192.168.60.10}]", "ingress: [{ip: 192.168.60.10}, {ip: \"fd00:60::10\"}]")
+        + SLICE6
+}
+
+fn fa6(s: &str, proto: Protocol) -> FrontendAddr<Ipv6Addr> {
+    let a: std::net::SocketAddrV6 = s.parse().unwrap();
+    FrontendAddr::new(*a.ip(), a.port(), proto)
+}
+
+fn backends6(p: &Plan, addr: FrontendAddr<Ipv6Addr>) -> Vec<String> {
+    p.frontends6[&addr].backends.iter().map(|b| b.addr.ip.to_string()).collect()
+}
+
+#[test]
+fn ipv6_north_south_frontends_of_a_dual_stack_service() {
+    let t = run(&dual_stack("Cluster"));
     assert!(t.problems.is_empty(), "{:?}", t.problems);
     let p = plan(&t, &node("node-a"));
+    assert!(p.problems.is_empty(), "{:?}", p.problems);
+    // IPv4 as before; IPv6: 2 ports x (1 node address + 1 external IP + 1
+    // LB IP), with the kinds of IPv4's and the IPv6 endpoints.
     assert_eq!(p.frontends.len(), 8, "{:#?}", p.frontends.keys().collect::<Vec<_>>());
-    assert!(p.frontends.contains_key(&fa("192.168.60.5:80", Protocol::Tcp)));
-    assert!(p.frontends.contains_key(&fa("192.168.60.10:53", Protocol::Udp)));
+    assert_eq!(p.frontends6.len(), 6, "{:#?}", p.frontends6.keys().collect::<Vec<_>>());
+    for (addr, proto, kind) in [
+        ("[fd00:50::1]:30080", Protocol::Tcp, svc_flags::NODE_PORT),
+        ("[fd00:50::1]:30053", Protocol::Udp, svc_flags::NODE_PORT),
+        ("[fd00:60::5]:80", Protocol::Tcp, svc_flags::EXTERNAL_IP),
+        ("[fd00:60::5]:53", Protocol::Udp, svc_flags::EXTERNAL_IP),
+        ("[fd00:60::10]:80", Protocol::Tcp, svc_flags::LOAD_BALANCER),
+        ("[fd00:60::10]:53", Protocol::Udp, svc_flags::LOAD_BALANCER),
+    ] {
+        let fe = &p.frontends6[&fa6(addr, proto)];
+        // The IPv4 source range says nothing about IPv6 clients.
+        assert_eq!(fe.flags, kind, "{addr}");
+        assert_eq!(fe.name, if proto == Protocol::Tcp { "demo/web:http" } else { "demo/web:dns" });
+        assert_eq!(backends6(&p, fa6(addr, proto)), ["fd00:244:1::10", "fd00:244:2::10", "fd00:244:1::11"], "{addr}");
+    }
+}
+
+#[test]
+fn ipv6_local_policy_keeps_local_endpoints_and_an_in_cluster_entry() {
+    let t = run(&dual_stack("Local"));
+    let p = plan(&t, &node("node-a"));
+    assert!(p.problems.is_empty(), "{:?}", p.problems);
+    let np = fa6("[fd00:50::1]:30080", Protocol::Tcp);
+    assert_eq!(backends6(&p, np), ["fd00:244:1::10", "fd00:244:1::11"]);
+    assert_eq!(p.frontends6[&np].flags, svc_flags::NODE_PORT | svc_flags::EXT_LOCAL | svc_flags::HAS_INTERNAL);
+    // Pods and the host get every endpoint at the same address.
+    let inner = &p.frontends6[&np.internal()];
+    assert_eq!(inner.flags, svc_flags::NODE_PORT);
+    assert_eq!(inner.backends.len(), 3);
+    // One ready local endpoint per family: the pod is counted once.
+    assert_eq!(p.health_checks[&ServiceRef { namespace: "demo".into(), name: "web".into() }], (32000, 1));
+    // On node-c (no endpoint): Local frontends with no backend (drop).
+    let p = plan(&t, &node("node-c"));
+    assert!(p.frontends6[&np].backends.is_empty());
+    assert_ne!(p.frontends6[&np].flags & svc_flags::EXT_LOCAL, 0);
+}
+
+#[test]
+fn ipv6_source_ranges_are_not_served_open() {
+    // An IPv6 source range cannot be enforced yet: the IPv6 LB IPs are not
+    // served (not served wide open), and each is named.
+    let yaml = dual_stack("Cluster")
+        .replace("loadBalancerSourceRanges: [192.168.50.0/24]", "loadBalancerSourceRanges: [192.168.50.0/24, \"fd00:50::/64\"]");
+    let p = plan(&run(&yaml), &node("node-a"));
     assert_eq!(
         p.problems.iter().map(String::as_str).collect::<Vec<_>>(),
-        [
-            "Service demo/web: LoadBalancer IP fd00:60::10 is not served: IPv6 north-south is not supported yet",
-            "Service demo/web: external IP fd00:60::5 is not served: IPv6 north-south is not supported yet",
-        ]
+        ["Service demo/web: LoadBalancer IP fd00:60::10 is not served: its IPv6 loadBalancerSourceRanges are not enforced yet"]
     );
+    assert!(p.frontends6.keys().all(|a| a.ip != "fd00:60::10".parse::<Ipv6Addr>().unwrap()));
+    assert_eq!(p.frontends6.len(), 4);
+    assert!(p.frontends.contains_key(&fa("192.168.60.10:80", Protocol::Tcp)));
+}
 
-    // IPv6-only: nothing north-south is served, and all of it is named.
+#[test]
+fn addresses_of_a_family_without_a_cluster_ip_are_reported_not_dropped_silently() {
+    // IPv6-only: its IPv4 addresses are named; the IPv6 ones (and the
+    // NodePorts, on the IPv6 node address) are served.
     let yaml = svc("Cluster", "")
         .replace("clusterIP: 10.96.0.10", "clusterIPs: [\"fd00:96::10\"]\n  ipFamilies: [IPv6]")
-        .replace("externalIPs: [192.168.60.5]", "externalIPs: [192.168.60.5, \"fd00:60::5\"]");
+        .replace("externalIPs: [192.168.60.5]", "externalIPs: [192.168.60.5, \"fd00:60::5\"]")
+        + SLICE6;
     let p = plan(&run(&yaml), &node("node-a"));
     assert!(p.frontends.is_empty(), "{:#?}", p.frontends.keys().collect::<Vec<_>>());
+    assert_eq!(p.frontends6.len(), 4, "{:#?}", p.frontends6.keys().collect::<Vec<_>>());
+    assert!(p.frontends6.contains_key(&fa6("[fd00:50::1]:30080", Protocol::Tcp)));
+    assert!(p.frontends6.contains_key(&fa6("[fd00:60::5]:53", Protocol::Udp)));
     assert_eq!(
         p.problems.iter().map(String::as_str).collect::<Vec<_>>(),
         [
             "Service demo/web: LoadBalancer IP 192.168.60.10 is not served: the Service has no IPv4 ClusterIP",
             "Service demo/web: external IP 192.168.60.5 is not served: the Service has no IPv4 ClusterIP",
-            "Service demo/web: external IP fd00:60::5 is not served: IPv6 north-south is not supported yet",
-            "Service demo/web: nodePort 30053 is not served: the Service has no IPv4 ClusterIP",
-            "Service demo/web: nodePort 30080 is not served: the Service has no IPv4 ClusterIP",
         ]
     );
+}
+
+#[test]
+fn ipv6_nodeport_addresses_follow_the_interfaces_and_the_filter() {
+    let a = |s: &str| s.parse::<Ipv6Addr>().unwrap();
+    let addrs = [("ext0".to_string(), a("fd00:50::1")), ("eth9".to_string(), a("fd00:99::1")), ("ext0".to_string(), a("2001:db8::1"))];
+    let ifaces = ["ext0".to_string()];
+    assert_eq!(nodeport_addresses6(&[], &ifaces, &addrs), [a("fd00:50::1"), a("2001:db8::1")]);
+    let f = |v: &[&str]| v.iter().map(|s| s.parse::<NodePortAddress>().unwrap()).collect::<Vec<_>>();
+    assert_eq!(nodeport_addresses6(&f(&["fd00::/16"]), &ifaces, &addrs), [a("fd00:50::1"), a("fd00:99::1")]);
+    assert!(nodeport_addresses6(&f(&["10.0.0.0/8", "primary"]), &ifaces, &addrs).is_empty());
 }
 
 #[test]

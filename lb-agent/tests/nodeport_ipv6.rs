@@ -1,0 +1,159 @@
+//! IPv6 north-south traffic through the real datapath: an agent with XDP
+//! (generic, as on any veth node) on the external interface of a
+//! dual-stack lab node, an external IPv6 client on the shared segment,
+//! real sockets. The Service is a dual-stack manifest in the agent's
+//! directory; the agent finds the node's IPv6 address on the interface.
+
+mod common;
+
+use std::{
+    io::{Read, Write},
+    net::{SocketAddr, SocketAddrV6, TcpListener},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::Duration,
+};
+
+use common::{Agent, ManifestDir, PinDir, kernel_tests_enabled};
+use lb_common::stat;
+use lb_lab::{CLIENT_IP6, ClusterLab, Netns, cluster_pod_ip, cluster_pod_ip6, node_ip6, tcp_request_to, tcp_server_at};
+
+const TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A TCP server that answers every connection with the peer's address.
+struct WhoAmI(Arc<AtomicBool>);
+
+impl WhoAmI {
+    fn start(ns: &Netns, addr: SocketAddr) -> WhoAmI {
+        let stop = Arc::new(AtomicBool::new(false));
+        let listener = ns.run(move || TcpListener::bind(addr).unwrap());
+        listener.set_nonblocking(true).unwrap();
+        let s = stop.clone();
+        std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((mut conn, peer)) => {
+                        let _ = conn.set_nonblocking(false);
+                        let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+                        let mut buf = [0u8; 64];
+                        let _ = conn.read(&mut buf);
+                        let _ = conn.write_all(format!("{peer}\n").as_bytes());
+                        let _ = conn.shutdown(std::net::Shutdown::Write);
+                        while matches!(conn.read(&mut buf), Ok(n) if n > 0) {}
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        WhoAmI(stop)
+    }
+}
+
+impl Drop for WhoAmI {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// A dual-stack NodePort Service `web` (ports 80 -> 8080, NodePort 30080,
+/// and 90 -> 9000, NodePort 30090) with one endpoint, web-a on node-a,
+/// with the given `externalTrafficPolicy`.
+fn manifest(policy: &str) -> String {
+    let (ip4, ip6) = (cluster_pod_ip(0, 0), cluster_pod_ip6(0, 0));
+    let slice = |family: &str, ip: String| {
+        format!(
+            r#"---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: web-{family}, namespace: test, labels: {{kubernetes.io/service-name: web}}}}
+addressType: {family}
+ports:
+- {{name: http, port: 8080, protocol: TCP}}
+- {{name: who, port: 9000, protocol: TCP}}
+endpoints:
+- addresses: ["{ip}"]
+  nodeName: node-a
+  conditions: {{ready: true}}
+"#
+        )
+    };
+    format!(
+        r#"apiVersion: v1
+kind: Service
+metadata: {{name: web, namespace: test}}
+spec:
+  type: NodePort
+  externalTrafficPolicy: {policy}
+  clusterIP: 10.96.0.10
+  clusterIPs: [10.96.0.10, "fd00:96::a"]
+  ipFamilies: [IPv4, IPv6]
+  ipFamilyPolicy: RequireDualStack
+  ports:
+  - {{name: http, port: 80, protocol: TCP, nodePort: 30080}}
+  - {{name: who, port: 90, protocol: TCP, nodePort: 30090}}
+{}{}"#,
+        slice("IPv4", ip4.to_string()),
+        slice("IPv6", ip6.to_string())
+    )
+}
+
+fn ipv6_nodeport(policy: &str, tag: &str) {
+    let lab = ClusterLab::new(&[&["web-a"]]).unwrap();
+    lab.enable_ipv6().unwrap();
+    let web = lab.node(0).pod("web-a");
+    let be6 = cluster_pod_ip6(0, 0);
+    let _server = tcp_server_at(&web.ns, SocketAddrV6::new(be6, 8080, 0, 0).into(), "web-a").unwrap();
+    let _who = WhoAmI::start(&web.ns, SocketAddrV6::new(be6, 9000, 0, 0).into());
+    let dir = ManifestDir::new(tag);
+    dir.write("svc.yaml", &manifest(policy));
+    let node = lab.node(0);
+    let args = ["--external-ifaces", lb_lab::EXT_IF, "--node-name", &node.name, "--health-addr", "off", "--xdp-mode", "generic"];
+    let agent = Agent::start_with(&node.ns, &dir.0, PinDir::new(tag), &args);
+    // Loading (the verifier) can take a while on a busy machine.
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while !agent.log_text().contains("datapath loaded") {
+        assert!(std::time::Instant::now() < deadline, "the agent's datapath did not load:\n{}", agent.log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let np = format!("[{}]:30080/TCP", node_ip6(0));
+    agent.wait_rows(&format!("{np} with its backend"), |rows| rows.iter().any(|r| r.frontend == np && r.backends.len() == 1));
+
+    // An external IPv6 client to the node's IPv6 NodePort: a local backend
+    // answers (DNAT in XDP, the reply translated back in tc).
+    let to = SocketAddr::new(node_ip6(0).into(), 30080);
+    for i in 0..5 {
+        let answer = tcp_request_to(&lab.client, to, b"hello\n", TIMEOUT)
+            .unwrap_or_else(|e| panic!("request {i} to {to}: {e:#}\n{}", agent.log_text()));
+        assert_eq!(answer, "web-a");
+    }
+    // The backend sees the client's own IPv6 address (no SNAT).
+    let who = SocketAddr::new(node_ip6(0).into(), 30090);
+    let peer = tcp_request_to(&lab.client, who, b"who\n", TIMEOUT).unwrap_or_else(|e| panic!("{who}: {e:#}\n{}", agent.log_text()));
+    let peer: SocketAddr = peer.trim().parse().unwrap_or_else(|e| panic!("{peer:?}: {e}"));
+    assert_eq!(peer.ip(), std::net::IpAddr::V6(CLIENT_IP6), "the backend saw {peer}, not the client");
+
+    // Translated by lb's XDP program (not by the kernel): IPv6 flows in
+    // the conntrack, and no tail call failed.
+    let maps = agent.maps();
+    let flows = maps.v6.ct_tcp.entries().unwrap();
+    assert!(flows.len() >= 2 * 6, "IPv6 TCP conntrack: {}", flows.len());
+    assert_eq!(maps.stat(stat::TAIL_CALL_FAILED).unwrap(), 0);
+}
+
+#[test]
+fn an_external_ipv6_client_reaches_a_local_backend_through_the_nodes_ipv6_nodeport() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    ipv6_nodeport("Cluster", "np6-cluster");
+}
+
+#[test]
+fn local_policy_over_ipv6_keeps_the_client_address() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    ipv6_nodeport("Local", "np6-local");
+}
