@@ -47,8 +47,7 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use lb_common::{
-    CT_REPLY, CT_SERVICE, Config, CtEntry, IPPROTO_ICMP, NodeConfig, Service4Value, SrcRange4, V4, V6, Vip4, backend_flags,
-    ct_entry_flags,
+    CT_REPLY, CT_SERVICE, Config, CtEntry, IPPROTO_ICMP, NodeConfig, Service4Value, SrcRange4, V4, V6, Vip4, backend_flags, ct_entry_flags,
     packet::{ETH_HLEN, ETH_P_IPV6, Fragment, IPV4_HLEN, eth, icmp, ip},
     stat, svc_flags, vip_flags, xdp_call, xdp_mode,
 };
