@@ -121,6 +121,10 @@ pub mod layout {
 
     /// `LB_LAYOUT` keys: the map name, NUL-padded.
     pub const KEY_LEN: usize = 16;
+    /// `LB_LAYOUT`'s capacity: one entry per pinned map, with room to
+    /// grow (34 maps filled the 32 it had: the agent failed at start).
+    pub const ENTRIES: u32 = 64;
+    const _: () = assert!(names::ALL.len() <= ENTRIES as usize, "LB_LAYOUT holds an entry for every map");
 
     /// Layout versions, per map (declared in `map_set!`). 1: the first
     /// layout (key and value sizes checked, no `LB_LAYOUT`); 2: array

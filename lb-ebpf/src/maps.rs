@@ -110,7 +110,7 @@ pub static LB_FE_STATS: PerCpuArray<FrontendStats, { sizes::SERVICES as usize }>
 /// Layout version of each pinned map, by name (written and read by the
 /// agent only; see `lb_common::layout`).
 #[btf_map]
-pub static LB_LAYOUT: HashMap<[u8; layout::KEY_LEN], u32, 32> = HashMap::new();
+pub static LB_LAYOUT: HashMap<[u8; layout::KEY_LEN], u32, { layout::ENTRIES as usize }> = HashMap::new();
 
 // ---- IPv6 (see `lb_common::maps6`): the maps that name an address ----------
 
