@@ -201,8 +201,10 @@ pub fn default_route_interfaces() -> std::io::Result<Vec<String>> {
     Ok(out)
 }
 
-/// (interface, IPv4 address) of every address in this network namespace.
-pub fn interface_addresses() -> std::io::Result<Vec<(String, std::net::Ipv4Addr)>> {
+/// (interface, address) of every IPv4 and IPv6 address in this network
+/// namespace, in the kernel's order (one `getifaddrs` walk for both
+/// families).
+fn interface_ips() -> std::io::Result<Vec<(String, std::net::IpAddr)>> {
     let mut out = Vec::new();
     let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
     // SAFETY: getifaddrs fills `list`, freed below with freeifaddrs.
@@ -213,50 +215,48 @@ pub fn interface_addresses() -> std::io::Result<Vec<(String, std::net::Ipv4Addr)
     while !cur.is_null() {
         // SAFETY: a valid element of the list.
         let ifa = unsafe { &*cur };
-        if !ifa.ifa_addr.is_null() && unsafe { (*ifa.ifa_addr).sa_family } as i32 == libc::AF_INET {
-            // SAFETY: AF_INET addresses are sockaddr_in.
-            let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
-            let ip = std::net::Ipv4Addr::from(sin.sin_addr.s_addr.to_ne_bytes());
-            // SAFETY: a NUL-terminated name.
-            let name = unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) }.to_string_lossy().into_owned();
-            out.push((name, ip));
-        }
         cur = ifa.ifa_next;
+        if ifa.ifa_addr.is_null() {
+            continue;
+        }
+        // SAFETY: a non-null address of the element.
+        let ip: std::net::IpAddr = match unsafe { (*ifa.ifa_addr).sa_family } as i32 {
+            // SAFETY: AF_INET addresses are sockaddr_in.
+            libc::AF_INET => unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) }.sin_addr.s_addr.to_ne_bytes().into(),
+            // SAFETY: AF_INET6 addresses are sockaddr_in6.
+            libc::AF_INET6 => unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in6) }.sin6_addr.s6_addr.into(),
+            _ => continue,
+        };
+        // SAFETY: a NUL-terminated name.
+        let name = unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) }.to_string_lossy().into_owned();
+        out.push((name, ip));
     }
     // SAFETY: the list from getifaddrs.
     unsafe { libc::freeifaddrs(list) };
     Ok(out)
 }
 
+/// (interface, IPv4 address) of every address in this network namespace.
+pub fn interface_addresses() -> std::io::Result<Vec<(String, std::net::Ipv4Addr)>> {
+    Ok(interface_ips()?
+        .into_iter()
+        .filter_map(|(name, ip)| match ip {
+            std::net::IpAddr::V4(ip) => Some((name, ip)),
+            std::net::IpAddr::V6(_) => None,
+        })
+        .collect())
+}
+
 /// The global IPv6 addresses of every interface (interface, address), in
 /// the kernel's order: link-local and loopback ones never serve NodePorts.
 pub fn interface_addresses6() -> std::io::Result<Vec<(String, std::net::Ipv6Addr)>> {
-    let mut out = Vec::new();
-    let mut list: *mut libc::ifaddrs = std::ptr::null_mut();
-    // SAFETY: getifaddrs fills `list`, freed below with freeifaddrs.
-    if unsafe { libc::getifaddrs(&mut list) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    let mut cur = list;
-    while !cur.is_null() {
-        // SAFETY: a valid element of the list.
-        let ifa = unsafe { &*cur };
-        // SAFETY: a non-null address of the element.
-        if !ifa.ifa_addr.is_null() && unsafe { (*ifa.ifa_addr).sa_family } as i32 == libc::AF_INET6 {
-            // SAFETY: AF_INET6 addresses are sockaddr_in6.
-            let sin6 = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in6) };
-            let ip = std::net::Ipv6Addr::from(sin6.sin6_addr.s6_addr);
-            if !ip.is_loopback() && !ip.is_unicast_link_local() && !ip.is_multicast() {
-                // SAFETY: a NUL-terminated name.
-                let name = unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) }.to_string_lossy().into_owned();
-                out.push((name, ip));
-            }
-        }
-        cur = ifa.ifa_next;
-    }
-    // SAFETY: the list from getifaddrs.
-    unsafe { libc::freeifaddrs(list) };
-    Ok(out)
+    Ok(interface_ips()?
+        .into_iter()
+        .filter_map(|(name, ip)| match ip {
+            std::net::IpAddr::V6(ip) if !ip.is_loopback() && !ip.is_unicast_link_local() && !ip.is_multicast() => Some((name, ip)),
+            _ => None,
+        })
+        .collect())
 }
 
 /// Turns accept_local on for `name` unless it is on already (for the
