@@ -9,12 +9,8 @@ use std::{
     collections::BTreeMap,
     fs::File,
     io::{Read, Write},
-    net::{Ipv4Addr, SocketAddrV4, TcpListener, TcpStream},
+    net::{Ipv4Addr, SocketAddrV4, TcpStream},
     os::fd::{AsFd, AsRawFd},
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
     time::Duration,
 };
 
@@ -22,7 +18,7 @@ use aya::{
     Ebpf,
     programs::{Xdp, XdpMode},
 };
-use common::{Agent, ManifestDir, PinDir, kernel_tests_enabled};
+use common::{Agent, ManifestDir, PinDir, WhoAmI, kernel_tests_enabled};
 use lb_agent::{datapath::XDP_PASS_PROGRAM, list, maps::Maps};
 use lb_lab::{CLIENT_IP, ClusterLab, Netns, Server, node_ip, tcp_request, tcp_request_with, tcp_server, udp_echo, udp_request};
 
@@ -224,43 +220,6 @@ fn external_ip_and_load_balancer_ip_reach_backends_on_both_nodes() {
         let (reply, peer) = udp_request(&c.lab.client, at(vip, 53), "q").unwrap_or_else(|e| panic!("{vip} UDP: {e:#}"));
         assert!(reply.starts_with("web-"), "{reply}");
         assert_eq!(peer, std::net::SocketAddr::V4(at(vip, 53)));
-    }
-}
-
-/// A TCP server that answers every connection with the peer's address.
-struct WhoAmI(Arc<AtomicBool>);
-
-impl WhoAmI {
-    fn start(ns: &Netns, addr: SocketAddrV4) -> WhoAmI {
-        let stop = Arc::new(AtomicBool::new(false));
-        let listener = ns.run(move || TcpListener::bind(addr).unwrap());
-        listener.set_nonblocking(true).unwrap();
-        let s = stop.clone();
-        std::thread::spawn(move || {
-            while !s.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((mut conn, peer)) => {
-                        // Read the request, answer, then close cleanly (unread
-                        // data would turn the close into a reset).
-                        let _ = conn.set_nonblocking(false);
-                        let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
-                        let mut buf = [0u8; 64];
-                        let _ = conn.read(&mut buf);
-                        let _ = conn.write_all(format!("{peer}\n").as_bytes());
-                        let _ = conn.shutdown(std::net::Shutdown::Write);
-                        while matches!(conn.read(&mut buf), Ok(n) if n > 0) {}
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
-                }
-            }
-        });
-        WhoAmI(stop)
-    }
-}
-
-impl Drop for WhoAmI {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
     }
 }
 

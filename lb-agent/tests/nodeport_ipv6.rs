@@ -7,55 +7,15 @@
 mod common;
 
 use std::{
-    io::{Read, Write},
-    net::{SocketAddr, SocketAddrV6, TcpListener},
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
+    net::{SocketAddr, SocketAddrV6},
     time::Duration,
 };
 
-use common::{Agent, ManifestDir, PinDir, kernel_tests_enabled};
+use common::{Agent, ManifestDir, PinDir, WhoAmI, kernel_tests_enabled};
 use lb_common::stat;
-use lb_lab::{CLIENT_IP6, ClusterLab, Netns, cluster_pod_ip, cluster_pod_ip6, node_ip6, tcp_request_to, tcp_server_at};
+use lb_lab::{CLIENT_IP6, ClusterLab, cluster_pod_ip, cluster_pod_ip6, node_ip6, tcp_request_to, tcp_server_at};
 
 const TIMEOUT: Duration = Duration::from_secs(2);
-
-/// A TCP server that answers every connection with the peer's address.
-struct WhoAmI(Arc<AtomicBool>);
-
-impl WhoAmI {
-    fn start(ns: &Netns, addr: SocketAddr) -> WhoAmI {
-        let stop = Arc::new(AtomicBool::new(false));
-        let listener = ns.run(move || TcpListener::bind(addr).unwrap());
-        listener.set_nonblocking(true).unwrap();
-        let s = stop.clone();
-        std::thread::spawn(move || {
-            while !s.load(Ordering::Relaxed) {
-                match listener.accept() {
-                    Ok((mut conn, peer)) => {
-                        let _ = conn.set_nonblocking(false);
-                        let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
-                        let mut buf = [0u8; 64];
-                        let _ = conn.read(&mut buf);
-                        let _ = conn.write_all(format!("{peer}\n").as_bytes());
-                        let _ = conn.shutdown(std::net::Shutdown::Write);
-                        while matches!(conn.read(&mut buf), Ok(n) if n > 0) {}
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
-                }
-            }
-        });
-        WhoAmI(stop)
-    }
-}
-
-impl Drop for WhoAmI {
-    fn drop(&mut self) {
-        self.0.store(true, Ordering::Relaxed);
-    }
-}
 
 /// A dual-stack NodePort Service `web` (ports 80 -> 8080, NodePort 30080,
 /// and 90 -> 9000, NodePort 30090) with one endpoint, web-a on node-a,
@@ -105,7 +65,7 @@ fn ipv6_nodeport(policy: &str, tag: &str) {
     let web = lab.node(0).pod("web-a");
     let be6 = cluster_pod_ip6(0, 0);
     let _server = tcp_server_at(&web.ns, SocketAddrV6::new(be6, 8080, 0, 0).into(), "web-a").unwrap();
-    let _who = WhoAmI::start(&web.ns, SocketAddrV6::new(be6, 9000, 0, 0).into());
+    let _who = WhoAmI::start(&web.ns, SocketAddrV6::new(be6, 9000, 0, 0));
     let dir = ManifestDir::new(tag);
     dir.write("svc.yaml", &manifest(policy));
     let node = lab.node(0);

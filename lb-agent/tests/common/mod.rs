@@ -633,3 +633,42 @@ pub fn wipe_filter(filter: &mut lb_agent::maps::Named<aya::maps::Array<aya::maps
         }
     }
 }
+
+/// A TCP server that answers every connection with the peer's address.
+pub struct WhoAmI(Arc<AtomicBool>);
+
+impl WhoAmI {
+    pub fn start(ns: &Netns, addr: impl Into<std::net::SocketAddr>) -> WhoAmI {
+        let addr = addr.into();
+        let stop = Arc::new(AtomicBool::new(false));
+        let listener = ns.run(move || std::net::TcpListener::bind(addr).unwrap());
+        listener.set_nonblocking(true).unwrap();
+        let s = stop.clone();
+        std::thread::spawn(move || {
+            use std::io::{Read, Write};
+            while !s.load(Ordering::Relaxed) {
+                match listener.accept() {
+                    Ok((mut conn, peer)) => {
+                        // Read the request, answer, then close cleanly (unread
+                        // data would turn the close into a reset).
+                        let _ = conn.set_nonblocking(false);
+                        let _ = conn.set_read_timeout(Some(Duration::from_secs(2)));
+                        let mut buf = [0u8; 64];
+                        let _ = conn.read(&mut buf);
+                        let _ = conn.write_all(format!("{peer}\n").as_bytes());
+                        let _ = conn.shutdown(std::net::Shutdown::Write);
+                        while matches!(conn.read(&mut buf), Ok(n) if n > 0) {}
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        WhoAmI(stop)
+    }
+}
+
+impl Drop for WhoAmI {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
