@@ -425,8 +425,18 @@ fn fabricate_older_layout(pins: &Path) {
         .output()
         .unwrap();
     assert!(out.status.success(), "bpftool map create: {}", String::from_utf8_lossy(&out.stderr));
-    // And an agent from before layouts recorded none.
-    std::fs::remove_file(pins.join(lb_common::names::LAYOUT)).unwrap();
+    // And its LB_LAYOUT recorded none of the versions, in 32 entries: too
+    // few for this build's maps (an agent reusing it failed at start).
+    let layout = pins.join(lb_common::names::LAYOUT);
+    std::fs::remove_file(&layout).unwrap();
+    let key = lb_common::layout::KEY_LEN.to_string();
+    let out = Command::new("bpftool")
+        .args(["map", "create"])
+        .arg(&layout)
+        .args(["type", "hash", "key", &key, "value", "4", "entries", "32", "name", "LB_LAYOUT"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "bpftool map create: {}", String::from_utf8_lossy(&out.stderr));
 }
 
 #[test]
