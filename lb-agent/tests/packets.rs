@@ -444,6 +444,41 @@ fn two_flows_from_one_client_port_to_one_backend_keep_apart() {
 }
 
 #[test]
+fn a_direct_connection_on_an_ended_service_flows_tuple_is_left_alone() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let mut l = Loaded::new("direct", [frontend("10.96.0.52:80", Protocol::Tcp, &["10.244.0.12:8080"])].into_iter().collect());
+    let vip = sa("10.96.0.52:80");
+    let be = sa("10.244.0.12:8080");
+    // A Service flow from client port 40001 runs and closes.
+    let client = sa("10.244.0.11:40001");
+    let open_and_talk = |l: &mut Loaded, client: SocketAddrV4| {
+        assert_eq!(l.run(&testrun::tcp(client, vip, "S", 1, b"")).packet, testrun::tcp(client, be, "S", 1, b""));
+        assert_eq!(l.run_egress(&testrun::tcp(be, client, "SA", 100, b"")).packet, testrun::tcp(vip, client, "SA", 100, b""));
+        l.run(&testrun::tcp(client, vip, "A", 2, b""));
+    };
+    open_and_talk(&mut l, client);
+    l.run(&testrun::tcp(client, vip, "FA", 2, b""));
+    l.run_egress(&testrun::tcp(be, client, "FA", 101, b""));
+    l.run(&testrun::tcp(client, vip, "A", 3, b""));
+    // The client reuses the port, straight to the backend: its SYN and the
+    // backend's answer pass untouched (the answer was rewritten to come
+    // from the VIP, and the client dropped it).
+    let out = l.run(&testrun::tcp(client, be, "S", 500, b""));
+    assert_eq!((out.verdict, hex(&out.packet)), (TC_ACT_UNSPEC, hex(&testrun::tcp(client, be, "S", 500, b""))));
+    let out = l.run_egress(&testrun::tcp(be, client, "SA", 900, b""));
+    assert_eq!(hex(&out.packet), hex(&testrun::tcp(be, client, "SA", 900, b"")), "the direct connection's SYN-ACK");
+    // A live Service flow keeps its replies: a direct SYN on its tuple
+    // does not take them away.
+    let live = sa("10.244.0.11:40002");
+    open_and_talk(&mut l, live);
+    l.run(&testrun::tcp(live, be, "S", 700, b""));
+    let out = l.run_egress(&testrun::tcp(be, live, "A", 101, b"y"));
+    assert_eq!(hex(&out.packet), hex(&testrun::tcp(vip, live, "A", 101, b"y")), "the live flow's reply");
+}
+
+#[test]
 fn rejects_are_rate_limited_per_client() {
     if !kernel_tests_enabled() {
         return;

@@ -144,6 +144,27 @@ pub fn reply<F: FamilyMaps>(f: &Flow<F>) -> Option<(Ct<F>, u64)> {
     Some((load(e), now))
 }
 
+/// A pod's bare SYN to an address that is no frontend opens a direct
+/// connection, whose replies must pass untouched. If a translated flow
+/// that has ended (closed, or timed out) left its reply entry on the same
+/// tuple (the client reused its source port, towards the backend itself
+/// this time), that entry is dropped here: kept, it would translate the
+/// new connection's replies to the old frontend, and the client would drop
+/// them. A live flow's entry stays (the two connections really clash; the
+/// backend's own TCP cannot tell them apart either).
+#[inline(always)]
+pub fn forget_ended_reply<F: FamilyMaps>(cfg: &Config, f: &Flow<F>) {
+    let key = CtKey::<F>::new(f.daddr, f.saddr, f.dport, f.sport, f.proto, CT_REPLY);
+    let Some(e) = get::<F>(&key) else {
+        return;
+    };
+    let old = load(e);
+    let st = ct::entry_state(f.proto, CT_REPLY, &old);
+    if st == ct::State::TcpClosing || ct::expired(&cfg.timeouts, st, old.last_seen, now_ns()) {
+        remove::<F>(&key);
+    }
+}
+
 /// Records a packet of a flow in its entry `e` (at `key`): the time, and
 /// for TCP the flags and highest sequence number, plus the flags its twin
 /// must learn to know the flow's state. A RST outside the flow's window is

@@ -50,7 +50,7 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use lb_common::{
-    CT_SERVICE, Config, IPPROTO_ICMPV6, V4, V6, Vip4, config_flags, ct_entry_flags,
+    CT_SERVICE, Config, IPPROTO_ICMPV6, IPPROTO_TCP, V4, V6, Vip4, config_flags, ct_entry_flags, ct_flags,
     packet::{ETH_HLEN, ETH_P_IPV6, Fragment, ICMP_HLEN, IPV4_HLEN, IPV6_HLEN, TCP_HLEN, eth, ip6, swapped_macs},
     stat, svc_flags, tc_call, vip_flags,
 };
@@ -392,6 +392,9 @@ fn ingress_flow<F: TcFamily>(ctx: &TcContext, cfg: &Config, f: &mut Flow<F>, sta
     }
     // (The exact path follows a first look that passed the pre-filter.)
     if !matches!(stage, Stage::Exact { .. }) && !F::may_be_frontend(f.daddr) {
+        if f.proto == IPPROTO_TCP && f.has_l4() && f.tcp_flags & (ct_flags::SYN | ct_flags::ACK) == ct_flags::SYN {
+            ct::forget_ended_reply(cfg, f);
+        }
         return F::deliver_reply(ctx, cfg, f);
     }
     let first = match stage {
