@@ -136,6 +136,21 @@ impl Lab {
         &self.lab.pod("client").ns
     }
 
+    /// The host routing mode `lb-agent status` reports.
+    fn status_host_routing(&self) -> String {
+        let out = self
+            .lab
+            .node
+            .command(env!("CARGO_BIN_EXE_lb-agent"))
+            .args(["status", "-o", "json", "--bpffs"])
+            .arg(&self.agent.pins.0)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "lb-agent status: {}", String::from_utf8_lossy(&out.stderr));
+        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+        v["host_routing"].as_str().unwrap_or_default().to_string()
+    }
+
     fn redirected(&self) -> u64 {
         self.agent.maps().stat(stat::REDIRECTED_PEER).unwrap()
     }
@@ -177,6 +192,7 @@ fn bpf_host_routing_delivers_clusterip_traffic_past_the_host_stack() {
         return;
     }
     let lab = Lab::start("bpf");
+    assert_eq!(lab.status_host_routing(), "bpf");
     let (client, web) = (lab.lab.pod("client").ip, lab.lab.pod("web").ip);
     let counters = ForwardCounters::install(&lab.lab.node, client, web);
     // The node learns both pods' MACs (the first packets may take the
@@ -198,6 +214,7 @@ fn legacy_host_routing_goes_through_the_host_stack() {
         return;
     }
     let lab = Lab::start("legacy");
+    assert_eq!(lab.status_host_routing(), "legacy");
     let (client, web) = (lab.lab.pod("client").ip, lab.lab.pod("web").ip);
     let counters = ForwardCounters::install(&lab.lab.node, client, web);
     lab.requests(10);

@@ -40,6 +40,10 @@ pub struct Status {
     /// Whether an agent wrote the datapath's configuration (the maps are
     /// live).
     pub ready: bool,
+    /// How translated packets reach local pods: `bpf` (BPF host routing,
+    /// `--host-routing bpf`) or `legacy` (the host stack); empty before an
+    /// agent wrote the datapath's configuration.
+    pub host_routing: &'static str,
     pub attachments: Vec<Attachment>,
     pub maps: Vec<MapInfo>,
     /// Maps of this version that are not pinned (an older agent's
@@ -90,12 +94,27 @@ pub fn read(bpffs: &Path) -> anyhow::Result<Status> {
             Err(_) => missing_maps.push(name),
         }
     }
-    let ready = crate::maps::Maps::open(bpffs).ok().and_then(|m| m.read_config().ok()).is_some_and(|c| c.flags & config_flags::READY != 0);
-    Ok(Status { version: env!("CARGO_PKG_VERSION"), bpffs: bpffs.display().to_string(), ready, attachments, maps, missing_maps })
+    let flags = crate::maps::Maps::open(bpffs).ok().and_then(|m| m.read_config().ok()).map_or(0, |c| c.flags);
+    let ready = flags & config_flags::READY != 0;
+    let host_routing = match (ready, flags & config_flags::HOST_ROUTING_BPF != 0) {
+        (false, _) => "",
+        (true, true) => "bpf",
+        (true, false) => "legacy",
+    };
+    Ok(Status {
+        version: env!("CARGO_PKG_VERSION"),
+        bpffs: bpffs.display().to_string(),
+        ready,
+        host_routing,
+        attachments,
+        maps,
+        missing_maps,
+    })
 }
 
 pub fn render(s: &Status) -> String {
-    let mut out = format!("lb-agent {} (maps under {}; datapath {})\n\n", s.version, s.bpffs, if s.ready { "ready" } else { "not ready" });
+    let datapath = if s.ready { format!("ready, host routing {}", s.host_routing) } else { "not ready".to_string() };
+    let mut out = format!("lb-agent {} (maps under {}; datapath {datapath})\n\n", s.version, s.bpffs);
     let mut t = vec![["ATTACHED", "TARGET", "MODE", "LINK ID", "PROGRAM ID"].map(String::from).to_vec()];
     for a in &s.attachments {
         t.push(vec![a.kind.to_string(), a.target.clone(), a.mode.clone(), a.link_id.to_string(), a.program_id.to_string()]);
