@@ -212,3 +212,31 @@ fn ipv6_cluster_ips_without_endpoints_refuse_and_the_datapath_outlives_its_agent
     assert_refused(&lab, "with the agent restarted");
     assert_eq!(agent.maps().stat(stat::TAIL_CALL_FAILED).unwrap(), 0, "no IPv6 packet missed its program");
 }
+
+/// A pod reaching itself through its own IPv6 ClusterIP (the only
+/// endpoint): the connection comes back to it from the hairpin address
+/// (`lb_common::HAIRPIN_ADDR6`), and its answer, sent there through its
+/// default gateway, comes back from the ClusterIP. DNAT alone would have
+/// the pod answer itself over its loopback, from its own address: the
+/// connection would be reset.
+#[test]
+fn a_pod_reaches_itself_through_its_ipv6_cluster_ip() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let (lab, _servers) = lab();
+    let dir = ManifestDir::new("hairpin6");
+    let me = BACKENDS[0];
+    let pods = (&[lab.pod(me).ip][..], &[lab.pod_ip6(me)][..]);
+    dir.write("self.yaml", &dual_stack_yaml("self", ("10.96.0.11", "fd00:96::b"), (80, "TCP", 8080), pods, false));
+    let agent = Agent::start(&lab.node, &dir.0, "hairpin6");
+    wait_for("the agent's datapath", Duration::from_secs(120), || agent.log_text().contains("datapath loaded").then_some(()));
+    agent.wait_rows("both families' frontends", |rows| rows.len() == 2);
+    let to = SocketAddr::new("fd00:96::b".parse::<Ipv6Addr>().unwrap().into(), 80);
+    for i in 0..10 {
+        let tag = tcp_request_to(&lab.pod(me).ns, to, b"hello\n", TIMEOUT)
+            .unwrap_or_else(|e| panic!("TCP request {i}: {e:#}\n{}", agent.log_text()));
+        assert_eq!(tag, me);
+    }
+    assert_eq!(agent.maps().stat(stat::HAIRPIN).unwrap(), 10);
+}

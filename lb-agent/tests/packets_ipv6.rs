@@ -595,3 +595,52 @@ fn a_wiped_pre_filter_lets_flows_pass_until_the_agent_rebuilds_it() {
     assert_eq!(hex(&l.run(&established).packet), hex(&translated), "the flow is served again");
     assert_eq!(l.reconciler.maps_mut().sync_vip_filter().unwrap(), 0, "nothing to fix twice");
 }
+
+/// `p` as sent back out of the interface it came in on (MACs swapped).
+fn bounced(mut p: Vec<u8>) -> Vec<u8> {
+    let macs: [u8; 12] = p[..12].try_into().unwrap();
+    p[..6].copy_from_slice(&macs[6..]);
+    p[6..12].copy_from_slice(&macs[..6]);
+    p
+}
+
+#[test]
+fn a_pod_reaching_itself_through_its_ipv6_service_is_hairpinned() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let mut l = loaded("v6-hairpin");
+    // The backend of fd00:96::a:80 dials that Service.
+    let me = sa6(BE_TCP);
+    let pod = SocketAddrV6::new(*me.ip(), 40000, 0, 0);
+    let vip = sa6(VIP_TCP);
+    let hairpin = SocketAddrV6::new(lb_common::HAIRPIN_ADDR6, 40000, 0, 0);
+    use Hook::FromPod;
+    let steps = [
+        // The SYN comes back to the pod from the hairpin address, without
+        // routing (its own address as the source would be a martian, and
+        // the pod would answer itself over its loopback).
+        Fixture {
+            name: "the pod's SYN to its own Service comes back from the hairpin address",
+            hook: FromPod,
+            input: v6::tcp(pod, vip, "S", 1, b"", none()),
+            expect: Expect::Answer(bounced(v6::tcp(hairpin, me, "S", 1, b"", none()))),
+        },
+        // The pod answers the hairpin address (through its default
+        // gateway): both translations reversed.
+        Fixture {
+            name: "its SYN-ACK to the hairpin address comes back from the Service",
+            hook: FromPod,
+            input: v6::tcp(me, hairpin, "SA", 9, b"", none()),
+            expect: Expect::Answer(bounced(v6::tcp(vip, pod, "SA", 9, b"", none()))),
+        },
+        Fixture {
+            name: "the established hairpin flow follows its entry",
+            hook: FromPod,
+            input: v6::tcp(pod, vip, "A", 2, b"x", none()),
+            expect: Expect::Answer(bounced(v6::tcp(hairpin, me, "A", 2, b"x", none()))),
+        },
+    ];
+    check_all::<Ipv6Addr>(&mut l, &steps);
+    assert_eq!(l.stat(stat::HAIRPIN), 1);
+}

@@ -527,6 +527,19 @@ pub const fn hairpin_addr() -> u32 {
     u32::from_ne_bytes(HAIRPIN_ADDR)
 }
 
+/// The IPv6 address a pod's connection to its own Service comes from:
+/// `100::a9fe:2a01`, in the discard-only prefix `100::/64` (RFC 6666), so
+/// that it is never a real peer and a pod routes it through its default
+/// gateway (its interface), where lb bounces the answer back. A link-local
+/// address, as IPv4's, would be on-link in the pod: it would ask for its
+/// neighbour instead of sending.
+pub const HAIRPIN_ADDR6: core::net::Ipv6Addr = core::net::Ipv6Addr::new(0x100, 0, 0, 0, 0, 0, 0xa9fe, 0x2a01);
+
+/// [`HAIRPIN_ADDR6`] as stored in keys and values.
+pub const fn hairpin_addr6() -> crate::Addr6 {
+    crate::addr6(HAIRPIN_ADDR6)
+}
+
 /// Socket-level reverse NAT for host clients: after connect4/sendmsg4 turned
 /// a frontend into a backend, recvmsg4/getpeername4 turn it back.
 #[repr(C)]

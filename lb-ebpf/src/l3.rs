@@ -135,10 +135,9 @@ impl L3 for V6 {
         affinity_client6(&addr)
     }
 
-    /// Not yet: a pod reaching itself over IPv6 is DNATed only.
     #[inline(always)]
     fn hairpin_addr() -> Option<Addr6> {
-        None
+        Some(lb_common::hairpin_addr6())
     }
 
     /// IPv6 fragments are not parsed as flows: every flow has its ports.

@@ -37,9 +37,9 @@
 //! quoting up to the minimum MTU, rate-limited per client as IPv4's.
 //! ICMPv6 errors about translated flows (Packet Too Big included) are
 //! translated as IPv4's, when ICMPv6 follows the fixed header directly
-//! and the quote has no extension headers. What IPv6 does not have yet:
-//! the hairpin SNAT (a pod reaching itself is DNATed only), and fragments
-//! (passed untouched).
+//! and the quote has no extension headers. A pod reaching itself over
+//! IPv6 is source-NATed to `lb_common::HAIRPIN_ADDR6` and bounced as
+//! IPv4's. What IPv6 does not have yet: fragments (passed untouched).
 
 use core::ops::ControlFlow;
 

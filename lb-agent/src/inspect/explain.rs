@@ -65,9 +65,8 @@ impl Explained for Ipv6Addr {
     fn affinity_client(addr: Addr6) -> u64 {
         affinity_client6(&addr)
     }
-    /// No IPv6 hairpin yet.
-    fn is_hairpin(_: Addr6) -> bool {
-        false
+    fn is_hairpin(addr: Addr6) -> bool {
+        addr == lb_common::hairpin_addr6()
     }
 }
 
