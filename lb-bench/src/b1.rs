@@ -20,7 +20,7 @@
 //!   floor and reported beside it;
 //! - IPv6 ClusterIP: the same two measurements of `lb_tc_ingress` on IPv6
 //!   frames, in the same run, over IPv6 twins of the IPv4 frontends (each
-//!   address mapped into `fd00::/96`, see [`to_v6`]): the ping-pong pair
+//!   address mapped into `fd00:10:<second octet>::/96`, see [`to_v6`]): the ping-pong pair
 //!   and the services (all of them up to `--b1-reconcile-limit` backends,
 //!   else the measured one), programmed by `Reconciler::apply_dual`.
 //!
@@ -208,9 +208,12 @@ fn sizes_for(services: usize, endpoints: usize, new_flows: usize) -> MapSizes {
 }
 
 /// The IPv6 twin of an IPv4 address of the bench: it in the low 32 bits
-/// of `fd00::/96`.
+/// of `fd00:10:<its second octet>::/96`. Services (10.96/12) and pods
+/// (10.244/16) then differ in two of the four words, as a kind cluster's
+/// `fd00:10:96::/112` and `fd00:10:244::/56` do (a rewrite's checksum
+/// update covers every changed word).
 pub fn to_v6(a: Ipv4Addr) -> Ipv6Addr {
-    Ipv6Addr::from((0xfd00u128 << 112) | u32::from(a) as u128)
+    Ipv6Addr::from((0xfd00_0010u128 << 96) | ((a.octets()[1] as u128) << 80) | u32::from(a) as u128)
 }
 
 fn sa6(a: SocketAddrV4) -> SocketAddrV6 {
