@@ -276,7 +276,7 @@ fn icmp6_error(skb: *mut __sk_buff, dir: u8) -> Result<i32, Error> {
     let Some(err) = icmp6_error_at(ctx, ETH_HLEN + IPV6_HLEN) else {
         return Ok(NEXT);
     };
-    if dir == CT_SERVICE && V6::vip(err.daddr).is_none() {
+    if dir == CT_SERVICE && (!V6::may_be_frontend(err.daddr) || V6::vip(err.daddr).is_none()) {
         return Ok(NEXT);
     }
     nat::translate_icmp_error(ctx, &err, dir)?;
@@ -328,8 +328,9 @@ fn try_ingress(ctx: &TcContext) -> Result<i32, Error> {
     pull(ctx, MAX_HEADERS)?;
     match parse(ctx)? {
         Packet::Flow(mut f) => ingress_flow(ctx, &cfg, &mut f, Stage::Whole),
-        // A pod's error about a reply it got from a frontend.
-        Packet::IcmpError(err) if vip(err.daddr).is_some() => translate_icmp_error(ctx, &err, CT_SERVICE),
+        // A pod's error about a reply it got from a frontend (the
+        // pre-filter first: most ICMP errors pods send are about others).
+        Packet::IcmpError(err) if V4::may_be_frontend(err.daddr) && vip(err.daddr).is_some() => translate_icmp_error(ctx, &err, CT_SERVICE),
         _ => Ok(NEXT),
     }
 }

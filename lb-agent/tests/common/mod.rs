@@ -161,10 +161,17 @@ impl Agent {
     }
 
     /// Waits until the listing satisfies `pred`; panics with the agent's
-    /// log otherwise.
+    /// log otherwise. The 15 s count from when the agent has loaded its
+    /// datapath: loading (the verifier) alone can take longer on a busy
+    /// machine, two agents at once (up to 120 s).
     pub fn wait_rows(&self, what: &str, pred: impl Fn(&[list::Row]) -> bool) -> Vec<list::Row> {
-        let deadline = Instant::now() + Duration::from_secs(15);
+        let loading_until = Instant::now() + Duration::from_secs(120);
+        let mut loaded_at = None;
         loop {
+            if loaded_at.is_none() && self.log_text().contains("datapath loaded") {
+                loaded_at = Some(Instant::now());
+            }
+            let deadline = loaded_at.map_or(loading_until, |t| t + Duration::from_secs(15));
             if let Ok(maps) = Maps::open(&self.pins.0)
                 && let Ok(rows) = list::rows(&maps)
             {
