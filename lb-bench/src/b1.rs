@@ -22,7 +22,9 @@
 //!   frames, in the same run, over IPv6 twins of the IPv4 frontends (each
 //!   address mapped into `fd00:10:<second octet>::/96`, see [`to_v6`]): the ping-pong pair
 //!   and the services (all of them up to `--b1-reconcile-limit` backends,
-//!   else the measured one), programmed by `Reconciler::apply_dual`.
+//!   else the measured one), programmed by `Reconciler::apply_dual`; and
+//!   an IPv6 packet from a pod to another pod (no frontend: the tail call
+//!   into `lb_tc_ingress6` and its pre-filter), passed untouched.
 //!
 //! The datapath is loaded by lb-agent's own loader (`Datapath::load`), as
 //! the agent loads it: whatever the loader sets up (program arrays, tail
@@ -98,6 +100,9 @@ pub struct B1Row {
     /// services the maps held.
     pub v6: Option<PathCost>,
     pub v6_services: usize,
+    /// `lb_tc_ingress` on an IPv6 packet from a pod to another pod (the
+    /// tail call into `lb_tc_ingress6`, its pre-filter, passed).
+    pub v6_tc_pass: Option<TcPassCost>,
 }
 
 /// `lb_tc_ingress` on a packet from a pod to another pod's address (no
@@ -438,10 +443,10 @@ pub fn run_one(opts: &B1Options, n: usize) -> Result<B1Row> {
     ensure!(ct_entries >= 2 * k, "expected {} conntrack entries after the new-flow runs, found {ct_entries}", 2 * k);
     let target6 = SocketAddrV6::new(to_v6(svcs.last().map(|s| s.ip).unwrap_or(*PING.ip())), services::SERVICE_PORT, 0, 0);
     let mut k6 = 0;
-    let v6 = measure_v6(opts, &dp, target6, &mut k6).with_context(|| format!("IPv6; datapath counters: {}", counted()))?;
+    let (v6, v6_tc_pass) = measure_v6(opts, &dp, target6, &mut k6).with_context(|| format!("IPv6; datapath counters: {}", counted()))?;
     let ct6_entries = reconciler.maps().v6.ct_tcp.map.keys().count();
     ensure!(ct6_entries >= 2 * k6, "expected {} IPv6 conntrack entries after the new-flow runs, found {ct6_entries}", 2 * k6);
-    Ok(B1Row { services: n, program_time, v6: Some(v6), v6_services: svcs6.len(), ..m.row })
+    Ok(B1Row { services: n, program_time, v6: Some(v6), v6_services: svcs6.len(), v6_tc_pass: Some(v6_tc_pass), ..m.row })
 }
 
 /// What [`measure`] found, and how many new flows it made.
@@ -635,6 +640,7 @@ fn measure(opts: &B1Options, dp: &Datapath, svcs: &[services::Svc], ext0: u32, h
             xdp_pass: pass_cost,
             tc_pass,
             v6: None,
+            v6_tc_pass: None,
             v6_services: 0,
         },
         flows: k,
@@ -644,7 +650,7 @@ fn measure(opts: &B1Options, dp: &Datapath, svcs: &[services::Svc], ext0: u32, h
 /// The tc ClusterIP path over IPv6, measured as the IPv4 one (ping-pong
 /// established flow, repeat = 1 established flow and new flows, the
 /// kernel's figures); counts its new flows in `k`.
-fn measure_v6(opts: &B1Options, dp: &Datapath, target: SocketAddrV6, k: &mut usize) -> Result<PathCost> {
+fn measure_v6(opts: &B1Options, dp: &Datapath, target: SocketAddrV6, k: &mut usize) -> Result<(PathCost, TcPassCost)> {
     let tc: &SchedClassifier = dp.ebpf.program(TC_INGRESS_PROGRAM).unwrap().try_into()?;
     let tc_info = || tc.info();
     let client = sa6(SocketAddrV4::new(Ipv4Addr::new(10, 244, 0, 11), 40000));
@@ -676,13 +682,24 @@ fn measure_v6(opts: &B1Options, dp: &Datapath, target: SocketAddrV6, k: &mut usi
         }
         Ok(())
     })?;
-    Ok(PathCost {
+
+    // Pod to pod (no frontend): passed untouched.
+    let pkt = ack(sa6(OTHER_POD));
+    let first = testrun::run_tc(tc, &pkt)?;
+    ensure!(first.verdict == TC_ACT_UNSPEC && first.packet == pkt, "an IPv6 packet to another pod was not passed untouched by tc");
+    let pod_to_pod_ns = best_of(opts.rounds, || Ok(testrun::time_tc(tc, &pkt, opts.repeat)?.1))?;
+    let pod_to_pod_kernel = kernel_ns(tc_info, || {
+        testrun::time_tc(tc, &pkt, opts.repeat)?;
+        Ok(())
+    })?;
+    let cost = PathCost {
         established_ns,
         established_r1_ns,
         new_flow_ns,
         new_flow_p50_ns,
         kernel: KernelNs { established: kernel_established, new_flow: kernel_new_flow },
-    })
+    };
+    Ok((cost, TcPassCost { pod_to_pod_ns, pod_to_pod_kernel }))
 }
 
 /// `rounds` rounds of `new_flows` runs of `run` from fresh sources: the

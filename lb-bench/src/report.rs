@@ -142,6 +142,17 @@ pub fn b1_table(rows: &[B1Row]) -> String {
             r.tc_pass.pod_to_pod_ns / f,
             r.tc_pass.pod_to_pod_kernel,
         );
+        if let Some(p) = &r.v6_tc_pass {
+            let _ = writeln!(
+                t,
+                "| {} | no frontend, IPv6 (tc `lb_tc_ingress` → `lb_tc_ingress6`, passed): pod to pod | 〃 | {:.1} | {:.1} | {:.1} | – | – | – | – | {:.0} / – |",
+                fmt_count(r.services as f64),
+                r.floor_ns,
+                p.pod_to_pod_ns,
+                p.pod_to_pod_ns / f,
+                p.pod_to_pod_kernel,
+            );
+        }
         if let Some(p) = &r.xdp_pass {
             let rows = [
                 ("no frontend (XDP `lb_xdp`, passed): another address", p.other_addr_ns, p.other_addr_kernel),
