@@ -133,42 +133,30 @@ pub fn b1_table(rows: &[B1Row]) -> String {
                 }
             }
         }
-        let _ = writeln!(
-            t,
-            "| {} | no frontend (tc `lb_tc_ingress`, passed): pod to pod | 〃 | {:.1} | {:.1} | {:.1} | – | – | – | – | {:.0} / – |",
-            fmt_count(r.services as f64),
-            r.floor_ns,
-            r.tc_pass.pod_to_pod_ns,
-            r.tc_pass.pod_to_pod_ns / f,
-            r.tc_pass.pod_to_pod_kernel,
-        );
+        // The packets lb passes untouched.
+        let mut passed =
+            vec![("no frontend (tc `lb_tc_ingress`, passed): pod to pod", r.tc_pass.pod_to_pod_ns, r.tc_pass.pod_to_pod_kernel)];
         if let Some(p) = &r.v6_tc_pass {
-            let _ = writeln!(
-                t,
-                "| {} | no frontend, IPv6 (tc `lb_tc_ingress` → `lb_tc_ingress6`, passed): pod to pod | 〃 | {:.1} | {:.1} | {:.1} | – | – | – | – | {:.0} / – |",
-                fmt_count(r.services as f64),
-                r.floor_ns,
+            passed.push((
+                "no frontend, IPv6 (tc `lb_tc_ingress` → `lb_tc_ingress6`, passed): pod to pod",
                 p.pod_to_pod_ns,
-                p.pod_to_pod_ns / f,
                 p.pod_to_pod_kernel,
-            );
+            ));
         }
         if let Some(p) = &r.xdp_pass {
-            let rows = [
-                ("no frontend (XDP `lb_xdp`, passed): another address", p.other_addr_ns, p.other_addr_kernel),
-                ("no frontend (XDP `lb_xdp`, passed): node address, port 22", p.node_port_ns, p.node_port_kernel),
-            ];
-            for (name, ns, kernel) in rows {
-                let _ = writeln!(
-                    t,
-                    "| {} | {name} | 〃 | {:.1} | {:.1} | {:.1} | – | – | – | – | {:.0} / – |",
-                    fmt_count(r.services as f64),
-                    r.floor_ns,
-                    ns,
-                    ns / f,
-                    kernel,
-                );
-            }
+            passed.push(("no frontend (XDP `lb_xdp`, passed): another address", p.other_addr_ns, p.other_addr_kernel));
+            passed.push(("no frontend (XDP `lb_xdp`, passed): node address, port 22", p.node_port_ns, p.node_port_kernel));
+        }
+        for (name, ns, kernel) in passed {
+            let _ = writeln!(
+                t,
+                "| {} | {name} | 〃 | {:.1} | {:.1} | {:.1} | – | – | – | – | {:.0} / – |",
+                fmt_count(r.services as f64),
+                r.floor_ns,
+                ns,
+                ns / f,
+                kernel,
+            );
         }
     }
     t
