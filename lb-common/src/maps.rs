@@ -107,6 +107,8 @@ map_set! {
     /// parameter block and a flow), off the tc programs' stack. Only the
     /// datapath reads and writes it.
     HR_SCRATCH = "LB_HR_SCRATCH", version 1, sized by Fixed;
+    /// This node's IPv6 SNAT address (`Node6Config`), for NAT66.
+    NODE6 = "LB6_NODE", version 1, sized by Fixed;
     /// The layout version of every other pinned map (see [`layout`]).
     LAYOUT = "LB_LAYOUT", version 1, sized by Fixed;
 }
@@ -873,7 +875,8 @@ pub mod stat {
     /// (`bpf_redirect_peer`), past the host stack.
     pub const REDIRECTED_PEER: u32 = 19;
     /// Passed untranslated: a new IPv6 north-south flow whose backend is
-    /// on another node (no NAT66 yet: DNAT alone would send the backend's
+    /// on another node while this node has no IPv6 SNAT address
+    /// (`LB6_NODE`) to NAT66 it to (DNAT alone would send the backend's
     /// replies straight to the client, from the wrong address).
     pub const PASS_NO_NAT66: u32 = 20;
 
@@ -929,7 +932,7 @@ pub mod stat {
         "passed untouched: a malformed packet (too short, bad header length), left to the kernel",
         "passed untranslated: an IPv6 packet whose tc or XDP program was missing from LB_TC_CALLS / LB_XDP_CALLS (tail call failed)",
         "redirected: a translated packet sent straight into a pod of this node, past the host stack (--host-routing bpf)",
-        "passed untranslated: a new IPv6 north-south flow to a backend on another node (no NAT66 yet)",
+        "passed untranslated: a new IPv6 north-south flow to a backend on another node, and no IPv6 SNAT address on this node",
     ];
 
     /// Whether counter `index` is a packet lb dropped or rejected.
