@@ -92,6 +92,14 @@ fn external_side() -> Netns {
     ns.ip(&["link", "set", "ext1", "up"]).unwrap();
     ns.ip(&["neigh", "replace", "192.168.70.3", "lladdr", &mac(NODE_C_MAC), "dev", "ext1", "nud", "permanent"]).unwrap();
     ns.ip(&["route", "add", "10.244.3.0/24", "via", "192.168.70.3", "dev", "ext1"]).unwrap();
+    // IPv6 on ext0: node A fd00:50::1/64, node B fd00:50::2 and the client
+    // fd00:50::64 its neighbours, node B's pods fd00:244:2::/48 via node B.
+    ns.sysctl("net.ipv6.conf.all.forwarding", "1").unwrap();
+    ns.ip(&["-6", "addr", "add", "fd00:50::1/64", "dev", "ext0", "nodad"]).unwrap();
+    for (ip, m) in [("fd00:50::2", NODE_B_MAC), ("fd00:50::64", CLIENT_MAC)] {
+        ns.ip(&["-6", "neigh", "replace", ip, "lladdr", &mac(m), "dev", "ext0", "nud", "permanent"]).unwrap();
+    }
+    ns.ip(&["-6", "route", "add", "fd00:244:2::/48", "via", "fd00:50::2", "dev", "ext0"]).unwrap();
     ns
 }
 
@@ -934,7 +942,15 @@ const CLIENT6: &str = "[fd00:50::64]:40000";
 ///   [fd00:244:1::12]:8080 on node A;
 /// - LoadBalancer [fd00:60::10]:80 -> [fd00:244:1::11]:8080 on node A.
 fn fixture6(tag: &str) -> Fixture {
+    fixture6_snat(tag, Some(NODE6))
+}
+
+/// [`fixture6`] with `snat6` as node A's IPv6 SNAT address (`LB6_NODE`;
+/// `None`: none).
+fn fixture6_snat(tag: &str, snat6: Option<&str>) -> Fixture {
     let mut fx = Fixture::new(tag, (NAT_PORT, NAT_PORT));
+    let node6 = lb_agent::northsouth::node6_config(snat6.map(|a| a.parse().unwrap()));
+    fx.l.reconciler.maps_mut().write_node6(&node6).unwrap();
     let np = svc_flags::NODE_PORT;
     let d6: Desired<std::net::Ipv6Addr> = [
         front6("[fd00:50::1]:30081", np, "[fd00:244:1::10]:8080", "node-a"),
@@ -1002,10 +1018,76 @@ fn ipv6_traffic_that_is_not_served_passes_untouched() {
         let input = common::v6::tcp(c, sa6(&dst), "S", 1, b"", none());
         expect_unchanged(name, &fx.run(&input), &input);
     }
-    // A backend on another node: no NAT66 yet, so not DNAT alone either.
-    let input = common::v6::tcp(c, sa6(&format!("[{NODE6}]:30080")), "S", 1, b"", none());
+    assert_eq!(fx.l.stat(stat::PASS_NO_NAT66), 0);
+    assert_eq!(fx.l.stat(stat::TAIL_CALL_FAILED), 0);
+}
+
+#[test]
+fn ipv6_to_a_backend_on_another_node_passes_while_the_node_has_no_ipv6_snat_address() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let mut fx = fixture6_snat("xdp-v6-no-snat", None);
+    let none = etherparse::Ipv6Extensions::default;
+    // No address to NAT66 to, and DNAT alone would send the backend's
+    // replies straight to the client: not served here, counted.
+    let input = common::v6::tcp(sa6(CLIENT6), sa6(&format!("[{NODE6}]:30080")), "S", 1, b"", none());
     expect_unchanged("a NodePort whose backend is on another node", &fx.run(&input), &input);
     assert_eq!(fx.l.stat(stat::PASS_NO_NAT66), 1);
+    assert!(fx.l.reconciler.maps().v6.ct_tcp.entries().unwrap().is_empty(), "no flow recorded");
+    // Local backends are served all the same.
+    let input = common::v6::tcp(sa6(CLIENT6), sa6(&format!("[{NODE6}]:30081")), "S", 1, b"", none());
+    assert_eq!(fx.run(&input).verdict, XDP_PASS);
+    assert_eq!(fx.l.reconciler.maps().v6.ct_tcp.entries().unwrap().len(), 2);
+}
+
+fn node6(port: u16) -> std::net::SocketAddrV6 {
+    std::net::SocketAddrV6::new(NODE6.parse().unwrap(), port, 0, 0)
+}
+
+#[test]
+fn ipv6_nodeport_to_a_remote_backend_is_nat66ed_and_forwarded_and_replies_reversed() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let mut fx = fixture6("xdp-v6-remote");
+    let c = sa6(CLIENT6);
+    let np = node6(30080);
+    let be = sa6("[fd00:244:2::10]:8080");
+    let nat = node6(NAT_PORT);
+    let v6 = |name: &str, out: &Outcome, verdict: i32, want: &[u8]| {
+        assert_eq!(out.verdict, verdict, "{name}: verdict");
+        common::v6::assert_checksums_valid(name, &out.packet);
+        assert_eq!(hex(&out.packet), hex(want), "{name}: output packet");
+    };
+
+    // DNAT and SNAT to node A's IPv6 address and a port of the SNAT range,
+    // out of the same interface to node B (the FIB's MACs, hop limit 63).
+    let out = fx.run(&common::v6::tcp_in(IN, c, np, "S", 1000, b""));
+    v6("SYN to the IPv6 NodePort", &out, XDP_TX, &common::v6::tcp_in(TO_B, nat, be, "S", 1000, b""));
+    let out = fx.run(&common::v6::tcp_in(FROM_B, be, nat, "SA", 5000, b""));
+    v6("SYN-ACK back to the client", &out, XDP_TX, &common::v6::tcp_in(TO_CLIENT, np, c, "SA", 5000, b""));
+    let payload = b"GET / HTTP/1.1\r\n\r\n";
+    let out = fx.run(&common::v6::tcp_in(IN, c, np, "PA", 1001, payload));
+    v6("data follows the flow's NAT", &out, XDP_TX, &common::v6::tcp_in(TO_B, nat, be, "PA", 1001, payload));
+    let out = fx.run(&common::v6::tcp_in(FROM_B, be, nat, "PA", 5001, b"200 OK"));
+    v6("the backend's data", &out, XDP_TX, &common::v6::tcp_in(TO_CLIENT, np, c, "PA", 5001, b"200 OK"));
+
+    // One flow, two IPv6 conntrack entries naming each other, as IPv4's.
+    let ct = fx.l.reconciler.maps().v6.ct_tcp.entries().unwrap();
+    assert_eq!(ct.len(), 2, "{ct:#?}");
+    for (k, v) in &ct {
+        assert!(ct.iter().any(|(k2, _)| *k2 == v.twin_key(k)), "twin of {k:?}");
+    }
+    // An expired hop limit is not forwarded.
+    let out = fx.run(&common::v6::tcp_in(Frame { ttl: 1, ..IN }, c, np, "A", 1002, b""));
+    assert_eq!(out.verdict, XDP_DROP, "hop limit 1");
+    assert_eq!(fx.l.stat(stat::DROP_TTL), 1);
+    // A packet to the SNAT address and port that no flow's reply is (from
+    // another port of the backend) is not ours.
+    let stray = common::v6::tcp_in(FROM_B, sa6("[fd00:244:2::10]:9999"), nat, "SA", 1, b"");
+    expect_unchanged("a stray packet to the SNAT address", &fx.run(&stray), &stray);
+    assert_eq!(fx.l.stat(stat::PASS_NO_NAT66), 0);
     assert_eq!(fx.l.stat(stat::TAIL_CALL_FAILED), 0);
 }
 

@@ -95,7 +95,8 @@ map_set! {
     /// The IPv6 XDP program (see [`xdp_call`]), tail-called by `lb_xdp`;
     /// pinned for the same reason as `LB_TC_CALLS` (a program array holds
     /// programs of its owner's type only, so XDP has its own).
-    XDP_CALLS = "LB_XDP_CALLS", version 1, sized by Fixed;
+    /// Version 2: a second slot (`xdp_call::XDP6_NAT`).
+    XDP_CALLS = "LB_XDP_CALLS", version 2, sized by Fixed;
     /// Per-client token buckets for the ICMPv6 errors the datapath sends
     /// (`LB4_REJECT_RATE` for IPv6 clients).
     REJECT_RATE6 = "LB6_REJECT_RATE", version 1, sized by Fixed;
@@ -800,10 +801,13 @@ pub struct RejectRate {
 pub mod xdp_call {
     /// `lb_xdp6`, from `lb_xdp`.
     pub const XDP6: u32 = 0;
+    /// `lb_xdp6_nat`, from `lb_xdp6`: the packets of IPv6 flows SNATed to
+    /// a backend on another node (NAT66), both ways.
+    pub const XDP6_NAT: u32 = 1;
     /// Slots in the map.
-    pub const SLOTS: u32 = 1;
+    pub const SLOTS: u32 = 2;
     /// The program of each slot, by index.
-    pub const PROGRAMS: [&str; SLOTS as usize] = ["lb_xdp6"];
+    pub const PROGRAMS: [&str; SLOTS as usize] = ["lb_xdp6", "lb_xdp6_nat"];
 }
 
 /// Slots of `LB_TC_CALLS`: the tc programs each family's packets are
