@@ -22,7 +22,7 @@ use std::{
 
 use aya::programs::{SchedClassifier, Xdp};
 use common::{Loaded, assert_checksums_valid, hex, kernel_tests_enabled, sa};
-use etherparse::{Icmpv4Type, NetSlice, SlicedPacket, TransportSlice, icmpv4::DestUnreachableHeader};
+use etherparse::{Icmpv4Type, Icmpv6Type, NetSlice, SlicedPacket, TransportSlice, icmpv4::DestUnreachableHeader};
 use lb_agent::{
     datapath::{TC_EGRESS_PROGRAM, XDP_PASS_PROGRAM, XDP_PROGRAM},
     model::{Backend, BackendAddr, Cidr, Desired, Frontend, FrontendAddr, Protocol},
@@ -1041,6 +1041,52 @@ fn ipv6_to_a_backend_on_another_node_passes_while_the_node_has_no_ipv6_snat_addr
     assert_eq!(fx.l.reconciler.maps().v6.ct_tcp.entries().unwrap().len(), 2);
 }
 
+/// The ICMPv6 error of type `t` from `src` to `dst` that node A sends
+/// back about the Ethernet + IPv6 packet `about` (which came from the
+/// client), quoting as much of it as fits in 1280 bytes; built by
+/// etherparse, checksum included.
+fn icmp6_back(src: std::net::Ipv6Addr, dst: std::net::Ipv6Addr, t: Icmpv6Type, about: &[u8]) -> Vec<u8> {
+    let ip = &about[14..];
+    let quote = &ip[..ip.len().min(1280 - 48)];
+    let b = etherparse::PacketBuilder::ethernet2(EXT_MAC, CLIENT_MAC).ipv6(src.octets(), dst.octets(), 64).icmpv6(t);
+    let mut out = Vec::new();
+    b.write(&mut out, quote).unwrap();
+    out
+}
+
+#[test]
+fn ipv6_a_packet_too_big_for_the_path_to_a_remote_backend_gets_packet_too_big() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let mut fx = fixture6("xdp-v6-mtu");
+    // The path to node B's pods has MTU 1300 (a tunnel, say).
+    fx._ns.ip(&["-6", "route", "replace", "fd00:244:2::/48", "via", "fd00:50::2", "dev", "ext0", "mtu", "lock", "1300"]).unwrap();
+    let (c, np) = (sa6(CLIENT6), node6(30080));
+    let big = common::v6::tcp_in(IN, c, np, "A", 1, &[7u8; 1400]);
+    // On a native interface a frame is one packet: answered with Packet
+    // Too Big from the NodePort's address, quoting the start of the packet
+    // as the client sent it.
+    let ext = fx.ext;
+    let device = |mode| lb_common::Device { mode, name: *b"ext0\0\0\0\0\0\0\0\0\0\0\0\0", why: 0 };
+    fx.l.reconciler.maps_mut().devices.insert(&ext, &device(lb_common::xdp_mode::NATIVE)).unwrap();
+    let out = fx.run(&big);
+    assert_eq!(out.verdict, XDP_TX);
+    let want = icmp6_back(*np.ip(), *c.ip(), Icmpv6Type::PacketTooBig { mtu: 1300 }, &big);
+    assert_eq!(out.packet.len(), 14 + 1280, "as much as fits the minimum MTU");
+    assert_eq!(hex(&out.packet), hex(&want), "Packet Too Big");
+    assert_eq!(fx.l.stat(stat::FRAG_NEEDED_SENT), 1);
+    // A small packet of the flow is forwarded all the same.
+    let small = common::v6::tcp_in(IN, c, np, "A", 1, &[7u8; 1000]);
+    assert_eq!(fx.run(&small).verdict, XDP_TX);
+    // In generic mode a long frame may be a GSO super-packet, which the
+    // kernel segments on its way: translated and handed to the kernel.
+    fx.l.reconciler.maps_mut().devices.insert(&ext, &device(lb_common::xdp_mode::GENERIC)).unwrap();
+    let out = fx.run(&big);
+    assert_eq!(out.verdict, XDP_PASS);
+    assert_eq!(&out.packet[14 + 8..14 + 24], &np.ip().octets(), "SNATed");
+}
+
 fn node6(port: u16) -> std::net::SocketAddrV6 {
     std::net::SocketAddrV6::new(NODE6.parse().unwrap(), port, 0, 0)
 }
@@ -1079,9 +1125,13 @@ fn ipv6_nodeport_to_a_remote_backend_is_nat66ed_and_forwarded_and_replies_revers
     for (k, v) in &ct {
         assert!(ct.iter().any(|(k2, _)| *k2 == v.twin_key(k)), "twin of {k:?}");
     }
-    // An expired hop limit is not forwarded.
-    let out = fx.run(&common::v6::tcp_in(Frame { ttl: 1, ..IN }, c, np, "A", 1002, b""));
-    assert_eq!(out.verdict, XDP_DROP, "hop limit 1");
+    // An expired hop limit is not forwarded: ICMPv6 Time Exceeded from
+    // the NodePort's address, quoting the packet as it came.
+    let expiring = common::v6::tcp_in(Frame { ttl: 1, ..IN }, c, np, "A", 1002, b"");
+    let out = fx.run(&expiring);
+    assert_eq!(out.verdict, XDP_TX, "hop limit 1");
+    let exceeded = Icmpv6Type::TimeExceeded(etherparse::icmpv6::TimeExceededCode::HopLimitExceeded);
+    assert_eq!(hex(&out.packet), hex(&icmp6_back(*np.ip(), *c.ip(), exceeded, &expiring)), "Time Exceeded");
     assert_eq!(fx.l.stat(stat::DROP_TTL), 1);
     // A packet to the SNAT address and port that no flow's reply is (from
     // another port of the backend) is not ours.

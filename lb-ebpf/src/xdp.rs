@@ -49,7 +49,7 @@ use aya_log_ebpf::debug;
 use lb_common::{
     Addr6, CT_REPLY, CT_SERVICE, Config, CtEntry, IPPROTO_ICMP, IPPROTO_ICMPV6, NodeConfig, Service4Value, SrcRange4, V4, V6, Vip4,
     backend_flags, ct_entry_flags, node_flags,
-    packet::{ETH_HLEN, ETH_P_IPV6, Fragment, IPV4_HLEN, eth, icmp, ip, ip6},
+    packet::{ETH_HLEN, ETH_P_IPV6, Fragment, IPV4_HLEN, eth, icmp, icmp6, ip, ip6},
     stat, svc_flags, vip_flags, xdp_call, xdp_mode,
 };
 
@@ -236,16 +236,17 @@ impl XdpFamily for V6 {
     fn hop(ctx: &XdpContext, p: &FibParams) -> Result<bool, Error> {
         route::hop6(ctx, p)
     }
-    /// No ICMPv6 Packet Too Big from XDP yet: dropped (the client's
-    /// retransmissions meet the same; see docs/north-south.md).
+    /// ICMPv6 Packet Too Big, sent by `lb_xdp6_nat` itself
+    /// (`icmp::request6`).
     #[inline(always)]
-    fn too_big(_ctx: &XdpContext, _f: &Flow<V6>, _mtu: u16, _now: u64) -> u32 {
-        DROP
+    fn too_big(_ctx: &XdpContext, f: &Flow<V6>, mtu: u16, now: u64) -> u32 {
+        stats::count(stat::FRAG_NEEDED_SENT);
+        icmp_out::request6(&f.saddr, now, icmp6::PACKET_TOO_BIG, 0, mtu)
     }
-    /// No ICMPv6 Time Exceeded from XDP: dropped.
+    /// ICMPv6 Time Exceeded (hop limit exceeded in transit), as above.
     #[inline(always)]
-    fn expired(_ctx: &XdpContext, _f: &Flow<V6>, _now: u64) -> u32 {
-        DROP
+    fn expired(_ctx: &XdpContext, f: &Flow<V6>, now: u64) -> u32 {
+        icmp_out::request6(&f.saddr, now, icmp6::TIME_EXCEEDED, 0, 0)
     }
 }
 
@@ -383,9 +384,24 @@ fn xdp6(ctx: &XdpContext) -> Result<u32, Error> {
 /// forwarded as IPv4's (`forward`). A program of its own because
 /// `lb_xdp6`'s frame has no room left for the FIB lookup's; the cost is
 /// parsing the packet again and one more conntrack lookup.
+///
+/// The ICMPv6 errors of the path (Packet Too Big, Time Exceeded) are made
+/// here, after the path returned (its verdict asks for one:
+/// `icmp::request6`): the path's frame and the error's together would
+/// exceed the verifier's 512 bytes, one after the other they do not.
 #[xdp]
 pub fn lb_xdp6_nat(ctx: XdpContext) -> u32 {
-    match xdp6_nat(&ctx) {
+    let action = xdp6_nat(ctx.ctx);
+    match icmp_out::requested6(action) {
+        Some((icmp_type, code, info)) => icmp_out::xdp_reply6(ctx.ctx, icmp_type, code, info),
+        None => action,
+    }
+}
+
+/// `lb_xdp6_nat`'s path, a function of its own (see there).
+#[inline(never)]
+fn xdp6_nat(ctx: *mut xdp_md) -> u32 {
+    match xdp6_nat_in(&XdpContext::new(ctx)) {
         Ok(action) => action,
         Err(e) => match e.count_drop() {
             None => PASS,
@@ -395,7 +411,7 @@ pub fn lb_xdp6_nat(ctx: XdpContext) -> u32 {
 }
 
 #[inline(always)]
-fn xdp6_nat(ctx: &XdpContext) -> Result<u32, Error> {
+fn xdp6_nat_in(ctx: &XdpContext) -> Result<u32, Error> {
     let Packet::Flow(f) = parse6(ctx)? else {
         return Ok(PASS);
     };
