@@ -1087,6 +1087,60 @@ fn ipv6_a_packet_too_big_for_the_path_to_a_remote_backend_gets_packet_too_big() 
     assert_eq!(&out.packet[14 + 8..14 + 24], &np.ip().octets(), "SNATed");
 }
 
+/// An ICMPv6 error of type `t` in `frame` (its MACs; its TTL as the hop
+/// limit) from `src` to `dst`, quoting the IPv6 packet of the Ethernet
+/// frame `about`; built by etherparse, checksum included.
+fn icmp6_in(frame: Frame, src: std::net::Ipv6Addr, dst: std::net::Ipv6Addr, t: Icmpv6Type, about: &[u8]) -> Vec<u8> {
+    let b = etherparse::PacketBuilder::ethernet2(frame.src_mac, frame.dst_mac).ipv6(src.octets(), dst.octets(), frame.ttl).icmpv6(t);
+    let mut out = Vec::new();
+    b.write(&mut out, &about[14..]).unwrap();
+    out
+}
+
+#[test]
+fn icmpv6_errors_about_nat66_flows_are_translated_both_ways() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let mut fx = fixture6("xdp-v6-icmp");
+    let (c, np, be, nat) = (sa6(CLIENT6), node6(30080), sa6("[fd00:244:2::10]:8080"), node6(NAT_PORT));
+    let syn = common::v6::tcp_in(IN, c, np, "S", 1000, b"");
+    assert_eq!(fx.run(&syn).verdict, XDP_TX);
+    let hop = |f: Frame| Frame { ttl: 63, ..f };
+
+    // A router near the client: Packet Too Big about a reply we sent (from
+    // the NodePort to the client), to the NodePort's address. It goes to
+    // the backend (from node A, as the flow's packets do), about the
+    // packet the backend sent (to node A's SNAT port).
+    let router: std::net::Ipv6Addr = "fd00:50::fe".parse().unwrap();
+    let ptb = Icmpv6Type::PacketTooBig { mtu: 1280 };
+    let reply_as_sent = common::v6::tcp_in(TO_CLIENT, np, c, "A", 5000, b"");
+    let out = fx.run(&icmp6_in(IN, router, *np.ip(), ptb, &reply_as_sent));
+    assert_eq!(out.verdict, XDP_TX, "on to node B");
+    let reply_as_backend_sent = common::v6::tcp_in(hop(FROM_B), be, nat, "A", 5000, b"");
+    let want = icmp6_in(hop(TO_B), *np.ip(), *be.ip(), ptb, &reply_as_backend_sent);
+    assert_eq!(hex(&out.packet), hex(&want), "Packet Too Big to the backend");
+
+    // Node B's destination unreachable about the SYN we SNATed, to the
+    // SNAT address: it goes to the client, about the SYN the client sent.
+    let unreach = Icmpv6Type::DestinationUnreachable(etherparse::icmpv6::DestUnreachableCode::Port);
+    let forwarded = common::v6::tcp_in(TO_B, nat, be, "S", 1000, b"");
+    let out = fx.run(&icmp6_in(FROM_B, *be.ip(), *nat.ip(), unreach, &forwarded));
+    assert_eq!(out.verdict, XDP_TX, "back to the client");
+    let want = icmp6_in(hop(TO_CLIENT), *np.ip(), *c.ip(), unreach, &common::v6::tcp_in(hop(IN), c, np, "S", 1000, b""));
+    assert_eq!(hex(&out.packet), hex(&want), "destination unreachable to the client");
+    assert_eq!(fx.l.stat(stat::ICMP_TRANSLATED), 2);
+
+    // Errors about no flow we know pass untouched; so does neighbour
+    // discovery (no error).
+    let stray = icmp6_in(IN, router, *np.ip(), ptb, &common::v6::tcp_in(TO_CLIENT, np, sa6("[fd00:50::65]:1"), "A", 1, b""));
+    expect_unchanged("an error about no flow", &fx.run(&stray), &stray);
+    let stray = icmp6_in(FROM_B, *be.ip(), *nat.ip(), unreach, &common::v6::tcp_in(TO_B, node6(NAT_PORT + 1), be, "S", 1, b""));
+    expect_unchanged("an error about no SNATed flow", &fx.run(&stray), &stray);
+    assert_eq!(fx.l.stat(stat::ICMP_TRANSLATED), 2);
+    assert_eq!(fx.l.stat(stat::TAIL_CALL_FAILED), 0);
+}
+
 fn node6(port: u16) -> std::net::SocketAddrV6 {
     std::net::SocketAddrV6::new(NODE6.parse().unwrap(), port, 0, 0)
 }

@@ -49,7 +49,7 @@ use aya_log_ebpf::debug;
 use lb_common::{
     Addr6, CT_REPLY, CT_SERVICE, Config, CtEntry, IPPROTO_ICMP, IPPROTO_ICMPV6, NodeConfig, Service4Value, SrcRange4, V4, V6, Vip4,
     backend_flags, ct_entry_flags, node_flags,
-    packet::{ETH_HLEN, ETH_P_IPV6, Fragment, IPV4_HLEN, eth, icmp, icmp6, ip, ip6},
+    packet::{ETH_HLEN, ETH_P_IPV6, Fragment, IPV4_HLEN, IPV6_HLEN, eth, icmp, icmp6, ip, ip6, is_icmp6_error},
     stat, svc_flags, vip_flags, xdp_call, xdp_mode,
 };
 
@@ -62,7 +62,7 @@ use crate::{
     maps::{LB_DEVICES, LB_NODE, LB_XDP_CALLS, LB4_SRC_RANGES, LB6_NODE, LB6_SERVICES},
     nat,
     packet::read,
-    parse::{Flow, IcmpError, Packet, parse, parse6},
+    parse::{Flow, IcmpError, Packet, icmp6_error_at, parse, parse6},
     route,
     select::{config, flow_backend, node_config, now_ns, vip},
     stats, vip_filter,
@@ -267,6 +267,16 @@ fn snat6_reply(f: &Flow<V6>) -> bool {
         && snat6_addr().is_some_and(|a| a == f.daddr)
 }
 
+/// Whether an IPv6 frame is an ICMPv6 error right after its fixed header
+/// (the kernel sends its own without extension headers): `lb_xdp6_nat`
+/// translates those about north-south flows. Recognised before the path,
+/// not by `parse6`, as in tc.
+#[inline(always)]
+fn is_icmp6_error_frame(ctx: &XdpContext) -> bool {
+    read::<XdpContext, u8>(ctx, ETH_HLEN + ip6::NEXT_HEADER) == Some(IPPROTO_ICMPV6)
+        && read::<XdpContext, u8>(ctx, ETH_HLEN + IPV6_HLEN + icmp6::TYPE).is_some_and(is_icmp6_error)
+}
+
 /// Hands the packet to `lb_xdp6_nat` (`LB_XDP_CALLS[xdp_call::XDP6_NAT]`);
 /// when it is missing, the packet passes untranslated, counted.
 #[inline(always)]
@@ -342,7 +352,16 @@ fn xdp4(ctx: *mut xdp_md) -> Result<u32, Error> {
 /// at debug level. Its drops are counted as everywhere.
 #[xdp]
 pub fn lb_xdp6(ctx: XdpContext) -> u32 {
-    match xdp6(&ctx) {
+    if is_icmp6_error_frame(&ctx) {
+        return nat6_call(&ctx);
+    }
+    verdict6(xdp6(&ctx))
+}
+
+/// The verdict of a result of the IPv6 paths, which log nothing.
+#[inline(always)]
+fn verdict6(result: Result<u32, Error>) -> u32 {
+    match result {
         Ok(action) => action,
         Err(e) => match e.count_drop() {
             None => PASS,
@@ -391,7 +410,17 @@ fn xdp6(ctx: &XdpContext) -> Result<u32, Error> {
 /// exceed the verifier's 512 bytes, one after the other they do not.
 #[xdp]
 pub fn lb_xdp6_nat(ctx: XdpContext) -> u32 {
-    let action = xdp6_nat(ctx.ctx);
+    let action = if is_icmp6_error_frame(&ctx) {
+        match xdp6_icmp_error_dir(ctx.ctx) {
+            NO_DIR => PASS,
+            dir => match xdp6_icmp_error_translate(ctx.ctx, dir) {
+                ROUTE => xdp6_route_icmp_error(ctx.ctx),
+                action => action,
+            },
+        }
+    } else {
+        xdp6_nat(ctx.ctx)
+    };
     match icmp_out::requested6(action) {
         Some((icmp_type, code, info)) => icmp_out::xdp_reply6(ctx.ctx, icmp_type, code, info),
         None => action,
@@ -401,13 +430,73 @@ pub fn lb_xdp6_nat(ctx: XdpContext) -> u32 {
 /// `lb_xdp6_nat`'s path, a function of its own (see there).
 #[inline(never)]
 fn xdp6_nat(ctx: *mut xdp_md) -> u32 {
-    match xdp6_nat_in(&XdpContext::new(ctx)) {
-        Ok(action) => action,
-        Err(e) => match e.count_drop() {
-            None => PASS,
-            Some(_) => DROP,
-        },
+    verdict6(xdp6_nat_in(&XdpContext::new(ctx)))
+}
+
+/// [`xdp6_icmp_error_dir`]: the error is not about a north-south flow.
+const NO_DIR: u32 = u32::MAX;
+/// [`xdp6_icmp_error_translate`]: translated, for the FIB to route.
+const ROUTE: u32 = 1 << 30;
+
+/// An ICMPv6 error from outside about a north-south flow in
+/// `lb_xdp6_nat`, as IPv4's [`icmp_error`], in three functions of their
+/// own called one after the other, each reading the error from the packet:
+/// in one, their frames exceeded the verifier's 512 bytes. First the
+/// direction of the flow the error travels in, by where it is sent (the
+/// SNAT address and port: `CT_REPLY`, to the client; a north-south
+/// frontend: `CT_SERVICE`, to the backend), or `NO_DIR`.
+#[inline(never)]
+fn xdp6_icmp_error_dir(ctx: *mut xdp_md) -> u32 {
+    // The context pointer itself must reach the function (the verifier
+    // checks it against its BTF type): with only loads through it, LLVM
+    // passed the loaded packet pointer instead.
+    let ctx = core::hint::black_box(ctx);
+    let Some(err) = icmp6_error_at(&XdpContext::new(ctx), ETH_HLEN + IPV6_HLEN) else {
+        return NO_DIR;
+    };
+    let to_snat = node_config().is_some_and(|n| in_range(err.quoted.sport, n.nat_port_min, n.nat_port_max))
+        && snat6_addr().is_some_and(|a| a == err.daddr);
+    if to_snat {
+        return CT_REPLY as u32;
     }
+    match V6::vip(err.daddr) {
+        Some(v) if v.flags & NORTH_SOUTH_VIP != 0 => CT_SERVICE as u32,
+        _ => NO_DIR,
+    }
+}
+
+/// Then the translation, in direction `dir`: `ROUTE`, or `PASS` when the
+/// kernel delivers it (to a backend on this node) or it is about no flow
+/// we know.
+#[inline(never)]
+fn xdp6_icmp_error_translate(ctx: *mut xdp_md, dir: u32) -> u32 {
+    let ctx = &XdpContext::new(ctx);
+    let Some(err) = icmp6_error_at(ctx, ETH_HLEN + IPV6_HLEN) else {
+        return PASS;
+    };
+    let dir = dir as u8;
+    match nat::translate_icmp_error(ctx, &err, dir) {
+        Ok(Some(entry)) if !(dir == CT_SERVICE && entry.nat_saddr == err.quoted.daddr) => ROUTE,
+        Ok(_) => PASS,
+        Err(e) => verdict6(Err(e)),
+    }
+}
+
+/// Last the route: the translated error's header holds the flow's
+/// addresses.
+#[inline(never)]
+fn xdp6_route_icmp_error(ctx: *mut xdp_md) -> u32 {
+    let ctx = &XdpContext::new(ctx);
+    let mut params = MaybeUninit::uninit();
+    let p = route::zeroed_fib_params(&mut params);
+    p.family = route::AF_INET6;
+    p.l4_protocol = IPPROTO_ICMPV6;
+    p.__bindgen_anon_3.ipv6_src = read(ctx, ETH_HLEN + ip6::SADDR.start).unwrap_or([0; 4]);
+    p.__bindgen_anon_4.ipv6_dst = read(ctx, ETH_HLEN + ip6::DADDR.start).unwrap_or([0; 4]);
+    if fib_lookup(ctx, p) != BPF_FIB_LKUP_RET_SUCCESS as i64 {
+        return PASS;
+    }
+    verdict6(send::<V6>(ctx, p))
 }
 
 #[inline(always)]
@@ -665,11 +754,17 @@ fn fib<'a, F: XdpFamily>(ctx: &XdpContext, e: &Ct<F>, what: Route<F>, params: &'
             F::fib_addrs(p, e, 0);
         }
     }
+    (fib_lookup(ctx, p), p)
+}
+
+/// Asks the FIB about the packet `p` describes, as if it came in where
+/// this one did; `p` receives the answer.
+#[inline(always)]
+fn fib_lookup(ctx: &XdpContext, p: &mut FibParams) -> i64 {
     p.ifindex = ctx.ingress_ifindex() as u32;
     // SAFETY: `ctx.ctx` is the program's context and `p` a parameter
-    // struct of the size passed, on the stack.
-    let rc = unsafe { bpf_fib_lookup(ctx.ctx.cast(), p, size_of::<FibParams>() as i32, 0) };
-    (rc, p)
+    // struct of the size passed.
+    unsafe { bpf_fib_lookup(ctx.ctx.cast(), p, size_of::<FibParams>() as i32, 0) }
 }
 
 /// Whether the interface a packet came in on runs XDP natively: only then
