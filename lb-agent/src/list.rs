@@ -263,7 +263,8 @@ pub fn json(maps: &Maps, filter: &Filter) -> Result<serde_json::Value, MapsError
     Ok(serde_json::json!({ "frontends": rows }))
 }
 
-/// `north-south: XDP native on eth0; SNAT 192.168.50.1 ports 61000-65535`,
+/// `north-south: XDP native on eth0; SNAT 192.168.50.1 ports 61000-65535`
+/// (and `; SNAT6 fd00::1` with an IPv6 SNAT address),
 /// or `None` before an agent wrote the node settings.
 pub fn north_south(maps: &Maps) -> Result<Option<String>, MapsError> {
     let node = maps.read_node()?;
@@ -297,7 +298,12 @@ pub fn north_south(maps: &Maps) -> Result<Option<String>, MapsError> {
     } else {
         format!("SNAT {} ports {}-{}", Ipv4Addr::from(node.snat_addr.to_ne_bytes()), node.nat_port_min, node.nat_port_max)
     };
-    Ok(Some(format!("north-south: {xdp}; {snat}")))
+    // The IPv6 SNAT address (NAT66), with the same ports.
+    let snat6 = match maps.read_node6().map(|n| lb_common::ipv6(n.snat_addr)) {
+        Ok(a) if !a.is_unspecified() => format!("; SNAT6 {a}"),
+        _ => String::new(),
+    };
+    Ok(Some(format!("north-south: {xdp}; {snat}{snat6}")))
 }
 
 #[cfg(test)]

@@ -278,6 +278,11 @@ struct RunArgs {
     /// SNATed to (default: the first node address).
     #[arg(long, env = "LB_SNAT_IP")]
     snat_ip: Option<std::net::Ipv4Addr>,
+    /// Address that IPv6 north-south flows to backends on other nodes are
+    /// SNATed to (NAT66; default: the first global IPv6 address of the
+    /// external interfaces).
+    #[arg(long, env = "LB_SNAT_IP6")]
+    snat_ip6: Option<std::net::Ipv6Addr>,
     /// NodePort range, as the API server's --service-node-port-range.
     #[arg(long, env = "LB_NODEPORT_RANGE", default_value_t = northsouth::DEFAULT_NODEPORT_RANGE)]
     nodeport_range: PortRange,
@@ -381,6 +386,7 @@ fn main() -> anyhow::Result<()> {
                     node_ips: args.node_ips,
                     nodeport_addresses: args.nodeport_addresses,
                     snat_ip: args.snat_ip,
+                    snat_ip6: args.snat_ip6,
                     nodeport_range: args.nodeport_range,
                     snat_ports: args.snat_ports,
                     xdp_mode: args.xdp_mode,

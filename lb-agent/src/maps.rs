@@ -10,8 +10,8 @@ use aya::maps::{
 };
 use lb_common::{
     Addr6, Affinity4, Affinity4Key, Backend4, Backend6, Config, Ct4Key, Ct6Entry, Ct6Key, CtEntry, Device, FrontendStats, IPPROTO_TCP,
-    NodeConfig, RevNat4, RevNat6, RevNatKey, Service4Key, Service4Value, Service6Key, Slot, SlotKey, SockRevNat4, SockRevNat4Key,
-    SockRevNat6, SockRevNat6Key, SrcRange4, SvcName, Vip4, names, stat,
+    Node6Config, NodeConfig, RevNat4, RevNat6, RevNatKey, Service4Key, Service4Value, Service6Key, Slot, SlotKey, SockRevNat4,
+    SockRevNat4Key, SockRevNat6, SockRevNat6Key, SrcRange4, SvcName, Vip4, names, stat,
 };
 
 use crate::vip_filter::{FilterAddr, VipFilter, WordWrite};
@@ -196,6 +196,8 @@ pub struct Maps6 {
     /// collected with the IPv4 ones).
     pub ct_tcp: Named<HashMap<MapData, Ct6Key, Ct6Entry>>,
     pub ct_any: Named<HashMap<MapData, Ct6Key, Ct6Entry>>,
+    /// This node's IPv6 SNAT address (`LB6_NODE`).
+    pub node: Named<Array<MapData, Node6Config>>,
 }
 
 /// The two conntrack maps: TCP flows, and all others. Keys carry their
@@ -292,6 +294,7 @@ impl Maps {
                 sock_revnat: open(dir, names::SOCK_REVNAT6)?,
                 ct_tcp: open(dir, names::CT_TCP6)?,
                 ct_any: open(dir, names::CT_ANY6)?,
+                node: open(dir, names::NODE6)?,
             },
         })
     }
@@ -414,6 +417,16 @@ impl Maps {
 
     pub fn read_node(&self) -> Result<NodeConfig, MapsError> {
         let n = &self.node;
+        n.map.get(&0, 0).map_err(|e| n.read_error(e))
+    }
+
+    pub fn write_node6(&mut self, node: &Node6Config) -> Result<(), MapsError> {
+        let n = &mut self.v6.node;
+        n.map.set(0, node, 0).map_err(|e| n.write_error(e))
+    }
+
+    pub fn read_node6(&self) -> Result<Node6Config, MapsError> {
+        let n = &self.v6.node;
         n.map.get(&0, 0).map_err(|e| n.read_error(e))
     }
 

@@ -25,7 +25,7 @@ use std::{
 };
 
 use anyhow::Context;
-use lb_common::{Device, IFNAME_LEN, NodeConfig, node_flags, svc_flags};
+use lb_common::{Device, IFNAME_LEN, Node6Config, NodeConfig, addr6, node_flags, svc_flags};
 use tracing::{info, warn};
 
 use crate::{
@@ -372,6 +372,9 @@ pub struct NorthSouthConfig {
     pub nodeport_addresses: Vec<NodePortAddress>,
     /// The address SNATed flows leave with; `None`: the first node address.
     pub snat_ip: Option<Ipv4Addr>,
+    /// The address SNATed IPv6 flows leave with (NAT66); `None`: the first
+    /// global IPv6 address of the external interfaces.
+    pub snat_ip6: Option<Ipv6Addr>,
     pub nodeport_range: PortRange,
     pub snat_ports: PortRange,
     /// How to attach the XDP program (`Off`: not at all).
@@ -386,6 +389,7 @@ impl Default for NorthSouthConfig {
             node_ips: Vec::new(),
             nodeport_addresses: Vec::new(),
             snat_ip: None,
+            snat_ip6: None,
             nodeport_range: DEFAULT_NODEPORT_RANGE,
             snat_ports: DEFAULT_SNAT_PORTS,
             xdp_mode: XdpAttach::Auto,
@@ -413,6 +417,9 @@ pub struct NorthSouth {
     snat: Option<Ipv4Addr>,
     /// What `LB_NODE` holds.
     node_config: NodeConfig,
+    configured_snat6: Option<Ipv6Addr>,
+    /// The IPv6 SNAT address in `LB6_NODE`.
+    snat6: Option<Ipv6Addr>,
 }
 
 /// The addresses NodePorts are served on: the configured ones, or else
@@ -505,8 +512,15 @@ pub fn primary_addresses(configured: &[Ipv4Addr], node_internal: &[Ipv4Addr], no
 /// The address SNATed flows leave with: the configured one; else the
 /// current one while it is still a node address (flows keep working);
 /// else the first node address; else (no address left) the current one.
-pub fn snat_address(configured: Option<Ipv4Addr>, current: Option<Ipv4Addr>, node_ips: &[Ipv4Addr]) -> Option<Ipv4Addr> {
+/// The same rule for both families: IPv6's node addresses are the global
+/// IPv6 addresses of the external interfaces.
+pub fn snat_address<A: Copy + PartialEq>(configured: Option<A>, current: Option<A>, node_ips: &[A]) -> Option<A> {
     configured.or(current.filter(|c| node_ips.contains(c))).or_else(|| node_ips.first().copied()).or(current)
+}
+
+/// What `LB6_NODE` holds for IPv6 SNAT address `snat6` (`::`: none).
+pub fn node6_config(snat6: Option<Ipv6Addr>) -> Node6Config {
+    Node6Config { snat_addr: addr6(snat6.unwrap_or(Ipv6Addr::UNSPECIFIED)) }
 }
 
 /// Node addresses that came and went.
@@ -544,7 +558,9 @@ impl NorthSouth {
         let ifaces =
             if cfg.external_ifaces.is_empty() { default_route_interfaces().unwrap_or_default() } else { cfg.external_ifaces.clone() };
         let addrs = interface_addresses().context("listing the node's addresses")?;
-        let node_ips6 = nodeport_addresses6(&cfg.nodeport_addresses, &ifaces, &interface_addresses6().unwrap_or_default());
+        let addrs6 = interface_addresses6().unwrap_or_default();
+        let node_ips6 = nodeport_addresses6(&cfg.nodeport_addresses, &ifaces, &addrs6);
+        let snat6 = snat_address(cfg.snat_ip6, None, &nodeport_addresses6(&[], &ifaces, &addrs6));
         let base = node_addresses(&cfg.node_ips, &ifaces, &addrs);
         let node_ips = nodeport_addresses(&cfg.nodeport_addresses, &base, &addrs, &primary_addresses(&cfg.node_ips, &[], &base));
         let snat = snat_address(cfg.snat_ip, None, &base);
@@ -589,6 +605,7 @@ impl NorthSouth {
             nodeport_max: cfg.nodeport_range.max,
         };
         maps.write_node(&node_config)?;
+        maps.write_node6(&node6_config(snat6))?;
         reconciler.set_node_name(cfg.node_name.clone());
         info!(
             interfaces = ?ifaces,
@@ -596,6 +613,7 @@ impl NorthSouth {
             node_ips6 = ?node_ips6,
             nodeport_addresses = ?cfg.nodeport_addresses.iter().map(ToString::to_string).collect::<Vec<_>>(),
             snat = ?snat,
+            snat6 = ?snat6,
             nodeport_range = %cfg.nodeport_range,
             snat_ports = %cfg.snat_ports,
             node = cfg.node_name.as_deref().unwrap_or("(unknown: no endpoint is local)"),
@@ -620,6 +638,8 @@ impl NorthSouth {
             configured_snat: cfg.snat_ip,
             snat,
             node_config,
+            configured_snat6: cfg.snat_ip6,
+            snat6,
         })
     }
 
@@ -630,7 +650,7 @@ impl NorthSouth {
     /// `--node-ips` do not follow the interfaces (but addresses chosen by
     /// `--nodeport-addresses` do).
     pub fn refresh_addresses(&mut self, reconciler: &mut Reconciler) -> bool {
-        let changed6 = self.refresh_addresses6();
+        let changed6 = self.refresh_addresses6(reconciler);
         if !self.configured_ips.is_empty() && self.nodeport_filter.is_empty() {
             return changed6;
         }
@@ -675,8 +695,9 @@ impl NorthSouth {
     }
 
     /// Reads the IPv6 addresses of the external interfaces again: true
-    /// (logged) when the IPv6 NodePort addresses changed.
-    fn refresh_addresses6(&mut self) -> bool {
+    /// (logged) when the IPv6 NodePort addresses changed. Moves the IPv6
+    /// SNAT address as IPv4's.
+    fn refresh_addresses6(&mut self, reconciler: &mut Reconciler) -> bool {
         let addrs6 = match interface_addresses6() {
             Ok(a) => a,
             Err(e) => {
@@ -684,6 +705,16 @@ impl NorthSouth {
                 return false;
             }
         };
+        let snat6 = snat_address(self.configured_snat6, self.snat6, &nodeport_addresses6(&[], &self.ifaces, &addrs6));
+        if snat6 != self.snat6 {
+            match reconciler.maps_mut().write_node6(&node6_config(snat6)) {
+                Ok(()) => {
+                    info!(old = ?self.snat6, new = ?snat6, "IPv6 SNAT address moved (flows already SNATed keep theirs)");
+                    self.snat6 = snat6;
+                }
+                Err(e) => warn!("writing the new IPv6 SNAT address {snat6:?}: {e:#} (it stays {:?})", self.snat6),
+            }
+        }
         let node_ips6 = nodeport_addresses6(&self.nodeport_filter, &self.ifaces, &addrs6);
         if node_ips6 == self.node.node_ips6 {
             return false;

@@ -2,7 +2,8 @@
 //! (generic, as on any veth node) on the external interface of a
 //! dual-stack lab node, an external IPv6 client on the shared segment,
 //! real sockets. The Service is a dual-stack manifest in the agent's
-//! directory; the agent finds the node's IPv6 address on the interface.
+//! directory; the agent finds the node's IPv6 addresses on the interface
+//! (NodePorts on them, and the first as the IPv6 SNAT address).
 
 mod common;
 
@@ -21,7 +22,14 @@ const TIMEOUT: Duration = Duration::from_secs(2);
 /// and 90 -> 9000, NodePort 30090) with one endpoint, web-a on node-a,
 /// with the given `externalTrafficPolicy`.
 fn manifest(policy: &str) -> String {
-    let (ip4, ip6) = (cluster_pod_ip(0, 0), cluster_pod_ip6(0, 0));
+    manifest_on(policy, 0)
+}
+
+/// [`manifest`] with the endpoint the first pod of node `n` (`node-a`,
+/// `node-b`, ...).
+fn manifest_on(policy: &str, n: usize) -> String {
+    let (ip4, ip6) = (cluster_pod_ip(n, 0), cluster_pod_ip6(n, 0));
+    let node = format!("node-{}", (b'a' + n as u8) as char);
     let slice = |family: &str, ip: String| {
         format!(
             r#"---
@@ -34,7 +42,7 @@ ports:
 - {{name: who, port: 9000, protocol: TCP}}
 endpoints:
 - addresses: ["{ip}"]
-  nodeName: node-a
+  nodeName: {node}
   conditions: {{ready: true}}
 "#
         )
@@ -116,4 +124,59 @@ fn local_policy_over_ipv6_keeps_the_client_address() {
         return;
     }
     ipv6_nodeport("Local", "np6-local");
+}
+
+/// NAT66: an external IPv6 client reaches a backend on node B through node
+/// A's IPv6 NodePort. Node A's XDP program DNATs the flow to the backend
+/// and SNATs it to node A's IPv6 address and a port of the SNAT range,
+/// forwards it to node B, and reverses the replies; the backend sees node
+/// A's address. (Before NAT66 such a flow passed untranslated to node A's
+/// stack, where nothing listens on the NodePort: refused.)
+#[test]
+fn an_external_ipv6_client_reaches_a_backend_on_another_node_through_nat66() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let lab = ClusterLab::new(&[&["cli-a"], &["web-b"]]).unwrap();
+    lab.enable_ipv6().unwrap();
+    let web = lab.node(1).pod("web-b");
+    let be6 = cluster_pod_ip6(1, 0);
+    let _server = tcp_server_at(&web.ns, SocketAddrV6::new(be6, 8080, 0, 0).into(), "web-b").unwrap();
+    let _who = WhoAmI::start(&web.ns, SocketAddrV6::new(be6, 9000, 0, 0));
+    let dir = ManifestDir::new("np6-nat66");
+    dir.write("svc.yaml", &manifest_on("Cluster", 1));
+    let node = lab.node(0);
+    let args = ["--external-ifaces", lb_lab::EXT_IF, "--node-name", &node.name, "--health-addr", "off", "--xdp-mode", "generic"];
+    let agent = Agent::start_with(&node.ns, &dir.0, PinDir::new("np6-nat66"), &args);
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while !agent.log_text().contains("datapath loaded") {
+        assert!(std::time::Instant::now() < deadline, "the agent's datapath did not load:\n{}", agent.log_text());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let np = format!("[{}]:30080/TCP", node_ip6(0));
+    agent.wait_rows(&format!("{np} with its backend"), |rows| rows.iter().any(|r| r.frontend == np && r.backends.len() == 1));
+
+    let to = SocketAddr::new(node_ip6(0).into(), 30080);
+    for i in 0..5 {
+        let answer = tcp_request_to(&lab.client, to, b"hello\n", TIMEOUT)
+            .unwrap_or_else(|e| panic!("request {i} to {to}: {e:#}\n{}", agent.log_text()));
+        assert_eq!(answer, "web-b");
+    }
+    // The backend sees node A's IPv6 address (SNAT), not the client's.
+    let who = SocketAddr::new(node_ip6(0).into(), 30090);
+    let peer = tcp_request_to(&lab.client, who, b"who\n", TIMEOUT).unwrap_or_else(|e| panic!("{who}: {e:#}\n{}", agent.log_text()));
+    let peer: SocketAddr = peer.trim().parse().unwrap_or_else(|e| panic!("{peer:?}: {e}"));
+    assert_eq!(peer.ip(), std::net::IpAddr::V6(node_ip6(0)), "the backend saw {peer}, not node A");
+
+    // Translated by lb's XDP programs: SNATed IPv6 flows in the
+    // conntrack, no tail call failed, none passed for want of NAT66.
+    let maps = agent.maps();
+    let node_a = lb_common::addr6(node_ip6(0));
+    let flows = maps.v6.ct_tcp.entries().unwrap();
+    let snated = flows.iter().filter(|(k, e)| k.dir == lb_common::CT_SERVICE && e.nat_saddr == node_a).count();
+    assert!(snated >= 6, "SNATed IPv6 flows: {snated} of {}", flows.len());
+    assert_eq!(maps.stat(stat::TAIL_CALL_FAILED).unwrap(), 0);
+    assert_eq!(maps.stat(stat::PASS_NO_NAT66).unwrap(), 0);
+    let header = lb_agent::list::north_south(&maps).unwrap().expect("north-south header");
+    assert!(header.contains(&format!("SNAT6 {}", node_ip6(0))), "{header}");
 }

@@ -22,7 +22,7 @@ use std::{
 
 use aya::programs::{SchedClassifier, Xdp};
 use common::{Loaded, assert_checksums_valid, hex, kernel_tests_enabled, sa};
-use etherparse::{Icmpv4Type, NetSlice, SlicedPacket, TransportSlice, icmpv4::DestUnreachableHeader};
+use etherparse::{Icmpv4Type, Icmpv6Type, NetSlice, SlicedPacket, TransportSlice, icmpv4::DestUnreachableHeader};
 use lb_agent::{
     datapath::{TC_EGRESS_PROGRAM, XDP_PASS_PROGRAM, XDP_PROGRAM},
     model::{Backend, BackendAddr, Cidr, Desired, Frontend, FrontendAddr, Protocol},
@@ -92,6 +92,14 @@ fn external_side() -> Netns {
     ns.ip(&["link", "set", "ext1", "up"]).unwrap();
     ns.ip(&["neigh", "replace", "192.168.70.3", "lladdr", &mac(NODE_C_MAC), "dev", "ext1", "nud", "permanent"]).unwrap();
     ns.ip(&["route", "add", "10.244.3.0/24", "via", "192.168.70.3", "dev", "ext1"]).unwrap();
+    // IPv6 on ext0: node A fd00:50::1/64, node B fd00:50::2 and the client
+    // fd00:50::64 its neighbours, node B's pods fd00:244:2::/48 via node B.
+    ns.sysctl("net.ipv6.conf.all.forwarding", "1").unwrap();
+    ns.ip(&["-6", "addr", "add", "fd00:50::1/64", "dev", "ext0", "nodad"]).unwrap();
+    for (ip, m) in [("fd00:50::2", NODE_B_MAC), ("fd00:50::64", CLIENT_MAC)] {
+        ns.ip(&["-6", "neigh", "replace", ip, "lladdr", &mac(m), "dev", "ext0", "nud", "permanent"]).unwrap();
+    }
+    ns.ip(&["-6", "route", "add", "fd00:244:2::/48", "via", "fd00:50::2", "dev", "ext0"]).unwrap();
     ns
 }
 
@@ -934,7 +942,15 @@ const CLIENT6: &str = "[fd00:50::64]:40000";
 ///   [fd00:244:1::12]:8080 on node A;
 /// - LoadBalancer [fd00:60::10]:80 -> [fd00:244:1::11]:8080 on node A.
 fn fixture6(tag: &str) -> Fixture {
+    fixture6_snat(tag, Some(NODE6))
+}
+
+/// [`fixture6`] with `snat6` as node A's IPv6 SNAT address (`LB6_NODE`;
+/// `None`: none).
+fn fixture6_snat(tag: &str, snat6: Option<&str>) -> Fixture {
     let mut fx = Fixture::new(tag, (NAT_PORT, NAT_PORT));
+    let node6 = lb_agent::northsouth::node6_config(snat6.map(|a| a.parse().unwrap()));
+    fx.l.reconciler.maps_mut().write_node6(&node6).unwrap();
     let np = svc_flags::NODE_PORT;
     let d6: Desired<std::net::Ipv6Addr> = [
         front6("[fd00:50::1]:30081", np, "[fd00:244:1::10]:8080", "node-a"),
@@ -1002,10 +1018,180 @@ fn ipv6_traffic_that_is_not_served_passes_untouched() {
         let input = common::v6::tcp(c, sa6(&dst), "S", 1, b"", none());
         expect_unchanged(name, &fx.run(&input), &input);
     }
-    // A backend on another node: no NAT66 yet, so not DNAT alone either.
-    let input = common::v6::tcp(c, sa6(&format!("[{NODE6}]:30080")), "S", 1, b"", none());
+    assert_eq!(fx.l.stat(stat::PASS_NO_NAT66), 0);
+    assert_eq!(fx.l.stat(stat::TAIL_CALL_FAILED), 0);
+}
+
+#[test]
+fn ipv6_to_a_backend_on_another_node_passes_while_the_node_has_no_ipv6_snat_address() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let mut fx = fixture6_snat("xdp-v6-no-snat", None);
+    let none = etherparse::Ipv6Extensions::default;
+    // No address to NAT66 to, and DNAT alone would send the backend's
+    // replies straight to the client: not served here, counted.
+    let input = common::v6::tcp(sa6(CLIENT6), sa6(&format!("[{NODE6}]:30080")), "S", 1, b"", none());
     expect_unchanged("a NodePort whose backend is on another node", &fx.run(&input), &input);
     assert_eq!(fx.l.stat(stat::PASS_NO_NAT66), 1);
+    assert!(fx.l.reconciler.maps().v6.ct_tcp.entries().unwrap().is_empty(), "no flow recorded");
+    // Local backends are served all the same.
+    let input = common::v6::tcp(sa6(CLIENT6), sa6(&format!("[{NODE6}]:30081")), "S", 1, b"", none());
+    assert_eq!(fx.run(&input).verdict, XDP_PASS);
+    assert_eq!(fx.l.reconciler.maps().v6.ct_tcp.entries().unwrap().len(), 2);
+}
+
+/// The ICMPv6 error of type `t` from `src` to `dst` that node A sends
+/// back about the Ethernet + IPv6 packet `about` (which came from the
+/// client), quoting as much of it as fits in 1280 bytes; built by
+/// etherparse, checksum included.
+fn icmp6_back(src: std::net::Ipv6Addr, dst: std::net::Ipv6Addr, t: Icmpv6Type, about: &[u8]) -> Vec<u8> {
+    let ip = &about[14..];
+    let quote = &ip[..ip.len().min(1280 - 48)];
+    let b = etherparse::PacketBuilder::ethernet2(EXT_MAC, CLIENT_MAC).ipv6(src.octets(), dst.octets(), 64).icmpv6(t);
+    let mut out = Vec::new();
+    b.write(&mut out, quote).unwrap();
+    out
+}
+
+#[test]
+fn ipv6_a_packet_too_big_for_the_path_to_a_remote_backend_gets_packet_too_big() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let mut fx = fixture6("xdp-v6-mtu");
+    // The path to node B's pods has MTU 1300 (a tunnel, say).
+    fx._ns.ip(&["-6", "route", "replace", "fd00:244:2::/48", "via", "fd00:50::2", "dev", "ext0", "mtu", "lock", "1300"]).unwrap();
+    let (c, np) = (sa6(CLIENT6), node6(30080));
+    let big = common::v6::tcp_in(IN, c, np, "A", 1, &[7u8; 1400]);
+    // On a native interface a frame is one packet: answered with Packet
+    // Too Big from the NodePort's address, quoting the start of the packet
+    // as the client sent it.
+    let ext = fx.ext;
+    let device = |mode| lb_common::Device { mode, name: *b"ext0\0\0\0\0\0\0\0\0\0\0\0\0", why: 0 };
+    fx.l.reconciler.maps_mut().devices.insert(&ext, &device(lb_common::xdp_mode::NATIVE)).unwrap();
+    let out = fx.run(&big);
+    assert_eq!(out.verdict, XDP_TX);
+    let want = icmp6_back(*np.ip(), *c.ip(), Icmpv6Type::PacketTooBig { mtu: 1300 }, &big);
+    assert_eq!(out.packet.len(), 14 + 1280, "as much as fits the minimum MTU");
+    assert_eq!(hex(&out.packet), hex(&want), "Packet Too Big");
+    assert_eq!(fx.l.stat(stat::FRAG_NEEDED_SENT), 1);
+    // A small packet of the flow is forwarded all the same.
+    let small = common::v6::tcp_in(IN, c, np, "A", 1, &[7u8; 1000]);
+    assert_eq!(fx.run(&small).verdict, XDP_TX);
+    // In generic mode a long frame may be a GSO super-packet, which the
+    // kernel segments on its way: translated and handed to the kernel.
+    fx.l.reconciler.maps_mut().devices.insert(&ext, &device(lb_common::xdp_mode::GENERIC)).unwrap();
+    let out = fx.run(&big);
+    assert_eq!(out.verdict, XDP_PASS);
+    assert_eq!(&out.packet[14 + 8..14 + 24], &np.ip().octets(), "SNATed");
+}
+
+/// An ICMPv6 error of type `t` in `frame` (its MACs; its TTL as the hop
+/// limit) from `src` to `dst`, quoting the IPv6 packet of the Ethernet
+/// frame `about`; built by etherparse, checksum included.
+fn icmp6_in(frame: Frame, src: std::net::Ipv6Addr, dst: std::net::Ipv6Addr, t: Icmpv6Type, about: &[u8]) -> Vec<u8> {
+    let b = etherparse::PacketBuilder::ethernet2(frame.src_mac, frame.dst_mac).ipv6(src.octets(), dst.octets(), frame.ttl).icmpv6(t);
+    let mut out = Vec::new();
+    b.write(&mut out, &about[14..]).unwrap();
+    out
+}
+
+#[test]
+fn icmpv6_errors_about_nat66_flows_are_translated_both_ways() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let mut fx = fixture6("xdp-v6-icmp");
+    let (c, np, be, nat) = (sa6(CLIENT6), node6(30080), sa6("[fd00:244:2::10]:8080"), node6(NAT_PORT));
+    let syn = common::v6::tcp_in(IN, c, np, "S", 1000, b"");
+    assert_eq!(fx.run(&syn).verdict, XDP_TX);
+    let hop = |f: Frame| Frame { ttl: 63, ..f };
+
+    // A router near the client: Packet Too Big about a reply we sent (from
+    // the NodePort to the client), to the NodePort's address. It goes to
+    // the backend (from node A, as the flow's packets do), about the
+    // packet the backend sent (to node A's SNAT port).
+    let router: std::net::Ipv6Addr = "fd00:50::fe".parse().unwrap();
+    let ptb = Icmpv6Type::PacketTooBig { mtu: 1280 };
+    let reply_as_sent = common::v6::tcp_in(TO_CLIENT, np, c, "A", 5000, b"");
+    let out = fx.run(&icmp6_in(IN, router, *np.ip(), ptb, &reply_as_sent));
+    assert_eq!(out.verdict, XDP_TX, "on to node B");
+    let reply_as_backend_sent = common::v6::tcp_in(hop(FROM_B), be, nat, "A", 5000, b"");
+    let want = icmp6_in(hop(TO_B), *np.ip(), *be.ip(), ptb, &reply_as_backend_sent);
+    assert_eq!(hex(&out.packet), hex(&want), "Packet Too Big to the backend");
+
+    // Node B's destination unreachable about the SYN we SNATed, to the
+    // SNAT address: it goes to the client, about the SYN the client sent.
+    let unreach = Icmpv6Type::DestinationUnreachable(etherparse::icmpv6::DestUnreachableCode::Port);
+    let forwarded = common::v6::tcp_in(TO_B, nat, be, "S", 1000, b"");
+    let out = fx.run(&icmp6_in(FROM_B, *be.ip(), *nat.ip(), unreach, &forwarded));
+    assert_eq!(out.verdict, XDP_TX, "back to the client");
+    let want = icmp6_in(hop(TO_CLIENT), *np.ip(), *c.ip(), unreach, &common::v6::tcp_in(hop(IN), c, np, "S", 1000, b""));
+    assert_eq!(hex(&out.packet), hex(&want), "destination unreachable to the client");
+    assert_eq!(fx.l.stat(stat::ICMP_TRANSLATED), 2);
+
+    // Errors about no flow we know pass untouched; so does neighbour
+    // discovery (no error).
+    let stray = icmp6_in(IN, router, *np.ip(), ptb, &common::v6::tcp_in(TO_CLIENT, np, sa6("[fd00:50::65]:1"), "A", 1, b""));
+    expect_unchanged("an error about no flow", &fx.run(&stray), &stray);
+    let stray = icmp6_in(FROM_B, *be.ip(), *nat.ip(), unreach, &common::v6::tcp_in(TO_B, node6(NAT_PORT + 1), be, "S", 1, b""));
+    expect_unchanged("an error about no SNATed flow", &fx.run(&stray), &stray);
+    assert_eq!(fx.l.stat(stat::ICMP_TRANSLATED), 2);
+    assert_eq!(fx.l.stat(stat::TAIL_CALL_FAILED), 0);
+}
+
+fn node6(port: u16) -> std::net::SocketAddrV6 {
+    std::net::SocketAddrV6::new(NODE6.parse().unwrap(), port, 0, 0)
+}
+
+#[test]
+fn ipv6_nodeport_to_a_remote_backend_is_nat66ed_and_forwarded_and_replies_reversed() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let mut fx = fixture6("xdp-v6-remote");
+    let c = sa6(CLIENT6);
+    let np = node6(30080);
+    let be = sa6("[fd00:244:2::10]:8080");
+    let nat = node6(NAT_PORT);
+    let v6 = |name: &str, out: &Outcome, verdict: i32, want: &[u8]| {
+        assert_eq!(out.verdict, verdict, "{name}: verdict");
+        common::v6::assert_checksums_valid(name, &out.packet);
+        assert_eq!(hex(&out.packet), hex(want), "{name}: output packet");
+    };
+
+    // DNAT and SNAT to node A's IPv6 address and a port of the SNAT range,
+    // out of the same interface to node B (the FIB's MACs, hop limit 63).
+    let out = fx.run(&common::v6::tcp_in(IN, c, np, "S", 1000, b""));
+    v6("SYN to the IPv6 NodePort", &out, XDP_TX, &common::v6::tcp_in(TO_B, nat, be, "S", 1000, b""));
+    let out = fx.run(&common::v6::tcp_in(FROM_B, be, nat, "SA", 5000, b""));
+    v6("SYN-ACK back to the client", &out, XDP_TX, &common::v6::tcp_in(TO_CLIENT, np, c, "SA", 5000, b""));
+    let payload = b"GET / HTTP/1.1\r\n\r\n";
+    let out = fx.run(&common::v6::tcp_in(IN, c, np, "PA", 1001, payload));
+    v6("data follows the flow's NAT", &out, XDP_TX, &common::v6::tcp_in(TO_B, nat, be, "PA", 1001, payload));
+    let out = fx.run(&common::v6::tcp_in(FROM_B, be, nat, "PA", 5001, b"200 OK"));
+    v6("the backend's data", &out, XDP_TX, &common::v6::tcp_in(TO_CLIENT, np, c, "PA", 5001, b"200 OK"));
+
+    // One flow, two IPv6 conntrack entries naming each other, as IPv4's.
+    let ct = fx.l.reconciler.maps().v6.ct_tcp.entries().unwrap();
+    assert_eq!(ct.len(), 2, "{ct:#?}");
+    for (k, v) in &ct {
+        assert!(ct.iter().any(|(k2, _)| *k2 == v.twin_key(k)), "twin of {k:?}");
+    }
+    // An expired hop limit is not forwarded: ICMPv6 Time Exceeded from
+    // the NodePort's address, quoting the packet as it came.
+    let expiring = common::v6::tcp_in(Frame { ttl: 1, ..IN }, c, np, "A", 1002, b"");
+    let out = fx.run(&expiring);
+    assert_eq!(out.verdict, XDP_TX, "hop limit 1");
+    let exceeded = Icmpv6Type::TimeExceeded(etherparse::icmpv6::TimeExceededCode::HopLimitExceeded);
+    assert_eq!(hex(&out.packet), hex(&icmp6_back(*np.ip(), *c.ip(), exceeded, &expiring)), "Time Exceeded");
+    assert_eq!(fx.l.stat(stat::DROP_TTL), 1);
+    // A packet to the SNAT address and port that no flow's reply is (from
+    // another port of the backend) is not ours.
+    let stray = common::v6::tcp_in(FROM_B, sa6("[fd00:244:2::10]:9999"), nat, "SA", 1, b"");
+    expect_unchanged("a stray packet to the SNAT address", &fx.run(&stray), &stray);
+    assert_eq!(fx.l.stat(stat::PASS_NO_NAT66), 0);
     assert_eq!(fx.l.stat(stat::TAIL_CALL_FAILED), 0);
 }
 

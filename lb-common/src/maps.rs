@@ -95,7 +95,8 @@ map_set! {
     /// The IPv6 XDP program (see [`xdp_call`]), tail-called by `lb_xdp`;
     /// pinned for the same reason as `LB_TC_CALLS` (a program array holds
     /// programs of its owner's type only, so XDP has its own).
-    XDP_CALLS = "LB_XDP_CALLS", version 1, sized by Fixed;
+    /// Version 2: a second slot (`xdp_call::XDP6_NAT`).
+    XDP_CALLS = "LB_XDP_CALLS", version 2, sized by Fixed;
     /// Per-client token buckets for the ICMPv6 errors the datapath sends
     /// (`LB4_REJECT_RATE` for IPv6 clients).
     REJECT_RATE6 = "LB6_REJECT_RATE", version 1, sized by Fixed;
@@ -107,6 +108,8 @@ map_set! {
     /// parameter block and a flow), off the tc programs' stack. Only the
     /// datapath reads and writes it.
     HR_SCRATCH = "LB_HR_SCRATCH", version 1, sized by Fixed;
+    /// This node's IPv6 SNAT address (`Node6Config`), for NAT66.
+    NODE6 = "LB6_NODE", version 1, sized by Fixed;
     /// The layout version of every other pinned map (see [`layout`]).
     LAYOUT = "LB_LAYOUT", version 1, sized by Fixed;
 }
@@ -811,10 +814,13 @@ pub struct RejectRate {
 pub mod xdp_call {
     /// `lb_xdp6`, from `lb_xdp`.
     pub const XDP6: u32 = 0;
+    /// `lb_xdp6_nat`, from `lb_xdp6`: the packets of IPv6 flows SNATed to
+    /// a backend on another node (NAT66), both ways.
+    pub const XDP6_NAT: u32 = 1;
     /// Slots in the map.
-    pub const SLOTS: u32 = 1;
+    pub const SLOTS: u32 = 2;
     /// The program of each slot, by index.
-    pub const PROGRAMS: [&str; SLOTS as usize] = ["lb_xdp6"];
+    pub const PROGRAMS: [&str; SLOTS as usize] = ["lb_xdp6", "lb_xdp6_nat"];
 }
 
 /// Slots of `LB_TC_CALLS`: the tc programs each family's packets are
@@ -886,7 +892,8 @@ pub mod stat {
     /// (`bpf_redirect_peer`), past the host stack.
     pub const REDIRECTED_PEER: u32 = 19;
     /// Passed untranslated: a new IPv6 north-south flow whose backend is
-    /// on another node (no NAT66 yet: DNAT alone would send the backend's
+    /// on another node while this node has no IPv6 SNAT address
+    /// (`LB6_NODE`) to NAT66 it to (DNAT alone would send the backend's
     /// replies straight to the client, from the wrong address).
     pub const PASS_NO_NAT66: u32 = 20;
 
@@ -942,7 +949,7 @@ pub mod stat {
         "passed untouched: a malformed packet (too short, bad header length), left to the kernel",
         "passed untranslated: an IPv6 packet whose tc or XDP program was missing from LB_TC_CALLS / LB_XDP_CALLS (tail call failed)",
         "redirected: a translated packet sent straight into a pod of this node, past the host stack (--host-routing bpf)",
-        "passed untranslated: a new IPv6 north-south flow to a backend on another node (no NAT66 yet)",
+        "passed untranslated: a new IPv6 north-south flow to a backend on another node, and no IPv6 SNAT address on this node",
     ];
 
     /// Whether counter `index` is a packet lb dropped or rejected.

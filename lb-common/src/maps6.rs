@@ -242,6 +242,20 @@ impl Family for V6 {
 /// The frontend value is the same for both families.
 pub type Service6Value = Service4Value;
 
+/// This node's IPv6 north-south settings, index 0 of `LB6_NODE` (the rest,
+/// the SNAT ports and the NodePort range, are `LB_NODE`'s, shared with
+/// IPv4). A map of its own rather than a field of `NodeConfig`: the IPv4
+/// path copies `NodeConfig` onto its stack, and the IPv6 one reads this
+/// only where it needs it.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct Node6Config {
+    /// The address IPv6 north-south flows to a backend on another node are
+    /// SNATed to (NAT66): an IPv6 address of the external interface. `::`:
+    /// none; such flows pass untranslated (`stat::PASS_NO_NAT66`).
+    pub snat_addr: Addr6,
+}
+
 // ---- ABI locks (`assert_layout!` from `maps`) ------------------------------
 
 assert_layout!(Service6Key, size = 20, addr @ 0, port @ 16, proto @ 18, scope @ 19);
@@ -250,13 +264,14 @@ assert_layout!(RevNat6, size = 20, addr @ 0, port @ 16, version @ 18);
 assert_layout!(SockRevNat6Key, size = 32, cookie @ 0, addr @ 8, port @ 24, _pad @ 26);
 assert_layout!(SockRevNat6, size = 24, addr @ 0, port @ 16, _pad @ 18, frontend_id @ 20);
 assert_layout!(Ct6Key, size = 40, saddr @ 0, daddr @ 16, sport @ 32, dport @ 34, proto @ 36, dir @ 37, _pad @ 38);
+assert_layout!(Node6Config, size = 16, snat_addr @ 0);
 assert_layout!(Ct6Entry, size = 64, last_seen @ 0, nat_saddr @ 8, nat_daddr @ 24, nat_sport @ 40, nat_dport @ 42, backend_id @ 44, frontend_id @ 48, seq @ 52, tcp_flags @ 56, peer_flags @ 57, flags @ 58, _pad @ 59, frontend_version @ 60, backend_version @ 62);
 
 #[cfg(feature = "user")]
 mod user {
     use super::*;
 
-    pod!(Service6Key, Backend6, RevNat6, SockRevNat6Key, SockRevNat6, Ct6Key, Ct6Entry);
+    pod!(Service6Key, Backend6, RevNat6, SockRevNat6Key, SockRevNat6, Ct6Key, Ct6Entry, Node6Config);
 }
 
 #[cfg(test)]

@@ -11,15 +11,15 @@ use core::{
 };
 
 use aya_ebpf::{
-    bindings::{TC_ACT_SHOT, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, xdp_action},
+    bindings::{TC_ACT_SHOT, bpf_adj_room_mode::BPF_ADJ_ROOM_MAC, xdp_action, xdp_md},
     btf_maps::LruHashMap,
-    helpers::{bpf_skb_change_tail, bpf_skb_load_bytes, bpf_xdp_adjust_tail},
+    helpers::{bpf_skb_change_tail, bpf_skb_load_bytes, bpf_xdp_adjust_head, bpf_xdp_adjust_tail, bpf_xdp_load_bytes},
     programs::{TcContext, XdpContext},
 };
 use lb_common::{
     Addr6, REJECT_BURST, REJECT_PER_SEC, RejectRate, addr6, csum,
     packet::{
-        ETH_HLEN, ICMP_QUOTE_LEN, ICMP_UNREACH_LEN, ICMP6_ERROR_HLEN, ICMP6_QUOTE_MAX, eth, icmp, icmp_error_packet, icmp6,
+        ETH_HLEN, ETH_P_IPV6, ICMP_QUOTE_LEN, ICMP_UNREACH_LEN, ICMP6_ERROR_HLEN, ICMP6_QUOTE_MAX, eth, icmp, icmp_error_packet, icmp6,
         icmp6_error_headers, ip6, swapped_macs,
     },
     stat,
@@ -83,16 +83,39 @@ fn allowed_in<K, const M: usize>(map: &LruHashMap<K, RejectRate, M>, client: &K,
     allow
 }
 
-/// Copies exactly `N` bytes at `off`. (`TcContext::load_bytes` clamps the
-/// length to the packet, which the verifier rejects as a possibly zero-sized
-/// read; a constant length is what it wants.)
+/// A context whose packet bytes a helper copies out.
+trait LoadBytes {
+    /// Copies exactly `N` bytes at `off`. (`TcContext::load_bytes` clamps
+    /// the length to the packet, which the verifier rejects as a possibly
+    /// zero-sized read; a constant length is what it wants.)
+    fn load_exact<const N: usize>(&self, off: usize) -> Option<[u8; N]>;
+}
+
+impl LoadBytes for TcContext {
+    #[inline(always)]
+    fn load_exact<const N: usize>(&self, off: usize) -> Option<[u8; N]> {
+        let mut buf = [0u8; N];
+        // SAFETY: `skb` is the program's context and `buf` is N bytes of
+        // writable stack, the length passed.
+        let ret = unsafe { bpf_skb_load_bytes(self.skb.skb as *const _, off as u32, buf.as_mut_ptr().cast(), N as u32) };
+        (ret == 0).then_some(buf)
+    }
+}
+
+impl LoadBytes for XdpContext {
+    #[inline(always)]
+    fn load_exact<const N: usize>(&self, off: usize) -> Option<[u8; N]> {
+        let mut buf = [0u8; N];
+        // SAFETY: `ctx` is the program's context and `buf` is N bytes of
+        // writable stack, the length passed.
+        let ret = unsafe { bpf_xdp_load_bytes(self.ctx, off as u32, buf.as_mut_ptr().cast(), N as u32) };
+        (ret == 0).then_some(buf)
+    }
+}
+
 #[inline(always)]
-fn load_exact<const N: usize>(ctx: &TcContext, off: usize) -> Option<[u8; N]> {
-    let mut buf = [0u8; N];
-    // SAFETY: `skb` is the program's context and `buf` is N bytes of
-    // writable stack, the length passed.
-    let ret = unsafe { bpf_skb_load_bytes(ctx.skb.skb as *const _, off as u32, buf.as_mut_ptr().cast(), N as u32) };
-    (ret == 0).then_some(buf)
+fn load_exact<C: LoadBytes, const N: usize>(ctx: &C, off: usize) -> Option<[u8; N]> {
+    ctx.load_exact(off)
 }
 
 /// tc: turns the packet (IPv4 without options) into an ICMP error about it
@@ -127,7 +150,7 @@ pub fn tc_reject(ctx: &TcContext, client: u32, now: u64) -> Option<i32> {
 /// within its rate.
 #[inline(always)]
 pub fn tc_reject6(ctx: &TcContext, now: u64) -> Option<i32> {
-    let client: Addr6 = load_exact::<16>(ctx, ETH_HLEN + ip6::SADDR.start).map(|b| addr6(Ipv6Addr::from(b)))?;
+    let client: Addr6 = load_exact::<_, 16>(ctx, ETH_HLEN + ip6::SADDR.start).map(|b| addr6(Ipv6Addr::from(b)))?;
     if !allowed6(&client, now) {
         return Some(TC_ACT_SHOT);
     }
@@ -173,7 +196,7 @@ pub fn tc_reply6(ctx: &TcContext, icmp_type: u8, code: u8, info: u32) -> Option<
 /// Copied out by the helper: a packet pointer at a growing offset, LLVM
 /// turned into arithmetic on the end pointer, which the verifier refuses.
 #[inline(always)]
-fn packet_sum(ctx: &TcContext, start: usize, len: usize) -> Option<u32> {
+fn packet_sum<C: LoadBytes>(ctx: &C, start: usize, len: usize) -> Option<u32> {
     let mut sum: u64 = 0;
     let words = len / 8;
     let mut i = 0;
@@ -227,4 +250,72 @@ pub fn xdp_error(ctx: &XdpContext, client: u32, now: u64, icmp_type: u8, code: u
         return xdp_action::XDP_DROP;
     }
     xdp_reply(ctx, icmp_type, code, mtu).unwrap_or(xdp_action::XDP_DROP)
+}
+
+/// XDP: the same as [`tc_reply6`] (the packet cut to the quote, the new
+/// headers in front of it, the quote never copied), transmitted back out
+/// of the interface; a drop when the packet could not be rewritten. A
+/// function of its own, with scalar arguments, called by the program
+/// itself once its path has returned ([`request6`]): inlined in that path,
+/// or called from it, its headers and checksum loop took `lb_xdp6_nat`
+/// past the 512-byte stack.
+#[inline(never)]
+pub fn xdp_reply6(ctx: *mut xdp_md, icmp_type: u8, code: u8, info: u32) -> u32 {
+    xdp_reply6_in(&XdpContext::new(ctx), icmp_type, code, info).unwrap_or(xdp_action::XDP_DROP)
+}
+
+#[inline(always)]
+fn xdp_reply6_in(ctx: &XdpContext, icmp_type: u8, code: u8, info: u32) -> Option<u32> {
+    let macs: [u8; 12] = read(ctx, eth::ADDRS.start)?;
+    let addrs: [u8; 32] = read(ctx, ETH_HLEN + ip6::SADDR.start)?;
+    let len = ctx.data_end() - ctx.data();
+    if len < ETH_HLEN + ip6::DADDR.end {
+        return None;
+    }
+    let mut quote = len - ETH_HLEN;
+    if quote > ICMP6_QUOTE_MAX {
+        quote = ICMP6_QUOTE_MAX;
+        let delta = (ETH_HLEN + quote) as i32 - len as i32;
+        // SAFETY: `ctx.ctx` is the program's context; the helper takes it
+        // and an integer. Packet pointers taken before are stale after it:
+        // every access below bounds-checks afresh.
+        if unsafe { bpf_xdp_adjust_tail(ctx.ctx, delta) } != 0 {
+            return None;
+        }
+    }
+    let sum = packet_sum(ctx, ETH_HLEN, quote)?;
+    let headers = icmp6_error_headers(&addrs, icmp_type, code, info, quote as u16, sum);
+    // Room for the IPv6 and ICMPv6 headers in front: the old Ethernet
+    // header's bytes are overwritten by them, and the packet from its
+    // IPv6 header on becomes the quote.
+    // SAFETY: as above.
+    if unsafe { bpf_xdp_adjust_head(ctx.ctx, -(ICMP6_ERROR_HLEN as i32)) } != 0 {
+        return None;
+    }
+    write(ctx, eth::ADDRS.start, swapped_macs(&macs))?;
+    write(ctx, eth::ETHERTYPE.start, ETH_P_IPV6.to_be())?;
+    write(ctx, ETH_HLEN, headers)?;
+    Some(xdp_action::XDP_TX)
+}
+
+/// Marks a verdict as a request for an ICMPv6 error ([`request6`]); XDP's
+/// verdicts are small numbers.
+const REQUEST6: u32 = 1 << 31;
+
+/// XDP: an ICMPv6 error of `icmp_type`/`code` (with a 16-bit `info`: an
+/// MTU) to `client` within its rate, as a verdict of the path that the
+/// program turns into the error with [`xdp_reply6`] (see [`requested6`]);
+/// a drop when the rate is exceeded.
+#[inline(always)]
+pub fn request6(client: &Addr6, now: u64, icmp_type: u8, code: u8, info: u16) -> u32 {
+    if !allowed6(client, now) {
+        return xdp_action::XDP_DROP;
+    }
+    REQUEST6 | (icmp_type as u32) << 24 | (code as u32) << 16 | info as u32
+}
+
+/// The ICMPv6 error a verdict requests ([`request6`]), if it is one.
+#[inline(always)]
+pub fn requested6(verdict: u32) -> Option<(u8, u8, u32)> {
+    (verdict & REQUEST6 != 0).then_some(((verdict >> 24 & 0x7f) as u8, (verdict >> 16) as u8, verdict & 0xffff))
 }

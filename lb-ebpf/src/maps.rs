@@ -8,7 +8,7 @@ use aya_ebpf::{
 };
 use lb_common::{
     Addr6, Affinity4, Affinity4Key, Backend4, Backend6, Config, Ct4Key, Ct6Entry, Ct6Key, CtEntry, Device, Frag4, Frag4Key, FrontendStats,
-    NodeConfig, RejectRate, RevNat4, RevNat6, RevNatKey, Service4Key, Service4Value, Service6Key, Slot, SlotKey, SockRevNat4,
+    Node6Config, NodeConfig, RejectRate, RevNat4, RevNat6, RevNatKey, Service4Key, Service4Value, Service6Key, Slot, SlotKey, SockRevNat4,
     SockRevNat4Key, SockRevNat6, SockRevNat6Key, SrcRange4, SvcName, Vip4, layout, sizes, stat, tc_call, vip_filter, xdp_call,
 };
 
@@ -148,6 +148,10 @@ pub static LB6_CT_ANY: LruHashMap<Ct6Key, Ct6Entry, { sizes::CT_ANY6 as usize }>
 /// `LB4_REJECT_RATE`).
 #[btf_map]
 pub static LB6_REJECT_RATE: LruHashMap<Addr6, RejectRate, { sizes::REJECT_RATE as usize }> = LruHashMap::new();
+
+/// This node's IPv6 SNAT address (index 0), for NAT66 in `lb_xdp6`.
+#[btf_map]
+pub static LB6_NODE: Array<Node6Config, 1> = Array::new();
 
 /// The pod interfaces with the tc programs (ifindex -> 1), kept by the
 /// agent: BPF host routing redirects only into these (`route`).

@@ -33,7 +33,7 @@ use aya_ebpf::{
 };
 use lb_common::{
     CT_REPLY, V4, csum,
-    packet::{ETH_HLEN, Fragment, eth, ip},
+    packet::{ETH_HLEN, Fragment, eth, ip, ip6},
     stat,
 };
 
@@ -50,6 +50,7 @@ use crate::{
 };
 
 pub const AF_INET: u8 = 2;
+pub const AF_INET6: u8 = 10;
 
 /// Zeroes the `bpf_fib_lookup` at `p` in place with sixteen 4-byte
 /// stores and returns it. `mem::zeroed()`, or any copy of the struct,
@@ -91,9 +92,30 @@ pub fn hop<C: PacketData>(ctx: &C, p: &FibParams) -> Result<bool, Error> {
     let check = csum::replace2(check, u16::from_ne_bytes(ttl_proto), u16::from_ne_bytes(new));
     write(ctx, TTL_PROTO, new).ok_or(Error::Rewrite)?;
     write(ctx, CHECK, check).ok_or(Error::Rewrite)?;
-    write(ctx, eth::DST.start, p.dmac).ok_or(Error::Rewrite)?;
-    write(ctx, eth::SRC.start, p.smac).ok_or(Error::Rewrite)?;
+    macs(ctx, p)?;
     Ok(true)
+}
+
+/// [`hop`] for IPv6: the hop limit goes down by one (no header checksum)
+/// and the MACs become the FIB result's.
+#[inline(always)]
+pub fn hop6<C: PacketData>(ctx: &C, p: &FibParams) -> Result<bool, Error> {
+    const HOP_LIMIT: usize = ETH_HLEN + ip6::HOP_LIMIT;
+    let hops: u8 = read(ctx, HOP_LIMIT).ok_or(Error::Rewrite)?;
+    if hops <= 1 {
+        return Ok(false);
+    }
+    write(ctx, HOP_LIMIT, hops - 1).ok_or(Error::Rewrite)?;
+    macs(ctx, p)?;
+    Ok(true)
+}
+
+/// The egress interface's MAC as the source, the next hop's as the
+/// destination (FIB result `p`).
+#[inline(always)]
+fn macs<C: PacketData>(ctx: &C, p: &FibParams) -> Result<(), Error> {
+    write(ctx, eth::DST.start, p.dmac).ok_or(Error::Rewrite)?;
+    write(ctx, eth::SRC.start, p.smac).ok_or(Error::Rewrite)
 }
 
 /// A packet that stays on the stack path.

@@ -47,8 +47,9 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use lb_common::{
-    CT_REPLY, CT_SERVICE, Config, CtEntry, IPPROTO_ICMP, NodeConfig, Service4Value, SrcRange4, V4, V6, Vip4, backend_flags, ct_entry_flags,
-    packet::{ETH_HLEN, ETH_P_IPV6, Fragment, IPV4_HLEN, eth, icmp, ip},
+    Addr6, CT_REPLY, CT_SERVICE, Config, CtEntry, IPPROTO_ICMP, IPPROTO_ICMPV6, NodeConfig, Service4Value, SrcRange4, V4, V6, Vip4,
+    backend_flags, ct_entry_flags, node_flags,
+    packet::{ETH_HLEN, ETH_P_IPV6, Fragment, IPV4_HLEN, IPV6_HLEN, eth, icmp, icmp6, ip, ip6, is_icmp6_error},
     stat, svc_flags, vip_flags, xdp_call, xdp_mode,
 };
 
@@ -58,20 +59,24 @@ use crate::{
     family::{Ct, FamilyMaps},
     frag, icmp as icmp_out,
     l3::L3,
-    maps::{LB_DEVICES, LB_XDP_CALLS, LB4_SRC_RANGES, LB6_SERVICES},
+    maps::{LB_DEVICES, LB_NODE, LB_XDP_CALLS, LB4_SRC_RANGES, LB6_NODE, LB6_SERVICES},
     nat,
     packet::read,
-    parse::{Flow, IcmpError, Packet, parse, parse6},
+    parse::{Flow, IcmpError, Packet, icmp6_error_at, parse, parse6},
     route,
     select::{config, flow_backend, node_config, now_ns, vip},
     stats, vip_filter,
 };
 
 /// What the north-south path does differently per family. IPv6 has no
-/// pre-filter, no source ranges, no NAT66 (a new flow to a backend on
-/// another node passes, counted `stat::PASS_NO_NAT66`) and no fragments
-/// (`parse6` does not take them as flows).
+/// pre-filter, no source ranges and no fragments (`parse6` does not take
+/// them as flows); its SNATed flows (NAT66) are forwarded by a program of
+/// their own, `lb_xdp6_nat`.
 trait XdpFamily: L3 {
+    /// Offset of the TTL (IPv4) or hop limit (IPv6) in the network header.
+    const HOP_LIMIT: usize;
+    /// The family's ICMP (FIB parameters of an ICMP error).
+    const ICMP_PROTO: u8;
     /// Whether the family's flows may be later fragments (IPv4); IPv6
     /// fragments are not flows (`parse6`), and their paths are left out.
     const FRAGMENTS: bool;
@@ -93,12 +98,24 @@ trait XdpFamily: L3 {
     /// The verdict for a new flow to a frontend with no endpoint at all.
     fn reject(ctx: &XdpContext, f: &Flow<Self>, now: u64) -> u32;
     /// Sends on a packet of a flow that is not DNAT only (SNATed to a
-    /// backend on another node).
-    fn forward(ctx: &XdpContext, f: &Flow<Self>, e: &Ct<Self>, now: u64) -> Result<u32, Error>;
+    /// backend on another node): [`forward`], here or in another program.
+    fn send_on(ctx: &XdpContext, f: &Flow<Self>, e: &Ct<Self>, now: u64) -> Result<u32, Error>;
+    /// The FIB parameters' family, and addresses from `e.nat_saddr` to
+    /// `e.nat_daddr` (IPv4: with `tos`).
+    fn fib_addrs(p: &mut FibParams, e: &Ct<Self>, tos: u8);
+    /// What a router does to a packet it forwards (see `route::hop`).
+    fn hop(ctx: &XdpContext, p: &FibParams) -> Result<bool, Error>;
+    /// The answer to a packet of `f` too big for the path (`mtu`), sent
+    /// from where it was sent to.
+    fn too_big(ctx: &XdpContext, f: &Flow<Self>, mtu: u16, now: u64) -> u32;
+    /// The answer to a packet of `f` whose TTL or hop limit expired.
+    fn expired(ctx: &XdpContext, f: &Flow<Self>, now: u64) -> u32;
 }
 
 impl XdpFamily for V4 {
     const FRAGMENTS: bool = true;
+    const HOP_LIMIT: usize = ip::TTL;
+    const ICMP_PROTO: u8 = IPPROTO_ICMP;
 
     #[inline(always)]
     fn north_south_kinds(addr: u32) -> u32 {
@@ -135,13 +152,35 @@ impl XdpFamily for V4 {
         icmp_out::xdp_error(ctx, f.saddr, now, icmp::DEST_UNREACH, icmp::PORT_UNREACH, 0)
     }
     #[inline(always)]
-    fn forward(ctx: &XdpContext, f: &Flow<V4>, e: &CtEntry, now: u64) -> Result<u32, Error> {
+    fn send_on(ctx: &XdpContext, f: &Flow<V4>, e: &CtEntry, now: u64) -> Result<u32, Error> {
         forward(ctx, f, e, now)
+    }
+    #[inline(always)]
+    fn fib_addrs(p: &mut FibParams, e: &CtEntry, tos: u8) {
+        p.family = route::AF_INET;
+        p.__bindgen_anon_2.tos = tos;
+        p.__bindgen_anon_3.ipv4_src = e.nat_saddr;
+        p.__bindgen_anon_4.ipv4_dst = e.nat_daddr;
+    }
+    #[inline(always)]
+    fn hop(ctx: &XdpContext, p: &FibParams) -> Result<bool, Error> {
+        route::hop(ctx, p)
+    }
+    #[inline(always)]
+    fn too_big(ctx: &XdpContext, f: &Flow<V4>, mtu: u16, now: u64) -> u32 {
+        stats::count(stat::FRAG_NEEDED_SENT);
+        icmp_out::xdp_error(ctx, f.saddr, now, icmp::DEST_UNREACH, icmp::FRAG_NEEDED, mtu)
+    }
+    #[inline(always)]
+    fn expired(ctx: &XdpContext, f: &Flow<V4>, now: u64) -> u32 {
+        icmp_out::xdp_error(ctx, f.saddr, now, icmp::TIME_EXCEEDED, 0, 0)
     }
 }
 
 impl XdpFamily for V6 {
     const FRAGMENTS: bool = false;
+    const HOP_LIMIT: usize = ip6::HOP_LIMIT;
+    const ICMP_PROTO: u8 = IPPROTO_ICMPV6;
 
     /// No pre-filter: the exact lookup.
     #[inline(always)]
@@ -159,14 +198,21 @@ impl XdpFamily for V6 {
     fn source_allowed(_frontend_id: u32, _saddr: lb_common::Addr6) -> bool {
         false
     }
-    /// No NAT66 yet: only a backend on this node is served (DNAT only).
+    /// As IPv4's, SNATed to the node's IPv6 SNAT address (`LB6_NODE`);
+    /// without one, a flow to a backend on another node is not served
+    /// (DNAT alone would send the replies straight to the client, from the
+    /// backend's address): it passes, counted `stat::PASS_NO_NAT66`.
     #[inline(always)]
-    fn source(_node: Option<NodeConfig>, backend: u8, svc: u32) -> Option<Source<lb_common::Addr6>> {
+    fn source(node: Option<NodeConfig>, backend: u8, svc: u32) -> Option<Source<lb_common::Addr6>> {
         if backend & backend_flags::LOCAL != 0 || svc & svc_flags::EXT_LOCAL != 0 {
-            Some(Source::Client)
-        } else {
-            stats::count(stat::PASS_NO_NAT66);
-            None
+            return Some(Source::Client);
+        }
+        match snat6_addr() {
+            Some(a) if node.is_some() => Some(Source::Snat(a)),
+            _ => {
+                stats::count(stat::PASS_NO_NAT66);
+                None
+            }
         }
     }
     /// Passed: the kernel answers (a TCP reset, or ICMPv6 port unreachable
@@ -175,11 +221,71 @@ impl XdpFamily for V6 {
     fn reject(_ctx: &XdpContext, _f: &Flow<V6>, _now: u64) -> u32 {
         PASS
     }
-    /// Never reached: IPv6 flows are DNAT only (`source`).
+    /// In `lb_xdp6_nat`, with a frame of its own: `lb_xdp6`'s is full.
     #[inline(always)]
-    fn forward(_ctx: &XdpContext, _f: &Flow<V6>, _e: &Ct<V6>, _now: u64) -> Result<u32, Error> {
-        Ok(PASS)
+    fn send_on(ctx: &XdpContext, _f: &Flow<V6>, _e: &Ct<V6>, _now: u64) -> Result<u32, Error> {
+        Ok(nat6_call(ctx))
     }
+    #[inline(always)]
+    fn fib_addrs(p: &mut FibParams, e: &Ct<V6>, _tos: u8) {
+        p.family = route::AF_INET6;
+        p.__bindgen_anon_3.ipv6_src = e.nat_saddr;
+        p.__bindgen_anon_4.ipv6_dst = e.nat_daddr;
+    }
+    #[inline(always)]
+    fn hop(ctx: &XdpContext, p: &FibParams) -> Result<bool, Error> {
+        route::hop6(ctx, p)
+    }
+    /// ICMPv6 Packet Too Big, sent by `lb_xdp6_nat` itself
+    /// (`icmp::request6`).
+    #[inline(always)]
+    fn too_big(_ctx: &XdpContext, f: &Flow<V6>, mtu: u16, now: u64) -> u32 {
+        stats::count(stat::FRAG_NEEDED_SENT);
+        icmp_out::request6(&f.saddr, now, icmp6::PACKET_TOO_BIG, 0, mtu)
+    }
+    /// ICMPv6 Time Exceeded (hop limit exceeded in transit), as above.
+    #[inline(always)]
+    fn expired(_ctx: &XdpContext, f: &Flow<V6>, now: u64) -> u32 {
+        icmp_out::request6(&f.saddr, now, icmp6::TIME_EXCEEDED, 0, 0)
+    }
+}
+
+/// This node's IPv6 SNAT address (`LB6_NODE`), if it has one.
+#[inline(always)]
+fn snat6_addr() -> Option<Addr6> {
+    let a = LB6_NODE.get(0)?.snat_addr;
+    (a != [0; 4]).then_some(a)
+}
+
+/// Whether `f` is a reply of a NAT66 flow: to a port of the SNAT range at
+/// this node's IPv6 SNAT address. The node's settings are read in place,
+/// not copied (a copy kept across `lb_xdp6`'s lookups cost its frame 8
+/// bytes).
+#[inline(always)]
+fn snat6_reply(f: &Flow<V6>) -> bool {
+    LB_NODE.get(0).is_some_and(|n| n.flags & node_flags::READY != 0 && in_range(f.dport, n.nat_port_min, n.nat_port_max))
+        && snat6_addr().is_some_and(|a| a == f.daddr)
+}
+
+/// Whether an IPv6 frame is an ICMPv6 error right after its fixed header
+/// (the kernel sends its own without extension headers): `lb_xdp6_nat`
+/// translates those about north-south flows. Recognised before the path,
+/// not by `parse6`, as in tc.
+#[inline(always)]
+fn is_icmp6_error_frame(ctx: &XdpContext) -> bool {
+    read::<XdpContext, u8>(ctx, ETH_HLEN + ip6::NEXT_HEADER) == Some(IPPROTO_ICMPV6)
+        && read::<XdpContext, u8>(ctx, ETH_HLEN + IPV6_HLEN + icmp6::TYPE).is_some_and(is_icmp6_error)
+}
+
+/// Hands the packet to `lb_xdp6_nat` (`LB_XDP_CALLS[xdp_call::XDP6_NAT]`);
+/// when it is missing, the packet passes untranslated, counted.
+#[inline(always)]
+fn nat6_call(ctx: &XdpContext) -> u32 {
+    // SAFETY: the slot holds an XDP program of this object (or nothing:
+    // the call returns); the context is this program's.
+    unsafe { LB_XDP_CALLS.tail_call(ctx, xdp_call::XDP6_NAT) };
+    stats::count(stat::TAIL_CALL_FAILED);
+    PASS
 }
 
 /// Passes every packet: the floor that per-packet costs are measured
@@ -235,16 +341,27 @@ fn xdp4(ctx: *mut xdp_md) -> Result<u32, Error> {
 }
 
 /// IPv6 from outside: `LB_XDP_CALLS[xdp_call::XDP6]`. NodePorts on the
-/// node's IPv6 addresses, IPv6 external and LoadBalancer IPs, to backends
-/// on this node (DNAT only; the replies are translated back by
-/// `lb_tc_egress6`); everything else passes.
+/// node's IPv6 addresses, IPv6 external and LoadBalancer IPs: to backends
+/// on this node DNAT only (the replies are translated back by
+/// `lb_tc_egress6`); to backends on other nodes SNATed too (NAT66), the
+/// flow recorded here and its packets, with their replies, forwarded by
+/// `lb_xdp6_nat`; everything else passes.
 ///
 /// It logs nothing: a log call is a function call, whose frame added to
 /// the path's (504 bytes) exceeds the verifier's 512 when the agent logs
 /// at debug level. Its drops are counted as everywhere.
 #[xdp]
 pub fn lb_xdp6(ctx: XdpContext) -> u32 {
-    match xdp6(&ctx) {
+    if is_icmp6_error_frame(&ctx) {
+        return nat6_call(&ctx);
+    }
+    verdict6(xdp6(&ctx))
+}
+
+/// The verdict of a result of the IPv6 paths, which log nothing.
+#[inline(always)]
+fn verdict6(result: Result<u32, Error>) -> u32 {
+    match result {
         Ok(action) => action,
         Err(e) => match e.count_drop() {
             None => PASS,
@@ -263,6 +380,9 @@ fn xdp6(ctx: &XdpContext) -> Result<u32, Error> {
     match parse6(ctx)? {
         Packet::Flow(mut f) => {
             V6::keep_in_memory(&f);
+            if snat6_reply(&f) {
+                return Ok(nat6_call(ctx));
+            }
             // No pre-filter: the exact kinds, looked up once.
             let Some(v) = V6::vip(f.daddr) else {
                 return Ok(PASS);
@@ -274,6 +394,127 @@ fn xdp6(ctx: &XdpContext) -> Result<u32, Error> {
         }
         _ => Ok(PASS),
     }
+}
+
+/// The packets of NAT66 flows, from `lb_xdp6` (`LB_XDP_CALLS[
+/// xdp_call::XDP6_NAT]`): a client's, whose forward entry `lb_xdp6` made
+/// or followed (and recorded the packet in), and a backend's reply to the
+/// node's IPv6 SNAT address. Both are translated as their entry says and
+/// forwarded as IPv4's (`forward`). A program of its own because
+/// `lb_xdp6`'s frame has no room left for the FIB lookup's; the cost is
+/// parsing the packet again and one more conntrack lookup.
+///
+/// The ICMPv6 errors of the path (Packet Too Big, Time Exceeded) are made
+/// here, after the path returned (its verdict asks for one:
+/// `icmp::request6`): the path's frame and the error's together would
+/// exceed the verifier's 512 bytes, one after the other they do not.
+#[xdp]
+pub fn lb_xdp6_nat(ctx: XdpContext) -> u32 {
+    let action = if is_icmp6_error_frame(&ctx) {
+        match xdp6_icmp_error_dir(ctx.ctx) {
+            NO_DIR => PASS,
+            dir => match xdp6_icmp_error_translate(ctx.ctx, dir) {
+                ROUTE => xdp6_route_icmp_error(ctx.ctx),
+                action => action,
+            },
+        }
+    } else {
+        xdp6_nat(ctx.ctx)
+    };
+    match icmp_out::requested6(action) {
+        Some((icmp_type, code, info)) => icmp_out::xdp_reply6(ctx.ctx, icmp_type, code, info),
+        None => action,
+    }
+}
+
+/// `lb_xdp6_nat`'s path, a function of its own (see there).
+#[inline(never)]
+fn xdp6_nat(ctx: *mut xdp_md) -> u32 {
+    verdict6(xdp6_nat_in(&XdpContext::new(ctx)))
+}
+
+/// [`xdp6_icmp_error_dir`]: the error is not about a north-south flow.
+const NO_DIR: u32 = u32::MAX;
+/// [`xdp6_icmp_error_translate`]: translated, for the FIB to route.
+const ROUTE: u32 = 1 << 30;
+
+/// An ICMPv6 error from outside about a north-south flow in
+/// `lb_xdp6_nat`, as IPv4's [`icmp_error`], in three functions of their
+/// own called one after the other, each reading the error from the packet:
+/// in one, their frames exceeded the verifier's 512 bytes. First the
+/// direction of the flow the error travels in, by where it is sent (the
+/// SNAT address and port: `CT_REPLY`, to the client; a north-south
+/// frontend: `CT_SERVICE`, to the backend), or `NO_DIR`.
+#[inline(never)]
+fn xdp6_icmp_error_dir(ctx: *mut xdp_md) -> u32 {
+    // The context pointer itself must reach the function (the verifier
+    // checks it against its BTF type): with only loads through it, LLVM
+    // passed the loaded packet pointer instead.
+    let ctx = core::hint::black_box(ctx);
+    let Some(err) = icmp6_error_at(&XdpContext::new(ctx), ETH_HLEN + IPV6_HLEN) else {
+        return NO_DIR;
+    };
+    let to_snat = node_config().is_some_and(|n| in_range(err.quoted.sport, n.nat_port_min, n.nat_port_max))
+        && snat6_addr().is_some_and(|a| a == err.daddr);
+    if to_snat {
+        return CT_REPLY as u32;
+    }
+    match V6::vip(err.daddr) {
+        Some(v) if v.flags & NORTH_SOUTH_VIP != 0 => CT_SERVICE as u32,
+        _ => NO_DIR,
+    }
+}
+
+/// Then the translation, in direction `dir`: `ROUTE`, or `PASS` when the
+/// kernel delivers it (to a backend on this node) or it is about no flow
+/// we know.
+#[inline(never)]
+fn xdp6_icmp_error_translate(ctx: *mut xdp_md, dir: u32) -> u32 {
+    let ctx = &XdpContext::new(ctx);
+    let Some(err) = icmp6_error_at(ctx, ETH_HLEN + IPV6_HLEN) else {
+        return PASS;
+    };
+    let dir = dir as u8;
+    match nat::translate_icmp_error(ctx, &err, dir) {
+        Ok(Some(entry)) if !(dir == CT_SERVICE && entry.nat_saddr == err.quoted.daddr) => ROUTE,
+        Ok(_) => PASS,
+        Err(e) => verdict6(Err(e)),
+    }
+}
+
+/// Last the route: the translated error's header holds the flow's
+/// addresses.
+#[inline(never)]
+fn xdp6_route_icmp_error(ctx: *mut xdp_md) -> u32 {
+    let ctx = &XdpContext::new(ctx);
+    let mut params = MaybeUninit::uninit();
+    let p = route::zeroed_fib_params(&mut params);
+    p.family = route::AF_INET6;
+    p.l4_protocol = IPPROTO_ICMPV6;
+    p.__bindgen_anon_3.ipv6_src = read(ctx, ETH_HLEN + ip6::SADDR.start).unwrap_or([0; 4]);
+    p.__bindgen_anon_4.ipv6_dst = read(ctx, ETH_HLEN + ip6::DADDR.start).unwrap_or([0; 4]);
+    if fib_lookup(ctx, p) != BPF_FIB_LKUP_RET_SUCCESS as i64 {
+        return PASS;
+    }
+    verdict6(send::<V6>(ctx, p))
+}
+
+#[inline(always)]
+fn xdp6_nat_in(ctx: &XdpContext) -> Result<u32, Error> {
+    let Packet::Flow(f) = parse6(ctx)? else {
+        return Ok(PASS);
+    };
+    V6::keep_in_memory(&f);
+    if snat6_reply(&f) {
+        return snat_reply(ctx, &f);
+    }
+    // Recorded by `lb_xdp6` already: only read here.
+    let Some(e) = ct::get::<V6>(&ct::key_of(&f, CT_SERVICE)) else {
+        return Ok(PASS);
+    };
+    let entry = ct::load(e);
+    V6::keep_in_memory(&entry);
+    forward(ctx, &f, &entry, now_ns())
 }
 
 /// Whether port `port_be` (network order) is within `min..=max` (host
@@ -424,7 +665,7 @@ fn north_south<F: XdpFamily>(
         nat::translate(ctx, f, &entry)?;
         return Ok(PASS);
     }
-    F::forward(ctx, f, &entry, now)
+    F::send_on(ctx, f, &entry, now)
 }
 
 /// A new north-south flow, or the verdict for a packet that gets none.
@@ -479,44 +720,51 @@ fn orphan_fragment(v: &Vip4) -> u32 {
 /// Backend -> node address:SNAT port: back to the client, from the
 /// frontend.
 #[inline(always)]
-fn snat_reply(ctx: &XdpContext, f: &Flow) -> Result<u32, Error> {
+fn snat_reply<F: XdpFamily>(ctx: &XdpContext, f: &Flow<F>) -> Result<u32, Error> {
     let Some((entry, now)) = ct::reply(f) else {
         return Ok(PASS);
     };
-    frag::record(f);
+    F::keep_in_memory(&entry);
+    F::frag_record(f);
     forward(ctx, f, &entry, now)
 }
 
 /// What the FIB is asked: the packet of a flow rewritten as its entry
 /// says, or an ICMP error to the entry's destination.
-enum Route<'a> {
-    Flow(&'a Flow),
+enum Route<'a, F: XdpFamily> {
+    Flow(&'a Flow<F>),
     IcmpError,
 }
 
 /// Where the FIB sends a packet from `e.nat_saddr` to `e.nat_daddr`.
 /// The parameters are built in `params`, which also receives the answer.
 #[inline(always)]
-fn fib<'a>(ctx: &XdpContext, e: &CtEntry, what: Route, params: &'a mut MaybeUninit<FibParams>) -> (i64, &'a FibParams) {
+fn fib<'a, F: XdpFamily>(ctx: &XdpContext, e: &Ct<F>, what: Route<F>, params: &'a mut MaybeUninit<FibParams>) -> (i64, &'a FibParams) {
     let p = route::zeroed_fib_params(params);
-    p.family = route::AF_INET;
     match what {
         Route::Flow(f) => {
             p.l4_protocol = f.proto;
             p.sport = e.nat_sport;
             p.dport = e.nat_dport;
             p.__bindgen_anon_1.tot_len = f.tot_len;
-            p.__bindgen_anon_2.tos = f.tos;
+            F::fib_addrs(p, e, f.tos);
         }
-        Route::IcmpError => p.l4_protocol = IPPROTO_ICMP,
+        Route::IcmpError => {
+            p.l4_protocol = F::ICMP_PROTO;
+            F::fib_addrs(p, e, 0);
+        }
     }
-    p.__bindgen_anon_3.ipv4_src = e.nat_saddr;
-    p.__bindgen_anon_4.ipv4_dst = e.nat_daddr;
+    (fib_lookup(ctx, p), p)
+}
+
+/// Asks the FIB about the packet `p` describes, as if it came in where
+/// this one did; `p` receives the answer.
+#[inline(always)]
+fn fib_lookup(ctx: &XdpContext, p: &mut FibParams) -> i64 {
     p.ifindex = ctx.ingress_ifindex() as u32;
     // SAFETY: `ctx.ctx` is the program's context and `p` a parameter
-    // struct of the size passed, on the stack.
-    let rc = unsafe { bpf_fib_lookup(ctx.ctx.cast(), p, size_of::<FibParams>() as i32, 0) };
-    (rc, p)
+    // struct of the size passed.
+    unsafe { bpf_fib_lookup(ctx.ctx.cast(), p, size_of::<FibParams>() as i32, 0) }
 }
 
 /// Whether the interface a packet came in on runs XDP natively: only then
@@ -530,38 +778,39 @@ fn native_ingress(ctx: &XdpContext) -> bool {
 }
 
 /// Sends a packet of a translated flow on, rewritten as `e` says: the FIB
-/// gives the egress interface and the next hop's MAC, and the TTL goes down
-/// by one as in any router. A packet too big for the path (with DF) is
-/// answered with "fragmentation needed" from where it was sent to, an
-/// expired TTL with "time exceeded"; both quote the packet as it came.
-/// Without a route or neighbour the kernel forwards it.
+/// gives the egress interface and the next hop's MAC, and the TTL (hop
+/// limit) goes down by one as in any router. A packet too big for the path
+/// (IPv4: with DF) is answered from where it was sent to (IPv4:
+/// "fragmentation needed"), an expired TTL too (IPv4: "time exceeded");
+/// both quote the packet as it came. Without a route or neighbour the
+/// kernel forwards it.
 #[inline(always)]
-fn forward(ctx: &XdpContext, f: &Flow, e: &CtEntry, now: u64) -> Result<u32, Error> {
+fn forward<F: XdpFamily>(ctx: &XdpContext, f: &Flow<F>, e: &Ct<F>, now: u64) -> Result<u32, Error> {
     let mut params = MaybeUninit::uninit();
     let (rc, p) = fib(ctx, e, Route::Flow(f), &mut params);
     if rc == BPF_FIB_LKUP_RET_FRAG_NEEDED as i64 && f.df && f.has_l4() && native_ingress(ctx) {
-        stats::count(stat::FRAG_NEEDED_SENT);
         // SAFETY: the union member the kernel wrote for this result (all
         // members are plain integers).
         let mtu = unsafe { p.__bindgen_anon_1.mtu_result };
-        return Ok(icmp_out::xdp_error(ctx, f.saddr, now, icmp::DEST_UNREACH, icmp::FRAG_NEEDED, mtu));
+        return Ok(F::too_big(ctx, f, mtu, now));
     }
-    let ttl: u8 = read(ctx, ETH_HLEN + ip::TTL).ok_or(Error::Malformed)?;
+    let ttl: u8 = read(ctx, ETH_HLEN + F::HOP_LIMIT).ok_or(Error::Malformed)?;
     if ttl <= 1 {
         stats::count(stat::DROP_TTL);
-        return Ok(icmp_out::xdp_error(ctx, f.saddr, now, icmp::TIME_EXCEEDED, 0, 0));
+        return Ok(F::expired(ctx, f, now));
     }
     nat::translate(ctx, f, e)?;
     if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
         return Ok(PASS);
     }
-    send(ctx, p)
+    send::<F>(ctx, p)
 }
 
-/// Decrements the TTL, sets the MACs from the FIB result and transmits.
+/// Decrements the TTL (hop limit), sets the MACs from the FIB result and
+/// transmits.
 #[inline(always)]
-fn send(ctx: &XdpContext, p: &FibParams) -> Result<u32, Error> {
-    if !route::hop(ctx, p)? {
+fn send<F: XdpFamily>(ctx: &XdpContext, p: &FibParams) -> Result<u32, Error> {
+    if !F::hop(ctx, p)? {
         stats::count(stat::DROP_TTL);
         return Ok(DROP);
     }
@@ -600,9 +849,9 @@ fn icmp_error(ctx: &XdpContext, err: &IcmpError) -> Result<u32, Error> {
         return Ok(PASS);
     }
     let mut params = MaybeUninit::uninit();
-    let (rc, p) = fib(ctx, &entry, Route::IcmpError, &mut params);
+    let (rc, p) = fib::<V4>(ctx, &entry, Route::IcmpError, &mut params);
     if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
         return Ok(PASS);
     }
-    send(ctx, p)
+    send::<V4>(ctx, p)
 }

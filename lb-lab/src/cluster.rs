@@ -283,8 +283,9 @@ impl ClusterLab {
     /// node `n` [`node_ip6(n)`](node_ip6)`/64` on [`EXT_IF`] with IPv6
     /// forwarding, its pod `i` [`cluster_pod_ip6(n, i)`](cluster_pod_ip6)
     /// `/128` with a default route via [`GATEWAY_IP6`] (link-local, on the
-    /// node side `lbp<i>`) and the node a route to it. No routes between
-    /// the nodes' IPv6 pod addresses. Addresses skip duplicate address
+    /// node side `lbp<i>`) and the node a route to it; the other nodes'
+    /// pods, `fd00:244:<m+1>::/48`, via node `m`'s external IPv6 address
+    /// (as the IPv4 pod CIDRs). Addresses skip duplicate address
     /// detection, so they are usable at once.
     pub fn enable_ipv6(&self) -> Result<()> {
         if self.router.is_some() {
@@ -302,6 +303,10 @@ impl ClusterLab {
                 ns.ip(&["-6", "route", "add", &format!("{ip6}/128"), "dev", hif])?;
                 pod.ns.ip(&["-6", "addr", "add", &format!("{ip6}/128"), "dev", "eth0", "nodad"])?;
                 pod.ns.ip(&["-6", "route", "add", "default", "via", &GATEWAY_IP6.to_string(), "dev", "eth0"])?;
+            }
+            for m in (0..self.nodes.len()).filter(|&m| m != n) {
+                let pods = format!("{}/48", Ipv6Addr::new(0xfd00, 0x244, m as u16 + 1, 0, 0, 0, 0, 0));
+                ns.ip(&["-6", "route", "add", &pods, "via", &node_ip6(m).to_string(), "dev", EXT_IF])?;
             }
         }
         Ok(())

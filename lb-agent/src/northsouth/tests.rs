@@ -364,9 +364,25 @@ fn the_snat_address_stays_while_it_is_a_node_address() {
     assert_eq!(snat_address(None, Some(one), &[two]), Some(two));
     // No address left: keep the old one rather than none.
     assert_eq!(snat_address(None, Some(one), &[]), Some(one));
-    assert_eq!(snat_address(None, None, &[]), None);
+    assert_eq!(snat_address::<Ipv4Addr>(None, None, &[]), None);
     // Configured: always that one.
     assert_eq!(snat_address(Some(a("10.0.0.9")), Some(one), &[two]), Some(a("10.0.0.9")));
+}
+
+#[test]
+fn the_ipv6_snat_address_is_chosen_as_ipv4s_from_the_external_interfaces() {
+    let ifaces = ["eth0".to_string(), "eth1".to_string()];
+    let a = |s: &str| s.parse::<Ipv6Addr>().unwrap();
+    let addrs6 = [("eth1".to_string(), a("fd00:51::1")), ("lo9".to_string(), a("fd00:99::1")), ("eth0".to_string(), a("fd00:50::1"))];
+    // The first global address of the external interfaces, in their order.
+    let base = nodeport_addresses6(&[], &ifaces, &addrs6);
+    assert_eq!(snat_address(None, None, &base), Some(a("fd00:50::1")));
+    // Kept while it stays; `--snat-ip6` wins.
+    assert_eq!(snat_address(None, Some(a("fd00:51::1")), &base), Some(a("fd00:51::1")));
+    assert_eq!(snat_address(Some(a("fd00:77::7")), None, &base), Some(a("fd00:77::7")));
+    // None at all: `::` in LB6_NODE (the datapath passes such flows).
+    assert_eq!(node6_config(None).snat_addr, [0; 4]);
+    assert_eq!(lb_common::ipv6(node6_config(Some(a("fd00:50::1"))).snat_addr), a("fd00:50::1"));
 }
 
 #[test]

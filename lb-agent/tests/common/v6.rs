@@ -7,7 +7,7 @@ use std::net::SocketAddrV6;
 use etherparse::{IpHeaders, IpNumber, Ipv6Extensions, Ipv6Header, PacketBuilder};
 use lb_agent::maps::{Maps, svc_name};
 use lb_common::{Backend6, RevNat6, RevNatKey, Service4Value, Service6Key, Slot, SlotKey, Vip4, addr6, svc_flags, vip_flags};
-use lb_lab::testrun::{CLIENT_MAC, NODE_MAC, tcp_packet};
+use lb_lab::testrun::{CLIENT_MAC, Frame, NODE_MAC, tcp_packet};
 
 /// Installs an IPv6 ClusterIP frontend `vip` (port, proto) with
 /// `backends` (IPv6 backend IDs and addresses) under frontend ID `id`:
@@ -30,12 +30,16 @@ pub fn install(maps: &mut Maps, id: u32, name: &str, vip: SocketAddrV6, proto: u
 }
 
 fn ip6(src: &SocketAddrV6, dst: &SocketAddrV6, next: IpNumber, exts: Ipv6Extensions) -> IpHeaders {
+    ip6_hops(src, dst, next, exts, 64)
+}
+
+fn ip6_hops(src: &SocketAddrV6, dst: &SocketAddrV6, next: IpNumber, exts: Ipv6Extensions, hop_limit: u8) -> IpHeaders {
     let header = Ipv6Header {
         traffic_class: 0,
         flow_label: Default::default(),
         payload_length: 0,
         next_header: next,
-        hop_limit: 64,
+        hop_limit,
         source: src.ip().octets(),
         destination: dst.ip().octets(),
     };
@@ -47,6 +51,23 @@ fn ip6(src: &SocketAddrV6, dst: &SocketAddrV6, next: IpNumber, exts: Ipv6Extensi
 pub fn tcp(src: SocketAddrV6, dst: SocketAddrV6, flags: &str, seq: u32, payload: &[u8], exts: Ipv6Extensions) -> Vec<u8> {
     let b = PacketBuilder::ethernet2(CLIENT_MAC, NODE_MAC).ip(ip6(&src, &dst, IpNumber::TCP, exts)).tcp(src.port(), dst.port(), seq, 64240);
     tcp_packet(b, flags, payload)
+}
+
+/// [`tcp`] in `frame` (its MACs, and its TTL as the hop limit), without
+/// extension headers: a packet as a router forwards it.
+pub fn tcp_in(frame: Frame, src: SocketAddrV6, dst: SocketAddrV6, flags: &str, seq: u32, payload: &[u8]) -> Vec<u8> {
+    let ip = ip6_hops(&src, &dst, IpNumber::TCP, Ipv6Extensions::default(), frame.ttl);
+    let b = PacketBuilder::ethernet2(frame.src_mac, frame.dst_mac).ip(ip).tcp(src.port(), dst.port(), seq, 64240);
+    tcp_packet(b, flags, payload)
+}
+
+/// [`udp`] in `frame`, without extension headers.
+pub fn udp_in(frame: Frame, src: SocketAddrV6, dst: SocketAddrV6, payload: &[u8]) -> Vec<u8> {
+    let ip = ip6_hops(&src, &dst, IpNumber::UDP, Ipv6Extensions::default(), frame.ttl);
+    let b = PacketBuilder::ethernet2(frame.src_mac, frame.dst_mac).ip(ip).udp(src.port(), dst.port());
+    let mut out = Vec::with_capacity(b.size(payload.len()));
+    b.write(&mut out, payload).expect("writing to a Vec");
+    out
 }
 
 /// An Ethernet + IPv6 + UDP packet after the extension headers `exts`.
