@@ -157,10 +157,7 @@ pub fn check(dir: &Path, sizes: &MapSizes) -> anyhow::Result<Check> {
         } else if name == names::LAYOUT && pinned.max_entries < layout::VERSIONS.len() as u32 {
             // An older agent's LB_LAYOUT, sized for fewer maps: reused, it
             // could not record this build's versions (E2BIG at start).
-            out.rebuild.push((
-                name,
-                format!("{} entries, too few for this agent's {} maps", pinned.max_entries, layout::VERSIONS.len()),
-            ));
+            out.rebuild.push((name, format!("{} entries, too few for this agent's {} maps", pinned.max_entries, layout::VERSIONS.len())));
         } else if pinned.max_entries != want.max_entries {
             out.size_notes.push(format!(
                 "{name} is pinned with {} entries, not the {} asked for: the size applies when the map is created \

@@ -129,10 +129,12 @@ pub struct Plan {
     pub internal: Desired,
     /// North-south frontends.
     pub frontends: Desired,
-    /// IPv6 north-south frontends (no source ranges: see [`plan`]).
+    /// IPv6 north-south frontends.
     pub frontends6: Desired<Ipv6Addr>,
     /// loadBalancerSourceRanges of the frontends that enforce them.
     pub source_ranges: BTreeMap<FrontendAddr, Vec<Cidr>>,
+    /// The same for the IPv6 frontends.
+    pub source_ranges6: BTreeMap<FrontendAddr<Ipv6Addr>, Vec<Cidr>>,
     /// Health check NodePorts: Service -> (port, local ready endpoints).
     pub health_checks: BTreeMap<ServiceRef, (u16, usize)>,
     pub problems: BTreeSet<String>,
@@ -191,7 +193,7 @@ pub fn plan(t: &Translation, node: &NodeInfo) -> Plan {
                 desired: &t.desired,
                 node_ips: &node.node_ips,
                 frontends: &mut out.frontends,
-                source_ranges: Some(&mut out.source_ranges),
+                source_ranges: &mut out.source_ranges,
                 problems: &mut out.problems,
             };
             north_south(svc, m, cluster_ip, &topology, node, &mut family, &mut local_ready);
@@ -205,7 +207,7 @@ pub fn plan(t: &Translation, node: &NodeInfo) -> Plan {
                 desired: &t.desired6,
                 node_ips: &node.node_ips6,
                 frontends: &mut out.frontends6,
-                source_ranges: None,
+                source_ranges: &mut out.source_ranges6,
                 problems: &mut out.problems,
             };
             north_south(svc, m, cluster_ip, &BTreeMap::new(), node, &mut family, &mut local_ready6);
@@ -225,10 +227,8 @@ struct FamilyPlan<'a, A: IpFamily> {
     /// The node addresses NodePorts are served on.
     node_ips: &'a [A],
     frontends: &'a mut Desired<A>,
-    /// loadBalancerSourceRanges of the frontends that enforce them; `None`:
-    /// the family has no map for them, and a LoadBalancer IP with ranges
-    /// of this family is not served (a problem).
-    source_ranges: Option<&'a mut BTreeMap<FrontendAddr<A>, Vec<Cidr>>>,
+    /// loadBalancerSourceRanges of the frontends that enforce them.
+    source_ranges: &'a mut BTreeMap<FrontendAddr<A>, Vec<Cidr>>,
     problems: &'a mut BTreeSet<String>,
 }
 
@@ -256,16 +256,9 @@ fn north_south<A: IpFamily>(
     if !has_node_ports && m.external_ips.is_empty() {
         return;
     }
+    // Ranges of the other family only do not restrict this one's
+    // clients, as kube-proxy (one proxier per family) does.
     let family_ranges = m.source_ranges.iter().any(|c| A::of(c.addr).is_some());
-    let unenforceable = is_lb && family_ranges && out.source_ranges.is_none();
-    if unenforceable {
-        for ip in m.load_balancer_ips.iter().filter_map(|ip| A::of(*ip)) {
-            out.problems.insert(format!(
-                "Service {svc}: LoadBalancer IP {ip} is not served: its {} loadBalancerSourceRanges are not enforced yet",
-                A::NAME
-            ));
-        }
-    }
     let desired = out.desired;
     for port in &m.ports {
         let cluster = FrontendAddr::new(cluster_ip, port.port, port.proto);
@@ -293,9 +286,9 @@ fn north_south<A: IpFamily>(
                 return;
             }
             let mut flags = base_flags | kind;
-            if ranges && let Some(r) = out.source_ranges.as_deref_mut() {
+            if ranges {
                 flags |= svc_flags::SOURCE_RANGES;
-                r.insert(addr, m.source_ranges.clone());
+                out.source_ranges.insert(addr, m.source_ranges.clone());
             }
             if let Some(all) = in_cluster {
                 flags |= svc_flags::HAS_INTERNAL;
@@ -322,7 +315,7 @@ fn north_south<A: IpFamily>(
         for ip in m.external_ips.iter().filter_map(|ip| A::of(*ip)) {
             add(ip, port.port, svc_flags::EXTERNAL_IP, false, out);
         }
-        if is_lb && !unenforceable {
+        if is_lb {
             for ip in m.load_balancer_ips.iter().filter_map(|ip| A::of(*ip)) {
                 add(ip, port.port, svc_flags::LOAD_BALANCER, family_ranges, out);
             }

@@ -103,6 +103,7 @@ impl Syncer {
             .reconciler
             .apply_dual(&[&translation.desired, &plan.internal, &plan.frontends], &[&translation.desired6, &plan.frontends6]);
         self.reconciler.apply_source_ranges(&plan.source_ranges, &mut stats);
+        self.reconciler.apply_source_ranges(&plan.source_ranges6, &mut stats);
         self.north_south.sync_health_checks(&plan);
         let latency = first_seen.elapsed();
         let now = SystemTime::now();

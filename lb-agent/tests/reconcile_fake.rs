@@ -1465,9 +1465,9 @@ fn source_ranges_that_fail_are_tried_again() {
     r.apply_source_ranges(&ranges, &mut s);
     assert_eq!((s.ops, s.errors.len()), (1, 0), "{s:?}");
     let mut s = Stats::default();
-    r.apply_source_ranges(&BTreeMap::new(), &mut s);
+    r.apply_source_ranges(&BTreeMap::<FrontendAddr, Vec<Cidr>>::new(), &mut s);
     assert_eq!((s.ops, s.errors.len()), (2, 0), "{s:?}");
-    assert!(r.maps().src_ranges().unwrap().is_empty());
+    assert!(r.maps().src_ranges::<std::net::Ipv4Addr>().unwrap().is_empty());
     let _ = CtMap::BOTH;
 }
 

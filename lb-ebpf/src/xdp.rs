@@ -47,7 +47,8 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use lb_common::{
-    CT_REPLY, CT_SERVICE, Config, CtEntry, IPPROTO_ICMP, NodeConfig, Service4Value, SrcRange4, V4, V6, Vip4, backend_flags, ct_entry_flags,
+    CT_REPLY, CT_SERVICE, Config, CtEntry, IPPROTO_ICMP, NodeConfig, Service4Value, SrcRange4, SrcRange6, V4, V6, Vip4, backend_flags,
+    ct_entry_flags,
     packet::{ETH_HLEN, ETH_P_IPV6, Fragment, IPV4_HLEN, eth, icmp, ip},
     stat, svc_flags, vip_flags, xdp_call, xdp_mode,
 };
@@ -58,7 +59,7 @@ use crate::{
     family::{Ct, FamilyMaps},
     frag, icmp as icmp_out,
     l3::L3,
-    maps::{LB_DEVICES, LB_XDP_CALLS, LB4_SRC_RANGES, LB6_SERVICES},
+    maps::{LB_DEVICES, LB_XDP_CALLS, LB4_SRC_RANGES, LB6_SERVICES, LB6_SRC_RANGES},
     nat,
     packet::read,
     parse::{Flow, IcmpError, Packet, parse, parse6},
@@ -68,7 +69,7 @@ use crate::{
 };
 
 /// What the north-south path does differently per family. IPv6 has no
-/// pre-filter, no source ranges, no NAT66 (a new flow to a backend on
+/// pre-filter, no NAT66 (a new flow to a backend on
 /// another node passes, counted `stat::PASS_NO_NAT66`) and no fragments
 /// (`parse6` does not take them as flows).
 trait XdpFamily: L3 {
@@ -153,11 +154,10 @@ impl XdpFamily for V6 {
         // SAFETY: copied out at once.
         unsafe { LB6_SERVICES.get(<V6 as lb_common::Family>::service_key(addr, port, proto)).copied() }
     }
-    /// The agent does not serve an IPv6 frontend with IPv6 source ranges
-    /// (it has no map for them): one that says so anyway is refused.
     #[inline(always)]
-    fn source_allowed(_frontend_id: u32, _saddr: lb_common::Addr6) -> bool {
-        false
+    fn source_allowed(frontend_id: u32, saddr: lb_common::Addr6) -> bool {
+        let (len, data) = SrcRange6::client(frontend_id, saddr);
+        LB6_SRC_RANGES.get(&Key::new(len, data)).is_some()
     }
     /// No NAT66 yet: only a backend on this node is served (DNAT only).
     #[inline(always)]

@@ -14,7 +14,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use aya::maps::lpm_trie::Key as LpmKey;
 use lb_common::{
     Addr6, Affinity4Key, CT_SERVICE, Config, CtKeyOf, IPPROTO_TCP, NodeConfig, RevNatKey, SCOPE_EXTERNAL, SCOPE_INTERNAL, Service4Value,
-    SlotKey, SrcRange4, config_flags, ct, ct_flags, hairpin_addr,
+    SlotKey, SrcRangeOf, config_flags, ct, ct_flags, hairpin_addr,
     hash::{affinity_client6, flow_hash, flow_hash6},
     node_flags, stat, svc_flags, vip_flags,
 };
@@ -302,13 +302,8 @@ fn explain_in<A: Explained>(maps: &Maps, q: &Query, (src, dst): (A, A), now_ns: 
             return Ok(x.end(Verdict::Pass, None, "the frontend is not served from outside: passes"));
         }
         if svc.flags & svc_flags::SOURCE_RANGES != 0 {
-            // North-south is IPv4's only (`A::NORTH_SOUTH`).
-            let client = match q.src.ip() {
-                IpAddr::V4(a) => u32::from_ne_bytes(a.octets()),
-                IpAddr::V6(_) => 0,
-            };
-            let (len, data) = SrcRange4::client(svc.frontend_id, client);
-            let allowed = maps.src_ranges.map.get(&LpmKey::new(len, data), 0).is_ok();
+            let (len, data) = SrcRangeOf::client(svc.frontend_id, saddr);
+            let allowed = A::pinned_src_ranges(maps).map.get(&LpmKey::new(len, data), 0).is_ok();
             if !allowed {
                 return Ok(x.end(
                     Verdict::Drop,

@@ -259,19 +259,28 @@ fn ipv6_local_policy_keeps_local_endpoints_and_an_in_cluster_entry() {
 }
 
 #[test]
-fn ipv6_source_ranges_are_not_served_open() {
-    // An IPv6 source range cannot be enforced yet: the IPv6 LB IPs are not
-    // served (not served wide open), and each is named.
+fn ipv6_source_ranges_apply_to_the_ipv6_lb_ip() {
+    // IPv6 ranges restrict the IPv6 LoadBalancer IPs (and only those, as
+    // for IPv4); each family's frontends get the whole list, the
+    // reconciler writes the ranges of the frontend's family.
     let yaml = dual_stack("Cluster")
         .replace("loadBalancerSourceRanges: [192.168.50.0/24]", "loadBalancerSourceRanges: [192.168.50.0/24, \"fd00:50::/64\"]");
     let p = plan(&run(&yaml), &node("node-a"));
-    assert_eq!(
-        p.problems.iter().map(String::as_str).collect::<Vec<_>>(),
-        ["Service demo/web: LoadBalancer IP fd00:60::10 is not served: its IPv6 loadBalancerSourceRanges are not enforced yet"]
-    );
-    assert!(p.frontends6.keys().all(|a| a.ip != "fd00:60::10".parse::<Ipv6Addr>().unwrap()));
-    assert_eq!(p.frontends6.len(), 4);
-    assert!(p.frontends.contains_key(&fa("192.168.60.10:80", Protocol::Tcp)));
+    assert!(p.problems.is_empty(), "{:?}", p.problems);
+    assert_eq!(p.frontends6.len(), 6);
+    for proto in [Protocol::Tcp, Protocol::Udp] {
+        let port = if proto == Protocol::Tcp { 80 } else { 53 };
+        let lb = fa6(&format!("[fd00:60::10]:{port}"), proto);
+        assert_eq!(p.frontends6[&lb].flags, svc_flags::LOAD_BALANCER | svc_flags::SOURCE_RANGES);
+        assert_eq!(p.source_ranges6[&lb].iter().map(ToString::to_string).collect::<Vec<_>>(), ["192.168.50.0/24", "fd00:50::/64"]);
+    }
+    assert_eq!(p.source_ranges6.len(), 2);
+    // NodePorts and external IPs are not restricted.
+    assert_eq!(p.frontends6[&fa6("[fd00:50::1]:30080", Protocol::Tcp)].flags, svc_flags::NODE_PORT);
+    assert_eq!(p.frontends6[&fa6("[fd00:60::5]:80", Protocol::Tcp)].flags, svc_flags::EXTERNAL_IP);
+    // IPv4 unchanged.
+    assert_eq!(p.frontends[&fa("192.168.60.10:80", Protocol::Tcp)].flags, svc_flags::LOAD_BALANCER | svc_flags::SOURCE_RANGES);
+    assert_eq!(p.source_ranges.len(), 2);
 }
 
 #[test]
