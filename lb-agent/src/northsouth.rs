@@ -125,8 +125,11 @@ pub struct NodeInfo {
 #[derive(Debug, Default)]
 pub struct Plan {
     /// ClusterIP frontends of `internalTrafficPolicy: Local` Services with
-    /// only this node's endpoints: they replace the translation's.
+    /// only this node's endpoints, or narrowed by topology hints: they
+    /// replace the translation's.
     pub internal: Desired,
+    /// The same for IPv6 ClusterIPs.
+    pub internal6: Desired<Ipv6Addr>,
     /// North-south frontends.
     pub frontends: Desired,
     /// IPv6 north-south frontends.
@@ -145,72 +148,43 @@ pub struct Plan {
 /// the ClusterIP).
 const INHERITED: u32 = svc_flags::AFFINITY | svc_flags::MAGLEV | svc_flags::EXT_LOCAL;
 
-/// Plans the node-specific frontends of every Service in `t`: north-south
-/// ones of both families, and the ClusterIPs of `internalTrafficPolicy:
-/// Local` Services.
+/// Plans the node-specific frontends of every Service in `t`, of both
+/// families: north-south ones, and the ClusterIPs of
+/// `internalTrafficPolicy: Local` Services or with topology hints.
 pub fn plan(t: &Translation, node: &NodeInfo) -> Plan {
     let mut out = Plan::default();
-    let is_local = |b: &&Backend| node.node_name.is_some() && b.node_name.as_deref() == node.node_name.as_deref();
     for (svc, m) in &t.services {
         report_unserved(svc, m, &mut out.problems);
         // Addresses of this node's ready endpoints, for the health check,
         // by family (a dual-stack pod is one endpoint in each).
         let (mut local_ready, mut local_ready6) = (BTreeSet::new(), BTreeSet::new());
+        // Each family from its ClusterIP (a dual-stack Service has one of
+        // each): the in-cluster frontends, then the north-south ones on
+        // the node's addresses of the family and the Service's external
+        // and LoadBalancer IPs of it.
         if let Some(cluster_ip) = m.cluster_ips.iter().find_map(|ip| Ipv4Addr::of(*ip)) {
-            // Topology hints narrow the endpoints of cluster traffic (see
-            // `crate::topology`): this node's ClusterIP frontends unless
-            // `internalTrafficPolicy: Local` (below), and the north-south
-            // ones unless `externalTrafficPolicy: Local`.
-            let mut topology: BTreeMap<FrontendAddr, Vec<Backend>> = BTreeMap::new();
-            for port in &m.ports {
-                let cluster = FrontendAddr::new(cluster_ip, port.port, port.proto);
-                let Some(fe) = t.desired.get(&cluster) else { continue };
-                if let Some(backends) = topology::cluster_backends(&fe.backends, node.node_name.as_deref(), node.zone.as_deref()) {
-                    if m.internal_traffic_policy == TrafficPolicy::Cluster {
-                        out.internal.insert(cluster, Frontend { backends: backends.clone(), ..fe.clone() });
-                    }
-                    topology.insert(cluster, backends);
-                }
-            }
-            if m.internal_traffic_policy == TrafficPolicy::Local {
-                // In-cluster clients get this node's endpoints only, and
-                // are dropped when there is none here, as kube-proxy does;
-                // a Service with no endpoint anywhere still rejects.
-                for port in &m.ports {
-                    let cluster = FrontendAddr::new(cluster_ip, port.port, port.proto);
-                    let Some(fe) = t.desired.get(&cluster) else { continue };
-                    let mut flags = fe.flags;
-                    if fe.slot_backends().next().is_none() {
-                        flags &= !svc_flags::INT_LOCAL;
-                    }
-                    out.internal.insert(
-                        cluster,
-                        Frontend { backends: fe.backends.iter().filter(is_local).cloned().collect(), flags, ..fe.clone() },
-                    );
-                }
-            }
             let mut family = FamilyPlan {
                 desired: &t.desired,
                 node_ips: &node.node_ips,
+                internal: &mut out.internal,
                 frontends: &mut out.frontends,
                 source_ranges: &mut out.source_ranges,
                 problems: &mut out.problems,
             };
+            let topology = in_cluster(m, cluster_ip, node, &mut family);
             north_south(svc, m, cluster_ip, &topology, node, &mut family, &mut local_ready);
         }
-        // IPv6 (a dual-stack or IPv6-only Service): the same frontends on
-        // the node's IPv6 addresses and the Service's IPv6 external and
-        // LoadBalancer IPs, from its IPv6 ClusterIP frontends. Topology
-        // hints are IPv4's only so far.
         if let Some(cluster_ip) = m.cluster_ips.iter().find_map(|ip| Ipv6Addr::of(*ip)) {
             let mut family = FamilyPlan {
                 desired: &t.desired6,
                 node_ips: &node.node_ips6,
+                internal: &mut out.internal6,
                 frontends: &mut out.frontends6,
                 source_ranges: &mut out.source_ranges6,
                 problems: &mut out.problems,
             };
-            north_south(svc, m, cluster_ip, &BTreeMap::new(), node, &mut family, &mut local_ready6);
+            let topology = in_cluster(m, cluster_ip, node, &mut family);
+            north_south(svc, m, cluster_ip, &topology, node, &mut family, &mut local_ready6);
         }
         let (is_lb, local) = (m.service_type == ServiceType::LoadBalancer, m.external_traffic_policy == TrafficPolicy::Local);
         if let (true, true, Some(hc)) = (is_lb, local, m.health_check_node_port) {
@@ -220,12 +194,53 @@ pub fn plan(t: &Translation, node: &NodeInfo) -> Plan {
     out
 }
 
+/// This node's ClusterIP frontends of Service `m` in the family of
+/// `cluster_ip`, where they differ from the translation's (into
+/// `out.internal`): narrowed by topology hints (see `crate::topology`)
+/// unless `internalTrafficPolicy: Local`, which keeps this node's
+/// endpoints only. Returns the topology-narrowed backends per ClusterIP
+/// frontend, which the north-south ones use too unless
+/// `externalTrafficPolicy: Local`.
+fn in_cluster<A: IpFamily>(
+    m: &ServiceModel,
+    cluster_ip: A,
+    node: &NodeInfo,
+    out: &mut FamilyPlan<'_, A>,
+) -> BTreeMap<FrontendAddr<A>, Vec<Backend<A>>> {
+    let is_local = |b: &&Backend<A>| node.node_name.is_some() && b.node_name.as_deref() == node.node_name.as_deref();
+    let mut topology = BTreeMap::new();
+    for port in &m.ports {
+        let cluster = FrontendAddr::new(cluster_ip, port.port, port.proto);
+        let Some(fe) = out.desired.get(&cluster) else { continue };
+        let narrowed = topology::cluster_backends(&fe.backends, node.node_name.as_deref(), node.zone.as_deref());
+        if m.internal_traffic_policy == TrafficPolicy::Local {
+            // In-cluster clients get this node's endpoints only, and are
+            // dropped when there is none here, as kube-proxy does; a
+            // Service with no endpoint anywhere still rejects.
+            let mut flags = fe.flags;
+            if fe.slot_backends().next().is_none() {
+                flags &= !svc_flags::INT_LOCAL;
+            }
+            out.internal
+                .insert(cluster, Frontend { backends: fe.backends.iter().filter(is_local).cloned().collect(), flags, ..fe.clone() });
+        } else if let Some(backends) = &narrowed {
+            out.internal.insert(cluster, Frontend { backends: backends.clone(), ..fe.clone() });
+        }
+        if let Some(backends) = narrowed {
+            topology.insert(cluster, backends);
+        }
+    }
+    topology
+}
+
 /// Where [`north_south`] plans one family's frontends.
 struct FamilyPlan<'a, A: IpFamily> {
     /// The family's ClusterIP frontends (the translation's).
     desired: &'a Desired<A>,
     /// The node addresses NodePorts are served on.
     node_ips: &'a [A],
+    /// ClusterIP frontends that replace the translation's on this node.
+    internal: &'a mut Desired<A>,
     frontends: &'a mut Desired<A>,
     /// loadBalancerSourceRanges of the frontends that enforce them.
     source_ranges: &'a mut BTreeMap<FrontendAddr<A>, Vec<Cidr>>,

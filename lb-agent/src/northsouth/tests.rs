@@ -284,6 +284,66 @@ fn ipv6_source_ranges_apply_to_the_ipv6_lb_ip() {
 }
 
 #[test]
+fn ipv6_internal_traffic_policy_local_keeps_this_nodes_endpoints() {
+    let yaml = dual_stack("Cluster").replace("status:\n", "  internalTrafficPolicy: Local\nstatus:\n");
+    let t = run(&yaml);
+    let cluster6 = fa6("[fd00:96::10]:80", Protocol::Tcp);
+    assert_eq!(t.desired6[&cluster6].backends.len(), 3, "the translation has every endpoint");
+    let p = plan(&t, &node("node-a"));
+    assert!(p.problems.is_empty(), "{:?}", p.problems);
+    // Both families' ClusterIPs get this node's endpoints only.
+    let inner = &p.internal6[&cluster6];
+    assert_eq!(inner.backends.iter().map(|b| b.addr.ip.to_string()).collect::<Vec<_>>(), ["fd00:244:1::10", "fd00:244:1::11"]);
+    assert_ne!(inner.flags & svc_flags::INT_LOCAL, 0);
+    assert_eq!(p.internal6.len(), 2, "both ports");
+    assert_eq!(p.internal[&fa("10.96.0.10:80", Protocol::Tcp)].backends.len(), 2);
+    // Not the north-south frontends (externalTrafficPolicy: Cluster).
+    assert_eq!(backends6(&p, fa6("[fd00:50::1]:30080", Protocol::Tcp)).len(), 3);
+    // A node without endpoints: none (in-cluster clients are dropped).
+    let p = plan(&t, &node("node-c"));
+    assert!(p.internal6[&cluster6].backends.is_empty());
+    assert_ne!(p.internal6[&cluster6].flags & svc_flags::INT_LOCAL, 0);
+}
+
+#[test]
+fn ipv6_topology_hints_narrow_the_ipv6_endpoints() {
+    // Zone hints on the IPv6 slice only (its controller writes each
+    // slice's own): node-a in zone-a gets the zone-a endpoints of IPv6,
+    // every IPv4 endpoint.
+    let yaml = dual_stack("Cluster")
+        .replace(
+            "- addresses: [\"fd00:244:1::10\"]\n  nodeName: node-a",
+            "- addresses: [\"fd00:244:1::10\"]\n  nodeName: node-a\n  hints: {forZones: [{name: zone-a}]}",
+        )
+        .replace(
+            "- addresses: [\"fd00:244:2::10\"]\n  nodeName: node-b",
+            "- addresses: [\"fd00:244:2::10\"]\n  nodeName: node-b\n  hints: {forZones: [{name: zone-b}]}",
+        )
+        .replace(
+            "- addresses: [\"fd00:244:1::11\"]\n  nodeName: node-a",
+            "- addresses: [\"fd00:244:1::11\"]\n  nodeName: node-a\n  hints: {forZones: [{name: zone-a}]}",
+        );
+    let t = run(&yaml);
+    let in_zone = |zone: &str| NodeInfo { zone: Some(zone.into()), ..node("node-a") };
+    let p = plan(&t, &in_zone("zone-a"));
+    assert!(p.problems.is_empty(), "{:?}", p.problems);
+    let cluster6 = fa6("[fd00:96::10]:80", Protocol::Tcp);
+    let ips = |f: &Frontend<Ipv6Addr>| f.backends.iter().map(|b| b.addr.ip.to_string()).collect::<Vec<_>>();
+    assert_eq!(ips(&p.internal6[&cluster6]), ["fd00:244:1::10", "fd00:244:1::11"]);
+    // The north-south frontends (Cluster policy) follow the hints too.
+    assert_eq!(backends6(&p, fa6("[fd00:50::1]:30080", Protocol::Tcp)), ["fd00:244:1::10", "fd00:244:1::11"]);
+    assert_eq!(backends6(&p, fa6("[fd00:60::10]:80", Protocol::Tcp)), ["fd00:244:1::10", "fd00:244:1::11"]);
+    // IPv4 has no hints: untouched.
+    assert!(p.internal.is_empty(), "{:?}", p.internal.keys().collect::<Vec<_>>());
+    // zone-b's node: its endpoint.
+    let p = plan(&t, &in_zone("zone-b"));
+    assert_eq!(ips(&p.internal6[&cluster6]), ["fd00:244:2::10"]);
+    // No zone label: every endpoint (no internal entry).
+    let p = plan(&t, &node("node-a"));
+    assert!(p.internal6.is_empty());
+}
+
+#[test]
 fn addresses_of_a_family_without_a_cluster_ip_are_reported_not_dropped_silently() {
     // IPv6-only: its IPv4 addresses are named; the IPv6 ones (and the
     // NodePorts, on the IPv6 node address) are served.
