@@ -371,10 +371,13 @@ pub struct NorthSouthConfig {
     pub node_name: Option<String>,
     /// Interfaces for the XDP program; empty: those of the default routes.
     pub external_ifaces: Vec<String>,
-    /// The node's primary addresses (`--node-ips`); empty: the IPv4
+    /// The node's primary IPv4 addresses (`--node-ips`); empty: the IPv4
     /// addresses of the external interfaces. NodePorts are served on them
     /// unless `nodeport_addresses` says otherwise.
     pub node_ips: Vec<Ipv4Addr>,
+    /// The same for IPv6 (the IPv6 `--node-ips`); empty: the global IPv6
+    /// addresses of the external interfaces.
+    pub node_ips6: Vec<Ipv6Addr>,
     /// `--nodeport-addresses`: which node addresses NodePorts are served
     /// on (see [`nodeport_addresses`]); empty: the node addresses.
     pub nodeport_addresses: Vec<NodePortAddress>,
@@ -392,6 +395,7 @@ impl Default for NorthSouthConfig {
             node_name: None,
             external_ifaces: Vec::new(),
             node_ips: Vec::new(),
+            node_ips6: Vec::new(),
             nodeport_addresses: Vec::new(),
             snat_ip: None,
             nodeport_range: DEFAULT_NODEPORT_RANGE,
@@ -408,14 +412,11 @@ pub struct NorthSouth {
     logged: BTreeSet<String>,
     /// The external interfaces, whose addresses are the node addresses.
     ifaces: Vec<String>,
-    /// `--node-ips`: when set, the node addresses do not follow the
-    /// interfaces.
-    configured_ips: Vec<Ipv4Addr>,
+    /// `--node-ips` and the Node's addresses, per family.
+    addrs4: FamilyAddresses<Ipv4Addr>,
+    addrs6: FamilyAddresses<Ipv6Addr>,
     /// `--nodeport-addresses`.
     nodeport_filter: Vec<NodePortAddress>,
-    /// The Node's `InternalIP` addresses (IPv4), once its Node was seen:
-    /// the primary addresses when `--node-ips` is not given.
-    node_primary: Vec<Ipv4Addr>,
     configured_snat: Option<Ipv4Addr>,
     /// The SNAT address in `LB_NODE`.
     snat: Option<Ipv4Addr>,
@@ -423,10 +424,11 @@ pub struct NorthSouth {
     node_config: NodeConfig,
 }
 
-/// The addresses NodePorts are served on: the configured ones, or else
-/// the IPv4 addresses of the external interfaces (`addrs`: interface,
-/// address), in interface order.
-pub fn node_addresses(configured: &[Ipv4Addr], ifaces: &[String], addrs: &[(String, Ipv4Addr)]) -> Vec<Ipv4Addr> {
+/// The node addresses of one family: the configured ones (`--node-ips`
+/// of the family), or else the family's addresses of the external
+/// interfaces (`addrs`: interface, address; for IPv6 the global ones), in
+/// interface order.
+pub fn node_addresses<A: IpFamily>(configured: &[A], ifaces: &[String], addrs: &[(String, A)]) -> Vec<A> {
     if !configured.is_empty() {
         return configured.to_vec();
     }
@@ -441,66 +443,38 @@ pub fn node_addresses(configured: &[Ipv4Addr], ifaces: &[String], addrs: &[(Stri
     out
 }
 
-/// The addresses NodePorts are served on. Without `--nodeport-addresses`
-/// (`filter` empty), the node addresses (`node_ips`, see
-/// [`node_addresses`]). With it, as kube-proxy: every IPv4 address of the
-/// node (`addrs`: interface, address, in the kernel's order) inside one of
-/// its CIDRs, or, for `primary`, one of the node's `primary` addresses.
-/// Loopback addresses never serve NodePorts; IPv6 CIDRs are accepted and
-/// match nothing (lb serves IPv4).
-pub fn nodeport_addresses(
-    filter: &[NodePortAddress],
-    node_ips: &[Ipv4Addr],
-    addrs: &[(String, Ipv4Addr)],
-    primary: &[Ipv4Addr],
-) -> Vec<Ipv4Addr> {
+/// The addresses of one family NodePorts are served on. Without
+/// `--nodeport-addresses` (`filter` empty), the node addresses
+/// (`node_ips`, see [`node_addresses`]). With it, as kube-proxy: every
+/// address of the family of the node (`addrs`: interface, address, in the
+/// kernel's order) inside one of its CIDRs of the family, or, for
+/// `primary`, one of the node's `primary` addresses of the family.
+/// Loopback addresses never serve NodePorts.
+pub fn nodeport_addresses<A: IpFamily>(filter: &[NodePortAddress], node_ips: &[A], addrs: &[(String, A)], primary: &[A]) -> Vec<A> {
     if filter.is_empty() {
         return node_ips.to_vec();
     }
-    let wanted = |a: Ipv4Addr| {
+    let wanted = |a: A| {
         filter.iter().any(|f| match f {
             NodePortAddress::Primary => primary.contains(&a),
-            NodePortAddress::Cidr(c) => c.contains_v4(a),
+            NodePortAddress::Cidr(c) => c.contains(a.into()),
         })
     };
     let mut out = Vec::new();
     for (_, a) in addrs {
-        if !a.is_loopback() && wanted(*a) && !out.contains(a) {
+        let ip: IpAddr = (*a).into();
+        if !ip.is_loopback() && wanted(*a) && !out.contains(a) {
             out.push(*a);
         }
     }
     out
 }
 
-/// The IPv6 addresses NodePorts are served on: the global IPv6 addresses
-/// of the external interfaces (`addrs6`: interface, address), in
-/// interface order; with `--nodeport-addresses` (`filter`), as for IPv4,
-/// every global IPv6 address of the node inside one of its IPv6 CIDRs
-/// (`primary` names IPv4 addresses only).
-pub fn nodeport_addresses6(filter: &[NodePortAddress], ifaces: &[String], addrs6: &[(String, Ipv6Addr)]) -> Vec<Ipv6Addr> {
-    let mut out = Vec::new();
-    if filter.is_empty() {
-        for name in ifaces {
-            for (_, a) in addrs6.iter().filter(|(n, _)| n == name) {
-                if !out.contains(a) {
-                    out.push(*a);
-                }
-            }
-        }
-        return out;
-    }
-    for (_, a) in addrs6 {
-        if filter.iter().any(|f| matches!(f, NodePortAddress::Cidr(c) if c.contains_v6(*a))) && !out.contains(a) {
-            out.push(*a);
-        }
-    }
-    out
-}
-
-/// The node's primary addresses (`--nodeport-addresses primary`):
-/// `--node-ips`; else its Node's `InternalIP` addresses; else the first
-/// node address (the one SNATed flows leave with by default).
-pub fn primary_addresses(configured: &[Ipv4Addr], node_internal: &[Ipv4Addr], node_ips: &[Ipv4Addr]) -> Vec<Ipv4Addr> {
+/// The node's primary addresses of one family (`--nodeport-addresses
+/// primary`): `--node-ips` of the family; else its Node's addresses of
+/// the family (`InternalIP`, else `ExternalIP`); else the first node
+/// address (for IPv4 the one SNATed flows leave with by default).
+pub fn primary_addresses<A: IpFamily>(configured: &[A], node_internal: &[A], node_ips: &[A]) -> Vec<A> {
     if !configured.is_empty() {
         return configured.to_vec();
     }
@@ -508,6 +482,34 @@ pub fn primary_addresses(configured: &[Ipv4Addr], node_internal: &[Ipv4Addr], no
         return node_internal.to_vec();
     }
     node_ips.first().copied().into_iter().collect()
+}
+
+/// One family's node-address settings.
+#[derive(Clone, Debug)]
+struct FamilyAddresses<A> {
+    /// `--node-ips` of the family: when set, the node addresses do not
+    /// follow the interfaces.
+    configured: Vec<A>,
+    /// The Node's addresses of the family (see [`primary_addresses`]),
+    /// once its Node was seen.
+    node_primary: Vec<A>,
+}
+
+impl<A: IpFamily> FamilyAddresses<A> {
+    /// The node addresses and the NodePort addresses of the family, from
+    /// the node's addresses `addrs`.
+    fn plan(&self, filter: &[NodePortAddress], ifaces: &[String], addrs: &[(String, A)]) -> (Vec<A>, Vec<A>) {
+        let base = node_addresses(&self.configured, ifaces, addrs);
+        let primary = primary_addresses(&self.configured, &self.node_primary, &base);
+        let node_ips = nodeport_addresses(filter, &base, addrs, &primary);
+        (base, node_ips)
+    }
+
+    /// Whether the addresses are fixed (configured, no filter): they do
+    /// not follow the interfaces.
+    fn fixed(&self, filter: &[NodePortAddress]) -> bool {
+        !self.configured.is_empty() && filter.is_empty()
+    }
 }
 
 /// The address SNATed flows leave with: the configured one; else the
@@ -552,9 +554,10 @@ impl NorthSouth {
         let ifaces =
             if cfg.external_ifaces.is_empty() { default_route_interfaces().unwrap_or_default() } else { cfg.external_ifaces.clone() };
         let addrs = interface_addresses().context("listing the node's addresses")?;
-        let node_ips6 = nodeport_addresses6(&cfg.nodeport_addresses, &ifaces, &interface_addresses6().unwrap_or_default());
-        let base = node_addresses(&cfg.node_ips, &ifaces, &addrs);
-        let node_ips = nodeport_addresses(&cfg.nodeport_addresses, &base, &addrs, &primary_addresses(&cfg.node_ips, &[], &base));
+        let addrs4 = FamilyAddresses { configured: cfg.node_ips.clone(), node_primary: Vec::new() };
+        let addrs6 = FamilyAddresses { configured: cfg.node_ips6.clone(), node_primary: Vec::new() };
+        let (base, node_ips) = addrs4.plan(&cfg.nodeport_addresses, &ifaces, &addrs);
+        let (_, node_ips6) = addrs6.plan(&cfg.nodeport_addresses, &ifaces, &interface_addresses6().unwrap_or_default());
         let snat = snat_address(cfg.snat_ip, None, &base);
         if !cfg.nodeport_addresses.is_empty() && node_ips.is_empty() {
             warn!(nodeport_addresses = ?cfg.nodeport_addresses, "no node address matches --nodeport-addresses: no NodePort is served");
@@ -622,9 +625,9 @@ impl NorthSouth {
             health: HealthChecks::new(heartbeat),
             logged: BTreeSet::new(),
             ifaces,
-            configured_ips: cfg.node_ips.clone(),
+            addrs4,
+            addrs6,
             nodeport_filter: cfg.nodeport_addresses.clone(),
-            node_primary: Vec::new(),
             configured_snat: cfg.snat_ip,
             snat,
             node_config,
@@ -639,7 +642,7 @@ impl NorthSouth {
     /// `--nodeport-addresses` do).
     pub fn refresh_addresses(&mut self, reconciler: &mut Reconciler) -> bool {
         let changed6 = self.refresh_addresses6();
-        if !self.configured_ips.is_empty() && self.nodeport_filter.is_empty() {
+        if self.addrs4.fixed(&self.nodeport_filter) {
             return changed6;
         }
         let addrs = match interface_addresses() {
@@ -649,9 +652,7 @@ impl NorthSouth {
                 return changed6;
             }
         };
-        let base = node_addresses(&self.configured_ips, &self.ifaces, &addrs);
-        let primary = primary_addresses(&self.configured_ips, &self.node_primary, &base);
-        let node_ips = nodeport_addresses(&self.nodeport_filter, &base, &addrs, &primary);
+        let (base, node_ips) = self.addrs4.plan(&self.nodeport_filter, &self.ifaces, &addrs);
         let snat = snat_address(self.configured_snat, self.snat, &base);
         if snat != self.snat {
             let config = NodeConfig { snat_addr: snat.map_or(0, |a| u32::from_ne_bytes(a.octets())), ..self.node_config };
@@ -682,9 +683,12 @@ impl NorthSouth {
         true
     }
 
-    /// Reads the IPv6 addresses of the external interfaces again: true
-    /// (logged) when the IPv6 NodePort addresses changed.
+    /// Reads the node's IPv6 addresses again: true (logged) when the IPv6
+    /// NodePort addresses changed.
     fn refresh_addresses6(&mut self) -> bool {
+        if self.addrs6.fixed(&self.nodeport_filter) {
+            return false;
+        }
         let addrs6 = match interface_addresses6() {
             Ok(a) => a,
             Err(e) => {
@@ -692,7 +696,7 @@ impl NorthSouth {
                 return false;
             }
         };
-        let node_ips6 = nodeport_addresses6(&self.nodeport_filter, &self.ifaces, &addrs6);
+        let (_, node_ips6) = self.addrs6.plan(&self.nodeport_filter, &self.ifaces, &addrs6);
         if node_ips6 == self.node.node_ips6 {
             return false;
         }
@@ -701,16 +705,20 @@ impl NorthSouth {
         true
     }
 
-    /// Takes the Node's `InternalIP` addresses (the primary addresses when
-    /// `--node-ips` is not given); true when the NodePort addresses changed
-    /// with them (`--nodeport-addresses primary`).
-    pub fn set_node_primary(&mut self, ips: &[Ipv4Addr], reconciler: &mut Reconciler) -> bool {
-        if self.node_primary == ips {
+    /// Takes the Node's addresses of both families (`InternalIP`, else
+    /// `ExternalIP`, per family: the primary addresses of a family whose
+    /// `--node-ips` are not given); true when the NodePort addresses
+    /// changed with them (`--nodeport-addresses primary`).
+    pub fn set_node_primary(&mut self, ips: &[IpAddr], reconciler: &mut Reconciler) -> bool {
+        let v4: Vec<Ipv4Addr> = ips.iter().filter_map(|ip| Ipv4Addr::of(*ip)).collect();
+        let v6: Vec<Ipv6Addr> = ips.iter().filter_map(|ip| Ipv6Addr::of(*ip)).collect();
+        if self.addrs4.node_primary == v4 && self.addrs6.node_primary == v6 {
             return false;
         }
-        info!(internal_ips = ?ips, "this node's InternalIP addresses (its Node)");
-        self.node_primary = ips.to_vec();
-        self.nodeport_filter.contains(&NodePortAddress::Primary) && self.configured_ips.is_empty() && self.refresh_addresses(reconciler)
+        info!(node_ips = ?ips, "this node's addresses (its Node)");
+        self.addrs4.node_primary = v4;
+        self.addrs6.node_primary = v6;
+        self.nodeport_filter.contains(&NodePortAddress::Primary) && self.refresh_addresses(reconciler)
     }
 
     /// What planning needs to know about this node.

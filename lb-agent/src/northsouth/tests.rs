@@ -370,10 +370,22 @@ fn ipv6_nodeport_addresses_follow_the_interfaces_and_the_filter() {
     let a = |s: &str| s.parse::<Ipv6Addr>().unwrap();
     let addrs = [("ext0".to_string(), a("fd00:50::1")), ("eth9".to_string(), a("fd00:99::1")), ("ext0".to_string(), a("2001:db8::1"))];
     let ifaces = ["ext0".to_string()];
-    assert_eq!(nodeport_addresses6(&[], &ifaces, &addrs), [a("fd00:50::1"), a("2001:db8::1")]);
-    let f = |v: &[&str]| v.iter().map(|s| s.parse::<NodePortAddress>().unwrap()).collect::<Vec<_>>();
-    assert_eq!(nodeport_addresses6(&f(&["fd00::/16"]), &ifaces, &addrs), [a("fd00:50::1"), a("fd00:99::1")]);
-    assert!(nodeport_addresses6(&f(&["10.0.0.0/8", "primary"]), &ifaces, &addrs).is_empty());
+    let plan = |configured: &[Ipv6Addr], node: &[Ipv6Addr], filter: &[&str]| {
+        let filter: Vec<NodePortAddress> = filter.iter().map(|s| s.parse().unwrap()).collect();
+        FamilyAddresses { configured: configured.to_vec(), node_primary: node.to_vec() }.plan(&filter, &ifaces, &addrs).1
+    };
+    // The external interfaces' addresses.
+    assert_eq!(plan(&[], &[], &[]), [a("fd00:50::1"), a("2001:db8::1")]);
+    // IPv6 CIDRs of --nodeport-addresses pick any address of the node.
+    assert_eq!(plan(&[], &[], &["fd00::/16"]), [a("fd00:50::1"), a("fd00:99::1")]);
+    assert!(plan(&[], &[], &["10.0.0.0/8"]).is_empty());
+    // IPv6 --node-ips: those.
+    assert_eq!(plan(&[a("fd00:99::1")], &[], &[]), [a("fd00:99::1")]);
+    // `primary`: the IPv6 --node-ips, else the Node's IPv6 address, else
+    // the first node address.
+    assert_eq!(plan(&[a("fd00:99::1")], &[a("2001:db8::1")], &["primary"]), [a("fd00:99::1")]);
+    assert_eq!(plan(&[], &[a("2001:db8::1")], &["primary"]), [a("2001:db8::1")]);
+    assert_eq!(plan(&[], &[], &["primary"]), [a("fd00:50::1")]);
 }
 
 #[test]
@@ -486,7 +498,7 @@ fn primary_addresses_are_node_ips_else_the_nodes_internal_ips_else_the_first_nod
     assert_eq!(primary_addresses(&[a("10.0.0.1")], &[a("10.0.0.2")], &node_ips), [a("10.0.0.1")]);
     assert_eq!(primary_addresses(&[], &[a("10.0.0.2")], &node_ips), [a("10.0.0.2")]);
     assert_eq!(primary_addresses(&[], &[], &node_ips), [a("192.168.50.1")]);
-    assert!(primary_addresses(&[], &[], &[]).is_empty());
+    assert!(primary_addresses::<Ipv4Addr>(&[], &[], &[]).is_empty());
 }
 
 #[test]
