@@ -6,8 +6,8 @@
 //! `select.rs`); a test holds it to what the programs do with the same
 //! packet through BPF_PROG_TEST_RUN. It reads only: the packet is not
 //! recorded anywhere. One walk, written over the family ([`Explained`]:
-//! a `MapFamily` with the few decisions that differ); IPv6 is served on
-//! pod interfaces (tc) only so far.
+//! a `MapFamily` with the few decisions that differ); IPv6 from outside
+//! (`lb_xdp6`) has no NAT66 yet.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
@@ -28,8 +28,10 @@ use crate::{
 
 /// What the datapath decides differently by family (`lb-ebpf`'s `l3.rs`).
 pub trait Explained: MapFamily {
-    /// Whether `lb_xdp` serves this family (north-south frontends).
-    const NORTH_SOUTH: bool;
+    /// Whether `lb_xdp` SNATs this family's flows to backends on other
+    /// nodes and rejects with ICMP (`XdpFamily::source`, `reject`); IPv6
+    /// passes both (no NAT66 yet).
+    const NAT: bool;
     fn ct_get(maps: &Maps, key: &CtKey<Self>) -> Result<Option<CtValue<Self>>, MapsError>;
     fn flow_hash(saddr: Self::VipKey, daddr: Self::VipKey, sport: u16, dport: u16, proto: u8) -> u32;
     /// The session affinity key's client.
@@ -39,7 +41,7 @@ pub trait Explained: MapFamily {
 }
 
 impl Explained for Ipv4Addr {
-    const NORTH_SOUTH: bool = true;
+    const NAT: bool = true;
     fn ct_get(maps: &Maps, key: &CtKey<Self>) -> Result<Option<CtValue<Self>>, MapsError> {
         maps.ct.get(key)
     }
@@ -55,7 +57,7 @@ impl Explained for Ipv4Addr {
 }
 
 impl Explained for Ipv6Addr {
-    const NORTH_SOUTH: bool = false;
+    const NAT: bool = false;
     fn ct_get(maps: &Maps, key: &CtKey<Self>) -> Result<Option<CtValue<Self>>, MapsError> {
         if key.proto == IPPROTO_TCP { &maps.v6.ct_tcp } else { &maps.v6.ct_any }.get(key)
     }
@@ -208,9 +210,6 @@ fn explain_in<A: Explained>(maps: &Maps, q: &Query, (src, dst): (A, A), now_ns: 
     if q.hook == Hook::Pod && A::is_hairpin(daddr) {
         return Ok(x.end(Verdict::Pass, None, "to the hairpin address: a pod's reply to itself, translated only as part of a flow"));
     }
-    if q.hook == Hook::External && !A::NORTH_SOUTH {
-        return Ok(x.end(Verdict::Pass, None, format!("lb_xdp does not serve {} yet: passes", A::NAME)));
-    }
     let vips = A::pinned_vips(maps);
     let Some(vip) = vips.get(&daddr)? else {
         return Ok(x.end(
@@ -323,9 +322,28 @@ fn explain_in<A: Explained>(maps: &Maps, q: &Query, (src, dst): (A, A), now_ns: 
                 "a Local traffic policy and no endpoint on this node: dropped",
             ));
         }
+        if q.hook == Hook::External && !A::NAT {
+            return Ok(x.end(
+                Verdict::Pass,
+                Some(stat::REJECT_NO_BACKEND),
+                format!("the frontend has no endpoint: passed to the kernel (lb_xdp sends no {} reject)", A::NAME),
+            ));
+        }
         return Ok(x.end(Verdict::Reject, Some(stat::REJECT_NO_BACKEND), "the frontend has no endpoint: rejected (ICMP port unreachable)"));
     }
     select::<A>(maps, &mut x, &cfg, &svc, q, &t, now_ns)?;
+    if q.hook == Hook::External
+        && !A::NAT
+        && svc.flags & svc_flags::EXT_LOCAL == 0
+        && let Some(id) = x.backend_id
+        && backend::<A>(maps, id).is_some_and(|b| b.flags & lb_common::backend_flags::LOCAL == 0)
+    {
+        return Ok(x.end(
+            Verdict::Pass,
+            Some(stat::PASS_NO_NAT66),
+            "the backend is on another node and there is no NAT66 yet: passes untranslated",
+        ));
+    }
     // XDP: a backend on another node is also source-NATed (Cluster policy).
     if q.hook == Hook::External
         && let (Some(n), Some(id)) = (node, x.backend_id.or(None))
