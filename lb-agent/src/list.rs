@@ -3,8 +3,9 @@
 //! table or JSON (`-o json`, field names stable).
 
 use std::{
+    collections::BTreeMap,
     fmt::Write as _,
-    net::{Ipv4Addr, SocketAddr},
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
 };
 
 use lb_common::{Family, FrontendStats, RevNatKey, SCOPE_INTERNAL, Service4Value, SlotKey, V6, backend_flags, ipv6, node_flags, svc_flags};
@@ -13,7 +14,19 @@ use serde::Serialize;
 use crate::{
     maps::{Maps, MapsError, svc_name_str},
     model::{FrontendAddr, Protocol},
+    reconcile::MapFamily,
 };
+
+/// Family `A`'s source ranges by frontend ID (`cidr` strings, sorted).
+fn source_ranges<A: MapFamily>(maps: &Maps, out: &mut BTreeMap<u32, Vec<String>>) -> Result<(), MapsError> {
+    let mut entries: Vec<(u32, A, u32)> =
+        A::pinned_src_ranges(maps).entries()?.into_iter().map(|(len, d)| (u32::from_be(d.frontend_id), A::vip_ip(d.addr), len)).collect();
+    entries.sort_unstable();
+    for (id, addr, len) in entries {
+        out.entry(id).or_default().push(format!("{addr}/{}", len.saturating_sub(32)));
+    }
+    Ok(())
+}
 
 /// One frontend as read back from the maps.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -44,6 +57,9 @@ pub struct Row {
     pub selection: &'static str,
     /// Whether loadBalancerSourceRanges apply.
     pub source_ranges: bool,
+    /// The loadBalancerSourceRanges CIDRs the frontend's family's trie
+    /// (`LB4_SRC_RANGES`, `LB6_SRC_RANGES`) holds for it, sorted.
+    pub allowed_sources: Vec<String>,
 }
 
 /// A frontend with what the datapath counted for it (`LB_FE_STATS`), as
@@ -130,6 +146,9 @@ pub fn kind(flags: u32) -> String {
 
 /// Reads every frontend, sorted by address: IPv4, then IPv6.
 pub fn rows(maps: &Maps) -> Result<Vec<Row>, MapsError> {
+    let mut ranges = BTreeMap::new();
+    source_ranges::<Ipv4Addr>(maps, &mut ranges)?;
+    source_ranges::<Ipv6Addr>(maps, &mut ranges)?;
     let mut services = maps.services.entries()?;
     services.sort_by_key(|(k, _)| (u32::from_be(k.addr), u16::from_be(k.port), k.proto, k.scope));
     let mut rows = Vec::new();
@@ -143,7 +162,7 @@ pub fn rows(maps: &Maps) -> Result<Vec<Row>, MapsError> {
             let b = maps.backends.get(id)?;
             Ok((b.addr != 0).then(|| (SocketAddr::from((Ipv4Addr::from(b.addr.to_ne_bytes()), u16::from_be(b.port))), b.flags)))
         };
-        rows.push(row(maps, frontend, key.scope, &value, backend)?);
+        rows.push(row(maps, frontend, key.scope, &value, &ranges, backend)?);
     }
     let mut services6 = maps.v6.services.entries()?;
     services6.sort_by_key(|(k, _)| (ipv6(k.addr), u16::from_be(k.port), k.proto));
@@ -153,7 +172,7 @@ pub fn rows(maps: &Maps) -> Result<Vec<Row>, MapsError> {
             let b = maps.v6.backends.get(id)?;
             Ok(V6::backend_addr(&b).map(|(a, p)| (SocketAddr::from((ipv6(a), u16::from_be(p))), b.flags)))
         };
-        rows.push(row(maps, frontend, key.scope, &value, backend)?);
+        rows.push(row(maps, frontend, key.scope, &value, &ranges, backend)?);
     }
     Ok(rows)
 }
@@ -169,6 +188,7 @@ fn row(
     frontend: String,
     scope: u8,
     value: &Service4Value,
+    ranges: &BTreeMap<u32, Vec<String>>,
     backend: impl Fn(u32) -> Result<Option<(SocketAddr, u8)>, MapsError>,
 ) -> Result<Row, MapsError> {
     let name = maps.names.get(&RevNatKey { frontend_id: value.frontend_id })?.map(|n| svc_name_str(&n)).unwrap_or_default();
@@ -202,6 +222,11 @@ fn row(
         affinity_timeout_s: if value.flags & svc_flags::AFFINITY != 0 { value.affinity_timeout } else { 0 },
         selection: if value.flags & svc_flags::MAGLEV != 0 { "maglev" } else { "random" },
         source_ranges: value.flags & svc_flags::SOURCE_RANGES != 0,
+        allowed_sources: if value.flags & svc_flags::SOURCE_RANGES != 0 {
+            ranges.get(&value.frontend_id).cloned().unwrap_or_default()
+        } else {
+            Vec::new()
+        },
     })
 }
 
@@ -219,7 +244,9 @@ pub fn render_filtered(maps: &Maps, filter: &Filter) -> Result<String, MapsError
         .filter(|l| filter.keeps(&l.row))
         .map(|mut l| {
             if !l.row.kind.is_empty() {
-                l.row.name = format!("{} [{}]", l.row.name, l.row.kind);
+                // The ranges after their flag: `[LoadBalancer,SourceRanges fd00:50::/64]`.
+                let ranges = l.row.allowed_sources.iter().map(|c| format!(" {c}")).collect::<String>();
+                l.row.name = format!("{} [{}{ranges}]", l.row.name, l.row.kind);
             }
             l
         })

@@ -10,7 +10,7 @@ use lb_agent::{
     inspect::{Output, conntrack, explain, stats, status},
     list,
     maps::Maps,
-    model::BackendSelection,
+    model::{BackendSelection, IpFamily},
     northsouth::{self, NodePortAddress, NorthSouthConfig, PortRange},
     run::{self, SourceConfig},
     source::kube::{self, KubeOptions},
@@ -261,17 +261,19 @@ struct RunArgs {
     /// the default routes).
     #[arg(long, env = "LB_EXTERNAL_IFACES", value_delimiter = ',')]
     external_ifaces: Vec<String>,
-    /// The node's primary addresses, comma separated: NodePorts are served
-    /// on them unless --nodeport-addresses says otherwise (default: the
-    /// IPv4 addresses of the external interfaces).
+    /// The node's primary addresses, of either family or both, comma
+    /// separated: NodePorts are served on them unless --nodeport-addresses
+    /// says otherwise (default, per family without one here: the IPv4
+    /// addresses, or the global IPv6 addresses, of the external
+    /// interfaces).
     #[arg(long, env = "LB_NODE_IPS", value_delimiter = ',')]
-    node_ips: Vec<std::net::Ipv4Addr>,
+    node_ips: Vec<std::net::IpAddr>,
     /// Which node addresses NodePorts are served on, as kube-proxy's flag:
-    /// CIDRs (IPv4 ones used, IPv6 ones accepted and ignored) and
-    /// `primary` (--node-ips, else the Node's InternalIP), comma
-    /// separated; any address of the node inside them, followed as
-    /// addresses come and go (default: the --node-ips, else the external
-    /// interfaces' IPv4 addresses).
+    /// CIDRs of either family and `primary` (per family: --node-ips, else
+    /// the Node's InternalIP, else its ExternalIP), comma separated; any
+    /// address of the node inside them, followed as addresses come and go
+    /// (default: the --node-ips, else the external interfaces'
+    /// addresses).
     #[arg(long, env = "LB_NODEPORT_ADDRESSES", value_delimiter = ',')]
     nodeport_addresses: Vec<NodePortAddress>,
     /// Address that north-south flows to backends on other nodes are
@@ -383,7 +385,8 @@ fn main() -> anyhow::Result<()> {
                 north_south: NorthSouthConfig {
                     node_name: node_name.clone(),
                     external_ifaces: args.external_ifaces,
-                    node_ips: args.node_ips,
+                    node_ips: args.node_ips.iter().filter_map(|ip| std::net::Ipv4Addr::of(*ip)).collect(),
+                    node_ips6: args.node_ips.iter().filter_map(|ip| std::net::Ipv6Addr::of(*ip)).collect(),
                     nodeport_addresses: args.nodeport_addresses,
                     snat_ip: args.snat_ip,
                     snat_ip6: args.snat_ip6,

@@ -10,8 +10,8 @@ use aya::maps::{
 };
 use lb_common::{
     Addr6, Affinity4, Affinity4Key, Backend4, Backend6, Config, Ct4Key, Ct6Entry, Ct6Key, CtEntry, Device, FrontendStats, IPPROTO_TCP,
-    Node6Config, NodeConfig, RevNat4, RevNat6, RevNatKey, Service4Key, Service4Value, Service6Key, Slot, SlotKey, SockRevNat4,
-    SockRevNat4Key, SockRevNat6, SockRevNat6Key, SrcRange4, SvcName, Vip4, names, stat,
+    Node6Config, NodeConfig, RangeAddr, RevNat4, RevNat6, RevNatKey, Service4Key, Service4Value, Service6Key, Slot, SlotKey, SockRevNat4,
+    SockRevNat4Key, SockRevNat6, SockRevNat6Key, SrcRange4, SrcRange6, SrcRangeOf, SvcName, Vip4, names, stat,
 };
 
 use crate::vip_filter::{FilterAddr, VipFilter, WordWrite};
@@ -137,6 +137,35 @@ impl<V: aya::Pod> Named<Array<MapData, V>> {
     }
 }
 
+/// A source-range trie (`LB4_SRC_RANGES`, `LB6_SRC_RANGES`).
+impl<A: RangeAddr + aya::Pod> Named<LpmTrie<MapData, SrcRangeOf<A>, u32>> {
+    /// Every entry as (prefix length, data).
+    pub fn entries(&self) -> Result<Vec<(u32, SrcRangeOf<A>)>, MapsError> {
+        let mut out = Vec::new();
+        for k in self.map.keys() {
+            match k {
+                Ok(k) => out.push((k.prefix_len(), k.data())),
+                Err(MapError::KeyNotFound) => continue,
+                Err(e) => return Err(self.read_error(e)),
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn insert(&mut self, prefix_len: u32, data: SrcRangeOf<A>) -> Result<(), MapsError> {
+        self.map.insert(&LpmKey::new(prefix_len, data), 1, 0).map_err(|e| self.write_error(e))
+    }
+
+    /// Removes an entry (one that is not there is not an error).
+    pub fn remove(&mut self, prefix_len: u32, data: SrcRangeOf<A>) -> Result<(), MapsError> {
+        match self.map.remove(&LpmKey::new(prefix_len, data)) {
+            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
+            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
+            Err(e) => Err(self.write_error(e)),
+        }
+    }
+}
+
 /// Every map of the datapath, opened from its pin.
 pub struct Maps {
     pub dir: PathBuf,
@@ -192,6 +221,8 @@ pub struct Maps6 {
     /// What `vip_filter` holds, once read.
     filter: Option<VipFilter<Addr6>>,
     pub sock_revnat: Named<HashMap<MapData, SockRevNat6Key, SockRevNat6>>,
+    /// loadBalancerSourceRanges of IPv6 frontends.
+    pub src_ranges: Named<LpmTrie<MapData, SrcRange6, u32>>,
     /// IPv6 conntrack: TCP flows, and all others (LRU maps, garbage
     /// collected with the IPv4 ones).
     pub ct_tcp: Named<HashMap<MapData, Ct6Key, Ct6Entry>>,
@@ -292,6 +323,7 @@ impl Maps {
                 vip_filter: open(dir, names::VIP_FILTER6)?,
                 filter: None,
                 sock_revnat: open(dir, names::SOCK_REVNAT6)?,
+                src_ranges: open(dir, names::SRC_RANGES6)?,
                 ct_tcp: open(dir, names::CT_TCP6)?,
                 ct_any: open(dir, names::CT_ANY6)?,
                 node: open(dir, names::NODE6)?,
@@ -430,32 +462,17 @@ impl Maps {
         n.map.get(&0, 0).map_err(|e| n.read_error(e))
     }
 
-    /// All source-range entries as (prefix length, data).
+    /// All IPv4 source-range entries as (prefix length, data).
     pub fn src_range_entries(&self) -> Result<Vec<(u32, SrcRange4)>, MapsError> {
-        let m = &self.src_ranges;
-        let mut out = Vec::new();
-        for k in m.map.keys() {
-            match k {
-                Ok(k) => out.push((k.prefix_len(), k.data())),
-                Err(MapError::KeyNotFound) => continue,
-                Err(e) => return Err(m.read_error(e)),
-            }
-        }
-        Ok(out)
+        self.src_ranges.entries()
     }
 
     pub fn insert_src_range(&mut self, prefix_len: u32, data: SrcRange4) -> Result<(), MapsError> {
-        let m = &mut self.src_ranges;
-        m.map.insert(&LpmKey::new(prefix_len, data), 1, 0).map_err(|e| m.write_error(e))
+        self.src_ranges.insert(prefix_len, data)
     }
 
     pub fn remove_src_range(&mut self, prefix_len: u32, data: SrcRange4) -> Result<(), MapsError> {
-        let m = &mut self.src_ranges;
-        match m.map.remove(&LpmKey::new(prefix_len, data)) {
-            Ok(()) | Err(MapError::KeyNotFound) => Ok(()),
-            Err(MapError::SyscallError(e)) if e.io_error.raw_os_error() == Some(libc::ENOENT) => Ok(()),
-            Err(e) => Err(m.write_error(e)),
-        }
+        self.src_ranges.remove(prefix_len, data)
     }
 
     /// Makes `table` (backend IDs, one per slot) the Maglev table of

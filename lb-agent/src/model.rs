@@ -306,6 +306,15 @@ impl Cidr {
         u32::from(ip) & mask == u32::from(net) & mask
     }
 
+    /// Whether `ip` is inside this block (never for one of the other
+    /// family).
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        match ip {
+            IpAddr::V4(a) => self.contains_v4(a),
+            IpAddr::V6(a) => self.contains_v6(a),
+        }
+    }
+
     /// Whether `ip` is inside this block (never for an IPv4 block).
     pub fn contains_v6(&self, ip: Ipv6Addr) -> bool {
         let IpAddr::V6(net) = self.addr else {

@@ -125,14 +125,19 @@ pub struct NodeInfo {
 #[derive(Debug, Default)]
 pub struct Plan {
     /// ClusterIP frontends of `internalTrafficPolicy: Local` Services with
-    /// only this node's endpoints: they replace the translation's.
+    /// only this node's endpoints, or narrowed by topology hints: they
+    /// replace the translation's.
     pub internal: Desired,
+    /// The same for IPv6 ClusterIPs.
+    pub internal6: Desired<Ipv6Addr>,
     /// North-south frontends.
     pub frontends: Desired,
-    /// IPv6 north-south frontends (no source ranges: see [`plan`]).
+    /// IPv6 north-south frontends.
     pub frontends6: Desired<Ipv6Addr>,
     /// loadBalancerSourceRanges of the frontends that enforce them.
     pub source_ranges: BTreeMap<FrontendAddr, Vec<Cidr>>,
+    /// The same for the IPv6 frontends.
+    pub source_ranges6: BTreeMap<FrontendAddr<Ipv6Addr>, Vec<Cidr>>,
     /// Health check NodePorts: Service -> (port, local ready endpoints).
     pub health_checks: BTreeMap<ServiceRef, (u16, usize)>,
     pub problems: BTreeSet<String>,
@@ -143,72 +148,43 @@ pub struct Plan {
 /// the ClusterIP).
 const INHERITED: u32 = svc_flags::AFFINITY | svc_flags::MAGLEV | svc_flags::EXT_LOCAL;
 
-/// Plans the node-specific frontends of every Service in `t`: north-south
-/// ones of both families, and the ClusterIPs of `internalTrafficPolicy:
-/// Local` Services.
+/// Plans the node-specific frontends of every Service in `t`, of both
+/// families: north-south ones, and the ClusterIPs of
+/// `internalTrafficPolicy: Local` Services or with topology hints.
 pub fn plan(t: &Translation, node: &NodeInfo) -> Plan {
     let mut out = Plan::default();
-    let is_local = |b: &&Backend| node.node_name.is_some() && b.node_name.as_deref() == node.node_name.as_deref();
     for (svc, m) in &t.services {
         report_unserved(svc, m, &mut out.problems);
         // Addresses of this node's ready endpoints, for the health check,
         // by family (a dual-stack pod is one endpoint in each).
         let (mut local_ready, mut local_ready6) = (BTreeSet::new(), BTreeSet::new());
+        // Each family from its ClusterIP (a dual-stack Service has one of
+        // each): the in-cluster frontends, then the north-south ones on
+        // the node's addresses of the family and the Service's external
+        // and LoadBalancer IPs of it.
         if let Some(cluster_ip) = m.cluster_ips.iter().find_map(|ip| Ipv4Addr::of(*ip)) {
-            // Topology hints narrow the endpoints of cluster traffic (see
-            // `crate::topology`): this node's ClusterIP frontends unless
-            // `internalTrafficPolicy: Local` (below), and the north-south
-            // ones unless `externalTrafficPolicy: Local`.
-            let mut topology: BTreeMap<FrontendAddr, Vec<Backend>> = BTreeMap::new();
-            for port in &m.ports {
-                let cluster = FrontendAddr::new(cluster_ip, port.port, port.proto);
-                let Some(fe) = t.desired.get(&cluster) else { continue };
-                if let Some(backends) = topology::cluster_backends(&fe.backends, node.node_name.as_deref(), node.zone.as_deref()) {
-                    if m.internal_traffic_policy == TrafficPolicy::Cluster {
-                        out.internal.insert(cluster, Frontend { backends: backends.clone(), ..fe.clone() });
-                    }
-                    topology.insert(cluster, backends);
-                }
-            }
-            if m.internal_traffic_policy == TrafficPolicy::Local {
-                // In-cluster clients get this node's endpoints only, and
-                // are dropped when there is none here, as kube-proxy does;
-                // a Service with no endpoint anywhere still rejects.
-                for port in &m.ports {
-                    let cluster = FrontendAddr::new(cluster_ip, port.port, port.proto);
-                    let Some(fe) = t.desired.get(&cluster) else { continue };
-                    let mut flags = fe.flags;
-                    if fe.slot_backends().next().is_none() {
-                        flags &= !svc_flags::INT_LOCAL;
-                    }
-                    out.internal.insert(
-                        cluster,
-                        Frontend { backends: fe.backends.iter().filter(is_local).cloned().collect(), flags, ..fe.clone() },
-                    );
-                }
-            }
             let mut family = FamilyPlan {
                 desired: &t.desired,
                 node_ips: &node.node_ips,
+                internal: &mut out.internal,
                 frontends: &mut out.frontends,
-                source_ranges: Some(&mut out.source_ranges),
+                source_ranges: &mut out.source_ranges,
                 problems: &mut out.problems,
             };
+            let topology = in_cluster(m, cluster_ip, node, &mut family);
             north_south(svc, m, cluster_ip, &topology, node, &mut family, &mut local_ready);
         }
-        // IPv6 (a dual-stack or IPv6-only Service): the same frontends on
-        // the node's IPv6 addresses and the Service's IPv6 external and
-        // LoadBalancer IPs, from its IPv6 ClusterIP frontends. Topology
-        // hints are IPv4's only so far.
         if let Some(cluster_ip) = m.cluster_ips.iter().find_map(|ip| Ipv6Addr::of(*ip)) {
             let mut family = FamilyPlan {
                 desired: &t.desired6,
                 node_ips: &node.node_ips6,
+                internal: &mut out.internal6,
                 frontends: &mut out.frontends6,
-                source_ranges: None,
+                source_ranges: &mut out.source_ranges6,
                 problems: &mut out.problems,
             };
-            north_south(svc, m, cluster_ip, &BTreeMap::new(), node, &mut family, &mut local_ready6);
+            let topology = in_cluster(m, cluster_ip, node, &mut family);
+            north_south(svc, m, cluster_ip, &topology, node, &mut family, &mut local_ready6);
         }
         let (is_lb, local) = (m.service_type == ServiceType::LoadBalancer, m.external_traffic_policy == TrafficPolicy::Local);
         if let (true, true, Some(hc)) = (is_lb, local, m.health_check_node_port) {
@@ -218,17 +194,56 @@ pub fn plan(t: &Translation, node: &NodeInfo) -> Plan {
     out
 }
 
+/// This node's ClusterIP frontends of Service `m` in the family of
+/// `cluster_ip`, where they differ from the translation's (into
+/// `out.internal`): narrowed by topology hints (see `crate::topology`)
+/// unless `internalTrafficPolicy: Local`, which keeps this node's
+/// endpoints only. Returns the topology-narrowed backends per ClusterIP
+/// frontend, which the north-south ones use too unless
+/// `externalTrafficPolicy: Local`.
+fn in_cluster<A: IpFamily>(
+    m: &ServiceModel,
+    cluster_ip: A,
+    node: &NodeInfo,
+    out: &mut FamilyPlan<'_, A>,
+) -> BTreeMap<FrontendAddr<A>, Vec<Backend<A>>> {
+    let is_local = |b: &&Backend<A>| node.node_name.is_some() && b.node_name.as_deref() == node.node_name.as_deref();
+    let mut topology = BTreeMap::new();
+    for port in &m.ports {
+        let cluster = FrontendAddr::new(cluster_ip, port.port, port.proto);
+        let Some(fe) = out.desired.get(&cluster) else { continue };
+        let narrowed = topology::cluster_backends(&fe.backends, node.node_name.as_deref(), node.zone.as_deref());
+        if m.internal_traffic_policy == TrafficPolicy::Local {
+            // In-cluster clients get this node's endpoints only, and are
+            // dropped when there is none here, as kube-proxy does; a
+            // Service with no endpoint anywhere still rejects.
+            let mut flags = fe.flags;
+            if fe.slot_backends().next().is_none() {
+                flags &= !svc_flags::INT_LOCAL;
+            }
+            out.internal
+                .insert(cluster, Frontend { backends: fe.backends.iter().filter(is_local).cloned().collect(), flags, ..fe.clone() });
+        } else if let Some(backends) = &narrowed {
+            out.internal.insert(cluster, Frontend { backends: backends.clone(), ..fe.clone() });
+        }
+        if let Some(backends) = narrowed {
+            topology.insert(cluster, backends);
+        }
+    }
+    topology
+}
+
 /// Where [`north_south`] plans one family's frontends.
 struct FamilyPlan<'a, A: IpFamily> {
     /// The family's ClusterIP frontends (the translation's).
     desired: &'a Desired<A>,
     /// The node addresses NodePorts are served on.
     node_ips: &'a [A],
+    /// ClusterIP frontends that replace the translation's on this node.
+    internal: &'a mut Desired<A>,
     frontends: &'a mut Desired<A>,
-    /// loadBalancerSourceRanges of the frontends that enforce them; `None`:
-    /// the family has no map for them, and a LoadBalancer IP with ranges
-    /// of this family is not served (a problem).
-    source_ranges: Option<&'a mut BTreeMap<FrontendAddr<A>, Vec<Cidr>>>,
+    /// loadBalancerSourceRanges of the frontends that enforce them.
+    source_ranges: &'a mut BTreeMap<FrontendAddr<A>, Vec<Cidr>>,
     problems: &'a mut BTreeSet<String>,
 }
 
@@ -256,16 +271,9 @@ fn north_south<A: IpFamily>(
     if !has_node_ports && m.external_ips.is_empty() {
         return;
     }
+    // Ranges of the other family only do not restrict this one's
+    // clients, as kube-proxy (one proxier per family) does.
     let family_ranges = m.source_ranges.iter().any(|c| A::of(c.addr).is_some());
-    let unenforceable = is_lb && family_ranges && out.source_ranges.is_none();
-    if unenforceable {
-        for ip in m.load_balancer_ips.iter().filter_map(|ip| A::of(*ip)) {
-            out.problems.insert(format!(
-                "Service {svc}: LoadBalancer IP {ip} is not served: its {} loadBalancerSourceRanges are not enforced yet",
-                A::NAME
-            ));
-        }
-    }
     let desired = out.desired;
     for port in &m.ports {
         let cluster = FrontendAddr::new(cluster_ip, port.port, port.proto);
@@ -293,9 +301,9 @@ fn north_south<A: IpFamily>(
                 return;
             }
             let mut flags = base_flags | kind;
-            if ranges && let Some(r) = out.source_ranges.as_deref_mut() {
+            if ranges {
                 flags |= svc_flags::SOURCE_RANGES;
-                r.insert(addr, m.source_ranges.clone());
+                out.source_ranges.insert(addr, m.source_ranges.clone());
             }
             if let Some(all) = in_cluster {
                 flags |= svc_flags::HAS_INTERNAL;
@@ -322,7 +330,7 @@ fn north_south<A: IpFamily>(
         for ip in m.external_ips.iter().filter_map(|ip| A::of(*ip)) {
             add(ip, port.port, svc_flags::EXTERNAL_IP, false, out);
         }
-        if is_lb && !unenforceable {
+        if is_lb {
             for ip in m.load_balancer_ips.iter().filter_map(|ip| A::of(*ip)) {
                 add(ip, port.port, svc_flags::LOAD_BALANCER, family_ranges, out);
             }
@@ -363,10 +371,13 @@ pub struct NorthSouthConfig {
     pub node_name: Option<String>,
     /// Interfaces for the XDP program; empty: those of the default routes.
     pub external_ifaces: Vec<String>,
-    /// The node's primary addresses (`--node-ips`); empty: the IPv4
+    /// The node's primary IPv4 addresses (`--node-ips`); empty: the IPv4
     /// addresses of the external interfaces. NodePorts are served on them
     /// unless `nodeport_addresses` says otherwise.
     pub node_ips: Vec<Ipv4Addr>,
+    /// The same for IPv6 (the IPv6 `--node-ips`); empty: the global IPv6
+    /// addresses of the external interfaces.
+    pub node_ips6: Vec<Ipv6Addr>,
     /// `--nodeport-addresses`: which node addresses NodePorts are served
     /// on (see [`nodeport_addresses`]); empty: the node addresses.
     pub nodeport_addresses: Vec<NodePortAddress>,
@@ -387,6 +398,7 @@ impl Default for NorthSouthConfig {
             node_name: None,
             external_ifaces: Vec::new(),
             node_ips: Vec::new(),
+            node_ips6: Vec::new(),
             nodeport_addresses: Vec::new(),
             snat_ip: None,
             snat_ip6: None,
@@ -404,14 +416,11 @@ pub struct NorthSouth {
     logged: BTreeSet<String>,
     /// The external interfaces, whose addresses are the node addresses.
     ifaces: Vec<String>,
-    /// `--node-ips`: when set, the node addresses do not follow the
-    /// interfaces.
-    configured_ips: Vec<Ipv4Addr>,
+    /// `--node-ips` and the Node's addresses, per family.
+    addrs4: FamilyAddresses<Ipv4Addr>,
+    addrs6: FamilyAddresses<Ipv6Addr>,
     /// `--nodeport-addresses`.
     nodeport_filter: Vec<NodePortAddress>,
-    /// The Node's `InternalIP` addresses (IPv4), once its Node was seen:
-    /// the primary addresses when `--node-ips` is not given.
-    node_primary: Vec<Ipv4Addr>,
     configured_snat: Option<Ipv4Addr>,
     /// The SNAT address in `LB_NODE`.
     snat: Option<Ipv4Addr>,
@@ -422,10 +431,11 @@ pub struct NorthSouth {
     snat6: Option<Ipv6Addr>,
 }
 
-/// The addresses NodePorts are served on: the configured ones, or else
-/// the IPv4 addresses of the external interfaces (`addrs`: interface,
-/// address), in interface order.
-pub fn node_addresses(configured: &[Ipv4Addr], ifaces: &[String], addrs: &[(String, Ipv4Addr)]) -> Vec<Ipv4Addr> {
+/// The node addresses of one family: the configured ones (`--node-ips`
+/// of the family), or else the family's addresses of the external
+/// interfaces (`addrs`: interface, address; for IPv6 the global ones), in
+/// interface order.
+pub fn node_addresses<A: IpFamily>(configured: &[A], ifaces: &[String], addrs: &[(String, A)]) -> Vec<A> {
     if !configured.is_empty() {
         return configured.to_vec();
     }
@@ -440,66 +450,38 @@ pub fn node_addresses(configured: &[Ipv4Addr], ifaces: &[String], addrs: &[(Stri
     out
 }
 
-/// The addresses NodePorts are served on. Without `--nodeport-addresses`
-/// (`filter` empty), the node addresses (`node_ips`, see
-/// [`node_addresses`]). With it, as kube-proxy: every IPv4 address of the
-/// node (`addrs`: interface, address, in the kernel's order) inside one of
-/// its CIDRs, or, for `primary`, one of the node's `primary` addresses.
-/// Loopback addresses never serve NodePorts; IPv6 CIDRs are accepted and
-/// match nothing (lb serves IPv4).
-pub fn nodeport_addresses(
-    filter: &[NodePortAddress],
-    node_ips: &[Ipv4Addr],
-    addrs: &[(String, Ipv4Addr)],
-    primary: &[Ipv4Addr],
-) -> Vec<Ipv4Addr> {
+/// The addresses of one family NodePorts are served on. Without
+/// `--nodeport-addresses` (`filter` empty), the node addresses
+/// (`node_ips`, see [`node_addresses`]). With it, as kube-proxy: every
+/// address of the family of the node (`addrs`: interface, address, in the
+/// kernel's order) inside one of its CIDRs of the family, or, for
+/// `primary`, one of the node's `primary` addresses of the family.
+/// Loopback addresses never serve NodePorts.
+pub fn nodeport_addresses<A: IpFamily>(filter: &[NodePortAddress], node_ips: &[A], addrs: &[(String, A)], primary: &[A]) -> Vec<A> {
     if filter.is_empty() {
         return node_ips.to_vec();
     }
-    let wanted = |a: Ipv4Addr| {
+    let wanted = |a: A| {
         filter.iter().any(|f| match f {
             NodePortAddress::Primary => primary.contains(&a),
-            NodePortAddress::Cidr(c) => c.contains_v4(a),
+            NodePortAddress::Cidr(c) => c.contains(a.into()),
         })
     };
     let mut out = Vec::new();
     for (_, a) in addrs {
-        if !a.is_loopback() && wanted(*a) && !out.contains(a) {
+        let ip: IpAddr = (*a).into();
+        if !ip.is_loopback() && wanted(*a) && !out.contains(a) {
             out.push(*a);
         }
     }
     out
 }
 
-/// The IPv6 addresses NodePorts are served on: the global IPv6 addresses
-/// of the external interfaces (`addrs6`: interface, address), in
-/// interface order; with `--nodeport-addresses` (`filter`), as for IPv4,
-/// every global IPv6 address of the node inside one of its IPv6 CIDRs
-/// (`primary` names IPv4 addresses only).
-pub fn nodeport_addresses6(filter: &[NodePortAddress], ifaces: &[String], addrs6: &[(String, Ipv6Addr)]) -> Vec<Ipv6Addr> {
-    let mut out = Vec::new();
-    if filter.is_empty() {
-        for name in ifaces {
-            for (_, a) in addrs6.iter().filter(|(n, _)| n == name) {
-                if !out.contains(a) {
-                    out.push(*a);
-                }
-            }
-        }
-        return out;
-    }
-    for (_, a) in addrs6 {
-        if filter.iter().any(|f| matches!(f, NodePortAddress::Cidr(c) if c.contains_v6(*a))) && !out.contains(a) {
-            out.push(*a);
-        }
-    }
-    out
-}
-
-/// The node's primary addresses (`--nodeport-addresses primary`):
-/// `--node-ips`; else its Node's `InternalIP` addresses; else the first
-/// node address (the one SNATed flows leave with by default).
-pub fn primary_addresses(configured: &[Ipv4Addr], node_internal: &[Ipv4Addr], node_ips: &[Ipv4Addr]) -> Vec<Ipv4Addr> {
+/// The node's primary addresses of one family (`--nodeport-addresses
+/// primary`): `--node-ips` of the family; else its Node's addresses of
+/// the family (`InternalIP`, else `ExternalIP`); else the first node
+/// address (for IPv4 the one SNATed flows leave with by default).
+pub fn primary_addresses<A: IpFamily>(configured: &[A], node_internal: &[A], node_ips: &[A]) -> Vec<A> {
     if !configured.is_empty() {
         return configured.to_vec();
     }
@@ -507,6 +489,34 @@ pub fn primary_addresses(configured: &[Ipv4Addr], node_internal: &[Ipv4Addr], no
         return node_internal.to_vec();
     }
     node_ips.first().copied().into_iter().collect()
+}
+
+/// One family's node-address settings.
+#[derive(Clone, Debug)]
+struct FamilyAddresses<A> {
+    /// `--node-ips` of the family: when set, the node addresses do not
+    /// follow the interfaces.
+    configured: Vec<A>,
+    /// The Node's addresses of the family (see [`primary_addresses`]),
+    /// once its Node was seen.
+    node_primary: Vec<A>,
+}
+
+impl<A: IpFamily> FamilyAddresses<A> {
+    /// The node addresses and the NodePort addresses of the family, from
+    /// the node's addresses `addrs`.
+    fn plan(&self, filter: &[NodePortAddress], ifaces: &[String], addrs: &[(String, A)]) -> (Vec<A>, Vec<A>) {
+        let base = node_addresses(&self.configured, ifaces, addrs);
+        let primary = primary_addresses(&self.configured, &self.node_primary, &base);
+        let node_ips = nodeport_addresses(filter, &base, addrs, &primary);
+        (base, node_ips)
+    }
+
+    /// Whether the addresses are fixed (configured, no filter): they do
+    /// not follow the interfaces.
+    fn fixed(&self, filter: &[NodePortAddress]) -> bool {
+        !self.configured.is_empty() && filter.is_empty()
+    }
 }
 
 /// The address SNATed flows leave with: the configured one; else the
@@ -558,11 +568,11 @@ impl NorthSouth {
         let ifaces =
             if cfg.external_ifaces.is_empty() { default_route_interfaces().unwrap_or_default() } else { cfg.external_ifaces.clone() };
         let addrs = interface_addresses().context("listing the node's addresses")?;
-        let addrs6 = interface_addresses6().unwrap_or_default();
-        let node_ips6 = nodeport_addresses6(&cfg.nodeport_addresses, &ifaces, &addrs6);
-        let snat6 = snat_address(cfg.snat_ip6, None, &nodeport_addresses6(&[], &ifaces, &addrs6));
-        let base = node_addresses(&cfg.node_ips, &ifaces, &addrs);
-        let node_ips = nodeport_addresses(&cfg.nodeport_addresses, &base, &addrs, &primary_addresses(&cfg.node_ips, &[], &base));
+        let addrs4 = FamilyAddresses { configured: cfg.node_ips.clone(), node_primary: Vec::new() };
+        let addrs6 = FamilyAddresses { configured: cfg.node_ips6.clone(), node_primary: Vec::new() };
+        let (base, node_ips) = addrs4.plan(&cfg.nodeport_addresses, &ifaces, &addrs);
+        let (base6, node_ips6) = addrs6.plan(&cfg.nodeport_addresses, &ifaces, &interface_addresses6().unwrap_or_default());
+        let snat6 = snat_address(cfg.snat_ip6, None, &base6);
         let snat = snat_address(cfg.snat_ip, None, &base);
         if !cfg.nodeport_addresses.is_empty() && node_ips.is_empty() {
             warn!(nodeport_addresses = ?cfg.nodeport_addresses, "no node address matches --nodeport-addresses: no NodePort is served");
@@ -632,9 +642,9 @@ impl NorthSouth {
             health: HealthChecks::new(heartbeat),
             logged: BTreeSet::new(),
             ifaces,
-            configured_ips: cfg.node_ips.clone(),
+            addrs4,
+            addrs6,
             nodeport_filter: cfg.nodeport_addresses.clone(),
-            node_primary: Vec::new(),
             configured_snat: cfg.snat_ip,
             snat,
             node_config,
@@ -651,7 +661,7 @@ impl NorthSouth {
     /// `--nodeport-addresses` do).
     pub fn refresh_addresses(&mut self, reconciler: &mut Reconciler) -> bool {
         let changed6 = self.refresh_addresses6(reconciler);
-        if !self.configured_ips.is_empty() && self.nodeport_filter.is_empty() {
+        if self.addrs4.fixed(&self.nodeport_filter) {
             return changed6;
         }
         let addrs = match interface_addresses() {
@@ -661,9 +671,7 @@ impl NorthSouth {
                 return changed6;
             }
         };
-        let base = node_addresses(&self.configured_ips, &self.ifaces, &addrs);
-        let primary = primary_addresses(&self.configured_ips, &self.node_primary, &base);
-        let node_ips = nodeport_addresses(&self.nodeport_filter, &base, &addrs, &primary);
+        let (base, node_ips) = self.addrs4.plan(&self.nodeport_filter, &self.ifaces, &addrs);
         let snat = snat_address(self.configured_snat, self.snat, &base);
         if snat != self.snat {
             let config = NodeConfig { snat_addr: snat.map_or(0, |a| u32::from_ne_bytes(a.octets())), ..self.node_config };
@@ -694,10 +702,12 @@ impl NorthSouth {
         true
     }
 
-    /// Reads the IPv6 addresses of the external interfaces again: true
-    /// (logged) when the IPv6 NodePort addresses changed. Moves the IPv6
-    /// SNAT address as IPv4's.
+    /// Reads the node's IPv6 addresses again: true (logged) when the IPv6
+    /// NodePort addresses changed. Moves the IPv6 SNAT address as IPv4's.
     fn refresh_addresses6(&mut self, reconciler: &mut Reconciler) -> bool {
+        if self.addrs6.fixed(&self.nodeport_filter) {
+            return false;
+        }
         let addrs6 = match interface_addresses6() {
             Ok(a) => a,
             Err(e) => {
@@ -705,7 +715,8 @@ impl NorthSouth {
                 return false;
             }
         };
-        let snat6 = snat_address(self.configured_snat6, self.snat6, &nodeport_addresses6(&[], &self.ifaces, &addrs6));
+        let (base6, node_ips6) = self.addrs6.plan(&self.nodeport_filter, &self.ifaces, &addrs6);
+        let snat6 = snat_address(self.configured_snat6, self.snat6, &base6);
         if snat6 != self.snat6 {
             match reconciler.maps_mut().write_node6(&node6_config(snat6)) {
                 Ok(()) => {
@@ -715,7 +726,6 @@ impl NorthSouth {
                 Err(e) => warn!("writing the new IPv6 SNAT address {snat6:?}: {e:#} (it stays {:?})", self.snat6),
             }
         }
-        let node_ips6 = nodeport_addresses6(&self.nodeport_filter, &self.ifaces, &addrs6);
         if node_ips6 == self.node.node_ips6 {
             return false;
         }
@@ -724,16 +734,20 @@ impl NorthSouth {
         true
     }
 
-    /// Takes the Node's `InternalIP` addresses (the primary addresses when
-    /// `--node-ips` is not given); true when the NodePort addresses changed
-    /// with them (`--nodeport-addresses primary`).
-    pub fn set_node_primary(&mut self, ips: &[Ipv4Addr], reconciler: &mut Reconciler) -> bool {
-        if self.node_primary == ips {
+    /// Takes the Node's addresses of both families (`InternalIP`, else
+    /// `ExternalIP`, per family: the primary addresses of a family whose
+    /// `--node-ips` are not given); true when the NodePort addresses
+    /// changed with them (`--nodeport-addresses primary`).
+    pub fn set_node_primary(&mut self, ips: &[IpAddr], reconciler: &mut Reconciler) -> bool {
+        let v4: Vec<Ipv4Addr> = ips.iter().filter_map(|ip| Ipv4Addr::of(*ip)).collect();
+        let v6: Vec<Ipv6Addr> = ips.iter().filter_map(|ip| Ipv6Addr::of(*ip)).collect();
+        if self.addrs4.node_primary == v4 && self.addrs6.node_primary == v6 {
             return false;
         }
-        info!(internal_ips = ?ips, "this node's InternalIP addresses (its Node)");
-        self.node_primary = ips.to_vec();
-        self.nodeport_filter.contains(&NodePortAddress::Primary) && self.configured_ips.is_empty() && self.refresh_addresses(reconciler)
+        info!(node_ips = ?ips, "this node's addresses (its Node)");
+        self.addrs4.node_primary = v4;
+        self.addrs6.node_primary = v6;
+        self.nodeport_filter.contains(&NodePortAddress::Primary) && self.refresh_addresses(reconciler)
     }
 
     /// What planning needs to know about this node.

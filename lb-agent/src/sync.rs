@@ -99,10 +99,12 @@ impl Syncer {
         self.north_south.set_node_primary(self.store.node_internal_ips(), &mut self.reconciler);
         let plan = northsouth::plan(translation, self.north_south.node());
         let north_south_skipped = self.north_south.log_problems(&plan);
-        let mut stats = self
-            .reconciler
-            .apply_dual(&[&translation.desired, &plan.internal, &plan.frontends], &[&translation.desired6, &plan.frontends6]);
+        let mut stats = self.reconciler.apply_dual(
+            &[&translation.desired, &plan.internal, &plan.frontends],
+            &[&translation.desired6, &plan.internal6, &plan.frontends6],
+        );
         self.reconciler.apply_source_ranges(&plan.source_ranges, &mut stats);
+        self.reconciler.apply_source_ranges(&plan.source_ranges6, &mut stats);
         self.north_south.sync_health_checks(&plan);
         let latency = first_seen.elapsed();
         let now = SystemTime::now();

@@ -19,7 +19,7 @@
 //! are used, ready ones first, then serving-terminating ones, as without
 //! topology.
 
-use crate::model::Backend;
+use crate::model::{Backend, IpFamily};
 
 /// Which endpoints cluster traffic may use on this node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -34,7 +34,7 @@ pub enum Mode {
 
 /// kube-proxy's `topologyModeFromHints`. `node` and `zone` are this
 /// node's name and zone label (absent: matches no hint).
-pub fn mode(backends: &[Backend], node: Option<&str>, zone: Option<&str>) -> Mode {
+pub fn mode<A: IpFamily>(backends: &[Backend<A>], node: Option<&str>, zone: Option<&str>) -> Mode {
     let (mut all_node_hints, mut for_node) = (true, false);
     let (mut all_zone_hints, mut for_zone) = (true, false);
     let mut any_ready = false;
@@ -63,7 +63,7 @@ pub fn mode(backends: &[Backend], node: Option<&str>, zone: Option<&str>) -> Mod
 
 /// Whether `b` may take cluster traffic in `mode` (kube-proxy's
 /// `availableForTopology`).
-pub fn available(b: &Backend, mode: Mode, node: Option<&str>, zone: Option<&str>) -> bool {
+pub fn available<A: IpFamily>(b: &Backend<A>, mode: Mode, node: Option<&str>, zone: Option<&str>) -> bool {
     let has = |list: &[String], want: Option<&str>| want.is_some_and(|w| list.iter().any(|h| h == w));
     match mode {
         Mode::All => true,
@@ -74,7 +74,7 @@ pub fn available(b: &Backend, mode: Mode, node: Option<&str>, zone: Option<&str>
 
 /// The endpoints cluster traffic uses on this node, or `None` when that is
 /// all of them (no hint applies: the common case, which costs one pass).
-pub fn cluster_backends(backends: &[Backend], node: Option<&str>, zone: Option<&str>) -> Option<Vec<Backend>> {
+pub fn cluster_backends<A: IpFamily>(backends: &[Backend<A>], node: Option<&str>, zone: Option<&str>) -> Option<Vec<Backend<A>>> {
     if !backends.iter().any(|b| b.hints.is_some()) {
         return None;
     }

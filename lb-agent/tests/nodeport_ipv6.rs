@@ -180,3 +180,55 @@ fn an_external_ipv6_client_reaches_a_backend_on_another_node_through_nat66() {
     let header = lb_agent::list::north_south(&maps).unwrap().expect("north-south header");
     assert!(header.contains(&format!("SNAT6 {}", node_ip6(0))), "{header}");
 }
+
+/// An IPv6 LoadBalancer IP with IPv6 loadBalancerSourceRanges: the lab's
+/// client (fd00:50::64) is served while inside them, its connections time
+/// out (dropped in XDP) once the ranges leave it out; the Service's IPv4
+/// range says nothing about IPv6 clients.
+#[test]
+fn ipv6_lb_ip_source_ranges_allow_and_deny() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let lab = ClusterLab::new(&[&["web-a"]]).unwrap();
+    lab.enable_ipv6().unwrap();
+    let web = lab.node(0).pod("web-a");
+    let _server = tcp_server_at(&web.ns, SocketAddrV6::new(cluster_pod_ip6(0, 0), 8080, 0, 0).into(), "web-a").unwrap();
+    let lb = "fd00:60::10";
+    lab.client.ip(&["-6", "route", "add", "fd00:60::/64", "via", &node_ip6(0).to_string(), "dev", lb_lab::CLIENT_IF]).unwrap();
+    let svc = |range: &str| {
+        manifest("Cluster")
+            .replace("  type: NodePort\n", &format!("  type: LoadBalancer\n  loadBalancerSourceRanges: [10.0.0.0/8, \"{range}\"]\n"))
+    };
+    // The ingress IP is in the Service's status.
+    let with_status = |range: &str| {
+        svc(range).replacen(
+            "  - {name: who, port: 90, protocol: TCP, nodePort: 30090}\n",
+            &format!(
+                "  - {{name: who, port: 90, protocol: TCP, nodePort: 30090}}\nstatus:\n  loadBalancer:\n    ingress: [{{ip: \"{lb}\"}}]\n"
+            ),
+            1,
+        )
+    };
+    let dir = ManifestDir::new("np6-ranges");
+    dir.write("svc.yaml", &with_status("fd00:50::/64"));
+    let node = lab.node(0);
+    let args = ["--external-ifaces", lb_lab::EXT_IF, "--node-name", &node.name, "--health-addr", "off", "--xdp-mode", "generic"];
+    let agent = Agent::start_with(&node.ns, &dir.0, PinDir::new("np6-ranges"), &args);
+    let fe = format!("[{lb}]:80/TCP");
+    let rows = agent
+        .wait_rows(&format!("{fe} with its range"), |rows| rows.iter().any(|r| r.frontend == fe && r.allowed_sources == ["fd00:50::/64"]));
+    assert!(rows.iter().any(|r| r.frontend == fe && r.backends.len() == 1), "{rows:#?}");
+    let to = SocketAddr::new(lb.parse::<std::net::Ipv6Addr>().unwrap().into(), 80);
+    for i in 0..3 {
+        let answer = tcp_request_to(&lab.client, to, b"hello\n", TIMEOUT)
+            .unwrap_or_else(|e| panic!("request {i} to {to}: {e:#}\n{}", agent.log_text()));
+        assert_eq!(answer, "web-a");
+    }
+    // The client is no longer inside: dropped.
+    dir.write("svc.yaml", &with_status("fd00:51::/64"));
+    agent.wait_rows("the new range", |rows| rows.iter().any(|r| r.frontend == fe && r.allowed_sources == ["fd00:51::/64"]));
+    let err = tcp_request_to(&lab.client, to, b"x", Duration::from_millis(700)).expect_err("a client outside the ranges must be dropped");
+    assert_eq!(lb_lab::io_error_kind(&err), Some(std::io::ErrorKind::TimedOut), "{err:#}");
+    assert!(agent.maps().stat(stat::DROP_SOURCE_RANGE).unwrap() >= 1);
+}

@@ -325,3 +325,46 @@ fn logs_are_json_on_request_and_never_coloured_on_a_pipe() {
     }
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// IPv6 loadBalancerSourceRanges in the CLI: `list` names the ranges of
+/// each family's frontends, `explain --hook external` checks an IPv6
+/// client against `LB6_SRC_RANGES` (the fixtures in `xdp_packets.rs` hold
+/// the program to the same).
+#[test]
+fn ipv6_source_ranges_in_list_and_explain() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    use lb_agent::model::{Backend, BackendAddr, Frontend};
+    use std::net::Ipv6Addr;
+    let mut l = loaded("v6-ranges");
+    let pins = l.pins.0.clone();
+    l.reconciler.set_node_name(Some("node-a".into()));
+    let ip = |s: &str| s.parse::<Ipv6Addr>().unwrap();
+    let fa = FrontendAddr::new(ip("fd00:61::10"), 80, Protocol::Tcp);
+    let be = Backend {
+        addr: BackendAddr { ip: ip("fd00:244:1::13"), port: 8080, proto: Protocol::Tcp },
+        terminating: false,
+        node_name: Some("node-a".into()),
+        zone: None,
+        hints: None,
+    };
+    let flags = svc_flags::LOAD_BALANCER | svc_flags::SOURCE_RANGES;
+    let d6: Desired<Ipv6Addr> =
+        [(fa, Frontend { addr: fa, name: "test/v6".into(), backends: vec![be], flags, affinity_timeout: 0 })].into_iter().collect();
+    let mut stats = l.reconciler.apply_dual(&[&desired()], &[&d6]);
+    let ranges: BTreeMap<FrontendAddr<Ipv6Addr>, Vec<Cidr>> = [(fa, vec!["fd00:50::/64".parse().unwrap()])].into();
+    l.reconciler.apply_source_ranges(&ranges, &mut stats);
+    assert!(stats.errors.is_empty(), "{:?}", stats.errors);
+
+    let row = &cli(&pins, &["list", "--frontend", "[fd00:61::10]:80"])["frontends"][0];
+    assert_eq!(row["source_ranges"], true, "{row}");
+    assert_eq!(row["allowed_sources"], serde_json::json!(["fd00:50::/64"]), "{row}");
+    let v4 = &cli(&pins, &["list", "--frontend", "192.168.60.10:80"])["frontends"][0];
+    assert_eq!(v4["allowed_sources"], serde_json::json!(["192.168.50.0/24"]), "{v4}");
+
+    let x = explain(&pins, "external", "[fd00:99::5]:40000", "[fd00:61::10]:80", "S");
+    assert_eq!((x["verdict"].as_str(), x["reason"].as_str()), (Some("drop"), Some("drop_source_range")), "{x}");
+    let x = explain(&pins, "external", "[fd00:50::64]:40000", "[fd00:61::10]:80", "S");
+    assert_eq!((x["verdict"].as_str(), x["backend"].as_str()), (Some("translate"), Some("[fd00:244:1::13]:8080")), "{x}");
+}

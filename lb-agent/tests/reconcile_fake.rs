@@ -1465,10 +1465,41 @@ fn source_ranges_that_fail_are_tried_again() {
     r.apply_source_ranges(&ranges, &mut s);
     assert_eq!((s.ops, s.errors.len()), (1, 0), "{s:?}");
     let mut s = Stats::default();
-    r.apply_source_ranges(&BTreeMap::new(), &mut s);
+    r.apply_source_ranges(&BTreeMap::<FrontendAddr, Vec<Cidr>>::new(), &mut s);
     assert_eq!((s.ops, s.errors.len()), (2, 0), "{s:?}");
-    assert!(r.maps().src_ranges().unwrap().is_empty());
+    assert!(r.maps().src_ranges::<std::net::Ipv4Addr>().unwrap().is_empty());
     let _ = CtMap::BOTH;
+}
+
+/// IPv6 loadBalancerSourceRanges go to `LB6_SRC_RANGES` through the same
+/// path: only the IPv6 CIDRs of an IPv6 frontend, its failed writes retried,
+/// shown by the dump.
+#[test]
+fn ipv6_source_ranges_have_their_own_map() {
+    let ip = |s: &str| s.parse::<Ipv6Addr>().unwrap();
+    let fa = FrontendAddr::new(ip("fd00:60::10"), 80, Protocol::Tcp);
+    let be = Backend::ready(BackendAddr { ip: ip("fd00:244::1"), port: 8080, proto: Protocol::Tcp });
+    let flags = svc_flags::LOAD_BALANCER | svc_flags::SOURCE_RANGES;
+    let d6: Desired<Ipv6Addr> =
+        [(fa, Frontend { addr: fa, name: "test/lb6".into(), backends: vec![be], flags, affinity_timeout: 0 })].into_iter().collect();
+    let mut r = reconciler();
+    let mut s = r.apply_dual(&[], &[&d6]);
+    let cidrs: Vec<Cidr> = ["fd00:50::/64", "10.0.0.0/8", "2001:db8::1/128"].iter().map(|c| c.parse().unwrap()).collect();
+    let ranges: BTreeMap<FrontendAddr<Ipv6Addr>, Vec<Cidr>> = [(fa, cidrs)].into();
+    r.maps_mut().inject(Fault::on(MapKind::SrcRanges6, Op::Update).after(1));
+    r.apply_source_ranges(&ranges, &mut s);
+    check_errors("ranges6", &s, &["source range of frontend 1: writing map LB6_SRC_RANGES failed"]);
+    r.maps_mut().heal();
+    let mut s = Stats::default();
+    r.apply_source_ranges(&ranges, &mut s);
+    assert_eq!((s.ops, s.errors.len()), (1, 0), "{s:?}");
+    assert!(r.maps().src_ranges::<Ipv4Addr>().unwrap().is_empty(), "the IPv4 CIDR is nowhere");
+    let text = dump(r.maps()).unwrap();
+    assert!(text.contains("LB6_SRC_RANGES\n  1 2001:db8::1/128\n  1 fd00:50::/64\n"), "{text}");
+    let mut s = Stats::default();
+    r.apply_source_ranges(&BTreeMap::<FrontendAddr<Ipv6Addr>, Vec<Cidr>>::new(), &mut s);
+    assert_eq!((s.ops, s.errors.len()), (2, 0), "{s:?}");
+    assert!(r.maps().src_ranges::<Ipv6Addr>().unwrap().is_empty());
 }
 
 /// Drift repair: entries deleted, overwritten or added behind the

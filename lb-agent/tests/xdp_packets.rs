@@ -370,7 +370,7 @@ fn source_ranges_allow_and_deny() {
     // frontend's flag goes with it in a real sync, here only the trie
     // changes, so the frontend still drops: ranges fail closed.
     let mut stats = Stats::default();
-    fx.l.reconciler.apply_source_ranges(&BTreeMap::new(), &mut stats);
+    fx.l.reconciler.apply_source_ranges(&BTreeMap::<FrontendAddr, Vec<Cidr>>::new(), &mut stats);
     assert!(fx.l.reconciler.maps().src_range_entries().unwrap().is_empty());
     let out = fx.run(&testrun::tcp_frame(IN, client(40021), lb, "S", 1, b""));
     assert_eq!(out.verdict, XDP_DROP);
@@ -870,7 +870,7 @@ fn established_flows_follow_conntrack_without_the_address_lookup_until_their_fro
     let (mut d, _) = desired();
     d.retain(|a, _| a.port != 80 && a.port != 30080);
     let mut stats = fx.l.reconciler.apply(&d);
-    fx.l.reconciler.apply_source_ranges(&BTreeMap::new(), &mut stats);
+    fx.l.reconciler.apply_source_ranges(&BTreeMap::<FrontendAddr, Vec<Cidr>>::new(), &mut stats);
     assert!(stats.errors.is_empty(), "{:?}", stats.errors);
     assert_eq!(filter_kinds(&fx, *lb.ip()), 0, "the removed LB IP's lane is cleared");
     assert_eq!(filter_kinds(&fx, NODE_IP.parse().unwrap()), vip_flags::NODE_PORT);
@@ -940,7 +940,12 @@ const CLIENT6: &str = "[fd00:50::64]:40000";
 /// - NodePort [fd00:50::1]:30080 -> [fd00:244:2::10]:8080 on node B;
 /// - NodePort [fd00:50::1]:30092, externalTrafficPolicy Local ->
 ///   [fd00:244:1::12]:8080 on node A;
-/// - LoadBalancer [fd00:60::10]:80 -> [fd00:244:1::11]:8080 on node A.
+/// - LoadBalancer [fd00:60::10]:80 -> [fd00:244:1::11]:8080 on node A;
+/// - LoadBalancer [fd00:61::10]:80 -> [fd00:244:1::13]:8080 on node A,
+///   loadBalancerSourceRanges fd00:50::/64 and 192.168.50.0/24 (the IPv4
+///   one says nothing about IPv6 clients);
+/// - NodePort [fd00:50::1]:30093, sessionAffinity ClientIP, ->
+///   [fd00:244:1::20]:8080 and [fd00:244:1::21]:8080 on node A.
 fn fixture6(tag: &str) -> Fixture {
     fixture6_snat(tag, Some(NODE6))
 }
@@ -952,18 +957,85 @@ fn fixture6_snat(tag: &str, snat6: Option<&str>) -> Fixture {
     let node6 = lb_agent::northsouth::node6_config(snat6.map(|a| a.parse().unwrap()));
     fx.l.reconciler.maps_mut().write_node6(&node6).unwrap();
     let np = svc_flags::NODE_PORT;
+    let ranged = front6("[fd00:61::10]:80", svc_flags::LOAD_BALANCER | svc_flags::SOURCE_RANGES, "[fd00:244:1::13]:8080", "node-a");
+    let (sticky_addr, mut sticky) = front6("[fd00:50::1]:30093", np | svc_flags::AFFINITY, "[fd00:244:1::20]:8080", "node-a");
+    let mut second = sticky.backends[0].clone();
+    second.addr.ip = "fd00:244:1::21".parse().unwrap();
+    sticky.backends.push(second);
+    sticky.affinity_timeout = 10_800;
     let d6: Desired<std::net::Ipv6Addr> = [
         front6("[fd00:50::1]:30081", np, "[fd00:244:1::10]:8080", "node-a"),
         front6("[fd00:50::1]:30080", np, "[fd00:244:2::10]:8080", "node-b"),
         front6("[fd00:50::1]:30092", np | svc_flags::EXT_LOCAL, "[fd00:244:1::12]:8080", "node-a"),
         front6("[fd00:60::10]:80", svc_flags::LOAD_BALANCER, "[fd00:244:1::11]:8080", "node-a"),
+        ranged.clone(),
+        (sticky_addr, sticky),
     ]
     .into_iter()
     .collect();
     let (d, _) = desired();
-    let stats = fx.l.reconciler.apply_dual(&[&d], &[&d6]);
+    let mut stats = fx.l.reconciler.apply_dual(&[&d], &[&d6]);
+    let ranges6: BTreeMap<_, Vec<Cidr>> = [(ranged.0, vec!["fd00:50::/64".parse().unwrap(), "192.168.50.0/24".parse().unwrap()])].into();
+    fx.l.reconciler.apply_source_ranges(&ranges6, &mut stats);
     assert!(stats.errors.is_empty(), "{:?}", stats.errors);
     fx
+}
+
+#[test]
+fn ipv6_source_ranges_allow_and_deny() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let mut fx = fixture6("xdp-v6-ranges");
+    let none = etherparse::Ipv6Extensions::default;
+    let lb = sa6("[fd00:61::10]:80");
+    let be = sa6("[fd00:244:1::13]:8080");
+    let inside = sa6(CLIENT6);
+    let out = fx.run(&common::v6::tcp(inside, lb, "S", 1, b"", none()));
+    assert_eq!(out.verdict, XDP_PASS, "a client inside fd00:50::/64: verdict");
+    assert_eq!(hex(&out.packet), hex(&common::v6::tcp(inside, be, "S", 1, b"", none())), "a client inside the range is DNATed");
+    let outside = sa6("[fd00:99::5]:40000");
+    assert_eq!(fx.run(&common::v6::tcp(outside, lb, "S", 1, b"", none())).verdict, XDP_DROP, "a client outside is dropped");
+    assert_eq!(fx.l.stat(stat::DROP_SOURCE_RANGE), 1);
+    // The range entry is in IPv6's own map; the IPv6 frontend's IPv4
+    // range is written nowhere (IPv4's map holds only its IPv4 LB IP's).
+    let maps = fx.l.reconciler.maps();
+    let v6: Vec<(u32, String)> =
+        maps.v6.src_ranges.entries().unwrap().into_iter().map(|(l, d)| (l, lb_common::ipv6(d.addr).to_string())).collect();
+    assert_eq!(v6, [(32 + 64, "fd00:50::".to_string())]);
+    assert_eq!(maps.src_range_entries().unwrap().len(), 1, "IPv4's LB IP's range only");
+    // Without ranges the frontend (still flagged) fails closed.
+    let mut stats = Stats::default();
+    fx.l.reconciler.apply_source_ranges(&BTreeMap::<FrontendAddr<std::net::Ipv6Addr>, Vec<Cidr>>::new(), &mut stats);
+    assert!(fx.l.reconciler.maps().v6.src_ranges.entries().unwrap().is_empty());
+    assert_eq!(fx.run(&common::v6::tcp(sa6("[fd00:50::64]:40001"), lb, "S", 1, b"", none())).verdict, XDP_DROP);
+}
+
+#[test]
+fn ipv6_session_affinity_keeps_a_client_on_one_backend() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let mut fx = fixture6("xdp-v6-affinity");
+    let none = etherparse::Ipv6Extensions::default;
+    let np = sa6(&format!("[{NODE6}]:30093"));
+    // The backend each new connection (a new source port) of a client is
+    // DNATed to.
+    let chosen = |fx: &mut Fixture, client: &str| -> std::collections::BTreeSet<String> {
+        (0..16u16)
+            .map(|i| {
+                let c = sa6(&format!("[{client}]:{}", 41000 + i));
+                let out = fx.run(&common::v6::tcp(c, np, "S", 1, b"", none()));
+                assert_eq!(out.verdict, XDP_PASS);
+                let ip = etherparse::Ipv6HeaderSlice::from_slice(&out.packet[14..]).unwrap().destination_addr();
+                ip.to_string()
+            })
+            .collect()
+    };
+    for client in ["fd00:50::64", "fd00:50::65", "fd00:50::66", "fd00:50::67"] {
+        let got = chosen(&mut fx, client);
+        assert_eq!(got.len(), 1, "{client}: every new connection to the same backend: {got:?}");
+    }
 }
 
 #[test]

@@ -83,6 +83,9 @@ map_set! {
     /// `LB6_VIPS`' pre-filter (see `vip_filter::slot6`), for tc.
     VIP_FILTER6 = "LB6_VIP_FILTER", version 1, sized by Fixed;
     SOCK_REVNAT6 = "LB6_SOCK_REVNAT", version 1, sized by Fixed;
+    /// loadBalancerSourceRanges of IPv6 frontends (`SrcRange6`), as
+    /// `LB4_SRC_RANGES`.
+    SRC_RANGES6 = "LB6_SRC_RANGES", version 1, sized by Fixed;
     /// IPv6 conntrack (`Ct6Key` -> `Ct6Entry`), TCP and the rest apart
     /// as for IPv4, with sizes of their own.
     CT_TCP6 = "LB6_CT_TCP", version 1, sized by CtTcp6;
@@ -179,7 +182,7 @@ pub mod layout {
     /// (`LB4_VIP_FILTER` and `LB6_VIP_FILTER` are derived from `LB4_VIPS`
     /// and `LB6_VIPS` and rebuilt with them: programs still attached to
     /// the old maps keep the old filters.)
-    pub const RECONCILED: [&str; 14] = [
+    pub const RECONCILED: [&str; 15] = [
         SERVICES,
         SLOTS,
         BACKENDS,
@@ -187,6 +190,7 @@ pub mod layout {
         SVC_NAMES,
         MAGLEV,
         SRC_RANGES,
+        SRC_RANGES6,
         VIPS,
         SERVICES6,
         BACKENDS6,
@@ -219,6 +223,9 @@ pub mod sizes {
     pub const MAGLEV_M: u32 = 16_381;
     /// loadBalancerSourceRanges CIDRs, all frontends together (as Cilium).
     pub const SRC_RANGES: u32 = 65_536;
+    /// IPv6 loadBalancerSourceRanges CIDRs (`LB6_SRC_RANGES`), a quarter of
+    /// IPv4's as the other IPv6 maps.
+    pub const SRC_RANGES6: u32 = 16_384;
     /// External interfaces with the XDP program.
     pub const DEVICES: u32 = 64;
     /// Service addresses (ClusterIPs, LoadBalancer IPs).
@@ -657,34 +664,77 @@ pub struct SvcName {
 
 // ---- North-south (NodePort, external IPs, LoadBalancer) ---------------------
 
-/// `LB4_SRC_RANGES` (LPM trie): loadBalancerSourceRanges of frontends.
+/// `LB4_SRC_RANGES` / `LB6_SRC_RANGES` (LPM tries): loadBalancerSourceRanges
+/// of frontends, over an address type `A` ([`SrcRange4`], `SrcRange6`).
 /// The trie key is a prefix length followed by this data; the prefix length
-/// counts the 32 bits of `frontend_id` plus the CIDR's prefix, so a lookup with
-/// prefix length 64 and the client's address finds whether any range of
-/// that frontend contains it. The value is unused (1).
+/// counts the 32 bits of `frontend_id` plus the CIDR's prefix, so a lookup
+/// with the full length (32 + the address's bits) and the client's address
+/// finds whether any range of that frontend contains it. The value is
+/// unused (1).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub struct SrcRange4 {
+pub struct SrcRangeOf<A> {
     /// Frontend ID, big-endian (the trie matches bytes in order).
     pub frontend_id: u32,
     /// CIDR address, network order (host bits zero).
-    pub addr: u32,
+    pub addr: A,
 }
 
-impl SrcRange4 {
+/// `LB4_SRC_RANGES` data.
+pub type SrcRange4 = SrcRangeOf<u32>;
+
+/// An address a source range is made of: its bits and its prefix.
+/// Implemented for the two address types only (both 4-byte aligned words:
+/// [`SrcRangeOf`] has no padding).
+pub trait RangeAddr: Copy + 'static {
+    /// Address bits (32, 128).
+    const BITS: u8;
+    /// The first `len` bits on the wire (`len` <= `BITS`), the rest zero.
+    fn prefix(self, len: u8) -> Self;
+}
+
+/// A network-order IPv4 word's first `len` (<= 32) bits.
+#[inline(always)]
+const fn word_prefix(w: u32, len: u32) -> u32 {
+    let mask_host: u32 = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+    w & mask_host.to_be()
+}
+
+impl RangeAddr for u32 {
+    const BITS: u8 = 32;
+    #[inline(always)]
+    fn prefix(self, len: u8) -> u32 {
+        word_prefix(self, len as u32)
+    }
+}
+
+impl RangeAddr for [u32; 4] {
+    const BITS: u8 = 128;
+    #[inline(always)]
+    fn prefix(self, len: u8) -> [u32; 4] {
+        let mut out = self;
+        let mut i = 0;
+        while i < 4 {
+            let bits = (len as u32).saturating_sub(32 * i as u32).min(32);
+            out[i] = word_prefix(self[i], bits);
+            i += 1;
+        }
+        out
+    }
+}
+
+impl<A: RangeAddr> SrcRangeOf<A> {
     /// The trie entry (prefix length, data) of `addr/len` (network-order
     /// address) for frontend `id`.
-    pub const fn range(id: u32, addr: u32, len: u8) -> (u32, SrcRange4) {
-        let len = if len > 32 { 32 } else { len };
-        // The first `len` bits on the wire.
-        let mask_host: u32 = if len == 0 { 0 } else { u32::MAX << (32 - len as u32) };
-        (32 + len as u32, SrcRange4 { frontend_id: id.to_be(), addr: addr & mask_host.to_be() })
+    pub fn range(id: u32, addr: A, len: u8) -> (u32, SrcRangeOf<A>) {
+        let len = if len > A::BITS { A::BITS } else { len };
+        (32 + len as u32, SrcRangeOf { frontend_id: id.to_be(), addr: addr.prefix(len) })
     }
 
     /// The lookup entry for a client address.
     #[inline(always)]
-    pub const fn client(id: u32, addr: u32) -> (u32, SrcRange4) {
-        (64, SrcRange4 { frontend_id: id.to_be(), addr })
+    pub fn client(id: u32, addr: A) -> (u32, SrcRangeOf<A>) {
+        (32 + A::BITS as u32, SrcRangeOf { frontend_id: id.to_be(), addr })
     }
 }
 
@@ -1041,6 +1091,13 @@ const _: () = assert!(stat::NAMES.len() == stat::HELP.len());
 mod user {
     use super::*;
 
+    // SAFETY: as `pod!`: repr(C), and the address types (`RangeAddr`: u32
+    // and [u32; 4]) are 4-byte aligned integers, so no padding (the layout
+    // asserts of `SrcRange4` and `SrcRange6` prove it).
+    unsafe impl<A: RangeAddr + aya::Pod> aya::Pod for SrcRangeOf<A> {}
+    unsafe impl<A: RangeAddr + bytemuck::Zeroable> bytemuck::Zeroable for SrcRangeOf<A> {}
+    unsafe impl<A: RangeAddr + bytemuck::Pod> bytemuck::Pod for SrcRangeOf<A> {}
+
     pod!(
         Service4Key,
         Service4Value,
@@ -1058,7 +1115,6 @@ mod user {
         Affinity4Key,
         Affinity4,
         SvcName,
-        SrcRange4,
         NodeConfig,
         Device,
         Vip4,
@@ -1100,6 +1156,23 @@ mod north_south_tests {
         assert_eq!(SrcRange4::range(7, be([10, 1, 2, 3]), 32).1.addr, be([10, 1, 2, 3]));
         assert_eq!(SrcRange4::range(7, be([10, 1, 2, 3]), 9).1.addr, be([10, 0, 0, 0]));
         assert_eq!(SrcRange4::client(7, be([1, 2, 3, 4])).0, 64);
+    }
+
+    #[test]
+    fn ipv6_source_range_keys_mask_host_bits() {
+        use crate::SrcRange6;
+        let a = |s: &str| crate::addr6(s.parse().unwrap());
+        let (len, k) = SrcRange6::range(7, a("2001:db8:aaaa:bbbb:cccc::1"), 48);
+        assert_eq!(len, 80);
+        assert_eq!(k.addr, a("2001:db8:aaaa::"));
+        assert_eq!(k.frontend_id.to_ne_bytes(), [0, 0, 0, 7]);
+        // Prefixes inside a word, on word edges, none and all.
+        assert_eq!(SrcRange6::range(7, a("2001:db8:ffff::1"), 36).1.addr, a("2001:db8:f000::"));
+        assert_eq!(SrcRange6::range(7, a("2001:db8:ffff::1"), 64).1.addr, a("2001:db8:ffff::"));
+        assert_eq!(SrcRange6::range(7, a("2001:db8::1"), 0).1.addr, [0; 4]);
+        assert_eq!(SrcRange6::range(7, a("2001:db8::1"), 128).1.addr, a("2001:db8::1"));
+        assert_eq!(SrcRange6::range(7, a("2001:db8::1"), 200), SrcRange6::range(7, a("2001:db8::1"), 128));
+        assert_eq!(SrcRange6::client(7, a("fd00::1")).0, 160);
     }
 
     #[test]

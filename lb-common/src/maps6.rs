@@ -19,7 +19,7 @@ use core::{
 
 #[cfg(doc)]
 use crate::Vip4;
-use crate::{Backend4, CtEntryOf, CtKeyOf, RevNat4, SCOPE_EXTERNAL, Service4Key, Service4Value, SockRevNat4, SockRevNat4Key};
+use crate::{Backend4, CtEntryOf, CtKeyOf, RevNat4, SCOPE_EXTERNAL, Service4Key, Service4Value, SockRevNat4, SockRevNat4Key, SrcRangeOf};
 
 /// An IPv6 address: four words, each in network order.
 pub type Addr6 = [u32; 4];
@@ -115,6 +115,10 @@ pub struct SockRevNat6 {
 
 /// `LB6_CT_TCP` / `LB6_CT_ANY` key (see [`CtKeyOf`]).
 pub type Ct6Key = CtKeyOf<Addr6>;
+/// `LB6_SRC_RANGES` data (see [`SrcRangeOf`]): a lookup with prefix
+/// length 160 and the client's address.
+pub type SrcRange6 = SrcRangeOf<Addr6>;
+
 /// An IPv6 conntrack entry (see [`CtEntryOf`]): 64 bytes, one cache line.
 pub type Ct6Entry = CtEntryOf<Addr6>;
 
@@ -263,6 +267,7 @@ assert_layout!(Backend6, size = 24, addr @ 0, port @ 16, proto @ 18, flags @ 19,
 assert_layout!(RevNat6, size = 20, addr @ 0, port @ 16, version @ 18);
 assert_layout!(SockRevNat6Key, size = 32, cookie @ 0, addr @ 8, port @ 24, _pad @ 26);
 assert_layout!(SockRevNat6, size = 24, addr @ 0, port @ 16, _pad @ 18, frontend_id @ 20);
+assert_layout!(SrcRange6, size = 20, frontend_id @ 0, addr @ 4);
 assert_layout!(Ct6Key, size = 40, saddr @ 0, daddr @ 16, sport @ 32, dport @ 34, proto @ 36, dir @ 37, _pad @ 38);
 assert_layout!(Node6Config, size = 16, snat_addr @ 0);
 assert_layout!(Ct6Entry, size = 64, last_seen @ 0, nat_saddr @ 8, nat_daddr @ 24, nat_sport @ 40, nat_dport @ 42, backend_id @ 44, frontend_id @ 48, seq @ 52, tcp_flags @ 56, peer_flags @ 57, flags @ 58, _pad @ 59, frontend_version @ 60, backend_version @ 62);

@@ -9,7 +9,7 @@ use aya_ebpf::{
 use lb_common::{
     Addr6, Affinity4, Affinity4Key, Backend4, Backend6, Config, Ct4Key, Ct6Entry, Ct6Key, CtEntry, Device, Frag4, Frag4Key, FrontendStats,
     Node6Config, NodeConfig, RejectRate, RevNat4, RevNat6, RevNatKey, Service4Key, Service4Value, Service6Key, Slot, SlotKey, SockRevNat4,
-    SockRevNat4Key, SockRevNat6, SockRevNat6Key, SrcRange4, SvcName, Vip4, layout, sizes, stat, tc_call, vip_filter, xdp_call,
+    SockRevNat4Key, SockRevNat6, SockRevNat6Key, SrcRange4, SrcRange6, SvcName, Vip4, layout, sizes, stat, tc_call, vip_filter, xdp_call,
 };
 
 use crate::route::Scratch;
@@ -72,6 +72,10 @@ pub static LB4_MAGLEV: HashOfMaps<RevNatKey, MaglevTable, { sizes::MAGLEV as usi
 /// loadBalancerSourceRanges: (frontend ID, CIDR) -> 1.
 #[btf_map]
 pub static LB4_SRC_RANGES: LpmTrie<SrcRange4, u32, { sizes::SRC_RANGES as usize }> = LpmTrie::new();
+
+/// loadBalancerSourceRanges of IPv6 frontends: (frontend ID, CIDR) -> 1.
+#[btf_map]
+pub static LB6_SRC_RANGES: LpmTrie<SrcRange6, u32, { sizes::SRC_RANGES6 as usize }> = LpmTrie::new();
 
 /// This node's north-south settings (index 0).
 #[btf_map]

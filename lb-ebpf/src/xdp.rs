@@ -47,8 +47,8 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use lb_common::{
-    Addr6, CT_REPLY, CT_SERVICE, Config, CtEntry, IPPROTO_ICMP, IPPROTO_ICMPV6, NodeConfig, Service4Value, SrcRange4, V4, V6, Vip4,
-    backend_flags, ct_entry_flags, node_flags,
+    Addr6, CT_REPLY, CT_SERVICE, Config, CtEntry, IPPROTO_ICMP, IPPROTO_ICMPV6, NodeConfig, Service4Value, SrcRange4, SrcRange6, V4, V6,
+    Vip4, backend_flags, ct_entry_flags, node_flags,
     packet::{ETH_HLEN, ETH_P_IPV6, Fragment, IPV4_HLEN, IPV6_HLEN, eth, icmp, icmp6, ip, ip6, is_icmp6_error},
     stat, svc_flags, vip_flags, xdp_call, xdp_mode,
 };
@@ -59,7 +59,7 @@ use crate::{
     family::{Ct, FamilyMaps},
     frag, icmp as icmp_out,
     l3::L3,
-    maps::{LB_DEVICES, LB_NODE, LB_XDP_CALLS, LB4_SRC_RANGES, LB6_NODE, LB6_SERVICES},
+    maps::{LB_DEVICES, LB_NODE, LB_XDP_CALLS, LB4_SRC_RANGES, LB6_NODE, LB6_SERVICES, LB6_SRC_RANGES},
     nat,
     packet::read,
     parse::{Flow, IcmpError, Packet, icmp6_error_at, parse, parse6},
@@ -69,9 +69,9 @@ use crate::{
 };
 
 /// What the north-south path does differently per family. IPv6 has no
-/// pre-filter, no source ranges and no fragments (`parse6` does not take
-/// them as flows); its SNATed flows (NAT66) are forwarded by a program of
-/// their own, `lb_xdp6_nat`.
+/// pre-filter and no fragments (`parse6` does not take them as flows);
+/// its SNATed flows (NAT66) are forwarded by a program of their own,
+/// `lb_xdp6_nat`.
 trait XdpFamily: L3 {
     /// Offset of the TTL (IPv4) or hop limit (IPv6) in the network header.
     const HOP_LIMIT: usize;
@@ -192,11 +192,10 @@ impl XdpFamily for V6 {
         // SAFETY: copied out at once.
         unsafe { LB6_SERVICES.get(<V6 as lb_common::Family>::service_key(addr, port, proto)).copied() }
     }
-    /// The agent does not serve an IPv6 frontend with IPv6 source ranges
-    /// (it has no map for them): one that says so anyway is refused.
     #[inline(always)]
-    fn source_allowed(_frontend_id: u32, _saddr: lb_common::Addr6) -> bool {
-        false
+    fn source_allowed(frontend_id: u32, saddr: lb_common::Addr6) -> bool {
+        let (len, data) = SrcRange6::client(frontend_id, saddr);
+        LB6_SRC_RANGES.get(&Key::new(len, data)).is_some()
     }
     /// As IPv4's, SNATed to the node's IPv6 SNAT address (`LB6_NODE`);
     /// without one, a flow to a backend on another node is not served

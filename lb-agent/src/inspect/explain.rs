@@ -6,15 +6,16 @@
 //! `select.rs`); a test holds it to what the programs do with the same
 //! packet through BPF_PROG_TEST_RUN. It reads only: the packet is not
 //! recorded anywhere. One walk, written over the family ([`Explained`]:
-//! a `MapFamily` with the few decisions that differ); IPv6 is served on
-//! pod interfaces (tc) only so far.
+//! a `MapFamily` with the few decisions that differ: IPv6 from outside
+//! (`lb_xdp6`) sends no reject, and passes a flow to a backend on another
+//! node when the node has no IPv6 SNAT address).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use aya::maps::lpm_trie::Key as LpmKey;
 use lb_common::{
     Addr6, Affinity4Key, CT_SERVICE, Config, CtKeyOf, IPPROTO_TCP, NodeConfig, RevNatKey, SCOPE_EXTERNAL, SCOPE_INTERNAL, Service4Value,
-    SlotKey, SrcRange4, config_flags, ct, ct_flags, hairpin_addr,
+    SlotKey, SrcRangeOf, config_flags, ct, ct_flags, hairpin_addr,
     hash::{affinity_client6, flow_hash, flow_hash6},
     node_flags, stat, svc_flags, vip_flags,
 };
@@ -28,8 +29,17 @@ use crate::{
 
 /// What the datapath decides differently by family (`lb-ebpf`'s `l3.rs`).
 pub trait Explained: MapFamily {
-    /// Whether `lb_xdp` serves this family (north-south frontends).
-    const NORTH_SOUTH: bool;
+    /// Whether `lb_xdp` rejects a new flow to a frontend without endpoints
+    /// with ICMP (`XdpFamily::reject`); IPv6 passes it to the kernel.
+    const REJECTS: bool;
+    /// Whether a flow to a backend on another node passes untranslated
+    /// when this node has no SNAT address of the family (IPv6,
+    /// `pass_no_nat66`: DNAT alone would send the backend's replies
+    /// straight to the client); IPv4 is then DNATed only.
+    const PASSES_WITHOUT_SNAT: bool;
+    /// The address `lb_xdp` SNATs this family's flows to backends on other
+    /// nodes to (`LB_NODE`, `LB6_NODE`), if the node has one.
+    fn snat_addr(maps: &Maps, node: Option<NodeConfig>) -> Option<IpAddr>;
     fn ct_get(maps: &Maps, key: &CtKey<Self>) -> Result<Option<CtValue<Self>>, MapsError>;
     fn flow_hash(saddr: Self::VipKey, daddr: Self::VipKey, sport: u16, dport: u16, proto: u8) -> u32;
     /// The session affinity key's client.
@@ -39,7 +49,11 @@ pub trait Explained: MapFamily {
 }
 
 impl Explained for Ipv4Addr {
-    const NORTH_SOUTH: bool = true;
+    const REJECTS: bool = true;
+    const PASSES_WITHOUT_SNAT: bool = false;
+    fn snat_addr(_maps: &Maps, node: Option<NodeConfig>) -> Option<IpAddr> {
+        node.filter(|n| n.snat_addr != 0).map(|n| IpAddr::V4(Ipv4Addr::from(n.snat_addr.to_ne_bytes())))
+    }
     fn ct_get(maps: &Maps, key: &CtKey<Self>) -> Result<Option<CtValue<Self>>, MapsError> {
         maps.ct.get(key)
     }
@@ -55,7 +69,13 @@ impl Explained for Ipv4Addr {
 }
 
 impl Explained for Ipv6Addr {
-    const NORTH_SOUTH: bool = false;
+    const REJECTS: bool = false;
+    const PASSES_WITHOUT_SNAT: bool = true;
+    fn snat_addr(maps: &Maps, node: Option<NodeConfig>) -> Option<IpAddr> {
+        node?;
+        let a = lb_common::ipv6(maps.read_node6().ok()?.snat_addr);
+        (!a.is_unspecified()).then_some(IpAddr::V6(a))
+    }
     fn ct_get(maps: &Maps, key: &CtKey<Self>) -> Result<Option<CtValue<Self>>, MapsError> {
         if key.proto == IPPROTO_TCP { &maps.v6.ct_tcp } else { &maps.v6.ct_any }.get(key)
     }
@@ -207,9 +227,6 @@ fn explain_in<A: Explained>(maps: &Maps, q: &Query, (src, dst): (A, A), now_ns: 
     if q.hook == Hook::Pod && A::is_hairpin(daddr) {
         return Ok(x.end(Verdict::Pass, None, "to the hairpin address: a pod's reply to itself, translated only as part of a flow"));
     }
-    if q.hook == Hook::External && !A::NORTH_SOUTH {
-        return Ok(x.end(Verdict::Pass, None, format!("lb_xdp does not serve {} yet: passes", A::NAME)));
-    }
     let vips = A::pinned_vips(maps);
     let Some(vip) = vips.get(&daddr)? else {
         return Ok(x.end(
@@ -301,13 +318,8 @@ fn explain_in<A: Explained>(maps: &Maps, q: &Query, (src, dst): (A, A), now_ns: 
             return Ok(x.end(Verdict::Pass, None, "the frontend is not served from outside: passes"));
         }
         if svc.flags & svc_flags::SOURCE_RANGES != 0 {
-            // North-south is IPv4's only (`A::NORTH_SOUTH`).
-            let client = match q.src.ip() {
-                IpAddr::V4(a) => u32::from_ne_bytes(a.octets()),
-                IpAddr::V6(_) => 0,
-            };
-            let (len, data) = SrcRange4::client(svc.frontend_id, client);
-            let allowed = maps.src_ranges.map.get(&LpmKey::new(len, data), 0).is_ok();
+            let (len, data) = SrcRangeOf::client(svc.frontend_id, saddr);
+            let allowed = A::pinned_src_ranges(maps).map.get(&LpmKey::new(len, data), 0).is_ok();
             if !allowed {
                 return Ok(x.end(
                     Verdict::Drop,
@@ -327,18 +339,37 @@ fn explain_in<A: Explained>(maps: &Maps, q: &Query, (src, dst): (A, A), now_ns: 
                 "a Local traffic policy and no endpoint on this node: dropped",
             ));
         }
+        if q.hook == Hook::External && !A::REJECTS {
+            return Ok(x.end(
+                Verdict::Pass,
+                Some(stat::REJECT_NO_BACKEND),
+                format!("the frontend has no endpoint: passed to the kernel (lb_xdp sends no {} reject)", A::NAME),
+            ));
+        }
         return Ok(x.end(Verdict::Reject, Some(stat::REJECT_NO_BACKEND), "the frontend has no endpoint: rejected (ICMP port unreachable)"));
     }
     select::<A>(maps, &mut x, &cfg, &svc, q, &t, now_ns)?;
     // XDP: a backend on another node is also source-NATed (Cluster policy).
     if q.hook == Hook::External
-        && let (Some(n), Some(id)) = (node, x.backend_id.or(None))
-        && n.snat_addr != 0
         && svc.flags & svc_flags::EXT_LOCAL == 0
+        && let Some(id) = x.backend_id
         && backend::<A>(maps, id).is_some_and(|b| b.flags & lb_common::backend_flags::LOCAL == 0)
     {
-        x.snat = Some(format!("{}:<port {}-{}>", super::ip(n.snat_addr), n.nat_port_min, n.nat_port_max));
-        x.step(format!("the backend is on another node: source-NATed to {} and forwarded", super::ip(n.snat_addr)));
+        match (A::snat_addr(maps, node), node) {
+            (Some(addr), Some(n)) => {
+                let host = if addr.is_ipv6() { format!("[{addr}]") } else { addr.to_string() };
+                x.snat = Some(format!("{host}:<port {}-{}>", n.nat_port_min, n.nat_port_max));
+                x.step(format!("the backend is on another node: source-NATed to {addr} and forwarded"));
+            }
+            _ if !A::PASSES_WITHOUT_SNAT => {}
+            _ => {
+                return Ok(x.end(
+                    Verdict::Pass,
+                    Some(stat::PASS_NO_NAT66),
+                    "the backend is on another node and this node has no IPv6 SNAT address: passes untranslated",
+                ));
+            }
+        }
     }
     x.verdict = Verdict::Translate;
     Ok(x)

@@ -98,6 +98,7 @@ pub fn fills(maps: &Maps) -> Result<Vec<Fill>, MapsError> {
         fill(maps.v6.backends.name, maps.live_backends6()?, maps.v6.backends.max_entries),
         fill(maps.v6.vips.name, maps.v6.vips.entries()?.len(), maps.v6.vips.max_entries),
         fill(maps.v6.sock_revnat.name, maps.v6.sock_revnat.entries()?.len(), maps.v6.sock_revnat.max_entries),
+        fill(maps.v6.src_ranges.name, maps.v6.src_ranges.entries()?.len(), maps.v6.src_ranges.max_entries),
         fill(maps.v6.ct_tcp.name, maps.v6.ct_tcp.entries()?.len(), maps.v6.ct_tcp.max_entries),
         fill(maps.v6.ct_any.name, maps.v6.ct_any.entries()?.len(), maps.v6.ct_any.max_entries),
         // The pre-filter's lanes in use: the share of addresses with no

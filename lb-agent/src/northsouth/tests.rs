@@ -259,19 +259,88 @@ fn ipv6_local_policy_keeps_local_endpoints_and_an_in_cluster_entry() {
 }
 
 #[test]
-fn ipv6_source_ranges_are_not_served_open() {
-    // An IPv6 source range cannot be enforced yet: the IPv6 LB IPs are not
-    // served (not served wide open), and each is named.
+fn ipv6_source_ranges_apply_to_the_ipv6_lb_ip() {
+    // IPv6 ranges restrict the IPv6 LoadBalancer IPs (and only those, as
+    // for IPv4); each family's frontends get the whole list, the
+    // reconciler writes the ranges of the frontend's family.
     let yaml = dual_stack("Cluster")
         .replace("loadBalancerSourceRanges: [192.168.50.0/24]", "loadBalancerSourceRanges: [192.168.50.0/24, \"fd00:50::/64\"]");
     let p = plan(&run(&yaml), &node("node-a"));
-    assert_eq!(
-        p.problems.iter().map(String::as_str).collect::<Vec<_>>(),
-        ["Service demo/web: LoadBalancer IP fd00:60::10 is not served: its IPv6 loadBalancerSourceRanges are not enforced yet"]
-    );
-    assert!(p.frontends6.keys().all(|a| a.ip != "fd00:60::10".parse::<Ipv6Addr>().unwrap()));
-    assert_eq!(p.frontends6.len(), 4);
-    assert!(p.frontends.contains_key(&fa("192.168.60.10:80", Protocol::Tcp)));
+    assert!(p.problems.is_empty(), "{:?}", p.problems);
+    assert_eq!(p.frontends6.len(), 6);
+    for proto in [Protocol::Tcp, Protocol::Udp] {
+        let port = if proto == Protocol::Tcp { 80 } else { 53 };
+        let lb = fa6(&format!("[fd00:60::10]:{port}"), proto);
+        assert_eq!(p.frontends6[&lb].flags, svc_flags::LOAD_BALANCER | svc_flags::SOURCE_RANGES);
+        assert_eq!(p.source_ranges6[&lb].iter().map(ToString::to_string).collect::<Vec<_>>(), ["192.168.50.0/24", "fd00:50::/64"]);
+    }
+    assert_eq!(p.source_ranges6.len(), 2);
+    // NodePorts and external IPs are not restricted.
+    assert_eq!(p.frontends6[&fa6("[fd00:50::1]:30080", Protocol::Tcp)].flags, svc_flags::NODE_PORT);
+    assert_eq!(p.frontends6[&fa6("[fd00:60::5]:80", Protocol::Tcp)].flags, svc_flags::EXTERNAL_IP);
+    // IPv4 unchanged.
+    assert_eq!(p.frontends[&fa("192.168.60.10:80", Protocol::Tcp)].flags, svc_flags::LOAD_BALANCER | svc_flags::SOURCE_RANGES);
+    assert_eq!(p.source_ranges.len(), 2);
+}
+
+#[test]
+fn ipv6_internal_traffic_policy_local_keeps_this_nodes_endpoints() {
+    let yaml = dual_stack("Cluster").replace("status:\n", "  internalTrafficPolicy: Local\nstatus:\n");
+    let t = run(&yaml);
+    let cluster6 = fa6("[fd00:96::10]:80", Protocol::Tcp);
+    assert_eq!(t.desired6[&cluster6].backends.len(), 3, "the translation has every endpoint");
+    let p = plan(&t, &node("node-a"));
+    assert!(p.problems.is_empty(), "{:?}", p.problems);
+    // Both families' ClusterIPs get this node's endpoints only.
+    let inner = &p.internal6[&cluster6];
+    assert_eq!(inner.backends.iter().map(|b| b.addr.ip.to_string()).collect::<Vec<_>>(), ["fd00:244:1::10", "fd00:244:1::11"]);
+    assert_ne!(inner.flags & svc_flags::INT_LOCAL, 0);
+    assert_eq!(p.internal6.len(), 2, "both ports");
+    assert_eq!(p.internal[&fa("10.96.0.10:80", Protocol::Tcp)].backends.len(), 2);
+    // Not the north-south frontends (externalTrafficPolicy: Cluster).
+    assert_eq!(backends6(&p, fa6("[fd00:50::1]:30080", Protocol::Tcp)).len(), 3);
+    // A node without endpoints: none (in-cluster clients are dropped).
+    let p = plan(&t, &node("node-c"));
+    assert!(p.internal6[&cluster6].backends.is_empty());
+    assert_ne!(p.internal6[&cluster6].flags & svc_flags::INT_LOCAL, 0);
+}
+
+#[test]
+fn ipv6_topology_hints_narrow_the_ipv6_endpoints() {
+    // Zone hints on the IPv6 slice only (its controller writes each
+    // slice's own): node-a in zone-a gets the zone-a endpoints of IPv6,
+    // every IPv4 endpoint.
+    let yaml = dual_stack("Cluster")
+        .replace(
+            "- addresses: [\"fd00:244:1::10\"]\n  nodeName: node-a",
+            "- addresses: [\"fd00:244:1::10\"]\n  nodeName: node-a\n  hints: {forZones: [{name: zone-a}]}",
+        )
+        .replace(
+            "- addresses: [\"fd00:244:2::10\"]\n  nodeName: node-b",
+            "- addresses: [\"fd00:244:2::10\"]\n  nodeName: node-b\n  hints: {forZones: [{name: zone-b}]}",
+        )
+        .replace(
+            "- addresses: [\"fd00:244:1::11\"]\n  nodeName: node-a",
+            "- addresses: [\"fd00:244:1::11\"]\n  nodeName: node-a\n  hints: {forZones: [{name: zone-a}]}",
+        );
+    let t = run(&yaml);
+    let in_zone = |zone: &str| NodeInfo { zone: Some(zone.into()), ..node("node-a") };
+    let p = plan(&t, &in_zone("zone-a"));
+    assert!(p.problems.is_empty(), "{:?}", p.problems);
+    let cluster6 = fa6("[fd00:96::10]:80", Protocol::Tcp);
+    let ips = |f: &Frontend<Ipv6Addr>| f.backends.iter().map(|b| b.addr.ip.to_string()).collect::<Vec<_>>();
+    assert_eq!(ips(&p.internal6[&cluster6]), ["fd00:244:1::10", "fd00:244:1::11"]);
+    // The north-south frontends (Cluster policy) follow the hints too.
+    assert_eq!(backends6(&p, fa6("[fd00:50::1]:30080", Protocol::Tcp)), ["fd00:244:1::10", "fd00:244:1::11"]);
+    assert_eq!(backends6(&p, fa6("[fd00:60::10]:80", Protocol::Tcp)), ["fd00:244:1::10", "fd00:244:1::11"]);
+    // IPv4 has no hints: untouched.
+    assert!(p.internal.is_empty(), "{:?}", p.internal.keys().collect::<Vec<_>>());
+    // zone-b's node: its endpoint.
+    let p = plan(&t, &in_zone("zone-b"));
+    assert_eq!(ips(&p.internal6[&cluster6]), ["fd00:244:2::10"]);
+    // No zone label: every endpoint (no internal entry).
+    let p = plan(&t, &node("node-a"));
+    assert!(p.internal6.is_empty());
 }
 
 #[test]
@@ -301,10 +370,22 @@ fn ipv6_nodeport_addresses_follow_the_interfaces_and_the_filter() {
     let a = |s: &str| s.parse::<Ipv6Addr>().unwrap();
     let addrs = [("ext0".to_string(), a("fd00:50::1")), ("eth9".to_string(), a("fd00:99::1")), ("ext0".to_string(), a("2001:db8::1"))];
     let ifaces = ["ext0".to_string()];
-    assert_eq!(nodeport_addresses6(&[], &ifaces, &addrs), [a("fd00:50::1"), a("2001:db8::1")]);
-    let f = |v: &[&str]| v.iter().map(|s| s.parse::<NodePortAddress>().unwrap()).collect::<Vec<_>>();
-    assert_eq!(nodeport_addresses6(&f(&["fd00::/16"]), &ifaces, &addrs), [a("fd00:50::1"), a("fd00:99::1")]);
-    assert!(nodeport_addresses6(&f(&["10.0.0.0/8", "primary"]), &ifaces, &addrs).is_empty());
+    let plan = |configured: &[Ipv6Addr], node: &[Ipv6Addr], filter: &[&str]| {
+        let filter: Vec<NodePortAddress> = filter.iter().map(|s| s.parse().unwrap()).collect();
+        FamilyAddresses { configured: configured.to_vec(), node_primary: node.to_vec() }.plan(&filter, &ifaces, &addrs).1
+    };
+    // The external interfaces' addresses.
+    assert_eq!(plan(&[], &[], &[]), [a("fd00:50::1"), a("2001:db8::1")]);
+    // IPv6 CIDRs of --nodeport-addresses pick any address of the node.
+    assert_eq!(plan(&[], &[], &["fd00::/16"]), [a("fd00:50::1"), a("fd00:99::1")]);
+    assert!(plan(&[], &[], &["10.0.0.0/8"]).is_empty());
+    // IPv6 --node-ips: those.
+    assert_eq!(plan(&[a("fd00:99::1")], &[], &[]), [a("fd00:99::1")]);
+    // `primary`: the IPv6 --node-ips, else the Node's IPv6 address, else
+    // the first node address.
+    assert_eq!(plan(&[a("fd00:99::1")], &[a("2001:db8::1")], &["primary"]), [a("fd00:99::1")]);
+    assert_eq!(plan(&[], &[a("2001:db8::1")], &["primary"]), [a("2001:db8::1")]);
+    assert_eq!(plan(&[], &[], &["primary"]), [a("fd00:50::1")]);
 }
 
 #[test]
@@ -433,7 +514,7 @@ fn primary_addresses_are_node_ips_else_the_nodes_internal_ips_else_the_first_nod
     assert_eq!(primary_addresses(&[a("10.0.0.1")], &[a("10.0.0.2")], &node_ips), [a("10.0.0.1")]);
     assert_eq!(primary_addresses(&[], &[a("10.0.0.2")], &node_ips), [a("10.0.0.2")]);
     assert_eq!(primary_addresses(&[], &[], &node_ips), [a("192.168.50.1")]);
-    assert!(primary_addresses(&[], &[], &[]).is_empty());
+    assert!(primary_addresses::<Ipv4Addr>(&[], &[], &[]).is_empty());
 }
 
 #[test]

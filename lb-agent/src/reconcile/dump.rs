@@ -138,14 +138,8 @@ pub fn dump(maps: &impl MapStore) -> Result<String, MapsError> {
     }
     section(&mut out, MapKind::Maglev, maglev);
 
-    let mut ranges: Vec<(u32, u32, u32)> =
-        maps.src_ranges()?.into_iter().map(|(len, d)| (u32::from_be(d.frontend_id), u32::from_be(d.addr), len)).collect();
-    ranges.sort_unstable();
-    section(
-        &mut out,
-        MapKind::SrcRanges,
-        ranges.iter().map(|(id, addr, len)| format!("{id} {}/{}", Ipv4Addr::from(*addr), len.saturating_sub(32))).collect(),
-    );
+    src_ranges::<Ipv4Addr>(&mut out, maps)?;
+    src_ranges::<Ipv6Addr>(&mut out, maps)?;
 
     for map in CtMap::BOTH {
         let mut lines: Vec<String> = maps
@@ -191,6 +185,15 @@ pub fn dump(maps: &impl MapStore) -> Result<String, MapsError> {
 /// `ip:port`, `[ip]:port` for IPv6.
 fn socket<A: MapFamily>(ip: A, port: u16) -> SocketAddr {
     SocketAddr::new(ip.into(), port)
+}
+
+/// `LB4_SRC_RANGES` / `LB6_SRC_RANGES`: `id cidr` lines.
+fn src_ranges<A: MapFamily>(out: &mut String, maps: &impl MapStore) -> Result<(), MapsError> {
+    let mut ranges: Vec<(u32, A, u32)> =
+        maps.src_ranges::<A>()?.into_iter().map(|(len, d)| (u32::from_be(d.frontend_id), A::vip_ip(d.addr), len)).collect();
+    ranges.sort_unstable();
+    section(out, A::SRC_RANGES, ranges.iter().map(|(id, addr, len)| format!("{id} {addr}/{}", len.saturating_sub(32))).collect());
+    Ok(())
 }
 
 fn vips<A: MapFamily>(out: &mut String, maps: &impl MapStore) -> Result<(), MapsError> {

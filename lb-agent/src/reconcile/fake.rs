@@ -22,9 +22,9 @@ use std::{
 };
 
 use aya::{maps::MapError, sys::SyscallError};
-use lb_common::{Affinity4, Affinity4Key, Ct4Key, CtEntry, Service4Value, Slot, SlotKey, SrcRange4, SvcName, Vip4, sizes};
+use lb_common::{Affinity4, Affinity4Key, Ct4Key, CtEntry, Service4Value, Slot, SlotKey, SrcRangeOf, SvcName, Vip4, sizes};
 
-use super::store::{CtEntries, CtKey, CtMap, CtValue, MapFamily, MapKind, MapStore, PerFamily};
+use super::store::{CtEntries, CtKey, CtMap, CtValue, MapFamily, MapKind, MapStore, PerFamily, SrcRangeEntries};
 use crate::{datapath::MapSizes, maps::MapsError};
 
 type Table<K, V> = HashMap<K, V, foldhash::fast::FixedState>;
@@ -44,6 +44,8 @@ pub struct FakeFamily<A: MapFamily> {
     /// Conntrack: TCP flows, and all others.
     ct_tcp: Table<CtKey<A>, CtValue<A>>,
     ct_any: Table<CtKey<A>, CtValue<A>>,
+    /// (prefix length, frontend ID as stored, address) -> 1.
+    src_ranges: Table<(u32, u32, A::VipKey), u32>,
 }
 
 impl<A: MapFamily> FakeFamily<A> {
@@ -65,6 +67,7 @@ impl<A: MapFamily> Default for FakeFamily<A> {
             vips: Table::default(),
             ct_tcp: Table::default(),
             ct_any: Table::default(),
+            src_ranges: Table::default(),
         }
     }
 }
@@ -101,8 +104,6 @@ pub struct FakeMaps {
     slots: Table<SlotKey, Slot>,
     names: Table<u32, SvcName>,
     maglev: BTreeMap<u32, Vec<u32>>,
-    /// (prefix length, frontend ID as stored, address) -> 1.
-    src_ranges: Table<(u32, u32, u32), u32>,
     affinity: Table<Affinity4Key, Affinity4>,
 }
 
@@ -121,6 +122,7 @@ impl FakeMaps {
             .map(|&k| {
                 let fixed = match k {
                     MapKind::Maglev => sizes::MAGLEV,
+                    MapKind::SrcRanges6 => sizes::SRC_RANGES6,
                     _ => sizes::SRC_RANGES,
                 };
                 (k, sizes.for_map(k.name()).unwrap_or(fixed))
@@ -132,7 +134,6 @@ impl FakeMaps {
             slots: Table::default(),
             names: Table::default(),
             maglev: BTreeMap::new(),
-            src_ranges: Table::default(),
             affinity: Table::default(),
         }
     }
@@ -166,7 +167,7 @@ impl FakeMaps {
     /// A hash map insert: a new key needs room.
     fn hash_insert<K: Eq + Hash, V>(max: u32, map: MapKind, table: &mut Table<K, V>, key: K, value: V) -> Result<(), MapsError> {
         if !table.contains_key(&key) && table.len() >= max as usize {
-            let errno = if map == MapKind::SrcRanges { libc::ENOSPC } else { libc::E2BIG };
+            let errno = if matches!(map, MapKind::SrcRanges | MapKind::SrcRanges6) { libc::ENOSPC } else { libc::E2BIG };
             return Err(MapsError::write(map.name(), max, syscall("bpf_map_update_elem", errno)));
         }
         table.insert(key, value);
@@ -313,19 +314,20 @@ impl MapStore for FakeMaps {
         Ok(self.maglev.get(&id).cloned())
     }
 
-    fn src_ranges(&self) -> Result<Vec<(u32, SrcRange4)>, MapsError> {
-        let mut keys: Vec<(u32, u32, u32)> = self.src_ranges.keys().copied().collect();
+    fn src_ranges<A: MapFamily>(&self) -> Result<SrcRangeEntries<A>, MapsError> {
+        let mut keys: Vec<(u32, u32, A::VipKey)> = A::pick(&self.fam).src_ranges.keys().copied().collect();
         keys.sort_unstable();
-        Ok(keys.into_iter().map(|(len, frontend_id, addr)| (len, SrcRange4 { frontend_id, addr })).collect())
+        Ok(keys.into_iter().map(|(len, frontend_id, addr)| (len, SrcRangeOf { frontend_id, addr })).collect())
     }
 
-    fn insert_src_range(&mut self, prefix_len: u32, data: SrcRange4) -> Result<(), MapsError> {
+    fn insert_src_range<A: MapFamily>(&mut self, prefix_len: u32, data: SrcRangeOf<A::VipKey>) -> Result<(), MapsError> {
         let key = (prefix_len, data.frontend_id, data.addr);
-        Self::hash_insert(self.max(MapKind::SrcRanges), MapKind::SrcRanges, &mut self.src_ranges, key, 1)
+        let max = self.max(A::SRC_RANGES);
+        Self::hash_insert(max, A::SRC_RANGES, &mut A::pick_mut(&mut self.fam).src_ranges, key, 1)
     }
 
-    fn remove_src_range(&mut self, prefix_len: u32, data: SrcRange4) -> Result<(), MapsError> {
-        self.src_ranges.remove(&(prefix_len, data.frontend_id, data.addr));
+    fn remove_src_range<A: MapFamily>(&mut self, prefix_len: u32, data: SrcRangeOf<A::VipKey>) -> Result<(), MapsError> {
+        A::pick_mut(&mut self.fam).src_ranges.remove(&(prefix_len, data.frontend_id, data.addr));
         Ok(())
     }
 
@@ -620,19 +622,19 @@ impl<M: MapStore> MapStore for Faulty<M> {
         self.inner.maglev_table(id)
     }
 
-    fn src_ranges(&self) -> Result<Vec<(u32, SrcRange4)>, MapsError> {
-        self.check(MapKind::SrcRanges, Op::Read, Shape::Single)?;
-        self.inner.src_ranges()
+    fn src_ranges<A: MapFamily>(&self) -> Result<SrcRangeEntries<A>, MapsError> {
+        self.check(A::SRC_RANGES, Op::Read, Shape::Single)?;
+        self.inner.src_ranges::<A>()
     }
 
-    fn insert_src_range(&mut self, prefix_len: u32, data: SrcRange4) -> Result<(), MapsError> {
-        self.check(MapKind::SrcRanges, Op::Update, Shape::Single)?;
-        self.inner.insert_src_range(prefix_len, data)
+    fn insert_src_range<A: MapFamily>(&mut self, prefix_len: u32, data: SrcRangeOf<A::VipKey>) -> Result<(), MapsError> {
+        self.check(A::SRC_RANGES, Op::Update, Shape::Single)?;
+        self.inner.insert_src_range::<A>(prefix_len, data)
     }
 
-    fn remove_src_range(&mut self, prefix_len: u32, data: SrcRange4) -> Result<(), MapsError> {
-        self.check(MapKind::SrcRanges, Op::Delete, Shape::Single)?;
-        self.inner.remove_src_range(prefix_len, data)
+    fn remove_src_range<A: MapFamily>(&mut self, prefix_len: u32, data: SrcRangeOf<A::VipKey>) -> Result<(), MapsError> {
+        self.check(A::SRC_RANGES, Op::Delete, Shape::Single)?;
+        self.inner.remove_src_range::<A>(prefix_len, data)
     }
 
     fn ct_entries<A: MapFamily>(&self, map: CtMap) -> Result<CtEntries<A>, MapsError> {

@@ -136,6 +136,8 @@ pub struct FamilyState<A: MapFamily> {
     /// Removed frontends whose rev-NAT slot, name or Maglev table could not
     /// be cleared: their IDs stay taken until an apply clears them.
     unclean: BTreeSet<FrontendRef>,
+    /// Installed loadBalancerSourceRanges entries, by frontend ID.
+    src_ranges: BTreeMap<u32, BTreeSet<SrcRange<A::VipKey>>>,
 }
 
 impl<A: MapFamily> FamilyState<A> {
@@ -150,6 +152,7 @@ impl<A: MapFamily> FamilyState<A> {
             vips: Vips::default(),
             shrunk: Vec::new(),
             unclean: BTreeSet::new(),
+            src_ranges: BTreeMap::new(),
         }
     }
 }
@@ -189,8 +192,6 @@ pub struct Reconciler<M: MapStore = Maps> {
     maglev_m: u32,
     /// This node's name: endpoints on it get `backend_flags::LOCAL`.
     node_name: Option<String>,
-    /// Installed loadBalancerSourceRanges entries, by frontend ID.
-    src_ranges: BTreeMap<u32, BTreeSet<SrcRange>>,
     /// After recovery: remove backends nothing uses once the first `apply`
     /// has counted every frontend.
     scan_unused: bool,

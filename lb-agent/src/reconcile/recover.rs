@@ -93,7 +93,6 @@ impl<M: MapStore> Reconciler<M> {
             frontend_ids,
             maglev_m: sizes::MAGLEV_M,
             node_name: None,
-            src_ranges: BTreeMap::new(),
         })
     }
 }

@@ -10,7 +10,7 @@
 //! cleared, keeping its version). Slots of a generation waiting for
 //! deletion are left to the next apply. Maglev tables are checked against
 //! the frontend's slots when their M is known. Both families' maps are
-//! checked. `LB4_SRC_RANGES` and the conntrack and affinity maps are not.
+//! checked. `LB4_SRC_RANGES`, `LB6_SRC_RANGES` and the conntrack and affinity maps are not.
 
 use std::{
     collections::{BTreeMap, HashMap, HashSet},

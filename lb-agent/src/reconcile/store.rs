@@ -17,10 +17,10 @@ use std::{
     net::{Ipv4Addr, Ipv6Addr},
 };
 
-use aya::maps::{Array, HashMap, MapData};
+use aya::maps::{Array, HashMap, LpmTrie, MapData};
 use lb_common::{
     Addr6, Affinity4, Affinity4Key, Backend4, Backend6, Ct4Key, Ct6Entry, Ct6Key, CtEntry, CtEntryOf, CtKeyOf, RevNat4, RevNat6, RevNatKey,
-    SCOPE_EXTERNAL, SCOPE_INTERNAL, Service4Key, Service4Value, Service6Key, Slot, SlotKey, SrcRange4, SvcName, Vip4, addr6, ipv6, names,
+    SCOPE_EXTERNAL, SCOPE_INTERNAL, Service4Key, Service4Value, Service6Key, Slot, SlotKey, SrcRangeOf, SvcName, Vip4, addr6, ipv6, names,
 };
 
 use crate::{
@@ -50,10 +50,11 @@ pub enum MapKind {
     Vips6,
     CtTcp6,
     CtAny6,
+    SrcRanges6,
 }
 
 impl MapKind {
-    pub const ALL: [MapKind; 17] = [
+    pub const ALL: [MapKind; 18] = [
         MapKind::Services,
         MapKind::Slots,
         MapKind::Backends,
@@ -71,6 +72,7 @@ impl MapKind {
         MapKind::Vips6,
         MapKind::CtTcp6,
         MapKind::CtAny6,
+        MapKind::SrcRanges6,
     ];
 
     /// The map's name (also its pin name).
@@ -93,6 +95,7 @@ impl MapKind {
             MapKind::Vips6 => names::VIPS6,
             MapKind::CtTcp6 => names::CT_TCP6,
             MapKind::CtAny6 => names::CT_ANY6,
+            MapKind::SrcRanges6 => names::SRC_RANGES6,
         }
     }
 }
@@ -137,12 +140,14 @@ pub trait MapFamily: IpFamily {
     type Backend: aya::Pod + Copy + Eq + Debug;
     type RevNat: aya::Pod + Copy + Eq + Debug;
     /// A `*_VIPS` key: the address as the maps store it.
-    type VipKey: aya::Pod + Copy + Eq + Hash + Ord + Debug + crate::maps::VipAddr;
+    type VipKey: aya::Pod + Copy + Eq + Hash + Ord + Debug + crate::maps::VipAddr + lb_common::RangeAddr;
 
     const SERVICES: MapKind;
     const BACKENDS: MapKind;
     const REVNAT: MapKind;
     const VIPS: MapKind;
+    /// loadBalancerSourceRanges (`LB4_SRC_RANGES`, `LB6_SRC_RANGES`).
+    const SRC_RANGES: MapKind;
     /// The agent flag that sizes the backend map.
     const BACKENDS_SIZE_FLAG: &'static str;
     /// The conntrack maps (TCP, everything else) and the flags that size
@@ -172,6 +177,8 @@ pub trait MapFamily: IpFamily {
     fn pinned_revnat_mut(m: &mut Maps) -> &mut Named<Array<MapData, Self::RevNat>>;
     fn pinned_vips(m: &Maps) -> &Named<HashMap<MapData, Self::VipKey, Vip4>>;
     fn pinned_vips_mut(m: &mut Maps) -> &mut Named<HashMap<MapData, Self::VipKey, Vip4>>;
+    fn pinned_src_ranges(m: &Maps) -> &Named<LpmTrie<MapData, SrcRangeOf<Self::VipKey>, u32>>;
+    fn pinned_src_ranges_mut(m: &mut Maps) -> &mut Named<LpmTrie<MapData, SrcRangeOf<Self::VipKey>, u32>>;
     /// Every entry of the family's conntrack map `map`.
     fn pinned_ct_entries(m: &Maps, map: CtMap) -> Result<CtEntries<Self>, MapsError>;
     /// Deletes `keys` from it in batches; how many were deleted.
@@ -246,6 +253,7 @@ impl MapFamily for Ipv4Addr {
     const BACKENDS: MapKind = MapKind::Backends;
     const REVNAT: MapKind = MapKind::RevNat;
     const VIPS: MapKind = MapKind::Vips;
+    const SRC_RANGES: MapKind = MapKind::SrcRanges;
     const BACKENDS_SIZE_FLAG: &'static str = "--backends-size";
     const CT: [(CtMap, MapKind, &'static str); 2] =
         [(CtMap::Tcp, MapKind::CtTcp, "--ct-tcp-size"), (CtMap::Any, MapKind::CtAny, "--ct-any-size")];
@@ -306,6 +314,12 @@ impl MapFamily for Ipv4Addr {
     fn pinned_vips_mut(m: &mut Maps) -> &mut Named<HashMap<MapData, u32, Vip4>> {
         &mut m.vips
     }
+    fn pinned_src_ranges(m: &Maps) -> &Named<LpmTrie<MapData, SrcRangeOf<u32>, u32>> {
+        &m.src_ranges
+    }
+    fn pinned_src_ranges_mut(m: &mut Maps) -> &mut Named<LpmTrie<MapData, SrcRangeOf<u32>, u32>> {
+        &mut m.src_ranges
+    }
     fn pinned_ct_entries(m: &Maps, map: CtMap) -> Result<Vec<(Ct4Key, CtEntry)>, MapsError> {
         (if map == CtMap::Tcp { &m.ct.tcp } else { &m.ct.any }).entries()
     }
@@ -332,6 +346,7 @@ impl MapFamily for Ipv6Addr {
     const BACKENDS: MapKind = MapKind::Backends6;
     const REVNAT: MapKind = MapKind::RevNat6;
     const VIPS: MapKind = MapKind::Vips6;
+    const SRC_RANGES: MapKind = MapKind::SrcRanges6;
     const BACKENDS_SIZE_FLAG: &'static str = "--backends6-size";
     const CT: [(CtMap, MapKind, &'static str); 2] =
         [(CtMap::Tcp, MapKind::CtTcp6, "--ct6-tcp-size"), (CtMap::Any, MapKind::CtAny6, "--ct6-any-size")];
@@ -392,6 +407,12 @@ impl MapFamily for Ipv6Addr {
     fn pinned_vips_mut(m: &mut Maps) -> &mut Named<HashMap<MapData, Addr6, Vip4>> {
         &mut m.v6.vips
     }
+    fn pinned_src_ranges(m: &Maps) -> &Named<LpmTrie<MapData, SrcRangeOf<Addr6>, u32>> {
+        &m.v6.src_ranges
+    }
+    fn pinned_src_ranges_mut(m: &mut Maps) -> &mut Named<LpmTrie<MapData, SrcRangeOf<Addr6>, u32>> {
+        &mut m.v6.src_ranges
+    }
     fn pinned_ct_entries(m: &Maps, map: CtMap) -> Result<Vec<(Ct6Key, Ct6Entry)>, MapsError> {
         (if map == CtMap::Tcp { &m.v6.ct_tcp } else { &m.v6.ct_any }).entries()
     }
@@ -399,6 +420,9 @@ impl MapFamily for Ipv6Addr {
         (if map == CtMap::Tcp { &mut m.v6.ct_tcp } else { &mut m.v6.ct_any }).remove_all(keys)
     }
 }
+
+/// A source-range map's entries: (prefix length, data).
+pub type SrcRangeEntries<A> = Vec<(u32, SrcRangeOf<<A as MapFamily>::VipKey>)>;
 
 /// One of a family's two conntrack maps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -487,10 +511,10 @@ pub trait MapStore {
     fn maglev_ids(&self) -> Result<Vec<u32>, MapsError>;
     fn maglev_table(&self, id: u32) -> Result<Option<Vec<u32>>, MapsError>;
 
-    /// `LB4_SRC_RANGES`: (prefix length, data) entries.
-    fn src_ranges(&self) -> Result<Vec<(u32, SrcRange4)>, MapsError>;
-    fn insert_src_range(&mut self, prefix_len: u32, data: SrcRange4) -> Result<(), MapsError>;
-    fn remove_src_range(&mut self, prefix_len: u32, data: SrcRange4) -> Result<(), MapsError>;
+    /// `LB4_SRC_RANGES` or `LB6_SRC_RANGES`: (prefix length, data) entries.
+    fn src_ranges<A: MapFamily>(&self) -> Result<SrcRangeEntries<A>, MapsError>;
+    fn insert_src_range<A: MapFamily>(&mut self, prefix_len: u32, data: SrcRangeOf<A::VipKey>) -> Result<(), MapsError>;
+    fn remove_src_range<A: MapFamily>(&mut self, prefix_len: u32, data: SrcRangeOf<A::VipKey>) -> Result<(), MapsError>;
 
     /// Conntrack, read and deleted in batches.
     fn ct_entries<A: MapFamily>(&self, map: CtMap) -> Result<CtEntries<A>, MapsError>;
@@ -512,6 +536,7 @@ impl MapStore for Maps {
             MapKind::Vips => self.vips.max_entries,
             MapKind::Maglev => self.maglev.max_entries,
             MapKind::SrcRanges => self.src_ranges.max_entries,
+            MapKind::SrcRanges6 => self.v6.src_ranges.max_entries,
             MapKind::CtTcp => self.ct.tcp.max_entries,
             MapKind::CtAny => self.ct.any.max_entries,
             MapKind::Affinity => self.affinity.max_entries,
@@ -620,16 +645,16 @@ impl MapStore for Maps {
         Maps::maglev_table(self, id)
     }
 
-    fn src_ranges(&self) -> Result<Vec<(u32, SrcRange4)>, MapsError> {
-        self.src_range_entries()
+    fn src_ranges<A: MapFamily>(&self) -> Result<SrcRangeEntries<A>, MapsError> {
+        A::pinned_src_ranges(self).entries()
     }
 
-    fn insert_src_range(&mut self, prefix_len: u32, data: SrcRange4) -> Result<(), MapsError> {
-        Maps::insert_src_range(self, prefix_len, data)
+    fn insert_src_range<A: MapFamily>(&mut self, prefix_len: u32, data: SrcRangeOf<A::VipKey>) -> Result<(), MapsError> {
+        A::pinned_src_ranges_mut(self).insert(prefix_len, data)
     }
 
-    fn remove_src_range(&mut self, prefix_len: u32, data: SrcRange4) -> Result<(), MapsError> {
-        Maps::remove_src_range(self, prefix_len, data)
+    fn remove_src_range<A: MapFamily>(&mut self, prefix_len: u32, data: SrcRangeOf<A::VipKey>) -> Result<(), MapsError> {
+        A::pinned_src_ranges_mut(self).remove(prefix_len, data)
     }
 
     fn ct_entries<A: MapFamily>(&self, map: CtMap) -> Result<CtEntries<A>, MapsError> {

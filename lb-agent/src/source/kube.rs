@@ -504,10 +504,22 @@ async fn watch_kind(client: Client, kind: Kind, backoff_max: Duration, tx: Sende
     }
 }
 
-/// A Node's `InternalIP` addresses (IPv4 ones: lb serves IPv4).
-fn node_internal_ips(n: &Node) -> Vec<std::net::Ipv4Addr> {
+/// A Node's addresses, as kube-proxy takes the node IPs of each family
+/// for dual-stack: its `InternalIP` addresses, and for a family with none,
+/// its `ExternalIP` addresses of that family.
+fn node_internal_ips(n: &Node) -> Vec<std::net::IpAddr> {
     let addresses = n.status.as_ref().and_then(|s| s.addresses.as_ref());
-    addresses.into_iter().flatten().filter(|a| a.type_ == "InternalIP").filter_map(|a| a.address.parse().ok()).collect()
+    let of = |kind: &str| -> Vec<std::net::IpAddr> {
+        addresses.into_iter().flatten().filter(|a| a.type_ == kind).filter_map(|a| a.address.parse().ok()).collect()
+    };
+    let (internal, external) = (of("InternalIP"), of("ExternalIP"));
+    let mut out = internal.clone();
+    for v4 in [true, false] {
+        if !internal.iter().any(|ip| ip.is_ipv4() == v4) {
+            out.extend(external.iter().filter(|ip| ip.is_ipv4() == v4));
+        }
+    }
+    out
 }
 
 /// Follows this agent's Node object: whether it is eligible for
@@ -522,7 +534,7 @@ async fn watch_node(client: Client, node: String, backoff_max: Duration, api: Re
     // Whether the Node exists, and whether the list in progress has it.
     let (mut known, mut listed) = (false, false);
     // The zone and InternalIPs last sent to the store.
-    let mut sent: Option<(Option<String>, Vec<std::net::Ipv4Addr>)> = None;
+    let mut sent: Option<(Option<String>, Vec<std::net::IpAddr>)> = None;
     while let Some(event) = stream.next().await {
         if event.is_ok() {
             api.reached();
@@ -655,5 +667,35 @@ mod node_tests {
         let io = || std::io::Error::other("refused");
         assert_eq!(error_chain(&Repeats(io())), "outer: refused");
         assert_eq!(error_chain(&Hides(io())), "outer: refused");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(addresses: serde_json::Value) -> Node {
+        serde_json::from_value(serde_json::json!({"metadata": {"name": "node-a"}, "status": {"addresses": addresses}})).unwrap()
+    }
+
+    #[test]
+    fn node_addresses_of_both_families() {
+        let ips = |v: &[&str]| v.iter().map(|s| s.parse::<std::net::IpAddr>().unwrap()).collect::<Vec<_>>();
+        // A dual-stack Node: its InternalIPs of both families.
+        let n = node(serde_json::json!([
+            {"type": "InternalIP", "address": "192.168.50.1"},
+            {"type": "InternalIP", "address": "fd00:50::1"},
+            {"type": "ExternalIP", "address": "2001:db8::1"},
+            {"type": "Hostname", "address": "node-a"},
+        ]));
+        assert_eq!(node_internal_ips(&n), ips(&["192.168.50.1", "fd00:50::1"]));
+        // A family without an InternalIP takes its ExternalIPs.
+        let n = node(serde_json::json!([
+            {"type": "InternalIP", "address": "192.168.50.1"},
+            {"type": "ExternalIP", "address": "203.0.113.1"},
+            {"type": "ExternalIP", "address": "2001:db8::1"},
+        ]));
+        assert_eq!(node_internal_ips(&n), ips(&["192.168.50.1", "2001:db8::1"]));
+        assert!(node_internal_ips(&node(serde_json::json!([{"type": "Hostname", "address": "node-a"}]))).is_empty());
     }
 }

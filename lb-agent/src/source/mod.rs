@@ -120,8 +120,9 @@ pub enum Update {
     /// last valid version, if any.
     Invalid(Invalid),
     /// This node's Node changed: its `topology.kubernetes.io/zone` label
-    /// and its `InternalIP` addresses (IPv4).
-    Node { zone: Option<String>, internal_ips: Vec<std::net::Ipv4Addr> },
+    /// and its addresses of both families (`InternalIP`, else
+    /// `ExternalIP`, per family).
+    Node { zone: Option<String>, internal_ips: Vec<std::net::IpAddr> },
     /// The problems of one kind that name no object (a directory's
     /// documents that could not be read, duplicates), replacing those the
     /// last list or `Problems` gave.
@@ -167,7 +168,7 @@ pub struct Store {
     /// This node's zone label (topology hints).
     node_zone: Option<String>,
     /// This node's `InternalIP` addresses (`--nodeport-addresses primary`).
-    node_internal_ips: Vec<std::net::Ipv4Addr>,
+    node_internal_ips: Vec<std::net::IpAddr>,
     /// The trigger times of the slice changes not yet synced, by the
     /// Service they name (network programming latency).
     trigger_times: BTreeMap<ObjectKey, Vec<SystemTime>>,
@@ -285,8 +286,9 @@ impl Store {
         self.node_zone.as_deref()
     }
 
-    /// This node's `InternalIP` addresses (IPv4), once its Node was seen.
-    pub fn node_internal_ips(&self) -> &[std::net::Ipv4Addr] {
+    /// This node's addresses (see [`Update::Node`]), once its Node was
+    /// seen.
+    pub fn node_internal_ips(&self) -> &[std::net::IpAddr] {
         &self.node_internal_ips
     }
 
