@@ -456,7 +456,7 @@ fn the_ipv6_snat_address_is_chosen_as_ipv4s_from_the_external_interfaces() {
     let a = |s: &str| s.parse::<Ipv6Addr>().unwrap();
     let addrs6 = [("eth1".to_string(), a("fd00:51::1")), ("lo9".to_string(), a("fd00:99::1")), ("eth0".to_string(), a("fd00:50::1"))];
     // The first global address of the external interfaces, in their order.
-    let base = nodeport_addresses6(&[], &ifaces, &addrs6);
+    let base = node_addresses(&[], &ifaces, &addrs6);
     assert_eq!(snat_address(None, None, &base), Some(a("fd00:50::1")));
     // Kept while it stays; `--snat-ip6` wins.
     assert_eq!(snat_address(None, Some(a("fd00:51::1")), &base), Some(a("fd00:51::1")));
