@@ -67,44 +67,75 @@ spec:
     )
 }
 
-fn ipv6_nodeport(policy: &str, tag: &str) {
-    let lab = ClusterLab::new(&[&["web-a"]]).unwrap();
-    lab.enable_ipv6().unwrap();
-    let web = lab.node(0).pod("web-a");
-    let be6 = cluster_pod_ip6(0, 0);
-    let _server = tcp_server_at(&web.ns, SocketAddrV6::new(be6, 8080, 0, 0).into(), "web-a").unwrap();
-    let _who = WhoAmI::start(&web.ns, SocketAddrV6::new(be6, 9000, 0, 0));
-    let dir = ManifestDir::new(tag);
-    dir.write("svc.yaml", &manifest(policy));
+/// The agent on node A as these labs run it: XDP (generic) on the
+/// external interface, the Services of `dir`.
+fn agent_on_node_a(lab: &ClusterLab, dir: &ManifestDir, tag: &str) -> Agent {
     let node = lab.node(0);
     let args = ["--external-ifaces", lb_lab::EXT_IF, "--node-name", &node.name, "--health-addr", "off", "--xdp-mode", "generic"];
-    let agent = Agent::start_with(&node.ns, &dir.0, PinDir::new(tag), &args);
-    // Loading (the verifier) can take a while on a busy machine.
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    while !agent.log_text().contains("datapath loaded") {
-        assert!(std::time::Instant::now() < deadline, "the agent's datapath did not load:\n{}", agent.log_text());
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let np = format!("[{}]:30080/TCP", node_ip6(0));
-    agent.wait_rows(&format!("{np} with its backend"), |rows| rows.iter().any(|r| r.frontend == np && r.backends.len() == 1));
+    Agent::start_with(&node.ns, &dir.0, PinDir::new(tag), &args)
+}
 
+/// A dual-stack lab with `pods` per node, the `web` Service of
+/// [`manifest_on`] (`policy`) whose endpoint is the first pod of node
+/// `n`, serving its name on 8080 and [`WhoAmI`] on 9000, and the agent on
+/// node A once it serves node A's IPv6 NodePort.
+struct NodePort6 {
+    lab: ClusterLab,
+    agent: Agent,
+    _dir: ManifestDir,
+    _server: lb_lab::Server,
+    _who: WhoAmI,
+}
+
+impl NodePort6 {
+    fn start(pods: &[&[&str]], n: usize, policy: &str, tag: &str) -> NodePort6 {
+        let lab = ClusterLab::new(pods).unwrap();
+        lab.enable_ipv6().unwrap();
+        let web = lab.node(n).pod(pods[n][0]);
+        let be6 = cluster_pod_ip6(n, 0);
+        let server = tcp_server_at(&web.ns, SocketAddrV6::new(be6, 8080, 0, 0).into(), pods[n][0]).unwrap();
+        let who = WhoAmI::start(&web.ns, SocketAddrV6::new(be6, 9000, 0, 0));
+        let dir = ManifestDir::new(tag);
+        dir.write("svc.yaml", &manifest_on(policy, n));
+        let agent = agent_on_node_a(&lab, &dir, tag);
+        let np = format!("[{}]:30080/TCP", node_ip6(0));
+        agent.wait_rows(&format!("{np} with its backend"), |rows| rows.iter().any(|r| r.frontend == np && r.backends.len() == 1));
+        NodePort6 { lab, agent, _dir: dir, _server: server, _who: who }
+    }
+
+    /// `n` TCP requests from the external client to node A's IPv6
+    /// NodePort, each answered by `backend`.
+    fn requests(&self, n: usize, backend: &str) {
+        let to = SocketAddr::new(node_ip6(0).into(), 30080);
+        for i in 0..n {
+            let answer = tcp_request_to(&self.lab.client, to, b"hello\n", TIMEOUT)
+                .unwrap_or_else(|e| panic!("request {i} to {to}: {e:#}\n{}", self.agent.log_text()));
+            assert_eq!(answer, backend);
+        }
+    }
+
+    /// The source address the backend sees for the external client's
+    /// connection through node A's NodePort 30090.
+    fn peer_seen(&self) -> std::net::IpAddr {
+        let who = SocketAddr::new(node_ip6(0).into(), 30090);
+        let peer =
+            tcp_request_to(&self.lab.client, who, b"who\n", TIMEOUT).unwrap_or_else(|e| panic!("{who}: {e:#}\n{}", self.agent.log_text()));
+        peer.trim().parse::<SocketAddr>().unwrap_or_else(|e| panic!("{peer:?}: {e}")).ip()
+    }
+}
+
+fn ipv6_nodeport(policy: &str, tag: &str) {
     // An external IPv6 client to the node's IPv6 NodePort: a local backend
     // answers (DNAT in XDP, the reply translated back in tc).
-    let to = SocketAddr::new(node_ip6(0).into(), 30080);
-    for i in 0..5 {
-        let answer = tcp_request_to(&lab.client, to, b"hello\n", TIMEOUT)
-            .unwrap_or_else(|e| panic!("request {i} to {to}: {e:#}\n{}", agent.log_text()));
-        assert_eq!(answer, "web-a");
-    }
+    let np = NodePort6::start(&[&["web-a"]], 0, policy, tag);
+    np.requests(5, "web-a");
     // The backend sees the client's own IPv6 address (no SNAT).
-    let who = SocketAddr::new(node_ip6(0).into(), 30090);
-    let peer = tcp_request_to(&lab.client, who, b"who\n", TIMEOUT).unwrap_or_else(|e| panic!("{who}: {e:#}\n{}", agent.log_text()));
-    let peer: SocketAddr = peer.trim().parse().unwrap_or_else(|e| panic!("{peer:?}: {e}"));
-    assert_eq!(peer.ip(), std::net::IpAddr::V6(CLIENT_IP6), "the backend saw {peer}, not the client");
+    let peer = np.peer_seen();
+    assert_eq!(peer, std::net::IpAddr::V6(CLIENT_IP6), "the backend saw {peer}, not the client");
 
     // Translated by lb's XDP program (not by the kernel): IPv6 flows in
     // the conntrack, and no tail call failed.
-    let maps = agent.maps();
+    let maps = np.agent.maps();
     let flows = maps.v6.ct_tcp.entries().unwrap();
     assert!(flows.len() >= 2 * 6, "IPv6 TCP conntrack: {}", flows.len());
     assert_eq!(maps.stat(stat::TAIL_CALL_FAILED).unwrap(), 0);
@@ -137,40 +168,15 @@ fn an_external_ipv6_client_reaches_a_backend_on_another_node_through_nat66() {
     if !kernel_tests_enabled() {
         return;
     }
-    let lab = ClusterLab::new(&[&["cli-a"], &["web-b"]]).unwrap();
-    lab.enable_ipv6().unwrap();
-    let web = lab.node(1).pod("web-b");
-    let be6 = cluster_pod_ip6(1, 0);
-    let _server = tcp_server_at(&web.ns, SocketAddrV6::new(be6, 8080, 0, 0).into(), "web-b").unwrap();
-    let _who = WhoAmI::start(&web.ns, SocketAddrV6::new(be6, 9000, 0, 0));
-    let dir = ManifestDir::new("np6-nat66");
-    dir.write("svc.yaml", &manifest_on("Cluster", 1));
-    let node = lab.node(0);
-    let args = ["--external-ifaces", lb_lab::EXT_IF, "--node-name", &node.name, "--health-addr", "off", "--xdp-mode", "generic"];
-    let agent = Agent::start_with(&node.ns, &dir.0, PinDir::new("np6-nat66"), &args);
-    let deadline = std::time::Instant::now() + Duration::from_secs(120);
-    while !agent.log_text().contains("datapath loaded") {
-        assert!(std::time::Instant::now() < deadline, "the agent's datapath did not load:\n{}", agent.log_text());
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    let np = format!("[{}]:30080/TCP", node_ip6(0));
-    agent.wait_rows(&format!("{np} with its backend"), |rows| rows.iter().any(|r| r.frontend == np && r.backends.len() == 1));
-
-    let to = SocketAddr::new(node_ip6(0).into(), 30080);
-    for i in 0..5 {
-        let answer = tcp_request_to(&lab.client, to, b"hello\n", TIMEOUT)
-            .unwrap_or_else(|e| panic!("request {i} to {to}: {e:#}\n{}", agent.log_text()));
-        assert_eq!(answer, "web-b");
-    }
+    let np = NodePort6::start(&[&["cli-a"], &["web-b"]], 1, "Cluster", "np6-nat66");
+    np.requests(5, "web-b");
     // The backend sees node A's IPv6 address (SNAT), not the client's.
-    let who = SocketAddr::new(node_ip6(0).into(), 30090);
-    let peer = tcp_request_to(&lab.client, who, b"who\n", TIMEOUT).unwrap_or_else(|e| panic!("{who}: {e:#}\n{}", agent.log_text()));
-    let peer: SocketAddr = peer.trim().parse().unwrap_or_else(|e| panic!("{peer:?}: {e}"));
-    assert_eq!(peer.ip(), std::net::IpAddr::V6(node_ip6(0)), "the backend saw {peer}, not node A");
+    let peer = np.peer_seen();
+    assert_eq!(peer, std::net::IpAddr::V6(node_ip6(0)), "the backend saw {peer}, not node A");
 
     // Translated by lb's XDP programs: SNATed IPv6 flows in the
     // conntrack, no tail call failed, none passed for want of NAT66.
-    let maps = agent.maps();
+    let maps = np.agent.maps();
     let node_a = lb_common::addr6(node_ip6(0));
     let flows = maps.v6.ct_tcp.entries().unwrap();
     let snated = flows.iter().filter(|(k, e)| k.dir == lb_common::CT_SERVICE && e.nat_saddr == node_a).count();
@@ -212,9 +218,7 @@ fn ipv6_lb_ip_source_ranges_allow_and_deny() {
     };
     let dir = ManifestDir::new("np6-ranges");
     dir.write("svc.yaml", &with_status("fd00:50::/64"));
-    let node = lab.node(0);
-    let args = ["--external-ifaces", lb_lab::EXT_IF, "--node-name", &node.name, "--health-addr", "off", "--xdp-mode", "generic"];
-    let agent = Agent::start_with(&node.ns, &dir.0, PinDir::new("np6-ranges"), &args);
+    let agent = agent_on_node_a(&lab, &dir, "np6-ranges");
     let fe = format!("[{lb}]:80/TCP");
     let rows = agent
         .wait_rows(&format!("{fe} with its range"), |rows| rows.iter().any(|r| r.frontend == fe && r.allowed_sources == ["fd00:50::/64"]));
