@@ -69,13 +69,20 @@ pub fn expired(t: &CtTimeouts, state: State, last_seen: u64, now: u64) -> bool {
     now > last_seen && now - last_seen > timeout_ns(t, state)
 }
 
+/// Whether TCP flags `packet_flags` are a bare SYN (a connection's first
+/// packet: SYN without ACK).
+#[inline(always)]
+pub fn bare_syn(packet_flags: u8) -> bool {
+    packet_flags & (ct_flags::SYN | ct_flags::ACK) == ct_flags::SYN
+}
+
 /// Whether a packet with `packet_flags` must start a new flow although an
 /// entry in `state` exists: only a bare SYN, and only once the old flow is
 /// closed (a client port reused after the connection ended). A SYN on a
 /// live flow follows it.
 #[inline(always)]
 pub fn restarts(state: State, packet_flags: u8) -> bool {
-    state == State::TcpClosing && packet_flags & (ct_flags::SYN | ct_flags::ACK) == ct_flags::SYN
+    state == State::TcpClosing && bare_syn(packet_flags)
 }
 
 /// How far (either way) from the highest sequence number seen in its

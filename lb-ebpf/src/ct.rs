@@ -144,8 +144,9 @@ pub fn reply<F: FamilyMaps>(f: &Flow<F>) -> Option<(Ct<F>, u64)> {
     Some((load(e), now))
 }
 
-/// A pod's bare SYN to an address that is no frontend opens a direct
-/// connection, whose replies must pass untouched. If a translated flow
+/// A pod's packet `f` to an address that is no frontend: if it is a bare
+/// TCP SYN, it opens a direct connection, whose replies must pass
+/// untouched. If a translated flow
 /// that has ended (closed, or timed out) left its reply entry on the same
 /// tuple (the client reused its source port, towards the backend itself
 /// this time), that entry is dropped here: kept, it would translate the
@@ -154,6 +155,9 @@ pub fn reply<F: FamilyMaps>(f: &Flow<F>) -> Option<(Ct<F>, u64)> {
 /// backend's own TCP cannot tell them apart either).
 #[inline(always)]
 pub fn forget_ended_reply<F: FamilyMaps>(cfg: &Config, f: &Flow<F>) {
+    if f.proto != IPPROTO_TCP || !f.has_l4() || !ct::bare_syn(f.tcp_flags) {
+        return;
+    }
     let key = CtKey::<F>::new(f.daddr, f.saddr, f.dport, f.sport, f.proto, CT_REPLY);
     let Some(e) = get::<F>(&key) else {
         return;

@@ -29,6 +29,12 @@ pub trait FamilyMaps: Family {
     /// Whether `addr` may be a frontend address: `false` only when it is
     /// none (the family's pre-filter, `vip_filter`, one array load).
     fn may_be_frontend(addr: Self::Addr) -> bool;
+    /// Whether `addr` is a frontend address: the pre-filter first (one
+    /// array load rules most addresses out), then the exact lookup.
+    #[inline(always)]
+    fn is_frontend(addr: Self::Addr) -> bool {
+        Self::may_be_frontend(addr) && Self::vip(addr).is_some()
+    }
     /// The backend in slot `id`, if the slot is in use.
     fn backend(id: u32) -> Option<Self::Backend>;
     /// The frontend in slot `id` (address, port, version), if in use.

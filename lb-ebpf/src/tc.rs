@@ -50,7 +50,7 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use lb_common::{
-    CT_SERVICE, Config, IPPROTO_ICMPV6, IPPROTO_TCP, V4, V6, Vip4, config_flags, ct_entry_flags, ct_flags,
+    CT_SERVICE, Config, IPPROTO_ICMPV6, V4, V6, Vip4, config_flags, ct_entry_flags,
     packet::{ETH_HLEN, ETH_P_IPV6, Fragment, ICMP_HLEN, IPV4_HLEN, IPV6_HLEN, TCP_HLEN, eth, ip6, swapped_macs},
     stat, svc_flags, tc_call, vip_flags,
 };
@@ -66,7 +66,7 @@ use crate::{
     packet::{read, redirect_back, write},
     parse::{Flow, IcmpError, Packet, icmp6_error_at, parse, parse6},
     route,
-    select::{config, flow_backend, node_config, now_ns, vip},
+    select::{config, flow_backend, node_config, now_ns},
     stats,
 };
 
@@ -276,7 +276,7 @@ fn icmp6_error(skb: *mut __sk_buff, dir: u8) -> Result<i32, Error> {
     let Some(err) = icmp6_error_at(ctx, ETH_HLEN + IPV6_HLEN) else {
         return Ok(NEXT);
     };
-    if dir == CT_SERVICE && (!V6::may_be_frontend(err.daddr) || V6::vip(err.daddr).is_none()) {
+    if dir == CT_SERVICE && !V6::is_frontend(err.daddr) {
         return Ok(NEXT);
     }
     nat::translate_icmp_error(ctx, &err, dir)?;
@@ -330,7 +330,7 @@ fn try_ingress(ctx: &TcContext) -> Result<i32, Error> {
         Packet::Flow(mut f) => ingress_flow(ctx, &cfg, &mut f, Stage::Whole),
         // A pod's error about a reply it got from a frontend (the
         // pre-filter first: most ICMP errors pods send are about others).
-        Packet::IcmpError(err) if V4::may_be_frontend(err.daddr) && vip(err.daddr).is_some() => translate_icmp_error(ctx, &err, CT_SERVICE),
+        Packet::IcmpError(err) if V4::is_frontend(err.daddr) => translate_icmp_error(ctx, &err, CT_SERVICE),
         _ => Ok(NEXT),
     }
 }
@@ -393,9 +393,7 @@ fn ingress_flow<F: TcFamily>(ctx: &TcContext, cfg: &Config, f: &mut Flow<F>, sta
     }
     // (The exact path follows a first look that passed the pre-filter.)
     if !matches!(stage, Stage::Exact { .. }) && !F::may_be_frontend(f.daddr) {
-        if f.proto == IPPROTO_TCP && f.has_l4() && f.tcp_flags & (ct_flags::SYN | ct_flags::ACK) == ct_flags::SYN {
-            ct::forget_ended_reply(cfg, f);
-        }
+        ct::forget_ended_reply(cfg, f);
         return F::deliver_reply(ctx, cfg, f);
     }
     let first = match stage {
