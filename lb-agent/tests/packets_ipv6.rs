@@ -596,14 +596,6 @@ fn a_wiped_pre_filter_lets_flows_pass_until_the_agent_rebuilds_it() {
     assert_eq!(l.reconciler.maps_mut().sync_vip_filter().unwrap(), 0, "nothing to fix twice");
 }
 
-/// `p` as sent back out of the interface it came in on (MACs swapped).
-fn bounced(mut p: Vec<u8>) -> Vec<u8> {
-    let macs: [u8; 12] = p[..12].try_into().unwrap();
-    p[..6].copy_from_slice(&macs[6..]);
-    p[6..12].copy_from_slice(&macs[..6]);
-    p
-}
-
 #[test]
 fn a_pod_reaching_itself_through_its_ipv6_service_is_hairpinned() {
     if !kernel_tests_enabled() {
@@ -615,6 +607,8 @@ fn a_pod_reaching_itself_through_its_ipv6_service_is_hairpinned() {
     let pod = SocketAddrV6::new(*me.ip(), 40000, 0, 0);
     let vip = sa6(VIP_TCP);
     let hairpin = SocketAddrV6::new(lb_common::HAIRPIN_ADDR6, 40000, 0, 0);
+    // Sent back out of the interface it came in on: the MACs swapped.
+    let swapped = lb_lab::testrun::Frame { src_mac: NODE_MAC, dst_mac: CLIENT_MAC, ttl: 64 };
     use Hook::FromPod;
     let steps = [
         // The SYN comes back to the pod from the hairpin address, without
@@ -624,7 +618,7 @@ fn a_pod_reaching_itself_through_its_ipv6_service_is_hairpinned() {
             name: "the pod's SYN to its own Service comes back from the hairpin address",
             hook: FromPod,
             input: v6::tcp(pod, vip, "S", 1, b"", none()),
-            expect: Expect::Answer(bounced(v6::tcp(hairpin, me, "S", 1, b"", none()))),
+            expect: Expect::Answer(v6::tcp_in(swapped, hairpin, me, "S", 1, b"")),
         },
         // The pod answers the hairpin address (through its default
         // gateway): both translations reversed.
@@ -632,13 +626,13 @@ fn a_pod_reaching_itself_through_its_ipv6_service_is_hairpinned() {
             name: "its SYN-ACK to the hairpin address comes back from the Service",
             hook: FromPod,
             input: v6::tcp(me, hairpin, "SA", 9, b"", none()),
-            expect: Expect::Answer(bounced(v6::tcp(vip, pod, "SA", 9, b"", none()))),
+            expect: Expect::Answer(v6::tcp_in(swapped, vip, pod, "SA", 9, b"")),
         },
         Fixture {
             name: "the established hairpin flow follows its entry",
             hook: FromPod,
             input: v6::tcp(pod, vip, "A", 2, b"x", none()),
-            expect: Expect::Answer(bounced(v6::tcp(hairpin, me, "A", 2, b"x", none()))),
+            expect: Expect::Answer(v6::tcp_in(swapped, hairpin, me, "A", 2, b"x")),
         },
     ];
     check_all::<Ipv6Addr>(&mut l, &steps);
