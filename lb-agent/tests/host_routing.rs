@@ -12,7 +12,7 @@ mod common;
 
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 
-use common::{Agent, ManifestDir, PinDir, kernel_tests_enabled};
+use common::{Agent, ManifestDir, PinDir, cli, kernel_tests_enabled};
 use lb_common::stat;
 use lb_lab::{Netns, NodeLab, Server, tcp_request, tcp_server, udp_echo, udp_request};
 
@@ -138,17 +138,7 @@ impl Lab {
 
     /// The host routing mode `lb-agent status` reports.
     fn status_host_routing(&self) -> String {
-        let out = self
-            .lab
-            .node
-            .command(env!("CARGO_BIN_EXE_lb-agent"))
-            .args(["status", "-o", "json", "--bpffs"])
-            .arg(&self.agent.pins.0)
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "lb-agent status: {}", String::from_utf8_lossy(&out.stderr));
-        let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-        v["host_routing"].as_str().unwrap_or_default().to_string()
+        cli(&self.agent.pins.0, &["status"])["host_routing"].as_str().unwrap_or_default().to_string()
     }
 
     fn redirected(&self) -> u64 {
