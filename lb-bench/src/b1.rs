@@ -505,20 +505,7 @@ fn measure(opts: &B1Options, dp: &Datapath, svcs: &[services::Svc], ext0: u32, h
     })?;
 
     // Pod to pod (no frontend): passed untouched.
-    let tc_pass = {
-        let pkt = ack(client, OTHER_POD);
-        let first = testrun::run_tc(tc, &pkt)?;
-        ensure!(
-            first.verdict == TC_ACT_UNSPEC && first.packet == pkt,
-            "a packet to {OTHER_POD} (no frontend) was not passed untouched by tc"
-        );
-        let pod_to_pod_ns = best_of(opts.rounds, || Ok(testrun::time_tc(tc, &pkt, opts.repeat)?.1))?;
-        let pod_to_pod_kernel = kernel_ns(tc_info, || {
-            testrun::time_tc(tc, &pkt, opts.repeat)?;
-            Ok(())
-        })?;
-        TcPassCost { pod_to_pod_ns, pod_to_pod_kernel }
-    };
+    let tc_pass = tc_pass_cost(opts, tc, &ack(client, OTHER_POD))?;
 
     // The XDP NodePort path, the same three ways, to local endpoints: the
     // program DNATs and hands the packet to the kernel (`XDP_PASS`).
@@ -684,14 +671,7 @@ fn measure_v6(opts: &B1Options, dp: &Datapath, target: SocketAddrV6, k: &mut usi
     })?;
 
     // Pod to pod (no frontend): passed untouched.
-    let pkt = ack(sa6(OTHER_POD));
-    let first = testrun::run_tc(tc, &pkt)?;
-    ensure!(first.verdict == TC_ACT_UNSPEC && first.packet == pkt, "an IPv6 packet to another pod was not passed untouched by tc");
-    let pod_to_pod_ns = best_of(opts.rounds, || Ok(testrun::time_tc(tc, &pkt, opts.repeat)?.1))?;
-    let pod_to_pod_kernel = kernel_ns(tc_info, || {
-        testrun::time_tc(tc, &pkt, opts.repeat)?;
-        Ok(())
-    })?;
+    let pass = tc_pass_cost(opts, tc, &ack(sa6(OTHER_POD)))?;
     let cost = PathCost {
         established_ns,
         established_r1_ns,
@@ -699,7 +679,24 @@ fn measure_v6(opts: &B1Options, dp: &Datapath, target: SocketAddrV6, k: &mut usi
         new_flow_p50_ns,
         kernel: KernelNs { established: kernel_established, new_flow: kernel_new_flow },
     };
-    Ok((cost, TcPassCost { pod_to_pod_ns, pod_to_pod_kernel }))
+    Ok((cost, pass))
+}
+
+/// `lb_tc_ingress` on `pkt`, a pod's packet to another pod (no frontend),
+/// which it must pass untouched: ns per packet (repeat = N, best of
+/// rounds) and the kernel's run_time/run_cnt.
+fn tc_pass_cost(opts: &B1Options, tc: &SchedClassifier, pkt: &[u8]) -> Result<TcPassCost> {
+    let first = testrun::run_tc(tc, pkt)?;
+    ensure!(first.verdict == TC_ACT_UNSPEC && first.packet == pkt, "a packet to another pod (no frontend) was not passed untouched by tc");
+    let pod_to_pod_ns = best_of(opts.rounds, || Ok(testrun::time_tc(tc, pkt, opts.repeat)?.1))?;
+    let pod_to_pod_kernel = kernel_ns(
+        || tc.info(),
+        || {
+            testrun::time_tc(tc, pkt, opts.repeat)?;
+            Ok(())
+        },
+    )?;
+    Ok(TcPassCost { pod_to_pod_ns, pod_to_pod_kernel })
 }
 
 /// `rounds` rounds of `new_flows` runs of `run` from fresh sources: the
