@@ -195,12 +195,15 @@ pub fn ready_config() -> lb_common::Config {
 
 fn sizes_for(services: usize, endpoints: usize, new_flows: usize) -> MapSizes {
     let fe = ((services + 16) as u32).next_power_of_two().max(1024);
+    // The IPv6 twins take frontend IDs from the same space (LB4_REVNAT and
+    // LB6_REVNAT are indexed by it).
+    let ids = ((2 * services + 32) as u32).next_power_of_two().max(1024);
     let backends = ((services * endpoints + 64) as u32).next_power_of_two().max(1024);
     // Two entries per new flow, every round, plus headroom: no eviction.
     let ct_tcp = ((new_flows as u32 * 2 + 1024) * 2).next_power_of_two().max(4096);
     let slots = ((services * endpoints) as u32 + (services * endpoints / 10) as u32 + 4096).max(4096);
     MapSizes {
-        services: fe,
+        services: ids,
         backends,
         // Both families' frontends take slots.
         slots: 2 * slots,
