@@ -236,3 +236,50 @@ fn ipv6_lb_ip_source_ranges_allow_and_deny() {
     assert_eq!(lb_lab::io_error_kind(&err), Some(std::io::ErrorKind::TimedOut), "{err:#}");
     assert!(agent.maps().stat(stat::DROP_SOURCE_RANGE).unwrap() >= 1);
 }
+
+/// An IPv6 LoadBalancer IP of a Service with no endpoints anywhere: the
+/// external client's UDP datagram and TCP connection are refused at once
+/// (ICMPv6 port unreachable from XDP, as kube-proxy's REJECT), not left to
+/// time out: node A does not own the LB IP, so its kernel would forward or
+/// drop them, and answers nothing.
+#[test]
+fn an_ipv6_lb_ip_without_endpoints_refuses_udp_and_tcp() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let lab = ClusterLab::new(&[&["web-a"]]).unwrap();
+    lab.enable_ipv6().unwrap();
+    let lb = "fd00:60::10";
+    lab.client.ip(&["-6", "route", "add", "fd00:60::/64", "via", &node_ip6(0).to_string(), "dev", lb_lab::CLIENT_IF]).unwrap();
+    let svc = format!(
+        r#"apiVersion: v1
+kind: Service
+metadata: {{name: gone, namespace: test}}
+spec:
+  type: LoadBalancer
+  clusterIP: 10.96.0.20
+  clusterIPs: [10.96.0.20, "fd00:96::14"]
+  ipFamilies: [IPv4, IPv6]
+  ipFamilyPolicy: RequireDualStack
+  ports:
+  - {{name: http, port: 80, protocol: TCP, nodePort: 30080}}
+  - {{name: dns, port: 53, protocol: UDP, nodePort: 30053}}
+status:
+  loadBalancer:
+    ingress: [{{ip: "{lb}"}}]
+"#
+    );
+    let dir = ManifestDir::new("np6-reject");
+    dir.write("svc.yaml", &svc);
+    let agent = agent_on_node_a(&lab, &dir, "np6-reject");
+    let (tcp, udp) = (format!("[{lb}]:80/TCP"), format!("[{lb}]:53/UDP"));
+    agent.wait_rows("the LB IP's frontends", |rows| rows.iter().filter(|r| r.frontend == tcp || r.frontend == udp).count() == 2);
+    let ip: std::net::Ipv6Addr = lb.parse().unwrap();
+    let err = lb_lab::udp_request_to(&lab.client, SocketAddr::new(ip.into(), 53), b"q", TIMEOUT).expect_err("no endpoints: refused");
+    assert!(lb_lab::is_connection_refused(&err), "UDP: {err:#}\n{}", agent.log_text());
+    let err = tcp_request_to(&lab.client, SocketAddr::new(ip.into(), 80), b"x", TIMEOUT).expect_err("no endpoints: refused");
+    assert!(lb_lab::is_connection_refused(&err), "TCP: {err:#}\n{}", agent.log_text());
+    let maps = agent.maps();
+    assert!(maps.stat(stat::REJECT_NO_BACKEND).unwrap() >= 2);
+    assert_eq!(maps.stat(stat::TAIL_CALL_FAILED).unwrap(), 0);
+}

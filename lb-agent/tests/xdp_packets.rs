@@ -945,7 +945,8 @@ const CLIENT6: &str = "[fd00:50::64]:40000";
 ///   loadBalancerSourceRanges fd00:50::/64 and 192.168.50.0/24 (the IPv4
 ///   one says nothing about IPv6 clients);
 /// - NodePort [fd00:50::1]:30093, sessionAffinity ClientIP, ->
-///   [fd00:244:1::20]:8080 and [fd00:244:1::21]:8080 on node A.
+///   [fd00:244:1::20]:8080 and [fd00:244:1::21]:8080 on node A;
+/// - NodePort [fd00:50::1]:30094, TCP and UDP, with no endpoints.
 fn fixture6(tag: &str) -> Fixture {
     fixture6_snat(tag, Some(NODE6))
 }
@@ -963,6 +964,12 @@ fn fixture6_snat(tag: &str, snat6: Option<&str>) -> Fixture {
     second.addr.ip = "fd00:244:1::21".parse().unwrap();
     sticky.backends.push(second);
     sticky.affinity_timeout = 10_800;
+    let no_endpoints = |proto: Protocol| {
+        let (mut a, mut f) = front6("[fd00:50::1]:30094", np, "[fd00:244:1::30]:8080", "node-a");
+        (a.proto, f.backends) = (proto, Vec::new());
+        f.addr = a;
+        (a, f)
+    };
     let d6: Desired<std::net::Ipv6Addr> = [
         front6("[fd00:50::1]:30081", np, "[fd00:244:1::10]:8080", "node-a"),
         front6("[fd00:50::1]:30080", np, "[fd00:244:2::10]:8080", "node-b"),
@@ -970,6 +977,8 @@ fn fixture6_snat(tag: &str, snat6: Option<&str>) -> Fixture {
         front6("[fd00:60::10]:80", svc_flags::LOAD_BALANCER, "[fd00:244:1::11]:8080", "node-a"),
         ranged.clone(),
         (sticky_addr, sticky),
+        no_endpoints(Protocol::Tcp),
+        no_endpoints(Protocol::Udp),
     ]
     .into_iter()
     .collect();
@@ -1265,6 +1274,33 @@ fn ipv6_nodeport_to_a_remote_backend_is_nat66ed_and_forwarded_and_replies_revers
     expect_unchanged("a stray packet to the SNAT address", &fx.run(&stray), &stray);
     assert_eq!(fx.l.stat(stat::PASS_NO_NAT66), 0);
     assert_eq!(fx.l.stat(stat::TAIL_CALL_FAILED), 0);
+}
+
+#[test]
+fn ipv6_no_endpoints_rejects_with_icmpv6_port_unreachable() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let mut fx = fixture6("xdp-v6-reject");
+    let (c, np) = (sa6(CLIENT6), node6(30094));
+    let unreach = Icmpv6Type::DestinationUnreachable(etherparse::icmpv6::DestUnreachableCode::Port);
+    // TCP is rejected too, as kube-proxy's REJECT (not a reset from the
+    // kernel); a long datagram is quoted up to the IPv6 minimum MTU.
+    let syn = common::v6::tcp_in(IN, c, np, "S", 1, b"");
+    let datagram = common::v6::udp_in(IN, c, np, &[9u8; 1400]);
+    for (name, input) in [("a TCP SYN", &syn), ("a UDP datagram", &datagram)] {
+        let out = fx.run(input);
+        assert_eq!(out.verdict, XDP_TX, "{name}: ICMPv6 back out");
+        assert_eq!(hex(&out.packet), hex(&icmp6_back(*np.ip(), *c.ip(), unreach, input)), "{name}: port unreachable");
+        // The checksum, recomputed from the parsed packet.
+        let p = SlicedPacket::from_ethernet(&out.packet).unwrap();
+        let (Some(NetSlice::Ipv6(ip)), Some(TransportSlice::Icmpv6(icmp))) = (&p.net, &p.transport) else { panic!("{name}: not ICMPv6") };
+        assert!(icmp.is_checksum_valid(ip.header().source(), ip.header().destination()), "{name}: ICMPv6 checksum");
+    }
+    assert_eq!(fx.run(&datagram).packet.len(), 14 + 1280, "as much as fits the minimum MTU");
+    assert_eq!(fx.l.stat(stat::REJECT_NO_BACKEND), 3);
+    assert_eq!(fx.l.stat(stat::TAIL_CALL_FAILED), 0);
+    assert!(fx.l.reconciler.maps().v6.ct_tcp.entries().unwrap().is_empty(), "no flow recorded");
 }
 
 #[test]

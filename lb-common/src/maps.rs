@@ -98,8 +98,9 @@ map_set! {
     /// The IPv6 XDP program (see [`xdp_call`]), tail-called by `lb_xdp`;
     /// pinned for the same reason as `LB_TC_CALLS` (a program array holds
     /// programs of its owner's type only, so XDP has its own).
-    /// Version 2: a second slot (`xdp_call::XDP6_NAT`).
-    XDP_CALLS = "LB_XDP_CALLS", version 2, sized by Fixed;
+    /// Version 2: a second slot (`xdp_call::XDP6_NAT`); 3: a third
+    /// (`xdp_call::XDP6_REJECT`).
+    XDP_CALLS = "LB_XDP_CALLS", version 3, sized by Fixed;
     /// Per-client token buckets for the ICMPv6 errors the datapath sends
     /// (`LB4_REJECT_RATE` for IPv6 clients).
     REJECT_RATE6 = "LB6_REJECT_RATE", version 1, sized by Fixed;
@@ -867,10 +868,14 @@ pub mod xdp_call {
     /// `lb_xdp6_nat`, from `lb_xdp6`: the packets of IPv6 flows SNATed to
     /// a backend on another node (NAT66), both ways.
     pub const XDP6_NAT: u32 = 1;
+    /// `lb_xdp6_reject`, from `lb_xdp6`: a new flow to a north-south
+    /// frontend with no endpoint anywhere, answered with ICMPv6 port
+    /// unreachable.
+    pub const XDP6_REJECT: u32 = 2;
     /// Slots in the map.
-    pub const SLOTS: u32 = 2;
+    pub const SLOTS: u32 = 3;
     /// The program of each slot, by index.
-    pub const PROGRAMS: [&str; SLOTS as usize] = ["lb_xdp6", "lb_xdp6_nat"];
+    pub const PROGRAMS: [&str; SLOTS as usize] = ["lb_xdp6", "lb_xdp6_nat", "lb_xdp6_reject"];
 }
 
 /// Slots of `LB_TC_CALLS`: the tc programs each family's packets are

@@ -298,6 +298,20 @@ fn xdp_reply6_in(ctx: &XdpContext, icmp_type: u8, code: u8, info: u32) -> Option
     Some(xdp_action::XDP_TX)
 }
 
+/// XDP: an ICMPv6 error (no `info`) to the packet's sender within its
+/// rate, else a drop: [`xdp_error`] for IPv6, called by a program whose
+/// own frame is small (`lb_xdp6_reject`).
+#[inline(always)]
+pub fn xdp_error6(ctx: &XdpContext, now: u64, icmp_type: u8, code: u8) -> u32 {
+    let Some(client) = read::<_, Addr6>(ctx, ETH_HLEN + ip6::SADDR.start) else {
+        return xdp_action::XDP_DROP;
+    };
+    if !allowed6(&client, now) {
+        return xdp_action::XDP_DROP;
+    }
+    xdp_reply6(ctx.ctx, icmp_type, code, 0)
+}
+
 /// Marks a verdict as a request for an ICMPv6 error ([`request6`]); XDP's
 /// verdicts are small numbers.
 const REQUEST6: u32 = 1 << 31;

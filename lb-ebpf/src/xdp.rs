@@ -214,11 +214,14 @@ impl XdpFamily for V6 {
             }
         }
     }
-    /// Passed: the kernel answers (a TCP reset, or ICMPv6 port unreachable
-    /// for UDP, from a node address; elsewhere it routes or drops).
+    /// ICMPv6 port unreachable, from `lb_xdp6_reject`: `lb_xdp6`'s frame
+    /// (488 bytes) has no room for the error's (`icmp::xdp_reply6`, 352),
+    /// and a program of its own needs no word passed to it: the slot is
+    /// the reason (a reason in the packet's metadata or a per-CPU scratch
+    /// would cost `lb_xdp6_nat` a check on every NAT66 packet).
     #[inline(always)]
-    fn reject(_ctx: &XdpContext, _f: &Flow<V6>, _now: u64) -> u32 {
-        PASS
+    fn reject(ctx: &XdpContext, _f: &Flow<V6>, _now: u64) -> u32 {
+        tail_call(ctx, xdp_call::XDP6_REJECT)
     }
     /// In `lb_xdp6_nat`, with a frame of its own: `lb_xdp6`'s is full.
     #[inline(always)]
@@ -280,9 +283,16 @@ fn is_icmp6_error_frame(ctx: &XdpContext) -> bool {
 /// when it is missing, the packet passes untranslated, counted.
 #[inline(always)]
 fn nat6_call(ctx: &XdpContext) -> u32 {
+    tail_call(ctx, xdp_call::XDP6_NAT)
+}
+
+/// Hands the packet to the program in `LB_XDP_CALLS[slot]`; when it is
+/// missing, the packet passes, counted.
+#[inline(always)]
+fn tail_call(ctx: &XdpContext, slot: u32) -> u32 {
     // SAFETY: the slot holds an XDP program of this object (or nothing:
     // the call returns); the context is this program's.
-    unsafe { LB_XDP_CALLS.tail_call(ctx, xdp_call::XDP6_NAT) };
+    unsafe { LB_XDP_CALLS.tail_call(ctx, slot) };
     stats::count(stat::TAIL_CALL_FAILED);
     PASS
 }
@@ -424,6 +434,17 @@ pub fn lb_xdp6_nat(ctx: XdpContext) -> u32 {
         Some((icmp_type, code, info)) => icmp_out::xdp_reply6(ctx.ctx, icmp_type, code, info),
         None => action,
     }
+}
+
+/// A new IPv6 flow to a north-south frontend with no endpoint anywhere,
+/// from `lb_xdp6` (`LB_XDP_CALLS[xdp_call::XDP6_REJECT]`), which counted
+/// it (`stat::REJECT_NO_BACKEND`): ICMPv6 port unreachable from the
+/// dialled address, quoting as much of the packet as fits the minimum MTU,
+/// sent back (`XDP_TX`) within the client's rate (`LB6_REJECT_RATE`), as
+/// IPv4's `icmp::xdp_error` and kube-proxy's REJECT (also for TCP).
+#[xdp]
+pub fn lb_xdp6_reject(ctx: XdpContext) -> u32 {
+    icmp_out::xdp_error6(&ctx, now_ns(), icmp6::DEST_UNREACH, icmp6::PORT_UNREACH)
 }
 
 /// `lb_xdp6_nat`'s path, a function of its own (see there).

@@ -7,8 +7,8 @@
 //! packet through BPF_PROG_TEST_RUN. It reads only: the packet is not
 //! recorded anywhere. One walk, written over the family ([`Explained`]:
 //! a `MapFamily` with the few decisions that differ: IPv6 from outside
-//! (`lb_xdp6`) sends no reject, and passes a flow to a backend on another
-//! node when the node has no IPv6 SNAT address).
+//! (`lb_xdp6`) passes a flow to a backend on another node when the node
+//! has no IPv6 SNAT address).
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
@@ -29,9 +29,6 @@ use crate::{
 
 /// What the datapath decides differently by family (`lb-ebpf`'s `l3.rs`).
 pub trait Explained: MapFamily {
-    /// Whether `lb_xdp` rejects a new flow to a frontend without endpoints
-    /// with ICMP (`XdpFamily::reject`); IPv6 passes it to the kernel.
-    const REJECTS: bool;
     /// Whether a flow to a backend on another node passes untranslated
     /// when this node has no SNAT address of the family (IPv6,
     /// `pass_no_nat66`: DNAT alone would send the backend's replies
@@ -49,7 +46,6 @@ pub trait Explained: MapFamily {
 }
 
 impl Explained for Ipv4Addr {
-    const REJECTS: bool = true;
     const PASSES_WITHOUT_SNAT: bool = false;
     fn snat_addr(_maps: &Maps, node: Option<NodeConfig>) -> Option<IpAddr> {
         node.filter(|n| n.snat_addr != 0).map(|n| IpAddr::V4(Ipv4Addr::from(n.snat_addr.to_ne_bytes())))
@@ -69,7 +65,6 @@ impl Explained for Ipv4Addr {
 }
 
 impl Explained for Ipv6Addr {
-    const REJECTS: bool = false;
     const PASSES_WITHOUT_SNAT: bool = true;
     fn snat_addr(maps: &Maps, node: Option<NodeConfig>) -> Option<IpAddr> {
         node?;
@@ -337,13 +332,6 @@ fn explain_in<A: Explained>(maps: &Maps, q: &Query, (src, dst): (A, A), now_ns: 
                 Verdict::Drop,
                 Some(stat::DROP_NO_LOCAL_BACKEND),
                 "a Local traffic policy and no endpoint on this node: dropped",
-            ));
-        }
-        if q.hook == Hook::External && !A::REJECTS {
-            return Ok(x.end(
-                Verdict::Pass,
-                Some(stat::REJECT_NO_BACKEND),
-                format!("the frontend has no endpoint: passed to the kernel (lb_xdp sends no {} reject)", A::NAME),
             ));
         }
         return Ok(x.end(Verdict::Reject, Some(stat::REJECT_NO_BACKEND), "the frontend has no endpoint: rejected (ICMP port unreachable)"));
