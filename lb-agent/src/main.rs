@@ -229,6 +229,11 @@ struct RunArgs {
         value_parser = parse_maglev_m
     )]
     maglev_table_size: u32,
+    /// Session affinity (ClientIP) keys an IPv6 client by this prefix of
+    /// its address, 0-128 (default 128: the whole address, as kube-proxy;
+    /// 64 keeps the clients of one /64 on one backend).
+    #[arg(long, env = "LB_AFFINITY_IPV6_PREFIX", default_value_t = 128, value_parser = clap::value_parser!(u8).range(0..=128))]
+    affinity_ipv6_prefix: u8,
     /// Capacity of the session affinity map (LRU).
     #[arg(long, env = "LB_AFFINITY_SIZE", default_value_t = lb_common::sizes::AFFINITY)]
     affinity_size: u32,
@@ -390,6 +395,7 @@ fn main() -> anyhow::Result<()> {
                     nodeport_addresses: args.nodeport_addresses,
                     snat_ip: args.snat_ip,
                     snat_ip6: args.snat_ip6,
+                    affinity_ipv6_prefix: args.affinity_ipv6_prefix,
                     nodeport_range: args.nodeport_range,
                     snat_ports: args.snat_ports,
                     xdp_mode: args.xdp_mode,

@@ -386,6 +386,10 @@ pub struct NorthSouthConfig {
     /// The address SNATed IPv6 flows leave with (NAT66); `None`: the first
     /// global IPv6 address of the external interfaces.
     pub snat_ip6: Option<Ipv6Addr>,
+    /// `--affinity-ipv6-prefix`: the IPv6 client prefix session affinity
+    /// keys a client by (`LB6_NODE`, beside the IPv6 SNAT address; it
+    /// applies to every IPv6 frontend, tc's too).
+    pub affinity_ipv6_prefix: u8,
     pub nodeport_range: PortRange,
     pub snat_ports: PortRange,
     /// How to attach the XDP program (`Off`: not at all).
@@ -402,6 +406,7 @@ impl Default for NorthSouthConfig {
             nodeport_addresses: Vec::new(),
             snat_ip: None,
             snat_ip6: None,
+            affinity_ipv6_prefix: 128,
             nodeport_range: DEFAULT_NODEPORT_RANGE,
             snat_ports: DEFAULT_SNAT_PORTS,
             xdp_mode: XdpAttach::Auto,
@@ -429,6 +434,8 @@ pub struct NorthSouth {
     configured_snat6: Option<Ipv6Addr>,
     /// The IPv6 SNAT address in `LB6_NODE`.
     snat6: Option<Ipv6Addr>,
+    /// The IPv6 affinity prefix in `LB6_NODE`.
+    affinity_prefix6: u8,
 }
 
 /// The node addresses of one family: the configured ones (`--node-ips`
@@ -528,9 +535,13 @@ pub fn snat_address<A: Copy + PartialEq>(configured: Option<A>, current: Option<
     configured.or(current.filter(|c| node_ips.contains(c))).or_else(|| node_ips.first().copied()).or(current)
 }
 
-/// What `LB6_NODE` holds for IPv6 SNAT address `snat6` (`::`: none).
-pub fn node6_config(snat6: Option<Ipv6Addr>) -> Node6Config {
-    Node6Config { snat_addr: addr6(snat6.unwrap_or(Ipv6Addr::UNSPECIFIED)) }
+/// What `LB6_NODE` holds for IPv6 SNAT address `snat6` (`::`: none) and
+/// IPv6 affinity prefix `affinity_prefix`.
+pub fn node6_config(snat6: Option<Ipv6Addr>, affinity_prefix: u8) -> Node6Config {
+    Node6Config {
+        snat_addr: addr6(snat6.unwrap_or(Ipv6Addr::UNSPECIFIED)),
+        affinity_host_bits: Node6Config::affinity_host_bits_for(affinity_prefix as u32),
+    }
 }
 
 /// Node addresses that came and went.
@@ -615,7 +626,7 @@ impl NorthSouth {
             nodeport_max: cfg.nodeport_range.max,
         };
         maps.write_node(&node_config)?;
-        maps.write_node6(&node6_config(snat6))?;
+        maps.write_node6(&node6_config(snat6, cfg.affinity_ipv6_prefix))?;
         reconciler.set_node_name(cfg.node_name.clone());
         info!(
             interfaces = ?ifaces,
@@ -650,6 +661,7 @@ impl NorthSouth {
             node_config,
             configured_snat6: cfg.snat_ip6,
             snat6,
+            affinity_prefix6: cfg.affinity_ipv6_prefix,
         })
     }
 
@@ -718,7 +730,7 @@ impl NorthSouth {
         let (base6, node_ips6) = self.addrs6.plan(&self.nodeport_filter, &self.ifaces, &addrs6);
         let snat6 = snat_address(self.configured_snat6, self.snat6, &base6);
         if snat6 != self.snat6 {
-            match reconciler.maps_mut().write_node6(&node6_config(snat6)) {
+            match reconciler.maps_mut().write_node6(&node6_config(snat6, self.affinity_prefix6)) {
                 Ok(()) => {
                     info!(old = ?self.snat6, new = ?snat6, "IPv6 SNAT address moved (flows already SNATed keep theirs)");
                     self.snat6 = snat6;

@@ -457,3 +457,43 @@ fn ipv6_conntrack_garbage_collection() {
     assert_eq!((gc.invalid, gc.deleted, gc.remaining), (2, 2, 0), "{gc:?}");
     assert!(v6_flows(&l).is_empty());
 }
+
+/// `--affinity-ipv6-prefix` in tc (an IPv6 ClusterIP from pods): with the
+/// default (`LB6_NODE` zeroed, or 128) each client address has its own
+/// affinity entry; with 64 the clients of one /64 share one entry and one
+/// backend, another /64 has its own.
+#[test]
+fn ipv6_session_affinity_keys_a_client_prefix() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    use common::v6;
+    use std::net::{Ipv6Addr, SocketAddrV6};
+    let sa6 = |s: &str| s.parse::<SocketAddrV6>().unwrap();
+    let vip = sa6("[fd00:96::61]:80");
+    let bes: Vec<SocketAddrV6> = (0..4).map(|i| sa6(&format!("[fd00:10:244::{:x}]:8080", 0x20 + i))).collect();
+    let mut l = Loaded::new("affinity6", Desired::default());
+    let (a, mut f) = v6::frontend(vip, Protocol::Tcp, &bes);
+    f.flags |= svc_flags::AFFINITY;
+    f.affinity_timeout = 10_800;
+    let d6: Desired<Ipv6Addr> = [(a, f)].into_iter().collect();
+    let s = l.reconciler.apply_dual(&[&Desired::default()], &[&d6]);
+    assert!(s.errors.is_empty(), "{s:?}");
+    let none = etherparse::Ipv6Extensions::default;
+    // The backend a client's new connection goes to.
+    let chosen = |l: &mut Loaded, client: &str| -> Ipv6Addr {
+        let p = l.run(&v6::tcp(sa6(&format!("[{client}]:43000")), vip, "S", 1, b"", none())).packet;
+        <[u8; 16]>::try_from(&p[14 + 24..14 + 40]).unwrap().into()
+    };
+    let entries = |l: &Loaded| l.reconciler.maps().affinity.entries().unwrap().len();
+    for i in 0..8 {
+        chosen(&mut l, &format!("fd00:10:244:1::{i}"));
+    }
+    assert_eq!(entries(&l), 8, "the default: each address keyed apart");
+    l.reconciler.maps_mut().write_node6(&lb_agent::northsouth::node6_config(None, 64)).unwrap();
+    let got: std::collections::BTreeSet<Ipv6Addr> = (0..8).map(|i| chosen(&mut l, &format!("fd00:10:244:2::{i}"))).collect();
+    assert_eq!(got.len(), 1, "one /64, one backend: {got:?}");
+    assert_eq!(entries(&l), 9, "one /64, one entry");
+    chosen(&mut l, "fd00:10:244:3::1");
+    assert_eq!(entries(&l), 10, "another /64, another entry");
+}

@@ -955,7 +955,7 @@ fn fixture6(tag: &str) -> Fixture {
 /// `None`: none).
 fn fixture6_snat(tag: &str, snat6: Option<&str>) -> Fixture {
     let mut fx = Fixture::new(tag, (NAT_PORT, NAT_PORT));
-    let node6 = lb_agent::northsouth::node6_config(snat6.map(|a| a.parse().unwrap()));
+    let node6 = lb_agent::northsouth::node6_config(snat6.map(|a| a.parse().unwrap()), 128);
     fx.l.reconciler.maps_mut().write_node6(&node6).unwrap();
     let np = svc_flags::NODE_PORT;
     let ranged = front6("[fd00:61::10]:80", svc_flags::LOAD_BALANCER | svc_flags::SOURCE_RANGES, "[fd00:244:1::13]:8080", "node-a");
@@ -1045,6 +1045,36 @@ fn ipv6_session_affinity_keeps_a_client_on_one_backend() {
         let got = chosen(&mut fx, client);
         assert_eq!(got.len(), 1, "{client}: every new connection to the same backend: {got:?}");
     }
+}
+
+/// `--affinity-ipv6-prefix 64`: the clients of one /64 are one client to
+/// session affinity (one entry, one backend); with the default (128) each
+/// address is keyed apart.
+#[test]
+fn ipv6_session_affinity_keys_a_client_prefix() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let mut fx = fixture6("xdp-v6-affinity-prefix");
+    let none = etherparse::Ipv6Extensions::default;
+    let np = sa6(&format!("[{NODE6}]:30093"));
+    // The backend a client's new connection is DNATed to.
+    let chosen = |fx: &mut Fixture, client: String, port: u16| -> String {
+        let out = fx.run(&common::v6::tcp(sa6(&format!("[{client}]:{port}")), np, "S", 1, b"", none()));
+        assert_eq!(out.verdict, XDP_PASS);
+        etherparse::Ipv6HeaderSlice::from_slice(&out.packet[14..]).unwrap().destination_addr().to_string()
+    };
+    let entries = |fx: &Fixture| fx.l.reconciler.maps().affinity.entries().unwrap().len();
+    for i in 0..8 {
+        chosen(&mut fx, format!("fd00:50::1:{i}"), 42000);
+    }
+    assert_eq!(entries(&fx), 8, "the default: each address keyed apart");
+    fx.l.reconciler.maps_mut().write_node6(&lb_agent::northsouth::node6_config(Some(NODE6.parse().unwrap()), 64)).unwrap();
+    let got: std::collections::BTreeSet<String> = (0..8).map(|i| chosen(&mut fx, format!("fd00:50::2:{i}"), 42001)).collect();
+    assert_eq!(got.len(), 1, "one /64, one backend: {got:?}");
+    assert_eq!(entries(&fx), 9, "one /64, one entry");
+    chosen(&mut fx, "fd00:51::1".into(), 42002);
+    assert_eq!(entries(&fx), 10, "another /64, another entry");
 }
 
 #[test]

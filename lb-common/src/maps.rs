@@ -112,8 +112,9 @@ map_set! {
     /// parameter block and a flow), off the tc programs' stack. Only the
     /// datapath reads and writes it.
     HR_SCRATCH = "LB_HR_SCRATCH", version 1, sized by Fixed;
-    /// This node's IPv6 SNAT address (`Node6Config`), for NAT66.
-    NODE6 = "LB6_NODE", version 1, sized by Fixed;
+    /// This node's IPv6 SNAT address (`Node6Config`), for NAT66, and the
+    /// IPv6 session affinity prefix. Version 2: `affinity_host_bits`.
+    NODE6 = "LB6_NODE", version 2, sized by Fixed;
     /// The layout version of every other pinned map (see [`layout`]).
     LAYOUT = "LB_LAYOUT", version 1, sized by Fixed;
 }

@@ -258,6 +258,23 @@ pub struct Node6Config {
     /// SNATed to (NAT66): an IPv6 address of the external interface. `::`:
     /// none; such flows pass untranslated (`stat::PASS_NO_NAT66`).
     pub snat_addr: Addr6,
+    /// The low bits of an IPv6 client's address that session affinity
+    /// ignores: 128 - `--affinity-ipv6-prefix` (see [`Self::affinity_prefix`]).
+    /// 0, also what a zeroed map holds: the whole address, as kube-proxy.
+    pub affinity_host_bits: u32,
+}
+
+impl Node6Config {
+    /// The IPv6 client prefix length session affinity keys a client by.
+    #[inline(always)]
+    pub fn affinity_prefix(&self) -> u32 {
+        128 - self.affinity_host_bits.min(128)
+    }
+
+    /// [`Self::affinity_host_bits`] for a prefix length (above 128: 128).
+    pub const fn affinity_host_bits_for(prefix: u32) -> u32 {
+        128 - if prefix > 128 { 128 } else { prefix }
+    }
 }
 
 // ---- ABI locks (`assert_layout!` from `maps`) ------------------------------
@@ -269,7 +286,7 @@ assert_layout!(SockRevNat6Key, size = 32, cookie @ 0, addr @ 8, port @ 24, _pad 
 assert_layout!(SockRevNat6, size = 24, addr @ 0, port @ 16, _pad @ 18, frontend_id @ 20);
 assert_layout!(SrcRange6, size = 20, frontend_id @ 0, addr @ 4);
 assert_layout!(Ct6Key, size = 40, saddr @ 0, daddr @ 16, sport @ 32, dport @ 34, proto @ 36, dir @ 37, _pad @ 38);
-assert_layout!(Node6Config, size = 16, snat_addr @ 0);
+assert_layout!(Node6Config, size = 20, snat_addr @ 0, affinity_host_bits @ 16);
 assert_layout!(Ct6Entry, size = 64, last_seen @ 0, nat_saddr @ 8, nat_daddr @ 24, nat_sport @ 40, nat_dport @ 42, backend_id @ 44, frontend_id @ 48, seq @ 52, tcp_flags @ 56, peer_flags @ 57, flags @ 58, _pad @ 59, frontend_version @ 60, backend_version @ 62);
 
 #[cfg(feature = "user")]

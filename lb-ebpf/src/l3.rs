@@ -8,13 +8,14 @@
 
 use lb_common::{
     Addr6, V4, V6, csum, hairpin_addr,
-    hash::{affinity_client6, flow_hash, flow_hash6},
+    hash::{affinity_client6_prefix, flow_hash, flow_hash6},
     packet::{ETH_HLEN, ip, ip6},
 };
 
 use crate::{
     family::FamilyMaps,
     frag,
+    maps::LB6_NODE,
     packet::{L4Csum, PacketData, read, write},
     parse::Flow,
 };
@@ -130,9 +131,12 @@ impl L3 for V6 {
         flow_hash6(&f.saddr, &f.daddr, f.sport, f.dport, f.proto)
     }
 
+    /// The client's prefix (`LB6_NODE.affinity_host_bits`, read in place:
+    /// only a frontend with affinity asks), folded into the key.
     #[inline(always)]
     fn affinity_client(addr: Addr6) -> u64 {
-        affinity_client6(&addr)
+        let len = LB6_NODE.get(0).map_or(128, |n| n.affinity_prefix());
+        affinity_client6_prefix(&addr, len)
     }
 
     #[inline(always)]

@@ -119,7 +119,7 @@ pub fn random() -> u32 {
 /// for affinity.
 #[inline(always)]
 pub fn flow_backend<F: L3>(cfg: &Config, svc: &Service4Value, f: &Flow<F>, now: u64) -> Option<(u32, F::Backend)> {
-    select_backend_of::<F>(cfg, svc, F::flow_hash(f), F::affinity_client(f.saddr), now)
+    select_backend_of::<F>(cfg, svc, F::flow_hash(f), || F::affinity_client(f.saddr), now)
 }
 
 /// Chooses the backend of a new connection to a frontend of family `F`:
@@ -132,11 +132,18 @@ pub fn flow_backend<F: L3>(cfg: &Config, svc: &Service4Value, f: &Flow<F>, now: 
 ///
 /// The slots, Maglev tables and affinities are shared by the families
 /// (they name IDs); the backend comes from the family's own backend map.
-/// `client` is the affinity key's client (an address, or a netns cookie
-/// for host sockets). `None` only when the service has no slot or a map
+/// `client` gives the affinity key's client (an address or its prefix, or
+/// a netns cookie for host sockets), asked only with affinity (IPv6's
+/// reads `LB6_NODE`). `None` only when the service has no slot or a map
 /// read raced with the agent.
 #[inline(always)]
-pub fn select_backend_of<F: FamilyMaps>(cfg: &Config, svc: &Service4Value, hash: u32, client: u64, now: u64) -> Option<(u32, F::Backend)> {
+pub fn select_backend_of<F: FamilyMaps>(
+    cfg: &Config,
+    svc: &Service4Value,
+    hash: u32,
+    client: impl FnOnce() -> u64,
+    now: u64,
+) -> Option<(u32, F::Backend)> {
     if svc.count == 0 {
         return None;
     }
@@ -144,7 +151,7 @@ pub fn select_backend_of<F: FamilyMaps>(cfg: &Config, svc: &Service4Value, hash:
         return pick::<F>(cfg, svc, hash);
     }
     let frontend_version = F::frontend(svc.frontend_id).map_or(0, |f| f.2);
-    let key = Affinity4Key { client, frontend_id: svc.frontend_id, frontend_version, _pad: 0 };
+    let key = Affinity4Key { client: client(), frontend_id: svc.frontend_id, frontend_version, _pad: 0 };
     if let Some(a) = LB4_AFFINITY.get_ptr_mut(key) {
         // SAFETY: `a` is a map value pointer from a lookup, valid and
         // aligned for the program's run. Other CPUs may write it too, so

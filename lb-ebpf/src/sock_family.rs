@@ -71,7 +71,7 @@ pub fn forward<F: FamilyMaps>(ctx: &SockAddrContext, cfg: &Config, addr: F::Addr
     // and affinity keys on the namespace (all host sockets are one client).
     let hash = fmix32(cookie as u32 ^ (cookie >> 32) as u32);
     let client = cfg.host_netns_cookie | AFFINITY_NETNS;
-    let (_, be) = select_backend_of::<F>(cfg, &svc, hash, client, now_ns())?;
+    let (_, be) = select_backend_of::<F>(cfg, &svc, hash, || client, now_ns())?;
     let (be_addr, be_port) = F::backend_addr(&be)?;
     F::sock_rev_nat_insert(F::sock_rev_nat_key(cookie, be_addr, be_port), F::sock_rev_nat(addr, port, svc.frontend_id))?;
     stats::frontend_socket(svc.frontend_id);

@@ -16,7 +16,7 @@ use aya::maps::lpm_trie::Key as LpmKey;
 use lb_common::{
     Addr6, Affinity4Key, CT_SERVICE, Config, CtKeyOf, IPPROTO_TCP, NodeConfig, RevNatKey, SCOPE_EXTERNAL, SCOPE_INTERNAL, Service4Value,
     SlotKey, SrcRangeOf, config_flags, ct, ct_flags, hairpin_addr,
-    hash::{affinity_client6, flow_hash, flow_hash6},
+    hash::{affinity_client6_prefix, flow_hash, flow_hash6},
     node_flags, stat, svc_flags, vip_flags,
 };
 use serde::Serialize;
@@ -40,7 +40,7 @@ pub trait Explained: MapFamily {
     fn ct_get(maps: &Maps, key: &CtKey<Self>) -> Result<Option<CtValue<Self>>, MapsError>;
     fn flow_hash(saddr: Self::VipKey, daddr: Self::VipKey, sport: u16, dport: u16, proto: u8) -> u32;
     /// The session affinity key's client.
-    fn affinity_client(addr: Self::VipKey) -> u64;
+    fn affinity_client(maps: &Maps, addr: Self::VipKey) -> u64;
     /// Whether `addr` is the hairpin address (a pod's reply to itself).
     fn is_hairpin(addr: Self::VipKey) -> bool;
 }
@@ -56,7 +56,7 @@ impl Explained for Ipv4Addr {
     fn flow_hash(saddr: u32, daddr: u32, sport: u16, dport: u16, proto: u8) -> u32 {
         flow_hash(saddr, daddr, sport, dport, proto)
     }
-    fn affinity_client(addr: u32) -> u64 {
+    fn affinity_client(_maps: &Maps, addr: u32) -> u64 {
         addr as u64
     }
     fn is_hairpin(addr: u32) -> bool {
@@ -77,8 +77,11 @@ impl Explained for Ipv6Addr {
     fn flow_hash(saddr: Addr6, daddr: Addr6, sport: u16, dport: u16, proto: u8) -> u32 {
         flow_hash6(&saddr, &daddr, sport, dport, proto)
     }
-    fn affinity_client(addr: Addr6) -> u64 {
-        affinity_client6(&addr)
+    /// The client's prefix (`LB6_NODE`, `--affinity-ipv6-prefix`), as
+    /// `lb-ebpf`'s `l3.rs`.
+    fn affinity_client(maps: &Maps, addr: Addr6) -> u64 {
+        let len = maps.read_node6().map_or(128, |n| n.affinity_prefix());
+        affinity_client6_prefix(&addr, len)
     }
     fn is_hairpin(addr: Addr6) -> bool {
         addr == lb_common::hairpin_addr6()
@@ -398,7 +401,7 @@ fn select<A: Explained>(
 ) -> Result<(), MapsError> {
     if svc.flags & svc_flags::AFFINITY != 0 {
         let frontend_version = revnat::<A>(maps, svc.frontend_id).map_or(0, |(_, v)| v);
-        let key = Affinity4Key { client: A::affinity_client(t.saddr), frontend_id: svc.frontend_id, frontend_version, _pad: 0 };
+        let key = Affinity4Key { client: A::affinity_client(maps, t.saddr), frontend_id: svc.frontend_id, frontend_version, _pad: 0 };
         match maps.affinity.get(&key)? {
             Some(a) if now_ns.saturating_sub(a.last_used) <= svc.affinity_timeout as u64 * 1_000_000_000 => {
                 if let Some(be) = backend::<A>(maps, a.backend_id)

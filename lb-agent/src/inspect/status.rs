@@ -44,6 +44,9 @@ pub struct Status {
     /// `--host-routing bpf`) or `legacy` (the host stack); empty before an
     /// agent wrote the datapath's configuration.
     pub host_routing: &'static str,
+    /// The IPv6 client prefix session affinity keys a client by
+    /// (`--affinity-ipv6-prefix`, from `LB6_NODE`); `None` when unread.
+    pub affinity_ipv6_prefix: Option<u32>,
     pub attachments: Vec<Attachment>,
     pub maps: Vec<MapInfo>,
     /// Maps of this version that are not pinned (an older agent's
@@ -94,7 +97,9 @@ pub fn read(bpffs: &Path) -> anyhow::Result<Status> {
             Err(_) => missing_maps.push(name),
         }
     }
-    let flags = crate::maps::Maps::open(bpffs).ok().and_then(|m| m.read_config().ok()).map_or(0, |c| c.flags);
+    let opened = crate::maps::Maps::open(bpffs).ok();
+    let flags = opened.as_ref().and_then(|m| m.read_config().ok()).map_or(0, |c| c.flags);
+    let affinity_ipv6_prefix = opened.as_ref().and_then(|m| m.read_node6().ok()).map(|n| n.affinity_prefix());
     let ready = flags & config_flags::READY != 0;
     let host_routing = match (ready, flags & config_flags::HOST_ROUTING_BPF != 0) {
         (false, _) => "",
@@ -106,6 +111,7 @@ pub fn read(bpffs: &Path) -> anyhow::Result<Status> {
         bpffs: bpffs.display().to_string(),
         ready,
         host_routing,
+        affinity_ipv6_prefix,
         attachments,
         maps,
         missing_maps,
@@ -114,6 +120,10 @@ pub fn read(bpffs: &Path) -> anyhow::Result<Status> {
 
 pub fn render(s: &Status) -> String {
     let datapath = if s.ready { format!("ready, host routing {}", s.host_routing) } else { "not ready".to_string() };
+    let datapath = match s.affinity_ipv6_prefix {
+        Some(len) if s.ready => format!("{datapath}, IPv6 affinity by /{len}"),
+        _ => datapath,
+    };
     let mut out = format!("lb-agent {} (maps under {}; datapath {datapath})\n\n", s.version, s.bpffs);
     let mut t = vec![["ATTACHED", "TARGET", "MODE", "LINK ID", "PROGRAM ID"].map(String::from).to_vec()];
     for a in &s.attachments {

@@ -462,8 +462,15 @@ fn the_ipv6_snat_address_is_chosen_as_ipv4s_from_the_external_interfaces() {
     assert_eq!(snat_address(None, Some(a("fd00:51::1")), &base), Some(a("fd00:51::1")));
     assert_eq!(snat_address(Some(a("fd00:77::7")), None, &base), Some(a("fd00:77::7")));
     // None at all: `::` in LB6_NODE (the datapath passes such flows).
-    assert_eq!(node6_config(None).snat_addr, [0; 4]);
-    assert_eq!(lb_common::ipv6(node6_config(Some(a("fd00:50::1"))).snat_addr), a("fd00:50::1"));
+    assert_eq!(node6_config(None, 128).snat_addr, [0; 4]);
+    assert_eq!(lb_common::ipv6(node6_config(Some(a("fd00:50::1")), 128).snat_addr), a("fd00:50::1"));
+    // The affinity prefix, as the bits it ignores (0: the whole address,
+    // also a zeroed map's).
+    assert_eq!(node6_config(None, 128).affinity_host_bits, 0);
+    assert_eq!(node6_config(None, 64).affinity_host_bits, 64);
+    assert_eq!(node6_config(None, 64).affinity_prefix(), 64);
+    assert_eq!(node6_config(None, 0).affinity_prefix(), 0);
+    assert_eq!(lb_common::Node6Config::default().affinity_prefix(), 128);
 }
 
 #[test]
