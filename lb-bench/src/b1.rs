@@ -24,7 +24,11 @@
 //!   and the services (all of them up to `--b1-reconcile-limit` backends,
 //!   else the measured one), programmed by `Reconciler::apply_dual`; and
 //!   an IPv6 packet from a pod to another pod (no frontend: the tail call
-//!   into `lb_tc_ingress6` and its pre-filter), passed untouched.
+//!   into `lb_tc_ingress6` and its pre-filter), passed untouched;
+//! - IPv6 NodePort: the XDP NodePort paths measured as the IPv4 ones, on the
+//!   IPv6 twins of their frontends at the node's IPv6 address (local
+//!   backend: `lb_xdp` → `lb_xdp6`; remote backend: → `lb_xdp6_nat`, NAT66
+//!   to the node's IPv6 address in `LB6_NODE`).
 //!
 //! The datapath is loaded by lb-agent's own loader (`Datapath::load`), as
 //! the agent loads it: whatever the loader sets up (program arrays, tail
@@ -103,6 +107,10 @@ pub struct B1Row {
     /// `lb_tc_ingress` on an IPv6 packet from a pod to another pod (the
     /// tail call into `lb_tc_ingress6`, its pre-filter, passed).
     pub v6_tc_pass: Option<TcPassCost>,
+    /// The XDP NodePort paths over IPv6 (same run), to a local backend and
+    /// to a backend on another node (NAT66), when the object has XDP.
+    pub xdp6: Option<PathCost>,
+    pub remote6: Option<PathCost>,
 }
 
 /// `lb_tc_ingress` on a packet from a pod to another pod's address (no
@@ -189,6 +197,15 @@ impl B1Row {
     }
 }
 
+impl B1Row {
+    /// IPv6 over IPv4 on the XDP NodePort paths, same run: local and
+    /// remote backend, each (established, new flow net).
+    pub fn xdp6_ratios(&self) -> Option<[(f64, f64); 2]> {
+        let ratio = |v6: &PathCost, v4: &PathCost| (v6.established_ns / v4.established_ns, v6.new_flow_net_ns() / v4.new_flow_net_ns());
+        Some([ratio(self.xdp6.as_ref()?, self.xdp.as_ref()?), ratio(self.remote6.as_ref()?, self.remote.as_ref()?)])
+    }
+}
+
 pub fn ready_config() -> lb_common::Config {
     crate::ready_config()
 }
@@ -253,6 +270,9 @@ const PONG: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 95, 0, 2), 80);
 /// ping-pong pair as for ClusterIP, and a NodePort with the measured
 /// service's endpoints for new flows.
 const NODE_IP: Ipv4Addr = Ipv4Addr::new(10, 0, 0, 1);
+/// The node's IPv6 address, [`to_v6`] of [`NODE_IP`]: the IPv6 NodePorts
+/// (the twins of the IPv4 ones) and the IPv6 SNAT address (NAT66).
+const NODE_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x10, 0, 0, 0, 0, 0x0a00, 1);
 const NP_PING: SocketAddrV4 = SocketAddrV4::new(NODE_IP, 30080);
 const NP_PONG: SocketAddrV4 = SocketAddrV4::new(NODE_IP, 30081);
 const NP_TARGET: SocketAddrV4 = SocketAddrV4::new(NODE_IP, 30000);
@@ -304,6 +324,13 @@ fn lab() -> Result<lb_lab::Netns> {
     let mac = NODE_B_MAC.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
     ns.ip(&["neigh", "replace", &NODE_B.to_string(), "lladdr", &mac, "dev", "ext0", "nud", "permanent"])?;
     ns.ip(&["route", "add", &format!("{REMOTE_PODS}/16"), "via", &NODE_B.to_string(), "dev", "ext0"])?;
+    // The same in IPv6, over the twins' addresses (`to_v6`).
+    ensure!(to_v6(NODE_IP) == NODE_IP6, "NODE_IP6 is not the twin of NODE_IP");
+    ns.sysctl("net.ipv6.conf.all.forwarding", "1")?;
+    ns.ip(&["-6", "addr", "add", &format!("{NODE_IP6}/64"), "dev", "ext0", "nodad"])?;
+    let node_b6 = to_v6(NODE_B).to_string();
+    ns.ip(&["-6", "neigh", "replace", &node_b6, "lladdr", &mac, "dev", "ext0", "nud", "permanent"])?;
+    ns.ip(&["-6", "route", "add", &format!("{}/96", to_v6(REMOTE_PODS)), "via", &node_b6, "dev", "ext0"])?;
     Ok(ns)
 }
 
@@ -418,13 +445,17 @@ pub fn run_one(opts: &B1Options, n: usize) -> Result<B1Row> {
     let (mut reconciler, program_time) = fill(pins.path(), reconciler, &desired, n * opts.endpoints <= opts.reconcile_limit)?;
     // The IPv6 twins: the ping-pong pair and the services (all of them
     // within the reconcile limit, else the measured one).
+    // With XDP, the twins of the NodePorts too, at the node's IPv6 address.
     let svcs6 = if n * opts.endpoints <= opts.reconcile_limit { &svcs[..] } else { &svcs[svcs.len().saturating_sub(1)..] };
+    let node_ports = desired.values().filter(|fe| fe.flags & lb_common::svc_flags::NODE_PORT != 0).cloned();
     let desired6: lb_agent::model::Desired<Ipv6Addr> = svcs6
         .iter()
         .map(services::frontend)
         .chain([one_backend("bench/ping:http", PING, PONG).1, one_backend("bench/pong:http", PONG, PING).1])
+        .chain(node_ports)
         .map(|fe| frontend6(&fe))
         .collect();
+    reconciler.maps_mut().write_node6(&lb_agent::northsouth::node6_config(Some(NODE_IP6), 128))?;
     let stats = reconciler.apply_dual(&[&desired], &[&desired6]);
     ensure!(stats.errors.is_empty(), "programming the IPv6 frontends: {:?}", &stats.errors[..stats.errors.len().min(3)]);
 
@@ -447,9 +478,16 @@ pub fn run_one(opts: &B1Options, n: usize) -> Result<B1Row> {
     let target6 = SocketAddrV6::new(to_v6(svcs.last().map(|s| s.ip).unwrap_or(*PING.ip())), services::SERVICE_PORT, 0, 0);
     let mut k6 = 0;
     let (v6, v6_tc_pass) = measure_v6(opts, &dp, target6, &mut k6).with_context(|| format!("IPv6; datapath counters: {}", counted()))?;
+    let (xdp6, remote6) = if has_xdp {
+        let (local, remote) =
+            measure_xdp_v6(opts, &dp, ext0, &mut k6).with_context(|| format!("IPv6 NodePort; datapath counters: {}", counted()))?;
+        (Some(local), Some(remote))
+    } else {
+        (None, None)
+    };
     let ct6_entries = reconciler.maps().v6.ct_tcp.map.keys().count();
     ensure!(ct6_entries >= 2 * k6, "expected {} IPv6 conntrack entries after the new-flow runs, found {ct6_entries}", 2 * k6);
-    Ok(B1Row { services: n, program_time, v6: Some(v6), v6_services: svcs6.len(), v6_tc_pass: Some(v6_tc_pass), ..m.row })
+    Ok(B1Row { services: n, program_time, v6: Some(v6), v6_services: svcs6.len(), v6_tc_pass: Some(v6_tc_pass), xdp6, remote6, ..m.row })
 }
 
 /// What [`measure`] found, and how many new flows it made.
@@ -514,83 +552,28 @@ fn measure(opts: &B1Options, dp: &Datapath, svcs: &[services::Svc], ext0: u32, h
     // program DNATs and hands the packet to the kernel (`XDP_PASS`).
     let xdp_cost = if has_xdp {
         let np: &Xdp = dp.ebpf.program(XDP_PROGRAM).unwrap().try_into()?;
-        let np_info = || np.info();
-        let pp = ack(client, NP_PING);
-        let mut out = vec![0u8; pp.len() + 256];
-        let r = run_xdp(np, &pp, &mut out, 4)?;
-        ensure!(r == XDP_PASS, "XDP ping-pong verdict {r}");
         // Both frontends share the node address; the port tells them apart.
-        let port = u16::from_be_bytes([out[36], out[37]]);
-        ensure!(port == NP_PING.port() || port == NP_PONG.port(), "XDP ping-pong: packet went to port {port}");
-        let established_ns = best_of(opts.rounds, || Ok(testrun::time_xdp(np, &pp, opts.repeat)?.1))?;
-        let kernel_established = kernel_ns(np_info, || {
-            testrun::time_xdp(np, &pp, opts.repeat)?;
-            Ok(())
-        })?;
-        let est = ack(client, NP_TARGET);
-        let (v, _) = testrun::time_xdp(np, &est, 1)?;
-        ensure!(v == XDP_PASS, "XDP verdict {v} for an established NodePort flow");
-        let established_r1_ns = mean_r1(opts.new_flows.min(20_000), |_| run_xdp_checked(np, &est, XDP_PASS, 0))?;
-        let (new_flow_ns, new_flow_p50_ns) = new_flows(opts, &mut k, |src| run_xdp_checked(np, &syn(src, NP_TARGET), XDP_PASS, 0))?;
-        let kernel_new_flow = kernel_ns(np_info, || {
-            for _ in 0..opts.new_flows.min(20_000) {
-                run_xdp_checked(np, &syn(fresh_source(k), NP_TARGET), XDP_PASS, 0)?;
-                k += 1;
-            }
-            Ok(())
-        })?;
-        Some(PathCost {
-            established_ns,
-            established_r1_ns,
-            new_flow_ns,
-            new_flow_p50_ns,
-            kernel: KernelNs { established: kernel_established, new_flow: kernel_new_flow },
-        })
+        let landed = |out: &[u8]| [NP_PING.port(), NP_PONG.port()].contains(&u16::from_be_bytes([out[36], out[37]]));
+        Some(xdp_local(opts, np, &ack(client, NP_PING), landed, &ack(client, NP_TARGET), |src| syn(src, NP_TARGET), &mut k)?)
     } else {
         None
     };
 
     // The remote path: packets arrive on `ext0` and leave through it to
-    // node B, DNATed and SNATed. No ping-pong here (SNAT gives every pass
-    // a new source), so the established flow is measured with `repeat` = 1
-    // runs of the same packet: its figure is their mean less the local XDP
-    // path's repeat = 1 overhead, and the kernel's own figure needs no
-    // correction.
-    let remote_cost = match (&xdp_cost, has_xdp) {
-        (Some(local), true) => {
+    // node B, DNATed and SNATed.
+    let remote_cost = match &xdp_cost {
+        Some(local) => {
             let np: &Xdp = dp.ebpf.program(XDP_PROGRAM).unwrap().try_into()?;
-            let np_info = || np.info();
-            let est = ack(client, NP_REMOTE);
-            let first = testrun::run_xdp(np, &est, ext0)?;
-            let (r, out) = (first.verdict as u32, first.packet);
-            ensure!(r == XDP_TX, "remote NodePort verdict {r} (XDP_TX expected)");
-            ensure!(out[0..6] == NODE_B_MAC, "remote NodePort: not sent to node B's MAC");
-            ensure!(out[26..30] == NODE_IP.octets(), "remote NodePort: source not SNATed to the node address");
-            ensure!(out[30..32] == REMOTE_PODS.octets()[..2], "remote NodePort: not DNATed to a pod on node B");
-            let r1 = mean_r1(opts.new_flows.min(20_000), |_| run_xdp_checked(np, &est, XDP_TX, ext0))?;
-            let kernel_established = kernel_ns(np_info, || {
-                for _ in 0..opts.new_flows.min(20_000) {
-                    run_xdp_checked(np, &est, XDP_TX, ext0)?;
-                }
+            let sent = |out: &[u8]| -> Result<()> {
+                ensure!(out[0..6] == NODE_B_MAC, "remote NodePort: not sent to node B's MAC");
+                ensure!(out[26..30] == NODE_IP.octets(), "remote NodePort: source not SNATed to the node address");
+                ensure!(out[30..32] == REMOTE_PODS.octets()[..2], "remote NodePort: not DNATed to a pod on node B");
                 Ok(())
-            })?;
-            let (new_flow_ns, new_flow_p50_ns) = new_flows(opts, &mut k, |src| run_xdp_checked(np, &syn(src, NP_REMOTE), XDP_TX, ext0))?;
-            let kernel_new_flow = kernel_ns(np_info, || {
-                for _ in 0..opts.new_flows.min(20_000) {
-                    run_xdp_checked(np, &syn(fresh_source(k), NP_REMOTE), XDP_TX, ext0)?;
-                    k += 1;
-                }
-                Ok(())
-            })?;
-            Some(PathCost {
-                established_ns: r1 - local.r1_overhead_ns(),
-                established_r1_ns: r1,
-                new_flow_ns,
-                new_flow_p50_ns,
-                kernel: KernelNs { established: kernel_established, new_flow: kernel_new_flow },
-            })
+            };
+            let remote = Remote { ext0, est: &ack(client, NP_REMOTE), local_r1_overhead_ns: local.r1_overhead_ns() };
+            Some(xdp_remote(opts, np, &remote, sent, |src| syn(src, NP_REMOTE), &mut k)?)
         }
-        _ => None,
+        None => None,
     };
 
     // Packets for no frontend: passed untouched, each must cost little.
@@ -632,9 +615,130 @@ fn measure(opts: &B1Options, dp: &Datapath, svcs: &[services::Svc], ext0: u32, h
             v6: None,
             v6_tc_pass: None,
             v6_services: 0,
+            xdp6: None,
+            remote6: None,
         },
         flows: k,
     })
+}
+
+/// The XDP NodePort path to local endpoints (`lb_xdp` DNATs and hands the
+/// packet to the kernel, `XDP_PASS`), either family, measured as the tc
+/// path: the ping-pong packet `pp` (`landed`: its output went to one of
+/// the pair), the established packet `est` at `repeat` = 1, and new flows
+/// (`syn` from a fresh source each); counts its new flows in `k`.
+fn xdp_local(
+    opts: &B1Options,
+    np: &Xdp,
+    pp: &[u8],
+    landed: impl Fn(&[u8]) -> bool,
+    est: &[u8],
+    syn: impl Fn(SocketAddrV4) -> Vec<u8>,
+    k: &mut usize,
+) -> Result<PathCost> {
+    let np_info = || np.info();
+    let mut out = vec![0u8; pp.len() + 256];
+    let r = run_xdp(np, pp, &mut out, 4)?;
+    ensure!(r == XDP_PASS, "XDP ping-pong verdict {r}");
+    ensure!(landed(&out), "XDP ping-pong: the packet went to neither NodePort of the pair");
+    let established_ns = best_of(opts.rounds, || Ok(testrun::time_xdp(np, pp, opts.repeat)?.1))?;
+    let kernel_established = kernel_ns(np_info, || {
+        testrun::time_xdp(np, pp, opts.repeat)?;
+        Ok(())
+    })?;
+    let (v, _) = testrun::time_xdp(np, est, 1)?;
+    ensure!(v == XDP_PASS, "XDP verdict {v} for an established NodePort flow");
+    let established_r1_ns = mean_r1(opts.new_flows.min(20_000), |_| run_xdp_checked(np, est, XDP_PASS, 0))?;
+    let (new_flow_ns, new_flow_p50_ns) = new_flows(opts, k, |src| run_xdp_checked(np, &syn(src), XDP_PASS, 0))?;
+    let kernel_new_flow = kernel_ns(np_info, || {
+        for _ in 0..opts.new_flows.min(20_000) {
+            run_xdp_checked(np, &syn(fresh_source(*k)), XDP_PASS, 0)?;
+            *k += 1;
+        }
+        Ok(())
+    })?;
+    Ok(PathCost {
+        established_ns,
+        established_r1_ns,
+        new_flow_ns,
+        new_flow_p50_ns,
+        kernel: KernelNs { established: kernel_established, new_flow: kernel_new_flow },
+    })
+}
+
+/// What [`xdp_remote`] sends: the established packet `est`, arriving on
+/// `ext0`, and the local path's `repeat` = 1 overhead.
+struct Remote<'a> {
+    ext0: u32,
+    est: &'a [u8],
+    local_r1_overhead_ns: f64,
+}
+
+/// The XDP NodePort path to a backend on another node, either family:
+/// DNAT and SNAT (NAT66 for IPv6), FIB, `XDP_TX` back out of `ext0`
+/// (`sent` checks the first packet's output). SNAT gives every pass a new
+/// source, so there is no ping-pong: the established figure is the mean of
+/// `repeat` = 1 runs of one packet less the local path's `repeat` = 1
+/// overhead, and the kernel's own figure needs no correction. Counts its
+/// new flows in `k`.
+fn xdp_remote(
+    opts: &B1Options,
+    np: &Xdp,
+    remote: &Remote,
+    sent: impl Fn(&[u8]) -> Result<()>,
+    syn: impl Fn(SocketAddrV4) -> Vec<u8>,
+    k: &mut usize,
+) -> Result<PathCost> {
+    let (ext0, est) = (remote.ext0, remote.est);
+    let np_info = || np.info();
+    let first = testrun::run_xdp(np, est, ext0)?;
+    ensure!(first.verdict as u32 == XDP_TX, "remote NodePort verdict {} (XDP_TX expected)", first.verdict);
+    sent(&first.packet)?;
+    let r1 = mean_r1(opts.new_flows.min(20_000), |_| run_xdp_checked(np, est, XDP_TX, ext0))?;
+    let kernel_established = kernel_ns(np_info, || {
+        for _ in 0..opts.new_flows.min(20_000) {
+            run_xdp_checked(np, est, XDP_TX, ext0)?;
+        }
+        Ok(())
+    })?;
+    let (new_flow_ns, new_flow_p50_ns) = new_flows(opts, k, |src| run_xdp_checked(np, &syn(src), XDP_TX, ext0))?;
+    let kernel_new_flow = kernel_ns(np_info, || {
+        for _ in 0..opts.new_flows.min(20_000) {
+            run_xdp_checked(np, &syn(fresh_source(*k)), XDP_TX, ext0)?;
+            *k += 1;
+        }
+        Ok(())
+    })?;
+    Ok(PathCost {
+        established_ns: r1 - remote.local_r1_overhead_ns,
+        established_r1_ns: r1,
+        new_flow_ns,
+        new_flow_p50_ns,
+        kernel: KernelNs { established: kernel_established, new_flow: kernel_new_flow },
+    })
+}
+
+/// The XDP NodePort paths over IPv6 (`lb_xdp` → `lb_xdp6`, and
+/// `lb_xdp6_nat` for the remote backend: NAT66), measured as the IPv4
+/// ones on the IPv6 twins of their frontends (at the node's IPv6 address,
+/// [`NODE_IP6`]); counts their new flows in `k`.
+fn measure_xdp_v6(opts: &B1Options, dp: &Datapath, ext0: u32, k: &mut usize) -> Result<(PathCost, PathCost)> {
+    let np: &Xdp = dp.ebpf.program(XDP_PROGRAM).unwrap().try_into()?;
+    let client = sa6(SocketAddrV4::new(Ipv4Addr::new(10, 244, 0, 11), 40000));
+    let syn = |src: SocketAddrV4, dst: SocketAddrV4| testrun::tcp6(sa6(src), sa6(dst), "S", 1, &[]);
+    let ack = |dst: SocketAddrV4| testrun::tcp6(client, sa6(dst), "A", 2, b"hello");
+    // The destination port after the IPv6 and TCP headers' addresses.
+    let landed = |out: &[u8]| [NP_PING.port(), NP_PONG.port()].contains(&u16::from_be_bytes([out[14 + 42], out[14 + 43]]));
+    let local = xdp_local(opts, np, &ack(NP_PING), landed, &ack(NP_TARGET), |src| syn(src, NP_TARGET), k)?;
+    let sent = |out: &[u8]| -> Result<()> {
+        ensure!(out[0..6] == NODE_B_MAC, "IPv6 remote NodePort: not sent to node B's MAC");
+        ensure!(out[14 + 8..14 + 24] == NODE_IP6.octets(), "IPv6 remote NodePort: source not SNATed to the node's IPv6 address");
+        ensure!(out[14 + 24..14 + 36] == to_v6(REMOTE_PODS).octets()[..12], "IPv6 remote NodePort: not DNATed to a pod on node B");
+        Ok(())
+    };
+    let remote = Remote { ext0, est: &ack(NP_REMOTE), local_r1_overhead_ns: local.r1_overhead_ns() };
+    let remote = xdp_remote(opts, np, &remote, sent, |src| syn(src, NP_REMOTE), k)?;
+    Ok((local, remote))
 }
 
 /// The tc ClusterIP path over IPv6, measured as the IPv4 one (ping-pong
@@ -874,6 +978,15 @@ pub fn run(opts: &B1Options) -> Result<Vec<B1Row>> {
                     "lb-bench: B1 {n} services, IPv6 ClusterIP: established {:.1} ns ({est:.2}x IPv4), new flow {:.1} ns net ({new:.2}x); kernel {kest:.2}x / {knew:.2}x",
                     v6.established_ns,
                     v6.new_flow_net_ns()
+                );
+            }
+            if let (Some(local), Some(remote), Some([(le, ln), (re, rn)])) = (&row.xdp6, &row.remote6, row.xdp6_ratios()) {
+                eprintln!(
+                    "lb-bench: B1 {n} services, IPv6 NodePort (XDP): local established {:.1} ns ({le:.2}x IPv4), new flow {:.1} ns net ({ln:.2}x); remote (NAT66) established {:.1} ns ({re:.2}x), new flow {:.1} ns net ({rn:.2}x)",
+                    local.established_ns,
+                    local.new_flow_net_ns(),
+                    remote.established_ns,
+                    remote.new_flow_net_ns()
                 );
             }
             rows.push(row);

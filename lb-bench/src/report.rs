@@ -108,6 +108,8 @@ pub fn b1_table(rows: &[B1Row]) -> String {
             (v6_name.as_str(), &r.v6),
             ("NodePort (XDP `lb_xdp`, local delivery)", &r.xdp),
             ("NodePort (XDP `lb_xdp`, remote backend: DNAT+SNAT, FIB, `XDP_TX`)²", &r.remote),
+            ("NodePort, IPv6 (XDP `lb_xdp` → `lb_xdp6`, local delivery)", &r.xdp6),
+            ("NodePort, IPv6 (XDP `lb_xdp` → `lb_xdp6` → `lb_xdp6_nat`, remote backend: NAT66, FIB, `XDP_TX`)²", &r.remote6),
         ];
         for (name, cost) in paths {
             match cost {
@@ -419,6 +421,22 @@ pub fn goals(r: &Report) -> String {
         } else {
             let _ = writeln!(t, "| B1: ClusterIP over IPv6 within 15 % of IPv4 (same run) | n/a (not measured) | – |");
         }
+        // The same ratio on the XDP NodePort paths (reported; the goal is
+        // the ClusterIP one).
+        let ratios: Vec<_> = rows.iter().filter_map(|r| r.xdp6_ratios()).collect();
+        if ratios.len() == rows.len() && !ratios.is_empty() {
+            let worst = |i: usize, f: fn(&(f64, f64)) -> f64| ratios.iter().map(|r| f(&r[i])).fold(0.0, f64::max);
+            let _ = writeln!(
+                t,
+                "| B1: NodePort (XDP) over IPv6 vs IPv4 (same run) | local backend: established {:.2}×, new flow {:.2}×; remote backend (NAT66 vs SNAT): established {:.2}×, new flow {:.2}× (worst over N) | – |",
+                worst(0, |r| r.0),
+                worst(0, |r| r.1),
+                worst(1, |r| r.0),
+                worst(1, |r| r.1),
+            );
+        } else {
+            let _ = writeln!(t, "| B1: NodePort (XDP) over IPv6 vs IPv4 (same run) | n/a (not measured) | – |");
+        }
         if let (Some(first), Some(last)) = (rows.first(), rows.last())
             && rows.len() > 1
         {
@@ -641,6 +659,9 @@ pub fn markdown(r: &Report, plots: &[String]) -> String {
              so each run is the whole north-south path: DNAT and SNAT (to the node address, a port of the SNAT range 1024–29999), `bpf_fib_lookup`, TTL, MACs, \
              `XDP_TX` (checked on the first packet: verdict, MAC, addresses). SNAT gives every pass a new source, so there is no ping-pong: its established figure is the mean of \
              `repeat` = 1 runs of one packet less the local XDP path's repeat = 1 overhead.\n\
+             - **XDP NodePort paths over IPv6**: the same two, in the same run, on the IPv6 twins of the NodePort frontends at the node's IPv6 address \
+             (`lb_xdp` tail-calls `lb_xdp6`; the remote backend's packets go on to `lb_xdp6_nat`, NAT66 to the node's IPv6 address in `LB6_NODE`, \
+             checked on the first packet as IPv4's); their ratio to IPv4's is in the goals table.\n\
              - **Kernel run_time/run_cnt**: the kernel's own accounting of the program (`bpf_prog_info`, counted only while `BPF_ENABLE_STATS` is held, around one \
              `repeat` = N run of the ping-pong packet, or one more round of `repeat` = 1 runs: new flows, and the remote path's established packet). It leaves out what \
              the test run adds around the program, so it needs no overhead correction, but includes the accounting's own clock reads (about two TSC reads per run).\n\

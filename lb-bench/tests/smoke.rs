@@ -36,6 +36,12 @@ fn harness_runs_at_a_tiny_size() {
     o.agent_bin = std::env::current_exe().ok().and_then(|exe| Some(exe.parent()?.parent()?.join("lb-agent"))).filter(|p| p.exists());
     let r = lb_bench::run_all(&o, &dir).expect("the benchmarks run");
     assert_eq!(r.b1.as_ref().map(Vec::len), Some(2));
+    // Each service count measured the IPv6 NodePort paths (XDP, local and
+    // remote backend) beside the IPv4 ones.
+    for row in r.b1.as_deref().unwrap_or_default() {
+        assert!(row.xdp6.is_some() && row.remote6.is_some(), "B1 at {}: no IPv6 NodePort figures", row.services);
+        assert!(row.xdp6_ratios().is_some());
+    }
     let kinds = lb_bench::dp::Kind::ALL.len();
     assert_eq!(r.b2.as_ref().map(Vec::len), Some(lb_bench::dp::Kind::B2.len() * 3), "every B2 datapath x first/last/direct");
     assert!(r.b3.is_some());
@@ -70,6 +76,10 @@ fn harness_runs_at_a_tiny_size() {
     for section in ["## B1", "## B2", "## B3", "## B4", "## B5", "## B6", "## Goals"] {
         assert!(md.contains(section), "report lacks {section}");
     }
+    // B1's table: per service count, the two IPv6 NodePort rows; the goals
+    // their ratio to IPv4.
+    assert_eq!(md.matches("| NodePort, IPv6 (XDP").count(), 2 * 2, "B1's IPv6 NodePort rows");
+    assert!(md.contains("| B1: NodePort (XDP) over IPv6 vs IPv4 (same run) | local backend:"), "B1's IPv6 NodePort ratio");
     for png in ["bench-b1-per-packet.png", "bench-b2-latency.png", "bench-b3-programming.png", "bench-b4-throughput.png"] {
         let bytes = std::fs::read(dir.join(png)).unwrap_or_else(|e| panic!("{png}: {e}"));
         assert!(bytes.starts_with(b"\x89PNG"), "{png} is not a PNG");
