@@ -16,7 +16,7 @@ use std::{
 
 use common::{Agent, ManifestDir, PinDir, cli, dual_stack_yaml, kernel_tests_enabled, wait_for};
 use lb_common::stat;
-use lb_lab::{NodeLab, Server, is_connection_refused, tcp_request_to, tcp_server_at, udp_echo_at, udp_request_to};
+use lb_lab::{NodeLab, Server, is_connection_refused, tcp_request_to, tcp_server_at, udp_echo_at, udp_padded_at, udp_request_to};
 use serde_json::Value;
 
 const BACKENDS: [&str; 2] = ["web-a", "web-b"];
@@ -142,6 +142,43 @@ fn a_pod_reaches_an_ipv6_cluster_ip_over_tcp_and_udp() {
     assert!(tcp6["entries"].as_u64().unwrap() >= 2 * CONNECTIONS as u64, "{tcp6}");
     assert_eq!(tcp6["max_entries"], lb_common::sizes::CT_TCP6);
     assert!(fill("LB6_CT_ANY")["entries"].as_u64().unwrap() >= CONNECTIONS as u64);
+}
+
+#[test]
+fn a_4000_byte_udp_answer_crosses_an_ipv6_clusterip_in_fragments() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    // An EDNS-sized DNS answer: bigger than the pod MTU (1500), so the
+    // backend's stack sends it as IPv6 fragments (a UDP socket may
+    // fragment: IPV6_DONTFRAG is off by default).
+    let lab = NodeLab::new(&["client", "dns"]).unwrap();
+    lab.enable_ipv6().unwrap();
+    let dns6 = lab.pod_ip6("dns");
+    let _server = udp_padded_at(&lab.pod("dns").ns, SocketAddrV6::new(dns6, 5353, 0, 0).into(), "dns", 4000).unwrap();
+    let dir = ManifestDir::new("frag6");
+    let pods = (&[lab.pod("dns").ip][..], &[dns6][..]);
+    dir.write("dns.yaml", &dual_stack_yaml("dns", ("10.96.0.53", "fd00:96::35"), (53, "UDP", 5353), pods, false));
+    let agent = Agent::start(&lab.node, &dir.0, "frag6");
+    agent.wait_rows("both families' frontends", |rows| rows.len() == 2);
+    let vip: SocketAddr = "[fd00:96::35]:53".parse().unwrap();
+    let client = &lab.pod("client").ns;
+    for i in 0..5 {
+        let (reply, peer) = udp_request_to(client, vip, format!("q{i}").as_bytes(), TIMEOUT)
+            .unwrap_or_else(|e| panic!("query {i}: {e:#}\n{}", agent.log_text()));
+        assert_eq!(reply.len(), 4000, "the whole answer");
+        assert!(reply.starts_with(&format!("dns:q{i}")), "{}", &reply[..16]);
+        assert_eq!(peer, vip, "from the address dialled");
+    }
+    // A 3000-byte query fragments on the way there too.
+    let big = vec![b'x'; 3000];
+    let (reply, _) = udp_request_to(client, vip, &big, TIMEOUT).unwrap_or_else(|e| panic!("big query: {e:#}"));
+    assert!(reply.starts_with(&format!("dns:{}", "x".repeat(3000))), "the query came through whole");
+    // On a 1500-byte link a fragment carries 1448 bytes of the datagram:
+    // each 4008-byte answer (six of them) and the 3008-byte query are
+    // three fragments, two of them later ones.
+    let translated = agent.maps().stat(stat::FRAGMENT_TRANSLATED).unwrap();
+    assert!(translated >= 6 * 2 + 2, "later fragments were translated: {translated}");
 }
 
 /// Requests from the client pod to the web ClusterIP over IPv6: each is

@@ -26,7 +26,7 @@ use lb_agent::model::{Desired, Protocol};
 use lb_common::{
     CT_REPLY, CT_SERVICE, Ct6Key, IPPROTO_TCP, IPPROTO_UDP, addr6, ct_entry_flags, ipv6, stat, svc_flags, vip_filter, vip_flags,
 };
-use lb_lab::testrun::{CLIENT_MAC, NODE_MAC, TC_ACT_REDIRECT, TC_ACT_UNSPEC};
+use lb_lab::testrun::{CLIENT_MAC, NODE_MAC, TC_ACT_REDIRECT, TC_ACT_SHOT, TC_ACT_UNSPEC};
 
 fn sa6(s: &str) -> SocketAddrV6 {
     s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
@@ -97,7 +97,9 @@ fn fixtures() {
     // Another client port, with extension headers all the way.
     let ext_client = sa6("[fd00:10:244::b]:40001");
     let exts = hop_by_hop_and_dest_opts;
-    let fragment = Ipv6Extensions { fragment: Some(Ipv6FragmentHeader::new(IpNumber::UDP, 0.try_into().unwrap(), true, 7)), ..none() };
+    // A fragment header at offset 0 without "more fragments": the whole
+    // datagram (RFC 8200 4.5's atomic fragment).
+    let atomic = || Ipv6Extensions { fragment: Some(Ipv6FragmentHeader::new(IpNumber::UDP, 0.try_into().unwrap(), false, 7)), ..none() };
     let echo = {
         let b = etherparse::PacketBuilder::ethernet2(lb_lab::testrun::CLIENT_MAC, lb_lab::testrun::NODE_MAC)
             .ipv6(client.ip().octets(), vip_tcp.ip().octets(), 64)
@@ -164,10 +166,10 @@ fn fixtures() {
             expect: Expect::Packet(v6::tcp(vip_tcp, ext_client, "SA", 77, b"", exts())),
         },
         Fixture {
-            name: "a fragment to the ClusterIP passes (fragments are not translated yet)",
+            name: "an atomic fragment to the ClusterIP is DNATed as a whole datagram",
             hook: FromPod,
-            input: v6::udp(client, vip_udp, b"12345678", fragment),
-            expect: Expect::Unchanged,
+            input: v6::udp(client, vip_udp, b"12345678", atomic()),
+            expect: Expect::Packet(v6::udp(client, be_udp, b"12345678", atomic())),
         },
         Fixture {
             name: "TCP to an IPv6 service without backends is rejected (ICMPv6 port unreachable)",
@@ -234,6 +236,80 @@ fn fixtures() {
     assert_eq!((ipv6(rev.nat_saddr), u16::from_be(rev.nat_sport)), (*vip_tcp.ip(), 80));
     assert!(udp.contains_key(&format!("service {CLIENT} -> {VIP_UDP}")), "{:?}", udp.keys());
     assert!(udp.contains_key(&format!("reply {BE_UDP} -> {CLIENT}")), "{:?}", udp.keys());
+}
+
+/// A UDP payload of `len` bytes.
+fn datagram(len: usize) -> Vec<u8> {
+    (0..len).map(|i| (i % 251) as u8).collect()
+}
+
+#[test]
+fn fragments_of_an_ipv6_datagram_get_its_translation_both_ways() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let mut l = loaded("v6-fragments");
+    let (client, vip, be) = (sa6(CLIENT), sa6(VIP_UDP), sa6(BE_UDP));
+    let run_all = |l: &mut Loaded, name: &str, hook: Hook, frags: &[Vec<u8>], want: &[Vec<u8>]| {
+        assert_eq!(frags.len(), want.len());
+        for (i, (input, want)) in frags.iter().zip(want).enumerate() {
+            let out = match hook {
+                Hook::FromPod => l.run(input),
+                Hook::ToClient => l.run_egress(input),
+            };
+            assert_eq!(out.verdict, TC_ACT_UNSPEC, "{name}: fragment {i}: verdict");
+            assert_eq!(hex(&out.packet), hex(want), "{name}: fragment {i}");
+        }
+    };
+
+    // A 3000-byte query leaves the client in three fragments (1232 +
+    // 1232 + 544 bytes of the UDP datagram): each is DNATed, the UDP
+    // checksum (in the first, over the whole datagram) updated, the later
+    // ones' addresses only. The expected fragments are the datagram to the
+    // backend built by etherparse, cut the same way.
+    let query = datagram(3000);
+    let frags = v6::fragments(&v6::udp(client, vip, &query, none()), 1232, 0x1234_5678);
+    assert_eq!(frags.len(), 3);
+    let want = v6::fragments(&v6::udp(client, be, &query, none()), 1232, 0x1234_5678);
+    run_all(&mut l, "query", Hook::FromPod, &frags, &want);
+
+    // A 4000-byte answer (EDNS) comes back in four fragments: each gets
+    // the ClusterIP back as its source.
+    let answer = datagram(4000);
+    let frags = v6::fragments(&v6::udp(be, client, &answer, none()), 1232, 0x9abc_def0);
+    let want = v6::fragments(&v6::udp(vip, client, &answer, none()), 1232, 0x9abc_def0);
+    assert_eq!(frags.len(), 4);
+    run_all(&mut l, "answer", Hook::ToClient, &frags, &want);
+    assert_eq!(l.stat(stat::FRAGMENT_TRANSLATED), 2 + 3);
+
+    // Fragments behind a hop-by-hop header (before the fragment header,
+    // as RFC 8200 orders them), from another client port: a new flow.
+    let hbh = || {
+        let h = Ipv6RawExtHeader::new_raw(IpNumber::UDP, &[1, 4, 0, 0, 0, 0]).unwrap();
+        Ipv6Extensions { hop_by_hop_options: Some(h), ..none() }
+    };
+    let other = sa6("[fd00:10:244::b]:40002");
+    let frags = v6::fragments(&v6::udp(other, vip, &query, hbh()), 1232, 77);
+    assert_eq!(&frags[0][14 + 40..14 + 42], &[44, 0], "hop-by-hop, then the fragment header");
+    let want = v6::fragments(&v6::udp(other, be, &query, hbh()), 1232, 77);
+    run_all(&mut l, "after hop-by-hop", Hook::FromPod, &frags, &want);
+    assert_eq!(l.stat(stat::FRAGMENT_TRANSLATED), 2 + 3 + 2);
+
+    // A later fragment whose first fragment was never seen (another
+    // identification): to the ClusterIP it is dropped, never routed on
+    // untranslated; to a pod it passes.
+    let orphan = &v6::fragments(&v6::udp(client, vip, &query, none()), 1232, 0x1234_5679)[1];
+    assert_eq!(l.run(orphan).verdict, TC_ACT_SHOT, "orphan to the ClusterIP");
+    let to_pod = &v6::fragments(&v6::udp(client, be, &query, none()), 1232, 0x1234_5679)[1];
+    let out = l.run(to_pod);
+    assert_eq!((out.verdict, hex(&out.packet)), (TC_ACT_UNSPEC, hex(to_pod)), "orphan to a pod");
+    // An orphan reply is no flow's: it passes untouched.
+    let stray = &v6::fragments(&v6::udp(be, client, &answer, none()), 1232, 0x9abc_def1)[2];
+    let out = l.run_egress(stray);
+    assert_eq!((out.verdict, hex(&out.packet)), (TC_ACT_UNSPEC, hex(stray)), "orphan reply");
+    assert_eq!(l.stat(stat::DROP_ORPHAN_FRAGMENT), 1);
+    assert_eq!(l.stat(stat::FRAGMENT_TRANSLATED), 2 + 3 + 2);
+    assert_eq!(l.stat(stat::TAIL_CALL_FAILED), 0);
 }
 
 fn key_text(k: &Ct6Key) -> String {

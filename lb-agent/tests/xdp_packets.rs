@@ -917,12 +917,23 @@ fn sa6(s: &str) -> std::net::SocketAddrV6 {
     s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
 }
 
-/// An IPv6 frontend of `kind` with one backend on `node`.
+/// An IPv6 TCP frontend of `kind` with one backend on `node`.
 fn front6(addr: &str, kind: u32, be: &str, node: &str) -> (FrontendAddr<std::net::Ipv6Addr>, Frontend<std::net::Ipv6Addr>) {
+    front6_of(Protocol::Tcp, addr, kind, be, node)
+}
+
+/// An IPv6 frontend of `proto` and `kind` with one backend on `node`.
+fn front6_of(
+    proto: Protocol,
+    addr: &str,
+    kind: u32,
+    be: &str,
+    node: &str,
+) -> (FrontendAddr<std::net::Ipv6Addr>, Frontend<std::net::Ipv6Addr>) {
     let (a, b) = (sa6(addr), sa6(be));
-    let fa = FrontendAddr::new(*a.ip(), a.port(), Protocol::Tcp);
+    let fa = FrontendAddr::new(*a.ip(), a.port(), proto);
     let backend = Backend {
-        addr: BackendAddr { ip: *b.ip(), port: b.port(), proto: Protocol::Tcp },
+        addr: BackendAddr { ip: *b.ip(), port: b.port(), proto },
         terminating: false,
         node_name: Some(node.into()),
         zone: None,
@@ -946,6 +957,8 @@ const CLIENT6: &str = "[fd00:50::64]:40000";
 ///   one says nothing about IPv6 clients);
 /// - NodePort [fd00:50::1]:30093, sessionAffinity ClientIP, ->
 ///   [fd00:244:1::20]:8080 and [fd00:244:1::21]:8080 on node A;
+/// - UDP: NodePort [fd00:50::1]:30053 -> [fd00:244:2::10]:5353 on node B,
+///   LoadBalancer [fd00:60::10]:53 -> [fd00:244:1::11]:5353 on node A.
 /// - NodePort [fd00:50::1]:30094, TCP and UDP, with no endpoints.
 fn fixture6(tag: &str) -> Fixture {
     fixture6_snat(tag, Some(NODE6))
@@ -979,6 +992,8 @@ fn fixture6_snat(tag: &str, snat6: Option<&str>) -> Fixture {
         (sticky_addr, sticky),
         no_endpoints(Protocol::Tcp),
         no_endpoints(Protocol::Udp),
+        front6_of(Protocol::Udp, "[fd00:50::1]:30053", np, "[fd00:244:2::10]:5353", "node-b"),
+        front6_of(Protocol::Udp, "[fd00:60::10]:53", svc_flags::LOAD_BALANCER, "[fd00:244:1::11]:5353", "node-a"),
     ]
     .into_iter()
     .collect();
@@ -1331,6 +1346,58 @@ fn ipv6_no_endpoints_rejects_with_icmpv6_port_unreachable() {
     assert_eq!(fx.l.stat(stat::REJECT_NO_BACKEND), 3);
     assert_eq!(fx.l.stat(stat::TAIL_CALL_FAILED), 0);
     assert!(fx.l.reconciler.maps().v6.ct_tcp.entries().unwrap().is_empty(), "no flow recorded");
+fn ipv6_fragments_through_a_nodeport_and_an_lb_ip_get_the_datagrams_translation() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let mut fx = fixture6("xdp-v6-frags");
+    let none = etherparse::Ipv6Extensions::default;
+    let (c, np, be, nat) = (sa6(CLIENT6), node6(30053), sa6("[fd00:244:2::10]:5353"), node6(NAT_PORT));
+    // A 3000-byte datagram in three fragments that fit the 1500-byte
+    // links (1232 + 1232 + 544 bytes of it); the expected ones are the
+    // translated datagram built by etherparse, cut the same way.
+    let payload: Vec<u8> = (0..3000).map(|i| (i % 253) as u8).collect();
+    let frags = |packet: Vec<u8>, id: u32| common::v6::fragments(&packet, 1232, id);
+    let run_all = |fx: &mut Fixture, name: &str, input: &[Vec<u8>], verdict: i32, want: &[Vec<u8>]| {
+        assert_eq!(input.len(), 3);
+        for (i, (p, want)) in input.iter().zip(want).enumerate() {
+            let out = fx.run(p);
+            assert_eq!(out.verdict, verdict, "{name}: fragment {i}: verdict");
+            assert_eq!(hex(&out.packet), hex(want), "{name}: fragment {i}");
+        }
+    };
+
+    // To a NodePort whose backend is on node B: every fragment NAT66ed
+    // (DNAT and SNAT to a port of the SNAT range) and forwarded.
+    let want = frags(common::v6::udp_in(TO_B, nat, be, &payload), 1);
+    run_all(&mut fx, "to node B", &frags(common::v6::udp_in(IN, c, np, &payload), 1), XDP_TX, &want);
+    // The answer comes back from node B in fragments too.
+    let want = frags(common::v6::udp_in(TO_CLIENT, np, c, &payload), 2);
+    run_all(&mut fx, "back to the client", &frags(common::v6::udp_in(FROM_B, be, nat, &payload), 2), XDP_TX, &want);
+    assert_eq!(fx.l.stat(stat::FRAGMENT_TRANSLATED), 4);
+
+    // To a LoadBalancer IP whose backend is on this node: DNAT only, the
+    // kernel delivers; the backend's answer gets the LB IP back on egress.
+    let (lb, local) = (sa6("[fd00:60::10]:53"), sa6("[fd00:244:1::11]:5353"));
+    let want = frags(common::v6::udp(c, local, &payload, none()), 3);
+    run_all(&mut fx, "to a local backend", &frags(common::v6::udp(c, lb, &payload, none()), 3), XDP_PASS, &want);
+    let want = frags(common::v6::udp(lb, c, &payload, none()), 4);
+    for (i, (p, want)) in frags(common::v6::udp(local, c, &payload, none()), 4).iter().zip(&want).enumerate() {
+        let out = fx.run_egress(p);
+        assert_eq!(hex(&out.packet), hex(want), "the local backend's answer: fragment {i}");
+    }
+    assert_eq!(fx.l.stat(stat::FRAGMENT_TRANSLATED), 8);
+
+    // A later fragment to the LB IP whose first fragment never came is
+    // dropped, never routed on untranslated; one to the node's address
+    // passes: it may be the node's own traffic.
+    let orphan = &frags(common::v6::udp(sa6("[fd00:50::64]:40051"), lb, &payload, none()), 5)[1];
+    assert_eq!(fx.run(orphan).verdict, XDP_DROP, "orphan to the LB IP");
+    let orphan = &frags(common::v6::udp(sa6("[fd00:50::64]:40052"), np, &payload, none()), 6)[2];
+    expect_unchanged("orphan to the node's address", &fx.run(orphan), orphan);
+    assert_eq!(fx.l.stat(stat::DROP_ORPHAN_FRAGMENT), 1);
+    assert_eq!(fx.l.stat(stat::FRAGMENT_TRANSLATED), 8);
+    assert_eq!(fx.l.stat(stat::TAIL_CALL_FAILED), 0);
 }
 
 #[test]

@@ -104,6 +104,9 @@ map_set! {
     /// Per-client token buckets for the ICMPv6 errors the datapath sends
     /// (`LB4_REJECT_RATE` for IPv6 clients).
     REJECT_RATE6 = "LB6_REJECT_RATE", version 1, sized by Fixed;
+    /// IPv6 datagrams in fragments (`Frag6Key` -> `Frag4`), as
+    /// `LB4_FRAGS`, the same size.
+    FRAGS6 = "LB6_FRAGS", version 1, sized by Fixed;
     /// The pod interfaces the tc programs are attached to (ifindex -> 1):
     /// BPF host routing redirects only into these
     /// (`config_flags::HOST_ROUTING_BPF`).
@@ -232,7 +235,7 @@ pub mod sizes {
     pub const DEVICES: u32 = 64;
     /// Service addresses (ClusterIPs, LoadBalancer IPs).
     pub const VIPS: u32 = 65_536;
-    /// IPv4 datagrams in flight as fragments.
+    /// IPv4 datagrams in flight as fragments; IPv6's too (`LB6_FRAGS`).
     pub const FRAGS: u32 = 8_192;
     /// Clients tracked by the ICMP reject rate limit.
     pub const REJECT_RATE: u32 = 16_384;

@@ -19,7 +19,9 @@ use core::{
 
 #[cfg(doc)]
 use crate::Vip4;
-use crate::{Backend4, CtEntryOf, CtKeyOf, RevNat4, SCOPE_EXTERNAL, Service4Key, Service4Value, SockRevNat4, SockRevNat4Key, SrcRangeOf};
+use crate::{
+    Backend4, CtEntryOf, CtKeyOf, Frag4Key, RevNat4, SCOPE_EXTERNAL, Service4Key, Service4Value, SockRevNat4, SockRevNat4Key, SrcRangeOf,
+};
 
 /// An IPv6 address: four words, each in network order.
 pub type Addr6 = [u32; 4];
@@ -134,6 +136,11 @@ pub trait Family {
     type RevNat: Copy;
     type SockRevNatKey: Copy;
     type SockRevNat: Copy;
+    /// A datagram's identification, network order: IPv4's 16 bits, the
+    /// IPv6 fragment header's 32.
+    type FragId: Copy;
+    /// The fragment map's key (`LB4_FRAGS`, `LB6_FRAGS`).
+    type FragKey: Copy;
 
     fn service_key(addr: Self::Addr, port: u16, proto: u8) -> Self::ServiceKey;
     /// A backend's address and port, if the slot is in use.
@@ -147,6 +154,9 @@ pub trait Family {
     fn sock_rev_nat(addr: Self::Addr, port: u16, frontend_id: u32) -> Self::SockRevNat;
     /// The frontend (address, port, ID) a socket's backend stands for.
     fn sock_front(v: &Self::SockRevNat) -> (Self::Addr, u16, u32);
+    /// The fragment map's key of a datagram: its addresses,
+    /// identification and protocol.
+    fn frag_key(saddr: &Self::Addr, daddr: &Self::Addr, id: Self::FragId, proto: u8) -> Self::FragKey;
 }
 
 /// IPv4: the `LB4_*` maps.
@@ -161,6 +171,8 @@ impl Family for V4 {
     type RevNat = RevNat4;
     type SockRevNatKey = SockRevNat4Key;
     type SockRevNat = SockRevNat4;
+    type FragId = u16;
+    type FragKey = Frag4Key;
 
     #[inline(always)]
     fn service_key(addr: u32, port: u16, proto: u8) -> Service4Key {
@@ -194,6 +206,10 @@ impl Family for V4 {
     fn sock_front(v: &SockRevNat4) -> (u32, u16, u32) {
         (v.addr, v.port, v.frontend_id)
     }
+    #[inline(always)]
+    fn frag_key(saddr: &u32, daddr: &u32, id: u16, proto: u8) -> Frag4Key {
+        Frag4Key { saddr: *saddr, daddr: *daddr, id, proto, _pad: 0 }
+    }
 }
 
 #[inline(always)]
@@ -208,6 +224,8 @@ impl Family for V6 {
     type RevNat = RevNat6;
     type SockRevNatKey = SockRevNat6Key;
     type SockRevNat = SockRevNat6;
+    type FragId = u32;
+    type FragKey = Frag6Key;
 
     #[inline(always)]
     fn service_key(addr: Addr6, port: u16, proto: u8) -> Service6Key {
@@ -241,6 +259,25 @@ impl Family for V6 {
     fn sock_front(v: &SockRevNat6) -> (Addr6, u16, u32) {
         (v.addr, v.port, v.frontend_id)
     }
+    #[inline(always)]
+    fn frag_key(saddr: &Addr6, daddr: &Addr6, id: u32, proto: u8) -> Frag6Key {
+        Frag6Key { saddr: *saddr, daddr: *daddr, id, proto, _pad: [0; 3] }
+    }
+}
+
+/// `LB6_FRAGS` (LRU): an IPv6 datagram being fragmented, as its packets
+/// arrive at a hook (see [`crate::Frag4Key`]), by its fragment header's
+/// 32-bit identification. The value is IPv4's, [`crate::Frag4`]: the
+/// first fragment's ports.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Frag6Key {
+    pub saddr: Addr6,
+    pub daddr: Addr6,
+    /// The fragment header's identification, network order.
+    pub id: u32,
+    pub proto: u8,
+    pub _pad: [u8; 3],
 }
 
 /// The frontend value is the same for both families.
@@ -287,13 +324,14 @@ assert_layout!(SockRevNat6, size = 24, addr @ 0, port @ 16, _pad @ 18, frontend_
 assert_layout!(SrcRange6, size = 20, frontend_id @ 0, addr @ 4);
 assert_layout!(Ct6Key, size = 40, saddr @ 0, daddr @ 16, sport @ 32, dport @ 34, proto @ 36, dir @ 37, _pad @ 38);
 assert_layout!(Node6Config, size = 20, snat_addr @ 0, affinity_host_bits @ 16);
+assert_layout!(Frag6Key, size = 40, saddr @ 0, daddr @ 16, id @ 32, proto @ 36, _pad @ 37);
 assert_layout!(Ct6Entry, size = 64, last_seen @ 0, nat_saddr @ 8, nat_daddr @ 24, nat_sport @ 40, nat_dport @ 42, backend_id @ 44, frontend_id @ 48, seq @ 52, tcp_flags @ 56, peer_flags @ 57, flags @ 58, _pad @ 59, frontend_version @ 60, backend_version @ 62);
 
 #[cfg(feature = "user")]
 mod user {
     use super::*;
 
-    pod!(Service6Key, Backend6, RevNat6, SockRevNat6Key, SockRevNat6, Ct6Key, Ct6Entry, Node6Config);
+    pod!(Service6Key, Backend6, RevNat6, SockRevNat6Key, SockRevNat6, Ct6Key, Ct6Entry, Node6Config, Frag6Key);
 }
 
 #[cfg(test)]

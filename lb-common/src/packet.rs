@@ -162,8 +162,9 @@ pub mod ip6 {
     pub const MAX_EXT_HEADERS: usize = 4;
 
     /// Whether the datapath skips an extension header of type `next`
-    /// (hop-by-hop, routing, destination options). A fragment header, or
-    /// any other, ends the walk.
+    /// (hop-by-hop, routing, destination options). A fragment header
+    /// ([`super::frag6`]) ends the walk: what follows it is the L4 header
+    /// (first fragment) or data (later fragment); any other ends it too.
     #[inline(always)]
     pub fn skippable(next: u8) -> bool {
         next == HOP_BY_HOP || next == ROUTING || next == DEST_OPTS
@@ -174,6 +175,55 @@ pub mod ip6 {
     #[inline(always)]
     pub fn ext_len(hdr_ext_len: u8) -> usize {
         (hdr_ext_len as usize + 1) * 8
+    }
+}
+
+/// The IPv6 fragment header's length (RFC 8200 4.5): it has no length
+/// field of its own.
+pub const FRAG6_HLEN: usize = 8;
+
+/// Fields of an IPv6 fragment header (`ip6::FRAGMENT`).
+pub mod frag6 {
+    use super::Field;
+    pub const NEXT_HEADER: usize = 0;
+    /// The fragment offset (13 bits, in 8-byte units), two reserved bits
+    /// and the M ("more fragments") flag, network order.
+    pub const OFFSET_M: Field = 2..4;
+    /// The identification, 32 bits (IPv4's is 16).
+    pub const ID: Field = 4..8;
+    /// The offset and M flag of the (host order) `OFFSET_M` field.
+    pub const OFFSET: u16 = 0xfff8;
+    pub const MORE: u16 = 0x0001;
+}
+
+/// A fragment header's fields the datapath uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Frag6 {
+    /// The header after it (TCP or UDP in a first fragment).
+    pub next: u8,
+    pub frag: Fragment,
+    /// The identification, as in the packet (network order).
+    pub id: u32,
+}
+
+/// Reads an IPv6 fragment header. Offset 0 without M is an atomic
+/// fragment (RFC 6946): a whole datagram, `Fragment::No`.
+#[inline(always)]
+pub fn frag6_header(h: &[u8; FRAG6_HLEN]) -> Frag6 {
+    Frag6 { next: h[frag6::NEXT_HEADER], frag: fragment6(get16(h, frag6::OFFSET_M)), id: get32(h, frag6::ID) }
+}
+
+/// The fragment position from an IPv6 fragment header's offset and M
+/// field (network order), as [`fragment`] for IPv4's.
+#[inline(always)]
+pub fn fragment6(offset_m_be: u16) -> Fragment {
+    let f = u16::from_be(offset_m_be);
+    if f & frag6::OFFSET != 0 {
+        Fragment::Later
+    } else if f & frag6::MORE != 0 {
+        Fragment::First
+    } else {
+        Fragment::No
     }
 }
 
@@ -378,6 +428,29 @@ mod tests {
         assert_eq!(fragment(0x2000u16.to_be()), Fragment::First);
         assert_eq!(fragment(0x2001u16.to_be()), Fragment::Later);
         assert_eq!(fragment(0x0001u16.to_be()), Fragment::Later, "the last fragment has no MF");
+    }
+
+    #[test]
+    fn ipv6_fragment_headers() {
+        // RFC 8200 4.5: next header, reserved, offset (13 bits) | res (2) |
+        // M, identification. UDP, offset 1232 bytes (154 units), M set.
+        let h = [17, 0, 0x04, 0xd1, 0x12, 0x34, 0x56, 0x78];
+        let f = frag6_header(&h);
+        assert_eq!((f.next, f.frag), (17, Fragment::Later));
+        assert_eq!(u32::from_be(f.id), 0x1234_5678);
+        assert_eq!(u16::from_be(get16(&h, frag6::OFFSET_M)) >> 3, 154);
+        // The last fragment: an offset, no M.
+        assert_eq!(frag6_header(&[17, 0, 0x04, 0xd0, 0, 0, 0, 1]).frag, Fragment::Later);
+        // The first: offset 0, M.
+        let first = frag6_header(&[6, 0, 0, 1, 0, 0, 0, 9]);
+        assert_eq!((first.next, first.frag, u32::from_be(first.id)), (6, Fragment::First, 9));
+        // Offset 0 and no M: an atomic fragment, a whole datagram. The
+        // reserved bits change nothing.
+        assert_eq!(frag6_header(&[17, 0xff, 0, 0, 0, 0, 0, 2]).frag, Fragment::No);
+        assert_eq!(fragment6(0x0006u16.to_be()), Fragment::No, "reserved bits only");
+        assert_eq!(fragment6(0x0007u16.to_be()), Fragment::First);
+        assert_eq!(fragment6(0x0008u16.to_be()), Fragment::Later, "the lowest offset, 8 bytes");
+        assert_eq!((frag6::NEXT_HEADER, frag6::OFFSET_M, frag6::ID.end), (0, 2..4, FRAG6_HLEN));
     }
 
     #[test]

@@ -2,11 +2,15 @@
 //! backend selection, conntrack and the socket translation are written
 //! once (see `lb_common::maps6` for what the families share).
 
-use lb_common::{Addr6, CtEntryOf, CtKeyOf, Family, IPPROTO_TCP, SCOPE_INTERNAL, Service4Value, V4, V6, Vip4, svc_flags};
+use aya_ebpf::bindings::BPF_ANY;
+use lb_common::{
+    Addr6, CtEntryOf, CtKeyOf, Family, Frag4, Frag4Key, Frag6Key, IPPROTO_TCP, SCOPE_INTERNAL, Service4Value, V4, V6, Vip4, svc_flags,
+};
 
 use crate::{
     maps::{
-        LB4_CT_ANY, LB4_CT_TCP, LB4_SOCK_REVNAT, LB6_BACKENDS, LB6_CT_ANY, LB6_CT_TCP, LB6_REVNAT, LB6_SERVICES, LB6_SOCK_REVNAT, LB6_VIPS,
+        LB4_CT_ANY, LB4_CT_TCP, LB4_FRAGS, LB4_SOCK_REVNAT, LB6_BACKENDS, LB6_CT_ANY, LB6_CT_TCP, LB6_FRAGS, LB6_REVNAT, LB6_SERVICES,
+        LB6_SOCK_REVNAT, LB6_VIPS,
     },
     select, vip_filter,
 };
@@ -51,6 +55,11 @@ pub trait FamilyMaps: Family {
     /// installed with the versions the entry holds (see
     /// `select::flow_valid`).
     fn flow_valid(e: &Ct<Self>) -> bool;
+    /// The ports a datagram's first fragment recorded (see `frag`).
+    fn frag_get(key: &Self::FragKey) -> Option<Frag4>;
+    /// Records a datagram's ports for its later fragments; replaces any
+    /// entry (LRU: an insert only fails on a bad argument).
+    fn frag_insert(key: &Self::FragKey, ports: &Frag4) -> Result<(), i32>;
 }
 
 impl FamilyMaps for V4 {
@@ -102,6 +111,16 @@ impl FamilyMaps for V4 {
     #[inline(always)]
     fn flow_valid(e: &Ct<Self>) -> bool {
         select::flow_valid(e)
+    }
+    #[inline(always)]
+    fn frag_get(key: &Frag4Key) -> Option<Frag4> {
+        // SAFETY: the reference lives only until the value is copied out;
+        // entries are replaced whole by map updates, never written in place.
+        unsafe { LB4_FRAGS.get(key).copied() }
+    }
+    #[inline(always)]
+    fn frag_insert(key: &Frag4Key, ports: &Frag4) -> Result<(), i32> {
+        LB4_FRAGS.insert(key, ports, BPF_ANY as u64)
     }
 }
 
@@ -166,5 +185,14 @@ impl FamilyMaps for V6 {
     fn flow_valid(e: &Ct<Self>) -> bool {
         LB6_REVNAT.get(e.frontend_id).and_then(V6::rev_nat).is_some_and(|f| f.2 == e.frontend_version)
             && LB6_BACKENDS.get(e.backend_id).is_some_and(|b| V6::backend_addr(b).is_some() && b.version == e.backend_version)
+    }
+    #[inline(always)]
+    fn frag_get(key: &Frag6Key) -> Option<Frag4> {
+        // SAFETY: as IPv4's.
+        unsafe { LB6_FRAGS.get(key).copied() }
+    }
+    #[inline(always)]
+    fn frag_insert(key: &Frag6Key, ports: &Frag4) -> Result<(), i32> {
+        LB6_FRAGS.insert(key, ports, BPF_ANY as u64)
     }
 }

@@ -1,8 +1,8 @@
 //! What differs between the families' network headers, behind one trait
 //! ([`L3`]): how a flow's addresses are rewritten (IPv4 has a header
 //! checksum, IPv6 none) and what the change does to the L4 checksum's
-//! pseudo header, the flow hash, the session affinity key, fragments and
-//! the hairpin address. Conntrack (`ct`), the rewrite (`nat`), the backend
+//! pseudo header, the flow hash, the session affinity key and the hairpin
+//! address (fragments are `frag`'s, over `FamilyMaps`). Conntrack (`ct`), the rewrite (`nat`), the backend
 //! choice (`select::flow_backend`) and the tc programs are written once
 //! over it; each family's packet is parsed by its own parser (`parse`).
 
@@ -14,7 +14,6 @@ use lb_common::{
 
 use crate::{
     family::FamilyMaps,
-    frag,
     maps::LB6_NODE,
     packet::{L4Csum, PacketData, read, write},
     parse::Flow,
@@ -34,11 +33,6 @@ pub trait L3: FamilyMaps + Sized {
     /// The address a pod reaching itself through its Service is SNATed to;
     /// `None`: no hairpin translation in this family.
     fn hairpin_addr() -> Option<Self::Addr>;
-    /// Fills in a later fragment's ports (see `frag::ports`); `false` when
-    /// they are unknown.
-    fn frag_ports(f: &mut Flow<Self>) -> bool;
-    /// Records a first fragment's ports for the rest (see `frag::record`).
-    fn frag_record(f: &Flow<Self>);
     /// Keeps `v` (a flow, a conntrack key or entry) in memory for the
     /// rest of the program (see the IPv6 implementation); nothing for IPv4.
     fn keep_in_memory<T>(v: &T);
@@ -83,16 +77,6 @@ impl L3 for V4 {
     #[inline(always)]
     fn hairpin_addr() -> Option<u32> {
         Some(hairpin_addr())
-    }
-
-    #[inline(always)]
-    fn frag_ports(f: &mut Flow<V4>) -> bool {
-        frag::ports(f)
-    }
-
-    #[inline(always)]
-    fn frag_record(f: &Flow<V4>) {
-        frag::record(f)
     }
 
     #[inline(always)]
@@ -143,15 +127,6 @@ impl L3 for V6 {
     fn hairpin_addr() -> Option<Addr6> {
         Some(lb_common::hairpin_addr6())
     }
-
-    /// IPv6 fragments are not parsed as flows: every flow has its ports.
-    #[inline(always)]
-    fn frag_ports(_f: &mut Flow<V6>) -> bool {
-        true
-    }
-
-    #[inline(always)]
-    fn frag_record(_f: &Flow<V6>) {}
 
     /// The verifier's 512 bytes of stack forced this: split into scalars,
     /// an IPv6 flow's or entry's addresses (four words each) are spilled

@@ -1,15 +1,15 @@
 //! One parser per family for every hook: Ethernet + IPv4 (`parse`), then
 //! a TCP or UDP flow or an ICMP error quoting one; Ethernet + IPv6
 //! (`parse6`), then a TCP or UDP flow after at most
-//! `ip6::MAX_EXT_HEADERS` extension headers (an ICMPv6 error quoting one:
-//! `icmp6_error_at`). Both give a [`Flow`] (or [`IcmpError`]) of their
+//! `ip6::MAX_EXT_HEADERS` extension headers and a fragment header (an
+//! ICMPv6 error quoting one: `icmp6_error_at`). Both give a [`Flow`] (or [`IcmpError`]) of their
 //! family, which the rest of the path handles alike.
 
 use lb_common::{
     Family, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, V4, V6,
     packet::{
-        ETH_HLEN, ETH_P_IP, ETH_P_IPV6, Fragment, ICMP_HLEN, IP_DF, IPV4_HLEN, IPV4_VER_IHL_NO_OPTIONS, IPV6_HLEN, TCP_HLEN, UDP_HLEN, eth,
-        fragment, get16, get32, icmp, icmp_error, icmp6, ip, ip6, is_icmp_error, is_icmp6_error, l4, l4_ports,
+        ETH_HLEN, ETH_P_IP, ETH_P_IPV6, FRAG6_HLEN, Fragment, ICMP_HLEN, IP_DF, IPV4_HLEN, IPV4_VER_IHL_NO_OPTIONS, IPV6_HLEN, TCP_HLEN,
+        UDP_HLEN, eth, frag6_header, fragment, get16, get32, icmp, icmp_error, icmp6, ip, ip6, is_icmp_error, is_icmp6_error, l4, l4_ports,
     },
 };
 
@@ -32,13 +32,15 @@ pub struct Flow<F: Family = V4> {
     /// TCP sequence number, host order.
     pub seq: u32,
     /// Offset of the L4 header (after IPv4 options, or IPv6 extension
-    /// headers).
+    /// headers and the fragment header); in a later fragment, of its data.
     pub l4_off: usize,
-    /// IPv6: always `No` (fragments are not parsed as flows).
     pub frag: Fragment,
-    /// The IPv4 identification, network order (for the fragment map);
-    /// IPv6: 0.
-    pub ip_id: u16,
+    /// The identification, network order, for the fragment map: IPv4's
+    /// 16 bits, or the IPv6 fragment header's 32 (0 without one). Of the
+    /// family's own width: a `u32` for both changed the IPv4 paths' code,
+    /// and in `egress4` LLVM then read an uninitialised register on the
+    /// path of a packet that is no flow, which the verifier refuses.
+    pub ip_id: F::FragId,
     /// IPv4 TOS; IPv6 traffic class.
     pub tos: u8,
     /// IPv4 total length, host order; IPv6: the payload length plus the
@@ -115,8 +117,7 @@ pub enum Packet<F: Family = V4> {
     /// IPv4 (ICMPv6 errors: [`icmp6_error_at`]).
     IcmpError(IcmpError),
     /// Any other packet of the family (ICMP echo, other protocols, errors
-    /// we do not translate, IPv6 fragments and extension headers beyond
-    /// the walk).
+    /// we do not translate, IPv6 extension headers beyond the walk).
     OtherIp,
 }
 
@@ -231,9 +232,12 @@ fn icmp_error_of<C: PacketData>(ctx: &C, saddr: u32, daddr: u32) -> Result<Packe
 
 /// Parses an IPv6 packet: the fixed header, then up to
 /// `ip6::MAX_EXT_HEADERS` hop-by-hop, routing and destination options
-/// headers, then TCP or UDP. A fragment header ends the walk (the packet
-/// passes, as does anything after more extension headers than the walk
-/// takes); so does ICMPv6 (errors are read by [`icmp6_error_at`]). A
+/// headers, then a fragment header if there is one, then TCP or UDP
+/// (anything after more extension headers than the walk takes passes, as
+/// does ICMPv6: errors are read by [`icmp6_error_at`]). A first fragment
+/// has its L4 header after the fragment header; a later fragment has none
+/// (its ports are 0 until the fragment map lends them, as IPv4's); an
+/// atomic fragment (offset 0, no more fragments) is a whole datagram. A
 /// packet shorter than its payload length is truncated
 /// (`Error::Malformed`), as in [`parse`].
 #[inline(always)]
@@ -266,6 +270,12 @@ pub fn parse6<C: PacketData>(ctx: &C) -> Result<Packet<V6>, Error> {
         l4_off += ip6::ext_len(ext[1]);
         i += 1;
     }
+    let (mut frag, mut ip_id) = (Fragment::No, 0);
+    if proto == ip6::FRAGMENT {
+        let h = frag6_header(&get(ctx, l4_off)?);
+        (proto, frag, ip_id) = (h.next, h.frag, h.id);
+        l4_off += FRAG6_HLEN;
+    }
     if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
         return Ok(Packet::OtherIp);
     }
@@ -278,13 +288,15 @@ pub fn parse6<C: PacketData>(ctx: &C) -> Result<Packet<V6>, Error> {
         tcp_flags: 0,
         seq: 0,
         l4_off,
-        frag: Fragment::No,
-        ip_id: 0,
+        frag,
+        ip_id,
         tos: (ver_tc >> 4) as u8,
         tot_len: payload_len.wrapping_add(IPV6_HLEN as u16),
         df: true,
     };
-    l4_header(ctx, l4_off, proto, &mut flow)?;
+    if frag != Fragment::Later {
+        l4_header(ctx, l4_off, proto, &mut flow)?;
+    }
     Ok(Packet::Flow(flow))
 }
 

@@ -39,7 +39,7 @@
 //! translated as IPv4's, when ICMPv6 follows the fixed header directly
 //! and the quote has no extension headers. A pod reaching itself over
 //! IPv6 is source-NATed to `lb_common::HAIRPIN_ADDR6` and bounced as
-//! IPv4's. What IPv6 does not have yet: fragments (passed untouched).
+//! IPv4's. IPv6 fragments take the path as IPv4's (`frag`).
 
 use core::ops::ControlFlow;
 
@@ -453,13 +453,13 @@ fn reply<F: TcFamily>(ctx: &TcContext, f: &mut Flow<F>) -> Result<i32, Error> {
 /// its first fragment's ports); `false` when `f` is no such reply.
 #[inline(always)]
 fn reverse<F: TcFamily>(ctx: &TcContext, f: &mut Flow<F>) -> Result<bool, Error> {
-    if !F::frag_ports(f) {
+    if !frag::ports(f) {
         return Ok(false);
     }
     let Some((entry, _)) = ct::reply(f) else {
         return Ok(false);
     };
-    F::frag_record(f);
+    frag::record(f);
     nat::translate(ctx, f, &entry)?;
     Ok(true)
 }
@@ -505,7 +505,7 @@ fn forward<F: TcFamily>(
     let Some(vip) = F::vip(f.daddr) else {
         return Ok(ControlFlow::Break(NEXT));
     };
-    if !F::frag_ports(f) {
+    if !frag::ports(f) {
         return Ok(ControlFlow::Break(orphan_fragment(&vip)));
     }
     let now = now_ns();
@@ -529,7 +529,7 @@ fn forward<F: TcFamily>(
 #[inline(always)]
 fn translated<F: TcFamily>(ctx: &TcContext, cfg: &Config, f: &Flow<F>, entry: &Ct<F>, new: bool) -> Result<i32, Error> {
     stats::frontend_packet(entry.frontend_id, ctx.len(), new);
-    F::frag_record(f);
+    frag::record(f);
     nat::translate(ctx, f, entry)?;
     if F::hairpin_addr() == Some(entry.nat_saddr) {
         return bounce(ctx);

@@ -25,7 +25,7 @@
 //!   translations are reversed and the packet forwarded to the client.
 //! - ICMP errors about either (a router's "fragmentation needed" for a
 //!   reply, say) are translated and sent where the flow goes.
-//! - Fragments get their first fragment's translation.
+//! - Fragments get their first fragment's translation (IPv6's too).
 //! - Anything else passes untouched.
 //!
 //! When the FIB has no neighbour for the next hop yet, the translated
@@ -69,17 +69,13 @@ use crate::{
 };
 
 /// What the north-south path does differently per family. IPv6 has no
-/// pre-filter and no fragments (`parse6` does not take them as flows);
-/// its SNATed flows (NAT66) are forwarded by a program of their own,
+/// pre-filter; its SNATed flows (NAT66) are forwarded by a program of their own,
 /// `lb_xdp6_nat`.
 trait XdpFamily: L3 {
     /// Offset of the TTL (IPv4) or hop limit (IPv6) in the network header.
     const HOP_LIMIT: usize;
     /// The family's ICMP (FIB parameters of an ICMP error).
     const ICMP_PROTO: u8;
-    /// Whether the family's flows may be later fragments (IPv4); IPv6
-    /// fragments are not flows (`parse6`), and their paths are left out.
-    const FRAGMENTS: bool;
     /// The north-south kinds (`vip_flags`) that may be at `addr`: the
     /// exact ones or a superset (IPv4's pre-filter, one array load); 0:
     /// none, the packet is not ours.
@@ -113,7 +109,6 @@ trait XdpFamily: L3 {
 }
 
 impl XdpFamily for V4 {
-    const FRAGMENTS: bool = true;
     const HOP_LIMIT: usize = ip::TTL;
     const ICMP_PROTO: u8 = IPPROTO_ICMP;
 
@@ -178,7 +173,6 @@ impl XdpFamily for V4 {
 }
 
 impl XdpFamily for V6 {
-    const FRAGMENTS: bool = false;
     const HOP_LIMIT: usize = ip6::HOP_LIMIT;
     const ICMP_PROTO: u8 = IPPROTO_ICMPV6;
 
@@ -389,6 +383,12 @@ fn xdp6(ctx: &XdpContext) -> Result<u32, Error> {
     match parse6(ctx)? {
         Packet::Flow(mut f) => {
             V6::keep_in_memory(&f);
+            // Replies of NAT66 flows come to a port of the SNAT range: a
+            // later fragment's port is its first fragment's (lent again
+            // in `lb_xdp6_nat`, which parses the packet afresh).
+            if f.frag == Fragment::Later && snat6_addr() == Some(f.daddr) && !frag::ports(&mut f) {
+                return Ok(PASS);
+            }
             if snat6_reply(&f) {
                 return Ok(nat6_call(ctx));
             }
@@ -521,10 +521,14 @@ fn xdp6_route_icmp_error(ctx: *mut xdp_md) -> u32 {
 
 #[inline(always)]
 fn xdp6_nat_in(ctx: &XdpContext) -> Result<u32, Error> {
-    let Packet::Flow(f) = parse6(ctx)? else {
+    let Packet::Flow(mut f) = parse6(ctx)? else {
         return Ok(PASS);
     };
     V6::keep_in_memory(&f);
+    // A later fragment: its ports, as `lb_xdp6` found them.
+    if !frag::ports(&mut f) {
+        return Ok(PASS);
+    }
     if snat6_reply(&f) {
         return snat_reply(ctx, &f);
     }
@@ -635,11 +639,11 @@ fn north_south<F: XdpFamily>(
         Kinds::Filter(k) => (None, k),
         Kinds::Exact(v) => (Some(v), v.flags),
     };
-    if F::FRAGMENTS && f.frag == Fragment::Later {
+    if f.frag == Fragment::Later {
         let Some(exact) = v.or_else(|| exact_vip(f, node)) else {
             return Ok(PASS);
         };
-        if !F::frag_ports(f) {
+        if !frag::ports(f) {
             return Ok(orphan_fragment(&exact));
         }
         v = Some(exact);
@@ -664,7 +668,7 @@ fn north_south<F: XdpFamily>(
     let (entry, new) = match forward {
         Forward::Flow(e) => (e, false),
         // The datagram's first fragment made the flow; it is gone.
-        Forward::New { .. } if F::FRAGMENTS && f.frag == Fragment::Later => return Ok(v.map_or(PASS, |v| orphan_fragment(&v))),
+        Forward::New { .. } if f.frag == Fragment::Later => return Ok(v.map_or(PASS, |v| orphan_fragment(&v))),
         Forward::New { replace } => {
             // A new flow (or the entry's frontend or backend gone): the
             // exact checks, if the entry let them be skipped.
@@ -679,7 +683,7 @@ fn north_south<F: XdpFamily>(
     };
     F::keep_in_memory(&entry);
     stats::frontend_packet(entry.frontend_id, (ctx.data_end() - ctx.data()) as u32, new);
-    F::frag_record(f);
+    frag::record(f);
     if entry.nat_saddr == f.saddr {
         // A backend on this node: DNAT only, the kernel delivers.
         nat::translate(ctx, f, &entry)?;
@@ -745,7 +749,7 @@ fn snat_reply<F: XdpFamily>(ctx: &XdpContext, f: &Flow<F>) -> Result<u32, Error>
         return Ok(PASS);
     };
     F::keep_in_memory(&entry);
-    F::frag_record(f);
+    frag::record(f);
     forward(ctx, f, &entry, now)
 }
 

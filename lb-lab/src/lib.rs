@@ -41,7 +41,7 @@ pub use cluster::{
 };
 pub use netns::{ChildGuard, NAME_PREFIX, NETNS_RUN_DIR, Netns, cleanup_stale, list_netns};
 pub use node::{GATEWAY_IP, GATEWAY_IP6, MAX_PODS, NODE_IF, NODE_IP, NODE_IP6, NodeLab, POD_IF, Pod, host_if, pod_ip, pod_ip6};
-pub use server::{Server, http_server, tcp_server, tcp_server_at, udp_echo, udp_echo_at, udp_padded};
+pub use server::{Server, http_server, tcp_server, tcp_server_at, udp_echo, udp_echo_at, udp_padded, udp_padded_at};
 
 /// Fails unless running as root with `ip` (iproute2) available.
 pub fn require_root() -> Result<()> {

@@ -132,6 +132,11 @@ pub fn udp_padded(ns: &Netns, addr: SocketAddrV4, tag: &str, len: usize) -> Resu
     udp_server(ns, addr.into(), tag, len)
 }
 
+/// [`udp_padded`] on an address of either family.
+pub fn udp_padded_at(ns: &Netns, addr: SocketAddr, tag: &str, len: usize) -> Result<Server> {
+    udp_server(ns, addr, tag, len)
+}
+
 fn udp_server(ns: &Netns, addr: SocketAddr, tag: &str, pad_to: usize) -> Result<Server> {
     let prefix = format!("{tag}:").into_bytes();
     let (stop, hits) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));

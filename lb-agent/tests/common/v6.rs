@@ -78,6 +78,46 @@ pub fn udp(src: SocketAddrV6, dst: SocketAddrV6, payload: &[u8], exts: Ipv6Exten
     out
 }
 
+/// The Ethernet + IPv6 packet `packet` in fragments, as a sender's stack
+/// cuts it: the unfragmentable part (the fixed header and any hop-by-hop
+/// or routing headers) repeated in each, then a fragment header
+/// (identification `id`, the offset, "more fragments" on all but the
+/// last), then at most `size` bytes (a multiple of 8) of the rest (the L4
+/// header and payload).
+///
+/// The fragment header is written here, as RFC 8200 4.5 lays it out:
+/// etherparse 0.16 puts the offset and the M flag at the wrong bits (its
+/// issue 150, fixed in 0.20), symmetrically, so it reads its own bytes
+/// back but no other stack does.
+pub fn fragments(packet: &[u8], size: usize, id: u32) -> Vec<Vec<u8>> {
+    assert_eq!(size % 8, 0);
+    let (eth, ip) = packet.split_at(14);
+    // Walk the unfragmentable headers: `next_at` is the byte naming what
+    // follows them, which becomes the fragment header.
+    let (mut next_at, mut end) = (6, 40);
+    while [0, 43].contains(&ip[next_at]) {
+        next_at = end;
+        end += (ip[end + 1] as usize + 1) * 8;
+    }
+    let next = ip[next_at];
+    let (unfrag, rest) = ip.split_at(end);
+    let chunks: Vec<&[u8]> = rest.chunks(size).collect();
+    chunks
+        .iter()
+        .enumerate()
+        .map(|(i, chunk)| {
+            let mut head = unfrag.to_vec();
+            head[next_at] = 44;
+            head[4..6].copy_from_slice(&((end - 40 + 8 + chunk.len()) as u16).to_be_bytes());
+            // Next header, reserved, offset (13 bits, 8-byte units) << 3 |
+            // reserved (2 bits) | M, identification.
+            let offset_m = ((i * size / 8) as u16) << 3 | u16::from(i + 1 < chunks.len());
+            let frag = [&[next, 0][..], &offset_m.to_be_bytes(), &id.to_be_bytes()].concat();
+            [eth, &head, &frag, chunk].concat()
+        })
+        .collect()
+}
+
 /// Recomputes the L4 checksum of an Ethernet + IPv6 packet from scratch
 /// with etherparse (extension headers included in the walk).
 pub fn assert_checksums_valid(name: &str, packet: &[u8]) {
