@@ -1346,6 +1346,9 @@ fn ipv6_no_endpoints_rejects_with_icmpv6_port_unreachable() {
     assert_eq!(fx.l.stat(stat::REJECT_NO_BACKEND), 3);
     assert_eq!(fx.l.stat(stat::TAIL_CALL_FAILED), 0);
     assert!(fx.l.reconciler.maps().v6.ct_tcp.entries().unwrap().is_empty(), "no flow recorded");
+}
+
+#[test]
 fn ipv6_fragments_through_a_nodeport_and_an_lb_ip_get_the_datagrams_translation() {
     if !kernel_tests_enabled() {
         return;
