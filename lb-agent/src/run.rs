@@ -128,6 +128,14 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> anyhow::
     if !missing.is_empty() {
         warn!(missing = ?missing, "lb-agent needs CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN (securityContext.capabilities.add): loading the datapath is expected to fail");
     }
+    // A named external interface that does not exist is a configuration
+    // error: said at once, before the datapath's load (which may take a
+    // while on a busy node), not after.
+    for name in &cfg.north_south.external_ifaces {
+        if crate::host::ifindex(name).is_err() {
+            anyhow::bail!("external interface {name} does not exist (check --external-ifaces)");
+        }
+    }
     let mut dp = Datapath::load(&cfg.bpffs, &cfg.sizes)?;
     let logger_task = match aya_log::EbpfLogger::init(&mut dp.ebpf) {
         Ok(logger) => Some(tokio::spawn(poll_kernel_logs(logger))),
