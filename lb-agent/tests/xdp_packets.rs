@@ -18,6 +18,7 @@ use std::{
     fs::File,
     net::{Ipv4Addr, SocketAddrV4},
     os::fd::{AsFd, AsRawFd},
+    time::Duration,
 };
 
 use aya::programs::{SchedClassifier, Xdp};
@@ -72,11 +73,14 @@ impl Drop for Entered {
 }
 
 /// The external side of node A (see the module docs).
+fn mac(m: [u8; 6]) -> String {
+    m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":")
+}
+
 fn external_side() -> Netns {
     let ns = Netns::new("xdp-fixture").unwrap();
     // bpf_fib_lookup answers only where forwarding is on.
     ns.sysctl("net.ipv4.ip_forward", "1").unwrap();
-    let mac = |m: [u8; 6]| m.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
     ns.ip(&["link", "add", "ext0", "address", &mac(EXT_MAC), "type", "veth", "peer", "name", "peer0"]).unwrap();
     ns.ip(&["addr", "add", "192.168.50.1/24", "dev", "ext0"]).unwrap();
     ns.ip(&["link", "set", "peer0", "up"]).unwrap();
@@ -691,6 +695,66 @@ fn a_packet_too_big_for_the_path_to_a_remote_backend_gets_frag_needed() {
     let out = fx.run(&testrun::tcp_frame(IN, client(40070), node(30080), "A", 1, &[7u8; 1200]));
     assert_eq!(out.verdict, XDP_PASS);
     assert_eq!(&out.packet[26..30], &node(0).ip().octets(), "SNATed");
+}
+
+/// An `LB_NEXTHOPS` entry as bpftool prints it (BTF): (destination
+/// words, in interface, egress interface, next hop's MAC, longest length).
+type KeptHop = (Vec<u64>, u64, u64, Vec<u64>, u64);
+
+fn nexthops(fx: &Fixture) -> Vec<KeptHop> {
+    let pin = fx.l.pins.0.join("LB_NEXTHOPS");
+    let out = std::process::Command::new("bpftool").args(["-j", "map", "dump", "pinned"]).arg(&pin).output().unwrap();
+    assert!(out.status.success(), "bpftool: {}", String::from_utf8_lossy(&out.stderr));
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let u = |v: &serde_json::Value| v.as_u64().unwrap();
+    let list = |v: &serde_json::Value| v.as_array().unwrap().iter().map(u).collect::<Vec<_>>();
+    rows.as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            let (k, v) = (&r["formatted"]["key"], &r["formatted"]["value"]);
+            (list(&k["daddr"]), u(&k["ifindex"]), u(&v["ifindex"]), list(&v["dmac"]), u(&v["max_len"]))
+        })
+        .collect()
+}
+
+#[test]
+fn the_fibs_answer_is_kept_for_a_second_and_a_longer_packet_or_a_stale_answer_asks_again() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let mut fx = Fixture::new("xdp-nexthop", (NAT_PORT, NAT_PORT));
+    let (c, np, be, nat) = (client(40090), node(30080), sa("10.244.2.10:8080"), node(NAT_PORT));
+    let syn = testrun::tcp_frame(IN, c, np, "S", 1000, b"");
+    expect("SYN to the NodePort", &fx.run(&syn), XDP_TX, &testrun::tcp_frame(TO_B, nat, be, "S", 1000, b""));
+    // The FIB's answer is kept for the backend's address, by the
+    // interface the packet came in on: node B's MAC, the SYN's length.
+    let kept = nexthops(&fx);
+    let be_word = u32::from_ne_bytes(be.ip().octets()) as u64;
+    assert_eq!(kept, vec![(vec![be_word, 0, 0, 0], fx.ext as u64, fx.ext as u64, NODE_B_MAC.map(u64::from).to_vec(), 40)]);
+
+    // Node B's MAC changes. A packet longer than any the FIB passed asks
+    // it again (its MTU check): the new MAC at once.
+    let new_mac = [0x02, 0, 0, 0, 0x50, 0x99];
+    fx._ns.ip(&["neigh", "replace", "192.168.50.2", "lladdr", &mac(new_mac), "dev", "ext0", "nud", "permanent"]).unwrap();
+    let to_b = Frame { dst_mac: new_mac, ..TO_B };
+    let data = testrun::tcp_frame(IN, c, np, "PA", 1001, &[5u8; 100]);
+    expect("a longer packet asks the FIB", &fx.run(&data), XDP_TX, &testrun::tcp_frame(to_b, nat, be, "PA", 1001, &[5u8; 100]));
+    assert_eq!(nexthops(&fx)[0].4, 140, "the longest length the FIB passed");
+
+    // It changes again: within a second, short packets may still go to
+    // the kept answer; after it, the FIB is asked again.
+    let newer_mac = [0x02, 0, 0, 0, 0x50, 0x98];
+    fx._ns.ip(&["neigh", "replace", "192.168.50.2", "lladdr", &mac(newer_mac), "dev", "ext0", "nud", "permanent"]).unwrap();
+    std::thread::sleep(Duration::from_millis(1_100));
+    let ack = testrun::tcp_frame(IN, c, np, "A", 1101, b"");
+    let to_b = Frame { dst_mac: newer_mac, ..TO_B };
+    expect("a stale answer asks the FIB", &fx.run(&ack), XDP_TX, &testrun::tcp_frame(to_b, nat, be, "A", 1101, b""));
+
+    // A reply to the client keeps the client's answer too.
+    let out = fx.run(&testrun::tcp_frame(FROM_B, be, nat, "SA", 5000, b""));
+    expect("SYN-ACK back to the client", &out, XDP_TX, &testrun::tcp_frame(TO_CLIENT, np, c, "SA", 5000, b""));
+    assert_eq!(nexthops(&fx).len(), 2, "the backend's and the client's");
 }
 
 #[test]

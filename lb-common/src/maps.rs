@@ -107,6 +107,9 @@ map_set! {
     /// IPv6 datagrams in fragments (`Frag6Key` -> `Frag4`), as
     /// `LB4_FRAGS`, the same size.
     FRAGS6 = "LB6_FRAGS", version 1, sized by Fixed;
+    /// The FIB's answers for forwarded north-south packets
+    /// (`NextHopKey` -> `NextHop`), both families.
+    NEXTHOPS = "LB_NEXTHOPS", version 1, sized by Fixed;
     /// The pod interfaces the tc programs are attached to (ifindex -> 1):
     /// BPF host routing redirects only into these
     /// (`config_flags::HOST_ROUTING_BPF`).
@@ -237,6 +240,9 @@ pub mod sizes {
     pub const VIPS: u32 = 65_536;
     /// IPv4 datagrams in flight as fragments; IPv6's too (`LB6_FRAGS`).
     pub const FRAGS: u32 = 8_192;
+    /// FIB answers kept (`LB_NEXTHOPS`): destinations of forwarded
+    /// north-south packets (backends on other nodes, and clients).
+    pub const NEXTHOPS: u32 = 16_384;
     /// Clients tracked by the ICMP reject rate limit.
     pub const REJECT_RATE: u32 = 16_384;
     /// IPv6 frontends (`LB6_SERVICES`) and addresses (`LB6_VIPS`).
@@ -852,6 +858,82 @@ pub struct Frag4 {
     pub dport: u16,
 }
 
+/// `LB_NEXTHOPS` (LRU): what the FIB last answered for a destination of
+/// forwarded north-south packets (a backend on another node, or a client
+/// getting its reply), by the interface they came in on. A packet of an
+/// established flow then skips `bpf_fib_lookup`, which costs more than the
+/// rest of its path (docs/per-packet-profile.md). An answer is used for
+/// [`NEXTHOP_TTL_NS`] after the lookup, and only for packets no longer
+/// than one the FIB passed (its MTU check; a longer one asks the FIB
+/// again), so a changed route or neighbour is followed within that time.
+/// Only successful answers are kept (no neighbour: the kernel forwards, and
+/// resolves it).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct NextHopKey {
+    /// The destination, network order: IPv4 in the first word, the rest 0.
+    pub daddr: [u32; 4],
+    /// The interface the packet came in on (the FIB's input).
+    pub ifindex: u32,
+    /// 4 or 6.
+    pub family: u8,
+    pub _pad: [u8; 3],
+}
+
+impl NextHopKey {
+    pub const fn v4(daddr: u32, ifindex: u32) -> NextHopKey {
+        NextHopKey { daddr: [daddr, 0, 0, 0], ifindex, family: 4, _pad: [0; 3] }
+    }
+    pub const fn v6(daddr: [u32; 4], ifindex: u32) -> NextHopKey {
+        NextHopKey { daddr, ifindex, family: 6, _pad: [0; 3] }
+    }
+}
+
+/// How long a FIB answer in `LB_NEXTHOPS` is used: a route or neighbour
+/// change is followed within this time.
+pub const NEXTHOP_TTL_NS: u64 = 1_000_000_000;
+
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct NextHop {
+    /// When the FIB was asked (`bpf_ktime_get_coarse_ns`).
+    pub looked_up_ns: u64,
+    /// Where the FIB sends the packet.
+    pub ifindex: u32,
+    /// The longest packet (IPv4 total length, IPv6 payload plus header)
+    /// the FIB passed since `looked_up_ns`: within the path's MTU.
+    pub max_len: u16,
+    pub _pad: u16,
+    pub smac: [u8; 6],
+    pub dmac: [u8; 6],
+    pub _pad2: [u8; 4],
+}
+
+impl NextHop {
+    /// Whether this answer serves a packet of `len` bytes at `now`.
+    #[inline(always)]
+    pub fn serves(&self, len: u16, now: u64) -> bool {
+        now.wrapping_sub(self.looked_up_ns) < NEXTHOP_TTL_NS && len <= self.max_len
+    }
+
+    /// A successful lookup's answer at `now` for a packet of `len` bytes.
+    #[inline(always)]
+    pub fn fresh(now: u64, len: u16, ifindex: u32, smac: [u8; 6], dmac: [u8; 6]) -> NextHop {
+        NextHop { looked_up_ns: now, ifindex, max_len: len, _pad: 0, smac, dmac, _pad2: [0; 4] }
+    }
+
+    /// This fresh answer, keeping the longest length the FIB passed when
+    /// the answer it replaces (`old`) was still fresh and the same.
+    #[inline(always)]
+    pub fn after(mut self, old: &NextHop) -> NextHop {
+        let same = old.ifindex == self.ifindex && old.smac == self.smac && old.dmac == self.dmac;
+        if same && self.looked_up_ns.wrapping_sub(old.looked_up_ns) < NEXTHOP_TTL_NS && old.max_len > self.max_len {
+            self.max_len = old.max_len;
+        }
+        self
+    }
+}
+
 /// `LB4_REJECT_RATE` (LRU): a token bucket per client address for the ICMP
 /// errors the datapath sends (rejects), so it cannot be used as a
 /// reflector: [`REJECT_BURST`] at once, then [`REJECT_PER_SEC`] a second.
@@ -1090,6 +1172,8 @@ assert_layout!(NodeConfig, size = 16, snat_addr @ 0, nat_port_min @ 4, nat_port_
 assert_layout!(Device, size = 24, mode @ 0, name @ 4, why @ 20);
 assert_layout!(Vip4, size = 4, flags @ 0);
 assert_layout!(Frag4Key, size = 12, saddr @ 0, daddr @ 4, id @ 8, proto @ 10, _pad @ 11);
+assert_layout!(NextHopKey, size = 24, daddr @ 0, ifindex @ 16, family @ 20, _pad @ 21);
+assert_layout!(NextHop, size = 32, looked_up_ns @ 0, ifindex @ 8, max_len @ 12, _pad @ 14, smac @ 16, dmac @ 22, _pad2 @ 28);
 assert_layout!(Frag4, size = 4, sport @ 0, dport @ 2);
 assert_layout!(RejectRate, size = 16, last_ns @ 0, tokens @ 8, _pad @ 12);
 assert_layout!(FrontendStats, size = 24, packets @ 0, bytes @ 8, new_flows @ 16);
@@ -1129,6 +1213,8 @@ mod user {
         Vip4,
         Frag4Key,
         Frag4,
+        NextHopKey,
+        NextHop,
         RejectRate,
         FrontendStats,
     );
@@ -1208,5 +1294,43 @@ mod north_south_tests {
         assert_eq!(reply_key, Ct4Key::new(20, 10, 21, 11, IPPROTO_TCP, CT_REPLY));
         let reply = CtEntry { nat_saddr: 2, nat_sport: 4, nat_daddr: 1, nat_dport: 3, ..fwd };
         assert_eq!(reply.twin_key(&reply_key), fwd_key);
+    }
+}
+
+#[cfg(test)]
+mod nexthop_tests {
+    use super::*;
+
+    const A: [u8; 6] = [2, 0, 0, 0, 0, 0xa];
+    const B: [u8; 6] = [2, 0, 0, 0, 0, 0xb];
+    const C: [u8; 6] = [2, 0, 0, 0, 0, 0xc];
+
+    #[test]
+    fn an_answer_serves_packets_it_passed_while_fresh() {
+        let h = NextHop::fresh(5_000, 1_400, 3, A, B);
+        assert!(h.serves(1_400, 5_000));
+        assert!(h.serves(60, 5_000 + NEXTHOP_TTL_NS - 1));
+        assert!(!h.serves(1_401, 5_000), "longer than the FIB passed: asked again (MTU)");
+        assert!(!h.serves(60, 5_000 + NEXTHOP_TTL_NS), "stale");
+    }
+
+    #[test]
+    fn a_fresh_lookup_keeps_the_longest_length_of_the_same_answer() {
+        let h = NextHop::fresh(0, 1_400, 3, A, B);
+        let later = NextHop::fresh(10, 60, 3, A, B).after(&h);
+        assert_eq!(later.max_len, 1_400);
+        assert_eq!(later.looked_up_ns, 10);
+        // Another neighbour (or interface): the old length says nothing.
+        assert_eq!(NextHop::fresh(10, 60, 3, A, C).after(&h).max_len, 60);
+        assert_eq!(NextHop::fresh(10, 60, 4, A, B).after(&h).max_len, 60);
+        // A stale answer neither.
+        assert_eq!(NextHop::fresh(NEXTHOP_TTL_NS, 60, 3, A, B).after(&h).max_len, 60);
+    }
+
+    #[test]
+    fn families_never_share_a_key() {
+        let v4 = NextHopKey::v4(u32::from_be_bytes([32, 1, 13, 184]).to_be(), 2);
+        let v6 = NextHopKey::v6([u32::from_be_bytes([32, 1, 13, 184]).to_be(), 0, 0, 0], 2);
+        assert_ne!(v4, v6);
     }
 }

@@ -57,6 +57,7 @@ mod icmp;
 mod l3;
 mod maps;
 mod nat;
+mod nexthop;
 mod packet;
 mod parse;
 mod route;

@@ -8,9 +8,9 @@ use aya_ebpf::{
 };
 use lb_common::{
     Addr6, Affinity4, Affinity4Key, Backend4, Backend6, Config, Ct4Key, Ct6Entry, Ct6Key, CtEntry, Device, Frag4, Frag4Key, Frag6Key,
-    FrontendStats, Node6Config, NodeConfig, RejectRate, RevNat4, RevNat6, RevNatKey, Service4Key, Service4Value, Service6Key, Slot,
-    SlotKey, SockRevNat4, SockRevNat4Key, SockRevNat6, SockRevNat6Key, SrcRange4, SrcRange6, SvcName, Vip4, layout, sizes, stat, tc_call,
-    vip_filter, xdp_call,
+    FrontendStats, NextHop, NextHopKey, Node6Config, NodeConfig, RejectRate, RevNat4, RevNat6, RevNatKey, Service4Key, Service4Value,
+    Service6Key, Slot, SlotKey, SockRevNat4, SockRevNat4Key, SockRevNat6, SockRevNat6Key, SrcRange4, SrcRange6, SvcName, Vip4, layout,
+    sizes, stat, tc_call, vip_filter, xdp_call,
 };
 
 use crate::route::Scratch;
@@ -158,6 +158,11 @@ pub static LB6_REJECT_RATE: LruHashMap<Addr6, RejectRate, { sizes::REJECT_RATE a
 /// (see `LB4_FRAGS`).
 #[btf_map]
 pub static LB6_FRAGS: LruHashMap<Frag6Key, Frag4, { sizes::FRAGS as usize }> = LruHashMap::new();
+
+/// The FIB's answers for forwarded north-south packets, both families
+/// (`nexthop`).
+#[btf_map]
+pub static LB_NEXTHOPS: LruHashMap<NextHopKey, NextHop, { sizes::NEXTHOPS as usize }> = LruHashMap::new();
 
 /// This node's IPv6 SNAT address (index 0), for NAT66 in `lb_xdp6`.
 #[btf_map]

@@ -47,8 +47,8 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use lb_common::{
-    Addr6, CT_REPLY, CT_SERVICE, Config, CtEntry, IPPROTO_ICMP, IPPROTO_ICMPV6, NodeConfig, Service4Value, SrcRange4, SrcRange6, V4, V6,
-    Vip4, backend_flags, ct_entry_flags, node_flags,
+    Addr6, CT_REPLY, CT_SERVICE, Config, CtEntry, IPPROTO_ICMP, IPPROTO_ICMPV6, NextHopKey, NodeConfig, Service4Value, SrcRange4,
+    SrcRange6, V4, V6, Vip4, backend_flags, ct_entry_flags, node_flags,
     packet::{ETH_HLEN, ETH_P_IPV6, Fragment, IPV4_HLEN, IPV6_HLEN, eth, icmp, icmp6, ip, ip6, is_icmp6_error},
     stat, svc_flags, vip_flags, xdp_call, xdp_mode,
 };
@@ -60,7 +60,7 @@ use crate::{
     frag, icmp as icmp_out,
     l3::L3,
     maps::{LB_DEVICES, LB_NODE, LB_XDP_CALLS, LB4_SRC_RANGES, LB6_NODE, LB6_SERVICES, LB6_SRC_RANGES},
-    nat,
+    nat, nexthop,
     packet::read,
     parse::{Flow, IcmpError, Packet, icmp6_error_at, parse, parse6},
     route,
@@ -99,6 +99,9 @@ trait XdpFamily: L3 {
     /// The FIB parameters' family, and addresses from `e.nat_saddr` to
     /// `e.nat_daddr` (IPv4: with `tos`).
     fn fib_addrs(p: &mut FibParams, e: &Ct<Self>, tos: u8);
+    /// The `LB_NEXTHOPS` key of destination `daddr` for packets that came
+    /// in on `ifindex`.
+    fn nexthop_key(daddr: &Self::Addr, ifindex: u32) -> NextHopKey;
     /// What a router does to a packet it forwards (see `route::hop`).
     fn hop(ctx: &XdpContext, p: &FibParams) -> Result<bool, Error>;
     /// The answer to a packet of `f` too big for the path (`mtu`), sent
@@ -156,6 +159,10 @@ impl XdpFamily for V4 {
         p.__bindgen_anon_2.tos = tos;
         p.__bindgen_anon_3.ipv4_src = e.nat_saddr;
         p.__bindgen_anon_4.ipv4_dst = e.nat_daddr;
+    }
+    #[inline(always)]
+    fn nexthop_key(daddr: &u32, ifindex: u32) -> NextHopKey {
+        NextHopKey::v4(*daddr, ifindex)
     }
     #[inline(always)]
     fn hop(ctx: &XdpContext, p: &FibParams) -> Result<bool, Error> {
@@ -227,6 +234,10 @@ impl XdpFamily for V6 {
         p.family = route::AF_INET6;
         p.__bindgen_anon_3.ipv6_src = e.nat_saddr;
         p.__bindgen_anon_4.ipv6_dst = e.nat_daddr;
+    }
+    #[inline(always)]
+    fn nexthop_key(daddr: &lb_common::Addr6, ifindex: u32) -> NextHopKey {
+        NextHopKey::v6(*daddr, ifindex)
     }
     #[inline(always)]
     fn hop(ctx: &XdpContext, p: &FibParams) -> Result<bool, Error> {
@@ -756,7 +767,8 @@ fn snat_reply<F: XdpFamily>(ctx: &XdpContext, f: &Flow<F>) -> Result<u32, Error>
 /// What the FIB is asked: the packet of a flow rewritten as its entry
 /// says, or an ICMP error to the entry's destination.
 enum Route<'a, F: XdpFamily> {
-    Flow(&'a Flow<F>),
+    /// A packet of a flow, at a time (`LB_NEXTHOPS` answers).
+    Flow(&'a Flow<F>, u64),
     IcmpError,
 }
 
@@ -766,19 +778,30 @@ enum Route<'a, F: XdpFamily> {
 fn fib<'a, F: XdpFamily>(ctx: &XdpContext, e: &Ct<F>, what: Route<F>, params: &'a mut MaybeUninit<FibParams>) -> (i64, &'a FibParams) {
     let p = route::zeroed_fib_params(params);
     match what {
-        Route::Flow(f) => {
+        Route::Flow(f, now) => {
+            // The answer kept for this destination (`LB_NEXTHOPS`), else
+            // the FIB's, kept when it is a success.
+            let key = F::nexthop_key(&e.nat_daddr, ctx.ingress_ifindex() as u32);
+            if nexthop::answer(&key, f.tot_len, now, p) {
+                return (BPF_FIB_LKUP_RET_SUCCESS as i64, p);
+            }
             p.l4_protocol = f.proto;
             p.sport = e.nat_sport;
             p.dport = e.nat_dport;
             p.__bindgen_anon_1.tot_len = f.tot_len;
             F::fib_addrs(p, e, f.tos);
+            let rc = fib_lookup(ctx, p);
+            if rc == BPF_FIB_LKUP_RET_SUCCESS as i64 {
+                nexthop::remember(&key, f.tot_len, now, p);
+            }
+            (rc, p)
         }
         Route::IcmpError => {
             p.l4_protocol = F::ICMP_PROTO;
             F::fib_addrs(p, e, 0);
+            (fib_lookup(ctx, p), p)
         }
     }
-    (fib_lookup(ctx, p), p)
 }
 
 /// Asks the FIB about the packet `p` describes, as if it came in where
@@ -811,7 +834,7 @@ fn native_ingress(ctx: &XdpContext) -> bool {
 #[inline(always)]
 fn forward<F: XdpFamily>(ctx: &XdpContext, f: &Flow<F>, e: &Ct<F>, now: u64) -> Result<u32, Error> {
     let mut params = MaybeUninit::uninit();
-    let (rc, p) = fib(ctx, e, Route::Flow(f), &mut params);
+    let (rc, p) = fib(ctx, e, Route::Flow(f, now), &mut params);
     if rc == BPF_FIB_LKUP_RET_FRAG_NEEDED as i64 && f.df && f.has_l4() && native_ingress(ctx) {
         // SAFETY: the union member the kernel wrote for this result (all
         // members are plain integers).
