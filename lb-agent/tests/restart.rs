@@ -457,16 +457,20 @@ fn maps_of_an_older_layout_are_rebuilt_while_the_old_programs_serve() {
     let live = traffic.ok();
     thread::sleep(Duration::from_secs(1));
     let after = traffic.ok();
-    // New connections never fail. A flow open across the swap may lose a
-    // reply: the conntrack maps were rebuilt too, so a reply to a packet
-    // the old program translated meets the new one without an entry (the
-    // UDP flow loses at most that answer; the TCP stream may be reset).
+    // A flow open across the swap may lose a reply: the conntrack maps
+    // were rebuilt too, so a reply to a packet the old program translated
+    // meets the new one without an entry (the UDP flow loses at most that
+    // answer; the TCP stream may be reset). That includes the one
+    // connection of each kind being opened at the swap (its SYN
+    // translated by the old program, its reply met by the new one): at
+    // most one fails; every other connection, before and after, succeeds.
     let failed = [traffic.clusterip.failed.load(Ordering::SeqCst), traffic.nodeport.failed.load(Ordering::SeqCst)];
     let udp_failed = traffic.udp.failed.load(Ordering::SeqCst);
     let report = traffic.finish();
     eprintln!("{report}");
     let log = agent.log_text();
-    assert_eq!(failed, [0, 0], "{report}\nagent log:\n{log}");
+    assert!(failed[0] <= 1 && failed[1] <= 1, "{report}\nagent log:\n{log}");
+    assert!(after[0] >= live[0] + 3 && after[3] >= live[3] + 3, "new connections stopped: {report}");
     assert!(udp_failed <= 1 && after[1] > live[1] + 10, "the UDP flow stopped: {report}");
     for map in ["LB4_BACKENDS", "LB4_SERVICES", "LB4_CT_TCP"] {
         assert!(
