@@ -400,9 +400,7 @@ impl Datapath {
         if let Some(e) = self.externals.get(ifname) {
             return Ok((e.mode, e.why));
         }
-        let Ok(ifindex) = host::ifindex(ifname) else {
-            bail!("external interface {ifname} does not exist (check --external-ifaces)");
-        };
+        let ifindex = host::external_ifindex(ifname)?;
         self.attach_tc_hook(ifindex, ifname, false)?;
         let driver = host::driver_name(ifname).unwrap_or_default();
         // A link of an earlier agent in a mode this one would pick is

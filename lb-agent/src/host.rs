@@ -64,6 +64,12 @@ pub fn ifindex(name: &str) -> anyhow::Result<u32> {
     Ok(idx)
 }
 
+/// The ifindex of an external interface (`--external-ifaces`), or the
+/// error an operator gets for one that does not exist.
+pub fn external_ifindex(name: &str) -> anyhow::Result<u32> {
+    ifindex(name).map_err(|_| anyhow::anyhow!("external interface {name} does not exist (check --external-ifaces)"))
+}
+
 /// The driver of a network interface (`ethtool -i`'s "driver"), e.g.
 /// `veth`, `virtio_net`, `mlx5_core`.
 pub fn driver_name(ifname: &str) -> io::Result<String> {

@@ -132,9 +132,7 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> anyhow::
     // error: said at once, before the datapath's load (which may take a
     // while on a busy node), not after.
     for name in &cfg.north_south.external_ifaces {
-        if crate::host::ifindex(name).is_err() {
-            anyhow::bail!("external interface {name} does not exist (check --external-ifaces)");
-        }
+        crate::host::external_ifindex(name)?;
     }
     let mut dp = Datapath::load(&cfg.bpffs, &cfg.sizes)?;
     let logger_task = match aya_log::EbpfLogger::init(&mut dp.ebpf) {

@@ -187,6 +187,15 @@ fn an_external_ipv6_client_reaches_a_backend_on_another_node_through_nat66() {
     assert!(header.contains(&format!("SNAT6 {}", node_ip6(0))), "{header}");
 }
 
+/// One node with web-a, both families, and the client routing the IPv6
+/// LoadBalancer prefix fd00:60::/64 to node A; the LB IP.
+fn lb_ip_lab() -> (ClusterLab, &'static str) {
+    let lab = ClusterLab::new(&[&["web-a"]]).unwrap();
+    lab.enable_ipv6().unwrap();
+    lab.client.ip(&["-6", "route", "add", "fd00:60::/64", "via", &node_ip6(0).to_string(), "dev", lb_lab::CLIENT_IF]).unwrap();
+    (lab, "fd00:60::10")
+}
+
 /// An IPv6 LoadBalancer IP with IPv6 loadBalancerSourceRanges: the lab's
 /// client (fd00:50::64) is served while inside them, its connections time
 /// out (dropped in XDP) once the ranges leave it out; the Service's IPv4
@@ -196,12 +205,9 @@ fn ipv6_lb_ip_source_ranges_allow_and_deny() {
     if !kernel_tests_enabled() {
         return;
     }
-    let lab = ClusterLab::new(&[&["web-a"]]).unwrap();
-    lab.enable_ipv6().unwrap();
+    let (lab, lb) = lb_ip_lab();
     let web = lab.node(0).pod("web-a");
     let _server = tcp_server_at(&web.ns, SocketAddrV6::new(cluster_pod_ip6(0, 0), 8080, 0, 0).into(), "web-a").unwrap();
-    let lb = "fd00:60::10";
-    lab.client.ip(&["-6", "route", "add", "fd00:60::/64", "via", &node_ip6(0).to_string(), "dev", lb_lab::CLIENT_IF]).unwrap();
     let svc = |range: &str| {
         manifest("Cluster")
             .replace("  type: NodePort\n", &format!("  type: LoadBalancer\n  loadBalancerSourceRanges: [10.0.0.0/8, \"{range}\"]\n"))
@@ -247,10 +253,7 @@ fn an_ipv6_lb_ip_without_endpoints_refuses_udp_and_tcp() {
     if !kernel_tests_enabled() {
         return;
     }
-    let lab = ClusterLab::new(&[&["web-a"]]).unwrap();
-    lab.enable_ipv6().unwrap();
-    let lb = "fd00:60::10";
-    lab.client.ip(&["-6", "route", "add", "fd00:60::/64", "via", &node_ip6(0).to_string(), "dev", lb_lab::CLIENT_IF]).unwrap();
+    let (lab, lb) = lb_ip_lab();
     let svc = format!(
         r#"apiVersion: v1
 kind: Service

@@ -13,7 +13,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Agent, ManifestDir, PinDir, kernel_tests_enabled, service_yaml, wait_for};
+use common::{Agent, ManifestDir, PinDir, kernel_tests_enabled, service_yaml};
 use lb_lab::{NodeLab, tcp_request, tcp_server};
 
 /// What the agent needs (`lb_agent::caps::NEEDED`, documented there).
@@ -60,9 +60,7 @@ fn the_agent_runs_with_bpf_perfmon_and_net_admin_only() {
     // A restart with the same capabilities takes the links over.
     let pins = agent.stop_keeping_pins(libc::SIGTERM);
     let agent = Agent::start_wrapped(&lab.node, &dir.0, pins, &wrapper, &[]);
-    wait_for("the links adopted", Duration::from_secs(10), || {
-        agent.log_text().contains("tc programs attached: links adopted").then_some(())
-    });
+    agent.wait_log("the links adopted", "tc programs attached: links adopted");
     assert_eq!(tcp_request(&lab.pod("client").ns, vip).unwrap(), "web");
 
     // And uninstall needs no more.

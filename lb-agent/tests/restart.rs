@@ -368,9 +368,7 @@ fn sigterm_and_three_seconds_without_an_agent_fail_nothing() {
     let during = traffic.ok();
     assert!(during.iter().all(|n| *n > 0), "no traffic got through: {}", traffic.report());
     let agent = n.agent(pins);
-    wait_for("the new agent to adopt the links", Duration::from_secs(10), || {
-        agent.log_text().contains("adopted from the earlier agent").then_some(())
-    });
+    agent.wait_log("the new agent to adopt the links", "adopted from the earlier agent");
     thread::sleep(Duration::from_secs(1));
     let failed = traffic.failed();
     let report = traffic.finish();
@@ -451,9 +449,7 @@ fn maps_of_an_older_layout_are_rebuilt_while_the_old_programs_serve() {
     let pins = agent.stop_keeping_pins(libc::SIGTERM);
     fabricate_older_layout(&pins.0);
     let agent = n.agent(pins);
-    wait_for("the rebuilt maps to go live", Duration::from_secs(10), || {
-        agent.log_text().contains("this agent's programs are live").then_some(())
-    });
+    agent.wait_log("the rebuilt maps to go live", "this agent's programs are live");
     let live = traffic.ok();
     thread::sleep(Duration::from_secs(1));
     let after = traffic.ok();

@@ -189,6 +189,28 @@ impl Agent {
         }
     }
 
+    /// Waits until the agent's log holds `needle`; panics with the log
+    /// otherwise. Timed like [`Agent::wait_rows`]: 15 s from when the
+    /// datapath has loaded, up to 120 s for the load itself (a restarted
+    /// agent verifies its programs again before it adopts or goes live).
+    pub fn wait_log(&self, what: &str, needle: &str) {
+        let loading_until = Instant::now() + Duration::from_secs(120);
+        let mut loaded_at = None;
+        loop {
+            let log = self.log_text();
+            if log.contains(needle) {
+                return;
+            }
+            if loaded_at.is_none() && log.contains("datapath loaded") {
+                loaded_at = Some(Instant::now());
+            }
+            if Instant::now() > loaded_at.map_or(loading_until, |t| t + Duration::from_secs(15)) {
+                panic!("timed out waiting for {what}\nagent log:\n{log}");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     /// Stops the agent (SIGTERM, as the kubelet would) and waits for it.
     pub fn stop(&mut self) {
         self.signal(libc::SIGTERM);
