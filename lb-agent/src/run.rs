@@ -186,7 +186,7 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> anyhow::
     let source_tasks = match &cfg.source {
         SourceConfig::Dir { path, poll } => {
             info!(dir = %path.display(), "source: manifest directory");
-            vec![tokio::spawn(source::dir::run(path.clone(), *poll, tx))]
+            vec![tokio::spawn(source::dir::run(path.clone(), cfg.north_south.node_name.clone(), *poll, tx))]
         }
         SourceConfig::Kube(opts) => {
             let client = source::kube::client(opts).await?;

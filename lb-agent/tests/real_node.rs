@@ -11,6 +11,7 @@
 mod common;
 
 use std::{
+    collections::BTreeSet,
     io::{Read, Write},
     net::{Shutdown, SocketAddrV4, TcpListener, TcpStream},
     sync::{
@@ -248,6 +249,73 @@ fn internal_traffic_policy_local_keeps_to_this_nodes_endpoints() {
     agent.wait_rows("no local endpoint", |rows| rows.len() == 1 && rows[0].backends.is_empty());
     let err = tcp_request_with(client, vip(80), b"hello\n", Duration::from_millis(1500)).unwrap_err();
     assert!(!is_connection_refused(&err), "dropped, not rejected: {err:#}");
+}
+
+/// A Service with `trafficDistribution: PreferClose` and its slice:
+/// web-a hinted for zone-a, web-b for zone-b.
+fn prefer_close_yaml(lab: &NodeLab) -> String {
+    let (a, b) = (lab.pod("web-a").ip, lab.pod("web-b").ip);
+    format!(
+        r#"apiVersion: v1
+kind: Service
+metadata: {{name: close, namespace: test}}
+spec:
+  clusterIP: {VIP}
+  trafficDistribution: PreferClose
+  ports: [{{name: p, port: 80, protocol: TCP, targetPort: p}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: close-1, namespace: test, labels: {{kubernetes.io/service-name: close}}}}
+addressType: IPv4
+ports: [{{name: p, port: 8080, protocol: TCP}}]
+endpoints:
+- {{addresses: [{a}], conditions: {{ready: true}}, nodeName: node-2, hints: {{forZones: [{{name: zone-a}}]}}}}
+- {{addresses: [{b}], conditions: {{ready: true}}, nodeName: node-3, hints: {{forZones: [{{name: zone-b}}]}}}}
+"#
+    )
+}
+
+/// This agent's Node in a manifest: its zone label and InternalIP.
+fn node_yaml(name: &str, zone: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\n  labels: {{topology.kubernetes.io/zone: {zone}}}\n\
+         status:\n  addresses: [{{type: InternalIP, address: 192.168.77.1}}]\n"
+    )
+}
+
+#[test]
+fn the_manifest_directorys_node_gives_the_zone_for_topology_hints() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let (lab, _servers) = node_lab();
+    let dir = ManifestDir::new("zone");
+    dir.write("close.yaml", &prefer_close_yaml(&lab));
+    // Another node's Node does not count.
+    dir.write("node-2.yaml", &node_yaml("node-2", "zone-b"));
+    dir.write("node-1.yaml", &node_yaml("node-1", "zone-a"));
+    let agent = Agent::start_with(&lab.node, &dir.0, PinDir::new("zone"), &["--node-name", "node-1"]);
+    let backends = |want: &str| {
+        let want = format!("{}:8080", lab.pod(want).ip);
+        move |rows: &[lb_agent::list::Row]| rows.len() == 1 && rows[0].backends == [want.clone()]
+    };
+    let client = &lab.pod("client").ns;
+    let answers =
+        |n: usize| (0..n).map(|i| tcp_request(client, vip(80)).unwrap_or_else(|e| panic!("request {i}: {e:#}"))).collect::<BTreeSet<_>>();
+    agent.wait_rows("zone-a's endpoint", backends("web-a"));
+    assert_eq!(answers(10), BTreeSet::from(["web-a".to_string()]));
+    assert!(agent.log_text().contains("this node's zone (topology.kubernetes.io/zone)"), "{}", agent.log_text());
+
+    // The Node moves to zone-b.
+    dir.write("node-1.yaml", &node_yaml("node-1", "zone-b"));
+    agent.wait_rows("zone-b's endpoint", backends("web-b"));
+    assert_eq!(answers(10), BTreeSet::from(["web-b".to_string()]));
+
+    // Without its Node, the node has no zone: every endpoint.
+    std::fs::remove_file(dir.0.join("node-1.yaml")).unwrap();
+    agent.wait_rows("both endpoints", |rows| rows.len() == 1 && rows[0].backends.len() == 2);
+    assert_eq!(answers(30), BTreeSet::from(["web-a".to_string(), "web-b".to_string()]));
 }
 
 #[test]

@@ -15,6 +15,10 @@
 //! a warning naming its file, and reported until it is fixed; a file's
 //! removal deletes its objects, and an object that it held a duplicate
 //! of comes back from the next file that defines it.
+//!
+//! This agent's own Node (`--node-name`), when a file defines it, gives the
+//! node's zone and addresses as the API source's Node watch does; it is
+//! sent when it changes, and its removal clears them.
 
 use std::{
     collections::{BTreeMap, BTreeSet},
@@ -25,7 +29,7 @@ use std::{
 
 use tracing::warn;
 
-use super::{Batch, Invalid, Kind, Object, ObjectKey, Sender, Update};
+use super::{Batch, Invalid, Kind, Object, ObjectKey, Sender, Update, node::NodeFacts};
 use crate::source::manifest::{self, Objects};
 
 /// A file's modification time, size and inode (a file replaced through a
@@ -44,6 +48,8 @@ struct FileState {
     stamp: Stamp,
     /// Its documents that could not be read.
     problems: Vec<String>,
+    /// What it says of this agent's Node, if it defines it: where, and what.
+    node: Option<(String, NodeFacts)>,
 }
 
 /// Where an object is defined.
@@ -77,9 +83,18 @@ pub struct DirCache {
     listed: bool,
     /// The duplicates reported so far (each is logged once).
     duplicates: BTreeSet<String>,
+    /// This agent's Node name (`--node-name`): the Node read for its facts.
+    node_name: Option<String>,
+    /// The Node facts last sent (`None`: none sent yet).
+    node_sent: Option<NodeFacts>,
 }
 
 impl DirCache {
+    /// A cache that also follows the Node named `node_name`.
+    pub fn for_node(node_name: Option<String>) -> DirCache {
+        DirCache { node_name, ..DirCache::default() }
+    }
+
     /// Reads what changed in `dir` since the last call: the first call
     /// gives a complete list of each kind, later ones the objects applied
     /// and deleted and, when a file changed, the problems (empty: nothing
@@ -134,7 +149,8 @@ impl DirCache {
             let mut objects = Objects::default();
             manifest::read_file(&file, &mut objects);
             self.files.remove(&*file);
-            self.files.insert(file.clone(), FileState { stamp, problems: std::mem::take(&mut objects.problems) });
+            let node = self.node_of(&objects);
+            self.files.insert(file.clone(), FileState { stamp, problems: std::mem::take(&mut objects.problems), node });
             for obj in objects_of(&objects) {
                 let defs = self.defs.entry((obj.0, obj.1)).or_default();
                 // Before the definitions of later files.
@@ -176,17 +192,21 @@ impl DirCache {
         }
 
         let (service_problems, slice_problems) = self.problems();
+        let node = self.node_update();
         if !self.listed {
             self.listed = true;
             let (services, slices): (Vec<Object>, Vec<Object>) = objects.into_iter().partition(|o| o.kind() == Kind::Service);
             let invalid = |kind, problems: Vec<String>| -> Vec<Invalid> {
                 problems.into_iter().map(|problem| Invalid { kind, key: None, problem }).collect()
             };
-            return Some(vec![
+            let mut lists = vec![
                 Update::Listed { kind: Kind::Service, objects: services, invalid: invalid(Kind::Service, service_problems) },
                 Update::Listed { kind: Kind::EndpointSlice, objects: slices, invalid: invalid(Kind::EndpointSlice, slice_problems) },
-            ]);
+            ];
+            lists.extend(node);
+            return Some(lists);
         }
+        updates.extend(node);
         updates.extend(objects.into_iter().map(Update::Applied));
         updates.push(Update::Problems { kind: Kind::Service, problems: service_problems });
         updates.push(Update::Problems { kind: Kind::EndpointSlice, problems: slice_problems });
@@ -194,6 +214,38 @@ impl DirCache {
     }
 
     /// Whether `obj`, read from `file`, is the definition in use.
+    /// What one file's objects say of this agent's Node (the first
+    /// definition in the file), with where.
+    fn node_of(&self, objects: &Objects) -> Option<(String, NodeFacts)> {
+        let name = self.node_name.as_deref()?;
+        let node = objects.nodes.iter().find(|n| n.obj.metadata.name.as_deref() == Some(name))?;
+        Some((node.origin.clone(), NodeFacts::of(&node.obj)))
+    }
+
+    /// The Node update to send, if this agent's Node changed: the first
+    /// file (in name order) that defines it wins, as for other objects;
+    /// with none left, the zone and addresses are cleared.
+    fn node_update(&mut self) -> Option<Update> {
+        let mut defs = self.files.values().filter_map(|f| f.node.as_ref());
+        let first = defs.next();
+        if let Some((used, _)) = first {
+            for (origin, _) in defs {
+                warn!("{origin}: Node {} is also defined in {used}; this copy is skipped", self.node_name.as_deref().unwrap_or(""));
+            }
+        }
+        let now = first.map(|(_, facts)| facts.clone()).unwrap_or_default();
+        let unchanged = match &self.node_sent {
+            Some(sent) => *sent == now,
+            // Nothing sent yet: the store starts without zone and addresses.
+            None => now == NodeFacts::default(),
+        };
+        if unchanged {
+            return None;
+        }
+        self.node_sent = Some(now.clone());
+        Some(Update::Node { zone: now.zone, internal_ips: now.internal_ips })
+    }
+
     fn in_use(&self, file: &Arc<Path>, obj: &Object) -> bool {
         let def = self.defs.get(&(obj.kind(), obj.key())).map(|d| &d[0]);
         def.is_some_and(|d| Arc::ptr_eq(&d.file, file) && *d.origin == *obj.origin())
@@ -242,10 +294,10 @@ fn objects_of(objects: &Objects) -> impl Iterator<Item = (Kind, ObjectKey, &str)
 
 /// Polls `dir` every `poll` until the receiver goes away. A directory that
 /// cannot be read changes nothing (the last good state stays).
-pub async fn run(dir: PathBuf, poll: Duration, tx: Sender) {
+pub async fn run(dir: PathBuf, node_name: Option<String>, poll: Duration, tx: Sender) {
     let mut ticker = tokio::time::interval(poll);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut cache = DirCache::default();
+    let mut cache = DirCache::for_node(node_name);
     loop {
         ticker.tick().await;
         let Some(updates) = cache.refresh(&dir) else {
@@ -362,6 +414,63 @@ mod tests {
         fs::remove_file(&a).unwrap();
         assert!(refresh(&mut cache, &dir, &mut store));
         assert_eq!(names(&store), ["d"]);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn node(name: &str, zone: &str, ip: &str) -> String {
+        format!(
+            "apiVersion: v1\nkind: Node\nmetadata:\n  name: {name}\n  labels: {{topology.kubernetes.io/zone: {zone}}}\n\
+             status:\n  addresses: [{{type: InternalIP, address: \"{ip}\"}}]\n"
+        )
+    }
+
+    fn node_facts(store: &Store) -> (Option<&str>, Vec<String>) {
+        (store.node_zone(), store.node_internal_ips().iter().map(|ip| ip.to_string()).collect())
+    }
+
+    #[test]
+    fn this_agents_node_gives_its_zone_and_addresses_until_it_goes() {
+        let dir = std::env::temp_dir().join(format!("lb-dircache-node-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("a.yaml"), format!("{}---\n{}", service("a", "10.96.0.1"), node("other", "z9", "192.168.9.9"))).unwrap();
+        fs::write(dir.join("nodes.yaml"), node("node-a", "z1", "fd00:50::1")).unwrap();
+        let mut cache = DirCache::for_node(Some("node-a".into()));
+        let mut store = Store::default();
+        assert!(refresh(&mut cache, &dir, &mut store));
+        assert!(store.ready());
+        assert_eq!(node_facts(&store), (Some("z1"), vec!["fd00:50::1".to_string()]), "only this agent's Node counts");
+        assert!(!refresh(&mut cache, &dir, &mut store), "nothing changed, nothing sent");
+
+        // A change to another file does not resend it; a change to the Node
+        // does.
+        fs::write(dir.join("a.yaml"), service("b", "10.96.0.2")).unwrap();
+        let updates = cache.refresh(&dir).unwrap();
+        assert!(!updates.iter().any(|u| matches!(u, Update::Node { .. })));
+        updates.into_iter().for_each(|u| store.apply(u));
+        thread::sleep(Duration::from_millis(10));
+        fs::write(dir.join("nodes.yaml"), node("node-a", "z2", "192.168.50.1")).unwrap();
+        assert!(refresh(&mut cache, &dir, &mut store));
+        assert_eq!(node_facts(&store), (Some("z2"), vec!["192.168.50.1".to_string()]));
+
+        // A second definition in a later file is skipped; the Node's removal
+        // clears what it gave.
+        fs::write(dir.join("z.yaml"), node("node-a", "z3", "192.168.50.3")).unwrap();
+        refresh(&mut cache, &dir, &mut store);
+        assert_eq!(node_facts(&store).0, Some("z2"));
+        fs::remove_file(dir.join("nodes.yaml")).unwrap();
+        assert!(refresh(&mut cache, &dir, &mut store));
+        assert_eq!(node_facts(&store).0, Some("z3"), "the next file's copy takes over");
+        fs::remove_file(dir.join("z.yaml")).unwrap();
+        assert!(refresh(&mut cache, &dir, &mut store));
+        assert_eq!(node_facts(&store), (None, vec![]));
+
+        // Without --node-name, Nodes are not read.
+        fs::write(dir.join("nodes.yaml"), node("node-a", "z1", "fd00:50::1")).unwrap();
+        let mut cache = DirCache::default();
+        let mut store = Store::default();
+        refresh(&mut cache, &dir, &mut store);
+        assert_eq!(node_facts(&store), (None, vec![]));
         fs::remove_dir_all(&dir).unwrap();
     }
 }

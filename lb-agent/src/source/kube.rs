@@ -46,7 +46,7 @@ use kube::{
 use serde::{Deserialize, de::DeserializeOwned};
 use tracing::{debug, info, warn};
 
-use super::{Batch, Invalid, Kind, Object, ObjectKey, Sender, Update, lean};
+use super::{Batch, Invalid, Kind, Object, ObjectKey, Sender, Update, lean, node::NodeFacts};
 use crate::{metrics::Metrics, source::manifest::Sourced};
 
 /// What the agent reads from the API, as RBAC names it: (API group,
@@ -76,8 +76,7 @@ pub enum KubeError {
 /// The cluster autoscaler's taint on a node it is about to delete
 /// (kube-proxy's `ToBeDeletedTaint`).
 pub const TO_BE_DELETED_TAINT: &str = "ToBeDeletedByClusterAutoscaler";
-/// The Node label giving its zone (topology hints).
-pub const ZONE_LABEL: &str = "topology.kubernetes.io/zone";
+pub use super::node::ZONE_LABEL;
 
 #[derive(Clone, Debug)]
 pub struct KubeOptions {
@@ -504,24 +503,6 @@ async fn watch_kind(client: Client, kind: Kind, backoff_max: Duration, tx: Sende
     }
 }
 
-/// A Node's addresses, as kube-proxy takes the node IPs of each family
-/// for dual-stack: its `InternalIP` addresses, and for a family with none,
-/// its `ExternalIP` addresses of that family.
-fn node_internal_ips(n: &Node) -> Vec<std::net::IpAddr> {
-    let addresses = n.status.as_ref().and_then(|s| s.addresses.as_ref());
-    let of = |kind: &str| -> Vec<std::net::IpAddr> {
-        addresses.into_iter().flatten().filter(|a| a.type_ == kind).filter_map(|a| a.address.parse().ok()).collect()
-    };
-    let (internal, external) = (of("InternalIP"), of("ExternalIP"));
-    let mut out = internal.clone();
-    for v4 in [true, false] {
-        if !internal.iter().any(|ip| ip.is_ipv4() == v4) {
-            out.extend(external.iter().filter(|ip| ip.is_ipv4() == v4));
-        }
-    }
-    out
-}
-
 /// Follows this agent's Node object: whether it is eligible for
 /// load-balanced traffic (for `/healthz`). Its labels (zone) and addresses
 /// are for the topology and NodePort work.
@@ -545,8 +526,7 @@ async fn watch_node(client: Client, node: String, backoff_max: Duration, api: Re
                 (known, listed) = (true, true);
                 match serde_path_to_error::deserialize::<_, Node>(&raw.value) {
                     Ok(n) => {
-                        let zone = n.metadata.labels.as_ref().and_then(|l| l.get(ZONE_LABEL)).cloned();
-                        let internal_ips = node_internal_ips(&n);
+                        let NodeFacts { zone, internal_ips } = NodeFacts::of(&n);
                         metrics.set_node_seen(true);
                         set_eligibility(metrics, &node, node_ineligible(&n));
                         debug!(node, ?zone, ?internal_ips, "node updated");
@@ -667,35 +647,5 @@ mod node_tests {
         let io = || std::io::Error::other("refused");
         assert_eq!(error_chain(&Repeats(io())), "outer: refused");
         assert_eq!(error_chain(&Hides(io())), "outer: refused");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn node(addresses: serde_json::Value) -> Node {
-        serde_json::from_value(serde_json::json!({"metadata": {"name": "node-a"}, "status": {"addresses": addresses}})).unwrap()
-    }
-
-    #[test]
-    fn node_addresses_of_both_families() {
-        let ips = |v: &[&str]| v.iter().map(|s| s.parse::<std::net::IpAddr>().unwrap()).collect::<Vec<_>>();
-        // A dual-stack Node: its InternalIPs of both families.
-        let n = node(serde_json::json!([
-            {"type": "InternalIP", "address": "192.168.50.1"},
-            {"type": "InternalIP", "address": "fd00:50::1"},
-            {"type": "ExternalIP", "address": "2001:db8::1"},
-            {"type": "Hostname", "address": "node-a"},
-        ]));
-        assert_eq!(node_internal_ips(&n), ips(&["192.168.50.1", "fd00:50::1"]));
-        // A family without an InternalIP takes its ExternalIPs.
-        let n = node(serde_json::json!([
-            {"type": "InternalIP", "address": "192.168.50.1"},
-            {"type": "ExternalIP", "address": "203.0.113.1"},
-            {"type": "ExternalIP", "address": "2001:db8::1"},
-        ]));
-        assert_eq!(node_internal_ips(&n), ips(&["192.168.50.1", "2001:db8::1"]));
-        assert!(node_internal_ips(&node(serde_json::json!([{"type": "Hostname", "address": "node-a"}]))).is_empty());
     }
 }

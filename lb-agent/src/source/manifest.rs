@@ -4,15 +4,19 @@
 //! recursive) is read; a file may hold several documents and `kind: List`.
 //! Objects are parsed into the real k8s-openapi types. A document that does
 //! not parse is skipped with a warning naming the file, the document and the
-//! field; everything else still loads. Kinds other than Service and
-//! EndpointSlice are ignored, so a directory can hold a whole application.
+//! field; everything else still loads. Nodes are read too, for this
+//! agent's own (its zone and addresses, as the API source watches it).
+//! Other kinds are ignored, so a directory can hold a whole application.
 
 use std::{
     fs,
     path::{Path, PathBuf},
 };
 
-use k8s_openapi::api::{core::v1::Service, discovery::v1::EndpointSlice};
+use k8s_openapi::api::{
+    core::v1::{Node, Service},
+    discovery::v1::EndpointSlice,
+};
 use serde::{Deserialize, de::DeserializeOwned};
 use tracing::{debug, warn};
 
@@ -27,6 +31,7 @@ pub struct Sourced<T> {
 pub struct Objects {
     pub services: Vec<Sourced<Service>>,
     pub slices: Vec<Sourced<crate::source::slice::Slice>>,
+    pub nodes: Vec<Sourced<Node>>,
     /// One line per skipped document or unreadable file.
     pub problems: Vec<String>,
 }
@@ -106,7 +111,12 @@ fn parse_value(place: &str, value: serde_yaml::Value, out: &mut Objects) {
                 out.slices.push(Sourced { origin: place.to_string(), obj: obj.into() });
             }
         }
-        (_, "List") | (_, "ServiceList") | (_, "EndpointSliceList") => {
+        ("v1", "Node") => {
+            if let Some(obj) = typed::<Node>(place, value, out) {
+                out.nodes.push(Sourced { origin: place.to_string(), obj });
+            }
+        }
+        (_, "List") | (_, "ServiceList") | (_, "EndpointSliceList") | (_, "NodeList") => {
             let items = match value.get("items") {
                 Some(serde_yaml::Value::Sequence(items)) => items.clone(),
                 _ => {
@@ -150,8 +160,12 @@ fn typed<T: DeserializeOwned>(place: &str, value: serde_yaml::Value, out: &mut O
 fn object_name(value: &serde_yaml::Value) -> String {
     let kind = value.get("kind").and_then(|v| v.as_str()).unwrap_or("object");
     let meta = value.get("metadata");
-    let ns = meta.and_then(|m| m.get("namespace")).and_then(|v| v.as_str()).unwrap_or("default");
     let name = meta.and_then(|m| m.get("name")).and_then(|v| v.as_str()).unwrap_or("<unnamed>");
+    if kind == "Node" {
+        // Cluster-scoped.
+        return format!("{kind} {name}");
+    }
+    let ns = meta.and_then(|m| m.get("namespace")).and_then(|v| v.as_str()).unwrap_or("default");
     format!("{kind} {ns}/{name}")
 }
 
@@ -192,6 +206,21 @@ metadata: {name: web}
         assert_eq!(out.slices.len(), 1);
         assert!(out.problems.is_empty(), "{:?}", out.problems);
         assert_eq!(out.services[0].origin, "x.yaml (document 1)");
+    }
+
+    #[test]
+    fn nodes_are_read_alone_and_in_lists() {
+        let node = "apiVersion: v1\nkind: Node\nmetadata: {name: node-a, labels: {topology.kubernetes.io/zone: z1}}\n\
+                    status: {addresses: [{type: InternalIP, address: 192.168.50.1}]}\n";
+        let list = "apiVersion: v1\nkind: NodeList\nitems:\n- apiVersion: v1\n  kind: Node\n  metadata: {name: node-b}\n";
+        let bad = "apiVersion: v1\nkind: Node\nmetadata: {name: node-c}\nstatus: {addresses: 7}\n";
+        let mut out = Objects::default();
+        parse_into("n.yaml", &format!("{node}---\n{list}---\n{bad}"), &mut out);
+        let names: Vec<_> = out.nodes.iter().map(|n| n.obj.metadata.name.clone().unwrap()).collect();
+        assert_eq!(names, ["node-a", "node-b"]);
+        assert_eq!(out.nodes[1].origin, "n.yaml (document 2) items[0]");
+        assert_eq!(out.problems.len(), 1, "{:?}", out.problems);
+        assert!(out.problems[0].contains("Node node-c") && out.problems[0].contains("status.addresses"), "{}", out.problems[0]);
     }
 
     #[test]

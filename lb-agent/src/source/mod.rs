@@ -15,6 +15,7 @@ pub mod dir;
 pub mod kube;
 pub mod lean;
 pub mod manifest;
+pub mod node;
 pub mod shared;
 pub mod slice;
 
