@@ -20,7 +20,7 @@ use lb_common::{names, tc_call, xdp_call, xdp_mode, xdp_why};
 use tracing::{debug, info, warn};
 
 use crate::{
-    EBPF_OBJECT, host, layout,
+    EBPF_OBJECT, carry, host, layout,
     links::{self, Pin},
 };
 
@@ -210,6 +210,9 @@ pub struct Datapath {
     _lock: DirLock,
     /// Maps found pinned with another layout and created anew.
     rebuilt: Vec<(&'static str, String)>,
+    /// The old maps of rebuilt flow maps, whose entries move into the new
+    /// ones at [`Datapath::go_live`].
+    carried: Vec<carry::OldMap>,
     /// Whether adopted links run this agent's programs. Until then (only
     /// after a rebuild: the new maps are empty until the first sync) they
     /// keep the earlier agent's programs and maps.
@@ -251,12 +254,25 @@ impl Datapath {
         for note in &check.size_notes {
             warn!("{note}");
         }
+        let mut carried = Vec::new();
         for (name, why) in &check.rebuild {
             warn!(
                 map = name,
                 "pinned map has another layout ({why}): rebuilding it from the source; the attached programs keep the old one until the first sync"
             );
             let path = pin_dir.join(name);
+            if check.carry.contains(name) {
+                match carry::OldMap::open(name, &path) {
+                    Ok(old) => {
+                        info!(map = name, "its flows are carried into the rebuilt map when this agent's programs go live");
+                        carried.push(old);
+                    }
+                    Err(e) => warn!(map = name, "its flows end with the old map: opening it failed: {e}"),
+                }
+            }
+            if let Some((_, why)) = check.not_carried.iter().find(|(n, _)| n == name) {
+                warn!(map = name, "its flows end with the old map: {why}");
+            }
             std::fs::remove_file(&path).with_context(|| format!("unpinning {}", path.display()))?;
         }
         let mut loader = EbpfLoader::new();
@@ -294,6 +310,7 @@ impl Datapath {
             pin_dir: pin_dir.to_path_buf(),
             _lock: lock,
             rebuilt: check.rebuild,
+            carried,
             live,
             held: Vec::new(),
             found,
@@ -326,16 +343,41 @@ impl Datapath {
         if self.live {
             return Ok(());
         }
+        let before = self.carry_flows();
         fill_tc_calls(&mut self.ebpf)?;
         for (path, name) in std::mem::take(&mut self.held) {
             let link = links::open(&path).with_context(|| format!("opening link {}", path.display()))?;
             let prog = program(&mut self.ebpf, name)?.fd()?.as_fd();
             links::update(link.as_fd(), prog).with_context(|| format!("updating link {} to this agent's {name}", path.display()))?;
         }
+        // The flows the old programs made since the first copy.
+        let after = self.carry_flows();
+        for (old, (b, a)) in std::mem::take(&mut self.carried).iter().zip(before.iter().zip(&after)) {
+            info!(map = old.name, flows = b.copied + a.copied, after_the_swap = a.copied, "flows carried into the rebuilt map");
+        }
         layout::write_versions(&mut self.ebpf)?;
         self.live = true;
         info!(maps = ?self.rebuilt.iter().map(|(n, _)| *n).collect::<Vec<_>>(), "rebuilt maps filled; this agent's programs are live");
         Ok(())
+    }
+
+    /// Copies the entries of each carried old map that its rebuilt map
+    /// lacks. A map that fails keeps what was copied, with a warning naming
+    /// it (a full map: its size).
+    fn carry_flows(&mut self) -> Vec<carry::Copied> {
+        let mut out = Vec::with_capacity(self.carried.len());
+        for old in &self.carried {
+            let copied = match self.ebpf.map_mut(old.name) {
+                Some(new) => old.copy_into(new).unwrap_or_else(|e| {
+                    let size = layout::pinned_def(&self.pin_dir.join(old.name)).map(|d| d.max_entries).unwrap_or(0);
+                    warn!(map = old.name, max_entries = size, "carrying its flows into the rebuilt map stopped: {e}");
+                    carry::Copied::default()
+                }),
+                None => carry::Copied::default(),
+            };
+            out.push(copied);
+        }
+        out
     }
 
     /// Removes the links of an earlier agent that were not adopted: hooks

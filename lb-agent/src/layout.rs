@@ -8,8 +8,15 @@
 //! afresh, and the reconciler fills it from the source. The programs
 //! already attached keep the old maps (they hold them) and keep serving
 //! until the new agent has written its first complete state and swaps its
-//! programs in (see `Datapath::go_live`). A map-size flag that differs from
-//! a reused map's size cannot apply; that is reported, not acted on.
+//! programs in (see `Datapath::go_live`).
+//!
+//! Flow state ([`CARRIED`]: conntrack, affinity, socket rev-NAT) is carried
+//! into a rebuilt map when its entries still mean the same: same key and
+//! value sizes, the same layout version, and the IDs they name not
+//! renumbered (no reconciled map rebuilt). Such a map is also rebuilt when
+//! its size flag changed, so a new conntrack size applies at a restart
+//! without ending the flows. A size flag that differs from another reused
+//! map's size cannot apply; that is reported, not acted on.
 
 use std::path::Path;
 
@@ -29,6 +36,40 @@ pub struct Check {
     pub rebuild: Vec<(&'static str, String)>,
     /// Size flags that cannot apply to a reused map, in words.
     pub size_notes: Vec<String>,
+    /// Rebuilt flow maps whose entries move into the new map.
+    pub carry: Vec<&'static str>,
+    /// Rebuilt flow maps whose entries end with the old map, with why.
+    pub not_carried: Vec<(&'static str, String)>,
+}
+
+/// The maps of flow state, which the reconciler cannot rebuild from the
+/// source: carried over a rebuild where they can be ([`carry_refusal`]).
+pub const CARRIED: [&str; 7] =
+    [names::CT_TCP, names::CT_ANY, names::CT_TCP6, names::CT_ANY6, names::AFFINITY, names::SOCK_REVNAT, names::SOCK_REVNAT6];
+
+/// BPF_MAP_TYPE_HASH and BPF_MAP_TYPE_LRU_HASH: one value per key, copied
+/// entry by entry.
+const HASH_TYPES: [u32; 2] = [1, 9];
+
+/// Why the entries of a pinned flow map (`pinned`, with its recorded
+/// layout `version`) cannot move as they are into a map made as `want`;
+/// `None` when they can. `renumbered`: the IDs they name change.
+pub fn carry_refusal(name: &str, pinned: &MapDef, version: Option<u32>, want: &MapDef, renumbered: bool) -> Option<String> {
+    let current = layout::version(name);
+    if renumbered {
+        Some("the frontend and backend IDs its entries name are renumbered".into())
+    } else if pinned.key_size != want.key_size || pinned.value_size != want.value_size {
+        Some("its entries have another shape".into())
+    } else if version != Some(current) {
+        Some(format!(
+            "its entries are of layout version {}, this agent's are {current}",
+            version.map_or("(none)".into(), |v| v.to_string())
+        ))
+    } else if !HASH_TYPES.contains(&pinned.map_type) || !HASH_TYPES.contains(&want.map_type) {
+        Some(format!("map type {} to {} is not a copy of entries", pinned.map_type, want.map_type))
+    } else {
+        None
+    }
 }
 
 /// A map as the kernel (pinned) or the object (expected) describes it.
@@ -142,6 +183,7 @@ pub fn check(dir: &Path, sizes: &MapSizes) -> anyhow::Result<Check> {
         let key = layout::key(name);
         recorded.as_ref()?.iter().find(|(k, _)| *k == key).map(|(_, v)| *v)
     };
+    let mut flows = Vec::new();
     for (name, mut want) in expected()? {
         let path = dir.join(name);
         if !path.exists() {
@@ -152,8 +194,15 @@ pub fn check(dir: &Path, sizes: &MapSizes) -> anyhow::Result<Check> {
         }
         let pinned = pinned_def(&path)?;
         let version = if name == names::LAYOUT { Some(layout::version(name)) } else { version_of(name) };
+        if CARRIED.contains(&name) {
+            flows.push((name, pinned, version, want));
+        }
         if let Some(why) = mismatch(name, &pinned, version, &want) {
             out.rebuild.push((name, why));
+        } else if CARRIED.contains(&name) && pinned.max_entries != want.max_entries {
+            // Its entries can follow it (unless the reconciled maps are
+            // rebuilt too, which ends them anyway).
+            out.rebuild.push((name, format!("{} entries, {} asked for", pinned.max_entries, want.max_entries)));
         } else if name == names::LAYOUT && pinned.max_entries < layout::VERSIONS.len() as u32 {
             // An older agent's LB_LAYOUT, sized for fewer maps: reused, it
             // could not record this build's versions (E2BIG at start).
@@ -167,6 +216,16 @@ pub fn check(dir: &Path, sizes: &MapSizes) -> anyhow::Result<Check> {
         }
     }
     close_over_ids(&mut out.rebuild, |name| dir.join(name).exists());
+    let renumbered = out.rebuild.iter().any(|(n, _)| layout::RECONCILED.contains(n));
+    for (name, pinned, version, want) in flows {
+        if !out.rebuild.iter().any(|(n, _)| *n == name) {
+            continue;
+        }
+        match carry_refusal(name, &pinned, version, &want, renumbered) {
+            None => out.carry.push(name),
+            Some(why) => out.not_carried.push((name, why)),
+        }
+    }
     Ok(out)
 }
 
@@ -202,6 +261,29 @@ mod tests {
         let mut small = def(8);
         small.max_entries = 4;
         assert_eq!(mismatch(names::VIPS, &small, Some(v), &def(8)), None);
+    }
+
+    #[test]
+    fn flow_entries_move_only_when_they_mean_the_same() {
+        let lru = |value_size, flags| MapDef { map_type: 9, key_size: 16, value_size, max_entries: 16, flags };
+        let current = layout::version(names::CT_TCP);
+        let v = Some(current);
+        // Resized, or other flags: carried.
+        let mut bigger = lru(64, 0);
+        bigger.max_entries = 64;
+        assert_eq!(carry_refusal(names::CT_TCP, &lru(64, 0), v, &bigger, false), None);
+        assert_eq!(carry_refusal(names::CT_TCP, &lru(64, 0), v, &lru(64, 2), false), None);
+        let hash = MapDef { map_type: 1, ..lru(64, 0) };
+        assert_eq!(carry_refusal(names::CT_TCP, &hash, v, &lru(64, 0), false), None);
+        // Anything that changes what an entry means: not carried.
+        let why = carry_refusal(names::CT_TCP, &lru(64, 0), v, &lru(64, 0), true).unwrap();
+        assert!(why.contains("renumbered"), "{why}");
+        assert!(carry_refusal(names::CT_TCP, &lru(56, 0), v, &lru(64, 0), false).unwrap().contains("another shape"));
+        let why = carry_refusal(names::CT_TCP, &lru(64, 0), Some(current - 1), &lru(64, 0), false).unwrap();
+        assert!(why.contains("layout version"), "{why}");
+        assert!(carry_refusal(names::CT_TCP, &lru(64, 0), None, &lru(64, 0), false).unwrap().contains("(none)"));
+        let percpu = MapDef { map_type: 10, ..lru(64, 0) };
+        assert!(carry_refusal(names::CT_TCP, &percpu, v, &lru(64, 0), false).unwrap().contains("map type"));
     }
 
     #[test]

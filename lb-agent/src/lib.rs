@@ -25,6 +25,7 @@
 
 pub mod batch;
 pub mod caps;
+pub mod carry;
 pub mod datapath;
 pub mod datapath_metrics;
 pub mod gc;

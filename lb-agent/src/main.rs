@@ -191,7 +191,8 @@ struct RunArgs {
     /// How often to look for new interfaces (and changed manifests), in ms.
     #[arg(long, env = "LB_POLL_INTERVAL_MS", default_value_t = 1000)]
     poll_interval_ms: u64,
-    /// Capacity of the TCP conntrack map (LRU; two entries per flow).
+    /// Capacity of the TCP conntrack map (LRU; two entries per flow). A new
+    /// size applies at the next start, with the flows carried over.
     #[arg(long, env = "LB_CT_TCP_SIZE", default_value_t = lb_common::sizes::CT_TCP)]
     ct_tcp_size: u32,
     /// Capacity of the conntrack map of every other protocol (LRU; two

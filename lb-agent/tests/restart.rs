@@ -282,15 +282,16 @@ fn node(tag: &str) -> Node {
 
 impl Node {
     fn agent(&self, pins: PinDir) -> Agent {
+        self.agent_with(pins, &[])
+    }
+
+    fn agent_with(&self, pins: PinDir, extra: &[&str]) -> Agent {
         let node = self.lab.node(0);
-        let agent = Agent::start_with(
-            &node.ns,
-            &self.dir.0,
-            pins,
-            &["--external-ifaces", lb_lab::EXT_IF, "--node-name", &node.name, "--health-addr", "off"],
-        );
+        let mut args = vec!["--external-ifaces", lb_lab::EXT_IF, "--node-name", &node.name, "--health-addr", "off"];
+        args.extend(extra);
+        let agent = Agent::start_with(&node.ns, &self.dir.0, pins, &args);
         agent.wait_rows("web and stream", |rows| {
-            rows.iter().filter(|r| r.frontend.starts_with("10.96.0.")).count() == 3
+            rows.iter().filter(|r| r.frontend.starts_with("10.96.0.")).count() >= 3
                 && rows.iter().any(|r| r.frontend.ends_with(&format!(":{HTTP_NODEPORT}/TCP")))
         });
         agent
@@ -451,7 +452,10 @@ fn maps_of_an_older_layout_are_rebuilt_while_the_old_programs_serve() {
     let agent = n.agent(pins);
     agent.wait_log("the rebuilt maps to go live", "this agent's programs are live");
     let live = traffic.ok();
-    thread::sleep(Duration::from_secs(1));
+    // New connections and the UDP flow go on after the swap (a second's
+    // worth of them; a busy machine may take longer to make them).
+    let grew = |after: &[u64; 4]| after[0] >= live[0] + 3 && after[3] >= live[3] + 3 && after[1] > live[1] + 10;
+    let _ = wait_for_quietly(Duration::from_secs(15), || grew(&traffic.ok()));
     let after = traffic.ok();
     // A flow open across the swap may lose a reply: the conntrack maps
     // were rebuilt too, so a reply to a packet the old program translated
@@ -482,6 +486,97 @@ fn maps_of_an_older_layout_are_rebuilt_while_the_old_programs_serve() {
     let again = n.agent(pins);
     assert!(!again.log_text().contains("rebuilding"), "{}", again.log_text());
     assert_one_program_per_hook(&n.lab.node(0).ns);
+}
+
+/// A ClusterIP (10.96.0.50:9001) over line echoes on web-a and web-b.
+fn echo2_yaml(a: Ipv4Addr, b: Ipv4Addr) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Service
+metadata: {{name: echo2, namespace: test}}
+spec:
+  clusterIP: 10.96.0.50
+  ports: [{{name: lines, port: 9001, protocol: TCP, targetPort: 9001}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: echo2-1, namespace: test, labels: {{kubernetes.io/service-name: echo2}}}}
+addressType: IPv4
+ports: [{{name: lines, port: 9001, protocol: TCP}}]
+endpoints:
+- {{addresses: [{a}], conditions: {{ready: true}}}}
+- {{addresses: [{b}], conditions: {{ready: true}}}}
+"#
+    )
+}
+
+#[test]
+fn a_new_conntrack_size_applies_at_a_restart_and_the_flows_carry_over() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let n = node("ctsize");
+    let (a, b) = (n.lab.node(0).pod("web-a"), n.lab.node(0).pod("web-b"));
+    let _echoes = [line_echo(&a.ns, SocketAddrV4::new(a.ip, 9001), "web-a"), line_echo(&b.ns, SocketAddrV4::new(b.ip, 9001), "web-b")];
+    n.dir.write("echo2.yaml", &echo2_yaml(a.ip, b.ip));
+    let agent = n.agent(PinDir::new("ctsize"));
+    agent.wait_rows("echo2", |rows| rows.iter().any(|r| r.frontend == "10.96.0.50:9001/TCP" && r.backends.len() == 2));
+    // Idle connections through a ClusterIP of two backends, each with the
+    // backend it was given.
+    let cli = &n.lab.node(0).pod("cli").ns;
+    let conns: Vec<(TcpStream, String)> = cli.run(|| {
+        (0..12)
+            .map(|_| {
+                let mut s = TcpStream::connect_timeout(&SocketAddrV4::new([10, 96, 0, 50].into(), 9001).into(), ANSWER).unwrap();
+                s.set_read_timeout(Some(ANSWER)).unwrap();
+                writeln!(s, "l1").unwrap();
+                let mut line = String::new();
+                BufReader::new(s.try_clone().unwrap()).read_line(&mut line).unwrap();
+                let backend = line.trim().strip_suffix(":l1").unwrap_or_else(|| panic!("answered {line:?}")).to_string();
+                (s, backend)
+            })
+            .collect()
+    });
+    let tcp = |pins: &Path| lb_agent::layout::pinned_def(&pins.join(lb_common::names::CT_TCP)).unwrap().max_entries;
+    assert_eq!(tcp(&agent.pins.0), lb_common::sizes::CT_TCP);
+
+    // The next agent asks for another size: the map is rebuilt with it,
+    // and the flows move into it.
+    let pins = agent.stop_keeping_pins(libc::SIGTERM);
+    let agent = n.agent_with(pins, &["--ct-tcp-size", "131072"]);
+    agent.wait_log("the rebuilt map to go live", "this agent's programs are live");
+    let log = agent.log_text();
+    assert_eq!(tcp(&agent.pins.0), 131072, "{log}");
+    assert!(log.contains("262144 entries, 131072 asked for") && log.contains("flows carried into the rebuilt map"), "{log}");
+    assert!(!log.contains("LB4_BACKENDS"), "only the conntrack map is rebuilt: {log}");
+    let maps = lb_agent::maps::Maps::open(&agent.pins.0).unwrap();
+    let entries = maps.ct.tcp.entries().unwrap();
+    for (s, _) in &conns {
+        let port = s.local_addr().unwrap().port();
+        assert!(entries.iter().any(|(k, _)| k.sport == port.to_be()), "no entry for client port {port} in {entries:#?}");
+    }
+    // Each connection goes on, with its backend.
+    for (i, (s, backend)) in conns.into_iter().enumerate() {
+        let mut w = s.try_clone().unwrap();
+        writeln!(w, "l2").unwrap();
+        let mut line = String::new();
+        BufReader::new(s).read_line(&mut line).unwrap_or_else(|e| panic!("connection {i} after the restart: {e}\n{log}"));
+        assert_eq!(line.trim(), format!("{backend}:l2"), "connection {i}");
+    }
+    // And new ones are served.
+    assert_eq!(cli.run(|| request(SocketAddrV4::new(VIP, 80))), Ok(()));
+}
+
+/// Polls `f` until it holds or `timeout` passes; whether it held.
+fn wait_for_quietly(timeout: Duration, f: impl Fn() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    while std::time::Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    f()
 }
 
 /// The link and program IDs of everything pinned under `pins/links`.
