@@ -1,15 +1,12 @@
 //! Interfaces as they come and go, from rtnetlink link events
 //! (`RTNLGRP_LINK`), so a new pod's interface has the tc programs before
-//! the pod sends its first packet; and IPv4 addresses as they are added
-//! and removed (`RTNLGRP_IPV4_IFADDR`), so NodePorts and the SNAT address
-//! follow the node's addresses. The agent also re-lists the interfaces
+//! the pod sends its first packet; and addresses of both families as they
+//! are added and removed (`RTNLGRP_IPV4_IFADDR`, `RTNLGRP_IPV6_IFADDR`), so
+//! NodePorts and the SNAT addresses follow the node's addresses. The agent also re-lists the interfaces
 //! (and the addresses) now and then, in case events were lost (a netlink
 //! socket that overflows drops them).
 
-use std::{
-    io,
-    net::{IpAddr, Ipv4Addr},
-};
+use std::{io, net::IpAddr};
 
 use futures::{StreamExt, channel::mpsc::UnboundedReceiver};
 use rtnetlink::{
@@ -27,6 +24,8 @@ use tokio::task::JoinHandle;
 const RTMGRP_LINK: u32 = 1;
 /// The IPv4 address group's bit (`RTMGRP_IPV4_IFADDR`).
 const RTMGRP_IPV4_IFADDR: u32 = 0x10;
+/// The IPv6 address group's bit (`RTMGRP_IPV6_IFADDR`).
+const RTMGRP_IPV6_IFADDR: u32 = 0x100;
 
 /// A change of an interface.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -35,8 +34,8 @@ pub enum LinkEvent {
     New { ifindex: u32, name: String },
     /// An interface is gone.
     Gone { ifindex: u32 },
-    /// An IPv4 address was added to (`added`) or removed from an interface.
-    Address { ifindex: u32, address: Ipv4Addr, added: bool },
+    /// An address was added to (`added`) or removed from an interface.
+    Address { ifindex: u32, address: IpAddr, added: bool },
 }
 
 /// A subscription to link events; ends with the value.
@@ -46,13 +45,13 @@ pub struct LinkEvents {
 }
 
 impl LinkEvents {
-    /// Subscribes to the link and IPv4 address events of the current
-    /// network namespace.
+    /// Subscribes to the link and address events of the current network
+    /// namespace.
     /// Subscribe before listing the interfaces, so none is missed between.
     pub fn subscribe() -> io::Result<LinkEvents> {
         let (mut connection, _handle, messages) = rtnetlink::new_connection()?;
         let socket = connection.socket_mut().socket_mut();
-        socket.bind(&SocketAddr::new(0, RTMGRP_LINK | RTMGRP_IPV4_IFADDR))?;
+        socket.bind(&SocketAddr::new(0, RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR))?;
         // A node starting many pods at once sends bursts of events.
         let _ = socket.set_rx_buf_sz(4 << 20);
         let connection = tokio::spawn(connection);
@@ -89,22 +88,25 @@ fn event(message: NetlinkMessage<RouteNetlinkMessage>) -> Option<LinkEvent> {
 }
 
 /// The interface's own address: `IFA_LOCAL` (on a point-to-point link
-/// `IFA_ADDRESS` is the peer's), else `IFA_ADDRESS`.
+/// `IFA_ADDRESS` is the peer's), else `IFA_ADDRESS`. IPv6 link-local
+/// addresses come and go with every interface (each pod's veth) and never
+/// hold NodePorts: not events.
 fn address_event(a: &AddressMessage, added: bool) -> Option<LinkEvent> {
-    let v4 = |ip: &IpAddr| match ip {
-        IpAddr::V4(ip) => Some(*ip),
-        IpAddr::V6(_) => None,
-    };
     let local = a.attributes.iter().find_map(|x| match x {
-        AddressAttribute::Local(ip) => v4(ip),
+        AddressAttribute::Local(ip) => Some(*ip),
         _ => None,
     });
     let address = local.or_else(|| {
         a.attributes.iter().find_map(|x| match x {
-            AddressAttribute::Address(ip) => v4(ip),
+            AddressAttribute::Address(ip) => Some(*ip),
             _ => None,
         })
     })?;
+    if let IpAddr::V6(v6) = address
+        && v6.is_unicast_link_local()
+    {
+        return None;
+    }
     Some(LinkEvent::Address { ifindex: a.header.index, address, added })
 }
 
@@ -128,12 +130,17 @@ mod tests {
 
     #[test]
     fn address_events_carry_the_interfaces_own_address() {
-        let (own, peer) = (Ipv4Addr::new(192, 168, 50, 11), Ipv4Addr::new(192, 168, 50, 99));
-        let m = message(vec![AddressAttribute::Address(own.into())]);
+        let own: IpAddr = "192.168.50.11".parse().unwrap();
+        let peer: IpAddr = "192.168.50.99".parse().unwrap();
+        let m = message(vec![AddressAttribute::Address(own)]);
         assert_eq!(address_event(&m, true), Some(LinkEvent::Address { ifindex: 7, address: own, added: true }));
         // Point-to-point: IFA_ADDRESS is the peer, IFA_LOCAL ours.
-        let m = message(vec![AddressAttribute::Address(peer.into()), AddressAttribute::Local(own.into())]);
+        let m = message(vec![AddressAttribute::Address(peer), AddressAttribute::Local(own)]);
         assert_eq!(address_event(&m, false), Some(LinkEvent::Address { ifindex: 7, address: own, added: false }));
+        // IPv6: global addresses are events, link-local ones are not.
+        let v6: IpAddr = "fd00:50::11".parse().unwrap();
+        let m = message(vec![AddressAttribute::Address(v6)]);
+        assert_eq!(address_event(&m, true), Some(LinkEvent::Address { ifindex: 7, address: v6, added: true }));
         let m = message(vec![AddressAttribute::Address("fe80::1".parse().unwrap())]);
         assert_eq!(address_event(&m, true), None);
     }

@@ -124,6 +124,31 @@ impl NodePort6 {
     }
 }
 
+#[test]
+fn ipv6_nodeports_follow_an_address_added_to_and_removed_from_the_node() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let np = NodePort6::start(&[&["web-a"]], 0, "Cluster", "addr6");
+    // A second IPv6 address on node A's external interface, on the
+    // client's segment, while the agent runs: nothing listens there, so
+    // only the agent's new frontend answers.
+    let extra: std::net::Ipv6Addr = "fd00:50::11".parse().unwrap();
+    let node_a = &np.lab.node(0).ns;
+    node_a.ip(&["-6", "addr", "add", &format!("{extra}/64"), "dev", lb_lab::EXT_IF, "nodad"]).unwrap();
+    let to = SocketAddr::new(extra.into(), 30080);
+    let fe = format!("[{extra}]:30080/TCP");
+    np.agent.wait_rows(&fe, |rows| rows.iter().any(|r| r.frontend == fe && r.backends.len() == 1));
+    for i in 0..5 {
+        let answer = tcp_request_to(&np.lab.client, to, b"hello\n", TIMEOUT)
+            .unwrap_or_else(|e| panic!("request {i} to {to}: {e:#}\n{}", np.agent.log_text()));
+        assert_eq!(answer, "web-a");
+    }
+    // Removed: the frontend goes with it.
+    node_a.ip(&["-6", "addr", "del", &format!("{extra}/64"), "dev", lb_lab::EXT_IF]).unwrap();
+    np.agent.wait_rows(&format!("{fe} gone"), |rows| !rows.iter().any(|r| r.frontend == fe));
+}
+
 fn ipv6_nodeport(policy: &str, tag: &str) {
     // An external IPv6 client to the node's IPv6 NodePort: a local backend
     // answers (DNAT in XDP, the reply translated back in tc).
