@@ -361,6 +361,18 @@ impl Datapath {
         Ok(())
     }
 
+    /// Forgets the FIB answers the XDP program keeps (`LB_NEXTHOPS`): a
+    /// route changed, so the next packet of each destination asks the FIB
+    /// again instead of waiting out the answer's second. Returns how many
+    /// went.
+    pub fn flush_nexthops(&mut self) -> anyhow::Result<usize> {
+        let map = self.ebpf.map_mut(names::NEXTHOPS).context("LB_NEXTHOPS missing from the eBPF object")?;
+        let mut map: aya::maps::HashMap<_, lb_common::NextHopKey, lb_common::NextHop> = aya::maps::HashMap::try_from(map)?;
+        let keys: Vec<lb_common::NextHopKey> = map.keys().filter_map(Result::ok).collect();
+        // A key the XDP program or the LRU removed meanwhile is gone anyway.
+        Ok(keys.iter().filter(|k| map.remove(k).is_ok()).count())
+    }
+
     /// Copies the entries of each carried old map that its rebuilt map
     /// lacks. A map that fails keeps what was copied, with a warning naming
     /// it (a full map: its size).

@@ -2,7 +2,9 @@
 //! (`RTNLGRP_LINK`), so a new pod's interface has the tc programs before
 //! the pod sends its first packet; and addresses of both families as they
 //! are added and removed (`RTNLGRP_IPV4_IFADDR`, `RTNLGRP_IPV6_IFADDR`), so
-//! NodePorts and the SNAT addresses follow the node's addresses. The agent also re-lists the interfaces
+//! NodePorts and the SNAT addresses follow the node's addresses; and route
+//! changes (`RTNLGRP_IPV4_ROUTE`, `RTNLGRP_IPV6_ROUTE`), which end the next
+//! hops the XDP program keeps (`LB_NEXTHOPS`). The agent also re-lists the interfaces
 //! (and the addresses) now and then, in case events were lost (a netlink
 //! socket that overflows drops them).
 
@@ -26,6 +28,9 @@ const RTMGRP_LINK: u32 = 1;
 const RTMGRP_IPV4_IFADDR: u32 = 0x10;
 /// The IPv6 address group's bit (`RTMGRP_IPV6_IFADDR`).
 const RTMGRP_IPV6_IFADDR: u32 = 0x100;
+/// The route groups' bits (`RTMGRP_IPV4_ROUTE`, `RTMGRP_IPV6_ROUTE`).
+const RTMGRP_IPV4_ROUTE: u32 = 0x40;
+const RTMGRP_IPV6_ROUTE: u32 = 0x400;
 
 /// A change of an interface.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -36,6 +41,9 @@ pub enum LinkEvent {
     Gone { ifindex: u32 },
     /// An address was added to (`added`) or removed from an interface.
     Address { ifindex: u32, address: IpAddr, added: bool },
+    /// A route was added, changed or removed: next hops the XDP program
+    /// kept may be stale.
+    Route,
 }
 
 /// A subscription to link events; ends with the value.
@@ -51,7 +59,7 @@ impl LinkEvents {
     pub fn subscribe() -> io::Result<LinkEvents> {
         let (mut connection, _handle, messages) = rtnetlink::new_connection()?;
         let socket = connection.socket_mut().socket_mut();
-        socket.bind(&SocketAddr::new(0, RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR))?;
+        socket.bind(&SocketAddr::new(0, RTMGRP_LINK | RTMGRP_IPV4_IFADDR | RTMGRP_IPV6_IFADDR | RTMGRP_IPV4_ROUTE | RTMGRP_IPV6_ROUTE))?;
         // A node starting many pods at once sends bursts of events.
         let _ = socket.set_rx_buf_sz(4 << 20);
         let connection = tokio::spawn(connection);
@@ -83,6 +91,7 @@ fn event(message: NetlinkMessage<RouteNetlinkMessage>) -> Option<LinkEvent> {
         NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelLink(link)) => Some(LinkEvent::Gone { ifindex: link.header.index }),
         NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewAddress(a)) => address_event(&a, true),
         NetlinkPayload::InnerMessage(RouteNetlinkMessage::DelAddress(a)) => address_event(&a, false),
+        NetlinkPayload::InnerMessage(RouteNetlinkMessage::NewRoute(_) | RouteNetlinkMessage::DelRoute(_)) => Some(LinkEvent::Route),
         _ => None,
     }
 }

@@ -356,6 +356,11 @@ fn on_link_event(dp: &mut Datapath, patterns: &[String], event: LinkEvent) {
         LinkEvent::Gone { ifindex } => dp.forget_interface(ifindex),
         // The run loop re-plans the NodePorts for these.
         LinkEvent::Address { .. } => {}
+        LinkEvent::Route => match dp.flush_nexthops() {
+            Ok(0) => {}
+            Ok(n) => debug!(next_hops = n, "a route changed: the kept FIB answers are forgotten"),
+            Err(e) => warn!("forgetting the kept FIB answers after a route change: {e:#}"),
+        },
     }
 }
 

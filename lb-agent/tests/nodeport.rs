@@ -430,6 +430,36 @@ fn generic_xdp_mode_can_be_forced() {
     assert_eq!(seen.len(), 2, "{seen:?}");
 }
 
+/// How many FIB answers node `n`'s XDP program keeps (`LB_NEXTHOPS`).
+fn kept_next_hops(c: &Cluster, n: usize) -> usize {
+    let path = c.agents[n].pins.0.join(lb_common::names::NEXTHOPS);
+    let map = aya::maps::Map::from_map_data(aya::maps::MapData::from_pin(&path).unwrap()).unwrap();
+    let map: aya::maps::HashMap<_, lb_common::NextHopKey, lb_common::NextHop> = aya::maps::HashMap::try_from(map).unwrap();
+    map.keys().filter_map(Result::ok).count()
+}
+
+#[test]
+fn a_route_change_forgets_the_kept_next_hops() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    // The only backend is on node B: node A's XDP program forwards every
+    // packet from the client, with the FIB's answer kept.
+    let c = cluster("nexthop", &manifest("  type: NodePort\n", "", &fixed_endpoints(&[("web-b", "node-b")])));
+    c.wait_frontend(0, &format!("{}:{HTTP_PORT}/TCP", node_ip(0)), 1);
+    let to = at(node_ip(0), HTTP_PORT);
+    assert_eq!(c.spread(&c.lab.client, to, 5).into_keys().collect::<Vec<_>>(), ["web-b"]);
+    assert!(kept_next_hops(&c, 0) > 0, "no FIB answer kept\n{}", c.logs());
+    // A route added on node A: the agent forgets them (left alone, a kept
+    // answer stays in the map, only too old to use after a second).
+    let node_a = &c.lab.node(0).ns;
+    node_a.ip(&["route", "add", "blackhole", "198.51.100.0/24"]).unwrap();
+    common::wait_for("the kept next hops to go", Duration::from_secs(10), || (kept_next_hops(&c, 0) == 0).then_some(()));
+    // And the next packets ask the FIB again.
+    assert_eq!(c.spread(&c.lab.client, to, 5).into_keys().collect::<Vec<_>>(), ["web-b"]);
+    assert!(kept_next_hops(&c, 0) > 0);
+}
+
 #[test]
 fn a_missing_external_interface_is_named() {
     if !kernel_tests_enabled() {
