@@ -189,8 +189,14 @@ pub fn rewrite_icmp_error<C: PacketData>(ctx: &C, err: &IcmpError, e: &CtEntry) 
 /// incrementally in software for every change.
 #[inline(always)]
 pub fn rewrite_icmp6_error<C: PacketData>(ctx: &C, err: &IcmpError<V6>, e: &Ct6Entry) -> Option<()> {
-    let check_off = err.icmp_off + icmp6::CHECK.start;
-    let q_ip = err.icmp_off + ICMP_HLEN;
+    // In map memory (`scratch`), as a flow's `l4_off`: bounded for the
+    // verifier.
+    let icmp_off = err.icmp_off;
+    if icmp_off > MAX_L4_OFF {
+        return None;
+    }
+    let check_off = icmp_off + icmp6::CHECK.start;
+    let q_ip = icmp_off + ICMP_HLEN;
     let q_l4 = q_ip + IPV6_HLEN;
     let q = &err.quoted;
     // The quoted packet's new tuple is the entry's, reversed.

@@ -5,7 +5,7 @@
 //! ICMPv6 error quoting one: `icmp6_error_at`). Both give a [`Flow`] (or [`IcmpError`]) of their
 //! family, which the rest of the path handles alike.
 
-use core::mem::MaybeUninit;
+use core::{mem::MaybeUninit, ptr::addr_of_mut};
 
 use lb_common::{
     Family, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, V4, V6,
@@ -316,11 +316,13 @@ pub fn parse6<'a, C: PacketData>(ctx: &C, out: &'a mut MaybeUninit<Flow<V6>>) ->
 
 /// The ICMPv6 message at `icmp_off` as an error, when it is one (packet
 /// too big included) quoting an IPv6 header directly followed by TCP or
-/// UDP (a quote with extension headers passes untouched). Not part of
-/// [`parse6`]: one more branch there grew the IPv6 tc path's frame past
-/// the verifier's limit.
+/// UDP (a quote with extension headers passes untouched), written into
+/// `out` (the per-CPU scratch, as [`parse6`]'s flow: four addresses on
+/// the stack pushed `xdp6_icmp_error_translate` to 496 of its 512 bytes).
+/// Not part of [`parse6`]: one more branch there grew the IPv6 tc path's
+/// frame past the verifier's limit.
 #[inline(always)]
-pub fn icmp6_error_at<C: PacketData>(ctx: &C, icmp_off: usize) -> Option<IcmpError<V6>> {
+pub fn icmp6_error_at<'a, C: PacketData>(ctx: &C, icmp_off: usize, out: &'a mut MaybeUninit<IcmpError<V6>>) -> Option<&'a IcmpError<V6>> {
     let icmp_type: u8 = read(ctx, icmp_off + icmp6::TYPE)?;
     if !is_icmp6_error(icmp_type) {
         return None;
@@ -332,16 +334,21 @@ pub fn icmp6_error_at<C: PacketData>(ctx: &C, icmp_off: usize) -> Option<IcmpErr
     }
     let ports: [u8; 4] = read(ctx, q_ip + IPV6_HLEN)?;
     let (sport, dport) = l4_ports(&ports, 0);
-    Some(IcmpError {
-        saddr: read(ctx, ETH_HLEN + ip6::SADDR.start)?,
-        daddr: read(ctx, ETH_HLEN + ip6::DADDR.start)?,
-        icmp_off,
-        quoted: Quoted {
-            saddr: read(ctx, q_ip + ip6::SADDR.start)?,
-            daddr: read(ctx, q_ip + ip6::DADDR.start)?,
-            sport,
-            dport,
-            proto: next,
-        },
-    })
+    let e = out.as_mut_ptr();
+    // Each address goes from the packet straight into `out`: built as one
+    // value, its sixteen words were held (and spilled) until every read
+    // had succeeded.
+    // SAFETY: `e` points at `out`, valid for writes; every member is
+    // written before `out` is handed out as initialised.
+    unsafe {
+        addr_of_mut!((*e).saddr).write(read(ctx, ETH_HLEN + ip6::SADDR.start)?);
+        addr_of_mut!((*e).daddr).write(read(ctx, ETH_HLEN + ip6::DADDR.start)?);
+        addr_of_mut!((*e).quoted.saddr).write(read(ctx, q_ip + ip6::SADDR.start)?);
+        addr_of_mut!((*e).quoted.daddr).write(read(ctx, q_ip + ip6::DADDR.start)?);
+        addr_of_mut!((*e).quoted.sport).write(sport);
+        addr_of_mut!((*e).quoted.dport).write(dport);
+        addr_of_mut!((*e).quoted.proto).write(next);
+        addr_of_mut!((*e).icmp_off).write(icmp_off);
+        Some(out.assume_init_ref())
+    }
 }

@@ -5,6 +5,8 @@
 //! - tc, from a pod: `first6` parses into [`TC_INGRESS`]; the exact path
 //!   (`ingress6`) reads the flow from there.
 //! - tc, to a client: `egress6`, [`TC_EGRESS`].
+//! - ICMPv6 errors about flows are read into the slot of their hook too
+//!   ([`Scratch6::err`]).
 //! - XDP: `lb_xdp6` parses into [`XDP`]; for a NAT66 packet it also
 //!   leaves what `lb_xdp6_nat`, which it tail-calls, does with it
 //!   ([`Scratch6::next`]: a reply, or a client's packet with its forward
@@ -20,7 +22,10 @@ use core::{mem::MaybeUninit, ptr::addr_of_mut};
 
 use lb_common::{Ct6Entry, V6};
 
-use crate::{maps::LB6_SCRATCH, parse::Flow};
+use crate::{
+    maps::LB6_SCRATCH,
+    parse::{Flow, IcmpError},
+};
 
 /// The slot of `tc`'s packets from pods.
 pub const TC_INGRESS: u32 = 0;
@@ -40,6 +45,8 @@ pub const NAT66_FORWARD: u32 = 2;
 
 pub struct Scratch6 {
     pub flow: MaybeUninit<Flow<V6>>,
+    /// An ICMPv6 error about a flow (`parse::icmp6_error_at`).
+    pub err: MaybeUninit<IcmpError<V6>>,
     /// `lb_xdp6` -> `lb_xdp6_nat` only.
     pub entry: MaybeUninit<Ct6Entry>,
     pub now: u64,

@@ -272,14 +272,18 @@ fn icmp6_error(skb: *mut __sk_buff, dir: u8) -> Result<i32, Error> {
     if config().is_none() {
         return Ok(NEXT);
     }
+    let slot = if dir == CT_SERVICE { scratch::TC_INGRESS } else { scratch::TC_EGRESS };
+    let Some(s) = scratch::get(slot) else {
+        return Ok(NEXT);
+    };
     pull(ctx, MAX_ICMP6_ERROR)?;
-    let Some(err) = icmp6_error_at(ctx, ETH_HLEN + IPV6_HLEN) else {
+    let Some(err) = icmp6_error_at(ctx, ETH_HLEN + IPV6_HLEN, &mut s.err) else {
         return Ok(NEXT);
     };
     if dir == CT_SERVICE && !V6::is_frontend(err.daddr) {
         return Ok(NEXT);
     }
-    nat::translate_icmp_error(ctx, &err, dir)?;
+    nat::translate_icmp_error(ctx, err, dir)?;
     Ok(NEXT)
 }
 

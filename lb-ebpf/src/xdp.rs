@@ -488,7 +488,10 @@ fn xdp6_icmp_error_dir(ctx: *mut xdp_md) -> u32 {
     // checks it against its BTF type): with only loads through it, LLVM
     // passed the loaded packet pointer instead.
     let ctx = core::hint::black_box(ctx);
-    let Some(err) = icmp6_error_at(&XdpContext::new(ctx), ETH_HLEN + IPV6_HLEN) else {
+    let Some(s) = scratch::get(scratch::XDP) else {
+        return NO_DIR;
+    };
+    let Some(err) = icmp6_error_at(&XdpContext::new(ctx), ETH_HLEN + IPV6_HLEN, &mut s.err) else {
         return NO_DIR;
     };
     let to_snat = node_config().is_some_and(|n| in_range(err.quoted.sport, n.nat_port_min, n.nat_port_max))
@@ -508,11 +511,14 @@ fn xdp6_icmp_error_dir(ctx: *mut xdp_md) -> u32 {
 #[inline(never)]
 fn xdp6_icmp_error_translate(ctx: *mut xdp_md, dir: u32) -> u32 {
     let ctx = &XdpContext::new(ctx);
-    let Some(err) = icmp6_error_at(ctx, ETH_HLEN + IPV6_HLEN) else {
+    let Some(s) = scratch::get(scratch::XDP) else {
         return PASS;
     };
+    // SAFETY: `xdp6_icmp_error_dir` read the error into this CPU's slot on
+    // this run: only its answer (a direction) leads here.
+    let err = unsafe { s.err.assume_init_ref() };
     let dir = dir as u8;
-    match nat::translate_icmp_error(ctx, &err, dir) {
+    match nat::translate_icmp_error(ctx, err, dir) {
         Ok(Some(entry)) if !(dir == CT_SERVICE && entry.nat_saddr == err.quoted.daddr) => ROUTE,
         Ok(_) => PASS,
         Err(e) => verdict6(Err(e)),
