@@ -118,6 +118,10 @@ map_set! {
     /// parameter block and a flow), off the tc programs' stack. Only the
     /// datapath reads and writes it.
     HR_SCRATCH = "LB_HR_SCRATCH", version 1, sized by Fixed;
+    /// The IPv6 paths' per-CPU working memory (the parsed flow, and what
+    /// `lb_xdp6` hands `lb_xdp6_nat`), off their stacks. Only the
+    /// datapath reads and writes it.
+    SCRATCH6 = "LB6_SCRATCH", version 1, sized by Fixed;
     /// This node's IPv6 SNAT address (`Node6Config`), for NAT66, and the
     /// IPv6 session affinity prefix. Version 2: `affinity_host_bits`.
     NODE6 = "LB6_NODE", version 2, sized by Fixed;

@@ -61,6 +61,7 @@ mod nexthop;
 mod packet;
 mod parse;
 mod route;
+mod scratch;
 mod select;
 mod sock;
 mod sock6;

@@ -13,7 +13,10 @@ use lb_common::{
     sizes, stat, tc_call, vip_filter, xdp_call,
 };
 
-use crate::route::Scratch;
+use crate::{
+    route::Scratch,
+    scratch::{self, Scratch6},
+};
 
 #[btf_map]
 pub static LB4_SERVICES: HashMap<Service4Key, Service4Value, { sizes::SERVICES as usize }> = HashMap::new();
@@ -177,6 +180,11 @@ pub static LB_POD_IFACES: HashMap<u32, u32, { sizes::POD_IFACES as usize }> = Ha
 /// off the tc programs' stack.
 #[btf_map]
 pub static LB_HR_SCRATCH: PerCpuArray<Scratch, 1> = PerCpuArray::new();
+
+/// The IPv6 paths' working memory, one per CPU and hook (`scratch`): the
+/// parsed flow, off the stack, for every part of a path.
+#[btf_map]
+pub static LB6_SCRATCH: PerCpuArray<Scratch6, { scratch::SLOTS as usize }> = PerCpuArray::new();
 
 /// The IPv6 tc programs by `lb_common::tc_call` slot, filled and pinned by
 /// the agent: the attached programs tail-call them for IPv6 frames.

@@ -14,7 +14,7 @@ use crate::{
     family::{Ct, CtKey, FamilyMaps},
     l3::L3,
     packet::{L4Csum, PacketData, read, write},
-    parse::{Flow, IcmpError},
+    parse::{Flow, IcmpError, MAX_L4_OFF},
     stats,
 };
 
@@ -36,15 +36,17 @@ pub fn rewrite<F: L3, C: PacketData + L4Csum>(
     dport: u16,
 ) -> Option<()> {
     let l4 = f.has_l4();
+    // An IPv6 flow lives in map memory (`scratch`): the verifier knows no
+    // bounds of an offset loaded from there, and refuses packet pointer
+    // arithmetic with it. A parsed offset is never beyond this.
+    let l4_off = f.l4_off;
+    if l4_off > MAX_L4_OFF {
+        return None;
+    }
     if l4 {
-        let check = f.l4_off + l4_check_offset(f.proto);
+        let check = l4_off + l4_check_offset(f.proto);
         let udp = f.proto == IPPROTO_UDP;
-        if *saddr != f.saddr {
-            F::l4_csum_addr(ctx, check, udp, &f.saddr, saddr)?;
-        }
-        if *daddr != f.daddr {
-            F::l4_csum_addr(ctx, check, udp, &f.daddr, daddr)?;
-        }
+        F::l4_csum_addrs(ctx, check, udp, f, saddr, daddr)?;
         if sport != f.sport {
             ctx.l4_csum_port(check, udp, f.sport, sport)?;
         }
@@ -57,10 +59,10 @@ pub fn rewrite<F: L3, C: PacketData + L4Csum>(
     F::rewrite_addrs(ctx, f, saddr, daddr)?;
     if l4 {
         if sport != f.sport {
-            write(ctx, f.l4_off + l4::SPORT.start, sport)?;
+            write(ctx, l4_off + l4::SPORT.start, sport)?;
         }
         if dport != f.dport {
-            write(ctx, f.l4_off + l4::DPORT.start, dport)?;
+            write(ctx, l4_off + l4::DPORT.start, dport)?;
         }
     }
     Some(())
@@ -187,8 +189,14 @@ pub fn rewrite_icmp_error<C: PacketData>(ctx: &C, err: &IcmpError, e: &CtEntry) 
 /// incrementally in software for every change.
 #[inline(always)]
 pub fn rewrite_icmp6_error<C: PacketData>(ctx: &C, err: &IcmpError<V6>, e: &Ct6Entry) -> Option<()> {
-    let check_off = err.icmp_off + icmp6::CHECK.start;
-    let q_ip = err.icmp_off + ICMP_HLEN;
+    // In map memory (`scratch`), as a flow's `l4_off`: bounded for the
+    // verifier.
+    let icmp_off = err.icmp_off;
+    if icmp_off > MAX_L4_OFF {
+        return None;
+    }
+    let check_off = icmp_off + icmp6::CHECK.start;
+    let q_ip = icmp_off + ICMP_HLEN;
     let q_l4 = q_ip + IPV6_HLEN;
     let q = &err.quoted;
     // The quoted packet's new tuple is the entry's, reversed.

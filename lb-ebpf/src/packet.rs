@@ -99,6 +99,9 @@ pub trait L4Csum {
     fn l4_csum_addr(&self, check_off: usize, udp: bool, from: u32, to: u32) -> Option<()>;
     /// A 2-byte field inside the L4 header (a port) changed.
     fn l4_csum_port(&self, check_off: usize, udp: bool, from: u16, to: u16) -> Option<()>;
+    /// Fields of the pseudo-header changed by `diff` (`csum::diff`): one
+    /// update for several words (an IPv6 address, or two).
+    fn l4_csum_diff(&self, check_off: usize, udp: bool, diff: u32) -> Option<()>;
 }
 
 /// tc goes through the kernel helper, which alone knows the skb's checksum
@@ -116,6 +119,15 @@ impl L4Csum for TcContext {
     fn l4_csum_port(&self, check_off: usize, udp: bool, from: u16, to: u16) -> Option<()> {
         let mangled = if udp { BPF_F_MARK_MANGLED_0 as u64 } else { 0 };
         self.l4_csum_replace(check_off, from as u64, to as u64, mangled | 2).ok()
+    }
+
+    /// Size 0: the helper adds `diff` as a `__wsum`, exactly as the word
+    /// by word updates would (checksum field, and `skb->csum` of a
+    /// CHECKSUM_COMPLETE skb alike).
+    #[inline(always)]
+    fn l4_csum_diff(&self, check_off: usize, udp: bool, diff: u32) -> Option<()> {
+        let mangled = if udp { BPF_F_MARK_MANGLED_0 as u64 } else { 0 };
+        self.l4_csum_replace(check_off, 0, diff as u64, BPF_F_PSEUDO_HDR as u64 | mangled).ok()
     }
 }
 
@@ -138,6 +150,15 @@ impl L4Csum for XdpContext {
             return Some(());
         }
         write(self, check_off, fix_udp(udp, csum::replace2(check, from, to)))
+    }
+
+    #[inline(always)]
+    fn l4_csum_diff(&self, check_off: usize, udp: bool, diff: u32) -> Option<()> {
+        let check: u16 = read(self, check_off)?;
+        if udp && check == 0 {
+            return Some(());
+        }
+        write(self, check_off, fix_udp(udp, csum::apply_diff(check, diff)))
     }
 }
 

@@ -5,6 +5,8 @@
 //! ICMPv6 error quoting one: `icmp6_error_at`). Both give a [`Flow`] (or [`IcmpError`]) of their
 //! family, which the rest of the path handles alike.
 
+use core::{mem::MaybeUninit, ptr::addr_of_mut};
+
 use lb_common::{
     Family, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, V4, V6,
     packet::{
@@ -68,6 +70,11 @@ impl<F: Family> Flow<F> {
     }
 }
 
+/// The furthest a flow's L4 header starts: after IPv6's fixed header,
+/// `ip6::MAX_EXT_HEADERS` extension headers of the longest length (2 KiB)
+/// and a fragment header (IPv4's options end far before).
+pub const MAX_L4_OFF: usize = ETH_HLEN + IPV6_HLEN + ip6::MAX_EXT_HEADERS * 2048 + FRAG6_HLEN;
+
 /// The tuple of the packet an ICMP error quotes.
 pub struct Quoted<F: Family = V4> {
     pub saddr: F::Addr,
@@ -108,7 +115,8 @@ impl<F: Family> Clone for IcmpError<F> {
 
 impl<F: Family> Copy for IcmpError<F> {}
 
-/// What a parser found: `parse` answers for IPv4, `parse6` for IPv6.
+/// What a parser found: `parse` answers for IPv4 (`parse6` writes an IPv6
+/// flow into memory of the caller's).
 pub enum Packet<F: Family = V4> {
     /// Not of the parser's family (ARP, the other IP family, a VLAN tag,
     /// ...).
@@ -240,10 +248,16 @@ fn icmp_error_of<C: PacketData>(ctx: &C, saddr: u32, daddr: u32) -> Result<Packe
 /// atomic fragment (offset 0, no more fragments) is a whole datagram. A
 /// packet shorter than its payload length is truncated
 /// (`Error::Malformed`), as in [`parse`].
+///
+/// The flow is written into `out` (the program's per-CPU scratch,
+/// `scratch::flow6`), and a reference to it returned; `None`: no TCP or
+/// UDP flow of IPv6. Returned by value (as `parse`'s), the flow with its
+/// two 16-byte addresses was copied out of the packet, then out of the
+/// `Packet` enum, and kept on the IPv6 paths' tight stacks.
 #[inline(always)]
-pub fn parse6<C: PacketData>(ctx: &C) -> Result<Packet<V6>, Error> {
+pub fn parse6<'a, C: PacketData>(ctx: &C, out: &'a mut MaybeUninit<Flow<V6>>) -> Result<Option<&'a mut Flow<V6>>, Error> {
     if get::<C, u16>(ctx, eth::ETHERTYPE.start)? != ETH_P_IPV6.to_be() {
-        return Ok(Packet::OtherEthertype);
+        return Ok(None);
     }
     // The fixed header's first 8 bytes; the addresses are read into the
     // flow directly (a copy of the whole header would cost 40 bytes of the
@@ -277,9 +291,9 @@ pub fn parse6<C: PacketData>(ctx: &C) -> Result<Packet<V6>, Error> {
         l4_off += FRAG6_HLEN;
     }
     if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
-        return Ok(Packet::OtherIp);
+        return Ok(None);
     }
-    let mut flow = Flow::<V6> {
+    let flow = out.write(Flow::<V6> {
         saddr: get(ctx, ETH_HLEN + ip6::SADDR.start)?,
         daddr: get(ctx, ETH_HLEN + ip6::DADDR.start)?,
         sport: 0,
@@ -293,20 +307,22 @@ pub fn parse6<C: PacketData>(ctx: &C) -> Result<Packet<V6>, Error> {
         tos: (ver_tc >> 4) as u8,
         tot_len: payload_len.wrapping_add(IPV6_HLEN as u16),
         df: true,
-    };
+    });
     if frag != Fragment::Later {
-        l4_header(ctx, l4_off, proto, &mut flow)?;
+        l4_header(ctx, l4_off, proto, flow)?;
     }
-    Ok(Packet::Flow(flow))
+    Ok(Some(flow))
 }
 
 /// The ICMPv6 message at `icmp_off` as an error, when it is one (packet
 /// too big included) quoting an IPv6 header directly followed by TCP or
-/// UDP (a quote with extension headers passes untouched). Not part of
-/// [`parse6`]: one more branch there grew the IPv6 tc path's frame past
-/// the verifier's limit.
+/// UDP (a quote with extension headers passes untouched), written into
+/// `out` (the per-CPU scratch, as [`parse6`]'s flow: four addresses on
+/// the stack pushed `xdp6_icmp_error_translate` to 496 of its 512 bytes).
+/// Not part of [`parse6`]: one more branch there grew the IPv6 tc path's
+/// frame past the verifier's limit.
 #[inline(always)]
-pub fn icmp6_error_at<C: PacketData>(ctx: &C, icmp_off: usize) -> Option<IcmpError<V6>> {
+pub fn icmp6_error_at<'a, C: PacketData>(ctx: &C, icmp_off: usize, out: &'a mut MaybeUninit<IcmpError<V6>>) -> Option<&'a IcmpError<V6>> {
     let icmp_type: u8 = read(ctx, icmp_off + icmp6::TYPE)?;
     if !is_icmp6_error(icmp_type) {
         return None;
@@ -318,16 +334,21 @@ pub fn icmp6_error_at<C: PacketData>(ctx: &C, icmp_off: usize) -> Option<IcmpErr
     }
     let ports: [u8; 4] = read(ctx, q_ip + IPV6_HLEN)?;
     let (sport, dport) = l4_ports(&ports, 0);
-    Some(IcmpError {
-        saddr: read(ctx, ETH_HLEN + ip6::SADDR.start)?,
-        daddr: read(ctx, ETH_HLEN + ip6::DADDR.start)?,
-        icmp_off,
-        quoted: Quoted {
-            saddr: read(ctx, q_ip + ip6::SADDR.start)?,
-            daddr: read(ctx, q_ip + ip6::DADDR.start)?,
-            sport,
-            dport,
-            proto: next,
-        },
-    })
+    let e = out.as_mut_ptr();
+    // Each address goes from the packet straight into `out`: built as one
+    // value, its sixteen words were held (and spilled) until every read
+    // had succeeded.
+    // SAFETY: `e` points at `out`, valid for writes; every member is
+    // written before `out` is handed out as initialised.
+    unsafe {
+        addr_of_mut!((*e).saddr).write(read(ctx, ETH_HLEN + ip6::SADDR.start)?);
+        addr_of_mut!((*e).daddr).write(read(ctx, ETH_HLEN + ip6::DADDR.start)?);
+        addr_of_mut!((*e).quoted.saddr).write(read(ctx, q_ip + ip6::SADDR.start)?);
+        addr_of_mut!((*e).quoted.daddr).write(read(ctx, q_ip + ip6::DADDR.start)?);
+        addr_of_mut!((*e).quoted.sport).write(sport);
+        addr_of_mut!((*e).quoted.dport).write(dport);
+        addr_of_mut!((*e).quoted.proto).write(next);
+        addr_of_mut!((*e).icmp_off).write(icmp_off);
+        Some(out.assume_init_ref())
+    }
 }

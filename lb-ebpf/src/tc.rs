@@ -65,7 +65,7 @@ use crate::{
     nat,
     packet::{read, redirect_back, write},
     parse::{Flow, IcmpError, Packet, icmp6_error_at, parse, parse6},
-    route,
+    route, scratch,
     select::{config, flow_backend, node_config, now_ns},
     stats,
 };
@@ -272,14 +272,18 @@ fn icmp6_error(skb: *mut __sk_buff, dir: u8) -> Result<i32, Error> {
     if config().is_none() {
         return Ok(NEXT);
     }
+    let slot = if dir == CT_SERVICE { scratch::TC_INGRESS } else { scratch::TC_EGRESS };
+    let Some(s) = scratch::get(slot) else {
+        return Ok(NEXT);
+    };
     pull(ctx, MAX_ICMP6_ERROR)?;
-    let Some(err) = icmp6_error_at(ctx, ETH_HLEN + IPV6_HLEN) else {
+    let Some(err) = icmp6_error_at(ctx, ETH_HLEN + IPV6_HLEN, &mut s.err) else {
         return Ok(NEXT);
     };
     if dir == CT_SERVICE && !V6::is_frontend(err.daddr) {
         return Ok(NEXT);
     }
-    nat::translate_icmp_error(ctx, &err, dir)?;
+    nat::translate_icmp_error(ctx, err, dir)?;
     Ok(NEXT)
 }
 
@@ -353,20 +357,31 @@ fn ingress6_stage(skb: *mut __sk_buff, stage: Stage) -> Result<i32, Error> {
     let Some(cfg) = config() else {
         return Ok(NEXT);
     };
-    pull(ctx, MAX_HEADERS6)?;
-    match parse6(ctx)? {
-        Packet::Flow(mut f) => ingress_flow(ctx, &cfg, &mut f, stage),
-        _ => Ok(NEXT),
-    }
+    let Some(s) = scratch::get(scratch::TC_INGRESS) else {
+        return Ok(NEXT);
+    };
+    let f = if let Stage::Exact { .. } = stage {
+        // SAFETY: `first6` parsed the flow into this CPU's slot on this
+        // run: the exact path follows its `EXACT` answers only.
+        unsafe { s.flow.assume_init_mut() }
+    } else {
+        pull(ctx, MAX_HEADERS6)?;
+        match parse6(ctx, &mut s.flow)? {
+            Some(f) => f,
+            None => return Ok(NEXT),
+        }
+    };
+    ingress_flow(ctx, &cfg, f, stage)
 }
 
 /// Which part of the path from a pod a call runs (a constant at each call
 /// site). IPv4 runs it whole. IPv6 runs it in two functions called one
 /// after the other ([`first6`], then [`ingress6`] when the first answers
 /// [`EXACT`]): the verifier forced this, as one function its frame grew
-/// past 512 bytes (the IPv6 flow, keys and entries, and the four-word
-/// addresses spilled across helper calls). The packet is parsed twice on
-/// the exact path (new flows); an established flow never gets there.
+/// past 512 bytes (keys and entries, and the four-word addresses spilled
+/// across helper calls). The flow is parsed once, into the per-CPU
+/// scratch (`scratch::TC_INGRESS`), where the exact path finds it; an
+/// established flow never gets there.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Stage {
     Whole,
@@ -433,10 +448,13 @@ fn egress6(skb: *mut __sk_buff) -> Result<i32, Error> {
     if config().is_none() {
         return Ok(NEXT);
     }
+    let Some(s) = scratch::get(scratch::TC_EGRESS) else {
+        return Ok(NEXT);
+    };
     pull(ctx, MAX_HEADERS6)?;
-    match parse6(ctx)? {
-        Packet::Flow(mut f) => reply(ctx, &mut f),
-        _ => Ok(NEXT),
+    match parse6(ctx, &mut s.flow)? {
+        Some(f) => reply(ctx, f),
+        None => Ok(NEXT),
     }
 }
 

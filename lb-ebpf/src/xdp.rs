@@ -63,7 +63,7 @@ use crate::{
     nat, nexthop,
     packet::read,
     parse::{Flow, IcmpError, Packet, icmp6_error_at, parse, parse6},
-    route,
+    route, scratch,
     select::{config, flow_backend, node_config, now_ns, vip},
     stats, vip_filter,
 };
@@ -225,8 +225,10 @@ impl XdpFamily for V6 {
         tail_call(ctx, xdp_call::XDP6_REJECT)
     }
     /// In `lb_xdp6_nat`, with a frame of its own: `lb_xdp6`'s is full.
+    /// The entry and the time go with the flow in the scratch.
     #[inline(always)]
-    fn send_on(ctx: &XdpContext, _f: &Flow<V6>, _e: &Ct<V6>, _now: u64) -> Result<u32, Error> {
+    fn send_on(ctx: &XdpContext, _f: &Flow<V6>, e: &Ct<V6>, now: u64) -> Result<u32, Error> {
+        scratch::hand_over(scratch::NAT66_FORWARD, Some((e, now)));
         Ok(nat6_call(ctx))
     }
     #[inline(always)]
@@ -284,8 +286,9 @@ fn is_icmp6_error_frame(ctx: &XdpContext) -> bool {
         && read::<XdpContext, u8>(ctx, ETH_HLEN + IPV6_HLEN + icmp6::TYPE).is_some_and(is_icmp6_error)
 }
 
-/// Hands the packet to `lb_xdp6_nat` (`LB_XDP_CALLS[xdp_call::XDP6_NAT]`);
-/// when it is missing, the packet passes untranslated, counted.
+/// Hands the packet to `lb_xdp6_nat` (`LB_XDP_CALLS[xdp_call::XDP6_NAT]`),
+/// once `scratch::hand_over` told it what to do; when it is missing, the
+/// packet passes untranslated, counted.
 #[inline(always)]
 fn nat6_call(ctx: &XdpContext) -> u32 {
     tail_call(ctx, xdp_call::XDP6_NAT)
@@ -391,29 +394,29 @@ fn xdp6(ctx: &XdpContext) -> Result<u32, Error> {
     let Some(cfg) = config() else {
         return Ok(PASS);
     };
-    match parse6(ctx)? {
-        Packet::Flow(mut f) => {
-            V6::keep_in_memory(&f);
-            // Replies of NAT66 flows come to a port of the SNAT range: a
-            // later fragment's port is its first fragment's (lent again
-            // in `lb_xdp6_nat`, which parses the packet afresh).
-            if f.frag == Fragment::Later && snat6_addr() == Some(f.daddr) && !frag::ports(&mut f) {
-                return Ok(PASS);
-            }
-            if snat6_reply(&f) {
-                return Ok(nat6_call(ctx));
-            }
-            // No pre-filter: the exact kinds, looked up once.
-            let Some(v) = V6::vip(f.daddr) else {
-                return Ok(PASS);
-            };
-            if v.flags & NORTH_SOUTH_VIP == 0 {
-                return Ok(PASS);
-            }
-            north_south(ctx, &cfg, node_config(), Kinds::Exact(v), &mut f)
-        }
-        _ => Ok(PASS),
+    let Some(s) = scratch::get(scratch::XDP) else {
+        return Ok(PASS);
+    };
+    let Some(f) = parse6(ctx, &mut s.flow)? else {
+        return Ok(PASS);
+    };
+    // Replies of NAT66 flows come to a port of the SNAT range: a later
+    // fragment's port is its first fragment's.
+    if f.frag == Fragment::Later && snat6_addr() == Some(f.daddr) && !frag::ports(f) {
+        return Ok(PASS);
     }
+    if snat6_reply(f) {
+        scratch::hand_over(scratch::NAT66_REPLY, None);
+        return Ok(nat6_call(ctx));
+    }
+    // No pre-filter: the exact kinds, looked up once.
+    let Some(v) = V6::vip(f.daddr) else {
+        return Ok(PASS);
+    };
+    if v.flags & NORTH_SOUTH_VIP == 0 {
+        return Ok(PASS);
+    }
+    north_south(ctx, &cfg, node_config(), Kinds::Exact(v), f)
 }
 
 /// The packets of NAT66 flows, from `lb_xdp6` (`LB_XDP_CALLS[
@@ -422,7 +425,10 @@ fn xdp6(ctx: &XdpContext) -> Result<u32, Error> {
 /// node's IPv6 SNAT address. Both are translated as their entry says and
 /// forwarded as IPv4's (`forward`). A program of its own because
 /// `lb_xdp6`'s frame has no room left for the FIB lookup's; the cost is
-/// parsing the packet again and one more conntrack lookup.
+/// the tail call: the flow, and a client's forward entry with the time,
+/// come in the per-CPU scratch (`scratch::XDP`, `scratch::hand_over`), so
+/// nothing is parsed or looked up again (a reply's entry is looked up
+/// here, once).
 ///
 /// The ICMPv6 errors of the path (Packet Too Big, Time Exceeded) are made
 /// here, after the path returned (its verdict asks for one:
@@ -482,7 +488,10 @@ fn xdp6_icmp_error_dir(ctx: *mut xdp_md) -> u32 {
     // checks it against its BTF type): with only loads through it, LLVM
     // passed the loaded packet pointer instead.
     let ctx = core::hint::black_box(ctx);
-    let Some(err) = icmp6_error_at(&XdpContext::new(ctx), ETH_HLEN + IPV6_HLEN) else {
+    let Some(s) = scratch::get(scratch::XDP) else {
+        return NO_DIR;
+    };
+    let Some(err) = icmp6_error_at(&XdpContext::new(ctx), ETH_HLEN + IPV6_HLEN, &mut s.err) else {
         return NO_DIR;
     };
     let to_snat = node_config().is_some_and(|n| in_range(err.quoted.sport, n.nat_port_min, n.nat_port_max))
@@ -502,11 +511,14 @@ fn xdp6_icmp_error_dir(ctx: *mut xdp_md) -> u32 {
 #[inline(never)]
 fn xdp6_icmp_error_translate(ctx: *mut xdp_md, dir: u32) -> u32 {
     let ctx = &XdpContext::new(ctx);
-    let Some(err) = icmp6_error_at(ctx, ETH_HLEN + IPV6_HLEN) else {
+    let Some(s) = scratch::get(scratch::XDP) else {
         return PASS;
     };
+    // SAFETY: `xdp6_icmp_error_dir` read the error into this CPU's slot on
+    // this run: only its answer (a direction) leads here.
+    let err = unsafe { s.err.assume_init_ref() };
     let dir = dir as u8;
-    match nat::translate_icmp_error(ctx, &err, dir) {
+    match nat::translate_icmp_error(ctx, err, dir) {
         Ok(Some(entry)) if !(dir == CT_SERVICE && entry.nat_saddr == err.quoted.daddr) => ROUTE,
         Ok(_) => PASS,
         Err(e) => verdict6(Err(e)),
@@ -532,24 +544,22 @@ fn xdp6_route_icmp_error(ctx: *mut xdp_md) -> u32 {
 
 #[inline(always)]
 fn xdp6_nat_in(ctx: &XdpContext) -> Result<u32, Error> {
-    let Packet::Flow(mut f) = parse6(ctx)? else {
+    let Some(s) = scratch::get(scratch::XDP) else {
         return Ok(PASS);
     };
-    V6::keep_in_memory(&f);
-    // A later fragment: its ports, as `lb_xdp6` found them.
-    if !frag::ports(&mut f) {
-        return Ok(PASS);
+    let next = s.next;
+    // Taken: a stale word never sends another packet down this path.
+    s.next = 0;
+    // SAFETY: `lb_xdp6` parsed the flow into this CPU's slot on this run
+    // (and lent a later fragment its ports) before the tail call that set
+    // `next`; with `NAT66_FORWARD` it wrote the entry too.
+    unsafe {
+        match next {
+            scratch::NAT66_REPLY => snat_reply(ctx, s.flow.assume_init_ref()),
+            scratch::NAT66_FORWARD => forward(ctx, s.flow.assume_init_ref(), s.entry.assume_init_ref(), s.now),
+            _ => Ok(PASS),
+        }
     }
-    if snat6_reply(&f) {
-        return snat_reply(ctx, &f);
-    }
-    // Recorded by `lb_xdp6` already: only read here.
-    let Some(e) = ct::get::<V6>(&ct::key_of(&f, CT_SERVICE)) else {
-        return Ok(PASS);
-    };
-    let entry = ct::load(e);
-    V6::keep_in_memory(&entry);
-    forward(ctx, &f, &entry, now_ns())
 }
 
 /// Whether port `port_be` (network order) is within `min..=max` (host

@@ -1,0 +1,83 @@
+//! The IPv6 paths' per-CPU working memory (`LB6_SCRATCH`): the parsed
+//! flow, off the stack, where every part of a path that a program splits
+//! (functions of their own, tail calls) finds it without parsing again.
+//!
+//! - tc, from a pod: `first6` parses into [`TC_INGRESS`]; the exact path
+//!   (`ingress6`) reads the flow from there.
+//! - tc, to a client: `egress6`, [`TC_EGRESS`].
+//! - ICMPv6 errors about flows are read into the slot of their hook too
+//!   ([`Scratch6::err`]).
+//! - XDP: `lb_xdp6` parses into [`XDP`]; for a NAT66 packet it also
+//!   leaves what `lb_xdp6_nat`, which it tail-calls, does with it
+//!   ([`Scratch6::next`]: a reply, or a client's packet with its forward
+//!   entry and the time), so that `lb_xdp6_nat` neither parses nor looks
+//!   conntrack up again.
+//!
+//! A program runs to its end on its CPU (softirq, or with bottom halves
+//! off), and a tail call keeps the CPU: nothing else uses a slot while a
+//! program does. Each hook has its own slot all the same. Every member is
+//! written before it is read on the same run.
+
+use core::{mem::MaybeUninit, ptr::addr_of_mut};
+
+use lb_common::{Ct6Entry, V6};
+
+use crate::{
+    maps::LB6_SCRATCH,
+    parse::{Flow, IcmpError},
+};
+
+/// The slot of `tc`'s packets from pods.
+pub const TC_INGRESS: u32 = 0;
+/// The slot of `tc`'s packets to clients.
+pub const TC_EGRESS: u32 = 1;
+/// The slot of `lb_xdp6` and `lb_xdp6_nat`.
+pub const XDP: u32 = 2;
+/// Slots in `LB6_SCRATCH`.
+pub const SLOTS: u32 = 3;
+
+/// [`Scratch6::next`]: a reply of a NAT66 flow (`lb_xdp6_nat` looks its
+/// entry up).
+pub const NAT66_REPLY: u32 = 1;
+/// [`Scratch6::next`]: a client's packet of a NAT66 flow, recorded in its
+/// forward entry ([`Scratch6::entry`], at [`Scratch6::now`]).
+pub const NAT66_FORWARD: u32 = 2;
+
+pub struct Scratch6 {
+    pub flow: MaybeUninit<Flow<V6>>,
+    /// An ICMPv6 error about a flow (`parse::icmp6_error_at`).
+    pub err: MaybeUninit<IcmpError<V6>>,
+    /// `lb_xdp6` -> `lb_xdp6_nat` only.
+    pub entry: MaybeUninit<Ct6Entry>,
+    pub now: u64,
+    pub next: u32,
+}
+
+/// This CPU's scratch of `slot`.
+#[inline(always)]
+pub fn get(slot: u32) -> Option<&'static mut Scratch6> {
+    let s = LB6_SCRATCH.get_ptr_mut(slot)?;
+    // SAFETY: this CPU's slot of a per-CPU array, valid and aligned for the
+    // program's run and used by nothing else during it (see the module);
+    // its `MaybeUninit` members are written before they are read.
+    Some(unsafe { &mut *s })
+}
+
+/// `lb_xdp6` -> `lb_xdp6_nat`: what to do with the flow in [`XDP`]
+/// (`NAT66_FORWARD`: with the forward entry `e` and the time `now`).
+/// Written through the slot's pointer, member by member: the caller holds
+/// the flow in the same slot.
+#[inline(always)]
+pub fn hand_over(next: u32, e: Option<(&Ct6Entry, u64)>) {
+    let Some(s) = LB6_SCRATCH.get_ptr_mut(XDP) else {
+        return;
+    };
+    // SAFETY: as in `get`; the members written are not the flow.
+    unsafe {
+        if let Some((e, now)) = e {
+            addr_of_mut!((*s).entry).write(MaybeUninit::new(*e));
+            addr_of_mut!((*s).now).write(now);
+        }
+        addr_of_mut!((*s).next).write(next);
+    }
+}
