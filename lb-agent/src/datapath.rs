@@ -244,7 +244,16 @@ impl Datapath {
     /// with their content; others are created afresh (with a warning naming
     /// each) and pinned, as are missing ones.
     pub fn load(pin_dir: &Path, sizes: &MapSizes) -> anyhow::Result<Datapath> {
-        if EBPF_OBJECT.is_empty() {
+        Self::load_object(pin_dir, sizes, EBPF_OBJECT)
+    }
+
+    /// [`Datapath::load`] with another build of the eBPF object than the
+    /// one embedded (lb-bench's removal experiments: a variant of the
+    /// datapath measured without rebuilding the bench). Its maps must have
+    /// the embedded object's layout, which decides what pinned maps are
+    /// reused.
+    pub fn load_object(pin_dir: &Path, sizes: &MapSizes, object: &[u8]) -> anyhow::Result<Datapath> {
+        if object.is_empty() {
             bail!("this lb-agent was built without its eBPF object (a stub): build it with `cargo xtask build`");
         }
         host::ensure_bpffs(pin_dir)?;
@@ -287,7 +296,7 @@ impl Datapath {
         // verifier sees the frozen level and removes every log call.
         let level = if tracing::enabled!(target: "lb", tracing::Level::DEBUG) { aya_log::Level::Trace as u8 } else { 0u8 };
         loader.override_global(aya_log::LEVEL, &level, false);
-        let mut ebpf = loader.load(EBPF_OBJECT).context("loading the eBPF object (are you root, with bpffs and BTF available?)")?;
+        let mut ebpf = loader.load(object).context("loading the eBPF object (are you root, with bpffs and BTF available?)")?;
 
         for name in [TC_INGRESS_PROGRAM, TC_EGRESS_PROGRAM].into_iter().chain(TC_CALL_PROGRAMS) {
             let tc: &mut SchedClassifier = program(&mut ebpf, name)?.try_into()?;

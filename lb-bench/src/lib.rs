@@ -67,6 +67,7 @@ impl Options {
                 cpu: sys::online_cpus().saturating_sub(1),
                 reconcile_limit: 2_000_000,
                 host_routing: false,
+                object: None,
             }),
             b2: Some(b2::B2Options {
                 services: vec![1_000, 10_000],
@@ -141,6 +142,7 @@ impl Options {
                 cpu: 0,
                 reconcile_limit: 10_000,
                 host_routing: false,
+                object: None,
             }),
             b2: Some(b2::B2Options {
                 services: vec![10],

@@ -44,6 +44,12 @@ struct Cli {
     /// nothing is redirected).
     #[arg(long)]
     b1_host_routing: bool,
+    /// B1: measure this build of the eBPF object instead of the embedded
+    /// one (removal experiments: build a variant with `cargo xtask
+    /// build-ebpf`, copy target/ebpf/bpfel-unknown-none/release/lb, run;
+    /// the conntrack entry counts are not checked)
+    #[arg(long)]
+    b1_object: Option<std::path::PathBuf>,
     /// B1: repeat count of one test run.
     #[arg(long)]
     b1_repeat: Option<u32>,
@@ -124,6 +130,7 @@ fn main() -> Result<()> {
             b1.reconcile_limit = v;
         }
         b1.host_routing = cli.b1_host_routing;
+        b1.object = cli.b1_object;
         if let Some(v) = cli.b1_repeat {
             b1.repeat = v;
         }
