@@ -216,7 +216,7 @@ impl XdpFamily for V6 {
         }
     }
     /// ICMPv6 port unreachable, from `lb_xdp6_reject`: `lb_xdp6`'s frame
-    /// (488 bytes) has no room for the error's (`icmp::xdp_reply6`, 352),
+    /// (480 bytes) has no room for the error's (`icmp::xdp_reply6`, 352),
     /// and a program of its own needs no word passed to it: the slot is
     /// the reason (a reason in the packet's metadata or a per-CPU scratch
     /// would cost `lb_xdp6_nat` a check on every NAT66 packet).
