@@ -488,28 +488,6 @@ fn maps_of_an_older_layout_are_rebuilt_while_the_old_programs_serve() {
     assert_one_program_per_hook(&n.lab.node(0).ns);
 }
 
-/// A ClusterIP (10.96.0.50:9001) over line echoes on web-a and web-b.
-fn echo2_yaml(a: Ipv4Addr, b: Ipv4Addr) -> String {
-    format!(
-        r#"apiVersion: v1
-kind: Service
-metadata: {{name: echo2, namespace: test}}
-spec:
-  clusterIP: 10.96.0.50
-  ports: [{{name: lines, port: 9001, protocol: TCP, targetPort: 9001}}]
----
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {{name: echo2-1, namespace: test, labels: {{kubernetes.io/service-name: echo2}}}}
-addressType: IPv4
-ports: [{{name: lines, port: 9001, protocol: TCP}}]
-endpoints:
-- {{addresses: [{a}], conditions: {{ready: true}}}}
-- {{addresses: [{b}], conditions: {{ready: true}}}}
-"#
-    )
-}
-
 #[test]
 fn a_new_conntrack_size_applies_at_a_restart_and_the_flows_carry_over() {
     if !kernel_tests_enabled() {
@@ -518,7 +496,8 @@ fn a_new_conntrack_size_applies_at_a_restart_and_the_flows_carry_over() {
     let n = node("ctsize");
     let (a, b) = (n.lab.node(0).pod("web-a"), n.lab.node(0).pod("web-b"));
     let _echoes = [line_echo(&a.ns, SocketAddrV4::new(a.ip, 9001), "web-a"), line_echo(&b.ns, SocketAddrV4::new(b.ip, 9001), "web-b")];
-    n.dir.write("echo2.yaml", &echo2_yaml(a.ip, b.ip));
+    // A ClusterIP (10.96.0.50:9001) over line echoes on web-a and web-b.
+    n.dir.write("echo2.yaml", &common::service_yaml("echo2", "10.96.0.50", 9001, "TCP", 9001, &[a.ip, b.ip]));
     let agent = n.agent(PinDir::new("ctsize"));
     agent.wait_rows("echo2", |rows| rows.iter().any(|r| r.frontend == "10.96.0.50:9001/TCP" && r.backends.len() == 2));
     // Idle connections through a ClusterIP of two backends, each with the
