@@ -11,13 +11,13 @@ use lb_common::{
     Family, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, V4, V6,
     packet::{
         ETH_HLEN, ETH_P_IP, ETH_P_IPV6, FRAG6_HLEN, Fragment, ICMP_HLEN, IP_DF, IPV4_HLEN, IPV4_VER_IHL_NO_OPTIONS, IPV6_HLEN, TCP_HLEN,
-        UDP_HLEN, eth, frag6_header, fragment, get16, get32, icmp, icmp_error, icmp6, ip, ip6, is_icmp_error, is_icmp6_error, l4, l4_ports,
+        UDP_HLEN, eth, frag6_header, fragment, get32, icmp, icmp_error, icmp6, ip, ip6, is_icmp_error, is_icmp6_error, l4, l4_ports,
     },
 };
 
 use crate::{
     error::Error,
-    packet::{PacketData, read},
+    packet::{Header, PacketData, read},
 };
 
 /// A TCP or UDP packet of family `F`. Addresses and ports are in network
@@ -136,6 +136,13 @@ fn get<C: PacketData, T: Copy>(ctx: &C, off: usize) -> Result<T, Error> {
     read(ctx, off).ok_or(Error::Malformed)
 }
 
+/// The `N` header bytes at `off`, read in place (`Header`); a packet too
+/// short for them is malformed.
+#[inline(always)]
+fn header<C: PacketData, const N: usize>(ctx: &C, off: usize) -> Result<Header<N>, Error> {
+    Header::at(ctx, off).ok_or(Error::Malformed)
+}
+
 /// Parses the headers. A packet shorter than its IPv4 total length is
 /// truncated: the stack drops it, and so it is left alone
 /// (`Error::Malformed`).
@@ -144,24 +151,25 @@ pub fn parse<C: PacketData>(ctx: &C) -> Result<Packet<V4>, Error> {
     if get::<C, u16>(ctx, eth::ETHERTYPE.start)? != ETH_P_IP.to_be() {
         return Ok(Packet::OtherEthertype);
     }
-    let iph: [u8; IPV4_HLEN] = get(ctx, ETH_HLEN)?;
-    if iph[ip::VER_IHL] >> 4 != 4 {
+    let iph = header::<C, IPV4_HLEN>(ctx, ETH_HLEN)?;
+    let ver_ihl = iph.u8(ip::VER_IHL);
+    if ver_ihl >> 4 != 4 {
         return Err(Error::Malformed);
     }
-    let ihl = ((iph[ip::VER_IHL] & 0x0f) as usize) * 4;
+    let ihl = ((ver_ihl & 0x0f) as usize) * 4;
     if ihl < IPV4_HLEN {
         return Err(Error::Malformed);
     }
-    let tot_len = u16::from_be(get16(&iph, ip::TOT_LEN));
+    let tot_len = u16::from_be(iph.u16(ip::TOT_LEN));
     // BIG TCP super-packets carry 0 here; their length is the skb's.
     if ctx.len() < (ETH_HLEN + tot_len as usize) as u32 {
         return Err(Error::Malformed);
     }
-    let saddr = get32(&iph, ip::SADDR);
-    let daddr = get32(&iph, ip::DADDR);
-    let frag_off = get16(&iph, ip::FRAG_OFF);
+    let saddr = iph.u32(ip::SADDR);
+    let daddr = iph.u32(ip::DADDR);
+    let frag_off = iph.u16(ip::FRAG_OFF);
     let frag = fragment(frag_off);
-    let proto = iph[ip::PROTO];
+    let proto = iph.u8(ip::PROTO);
     if proto == IPPROTO_ICMP {
         if ihl != IPV4_HLEN || frag != Fragment::No {
             return Ok(Packet::OtherIp);
@@ -182,8 +190,8 @@ pub fn parse<C: PacketData>(ctx: &C) -> Result<Packet<V4>, Error> {
         seq: 0,
         l4_off,
         frag,
-        ip_id: get16(&iph, ip::ID),
-        tos: iph[ip::TOS],
+        ip_id: iph.u16(ip::ID),
+        tos: iph.u8(ip::TOS),
         tot_len,
         df: u16::from_be(frag_off) & IP_DF != 0,
     };
@@ -196,19 +204,19 @@ pub fn parse<C: PacketData>(ctx: &C) -> Result<Packet<V4>, Error> {
 
 /// Reads the TCP or UDP header at `l4_off` into `flow`: ports, and for
 /// TCP the tracked flags and sequence number. The whole L4 header must be
-/// there, including the checksum we rewrite. It is copied out in one
-/// bounds-checked read: a second pointer at a variable offset would be a
-/// new packet pointer the verifier has not seen checked.
+/// there, including the checksum we rewrite. Its fields are read through
+/// one bounds-checked pointer (`Header`): a second pointer at a variable
+/// offset would be a new packet pointer the verifier has not seen checked.
 #[inline(always)]
 fn l4_header<C: PacketData, F: Family>(ctx: &C, l4_off: usize, proto: u8, flow: &mut Flow<F>) -> Result<(), Error> {
     let (sport, dport) = if proto == IPPROTO_TCP {
-        let h: [u8; TCP_HLEN] = get(ctx, l4_off)?;
-        flow.tcp_flags = h[l4::TCP_FLAGS] & lb_common::ct_flags::TRACKED;
-        flow.seq = u32::from_be(get32(&h, l4::TCP_SEQ));
-        l4_ports(&h, 0)
+        let h = header::<C, TCP_HLEN>(ctx, l4_off)?;
+        flow.tcp_flags = h.u8(l4::TCP_FLAGS) & lb_common::ct_flags::TRACKED;
+        flow.seq = u32::from_be(h.u32(l4::TCP_SEQ));
+        (h.u16(l4::SPORT), h.u16(l4::DPORT))
     } else {
-        let h: [u8; UDP_HLEN] = get(ctx, l4_off)?;
-        l4_ports(&h, 0)
+        let h = header::<C, UDP_HLEN>(ctx, l4_off)?;
+        (h.u16(l4::SPORT), h.u16(l4::DPORT))
     };
     flow.sport = sport;
     flow.dport = dport;
@@ -262,17 +270,17 @@ pub fn parse6<'a, C: PacketData>(ctx: &C, out: &'a mut MaybeUninit<Flow<V6>>) ->
     // The fixed header's first 8 bytes; the addresses are read into the
     // flow directly (a copy of the whole header would cost 40 bytes of the
     // IPv6 path's stack).
-    let iph: [u8; 8] = get(ctx, ETH_HLEN)?;
-    let ver_tc = u16::from_be(get16(&iph, ip6::VER_TC));
+    let iph = header::<C, 8>(ctx, ETH_HLEN)?;
+    let ver_tc = u16::from_be(iph.u16(ip6::VER_TC));
     if ver_tc >> 12 != 6 {
         return Err(Error::Malformed);
     }
-    let payload_len = u16::from_be(get16(&iph, ip6::PAYLOAD_LEN));
+    let payload_len = u16::from_be(iph.u16(ip6::PAYLOAD_LEN));
     // A jumbogram or BIG TCP super-packet carries 0 here.
     if ctx.len() < (ETH_HLEN + IPV6_HLEN + payload_len as usize) as u32 {
         return Err(Error::Malformed);
     }
-    let mut proto = iph[ip6::NEXT_HEADER];
+    let mut proto = iph.u8(ip6::NEXT_HEADER);
     let mut l4_off = ETH_HLEN + IPV6_HLEN;
     // A constant bound for the verifier, unrolled; each header is read
     // with its own bounds check at a bounded offset (at most
