@@ -78,10 +78,12 @@ map_set! {
     REVNAT6 = "LB6_REVNAT", version 1, sized by Services;
     VIPS6 = "LB6_VIPS", version 1, sized by Services6;
     /// The XDP and tc programs' pre-filter of frontend addresses (see
-    /// `vip_filter`), derived from `LB4_VIPS`.
-    VIP_FILTER = "LB4_VIP_FILTER", version 1, sized by Fixed;
-    /// `LB6_VIPS`' pre-filter (see `vip_filter::slot6`), for tc.
-    VIP_FILTER6 = "LB6_VIP_FILTER", version 1, sized by Fixed;
+    /// `vip_filter`), derived from `LB4_VIPS`. Version 2: 65,536 words,
+    /// two lanes per address (version 1: 16,384 words, one lane).
+    VIP_FILTER = "LB4_VIP_FILTER", version 2, sized by Fixed;
+    /// `LB6_VIPS`' pre-filter (see `vip_filter::slot6`), for tc; version 2
+    /// as `LB4_VIP_FILTER`'s.
+    VIP_FILTER6 = "LB6_VIP_FILTER", version 2, sized by Fixed;
     SOCK_REVNAT6 = "LB6_SOCK_REVNAT", version 1, sized by Fixed;
     /// loadBalancerSourceRanges of IPv6 frontends (`SrcRange6`), as
     /// `LB4_SRC_RANGES`.
