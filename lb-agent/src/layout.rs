@@ -109,9 +109,10 @@ pub fn mismatch(name: &str, pinned: &MapDef, version: Option<u32>, want: &MapDef
 }
 
 /// Widens a set of maps to rebuild: the reconciled maps go together, and
-/// with them every map whose entries name their IDs.
+/// with them every map whose entries name their IDs. A derived map alone
+/// (`layout::DERIVED`, a pre-filter) renumbers nothing and widens nothing.
 pub fn close_over_ids(rebuild: &mut Vec<(&'static str, String)>, pinned: impl Fn(&str) -> bool) {
-    let Some((first, _)) = rebuild.iter().find(|(n, _)| layout::RECONCILED.contains(n)) else {
+    let Some((first, _)) = rebuild.iter().find(|(n, _)| layout::renumbers(n)) else {
         return;
     };
     let first = *first;
@@ -216,7 +217,7 @@ pub fn check(dir: &Path, sizes: &MapSizes) -> anyhow::Result<Check> {
         }
     }
     close_over_ids(&mut out.rebuild, |name| dir.join(name).exists());
-    let renumbered = out.rebuild.iter().any(|(n, _)| layout::RECONCILED.contains(n));
+    let renumbered = out.rebuild.iter().any(|(n, _)| layout::renumbers(n));
     for (name, pinned, version, want) in flows {
         if !out.rebuild.iter().any(|(n, _)| *n == name) {
             continue;
@@ -299,5 +300,23 @@ mod tests {
         let mut rebuild = vec![(names::FRAGS, "flags".to_string())];
         close_over_ids(&mut rebuild, |_| true);
         assert_eq!(rebuild.len(), 1);
+    }
+
+    #[test]
+    fn a_pre_filter_of_another_layout_is_rebuilt_alone_and_the_flows_stay() {
+        // Both pre-filters of an older layout: no ID changes, so neither
+        // the reconciled maps nor conntrack go with them.
+        let mut rebuild = vec![(names::VIP_FILTER, "layout version 1".to_string()), (names::VIP_FILTER6, "layout version 1".to_string())];
+        close_over_ids(&mut rebuild, |_| true);
+        let names: Vec<&str> = rebuild.iter().map(|(n, _)| *n).collect();
+        assert_eq!(names, [names::VIP_FILTER, names::VIP_FILTER6]);
+        assert!(!layout::renumbers(names::VIP_FILTER) && !layout::renumbers(names::VIP_FILTER6));
+        assert!(layout::renumbers(names::VIPS) && !layout::renumbers(names::CT_TCP));
+        // The addresses they derive from rebuilt: the filters go with them
+        // (programs still attached keep the old pair).
+        let mut rebuild = vec![(names::VIPS6, "value size".to_string())];
+        close_over_ids(&mut rebuild, |_| true);
+        let names: Vec<&str> = rebuild.iter().map(|(n, _)| *n).collect();
+        assert!(names.contains(&names::VIP_FILTER6) && names.contains(&names::CT_TCP6), "{names:?}");
     }
 }

@@ -7,11 +7,13 @@
 //! [`FilterAddr`]).
 //!
 //! The order is the one `LB4_VIPS` itself keeps towards the frontends: an
-//! address's kinds are set in its lane before the address is written with
-//! them, and cleared only after it was written without them (or removed),
-//! so the filter never misses an address the datapath has. Lanes are
-//! shared: a lane holds the kinds of every address hashing there, so the
-//! filter remembers each address's kinds to clear only what none needs.
+//! address's kinds are set in its lanes before the address is written
+//! with them, and cleared only after it was written without them (or
+//! removed), so the filter never misses an address the datapath has.
+//! Lanes are shared: a lane holds the kinds of every address with that
+//! lane (each address has two in its word), so the filter remembers each
+//! address's kinds and rewrites a word from its members, clearing only
+//! what none needs.
 
 use std::{
     collections::{BTreeMap, HashMap},
@@ -149,7 +151,7 @@ mod tests {
         u32::from_ne_bytes(s.parse::<std::net::Ipv4Addr>().unwrap().octets())
     }
 
-    /// An address other than `a` whose lane is `a`'s.
+    /// An address other than `a` whose word and lanes are `a`'s.
     fn sharing_lane_with(a: u32) -> u32 {
         let s = vip_filter::slot(a);
         (1u32..).map(|i| (0xac10_0000u32 + i).to_be()).find(|b| *b != a && vip_filter::slot(*b) == s).unwrap()
@@ -177,7 +179,8 @@ mod tests {
         let mut f = VipFilter::default();
         let w = f.before(a, vip_flags::LOAD_BALANCER).unwrap();
         let s = vip_filter::slot(a);
-        assert_eq!(w, (s.word, (vip_flags::LOAD_BALANCER as u64) << s.shift));
+        let both = |flags: u32| ((flags as u64) << s.shifts[0]) | ((flags as u64) << s.shifts[1]);
+        assert_eq!(w, (s.word, both(vip_flags::LOAD_BALANCER)));
         f.wrote(w);
         // The hash is a fixed function of the address: pinned here, so a
         // change on one side only cannot go unnoticed.
@@ -231,6 +234,36 @@ mod tests {
     }
 
     #[test]
+    fn an_address_sharing_one_lane_keeps_it_and_the_other_is_cleared() {
+        // `b` in `a`'s word with one lane in common (and one not).
+        let a = addr("192.168.50.1");
+        let sa = vip_filter::slot(a);
+        let shared = |s: Slot| s.shifts.iter().filter(|x| sa.shifts.contains(x)).count();
+        let b = (1u32..)
+            .map(|i| (0xac10_0000u32 + i).to_be())
+            .find(|b| {
+                let sb = vip_filter::slot(*b);
+                sb.word == sa.word && sa.shifts[0] != sa.shifts[1] && sb.shifts[0] != sb.shifts[1] && shared(sb) == 1
+            })
+            .unwrap();
+        let mut f = VipFilter::default();
+        let mut map = HashMap::new();
+        for (addr, flags) in [(a, vip_flags::CLUSTER_IP), (b, vip_flags::CLUSTER_IP)] {
+            let w = f.before(addr, flags);
+            apply(&mut map, &mut f, w);
+            let w = f.after(addr, flags);
+            apply(&mut map, &mut f, w);
+        }
+        assert_eq!((kinds_in(&map, a), kinds_in(&map, b)), (vip_flags::CLUSTER_IP, vip_flags::CLUSTER_IP));
+        assert_eq!(map[&sa.word].count_ones(), 3, "three lanes of one kind");
+        let w = f.after(a, 0);
+        apply(&mut map, &mut f, w);
+        assert_eq!(kinds_in(&map, a), 0, "a's own lane cleared");
+        assert_eq!(kinds_in(&map, b), vip_flags::CLUSTER_IP, "the shared lane kept for b");
+        assert_eq!(map[&sa.word], vip_filter::lane(vip_flags::CLUSTER_IP, vip_filter::slot(b)));
+    }
+
+    #[test]
     fn rebuild_writes_what_the_vips_need_and_clears_stale_words() {
         let a = addr("192.168.50.1");
         let b = addr("192.168.60.10");
@@ -268,7 +301,7 @@ mod tests {
         let mut f = VipFilter::<Addr6>::default();
         let mut map = HashMap::new();
         let w = f.before(a, vip_flags::CLUSTER_IP);
-        assert_eq!(w, Some((s.word, (vip_flags::CLUSTER_IP as u64) << s.shift)));
+        assert_eq!(w, Some((s.word, ((vip_flags::CLUSTER_IP as u64) << s.shifts[0]) | ((vip_flags::CLUSTER_IP as u64) << s.shifts[1]))));
         apply(&mut map, &mut f, w);
         assert_eq!(f.after(a, vip_flags::CLUSTER_IP), None, "nothing to clear");
         // Every word counts: addresses differing in one high word only
@@ -277,10 +310,10 @@ mod tests {
         assert!(lanes.len() > 60, "{} lanes", lanes.len());
 
         // An address sharing `a`'s lane keeps it when `a` goes.
-        let b = (1u16..)
-            .map(|i| addr6(&format!("fd00:10:244::{i:x}")))
+        let b = (1u32..)
+            .map(|i| lb_common::addr6(std::net::Ipv6Addr::from(0xfd00_0010_0244_0000_0000_0000_0000_0000u128 + i as u128)))
             .find(|b| vip_filter::slot6(b) == s)
-            .expect("an address sharing the lane");
+            .expect("an address sharing the lanes");
         let w = f.before(b, vip_flags::CLUSTER_IP);
         assert_eq!(w, None, "the lane already has the kind");
         assert_eq!(f.after(b, vip_flags::CLUSTER_IP), None);

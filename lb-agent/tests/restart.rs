@@ -546,6 +546,85 @@ fn a_new_conntrack_size_applies_at_a_restart_and_the_flows_carry_over() {
     assert_eq!(cli.run(|| request(SocketAddrV4::new(VIP, 80))), Ok(()));
 }
 
+/// Replaces both pre-filters with maps of their first layout (16,384
+/// words, one lane per address), recorded as layout version 1, as an
+/// agent before the two-lane filter left them.
+fn fabricate_older_filters(pins: &Path) {
+    for name in [lb_common::names::VIP_FILTER, lb_common::names::VIP_FILTER6] {
+        let path = pins.join(name);
+        std::fs::remove_file(&path).unwrap();
+        let out = Command::new("bpftool")
+            .args(["map", "create"])
+            .arg(&path)
+            .args(["type", "array", "key", "4", "value", "8", "entries", "16384", "name", name])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "bpftool map create: {}", String::from_utf8_lossy(&out.stderr));
+        let key: Vec<String> = lb_common::layout::key(name).iter().map(|b| b.to_string()).collect();
+        let out = Command::new("bpftool")
+            .args(["map", "update", "pinned"])
+            .arg(pins.join(lb_common::names::LAYOUT))
+            .arg("key")
+            .args(&key)
+            .args(["value", "1", "0", "0", "0"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "bpftool map update: {}", String::from_utf8_lossy(&out.stderr));
+    }
+}
+
+#[test]
+fn pre_filters_of_an_older_layout_are_rebuilt_alone_and_the_flows_carry_on() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let n = node("filter-layout");
+    let agent = n.agent(PinDir::new("filter-layout"));
+    // Idle connections through the line-echo ClusterIP.
+    let cli = &n.lab.node(0).pod("cli").ns;
+    let conns: Vec<TcpStream> = cli.run(|| {
+        (0..4)
+            .map(|i| {
+                let mut s = TcpStream::connect_timeout(&SocketAddrV4::new(STREAM_VIP, 7000).into(), ANSWER).unwrap();
+                s.set_read_timeout(Some(ANSWER)).unwrap();
+                writeln!(s, "l1").unwrap();
+                let mut line = String::new();
+                BufReader::new(s.try_clone().unwrap()).read_line(&mut line).unwrap();
+                assert_eq!(line.trim(), "web-a:l1", "connection {i}");
+                s
+            })
+            .collect()
+    });
+    let pins = agent.stop_keeping_pins(libc::SIGTERM);
+    let map_id = |pins: &Path, name: &str| aya::maps::MapData::from_pin(pins.join(name)).unwrap().info().unwrap().id();
+    let kept = [lb_common::names::CT_TCP, lb_common::names::VIPS, lb_common::names::SERVICES];
+    let before: Vec<u32> = kept.iter().map(|m| map_id(&pins.0, m)).collect();
+    fabricate_older_filters(&pins.0);
+    let agent = n.agent(pins);
+    agent.wait_log("the rebuilt filters to go live", "this agent's programs are live");
+    let log = agent.log_text();
+    let rebuilt: Vec<&str> = log.lines().filter(|l| l.contains("WARN") && l.contains("rebuilding")).collect();
+    for map in ["LB4_VIP_FILTER", "LB6_VIP_FILTER"] {
+        assert!(rebuilt.iter().any(|l| l.contains(&format!("map=\"{map}\""))), "no warning naming {map}:\n{log}");
+        let def = lb_agent::layout::pinned_def(&agent.pins.0.join(map)).unwrap();
+        assert_eq!(def.max_entries, lb_common::vip_filter::WORDS, "{map}");
+    }
+    // Nothing else: the IDs stay, and conntrack with them.
+    assert_eq!(rebuilt.len(), 2, "only the pre-filters are rebuilt:\n{log}");
+    let after: Vec<u32> = kept.iter().map(|m| map_id(&agent.pins.0, m)).collect();
+    assert_eq!(after, before, "{kept:?} are the same maps");
+    // Each connection goes on (its entry, the new filter's lanes), and a
+    // new one is served.
+    for (i, s) in conns.into_iter().enumerate() {
+        let mut w = s.try_clone().unwrap();
+        writeln!(w, "l2").unwrap();
+        let mut line = String::new();
+        BufReader::new(s).read_line(&mut line).unwrap_or_else(|e| panic!("connection {i} after the restart: {e}\n{log}"));
+        assert_eq!(line.trim(), "web-a:l2", "connection {i}");
+    }
+    assert_eq!(cli.run(|| request(SocketAddrV4::new(VIP, 80))), Ok(()));
+}
+
 /// Polls `f` until it holds or `timeout` passes; whether it held.
 fn wait_for_quietly(timeout: Duration, f: impl Fn() -> bool) -> bool {
     let deadline = std::time::Instant::now() + timeout;

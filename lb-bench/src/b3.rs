@@ -324,7 +324,7 @@ fn agent_run(bin: &Path, svcs: &[Svc], extra: &Svc, o: &B3Options, prefill: bool
         // from the pinned maps and its first sync finds nothing to write.
         let dp = Datapath::load(pins.path(), &sizes)?;
         let mut maps = Maps::open(pins.path())?;
-        crate::b1::write_directly(&mut maps, &services::to_desired(svcs))?;
+        crate::b1::write_directly(&mut maps, &services::to_desired(svcs), None)?;
         drop(dp);
     }
     let ns = Netns::new("b3-agent")?;

@@ -662,9 +662,11 @@ pub fn markdown(r: &Report, plots: &[String]) -> String {
              - **XDP NodePort paths over IPv6**: the same two, in the same run, on the IPv6 twins of the NodePort frontends at the node's IPv6 address \
              (`lb_xdp` tail-calls `lb_xdp6`; the remote backend's packets go on to `lb_xdp6_nat`, NAT66 to the node's IPv6 address in `LB6_NODE`, \
              checked on the first packet as IPv4's); their ratio to IPv4's is in the goals table.\n\
-             - **Kernel run_time/run_cnt**: the kernel's own accounting of the program (`bpf_prog_info`, counted only while `BPF_ENABLE_STATS` is held, around one \
-             `repeat` = N run of the ping-pong packet, or one more round of `repeat` = 1 runs: new flows, and the remote path's established packet). It leaves out what \
-             the test run adds around the program, so it needs no overhead correction, but includes the accounting's own clock reads (about two TSC reads per run).\n\
+             - **Kernel run_time/run_cnt**: the kernel's own accounting of the program (`bpf_prog_info`, counted only while `BPF_ENABLE_STATS` is held, around \
+             `repeat` = N runs of the ping-pong packet, best of the rounds as the test run's figure (one pass alone is at the mercy of whatever else shares the CPU), \
+             or one more round of `repeat` = 1 runs: new flows, and the remote path's established packet). It leaves out what \
+             the test run adds around the program, so it needs no overhead correction, but includes part of the accounting's own two clock reads per run: \
+             on this VM it reads 20–45 ns above the test run's `repeat` = N figure (docs/per-packet-profile.md, \"IPv6 at 100k services\").\n\
              - The Katran anchor (101–119 ns) is an XDP program on a bare-metal CPU; these figures come from the VM described above.\n",
             o.cpu,
             o.endpoints,

@@ -78,10 +78,12 @@ map_set! {
     REVNAT6 = "LB6_REVNAT", version 1, sized by Services;
     VIPS6 = "LB6_VIPS", version 1, sized by Services6;
     /// The XDP and tc programs' pre-filter of frontend addresses (see
-    /// `vip_filter`), derived from `LB4_VIPS`.
-    VIP_FILTER = "LB4_VIP_FILTER", version 1, sized by Fixed;
-    /// `LB6_VIPS`' pre-filter (see `vip_filter::slot6`), for tc.
-    VIP_FILTER6 = "LB6_VIP_FILTER", version 1, sized by Fixed;
+    /// `vip_filter`), derived from `LB4_VIPS`. Version 2: 65,536 words,
+    /// two lanes per address (version 1: 16,384 words, one lane).
+    VIP_FILTER = "LB4_VIP_FILTER", version 2, sized by Fixed;
+    /// `LB6_VIPS`' pre-filter (see `vip_filter::slot6`), for tc; version 2
+    /// as `LB4_VIP_FILTER`'s.
+    VIP_FILTER6 = "LB6_VIP_FILTER", version 2, sized by Fixed;
     SOCK_REVNAT6 = "LB6_SOCK_REVNAT", version 1, sized by Fixed;
     /// loadBalancerSourceRanges of IPv6 frontends (`SrcRange6`), as
     /// `LB4_SRC_RANGES`.
@@ -193,7 +195,8 @@ pub mod layout {
     /// hold IDs that the others refer to, so they are rebuilt together.
     /// (`LB4_VIP_FILTER` and `LB6_VIP_FILTER` are derived from `LB4_VIPS`
     /// and `LB6_VIPS` and rebuilt with them: programs still attached to
-    /// the old maps keep the old filters.)
+    /// the old maps keep the old filters. Rebuilt alone, they take nothing
+    /// with them: [`DERIVED`].)
     pub const RECONCILED: [&str; 15] = [
         SERVICES,
         SLOTS,
@@ -211,6 +214,34 @@ pub mod layout {
         VIP_FILTER,
         VIP_FILTER6,
     ];
+    /// Reconciled maps derived from others, holding no IDs: the
+    /// pre-filters, words computed from `LB4_VIPS` and `LB6_VIPS`. One
+    /// rebuilt alone (a new filter layout) renumbers nothing, so it takes
+    /// no other map with it: the starting agent fills it from the
+    /// addresses before its programs go live (`Maps::sync_vip_filter`),
+    /// and the flows carry on.
+    pub const DERIVED: [&str; 2] = [VIP_FILTER, VIP_FILTER6];
+
+    /// Whether rebuilding `name` gives frontends and backends new IDs
+    /// (a reconciled map that is not [`DERIVED`]).
+    pub fn renumbers(name: &str) -> bool {
+        let mut i = 0;
+        while i < RECONCILED.len() {
+            if eq(RECONCILED[i], name) {
+                let mut j = 0;
+                while j < DERIVED.len() {
+                    if eq(DERIVED[j], name) {
+                        return false;
+                    }
+                    j += 1;
+                }
+                return true;
+            }
+            i += 1;
+        }
+        false
+    }
+
     /// Maps whose entries name frontend or backend IDs: rebuilt along with
     /// [`RECONCILED`], since fresh IDs would give them other meanings.
     pub const REFER_TO_IDS: [&str; 8] = [CT_TCP, CT_ANY, AFFINITY, SOCK_REVNAT, FRONTEND_STATS, SOCK_REVNAT6, CT_TCP6, CT_ANY6];

@@ -101,8 +101,9 @@ pub fn fills(maps: &Maps) -> Result<Vec<Fill>, MapsError> {
         fill(maps.v6.src_ranges.name, maps.v6.src_ranges.entries()?.len(), maps.v6.src_ranges.max_entries),
         fill(maps.v6.ct_tcp.name, maps.v6.ct_tcp.entries()?.len(), maps.v6.ct_tcp.max_entries),
         fill(maps.v6.ct_any.name, maps.v6.ct_any.entries()?.len(), maps.v6.ct_any.max_entries),
-        // The pre-filter's lanes in use: the share of addresses with no
-        // frontend that take the exact lookup (false positives).
+        // The pre-filter's lanes in use: about the square of this share of
+        // addresses with no frontend take the exact lookup (false
+        // positives: both their lanes in use).
         fill(maps.vip_filter.name, filter_lanes_in_use(&maps.vip_filter)?, lb_common::vip_filter::BUCKETS),
         fill(maps.v6.vip_filter.name, filter_lanes_in_use(&maps.v6.vip_filter)?, lb_common::vip_filter::BUCKETS),
     ])

@@ -216,6 +216,11 @@ impl<M: MapStore> Reconciler<M> {
         self.node_name = node_name;
     }
 
+    /// This node's name, as [`Reconciler::set_node_name`] set it.
+    pub fn node_name(&self) -> Option<&str> {
+        self.node_name.as_deref()
+    }
+
     /// Makes the next `apply` look at every frontend again.
     fn forget_digests(&mut self) {
         for f in self.fam.v4.frontends.values_mut() {
