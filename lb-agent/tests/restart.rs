@@ -417,25 +417,13 @@ fn fabricate_older_layout(pins: &Path) {
     let backends = pins.join(lb_common::names::BACKENDS);
     std::fs::remove_file(&backends).unwrap();
     // Before slots had versions, a backend was 8 bytes.
-    let out = Command::new("bpftool")
-        .args(["map", "create"])
-        .arg(&backends)
-        .args(["type", "array", "key", "4", "value", "8", "entries", "65536", "name", "LB4_BACKENDS"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "bpftool map create: {}", String::from_utf8_lossy(&out.stderr));
+    bpftool(&["map", "create"], &backends, &["type", "array", "key", "4", "value", "8", "entries", "65536", "name", "LB4_BACKENDS"]);
     // And its LB_LAYOUT recorded none of the versions, in 32 entries: too
     // few for this build's maps (an agent reusing it failed at start).
     let layout = pins.join(lb_common::names::LAYOUT);
     std::fs::remove_file(&layout).unwrap();
     let key = lb_common::layout::KEY_LEN.to_string();
-    let out = Command::new("bpftool")
-        .args(["map", "create"])
-        .arg(&layout)
-        .args(["type", "hash", "key", &key, "value", "4", "entries", "32", "name", "LB_LAYOUT"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "bpftool map create: {}", String::from_utf8_lossy(&out.stderr));
+    bpftool(&["map", "create"], &layout, &["type", "hash", "key", &key, "value", "4", "entries", "32", "name", "LB_LAYOUT"]);
 }
 
 #[test]
@@ -553,23 +541,11 @@ fn fabricate_older_filters(pins: &Path) {
     for name in [lb_common::names::VIP_FILTER, lb_common::names::VIP_FILTER6] {
         let path = pins.join(name);
         std::fs::remove_file(&path).unwrap();
-        let out = Command::new("bpftool")
-            .args(["map", "create"])
-            .arg(&path)
-            .args(["type", "array", "key", "4", "value", "8", "entries", "16384", "name", name])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "bpftool map create: {}", String::from_utf8_lossy(&out.stderr));
-        let key: Vec<String> = lb_common::layout::key(name).iter().map(|b| b.to_string()).collect();
-        let out = Command::new("bpftool")
-            .args(["map", "update", "pinned"])
-            .arg(pins.join(lb_common::names::LAYOUT))
-            .arg("key")
-            .args(&key)
-            .args(["value", "1", "0", "0", "0"])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "bpftool map update: {}", String::from_utf8_lossy(&out.stderr));
+        bpftool(&["map", "create"], &path, &["type", "array", "key", "4", "value", "8", "entries", "16384", "name", name]);
+        let mut key = vec!["key".to_string()];
+        key.extend(lb_common::layout::key(name).iter().map(|b| b.to_string()));
+        key.extend(["value", "1", "0", "0", "0"].map(String::from));
+        bpftool(&["map", "update", "pinned"], &pins.join(lb_common::names::LAYOUT), &key);
     }
 }
 
@@ -648,6 +624,12 @@ fn pinned_ids(pins: &Path) -> Vec<(String, u32, u32)> {
             (pin.file_name(), info.id, info.prog_id)
         })
         .collect()
+}
+
+/// Runs `bpftool <cmd> <path> <args>` and asserts that it succeeded.
+fn bpftool<A: AsRef<std::ffi::OsStr>>(cmd: &[&str], path: &Path, args: &[A]) {
+    let out = Command::new("bpftool").args(cmd).arg(path).args(args).output().unwrap();
+    assert!(out.status.success(), "bpftool {}: {}", cmd.join(" "), String::from_utf8_lossy(&out.stderr));
 }
 
 fn bpftool_ok(args: &[&str]) -> bool {
