@@ -4,9 +4,12 @@
 //! on :8080). N services are generated once; the first and the last carry the
 //! ten real backends, the others fake endpoints. For each datapath in turn
 //! (in a fresh lab, so no conntrack or rule state carries over) the client
-//! makes `connections` sequential connections to the target service:
-//! connect, send a line, read the reply to EOF, close. Each connection is
-//! timed on the client (`Instant`), and so is the connect() alone.
+//! makes `connections` sequential connections to each target (the first
+//! service, the last, and the backend pods directly: the floor): connect,
+//! send a line, read the reply to EOF, close. Each connection is timed on
+//! the client (`Instant`), and so is the connect() alone. The targets take
+//! turns in rounds ([`ROUNDS`]), so that what else the machine does over
+//! the run weighs on them alike.
 
 use std::{
     io::{Read, Write},
@@ -34,6 +37,8 @@ pub struct B2Options {
     /// The longest wait for a quiet machine before each datapath
     /// ([`sys::wait_quiet`]).
     pub quiet_max: Duration,
+    /// The datapaths measured, in this order.
+    pub datapaths: Vec<Kind>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -45,6 +50,14 @@ pub enum Position {
     /// packets).
     Direct,
 }
+
+impl Position {
+    /// In the order of the report's rows.
+    pub const ALL: [Position; 3] = [Position::Direct, Position::First, Position::Last];
+}
+
+/// Rounds the connections of one datapath are measured in (see [`run`]).
+pub const ROUNDS: usize = 10;
 
 impl std::fmt::Display for Position {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -164,21 +177,38 @@ pub fn lab(backends: usize) -> Result<(NodeLab, Vec<LeanServer>)> {
     Ok((lab, servers))
 }
 
-/// `count` sequential connections to `to` from `ns`; returns the request
-/// and connect latencies and the number of failures.
-pub fn connections(ns: &lb_lab::Netns, to: SocketAddrV4, count: usize) -> (Vec<Duration>, Vec<Duration>, usize) {
+/// The first source port of B2's direct connections (the floor): each
+/// binds a port of its own, from here up, below the kernel's ephemeral
+/// range (32768 on), where the Service connections' ports come from. A
+/// direct connection from the port of a Service flow that went to the same
+/// backend would carry that flow's reply tuple, which netfilter's conntrack
+/// (kube-proxy) and lb's both still hold.
+pub const FIRST_PORT: u16 = 10_000;
+
+/// `count` sequential connections from `ns`, the i-th to `to[i % len]`,
+/// from source port `port + i` (with `Some(port)`) or an ephemeral one;
+/// returns the request and connect latencies and the number of failures.
+pub fn connections(ns: &lb_lab::Netns, to: &[SocketAddrV4], count: usize, port: Option<u16>) -> (Vec<Duration>, Vec<Duration>, usize) {
+    let to = to.to_vec();
     ns.run(move || {
         let mut req = Vec::with_capacity(count);
         let mut conn = Vec::with_capacity(count);
         let mut failures = 0;
         let timeout = Duration::from_secs(2);
-        for _ in 0..count {
-            let t0 = Instant::now();
-            let Ok(mut s) = TcpStream::connect_timeout(&to.into(), timeout) else {
+        for i in 0..count {
+            // Socket (and bind) before the clock starts: the timed part is
+            // the connection itself.
+            let Ok(sock) = socket(port.map(|p| p + i as u16)) else {
                 failures += 1;
                 continue;
             };
+            let t0 = Instant::now();
+            if sock.connect_timeout(&std::net::SocketAddr::V4(to[i % to.len()]).into(), timeout).is_err() {
+                failures += 1;
+                continue;
+            }
             let t1 = Instant::now();
+            let mut s = TcpStream::from(sock);
             let _ = s.set_nodelay(true);
             let _ = s.set_read_timeout(Some(timeout));
             let mut buf = [0u8; 256];
@@ -204,6 +234,15 @@ pub fn connections(ns: &lb_lab::Netns, to: SocketAddrV4, count: usize) -> (Vec<D
     })
 }
 
+fn socket(port: Option<u16>) -> std::io::Result<socket2::Socket> {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    if let Some(port) = port {
+        sock.set_reuse_address(true)?;
+        sock.bind(&std::net::SocketAddr::V4(SocketAddrV4::new(std::net::Ipv4Addr::UNSPECIFIED, port)).into())?;
+    }
+    Ok(sock)
+}
+
 /// The two rows (first and last target) of a datapath that was not measured
 /// at `n` services, with why.
 fn not_measured(rows: &mut Vec<B2Row>, kind: Kind, n: usize, install: Duration, note: String) {
@@ -225,9 +264,15 @@ fn not_measured(rows: &mut Vec<B2Row>, kind: Kind, n: usize, install: Duration, 
 /// `skip`: (datapath, services) points known not to load within the
 /// budget (from B3), with the reason; they are reported, not run.
 pub fn run(o: &B2Options, skip: &[(Kind, usize, String)]) -> Result<Vec<B2Row>> {
+    let ports = 50.min(o.connections) + o.connections;
+    ensure!(
+        usize::from(FIRST_PORT) + ports < 32_768,
+        "B2: {} direct connections need {ports} source ports of their own, more than {FIRST_PORT}..32767 holds",
+        o.connections
+    );
     let mut rows = Vec::new();
     for &n in &o.services {
-        for kind in Kind::B2 {
+        for &kind in &o.datapaths {
             if let Some((_, _, why)) = skip.iter().find(|(k, at, _)| *k == kind && n >= *at) {
                 eprintln!("lb-bench: B2 {kind} with {n} services: {why}; not measured");
                 not_measured(&mut rows, kind, n, Duration::ZERO, format!("not measured: {why}"));
@@ -266,22 +311,53 @@ pub fn run(o: &B2Options, skip: &[(Kind, usize, String)]) -> Result<Vec<B2Row>> 
                 continue;
             };
             let client = &lab.pods[0].ns;
-            // The floor first: a direct connection that reuses the source
-            // port of a recent Service flow to the same backend has that
-            // flow's reply tuple, and lb translates its replies as the
-            // flow's (seen here as 2 of 50 failed warm-up connections when
-            // the floor came last).
-            for position in [Position::Direct, Position::First, Position::Last] {
-                let to = match position {
-                    Position::First => SocketAddrV4::new(svcs[0].ip, svcs[0].port),
-                    Position::Last => SocketAddrV4::new(svcs[svcs.len() - 1].ip, svcs[svcs.len() - 1].port),
-                    Position::Direct => SocketAddrV4::new(ips[0], services::TARGET_PORT),
-                };
-                // Warm-up: neighbours, caches, the servers' first threads.
-                let (_, _, warm_fail) = connections(client, to, 50.min(o.connections));
-                ensure!(warm_fail == 0, "{kind}, {n} services: {warm_fail} of the warm-up connections to {to} failed");
-                let (req, conn, failures) = connections(client, to, o.connections);
-                ensure!(failures * 100 <= o.connections, "{kind}, {n} services: {failures} of {} connections failed", o.connections);
+            let targets = |position: Position| -> Vec<SocketAddrV4> {
+                match position {
+                    Position::First => vec![SocketAddrV4::new(svcs[0].ip, svcs[0].port)],
+                    Position::Last => vec![SocketAddrV4::new(svcs[svcs.len() - 1].ip, svcs[svcs.len() - 1].port)],
+                    // The floor goes to the same ten backend pods the
+                    // Service picks from, one after the other: one pod's
+                    // server alone stays warmer than ten.
+                    Position::Direct => ips.iter().map(|&ip| SocketAddrV4::new(ip, services::TARGET_PORT)).collect(),
+                }
+            };
+            let mut port = FIRST_PORT;
+            let mut from = |position: Position, count: usize| {
+                (position == Position::Direct).then(|| {
+                    let p = port;
+                    port += count as u16;
+                    p
+                })
+            };
+            // Warm-up: neighbours, caches, the servers' first threads.
+            for position in Position::ALL {
+                let to = targets(position);
+                let warm = 50.min(o.connections);
+                let (_, _, warm_fail) = connections(client, &to, warm, from(position, warm));
+                ensure!(warm_fail == 0, "{kind}, {n} services: {warm_fail} of the warm-up connections to {to:?} failed");
+            }
+            // The positions take turns, a batch each per round, the order
+            // rotating from round to round: whatever else the machine does
+            // over the run (it settles after the install, the kernel tears
+            // the last lab down) falls on all of them alike.
+            let rounds = ROUNDS.min(o.connections).max(1);
+            let mut got: Vec<(Vec<Duration>, Vec<Duration>, usize)> = Position::ALL.iter().map(|_| Default::default()).collect();
+            for r in 0..rounds {
+                let batch = o.connections / rounds + usize::from(r < o.connections % rounds);
+                for k in 0..Position::ALL.len() {
+                    let i = (r + k) % Position::ALL.len();
+                    let (req, conn, failures) = connections(client, &targets(Position::ALL[i]), batch, from(Position::ALL[i], batch));
+                    got[i].0.extend(req);
+                    got[i].1.extend(conn);
+                    got[i].2 += failures;
+                }
+            }
+            for (position, (req, conn, failures)) in Position::ALL.into_iter().zip(got) {
+                ensure!(
+                    failures * 100 <= o.connections,
+                    "{kind}, {n} services, {position}: {failures} of {} connections failed",
+                    o.connections
+                );
                 let row = B2Row {
                     kind,
                     services: n,

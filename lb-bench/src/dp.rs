@@ -22,7 +22,7 @@ use crate::{
     sys,
 };
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, clap::ValueEnum)]
 pub enum Kind {
     Ours,
     /// Ours with BPF host routing (`lb-agent run --host-routing bpf`):

@@ -75,6 +75,7 @@ impl Options {
                 connections: 2_000,
                 install_budget: std::time::Duration::from_secs(200),
                 quiet_max: std::time::Duration::from_secs(300),
+                datapaths: dp::Kind::B2.to_vec(),
             }),
             b3: Some(b3::B3Options {
                 services: 10_000,
@@ -150,6 +151,7 @@ impl Options {
                 connections: 20,
                 install_budget: std::time::Duration::from_secs(60),
                 quiet_max: std::time::Duration::from_secs(5),
+                datapaths: dp::Kind::B2.to_vec(),
             }),
             b3: Some(b3::B3Options {
                 services: 10,

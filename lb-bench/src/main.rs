@@ -62,6 +62,9 @@ struct Cli {
     /// B2: sequential connections per point.
     #[arg(long)]
     b2_connections: Option<usize>,
+    /// B2: only these datapaths (comma separated), in this order.
+    #[arg(long, value_delimiter = ',', value_enum)]
+    b2_datapaths: Option<Vec<lb_bench::dp::Kind>>,
     /// B3: services of the full sync.
     #[arg(long)]
     b3_services: Option<usize>,
@@ -144,6 +147,9 @@ fn main() -> Result<()> {
         }
         if let Some(v) = cli.b2_connections {
             b2.connections = v;
+        }
+        if let Some(v) = cli.b2_datapaths {
+            b2.datapaths = v;
         }
     }
     if let Some(b3) = &mut o.b3 {

@@ -743,15 +743,20 @@ pub fn markdown(r: &Report, plots: &[String]) -> String {
              **lb** (the `lb_tc_ingress` program attached to every pod interface in the node, maps filled as in B1), **kube-proxy iptables** (the B3 ruleset, loaded inside the node namespace with \
              `iptables-restore` (nf_tables backend, the system default) and, as a separate datapath, with `iptables-legacy-restore`; the target's rule is first \
              or last in KUBE-SERVICES) and **kube-proxy nftables** (the B3 table, `nft -f` inside the node namespace). \
-             The client then makes {} sequential connections to the target (after 50 warm-up ones): connect, send a line, read the reply to EOF, close; each is timed \
-             on the client. The connect() column is the SYN → SYN-ACK round trip alone, the first packet of a flow through the datapath. \
-             The \"direct\" row is the floor: the same client, in the same lab with the same datapath installed, straight to a backend pod's address (no Service), \
-             so the difference to the last service's row is what the Service translation adds. \
+             The client then makes {} sequential connections to each target (after 50 warm-up ones): connect, send a line, read the reply to EOF, close; each is timed \
+             on the client (the socket is made before the clock starts). The connect() column is the SYN → SYN-ACK round trip alone, the first packet of a flow through the datapath. \
+             The \"direct\" row is the floor: the same client, in the same lab with the same datapath installed, straight to the backend pods' addresses (no Service), \
+             the ten in turn as the Service spreads its connections over them, so the difference to the last service's row is what the Service translation adds. \
+             The three targets take turns: {} rounds, each a batch of connections to every target, in an order that rotates from round to round, so that \
+             whatever else the machine does during the run weighs on the three alike. The direct connections bind source ports of their own \
+             (from {} up, below the ephemeral range the Service connections draw from): reused, a port would carry an earlier Service flow's reply tuple. \
              A baseline whose rules did not load within the budget (or did not in B3 at that size) is shown as not measured. \
              Before each datapath's lab the run waits (at most 5 minutes) until the machine is quiet, under 10 % CPU busy over half a second, so that leftover background work (the kernel tears a deleted namespace down asynchronously) does not overlap a measurement. Nothing else on the machine is stopped for the run; tails (p99) are the figures most sensitive to other load.\n\n",
             crate::b2::BACKENDS,
             o.endpoints,
-            o.connections
+            o.connections,
+            crate::b2::ROUNDS,
+            crate::b2::FIRST_PORT
         );
     }
     if let Some(rows) = &r.b4 {
