@@ -96,7 +96,8 @@ map_set! {
     /// programs attached to interfaces. Pinned so that they outlive the
     /// agent: the kernel empties a program array when its last user
     /// reference (a pin, or a process's descriptor) goes.
-    TC_CALLS = "LB_TC_CALLS", version 1, sized by Fixed;
+    /// Version 2: a third slot (`tc_call::INGRESS6_REST`).
+    TC_CALLS = "LB_TC_CALLS", version 2, sized by Fixed;
     /// The IPv6 XDP program (see [`xdp_call`]), tail-called by `lb_xdp`;
     /// pinned for the same reason as `LB_TC_CALLS` (a program array holds
     /// programs of its owner's type only, so XDP has its own).
@@ -1006,10 +1007,13 @@ pub mod tc_call {
     pub const INGRESS6: u32 = 0;
     /// `lb_tc_egress6`, from `lb_tc_egress`.
     pub const EGRESS6: u32 = 1;
+    /// `lb_tc_ingress6_rest`, from `lb_tc_ingress6` when its first look
+    /// (pre-filter, established flow) did not settle the packet.
+    pub const INGRESS6_REST: u32 = 2;
     /// Slots in the map.
-    pub const SLOTS: u32 = 2;
+    pub const SLOTS: u32 = 3;
     /// The program of each slot, by index.
-    pub const PROGRAMS: [&str; SLOTS as usize] = ["lb_tc_ingress6", "lb_tc_egress6"];
+    pub const PROGRAMS: [&str; SLOTS as usize] = ["lb_tc_ingress6", "lb_tc_egress6", "lb_tc_ingress6_rest"];
 }
 
 pub const REJECT_BURST: u32 = 20;

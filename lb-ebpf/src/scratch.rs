@@ -2,8 +2,9 @@
 //! flow, off the stack, where every part of a path that a program splits
 //! (functions of their own, tail calls) finds it without parsing again.
 //!
-//! - tc, from a pod: `first6` parses into [`TC_INGRESS`]; the exact path
-//!   (`ingress6`) reads the flow from there.
+//! - tc, from a pod: `lb_tc_ingress6`'s first look parses into
+//!   [`TC_INGRESS`]; the exact path (`ingress6`, in
+//!   `lb_tc_ingress6_rest`, which it tail-calls) reads the flow from there.
 //! - tc, to a client: `egress6`, [`TC_EGRESS`].
 //! - ICMPv6 errors about flows are read into the slot of their hook too
 //!   ([`Scratch6::err`]).

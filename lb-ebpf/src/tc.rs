@@ -203,29 +203,54 @@ fn egress4(skb: *mut __sk_buff) -> Result<i32, Error> {
     try_egress(&TcContext::new(skb))
 }
 
-/// IPv6, leaving a pod: `LB_TC_CALLS[tc_call::INGRESS6]`. The path runs
-/// in functions of their own (BPF-to-BPF calls), one after the other, so
-/// that their frames never add up: the first look ([`first6`]: the
-/// pre-filter, then an established flow straight from conntrack), the
-/// exact path when that one did not settle the packet ([`ingress6`]), and
-/// a reject ([`reject6`]).
+/// IPv6, leaving a pod: `LB_TC_CALLS[tc_call::INGRESS6]`. The first look
+/// runs here: the pre-filter, then an established flow straight from
+/// conntrack (`Stage::First`), which settles most packets. The rest (the
+/// exact path of a new flow, a reject, an ICMPv6 error) continues in
+/// [`lb_tc_ingress6_rest`], by another tail call: a tail call starts a
+/// fresh stack, and the first look and the exact path in one call chain
+/// needed more than the verifier's 512 bytes (their frames add up). As a
+/// call of its own, the first look cost an established packet a call
+/// and a return.
 #[classifier]
-pub fn lb_tc_ingress6(ctx: TcContext) -> i32 {
+pub fn lb_tc_ingress6(mut ctx: TcContext) -> i32 {
+    // (An ICMPv6 error goes on to the rest as it is: no first look.)
+    if !is_icmp6(&ctx) {
+        let rest = match ingress6_stage(ctx.skb.skb, Stage::First) {
+            Ok(EXACT) => EXACT,
+            Ok(EXACT_NO_ENTRY) => EXACT_NO_ENTRY,
+            other => return verdict(&ctx, other),
+        };
+        // The control block survives the tail call: it tells the rest
+        // whether the first look found no conntrack entry.
+        ctx.cb_mut()[CB_FIRST_LOOK] = rest as u32;
+    }
+    tail_call(&ctx, tc_call::INGRESS6_REST)
+}
+
+/// IPv6, leaving a pod, after the first look: `LB_TC_CALLS[tc_call::INGRESS6_REST]`.
+/// The path runs in functions of their own (BPF-to-BPF calls), one after
+/// the other, so that their frames never add up: the exact path
+/// ([`ingress6`]) and a reject ([`reject6`]), or an ICMPv6 error
+/// ([`icmp6_error`]).
+#[classifier]
+pub fn lb_tc_ingress6_rest(ctx: TcContext) -> i32 {
     if is_icmp6(&ctx) {
         // A pod's error about a reply it got from a frontend.
         return verdict(&ctx, icmp6_error(ctx.skb.skb, CT_SERVICE));
     }
-    let exact = match first6(ctx.skb.skb) {
-        Ok(EXACT) => ingress6(ctx.skb.skb, false),
-        Ok(EXACT_NO_ENTRY) => ingress6(ctx.skb.skb, true),
-        other => return verdict(&ctx, other),
-    };
-    let result = match exact {
+    let no_entry = ctx.cb()[CB_FIRST_LOOK] == EXACT_NO_ENTRY as u32;
+    let result = match ingress6(ctx.skb.skb, no_entry) {
         Ok(REJECT) => reject6(ctx.skb.skb),
         other => other,
     };
     verdict(&ctx, result)
 }
+
+/// The word of the skb's control block where `lb_tc_ingress6` leaves
+/// `lb_tc_ingress6_rest` the first look's answer ([`EXACT`] or
+/// [`EXACT_NO_ENTRY`]).
+const CB_FIRST_LOOK: usize = 0;
 
 /// IPv6, on its way to a client: `LB_TC_CALLS[tc_call::EGRESS6]`.
 #[classifier]
@@ -339,12 +364,6 @@ fn try_ingress(ctx: &TcContext) -> Result<i32, Error> {
     }
 }
 
-/// [`try_ingress`] for IPv6, first part ([`Stage::First`]).
-#[inline(never)]
-fn first6(skb: *mut __sk_buff) -> Result<i32, Error> {
-    ingress6_stage(skb, Stage::First)
-}
-
 /// [`try_ingress`] for IPv6, the rest ([`Stage::Exact`]).
 #[inline(never)]
 fn ingress6(skb: *mut __sk_buff, no_entry: bool) -> Result<i32, Error> {
@@ -361,8 +380,9 @@ fn ingress6_stage(skb: *mut __sk_buff, stage: Stage) -> Result<i32, Error> {
         return Ok(NEXT);
     };
     let f = if let Stage::Exact { .. } = stage {
-        // SAFETY: `first6` parsed the flow into this CPU's slot on this
-        // run: the exact path follows its `EXACT` answers only.
+        // SAFETY: the first look (`lb_tc_ingress6`) parsed the flow into
+        // this CPU's slot on this run: the exact path follows its `EXACT`
+        // answers only, by a tail call, which keeps the CPU.
         unsafe { s.flow.assume_init_mut() }
     } else {
         pull(ctx, MAX_HEADERS6)?;
@@ -375,13 +395,13 @@ fn ingress6_stage(skb: *mut __sk_buff, stage: Stage) -> Result<i32, Error> {
 }
 
 /// Which part of the path from a pod a call runs (a constant at each call
-/// site). IPv4 runs it whole. IPv6 runs it in two functions called one
-/// after the other ([`first6`], then [`ingress6`] when the first answers
-/// [`EXACT`]): the verifier forced this, as one function its frame grew
-/// past 512 bytes (keys and entries, and the four-word addresses spilled
-/// across helper calls). The flow is parsed once, into the per-CPU
-/// scratch (`scratch::TC_INGRESS`), where the exact path finds it; an
-/// established flow never gets there.
+/// site). IPv4 runs it whole. IPv6 runs it in two programs, the second
+/// tail-called when the first answers [`EXACT`] ([`lb_tc_ingress6`], then
+/// [`ingress6`] in [`lb_tc_ingress6_rest`]): the verifier forced this, as
+/// one call chain its frames grew past 512 bytes (keys and entries, and
+/// the four-word addresses spilled across helper calls). The flow is
+/// parsed once, into the per-CPU scratch (`scratch::TC_INGRESS`), where
+/// the exact path finds it; an established flow never gets there.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Stage {
     Whole,
