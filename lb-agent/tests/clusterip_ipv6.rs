@@ -181,6 +181,50 @@ fn a_4000_byte_udp_answer_crosses_an_ipv6_clusterip_in_fragments() {
     assert!(translated >= 6 * 2 + 2, "later fragments were translated: {translated}");
 }
 
+/// Path MTU discovery for a fragmented UDP datagram through an IPv6
+/// ClusterIP: the backend's link has MTU 1280, the client's 1500. The
+/// client's 3000-byte query leaves in 1500-byte fragments, which the node
+/// cannot forward to the backend: it answers the first with Packet Too
+/// Big, quoting it as DNATed (its fragment header included). Translated
+/// on its way to the client (from the ClusterIP, about the fragment the
+/// client sent), it reaches the client's connected socket: the query
+/// fails with EMSGSIZE instead of waiting for an answer that never comes,
+/// and the next query, fragmented for 1280 bytes, is answered. Untranslated
+/// (about a fragment to the backend's address, which no socket of the
+/// client sent) the kernel drops it, and every query times out.
+#[test]
+fn a_packet_too_big_about_a_fragmented_query_reaches_the_client_through_an_ipv6_clusterip() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let lab = NodeLab::new(&["client", "dns"]).unwrap();
+    lab.enable_ipv6().unwrap();
+    let dns = lab.pod("dns");
+    dns.ns.ip(&["link", "set", "eth0", "mtu", "1280"]).unwrap();
+    lab.node.ip(&["link", "set", &dns.host_if, "mtu", "1280"]).unwrap();
+    let dns6 = lab.pod_ip6("dns");
+    let _server = udp_echo_at(&dns.ns, SocketAddrV6::new(dns6, 5353, 0, 0).into(), "dns").unwrap();
+    let dir = ManifestDir::new("ptb6");
+    let pods = (&[dns.ip][..], &[dns6][..]);
+    dir.write("dns.yaml", &dual_stack_yaml("dns", ("10.96.0.53", "fd00:96::35"), (53, "UDP", 5353), pods, false));
+    let agent = Agent::start(&lab.node, &dir.0, "ptb6");
+    agent.wait_rows("both families' frontends", |rows| rows.len() == 2);
+    let vip: SocketAddr = "[fd00:96::35]:53".parse().unwrap();
+    let client = &lab.pod("client").ns;
+    // A small query goes through: the flow is there.
+    let (reply, _) = udp_request_to(client, vip, b"small", TIMEOUT).unwrap_or_else(|e| panic!("small query: {e:#}\n{}", agent.log_text()));
+    assert!(reply.starts_with("dns:small"), "{reply}");
+
+    let big = vec![b'x'; 3000];
+    let err = udp_request_to(client, vip, &big, TIMEOUT).expect_err("a query too big for the backend's link");
+    let os_error = err.chain().find_map(|e| e.downcast_ref::<std::io::Error>()).and_then(std::io::Error::raw_os_error);
+    assert_eq!(os_error, Some(libc::EMSGSIZE), "the client learns the path MTU: {err:#}");
+    assert!(agent.maps().stat(stat::ICMP_TRANSLATED).unwrap() >= 1);
+    // The next query is fragmented for the path and answered.
+    let (reply, _) = udp_request_to(client, vip, &big, TIMEOUT).unwrap_or_else(|e| panic!("query after PMTU: {e:#}"));
+    assert!(reply.starts_with(&format!("dns:{}", "x".repeat(3000))), "the query came through whole");
+}
+
 /// Requests from the client pod to the web ClusterIP over IPv6: each is
 /// answered by a backend.
 fn reach_web(lab: &NodeLab, what: &str, n: usize) {

@@ -510,6 +510,131 @@ fn icmpv6_errors_about_translated_flows_are_translated() {
     assert_eq!(l.stat(stat::ICMP_TRANSLATED), 3);
 }
 
+/// A destination options header (PadN) before `next`.
+fn dest_opts(next: IpNumber) -> Ipv6Extensions {
+    let dst = Ipv6RawExtHeader::new_raw(next, &[1, 4, 0, 0, 0, 0]).unwrap();
+    Ipv6Extensions { destination_options: Some(dst), ..none() }
+}
+
+/// ICMPv6 errors (Packet Too Big, destination unreachable) about packets
+/// of translated flows that carried extension headers, or were the first
+/// fragment of a datagram: the quoted packet's headers are walked as a
+/// packet's, its ports found after them and translated, the extension
+/// headers left as they are. Each case is checked and the wrong ones
+/// named together.
+#[test]
+fn icmpv6_errors_quoting_extension_headers_and_first_fragments_are_translated() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let mut l = loaded("v6-icmp-exts");
+    let (client, vip, be) = (sa6(CLIENT), sa6(VIP_TCP), sa6(BE_TCP));
+    let (vip_udp, be_udp) = (sa6(VIP_UDP), sa6(BE_UDP));
+    let router: Ipv6Addr = "fd00:10:244::1".parse().unwrap();
+    let ptb = Icmpv6Type::PacketTooBig { mtu: 1280 };
+    let unreach = Icmpv6Type::DestinationUnreachable(DestUnreachableCode::Port);
+    let payload = [0x5a; 1300];
+    let mut wrong = Vec::new();
+    let mut expect = |l: &mut Loaded, name: &str, hook: Hook, input: &[u8], want: &[u8]| {
+        let out = match hook {
+            Hook::FromPod => l.run(input),
+            Hook::ToClient => l.run_egress(input),
+        };
+        if out.verdict != TC_ACT_UNSPEC || out.packet != want {
+            wrong.push(format!("{name}: verdict {}, packet {}", out.verdict, if out.packet == input { "untouched" } else { "wrong" }));
+        }
+    };
+
+    // (a) TCP behind a destination options header (and, the other way,
+    // a hop-by-hop header too), both ways of the flow.
+    assert_eq!(l.run(&v6::tcp(client, vip, "S", 1, b"", none())).verdict, TC_ACT_UNSPEC);
+    let data = v6::tcp(client, vip, "PA", 2, &payload, dest_opts(IpNumber::TCP));
+    let sent = l.run(&data).packet;
+    assert_eq!(hex(&sent), hex(&v6::tcp(client, be, "PA", 2, &payload, dest_opts(IpNumber::TCP))), "DNATed");
+    let want = icmp6_error(*vip.ip(), *client.ip(), ptb, &data);
+    expect(&mut l, "PTB quoting destination options, to the client", Hook::ToClient, &icmp6_error(router, *client.ip(), ptb, &sent), &want);
+    let want = icmp6_error(*vip.ip(), *client.ip(), unreach, &data);
+    expect(
+        &mut l,
+        "unreachable quoting destination options, to the client",
+        Hook::ToClient,
+        &icmp6_error(*be.ip(), *client.ip(), unreach, &sent),
+        &want,
+    );
+    let sent_reply = v6::tcp(be, client, "PA", 7, &payload, hop_by_hop_and_dest_opts());
+    let got = l.run_egress(&sent_reply).packet;
+    assert_eq!(hex(&got), hex(&v6::tcp(vip, client, "PA", 7, &payload, hop_by_hop_and_dest_opts())), "reverse-NATed");
+    let want = icmp6_error(*client.ip(), *be.ip(), ptb, &sent_reply);
+    expect(
+        &mut l,
+        "PTB quoting hop-by-hop and destination options, to the backend",
+        Hook::FromPod,
+        &icmp6_error(*client.ip(), *vip.ip(), ptb, &got),
+        &want,
+    );
+
+    // (b) The first fragment (offset 0, M) of a UDP datagram, both ways:
+    // its ports follow the fragment header; its UDP checksum (over the
+    // whole datagram) is in the quote and translated back too.
+    let query = datagram(3000);
+    let frags = v6::fragments(&v6::udp(client, vip_udp, &query, none()), 1232, 0x1234_5678);
+    let sent: Vec<Vec<u8>> = frags.iter().map(|f| l.run(f).packet).collect();
+    assert_eq!(hex(&sent[0]), hex(&v6::fragments(&v6::udp(client, be_udp, &query, none()), 1232, 0x1234_5678)[0]), "DNATed");
+    assert_eq!(&sent[0][14 + 40..14 + 44], &[17, 0, 0, 1], "a fragment header: UDP, offset 0, M");
+    let want = icmp6_error(*vip_udp.ip(), *client.ip(), ptb, &frags[0]);
+    expect(&mut l, "PTB quoting a first fragment, to the client", Hook::ToClient, &icmp6_error(router, *client.ip(), ptb, &sent[0]), &want);
+    let want = icmp6_error(*vip_udp.ip(), *client.ip(), unreach, &frags[0]);
+    expect(
+        &mut l,
+        "unreachable quoting a first fragment, to the client",
+        Hook::ToClient,
+        &icmp6_error(*be_udp.ip(), *client.ip(), unreach, &sent[0]),
+        &want,
+    );
+    // The answer's fragments carry a hop-by-hop header before the
+    // fragment header (the unfragmentable part, RFC 8200 4.5).
+    let answer = datagram(4000);
+    let hbh = || {
+        let h = Ipv6RawExtHeader::new_raw(IpNumber::UDP, &[1, 4, 0, 0, 0, 0]).unwrap();
+        Ipv6Extensions { hop_by_hop_options: Some(h), ..none() }
+    };
+    let reply_frags = v6::fragments(&v6::udp(be_udp, client, &answer, hbh()), 1232, 0x9abc_def0);
+    let got: Vec<Vec<u8>> = reply_frags.iter().map(|f| l.run_egress(f).packet).collect();
+    assert_eq!(hex(&got[0]), hex(&v6::fragments(&v6::udp(vip_udp, client, &answer, hbh()), 1232, 0x9abc_def0)[0]), "reverse-NATed");
+    assert_eq!(&got[0][14 + 40..14 + 42], &[44, 0], "hop-by-hop, then the fragment header");
+    let want = icmp6_error(*client.ip(), *be_udp.ip(), ptb, &reply_frags[0]);
+    expect(
+        &mut l,
+        "PTB quoting a first fragment behind hop-by-hop, to the backend",
+        Hook::FromPod,
+        &icmp6_error(*client.ip(), *vip_udp.ip(), ptb, &got[0]),
+        &want,
+    );
+    let translated = l.stat(stat::ICMP_TRANSLATED);
+
+    // (c) A later fragment quotes no ports: its first fragment's are kept
+    // under the addresses it arrived with, not the translated ones the
+    // quote shows; it passes untouched.
+    let later = icmp6_error(router, *client.ip(), ptb, &sent[1]);
+    expect(&mut l, "PTB quoting a later fragment passes untouched", Hook::ToClient, &later, &later);
+
+    // Quotes cut off inside a header pass untouched: in the destination
+    // options header, in the fragment header, and right after it (no
+    // ports).
+    let cut = |p: &[u8], len: usize| icmp6_error(router, *client.ip(), ptb, &p[..14 + len]);
+    let tcp_sent = l.run(&data).packet;
+    for (name, input) in [
+        ("a quote cut in its destination options header", cut(&tcp_sent, 40 + 4)),
+        ("a quote cut in its fragment header", cut(&sent[0], 40 + 6)),
+        ("a quote cut after its fragment header", cut(&sent[0], 40 + 8 + 2)),
+    ] {
+        expect(&mut l, name, Hook::ToClient, &input, &input);
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+    assert_eq!(translated, 6);
+    assert_eq!(l.stat(stat::ICMP_TRANSLATED), 6, "nothing else translated");
+}
+
 /// The flags of the forward conntrack entry of `client` -> `vip` (TCP).
 fn forward_entry_flags(l: &Loaded, client: SocketAddrV6, vip: SocketAddrV6) -> Option<u8> {
     let want = format!("service {client} -> {vip}");

@@ -1331,6 +1331,107 @@ fn icmpv6_errors_about_nat66_flows_are_translated_both_ways() {
     assert_eq!(fx.l.stat(stat::TAIL_CALL_FAILED), 0);
 }
 
+/// ICMPv6 errors about NAT66 flows whose quoted packet carried extension
+/// headers, or was the first fragment of a datagram: the quote's headers
+/// are walked as a packet's and its ports, after them, translated, the
+/// extension headers left as they are. A quoted later fragment (no ports)
+/// and a quote cut off inside its headers pass untouched. Each case is
+/// checked and the wrong ones named together.
+#[test]
+fn icmpv6_errors_quoting_extension_headers_and_first_fragments_are_translated() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    use common::v6::{fragments, tcp, udp};
+    use etherparse::{IpNumber, Ipv6Extensions, Ipv6RawExtHeader};
+    let mut fx = fixture6("xdp-v6-icmp-exts");
+    let (c, np, be, nat) = (sa6(CLIENT6), node6(30080), sa6("[fd00:244:2::10]:8080"), node6(NAT_PORT));
+    let hop = |f: Frame| Frame { ttl: 63, ..f };
+    let router: std::net::Ipv6Addr = "fd00:50::fe".parse().unwrap();
+    let router_b: std::net::Ipv6Addr = "fd00:50::2".parse().unwrap();
+    let ptb = Icmpv6Type::PacketTooBig { mtu: 1280 };
+    let unreach = Icmpv6Type::DestinationUnreachable(etherparse::icmpv6::DestUnreachableCode::Port);
+    // PadN only.
+    let dest_opts = |next| Ipv6Extensions {
+        destination_options: Some(Ipv6RawExtHeader::new_raw(next, &[1, 4, 0, 0, 0, 0]).unwrap()),
+        ..Default::default()
+    };
+    let hbh = |next| Ipv6Extensions {
+        hop_by_hop_options: Some(Ipv6RawExtHeader::new_raw(next, &[1, 4, 0, 0, 0, 0]).unwrap()),
+        ..Default::default()
+    };
+    // What an error quotes of a packet: at most 1232 bytes.
+    let quote = |p: &[u8]| p[..p.len().min(14 + 1232)].to_vec();
+    let mut wrong = Vec::new();
+    // `want`: the translated error, sent on; `None`: passed untouched.
+    let mut check = |fx: &mut Fixture, name: &str, input: &[u8], want: Option<&[u8]>| {
+        let out = fx.run(input);
+        let (verdict, packet) = match want {
+            Some(p) => (XDP_TX, p),
+            None => (XDP_PASS, input),
+        };
+        if out.verdict != verdict || out.packet != packet {
+            wrong.push(format!("{name}: verdict {}, packet {}", out.verdict, if out.packet == input { "untouched" } else { "wrong" }));
+        }
+    };
+
+    // (a) TCP: Packet Too Big about a reply we sent behind a destination
+    // options header, and node B's destination unreachable about a SYN
+    // behind hop-by-hop and destination options.
+    assert_eq!(fx.run(&common::v6::tcp_in(IN, c, np, "S", 1000, b"")).verdict, XDP_TX);
+    let input = icmp6_in(IN, router, *np.ip(), ptb, &tcp(np, c, "A", 5000, b"", dest_opts(IpNumber::TCP)));
+    let want = icmp6_in(hop(TO_B), *np.ip(), *be.ip(), ptb, &tcp(be, nat, "A", 5000, b"", dest_opts(IpNumber::TCP)));
+    check(&mut fx, "PTB quoting destination options, to the backend", &input, Some(&want));
+    let both =
+        || Ipv6Extensions { destination_options: dest_opts(IpNumber::TCP).destination_options, ..hbh(IpNumber::IPV6_DESTINATION_OPTIONS) };
+    let input = icmp6_in(FROM_B, *be.ip(), *nat.ip(), unreach, &tcp(nat, be, "S", 1000, b"", both()));
+    let want = icmp6_in(hop(TO_CLIENT), *np.ip(), *c.ip(), unreach, &tcp(c, np, "S", 1000, b"", both()));
+    check(&mut fx, "unreachable quoting hop-by-hop and destination options, to the client", &input, Some(&want));
+
+    // (b) UDP through NodePort 30053 (node B): the first fragment (offset
+    // 0, M) of a datagram, its ports after the fragment header and its
+    // UDP checksum (over the whole datagram) in the quote.
+    let np_u = node6(30053);
+    let be_u = sa6("[fd00:244:2::10]:5353");
+    let out = fx.run(&common::v6::udp_in(IN, c, np_u, b"query"));
+    assert_eq!(out.verdict, XDP_TX, "UDP to node B");
+    let nat_u = node6(u16::from_be_bytes([out.packet[14 + 40], out.packet[14 + 41]]));
+    let data: Vec<u8> = (0..3000).map(|i| (i % 253) as u8).collect();
+    let first = |src, dst, exts| quote(&fragments(&udp(src, dst, &data, exts), 1232, 7)[0]);
+    assert_eq!(&first(nat_u, be_u, Ipv6Extensions::default())[14 + 40..14 + 44], &[17, 0, 0, 1], "UDP, offset 0, M");
+    let input = icmp6_in(FROM_B, router_b, *nat.ip(), ptb, &first(nat_u, be_u, Ipv6Extensions::default()));
+    let want = icmp6_in(hop(TO_CLIENT), *np.ip(), *c.ip(), ptb, &first(c, np_u, Ipv6Extensions::default()));
+    check(&mut fx, "PTB quoting a first fragment, to the client", &input, Some(&want));
+    let input = icmp6_in(FROM_B, *be.ip(), *nat.ip(), unreach, &first(nat_u, be_u, Ipv6Extensions::default()));
+    let want = icmp6_in(hop(TO_CLIENT), *np.ip(), *c.ip(), unreach, &first(c, np_u, Ipv6Extensions::default()));
+    check(&mut fx, "unreachable quoting a first fragment, to the client", &input, Some(&want));
+    // The answer's first fragment, behind a hop-by-hop header.
+    let input = icmp6_in(IN, router, *np.ip(), ptb, &first(np_u, c, hbh(IpNumber::UDP)));
+    let want = icmp6_in(hop(TO_B), *np.ip(), *be.ip(), ptb, &first(be_u, nat_u, hbh(IpNumber::UDP)));
+    check(&mut fx, "PTB quoting a first fragment behind hop-by-hop, to the backend", &input, Some(&want));
+    let translated = fx.l.stat(stat::ICMP_TRANSLATED);
+
+    // (c) A later fragment quotes no ports (its first fragment's are kept
+    // under the addresses it arrived with, not the quote's): untouched.
+    let later = quote(&fragments(&udp(nat_u, be_u, &data, Ipv6Extensions::default()), 1232, 7)[1]);
+    check(&mut fx, "PTB quoting a later fragment passes untouched", &icmp6_in(FROM_B, router_b, *nat.ip(), ptb, &later), None);
+    // Quotes cut off in the destination options header, in the fragment
+    // header, and right after it (no ports).
+    let tcp_reply = tcp(np, c, "A", 5000, b"", dest_opts(IpNumber::TCP));
+    let frag = first(np_u, c, Ipv6Extensions::default());
+    for (name, cut) in [
+        ("a quote cut in its destination options header", &tcp_reply[..14 + 40 + 4]),
+        ("a quote cut in its fragment header", &frag[..14 + 40 + 6]),
+        ("a quote cut after its fragment header", &frag[..14 + 40 + 8 + 2]),
+    ] {
+        check(&mut fx, name, &icmp6_in(IN, router, *np.ip(), ptb, cut), None);
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+    assert_eq!(translated, 5);
+    assert_eq!(fx.l.stat(stat::ICMP_TRANSLATED), 5, "nothing else translated");
+    assert_eq!(fx.l.stat(stat::TAIL_CALL_FAILED), 0);
+}
+
 fn node6(port: u16) -> std::net::SocketAddrV6 {
     std::net::SocketAddrV6::new(NODE6.parse().unwrap(), port, 0, 0)
 }

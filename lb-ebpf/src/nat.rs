@@ -4,7 +4,7 @@
 
 use lb_common::{
     Addr6, Ct6Entry, CtEntry, IPPROTO_UDP, V4, V6, csum,
-    packet::{ETH_HLEN, Fragment, ICMP_HLEN, IPV6_HLEN, icmp, icmp_error, icmp6, ip, ip6, l4, l4_check_offset},
+    packet::{ETH_HLEN, Fragment, ICMP_HLEN, icmp, icmp_error, icmp6, ip, ip6, l4, l4_check_offset},
     stat,
 };
 
@@ -14,7 +14,7 @@ use crate::{
     family::{Ct, CtKey, FamilyMaps},
     l3::L3,
     packet::{L4Csum, PacketData, read, write},
-    parse::{Flow, IcmpError, MAX_L4_OFF},
+    parse::{Flow, IcmpError, MAX_L4_OFF, MAX_QUOTED_L4_OFF},
     stats,
 };
 
@@ -183,10 +183,11 @@ pub fn rewrite_icmp_error<C: PacketData>(ctx: &C, err: &IcmpError, e: &CtEntry) 
 }
 
 /// [`rewrite_icmp_error`] for ICMPv6: the outer addresses, the quoted
-/// packet's addresses and ports, and its L4 checksum where the quote has
-/// it. IPv6 has no header checksum; the ICMPv6 checksum covers the pseudo
-/// header (the outer addresses) and the whole quote, and is updated
-/// incrementally in software for every change.
+/// packet's addresses and ports (after its extension headers, at
+/// `err.q_l4_off`), and its L4 checksum where the quote has it. IPv6 has
+/// no header checksum; the ICMPv6 checksum covers the pseudo header (the
+/// outer addresses) and the whole quote, and is updated incrementally in
+/// software for every change (the quoted extension headers are not).
 #[inline(always)]
 pub fn rewrite_icmp6_error<C: PacketData>(ctx: &C, err: &IcmpError<V6>, e: &Ct6Entry) -> Option<()> {
     // In map memory (`scratch`), as a flow's `l4_off`: bounded for the
@@ -195,9 +196,13 @@ pub fn rewrite_icmp6_error<C: PacketData>(ctx: &C, err: &IcmpError<V6>, e: &Ct6E
     if icmp_off > MAX_L4_OFF {
         return None;
     }
+    // The quoted L4 header, after the quote's extension headers.
+    let q_l4 = err.q_l4_off;
+    if q_l4 > MAX_QUOTED_L4_OFF {
+        return None;
+    }
     let check_off = icmp_off + icmp6::CHECK.start;
     let q_ip = icmp_off + ICMP_HLEN;
-    let q_l4 = q_ip + IPV6_HLEN;
     let q = &err.quoted;
     // The quoted packet's new tuple is the entry's, reversed.
     let (q_saddr, q_sport, q_daddr, q_dport) = (&e.nat_daddr, e.nat_dport, &e.nat_saddr, e.nat_sport);

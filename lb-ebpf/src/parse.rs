@@ -75,6 +75,11 @@ impl<F: Family> Flow<F> {
 /// and a fragment header (IPv4's options end far before).
 pub const MAX_L4_OFF: usize = ETH_HLEN + IPV6_HLEN + ip6::MAX_EXT_HEADERS * 2048 + FRAG6_HLEN;
 
+/// The furthest the L4 header an ICMPv6 error quotes starts: the quoted
+/// packet's own walk ([`MAX_L4_OFF`]'s) after an ICMPv6 header at most at
+/// `MAX_L4_OFF` (the callers' is right after the fixed header).
+pub const MAX_QUOTED_L4_OFF: usize = MAX_L4_OFF + ICMP_HLEN + IPV6_HLEN + ip6::MAX_EXT_HEADERS * 2048 + FRAG6_HLEN;
+
 /// The tuple of the packet an ICMP error quotes.
 pub struct Quoted<F: Family = V4> {
     pub saddr: F::Addr,
@@ -87,13 +92,18 @@ pub struct Quoted<F: Family = V4> {
 /// An ICMP error about a TCP or UDP packet. IPv4: destination
 /// unreachable, time exceeded, parameter problem, both IPv4 headers
 /// without options (its layout is `lb_common::packet::icmp_error`). IPv6:
-/// any ICMPv6 error (packet too big included) after the extension headers
-/// `parse6` skips, quoting an IPv6 header followed by TCP or UDP.
+/// any ICMPv6 error (packet too big included) right after the fixed
+/// header, quoting an IPv6 header followed, after the extension headers
+/// `parse6` skips (and a first fragment's fragment header), by TCP or UDP.
 pub struct IcmpError<F: Family = V4> {
     pub saddr: F::Addr,
     pub daddr: F::Addr,
     /// Offset of the ICMP header.
     pub icmp_off: usize,
+    /// Offset of the quoted TCP or UDP header: after the quoted IPv6
+    /// header's extension headers (IPv4: `icmp_error::INNER_L4`, which
+    /// its rewrite uses directly).
+    pub q_l4_off: usize,
     pub quoted: Quoted<F>,
 }
 
@@ -242,8 +252,51 @@ fn icmp_error_of<C: PacketData>(ctx: &C, saddr: u32, daddr: u32) -> Result<Packe
         saddr,
         daddr,
         icmp_off: ETH_HLEN + icmp_error::ICMP,
+        q_l4_off: ETH_HLEN + icmp_error::INNER_L4,
         quoted: Quoted { saddr: get32(&q, ip::SADDR), daddr: get32(&q, ip::DADDR), sport, dport, proto },
     }))
+}
+
+/// Where an IPv6 packet's upper-layer header starts, after the walk over
+/// its extension headers ([`l4_at`]).
+struct L4At {
+    /// The header found there (TCP or UDP, or anything else the walk
+    /// stopped at).
+    proto: u8,
+    /// Its offset; in a later fragment, of the fragment's data.
+    l4_off: usize,
+    frag: Fragment,
+    /// The fragment header's identification (network order), 0 without
+    /// one.
+    ip_id: u32,
+}
+
+/// The extension header walk of an IPv6 packet whose fixed header says
+/// `next` and ends at `off`: up to `ip6::MAX_EXT_HEADERS` hop-by-hop,
+/// routing and destination options headers, then a fragment header if
+/// there is one. One walk for a packet ([`parse6`]) and for the packet an
+/// ICMPv6 error quotes ([`icmp6_error_at`]). A header cut off by the end
+/// of the packet is `Error::Malformed`.
+#[inline(always)]
+fn l4_at<C: PacketData>(ctx: &C, next: u8, off: usize) -> Result<L4At, Error> {
+    let (mut proto, mut l4_off) = (next, off);
+    // A constant bound for the verifier, unrolled; each header is read
+    // with its own bounds check at a bounded offset (at most
+    // MAX_EXT_HEADERS * 2 KiB past `off`).
+    let mut i = 0;
+    while i < ip6::MAX_EXT_HEADERS && ip6::skippable(proto) {
+        let ext: [u8; 2] = get(ctx, l4_off)?;
+        proto = ext[0];
+        l4_off += ip6::ext_len(ext[1]);
+        i += 1;
+    }
+    let (mut frag, mut ip_id) = (Fragment::No, 0);
+    if proto == ip6::FRAGMENT {
+        let h = frag6_header(&get(ctx, l4_off)?);
+        (proto, frag, ip_id) = (h.next, h.frag, h.id);
+        l4_off += FRAG6_HLEN;
+    }
+    Ok(L4At { proto, l4_off, frag, ip_id })
 }
 
 /// Parses an IPv6 packet: the fixed header, then up to
@@ -280,24 +333,7 @@ pub fn parse6<'a, C: PacketData>(ctx: &C, out: &'a mut MaybeUninit<Flow<V6>>) ->
     if ctx.len() < (ETH_HLEN + IPV6_HLEN + payload_len as usize) as u32 {
         return Err(Error::Malformed);
     }
-    let mut proto = iph.u8(ip6::NEXT_HEADER);
-    let mut l4_off = ETH_HLEN + IPV6_HLEN;
-    // A constant bound for the verifier, unrolled; each header is read
-    // with its own bounds check at a bounded offset (at most
-    // MAX_EXT_HEADERS * 2 KiB past the fixed header).
-    let mut i = 0;
-    while i < ip6::MAX_EXT_HEADERS && ip6::skippable(proto) {
-        let ext: [u8; 2] = get(ctx, l4_off)?;
-        proto = ext[0];
-        l4_off += ip6::ext_len(ext[1]);
-        i += 1;
-    }
-    let (mut frag, mut ip_id) = (Fragment::No, 0);
-    if proto == ip6::FRAGMENT {
-        let h = frag6_header(&get(ctx, l4_off)?);
-        (proto, frag, ip_id) = (h.next, h.frag, h.id);
-        l4_off += FRAG6_HLEN;
-    }
+    let L4At { proto, l4_off, frag, ip_id } = l4_at(ctx, iph.u8(ip6::NEXT_HEADER), ETH_HLEN + IPV6_HLEN)?;
     if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
         return Ok(None);
     }
@@ -323,10 +359,13 @@ pub fn parse6<'a, C: PacketData>(ctx: &C, out: &'a mut MaybeUninit<Flow<V6>>) ->
 }
 
 /// The ICMPv6 message at `icmp_off` as an error, when it is one (packet
-/// too big included) quoting an IPv6 header directly followed by TCP or
-/// UDP (a quote with extension headers passes untouched), written into
-/// `out` (the per-CPU scratch, as [`parse6`]'s flow: four addresses on
-/// the stack pushed `xdp6_icmp_error_translate` to 496 of its 512 bytes).
+/// too big included) quoting an IPv6 header followed by TCP or UDP after
+/// the extension headers [`parse6`] walks, the same walk (a quoted first
+/// fragment's ports follow its fragment header; a quoted later fragment,
+/// with no ports, and a quote whose headers are cut off pass untouched),
+/// written into `out` (the per-CPU scratch, as [`parse6`]'s flow: four
+/// addresses on the stack pushed `xdp6_icmp_error_translate` to 496 of
+/// its 512 bytes).
 /// Not part of [`parse6`]: one more branch there grew the IPv6 tc path's
 /// frame past the verifier's limit.
 #[inline(always)]
@@ -336,11 +375,18 @@ pub fn icmp6_error_at<'a, C: PacketData>(ctx: &C, icmp_off: usize, out: &'a mut 
         return None;
     }
     let q_ip = icmp_off + ICMP_HLEN;
-    let next: u8 = read(ctx, q_ip + ip6::NEXT_HEADER)?;
-    if next != IPPROTO_TCP && next != IPPROTO_UDP {
+    // The quote's extension headers, walked as a packet's; one cut off by
+    // the end of the quote (or of what tc pulled) leaves the error alone.
+    let q = l4_at(ctx, read(ctx, q_ip + ip6::NEXT_HEADER)?, q_ip + IPV6_HLEN).ok()?;
+    let next = q.proto;
+    // A later fragment quotes no ports; its first fragment's are in the
+    // fragment map under the addresses it arrived with, before the
+    // translation this quote shows: it passes untouched.
+    if (next != IPPROTO_TCP && next != IPPROTO_UDP) || q.frag == Fragment::Later {
         return None;
     }
-    let ports: [u8; 4] = read(ctx, q_ip + IPV6_HLEN)?;
+    let q_l4 = q.l4_off;
+    let ports: [u8; 4] = read(ctx, q_l4)?;
     let (sport, dport) = l4_ports(&ports, 0);
     let e = out.as_mut_ptr();
     // Each address goes from the packet straight into `out`: built as one
@@ -357,6 +403,7 @@ pub fn icmp6_error_at<'a, C: PacketData>(ctx: &C, icmp_off: usize, out: &'a mut 
         addr_of_mut!((*e).quoted.dport).write(dport);
         addr_of_mut!((*e).quoted.proto).write(next);
         addr_of_mut!((*e).icmp_off).write(icmp_off);
+        addr_of_mut!((*e).q_l4_off).write(q_l4);
         Some(out.assume_init_ref())
     }
 }

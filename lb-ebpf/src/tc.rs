@@ -51,7 +51,7 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 use lb_common::{
     CT_SERVICE, Config, IPPROTO_ICMPV6, V4, V6, Vip4, config_flags, ct_entry_flags,
-    packet::{ETH_HLEN, ETH_P_IPV6, Fragment, ICMP_HLEN, IPV4_HLEN, IPV6_HLEN, TCP_HLEN, eth, ip6, swapped_macs},
+    packet::{ETH_HLEN, ETH_P_IPV6, FRAG6_HLEN, Fragment, ICMP_HLEN, IPV4_HLEN, IPV6_HLEN, TCP_HLEN, eth, ip6, swapped_macs},
     stat, svc_flags, tc_call, vip_flags,
 };
 
@@ -332,9 +332,10 @@ const MAX_HEADERS: usize = ETH_HLEN + 60 + TCP_HLEN;
 /// there), a TCP header.
 const MAX_HEADERS6: usize = ETH_HLEN + IPV6_HLEN + 64 + TCP_HLEN;
 
-/// An ICMPv6 error: Ethernet, IPv6, ICMPv6, the quoted IPv6 header and
-/// the quoted TCP header (the UDP one is shorter).
-const MAX_ICMP6_ERROR: usize = ETH_HLEN + IPV6_HLEN + ICMP_HLEN + IPV6_HLEN + TCP_HLEN;
+/// An ICMPv6 error: Ethernet, IPv6, ICMPv6, the quoted IPv6 header, its
+/// extension headers (as many as `MAX_HEADERS6` allows a packet's) and a
+/// fragment header, and the quoted TCP header (the UDP one is shorter).
+const MAX_ICMP6_ERROR: usize = ETH_HLEN + IPV6_HLEN + ICMP_HLEN + IPV6_HLEN + 64 + FRAG6_HLEN + TCP_HLEN;
 
 /// Headers may sit in paged data on some drivers: pull up to `max` bytes
 /// into the linear part, only when they are not there already.
