@@ -649,7 +649,7 @@ pub fn markdown(r: &Report, plots: &[String]) -> String {
              a conntrack miss, a backend selection (random slot + backend lookup), two conntrack inserts (service and reply direction, LRU hash) and the rewrite. \
              These are `repeat` = 1 runs ({} per round, best round mean of {}; the p50 column is over all runs); the conntrack map is sized so nothing is evicted, \
              which the benchmark checks. The kernel's duration of a `repeat` = 1 run also holds one clock read, the bh disable/enable around the program and \
-             whatever the syscall left cold in the caches. That overhead is measured by timing an established flow the same way (`repeat` = 1) and subtracting \
+             whatever the syscall left cold in the caches. That overhead is measured by timing an established flow the same way (`repeat` = 1, best round mean as well) and subtracting \
              the `repeat` = N figure; the \"overhead off\" new-flow figure subtracts it, the raw one does not. The repeat=1 floor (XDP_PASS) came out at {}.\n\
              - **XDP NodePort path, local delivery** (`lb_xdp`): measured the same three ways on NodePort frontends at the node address (a ping-pong pair for the established flow, \
              and a NodePort with the measured service's ten endpoints for new flows), all endpoints on this node: the program DNATs and hands the packet \
@@ -658,7 +658,7 @@ pub fn markdown(r: &Report, plots: &[String]) -> String {
              `ext0` holds the node address, the other node is a permanent neighbour and its pod network is routed through it; the packets arrive on `ext0`, \
              so each run is the whole north-south path: DNAT and SNAT (to the node address, a port of the SNAT range 1024–29999), `bpf_fib_lookup`, TTL, MACs, \
              `XDP_TX` (checked on the first packet: verdict, MAC, addresses). SNAT gives every pass a new source, so there is no ping-pong: its established figure is the mean of \
-             `repeat` = 1 runs of one packet less the local XDP path's repeat = 1 overhead.\n\
+             `repeat` = 1 runs of one packet (best round mean) less the local XDP path's repeat = 1 overhead.\n\
              - **XDP NodePort paths over IPv6**: the same two, in the same run, on the IPv6 twins of the NodePort frontends at the node's IPv6 address \
              (`lb_xdp` tail-calls `lb_xdp6`; the remote backend's packets go on to `lb_xdp6_nat`, NAT66 to the node's IPv6 address in `LB6_NODE`, \
              checked on the first packet as IPv4's); their ratio to IPv4's is in the goals table.\n\
