@@ -46,7 +46,7 @@ use std::{
 use anyhow::{Context, Result, ensure};
 use aya::programs::{ProgramInfo, SchedClassifier, TestRun, TestRunOptions, Xdp};
 use lb_agent::{
-    datapath::{Datapath, MapSizes, TC_INGRESS_PROGRAM, XDP_PROGRAM},
+    datapath::{Datapath, MapSizes, TC_EGRESS_PROGRAM, TC_INGRESS_PROGRAM, XDP_PROGRAM},
     maps::Maps,
     model::{Backend, BackendAddr, Frontend, FrontendAddr, Protocol},
     reconcile::Reconciler,
@@ -109,6 +109,9 @@ pub struct B1Row {
     /// What `lb_tc_ingress` costs a packet leaving a pod for no frontend
     /// (pod to pod), which it passes untouched.
     pub tc_pass: TcPassCost,
+    /// `lb_tc_egress` on a backend's reply of the established ClusterIP
+    /// flow (reverse NAT back to the frontend).
+    pub reply: ReplyCost,
     /// The tc ClusterIP path over IPv6 (same run), and how many IPv6
     /// services the maps held.
     pub v6: Option<PathCost>,
@@ -129,6 +132,17 @@ pub struct B1Row {
 pub struct TcPassCost {
     pub pod_to_pod_ns: f64,
     pub pod_to_pod_kernel: f64,
+}
+
+/// `lb_tc_egress` on a backend's reply of an established flow: the reverse
+/// NAT changes the packet (its source becomes the frontend), so a second
+/// run of it would find no flow: the mean of `repeat` = 1 runs (best
+/// round) less the tc path's `repeat` = 1 overhead, as the remote XDP
+/// path's, and the kernel's run_time/run_cnt over such runs.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ReplyCost {
+    pub established_ns: f64,
+    pub kernel: f64,
 }
 
 /// `lb_xdp` on packets for no frontend, which it passes untouched: ns per
@@ -584,6 +598,31 @@ fn measure(opts: &B1Options, dp: &Datapath, svcs: &[services::Svc], ext0: u32, h
     })?;
     eprintln!("lb-bench: B1 ClusterIP (tc): kernel run_time/run_cnt of an established flow at repeat = 1: {kernel_established_r1:.0} ns");
 
+    // The backend's reply of that flow, at the client's interface.
+    let egress: &SchedClassifier = dp.ebpf.program(TC_EGRESS_PROGRAM).unwrap().try_into()?;
+    let fwd = testrun::run_tc(tc, &est)?;
+    let backend = SocketAddrV4::new(
+        Ipv4Addr::new(fwd.packet[30], fwd.packet[31], fwd.packet[32], fwd.packet[33]),
+        u16::from_be_bytes([fwd.packet[36], fwd.packet[37]]),
+    );
+    let reply_pkt = ack(backend, client);
+    let back = testrun::run_tc(egress, &reply_pkt)?;
+    ensure!(
+        back.verdict == TC_ACT_UNSPEC && back.packet[26..30] == target.ip().octets() && back.packet[34..36] == target.port().to_be_bytes(),
+        "the reply from {backend} was not translated back to the frontend {target}"
+    );
+    let reply_r1 = mean_r1(opts.rounds, opts.new_flows.min(20_000), |_| run_tc_once(egress, &reply_pkt))?;
+    let reply_kernel = kernel_ns(
+        || egress.info(),
+        || {
+            for _ in 0..opts.new_flows.min(20_000) {
+                run_tc_once(egress, &reply_pkt)?;
+            }
+            Ok(())
+        },
+    )?;
+    let reply = ReplyCost { established_ns: reply_r1 - (established_r1_ns - established_ns).max(0.0), kernel: reply_kernel };
+
     // New flows, repeat = 1, a fresh source each run.
     let mut k = 0usize;
     let (new_flow_ns, new_flow_p50_ns) = new_flows(opts, &mut k, |src| run_tc_once(tc, &syn(src, target)))?;
@@ -662,6 +701,7 @@ fn measure(opts: &B1Options, dp: &Datapath, svcs: &[services::Svc], ext0: u32, h
             remote: remote_cost,
             xdp_pass: pass_cost,
             tc_pass,
+            reply,
             v6: None,
             v6_tc_pass: None,
             v6_services: 0,

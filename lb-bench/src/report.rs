@@ -135,6 +135,15 @@ pub fn b1_table(rows: &[B1Row]) -> String {
                 }
             }
         }
+        let _ = writeln!(
+            t,
+            "| {} | reply (tc `lb_tc_egress`: reverse NAT to the frontend), established flow³ | 〃 | {:.1} | {:.1} | {:.1} | – | – | – | – | {:.0} / – |",
+            fmt_count(r.services as f64),
+            r.floor_ns,
+            r.reply.established_ns,
+            r.reply.established_ns / f,
+            r.reply.kernel,
+        );
         // The packets lb passes untouched.
         let mut passed =
             vec![("no frontend (tc `lb_tc_ingress`, passed): pod to pod", r.tc_pass.pod_to_pod_ns, r.tc_pass.pod_to_pod_kernel)];
@@ -659,6 +668,9 @@ pub fn markdown(r: &Report, plots: &[String]) -> String {
              so each run is the whole north-south path: DNAT and SNAT (to the node address, a port of the SNAT range 1024–29999), `bpf_fib_lookup`, TTL, MACs, \
              `XDP_TX` (checked on the first packet: verdict, MAC, addresses). SNAT gives every pass a new source, so there is no ping-pong: its established figure is the mean of \
              `repeat` = 1 runs of one packet (best round mean) less the local XDP path's repeat = 1 overhead.\n\
+             - **Reply** (³): the backend's reply of the tc row's established flow (to the measured service), through `lb_tc_egress` as at the client's interface: \
+             conntrack's reply entry, the reverse NAT of source address and port back to the frontend (checked on the first packet). The translated packet would find no flow \
+             on a second pass, so there is no ping-pong either: the mean of `repeat` = 1 runs (best round mean) less the tc path's repeat = 1 overhead.\n\
              - **XDP NodePort paths over IPv6**: the same two, in the same run, on the IPv6 twins of the NodePort frontends at the node's IPv6 address \
              (`lb_xdp` tail-calls `lb_xdp6`; the remote backend's packets go on to `lb_xdp6_nat`, NAT66 to the node's IPv6 address in `LB6_NODE`, \
              checked on the first packet as IPv4's); their ratio to IPv4's is in the goals table.\n\
