@@ -769,8 +769,8 @@ struct Remote<'a> {
 /// (`sent` checks the first packet's output). SNAT gives every pass a new
 /// source, so there is no ping-pong: the established figure is the mean of
 /// `repeat` = 1 runs of one packet (best round, [`mean_r1`]) less the
-/// local path's `repeat` = 1 overhead, and the kernel's own figure needs no correction. Counts its
-/// new flows in `k`.
+/// local path's `repeat` = 1 overhead, and the kernel's own figure needs
+/// no correction. Counts its new flows in `k`.
 fn xdp_remote(
     opts: &B1Options,
     np: &Xdp,

@@ -56,6 +56,10 @@ impl Position {
     pub const ALL: [Position; 3] = [Position::Direct, Position::First, Position::Last];
 }
 
+/// Warm-up connections to each target before it is measured (neighbours,
+/// caches, the servers' first threads).
+const WARM_UP: usize = 50;
+
 /// Rounds the connections of one datapath are measured in (see [`run`]).
 pub const ROUNDS: usize = 10;
 
@@ -264,7 +268,8 @@ fn not_measured(rows: &mut Vec<B2Row>, kind: Kind, n: usize, install: Duration, 
 /// `skip`: (datapath, services) points known not to load within the
 /// budget (from B3), with the reason; they are reported, not run.
 pub fn run(o: &B2Options, skip: &[(Kind, usize, String)]) -> Result<Vec<B2Row>> {
-    let ports = 50.min(o.connections) + o.connections;
+    let warm = WARM_UP.min(o.connections);
+    let ports = warm + o.connections;
     ensure!(
         usize::from(FIRST_PORT) + ports < 32_768,
         "B2: {} direct connections need {ports} source ports of their own, more than {FIRST_PORT}..32767 holds",
@@ -329,10 +334,9 @@ pub fn run(o: &B2Options, skip: &[(Kind, usize, String)]) -> Result<Vec<B2Row>> 
                     p
                 })
             };
-            // Warm-up: neighbours, caches, the servers' first threads.
+            // Warm-up.
             for position in Position::ALL {
                 let to = targets(position);
-                let warm = 50.min(o.connections);
                 let (_, _, warm_fail) = connections(client, &to, warm, from(position, warm));
                 ensure!(warm_fail == 0, "{kind}, {n} services: {warm_fail} of the warm-up connections to {to:?} failed");
             }

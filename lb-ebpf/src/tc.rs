@@ -327,15 +327,18 @@ pub fn lb_tc_pass(_ctx: TcContext) -> i32 {
 /// error with its quote is shorter).
 const MAX_HEADERS: usize = ETH_HLEN + 60 + TCP_HLEN;
 
-/// IPv6: Ethernet, the fixed header, extension headers (most are 8 or 16
-/// bytes; a longer chain is read from the linear part only if it is
-/// there), a TCP header.
-const MAX_HEADERS6: usize = ETH_HLEN + IPV6_HLEN + 64 + TCP_HLEN;
+/// The IPv6 extension headers pulled into the linear part (most are 8 or
+/// 16 bytes; a longer chain is read from the linear part only if it is
+/// there).
+const EXT_HEADERS6: usize = 64;
+
+/// IPv6: Ethernet, the fixed header, extension headers, a TCP header.
+const MAX_HEADERS6: usize = ETH_HLEN + IPV6_HLEN + EXT_HEADERS6 + TCP_HLEN;
 
 /// An ICMPv6 error: Ethernet, IPv6, ICMPv6, the quoted IPv6 header, its
-/// extension headers (as many as `MAX_HEADERS6` allows a packet's) and a
-/// fragment header, and the quoted TCP header (the UDP one is shorter).
-const MAX_ICMP6_ERROR: usize = ETH_HLEN + IPV6_HLEN + ICMP_HLEN + IPV6_HLEN + 64 + FRAG6_HLEN + TCP_HLEN;
+/// extension headers (as many as a packet's) and a fragment header, and
+/// the quoted TCP header (the UDP one is shorter).
+const MAX_ICMP6_ERROR: usize = ETH_HLEN + IPV6_HLEN + ICMP_HLEN + IPV6_HLEN + EXT_HEADERS6 + FRAG6_HLEN + TCP_HLEN;
 
 /// Headers may sit in paged data on some drivers: pull up to `max` bytes
 /// into the linear part, only when they are not there already.
