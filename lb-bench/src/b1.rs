@@ -119,10 +119,16 @@ pub struct B1Row {
     /// `lb_tc_ingress` on an IPv6 packet from a pod to another pod (the
     /// tail call into `lb_tc_ingress6`, its pre-filter, passed).
     pub v6_tc_pass: Option<TcPassCost>,
+    /// `lb_tc_egress` on a backend's reply of the established IPv6
+    /// ClusterIP flow (`egress6`: reverse NAT back to the frontend).
+    pub v6_reply: Option<ReplyCost>,
     /// The XDP NodePort paths over IPv6 (same run), to a local backend and
     /// to a backend on another node (NAT66), when the object has XDP.
     pub xdp6: Option<PathCost>,
     pub remote6: Option<PathCost>,
+    /// What `lb_xdp` (and `lb_xdp6`, tail-called) costs the IPv6 packets
+    /// it leaves alone.
+    pub xdp6_pass: Option<PassCost>,
 }
 
 /// `lb_tc_ingress` on a packet from a pod to another pod's address (no
@@ -528,13 +534,14 @@ pub fn run_one(opts: &B1Options, n: usize) -> Result<B1Row> {
     ensure!(object.is_some() || ct_entries >= 2 * k, "expected {} conntrack entries after the new-flow runs, found {ct_entries}", 2 * k);
     let target6 = SocketAddrV6::new(to_v6(svcs.last().map(|s| s.ip).unwrap_or(*PING.ip())), services::SERVICE_PORT, 0, 0);
     let mut k6 = 0;
-    let (v6, v6_tc_pass) = measure_v6(opts, &dp, target6, &mut k6).with_context(|| format!("IPv6; datapath counters: {}", counted()))?;
-    let (xdp6, remote6) = if has_xdp {
-        let (local, remote) =
+    let (v6, v6_tc_pass, v6_reply) =
+        measure_v6(opts, &dp, target6, &mut k6).with_context(|| format!("IPv6; datapath counters: {}", counted()))?;
+    let (xdp6, remote6, xdp6_pass) = if has_xdp {
+        let (local, remote, pass) =
             measure_xdp_v6(opts, &dp, ext0, &mut k6).with_context(|| format!("IPv6 NodePort; datapath counters: {}", counted()))?;
-        (Some(local), Some(remote))
+        (Some(local), Some(remote), Some(pass))
     } else {
-        (None, None)
+        (None, None, None)
     };
     let ct6_entries = reconciler.maps().v6.ct_tcp.map.keys().count();
     ensure!(
@@ -542,7 +549,18 @@ pub fn run_one(opts: &B1Options, n: usize) -> Result<B1Row> {
         "expected {} IPv6 conntrack entries after the new-flow runs, found {ct6_entries}",
         2 * k6
     );
-    Ok(B1Row { services: n, program_time, v6: Some(v6), v6_services: svcs6.len(), v6_tc_pass: Some(v6_tc_pass), xdp6, remote6, ..m.row })
+    Ok(B1Row {
+        services: n,
+        program_time,
+        v6: Some(v6),
+        v6_services: svcs6.len(),
+        v6_tc_pass: Some(v6_tc_pass),
+        v6_reply: Some(v6_reply),
+        xdp6,
+        remote6,
+        xdp6_pass,
+        ..m.row
+    })
 }
 
 /// What [`measure`] found, and how many new flows it made.
@@ -611,17 +629,7 @@ fn measure(opts: &B1Options, dp: &Datapath, svcs: &[services::Svc], ext0: u32, h
         back.verdict == TC_ACT_UNSPEC && back.packet[26..30] == target.ip().octets() && back.packet[34..36] == target.port().to_be_bytes(),
         "the reply from {backend} was not translated back to the frontend {target}"
     );
-    let reply_r1 = mean_r1(opts.rounds, opts.new_flows.min(20_000), |_| run_tc_once(egress, &reply_pkt))?;
-    let reply_kernel = kernel_ns(
-        || egress.info(),
-        || {
-            for _ in 0..opts.new_flows.min(20_000) {
-                run_tc_once(egress, &reply_pkt)?;
-            }
-            Ok(())
-        },
-    )?;
-    let reply = ReplyCost { established_ns: reply_r1 - (established_r1_ns - established_ns).max(0.0), kernel: reply_kernel };
+    let reply = reply_cost(opts, egress, &reply_pkt, established_r1_ns - established_ns)?;
 
     // New flows, repeat = 1, a fresh source each run.
     let mut k = 0usize;
@@ -668,21 +676,7 @@ fn measure(opts: &B1Options, dp: &Datapath, svcs: &[services::Svc], ext0: u32, h
     // Packets for no frontend: passed untouched, each must cost little.
     let pass_cost = if has_xdp {
         let np: &Xdp = dp.ebpf.program(XDP_PROGRAM).unwrap().try_into()?;
-        let np_info = || np.info();
-        let one = |dst: SocketAddrV4| -> Result<(f64, f64)> {
-            let pkt = ack(client, dst);
-            let first = testrun::run_xdp(np, &pkt, ext0)?;
-            ensure!(first.verdict as u32 == XDP_PASS && first.packet == pkt, "a packet to {dst} (no frontend) was not passed untouched");
-            let ns = best_of(opts.rounds, || Ok(testrun::time_xdp(np, &pkt, opts.repeat)?.1))?;
-            let kernel = kernel_best(opts.rounds, np_info, || {
-                testrun::time_xdp(np, &pkt, opts.repeat)?;
-                Ok(())
-            })?;
-            Ok((ns, kernel))
-        };
-        let (other_addr_ns, other_addr_kernel) = one(NO_FRONTEND)?;
-        let (node_port_ns, node_port_kernel) = one(NODE_SSH)?;
-        Some(PassCost { other_addr_ns, other_addr_kernel, node_port_ns, node_port_kernel })
+        Some(xdp_pass_cost(opts, np, ext0, &ack(client, NO_FRONTEND), &ack(client, NODE_SSH))?)
     } else {
         None
     };
@@ -704,9 +698,11 @@ fn measure(opts: &B1Options, dp: &Datapath, svcs: &[services::Svc], ext0: u32, h
             reply,
             v6: None,
             v6_tc_pass: None,
+            v6_reply: None,
             v6_services: 0,
             xdp6: None,
             remote6: None,
+            xdp6_pass: None,
         },
         flows: k,
     })
@@ -812,7 +808,7 @@ fn xdp_remote(
 /// `lb_xdp6_nat` for the remote backend: NAT66), measured as the IPv4
 /// ones on the IPv6 twins of their frontends (at the node's IPv6 address,
 /// [`NODE_IP6`]); counts their new flows in `k`.
-fn measure_xdp_v6(opts: &B1Options, dp: &Datapath, ext0: u32, k: &mut usize) -> Result<(PathCost, PathCost)> {
+fn measure_xdp_v6(opts: &B1Options, dp: &Datapath, ext0: u32, k: &mut usize) -> Result<(PathCost, PathCost, PassCost)> {
     let np: &Xdp = dp.ebpf.program(XDP_PROGRAM).unwrap().try_into()?;
     let client = sa6(SocketAddrV4::new(Ipv4Addr::new(10, 244, 0, 11), 40000));
     let syn = |src: SocketAddrV4, dst: SocketAddrV4| testrun::tcp6(sa6(src), sa6(dst), "S", 1, &[]);
@@ -828,13 +824,38 @@ fn measure_xdp_v6(opts: &B1Options, dp: &Datapath, ext0: u32, k: &mut usize) -> 
     };
     let remote = Remote { ext0, est: &ack(NP_REMOTE), local_r1_overhead_ns: local.r1_overhead_ns() };
     let remote = xdp_remote(opts, np, &remote, sent, |src| syn(src, NP_REMOTE), k)?;
-    Ok((local, remote))
+    let ssh = testrun::tcp6(client, SocketAddrV6::new(NODE_IP6, NODE_SSH.port(), 0, 0), "A", 2, b"hello");
+    let pass = xdp_pass_cost(opts, np, ext0, &ack(NO_FRONTEND), &ssh)?;
+    Ok((local, remote, pass))
+}
+
+/// `lb_xdp` on packets it must pass untouched, either family: `other`
+/// to an address with no frontend, `ssh` to the node's address on a port
+/// that is no NodePort (both checked on the first run).
+fn xdp_pass_cost(opts: &B1Options, np: &Xdp, ext0: u32, other: &[u8], ssh: &[u8]) -> Result<PassCost> {
+    let one = |pkt: &[u8], what: &str| -> Result<(f64, f64)> {
+        let first = testrun::run_xdp(np, pkt, ext0)?;
+        ensure!(first.verdict as u32 == XDP_PASS && first.packet == pkt, "a packet to {what} was not passed untouched");
+        let ns = best_of(opts.rounds, || Ok(testrun::time_xdp(np, pkt, opts.repeat)?.1))?;
+        let kernel = kernel_best(
+            opts.rounds,
+            || np.info(),
+            || {
+                testrun::time_xdp(np, pkt, opts.repeat)?;
+                Ok(())
+            },
+        )?;
+        Ok((ns, kernel))
+    };
+    let (other_addr_ns, other_addr_kernel) = one(other, "an address with no frontend")?;
+    let (node_port_ns, node_port_kernel) = one(ssh, "the node's address, port 22")?;
+    Ok(PassCost { other_addr_ns, other_addr_kernel, node_port_ns, node_port_kernel })
 }
 
 /// The tc ClusterIP path over IPv6, measured as the IPv4 one (ping-pong
 /// established flow, repeat = 1 established flow and new flows, the
 /// kernel's figures); counts its new flows in `k`.
-fn measure_v6(opts: &B1Options, dp: &Datapath, target: SocketAddrV6, k: &mut usize) -> Result<(PathCost, TcPassCost)> {
+fn measure_v6(opts: &B1Options, dp: &Datapath, target: SocketAddrV6, k: &mut usize) -> Result<(PathCost, TcPassCost, ReplyCost)> {
     let tc: &SchedClassifier = dp.ebpf.program(TC_INGRESS_PROGRAM).unwrap().try_into()?;
     let tc_info = || tc.info();
     let client = sa6(SocketAddrV4::new(Ipv4Addr::new(10, 244, 0, 11), 40000));
@@ -858,6 +879,22 @@ fn measure_v6(opts: &B1Options, dp: &Datapath, target: SocketAddrV6, k: &mut usi
     ensure!(v == TC_ACT_UNSPEC, "verdict {v} for an established IPv6 flow");
     let established_r1_ns = mean_r1(opts.rounds, opts.new_flows.min(20_000), |_| run_tc_once(tc, &est))?;
 
+    // The backend's reply of that flow, at the client's interface
+    // (`egress6`), as IPv4's.
+    let egress: &SchedClassifier = dp.ebpf.program(TC_EGRESS_PROGRAM).unwrap().try_into()?;
+    let fwd = testrun::run_tc(tc, &est)?;
+    let ip6 = |b: &[u8]| Ipv6Addr::from(<[u8; 16]>::try_from(b).expect("16 bytes"));
+    let backend = SocketAddrV6::new(ip6(&fwd.packet[14 + 24..14 + 40]), u16::from_be_bytes([fwd.packet[56], fwd.packet[57]]), 0, 0);
+    let reply_pkt = testrun::tcp6(backend, client, "A", 2, b"hello");
+    let back = testrun::run_tc(egress, &reply_pkt)?;
+    ensure!(
+        back.verdict == TC_ACT_UNSPEC
+            && back.packet[14 + 8..14 + 24] == target.ip().octets()
+            && back.packet[54..56] == target.port().to_be_bytes(),
+        "the IPv6 reply from {backend} was not translated back to the frontend {target}"
+    );
+    let reply = reply_cost(opts, egress, &reply_pkt, established_r1_ns - established_ns)?;
+
     let (new_flow_ns, new_flow_p50_ns) = new_flows(opts, k, |src| run_tc_once(tc, &syn(src)))?;
     let kernel_new_flow = kernel_ns(tc_info, || {
         for _ in 0..opts.new_flows.min(20_000) {
@@ -876,7 +913,7 @@ fn measure_v6(opts: &B1Options, dp: &Datapath, target: SocketAddrV6, k: &mut usi
         new_flow_p50_ns,
         kernel: KernelNs { established: kernel_established, new_flow: kernel_new_flow },
     };
-    Ok((cost, pass))
+    Ok((cost, pass, reply))
 }
 
 /// `lb_tc_ingress` on `pkt`, a pod's packet to another pod (no frontend),
@@ -895,6 +932,25 @@ fn tc_pass_cost(opts: &B1Options, tc: &SchedClassifier, pkt: &[u8]) -> Result<Tc
         },
     )?;
     Ok(TcPassCost { pod_to_pod_ns, pod_to_pod_kernel })
+}
+
+/// `lb_tc_egress` on `reply`, a backend's reply of an established flow
+/// (translated, checked by the caller): the best round mean of `repeat` =
+/// 1 runs less the tc path's `repeat` = 1 overhead `r1_overhead_ns`, and
+/// the kernel's run_time/run_cnt over such runs.
+fn reply_cost(opts: &B1Options, egress: &SchedClassifier, reply: &[u8], r1_overhead_ns: f64) -> Result<ReplyCost> {
+    let runs = opts.new_flows.min(20_000);
+    let r1 = mean_r1(opts.rounds, runs, |_| run_tc_once(egress, reply))?;
+    let kernel = kernel_ns(
+        || egress.info(),
+        || {
+            for _ in 0..runs {
+                run_tc_once(egress, reply)?;
+            }
+            Ok(())
+        },
+    )?;
+    Ok(ReplyCost { established_ns: r1 - r1_overhead_ns.max(0.0), kernel })
 }
 
 /// `rounds` rounds of `new_flows` runs of `run` from fresh sources: the

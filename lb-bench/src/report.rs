@@ -144,6 +144,17 @@ pub fn b1_table(rows: &[B1Row]) -> String {
             r.reply.established_ns / f,
             r.reply.kernel,
         );
+        if let Some(reply) = &r.v6_reply {
+            let _ = writeln!(
+                t,
+                "| {} | reply, IPv6 (tc `lb_tc_egress`: reverse NAT to the frontend), established flow³ | 〃 | {:.1} | {:.1} | {:.1} | – | – | – | – | {:.0} / – |",
+                fmt_count(r.services as f64),
+                r.floor_ns,
+                reply.established_ns,
+                reply.established_ns / f,
+                reply.kernel,
+            );
+        }
         // The packets lb passes untouched.
         let mut passed =
             vec![("no frontend (tc `lb_tc_ingress`, passed): pod to pod", r.tc_pass.pod_to_pod_ns, r.tc_pass.pod_to_pod_kernel)];
@@ -157,6 +168,14 @@ pub fn b1_table(rows: &[B1Row]) -> String {
         if let Some(p) = &r.xdp_pass {
             passed.push(("no frontend (XDP `lb_xdp`, passed): another address", p.other_addr_ns, p.other_addr_kernel));
             passed.push(("no frontend (XDP `lb_xdp`, passed): node address, port 22", p.node_port_ns, p.node_port_kernel));
+        }
+        if let Some(p) = &r.xdp6_pass {
+            passed.push(("no frontend, IPv6 (XDP `lb_xdp` → `lb_xdp6`, passed): another address", p.other_addr_ns, p.other_addr_kernel));
+            passed.push((
+                "no frontend, IPv6 (XDP `lb_xdp` → `lb_xdp6`, passed): node address, port 22",
+                p.node_port_ns,
+                p.node_port_kernel,
+            ));
         }
         for (name, ns, kernel) in passed {
             let _ = writeln!(
@@ -668,7 +687,7 @@ pub fn markdown(r: &Report, plots: &[String]) -> String {
              so each run is the whole north-south path: DNAT and SNAT (to the node address, a port of the SNAT range 1024–29999), `bpf_fib_lookup`, TTL, MACs, \
              `XDP_TX` (checked on the first packet: verdict, MAC, addresses). SNAT gives every pass a new source, so there is no ping-pong: its established figure is the mean of \
              `repeat` = 1 runs of one packet (best round mean) less the local XDP path's repeat = 1 overhead.\n\
-             - **Reply** (³): the backend's reply of the tc row's established flow (to the measured service), through `lb_tc_egress` as at the client's interface: \
+             - **Reply** (³): the backend's reply of the tc row's established flow (to the measured service; for IPv6, of the IPv6 row's), through `lb_tc_egress` as at the client's interface: \
              conntrack's reply entry, the reverse NAT of source address and port back to the frontend (checked on the first packet). The translated packet would find no flow \
              on a second pass, so there is no ping-pong either: the mean of `repeat` = 1 runs (best round mean) less the tc path's repeat = 1 overhead.\n\
              - **XDP NodePort paths over IPv6**: the same two, in the same run, on the IPv6 twins of the NodePort frontends at the node's IPv6 address \
