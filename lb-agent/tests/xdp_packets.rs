@@ -1591,3 +1591,65 @@ fn ipv6_passes_and_is_counted_while_the_xdp_program_is_missing() {
     let out = fx.run(&input);
     assert_eq!(hex(&out.packet), hex(&common::v6::tcp(sa6(CLIENT6), sa6("[fd00:244:1::10]:8080"), "S", 1, b"", none())), "served again");
 }
+
+/// `lb_xdp6`'s first look settles an established flow by itself: with the
+/// exact path's program (`xdp_call::XDP6_REST`) gone, the flow's packets
+/// are still DNATed, a packet for no frontend still passes without it,
+/// and only packets that need the exact path (a new flow, a flow whose
+/// backend went) miss it.
+#[test]
+fn ipv6_established_nodeport_flows_are_served_by_the_first_look_alone() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let mut fx = fixture6("xdp-v6-first");
+    let none = etherparse::Ipv6Extensions::default;
+    let c = sa6(CLIENT6);
+    let np = sa6(&format!("[{NODE6}]:30081"));
+    let be = sa6("[fd00:244:1::10]:8080");
+    let out = fx.run(&common::v6::tcp(c, np, "S", 1000, b"", none()));
+    assert_eq!(hex(&out.packet), hex(&common::v6::tcp(c, be, "S", 1000, b"", none())), "SYN DNATed (exact path)");
+    let clear_rest = |fx: &mut Fixture| {
+        let map = fx.l.dp.ebpf.map_mut(lb_common::names::XDP_CALLS).unwrap();
+        let mut calls = aya::maps::ProgramArray::try_from(map).unwrap();
+        calls.clear_index(&lb_common::xdp_call::XDP6_REST).unwrap();
+    };
+    clear_rest(&mut fx);
+
+    let payload = b"GET / HTTP/1.1\r\n\r\n";
+    let out = fx.run(&common::v6::tcp(c, np, "PA", 1001, payload, none()));
+    assert_eq!(
+        (out.verdict, hex(&out.packet)),
+        (XDP_PASS, hex(&common::v6::tcp(c, be, "PA", 1001, payload, none()))),
+        "established flow DNATed by the first look"
+    );
+    let input = common::v6::tcp(c, sa6("[fd00:50::99]:80"), "S", 1, b"", none());
+    expect_unchanged("an IPv6 address with no frontend", &fx.run(&input), &input);
+    let input = common::v6::tcp(c, sa6(&format!("[{NODE6}]:22")), "S", 1, b"", none());
+    expect_unchanged("the node's IPv6 address, no NodePort", &fx.run(&input), &input);
+    assert_eq!(fx.l.stat(stat::TAIL_CALL_FAILED), 0, "none of these needed the exact path");
+
+    // A new flow does.
+    let other = sa6("[fd00:50::64]:40001");
+    let input = common::v6::tcp(other, np, "S", 1, b"", none());
+    expect_unchanged("a new flow with the exact path gone", &fx.run(&input), &input);
+    assert_eq!(fx.l.stat(stat::TAIL_CALL_FAILED), 1);
+
+    // The backend goes: the first look does not follow the entry (its
+    // version check), the exact path would make a new flow.
+    let (d, _) = desired();
+    let d6: Desired<std::net::Ipv6Addr> =
+        [front6("[fd00:50::1]:30081", svc_flags::NODE_PORT, "[fd00:244:1::11]:8080", "node-a")].into_iter().collect();
+    let stats = fx.l.reconciler.apply_dual(&[&d], &[&d6]);
+    assert!(stats.errors.is_empty(), "{:?}", stats.errors);
+    let input = common::v6::tcp(c, np, "PA", 1019, payload, none());
+    expect_unchanged("the old backend's flow with the exact path gone", &fx.run(&input), &input);
+    assert_eq!(fx.l.stat(stat::TAIL_CALL_FAILED), 2);
+    lb_agent::datapath::fill_tc_calls(&mut fx.l.dp.ebpf).unwrap();
+    let out = fx.run(&common::v6::tcp(c, np, "S", 2000, b"", none()));
+    assert_eq!(
+        hex(&out.packet),
+        hex(&common::v6::tcp(c, sa6("[fd00:244:1::11]:8080"), "S", 2000, b"", none())),
+        "the new backend, through the exact path again"
+    );
+}

@@ -102,8 +102,8 @@ map_set! {
     /// pinned for the same reason as `LB_TC_CALLS` (a program array holds
     /// programs of its owner's type only, so XDP has its own).
     /// Version 2: a second slot (`xdp_call::XDP6_NAT`); 3: a third
-    /// (`xdp_call::XDP6_REJECT`).
-    XDP_CALLS = "LB_XDP_CALLS", version 3, sized by Fixed;
+    /// (`xdp_call::XDP6_REJECT`); 4: a fourth (`xdp_call::XDP6_REST`).
+    XDP_CALLS = "LB_XDP_CALLS", version 4, sized by Fixed;
     /// Per-client token buckets for the ICMPv6 errors the datapath sends
     /// (`LB4_REJECT_RATE` for IPv6 clients).
     REJECT_RATE6 = "LB6_REJECT_RATE", version 1, sized by Fixed;
@@ -994,10 +994,13 @@ pub mod xdp_call {
     /// frontend with no endpoint anywhere, answered with ICMPv6 port
     /// unreachable.
     pub const XDP6_REJECT: u32 = 2;
+    /// `lb_xdp6_rest`, from `lb_xdp6` when its first look (pre-filter,
+    /// established flow) did not settle the packet.
+    pub const XDP6_REST: u32 = 3;
     /// Slots in the map.
-    pub const SLOTS: u32 = 3;
+    pub const SLOTS: u32 = 4;
     /// The program of each slot, by index.
-    pub const PROGRAMS: [&str; SLOTS as usize] = ["lb_xdp6", "lb_xdp6_nat", "lb_xdp6_reject"];
+    pub const PROGRAMS: [&str; SLOTS as usize] = ["lb_xdp6", "lb_xdp6_nat", "lb_xdp6_reject", "lb_xdp6_rest"];
 }
 
 /// Slots of `LB_TC_CALLS`: the tc programs each family's packets are

@@ -8,8 +8,11 @@
 //! - tc, to a client: `egress6`, [`TC_EGRESS`].
 //! - ICMPv6 errors about flows are read into the slot of their hook too
 //!   ([`Scratch6::err`]).
-//! - XDP: `lb_xdp6` parses into [`XDP`]; for a NAT66 packet it also
-//!   leaves what `lb_xdp6_nat`, which it tail-calls, does with it
+//! - XDP: `lb_xdp6`'s first look parses into [`XDP`]; the exact path
+//!   (`lb_xdp6_rest`, which it tail-calls) reads the flow from there, with
+//!   whether the first look found a forward entry
+//!   ([`Scratch6::first_look`]). For a NAT66 packet the path also leaves
+//!   what `lb_xdp6_nat`, which it tail-calls, does with it
 //!   ([`Scratch6::next`]: a reply, or a client's packet with its forward
 //!   entry and the time), so that `lb_xdp6_nat` neither parses nor looks
 //!   conntrack up again.
@@ -52,7 +55,14 @@ pub struct Scratch6 {
     pub entry: MaybeUninit<Ct6Entry>,
     pub now: u64,
     pub next: u32,
+    /// `lb_xdp6` -> `lb_xdp6_rest`: [`NO_ENTRY`] when the first look found
+    /// no forward entry for the flow (the exact path does not look again),
+    /// else 0. (In the padding after `next`: the value's size is unchanged.)
+    pub first_look: u32,
 }
+
+/// [`Scratch6::first_look`]: the flow has no forward entry.
+pub const NO_ENTRY: u32 = 1;
 
 /// This CPU's scratch of `slot`.
 #[inline(always)]

@@ -183,10 +183,9 @@ impl XdpFamily for V6 {
     const HOP_LIMIT: usize = ip6::HOP_LIMIT;
     const ICMP_PROTO: u8 = IPPROTO_ICMPV6;
 
-    /// No pre-filter: the exact lookup.
     #[inline(always)]
     fn north_south_kinds(addr: lb_common::Addr6) -> u32 {
-        V6::vip(addr).map_or(0, |v| v.flags & NORTH_SOUTH_VIP)
+        vip_filter::kinds6(&addr) & NORTH_SOUTH_VIP
     }
     #[inline(always)]
     fn external_service(addr: lb_common::Addr6, port: u16, proto: u8) -> Option<Service4Value> {
@@ -367,13 +366,35 @@ fn xdp4(ctx: *mut xdp_md) -> Result<u32, Error> {
 /// It logs nothing: a log call is a function call, whose frame added to
 /// the path's (504 bytes) exceeds the verifier's 512 when the agent logs
 /// at debug level. Its drops are counted as everywhere.
+///
+/// The first look runs here ([`xdp6_first`]): the pre-filter, then an
+/// established north-south flow straight from conntrack, which settles
+/// most packets. The rest (new flows, fragments, entries another program
+/// made) continues in [`lb_xdp6_rest`], by another tail call: a tail call
+/// starts a fresh stack, and the first look and the exact path in one
+/// frame needed more than the verifier's 512 bytes.
 #[xdp]
 pub fn lb_xdp6(ctx: XdpContext) -> u32 {
     if is_icmp6_error_frame(&ctx) {
         return nat6_call(&ctx);
     }
+    match xdp6_first(&ctx) {
+        Ok(REST) => tail_call(&ctx, xdp_call::XDP6_REST),
+        other => verdict6(other),
+    }
+}
+
+/// IPv6 from outside, after [`lb_xdp6`]'s first look did not settle the
+/// packet: `LB_XDP_CALLS[xdp_call::XDP6_REST]`. The exact path, on the
+/// flow the first look parsed into this CPU's scratch.
+#[xdp]
+pub fn lb_xdp6_rest(ctx: XdpContext) -> u32 {
     verdict6(xdp6(&ctx))
 }
+
+/// [`xdp6_first`]'s answer when the exact path ([`lb_xdp6_rest`]) is to
+/// go on: no XDP action.
+const REST: u32 = u32::MAX;
 
 /// The verdict of a result of the IPv6 paths, which log nothing.
 #[inline(always)]
@@ -387,10 +408,15 @@ fn verdict6(result: Result<u32, Error>) -> u32 {
     }
 }
 
-/// [`lb_xdp6`]'s path, inlined: one frame of the 512 bytes (a function of
-/// its own, as tc's `ingress6`, would add the program's frame to its own).
+/// [`lb_xdp6`]'s first look: parses the flow into this CPU's scratch
+/// (`scratch::XDP`), sends a NAT66 reply on to `lb_xdp6_nat`, passes a
+/// packet for no north-south frontend (the pre-filter, one array load,
+/// as IPv4's), and follows an established flow whose forward entry this
+/// path made (`ct_entry_flags::NORTH_SOUTH`) without `LB6_VIPS`, as
+/// IPv4's `north_south`: the entry's version check ends it when its
+/// frontend or backend goes. [`REST`] for everything else.
 #[inline(always)]
-fn xdp6(ctx: &XdpContext) -> Result<u32, Error> {
+fn xdp6_first(ctx: &XdpContext) -> Result<u32, Error> {
     let Some(cfg) = config() else {
         return Ok(PASS);
     };
@@ -400,6 +426,48 @@ fn xdp6(ctx: &XdpContext) -> Result<u32, Error> {
     let Some(f) = parse6(ctx, &mut s.flow)? else {
         return Ok(PASS);
     };
+    s.first_look = 0;
+    if f.frag != Fragment::No {
+        return Ok(REST);
+    }
+    if snat6_reply(f) {
+        scratch::hand_over(scratch::NAT66_REPLY, None);
+        return Ok(nat6_call(ctx));
+    }
+    let kinds = V6::north_south_kinds(f.daddr);
+    if kinds == 0 || not_a_node_port(kinds, node_config(), f.dport) {
+        return Ok(PASS);
+    }
+    let Some(e) = ct::find_forward(f) else {
+        s.first_look = scratch::NO_ENTRY;
+        return Ok(REST);
+    };
+    if !ct::marked(e, ct_entry_flags::NORTH_SOUTH) {
+        return Ok(REST);
+    }
+    let now = now_ns();
+    match ct::follow(&cfg, f, Some(e), now) {
+        Forward::Flow(entry) => deliver(ctx, f, &entry, false, now),
+        Forward::New { .. } => Ok(REST),
+    }
+}
+
+/// [`lb_xdp6_rest`]'s path, inlined: one frame of the 512 bytes (a
+/// function of its own, as tc's `ingress6`, would add the program's frame
+/// to its own).
+#[inline(always)]
+fn xdp6(ctx: &XdpContext) -> Result<u32, Error> {
+    let Some(cfg) = config() else {
+        return Ok(PASS);
+    };
+    let Some(s) = scratch::get(scratch::XDP) else {
+        return Ok(PASS);
+    };
+    // SAFETY: `lb_xdp6`'s first look parsed the flow into this CPU's slot
+    // on this run before it answered `REST`, and the tail call keeps the
+    // CPU.
+    let f = unsafe { s.flow.assume_init_mut() };
+    let no_entry = s.first_look == scratch::NO_ENTRY;
     // Replies of NAT66 flows come to a port of the SNAT range: a later
     // fragment's port is its first fragment's.
     if f.frag == Fragment::Later && snat6_addr() == Some(f.daddr) && !frag::ports(f) {
@@ -409,14 +477,14 @@ fn xdp6(ctx: &XdpContext) -> Result<u32, Error> {
         scratch::hand_over(scratch::NAT66_REPLY, None);
         return Ok(nat6_call(ctx));
     }
-    // No pre-filter: the exact kinds, looked up once.
+    // The pre-filter let it through: the exact kinds, looked up once.
     let Some(v) = V6::vip(f.daddr) else {
         return Ok(PASS);
     };
     if v.flags & NORTH_SOUTH_VIP == 0 {
         return Ok(PASS);
     }
-    north_south(ctx, &cfg, node_config(), Kinds::Exact(v), f)
+    north_south(ctx, &cfg, node_config(), Kinds::Exact { vip: v, no_entry }, f)
 }
 
 /// The packets of NAT66 flows, from `lb_xdp6` (`LB_XDP_CALLS[
@@ -631,11 +699,13 @@ enum Kinds {
     /// The pre-filter's superset (IPv4): the exact ones are looked up
     /// where needed.
     Filter(u32),
-    /// The address's exact entry (IPv6): no further lookup, and
-    /// conntrack is looked up after it (the pre-filter and
-    /// conntrack-first order took `lb_xdp6` past the verifier's 512-byte
-    /// stack).
-    Exact(Vip4),
+    /// The address's exact entry (IPv6's exact path, `lb_xdp6_rest`): no
+    /// further lookup, and conntrack is looked up after it (the pre-filter
+    /// and conntrack-first order, with the new-flow path, overflowed its
+    /// 512-byte stack; `lb_xdp6`'s first look runs that order for
+    /// established flows). `no_entry`: the first look found no forward
+    /// entry, conntrack is not looked up again.
+    Exact { vip: Vip4, no_entry: bool },
 }
 
 /// Client -> north-south frontend (by the pre-filter's `kinds`).
@@ -658,7 +728,7 @@ fn north_south<F: XdpFamily>(
 ) -> Result<u32, Error> {
     let (mut v, filter) = match kinds {
         Kinds::Filter(k) => (None, k),
-        Kinds::Exact(v) => (Some(v), v.flags),
+        Kinds::Exact { vip, .. } => (Some(vip), vip.flags),
     };
     if f.frag == Fragment::Later {
         let Some(exact) = v.or_else(|| exact_vip(f, node)) else {
@@ -673,8 +743,8 @@ fn north_south<F: XdpFamily>(
         return Ok(PASS);
     }
     let now = now_ns();
-    let forward = if let Kinds::Exact(_) = kinds {
-        ct::forward(cfg, f, now)
+    let forward = if let Kinds::Exact { no_entry, .. } = kinds {
+        if no_entry { Forward::New { replace: false } } else { ct::forward(cfg, f, now) }
     } else {
         let found = ct::find_forward(f);
         let ours = found.is_some_and(|e| ct::marked(e, ct_entry_flags::NORTH_SOUTH));
@@ -702,15 +772,23 @@ fn north_south<F: XdpFamily>(
             }
         }
     };
-    F::keep_in_memory(&entry);
+    deliver(ctx, f, &entry, new, now)
+}
+
+/// A north-south packet of the flow whose forward entry is `entry`
+/// (`new`: this packet made it), recorded at `now`: counted, and DNATed
+/// for the kernel to deliver to a backend on this node, or sent on.
+#[inline(always)]
+fn deliver<F: XdpFamily>(ctx: &XdpContext, f: &mut Flow<F>, entry: &Ct<F>, new: bool, now: u64) -> Result<u32, Error> {
+    F::keep_in_memory(entry);
     stats::frontend_packet(entry.frontend_id, (ctx.data_end() - ctx.data()) as u32, new);
     frag::record(f);
     if entry.nat_saddr == f.saddr {
         // A backend on this node: DNAT only, the kernel delivers.
-        nat::translate(ctx, f, &entry)?;
+        nat::translate(ctx, f, entry)?;
         return Ok(PASS);
     }
-    F::send_on(ctx, f, &entry, now)
+    F::send_on(ctx, f, entry, now)
 }
 
 /// A new north-south flow, or the verdict for a packet that gets none.
