@@ -282,6 +282,10 @@ impl Datapath {
             if let Some((_, why)) = check.not_carried.iter().find(|(n, _)| n == name) {
                 warn!(map = name, "its flows end with the old map: {why}");
             }
+            if PROGRAM_ARRAYS.contains(name) {
+                hold_program_array(&path)?;
+                continue;
+            }
             std::fs::remove_file(&path).with_context(|| format!("unpinning {}", path.display()))?;
         }
         let mut loader = EbpfLoader::new();
@@ -366,8 +370,27 @@ impl Datapath {
         }
         layout::write_versions(&mut self.ebpf)?;
         self.live = true;
+        self.release_held_arrays();
         info!(maps = ?self.rebuilt.iter().map(|(n, _)| *n).collect::<Vec<_>>(), "rebuilt maps filled; this agent's programs are live");
         Ok(())
+    }
+
+    /// Unpins the program arrays of an earlier agent held for its programs
+    /// ([`hold_program_array`]): called once every adopted link runs this
+    /// agent's programs (at [`Datapath::go_live`], or after the first
+    /// attach pass when the load went live at once).
+    pub fn release_held_arrays(&self) {
+        if !self.live {
+            return;
+        }
+        for name in PROGRAM_ARRAYS {
+            let held = held_pin(&self.pin_dir.join(name));
+            match std::fs::remove_file(&held) {
+                Ok(()) => info!(map = name, "the earlier agent's program array, held for its programs until now, is unpinned"),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => warn!("removing {}: {e}", held.display()),
+            }
+        }
     }
 
     /// Forgets the FIB answers the XDP program keeps (`LB_NEXTHOPS`): a
@@ -775,6 +798,37 @@ fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut aya::pr
     ebpf.program_mut(name).with_context(|| format!("program {name} missing from the eBPF object"))
 }
 
+/// The pinned program arrays: what the attached programs tail-call.
+const PROGRAM_ARRAYS: [&str; 2] = [names::TC_CALLS, names::XDP_CALLS];
+
+/// Where a rebuilt program array's old pin is held ([`hold_program_array`]).
+fn held_pin(path: &Path) -> PathBuf {
+    let mut held = path.as_os_str().to_owned();
+    // (bpffs refuses names with a dot.)
+    held.push("_HELD");
+    PathBuf::from(held)
+}
+
+/// Moves aside the pin of a program array about to be rebuilt (at `path`),
+/// instead of removing it: the attached programs of the earlier agent
+/// tail-call through it until this agent's programs go live (IPv4 XDP and
+/// both families' IPv6 paths), and the kernel empties a program array when
+/// its last user reference (a pin, or a process's descriptor) goes. Kept
+/// also if this agent never goes live (it fails before its first sync):
+/// the next one finds it held already and removes the never-used pin at
+/// `path` instead. [`Datapath::release_held_arrays`] unpins it.
+fn hold_program_array(path: &Path) -> anyhow::Result<()> {
+    let held = held_pin(path);
+    if !held.exists() {
+        // (bpffs refuses a rename: the map is pinned again, then unpinned.)
+        let old = aya::maps::MapData::from_pin(path).with_context(|| format!("opening {}", path.display()))?;
+        old.pin(&held).with_context(|| format!("pinning {} at {}", path.display(), held.display()))?;
+    }
+    std::fs::remove_file(path).with_context(|| format!("unpinning {}", path.display()))?;
+    info!(map = %path.display(), held = %held.display(), "the attached programs keep the old program array until this agent's go live");
+    Ok(())
+}
+
 /// Removes everything lb pinned under `dir`: detaches every link (the
 /// datapath stops) and unpins every map (all state). Refused while an agent
 /// holds the directory.
@@ -802,8 +856,8 @@ pub fn cleanup(dir: &Path) -> anyhow::Result<()> {
         }
     }
     let _ = std::fs::remove_dir(links::dir(dir));
-    for name in names::ALL {
-        let path = dir.join(name);
+    let held = PROGRAM_ARRAYS.iter().map(|n| (*n, held_pin(&dir.join(n))));
+    for (name, path) in names::ALL.iter().map(|n| (*n, dir.join(n))).chain(held) {
         match std::fs::remove_file(&path) {
             Ok(()) => info!(map = name, "unpinned"),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

@@ -177,6 +177,7 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> anyhow::
     // Links of an earlier agent that this one did not take over are hooks
     // it does not want.
     dp.drop_unadopted();
+    dp.release_held_arrays();
     dp.prune_pod_ifaces();
     if !dp.is_live() {
         info!("the attached programs keep serving from the old maps until the rebuilt ones are filled");

@@ -467,6 +467,13 @@ fn maps_of_an_older_layout_are_rebuilt_while_the_old_programs_serve() {
         );
     }
     assert!(log.contains("value size 8, this agent's is 12"), "{log}");
+    // The old program arrays, which the old programs tail-called through
+    // until the swap (IPv4 NodePorts among them), were held until then,
+    // and are gone now.
+    for name in [lb_common::names::TC_CALLS, lb_common::names::XDP_CALLS] {
+        assert!(log.lines().any(|l| l.contains("keep the old program array") && l.contains(name)), "{name} not held:\n{log}");
+        assert!(!agent.pins.0.join(format!("{name}_HELD")).exists(), "{name}_HELD left pinned");
+    }
     // The rebuilt map is the new layout, and a restart now reuses it all.
     let info = lb_agent::layout::pinned_def(&agent.pins.0.join("LB4_BACKENDS")).unwrap();
     assert_eq!(info.value_size, 12);

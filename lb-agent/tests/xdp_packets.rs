@@ -1583,7 +1583,7 @@ fn ipv6_passes_and_is_counted_while_the_xdp_program_is_missing() {
     let input = common::v6::tcp(sa6(CLIENT6), sa6(&format!("[{NODE6}]:30081")), "S", 1, b"", none());
     expect_unchanged("IPv6 NodePort with an empty slot", &fx.run(&input), &input);
     assert_eq!(fx.l.stat(stat::TAIL_CALL_FAILED), 1);
-    // IPv4 does not go through the array.
+    // IPv4 does not go through that slot.
     let v4 = testrun::tcp_frame(IN, client(40000), node(30081), "S", 1000, b"");
     assert_eq!(fx.run(&v4).verdict, XDP_PASS);
     assert_eq!(fx.l.stat(stat::TAIL_CALL_FAILED), 1);
@@ -1652,4 +1652,60 @@ fn ipv6_established_nodeport_flows_are_served_by_the_first_look_alone() {
         hex(&common::v6::tcp(c, sa6("[fd00:244:1::11]:8080"), "S", 2000, b"", none())),
         "the new backend, through the exact path again"
     );
+}
+
+/// `lb_xdp4`'s first look settles an established IPv4 flow by itself (the
+/// local DNAT, and the remote path's SNAT and forwarding) and passes a
+/// packet for no frontend: with the whole path's program
+/// (`xdp_call::XDP4_REST`) gone, only packets that need it (a new flow, a
+/// reply to the SNAT address) miss it; with `lb_xdp4` gone, IPv4 passes.
+#[test]
+fn ipv4_established_nodeport_flows_are_served_by_the_first_look_alone() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let mut fx = Fixture::new("xdp-v4-first", (NAT_PORT, NAT_PORT + 10));
+    let c = client(40200);
+    let local_be = sa("10.244.1.10:8080");
+    let out = fx.run(&testrun::tcp_frame(IN, c, node(30081), "S", 7, b""));
+    expect("SYN to a local backend", &out, XDP_PASS, &testrun::tcp_frame(IN, c, local_be, "S", 7, b""));
+    let lb = sa("192.168.60.10:80");
+    let remote_be = sa("10.244.2.11:8080");
+    let out = fx.run(&testrun::tcp_frame(IN, c, lb, "S", 1, b""));
+    assert_eq!(out.verdict, XDP_TX, "SYN to the LoadBalancer IP");
+    let nat = SocketAddrV4::new(NODE_IP.parse().unwrap(), u16::from_be_bytes([out.packet[34], out.packet[35]]));
+
+    let set_slot = |fx: &mut Fixture, slot: u32, present: bool| {
+        if present {
+            lb_agent::datapath::fill_tc_calls(&mut fx.l.dp.ebpf).unwrap();
+            return;
+        }
+        let map = fx.l.dp.ebpf.map_mut(lb_common::names::XDP_CALLS).unwrap();
+        let mut calls = aya::maps::ProgramArray::try_from(map).unwrap();
+        calls.clear_index(&slot).unwrap();
+    };
+    set_slot(&mut fx, lb_common::xdp_call::XDP4_REST, false);
+    let out = fx.run(&testrun::tcp_frame(IN, c, node(30081), "A", 8, b"data"));
+    expect("established, local backend", &out, XDP_PASS, &testrun::tcp_frame(IN, c, local_be, "A", 8, b"data"));
+    let out = fx.run(&testrun::tcp_frame(IN, c, lb, "A", 2, b"data"));
+    expect("established, remote backend", &out, XDP_TX, &testrun::tcp_frame(TO_B, nat, remote_be, "A", 2, b"data"));
+    for (name, dst) in [("no frontend", sa("10.0.0.77:443")), ("the node address, port 22", node(22))] {
+        let input = testrun::tcp_frame(IN, c, dst, "S", 1, b"");
+        expect_unchanged(name, &fx.run(&input), &input);
+    }
+    assert_eq!(fx.l.stat(stat::TAIL_CALL_FAILED), 0, "none of these needed the whole path");
+
+    let new = testrun::tcp_frame(IN, client(40201), lb, "S", 1, b"");
+    expect_unchanged("a new flow with the whole path gone", &fx.run(&new), &new);
+    let reply = testrun::tcp_frame(FROM_B, remote_be, nat, "A", 5000, b"reply");
+    expect_unchanged("a reply to the SNAT address with the whole path gone", &fx.run(&reply), &reply);
+    assert_eq!(fx.l.stat(stat::TAIL_CALL_FAILED), 2);
+
+    set_slot(&mut fx, lb_common::xdp_call::XDP4_REST, true);
+    let out = fx.run(&reply);
+    expect("the reply, reversed again", &out, XDP_TX, &testrun::tcp_frame(TO_CLIENT, lb, c, "A", 5000, b"reply"));
+    set_slot(&mut fx, lb_common::xdp_call::XDP4, false);
+    let data = testrun::tcp_frame(IN, c, lb, "A", 3, b"more");
+    expect_unchanged("IPv4 with lb_xdp4 gone", &fx.run(&data), &data);
+    assert_eq!(fx.l.stat(stat::TAIL_CALL_FAILED), 3);
 }

@@ -106,8 +106,8 @@ pub fn b1_table(rows: &[B1Row]) -> String {
         let v6_name = format!("ClusterIP, IPv6 (tc `lb_tc_ingress`; {} IPv6 services)", fmt_count(r.v6_services as f64));
         let paths = [
             (v6_name.as_str(), &r.v6),
-            ("NodePort (XDP `lb_xdp`, local delivery)", &r.xdp),
-            ("NodePort (XDP `lb_xdp`, remote backend: DNAT+SNAT, FIB, `XDP_TX`)²", &r.remote),
+            ("NodePort (XDP `lb_xdp` → `lb_xdp4`, local delivery)", &r.xdp),
+            ("NodePort (XDP `lb_xdp` → `lb_xdp4`, remote backend: DNAT+SNAT, FIB, `XDP_TX`)²", &r.remote),
             ("NodePort, IPv6 (XDP `lb_xdp` → `lb_xdp6`, local delivery)", &r.xdp6),
             ("NodePort, IPv6 (XDP `lb_xdp` → `lb_xdp6` → `lb_xdp6_nat`, remote backend: NAT66, FIB, `XDP_TX`)²", &r.remote6),
         ];
@@ -166,8 +166,8 @@ pub fn b1_table(rows: &[B1Row]) -> String {
             ));
         }
         if let Some(p) = &r.xdp_pass {
-            passed.push(("no frontend (XDP `lb_xdp`, passed): another address", p.other_addr_ns, p.other_addr_kernel));
-            passed.push(("no frontend (XDP `lb_xdp`, passed): node address, port 22", p.node_port_ns, p.node_port_kernel));
+            passed.push(("no frontend (XDP `lb_xdp` → `lb_xdp4`, passed): another address", p.other_addr_ns, p.other_addr_kernel));
+            passed.push(("no frontend (XDP `lb_xdp` → `lb_xdp4`, passed): node address, port 22", p.node_port_ns, p.node_port_kernel));
         }
         if let Some(p) = &r.xdp6_pass {
             passed.push(("no frontend, IPv6 (XDP `lb_xdp` → `lb_xdp6`, passed): another address", p.other_addr_ns, p.other_addr_kernel));
@@ -679,7 +679,7 @@ pub fn markdown(r: &Report, plots: &[String]) -> String {
              which the benchmark checks. The kernel's duration of a `repeat` = 1 run also holds one clock read, the bh disable/enable around the program and \
              whatever the syscall left cold in the caches. That overhead is measured by timing an established flow the same way (`repeat` = 1, best round mean as well) and subtracting \
              the `repeat` = N figure; the \"overhead off\" new-flow figure subtracts it, the raw one does not. The repeat=1 floor (XDP_PASS) came out at {}.\n\
-             - **XDP NodePort path, local delivery** (`lb_xdp`): measured the same three ways on NodePort frontends at the node address (a ping-pong pair for the established flow, \
+             - **XDP NodePort path, local delivery** (`lb_xdp`, which tail-calls `lb_xdp4` for IPv4): measured the same three ways on NodePort frontends at the node address (a ping-pong pair for the established flow, \
              and a NodePort with the measured service's ten endpoints for new flows), all endpoints on this node: the program DNATs and hands the packet \
              to the kernel (`XDP_PASS`).\n\
              - **XDP NodePort path, remote backend** (²): a NodePort whose ten endpoints are on another node. B1 runs in a network namespace of its own where \

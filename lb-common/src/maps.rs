@@ -98,12 +98,14 @@ map_set! {
     /// reference (a pin, or a process's descriptor) goes.
     /// Version 2: a third slot (`tc_call::INGRESS6_REST`).
     TC_CALLS = "LB_TC_CALLS", version 2, sized by Fixed;
-    /// The IPv6 XDP program (see [`xdp_call`]), tail-called by `lb_xdp`;
+    /// The XDP programs (see [`xdp_call`]) `lb_xdp` dispatches to, and
+    /// those they tail-call;
     /// pinned for the same reason as `LB_TC_CALLS` (a program array holds
     /// programs of its owner's type only, so XDP has its own).
     /// Version 2: a second slot (`xdp_call::XDP6_NAT`); 3: a third
-    /// (`xdp_call::XDP6_REJECT`); 4: a fourth (`xdp_call::XDP6_REST`).
-    XDP_CALLS = "LB_XDP_CALLS", version 4, sized by Fixed;
+    /// (`xdp_call::XDP6_REJECT`); 4: a fourth (`xdp_call::XDP6_REST`); 5:
+    /// IPv4's (`xdp_call::XDP4`, `xdp_call::XDP4_REST`).
+    XDP_CALLS = "LB_XDP_CALLS", version 5, sized by Fixed;
     /// Per-client token buckets for the ICMPv6 errors the datapath sends
     /// (`LB4_REJECT_RATE` for IPv6 clients).
     REJECT_RATE6 = "LB6_REJECT_RATE", version 1, sized by Fixed;
@@ -982,8 +984,8 @@ pub struct RejectRate {
     pub _pad: u32,
 }
 
-/// Slots of `LB_XDP_CALLS`: the XDP programs `lb_xdp` tail-calls (IPv4
-/// runs in `lb_xdp` itself).
+/// Slots of `LB_XDP_CALLS`: the XDP programs `lb_xdp` (which only
+/// dispatches by family) and they tail-call.
 pub mod xdp_call {
     /// `lb_xdp6`, from `lb_xdp`.
     pub const XDP6: u32 = 0;
@@ -997,10 +999,15 @@ pub mod xdp_call {
     /// `lb_xdp6_rest`, from `lb_xdp6` when its first look (pre-filter,
     /// established flow) did not settle the packet.
     pub const XDP6_REST: u32 = 3;
+    /// `lb_xdp4`, from `lb_xdp`: IPv4 (every frame that is not IPv6).
+    pub const XDP4: u32 = 4;
+    /// `lb_xdp4_rest`, from `lb_xdp4` when its first look (pre-filter,
+    /// established flow) did not settle the packet.
+    pub const XDP4_REST: u32 = 5;
     /// Slots in the map.
-    pub const SLOTS: u32 = 4;
+    pub const SLOTS: u32 = 6;
     /// The program of each slot, by index.
-    pub const PROGRAMS: [&str; SLOTS as usize] = ["lb_xdp6", "lb_xdp6_nat", "lb_xdp6_reject", "lb_xdp6_rest"];
+    pub const PROGRAMS: [&str; SLOTS as usize] = ["lb_xdp6", "lb_xdp6_nat", "lb_xdp6_reject", "lb_xdp6_rest", "lb_xdp4", "lb_xdp4_rest"];
 }
 
 /// Slots of `LB_TC_CALLS`: the tc programs each family's packets are

@@ -332,28 +332,90 @@ fn verdict(ctx: &XdpContext, result: Result<u32, Error>) -> u32 {
     }
 }
 
-/// IPv4 runs here; IPv6 in `lb_xdp6`, reached by a tail call through
-/// `LB_XDP_CALLS` (filled and pinned by the agent; an empty slot passes
-/// the packet and counts `stat::TAIL_CALL_FAILED`), with the verifier's
-/// 512 bytes of stack of its own, as tc's IPv6 programs.
+/// The attached program only dispatches: IPv6 to `lb_xdp6`, everything
+/// else to `lb_xdp4`, each by a tail call through `LB_XDP_CALLS` (filled
+/// and pinned by the agent; an empty slot passes the packet and counts
+/// `stat::TAIL_CALL_FAILED`). A tail call with a constant slot is a jump
+/// with no return, and each family's programs have the verifier's 512
+/// bytes of stack to themselves.
 #[xdp]
 pub fn lb_xdp(ctx: XdpContext) -> u32 {
     if read::<XdpContext, u16>(&ctx, eth::ETHERTYPE.start) == Some(ETH_P_IPV6.to_be()) {
-        // SAFETY: the slot holds an XDP program of this object (or
-        // nothing: the call returns); the context is this program's.
-        unsafe { LB_XDP_CALLS.tail_call(&ctx, xdp_call::XDP6) };
-        stats::count(stat::TAIL_CALL_FAILED);
-        return PASS;
+        return tail_call(&ctx, xdp_call::XDP6);
     }
+    tail_call(&ctx, xdp_call::XDP4)
+}
+
+/// IPv4 (and every frame that is not IPv6) from outside:
+/// `LB_XDP_CALLS[xdp_call::XDP4]`. The first look runs here
+/// ([`xdp4_first`]): an established north-south flow, or a packet for no
+/// north-south frontend, is settled without a call. The rest continues in
+/// [`lb_xdp4_rest`], tail-called. (The whole IPv4 path inlined into one
+/// program took the verifier past its million instructions; as a function
+/// called from here every packet paid a call and a return.)
+#[xdp]
+#[inline(always)] // else `#[xdp]`'s wrapper calls the body: a call and a return
+pub fn lb_xdp4(ctx: XdpContext) -> u32 {
+    match xdp4_first(&ctx) {
+        Ok(REST) => tail_call(&ctx, xdp_call::XDP4_REST),
+        other => verdict(&ctx, other),
+    }
+}
+
+/// IPv4 from outside, after [`lb_xdp4`]'s first look did not settle the
+/// packet: `LB_XDP_CALLS[xdp_call::XDP4_REST]`, the whole path.
+#[xdp]
+pub fn lb_xdp4_rest(ctx: XdpContext) -> u32 {
     verdict(&ctx, xdp4(ctx.ctx))
 }
 
-/// The IPv4 path, a function of its own: the tail call above is then made
-/// from the program itself (as tc's), not from a function it calls, which
+/// The IPv4 path, a function of its own: inlined into `lb_xdp4_rest` it
 /// took the verifier past its million instructions.
 #[inline(never)]
 fn xdp4(ctx: *mut xdp_md) -> Result<u32, Error> {
     try_lb_xdp(&XdpContext::new(ctx))
+}
+
+/// [`lb_xdp4`]'s first look, the part of [`try_lb_xdp`] most packets
+/// take: a packet for no north-south frontend passes (the pre-filter),
+/// and an established flow whose forward entry this path made
+/// (`ct_entry_flags::NORTH_SOUTH`) is translated as `north_south` would.
+/// [`REST`] for everything else (a new flow, a fragment, a reply to the
+/// SNAT address, an ICMP error, an entry another program made).
+#[inline(always)]
+fn xdp4_first(ctx: &XdpContext) -> Result<u32, Error> {
+    let Some(cfg) = config() else {
+        return Ok(PASS);
+    };
+    let mut f = match parse(ctx)? {
+        // IPv4 options: left to the kernel (see `try_lb_xdp`).
+        Packet::Flow(f) if f.l4_off != ETH_HLEN + IPV4_HLEN => return Ok(PASS),
+        Packet::Flow(f) if f.frag == Fragment::No => f,
+        Packet::Flow(_) | Packet::IcmpError(_) => return Ok(REST),
+        _ => return Ok(PASS),
+    };
+    let node = node_config();
+    if let Some(n) = node
+        && f.daddr == n.snat_addr
+        && in_range(f.dport, n.nat_port_min, n.nat_port_max)
+    {
+        return Ok(REST);
+    }
+    let kinds = V4::north_south_kinds(f.daddr);
+    if kinds == 0 || not_a_node_port(kinds, node, f.dport) {
+        return Ok(PASS);
+    }
+    let Some(e) = ct::find_forward(&f) else {
+        return Ok(REST);
+    };
+    if !ct::marked(e, ct_entry_flags::NORTH_SOUTH) {
+        return Ok(REST);
+    }
+    let now = now_ns();
+    match ct::follow(&cfg, &f, Some(e), now) {
+        Forward::Flow(entry) => deliver(ctx, &mut f, &entry, false, now),
+        Forward::New { .. } => Ok(REST),
+    }
 }
 
 /// IPv6 from outside: `LB_XDP_CALLS[xdp_call::XDP6]`. NodePorts on the
