@@ -135,49 +135,42 @@ pub fn b1_table(rows: &[B1Row]) -> String {
                 }
             }
         }
-        let _ = writeln!(
-            t,
-            "| {} | reply (tc `lb_tc_egress`: reverse NAT to the frontend), established flow³ | 〃 | {:.1} | {:.1} | {:.1} | – | – | – | – | {:.0} / – |",
-            fmt_count(r.services as f64),
-            r.floor_ns,
-            r.reply.established_ns,
-            r.reply.established_ns / f,
-            r.reply.kernel,
-        );
+        // Rows of one figure (and the kernel's): the replies, then the
+        // packets lb passes untouched.
+        let mut one_figure =
+            vec![("reply (tc `lb_tc_egress`: reverse NAT to the frontend), established flow³", r.reply.established_ns, r.reply.kernel)];
         if let Some(reply) = &r.v6_reply {
-            let _ = writeln!(
-                t,
-                "| {} | reply, IPv6 (tc `lb_tc_egress`: reverse NAT to the frontend), established flow³ | 〃 | {:.1} | {:.1} | {:.1} | – | – | – | – | {:.0} / – |",
-                fmt_count(r.services as f64),
-                r.floor_ns,
+            one_figure.push((
+                "reply, IPv6 (tc `lb_tc_egress`: reverse NAT to the frontend), established flow³",
                 reply.established_ns,
-                reply.established_ns / f,
                 reply.kernel,
-            );
+            ));
         }
-        // The packets lb passes untouched.
-        let mut passed =
-            vec![("no frontend (tc `lb_tc_ingress`, passed): pod to pod", r.tc_pass.pod_to_pod_ns, r.tc_pass.pod_to_pod_kernel)];
+        one_figure.push(("no frontend (tc `lb_tc_ingress`, passed): pod to pod", r.tc_pass.pod_to_pod_ns, r.tc_pass.pod_to_pod_kernel));
         if let Some(p) = &r.v6_tc_pass {
-            passed.push((
+            one_figure.push((
                 "no frontend, IPv6 (tc `lb_tc_ingress` → `lb_tc_ingress6`, passed): pod to pod",
                 p.pod_to_pod_ns,
                 p.pod_to_pod_kernel,
             ));
         }
         if let Some(p) = &r.xdp_pass {
-            passed.push(("no frontend (XDP `lb_xdp` → `lb_xdp4`, passed): another address", p.other_addr_ns, p.other_addr_kernel));
-            passed.push(("no frontend (XDP `lb_xdp` → `lb_xdp4`, passed): node address, port 22", p.node_port_ns, p.node_port_kernel));
+            one_figure.push(("no frontend (XDP `lb_xdp` → `lb_xdp4`, passed): another address", p.other_addr_ns, p.other_addr_kernel));
+            one_figure.push(("no frontend (XDP `lb_xdp` → `lb_xdp4`, passed): node address, port 22", p.node_port_ns, p.node_port_kernel));
         }
         if let Some(p) = &r.xdp6_pass {
-            passed.push(("no frontend, IPv6 (XDP `lb_xdp` → `lb_xdp6`, passed): another address", p.other_addr_ns, p.other_addr_kernel));
-            passed.push((
+            one_figure.push((
+                "no frontend, IPv6 (XDP `lb_xdp` → `lb_xdp6`, passed): another address",
+                p.other_addr_ns,
+                p.other_addr_kernel,
+            ));
+            one_figure.push((
                 "no frontend, IPv6 (XDP `lb_xdp` → `lb_xdp6`, passed): node address, port 22",
                 p.node_port_ns,
                 p.node_port_kernel,
             ));
         }
-        for (name, ns, kernel) in passed {
+        for (name, ns, kernel) in one_figure {
             let _ = writeln!(
                 t,
                 "| {} | {name} | 〃 | {:.1} | {:.1} | {:.1} | – | – | – | – | {:.0} / – |",

@@ -401,19 +401,34 @@ fn xdp4_first(ctx: &XdpContext) -> Result<u32, Error> {
     {
         return Ok(REST);
     }
-    let kinds = V4::north_south_kinds(f.daddr);
+    match first_look(ctx, &cfg, node, &mut f) {
+        Ok(REST_NO_ENTRY) => Ok(REST),
+        other => other,
+    }
+}
+
+/// The part of the first look both families share, after their own
+/// checks: a packet for no north-south frontend passes (the pre-filter),
+/// and an established flow whose forward entry this path made
+/// (`ct_entry_flags::NORTH_SOUTH`) is translated as `north_south` would,
+/// without the address lookup (the entry's version check ends it when its
+/// frontend or backend goes). [`REST`] for anything else;
+/// [`REST_NO_ENTRY`] when conntrack has no forward entry for the flow.
+#[inline(always)]
+fn first_look<F: XdpFamily>(ctx: &XdpContext, cfg: &Config, node: Option<NodeConfig>, f: &mut Flow<F>) -> Result<u32, Error> {
+    let kinds = F::north_south_kinds(f.daddr);
     if kinds == 0 || not_a_node_port(kinds, node, f.dport) {
         return Ok(PASS);
     }
-    let Some(e) = ct::find_forward(&f) else {
-        return Ok(REST);
+    let Some(e) = ct::find_forward(f) else {
+        return Ok(REST_NO_ENTRY);
     };
     if !ct::marked(e, ct_entry_flags::NORTH_SOUTH) {
         return Ok(REST);
     }
     let now = now_ns();
-    match ct::follow(&cfg, &f, Some(e), now) {
-        Forward::Flow(entry) => deliver(ctx, &mut f, &entry, false, now),
+    match ct::follow(cfg, f, Some(e), now) {
+        Forward::Flow(entry) => deliver(ctx, f, &entry, false, now),
         Forward::New { .. } => Ok(REST),
     }
 }
@@ -454,9 +469,12 @@ pub fn lb_xdp6_rest(ctx: XdpContext) -> u32 {
     verdict6(xdp6(&ctx))
 }
 
-/// [`xdp6_first`]'s answer when the exact path ([`lb_xdp6_rest`]) is to
-/// go on: no XDP action.
+/// The first look's answer when the rest of the path ([`lb_xdp4_rest`],
+/// [`lb_xdp6_rest`]) is to go on: no XDP action.
 const REST: u32 = u32::MAX;
+/// [`first_look`]'s [`REST`] when conntrack has no forward entry for the
+/// flow: no XDP action.
+const REST_NO_ENTRY: u32 = u32::MAX - 1;
 
 /// The verdict of a result of the IPv6 paths, which log nothing.
 #[inline(always)]
@@ -471,12 +489,10 @@ fn verdict6(result: Result<u32, Error>) -> u32 {
 }
 
 /// [`lb_xdp6`]'s first look: parses the flow into this CPU's scratch
-/// (`scratch::XDP`), sends a NAT66 reply on to `lb_xdp6_nat`, passes a
-/// packet for no north-south frontend (the pre-filter, one array load,
-/// as IPv4's), and follows an established flow whose forward entry this
-/// path made (`ct_entry_flags::NORTH_SOUTH`) without `LB6_VIPS`, as
-/// IPv4's `north_south`: the entry's version check ends it when its
-/// frontend or backend goes. [`REST`] for everything else.
+/// (`scratch::XDP`), sends a NAT66 reply on to `lb_xdp6_nat`, then
+/// [`first_look`] (no `LB6_VIPS` lookup for an established flow). [`REST`]
+/// for everything else, with whether conntrack had no entry left in the
+/// scratch for the exact path.
 #[inline(always)]
 fn xdp6_first(ctx: &XdpContext) -> Result<u32, Error> {
     let Some(cfg) = config() else {
@@ -488,29 +504,24 @@ fn xdp6_first(ctx: &XdpContext) -> Result<u32, Error> {
     let Some(f) = parse6(ctx, &mut s.flow)? else {
         return Ok(PASS);
     };
-    s.first_look = 0;
     if f.frag != Fragment::No {
+        s.first_look = 0;
         return Ok(REST);
     }
     if snat6_reply(f) {
         scratch::hand_over(scratch::NAT66_REPLY, None);
         return Ok(nat6_call(ctx));
     }
-    let kinds = V6::north_south_kinds(f.daddr);
-    if kinds == 0 || not_a_node_port(kinds, node_config(), f.dport) {
-        return Ok(PASS);
-    }
-    let Some(e) = ct::find_forward(f) else {
-        s.first_look = scratch::NO_ENTRY;
-        return Ok(REST);
-    };
-    if !ct::marked(e, ct_entry_flags::NORTH_SOUTH) {
-        return Ok(REST);
-    }
-    let now = now_ns();
-    match ct::follow(&cfg, f, Some(e), now) {
-        Forward::Flow(entry) => deliver(ctx, f, &entry, false, now),
-        Forward::New { .. } => Ok(REST),
+    match first_look(ctx, &cfg, node_config(), f) {
+        Ok(REST_NO_ENTRY) => {
+            s.first_look = scratch::NO_ENTRY;
+            Ok(REST)
+        }
+        Ok(REST) => {
+            s.first_look = 0;
+            Ok(REST)
+        }
+        other => other,
     }
 }
 
