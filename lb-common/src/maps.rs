@@ -127,6 +127,10 @@ map_set! {
     /// `lb_xdp6` hands `lb_xdp6_nat`), off their stacks. Only the
     /// datapath reads and writes it.
     SCRATCH6 = "LB6_SCRATCH", version 1, sized by Fixed;
+    /// `lb_xdp4`'s per-CPU hand-over to `lb_xdp4_rest` (the parsed flow
+    /// and whether conntrack had an entry). Only the datapath reads and
+    /// writes it.
+    SCRATCH4 = "LB4_SCRATCH", version 1, sized by Fixed;
     /// This node's IPv6 SNAT address (`Node6Config`), for NAT66, and the
     /// IPv6 session affinity prefix. Version 2: `affinity_host_bits`.
     NODE6 = "LB6_NODE", version 2, sized by Fixed;

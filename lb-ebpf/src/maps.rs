@@ -15,7 +15,7 @@ use lb_common::{
 
 use crate::{
     route::Scratch,
-    scratch::{self, Scratch6},
+    scratch::{self, Scratch4, Scratch6},
 };
 
 #[btf_map]
@@ -185,6 +185,11 @@ pub static LB_HR_SCRATCH: PerCpuArray<Scratch, 1> = PerCpuArray::new();
 /// parsed flow, off the stack, for every part of a path.
 #[btf_map]
 pub static LB6_SCRATCH: PerCpuArray<Scratch6, { scratch::SLOTS as usize }> = PerCpuArray::new();
+
+/// `lb_xdp4`'s hand-over to `lb_xdp4_rest`, one per CPU (`scratch`): the
+/// parsed flow and what the first look found.
+#[btf_map]
+pub static LB4_SCRATCH: PerCpuArray<Scratch4, 1> = PerCpuArray::new();
 
 /// The IPv6 tc programs by `lb_common::tc_call` slot, filled and pinned by
 /// the agent: the attached programs tail-call them for IPv6 frames.

@@ -1,6 +1,7 @@
-//! The IPv6 paths' per-CPU working memory (`LB6_SCRATCH`): the parsed
-//! flow, off the stack, where every part of a path that a program splits
-//! (functions of their own, tail calls) finds it without parsing again.
+//! The paths' per-CPU working memory (`LB6_SCRATCH`, and `LB4_SCRATCH`
+//! for IPv4's XDP): the parsed flow, off the stack, where every part of a
+//! path that a program splits (functions of their own, tail calls) finds
+//! it without parsing again.
 //!
 //! - tc, from a pod: `lb_tc_ingress6`'s first look parses into
 //!   [`TC_INGRESS`]; the exact path (`ingress6`, in
@@ -16,6 +17,10 @@
 //!   ([`Scratch6::next`]: a reply, or a client's packet with its forward
 //!   entry and the time), so that `lb_xdp6_nat` neither parses nor looks
 //!   conntrack up again.
+//! - XDP, IPv4: `lb_xdp4`'s first look parses onto its stack (the
+//!   established flows it settles need nothing more) and hands a flow it
+//!   does not settle to `lb_xdp4_rest` in [`Scratch4`], with what it
+//!   found ([`Scratch4::first_look`]).
 //!
 //! A program runs to its end on its CPU (softirq, or with bottom halves
 //! off), and a tail call keeps the CPU: nothing else uses a slot while a
@@ -24,10 +29,10 @@
 
 use core::{mem::MaybeUninit, ptr::addr_of_mut};
 
-use lb_common::{Ct6Entry, V6};
+use lb_common::{Ct6Entry, V4, V6};
 
 use crate::{
-    maps::LB6_SCRATCH,
+    maps::{LB4_SCRATCH, LB6_SCRATCH},
     parse::{Flow, IcmpError},
 };
 
@@ -61,8 +66,47 @@ pub struct Scratch6 {
     pub first_look: u32,
 }
 
-/// [`Scratch6::first_look`]: the flow has no forward entry.
+/// [`Scratch6::first_look`], [`Scratch4::first_look`]: the flow has no
+/// forward entry.
 pub const NO_ENTRY: u32 = 1;
+/// [`Scratch4::first_look`]: the packet is an ICMP error (not in
+/// [`Scratch4::flow`]: the rest parses it again).
+pub const ICMP_ERROR: u32 = 2;
+
+/// `lb_xdp4` -> `lb_xdp4_rest` (`LB4_SCRATCH`, one slot).
+pub struct Scratch4 {
+    pub flow: MaybeUninit<Flow<V4>>,
+    /// [`NO_ENTRY`]: conntrack has no forward entry for the flow (the rest
+    /// does not look again); [`ICMP_ERROR`]: no flow, an ICMP error; 0:
+    /// the rest looks conntrack up.
+    pub first_look: u32,
+}
+
+/// `lb_xdp4` -> `lb_xdp4_rest`: the flow `f` (none with [`ICMP_ERROR`]),
+/// and what the first look found. `false` when this CPU's slot is
+/// missing (the packet passes).
+#[inline(always)]
+pub fn hand_over4(f: Option<&Flow<V4>>, first_look: u32) -> bool {
+    let Some(s) = LB4_SCRATCH.get_ptr_mut(0) else {
+        return false;
+    };
+    // SAFETY: this CPU's slot, as in `get`.
+    unsafe {
+        if let Some(f) = f {
+            addr_of_mut!((*s).flow).write(MaybeUninit::new(*f));
+        }
+        addr_of_mut!((*s).first_look).write(first_look);
+    }
+    true
+}
+
+/// This CPU's slot of `LB4_SCRATCH`.
+#[inline(always)]
+pub fn get4() -> Option<&'static mut Scratch4> {
+    let s = LB4_SCRATCH.get_ptr_mut(0)?;
+    // SAFETY: as in `get`.
+    Some(unsafe { &mut *s })
+}
 
 /// This CPU's scratch of `slot`.
 #[inline(always)]

@@ -109,6 +109,11 @@ trait XdpFamily: L3 {
     fn too_big(ctx: &XdpContext, f: &Flow<Self>, mtu: u16, now: u64) -> u32;
     /// The answer to a packet of `f` whose TTL or hop limit expired.
     fn expired(ctx: &XdpContext, f: &Flow<Self>, now: u64) -> u32;
+    /// This node's SNAT address of the family, if it has one.
+    fn snat_addr(node: &NodeConfig) -> Option<Self::Addr>;
+    /// Sends on a reply of a SNATed flow (to the SNAT address and a port of
+    /// the SNAT range): [`snat_reply`], here or in another program.
+    fn reply(ctx: &XdpContext, f: &Flow<Self>) -> Result<u32, Error>;
 }
 
 impl XdpFamily for V4 {
@@ -176,6 +181,14 @@ impl XdpFamily for V4 {
     #[inline(always)]
     fn expired(ctx: &XdpContext, f: &Flow<V4>, now: u64) -> u32 {
         icmp_out::xdp_error(ctx, f.saddr, now, icmp::TIME_EXCEEDED, 0, 0)
+    }
+    #[inline(always)]
+    fn snat_addr(node: &NodeConfig) -> Option<u32> {
+        (node.snat_addr != 0).then_some(node.snat_addr)
+    }
+    #[inline(always)]
+    fn reply(ctx: &XdpContext, f: &Flow<V4>) -> Result<u32, Error> {
+        snat_reply(ctx, f)
     }
 }
 
@@ -255,6 +268,17 @@ impl XdpFamily for V6 {
     #[inline(always)]
     fn expired(_ctx: &XdpContext, f: &Flow<V6>, now: u64) -> u32 {
         icmp_out::request6(&f.saddr, now, icmp6::TIME_EXCEEDED, 0, 0)
+    }
+    /// `LB6_NODE`'s, not the IPv4 settings'.
+    #[inline(always)]
+    fn snat_addr(_node: &NodeConfig) -> Option<Addr6> {
+        snat6_addr()
+    }
+    /// In `lb_xdp6_nat`, which looks its entry up.
+    #[inline(always)]
+    fn reply(ctx: &XdpContext, _f: &Flow<V6>) -> Result<u32, Error> {
+        scratch::hand_over(scratch::NAT66_REPLY, None);
+        Ok(nat6_call(ctx))
     }
 }
 
@@ -363,48 +387,89 @@ pub fn lb_xdp4(ctx: XdpContext) -> u32 {
 }
 
 /// IPv4 from outside, after [`lb_xdp4`]'s first look did not settle the
-/// packet: `LB_XDP_CALLS[xdp_call::XDP4_REST]`, the whole path.
+/// packet: `LB_XDP_CALLS[xdp_call::XDP4_REST]`. The exact path, on the
+/// flow the first look handed over in this CPU's `LB4_SCRATCH`, with
+/// whether conntrack had an entry for it; an ICMP error is parsed again.
 #[xdp]
 pub fn lb_xdp4_rest(ctx: XdpContext) -> u32 {
     verdict(&ctx, xdp4(ctx.ctx))
 }
 
-/// The IPv4 path, a function of its own: inlined into `lb_xdp4_rest` it
-/// took the verifier past its million instructions.
+/// [`lb_xdp4_rest`]'s path, a function of its own: inlined into the
+/// program, the verifier's count went past its million instructions.
 #[inline(never)]
 fn xdp4(ctx: *mut xdp_md) -> Result<u32, Error> {
-    try_lb_xdp(&XdpContext::new(ctx))
+    let ctx = &XdpContext::new(ctx);
+    let Some(cfg) = config() else {
+        return Ok(PASS);
+    };
+    let Some(s) = scratch::get4() else {
+        return Ok(PASS);
+    };
+    match s.first_look {
+        scratch::ICMP_ERROR => match parse(ctx)? {
+            Packet::IcmpError(err) => icmp_error(ctx, &err),
+            _ => Ok(PASS),
+        },
+        first_look => {
+            // SAFETY: `lb_xdp4`'s first look wrote the flow into this
+            // CPU's slot on this run before it answered `REST` (without
+            // `ICMP_ERROR`), and the tail call keeps the CPU.
+            let f = unsafe { s.flow.assume_init_mut() };
+            rest(ctx, &cfg, f, first_look == scratch::NO_ENTRY)
+        }
+    }
 }
 
-/// [`lb_xdp4`]'s first look, the part of [`try_lb_xdp`] most packets
-/// take: a packet for no north-south frontend passes (the pre-filter),
-/// and an established flow whose forward entry this path made
-/// (`ct_entry_flags::NORTH_SOUTH`) is translated as `north_south` would.
+/// [`lb_xdp4`]'s first look: a packet for no north-south frontend passes
+/// (the pre-filter), and an established flow whose forward entry this path
+/// made (`ct_entry_flags::NORTH_SOUTH`) is translated ([`first_look`]).
 /// [`REST`] for everything else (a new flow, a fragment, a reply to the
-/// SNAT address, an ICMP error, an entry another program made).
+/// SNAT address, an ICMP error, an entry another program made), with the
+/// flow and what conntrack had for it handed over in `LB4_SCRATCH`.
 #[inline(always)]
 fn xdp4_first(ctx: &XdpContext) -> Result<u32, Error> {
     let Some(cfg) = config() else {
         return Ok(PASS);
     };
     let mut f = match parse(ctx)? {
-        // IPv4 options: left to the kernel (see `try_lb_xdp`).
+        // IPv4 options are rare from outside; they are left to the kernel
+        // (as Katran does), which has no translation for them.
         Packet::Flow(f) if f.l4_off != ETH_HLEN + IPV4_HLEN => return Ok(PASS),
-        Packet::Flow(f) if f.frag == Fragment::No => f,
-        Packet::Flow(_) | Packet::IcmpError(_) => return Ok(REST),
+        Packet::Flow(f) => f,
+        Packet::IcmpError(_) => return Ok(hand_over4(None, scratch::ICMP_ERROR)),
         _ => return Ok(PASS),
     };
-    let node = node_config();
-    if let Some(n) = node
-        && f.daddr == n.snat_addr
-        && in_range(f.dport, n.nat_port_min, n.nat_port_max)
-    {
-        return Ok(REST);
+    if f.frag != Fragment::No {
+        return Ok(hand_over4(Some(&f), 0));
     }
-    match first_look(ctx, &cfg, node, &mut f) {
-        Ok(REST_NO_ENTRY) => Ok(REST),
+    let (node, snat_reply) = node_and_snat4_reply(&f);
+    match first_look(ctx, &cfg, node, &mut f, snat_reply) {
+        Ok(REST_NO_ENTRY) => Ok(hand_over4(Some(&f), scratch::NO_ENTRY)),
+        Ok(REST) => Ok(hand_over4(Some(&f), 0)),
         other => other,
     }
+}
+
+/// This node's settings (`node_config`), and whether `f` is a reply of a
+/// SNATed flow: to a port of the SNAT range at this node's SNAT address.
+/// One lookup of `LB_NODE`; the test reads the settings in place: tested
+/// on the copy, LLVM compared the copy's fields before its "ready" test,
+/// reading an uninitialised register when the node is not ready, which the
+/// verifier refuses.
+#[inline(always)]
+fn node_and_snat4_reply(f: &Flow<V4>) -> (Option<NodeConfig>, bool) {
+    let ready = LB_NODE.get(0).filter(|n| n.flags & node_flags::READY != 0);
+    let reply = ready.is_some_and(|n| n.snat_addr == f.daddr && in_range(f.dport, n.nat_port_min, n.nat_port_max));
+    (ready.copied(), reply)
+}
+
+/// [`REST`], with the flow `f` (none for an ICMP error) and what the first
+/// look found written for [`lb_xdp4_rest`]; without this CPU's slot, the
+/// packet passes.
+#[inline(always)]
+fn hand_over4(f: Option<&Flow<V4>>, first_look: u32) -> u32 {
+    if scratch::hand_over4(f, first_look) { REST } else { PASS }
 }
 
 /// The part of the first look both families share, after their own
@@ -414,23 +479,52 @@ fn xdp4_first(ctx: &XdpContext) -> Result<u32, Error> {
 /// without the address lookup (the entry's version check ends it when its
 /// frontend or backend goes). [`REST`] for anything else;
 /// [`REST_NO_ENTRY`] when conntrack has no forward entry for the flow.
+///
+/// `snat_reply` (IPv4's first look): `f` is a backend's reply to the SNAT
+/// address, sent back to its client by its reply entry. Both directions
+/// end in the one `send_on` call: a second inlined copy of `forward` cost
+/// every packet of the first look 3–9 ns (a larger program, more spills).
+/// No fragment comes here (the callers hand them on), so there is no first
+/// fragment's ports to record.
 #[inline(always)]
-fn first_look<F: XdpFamily>(ctx: &XdpContext, cfg: &Config, node: Option<NodeConfig>, f: &mut Flow<F>) -> Result<u32, Error> {
-    let kinds = F::north_south_kinds(f.daddr);
-    if kinds == 0 || not_a_node_port(kinds, node, f.dport) {
-        return Ok(PASS);
-    }
-    let Some(e) = ct::find_forward(f) else {
-        return Ok(REST_NO_ENTRY);
+fn first_look<F: XdpFamily>(
+    ctx: &XdpContext,
+    cfg: &Config,
+    node: Option<NodeConfig>,
+    f: &mut Flow<F>,
+    snat_reply: bool,
+) -> Result<u32, Error> {
+    let (entry, now) = if snat_reply {
+        let Some((entry, now)) = ct::reply(f) else {
+            return Ok(PASS);
+        };
+        F::keep_in_memory(&entry);
+        (entry, now)
+    } else {
+        let kinds = F::north_south_kinds(f.daddr);
+        if kinds == 0 || not_a_node_port(kinds, node, f.dport) {
+            return Ok(PASS);
+        }
+        let Some(e) = ct::find_forward(f) else {
+            return Ok(REST_NO_ENTRY);
+        };
+        if !ct::marked(e, ct_entry_flags::NORTH_SOUTH) {
+            return Ok(REST);
+        }
+        let now = now_ns();
+        let Forward::Flow(entry) = ct::follow(cfg, f, Some(e), now) else {
+            return Ok(REST);
+        };
+        F::keep_in_memory(&entry);
+        stats::frontend_packet(entry.frontend_id, (ctx.data_end() - ctx.data()) as u32, false);
+        if entry.nat_saddr == f.saddr {
+            // A backend on this node: DNAT only, the kernel delivers.
+            nat::translate(ctx, f, &entry)?;
+            return Ok(PASS);
+        }
+        (entry, now)
     };
-    if !ct::marked(e, ct_entry_flags::NORTH_SOUTH) {
-        return Ok(REST);
-    }
-    let now = now_ns();
-    match ct::follow(cfg, f, Some(e), now) {
-        Forward::Flow(entry) => deliver(ctx, f, &entry, false, now),
-        Forward::New { .. } => Ok(REST),
-    }
+    F::send_on(ctx, f, &entry, now)
 }
 
 /// IPv6 from outside: `LB_XDP_CALLS[xdp_call::XDP6]`. NodePorts on the
@@ -512,7 +606,7 @@ fn xdp6_first(ctx: &XdpContext) -> Result<u32, Error> {
         scratch::hand_over(scratch::NAT66_REPLY, None);
         return Ok(nat6_call(ctx));
     }
-    match first_look(ctx, &cfg, node_config(), f) {
+    match first_look(ctx, &cfg, node_config(), f, false) {
         Ok(REST_NO_ENTRY) => {
             s.first_look = scratch::NO_ENTRY;
             Ok(REST)
@@ -540,24 +634,37 @@ fn xdp6(ctx: &XdpContext) -> Result<u32, Error> {
     // on this run before it answered `REST`, and the tail call keeps the
     // CPU.
     let f = unsafe { s.flow.assume_init_mut() };
-    let no_entry = s.first_look == scratch::NO_ENTRY;
-    // Replies of NAT66 flows come to a port of the SNAT range: a later
-    // fragment's port is its first fragment's.
-    if f.frag == Fragment::Later && snat6_addr() == Some(f.daddr) && !frag::ports(f) {
-        return Ok(PASS);
+    rest(ctx, &cfg, f, s.first_look == scratch::NO_ENTRY)
+}
+
+/// The exact path of both families, for a packet their first look did not
+/// settle: a reply to the SNAT address goes back to its client, and a
+/// packet to a north-south frontend (by the address's exact kinds, looked
+/// up once) goes through [`north_south`]. `no_entry`: the first look found
+/// no forward entry, conntrack is not looked up again.
+#[inline(always)]
+fn rest<F: XdpFamily>(ctx: &XdpContext, cfg: &Config, f: &mut Flow<F>, no_entry: bool) -> Result<u32, Error> {
+    let node = node_config();
+    if let Some(n) = node
+        && F::snat_addr(&n).is_some_and(|a| a == f.daddr)
+    {
+        // Replies of SNATed flows come to a port of the SNAT range: a later
+        // fragment's port is its first fragment's.
+        if !frag::ports(f) {
+            return Ok(PASS);
+        }
+        if in_range(f.dport, n.nat_port_min, n.nat_port_max) {
+            return F::reply(ctx, f);
+        }
     }
-    if snat6_reply(f) {
-        scratch::hand_over(scratch::NAT66_REPLY, None);
-        return Ok(nat6_call(ctx));
-    }
-    // The pre-filter let it through: the exact kinds, looked up once.
-    let Some(v) = V6::vip(f.daddr) else {
+    let Some(v) = F::vip(f.daddr) else {
         return Ok(PASS);
     };
+    // A ClusterIP from outside is not ours to serve.
     if v.flags & NORTH_SOUTH_VIP == 0 {
         return Ok(PASS);
     }
-    north_south(ctx, &cfg, node_config(), Kinds::Exact { vip: v, no_entry }, f)
+    north_south(ctx, cfg, node, v, no_entry, f)
 }
 
 /// The packets of NAT66 flows, from `lb_xdp6` (`LB_XDP_CALLS[
@@ -711,41 +818,6 @@ fn in_range(port_be: u16, min: u16, max: u16) -> bool {
     min <= p && p <= max
 }
 
-#[inline(always)]
-fn try_lb_xdp(ctx: &XdpContext) -> Result<u32, Error> {
-    let Some(cfg) = config() else {
-        return Ok(PASS);
-    };
-    match parse(ctx)? {
-        // IPv4 options are rare from outside; they are left to the kernel
-        // (as Katran does), which has no translation for them.
-        Packet::Flow(f) if f.l4_off != ETH_HLEN + IPV4_HLEN => Ok(PASS),
-        Packet::Flow(mut f) => {
-            let node = node_config();
-            if let Some(n) = node
-                && f.daddr == n.snat_addr
-            {
-                // Replies of SNATed flows come to a port of the SNAT range.
-                if !frag::ports(&mut f) {
-                    return Ok(PASS);
-                }
-                if in_range(f.dport, n.nat_port_min, n.nat_port_max) {
-                    return snat_reply(ctx, &f);
-                }
-            }
-            // No north-south frontend at this address (a ClusterIP from
-            // outside is not ours to serve either): one array load.
-            let kinds = V4::north_south_kinds(f.daddr);
-            if kinds == 0 {
-                return Ok(PASS);
-            }
-            north_south(ctx, &cfg, node, Kinds::Filter(kinds), &mut f)
-        }
-        Packet::IcmpError(err) => icmp_error(ctx, &err),
-        _ => Ok(PASS),
-    }
-}
-
 /// Whether a packet to `dport` at an address with north-south kinds
 /// `kinds` (exact, or the pre-filter's superset) is the node's own
 /// traffic: only NodePorts at the address, and this port is none.
@@ -754,96 +826,38 @@ fn not_a_node_port(kinds: u32, node: Option<NodeConfig>, dport: u16) -> bool {
     kinds & !vip_flags::NODE_PORT & NORTH_SOUTH_VIP == 0 && node.is_some_and(|n| !in_range(dport, n.nodeport_min, n.nodeport_max))
 }
 
-/// The frontend kinds of the address `f` is sent to, when the packet is
-/// one for a north-south frontend by them; `None`: it passes.
-#[inline(always)]
-fn exact_vip<F: XdpFamily>(f: &Flow<F>, node: Option<NodeConfig>) -> Option<Vip4> {
-    let v = F::vip(f.daddr)?;
-    // A ClusterIP from outside is not ours to serve.
-    if v.flags & NORTH_SOUTH_VIP == 0 || (f.frag != Fragment::Later && not_a_node_port(v.flags, node, f.dport)) {
-        return None;
-    }
-    Some(v)
-}
-
-/// What is known of the kinds of frontend at a packet's destination.
-#[derive(Clone, Copy)]
-enum Kinds {
-    /// The pre-filter's superset (IPv4): the exact ones are looked up
-    /// where needed.
-    Filter(u32),
-    /// The address's exact entry (IPv6's exact path, `lb_xdp6_rest`): no
-    /// further lookup, and conntrack is looked up after it (the pre-filter
-    /// and conntrack-first order, with the new-flow path, overflowed its
-    /// 512-byte stack; `lb_xdp6`'s first look runs that order for
-    /// established flows). `no_entry`: the first look found no forward
-    /// entry, conntrack is not looked up again.
-    Exact { vip: Vip4, no_entry: bool },
-}
-
-/// Client -> north-south frontend (by the pre-filter's `kinds`).
-///
-/// An established flow whose forward entry this program made
-/// (`ct_entry_flags::NORTH_SOUTH`) is followed without `LB4_VIPS`: the
-/// entry was made for a north-south frontend at this address and port, and
-/// its version check (`ct::forward_usable`) ends it when that frontend or
-/// its backend goes. Any other packet gets the exact checks first, as
-/// before the pre-filter: a later fragment (its ports come from its first
-/// fragment), an entry another program made (a pod's flow to the same
-/// tuple), a new flow.
+/// Client -> north-south frontend `v` (the destination address's exact
+/// kinds), for a packet the first look did not settle: a fragment, an
+/// entry another program made (a pod's flow to the same tuple), an entry
+/// whose frontend or backend went, a new flow. `no_entry`: the first look
+/// found no forward entry, conntrack is not looked up again.
 #[inline(always)]
 fn north_south<F: XdpFamily>(
     ctx: &XdpContext,
     cfg: &Config,
     node: Option<NodeConfig>,
-    kinds: Kinds,
+    v: Vip4,
+    no_entry: bool,
     f: &mut Flow<F>,
 ) -> Result<u32, Error> {
-    let (mut v, filter) = match kinds {
-        Kinds::Filter(k) => (None, k),
-        Kinds::Exact { vip, .. } => (Some(vip), vip.flags),
-    };
     if f.frag == Fragment::Later {
-        let Some(exact) = v.or_else(|| exact_vip(f, node)) else {
-            return Ok(PASS);
-        };
         if !frag::ports(f) {
-            return Ok(orphan_fragment(&exact));
+            return Ok(orphan_fragment(&v));
         }
-        v = Some(exact);
-    } else if not_a_node_port(filter, node, f.dport) {
+    } else if not_a_node_port(v.flags, node, f.dport) {
         // Only NodePorts here, and this is not one: the node's own traffic.
         return Ok(PASS);
     }
     let now = now_ns();
-    let forward = if let Kinds::Exact { no_entry, .. } = kinds {
-        if no_entry { Forward::New { replace: false } } else { ct::forward(cfg, f, now) }
-    } else {
-        let found = ct::find_forward(f);
-        let ours = found.is_some_and(|e| ct::marked(e, ct_entry_flags::NORTH_SOUTH));
-        if !ours && v.is_none() {
-            v = exact_vip(f, node);
-            if v.is_none() {
-                return Ok(PASS);
-            }
-        }
-        ct::follow(cfg, f, found, now)
-    };
+    let forward = if no_entry { Forward::New { replace: false } } else { ct::forward(cfg, f, now) };
     let (entry, new) = match forward {
         Forward::Flow(e) => (e, false),
         // The datagram's first fragment made the flow; it is gone.
-        Forward::New { .. } if f.frag == Fragment::Later => return Ok(v.map_or(PASS, |v| orphan_fragment(&v))),
-        Forward::New { replace } => {
-            // A new flow (or the entry's frontend or backend gone): the
-            // exact checks, if the entry let them be skipped.
-            if v.is_none() && exact_vip(f, node).is_none() {
-                return Ok(PASS);
-            }
-            match new_flow(ctx, cfg, node, f, now, replace)? {
-                ControlFlow::Continue(e) => (e, true),
-                ControlFlow::Break(verdict) => return Ok(verdict),
-            }
-        }
+        Forward::New { .. } if f.frag == Fragment::Later => return Ok(orphan_fragment(&v)),
+        Forward::New { replace } => match new_flow(ctx, cfg, node, f, now, replace)? {
+            ControlFlow::Continue(e) => (e, true),
+            ControlFlow::Break(verdict) => return Ok(verdict),
+        },
     };
     deliver(ctx, f, &entry, new, now)
 }
