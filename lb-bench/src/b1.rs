@@ -103,6 +103,10 @@ pub struct B1Row {
     /// The XDP NodePort path to a backend on another node (DNAT + SNAT,
     /// FIB lookup, TTL, MACs, `XDP_TX`).
     pub remote: Option<PathCost>,
+    /// The backend's reply of the remote path's established flow, to the
+    /// node's SNAT address: both translations reversed, FIB, `XDP_TX`
+    /// back to the client.
+    pub remote_reply: Option<ReplyCost>,
     /// What `lb_xdp` costs the packets it leaves alone: every other packet
     /// on the NIC.
     pub xdp_pass: Option<PassCost>,
@@ -126,6 +130,9 @@ pub struct B1Row {
     /// to a backend on another node (NAT66), when the object has XDP.
     pub xdp6: Option<PathCost>,
     pub remote6: Option<PathCost>,
+    /// The remote path's reply over IPv6 (to the node's IPv6 SNAT
+    /// address, through `lb_xdp6_nat`).
+    pub remote6_reply: Option<ReplyCost>,
     /// What `lb_xdp` (and `lb_xdp6`, tail-called) costs the IPv6 packets
     /// it leaves alone.
     pub xdp6_pass: Option<PassCost>,
@@ -330,6 +337,8 @@ const NP_REMOTE: SocketAddrV4 = SocketAddrV4::new(NODE_IP, 30001);
 /// the node's address on a port outside the NodePort range.
 const NO_FRONTEND: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 77), 443);
 const NODE_SSH: SocketAddrV4 = SocketAddrV4::new(NODE_IP, 22);
+/// The client of every measured flow (its IPv6 twin for IPv6).
+const CLIENT: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 244, 0, 11), 40000);
 /// A pod's address (no frontend): pod-to-pod traffic through tc.
 const OTHER_POD: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 244, 0, 12), 8080);
 /// This node's name (its endpoints are local) and the other node's.
@@ -357,6 +366,8 @@ fn lab() -> Result<lb_lab::Netns> {
     let mac = NODE_B_MAC.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
     ns.ip(&["neigh", "replace", &NODE_B.to_string(), "lladdr", &mac, "dev", "ext0", "nud", "permanent"])?;
     ns.ip(&["route", "add", &format!("{REMOTE_PODS}/16"), "via", &NODE_B.to_string(), "dev", "ext0"])?;
+    // The client, as the remote path's replies see it: behind node B.
+    ns.ip(&["route", "add", &format!("{}/32", CLIENT.ip()), "via", &NODE_B.to_string(), "dev", "ext0"])?;
     // The same in IPv6, over the twins' addresses (`to_v6`).
     ensure!(to_v6(NODE_IP) == NODE_IP6, "NODE_IP6 is not the twin of NODE_IP");
     ns.sysctl("net.ipv6.conf.all.forwarding", "1")?;
@@ -364,6 +375,7 @@ fn lab() -> Result<lb_lab::Netns> {
     let node_b6 = to_v6(NODE_B).to_string();
     ns.ip(&["-6", "neigh", "replace", &node_b6, "lladdr", &mac, "dev", "ext0", "nud", "permanent"])?;
     ns.ip(&["-6", "route", "add", &format!("{}/96", to_v6(REMOTE_PODS)), "via", &node_b6, "dev", "ext0"])?;
+    ns.ip(&["-6", "route", "add", &format!("{}/128", to_v6(*CLIENT.ip())), "via", &node_b6, "dev", "ext0"])?;
     Ok(ns)
 }
 
@@ -536,12 +548,12 @@ pub fn run_one(opts: &B1Options, n: usize) -> Result<B1Row> {
     let mut k6 = 0;
     let (v6, v6_tc_pass, v6_reply) =
         measure_v6(opts, &dp, target6, &mut k6).with_context(|| format!("IPv6; datapath counters: {}", counted()))?;
-    let (xdp6, remote6, xdp6_pass) = if has_xdp {
-        let (local, remote, pass) =
+    let (xdp6, remote6, remote6_reply, xdp6_pass) = if has_xdp {
+        let (local, remote, reply, pass) =
             measure_xdp_v6(opts, &dp, ext0, &mut k6).with_context(|| format!("IPv6 NodePort; datapath counters: {}", counted()))?;
-        (Some(local), Some(remote), Some(pass))
+        (Some(local), Some(remote), Some(reply), Some(pass))
     } else {
-        (None, None, None)
+        (None, None, None, None)
     };
     let ct6_entries = reconciler.maps().v6.ct_tcp.map.keys().count();
     ensure!(
@@ -558,6 +570,7 @@ pub fn run_one(opts: &B1Options, n: usize) -> Result<B1Row> {
         v6_reply: Some(v6_reply),
         xdp6,
         remote6,
+        remote6_reply,
         xdp6_pass,
         ..m.row
     })
@@ -572,7 +585,7 @@ struct Measured {
 /// Every measurement of one service count, on the loaded datapath.
 fn measure(opts: &B1Options, dp: &Datapath, svcs: &[services::Svc], ext0: u32, has_xdp: bool) -> Result<Measured> {
     let target = SocketAddrV4::new(svcs.last().map(|s| s.ip).unwrap_or(*PING.ip()), services::SERVICE_PORT);
-    let client = SocketAddrV4::new(Ipv4Addr::new(10, 244, 0, 11), 40000);
+    let client = CLIENT;
 
     sys::pin_thread(opts.cpu)?;
     let xdp: &Xdp = dp.ebpf.program(XDP_PASS_PROGRAM).unwrap().try_into()?;
@@ -667,11 +680,25 @@ fn measure(opts: &B1Options, dp: &Datapath, svcs: &[services::Svc], ext0: u32, h
                 ensure!(out[30..32] == REMOTE_PODS.octets()[..2], "remote NodePort: not DNATed to a pod on node B");
                 Ok(())
             };
+            // The backend's reply: from the pod the first packet went to,
+            // to the node's address and the SNAT port it was given.
+            let reply = |out: &[u8]| {
+                let pod = SocketAddrV4::new(Ipv4Addr::new(out[30], out[31], out[32], out[33]), u16::from_be_bytes([out[36], out[37]]));
+                let node = SocketAddrV4::new(Ipv4Addr::new(out[26], out[27], out[28], out[29]), u16::from_be_bytes([out[34], out[35]]));
+                ack(pod, node)
+            };
+            let back = |out: &[u8]| -> Result<()> {
+                ensure!(out[26..30] == NP_REMOTE.ip().octets(), "remote NodePort reply: source not the frontend");
+                ensure!(out[30..34] == client.ip().octets(), "remote NodePort reply: not sent to the client");
+                ensure!(out[34..36] == NP_REMOTE.port().to_be_bytes(), "remote NodePort reply: source port not the NodePort");
+                Ok(())
+            };
             let remote = Remote { ext0, est: &ack(client, NP_REMOTE), local_r1_overhead_ns: local.r1_overhead_ns() };
-            Some(xdp_remote(opts, np, &remote, sent, |src| syn(src, NP_REMOTE), &mut k)?)
+            Some(xdp_remote(opts, np, &remote, sent, (reply, back), |src| syn(src, NP_REMOTE), &mut k)?)
         }
         None => None,
     };
+    let (remote_cost, remote_reply) = remote_cost.unzip();
 
     // Packets for no frontend: passed untouched, each must cost little.
     let pass_cost = if has_xdp {
@@ -693,6 +720,7 @@ fn measure(opts: &B1Options, dp: &Datapath, svcs: &[services::Svc], ext0: u32, h
             kernel: KernelNs { established: kernel_established, new_flow: kernel_new_flow },
             xdp: xdp_cost,
             remote: remote_cost,
+            remote_reply,
             xdp_pass: pass_cost,
             tc_pass,
             reply,
@@ -702,6 +730,7 @@ fn measure(opts: &B1Options, dp: &Datapath, svcs: &[services::Svc], ext0: u32, h
             v6_services: 0,
             xdp6: None,
             remote6: None,
+            remote6_reply: None,
             xdp6_pass: None,
         },
         flows: k,
@@ -766,20 +795,37 @@ struct Remote<'a> {
 /// source, so there is no ping-pong: the established figure is the mean of
 /// `repeat` = 1 runs of one packet (best round, [`mean_r1`]) less the
 /// local path's `repeat` = 1 overhead, and the kernel's own figure needs
-/// no correction. Counts its new flows in `k`.
+/// no correction. The backend's reply of the established flow (built by
+/// `reply.0` from the first packet's output, its translation checked by
+/// `reply.1`) is measured the same way. Counts its new flows in `k`.
 fn xdp_remote(
     opts: &B1Options,
     np: &Xdp,
     remote: &Remote,
     sent: impl Fn(&[u8]) -> Result<()>,
+    reply: (impl Fn(&[u8]) -> Vec<u8>, impl Fn(&[u8]) -> Result<()>),
     syn: impl Fn(SocketAddrV4) -> Vec<u8>,
     k: &mut usize,
-) -> Result<PathCost> {
+) -> Result<(PathCost, ReplyCost)> {
     let (ext0, est) = (remote.ext0, remote.est);
     let np_info = || np.info();
     let first = testrun::run_xdp(np, est, ext0)?;
     ensure!(first.verdict as u32 == XDP_TX, "remote NodePort verdict {} (XDP_TX expected)", first.verdict);
     sent(&first.packet)?;
+    let back = reply.0(&first.packet);
+    let answered = testrun::run_xdp(np, &back, ext0)?;
+    ensure!(answered.verdict as u32 == XDP_TX, "remote NodePort reply verdict {} (XDP_TX expected)", answered.verdict);
+    ensure!(answered.packet[0..6] == NODE_B_MAC, "remote NodePort reply: not sent towards the client (node B's MAC)");
+    reply.1(&answered.packet)?;
+    let runs = opts.new_flows.min(20_000);
+    let reply_r1 = mean_r1(opts.rounds, runs, |_| run_xdp_checked(np, &back, XDP_TX, ext0))?;
+    let reply_kernel = kernel_ns(np_info, || {
+        for _ in 0..runs {
+            run_xdp_checked(np, &back, XDP_TX, ext0)?;
+        }
+        Ok(())
+    })?;
+    let reply = ReplyCost { established_ns: reply_r1 - remote.local_r1_overhead_ns, kernel: reply_kernel };
     let r1 = mean_r1(opts.rounds, opts.new_flows.min(20_000), |_| run_xdp_checked(np, est, XDP_TX, ext0))?;
     let kernel_established = kernel_ns(np_info, || {
         for _ in 0..opts.new_flows.min(20_000) {
@@ -795,22 +841,23 @@ fn xdp_remote(
         }
         Ok(())
     })?;
-    Ok(PathCost {
+    let path = PathCost {
         established_ns: r1 - remote.local_r1_overhead_ns,
         established_r1_ns: r1,
         new_flow_ns,
         new_flow_p50_ns,
         kernel: KernelNs { established: kernel_established, new_flow: kernel_new_flow },
-    })
+    };
+    Ok((path, reply))
 }
 
 /// The XDP NodePort paths over IPv6 (`lb_xdp` → `lb_xdp6`, and
 /// `lb_xdp6_nat` for the remote backend: NAT66), measured as the IPv4
 /// ones on the IPv6 twins of their frontends (at the node's IPv6 address,
 /// [`NODE_IP6`]); counts their new flows in `k`.
-fn measure_xdp_v6(opts: &B1Options, dp: &Datapath, ext0: u32, k: &mut usize) -> Result<(PathCost, PathCost, PassCost)> {
+fn measure_xdp_v6(opts: &B1Options, dp: &Datapath, ext0: u32, k: &mut usize) -> Result<(PathCost, PathCost, ReplyCost, PassCost)> {
     let np: &Xdp = dp.ebpf.program(XDP_PROGRAM).unwrap().try_into()?;
-    let client = sa6(SocketAddrV4::new(Ipv4Addr::new(10, 244, 0, 11), 40000));
+    let client = sa6(CLIENT);
     let syn = |src: SocketAddrV4, dst: SocketAddrV4| testrun::tcp6(sa6(src), sa6(dst), "S", 1, &[]);
     let ack = |dst: SocketAddrV4| testrun::tcp6(client, sa6(dst), "A", 2, b"hello");
     // The destination port after the IPv6 and TCP headers' addresses.
@@ -822,11 +869,24 @@ fn measure_xdp_v6(opts: &B1Options, dp: &Datapath, ext0: u32, k: &mut usize) -> 
         ensure!(out[14 + 24..14 + 36] == to_v6(REMOTE_PODS).octets()[..12], "IPv6 remote NodePort: not DNATed to a pod on node B");
         Ok(())
     };
+    let reply = |out: &[u8]| {
+        let src: [u8; 16] = out[14 + 8..14 + 24].try_into().expect("16 bytes");
+        let dst: [u8; 16] = out[14 + 24..14 + 40].try_into().expect("16 bytes");
+        let pod = SocketAddrV6::new(Ipv6Addr::from(dst), u16::from_be_bytes([out[56], out[57]]), 0, 0);
+        let node = SocketAddrV6::new(Ipv6Addr::from(src), u16::from_be_bytes([out[54], out[55]]), 0, 0);
+        testrun::tcp6(pod, node, "A", 2, b"hello")
+    };
+    let back = |out: &[u8]| -> Result<()> {
+        ensure!(out[14 + 8..14 + 24] == NODE_IP6.octets(), "IPv6 remote NodePort reply: source not the frontend");
+        ensure!(out[14 + 24..14 + 40] == client.ip().octets(), "IPv6 remote NodePort reply: not sent to the client");
+        ensure!(out[54..56] == NP_REMOTE.port().to_be_bytes(), "IPv6 remote NodePort reply: source port not the NodePort");
+        Ok(())
+    };
     let remote = Remote { ext0, est: &ack(NP_REMOTE), local_r1_overhead_ns: local.r1_overhead_ns() };
-    let remote = xdp_remote(opts, np, &remote, sent, |src| syn(src, NP_REMOTE), k)?;
+    let (remote, reply) = xdp_remote(opts, np, &remote, sent, (reply, back), |src| syn(src, NP_REMOTE), k)?;
     let ssh = testrun::tcp6(client, SocketAddrV6::new(NODE_IP6, NODE_SSH.port(), 0, 0), "A", 2, b"hello");
     let pass = xdp_pass_cost(opts, np, ext0, &ack(NO_FRONTEND), &ssh)?;
-    Ok((local, remote, pass))
+    Ok((local, remote, reply, pass))
 }
 
 /// `lb_xdp` on packets it must pass untouched, either family: `other`
@@ -858,7 +918,7 @@ fn xdp_pass_cost(opts: &B1Options, np: &Xdp, ext0: u32, other: &[u8], ssh: &[u8]
 fn measure_v6(opts: &B1Options, dp: &Datapath, target: SocketAddrV6, k: &mut usize) -> Result<(PathCost, TcPassCost, ReplyCost)> {
     let tc: &SchedClassifier = dp.ebpf.program(TC_INGRESS_PROGRAM).unwrap().try_into()?;
     let tc_info = || tc.info();
-    let client = sa6(SocketAddrV4::new(Ipv4Addr::new(10, 244, 0, 11), 40000));
+    let client = sa6(CLIENT);
     let syn = |src: SocketAddrV4| testrun::tcp6(sa6(src), target, "S", 1, &[]);
     let ack = |dst: SocketAddrV6| testrun::tcp6(client, dst, "A", 2, b"hello");
 

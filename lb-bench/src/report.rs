@@ -146,6 +146,20 @@ pub fn b1_table(rows: &[B1Row]) -> String {
                 reply.kernel,
             ));
         }
+        if let Some(reply) = &r.remote_reply {
+            one_figure.push((
+                "reply of a remote flow (XDP `lb_xdp` → `lb_xdp4`: SNAT and DNAT reversed, FIB, `XDP_TX`)²",
+                reply.established_ns,
+                reply.kernel,
+            ));
+        }
+        if let Some(reply) = &r.remote6_reply {
+            one_figure.push((
+                "reply of a remote flow, IPv6 (XDP `lb_xdp` → `lb_xdp6` → `lb_xdp6_nat`: NAT66 reversed, FIB, `XDP_TX`)²",
+                reply.established_ns,
+                reply.kernel,
+            ));
+        }
         one_figure.push(("no frontend (tc `lb_tc_ingress`, passed): pod to pod", r.tc_pass.pod_to_pod_ns, r.tc_pass.pod_to_pod_kernel));
         if let Some(p) = &r.v6_tc_pass {
             one_figure.push((
@@ -679,7 +693,9 @@ pub fn markdown(r: &Report, plots: &[String]) -> String {
              `ext0` holds the node address, the other node is a permanent neighbour and its pod network is routed through it; the packets arrive on `ext0`, \
              so each run is the whole north-south path: DNAT and SNAT (to the node address, a port of the SNAT range 1024–29999), `bpf_fib_lookup`, TTL, MACs, \
              `XDP_TX` (checked on the first packet: verdict, MAC, addresses). SNAT gives every pass a new source, so there is no ping-pong: its established figure is the mean of \
-             `repeat` = 1 runs of one packet (best round mean) less the local XDP path's repeat = 1 overhead.\n\
+             `repeat` = 1 runs of one packet (best round mean) less the local XDP path's repeat = 1 overhead. \
+             Its reply row is the backend's answer to that flow, arriving on `ext0` at the node address and the flow's SNAT port (IPv6: the node's IPv6 address): \
+             conntrack's reply entry, both translations reversed, FIB, `XDP_TX` towards the client (routed through the other node; checked on the first packet), measured the same way.\n\
              - **Reply** (³): the backend's reply of the tc row's established flow (to the measured service; for IPv6, of the IPv6 row's), through `lb_tc_egress` as at the client's interface: \
              conntrack's reply entry, the reverse NAT of source address and port back to the frontend (checked on the first packet). The translated packet would find no flow \
              on a second pass, so there is no ping-pong either: the mean of `repeat` = 1 runs (best round mean) less the tc path's repeat = 1 overhead.\n\
