@@ -304,15 +304,15 @@ impl Datapath {
 
         for name in [TC_INGRESS_PROGRAM, TC_EGRESS_PROGRAM].into_iter().chain(TC_CALL_PROGRAMS) {
             let tc: &mut SchedClassifier = program(&mut ebpf, name)?.try_into()?;
-            tc.load().with_context(|| format!("loading {name}"))?;
+            load_program(name, || tc.load())?;
         }
         for name in SOCK_PROGRAMS {
             let p: &mut CgroupSockAddr = program(&mut ebpf, name)?.try_into()?;
-            p.load().with_context(|| format!("loading {name}"))?;
+            load_program(name, || p.load())?;
         }
         for name in [XDP_PROGRAM].into_iter().chain(XDP_CALL_PROGRAMS) {
             let xdp: &mut Xdp = program(&mut ebpf, name)?.try_into()?;
-            xdp.load().with_context(|| format!("loading {name}"))?;
+            load_program(name, || xdp.load())?;
         }
         let found: BTreeMap<Pin, PathBuf> =
             links::pinned(pin_dir).with_context(|| format!("listing {}", links::dir(pin_dir).display()))?.into_iter().collect();
@@ -792,6 +792,31 @@ fn fill_calls(ebpf: &mut Ebpf, map: &str, programs: &[&str]) -> anyhow::Result<(
     }
     debug!(map, ?programs, "IPv6 programs set");
     Ok(())
+}
+
+/// How many times a program's load is tried when the kernel answers
+/// `EAGAIN` (libbpf's count).
+const LOAD_ATTEMPTS: u32 = 5;
+
+/// Loads the program `name` with `load`, again when the kernel answers
+/// `EAGAIN`: the verifier gives up on a program when a signal is pending
+/// for the loading thread, and the largest of ours (`lb_xdp4_rest`) take
+/// seconds to verify on a busy node (the CI run that found it: 6 s, with
+/// the verifier log aya asks for after a first failure). libbpf retries
+/// the same way.
+fn load_program(name: &str, mut load: impl FnMut() -> Result<(), aya::programs::ProgramError>) -> anyhow::Result<()> {
+    let mut attempt = 1;
+    loop {
+        match load() {
+            Err(aya::programs::ProgramError::LoadError { io_error, .. })
+                if io_error.raw_os_error() == Some(libc::EAGAIN) && attempt < LOAD_ATTEMPTS =>
+            {
+                warn!(program = name, attempt, "the kernel's verifier was interrupted (EAGAIN); loading the program again");
+                attempt += 1;
+            }
+            other => return other.with_context(|| format!("loading {name}")),
+        }
+    }
 }
 
 fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut aya::programs::Program> {
