@@ -383,10 +383,11 @@ impl Datapath {
         if !self.live {
             return;
         }
-        for name in PROGRAM_ARRAYS {
-            let held = held_pin(&self.pin_dir.join(name));
+        for (name, held) in held_pins(&self.pin_dir) {
             match std::fs::remove_file(&held) {
-                Ok(()) => info!(map = name, "the earlier agent's program array, held for its programs until now, is unpinned"),
+                Ok(()) => {
+                    info!(map = name, pin = %held.display(), "an earlier agent's program array, held for its programs until now, is unpinned")
+                }
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => warn!("removing {}: {e}", held.display()),
             }
@@ -826,12 +827,40 @@ fn program<'a>(ebpf: &'a mut Ebpf, name: &str) -> anyhow::Result<&'a mut aya::pr
 /// The pinned program arrays: what the attached programs tail-call.
 const PROGRAM_ARRAYS: [&str; 2] = [names::TC_CALLS, names::XDP_CALLS];
 
-/// Where a rebuilt program array's old pin is held ([`hold_program_array`]).
-fn held_pin(path: &Path) -> PathBuf {
+/// Where a rebuilt program array's old pin is held ([`hold_program_array`]):
+/// `NAME_HELD_<map id>`. One pin per array: a pin left by an agent that
+/// never went live (or by an older agent, which knows none of them) names
+/// another array, and is never taken for the one the attached programs use.
+fn held_pin(path: &Path, id: u32) -> PathBuf {
     let mut held = path.as_os_str().to_owned();
     // (bpffs refuses names with a dot.)
-    held.push("_HELD");
+    held.push(format!("{HELD}_{id}"));
     PathBuf::from(held)
+}
+
+/// The suffix of a held program array's pin ([`held_pin`]; an agent before
+/// the map ids pinned `NAME_HELD`).
+const HELD: &str = "_HELD";
+
+/// Every held program array pinned in `dir` (whichever agent held it):
+/// the array's name and the pin.
+fn held_pins(dir: &Path) -> Vec<(&'static str, PathBuf)> {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return Vec::new();
+    };
+    let files: Vec<String> = entries.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect();
+    let mut held = Vec::new();
+    for name in PROGRAM_ARRAYS {
+        let prefix = format!("{name}{HELD}");
+        for f in &files {
+            let rest = f.strip_prefix(&prefix);
+            if rest.is_some_and(|r| r.is_empty() || r.strip_prefix('_').is_some_and(|id| id.parse::<u32>().is_ok())) {
+                held.push((name, dir.join(f)));
+            }
+        }
+    }
+    held.sort();
+    held
 }
 
 /// Moves aside the pin of a program array about to be rebuilt (at `path`),
@@ -840,13 +869,15 @@ fn held_pin(path: &Path) -> PathBuf {
 /// both families' IPv6 paths), and the kernel empties a program array when
 /// its last user reference (a pin, or a process's descriptor) goes. Kept
 /// also if this agent never goes live (it fails before its first sync):
-/// the next one finds it held already and removes the never-used pin at
-/// `path` instead. [`Datapath::release_held_arrays`] unpins it.
+/// the next one holds the never-used array at `path` beside it (each under
+/// its own map id, so neither is taken for the other), and
+/// [`Datapath::release_held_arrays`] unpins them all.
 fn hold_program_array(path: &Path) -> anyhow::Result<()> {
-    let held = held_pin(path);
+    let old = aya::maps::MapData::from_pin(path).with_context(|| format!("opening {}", path.display()))?;
+    let id = old.info().with_context(|| format!("reading {}", path.display()))?.id();
+    let held = held_pin(path, id);
     if !held.exists() {
         // (bpffs refuses a rename: the map is pinned again, then unpinned.)
-        let old = aya::maps::MapData::from_pin(path).with_context(|| format!("opening {}", path.display()))?;
         old.pin(&held).with_context(|| format!("pinning {} at {}", path.display(), held.display()))?;
     }
     std::fs::remove_file(path).with_context(|| format!("unpinning {}", path.display()))?;
@@ -881,7 +912,7 @@ pub fn cleanup(dir: &Path) -> anyhow::Result<()> {
         }
     }
     let _ = std::fs::remove_dir(links::dir(dir));
-    let held = PROGRAM_ARRAYS.iter().map(|n| (*n, held_pin(&dir.join(n))));
+    let held = held_pins(dir);
     for (name, path) in names::ALL.iter().map(|n| (*n, dir.join(n))).chain(held) {
         match std::fs::remove_file(&path) {
             Ok(()) => info!(map = name, "unpinned"),
@@ -936,4 +967,37 @@ fn holder(dir: &Path) -> Option<u32> {
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every held program array is found, whichever agent held it (with a
+    /// map id, or the older `NAME_HELD`), and nothing else.
+    #[test]
+    fn held_pins_are_every_held_array_and_nothing_else() {
+        let dir = std::env::temp_dir().join(format!("lb-held-pins-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let tc = names::TC_CALLS;
+        let xdp = names::XDP_CALLS;
+        let files = [
+            format!("{tc}_HELD"),
+            format!("{tc}_HELD_42"),
+            format!("{xdp}_HELD_7"),
+            tc.to_string(),
+            xdp.to_string(),
+            format!("{tc}_HELDX"),
+            format!("{xdp}_HELD_"),
+            format!("{xdp}_HELD_x1"),
+            names::LAYOUT.to_string(),
+        ];
+        for f in &files {
+            std::fs::write(dir.join(f), b"").unwrap();
+        }
+        let found: Vec<_> = held_pins(&dir).into_iter().map(|(n, p)| (n, p.file_name().unwrap().to_string_lossy().into_owned())).collect();
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(found, [(tc, format!("{tc}_HELD")), (tc, format!("{tc}_HELD_42")), (xdp, format!("{xdp}_HELD_7"))]);
+        assert_eq!(held_pin(&Path::new("/sys/fs/bpf/lb").join(xdp), 9), Path::new("/sys/fs/bpf/lb").join(format!("{xdp}_HELD_9")));
+    }
 }
