@@ -40,7 +40,7 @@ pub struct Flow<F: Family = V4> {
     /// The identification, network order, for the fragment map: IPv4's
     /// 16 bits, or the IPv6 fragment header's 32 (0 without one). Of the
     /// family's own width: a `u32` for both changed the IPv4 paths' code,
-    /// and in `egress4` LLVM then read an uninitialised register on the
+    /// and in IPv4's egress path LLVM then read an uninitialised register on the
     /// path of a packet that is no flow, which the verifier refuses.
     pub ip_id: F::FragId,
     /// IPv4 TOS; IPv6 traffic class.
