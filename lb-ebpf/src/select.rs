@@ -29,8 +29,13 @@ pub fn config() -> Option<Config> {
 /// This node's north-south settings, once the agent wrote them.
 #[inline(always)]
 pub fn node_config() -> Option<NodeConfig> {
-    let n = *LB_NODE.get(0)?;
-    (n.flags & node_flags::READY != 0).then_some(n)
+    node_settings().copied()
+}
+
+/// [`node_config`], read in place.
+#[inline(always)]
+pub fn node_settings() -> Option<&'static NodeConfig> {
+    LB_NODE.get(0).filter(|n| n.flags & node_flags::READY != 0)
 }
 
 /// The kinds of frontend at `addr`, if it is a frontend address at all.

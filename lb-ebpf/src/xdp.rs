@@ -48,7 +48,7 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 use lb_common::{
     Addr6, CT_REPLY, CT_SERVICE, Config, CtEntry, IPPROTO_ICMP, IPPROTO_ICMPV6, NextHopKey, NodeConfig, Service4Value, SrcRange4,
-    SrcRange6, V4, V6, Vip4, backend_flags, ct_entry_flags, node_flags,
+    SrcRange6, V4, V6, Vip4, backend_flags, ct_entry_flags,
     packet::{ETH_HLEN, ETH_P_IPV6, Fragment, IPV4_HLEN, IPV6_HLEN, eth, icmp, icmp6, ip, ip6, is_icmp6_error},
     stat, svc_flags, vip_flags, xdp_call, xdp_mode,
 };
@@ -59,12 +59,12 @@ use crate::{
     family::{Ct, FamilyMaps},
     frag, icmp as icmp_out,
     l3::L3,
-    maps::{LB_DEVICES, LB_NODE, LB_XDP_CALLS, LB4_SRC_RANGES, LB6_NODE, LB6_SERVICES, LB6_SRC_RANGES},
+    maps::{LB_DEVICES, LB_XDP_CALLS, LB4_SRC_RANGES, LB6_NODE, LB6_SERVICES, LB6_SRC_RANGES},
     nat, nexthop,
     packet::read,
     parse::{Flow, IcmpError, Packet, icmp6_error_at, parse, parse6},
     route, scratch,
-    select::{config, flow_backend, node_config, now_ns, vip},
+    select::{config, flow_backend, node_config, node_settings, now_ns, vip},
     stats, vip_filter,
 };
 
@@ -295,8 +295,7 @@ fn snat6_addr() -> Option<Addr6> {
 /// bytes).
 #[inline(always)]
 fn snat6_reply(f: &Flow<V6>) -> bool {
-    LB_NODE.get(0).is_some_and(|n| n.flags & node_flags::READY != 0 && in_range(f.dport, n.nat_port_min, n.nat_port_max))
-        && snat6_addr().is_some_and(|a| a == f.daddr)
+    node_settings().is_some_and(|n| in_range(f.dport, n.nat_port_min, n.nat_port_max)) && snat6_addr().is_some_and(|a| a == f.daddr)
 }
 
 /// Whether an IPv6 frame is an ICMPv6 error right after its fixed header
@@ -453,15 +452,15 @@ fn xdp4_first(ctx: &XdpContext) -> Result<u32, Error> {
 
 /// This node's settings (`node_config`), and whether `f` is a reply of a
 /// SNATed flow: to a port of the SNAT range at this node's SNAT address.
-/// One lookup of `LB_NODE`; the test reads the settings in place: tested
-/// on the copy, LLVM compared the copy's fields before its "ready" test,
-/// reading an uninitialised register when the node is not ready, which the
-/// verifier refuses.
+/// One lookup of `LB_NODE`; the test reads the settings in place
+/// (`node_settings`): tested on the copy, LLVM compared the copy's fields
+/// before its "ready" test, reading an uninitialised register when the
+/// node is not ready, which the verifier refuses.
 #[inline(always)]
 fn node_and_snat4_reply(f: &Flow<V4>) -> (Option<NodeConfig>, bool) {
-    let ready = LB_NODE.get(0).filter(|n| n.flags & node_flags::READY != 0);
-    let reply = ready.is_some_and(|n| n.snat_addr == f.daddr && in_range(f.dport, n.nat_port_min, n.nat_port_max));
-    (ready.copied(), reply)
+    let node = node_settings();
+    let reply = node.is_some_and(|n| n.snat_addr == f.daddr && in_range(f.dport, n.nat_port_min, n.nat_port_max));
+    (node.copied(), reply)
 }
 
 /// [`REST`], with the flow `f` (none for an ICMP error) and what the first
@@ -484,8 +483,6 @@ fn hand_over4(f: Option<&Flow<V4>>, first_look: u32) -> u32 {
 /// address, sent back to its client by its reply entry. Both directions
 /// end in the one `send_on` call: a second inlined copy of `forward` cost
 /// every packet of the first look 3–9 ns (a larger program, more spills).
-/// No fragment comes here (the callers hand them on), so there is no first
-/// fragment's ports to record.
 #[inline(always)]
 fn first_look<F: XdpFamily>(
     ctx: &XdpContext,
@@ -515,12 +512,8 @@ fn first_look<F: XdpFamily>(
         let Forward::Flow(entry) = ct::follow(cfg, f, Some(e), now) else {
             return Ok(REST);
         };
-        F::keep_in_memory(&entry);
-        stats::frontend_packet(entry.frontend_id, (ctx.data_end() - ctx.data()) as u32, false);
-        if entry.nat_saddr == f.saddr {
-            // A backend on this node: DNAT only, the kernel delivers.
-            nat::translate(ctx, f, &entry)?;
-            return Ok(PASS);
+        if let Some(verdict) = deliver_here(ctx, f, &entry, false)? {
+            return Ok(verdict);
         }
         (entry, now)
     };
@@ -867,15 +860,28 @@ fn north_south<F: XdpFamily>(
 /// for the kernel to deliver to a backend on this node, or sent on.
 #[inline(always)]
 fn deliver<F: XdpFamily>(ctx: &XdpContext, f: &mut Flow<F>, entry: &Ct<F>, new: bool, now: u64) -> Result<u32, Error> {
+    frag::record(f);
+    match deliver_here(ctx, f, entry, new)? {
+        Some(verdict) => Ok(verdict),
+        None => F::send_on(ctx, f, entry, now),
+    }
+}
+
+/// [`deliver`] up to sending on, for a packet that is no fragment (the
+/// first look's; `deliver` records a first fragment's ports): the packet
+/// counted, and DNATed for the kernel to deliver when its backend is on
+/// this node (its verdict); `None`: it is to be sent on
+/// (`XdpFamily::send_on`).
+#[inline(always)]
+fn deliver_here<F: XdpFamily>(ctx: &XdpContext, f: &mut Flow<F>, entry: &Ct<F>, new: bool) -> Result<Option<u32>, Error> {
     F::keep_in_memory(entry);
     stats::frontend_packet(entry.frontend_id, (ctx.data_end() - ctx.data()) as u32, new);
-    frag::record(f);
     if entry.nat_saddr == f.saddr {
         // A backend on this node: DNAT only, the kernel delivers.
         nat::translate(ctx, f, entry)?;
-        return Ok(PASS);
+        return Ok(Some(PASS));
     }
-    F::send_on(ctx, f, entry, now)
+    Ok(None)
 }
 
 /// A new north-south flow, or the verdict for a packet that gets none.
