@@ -81,6 +81,14 @@ pub struct B1Options {
     pub object: Option<std::path::PathBuf>,
 }
 
+impl B1Options {
+    /// How many `repeat` = 1 runs make one round's mean ([`mean_r1`]) or
+    /// one kernel figure: the new-flow count, at most 20,000.
+    fn r1_runs(&self) -> usize {
+        self.new_flows.min(20_000)
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct B1Row {
     pub services: usize,
@@ -597,7 +605,7 @@ fn measure(opts: &B1Options, dp: &Datapath, svcs: &[services::Svc], ext0: u32, h
     // Floor.
     let floor_pkt = ack(client, target);
     let floor_ns = best_of(opts.rounds, || Ok(testrun::time_xdp(xdp, &floor_pkt, opts.repeat)?.1))?;
-    let floor_r1_ns = mean_r1(opts.rounds, opts.new_flows.min(20_000), |_| run_xdp_once(xdp, &floor_pkt))?;
+    let floor_r1_ns = mean_r1(opts.rounds, opts.r1_runs(), |_| run_xdp_once(xdp, &floor_pkt))?;
 
     // Established flow, ping-pong, repeat = N. The first run creates the
     // two conntrack entries; check that an even repeat count lands back on
@@ -618,11 +626,11 @@ fn measure(opts: &B1Options, dp: &Datapath, svcs: &[services::Svc], ext0: u32, h
     let est = ack(client, target);
     let (v, _) = testrun::time_tc(tc, &est, 1)?;
     ensure!(v == TC_ACT_UNSPEC, "verdict {v} for an established flow");
-    let established_r1_ns = mean_r1(opts.rounds, opts.new_flows.min(20_000), |_| run_tc_once(tc, &est))?;
+    let established_r1_ns = mean_r1(opts.rounds, opts.r1_runs(), |_| run_tc_once(tc, &est))?;
     // The same in the kernel's accounting: the new-flow figure's baseline
     // (a repeat = 1 run finds the program's caches colder than repeat = N).
     let kernel_established_r1 = kernel_ns(tc_info, || {
-        for _ in 0..opts.new_flows.min(20_000) {
+        for _ in 0..opts.r1_runs() {
             run_tc_once(tc, &est)?;
         }
         Ok(())
@@ -648,7 +656,7 @@ fn measure(opts: &B1Options, dp: &Datapath, svcs: &[services::Svc], ext0: u32, h
     let mut k = 0usize;
     let (new_flow_ns, new_flow_p50_ns) = new_flows(opts, &mut k, |src| run_tc_once(tc, &syn(src, target)))?;
     let kernel_new_flow = kernel_ns(tc_info, || {
-        for _ in 0..opts.new_flows.min(20_000) {
+        for _ in 0..opts.r1_runs() {
             run_tc_once(tc, &syn(fresh_source(k), target))?;
             k += 1;
         }
@@ -763,10 +771,10 @@ fn xdp_local(
     })?;
     let (v, _) = testrun::time_xdp(np, est, 1)?;
     ensure!(v == XDP_PASS, "XDP verdict {v} for an established NodePort flow");
-    let established_r1_ns = mean_r1(opts.rounds, opts.new_flows.min(20_000), |_| run_xdp_checked(np, est, XDP_PASS, 0))?;
+    let established_r1_ns = mean_r1(opts.rounds, opts.r1_runs(), |_| run_xdp_checked(np, est, XDP_PASS, 0))?;
     let (new_flow_ns, new_flow_p50_ns) = new_flows(opts, k, |src| run_xdp_checked(np, &syn(src), XDP_PASS, 0))?;
     let kernel_new_flow = kernel_ns(np_info, || {
-        for _ in 0..opts.new_flows.min(20_000) {
+        for _ in 0..opts.r1_runs() {
             run_xdp_checked(np, &syn(fresh_source(*k)), XDP_PASS, 0)?;
             *k += 1;
         }
@@ -817,7 +825,7 @@ fn xdp_remote(
     ensure!(answered.verdict as u32 == XDP_TX, "remote NodePort reply verdict {} (XDP_TX expected)", answered.verdict);
     ensure!(answered.packet[0..6] == NODE_B_MAC, "remote NodePort reply: not sent towards the client (node B's MAC)");
     reply.1(&answered.packet)?;
-    let runs = opts.new_flows.min(20_000);
+    let runs = opts.r1_runs();
     let reply_r1 = mean_r1(opts.rounds, runs, |_| run_xdp_checked(np, &back, XDP_TX, ext0))?;
     let reply_kernel = kernel_ns(np_info, || {
         for _ in 0..runs {
@@ -826,16 +834,16 @@ fn xdp_remote(
         Ok(())
     })?;
     let reply = ReplyCost { established_ns: reply_r1 - remote.local_r1_overhead_ns, kernel: reply_kernel };
-    let r1 = mean_r1(opts.rounds, opts.new_flows.min(20_000), |_| run_xdp_checked(np, est, XDP_TX, ext0))?;
+    let r1 = mean_r1(opts.rounds, runs, |_| run_xdp_checked(np, est, XDP_TX, ext0))?;
     let kernel_established = kernel_ns(np_info, || {
-        for _ in 0..opts.new_flows.min(20_000) {
+        for _ in 0..runs {
             run_xdp_checked(np, est, XDP_TX, ext0)?;
         }
         Ok(())
     })?;
     let (new_flow_ns, new_flow_p50_ns) = new_flows(opts, k, |src| run_xdp_checked(np, &syn(src), XDP_TX, ext0))?;
     let kernel_new_flow = kernel_ns(np_info, || {
-        for _ in 0..opts.new_flows.min(20_000) {
+        for _ in 0..runs {
             run_xdp_checked(np, &syn(fresh_source(*k)), XDP_TX, ext0)?;
             *k += 1;
         }
@@ -937,7 +945,7 @@ fn measure_v6(opts: &B1Options, dp: &Datapath, target: SocketAddrV6, k: &mut usi
     let est = ack(target);
     let (v, _) = testrun::time_tc(tc, &est, 1)?;
     ensure!(v == TC_ACT_UNSPEC, "verdict {v} for an established IPv6 flow");
-    let established_r1_ns = mean_r1(opts.rounds, opts.new_flows.min(20_000), |_| run_tc_once(tc, &est))?;
+    let established_r1_ns = mean_r1(opts.rounds, opts.r1_runs(), |_| run_tc_once(tc, &est))?;
 
     // The backend's reply of that flow, at the client's interface
     // (`egress6`), as IPv4's.
@@ -957,7 +965,7 @@ fn measure_v6(opts: &B1Options, dp: &Datapath, target: SocketAddrV6, k: &mut usi
 
     let (new_flow_ns, new_flow_p50_ns) = new_flows(opts, k, |src| run_tc_once(tc, &syn(src)))?;
     let kernel_new_flow = kernel_ns(tc_info, || {
-        for _ in 0..opts.new_flows.min(20_000) {
+        for _ in 0..opts.r1_runs() {
             run_tc_once(tc, &syn(fresh_source(*k)))?;
             *k += 1;
         }
@@ -999,7 +1007,7 @@ fn tc_pass_cost(opts: &B1Options, tc: &SchedClassifier, pkt: &[u8]) -> Result<Tc
 /// 1 runs less the tc path's `repeat` = 1 overhead `r1_overhead_ns`, and
 /// the kernel's run_time/run_cnt over such runs.
 fn reply_cost(opts: &B1Options, egress: &SchedClassifier, reply: &[u8], r1_overhead_ns: f64) -> Result<ReplyCost> {
-    let runs = opts.new_flows.min(20_000);
+    let runs = opts.r1_runs();
     let r1 = mean_r1(opts.rounds, runs, |_| run_tc_once(egress, reply))?;
     let kernel = kernel_ns(
         || egress.info(),

@@ -137,29 +137,17 @@ pub fn b1_table(rows: &[B1Row]) -> String {
         }
         // Rows of one figure (and the kernel's): the replies, then the
         // packets lb passes untouched.
-        let mut one_figure =
-            vec![("reply (tc `lb_tc_egress`: reverse NAT to the frontend), established flow³", r.reply.established_ns, r.reply.kernel)];
-        if let Some(reply) = &r.v6_reply {
-            one_figure.push((
-                "reply, IPv6 (tc `lb_tc_egress`: reverse NAT to the frontend), established flow³",
-                reply.established_ns,
-                reply.kernel,
-            ));
-        }
-        if let Some(reply) = &r.remote_reply {
-            one_figure.push((
-                "reply of a remote flow (XDP `lb_xdp` → `lb_xdp4`: SNAT and DNAT reversed, FIB, `XDP_TX`)²",
-                reply.established_ns,
-                reply.kernel,
-            ));
-        }
-        if let Some(reply) = &r.remote6_reply {
-            one_figure.push((
+        let replies = [
+            ("reply (tc `lb_tc_egress`: reverse NAT to the frontend), established flow³", Some(&r.reply)),
+            ("reply, IPv6 (tc `lb_tc_egress`: reverse NAT to the frontend), established flow³", r.v6_reply.as_ref()),
+            ("reply of a remote flow (XDP `lb_xdp` → `lb_xdp4`: SNAT and DNAT reversed, FIB, `XDP_TX`)²", r.remote_reply.as_ref()),
+            (
                 "reply of a remote flow, IPv6 (XDP `lb_xdp` → `lb_xdp6` → `lb_xdp6_nat`: NAT66 reversed, FIB, `XDP_TX`)²",
-                reply.established_ns,
-                reply.kernel,
-            ));
-        }
+                r.remote6_reply.as_ref(),
+            ),
+        ];
+        let mut one_figure: Vec<_> =
+            replies.into_iter().filter_map(|(name, reply)| reply.map(|c| (name, c.established_ns, c.kernel))).collect();
         one_figure.push(("no frontend (tc `lb_tc_ingress`, passed): pod to pod", r.tc_pass.pod_to_pod_ns, r.tc_pass.pod_to_pod_kernel));
         if let Some(p) = &r.v6_tc_pass {
             one_figure.push((
