@@ -26,7 +26,8 @@ use crate::{
 pub enum Kind {
     Ours,
     /// Ours with BPF host routing (`lb-agent run --host-routing bpf`):
-    /// translated packets go straight into the destination pod. B2 only.
+    /// translated packets go straight into the destination pod. B2 and
+    /// B4's east-west rows.
     OursHostRouting,
     /// The system's `iptables-restore` (here the nf_tables backend).
     Iptables,
@@ -37,7 +38,8 @@ pub enum Kind {
 
 impl Kind {
     pub const ALL: [Kind; 4] = [Kind::Ours, Kind::Iptables, Kind::IptablesLegacy, Kind::Nftables];
-    /// B2's datapaths: [`Kind::ALL`] and lb with BPF host routing.
+    /// B2's and B4's east-west datapaths: [`Kind::ALL`] and lb with BPF
+    /// host routing.
     pub const B2: [Kind; 5] = [Kind::Ours, Kind::OursHostRouting, Kind::Iptables, Kind::IptablesLegacy, Kind::Nftables];
 
     /// Whether this is lb (either host routing).
