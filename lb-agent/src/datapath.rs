@@ -394,7 +394,7 @@ impl Datapath {
         }
     }
 
-    /// Forgets the FIB answers the XDP program keeps (`LB_NEXTHOPS`): a
+    /// Forgets the FIB answers the datapath keeps (`LB_NEXTHOPS`): a
     /// route changed, so the next packet of each destination asks the FIB
     /// again instead of waiting out the answer's second. Returns how many
     /// went.

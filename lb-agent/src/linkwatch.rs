@@ -4,7 +4,7 @@
 //! are added and removed (`RTNLGRP_IPV4_IFADDR`, `RTNLGRP_IPV6_IFADDR`), so
 //! NodePorts and the SNAT addresses follow the node's addresses; and route
 //! changes (`RTNLGRP_IPV4_ROUTE`, `RTNLGRP_IPV6_ROUTE`), which end the next
-//! hops the XDP program keeps (`LB_NEXTHOPS`). The agent also re-lists the interfaces
+//! hops the datapath keeps (`LB_NEXTHOPS`). The agent also re-lists the interfaces
 //! (and the addresses) now and then, in case events were lost (a netlink
 //! socket that overflows drops them).
 

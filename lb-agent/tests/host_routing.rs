@@ -6,15 +6,20 @@
 //! the node's netfilter (nft counters in its forward chain stay at 0),
 //! while legacy routing takes the host stack (the counters count). A
 //! packet whose next hop has no neighbour entry yet takes the stack path,
-//! and its flow still works.
+//! and its flow still works. The FIB's answers are kept for a second
+//! (`LB_NEXTHOPS`), yet a backend pod wired again (another interface, the
+//! same address) is reached at once.
 
 mod common;
 
-use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
+use std::{
+    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    time::Duration,
+};
 
-use common::{Agent, ManifestDir, PinDir, cli, kernel_tests_enabled};
+use common::{Agent, ManifestDir, PinDir, cli, kernel_tests_enabled, wait_for};
 use lb_common::stat;
-use lb_lab::{Netns, NodeLab, Server, tcp_request, tcp_server, udp_echo, udp_request};
+use lb_lab::{Netns, NodeLab, Server, tcp_request, tcp_server, udp_echo, udp_request, udp_request_with};
 
 const VIP: &str = "10.96.0.20";
 
@@ -227,6 +232,10 @@ fn without_a_neighbour_entry_bpf_host_routing_falls_back_to_the_host_stack() {
     // interface, after routing, as without host routing), and the node
     // resolves both neighbours on the way.
     lab.forget_neighbours();
+    // The FIB's answers the datapath keeps (`LB_NEXTHOPS`) still serve for
+    // up to `NEXTHOP_TTL_NS` after their lookup; past it the FIB is asked,
+    // and has no neighbour.
+    std::thread::sleep(Duration::from_nanos(lb_common::NEXTHOP_TTL_NS) + Duration::from_millis(200));
     counters.reset();
     let before = lab.redirected();
     let (reply, peer) = udp_request(lab.client(), vip(53), "first").unwrap_or_else(|e| panic!("{e:#}\n{}", lab.agent.log_text()));
@@ -237,5 +246,44 @@ fn without_a_neighbour_entry_bpf_host_routing_falls_back_to_the_host_stack() {
     counters.reset();
     lab.requests(3);
     assert_eq!(counters.read(), (0, 0));
+    assert!(lab.redirected() - before >= 6);
+}
+
+#[test]
+fn bpf_host_routing_reaches_a_backend_pod_wired_again_at_once() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let lab = Lab::start("bpf");
+    let (client, web) = (lab.lab.pod("client").ip, lab.lab.pod("web").ip);
+    let counters = ForwardCounters::install(&lab.lab.node, client, web);
+    // Warm: the node knows both neighbours, and the datapath keeps the
+    // FIB's answers for the backend (its interface, its MAC).
+    lab.requests(3);
+    let before = lab.redirected();
+    lab.requests(1);
+    assert!(lab.redirected() > before, "redirected before the backend moved");
+    let host_if = lab.lab.pod("web").host_if.clone();
+    let ifindex = |name: &str| {
+        let name = name.to_string();
+        lab.lab.node.run(move || lb_agent::host::ifindex(&name)).ok()
+    };
+    let old = ifindex(&host_if).unwrap();
+    lab.lab.rewire_pod("web").unwrap();
+    let new = ifindex(&host_if).unwrap();
+    assert_ne!(old, new);
+    let attached = |i: u32| lab.agent.pins.0.join("links").join(format!("tcx-in-{i}")).exists();
+    wait_for("the new interface attached", Duration::from_secs(2), || attached(new).then_some(()));
+    // Well within the kept answer's second: a query through the ClusterIP
+    // is answered (the kept answer names an interface that is gone).
+    let (reply, peer) = udp_request_with(lab.client(), vip(53), b"moved", Duration::from_millis(500))
+        .unwrap_or_else(|e| panic!("the first query after the backend moved: {e:#}\n{}", lab.agent.log_text()));
+    assert_eq!((reply.as_str(), peer), ("web:moved", SocketAddr::V4(vip(53))));
+    // And the flows are redirected again, past the stack.
+    lab.requests(1);
+    counters.reset();
+    let before = lab.redirected();
+    lab.requests(3);
+    assert_eq!(counters.read(), (0, 0), "no packet went through the node's netfilter");
     assert!(lab.redirected() - before >= 6);
 }

@@ -374,6 +374,12 @@ fn lab() -> Result<lb_lab::Netns> {
     let mac = NODE_B_MAC.iter().map(|b| format!("{b:02x}")).collect::<Vec<_>>().join(":");
     ns.ip(&["neigh", "replace", &NODE_B.to_string(), "lladdr", &mac, "dev", "ext0", "nud", "permanent"])?;
     ns.ip(&["route", "add", &format!("{REMOTE_PODS}/16"), "via", &NODE_B.to_string(), "dev", "ext0"])?;
+    // The ClusterIP ping-pong's backends: behind node B as well, so that
+    // with BPF host routing a translated packet's next hop is found (kept,
+    // or from the FIB) and is no pod interface: the stack path, as for a
+    // backend on another node.
+    let ping_net = Ipv4Addr::from(u32::from(*PING.ip()) & 0xffff_0000);
+    ns.ip(&["route", "add", &format!("{ping_net}/16"), "via", &NODE_B.to_string(), "dev", "ext0"])?;
     // The client, as the remote path's replies see it: behind node B.
     ns.ip(&["route", "add", &format!("{}/32", CLIENT.ip()), "via", &NODE_B.to_string(), "dev", "ext0"])?;
     // The same in IPv6, over the twins' addresses (`to_v6`).

@@ -40,8 +40,8 @@ struct Cli {
     b1_reconcile_limit: Option<usize>,
     /// B1: run the datapath with BPF host routing (`--host-routing bpf`):
     /// the pod-to-pod row then pays its conntrack lookup, and a translated
-    /// packet its FIB lookup (the test run's device is no pod interface:
-    /// nothing is redirected).
+    /// packet its next hop (kept, or the FIB's: the backends are routed to
+    /// another node, no pod interface, so nothing is redirected).
     #[arg(long)]
     b1_host_routing: bool,
     /// B1: measure this build of the eBPF object instead of the embedded

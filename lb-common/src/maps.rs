@@ -112,17 +112,18 @@ map_set! {
     /// IPv6 datagrams in fragments (`Frag6Key` -> `Frag4`), as
     /// `LB4_FRAGS`, the same size.
     FRAGS6 = "LB6_FRAGS", version 1, sized by Fixed;
-    /// The FIB's answers for forwarded north-south packets
-    /// (`NextHopKey` -> `NextHop`), both families.
+    /// The FIB's answers for forwarded north-south packets and BPF host
+    /// routing (`NextHopKey` -> `NextHop`), both families.
     NEXTHOPS = "LB_NEXTHOPS", version 1, sized by Fixed;
     /// The pod interfaces the tc programs are attached to (ifindex -> 1):
     /// BPF host routing redirects only into these
     /// (`config_flags::HOST_ROUTING_BPF`).
     POD_IFACES = "LB_POD_IFACES", version 1, sized by Fixed;
     /// BPF host routing's per-CPU working memory (a `bpf_fib_lookup`
-    /// parameter block and a flow), off the tc programs' stack. Only the
-    /// datapath reads and writes it.
-    HR_SCRATCH = "LB_HR_SCRATCH", version 1, sized by Fixed;
+    /// parameter block and the key of its kept answer), off the tc
+    /// programs' stack. Only the datapath reads and writes it. Version 2:
+    /// the key.
+    HR_SCRATCH = "LB_HR_SCRATCH", version 2, sized by Fixed;
     /// The IPv6 paths' per-CPU working memory (the parsed flow, and what
     /// `lb_xdp6` hands `lb_xdp6_nat`), off their stacks. Only the
     /// datapath reads and writes it.
@@ -902,7 +903,8 @@ pub struct Frag4 {
 
 /// `LB_NEXTHOPS` (LRU): what the FIB last answered for a destination of
 /// forwarded north-south packets (a backend on another node, or a client
-/// getting its reply), by the interface they came in on. A packet of an
+/// getting its reply), or of packets BPF host routing redirects into a
+/// pod of this node, by the interface they came in on. A packet of an
 /// established flow then skips `bpf_fib_lookup`, which costs more than the
 /// rest of its path (docs/per-packet-profile.md). An answer is used for
 /// [`NEXTHOP_TTL_NS`] after the lookup, and only for packets no longer

@@ -1,6 +1,7 @@
-//! The FIB's answers kept for forwarded north-south packets
-//! (`LB_NEXTHOPS`, see `lb_common::NextHop`): an established flow's
-//! packets to a backend on another node, and their replies to clients,
+//! The FIB's answers kept for forwarded north-south packets, and for BPF
+//! host routing's redirects into pods (`LB_NEXTHOPS`, see
+//! `lb_common::NextHop`): an established flow's packets to a backend on
+//! another node or in a pod of this node, and their replies to clients,
 //! skip `bpf_fib_lookup` while the answer is fresh and the packet no
 //! longer than one the FIB passed.
 
@@ -33,11 +34,18 @@ pub fn answer(key: &NextHopKey, len: u16, now: u64, p: &mut FibParams) -> bool {
 #[inline(always)]
 pub fn remember(key: &NextHopKey, len: u16, now: u64, p: &FibParams) {
     let mut h = NextHop::fresh(now, len, p.ifindex, p.smac, p.dmac);
+    remember_in(key, &mut h);
+}
+
+/// [`remember`] of the answer `h` (from `NextHop::fresh`), in memory of
+/// the caller's choice: tc's host routing keeps it off its stack.
+#[inline(always)]
+pub fn remember_in(key: &NextHopKey, h: &mut NextHop) {
     // (No `Option<NextHop>` copy: LLVM left a path of it reading an
     // uninitialised register, which the verifier refuses.)
     // SAFETY: as in `answer`.
     if let Some(old) = unsafe { LB_NEXTHOPS.get(key) } {
-        h = h.after(old);
+        *h = h.after(old);
     }
     // LRU: an insert only fails on a bad argument; without the entry the
     // next packet asks the FIB again.

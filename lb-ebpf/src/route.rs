@@ -32,7 +32,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use lb_common::{
-    CT_REPLY, V4, csum,
+    CT_REPLY, NextHop, NextHopKey, V4, csum,
     packet::{ETH_HLEN, Fragment, eth, ip, ip6},
     stat,
 };
@@ -41,7 +41,7 @@ use crate::{
     ct,
     error::Error,
     maps::{LB_HR_SCRATCH, LB_POD_IFACES},
-    nat,
+    nat, nexthop,
     packet::{PacketData, read, write},
     parse::Flow,
     select::now_ns,
@@ -134,30 +134,57 @@ fn pod_iface(ifindex: u32) -> bool {
 /// The FIB's next hop for an IPv4 packet of `proto` from `saddr:sport` to
 /// `daddr:dport` that came in on the skb's interface, when it is a pod
 /// interface with a resolved neighbour; the parameters and the answer in
-/// `params` (this CPU's [`Scratch`]). The MTU is checked against the
-/// packet (`tot_len` 0: the skb's length, GSO segments included).
+/// `s` (this CPU's [`Scratch`]). The MTU is checked against the packet
+/// (`tot_len` 0: the skb's length, GSO segments included).
+///
+/// The FIB's answers are kept as for XDP's forwarded packets
+/// (`LB_NEXTHOPS`, by destination and the interface the packet came in
+/// on; a route change ends them, see the agent's link watch), and serve
+/// packets that the MTU check sees whole: a GSO packet's segments are
+/// checked by the FIB alone.
 #[inline(always)]
 fn pod_next_hop<'a>(
     ctx: &TcContext,
-    params: &'a mut MaybeUninit<FibParams>,
+    s: &'a mut Scratch,
     proto: u8,
     (saddr, daddr): (u32, u32),
     ports: (u16, u16),
 ) -> Option<&'a FibParams> {
-    let p = zeroed_fib_params(params);
+    // SAFETY: `skb` is the program's context, valid for the whole run;
+    // plain fields are read through the raw pointer.
+    let (in_if, len, gso) = unsafe { ((*ctx.skb.skb).ifindex, (*ctx.skb.skb).len, (*ctx.skb.skb).gso_size) };
+    let keep = gso == 0 && len <= u16::MAX as u32;
+    let (len, now) = (len as u16, now_ns());
+    // (The key and the answer kept in the scratch, not on the stack:
+    // `lb_tc_ingress`'s frame and `redirect_reply`'s together are at the
+    // verifier's 512 bytes; on the stack they took the chain to 528.)
+    s.hop = NextHopKey::v4(daddr, in_if);
+    let p = zeroed_fib_params(&mut s.fib);
     p.family = AF_INET;
     p.l4_protocol = proto;
     p.sport = ports.0;
     p.dport = ports.1;
     p.__bindgen_anon_3.ipv4_src = saddr;
     p.__bindgen_anon_4.ipv4_dst = daddr;
-    // SAFETY: `skb` is the program's context, valid for the whole run; one
-    // field is read through the raw pointer.
-    p.ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    // SAFETY: `skb` is the program's context and `p` a parameter struct of
-    // the size passed, on the stack.
-    let rc = unsafe { bpf_fib_lookup(ctx.skb.skb.cast(), p, size_of::<FibParams>() as i32, 0) };
-    (rc == BPF_FIB_LKUP_RET_SUCCESS as i64 && pod_iface(p.ifindex)).then_some(p)
+    // Every successful answer is kept, a next hop that is no pod interface
+    // too (a backend on another node, the host): those packets then take
+    // the stack path without asking the FIB each time. The interface is
+    // checked at every packet: the agent removes a pod interface that went
+    // away.
+    if !(keep && nexthop::answer(&s.hop, len, now, p)) {
+        p.ifindex = in_if;
+        // SAFETY: `skb` is the program's context and `p` a parameter
+        // struct of the size passed, in this CPU's scratch.
+        let rc = unsafe { bpf_fib_lookup(ctx.skb.skb.cast(), p, size_of::<FibParams>() as i32, 0) };
+        if rc != BPF_FIB_LKUP_RET_SUCCESS as i64 {
+            return None;
+        }
+        if keep {
+            s.kept = NextHop::fresh(now, len, p.ifindex, p.smac, p.dmac);
+            nexthop::remember_in(&s.hop, &mut s.kept);
+        }
+    }
+    pod_iface(p.ifindex).then_some(p)
 }
 
 /// Hands the packet to the pod behind `p.ifindex` (its MACs and TTL
@@ -176,6 +203,10 @@ fn into_pod(p: &FibParams) -> i32 {
 /// (softirq), so nothing else uses the slot meanwhile.
 pub struct Scratch {
     pub fib: MaybeUninit<FibParams>,
+    /// The key of the FIB's kept answer (`LB_NEXTHOPS`) for the packet
+    /// being routed, and the answer to keep.
+    pub hop: NextHopKey,
+    pub kept: NextHop,
 }
 
 /// This CPU's [`Scratch`].
@@ -205,7 +236,7 @@ pub fn redirect_translated(skb: *mut __sk_buff, addrs: u64, l4: u64) -> i32 {
         return NEXT;
     };
     let ports = ((l4 >> 16) as u16, (l4 >> 32) as u16);
-    let Some(p) = pod_next_hop(ctx, &mut s.fib, l4 as u8, (addrs as u32, (addrs >> 32) as u32), ports) else {
+    let Some(p) = pod_next_hop(ctx, s, l4 as u8, (addrs as u32, (addrs >> 32) as u32), ports) else {
         return NEXT;
     };
     match hop(ctx, p) {
@@ -252,17 +283,17 @@ pub fn redirect_reply(skb: *mut __sk_buff, addrs: u64, l4: u64, seq_off: u64) ->
         tot_len: 0,
         df: false,
     };
-    verdict(ctx, reply(ctx, &mut s.fib, &f))
+    verdict(ctx, reply(ctx, s, &f))
 }
 
 #[inline(always)]
-fn reply(ctx: &TcContext, params: &mut MaybeUninit<FibParams>, f: &Flow<V4>) -> Result<i32, Error> {
+fn reply(ctx: &TcContext, s: &mut Scratch, f: &Flow<V4>) -> Result<i32, Error> {
     let key = ct::key_of(f, CT_REPLY);
     let Some(e) = ct::get::<V4>(&key) else {
         return Ok(NEXT);
     };
     let entry = ct::load(e);
-    let Some(p) = pod_next_hop(ctx, params, f.proto, (entry.nat_saddr, entry.nat_daddr), (entry.nat_sport, entry.nat_dport)) else {
+    let Some(p) = pod_next_hop(ctx, s, f.proto, (entry.nat_saddr, entry.nat_daddr), (entry.nat_sport, entry.nat_dport)) else {
         return Ok(NEXT);
     };
     // The TTL first: a packet that cannot be redirected leaves untouched.

@@ -151,6 +151,17 @@ impl NodeLab {
         Ok(self.pods.last().expect("just pushed"))
     }
 
+    /// Wires pod `name` to the node again, as a CNI plugin does for a pod
+    /// made again with the same address: its veth pair is deleted and made
+    /// anew (the node end keeps its name, with another ifindex and both
+    /// ends other MACs), with the address and routes as before. Sockets in
+    /// the pod's namespace stay open.
+    pub fn rewire_pod(&self, name: &str) -> Result<()> {
+        let pod = self.try_pod(name).with_context(|| format!("no pod {name:?}"))?;
+        self.node.ip(&["link", "del", &pod.host_if]).context("delete the pod's veth pair")?;
+        self.wire_pod(pod).with_context(|| format!("wire pod {name:?} again"))
+    }
+
     fn wire_pod(&self, pod: &Pod) -> Result<()> {
         let node = &self.node;
         let hif = pod.host_if.as_str();
