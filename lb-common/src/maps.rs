@@ -96,8 +96,9 @@ map_set! {
     /// programs attached to interfaces. Pinned so that they outlive the
     /// agent: the kernel empties a program array when its last user
     /// reference (a pin, or a process's descriptor) goes.
-    /// Version 2: a third slot (`tc_call::INGRESS6_REST`).
-    TC_CALLS = "LB_TC_CALLS", version 2, sized by Fixed;
+    /// Version 2: a third slot (`tc_call::INGRESS6_REST`); 3: a fourth
+    /// (`tc_call::EGRESS6_ICMP`).
+    TC_CALLS = "LB_TC_CALLS", version 3, sized by Fixed;
     /// The XDP programs (see [`xdp_call`]) `lb_xdp` dispatches to, and
     /// those they tail-call;
     /// pinned for the same reason as `LB_TC_CALLS` (a program array holds
@@ -1026,10 +1027,13 @@ pub mod tc_call {
     /// `lb_tc_ingress6_rest`, from `lb_tc_ingress6` when its first look
     /// (pre-filter, established flow) did not settle the packet.
     pub const INGRESS6_REST: u32 = 2;
+    /// `lb_tc_egress6_icmp`, from `lb_tc_egress6`: an ICMPv6 error on its
+    /// way to a client.
+    pub const EGRESS6_ICMP: u32 = 3;
     /// Slots in the map.
-    pub const SLOTS: u32 = 3;
+    pub const SLOTS: u32 = 4;
     /// The program of each slot, by index.
-    pub const PROGRAMS: [&str; SLOTS as usize] = ["lb_tc_ingress6", "lb_tc_egress6", "lb_tc_ingress6_rest"];
+    pub const PROGRAMS: [&str; SLOTS as usize] = ["lb_tc_ingress6", "lb_tc_egress6", "lb_tc_ingress6_rest", "lb_tc_egress6_icmp"];
 }
 
 pub const REJECT_BURST: u32 = 20;

@@ -247,13 +247,24 @@ pub fn lb_tc_ingress6_rest(ctx: TcContext) -> i32 {
 /// [`EXACT_NO_ENTRY`]).
 const CB_FIRST_LOOK: usize = 0;
 
-/// IPv6, on its way to a client: `LB_TC_CALLS[tc_call::EGRESS6]`.
+/// IPv6, on its way to a client: `LB_TC_CALLS[tc_call::EGRESS6]`. The
+/// reverse translation runs in the program itself (as a function of its
+/// own, every reply paid a call and a return); an ICMPv6 error goes on to
+/// [`lb_tc_egress6_icmp`] by a tail call, as `icmp6_error`'s frame (408
+/// bytes) and this program's (264) exceed the verifier's 512 together.
 #[classifier]
 pub fn lb_tc_egress6(ctx: TcContext) -> i32 {
     if is_icmp6(&ctx) {
-        return verdict(&ctx, icmp6_error(ctx.skb.skb, lb_common::CT_REPLY));
+        return tail_call(&ctx, tc_call::EGRESS6_ICMP);
     }
     verdict(&ctx, egress6(ctx.skb.skb))
+}
+
+/// IPv6, an ICMPv6 error on its way to a client (about a packet the client
+/// sent to a frontend): `LB_TC_CALLS[tc_call::EGRESS6_ICMP]`.
+#[classifier]
+pub fn lb_tc_egress6_icmp(ctx: TcContext) -> i32 {
+    verdict(&ctx, icmp6_error(ctx.skb.skb, lb_common::CT_REPLY))
 }
 
 /// Whether an IPv6 frame carries ICMPv6 right after its fixed header.
@@ -460,10 +471,8 @@ fn try_egress(ctx: &TcContext) -> Result<i32, Error> {
     }
 }
 
-/// [`try_egress`] for IPv6, a function of its own: inlined into
-/// `lb_tc_egress6`, its frame (264 bytes) and `icmp6_error`'s (408), which
-/// that program also calls, exceeded the verifier's 512 together.
-#[inline(never)]
+/// [`try_egress`] for IPv6, inlined into `lb_tc_egress6`.
+#[inline(always)]
 fn egress6(skb: *mut __sk_buff) -> Result<i32, Error> {
     let ctx = &TcContext::new(skb);
     if config().is_none() {
