@@ -8,18 +8,22 @@
 //! packet whose next hop has no neighbour entry yet takes the stack path,
 //! and its flow still works. The FIB's answers are kept for a second
 //! (`LB_NEXTHOPS`), yet a backend pod wired again (another interface, the
-//! same address) is reached at once.
+//! same address) is reached at once. IPv6 ClusterIPs are routed the same
+//! way.
 
 mod common;
 
 use std::{
-    net::{Ipv4Addr, SocketAddr, SocketAddrV4},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6},
     time::Duration,
 };
 
-use common::{Agent, ManifestDir, PinDir, cli, kernel_tests_enabled, wait_for};
+use common::{Agent, ManifestDir, PinDir, cli, dual_stack_yaml, kernel_tests_enabled, wait_for};
 use lb_common::stat;
-use lb_lab::{Netns, NodeLab, Server, tcp_request, tcp_server, udp_echo, udp_request, udp_request_with};
+use lb_lab::{
+    Netns, NodeLab, Server, tcp_request, tcp_request_to, tcp_server, tcp_server_at, udp_echo, udp_echo_at, udp_request, udp_request_to,
+    udp_request_with,
+};
 
 const VIP: &str = "10.96.0.20";
 
@@ -64,15 +68,17 @@ struct ForwardCounters<'a> {
 }
 
 impl<'a> ForwardCounters<'a> {
-    fn install(node: &'a Netns, client: Ipv4Addr, backend: Ipv4Addr) -> ForwardCounters<'a> {
+    fn install(node: &'a Netns, client: impl Into<IpAddr>, backend: impl Into<IpAddr>) -> ForwardCounters<'a> {
+        let (client, backend) = (client.into(), backend.into());
+        let ip = if client.is_ipv4() { "ip" } else { "ip6" };
         let rules = format!(
             "table inet lbtest {{\n\
              counter to_backend {{}}\n\
              counter to_client {{}}\n\
              chain forward {{\n\
              type filter hook forward priority 0; policy accept;\n\
-             ip saddr {client} ip daddr {backend} counter name to_backend\n\
-             ip saddr {backend} ip daddr {client} counter name to_client\n\
+             {ip} saddr {client} {ip} daddr {backend} counter name to_backend\n\
+             {ip} saddr {backend} {ip} daddr {client} counter name to_client\n\
              }}\n\
              }}\n"
         );
@@ -286,4 +292,50 @@ fn bpf_host_routing_reaches_a_backend_pod_wired_again_at_once() {
     lab.requests(3);
     assert_eq!(counters.read(), (0, 0), "no packet went through the node's netfilter");
     assert!(lab.redirected() - before >= 6);
+}
+
+#[test]
+fn bpf_host_routing_delivers_ipv6_clusterip_traffic_past_the_host_stack() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let lab = NodeLab::new(&["client", "web"]).unwrap();
+    lab.enable_ipv6().unwrap();
+    let web6 = lab.pod_ip6("web");
+    let web_ns = &lab.pod("web").ns;
+    let _servers = [
+        tcp_server_at(web_ns, SocketAddrV6::new(web6, 8080, 0, 0).into(), "web").unwrap(),
+        udp_echo_at(web_ns, SocketAddrV6::new(web6, 5353, 0, 0).into(), "web").unwrap(),
+    ];
+    let dir = ManifestDir::new("hr6");
+    let pods = (&[lab.pod("web").ip][..], &[web6][..]);
+    dir.write("web.yaml", &dual_stack_yaml("web", ("10.96.0.20", "fd00:96::14"), (80, "TCP", 8080), pods, false));
+    dir.write("dns.yaml", &dual_stack_yaml("dns", ("10.96.0.53", "fd00:96::35"), (53, "UDP", 5353), pods, false));
+    let agent = Agent::start_with(&lab.node, &dir.0, PinDir::new("hr6"), &["--host-routing", "bpf"]);
+    agent.wait_rows("both families' frontends", |rows| rows.len() == 4);
+    let web: SocketAddr = (Ipv6Addr::from([0xfd00, 0x96, 0, 0, 0, 0, 0, 0x14]), 80).into();
+    let dns: SocketAddr = (Ipv6Addr::from([0xfd00, 0x96, 0, 0, 0, 0, 0, 0x35]), 53).into();
+    let client = &lab.pod("client").ns;
+    let timeout = Duration::from_secs(2);
+    let requests = |n: usize| {
+        for i in 0..n {
+            let tag =
+                tcp_request_to(client, web, b"hello\n", timeout).unwrap_or_else(|e| panic!("TCP request {i}: {e:#}\n{}", agent.log_text()));
+            assert_eq!(tag, "web");
+            let (reply, peer) = udp_request_to(client, dns, format!("q{i}").as_bytes(), timeout)
+                .unwrap_or_else(|e| panic!("UDP query {i}: {e:#}\n{}", agent.log_text()));
+            assert_eq!((reply, peer), (format!("web:q{i}"), dns), "answered from the address dialled");
+        }
+    };
+    let counters = ForwardCounters::install(&lab.node, lab.pod_ip6("client"), web6);
+    let redirected = || agent.maps().stat(stat::REDIRECTED_PEER).unwrap();
+    // The node learns both pods' neighbours (the first packets may take
+    // the stack path).
+    requests(1);
+    counters.reset();
+    let before = redirected();
+    requests(10);
+    assert_eq!(counters.read(), (0, 0), "no packet of these flows went through the node's netfilter");
+    let n = redirected() - before;
+    assert!(n >= 20 + 10 * 6, "redirected_peer counted {n} packets\n{}", agent.log_text());
 }

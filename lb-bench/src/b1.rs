@@ -390,6 +390,8 @@ fn lab() -> Result<lb_lab::Netns> {
     ns.ip(&["-6", "neigh", "replace", &node_b6, "lladdr", &mac, "dev", "ext0", "nud", "permanent"])?;
     ns.ip(&["-6", "route", "add", &format!("{}/96", to_v6(REMOTE_PODS)), "via", &node_b6, "dev", "ext0"])?;
     ns.ip(&["-6", "route", "add", &format!("{}/128", to_v6(*CLIENT.ip())), "via", &node_b6, "dev", "ext0"])?;
+    // The ping-pong's IPv6 twins, as their IPv4 addresses above.
+    ns.ip(&["-6", "route", "add", &format!("{}/112", to_v6(ping_net)), "via", &node_b6, "dev", "ext0"])?;
     Ok(ns)
 }
 

@@ -132,15 +132,23 @@ impl TcFamily for V6 {
         Ok(REJECT)
     }
 
-    /// Not yet: IPv6 takes the host stack.
     #[inline(always)]
-    fn deliver(_ctx: &TcContext, _cfg: &Config, _f: &Flow<V6>, _e: &Ct<V6>) -> Result<i32, Error> {
-        Ok(NEXT)
+    fn deliver(ctx: &TcContext, cfg: &Config, f: &Flow<V6>, e: &Ct<V6>) -> Result<i32, Error> {
+        if cfg.flags & config_flags::HOST_ROUTING_BPF == 0 {
+            return Ok(NEXT);
+        }
+        let l4 = f.proto as u64 | (e.nat_sport as u64) << 16 | (e.nat_dport as u64) << 32;
+        Ok(route::redirect_translated6(ctx.skb.skb, l4))
     }
 
+    /// Reached from the first look only (`lb_tc_ingress6`): [`REPLY6`],
+    /// and `lb_tc_ingress6_rest` tries the reply's redirect.
     #[inline(always)]
-    fn deliver_reply(_ctx: &TcContext, _cfg: &Config, _f: &Flow<V6>) -> Result<i32, Error> {
-        Ok(NEXT)
+    fn deliver_reply(_ctx: &TcContext, cfg: &Config, f: &Flow<V6>) -> Result<i32, Error> {
+        if cfg.flags & config_flags::HOST_ROUTING_BPF == 0 || f.frag != Fragment::No {
+            return Ok(NEXT);
+        }
+        Ok(REPLY6)
     }
 }
 
@@ -157,6 +165,11 @@ const REJECT: i32 = 0x7e1ec7;
 /// has these values either.
 const EXACT: i32 = 0x7e1ec8;
 const EXACT_NO_ENTRY: i32 = 0x7e1ec9;
+/// The IPv6 first look's verdict for a whole packet to no frontend with
+/// BPF host routing: it may be a backend's reply to a pod of this node,
+/// which [`lb_tc_ingress6_rest`] redirects (`route::redirect_reply6`; in
+/// the first look's program, the frames exceeded 512 bytes together).
+const REPLY6: i32 = 0x7e1eca;
 
 #[inline(always)]
 pub fn verdict(ctx: &TcContext, result: Result<i32, Error>) -> i32 {
@@ -214,6 +227,7 @@ pub fn lb_tc_ingress6(mut ctx: TcContext) -> i32 {
         let rest = match ingress6_stage(ctx.skb.skb, Stage::First) {
             Ok(EXACT) => EXACT,
             Ok(EXACT_NO_ENTRY) => EXACT_NO_ENTRY,
+            Ok(REPLY6) => REPLY6,
             other => return verdict(&ctx, other),
         };
         // The control block survives the tail call: it tells the rest
@@ -234,7 +248,11 @@ pub fn lb_tc_ingress6_rest(ctx: TcContext) -> i32 {
         // A pod's error about a reply it got from a frontend.
         return verdict(&ctx, icmp6_error(ctx.skb.skb, CT_SERVICE));
     }
-    let no_entry = ctx.cb()[CB_FIRST_LOOK] == EXACT_NO_ENTRY as u32;
+    let first_look = ctx.cb()[CB_FIRST_LOOK];
+    if first_look == REPLY6 as u32 {
+        return route::redirect_reply6(ctx.skb.skb);
+    }
+    let no_entry = first_look == EXACT_NO_ENTRY as u32;
     let result = match ingress6(ctx.skb.skb, no_entry) {
         Ok(REJECT) => reject6(ctx.skb.skb),
         other => other,
