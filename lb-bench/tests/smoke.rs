@@ -45,11 +45,12 @@ fn harness_runs_at_a_tiny_size() {
     let kinds = lb_bench::dp::Kind::ALL.len();
     assert_eq!(r.b2.as_ref().map(Vec::len), Some(lb_bench::dp::Kind::B2.len() * 3), "every B2 datapath x first/last/direct");
     assert!(r.b3.is_some());
-    // B4: every datapath on the ClusterIP path and on both NodePort paths,
-    // lb there twice (XDP auto, XDP native); each row saw its UDP
-    // datagrams and TCP bytes arrive.
+    // B4: every datapath on the ClusterIP path (lb with and without BPF
+    // host routing) and on both NodePort paths, lb there twice (XDP auto,
+    // XDP native); each row saw its UDP datagrams and TCP bytes arrive.
     let b4 = r.b4.as_ref().expect("B4 ran");
-    for (path, n) in [(B4Path::ClusterIp, kinds), (B4Path::NodePortLocal, kinds + 1), (B4Path::NodePortRemote, kinds + 1)] {
+    let east_west = lb_bench::dp::Kind::B2.len();
+    for (path, n) in [(B4Path::ClusterIp, east_west), (B4Path::NodePortLocal, kinds + 1), (B4Path::NodePortRemote, kinds + 1)] {
         assert_eq!(b4.iter().filter(|row| row.path == path).count(), n, "B4 rows on {path}");
     }
     let modes: Vec<&str> = b4.iter().filter_map(|row| row.xdp.as_deref()).collect();

@@ -390,7 +390,8 @@ pub fn redirect_reply6(skb: *mut __sk_buff) -> i32 {
         return NEXT;
     };
     // SAFETY: `lb_tc_ingress6`'s first look parsed this packet's flow into
-    // the slot on this run, before calling this.
+    // the slot on this run, before its tail call here (which keeps the
+    // CPU).
     let f = unsafe { parsed.flow.assume_init_ref() };
     verdict(ctx, reply(ctx, s, f))
 }
