@@ -1,20 +1,21 @@
 //! Forwarding as a router does, past the host stack: the FIB lookup's
-//! parameters and the rewrite of a forwarded IPv4 packet (TTL down by one,
-//! the next hop's MACs), shared by `lb_xdp` (north-south packets to and
-//! from other nodes) and tc's BPF host routing.
+//! parameters and the rewrite of a forwarded packet (TTL or hop limit down
+//! by one, the next hop's MACs), shared by `lb_xdp` (north-south packets
+//! to and from other nodes) and tc's BPF host routing.
 //!
 //! BPF host routing (`config_flags::HOST_ROUTING_BPF`, `lb-agent run
 //! --host-routing bpf`; Cilium's "BPF host routing"): `lb_tc_ingress`
-//! sends a translated IPv4 packet whose FIB next hop is a pod interface of
+//! (IPv6: `lb_tc_ingress6`, `lb_tc_ingress6_rest`; one path over the
+//! family, [`Routed`]) sends a translated packet whose FIB next hop is a pod interface of
 //! this node (one the agent attached the tc programs to: `LB_POD_IFACES`)
 //! straight into that pod with `bpf_redirect_peer`, instead of handing it
 //! to the host stack (netfilter, reverse-path filtering, the neighbour
 //! layer). Both directions of a flow between two pods of this node:
 //! - a packet to a frontend, once translated to its backend
-//!   ([`redirect_translated`]); it skips the backend interface's egress
-//!   hook, where nothing is translated for it;
+//!   ([`redirect_translated`], [`redirect_translated6`]); it skips the
+//!   backend interface's egress hook, where nothing is translated for it;
 //! - the backend's reply, at the backend interface's ingress
-//!   ([`redirect_reply`]): translated back there, only when it can be
+//!   ([`redirect_reply`], [`redirect_reply6`]): translated back there, only when it can be
 //!   redirected, so it skips the client interface's egress hook where the
 //!   stack path translates it.
 //!
@@ -22,7 +23,8 @@
 //! is no pod interface: another node, the host, an external interface; a
 //! packet too big for the next hop's MTU, an expired TTL, a fragment of a
 //! reply) takes the stack path exactly as without host routing, and the
-//! stack resolves the neighbour for the next packets.
+//! stack resolves the neighbour for the next packets. The FIB's answers
+//! are kept for a second (`LB_NEXTHOPS`, see [`pod_next_hop`]).
 
 use core::mem::{MaybeUninit, align_of, size_of};
 

@@ -18,10 +18,10 @@
 //!   host network, behind a tunnel, with or without XDP). ICMP errors about
 //!   translated flows are translated on the same way.
 //! - With BPF host routing (`config_flags::HOST_ROUTING_BPF`, see
-//!   `route`), `lb_tc_ingress` also sends a translated IPv4 packet, and a
-//!   backend's reply translated back at its own interface, straight into
-//!   a pod of this node (`bpf_redirect_peer`); what cannot be redirected
-//!   takes the path above.
+//!   `route`), `lb_tc_ingress` (and IPv6's programs) also sends a
+//!   translated packet, and a backend's reply translated back at its own
+//!   interface, straight into a pod of this node (`bpf_redirect_peer`);
+//!   what cannot be redirected takes the path above.
 //! - `lb_tc_pass` lets everything through (a floor for measurements, and a
 //!   stand-in for a program another agent attaches after lb).
 //!
