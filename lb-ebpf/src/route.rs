@@ -134,53 +134,68 @@ fn pod_iface(ifindex: u32) -> bool {
     unsafe { LB_POD_IFACES.get(ifindex) }.is_some()
 }
 
-/// What BPF host routing does differently per family.
+/// What forwarding does differently per family, for XDP's north-south
+/// path and tc's host routing alike.
 pub trait Routed: L3 {
-    /// The FIB parameters' family and addresses.
-    fn fib_addrs(p: &mut FibParams, saddr: &Self::Addr, daddr: &Self::Addr);
-    /// The key of the FIB's kept answer for the destination in `p` (before
-    /// the lookup: a gateway's address replaces it), from `in_if`.
-    fn hop_key(p: &FibParams, in_if: u32) -> NextHopKey;
-    /// [`hop`] or [`hop6`].
-    fn hop(ctx: &TcContext, p: &FibParams) -> Result<bool, Error>;
+    /// The FIB parameters' family and addresses (IPv4: with `tos`).
+    fn fib_addrs(p: &mut FibParams, saddr: &Self::Addr, daddr: &Self::Addr, tos: u8);
+    /// The destination in `p`, as the caller wrote it (the lookup replaces
+    /// it with a gateway's address).
+    fn fib_daddr(p: &FibParams) -> Self::Addr;
+    /// The `LB_NEXTHOPS` key of destination `daddr` for packets that came
+    /// in on `ifindex`.
+    fn nexthop_key(daddr: &Self::Addr, ifindex: u32) -> NextHopKey;
+    /// What a router does to a packet it forwards: [`hop`] or [`hop6`].
+    fn hop<C: PacketData>(ctx: &C, p: &FibParams) -> Result<bool, Error>;
 }
 
 impl Routed for V4 {
     #[inline(always)]
-    fn fib_addrs(p: &mut FibParams, saddr: &u32, daddr: &u32) {
+    fn fib_addrs(p: &mut FibParams, saddr: &u32, daddr: &u32, tos: u8) {
         p.family = AF_INET;
+        p.__bindgen_anon_2.tos = tos;
         p.__bindgen_anon_3.ipv4_src = *saddr;
         p.__bindgen_anon_4.ipv4_dst = *daddr;
     }
 
     #[inline(always)]
-    fn hop_key(p: &FibParams, in_if: u32) -> NextHopKey {
+    fn fib_daddr(p: &FibParams) -> u32 {
         // SAFETY: a union of plain integers, written as IPv4 (`fib_addrs`).
-        NextHopKey::v4(unsafe { p.__bindgen_anon_4.ipv4_dst }, in_if)
+        unsafe { p.__bindgen_anon_4.ipv4_dst }
     }
 
     #[inline(always)]
-    fn hop(ctx: &TcContext, p: &FibParams) -> Result<bool, Error> {
+    fn nexthop_key(daddr: &u32, ifindex: u32) -> NextHopKey {
+        NextHopKey::v4(*daddr, ifindex)
+    }
+
+    #[inline(always)]
+    fn hop<C: PacketData>(ctx: &C, p: &FibParams) -> Result<bool, Error> {
         hop(ctx, p)
     }
 }
 
 impl Routed for V6 {
     #[inline(always)]
-    fn fib_addrs(p: &mut FibParams, saddr: &Addr6, daddr: &Addr6) {
+    fn fib_addrs(p: &mut FibParams, saddr: &Addr6, daddr: &Addr6, _tos: u8) {
         p.family = AF_INET6;
         p.__bindgen_anon_3.ipv6_src = *saddr;
         p.__bindgen_anon_4.ipv6_dst = *daddr;
     }
 
     #[inline(always)]
-    fn hop_key(p: &FibParams, in_if: u32) -> NextHopKey {
+    fn fib_daddr(p: &FibParams) -> Addr6 {
         // SAFETY: a union of plain integers, written as IPv6.
-        NextHopKey::v6(unsafe { p.__bindgen_anon_4.ipv6_dst }, in_if)
+        unsafe { p.__bindgen_anon_4.ipv6_dst }
     }
 
     #[inline(always)]
-    fn hop(ctx: &TcContext, p: &FibParams) -> Result<bool, Error> {
+    fn nexthop_key(daddr: &Addr6, ifindex: u32) -> NextHopKey {
+        NextHopKey::v6(*daddr, ifindex)
+    }
+
+    #[inline(always)]
+    fn hop<C: PacketData>(ctx: &C, p: &FibParams) -> Result<bool, Error> {
         hop6(ctx, p)
     }
 }
@@ -215,7 +230,7 @@ fn pod_next_hop<'a, F: Routed>(
     // verifier's 512 bytes; on the stack they took the chain to 528.)
     let p = zeroed_fib_params(&mut s.fib);
     addrs(p)?;
-    s.hop = F::hop_key(p, in_if);
+    s.hop = F::nexthop_key(&F::fib_daddr(p), in_if);
     p.l4_protocol = proto;
     p.sport = ports.0;
     p.dport = ports.1;
@@ -291,7 +306,7 @@ pub fn redirect_translated(skb: *mut __sk_buff, addrs: u64, l4: u64) -> i32 {
     let ports = ((l4 >> 16) as u16, (l4 >> 32) as u16);
     let (saddr, daddr) = (addrs as u32, (addrs >> 32) as u32);
     let Some(p) = pod_next_hop::<V4>(ctx, s, l4 as u8, ports, |p| {
-        V4::fib_addrs(p, &saddr, &daddr);
+        V4::fib_addrs(p, &saddr, &daddr, 0);
         Some(())
     }) else {
         return NEXT;
@@ -406,7 +421,7 @@ fn reply<F: Routed>(ctx: &TcContext, s: &mut Scratch, f: &Flow<F>) -> Result<i32
     };
     let entry = ct::load(e);
     let Some(p) = pod_next_hop::<F>(ctx, s, f.proto, (entry.nat_sport, entry.nat_dport), |p| {
-        F::fib_addrs(p, &entry.nat_saddr, &entry.nat_daddr);
+        F::fib_addrs(p, &entry.nat_saddr, &entry.nat_daddr, 0);
         Some(())
     }) else {
         return Ok(NEXT);

@@ -47,8 +47,8 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use lb_common::{
-    Addr6, CT_REPLY, CT_SERVICE, Config, CtEntry, IPPROTO_ICMP, IPPROTO_ICMPV6, NextHopKey, NodeConfig, Service4Value, SrcRange4,
-    SrcRange6, V4, V6, Vip4, backend_flags, ct_entry_flags,
+    Addr6, CT_REPLY, CT_SERVICE, Config, CtEntry, IPPROTO_ICMP, IPPROTO_ICMPV6, NodeConfig, Service4Value, SrcRange4, SrcRange6, V4, V6,
+    Vip4, backend_flags, ct_entry_flags,
     packet::{ETH_HLEN, ETH_P_IPV6, Fragment, IPV4_HLEN, IPV6_HLEN, eth, icmp, icmp6, ip, ip6, is_icmp6_error},
     stat, svc_flags, vip_flags, xdp_call, xdp_mode,
 };
@@ -58,12 +58,12 @@ use crate::{
     error::Error,
     family::{Ct, FamilyMaps},
     frag, icmp as icmp_out,
-    l3::L3,
     maps::{LB_DEVICES, LB_XDP_CALLS, LB4_SRC_RANGES, LB6_NODE, LB6_SERVICES, LB6_SRC_RANGES},
     nat, nexthop,
     packet::read,
     parse::{Flow, IcmpError, Packet, icmp6_error_at, parse, parse6},
-    route, scratch,
+    route::{self, Routed},
+    scratch,
     select::{config, flow_backend, node_config, node_settings, now_ns, vip},
     stats, vip_filter,
 };
@@ -71,7 +71,7 @@ use crate::{
 /// What the north-south path does differently per family. IPv6 has no
 /// pre-filter; its SNATed flows (NAT66) are forwarded by a program of their own,
 /// `lb_xdp6_nat`.
-trait XdpFamily: L3 {
+trait XdpFamily: Routed {
     /// Offset of the TTL (IPv4) or hop limit (IPv6) in the network header.
     const HOP_LIMIT: usize;
     /// The family's ICMP (FIB parameters of an ICMP error).
@@ -96,14 +96,6 @@ trait XdpFamily: L3 {
     /// Sends on a packet of a flow that is not DNAT only (SNATed to a
     /// backend on another node): [`forward`], here or in another program.
     fn send_on(ctx: &XdpContext, f: &Flow<Self>, e: &Ct<Self>, now: u64) -> Result<u32, Error>;
-    /// The FIB parameters' family, and addresses from `e.nat_saddr` to
-    /// `e.nat_daddr` (IPv4: with `tos`).
-    fn fib_addrs(p: &mut FibParams, e: &Ct<Self>, tos: u8);
-    /// The `LB_NEXTHOPS` key of destination `daddr` for packets that came
-    /// in on `ifindex`.
-    fn nexthop_key(daddr: &Self::Addr, ifindex: u32) -> NextHopKey;
-    /// What a router does to a packet it forwards (see `route::hop`).
-    fn hop(ctx: &XdpContext, p: &FibParams) -> Result<bool, Error>;
     /// The answer to a packet of `f` too big for the path (`mtu`), sent
     /// from where it was sent to.
     fn too_big(ctx: &XdpContext, f: &Flow<Self>, mtu: u16, now: u64) -> u32;
@@ -157,21 +149,6 @@ impl XdpFamily for V4 {
     #[inline(always)]
     fn send_on(ctx: &XdpContext, f: &Flow<V4>, e: &CtEntry, now: u64) -> Result<u32, Error> {
         forward(ctx, f, e, now)
-    }
-    #[inline(always)]
-    fn fib_addrs(p: &mut FibParams, e: &CtEntry, tos: u8) {
-        p.family = route::AF_INET;
-        p.__bindgen_anon_2.tos = tos;
-        p.__bindgen_anon_3.ipv4_src = e.nat_saddr;
-        p.__bindgen_anon_4.ipv4_dst = e.nat_daddr;
-    }
-    #[inline(always)]
-    fn nexthop_key(daddr: &u32, ifindex: u32) -> NextHopKey {
-        NextHopKey::v4(*daddr, ifindex)
-    }
-    #[inline(always)]
-    fn hop(ctx: &XdpContext, p: &FibParams) -> Result<bool, Error> {
-        route::hop(ctx, p)
     }
     #[inline(always)]
     fn too_big(ctx: &XdpContext, f: &Flow<V4>, mtu: u16, now: u64) -> u32 {
@@ -242,20 +219,6 @@ impl XdpFamily for V6 {
     fn send_on(ctx: &XdpContext, _f: &Flow<V6>, e: &Ct<V6>, now: u64) -> Result<u32, Error> {
         scratch::hand_over(scratch::NAT66_FORWARD, Some((e, now)));
         Ok(nat6_call(ctx))
-    }
-    #[inline(always)]
-    fn fib_addrs(p: &mut FibParams, e: &Ct<V6>, _tos: u8) {
-        p.family = route::AF_INET6;
-        p.__bindgen_anon_3.ipv6_src = e.nat_saddr;
-        p.__bindgen_anon_4.ipv6_dst = e.nat_daddr;
-    }
-    #[inline(always)]
-    fn nexthop_key(daddr: &lb_common::Addr6, ifindex: u32) -> NextHopKey {
-        NextHopKey::v6(*daddr, ifindex)
-    }
-    #[inline(always)]
-    fn hop(ctx: &XdpContext, p: &FibParams) -> Result<bool, Error> {
-        route::hop6(ctx, p)
     }
     /// ICMPv6 Packet Too Big, sent by `lb_xdp6_nat` itself
     /// (`icmp::request6`).
@@ -970,7 +933,7 @@ fn fib<'a, F: XdpFamily>(ctx: &XdpContext, e: &Ct<F>, what: Route<F>, params: &'
             p.sport = e.nat_sport;
             p.dport = e.nat_dport;
             p.__bindgen_anon_1.tot_len = f.tot_len;
-            F::fib_addrs(p, e, f.tos);
+            F::fib_addrs(p, &e.nat_saddr, &e.nat_daddr, f.tos);
             let rc = fib_lookup(ctx, p);
             if rc == BPF_FIB_LKUP_RET_SUCCESS as i64 {
                 nexthop::remember(&key, f.tot_len, now, p);
@@ -979,7 +942,7 @@ fn fib<'a, F: XdpFamily>(ctx: &XdpContext, e: &Ct<F>, what: Route<F>, params: &'
         }
         Route::IcmpError => {
             p.l4_protocol = F::ICMP_PROTO;
-            F::fib_addrs(p, e, 0);
+            F::fib_addrs(p, &e.nat_saddr, &e.nat_daddr, 0);
             (fib_lookup(ctx, p), p)
         }
     }
