@@ -18,7 +18,7 @@ use std::{
     time::Duration,
 };
 
-use common::{Agent, ManifestDir, PinDir, cli, dual_stack_yaml, kernel_tests_enabled, wait_for};
+use common::{Agent, ManifestDir, PinDir, cli, dual_stack_yaml, ifindex_in, kernel_tests_enabled, wait_for};
 use lb_common::stat;
 use lb_lab::{
     Netns, NodeLab, Server, tcp_request, tcp_request_to, tcp_server, tcp_server_at, udp_echo, udp_echo_at, udp_request, udp_request_to,
@@ -152,6 +152,11 @@ impl Lab {
         cli(&self.agent.pins.0, &["status"])["host_routing"].as_str().unwrap_or_default().to_string()
     }
 
+    /// [`ForwardCounters`] between the client and the backend pod.
+    fn forward_counters(&self) -> ForwardCounters<'_> {
+        ForwardCounters::install(&self.lab.node, self.lab.pod("client").ip, self.lab.pod("web").ip)
+    }
+
     fn redirected(&self) -> u64 {
         self.agent.maps().stat(stat::REDIRECTED_PEER).unwrap()
     }
@@ -194,8 +199,7 @@ fn bpf_host_routing_delivers_clusterip_traffic_past_the_host_stack() {
     }
     let lab = Lab::start("bpf");
     assert_eq!(lab.status_host_routing(), "bpf");
-    let (client, web) = (lab.lab.pod("client").ip, lab.lab.pod("web").ip);
-    let counters = ForwardCounters::install(&lab.lab.node, client, web);
+    let counters = lab.forward_counters();
     // The node learns both pods' MACs (the first packets may take the
     // stack path: no neighbour yet).
     lab.requests(1);
@@ -216,8 +220,7 @@ fn legacy_host_routing_goes_through_the_host_stack() {
     }
     let lab = Lab::start("legacy");
     assert_eq!(lab.status_host_routing(), "legacy");
-    let (client, web) = (lab.lab.pod("client").ip, lab.lab.pod("web").ip);
-    let counters = ForwardCounters::install(&lab.lab.node, client, web);
+    let counters = lab.forward_counters();
     lab.requests(10);
     let (to_backend, to_client) = counters.read();
     assert!(to_backend >= 10 && to_client >= 10, "the host stack routed both directions: {to_backend}, {to_client}");
@@ -230,8 +233,7 @@ fn without_a_neighbour_entry_bpf_host_routing_falls_back_to_the_host_stack() {
         return;
     }
     let lab = Lab::start("bpf");
-    let (client, web) = (lab.lab.pod("client").ip, lab.lab.pod("web").ip);
-    let counters = ForwardCounters::install(&lab.lab.node, client, web);
+    let counters = lab.forward_counters();
     lab.requests(1);
     // Neither pod's neighbour is known: the query and its answer both take
     // the stack path (the answer translated back on the client's
@@ -261,8 +263,7 @@ fn bpf_host_routing_reaches_a_backend_pod_wired_again_at_once() {
         return;
     }
     let lab = Lab::start("bpf");
-    let (client, web) = (lab.lab.pod("client").ip, lab.lab.pod("web").ip);
-    let counters = ForwardCounters::install(&lab.lab.node, client, web);
+    let counters = lab.forward_counters();
     // Warm: the node knows both neighbours, and the datapath keeps the
     // FIB's answers for the backend (its interface, its MAC).
     lab.requests(3);
@@ -270,16 +271,11 @@ fn bpf_host_routing_reaches_a_backend_pod_wired_again_at_once() {
     lab.requests(1);
     assert!(lab.redirected() > before, "redirected before the backend moved");
     let host_if = lab.lab.pod("web").host_if.clone();
-    let ifindex = |name: &str| {
-        let name = name.to_string();
-        lab.lab.node.run(move || lb_agent::host::ifindex(&name)).ok()
-    };
-    let old = ifindex(&host_if).unwrap();
+    let old = ifindex_in(&lab.lab.node, &host_if).unwrap();
     lab.lab.rewire_pod("web").unwrap();
-    let new = ifindex(&host_if).unwrap();
+    let new = ifindex_in(&lab.lab.node, &host_if).unwrap();
     assert_ne!(old, new);
-    let attached = |i: u32| lab.agent.pins.0.join("links").join(format!("tcx-in-{i}")).exists();
-    wait_for("the new interface attached", Duration::from_secs(2), || attached(new).then_some(()));
+    wait_for("the new interface attached", Duration::from_secs(2), || lab.agent.tcx_attached(new).then_some(()));
     // Well within the kept answer's second: a query through the ClusterIP
     // is answered (the kept answer names an interface that is gone).
     let (reply, peer) = udp_request_with(lab.client(), vip(53), b"moved", Duration::from_millis(500))

@@ -739,15 +739,7 @@ fn a_new_pod_is_served_from_its_first_packet() {
     // An interface deleted and made again under the same name gets the
     // programs again (it has another ifindex).
     let node = &lab.node;
-    let attached = |name: &str| -> bool {
-        let Ok(ifindex) = node.run({
-            let name = name.to_string();
-            move || lb_agent::host::ifindex(&name)
-        }) else {
-            return false;
-        };
-        agent.pins.0.join("links").join(format!("tcx-in-{ifindex}")).exists()
-    };
+    let attached = |name: &str| common::ifindex_in(node, name).is_some_and(|i| agent.tcx_attached(i));
     node.ip(&["link", "add", "lbpx", "type", "veth", "peer", "name", "lbqx"]).unwrap();
     wait_for("lbpx attached", Duration::from_secs(2), || attached("lbpx").then_some(()));
     node.ip(&["link", "del", "lbpx"]).unwrap();

@@ -150,6 +150,12 @@ impl Agent {
         fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Whether this agent has pinned the tcx ingress link of interface
+    /// `ifindex` (it attached its programs there).
+    pub fn tcx_attached(&self, ifindex: u32) -> bool {
+        self.pins.0.join("links").join(format!("tcx-in-{ifindex}")).exists()
+    }
+
     /// The maps, as `lb-agent list` reads them.
     pub fn maps(&self) -> Maps {
         wait_for("the agent to pin its maps", Duration::from_secs(10), || Maps::open(&self.pins.0).ok())
@@ -263,6 +269,12 @@ impl Drop for Agent {
         self.stop();
         let _ = fs::remove_file(&self.log);
     }
+}
+
+/// The ifindex of interface `name` in namespace `ns`, if it exists.
+pub fn ifindex_in(ns: &lb_lab::Netns, name: &str) -> Option<u32> {
+    let name = name.to_string();
+    ns.run(move || lb_agent::host::ifindex(&name)).ok()
 }
 
 /// Polls `f` until it returns `Some`, or panics after `timeout`.
