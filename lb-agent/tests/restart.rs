@@ -699,9 +699,15 @@ fn one_agent_per_directory_and_uninstall_leaves_nothing() {
     let out = Command::new(env!("CARGO_BIN_EXE_lb-agent")).args(["uninstall", "--bpffs"]).arg(&pins).output().unwrap();
     assert!(out.status.success(), "uninstall: {}", String::from_utf8_lossy(&out.stderr));
     assert!(!pins.exists(), "{} left behind", pins.display());
+    // The kernel frees a link and then its program after an RCU grace
+    // period (deferred work), so "gone" is waited for, not checked at once.
     for (name, link, prog) in &ids {
-        assert!(!bpftool_ok(&["link", "show", "id", &link.to_string()]), "link {name} ({link}) still exists");
-        assert!(!bpftool_ok(&["prog", "show", "id", &prog.to_string()]), "program of {name} ({prog}) still loaded");
+        wait_for(&format!("link {name} ({link}) to be freed"), Duration::from_secs(5), || {
+            (!bpftool_ok(&["link", "show", "id", &link.to_string()])).then_some(())
+        });
+        wait_for(&format!("the program of {name} ({prog}) to be freed"), Duration::from_secs(5), || {
+            (!bpftool_ok(&["prog", "show", "id", &prog.to_string()])).then_some(())
+        });
     }
     let left: Vec<_> = hooks(&n.lab.node(0).ns).into_iter().filter(|(_, p)| p.iter().any(|n| n.starts_with("lb_"))).collect();
     assert!(left.is_empty(), "still attached: {left:?}");
