@@ -712,7 +712,7 @@ pub fn markdown(r: &Report, plots: &[String]) -> String {
              conntrack's reply entry, both translations reversed, FIB, `XDP_TX` towards the client (routed through the other node; checked on the first packet), measured the same way.\n\
              - **Reply** (³): the backend's reply of the tc row's established flow (to the measured service; for IPv6, of the IPv6 row's), through `lb_tc_egress` as at the client's interface: \
              conntrack's reply entry, the reverse NAT of source address and port back to the frontend (checked on the first packet). The translated packet would find no flow \
-             on a second pass, so there is no ping-pong either: the mean of `repeat` = 1 runs (best round mean) less the tc path's repeat = 1 overhead.\n\
+             on a second pass, so there is no ping-pong either: the mean of `repeat` = 1 runs (best round mean) less the tc path's repeat = 1 overhead (the ping-pong packet's `repeat` = 1 mean less its `repeat` = N figure).\n\
              - **XDP NodePort paths over IPv6**: the same two, in the same run, on the IPv6 twins of the NodePort frontends at the node's IPv6 address \
              (`lb_xdp` tail-calls `lb_xdp6`; the remote backend's packets go on to `lb_xdp6_nat`, NAT66 to the node's IPv6 address in `LB6_NODE`, \
              checked on the first packet as IPv4's); their ratio to IPv4's is in the goals table.\n\
@@ -907,7 +907,13 @@ pub fn markdown(r: &Report, plots: &[String]) -> String {
              every {} µs whether both tcx hooks of the new interface carry a program; the figure ends at the first query that sees both. \
              The `ip` command's own time (fork, exec, netlink) is inside the figure and is shown on its own. The interface is deleted after each \
              sample and the next one starts 50 ms later. kube-proxy has no counterpart (its rules are not per interface); Cilium attaches its \
-             programs when the CNI plugin creates the endpoint.\n\n",
+             programs when the CNI plugin creates the endpoint.\n\n\
+             Where the time goes: the agent acts on the link event within about a millisecond, and the rest is the kernel's. Each tcx \
+             attachment (`BPF_LINK_CREATE`) waits for an RCU grace period before it returns (the new program list is published, then \
+             `synchronize_rcu`, under the rtnl lock), and an interface gets two (ingress and egress). The agent's debug log gives the two \
+             together as `attach_us` (\"attached on a link event\"): 29–34 ms on this 2-CPU VM, 0.26–0.34 ms with the kernel's \
+             `/sys/kernel/rcu_expedited` set to 1 (a host-wide setting, tried only to find the cause and not set by lb). Attaching both hooks \
+             from two threads gains nothing: the rtnl lock serialises them.\n\n",
             b.pods,
             crate::b7::POLL.as_micros()
         );
