@@ -86,6 +86,10 @@ impl Default for MapSizes {
 pub const TC_INGRESS_PROGRAM: &str = "lb_tc_ingress";
 /// Pod and external interfaces, egress: reverse translation of replies.
 pub const TC_EGRESS_PROGRAM: &str = "lb_tc_egress";
+/// External interfaces, ingress, with BPF host routing only: north-south
+/// packets `lb_xdp` DNATed to a backend on this node go straight into the
+/// backend's pod.
+pub const TC_EXT_INGRESS_PROGRAM: &str = "lb_tc_ext_ingress";
 /// The IPv6 tc programs, by `LB_TC_CALLS` slot: the attached tc programs
 /// tail-call them for IPv6 frames (see [`fill_tc_calls`]).
 pub const TC_CALL_PROGRAMS: [&str; tc_call::SLOTS as usize] = tc_call::PROGRAMS;
@@ -137,7 +141,9 @@ pub enum HostRouting {
     Legacy,
     /// Straight into the destination pod (`bpf_redirect_peer`), past the
     /// host stack and its netfilter: only where netfilter enforces
-    /// nothing for pod traffic (no iptables-based NetworkPolicy).
+    /// nothing for pod traffic (no iptables-based NetworkPolicy). North-south
+    /// traffic to a backend on this node too (`lb_tc_ext_ingress` on the
+    /// external interfaces), and its replies out towards the client.
     Bpf,
 }
 
@@ -230,6 +236,8 @@ pub struct Datapath {
     /// the agent. Detached when dropped.
     unpinned: Vec<FdLinkless>,
     cgroup_attached: bool,
+    /// BPF host routing: external interfaces get `lb_tc_ext_ingress`.
+    host_routing_bpf: bool,
 }
 
 /// An attachment aya holds for us (legacy tc or netlink XDP).
@@ -302,7 +310,7 @@ impl Datapath {
         loader.override_global(aya_log::LEVEL, &level, false);
         let mut ebpf = loader.load(object).context("loading the eBPF object (are you root, with bpffs and BTF available?)")?;
 
-        for name in [TC_INGRESS_PROGRAM, TC_EGRESS_PROGRAM].into_iter().chain(TC_CALL_PROGRAMS) {
+        for name in [TC_INGRESS_PROGRAM, TC_EGRESS_PROGRAM, TC_EXT_INGRESS_PROGRAM].into_iter().chain(TC_CALL_PROGRAMS) {
             let tc: &mut SchedClassifier = program(&mut ebpf, name)?.try_into()?;
             load_program(name, || tc.load())?;
         }
@@ -331,6 +339,7 @@ impl Datapath {
             externals: BTreeMap::new(),
             unpinned: Vec::new(),
             cgroup_attached: false,
+            host_routing_bpf: false,
         };
         if live {
             fill_tc_calls(&mut dp.ebpf)?;
@@ -479,6 +488,12 @@ impl Datapath {
         Ok(Attached::New)
     }
 
+    /// With BPF host routing the external interfaces attached from now on
+    /// get `lb_tc_ext_ingress` too (see [`Datapath::attach_xdp`]).
+    pub fn set_host_routing(&mut self, mode: HostRouting) {
+        self.host_routing_bpf = mode == HostRouting::Bpf;
+    }
+
     /// Attaches the north-south XDP program to `ifname` in the mode asked
     /// for, and the reverse translation (tc egress) there. `Auto` picks
     /// native XDP where the driver runs it well and generic otherwise (see
@@ -489,6 +504,11 @@ impl Datapath {
         }
         let ifindex = host::external_ifindex(ifname)?;
         self.attach_tc_hook(ifindex, ifname, false)?;
+        if self.host_routing_bpf {
+            // (Without host routing an earlier agent's link here is not
+            // adopted: `drop_unadopted` removes it.)
+            self.attach_tc_program(ifindex, ifname, true, TC_EXT_INGRESS_PROGRAM)?;
+        }
         let driver = host::driver_name(ifname).unwrap_or_default();
         // A link of an earlier agent in a mode this one would pick is
         // adopted (no gap); one in another mode is replaced (native and
@@ -640,12 +660,16 @@ impl Datapath {
         }
     }
 
+    /// `lb_tc_ingress` or `lb_tc_egress` (a pod interface's hooks, an
+    /// external interface's egress).
     fn attach_tc_hook(&mut self, ifindex: u32, ifname: &str, ingress: bool) -> anyhow::Result<Attached> {
-        let (name, at, attach_type) = if ingress {
-            (TC_INGRESS_PROGRAM, TcAttachType::Ingress, links::ATTACH_TCX_INGRESS)
-        } else {
-            (TC_EGRESS_PROGRAM, TcAttachType::Egress, links::ATTACH_TCX_EGRESS)
-        };
+        let name = if ingress { TC_INGRESS_PROGRAM } else { TC_EGRESS_PROGRAM };
+        self.attach_tc_program(ifindex, ifname, ingress, name)
+    }
+
+    fn attach_tc_program(&mut self, ifindex: u32, ifname: &str, ingress: bool, name: &'static str) -> anyhow::Result<Attached> {
+        let (at, attach_type) =
+            if ingress { (TcAttachType::Ingress, links::ATTACH_TCX_INGRESS) } else { (TcAttachType::Egress, links::ATTACH_TCX_EGRESS) };
         let ifname = ifname.to_string();
         self.attach_pinned(
             Pin::Tcx { ifindex, ingress },

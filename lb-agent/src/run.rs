@@ -156,6 +156,7 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> anyhow::
     let flags = ready.flags | cfg.host_routing.config_flags();
     reconciler.maps_mut().write_config(&Config { flags, maglev_m: cfg.maglev_m, timeouts: cfg.ct_timeouts, ..ready })?;
     info!(host_routing = %cfg.host_routing, "datapath configured");
+    dp.set_host_routing(cfg.host_routing);
     if cfg.socket_lb {
         let cgroup = match &cfg.cgroup {
             Some(c) => c.clone(),

@@ -313,7 +313,7 @@ fn run_north_south(kind: Kind, xdp_mode: XdpAttach, o: &B4Options) -> Result<Vec
     // Native XDP on a veth: frames it transmits (XDP_TX) reach the peer
     // only when the peer runs XDP too; the switch ports run XDP_PASS.
     let _switch = match (kind, xdp_mode) {
-        (Kind::Ours, XdpAttach::Native) => Some(switch_xdp_pass(&lab)?),
+        (k, XdpAttach::Native) if k.is_ours() => Some(switch_xdp_pass(&lab)?),
         _ => None,
     };
     let installed = dp::install_on(kind, &node.ns, &pod_ifaces, Some(&setup), &svcs, None)?.expect("no budget");
@@ -360,6 +360,11 @@ pub fn run(o: &B4Options) -> Result<Vec<B4Row>> {
     // lb once more with native XDP (the lab allows it with XDP on the
     // switch ports).
     rows.extend(run_north_south(Kind::Ours, XdpAttach::Native, o).context("B4 north-south, lb with native XDP")?);
+    // And with BPF host routing: to a pod of the node, past the host stack
+    // both ways (`lb_tc_ext_ingress`).
+    rows.extend(
+        run_north_south(Kind::OursHostRouting, XdpAttach::Native, o).context("B4 north-south, lb with native XDP and BPF host routing")?,
+    );
     // Grouped by path, datapaths in order within each.
     rows.sort_by_key(|r| (r.path, r.kind));
     Ok(rows)

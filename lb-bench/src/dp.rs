@@ -161,6 +161,10 @@ pub fn install_on<'a>(
                         xdp_mode: ns.xdp_mode,
                         ..NorthSouthConfig::default()
                     };
+                    if kind == Kind::OursHostRouting {
+                        // (`lb_tc_ext_ingress` on the external interface.)
+                        dp.set_host_routing(lb_agent::datapath::HostRouting::Bpf);
+                    }
                     (dp, rec) = node.run(move || -> Result<(Datapath, Reconciler)> {
                         NorthSouth::start(&cfg, &mut dp, &mut rec, Heartbeat::default())?;
                         Ok((dp, rec))

@@ -283,6 +283,7 @@ pub fn b3_table(b: &B3Result) -> String {
 fn b4_datapath(r: &B4Row) -> String {
     match (&r.xdp, r.kind) {
         (Some(mode), Kind::Ours) => format!("lb (XDP {mode})"),
+        (Some(mode), Kind::OursHostRouting) => format!("lb (XDP {mode}, BPF host routing)"),
         _ => r.kind.to_string(),
     }
 }
@@ -833,7 +834,9 @@ pub fn markdown(r: &Report, plots: &[String]) -> String {
              pod (passing it on to the kernel) and DNATs + SNATs towards node B (FIB lookup, transmitted back out of the interface). lb attaches its XDP \
              program in `auto` mode as the agent does, and once more with `--xdp-mode native` (the lab allows it: the switch's ports then run an XDP_PASS \
              program, since frames a native XDP program transmits on a veth reach only a peer running XDP); the mode that ran is in the datapath column \
-             (on veth `auto` picks generic XDP: native XDP there passes partial checksums on). TX checksum offload is off on the external links, so \
+             (on veth `auto` picks generic XDP: native XDP there passes partial checksums on), and a third time with native XDP and BPF host routing \
+             (`--host-routing bpf`: the locally DNATed packets go from the external interface's tc ingress straight into the pod, and its replies \
+             straight out; the remote path is the same XDP path). TX checksum offload is off on the external links, so \
              TCP there runs well below the pod-to-pod rows.\n\n",
             b4::SERVICES,
             o.seconds,

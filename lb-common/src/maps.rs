@@ -513,7 +513,19 @@ pub mod ct_entry_flags {
     /// its packets need no `LB4_VIPS` lookup while the entry's frontend
     /// and backend are installed (the entry's version check).
     pub const FROM_POD: u8 = 1 << 2;
+    /// A reply entry of a north-south flow whose packets from the client
+    /// went straight into the backend's pod (BPF host routing, by
+    /// `lb_tc_ext_ingress`): its replies may leave past the host stack
+    /// too. Sent through the stack, one direction alone, the host's
+    /// conntrack would see a SYN-ACK without its SYN (INVALID).
+    pub const HOST_ROUTED: u8 = 1 << 3;
 }
+
+/// The 4 bytes `lb_xdp` puts in an XDP frame's metadata (in front of the
+/// packet) when, with BPF host routing, it DNATed the packet to a backend
+/// on this node: `lb_tc_ext_ingress` on the same interface then redirects
+/// it into the backend's pod. Native byte order.
+pub const XDP_META_LOCAL_DNAT: u32 = 0x6c62_646e;
 
 /// One direction of a translated flow, in `LB4_CT_TCP` (TCP) or
 /// `LB4_CT_ANY` (everything else); over an address type `A` like
@@ -1096,13 +1108,18 @@ pub mod stat {
     /// (`LB6_NODE`) to NAT66 it to (DNAT alone would send the backend's
     /// replies straight to the client, from the wrong address).
     pub const PASS_NO_NAT66: u32 = 20;
+    /// BPF host routing: a backend's reply of a north-south flow whose
+    /// client packets went straight into the pod, translated back and sent
+    /// out of the interface towards its client (`bpf_redirect`), past the
+    /// host stack.
+    pub const REDIRECTED_OUT: u32 = 21;
 
     /// Slots in the map.
     pub const SLOTS: u32 = 32;
 
     /// Names for listings and metrics, by index. Stable: they are the
     /// `reason` of `lb-agent stats -o json` and of the metrics.
-    pub const NAMES: [&str; 21] = [
+    pub const NAMES: [&str; 22] = [
         "reject_no_backend",
         "drop_no_local_backend",
         "drop_source_range",
@@ -1124,11 +1141,12 @@ pub mod stat {
         "tail_call_failed",
         "redirected_peer",
         "pass_no_nat66",
+        "redirected_out",
     ];
 
     /// What each counter means, by index (for `lb-agent stats` and the
     /// README).
-    pub const HELP: [&str; 21] = [
+    pub const HELP: [&str; 22] = [
         "rejected (ICMP port unreachable, ECONNREFUSED): the frontend has no endpoint",
         "dropped: a Local traffic policy and no endpoint on this node",
         "dropped: the client is outside loadBalancerSourceRanges",
@@ -1150,6 +1168,7 @@ pub mod stat {
         "passed untranslated: an IPv6 packet whose tc or XDP program was missing from LB_TC_CALLS / LB_XDP_CALLS (tail call failed)",
         "redirected: a translated packet sent straight into a pod of this node, past the host stack (--host-routing bpf)",
         "passed untranslated: a new IPv6 north-south flow to a backend on another node, and no IPv6 SNAT address on this node",
+        "redirected: a north-south reply sent straight out towards its client, past the host stack (--host-routing bpf)",
     ];
 
     /// Whether counter `index` is a packet lb dropped or rejected.

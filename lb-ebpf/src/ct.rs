@@ -116,6 +116,21 @@ pub fn marked<A>(e: *mut CtEntryOf<A>, mark: u8) -> bool {
     unsafe { addr_of!((*e).flags).read_volatile() & mark != 0 }
 }
 
+/// Adds `mark` (`ct_entry_flags`) to the flags of the entry at `e`,
+/// written only when it is missing. Not atomic: a flag another CPU adds
+/// to the same entry at the same instant may be lost (see the module's
+/// note); the next packet that sets it sets it again.
+#[inline(always)]
+pub fn mark<A>(e: *mut CtEntryOf<A>, mark: u8) {
+    // SAFETY: as in `load`; one field, read and written in place.
+    unsafe {
+        let flags = addr_of!((*e).flags).read_volatile();
+        if flags & mark == 0 {
+            addr_of_mut!((*e).flags).write_volatile(flags | mark);
+        }
+    }
+}
+
 /// [`forward`] for the entry `found` by [`find_forward`] (`None`: no
 /// entry): the packet is recorded in it when it is usable.
 #[inline(always)]

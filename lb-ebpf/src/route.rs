@@ -19,6 +19,13 @@
 //!   redirected, so it skips the client interface's egress hook where the
 //!   stack path translates it.
 //!
+//! - north-south, a packet `lb_xdp` DNATed to a backend pod of this node
+//!   (marked in its XDP metadata), at the external interface's ingress
+//!   (`lb_tc_ext_ingress`: [`from_outside4`], [`from_outside6`]), its
+//!   flow's reply entry marked `HOST_ROUTED`; the replies of such a flow
+//!   are translated back at the backend's interface and sent out towards
+//!   the client ([`redirect_reply`]), never one direction alone.
+//!
 //! Whatever cannot be redirected (no neighbour entry yet, a next hop that
 //! is no pod interface: another node, the host, an external interface; a
 //! packet too big for the next hop's MTU, an expired TTL, a fragment of a
@@ -30,11 +37,11 @@ use core::mem::{MaybeUninit, align_of, size_of};
 
 use aya_ebpf::{
     bindings::{__sk_buff, BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_SHOT, TC_ACT_UNSPEC, bpf_fib_lookup as FibParams},
-    helpers::{bpf_fib_lookup, bpf_redirect_peer},
+    helpers::{bpf_fib_lookup, bpf_redirect, bpf_redirect_peer},
     programs::TcContext,
 };
 use lb_common::{
-    Addr6, CT_REPLY, NextHop, NextHopKey, V4, V6, csum,
+    Addr6, CT_REPLY, CtKeyOf, NextHop, NextHopKey, V4, V6, XDP_META_LOCAL_DNAT, csum, ct_entry_flags,
     packet::{ETH_HLEN, Fragment, eth, ip, ip6},
     stat,
 };
@@ -202,10 +209,11 @@ impl Routed for V6 {
 
 /// The FIB's next hop for a packet of `proto` from `sport` to `dport`,
 /// its addresses written into the parameters by `addrs` (with the
-/// family), that came in on the skb's interface, when it is a pod
-/// interface with a resolved neighbour; the parameters and the answer in
-/// `s` (this CPU's [`Scratch`]). The MTU is checked against the packet
-/// (`tot_len` 0: the skb's length, GSO segments included).
+/// family), that came in on the skb's interface, when the neighbour is
+/// resolved (whether it is a pod interface is the caller's to check:
+/// [`pod_iface`]); the parameters and the answer in `s` (this CPU's
+/// [`Scratch`]). The MTU is checked against the packet (`tot_len` 0: the
+/// skb's length, GSO segments included).
 ///
 /// The FIB's answers are kept as for XDP's forwarded packets
 /// (`LB_NEXTHOPS`, by destination and the interface the packet came in
@@ -213,7 +221,7 @@ impl Routed for V6 {
 /// packets that the MTU check sees whole: a GSO packet's segments are
 /// checked by the FIB alone.
 #[inline(always)]
-fn pod_next_hop<'a, F: Routed>(
+fn next_hop<'a, F: Routed>(
     ctx: &TcContext,
     s: &'a mut Scratch,
     proto: u8,
@@ -252,7 +260,19 @@ fn pod_next_hop<'a, F: Routed>(
             nexthop::remember_in(&s.hop, &mut s.kept);
         }
     }
-    pod_iface(p.ifindex).then_some(p)
+    Some(p)
+}
+
+/// [`next_hop`] when it is a pod interface of this node.
+#[inline(always)]
+fn pod_next_hop<'a, F: Routed>(
+    ctx: &TcContext,
+    s: &'a mut Scratch,
+    proto: u8,
+    ports: (u16, u16),
+    addrs: impl FnOnce(&mut FibParams) -> Option<()>,
+) -> Option<&'a FibParams> {
+    next_hop::<F>(ctx, s, proto, ports, addrs).filter(|p| pod_iface(p.ifindex))
 }
 
 /// Hands the packet to the pod behind `p.ifindex` (its MACs and TTL
@@ -262,6 +282,15 @@ fn into_pod(p: &FibParams) -> i32 {
     stats::count(stat::REDIRECTED_PEER);
     // SAFETY: the helper takes plain integers.
     unsafe { bpf_redirect_peer(p.ifindex, 0) as i32 }
+}
+
+/// Sends the packet out of `p.ifindex` (its MACs and TTL rewritten
+/// already, by [`hop`]), counted: a north-south reply towards its client.
+#[inline(always)]
+fn out_of(p: &FibParams) -> i32 {
+    stats::count(stat::REDIRECTED_OUT);
+    // SAFETY: the helper takes plain integers.
+    unsafe { bpf_redirect(p.ifindex, 0) as i32 }
 }
 
 /// BPF host routing's working memory, one per CPU (`LB_HR_SCRATCH`): the
@@ -336,6 +365,73 @@ pub fn redirect_translated6(skb: *mut __sk_buff, l4: u64) -> i32 {
         return NEXT;
     };
     into_pod_after_hop::<V6>(ctx, p)
+}
+
+/// Whether `lb_xdp` marked the packet as DNATed to a backend on this
+/// node (`XDP_META_LOCAL_DNAT` in the 4 bytes of metadata in front of
+/// it).
+#[inline(always)]
+pub fn xdp_local_dnat(ctx: &TcContext) -> bool {
+    // SAFETY: `skb` is the program's context; plain fields are read
+    // through the raw pointer.
+    let meta = unsafe { (*ctx.skb.skb).data_meta } as usize;
+    if meta + 4 > ctx.data() {
+        return false;
+    }
+    // SAFETY: `meta..meta + 4` lies inside the metadata, checked above
+    // against the start of the packet.
+    unsafe { (meta as *const u32).read_unaligned() == XDP_META_LOCAL_DNAT }
+}
+
+/// BPF host routing of a north-south packet that `lb_xdp` DNATed to a
+/// backend on this node ([`xdp_local_dnat`]), at the external interface's
+/// ingress (`lb_tc_ext_ingress`): into the backend's pod when the FIB's
+/// next hop is its interface, with the flow's reply entry marked
+/// `HOST_ROUTED`, so that the backend's replies leave past the host stack
+/// as well ([`redirect_reply`]): the host's conntrack then sees neither
+/// direction, never one alone. Else `NEXT`: the stack delivers it, as
+/// without host routing. Fragments all take the stack path (the caller
+/// leaves them): its defragmentation would wait for a first fragment sent
+/// past it.
+///
+/// The IPv4 flow comes as scalars (`addrs` = `saddr | daddr << 32`, `l4`
+/// = `proto | sport << 16 | dport << 32`), as [`redirect_translated`]'s:
+/// given a reference to the parsed flow, LLVM read a register that one
+/// path never wrote, and the verifier refused it (`R8 !read_ok`).
+#[inline(never)]
+pub fn from_outside4(skb: *mut __sk_buff, addrs: u64, l4: u64) -> i32 {
+    let ctx = &TcContext::new(skb);
+    let (saddr, daddr) = (addrs as u32, (addrs >> 32) as u32);
+    verdict(ctx, from_outside::<V4>(ctx, &saddr, &daddr, l4 as u8, ((l4 >> 16) as u16, (l4 >> 32) as u16)))
+}
+
+/// [`from_outside4`] for IPv6, of the flow parsed into this CPU's
+/// `LB6_SCRATCH` slot (`scratch::TC_INGRESS`); fragments are the caller's
+/// to leave alone.
+#[inline(always)]
+pub fn from_outside6(ctx: &TcContext, f: &Flow<V6>) -> Result<i32, Error> {
+    from_outside::<V6>(ctx, &f.saddr, &f.daddr, f.proto, (f.sport, f.dport))
+}
+
+#[inline(always)]
+fn from_outside<F: Routed>(ctx: &TcContext, saddr: &F::Addr, daddr: &F::Addr, proto: u8, ports: (u16, u16)) -> Result<i32, Error> {
+    let Some(s) = scratch() else {
+        return Ok(NEXT);
+    };
+    let Some(e) = ct::get::<F>(&CtKeyOf::new(*daddr, *saddr, ports.1, ports.0, proto, CT_REPLY)) else {
+        return Ok(NEXT);
+    };
+    let Some(p) = pod_next_hop::<F>(ctx, s, proto, ports, |p| {
+        F::fib_addrs(p, saddr, daddr, 0);
+        Some(())
+    }) else {
+        return Ok(NEXT);
+    };
+    if !F::hop(ctx, p)? {
+        return Ok(NEXT);
+    }
+    ct::mark(e, ct_entry_flags::HOST_ROUTED);
+    Ok(into_pod(p))
 }
 
 /// Into the pod behind `p` after [`Routed::hop`]; `NEXT` when the TTL
@@ -420,17 +516,26 @@ fn reply<F: Routed>(ctx: &TcContext, s: &mut Scratch, f: &Flow<F>) -> Result<i32
         return Ok(NEXT);
     };
     let entry = ct::load(e);
-    let Some(p) = pod_next_hop::<F>(ctx, s, f.proto, (entry.nat_sport, entry.nat_dport), |p| {
+    let Some(p) = next_hop::<F>(ctx, s, f.proto, (entry.nat_sport, entry.nat_dport), |p| {
         F::fib_addrs(p, &entry.nat_saddr, &entry.nat_daddr, 0);
         Some(())
     }) else {
         return Ok(NEXT);
     };
+    // Into a client pod of this node; or, for a north-south flow whose
+    // client packets came past the host stack, out towards the client.
+    let north_south = entry.flags & ct_entry_flags::HOST_ROUTED != 0;
+    if !north_south && !pod_iface(p.ifindex) {
+        return Ok(NEXT);
+    }
     // The TTL first: a packet that cannot be redirected leaves untouched.
     if !F::hop(ctx, p)? {
         return Ok(NEXT);
     }
     ct::seen(&key, e, f, now_ns());
     nat::translate(ctx, f, &entry)?;
-    Ok(into_pod(p))
+    // (The flag read again from the entry's copy: a flag of its own kept
+    // across the calls above took `redirect_reply`'s frame from 160 to 168
+    // bytes, and its chain with `lb_tc_ingress` past the verifier's 512.)
+    Ok(if entry.flags & ct_entry_flags::HOST_ROUTED != 0 { out_of(p) } else { into_pod(p) })
 }

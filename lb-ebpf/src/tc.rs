@@ -21,7 +21,10 @@
 //!   `route`), `lb_tc_ingress` (and IPv6's programs) also sends a
 //!   translated packet, and a backend's reply translated back at its own
 //!   interface, straight into a pod of this node (`bpf_redirect_peer`);
-//!   what cannot be redirected takes the path above.
+//!   what cannot be redirected takes the path above. `lb_tc_ext_ingress`,
+//!   on the external interfaces in that mode only, sends a north-south
+//!   packet `lb_xdp` DNATed to a pod of this node straight into it, and
+//!   that flow's replies then leave straight out (`route`).
 //! - `lb_tc_pass` lets everything through (a floor for measurements, and a
 //!   stand-in for a program another agent attaches after lb).
 //!
@@ -340,6 +343,42 @@ fn icmp6_error(skb: *mut __sk_buff, dir: u8) -> Result<i32, Error> {
 #[inline(never)]
 fn reject6(skb: *mut __sk_buff) -> Result<i32, Error> {
     icmp::tc_reject6(&TcContext::new(skb), now_ns()).ok_or(Error::Rewrite)
+}
+
+/// An external interface's ingress, attached with BPF host routing only
+/// (`lb-agent run --host-routing bpf`): a north-south packet that
+/// `lb_xdp` DNATed to a backend on this node goes straight into the
+/// backend's pod (`route::from_outside`); anything else (no mark in
+/// front of it: the cost of one comparison) passes.
+#[classifier]
+pub fn lb_tc_ext_ingress(ctx: TcContext) -> i32 {
+    if !route::xdp_local_dnat(&ctx) {
+        return NEXT;
+    }
+    verdict(&ctx, from_outside(&ctx))
+}
+
+#[inline(always)]
+fn from_outside(ctx: &TcContext) -> Result<i32, Error> {
+    if is_ipv6(ctx) {
+        let Some(s) = scratch::get(scratch::TC_INGRESS) else {
+            return Ok(NEXT);
+        };
+        pull(ctx, MAX_HEADERS6)?;
+        return match parse6(ctx, &mut s.flow)? {
+            Some(f) if f.frag == Fragment::No => route::from_outside6(ctx, f),
+            _ => Ok(NEXT),
+        };
+    }
+    pull(ctx, MAX_HEADERS)?;
+    match parse(ctx)? {
+        Packet::Flow(f) if f.frag == Fragment::No => {
+            let addrs = f.saddr as u64 | (f.daddr as u64) << 32;
+            let l4 = f.proto as u64 | (f.sport as u64) << 16 | (f.dport as u64) << 32;
+            Ok(route::from_outside4(ctx.skb.skb, addrs, l4))
+        }
+        _ => Ok(NEXT),
+    }
 }
 
 #[classifier]

@@ -16,7 +16,9 @@
 //!   is recorded. A backend on this node (or `externalTrafficPolicy:
 //!   Local`) gets the packet DNATed through the kernel (`XDP_PASS`), with
 //!   the client's address intact; the replies are translated back by the tc
-//!   program on this interface's egress. A backend on another node is
+//!   program on this interface's egress. (With BPF host routing the frame
+//!   is marked in its metadata for `lb_tc_ext_ingress`, which sends it
+//!   straight into the backend's pod; see `route`.) A backend on another node is
 //!   reached by also SNATing to this node's address and a port of the SNAT
 //!   range, and forwarding with `bpf_fib_lookup` (`XDP_TX` out of the same
 //!   interface, `XDP_REDIRECT` to another one). A packet too big for that
@@ -41,14 +43,14 @@ use core::{
 use aya_ebpf::{
     bindings::{BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibParams, xdp_action, xdp_md},
     btf_maps::lpm_trie::Key,
-    helpers::{bpf_fib_lookup, bpf_redirect},
+    helpers::{bpf_fib_lookup, bpf_redirect, bpf_xdp_adjust_meta},
     macros::xdp,
     programs::XdpContext,
 };
 use aya_log_ebpf::debug;
 use lb_common::{
     Addr6, CT_REPLY, CT_SERVICE, Config, CtEntry, IPPROTO_ICMP, IPPROTO_ICMPV6, NodeConfig, Service4Value, SrcRange4, SrcRange6, V4, V6,
-    Vip4, backend_flags, ct_entry_flags,
+    Vip4, XDP_META_LOCAL_DNAT, backend_flags, config_flags, ct_entry_flags,
     packet::{ETH_HLEN, ETH_P_IPV6, Fragment, IPV4_HLEN, IPV6_HLEN, eth, icmp, icmp6, ip, ip6, is_icmp6_error},
     stat, svc_flags, vip_flags, xdp_call, xdp_mode,
 };
@@ -58,7 +60,7 @@ use crate::{
     error::Error,
     family::{Ct, FamilyMaps},
     frag, icmp as icmp_out,
-    maps::{LB_DEVICES, LB_XDP_CALLS, LB4_SRC_RANGES, LB6_NODE, LB6_SERVICES, LB6_SRC_RANGES},
+    maps::{LB_CONFIG, LB_DEVICES, LB_XDP_CALLS, LB4_SRC_RANGES, LB6_NODE, LB6_SERVICES, LB6_SRC_RANGES},
     nat, nexthop,
     packet::read,
     parse::{Flow, IcmpError, Packet, icmp6_error_at, parse, parse6},
@@ -842,9 +844,36 @@ fn deliver_here<F: XdpFamily>(ctx: &XdpContext, f: &mut Flow<F>, entry: &Ct<F>, 
     if entry.nat_saddr == f.saddr {
         // A backend on this node: DNAT only, the kernel delivers.
         nat::translate(ctx, f, entry)?;
+        mark_local_dnat(ctx);
         return Ok(Some(PASS));
     }
     Ok(None)
+}
+
+/// With BPF host routing, tells `lb_tc_ext_ingress` on this interface that
+/// the frame was DNATed to a backend on this node: `XDP_META_LOCAL_DNAT`
+/// in 4 bytes of metadata in front of it. Without room for them (a driver
+/// with no metadata support) the frame goes through the host stack, as
+/// without host routing; so do its flow's replies (`HOST_ROUTED` is set
+/// by `lb_tc_ext_ingress` alone).
+#[inline(always)]
+fn mark_local_dnat(ctx: &XdpContext) {
+    // (The flags read in place: a copy of the configuration costs the
+    // tight IPv6 frames.)
+    if !LB_CONFIG.get(0).is_some_and(|c| c.flags & config_flags::HOST_ROUTING_BPF != 0) {
+        return;
+    }
+    // SAFETY: the helper takes the program's own context.
+    if unsafe { bpf_xdp_adjust_meta(ctx.ctx, -4) } != 0 {
+        return;
+    }
+    let (meta, data) = (ctx.metadata(), ctx.data());
+    if meta + 4 > data {
+        return;
+    }
+    // SAFETY: `meta..meta + 4` lies inside the metadata, checked above
+    // against the start of the packet.
+    unsafe { (meta as *mut u32).write_unaligned(XDP_META_LOCAL_DNAT) };
 }
 
 /// A new north-south flow, or the verdict for a packet that gets none.
