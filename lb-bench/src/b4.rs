@@ -360,11 +360,14 @@ pub fn run(o: &B4Options) -> Result<Vec<B4Row>> {
     // lb once more with native XDP (the lab allows it with XDP on the
     // switch ports).
     rows.extend(run_north_south(Kind::Ours, XdpAttach::Native, o).context("B4 north-south, lb with native XDP")?);
-    // And with BPF host routing: to a pod of the node, past the host stack
-    // both ways (`lb_tc_ext_ingress`).
-    rows.extend(
-        run_north_south(Kind::OursHostRouting, XdpAttach::Native, o).context("B4 north-south, lb with native XDP and BPF host routing")?,
-    );
+    // And with BPF host routing, both modes: to a pod of the node, past the
+    // host stack both ways (`lb_tc_ext_ingress`).
+    for mode in [XdpAttach::Auto, XdpAttach::Native] {
+        rows.extend(
+            run_north_south(Kind::OursHostRouting, mode, o)
+                .with_context(|| format!("B4 north-south, lb with XDP {mode} and BPF host routing"))?,
+        );
+    }
     // Grouped by path, datapaths in order within each.
     rows.sort_by_key(|r| (r.path, r.kind));
     Ok(rows)

@@ -834,7 +834,7 @@ pub fn markdown(r: &Report, plots: &[String]) -> String {
              pod (passing it on to the kernel) and DNATs + SNATs towards node B (FIB lookup, transmitted back out of the interface). lb attaches its XDP \
              program in `auto` mode as the agent does, and once more with `--xdp-mode native` (the lab allows it: the switch's ports then run an XDP_PASS \
              program, since frames a native XDP program transmits on a veth reach only a peer running XDP); the mode that ran is in the datapath column \
-             (on veth `auto` picks generic XDP: native XDP there passes partial checksums on), and a third time with native XDP and BPF host routing \
+             (on veth `auto` picks generic XDP: native XDP there passes partial checksums on), and in both modes again with BPF host routing \
              (`--host-routing bpf`: the locally DNATed packets go from the external interface's tc ingress straight into the pod, and its replies \
              straight out; the remote path is the same XDP path). TX checksum offload is off on the external links, so \
              TCP there runs well below the pod-to-pod rows.\n\n",
