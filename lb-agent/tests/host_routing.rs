@@ -388,7 +388,8 @@ spec:
 /// count both (the test's own check that they would see the stack path).
 /// Without `lb_tc_ext_ingress` on the external interface (the agent
 /// changed to leave it out) the bpf run fails with (60, 60): the replies
-/// then take the stack path as well.
+/// then take the stack path as well. An agent started again in legacy
+/// mode on the same pins removes `lb_tc_ext_ingress`.
 fn north_south(family: u8) {
     for mode in ["legacy", "bpf"] {
         let lab = ClusterLab::new(&[&["web"]]).unwrap();
@@ -442,6 +443,24 @@ fn north_south(family: u8) {
             // Ten UDP queries alone are 10 packets each way (the TCP
             // flows add some 3 or 4 each way).
             assert!(into_pod >= 10 + 10 * 3 && out >= 10 + 10 * 3, "redirected into the pod {into_pod}, out {out}\n{}", agent.log_text());
+            // Started again in legacy mode on the same pins, the agent
+            // removes `lb_tc_ext_ingress` from the external interface (an
+            // earlier agent's link it does not adopt), and the stack path
+            // serves.
+            let ext = ifindex_in(&node.ns, lb_lab::EXT_IF).unwrap();
+            let ext_ingress = || node.ns.run(move || lb_agent::links::query_tcx(ext, true).unwrap_or_default());
+            assert_eq!(ext_ingress().len(), 1, "lb_tc_ext_ingress on {}", lb_lab::EXT_IF);
+            drop(requests);
+            let pins = agent.stop_keeping_pins(libc::SIGTERM);
+            let legacy = ["--external-ifaces", lb_lab::EXT_IF, "--node-name", &node.name, "--health-addr", "off"];
+            let agent = Agent::start_with(&node.ns, &dir.0, pins, &legacy);
+            agent.wait_rows("the NodePorts", |rows| served.iter().all(|f| rows.iter().any(|r| &r.frontend == f && r.backends.len() == 1)));
+            wait_for("lb_tc_ext_ingress to be removed", Duration::from_secs(10), || ext_ingress().is_empty().then_some(()));
+            counters.reset();
+            let tag = tcp_request_to(&lab.client, http, b"hello\n", timeout)
+                .unwrap_or_else(|e| panic!("legacy again: {e:#}\n{}", agent.log_text()));
+            assert_eq!(tag, "web");
+            assert!(counters.read().0 > 0, "legacy again: the host stack routes");
         }
     }
 }
