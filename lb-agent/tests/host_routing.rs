@@ -11,7 +11,7 @@
 //! same address) is reached at once. IPv6 ClusterIPs are routed the same
 //! way, and so is north-south traffic to a NodePort served by a pod of
 //! the node (both families; the replies go straight out of the external
-//! interface).
+//! interface, and path MTU discovery works with an INVALID drop rule).
 
 mod common;
 
@@ -20,7 +20,7 @@ use std::{
     time::Duration,
 };
 
-use common::{Agent, ManifestDir, PinDir, cli, dual_stack_yaml, ifindex_in, kernel_tests_enabled, wait_for};
+use common::{Agent, ManifestDir, PinDir, bulk_server, cli, dual_stack_yaml, ifindex_in, kernel_tests_enabled, wait_for};
 use lb_common::stat;
 use lb_lab::{
     CLIENT_IP, CLIENT_IP6, ClusterLab, Netns, NodeLab, Server, cluster_pod_ip6, node_ip, node_ip6, tcp_request, tcp_request_to, tcp_server,
@@ -450,7 +450,6 @@ fn north_south(family: u8) {
             let ext = ifindex_in(&node.ns, lb_lab::EXT_IF).unwrap();
             let ext_ingress = || node.ns.run(move || lb_agent::links::query_tcx(ext, true).unwrap_or_default());
             assert_eq!(ext_ingress().len(), 1, "lb_tc_ext_ingress on {}", lb_lab::EXT_IF);
-            drop(requests);
             let pins = agent.stop_keeping_pins(libc::SIGTERM);
             let legacy = ["--external-ifaces", lb_lab::EXT_IF, "--node-name", &node.name, "--health-addr", "off"];
             let agent = Agent::start_with(&node.ns, &dir.0, pins, &legacy);
@@ -479,4 +478,74 @@ fn bpf_host_routing_delivers_ipv6_nodeport_traffic_to_a_pod_of_the_node_past_the
         return;
     }
     north_south(6);
+}
+
+/// Path MTU discovery through a host-routed NodePort: the client sits
+/// behind a router whose link towards it has MTU 1400, the node's forward
+/// chain drops `ct state invalid` (as CNIs and node firewalls do), and a
+/// pod of the node sends 300 kB through the NodePort with BPF host
+/// routing. The router's "fragmentation needed" about the pod's replies
+/// reaches the pod past the host stack (`lb_xdp` translates it and marks
+/// it, `lb_tc_ext_ingress` sends it in): through the stack it would be
+/// INVALID, the host's conntrack never having seen the flow, and the
+/// download would stall. (On the object before that change it did: the
+/// read timed out.)
+#[test]
+fn path_mtu_discovery_works_through_a_host_routed_nodeport() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let opts = lb_lab::ClusterOptions { client_router_mtu: Some(1400), ..Default::default() };
+    let lab = ClusterLab::with_options(&[&["web"]], opts).unwrap();
+    let node = lab.node(0);
+    let web = node.pod("web");
+    let (stop, server) = bulk_server(&web.ns, SocketAddrV4::new(web.ip, 8080), 300_000);
+    let dir = ManifestDir::new("hr-pmtu");
+    dir.write("web.yaml", &nodeport_yaml((web.ip, cluster_pod_ip6(0, 0)), &node.name));
+    nft(
+        &node.ns,
+        &["-f", "-"],
+        Some(
+            "table inet lbinvalid {\nchain forward {\ntype filter hook forward priority 0; policy accept;\nct state invalid counter drop\n}\n}\n",
+        ),
+    );
+    let args = ["--external-ifaces", lb_lab::EXT_IF, "--node-name", &node.name, "--health-addr", "off", "--host-routing", "bpf"];
+    let agent = Agent::start_with(&node.ns, &dir.0, PinDir::new("hr-pmtu"), &args);
+    let http = SocketAddrV4::new(node_ip(0), 30080);
+    agent.wait_rows("the NodePort", |rows| rows.iter().any(|r| r.frontend == format!("{http}/TCP") && r.backends.len() == 1));
+    // The node's neighbours towards the pod and the client's router, so
+    // that the flow's first packets are redirected too: through the stack
+    // they would give the host's conntrack an entry, and the error would
+    // be RELATED to it.
+    for to in [web.ip, lb_lab::ROUTED_CLIENT_IP] {
+        node.ns
+            .run(move || -> std::io::Result<()> {
+                let s = std::net::UdpSocket::bind("0.0.0.0:0")?;
+                s.send_to(b"hello", (to, 9))?;
+                Ok(())
+            })
+            .unwrap();
+    }
+    wait_for("the node's neighbour entries", Duration::from_secs(5), || {
+        let neigh = node.ns.ip_output(&["neigh", "show"]).ok()?;
+        let resolved = |ip: &str| neigh.lines().any(|l| l.contains(ip) && (l.contains("REACHABLE") || l.contains("STALE")));
+        (resolved(&format!("{} ", web.ip)) && resolved(&format!("{} ", lb_lab::ROUTER_IP))).then_some(())
+    });
+    let got = lab
+        .client
+        .run(move || -> std::io::Result<usize> {
+            let mut s = std::net::TcpStream::connect_timeout(&http.into(), Duration::from_secs(3))?;
+            s.set_read_timeout(Some(Duration::from_secs(10)))?;
+            let mut buf = Vec::new();
+            std::io::Read::read_to_end(&mut s, &mut buf)?;
+            Ok(buf.len())
+        })
+        .unwrap_or_else(|e| panic!("download through the NodePort: {e}\n{}", agent.log_text()));
+    assert_eq!(got, 300_000, "the whole download");
+    let stat = |i| agent.maps().stat(i).unwrap();
+    assert!(stat(stat::ICMP_TRANSLATED) >= 1, "the router's errors were translated");
+    // (Counted per skb: the pod's TCP sends GSO packets of many segments.)
+    assert!(stat(stat::REDIRECTED_OUT) >= 5, "the download went out past the host stack: {}", stat(stat::REDIRECTED_OUT));
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    server.join().unwrap();
 }

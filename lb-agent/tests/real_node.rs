@@ -22,7 +22,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Agent, ManifestDir, PinDir, kernel_tests_enabled, service_yaml};
+use common::{Agent, ManifestDir, PinDir, bulk_server, kernel_tests_enabled, service_yaml};
 use lb_common::stat;
 use lb_lab::{
     ClusterLab, ClusterOptions, NODE_IP, NodeLab, Overlay, Server, is_connection_refused, node_ip, tcp_request, tcp_request_with,
@@ -415,33 +415,6 @@ fn a_clusterip_reaches_a_backend_on_another_node_with_xdp_off() {
         let tag = tcp_request(&lab.node(0).pod("cli-a").ns, vip(80)).unwrap_or_else(|e| panic!("request {i}: {e:#}\n{}", agent.log_text()));
         assert_eq!(tag, "web-b");
     }
-}
-
-/// A TCP server that sends `len` bytes to every connection and closes.
-fn bulk_server(ns: &lb_lab::Netns, addr: SocketAddrV4, len: usize) -> (Arc<AtomicBool>, thread::JoinHandle<()>) {
-    let stop = Arc::new(AtomicBool::new(false));
-    let stop2 = stop.clone();
-    let h = ns
-        .spawn_thread("bulk", move || {
-            let l = TcpListener::bind(addr).unwrap();
-            l.set_nonblocking(true).unwrap();
-            let data = vec![b'z'; len];
-            while !stop2.load(Ordering::SeqCst) {
-                match l.accept() {
-                    Ok((mut s, _)) => {
-                        s.set_nonblocking(false).unwrap();
-                        s.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
-                        let _ = s.write_all(&data);
-                        let _ = s.shutdown(Shutdown::Write);
-                        let mut rest = Vec::new();
-                        let _ = s.read_to_end(&mut rest);
-                    }
-                    Err(_) => thread::sleep(Duration::from_millis(20)),
-                }
-            }
-        })
-        .unwrap();
-    (stop, h)
 }
 
 fn nodeport_yaml(name: &str, port: u16, ip: std::net::Ipv4Addr, node: &str, cluster_ip: &str) -> String {

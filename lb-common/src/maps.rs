@@ -513,11 +513,13 @@ pub mod ct_entry_flags {
     /// its packets need no `LB4_VIPS` lookup while the entry's frontend
     /// and backend are installed (the entry's version check).
     pub const FROM_POD: u8 = 1 << 2;
-    /// A reply entry of a north-south flow whose packets from the client
+    /// Both entries of a north-south flow whose packets from the client
     /// went straight into the backend's pod (BPF host routing, by
     /// `lb_tc_ext_ingress`): its replies may leave past the host stack
-    /// too. Sent through the stack, one direction alone, the host's
-    /// conntrack would see a SYN-ACK without its SYN (INVALID).
+    /// too (the reply entry's mark), and so may ICMP errors about them
+    /// come in (the forward entry's). Sent through the stack, one
+    /// direction alone, the host's conntrack would see a SYN-ACK without
+    /// its SYN, or an error related to no flow it knows (INVALID).
     pub const HOST_ROUTED: u8 = 1 << 3;
 }
 
@@ -526,6 +528,9 @@ pub mod ct_entry_flags {
 /// on this node: `lb_tc_ext_ingress` on the same interface then redirects
 /// it into the backend's pod. Native byte order.
 pub const XDP_META_LOCAL_DNAT: u32 = 0x6c62_646e;
+/// The same for an ICMP error `lb_xdp` translated towards a backend on
+/// this node, about a flow whose forward entry is `HOST_ROUTED`.
+pub const XDP_META_LOCAL_ICMP: u32 = 0x6c62_6963;
 
 /// One direction of a translated flow, in `LB4_CT_TCP` (TCP) or
 /// `LB4_CT_ANY` (everything else); over an address type `A` like

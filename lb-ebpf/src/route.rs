@@ -22,9 +22,10 @@
 //! - north-south, a packet `lb_xdp` DNATed to a backend pod of this node
 //!   (marked in its XDP metadata), at the external interface's ingress
 //!   (`lb_tc_ext_ingress`: [`from_outside4`], [`from_outside6`]), its
-//!   flow's reply entry marked `HOST_ROUTED`; the replies of such a flow
-//!   are translated back at the backend's interface and sent out towards
-//!   the client ([`redirect_reply`]), never one direction alone.
+//!   flow's entries marked `HOST_ROUTED`; the replies of such a flow are
+//!   translated back at the backend's interface and sent out towards the
+//!   client ([`redirect_reply`]), never one direction alone, and ICMP
+//!   errors about them come in the same way ([`icmp_error_from_outside`]).
 //!
 //! Whatever cannot be redirected (no neighbour entry yet, a next hop that
 //! is no pod interface: another node, the host, an external interface; a
@@ -41,8 +42,8 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use lb_common::{
-    Addr6, CT_REPLY, CtKeyOf, NextHop, NextHopKey, V4, V6, XDP_META_LOCAL_DNAT, csum, ct_entry_flags,
-    packet::{ETH_HLEN, Fragment, eth, ip, ip6},
+    Addr6, CT_REPLY, CtKeyOf, IPPROTO_ICMP, IPPROTO_ICMPV6, NextHop, NextHopKey, V4, V6, csum, ct_entry_flags,
+    packet::{ETH_HLEN, ETH_P_IPV6, Fragment, eth, ip, ip6},
     stat,
 };
 
@@ -367,24 +368,25 @@ pub fn redirect_translated6(skb: *mut __sk_buff, l4: u64) -> i32 {
     into_pod_after_hop::<V6>(ctx, p)
 }
 
-/// Whether `lb_xdp` marked the packet as DNATed to a backend on this
-/// node (`XDP_META_LOCAL_DNAT` in the 4 bytes of metadata in front of
-/// it).
+/// How `lb_xdp` marked the packet, in the 4 bytes of metadata in front of
+/// it: `XDP_META_LOCAL_DNAT` (DNATed to a backend on this node),
+/// `XDP_META_LOCAL_ICMP` (an ICMP error translated towards one); 0 when
+/// it did not.
 #[inline(always)]
-pub fn xdp_local_dnat(ctx: &TcContext) -> bool {
+pub fn xdp_mark(ctx: &TcContext) -> u32 {
     // SAFETY: `skb` is the program's context; plain fields are read
     // through the raw pointer.
     let meta = unsafe { (*ctx.skb.skb).data_meta } as usize;
     if meta + 4 > ctx.data() {
-        return false;
+        return 0;
     }
     // SAFETY: `meta..meta + 4` lies inside the metadata, checked above
     // against the start of the packet.
-    unsafe { (meta as *const u32).read_unaligned() == XDP_META_LOCAL_DNAT }
+    unsafe { (meta as *const u32).read_unaligned() }
 }
 
 /// BPF host routing of a north-south packet that `lb_xdp` DNATed to a
-/// backend on this node ([`xdp_local_dnat`]), at the external interface's
+/// backend on this node ([`xdp_mark`]), at the external interface's
 /// ingress (`lb_tc_ext_ingress`): into the backend's pod when the FIB's
 /// next hop is its interface, with the flow's reply entry marked
 /// `HOST_ROUTED`, so that the backend's replies leave past the host stack
@@ -418,20 +420,75 @@ fn from_outside<F: Routed>(ctx: &TcContext, saddr: &F::Addr, daddr: &F::Addr, pr
     let Some(s) = scratch() else {
         return Ok(NEXT);
     };
-    let Some(e) = ct::get::<F>(&CtKeyOf::new(*daddr, *saddr, ports.1, ports.0, proto, CT_REPLY)) else {
+    let key = CtKeyOf::new(*daddr, *saddr, ports.1, ports.0, proto, CT_REPLY);
+    let Some(e) = ct::get::<F>(&key) else {
         return Ok(NEXT);
     };
+    let Some(p) = hop_into_pod::<F>(ctx, s, saddr, daddr, proto, ports)? else {
+        return Ok(NEXT);
+    };
+    if !ct::marked(e, ct_entry_flags::HOST_ROUTED) {
+        ct::mark(e, ct_entry_flags::HOST_ROUTED);
+        // The forward entry too (once per flow): `lb_xdp` finds an ICMP
+        // error about the flow by it.
+        if let Some(t) = ct::get::<F>(&ct::load(e).twin_key(&key)) {
+            ct::mark(t, ct_entry_flags::HOST_ROUTED);
+        }
+    }
+    Ok(into_pod(p))
+}
+
+/// An ICMP error `lb_xdp` translated towards a backend on this node about
+/// a host-routed flow (`XDP_META_LOCAL_ICMP`), at the external
+/// interface's ingress: into the backend's pod as the flow's packets go
+/// ([`from_outside4`]); through the stack the host's conntrack, which
+/// never saw the flow, would call it INVALID. Else `NEXT`.
+#[inline(never)]
+pub fn icmp_error_from_outside(skb: *mut __sk_buff) -> i32 {
+    let ctx = &TcContext::new(skb);
+    let Some(s) = scratch() else {
+        return NEXT;
+    };
+    let result = if read::<TcContext, u16>(ctx, eth::ETHERTYPE.start) == Some(ETH_P_IPV6.to_be()) {
+        let addrs: Option<(Addr6, Addr6)> = (|| Some((read(ctx, ETH_HLEN + ip6::SADDR.start)?, read(ctx, ETH_HLEN + ip6::DADDR.start)?)))();
+        match addrs {
+            Some((saddr, daddr)) => hop_into_pod::<V6>(ctx, s, &saddr, &daddr, IPPROTO_ICMPV6, (0, 0)),
+            None => return NEXT,
+        }
+    } else {
+        let addrs: Option<(u32, u32)> = (|| Some((read(ctx, ETH_HLEN + ip::SADDR.start)?, read(ctx, ETH_HLEN + ip::DADDR.start)?)))();
+        match addrs {
+            Some((saddr, daddr)) => hop_into_pod::<V4>(ctx, s, &saddr, &daddr, IPPROTO_ICMP, (0, 0)),
+            None => return NEXT,
+        }
+    };
+    match result {
+        Ok(Some(p)) => into_pod(p),
+        Ok(None) => NEXT,
+        Err(e) => verdict(ctx, Err(e)),
+    }
+}
+
+/// The next hop of a packet from outside (`saddr` -> `daddr`, `proto`,
+/// `ports`) when it is a pod interface of this node, with the packet's
+/// TTL (hop limit) and MACs rewritten for it; `None` (the packet left as
+/// it was) when not, or when the TTL has expired.
+#[inline(always)]
+fn hop_into_pod<'a, F: Routed>(
+    ctx: &TcContext,
+    s: &'a mut Scratch,
+    saddr: &F::Addr,
+    daddr: &F::Addr,
+    proto: u8,
+    ports: (u16, u16),
+) -> Result<Option<&'a FibParams>, Error> {
     let Some(p) = pod_next_hop::<F>(ctx, s, proto, ports, |p| {
         F::fib_addrs(p, saddr, daddr, 0);
         Some(())
     }) else {
-        return Ok(NEXT);
+        return Ok(None);
     };
-    if !F::hop(ctx, p)? {
-        return Ok(NEXT);
-    }
-    ct::mark(e, ct_entry_flags::HOST_ROUTED);
-    Ok(into_pod(p))
+    Ok(F::hop(ctx, p)?.then_some(p))
 }
 
 /// Into the pod behind `p` after [`Routed::hop`]; `NEXT` when the TTL

@@ -53,7 +53,7 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use lb_common::{
-    CT_SERVICE, Config, IPPROTO_ICMPV6, V4, V6, Vip4, config_flags, ct_entry_flags,
+    CT_SERVICE, Config, IPPROTO_ICMPV6, V4, V6, Vip4, XDP_META_LOCAL_DNAT, XDP_META_LOCAL_ICMP, config_flags, ct_entry_flags,
     packet::{ETH_HLEN, ETH_P_IPV6, FRAG6_HLEN, Fragment, ICMP_HLEN, IPV4_HLEN, IPV6_HLEN, TCP_HLEN, eth, ip6, swapped_macs},
     stat, svc_flags, tc_call, vip_flags,
 };
@@ -348,14 +348,17 @@ fn reject6(skb: *mut __sk_buff) -> Result<i32, Error> {
 /// An external interface's ingress, attached with BPF host routing only
 /// (`lb-agent run --host-routing bpf`): a north-south packet that
 /// `lb_xdp` DNATed to a backend on this node goes straight into the
-/// backend's pod (`route::from_outside`); anything else (no mark in
+/// backend's pod (`route::from_outside4`, `route::from_outside6`), and
+/// so does an ICMP error about such a flow; anything else (no mark in
 /// front of it: the cost of one comparison) passes.
 #[classifier]
 pub fn lb_tc_ext_ingress(ctx: TcContext) -> i32 {
-    if !route::xdp_local_dnat(&ctx) {
-        return NEXT;
+    match route::xdp_mark(&ctx) {
+        XDP_META_LOCAL_DNAT => verdict(&ctx, from_outside(&ctx)),
+        // An ICMP error about such a flow (`route::icmp_error_from_outside`).
+        XDP_META_LOCAL_ICMP => route::icmp_error_from_outside(ctx.skb.skb),
+        _ => NEXT,
     }
-    verdict(&ctx, from_outside(&ctx))
 }
 
 #[inline(always)]

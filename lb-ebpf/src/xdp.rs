@@ -50,7 +50,7 @@ use aya_ebpf::{
 use aya_log_ebpf::debug;
 use lb_common::{
     Addr6, CT_REPLY, CT_SERVICE, Config, CtEntry, IPPROTO_ICMP, IPPROTO_ICMPV6, NodeConfig, Service4Value, SrcRange4, SrcRange6, V4, V6,
-    Vip4, XDP_META_LOCAL_DNAT, backend_flags, config_flags, ct_entry_flags,
+    Vip4, XDP_META_LOCAL_DNAT, XDP_META_LOCAL_ICMP, backend_flags, config_flags, ct_entry_flags,
     packet::{ETH_HLEN, ETH_P_IPV6, Fragment, IPV4_HLEN, IPV6_HLEN, eth, icmp, icmp6, ip, ip6, is_icmp6_error},
     stat, svc_flags, vip_flags, xdp_call, xdp_mode,
 };
@@ -726,6 +726,11 @@ fn xdp6_icmp_error_translate(ctx: *mut xdp_md, dir: u32) -> u32 {
     let dir = dir as u8;
     match nat::translate_icmp_error(ctx, err, dir) {
         Ok(Some(entry)) if !(dir == CT_SERVICE && entry.nat_saddr == err.quoted.daddr) => ROUTE,
+        // To a backend on this node, as IPv4's (`icmp_error`).
+        Ok(Some(entry)) if entry.flags & ct_entry_flags::HOST_ROUTED != 0 => {
+            mark_for_tc(ctx, XDP_META_LOCAL_ICMP);
+            PASS
+        }
         Ok(_) => PASS,
         Err(e) => verdict6(Err(e)),
     }
@@ -844,20 +849,21 @@ fn deliver_here<F: XdpFamily>(ctx: &XdpContext, f: &mut Flow<F>, entry: &Ct<F>, 
     if entry.nat_saddr == f.saddr {
         // A backend on this node: DNAT only, the kernel delivers.
         nat::translate(ctx, f, entry)?;
-        mark_local_dnat(ctx);
+        mark_for_tc(ctx, XDP_META_LOCAL_DNAT);
         return Ok(Some(PASS));
     }
     Ok(None)
 }
 
 /// With BPF host routing, tells `lb_tc_ext_ingress` on this interface that
-/// the frame was DNATed to a backend on this node: `XDP_META_LOCAL_DNAT`
-/// in 4 bytes of metadata in front of it. Without room for them (a driver
-/// with no metadata support) the frame goes through the host stack, as
-/// without host routing; so do its flow's replies (`HOST_ROUTED` is set
-/// by `lb_tc_ext_ingress` alone).
+/// the frame was translated towards a backend on this node: `mark`
+/// (`XDP_META_LOCAL_DNAT`, `XDP_META_LOCAL_ICMP`) in 4 bytes of metadata
+/// in front of it. Without room for them (a driver with no metadata
+/// support) the frame goes through the host stack, as without host
+/// routing; so do its flow's replies (`HOST_ROUTED` is set by
+/// `lb_tc_ext_ingress` alone).
 #[inline(always)]
-fn mark_local_dnat(ctx: &XdpContext) {
+fn mark_for_tc(ctx: &XdpContext, mark: u32) {
     // (The flags read in place: a copy of the configuration costs the
     // tight IPv6 frames.)
     if !LB_CONFIG.get(0).is_some_and(|c| c.flags & config_flags::HOST_ROUTING_BPF != 0) {
@@ -873,7 +879,7 @@ fn mark_local_dnat(ctx: &XdpContext) {
     }
     // SAFETY: `meta..meta + 4` lies inside the metadata, checked above
     // against the start of the packet.
-    unsafe { (meta as *mut u32).write_unaligned(XDP_META_LOCAL_DNAT) };
+    unsafe { (meta as *mut u32).write_unaligned(mark) };
 }
 
 /// A new north-south flow, or the verdict for a packet that gets none.
@@ -1064,8 +1070,12 @@ fn icmp_error(ctx: &XdpContext, err: &IcmpError) -> Result<u32, Error> {
         return Ok(PASS);
     };
     // To a backend on this node (the flow is not SNATed: its source is
-    // still the client the error is about): the kernel delivers it.
+    // still the client the error is about): the kernel delivers it, or,
+    // for a flow host-routed past the kernel, `lb_tc_ext_ingress`.
     if dir == CT_SERVICE && entry.nat_saddr == err.quoted.daddr {
+        if entry.flags & ct_entry_flags::HOST_ROUTED != 0 {
+            mark_for_tc(ctx, XDP_META_LOCAL_ICMP);
+        }
         return Ok(PASS);
     }
     let mut params = MaybeUninit::uninit();

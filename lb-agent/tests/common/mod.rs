@@ -7,7 +7,8 @@ pub mod v6;
 
 use std::{
     fs,
-    net::{SocketAddrV4, TcpListener},
+    io::{Read, Write},
+    net::{Shutdown, SocketAddrV4, TcpListener},
     path::{Path, PathBuf},
     process::Stdio,
     sync::{
@@ -712,4 +713,31 @@ impl Drop for WhoAmI {
     fn drop(&mut self) {
         self.0.store(true, Ordering::Relaxed);
     }
+}
+
+/// A TCP server that sends `len` bytes to every connection and closes.
+pub fn bulk_server(ns: &lb_lab::Netns, addr: SocketAddrV4, len: usize) -> (Arc<AtomicBool>, std::thread::JoinHandle<()>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let h = ns
+        .spawn_thread("bulk", move || {
+            let l = TcpListener::bind(addr).unwrap();
+            l.set_nonblocking(true).unwrap();
+            let data = vec![b'z'; len];
+            while !stop2.load(Ordering::SeqCst) {
+                match l.accept() {
+                    Ok((mut s, _)) => {
+                        s.set_nonblocking(false).unwrap();
+                        s.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+                        let _ = s.write_all(&data);
+                        let _ = s.shutdown(Shutdown::Write);
+                        let mut rest = Vec::new();
+                        let _ = s.read_to_end(&mut rest);
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+        })
+        .unwrap();
+    (stop, h)
 }
