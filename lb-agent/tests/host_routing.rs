@@ -20,7 +20,9 @@ use std::{
     time::Duration,
 };
 
-use common::{Agent, ManifestDir, PinDir, bulk_server, cli, dual_stack_yaml, ifindex_in, kernel_tests_enabled, wait_for};
+use common::{
+    Agent, ManifestDir, PinDir, bulk_server, cli, dual_stack_nodeport_yaml, dual_stack_yaml, ifindex_in, kernel_tests_enabled, wait_for,
+};
 use lb_common::stat;
 use lb_lab::{
     CLIENT_IP, CLIENT_IP6, ClusterLab, Netns, NodeLab, Server, cluster_pod_ip6, node_ip, node_ip6, tcp_request, tcp_request_to, tcp_server,
@@ -342,40 +344,7 @@ fn bpf_host_routing_delivers_ipv6_clusterip_traffic_past_the_host_stack() {
 /// UDP 53 -> 5353 (NodePort 30053), served by `pod` (IPv4 and IPv6
 /// addresses) on node `node`.
 fn nodeport_yaml(pod: (Ipv4Addr, Ipv6Addr), node: &str) -> String {
-    let slice = |family: &str, ip: String| {
-        format!(
-            r#"---
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {{name: web-{family}, namespace: default, labels: {{kubernetes.io/service-name: web}}}}
-addressType: {family}
-ports:
-- {{name: http, port: 8080, protocol: TCP}}
-- {{name: dns, port: 5353, protocol: UDP}}
-endpoints:
-- addresses: ["{ip}"]
-  nodeName: {node}
-  conditions: {{ready: true}}
-"#
-        )
-    };
-    format!(
-        r#"apiVersion: v1
-kind: Service
-metadata: {{name: web, namespace: default}}
-spec:
-  type: NodePort
-  clusterIP: {VIP}
-  clusterIPs: [{VIP}, "fd00:96::14"]
-  ipFamilies: [IPv4, IPv6]
-  ipFamilyPolicy: RequireDualStack
-  ports:
-  - {{name: http, port: 80, protocol: TCP, targetPort: 8080, nodePort: 30080}}
-  - {{name: dns, port: 53, protocol: UDP, targetPort: 5353, nodePort: 30053}}
-{}{}"#,
-        slice("IPv4", pod.0.to_string()),
-        slice("IPv6", pod.1.to_string())
-    )
+    dual_stack_nodeport_yaml("Cluster", &[("http", 80, "TCP", 8080, 30080), ("dns", 53, "UDP", 5353, 30053)], pod, node)
 }
 
 /// North-south over `family` (4 or 6): the external client's TCP and UDP

@@ -12,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-use common::{Agent, ManifestDir, PinDir, WhoAmI, kernel_tests_enabled};
+use common::{Agent, ManifestDir, PinDir, WhoAmI, dual_stack_nodeport_yaml, kernel_tests_enabled};
 use lb_common::stat;
 use lb_lab::{CLIENT_IP6, ClusterLab, cluster_pod_ip, cluster_pod_ip6, node_ip6, tcp_request_to, tcp_server_at};
 
@@ -28,43 +28,9 @@ fn manifest(policy: &str) -> String {
 /// [`manifest`] with the endpoint the first pod of node `n` (`node-a`,
 /// `node-b`, ...).
 fn manifest_on(policy: &str, n: usize) -> String {
-    let (ip4, ip6) = (cluster_pod_ip(n, 0), cluster_pod_ip6(n, 0));
     let node = format!("node-{}", (b'a' + n as u8) as char);
-    let slice = |family: &str, ip: String| {
-        format!(
-            r#"---
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata: {{name: web-{family}, namespace: test, labels: {{kubernetes.io/service-name: web}}}}
-addressType: {family}
-ports:
-- {{name: http, port: 8080, protocol: TCP}}
-- {{name: who, port: 9000, protocol: TCP}}
-endpoints:
-- addresses: ["{ip}"]
-  nodeName: {node}
-  conditions: {{ready: true}}
-"#
-        )
-    };
-    format!(
-        r#"apiVersion: v1
-kind: Service
-metadata: {{name: web, namespace: test}}
-spec:
-  type: NodePort
-  externalTrafficPolicy: {policy}
-  clusterIP: 10.96.0.10
-  clusterIPs: [10.96.0.10, "fd00:96::a"]
-  ipFamilies: [IPv4, IPv6]
-  ipFamilyPolicy: RequireDualStack
-  ports:
-  - {{name: http, port: 80, protocol: TCP, nodePort: 30080}}
-  - {{name: who, port: 90, protocol: TCP, nodePort: 30090}}
-{}{}"#,
-        slice("IPv4", ip4.to_string()),
-        slice("IPv6", ip6.to_string())
-    )
+    let ports = [("http", 80, "TCP", 8080, 30080), ("who", 90, "TCP", 9000, 30090)];
+    dual_stack_nodeport_yaml(policy, &ports, (cluster_pod_ip(n, 0), cluster_pod_ip6(n, 0)), &node)
 }
 
 /// The agent on node A as these labs run it: XDP (generic) on the
@@ -240,9 +206,9 @@ fn ipv6_lb_ip_source_ranges_allow_and_deny() {
     // The ingress IP is in the Service's status.
     let with_status = |range: &str| {
         svc(range).replacen(
-            "  - {name: who, port: 90, protocol: TCP, nodePort: 30090}\n",
+            "  - {name: who, port: 90, protocol: TCP, targetPort: 9000, nodePort: 30090}\n",
             &format!(
-                "  - {{name: who, port: 90, protocol: TCP, nodePort: 30090}}\nstatus:\n  loadBalancer:\n    ingress: [{{ip: \"{lb}\"}}]\n"
+                "  - {{name: who, port: 90, protocol: TCP, targetPort: 9000, nodePort: 30090}}\nstatus:\n  loadBalancer:\n    ingress: [{{ip: \"{lb}\"}}]\n"
             ),
             1,
         )

@@ -339,6 +339,58 @@ endpoints:{eps6}"#
     )
 }
 
+/// A dual-stack NodePort Service `web` in namespace `test` (ClusterIPs
+/// 10.96.0.10 and fd00:96::a, `externalTrafficPolicy: policy`) with
+/// `ports`, each (name, port, protocol, target port, NodePort), and one
+/// endpoint, `pod` (its IPv4 and IPv6 addresses) on node `node`: an
+/// EndpointSlice per family.
+pub fn dual_stack_nodeport_yaml(
+    policy: &str,
+    ports: &[(&str, u16, &str, u16, u16)],
+    pod: (std::net::Ipv4Addr, std::net::Ipv6Addr),
+    node: &str,
+) -> String {
+    let svc_ports: String = ports
+        .iter()
+        .map(|(name, port, proto, target, node_port)| {
+            format!("  - {{name: {name}, port: {port}, protocol: {proto}, targetPort: {target}, nodePort: {node_port}}}\n")
+        })
+        .collect();
+    let ep_ports: String =
+        ports.iter().map(|(name, _, proto, target, _)| format!("- {{name: {name}, port: {target}, protocol: {proto}}}\n")).collect();
+    let slice = |family: &str, ip: String| {
+        format!(
+            r#"---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: web-{family}, namespace: test, labels: {{kubernetes.io/service-name: web}}}}
+addressType: {family}
+ports:
+{ep_ports}endpoints:
+- addresses: ["{ip}"]
+  nodeName: {node}
+  conditions: {{ready: true}}
+"#
+        )
+    };
+    format!(
+        r#"apiVersion: v1
+kind: Service
+metadata: {{name: web, namespace: test}}
+spec:
+  type: NodePort
+  externalTrafficPolicy: {policy}
+  clusterIP: 10.96.0.10
+  clusterIPs: [10.96.0.10, "fd00:96::a"]
+  ipFamilies: [IPv4, IPv6]
+  ipFamilyPolicy: RequireDualStack
+  ports:
+{svc_ports}{}{}"#,
+        slice("IPv4", pod.0.to_string()),
+        slice("IPv6", pod.1.to_string())
+    )
+}
+
 /// A ClusterIP Service with one port, and its EndpointSlice.
 pub fn service_yaml(name: &str, cluster_ip: &str, port: u16, proto: &str, target_port: u16, endpoints: &[std::net::Ipv4Addr]) -> String {
     let eps: String = endpoints.iter().map(|ip| format!("- addresses: [{ip}]\n  conditions: {{ready: true}}\n")).collect();
