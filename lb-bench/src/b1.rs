@@ -46,7 +46,7 @@ use std::{
 use anyhow::{Context, Result, ensure};
 use aya::programs::{ProgramInfo, SchedClassifier, TestRun, TestRunOptions, Xdp};
 use lb_agent::{
-    datapath::{Datapath, MapSizes, TC_EGRESS_PROGRAM, TC_INGRESS_PROGRAM, XDP_PROGRAM},
+    datapath::{Datapath, MapSizes, TC_EGRESS_PROGRAM, TC_EXT_INGRESS_PROGRAM, TC_INGRESS_PROGRAM, XDP_PROGRAM},
     maps::Maps,
     model::{Backend, BackendAddr, Frontend, FrontendAddr, Protocol},
     reconcile::Reconciler,
@@ -121,6 +121,10 @@ pub struct B1Row {
     /// What `lb_tc_ingress` costs a packet leaving a pod for no frontend
     /// (pod to pod), which it passes untouched.
     pub tc_pass: TcPassCost,
+    /// What `lb_tc_ext_ingress` (on the external interfaces with BPF host
+    /// routing) costs a packet `lb_xdp` did not mark: every other packet
+    /// arriving there, which it passes untouched.
+    pub ext_pass: TcPassCost,
     /// `lb_tc_egress` on a backend's reply of the established ClusterIP
     /// flow (reverse NAT back to the frontend).
     pub reply: ReplyCost,
@@ -678,6 +682,10 @@ fn measure(opts: &B1Options, dp: &Datapath, svcs: &[services::Svc], ext0: u32, h
 
     // Pod to pod (no frontend): passed untouched.
     let tc_pass = tc_pass_cost(opts, tc, &ack(client, OTHER_POD))?;
+    // The same packet at an external interface's ingress with BPF host
+    // routing: no XDP mark in front of it, passed untouched.
+    let ext: &SchedClassifier = dp.ebpf.program(TC_EXT_INGRESS_PROGRAM).unwrap().try_into()?;
+    let ext_pass = tc_pass_cost(opts, ext, &ack(client, OTHER_POD))?;
 
     // The XDP NodePort path, the same three ways, to local endpoints: the
     // program DNATs and hands the packet to the kernel (`XDP_PASS`).
@@ -744,6 +752,7 @@ fn measure(opts: &B1Options, dp: &Datapath, svcs: &[services::Svc], ext0: u32, h
             remote_reply,
             xdp_pass: pass_cost,
             tc_pass,
+            ext_pass,
             reply,
             v6: None,
             v6_tc_pass: None,

@@ -149,6 +149,11 @@ pub fn b1_table(rows: &[B1Row]) -> String {
         let mut one_figure: Vec<_> =
             replies.into_iter().filter_map(|(name, reply)| reply.map(|c| (name, c.established_ns, c.kernel))).collect();
         one_figure.push(("no frontend (tc `lb_tc_ingress`, passed): pod to pod", r.tc_pass.pod_to_pod_ns, r.tc_pass.pod_to_pod_kernel));
+        one_figure.push((
+            "no XDP mark (tc `lb_tc_ext_ingress`, BPF host routing only, passed): any other packet on an external interface",
+            r.ext_pass.pod_to_pod_ns,
+            r.ext_pass.pod_to_pod_kernel,
+        ));
         if let Some(p) = &r.v6_tc_pass {
             one_figure.push((
                 "no frontend, IPv6 (tc `lb_tc_ingress` → `lb_tc_ingress6`, passed): pod to pod",
@@ -714,6 +719,8 @@ pub fn markdown(r: &Report, plots: &[String]) -> String {
              - **Reply** (³): the backend's reply of the tc row's established flow (to the measured service; for IPv6, of the IPv6 row's), through `lb_tc_egress` as at the client's interface: \
              conntrack's reply entry, the reverse NAT of source address and port back to the frontend (checked on the first packet). The translated packet would find no flow \
              on a second pass, so there is no ping-pong either: the mean of `repeat` = 1 runs (best round mean) less the tc path's repeat = 1 overhead (the ping-pong packet's `repeat` = 1 mean less its `repeat` = N figure).\n\
+             - **No XDP mark**: `lb_tc_ext_ingress`, which only BPF host routing attaches (to the external interfaces' tc ingress), on a packet `lb_xdp` did not \
+             mark: what that mode costs every other packet arriving from outside (`repeat` = N of the pod-to-pod packet, passed untouched).\n\
              - **XDP NodePort paths over IPv6**: the same two, in the same run, on the IPv6 twins of the NodePort frontends at the node's IPv6 address \
              (`lb_xdp` tail-calls `lb_xdp6`; the remote backend's packets go on to `lb_xdp6_nat`, NAT66 to the node's IPv6 address in `LB6_NODE`, \
              checked on the first packet as IPv4's); their ratio to IPv4's is in the goals table.\n\
