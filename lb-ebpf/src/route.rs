@@ -25,7 +25,8 @@
 //!   flow's entries marked `HOST_ROUTED`; the replies of such a flow are
 //!   translated back at the backend's interface and sent out towards the
 //!   client ([`redirect_reply`]), never one direction alone, and ICMP
-//!   errors about them come in the same way ([`icmp_error_from_outside`]).
+//!   errors about them come in the same way (as a translated packet:
+//!   [`redirect_translated`], [`redirect_translated6`]).
 //!
 //! Whatever cannot be redirected (no neighbour entry yet, a next hop that
 //! is no pod interface: another node, the host, an external interface; a
@@ -42,8 +43,8 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use lb_common::{
-    Addr6, CT_REPLY, CtKeyOf, IPPROTO_ICMP, IPPROTO_ICMPV6, NextHop, NextHopKey, V4, V6, csum, ct_entry_flags,
-    packet::{ETH_HLEN, ETH_P_IPV6, Fragment, eth, ip, ip6},
+    Addr6, CT_REPLY, CtKeyOf, NextHop, NextHopKey, V4, V6, csum, ct_entry_flags,
+    packet::{ETH_HLEN, Fragment, eth, ip, ip6},
     stat,
 };
 
@@ -318,7 +319,8 @@ fn scratch() -> Option<&'static mut Scratch> {
 }
 
 /// BPF host routing of a packet that `lb_tc_ingress` translated to a
-/// backend, now of `proto` from `saddr:sport` to `daddr:dport` (`addrs`:
+/// backend (or an ICMP error `lb_xdp` translated towards one, at
+/// `lb_tc_ext_ingress`), now of `proto` from `saddr:sport` to `daddr:dport` (`addrs`:
 /// `saddr | daddr << 32`; `l4`: `proto | sport << 16 | dport << 32`,
 /// ports in network order): into the backend's pod when it is one of
 /// this node's, else `NEXT` (the host stack routes it, and answers an
@@ -436,37 +438,6 @@ fn from_outside<F: Routed>(ctx: &TcContext, saddr: &F::Addr, daddr: &F::Addr, pr
         }
     }
     Ok(into_pod(p))
-}
-
-/// An ICMP error `lb_xdp` translated towards a backend on this node about
-/// a host-routed flow (`XDP_META_LOCAL_ICMP`), at the external
-/// interface's ingress: into the backend's pod as the flow's packets go
-/// ([`from_outside4`]); through the stack the host's conntrack, which
-/// never saw the flow, would call it INVALID. Else `NEXT`.
-#[inline(never)]
-pub fn icmp_error_from_outside(skb: *mut __sk_buff) -> i32 {
-    let ctx = &TcContext::new(skb);
-    let Some(s) = scratch() else {
-        return NEXT;
-    };
-    let result = if read::<TcContext, u16>(ctx, eth::ETHERTYPE.start) == Some(ETH_P_IPV6.to_be()) {
-        let addrs: Option<(Addr6, Addr6)> = (|| Some((read(ctx, ETH_HLEN + ip6::SADDR.start)?, read(ctx, ETH_HLEN + ip6::DADDR.start)?)))();
-        match addrs {
-            Some((saddr, daddr)) => hop_into_pod::<V6>(ctx, s, &saddr, &daddr, IPPROTO_ICMPV6, (0, 0)),
-            None => return NEXT,
-        }
-    } else {
-        let addrs: Option<(u32, u32)> = (|| Some((read(ctx, ETH_HLEN + ip::SADDR.start)?, read(ctx, ETH_HLEN + ip::DADDR.start)?)))();
-        match addrs {
-            Some((saddr, daddr)) => hop_into_pod::<V4>(ctx, s, &saddr, &daddr, IPPROTO_ICMP, (0, 0)),
-            None => return NEXT,
-        }
-    };
-    match result {
-        Ok(Some(p)) => into_pod(p),
-        Ok(None) => NEXT,
-        Err(e) => verdict(ctx, Err(e)),
-    }
 }
 
 /// The next hop of a packet from outside (`saddr` -> `daddr`, `proto`,

@@ -53,8 +53,8 @@ use aya_ebpf::{
 };
 use aya_log_ebpf::debug;
 use lb_common::{
-    CT_SERVICE, Config, IPPROTO_ICMPV6, V4, V6, Vip4, XDP_META_LOCAL_DNAT, XDP_META_LOCAL_ICMP, config_flags, ct_entry_flags,
-    packet::{ETH_HLEN, ETH_P_IPV6, FRAG6_HLEN, Fragment, ICMP_HLEN, IPV4_HLEN, IPV6_HLEN, TCP_HLEN, eth, ip6, swapped_macs},
+    CT_SERVICE, Config, IPPROTO_ICMP, IPPROTO_ICMPV6, V4, V6, Vip4, XDP_META_LOCAL_DNAT, XDP_META_LOCAL_ICMP, config_flags, ct_entry_flags,
+    packet::{ETH_HLEN, ETH_P_IPV6, FRAG6_HLEN, Fragment, ICMP_HLEN, IPV4_HLEN, IPV6_HLEN, TCP_HLEN, eth, ip, ip6, swapped_macs},
     stat, svc_flags, tc_call, vip_flags,
 };
 
@@ -355,10 +355,25 @@ fn reject6(skb: *mut __sk_buff) -> Result<i32, Error> {
 pub fn lb_tc_ext_ingress(ctx: TcContext) -> i32 {
     match route::xdp_mark(&ctx) {
         XDP_META_LOCAL_DNAT => verdict(&ctx, from_outside(&ctx)),
-        // An ICMP error about such a flow (`route::icmp_error_from_outside`).
-        XDP_META_LOCAL_ICMP => route::icmp_error_from_outside(ctx.skb.skb),
+        XDP_META_LOCAL_ICMP => icmp_error_from_outside(&ctx),
         _ => NEXT,
     }
+}
+
+/// An ICMP error `lb_xdp` translated towards a backend on this node about
+/// a host-routed flow: into the backend's pod as a translated packet goes
+/// (its addresses are the flow's now); through the stack the host's
+/// conntrack, which never saw the flow, would call it INVALID.
+#[inline(always)]
+fn icmp_error_from_outside(ctx: &TcContext) -> i32 {
+    if is_ipv6(ctx) {
+        return route::redirect_translated6(ctx.skb.skb, IPPROTO_ICMPV6 as u64);
+    }
+    let (Some(saddr), Some(daddr)) = (read::<_, u32>(ctx, ETH_HLEN + ip::SADDR.start), read::<_, u32>(ctx, ETH_HLEN + ip::DADDR.start))
+    else {
+        return NEXT;
+    };
+    route::redirect_translated(ctx.skb.skb, saddr as u64 | (daddr as u64) << 32, IPPROTO_ICMP as u64)
 }
 
 #[inline(always)]
