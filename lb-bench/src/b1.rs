@@ -150,13 +150,14 @@ pub struct B1Row {
     pub xdp6_pass: Option<PassCost>,
 }
 
-/// `lb_tc_ingress` on a packet from a pod to another pod's address (no
-/// frontend): ns per packet (repeat = N, best of rounds) and the kernel's
-/// run_time/run_cnt.
+/// A tc program on a packet it passes untouched (`lb_tc_ingress` on a
+/// packet from a pod to another pod's address, no frontend;
+/// `lb_tc_ext_ingress` on one `lb_xdp` did not mark): ns per packet
+/// (repeat = N, best of rounds) and the kernel's run_time/run_cnt.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct TcPassCost {
-    pub pod_to_pod_ns: f64,
-    pub pod_to_pod_kernel: f64,
+    pub ns: f64,
+    pub kernel: f64,
 }
 
 /// `lb_tc_egress` on a backend's reply of an established flow: the reverse
@@ -681,11 +682,11 @@ fn measure(opts: &B1Options, dp: &Datapath, svcs: &[services::Svc], ext0: u32, h
     })?;
 
     // Pod to pod (no frontend): passed untouched.
-    let tc_pass = tc_pass_cost(opts, tc, &ack(client, OTHER_POD))?;
+    let tc_pass = tc_pass_cost(opts, tc, TC_INGRESS_PROGRAM, &ack(client, OTHER_POD))?;
     // The same packet at an external interface's ingress with BPF host
     // routing: no XDP mark in front of it, passed untouched.
     let ext: &SchedClassifier = dp.ebpf.program(TC_EXT_INGRESS_PROGRAM).unwrap().try_into()?;
-    let ext_pass = tc_pass_cost(opts, ext, &ack(client, OTHER_POD))?;
+    let ext_pass = tc_pass_cost(opts, ext, TC_EXT_INGRESS_PROGRAM, &ack(client, OTHER_POD))?;
 
     // The XDP NodePort path, the same three ways, to local endpoints: the
     // program DNATs and hands the packet to the kernel (`XDP_PASS`).
@@ -995,7 +996,7 @@ fn measure_v6(opts: &B1Options, dp: &Datapath, target: SocketAddrV6, k: &mut usi
     })?;
 
     // Pod to pod (no frontend): passed untouched.
-    let pass = tc_pass_cost(opts, tc, &ack(sa6(OTHER_POD)))?;
+    let pass = tc_pass_cost(opts, tc, TC_INGRESS_PROGRAM, &ack(sa6(OTHER_POD)))?;
     let cost = PathCost {
         established_ns,
         established_r1_ns,
@@ -1006,14 +1007,17 @@ fn measure_v6(opts: &B1Options, dp: &Datapath, target: SocketAddrV6, k: &mut usi
     Ok((cost, pass, reply))
 }
 
-/// `lb_tc_ingress` on `pkt`, a pod's packet to another pod (no frontend),
-/// which it must pass untouched: ns per packet (repeat = N, best of
-/// rounds) and the kernel's run_time/run_cnt.
-fn tc_pass_cost(opts: &B1Options, tc: &SchedClassifier, pkt: &[u8]) -> Result<TcPassCost> {
+/// tc program `tc` (`name`) on `pkt`, a pod's packet to another pod (no
+/// frontend), which it must pass untouched: ns per packet (repeat = N,
+/// best of rounds) and the kernel's run_time/run_cnt.
+fn tc_pass_cost(opts: &B1Options, tc: &SchedClassifier, name: &str, pkt: &[u8]) -> Result<TcPassCost> {
     let first = testrun::run_tc(tc, pkt)?;
-    ensure!(first.verdict == TC_ACT_UNSPEC && first.packet == pkt, "a packet to another pod (no frontend) was not passed untouched by tc");
-    let pod_to_pod_ns = best_of(opts.rounds, || Ok(testrun::time_tc(tc, pkt, opts.repeat)?.1))?;
-    let pod_to_pod_kernel = kernel_best(
+    ensure!(
+        first.verdict == TC_ACT_UNSPEC && first.packet == pkt,
+        "a packet to another pod (no frontend) was not passed untouched by {name}"
+    );
+    let ns = best_of(opts.rounds, || Ok(testrun::time_tc(tc, pkt, opts.repeat)?.1))?;
+    let kernel = kernel_best(
         opts.rounds,
         || tc.info(),
         || {
@@ -1021,7 +1025,7 @@ fn tc_pass_cost(opts: &B1Options, tc: &SchedClassifier, pkt: &[u8]) -> Result<Tc
             Ok(())
         },
     )?;
-    Ok(TcPassCost { pod_to_pod_ns, pod_to_pod_kernel })
+    Ok(TcPassCost { ns, kernel })
 }
 
 /// The tc path's `repeat` = 1 overhead: the ping-pong packet `pp` (an

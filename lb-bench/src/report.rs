@@ -148,18 +148,14 @@ pub fn b1_table(rows: &[B1Row]) -> String {
         ];
         let mut one_figure: Vec<_> =
             replies.into_iter().filter_map(|(name, reply)| reply.map(|c| (name, c.established_ns, c.kernel))).collect();
-        one_figure.push(("no frontend (tc `lb_tc_ingress`, passed): pod to pod", r.tc_pass.pod_to_pod_ns, r.tc_pass.pod_to_pod_kernel));
+        one_figure.push(("no frontend (tc `lb_tc_ingress`, passed): pod to pod", r.tc_pass.ns, r.tc_pass.kernel));
         one_figure.push((
             "no XDP mark (tc `lb_tc_ext_ingress`, BPF host routing only, passed): any other packet on an external interface",
-            r.ext_pass.pod_to_pod_ns,
-            r.ext_pass.pod_to_pod_kernel,
+            r.ext_pass.ns,
+            r.ext_pass.kernel,
         ));
         if let Some(p) = &r.v6_tc_pass {
-            one_figure.push((
-                "no frontend, IPv6 (tc `lb_tc_ingress` → `lb_tc_ingress6`, passed): pod to pod",
-                p.pod_to_pod_ns,
-                p.pod_to_pod_kernel,
-            ));
+            one_figure.push(("no frontend, IPv6 (tc `lb_tc_ingress` → `lb_tc_ingress6`, passed): pod to pod", p.ns, p.kernel));
         }
         if let Some(p) = &r.xdp_pass {
             one_figure.push(("no frontend (XDP `lb_xdp` → `lb_xdp4`, passed): another address", p.other_addr_ns, p.other_addr_kernel));
