@@ -330,6 +330,20 @@ fn icmp_errors_about_translated_flows_are_translated() {
     let stray = common::icmp_error(*be.ip(), *client.ip(), 3, 3, &testrun::udp(client, sa("10.244.0.13:9"), b"x"));
     let out = l.run_egress(&stray);
     assert_eq!((out.verdict, &out.packet), (TC_ACT_UNSPEC, &stray));
+
+    // So does an error quoting a later fragment of the flow: what follows
+    // its IP header is data, here the very bytes of the flow's ports
+    // (client, backend), which are no ports to translate.
+    let mut payload: Vec<u8> = (0..3000).map(|i| (i % 251) as u8).collect();
+    payload[1472..1476].copy_from_slice(&[client.port().to_be_bytes(), be.port().to_be_bytes()].concat());
+    let (first, later) = common::fragment(&testrun::udp(client, vip, &payload), 1480);
+    assert_eq!(l.run(&first).verdict, TC_ACT_UNSPEC);
+    let sent_later = l.run(&later).packet;
+    assert_eq!(&sent_later[30..34], &be.ip().octets(), "the later fragment DNATed");
+    let err = common::icmp_error("10.0.0.254".parse().unwrap(), *client.ip(), 3, 4, &sent_later);
+    let out = l.run_egress(&err);
+    assert_eq!(out.verdict, TC_ACT_UNSPEC);
+    assert!(out.packet == err, "an error quoting a later fragment passes untouched: {}", hex(&out.packet[14..14 + 56]));
     assert_eq!(l.stat(stat::ICMP_TRANSLATED), 3);
 }
 

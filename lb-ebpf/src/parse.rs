@@ -247,6 +247,12 @@ fn icmp_error_of<C: PacketData>(ctx: &C, saddr: u32, daddr: u32) -> Result<Packe
     if q[ip::VER_IHL] != IPV4_VER_IHL_NO_OPTIONS || (proto != IPPROTO_TCP && proto != IPPROTO_UDP) {
         return Ok(Packet::OtherIp);
     }
+    // A quoted later fragment has data where the ports would be: it passes
+    // untouched, as ICMPv6's does and as the host's conntrack leaves it
+    // (routers send no error about one, RFC 1812 4.3.2.7).
+    if fragment(u16::from_ne_bytes([q[ip::FRAG_OFF.start], q[ip::FRAG_OFF.start + 1]])) == Fragment::Later {
+        return Ok(Packet::OtherIp);
+    }
     let (sport, dport) = l4_ports(&q, IPV4_HLEN);
     Ok(Packet::IcmpError(IcmpError {
         saddr,
