@@ -449,28 +449,33 @@ fn bpf_host_routing_delivers_ipv6_nodeport_traffic_to_a_pod_of_the_node_past_the
     north_south(6);
 }
 
-/// Path MTU discovery through a host-routed NodePort: the client sits
-/// behind a router whose link towards it has MTU 1400, the node's forward
-/// chain drops `ct state invalid` (as CNIs and node firewalls do), and a
-/// pod of the node sends 300 kB through the NodePort with BPF host
-/// routing. The router's "fragmentation needed" about the pod's replies
-/// reaches the pod past the host stack (`lb_xdp` translates it and marks
-/// it, `lb_tc_ext_ingress` sends it in): through the stack it would be
+/// Path MTU discovery through a host-routed NodePort, over `family` (4
+/// or 6): the client sits behind a router whose link towards it has MTU
+/// 1400, the node's forward chain drops `ct state invalid` (as CNIs and
+/// node firewalls do), and a pod of the node sends 300 kB through the
+/// NodePort with BPF host routing. The router's "fragmentation needed"
+/// (IPv6: "packet too big") about the pod's replies reaches the pod past
+/// the host stack (`lb_xdp` translates it and marks it,
+/// `lb_tc_ext_ingress` sends it in): through the stack it would be
 /// INVALID, the host's conntrack never having seen the flow, and the
-/// download would stall. (On the object before that change it did: the
-/// read timed out.)
-#[test]
-fn path_mtu_discovery_works_through_a_host_routed_nodeport() {
-    if !kernel_tests_enabled() {
-        return;
-    }
+/// download would stall. (On the object before that change it did, over
+/// IPv4: the read timed out.)
+fn path_mtu_discovery(family: u8) {
     let opts = lb_lab::ClusterOptions { client_router_mtu: Some(1400), ..Default::default() };
     let lab = ClusterLab::with_options(&[&["web"]], opts).unwrap();
+    lab.enable_ipv6().unwrap();
     let node = lab.node(0);
     let web = node.pod("web");
-    let (stop, server) = bulk_server(&web.ns, SocketAddrV4::new(web.ip, 8080), 300_000);
-    let dir = ManifestDir::new("hr-pmtu");
-    dir.write("web.yaml", &nodeport_yaml((web.ip, cluster_pod_ip6(0, 0)), &node.name));
+    let web6 = cluster_pod_ip6(0, 0);
+    let (backend, node_addr, router, client): (IpAddr, IpAddr, IpAddr, IpAddr) = if family == 4 {
+        (web.ip.into(), node_ip(0).into(), lb_lab::ROUTER_IP.into(), lab.client_ip().into())
+    } else {
+        (web6.into(), node_ip6(0).into(), lb_lab::ROUTER_IP6.into(), lab.client_ip6().into())
+    };
+    let (stop, server) = bulk_server(&web.ns, SocketAddr::new(backend, 8080), 300_000);
+    let tag = format!("hr-pmtu{family}");
+    let dir = ManifestDir::new(&tag);
+    dir.write("web.yaml", &nodeport_yaml((web.ip, web6), &node.name));
     nft(
         &node.ns,
         &["-f", "-"],
@@ -479,17 +484,17 @@ fn path_mtu_discovery_works_through_a_host_routed_nodeport() {
         ),
     );
     let args = ["--external-ifaces", lb_lab::EXT_IF, "--node-name", &node.name, "--health-addr", "off", "--host-routing", "bpf"];
-    let agent = Agent::start_with(&node.ns, &dir.0, PinDir::new("hr-pmtu"), &args);
-    let http = SocketAddrV4::new(node_ip(0), 30080);
+    let agent = Agent::start_with(&node.ns, &dir.0, PinDir::new(&tag), &args);
+    let http = SocketAddr::new(node_addr, 30080);
     agent.wait_rows("the NodePort", |rows| rows.iter().any(|r| r.frontend == format!("{http}/TCP") && r.backends.len() == 1));
     // The node's neighbours towards the pod and the client's router, so
     // that the flow's first packets are redirected too: through the stack
     // they would give the host's conntrack an entry, and the error would
     // be RELATED to it.
-    for to in [web.ip, lb_lab::ROUTED_CLIENT_IP] {
+    for to in [backend, client] {
         node.ns
             .run(move || -> std::io::Result<()> {
-                let s = std::net::UdpSocket::bind("0.0.0.0:0")?;
+                let s = std::net::UdpSocket::bind(if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" })?;
                 s.send_to(b"hello", (to, 9))?;
                 Ok(())
             })
@@ -497,13 +502,14 @@ fn path_mtu_discovery_works_through_a_host_routed_nodeport() {
     }
     wait_for("the node's neighbour entries", Duration::from_secs(5), || {
         let neigh = node.ns.ip_output(&["neigh", "show"]).ok()?;
-        let resolved = |ip: &str| neigh.lines().any(|l| l.contains(ip) && (l.contains("REACHABLE") || l.contains("STALE")));
-        (resolved(&format!("{} ", web.ip)) && resolved(&format!("{} ", lb_lab::ROUTER_IP))).then_some(())
+        let resolved =
+            |ip: &IpAddr| neigh.lines().any(|l| l.starts_with(&format!("{ip} ")) && (l.contains("REACHABLE") || l.contains("STALE")));
+        (resolved(&backend) && resolved(&router)).then_some(())
     });
     let got = lab
         .client
         .run(move || -> std::io::Result<usize> {
-            let mut s = std::net::TcpStream::connect_timeout(&http.into(), Duration::from_secs(3))?;
+            let mut s = std::net::TcpStream::connect_timeout(&http, Duration::from_secs(3))?;
             s.set_read_timeout(Some(Duration::from_secs(10)))?;
             let mut buf = Vec::new();
             std::io::Read::read_to_end(&mut s, &mut buf)?;
@@ -517,4 +523,20 @@ fn path_mtu_discovery_works_through_a_host_routed_nodeport() {
     assert!(stat(stat::REDIRECTED_OUT) >= 5, "the download went out past the host stack: {}", stat(stat::REDIRECTED_OUT));
     stop.store(true, std::sync::atomic::Ordering::SeqCst);
     server.join().unwrap();
+}
+
+#[test]
+fn path_mtu_discovery_works_through_a_host_routed_nodeport() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    path_mtu_discovery(4);
+}
+
+#[test]
+fn path_mtu_discovery_works_through_a_host_routed_ipv6_nodeport() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    path_mtu_discovery(6);
 }

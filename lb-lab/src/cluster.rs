@@ -25,8 +25,9 @@
 //!   VXLAN device instead of plain routes (flannel's layout: `lbvx` with
 //!   `10.244.(n+1).0/32`, a route per other node's pod CIDR via its VTEP
 //!   address, static neighbour and FDB entries); and the client behind a
-//!   router (`192.168.60.100` -> `192.168.60.1` / `192.168.50.254`) whose
-//!   link towards the client has a smaller MTU, for path MTU discovery.
+//!   router (`192.168.60.100` -> `192.168.60.1` / `192.168.50.254`; with
+//!   IPv6, `fd00:60::64` -> `fd00:60::1` / `fd00:50::fe`) whose link
+//!   towards the client has a smaller MTU, for path MTU discovery.
 //! * TX checksum offload is off on the client and the nodes' external
 //!   interfaces: packets cross the external segment with complete
 //!   checksums, as on a physical network. Pods keep their offloads, as
@@ -138,6 +139,13 @@ pub const ROUTED_CLIENT_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 60, 100);
 /// The router's addresses: towards the client, and on the external segment.
 pub const ROUTER_CLIENT_SIDE: Ipv4Addr = Ipv4Addr::new(192, 168, 60, 1);
 pub const ROUTER_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 50, 254);
+/// The client's IPv6 address behind the router (with
+/// [`ClusterLab::enable_ipv6`]).
+pub const ROUTED_CLIENT_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x60, 0, 0, 0, 0, 0, 0x64);
+/// The router's IPv6 addresses: towards the client, and on the external
+/// segment.
+pub const ROUTER_CLIENT_SIDE6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x60, 0, 0, 0, 0, 0, 1);
+pub const ROUTER_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x50, 0, 0, 0, 0, 0, 0xfe);
 
 /// The lab: a switch, nodes, a client (and maybe a router before it).
 #[derive(Debug)]
@@ -206,6 +214,11 @@ impl ClusterLab {
     /// The client's address.
     pub fn client_ip(&self) -> Ipv4Addr {
         if self.router.is_some() { ROUTED_CLIENT_IP } else { CLIENT_IP }
+    }
+
+    /// The client's IPv6 address (with [`ClusterLab::enable_ipv6`]).
+    pub fn client_ip6(&self) -> Ipv6Addr {
+        if self.router.is_some() { ROUTED_CLIENT_IP6 } else { CLIENT_IP6 }
     }
 
     /// client (1500) -- (mtu) router -- switch.
@@ -278,8 +291,9 @@ impl ClusterLab {
         &self.nodes[n]
     }
 
-    /// Gives the external segment and the pods IPv6 as well (dual stack,
-    /// the client directly on the segment): the client [`CLIENT_IP6`]`/64`,
+    /// Gives the external segment and the pods IPv6 as well (dual stack):
+    /// the client [`CLIENT_IP6`]`/64` (behind a router,
+    /// [`ROUTED_CLIENT_IP6`]`/64`, the router forwarding IPv6 as IPv4),
     /// node `n` [`node_ip6(n)`](node_ip6)`/64` on [`EXT_IF`] with IPv6
     /// forwarding, its pod `i` [`cluster_pod_ip6(n, i)`](cluster_pod_ip6)
     /// `/128` with a default route via [`GATEWAY_IP6`] (link-local, on the
@@ -288,14 +302,24 @@ impl ClusterLab {
     /// (as the IPv4 pod CIDRs). Addresses skip duplicate address
     /// detection, so they are usable at once.
     pub fn enable_ipv6(&self) -> Result<()> {
-        if self.router.is_some() {
-            bail!("IPv6 with a router before the client is not built");
+        match &self.router {
+            Some(router) => {
+                router.sysctl("net.ipv6.conf.all.forwarding", "1")?;
+                router.ip(&["-6", "addr", "add", &format!("{ROUTER_CLIENT_SIDE6}/64"), "dev", "rtr-c", "nodad"])?;
+                router.ip(&["-6", "addr", "add", &format!("{ROUTER_IP6}/64"), "dev", "rtr-sw", "nodad"])?;
+                let c = &self.client;
+                c.ip(&["-6", "addr", "add", &format!("{ROUTED_CLIENT_IP6}/64"), "dev", CLIENT_IF, "nodad"])?;
+                c.ip(&["-6", "route", "add", "fd00:50::/64", "via", &ROUTER_CLIENT_SIDE6.to_string(), "dev", CLIENT_IF])?;
+            }
+            None => self.client.ip(&["-6", "addr", "add", &format!("{CLIENT_IP6}/64"), "dev", CLIENT_IF, "nodad"])?,
         }
-        self.client.ip(&["-6", "addr", "add", &format!("{CLIENT_IP6}/64"), "dev", CLIENT_IF, "nodad"])?;
         for (n, node) in self.nodes.iter().enumerate() {
             let ns = &node.ns;
             ns.sysctl("net.ipv6.conf.all.forwarding", "1")?;
             ns.ip(&["-6", "addr", "add", &format!("{}/64", node_ip6(n)), "dev", EXT_IF, "nodad"])?;
+            if self.router.is_some() {
+                ns.ip(&["-6", "route", "add", &format!("{ROUTED_CLIENT_IP6}/128"), "via", &ROUTER_IP6.to_string(), "dev", EXT_IF])?;
+            }
             for (i, pod) in node.pods.iter().enumerate() {
                 let ip6 = cluster_pod_ip6(n, i);
                 let hif = pod.host_if.as_str();

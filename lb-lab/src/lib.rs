@@ -37,7 +37,8 @@ pub use client::{
 };
 pub use cluster::{
     BRIDGE, CLIENT_IF, CLIENT_IP, CLIENT_IP6, ClusterLab, ClusterNode, ClusterOptions, ClusterPod, EXT_IF, Overlay, ROUTED_CLIENT_IP,
-    ROUTER_CLIENT_SIDE, ROUTER_IP, VXLAN_IF, cluster_pod_ip, cluster_pod_ip6, node_ip, node_ip6, pod_cidr, tx_checksum_off,
+    ROUTED_CLIENT_IP6, ROUTER_CLIENT_SIDE, ROUTER_CLIENT_SIDE6, ROUTER_IP, ROUTER_IP6, VXLAN_IF, cluster_pod_ip, cluster_pod_ip6, node_ip,
+    node_ip6, pod_cidr, tx_checksum_off,
 };
 pub use netns::{ChildGuard, NAME_PREFIX, NETNS_RUN_DIR, Netns, cleanup_stale, list_netns};
 pub use node::{GATEWAY_IP, GATEWAY_IP6, MAX_PODS, NODE_IF, NODE_IP, NODE_IP6, NodeLab, POD_IF, Pod, host_if, pod_ip, pod_ip6};

@@ -8,7 +8,7 @@ pub mod v6;
 use std::{
     fs,
     io::{Read, Write},
-    net::{Shutdown, SocketAddrV4, TcpListener},
+    net::{Shutdown, SocketAddr, SocketAddrV4, TcpListener},
     path::{Path, PathBuf},
     process::Stdio,
     sync::{
@@ -768,9 +768,10 @@ impl Drop for WhoAmI {
 }
 
 /// A TCP server that sends `len` bytes to every connection and closes.
-pub fn bulk_server(ns: &lb_lab::Netns, addr: SocketAddrV4, len: usize) -> (Arc<AtomicBool>, std::thread::JoinHandle<()>) {
+pub fn bulk_server(ns: &lb_lab::Netns, addr: impl Into<SocketAddr>, len: usize) -> (Arc<AtomicBool>, std::thread::JoinHandle<()>) {
     let stop = Arc::new(AtomicBool::new(false));
     let stop2 = stop.clone();
+    let addr = addr.into();
     let h = ns
         .spawn_thread("bulk", move || {
             let l = TcpListener::bind(addr).unwrap();
