@@ -295,6 +295,21 @@ fn fragments_of_an_ipv6_datagram_get_its_translation_both_ways() {
     run_all(&mut l, "after hop-by-hop", Hook::FromPod, &frags, &want);
     assert_eq!(l.stat(stat::FRAGMENT_TRANSLATED), 2 + 3 + 2);
 
+    // A destination options header after the fragment header (in the
+    // fragmentable part, as RFC 8200 4.5 cuts it): the first fragment
+    // has it before UDP, and every fragment header names it, not UDP.
+    // Both ways, from yet another client port.
+    let third = sa6("[fd00:10:244::b]:40003");
+    let frags = v6::fragments(&v6::udp(third, vip, &query, dest_opts(IpNumber::UDP)), 1232, 78);
+    assert_eq!(frags[1][14 + 40], 60, "the later fragment's header names destination options");
+    assert_eq!((frags[0][14 + 40], frags[0][14 + 48]), (60, 17), "the first fragment: destination options, then UDP");
+    let want = v6::fragments(&v6::udp(third, be, &query, dest_opts(IpNumber::UDP)), 1232, 78);
+    run_all(&mut l, "destination options after the fragment header", Hook::FromPod, &frags, &want);
+    let frags = v6::fragments(&v6::udp(be, third, &answer, dest_opts(IpNumber::UDP)), 1232, 79);
+    let want = v6::fragments(&v6::udp(vip, third, &answer, dest_opts(IpNumber::UDP)), 1232, 79);
+    run_all(&mut l, "the answer, destination options after the fragment header", Hook::ToClient, &frags, &want);
+    assert_eq!(l.stat(stat::FRAGMENT_TRANSLATED), 2 + 3 + 2 + 2 + 3);
+
     // A later fragment whose first fragment was never seen (another
     // identification): to the ClusterIP it is dropped, never routed on
     // untranslated; to a pod it passes.
@@ -308,7 +323,7 @@ fn fragments_of_an_ipv6_datagram_get_its_translation_both_ways() {
     let out = l.run_egress(stray);
     assert_eq!((out.verdict, hex(&out.packet)), (TC_ACT_UNSPEC, hex(stray)), "orphan reply");
     assert_eq!(l.stat(stat::DROP_ORPHAN_FRAGMENT), 1);
-    assert_eq!(l.stat(stat::FRAGMENT_TRANSLATED), 2 + 3 + 2);
+    assert_eq!(l.stat(stat::FRAGMENT_TRANSLATED), 2 + 3 + 2 + 2 + 3);
     assert_eq!(l.stat(stat::TAIL_CALL_FAILED), 0);
 }
 
@@ -591,6 +606,19 @@ fn icmpv6_errors_quoting_extension_headers_and_first_fragments_are_translated() 
         &icmp6_error(*be_udp.ip(), *client.ip(), unreach, &sent[0]),
         &want,
     );
+    // A first fragment with a destination options header after its
+    // fragment header (the fragmentable part): the ports follow that.
+    let dest_frags = v6::fragments(&v6::udp(client, vip_udp, &query, dest_opts(IpNumber::UDP)), 1232, 0x1234_5680);
+    let dest_sent: Vec<Vec<u8>> = dest_frags.iter().map(|f| l.run(f).packet).collect();
+    assert_eq!(&dest_sent[0][14 + 40..14 + 42], &[60, 0], "a fragment header naming destination options");
+    let want = icmp6_error(*vip_udp.ip(), *client.ip(), ptb, &dest_frags[0]);
+    expect(
+        &mut l,
+        "PTB quoting a first fragment with destination options after its fragment header, to the client",
+        Hook::ToClient,
+        &icmp6_error(router, *client.ip(), ptb, &dest_sent[0]),
+        &want,
+    );
     // The answer's fragments carry a hop-by-hop header before the
     // fragment header (the unfragmentable part, RFC 8200 4.5).
     let answer = datagram(4000);
@@ -631,8 +659,8 @@ fn icmpv6_errors_quoting_extension_headers_and_first_fragments_are_translated() 
         expect(&mut l, name, Hook::ToClient, &input, &input);
     }
     assert!(wrong.is_empty(), "{wrong:#?}");
-    assert_eq!(translated, 6);
-    assert_eq!(l.stat(stat::ICMP_TRANSLATED), 6, "nothing else translated");
+    assert_eq!(translated, 7);
+    assert_eq!(l.stat(stat::ICMP_TRANSLATED), 7, "nothing else translated");
 }
 
 /// The flags of the forward conntrack entry of `client` -> `vip` (TCP).

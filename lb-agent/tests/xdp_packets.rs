@@ -1556,6 +1556,20 @@ fn ipv6_fragments_through_a_nodeport_and_an_lb_ip_get_the_datagrams_translation(
     }
     assert_eq!(fx.l.stat(stat::FRAGMENT_TRANSLATED), 8);
 
+    // The same with a destination options header after the fragment
+    // header (the fragmentable part): every fragment header names it, and
+    // the first fragment has it before UDP.
+    let dest = || {
+        let h = etherparse::Ipv6RawExtHeader::new_raw(etherparse::IpNumber::UDP, &[1, 4, 0, 0, 0, 0]).unwrap();
+        etherparse::Ipv6Extensions { destination_options: Some(h), ..none() }
+    };
+    let c2 = sa6("[fd00:50::64]:40053");
+    let input = frags(common::v6::udp(c2, lb, &payload, dest()), 7);
+    assert_eq!((input[0][14 + 40], input[2][14 + 40]), (60, 60), "fragment headers naming destination options");
+    let want = frags(common::v6::udp(c2, local, &payload, dest()), 7);
+    run_all(&mut fx, "destination options after the fragment header", &input, XDP_PASS, &want);
+    assert_eq!(fx.l.stat(stat::FRAGMENT_TRANSLATED), 10);
+
     // A later fragment to the LB IP whose first fragment never came is
     // dropped, never routed on untranslated; one to the node's address
     // passes: it may be the node's own traffic.
@@ -1564,7 +1578,7 @@ fn ipv6_fragments_through_a_nodeport_and_an_lb_ip_get_the_datagrams_translation(
     let orphan = &frags(common::v6::udp(sa6("[fd00:50::64]:40052"), np, &payload, none()), 6)[2];
     expect_unchanged("orphan to the node's address", &fx.run(orphan), orphan);
     assert_eq!(fx.l.stat(stat::DROP_ORPHAN_FRAGMENT), 1);
-    assert_eq!(fx.l.stat(stat::FRAGMENT_TRANSLATED), 8);
+    assert_eq!(fx.l.stat(stat::FRAGMENT_TRANSLATED), 10);
     assert_eq!(fx.l.stat(stat::TAIL_CALL_FAILED), 0);
 }
 

@@ -65,7 +65,7 @@ map_set! {
     NODE = "LB_NODE", version 2, sized by Fixed;
     DEVICES = "LB_DEVICES", version 2, sized by Fixed;
     VIPS = "LB4_VIPS", version 2, sized by Services;
-    FRAGS = "LB4_FRAGS", version 2, sized by Fixed;
+    FRAGS = "LB4_FRAGS", version 3, sized by Fixed;
     REJECT_RATE = "LB4_REJECT_RATE", version 2, sized by Fixed;
     STATS = "LB_STATS", version 2, sized by Fixed;
     /// Per-frontend counters (packets, bytes, new flows), by frontend ID.
@@ -110,9 +110,9 @@ map_set! {
     /// Per-client token buckets for the ICMPv6 errors the datapath sends
     /// (`LB4_REJECT_RATE` for IPv6 clients).
     REJECT_RATE6 = "LB6_REJECT_RATE", version 1, sized by Fixed;
-    /// IPv6 datagrams in fragments (`Frag6Key` -> `Frag4`), as
+    /// IPv6 datagrams in fragments (`Frag6Key` -> `Frag`), as
     /// `LB4_FRAGS`, the same size.
-    FRAGS6 = "LB6_FRAGS", version 1, sized by Fixed;
+    FRAGS6 = "LB6_FRAGS", version 2, sized by Fixed;
     /// The FIB's answers for forwarded north-south packets and BPF host
     /// routing (`NextHopKey` -> `NextHop`), both families.
     NEXTHOPS = "LB_NEXTHOPS", version 1, sized by Fixed;
@@ -908,15 +908,22 @@ pub struct Frag4Key {
     pub daddr: u32,
     /// The IPv4 identification field, network order.
     pub id: u16,
+    /// The IPv4 protocol.
     pub proto: u8,
     pub _pad: u8,
 }
 
+/// The value of `LB4_FRAGS` and `LB6_FRAGS`: what a datagram's first
+/// fragment had and its later fragments lack.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct Frag4 {
+pub struct Frag {
     pub sport: u16,
     pub dport: u16,
+    /// The L4 protocol (TCP or UDP): an IPv6 fragment header may name a
+    /// destination options header before it (the key's `proto`).
+    pub proto: u8,
+    pub _pad: u8,
 }
 
 /// `LB_NEXTHOPS` (LRU): what the FIB last answered for a destination of
@@ -1257,7 +1264,7 @@ assert_layout!(Vip4, size = 4, flags @ 0);
 assert_layout!(Frag4Key, size = 12, saddr @ 0, daddr @ 4, id @ 8, proto @ 10, _pad @ 11);
 assert_layout!(NextHopKey, size = 24, daddr @ 0, ifindex @ 16, family @ 20, _pad @ 21);
 assert_layout!(NextHop, size = 32, looked_up_ns @ 0, ifindex @ 8, max_len @ 12, _pad @ 14, smac @ 16, dmac @ 22, _pad2 @ 28);
-assert_layout!(Frag4, size = 4, sport @ 0, dport @ 2);
+assert_layout!(Frag, size = 6, sport @ 0, dport @ 2, proto @ 4, _pad @ 5);
 assert_layout!(RejectRate, size = 16, last_ns @ 0, tokens @ 8, _pad @ 12);
 assert_layout!(FrontendStats, size = 24, packets @ 0, bytes @ 8, new_flows @ 16);
 const _: () = assert!(stat::NAMES.len() as u32 <= stat::SLOTS);
@@ -1295,7 +1302,7 @@ mod user {
         Device,
         Vip4,
         Frag4Key,
-        Frag4,
+        Frag,
         NextHopKey,
         NextHop,
         RejectRate,

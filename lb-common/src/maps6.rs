@@ -154,8 +154,8 @@ pub trait Family {
     fn sock_rev_nat(addr: Self::Addr, port: u16, frontend_id: u32) -> Self::SockRevNat;
     /// The frontend (address, port, ID) a socket's backend stands for.
     fn sock_front(v: &Self::SockRevNat) -> (Self::Addr, u16, u32);
-    /// The fragment map's key of a datagram: its addresses,
-    /// identification and protocol.
+    /// The fragment map's key of a datagram: its addresses and
+    /// identification, and IPv4's protocol.
     fn frag_key(saddr: &Self::Addr, daddr: &Self::Addr, id: Self::FragId, proto: u8) -> Self::FragKey;
 }
 
@@ -260,15 +260,22 @@ impl Family for V6 {
         (v.addr, v.port, v.frontend_id)
     }
     #[inline(always)]
-    fn frag_key(saddr: &Addr6, daddr: &Addr6, id: u32, proto: u8) -> Frag6Key {
-        Frag6Key { saddr: *saddr, daddr: *daddr, id, proto, _pad: [0; 3] }
+    /// Without the protocol (see [`Frag6Key`]).
+    fn frag_key(saddr: &Addr6, daddr: &Addr6, id: u32, _proto: u8) -> Frag6Key {
+        Frag6Key { saddr: *saddr, daddr: *daddr, id, _pad: 0 }
     }
 }
 
 /// `LB6_FRAGS` (LRU): an IPv6 datagram being fragmented, as its packets
 /// arrive at a hook (see [`crate::Frag4Key`]), by its fragment header's
-/// 32-bit identification. The value is IPv4's, [`crate::Frag4`]: the
-/// first fragment's ports.
+/// 32-bit identification. The value is IPv4's, [`crate::Frag`]: the
+/// first fragment's ports and L4 protocol.
+///
+/// Unlike IPv4's, the key has no protocol. The identification is unique
+/// per address pair (RFC 8200 4.5), and Linux's reassembly keys on
+/// addresses and identification alone. The fragment header's next header
+/// may name a destination options header rather than the L4 protocol, and
+/// a later fragment has nothing else to tell it by.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Frag6Key {
@@ -276,8 +283,7 @@ pub struct Frag6Key {
     pub daddr: Addr6,
     /// The fragment header's identification, network order.
     pub id: u32,
-    pub proto: u8,
-    pub _pad: [u8; 3],
+    pub _pad: u32,
 }
 
 /// The frontend value is the same for both families.
@@ -324,7 +330,7 @@ assert_layout!(SockRevNat6, size = 24, addr @ 0, port @ 16, _pad @ 18, frontend_
 assert_layout!(SrcRange6, size = 20, frontend_id @ 0, addr @ 4);
 assert_layout!(Ct6Key, size = 40, saddr @ 0, daddr @ 16, sport @ 32, dport @ 34, proto @ 36, dir @ 37, _pad @ 38);
 assert_layout!(Node6Config, size = 20, snat_addr @ 0, affinity_host_bits @ 16);
-assert_layout!(Frag6Key, size = 40, saddr @ 0, daddr @ 16, id @ 32, proto @ 36, _pad @ 37);
+assert_layout!(Frag6Key, size = 40, saddr @ 0, daddr @ 16, id @ 32, _pad @ 36);
 assert_layout!(Ct6Entry, size = 64, last_seen @ 0, nat_saddr @ 8, nat_daddr @ 24, nat_sport @ 40, nat_dport @ 42, backend_id @ 44, frontend_id @ 48, seq @ 52, tcp_flags @ 56, peer_flags @ 57, flags @ 58, _pad @ 59, frontend_version @ 60, backend_version @ 62);
 
 #[cfg(feature = "user")]

@@ -4,7 +4,7 @@
 
 use aya_ebpf::bindings::BPF_ANY;
 use lb_common::{
-    Addr6, CtEntryOf, CtKeyOf, Family, Frag4, Frag4Key, Frag6Key, IPPROTO_TCP, SCOPE_INTERNAL, Service4Value, V4, V6, Vip4, svc_flags,
+    Addr6, CtEntryOf, CtKeyOf, Family, Frag, Frag4Key, Frag6Key, IPPROTO_TCP, SCOPE_INTERNAL, Service4Value, V4, V6, Vip4, svc_flags,
 };
 
 use crate::{
@@ -55,11 +55,12 @@ pub trait FamilyMaps: Family {
     /// installed with the versions the entry holds (see
     /// `select::flow_valid`).
     fn flow_valid(e: &Ct<Self>) -> bool;
-    /// The ports a datagram's first fragment recorded (see `frag`).
-    fn frag_get(key: &Self::FragKey) -> Option<Frag4>;
+    /// The ports and L4 protocol a datagram's first fragment recorded (see
+    /// `frag`).
+    fn frag_get(key: &Self::FragKey) -> Option<Frag>;
     /// Records a datagram's ports for its later fragments; replaces any
     /// entry (LRU: an insert only fails on a bad argument).
-    fn frag_insert(key: &Self::FragKey, ports: &Frag4) -> Result<(), i32>;
+    fn frag_insert(key: &Self::FragKey, ports: &Frag) -> Result<(), i32>;
 }
 
 impl FamilyMaps for V4 {
@@ -113,13 +114,13 @@ impl FamilyMaps for V4 {
         select::flow_valid(e)
     }
     #[inline(always)]
-    fn frag_get(key: &Frag4Key) -> Option<Frag4> {
+    fn frag_get(key: &Frag4Key) -> Option<Frag> {
         // SAFETY: the reference lives only until the value is copied out;
         // entries are replaced whole by map updates, never written in place.
         unsafe { LB4_FRAGS.get(key).copied() }
     }
     #[inline(always)]
-    fn frag_insert(key: &Frag4Key, ports: &Frag4) -> Result<(), i32> {
+    fn frag_insert(key: &Frag4Key, ports: &Frag) -> Result<(), i32> {
         LB4_FRAGS.insert(key, ports, BPF_ANY as u64)
     }
 }
@@ -187,12 +188,12 @@ impl FamilyMaps for V6 {
             && LB6_BACKENDS.get(e.backend_id).is_some_and(|b| V6::backend_addr(b).is_some() && b.version == e.backend_version)
     }
     #[inline(always)]
-    fn frag_get(key: &Frag6Key) -> Option<Frag4> {
+    fn frag_get(key: &Frag6Key) -> Option<Frag> {
         // SAFETY: as IPv4's.
         unsafe { LB6_FRAGS.get(key).copied() }
     }
     #[inline(always)]
-    fn frag_insert(key: &Frag6Key, ports: &Frag4) -> Result<(), i32> {
+    fn frag_insert(key: &Frag6Key, ports: &Frag) -> Result<(), i32> {
         LB6_FRAGS.insert(key, ports, BPF_ANY as u64)
     }
 }

@@ -1,12 +1,14 @@
 //! Fragments, of both families: a translated datagram's later fragments
-//! carry no L4 header, so the first fragment's ports are kept (keyed by
-//! the addresses, identification and protocol as they arrive at the hook:
-//! `LB4_FRAGS`, `LB6_FRAGS`) and lent to the rest, which then take the
-//! same conntrack path and get the same addresses. Fragments are assumed
+//! carry no L4 header, so the first fragment's ports and L4 protocol are
+//! kept (keyed by the addresses, identification and IPv4's protocol as
+//! they arrive at the hook: `LB4_FRAGS`, `LB6_FRAGS`) and lent to the
+//! rest, which then take the same conntrack path and get the same
+//! addresses. (An IPv6 later fragment's fragment header may name a
+//! destination options header, not the protocol.) Fragments are assumed
 //! to arrive first fragment first, as Linux sends them; one that arrives
 //! before its first fragment finds no ports.
 
-use lb_common::{Frag4, Vip4, packet::Fragment, stat, vip_flags};
+use lb_common::{Frag, Vip4, packet::Fragment, stat, vip_flags};
 
 use crate::{family::FamilyMaps, parse::Flow, stats};
 
@@ -22,7 +24,7 @@ pub fn record<F: FamilyMaps>(f: &Flow<F>) {
         // LRU: an insert only fails on a bad argument. Without the entry
         // the later fragments are dropped as orphans (or passed, where the
         // address is not a Service's alone).
-        let _ = F::frag_insert(&key(f), &Frag4 { sport: f.sport, dport: f.dport });
+        let _ = F::frag_insert(&key(f), &Frag { sport: f.sport, dport: f.dport, proto: f.proto, _pad: 0 });
     }
 }
 
@@ -33,14 +35,15 @@ pub fn ports<F: FamilyMaps>(f: &mut Flow<F>) -> bool {
     f.frag != Fragment::Later || lend_ports(f)
 }
 
-/// Gives a later fragment its datagram's ports; `false` when the first
-/// fragment was not seen here.
+/// Gives a later fragment its datagram's ports and L4 protocol; `false`
+/// when the first fragment was not seen here.
 #[inline(always)]
 fn lend_ports<F: FamilyMaps>(f: &mut Flow<F>) -> bool {
     match F::frag_get(&key(f)) {
         Some(p) => {
             f.sport = p.sport;
             f.dport = p.dport;
+            f.proto = p.proto;
             true
         }
         None => false,

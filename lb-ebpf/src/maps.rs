@@ -7,7 +7,7 @@ use aya_ebpf::{
     macros::btf_map,
 };
 use lb_common::{
-    Addr6, Affinity4, Affinity4Key, Backend4, Backend6, Config, Ct4Key, Ct6Entry, Ct6Key, CtEntry, Device, Frag4, Frag4Key, Frag6Key,
+    Addr6, Affinity4, Affinity4Key, Backend4, Backend6, Config, Ct4Key, Ct6Entry, Ct6Key, CtEntry, Device, Frag, Frag4Key, Frag6Key,
     FrontendStats, NextHop, NextHopKey, Node6Config, NodeConfig, RejectRate, RevNat4, RevNat6, RevNatKey, Service4Key, Service4Value,
     Service6Key, Slot, SlotKey, SockRevNat4, SockRevNat4Key, SockRevNat6, SockRevNat6Key, SrcRange4, SrcRange6, SvcName, Vip4, layout,
     sizes, stat, tc_call, vip_filter, xdp_call,
@@ -100,7 +100,7 @@ pub static LB4_VIP_FILTER: Array<u64, { vip_filter::WORDS as usize }> = Array::n
 
 /// IPv4 datagrams in fragments: the first fragment's ports, for the rest.
 #[btf_map]
-pub static LB4_FRAGS: LruHashMap<Frag4Key, Frag4, { sizes::FRAGS as usize }> = LruHashMap::new();
+pub static LB4_FRAGS: LruHashMap<Frag4Key, Frag, { sizes::FRAGS as usize }> = LruHashMap::new();
 
 /// Per-client token buckets for the ICMP errors the datapath sends.
 #[btf_map]
@@ -160,7 +160,7 @@ pub static LB6_REJECT_RATE: LruHashMap<Addr6, RejectRate, { sizes::REJECT_RATE a
 /// IPv6 datagrams in fragments: the first fragment's ports, for the rest
 /// (see `LB4_FRAGS`).
 #[btf_map]
-pub static LB6_FRAGS: LruHashMap<Frag6Key, Frag4, { sizes::FRAGS as usize }> = LruHashMap::new();
+pub static LB6_FRAGS: LruHashMap<Frag6Key, Frag, { sizes::FRAGS as usize }> = LruHashMap::new();
 
 /// The FIB's answers for forwarded north-south packets, both families
 /// (`nexthop`).

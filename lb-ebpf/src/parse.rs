@@ -71,14 +71,15 @@ impl<F: Family> Flow<F> {
 }
 
 /// The furthest a flow's L4 header starts: after IPv6's fixed header,
-/// `ip6::MAX_EXT_HEADERS` extension headers of the longest length (2 KiB)
-/// and a fragment header (IPv4's options end far before).
-pub const MAX_L4_OFF: usize = ETH_HLEN + IPV6_HLEN + ip6::MAX_EXT_HEADERS * 2048 + FRAG6_HLEN;
+/// `ip6::MAX_EXT_HEADERS` extension headers of the longest length (2 KiB),
+/// a fragment header and one more destination options header (IPv4's
+/// options end far before).
+pub const MAX_L4_OFF: usize = ETH_HLEN + IPV6_HLEN + ip6::MAX_EXT_HEADERS * 2048 + FRAG6_HLEN + 2048;
 
 /// The furthest the L4 header an ICMPv6 error quotes starts: the quoted
 /// packet's own walk ([`MAX_L4_OFF`]'s) after an ICMPv6 header at most at
 /// `MAX_L4_OFF` (the callers' is right after the fixed header).
-pub const MAX_QUOTED_L4_OFF: usize = MAX_L4_OFF + ICMP_HLEN + IPV6_HLEN + ip6::MAX_EXT_HEADERS * 2048 + FRAG6_HLEN;
+pub const MAX_QUOTED_L4_OFF: usize = MAX_L4_OFF + ICMP_HLEN + IPV6_HLEN + ip6::MAX_EXT_HEADERS * 2048 + FRAG6_HLEN + 2048;
 
 /// The tuple of the packet an ICMP error quotes.
 pub struct Quoted<F: Family = V4> {
@@ -267,7 +268,8 @@ fn icmp_error_of<C: PacketData>(ctx: &C, saddr: u32, daddr: u32) -> Result<Packe
 /// its extension headers ([`l4_at`]).
 struct L4At {
     /// The header found there (TCP or UDP, or anything else the walk
-    /// stopped at).
+    /// stopped at); in a later fragment, its fragment header's next
+    /// header.
     proto: u8,
     /// Its offset; in a later fragment, of the fragment's data.
     l4_off: usize,
@@ -280,9 +282,11 @@ struct L4At {
 /// The extension header walk of an IPv6 packet whose fixed header says
 /// `next` and ends at `off`: up to `ip6::MAX_EXT_HEADERS` hop-by-hop,
 /// routing and destination options headers, then a fragment header if
-/// there is one. One walk for a packet ([`parse6`]) and for the packet an
-/// ICMPv6 error quotes ([`icmp6_error_at`]). A header cut off by the end
-/// of the packet is `Error::Malformed`.
+/// there is one, and in a first fragment a destination options header
+/// after it (the fragmentable part's only one before the L4 header, RFC
+/// 8200 4.1 and 4.5). One walk for a packet ([`parse6`]) and for the
+/// packet an ICMPv6 error quotes ([`icmp6_error_at`]). A header cut off
+/// by the end of the packet is `Error::Malformed`.
 #[inline(always)]
 fn l4_at<C: PacketData>(ctx: &C, next: u8, off: usize) -> Result<L4At, Error> {
     let (mut proto, mut l4_off) = (next, off);
@@ -301,6 +305,11 @@ fn l4_at<C: PacketData>(ctx: &C, next: u8, off: usize) -> Result<L4At, Error> {
         let h = frag6_header(&get(ctx, l4_off)?);
         (proto, frag, ip_id) = (h.next, h.frag, h.id);
         l4_off += FRAG6_HLEN;
+        if proto == ip6::DEST_OPTS && frag != Fragment::Later {
+            let ext: [u8; 2] = get(ctx, l4_off)?;
+            proto = ext[0];
+            l4_off += ip6::ext_len(ext[1]);
+        }
     }
     Ok(L4At { proto, l4_off, frag, ip_id })
 }
@@ -340,7 +349,9 @@ pub fn parse6<'a, C: PacketData>(ctx: &C, out: &'a mut MaybeUninit<Flow<V6>>) ->
         return Err(Error::Malformed);
     }
     let L4At { proto, l4_off, frag, ip_id } = l4_at(ctx, iph.u8(ip6::NEXT_HEADER), ETH_HLEN + IPV6_HLEN)?;
-    if proto != IPPROTO_TCP && proto != IPPROTO_UDP {
+    // A later fragment whose fragment header names a destination options
+    // header learns its L4 protocol from its first fragment (`frag`).
+    if proto != IPPROTO_TCP && proto != IPPROTO_UDP && !(frag == Fragment::Later && proto == ip6::DEST_OPTS) {
         return Ok(None);
     }
     let flow = out.write(Flow::<V6> {
