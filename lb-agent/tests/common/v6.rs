@@ -63,7 +63,12 @@ pub fn tcp_in(frame: Frame, src: SocketAddrV6, dst: SocketAddrV6, flags: &str, s
 
 /// [`udp`] in `frame`, without extension headers.
 pub fn udp_in(frame: Frame, src: SocketAddrV6, dst: SocketAddrV6, payload: &[u8]) -> Vec<u8> {
-    let ip = ip6_hops(&src, &dst, IpNumber::UDP, Ipv6Extensions::default(), frame.ttl);
+    udp_in_with(frame, src, dst, payload, Ipv6Extensions::default())
+}
+
+/// [`udp`] in `frame`, after the extension headers `exts`.
+pub fn udp_in_with(frame: Frame, src: SocketAddrV6, dst: SocketAddrV6, payload: &[u8], exts: Ipv6Extensions) -> Vec<u8> {
+    let ip = ip6_hops(&src, &dst, IpNumber::UDP, exts, frame.ttl);
     let b = PacketBuilder::ethernet2(frame.src_mac, frame.dst_mac).ip(ip).udp(src.port(), dst.port());
     let mut out = Vec::with_capacity(b.size(payload.len()));
     b.write(&mut out, payload).expect("writing to a Vec");
