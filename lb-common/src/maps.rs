@@ -921,7 +921,8 @@ pub struct Frag {
     pub sport: u16,
     pub dport: u16,
     /// The L4 protocol (TCP or UDP): an IPv6 fragment header may name a
-    /// destination options header before it (the key's `proto`).
+    /// destination options header before it, and IPv6's key has no
+    /// protocol (see `Frag6Key`).
     pub proto: u8,
     pub _pad: u8,
 }

@@ -259,8 +259,8 @@ impl Family for V6 {
     fn sock_front(v: &SockRevNat6) -> (Addr6, u16, u32) {
         (v.addr, v.port, v.frontend_id)
     }
-    #[inline(always)]
     /// Without the protocol (see [`Frag6Key`]).
+    #[inline(always)]
     fn frag_key(saddr: &Addr6, daddr: &Addr6, id: u32, _proto: u8) -> Frag6Key {
         Frag6Key { saddr: *saddr, daddr: *daddr, id, _pad: 0 }
     }

@@ -58,8 +58,9 @@ pub trait FamilyMaps: Family {
     /// The ports and L4 protocol a datagram's first fragment recorded (see
     /// `frag`).
     fn frag_get(key: &Self::FragKey) -> Option<Frag>;
-    /// Records a datagram's ports for its later fragments; replaces any
-    /// entry (LRU: an insert only fails on a bad argument).
+    /// Records a datagram's ports and L4 protocol for its later
+    /// fragments; replaces any entry (LRU: an insert only fails on a bad
+    /// argument).
     fn frag_insert(key: &Self::FragKey, ports: &Frag) -> Result<(), i32>;
 }
 

@@ -98,7 +98,8 @@ pub static LB4_VIPS: HashMap<u32, Vip4, { sizes::VIPS as usize }> = HashMap::new
 #[btf_map]
 pub static LB4_VIP_FILTER: Array<u64, { vip_filter::WORDS as usize }> = Array::new();
 
-/// IPv4 datagrams in fragments: the first fragment's ports, for the rest.
+/// IPv4 datagrams in fragments: the first fragment's ports and protocol,
+/// for the rest.
 #[btf_map]
 pub static LB4_FRAGS: LruHashMap<Frag4Key, Frag, { sizes::FRAGS as usize }> = LruHashMap::new();
 
@@ -157,8 +158,8 @@ pub static LB6_CT_ANY: LruHashMap<Ct6Key, Ct6Entry, { sizes::CT_ANY6 as usize }>
 #[btf_map]
 pub static LB6_REJECT_RATE: LruHashMap<Addr6, RejectRate, { sizes::REJECT_RATE as usize }> = LruHashMap::new();
 
-/// IPv6 datagrams in fragments: the first fragment's ports, for the rest
-/// (see `LB4_FRAGS`).
+/// IPv6 datagrams in fragments: the first fragment's ports and protocol,
+/// for the rest (see `LB4_FRAGS`).
 #[btf_map]
 pub static LB6_FRAGS: LruHashMap<Frag6Key, Frag, { sizes::FRAGS as usize }> = LruHashMap::new();
 
