@@ -915,13 +915,16 @@ fn b2_goals(t: &mut String, rows: &[B2Row]) {
     // The worst of the first and the last service (0: not measured).
     let p99 =
         |n: usize, k: Kind| [Position::First, Position::Last].iter().filter_map(|&p| stat(n, k, p, |r| r.request.p99)).fold(0.0, f64::max);
-    // lb's configuration with the smallest `score` (None: no figure), and
-    // the row text: that one's figure, then the other's.
+    // lb's configuration with the smallest `score` (None: no figure).
+    let pick = |score: &dyn Fn(Kind) -> Option<f64>| lbs.iter().filter_map(|&k| Some((k, score(k)?))).min_by(|a, b| a.1.total_cmp(&b.1));
+    // The picked configuration's score, and the row text: its figure, then
+    // the other's.
     let best = |score: &dyn Fn(Kind) -> Option<f64>, text: &dyn Fn(Kind) -> String| {
-        let chosen = lbs.iter().copied().filter(|&k| score(k).is_some()).min_by(|&a, &b| score(a).unwrap().total_cmp(&score(b).unwrap()));
-        let order: Vec<Kind> = chosen.into_iter().chain(lbs.iter().copied().filter(|&k| Some(k) != chosen)).collect();
-        let shown = order.iter().map(|&k| format!("{k}: {}", text(k))).collect::<Vec<_>>().join("; ");
-        (chosen.and_then(score), shown)
+        let chosen = pick(score);
+        let first = chosen.map(|(k, _)| k);
+        let order = first.into_iter().chain(lbs.iter().copied().filter(|&k| Some(k) != first));
+        let shown = order.map(|k| format!("{k}: {}", text(k))).collect::<Vec<_>>().join("; ");
+        (chosen.map(|(_, v)| v), shown)
     };
 
     if min != max {
@@ -1000,22 +1003,16 @@ fn b2_goals(t: &mut String, rows: &[B2Row]) {
     );
 
     let at = if ns.contains(&10_000) { 10_000 } else { max };
-    let ours_p99 = |k: Kind| Some(p99(at, k)).filter(|&v| v > 0.0);
-    let (o, _) = best(&ours_p99, &|_| String::new());
-    let chosen = lbs.iter().copied().find(|&k| ours_p99(k).is_some() && ours_p99(k) == o);
-    let ours = |o: Option<f64>| match (o, chosen) {
-        (Some(v), Some(k)) => format!("{k} {v:.0} µs"),
-        _ => "lb not measured".to_string(),
-    };
+    let ours = pick(&|k| Some(p99(at, k)).filter(|&v| v > 0.0));
+    let ours_text = ours.map_or_else(|| "lb not measured".to_string(), |(k, v)| format!("{k} {v:.0} µs"));
+    let o = ours.map_or(0.0, |(_, v)| v);
     let fig = |v: f64| if v > 0.0 { format!("{v:.0} µs") } else { "not measured (its rules did not load within the budget)".to_string() };
-    let o = o.unwrap_or(0.0);
     for k in [Kind::Iptables, Kind::IptablesLegacy] {
         let i = p99(at, k);
         let _ = writeln!(
             t,
-            "| B2: at {} services, p99 ≥ 5× better than {k} | {}, iptables {}{} | {} |",
+            "| B2: at {} services, p99 ≥ 5× better than {k} | {ours_text}, iptables {}{} | {} |",
             fmt_count(at as f64),
-            ours(Some(o).filter(|&v| v > 0.0)),
             fig(i),
             if i > 0.0 && o > 0.0 { format!(" ({:.1}×)", i / o) } else { String::new() },
             if i > 0.0 && o > 0.0 { pass(i >= 5.0 * o) } else { "n/a" }
@@ -1024,9 +1021,8 @@ fn b2_goals(t: &mut String, rows: &[B2Row]) {
     let n = p99(at, Kind::Nftables);
     let _ = writeln!(
         t,
-        "| B2: at {} services, p99 no worse than nftables (within 5 %) | {}, nftables {} | {} |",
+        "| B2: at {} services, p99 no worse than nftables (within 5 %) | {ours_text}, nftables {} | {} |",
         fmt_count(at as f64),
-        ours(Some(o).filter(|&v| v > 0.0)),
         fig(n),
         if n > 0.0 && o > 0.0 { pass(o <= n * 1.05) } else { "n/a" }
     );
