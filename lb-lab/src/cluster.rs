@@ -11,7 +11,8 @@
 //! ```
 //!
 //! * The switch is a Linux bridge inside its own lab namespace; every link
-//!   is a veth pair with both ends created directly in lab namespaces.
+//!   is a veth pair with both ends created directly in lab namespaces. It
+//!   only switches: `br_netfilter`'s hooks are off there.
 //! * Node `n` has `192.168.50.(n+1)/24` on `lbext`, its pods behind veth
 //!   pairs `lbp<i>` (Calico-style, as in [`crate::NodeLab`]) with
 //!   `10.244.(n+1).(10+i)/32`, and routes to the other nodes' pod CIDRs
@@ -48,6 +49,23 @@ use crate::{
 pub const EXT_IF: &str = "lbext";
 /// The client's interface.
 pub const CLIENT_IF: &str = "eth0";
+/// The switch stands for the network's L2 switch, which filters nothing:
+/// where the host has `br_netfilter`, bridged frames would go through the
+/// switch namespace's IP hooks too (its sysctls are per namespace, on by
+/// default), a cost every north-south packet paid there and no real node's
+/// network does.
+fn plain_switch(switch: &Netns) -> Result<()> {
+    for key in ["net.bridge.bridge-nf-call-iptables", "net.bridge.bridge-nf-call-ip6tables", "net.bridge.bridge-nf-call-arptables"] {
+        if let Err(e) = switch.sysctl(key, "0") {
+            // No br_netfilter: nothing to turn off.
+            if crate::io_error_kind(&e) != Some(std::io::ErrorKind::NotFound) {
+                return Err(e);
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The bridge in the switch namespace.
 pub const BRIDGE: &str = "lbbr0";
 /// The client's address on the external segment.
@@ -171,6 +189,7 @@ impl ClusterLab {
         let switch = Netns::new("switch")?;
         switch.ip(&["link", "add", BRIDGE, "type", "bridge"]).context("create the bridge")?;
         switch.ip(&["link", "set", BRIDGE, "up"])?;
+        plain_switch(&switch)?;
         let client = Netns::new("client")?;
         let router = match opts.client_router_mtu {
             Some(_) => Some(Netns::new("router")?),
