@@ -8,7 +8,9 @@
 //!   node B (DNAT + SNAT to node A's address, back out of the external
 //!   interface). kube-proxy marks NodePort traffic for masquerade in both
 //!   cases; lb (its XDP program on the external interface, `auto` mode as
-//!   the agent attaches it) only DNATs towards a local pod.
+//!   the agent attaches it) only DNATs towards a local pod;
+//! - passed: the same client -> a pod of node A by its own address, no
+//!   Service: what each datapath costs the traffic it does not translate.
 //!
 //! - UDP: a generator in the client sends one prebuilt 64-byte datagram's
 //!   frame as fast as it can for `seconds` (`AF_PACKET`, past the qdisc,
@@ -67,6 +69,9 @@ pub enum B4Path {
     NodePortLocal,
     /// External client -> NodePort -> backend pod on another node.
     NodePortRemote,
+    /// External client -> a pod of the node by its own address, no
+    /// Service: traffic the datapath passes, and what it costs it.
+    Passed,
 }
 
 impl std::fmt::Display for B4Path {
@@ -75,6 +80,7 @@ impl std::fmt::Display for B4Path {
             B4Path::ClusterIp => "pod → ClusterIP → pod",
             B4Path::NodePortLocal => "external → NodePort → pod on the node",
             B4Path::NodePortRemote => "external → NodePort → pod on another node",
+            B4Path::Passed => "external → pod on the node, no Service (passed)",
         })
     }
 }
@@ -534,6 +540,13 @@ fn run_north_south(kind: Kind, xdp_mode: XdpAttach, o: &B4Options) -> Result<Vec
         let row = measure(kind, path, &lab.client, to, &be.ns, sink, o)?;
         rows.push(B4Row { xdp: installed.xdp.clone(), ..row });
     }
+    // Traffic no Service owns, through the same interface: the client
+    // routes node A's pod network through node A (as a routed pod network
+    // does: Calico's BGP mode, flannel's host-gw).
+    lab.client_route(&lb_lab::pod_cidr(0), 0)?;
+    let sink = SocketAddrV4::new(local.ip, services::TARGET_PORT);
+    let row = measure(kind, B4Path::Passed, &lab.client, sink, &local.ns, sink, o)?;
+    rows.push(B4Row { xdp: installed.xdp.clone(), ..row });
     drop(installed);
     Ok(rows)
 }

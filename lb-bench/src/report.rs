@@ -781,7 +781,10 @@ pub fn markdown(r: &Report, plots: &[String]) -> String {
              (on veth `auto` picks generic XDP: native XDP there passes partial checksums on), and in both modes again with BPF host routing \
              (`--host-routing bpf`: the locally DNATed packets go from the external interface's tc ingress straight into the pod, and its replies \
              straight out; the remote path is the same XDP path). TX checksum offload is off on the external links, so \
-             TCP there runs well below the pod-to-pod rows.\n\n",
+             TCP there runs well below the pod-to-pod rows. The passed rows: the same client sends to the pod on node A by its own address \
+             (the client routes node A's pod network through node A, as a routed pod network does), no Service, with every datapath \
+             installed as above: what each costs the traffic it does not translate (lb: its XDP program's first look, and in generic mode \
+             the copy of every frame for XDP's headroom; kube-proxy: the host's conntrack).\n\n",
             b4::SERVICES,
             o.seconds,
             o.seconds,

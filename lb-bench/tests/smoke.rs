@@ -46,17 +46,22 @@ fn harness_runs_at_a_tiny_size() {
     assert_eq!(r.b2.as_ref().map(Vec::len), Some(lb_bench::dp::Kind::B2.len() * 3), "every B2 datapath x first/last/direct");
     assert!(r.b3.is_some());
     // B4: every datapath on the ClusterIP path (lb with and without BPF
-    // host routing) and on both NodePort paths, lb there four times (XDP
-    // auto and native, without and with BPF host routing); each row saw its
-    // UDP datagrams and TCP bytes arrive.
+    // host routing), on both NodePort paths and the passed one, lb there
+    // four times (XDP auto and native, without and with BPF host
+    // routing); each row saw its UDP datagrams and TCP bytes arrive.
     let b4 = r.b4.as_ref().expect("B4 ran");
     let east_west = lb_bench::dp::Kind::B2.len();
-    for (path, n) in [(B4Path::ClusterIp, east_west), (B4Path::NodePortLocal, kinds + 3), (B4Path::NodePortRemote, kinds + 3)] {
+    for (path, n) in [
+        (B4Path::ClusterIp, east_west),
+        (B4Path::NodePortLocal, kinds + 3),
+        (B4Path::NodePortRemote, kinds + 3),
+        (B4Path::Passed, kinds + 3),
+    ] {
         assert_eq!(b4.iter().filter(|row| row.path == path).count(), n, "B4 rows on {path}");
     }
     let modes: Vec<&str> = b4.iter().filter_map(|row| row.xdp.as_deref()).collect();
-    assert_eq!(modes.len(), 8, "lb's north-south rows say which XDP mode ran: {modes:?}");
-    assert_eq!(modes.iter().filter(|m| m.starts_with("native, --xdp-mode native")).count(), 4, "{modes:?}");
+    assert_eq!(modes.len(), 12, "lb's north-south rows say which XDP mode ran: {modes:?}");
+    assert_eq!(modes.iter().filter(|m| m.starts_with("native, --xdp-mode native")).count(), 6, "{modes:?}");
     // B6: every datapath has its row; every baseline sync of the churn
     // loaded and the rules held the Services after it; the agent ran when
     // there is one.
