@@ -14,8 +14,9 @@
 //!
 //! - UDP: a generator in the client sends one prebuilt 64-byte datagram's
 //!   frame as fast as it can for `seconds` (`AF_PACKET`, past the qdisc,
-//!   in batches), then a connected UDP socket does (what an application
-//!   sees); a sink in the backend pod, polling, counts what arrives.
+//!   in batches), three times (the median run is the row's), then a
+//!   connected UDP socket does (what an application sees); a sink in the
+//!   backend pod, polling, counts what arrives.
 //! - TCP: one connection writes 64 KiB buffers for `seconds`; a sink reads
 //!   and counts bytes.
 //!
@@ -157,6 +158,9 @@ fn udp_sink(ns: &lb_lab::Netns, addr: SocketAddrV4) -> Result<Sink> {
     });
     Ok(Sink { stop, count, thread: Some(thread) })
 }
+
+/// Runs of the generator per row; the median is kept.
+const GENERATOR_RUNS: usize = 3;
 
 /// Datagrams per `sendmmsg` / `recvmmsg` call.
 const BATCH: usize = 64;
@@ -447,7 +451,13 @@ fn measure(
         ensure!(got > 0, "{kind}, {path}: no UDP datagram reached the backend");
         Ok((sent as f64 / elapsed, got as f64 / elapsed, softirq_pct))
     };
-    let (udp_sent_pps, udp_pps, udp_softirq_pct) = udp_run(&|| udp_generate(client, &frame, o.seconds))?;
+    // The generator runs three times and the median run is kept: one run
+    // the machine disturbed (the last lab's namespaces going away, say)
+    // does not make the row (the ratio of two single runs moved by a
+    // fifth from one bench to the next).
+    let mut runs = (0..GENERATOR_RUNS).map(|_| udp_run(&|| udp_generate(client, &frame, o.seconds))).collect::<Result<Vec<_>>>()?;
+    runs.sort_by(|a, b| a.1.total_cmp(&b.1));
+    let (udp_sent_pps, udp_pps, udp_softirq_pct) = runs[runs.len() / 2];
     let (_, udp_socket_pps, _) = udp_run(&|| udp_send(client, to, o.seconds))?;
     drop(udp);
 

@@ -761,7 +761,8 @@ pub fn markdown(r: &Report, plots: &[String]) -> String {
             "\nMethod. A lab node with a client pod and one backend pod; {} services programmed (B2's list, the target with the backend pod as its endpoint, \
              plus a UDP port on the target). UDP, as a generator sends it (pktgen, which this kernel lacks, or trafgen): the client sends one prebuilt frame \
              of a 64-byte datagram (Ethernet, IPv4 and UDP, checksums complete, addresses and port of a connected UDP socket, the next hop's MAC from the \
-             neighbour table) for {} s as fast as it can, from an `AF_PACKET` socket past the qdisc (`PACKET_QDISC_BYPASS`), 64 frames per `sendmmsg`; \
+             neighbour table) for {} s as fast as it can, three times (the row is the median run), from an `AF_PACKET` socket past the qdisc \
+             (`PACKET_QDISC_BYPASS`), 64 frames per `sendmmsg`; \
              a sink in the backend, a UDP socket that polls (`recvmmsg`, non-blocking) rather than sleeps, counts what arrives. The sender's CPU also runs \
              the softirq that carries each datagram to the sink (veth), so the rate is one CPU's worth of sending plus the datapath: the generator keeps the \
              sending part small, and a polling sink costs the sender no wake-up per datagram (an IPI on this VM). \
