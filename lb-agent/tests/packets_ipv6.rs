@@ -284,14 +284,10 @@ fn fragments_of_an_ipv6_datagram_get_its_translation_both_ways() {
 
     // Fragments behind a hop-by-hop header (before the fragment header,
     // as RFC 8200 orders them), from another client port: a new flow.
-    let hbh = || {
-        let h = Ipv6RawExtHeader::new_raw(IpNumber::UDP, &[1, 4, 0, 0, 0, 0]).unwrap();
-        Ipv6Extensions { hop_by_hop_options: Some(h), ..none() }
-    };
     let other = sa6("[fd00:10:244::b]:40002");
-    let frags = v6::fragments(&v6::udp(other, vip, &query, hbh()), 1232, 77);
+    let frags = v6::fragments(&v6::udp(other, vip, &query, v6::hop_by_hop(IpNumber::UDP)), 1232, 77);
     assert_eq!(&frags[0][14 + 40..14 + 42], &[44, 0], "hop-by-hop, then the fragment header");
-    let want = v6::fragments(&v6::udp(other, be, &query, hbh()), 1232, 77);
+    let want = v6::fragments(&v6::udp(other, be, &query, v6::hop_by_hop(IpNumber::UDP)), 1232, 77);
     run_all(&mut l, "after hop-by-hop", Hook::FromPod, &frags, &want);
     assert_eq!(l.stat(stat::FRAGMENT_TRANSLATED), 2 + 3 + 2);
 
@@ -300,13 +296,13 @@ fn fragments_of_an_ipv6_datagram_get_its_translation_both_ways() {
     // has it before UDP, and every fragment header names it, not UDP.
     // Both ways, from yet another client port.
     let third = sa6("[fd00:10:244::b]:40003");
-    let frags = v6::fragments(&v6::udp(third, vip, &query, dest_opts(IpNumber::UDP)), 1232, 78);
+    let frags = v6::fragments(&v6::udp(third, vip, &query, v6::dest_opts(IpNumber::UDP)), 1232, 78);
     assert_eq!(frags[1][14 + 40], 60, "the later fragment's header names destination options");
     assert_eq!((frags[0][14 + 40], frags[0][14 + 48]), (60, 17), "the first fragment: destination options, then UDP");
-    let want = v6::fragments(&v6::udp(third, be, &query, dest_opts(IpNumber::UDP)), 1232, 78);
+    let want = v6::fragments(&v6::udp(third, be, &query, v6::dest_opts(IpNumber::UDP)), 1232, 78);
     run_all(&mut l, "destination options after the fragment header", Hook::FromPod, &frags, &want);
-    let frags = v6::fragments(&v6::udp(be, third, &answer, dest_opts(IpNumber::UDP)), 1232, 79);
-    let want = v6::fragments(&v6::udp(vip, third, &answer, dest_opts(IpNumber::UDP)), 1232, 79);
+    let frags = v6::fragments(&v6::udp(be, third, &answer, v6::dest_opts(IpNumber::UDP)), 1232, 79);
+    let want = v6::fragments(&v6::udp(vip, third, &answer, v6::dest_opts(IpNumber::UDP)), 1232, 79);
     run_all(&mut l, "the answer, destination options after the fragment header", Hook::ToClient, &frags, &want);
     assert_eq!(l.stat(stat::FRAGMENT_TRANSLATED), 2 + 3 + 2 + 2 + 3);
 
@@ -525,12 +521,6 @@ fn icmpv6_errors_about_translated_flows_are_translated() {
     assert_eq!(l.stat(stat::ICMP_TRANSLATED), 3);
 }
 
-/// A destination options header (PadN) before `next`.
-fn dest_opts(next: IpNumber) -> Ipv6Extensions {
-    let dst = Ipv6RawExtHeader::new_raw(next, &[1, 4, 0, 0, 0, 0]).unwrap();
-    Ipv6Extensions { destination_options: Some(dst), ..none() }
-}
-
 /// ICMPv6 errors (Packet Too Big, destination unreachable) about packets
 /// of translated flows that carried extension headers, or were the first
 /// fragment of a datagram: the quoted packet's headers are walked as a
@@ -563,9 +553,9 @@ fn icmpv6_errors_quoting_extension_headers_and_first_fragments_are_translated() 
     // (a) TCP behind a destination options header (and, the other way,
     // a hop-by-hop header too), both ways of the flow.
     assert_eq!(l.run(&v6::tcp(client, vip, "S", 1, b"", none())).verdict, TC_ACT_UNSPEC);
-    let data = v6::tcp(client, vip, "PA", 2, &payload, dest_opts(IpNumber::TCP));
+    let data = v6::tcp(client, vip, "PA", 2, &payload, v6::dest_opts(IpNumber::TCP));
     let sent = l.run(&data).packet;
-    assert_eq!(hex(&sent), hex(&v6::tcp(client, be, "PA", 2, &payload, dest_opts(IpNumber::TCP))), "DNATed");
+    assert_eq!(hex(&sent), hex(&v6::tcp(client, be, "PA", 2, &payload, v6::dest_opts(IpNumber::TCP))), "DNATed");
     let want = icmp6_error(*vip.ip(), *client.ip(), ptb, &data);
     expect(&mut l, "PTB quoting destination options, to the client", Hook::ToClient, &icmp6_error(router, *client.ip(), ptb, &sent), &want);
     let want = icmp6_error(*vip.ip(), *client.ip(), unreach, &data);
@@ -608,7 +598,7 @@ fn icmpv6_errors_quoting_extension_headers_and_first_fragments_are_translated() 
     );
     // A first fragment with a destination options header after its
     // fragment header (the fragmentable part): the ports follow that.
-    let dest_frags = v6::fragments(&v6::udp(client, vip_udp, &query, dest_opts(IpNumber::UDP)), 1232, 0x1234_5680);
+    let dest_frags = v6::fragments(&v6::udp(client, vip_udp, &query, v6::dest_opts(IpNumber::UDP)), 1232, 0x1234_5680);
     let dest_sent: Vec<Vec<u8>> = dest_frags.iter().map(|f| l.run(f).packet).collect();
     assert_eq!(&dest_sent[0][14 + 40..14 + 42], &[60, 0], "a fragment header naming destination options");
     let want = icmp6_error(*vip_udp.ip(), *client.ip(), ptb, &dest_frags[0]);
@@ -622,13 +612,13 @@ fn icmpv6_errors_quoting_extension_headers_and_first_fragments_are_translated() 
     // The answer's fragments carry a hop-by-hop header before the
     // fragment header (the unfragmentable part, RFC 8200 4.5).
     let answer = datagram(4000);
-    let hbh = || {
-        let h = Ipv6RawExtHeader::new_raw(IpNumber::UDP, &[1, 4, 0, 0, 0, 0]).unwrap();
-        Ipv6Extensions { hop_by_hop_options: Some(h), ..none() }
-    };
-    let reply_frags = v6::fragments(&v6::udp(be_udp, client, &answer, hbh()), 1232, 0x9abc_def0);
+    let reply_frags = v6::fragments(&v6::udp(be_udp, client, &answer, v6::hop_by_hop(IpNumber::UDP)), 1232, 0x9abc_def0);
     let got: Vec<Vec<u8>> = reply_frags.iter().map(|f| l.run_egress(f).packet).collect();
-    assert_eq!(hex(&got[0]), hex(&v6::fragments(&v6::udp(vip_udp, client, &answer, hbh()), 1232, 0x9abc_def0)[0]), "reverse-NATed");
+    assert_eq!(
+        hex(&got[0]),
+        hex(&v6::fragments(&v6::udp(vip_udp, client, &answer, v6::hop_by_hop(IpNumber::UDP)), 1232, 0x9abc_def0)[0]),
+        "reverse-NATed"
+    );
     assert_eq!(&got[0][14 + 40..14 + 42], &[44, 0], "hop-by-hop, then the fragment header");
     let want = icmp6_error(*client.ip(), *be_udp.ip(), ptb, &reply_frags[0]);
     expect(

@@ -1342,8 +1342,8 @@ fn icmpv6_errors_quoting_extension_headers_and_first_fragments_are_translated() 
     if !kernel_tests_enabled() {
         return;
     }
-    use common::v6::{fragments, tcp, udp};
-    use etherparse::{IpNumber, Ipv6Extensions, Ipv6RawExtHeader};
+    use common::v6::{dest_opts, fragments, hop_by_hop, tcp, udp};
+    use etherparse::{IpNumber, Ipv6Extensions};
     let mut fx = fixture6("xdp-v6-icmp-exts");
     let (c, np, be, nat) = (sa6(CLIENT6), node6(30080), sa6("[fd00:244:2::10]:8080"), node6(NAT_PORT));
     let hop = |f: Frame| Frame { ttl: 63, ..f };
@@ -1351,15 +1351,6 @@ fn icmpv6_errors_quoting_extension_headers_and_first_fragments_are_translated() 
     let router_b: std::net::Ipv6Addr = "fd00:50::2".parse().unwrap();
     let ptb = Icmpv6Type::PacketTooBig { mtu: 1280 };
     let unreach = Icmpv6Type::DestinationUnreachable(etherparse::icmpv6::DestUnreachableCode::Port);
-    // PadN only.
-    let dest_opts = |next| Ipv6Extensions {
-        destination_options: Some(Ipv6RawExtHeader::new_raw(next, &[1, 4, 0, 0, 0, 0]).unwrap()),
-        ..Default::default()
-    };
-    let hbh = |next| Ipv6Extensions {
-        hop_by_hop_options: Some(Ipv6RawExtHeader::new_raw(next, &[1, 4, 0, 0, 0, 0]).unwrap()),
-        ..Default::default()
-    };
     // What an error quotes of a packet: at most 1232 bytes.
     let quote = |p: &[u8]| p[..p.len().min(14 + 1232)].to_vec();
     let mut wrong = Vec::new();
@@ -1382,8 +1373,10 @@ fn icmpv6_errors_quoting_extension_headers_and_first_fragments_are_translated() 
     let input = icmp6_in(IN, router, *np.ip(), ptb, &tcp(np, c, "A", 5000, b"", dest_opts(IpNumber::TCP)));
     let want = icmp6_in(hop(TO_B), *np.ip(), *be.ip(), ptb, &tcp(be, nat, "A", 5000, b"", dest_opts(IpNumber::TCP)));
     check(&mut fx, "PTB quoting destination options, to the backend", &input, Some(&want));
-    let both =
-        || Ipv6Extensions { destination_options: dest_opts(IpNumber::TCP).destination_options, ..hbh(IpNumber::IPV6_DESTINATION_OPTIONS) };
+    let both = || Ipv6Extensions {
+        destination_options: dest_opts(IpNumber::TCP).destination_options,
+        ..hop_by_hop(IpNumber::IPV6_DESTINATION_OPTIONS)
+    };
     let input = icmp6_in(FROM_B, *be.ip(), *nat.ip(), unreach, &tcp(nat, be, "S", 1000, b"", both()));
     let want = icmp6_in(hop(TO_CLIENT), *np.ip(), *c.ip(), unreach, &tcp(c, np, "S", 1000, b"", both()));
     check(&mut fx, "unreachable quoting hop-by-hop and destination options, to the client", &input, Some(&want));
@@ -1406,8 +1399,8 @@ fn icmpv6_errors_quoting_extension_headers_and_first_fragments_are_translated() 
     let want = icmp6_in(hop(TO_CLIENT), *np.ip(), *c.ip(), unreach, &first(c, np_u, Ipv6Extensions::default()));
     check(&mut fx, "unreachable quoting a first fragment, to the client", &input, Some(&want));
     // The answer's first fragment, behind a hop-by-hop header.
-    let input = icmp6_in(IN, router, *np.ip(), ptb, &first(np_u, c, hbh(IpNumber::UDP)));
-    let want = icmp6_in(hop(TO_B), *np.ip(), *be.ip(), ptb, &first(be_u, nat_u, hbh(IpNumber::UDP)));
+    let input = icmp6_in(IN, router, *np.ip(), ptb, &first(np_u, c, hop_by_hop(IpNumber::UDP)));
+    let want = icmp6_in(hop(TO_B), *np.ip(), *be.ip(), ptb, &first(be_u, nat_u, hop_by_hop(IpNumber::UDP)));
     check(&mut fx, "PTB quoting a first fragment behind hop-by-hop, to the backend", &input, Some(&want));
     let translated = fx.l.stat(stat::ICMP_TRANSLATED);
 
@@ -1559,10 +1552,7 @@ fn ipv6_fragments_through_a_nodeport_and_an_lb_ip_get_the_datagrams_translation(
     // The same with a destination options header after the fragment
     // header (the fragmentable part): every fragment header names it, and
     // the first fragment has it before UDP.
-    let dest = || {
-        let h = etherparse::Ipv6RawExtHeader::new_raw(etherparse::IpNumber::UDP, &[1, 4, 0, 0, 0, 0]).unwrap();
-        etherparse::Ipv6Extensions { destination_options: Some(h), ..none() }
-    };
+    let dest = || common::v6::dest_opts(etherparse::IpNumber::UDP);
     let c2 = sa6("[fd00:50::64]:40053");
     let input = frags(common::v6::udp(c2, lb, &payload, dest()), 7);
     assert_eq!((input[0][14 + 40], input[2][14 + 40]), (60, 60), "fragment headers naming destination options");

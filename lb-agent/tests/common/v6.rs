@@ -4,7 +4,7 @@
 
 use std::net::SocketAddrV6;
 
-use etherparse::{IpHeaders, IpNumber, Ipv6Extensions, Ipv6Header, PacketBuilder};
+use etherparse::{IpHeaders, IpNumber, Ipv6Extensions, Ipv6Header, Ipv6RawExtHeader, PacketBuilder};
 use lb_agent::maps::{Maps, svc_name};
 use lb_common::{Backend6, RevNat6, RevNatKey, Service4Value, Service6Key, Slot, SlotKey, Vip4, addr6, svc_flags, vip_flags};
 use lb_lab::testrun::{CLIENT_MAC, Frame, NODE_MAC, tcp_packet};
@@ -59,6 +59,21 @@ pub fn tcp_in(frame: Frame, src: SocketAddrV6, dst: SocketAddrV6, flags: &str, s
     let ip = ip6_hops(&src, &dst, IpNumber::TCP, Ipv6Extensions::default(), frame.ttl);
     let b = PacketBuilder::ethernet2(frame.src_mac, frame.dst_mac).ip(ip).tcp(src.port(), dst.port(), seq, 64240);
     tcp_packet(b, flags, payload)
+}
+
+/// A destination options header (PadN only) before `next`.
+pub fn dest_opts(next: IpNumber) -> Ipv6Extensions {
+    Ipv6Extensions { destination_options: Some(padn(next)), ..Default::default() }
+}
+
+/// A hop-by-hop options header (PadN only) before `next`.
+pub fn hop_by_hop(next: IpNumber) -> Ipv6Extensions {
+    Ipv6Extensions { hop_by_hop_options: Some(padn(next)), ..Default::default() }
+}
+
+/// An 8-byte options header holding one PadN option, before `next`.
+fn padn(next: IpNumber) -> Ipv6RawExtHeader {
+    Ipv6RawExtHeader::new_raw(next, &[1, 4, 0, 0, 0, 0]).expect("a valid options header")
 }
 
 /// [`udp`] in `frame`, without extension headers.
