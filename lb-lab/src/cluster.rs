@@ -49,23 +49,6 @@ use crate::{
 pub const EXT_IF: &str = "lbext";
 /// The client's interface.
 pub const CLIENT_IF: &str = "eth0";
-/// The switch stands for the network's L2 switch, which filters nothing:
-/// where the host has `br_netfilter`, bridged frames would go through the
-/// switch namespace's IP hooks too (its sysctls are per namespace, on by
-/// default), a cost every north-south packet paid there and no real node's
-/// network does.
-fn plain_switch(switch: &Netns) -> Result<()> {
-    for key in ["net.bridge.bridge-nf-call-iptables", "net.bridge.bridge-nf-call-ip6tables", "net.bridge.bridge-nf-call-arptables"] {
-        if let Err(e) = switch.sysctl(key, "0") {
-            // No br_netfilter: nothing to turn off.
-            if crate::io_error_kind(&e) != Some(std::io::ErrorKind::NotFound) {
-                return Err(e);
-            }
-        }
-    }
-    Ok(())
-}
-
 /// The bridge in the switch namespace.
 pub const BRIDGE: &str = "lbbr0";
 /// The client's address on the external segment.
@@ -460,6 +443,23 @@ fn add_pod(node: &Netns, name: &str, ip: Ipv4Addr, hif: &str) -> Result<ClusterP
         return Err(e);
     }
     Ok(pod)
+}
+
+/// The switch stands for the network's L2 switch, which filters nothing:
+/// where the host has `br_netfilter`, bridged frames would go through the
+/// switch namespace's IP hooks too (its sysctls are per namespace, on by
+/// default), a cost every north-south packet paid there and no real node's
+/// network does.
+fn plain_switch(switch: &Netns) -> Result<()> {
+    for key in ["net.bridge.bridge-nf-call-iptables", "net.bridge.bridge-nf-call-ip6tables", "net.bridge.bridge-nf-call-arptables"] {
+        if let Err(e) = switch.sysctl(key, "0") {
+            // No br_netfilter: nothing to turn off.
+            if crate::io_error_kind(&e) != Some(std::io::ErrorKind::NotFound) {
+                return Err(e);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Turns TX checksum offload off on `ifname` in `ns` (the ETHTOOL_STXCSUM
