@@ -65,3 +65,20 @@ fn client_nodes_and_pods_reach_each_other_across_the_segment() {
         assert!(!listed.contains(n), "{n} still listed");
     }
 }
+
+/// The switch only switches: a forward chain that drops everything in the
+/// switch's namespace never sees the frames it bridges (where the host has
+/// `br_netfilter`, its `bridge-nf-call-*` sysctls are on by default in a
+/// new namespace, and would hand them to that chain).
+#[test]
+fn the_switch_bridges_past_its_namespaces_netfilter() {
+    require_root().expect("these tests need root and iproute2");
+    let lab = ClusterLab::new(&[&["a0"], &["b0"]]).unwrap();
+    let rules = "table inet lbtest { chain forward { type filter hook forward priority 0; policy drop; }; }";
+    let out = lab.switch.command("nft").arg(rules).output();
+    assert!(out.as_ref().is_ok_and(|o| o.status.success()), "nft in the switch: {out:?}");
+    let on_a = tcp_server(&lab.node(0).ns, SocketAddrV4::new(node_ip(0), 7000), "node-a").unwrap();
+    assert_eq!(tcp_request(&lab.client, on_a.local_addr()).unwrap(), "node-a");
+    let udp = udp_echo(&lab.node(1).ns, SocketAddrV4::new(node_ip(1), 5353), "node-b").unwrap();
+    assert_eq!(udp_request(&lab.client, udp.local_addr(), "x").unwrap().0, "node-b:x");
+}
