@@ -283,6 +283,56 @@ fn conntrack_timeouts_reuse_and_garbage_collection() {
     assert_ne!(l.reconciler.maps().ct.get(&key).unwrap().unwrap().backend_id, 999_999);
 }
 
+/// The longest tick the datapath's clock may lag by (HZ >= 100).
+const TICK_NS: u64 = 10_000_000;
+
+/// Pins the calling thread to `cpu`: a test run runs the program on the
+/// calling CPU.
+fn pin_thread(cpu: usize) {
+    // SAFETY: a zeroed cpu_set_t is valid; CPU_SET writes inside it.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        libc::CPU_SET(cpu, &mut set);
+        assert_eq!(libc::sched_setaffinity(0, size_of::<libc::cpu_set_t>(), &set), 0, "pinning to CPU {cpu}");
+    }
+}
+
+#[test]
+fn the_datapaths_clock_follows_clock_monotonic_on_every_cpu() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    // The datapath reads the coarse clock once per tick and CPU and keeps
+    // it for the tick (`LB_CLOCK`): a flow's `last_seen`, written by a
+    // packet on any CPU, must still be CLOCK_MONOTONIC within two ticks,
+    // after the CPU's copy has grown old.
+    let vip = sa("10.96.0.80:53");
+    let (a, f) = frontend("10.96.0.80:53", Protocol::Udp, &["10.244.1.10:5353"]);
+    let mut l = Loaded::new("clock", desired(vec![(a, f)]));
+    let c = client(52000);
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let mut last = 0;
+    for round in 0..3 {
+        for cpu in 0..cpus {
+            pin_thread(cpu);
+            // Older than this CPU's copy by more than two ticks.
+            std::thread::sleep(std::time::Duration::from_millis(30));
+            for packet in 0..2 {
+                let before = monotonic_ns();
+                l.run(&testrun::udp(c, vip, b"q"));
+                let after = monotonic_ns();
+                let seen = ct_entry(&l, c, vip, 17).unwrap().last_seen;
+                assert!(
+                    seen <= after && seen + 2 * TICK_NS >= before,
+                    "round {round}, CPU {cpu}, packet {packet}: last_seen {seen} against CLOCK_MONOTONIC {before}..{after}"
+                );
+                assert!(seen >= last, "round {round}, CPU {cpu}: last_seen went back from {last} to {seen}");
+                last = seen;
+            }
+        }
+    }
+}
+
 #[test]
 fn removing_a_backend_purges_its_flows_only() {
     if !kernel_tests_enabled() {

@@ -133,6 +133,10 @@ map_set! {
     /// and whether conntrack had an entry). Only the datapath reads and
     /// writes it.
     SCRATCH4 = "LB4_SCRATCH", version 1, sized by Fixed;
+    /// The datapath's clock, a per-CPU copy kept for the tick it was read
+    /// in (jiffies and the coarse clock's ns). Only the datapath reads and
+    /// writes it.
+    CLOCK = "LB_CLOCK", version 1, sized by Fixed;
     /// This node's IPv6 SNAT address (`Node6Config`), for NAT66, and the
     /// IPv6 session affinity prefix. Version 2: `affinity_host_bits`.
     NODE6 = "LB6_NODE", version 2, sized by Fixed;
@@ -553,9 +557,9 @@ pub const XDP_META_LOCAL_ICMP: u32 = 0x6c62_6963;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct CtEntryOf<A> {
-    /// `bpf_ktime_get_coarse_ns()` (CLOCK_MONOTONIC_COARSE, at most a tick
-    /// behind CLOCK_MONOTONIC) of the last packet in this
-    /// entry's direction, for timeouts and GC.
+    /// The datapath's clock (CLOCK_MONOTONIC_COARSE through its per-CPU
+    /// copy, `LB_CLOCK`: at most two ticks behind CLOCK_MONOTONIC) at the
+    /// last packet in this entry's direction, for timeouts and GC.
     pub last_seen: u64,
     pub nat_saddr: A,
     pub nat_daddr: A,
@@ -966,7 +970,7 @@ pub const NEXTHOP_TTL_NS: u64 = 1_000_000_000;
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct NextHop {
-    /// When the FIB was asked (`bpf_ktime_get_coarse_ns`).
+    /// When the FIB was asked (the datapath's clock, `LB_CLOCK`).
     pub looked_up_ns: u64,
     /// Where the FIB sends the packet.
     pub ifindex: u32,

@@ -20,11 +20,12 @@ use lb_common::{
 };
 
 use crate::{
+    clock::now_ns,
     error::Error,
     family::{Ct, CtKey, FamilyMaps},
     l3::L3,
     parse::Flow,
-    select::{now_ns, random},
+    select::random,
     stats,
 };
 

@@ -49,6 +49,7 @@
 #![no_main]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+mod clock;
 mod ct;
 mod error;
 mod family;

@@ -14,6 +14,7 @@ use lb_common::{
 };
 
 use crate::{
+    clock::Clock,
     route::Scratch,
     scratch::{self, Scratch4, Scratch6},
 };
@@ -186,6 +187,11 @@ pub static LB_HR_SCRATCH: PerCpuArray<Scratch, 1> = PerCpuArray::new();
 /// parsed flow, off the stack, for every part of a path.
 #[btf_map]
 pub static LB6_SCRATCH: PerCpuArray<Scratch6, { scratch::SLOTS as usize }> = PerCpuArray::new();
+
+/// The clock's per-CPU copy for the tick it was read in (`clock`): one
+/// helper call per tick and CPU instead of one per packet.
+#[btf_map]
+pub static LB_CLOCK: PerCpuArray<Clock, 1> = PerCpuArray::new();
 
 /// `lb_xdp4`'s hand-over to `lb_xdp4_rest`, one per CPU (`scratch`): the
 /// parsed flow and what the first look found.

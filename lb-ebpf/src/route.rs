@@ -49,6 +49,7 @@ use lb_common::{
 };
 
 use crate::{
+    clock::now_ns,
     ct,
     error::Error,
     l3::L3,
@@ -56,7 +57,6 @@ use crate::{
     nat, nexthop,
     packet::{PacketData, read, write},
     parse::Flow,
-    select::now_ns,
     stats,
     tc::verdict,
 };

@@ -3,7 +3,7 @@
 
 use core::ptr::{addr_of, addr_of_mut};
 
-use aya_ebpf::helpers::{bpf_get_prandom_u32, bpf_ktime_get_coarse_ns};
+use aya_ebpf::helpers::bpf_get_prandom_u32;
 use lb_common::{
     Affinity4, Affinity4Key, Backend4, Config, CtEntry, NodeConfig, RevNat4, RevNatKey, SCOPE_EXTERNAL, SCOPE_INTERNAL, Service4Key,
     Service4Value, SlotKey, Vip4, config_flags, node_flags, svc_flags,
@@ -99,18 +99,6 @@ pub fn rev_nat(id: u32) -> Option<RevNat4> {
 pub fn flow_valid(e: &CtEntry) -> bool {
     LB4_REVNAT.get(e.frontend_id).is_some_and(|f| f.is(e.frontend_version))
         && LB4_BACKENDS.get(e.backend_id).is_some_and(|b| b.is(e.backend_version))
-}
-
-/// The datapath's clock: CLOCK_MONOTONIC_COARSE, in ns. It moves once per
-/// tick (1-10 ms) and lags CLOCK_MONOTONIC by at most one, which every
-/// timeout it serves (seconds) and the agent's garbage collection (on
-/// CLOCK_MONOTONIC: an entry looks at most a tick older) can afford. It
-/// costs a load where `bpf_ktime_get_ns` reads the TSC, and it lets a flow's
-/// `last_seen` be written once per tick instead of once per packet.
-#[inline(always)]
-pub fn now_ns() -> u64 {
-    // SAFETY: a helper without arguments.
-    unsafe { bpf_ktime_get_coarse_ns() }
 }
 
 #[inline(always)]

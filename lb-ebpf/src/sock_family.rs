@@ -7,8 +7,9 @@ use aya_ebpf::{EbpfContext, helpers::bpf_get_socket_cookie, programs::SockAddrCo
 use lb_common::{AFFINITY_NETNS, Config, hash::fmix32, stat, svc_flags, vip_flags};
 
 use crate::{
+    clock::now_ns,
     family::FamilyMaps,
-    select::{now_ns, select_backend_of},
+    select::select_backend_of,
     sock::{ALLOW, ECONNREFUSED, EHOSTUNREACH, refuse},
     stats,
 };

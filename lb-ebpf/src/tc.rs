@@ -59,6 +59,7 @@ use lb_common::{
 };
 
 use crate::{
+    clock::now_ns,
     ct::{self, Forward, NewFlow, Source},
     error::Error,
     family::{Ct, FamilyMaps},
@@ -69,7 +70,7 @@ use crate::{
     packet::{read, redirect_back, write},
     parse::{Flow, IcmpError, Packet, icmp6_error_at, parse, parse6},
     route, scratch,
-    select::{config, flow_backend, node_config, now_ns},
+    select::{config, flow_backend, node_config},
     stats,
 };
 

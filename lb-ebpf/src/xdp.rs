@@ -56,6 +56,7 @@ use lb_common::{
 };
 
 use crate::{
+    clock::now_ns,
     ct::{self, Forward, NewFlow, Source},
     error::Error,
     family::{Ct, FamilyMaps},
@@ -66,7 +67,7 @@ use crate::{
     parse::{Flow, IcmpError, Packet, icmp6_error_at, parse, parse6},
     route::{self, Routed},
     scratch,
-    select::{config, flow_backend, node_config, node_settings, now_ns, vip},
+    select::{config, flow_backend, node_config, node_settings, vip},
     stats, vip_filter,
 };
 
