@@ -90,6 +90,9 @@ pub const TC_EGRESS_PROGRAM: &str = "lb_tc_egress";
 /// packets `lb_xdp` DNATed to a backend on this node go straight into the
 /// backend's pod.
 pub const TC_EXT_INGRESS_PROGRAM: &str = "lb_tc_ext_ingress";
+/// The north-south path in tc, on the external interfaces' ingress
+/// (`--xdp-mode tc`), in place of XDP and `lb_tc_ext_ingress`.
+pub const TC_NS_PROGRAM: &str = "lb_tc_ns";
 /// The IPv6 tc programs, by `LB_TC_CALLS` slot: the attached tc programs
 /// tail-call them for IPv6 frames (see [`fill_tc_calls`]).
 pub const TC_CALL_PROGRAMS: [&str; tc_call::SLOTS as usize] = tc_call::PROGRAMS;
@@ -115,6 +118,11 @@ pub enum XdpAttach {
     Native,
     /// Generic (skb) XDP only.
     Generic,
+    /// No XDP: the north-south path runs in tc on the external
+    /// interfaces' ingress (`lb_tc_ns`), as Cilium's does with XDP
+    /// acceleration off. For devices where XDP costs more than it saves:
+    /// on a veth, generic XDP copies every frame it sees for its headroom.
+    Tc,
     /// No XDP: north-south traffic is served from pods and hosts only.
     Off,
 }
@@ -125,6 +133,7 @@ impl fmt::Display for XdpAttach {
             XdpAttach::Auto => "auto",
             XdpAttach::Native => "native",
             XdpAttach::Generic => "generic",
+            XdpAttach::Tc => "tc",
             XdpAttach::Off => "off",
         })
     }
@@ -183,6 +192,7 @@ pub fn xdp_mode_name(mode: u32) -> &'static str {
         xdp_mode::NATIVE => "native",
         xdp_mode::GENERIC => "generic",
         xdp_mode::OFFLOAD => "offload",
+        xdp_mode::TC => "tc",
         _ => "unknown",
     }
 }
@@ -310,7 +320,7 @@ impl Datapath {
         loader.override_global(aya_log::LEVEL, &level, false);
         let mut ebpf = loader.load(object).context("loading the eBPF object (are you root, with bpffs and BTF available?)")?;
 
-        for name in [TC_INGRESS_PROGRAM, TC_EGRESS_PROGRAM, TC_EXT_INGRESS_PROGRAM].into_iter().chain(TC_CALL_PROGRAMS) {
+        for name in [TC_INGRESS_PROGRAM, TC_EGRESS_PROGRAM, TC_EXT_INGRESS_PROGRAM, TC_NS_PROGRAM].into_iter().chain(TC_CALL_PROGRAMS) {
             let tc: &mut SchedClassifier = program(&mut ebpf, name)?.try_into()?;
             load_program(name, || tc.load())?;
         }
@@ -504,6 +514,9 @@ impl Datapath {
         }
         let ifindex = host::external_ifindex(ifname)?;
         self.attach_tc_hook(ifindex, ifname, false)?;
+        if want == XdpAttach::Tc {
+            return self.attach_north_south_tc(ifindex, ifname);
+        }
         if self.host_routing_bpf {
             // (Without host routing an earlier agent's link here is not
             // adopted: `drop_unadopted` removes it.)
@@ -544,6 +557,7 @@ impl Datapath {
         }
         let (mode, why) = match want {
             XdpAttach::Off => bail!("attaching XDP to {ifname} with --xdp-mode off"),
+            XdpAttach::Tc => unreachable!("--xdp-mode tc attaches no XDP (above)"),
             XdpAttach::Native => {
                 self.attach_xdp_mode(ifindex, ifname, xdp_mode::NATIVE).with_context(|| {
                     format!("attaching {XDP_PROGRAM} to {ifname} in native mode (does its driver support XDP? try --xdp-mode generic)")
@@ -568,6 +582,26 @@ impl Datapath {
             },
         };
         info!(interface = ifname, mode = xdp_mode_name(mode), why = xdp_why_text(why), "XDP program attached");
+        self.externals.insert(ifname.to_string(), External { mode, why });
+        Ok((mode, why))
+    }
+
+    /// `--xdp-mode tc`: the north-south path in tc on the interface's
+    /// ingress (`lb_tc_ns`, which also does BPF host routing's part there),
+    /// then an earlier agent's XDP link on it removed (packets it
+    /// translated in the meantime pass `lb_tc_ns` as traffic for no
+    /// frontend).
+    fn attach_north_south_tc(&mut self, ifindex: u32, ifname: &str) -> anyhow::Result<(u32, u32)> {
+        let got = self.attach_tc_program(ifindex, ifname, true, TC_NS_PROGRAM)?;
+        for mode in [xdp_mode::NATIVE, xdp_mode::GENERIC] {
+            let pin = Pin::Xdp { ifindex, mode };
+            if self.found.remove(&pin).is_some() {
+                links::remove(&links::dir(&self.pin_dir).join(pin.file_name()))?;
+                info!(interface = ifname, "removed the XDP link of an earlier agent ({})", xdp_mode_name(mode));
+            }
+        }
+        let (mode, why) = (xdp_mode::TC, xdp_why::REQUESTED);
+        info!(interface = ifname, "north-south tc program ({TC_NS_PROGRAM}) {}", verb(got));
         self.externals.insert(ifname.to_string(), External { mode, why });
         Ok((mode, why))
     }

@@ -310,12 +310,11 @@ pub fn north_south(maps: &Maps) -> Result<Option<String>, MapsError> {
             .iter()
             .map(|(_, d)| {
                 let end = d.name.iter().position(|&b| b == 0).unwrap_or(d.name.len());
-                format!(
-                    "XDP {} on {} ({})",
-                    crate::datapath::xdp_mode_name(d.mode),
-                    String::from_utf8_lossy(&d.name[..end]),
-                    crate::datapath::xdp_why_text(d.why)
-                )
+                let hook = match d.mode {
+                    lb_common::xdp_mode::TC => "tc".to_string(),
+                    mode => format!("XDP {}", crate::datapath::xdp_mode_name(mode)),
+                };
+                format!("{hook} on {} ({})", String::from_utf8_lossy(&d.name[..end]), crate::datapath::xdp_why_text(d.why))
             })
             .collect();
         list.join(", ")

@@ -641,7 +641,10 @@ impl NorthSouth {
             "north-south: {}",
             if dp.xdp_interfaces().next().is_some() {
                 dp.xdp_interfaces()
-                    .map(|(n, m, w)| format!("{n}: XDP {} ({})", xdp_mode_name(m), xdp_why_text(w)))
+                    .map(|(n, m, w)| match m {
+                        lb_common::xdp_mode::TC => format!("{n}: tc ({})", xdp_why_text(w)),
+                        _ => format!("{n}: XDP {} ({})", xdp_mode_name(m), xdp_why_text(w)),
+                    })
                     .collect::<Vec<_>>()
                     .join(", ")
             } else {

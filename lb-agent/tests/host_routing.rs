@@ -359,7 +359,12 @@ fn nodeport_yaml(pod: (Ipv4Addr, Ipv6Addr), node: &str) -> String {
 /// changed to leave it out) the bpf run fails with (60, 60): the replies
 /// then take the stack path as well. An agent started again in legacy
 /// mode on the same pins removes `lb_tc_ext_ingress`.
-fn north_south(family: u8) {
+///
+/// `xdp` is the agent's `--xdp-mode`: with `tc` the north-south path runs
+/// in `lb_tc_ns` on the external interface's ingress, which hands the
+/// DNATed packet to its own host routing program (`lb_tc_ns_local`), and
+/// stays there in legacy mode.
+fn north_south(family: u8, xdp: &str) {
     for mode in ["legacy", "bpf"] {
         let lab = ClusterLab::new(&[&["web"]]).unwrap();
         lab.enable_ipv6().unwrap();
@@ -375,10 +380,21 @@ fn north_south(family: u8) {
             tcp_server_at(&web.ns, SocketAddr::new(backend, 8080), "web").unwrap(),
             udp_echo_at(&web.ns, SocketAddr::new(backend, 5353), "web").unwrap(),
         ];
-        let tag = format!("hr-ns{family}-{mode}");
+        let tag = format!("hr-ns{family}-{mode}-{xdp}");
         let dir = ManifestDir::new(&tag);
         dir.write("web.yaml", &nodeport_yaml((web.ip, web6), &node.name));
-        let args = ["--external-ifaces", lb_lab::EXT_IF, "--node-name", &node.name, "--health-addr", "off", "--host-routing", mode];
+        let args = [
+            "--external-ifaces",
+            lb_lab::EXT_IF,
+            "--node-name",
+            &node.name,
+            "--health-addr",
+            "off",
+            "--host-routing",
+            mode,
+            "--xdp-mode",
+            xdp,
+        ];
         let agent = Agent::start_with(&node.ns, &dir.0, PinDir::new(&tag), &args);
         let (http, dns) = (SocketAddr::new(node_addr, 30080), SocketAddr::new(node_addr, 30053));
         let served = [format!("{http}/TCP"), format!("{dns}/UDP")];
@@ -418,12 +434,19 @@ fn north_south(family: u8) {
             // serves.
             let ext = ifindex_in(&node.ns, lb_lab::EXT_IF).unwrap();
             let ext_ingress = || node.ns.run(move || lb_agent::links::query_tcx(ext, true).unwrap_or_default());
-            assert_eq!(ext_ingress().len(), 1, "lb_tc_ext_ingress on {}", lb_lab::EXT_IF);
+            assert_eq!(ext_ingress().len(), 1, "lb_tc_ext_ingress (or lb_tc_ns) on {}", lb_lab::EXT_IF);
             let pins = agent.stop_keeping_pins(libc::SIGTERM);
-            let legacy = ["--external-ifaces", lb_lab::EXT_IF, "--node-name", &node.name, "--health-addr", "off"];
+            let legacy = ["--external-ifaces", lb_lab::EXT_IF, "--node-name", &node.name, "--health-addr", "off", "--xdp-mode", xdp];
             let agent = Agent::start_with(&node.ns, &dir.0, pins, &legacy);
             agent.wait_rows("the NodePorts", |rows| served.iter().all(|f| rows.iter().any(|r| &r.frontend == f && r.backends.len() == 1)));
-            wait_for("lb_tc_ext_ingress to be removed", Duration::from_secs(10), || ext_ingress().is_empty().then_some(()));
+            // (The pinned maps list the NodePorts before the new agent has
+            // even loaded: its configuration, without host routing, says
+            // it runs. `lb_tc_ns` is the north-south path itself in tc
+            // mode, and stays.)
+            let legacy_config = || agent.maps().read_config().ok().filter(|c| c.flags & lb_common::config_flags::HOST_ROUTING_BPF == 0);
+            wait_for("the legacy agent's configuration", Duration::from_secs(10), legacy_config);
+            let left = if xdp == "tc" { 1 } else { 0 };
+            wait_for("lb_tc_ext_ingress to be removed", Duration::from_secs(10), || (ext_ingress().len() == left).then_some(()));
             counters.reset();
             let tag = tcp_request_to(&lab.client, http, b"hello\n", timeout)
                 .unwrap_or_else(|e| panic!("legacy again: {e:#}\n{}", agent.log_text()));
@@ -438,7 +461,7 @@ fn bpf_host_routing_delivers_nodeport_traffic_to_a_pod_of_the_node_past_the_host
     if !kernel_tests_enabled() {
         return;
     }
-    north_south(4);
+    north_south(4, "auto");
 }
 
 #[test]
@@ -446,7 +469,23 @@ fn bpf_host_routing_delivers_ipv6_nodeport_traffic_to_a_pod_of_the_node_past_the
     if !kernel_tests_enabled() {
         return;
     }
-    north_south(6);
+    north_south(6, "auto");
+}
+
+#[test]
+fn bpf_host_routing_delivers_nodeport_traffic_from_the_tc_north_south_path() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    north_south(4, "tc");
+}
+
+#[test]
+fn bpf_host_routing_delivers_ipv6_nodeport_traffic_from_the_tc_north_south_path() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    north_south(6, "tc");
 }
 
 /// Path MTU discovery through a host-routed NodePort, over `family` (4
@@ -460,7 +499,10 @@ fn bpf_host_routing_delivers_ipv6_nodeport_traffic_to_a_pod_of_the_node_past_the
 /// INVALID, the host's conntrack never having seen the flow, and the
 /// download would stall. (On the object before that change it did, over
 /// IPv4: the read timed out.)
-fn path_mtu_discovery(family: u8) {
+///
+/// `xdp` is the agent's `--xdp-mode` (`tc`: `lb_tc_ns` translates the
+/// error and `lb_tc_ns_local_icmp` sends it in).
+fn path_mtu_discovery(family: u8, xdp: &str) {
     let opts = lb_lab::ClusterOptions { client_router_mtu: Some(1400), ..Default::default() };
     let lab = ClusterLab::with_options(&[&["web"]], opts).unwrap();
     lab.enable_ipv6().unwrap();
@@ -473,7 +515,7 @@ fn path_mtu_discovery(family: u8) {
         (web6.into(), node_ip6(0).into(), lb_lab::ROUTER_IP6.into(), lab.client_ip6().into())
     };
     let (stop, server) = bulk_server(&web.ns, SocketAddr::new(backend, 8080), 300_000);
-    let tag = format!("hr-pmtu{family}");
+    let tag = format!("hr-pmtu{family}-{xdp}");
     let dir = ManifestDir::new(&tag);
     dir.write("web.yaml", &nodeport_yaml((web.ip, web6), &node.name));
     nft(
@@ -483,7 +525,18 @@ fn path_mtu_discovery(family: u8) {
             "table inet lbinvalid {\nchain forward {\ntype filter hook forward priority 0; policy accept;\nct state invalid counter drop\n}\n}\n",
         ),
     );
-    let args = ["--external-ifaces", lb_lab::EXT_IF, "--node-name", &node.name, "--health-addr", "off", "--host-routing", "bpf"];
+    let args = [
+        "--external-ifaces",
+        lb_lab::EXT_IF,
+        "--node-name",
+        &node.name,
+        "--health-addr",
+        "off",
+        "--host-routing",
+        "bpf",
+        "--xdp-mode",
+        xdp,
+    ];
     let agent = Agent::start_with(&node.ns, &dir.0, PinDir::new(&tag), &args);
     let http = SocketAddr::new(node_addr, 30080);
     agent.wait_rows("the NodePort", |rows| rows.iter().any(|r| r.frontend == format!("{http}/TCP") && r.backends.len() == 1));
@@ -530,7 +583,7 @@ fn path_mtu_discovery_works_through_a_host_routed_nodeport() {
     if !kernel_tests_enabled() {
         return;
     }
-    path_mtu_discovery(4);
+    path_mtu_discovery(4, "auto");
 }
 
 #[test]
@@ -538,5 +591,21 @@ fn path_mtu_discovery_works_through_a_host_routed_ipv6_nodeport() {
     if !kernel_tests_enabled() {
         return;
     }
-    path_mtu_discovery(6);
+    path_mtu_discovery(6, "auto");
+}
+
+#[test]
+fn path_mtu_discovery_works_through_a_host_routed_nodeport_on_the_tc_path() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    path_mtu_discovery(4, "tc");
+}
+
+#[test]
+fn path_mtu_discovery_works_through_a_host_routed_ipv6_nodeport_on_the_tc_path() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    path_mtu_discovery(6, "tc");
 }

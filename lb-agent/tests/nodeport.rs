@@ -430,6 +430,43 @@ fn generic_xdp_mode_can_be_forced() {
     assert_eq!(seen.len(), 2, "{seen:?}");
 }
 
+/// `--xdp-mode tc`: no XDP program on the external interface; the
+/// north-south path runs in tc on its ingress (`lb_tc_ns`). TCP and UDP
+/// from the external client to node A's NodePort reach both backends, the
+/// one on node B through node A's SNAT, FIB and redirect, with the
+/// replies translated back.
+#[test]
+fn tc_mode_serves_nodeports_from_outside_without_xdp() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let c = cluster_with("tcmode", &manifest("  type: NodePort\n", "", &fixed_endpoints(BOTH)), &["--xdp-mode", "tc"]);
+    c.wait_frontend(0, &format!("{}:{HTTP_PORT}/TCP", node_ip(0)), 2);
+    let maps = Maps::open(&c.agents[0].pins.0).unwrap();
+    let header = list::north_south(&maps).unwrap().unwrap();
+    assert!(header.contains("north-south: tc on lbext (as requested)"), "{header}");
+    let link = c.lab.node(0).ns.ip_output(&["-d", "link", "show", lb_lab::EXT_IF]).unwrap();
+    assert!(!link.contains("xdp"), "no XDP program on {}: {link}", lb_lab::EXT_IF);
+    let ext = common::ifindex_in(&c.lab.node(0).ns, lb_lab::EXT_IF).unwrap();
+    let ingress = c.lab.node(0).ns.run(move || lb_agent::links::query_tcx(ext, true).unwrap());
+    assert_eq!(ingress.len(), 1, "lb_tc_ns on the ingress of {}", lb_lab::EXT_IF);
+
+    let seen = c.spread(&c.lab.client, at(node_ip(0), HTTP_PORT), 40);
+    assert_eq!(seen.keys().map(String::as_str).collect::<Vec<_>>(), ["web-a", "web-b"], "{seen:?}");
+    let node_a = u32::from_ne_bytes(node_ip(0).octets());
+    let snated = maps.ct.entries().unwrap().iter().filter(|(k, e)| k.dir == lb_common::CT_SERVICE && e.nat_saddr == node_a).count();
+    assert!(snated > 0, "flows to web-b were SNATed");
+    let mut udp = BTreeMap::<String, usize>::new();
+    for i in 0..30 {
+        let (reply, peer) = udp_request(&c.lab.client, at(node_ip(0), DNS_PORT), &format!("q{i}"))
+            .unwrap_or_else(|e| panic!("query {i}: {e:#}\n{}", c.logs()));
+        assert_eq!(peer, std::net::SocketAddr::V4(at(node_ip(0), DNS_PORT)));
+        *udp.entry(reply.split_once(':').unwrap().0.to_string()).or_default() += 1;
+    }
+    assert_eq!(udp.len(), 2, "UDP reached both backends: {udp:?}");
+    assert_eq!(maps.stat(lb_common::stat::TAIL_CALL_FAILED).unwrap(), 0);
+}
+
 /// How many FIB answers node `n`'s XDP program keeps (`LB_NEXTHOPS`).
 fn kept_next_hops(c: &Cluster, n: usize) -> usize {
     let path = c.agents[n].pins.0.join(lb_common::names::NEXTHOPS);

@@ -36,8 +36,13 @@ fn manifest_on(policy: &str, n: usize) -> String {
 /// The agent on node A as these labs run it: XDP (generic) on the
 /// external interface, the Services of `dir`.
 fn agent_on_node_a(lab: &ClusterLab, dir: &ManifestDir, tag: &str) -> Agent {
+    agent_on_node_a_in(lab, dir, tag, "generic")
+}
+
+/// [`agent_on_node_a`] with `--xdp-mode xdp`.
+fn agent_on_node_a_in(lab: &ClusterLab, dir: &ManifestDir, tag: &str, xdp: &str) -> Agent {
     let node = lab.node(0);
-    let args = ["--external-ifaces", lb_lab::EXT_IF, "--node-name", &node.name, "--health-addr", "off", "--xdp-mode", "generic"];
+    let args = ["--external-ifaces", lb_lab::EXT_IF, "--node-name", &node.name, "--health-addr", "off", "--xdp-mode", xdp];
     Agent::start_with(&node.ns, &dir.0, PinDir::new(tag), &args)
 }
 
@@ -55,6 +60,11 @@ struct NodePort6 {
 
 impl NodePort6 {
     fn start(pods: &[&[&str]], n: usize, policy: &str, tag: &str) -> NodePort6 {
+        Self::start_in(pods, n, policy, tag, "generic")
+    }
+
+    /// [`NodePort6::start`] with the agent's `--xdp-mode xdp`.
+    fn start_in(pods: &[&[&str]], n: usize, policy: &str, tag: &str, xdp: &str) -> NodePort6 {
         let lab = ClusterLab::new(pods).unwrap();
         lab.enable_ipv6().unwrap();
         let web = lab.node(n).pod(pods[n][0]);
@@ -63,7 +73,7 @@ impl NodePort6 {
         let who = WhoAmI::start(&web.ns, SocketAddrV6::new(be6, 9000, 0, 0));
         let dir = ManifestDir::new(tag);
         dir.write("svc.yaml", &manifest_on(policy, n));
-        let agent = agent_on_node_a(&lab, &dir, tag);
+        let agent = agent_on_node_a_in(&lab, &dir, tag, xdp);
         let np = format!("[{}]:30080/TCP", node_ip6(0));
         agent.wait_rows(&format!("{np} with its backend"), |rows| rows.iter().any(|r| r.frontend == np && r.backends.len() == 1));
         NodePort6 { lab, agent, _dir: dir, _server: server, _who: who }
@@ -159,7 +169,21 @@ fn an_external_ipv6_client_reaches_a_backend_on_another_node_through_nat66() {
     if !kernel_tests_enabled() {
         return;
     }
-    let np = NodePort6::start(&[&["cli-a"], &["web-b"]], 1, "Cluster", "np6-nat66");
+    nat66("generic");
+}
+
+/// The same with `--xdp-mode tc`: NAT66 in `lb_tc_ns6_nat`, the packets
+/// redirected out of the external interface.
+#[test]
+fn an_external_ipv6_client_reaches_a_backend_on_another_node_through_nat66_on_the_tc_path() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    nat66("tc");
+}
+
+fn nat66(xdp: &str) {
+    let np = NodePort6::start_in(&[&["cli-a"], &["web-b"]], 1, "Cluster", &format!("np6-nat66-{xdp}"), xdp);
     np.requests(5, "web-b");
     // The backend sees node A's IPv6 address (SNAT), not the client's.
     let peer = np.peer_seen();

@@ -1,9 +1,11 @@
-//! North-south packet fixtures for the XDP program through
-//! BPF_PROG_TEST_RUN: NodePort DNAT+SNAT towards a backend on another node
+//! North-south packet fixtures through BPF_PROG_TEST_RUN, each run in
+//! both hooks the path has: XDP (`lb_xdp`) and tc (`lb_tc_ns`, `--xdp-mode
+//! tc`; see `Hook`): NodePort DNAT+SNAT towards a backend on another node
 //! and the reverse translation of its replies, DNAT only for a local
 //! backend, UDP, source ranges, rejects and drops, NAT port collisions.
 //! Expected packets are built from scratch by etherparse, so its checksum
-//! code checks the program's incremental updates.
+//! code checks the program's incremental updates (tc's through the
+//! kernel's checksum helpers).
 //!
 //! `bpf_fib_lookup` in a test run consults the calling thread's network
 //! namespace, so each test enters a private namespace that looks like a
@@ -25,7 +27,7 @@ use aya::programs::{SchedClassifier, Xdp};
 use common::{Loaded, assert_checksums_valid, hex, kernel_tests_enabled, sa};
 use etherparse::{Icmpv4Type, Icmpv6Type, NetSlice, SlicedPacket, TransportSlice, icmpv4::DestUnreachableHeader};
 use lb_agent::{
-    datapath::{TC_EGRESS_PROGRAM, XDP_PASS_PROGRAM, XDP_PROGRAM},
+    datapath::{TC_EGRESS_PROGRAM, TC_NS_PROGRAM, XDP_PASS_PROGRAM, XDP_PROGRAM},
     model::{Backend, BackendAddr, Cidr, Desired, Frontend, FrontendAddr, Protocol},
     reconcile::Stats,
 };
@@ -166,18 +168,55 @@ fn desired() -> (Desired, BTreeMap<FrontendAddr, Vec<Cidr>>) {
     (d, ranges)
 }
 
+/// The hook the north-south path runs in: XDP (`lb_xdp`), or tc
+/// (`lb_tc_ns`, `--xdp-mode tc`). Each test runs in both ([`both_hooks`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Hook {
+    Xdp,
+    Tc,
+}
+
+/// A `#[test]` per hook for each fixture test `name(hook)`: `name::xdp`
+/// and `name::tc`.
+macro_rules! both_hooks {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[test]
+                fn xdp() {
+                    if super::kernel_tests_enabled() {
+                        super::$name(super::Hook::Xdp);
+                    }
+                }
+
+                #[test]
+                fn tc() {
+                    if super::kernel_tests_enabled() {
+                        super::$name(super::Hook::Tc);
+                    }
+                }
+            }
+        )*
+    };
+}
+
 struct Fixture {
     l: Loaded,
     ext: u32,
+    hook: Hook,
     _entered: Entered,
     _ns: Netns,
 }
 
 impl Fixture {
-    fn new(tag: &str, nat_ports: (u16, u16)) -> Fixture {
+    fn new(hook: Hook, tag: &str, nat_ports: (u16, u16)) -> Fixture {
         let ns = external_side();
         let entered = Entered::enter(&ns);
-        let mut l = Loaded::new(tag, Desired::new());
+        let tag = match hook {
+            Hook::Xdp => tag.to_string(),
+            Hook::Tc => format!("{tag}-tc"),
+        };
+        let mut l = Loaded::new(&tag, Desired::new());
         l.reconciler.set_node_name(Some("node-a".into()));
         let (d, ranges) = desired();
         let mut stats = l.reconciler.apply(&d);
@@ -194,16 +233,87 @@ impl Fixture {
                 nodeport_max: 32767,
             })
             .unwrap();
-        Fixture { l, ext: ifindex("ext0"), _entered: entered, _ns: ns }
+        Fixture { l, ext: ifindex("ext0"), hook, _entered: entered, _ns: ns }
     }
 
     fn xdp(&mut self) -> &mut Xdp {
         self.l.dp.ebpf.program_mut(XDP_PROGRAM).unwrap().try_into().unwrap()
     }
 
+    /// Runs a packet arriving on `ext0` through the hook's program.
     fn run(&mut self, input: &[u8]) -> Outcome {
         let ext = self.ext;
-        testrun::run_xdp(self.xdp(), input, ext).unwrap()
+        self.run_on(input, ext)
+    }
+
+    /// Runs a packet arriving on interface `ifindex` through the hook's
+    /// program. tc's verdicts are given in XDP's numbers: a pass
+    /// (`TC_ACT_UNSPEC`) as `XDP_PASS`, a drop as `XDP_DROP`, and a
+    /// redirect as `XDP_TX`, whichever interface it goes out of (tc has no
+    /// `XDP_TX`; the frame's MACs, from the FIB's answer, show where it
+    /// goes).
+    fn run_on(&mut self, input: &[u8], ifindex: u32) -> Outcome {
+        match self.hook {
+            Hook::Xdp => testrun::run_xdp(self.xdp(), input, ifindex).unwrap(),
+            Hook::Tc => self.run_tc(input, &testrun::sk_buff_on(ifindex)),
+        }
+    }
+
+    /// Runs a frame that may be a GSO super-packet (longer than one packet
+    /// on the wire) arriving on `ext0`: in XDP, an interface in generic
+    /// mode (which sees those); in tc, an skb that is one (of 1000-byte
+    /// segments).
+    fn run_gso(&mut self, input: &[u8]) -> Outcome {
+        let ext = self.ext;
+        match self.hook {
+            Hook::Xdp => {
+                let device = lb_common::Device { mode: lb_common::xdp_mode::GENERIC, name: *b"ext0\0\0\0\0\0\0\0\0\0\0\0\0", why: 0 };
+                self.l.reconciler.maps_mut().devices.insert(&ext, &device).unwrap();
+                self.run(input)
+            }
+            Hook::Tc => self.run_tc(input, &testrun::gso_sk_buff_on(ext, 1000, input.len().div_ceil(1000) as u32)),
+        }
+    }
+
+    /// Runs `lb_tc_ns` from `skb`, its verdict in XDP's numbers (see
+    /// [`Fixture::run_on`]).
+    fn run_tc(&mut self, input: &[u8], skb: &[u8; testrun::SK_BUFF_LEN]) -> Outcome {
+        let tc: &mut SchedClassifier = self.l.dp.ebpf.program_mut(TC_NS_PROGRAM).unwrap().try_into().unwrap();
+        let mut out = testrun::run_tc_skb(tc, input, skb).unwrap();
+        out.verdict = match out.verdict {
+            testrun::TC_ACT_UNSPEC => XDP_PASS,
+            testrun::TC_ACT_SHOT => XDP_DROP,
+            testrun::TC_ACT_REDIRECT => XDP_TX,
+            v => panic!("lb_tc_ns returned {v}"),
+        };
+        out
+    }
+
+    /// The verdict for a packet sent out of another interface than it
+    /// came in on (see [`Fixture::run_on`]).
+    fn redirected(&self) -> i32 {
+        match self.hook {
+            Hook::Xdp => testrun::XDP_REDIRECT,
+            Hook::Tc => XDP_TX,
+        }
+    }
+
+    /// Empties the hook's program array slot that does what `xdp_call`'s
+    /// `slot` does in XDP; false when the hook has no such slot (tc runs
+    /// IPv4's first look in the attached program itself).
+    fn clear_call(&mut self, slot: u32) -> bool {
+        use lb_common::{tc_call, xdp_call};
+        let (map, slot) = match (self.hook, slot) {
+            (Hook::Xdp, slot) => (lb_common::names::XDP_CALLS, slot),
+            (Hook::Tc, xdp_call::XDP4) => return false,
+            (Hook::Tc, xdp_call::XDP4_REST) => (lb_common::names::TC_CALLS, tc_call::NS4_REST),
+            (Hook::Tc, xdp_call::XDP6) => (lb_common::names::TC_CALLS, tc_call::NS6),
+            (Hook::Tc, xdp_call::XDP6_REST) => (lb_common::names::TC_CALLS, tc_call::NS6_REST),
+            (Hook::Tc, slot) => panic!("no tc slot for xdp_call {slot}"),
+        };
+        let mut calls = aya::maps::ProgramArray::try_from(self.l.dp.ebpf.map_mut(map).unwrap()).unwrap();
+        calls.clear_index(&slot).unwrap();
+        true
     }
 
     /// Runs a packet through the egress program (of a pod's or the
@@ -238,12 +348,8 @@ fn node(port: u16) -> SocketAddrV4 {
     SocketAddrV4::new(NODE_IP.parse().unwrap(), port)
 }
 
-#[test]
-fn nodeport_to_a_remote_backend_is_snated_and_forwarded_and_replies_reversed() {
-    if !kernel_tests_enabled() {
-        return;
-    }
-    let mut fx = Fixture::new("xdp-remote", (NAT_PORT, NAT_PORT));
+fn nodeport_to_a_remote_backend_is_snated_and_forwarded_and_replies_reversed(hook: Hook) {
+    let mut fx = Fixture::new(hook, "xdp-remote", (NAT_PORT, NAT_PORT));
     let c = client(40000);
     let be = sa("10.244.2.10:8080");
     let nat = node(NAT_PORT);
@@ -301,14 +407,10 @@ fn nodeport_to_a_remote_backend_is_snated_and_forwarded_and_replies_reversed() {
     assert!(fx.l.reconciler.maps().ct.entries().unwrap().is_empty(), "flows of the removed NodePort collected");
 }
 
-#[test]
-fn nat_ports_never_collide() {
-    if !kernel_tests_enabled() {
-        return;
-    }
+fn nat_ports_never_collide(hook: Hook) {
     // One NAT port: a second flow to the same backend cannot get it while
     // the first holds it, and is dropped rather than mixed up.
-    let mut fx = Fixture::new("xdp-collide", (NAT_PORT, NAT_PORT));
+    let mut fx = Fixture::new(hook, "xdp-collide", (NAT_PORT, NAT_PORT));
     let be = sa("10.244.2.10:8080");
     let first = fx.run(&testrun::tcp_frame(IN, client(40000), node(30080), "S", 1, b""));
     assert_eq!(first.verdict, XDP_TX);
@@ -320,7 +422,7 @@ fn nat_ports_never_collide() {
 
     // Two ports: 50 flows over 2 ports to one backend; at most 2 succeed and
     // they never share a port.
-    let mut fx = Fixture::new("xdp-collide2", (NAT_PORT, NAT_PORT + 1));
+    let mut fx = Fixture::new(hook, "xdp-collide2", (NAT_PORT, NAT_PORT + 1));
     let mut ports = Vec::new();
     for p in 41000..41050u16 {
         let out = fx.run(&testrun::tcp_frame(IN, client(p), node(30080), "S", 1, b""));
@@ -334,12 +436,8 @@ fn nat_ports_never_collide() {
     assert_eq!(ports, [NAT_PORT, NAT_PORT + 1], "each port used once");
 }
 
-#[test]
-fn local_backend_is_dnated_only_and_kept_client_ip() {
-    if !kernel_tests_enabled() {
-        return;
-    }
-    let mut fx = Fixture::new("xdp-local", (NAT_PORT, NAT_PORT + 100));
+fn local_backend_is_dnated_only_and_kept_client_ip(hook: Hook) {
+    let mut fx = Fixture::new(hook, "xdp-local", (NAT_PORT, NAT_PORT + 100));
     let c = client(40010);
     let be = sa("10.244.1.10:8080");
     let out = fx.run(&testrun::tcp_frame(IN, c, node(30081), "S", 7, b""));
@@ -358,12 +456,8 @@ fn local_backend_is_dnated_only_and_kept_client_ip() {
     assert!(ct.iter().all(|(k, e)| e.nat_saddr == k.saddr || k.dir == lb_common::CT_REPLY), "no SNAT for a local backend: {ct:?}");
 }
 
-#[test]
-fn source_ranges_allow_and_deny() {
-    if !kernel_tests_enabled() {
-        return;
-    }
-    let mut fx = Fixture::new("xdp-ranges", (NAT_PORT, NAT_PORT));
+fn source_ranges_allow_and_deny(hook: Hook) {
+    let mut fx = Fixture::new(hook, "xdp-ranges", (NAT_PORT, NAT_PORT));
     let lb = sa("192.168.60.10:80");
     let out = fx.run(&testrun::tcp_frame(IN, client(40020), lb, "S", 1, b""));
     expect("allowed source", &out, XDP_TX, &testrun::tcp_frame(TO_B, node(NAT_PORT), sa("10.244.2.11:8080"), "S", 1, b""));
@@ -380,12 +474,8 @@ fn source_ranges_allow_and_deny() {
     assert_eq!(out.verdict, XDP_DROP);
 }
 
-#[test]
-fn no_endpoints_rejects_local_policy_drops_and_others_pass() {
-    if !kernel_tests_enabled() {
-        return;
-    }
-    let mut fx = Fixture::new("xdp-misc", (NAT_PORT, NAT_PORT));
+fn no_endpoints_rejects_local_policy_drops_and_others_pass(hook: Hook) {
+    let mut fx = Fixture::new(hook, "xdp-misc", (NAT_PORT, NAT_PORT));
     let c = client(40030);
 
     let input = testrun::tcp_frame(IN, c, node(30090), "S", 1, b"");
@@ -423,12 +513,8 @@ fn no_endpoints_rejects_local_policy_drops_and_others_pass() {
     assert_eq!(fx.run(&opts).verdict, XDP_PASS);
 }
 
-#[test]
-fn replies_to_pods_whose_backend_is_remote_get_the_frontend_back_on_the_pods_interface() {
-    if !kernel_tests_enabled() {
-        return;
-    }
-    let mut fx = Fixture::new("xdp-podreply", (NAT_PORT, NAT_PORT));
+fn replies_to_pods_whose_backend_is_remote_get_the_frontend_back_on_the_pods_interface(hook: Hook) {
+    let mut fx = Fixture::new(hook, "xdp-podreply", (NAT_PORT, NAT_PORT));
     // A pod of node A dials node A's NodePort: tc DNATs it to node B's pod.
     let pod = sa("10.244.1.20:45000");
     let be = sa("10.244.2.10:8080");
@@ -470,7 +556,7 @@ fn bench_xdp_nodeport_per_packet() {
         return;
     }
     const REPEAT: u32 = 1_000_000;
-    let mut fx = Fixture::new("xdp-bench", (NAT_PORT, NAT_PORT));
+    let mut fx = Fixture::new(Hook::Xdp, "xdp-bench", (NAT_PORT, NAT_PORT));
     // The self-mapping frontend of the ping-pong.
     let vip = sa("192.168.50.7:30080");
     let be = sa("192.168.50.7:61000");
@@ -548,31 +634,22 @@ fn bench_xdp_nodeport_per_packet() {
     println!("    lb_xdp NodePort -> remote, established, XDP_TX    {:>5}", single.as_nanos() / SINGLE as u128);
 }
 
-#[test]
-fn a_backend_behind_another_interface_is_redirected_there() {
-    if !kernel_tests_enabled() {
-        return;
-    }
-    let mut fx = Fixture::new("xdp-redirect", (NAT_PORT, NAT_PORT));
+fn a_backend_behind_another_interface_is_redirected_there(hook: Hook) {
+    let mut fx = Fixture::new(hook, "xdp-redirect", (NAT_PORT, NAT_PORT));
     let c = client(40040);
     let be = sa("10.244.3.10:8080");
     let out = fx.run(&testrun::tcp_frame(IN, c, node(30082), "S", 1, b""));
     let to_c = Frame { src_mac: EXT1_MAC, dst_mac: NODE_C_MAC, ttl: 63 };
-    expect("SYN to a backend behind ext1", &out, testrun::XDP_REDIRECT, &testrun::tcp_frame(to_c, node(NAT_PORT), be, "S", 1, b""));
+    expect("SYN to a backend behind ext1", &out, fx.redirected(), &testrun::tcp_frame(to_c, node(NAT_PORT), be, "S", 1, b""));
     // The reply arrives on ext1 and goes back out of ext0 to the client.
     let from_c = Frame { src_mac: NODE_C_MAC, dst_mac: EXT1_MAC, ttl: 64 };
     let ext1 = ifindex("ext1");
-    let xdp = fx.xdp();
-    let out = testrun::run_xdp(xdp, &testrun::tcp_frame(from_c, be, node(NAT_PORT), "SA", 2, b""), ext1).unwrap();
-    expect("reply redirected to ext0", &out, testrun::XDP_REDIRECT, &testrun::tcp_frame(TO_CLIENT, node(30082), c, "SA", 2, b""));
+    let out = fx.run_on(&testrun::tcp_frame(from_c, be, node(NAT_PORT), "SA", 2, b""), ext1);
+    expect("reply redirected to ext0", &out, fx.redirected(), &testrun::tcp_frame(TO_CLIENT, node(30082), c, "SA", 2, b""));
 }
 
-#[test]
-fn fragments_through_a_nodeport_get_the_datagrams_translation() {
-    if !kernel_tests_enabled() {
-        return;
-    }
-    let mut fx = Fixture::new("xdp-frags", (NAT_PORT, NAT_PORT));
+fn fragments_through_a_nodeport_get_the_datagrams_translation(hook: Hook) {
+    let mut fx = Fixture::new(hook, "xdp-frags", (NAT_PORT, NAT_PORT));
     let c = client(40050);
     let be = sa("10.244.2.10:5353");
     // Two fragments that fit the 1500-byte links: 1480 + 528 bytes.
@@ -614,12 +691,8 @@ fn reframed(frame: Frame, packet: &[u8]) -> Vec<u8> {
     p
 }
 
-#[test]
-fn icmp_errors_about_nodeport_flows_are_translated_both_ways() {
-    if !kernel_tests_enabled() {
-        return;
-    }
-    let mut fx = Fixture::new("xdp-icmp", (NAT_PORT, NAT_PORT + 10));
+fn icmp_errors_about_nodeport_flows_are_translated_both_ways(hook: Hook) {
+    let mut fx = Fixture::new(hook, "xdp-icmp", (NAT_PORT, NAT_PORT + 10));
     let c = client(40060);
     let be = sa("10.244.2.10:8080");
     let syn = fx.run(&testrun::tcp_frame(IN, c, node(30080), "S", 1, b""));
@@ -660,12 +733,8 @@ fn icmp_errors_about_nodeport_flows_are_translated_both_ways() {
     assert_eq!(fx.l.stat(lb_common::stat::ICMP_TRANSLATED), 2);
 }
 
-#[test]
-fn a_packet_too_big_for_the_path_to_a_remote_backend_gets_frag_needed() {
-    if !kernel_tests_enabled() {
-        return;
-    }
-    let mut fx = Fixture::new("xdp-mtu", (NAT_PORT, NAT_PORT));
+fn a_packet_too_big_for_the_path_to_a_remote_backend_gets_frag_needed(hook: Hook) {
+    let mut fx = Fixture::new(hook, "xdp-mtu", (NAT_PORT, NAT_PORT));
     // The path to node B's pods has MTU 1000 (a tunnel, say).
     fx._ns.ip(&["route", "replace", "10.244.2.0/24", "via", "192.168.50.2", "dev", "ext0", "mtu", "lock", "1000"]).unwrap();
     let big = testrun::tcp_frame(IN, client(40070), node(30080), "A", 1, &[7u8; 1200]);
@@ -685,14 +754,9 @@ fn a_packet_too_big_for_the_path_to_a_remote_backend_gets_frag_needed() {
     assert_eq!(icmp.icmp_type(), Icmpv4Type::DestinationUnreachable(DestUnreachableHeader::FragmentationNeeded { next_hop_mtu: 1000 }));
     assert_eq!(icmp.payload(), &big[14..14 + 28], "quotes the packet as the client sent it");
     assert_eq!(fx.l.stat(lb_common::stat::FRAG_NEEDED_SENT), 1);
-    // In generic mode a long frame may be a GSO super-packet, which the
+    // A long frame may be a GSO super-packet (generic XDP, tc), which the
     // kernel segments on its way: translated and handed to the kernel.
-    fx.l.reconciler
-        .maps_mut()
-        .devices
-        .insert(&ext, &lb_common::Device { mode: lb_common::xdp_mode::GENERIC, name: *b"ext0\0\0\0\0\0\0\0\0\0\0\0\0", why: 0 })
-        .unwrap();
-    let out = fx.run(&testrun::tcp_frame(IN, client(40070), node(30080), "A", 1, &[7u8; 1200]));
+    let out = fx.run_gso(&testrun::tcp_frame(IN, client(40070), node(30080), "A", 1, &[7u8; 1200]));
     assert_eq!(out.verdict, XDP_PASS);
     assert_eq!(&out.packet[26..30], &node(0).ip().octets(), "SNATed");
 }
@@ -718,12 +782,8 @@ fn nexthops(fx: &Fixture) -> Vec<KeptHop> {
         .collect()
 }
 
-#[test]
-fn the_fibs_answer_is_kept_for_a_second_and_a_longer_packet_or_a_stale_answer_asks_again() {
-    if !kernel_tests_enabled() {
-        return;
-    }
-    let mut fx = Fixture::new("xdp-nexthop", (NAT_PORT, NAT_PORT));
+fn the_fibs_answer_is_kept_for_a_second_and_a_longer_packet_or_a_stale_answer_asks_again(hook: Hook) {
+    let mut fx = Fixture::new(hook, "xdp-nexthop", (NAT_PORT, NAT_PORT));
     let (c, np, be, nat) = (client(40090), node(30080), sa("10.244.2.10:8080"), node(NAT_PORT));
     let syn = testrun::tcp_frame(IN, c, np, "S", 1000, b"");
     expect("SYN to the NodePort", &fx.run(&syn), XDP_TX, &testrun::tcp_frame(TO_B, nat, be, "S", 1000, b""));
@@ -757,15 +817,11 @@ fn the_fibs_answer_is_kept_for_a_second_and_a_longer_packet_or_a_stale_answer_as
     assert_eq!(nexthops(&fx).len(), 2, "the backend's and the client's");
 }
 
-#[test]
-fn spoofed_syns_hold_snat_ports_only_until_the_syn_timeout() {
-    if !kernel_tests_enabled() {
-        return;
-    }
+fn spoofed_syns_hold_snat_ports_only_until_the_syn_timeout(hook: Hook) {
     // One SNAT port. A SYN from a source that never answers (spoofed)
     // takes it; a real client is dropped while it is held, and gets it
     // once the SYN timeout has passed, without waiting for GC.
-    let mut fx = Fixture::new("xdp-spoof", (NAT_PORT, NAT_PORT));
+    let mut fx = Fixture::new(hook, "xdp-spoof", (NAT_PORT, NAT_PORT));
     let be = sa("10.244.2.10:8080");
     let spoofed = sa("203.0.113.9:4444");
     assert_eq!(fx.run(&testrun::tcp_frame(IN, spoofed, node(30080), "S", 1, b"")).verdict, XDP_TX);
@@ -792,12 +848,8 @@ fn spoofed_syns_hold_snat_ports_only_until_the_syn_timeout() {
     assert_eq!(fx.run(&testrun::tcp_frame(IN, client(40081), node(30080), "S", 1, b"")).verdict, XDP_DROP);
 }
 
-#[test]
-fn two_nodeport_flows_from_one_client_port_to_one_local_backend_keep_apart() {
-    if !kernel_tests_enabled() {
-        return;
-    }
-    let mut fx = Fixture::new("xdp-clash", (NAT_PORT, NAT_PORT + 100));
+fn two_nodeport_flows_from_one_client_port_to_one_local_backend_keep_apart(hook: Hook) {
+    let mut fx = Fixture::new(hook, "xdp-clash", (NAT_PORT, NAT_PORT + 100));
     // A second NodePort with the same local backend as 30081.
     let (mut d, _) = desired();
     let (a, f) =
@@ -842,12 +894,8 @@ fn sharing_lane(of: Ipv4Addr) -> Ipv4Addr {
         .expect("an address sharing the lane")
 }
 
-#[test]
-fn packets_for_no_frontend_pass_untouched_and_leave_no_conntrack_entry() {
-    if !kernel_tests_enabled() {
-        return;
-    }
-    let mut fx = Fixture::new("xdp-nofront", (NAT_PORT, NAT_PORT));
+fn packets_for_no_frontend_pass_untouched_and_leave_no_conntrack_entry(hook: Hook) {
+    let mut fx = Fixture::new(hook, "xdp-nofront", (NAT_PORT, NAT_PORT));
     // The pre-filter holds the frontend addresses with their kinds (a
     // ClusterIP's for tc: XDP reads the north-south kinds only), and
     // nothing for an address with no frontend.
@@ -871,12 +919,8 @@ fn packets_for_no_frontend_pass_untouched_and_leave_no_conntrack_entry() {
     assert!(ct.is_empty(), "no conntrack entry for packets to no frontend: {ct:?}");
 }
 
-#[test]
-fn an_address_sharing_a_frontends_filter_lane_passes_untouched() {
-    if !kernel_tests_enabled() {
-        return;
-    }
-    let mut fx = Fixture::new("xdp-falsepos", (NAT_PORT, NAT_PORT));
+fn an_address_sharing_a_frontends_filter_lane_passes_untouched(hook: Hook) {
+    let mut fx = Fixture::new(hook, "xdp-falsepos", (NAT_PORT, NAT_PORT));
     let c = client(40110);
     // A false positive of the LoadBalancer IP's lane, and of the node
     // address's (NodePorts only: a port in the NodePort range gets past
@@ -899,12 +943,8 @@ fn an_address_sharing_a_frontends_filter_lane_passes_untouched() {
     assert_eq!(out.verdict, XDP_TX);
 }
 
-#[test]
-fn established_flows_follow_conntrack_without_the_address_lookup_until_their_frontend_goes() {
-    if !kernel_tests_enabled() {
-        return;
-    }
-    let mut fx = Fixture::new("xdp-est", (NAT_PORT, NAT_PORT + 10));
+fn established_flows_follow_conntrack_without_the_address_lookup_until_their_frontend_goes(hook: Hook) {
+    let mut fx = Fixture::new(hook, "xdp-est", (NAT_PORT, NAT_PORT + 10));
     let c = client(40120);
     let lb = sa("192.168.60.10:80");
     let be = sa("10.244.2.11:8080");
@@ -944,15 +984,11 @@ fn established_flows_follow_conntrack_without_the_address_lookup_until_their_fro
     expect_unchanged("the removed NodePort's flow", &fx.run(&data), &data);
     // The remaining NodePorts are served.
     let out = fx.run(&testrun::tcp_frame(IN, c, node(30082), "S", 1, b""));
-    assert_eq!(out.verdict, testrun::XDP_REDIRECT, "NodePort 30082 (behind ext1)");
+    assert_eq!(out.verdict, fx.redirected(), "NodePort 30082 (behind ext1)");
 }
 
-#[test]
-fn a_pre_filter_new_to_the_pins_is_rebuilt_from_the_frontend_addresses() {
-    if !kernel_tests_enabled() {
-        return;
-    }
-    let mut fx = Fixture::new("xdp-filter-sync", (NAT_PORT, NAT_PORT));
+fn a_pre_filter_new_to_the_pins_is_rebuilt_from_the_frontend_addresses(hook: Hook) {
+    let mut fx = Fixture::new(hook, "xdp-filter-sync", (NAT_PORT, NAT_PORT));
     let c = client(40130);
     let lb = sa("192.168.60.10:80");
     let out = fx.run(&testrun::tcp_frame(IN, c, lb, "S", 1, b""));
@@ -1024,14 +1060,14 @@ const CLIENT6: &str = "[fd00:50::64]:40000";
 /// - UDP: NodePort [fd00:50::1]:30053 -> [fd00:244:2::10]:5353 on node B,
 ///   LoadBalancer [fd00:60::10]:53 -> [fd00:244:1::11]:5353 on node A.
 /// - NodePort [fd00:50::1]:30094, TCP and UDP, with no endpoints.
-fn fixture6(tag: &str) -> Fixture {
-    fixture6_snat(tag, Some(NODE6))
+fn fixture6(hook: Hook, tag: &str) -> Fixture {
+    fixture6_snat(hook, tag, Some(NODE6))
 }
 
 /// [`fixture6`] with `snat6` as node A's IPv6 SNAT address (`LB6_NODE`;
 /// `None`: none).
-fn fixture6_snat(tag: &str, snat6: Option<&str>) -> Fixture {
-    let mut fx = Fixture::new(tag, (NAT_PORT, NAT_PORT));
+fn fixture6_snat(hook: Hook, tag: &str, snat6: Option<&str>) -> Fixture {
+    let mut fx = Fixture::new(hook, tag, (NAT_PORT, NAT_PORT));
     let node6 = lb_agent::northsouth::node6_config(snat6.map(|a| a.parse().unwrap()), 128);
     fx.l.reconciler.maps_mut().write_node6(&node6).unwrap();
     let np = svc_flags::NODE_PORT;
@@ -1069,12 +1105,8 @@ fn fixture6_snat(tag: &str, snat6: Option<&str>) -> Fixture {
     fx
 }
 
-#[test]
-fn ipv6_source_ranges_allow_and_deny() {
-    if !kernel_tests_enabled() {
-        return;
-    }
-    let mut fx = fixture6("xdp-v6-ranges");
+fn ipv6_source_ranges_allow_and_deny(hook: Hook) {
+    let mut fx = fixture6(hook, "xdp-v6-ranges");
     let none = etherparse::Ipv6Extensions::default;
     let lb = sa6("[fd00:61::10]:80");
     let be = sa6("[fd00:244:1::13]:8080");
@@ -1099,12 +1131,8 @@ fn ipv6_source_ranges_allow_and_deny() {
     assert_eq!(fx.run(&common::v6::tcp(sa6("[fd00:50::64]:40001"), lb, "S", 1, b"", none())).verdict, XDP_DROP);
 }
 
-#[test]
-fn ipv6_session_affinity_keeps_a_client_on_one_backend() {
-    if !kernel_tests_enabled() {
-        return;
-    }
-    let mut fx = fixture6("xdp-v6-affinity");
+fn ipv6_session_affinity_keeps_a_client_on_one_backend(hook: Hook) {
+    let mut fx = fixture6(hook, "xdp-v6-affinity");
     let none = etherparse::Ipv6Extensions::default;
     let np = sa6(&format!("[{NODE6}]:30093"));
     // The backend each new connection (a new source port) of a client is
@@ -1129,12 +1157,8 @@ fn ipv6_session_affinity_keeps_a_client_on_one_backend() {
 /// `--affinity-ipv6-prefix 64`: the clients of one /64 are one client to
 /// session affinity (one entry, one backend); with the default (128) each
 /// address is keyed apart.
-#[test]
-fn ipv6_session_affinity_keys_a_client_prefix() {
-    if !kernel_tests_enabled() {
-        return;
-    }
-    let mut fx = fixture6("xdp-v6-affinity-prefix");
+fn ipv6_session_affinity_keys_a_client_prefix(hook: Hook) {
+    let mut fx = fixture6(hook, "xdp-v6-affinity-prefix");
     let none = etherparse::Ipv6Extensions::default;
     let np = sa6(&format!("[{NODE6}]:30093"));
     // The backend a client's new connection is DNATed to.
@@ -1156,12 +1180,8 @@ fn ipv6_session_affinity_keys_a_client_prefix() {
     assert_eq!(entries(&fx), 10, "another /64, another entry");
 }
 
-#[test]
-fn ipv6_nodeport_and_lb_ip_to_a_local_backend_are_dnated_and_replies_reversed() {
-    if !kernel_tests_enabled() {
-        return;
-    }
-    let mut fx = fixture6("xdp-v6-local");
+fn ipv6_nodeport_and_lb_ip_to_a_local_backend_are_dnated_and_replies_reversed(hook: Hook) {
+    let mut fx = fixture6(hook, "xdp-v6-local");
     let none = etherparse::Ipv6Extensions::default;
     let c = sa6(CLIENT6);
     let np = sa6(&format!("[{NODE6}]:30081"));
@@ -1191,12 +1211,8 @@ fn ipv6_nodeport_and_lb_ip_to_a_local_backend_are_dnated_and_replies_reversed() 
     assert_eq!(fx.l.stat(stat::TAIL_CALL_FAILED), 0);
 }
 
-#[test]
-fn ipv6_traffic_that_is_not_served_passes_untouched() {
-    if !kernel_tests_enabled() {
-        return;
-    }
-    let mut fx = fixture6("xdp-v6-pass");
+fn ipv6_traffic_that_is_not_served_passes_untouched(hook: Hook) {
+    let mut fx = fixture6(hook, "xdp-v6-pass");
     let none = etherparse::Ipv6Extensions::default;
     let c = sa6(CLIENT6);
     for (name, dst) in [
@@ -1212,12 +1228,8 @@ fn ipv6_traffic_that_is_not_served_passes_untouched() {
     assert_eq!(fx.l.stat(stat::TAIL_CALL_FAILED), 0);
 }
 
-#[test]
-fn ipv6_to_a_backend_on_another_node_passes_while_the_node_has_no_ipv6_snat_address() {
-    if !kernel_tests_enabled() {
-        return;
-    }
-    let mut fx = fixture6_snat("xdp-v6-no-snat", None);
+fn ipv6_to_a_backend_on_another_node_passes_while_the_node_has_no_ipv6_snat_address(hook: Hook) {
+    let mut fx = fixture6_snat(hook, "xdp-v6-no-snat", None);
     let none = etherparse::Ipv6Extensions::default;
     // No address to NAT66 to, and DNAT alone would send the backend's
     // replies straight to the client: not served here, counted.
@@ -1244,12 +1256,8 @@ fn icmp6_back(src: std::net::Ipv6Addr, dst: std::net::Ipv6Addr, t: Icmpv6Type, a
     out
 }
 
-#[test]
-fn ipv6_a_packet_too_big_for_the_path_to_a_remote_backend_gets_packet_too_big() {
-    if !kernel_tests_enabled() {
-        return;
-    }
-    let mut fx = fixture6("xdp-v6-mtu");
+fn ipv6_a_packet_too_big_for_the_path_to_a_remote_backend_gets_packet_too_big(hook: Hook) {
+    let mut fx = fixture6(hook, "xdp-v6-mtu");
     // The path to node B's pods has MTU 1300 (a tunnel, say).
     fx._ns.ip(&["-6", "route", "replace", "fd00:244:2::/48", "via", "fd00:50::2", "dev", "ext0", "mtu", "lock", "1300"]).unwrap();
     let (c, np) = (sa6(CLIENT6), node6(30080));
@@ -1269,10 +1277,9 @@ fn ipv6_a_packet_too_big_for_the_path_to_a_remote_backend_gets_packet_too_big() 
     // A small packet of the flow is forwarded all the same.
     let small = common::v6::tcp_in(IN, c, np, "A", 1, &[7u8; 1000]);
     assert_eq!(fx.run(&small).verdict, XDP_TX);
-    // In generic mode a long frame may be a GSO super-packet, which the
+    // A long frame may be a GSO super-packet (generic XDP, tc), which the
     // kernel segments on its way: translated and handed to the kernel.
-    fx.l.reconciler.maps_mut().devices.insert(&ext, &device(lb_common::xdp_mode::GENERIC)).unwrap();
-    let out = fx.run(&big);
+    let out = fx.run_gso(&big);
     assert_eq!(out.verdict, XDP_PASS);
     assert_eq!(&out.packet[14 + 8..14 + 24], &np.ip().octets(), "SNATed");
 }
@@ -1287,12 +1294,8 @@ fn icmp6_in(frame: Frame, src: std::net::Ipv6Addr, dst: std::net::Ipv6Addr, t: I
     out
 }
 
-#[test]
-fn icmpv6_errors_about_nat66_flows_are_translated_both_ways() {
-    if !kernel_tests_enabled() {
-        return;
-    }
-    let mut fx = fixture6("xdp-v6-icmp");
+fn icmpv6_errors_about_nat66_flows_are_translated_both_ways(hook: Hook) {
+    let mut fx = fixture6(hook, "xdp-v6-icmp");
     let (c, np, be, nat) = (sa6(CLIENT6), node6(30080), sa6("[fd00:244:2::10]:8080"), node6(NAT_PORT));
     let syn = common::v6::tcp_in(IN, c, np, "S", 1000, b"");
     assert_eq!(fx.run(&syn).verdict, XDP_TX);
@@ -1337,14 +1340,10 @@ fn icmpv6_errors_about_nat66_flows_are_translated_both_ways() {
 /// extension headers left as they are. A quoted later fragment (no ports)
 /// and a quote cut off inside its headers pass untouched. Each case is
 /// checked and the wrong ones named together.
-#[test]
-fn icmpv6_errors_quoting_extension_headers_and_first_fragments_are_translated() {
-    if !kernel_tests_enabled() {
-        return;
-    }
+fn icmpv6_errors_quoting_extension_headers_and_first_fragments_are_translated(hook: Hook) {
     use common::v6::{dest_opts, fragments, hop_by_hop, tcp, udp};
     use etherparse::{IpNumber, Ipv6Extensions};
-    let mut fx = fixture6("xdp-v6-icmp-exts");
+    let mut fx = fixture6(hook, "xdp-v6-icmp-exts");
     let (c, np, be, nat) = (sa6(CLIENT6), node6(30080), sa6("[fd00:244:2::10]:8080"), node6(NAT_PORT));
     let hop = |f: Frame| Frame { ttl: 63, ..f };
     let router: std::net::Ipv6Addr = "fd00:50::fe".parse().unwrap();
@@ -1429,12 +1428,8 @@ fn node6(port: u16) -> std::net::SocketAddrV6 {
     std::net::SocketAddrV6::new(NODE6.parse().unwrap(), port, 0, 0)
 }
 
-#[test]
-fn ipv6_nodeport_to_a_remote_backend_is_nat66ed_and_forwarded_and_replies_reversed() {
-    if !kernel_tests_enabled() {
-        return;
-    }
-    let mut fx = fixture6("xdp-v6-remote");
+fn ipv6_nodeport_to_a_remote_backend_is_nat66ed_and_forwarded_and_replies_reversed(hook: Hook) {
+    let mut fx = fixture6(hook, "xdp-v6-remote");
     let c = sa6(CLIENT6);
     let np = node6(30080);
     let be = sa6("[fd00:244:2::10]:8080");
@@ -1479,12 +1474,8 @@ fn ipv6_nodeport_to_a_remote_backend_is_nat66ed_and_forwarded_and_replies_revers
     assert_eq!(fx.l.stat(stat::TAIL_CALL_FAILED), 0);
 }
 
-#[test]
-fn ipv6_no_endpoints_rejects_with_icmpv6_port_unreachable() {
-    if !kernel_tests_enabled() {
-        return;
-    }
-    let mut fx = fixture6("xdp-v6-reject");
+fn ipv6_no_endpoints_rejects_with_icmpv6_port_unreachable(hook: Hook) {
+    let mut fx = fixture6(hook, "xdp-v6-reject");
     let (c, np) = (sa6(CLIENT6), node6(30094));
     let unreach = Icmpv6Type::DestinationUnreachable(etherparse::icmpv6::DestUnreachableCode::Port);
     // TCP is rejected too, as kube-proxy's REJECT (not a reset from the
@@ -1506,12 +1497,8 @@ fn ipv6_no_endpoints_rejects_with_icmpv6_port_unreachable() {
     assert!(fx.l.reconciler.maps().v6.ct_tcp.entries().unwrap().is_empty(), "no flow recorded");
 }
 
-#[test]
-fn ipv6_fragments_through_a_nodeport_and_an_lb_ip_get_the_datagrams_translation() {
-    if !kernel_tests_enabled() {
-        return;
-    }
-    let mut fx = fixture6("xdp-v6-frags");
+fn ipv6_fragments_through_a_nodeport_and_an_lb_ip_get_the_datagrams_translation(hook: Hook) {
+    let mut fx = fixture6(hook, "xdp-v6-frags");
     let none = etherparse::Ipv6Extensions::default;
     let (c, np, be, nat) = (sa6(CLIENT6), node6(30053), sa6("[fd00:244:2::10]:5353"), node6(NAT_PORT));
     // A 3000-byte datagram in three fragments that fit the 1500-byte
@@ -1578,17 +1565,9 @@ fn ipv6_fragments_through_a_nodeport_and_an_lb_ip_get_the_datagrams_translation(
     assert_eq!(fx.l.stat(stat::TAIL_CALL_FAILED), 0);
 }
 
-#[test]
-fn ipv6_passes_and_is_counted_while_the_xdp_program_is_missing() {
-    if !kernel_tests_enabled() {
-        return;
-    }
-    let mut fx = fixture6("xdp-v6-tail-call");
-    {
-        let map = fx.l.dp.ebpf.map_mut(lb_common::names::XDP_CALLS).unwrap();
-        let mut calls = aya::maps::ProgramArray::try_from(map).unwrap();
-        calls.clear_index(&lb_common::xdp_call::XDP6).unwrap();
-    }
+fn ipv6_passes_and_is_counted_while_the_xdp_program_is_missing(hook: Hook) {
+    let mut fx = fixture6(hook, "xdp-v6-tail-call");
+    assert!(fx.clear_call(lb_common::xdp_call::XDP6));
     let none = etherparse::Ipv6Extensions::default;
     let input = common::v6::tcp(sa6(CLIENT6), sa6(&format!("[{NODE6}]:30081")), "S", 1, b"", none());
     expect_unchanged("IPv6 NodePort with an empty slot", &fx.run(&input), &input);
@@ -1607,23 +1586,15 @@ fn ipv6_passes_and_is_counted_while_the_xdp_program_is_missing() {
 /// are still DNATed, a packet for no frontend still passes without it,
 /// and only packets that need the exact path (a new flow, a flow whose
 /// backend went) miss it.
-#[test]
-fn ipv6_established_nodeport_flows_are_served_by_the_first_look_alone() {
-    if !kernel_tests_enabled() {
-        return;
-    }
-    let mut fx = fixture6("xdp-v6-first");
+fn ipv6_established_nodeport_flows_are_served_by_the_first_look_alone(hook: Hook) {
+    let mut fx = fixture6(hook, "xdp-v6-first");
     let none = etherparse::Ipv6Extensions::default;
     let c = sa6(CLIENT6);
     let np = sa6(&format!("[{NODE6}]:30081"));
     let be = sa6("[fd00:244:1::10]:8080");
     let out = fx.run(&common::v6::tcp(c, np, "S", 1000, b"", none()));
     assert_eq!(hex(&out.packet), hex(&common::v6::tcp(c, be, "S", 1000, b"", none())), "SYN DNATed (exact path)");
-    let clear_rest = |fx: &mut Fixture| {
-        let map = fx.l.dp.ebpf.map_mut(lb_common::names::XDP_CALLS).unwrap();
-        let mut calls = aya::maps::ProgramArray::try_from(map).unwrap();
-        calls.clear_index(&lb_common::xdp_call::XDP6_REST).unwrap();
-    };
+    let clear_rest = |fx: &mut Fixture| assert!(fx.clear_call(lb_common::xdp_call::XDP6_REST));
     clear_rest(&mut fx);
 
     let payload = b"GET / HTTP/1.1\r\n\r\n";
@@ -1671,12 +1642,8 @@ fn ipv6_established_nodeport_flows_are_served_by_the_first_look_alone() {
 /// packets that need it (a new flow) miss it, and with it back the new
 /// flow is served from what the first look handed over; with `lb_xdp4`
 /// gone, IPv4 passes.
-#[test]
-fn ipv4_established_nodeport_flows_are_served_by_the_first_look_alone() {
-    if !kernel_tests_enabled() {
-        return;
-    }
-    let mut fx = Fixture::new("xdp-v4-first", (NAT_PORT, NAT_PORT + 10));
+fn ipv4_established_nodeport_flows_are_served_by_the_first_look_alone(hook: Hook) {
+    let mut fx = Fixture::new(hook, "xdp-v4-first", (NAT_PORT, NAT_PORT + 10));
     let c = client(40200);
     let local_be = sa("10.244.1.10:8080");
     let out = fx.run(&testrun::tcp_frame(IN, c, node(30081), "S", 7, b""));
@@ -1687,16 +1654,7 @@ fn ipv4_established_nodeport_flows_are_served_by_the_first_look_alone() {
     assert_eq!(out.verdict, XDP_TX, "SYN to the LoadBalancer IP");
     let nat = SocketAddrV4::new(NODE_IP.parse().unwrap(), u16::from_be_bytes([out.packet[34], out.packet[35]]));
 
-    let set_slot = |fx: &mut Fixture, slot: u32, present: bool| {
-        if present {
-            lb_agent::datapath::fill_tc_calls(&mut fx.l.dp.ebpf).unwrap();
-            return;
-        }
-        let map = fx.l.dp.ebpf.map_mut(lb_common::names::XDP_CALLS).unwrap();
-        let mut calls = aya::maps::ProgramArray::try_from(map).unwrap();
-        calls.clear_index(&slot).unwrap();
-    };
-    set_slot(&mut fx, lb_common::xdp_call::XDP4_REST, false);
+    assert!(fx.clear_call(lb_common::xdp_call::XDP4_REST));
     let out = fx.run(&testrun::tcp_frame(IN, c, node(30081), "A", 8, b"data"));
     expect("established, local backend", &out, XDP_PASS, &testrun::tcp_frame(IN, c, local_be, "A", 8, b"data"));
     let out = fx.run(&testrun::tcp_frame(IN, c, lb, "A", 2, b"data"));
@@ -1716,12 +1674,49 @@ fn ipv4_established_nodeport_flows_are_served_by_the_first_look_alone() {
     expect_unchanged("a new flow with the whole path gone", &fx.run(&new), &new);
     assert_eq!(fx.l.stat(stat::TAIL_CALL_FAILED), 1);
 
-    set_slot(&mut fx, lb_common::xdp_call::XDP4_REST, true);
+    lb_agent::datapath::fill_tc_calls(&mut fx.l.dp.ebpf).unwrap();
     let out = fx.run(&new);
     assert_eq!(out.verdict, XDP_TX, "the new flow, with the whole path back");
     assert_eq!(out.packet[26..30], NODE_IP.parse::<Ipv4Addr>().unwrap().octets(), "the new flow SNATed");
-    set_slot(&mut fx, lb_common::xdp_call::XDP4, false);
-    let data = testrun::tcp_frame(IN, c, lb, "A", 3, b"more");
-    expect_unchanged("IPv4 with lb_xdp4 gone", &fx.run(&data), &data);
-    assert_eq!(fx.l.stat(stat::TAIL_CALL_FAILED), 2);
+    // (tc runs IPv4's first look in `lb_tc_ns` itself: no slot.)
+    if fx.clear_call(lb_common::xdp_call::XDP4) {
+        let data = testrun::tcp_frame(IN, c, lb, "A", 3, b"more");
+        expect_unchanged("IPv4 with lb_xdp4 gone", &fx.run(&data), &data);
+        assert_eq!(fx.l.stat(stat::TAIL_CALL_FAILED), 2);
+    }
 }
+
+both_hooks!(
+    nodeport_to_a_remote_backend_is_snated_and_forwarded_and_replies_reversed,
+    nat_ports_never_collide,
+    local_backend_is_dnated_only_and_kept_client_ip,
+    source_ranges_allow_and_deny,
+    no_endpoints_rejects_local_policy_drops_and_others_pass,
+    replies_to_pods_whose_backend_is_remote_get_the_frontend_back_on_the_pods_interface,
+    a_backend_behind_another_interface_is_redirected_there,
+    fragments_through_a_nodeport_get_the_datagrams_translation,
+    icmp_errors_about_nodeport_flows_are_translated_both_ways,
+    a_packet_too_big_for_the_path_to_a_remote_backend_gets_frag_needed,
+    the_fibs_answer_is_kept_for_a_second_and_a_longer_packet_or_a_stale_answer_asks_again,
+    spoofed_syns_hold_snat_ports_only_until_the_syn_timeout,
+    two_nodeport_flows_from_one_client_port_to_one_local_backend_keep_apart,
+    packets_for_no_frontend_pass_untouched_and_leave_no_conntrack_entry,
+    an_address_sharing_a_frontends_filter_lane_passes_untouched,
+    established_flows_follow_conntrack_without_the_address_lookup_until_their_frontend_goes,
+    a_pre_filter_new_to_the_pins_is_rebuilt_from_the_frontend_addresses,
+    ipv6_source_ranges_allow_and_deny,
+    ipv6_session_affinity_keeps_a_client_on_one_backend,
+    ipv6_session_affinity_keys_a_client_prefix,
+    ipv6_nodeport_and_lb_ip_to_a_local_backend_are_dnated_and_replies_reversed,
+    ipv6_traffic_that_is_not_served_passes_untouched,
+    ipv6_to_a_backend_on_another_node_passes_while_the_node_has_no_ipv6_snat_address,
+    ipv6_a_packet_too_big_for_the_path_to_a_remote_backend_gets_packet_too_big,
+    icmpv6_errors_about_nat66_flows_are_translated_both_ways,
+    icmpv6_errors_quoting_extension_headers_and_first_fragments_are_translated,
+    ipv6_nodeport_to_a_remote_backend_is_nat66ed_and_forwarded_and_replies_reversed,
+    ipv6_no_endpoints_rejects_with_icmpv6_port_unreachable,
+    ipv6_fragments_through_a_nodeport_and_an_lb_ip_get_the_datagrams_translation,
+    ipv6_passes_and_is_counted_while_the_xdp_program_is_missing,
+    ipv6_established_nodeport_flows_are_served_by_the_first_look_alone,
+    ipv4_established_nodeport_flows_are_served_by_the_first_look_alone,
+);

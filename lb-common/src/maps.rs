@@ -97,8 +97,9 @@ map_set! {
     /// agent: the kernel empties a program array when its last user
     /// reference (a pin, or a process's descriptor) goes.
     /// Version 2: a third slot (`tc_call::INGRESS6_REST`); 3: a fourth
-    /// (`tc_call::EGRESS6_ICMP`).
-    TC_CALLS = "LB_TC_CALLS", version 3, sized by Fixed;
+    /// (`tc_call::EGRESS6_ICMP`); 4: the north-south path's
+    /// (`tc_call::NS4_REST` to `tc_call::NS_LOCAL_ICMP`).
+    TC_CALLS = "LB_TC_CALLS", version 4, sized by Fixed;
     /// The XDP programs (see [`xdp_call`]) `lb_xdp` dispatches to, and
     /// those they tail-call;
     /// pinned for the same reason as `LB_TC_CALLS` (a program array holds
@@ -843,11 +844,14 @@ pub mod xdp_mode {
     pub const NATIVE: u32 = 1;
     pub const GENERIC: u32 = 2;
     pub const OFFLOAD: u32 = 3;
+    /// No XDP: the north-south path runs in tc on the interface's ingress
+    /// (`lb_tc_ns`, `--xdp-mode tc`).
+    pub const TC: u32 = 4;
 }
 
 /// Why an external interface has the XDP mode it has (`Device::why`).
 pub mod xdp_why {
-    /// The mode was asked for (`--xdp-mode native|generic`).
+    /// The mode was asked for (`--xdp-mode native|generic|tc`).
     pub const REQUESTED: u32 = 0;
     /// `auto`: the driver runs XDP natively.
     pub const AUTO_NATIVE: u32 = 1;
@@ -1059,10 +1063,39 @@ pub mod tc_call {
     /// `lb_tc_egress6_icmp`, from `lb_tc_egress6`: an ICMPv6 error on its
     /// way to a client.
     pub const EGRESS6_ICMP: u32 = 3;
+    /// The north-south path in tc (`--xdp-mode tc`), as XDP's programs
+    /// (`xdp_call`): `lb_tc_ns4_rest`, from `lb_tc_ns` when its IPv4 first
+    /// look did not settle the packet.
+    pub const NS4_REST: u32 = 4;
+    /// `lb_tc_ns6`, from `lb_tc_ns`: IPv6.
+    pub const NS6: u32 = 5;
+    /// `lb_tc_ns6_rest`, from `lb_tc_ns6` (as `xdp_call::XDP6_REST`).
+    pub const NS6_REST: u32 = 6;
+    /// `lb_tc_ns6_nat`, from `lb_tc_ns6` (as `xdp_call::XDP6_NAT`).
+    pub const NS6_NAT: u32 = 7;
+    /// `lb_tc_ns6_reject`, from `lb_tc_ns6` (as `xdp_call::XDP6_REJECT`).
+    pub const NS6_REJECT: u32 = 8;
+    /// `lb_tc_ns_local`, from the tc north-south programs with BPF host
+    /// routing: a packet DNATed to a backend on this node, into its pod.
+    pub const NS_LOCAL: u32 = 9;
+    /// `lb_tc_ns_local_icmp`: the same for an ICMP error about such a flow.
+    pub const NS_LOCAL_ICMP: u32 = 10;
     /// Slots in the map.
-    pub const SLOTS: u32 = 4;
+    pub const SLOTS: u32 = 11;
     /// The program of each slot, by index.
-    pub const PROGRAMS: [&str; SLOTS as usize] = ["lb_tc_ingress6", "lb_tc_egress6", "lb_tc_ingress6_rest", "lb_tc_egress6_icmp"];
+    pub const PROGRAMS: [&str; SLOTS as usize] = [
+        "lb_tc_ingress6",
+        "lb_tc_egress6",
+        "lb_tc_ingress6_rest",
+        "lb_tc_egress6_icmp",
+        "lb_tc_ns4_rest",
+        "lb_tc_ns6",
+        "lb_tc_ns6_rest",
+        "lb_tc_ns6_nat",
+        "lb_tc_ns6_reject",
+        "lb_tc_ns_local",
+        "lb_tc_ns_local_icmp",
+    ];
 }
 
 pub const REJECT_BURST: u32 = 20;

@@ -59,6 +59,7 @@ mod l3;
 mod maps;
 mod nat;
 mod nexthop;
+mod north_south;
 mod packet;
 mod parse;
 mod route;
@@ -69,6 +70,7 @@ mod sock6;
 mod sock_family;
 mod stats;
 mod tc;
+mod tc_edge;
 mod vip_filter;
 mod xdp;
 

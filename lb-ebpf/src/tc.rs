@@ -156,7 +156,7 @@ impl TcFamily for V6 {
     }
 }
 
-const NEXT: i32 = TC_ACT_UNSPEC;
+pub(crate) const NEXT: i32 = TC_ACT_UNSPEC;
 const SHOT: i32 = TC_ACT_SHOT;
 /// The IPv6 path's verdict for a packet to answer with an ICMPv6 reject
 /// (no tc action has this value). The verifier forced this: the IPv6
@@ -313,7 +313,7 @@ fn tail_call(ctx: &TcContext, slot: u32) -> i32 {
 /// Whether the frame carries IPv6 (the Ethernet header is always in the
 /// linear part).
 #[inline(always)]
-fn is_ipv6(ctx: &TcContext) -> bool {
+pub(crate) fn is_ipv6(ctx: &TcContext) -> bool {
     read::<TcContext, u16>(ctx, eth::ETHERTYPE.start) == Some(ETH_P_IPV6.to_be())
 }
 
@@ -366,7 +366,7 @@ pub fn lb_tc_ext_ingress(ctx: TcContext) -> i32 {
 /// (its addresses are the flow's now); through the stack the host's
 /// conntrack, which never saw the flow, would call it INVALID.
 #[inline(always)]
-fn icmp_error_from_outside(ctx: &TcContext) -> i32 {
+pub(crate) fn icmp_error_from_outside(ctx: &TcContext) -> i32 {
     if is_ipv6(ctx) {
         return route::redirect_translated6(ctx.skb.skb, IPPROTO_ICMPV6 as u64);
     }
@@ -378,7 +378,7 @@ fn icmp_error_from_outside(ctx: &TcContext) -> i32 {
 }
 
 #[inline(always)]
-fn from_outside(ctx: &TcContext) -> Result<i32, Error> {
+pub(crate) fn from_outside(ctx: &TcContext) -> Result<i32, Error> {
     if is_ipv6(ctx) {
         let Some(s) = scratch::get(scratch::TC_INGRESS) else {
             return Ok(NEXT);
@@ -407,7 +407,7 @@ pub fn lb_tc_pass(_ctx: TcContext) -> i32 {
 
 /// Headers we may read: Ethernet, IPv4 with options, a TCP header (an ICMP
 /// error with its quote is shorter).
-const MAX_HEADERS: usize = ETH_HLEN + 60 + TCP_HLEN;
+pub(crate) const MAX_HEADERS: usize = ETH_HLEN + 60 + TCP_HLEN;
 
 /// The IPv6 extension headers pulled into the linear part (most are 8 or
 /// 16 bytes; a longer chain is read from the linear part only if it is
@@ -420,12 +420,12 @@ const MAX_HEADERS6: usize = ETH_HLEN + IPV6_HLEN + EXT_HEADERS6 + TCP_HLEN;
 /// An ICMPv6 error: Ethernet, IPv6, ICMPv6, the quoted IPv6 header, its
 /// extension headers (as many as a packet's) and a fragment header, and
 /// the quoted TCP header (the UDP one is shorter).
-const MAX_ICMP6_ERROR: usize = ETH_HLEN + IPV6_HLEN + ICMP_HLEN + IPV6_HLEN + EXT_HEADERS6 + FRAG6_HLEN + TCP_HLEN;
+pub(crate) const MAX_ICMP6_ERROR: usize = ETH_HLEN + IPV6_HLEN + ICMP_HLEN + IPV6_HLEN + EXT_HEADERS6 + FRAG6_HLEN + TCP_HLEN;
 
 /// Headers may sit in paged data on some drivers: pull up to `max` bytes
 /// into the linear part, only when they are not there already.
 #[inline(always)]
-fn pull(ctx: &TcContext, max: usize) -> Result<(), Error> {
+pub(crate) fn pull(ctx: &TcContext, max: usize) -> Result<(), Error> {
     let linear = (ctx.data_end() - ctx.data()) as u32;
     let len = ctx.len();
     if linear < max as u32 && linear < len {

@@ -132,6 +132,44 @@ pub fn run_tc(prog: &SchedClassifier, input: &[u8]) -> anyhow::Result<Outcome> {
     Ok(Outcome { verdict: r.return_value as i32, packet: out })
 }
 
+/// The `struct __sk_buff` a tc test run starts from: received on
+/// `ifindex` (of the calling thread's network namespace; the kernel runs
+/// the program on that device, so `bpf_fib_lookup` and redirects see it),
+/// every other field the kernel's default.
+pub fn sk_buff_on(ifindex: u32) -> [u8; SK_BUFF_LEN] {
+    let mut skb = [0u8; SK_BUFF_LEN];
+    skb[36..40].copy_from_slice(&ifindex.to_ne_bytes()); // ingress_ifindex
+    skb[40..44].copy_from_slice(&ifindex.to_ne_bytes()); // ifindex
+    skb
+}
+
+/// `sizeof(struct __sk_buff)`.
+pub const SK_BUFF_LEN: usize = 192;
+
+/// [`sk_buff_on`] for a GSO super-packet of `gso_size`-byte segments.
+pub fn gso_sk_buff_on(ifindex: u32, gso_size: u32, gso_segs: u32) -> [u8; SK_BUFF_LEN] {
+    let mut skb = sk_buff_on(ifindex);
+    skb[164..168].copy_from_slice(&gso_segs.to_ne_bytes());
+    skb[176..180].copy_from_slice(&gso_size.to_ne_bytes());
+    skb
+}
+
+/// Runs a tc program once on `input`, received on interface `ifindex`
+/// (see [`sk_buff_on`]).
+pub fn run_tc_on(prog: &SchedClassifier, input: &[u8], ifindex: u32) -> anyhow::Result<Outcome> {
+    run_tc_skb(prog, input, &sk_buff_on(ifindex))
+}
+
+/// Runs a tc program once on `input`, from the `struct __sk_buff` `skb`.
+pub fn run_tc_skb(prog: &SchedClassifier, input: &[u8], skb: &[u8; SK_BUFF_LEN]) -> anyhow::Result<Outcome> {
+    let mut out = vec![0u8; input.len() + 256];
+    let mut opts = options(input, &mut out, 1);
+    opts.ctx_in = Some(skb);
+    let r = prog.test_run(opts).context("BPF_PROG_TEST_RUN")?;
+    out.truncate(r.data_size_out as usize);
+    Ok(Outcome { verdict: r.return_value as i32, packet: out })
+}
+
 /// Average time per run of a tc program over `repeat` runs in the kernel.
 pub fn time_tc(prog: &SchedClassifier, input: &[u8], repeat: u32) -> Result<(i32, Duration), ProgramError> {
     let mut out = vec![0u8; input.len() + 256];
