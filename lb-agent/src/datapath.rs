@@ -120,8 +120,8 @@ pub enum XdpAttach {
     Generic,
     /// No XDP: the north-south path runs in tc on the external
     /// interfaces' ingress (`lb_tc_ns`), as Cilium's does with XDP
-    /// acceleration off. For devices where XDP costs more than it saves:
-    /// on a veth, generic XDP copies every frame it sees for its headroom.
+    /// acceleration off. For nodes where XDP is not wanted or cannot be
+    /// had (another XDP program on the interface, say).
     Tc,
     /// No XDP: north-south traffic is served from pods and hosts only.
     Off,

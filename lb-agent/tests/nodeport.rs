@@ -465,6 +465,21 @@ fn tc_mode_serves_nodeports_from_outside_without_xdp() {
     }
     assert_eq!(udp.len(), 2, "UDP reached both backends: {udp:?}");
     assert_eq!(maps.stat(lb_common::stat::TAIL_CALL_FAILED).unwrap(), 0);
+
+    // Another XDP program on the interface (a firewall's, say) and lb's
+    // tc path serve side by side.
+    let _other = {
+        let _in = Entered::enter(&c.lab.node(0).ns);
+        let mut ebpf = Ebpf::load(lb_agent::EBPF_OBJECT).unwrap();
+        let pass: &mut Xdp = ebpf.program_mut(XDP_PASS_PROGRAM).unwrap().try_into().unwrap();
+        pass.load().unwrap();
+        pass.attach(lb_lab::EXT_IF, XdpMode::Skb).unwrap();
+        ebpf
+    };
+    let link = c.lab.node(0).ns.ip_output(&["-d", "link", "show", lb_lab::EXT_IF]).unwrap();
+    assert!(link.contains("xdpgeneric"), "{link}");
+    let seen = c.spread(&c.lab.client, at(node_ip(0), HTTP_PORT), 20);
+    assert_eq!(seen.len(), 2, "beside another XDP program: {seen:?}");
 }
 
 /// How many FIB answers node `n`'s XDP program keeps (`LB_NEXTHOPS`).

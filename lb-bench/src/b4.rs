@@ -590,12 +590,15 @@ pub fn run(o: &B4Options) -> Result<Vec<B4Row>> {
     // lb once more with native XDP (the lab allows it with XDP on the
     // switch ports).
     rows.extend(run_north_south(Kind::Ours, XdpAttach::Native, o).context("B4 north-south, lb with native XDP")?);
-    // And with BPF host routing, both modes: to a pod of the node, past the
-    // host stack both ways (`lb_tc_ext_ingress`).
-    for mode in [XdpAttach::Auto, XdpAttach::Native] {
+    // And with the north-south path in tc instead (`--xdp-mode tc`: no
+    // XDP, so no copy of every frame for generic XDP's headroom).
+    rows.extend(run_north_south(Kind::Ours, XdpAttach::Tc, o).context("B4 north-south, lb in tc")?);
+    // And with BPF host routing, every mode: to a pod of the node, past the
+    // host stack both ways (`lb_tc_ext_ingress`, or `lb_tc_ns` itself).
+    for mode in [XdpAttach::Auto, XdpAttach::Native, XdpAttach::Tc] {
         rows.extend(
             run_north_south(Kind::OursHostRouting, mode, o)
-                .with_context(|| format!("B4 north-south, lb with XDP {mode} and BPF host routing"))?,
+                .with_context(|| format!("B4 north-south, lb with --xdp-mode {mode} and BPF host routing"))?,
         );
     }
     // Grouped by path, datapaths in order within each.

@@ -282,9 +282,11 @@ pub fn b3_table(b: &B3Result) -> String {
 /// A B4 row's datapath as the table names it: lb's north-south rows with
 /// the XDP mode that ran.
 fn b4_datapath(r: &B4Row) -> String {
+    // (`--xdp-mode tc`: the north-south path in tc, no XDP.)
+    let hook = |mode: &str| if mode.starts_with("tc,") { format!("tc north-south, {}", &mode[4..]) } else { format!("XDP {mode}") };
     match (&r.xdp, r.kind) {
-        (Some(mode), Kind::Ours) => format!("lb (XDP {mode})"),
-        (Some(mode), Kind::OursHostRouting) => format!("lb (XDP {mode}, BPF host routing)"),
+        (Some(mode), Kind::Ours) => format!("lb ({})", hook(mode)),
+        (Some(mode), Kind::OursHostRouting) => format!("lb ({}, BPF host routing)", hook(mode)),
         _ => r.kind.to_string(),
     }
 }
@@ -532,7 +534,7 @@ pub fn goals(r: &Report) -> String {
     if let Some(rows) = &r.b4 {
         // Issue 12: B4 UDP pps >= 1.5x kube-proxy iptables, on each path;
         // our figure is lb's best row there (with or without BPF host
-        // routing, generic or native XDP), named.
+        // routing, generic or native XDP, or the tc path), named.
         for path in [b4::B4Path::ClusterIp, b4::B4Path::NodePortLocal, b4::B4Path::NodePortRemote] {
             let on_path = || rows.iter().filter(move |r| r.path == path);
             let base = on_path().find(|r| r.kind == Kind::Iptables);

@@ -47,21 +47,23 @@ fn harness_runs_at_a_tiny_size() {
     assert!(r.b3.is_some());
     // B4: every datapath on the ClusterIP path (lb with and without BPF
     // host routing), on both NodePort paths and the passed one, lb there
-    // four times (XDP auto and native, without and with BPF host
-    // routing); each row saw its UDP datagrams and TCP bytes arrive.
+    // six times (XDP auto and native, and the tc path, without and with
+    // BPF host routing); each row saw its UDP datagrams and TCP bytes
+    // arrive.
     let b4 = r.b4.as_ref().expect("B4 ran");
     let east_west = lb_bench::dp::Kind::B2.len();
     for (path, n) in [
         (B4Path::ClusterIp, east_west),
-        (B4Path::NodePortLocal, kinds + 3),
-        (B4Path::NodePortRemote, kinds + 3),
-        (B4Path::Passed, kinds + 3),
+        (B4Path::NodePortLocal, kinds + 5),
+        (B4Path::NodePortRemote, kinds + 5),
+        (B4Path::Passed, kinds + 5),
     ] {
         assert_eq!(b4.iter().filter(|row| row.path == path).count(), n, "B4 rows on {path}");
     }
     let modes: Vec<&str> = b4.iter().filter_map(|row| row.xdp.as_deref()).collect();
-    assert_eq!(modes.len(), 12, "lb's north-south rows say which XDP mode ran: {modes:?}");
+    assert_eq!(modes.len(), 18, "lb's north-south rows say which XDP mode ran: {modes:?}");
     assert_eq!(modes.iter().filter(|m| m.starts_with("native, --xdp-mode native")).count(), 6, "{modes:?}");
+    assert_eq!(modes.iter().filter(|m| m.starts_with("tc, --xdp-mode tc")).count(), 6, "{modes:?}");
     // B6: every datapath has its row; every baseline sync of the churn
     // loaded and the rules held the Services after it; the agent ran when
     // there is one.

@@ -1,9 +1,8 @@
 //! North-south load balancing on the node's external interfaces' ingress,
 //! written once over the hook it runs in ([`Edge`]): XDP (`xdp`: `lb_xdp`
-//! and the programs it tail-calls) or, on devices where XDP would cost
-//! more than it saves (veth nodes, where generic XDP copies every frame
-//! for its headroom), tc (`tc_edge`: `lb_tc_ns` and its programs), as
-//! Cilium serves NodePorts from `bpf_host` when XDP acceleration is off.
+//! and the programs it tail-calls) or, where XDP is not wanted, tc
+//! (`tc_edge`: `lb_tc_ns` and its programs, `--xdp-mode tc`), as Cilium
+//! serves NodePorts from `bpf_host` when XDP acceleration is off.
 //!
 //! The program sees every packet that arrives from outside the node. Its
 //! first look, one array load of the pre-filter (`vip_filter`), leaves

@@ -1,10 +1,10 @@
 //! The north-south path (`north_south`) in tc, on the external interfaces'
-//! ingress (`--xdp-mode tc`): for devices where XDP costs more than it
-//! saves. On a veth (kind and containerlab nodes) native XDP transmits
-//! only to a peer that runs XDP too, and generic XDP copies every frame
-//! it sees, Services or not, for its headroom (`pskb_expand_head`); tc
-//! sees the skb as it is. Cilium serves NodePorts the same way from
-//! `bpf_host` when its XDP acceleration is off.
+//! ingress (`--xdp-mode tc`): for nodes where XDP is not wanted or cannot
+//! be had (another XDP program already on the interface, a driver whose
+//! XDP misbehaves), as Cilium serves NodePorts from `bpf_host` when its XDP
+//! acceleration is off. tc sees the skb as it is: no copy for generic
+//! XDP's headroom, and the skb's checksum state is the kernel helpers' to
+//! keep (a veth's partial checksums included).
 //!
 //! `lb_tc_ns` runs IPv4's first look itself and tail-calls, through
 //! `LB_TC_CALLS`, the programs XDP's would: `lb_tc_ns4_rest`, and for
