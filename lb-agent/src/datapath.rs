@@ -265,12 +265,23 @@ impl Datapath {
         Self::load_object(pin_dir, sizes, EBPF_OBJECT)
     }
 
+    /// [`Datapath::load`] verifying only the north-south programs of the
+    /// hook `xdp_mode` attaches (the agent's): most of a load's time is
+    /// the verifier's, and each hook's programs are the largest.
+    pub fn load_for(pin_dir: &Path, sizes: &MapSizes, xdp_mode: XdpAttach) -> anyhow::Result<Datapath> {
+        Self::load_programs(pin_dir, sizes, EBPF_OBJECT, NorthSouthHooks::of(xdp_mode))
+    }
+
     /// [`Datapath::load`] with another build of the eBPF object than the
     /// one embedded (lb-bench's removal experiments: a variant of the
     /// datapath measured without rebuilding the bench). Its maps must have
     /// the embedded object's layout, which decides what pinned maps are
     /// reused.
     pub fn load_object(pin_dir: &Path, sizes: &MapSizes, object: &[u8]) -> anyhow::Result<Datapath> {
+        Self::load_programs(pin_dir, sizes, object, NorthSouthHooks::Both)
+    }
+
+    fn load_programs(pin_dir: &Path, sizes: &MapSizes, object: &[u8], hooks: NorthSouthHooks) -> anyhow::Result<Datapath> {
         if object.is_empty() {
             bail!("this lb-agent was built without its eBPF object (a stub): build it with `cargo xtask build`");
         }
@@ -320,7 +331,12 @@ impl Datapath {
         loader.override_global(aya_log::LEVEL, &level, false);
         let mut ebpf = loader.load(object).context("loading the eBPF object (are you root, with bpffs and BTF available?)")?;
 
-        for name in [TC_INGRESS_PROGRAM, TC_EGRESS_PROGRAM, TC_EXT_INGRESS_PROGRAM, TC_NS_PROGRAM].into_iter().chain(TC_CALL_PROGRAMS) {
+        let tc_north_south = [TC_NS_PROGRAM].into_iter().chain(TC_CALL_PROGRAMS.into_iter().filter(|n| n.starts_with(TC_NS_PROGRAM)));
+        let tc = [TC_INGRESS_PROGRAM, TC_EGRESS_PROGRAM, TC_EXT_INGRESS_PROGRAM]
+            .into_iter()
+            .chain(TC_CALL_PROGRAMS.into_iter().filter(|n| !n.starts_with(TC_NS_PROGRAM)))
+            .chain(tc_north_south.filter(|_| hooks.tc()));
+        for name in tc {
             let tc: &mut SchedClassifier = program(&mut ebpf, name)?.try_into()?;
             load_program(name, || tc.load())?;
         }
@@ -328,7 +344,7 @@ impl Datapath {
             let p: &mut CgroupSockAddr = program(&mut ebpf, name)?.try_into()?;
             load_program(name, || p.load())?;
         }
-        for name in [XDP_PROGRAM].into_iter().chain(XDP_CALL_PROGRAMS) {
+        for name in [XDP_PROGRAM].into_iter().chain(XDP_CALL_PROGRAMS).filter(|_| hooks.xdp()) {
             let xdp: &mut Xdp = program(&mut ebpf, name)?.try_into()?;
             load_program(name, || xdp.load())?;
         }
@@ -837,20 +853,58 @@ pub fn fill_tc_calls(ebpf: &mut Ebpf) -> anyhow::Result<()> {
 }
 
 /// Sets each slot of the program array `map` to the program of that
-/// index in `programs`.
+/// index in `programs`; the slot of a program this agent did not load (a
+/// north-south hook it does not attach) is emptied.
 fn fill_calls(ebpf: &mut Ebpf, map: &str, programs: &[&str]) -> anyhow::Result<()> {
     let mut fds = Vec::new();
     for name in programs {
-        let fd = program(ebpf, name)?.fd().with_context(|| format!("{name} is not loaded"))?.try_clone()?;
+        let fd = match program(ebpf, name)?.fd() {
+            Ok(fd) => Some(fd.try_clone()?),
+            Err(_) => None,
+        };
         fds.push((name, fd));
     }
     let m = ebpf.map_mut(map).with_context(|| format!("{map} missing from the eBPF object"))?;
     let mut calls = aya::maps::ProgramArray::try_from(m)?;
     for (slot, (name, fd)) in fds.iter().enumerate() {
-        calls.set(slot as u32, fd, 0).with_context(|| format!("setting {name} in {map}"))?;
+        match fd {
+            Some(fd) => calls.set(slot as u32, fd, 0).with_context(|| format!("setting {name} in {map}"))?,
+            // (An empty slot answers ENOENT: nothing to clear.)
+            None => {
+                let _ = calls.clear_index(&(slot as u32));
+            }
+        }
     }
     debug!(map, ?programs, "IPv6 programs set");
     Ok(())
+}
+
+/// Which north-south hooks' programs a load verifies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum NorthSouthHooks {
+    Both,
+    Xdp,
+    Tc,
+    Neither,
+}
+
+impl NorthSouthHooks {
+    /// What `--xdp-mode` attaches.
+    fn of(mode: XdpAttach) -> NorthSouthHooks {
+        match mode {
+            XdpAttach::Auto | XdpAttach::Native | XdpAttach::Generic => NorthSouthHooks::Xdp,
+            XdpAttach::Tc => NorthSouthHooks::Tc,
+            XdpAttach::Off => NorthSouthHooks::Neither,
+        }
+    }
+
+    fn xdp(self) -> bool {
+        matches!(self, NorthSouthHooks::Both | NorthSouthHooks::Xdp)
+    }
+
+    fn tc(self) -> bool {
+        matches!(self, NorthSouthHooks::Both | NorthSouthHooks::Tc)
+    }
 }
 
 /// How many times a program's load is tried when the kernel answers

@@ -134,7 +134,7 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> anyhow::
     for name in &cfg.north_south.external_ifaces {
         crate::host::external_ifindex(name)?;
     }
-    let mut dp = Datapath::load(&cfg.bpffs, &cfg.sizes)?;
+    let mut dp = Datapath::load_for(&cfg.bpffs, &cfg.sizes, cfg.north_south.xdp_mode)?;
     let logger_task = match aya_log::EbpfLogger::init(&mut dp.ebpf) {
         Ok(logger) => Some(tokio::spawn(poll_kernel_logs(logger))),
         Err(e) => {
