@@ -267,7 +267,9 @@ impl Datapath {
 
     /// [`Datapath::load`] verifying only the north-south programs of the
     /// hook `xdp_mode` attaches (the agent's): most of a load's time is
-    /// the verifier's, and each hook's programs are the largest.
+    /// the verifier's, and each hook's programs are the largest. The
+    /// program array slots of the other hook keep what they hold (see
+    /// [`fill_tc_calls`]).
     pub fn load_for(pin_dir: &Path, sizes: &MapSizes, xdp_mode: XdpAttach) -> anyhow::Result<Datapath> {
         Self::load_programs(pin_dir, sizes, EBPF_OBJECT, NorthSouthHooks::of(xdp_mode))
     }
@@ -853,8 +855,11 @@ pub fn fill_tc_calls(ebpf: &mut Ebpf) -> anyhow::Result<()> {
 }
 
 /// Sets each slot of the program array `map` to the program of that
-/// index in `programs`; the slot of a program this agent did not load (a
-/// north-south hook it does not attach) is emptied.
+/// index in `programs`. The slot of a program this agent did not load (a
+/// north-south hook it does not attach) keeps what it holds: an earlier
+/// agent's programs of that hook may still be attached until this agent
+/// removes their links, and emptied slots under them would pass their
+/// packets untranslated.
 fn fill_calls(ebpf: &mut Ebpf, map: &str, programs: &[&str]) -> anyhow::Result<()> {
     let mut fds = Vec::new();
     for name in programs {
@@ -867,12 +872,8 @@ fn fill_calls(ebpf: &mut Ebpf, map: &str, programs: &[&str]) -> anyhow::Result<(
     let m = ebpf.map_mut(map).with_context(|| format!("{map} missing from the eBPF object"))?;
     let mut calls = aya::maps::ProgramArray::try_from(m)?;
     for (slot, (name, fd)) in fds.iter().enumerate() {
-        match fd {
-            Some(fd) => calls.set(slot as u32, fd, 0).with_context(|| format!("setting {name} in {map}"))?,
-            // (An empty slot answers ENOENT: nothing to clear.)
-            None => {
-                let _ = calls.clear_index(&(slot as u32));
-            }
+        if let Some(fd) = fd {
+            calls.set(slot as u32, fd, 0).with_context(|| format!("setting {name} in {map}"))?;
         }
     }
     debug!(map, ?programs, "IPv6 programs set");

@@ -411,6 +411,43 @@ fn sigkill_and_five_seconds_without_an_agent_answer_every_request() {
     assert_one_program_per_hook(&n.lab.node(0).ns);
 }
 
+/// The north-south hook switched at a restart (`--xdp-mode tc`, then back
+/// to `auto`): the new agent attaches its hook before it removes the
+/// earlier agent's, whose programs keep their tail-call slots until then,
+/// so no request fails, and each time exactly one lb program serves the
+/// external interface's ingress.
+#[test]
+fn switching_the_north_south_hook_at_a_restart_fails_nothing() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let n = node("hookswitch");
+    let agent = n.agent(PinDir::new("hookswitch"));
+    let traffic = Traffic::start(&n.lab);
+    let ext_hooks = || {
+        let all = hooks(&n.lab.node(0).ns);
+        let ours =
+            |h: &str| all.iter().filter(|(k, _)| k == h).flat_map(|(_, v)| v.clone()).filter(|p| p.starts_with("lb_")).collect::<Vec<_>>();
+        (ours(&format!("xdp/{}", lb_lab::EXT_IF)), ours(&format!("tcx/ingress/{}", lb_lab::EXT_IF)))
+    };
+    assert_eq!(ext_hooks(), (vec!["lb_xdp".to_string()], vec![]), "auto: XDP");
+    thread::sleep(Duration::from_millis(500));
+    let mut agent = agent;
+    for (mode, want) in [("tc", (vec![], vec!["lb_tc_ns".to_string()])), ("auto", (vec!["lb_xdp".to_string()], vec![]))] {
+        let pins = agent.stop_keeping_pins(libc::SIGTERM);
+        agent = n.agent_with(pins, &["--xdp-mode", mode]);
+        wait_for(&format!("the external interface's hooks in {mode} mode"), Duration::from_secs(10), || {
+            (ext_hooks() == want).then_some(())
+        });
+        thread::sleep(Duration::from_millis(500));
+    }
+    let failed = traffic.failed();
+    let report = traffic.finish();
+    eprintln!("{report}");
+    assert_eq!(failed, 0, "{report}\nagent log:\n{}", agent.log_text());
+    assert_one_program_per_hook(&n.lab.node(0).ns);
+}
+
 /// Replaces a pinned map with one of another layout, as an older agent
 /// would have left it, and forgets the recorded layout versions.
 fn fabricate_older_layout(pins: &Path) {
