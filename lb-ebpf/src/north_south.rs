@@ -115,9 +115,9 @@ pub trait Edge: PacketData + L4Csum + EbpfContext + Sized {
     fn icmp_reply6(raw: Self::Raw, icmp_type: u8, code: u8, info: u32) -> u32;
 }
 
-/// What the north-south path does differently per family. IPv6 has no
-/// pre-filter; its SNATed flows (NAT66) are forwarded by a program of their own,
-/// `lb_xdp6_nat`.
+/// What the north-south path does differently per family. IPv6's SNATed
+/// flows (NAT66) are forwarded by a program of their own ([`nat6`]:
+/// `lb_xdp6_nat`, in tc `lb_tc_ns6_nat`).
 trait EdgeFamily: Routed {
     /// Offset of the TTL (IPv4) or hop limit (IPv6) in the network header.
     const HOP_LIMIT: usize;
@@ -318,7 +318,8 @@ pub fn is_icmp6_error_frame<C: Edge>(ctx: &C) -> bool {
         && read::<C, u8>(ctx, ETH_HLEN + IPV6_HLEN + icmp6::TYPE).is_some_and(is_icmp6_error)
 }
 
-/// Hands the packet to `lb_xdp6_nat` (`LB_XDP_CALLS[xdp_call::XDP6_NAT]`),
+/// Hands the packet to the NAT66 program (`xdp_call::XDP6_NAT`:
+/// `lb_xdp6_nat`, in tc `lb_tc_ns6_nat`),
 /// once `scratch::hand_over` told it what to do; when it is missing, the
 /// packet passes untranslated, counted.
 #[inline(always)]
@@ -435,7 +436,7 @@ fn node_and_snat4_reply(f: &Flow<V4>) -> (Option<NodeConfig>, bool) {
 }
 
 /// [`REST`], with the flow `f` (none for an ICMP error) and what the first
-/// look found written for [`lb_xdp4_rest`]; without this CPU's slot, the
+/// look found written for [`rest4`]; without this CPU's slot, the
 /// packet passes.
 #[inline(always)]
 fn hand_over4(f: Option<&Flow<V4>>, first_look: u32) -> u32 {
