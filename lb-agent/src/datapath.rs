@@ -611,13 +611,7 @@ impl Datapath {
     /// frontend).
     fn attach_north_south_tc(&mut self, ifindex: u32, ifname: &str) -> anyhow::Result<(u32, u32)> {
         let got = self.attach_tc_program(ifindex, ifname, true, TC_NS_PROGRAM)?;
-        for mode in [xdp_mode::NATIVE, xdp_mode::GENERIC] {
-            let pin = Pin::Xdp { ifindex, mode };
-            if self.found.remove(&pin).is_some() {
-                links::remove(&links::dir(&self.pin_dir).join(pin.file_name()))?;
-                info!(interface = ifname, "removed the XDP link of an earlier agent ({})", xdp_mode_name(mode));
-            }
-        }
+        self.remove_earlier_xdp_links(ifindex, ifname, None)?;
         let (mode, why) = (xdp_mode::TC, xdp_why::REQUESTED);
         info!(interface = ifname, "north-south tc program ({TC_NS_PROGRAM}) {}", verb(got));
         self.externals.insert(ifname.to_string(), External { mode, why });
@@ -627,13 +621,7 @@ impl Datapath {
     /// Attaches the XDP program in `mode`, replacing any earlier link on
     /// the interface.
     fn attach_xdp_mode(&mut self, ifindex: u32, ifname: &str, mode: u32) -> anyhow::Result<()> {
-        for other in [xdp_mode::NATIVE, xdp_mode::GENERIC] {
-            let pin = Pin::Xdp { ifindex, mode: other };
-            if other != mode && self.found.remove(&pin).is_some() {
-                links::remove(&links::dir(&self.pin_dir).join(pin.file_name()))?;
-                info!(interface = ifname, "removed the XDP link of an earlier agent ({})", xdp_mode_name(other));
-            }
-        }
+        self.remove_earlier_xdp_links(ifindex, ifname, Some(mode))?;
         let flags = if mode == xdp_mode::NATIVE { XdpMode::Driver } else { XdpMode::Skb };
         let ifname = ifname.to_string();
         self.attach_pinned(
@@ -652,6 +640,19 @@ impl Datapath {
                 }
             },
         )?;
+        Ok(())
+    }
+
+    /// Removes an earlier agent's pinned XDP links on the interface, but
+    /// for one in mode `keep`.
+    fn remove_earlier_xdp_links(&mut self, ifindex: u32, ifname: &str, keep: Option<u32>) -> anyhow::Result<()> {
+        for mode in [xdp_mode::NATIVE, xdp_mode::GENERIC] {
+            let pin = Pin::Xdp { ifindex, mode };
+            if Some(mode) != keep && self.found.remove(&pin).is_some() {
+                links::remove(&links::dir(&self.pin_dir).join(pin.file_name()))?;
+                info!(interface = ifname, "removed the XDP link of an earlier agent ({})", xdp_mode_name(mode));
+            }
+        }
         Ok(())
     }
 

@@ -140,21 +140,35 @@ pub fn tc_reply(ctx: &TcContext, icmp_type: u8, code: u8, mtu: u16) -> Option<i3
 /// tc: a reject (ICMP port unreachable) to `client`, within its rate.
 #[inline(always)]
 pub fn tc_reject(ctx: &TcContext, client: u32, now: u64) -> Option<i32> {
+    tc_error(ctx, client, now, icmp::DEST_UNREACH, icmp::PORT_UNREACH, 0)
+}
+
+/// tc: an ICMP error about the packet to `client` within its rate (a drop
+/// beyond it), as XDP's [`xdp_error`].
+#[inline(always)]
+pub fn tc_error(ctx: &TcContext, client: u32, now: u64, icmp_type: u8, code: u8, mtu: u16) -> Option<i32> {
     if !allowed(client, now) {
         return Some(TC_ACT_SHOT);
     }
-    tc_reply(ctx, icmp::DEST_UNREACH, icmp::PORT_UNREACH, 0)
+    tc_reply(ctx, icmp_type, code, mtu)
 }
 
 /// tc: an IPv6 reject (ICMPv6 port unreachable) to the packet's sender,
 /// within its rate.
 #[inline(always)]
 pub fn tc_reject6(ctx: &TcContext, now: u64) -> Option<i32> {
+    tc_error6(ctx, now, icmp6::DEST_UNREACH, icmp6::PORT_UNREACH)
+}
+
+/// tc: an ICMPv6 error (no `info`) to the packet's sender within its rate
+/// (a drop beyond it), as XDP's [`xdp_error6`].
+#[inline(always)]
+pub fn tc_error6(ctx: &TcContext, now: u64, icmp_type: u8, code: u8) -> Option<i32> {
     let client: Addr6 = load_exact::<_, 16>(ctx, ETH_HLEN + ip6::SADDR.start).map(|b| addr6(Ipv6Addr::from(b)))?;
     if !allowed6(&client, now) {
         return Some(TC_ACT_SHOT);
     }
-    tc_reply6(ctx, icmp6::DEST_UNREACH, icmp6::PORT_UNREACH, 0)
+    tc_reply6(ctx, icmp_type, code, 0)
 }
 
 /// tc: turns the IPv6 packet into an ICMPv6 error about it (from the

@@ -24,11 +24,7 @@ use aya_ebpf::{
     macros::classifier,
     programs::TcContext,
 };
-use lb_common::{
-    Addr6, XDP_META_LOCAL_DNAT, config_flags,
-    packet::{ETH_HLEN, ip6},
-    tc_call, xdp_call,
-};
+use lb_common::{XDP_META_LOCAL_DNAT, config_flags, tc_call, xdp_call};
 
 use crate::{
     icmp,
@@ -37,7 +33,6 @@ use crate::{
         DROP, Edge, PASS, REDIRECT, REST, first_look4, first_look6, is_icmp6_error_frame, nat6, nat6_call, reject6, rest4, rest6,
         tail_call, verdict, verdict6,
     },
-    packet::read,
     tc::{MAX_HEADERS, MAX_ICMP6_ERROR, NEXT, from_outside, icmp_error_from_outside, is_ipv6, pull},
 };
 
@@ -120,21 +115,12 @@ impl Edge for TcContext {
 
     #[inline(always)]
     fn icmp_error(&self, client: u32, now: u64, icmp_type: u8, code: u8, mtu: u16) -> u32 {
-        if !icmp::allowed(client, now) {
-            return DROP;
-        }
-        icmp::tc_reply(self, icmp_type, code, mtu).map_or(DROP, from_tc)
+        icmp::tc_error(self, client, now, icmp_type, code, mtu).map_or(DROP, from_tc)
     }
 
     #[inline(always)]
     fn icmp_error6(&self, now: u64, icmp_type: u8, code: u8) -> u32 {
-        let Some(client) = read::<_, Addr6>(self, ETH_HLEN + ip6::SADDR.start) else {
-            return DROP;
-        };
-        if !icmp::allowed6(&client, now) {
-            return DROP;
-        }
-        icmp::tc_reply6(self, icmp_type, code, 0).map_or(DROP, from_tc)
+        icmp::tc_error6(self, now, icmp_type, code).map_or(DROP, from_tc)
     }
 
     #[inline(always)]
