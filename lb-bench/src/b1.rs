@@ -32,7 +32,10 @@
 //! - IPv6 NodePort: the XDP NodePort paths measured as the IPv4 ones, on the
 //!   IPv6 twins of their frontends at the node's IPv6 address (local
 //!   backend: `lb_xdp` → `lb_xdp6`; remote backend: → `lb_xdp6_nat`, NAT66
-//!   to the node's IPv6 address in `LB6_NODE`).
+//!   to the node's IPv6 address in `LB6_NODE`);
+//! - the IPv4 NodePort paths in tc (`lb_tc_ns`, `--xdp-mode tc`): the
+//!   same measurements as in XDP ([`north_south`] over [`NsHook`]), with a
+//!   remote NodePort of their own.
 //!
 //! The datapath is loaded by lb-agent's own loader (`Datapath::load`), as
 //! the agent loads it: whatever the loader sets up (program arrays, tail
@@ -46,12 +49,12 @@ use std::{
 use anyhow::{Context, Result, ensure};
 use aya::programs::{ProgramInfo, SchedClassifier, TestRun, TestRunOptions, Xdp};
 use lb_agent::{
-    datapath::{Datapath, MapSizes, TC_EGRESS_PROGRAM, TC_EXT_INGRESS_PROGRAM, TC_INGRESS_PROGRAM, XDP_PROGRAM},
+    datapath::{Datapath, MapSizes, TC_EGRESS_PROGRAM, TC_EXT_INGRESS_PROGRAM, TC_INGRESS_PROGRAM, TC_NS_PROGRAM, XDP_PROGRAM},
     maps::Maps,
     model::{Backend, BackendAddr, Frontend, FrontendAddr, Protocol},
     reconcile::Reconciler,
 };
-use lb_lab::testrun::{self, TC_ACT_UNSPEC};
+use lb_lab::testrun::{self, TC_ACT_REDIRECT, TC_ACT_UNSPEC};
 
 use crate::{services, sys};
 
@@ -118,6 +121,8 @@ pub struct B1Row {
     /// What `lb_xdp` costs the packets it leaves alone: every other packet
     /// on the NIC.
     pub xdp_pass: Option<PassCost>,
+    /// The same IPv4 NodePort paths in tc (`lb_tc_ns`, `--xdp-mode tc`).
+    pub tc_ns: Option<NsCost>,
     /// What `lb_tc_ingress` costs a packet leaving a pod for no frontend
     /// (pod to pod), which it passes untouched.
     pub tc_pass: TcPassCost,
@@ -346,6 +351,9 @@ fn one_backend(name: &str, at: SocketAddrV4, to: SocketAddrV4) -> (FrontendAddr,
 /// packets are DNATed and SNATed and forwarded (`bpf_fib_lookup`, TTL,
 /// MACs, `XDP_TX` back out of `ext0`).
 const NP_REMOTE: SocketAddrV4 = SocketAddrV4::new(NODE_IP, 30001);
+/// [`NP_REMOTE`] for the tc path (`lb_tc_ns`), with endpoints of its own
+/// on node B, so that each path's SNAT ports have their own tuples.
+const NP_REMOTE_TC: SocketAddrV4 = SocketAddrV4::new(NODE_IP, 30002);
 /// Packets `lb_xdp` leaves alone: to an address with no frontend, and to
 /// the node's address on a port outside the NodePort range.
 const NO_FRONTEND: SocketAddrV4 = SocketAddrV4::new(Ipv4Addr::new(10, 0, 0, 77), 443);
@@ -471,7 +479,10 @@ pub fn run_one(opts: &B1Options, n: usize) -> Result<B1Row> {
     let ext0 = ifindex("ext0")?;
     let pins = sys::Pins::new(&format!("b1-{n}"));
     let total_new = opts.new_flows * opts.rounds;
-    // Three paths of new flows, plus the kernel-statistics passes.
+    // Sized for three paths of new flows with twice the room they need:
+    // the five IPv4 paths (ClusterIP, and NodePort to a local and a remote
+    // backend in XDP and in tc) and the kernel-statistics passes fill it to
+    // about 60 %, no eviction (checked after the runs).
     let sizes = sizes_for(n, opts.endpoints, 3 * total_new);
     let object = match &opts.object {
         Some(path) => Some(std::fs::read(path).with_context(|| format!("reading {}", path.display()))?),
@@ -507,7 +518,8 @@ pub fn run_one(opts: &B1Options, n: usize) -> Result<B1Row> {
     desired.insert(a, fa);
     desired.insert(b, fb);
     let has_xdp = dp.ebpf.program(XDP_PROGRAM).is_some();
-    if has_xdp {
+    // The NodePorts serve both north-south hooks (XDP's and tc's).
+    if has_xdp || dp.ebpf.program(TC_NS_PROGRAM).is_some() {
         // Local endpoints: DNAT only, the kernel delivers.
         for (name, at, to) in [("bench/np-ping:http", NP_PING, NP_PONG), ("bench/np-pong:http", NP_PONG, NP_PING)] {
             let (addr, mut fe) = one_backend(name, at, to);
@@ -529,7 +541,16 @@ pub fn run_one(opts: &B1Options, n: usize) -> Result<B1Row> {
             for (i, b) in fe.backends.iter_mut().enumerate() {
                 b.addr.ip = Ipv4Addr::from(u32::from(remote) + i as u32);
             }
+            // The tc path's twin, its endpoints the next addresses on node B.
+            let mut tc = fe.clone();
+            tc.addr = FrontendAddr::new(*NP_REMOTE_TC.ip(), NP_REMOTE_TC.port(), Protocol::Tcp);
+            tc.name = format!("{}:nodeport-remote-tc", last.name);
+            let n = tc.backends.len() as u32;
+            for b in tc.backends.iter_mut() {
+                b.addr.ip = Ipv4Addr::from(u32::from(b.addr.ip) + n);
+            }
             desired.insert(fe.addr, local(fe, OTHER_NODE));
+            desired.insert(tc.addr, local(tc, OTHER_NODE));
         }
     }
     let (mut reconciler, program_time) = fill(pins.path(), reconciler, &desired, n * opts.endpoints <= opts.reconcile_limit)?;
@@ -688,54 +709,18 @@ fn measure(opts: &B1Options, dp: &Datapath, svcs: &[services::Svc], ext0: u32, h
     let ext: &SchedClassifier = dp.ebpf.program(TC_EXT_INGRESS_PROGRAM).unwrap().try_into()?;
     let ext_pass = tc_pass_cost(opts, ext, TC_EXT_INGRESS_PROGRAM, &ack(client, OTHER_POD))?;
 
-    // The XDP NodePort path, the same three ways, to local endpoints: the
-    // program DNATs and hands the packet to the kernel (`XDP_PASS`).
-    let xdp_cost = if has_xdp {
+    // The NodePort paths in XDP (`lb_xdp`), and in tc (`lb_tc_ns`,
+    // `--xdp-mode tc`) on their own remote NodePort (the remote paths'
+    // SNAT ports would otherwise share one range).
+    let xdp_ns = if has_xdp {
         let np: &Xdp = dp.ebpf.program(XDP_PROGRAM).unwrap().try_into()?;
-        // Both frontends share the node address; the port tells them apart.
-        let landed = |out: &[u8]| [NP_PING.port(), NP_PONG.port()].contains(&u16::from_be_bytes([out[36], out[37]]));
-        Some(xdp_local(opts, np, &ack(client, NP_PING), landed, &ack(client, NP_TARGET), |src| syn(src, NP_TARGET), &mut k)?)
+        Some(north_south(opts, np, ext0, NP_REMOTE, &mut k)?)
     } else {
         None
     };
-
-    // The remote path: packets arrive on `ext0` and leave through it to
-    // node B, DNATed and SNATed.
-    let remote_cost = match &xdp_cost {
-        Some(local) => {
-            let np: &Xdp = dp.ebpf.program(XDP_PROGRAM).unwrap().try_into()?;
-            let sent = |out: &[u8]| -> Result<()> {
-                ensure!(out[0..6] == NODE_B_MAC, "remote NodePort: not sent to node B's MAC");
-                ensure!(out[26..30] == NODE_IP.octets(), "remote NodePort: source not SNATed to the node address");
-                ensure!(out[30..32] == REMOTE_PODS.octets()[..2], "remote NodePort: not DNATed to a pod on node B");
-                Ok(())
-            };
-            // The backend's reply: from the pod the first packet went to,
-            // to the node's address and the SNAT port it was given.
-            let reply = |out: &[u8]| {
-                let pod = SocketAddrV4::new(Ipv4Addr::new(out[30], out[31], out[32], out[33]), u16::from_be_bytes([out[36], out[37]]));
-                let node = SocketAddrV4::new(Ipv4Addr::new(out[26], out[27], out[28], out[29]), u16::from_be_bytes([out[34], out[35]]));
-                ack(pod, node)
-            };
-            let back = |out: &[u8]| -> Result<()> {
-                ensure!(out[26..30] == NP_REMOTE.ip().octets(), "remote NodePort reply: source not the frontend");
-                ensure!(out[30..34] == client.ip().octets(), "remote NodePort reply: not sent to the client");
-                ensure!(out[34..36] == NP_REMOTE.port().to_be_bytes(), "remote NodePort reply: source port not the NodePort");
-                Ok(())
-            };
-            let remote = Remote { ext0, est: &ack(client, NP_REMOTE), local_r1_overhead_ns: local.r1_overhead_ns() };
-            Some(xdp_remote(opts, np, &remote, sent, (reply, back), |src| syn(src, NP_REMOTE), &mut k)?)
-        }
+    let tc_ns = match dp.ebpf.program(TC_NS_PROGRAM) {
+        Some(p) => Some(north_south(opts, <&SchedClassifier>::try_from(p)?, ext0, NP_REMOTE_TC, &mut k)?),
         None => None,
-    };
-    let (remote_cost, remote_reply) = remote_cost.unzip();
-
-    // Packets for no frontend: passed untouched, each must cost little.
-    let pass_cost = if has_xdp {
-        let np: &Xdp = dp.ebpf.program(XDP_PROGRAM).unwrap().try_into()?;
-        Some(xdp_pass_cost(opts, np, ext0, &ack(client, NO_FRONTEND), &ack(client, NODE_SSH))?)
-    } else {
-        None
     };
     Ok(Measured {
         row: B1Row {
@@ -748,10 +733,11 @@ fn measure(opts: &B1Options, dp: &Datapath, svcs: &[services::Svc], ext0: u32, h
             new_flow_ns,
             new_flow_p50_ns,
             kernel: KernelNs { established: kernel_established, new_flow: kernel_new_flow },
-            xdp: xdp_cost,
-            remote: remote_cost,
-            remote_reply,
-            xdp_pass: pass_cost,
+            xdp: xdp_ns.as_ref().map(|c| c.local.clone()),
+            remote: xdp_ns.as_ref().map(|c| c.remote.clone()),
+            remote_reply: xdp_ns.as_ref().map(|c| c.remote_reply),
+            xdp_pass: xdp_ns.as_ref().map(|c| c.pass),
+            tc_ns,
             tc_pass,
             ext_pass,
             reply,
@@ -768,14 +754,129 @@ fn measure(opts: &B1Options, dp: &Datapath, svcs: &[services::Svc], ext0: u32, h
     })
 }
 
-/// The XDP NodePort path to local endpoints (`lb_xdp` DNATs and hands the
-/// packet to the kernel, `XDP_PASS`), either family, measured as the tc
-/// path: the ping-pong packet `pp` (`landed`: its output went to one of
-/// the pair), the established packet `est` at `repeat` = 1, and new flows
-/// (`syn` from a fresh source each); counts its new flows in `k`.
-fn xdp_local(
+/// What [`north_south`] measures of one hook's NodePort path (IPv4).
+#[derive(Clone, Debug)]
+pub struct NsCost {
+    /// To local endpoints: DNAT, the kernel delivers.
+    pub local: PathCost,
+    /// To endpoints on node B: DNAT and SNAT, FIB, sent back out.
+    pub remote: PathCost,
+    /// The backend's reply of the remote path's established flow.
+    pub remote_reply: ReplyCost,
+    /// Packets for no frontend, passed untouched.
+    pub pass: PassCost,
+}
+
+/// The IPv4 NodePort path in one hook (`np`), the same three ways as the
+/// tc ClusterIP path: to the local ping-pong pair and [`NP_TARGET`]; to
+/// `remote`, whose endpoints are all on node B (packets arrive on `ext0`
+/// and leave through it, DNATed and SNATed); and packets for no
+/// frontend. Counts its new flows in `k`.
+fn north_south<H: NsHook>(opts: &B1Options, np: &H, ext0: u32, remote: SocketAddrV4, k: &mut usize) -> Result<NsCost> {
+    let client = CLIENT;
+    let syn = |src: SocketAddrV4, dst: SocketAddrV4| testrun::tcp(src, dst, "S", 1, &[]);
+    let ack = |src: SocketAddrV4, dst: SocketAddrV4| testrun::tcp(src, dst, "A", 2, b"hello");
+    // Both frontends share the node address; the port tells them apart.
+    let landed = |out: &[u8]| [NP_PING.port(), NP_PONG.port()].contains(&u16::from_be_bytes([out[36], out[37]]));
+    let local = ns_local(opts, np, &ack(client, NP_PING), landed, &ack(client, NP_TARGET), |src| syn(src, NP_TARGET), k)?;
+    let sent = |out: &[u8]| -> Result<()> {
+        ensure!(out[0..6] == NODE_B_MAC, "remote NodePort: not sent to node B's MAC");
+        ensure!(out[26..30] == NODE_IP.octets(), "remote NodePort: source not SNATed to the node address");
+        ensure!(out[30..32] == REMOTE_PODS.octets()[..2], "remote NodePort: not DNATed to a pod on node B");
+        Ok(())
+    };
+    // The backend's reply: from the pod the first packet went to, to the
+    // node's address and the SNAT port it was given.
+    let reply = |out: &[u8]| {
+        let pod = SocketAddrV4::new(Ipv4Addr::new(out[30], out[31], out[32], out[33]), u16::from_be_bytes([out[36], out[37]]));
+        let node = SocketAddrV4::new(Ipv4Addr::new(out[26], out[27], out[28], out[29]), u16::from_be_bytes([out[34], out[35]]));
+        ack(pod, node)
+    };
+    let back = |out: &[u8]| -> Result<()> {
+        ensure!(out[26..30] == remote.ip().octets(), "remote NodePort reply: source not the frontend");
+        ensure!(out[30..34] == client.ip().octets(), "remote NodePort reply: not sent to the client");
+        ensure!(out[34..36] == remote.port().to_be_bytes(), "remote NodePort reply: source port not the NodePort");
+        Ok(())
+    };
+    let est = ack(client, remote);
+    let r = Remote { ext0, est: &est, local_r1_overhead_ns: local.r1_overhead_ns() };
+    let (remote_cost, remote_reply) = ns_remote(opts, np, &r, sent, (reply, back), |src| syn(src, remote), k)?;
+    let pass = ns_pass_cost(opts, np, ext0, &ack(client, NO_FRONTEND), &ack(client, NODE_SSH))?;
+    Ok(NsCost { local, remote: remote_cost, remote_reply, pass })
+}
+
+/// The hook a north-south path runs in: XDP (`lb_xdp`, `--xdp-mode
+/// auto`) or tc (`lb_tc_ns` on the external interface's ingress,
+/// `--xdp-mode tc`). The one path, measured the same way in each.
+trait NsHook {
+    /// The verdict of a packet delivered to a backend on this node (the
+    /// kernel takes it on), and of one sent back out towards another node.
+    const PASS: i32;
+    const TX: i32;
+    fn info(&self) -> Result<ProgramInfo, aya::programs::ProgramError>;
+    /// `repeat` runs of `input`, received on `ifindex` (0: the loopback
+    /// device): the verdict and the mean time per run.
+    fn time(&self, input: &[u8], ifindex: u32, repeat: u32) -> Result<(i32, Duration)>;
+    /// One run of `input` received on `ifindex`: the verdict and the packet.
+    fn run(&self, input: &[u8], ifindex: u32) -> Result<testrun::Outcome>;
+    /// `repeat` runs of `input` on the loopback device: the verdict and
+    /// the packet after the last.
+    fn run_repeated(&self, input: &[u8], repeat: u32) -> Result<(i32, Vec<u8>)>;
+    /// One run on `ifindex` whose verdict must be `want`: its time in ns.
+    fn once(&self, input: &[u8], want: i32, ifindex: u32) -> Result<u64> {
+        let (v, d) = self.time(input, ifindex, 1)?;
+        ensure!(v == want, "verdict {v} ({want} expected)");
+        Ok(d.as_nanos() as u64)
+    }
+}
+
+impl NsHook for Xdp {
+    const PASS: i32 = XDP_PASS as i32;
+    const TX: i32 = XDP_TX as i32;
+    fn info(&self) -> Result<ProgramInfo, aya::programs::ProgramError> {
+        Xdp::info(self)
+    }
+    fn time(&self, input: &[u8], ifindex: u32, repeat: u32) -> Result<(i32, Duration)> {
+        let (v, d) = testrun::time_xdp_on(self, input, ifindex, repeat)?;
+        Ok((v as i32, d))
+    }
+    fn run(&self, input: &[u8], ifindex: u32) -> Result<testrun::Outcome> {
+        testrun::run_xdp(self, input, ifindex)
+    }
+    fn run_repeated(&self, input: &[u8], repeat: u32) -> Result<(i32, Vec<u8>)> {
+        let mut out = vec![0u8; input.len() + 256];
+        let v = run_xdp(self, input, &mut out, repeat)?;
+        Ok((v as i32, out))
+    }
+}
+
+impl NsHook for SchedClassifier {
+    const PASS: i32 = TC_ACT_UNSPEC;
+    const TX: i32 = TC_ACT_REDIRECT;
+    fn info(&self) -> Result<ProgramInfo, aya::programs::ProgramError> {
+        SchedClassifier::info(self)
+    }
+    fn time(&self, input: &[u8], ifindex: u32, repeat: u32) -> Result<(i32, Duration)> {
+        Ok(testrun::time_tc_on(self, input, ifindex, repeat)?)
+    }
+    fn run(&self, input: &[u8], ifindex: u32) -> Result<testrun::Outcome> {
+        testrun::run_tc_on(self, input, ifindex)
+    }
+    fn run_repeated(&self, input: &[u8], repeat: u32) -> Result<(i32, Vec<u8>)> {
+        let mut out = vec![0u8; input.len() + 256];
+        let v = run_tc(self, input, &mut out, repeat)?;
+        Ok((v as i32, out))
+    }
+}
+
+/// The NodePort path to local endpoints (the program DNATs and hands the
+/// packet to the kernel), either family, either hook, measured as the tc
+/// ClusterIP path: the ping-pong packet `pp` (`landed`: its output went to
+/// one of the pair), the established packet `est` at `repeat` = 1, and new
+/// flows (`syn` from a fresh source each); counts its new flows in `k`.
+fn ns_local<H: NsHook>(
     opts: &B1Options,
-    np: &Xdp,
+    np: &H,
     pp: &[u8],
     landed: impl Fn(&[u8]) -> bool,
     est: &[u8],
@@ -783,22 +884,21 @@ fn xdp_local(
     k: &mut usize,
 ) -> Result<PathCost> {
     let np_info = || np.info();
-    let mut out = vec![0u8; pp.len() + 256];
-    let r = run_xdp(np, pp, &mut out, 4)?;
-    ensure!(r == XDP_PASS, "XDP ping-pong verdict {r}");
-    ensure!(landed(&out), "XDP ping-pong: the packet went to neither NodePort of the pair");
-    let established_ns = best_of(opts.rounds, || Ok(testrun::time_xdp(np, pp, opts.repeat)?.1))?;
+    let (r, out) = np.run_repeated(pp, 4)?;
+    ensure!(r == H::PASS, "NodePort ping-pong verdict {r}");
+    ensure!(landed(&out), "NodePort ping-pong: the packet went to neither NodePort of the pair");
+    let established_ns = best_of(opts.rounds, || Ok(np.time(pp, 0, opts.repeat)?.1))?;
     let kernel_established = kernel_best(opts.rounds, np_info, || {
-        testrun::time_xdp(np, pp, opts.repeat)?;
+        np.time(pp, 0, opts.repeat)?;
         Ok(())
     })?;
-    let (v, _) = testrun::time_xdp(np, est, 1)?;
-    ensure!(v == XDP_PASS, "XDP verdict {v} for an established NodePort flow");
-    let established_r1_ns = mean_r1(opts.rounds, opts.r1_runs(), |_| run_xdp_checked(np, est, XDP_PASS, 0))?;
-    let (new_flow_ns, new_flow_p50_ns) = new_flows(opts, k, |src| run_xdp_checked(np, &syn(src), XDP_PASS, 0))?;
+    let (v, _) = np.time(est, 0, 1)?;
+    ensure!(v == H::PASS, "verdict {v} for an established NodePort flow");
+    let established_r1_ns = mean_r1(opts.rounds, opts.r1_runs(), |_| np.once(est, H::PASS, 0))?;
+    let (new_flow_ns, new_flow_p50_ns) = new_flows(opts, k, |src| np.once(&syn(src), H::PASS, 0))?;
     let kernel_new_flow = kernel_ns(np_info, || {
         for _ in 0..opts.r1_runs() {
-            run_xdp_checked(np, &syn(fresh_source(*k)), XDP_PASS, 0)?;
+            np.once(&syn(fresh_source(*k)), H::PASS, 0)?;
             *k += 1;
         }
         Ok(())
@@ -812,7 +912,7 @@ fn xdp_local(
     })
 }
 
-/// What [`xdp_remote`] sends: the established packet `est`, arriving on
+/// What [`ns_remote`] sends: the established packet `est`, arriving on
 /// `ext0`, and the local path's `repeat` = 1 overhead.
 struct Remote<'a> {
     ext0: u32,
@@ -820,8 +920,8 @@ struct Remote<'a> {
     local_r1_overhead_ns: f64,
 }
 
-/// The XDP NodePort path to a backend on another node, either family:
-/// DNAT and SNAT (NAT66 for IPv6), FIB, `XDP_TX` back out of `ext0`
+/// The NodePort path to a backend on another node, either family, either
+/// hook: DNAT and SNAT (NAT66 for IPv6), FIB, sent back out of `ext0`
 /// (`sent` checks the first packet's output). SNAT gives every pass a new
 /// source, so there is no ping-pong: the established figure is the mean of
 /// `repeat` = 1 runs of one packet (best round, [`mean_r1`]) less the
@@ -829,9 +929,9 @@ struct Remote<'a> {
 /// no correction. The backend's reply of the established flow (built by
 /// `reply.0` from the first packet's output, its translation checked by
 /// `reply.1`) is measured the same way. Counts its new flows in `k`.
-fn xdp_remote(
+fn ns_remote<H: NsHook>(
     opts: &B1Options,
-    np: &Xdp,
+    np: &H,
     remote: &Remote,
     sent: impl Fn(&[u8]) -> Result<()>,
     reply: (impl Fn(&[u8]) -> Vec<u8>, impl Fn(&[u8]) -> Result<()>),
@@ -840,34 +940,34 @@ fn xdp_remote(
 ) -> Result<(PathCost, ReplyCost)> {
     let (ext0, est) = (remote.ext0, remote.est);
     let np_info = || np.info();
-    let first = testrun::run_xdp(np, est, ext0)?;
-    ensure!(first.verdict as u32 == XDP_TX, "remote NodePort verdict {} (XDP_TX expected)", first.verdict);
+    let first = np.run(est, ext0)?;
+    ensure!(first.verdict == H::TX, "remote NodePort verdict {} ({} expected)", first.verdict, H::TX);
     sent(&first.packet)?;
     let back = reply.0(&first.packet);
-    let answered = testrun::run_xdp(np, &back, ext0)?;
-    ensure!(answered.verdict as u32 == XDP_TX, "remote NodePort reply verdict {} (XDP_TX expected)", answered.verdict);
+    let answered = np.run(&back, ext0)?;
+    ensure!(answered.verdict == H::TX, "remote NodePort reply verdict {} ({} expected)", answered.verdict, H::TX);
     ensure!(answered.packet[0..6] == NODE_B_MAC, "remote NodePort reply: not sent towards the client (node B's MAC)");
     reply.1(&answered.packet)?;
     let runs = opts.r1_runs();
-    let reply_r1 = mean_r1(opts.rounds, runs, |_| run_xdp_checked(np, &back, XDP_TX, ext0))?;
+    let reply_r1 = mean_r1(opts.rounds, runs, |_| np.once(&back, H::TX, ext0))?;
     let reply_kernel = kernel_ns(np_info, || {
         for _ in 0..runs {
-            run_xdp_checked(np, &back, XDP_TX, ext0)?;
+            np.once(&back, H::TX, ext0)?;
         }
         Ok(())
     })?;
     let reply = ReplyCost { established_ns: reply_r1 - remote.local_r1_overhead_ns, kernel: reply_kernel };
-    let r1 = mean_r1(opts.rounds, runs, |_| run_xdp_checked(np, est, XDP_TX, ext0))?;
+    let r1 = mean_r1(opts.rounds, runs, |_| np.once(est, H::TX, ext0))?;
     let kernel_established = kernel_ns(np_info, || {
         for _ in 0..runs {
-            run_xdp_checked(np, est, XDP_TX, ext0)?;
+            np.once(est, H::TX, ext0)?;
         }
         Ok(())
     })?;
-    let (new_flow_ns, new_flow_p50_ns) = new_flows(opts, k, |src| run_xdp_checked(np, &syn(src), XDP_TX, ext0))?;
+    let (new_flow_ns, new_flow_p50_ns) = new_flows(opts, k, |src| np.once(&syn(src), H::TX, ext0))?;
     let kernel_new_flow = kernel_ns(np_info, || {
         for _ in 0..runs {
-            run_xdp_checked(np, &syn(fresh_source(*k)), XDP_TX, ext0)?;
+            np.once(&syn(fresh_source(*k)), H::TX, ext0)?;
             *k += 1;
         }
         Ok(())
@@ -893,7 +993,7 @@ fn measure_xdp_v6(opts: &B1Options, dp: &Datapath, ext0: u32, k: &mut usize) -> 
     let ack = |dst: SocketAddrV4| testrun::tcp6(client, sa6(dst), "A", 2, b"hello");
     // The destination port after the IPv6 and TCP headers' addresses.
     let landed = |out: &[u8]| [NP_PING.port(), NP_PONG.port()].contains(&u16::from_be_bytes([out[14 + 42], out[14 + 43]]));
-    let local = xdp_local(opts, np, &ack(NP_PING), landed, &ack(NP_TARGET), |src| syn(src, NP_TARGET), k)?;
+    let local = ns_local(opts, np, &ack(NP_PING), landed, &ack(NP_TARGET), |src| syn(src, NP_TARGET), k)?;
     let sent = |out: &[u8]| -> Result<()> {
         ensure!(out[0..6] == NODE_B_MAC, "IPv6 remote NodePort: not sent to node B's MAC");
         ensure!(out[14 + 8..14 + 24] == NODE_IP6.octets(), "IPv6 remote NodePort: source not SNATed to the node's IPv6 address");
@@ -914,25 +1014,25 @@ fn measure_xdp_v6(opts: &B1Options, dp: &Datapath, ext0: u32, k: &mut usize) -> 
         Ok(())
     };
     let remote = Remote { ext0, est: &ack(NP_REMOTE), local_r1_overhead_ns: local.r1_overhead_ns() };
-    let (remote, reply) = xdp_remote(opts, np, &remote, sent, (reply, back), |src| syn(src, NP_REMOTE), k)?;
+    let (remote, reply) = ns_remote(opts, np, &remote, sent, (reply, back), |src| syn(src, NP_REMOTE), k)?;
     let ssh = testrun::tcp6(client, SocketAddrV6::new(NODE_IP6, NODE_SSH.port(), 0, 0), "A", 2, b"hello");
-    let pass = xdp_pass_cost(opts, np, ext0, &ack(NO_FRONTEND), &ssh)?;
+    let pass = ns_pass_cost(opts, np, ext0, &ack(NO_FRONTEND), &ssh)?;
     Ok((local, remote, reply, pass))
 }
 
 /// `lb_xdp` on packets it must pass untouched, either family: `other`
 /// to an address with no frontend, `ssh` to the node's address on a port
 /// that is no NodePort (both checked on the first run).
-fn xdp_pass_cost(opts: &B1Options, np: &Xdp, ext0: u32, other: &[u8], ssh: &[u8]) -> Result<PassCost> {
+fn ns_pass_cost<H: NsHook>(opts: &B1Options, np: &H, ext0: u32, other: &[u8], ssh: &[u8]) -> Result<PassCost> {
     let one = |pkt: &[u8], what: &str| -> Result<(f64, f64)> {
-        let first = testrun::run_xdp(np, pkt, ext0)?;
-        ensure!(first.verdict as u32 == XDP_PASS && first.packet == pkt, "a packet to {what} was not passed untouched");
-        let ns = best_of(opts.rounds, || Ok(testrun::time_xdp(np, pkt, opts.repeat)?.1))?;
+        let first = np.run(pkt, ext0)?;
+        ensure!(first.verdict == H::PASS && first.packet == pkt, "a packet to {what} was not passed untouched");
+        let ns = best_of(opts.rounds, || Ok(np.time(pkt, 0, opts.repeat)?.1))?;
         let kernel = kernel_best(
             opts.rounds,
             || np.info(),
             || {
-                testrun::time_xdp(np, pkt, opts.repeat)?;
+                np.time(pkt, 0, opts.repeat)?;
                 Ok(())
             },
         )?;
@@ -1189,13 +1289,6 @@ fn run_xdp(xdp: &Xdp, input: &[u8], out: &mut [u8], repeat: u32) -> Result<u32> 
     o.data_out = Some(out);
     o.repeat = repeat;
     Ok(xdp.test_run(o).context("BPF_PROG_TEST_RUN")?.return_value)
-}
-
-/// One run on `ingress_ifindex` (0: the loopback device).
-fn run_xdp_checked(xdp: &Xdp, input: &[u8], want: u32, ingress_ifindex: u32) -> Result<u64> {
-    let (v, d) = testrun::time_xdp_on(xdp, input, ingress_ifindex, 1)?;
-    ensure!(v == want, "XDP verdict {v}");
-    Ok(d.as_nanos() as u64)
 }
 
 fn run_xdp_once(xdp: &Xdp, input: &[u8]) -> Result<u64> {

@@ -104,10 +104,14 @@ pub fn b1_table(rows: &[B1Row]) -> String {
             r.kernel.new_flow,
         );
         let v6_name = format!("ClusterIP, IPv6 (tc `lb_tc_ingress`; {} IPv6 services)", fmt_count(r.v6_services as f64));
+        let tc_local = r.tc_ns.as_ref().map(|c| c.local.clone());
+        let tc_remote = r.tc_ns.as_ref().map(|c| c.remote.clone());
         let paths = [
             (v6_name.as_str(), &r.v6),
             ("NodePort (XDP `lb_xdp` → `lb_xdp4`, local delivery)", &r.xdp),
             ("NodePort (XDP `lb_xdp` → `lb_xdp4`, remote backend: DNAT+SNAT, FIB, `XDP_TX`)²", &r.remote),
+            ("NodePort (tc `lb_tc_ns`, `--xdp-mode tc`, local delivery)", &tc_local),
+            ("NodePort (tc `lb_tc_ns`, `--xdp-mode tc`, remote backend: DNAT+SNAT, FIB, `bpf_redirect`)²", &tc_remote),
             ("NodePort, IPv6 (XDP `lb_xdp` → `lb_xdp6`, local delivery)", &r.xdp6),
             ("NodePort, IPv6 (XDP `lb_xdp` → `lb_xdp6` → `lb_xdp6_nat`, remote backend: NAT66, FIB, `XDP_TX`)²", &r.remote6),
         ];
@@ -145,6 +149,10 @@ pub fn b1_table(rows: &[B1Row]) -> String {
                 "reply of a remote flow, IPv6 (XDP `lb_xdp` → `lb_xdp6` → `lb_xdp6_nat`: NAT66 reversed, FIB, `XDP_TX`)²",
                 r.remote6_reply.as_ref(),
             ),
+            (
+                "reply of a remote flow (tc `lb_tc_ns`, `--xdp-mode tc`: SNAT and DNAT reversed, FIB, `bpf_redirect`)²",
+                r.tc_ns.as_ref().map(|c| &c.remote_reply),
+            ),
         ];
         let mut one_figure: Vec<_> =
             replies.into_iter().filter_map(|(name, reply)| reply.map(|c| (name, c.established_ns, c.kernel))).collect();
@@ -160,6 +168,18 @@ pub fn b1_table(rows: &[B1Row]) -> String {
         if let Some(p) = &r.xdp_pass {
             one_figure.push(("no frontend (XDP `lb_xdp` → `lb_xdp4`, passed): another address", p.other_addr_ns, p.other_addr_kernel));
             one_figure.push(("no frontend (XDP `lb_xdp` → `lb_xdp4`, passed): node address, port 22", p.node_port_ns, p.node_port_kernel));
+        }
+        if let Some(p) = r.tc_ns.as_ref().map(|c| &c.pass) {
+            one_figure.push((
+                "no frontend (tc `lb_tc_ns`, `--xdp-mode tc`, passed): another address",
+                p.other_addr_ns,
+                p.other_addr_kernel,
+            ));
+            one_figure.push((
+                "no frontend (tc `lb_tc_ns`, `--xdp-mode tc`, passed): node address, port 22",
+                p.node_port_ns,
+                p.node_port_kernel,
+            ));
         }
         if let Some(p) = &r.xdp6_pass {
             one_figure.push((
@@ -654,6 +674,11 @@ pub fn markdown(r: &Report, plots: &[String]) -> String {
              on a second pass, so there is no ping-pong either: the mean of `repeat` = 1 runs (best round mean) less the tc path's repeat = 1 overhead (the ping-pong packet's `repeat` = 1 mean less its `repeat` = N figure).\n\
              - **No XDP mark**: `lb_tc_ext_ingress`, which only BPF host routing attaches (to the external interfaces' tc ingress), on a packet `lb_xdp` did not \
              mark: what that mode costs every other packet arriving from outside (`repeat` = N of the pod-to-pod packet, passed untouched).\n\
+             - **NodePort paths in tc** (`--xdp-mode tc`): `lb_tc_ns`, the same north-south path at the external interface's tc ingress, measured as the XDP rows \
+             (the same ping-pong pair and measured NodePort; a remote NodePort of its own, its ten endpoints other pods of the other node, so that each hook's SNAT ports \
+             have their own tuples). A packet for a local backend passes to the kernel (`TC_ACT_UNSPEC`); one for another node, and a reply sent back to the client, \
+             are redirected (`bpf_redirect`, `TC_ACT_REDIRECT`; the test run does not carry out the redirect). tc's checksum updates are kernel helper calls (the skb's checksum state is the kernel's), \
+             where XDP's are arithmetic.\n\
              - **XDP NodePort paths over IPv6**: the same two, in the same run, on the IPv6 twins of the NodePort frontends at the node's IPv6 address \
              (`lb_xdp` tail-calls `lb_xdp6`; the remote backend's packets go on to `lb_xdp6_nat`, NAT66 to the node's IPv6 address in `LB6_NODE`, \
              checked on the first packet as IPv4's); their ratio to IPv4's is in the goals table.\n\

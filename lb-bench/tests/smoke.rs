@@ -37,9 +37,11 @@ fn harness_runs_at_a_tiny_size() {
     let r = lb_bench::run_all(&o, &dir).expect("the benchmarks run");
     assert_eq!(r.b1.as_ref().map(Vec::len), Some(2));
     // Each service count measured the IPv6 NodePort paths (XDP, local and
-    // remote backend) beside the IPv4 ones.
+    // remote backend) beside the IPv4 ones, and the IPv4 ones in tc.
     for row in r.b1.as_deref().unwrap_or_default() {
         assert!(row.xdp6.is_some() && row.remote6.is_some(), "B1 at {}: no IPv6 NodePort figures", row.services);
+        // And the IPv4 NodePort paths in tc (`--xdp-mode tc`).
+        assert!(row.tc_ns.is_some(), "B1 at {}: no tc north-south figures", row.services);
         assert!(row.xdp6_ratios().is_some());
     }
     let kinds = lb_bench::dp::Kind::ALL.len();

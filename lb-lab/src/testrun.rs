@@ -177,6 +177,17 @@ pub fn time_tc(prog: &SchedClassifier, input: &[u8], repeat: u32) -> Result<(i32
     Ok((r.return_value as i32, r.duration))
 }
 
+/// Average time per run of a tc program over `repeat` runs, received on
+/// interface `ifindex` (see [`sk_buff_on`]).
+pub fn time_tc_on(prog: &SchedClassifier, input: &[u8], ifindex: u32, repeat: u32) -> Result<(i32, Duration), ProgramError> {
+    let mut out = vec![0u8; input.len() + 256];
+    let skb = sk_buff_on(ifindex);
+    let mut opts = options(input, &mut out, repeat);
+    opts.ctx_in = Some(&skb);
+    let r = prog.test_run(opts)?;
+    Ok((r.return_value as i32, r.duration))
+}
+
 /// Average time per run of an XDP program over `repeat` runs.
 pub fn time_xdp(prog: &Xdp, input: &[u8], repeat: u32) -> Result<(u32, Duration), ProgramError> {
     let mut out = vec![0u8; input.len() + 256];
