@@ -46,6 +46,13 @@ pub fn diff<const N: usize>(from: &[u32; N], to: &[u32; N]) -> u32 {
     fold(sum) as u32
 }
 
+/// [`diff`] of one 16-bit field (a port): what a checksum covering it
+/// changes by when it goes from `from` to `to`.
+#[inline(always)]
+pub fn diff2(from: u16, to: u16) -> u32 {
+    fold((!from) as u32 + to as u32) as u32
+}
+
 /// The sum of two differences of [`diff`], folded again.
 #[inline(always)]
 pub fn add_diff(a: u32, b: u32) -> u32 {
@@ -127,6 +134,35 @@ mod tests {
             assert_eq!(apply_diff(check, both), two, "check {check:#x}, both");
         }
         assert_eq!(apply_diff(0x1234, diff(&from, &from)), 0x1234, "no change");
+    }
+
+    /// Both ports of a TCP header changed in one update (`diff2`, added):
+    /// the checksum a full recomputation gives.
+    #[test]
+    fn both_ports_in_one_update_give_the_recomputed_checksum() {
+        // A TCP header's first 20 bytes (checksum at 16..18) behind a
+        // pseudo-header's 12 (the sum covers both).
+        let mut seg = [0u8; 32];
+        seg[..12].copy_from_slice(&[10, 0, 0, 1, 10, 245, 0, 1, 0, 6, 0, 20]);
+        seg[12..14].copy_from_slice(&40000u16.to_be_bytes());
+        seg[14..16].copy_from_slice(&30001u16.to_be_bytes());
+        seg[24] = 0x50;
+        seg[25] = 0x10;
+        let check = reference(&seg);
+        seg[28..30].copy_from_slice(&check.to_be_bytes());
+        for (sport, dport) in [(1024u16, 8080u16), (65535, 0), (40000, 8080), (1024, 30001)] {
+            let (old_s, old_d) = (u16::from_ne_bytes([seg[12], seg[13]]), u16::from_ne_bytes([seg[14], seg[15]]));
+            let (new_s, new_d) = (sport.to_be(), dport.to_be());
+            let ds = if new_s != old_s { diff2(old_s, new_s) } else { 0 };
+            let dd = if new_d != old_d { diff2(old_d, new_d) } else { 0 };
+            let field = u16::from_ne_bytes([seg[28], seg[29]]);
+            let updated = apply_diff(field, add_diff(ds, dd));
+            let mut fresh = seg;
+            fresh[12..14].copy_from_slice(&sport.to_be_bytes());
+            fresh[14..16].copy_from_slice(&dport.to_be_bytes());
+            fresh[28..30].copy_from_slice(&[0, 0]);
+            assert_eq!(u16::from_be(updated), reference(&fresh), "ports {sport}, {dport}");
+        }
     }
 
     fn header() -> [u8; 20] {

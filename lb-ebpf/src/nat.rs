@@ -47,11 +47,13 @@ pub fn rewrite<F: L3, C: PacketData + L4Csum>(
         let check = l4_off + l4_check_offset(f.proto);
         let udp = f.proto == IPPROTO_UDP;
         F::l4_csum_addrs(ctx, check, udp, f, saddr, daddr)?;
-        if sport != f.sport {
-            ctx.l4_csum_port(check, udp, f.sport, sport)?;
-        }
-        if dport != f.dport {
-            ctx.l4_csum_port(check, udp, f.dport, dport)?;
+        // One update for both ports when SNAT with DNAT changes both (in
+        // tc, a helper call less).
+        match (sport != f.sport, dport != f.dport) {
+            (true, true) => ctx.l4_csum_ports(check, udp, csum::add_diff(csum::diff2(f.sport, sport), csum::diff2(f.dport, dport)))?,
+            (true, false) => ctx.l4_csum_port(check, udp, f.sport, sport)?,
+            (false, true) => ctx.l4_csum_port(check, udp, f.dport, dport)?,
+            (false, false) => {}
         }
     }
     // The tc helpers may have moved the packet: every access below is

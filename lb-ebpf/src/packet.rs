@@ -160,9 +160,12 @@ pub trait L4Csum {
     fn l4_csum_addr(&self, check_off: usize, udp: bool, from: u32, to: u32) -> Option<()>;
     /// A 2-byte field inside the L4 header (a port) changed.
     fn l4_csum_port(&self, check_off: usize, udp: bool, from: u16, to: u16) -> Option<()>;
-    /// Fields of the pseudo-header changed by `diff` (`csum::diff`): one
-    /// update for several words (an IPv6 address, or two).
+    /// Fields of the pseudo-header (addresses) changed by `diff`
+    /// (`csum::diff`): one update for several words.
     fn l4_csum_diff(&self, check_off: usize, udp: bool, diff: u32) -> Option<()>;
+    /// Fields inside the L4 header (ports) changed by `diff`
+    /// (`csum::diff2`): one update for both ports.
+    fn l4_csum_ports(&self, check_off: usize, udp: bool, diff: u32) -> Option<()>;
 }
 
 /// tc goes through the kernel helper, which alone knows the skb's checksum
@@ -189,6 +192,15 @@ impl L4Csum for TcContext {
     fn l4_csum_diff(&self, check_off: usize, udp: bool, diff: u32) -> Option<()> {
         let mangled = if udp { BPF_F_MARK_MANGLED_0 as u64 } else { 0 };
         self.l4_csum_replace(check_off, 0, diff as u64, BPF_F_PSEUDO_HDR as u64 | mangled).ok()
+    }
+
+    /// Without `BPF_F_PSEUDO_HDR`, as the 2-byte updates it replaces: a
+    /// CHECKSUM_PARTIAL field stays as it is, and `skb->csum` too (the
+    /// field and the ports change by opposite amounts).
+    #[inline(always)]
+    fn l4_csum_ports(&self, check_off: usize, udp: bool, diff: u32) -> Option<()> {
+        let mangled = if udp { BPF_F_MARK_MANGLED_0 as u64 } else { 0 };
+        self.l4_csum_replace(check_off, 0, diff as u64, mangled).ok()
     }
 }
 
@@ -220,6 +232,12 @@ impl L4Csum for XdpContext {
             return Some(());
         }
         write(self, check_off, fix_udp(udp, csum::apply_diff(check, diff)))
+    }
+
+    /// The same arithmetic: a frame has no checksum state to respect.
+    #[inline(always)]
+    fn l4_csum_ports(&self, check_off: usize, udp: bool, diff: u32) -> Option<()> {
+        self.l4_csum_diff(check_off, udp, diff)
     }
 }
 
