@@ -109,18 +109,12 @@ pub struct B1Row {
     pub new_flow_p50_ns: f64,
     /// The tc path in the kernel's own accounting.
     pub kernel: KernelNs,
-    /// The XDP NodePort path (`lb_xdp`), when the object has it.
-    pub xdp: Option<PathCost>,
-    /// The XDP NodePort path to a backend on another node (DNAT + SNAT,
-    /// FIB lookup, TTL, MACs, `XDP_TX`).
-    pub remote: Option<PathCost>,
-    /// The backend's reply of the remote path's established flow, to the
-    /// node's SNAT address: both translations reversed, FIB, `XDP_TX`
-    /// back to the client.
-    pub remote_reply: Option<ReplyCost>,
-    /// What `lb_xdp` costs the packets it leaves alone: every other packet
-    /// on the NIC.
-    pub xdp_pass: Option<PassCost>,
+    /// The XDP NodePort paths (`lb_xdp`), when the object has them: to
+    /// local endpoints, to a backend on another node (DNAT + SNAT, FIB
+    /// lookup, TTL, MACs, `XDP_TX`) and that flow's reply, and what
+    /// `lb_xdp` costs the packets it leaves alone (every other packet on
+    /// the NIC).
+    pub xdp: Option<NsCost>,
     /// The same IPv4 NodePort paths in tc (`lb_tc_ns`, `--xdp-mode tc`).
     pub tc_ns: Option<NsCost>,
     /// What `lb_tc_ingress` costs a packet leaving a pod for no frontend
@@ -143,16 +137,10 @@ pub struct B1Row {
     /// `lb_tc_egress` on a backend's reply of the established IPv6
     /// ClusterIP flow (`egress6`: reverse NAT back to the frontend).
     pub v6_reply: Option<ReplyCost>,
-    /// The XDP NodePort paths over IPv6 (same run), to a local backend and
-    /// to a backend on another node (NAT66), when the object has XDP.
-    pub xdp6: Option<PathCost>,
-    pub remote6: Option<PathCost>,
-    /// The remote path's reply over IPv6 (to the node's IPv6 SNAT
-    /// address, through `lb_xdp6_nat`).
-    pub remote6_reply: Option<ReplyCost>,
-    /// What `lb_xdp` (and `lb_xdp6`, tail-called) costs the IPv6 packets
-    /// it leaves alone.
-    pub xdp6_pass: Option<PassCost>,
+    /// The XDP NodePort paths over IPv6 (same run), when the object has
+    /// XDP: the remote backend's through `lb_xdp6_nat` (NAT66 to the
+    /// node's IPv6 address), the packets passed through `lb_xdp6`.
+    pub xdp6: Option<NsCost>,
 }
 
 /// A tc program on a packet it passes untouched (`lb_tc_ingress` on a
@@ -260,7 +248,8 @@ impl B1Row {
     /// remote backend, each (established, new flow net).
     pub fn xdp6_ratios(&self) -> Option<[(f64, f64); 2]> {
         let ratio = |v6: &PathCost, v4: &PathCost| (v6.established_ns / v4.established_ns, v6.new_flow_net_ns() / v4.new_flow_net_ns());
-        Some([ratio(self.xdp6.as_ref()?, self.xdp.as_ref()?), ratio(self.remote6.as_ref()?, self.remote.as_ref()?)])
+        let (v6, v4) = (self.xdp6.as_ref()?, self.xdp.as_ref()?);
+        Some([ratio(&v6.local, &v4.local), ratio(&v6.remote, &v4.remote)])
     }
 }
 
@@ -590,12 +579,10 @@ pub fn run_one(opts: &B1Options, n: usize) -> Result<B1Row> {
     let mut k6 = 0;
     let (v6, v6_tc_pass, v6_reply) =
         measure_v6(opts, &dp, target6, &mut k6).with_context(|| format!("IPv6; datapath counters: {}", counted()))?;
-    let (xdp6, remote6, remote6_reply, xdp6_pass) = if has_xdp {
-        let (local, remote, reply, pass) =
-            measure_xdp_v6(opts, &dp, ext0, &mut k6).with_context(|| format!("IPv6 NodePort; datapath counters: {}", counted()))?;
-        (Some(local), Some(remote), Some(reply), Some(pass))
+    let xdp6 = if has_xdp {
+        Some(measure_xdp_v6(opts, &dp, ext0, &mut k6).with_context(|| format!("IPv6 NodePort; datapath counters: {}", counted()))?)
     } else {
-        (None, None, None, None)
+        None
     };
     let ct6_entries = reconciler.maps().v6.ct_tcp.map.keys().count();
     ensure!(
@@ -611,9 +598,6 @@ pub fn run_one(opts: &B1Options, n: usize) -> Result<B1Row> {
         v6_tc_pass: Some(v6_tc_pass),
         v6_reply: Some(v6_reply),
         xdp6,
-        remote6,
-        remote6_reply,
-        xdp6_pass,
         ..m.row
     })
 }
@@ -733,10 +717,7 @@ fn measure(opts: &B1Options, dp: &Datapath, svcs: &[services::Svc], ext0: u32, h
             new_flow_ns,
             new_flow_p50_ns,
             kernel: KernelNs { established: kernel_established, new_flow: kernel_new_flow },
-            xdp: xdp_ns.as_ref().map(|c| c.local.clone()),
-            remote: xdp_ns.as_ref().map(|c| c.remote.clone()),
-            remote_reply: xdp_ns.as_ref().map(|c| c.remote_reply),
-            xdp_pass: xdp_ns.as_ref().map(|c| c.pass),
+            xdp: xdp_ns,
             tc_ns,
             tc_pass,
             ext_pass,
@@ -746,15 +727,13 @@ fn measure(opts: &B1Options, dp: &Datapath, svcs: &[services::Svc], ext0: u32, h
             v6_reply: None,
             v6_services: 0,
             xdp6: None,
-            remote6: None,
-            remote6_reply: None,
-            xdp6_pass: None,
         },
         flows: k,
     })
 }
 
-/// What [`north_south`] measures of one hook's NodePort path (IPv4).
+/// What [`north_south`] measures of one hook's NodePort paths (and
+/// [`measure_xdp_v6`] of XDP's over IPv6).
 #[derive(Clone, Debug)]
 pub struct NsCost {
     /// To local endpoints: DNAT, the kernel delivers.
@@ -986,7 +965,7 @@ fn ns_remote<H: NsHook>(
 /// `lb_xdp6_nat` for the remote backend: NAT66), measured as the IPv4
 /// ones on the IPv6 twins of their frontends (at the node's IPv6 address,
 /// [`NODE_IP6`]); counts their new flows in `k`.
-fn measure_xdp_v6(opts: &B1Options, dp: &Datapath, ext0: u32, k: &mut usize) -> Result<(PathCost, PathCost, ReplyCost, PassCost)> {
+fn measure_xdp_v6(opts: &B1Options, dp: &Datapath, ext0: u32, k: &mut usize) -> Result<NsCost> {
     let np: &Xdp = dp.ebpf.program(XDP_PROGRAM).unwrap().try_into()?;
     let client = sa6(CLIENT);
     let syn = |src: SocketAddrV4, dst: SocketAddrV4| testrun::tcp6(sa6(src), sa6(dst), "S", 1, &[]);
@@ -1017,7 +996,7 @@ fn measure_xdp_v6(opts: &B1Options, dp: &Datapath, ext0: u32, k: &mut usize) -> 
     let (remote, reply) = ns_remote(opts, np, &remote, sent, (reply, back), |src| syn(src, NP_REMOTE), k)?;
     let ssh = testrun::tcp6(client, SocketAddrV6::new(NODE_IP6, NODE_SSH.port(), 0, 0), "A", 2, b"hello");
     let pass = ns_pass_cost(opts, np, ext0, &ack(NO_FRONTEND), &ssh)?;
-    Ok((local, remote, reply, pass))
+    Ok(NsCost { local, remote, remote_reply: reply, pass })
 }
 
 /// `lb_xdp` on packets it must pass untouched, either family: `other`
@@ -1343,7 +1322,7 @@ pub fn run(opts: &B1Options) -> Result<Vec<B1Row>> {
                     v6.new_flow_net_ns()
                 );
             }
-            if let (Some(local), Some(remote), Some([(le, ln), (re, rn)])) = (&row.xdp6, &row.remote6, row.xdp6_ratios()) {
+            if let (Some(NsCost { local, remote, .. }), Some([(le, ln), (re, rn)])) = (&row.xdp6, row.xdp6_ratios()) {
                 eprintln!(
                     "lb-bench: B1 {n} services, IPv6 NodePort (XDP): local established {:.1} ns ({le:.2}x IPv4), new flow {:.1} ns net ({ln:.2}x); remote (NAT66) established {:.1} ns ({re:.2}x), new flow {:.1} ns net ({rn:.2}x)",
                     local.established_ns,

@@ -191,8 +191,8 @@ pub fn write_all(r: &Report, dir: &Path) -> Result<Vec<String>> {
             &[
                 s("ClusterIP established (tc)", &|r| r.established_ns, 0),
                 s("ClusterIP new flow (tc), overhead off", &|r| r.new_flow_net_ns(), 1),
-                s("NodePort established (XDP)", &|r| r.xdp.as_ref().map(|x| x.established_ns).unwrap_or(f64::NAN), 2),
-                s("NodePort new flow (XDP), overhead off", &|r| r.xdp.as_ref().map(|x| x.new_flow_net_ns()).unwrap_or(f64::NAN), 3),
+                s("NodePort established (XDP)", &|r| r.xdp.as_ref().map(|x| x.local.established_ns).unwrap_or(f64::NAN), 2),
+                s("NodePort new flow (XDP), overhead off", &|r| r.xdp.as_ref().map(|x| x.local.new_flow_net_ns()).unwrap_or(f64::NAN), 3),
                 s("floor: XDP_PASS", &|r| r.floor_ns, 4),
             ]
             .into_iter()

@@ -5,7 +5,7 @@ use std::fmt::Write as _;
 
 use crate::{
     Options,
-    b1::B1Row,
+    b1::{B1Row, NsCost, PathCost},
     b2::{B2Row, Position},
     b3::B3Result,
     b4::{self, B4Row},
@@ -76,6 +76,16 @@ fn took(t: crate::sys::Took) -> String {
     }
 }
 
+/// A north-south path's figures to local endpoints, when measured.
+fn local(c: &Option<NsCost>) -> Option<&PathCost> {
+    c.as_ref().map(|c| &c.local)
+}
+
+/// A north-south path's figures to another node, when measured.
+fn remote(c: &Option<NsCost>) -> Option<&PathCost> {
+    c.as_ref().map(|c| &c.remote)
+}
+
 /// The B1 table.
 pub fn b1_table(rows: &[B1Row]) -> String {
     let mut t = String::new();
@@ -104,16 +114,14 @@ pub fn b1_table(rows: &[B1Row]) -> String {
             r.kernel.new_flow,
         );
         let v6_name = format!("ClusterIP, IPv6 (tc `lb_tc_ingress`; {} IPv6 services)", fmt_count(r.v6_services as f64));
-        let tc_local = r.tc_ns.as_ref().map(|c| c.local.clone());
-        let tc_remote = r.tc_ns.as_ref().map(|c| c.remote.clone());
         let paths = [
-            (v6_name.as_str(), &r.v6),
-            ("NodePort (XDP `lb_xdp` → `lb_xdp4`, local delivery)", &r.xdp),
-            ("NodePort (XDP `lb_xdp` → `lb_xdp4`, remote backend: DNAT+SNAT, FIB, `XDP_TX`)²", &r.remote),
-            ("NodePort (tc `lb_tc_ns`, `--xdp-mode tc`, local delivery)", &tc_local),
-            ("NodePort (tc `lb_tc_ns`, `--xdp-mode tc`, remote backend: DNAT+SNAT, FIB, `bpf_redirect`)²", &tc_remote),
-            ("NodePort, IPv6 (XDP `lb_xdp` → `lb_xdp6`, local delivery)", &r.xdp6),
-            ("NodePort, IPv6 (XDP `lb_xdp` → `lb_xdp6` → `lb_xdp6_nat`, remote backend: NAT66, FIB, `XDP_TX`)²", &r.remote6),
+            (v6_name.as_str(), r.v6.as_ref()),
+            ("NodePort (XDP `lb_xdp` → `lb_xdp4`, local delivery)", local(&r.xdp)),
+            ("NodePort (XDP `lb_xdp` → `lb_xdp4`, remote backend: DNAT+SNAT, FIB, `XDP_TX`)²", remote(&r.xdp)),
+            ("NodePort (tc `lb_tc_ns`, `--xdp-mode tc`, local delivery)", local(&r.tc_ns)),
+            ("NodePort (tc `lb_tc_ns`, `--xdp-mode tc`, remote backend: DNAT+SNAT, FIB, `bpf_redirect`)²", remote(&r.tc_ns)),
+            ("NodePort, IPv6 (XDP `lb_xdp` → `lb_xdp6`, local delivery)", local(&r.xdp6)),
+            ("NodePort, IPv6 (XDP `lb_xdp` → `lb_xdp6` → `lb_xdp6_nat`, remote backend: NAT66, FIB, `XDP_TX`)²", remote(&r.xdp6)),
         ];
         for (name, cost) in paths {
             match cost {
@@ -144,10 +152,13 @@ pub fn b1_table(rows: &[B1Row]) -> String {
         let replies = [
             ("reply (tc `lb_tc_egress`: reverse NAT to the frontend), established flow³", Some(&r.reply)),
             ("reply, IPv6 (tc `lb_tc_egress`: reverse NAT to the frontend), established flow³", r.v6_reply.as_ref()),
-            ("reply of a remote flow (XDP `lb_xdp` → `lb_xdp4`: SNAT and DNAT reversed, FIB, `XDP_TX`)²", r.remote_reply.as_ref()),
+            (
+                "reply of a remote flow (XDP `lb_xdp` → `lb_xdp4`: SNAT and DNAT reversed, FIB, `XDP_TX`)²",
+                r.xdp.as_ref().map(|c| &c.remote_reply),
+            ),
             (
                 "reply of a remote flow, IPv6 (XDP `lb_xdp` → `lb_xdp6` → `lb_xdp6_nat`: NAT66 reversed, FIB, `XDP_TX`)²",
-                r.remote6_reply.as_ref(),
+                r.xdp6.as_ref().map(|c| &c.remote_reply),
             ),
             (
                 "reply of a remote flow (tc `lb_tc_ns`, `--xdp-mode tc`: SNAT and DNAT reversed, FIB, `bpf_redirect`)²",
@@ -165,7 +176,7 @@ pub fn b1_table(rows: &[B1Row]) -> String {
         if let Some(p) = &r.v6_tc_pass {
             one_figure.push(("no frontend, IPv6 (tc `lb_tc_ingress` → `lb_tc_ingress6`, passed): pod to pod", p.ns, p.kernel));
         }
-        if let Some(p) = &r.xdp_pass {
+        if let Some(p) = r.xdp.as_ref().map(|c| &c.pass) {
             one_figure.push(("no frontend (XDP `lb_xdp` → `lb_xdp4`, passed): another address", p.other_addr_ns, p.other_addr_kernel));
             one_figure.push(("no frontend (XDP `lb_xdp` → `lb_xdp4`, passed): node address, port 22", p.node_port_ns, p.node_port_kernel));
         }
@@ -181,7 +192,7 @@ pub fn b1_table(rows: &[B1Row]) -> String {
                 p.node_port_kernel,
             ));
         }
-        if let Some(p) = &r.xdp6_pass {
+        if let Some(p) = r.xdp6.as_ref().map(|c| &c.pass) {
             one_figure.push((
                 "no frontend, IPv6 (XDP `lb_xdp` → `lb_xdp6`, passed): another address",
                 p.other_addr_ns,
@@ -431,13 +442,13 @@ pub fn goals(r: &Report) -> String {
             (
                 "NodePort (XDP), local backend",
                 rows.iter()
-                    .map(|r| r.xdp.as_ref().map(|x| (x.established_ns, x.established_ns / r.floor_ns.max(1.0), x.new_flow_net_ns())))
+                    .map(|r| local(&r.xdp).map(|x| (x.established_ns, x.established_ns / r.floor_ns.max(1.0), x.new_flow_net_ns())))
                     .collect(),
             ),
             (
                 "NodePort (XDP), remote backend",
                 rows.iter()
-                    .map(|r| r.remote.as_ref().map(|x| (x.established_ns, x.established_ns / r.floor_ns.max(1.0), x.new_flow_net_ns())))
+                    .map(|r| remote(&r.xdp).map(|x| (x.established_ns, x.established_ns / r.floor_ns.max(1.0), x.new_flow_net_ns())))
                     .collect(),
             ),
         ];
@@ -497,7 +508,7 @@ pub fn goals(r: &Report) -> String {
         {
             let mut g = last.established_ns / first.established_ns - 1.0;
             let mut gn = last.new_flow_net_ns() / first.new_flow_net_ns() - 1.0;
-            if let (Some(a), Some(b)) = (&first.xdp, &last.xdp) {
+            if let (Some(a), Some(b)) = (local(&first.xdp), local(&last.xdp)) {
                 g = g.max(b.established_ns / a.established_ns - 1.0);
                 gn = gn.max(b.new_flow_net_ns() / a.new_flow_net_ns() - 1.0);
             }
