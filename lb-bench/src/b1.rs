@@ -455,6 +455,23 @@ fn kernel_best(
     Ok(best)
 }
 
+/// How many endpoints a remote NodePort needs so that one path's new
+/// flows (every round's, and the kernel statistics' pass) take at most
+/// 45 % of its SNAT tuples, one per NAT port and endpoint: a fuller range
+/// makes new flows retry ports, and past it they fail (`drop_no_nat_port`).
+/// At least the measured service's count: 10 at `--quick`'s 20,000 flows
+/// per round, 40 at the full run's 100,000.
+pub(crate) fn remote_endpoints(opts: &B1Options) -> usize {
+    let flows = opts.new_flows * opts.rounds + opts.r1_runs();
+    let ports = (NAT_PORTS.1 - NAT_PORTS.0) as usize + 1;
+    (flows * 100).div_ceil(ports * 45).max(opts.endpoints)
+}
+
+/// The SNAT port range: wide, and below the NodePorts. The remote paths'
+/// new flows share it (see [`remote_endpoints`]); the default range (4536
+/// ports) would fill up.
+pub(crate) const NAT_PORTS: (u16, u16) = (1024, 29_999);
+
 fn local(mut fe: Frontend, node: &str) -> Frontend {
     for b in &mut fe.backends {
         b.node_name = Some(node.into());
@@ -486,10 +503,7 @@ pub fn run_one(opts: &B1Options, n: usize) -> Result<B1Row> {
     let ready = ready_config();
     let host_routing = if opts.host_routing { lb_common::config_flags::HOST_ROUTING_BPF } else { 0 };
     maps.write_config(&lb_common::Config { flags: ready.flags | host_routing, ..ready })?;
-    // A wide SNAT range below the NodePorts: the remote path's 6 x
-    // `new_flows` flows share 10 backends, and the default range (4536
-    // ports) would fill up and make new flows retry ports.
-    let (nat_port_min, nat_port_max) = (1024, 29_999);
+    let (nat_port_min, nat_port_max) = NAT_PORTS;
     maps.write_node(&lb_common::NodeConfig {
         snat_addr: u32::from_ne_bytes(NODE_IP.octets()),
         nat_port_min,
@@ -521,12 +535,15 @@ pub fn run_one(opts: &B1Options, n: usize) -> Result<B1Row> {
             fe.name = format!("{}:nodeport", last.name);
             fe.flags = lb_common::svc_flags::NODE_PORT;
             desired.insert(fe.addr, local(fe, NODE_NAME));
-            // The same number of endpoints, all on node B.
+            // The same endpoints, all on node B (more of them when the
+            // new flows need more SNAT tuples, see `remote_endpoints`).
             let remote = Ipv4Addr::from(u32::from(REMOTE_PODS) + 1);
             let mut fe = services::frontend(last);
             fe.addr = FrontendAddr::new(*NP_REMOTE.ip(), NP_REMOTE.port(), Protocol::Tcp);
             fe.name = format!("{}:nodeport-remote", last.name);
             fe.flags = lb_common::svc_flags::NODE_PORT;
+            let template = fe.backends[0].clone();
+            fe.backends.resize(remote_endpoints(opts), template);
             for (i, b) in fe.backends.iter_mut().enumerate() {
                 b.addr.ip = Ipv4Addr::from(u32::from(remote) + i as u32);
             }

@@ -673,9 +673,9 @@ pub fn markdown(r: &Report, plots: &[String]) -> String {
              - **XDP NodePort path, local delivery** (`lb_xdp`, which tail-calls `lb_xdp4` for IPv4): measured the same three ways on NodePort frontends at the node address (a ping-pong pair for the established flow, \
              and a NodePort with the measured service's ten endpoints for new flows), all endpoints on this node: the program DNATs and hands the packet \
              to the kernel (`XDP_PASS`).\n\
-             - **XDP NodePort path, remote backend** (²): a NodePort whose ten endpoints are on another node. B1 runs in a network namespace of its own where \
+             - **XDP NodePort path, remote backend** (²): a NodePort whose {} endpoints are on another node (one SNAT tuple per NAT port and endpoint: enough endpoints that a path's new flows take at most 45 % of the tuples). B1 runs in a network namespace of its own where \
              `ext0` holds the node address, the other node is a permanent neighbour and its pod network is routed through it; the packets arrive on `ext0`, \
-             so each run is the whole north-south path: DNAT and SNAT (to the node address, a port of the SNAT range 1024–29999), `bpf_fib_lookup`, TTL, MACs, \
+             so each run is the whole north-south path: DNAT and SNAT (to the node address, a port of the SNAT range {}–{}), `bpf_fib_lookup`, TTL, MACs, \
              `XDP_TX` (checked on the first packet: verdict, MAC, addresses). SNAT gives every pass a new source, so there is no ping-pong: its established figure is the mean of \
              `repeat` = 1 runs of one packet (best round mean) less the local XDP path's repeat = 1 overhead. \
              Its reply row is the backend's answer to that flow, arriving on `ext0` at the node address and the flow's SNAT port (IPv6: the node's IPv6 address): \
@@ -686,7 +686,7 @@ pub fn markdown(r: &Report, plots: &[String]) -> String {
              - **No XDP mark**: `lb_tc_ext_ingress`, which only BPF host routing attaches (to the external interfaces' tc ingress), on a packet `lb_xdp` did not \
              mark: what that mode costs every other packet arriving from outside (`repeat` = N of the pod-to-pod packet, passed untouched).\n\
              - **NodePort paths in tc** (`--xdp-mode tc`): `lb_tc_ns`, the same north-south path at the external interface's tc ingress, measured as the XDP rows \
-             (the same ping-pong pair and measured NodePort; a remote NodePort of its own, its ten endpoints other pods of the other node, so that each hook's SNAT ports \
+             (the same ping-pong pair and measured NodePort; a remote NodePort of its own, its {} endpoints other pods of the other node, so that each hook's SNAT ports \
              have their own tuples). A packet for a local backend passes to the kernel (`TC_ACT_UNSPEC`); one for another node, and a reply sent back to the client, \
              are redirected (`bpf_redirect`, `TC_ACT_REDIRECT`; the test run does not carry out the redirect). tc's checksum updates are kernel helper calls (the skb's checksum state is the kernel's), \
              where XDP's are arithmetic.\n\
@@ -707,7 +707,11 @@ pub fn markdown(r: &Report, plots: &[String]) -> String {
             o.rounds,
             o.new_flows,
             o.rounds,
-            rows.iter().map(|r| format!("{:.0} ns at {}", r.floor_r1_ns, fmt_count(r.services as f64))).collect::<Vec<_>>().join(", ")
+            rows.iter().map(|r| format!("{:.0} ns at {}", r.floor_r1_ns, fmt_count(r.services as f64))).collect::<Vec<_>>().join(", "),
+            crate::b1::remote_endpoints(o),
+            crate::b1::NAT_PORTS.0,
+            crate::b1::NAT_PORTS.1,
+            crate::b1::remote_endpoints(o),
         );
         if rows.iter().any(|r| r.program_time.is_none()) {
             let _ = write!(
