@@ -188,7 +188,9 @@ struct RunArgs {
     /// ClusterIPs). As a variable: true or false (also yes/no, 1/0, on/off).
     #[arg(long, env = "LB_NO_SOCKET_LB", action = ArgAction::SetTrue, value_parser = BoolishValueParser::new())]
     no_socket_lb: bool,
-    /// How often to look for new interfaces (and changed manifests), in ms.
+    /// How often to look for new interfaces, and at the manifests that
+    /// changed (inotify names them; every file is looked at every 30 s), in
+    /// ms.
     #[arg(long, env = "LB_POLL_INTERVAL_MS", default_value_t = 1000)]
     poll_interval_ms: u64,
     /// Capacity of the TCP conntrack map (LRU; two entries per flow). A new

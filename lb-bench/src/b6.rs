@@ -549,11 +549,11 @@ fn run_agent(plan: &Plan, bin: &Path) -> Result<B6Row> {
         let apply_total: Duration = apply.iter().sum();
         let notes = vec![
             format!(
-                "idle before the churn: {:.0} ms CPU per s (polling the directory and interfaces every 100 ms)",
+                "idle before the churn: {:.0} ms CPU per s (polling interfaces every 100 ms, and the directory: the files inotify named, and all of them every 30 s)",
                 idle.as_secs_f64() * 1e3
             ),
             format!(
-                "the syncs' own time (apply_us) adds up to {:.2} s; the rest is reading, parsing and relisting the whole directory on every change, and polling",
+                "the syncs' own time (apply_us) adds up to {:.2} s; the rest is reading and parsing the changed files, translating, and polling",
                 apply_total.as_secs_f64()
             ),
         ];

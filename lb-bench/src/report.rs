@@ -854,8 +854,8 @@ pub fn markdown(r: &Report, plots: &[String]) -> String {
              (the first sync after the last write that holds the last step's Service count and that no other sync follows for {} s, or twice the longest \
              gap between its syncs); syncs are the \"synced manifests\" lines logged meanwhile. Sync time is their `apply_us` (translation of what changed, north-south planning and \
              the map writes); event → maps is their `latency_us`, from the moment the agent read the changed directory to the maps written, which holds \
-             the 100 ms `--sync-delay-ms` window in which it gathers a burst of changes. The manifest source re-reads and parses the whole directory \
-             (every Service's file) whenever a file changed, and the agent polls the directory and the interfaces every 100 ms; all of that is in the CPU \
+             the 100 ms `--sync-delay-ms` window in which it gathers a burst of changes. Every 100 ms the manifest source reads and parses the files inotify \
+             named since its last look (and looks at every file every 30 s), and the agent polls the interfaces; all of that is in the CPU \
              figure (the notes give the idle rate and the syncs' own share). Against the API server the agent gets the changed objects alone.\n\
              - **kube-proxy iptables** (`iptables-restore --noflush`, the nf_tables backend, and `iptables-legacy-restore --noflush`) and \
              **kube-proxy nftables** (`nft -f`): the B3 rulesets of the static Services and the churn's initial ones are loaded first; then each \

@@ -22,14 +22,19 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet},
+    ffi::OsStr,
     path::{Path, PathBuf},
     sync::Arc,
-    time::{Duration, SystemTime},
+    time::{Duration, Instant, SystemTime},
 };
 
 use tracing::warn;
 
-use super::{Batch, Invalid, Kind, Object, ObjectKey, Sender, Update, node::NodeFacts};
+use super::{
+    Batch, Invalid, Kind, Object, ObjectKey, Sender, Update,
+    dir_watch::{Changed, DirWatch},
+    node::NodeFacts,
+};
 use crate::source::manifest::{self, Objects};
 
 /// A file's modification time, size and inode (a file replaced through a
@@ -120,8 +125,44 @@ impl DirCache {
             present.insert(file);
         }
         let gone: Vec<Arc<Path>> = self.files.keys().filter(|f| !present.contains(&***f)).cloned().collect();
+        Some(self.update(read, gone))
+    }
+
+    /// [`refresh`](Self::refresh) of the entries `names` of `dir` alone (the
+    /// ones inotify named since the last look; after a first `refresh`): a
+    /// name that is no manifest now is gone. The same updates as a
+    /// `refresh` of the whole directory, without a look at every file.
+    /// A named directory (or link to one) is looked at as a change of the
+    /// whole directory: the manifests may be links into it, as in a
+    /// Kubernetes ConfigMap volume, whose update swaps its `..data` link.
+    pub fn refresh_names<'a>(&mut self, dir: &Path, names: impl IntoIterator<Item = &'a OsStr> + Clone) -> Option<Vec<Update>> {
+        if names.clone().into_iter().any(|name| dir.join(name).is_dir()) {
+            return self.refresh(dir);
+        }
+        let mut read: Vec<(Arc<Path>, Stamp)> = Vec::new();
+        let mut gone: Vec<Arc<Path>> = Vec::new();
+        for name in names {
+            let file = dir.join(name);
+            let known = self.files.get_key_value(file.as_path());
+            match stamp(&file) {
+                Ok(stamp) if manifest::is_manifest_file(&file) => {
+                    if known.is_none_or(|(_, f)| f.stamp != stamp) {
+                        read.push((Arc::from(file.as_path()), stamp));
+                    }
+                }
+                _ => gone.extend(known.map(|(k, _)| k.clone())),
+            }
+        }
+        // In name order, as a whole read: the first definition wins.
+        read.sort_by(|a, b| a.0.cmp(&b.0));
+        Some(self.update(read, gone))
+    }
+
+    /// Takes in the files `read` (changed or new, with their stamps) and
+    /// those `gone`: the updates to send.
+    fn update(&mut self, read: Vec<(Arc<Path>, Stamp)>, gone: Vec<Arc<Path>>) -> Vec<Update> {
         if read.is_empty() && gone.is_empty() && self.listed {
-            return Some(Vec::new());
+            return Vec::new();
         }
         // The definitions of the files read again or gone are dropped:
         // `lost` keeps which definition was in use for those keys.
@@ -204,13 +245,13 @@ impl DirCache {
                 Update::Listed { kind: Kind::EndpointSlice, objects: slices, invalid: invalid(Kind::EndpointSlice, slice_problems) },
             ];
             lists.extend(node);
-            return Some(lists);
+            return lists;
         }
         updates.extend(node);
         updates.extend(objects.into_iter().map(Update::Applied));
         updates.push(Update::Problems { kind: Kind::Service, problems: service_problems });
         updates.push(Update::Problems { kind: Kind::EndpointSlice, problems: slice_problems });
-        Some(updates)
+        updates
     }
 
     /// Whether `obj`, read from `file`, is the definition in use.
@@ -292,16 +333,45 @@ fn objects_of(objects: &Objects) -> impl Iterator<Item = (Kind, ObjectKey, &str)
     services.chain(slices)
 }
 
-/// Polls `dir` every `poll` until the receiver goes away. A directory that
-/// cannot be read changes nothing (the last good state stays).
+/// How often the poll looks at the whole directory even when inotify
+/// reported nothing: for the changes it does not report (see
+/// [`dir_watch`](super::dir_watch)). Kubernetes itself renews a ConfigMap
+/// volume about once a minute.
+const WHOLE_LOOK: Duration = Duration::from_secs(30);
+
+/// Polls `dir` every `poll` until the receiver goes away: the files
+/// inotify named since the last poll, or the whole directory (the first
+/// time, every [`WHOLE_LOOK`], and whenever inotify cannot tell). A
+/// directory that cannot be read changes nothing (the last good state
+/// stays).
 pub async fn run(dir: PathBuf, node_name: Option<String>, poll: Duration, tx: Sender) {
     let mut ticker = tokio::time::interval(poll);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut cache = DirCache::for_node(node_name);
+    // Before the first look, so that nothing after it goes unreported.
+    let mut watch = DirWatch::new(&dir);
+    let mut whole_at: Option<Instant> = None;
     loop {
         ticker.tick().await;
-        let Some(updates) = cache.refresh(&dir) else {
-            continue;
+        // The events are taken before the look: a change during the look
+        // is reported again on the next poll.
+        let changed = watch.changed();
+        let whole_due = whole_at.is_none_or(|at| at.elapsed() >= WHOLE_LOOK);
+        let updates = match changed {
+            Changed::Names(names) if !whole_due => match cache.refresh_names(&dir, names.iter().map(|n| n.as_os_str())) {
+                Some(updates) => updates,
+                None => continue,
+            },
+            Changed::Nothing if !whole_due => continue,
+            // (Until a whole look succeeds, every poll makes one: the
+            // first one lists everything.)
+            _ => {
+                let Some(updates) = cache.refresh(&dir) else {
+                    continue;
+                };
+                whole_at = Some(Instant::now());
+                updates
+            }
         };
         if updates.is_empty() {
             continue;
@@ -414,6 +484,87 @@ mod tests {
         fs::remove_file(&a).unwrap();
         assert!(refresh(&mut cache, &dir, &mut store));
         assert_eq!(names(&store), ["d"]);
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The services a store holds (name, address, origin) and its count
+    /// of skipped documents.
+    fn dump(store: &Store) -> (Vec<(String, String, String)>, usize) {
+        let services = store
+            .services()
+            .map(|s| {
+                let name = s.obj.metadata.name.clone().unwrap();
+                (name, s.obj.spec.as_ref().unwrap().cluster_ip.clone().unwrap(), s.origin.clone())
+            })
+            .collect();
+        (services, store.skipped())
+    }
+
+    #[test]
+    fn the_files_inotify_names_give_what_a_look_at_the_whole_directory_gives() {
+        let dir = std::env::temp_dir().join(format!("lb-dircache-names-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        fs::write(dir.join("a.yaml"), service("a", "10.96.0.1")).unwrap();
+        fs::write(dir.join("b.yaml"), service("b", "10.96.0.2")).unwrap();
+        let (mut whole, mut named) = (DirCache::default(), DirCache::default());
+        let (mut whole_store, mut named_store) = (Store::default(), Store::default());
+        let mut watch = DirWatch::new(&dir);
+        refresh(&mut whole, &dir, &mut whole_store);
+        refresh(&mut named, &dir, &mut named_store);
+        let a = dir.join("a.yaml");
+        let tmp = dir.join(".b.tmp");
+        type Step<'a> = (&'static str, Box<dyn Fn() + 'a>);
+        let steps: Vec<Step> = vec![
+            ("a new file", Box::new(|| fs::write(dir.join("c.yaml"), service("c", "10.96.0.3")).unwrap())),
+            ("a file written in place", Box::new(|| fs::write(&a, service("a2", "10.96.0.11")).unwrap())),
+            (
+                "a file replaced through a hidden file and a rename",
+                Box::new(|| {
+                    fs::write(&tmp, service("b2", "10.96.0.12")).unwrap();
+                    fs::rename(&tmp, dir.join("b.yaml")).unwrap();
+                }),
+            ),
+            (
+                "a second definition, in a file before the first",
+                Box::new(|| fs::write(dir.join("0.yaml"), service("c", "10.96.0.33")).unwrap()),
+            ),
+            ("a document that does not parse", Box::new(|| fs::write(dir.join("bad.yaml"), "kind: Service\nmetadata: [").unwrap())),
+            ("the first definition removed", Box::new(|| fs::remove_file(dir.join("0.yaml")).unwrap())),
+            ("a manifest renamed to a name that is none", Box::new(|| fs::rename(dir.join("c.yaml"), dir.join("c.yaml.off")).unwrap())),
+            ("the bad document fixed", Box::new(|| fs::write(dir.join("bad.yaml"), service("d", "10.96.0.4")).unwrap())),
+            ("a hidden file", Box::new(|| fs::write(dir.join(".swp.yaml"), service("e", "10.96.0.5")).unwrap())),
+            (
+                "a manifest that links into a ConfigMap volume's data",
+                Box::new(|| {
+                    fs::create_dir(dir.join("..v1")).unwrap();
+                    fs::write(dir.join("..v1/cm.yaml"), service("f", "10.96.0.6")).unwrap();
+                    std::os::unix::fs::symlink("..v1", dir.join("..data")).unwrap();
+                    std::os::unix::fs::symlink("..data/cm.yaml", dir.join("cm.yaml")).unwrap();
+                }),
+            ),
+            (
+                "the ConfigMap updated: its ..data link swapped (no manifest named)",
+                Box::new(|| {
+                    fs::create_dir(dir.join("..v2")).unwrap();
+                    fs::write(dir.join("..v2/cm.yaml"), service("f2", "10.96.0.66")).unwrap();
+                    std::os::unix::fs::symlink("..v2", dir.join("..data_tmp")).unwrap();
+                    fs::rename(dir.join("..data_tmp"), dir.join("..data")).unwrap();
+                    fs::remove_dir_all(dir.join("..v1")).unwrap();
+                }),
+            ),
+        ];
+        for (what, step) in steps {
+            step();
+            refresh(&mut whole, &dir, &mut whole_store);
+            let Changed::Names(names) = watch.changed() else { panic!("{what}: no names") };
+            for u in named.refresh_names(&dir, names.iter().map(|n| n.as_os_str())).unwrap() {
+                named_store.apply(u);
+            }
+            assert_eq!(dump(&named_store), dump(&whole_store), "after {what}");
+        }
+        assert_eq!(dump(&named_store).0.len(), 4, "a2, b2, d and f2");
+        assert_eq!(watch.changed(), Changed::Nothing);
         fs::remove_dir_all(&dir).unwrap();
     }
 

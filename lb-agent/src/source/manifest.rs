@@ -48,16 +48,21 @@ pub fn manifest_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut files = Vec::new();
     for entry in fs::read_dir(dir)? {
         let path = entry?.path();
-        let is_manifest = matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json"));
-        // Hidden files: editors' swap files and Kubernetes ConfigMap
-        // mounts' ..data links.
-        let hidden = path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.'));
-        if is_manifest && !hidden && path.is_file() {
+        if is_manifest_file(&path) {
             files.push(path);
         }
     }
     files.sort();
     Ok(files)
+}
+
+/// Whether `path` is a manifest: a file (or a link to one) named `*.yaml`,
+/// `*.yml` or `*.json`, not hidden (editors' swap files, and Kubernetes
+/// ConfigMap mounts' `..data` links).
+pub fn is_manifest_file(path: &Path) -> bool {
+    let is_manifest = matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json"));
+    let hidden = path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.'));
+    is_manifest && !hidden && path.is_file()
 }
 
 /// Reads every manifest in `dir`.

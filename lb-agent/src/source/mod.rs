@@ -12,6 +12,7 @@
 //! frontends that the pinned maps still serve.
 
 pub mod dir;
+pub mod dir_watch;
 pub mod kube;
 pub mod lean;
 pub mod manifest;
