@@ -400,6 +400,14 @@ mod tests {
         )
     }
 
+    /// A fresh directory of its own for a test.
+    fn scratch(test: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("lb-dircache-{test}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
     /// Applies what the cache reads to `store`; says whether it sent
     /// anything.
     fn refresh(cache: &mut DirCache, dir: &Path, store: &mut Store) -> bool {
@@ -422,9 +430,7 @@ mod tests {
 
     #[test]
     fn only_changed_files_are_read_again_and_the_store_matches_a_full_read() {
-        let dir = std::env::temp_dir().join(format!("lb-dircache-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
+        let dir = scratch("cache");
         fs::write(dir.join("a.yaml"), service("a", "10.96.0.1")).unwrap();
         fs::write(dir.join("b.yaml"), service("b", "10.96.0.2")).unwrap();
         fs::write(dir.join("bad.yaml"), "kind: Service\nmetadata: [").unwrap();
@@ -502,9 +508,7 @@ mod tests {
 
     #[test]
     fn the_files_inotify_names_give_what_a_look_at_the_whole_directory_gives() {
-        let dir = std::env::temp_dir().join(format!("lb-dircache-names-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
+        let dir = scratch("names");
         fs::write(dir.join("a.yaml"), service("a", "10.96.0.1")).unwrap();
         fs::write(dir.join("b.yaml"), service("b", "10.96.0.2")).unwrap();
         let (mut whole, mut named) = (DirCache::default(), DirCache::default());
@@ -581,9 +585,7 @@ mod tests {
 
     #[test]
     fn this_agents_node_gives_its_zone_and_addresses_until_it_goes() {
-        let dir = std::env::temp_dir().join(format!("lb-dircache-node-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
+        let dir = scratch("node");
         fs::write(dir.join("a.yaml"), format!("{}---\n{}", service("a", "10.96.0.1"), node("other", "z9", "192.168.9.9"))).unwrap();
         fs::write(dir.join("nodes.yaml"), node("node-a", "z1", "fd00:50::1")).unwrap();
         let mut cache = DirCache::for_node(Some("node-a".into()));
