@@ -43,8 +43,11 @@ use crate::source::manifest::{self, Objects};
 type Stamp = (SystemTime, u64, u64);
 
 fn stamp(file: &Path) -> std::io::Result<Stamp> {
+    stamp_of(&std::fs::metadata(file)?)
+}
+
+fn stamp_of(m: &std::fs::Metadata) -> std::io::Result<Stamp> {
     use std::os::unix::fs::MetadataExt;
-    let m = std::fs::metadata(file)?;
     Ok((m.modified()?, m.len(), m.ino()))
 }
 
@@ -135,17 +138,22 @@ impl DirCache {
     /// A named directory (or link to one) is looked at as a change of the
     /// whole directory: the manifests may be links into it, as in a
     /// Kubernetes ConfigMap volume, whose update swaps its `..data` link.
-    pub fn refresh_names<'a>(&mut self, dir: &Path, names: impl IntoIterator<Item = &'a OsStr> + Clone) -> Option<Vec<Update>> {
-        if names.clone().into_iter().any(|name| dir.join(name).is_dir()) {
-            return self.refresh(dir);
-        }
+    pub fn refresh_names<'a>(&mut self, dir: &Path, names: impl IntoIterator<Item = &'a OsStr>) -> Option<Vec<Update>> {
         let mut read: Vec<(Arc<Path>, Stamp)> = Vec::new();
         let mut gone: Vec<Arc<Path>> = Vec::new();
         for name in names {
             let file = dir.join(name);
+            // One `stat` (through links) per name tells all of it.
+            let meta = std::fs::metadata(&file);
+            if meta.as_ref().is_ok_and(|m| m.is_dir()) {
+                return self.refresh(dir);
+            }
             let known = self.files.get_key_value(file.as_path());
-            match stamp(&file) {
-                Ok(stamp) if manifest::is_manifest_file(&file) => {
+            // A name that is no manifest file now (gone, renamed away, not
+            // a file) takes its file's objects with it.
+            let manifest = meta.ok().filter(|m| m.is_file() && manifest::is_manifest_name(&file));
+            match manifest.map(|m| stamp_of(&m)) {
+                Some(Ok(stamp)) => {
                     if known.is_none_or(|(_, f)| f.stamp != stamp) {
                         read.push((Arc::from(file.as_path()), stamp));
                     }

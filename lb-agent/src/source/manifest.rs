@@ -56,13 +56,19 @@ pub fn manifest_files(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(files)
 }
 
-/// Whether `path` is a manifest: a file (or a link to one) named `*.yaml`,
-/// `*.yml` or `*.json`, not hidden (editors' swap files, and Kubernetes
-/// ConfigMap mounts' `..data` links).
-pub fn is_manifest_file(path: &Path) -> bool {
+/// Whether `path` is a manifest: a file (or a link to one) with a
+/// manifest's name ([`is_manifest_name`]).
+fn is_manifest_file(path: &Path) -> bool {
+    is_manifest_name(path) && path.is_file()
+}
+
+/// Whether `path` is named as a manifest: `*.yaml`, `*.yml` or `*.json`,
+/// not hidden (editors' swap files, and Kubernetes ConfigMap mounts'
+/// `..data` links).
+pub fn is_manifest_name(path: &Path) -> bool {
     let is_manifest = matches!(path.extension().and_then(|e| e.to_str()), Some("yaml" | "yml" | "json"));
     let hidden = path.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.'));
-    is_manifest && !hidden && path.is_file()
+    is_manifest && !hidden
 }
 
 /// Reads every manifest in `dir`.
