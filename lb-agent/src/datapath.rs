@@ -20,7 +20,7 @@ use lb_common::{names, tc_call, xdp_call, xdp_mode, xdp_why};
 use tracing::{debug, info, warn};
 
 use crate::{
-    EBPF_OBJECT, carry, host, layout,
+    EBPF_OBJECT, carry, host, kernel_probe, layout,
     links::{self, Pin},
 };
 
@@ -248,6 +248,28 @@ pub struct Datapath {
     cgroup_attached: bool,
     /// BPF host routing: external interfaces get `lb_tc_ext_ingress`.
     host_routing_bpf: bool,
+    /// Whether the XDP programs mark frames for `lb_tc_ext_ingress` (the
+    /// kernel lets them call `bpf_xdp_adjust_meta`, [`xdp_meta_allowed`]).
+    xdp_meta: bool,
+}
+
+/// Whether the XDP programs may call `bpf_xdp_adjust_meta` (the mark
+/// for `lb_tc_ext_ingress`), asked of the kernel
+/// ([`kernel_probe::xdp_adjust_meta`]). Some kernels refuse it, and then
+/// no program calling it loads. When the kernel cannot be asked, the
+/// programs keep the call: their load says what is wrong.
+pub fn xdp_meta_allowed() -> bool {
+    match kernel_probe::xdp_adjust_meta() {
+        Ok(true) => true,
+        Ok(false) => {
+            info!("this kernel refuses bpf_xdp_adjust_meta to XDP programs: lb_xdp marks no frame for lb_tc_ext_ingress");
+            false
+        }
+        Err(e) => {
+            debug!("probing bpf_xdp_adjust_meta: {e}");
+            true
+        }
+    }
 }
 
 /// An attachment aya holds for us (legacy tc or netlink XDP).
@@ -331,6 +353,9 @@ impl Datapath {
         // verifier sees the frozen level and removes every log call.
         let level = if tracing::enabled!(target: "lb", tracing::Level::DEBUG) { aya_log::Level::Trace as u8 } else { 0u8 };
         loader.override_global(aya_log::LEVEL, &level, false);
+        let xdp_meta = xdp_meta_allowed();
+        let meta_flag = u8::from(xdp_meta);
+        loader.override_global(lb_common::XDP_META_GLOBAL, &meta_flag, true);
         let mut ebpf = loader.load(object).context("loading the eBPF object (are you root, with bpffs and BTF available?)")?;
 
         let tc_north_south = [TC_NS_PROGRAM].into_iter().chain(TC_CALL_PROGRAMS.into_iter().filter(|n| n.starts_with(TC_NS_PROGRAM)));
@@ -368,6 +393,7 @@ impl Datapath {
             unpinned: Vec::new(),
             cgroup_attached: false,
             host_routing_bpf: false,
+            xdp_meta,
         };
         if live {
             fill_tc_calls(&mut dp.ebpf)?;
@@ -539,6 +565,12 @@ impl Datapath {
             // (Without host routing an earlier agent's link here is not
             // adopted: `drop_unadopted` removes it.)
             self.attach_tc_program(ifindex, ifname, true, TC_EXT_INGRESS_PROGRAM)?;
+            if !self.xdp_meta {
+                warn!(
+                    interface = ifname,
+                    "this kernel refuses XDP programs the metadata helper (bpf_xdp_adjust_meta), so lb_xdp marks nothing: lb_tc_ext_ingress finds the packets it DNATed to pods of this node by a conntrack lookup of every packet from outside (`--xdp-mode tc` needs none)"
+                );
+            }
         }
         let driver = host::driver_name(ifname).unwrap_or_default();
         // A link of an earlier agent in a mode this one would pick is

@@ -33,6 +33,7 @@ pub mod heap;
 pub mod host;
 pub mod http_server;
 pub mod inspect;
+pub mod kernel_probe;
 pub mod layout;
 pub mod links;
 pub mod linkwatch;

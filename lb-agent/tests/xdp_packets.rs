@@ -1720,3 +1720,41 @@ both_hooks!(
     ipv6_established_nodeport_flows_are_served_by_the_first_look_alone,
     ipv4_established_nodeport_flows_are_served_by_the_first_look_alone,
 );
+
+/// The agent's probe for the metadata helper (`kernel_probe`) answers
+/// what the datapath's own XDP programs meet: loaded with the switch on
+/// (`lb_common::XDP_META_GLOBAL` = 1, the calls kept), they all load where
+/// it says yes, and where it says no one is refused for the helper. With
+/// the switch off (what the agent loads there) they all load. A probe
+/// that answered wrong would either fail the agent's load or give up the
+/// marks for nothing.
+#[test]
+fn the_metadata_probe_answers_what_the_xdp_programs_meet() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let said = lb_agent::kernel_probe::xdp_adjust_meta().expect("probing the kernel as root");
+    let load_all = |meta: u8| -> Vec<(String, String)> {
+        let mut loader = aya::EbpfLoader::new();
+        loader.override_global(lb_common::XDP_META_GLOBAL, &meta, true);
+        let mut ebpf = loader.load(lb_agent::EBPF_OBJECT).expect("loading the object's maps");
+        let mut refused = Vec::new();
+        for name in [XDP_PROGRAM].into_iter().chain(lb_agent::datapath::XDP_CALL_PROGRAMS) {
+            let xdp: &mut Xdp = ebpf.program_mut(name).unwrap().try_into().unwrap();
+            if let Err(e) = xdp.load() {
+                refused.push((name.to_string(), format!("{e:?}")));
+            }
+        }
+        refused
+    };
+    let with_calls = load_all(1);
+    if said {
+        assert!(with_calls.is_empty(), "the probe said yes, and these were refused: {with_calls:#?}");
+    } else {
+        assert!(
+            with_calls.iter().any(|(_, e)| e.contains("bpf_xdp_adjust_meta")),
+            "the probe said no, and no program was refused for the helper: {with_calls:#?}"
+        );
+    }
+    assert_eq!(load_all(0), vec![], "with the switch off");
+}

@@ -536,6 +536,13 @@ pub const XDP_META_LOCAL_DNAT: u32 = 0x6c62_646e;
 /// The same for an ICMP error `lb_xdp` translated towards a backend on
 /// this node, about a flow whose forward entry is `HOST_ROUTED`.
 pub const XDP_META_LOCAL_ICMP: u32 = 0x6c62_6963;
+/// The XDP programs' load-time switch (a global in `.rodata`, `u8`): 1
+/// (the default) lets them mark frames in their metadata; the agent writes
+/// 0 where the kernel refuses `bpf_xdp_adjust_meta` to XDP programs, and
+/// the verifier then removes the call. Without the marks,
+/// `lb_tc_ext_ingress` (which reads the same global) looks every packet
+/// from outside up in conntrack instead.
+pub const XDP_META_GLOBAL: &str = "LB_XDP_META";
 
 /// One direction of a translated flow, in `LB4_CT_TCP` (TCP) or
 /// `LB4_CT_ANY` (everything else); over an address type `A` like

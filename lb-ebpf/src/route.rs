@@ -20,7 +20,9 @@
 //!   stack path translates it.
 //!
 //! - north-south, a packet `lb_xdp` DNATed to a backend pod of this node
-//!   (marked in its XDP metadata), at the external interface's ingress
+//!   (marked in its XDP metadata; on a kernel that refuses XDP programs
+//!   the metadata helper, found by its conntrack entry: [`xdp_marks`]),
+//!   at the external interface's ingress
 //!   (`lb_tc_ext_ingress`: [`from_outside4`], [`from_outside6`]), its
 //!   flow's entries marked `HOST_ROUTED`; the replies of such a flow are
 //!   translated back at the backend's interface and sent out towards the
@@ -38,6 +40,7 @@
 use core::mem::{MaybeUninit, align_of, size_of};
 
 use aya_ebpf::{
+    Global,
     bindings::{__sk_buff, BPF_FIB_LKUP_RET_SUCCESS, TC_ACT_SHOT, TC_ACT_UNSPEC, bpf_fib_lookup as FibParams},
     helpers::{bpf_fib_lookup, bpf_redirect, bpf_redirect_peer},
     programs::TcContext,
@@ -369,6 +372,22 @@ pub fn redirect_translated6(skb: *mut __sk_buff, l4: u64) -> i32 {
     };
     into_pod_after_hop::<V6>(ctx, p)
 }
+
+/// Whether `lb_xdp` marks the frames it DNATs to a backend on this node
+/// (in their XDP metadata, see [`xdp_mark`]): unless the agent's probe
+/// found the kernel refusing XDP programs `bpf_xdp_adjust_meta`. Then
+/// `lb_tc_ext_ingress` looks every packet up instead
+/// (`tc::from_outside_unmarked`).
+#[inline(always)]
+pub fn xdp_marks() -> bool {
+    LB_XDP_META.load() != 0
+}
+
+/// [`xdp_marks`]: `lb_common::XDP_META_GLOBAL`, 1 unless the agent wrote
+/// 0 at load. The verifier knows a frozen read-only value, so with 0 it
+/// never sees the helper call behind it.
+#[unsafe(no_mangle)]
+static LB_XDP_META: Global<u8> = Global::new(1);
 
 /// How `lb_xdp` marked the packet, in the 4 bytes of metadata in front of
 /// it: `XDP_META_LOCAL_DNAT` (DNATed to a backend on this node),

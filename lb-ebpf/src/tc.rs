@@ -352,13 +352,75 @@ fn reject6(skb: *mut __sk_buff) -> Result<i32, Error> {
 /// backend's pod (`route::from_outside4`, `route::from_outside6`), and
 /// so does an ICMP error about such a flow; anything else (no mark in
 /// front of it: the cost of one comparison) passes.
+///
+/// On a kernel that refuses XDP programs the metadata helper, nothing is
+/// marked (`route::xdp_marks`): every packet is looked up instead
+/// ([`from_outside_unmarked`]).
 #[classifier]
 pub fn lb_tc_ext_ingress(ctx: TcContext) -> i32 {
+    if !route::xdp_marks() {
+        return verdict(&ctx, from_outside_unmarked(&ctx));
+    }
     match route::xdp_mark(&ctx) {
         XDP_META_LOCAL_DNAT => verdict(&ctx, from_outside(&ctx)),
         XDP_META_LOCAL_ICMP => icmp_error_from_outside(&ctx),
         _ => NEXT,
     }
+}
+
+/// `lb_tc_ext_ingress` without `lb_xdp`'s marks: a packet whose flow has
+/// a reply entry in conntrack is one `lb_xdp` DNATed to a backend here
+/// (only lb's translations make reply entries, and none but a north-south
+/// flow's has an outside source and a destination on this node), and
+/// goes on as a marked one ([`from_outside`], which looks the entry up);
+/// an ICMP error `lb_xdp` translated about a flow whose entry is
+/// `HOST_ROUTED` goes in as [`icmp_error_from_outside`] sends it. What
+/// passes pays the parse and a lookup: the price of BPF host routing of
+/// north-south traffic on such a kernel (`--xdp-mode tc` does not pay it).
+#[inline(always)]
+fn from_outside_unmarked(ctx: &TcContext) -> Result<i32, Error> {
+    if is_ipv6(ctx) {
+        if is_icmp6(ctx) {
+            return Ok(icmp6_error_unmarked(ctx.skb.skb));
+        }
+        return from_outside(ctx);
+    }
+    pull(ctx, MAX_HEADERS)?;
+    match parse(ctx)? {
+        Packet::Flow(f) if f.frag == Fragment::No => {
+            let addrs = f.saddr as u64 | (f.daddr as u64) << 32;
+            let l4 = f.proto as u64 | (f.sport as u64) << 16 | (f.dport as u64) << 32;
+            Ok(route::from_outside4(ctx.skb.skb, addrs, l4))
+        }
+        Packet::IcmpError(err) if host_routed::<V4>(&err.quoted) => Ok(icmp_error_from_outside(ctx)),
+        _ => Ok(NEXT),
+    }
+}
+
+/// [`from_outside_unmarked`] for an ICMPv6 packet, in a frame of its own
+/// (the error's parse needs the scratch and a longer pull).
+#[inline(never)]
+fn icmp6_error_unmarked(skb: *mut __sk_buff) -> i32 {
+    let ctx = &TcContext::new(skb);
+    let Some(s) = scratch::get(scratch::TC_INGRESS) else {
+        return NEXT;
+    };
+    if pull(ctx, MAX_ICMP6_ERROR).is_err() {
+        return NEXT;
+    }
+    match icmp6_error_at(ctx, ETH_HLEN + IPV6_HLEN, &mut s.err) {
+        Some(err) if host_routed::<V6>(&err.quoted) => icmp_error_from_outside(ctx),
+        _ => NEXT,
+    }
+}
+
+/// Whether the packet an ICMP error quotes, as `lb_xdp` translated it (a
+/// backend's reply to a client), belongs to a host-routed flow: its reply
+/// entry is marked `HOST_ROUTED`.
+#[inline(always)]
+fn host_routed<F: FamilyMaps>(q: &crate::parse::Quoted<F>) -> bool {
+    let key = crate::family::CtKey::<F>::new(q.saddr, q.daddr, q.sport, q.dport, q.proto, lb_common::CT_REPLY);
+    ct::get::<F>(&key).is_some_and(|e| ct::marked(e, ct_entry_flags::HOST_ROUTED))
 }
 
 /// An ICMP error `lb_xdp` translated towards a backend on this node about

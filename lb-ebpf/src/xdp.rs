@@ -33,6 +33,7 @@ use crate::{
         verdict6,
     },
     packet::read,
+    route,
 };
 
 impl Edge for XdpContext {
@@ -212,8 +213,17 @@ pub fn lb_xdp6_reject(ctx: XdpContext) -> u32 {
 /// support) the frame goes through the host stack, as without host
 /// routing; so do its flow's replies (`HOST_ROUTED` is set by
 /// `lb_tc_ext_ingress` alone).
+///
+/// Some kernels refuse `bpf_xdp_adjust_meta` to XDP programs (the verifier
+/// rejects any program that calls it): there nothing is marked
+/// (`route::xdp_marks`), and `lb_tc_ext_ingress` looks each packet up.
 #[inline(always)]
 fn mark_for_tc(ctx: &XdpContext, mark: u32) {
+    // Read before anything else: with the frozen 0 the verifier removes
+    // the rest, the helper call with it.
+    if !route::xdp_marks() {
+        return;
+    }
     // (The flags read in place: a copy of the configuration costs the
     // tight IPv6 frames.)
     if !LB_CONFIG.get(0).is_some_and(|c| c.flags & config_flags::HOST_ROUTING_BPF != 0) {
