@@ -132,7 +132,7 @@ impl FakeApi {
 
     /// A port in `ns` on which nothing listens yet, for [`FakeApi::start_on`].
     pub fn free_port(ns: &Netns) -> u16 {
-        ns.run(|| TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port())
+        ns.run(|| bind_below_ephemeral().local_addr().unwrap().port())
     }
 
     /// Starts on a given port of `ns`.
@@ -148,7 +148,10 @@ impl FakeApi {
     }
 
     fn listen(&mut self, ns: Option<&Netns>, port: u16) -> u16 {
-        let bind = move || TcpListener::bind(("127.0.0.1", port)).expect("binding the fake API server");
+        let bind = move || match port {
+            0 => bind_below_ephemeral(),
+            _ => TcpListener::bind(("127.0.0.1", port)).expect("binding the fake API server"),
+        };
         let listener = match ns {
             Some(ns) => ns.run(bind),
             None => bind(),
@@ -308,6 +311,26 @@ impl FakeApi {
             .filter(|r| !r.contains("watch=true") && !r.contains("watch=1"))
             .count()
     }
+}
+
+/// Listens on 127.0.0.1 at a port below the kernel's ephemeral range
+/// (32768 and up by default). A server taken down and listening again on
+/// an ephemeral port could find it taken by the agent itself: a
+/// connection attempt whose source port happens to be the one it dials,
+/// with nothing listening there, connects to itself (TCP simultaneous
+/// open), and holds the port ("Address already in use").
+fn bind_below_ephemeral() -> TcpListener {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+    const FIRST: u32 = 20_000;
+    const COUNT: u32 = 12_000;
+    let start = std::process::id().wrapping_mul(7919);
+    for _ in 0..COUNT {
+        let port = FIRST + start.wrapping_add(NEXT.fetch_add(1, Ordering::Relaxed)) % COUNT;
+        if let Ok(listener) = TcpListener::bind(("127.0.0.1", port as u16)) {
+            return listener;
+        }
+    }
+    panic!("binding the fake API server: no free port in {FIRST}..{}", FIRST + COUNT);
 }
 
 impl Drop for FakeApi {
