@@ -145,6 +145,14 @@ pub fn machine() -> Vec<(String, String)> {
     let virt = cmd_out("systemd-detect-virt", &[])
         .unwrap_or_else(|| if cpuinfo.contains(" hypervisor") { "a hypervisor (VM)".into() } else { "none detected".into() });
     out.push(("Virtualization".into(), virt));
+    // What the datapath's load depends on (see docs/real-node.md, "Kernels
+    // that refuse XDP metadata").
+    let meta = match lb_agent::kernel_probe::xdp_adjust_meta() {
+        Ok(true) => "given: lb_xdp marks the frames it DNATs to a pod of the node for BPF host routing".into(),
+        Ok(false) => "refused by this kernel: lb_tc_ext_ingress looks every packet from outside up in conntrack instead (BPF host routing of north-south traffic in XDP mode)".into(),
+        Err(e) => format!("not probed ({e})"),
+    };
+    out.push(("XDP metadata (`bpf_xdp_adjust_meta`)".into(), meta));
     for (tool, args) in [("iptables", &["-V"][..]), ("nft", &["-v"][..])] {
         if let Some(v) = cmd_out(tool, args) {
             out.push((tool.into(), v));
