@@ -44,6 +44,11 @@ pub struct Status {
     /// `--host-routing bpf`) or `legacy` (the host stack); empty before an
     /// agent wrote the datapath's configuration.
     pub host_routing: &'static str,
+    /// Whether this kernel gives XDP programs `bpf_xdp_adjust_meta`
+    /// (`kernel_probe`): without it `lb_xdp` marks nothing, and with BPF
+    /// host routing `lb_tc_ext_ingress` looks every packet from outside up
+    /// instead. `None` when the kernel could not be asked.
+    pub xdp_metadata: Option<bool>,
     /// The IPv6 client prefix session affinity keys a client by
     /// (`--affinity-ipv6-prefix`, from `LB6_NODE`); `None` when unread.
     pub affinity_ipv6_prefix: Option<u32>,
@@ -111,6 +116,7 @@ pub fn read(bpffs: &Path) -> anyhow::Result<Status> {
         bpffs: bpffs.display().to_string(),
         ready,
         host_routing,
+        xdp_metadata: crate::kernel_probe::xdp_adjust_meta().ok(),
         affinity_ipv6_prefix,
         attachments,
         maps,
@@ -120,6 +126,12 @@ pub fn read(bpffs: &Path) -> anyhow::Result<Status> {
 
 pub fn render(s: &Status) -> String {
     let datapath = if s.ready { format!("ready, host routing {}", s.host_routing) } else { "not ready".to_string() };
+    let datapath = match s.xdp_metadata {
+        Some(false) if s.ready && s.host_routing == "bpf" => {
+            format!("{datapath} (no XDP metadata on this kernel: north-south packets found by conntrack lookups)")
+        }
+        _ => datapath,
+    };
     let datapath = match s.affinity_ipv6_prefix {
         Some(len) if s.ready => format!("{datapath}, IPv6 affinity by /{len}"),
         _ => datapath,
@@ -140,4 +152,37 @@ pub fn render(s: &Status) -> String {
         out.push_str(&format!("not pinned: {}\n", s.missing_maps.join(", ")));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(host_routing: &'static str, xdp_metadata: Option<bool>) -> Status {
+        Status {
+            version: "0",
+            bpffs: "/sys/fs/bpf/lb".into(),
+            ready: true,
+            host_routing,
+            xdp_metadata,
+            affinity_ipv6_prefix: None,
+            attachments: Vec::new(),
+            maps: Vec::new(),
+            missing_maps: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn the_header_says_when_host_routing_runs_without_xdp_metadata() {
+        let first_line = |s: &Status| render(s).lines().next().unwrap().to_string();
+        let unmarked = first_line(&status("bpf", Some(false)));
+        assert!(unmarked.contains("host routing bpf (no XDP metadata on this kernel"), "{unmarked}");
+        // Nothing to say where the marks work, or where host routing is
+        // the stack's.
+        assert_eq!(first_line(&status("bpf", Some(true))), "lb-agent 0 (maps under /sys/fs/bpf/lb; datapath ready, host routing bpf)");
+        assert_eq!(
+            first_line(&status("legacy", Some(false))),
+            "lb-agent 0 (maps under /sys/fs/bpf/lb; datapath ready, host routing legacy)"
+        );
+    }
 }
