@@ -313,6 +313,9 @@ pub struct B6Row {
     /// What went wrong without stopping the run: a check that failed, a
     /// churn stopped at its budget.
     pub problems: Vec<String>,
+    /// A baseline's churn stopped at its budget after this many steps
+    /// (also in `problems`): its per-step figures cover those steps.
+    pub stopped_at: Option<usize>,
     /// The first failure's message.
     pub error: Option<String>,
     /// Why the row holds no figures.
@@ -332,6 +335,7 @@ impl B6Row {
             wall: Duration::ZERO,
             notes: Vec::new(),
             problems: Vec::new(),
+            stopped_at: None,
             error: None,
             not_run: Some(why),
         }
@@ -571,6 +575,7 @@ fn run_agent(plan: &Plan, bin: &Path) -> Result<B6Row> {
             wall,
             notes,
             problems,
+            stopped_at: None,
             error: None,
             not_run: None,
         })
@@ -683,6 +688,7 @@ fn run_baseline(kind: Kind, plan: &Plan, o: &B6Options) -> Result<B6Row> {
         wall,
         notes,
         problems,
+        stopped_at: stopped,
         error,
         not_run: None,
     })

@@ -585,27 +585,43 @@ pub fn goals(r: &Report) -> String {
     if let Some(b) = &r.b6 {
         let ran = |k: Kind| b.rows.iter().find(|r| r.kind == k && r.not_run.is_none());
         if let Some(ours) = ran(Kind::Ours) {
+            // A baseline whose churn its budget stopped still measured each
+            // step it ran (the per-step figures compare; it is named so);
+            // one with failed syncs or rules that failed their check does
+            // not count.
             let bases: Vec<&B6Row> = [Kind::Iptables, Kind::IptablesLegacy, Kind::Nftables]
                 .into_iter()
                 .filter_map(ran)
-                .filter(|r| r.failed == 0 && r.problems.is_empty())
+                .filter(|r| r.failed == 0 && r.problems.len() == usize::from(r.stopped_at.is_some()))
                 .collect();
-            if !bases.is_empty() {
+            let name = |r: &B6Row| match r.stopped_at {
+                Some(n) => format!("{} (stopped after {n} of {} steps)", r.kind, b.steps),
+                None => r.kind.to_string(),
+            };
+            let p99_goal = format!(
+                "B6: p99 sync time under churn ({} base Services) below every kube-proxy mode's p99 partial sync",
+                fmt_count(b.base_services as f64)
+            );
+            let cpu_goal = "B6: agent CPU per churn step below every kube-proxy mode's rule syncs (whole agent process against the sync commands alone)";
+            if bases.is_empty() {
+                for goal in [p99_goal.as_str(), cpu_goal] {
+                    let _ = writeln!(t, "| {goal} | no kube-proxy mode measured a step (see the B6 table) | n/a |");
+                }
+            } else {
                 let p99 = bases.iter().map(|r| r.sync.p99).fold(f64::MAX, f64::min);
                 let _ = writeln!(
                     t,
-                    "| B6: p99 sync time under churn ({} base Services) below every kube-proxy mode's p99 partial sync | ours {} (`apply_us`); {} | {} |",
-                    fmt_count(b.base_services as f64),
+                    "| {p99_goal} | ours {} (`apply_us`); {} | {} |",
                     us_ms(ours.sync.p99),
-                    bases.iter().map(|r| format!("{} {}", r.kind, us_ms(r.sync.p99))).collect::<Vec<_>>().join(", "),
+                    bases.iter().map(|r| format!("{} {}", name(r), us_ms(r.sync.p99))).collect::<Vec<_>>().join(", "),
                     pass(ours.failed == 0 && ours.problems.is_empty() && ours.sync.p99 < p99)
                 );
                 let least = bases.iter().map(|r| r.cpu_per_step()).min().unwrap_or_default();
                 let _ = writeln!(
                     t,
-                    "| B6: agent CPU per churn step below every kube-proxy mode's rule syncs (whole agent process against the sync commands alone) | ours {}; {} | {} |",
+                    "| {cpu_goal} | ours {}; {} | {} |",
                     ms(ours.cpu_per_step()),
-                    bases.iter().map(|r| format!("{} {}", r.kind, ms(r.cpu_per_step()))).collect::<Vec<_>>().join(", "),
+                    bases.iter().map(|r| format!("{} {}", name(r), ms(r.cpu_per_step()))).collect::<Vec<_>>().join(", "),
                     pass(ours.cpu_per_step() < least)
                 );
             }
@@ -1168,5 +1184,65 @@ mod tests {
         let line = g.lines().find(|l| l.contains("p50 below all three baselines")).unwrap();
         assert!(line.contains("| lb (tc eBPF): 116 against 124 µs (kube-proxy nftables) at 1k, 130 against 120"), "{line}");
         assert!(line.ends_with("| MISS |"), "{line}");
+    }
+
+    fn b6_row(kind: Kind, steps: usize, p99_us: f64, cpu_s: f64) -> B6Row {
+        B6Row {
+            kind,
+            steps,
+            syncs: steps,
+            failed: 0,
+            cpu: std::time::Duration::from_secs_f64(cpu_s),
+            sync: Pcts { p50: p99_us, p90: p99_us, p99: p99_us },
+            latency: None,
+            wall: std::time::Duration::ZERO,
+            notes: Vec::new(),
+            problems: Vec::new(),
+            stopped_at: None,
+            error: None,
+            not_run: None,
+        }
+    }
+
+    fn stopped(mut r: B6Row) -> B6Row {
+        r.stopped_at = Some(r.steps);
+        r.problems.push(format!("stopped after {} of 300 steps: the churn's budget of 200 s was spent", r.steps));
+        r
+    }
+
+    /// B6's goals compare lb with the baselines whose churn its budget
+    /// stopped (over the steps they ran, named so), leave out one whose
+    /// rules failed their check, and say n/a when no baseline is left
+    /// (the rows were missing from the page then).
+    #[test]
+    fn b6_goals_count_stopped_baselines_and_never_vanish() {
+        let mut r = Report::new(&Options::tiny());
+        let b6 = |rows: Vec<B6Row>| crate::b6::B6Result {
+            base_services: 10_000,
+            steps: 300,
+            churn_max: 0,
+            churn_added: 0,
+            churn_removed: 0,
+            rows,
+        };
+        let ours = b6_row(Kind::Ours, 300, 29_000.0, 6.0);
+        let nft = stopped(b6_row(Kind::Nftables, 223, 1_000_000.0, 195.0));
+        let mut legacy = b6_row(Kind::IptablesLegacy, 300, 900_000.0, 150.0);
+        legacy.problems.push("check failed: 3 rules missing".into());
+        r.b6 = Some(b6(vec![ours.clone(), nft.clone(), legacy.clone()]));
+        let g = goals(&r);
+        let find =
+            |g: &str, what: &str| g.lines().find(|l| l.contains(what)).unwrap_or_else(|| panic!("no {what:?} row in\n{g}")).to_string();
+        let line = find(&g, "B6: p99 sync time");
+        assert!(line.contains("| ours 29 ms (`apply_us`); kube-proxy nftables (stopped after 223 of 300 steps) 1.00 s |"), "{line}");
+        assert!(line.ends_with("| PASS |"), "{line}");
+        let line = find(&g, "B6: agent CPU per churn step");
+        assert!(line.contains("| ours 20 ms; kube-proxy nftables (stopped after 223 of 300 steps) 874 ms |"), "{line}");
+        assert!(line.ends_with("| PASS |"), "{line}");
+        r.b6 = Some(b6(vec![ours, legacy]));
+        let g = goals(&r);
+        for what in ["B6: p99 sync time", "B6: agent CPU per churn step"] {
+            assert!(find(&g, what).ends_with("| no kube-proxy mode measured a step (see the B6 table) | n/a |"), "{g}");
+        }
     }
 }
