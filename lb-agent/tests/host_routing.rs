@@ -355,6 +355,10 @@ fn nodeport_yaml(pod: (Ipv4Addr, Ipv6Addr), node: &str) -> String {
 /// straight out of the external interface (`redirected_out`): the node's
 /// netfilter sees neither direction. With legacy routing the same counters
 /// count both (the test's own check that they would see the stack path).
+/// With bpf, the client's request to the pod by its own address (no
+/// Service) still goes through the stack, redirected by nothing: on a
+/// kernel without XDP metadata `lb_tc_ext_ingress` looks every packet up,
+/// and must let those through.
 /// Without `lb_tc_ext_ingress` on the external interface (the agent
 /// changed to leave it out) the bpf run fails with (60, 60): the replies
 /// then take the stack path as well. An agent started again in legacy
@@ -428,6 +432,19 @@ fn north_south(family: u8, xdp: &str) {
             // Ten UDP queries alone are 10 packets each way (the TCP
             // flows add some 3 or 4 each way).
             assert!(into_pod >= 10 + 10 * 3 && out >= 10 + 10 * 3, "redirected into the pod {into_pod}, out {out}\n{}", agent.log_text());
+            // The client to the pod by its own address, no Service:
+            // `lb_tc_ext_ingress` leaves it to the host stack (no mark; on
+            // a kernel without XDP metadata, whose packets it all looks
+            // up, no conntrack entry), which routes it.
+            let (via, host_len) = if family == 4 { (node_ip(0).to_string(), 32) } else { (node_ip6(0).to_string(), 128) };
+            lab.client.ip(&["route", "replace", &format!("{backend}/{host_len}"), "via", &via]).unwrap();
+            counters.reset();
+            let peer = stat(stat::REDIRECTED_PEER);
+            let tag = tcp_request_to(&lab.client, SocketAddr::new(backend, 8080), b"hello\n", timeout)
+                .unwrap_or_else(|e| panic!("straight to the pod: {e:#}\n{}", agent.log_text()));
+            assert_eq!(tag, "web");
+            assert!(counters.read().0 > 0, "straight to the pod: the host stack routed it");
+            assert_eq!(stat(stat::REDIRECTED_PEER), peer, "straight to the pod: nothing redirected");
             // Started again in legacy mode on the same pins, the agent
             // removes `lb_tc_ext_ingress` from the external interface (an
             // earlier agent's link it does not adopt), and the stack path
