@@ -377,7 +377,7 @@ pub fn redirect_translated6(skb: *mut __sk_buff, l4: u64) -> i32 {
 /// (in their XDP metadata, see [`xdp_mark`]): unless the agent's probe
 /// found the kernel refusing XDP programs `bpf_xdp_adjust_meta`. Then
 /// `lb_tc_ext_ingress` looks every packet up instead
-/// (`tc::from_outside_unmarked`).
+/// (`tc::from_outside` with `tc::Mark::Unmarked`).
 #[inline(always)]
 pub fn xdp_marks() -> bool {
     LB_XDP_META.load() != 0

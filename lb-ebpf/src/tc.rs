@@ -62,13 +62,13 @@ use crate::{
     clock::now_ns,
     ct::{self, Forward, NewFlow, Source},
     error::Error,
-    family::{Ct, FamilyMaps},
+    family::{Ct, CtKey, FamilyMaps},
     frag, icmp,
     l3::L3,
     maps::LB_TC_CALLS,
     nat,
     packet::{read, redirect_back, write},
-    parse::{Flow, IcmpError, Packet, icmp6_error_at, parse, parse6},
+    parse::{Flow, IcmpError, Packet, Quoted, icmp6_error_at, parse, parse6},
     route, scratch,
     select::{config, flow_backend, node_config},
     stats,
@@ -355,49 +355,20 @@ fn reject6(skb: *mut __sk_buff) -> Result<i32, Error> {
 ///
 /// On a kernel that refuses XDP programs the metadata helper, nothing is
 /// marked (`route::xdp_marks`): every packet is looked up instead
-/// ([`from_outside_unmarked`]).
+/// ([`from_outside`] with [`Mark::Unmarked`]).
 #[classifier]
 pub fn lb_tc_ext_ingress(ctx: TcContext) -> i32 {
     if !route::xdp_marks() {
-        return verdict(&ctx, from_outside_unmarked(&ctx));
+        return verdict(&ctx, from_outside(&ctx, Mark::Unmarked));
     }
     match route::xdp_mark(&ctx) {
-        XDP_META_LOCAL_DNAT => verdict(&ctx, from_outside(&ctx)),
+        XDP_META_LOCAL_DNAT => verdict(&ctx, from_outside(&ctx, Mark::LocalDnat)),
         XDP_META_LOCAL_ICMP => icmp_error_from_outside(&ctx),
         _ => NEXT,
     }
 }
 
-/// `lb_tc_ext_ingress` without `lb_xdp`'s marks: a packet whose flow has
-/// a reply entry in conntrack is one `lb_xdp` DNATed to a backend here
-/// (only lb's translations make reply entries, and none but a north-south
-/// flow's has an outside source and a destination on this node), and
-/// goes on as a marked one ([`from_outside`], which looks the entry up);
-/// an ICMP error `lb_xdp` translated about a flow whose entry is
-/// `HOST_ROUTED` goes in as [`icmp_error_from_outside`] sends it. What
-/// passes pays the parse and a lookup: the price of BPF host routing of
-/// north-south traffic on such a kernel (`--xdp-mode tc` does not pay it).
-#[inline(always)]
-fn from_outside_unmarked(ctx: &TcContext) -> Result<i32, Error> {
-    if is_ipv6(ctx) {
-        if is_icmp6(ctx) {
-            return Ok(icmp6_error_unmarked(ctx.skb.skb));
-        }
-        return from_outside(ctx);
-    }
-    pull(ctx, MAX_HEADERS)?;
-    match parse(ctx)? {
-        Packet::Flow(f) if f.frag == Fragment::No => {
-            let addrs = f.saddr as u64 | (f.daddr as u64) << 32;
-            let l4 = f.proto as u64 | (f.sport as u64) << 16 | (f.dport as u64) << 32;
-            Ok(route::from_outside4(ctx.skb.skb, addrs, l4))
-        }
-        Packet::IcmpError(err) if host_routed::<V4>(&err.quoted) => Ok(icmp_error_from_outside(ctx)),
-        _ => Ok(NEXT),
-    }
-}
-
-/// [`from_outside_unmarked`] for an ICMPv6 packet, in a frame of its own
+/// [`from_outside`] of an unmarked ICMPv6 packet, in a frame of its own
 /// (the error's parse needs the scratch and a longer pull).
 #[inline(never)]
 fn icmp6_error_unmarked(skb: *mut __sk_buff) -> i32 {
@@ -418,8 +389,8 @@ fn icmp6_error_unmarked(skb: *mut __sk_buff) -> i32 {
 /// backend's reply to a client), belongs to a host-routed flow: its reply
 /// entry is marked `HOST_ROUTED`.
 #[inline(always)]
-fn host_routed<F: FamilyMaps>(q: &crate::parse::Quoted<F>) -> bool {
-    let key = crate::family::CtKey::<F>::new(q.saddr, q.daddr, q.sport, q.dport, q.proto, lb_common::CT_REPLY);
+fn host_routed<F: FamilyMaps>(q: &Quoted<F>) -> bool {
+    let key = CtKey::<F>::new(q.saddr, q.daddr, q.sport, q.dport, q.proto, lb_common::CT_REPLY);
     ct::get::<F>(&key).is_some_and(|e| ct::marked(e, ct_entry_flags::HOST_ROUTED))
 }
 
@@ -439,9 +410,33 @@ pub(crate) fn icmp_error_from_outside(ctx: &TcContext) -> i32 {
     route::redirect_translated(ctx.skb.skb, saddr as u64 | (daddr as u64) << 32, IPPROTO_ICMP as u64)
 }
 
+/// What `lb_tc_ext_ingress` knows of a packet from outside it sends
+/// into a pod when it can (a constant at each call site).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Mark {
+    /// DNATed to a backend on this node (`XDP_META_LOCAL_DNAT`, or
+    /// `lb_tc_ns`'s own hand-over): only its flow's entry is looked up.
+    LocalDnat,
+    /// Nothing: on a kernel that refuses XDP programs the metadata helper
+    /// (`route::xdp_marks`), every packet. One whose flow has a reply
+    /// entry in conntrack is one `lb_xdp` DNATed to a backend here (only
+    /// lb's translations make reply entries, and none but a north-south
+    /// flow's has an outside source and a destination on this node), and
+    /// goes on as a marked one; an ICMP error `lb_xdp` translated about a
+    /// `HOST_ROUTED` flow ([`host_routed`]) goes in as
+    /// [`icmp_error_from_outside`] sends a marked one. What passes paid
+    /// the parse and a lookup: the price of BPF host routing of
+    /// north-south traffic on such a kernel (`--xdp-mode tc` does not pay
+    /// it).
+    Unmarked,
+}
+
 #[inline(always)]
-pub(crate) fn from_outside(ctx: &TcContext) -> Result<i32, Error> {
+pub(crate) fn from_outside(ctx: &TcContext, mark: Mark) -> Result<i32, Error> {
     if is_ipv6(ctx) {
+        if mark == Mark::Unmarked && is_icmp6(ctx) {
+            return Ok(icmp6_error_unmarked(ctx.skb.skb));
+        }
         let Some(s) = scratch::get(scratch::TC_INGRESS) else {
             return Ok(NEXT);
         };
@@ -458,6 +453,7 @@ pub(crate) fn from_outside(ctx: &TcContext) -> Result<i32, Error> {
             let l4 = f.proto as u64 | (f.sport as u64) << 16 | (f.dport as u64) << 32;
             Ok(route::from_outside4(ctx.skb.skb, addrs, l4))
         }
+        Packet::IcmpError(err) if mark == Mark::Unmarked && host_routed::<V4>(&err.quoted) => Ok(icmp_error_from_outside(ctx)),
         _ => Ok(NEXT),
     }
 }

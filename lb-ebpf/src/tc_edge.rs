@@ -33,7 +33,7 @@ use crate::{
         DROP, Edge, PASS, REDIRECT, REST, first_look4, first_look6, is_icmp6_error_frame, nat6, nat6_call, reject6, rest4, rest6,
         tail_call, verdict, verdict6,
     },
-    tc::{MAX_HEADERS, MAX_ICMP6_ERROR, NEXT, from_outside, icmp_error_from_outside, is_ipv6, pull},
+    tc::{MAX_HEADERS, MAX_ICMP6_ERROR, Mark, NEXT, from_outside, icmp_error_from_outside, is_ipv6, pull},
 };
 
 impl Edge for TcContext {
@@ -189,7 +189,7 @@ const HOST_ROUTE_ICMP_SLOT: u32 = 0x101;
 /// (`tc::from_outside`). What cannot be redirected passes to the stack.
 #[classifier]
 pub fn lb_tc_ns_local(ctx: TcContext) -> i32 {
-    crate::tc::verdict(&ctx, from_outside(&ctx))
+    crate::tc::verdict(&ctx, from_outside(&ctx, Mark::LocalDnat))
 }
 
 /// An ICMP error translated towards a backend on this node about a
