@@ -31,11 +31,9 @@ struct BatchAttr {
     flags: u64,
 }
 
+/// (The pointers in `attr` are valid for the lengths `count` says.)
 fn sys_bpf(cmd: libc::c_long, attr: &mut BatchAttr) -> io::Result<()> {
-    // SAFETY: the bpf syscall with an attribute of the size we pass; the
-    // pointers in it are valid for the lengths `count` says.
-    let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut BatchAttr, size_of::<BatchAttr>() as u32) };
-    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(()) }
+    crate::links::sys_bpf(cmd, attr).map(|_| ())
 }
 
 /// Every entry of a hash or array map.

@@ -7,7 +7,10 @@
 //! the datapath learns it before loading and switches the calls off
 //! (a load-time global the verifier sees as a constant).
 
-use std::{io, os::fd::FromRawFd};
+use std::{
+    io,
+    os::fd::{FromRawFd, OwnedFd},
+};
 
 const BPF_PROG_LOAD: libc::c_long = 5;
 const BPF_PROG_TYPE_XDP: u32 = 6;
@@ -62,16 +65,17 @@ pub fn xdp_adjust_meta() -> io::Result<bool> {
         ..Default::default()
     };
     attr.prog_name[..11].copy_from_slice(b"lb_probe_md");
-    // SAFETY: the bpf syscall with an attribute of the size passed; its
-    // pointers (instructions, license) live across the call.
-    let fd = unsafe { libc::syscall(libc::SYS_bpf, BPF_PROG_LOAD, &mut attr as *mut ProgLoadAttr, size_of::<ProgLoadAttr>() as u32) };
-    if fd >= 0 {
-        // SAFETY: a new program fd, ours alone; dropping it unloads.
-        drop(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd as i32) });
-        return Ok(true);
+    // (The attribute's pointers, instructions and license, live across the
+    // call.)
+    match crate::links::sys_bpf(BPF_PROG_LOAD, &mut attr) {
+        Ok(fd) => {
+            // SAFETY: a new program fd, ours alone; dropping it unloads.
+            drop(unsafe { OwnedFd::from_raw_fd(fd as i32) });
+            Ok(true)
+        }
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Ok(false),
+        Err(e) => Err(e),
     }
-    let e = io::Error::last_os_error();
-    if e.raw_os_error() == Some(libc::EINVAL) { Ok(false) } else { Err(e) }
 }
 
 #[cfg(test)]

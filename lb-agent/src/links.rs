@@ -31,7 +31,10 @@ pub const LINK_TYPE_TCX: u32 = 11;
 pub const ATTACH_TCX_INGRESS: u32 = 46;
 pub const ATTACH_TCX_EGRESS: u32 = 47;
 
-fn sys_bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
+/// The bpf syscall `cmd` with `attr` (a prefix of `union bpf_attr`'s
+/// member for `cmd`; the kernel zeroes the rest): its non-negative result
+/// (an fd, for the commands that make one).
+pub(crate) fn sys_bpf<T>(cmd: libc::c_long, attr: &mut T) -> io::Result<libc::c_long> {
     // SAFETY: the bpf syscall with an attribute struct of the size we pass.
     let rc = unsafe { libc::syscall(libc::SYS_bpf, cmd, attr as *mut T, size_of::<T>() as u32) };
     if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(rc) }
