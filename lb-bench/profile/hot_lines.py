@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Attributes perf samples inside a BPF program to its source lines.
 
 Usage:

@@ -1,3 +1,4 @@
+#!/usr/bin/env python3
 """Saves a loaded BPF program's JIT line table, for hot_lines.py.
 
 Usage (as root, while the program is loaded, e.g. during lb-bench B1):
