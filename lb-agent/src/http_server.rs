@@ -5,10 +5,15 @@
 //! a deadline for the request head, and a deadline for the whole
 //! connection (no keep-alive: one request a connection, as the probes
 //! make). Accept errors (out of file descriptors, say) are logged at warn.
+//!
+//! [`listen`] binds them as kube-proxy's (Go) listeners are bound: a
+//! wildcard address means both families.
 
 use std::{
     collections::BTreeMap,
     convert::Infallible,
+    io,
+    net::{Ipv4Addr, Ipv6Addr, SocketAddr},
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -35,6 +40,40 @@ impl Default for Limits {
     fn default() -> Self {
         Limits { max_connections: 128, header_timeout: Duration::from_secs(5), idle_timeout: Duration::from_secs(10) }
     }
+}
+
+/// Binds a listening TCP socket to `addr`, as Go's `net.Listen("tcp",
+/// addr)` binds kube-proxy's health server and health check NodePorts: a
+/// wildcard address (`0.0.0.0` or `::`) means every address of both
+/// families, one IPv6 socket with `IPV6_V6ONLY` off, so that IPv6 clients
+/// (a cloud load balancer's IPv6 probes, the kubelet's probes on an
+/// IPv6 node) are answered too. Where the host has no IPv6 at all
+/// (`ipv6.disable=1`), the IPv4 wildcard. Any other address is bound as
+/// it is. Must run inside the tokio runtime.
+pub fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+    if addr.ip().is_unspecified() {
+        match bind(SocketAddr::from((Ipv6Addr::UNSPECIFIED, addr.port())), true) {
+            Err(e) if e.raw_os_error() == Some(libc::EAFNOSUPPORT) => {}
+            other => return other,
+        }
+        return bind(SocketAddr::from((Ipv4Addr::UNSPECIFIED, addr.port())), false);
+    }
+    bind(addr, false)
+}
+
+fn bind(addr: SocketAddr, dual_stack: bool) -> io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    if dual_stack {
+        socket.set_only_v6(false)?;
+    }
+    // As std's and tokio's own binds: a port in TIME_WAIT after a restart
+    // is free to take.
+    socket.set_reuse_address(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(1024)?;
+    socket.set_nonblocking(true)?;
+    TcpListener::from_std(socket.into())
 }
 
 /// A response with a whole body.
@@ -125,4 +164,38 @@ pub fn raise_fd_limit() -> std::io::Result<(u64, u64)> {
         }
     }
     Ok((before, l.rlim_cur))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};
+
+    use super::listen;
+
+    /// A connection to `port` on `ip` is accepted.
+    fn reaches(ip: std::net::IpAddr, port: u16) -> bool {
+        TcpStream::connect_timeout(&SocketAddr::new(ip, port), std::time::Duration::from_secs(1)).is_ok()
+    }
+
+    #[tokio::test]
+    async fn a_wildcard_takes_both_families_and_an_address_only_itself() {
+        // As kube-proxy's Go listeners: 0.0.0.0 is one IPv6 socket that
+        // IPv4 clients reach too (IPV6_V6ONLY off, whatever the host's
+        // net.ipv6.bindv6only says).
+        let l = listen(SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0))).unwrap();
+        let at = l.local_addr().unwrap();
+        assert_eq!(at.ip(), Ipv6Addr::UNSPECIFIED, "{at}");
+        assert!(reaches(Ipv4Addr::LOCALHOST.into(), at.port()), "IPv4 client to {at}");
+        assert!(reaches(Ipv6Addr::LOCALHOST.into(), at.port()), "IPv6 client to {at}");
+        let l6 = listen(SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0))).unwrap();
+        assert!(reaches(Ipv4Addr::LOCALHOST.into(), l6.local_addr().unwrap().port()), ":: takes IPv4 too");
+
+        // A given address is bound as it is: IPv4 only.
+        let l4 = listen(SocketAddr::from((Ipv4Addr::LOCALHOST, 0))).unwrap();
+        let port = l4.local_addr().unwrap().port();
+        assert_eq!(l4.local_addr().unwrap().ip(), Ipv4Addr::LOCALHOST);
+        assert!(reaches(Ipv4Addr::LOCALHOST.into(), port));
+        assert!(!reaches(Ipv6Addr::LOCALHOST.into(), port), "127.0.0.1 must not take IPv6");
+        drop((l, l6, l4));
+    }
 }

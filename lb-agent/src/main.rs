@@ -156,7 +156,8 @@ struct RunArgs {
     #[arg(long, env = "NODE_NAME")]
     node_name: Option<String>,
     /// Address of the health server (/livez, /healthz, /readyz, /metrics);
-    /// "off" disables it.
+    /// "off" disables it. A wildcard (0.0.0.0 or ::) takes both families,
+    /// as kube-proxy's does.
     #[arg(long, env = "LB_HEALTH_ADDR", default_value = "0.0.0.0:10256", value_parser = parse_health_addr)]
     health_addr: HealthAddr,
     /// Address of the metrics server (/metrics: the agent's and the

@@ -56,9 +56,10 @@ impl Heartbeat {
     }
 }
 
-/// Binds the health server; fails when the address is taken.
-pub async fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let listener = TcpListener::bind(addr).await?;
+/// Binds the health server ([`crate::http_server::listen`]: the default
+/// `0.0.0.0` takes both families); fails when the address is taken.
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let listener = crate::http_server::listen(addr)?;
     info!(addr = %listener.local_addr()?, "health server listening (/livez, /healthz, /readyz, /metrics)");
     Ok(listener)
 }

@@ -108,16 +108,15 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> anyhow::
     // Bind first: a taken port is a configuration error worth failing on.
     let health_task = match cfg.health_addr {
         Some(addr) => {
-            let listener = probes::bind(addr).await.with_context(|| format!("binding the health server to {addr} (--health-addr)"))?;
+            let listener = probes::bind(addr).with_context(|| format!("binding the health server to {addr} (--health-addr)"))?;
             Some(tokio::spawn(probes::serve(listener, metrics.clone(), heartbeat.clone())))
         }
         None => None,
     };
     let metrics_task = match cfg.metrics_addr {
         Some(addr) => {
-            let listener = tokio::net::TcpListener::bind(addr)
-                .await
-                .with_context(|| format!("binding the metrics server to {addr} (--metrics-addr)"))?;
+            let listener =
+                crate::http_server::listen(addr).with_context(|| format!("binding the metrics server to {addr} (--metrics-addr)"))?;
             info!(%addr, "metrics server listening (/metrics)");
             Some(tokio::spawn(probes::serve_metrics(listener, metrics.clone(), cfg.bpffs.clone())))
         }

@@ -42,7 +42,7 @@ pub struct HealthChecks {
     state: State,
     servers: BTreeMap<u16, JoinHandle<()>>,
     heartbeat: Heartbeat,
-    /// Where to listen (all addresses by default).
+    /// Where to listen (the wildcard by default: both families, `listen`).
     bind: Ipv4Addr,
 }
 
@@ -89,10 +89,10 @@ impl Drop for HealthChecks {
     }
 }
 
+/// Both families on the default wildcard, as kube-proxy's (Go) health
+/// check NodePorts: a dual-stack load balancer probes each node over both.
 fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    let l = std::net::TcpListener::bind(addr)?;
-    l.set_nonblocking(true)?;
-    TcpListener::from_std(l)
+    crate::http_server::listen(addr)
 }
 
 async fn serve(listener: TcpListener, port: u16, state: State, heartbeat: Heartbeat) {

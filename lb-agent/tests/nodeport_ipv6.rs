@@ -12,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-use common::{Agent, ManifestDir, PinDir, WhoAmI, dual_stack_nodeport_yaml, kernel_tests_enabled};
+use common::{Agent, ManifestDir, PinDir, WhoAmI, dual_stack_nodeport_yaml, kernel_tests_enabled, wait_for};
 use lb_common::stat;
 use lb_lab::{CLIENT_IP6, ClusterLab, cluster_pod_ip, cluster_pod_ip6, node_ip6, tcp_request_to, tcp_server_at};
 
@@ -156,6 +156,60 @@ fn local_policy_over_ipv6_keeps_the_client_address() {
         return;
     }
     ipv6_nodeport("Local", "np6-local");
+}
+
+/// `GET /` from the lab's client to `to`: (status code, body).
+fn http_status(lab: &ClusterLab, to: SocketAddr) -> (u16, String) {
+    let req = b"GET / HTTP/1.1\r\nHost: lb\r\nConnection: close\r\n\r\n";
+    let text = tcp_request_to(&lab.client, to, req, TIMEOUT).unwrap_or_else(|e| panic!("{to}: {e:#}"));
+    let code = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    (code, body)
+}
+
+/// A dual-stack LoadBalancer Service with `externalTrafficPolicy: Local`:
+/// its health check NodePort answers the load balancer's probes over both
+/// families, as kube-proxy's does (Go binds the wildcard dual-stack). A
+/// dual-stack cloud load balancer probes each node's IPv6 address for its
+/// IPv6 frontend; a port that refuses IPv6 takes every node out of it.
+/// Node A has the endpoint (200); once the endpoint moves to node B, node
+/// A answers 503 over both.
+#[test]
+fn a_health_check_nodeport_answers_over_ipv6_and_ipv4() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    const HC_PORT: u16 = 32000;
+    let lab = ClusterLab::new(&[&["web-a"], &["web-b"]]).unwrap();
+    lab.enable_ipv6().unwrap();
+    let lb = |n: usize| {
+        manifest_on("Local", n).replace("  type: NodePort\n", &format!("  type: LoadBalancer\n  healthCheckNodePort: {HC_PORT}\n"))
+    };
+    let dir = ManifestDir::new("np6-health");
+    dir.write("svc.yaml", &lb(0));
+    let agent = agent_on_node_a(&lab, &dir, "np6-health");
+    let np = format!("[{}]:30080/TCP", node_ip6(0));
+    agent.wait_rows(&format!("{np} with its backend"), |rows| rows.iter().any(|r| r.frontend == np && r.backends.len() == 1));
+    let v6 = SocketAddr::new(node_ip6(0).into(), HC_PORT);
+    let v4 = SocketAddr::new(lb_lab::node_ip(0).into(), HC_PORT);
+    for to in [v6, v4] {
+        let (code, body) = http_status(&lab, to);
+        assert_eq!(code, 200, "{to}: {body}\n{}", agent.log_text());
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{to}: {e}: {body}"));
+        assert_eq!(v["localEndpoints"], 1, "{to}: {body}");
+        assert_eq!(v["service"]["name"], "web", "{to}: {body}");
+    }
+    // The endpoint is on node B now: node A fails the check over both.
+    dir.write("svc.yaml", &lb(1));
+    agent.wait_rows(&format!("{np} without a local backend"), |rows| rows.iter().any(|r| r.frontend == np && r.backends.is_empty()));
+    for to in [v6, v4] {
+        // (The check's count follows the same sync as the maps: wait for it.)
+        let (code, body) = wait_for(&format!("503 from {to}"), Duration::from_secs(10), || {
+            let (code, body) = http_status(&lab, to);
+            (code == 503).then_some((code, body))
+        });
+        assert!(body.contains("\"localEndpoints\": 0"), "{to}: {code} {body}");
+    }
 }
 
 /// NAT66: an external IPv6 client reaches a backend on node B through node
