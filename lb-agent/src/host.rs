@@ -194,17 +194,48 @@ pub fn find_cgroup2() -> io::Result<PathBuf> {
         .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no cgroup2 mount found"))
 }
 
-/// Interfaces of the IPv4 default routes (`/proc/net/route`).
+/// Interfaces of the default routes of both families (`/proc/net/route`,
+/// then `/proc/net/ipv6_route`; IPv4's first, each once). An IPv6-only
+/// node has only the second; a dual-stack node may route IPv6 out of
+/// another interface than IPv4.
 pub fn default_route_interfaces() -> std::io::Result<Vec<String>> {
-    let text = std::fs::read_to_string("/proc/net/route")?;
+    let v4 = std::fs::read_to_string("/proc/net/route")?;
+    // No such file where the kernel or the namespace has no IPv6.
+    let v6 = std::fs::read_to_string("/proc/net/ipv6_route").unwrap_or_default();
+    Ok(default_routes(&v4, &v6))
+}
+
+/// [`default_route_interfaces`] of the two tables' text.
+fn default_routes(v4: &str, v6: &str) -> Vec<String> {
+    const RTF_UP: u32 = 0x1;
+    const RTF_REJECT: u32 = 0x200;
     let mut out: Vec<String> = Vec::new();
-    for line in text.lines().skip(1) {
+    let mut add = |name: &str| {
+        if !out.iter().any(|n| n == name) {
+            out.push(name.to_string());
+        }
+    };
+    // Iface Destination Gateway Flags RefCnt Use Metric Mask ...
+    for line in v4.lines().skip(1) {
         let f: Vec<&str> = line.split_whitespace().collect();
-        if f.len() >= 8 && f[1] == "00000000" && f[7] == "00000000" && !out.iter().any(|n| n == f[0]) {
-            out.push(f[0].to_string());
+        if f.len() >= 8 && f[1] == "00000000" && f[7] == "00000000" {
+            add(f[0]);
         }
     }
-    Ok(out)
+    // destination, its prefix length, source, its prefix length, next hop,
+    // metric, refcount, use, flags, device. The kernel's own "unreachable"
+    // defaults (flag RTF_REJECT, on lo) route nothing out.
+    for line in v6.lines() {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        let Some(flags) = f.get(8).and_then(|x| u32::from_str_radix(x, 16).ok()) else {
+            continue;
+        };
+        let default = f[0].bytes().all(|b| b == b'0') && f[1] == "00";
+        if f.len() >= 10 && default && flags & RTF_UP != 0 && flags & RTF_REJECT == 0 && f[9] != "lo" {
+            add(f[9]);
+        }
+    }
+    out
 }
 
 /// (interface, address) of every IPv4 and IPv6 address in this network
@@ -288,7 +319,7 @@ pub fn sysctl(key: &str, value: &str) -> std::io::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::glob_match;
+    use super::{default_routes, glob_match};
 
     #[test]
     fn globs() {
@@ -301,5 +332,32 @@ mod tests {
         assert!(glob_match("a*b*c", "axxbyyc"));
         assert!(!glob_match("a*b*c", "axxc"));
         assert!(!glob_match("ab*ba", "aba"));
+    }
+
+    /// `/proc/net/route` and `/proc/net/ipv6_route` as this kernel prints
+    /// them.
+    const ROUTE4: &str = "Iface\tDestination\tGateway \tFlags\tRefCnt\tUse\tMetric\tMask\t\tMTU\tWindow\tIRTT\n\
+        eth0\t00000000\t010200C0\t0003\t0\t0\t0\t00000000\t0\t0\t0\n\
+        eth0\t000200C0\t00000000\t0001\t0\t0\t0\t00FFFFFF\t0\t0\t0\n";
+    const ROUTE6_DEFAULT_ETH1: &str = "\
+        fd000000000000000000000000000000 40 00000000000000000000000000000000 00 00000000000000000000000000000000 00000100 00000001 00000000 00000001     eth1\n\
+        00000000000000000000000000000000 00 00000000000000000000000000000000 00 fd000000000000000000000000000001 00000400 00000002 00000000 00000003     eth1\n\
+        00000000000000000000000000000000 00 00000000000000000000000000000000 00 00000000000000000000000000000000 ffffffff 00000001 00000000 00200200       lo\n\
+        00000000000000000000000000000001 80 00000000000000000000000000000000 00 00000000000000000000000000000000 00000000 00000002 00000000 80200001       lo\n";
+
+    #[test]
+    fn default_routes_of_both_families_name_their_interfaces() {
+        assert_eq!(default_routes(ROUTE4, ""), ["eth0"], "IPv4 only (or no IPv6 table)");
+        // An IPv6-only node: its default route is the only one.
+        let header_only = ROUTE4.lines().next().unwrap();
+        assert_eq!(default_routes(header_only, ROUTE6_DEFAULT_ETH1), ["eth1"]);
+        // Dual-stack, IPv6 out of another interface: both, IPv4's first.
+        assert_eq!(default_routes(ROUTE4, ROUTE6_DEFAULT_ETH1), ["eth0", "eth1"]);
+        // The same interface for both: once.
+        assert_eq!(default_routes(ROUTE4, &ROUTE6_DEFAULT_ETH1.replace("eth1", "eth0")), ["eth0"]);
+        // The kernel's unreachable default on lo and a /64 are no default
+        // route out.
+        let no_default: String = ROUTE6_DEFAULT_ETH1.lines().filter(|l| !l.contains("00000400")).map(|l| format!("{l}\n")).collect();
+        assert!(default_routes(header_only, &no_default).is_empty(), "{:?}", default_routes(header_only, &no_default));
     }
 }

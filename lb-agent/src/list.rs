@@ -273,13 +273,17 @@ pub fn render_filtered(maps: &Maps, filter: &Filter) -> Result<String, MapsError
         );
     }
     let ct = maps.ct.entries()?.len();
+    let (ct6_tcp, ct6_any) = (&maps.v6.ct_tcp, &maps.v6.ct_any);
+    let ct6 = ct6_tcp.entries()?.len() + ct6_any.entries()?.len();
     let shown = if rows.len() == total { String::new() } else { format!(" ({} shown)", rows.len()) };
     let _ = writeln!(
         out,
-        "{total} frontends{shown}, {} backends, {} conntrack entries (of {})",
+        "{total} frontends{shown}, {} backends, {} conntrack entries (of {}), {} IPv6 (of {})",
         maps.live_backends()?.len() + maps.live_backends6()?,
         ct,
-        maps.ct.capacity()
+        maps.ct.capacity(),
+        ct6,
+        ct6_tcp.max_entries as u64 + ct6_any.max_entries as u64
     );
     Ok(out)
 }
@@ -300,7 +304,12 @@ pub fn north_south(maps: &Maps) -> Result<Option<String>, MapsError> {
     }
     let mut devices = maps.devices.entries()?;
     devices.sort_by_key(|(idx, _)| *idx);
-    if devices.is_empty() && node.snat_addr == 0 {
+    // The IPv6 SNAT address (NAT66), with the same ports.
+    let snat6 = match maps.read_node6().map(|n| lb_common::ipv6(n.snat_addr)) {
+        Ok(a) if !a.is_unspecified() => Some(a),
+        _ => None,
+    };
+    if devices.is_empty() && node.snat_addr == 0 && snat6.is_none() {
         return Ok(Some("north-south: off (no external interface)".to_string()));
     }
     let xdp = if devices.is_empty() {
@@ -324,11 +333,7 @@ pub fn north_south(maps: &Maps) -> Result<Option<String>, MapsError> {
     } else {
         format!("SNAT {} ports {}-{}", Ipv4Addr::from(node.snat_addr.to_ne_bytes()), node.nat_port_min, node.nat_port_max)
     };
-    // The IPv6 SNAT address (NAT66), with the same ports.
-    let snat6 = match maps.read_node6().map(|n| lb_common::ipv6(n.snat_addr)) {
-        Ok(a) if !a.is_unspecified() => format!("; SNAT6 {a}"),
-        _ => String::new(),
-    };
+    let snat6 = snat6.map_or(String::new(), |a| format!("; SNAT6 {a}"));
     Ok(Some(format!("north-south: {xdp}; {snat}{snat6}")))
 }
 

@@ -267,7 +267,7 @@ struct RunArgs {
     sync_period: Duration,
     /// External interfaces for the north-south XDP program (NodePorts,
     /// external and LoadBalancer IPs), comma separated (default: those of
-    /// the default routes).
+    /// the default routes, IPv4's and IPv6's).
     #[arg(long, env = "LB_EXTERNAL_IFACES", value_delimiter = ',')]
     external_ifaces: Vec<String>,
     /// The node's primary addresses, of either family or both, comma
@@ -308,8 +308,8 @@ struct RunArgs {
     xdp_mode: XdpAttach,
     /// How translated pod traffic reaches a pod of this node: legacy
     /// (through the host stack and its netfilter) or bpf (straight into
-    /// the pod with bpf_redirect_peer, IPv4; skips netfilter, so the
-    /// NetworkPolicy of an iptables-based CNI too).
+    /// the pod with bpf_redirect_peer, both families; skips netfilter, so
+    /// the NetworkPolicy of an iptables-based CNI too).
     #[arg(long, env = "LB_HOST_ROUTING", value_enum, default_value_t = HostRouting::Legacy)]
     host_routing: HostRouting,
 }

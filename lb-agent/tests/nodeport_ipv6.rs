@@ -140,6 +140,46 @@ fn ipv6_nodeport(policy: &str, tag: &str) {
     let flows = maps.v6.ct_tcp.entries().unwrap();
     assert!(flows.len() >= 2 * 6, "IPv6 TCP conntrack: {}", flows.len());
     assert_eq!(maps.stat(stat::TAIL_CALL_FAILED).unwrap(), 0);
+    // `lb-agent list` counts them (its last line: "..., N IPv6 (of M)").
+    let text = lb_agent::list::render(&maps).unwrap();
+    let footer = text.lines().last().unwrap_or_default();
+    let ipv6 = footer.rsplit_once(", ").and_then(|(_, t)| t.strip_suffix(')')?.split_once(" IPv6 (of ")).map(|(n, _)| n.parse::<usize>());
+    assert!(matches!(ipv6, Some(Ok(n)) if n >= flows.len()), "{footer}");
+}
+
+/// An IPv6-only node: its external interface is the one of its IPv6
+/// default route. With no --external-ifaces the agent finds it, as it
+/// finds IPv4's (and as Cilium's device detection does), and serves the
+/// IPv6 NodePort from outside. (Only IPv4 default routes counted before:
+/// such a node had no external interface, so no IPv6 node address and no
+/// NodePort at all; the client was refused.)
+#[test]
+fn an_ipv6_default_route_names_the_external_interface() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let lab = ClusterLab::new(&[&["web-a"]]).unwrap();
+    lab.enable_ipv6().unwrap();
+    let node = lab.node(0);
+    // The lab's nodes have no default route of either family; this one
+    // gets an IPv6 one, to the client on the shared segment.
+    node.ns.ip(&["-6", "route", "add", "default", "via", &CLIENT_IP6.to_string(), "dev", lb_lab::EXT_IF]).unwrap();
+    let web = node.pod("web-a");
+    let _server = tcp_server_at(&web.ns, SocketAddrV6::new(cluster_pod_ip6(0, 0), 8080, 0, 0).into(), "web-a").unwrap();
+    let dir = ManifestDir::new("np6-route");
+    dir.write("svc.yaml", &manifest("Cluster"));
+    let args = ["--node-name", &node.name, "--health-addr", "off", "--xdp-mode", "generic"];
+    let agent = Agent::start_with(&node.ns, &dir.0, PinDir::new("np6-route"), &args);
+    let np = format!("[{}]:30080/TCP", node_ip6(0));
+    agent.wait_rows(&format!("{np} with its backend"), |rows| rows.iter().any(|r| r.frontend == np && r.backends.len() == 1));
+    let header = lb_agent::list::north_south(&agent.maps()).unwrap().expect("north-south header");
+    assert!(header.contains(&format!("XDP generic on {}", lb_lab::EXT_IF)), "{header}");
+    let to = SocketAddr::new(node_ip6(0).into(), 30080);
+    for i in 0..3 {
+        let answer = tcp_request_to(&lab.client, to, b"hello\n", TIMEOUT)
+            .unwrap_or_else(|e| panic!("request {i} to {to}: {e:#}\n{}", agent.log_text()));
+        assert_eq!(answer, "web-a");
+    }
 }
 
 #[test]
