@@ -462,14 +462,22 @@ pub fn node_addresses<A: IpFamily>(configured: &[A], ifaces: &[String], addrs: &
 /// (`node_ips`, see [`node_addresses`]). With it, as kube-proxy: every
 /// address of the family of the node (`addrs`: interface, address, in the
 /// kernel's order) inside one of its CIDRs of the family, or, for
-/// `primary`, one of the node's `primary` addresses of the family.
+/// `primary`, one of the node's `primary` addresses of the family. A
+/// filter with nothing for the family (IPv4 CIDRs only, say) takes all of
+/// the family's addresses, as kube-proxy's `NewNodePortAddresses` adds
+/// `0.0.0.0/0` or `::/0` for a family none of its CIDRs are of.
 /// Loopback addresses never serve NodePorts.
 pub fn nodeport_addresses<A: IpFamily>(filter: &[NodePortAddress], node_ips: &[A], addrs: &[(String, A)], primary: &[A]) -> Vec<A> {
     if filter.is_empty() {
         return node_ips.to_vec();
     }
+    let for_family = |f: &NodePortAddress| match f {
+        NodePortAddress::Primary => true,
+        NodePortAddress::Cidr(c) => A::of(c.addr).is_some(),
+    };
+    let all = !filter.iter().any(for_family);
     let wanted = |a: A| {
-        filter.iter().any(|f| match f {
+        all || filter.iter().any(|f| match f {
             NodePortAddress::Primary => primary.contains(&a),
             NodePortAddress::Cidr(c) => c.contains(a.into()),
         })

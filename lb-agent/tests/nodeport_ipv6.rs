@@ -147,6 +147,46 @@ fn ipv6_nodeport(policy: &str, tag: &str) {
     assert!(matches!(ipv6, Some(Ok(n)) if n >= flows.len()), "{footer}");
 }
 
+/// `--nodeport-addresses` with an IPv4 CIDR only: the IPv4 NodePort is on
+/// the address it picks, and the IPv6 NodePort stays on the node's IPv6
+/// address, as kube-proxy's (`::/0` for a family the flag has no CIDR
+/// of). (Before, such a flag left the node without IPv6 NodePorts: the
+/// external IPv6 client was refused.)
+#[test]
+fn nodeport_addresses_of_one_family_leave_the_other_family_served() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let lab = ClusterLab::new(&[&["web-a"]]).unwrap();
+    lab.enable_ipv6().unwrap();
+    let node = lab.node(0);
+    let web = node.pod("web-a");
+    let _server = tcp_server_at(&web.ns, SocketAddrV6::new(cluster_pod_ip6(0, 0), 8080, 0, 0).into(), "web-a").unwrap();
+    let dir = ManifestDir::new("np6-addrs");
+    dir.write("svc.yaml", &manifest("Cluster"));
+    let v4_only = format!("{}/32", lb_lab::node_ip(0));
+    let args = [
+        "--external-ifaces",
+        lb_lab::EXT_IF,
+        "--node-name",
+        &node.name,
+        "--health-addr",
+        "off",
+        "--xdp-mode",
+        "generic",
+        "--nodeport-addresses",
+        &v4_only,
+    ];
+    let agent = Agent::start_with(&node.ns, &dir.0, PinDir::new("np6-addrs"), &args);
+    let (np4, np6) = (format!("{}:30080/TCP", lb_lab::node_ip(0)), format!("[{}]:30080/TCP", node_ip6(0)));
+    agent.wait_rows("the NodePorts of both families", |rows| {
+        [&np4, &np6].iter().all(|fe| rows.iter().any(|r| &r.frontend == *fe && r.backends.len() == 1))
+    });
+    let to = SocketAddr::new(node_ip6(0).into(), 30080);
+    let answer = tcp_request_to(&lab.client, to, b"hello\n", TIMEOUT).unwrap_or_else(|e| panic!("{to}: {e:#}\n{}", agent.log_text()));
+    assert_eq!(answer, "web-a");
+}
+
 /// An IPv6-only node: its external interface is the one of its IPv6
 /// default route. With no --external-ifaces the agent finds it, as it
 /// finds IPv4's (and as Cilium's device detection does), and serves the

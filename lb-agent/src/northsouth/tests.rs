@@ -378,7 +378,9 @@ fn ipv6_nodeport_addresses_follow_the_interfaces_and_the_filter() {
     assert_eq!(plan(&[], &[], &[]), [a("fd00:50::1"), a("2001:db8::1")]);
     // IPv6 CIDRs of --nodeport-addresses pick any address of the node.
     assert_eq!(plan(&[], &[], &["fd00::/16"]), [a("fd00:50::1"), a("fd00:99::1")]);
-    assert!(plan(&[], &[], &["10.0.0.0/8"]).is_empty());
+    // IPv4 CIDRs alone say nothing about IPv6: every IPv6 address of the
+    // node, as kube-proxy (`::/0` for a family without CIDRs).
+    assert_eq!(plan(&[], &[], &["10.0.0.0/8"]), [a("fd00:50::1"), a("fd00:99::1"), a("2001:db8::1")]);
     // IPv6 --node-ips: those.
     assert_eq!(plan(&[a("fd00:99::1")], &[], &[]), [a("fd00:99::1")]);
     // `primary`: the IPv6 --node-ips, else the Node's IPv6 address, else
@@ -504,8 +506,12 @@ fn nodeport_addresses_pick_the_node_addresses_inside_the_cidrs_or_primary() {
     assert_eq!(nodeport_addresses(&f(&["10.0.0.0/8"]), &node_ips, &addrs, &[]), [a("10.0.0.1"), a("10.244.1.1")]);
     assert_eq!(nodeport_addresses(&f(&["192.168.50.9/32", "10.0.0.0/24"]), &node_ips, &addrs, &[]), [a("192.168.50.9"), a("10.0.0.1")]);
     assert_eq!(nodeport_addresses(&f(&["0.0.0.0/0"]), &node_ips, &addrs, &[]).len(), 4, "all but loopback");
-    // IPv6 CIDRs match nothing; a CIDR without a node address neither.
+    // IPv6 CIDRs match no IPv4 address; an IPv4 CIDR without a node
+    // address neither.
     assert!(nodeport_addresses(&f(&["fd00::/8", "172.16.0.0/12"]), &node_ips, &addrs, &[]).is_empty());
+    // IPv6 CIDRs alone say nothing about IPv4: all of it but loopback, as
+    // kube-proxy's `0.0.0.0/0` for a family without CIDRs.
+    assert_eq!(nodeport_addresses(&f(&["fd00::/8"]), &node_ips, &addrs, &[]).len(), 4);
     // primary: the primary addresses that are the node's.
     assert_eq!(nodeport_addresses(&f(&["primary"]), &node_ips, &addrs, &[a("10.0.0.1"), a("10.9.9.9")]), [a("10.0.0.1")]);
     assert_eq!(
