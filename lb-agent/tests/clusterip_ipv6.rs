@@ -318,3 +318,52 @@ fn a_pod_reaches_itself_through_its_ipv6_cluster_ip() {
     }
     assert_eq!(agent.maps().stat(stat::HAIRPIN).unwrap(), 10);
 }
+
+/// A pod reaches an IPv6 ClusterIP whose only backend is on another node,
+/// over plain routing (the lab's nodes route each other's pod prefixes),
+/// with the agent as deployed on the client's node (XDP on the external
+/// interface, `auto`). The request leaves node A translated; the reply
+/// comes back through node A's external interface, past its XDP program,
+/// and is translated back at the client pod's interface. IPv4's
+/// counterpart is `a_clusterip_reaches_a_backend_on_another_node_with_xdp_off`
+/// (real_node.rs).
+#[test]
+fn a_pod_reaches_an_ipv6_cluster_ip_whose_backend_is_on_another_node() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    use lb_lab::{ClusterLab, cluster_pod_ip, cluster_pod_ip6};
+    let lab = ClusterLab::new(&[&["cli-a"], &["web-b"]]).unwrap();
+    lab.enable_ipv6().unwrap();
+    let web = lab.node(1).pod("web-b");
+    let be6 = cluster_pod_ip6(1, 0);
+    let _tcp = tcp_server_at(&web.ns, SocketAddrV6::new(be6, 8080, 0, 0).into(), "web-b").unwrap();
+    let _udp = udp_echo_at(&web.ns, SocketAddrV6::new(be6, 5353, 0, 0).into(), "web-b").unwrap();
+    let pods = (&[cluster_pod_ip(1, 0)][..], &[be6][..]);
+    let dir = ManifestDir::new("tc6-remote");
+    dir.write("web.yaml", &dual_stack_yaml("web", ("10.96.0.10", "fd00:96::a"), (80, "TCP", 8080), pods, false));
+    dir.write("dns.yaml", &dual_stack_yaml("dns", ("10.96.0.53", "fd00:96::35"), (53, "UDP", 5353), pods, false));
+    let node = lab.node(0);
+    let args = ["--external-ifaces", lb_lab::EXT_IF, "--node-name", &node.name, "--health-addr", "off"];
+    let agent = Agent::start_with(&node.ns, &dir.0, PinDir::new("tc6-remote"), &args);
+    agent.wait_rows("both families' frontends", |rows| rows.iter().filter(|r| r.backends.len() == 1).count() == 4);
+
+    let client = &node.pod("cli-a").ns;
+    let (web_vip, dns_vip): (Ipv6Addr, Ipv6Addr) = ("fd00:96::a".parse().unwrap(), "fd00:96::35".parse().unwrap());
+    for i in 0..10 {
+        let to = SocketAddr::new(web_vip.into(), 80);
+        let tag =
+            tcp_request_to(client, to, b"hello\n", TIMEOUT).unwrap_or_else(|e| panic!("request {i} to {to}: {e:#}\n{}", agent.log_text()));
+        assert_eq!(tag, "web-b");
+        let to = SocketAddr::new(dns_vip.into(), 53);
+        let (reply, peer) =
+            udp_request_to(client, to, format!("q{i}").as_bytes(), TIMEOUT).unwrap_or_else(|e| panic!("query {i} to {to}: {e:#}"));
+        assert_eq!(reply, format!("web-b:q{i}"));
+        assert_eq!(peer, to, "the answer comes from the ClusterIP");
+    }
+    // Translated by lb: IPv6 flows in its conntrack.
+    let maps = agent.maps();
+    assert!(maps.v6.ct_tcp.entries().unwrap().len() >= 2 * 10);
+    assert!(maps.v6.ct_any.entries().unwrap().len() >= 2 * 10);
+    assert_eq!(maps.stat(stat::TAIL_CALL_FAILED).unwrap(), 0);
+}

@@ -253,7 +253,7 @@ fn http_status(lab: &ClusterLab, to: SocketAddr) -> (u16, String) {
 /// dual-stack cloud load balancer probes each node's IPv6 address for its
 /// IPv6 frontend; a port that refuses IPv6 takes every node out of it.
 /// Node A has the endpoint (200); once the endpoint moves to node B, node
-/// A answers 503 over both.
+/// A answers 503 over both, and drops its IPv6 NodePort's traffic.
 #[test]
 fn a_health_check_nodeport_answers_over_ipv6_and_ipv4() {
     if !kernel_tests_enabled() {
@@ -290,6 +290,11 @@ fn a_health_check_nodeport_answers_over_ipv6_and_ipv4() {
         });
         assert!(body.contains("\"localEndpoints\": 0"), "{to}: {code} {body}");
     }
+    // And its IPv6 NodePort drops (no answer at all, as kube-proxy's Local
+    // policy on a node without endpoints): the connection times out.
+    let np_to = SocketAddr::new(node_ip6(0).into(), 30080);
+    let err = tcp_request_to(&lab.client, np_to, b"x", Duration::from_millis(700)).expect_err("node A must not answer");
+    assert_eq!(lb_lab::io_error_kind(&err), Some(std::io::ErrorKind::TimedOut), "{err:#}");
 }
 
 /// NAT66: an external IPv6 client reaches a backend on node B through node
@@ -343,6 +348,42 @@ fn lb_ip_lab() -> (ClusterLab, &'static str) {
     lab.enable_ipv6().unwrap();
     lab.client.ip(&["-6", "route", "add", "fd00:60::/64", "via", &node_ip6(0).to_string(), "dev", lb_lab::CLIENT_IF]).unwrap();
     (lab, "fd00:60::10")
+}
+
+/// An IPv6 external IP (`spec.externalIPs`), routed to node A: the
+/// external client reaches the local backend through it, and the backend
+/// sees the client's own address (the Service's `Local` policy: no SNAT).
+/// IPv4's counterpart: `external_ip_and_load_balancer_ip_reach_backends_on_both_nodes`.
+#[test]
+fn an_ipv6_external_ip_reaches_the_backend() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let (lab, _) = lb_ip_lab();
+    let external = "fd00:60::20";
+    let web = lab.node(0).pod("web-a");
+    let be6 = cluster_pod_ip6(0, 0);
+    let _server = tcp_server_at(&web.ns, SocketAddrV6::new(be6, 8080, 0, 0).into(), "web-a").unwrap();
+    let _who = WhoAmI::start(&web.ns, SocketAddrV6::new(be6, 9000, 0, 0));
+    let dir = ManifestDir::new("np6-extip");
+    dir.write(
+        "svc.yaml",
+        &manifest("Local").replace("  type: NodePort\n", &format!("  type: NodePort\n  externalIPs: [\"{external}\"]\n")),
+    );
+    let agent = agent_on_node_a(&lab, &dir, "np6-extip");
+    let fe = format!("[{external}]:80/TCP");
+    agent.wait_rows(&format!("{fe} with its backend"), |rows| rows.iter().any(|r| r.frontend == fe && r.backends.len() == 1));
+    let ip: std::net::Ipv6Addr = external.parse().unwrap();
+    for i in 0..3 {
+        let to = SocketAddr::new(ip.into(), 80);
+        let answer = tcp_request_to(&lab.client, to, b"hello\n", TIMEOUT)
+            .unwrap_or_else(|e| panic!("request {i} to {to}: {e:#}\n{}", agent.log_text()));
+        assert_eq!(answer, "web-a");
+    }
+    let who = SocketAddr::new(ip.into(), 90);
+    let peer = tcp_request_to(&lab.client, who, b"who\n", TIMEOUT).unwrap_or_else(|e| panic!("{who}: {e:#}"));
+    let peer: SocketAddr = peer.trim().parse().unwrap_or_else(|e| panic!("{peer:?}: {e}"));
+    assert_eq!(peer.ip(), std::net::IpAddr::V6(CLIENT_IP6), "the backend saw {peer}, not the client");
 }
 
 /// An IPv6 LoadBalancer IP with IPv6 loadBalancerSourceRanges: the lab's
