@@ -367,3 +367,77 @@ fn a_pod_reaches_an_ipv6_cluster_ip_whose_backend_is_on_another_node() {
     assert!(maps.v6.ct_any.entries().unwrap().len() >= 2 * 10);
     assert_eq!(maps.stat(stat::TAIL_CALL_FAILED).unwrap(), 0);
 }
+
+/// Another IPv6 conntrack size at a restart: the next agent rebuilds
+/// `LB6_CT_TCP` with it and carries the flows over, and the IPv6 programs
+/// it tail-calls (through the pinned `LB_TC_CALLS`) use the rebuilt map:
+/// idle connections through an IPv6 ClusterIP go on with their backends,
+/// new ones are served, and no tail call failed. IPv4's counterpart:
+/// `a_new_conntrack_size_applies_at_a_restart_and_the_flows_carry_over`
+/// (restart.rs).
+#[test]
+fn a_new_ipv6_conntrack_size_applies_at_a_restart_and_the_flows_carry_over() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    use std::io::{BufRead, BufReader, Write};
+    let (lab, _servers) = lab();
+    let _echoes: Vec<_> =
+        BACKENDS.iter().map(|n| common::line_echo(&lab.pod(n).ns, SocketAddrV6::new(lab.pod_ip6(n), 9001, 0, 0), n)).collect();
+    let pods4: Vec<Ipv4Addr> = BACKENDS.iter().map(|n| lab.pod(n).ip).collect();
+    let pods6: Vec<Ipv6Addr> = BACKENDS.iter().map(|n| lab.pod_ip6(n)).collect();
+    let dir = ManifestDir::new("tc6-ctsize");
+    dir.write("echo.yaml", &dual_stack_yaml("echo", ("10.96.0.50", "fd00:96::32"), (9001, "TCP", 9001), (&pods4, &pods6), false));
+    let agent = Agent::start_with(&lab.node, &dir.0, PinDir::new("tc6-ctsize"), &[]);
+    let fe = "[fd00:96::32]:9001/TCP";
+    agent.wait_rows(fe, |rows| rows.iter().any(|r| r.frontend == fe && r.backends.len() == 2));
+    let vip = SocketAddr::new("fd00:96::32".parse::<Ipv6Addr>().unwrap().into(), 9001);
+    // A line through a connection: the backend's tag.
+    let line = |s: &std::net::TcpStream, text: &str| -> std::io::Result<String> {
+        writeln!(&*s, "{text}")?;
+        let mut line = String::new();
+        BufReader::new(s).read_line(&mut line)?;
+        Ok(line.trim().strip_suffix(&format!(":{text}")).unwrap_or_else(|| panic!("answered {line:?}")).to_string())
+    };
+    // Idle connections, each with the backend it was given.
+    let client = &lab.pod("client").ns;
+    let conns: Vec<(std::net::TcpStream, String)> = client.run(move || {
+        (0..12)
+            .map(|_| {
+                let s = std::net::TcpStream::connect_timeout(&vip, TIMEOUT).unwrap();
+                s.set_read_timeout(Some(TIMEOUT)).unwrap();
+                let backend = line(&s, "l1").unwrap();
+                (s, backend)
+            })
+            .collect()
+    });
+    let size = |pins: &std::path::Path| lb_agent::layout::pinned_def(&pins.join(lb_common::names::CT_TCP6)).unwrap().max_entries;
+    assert_eq!(size(&agent.pins.0), lb_common::sizes::CT_TCP6);
+
+    let pins = agent.stop_keeping_pins(libc::SIGTERM);
+    let agent = Agent::start_with(&lab.node, &dir.0, pins, &["--ct6-tcp-size", "131072"]);
+    agent.wait_log("the rebuilt map to go live", "this agent's programs are live");
+    let log = agent.log_text();
+    assert_eq!(size(&agent.pins.0), 131072, "{log}");
+    assert!(log.contains("flows carried into the rebuilt map"), "{log}");
+    let entries = agent.maps().v6.ct_tcp.entries().unwrap();
+    for (s, _) in &conns {
+        let port = s.local_addr().unwrap().port();
+        assert!(entries.iter().any(|(k, _)| k.sport == port.to_be()), "no IPv6 entry for client port {port}");
+    }
+    // Each connection goes on, with its backend; new ones are served.
+    for (i, (s, backend)) in conns.iter().enumerate() {
+        let now = line(s, "l2").unwrap_or_else(|e| panic!("connection {i} after the restart: {e}\n{log}"));
+        assert_eq!(&now, backend, "connection {i}");
+    }
+    // (The line echo keeps a connection open: one line, no EOF.)
+    let answer = client
+        .run(move || {
+            let s = std::net::TcpStream::connect_timeout(&vip, TIMEOUT)?;
+            s.set_read_timeout(Some(TIMEOUT))?;
+            line(&s, "l3")
+        })
+        .unwrap_or_else(|e| panic!("a new connection: {e}\n{log}"));
+    assert!(BACKENDS.contains(&answer.as_str()), "{answer}");
+    assert_eq!(agent.maps().stat(stat::TAIL_CALL_FAILED).unwrap(), 0);
+}

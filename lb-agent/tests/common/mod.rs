@@ -675,9 +675,11 @@ pub fn with_ip_id(packet: &[u8], id: u16) -> Vec<u8> {
 }
 
 /// A TCP server answering every line with `<tag>:<line>` on connections
-/// it keeps open; stops when the flag it returns is set.
-pub fn line_echo(ns: &Netns, addr: SocketAddrV4, tag: &'static str) -> Arc<AtomicBool> {
+/// it keeps open (on an address of either family); stops when the flag it
+/// returns is set.
+pub fn line_echo(ns: &Netns, addr: impl Into<std::net::SocketAddr>, tag: &'static str) -> Arc<AtomicBool> {
     use std::io::{BufRead, BufReader, Write};
+    let addr = addr.into();
     let stop = Arc::new(AtomicBool::new(false));
     let stop2 = stop.clone();
     ns.spawn_thread("line-echo", move || {
