@@ -309,6 +309,9 @@ impl ClusterLab {
                 router.sysctl("net.ipv6.conf.all.forwarding", "1")?;
                 router.ip(&["-6", "addr", "add", &format!("{ROUTER_CLIENT_SIDE6}/64"), "dev", "rtr-c", "nodad"])?;
                 router.ip(&["-6", "addr", "add", &format!("{ROUTER_IP6}/64"), "dev", "rtr-sw", "nodad"])?;
+                // (Link-local addresses valid at once, as the nodes' below.)
+                router.ip(&["-6", "addr", "add", "fe80::51:1/64", "dev", "rtr-c", "nodad"])?;
+                router.ip(&["-6", "addr", "add", "fe80::50:ff/64", "dev", "rtr-sw", "nodad"])?;
                 let c = &self.client;
                 c.ip(&["-6", "addr", "add", &format!("{ROUTED_CLIENT_IP6}/64"), "dev", CLIENT_IF, "nodad"])?;
                 c.ip(&["-6", "route", "add", "fd00:50::/64", "via", &ROUTER_CLIENT_SIDE6.to_string(), "dev", CLIENT_IF])?;
@@ -319,6 +322,13 @@ impl ClusterLab {
             let ns = &node.ns;
             ns.sysctl("net.ipv6.conf.all.forwarding", "1")?;
             ns.ip(&["-6", "addr", "add", &format!("{}/64", node_ip6(n)), "dev", EXT_IF, "nodad"])?;
+            // A link-local address valid at once: a node forwarding a
+            // packet that is not its own (a pod's, to another node)
+            // solicits the next hop from its link-local address, and sends
+            // nothing while the interface's own one is still in duplicate
+            // address detection (a second or two after the lab came up).
+            // A node up for longer has passed it.
+            ns.ip(&["-6", "addr", "add", &format!("fe80::50:{}/64", n + 1), "dev", EXT_IF, "nodad"])?;
             if self.router.is_some() {
                 ns.ip(&["-6", "route", "add", &format!("{ROUTED_CLIENT_IP6}/128"), "via", &ROUTER_IP6.to_string(), "dev", EXT_IF])?;
             }
