@@ -18,7 +18,7 @@ use aya::{
     Ebpf,
     programs::{Xdp, XdpMode},
 };
-use common::{Agent, ManifestDir, PinDir, WhoAmI, kernel_tests_enabled};
+use common::{Agent, ManifestDir, PinDir, WhoAmI, http_status, kernel_tests_enabled};
 use lb_agent::{datapath::XDP_PASS_PROGRAM, list, maps::Maps};
 use lb_lab::{CLIENT_IP, ClusterLab, Netns, Server, node_ip, tcp_request, tcp_request_with, tcp_server, udp_echo, udp_request};
 
@@ -221,20 +221,6 @@ fn external_ip_and_load_balancer_ip_reach_backends_on_both_nodes() {
         assert!(reply.starts_with("web-"), "{reply}");
         assert_eq!(peer, std::net::SocketAddr::V4(at(vip, 53)));
     }
-}
-
-/// `GET /` from `ns`: (status code, body).
-fn http_status(ns: &Netns, to: SocketAddrV4) -> (u16, String) {
-    ns.run(move || {
-        let mut s = TcpStream::connect_timeout(&to.into(), Duration::from_secs(2)).unwrap_or_else(|e| panic!("{to}: {e}"));
-        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
-        let mut text = String::new();
-        s.read_to_string(&mut text).unwrap();
-        let code = text.split_whitespace().nth(1).unwrap_or("0").parse().unwrap_or(0);
-        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-        (code, body)
-    })
 }
 
 #[test]

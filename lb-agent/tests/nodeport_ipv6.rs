@@ -12,7 +12,7 @@ use std::{
     time::Duration,
 };
 
-use common::{Agent, ManifestDir, PinDir, WhoAmI, dual_stack_nodeport_yaml, kernel_tests_enabled, wait_for};
+use common::{Agent, ManifestDir, PinDir, WhoAmI, dual_stack_nodeport_yaml, http_status, kernel_tests_enabled, wait_for};
 use lb_common::stat;
 use lb_lab::{CLIENT_IP6, ClusterLab, cluster_pod_ip, cluster_pod_ip6, node_ip6, tcp_request_to, tcp_server_at};
 
@@ -41,9 +41,29 @@ fn agent_on_node_a(lab: &ClusterLab, dir: &ManifestDir, tag: &str) -> Agent {
 
 /// [`agent_on_node_a`] with `--xdp-mode xdp`.
 fn agent_on_node_a_in(lab: &ClusterLab, dir: &ManifestDir, tag: &str, xdp: &str) -> Agent {
+    agent_on_node_a_with(lab, dir, tag, &["--xdp-mode", xdp])
+}
+
+/// The agent on node A with the Services of `dir` and `extra` flags after
+/// the lab's own (`--external-ifaces`, the node's name, no health server).
+fn agent_on_node_a_with(lab: &ClusterLab, dir: &ManifestDir, tag: &str, extra: &[&str]) -> Agent {
     let node = lab.node(0);
-    let args = ["--external-ifaces", lb_lab::EXT_IF, "--node-name", &node.name, "--health-addr", "off", "--xdp-mode", xdp];
+    let mut args = vec!["--external-ifaces", lb_lab::EXT_IF, "--node-name", &node.name, "--health-addr", "off"];
+    args.extend_from_slice(extra);
     Agent::start_with(&node.ns, &dir.0, PinDir::new(tag), &args)
+}
+
+/// A dual-stack lab of one node whose pod web-a serves its name on
+/// 8080 of its IPv6 address, and a manifest directory `tag` with
+/// [`manifest`] (`Cluster`).
+fn web_a_lab(tag: &str) -> (ClusterLab, lb_lab::Server, ManifestDir) {
+    let lab = ClusterLab::new(&[&["web-a"]]).unwrap();
+    lab.enable_ipv6().unwrap();
+    let web = lab.node(0).pod("web-a");
+    let server = tcp_server_at(&web.ns, SocketAddrV6::new(cluster_pod_ip6(0, 0), 8080, 0, 0).into(), "web-a").unwrap();
+    let dir = ManifestDir::new(tag);
+    dir.write("svc.yaml", &manifest("Cluster"));
+    (lab, server, dir)
 }
 
 /// A dual-stack lab with `pods` per node, the `web` Service of
@@ -157,27 +177,9 @@ fn nodeport_addresses_of_one_family_leave_the_other_family_served() {
     if !kernel_tests_enabled() {
         return;
     }
-    let lab = ClusterLab::new(&[&["web-a"]]).unwrap();
-    lab.enable_ipv6().unwrap();
-    let node = lab.node(0);
-    let web = node.pod("web-a");
-    let _server = tcp_server_at(&web.ns, SocketAddrV6::new(cluster_pod_ip6(0, 0), 8080, 0, 0).into(), "web-a").unwrap();
-    let dir = ManifestDir::new("np6-addrs");
-    dir.write("svc.yaml", &manifest("Cluster"));
+    let (lab, _server, dir) = web_a_lab("np6-addrs");
     let v4_only = format!("{}/32", lb_lab::node_ip(0));
-    let args = [
-        "--external-ifaces",
-        lb_lab::EXT_IF,
-        "--node-name",
-        &node.name,
-        "--health-addr",
-        "off",
-        "--xdp-mode",
-        "generic",
-        "--nodeport-addresses",
-        &v4_only,
-    ];
-    let agent = Agent::start_with(&node.ns, &dir.0, PinDir::new("np6-addrs"), &args);
+    let agent = agent_on_node_a_with(&lab, &dir, "np6-addrs", &["--xdp-mode", "generic", "--nodeport-addresses", &v4_only]);
     let (np4, np6) = (format!("{}:30080/TCP", lb_lab::node_ip(0)), format!("[{}]:30080/TCP", node_ip6(0)));
     agent.wait_rows("the NodePorts of both families", |rows| {
         [&np4, &np6].iter().all(|fe| rows.iter().any(|r| &r.frontend == *fe && r.backends.len() == 1))
@@ -198,16 +200,11 @@ fn an_ipv6_default_route_names_the_external_interface() {
     if !kernel_tests_enabled() {
         return;
     }
-    let lab = ClusterLab::new(&[&["web-a"]]).unwrap();
-    lab.enable_ipv6().unwrap();
+    let (lab, _server, dir) = web_a_lab("np6-route");
     let node = lab.node(0);
     // The lab's nodes have no default route of either family; this one
     // gets an IPv6 one, to the client on the shared segment.
     node.ns.ip(&["-6", "route", "add", "default", "via", &CLIENT_IP6.to_string(), "dev", lb_lab::EXT_IF]).unwrap();
-    let web = node.pod("web-a");
-    let _server = tcp_server_at(&web.ns, SocketAddrV6::new(cluster_pod_ip6(0, 0), 8080, 0, 0).into(), "web-a").unwrap();
-    let dir = ManifestDir::new("np6-route");
-    dir.write("svc.yaml", &manifest("Cluster"));
     let args = ["--node-name", &node.name, "--health-addr", "off", "--xdp-mode", "generic"];
     let agent = Agent::start_with(&node.ns, &dir.0, PinDir::new("np6-route"), &args);
     let np = format!("[{}]:30080/TCP", node_ip6(0));
@@ -238,15 +235,6 @@ fn local_policy_over_ipv6_keeps_the_client_address() {
     ipv6_nodeport("Local", "np6-local");
 }
 
-/// `GET /` from the lab's client to `to`: (status code, body).
-fn http_status(lab: &ClusterLab, to: SocketAddr) -> (u16, String) {
-    let req = b"GET / HTTP/1.1\r\nHost: lb\r\nConnection: close\r\n\r\n";
-    let text = tcp_request_to(&lab.client, to, req, TIMEOUT).unwrap_or_else(|e| panic!("{to}: {e:#}"));
-    let code = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    (code, body)
-}
-
 /// A dual-stack LoadBalancer Service with `externalTrafficPolicy: Local`:
 /// its health check NodePort answers the load balancer's probes over both
 /// families, as kube-proxy's does (Go binds the wildcard dual-stack). A
@@ -273,7 +261,7 @@ fn a_health_check_nodeport_answers_over_ipv6_and_ipv4() {
     let v6 = SocketAddr::new(node_ip6(0).into(), HC_PORT);
     let v4 = SocketAddr::new(lb_lab::node_ip(0).into(), HC_PORT);
     for to in [v6, v4] {
-        let (code, body) = http_status(&lab, to);
+        let (code, body) = http_status(&lab.client, to);
         assert_eq!(code, 200, "{to}: {body}\n{}", agent.log_text());
         let v: serde_json::Value = serde_json::from_str(&body).unwrap_or_else(|e| panic!("{to}: {e}: {body}"));
         assert_eq!(v["localEndpoints"], 1, "{to}: {body}");
@@ -285,7 +273,7 @@ fn a_health_check_nodeport_answers_over_ipv6_and_ipv4() {
     for to in [v6, v4] {
         // (The check's count follows the same sync as the maps: wait for it.)
         let (code, body) = wait_for(&format!("503 from {to}"), Duration::from_secs(10), || {
-            let (code, body) = http_status(&lab, to);
+            let (code, body) = http_status(&lab.client, to);
             (code == 503).then_some((code, body))
         });
         assert!(body.contains("\"localEndpoints\": 0"), "{to}: {code} {body}");

@@ -674,6 +674,24 @@ pub fn with_ip_id(packet: &[u8], id: u16) -> Vec<u8> {
     p
 }
 
+/// `GET /healthz` over HTTP/1.1 (`Connection: close`) from `ns` to `to`
+/// (either family): (status code, body). Health check NodePorts answer
+/// any path.
+pub fn http_status(ns: &Netns, to: impl Into<SocketAddr>) -> (u16, String) {
+    use std::io::{Read, Write};
+    let to = to.into();
+    ns.run(move || {
+        let mut s = std::net::TcpStream::connect_timeout(&to, Duration::from_secs(2)).unwrap_or_else(|e| panic!("{to}: {e}"));
+        s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
+        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+        let mut text = String::new();
+        s.read_to_string(&mut text).unwrap();
+        let code = text.split_whitespace().nth(1).unwrap_or("0").parse().unwrap_or(0);
+        let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+        (code, body)
+    })
+}
+
 /// A TCP server answering every line with `<tag>:<line>` on connections
 /// it keeps open (on an address of either family); stops when the flag it
 /// returns is set.
