@@ -69,7 +69,9 @@ impl HealthChecks {
                 continue;
             }
             let addr = SocketAddr::from((self.bind, port));
-            match bind(addr) {
+            // Both families on the default wildcard, as kube-proxy's (Go):
+            // a dual-stack load balancer probes each node over both.
+            match crate::http_server::listen(addr) {
                 Ok(listener) => {
                     info!(port, service = %svc, "health check NodePort listening");
                     let (state, hb) = (self.state.clone(), self.heartbeat.clone());
@@ -87,12 +89,6 @@ impl Drop for HealthChecks {
             task.abort();
         }
     }
-}
-
-/// Both families on the default wildcard, as kube-proxy's (Go) health
-/// check NodePorts: a dual-stack load balancer probes each node over both.
-fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    crate::http_server::listen(addr)
 }
 
 async fn serve(listener: TcpListener, port: u16, state: State, heartbeat: Heartbeat) {
