@@ -1,7 +1,7 @@
 //! Correct under churn, with real sockets on a strict lab node: two flows
-//! from one client port to two Services on one backend both work (the
-//! second gets another source port), and a churn of Services (fillers
-//! added and removed, one Service scaled, renamed, flipped between random
+//! from one client port to two Services on one backend both work, over
+//! IPv4 and IPv6 (the second gets another source port), and a churn of
+//! Services (fillers added and removed, one Service scaled, renamed, flipped between random
 //! and Maglev, its affinity toggled) every 200 ms fails no request to the
 //! Services that do not change, and never sends the scaled Service's
 //! clients to a backend outside its endpoints once programming has landed.
@@ -11,7 +11,7 @@ mod common;
 use std::{
     collections::BTreeMap,
     io::{BufRead, BufReader, Write},
-    net::{Ipv4Addr, SocketAddrV4, TcpStream, UdpSocket},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6, TcpStream, UdpSocket},
     os::fd::{FromRawFd, OwnedFd},
     sync::{
         Mutex,
@@ -21,36 +21,23 @@ use std::{
     time::{Duration, Instant},
 };
 
-use common::{Agent, ManifestDir, PinDir, kernel_tests_enabled, line_echo, service_yaml};
-use lb_lab::{NodeLab, Server, churn, tcp_request_with, tcp_server, udp_echo};
+use common::{Agent, ManifestDir, PinDir, dual_stack_yaml, kernel_tests_enabled, line_echo, service_yaml};
+use lb_lab::{NodeLab, Server, churn, tcp_request_with, tcp_server, udp_echo, udp_echo_at};
+use socket2::{Domain, SockRef, Socket, Type};
 
-/// A socket of `kind` bound to `port` with SO_REUSEADDR, so that a second
-/// socket can use the same local port towards another destination.
-fn reused_port_socket(kind: libc::c_int, port: u16) -> OwnedFd {
-    // SAFETY: plain socket calls on a fresh fd we own.
-    unsafe {
-        let fd = libc::socket(libc::AF_INET, kind | libc::SOCK_CLOEXEC, 0);
-        assert!(fd >= 0);
-        let one: libc::c_int = 1;
-        libc::setsockopt(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, (&raw const one).cast(), size_of::<libc::c_int>() as u32);
-        let mut sa: libc::sockaddr_in = std::mem::zeroed();
-        sa.sin_family = libc::AF_INET as u16;
-        sa.sin_port = port.to_be();
-        assert_eq!(libc::bind(fd, (&raw const sa).cast(), size_of::<libc::sockaddr_in>() as u32), 0, "bind {port}");
-        OwnedFd::from_raw_fd(fd)
-    }
+/// A socket of type `ty` for `to`'s family, bound to `port` with
+/// SO_REUSEADDR, so that a second socket can use the same local port
+/// towards another destination.
+fn reused_port_socket(ty: Type, to: SocketAddr, port: u16) -> OwnedFd {
+    let s = Socket::new(Domain::for_address(to), ty, None).unwrap();
+    s.set_reuse_address(true).unwrap();
+    let any: IpAddr = if to.is_ipv6() { Ipv6Addr::UNSPECIFIED.into() } else { Ipv4Addr::UNSPECIFIED.into() };
+    s.bind(&SocketAddr::new(any, port).into()).unwrap_or_else(|e| panic!("bind {port}: {e}"));
+    s.into()
 }
 
-fn connect(fd: &OwnedFd, to: SocketAddrV4) -> std::io::Result<()> {
-    use std::os::fd::AsRawFd;
-    // SAFETY: a valid fd and sockaddr.
-    let mut sa: libc::sockaddr_in = unsafe { std::mem::zeroed() };
-    sa.sin_family = libc::AF_INET as u16;
-    sa.sin_port = to.port().to_be();
-    sa.sin_addr.s_addr = u32::from_ne_bytes(to.ip().octets());
-    // SAFETY: as above.
-    let rc = unsafe { libc::connect(fd.as_raw_fd(), (&raw const sa).cast(), size_of::<libc::sockaddr_in>() as u32) };
-    if rc == 0 { Ok(()) } else { Err(std::io::Error::last_os_error()) }
+fn connect(fd: &OwnedFd, to: impl Into<SocketAddr>) -> std::io::Result<()> {
+    SockRef::from(fd).connect(&to.into().into())
 }
 
 #[test]
@@ -69,13 +56,55 @@ fn two_live_flows_from_one_client_port_to_two_services_on_one_backend() {
     dir.write("ub.yaml", &service_yaml("ub", "10.96.0.51", 53, "UDP", 5353, &[b1.ip]));
     let agent = Agent::start(&lab.node, &dir.0, "clash");
     agent.wait_rows("four frontends", |rows| rows.len() == 4 && rows.iter().all(|r| r.backends.len() == 1));
-    let (a, b) = (SocketAddrV4::new([10, 96, 0, 50].into(), 80), SocketAddrV4::new([10, 96, 0, 51].into(), 80));
+    let services = (Ipv4Addr::new(10, 96, 0, 50).into(), Ipv4Addr::new(10, 96, 0, 51).into());
+    two_flows_per_client_port(&lab, &agent, services, 45000);
+    stop.store(true, Ordering::SeqCst);
+}
+
+/// The same over IPv6: the clash is met in `LB6_CT_*` (the port search is
+/// the shared code's, over 40-byte tuples).
+#[test]
+fn two_live_flows_from_one_client_port_to_two_ipv6_services_on_one_backend() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let lab = NodeLab::new(&["client", "b1"]).unwrap();
+    lab.enable_ipv6().unwrap();
+    let b1 = lab.pod("b1");
+    let ip6 = lab.pod_ip6("b1");
+    let stop = line_echo(&b1.ns, SocketAddrV6::new(ip6, 8080, 0, 0), "b1");
+    let _udp = udp_echo_at(&b1.ns, SocketAddrV6::new(ip6, 5353, 0, 0).into(), "b1").unwrap();
+    let dir = ManifestDir::new("clash6");
+    let pods = (&[b1.ip][..], &[ip6][..]);
+    for (name, ips, port) in [
+        ("a", ("10.96.0.50", "fd00:96::50"), (80, "TCP", 8080)),
+        ("b", ("10.96.0.51", "fd00:96::51"), (80, "TCP", 8080)),
+        ("ua", ("10.96.0.50", "fd00:96::50"), (53, "UDP", 5353)),
+        ("ub", ("10.96.0.51", "fd00:96::51"), (53, "UDP", 5353)),
+    ] {
+        dir.write(&format!("{name}.yaml"), &dual_stack_yaml(name, ips, port, pods, false));
+    }
+    let agent = Agent::start(&lab.node, &dir.0, "clash6");
+    agent.wait_rows("eight frontends", |rows| rows.len() == 8 && rows.iter().all(|r| r.backends.len() == 1));
+    let services = ("fd00:96::50".parse::<Ipv6Addr>().unwrap().into(), "fd00:96::51".parse::<Ipv6Addr>().unwrap().into());
+    two_flows_per_client_port(&lab, &agent, services, 46000);
+    stop.store(true, Ordering::SeqCst);
+}
+
+/// Ten rounds from the client pod, each from one source port (`first`,
+/// then the next ones): two TCP connections, one to each of `services`
+/// (port 80), both open at once and each answered on its own connection,
+/// and two connected UDP sockets (port 53) likewise. The Services share
+/// their one backend, `b1`, so the second flow of each pair must get
+/// another source port.
+fn two_flows_per_client_port(lab: &NodeLab, agent: &Agent, services: (IpAddr, IpAddr), first: u16) {
+    let (a, b) = (SocketAddr::new(services.0, 80), SocketAddr::new(services.1, 80));
     let result = lab.pod("client").ns.run(move || -> std::io::Result<Vec<String>> {
         let mut out = Vec::new();
         for round in 0..10u16 {
-            let port = 45000 + round;
+            let port = first + round;
             // Two TCP connections from the same port, both open at once.
-            let (fa, fb) = (reused_port_socket(libc::SOCK_STREAM, port), reused_port_socket(libc::SOCK_STREAM, port));
+            let (fa, fb) = (reused_port_socket(Type::STREAM, a, port), reused_port_socket(Type::STREAM, b, port));
             connect(&fa, a)?;
             connect(&fb, b)?;
             let (mut ta, mut tb) = (TcpStream::from(fa), TcpStream::from(fb));
@@ -92,9 +121,9 @@ fn two_live_flows_from_one_client_port_to_two_services_on_one_backend() {
                 out.push(format!("{}|{}", la.trim(), lb.trim()));
             }
             // Two connected UDP sockets from one port, one to each Service.
-            let (ua, ub) = (reused_port_socket(libc::SOCK_DGRAM, port), reused_port_socket(libc::SOCK_DGRAM, port));
-            connect(&ua, SocketAddrV4::new(*a.ip(), 53))?;
-            connect(&ub, SocketAddrV4::new(*b.ip(), 53))?;
+            let (ua, ub) = (reused_port_socket(Type::DGRAM, a, port), reused_port_socket(Type::DGRAM, b, port));
+            connect(&ua, SocketAddr::new(a.ip(), 53))?;
+            connect(&ub, SocketAddr::new(b.ip(), 53))?;
             let (ua, ub) = (UdpSocket::from(ua), UdpSocket::from(ub));
             for u in [&ua, &ub] {
                 u.set_read_timeout(Some(Duration::from_secs(2)))?;
@@ -110,7 +139,6 @@ fn two_live_flows_from_one_client_port_to_two_services_on_one_backend() {
         }
         Ok(out)
     });
-    stop.store(true, Ordering::SeqCst);
     let lines = result.unwrap_or_else(|e| panic!("{e}\n{}", agent.log_text()));
     let want: Vec<String> =
         (0..10).flat_map(|r| (0..3).map(move |i| format!("b1:a{r}.{i}|b1:b{r}.{i}")).chain([format!("b1:ua{r}|b1:ub{r}")])).collect();
@@ -167,7 +195,7 @@ fn a_client_reusing_its_port_for_the_same_service_keeps_it() {
     let seen = client.run(move || -> std::io::Result<Vec<String>> {
         let mut seen = Vec::new();
         for _ in 0..5 {
-            let fd = reused_port_socket(libc::SOCK_STREAM, 45500);
+            let fd = reused_port_socket(Type::STREAM, to.into(), 45500);
             connect(&fd, to)?;
             let mut s = BufReader::new(TcpStream::from(fd));
             s.get_ref().set_read_timeout(Some(Duration::from_secs(3)))?;
@@ -235,13 +263,7 @@ fn request_from_port(to: SocketAddrV4, timeout: Duration) -> Result<String, (u16
 }
 
 fn local_port(fd: &OwnedFd) -> u16 {
-    use std::os::fd::AsRawFd;
-    // SAFETY: zeroed plain data.
-    let mut sa: libc::sockaddr_in = unsafe { std::mem::zeroed() };
-    let mut len = size_of::<libc::sockaddr_in>() as libc::socklen_t;
-    // SAFETY: a valid fd and an out buffer of `len` bytes.
-    unsafe { libc::getsockname(fd.as_raw_fd(), (&raw mut sa).cast(), &mut len) };
-    u16::from_be(sa.sin_port)
+    SockRef::from(fd).local_addr().ok().and_then(|a| a.as_socket()).map_or(0, |a| a.port())
 }
 
 /// The kernel's TCP and IP counters of a namespace that say where a SYN
