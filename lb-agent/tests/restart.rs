@@ -6,13 +6,14 @@
 //! without a gap; one agent per bpffs directory; `lb-agent uninstall`
 //! leaves nothing attached or pinned; a new pod's interface is attached on
 //! its link event, before its first packet (`lb-bench` B7 measures how
-//! soon).
+//! soon). The crash, the north-south hook switch and the older layout are
+//! also run with the same traffic over IPv6, on a dual-stack node.
 
 mod common;
 
 use std::{
     io::{BufRead, BufReader, Write},
-    net::{Ipv4Addr, SocketAddrV4, TcpStream, UdpSocket},
+    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, TcpStream, UdpSocket},
     os::fd::AsFd,
     path::Path,
     process::Command,
@@ -26,23 +27,32 @@ use std::{
 
 use common::{Agent, ManifestDir, PinDir, kernel_tests_enabled, line_echo, wait_for};
 use lb_agent::links;
-use lb_lab::{ClusterLab, Netns, NodeLab, Server, node_ip, tcp_server, udp_echo};
+use lb_lab::{ClusterLab, Netns, NodeLab, Server, node_ip, tcp_server, tcp_server_at, udp_echo, udp_echo_at};
 
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 10);
 const STREAM_VIP: Ipv4Addr = Ipv4Addr::new(10, 96, 0, 11);
+const VIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0x10);
+const STREAM_VIP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0x96, 0, 0, 0, 0, 0, 0x11);
 const HTTP_NODEPORT: u16 = 30080;
 
 /// `web` (TCP 80 and UDP 53 on web-a and web-b, NodePort 30080 for TCP)
-/// and `stream` (TCP 7000 on web-a only: a line echo).
-fn manifests(a: Ipv4Addr, b: Ipv4Addr) -> String {
-    format!(
+/// and `stream` (TCP 7000 on web-a only: a line echo). With `v6` (web-a's
+/// and web-b's IPv6 addresses), both are dual-stack: ClusterIPs
+/// [`VIP6`] and [`STREAM_VIP6`] too, and an IPv6 EndpointSlice each.
+fn manifests(a: Ipv4Addr, b: Ipv4Addr, v6: Option<(Ipv6Addr, Ipv6Addr)>) -> String {
+    let dual = |ip6: Ipv6Addr| match v6 {
+        Some(_) => format!("  clusterIPs: [{VIP}, \"{ip6}\"]\n  ipFamilies: [IPv4, IPv6]\n  ipFamilyPolicy: RequireDualStack\n"),
+        None => String::new(),
+    };
+    let (web6, stream6) = (dual(VIP6), dual(STREAM_VIP6));
+    let v4 = format!(
         r#"apiVersion: v1
 kind: Service
 metadata: {{name: web, namespace: test}}
 spec:
   type: NodePort
   clusterIP: {VIP}
-  ports:
+{web6}  ports:
   - {{name: http, port: 80, protocol: TCP, targetPort: 8080, nodePort: {HTTP_NODEPORT}}}
   - {{name: dns, port: 53, protocol: UDP, targetPort: 5353}}
 ---
@@ -69,7 +79,7 @@ kind: Service
 metadata: {{name: stream, namespace: test}}
 spec:
   clusterIP: {STREAM_VIP}
-  ports:
+{stream6}  ports:
   - {{name: lines, port: 7000, protocol: TCP, targetPort: 9000}}
 ---
 apiVersion: discovery.k8s.io/v1
@@ -86,12 +96,25 @@ endpoints:
   nodeName: node-a
   conditions: {{ready: true}}
 "#
-    )
+    );
+    let Some((a6, b6)) = v6 else { return v4 };
+    let slice = |svc: &str, ports: &str, addrs: &[Ipv6Addr]| {
+        let eps: String =
+            addrs.iter().map(|ip| format!("- addresses: [\"{ip}\"]\n  nodeName: node-a\n  conditions: {{ready: true}}\n")).collect();
+        format!(
+            "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata:\n  name: {svc}-6\n  namespace: test\n  \
+             labels: {{kubernetes.io/service-name: {svc}}}\naddressType: IPv6\nports:\n{ports}endpoints:\n{eps}"
+        )
+    };
+    let web_ports = "- {name: http, port: 8080, protocol: TCP}\n- {name: dns, port: 5353, protocol: UDP}\n";
+    let stream_ports = "- {name: lines, port: 9000, protocol: TCP}\n";
+    v4 + &slice("web", web_ports, &[a6, b6]) + &slice("stream", stream_ports, &[a6])
 }
 
 /// One request on a new connection, answered within [`ANSWER`].
-fn request(to: SocketAddrV4) -> Result<(), String> {
-    let mut s = TcpStream::connect_timeout(&to.into(), ANSWER).map_err(|e| format!("connect {to}: {e}"))?;
+fn request(to: impl Into<SocketAddr>) -> Result<(), String> {
+    let to = to.into();
+    let mut s = TcpStream::connect_timeout(&to, ANSWER).map_err(|e| format!("connect {to}: {e}"))?;
     s.set_read_timeout(Some(ANSWER)).map_err(|e| e.to_string())?;
     s.write_all(b"hi\n").map_err(|e| format!("write {to}: {e}"))?;
     let mut answer = String::new();
@@ -149,7 +172,8 @@ const EVERY: Duration = Duration::from_millis(50);
 const ANSWER: Duration = Duration::from_secs(1);
 
 impl Traffic {
-    fn start(lab: &ClusterLab) -> Traffic {
+    fn start(n: &Node) -> Traffic {
+        let (lab, to) = (&n.lab, n.to);
         let stop = Arc::new(AtomicBool::new(false));
         let (clusterip, udp, stream, nodeport) = Default::default();
         let mut t = Traffic { stop, clusterip, udp, stream, nodeport, threads: Vec::new() };
@@ -159,7 +183,7 @@ impl Traffic {
         t.threads.push(
             cli.spawn_thread("clusterip", move || {
                 while !stop.load(Ordering::SeqCst) {
-                    tally.record("clusterip", request(SocketAddrV4::new(VIP, 80)));
+                    tally.record("clusterip", request((to.vip, 80)));
                     thread::sleep(EVERY);
                 }
             })
@@ -171,7 +195,7 @@ impl Traffic {
             lab.client
                 .spawn_thread("nodeport", move || {
                     while !stop.load(Ordering::SeqCst) {
-                        tally.record("nodeport", request(SocketAddrV4::new(node_ip(0), HTTP_NODEPORT)));
+                        tally.record("nodeport", request((to.node, HTTP_NODEPORT)));
                         thread::sleep(EVERY);
                     }
                 })
@@ -182,8 +206,9 @@ impl Traffic {
         let (stop, tally) = (t.stop.clone(), t.udp.clone());
         t.threads.push(
             cli.spawn_thread("udp-flow", move || {
-                let s = UdpSocket::bind("0.0.0.0:0").unwrap();
-                s.connect(SocketAddrV4::new(VIP, 53)).unwrap();
+                let any: IpAddr = if to.vip.is_ipv6() { Ipv6Addr::UNSPECIFIED.into() } else { Ipv4Addr::UNSPECIFIED.into() };
+                let s = UdpSocket::bind((any, 0)).unwrap();
+                s.connect((to.vip, 53)).unwrap();
                 s.set_read_timeout(Some(ANSWER)).unwrap();
                 let mut n = 0u64;
                 while !stop.load(Ordering::SeqCst) {
@@ -210,7 +235,7 @@ impl Traffic {
         let (stop, tally) = (t.stop.clone(), t.stream.clone());
         t.threads.push(
             cli.spawn_thread("stream", move || {
-                let s = TcpStream::connect_timeout(&SocketAddrV4::new(STREAM_VIP, 7000).into(), ANSWER).unwrap();
+                let s = TcpStream::connect_timeout(&(to.stream_vip, 7000).into(), ANSWER).unwrap();
                 s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
                 let mut out = s.try_clone().unwrap();
                 let mut lines = BufReader::new(s);
@@ -257,27 +282,64 @@ impl Traffic {
     }
 }
 
+/// Where a test's traffic goes: one family's frontends.
+#[derive(Clone, Copy)]
+struct Frontends {
+    vip: IpAddr,
+    stream_vip: IpAddr,
+    /// The node's address, for the NodePort.
+    node: IpAddr,
+}
+
 /// One node with web-a, web-b and a client pod; an external client.
 struct Node {
     _servers: Vec<Server>,
     _echo: Arc<AtomicBool>,
     dir: ManifestDir,
     lab: ClusterLab,
+    to: Frontends,
 }
 
 fn node(tag: &str) -> Node {
+    node_of(tag, false)
+}
+
+/// The same node dual-stack (the Services and the servers too), with
+/// IPv6 frontends for the traffic.
+fn node6(tag: &str) -> Node {
+    node_of(tag, true)
+}
+
+fn node_of(tag: &str, v6: bool) -> Node {
     let lab = ClusterLab::new(&[&["web-a", "web-b", "cli"]]).unwrap();
+    if v6 {
+        lab.enable_ipv6().unwrap();
+    }
+    // A pod's address in the traffic's family.
+    let at = |i: usize, ip: Ipv4Addr, port: u16| -> SocketAddr {
+        if v6 { (lb_lab::cluster_pod_ip6(0, i), port).into() } else { (ip, port).into() }
+    };
     let mut servers = Vec::new();
-    for name in ["web-a", "web-b"] {
+    for (i, name) in ["web-a", "web-b"].into_iter().enumerate() {
         let pod = lab.node(0).pod(name);
-        servers.push(tcp_server(&pod.ns, SocketAddrV4::new(pod.ip, 8080), name).unwrap());
-        servers.push(udp_echo(&pod.ns, SocketAddrV4::new(pod.ip, 5353), name).unwrap());
+        servers.push(tcp_server_at(&pod.ns, at(i, pod.ip, 8080), name).unwrap());
+        servers.push(udp_echo_at(&pod.ns, at(i, pod.ip, 5353), name).unwrap());
+        if v6 {
+            // The IPv4 Services are served too.
+            servers.push(tcp_server(&pod.ns, SocketAddrV4::new(pod.ip, 8080), name).unwrap());
+        }
     }
     let a = lab.node(0).pod("web-a");
-    let echo = line_echo(&a.ns, SocketAddrV4::new(a.ip, 9000), "web-a");
+    let echo = line_echo(&a.ns, at(0, a.ip, 9000), "web-a");
     let dir = ManifestDir::new(tag);
-    dir.write("svc.yaml", &manifests(a.ip, lab.node(0).pod("web-b").ip));
-    Node { _servers: servers, _echo: echo, dir, lab }
+    let v6_pods = v6.then(|| (lb_lab::cluster_pod_ip6(0, 0), lb_lab::cluster_pod_ip6(0, 1)));
+    dir.write("svc.yaml", &manifests(a.ip, lab.node(0).pod("web-b").ip, v6_pods));
+    let to = if v6 {
+        Frontends { vip: VIP6.into(), stream_vip: STREAM_VIP6.into(), node: lb_lab::node_ip6(0).into() }
+    } else {
+        Frontends { vip: VIP.into(), stream_vip: STREAM_VIP.into(), node: node_ip(0).into() }
+    };
+    Node { _servers: servers, _echo: echo, dir, lab, to }
 }
 
 impl Node {
@@ -370,7 +432,7 @@ fn sigterm_and_three_seconds_without_an_agent_fail_nothing() {
     }
     let n = node("restart");
     let agent = n.agent(PinDir::new("restart"));
-    let traffic = Traffic::start(&n.lab);
+    let traffic = Traffic::start(&n);
     thread::sleep(Duration::from_secs(1));
     let pins = agent.stop_keeping_pins(libc::SIGTERM);
     thread::sleep(Duration::from_secs(3));
@@ -396,9 +458,22 @@ fn sigkill_and_five_seconds_without_an_agent_answer_every_request() {
     if !kernel_tests_enabled() {
         return;
     }
-    let n = node("crash");
-    let agent = n.agent(PinDir::new("crash"));
-    let traffic = Traffic::start(&n.lab);
+    sigkill_and_five_seconds_without_an_agent(node("crash"), "crash");
+}
+
+/// The same with IPv6 traffic: the IPv6 programs, tail-called through
+/// pinned program arrays, and the `LB6_*` maps outlive the agent too.
+#[test]
+fn sigkill_and_five_seconds_without_an_agent_answer_every_ipv6_request() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    sigkill_and_five_seconds_without_an_agent(node6("crash6"), "crash6");
+}
+
+fn sigkill_and_five_seconds_without_an_agent(n: Node, tag: &str) {
+    let agent = n.agent(PinDir::new(tag));
+    let traffic = Traffic::start(&n);
     thread::sleep(Duration::from_millis(500));
     let pins = agent.stop_keeping_pins(libc::SIGKILL);
     let before = traffic.ok();
@@ -429,9 +504,22 @@ fn switching_the_north_south_hook_at_a_restart_fails_nothing() {
     if !kernel_tests_enabled() {
         return;
     }
-    let n = node("hookswitch");
-    let agent = n.agent(PinDir::new("hookswitch"));
-    let traffic = Traffic::start(&n.lab);
+    switch_the_north_south_hook_twice(node("hookswitch"), "hookswitch");
+}
+
+/// The same with IPv6 traffic (the NodePort from outside to the node's
+/// IPv6 address: `lb_xdp6`, then `lb_tc_ns6`, then `lb_xdp6` again).
+#[test]
+fn switching_the_north_south_hook_at_a_restart_fails_no_ipv6_request() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    switch_the_north_south_hook_twice(node6("hookswitch6"), "hookswitch6");
+}
+
+fn switch_the_north_south_hook_twice(n: Node, tag: &str) {
+    let agent = n.agent(PinDir::new(tag));
+    let traffic = Traffic::start(&n);
     let ext_hooks = || {
         let all = hooks(&n.lab.node(0).ns);
         let ours =
@@ -456,13 +544,23 @@ fn switching_the_north_south_hook_at_a_restart_fails_nothing() {
     assert_one_program_per_hook(&n.lab.node(0).ns);
 }
 
+/// A backends map as an older agent left it: another value size.
+struct OlderMap {
+    name: &'static str,
+    entries: u32,
+    value_then: u32,
+    /// This build's value size.
+    value_now: u32,
+}
+
 /// Replaces a pinned map with one of another layout, as an older agent
 /// would have left it, and forgets the recorded layout versions.
-fn fabricate_older_layout(pins: &Path) {
-    let backends = pins.join(lb_common::names::BACKENDS);
-    std::fs::remove_file(&backends).unwrap();
-    // Before slots had versions, a backend was 8 bytes.
-    bpftool(&["map", "create"], &backends, &["type", "array", "key", "4", "value", "8", "entries", "65536", "name", "LB4_BACKENDS"]);
+fn fabricate_older_layout(pins: &Path, older: &OlderMap) {
+    let name = older.name;
+    let path = pins.join(name);
+    std::fs::remove_file(&path).unwrap();
+    let (value, entries) = (older.value_then.to_string(), older.entries.to_string());
+    bpftool(&["map", "create"], &path, &["type", "array", "key", "4", "value", &value, "entries", &entries, "name", name]);
     // And its LB_LAYOUT recorded none of the versions, in 32 entries: too
     // few for this build's maps (an agent reusing it failed at start).
     let layout = pins.join(lb_common::names::LAYOUT);
@@ -476,12 +574,41 @@ fn maps_of_an_older_layout_are_rebuilt_while_the_old_programs_serve() {
     if !kernel_tests_enabled() {
         return;
     }
-    let n = node("upgrade");
-    let agent = n.agent(PinDir::new("upgrade"));
-    let traffic = Traffic::start(&n.lab);
+    // Before slots had versions, a backend was 8 bytes.
+    let older = OlderMap {
+        name: lb_common::names::BACKENDS,
+        entries: lb_common::sizes::BACKENDS,
+        value_then: 8,
+        value_now: size_of::<lb_common::maps::Backend4>() as u32,
+    };
+    rebuild_an_older_layout_under_traffic(node("upgrade"), "upgrade", &older, &["LB4_BACKENDS", "LB4_SERVICES", "LB4_CT_TCP"]);
+}
+
+/// The same with IPv6 traffic and an `LB6_BACKENDS` of another value
+/// size: the `LB6_*` maps are rebuilt (conntrack included) while the old
+/// programs serve, and the new ones, tail-called, take over.
+#[test]
+fn ipv6_maps_of_an_older_layout_are_rebuilt_while_the_old_programs_serve() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let older = OlderMap {
+        name: lb_common::names::BACKENDS6,
+        entries: lb_common::sizes::BACKENDS6,
+        value_then: 20,
+        value_now: size_of::<lb_common::maps6::Backend6>() as u32,
+    };
+    rebuild_an_older_layout_under_traffic(node6("upgrade6"), "upgrade6", &older, &["LB6_BACKENDS", "LB6_SERVICES", "LB6_CT_TCP"]);
+}
+
+/// Restarts the agent on maps of an older layout (`older`) under traffic,
+/// and checks that the maps named in `rebuilt` are rebuilt without a gap.
+fn rebuild_an_older_layout_under_traffic(n: Node, tag: &str, older: &OlderMap, rebuilt: &[&str]) {
+    let agent = n.agent(PinDir::new(tag));
+    let traffic = Traffic::start(&n);
     thread::sleep(Duration::from_millis(500));
     let pins = agent.stop_keeping_pins(libc::SIGTERM);
-    fabricate_older_layout(&pins.0);
+    fabricate_older_layout(&pins.0, older);
     // Stale held program arrays, as an agent that never went live (or a
     // rollback past one) leaves them: not the arrays the attached programs
     // tail-call through, which must be held all the same.
@@ -512,13 +639,13 @@ fn maps_of_an_older_layout_are_rebuilt_while_the_old_programs_serve() {
     assert!(failed[0] <= 1 && failed[1] <= 1, "{report}\nagent log:\n{log}");
     assert!(after[0] >= live[0] + 3 && after[3] >= live[3] + 3, "new connections stopped: {report}");
     assert!(udp_failed <= 1 && after[1] > live[1] + 10, "the UDP flow stopped: {report}");
-    for map in ["LB4_BACKENDS", "LB4_SERVICES", "LB4_CT_TCP"] {
+    for map in rebuilt {
         assert!(
             log.lines().any(|l| l.contains("WARN") && l.contains(&format!("map=\"{map}\"")) && l.contains("rebuilding")),
             "no warning naming {map}:\n{log}"
         );
     }
-    assert!(log.contains("value size 8, this agent's is 12"), "{log}");
+    assert!(log.contains(&format!("value size {}, this agent's is {}", older.value_then, older.value_now)), "{log}");
     // The old program arrays, which the old programs tail-called through
     // until the swap (IPv4 NodePorts among them), were held until then,
     // and are gone now.
@@ -532,8 +659,7 @@ fn maps_of_an_older_layout_are_rebuilt_while_the_old_programs_serve() {
         assert!(left.is_empty(), "held program arrays left pinned: {left:?}");
     }
     // The rebuilt map is the new layout, and a restart now reuses it all.
-    let info = lb_agent::layout::pinned_def(&agent.pins.0.join("LB4_BACKENDS")).unwrap();
-    assert_eq!(info.value_size, 12);
+    assert_eq!(lb_agent::layout::pinned_def(&agent.pins.0.join(older.name)).unwrap().value_size, older.value_now);
     let pins = agent.stop_keeping_pins(libc::SIGTERM);
     let again = n.agent(pins);
     assert!(!again.log_text().contains("rebuilding"), "{}", again.log_text());
