@@ -547,3 +547,96 @@ fn ipv6_session_affinity_keys_a_client_prefix() {
     chosen(&mut l, "fd00:10:244:3::1");
     assert_eq!(entries(&l), 10, "another /64, another entry");
 }
+
+/// An IPv6 Maglev frontend picks the slot of the agent's table (in the
+/// shared `LB4_MAGLEV`, by its shared frontend ID) for
+/// [`flow_hash6`](lb_common::hash::flow_hash6) of the flow, with and
+/// without conntrack, and a backend less moves only its own flows.
+#[test]
+fn ipv6_maglev_picks_exactly_the_agents_table_slot() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    use common::v6;
+    use lb_common::hash::flow_hash6;
+    use std::net::{Ipv6Addr, SocketAddrV6};
+    let sa6 = |s: &str| s.parse::<SocketAddrV6>().unwrap();
+    let vip = sa6("[fd00:96::40]:80");
+    let five: Vec<SocketAddrV6> = (0..5).map(|i| sa6(&format!("[fd00:10:244:1::{:x}]:8080", 0x10 + i))).collect();
+    let mut l = Loaded::new("maglev6", Desired::default());
+    let apply = |l: &mut Loaded, bes: &[SocketAddrV6]| {
+        let (a, mut f) = v6::frontend(vip, Protocol::Tcp, bes);
+        f.flags |= svc_flags::MAGLEV;
+        let d6: Desired<Ipv6Addr> = [(a, f)].into_iter().collect();
+        let s = l.reconciler.apply_dual(&[&Desired::default()], &[&d6]);
+        assert!(s.errors.is_empty(), "{s:?}");
+        s
+    };
+    apply(&mut l, &five);
+    let id = l.reconciler.frontend_id(&FrontendAddr::new(*vip.ip(), 80, Protocol::Tcp)).unwrap();
+    let table = l.reconciler.maps().maglev_table(id).unwrap().expect("a Maglev table is installed");
+    assert_eq!(table.len(), sizes::MAGLEV_M as usize);
+    let words =
+        |ip: &Ipv6Addr| -> [u32; 4] { std::array::from_fn(|i| u32::from_ne_bytes(ip.octets()[4 * i..4 * i + 4].try_into().unwrap())) };
+    let backend_of: BTreeMap<u32, SocketAddrV6> = l
+        .reconciler
+        .maps()
+        .v6
+        .backends
+        .slots()
+        .unwrap()
+        .into_iter()
+        .filter(|(_, b)| b.addr != [0; 4])
+        .map(|(id, b)| {
+            let octets: Vec<u8> = b.addr.iter().flat_map(|w| w.to_ne_bytes()).collect();
+            let ip = <[u8; 16]>::try_from(octets).unwrap();
+            (id, SocketAddrV6::new(ip.into(), u16::from_be(b.port), 0, 0))
+        })
+        .collect();
+    assert_eq!(backend_of.len(), 5);
+    let client = |port: u16| sa6(&format!("[fd00:10:244::b]:{port}"));
+    let table_pick = |port: u16| {
+        let hash = flow_hash6(&words(client(port).ip()), &words(vip.ip()), port.to_be(), 80u16.to_be(), 6);
+        backend_of[&table[(hash % sizes::MAGLEV_M) as usize]]
+    };
+    let none = etherparse::Ipv6Extensions::default;
+    // The backend a packet leaving the program goes to.
+    let target = |p: &[u8]| {
+        let ip: [u8; 16] = p[14 + 24..14 + 40].try_into().unwrap();
+        SocketAddrV6::new(ip.into(), u16::from_be_bytes([p[14 + 42], p[14 + 43]]), 0, 0)
+    };
+    let ports = 30000..30300u16;
+    let mut used = BTreeMap::<SocketAddrV6, usize>::new();
+    for port in ports.clone() {
+        let got = target(&l.run(&v6::tcp(client(port), vip, "S", 1, b"", none())).packet);
+        assert_eq!(got, table_pick(port), "flow from port {port}");
+        *used.entry(got).or_default() += 1;
+    }
+    assert_eq!(used.len(), 5, "all backends take flows: {used:?}");
+
+    // Without conntrack (another node, or an evicted entry) every flow
+    // still goes to the same backend.
+    let ct = &mut l.reconciler.maps_mut().v6.ct_tcp;
+    let keys: Vec<_> = ct.entries().unwrap().into_iter().map(|(k, _)| k).collect();
+    assert!(keys.len() >= 300, "{} entries", keys.len());
+    assert_eq!(ct.remove_all(&keys).unwrap(), keys.len());
+    for port in ports.clone() {
+        let first = target(&l.run(&v6::tcp(client(port), vip, "A", 2, b"", none())).packet);
+        let again = target(&l.run(&v6::tcp(client(port), vip, "A", 3, b"", none())).packet);
+        assert_eq!((first, again), (table_pick(port), table_pick(port)), "flow from port {port} without its entry");
+    }
+
+    // A backend less moves only the flows it had (plus about 1 %).
+    let before: Vec<SocketAddrV6> = ports.clone().map(table_pick).collect();
+    let stats = apply(&mut l, &five[..4]);
+    assert_eq!(stats.maglev_tables, 1, "the table was rewritten");
+    let mut moved = 0;
+    for (i, port) in ports.enumerate() {
+        let now = target(&l.run(&v6::tcp(client(port), vip, "S", 1, b"", none())).packet);
+        assert_ne!(now, five[4], "flow from port {port} on the removed backend");
+        if before[i] != five[4] && now != before[i] {
+            moved += 1;
+        }
+    }
+    assert!(moved <= 300 / 100 + 3, "{moved} of 300 flows moved off surviving backends");
+}
