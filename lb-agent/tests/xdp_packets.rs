@@ -1424,6 +1424,13 @@ fn icmpv6_errors_quoting_extension_headers_and_first_fragments_are_translated(ho
     assert_eq!(fx.l.stat(stat::TAIL_CALL_FAILED), 0);
 }
 
+/// [`expect`] for an IPv6 packet.
+fn expect6(name: &str, out: &Outcome, verdict: i32, packet: &[u8]) {
+    assert_eq!(out.verdict, verdict, "{name}: verdict");
+    common::v6::assert_checksums_valid(name, &out.packet);
+    assert_eq!(hex(&out.packet), hex(packet), "{name}: output packet");
+}
+
 fn node6(port: u16) -> std::net::SocketAddrV6 {
     std::net::SocketAddrV6::new(NODE6.parse().unwrap(), port, 0, 0)
 }
@@ -1434,23 +1441,18 @@ fn ipv6_nodeport_to_a_remote_backend_is_nat66ed_and_forwarded_and_replies_revers
     let np = node6(30080);
     let be = sa6("[fd00:244:2::10]:8080");
     let nat = node6(NAT_PORT);
-    let v6 = |name: &str, out: &Outcome, verdict: i32, want: &[u8]| {
-        assert_eq!(out.verdict, verdict, "{name}: verdict");
-        common::v6::assert_checksums_valid(name, &out.packet);
-        assert_eq!(hex(&out.packet), hex(want), "{name}: output packet");
-    };
 
     // DNAT and SNAT to node A's IPv6 address and a port of the SNAT range,
     // out of the same interface to node B (the FIB's MACs, hop limit 63).
     let out = fx.run(&common::v6::tcp_in(IN, c, np, "S", 1000, b""));
-    v6("SYN to the IPv6 NodePort", &out, XDP_TX, &common::v6::tcp_in(TO_B, nat, be, "S", 1000, b""));
+    expect6("SYN to the IPv6 NodePort", &out, XDP_TX, &common::v6::tcp_in(TO_B, nat, be, "S", 1000, b""));
     let out = fx.run(&common::v6::tcp_in(FROM_B, be, nat, "SA", 5000, b""));
-    v6("SYN-ACK back to the client", &out, XDP_TX, &common::v6::tcp_in(TO_CLIENT, np, c, "SA", 5000, b""));
+    expect6("SYN-ACK back to the client", &out, XDP_TX, &common::v6::tcp_in(TO_CLIENT, np, c, "SA", 5000, b""));
     let payload = b"GET / HTTP/1.1\r\n\r\n";
     let out = fx.run(&common::v6::tcp_in(IN, c, np, "PA", 1001, payload));
-    v6("data follows the flow's NAT", &out, XDP_TX, &common::v6::tcp_in(TO_B, nat, be, "PA", 1001, payload));
+    expect6("data follows the flow's NAT", &out, XDP_TX, &common::v6::tcp_in(TO_B, nat, be, "PA", 1001, payload));
     let out = fx.run(&common::v6::tcp_in(FROM_B, be, nat, "PA", 5001, b"200 OK"));
-    v6("the backend's data", &out, XDP_TX, &common::v6::tcp_in(TO_CLIENT, np, c, "PA", 5001, b"200 OK"));
+    expect6("the backend's data", &out, XDP_TX, &common::v6::tcp_in(TO_CLIENT, np, c, "PA", 5001, b"200 OK"));
 
     // One flow, two IPv6 conntrack entries naming each other, as IPv4's.
     let ct = fx.l.reconciler.maps().v6.ct_tcp.entries().unwrap();
@@ -1472,6 +1474,93 @@ fn ipv6_nodeport_to_a_remote_backend_is_nat66ed_and_forwarded_and_replies_revers
     expect_unchanged("a stray packet to the SNAT address", &fx.run(&stray), &stray);
     assert_eq!(fx.l.stat(stat::PASS_NO_NAT66), 0);
     assert_eq!(fx.l.stat(stat::TAIL_CALL_FAILED), 0);
+}
+
+fn ipv6_nat66_ports_never_collide(hook: Hook) {
+    // fixture6's one NAT port: a second NAT66 flow to the same backend
+    // cannot get it while the first holds it, and is dropped (counted)
+    // rather than mixed up with the first.
+    let mut fx = fixture6(hook, "xdp-v6-collide");
+    let (np, be, nat) = (node6(30080), sa6("[fd00:244:2::10]:8080"), node6(NAT_PORT));
+    let client6 = |port: u16| std::net::SocketAddrV6::new(*sa6(CLIENT6).ip(), port, 0, 0);
+    let first = fx.run(&common::v6::tcp_in(IN, client6(40000), np, "S", 1, b""));
+    assert_eq!(first.verdict, XDP_TX);
+    let second = fx.run(&common::v6::tcp_in(IN, client6(40002), np, "S", 1, b""));
+    assert_eq!(second.verdict, XDP_DROP, "the only NAT port is taken");
+    assert_eq!(fx.l.stat(stat::DROP_NO_NAT_PORT), 1);
+    // The first flow is unaffected, both ways.
+    let again = fx.run(&common::v6::tcp_in(IN, client6(40000), np, "A", 2, b""));
+    expect6("first flow", &again, XDP_TX, &common::v6::tcp_in(TO_B, nat, be, "A", 2, b""));
+    let back = fx.run(&common::v6::tcp_in(FROM_B, be, nat, "A", 9, b""));
+    expect6("first flow's reply", &back, XDP_TX, &common::v6::tcp_in(TO_CLIENT, np, client6(40000), "A", 9, b""));
+    assert_eq!(fx.l.reconciler.maps().v6.ct_tcp.entries().unwrap().len(), 2, "the dropped flow left no entry");
+}
+
+fn ipv6_spoofed_syns_hold_nat66_ports_only_until_the_syn_timeout(hook: Hook) {
+    // As IPv4's: a SYN from a source that never answers takes the one NAT
+    // port; a real client is dropped while it is held, and gets it once
+    // the SYN timeout has passed, without waiting for GC.
+    let mut fx = fixture6(hook, "xdp-v6-spoof");
+    let (np, be, nat) = (node6(30080), sa6("[fd00:244:2::10]:8080"), node6(NAT_PORT));
+    let spoofed = sa6("[2001:db8::9]:4444");
+    assert_eq!(fx.run(&common::v6::tcp_in(IN, spoofed, np, "S", 1, b"")).verdict, XDP_TX);
+    // The backend's SYN-ACK goes out to the spoofed source (through the
+    // kernel: no route here); nothing comes back.
+    assert_eq!(fx.run(&common::v6::tcp_in(FROM_B, be, nat, "SA", 9, b"")).verdict, XDP_PASS);
+    let real = sa6("[fd00:50::64]:40080");
+    assert_eq!(fx.run(&common::v6::tcp_in(IN, real, np, "S", 1, b"")).verdict, XDP_DROP, "the port is held");
+    // Age the half-open flow past the SYN timeout (60 s).
+    let age = |fx: &mut Fixture, by: u64| {
+        let ct = fx.l.reconciler.maps().v6.ct_tcp.entries().unwrap();
+        for (k, mut e) in ct {
+            e.last_seen -= by;
+            fx.l.reconciler.maps_mut().v6.ct_tcp.insert(&k, &e).unwrap();
+        }
+    };
+    age(&mut fx, 61_000_000_000);
+    let out = fx.run(&common::v6::tcp_in(IN, real, np, "S", 1, b""));
+    expect6("the real client gets the port", &out, XDP_TX, &common::v6::tcp_in(TO_B, nat, be, "S", 1, b""));
+    // An established flow keeps its port for as long as it lives.
+    assert_eq!(fx.run(&common::v6::tcp_in(FROM_B, be, nat, "SA", 9, b"")).verdict, XDP_TX);
+    assert_eq!(fx.run(&common::v6::tcp_in(IN, real, np, "A", 2, b"")).verdict, XDP_TX);
+    age(&mut fx, 61_000_000_000);
+    assert_eq!(fx.run(&common::v6::tcp_in(IN, sa6("[fd00:50::64]:40081"), np, "S", 1, b"")).verdict, XDP_DROP);
+}
+
+fn ipv6_the_fibs_answer_is_kept_for_a_second_and_a_longer_packet_or_a_stale_answer_asks_again(hook: Hook) {
+    let mut fx = fixture6(hook, "xdp-v6-nexthop");
+    let (c, np, be, nat) = (sa6(CLIENT6), node6(30080), sa6("[fd00:244:2::10]:8080"), node6(NAT_PORT));
+    let syn = common::v6::tcp_in(IN, c, np, "S", 1000, b"");
+    expect6("SYN to the NodePort", &fx.run(&syn), XDP_TX, &common::v6::tcp_in(TO_B, nat, be, "S", 1000, b""));
+    // The FIB's answer is kept for the backend's address (its four
+    // words), by the interface the packet came in on: node B's MAC, the
+    // SYN's IPv6 length.
+    let kept = nexthops(&fx);
+    let words: Vec<u64> = be.ip().octets().chunks(4).map(|w| u32::from_ne_bytes(w.try_into().unwrap()) as u64).collect();
+    assert_eq!(kept, vec![(words, fx.ext as u64, fx.ext as u64, NODE_B_MAC.map(u64::from).to_vec(), 60)]);
+
+    // Node B's MAC changes. A packet longer than any the FIB passed asks
+    // it again (its MTU check): the new MAC at once.
+    let new_mac = [0x02, 0, 0, 0, 0x50, 0x99];
+    fx._ns.ip(&["-6", "neigh", "replace", "fd00:50::2", "lladdr", &mac(new_mac), "dev", "ext0", "nud", "permanent"]).unwrap();
+    let to_b = Frame { dst_mac: new_mac, ..TO_B };
+    let data = common::v6::tcp_in(IN, c, np, "PA", 1001, &[5u8; 100]);
+    expect6("a longer packet asks the FIB", &fx.run(&data), XDP_TX, &common::v6::tcp_in(to_b, nat, be, "PA", 1001, &[5u8; 100]));
+    assert_eq!(nexthops(&fx)[0].4, 160, "the longest length the FIB passed");
+
+    // It changes again: within a second, short packets may still go to
+    // the kept answer; after it, the FIB is asked again.
+    let newer_mac = [0x02, 0, 0, 0, 0x50, 0x98];
+    fx._ns.ip(&["-6", "neigh", "replace", "fd00:50::2", "lladdr", &mac(newer_mac), "dev", "ext0", "nud", "permanent"]).unwrap();
+    std::thread::sleep(Duration::from_millis(1_100));
+    let ack = common::v6::tcp_in(IN, c, np, "A", 1101, b"");
+    let to_b = Frame { dst_mac: newer_mac, ..TO_B };
+    expect6("a stale answer asks the FIB", &fx.run(&ack), XDP_TX, &common::v6::tcp_in(to_b, nat, be, "A", 1101, b""));
+
+    // A reply to the client keeps the client's answer too.
+    let out = fx.run(&common::v6::tcp_in(FROM_B, be, nat, "SA", 5000, b""));
+    expect6("SYN-ACK back to the client", &out, XDP_TX, &common::v6::tcp_in(TO_CLIENT, np, c, "SA", 5000, b""));
+    assert_eq!(nexthops(&fx).len(), 2, "the backend's and the client's");
 }
 
 fn ipv6_no_endpoints_rejects_with_icmpv6_port_unreachable(hook: Hook) {
@@ -1715,6 +1804,9 @@ both_hooks!(
     icmpv6_errors_quoting_extension_headers_and_first_fragments_are_translated,
     ipv6_nodeport_to_a_remote_backend_is_nat66ed_and_forwarded_and_replies_reversed,
     ipv6_no_endpoints_rejects_with_icmpv6_port_unreachable,
+    ipv6_nat66_ports_never_collide,
+    ipv6_spoofed_syns_hold_nat66_ports_only_until_the_syn_timeout,
+    ipv6_the_fibs_answer_is_kept_for_a_second_and_a_longer_packet_or_a_stale_answer_asks_again,
     ipv6_fragments_through_a_nodeport_and_an_lb_ip_get_the_datagrams_translation,
     ipv6_passes_and_is_counted_while_the_xdp_program_is_missing,
     ipv6_established_nodeport_flows_are_served_by_the_first_look_alone,
