@@ -452,7 +452,7 @@ fn a_rst_outside_the_window_neither_ends_nor_resteers_a_flow() {
     );
     let e = l.reconciler.maps().ct.get(&key).unwrap().unwrap();
     assert_eq!(lb_common::ct::entry_state(lb_common::IPPROTO_TCP, lb_common::CT_SERVICE, &e), lb_common::ct::State::TcpClosing);
-    assert_eq!(l.stat(stat::RST_IGNORED), 20, "the in-window RST counted");
+    assert_eq!(l.stat(stat::RST_IGNORED), 20, "the in-window RST is not counted as ignored");
 }
 
 #[test]

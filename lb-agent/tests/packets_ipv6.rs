@@ -857,3 +857,42 @@ fn a_pod_reaching_itself_through_its_ipv6_service_is_hairpinned() {
     check_all::<Ipv6Addr>(&mut l, &steps);
     assert_eq!(l.stat(stat::HAIRPIN), 1);
 }
+
+/// As IPv4's: a blind RST far outside the client's sequence numbers
+/// neither ends an IPv6 flow nor lets the next SYN re-steer it (with two
+/// backends, a re-steered flow would move half the time), and is counted;
+/// an in-window RST ends the flow.
+#[test]
+fn a_rst_outside_the_window_neither_ends_nor_resteers_an_ipv6_flow() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let mut l = loaded("v6-rst");
+    let vip = sa6("[fd00:96::1e]:80");
+    let dnat = |l: &mut Loaded, c: SocketAddrV6, flags: &str, seq: u32| -> Ipv6Addr {
+        let out = l.run(&v6::tcp(c, vip, flags, seq, b"", none()));
+        assert_eq!(out.verdict, TC_ACT_UNSPEC, "{flags} from {c}");
+        dst_of(&out.packet)
+    };
+    let client = |port: u16| SocketAddrV6::new(*sa6(CLIENT).ip(), port, 0, 0);
+    for port in 30000..30020u16 {
+        let c = client(port);
+        let backend = dnat(&mut l, c, "S", 1000);
+        l.run_egress(&v6::tcp(SocketAddrV6::new(backend, 8080, 0, 0), c, "SA", 5000, b"", none()));
+        dnat(&mut l, c, "A", 1001);
+        assert_eq!(dnat(&mut l, c, "R", 1001 + 0x4000_0000), backend, "port {port}");
+        assert_eq!(dnat(&mut l, c, "S", 77), backend, "port {port}: a SYN does not re-steer a live flow");
+        assert_eq!(dnat(&mut l, c, "A", 1001), backend, "port {port}");
+    }
+    assert_eq!(l.stat(stat::RST_IGNORED), 20);
+    // An in-window RST ends the flow: a new SYN may then start another.
+    let c = client(31000);
+    dnat(&mut l, c, "S", 1000);
+    dnat(&mut l, c, "A", 1001);
+    dnat(&mut l, c, "R", 1001);
+    let want = format!("service {c} -> {vip}");
+    let entries = l.reconciler.maps().v6.ct_tcp.entries().unwrap();
+    let e = entries.iter().find_map(|(k, e)| (key_text(k) == want).then_some(e)).expect("the flow's service entry");
+    assert_eq!(lb_common::ct::entry_state(IPPROTO_TCP, CT_SERVICE, e), lb_common::ct::State::TcpClosing);
+    assert_eq!(l.stat(stat::RST_IGNORED), 20, "the in-window RST is not counted as ignored");
+}
