@@ -640,3 +640,78 @@ fn ipv6_maglev_picks_exactly_the_agents_table_slot() {
     }
     assert!(moved <= 300 / 100 + 3, "{moved} of 300 flows moved off surviving backends");
 }
+
+/// As IPv4's: an IPv6 client's affinity holds until its entry expires
+/// (then it is chosen afresh and sticks again) and moves at once when its
+/// backend goes; garbage collection deletes the entries naming a removed
+/// backend.
+#[test]
+fn ipv6_session_affinity_pins_a_client_until_it_expires_or_its_backend_goes() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    use common::v6;
+    use std::net::{Ipv6Addr, SocketAddrV6};
+    let sa6 = |s: &str| s.parse::<SocketAddrV6>().unwrap();
+    let vip = sa6("[fd00:96::62]:80");
+    let three: Vec<SocketAddrV6> = (0..3).map(|i| sa6(&format!("[fd00:10:244:1::{:x}]:8080", 0x30 + i))).collect();
+    let mut l = Loaded::new("affinity6-expiry", Desired::default());
+    let apply = |l: &mut Loaded, bes: &[SocketAddrV6]| {
+        let (a, mut f) = v6::frontend(vip, Protocol::Tcp, bes);
+        f.flags |= svc_flags::AFFINITY;
+        f.affinity_timeout = 60;
+        let d6: Desired<Ipv6Addr> = [(a, f)].into_iter().collect();
+        let s = l.reconciler.apply_dual(&[&Desired::default()], &[&d6]);
+        assert!(s.errors.is_empty(), "{s:?}");
+    };
+    apply(&mut l, &three);
+    let none = etherparse::Ipv6Extensions::default;
+    // The backend a new connection from the client's `port` goes to.
+    let chosen_for = |l: &mut Loaded, client: &str, port: u16| -> Ipv6Addr {
+        let p = l.run(&v6::tcp(sa6(&format!("[{client}]:{port}")), vip, "S", 1, b"", none())).packet;
+        <[u8; 16]>::try_from(&p[14 + 24..14 + 40]).unwrap().into()
+    };
+    let chosen = |l: &mut Loaded, port: u16| chosen_for(l, "fd00:10:244::b", port);
+    let first = chosen(&mut l, 40000);
+    for port in 40001..40050u16 {
+        assert_eq!(chosen(&mut l, port), first, "connection from port {port}");
+    }
+    // Other clients are spread: 20 clients land on more than one backend.
+    let others: Vec<Ipv6Addr> = (0..20).map(|i| chosen_for(&mut l, &format!("fd00:10:244:2::{:x}", 0x20 + i), 40000)).collect();
+    assert!(others.iter().any(|b| *b != others[0]), "{others:?}");
+
+    // Expire the client's entry (ageing it stands in for waiting): its
+    // next connection is chosen afresh, and sticks again.
+    let mut moved = false;
+    for round in 0..30u16 {
+        let entries = l.reconciler.maps().affinity.entries().unwrap();
+        assert_eq!(entries.len(), 21, "an entry per client");
+        for (k, mut e) in entries {
+            e.last_used -= 61 * 1_000_000_000;
+            l.reconciler.maps_mut().affinity.insert(&k, &e).unwrap();
+        }
+        let b = chosen(&mut l, 41000 + round);
+        assert_eq!(chosen(&mut l, 42000 + round), b, "sticks again after being re-chosen");
+        if b != first {
+            moved = true;
+            break;
+        }
+    }
+    assert!(moved, "after expiry the client could move (30 fresh random choices all hit {first})");
+
+    // Remove the client's current backend: the client moves at once and
+    // sticks to the new one (its entry rewritten); garbage collection
+    // deletes the entries of the other clients that had it.
+    let current = chosen(&mut l, 43000);
+    let stale = others.iter().filter(|b| **b == current).count();
+    let rest: Vec<SocketAddrV6> = three.iter().copied().filter(|b| *b.ip() != current).collect();
+    apply(&mut l, &rest);
+    let next = chosen(&mut l, 43001);
+    assert_ne!(next, current);
+    for port in 43002..43020u16 {
+        assert_eq!(chosen(&mut l, port), next, "connection from port {port}");
+    }
+    let gc = l.reconciler.collect_conntrack(&CtTimeouts::DEFAULT, monotonic_ns()).unwrap();
+    assert_eq!(gc.affinity_deleted, stale, "{gc:?}");
+    assert_eq!(l.reconciler.maps().affinity.entries().unwrap().len(), 21 - stale);
+}
