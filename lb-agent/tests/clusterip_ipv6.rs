@@ -5,6 +5,9 @@
 //! ClusterIPs (and still the IPv4 ones), is refused by those without
 //! endpoints (ICMPv6), and keeps reaching them with the agent killed and
 //! restarted (the IPv6 programs, tail-called, are pinned with the maps).
+//! The real-node cases of `real_node.rs` over IPv6 too: a backend in the
+//! host network, a closed backend port (ECONNREFUSED), and
+//! `internalTrafficPolicy: Local`.
 
 mod common;
 
@@ -440,4 +443,106 @@ fn a_new_ipv6_conntrack_size_applies_at_a_restart_and_the_flows_carry_over() {
         .unwrap_or_else(|e| panic!("a new connection: {e}\n{log}"));
     assert!(BACKENDS.contains(&answer.as_str()), "{answer}");
     assert_eq!(agent.maps().stat(stat::TAIL_CALL_FAILED).unwrap(), 0);
+}
+
+/// The `kubernetes` Service of a control-plane node over IPv6: its
+/// endpoint is the node's own IPv6 address (a backend in the host
+/// network), and pods reach it through the IPv6 ClusterIP.
+#[test]
+fn a_backend_in_the_host_network_answers_pods_over_ipv6() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let lab = NodeLab::new(&["client"]).unwrap();
+    lab.enable_ipv6().unwrap();
+    let _apiserver = tcp_server_at(&lab.node, SocketAddrV6::new(lb_lab::NODE_IP6, 6443, 0, 0).into(), "apiserver").unwrap();
+    let dir = ManifestDir::new("hostnet6");
+    let pods = (&[lb_lab::NODE_IP][..], &[lb_lab::NODE_IP6][..]);
+    dir.write("kubernetes.yaml", &dual_stack_yaml("kubernetes", ("10.96.0.1", "fd00:96::1"), (443, "TCP", 6443), pods, false));
+    let agent = Agent::start(&lab.node, &dir.0, "hostnet6");
+    agent.wait_rows("both families' endpoints", |rows| rows.len() == 2 && rows.iter().all(|r| r.backends.len() == 1));
+    let to = SocketAddr::new("fd00:96::1".parse::<Ipv6Addr>().unwrap().into(), 443);
+    for i in 0..10 {
+        let tag = tcp_request_to(&lab.pod("client").ns, to, b"hello\n", TIMEOUT)
+            .unwrap_or_else(|e| panic!("request {i}: {e:#}\n{}", agent.log_text()));
+        assert_eq!(tag, "apiserver");
+    }
+}
+
+/// The endpoint exists but nothing listens on its port (a DNS pod
+/// restarting): its ICMPv6 port unreachable reaches the client as coming
+/// from the IPv6 ClusterIP, so a connected UDP socket gets ECONNREFUSED at
+/// once and the resolver fails over.
+#[test]
+fn a_closed_backend_port_gives_a_connected_ipv6_udp_socket_econnrefused() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let lab = NodeLab::new(&["client", "dns"]).unwrap();
+    lab.enable_ipv6().unwrap();
+    let dir = ManifestDir::new("refused6");
+    let pods = (&[lab.pod("dns").ip][..], &[lab.pod_ip6("dns")][..]);
+    dir.write("dns.yaml", &dual_stack_yaml("dns", ("10.96.0.53", "fd00:96::35"), (53, "UDP", 5353), pods, false));
+    let agent = Agent::start(&lab.node, &dir.0, "refused6");
+    agent.wait_rows("both families' endpoints", |rows| rows.len() == 2 && rows.iter().all(|r| r.backends.len() == 1));
+    let started = Instant::now();
+    let to = SocketAddr::new("fd00:96::35".parse::<Ipv6Addr>().unwrap().into(), 53);
+    let err = udp_request_to(&lab.pod("client").ns, to, b"q", Duration::from_secs(3)).unwrap_err();
+    assert!(is_connection_refused(&err), "expected ECONNREFUSED, got {err:#}\n{}", agent.log_text());
+    assert!(started.elapsed() < Duration::from_secs(2), "refused at once, not after a timeout");
+    assert_eq!(agent.maps().stat(stat::ICMP_TRANSLATED).unwrap(), 1);
+}
+
+/// An IPv6 Service with `internalTrafficPolicy: Local` and its slice:
+/// web-a on `node-1` (this node), web-b on `node-2`, or both on `node-2`.
+fn local_policy6_yaml(lab: &NodeLab, all_remote: bool) -> String {
+    let (a, b) = (lab.pod_ip6("web-a"), lab.pod_ip6("web-b"));
+    let node_a = if all_remote { "node-2" } else { "node-1" };
+    format!(
+        r#"apiVersion: v1
+kind: Service
+metadata: {{name: local, namespace: test}}
+spec:
+  clusterIP: "fd00:96::a"
+  clusterIPs: ["fd00:96::a"]
+  ipFamilies: [IPv6]
+  ipFamilyPolicy: SingleStack
+  internalTrafficPolicy: Local
+  ports: [{{name: p, port: 80, protocol: TCP, targetPort: p}}]
+---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata: {{name: local-6, namespace: test, labels: {{kubernetes.io/service-name: local}}}}
+addressType: IPv6
+ports: [{{name: p, port: 8080, protocol: TCP}}]
+endpoints:
+- {{addresses: ["{a}"], conditions: {{ready: true}}, nodeName: {node_a}}}
+- {{addresses: ["{b}"], conditions: {{ready: true}}, nodeName: node-2}}
+"#
+    )
+}
+
+/// `internalTrafficPolicy: Local` over IPv6: only this node's endpoint is
+/// served, and with none on this node the IPv6 ClusterIP drops (no
+/// answer, not a reject), as kube-proxy does.
+#[test]
+fn internal_traffic_policy_local_keeps_ipv6_traffic_to_this_nodes_endpoints() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let (lab, _servers) = lab();
+    let dir = ManifestDir::new("itp6");
+    dir.write("local.yaml", &local_policy6_yaml(&lab, false));
+    let agent = Agent::start_with(&lab.node, &dir.0, PinDir::new("itp6"), &["--node-name", "node-1"]);
+    agent.wait_rows("the local endpoint only", |rows| rows.len() == 1 && rows[0].backends.len() == 1);
+    let client = &lab.pod("client").ns;
+    let to = SocketAddr::new("fd00:96::a".parse::<Ipv6Addr>().unwrap().into(), 80);
+    for i in 0..20 {
+        let tag = tcp_request_to(client, to, b"hello\n", TIMEOUT).unwrap_or_else(|e| panic!("request {i}: {e:#}\n{}", agent.log_text()));
+        assert_eq!(tag, "web-a", "only this node's endpoint");
+    }
+    dir.write("local.yaml", &local_policy6_yaml(&lab, true));
+    agent.wait_rows("no local endpoint", |rows| rows.len() == 1 && rows[0].backends.is_empty());
+    let err = tcp_request_to(client, to, b"hello\n", Duration::from_millis(1500)).unwrap_err();
+    assert!(!is_connection_refused(&err), "dropped, not rejected: {err:#}");
 }
