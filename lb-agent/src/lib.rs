@@ -18,6 +18,8 @@
 //!   interfaces; [`host`] holds the host plumbing (interfaces, routes,
 //!   sysctls, bpffs, cgroup2);
 //! - [`run`] is `lb-agent run`: the loop around all of this;
+//!   [`stale_sockets`] destroys host UDP sockets left connected to a
+//!   removed backend (through [`sock_diag`]);
 //! - [`list`] renders what the maps hold; [`inspect`] holds `lb-agent ct`,
 //!   `stats`, `status` and `explain`;
 //! - [`probes`] serves `/healthz`, `/livez`, `/readyz` and [`metrics`];
@@ -47,7 +49,9 @@ pub mod probes;
 pub mod reconcile;
 pub mod run;
 pub mod service_health;
+pub mod sock_diag;
 pub mod source;
+pub mod stale_sockets;
 pub mod sync;
 pub mod topology;
 pub mod translate;

@@ -174,6 +174,7 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> anyhow::
     sync_interfaces(&mut dp, &cfg.pod_ifaces);
     let north_south = NorthSouth::start(&cfg.north_south, &mut dp, &mut reconciler, heartbeat.clone())?;
     let mut syncer = Syncer::new(cfg.translate.clone(), north_south, reconciler, metrics.clone());
+    syncer.set_socket_lb(cfg.socket_lb);
     // Links of an earlier agent that this one did not take over are hooks
     // it does not want.
     dp.drop_unadopted();

@@ -15,6 +15,7 @@ use crate::{
     northsouth::{self, NorthSouth},
     reconcile::Reconciler,
     source::{Store, Update},
+    stale_sockets,
     translate::{TranslateOptions, Translator},
 };
 
@@ -29,6 +30,10 @@ pub struct Syncer {
     /// When the agent started: slice changes triggered before are not
     /// counted in the network programming latency.
     started: SystemTime,
+    /// Whether the socket hooks serve host clients: then a sync that
+    /// changed frontends destroys the host UDP sockets they left
+    /// connected to a removed backend ([`stale_sockets`]).
+    socket_lb: bool,
 }
 
 impl Syncer {
@@ -41,7 +46,14 @@ impl Syncer {
             reconciler,
             metrics,
             started: SystemTime::now(),
+            socket_lb: false,
         }
+    }
+
+    /// Says whether the socket hooks serve host clients (see
+    /// [`stale_sockets`]).
+    pub fn set_socket_lb(&mut self, on: bool) {
+        self.socket_lb = on;
     }
 
     /// Takes an update from a source (nothing is written yet).
@@ -106,6 +118,9 @@ impl Syncer {
         self.reconciler.apply_source_ranges(&plan.source_ranges, &mut stats);
         self.reconciler.apply_source_ranges(&plan.source_ranges6, &mut stats);
         self.north_south.sync_health_checks(&plan);
+        if self.socket_lb && stats.updated + stats.removed > 0 {
+            destroy_stale_sockets(&self.reconciler);
+        }
         let latency = first_seen.elapsed();
         let now = SystemTime::now();
         let triggers = self.store.take_trigger_times();
@@ -137,5 +152,21 @@ impl Syncer {
             warn!("sync error: {e}");
         }
         record
+    }
+}
+
+/// See [`stale_sockets`]: logs what the sweep did.
+fn destroy_stale_sockets(reconciler: &Reconciler) {
+    match stale_sockets::sweep(reconciler) {
+        Ok(sweep) => {
+            for (s, frontend) in &sweep.destroyed {
+                info!(socket = %s.src, backend = %s.dst, frontend = %frontend, "destroyed a host UDP socket connected to a backend its Service no longer has");
+            }
+            for e in &sweep.errors {
+                warn!("could not destroy a host UDP socket connected to a removed backend: {e}");
+            }
+            debug!(connected = sweep.connected, destroyed = sweep.destroyed.len(), "host UDP sockets swept");
+        }
+        Err(e) => warn!("listing the host's UDP sockets (sock_diag): {e}"),
     }
 }

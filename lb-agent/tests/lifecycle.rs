@@ -181,6 +181,49 @@ fn udp_client_moves_to_a_live_backend_when_its_backend_is_removed() {
     assert_eq!(sock.peer_addr().unwrap(), std::net::SocketAddr::V4(vip(53)));
 }
 
+/// The same for a client in the host network namespace, served by the
+/// socket hooks: its connected UDP socket was given the backend's address
+/// at `connect`, and no later send passes a hook. When that backend goes,
+/// the agent destroys the socket (as Cilium's socket LB does): the
+/// application's next call fails, and a new socket (a resolver's retry)
+/// reaches the live backend.
+#[test]
+fn a_host_udp_socket_connected_to_a_removed_backend_is_destroyed() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let lab = NodeLab::new(&["dns-a", "dns-b"]).unwrap();
+    let _servers = udp_backends(&lab, &["dns-a", "dns-b"]);
+    let dir = ManifestDir::new("hostudp");
+    dir.write("svc.yaml", &manifest("UDP", 53, 5353, &ready(&lab, &["dns-a", "dns-b"]), None));
+    let agent = Agent::start(&lab.node, &dir.0, "hostudp");
+    agent.wait_rows("2 backends", |rows| rows.len() == 1 && rows[0].backends.len() == 2);
+
+    let sock = resolver(&lab.node, vip(53));
+    let answer = query(&sock, "q1").unwrap();
+    let (current, other) = if answer.starts_with("dns-a") { ("dns-a", "dns-b") } else { ("dns-b", "dns-a") };
+    for i in 0..5 {
+        assert!(query(&sock, &format!("q{i}")).unwrap().starts_with(current));
+    }
+    // A socket connected to the backend pod's own address (not through
+    // the Service) is the application's business: it stays.
+    let direct = resolver(&lab.node, SocketAddrV4::new(lab.pod(current).ip, 5353));
+    assert!(query(&direct, "d1").unwrap().starts_with(current));
+    dir.write("svc.yaml", &manifest("UDP", 53, 5353, &ready(&lab, &[other]), None));
+    agent.wait_rows("1 backend", |rows| rows.len() == 1 && rows[0].backends.len() == 1);
+    // Destroyed, the socket has no peer any more: its next send fails
+    // (EDESTADDRREQ), a pending receive with ECONNABORTED.
+    common::wait_for("the socket's destruction", Duration::from_secs(5), || sock.peer_addr().is_err().then_some(()));
+    let dead = |e: &std::io::Error| matches!(e.raw_os_error(), Some(libc::ECONNABORTED | libc::EDESTADDRREQ));
+    let next = query(&sock, "after");
+    assert!(next.as_ref().is_err_and(dead), "the socket's next call: {next:?}\n{}", agent.log_text());
+    let again = resolver(&lab.node, vip(53));
+    assert!(query(&again, "retry").unwrap().starts_with(other));
+    assert!(query(&direct, "d2").unwrap().starts_with(current), "the direct socket was left alone");
+    let log = agent.log_text();
+    assert!(log.contains("destroyed a host UDP socket connected to a backend its Service no longer has"), "{log}");
+}
+
 /// A TCP echo server on `port` in `ns`: echoes every line on every
 /// connection until stopped, and reports its connections' peers.
 struct Echo {

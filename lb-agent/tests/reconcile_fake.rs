@@ -2004,3 +2004,31 @@ fn ipv6_flows_are_collected_like_ipv4_ones() {
     assert_eq!((gc.deleted, gc.remaining), (4, 0), "{gc:?}");
     assert!(flows_of::<Ipv6Addr>(r.maps()).is_empty());
 }
+
+/// `Reconciler::allows`, which decides whether a host socket connected to
+/// a backend may go on: a frontend allows its backends, a terminating one
+/// it still keeps included, and nothing else: not a backend it lost (even
+/// one another frontend still has), not under an ID that now names
+/// another address, and nothing once it is gone.
+#[test]
+fn a_frontend_allows_its_backends_and_nothing_else() {
+    let mut r = reconciler();
+    let dns = "10.96.0.2:53/UDP dns = 10.244.1.3:53 10.244.1.4:53~";
+    let other = "10.96.0.3:53/UDP other = 10.244.1.5:53";
+    assert!(r.apply(&desired(&[dns, other])).errors.is_empty());
+    let id = r.frontend_id(&frontend(dns).addr).unwrap();
+    let at = (Ipv4Addr::new(10, 96, 0, 2), 53);
+    let be = |last: u8| BackendAddr { ip: Ipv4Addr::new(10, 244, 1, last), port: 53, proto: Protocol::Udp };
+    assert!(r.allows(id, at, &be(3)));
+    assert!(r.allows(id, at, &be(4)), "a terminating backend it keeps");
+    assert!(!r.allows(id, at, &be(5)), "another frontend's backend");
+    assert!(!r.allows(id, (Ipv4Addr::new(10, 96, 0, 3), 53), &be(3)), "the ID with another address");
+
+    let shrunk = "10.96.0.2:53/UDP dns = 10.244.1.4:53";
+    let other2 = "10.96.0.3:53/UDP other = 10.244.1.5:53 10.244.1.3:53";
+    assert!(r.apply(&desired(&[shrunk, other2])).errors.is_empty());
+    assert!(!r.allows(id, at, &be(3)), "a backend it lost, though another frontend has it");
+    assert!(r.allows(id, at, &be(4)));
+    assert!(r.apply(&desired(&[other2])).errors.is_empty());
+    assert!(!r.allows(id, at, &be(4)), "a frontend that is gone");
+}

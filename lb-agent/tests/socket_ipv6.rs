@@ -200,3 +200,62 @@ fn the_agent_programs_the_ipv6_cluster_ips_of_dual_stack_services() {
         (0..5).map(|i| tcp_request_to(&lab.node, sticky, b"hi\n", TIMEOUT).unwrap_or_else(|e| panic!("sticky {i}: {e:#}"))).collect();
     assert_eq!(tags.len(), 1);
 }
+
+/// As for IPv4 (`lifecycle.rs`): an IPv6 host UDP socket connected to an
+/// IPv6 ClusterIP, and a dual-stack one connected to the IPv4 ClusterIP
+/// through its mapped address, are destroyed when their backend leaves the
+/// Service; a new socket reaches the backend that is left.
+#[test]
+fn host_udp_sockets_connected_to_a_removed_backend_are_destroyed_over_ipv6_and_mapped_addresses() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let (lab, _servers) = lab();
+    let dir = ManifestDir::new("v6-destroy");
+    let pods4: Vec<Ipv4Addr> = BACKENDS.iter().map(|n| lab.pod(n).ip).collect();
+    let pods6: Vec<Ipv6Addr> = BACKENDS.iter().map(|n| lab.pod_ip6(n)).collect();
+    let dns = |pods: (&[Ipv4Addr], &[Ipv6Addr])| dual_stack_yaml("dns", ("10.96.0.53", "fd00:96::35"), (53, "UDP", 5353), pods, false);
+    dir.write("dns.yaml", &dns((&pods4, &pods6)));
+    let agent = Agent::start(&lab.node, &dir.0, "v6-destroy");
+    agent.wait_rows("both families' frontends", |rows| rows.len() == 2 && rows.iter().all(|r| r.backends.len() == 2));
+
+    // A connected socket of each kind, and the backend each was given.
+    let connect = |to: SocketAddr| {
+        lab.node.run(move || {
+            let s = UdpSocket::bind((Ipv6Addr::UNSPECIFIED, 0)).unwrap();
+            s.connect(to).unwrap();
+            s.set_read_timeout(Some(TIMEOUT)).unwrap();
+            s
+        })
+    };
+    let ask = |s: &UdpSocket, q: &str| -> std::io::Result<String> {
+        s.send(q.as_bytes())?;
+        let mut buf = [0u8; 512];
+        let n = s.recv(&mut buf)?;
+        Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+    };
+    let v6: SocketAddr = "[fd00:96::35]:53".parse().unwrap();
+    let (s6, s4) = (connect(v6), connect(mapped("10.96.0.53", 53)));
+    let backend_of = |s: &UdpSocket| {
+        let answer = ask(s, "q").unwrap();
+        BACKENDS.iter().position(|b| answer.starts_with(b)).unwrap_or_else(|| panic!("{answer}"))
+    };
+    let (b6, b4) = (backend_of(&s6), backend_of(&s4));
+
+    // Each family's Service keeps only the other backend of its socket.
+    let keep4: Vec<Ipv4Addr> = vec![pods4[1 - b4]];
+    let keep6: Vec<Ipv6Addr> = vec![pods6[1 - b6]];
+    dir.write("dns.yaml", &dns((&keep4, &keep6)));
+    agent.wait_rows("one backend each", |rows| rows.len() == 2 && rows.iter().all(|r| r.backends.len() == 1));
+    for (name, s) in [("IPv6", &s6), ("mapped IPv4", &s4)] {
+        wait_for(&format!("the {name} socket's destruction"), Duration::from_secs(5), || s.peer_addr().is_err().then_some(()));
+        let next = ask(s, "after");
+        assert!(
+            next.as_ref().is_err_and(|e| matches!(e.raw_os_error(), Some(libc::ECONNABORTED | libc::EDESTADDRREQ))),
+            "the {name} socket's next call: {next:?}\n{}",
+            agent.log_text()
+        );
+    }
+    assert_eq!(backend_of(&connect(v6)), 1 - b6, "a new IPv6 socket reaches the backend left");
+    assert_eq!(backend_of(&connect(mapped("10.96.0.53", 53))), 1 - b4, "a new mapped socket too");
+}

@@ -254,6 +254,17 @@ impl<M: MapStore> Reconciler<M> {
         self.fam.v4.frontends.len() + self.fam.v6.frontends.len()
     }
 
+    /// Whether installed frontend `id`, at `frontend` (address, port),
+    /// still allows `backend`: one of its slots, or a serving but
+    /// terminating backend, so that a flow or socket to it may go on. A
+    /// frontend that is gone, or whose ID now names another address,
+    /// allows nothing.
+    pub fn allows<A: MapFamily>(&self, id: u32, frontend: (A, u16), backend: &BackendAddr<A>) -> bool {
+        let fam = A::pick(&self.fam);
+        let Some(be) = fam.backends.get(backend) else { return false };
+        fam.frontends.iter().any(|(a, f)| f.id == id && (a.ip, a.port) == frontend && f.allowed.contains(&be.id))
+    }
+
     /// The ID of an installed frontend (of either family).
     pub fn frontend_id<A: MapFamily>(&self, addr: &FrontendAddr<A>) -> Option<u32> {
         A::pick(&self.fam).frontends.get(addr).map(|f| f.id)

@@ -1,0 +1,95 @@
+//! Host sockets left connected to a backend that their Service no longer
+//! has.
+//!
+//! The socket hooks translate a host client's `connect` once: a connected
+//! UDP socket then sends straight to the backend, past any hook or
+//! conntrack entry, for as long as it lives. When the backend leaves the
+//! Service nothing would move it (a pod's socket moves: its flow is
+//! invalid at once and the next datagram picks a live backend), and a
+//! resolver in the host network would ask a removed CoreDNS pod until it
+//! restarts. A TCP socket fails on its own (reset or timeout) and
+//! reconnects through the hook. So, as Cilium's socket LB does, the agent
+//! destroys such UDP sockets ([`sock_diag::destroy`]): the application's
+//! next call fails with ECONNABORTED, and its retry's `connect` is
+//! translated to a live backend.
+//!
+//! A socket counts only if the hooks translated it to that peer: the
+//! socket rev-NAT map (`LB4_SOCK_REVNAT`, `LB6_SOCK_REVNAT`) has its
+//! cookie with the peer, and names the frontend it stood for. A socket
+//! connected to a pod's address directly is left alone.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+use lb_common::{SockRevNat4Key, SockRevNat6Key, addr6, ipv6};
+
+use crate::{
+    maps::Maps,
+    model::{BackendAddr, Protocol},
+    reconcile::Reconciler,
+    sock_diag::{self, UdpSocket},
+};
+
+/// What one sweep did.
+#[derive(Debug, Default)]
+pub struct Sweep {
+    /// Connected UDP sockets looked at.
+    pub connected: usize,
+    /// Sockets destroyed, each with the frontend it had stood for.
+    pub destroyed: Vec<(UdpSocket, String)>,
+    /// Sockets that could not be destroyed, with why.
+    pub errors: Vec<String>,
+}
+
+/// Destroys the UDP sockets of the agent's network namespace (the host's)
+/// that the socket hooks connected to a backend their frontend no longer
+/// allows.
+pub fn sweep(reconciler: &Reconciler<Maps>) -> std::io::Result<Sweep> {
+    let mut out = Sweep::default();
+    for s in sock_diag::udp_sockets()?.into_iter().filter(UdpSocket::connected) {
+        out.connected += 1;
+        let Some(frontend) = stale_frontend(reconciler, &s) else { continue };
+        match sock_diag::destroy(&s) {
+            Ok(()) => out.destroyed.push((s, frontend)),
+            // Closed meanwhile.
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EOPNOTSUPP) => {
+                out.errors.push(format!("socket {} -> {} (of {frontend}): this kernel lacks CONFIG_INET_DIAG_DESTROY", s.src, s.dst));
+            }
+            Err(e) => out.errors.push(format!("socket {} -> {} (of {frontend}): {e}", s.src, s.dst)),
+        }
+    }
+    Ok(out)
+}
+
+/// The frontend that socket `s`'s peer stood for when the hooks connected
+/// it, if that frontend no longer allows the peer as a backend.
+fn stale_frontend(r: &Reconciler<Maps>, s: &UdpSocket) -> Option<String> {
+    let maps = r.maps();
+    match peer_v4(s.dst) {
+        Some((ip, port)) => {
+            let key = SockRevNat4Key { cookie: s.cookie, addr: u32::from_ne_bytes(ip.octets()), port: port.to_be(), _pad: 0 };
+            let e = maps.sock_revnat.get(&key).ok()??;
+            let front = (Ipv4Addr::from(e.addr.to_ne_bytes()), u16::from_be(e.port));
+            let backend = BackendAddr { ip, port, proto: Protocol::Udp };
+            (!r.allows(e.frontend_id, front, &backend)).then(|| SocketAddr::from(front).to_string())
+        }
+        None => {
+            let IpAddr::V6(ip) = s.dst.ip() else { return None };
+            let port = s.dst.port();
+            let key = SockRevNat6Key { cookie: s.cookie, addr: addr6(ip), port: port.to_be(), _pad: [0; 3] };
+            let e = maps.v6.sock_revnat.get(&key).ok()??;
+            let front = (ipv6(e.addr), u16::from_be(e.port));
+            let backend = BackendAddr { ip, port, proto: Protocol::Udp };
+            (!r.allows(e.frontend_id, front, &backend)).then(|| SocketAddr::from(front).to_string())
+        }
+    }
+}
+
+/// An IPv4 peer, or an IPv4-mapped one of a dual-stack IPv6 socket (which
+/// the hooks translate as IPv4).
+fn peer_v4(peer: SocketAddr) -> Option<(Ipv4Addr, u16)> {
+    match peer.ip() {
+        IpAddr::V4(ip) => Some((ip, peer.port())),
+        IpAddr::V6(ip) => ip.to_ipv4_mapped().map(|ip| (ip, peer.port())),
+    }
+}
