@@ -4,12 +4,16 @@
 
 mod common;
 
-use std::{collections::BTreeMap, net::SocketAddrV4};
+use std::{
+    collections::BTreeMap,
+    net::{Ipv6Addr, SocketAddrV4, SocketAddrV6},
+};
 
-use common::{Loaded, frontend, kernel_tests_enabled, sa};
+use common::{Loaded, frontend, kernel_tests_enabled, sa, v6};
 use lb_agent::{
     gc::monotonic_ns,
     model::{Desired, FrontendAddr, Protocol},
+    reconcile::Stats,
 };
 use lb_common::{Affinity4Key, CT_SERVICE, CtTimeouts, ct_flags, hash::flow_hash, sizes, svc_flags};
 use lb_lab::testrun;
@@ -41,6 +45,34 @@ fn svc(addr: &str, backends: &[String], flags: u32, affinity_timeout: u32) -> (F
     f.flags = flags;
     f.affinity_timeout = affinity_timeout;
     (a, f)
+}
+
+fn sa6(s: &str) -> SocketAddrV6 {
+    s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
+}
+
+/// Installs one IPv6 TCP frontend through the reconciler, and no IPv4
+/// one: `vip` over `bes`, with `flags` and `affinity_timeout` (seconds).
+fn apply6(l: &mut Loaded, vip: SocketAddrV6, bes: &[SocketAddrV6], flags: u32, affinity_timeout: u32) -> Stats {
+    let (a, mut f) = v6::frontend(vip, Protocol::Tcp, bes);
+    f.flags |= flags;
+    f.affinity_timeout = affinity_timeout;
+    let d6: Desired<Ipv6Addr> = [(a, f)].into_iter().collect();
+    let s = l.reconciler.apply_dual(&[&Desired::default()], &[&d6]);
+    assert!(s.errors.is_empty(), "{s:?}");
+    s
+}
+
+/// A TCP segment from `from` to `to`, without extension headers.
+fn tcp6(from: SocketAddrV6, to: SocketAddrV6, flags: &str, seq: u32) -> Vec<u8> {
+    v6::tcp(from, to, flags, seq, b"", etherparse::Ipv6Extensions::default())
+}
+
+/// Destination of an IPv6 packet after the program ran (the chosen
+/// backend).
+fn target6(p: &[u8]) -> SocketAddrV6 {
+    let ip: [u8; 16] = p[14 + 24..14 + 40].try_into().unwrap();
+    SocketAddrV6::new(ip.into(), u16::from_be_bytes([p[14 + 42], p[14 + 43]]), 0, 0)
 }
 
 #[test]
@@ -448,40 +480,27 @@ fn ipv6_conntrack_garbage_collection() {
     if !kernel_tests_enabled() {
         return;
     }
-    use common::v6;
-    use std::net::{Ipv6Addr, SocketAddrV6};
-    let sa6 = |s: &str| s.parse::<SocketAddrV6>().unwrap();
     let vip = sa6("[fd00:96::60]:80");
     let bes = [sa6("[fd00:10:244::d]:8080"), sa6("[fd00:10:244::e]:8080")];
     let mut l = Loaded::new("ctgc6", Desired::default());
-    let apply = |l: &mut Loaded, bes: &[SocketAddrV6]| {
-        let d6: Desired<Ipv6Addr> = [v6::frontend(vip, Protocol::Tcp, bes)].into_iter().collect();
-        let s = l.reconciler.apply_dual(&[&Desired::default()], &[&d6]);
-        assert!(s.errors.is_empty(), "{s:?}");
-    };
-    apply(&mut l, &bes);
-    let none = etherparse::Ipv6Extensions::default;
+    apply6(&mut l, vip, &bes, 0, 0);
     let client = |port| SocketAddrV6::new("fd00:10:244::b".parse().unwrap(), port, 0, 0);
-    // The backend a packet leaving the program goes to.
-    let target = |p: &[u8]| {
-        let ip: [u8; 16] = p[14 + 24..14 + 40].try_into().unwrap();
-        SocketAddrV6::new(ip.into(), u16::from_be_bytes([p[14 + 42], p[14 + 43]]), 0, 0)
-    };
-    let tcp6 = |l: &mut Loaded, from: SocketAddrV6, to: SocketAddrV6, flags: &str, egress: bool| {
-        let p = v6::tcp(from, to, flags, 1, b"", none());
+    // A segment through tc ingress (from a client) or egress (a reply).
+    let send = |l: &mut Loaded, from: SocketAddrV6, to: SocketAddrV6, flags: &str, egress: bool| {
+        let p = tcp6(from, to, flags, 1);
         if egress { l.run_egress(&p) } else { l.run(&p) }.packet
     };
     // An established flow, and a closed one (FIN both ways).
     let est = client(50000);
-    let est_be = target(&tcp6(&mut l, est, vip, "S", false));
-    tcp6(&mut l, est_be, est, "SA", true);
-    tcp6(&mut l, est, vip, "A", false);
+    let est_be = target6(&send(&mut l, est, vip, "S", false));
+    send(&mut l, est_be, est, "SA", true);
+    send(&mut l, est, vip, "A", false);
     let closed = client(50001);
-    let closed_be = target(&tcp6(&mut l, closed, vip, "S", false));
-    tcp6(&mut l, closed_be, closed, "SA", true);
-    tcp6(&mut l, closed, vip, "A", false);
-    tcp6(&mut l, closed, vip, "FA", false);
-    tcp6(&mut l, closed_be, closed, "FA", true);
+    let closed_be = target6(&send(&mut l, closed, vip, "S", false));
+    send(&mut l, closed_be, closed, "SA", true);
+    send(&mut l, closed, vip, "A", false);
+    send(&mut l, closed, vip, "FA", false);
+    send(&mut l, closed_be, closed, "FA", true);
     let v6_flows = |l: &Loaded| l.reconciler.maps().v6.ct_tcp.entries().unwrap();
     assert_eq!(v6_flows(&l).len(), 4, "two entries per flow");
     // The service entries of a client's flow.
@@ -502,7 +521,7 @@ fn ipv6_conntrack_garbage_collection() {
 
     // The established flow's backend is removed: its entries go at once.
     let rest: Vec<SocketAddrV6> = bes.iter().copied().filter(|b| *b != est_be).collect();
-    apply(&mut l, &rest);
+    apply6(&mut l, vip, &rest, 0, 0);
     let gc = l.reconciler.collect_conntrack(&t, monotonic_ns()).unwrap();
     assert_eq!((gc.invalid, gc.deleted, gc.remaining), (2, 2, 0), "{gc:?}");
     assert!(v6_flows(&l).is_empty());
@@ -517,24 +536,13 @@ fn ipv6_session_affinity_keys_a_client_prefix() {
     if !kernel_tests_enabled() {
         return;
     }
-    use common::v6;
-    use std::net::{Ipv6Addr, SocketAddrV6};
-    let sa6 = |s: &str| s.parse::<SocketAddrV6>().unwrap();
     let vip = sa6("[fd00:96::61]:80");
     let bes: Vec<SocketAddrV6> = (0..4).map(|i| sa6(&format!("[fd00:10:244::{:x}]:8080", 0x20 + i))).collect();
     let mut l = Loaded::new("affinity6", Desired::default());
-    let (a, mut f) = v6::frontend(vip, Protocol::Tcp, &bes);
-    f.flags |= svc_flags::AFFINITY;
-    f.affinity_timeout = 10_800;
-    let d6: Desired<Ipv6Addr> = [(a, f)].into_iter().collect();
-    let s = l.reconciler.apply_dual(&[&Desired::default()], &[&d6]);
-    assert!(s.errors.is_empty(), "{s:?}");
-    let none = etherparse::Ipv6Extensions::default;
+    apply6(&mut l, vip, &bes, svc_flags::AFFINITY, 10_800);
     // The backend a client's new connection goes to.
-    let chosen = |l: &mut Loaded, client: &str| -> Ipv6Addr {
-        let p = l.run(&v6::tcp(sa6(&format!("[{client}]:43000")), vip, "S", 1, b"", none())).packet;
-        <[u8; 16]>::try_from(&p[14 + 24..14 + 40]).unwrap().into()
-    };
+    let chosen =
+        |l: &mut Loaded, client: &str| -> Ipv6Addr { *target6(&l.run(&tcp6(sa6(&format!("[{client}]:43000")), vip, "S", 1)).packet).ip() };
     let entries = |l: &Loaded| l.reconciler.maps().affinity.entries().unwrap().len();
     for i in 0..8 {
         chosen(&mut l, &format!("fd00:10:244:1::{i}"));
@@ -557,22 +565,11 @@ fn ipv6_maglev_picks_exactly_the_agents_table_slot() {
     if !kernel_tests_enabled() {
         return;
     }
-    use common::v6;
     use lb_common::hash::flow_hash6;
-    use std::net::{Ipv6Addr, SocketAddrV6};
-    let sa6 = |s: &str| s.parse::<SocketAddrV6>().unwrap();
     let vip = sa6("[fd00:96::40]:80");
     let five: Vec<SocketAddrV6> = (0..5).map(|i| sa6(&format!("[fd00:10:244:1::{:x}]:8080", 0x10 + i))).collect();
     let mut l = Loaded::new("maglev6", Desired::default());
-    let apply = |l: &mut Loaded, bes: &[SocketAddrV6]| {
-        let (a, mut f) = v6::frontend(vip, Protocol::Tcp, bes);
-        f.flags |= svc_flags::MAGLEV;
-        let d6: Desired<Ipv6Addr> = [(a, f)].into_iter().collect();
-        let s = l.reconciler.apply_dual(&[&Desired::default()], &[&d6]);
-        assert!(s.errors.is_empty(), "{s:?}");
-        s
-    };
-    apply(&mut l, &five);
+    apply6(&mut l, vip, &five, svc_flags::MAGLEV, 0);
     let id = l.reconciler.frontend_id(&FrontendAddr::new(*vip.ip(), 80, Protocol::Tcp)).unwrap();
     let table = l.reconciler.maps().maglev_table(id).unwrap().expect("a Maglev table is installed");
     assert_eq!(table.len(), sizes::MAGLEV_M as usize);
@@ -599,16 +596,10 @@ fn ipv6_maglev_picks_exactly_the_agents_table_slot() {
         let hash = flow_hash6(&words(client(port).ip()), &words(vip.ip()), port.to_be(), 80u16.to_be(), 6);
         backend_of[&table[(hash % sizes::MAGLEV_M) as usize]]
     };
-    let none = etherparse::Ipv6Extensions::default;
-    // The backend a packet leaving the program goes to.
-    let target = |p: &[u8]| {
-        let ip: [u8; 16] = p[14 + 24..14 + 40].try_into().unwrap();
-        SocketAddrV6::new(ip.into(), u16::from_be_bytes([p[14 + 42], p[14 + 43]]), 0, 0)
-    };
     let ports = 30000..30300u16;
     let mut used = BTreeMap::<SocketAddrV6, usize>::new();
     for port in ports.clone() {
-        let got = target(&l.run(&v6::tcp(client(port), vip, "S", 1, b"", none())).packet);
+        let got = target6(&l.run(&tcp6(client(port), vip, "S", 1)).packet);
         assert_eq!(got, table_pick(port), "flow from port {port}");
         *used.entry(got).or_default() += 1;
     }
@@ -621,18 +612,18 @@ fn ipv6_maglev_picks_exactly_the_agents_table_slot() {
     assert!(keys.len() >= 300, "{} entries", keys.len());
     assert_eq!(ct.remove_all(&keys).unwrap(), keys.len());
     for port in ports.clone() {
-        let first = target(&l.run(&v6::tcp(client(port), vip, "A", 2, b"", none())).packet);
-        let again = target(&l.run(&v6::tcp(client(port), vip, "A", 3, b"", none())).packet);
+        let first = target6(&l.run(&tcp6(client(port), vip, "A", 2)).packet);
+        let again = target6(&l.run(&tcp6(client(port), vip, "A", 3)).packet);
         assert_eq!((first, again), (table_pick(port), table_pick(port)), "flow from port {port} without its entry");
     }
 
     // A backend less moves only the flows it had (plus about 1 %).
     let before: Vec<SocketAddrV6> = ports.clone().map(table_pick).collect();
-    let stats = apply(&mut l, &five[..4]);
+    let stats = apply6(&mut l, vip, &five[..4], svc_flags::MAGLEV, 0);
     assert_eq!(stats.maglev_tables, 1, "the table was rewritten");
     let mut moved = 0;
     for (i, port) in ports.enumerate() {
-        let now = target(&l.run(&v6::tcp(client(port), vip, "S", 1, b"", none())).packet);
+        let now = target6(&l.run(&tcp6(client(port), vip, "S", 1)).packet);
         assert_ne!(now, five[4], "flow from port {port} on the removed backend");
         if before[i] != five[4] && now != before[i] {
             moved += 1;
@@ -650,26 +641,13 @@ fn ipv6_session_affinity_pins_a_client_until_it_expires_or_its_backend_goes() {
     if !kernel_tests_enabled() {
         return;
     }
-    use common::v6;
-    use std::net::{Ipv6Addr, SocketAddrV6};
-    let sa6 = |s: &str| s.parse::<SocketAddrV6>().unwrap();
     let vip = sa6("[fd00:96::62]:80");
     let three: Vec<SocketAddrV6> = (0..3).map(|i| sa6(&format!("[fd00:10:244:1::{:x}]:8080", 0x30 + i))).collect();
     let mut l = Loaded::new("affinity6-expiry", Desired::default());
-    let apply = |l: &mut Loaded, bes: &[SocketAddrV6]| {
-        let (a, mut f) = v6::frontend(vip, Protocol::Tcp, bes);
-        f.flags |= svc_flags::AFFINITY;
-        f.affinity_timeout = 60;
-        let d6: Desired<Ipv6Addr> = [(a, f)].into_iter().collect();
-        let s = l.reconciler.apply_dual(&[&Desired::default()], &[&d6]);
-        assert!(s.errors.is_empty(), "{s:?}");
-    };
-    apply(&mut l, &three);
-    let none = etherparse::Ipv6Extensions::default;
+    apply6(&mut l, vip, &three, svc_flags::AFFINITY, 60);
     // The backend a new connection from the client's `port` goes to.
     let chosen_for = |l: &mut Loaded, client: &str, port: u16| -> Ipv6Addr {
-        let p = l.run(&v6::tcp(sa6(&format!("[{client}]:{port}")), vip, "S", 1, b"", none())).packet;
-        <[u8; 16]>::try_from(&p[14 + 24..14 + 40]).unwrap().into()
+        *target6(&l.run(&tcp6(sa6(&format!("[{client}]:{port}")), vip, "S", 1)).packet).ip()
     };
     let chosen = |l: &mut Loaded, port: u16| chosen_for(l, "fd00:10:244::b", port);
     let first = chosen(&mut l, 40000);
@@ -705,7 +683,7 @@ fn ipv6_session_affinity_pins_a_client_until_it_expires_or_its_backend_goes() {
     let current = chosen(&mut l, 43000);
     let stale = others.iter().filter(|b| **b == current).count();
     let rest: Vec<SocketAddrV6> = three.iter().copied().filter(|b| *b.ip() != current).collect();
-    apply(&mut l, &rest);
+    apply6(&mut l, vip, &rest, svc_flags::AFFINITY, 60);
     let next = chosen(&mut l, 43001);
     assert_ne!(next, current);
     for port in 43002..43020u16 {
