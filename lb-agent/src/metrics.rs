@@ -81,6 +81,10 @@ struct Instruments {
     api_errors: Family<[(&'static str, &'static str); 1], Counter>,
     /// Map entries put right by the periodic resync (drift repair).
     drift_repairs: Counter,
+    /// Host UDP sockets destroyed because their backend left the Service
+    /// (`stale_sockets`), and failures to.
+    stale_sockets: Counter,
+    stale_socket_errors: Counter,
     node_seen: Gauge,
     node_eligible: Gauge,
     api_reachable: Gauge,
@@ -112,6 +116,8 @@ impl Default for Shared {
             services: Gauge::default(),
             api_errors: Family::default(),
             drift_repairs: Counter::default(),
+            stale_sockets: Counter::default(),
+            stale_socket_errors: Counter::default(),
             node_seen: Gauge::default(),
             node_eligible: Gauge::default(),
             api_reachable: Gauge::default(),
@@ -138,6 +144,16 @@ impl Default for Shared {
             "lb_drift_repairs",
             "Map entries the periodic resync found different from the desired state and repaired",
             m.drift_repairs.clone(),
+        );
+        r.register(
+            "lb_stale_sockets_destroyed",
+            "Host UDP sockets the socket hooks had connected to a backend that then left its Service, destroyed",
+            m.stale_sockets.clone(),
+        );
+        r.register(
+            "lb_stale_socket_errors",
+            "Such sockets that could not be destroyed, and sweeps that could not list the host's sockets",
+            m.stale_socket_errors.clone(),
         );
         r.register("lb_node_seen", "Whether this node's Node object is known", m.node_seen.clone());
         r.register(
@@ -234,6 +250,13 @@ impl Metrics {
         self.0.m.drift_repairs.inc_by(n);
     }
 
+    /// Counts a sweep of stale host sockets: those destroyed, and those
+    /// (or the listing) that failed.
+    pub fn stale_sockets(&self, destroyed: usize, errors: usize) {
+        self.0.m.stale_sockets.inc_by(destroyed as u64);
+        self.0.m.stale_socket_errors.inc_by(errors as u64);
+    }
+
     pub fn api_error_node(&self) {
         self.0.m.api_errors.get_or_create(&[("resource", API_RESOURCES[2])]).inc();
     }
@@ -317,6 +340,9 @@ mod tests {
         assert!(text.contains("lb_sync_latency_seconds_count 4\n"), "{text}");
         assert!(text.contains("lb_map_operations_total 12\n"), "{text}");
         assert!(text.contains("lb_ready 1\n"), "{text}");
+        m.stale_sockets(2, 1);
+        let text = m.render();
+        assert!(text.contains("lb_stale_sockets_destroyed_total 2\n") && text.contains("lb_stale_socket_errors_total 1\n"), "{text}");
     }
 
     #[test]

@@ -119,7 +119,7 @@ impl Syncer {
         self.reconciler.apply_source_ranges(&plan.source_ranges6, &mut stats);
         self.north_south.sync_health_checks(&plan);
         if self.socket_lb && stats.updated + stats.removed > 0 {
-            destroy_stale_sockets(&self.reconciler);
+            destroy_stale_sockets(&self.reconciler, &self.metrics);
         }
         let latency = first_seen.elapsed();
         let now = SystemTime::now();
@@ -155,8 +155,8 @@ impl Syncer {
     }
 }
 
-/// See [`stale_sockets`]: logs what the sweep did.
-fn destroy_stale_sockets(reconciler: &Reconciler) {
+/// See [`stale_sockets`]: logs and counts what the sweep did.
+fn destroy_stale_sockets(reconciler: &Reconciler, metrics: &Metrics) {
     match stale_sockets::sweep(reconciler) {
         Ok(sweep) => {
             for (s, frontend) in &sweep.destroyed {
@@ -166,7 +166,11 @@ fn destroy_stale_sockets(reconciler: &Reconciler) {
                 warn!("could not destroy a host UDP socket connected to a removed backend: {e}");
             }
             debug!(connected = sweep.connected, destroyed = sweep.destroyed.len(), "host UDP sockets swept");
+            metrics.stale_sockets(sweep.destroyed.len(), sweep.errors.len());
         }
-        Err(e) => warn!("listing the host's UDP sockets (sock_diag): {e}"),
+        Err(e) => {
+            warn!("listing the host's UDP sockets (sock_diag): {e}");
+            metrics.stale_sockets(0, 1);
+        }
     }
 }
