@@ -222,6 +222,9 @@ fn a_host_udp_socket_connected_to_a_removed_backend_is_destroyed() {
     assert!(query(&direct, "d2").unwrap().starts_with(current), "the direct socket was left alone");
     let log = agent.log_text();
     assert!(log.contains("destroyed a host UDP socket connected to a backend its Service no longer has"), "{log}");
+    let (_, metrics) = common::http_get(&lab.node, (Ipv4Addr::LOCALHOST, 10256), "/metrics");
+    assert!(metrics.contains("lb_stale_sockets_destroyed_total 1\n"), "{metrics}");
+    assert!(metrics.contains("lb_stale_socket_errors_total 0\n"), "{metrics}");
 }
 
 /// A TCP echo server on `port` in `ns`: echoes every line on every

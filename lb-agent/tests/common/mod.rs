@@ -678,12 +678,18 @@ pub fn with_ip_id(packet: &[u8], id: u16) -> Vec<u8> {
 /// (either family): (status code, body). Health check NodePorts answer
 /// any path.
 pub fn http_status(ns: &Netns, to: impl Into<SocketAddr>) -> (u16, String) {
+    http_get(ns, to, "/healthz")
+}
+
+/// [`http_status`] of another `path`.
+pub fn http_get(ns: &Netns, to: impl Into<SocketAddr>, path: &str) -> (u16, String) {
     use std::io::{Read, Write};
     let to = to.into();
+    let request = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
     ns.run(move || {
         let mut s = std::net::TcpStream::connect_timeout(&to, Duration::from_secs(2)).unwrap_or_else(|e| panic!("{to}: {e}"));
         s.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
-        s.write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
+        s.write_all(request.as_bytes()).unwrap();
         let mut text = String::new();
         s.read_to_string(&mut text).unwrap();
         let code = text.split_whitespace().nth(1).unwrap_or("0").parse().unwrap_or(0);
