@@ -4,7 +4,7 @@
 //! mount namespace), and each test takes one thing kube-proxy handles that
 //! a friendlier lab would not show: a backend in the host network,
 //! hairpin, fragmented answers, ICMP errors from backends, half-closed
-//! streams, `internalTrafficPolicy: Local`, another tc program after lb, a
+//! streams (over IPv6 too), `internalTrafficPolicy: Local`, another tc program after lb, a
 //! VXLAN overlay between nodes, and a smaller MTU on the way to a NodePort
 //! client.
 
@@ -13,7 +13,7 @@ mod common;
 use std::{
     collections::BTreeSet,
     io::{Read, Write},
-    net::{Shutdown, SocketAddrV4, TcpListener, TcpStream},
+    net::{Shutdown, SocketAddr, SocketAddrV4, TcpListener, TcpStream},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -155,16 +155,36 @@ fn a_half_closed_stream_outlives_the_closing_timeout() {
     if !kernel_tests_enabled() {
         return;
     }
-    // The client sends its request and shuts its side down (FIN); the
-    // server answers 3 s later, well past the 1 s closing timeout, with
-    // garbage collection running every second.
     let lab = NodeLab::new(&["client", "slow"]).unwrap();
-    let slow = lab.pod("slow");
-    let addr = SocketAddrV4::new(slow.ip, 8080);
+    let slow = lab.pod("slow").ip;
+    let manifest = service_yaml("slow", VIP, 80, "TCP", 8080, &[slow]);
+    half_closed_stream(&lab, SocketAddrV4::new(slow, 8080).into(), vip(80).into(), &manifest, "halfclose");
+}
+
+/// The same through an IPv6 ClusterIP (the IPv6 conntrack's states and
+/// its garbage collection).
+#[test]
+fn a_half_closed_ipv6_stream_outlives_the_closing_timeout() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let lab = NodeLab::new(&["client", "slow"]).unwrap();
+    lab.enable_ipv6().unwrap();
+    let (slow, slow6) = (lab.pod("slow").ip, lab.pod_ip6("slow"));
+    let manifest = common::dual_stack_yaml("slow", (VIP, "fd00:96::a"), (80, "TCP", 8080), (&[slow], &[slow6]), false);
+    let to = SocketAddr::new("fd00:96::a".parse::<std::net::Ipv6Addr>().unwrap().into(), 80);
+    half_closed_stream(&lab, SocketAddr::new(slow6.into(), 8080), to, &manifest, "halfclose6");
+}
+
+/// The client sends its request to `to` and shuts its side down (FIN);
+/// the server (pod `slow`, at `server`) answers 3 s later, well past the
+/// 1 s closing timeout, with garbage collection running every second: the
+/// answer arrives whole.
+fn half_closed_stream(lab: &NodeLab, server: SocketAddr, to: SocketAddr, manifest: &str, tag: &str) {
     let stop = Arc::new(AtomicBool::new(false));
     let stop2 = stop.clone();
-    let server = slow.ns.spawn_thread("slow-server", move || {
-        let l = TcpListener::bind(addr).unwrap();
+    let handle = lab.pod("slow").ns.spawn_thread("slow-server", move || {
+        let l = TcpListener::bind(server).unwrap();
         l.set_nonblocking(true).unwrap();
         while !stop2.load(Ordering::SeqCst) {
             match l.accept() {
@@ -180,15 +200,15 @@ fn a_half_closed_stream_outlives_the_closing_timeout() {
             }
         }
     });
-    let dir = ManifestDir::new("halfclose");
-    dir.write("slow.yaml", &service_yaml("slow", VIP, 80, "TCP", 8080, &[slow.ip]));
-    let agent = Agent::start_with(&lab.node, &dir.0, PinDir::new("halfclose"), &["--ct-tcp-closing-timeout", "1", "--ct-gc-interval", "1"]);
-    agent.wait_rows("the endpoint", |rows| rows.len() == 1 && rows[0].backends.len() == 1);
+    let dir = ManifestDir::new(tag);
+    dir.write("slow.yaml", manifest);
+    let agent = Agent::start_with(&lab.node, &dir.0, PinDir::new(tag), &["--ct-tcp-closing-timeout", "1", "--ct-gc-interval", "1"]);
+    agent.wait_rows("the endpoints", |rows| !rows.is_empty() && rows.iter().all(|r| r.backends.len() == 1));
     let answer = lab
         .pod("client")
         .ns
         .run(move || -> std::io::Result<String> {
-            let mut s = TcpStream::connect_timeout(&vip(80).into(), Duration::from_secs(2))?;
+            let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(2))?;
             s.set_read_timeout(Some(Duration::from_secs(8)))?;
             s.write_all(b"request")?;
             s.shutdown(Shutdown::Write)?;
@@ -199,7 +219,7 @@ fn a_half_closed_stream_outlives_the_closing_timeout() {
         .unwrap_or_else(|e| panic!("half-closed stream: {e}\n{}", agent.log_text()));
     assert_eq!(answer, "answer to request");
     stop.store(true, Ordering::SeqCst);
-    server.unwrap().join().unwrap();
+    handle.unwrap().join().unwrap();
 }
 
 /// A Service with `internalTrafficPolicy: Local` and its slice: web-a on
