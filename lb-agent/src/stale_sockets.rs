@@ -18,14 +18,14 @@
 //! cookie with the peer, and names the frontend it stood for. A socket
 //! connected to a pod's address directly is left alone.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
-use lb_common::{SockRevNat4Key, SockRevNat6Key, addr6, ipv6};
+use lb_common::{Family, V4, V6};
 
 use crate::{
     maps::Maps,
     model::{BackendAddr, Protocol},
-    reconcile::Reconciler,
+    reconcile::{MapFamily, Reconciler},
     sock_diag::{self, UdpSocket},
 };
 
@@ -62,34 +62,39 @@ pub fn sweep(reconciler: &Reconciler<Maps>) -> std::io::Result<Sweep> {
 }
 
 /// The frontend that socket `s`'s peer stood for when the hooks connected
-/// it, if that frontend no longer allows the peer as a backend.
+/// it, if that frontend no longer allows the peer as a backend. The entry
+/// is looked up by the key the hooks wrote (`Family::sock_rev_nat_key`).
 fn stale_frontend(r: &Reconciler<Maps>, s: &UdpSocket) -> Option<String> {
     let maps = r.maps();
-    match peer_v4(s.dst) {
-        Some((ip, port)) => {
-            let key = SockRevNat4Key { cookie: s.cookie, addr: u32::from_ne_bytes(ip.octets()), port: port.to_be(), _pad: 0 };
-            let e = maps.sock_revnat.get(&key).ok()??;
-            let front = (Ipv4Addr::from(e.addr.to_ne_bytes()), u16::from_be(e.port));
-            let backend = BackendAddr { ip, port, proto: Protocol::Udp };
-            (!r.allows(e.frontend_id, front, &backend)).then(|| SocketAddr::from(front).to_string())
+    let port = s.dst.port();
+    match peer_v4(s.dst.ip()) {
+        Some(ip) => {
+            let key = V4::sock_rev_nat_key(s.cookie, Ipv4Addr::vip_key(ip), port.to_be());
+            unless_allowed(r, V4::sock_front(&maps.sock_revnat.get(&key).ok()??), (ip, port))
         }
         None => {
             let IpAddr::V6(ip) = s.dst.ip() else { return None };
-            let port = s.dst.port();
-            let key = SockRevNat6Key { cookie: s.cookie, addr: addr6(ip), port: port.to_be(), _pad: [0; 3] };
-            let e = maps.v6.sock_revnat.get(&key).ok()??;
-            let front = (ipv6(e.addr), u16::from_be(e.port));
-            let backend = BackendAddr { ip, port, proto: Protocol::Udp };
-            (!r.allows(e.frontend_id, front, &backend)).then(|| SocketAddr::from(front).to_string())
+            let key = V6::sock_rev_nat_key(s.cookie, Ipv6Addr::vip_key(ip), port.to_be());
+            unless_allowed(r, V6::sock_front(&maps.v6.sock_revnat.get(&key).ok()??), (ip, port))
         }
     }
 }
 
+/// The frontend of a socket rev-NAT entry (`Family::sock_front`: its
+/// address as the maps hold it, its port in network order, its ID), if it
+/// no longer allows `peer` as a UDP backend.
+fn unless_allowed<A: MapFamily>(r: &Reconciler<Maps>, front: (A::VipKey, u16, u32), peer: (A, u16)) -> Option<String> {
+    let (addr, port, id) = front;
+    let front = (A::vip_ip(addr), u16::from_be(port));
+    let backend = BackendAddr { ip: peer.0, port: peer.1, proto: Protocol::Udp };
+    (!r.allows(id, front, &backend)).then(|| SocketAddr::new(front.0.into(), front.1).to_string())
+}
+
 /// An IPv4 peer, or an IPv4-mapped one of a dual-stack IPv6 socket (which
 /// the hooks translate as IPv4).
-fn peer_v4(peer: SocketAddr) -> Option<(Ipv4Addr, u16)> {
-    match peer.ip() {
-        IpAddr::V4(ip) => Some((ip, peer.port())),
-        IpAddr::V6(ip) => ip.to_ipv4_mapped().map(|ip| (ip, peer.port())),
+fn peer_v4(peer: IpAddr) -> Option<Ipv4Addr> {
+    match peer {
+        IpAddr::V4(ip) => Some(ip),
+        IpAddr::V6(ip) => ip.to_ipv4_mapped(),
     }
 }
