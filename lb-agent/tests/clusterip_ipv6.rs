@@ -531,18 +531,6 @@ fn internal_traffic_policy_local_keeps_ipv6_traffic_to_this_nodes_endpoints() {
         return;
     }
     let (lab, _servers) = lab();
-    let dir = ManifestDir::new("itp6");
-    dir.write("local.yaml", &local_policy6_yaml(&lab, false));
-    let agent = Agent::start_with(&lab.node, &dir.0, PinDir::new("itp6"), &["--node-name", "node-1"]);
-    agent.wait_rows("the local endpoint only", |rows| rows.len() == 1 && rows[0].backends.len() == 1);
-    let client = &lab.pod("client").ns;
     let to = SocketAddr::new("fd00:96::a".parse::<Ipv6Addr>().unwrap().into(), 80);
-    for i in 0..20 {
-        let tag = tcp_request_to(client, to, b"hello\n", TIMEOUT).unwrap_or_else(|e| panic!("request {i}: {e:#}\n{}", agent.log_text()));
-        assert_eq!(tag, "web-a", "only this node's endpoint");
-    }
-    dir.write("local.yaml", &local_policy6_yaml(&lab, true));
-    agent.wait_rows("no local endpoint", |rows| rows.len() == 1 && rows[0].backends.is_empty());
-    let err = tcp_request_to(client, to, b"hello\n", Duration::from_millis(1500)).unwrap_err();
-    assert!(!is_connection_refused(&err), "dropped, not rejected: {err:#}");
+    common::internal_traffic_policy_local_holds(&lab, to, |remote| local_policy6_yaml(&lab, remote), "itp6");
 }

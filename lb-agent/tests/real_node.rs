@@ -25,8 +25,8 @@ use std::{
 use common::{Agent, ManifestDir, PinDir, bulk_server, kernel_tests_enabled, service_yaml};
 use lb_common::stat;
 use lb_lab::{
-    ClusterLab, ClusterOptions, NODE_IP, NodeLab, Overlay, Server, is_connection_refused, node_ip, tcp_request, tcp_request_with,
-    tcp_server, udp_echo, udp_padded, udp_request, udp_request_with,
+    ClusterLab, ClusterOptions, NODE_IP, NodeLab, Overlay, Server, is_connection_refused, node_ip, tcp_request, tcp_server, udp_echo,
+    udp_padded, udp_request, udp_request_with,
 };
 
 const VIP: &str = "10.96.0.10";
@@ -254,21 +254,7 @@ fn internal_traffic_policy_local_keeps_to_this_nodes_endpoints() {
         return;
     }
     let (lab, _servers) = node_lab();
-    let dir = ManifestDir::new("itp");
-    dir.write("local.yaml", &local_policy_yaml(&lab, false));
-    let agent = Agent::start_with(&lab.node, &dir.0, PinDir::new("itp"), &["--node-name", "node-1"]);
-    agent.wait_rows("the local endpoint only", |rows| rows.len() == 1 && rows[0].backends.len() == 1);
-    let client = &lab.pod("client").ns;
-    for i in 0..20 {
-        let tag = tcp_request(client, vip(80)).unwrap_or_else(|e| panic!("request {i}: {e:#}\n{}", agent.log_text()));
-        assert_eq!(tag, "web-a", "only this node's endpoint");
-    }
-    // No endpoint on this node: dropped (no answer, not refused), as
-    // kube-proxy does.
-    dir.write("local.yaml", &local_policy_yaml(&lab, true));
-    agent.wait_rows("no local endpoint", |rows| rows.len() == 1 && rows[0].backends.is_empty());
-    let err = tcp_request_with(client, vip(80), b"hello\n", Duration::from_millis(1500)).unwrap_err();
-    assert!(!is_connection_refused(&err), "dropped, not rejected: {err:#}");
+    common::internal_traffic_policy_local_holds(&lab, vip(80).into(), |remote| local_policy_yaml(&lab, remote), "itp");
 }
 
 /// A Service with `trafficDistribution: PreferClose` and its slice:

@@ -820,3 +820,26 @@ pub fn bulk_server(ns: &lb_lab::Netns, addr: impl Into<SocketAddr>, len: usize) 
         .unwrap();
     (stop, h)
 }
+
+/// `internalTrafficPolicy: Local` seen from pod `client` of `lab` through
+/// the frontend `to`. `yaml(false)`: the Service with web-a on this node
+/// (`node-1`, the agent's `--node-name`) and web-b on another; 20
+/// requests are all answered by web-a. `yaml(true)`: none on this node;
+/// the frontend has no backend and a request is dropped (no answer, not
+/// refused), as kube-proxy does.
+pub fn internal_traffic_policy_local_holds(lab: &lb_lab::NodeLab, to: SocketAddr, yaml: impl Fn(bool) -> String, tag: &str) {
+    let dir = ManifestDir::new(tag);
+    dir.write("local.yaml", &yaml(false));
+    let agent = Agent::start_with(&lab.node, &dir.0, PinDir::new(tag), &["--node-name", "node-1"]);
+    agent.wait_rows("the local endpoint only", |rows| rows.len() == 1 && rows[0].backends.len() == 1);
+    let client = &lab.pod("client").ns;
+    for i in 0..20 {
+        let tag = lb_lab::tcp_request_to(client, to, b"hello\n", Duration::from_secs(2))
+            .unwrap_or_else(|e| panic!("request {i}: {e:#}\n{}", agent.log_text()));
+        assert_eq!(tag, "web-a", "only this node's endpoint");
+    }
+    dir.write("local.yaml", &yaml(true));
+    agent.wait_rows("no local endpoint", |rows| rows.len() == 1 && rows[0].backends.is_empty());
+    let err = lb_lab::tcp_request_to(client, to, b"hello\n", Duration::from_millis(1500)).unwrap_err();
+    assert!(!lb_lab::is_connection_refused(&err), "dropped, not rejected: {err:#}");
+}
