@@ -335,20 +335,47 @@ fn a_pod_reaches_an_ipv6_cluster_ip_whose_backend_is_on_another_node() {
     if !kernel_tests_enabled() {
         return;
     }
-    use lb_lab::{ClusterLab, cluster_pod_ip, cluster_pod_ip6};
-    let lab = ClusterLab::new(&[&["cli-a"], &["web-b"]]).unwrap();
+    backend_on_another_node(lb_lab::Overlay::Routed, "tc6-remote");
+}
+
+/// The same with the nodes' pod networks joined by a VXLAN device that
+/// carries both families over the IPv4 underlay (Cilium's tunnel; flannel
+/// and Calico make the same encapsulation): the translated requests leave
+/// node A encapsulated, and the replies arrive decapsulated on the tunnel
+/// device before lb translates them back. IPv4's counterpart:
+/// `a_clusterip_reaches_a_backend_on_another_node_over_vxlan`
+/// (real_node.rs).
+#[test]
+fn a_pod_reaches_an_ipv6_cluster_ip_whose_backend_is_on_another_node_over_vxlan() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    backend_on_another_node(lb_lab::Overlay::Vxlan, "tc6-vxlan");
+}
+
+fn backend_on_another_node(overlay: lb_lab::Overlay, tag: &str) {
+    use lb_lab::{ClusterLab, ClusterOptions, Overlay, VXLAN_IF, cluster_pod_ip, cluster_pod_ip6};
+    let lab = ClusterLab::with_options(&[&["cli-a"], &["web-b"]], ClusterOptions { overlay, ..Default::default() }).unwrap();
     lab.enable_ipv6().unwrap();
     let web = lab.node(1).pod("web-b");
     let be6 = cluster_pod_ip6(1, 0);
     let _tcp = tcp_server_at(&web.ns, SocketAddrV6::new(be6, 8080, 0, 0).into(), "web-b").unwrap();
     let _udp = udp_echo_at(&web.ns, SocketAddrV6::new(be6, 5353, 0, 0).into(), "web-b").unwrap();
     let pods = (&[cluster_pod_ip(1, 0)][..], &[be6][..]);
-    let dir = ManifestDir::new("tc6-remote");
+    let dir = ManifestDir::new(tag);
     dir.write("web.yaml", &dual_stack_yaml("web", ("10.96.0.10", "fd00:96::a"), (80, "TCP", 8080), pods, false));
     dir.write("dns.yaml", &dual_stack_yaml("dns", ("10.96.0.53", "fd00:96::35"), (53, "UDP", 5353), pods, false));
     let node = lab.node(0);
     let args = ["--external-ifaces", lb_lab::EXT_IF, "--node-name", &node.name, "--health-addr", "off"];
-    let agent = Agent::start_with(&node.ns, &dir.0, PinDir::new("tc6-remote"), &args);
+    let agent = Agent::start_with(&node.ns, &dir.0, PinDir::new(tag), &args);
+    // Packets node A's VXLAN device sent and received.
+    let tunnel_packets = || {
+        let out = node.ns.ip_output(&["-j", "-s", "link", "show", VXLAN_IF]).unwrap();
+        let link: Value = serde_json::from_str(&out).unwrap();
+        let stats = &link[0]["stats64"];
+        (stats["tx"]["packets"].as_u64().unwrap(), stats["rx"]["packets"].as_u64().unwrap())
+    };
+    let before = (overlay == Overlay::Vxlan).then(tunnel_packets);
     agent.wait_rows("both families' frontends", |rows| rows.iter().filter(|r| r.backends.len() == 1).count() == 4);
 
     let client = &node.pod("cli-a").ns;
@@ -363,6 +390,11 @@ fn a_pod_reaches_an_ipv6_cluster_ip_whose_backend_is_on_another_node() {
             udp_request_to(client, to, format!("q{i}").as_bytes(), TIMEOUT).unwrap_or_else(|e| panic!("query {i} to {to}: {e:#}"));
         assert_eq!(reply, format!("web-b:q{i}"));
         assert_eq!(peer, to, "the answer comes from the ClusterIP");
+    }
+    if let Some((tx, rx)) = before {
+        // Each TCP request is at least 4 packets each way, each query 1.
+        let (tx2, rx2) = tunnel_packets();
+        assert!(tx2 - tx >= 10 * 5 && rx2 - rx >= 10 * 5, "through the tunnel: {} sent, {} received", tx2 - tx, rx2 - rx);
     }
     // Translated by lb: IPv6 flows in its conntrack.
     let maps = agent.maps();

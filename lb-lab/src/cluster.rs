@@ -25,7 +25,8 @@
 //! * Options ([`ClusterOptions`]): the pod networks joined by a kernel
 //!   VXLAN device instead of plain routes (flannel's layout: `lbvx` with
 //!   `10.244.(n+1).0/32`, a route per other node's pod CIDR via its VTEP
-//!   address, static neighbour and FDB entries); and the client behind a
+//!   address, static neighbour and FDB entries; with IPv6, the same device
+//!   carries the IPv6 pods too, via `fe80::42:<m+1>`); and the client behind a
 //!   router (`192.168.60.100` -> `192.168.60.1` / `192.168.50.254`; with
 //!   IPv6, `fd00:60::64` -> `fd00:60::1` / `fd00:50::fe`) whose link
 //!   towards the client has a smaller MTU, for path MTU discovery.
@@ -126,6 +127,19 @@ pub enum Overlay {
 /// The VXLAN device of every node with [`Overlay::Vxlan`].
 pub const VXLAN_IF: &str = "lbvx";
 
+/// The MAC address of node `n`'s VXLAN device.
+fn vtep_mac(n: usize) -> String {
+    format!("0e:00:00:00:00:{:02x}", n + 1)
+}
+
+/// The link-local IPv6 address of node `n`'s VXLAN device (with
+/// [`ClusterLab::enable_ipv6`]): the next hop of its IPv6 pods, which the
+/// device carries over the IPv4 underlay as it carries IPv4 pods (one
+/// device for both families, as Cilium's VXLAN tunnel).
+fn vtep_ip6(n: usize) -> Ipv6Addr {
+    Ipv6Addr::new(0xfe80, 0, 0, 0, 0, 0, 0x42, n as u16 + 1)
+}
+
 /// Options of a [`ClusterLab`].
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ClusterOptions {
@@ -155,6 +169,8 @@ pub struct ClusterLab {
     pub client: Netns,
     pub switch: Netns,
     pub router: Option<Netns>,
+    /// How the nodes' pod networks are joined.
+    pub overlay: Overlay,
 }
 
 impl ClusterLab {
@@ -178,7 +194,7 @@ impl ClusterLab {
             Some(_) => Some(Netns::new("router")?),
             None => None,
         };
-        let mut lab = ClusterLab { nodes: Vec::new(), client, switch, router };
+        let mut lab = ClusterLab { nodes: Vec::new(), client, switch, router, overlay: opts.overlay };
         match (&lab.router, opts.client_router_mtu) {
             (Some(router), Some(mtu)) => lab.wire_router(router, mtu).context("set up the router")?,
             _ => {
@@ -245,7 +261,6 @@ impl ClusterLab {
 
     /// Flannel's VXLAN layout on every node (see the module docs).
     fn wire_vxlan(&self) -> Result<()> {
-        let vtep_mac = |n: usize| format!("0e:00:00:00:00:{:02x}", n + 1);
         let vtep_ip = |n: usize| Ipv4Addr::new(10, 244, n as u8 + 1, 0);
         for (n, node) in self.nodes.iter().enumerate() {
             let ns = &node.ns;
@@ -301,7 +316,10 @@ impl ClusterLab {
     /// `/128` with a default route via [`GATEWAY_IP6`] (link-local, on the
     /// node side `lbp<i>`) and the node a route to it; the other nodes'
     /// pods, `fd00:244:<m+1>::/48`, via node `m`'s external IPv6 address
-    /// (as the IPv4 pod CIDRs). Addresses skip duplicate address
+    /// (as the IPv4 pod CIDRs), or with [`Overlay::Vxlan`] through the
+    /// VXLAN device, via node `m`'s VTEP `fe80::42:<m+1>` (a static
+    /// neighbour with its VTEP MAC, which the FDB already sends to node
+    /// `m`'s IPv4 address). Addresses skip duplicate address
     /// detection, so they are usable at once.
     pub fn enable_ipv6(&self) -> Result<()> {
         match &self.router {
@@ -340,9 +358,19 @@ impl ClusterLab {
                 pod.ns.ip(&["-6", "addr", "add", &format!("{ip6}/128"), "dev", "eth0", "nodad"])?;
                 pod.ns.ip(&["-6", "route", "add", "default", "via", &GATEWAY_IP6.to_string(), "dev", "eth0"])?;
             }
+            if self.overlay == Overlay::Vxlan {
+                ns.ip(&["-6", "addr", "add", &format!("{}/64", vtep_ip6(n)), "dev", VXLAN_IF, "nodad"])?;
+            }
             for m in (0..self.nodes.len()).filter(|&m| m != n) {
                 let pods = format!("{}/48", Ipv6Addr::new(0xfd00, 0x244, m as u16 + 1, 0, 0, 0, 0, 0));
-                ns.ip(&["-6", "route", "add", &pods, "via", &node_ip6(m).to_string(), "dev", EXT_IF])?;
+                match self.overlay {
+                    Overlay::Routed => ns.ip(&["-6", "route", "add", &pods, "via", &node_ip6(m).to_string(), "dev", EXT_IF])?,
+                    Overlay::Vxlan => {
+                        let (peer, mac) = (vtep_ip6(m).to_string(), vtep_mac(m));
+                        ns.ip(&["-6", "route", "add", &pods, "via", &peer, "dev", VXLAN_IF])?;
+                        ns.ip(&["-6", "neigh", "replace", &peer, "lladdr", &mac, "dev", VXLAN_IF, "nud", "permanent"])?;
+                    }
+                }
             }
         }
         Ok(())
