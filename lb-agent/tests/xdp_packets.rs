@@ -233,6 +233,13 @@ impl Fixture {
                 nodeport_max: 32767,
             })
             .unwrap();
+        // Both are lb's external interfaces (XDP redirects only to
+        // those), in generic mode; tests set ext0's mode where it matters.
+        for name in [*b"ext0\0\0\0\0\0\0\0\0\0\0\0\0", *b"ext1\0\0\0\0\0\0\0\0\0\0\0\0"] {
+            let dev = lb_common::Device { mode: lb_common::xdp_mode::GENERIC, name, why: 0 };
+            let ifname = std::str::from_utf8(&name[..4]).unwrap();
+            l.reconciler.maps_mut().devices.insert(&ifindex(ifname), &dev).unwrap();
+        }
         Fixture { l, ext: ifindex("ext0"), hook, _entered: entered, _ns: ns }
     }
 
@@ -646,6 +653,24 @@ fn a_backend_behind_another_interface_is_redirected_there(hook: Hook) {
     let ext1 = ifindex("ext1");
     let out = fx.run_on(&testrun::tcp_frame(from_c, be, node(NAT_PORT), "SA", 2, b""), ext1);
     expect("reply redirected to ext0", &out, fx.redirected(), &testrun::tcp_frame(TO_CLIENT, node(30082), c, "SA", 2, b""));
+}
+
+/// With ext1 not one of lb's interfaces (a pod overlay's tunnel device,
+/// say, which cannot transmit XDP frames), XDP hands the translated packet
+/// to the kernel (MACs and TTL as they came), which forwards it; tc still
+/// redirects it.
+fn a_backend_behind_an_interface_without_lb_is_forwarded_by_the_kernel(hook: Hook) {
+    let mut fx = Fixture::new(hook, "xdp-redirect-not-lb", (NAT_PORT, NAT_PORT));
+    fx.l.reconciler.maps_mut().devices.remove(&ifindex("ext1")).unwrap();
+    let be = sa("10.244.3.10:8080");
+    let to_c = Frame { src_mac: EXT1_MAC, dst_mac: NODE_C_MAC, ttl: 63 };
+    let out = fx.run(&testrun::tcp_frame(IN, client(40041), node(30082), "S", 1, b""));
+    match hook {
+        Hook::Xdp => expect("SYN towards a non-lb interface", &out, XDP_PASS, &testrun::tcp_frame(IN, node(NAT_PORT), be, "S", 1, b"")),
+        Hook::Tc => {
+            expect("SYN towards a non-lb interface", &out, fx.redirected(), &testrun::tcp_frame(to_c, node(NAT_PORT), be, "S", 1, b""))
+        }
+    }
 }
 
 fn fragments_through_a_nodeport_get_the_datagrams_translation(hook: Hook) {
@@ -1783,6 +1808,7 @@ both_hooks!(
     no_endpoints_rejects_local_policy_drops_and_others_pass,
     replies_to_pods_whose_backend_is_remote_get_the_frontend_back_on_the_pods_interface,
     a_backend_behind_another_interface_is_redirected_there,
+    a_backend_behind_an_interface_without_lb_is_forwarded_by_the_kernel,
     fragments_through_a_nodeport_get_the_datagrams_translation,
     icmp_errors_about_nodeport_flows_are_translated_both_ways,
     a_packet_too_big_for_the_path_to_a_remote_backend_gets_frag_needed,

@@ -874,7 +874,8 @@ pub const IFNAME_LEN: usize = 16;
 
 /// `LB_DEVICES`: ifindex -> how the XDP program is attached there. Written
 /// by the agent; read by `lb-agent list`, and by the XDP program to tell
-/// whether a frame can be a GSO super-packet (generic mode).
+/// whether a frame can be a GSO super-packet (generic mode) and which
+/// interfaces it may redirect a frame to (only these).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Device {

@@ -86,7 +86,8 @@ pub static LB6_SRC_RANGES: LpmTrie<SrcRange6, u32, { sizes::SRC_RANGES6 as usize
 #[btf_map]
 pub static LB_NODE: Array<NodeConfig, 1> = Array::new();
 
-/// External interfaces and their XDP mode, for listings only.
+/// External interfaces and their XDP mode: for listings, and the XDP
+/// program's redirect targets.
 #[btf_map]
 pub static LB_DEVICES: HashMap<u32, Device, { sizes::DEVICES as usize }> = HashMap::new();
 

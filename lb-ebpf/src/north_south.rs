@@ -92,6 +92,9 @@ pub trait Edge: PacketData + L4Csum + EbpfContext + Sized {
     fn tx(&self) -> u32;
     /// Sends the packet out of interface `ifindex`.
     fn redirect(&self, ifindex: u32) -> u32;
+    /// Whether [`Edge::redirect`] can send out of interface `ifindex`;
+    /// else the kernel forwards the packet.
+    fn can_redirect(&self, ifindex: u32) -> bool;
     /// Tail-calls the hook's program for `slot` (numbered as
     /// `xdp_call`); returns only when the slot is empty.
     fn tail_call(&self, slot: u32);
@@ -965,9 +968,14 @@ fn forward<F: EdgeFamily, C: Edge>(ctx: &C, f: &Flow<F>, e: &Ct<F>, now: u64) ->
 }
 
 /// Decrements the TTL (hop limit), sets the MACs from the FIB result and
-/// transmits.
+/// transmits; or, towards an interface the hook cannot send out of (an
+/// overlay's tunnel device, from XDP), hands the translated packet to the
+/// kernel, which forwards it.
 #[inline(always)]
 fn send<F: EdgeFamily, C: Edge>(ctx: &C, p: &FibParams) -> Result<u32, Error> {
+    if p.ifindex != ctx.in_ifindex() && !ctx.can_redirect(p.ifindex) {
+        return Ok(PASS);
+    }
     if !F::hop(ctx, p)? {
         stats::count(stat::DROP_TTL);
         return Ok(DROP);

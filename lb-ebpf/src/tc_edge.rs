@@ -77,6 +77,12 @@ impl Edge for TcContext {
         }
     }
 
+    /// tc redirects to any interface (its egress).
+    #[inline(always)]
+    fn can_redirect(&self, _ifindex: u32) -> bool {
+        true
+    }
+
     /// `xdp_call`'s slots mapped to the tc programs that do the same.
     #[inline(always)]
     fn tail_call(&self, slot: u32) {

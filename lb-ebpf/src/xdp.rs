@@ -72,6 +72,16 @@ impl Edge for XdpContext {
         unsafe { bpf_redirect(ifindex, 0) as u32 }
     }
 
+    /// Only to lb's external interfaces (`LB_DEVICES`), which run XDP. A
+    /// device without XDP (a VXLAN or Geneve device of the pod overlay,
+    /// say) cannot transmit a redirected frame in native mode: the
+    /// redirect would drop it.
+    #[inline(always)]
+    fn can_redirect(&self, ifindex: u32) -> bool {
+        // SAFETY: the reference is only tested.
+        unsafe { LB_DEVICES.get(ifindex) }.is_some()
+    }
+
     #[inline(always)]
     fn tail_call(&self, slot: u32) {
         // SAFETY: the slot holds an XDP program of this object (or
