@@ -312,6 +312,97 @@ pub fn ensure_accept_local(name: &str) {
     }
 }
 
+/// The drivers of pod overlay devices (`ethtool -i`): the tunnels
+/// flannel, Calico and Cilium make between nodes.
+const OVERLAY_DRIVERS: [&str; 2] = ["vxlan", "geneve"];
+
+/// Makes reverse-path filtering loose on every overlay device of the node
+/// where it is strict. A NodePort flow another node forwards to a pod here
+/// is SNATed to that node's address, and comes through the tunnel when the
+/// pod network is an overlay, while the route back to that address is the
+/// node network's: strict filtering drops it. (kube-proxy's MASQUERADE
+/// takes the tunnel device's address instead; lb has one SNAT address per
+/// node. Cilium's kube-proxy replacement asks for loose filtering too.)
+pub fn loosen_rp_filter_on_overlays() {
+    let Ok(dir) = std::fs::read_dir("/proc/sys/net/ipv4/conf") else {
+        return;
+    };
+    for name in dir.flatten().filter_map(|e| e.file_name().into_string().ok()) {
+        if name != "all" && name != "default" {
+            loosen_rp_filter_if_overlay(&name);
+        }
+    }
+}
+
+/// [`loosen_rp_filter_on_overlays`] for one interface (a new one).
+pub fn loosen_rp_filter_if_overlay(name: &str) {
+    let Some(driver) = driver(name).filter(|d| OVERLAY_DRIVERS.contains(&d.as_str())) else {
+        return;
+    };
+    let read = |key: &str| std::fs::read_to_string(format!("/proc/sys/net/ipv4/conf/{key}/rp_filter")).ok()?.trim().parse::<u8>().ok();
+    let (Some(all), Some(dev)) = (read("all"), read(name)) else {
+        return;
+    };
+    if !rp_filter_is_strict(all, dev) {
+        return;
+    }
+    match sysctl(&format!("net/ipv4/conf/{name}/rp_filter"), "2") {
+        Ok(()) => tracing::info!(
+            interface = name,
+            driver,
+            "reverse-path filtering made loose on this overlay device: NodePort flows other nodes SNAT to their address arrive through it"
+        ),
+        Err(e) => tracing::warn!(
+            "strict reverse-path filtering on overlay device {name} ({driver}) and setting it loose failed ({e}): NodePort flows \
+             that other nodes forward through it are dropped; set net.ipv4.conf.{name}.rp_filter=2"
+        ),
+    }
+}
+
+/// Whether an interface filters strictly: the kernel applies the larger
+/// of `all`'s and the interface's `rp_filter` (0 off, 1 strict, 2 loose).
+fn rp_filter_is_strict(all: u8, dev: u8) -> bool {
+    all.max(dev) == 1
+}
+
+/// The driver of interface `name`, as `ethtool -i` gives it
+/// (`ETHTOOL_GDRVINFO`), in the agent's network namespace.
+pub fn driver(name: &str) -> Option<String> {
+    const SIOCETHTOOL: libc::c_ulong = 0x8946;
+    const ETHTOOL_GDRVINFO: u32 = 0x3;
+    /// `struct ethtool_drvinfo`.
+    #[repr(C)]
+    struct DrvInfo {
+        cmd: u32,
+        driver: [u8; 32],
+        rest: [u8; 160],
+    }
+    if name.len() >= libc::IFNAMSIZ {
+        return None;
+    }
+    let mut info = DrvInfo { cmd: ETHTOOL_GDRVINFO, driver: [0; 32], rest: [0; 160] };
+    // SAFETY: an all-zero ifreq is valid.
+    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (dst, src) in req.ifr_name.iter_mut().zip(name.bytes()) {
+        *dst = src as libc::c_char;
+    }
+    req.ifr_ifru.ifru_data = (&mut info as *mut DrvInfo).cast();
+    // SAFETY: plain socket(2); the fd is owned right away.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return None;
+    }
+    // SAFETY: fd is a fresh, valid descriptor.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: the ioctl reads the name and writes `info`, both alive for
+    // the call.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), SIOCETHTOOL, &mut req) } != 0 {
+        return None;
+    }
+    let len = info.driver.iter().position(|&b| b == 0).unwrap_or(info.driver.len());
+    Some(String::from_utf8_lossy(&info.driver[..len]).into_owned())
+}
+
 /// Writes a sysctl of the agent's network namespace.
 pub fn sysctl(key: &str, value: &str) -> std::io::Result<()> {
     std::fs::write(format!("/proc/sys/{key}"), value)
@@ -319,7 +410,23 @@ pub fn sysctl(key: &str, value: &str) -> std::io::Result<()> {
 
 #[cfg(test)]
 mod tests {
-    use super::{default_routes, glob_match};
+    use super::{default_routes, glob_match, rp_filter_is_strict};
+
+    #[test]
+    fn strict_reverse_path_filtering_is_the_larger_value_being_1() {
+        assert!(rp_filter_is_strict(1, 0));
+        assert!(rp_filter_is_strict(0, 1));
+        assert!(rp_filter_is_strict(1, 1));
+        assert!(!rp_filter_is_strict(1, 2), "loose on the interface wins");
+        assert!(!rp_filter_is_strict(2, 1), "loose for all wins");
+        assert!(!rp_filter_is_strict(0, 0));
+    }
+
+    #[test]
+    fn a_missing_interface_has_no_driver() {
+        assert_eq!(super::driver("no-such-if0"), None);
+        assert_eq!(super::driver("a-name-too-long-for-ifnamsiz"), None);
+    }
 
     #[test]
     fn globs() {

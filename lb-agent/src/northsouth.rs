@@ -30,7 +30,9 @@ use tracing::{info, warn};
 
 use crate::{
     datapath::{Datapath, XdpAttach, xdp_mode_name, xdp_why_text},
-    host::{default_route_interfaces, ensure_accept_local, ifindex, interface_addresses, interface_addresses6},
+    host::{
+        default_route_interfaces, ensure_accept_local, ifindex, interface_addresses, interface_addresses6, loosen_rp_filter_on_overlays,
+    },
     model::{Backend, Cidr, Desired, Frontend, FrontendAddr, IpFamily, ServiceModel, ServiceRef, ServiceType, TrafficPolicy},
     probes::Heartbeat,
     reconcile::Reconciler,
@@ -617,6 +619,8 @@ impl NorthSouth {
                 dev.name[..n].copy_from_slice(&name.as_bytes()[..n]);
                 maps.devices.insert(&ifindex, &dev)?;
             }
+            // Other nodes' SNATed NodePort flows through the pod overlay.
+            loosen_rp_filter_on_overlays();
             // Forget interfaces of an earlier run that are not ours now.
             let ours: BTreeSet<u32> = ifaces.iter().filter_map(|n| ifindex(n).ok()).collect();
             for (idx, _) in maps.devices.entries()? {

@@ -21,7 +21,7 @@ use tokio::{io::unix::AsyncFd, sync::mpsc};
 use tracing::{debug, info, warn};
 
 use crate::{
-    datapath::{Datapath, HostRouting, MapSizes},
+    datapath::{Datapath, HostRouting, MapSizes, XdpAttach},
     gc, host,
     linkwatch::{LinkEvent, LinkEvents},
     maps::Maps,
@@ -197,6 +197,7 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> anyhow::
     };
 
     tokio::pin!(shutdown);
+    let north_south_on = cfg.north_south.xdp_mode != XdpAttach::Off;
     let mut ticker = tokio::time::interval(cfg.poll);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut gc_ticker = tokio::time::interval(cfg.ct_gc_interval);
@@ -233,7 +234,7 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> anyhow::
                     addresses_dirty = true;
                     apply_at.get_or_insert_with(|| tokio::time::Instant::now() + cfg.sync_delay);
                 }
-                Some(event) => on_link_event(&mut dp, &cfg.pod_ifaces, event),
+                Some(event) => on_link_event(&mut dp, &cfg.pod_ifaces, north_south_on, event),
                 None => {
                     warn!("link events stopped: new pod interfaces are found every {:?}", cfg.poll);
                     link_events = None;
@@ -336,9 +337,15 @@ fn sync_interfaces(dp: &mut Datapath, patterns: &[String]) {
     }
 }
 
-fn on_link_event(dp: &mut Datapath, patterns: &[String], event: LinkEvent) {
+/// A link event: a new pod interface gets the tc programs; with the
+/// north-south path on, a new overlay device loose reverse-path filtering
+/// (`host::loosen_rp_filter_on_overlays`).
+fn on_link_event(dp: &mut Datapath, patterns: &[String], north_south_on: bool, event: LinkEvent) {
     match event {
         LinkEvent::New { ifindex, name } => {
+            if north_south_on && !is_pod(patterns, &name) {
+                host::loosen_rp_filter_if_overlay(&name);
+            }
             let known = dp.attached_interfaces().find(|(i, _)| *i == ifindex).map(|(_, n)| n.to_string());
             if known.as_deref().is_some_and(|n| n != name) {
                 // Renamed: judge it by its new name.

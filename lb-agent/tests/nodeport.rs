@@ -627,3 +627,111 @@ fn a_nodeport_outside_the_nodeport_range_is_reported_not_silently_ignored() {
     let (reply, _) = udp_request(&c.lab.client, at(node_ip(0), DNS_PORT), "q").unwrap_or_else(|e| panic!("UDP: {e:#}\n{}", c.logs()));
     assert!(reply.starts_with("web-"), "{reply}");
 }
+
+/// NodePorts of both families to a backend on another node, with the pod
+/// networks joined by a VXLAN overlay (flannel's layout; one device carries
+/// both families): the translated packets leave node A through the tunnel
+/// device. From XDP they are handed to the kernel, which forwards them
+/// into the tunnel (a redirect there from native XDP would drop them: the
+/// device does not transmit XDP frames). On strict node B, its agent makes
+/// reverse-path filtering loose on the tunnel device, where the flows
+/// SNATed to node A's address arrive while the route back to that address
+/// is the node network's.
+#[test]
+fn nodeports_reach_a_backend_on_another_node_over_a_vxlan_overlay() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    nodeport_over_vxlan("auto");
+}
+
+/// The same with native XDP on the external interfaces (the switch's
+/// ports run XDP too, so transmitted frames arrive).
+#[test]
+fn nodeports_reach_a_backend_on_another_node_over_a_vxlan_overlay_in_native_xdp() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    nodeport_over_vxlan("native");
+}
+
+/// The same with the north-south path in tc (`--xdp-mode tc`), which
+/// redirects into the tunnel device itself.
+#[test]
+fn nodeports_reach_a_backend_on_another_node_over_a_vxlan_overlay_on_the_tc_path() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    nodeport_over_vxlan("tc");
+}
+
+fn nodeport_over_vxlan(xdp: &str) {
+    use std::net::SocketAddr;
+
+    use lb_lab::{ClusterOptions, Overlay, VXLAN_IF, cluster_pod_ip, cluster_pod_ip6, node_ip6, tcp_request_to, tcp_server_at};
+    let lab =
+        ClusterLab::with_options(&[&["cli-a"], &["web-b"]], ClusterOptions { overlay: Overlay::Vxlan, ..Default::default() }).unwrap();
+    lab.enable_ipv6().unwrap();
+    let web = lab.node(1).pod("web-b");
+    let (ip4, ip6) = (cluster_pod_ip(1, 0), cluster_pod_ip6(1, 0));
+    let _servers = [
+        tcp_server_at(&web.ns, SocketAddr::new(ip4.into(), 8080), "web-b").unwrap(),
+        tcp_server_at(&web.ns, SocketAddr::new(ip6.into(), 8080), "web-b").unwrap(),
+    ];
+    let tag = format!("np-vxlan-{xdp}");
+    let dir = ManifestDir::new(&tag);
+    dir.write("svc.yaml", &common::dual_stack_nodeport_yaml("Cluster", &[("http", 80, "TCP", 8080, HTTP_PORT)], (ip4, ip6), "node-b"));
+    let agents: Vec<Agent> = (0..2)
+        .map(|n| {
+            let node = lab.node(n);
+            let args = ["--external-ifaces", lb_lab::EXT_IF, "--node-name", &node.name, "--health-addr", "off", "--xdp-mode", xdp];
+            Agent::start_with(&node.ns, &dir.0, PinDir::new(&format!("{tag}-{n}")), &args)
+        })
+        .collect();
+    let _switch = (xdp == "native").then(|| switch_xdp(&lab));
+    let nodeports = |n: usize| [SocketAddr::new(node_ip(n).into(), HTTP_PORT), SocketAddr::new(node_ip6(n).into(), HTTP_PORT)];
+    for (n, agent) in agents.iter().enumerate() {
+        let names = nodeports(n).map(|f| format!("{f}/TCP"));
+        agent
+            .wait_rows("the node's NodePorts", |rows| names.iter().all(|f| rows.iter().any(|r| &r.frontend == f && r.backends.len() == 1)));
+    }
+    let fronts = nodeports(0);
+    let node_b = &lab.node(1).ns;
+    assert_eq!(node_b.sysctl_get("net.ipv4.conf.all.rp_filter").unwrap(), "1", "the lab's nodes are strict");
+    assert_eq!(node_b.sysctl_get(&format!("net.ipv4.conf.{VXLAN_IF}.rp_filter")).unwrap(), "2", "node B's agent made its tunnel loose");
+    let tunnel_tx = || {
+        let out = lab.node(0).ns.ip_output(&["-j", "-s", "link", "show", VXLAN_IF]).unwrap();
+        let link: serde_json::Value = serde_json::from_str(&out).unwrap();
+        link[0]["stats64"]["tx"]["packets"].as_u64().unwrap()
+    };
+    let before = tunnel_tx();
+    for i in 0..10 {
+        for to in fronts {
+            let answer = tcp_request_to(&lab.client, to, b"hello\n", Duration::from_secs(2)).unwrap_or_else(|e| {
+                let logs: String = agents.iter().map(|a| a.log_text()).collect();
+                panic!("request {i} to {to}: {e:#}\n{logs}")
+            });
+            assert_eq!(answer, "web-b", "request {i} to {to}");
+        }
+    }
+    // Through the tunnel: each request is at least 3 packets from the client.
+    let sent = tunnel_tx() - before;
+    assert!(sent >= 2 * 10 * 3, "node A sent {sent} packets into the tunnel");
+    // SNATed by lb on node A, both families.
+    let maps = agents[0].maps();
+    let node_a = u32::from_ne_bytes(node_ip(0).octets());
+    let snated4 = maps.ct.tcp.entries().unwrap().iter().filter(|(k, e)| k.dir == lb_common::CT_SERVICE && e.nat_saddr == node_a).count();
+    let node_a6 = lb_common::addr6(node_ip6(0));
+    let snated6 =
+        maps.v6.ct_tcp.entries().unwrap().iter().filter(|(k, e)| k.dir == lb_common::CT_SERVICE && e.nat_saddr == node_a6).count();
+    assert!(snated4 >= 10 && snated6 >= 10, "SNATed flows: {snated4} IPv4, {snated6} IPv6");
+    // An overlay device that appears later (a CNI starting after lb) is
+    // made loose when its link event comes; another kind of device is not.
+    // (The veth first: its event is handled before the tunnel's.)
+    node_b.ip(&["link", "add", "lbve2", "type", "veth", "peer", "name", "lbve3"]).unwrap();
+    node_b.ip(&["link", "add", "lbvx2", "type", "vxlan", "id", "43", "dstport", "4790", "dev", lb_lab::EXT_IF]).unwrap();
+    common::wait_for("node B's agent to make the new tunnel device loose", Duration::from_secs(10), || {
+        (node_b.sysctl_get("net.ipv4.conf.lbvx2.rp_filter").unwrap() == "2").then_some(())
+    });
+    assert_eq!(node_b.sysctl_get("net.ipv4.conf.lbve2.rp_filter").unwrap(), "1", "not a tunnel");
+}
