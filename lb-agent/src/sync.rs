@@ -157,6 +157,7 @@ impl Syncer {
 
 /// See [`stale_sockets`]: logs and counts what the sweep did.
 fn destroy_stale_sockets(reconciler: &Reconciler, metrics: &Metrics) {
+    let started = Instant::now();
     match stale_sockets::sweep(reconciler) {
         Ok(sweep) => {
             for (s, frontend) in &sweep.destroyed {
@@ -165,7 +166,8 @@ fn destroy_stale_sockets(reconciler: &Reconciler, metrics: &Metrics) {
             for e in &sweep.errors {
                 warn!("could not destroy a host UDP socket connected to a removed backend: {e}");
             }
-            debug!(connected = sweep.connected, destroyed = sweep.destroyed.len(), "host UDP sockets swept");
+            let sweep_us = started.elapsed().as_micros() as u64;
+            debug!(connected = sweep.connected, destroyed = sweep.destroyed.len(), sweep_us, "host UDP sockets swept");
             metrics.stale_sockets(sweep.destroyed.len(), sweep.errors.len());
         }
         Err(e) => {
