@@ -336,7 +336,7 @@ pub fn loosen_rp_filter_on_overlays() {
 
 /// [`loosen_rp_filter_on_overlays`] for one interface (a new one).
 pub fn loosen_rp_filter_if_overlay(name: &str) {
-    let Some(driver) = driver(name).filter(|d| OVERLAY_DRIVERS.contains(&d.as_str())) else {
+    let Some(driver) = driver_name(name).ok().filter(|d| OVERLAY_DRIVERS.contains(&d.as_str())) else {
         return;
     };
     let read = |key: &str| std::fs::read_to_string(format!("/proc/sys/net/ipv4/conf/{key}/rp_filter")).ok()?.trim().parse::<u8>().ok();
@@ -365,44 +365,6 @@ fn rp_filter_is_strict(all: u8, dev: u8) -> bool {
     all.max(dev) == 1
 }
 
-/// The driver of interface `name`, as `ethtool -i` gives it
-/// (`ETHTOOL_GDRVINFO`), in the agent's network namespace.
-pub fn driver(name: &str) -> Option<String> {
-    const SIOCETHTOOL: libc::c_ulong = 0x8946;
-    const ETHTOOL_GDRVINFO: u32 = 0x3;
-    /// `struct ethtool_drvinfo`.
-    #[repr(C)]
-    struct DrvInfo {
-        cmd: u32,
-        driver: [u8; 32],
-        rest: [u8; 160],
-    }
-    if name.len() >= libc::IFNAMSIZ {
-        return None;
-    }
-    let mut info = DrvInfo { cmd: ETHTOOL_GDRVINFO, driver: [0; 32], rest: [0; 160] };
-    // SAFETY: an all-zero ifreq is valid.
-    let mut req: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (dst, src) in req.ifr_name.iter_mut().zip(name.bytes()) {
-        *dst = src as libc::c_char;
-    }
-    req.ifr_ifru.ifru_data = (&mut info as *mut DrvInfo).cast();
-    // SAFETY: plain socket(2); the fd is owned right away.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return None;
-    }
-    // SAFETY: fd is a fresh, valid descriptor.
-    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
-    // SAFETY: the ioctl reads the name and writes `info`, both alive for
-    // the call.
-    if unsafe { libc::ioctl(sock.as_raw_fd(), SIOCETHTOOL, &mut req) } != 0 {
-        return None;
-    }
-    let len = info.driver.iter().position(|&b| b == 0).unwrap_or(info.driver.len());
-    Some(String::from_utf8_lossy(&info.driver[..len]).into_owned())
-}
-
 /// Writes a sysctl of the agent's network namespace.
 pub fn sysctl(key: &str, value: &str) -> std::io::Result<()> {
     std::fs::write(format!("/proc/sys/{key}"), value)
@@ -420,12 +382,6 @@ mod tests {
         assert!(!rp_filter_is_strict(1, 2), "loose on the interface wins");
         assert!(!rp_filter_is_strict(2, 1), "loose for all wins");
         assert!(!rp_filter_is_strict(0, 0));
-    }
-
-    #[test]
-    fn a_missing_interface_has_no_driver() {
-        assert_eq!(super::driver("no-such-if0"), None);
-        assert_eq!(super::driver("a-name-too-long-for-ifnamsiz"), None);
     }
 
     #[test]
