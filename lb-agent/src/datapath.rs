@@ -111,7 +111,9 @@ pub const XDP_PASS_PROGRAM: &str = "lb_xdp_pass";
 /// (`--xdp-mode`).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum XdpAttach {
-    /// Native (driver) XDP where the driver runs it well, else generic.
+    /// Native (driver) XDP where the driver runs it well, else generic;
+    /// on a veth with a pod overlay device of a smaller MTU, the
+    /// north-south path in tc (see `Tc`).
     #[default]
     Auto,
     /// Native only: fail when the driver does not support it.
@@ -182,6 +184,9 @@ pub fn xdp_why_text(why: u32) -> &'static str {
         xdp_why::AUTO_NATIVE => "auto: the driver runs XDP natively",
         xdp_why::AUTO_VETH => "auto: veth (native XDP there passes partial checksums on and transmits only to peers running XDP)",
         xdp_why::AUTO_UNSUPPORTED => "auto: the driver has no native XDP",
+        xdp_why::AUTO_VETH_OVERLAY => {
+            "auto: veth, and a pod overlay device with a smaller MTU (generic XDP could not answer \"fragmentation needed\" for GRO'd packets forwarded into it)"
+        }
         _ => "unknown",
     }
 }
@@ -358,11 +363,10 @@ impl Datapath {
         loader.override_global(lb_common::XDP_META_GLOBAL, &meta_flag, true);
         let mut ebpf = loader.load(object).context("loading the eBPF object (are you root, with bpffs and BTF available?)")?;
 
-        let tc_north_south = [TC_NS_PROGRAM].into_iter().chain(TC_CALL_PROGRAMS.into_iter().filter(|n| n.starts_with(TC_NS_PROGRAM)));
         let tc = [TC_INGRESS_PROGRAM, TC_EGRESS_PROGRAM, TC_EXT_INGRESS_PROGRAM]
             .into_iter()
             .chain(TC_CALL_PROGRAMS.into_iter().filter(|n| !n.starts_with(TC_NS_PROGRAM)))
-            .chain(tc_north_south.filter(|_| hooks.tc()));
+            .chain(tc_north_south_programs().filter(|_| hooks.tc()));
         for name in tc {
             let tc: &mut SchedClassifier = program(&mut ebpf, name)?.try_into()?;
             load_program(name, || tc.load())?;
@@ -559,7 +563,20 @@ impl Datapath {
         let ifindex = host::external_ifindex(ifname)?;
         self.attach_tc_hook(ifindex, ifname, false)?;
         if want == XdpAttach::Tc {
-            return self.attach_north_south_tc(ifindex, ifname);
+            return self.attach_north_south_tc(ifindex, ifname, xdp_why::REQUESTED);
+        }
+        let driver = host::driver_name(ifname).unwrap_or_default();
+        if want == XdpAttach::Auto
+            && auto_mode(&driver) == xdp_mode::GENERIC
+            && let Some((overlay, mtu)) = host::overlay_with_smaller_mtu(ifname)
+        {
+            info!(
+                interface = ifname,
+                overlay,
+                overlay_mtu = mtu,
+                "auto: a veth and a pod overlay with a smaller MTU: the north-south path in tc"
+            );
+            return self.attach_north_south_tc(ifindex, ifname, xdp_why::AUTO_VETH_OVERLAY);
         }
         if self.host_routing_bpf {
             // (Without host routing an earlier agent's link here is not
@@ -572,7 +589,6 @@ impl Datapath {
                 );
             }
         }
-        let driver = host::driver_name(ifname).unwrap_or_default();
         // A link of an earlier agent in a mode this one would pick is
         // adopted (no gap); one in another mode is replaced (native and
         // generic XDP cannot be attached together).
@@ -641,13 +657,32 @@ impl Datapath {
     /// then an earlier agent's XDP link on it removed (packets it
     /// translated in the meantime pass `lb_tc_ns` as traffic for no
     /// frontend).
-    fn attach_north_south_tc(&mut self, ifindex: u32, ifname: &str) -> anyhow::Result<(u32, u32)> {
+    fn attach_north_south_tc(&mut self, ifindex: u32, ifname: &str, why: u32) -> anyhow::Result<(u32, u32)> {
+        self.load_north_south_tc()?;
         let got = self.attach_tc_program(ifindex, ifname, true, TC_NS_PROGRAM)?;
         self.remove_earlier_xdp_links(ifindex, ifname, None)?;
-        let (mode, why) = (xdp_mode::TC, xdp_why::REQUESTED);
-        info!(interface = ifname, "north-south tc program ({TC_NS_PROGRAM}) {}", verb(got));
+        let mode = xdp_mode::TC;
+        info!(interface = ifname, why = xdp_why_text(why), "north-south tc program ({TC_NS_PROGRAM}) {}", verb(got));
         self.externals.insert(ifname.to_string(), External { mode, why });
         Ok((mode, why))
+    }
+
+    /// Loads the north-south tc programs where the load left them out
+    /// (`auto` loads the XDP ones, and picks tc for an interface only when
+    /// it attaches: `xdp_why::AUTO_VETH_OVERLAY`), and puts their tail
+    /// calls in `LB_TC_CALLS` once this agent is live.
+    fn load_north_south_tc(&mut self) -> anyhow::Result<()> {
+        if program(&mut self.ebpf, TC_NS_PROGRAM)?.fd().is_ok() {
+            return Ok(());
+        }
+        for name in tc_north_south_programs() {
+            let tc: &mut SchedClassifier = program(&mut self.ebpf, name)?.try_into()?;
+            load_program(name, || tc.load())?;
+        }
+        if self.live {
+            fill_tc_calls(&mut self.ebpf)?;
+        }
+        Ok(())
     }
 
     /// Attaches the XDP program in `mode`, replacing any earlier link on
@@ -939,6 +974,12 @@ impl NorthSouthHooks {
     fn tc(self) -> bool {
         matches!(self, NorthSouthHooks::Both | NorthSouthHooks::Tc)
     }
+}
+
+/// The north-south path's tc programs: `lb_tc_ns` and those it
+/// tail-calls.
+fn tc_north_south_programs() -> impl Iterator<Item = &'static str> {
+    [TC_NS_PROGRAM].into_iter().chain(TC_CALL_PROGRAMS.into_iter().filter(|n| n.starts_with(TC_NS_PROGRAM)))
 }
 
 /// How many times a program's load is tried when the kernel answers

@@ -324,21 +324,68 @@ const OVERLAY_DRIVERS: [&str; 2] = ["vxlan", "geneve"];
 /// takes the tunnel device's address instead; lb has one SNAT address per
 /// node. Cilium's kube-proxy replacement asks for loose filtering too.)
 pub fn loosen_rp_filter_on_overlays() {
-    let Ok(dir) = std::fs::read_dir("/proc/sys/net/ipv4/conf") else {
-        return;
-    };
-    for name in dir.flatten().filter_map(|e| e.file_name().into_string().ok()) {
-        if name != "all" && name != "default" {
-            loosen_rp_filter_if_overlay(&name);
-        }
+    for (name, driver) in overlay_devices() {
+        loosen_rp_filter(&name, &driver);
     }
 }
 
 /// [`loosen_rp_filter_on_overlays`] for one interface (a new one).
 pub fn loosen_rp_filter_if_overlay(name: &str) {
-    let Some(driver) = driver_name(name).ok().filter(|d| OVERLAY_DRIVERS.contains(&d.as_str())) else {
-        return;
+    if let Some(driver) = overlay_driver(name) {
+        loosen_rp_filter(name, &driver);
+    }
+}
+
+/// The node's pod overlay devices (interface, driver), from the interfaces
+/// of the agent's network namespace.
+pub fn overlay_devices() -> Vec<(String, String)> {
+    let Ok(dir) = std::fs::read_dir("/proc/sys/net/ipv4/conf") else {
+        return Vec::new();
     };
+    dir.flatten()
+        .filter_map(|e| e.file_name().into_string().ok())
+        .filter(|name| name != "all" && name != "default")
+        .filter_map(|name| overlay_driver(&name).map(|driver| (name, driver)))
+        .collect()
+}
+
+/// The driver of interface `name` if it is an overlay's.
+fn overlay_driver(name: &str) -> Option<String> {
+    driver_name(name).ok().filter(|d| OVERLAY_DRIVERS.contains(&d.as_str()))
+}
+
+/// An overlay device whose MTU is smaller than interface `name`'s (the
+/// first one, with its MTU).
+pub fn overlay_with_smaller_mtu(name: &str) -> Option<(String, u32)> {
+    let own = mtu(name).ok()?;
+    overlay_devices().into_iter().find_map(|(o, _)| mtu(&o).ok().filter(|&m| m < own).map(|m| (o, m)))
+}
+
+/// The MTU of interface `name` (`SIOCGIFMTU`).
+pub fn mtu(name: &str) -> io::Result<u32> {
+    // SAFETY: plain socket(2); the fd is owned right away.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh, valid descriptor.
+    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    // SAFETY: all-zero is a valid ifreq.
+    let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
+    for (i, b) in name.bytes().take(libc::IFNAMSIZ - 1).enumerate() {
+        ifr.ifr_name[i] = b as libc::c_char;
+    }
+    // SAFETY: SIOCGIFMTU with a valid ifreq, which it fills.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFMTU, &mut ifr) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: the member SIOCGIFMTU wrote.
+    Ok(unsafe { ifr.ifr_ifru.ifru_mtu } as u32)
+}
+
+/// Sets loose reverse-path filtering on overlay device `name` where it is
+/// strict.
+fn loosen_rp_filter(name: &str, driver: &str) {
     let read = |key: &str| std::fs::read_to_string(format!("/proc/sys/net/ipv4/conf/{key}/rp_filter")).ok()?.trim().parse::<u8>().ok();
     let (Some(all), Some(dev)) = (read("all"), read(name)) else {
         return;
@@ -373,6 +420,12 @@ pub fn sysctl(key: &str, value: &str) -> std::io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::{default_routes, glob_match, rp_filter_is_strict};
+
+    #[test]
+    fn the_loopback_device_has_its_mtu() {
+        assert_eq!(super::mtu("lo").unwrap(), std::fs::read_to_string("/sys/class/net/lo/mtu").unwrap().trim().parse::<u32>().unwrap());
+        assert!(super::mtu("no-such-if0").is_err());
+    }
 
     #[test]
     fn strict_reverse_path_filtering_is_the_larger_value_being_1() {

@@ -25,6 +25,7 @@ use lb_lab::{CLIENT_IP, ClusterLab, Netns, Server, node_ip, tcp_request, tcp_req
 const HTTP_PORT: u16 = 30080;
 const DNS_PORT: u16 = 30053;
 const HC_PORT: u16 = 32000;
+const UPLOAD_PORT: u16 = 30081;
 const EXTERNAL_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 60, 5);
 const LB_IP: Ipv4Addr = Ipv4Addr::new(192, 168, 60, 10);
 
@@ -678,9 +679,14 @@ fn nodeport_over_vxlan(xdp: &str) {
         tcp_server_at(&web.ns, SocketAddr::new(ip4.into(), 8080), "web-b").unwrap(),
         tcp_server_at(&web.ns, SocketAddr::new(ip6.into(), 8080), "web-b").unwrap(),
     ];
+    let uploads = [
+        common::upload_server(&web.ns, SocketAddr::new(ip4.into(), 8081)),
+        common::upload_server(&web.ns, SocketAddr::new(ip6.into(), 8081)),
+    ];
     let tag = format!("np-vxlan-{xdp}");
     let dir = ManifestDir::new(&tag);
-    dir.write("svc.yaml", &common::dual_stack_nodeport_yaml("Cluster", &[("http", 80, "TCP", 8080, HTTP_PORT)], (ip4, ip6), "node-b"));
+    let ports = [("http", 80, "TCP", 8080, HTTP_PORT), ("up", 81, "TCP", 8081, UPLOAD_PORT)];
+    dir.write("svc.yaml", &common::dual_stack_nodeport_yaml("Cluster", &ports, (ip4, ip6), "node-b"));
     let agents: Vec<Agent> = (0..2)
         .map(|n| {
             let node = lab.node(n);
@@ -696,6 +702,11 @@ fn nodeport_over_vxlan(xdp: &str) {
             .wait_rows("the node's NodePorts", |rows| names.iter().all(|f| rows.iter().any(|r| &r.frontend == f && r.backends.len() == 1)));
     }
     let fronts = nodeports(0);
+    if xdp == "auto" {
+        // The veths and the tunnel's smaller MTU: auto puts the path in tc.
+        let header = lb_agent::list::north_south(&agents[0].maps()).unwrap().expect("north-south header");
+        assert!(header.contains(lb_agent::datapath::xdp_why_text(lb_common::xdp_why::AUTO_VETH_OVERLAY)), "{header}");
+    }
     let node_b = &lab.node(1).ns;
     assert_eq!(node_b.sysctl_get("net.ipv4.conf.all.rp_filter").unwrap(), "1", "the lab's nodes are strict");
     assert_eq!(node_b.sysctl_get(&format!("net.ipv4.conf.{VXLAN_IF}.rp_filter")).unwrap(), "2", "node B's agent made its tunnel loose");
@@ -713,6 +724,17 @@ fn nodeport_over_vxlan(xdp: &str) {
             });
             assert_eq!(answer, "web-b", "request {i} to {to}");
         }
+    }
+    // Uploads: the client's full-size segments (MSS 1460) do not fit the
+    // tunnel's MTU (1450); the client learns the path's MTU from the
+    // NodePort ("fragmentation needed", or Packet Too Big) and the upload
+    // arrives whole.
+    for n in fronts.map(|f| SocketAddr::new(f.ip(), UPLOAD_PORT)) {
+        let got = common::upload(&lab.client, n, 300_000).unwrap_or_else(|e| panic!("upload to {n}: {e}"));
+        assert_eq!(got, "300000", "upload to {n}");
+    }
+    for (stop, _) in &uploads {
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
     }
     // Through the tunnel: each request is at least 3 packets from the client.
     let sent = tunnel_tx() - before;

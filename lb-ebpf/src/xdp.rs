@@ -72,14 +72,14 @@ impl Edge for XdpContext {
         unsafe { bpf_redirect(ifindex, 0) as u32 }
     }
 
-    /// Only to lb's external interfaces (`LB_DEVICES`), which run XDP. A
-    /// device without XDP (a VXLAN or Geneve device of the pod overlay,
-    /// say) cannot transmit a redirected frame in native mode: the
-    /// redirect would drop it.
+    /// Only to lb's external interfaces that run XDP (`LB_DEVICES`, but
+    /// for those with the north-south path in tc). A device without XDP
+    /// (a VXLAN or Geneve device of the pod overlay, say) cannot transmit
+    /// a redirected frame in native mode: the redirect would drop it.
     #[inline(always)]
     fn can_redirect(&self, ifindex: u32) -> bool {
-        // SAFETY: the reference is only tested.
-        unsafe { LB_DEVICES.get(ifindex) }.is_some()
+        // SAFETY: the reference lives only while the mode is read.
+        unsafe { LB_DEVICES.get(ifindex) }.is_some_and(|d| d.mode != xdp_mode::TC)
     }
 
     #[inline(always)]

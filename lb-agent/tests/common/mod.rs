@@ -821,6 +821,48 @@ pub fn bulk_server(ns: &lb_lab::Netns, addr: impl Into<SocketAddr>, len: usize) 
     (stop, h)
 }
 
+/// A TCP server at `addr` in `ns` that reads each connection to its end
+/// and answers with the number of bytes it read (an upload's receiver).
+pub fn upload_server(ns: &lb_lab::Netns, addr: impl Into<SocketAddr>) -> (Arc<AtomicBool>, std::thread::JoinHandle<()>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let addr = addr.into();
+    let h = ns
+        .spawn_thread("upload", move || {
+            let l = TcpListener::bind(addr).unwrap();
+            l.set_nonblocking(true).unwrap();
+            while !stop2.load(Ordering::SeqCst) {
+                match l.accept() {
+                    Ok((mut s, _)) => {
+                        s.set_nonblocking(false).unwrap();
+                        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                        let mut got = Vec::new();
+                        let _ = s.read_to_end(&mut got);
+                        let _ = s.write_all(got.len().to_string().as_bytes());
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+        })
+        .unwrap();
+    (stop, h)
+}
+
+/// Sends `len` bytes from `ns` to `to` and returns the answer of an
+/// [`upload_server`] (the count it read).
+pub fn upload(ns: &lb_lab::Netns, to: SocketAddr, len: usize) -> std::io::Result<String> {
+    ns.run(move || {
+        let mut s = std::net::TcpStream::connect_timeout(&to, Duration::from_secs(2))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        s.set_write_timeout(Some(Duration::from_secs(5)))?;
+        s.write_all(&vec![b'u'; len])?;
+        s.shutdown(Shutdown::Write)?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok(out)
+    })
+}
+
 /// `internalTrafficPolicy: Local` seen from pod `client` of `lab` through
 /// the frontend `to`. `yaml(false)`: the Service with web-a on this node
 /// (`node-1`, the agent's `--node-name`) and web-b on another; 20
