@@ -329,11 +329,14 @@ pub fn loosen_rp_filter_on_overlays() {
     }
 }
 
-/// [`loosen_rp_filter_on_overlays`] for one interface (a new one).
-pub fn loosen_rp_filter_if_overlay(name: &str) {
-    if let Some(driver) = overlay_driver(name) {
-        loosen_rp_filter(name, &driver);
+/// [`loosen_rp_filter_on_overlays`] for one interface (a new one); whether
+/// it is an overlay device.
+pub fn loosen_rp_filter_if_overlay(name: &str) -> bool {
+    let driver = overlay_driver(name);
+    if let Some(driver) = &driver {
+        loosen_rp_filter(name, driver);
     }
+    driver.is_some()
 }
 
 /// The node's pod overlay devices (interface, driver), from the interfaces

@@ -343,8 +343,8 @@ fn sync_interfaces(dp: &mut Datapath, patterns: &[String]) {
 fn on_link_event(dp: &mut Datapath, patterns: &[String], north_south_on: bool, event: LinkEvent) {
     match event {
         LinkEvent::New { ifindex, name } => {
-            if north_south_on && !is_pod(patterns, &name) {
-                host::loosen_rp_filter_if_overlay(&name);
+            if north_south_on && !is_pod(patterns, &name) && host::loosen_rp_filter_if_overlay(&name) {
+                warn_generic_xdp_below(dp, &name);
             }
             let known = dp.attached_interfaces().find(|(i, _)| *i == ifindex).map(|(_, n)| n.to_string());
             if known.as_deref().is_some_and(|n| n != name) {
@@ -370,6 +370,29 @@ fn on_link_event(dp: &mut Datapath, patterns: &[String], north_south_on: bool, e
             Ok(n) => debug!(next_hops = n, "a route changed: the kept FIB answers are forgotten"),
             Err(e) => warn!("forgetting the kept FIB answers after a route change: {e:#}"),
         },
+    }
+}
+
+/// An overlay device that came after `auto` chose generic XDP on a veth
+/// (`xdp_why::AUTO_VETH_OVERLAY` is chosen at attach): warns when its MTU
+/// is smaller than such an interface's, once per device and interface.
+fn warn_generic_xdp_below(dp: &Datapath, overlay: &str) {
+    use std::{collections::BTreeSet, sync::Mutex};
+    static WARNED: Mutex<BTreeSet<(String, String)>> = Mutex::new(BTreeSet::new());
+    let Ok(overlay_mtu) = host::mtu(overlay) else { return };
+    for (ext, mode, why) in dp.xdp_interfaces() {
+        if mode != lb_common::xdp_mode::GENERIC || why != lb_common::xdp_why::AUTO_VETH {
+            continue;
+        }
+        if host::mtu(ext).is_ok_and(|m| overlay_mtu < m) && WARNED.lock().unwrap().insert((overlay.to_string(), ext.to_string())) {
+            warn!(
+                interface = ext,
+                overlay,
+                overlay_mtu,
+                "a pod overlay device with a smaller MTU appeared after auto chose generic XDP here: NodePort uploads to other nodes' pods \
+                 with segments too big for it stall until the agent restarts (auto then picks the tc path) or runs with --xdp-mode tc"
+            );
+        }
     }
 }
 

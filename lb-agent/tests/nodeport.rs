@@ -757,3 +757,22 @@ fn nodeport_over_vxlan(xdp: &str) {
     });
     assert_eq!(node_b.sysctl_get("net.ipv4.conf.lbve2.rp_filter").unwrap(), "1", "not a tunnel");
 }
+
+/// An overlay device that appears after the agent chose generic XDP on a
+/// veth (`auto`, no overlay yet): its reverse-path filtering is made loose,
+/// and the agent warns that uploads through it to other nodes' pods need
+/// the tc path (a restart picks it).
+#[test]
+fn an_overlay_device_after_the_start_is_made_loose_and_warned_about() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let c = cluster("late-overlay", &manifest("  type: NodePort\n", "", &fixed_endpoints(BOTH)));
+    c.wait_frontend(0, &format!("{}:{HTTP_PORT}/TCP", node_ip(0)), 2);
+    let node = &c.lab.node(0).ns;
+    node.ip(&["link", "add", "lbvx9", "type", "vxlan", "id", "9", "dstport", "4791", "dev", lb_lab::EXT_IF]).unwrap();
+    c.agents[0].wait_log("the warning about generic XDP and the overlay", "a pod overlay device with a smaller MTU appeared");
+    assert_eq!(node.sysctl_get("net.ipv4.conf.lbvx9.rp_filter").unwrap(), "2");
+    let header = list::north_south(&Maps::open(&c.agents[0].pins.0).unwrap()).unwrap().unwrap();
+    assert!(header.contains("XDP generic on lbext"), "{header}");
+}
