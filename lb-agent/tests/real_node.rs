@@ -13,11 +13,8 @@ mod common;
 use std::{
     collections::BTreeSet,
     io::{Read, Write},
-    net::{Shutdown, SocketAddr, SocketAddrV4, TcpListener, TcpStream},
-    sync::{
-        Arc,
-        atomic::{AtomicBool, Ordering},
-    },
+    net::{Shutdown, SocketAddr, SocketAddrV4, TcpStream},
+    sync::atomic::Ordering,
     thread,
     time::{Duration, Instant},
 };
@@ -181,45 +178,22 @@ fn a_half_closed_ipv6_stream_outlives_the_closing_timeout() {
 /// 1 s closing timeout, with garbage collection running every second: the
 /// answer arrives whole.
 fn half_closed_stream(lab: &NodeLab, server: SocketAddr, to: SocketAddr, manifest: &str, tag: &str) {
-    let stop = Arc::new(AtomicBool::new(false));
-    let stop2 = stop.clone();
-    let handle = lab.pod("slow").ns.spawn_thread("slow-server", move || {
-        let l = TcpListener::bind(server).unwrap();
-        l.set_nonblocking(true).unwrap();
-        while !stop2.load(Ordering::SeqCst) {
-            match l.accept() {
-                Ok((mut s, _)) => {
-                    s.set_nonblocking(false).unwrap();
-                    let mut req = Vec::new();
-                    s.read_to_end(&mut req).unwrap();
-                    thread::sleep(Duration::from_secs(3));
-                    s.write_all(format!("answer to {}", String::from_utf8_lossy(&req)).as_bytes()).unwrap();
-                    let _ = s.shutdown(Shutdown::Write);
-                }
-                Err(_) => thread::sleep(Duration::from_millis(20)),
-            }
-        }
+    let (stop, handle) = common::serve_each(&lab.pod("slow").ns, server, |mut s| {
+        let mut req = Vec::new();
+        s.read_to_end(&mut req).unwrap();
+        thread::sleep(Duration::from_secs(3));
+        s.write_all(format!("answer to {}", String::from_utf8_lossy(&req)).as_bytes()).unwrap();
+        let _ = s.shutdown(Shutdown::Write);
     });
     let dir = ManifestDir::new(tag);
     dir.write("slow.yaml", manifest);
     let agent = Agent::start_with(&lab.node, &dir.0, PinDir::new(tag), &["--ct-tcp-closing-timeout", "1", "--ct-gc-interval", "1"]);
     agent.wait_rows("the endpoints", |rows| !rows.is_empty() && rows.iter().all(|r| r.backends.len() == 1));
-    let answer = lab
-        .pod("client")
-        .ns
-        .run(move || -> std::io::Result<String> {
-            let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(2))?;
-            s.set_read_timeout(Some(Duration::from_secs(8)))?;
-            s.write_all(b"request")?;
-            s.shutdown(Shutdown::Write)?;
-            let mut out = String::new();
-            s.read_to_string(&mut out)?;
-            Ok(out)
-        })
+    let answer = common::send_then_read(&lab.pod("client").ns, to, b"request".to_vec(), Duration::from_secs(8))
         .unwrap_or_else(|e| panic!("half-closed stream: {e}\n{}", agent.log_text()));
     assert_eq!(answer, "answer to request");
     stop.store(true, Ordering::SeqCst);
-    handle.unwrap().join().unwrap();
+    handle.join().unwrap();
 }
 
 /// A Service with `internalTrafficPolicy: Local` and its slice: web-a on

@@ -793,74 +793,75 @@ impl Drop for WhoAmI {
     }
 }
 
+/// A TCP server at `addr` in `ns` that hands each connection (blocking)
+/// to `handle`, one after the other, until the returned flag is set.
+pub fn serve_each(
+    ns: &lb_lab::Netns,
+    addr: impl Into<SocketAddr>,
+    handle: impl Fn(std::net::TcpStream) + Send + 'static,
+) -> (Arc<AtomicBool>, std::thread::JoinHandle<()>) {
+    let stop = Arc::new(AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let addr = addr.into();
+    let h = ns
+        .spawn_thread("serve-each", move || {
+            let l = TcpListener::bind(addr).unwrap();
+            l.set_nonblocking(true).unwrap();
+            while !stop2.load(Ordering::SeqCst) {
+                match l.accept() {
+                    Ok((s, _)) => {
+                        s.set_nonblocking(false).unwrap();
+                        handle(s);
+                    }
+                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
+                }
+            }
+        })
+        .unwrap();
+    (stop, h)
+}
+
 /// A TCP server that sends `len` bytes to every connection and closes.
 pub fn bulk_server(ns: &lb_lab::Netns, addr: impl Into<SocketAddr>, len: usize) -> (Arc<AtomicBool>, std::thread::JoinHandle<()>) {
-    let stop = Arc::new(AtomicBool::new(false));
-    let stop2 = stop.clone();
-    let addr = addr.into();
-    let h = ns
-        .spawn_thread("bulk", move || {
-            let l = TcpListener::bind(addr).unwrap();
-            l.set_nonblocking(true).unwrap();
-            let data = vec![b'z'; len];
-            while !stop2.load(Ordering::SeqCst) {
-                match l.accept() {
-                    Ok((mut s, _)) => {
-                        s.set_nonblocking(false).unwrap();
-                        s.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
-                        let _ = s.write_all(&data);
-                        let _ = s.shutdown(Shutdown::Write);
-                        let mut rest = Vec::new();
-                        let _ = s.read_to_end(&mut rest);
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
-                }
-            }
-        })
-        .unwrap();
-    (stop, h)
+    let data = vec![b'z'; len];
+    serve_each(ns, addr, move |mut s| {
+        s.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
+        let _ = s.write_all(&data);
+        let _ = s.shutdown(Shutdown::Write);
+        let mut rest = Vec::new();
+        let _ = s.read_to_end(&mut rest);
+    })
 }
 
-/// A TCP server at `addr` in `ns` that reads each connection to its end
-/// and answers with the number of bytes it read (an upload's receiver).
+/// A TCP server that reads each connection to its end and answers with
+/// the number of bytes it read (an upload's receiver).
 pub fn upload_server(ns: &lb_lab::Netns, addr: impl Into<SocketAddr>) -> (Arc<AtomicBool>, std::thread::JoinHandle<()>) {
-    let stop = Arc::new(AtomicBool::new(false));
-    let stop2 = stop.clone();
-    let addr = addr.into();
-    let h = ns
-        .spawn_thread("upload", move || {
-            let l = TcpListener::bind(addr).unwrap();
-            l.set_nonblocking(true).unwrap();
-            while !stop2.load(Ordering::SeqCst) {
-                match l.accept() {
-                    Ok((mut s, _)) => {
-                        s.set_nonblocking(false).unwrap();
-                        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-                        let mut got = Vec::new();
-                        let _ = s.read_to_end(&mut got);
-                        let _ = s.write_all(got.len().to_string().as_bytes());
-                    }
-                    Err(_) => std::thread::sleep(Duration::from_millis(20)),
-                }
-            }
-        })
-        .unwrap();
-    (stop, h)
+    serve_each(ns, addr, |mut s| {
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut got = Vec::new();
+        let _ = s.read_to_end(&mut got);
+        let _ = s.write_all(got.len().to_string().as_bytes());
+    })
 }
 
-/// Sends `len` bytes from `ns` to `to` and returns the answer of an
-/// [`upload_server`] (the count it read).
-pub fn upload(ns: &lb_lab::Netns, to: SocketAddr, len: usize) -> std::io::Result<String> {
+/// Sends `data` from `ns` to `to`, shuts the sending side down and returns
+/// the whole answer (each step within `timeout`).
+pub fn send_then_read(ns: &lb_lab::Netns, to: SocketAddr, data: Vec<u8>, timeout: Duration) -> std::io::Result<String> {
     ns.run(move || {
         let mut s = std::net::TcpStream::connect_timeout(&to, Duration::from_secs(2))?;
-        s.set_read_timeout(Some(Duration::from_secs(5)))?;
-        s.set_write_timeout(Some(Duration::from_secs(5)))?;
-        s.write_all(&vec![b'u'; len])?;
+        s.set_read_timeout(Some(timeout))?;
+        s.set_write_timeout(Some(timeout))?;
+        s.write_all(&data)?;
         s.shutdown(Shutdown::Write)?;
         let mut out = String::new();
         s.read_to_string(&mut out)?;
         Ok(out)
     })
+}
+
+/// `len` bytes to an [`upload_server`]: the count it answers.
+pub fn upload(ns: &lb_lab::Netns, to: SocketAddr, len: usize) -> std::io::Result<String> {
+    send_then_read(ns, to, vec![b'u'; len], Duration::from_secs(5))
 }
 
 /// `internalTrafficPolicy: Local` seen from pod `client` of `lab` through
