@@ -112,8 +112,8 @@ pub const XDP_PASS_PROGRAM: &str = "lb_xdp_pass";
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum XdpAttach {
     /// Native (driver) XDP where the driver runs it well, else generic;
-    /// on a veth with a pod overlay device of a smaller MTU, the
-    /// north-south path in tc (see `Tc`).
+    /// instead of generic, the north-south path in tc (see `Tc`) on a node
+    /// with a pod overlay device of a smaller MTU.
     #[default]
     Auto,
     /// Native only: fail when the driver does not support it.
@@ -184,8 +184,8 @@ pub fn xdp_why_text(why: u32) -> &'static str {
         xdp_why::AUTO_NATIVE => "auto: the driver runs XDP natively",
         xdp_why::AUTO_VETH => "auto: veth (native XDP there passes partial checksums on and transmits only to peers running XDP)",
         xdp_why::AUTO_UNSUPPORTED => "auto: the driver has no native XDP",
-        xdp_why::AUTO_VETH_OVERLAY => {
-            "auto: veth, and a pod overlay device with a smaller MTU (generic XDP could not answer \"fragmentation needed\" for GRO'd packets forwarded into it)"
+        xdp_why::AUTO_OVERLAY => {
+            "auto: generic XDP here (veth or no native driver support), and a pod overlay device with a smaller MTU (generic XDP could not answer \"fragmentation needed\" for GRO'd packets forwarded into it)"
         }
         _ => "unknown",
     }
@@ -566,17 +566,13 @@ impl Datapath {
             return self.attach_north_south_tc(ifindex, ifname, xdp_why::REQUESTED);
         }
         let driver = host::driver_name(ifname).unwrap_or_default();
-        if want == XdpAttach::Auto
-            && auto_mode(&driver) == xdp_mode::GENERIC
-            && let Some((overlay, mtu)) = host::overlay_with_smaller_mtu(ifname)
+        // Where `auto` would take generic XDP, a pod overlay with a smaller
+        // MTU asks for tc instead (`xdp_why::AUTO_OVERLAY`).
+        let overlay = if want == XdpAttach::Auto { host::overlay_with_smaller_mtu(ifname) } else { None };
+        if auto_mode(&driver) == xdp_mode::GENERIC
+            && let Some(overlay) = &overlay
         {
-            info!(
-                interface = ifname,
-                overlay,
-                overlay_mtu = mtu,
-                "auto: a veth and a pod overlay with a smaller MTU: the north-south path in tc"
-            );
-            return self.attach_north_south_tc(ifindex, ifname, xdp_why::AUTO_VETH_OVERLAY);
+            return self.attach_overlay_tc(ifindex, ifname, overlay);
         }
         if self.host_routing_bpf {
             // (Without host routing an earlier agent's link here is not
@@ -603,7 +599,9 @@ impl Datapath {
                 (XdpAttach::Auto, xdp_mode::GENERIC) if auto_mode(&driver) == xdp_mode::GENERIC => Some(xdp_why::AUTO_VETH),
                 (XdpAttach::Auto, xdp_mode::GENERIC) => match self.device_why(ifindex) {
                     // Asked for generic before: native may work; find out.
+                    // An overlay asks for tc where native does not work.
                     Some(xdp_why::REQUESTED) => None,
+                    _ if overlay.is_some() => None,
                     _ => Some(xdp_why::AUTO_UNSUPPORTED),
                 },
                 _ => None,
@@ -642,6 +640,9 @@ impl Datapath {
                 Ok(()) => (xdp_mode::NATIVE, xdp_why::AUTO_NATIVE),
                 Err(e) => {
                     debug!(interface = ifname, driver, "native XDP unavailable: {e:#}");
+                    if let Some(overlay) = &overlay {
+                        return self.attach_overlay_tc(ifindex, ifname, overlay);
+                    }
                     self.attach_xdp_mode(ifindex, ifname, xdp_mode::GENERIC)?;
                     (xdp_mode::GENERIC, xdp_why::AUTO_UNSUPPORTED)
                 }
@@ -667,9 +668,21 @@ impl Datapath {
         Ok((mode, why))
     }
 
+    /// `auto` where it would take generic XDP, with `overlay` (a pod
+    /// overlay device and its smaller MTU): the north-south path in tc.
+    fn attach_overlay_tc(&mut self, ifindex: u32, ifname: &str, overlay: &(String, u32)) -> anyhow::Result<(u32, u32)> {
+        info!(
+            interface = ifname,
+            overlay = overlay.0,
+            overlay_mtu = overlay.1,
+            "auto: generic XDP here, and a pod overlay with a smaller MTU: the north-south path in tc"
+        );
+        self.attach_north_south_tc(ifindex, ifname, xdp_why::AUTO_OVERLAY)
+    }
+
     /// Loads the north-south tc programs where the load left them out
     /// (`auto` loads the XDP ones, and picks tc for an interface only when
-    /// it attaches: `xdp_why::AUTO_VETH_OVERLAY`), and puts their tail
+    /// it attaches: `xdp_why::AUTO_OVERLAY`), and puts their tail
     /// calls in `LB_TC_CALLS` once this agent is live.
     fn load_north_south_tc(&mut self) -> anyhow::Result<()> {
         if program(&mut self.ebpf, TC_NS_PROGRAM)?.fd().is_ok() {

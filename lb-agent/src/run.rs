@@ -373,15 +373,16 @@ fn on_link_event(dp: &mut Datapath, patterns: &[String], north_south_on: bool, e
     }
 }
 
-/// An overlay device that came after `auto` chose generic XDP on a veth
-/// (`xdp_why::AUTO_VETH_OVERLAY` is chosen at attach): warns when its MTU
+/// An overlay device that came after `auto` chose generic XDP
+/// (`xdp_why::AUTO_OVERLAY` is chosen at attach): warns when its MTU
 /// is smaller than such an interface's, once per device and interface.
 fn warn_generic_xdp_below(dp: &Datapath, overlay: &str) {
     use std::{collections::BTreeSet, sync::Mutex};
     static WARNED: Mutex<BTreeSet<(String, String)>> = Mutex::new(BTreeSet::new());
     let Ok(overlay_mtu) = host::mtu(overlay) else { return };
     for (ext, mode, why) in dp.xdp_interfaces() {
-        if mode != lb_common::xdp_mode::GENERIC || why != lb_common::xdp_why::AUTO_VETH {
+        let auto = why == lb_common::xdp_why::AUTO_VETH || why == lb_common::xdp_why::AUTO_UNSUPPORTED;
+        if mode != lb_common::xdp_mode::GENERIC || !auto {
             continue;
         }
         if host::mtu(ext).is_ok_and(|m| overlay_mtu < m) && WARNED.lock().unwrap().insert((overlay.to_string(), ext.to_string())) {

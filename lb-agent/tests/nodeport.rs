@@ -705,7 +705,7 @@ fn nodeport_over_vxlan(xdp: &str) {
     if xdp == "auto" {
         // The veths and the tunnel's smaller MTU: auto puts the path in tc.
         let header = lb_agent::list::north_south(&agents[0].maps()).unwrap().expect("north-south header");
-        assert!(header.contains(lb_agent::datapath::xdp_why_text(lb_common::xdp_why::AUTO_VETH_OVERLAY)), "{header}");
+        assert!(header.contains(lb_agent::datapath::xdp_why_text(lb_common::xdp_why::AUTO_OVERLAY)), "{header}");
     }
     let node_b = &lab.node(1).ns;
     assert_eq!(node_b.sysctl_get("net.ipv4.conf.all.rp_filter").unwrap(), "1", "the lab's nodes are strict");
@@ -775,4 +775,40 @@ fn an_overlay_device_after_the_start_is_made_loose_and_warned_about() {
     assert_eq!(node.sysctl_get("net.ipv4.conf.lbvx9.rp_filter").unwrap(), "2");
     let header = list::north_south(&Maps::open(&c.agents[0].pins.0).unwrap()).unwrap().unwrap();
     assert!(header.contains("XDP generic on lbext"), "{header}");
+}
+
+/// `auto` on an interface whose driver has no native XDP (an ifb here)
+/// takes generic XDP; restarted on a node that now has a pod overlay
+/// device with a smaller MTU, it replaces that link with the north-south
+/// path in tc, as on a veth.
+#[test]
+fn auto_takes_tc_where_native_xdp_is_missing_and_an_overlay_has_a_smaller_mtu() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let lab = lb_lab::NodeLab::new(&["a"]).unwrap();
+    lab.node.ip(&["link", "add", "lbifb0", "type", "ifb"]).unwrap();
+    lab.node.ip(&["link", "set", "lbifb0", "up"]).unwrap();
+    lab.node.ip(&["addr", "add", "192.168.70.1/24", "dev", "lbifb0"]).unwrap();
+    let dir = ManifestDir::new("auto-ifb");
+    let args = ["--external-ifaces", "lbifb0", "--health-addr", "off", "--metrics-addr", "off"];
+    let header = |agent: &Agent| {
+        common::wait_for("the north-south header", Duration::from_secs(20), || {
+            list::north_south(&Maps::open(&agent.pins.0).ok()?).ok()?.filter(|h| h.contains("lbifb0"))
+        })
+    };
+    let agent = Agent::start_with(&lab.node, &dir.0, PinDir::new("auto-ifb"), &args);
+    let h = header(&agent);
+    assert!(h.contains("XDP generic on lbifb0 (auto: the driver has no native XDP)"), "{h}");
+    let pins = agent.stop_keeping_pins(libc::SIGTERM);
+    lab.node.ip(&["link", "add", "lbvx0", "mtu", "1450", "type", "vxlan", "id", "7", "dstport", "4792", "dev", "lbifb0"]).unwrap();
+    let agent = Agent::start_with(&lab.node, &dir.0, pins, &args);
+    agent.wait_log("the north-south path in tc", "north-south tc program");
+    let h = header(&agent);
+    let why = lb_agent::datapath::xdp_why_text(lb_common::xdp_why::AUTO_OVERLAY);
+    assert!(h.contains(&format!("tc on lbifb0 ({why})")), "{h}");
+    let ifindex = common::ifindex_in(&lab.node, "lbifb0").unwrap();
+    assert!(agent.tcx_attached(ifindex), "lb's tc programs on lbifb0");
+    let link = lab.node.ip_output(&["link", "show", "lbifb0"]).unwrap();
+    assert!(!link.contains("xdp"), "the earlier agent's generic XDP link is gone: {link}");
 }

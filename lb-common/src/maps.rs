@@ -868,13 +868,14 @@ pub mod xdp_why {
     pub const AUTO_VETH: u32 = 2;
     /// `auto`: the driver has no native XDP.
     pub const AUTO_UNSUPPORTED: u32 = 3;
-    /// `auto`: a veth, and a pod overlay device (VXLAN, Geneve) with a
+    /// `auto`: where it would take generic XDP (a veth, or a driver
+    /// without native XDP), a pod overlay device (VXLAN, Geneve) with a
     /// smaller MTU: the north-south path in tc, which sees the size of a
     /// GRO'd packet's segments. Generic XDP does not, so it could not
     /// answer "fragmentation needed" for a flow forwarded into the tunnel
     /// with segments too big for it, and the kernel's answer would go to
     /// the SNAT address.
-    pub const AUTO_VETH_OVERLAY: u32 = 4;
+    pub const AUTO_OVERLAY: u32 = 4;
 }
 
 pub const IFNAME_LEN: usize = 16;
