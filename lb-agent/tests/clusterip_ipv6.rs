@@ -369,12 +369,7 @@ fn backend_on_another_node(overlay: lb_lab::Overlay, tag: &str) {
     let args = ["--external-ifaces", lb_lab::EXT_IF, "--node-name", &node.name, "--health-addr", "off"];
     let agent = Agent::start_with(&node.ns, &dir.0, PinDir::new(tag), &args);
     // Packets node A's VXLAN device sent and received.
-    let tunnel_packets = || {
-        let out = node.ns.ip_output(&["-j", "-s", "link", "show", VXLAN_IF]).unwrap();
-        let link: Value = serde_json::from_str(&out).unwrap();
-        let stats = &link[0]["stats64"];
-        (stats["tx"]["packets"].as_u64().unwrap(), stats["rx"]["packets"].as_u64().unwrap())
-    };
+    let tunnel_packets = || common::link_packets(&node.ns, VXLAN_IF);
     let before = (overlay == Overlay::Vxlan).then(tunnel_packets);
     agent.wait_rows("both families' frontends", |rows| rows.iter().filter(|r| r.backends.len() == 1).count() == 4);
 

@@ -710,11 +710,7 @@ fn nodeport_over_vxlan(xdp: &str) {
     let node_b = &lab.node(1).ns;
     assert_eq!(node_b.sysctl_get("net.ipv4.conf.all.rp_filter").unwrap(), "1", "the lab's nodes are strict");
     assert_eq!(node_b.sysctl_get(&format!("net.ipv4.conf.{VXLAN_IF}.rp_filter")).unwrap(), "2", "node B's agent made its tunnel loose");
-    let tunnel_tx = || {
-        let out = lab.node(0).ns.ip_output(&["-j", "-s", "link", "show", VXLAN_IF]).unwrap();
-        let link: serde_json::Value = serde_json::from_str(&out).unwrap();
-        link[0]["stats64"]["tx"]["packets"].as_u64().unwrap()
-    };
+    let tunnel_tx = || common::link_packets(&lab.node(0).ns, VXLAN_IF).0;
     let before = tunnel_tx();
     for i in 0..10 {
         for to in fronts {

@@ -272,6 +272,15 @@ impl Drop for Agent {
     }
 }
 
+/// The packets interface `name` of `ns` has sent and received (tx, rx),
+/// from `ip -s link`'s counters.
+pub fn link_packets(ns: &lb_lab::Netns, name: &str) -> (u64, u64) {
+    let out = ns.ip_output(&["-j", "-s", "link", "show", name]).unwrap();
+    let link: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let stats = &link[0]["stats64"];
+    (stats["tx"]["packets"].as_u64().unwrap(), stats["rx"]["packets"].as_u64().unwrap())
+}
+
 /// The ifindex of interface `name` in namespace `ns`, if it exists.
 pub fn ifindex_in(ns: &lb_lab::Netns, name: &str) -> Option<u32> {
     let name = name.to_string();
