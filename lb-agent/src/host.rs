@@ -9,13 +9,7 @@ use std::{
 /// The cookie of the calling thread's network namespace (SO_NETNS_COOKIE,
 /// Linux 5.14+).
 pub fn current_netns_cookie() -> io::Result<u64> {
-    // SAFETY: plain socket(2); the fd is owned right away.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fd is a fresh, valid descriptor.
-    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
+    let sock = inet_socket()?;
     let mut cookie: u64 = 0;
     let mut len = size_of::<u64>() as libc::socklen_t;
     const SO_NETNS_COOKIE: libc::c_int = 71;
@@ -25,6 +19,33 @@ pub fn current_netns_cookie() -> io::Result<u64> {
         return Err(io::Error::last_os_error());
     }
     Ok(cookie)
+}
+
+/// A UDP socket of the caller's network namespace: a handle for the
+/// ioctls and socket options that ask about it.
+fn inet_socket() -> io::Result<OwnedFd> {
+    // SAFETY: plain socket(2); the fd is owned right away.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: fd is a fresh, valid descriptor.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// The interface ioctl `request` about interface `name`, with `ifr` (whose
+/// name it fills in; the rest is the caller's).
+fn interface_ioctl(name: &str, request: libc::c_ulong, ifr: &mut libc::ifreq) -> io::Result<()> {
+    for (i, b) in name.bytes().take(libc::IFNAMSIZ - 1).enumerate() {
+        ifr.ifr_name[i] = b as libc::c_char;
+    }
+    let sock = inet_socket()?;
+    // SAFETY: an interface ioctl with a valid ifreq; what it points at (an
+    // ethtool request) is the caller's and lives through the call.
+    if unsafe { libc::ioctl(sock.as_raw_fd(), request, ifr as *mut libc::ifreq) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// Names of the interfaces in the current network namespace.
@@ -89,27 +110,13 @@ pub fn driver_name(ifname: &str) -> io::Result<String> {
         eedump_len: u32,
         regdump_len: u32,
     }
-    // SAFETY: a plain socket for the ioctl, closed below.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
     // SAFETY: all-zero is a valid value of both C structs.
     let mut info: DrvInfo = unsafe { std::mem::zeroed() };
     info.cmd = ETHTOOL_GDRVINFO;
+    // SAFETY: as above.
     let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (i, b) in ifname.bytes().take(libc::IFNAMSIZ - 1).enumerate() {
-        ifr.ifr_name[i] = b as libc::c_char;
-    }
     ifr.ifr_ifru.ifru_data = (&raw mut info).cast();
-    // SAFETY: SIOCETHTOOL with a valid ifreq pointing at `info`.
-    let rc = unsafe { libc::ioctl(fd, libc::SIOCETHTOOL, &mut ifr) };
-    let err = io::Error::last_os_error();
-    // SAFETY: our fd.
-    unsafe { libc::close(fd) };
-    if rc != 0 {
-        return Err(err);
-    }
+    interface_ioctl(ifname, libc::SIOCETHTOOL, &mut ifr)?;
     let end = info.driver.iter().position(|&b| b == 0).unwrap_or(info.driver.len());
     Ok(String::from_utf8_lossy(&info.driver[..end]).into_owned())
 }
@@ -366,22 +373,9 @@ pub fn overlay_with_smaller_mtu(name: &str) -> Option<(String, u32)> {
 
 /// The MTU of interface `name` (`SIOCGIFMTU`).
 pub fn mtu(name: &str) -> io::Result<u32> {
-    // SAFETY: plain socket(2); the fd is owned right away.
-    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, 0) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fd is a fresh, valid descriptor.
-    let sock = unsafe { OwnedFd::from_raw_fd(fd) };
     // SAFETY: all-zero is a valid ifreq.
     let mut ifr: libc::ifreq = unsafe { std::mem::zeroed() };
-    for (i, b) in name.bytes().take(libc::IFNAMSIZ - 1).enumerate() {
-        ifr.ifr_name[i] = b as libc::c_char;
-    }
-    // SAFETY: SIOCGIFMTU with a valid ifreq, which it fills.
-    if unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCGIFMTU, &mut ifr) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
+    interface_ioctl(name, libc::SIOCGIFMTU, &mut ifr)?;
     // SAFETY: the member SIOCGIFMTU wrote.
     Ok(unsafe { ifr.ifr_ifru.ifru_mtu } as u32)
 }
