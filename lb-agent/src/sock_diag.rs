@@ -52,42 +52,47 @@ impl UdpSocket {
     }
 }
 
-/// The UDP sockets of both families in the caller's network namespace.
-pub fn udp_sockets() -> io::Result<Vec<UdpSocket>> {
-    let fd = open()?;
-    let mut out = Vec::new();
-    for family in [libc::AF_INET, libc::AF_INET6] {
-        let req = request(SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, family as u8, None);
-        send(&fd, &req)?;
-        receive(&fd, |kind, payload| {
-            if kind == SOCK_DIAG_BY_FAMILY
-                && let Some(s) = parse_msg(payload)
-            {
-                out.push(s);
-            }
-        })?;
-    }
-    Ok(out)
-}
+/// A `NETLINK_SOCK_DIAG` socket of the caller's network namespace: one
+/// serves a listing and the destroys that follow it, one request at a
+/// time.
+pub struct SockDiag(OwnedFd);
 
-/// Destroys socket `s` (`SOCK_DESTROY`): its owner's next call fails with
-/// ECONNABORTED. `ENOENT` when it is already gone; `EOPNOTSUPP` where the
-/// kernel lacks `CONFIG_INET_DIAG_DESTROY`.
-pub fn destroy(s: &UdpSocket) -> io::Result<()> {
-    let fd = open()?;
-    let family = if s.src.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
-    send(&fd, &request(SOCK_DESTROY, NLM_F_REQUEST | NLM_F_ACK, family as u8, Some(s)))?;
-    receive(&fd, |_, _| {})
-}
-
-fn open() -> io::Result<OwnedFd> {
-    // SAFETY: a plain socket call; the fd is owned at once.
-    let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, libc::NETLINK_SOCK_DIAG) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
+impl SockDiag {
+    pub fn open() -> io::Result<SockDiag> {
+        // SAFETY: a plain socket call; the fd is owned at once.
+        let fd = unsafe { libc::socket(libc::AF_NETLINK, libc::SOCK_DGRAM | libc::SOCK_CLOEXEC, libc::NETLINK_SOCK_DIAG) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: a fresh fd nobody else owns.
+        Ok(SockDiag(unsafe { OwnedFd::from_raw_fd(fd) }))
     }
-    // SAFETY: a fresh fd nobody else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+
+    /// The UDP sockets of both families.
+    pub fn udp_sockets(&self) -> io::Result<Vec<UdpSocket>> {
+        let mut out = Vec::new();
+        for family in [libc::AF_INET, libc::AF_INET6] {
+            let req = request(SOCK_DIAG_BY_FAMILY, NLM_F_REQUEST | NLM_F_DUMP, family as u8, None);
+            send(&self.0, &req)?;
+            receive(&self.0, |kind, payload| {
+                if kind == SOCK_DIAG_BY_FAMILY
+                    && let Some(s) = parse_msg(payload)
+                {
+                    out.push(s);
+                }
+            })?;
+        }
+        Ok(out)
+    }
+
+    /// Destroys socket `s` (`SOCK_DESTROY`): its owner's next call fails
+    /// with ECONNABORTED. `ENOENT` when it is already gone; `EOPNOTSUPP`
+    /// where the kernel lacks `CONFIG_INET_DIAG_DESTROY`.
+    pub fn destroy(&self, s: &UdpSocket) -> io::Result<()> {
+        let family = if s.src.is_ipv4() { libc::AF_INET } else { libc::AF_INET6 };
+        send(&self.0, &request(SOCK_DESTROY, NLM_F_REQUEST | NLM_F_ACK, family as u8, Some(s)))?;
+        receive(&self.0, |_, _| {})
+    }
 }
 
 fn send(fd: &OwnedFd, msg: &[u8]) -> io::Result<()> {

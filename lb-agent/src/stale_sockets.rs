@@ -9,7 +9,7 @@
 //! resolver in the host network would ask a removed CoreDNS pod until it
 //! restarts. A TCP socket fails on its own (reset or timeout) and
 //! reconnects through the hook. So, as Cilium's socket LB does, the agent
-//! destroys such UDP sockets ([`sock_diag::destroy`]): the application's
+//! destroys such UDP sockets ([`SockDiag::destroy`]): the application's
 //! next call fails with ECONNABORTED, and its retry's `connect` is
 //! translated to a live backend.
 //!
@@ -26,7 +26,7 @@ use crate::{
     maps::Maps,
     model::{BackendAddr, Protocol},
     reconcile::{MapFamily, Reconciler},
-    sock_diag::{self, UdpSocket},
+    sock_diag::{SockDiag, UdpSocket},
 };
 
 /// What one sweep did.
@@ -45,10 +45,11 @@ pub struct Sweep {
 /// allows.
 pub fn sweep(reconciler: &Reconciler<Maps>) -> std::io::Result<Sweep> {
     let mut out = Sweep::default();
-    for s in sock_diag::udp_sockets()?.into_iter().filter(UdpSocket::connected) {
+    let diag = SockDiag::open()?;
+    for s in diag.udp_sockets()?.into_iter().filter(UdpSocket::connected) {
         out.connected += 1;
         let Some(frontend) = stale_frontend(reconciler, &s) else { continue };
-        match sock_diag::destroy(&s) {
+        match diag.destroy(&s) {
             Ok(()) => out.destroyed.push((s, frontend)),
             // Closed meanwhile.
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {}
