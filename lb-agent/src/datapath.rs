@@ -191,6 +191,39 @@ pub fn xdp_why_text(why: u32) -> &'static str {
     }
 }
 
+/// Warns, once per interface and overlay device, that generic XDP on
+/// interface `ext` (attached for `why`) sits in front of a pod `overlay`
+/// device with a smaller MTU: generic XDP sees GRO's packets whole, so it
+/// cannot answer "fragmentation needed" for a NodePort flow forwarded into
+/// the tunnel, and the kernel's answer goes to the SNAT address. `auto`
+/// puts the north-south path in tc there when it attaches
+/// (`xdp_why::AUTO_OVERLAY`); this covers a requested generic mode, and an
+/// overlay that came after `auto` chose.
+pub fn warn_generic_xdp_over_overlay(ext: &str, why: u32, overlay: &str, overlay_mtu: u32) {
+    use std::{collections::BTreeSet, sync::Mutex};
+    static WARNED: Mutex<BTreeSet<(String, String)>> = Mutex::new(BTreeSet::new());
+    if !WARNED.lock().unwrap_or_else(|e| e.into_inner()).insert((overlay.to_string(), ext.to_string())) {
+        return;
+    }
+    let (what, remedy) = if why == xdp_why::REQUESTED {
+        (
+            "generic XDP here (--xdp-mode generic) and a pod overlay device with a smaller MTU",
+            "--xdp-mode auto or tc puts the north-south path in tc",
+        )
+    } else {
+        (
+            "a pod overlay device with a smaller MTU appeared after auto chose generic XDP here",
+            "restarting the agent (auto then picks the tc path) or --xdp-mode tc does",
+        )
+    };
+    warn!(
+        interface = ext,
+        overlay,
+        overlay_mtu,
+        "{what}: NodePort uploads to other nodes' pods with segments too big for the overlay stall (generic XDP cannot answer \"fragmentation needed\" for GRO'd packets); {remedy}"
+    );
+}
+
 /// The name of an `xdp_mode` value.
 pub fn xdp_mode_name(mode: u32) -> &'static str {
     match mode {
@@ -567,8 +600,9 @@ impl Datapath {
         }
         let driver = host::driver_name(ifname).unwrap_or_default();
         // Where `auto` would take generic XDP, a pod overlay with a smaller
-        // MTU asks for tc instead (`xdp_why::AUTO_OVERLAY`).
-        let overlay = if want == XdpAttach::Auto { host::overlay_with_smaller_mtu(ifname) } else { None };
+        // MTU asks for tc instead (`xdp_why::AUTO_OVERLAY`); a requested
+        // generic mode gets a warning.
+        let overlay = if matches!(want, XdpAttach::Auto | XdpAttach::Generic) { host::overlay_with_smaller_mtu(ifname) } else { None };
         if auto_mode(&driver) == xdp_mode::GENERIC
             && let Some(overlay) = &overlay
         {
@@ -615,8 +649,7 @@ impl Datapath {
                     |_| bail!("the pinned XDP link on {ifname} is gone"),
                 )?;
                 info!(interface = ifname, mode = xdp_mode_name(mode), why = xdp_why_text(why), "XDP program {}", verb(got));
-                self.externals.insert(ifname.to_string(), External { mode, why });
-                return Ok((mode, why));
+                return Ok(self.xdp_attached(ifname, mode, why, overlay));
             }
         }
         let (mode, why) = match want {
@@ -649,8 +682,20 @@ impl Datapath {
             },
         };
         info!(interface = ifname, mode = xdp_mode_name(mode), why = xdp_why_text(why), "XDP program attached");
+        Ok(self.xdp_attached(ifname, mode, why, overlay))
+    }
+
+    /// Records the XDP program on `ifname` (in `mode`, for `why`), and
+    /// warns when generic XDP there has a pod `overlay` device with a
+    /// smaller MTU behind it.
+    fn xdp_attached(&mut self, ifname: &str, mode: u32, why: u32, overlay: Option<(String, u32)>) -> (u32, u32) {
+        if mode == xdp_mode::GENERIC
+            && let Some((overlay, overlay_mtu)) = overlay
+        {
+            warn_generic_xdp_over_overlay(ifname, why, &overlay, overlay_mtu);
+        }
         self.externals.insert(ifname.to_string(), External { mode, why });
-        Ok((mode, why))
+        (mode, why)
     }
 
     /// `--xdp-mode tc`: the north-south path in tc on the interface's

@@ -373,26 +373,14 @@ fn on_link_event(dp: &mut Datapath, patterns: &[String], north_south_on: bool, e
     }
 }
 
-/// An overlay device that came after `auto` chose generic XDP
-/// (`xdp_why::AUTO_OVERLAY` is chosen at attach): warns when its MTU
-/// is smaller than such an interface's, once per device and interface.
+/// An overlay device that came after the XDP mode was chosen
+/// (`xdp_why::AUTO_OVERLAY` is chosen at attach): warns when its MTU is
+/// smaller than that of an interface with generic XDP.
 fn warn_generic_xdp_below(dp: &Datapath, overlay: &str) {
-    use std::{collections::BTreeSet, sync::Mutex};
-    static WARNED: Mutex<BTreeSet<(String, String)>> = Mutex::new(BTreeSet::new());
     let Ok(overlay_mtu) = host::mtu(overlay) else { return };
     for (ext, mode, why) in dp.xdp_interfaces() {
-        let auto = why == lb_common::xdp_why::AUTO_VETH || why == lb_common::xdp_why::AUTO_UNSUPPORTED;
-        if mode != lb_common::xdp_mode::GENERIC || !auto {
-            continue;
-        }
-        if host::mtu(ext).is_ok_and(|m| overlay_mtu < m) && WARNED.lock().unwrap().insert((overlay.to_string(), ext.to_string())) {
-            warn!(
-                interface = ext,
-                overlay,
-                overlay_mtu,
-                "a pod overlay device with a smaller MTU appeared after auto chose generic XDP here: NodePort uploads to other nodes' pods \
-                 with segments too big for it stall until the agent restarts (auto then picks the tc path) or runs with --xdp-mode tc"
-            );
+        if mode == lb_common::xdp_mode::GENERIC && host::mtu(ext).is_ok_and(|m| overlay_mtu < m) {
+            crate::datapath::warn_generic_xdp_over_overlay(ext, why, overlay, overlay_mtu);
         }
     }
 }

@@ -776,7 +776,8 @@ fn an_overlay_device_after_the_start_is_made_loose_and_warned_about() {
 /// `auto` on an interface whose driver has no native XDP (an ifb here)
 /// takes generic XDP; restarted on a node that now has a pod overlay
 /// device with a smaller MTU, it replaces that link with the north-south
-/// path in tc, as on a veth.
+/// path in tc, as on a veth. Asked for generic XDP there, it attaches that
+/// and warns.
 #[test]
 fn auto_takes_tc_where_native_xdp_is_missing_and_an_overlay_has_a_smaller_mtu() {
     if !kernel_tests_enabled() {
@@ -807,4 +808,14 @@ fn auto_takes_tc_where_native_xdp_is_missing_and_an_overlay_has_a_smaller_mtu() 
     assert!(agent.tcx_attached(ifindex), "lb's tc programs on lbifb0");
     let link = lab.node.ip_output(&["link", "show", "lbifb0"]).unwrap();
     assert!(!link.contains("xdp"), "the earlier agent's generic XDP link is gone: {link}");
+    // Generic XDP asked for there: attached as asked, with a warning.
+    let pins = agent.stop_keeping_pins(libc::SIGTERM);
+    let generic = [&args[..], &["--xdp-mode", "generic"]].concat();
+    let agent = Agent::start_with(&lab.node, &dir.0, pins, &generic);
+    agent.wait_log(
+        "the warning about requested generic XDP and the overlay",
+        "generic XDP here (--xdp-mode generic) and a pod overlay device",
+    );
+    let h = header(&agent);
+    assert!(h.contains("XDP generic on lbifb0 (as requested)"), "{h}");
 }
