@@ -2031,4 +2031,18 @@ fn a_frontend_allows_its_backends_and_nothing_else() {
     assert!(r.allows(id, at, &be(4)));
     assert!(r.apply(&desired(&[other2])).errors.is_empty());
     assert!(!r.allows(id, at, &be(4)), "a frontend that is gone");
+
+    // An externalTrafficPolicy: Local address has two entries: each ID
+    // allows its own entry's backends.
+    let external = "192.168.1.10:30053/UDP np nodeport local hasinternal = 10.244.1.3:53";
+    let internal = "192.168.1.10:30053/UDP np nodeport internal = 10.244.1.3:53 10.244.2.3:53";
+    assert!(r.apply(&desired(&[other2, external, internal])).errors.is_empty());
+    let (ext, int) = (r.frontend_id(&frontend(external).addr).unwrap(), r.frontend_id(&frontend(internal).addr).unwrap());
+    let at = (Ipv4Addr::new(192, 168, 1, 10), 30053);
+    let remote = BackendAddr { ip: Ipv4Addr::new(10, 244, 2, 3), port: 53, proto: Protocol::Udp };
+    assert!(r.allows(ext, at, &be(3)) && r.allows(int, at, &be(3)));
+    assert!(r.allows(int, at, &remote), "the in-cluster entry's backend on another node");
+    assert!(!r.allows(ext, at, &remote), "which the external entry does not have");
+    let tcp = BackendAddr { proto: Protocol::Tcp, ..be(3) };
+    assert!(!r.allows(int, at, &tcp), "nor over another protocol");
 }

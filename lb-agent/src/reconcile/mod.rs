@@ -67,7 +67,7 @@ pub use self::{
 use crate::{
     maglev,
     maps::Maps,
-    model::{BackendAddr, Desired, Frontend, FrontendAddr},
+    model::{BackendAddr, Desired, Frontend, FrontendAddr, Scope},
     vips::Vips,
 };
 
@@ -258,11 +258,17 @@ impl<M: MapStore> Reconciler<M> {
     /// still allows `backend`: one of its slots, or a serving but
     /// terminating backend, so that a flow or socket to it may go on. A
     /// frontend that is gone, or whose ID now names another address,
-    /// allows nothing.
+    /// allows nothing. The frontend is found by its address (either scope,
+    /// `backend`'s protocol), not by a walk of all of them: a sweep of the
+    /// host's sockets asks once per socket.
     pub fn allows<A: MapFamily>(&self, id: u32, frontend: (A, u16), backend: &BackendAddr<A>) -> bool {
         let fam = A::pick(&self.fam);
         let Some(be) = fam.backends.get(backend) else { return false };
-        fam.frontends.iter().any(|(a, f)| f.id == id && (a.ip, a.port) == frontend && f.allowed.contains(&be.id))
+        let (ip, port) = frontend;
+        [Scope::External, Scope::Internal].into_iter().any(|scope| {
+            let addr = FrontendAddr { ip, port, proto: backend.proto, scope };
+            fam.frontends.get(&addr).is_some_and(|f| f.id == id && f.allowed.contains(&be.id))
+        })
     }
 
     /// The ID of an installed frontend (of either family).
