@@ -5,10 +5,13 @@
 //!
 //! Every run: no socket hooks (`--no-socket-lb`), its own bpffs directory,
 //! `RUST_LOG=info` without colours, stdin and stdout closed, stderr piped
-//! (the benchmarks read the agent's "synced" lines from it). The command
-//! line is logged.
+//! (the benchmarks read the agent's "synced" lines from it), and a soft
+//! limit of [`START_NOFILE`] open files, as a DaemonSet often starts. The
+//! command line is logged.
 
 use std::{
+    io,
+    os::unix::process::CommandExt,
     path::Path,
     process::{Command, Stdio},
 };
@@ -17,6 +20,12 @@ use lb_agent::datapath::MapSizes;
 use lb_lab::Netns;
 
 use crate::sys;
+
+/// The soft limit of open files every agent starts with: systemd's default
+/// for a service, which a DaemonSet's container often inherits, where the
+/// benchmark's shell allows far more. The agent raises it to the hard limit
+/// at start, as kube-proxy (Go) does; the hard limit stays the shell's.
+pub const START_NOFILE: libc::rlim_t = 1024;
 
 /// Where the agent reads Services and EndpointSlices from.
 #[derive(Clone, Copy, Debug)]
@@ -126,9 +135,28 @@ impl<'a> AgentCommand<'a> {
         if let Source::Kubeconfig(_) = self.source {
             cmd.env_remove("KUBECONFIG");
         }
+        // SAFETY: the closure runs in the child between fork and exec, and
+        // makes two async-signal-safe system calls only.
+        unsafe { cmd.pre_exec(start_nofile) };
         eprintln!("lb-bench: {} agent command: {}", self.bench, sys::command_line(&cmd));
         cmd
     }
+}
+
+/// Lowers this process's soft limit of open files to [`START_NOFILE`]
+/// (the agent's child, before exec).
+fn start_nofile() -> io::Result<()> {
+    let mut l = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: a valid rlimit for the kernel to fill, then to read.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    l.rlim_cur = l.rlim_cur.min(START_NOFILE);
+    // SAFETY: as above.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &l) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -149,5 +177,21 @@ mod tests {
             "run --kubeconfig /k --bpffs /p --pod-ifaces none* --poll-interval-ms 50 --xdp-mode off --health-addr off \
              --no-socket-lb --services-size 1 --backends-size 2 --slots-size 3"
         );
+    }
+
+    /// The soft limit drops to 1,024 (or stays below it), the hard one
+    /// stays: what a child sees after [`start_nofile`].
+    #[test]
+    fn an_agent_starts_at_a_daemonsets_open_files_limit() {
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "ulimit -Sn; ulimit -Hn"]);
+        // SAFETY: as in `AgentCommand::command`.
+        unsafe { cmd.pre_exec(start_nofile) };
+        let out = String::from_utf8(cmd.output().unwrap().stdout).unwrap();
+        let mut l = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+        // SAFETY: a valid rlimit for the kernel to fill.
+        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) }, 0);
+        let shown = |n: libc::rlim_t| if n == libc::RLIM_INFINITY { "unlimited".to_string() } else { n.to_string() };
+        assert_eq!(out, format!("{}\n{}\n", shown(l.rlim_cur.min(START_NOFILE)), shown(l.rlim_max)));
     }
 }
