@@ -146,26 +146,6 @@ where
     }
 }
 
-/// Raises this process's soft limit of open files to its hard limit, so
-/// that many connections at once (each a file descriptor) do not starve
-/// the agent's own maps, links and sockets. Returns (before, after).
-pub fn raise_fd_limit() -> std::io::Result<(u64, u64)> {
-    let mut l = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: a valid out pointer.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    let before = l.rlim_cur;
-    if l.rlim_cur < l.rlim_max {
-        l.rlim_cur = l.rlim_max;
-        // SAFETY: a valid rlimit value.
-        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &l) } != 0 {
-            return Err(std::io::Error::last_os_error());
-        }
-    }
-    Ok((before, l.rlim_cur))
-}
-
 #[cfg(test)]
 mod tests {
     use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream};

@@ -30,6 +30,7 @@ pub mod caps;
 pub mod carry;
 pub mod datapath;
 pub mod datapath_metrics;
+pub mod fd_limit;
 pub mod gc;
 pub mod heap;
 pub mod host;

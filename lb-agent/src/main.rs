@@ -344,7 +344,7 @@ fn main() -> anyhow::Result<()> {
     match cli.command {
         Command::Run(args) => {
             lb_agent::heap::one_arena();
-            match lb_agent::http_server::raise_fd_limit() {
+            match lb_agent::fd_limit::raise() {
                 Ok((before, after)) if before != after => tracing::info!("open files limit raised from {before} to {after}"),
                 Ok(_) => {}
                 Err(e) => tracing::warn!("cannot raise the open files limit: {e}"),

@@ -55,14 +55,8 @@ fn probes_are_answered_under_a_connection_flood() {
         return;
     }
     // This process holds 4,000 connections.
-    let mut l = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: valid pointers.
-    unsafe {
-        libc::getrlimit(libc::RLIMIT_NOFILE, &mut l);
-        l.rlim_cur = l.rlim_max.min(16_384);
-        libc::setrlimit(libc::RLIMIT_NOFILE, &l);
-    }
-    assert!(l.rlim_cur >= 5_000, "need 5000 open files for the flood, have {}", l.rlim_cur);
+    let (_, soft) = lb_agent::fd_limit::set_soft(|_, hard| hard.min(16_384)).unwrap();
+    assert!(soft >= 5_000, "need 5000 open files for the flood, have {soft}");
 
     let lab = NodeLab::new(&["web"]).unwrap();
     let pod = lab.pod("web").ip;

@@ -25,7 +25,7 @@ use crate::sys;
 /// for a service, which a DaemonSet's container often inherits, where the
 /// benchmark's shell allows far more. The agent raises it to the hard limit
 /// at start, as kube-proxy (Go) does; the hard limit stays the shell's.
-pub const START_NOFILE: libc::rlim_t = 1024;
+pub const START_NOFILE: u64 = 1024;
 
 /// Where the agent reads Services and EndpointSlices from.
 #[derive(Clone, Copy, Debug)]
@@ -146,17 +146,7 @@ impl<'a> AgentCommand<'a> {
 /// Lowers this process's soft limit of open files to [`START_NOFILE`]
 /// (the agent's child, before exec).
 fn start_nofile() -> io::Result<()> {
-    let mut l = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: a valid rlimit for the kernel to fill, then to read.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    l.rlim_cur = l.rlim_cur.min(START_NOFILE);
-    // SAFETY: as above.
-    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &l) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(())
+    lb_agent::fd_limit::set_soft(|soft, _| soft.min(START_NOFILE)).map(drop)
 }
 
 #[cfg(test)]
@@ -191,7 +181,7 @@ mod tests {
         let mut l = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
         // SAFETY: a valid rlimit for the kernel to fill.
         assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) }, 0);
-        let shown = |n: libc::rlim_t| if n == libc::RLIM_INFINITY { "unlimited".to_string() } else { n.to_string() };
+        let shown = |n: u64| if n == libc::RLIM_INFINITY { "unlimited".to_string() } else { n.to_string() };
         assert_eq!(out, format!("{}\n{}\n", shown(l.rlim_cur.min(START_NOFILE)), shown(l.rlim_max)));
     }
 }
