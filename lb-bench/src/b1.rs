@@ -141,6 +141,10 @@ pub struct B1Row {
     /// XDP: the remote backend's through `lb_xdp6_nat` (NAT66 to the
     /// node's IPv6 address), the packets passed through `lb_xdp6`.
     pub xdp6: Option<NsCost>,
+    /// The same service count measured again in B1's second pass, which
+    /// runs the counts in the reverse order (see [`run`]); `None` after
+    /// a run of one count.
+    pub again: Option<Box<B1Row>>,
 }
 
 /// A tc program on a packet it passes untouched (`lb_tc_ingress` on a
@@ -250,6 +254,56 @@ impl B1Row {
         let ratio = |v6: &PathCost, v4: &PathCost| (v6.established_ns / v4.established_ns, v6.new_flow_net_ns() / v4.new_flow_net_ns());
         let (v6, v4) = (self.xdp6.as_ref()?, self.xdp.as_ref()?);
         Some([ratio(&v6.local, &v4.local), ratio(&v6.remote, &v4.remote)])
+    }
+
+    /// The figures "flat across N" compares, this pass's: the tc ClusterIP
+    /// path's established and new-flow (net) ns, and the XDP local
+    /// NodePort path's when the object has XDP.
+    pub fn flat_figures(&self) -> FlatFigures {
+        FlatFigures {
+            tc: (self.established_ns, self.new_flow_net_ns()),
+            xdp: self.xdp.as_ref().map(|x| (x.local.established_ns, x.local.new_flow_net_ns())),
+        }
+    }
+
+    /// [`Self::flat_figures`], the mean of both passes where the count was
+    /// measured twice: B1's passes run the counts in opposite orders, so a
+    /// drift over the run (the machine warming or cooling, other load)
+    /// weighs on every count alike instead of reading as growth with N.
+    pub fn flat_mean(&self) -> FlatFigures {
+        let a = self.flat_figures();
+        match &self.again {
+            None => a,
+            Some(again) => {
+                let b = again.flat_figures();
+                let mean = |x: (f64, f64), y: (f64, f64)| ((x.0 + y.0) / 2.0, (x.1 + y.1) / 2.0);
+                FlatFigures { tc: mean(a.tc, b.tc), xdp: a.xdp.zip(b.xdp).map(|(x, y)| mean(x, y)) }
+            }
+        }
+    }
+}
+
+/// The figures of one service count that "flat across N" compares, ns:
+/// (established, new flow net) of the tc ClusterIP path and of the XDP
+/// NodePort path to a local backend.
+#[derive(Clone, Copy, Debug)]
+pub struct FlatFigures {
+    pub tc: (f64, f64),
+    pub xdp: Option<(f64, f64)>,
+}
+
+impl FlatFigures {
+    /// Growth from `self` (fewer services) to `more`, worst of both paths:
+    /// (established, new flow), as fractions.
+    pub fn growth_to(&self, more: &FlatFigures) -> (f64, f64) {
+        let grow = |a: (f64, f64), b: (f64, f64)| (b.0 / a.0 - 1.0, b.1 / a.1 - 1.0);
+        let (mut g, mut gn) = grow(self.tc, more.tc);
+        if let (Some(a), Some(b)) = (self.xdp, more.xdp) {
+            let (x, xn) = grow(a, b);
+            g = g.max(x);
+            gn = gn.max(xn);
+        }
+        (g, gn)
     }
 }
 
@@ -744,6 +798,7 @@ fn measure(opts: &B1Options, dp: &Datapath, svcs: &[services::Svc], ext0: u32, h
             v6_reply: None,
             v6_services: 0,
             xdp6: None,
+            again: None,
         },
         flows: k,
     })
@@ -1323,35 +1378,111 @@ pub fn run(opts: &B1Options) -> Result<Vec<B1Row>> {
     std::thread::spawn(move || -> Result<Vec<B1Row>> {
         let mut rows = Vec::new();
         for &n in &opts.services {
-            let row = run_one(&opts, n).with_context(|| format!("B1 at {n} services"))?;
-            eprintln!(
-                "lb-bench: B1 {n} services: programmed in {:?}; floor {:.1} ns, established {:.1} ns, new flow {:.1} ns (r1 overhead {:.1} ns)",
-                row.program_time,
-                row.floor_ns,
-                row.established_ns,
-                row.new_flow_ns,
-                row.r1_overhead_ns()
-            );
-            if let (Some(v6), Some((est, new, kest, knew))) = (&row.v6, row.v6_ratios()) {
-                eprintln!(
-                    "lb-bench: B1 {n} services, IPv6 ClusterIP: established {:.1} ns ({est:.2}x IPv4), new flow {:.1} ns net ({new:.2}x); kernel {kest:.2}x / {knew:.2}x",
-                    v6.established_ns,
-                    v6.new_flow_net_ns()
-                );
+            rows.push(run_logged(&opts, n, "")?);
+        }
+        // With more than one count, a second pass runs them again in the
+        // reverse order (1, 1k, 10k, 100k, then 100k, 10k, 1k, 1): each
+        // count's two runs then centre on the same moment of the run, and
+        // "flat across N" compares their means (`B1Row::flat_mean`).
+        if rows.len() > 1 {
+            for row in rows.iter_mut().rev() {
+                row.again = Some(Box::new(run_logged(&opts, row.services, " (second pass)")?));
             }
-            if let (Some(NsCost { local, remote, .. }), Some([(le, ln), (re, rn)])) = (&row.xdp6, row.xdp6_ratios()) {
-                eprintln!(
-                    "lb-bench: B1 {n} services, IPv6 NodePort (XDP): local established {:.1} ns ({le:.2}x IPv4), new flow {:.1} ns net ({ln:.2}x); remote (NAT66) established {:.1} ns ({re:.2}x), new flow {:.1} ns net ({rn:.2}x)",
-                    local.established_ns,
-                    local.new_flow_net_ns(),
-                    remote.established_ns,
-                    remote.new_flow_net_ns()
-                );
-            }
-            rows.push(row);
         }
         Ok(rows)
     })
     .join()
     .map_err(|_| anyhow::anyhow!("B1 thread panicked"))?
+}
+
+/// [`run_one`], with its main figures on stderr.
+fn run_logged(opts: &B1Options, n: usize, pass: &str) -> Result<B1Row> {
+    let row = run_one(opts, n).with_context(|| format!("B1 at {n} services{pass}"))?;
+    eprintln!(
+        "lb-bench: B1 {n} services{pass}: programmed in {:?}; floor {:.1} ns, established {:.1} ns, new flow {:.1} ns (r1 overhead {:.1} ns)",
+        row.program_time,
+        row.floor_ns,
+        row.established_ns,
+        row.new_flow_ns,
+        row.r1_overhead_ns()
+    );
+    if let (Some(v6), Some((est, new, kest, knew))) = (&row.v6, row.v6_ratios()) {
+        eprintln!(
+            "lb-bench: B1 {n} services{pass}, IPv6 ClusterIP: established {:.1} ns ({est:.2}x IPv4), new flow {:.1} ns net ({new:.2}x); kernel {kest:.2}x / {knew:.2}x",
+            v6.established_ns,
+            v6.new_flow_net_ns()
+        );
+    }
+    if let (Some(NsCost { local, remote, .. }), Some([(le, ln), (re, rn)])) = (&row.xdp6, row.xdp6_ratios()) {
+        eprintln!(
+            "lb-bench: B1 {n} services{pass}, IPv6 NodePort (XDP): local established {:.1} ns ({le:.2}x IPv4), new flow {:.1} ns net ({ln:.2}x); remote (NAT66) established {:.1} ns ({re:.2}x), new flow {:.1} ns net ({rn:.2}x)",
+            local.established_ns,
+            local.new_flow_net_ns(),
+            remote.established_ns,
+            remote.new_flow_net_ns()
+        );
+    }
+    Ok(row)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A row whose tc ClusterIP path reads `est` ns established and `new`
+    /// ns per new flow (no repeat = 1 overhead), and nothing else.
+    fn row(services: usize, est: f64, new: f64) -> B1Row {
+        let cost = |ns| TcPassCost { ns, kernel: ns };
+        B1Row {
+            services,
+            program_time: None,
+            floor_ns: 6.0,
+            established_ns: est,
+            floor_r1_ns: 6.0,
+            established_r1_ns: est,
+            new_flow_ns: new,
+            new_flow_p50_ns: new,
+            kernel: KernelNs::default(),
+            xdp: None,
+            tc_ns: None,
+            tc_pass: cost(20.0),
+            ext_pass: cost(30.0),
+            reply: ReplyCost::default(),
+            v6: None,
+            v6_services: 0,
+            v6_tc_pass: None,
+            v6_reply: None,
+            xdp6: None,
+            again: None,
+        }
+    }
+
+    /// Two counts measured in the passes' order (1, 100k, then 100k, 1),
+    /// steps 0 to 3, costing `at(count, step)`.
+    fn two_passes(at: impl Fn(usize, f64) -> f64) -> (FlatFigures, FlatFigures, (f64, f64)) {
+        let mut one = row(1, at(1, 0.0), 10.0 * at(1, 0.0));
+        let mut many = row(100_000, at(100_000, 1.0), 10.0 * at(100_000, 1.0));
+        many.again = Some(Box::new(row(100_000, at(100_000, 2.0), 10.0 * at(100_000, 2.0))));
+        one.again = Some(Box::new(row(1, at(1, 3.0), 10.0 * at(1, 3.0))));
+        (one.flat_mean(), many.flat_mean(), one.flat_figures().growth_to(&many.flat_figures()))
+    }
+
+    #[test]
+    fn a_drift_over_the_run_does_not_read_as_growth_with_n() {
+        // The path costs 100 ns at any count; the machine adds 5 ns a step.
+        let (one, many, first_pass) = two_passes(|_, step| 100.0 + 5.0 * step);
+        let (g, gn) = one.growth_to(&many);
+        assert!(g.abs() < 1e-9 && gn.abs() < 1e-9, "{g} {gn}");
+        assert!(first_pass.0 > 0.04, "the first pass alone reads the drift: {first_pass:?}");
+    }
+
+    #[test]
+    fn growth_with_n_reads_through_a_drift() {
+        // 20 ns dearer at 100k services, under the same drift: read
+        // against the count's mean cost over the run (107.5 ns).
+        let (one, many, _) = two_passes(|n, step| if n == 1 { 100.0 } else { 120.0 } + 5.0 * step);
+        let (g, gn) = one.growth_to(&many);
+        let want = 20.0 / 107.5;
+        assert!((g - want).abs() < 1e-9 && (gn - want).abs() < 1e-9, "{g} {gn}");
+    }
 }
