@@ -148,8 +148,7 @@ pub(crate) fn map_sizes(services: usize, endpoints: usize) -> MapSizes {
 fn scenarios(o: &B3Options) -> (Vec<Svc>, Vec<Svc>, Vec<Svc>, usize) {
     let base = services::generate(o.services, o.endpoints);
     let mut plus_svc = base.clone();
-    let extra = services::generate(o.services + 1, o.endpoints).pop().expect("one more");
-    plus_svc.push(extra);
+    plus_svc.extend(services::generate_range(o.services..o.services + 1, o.endpoints));
     let mut plus_ep = plus_svc.clone();
     let changed = plus_ep.len() / 2;
     let ep = services::fake_endpoint(o.services + 1, 0, o.endpoints);
@@ -424,8 +423,8 @@ pub fn run(o: &B3Options, agent_bin: Option<&Path>) -> Result<B3Result> {
     let (ours, hwm, measured, probe) = time_ours(o, &base, &plus_svc, &plus_ep).context("agent")?;
     eprintln!("lb-bench: B3 agent: full {:?}, +1 svc {:?}, +1 ep {:?}", ours.full, ours.add_service, ours.add_endpoint);
     let agent = agent_bin.map(|bin| {
-        let extras = &services::generate(o.services + AGENT_ADDITIONS, o.endpoints)[o.services..];
-        agent_run(bin, &base, extras, o, o.agent_prefilled || !measured).map_err(|e| format!("{e:#}"))
+        let extras = services::generate_range(o.services..o.services + AGENT_ADDITIONS, o.endpoints);
+        agent_run(bin, &base, &extras, o, o.agent_prefilled || !measured).map_err(|e| format!("{e:#}"))
     });
     if let Some(a) = &agent {
         eprintln!("lb-bench: B3 lb-agent run: {a:?}");

@@ -44,7 +44,13 @@ pub fn fake_endpoint(i: usize, j: usize, per_service: usize) -> Ipv4Addr {
 
 /// `n` TCP services with `endpoints` fake endpoints each.
 pub fn generate(n: usize, endpoints: usize) -> Vec<Svc> {
-    (0..n)
+    generate_range(0..n, endpoints)
+}
+
+/// The services of `generate(range.end, endpoints)` in `range` alone (each
+/// service depends on its index only): the ones a benchmark adds to a set.
+pub fn generate_range(range: std::ops::Range<usize>, endpoints: usize) -> Vec<Svc> {
+    range
         .map(|i| Svc {
             name: format!("bench/svc-{i}:http"),
             ip: cluster_ip(i),
@@ -587,6 +593,12 @@ mod tests {
         assert!(nft.contains("numgen random mod 2 vmap"));
         assert_eq!(nft.matches(" dnat to ").count(), 6);
         assert_eq!(to_desired(&svcs).len(), 3);
+    }
+
+    #[test]
+    fn a_range_is_the_same_services_as_the_whole_set_there() {
+        let names = |v: &[Svc]| v.iter().map(|s| (s.name.clone(), s.ip, s.endpoints.clone())).collect::<Vec<_>>();
+        assert_eq!(names(&generate_range(3..5, 2)), names(&generate(5, 2)[3..]));
     }
 
     #[test]
