@@ -8,7 +8,8 @@
 //! - [`translate`] applies kube-proxy's semantics and produces the desired
 //!   [`model`];
 //! - [`northsouth::plan`] adds this node's frontends: NodePorts, external
-//!   and LoadBalancer IPs, `internalTrafficPolicy: Local`;
+//!   and LoadBalancer IPs, `internalTrafficPolicy: Local` (kept from one
+//!   sync to the next by [`northsouth::Planner`]);
 //! - [`reconcile`] writes the difference into the pinned maps ([`maps`]).
 //!
 //! Around it:

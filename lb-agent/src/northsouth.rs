@@ -38,7 +38,7 @@ use crate::{
     reconcile::Reconciler,
     service_health::HealthChecks,
     topology,
-    translate::Translation,
+    translate::{Changes, Translation},
 };
 
 /// kube-proxy's default `--service-node-port-range`.
@@ -109,7 +109,7 @@ impl fmt::Display for NodePortAddress {
 }
 
 /// What the planner needs to know about this node.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct NodeInfo {
     /// `spec.nodeName` of this node's endpoints; `None`: no endpoint is
     /// known to be local.
@@ -124,7 +124,7 @@ pub struct NodeInfo {
 }
 
 /// The node-specific part of a sync.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone, PartialEq)]
 pub struct Plan {
     /// ClusterIP frontends of `internalTrafficPolicy: Local` Services with
     /// only this node's endpoints, or narrowed by topology hints: they
@@ -143,6 +143,39 @@ pub struct Plan {
     /// Health check NodePorts: Service -> (port, local ready endpoints).
     pub health_checks: BTreeMap<ServiceRef, (u16, usize)>,
     pub problems: BTreeSet<String>,
+    /// North-south addresses not planned because another frontend has
+    /// them (each also a problem): a change of that frontend may free them.
+    pub refused: BTreeSet<FrontendAddr>,
+    /// The same for IPv6.
+    pub refused6: BTreeSet<FrontendAddr<Ipv6Addr>>,
+}
+
+impl Plan {
+    /// Where one Service's IPv4 frontends are planned.
+    fn v4<'a>(&'a mut self, t: &'a Translation, node: &'a NodeInfo) -> FamilyPlan<'a, Ipv4Addr> {
+        FamilyPlan {
+            desired: &t.desired,
+            node_ips: &node.node_ips,
+            internal: &mut self.internal,
+            frontends: &mut self.frontends,
+            source_ranges: &mut self.source_ranges,
+            problems: &mut self.problems,
+            refused: &mut self.refused,
+        }
+    }
+
+    /// Where one Service's IPv6 frontends are planned.
+    fn v6<'a>(&'a mut self, t: &'a Translation, node: &'a NodeInfo) -> FamilyPlan<'a, Ipv6Addr> {
+        FamilyPlan {
+            desired: &t.desired6,
+            node_ips: &node.node_ips6,
+            internal: &mut self.internal6,
+            frontends: &mut self.frontends6,
+            source_ranges: &mut self.source_ranges6,
+            problems: &mut self.problems,
+            refused: &mut self.refused6,
+        }
+    }
 }
 
 /// Frontend flags the north-south entries inherit from the Service
@@ -165,26 +198,12 @@ pub fn plan(t: &Translation, node: &NodeInfo) -> Plan {
         // the node's addresses of the family and the Service's external
         // and LoadBalancer IPs of it.
         if let Some(cluster_ip) = m.cluster_ips.iter().find_map(|ip| Ipv4Addr::of(*ip)) {
-            let mut family = FamilyPlan {
-                desired: &t.desired,
-                node_ips: &node.node_ips,
-                internal: &mut out.internal,
-                frontends: &mut out.frontends,
-                source_ranges: &mut out.source_ranges,
-                problems: &mut out.problems,
-            };
+            let mut family = out.v4(t, node);
             let topology = in_cluster(m, cluster_ip, node, &mut family);
             north_south(svc, m, cluster_ip, &topology, node, &mut family, &mut local_ready);
         }
         if let Some(cluster_ip) = m.cluster_ips.iter().find_map(|ip| Ipv6Addr::of(*ip)) {
-            let mut family = FamilyPlan {
-                desired: &t.desired6,
-                node_ips: &node.node_ips6,
-                internal: &mut out.internal6,
-                frontends: &mut out.frontends6,
-                source_ranges: &mut out.source_ranges6,
-                problems: &mut out.problems,
-            };
+            let mut family = out.v6(t, node);
             let topology = in_cluster(m, cluster_ip, node, &mut family);
             north_south(svc, m, cluster_ip, &topology, node, &mut family, &mut local_ready6);
         }
@@ -194,6 +213,86 @@ pub fn plan(t: &Translation, node: &NodeInfo) -> Plan {
         }
     }
     out
+}
+
+/// The plan kept from one sync to the next. Most changes are to Services
+/// whose plan is only their own ClusterIP frontends' node-specific
+/// backends (a ClusterIP Service without external IPs: see
+/// [`in_cluster_only`]); those are planned again alone and patched in, so
+/// such a change costs the same with 10 or 10,000 Services. Anything else
+/// plans every Service again, as [`plan`] does: a change to a Service with
+/// north-south frontends or to the node, a changed ClusterIP frontend at
+/// an address a north-south frontend has or was refused, or a frontend
+/// address two Services claim.
+#[derive(Debug, Default)]
+pub struct Planner {
+    last: Option<Planned>,
+}
+
+#[derive(Debug)]
+struct Planned {
+    node: NodeInfo,
+    plan: Plan,
+    /// The Services that are not [`in_cluster_only`].
+    wide: BTreeSet<ServiceRef>,
+}
+
+/// Whether all [`plan`] makes of Service `m` is its ClusterIP frontends'
+/// node-specific backends ([`in_cluster`]): no NodePort, external IP or
+/// LoadBalancer IP, so no address it could claim from another, no health
+/// check and no problem.
+pub fn in_cluster_only(m: &ServiceModel) -> bool {
+    m.service_type == ServiceType::ClusterIp && m.external_ips.is_empty()
+}
+
+impl Planner {
+    /// Brings the plan up to date with the translation `t`, whose last
+    /// update changed `changes` (`conflicts`: see
+    /// `Translator::has_conflicts`), on `node`. Also says whether the plan
+    /// was patched: then only frontends at the addresses of `changes` may
+    /// differ from the last plan's.
+    pub fn update(&mut self, t: &Translation, changes: &Changes, conflicts: bool, node: &NodeInfo) -> (&Plan, bool) {
+        let patch = !conflicts && self.last.as_ref().is_some_and(|last| last.node == *node && last.patchable(t, changes));
+        match &mut self.last {
+            Some(last) if patch => last.patch(t, changes, node),
+            _ => {
+                let wide = t.services.iter().filter(|(_, m)| !in_cluster_only(m)).map(|(svc, _)| svc.clone()).collect();
+                self.last = Some(Planned { node: node.clone(), plan: plan(t, node), wide });
+            }
+        }
+        (&self.last.as_ref().expect("planned above").plan, patch)
+    }
+}
+
+impl Planned {
+    fn patchable(&self, t: &Translation, changes: &Changes) -> bool {
+        let services = changes.services.iter().all(|svc| !self.wide.contains(svc) && t.services.get(svc).is_none_or(in_cluster_only));
+        let p = &self.plan;
+        let free4 = changes.frontends.iter().all(|a| !p.frontends.contains_key(a) && !p.refused.contains(a));
+        let free6 = changes.frontends6.iter().all(|a| !p.frontends6.contains_key(a) && !p.refused6.contains(a));
+        services && free4 && free6
+    }
+
+    /// Plans the changed Services again (all of them [`in_cluster_only`]):
+    /// their ClusterIP frontends' entries, which are at the changed
+    /// addresses.
+    fn patch(&mut self, t: &Translation, changes: &Changes, node: &NodeInfo) {
+        let p = &mut self.plan;
+        for a in &changes.frontends {
+            p.internal.remove(a);
+        }
+        for a in &changes.frontends6 {
+            p.internal6.remove(a);
+        }
+        for m in changes.services.iter().filter_map(|svc| t.services.get(svc)) {
+            if let Some(cluster_ip) = m.cluster_ips.iter().find_map(|ip| Ipv4Addr::of(*ip)) {
+                in_cluster(m, cluster_ip, node, &mut p.v4(t, node));
+            }
+            if let Some(cluster_ip) = m.cluster_ips.iter().find_map(|ip| Ipv6Addr::of(*ip)) {
+                in_cluster(m, cluster_ip, node, &mut p.v6(t, node));
+            }
+        }
+    }
 }
 
 /// This node's ClusterIP frontends of Service `m` in the family of
@@ -247,6 +346,7 @@ struct FamilyPlan<'a, A: IpFamily> {
     /// loadBalancerSourceRanges of the frontends that enforce them.
     source_ranges: &'a mut BTreeMap<FrontendAddr<A>, Vec<Cidr>>,
     problems: &'a mut BTreeSet<String>,
+    refused: &'a mut BTreeSet<FrontendAddr<A>>,
 }
 
 /// The north-south frontends of Service `svc` (model `m`) in the family of
@@ -300,6 +400,7 @@ fn north_south<A: IpFamily>(
             let addr = FrontendAddr::new(ip, fport, port.proto);
             if let Some(other) = desired.get(&addr).or_else(|| out.frontends.get(&addr)) {
                 out.problems.insert(format!("Service {svc}: frontend {addr} already belongs to {}, skipped", other.name));
+                out.refused.insert(addr);
                 return;
             }
             let mut flags = base_flags | kind;

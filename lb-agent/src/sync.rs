@@ -1,10 +1,13 @@
 //! The sync path, in one place: updates from a source go into the
 //! [`Store`]; a sync translates it (kube-proxy's semantics,
-//! [`translate`]), plans this node's frontends ([`northsouth::plan`]:
+//! [`translate`]), plans this node's frontends ([`Planner`]:
 //! NodePorts, external and LoadBalancer IPs, `internalTrafficPolicy:
 //! Local`), writes the difference to the maps ([`Reconciler`]), then the
 //! source ranges, and brings the health check servers and the metrics up
-//! to date.
+//! to date. Each step takes only what changed where it can: the Services
+//! the store says were touched are translated again, a change to
+//! ClusterIP Services patches the plan, and the reconciler is then told
+//! which frontend addresses to look at.
 
 use std::time::{Instant, SystemTime};
 
@@ -12,7 +15,7 @@ use tracing::{debug, info, warn};
 
 use crate::{
     metrics::{Metrics, SyncRecord, programming_latency},
-    northsouth::{self, NorthSouth},
+    northsouth::{NorthSouth, Planner},
     reconcile::Reconciler,
     source::{Store, Update},
     stale_sockets,
@@ -25,6 +28,8 @@ pub struct Syncer {
     translator: Translator,
     opts: TranslateOptions,
     north_south: NorthSouth,
+    /// The node-specific plan, patched where a change allows it.
+    planner: Planner,
     reconciler: Reconciler,
     metrics: Metrics,
     /// When the agent started: slice changes triggered before are not
@@ -43,6 +48,7 @@ impl Syncer {
             translator: Translator::default(),
             opts,
             north_south,
+            planner: Planner::default(),
             reconciler,
             metrics,
             started: SystemTime::now(),
@@ -103,21 +109,24 @@ impl Syncer {
     /// oldest update in it arrived; `what` says where it came from.
     pub fn sync(&mut self, first_seen: Instant, what: &str) -> SyncRecord {
         let started = Instant::now();
-        let translation = self.translator.update(&mut self.store, &self.opts);
+        self.translator.update(&mut self.store, &self.opts);
+        let (translation, changes) = (self.translator.translation(), self.translator.changes());
         let translated = started.elapsed();
         self.north_south.set_zone(self.store.node_zone());
         // Its InternalIPs are the primary addresses (`--nodeport-addresses
         // primary`); the plan below takes what they change.
         self.north_south.set_node_primary(self.store.node_internal_ips(), &mut self.reconciler);
-        let plan = northsouth::plan(translation, self.north_south.node());
-        let north_south_skipped = self.north_south.log_problems(&plan);
-        let mut stats = self.reconciler.apply_dual(
+        let (plan, patched) = self.planner.update(translation, changes, self.translator.has_conflicts(), self.north_south.node());
+        let north_south_skipped = self.north_south.log_problems(plan);
+        // A patched plan differs only where the translation changed.
+        let mut stats = self.reconciler.apply_changed(
             &[&translation.desired, &plan.internal, &plan.frontends],
             &[&translation.desired6, &plan.internal6, &plan.frontends6],
+            patched.then_some((&changes.frontends, &changes.frontends6)),
         );
         self.reconciler.apply_source_ranges(&plan.source_ranges, &mut stats);
         self.reconciler.apply_source_ranges(&plan.source_ranges6, &mut stats);
-        self.north_south.sync_health_checks(&plan);
+        self.north_south.sync_health_checks(plan);
         if self.socket_lb && stats.updated + stats.removed > 0 {
             destroy_stale_sockets(&self.reconciler, &self.metrics);
         }
@@ -146,6 +155,7 @@ impl Syncer {
             latency_us = latency.as_micros() as u64,
             apply_us = started.elapsed().as_micros() as u64,
             translate_us = translated.as_micros() as u64,
+            plan = if patched { "patched" } else { "whole" },
             "{what}"
         );
         for e in &stats.errors {

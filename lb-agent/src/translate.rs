@@ -117,6 +117,17 @@ pub struct Translator {
     out: Translation,
     parts: foldhash::HashMap<ObjectKey, Part>,
     conflicted: BTreeSet<ObjectKey>,
+    changes: Changes,
+}
+
+/// What the last [`Translator::update`] translated again: those Services
+/// (added, changed or removed), and every frontend address they had
+/// before or have now. Anything else in the translation is as it was.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Changes {
+    pub services: BTreeSet<ServiceRef>,
+    pub frontends: BTreeSet<FrontendAddr>,
+    pub frontends6: BTreeSet<FrontendAddr<Ipv6Addr>>,
 }
 
 /// What one Service contributed to the translation.
@@ -134,6 +145,7 @@ impl Translator {
     /// Brings the translation up to date with `store`. New problems are
     /// logged once.
     pub fn update(&mut self, store: &mut Store, opts: &TranslateOptions) -> &Translation {
+        self.changes = Changes::default();
         // The first time (or after many changes), every Service we know
         // of; then only those the store says were touched (added, changed,
         // removed, or their slices).
@@ -159,6 +171,7 @@ impl Translator {
         dirty.extend(std::mem::take(&mut self.conflicted));
         for key in &dirty {
             self.remove_part(key);
+            self.changes.services.insert(ServiceRef { namespace: key.namespace.clone(), name: key.name.clone() });
         }
         for key in dirty {
             let Some(svc) = store.service(&key) else {
@@ -174,6 +187,8 @@ impl Translator {
             if !(clean4 && clean6) {
                 self.conflicted.insert(key.clone());
             }
+            self.changes.frontends.extend(part.frontends.iter().copied());
+            self.changes.frontends6.extend(part.frontends6.iter().copied());
             for (r, m) in scratch.services {
                 part.model = true;
                 self.out.services.insert(r, m);
@@ -193,8 +208,21 @@ impl Translator {
         &self.out
     }
 
+    /// What the last [`Translator::update`] changed.
+    pub fn changes(&self) -> &Changes {
+        &self.changes
+    }
+
+    /// Whether two Services claim one frontend address (the one that had
+    /// it first keeps it): the loser is translated again at every update.
+    pub fn has_conflicts(&self) -> bool {
+        !self.conflicted.is_empty()
+    }
+
     fn remove_part(&mut self, key: &ObjectKey) {
         let Some(part) = self.parts.remove(key) else { return };
+        self.changes.frontends.extend(part.frontends.iter().copied());
+        self.changes.frontends6.extend(part.frontends6.iter().copied());
         for addr in &part.frontends {
             self.out.desired.remove(addr);
         }

@@ -2046,3 +2046,66 @@ fn a_frontend_allows_its_backends_and_nothing_else() {
     let tcp = BackendAddr { proto: Protocol::Tcp, ..be(3) };
     assert!(!r.allows(int, at, &tcp), "nor over another protocol");
 }
+
+/// The addresses where two desired states (lists of parts, a later part's
+/// frontend replacing an earlier one's) want different frontends.
+fn differing(a: &[Desired], b: &[Desired]) -> BTreeSet<FrontendAddr> {
+    let merged = |parts: &[Desired]| -> BTreeMap<FrontendAddr, Frontend> { parts.iter().flatten().map(|(a, f)| (*a, f.clone())).collect() };
+    let (a, b) = (merged(a), merged(b));
+    a.keys().chain(b.keys()).filter(|k| a.get(k) != b.get(k)).copied().collect()
+}
+
+/// An apply told where the desired state changed (as a sync that patched
+/// its plan tells it) writes the very maps and ops an apply that looks at
+/// every frontend writes, through additions, changes, removals and a
+/// later part's frontend replacing an earlier one's.
+#[test]
+fn an_apply_told_what_changed_writes_what_a_whole_apply_writes() {
+    const API2: &str = "10.96.0.2:443/TCP api = 10.244.1.2:8080";
+    let steps: Vec<[Desired; 2]> = vec![
+        [desired(&[WEB, DNS]), desired(&[])],
+        [desired(&[WEB, DNS, API]), desired(&[])],
+        [desired(&[WEB3, DNS, API]), desired(&[])],
+        [desired(&[WEB3, DNS, API]), desired(&[API2])],
+        [desired(&[WEB3, API]), desired(&[API2])],
+        [desired(&[WEB3, API]), desired(&[])],
+        [desired(&[WEB_MAGLEV, API, NP_LOCAL, NP_IN_CLUSTER]), desired(&[])],
+        [desired(&[WEB_MAGLEV13, API, NP_IN_CLUSTER]), desired(&[WEB3])],
+        [desired(&[]), desired(&[])],
+    ];
+    let (mut told, mut whole) = (reconciler(), reconciler());
+    let no_ipv6 = BTreeSet::new();
+    let mut before: [Desired; 2] = Default::default();
+    for (i, step) in steps.iter().enumerate() {
+        let parts: Vec<&Desired> = step.iter().collect();
+        let changed = differing(&before, step);
+        let s = told.apply_changed(&parts, &[], Some((&changed, &no_ipv6)));
+        let w = whole.apply_all(&parts);
+        assert!(s.errors.is_empty() && w.errors.is_empty(), "step {i}: {:?} {:?}", s.errors, w.errors);
+        assert_eq!(dump(told.maps()).unwrap(), dump(whole.maps()).unwrap(), "step {i}");
+        assert_eq!((s.ops, s.added, s.updated, s.removed), (w.ops, w.added, w.updated, w.removed), "step {i}");
+        before = step.clone();
+    }
+}
+
+/// A frontend whose write failed keeps its previous state; the next apply
+/// writes it although it is told nothing changed, and the ones after, told
+/// nothing again, write nothing more (but the old slots' deletion).
+#[test]
+fn a_frontend_that_failed_is_written_by_the_next_apply_whatever_it_is_told() {
+    let (before, after) = (desired(&[WEB, DNS]), desired(&[WEB3, DNS]));
+    let (web, nothing, no_ipv6) = (BTreeSet::from([frontend(WEB).addr]), BTreeSet::new(), BTreeSet::new());
+    let mut r = reconciler();
+    assert!(r.apply(&before).errors.is_empty());
+    r.maps_mut().inject(Fault::any_write());
+    let s = r.apply_changed(&[&after], &[], Some((&web, &no_ipv6)));
+    assert!(!s.errors.is_empty(), "the write failed");
+    r.maps_mut().heal();
+    let s = r.apply_changed(&[&after], &[], Some((&nothing, &no_ipv6)));
+    assert!(s.errors.is_empty(), "{:?}", s.errors);
+    assert_eq!(view(r.maps()), view(reference(&[&before, &after]).maps()));
+    let s = r.apply_changed(&[&after], &[], Some((&nothing, &no_ipv6)));
+    assert_eq!((s.added, s.updated, s.removed), (0, 0, 0), "{s:?}");
+    let s = r.apply_changed(&[&after], &[], Some((&nothing, &no_ipv6)));
+    assert_eq!(s.ops, 0, "{s:?}");
+}

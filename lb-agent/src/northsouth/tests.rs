@@ -541,3 +541,115 @@ fn cidrs_contain_ipv4_addresses() {
     assert!(!c("192.168.50.9/32").contains_v4(a("192.168.50.8")));
     assert!(!c("::/0").contains_v4(a("10.0.0.1")));
 }
+
+/// The plan a [`Planner`] keeps over a series of changes, each checked
+/// against a whole [`plan`] of the same translation.
+mod kept {
+    use super::*;
+    use crate::{
+        source::{Kind, Object, ObjectKey, Store, Update},
+        translate::Translator,
+    };
+
+    fn objects(yaml: &str) -> Vec<Object> {
+        let mut o = Objects::default();
+        parse_into("t.yaml", yaml, &mut o);
+        assert!(o.problems.is_empty(), "{:?}", o.problems);
+        o.services.into_iter().map(|s| Object::Service(Box::new(s))).chain(o.slices.into_iter().map(Object::EndpointSlice)).collect()
+    }
+
+    /// A ClusterIP Service `name` at `ip`:80 with `spec` lines added, and
+    /// its endpoints (address, node).
+    fn cluster_ip(name: &str, ip: &str, spec: &str, endpoints: &[(&str, &str)]) -> String {
+        let eps: String = endpoints.iter().map(|(a, n)| format!("- addresses: [{a}]\n  nodeName: {n}\n")).collect();
+        format!(
+            "---\napiVersion: v1\nkind: Service\nmetadata: {{name: {name}, namespace: demo}}\nspec:\n  clusterIP: {ip}\n{spec}  ports: [{{name: http, port: 80, protocol: TCP}}]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {name}-1, namespace: demo, labels: {{kubernetes.io/service-name: {name}}}}}\naddressType: IPv4\nports: [{{name: http, port: 8080, protocol: TCP}}]\nendpoints:\n{eps}"
+        )
+    }
+
+    struct Lab {
+        store: Store,
+        translator: Translator,
+        planner: Planner,
+        node: NodeInfo,
+    }
+
+    impl Lab {
+        /// Applies the objects of `yaml`, then syncs: the kept plan must be
+        /// a whole plan's; returns whether it was patched.
+        fn apply(&mut self, yaml: &str) -> bool {
+            for o in objects(yaml) {
+                self.store.apply(Update::Applied(o));
+            }
+            self.sync()
+        }
+
+        fn delete(&mut self, name: &str) -> bool {
+            self.store.apply(Update::Deleted { kind: Kind::Service, key: ObjectKey::new(Some("demo"), Some(name)) });
+            self.sync()
+        }
+
+        fn sync(&mut self) -> bool {
+            let t = &mut self.translator;
+            t.update(&mut self.store, &TranslateOptions::default());
+            let (kept, patched) = self.planner.update(t.translation(), t.changes(), t.has_conflicts(), &self.node);
+            assert_eq!(*kept, plan(t.translation(), &self.node), "the kept plan (patched: {patched}) is not the whole plan");
+            patched
+        }
+
+        fn kept(&self) -> &Plan {
+            &self.planner.last.as_ref().expect("planned").plan
+        }
+
+        fn internal(&self, addr: &str) -> Option<Vec<String>> {
+            self.kept().internal.get(&fa(addr, Protocol::Tcp)).map(|f| f.backends.iter().map(|b| b.addr.ip.to_string()).collect())
+        }
+    }
+
+    const LOCAL: &str = "  internalTrafficPolicy: Local\n";
+
+    #[test]
+    fn a_change_to_cluster_ip_services_patches_the_plan_and_anything_else_plans_it_whole() {
+        let mut lab = Lab { store: Store::default(), translator: Translator::default(), planner: Planner::default(), node: node("node-a") };
+        let base = [
+            cluster_ip("a", "10.96.0.1", LOCAL, &[("10.244.1.1", "node-a"), ("10.244.2.1", "node-b")]),
+            cluster_ip("b", "10.96.0.2", "", &[("10.244.1.2", "node-a")]),
+            format!("---{}", svc("Local", "")),
+        ]
+        .concat();
+        assert!(!lab.apply(&base), "the first plan is whole");
+        assert_eq!(lab.internal("10.96.0.1:80").unwrap(), ["10.244.1.1"]);
+
+        // Endpoints of a ClusterIP Service, a new one, a removed one: patched.
+        assert!(lab.apply(&cluster_ip("a", "10.96.0.1", LOCAL, &[("10.244.1.1", "node-a"), ("10.244.1.3", "node-a")])));
+        assert_eq!(lab.internal("10.96.0.1:80").unwrap(), ["10.244.1.1", "10.244.1.3"]);
+        assert!(lab.apply(&cluster_ip("d", "10.96.0.4", LOCAL, &[("10.244.2.4", "node-b")])));
+        assert_eq!(lab.internal("10.96.0.4:80").unwrap(), Vec::<String>::new());
+        assert!(lab.delete("a"));
+        assert_eq!(lab.internal("10.96.0.1:80"), None);
+        // A policy that stops being Local: its entry goes.
+        assert!(lab.apply(&cluster_ip("d", "10.96.0.4", "", &[("10.244.2.4", "node-b")])));
+        assert_eq!(lab.internal("10.96.0.4:80"), None);
+        // Nothing changed.
+        assert!(lab.sync());
+
+        // A Service with north-south frontends: whole.
+        assert!(!lab.apply(&svc("Cluster", "")));
+        // A ClusterIP Service that takes web's external IP and port: whole,
+        // and web's frontend there is refused...
+        assert!(!lab.apply(&cluster_ip("e", "192.168.60.5", "", &[("10.244.1.5", "node-a")])));
+        assert!(!lab.kept().frontends.contains_key(&fa("192.168.60.5:80", Protocol::Tcp)));
+        // ...until it goes, which frees the address for web: whole again.
+        assert!(!lab.delete("e"));
+        assert!(lab.kept().frontends.contains_key(&fa("192.168.60.5:80", Protocol::Tcp)));
+        // A ClusterIP Service that becomes a NodePort one, and back.
+        assert!(!lab.apply(&cluster_ip("b", "10.96.0.2", "  type: NodePort\n", &[("10.244.1.2", "node-a")])));
+        assert!(!lab.apply(&cluster_ip("b", "10.96.0.2", "", &[("10.244.1.2", "node-a")])));
+        assert!(lab.apply(&cluster_ip("b", "10.96.0.2", "", &[("10.244.1.2", "node-a"), ("10.244.1.6", "node-a")])));
+
+        // The node changed: whole.
+        lab.node.zone = Some("zone-1".into());
+        assert!(!lab.sync());
+        assert!(lab.sync());
+    }
+}

@@ -203,6 +203,10 @@ pub struct Reconciler<M: MapStore = Maps> {
     /// of the next apply.
     stale_slots: Vec<SlotKey>,
     hasher: foldhash::quality::FixedState,
+    /// The next apply looks at every frontend, whatever it is told changed
+    /// (see [`Reconciler::apply_changed`]): after recovery, once digests
+    /// were forgotten, and after an apply with errors.
+    look_at_all: bool,
 }
 
 impl<M: MapStore> Reconciler<M> {
@@ -223,6 +227,7 @@ impl<M: MapStore> Reconciler<M> {
 
     /// Makes the next `apply` look at every frontend again.
     fn forget_digests(&mut self) {
+        self.look_at_all = true;
         for f in self.fam.v4.frontends.values_mut() {
             f.digest = 0;
         }
@@ -307,33 +312,74 @@ impl<M: MapStore> Reconciler<M> {
     /// own backend IDs. Each family is written with the same ordering
     /// rules, IPv4 first.
     pub fn apply_dual(&mut self, parts: &[&Desired], parts6: &[&Desired<Ipv6Addr>]) -> Stats {
+        self.apply_changed(parts, parts6, None)
+    }
+
+    /// [`Reconciler::apply_dual`] told where the desired state may differ
+    /// from the last apply's: only frontends at the addresses in `changed`
+    /// (IPv4, IPv6) are looked at (`None`: every frontend), so a sync that
+    /// changed one Service does not digest the 10,000 others. Every
+    /// frontend is looked at all the same after recovery, once digests
+    /// were forgotten, and after an apply with errors (a frontend that kept
+    /// its previous state is tried again).
+    pub fn apply_changed(
+        &mut self,
+        parts: &[&Desired],
+        parts6: &[&Desired<Ipv6Addr>],
+        changed: Option<(&BTreeSet<FrontendAddr>, &BTreeSet<FrontendAddr<Ipv6Addr>>)>,
+    ) -> Stats {
+        let changed = changed.filter(|_| !std::mem::take(&mut self.look_at_all));
         let mut stats = Stats::default();
         self.delete_stale_slots(&mut stats);
         self.retry_unclean::<Ipv4Addr>(&mut stats);
         self.retry_unclean::<Ipv6Addr>(&mut stats);
         let scan_unused = std::mem::take(&mut self.scan_unused);
-        self.apply_family(parts, scan_unused, &mut stats);
-        self.apply_family(parts6, scan_unused, &mut stats);
+        self.apply_family(parts, changed.map(|c| c.0), scan_unused, &mut stats);
+        self.apply_family(parts6, changed.map(|c| c.1), scan_unused, &mut stats);
+        self.look_at_all = !stats.errors.is_empty();
         stats
     }
 
     /// The changes of one family's frontends, in the order of the module
-    /// docs.
-    fn apply_family<A: MapFamily>(&mut self, parts: &[&Desired<A>], scan_unused: bool, stats: &mut Stats) {
+    /// docs: of those at the addresses in `only`, or of all.
+    fn apply_family<A: MapFamily>(
+        &mut self,
+        parts: &[&Desired<A>],
+        only: Option<&BTreeSet<FrontendAddr<A>>>,
+        scan_unused: bool,
+        stats: &mut Stats,
+    ) {
         let installed = &A::pick(&self.fam).frontends;
-        let changed: Vec<Change<'_, A>> = parts
-            .iter()
-            .enumerate()
-            .flat_map(|(i, d)| d.values().map(move |fe| (i, fe)))
-            .filter(|(i, fe)| !parts[i + 1..].iter().any(|later| later.contains_key(&fe.addr)))
-            .map(|(_, fe)| fe)
+        // Each desired frontend, from the last part that has its address,
+        // in the order of the parts, then of addresses.
+        let desired: Vec<&Frontend<A>> = match only {
+            None => parts
+                .iter()
+                .enumerate()
+                .flat_map(|(i, d)| d.values().map(move |fe| (i, fe)))
+                .filter(|(i, fe)| !parts[i + 1..].iter().any(|later| later.contains_key(&fe.addr)))
+                .map(|(_, fe)| fe)
+                .collect(),
+            Some(addrs) => {
+                let mut found: Vec<(usize, &Frontend<A>)> =
+                    addrs.iter().filter_map(|a| parts.iter().enumerate().rev().find_map(|(i, d)| d.get(a).map(|fe| (i, fe)))).collect();
+                found.sort_by_key(|(i, _)| *i);
+                found.into_iter().map(|(_, fe)| fe).collect()
+            }
+        };
+        let changed: Vec<Change<'_, A>> = desired
+            .into_iter()
             .filter_map(|fe| {
                 let digest = self.digest(fe);
                 let same = installed.get(&fe.addr).is_some_and(|i| i.digest == digest);
                 (!same).then(|| Change { fe, digest, uses: self.uses(fe) })
             })
             .collect();
-        let gone: Vec<FrontendAddr<A>> = installed.keys().filter(|addr| !parts.iter().any(|d| d.contains_key(addr))).copied().collect();
+        let is_gone = |addr: &&FrontendAddr<A>| !parts.iter().any(|d| d.contains_key(addr));
+        let gone: Vec<FrontendAddr<A>> = match only {
+            None => installed.keys().filter(is_gone).copied().collect(),
+            Some(addrs) => addrs.iter().filter(|a| installed.contains_key(a)).filter(is_gone).copied().collect(),
+        };
         // Addresses first: a frontend whose address the datapath does not
         // know is never looked up.
         for Change { fe, .. } in &changed {

@@ -93,6 +93,7 @@ impl<M: MapStore> Reconciler<M> {
             frontend_ids,
             maglev_m: sizes::MAGLEV_M,
             node_name: None,
+            look_at_all: true,
         })
     }
 }
