@@ -151,13 +151,15 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// Where one Service's IPv4 frontends are planned.
-    fn v4<'a>(&'a mut self, t: &'a Translation, node: &'a NodeInfo) -> FamilyPlan<'a, Ipv4Addr> {
+    /// Where one Service's IPv4 frontends are planned, other Services'
+    /// north-south ones being `claimed`.
+    fn v4<'a>(&'a mut self, claimed: &'a Desired, t: &'a Translation, node: &'a NodeInfo) -> FamilyPlan<'a, Ipv4Addr> {
         FamilyPlan {
             desired: &t.desired,
             node_ips: &node.node_ips,
             internal: &mut self.internal,
             frontends: &mut self.frontends,
+            claimed,
             source_ranges: &mut self.source_ranges,
             problems: &mut self.problems,
             refused: &mut self.refused,
@@ -165,16 +167,61 @@ impl Plan {
     }
 
     /// Where one Service's IPv6 frontends are planned.
-    fn v6<'a>(&'a mut self, t: &'a Translation, node: &'a NodeInfo) -> FamilyPlan<'a, Ipv6Addr> {
+    fn v6<'a>(&'a mut self, claimed: &'a Desired<Ipv6Addr>, t: &'a Translation, node: &'a NodeInfo) -> FamilyPlan<'a, Ipv6Addr> {
         FamilyPlan {
             desired: &t.desired6,
             node_ips: &node.node_ips6,
             internal: &mut self.internal6,
             frontends: &mut self.frontends6,
+            claimed,
             source_ranges: &mut self.source_ranges6,
             problems: &mut self.problems,
             refused: &mut self.refused6,
         }
+    }
+
+    /// Adds the plan of one Service, `own`, and says what it added.
+    fn absorb(&mut self, own: Plan) -> Part {
+        let part = Part {
+            frontends: own.frontends.keys().copied().collect(),
+            frontends6: own.frontends6.keys().copied().collect(),
+            internal: own.internal.keys().copied().collect(),
+            internal6: own.internal6.keys().copied().collect(),
+            problems: own.problems.iter().cloned().collect(),
+        };
+        self.internal.extend(own.internal);
+        self.internal6.extend(own.internal6);
+        self.frontends.extend(own.frontends);
+        self.frontends6.extend(own.frontends6);
+        self.source_ranges.extend(own.source_ranges);
+        self.source_ranges6.extend(own.source_ranges6);
+        self.health_checks.extend(own.health_checks);
+        self.problems.extend(own.problems);
+        self.refused.extend(own.refused);
+        self.refused6.extend(own.refused6);
+        part
+    }
+
+    /// Takes out what Service `svc` added (`part`).
+    fn take_out(&mut self, svc: &ServiceRef, part: &Part) {
+        for a in &part.frontends {
+            self.frontends.remove(a);
+            self.source_ranges.remove(a);
+        }
+        for a in &part.frontends6 {
+            self.frontends6.remove(a);
+            self.source_ranges6.remove(a);
+        }
+        for a in &part.internal {
+            self.internal.remove(a);
+        }
+        for a in &part.internal6 {
+            self.internal6.remove(a);
+        }
+        for p in &part.problems {
+            self.problems.remove(p);
+        }
+        self.health_checks.remove(svc);
     }
 }
 
@@ -189,41 +236,71 @@ const INHERITED: u32 = svc_flags::AFFINITY | svc_flags::MAGLEV | svc_flags::EXT_
 pub fn plan(t: &Translation, node: &NodeInfo) -> Plan {
     let mut out = Plan::default();
     for (svc, m) in &t.services {
-        report_unserved(svc, m, &mut out.problems);
-        // Addresses of this node's ready endpoints, for the health check,
-        // by family (a dual-stack pod is one endpoint in each).
-        let (mut local_ready, mut local_ready6) = (BTreeSet::new(), BTreeSet::new());
-        // Each family from its ClusterIP (a dual-stack Service has one of
-        // each): the in-cluster frontends, then the north-south ones on
-        // the node's addresses of the family and the Service's external
-        // and LoadBalancer IPs of it.
-        if let Some(cluster_ip) = m.cluster_ips.iter().find_map(|ip| Ipv4Addr::of(*ip)) {
-            let mut family = out.v4(t, node);
-            let topology = in_cluster(m, cluster_ip, node, &mut family);
-            north_south(svc, m, cluster_ip, &topology, node, &mut family, &mut local_ready);
-        }
-        if let Some(cluster_ip) = m.cluster_ips.iter().find_map(|ip| Ipv6Addr::of(*ip)) {
-            let mut family = out.v6(t, node);
-            let topology = in_cluster(m, cluster_ip, node, &mut family);
-            north_south(svc, m, cluster_ip, &topology, node, &mut family, &mut local_ready6);
-        }
-        let (is_lb, local) = (m.service_type == ServiceType::LoadBalancer, m.external_traffic_policy == TrafficPolicy::Local);
-        if let (true, true, Some(hc)) = (is_lb, local, m.health_check_node_port) {
-            out.health_checks.insert(svc.clone(), (hc, local_ready.len().max(local_ready6.len())));
-        }
+        plan_service(svc, m, t, node, &mut out);
     }
     out
 }
 
-/// The plan kept from one sync to the next. Most changes are to Services
-/// whose plan is only their own ClusterIP frontends' node-specific
-/// backends (a ClusterIP Service without external IPs: see
-/// [`in_cluster_only`]); those are planned again alone and patched in, so
-/// such a change costs the same with 10 or 10,000 Services. Anything else
-/// plans every Service again, as [`plan`] does: a change to a Service with
-/// north-south frontends or to the node, a changed ClusterIP frontend at
-/// an address a north-south frontend has or was refused, or a frontend
-/// address two Services claim.
+/// What one Service added to a plan (see [`Plan::absorb`]).
+#[derive(Debug, Default)]
+struct Part {
+    frontends: Vec<FrontendAddr>,
+    frontends6: Vec<FrontendAddr<Ipv6Addr>>,
+    internal: Vec<FrontendAddr>,
+    internal6: Vec<FrontendAddr<Ipv6Addr>>,
+    problems: Vec<String>,
+}
+
+impl Part {
+    fn is_empty(&self) -> bool {
+        self.frontends.is_empty()
+            && self.frontends6.is_empty()
+            && self.internal.is_empty()
+            && self.internal6.is_empty()
+            && self.problems.is_empty()
+    }
+}
+
+/// Plans Service `svc` (model `m`) into `out`, whose north-south
+/// frontends (other Services') its own may not take, and says what it
+/// added.
+fn plan_service(svc: &ServiceRef, m: &ServiceModel, t: &Translation, node: &NodeInfo, out: &mut Plan) -> Part {
+    let mut own = Plan::default();
+    report_unserved(svc, m, &mut own.problems);
+    // Addresses of this node's ready endpoints, for the health check, by
+    // family (a dual-stack pod is one endpoint in each).
+    let (mut local_ready, mut local_ready6) = (BTreeSet::new(), BTreeSet::new());
+    // Each family from its ClusterIP (a dual-stack Service has one of
+    // each): the in-cluster frontends, then the north-south ones on the
+    // node's addresses of the family and the Service's external and
+    // LoadBalancer IPs of it.
+    if let Some(cluster_ip) = m.cluster_ips.iter().find_map(|ip| Ipv4Addr::of(*ip)) {
+        let mut family = own.v4(&out.frontends, t, node);
+        let topology = in_cluster(m, cluster_ip, node, &mut family);
+        north_south(svc, m, cluster_ip, &topology, node, &mut family, &mut local_ready);
+    }
+    if let Some(cluster_ip) = m.cluster_ips.iter().find_map(|ip| Ipv6Addr::of(*ip)) {
+        let mut family = own.v6(&out.frontends6, t, node);
+        let topology = in_cluster(m, cluster_ip, node, &mut family);
+        north_south(svc, m, cluster_ip, &topology, node, &mut family, &mut local_ready6);
+    }
+    let (is_lb, local) = (m.service_type == ServiceType::LoadBalancer, m.external_traffic_policy == TrafficPolicy::Local);
+    if let (true, true, Some(hc)) = (is_lb, local, m.health_check_node_port) {
+        own.health_checks.insert(svc.clone(), (hc, local_ready.len().max(local_ready6.len())));
+    }
+    out.absorb(own)
+}
+
+/// The plan kept from one sync to the next, with what each Service added
+/// to it. A change plans only the Services the translator translated
+/// again: their old part is taken out and they are planned anew, so a
+/// change costs the same with 10 or 10,000 Services. Every Service is
+/// planned again, as [`plan`] does, when the outcome could depend on the
+/// order of the Services (the first in name order takes an address two
+/// claim): whenever a north-south address is refused, before or after the
+/// change, or a changed ClusterIP frontend is at a north-south frontend's
+/// address, or two Services claim one ClusterIP address; and when the
+/// node changed (its addresses, name or zone).
 #[derive(Debug, Default)]
 pub struct Planner {
     last: Option<Planned>,
@@ -233,65 +310,74 @@ pub struct Planner {
 struct Planned {
     node: NodeInfo,
     plan: Plan,
-    /// The Services that are not [`in_cluster_only`].
-    wide: BTreeSet<ServiceRef>,
+    /// What each Service added to `plan` (none: nothing).
+    parts: BTreeMap<ServiceRef, Part>,
 }
 
-/// Whether all [`plan`] makes of Service `m` is its ClusterIP frontends'
-/// node-specific backends ([`in_cluster`]): no NodePort, external IP or
-/// LoadBalancer IP, so no address it could claim from another, no health
-/// check and no problem.
-pub fn in_cluster_only(m: &ServiceModel) -> bool {
-    m.service_type == ServiceType::ClusterIp && m.external_ips.is_empty()
-}
+/// The frontend addresses where a patched plan, with the translation, may
+/// differ from the last: IPv4 and IPv6.
+pub type Touched = (BTreeSet<FrontendAddr>, BTreeSet<FrontendAddr<Ipv6Addr>>);
 
 impl Planner {
     /// Brings the plan up to date with the translation `t`, whose last
     /// update changed `changes` (`conflicts`: see
-    /// `Translator::has_conflicts`), on `node`. Also says whether the plan
-    /// was patched: then only frontends at the addresses of `changes` may
-    /// differ from the last plan's.
-    pub fn update(&mut self, t: &Translation, changes: &Changes, conflicts: bool, node: &NodeInfo) -> (&Plan, bool) {
-        let patch = !conflicts && self.last.as_ref().is_some_and(|last| last.node == *node && last.patchable(t, changes));
-        match &mut self.last {
-            Some(last) if patch => last.patch(t, changes, node),
-            _ => {
-                let wide = t.services.iter().filter(|(_, m)| !in_cluster_only(m)).map(|(svc, _)| svc.clone()).collect();
-                self.last = Some(Planned { node: node.clone(), plan: plan(t, node), wide });
-            }
+    /// `Translator::has_conflicts`), on `node`. With the plan comes, when
+    /// it was patched, the frontend addresses where the plan and `t`
+    /// together may differ from the last time (`None`: planned whole, any).
+    pub fn update(&mut self, t: &Translation, changes: &Changes, conflicts: bool, node: &NodeInfo) -> (&Plan, Option<Touched>) {
+        let patched = match &mut self.last {
+            Some(last) if !conflicts && last.node == *node => last.patch(t, changes, node),
+            _ => None,
+        };
+        if patched.is_none() {
+            self.last = Some(Planned::whole(t, node));
         }
-        (&self.last.as_ref().expect("planned above").plan, patch)
+        (&self.last.as_ref().expect("planned above").plan, patched)
     }
 }
 
 impl Planned {
-    fn patchable(&self, t: &Translation, changes: &Changes) -> bool {
-        let services = changes.services.iter().all(|svc| !self.wide.contains(svc) && t.services.get(svc).is_none_or(in_cluster_only));
-        let p = &self.plan;
-        let free4 = changes.frontends.iter().all(|a| !p.frontends.contains_key(a) && !p.refused.contains(a));
-        let free6 = changes.frontends6.iter().all(|a| !p.frontends6.contains_key(a) && !p.refused6.contains(a));
-        services && free4 && free6
+    fn whole(t: &Translation, node: &NodeInfo) -> Planned {
+        let mut plan = Plan::default();
+        let parts = t
+            .services
+            .iter()
+            .map(|(svc, m)| (svc, plan_service(svc, m, t, node, &mut plan)))
+            .filter(|(_, part)| !part.is_empty())
+            .map(|(svc, part)| (svc.clone(), part))
+            .collect();
+        Planned { node: node.clone(), plan, parts }
     }
 
-    /// Plans the changed Services again (all of them [`in_cluster_only`]):
-    /// their ClusterIP frontends' entries, which are at the changed
-    /// addresses.
-    fn patch(&mut self, t: &Translation, changes: &Changes, node: &NodeInfo) {
+    /// Plans the changed Services again; `None` (and a plan to throw away)
+    /// where only a whole plan can say the outcome.
+    fn patch(&mut self, t: &Translation, changes: &Changes, node: &NodeInfo) -> Option<Touched> {
         let p = &mut self.plan;
-        for a in &changes.frontends {
-            p.internal.remove(a);
+        let mut touched: Touched = (changes.frontends.clone(), changes.frontends6.clone());
+        for svc in &changes.services {
+            let old = self.parts.remove(svc).unwrap_or_default();
+            p.take_out(svc, &old);
+            touched.0.extend(old.frontends.iter().chain(&old.internal));
+            touched.1.extend(old.frontends6.iter().chain(&old.internal6));
         }
-        for a in &changes.frontends6 {
-            p.internal6.remove(a);
+        // A ClusterIP frontend where another Service's north-south one is
+        // refuses that one in a whole plan.
+        if changes.frontends.iter().any(|a| p.frontends.contains_key(a)) || changes.frontends6.iter().any(|a| p.frontends6.contains_key(a))
+        {
+            return None;
         }
-        for m in changes.services.iter().filter_map(|svc| t.services.get(svc)) {
-            if let Some(cluster_ip) = m.cluster_ips.iter().find_map(|ip| Ipv4Addr::of(*ip)) {
-                in_cluster(m, cluster_ip, node, &mut p.v4(t, node));
+        for svc in &changes.services {
+            let Some(m) = t.services.get(svc) else { continue };
+            let part = plan_service(svc, m, t, node, p);
+            touched.0.extend(part.frontends.iter().chain(&part.internal));
+            touched.1.extend(part.frontends6.iter().chain(&part.internal6));
+            if !part.is_empty() {
+                self.parts.insert(svc.clone(), part);
             }
-            if let Some(cluster_ip) = m.cluster_ips.iter().find_map(|ip| Ipv6Addr::of(*ip)) {
-                in_cluster(m, cluster_ip, node, &mut p.v6(t, node));
-            }
         }
+        // A refusal, new or from the last whole plan (a Service's part
+        // does not hold its refusals): only a whole plan says who wins.
+        (p.refused.is_empty() && p.refused6.is_empty()).then_some(touched)
     }
 }
 
@@ -343,6 +429,8 @@ struct FamilyPlan<'a, A: IpFamily> {
     /// ClusterIP frontends that replace the translation's on this node.
     internal: &'a mut Desired<A>,
     frontends: &'a mut Desired<A>,
+    /// Other Services' north-south frontends: their addresses are taken.
+    claimed: &'a Desired<A>,
     /// loadBalancerSourceRanges of the frontends that enforce them.
     source_ranges: &'a mut BTreeMap<FrontendAddr<A>, Vec<Cidr>>,
     problems: &'a mut BTreeSet<String>,
@@ -398,7 +486,7 @@ fn north_south<A: IpFamily>(
         let base_flags = if fe.slot_backends().next().is_none() { base_flags & !svc_flags::EXT_LOCAL } else { base_flags };
         let add = |ip: A, fport: u16, kind: u32, ranges: bool, out: &mut FamilyPlan<'_, A>| {
             let addr = FrontendAddr::new(ip, fport, port.proto);
-            if let Some(other) = desired.get(&addr).or_else(|| out.frontends.get(&addr)) {
+            if let Some(other) = desired.get(&addr).or_else(|| out.frontends.get(&addr)).or_else(|| out.claimed.get(&addr)) {
                 out.problems.insert(format!("Service {svc}: frontend {addr} already belongs to {}, skipped", other.name));
                 out.refused.insert(addr);
                 return;

@@ -5,9 +5,9 @@
 //! Local`), writes the difference to the maps ([`Reconciler`]), then the
 //! source ranges, and brings the health check servers and the metrics up
 //! to date. Each step takes only what changed where it can: the Services
-//! the store says were touched are translated again, a change to
-//! ClusterIP Services patches the plan, and the reconciler is then told
-//! which frontend addresses to look at.
+//! the store says were touched are translated again and planned again
+//! (unless only a whole plan can say the outcome), and the reconciler is
+//! then told which frontend addresses to look at.
 
 use std::time::{Instant, SystemTime};
 
@@ -116,13 +116,13 @@ impl Syncer {
         // Its InternalIPs are the primary addresses (`--nodeport-addresses
         // primary`); the plan below takes what they change.
         self.north_south.set_node_primary(self.store.node_internal_ips(), &mut self.reconciler);
-        let (plan, patched) = self.planner.update(translation, changes, self.translator.has_conflicts(), self.north_south.node());
+        let (plan, touched) = self.planner.update(translation, changes, self.translator.has_conflicts(), self.north_south.node());
         let north_south_skipped = self.north_south.log_problems(plan);
-        // A patched plan differs only where the translation changed.
+        // A patched plan says where it and the translation changed.
         let mut stats = self.reconciler.apply_changed(
             &[&translation.desired, &plan.internal, &plan.frontends],
             &[&translation.desired6, &plan.internal6, &plan.frontends6],
-            patched.then_some((&changes.frontends, &changes.frontends6)),
+            touched.as_ref().map(|(v4, v6)| (v4, v6)),
         );
         self.reconciler.apply_source_ranges(&plan.source_ranges, &mut stats);
         self.reconciler.apply_source_ranges(&plan.source_ranges6, &mut stats);
@@ -155,7 +155,7 @@ impl Syncer {
             latency_us = latency.as_micros() as u64,
             apply_us = started.elapsed().as_micros() as u64,
             translate_us = translated.as_micros() as u64,
-            plan = if patched { "patched" } else { "whole" },
+            plan = if touched.is_some() { "patched" } else { "whole" },
             "{what}"
         );
         for e in &stats.errors {

@@ -572,9 +572,32 @@ mod kept {
         translator: Translator,
         planner: Planner,
         node: NodeInfo,
+        /// The frontends the last sync asked for, of both families.
+        wanted: (Desired, Desired<Ipv6Addr>),
+    }
+
+    /// The frontends at each address, a later map's replacing an earlier
+    /// one's (as the reconciler takes them).
+    fn merged<A: IpFamily>(parts: &[&Desired<A>]) -> Desired<A> {
+        parts.iter().flat_map(|d| d.iter()).map(|(a, f)| (*a, f.clone())).collect()
+    }
+
+    /// The addresses where `a` and `b` differ.
+    fn differing<A: IpFamily>(a: &Desired<A>, b: &Desired<A>) -> BTreeSet<FrontendAddr<A>> {
+        a.keys().chain(b.keys()).filter(|k| a.get(k) != b.get(k)).copied().collect()
     }
 
     impl Lab {
+        fn new() -> Lab {
+            Lab {
+                store: Store::default(),
+                translator: Translator::default(),
+                planner: Planner::default(),
+                node: node("node-a"),
+                wanted: Default::default(),
+            }
+        }
+
         /// Applies the objects of `yaml`, then syncs: the kept plan must be
         /// a whole plan's; returns whether it was patched.
         fn apply(&mut self, yaml: &str) -> bool {
@@ -589,12 +612,22 @@ mod kept {
             self.sync()
         }
 
+        /// A sync: the kept plan must be a whole plan's, and a patched one
+        /// must name every address where the frontends asked for changed.
         fn sync(&mut self) -> bool {
             let t = &mut self.translator;
             t.update(&mut self.store, &TranslateOptions::default());
-            let (kept, patched) = self.planner.update(t.translation(), t.changes(), t.has_conflicts(), &self.node);
-            assert_eq!(*kept, plan(t.translation(), &self.node), "the kept plan (patched: {patched}) is not the whole plan");
-            patched
+            let tr = t.translation();
+            let (kept, touched) = self.planner.update(tr, t.changes(), t.has_conflicts(), &self.node);
+            assert_eq!(*kept, plan(tr, &self.node), "the kept plan (patched: {}) is not the whole plan", touched.is_some());
+            let wanted =
+                (merged(&[&tr.desired, &kept.internal, &kept.frontends]), merged(&[&tr.desired6, &kept.internal6, &kept.frontends6]));
+            if let Some((v4, v6)) = &touched {
+                let (missed, missed6) = (&differing(&self.wanted.0, &wanted.0) - v4, &differing(&self.wanted.1, &wanted.1) - v6);
+                assert!(missed.is_empty() && missed6.is_empty(), "changed but not named: {missed:?} {missed6:?}");
+            }
+            self.wanted = wanted;
+            touched.is_some()
         }
 
         fn kept(&self) -> &Plan {
@@ -609,8 +642,8 @@ mod kept {
     const LOCAL: &str = "  internalTrafficPolicy: Local\n";
 
     #[test]
-    fn a_change_to_cluster_ip_services_patches_the_plan_and_anything_else_plans_it_whole() {
-        let mut lab = Lab { store: Store::default(), translator: Translator::default(), planner: Planner::default(), node: node("node-a") };
+    fn a_change_patches_the_plan_unless_the_order_of_the_services_could_matter() {
+        let mut lab = Lab::new();
         let base = [
             cluster_ip("a", "10.96.0.1", LOCAL, &[("10.244.1.1", "node-a"), ("10.244.2.1", "node-b")]),
             cluster_ip("b", "10.96.0.2", "", &[("10.244.1.2", "node-a")]),
@@ -620,7 +653,7 @@ mod kept {
         assert!(!lab.apply(&base), "the first plan is whole");
         assert_eq!(lab.internal("10.96.0.1:80").unwrap(), ["10.244.1.1"]);
 
-        // Endpoints of a ClusterIP Service, a new one, a removed one: patched.
+        // Endpoints of a ClusterIP Service, a new one, a removed one.
         assert!(lab.apply(&cluster_ip("a", "10.96.0.1", LOCAL, &[("10.244.1.1", "node-a"), ("10.244.1.3", "node-a")])));
         assert_eq!(lab.internal("10.96.0.1:80").unwrap(), ["10.244.1.1", "10.244.1.3"]);
         assert!(lab.apply(&cluster_ip("d", "10.96.0.4", LOCAL, &[("10.244.2.4", "node-b")])));
@@ -633,19 +666,40 @@ mod kept {
         // Nothing changed.
         assert!(lab.sync());
 
-        // A Service with north-south frontends: whole.
-        assert!(!lab.apply(&svc("Cluster", "")));
+        // A LoadBalancer Service's policy (its frontends, health check and
+        // in-cluster entries change); a ClusterIP Service that becomes a
+        // NodePort one, and back.
+        assert!(lab.apply(&svc("Cluster", "")));
+        assert!(lab.apply(&svc("Local", "")));
+        let nodeport = |n: u16| format!("  type: NodePort\n  ports: [{{name: http, port: 80, protocol: TCP, nodePort: {n}}}]\n");
+        let b_np = cluster_ip("b", "10.96.0.2", &nodeport(30100), &[("10.244.1.2", "node-a")])
+            .replace("  ports: [{name: http, port: 80, protocol: TCP}]\n", "");
+        assert!(lab.apply(&b_np));
+        assert!(lab.kept().frontends.contains_key(&fa("192.168.50.1:30100", Protocol::Tcp)));
+        assert!(lab.apply(&cluster_ip("b", "10.96.0.2", "", &[("10.244.1.2", "node-a")])));
+        assert!(!lab.kept().frontends.contains_key(&fa("192.168.50.1:30100", Protocol::Tcp)));
+
         // A ClusterIP Service that takes web's external IP and port: whole,
-        // and web's frontend there is refused...
+        // and web's frontend there is refused; while it is, every change
+        // plans whole...
         assert!(!lab.apply(&cluster_ip("e", "192.168.60.5", "", &[("10.244.1.5", "node-a")])));
         assert!(!lab.kept().frontends.contains_key(&fa("192.168.60.5:80", Protocol::Tcp)));
-        // ...until it goes, which frees the address for web: whole again.
+        assert!(!lab.apply(&cluster_ip("b", "10.96.0.2", "", &[("10.244.1.2", "node-a"), ("10.244.1.6", "node-a")])));
+        // ...until it goes, which frees the address for web.
         assert!(!lab.delete("e"));
         assert!(lab.kept().frontends.contains_key(&fa("192.168.60.5:80", Protocol::Tcp)));
-        // A ClusterIP Service that becomes a NodePort one, and back.
-        assert!(!lab.apply(&cluster_ip("b", "10.96.0.2", "  type: NodePort\n", &[("10.244.1.2", "node-a")])));
-        assert!(!lab.apply(&cluster_ip("b", "10.96.0.2", "", &[("10.244.1.2", "node-a")])));
-        assert!(lab.apply(&cluster_ip("b", "10.96.0.2", "", &[("10.244.1.2", "node-a"), ("10.244.1.6", "node-a")])));
+        assert!(lab.apply(&cluster_ip("b", "10.96.0.2", "", &[("10.244.1.2", "node-a")])));
+
+        // Two Services claim one NodePort: the first in name order has it,
+        // whichever came first.
+        let c_np = cluster_ip("c", "10.96.0.3", &nodeport(30100), &[("10.244.1.7", "node-a")])
+            .replace("  ports: [{name: http, port: 80, protocol: TCP}]\n", "");
+        assert!(lab.apply(&c_np));
+        assert!(!lab.apply(&b_np));
+        assert_eq!(lab.kept().frontends[&fa("192.168.50.1:30100", Protocol::Tcp)].name, "demo/b:http");
+        assert!(!lab.delete("b"));
+        assert_eq!(lab.kept().frontends[&fa("192.168.50.1:30100", Protocol::Tcp)].name, "demo/c:http");
+        assert!(lab.apply(&cluster_ip("f", "10.96.0.6", "", &[("10.244.1.8", "node-a")])));
 
         // The node changed: whole.
         lab.node.zone = Some("zone-1".into());
