@@ -299,8 +299,9 @@ fn plan_service(svc: &ServiceRef, m: &ServiceModel, t: &Translation, node: &Node
 /// order of the Services (the first in name order takes an address two
 /// claim): whenever a north-south address is refused, before or after the
 /// change, or a changed ClusterIP frontend is at a north-south frontend's
-/// address, or two Services claim one ClusterIP address; and when the
-/// node changed (its addresses, name or zone).
+/// address, or two Services claim one ClusterIP address; when the node
+/// changed (its addresses, name or zone); and when the translator looked
+/// at every Service (a relist).
 #[derive(Debug, Default)]
 pub struct Planner {
     last: Option<Planned>,
@@ -326,7 +327,7 @@ impl Planner {
     /// together may differ from the last time (`None`: planned whole, any).
     pub fn update(&mut self, t: &Translation, changes: &Changes, conflicts: bool, node: &NodeInfo) -> (&Plan, Option<Touched>) {
         let patched = match &mut self.last {
-            Some(last) if !conflicts && last.node == *node => last.patch(t, changes, node),
+            Some(last) if !changes.all && !conflicts && last.node == *node => last.patch(t, changes, node),
             _ => None,
         };
         if patched.is_none() {

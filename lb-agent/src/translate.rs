@@ -125,9 +125,24 @@ pub struct Translator {
 /// before or have now. Anything else in the translation is as it was.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Changes {
+    /// Every Service was looked at (the first update, or after a relist):
+    /// the sets below are left empty, and anything may have changed. (Kept,
+    /// they would hold every Service of a first list at the agent's peak
+    /// of memory.)
+    pub all: bool,
     pub services: BTreeSet<ServiceRef>,
     pub frontends: BTreeSet<FrontendAddr>,
     pub frontends6: BTreeSet<FrontendAddr<Ipv6Addr>>,
+}
+
+impl Changes {
+    /// The frontend addresses of `part`, unless every Service was looked at.
+    fn note(&mut self, part: &Part) {
+        if !self.all {
+            self.frontends.extend(part.frontends.iter().copied());
+            self.frontends6.extend(part.frontends6.iter().copied());
+        }
+    }
 }
 
 /// What one Service contributed to the translation.
@@ -149,13 +164,16 @@ impl Translator {
         // The first time (or after many changes), every Service we know
         // of; then only those the store says were touched (added, changed,
         // removed, or their slices).
-        let candidates: Vec<ObjectKey> = match store.take_touched() {
-            Touched::Some(set) if !self.parts.is_empty() => set.into_iter().collect(),
-            _ => store
-                .services_by_key()
-                .map(|(k, _)| k.clone())
-                .chain(self.parts.keys().filter(|k| !store.has_service(k)).cloned())
-                .collect(),
+        let (candidates, all): (Vec<ObjectKey>, bool) = match store.take_touched() {
+            Touched::Some(set) if !self.parts.is_empty() => (set.into_iter().collect(), false),
+            _ => (
+                store
+                    .services_by_key()
+                    .map(|(k, _)| k.clone())
+                    .chain(self.parts.keys().filter(|k| !store.has_service(k)).cloned())
+                    .collect(),
+                true,
+            ),
         };
         let mut dirty: BTreeSet<ObjectKey> = BTreeSet::new();
         for key in candidates {
@@ -169,9 +187,12 @@ impl Translator {
             return &self.out;
         }
         dirty.extend(std::mem::take(&mut self.conflicted));
+        self.changes.all = all;
         for key in &dirty {
             self.remove_part(key);
-            self.changes.services.insert(ServiceRef { namespace: key.namespace.clone(), name: key.name.clone() });
+            if !all {
+                self.changes.services.insert(ServiceRef { namespace: key.namespace.clone(), name: key.name.clone() });
+            }
         }
         for key in dirty {
             let Some(svc) = store.service(&key) else {
@@ -187,8 +208,7 @@ impl Translator {
             if !(clean4 && clean6) {
                 self.conflicted.insert(key.clone());
             }
-            self.changes.frontends.extend(part.frontends.iter().copied());
-            self.changes.frontends6.extend(part.frontends6.iter().copied());
+            self.changes.note(&part);
             for (r, m) in scratch.services {
                 part.model = true;
                 self.out.services.insert(r, m);
@@ -221,8 +241,7 @@ impl Translator {
 
     fn remove_part(&mut self, key: &ObjectKey) {
         let Some(part) = self.parts.remove(key) else { return };
-        self.changes.frontends.extend(part.frontends.iter().copied());
-        self.changes.frontends6.extend(part.frontends6.iter().copied());
+        self.changes.note(&part);
         for addr in &part.frontends {
             self.out.desired.remove(addr);
         }

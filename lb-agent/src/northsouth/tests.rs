@@ -548,7 +548,7 @@ mod kept {
     use super::*;
     use crate::{
         source::{Kind, Object, ObjectKey, Store, Update},
-        translate::Translator,
+        translate::{Changes, Translator},
     };
 
     fn objects(yaml: &str) -> Vec<Object> {
@@ -700,6 +700,11 @@ mod kept {
         assert!(!lab.delete("b"));
         assert_eq!(lab.kept().frontends[&fa("192.168.50.1:30100", Protocol::Tcp)].name, "demo/c:http");
         assert!(lab.apply(&cluster_ip("f", "10.96.0.6", "", &[("10.244.1.8", "node-a")])));
+
+        // The translator looked at every Service (a relist of many): whole.
+        let all = Changes { all: true, ..Changes::default() };
+        assert!(lab.planner.update(lab.translator.translation(), &all, false, &lab.node).1.is_none());
+        assert!(lab.sync());
 
         // The node changed: whole.
         lab.node.zone = Some("zone-1".into());
