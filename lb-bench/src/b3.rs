@@ -1,11 +1,13 @@
 //! B3: programming time. A full sync of `services` x `endpoints`, then
 //! "+1 service" and "+1 endpoint" at that size, for the agent
-//! (`Reconciler::apply` into the maps), kube-proxy's iptables mode
+//! (`Reconciler::apply` into the maps, the changes told what changed, as
+//! the agent's sync tells it), kube-proxy's iptables mode
 //! (`iptables-restore`) and kube-proxy's nftables mode (`nft -f`), each in
 //! a network namespace of its own. Also the agent's peak RSS, from a real
 //! `lb-agent run` on a generated manifest directory.
 
 use std::{
+    collections::BTreeSet,
     fmt::Write as _,
     fs,
     io::{BufRead, BufReader},
@@ -18,6 +20,7 @@ use anyhow::{Context, Result, bail, ensure};
 use lb_agent::{
     datapath::{Datapath, MapSizes},
     maps::Maps,
+    model::{Desired, FrontendAddr},
     reconcile::Reconciler,
 };
 use lb_lab::Netns;
@@ -197,15 +200,24 @@ fn time_ours(o: &B3Options, base: &[Svc], plus_svc: &[Svc], plus_ep: &[Svc]) -> 
     let (mut rec, took) = crate::b1::fill(pins.path(), rec, &d0, measure)?;
     t.full = took.unwrap_or(estimate);
     let hwm_after = sys::status_kib(&me, "VmHWM").unwrap_or(0);
+    // Told where the desired state changed, as the agent's sync tells it.
+    let no_ipv6 = BTreeSet::new();
+    let changed = differing(&d0, &d1);
     let start = Instant::now();
-    let s = rec.apply(&d1);
+    let s = rec.apply_changed(&[&d1], &[], Some((&changed, &no_ipv6)));
     t.add_service = start.elapsed();
     ensure!(s.errors.is_empty() && s.added == 1, "+1 service: {s:?}");
+    let changed = differing(&d1, &d2);
     let start = Instant::now();
-    let s = rec.apply(&d2);
+    let s = rec.apply_changed(&[&d2], &[], Some((&changed, &no_ipv6)));
     t.add_endpoint = start.elapsed();
     ensure!(s.errors.is_empty() && s.updated == 1, "+1 endpoint: {s:?}");
     Ok((t, hwm_after.saturating_sub(hwm_before), measure, (probe_n, probe)))
+}
+
+/// The frontend addresses where `a` and `b` want different frontends.
+fn differing(a: &Desired, b: &Desired) -> BTreeSet<FrontendAddr> {
+    a.keys().chain(b.keys()).filter(|k| a.get(k) != b.get(k)).copied().collect()
 }
 
 fn time_iptables(

@@ -775,7 +775,8 @@ pub fn markdown(r: &Report, plots: &[String]) -> String {
         md.push_str(
             "\nMethod. One generated list of ClusterIP services (TCP), each with its endpoints, rendered three ways. \
              **lb**: a fresh datapath with maps sized for the set, `Reconciler::apply` timed in-process for the full set, then for the set plus one service \
-             (with its endpoints), then for that set plus one endpoint on an existing service. The same manifests are also given to a real `lb-agent run` \
+             (with its endpoints), then for that set plus one endpoint on an existing service, each change told the frontend addresses it changed \
+             (`Reconciler::apply_changed`, as the agent's sync tells it). The same manifests are also given to a real `lb-agent run` \
              (in a network namespace of its own, no pod interfaces, no socket hooks; as every agent the benchmarks start, at a soft limit of 1,024 open files, which it raises), whose own log gives the sync time (YAML read, translation, apply) and whose VmHWM \
              is read from /proc once it has logged its first sync. \
              **iptables**: the ruleset kube-proxy's iptables mode writes (filter and nat tables; KUBE-SERVICES → KUBE-SVC-* with `statistic --mode random --probability` \
