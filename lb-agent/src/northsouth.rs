@@ -124,7 +124,7 @@ pub struct NodeInfo {
 }
 
 /// The node-specific part of a sync.
-#[derive(Debug, Default, Clone, PartialEq)]
+#[derive(Debug, Default, PartialEq)]
 pub struct Plan {
     /// ClusterIP frontends of `internalTrafficPolicy: Local` Services with
     /// only this node's endpoints, or narrowed by topology hints: they
