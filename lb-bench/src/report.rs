@@ -253,7 +253,7 @@ pub fn b3_table(b: &B3Result) -> String {
     let full = if b.ours_full_measured { ms(b.ours.full) } else { format!("≈ {} (estimated²)", ms(b.ours.full)) };
     let _ = writeln!(
         t,
-        "| lb agent: `Reconciler::apply` into the maps | {} | {} | {} | in-process; {} services took {}; VmHWM grew by {:.1} MiB over the full sync |",
+        "| lb agent: `Reconciler::apply` into the maps (the changes: `apply_changed`, told what changed) | {} | {} | {} | in-process; {} services took {}; VmHWM grew by {:.1} MiB over the full sync |",
         full,
         ms(b.ours.add_service),
         ms(b.ours.add_endpoint),
