@@ -234,11 +234,7 @@ const INHERITED: u32 = svc_flags::AFFINITY | svc_flags::MAGLEV | svc_flags::EXT_
 /// families: north-south ones, and the ClusterIPs of
 /// `internalTrafficPolicy: Local` Services or with topology hints.
 pub fn plan(t: &Translation, node: &NodeInfo) -> Plan {
-    let mut out = Plan::default();
-    for (svc, m) in &t.services {
-        plan_service(svc, m, t, node, &mut out);
-    }
-    out
+    Planned::whole(t, node).plan
 }
 
 /// What one Service added to a plan (see [`Plan::absorb`]).
@@ -338,6 +334,7 @@ impl Planner {
 }
 
 impl Planned {
+    /// Every Service planned, in name order.
     fn whole(t: &Translation, node: &NodeInfo) -> Planned {
         let mut plan = Plan::default();
         let parts = t
