@@ -2,7 +2,7 @@
 //! IDs and generations.
 
 use std::{
-    collections::BTreeMap,
+    collections::{BTreeMap, BTreeSet},
     fmt,
     hash::Hash,
     net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
@@ -223,6 +223,19 @@ pub struct Frontend<A = Ipv4Addr> {
 
 /// Everything the maps should hold, keyed by frontend (of one family).
 pub type Desired<A = Ipv4Addr> = BTreeMap<FrontendAddr<A>, Frontend<A>>;
+
+/// The frontends a desired state kept in several maps asks for, a later
+/// map's replacing an earlier one's at the same address (as
+/// `Reconciler::apply_all` takes them).
+pub fn merged<A: IpFamily>(parts: &[&Desired<A>]) -> Desired<A> {
+    parts.iter().flat_map(|d| d.iter()).map(|(a, f)| (*a, f.clone())).collect()
+}
+
+/// The addresses where two desired states want different frontends (or
+/// only one wants any): what a reconciler told what changed must be told.
+pub fn differing<A: IpFamily>(a: &Desired<A>, b: &Desired<A>) -> BTreeSet<FrontendAddr<A>> {
+    a.keys().chain(b.keys()).filter(|k| a.get(k) != b.get(k)).copied().collect()
+}
 
 impl<A> Frontend<A> {
     /// The backends that take new connections: the ready ones, or, when

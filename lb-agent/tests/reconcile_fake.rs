@@ -18,7 +18,7 @@ use std::{
 use lb_agent::{
     datapath::MapSizes,
     maps::MapsError,
-    model::{Backend, BackendAddr, Cidr, Desired, Frontend, FrontendAddr, IpFamily, Protocol},
+    model::{self, Backend, BackendAddr, Cidr, Desired, Frontend, FrontendAddr, IpFamily, Protocol},
     reconcile::{
         CtMap, MapFamily, MapKind, MapStore, Reconciler, Stats,
         dump::dump,
@@ -2047,14 +2047,6 @@ fn a_frontend_allows_its_backends_and_nothing_else() {
     assert!(!r.allows(int, at, &tcp), "nor over another protocol");
 }
 
-/// The addresses where two desired states (lists of parts, a later part's
-/// frontend replacing an earlier one's) want different frontends.
-fn differing(a: &[Desired], b: &[Desired]) -> BTreeSet<FrontendAddr> {
-    let merged = |parts: &[Desired]| -> BTreeMap<FrontendAddr, Frontend> { parts.iter().flatten().map(|(a, f)| (*a, f.clone())).collect() };
-    let (a, b) = (merged(a), merged(b));
-    a.keys().chain(b.keys()).filter(|k| a.get(k) != b.get(k)).copied().collect()
-}
-
 /// An apply told where the desired state changed (as a sync that patched
 /// its plan tells it) writes the very maps and ops an apply that looks at
 /// every frontend writes, through additions, changes, removals and a
@@ -2078,7 +2070,7 @@ fn an_apply_told_what_changed_writes_what_a_whole_apply_writes() {
     let mut before: [Desired; 2] = Default::default();
     for (i, step) in steps.iter().enumerate() {
         let parts: Vec<&Desired> = step.iter().collect();
-        let changed = differing(&before, step);
+        let changed = model::differing(&model::merged(&before.iter().collect::<Vec<_>>()), &model::merged(&parts));
         let s = told.apply_changed(&parts, &[], Some((&changed, &no_ipv6)));
         let w = whole.apply_all(&parts);
         assert!(s.errors.is_empty() && w.errors.is_empty(), "step {i}: {:?} {:?}", s.errors, w.errors);

@@ -20,7 +20,7 @@ use anyhow::{Context, Result, bail, ensure};
 use lb_agent::{
     datapath::{Datapath, MapSizes},
     maps::Maps,
-    model::{Desired, FrontendAddr},
+    model::differing,
     reconcile::Reconciler,
 };
 use lb_lab::Netns;
@@ -213,11 +213,6 @@ fn time_ours(o: &B3Options, base: &[Svc], plus_svc: &[Svc], plus_ep: &[Svc]) -> 
     t.add_endpoint = start.elapsed();
     ensure!(s.errors.is_empty() && s.updated == 1, "+1 endpoint: {s:?}");
     Ok((t, hwm_after.saturating_sub(hwm_before), measure, (probe_n, probe)))
-}
-
-/// The frontend addresses where `a` and `b` want different frontends.
-fn differing(a: &Desired, b: &Desired) -> BTreeSet<FrontendAddr> {
-    a.keys().chain(b.keys()).filter(|k| a.get(k) != b.get(k)).copied().collect()
 }
 
 fn time_iptables(

@@ -547,6 +547,7 @@ fn cidrs_contain_ipv4_addresses() {
 mod kept {
     use super::*;
     use crate::{
+        model::{differing, merged},
         source::{Kind, Object, ObjectKey, Store, Update},
         translate::{Changes, Translator},
     };
@@ -574,17 +575,6 @@ mod kept {
         node: NodeInfo,
         /// The frontends the last sync asked for, of both families.
         wanted: (Desired, Desired<Ipv6Addr>),
-    }
-
-    /// The frontends at each address, a later map's replacing an earlier
-    /// one's (as the reconciler takes them).
-    fn merged<A: IpFamily>(parts: &[&Desired<A>]) -> Desired<A> {
-        parts.iter().flat_map(|d| d.iter()).map(|(a, f)| (*a, f.clone())).collect()
-    }
-
-    /// The addresses where `a` and `b` differ.
-    fn differing<A: IpFamily>(a: &Desired<A>, b: &Desired<A>) -> BTreeSet<FrontendAddr<A>> {
-        a.keys().chain(b.keys()).filter(|k| a.get(k) != b.get(k)).copied().collect()
     }
 
     impl Lab {
