@@ -303,48 +303,9 @@ pub fn interface_addresses6() -> std::io::Result<Vec<(String, std::net::Ipv6Addr
         .collect())
 }
 
-/// Turns accept_local on for `name` unless it is on already (for the
-/// interface or for all): an agent without a writable /proc/sys (not
-/// privileged) relies on the DaemonSet's prepare-node init container.
-pub fn ensure_accept_local(name: &str) {
-    let on = |key: &str| std::fs::read_to_string(format!("/proc/sys/net/ipv4/conf/{key}/accept_local")).is_ok_and(|v| v.trim() == "1");
-    if on("all") || on(name) {
-        return;
-    }
-    if let Err(e) = sysctl(&format!("net/ipv4/conf/{name}/accept_local"), "1") {
-        tracing::warn!(
-            "accept_local is off on {name} and setting it failed ({e}): replies of SNATed NodePort flows may be dropped \
-             as martians; set net.ipv4.conf.{name}.accept_local=1 (the DaemonSet's prepare-node init container does)"
-        );
-    }
-}
-
 /// The drivers of pod overlay devices (`ethtool -i`): the tunnels
 /// flannel, Calico and Cilium make between nodes.
 const OVERLAY_DRIVERS: [&str; 2] = ["vxlan", "geneve"];
-
-/// Makes reverse-path filtering loose on every overlay device of the node
-/// where it is strict. A NodePort flow another node forwards to a pod here
-/// is SNATed to that node's address, and comes through the tunnel when the
-/// pod network is an overlay, while the route back to that address is the
-/// node network's: strict filtering drops it. (kube-proxy's MASQUERADE
-/// takes the tunnel device's address instead; lb has one SNAT address per
-/// node. Cilium's kube-proxy replacement asks for loose filtering too.)
-pub fn loosen_rp_filter_on_overlays() {
-    for (name, driver) in overlay_devices() {
-        loosen_rp_filter(&name, &driver);
-    }
-}
-
-/// [`loosen_rp_filter_on_overlays`] for one interface (a new one); whether
-/// it is an overlay device.
-pub fn loosen_rp_filter_if_overlay(name: &str) -> bool {
-    let driver = overlay_driver(name);
-    if let Some(driver) = &driver {
-        loosen_rp_filter(name, driver);
-    }
-    driver.is_some()
-}
 
 /// The node's pod overlay devices (interface, driver), from the interfaces
 /// of the agent's network namespace.
@@ -380,38 +341,127 @@ pub fn mtu(name: &str) -> io::Result<u32> {
     Ok(unsafe { ifr.ifr_ifru.ifru_mtu } as u32)
 }
 
-/// Sets loose reverse-path filtering on overlay device `name` where it is
-/// strict.
-fn loosen_rp_filter(name: &str, driver: &str) {
-    let read = |key: &str| std::fs::read_to_string(format!("/proc/sys/net/ipv4/conf/{key}/rp_filter")).ok()?.trim().parse::<u8>().ok();
-    let (Some(all), Some(dev)) = (read("all"), read(name)) else {
-        return;
-    };
-    if !rp_filter_is_strict(all, dev) {
-        return;
-    }
-    match sysctl(&format!("net/ipv4/conf/{name}/rp_filter"), "2") {
-        Ok(()) => tracing::info!(
-            interface = name,
-            driver,
-            "reverse-path filtering made loose on this overlay device: NodePort flows other nodes SNAT to their address arrive through it"
-        ),
-        Err(e) => tracing::warn!(
-            "strict reverse-path filtering on overlay device {name} ({driver}) and setting it loose failed ({e}): NodePort flows \
-             that other nodes forward through it are dropped; set net.ipv4.conf.{name}.rp_filter=2"
-        ),
-    }
-}
-
 /// Whether an interface filters strictly: the kernel applies the larger
 /// of `all`'s and the interface's `rp_filter` (0 off, 1 strict, 2 loose).
 fn rp_filter_is_strict(all: u8, dev: u8) -> bool {
     all.max(dev) == 1
 }
 
-/// Writes a sysctl of the agent's network namespace.
-pub fn sysctl(key: &str, value: &str) -> std::io::Result<()> {
-    std::fs::write(format!("/proc/sys/{key}"), value)
+/// The node's network sysctls (`net.*`), read and written under a
+/// directory (`--sysctl-dir`): `/proc/sys`, or, in a container that is not
+/// privileged (whose `/proc/sys` the runtime mounts read-only), one whose
+/// `net` is a writable mount of the host's `/proc/sys/net`. The DaemonSet
+/// mounts it at `/host/proc/sys/net`, as Cilium's does. Either way the
+/// values are those of the agent's network namespace: the kernel picks a
+/// `net` sysctl's namespace from the process that opens it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Sysctls {
+    dir: PathBuf,
+}
+
+impl Default for Sysctls {
+    fn default() -> Self {
+        Sysctls::new("/proc/sys")
+    }
+}
+
+impl Sysctls {
+    pub fn new(dir: impl Into<PathBuf>) -> Sysctls {
+        Sysctls { dir: dir.into() }
+    }
+
+    /// An error unless the directory holds the IPv4 interface sysctls (a
+    /// `--sysctl-dir` whose mount is missing).
+    pub fn check(&self) -> io::Result<()> {
+        let conf = self.dir.join("net/ipv4/conf");
+        if conf.is_dir() {
+            return Ok(());
+        }
+        Err(io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("{} is no directory: --sysctl-dir must hold the host's /proc/sys/net as net/", conf.display()),
+        ))
+    }
+
+    /// The value of sysctl `key` (`net/ipv4/conf/eth0/rp_filter`).
+    fn read(&self, key: &str) -> Option<String> {
+        std::fs::read_to_string(self.dir.join(key)).ok().map(|v| v.trim().to_string())
+    }
+
+    /// Sets sysctl `key` (`net/ipv4/conf/eth0/rp_filter`) to `value`.
+    pub fn write(&self, key: &str, value: &str) -> io::Result<()> {
+        std::fs::write(self.dir.join(key), value)
+    }
+
+    /// Turns accept_local on for `name` unless it is on already (for the
+    /// interface or for all).
+    pub fn ensure_accept_local(&self, name: &str) {
+        let on = |key: &str| self.read(&format!("net/ipv4/conf/{key}/accept_local")).is_some_and(|v| v == "1");
+        if on("all") || on(name) {
+            return;
+        }
+        match self.write(&format!("net/ipv4/conf/{name}/accept_local"), "1") {
+            Ok(()) => {
+                tracing::info!(interface = name, "accept_local turned on: replies of SNATed NodePort flows carry this node's address")
+            }
+            Err(e) => tracing::warn!(
+                "accept_local is off on {name} and setting it under {} failed ({e}): replies of SNATed NodePort flows may be \
+                 dropped as martians; set net.ipv4.conf.{name}.accept_local=1, or give the agent a writable mount of the \
+                 host's /proc/sys/net (--sysctl-dir, as the DaemonSet does)",
+                self.dir.display()
+            ),
+        }
+    }
+
+    /// Makes reverse-path filtering loose on every overlay device of the
+    /// node where it is strict. A NodePort flow another node forwards to a
+    /// pod here is SNATed to that node's address, and comes through the
+    /// tunnel when the pod network is an overlay, while the route back to
+    /// that address is the node network's: strict filtering drops it.
+    /// (kube-proxy's MASQUERADE takes the tunnel device's address instead;
+    /// lb has one SNAT address per node. Cilium's kube-proxy replacement
+    /// asks for loose filtering too.)
+    pub fn loosen_rp_filter_on_overlays(&self) {
+        for (name, driver) in overlay_devices() {
+            self.loosen_rp_filter(&name, &driver);
+        }
+    }
+
+    /// [`Self::loosen_rp_filter_on_overlays`] for one interface (a new
+    /// one); whether it is an overlay device.
+    pub fn loosen_rp_filter_if_overlay(&self, name: &str) -> bool {
+        let driver = overlay_driver(name);
+        if let Some(driver) = &driver {
+            self.loosen_rp_filter(name, driver);
+        }
+        driver.is_some()
+    }
+
+    /// Sets loose reverse-path filtering on overlay device `name` where it
+    /// is strict.
+    fn loosen_rp_filter(&self, name: &str, driver: &str) {
+        let read = |key: &str| self.read(&format!("net/ipv4/conf/{key}/rp_filter"))?.parse::<u8>().ok();
+        let (Some(all), Some(dev)) = (read("all"), read(name)) else {
+            tracing::warn!("cannot read the rp_filter of overlay device {name} ({driver}) under {}", self.dir.display());
+            return;
+        };
+        if !rp_filter_is_strict(all, dev) {
+            return;
+        }
+        match self.write(&format!("net/ipv4/conf/{name}/rp_filter"), "2") {
+            Ok(()) => tracing::info!(
+                interface = name,
+                driver,
+                "reverse-path filtering made loose on this overlay device: NodePort flows other nodes SNAT to their address arrive through it"
+            ),
+            Err(e) => tracing::warn!(
+                "strict reverse-path filtering on overlay device {name} ({driver}) and setting it loose under {} failed ({e}): \
+                 NodePort flows that other nodes forward through it are dropped; set net.ipv4.conf.{name}.rp_filter=2, or give \
+                 the agent a writable mount of the host's /proc/sys/net (--sysctl-dir, as the DaemonSet does)",
+                self.dir.display()
+            ),
+        }
+    }
 }
 
 #[cfg(test)]

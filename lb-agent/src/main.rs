@@ -312,6 +312,13 @@ struct RunArgs {
     /// the NetworkPolicy of an iptables-based CNI too).
     #[arg(long, env = "LB_HOST_ROUTING", value_enum, default_value_t = HostRouting::Legacy)]
     host_routing: HostRouting,
+    /// Where the node's network sysctls are set (accept_local on the
+    /// external interfaces, loose rp_filter on VXLAN and Geneve devices):
+    /// /proc/sys, or in a container that is not privileged (its /proc/sys
+    /// is read-only) a directory whose net/ is a writable mount of the
+    /// host's /proc/sys/net (the DaemonSet's /host/proc/sys).
+    #[arg(long, env = "LB_SYSCTL_DIR", default_value = "/proc/sys")]
+    sysctl_dir: PathBuf,
 }
 
 /// kube-rs's own messages about every failed request and broken watch:
@@ -405,6 +412,7 @@ fn main() -> anyhow::Result<()> {
                     nodeport_range: args.nodeport_range,
                     snat_ports: args.snat_ports,
                     xdp_mode: args.xdp_mode,
+                    sysctls: lb_agent::host::Sysctls::new(args.sysctl_dir),
                 },
             };
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;

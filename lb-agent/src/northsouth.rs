@@ -30,9 +30,7 @@ use tracing::{info, warn};
 
 use crate::{
     datapath::{Datapath, XdpAttach, xdp_mode_name, xdp_why_text},
-    host::{
-        default_route_interfaces, ensure_accept_local, ifindex, interface_addresses, interface_addresses6, loosen_rp_filter_on_overlays,
-    },
+    host::{Sysctls, default_route_interfaces, ifindex, interface_addresses, interface_addresses6},
     model::{Backend, Cidr, Desired, Frontend, FrontendAddr, IpFamily, ServiceModel, ServiceRef, ServiceType, TrafficPolicy},
     probes::Heartbeat,
     reconcile::Reconciler,
@@ -583,6 +581,10 @@ pub struct NorthSouthConfig {
     pub snat_ports: PortRange,
     /// How to attach the XDP program (`Off`: not at all).
     pub xdp_mode: XdpAttach,
+    /// Where the node's network sysctls are set (`--sysctl-dir`):
+    /// accept_local on the external interfaces, loose reverse-path
+    /// filtering on overlay devices.
+    pub sysctls: Sysctls,
 }
 
 impl Default for NorthSouthConfig {
@@ -599,6 +601,7 @@ impl Default for NorthSouthConfig {
             nodeport_range: DEFAULT_NODEPORT_RANGE,
             snat_ports: DEFAULT_SNAT_PORTS,
             xdp_mode: XdpAttach::Auto,
+            sysctls: Sysctls::default(),
         }
     }
 }
@@ -799,7 +802,7 @@ impl NorthSouth {
                 // carry the node's own address as its source (a reply of a
                 // SNATed flow whose next hop has no neighbour entry yet):
                 // without accept_local the kernel drops it as martian.
-                ensure_accept_local(name);
+                cfg.sysctls.ensure_accept_local(name);
                 let ifindex = ifindex(name)?;
                 let mut dev = Device { mode, name: [0; IFNAME_LEN], why };
                 let n = name.len().min(IFNAME_LEN - 1);
@@ -807,7 +810,7 @@ impl NorthSouth {
                 maps.devices.insert(&ifindex, &dev)?;
             }
             // Other nodes' SNATed NodePort flows through the pod overlay.
-            loosen_rp_filter_on_overlays();
+            cfg.sysctls.loosen_rp_filter_on_overlays();
             // Forget interfaces of an earlier run that are not ours now.
             let ours: BTreeSet<u32> = ifaces.iter().filter_map(|n| ifindex(n).ok()).collect();
             for (idx, _) in maps.devices.entries()? {

@@ -133,6 +133,9 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> anyhow::
     for name in &cfg.north_south.external_ifaces {
         crate::host::external_ifindex(name)?;
     }
+    if cfg.north_south.xdp_mode != XdpAttach::Off {
+        cfg.north_south.sysctls.check().context("the node's sysctls (--sysctl-dir)")?;
+    }
     let mut dp = Datapath::load_for(&cfg.bpffs, &cfg.sizes, cfg.north_south.xdp_mode)?;
     let logger_task = match aya_log::EbpfLogger::init(&mut dp.ebpf) {
         Ok(logger) => Some(tokio::spawn(poll_kernel_logs(logger))),
@@ -234,7 +237,7 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> anyhow::
                     addresses_dirty = true;
                     apply_at.get_or_insert_with(|| tokio::time::Instant::now() + cfg.sync_delay);
                 }
-                Some(event) => on_link_event(&mut dp, &cfg.pod_ifaces, north_south_on, event),
+                Some(event) => on_link_event(&mut dp, &cfg.pod_ifaces, north_south_on.then_some(&cfg.north_south.sysctls), event),
                 None => {
                     warn!("link events stopped: new pod interfaces are found every {:?}", cfg.poll);
                     link_events = None;
@@ -339,11 +342,15 @@ fn sync_interfaces(dp: &mut Datapath, patterns: &[String]) {
 
 /// A link event: a new pod interface gets the tc programs; with the
 /// north-south path on, a new overlay device loose reverse-path filtering
-/// (`host::loosen_rp_filter_on_overlays`).
-fn on_link_event(dp: &mut Datapath, patterns: &[String], north_south_on: bool, event: LinkEvent) {
+/// (`Sysctls::loosen_rp_filter_on_overlays`; `sysctls` is `None` with the
+/// north-south path off).
+fn on_link_event(dp: &mut Datapath, patterns: &[String], sysctls: Option<&host::Sysctls>, event: LinkEvent) {
     match event {
         LinkEvent::New { ifindex, name } => {
-            if north_south_on && !is_pod(patterns, &name) && host::loosen_rp_filter_if_overlay(&name) {
+            if let Some(sysctls) = sysctls
+                && !is_pod(patterns, &name)
+                && sysctls.loosen_rp_filter_if_overlay(&name)
+            {
                 warn_generic_xdp_below(dp, &name);
             }
             let known = dp.attached_interfaces().find(|(i, _)| *i == ifindex).map(|(_, n)| n.to_string());

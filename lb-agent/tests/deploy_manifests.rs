@@ -307,6 +307,16 @@ fn daemonset_runs_the_agent_as_a_node_proxy() {
     assert!(data["LB_BPFFS"].starts_with(&format!("{bpffs}/")), "LB_BPFFS is on the bpffs mount");
     let (cgroup, _) = mount_of("/sys/fs/cgroup");
     assert_eq!(data["LB_CGROUP"], cgroup);
+    // The host's network sysctls, writable, where LB_SYSCTL_DIR looks for
+    // them (its own /proc/sys is read-only; the privileges lab test runs
+    // the agent so).
+    let (sysctl_net, _) = mount_of("/proc/sys/net");
+    assert_eq!(format!("{}/net", data["LB_SYSCTL_DIR"]), sysctl_net);
+    let writable = c.volume_mounts.iter().flatten().find(|m| m.mount_path == sysctl_net).is_some_and(|m| m.read_only != Some(true));
+    assert!(writable, "{sysctl_net} is mounted read-only");
+    // Linux nodes only: the tolerations take every node.
+    let selector = pod.node_selector.clone().unwrap_or_default();
+    assert_eq!(selector.get("kubernetes.io/os").map(String::as_str), Some("linux"));
 }
 
 #[test]

@@ -3,7 +3,9 @@
 //! `capabilities: {drop: [ALL], add: [...]}` gets, uid 0 but not
 //! privileged) the agent loads, attaches, serves pods and host clients,
 //! takes over its own links after a restart and uninstalls; without any
-//! one of them it does not run (and says which it lacks).
+//! one of them it does not run (and says which it lacks). And with the
+//! read-only /proc/sys of such a container, it sets the node's sysctls
+//! through the writable mount the DaemonSet gives it.
 
 mod common;
 
@@ -109,36 +111,73 @@ fn without_any_one_of_them_the_agent_does_not_run() {
     }
 }
 
-/// The DaemonSet's prepare-node init container, run as written in
-/// deploy/03-daemonset.yaml inside a lab node: it turns accept_local on
-/// for the external interfaces (named, or those of the default routes).
+/// The agent as the DaemonSet runs it, not privileged: its /proc/sys is
+/// read-only (as a container runtime mounts it), and the host's
+/// /proc/sys/net is mounted writable elsewhere (the DaemonSet's
+/// /host/proc/sys/net; deploy_manifests.rs checks that LB_SYSCTL_DIR
+/// names it). Through that mount it turns accept_local on for its external
+/// interface and makes rp_filter loose on an overlay device, one there at
+/// its start and one that appears later. Without `--sysctl-dir` it cannot,
+/// and says so.
 #[test]
-fn the_prepare_node_script_turns_accept_local_on() {
+fn the_agent_sets_the_node_sysctls_through_a_writable_mount_in_a_read_only_proc_sys() {
     if !kernel_tests_enabled() {
         return;
     }
-    let text = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../deploy/03-daemonset.yaml")).unwrap();
-    let ds: k8s_openapi::api::apps::v1::DaemonSet = serde_yaml::from_str(&text).unwrap();
-    let init = ds.spec.unwrap().template.spec.unwrap().init_containers.unwrap().remove(0);
-    let (command, args) = (init.command.unwrap(), init.args.unwrap());
-    let lab = NodeLab::new(&["a", "b"]).unwrap();
-    let accept_local = |ifname: &str| -> String {
-        let ifname = ifname.to_string();
-        lab.node.run(move || std::fs::read_to_string(format!("/proc/sys/net/ipv4/conf/{ifname}/accept_local")).unwrap().trim().to_string())
-    };
-    let run = |env: &[(&str, &str)]| {
-        let mut cmd = lab.node.command(&command[0]);
-        cmd.args(&command[1..]).args(&args).env_clear().env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
-        for (k, v) in env {
-            cmd.env(k, v);
-        }
-        let out = cmd.output().unwrap();
-        assert!(out.status.success(), "prepare-node with {env:?}: {} {}", out.status, String::from_utf8_lossy(&out.stderr));
-    };
-    assert_eq!((accept_local("lbp0"), accept_local("lbp1")), ("0".into(), "0".into()));
-    run(&[("LB_EXTERNAL_IFACES", "lbp1")]);
-    assert_eq!((accept_local("lbp0"), accept_local("lbp1")), ("0".into(), "1".into()));
-    lab.node.ip(&["route", "add", "default", "dev", "lbp0"]).unwrap();
-    run(&[]);
-    assert_eq!(accept_local("lbp0"), "1");
+    let lab = NodeLab::new(&["web"]).unwrap();
+    let web = lab.pod("web");
+    let node = &lab.node;
+    // An external interface (a veth pair inside the node) and a VXLAN
+    // device over it; the strict lab node gives both rp_filter=1.
+    node.ip(&["link", "add", "lbx0", "type", "veth", "peer", "name", "lbx1"]).unwrap();
+    node.ip(&["addr", "add", "192.168.77.1/24", "dev", "lbx0"]).unwrap();
+    node.ip(&["link", "set", "lbx0", "up"]).unwrap();
+    node.ip(&["link", "set", "lbx1", "up"]).unwrap();
+    node.ip(&["link", "add", "lbvx7", "type", "vxlan", "id", "7", "dstport", "4797", "dev", "lbx0"]).unwrap();
+    let get = |key: &str| node.sysctl_get(key).unwrap();
+    assert_eq!((get("net.ipv4.conf.lbvx7.rp_filter"), get("net.ipv4.conf.all.rp_filter")), ("1".into(), "1".into()));
+    assert_eq!((get("net.ipv4.conf.lbx0.accept_local"), get("net.ipv4.conf.all.accept_local")), ("0".into(), "0".into()));
+
+    let dir = ManifestDir::new("sysctls");
+    dir.write("web.yaml", &service_yaml("web", "10.96.0.32", 80, "TCP", 8080, &[web.ip]));
+    let host_sys = std::env::temp_dir().join(format!("lb-sysctl-{}", std::process::id()));
+    std::fs::create_dir_all(host_sys.join("net")).unwrap();
+    let host_sys_arg = host_sys.to_str().unwrap().to_string();
+    // unshare execs sh, which execs setpriv, which execs the agent: one
+    // process, which the harness signals.
+    let container = "mount --bind /proc/sys/net \"$1/net\"; shift; \
+                     mount --bind /proc/sys /proc/sys; mount -o remount,bind,ro /proc/sys; exec \"$@\"";
+    let mut wrapper: Vec<String> =
+        ["unshare", "--mount", "--propagation", "private", "--", "sh", "-ec", container, "sh", &host_sys_arg].map(String::from).into();
+    wrapper.extend(setpriv(&caps()));
+    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
+    let args = ["--external-ifaces", "lbx0", "--node-ips", "192.168.77.1", "--xdp-mode", "tc"];
+
+    // Without --sysctl-dir: /proc/sys is read-only, and the agent says so.
+    let agent = Agent::start_wrapped(node, &dir.0, PinDir::new("sysctls-ro"), &wrapper, &args);
+    agent.wait_log("the warning about accept_local", "accept_local is off on lbx0 and setting it under /proc/sys failed");
+    agent.wait_log(
+        "the warning about rp_filter",
+        "strict reverse-path filtering on overlay device lbvx7 (vxlan) and setting it loose under /proc/sys failed",
+    );
+    assert!(agent.log_text().contains("Read-only file system"), "{}", agent.log_text());
+    assert_eq!((get("net.ipv4.conf.lbvx7.rp_filter"), get("net.ipv4.conf.lbx0.accept_local")), ("1".into(), "0".into()));
+    drop(agent);
+
+    // With it, as the DaemonSet runs the agent.
+    let mut with_dir: Vec<&str> = args.to_vec();
+    with_dir.extend(["--sysctl-dir", &host_sys_arg]);
+    let agent = Agent::start_wrapped(node, &dir.0, PinDir::new("sysctls"), &wrapper, &with_dir);
+    common::wait_for("the agent to set the sysctls", Duration::from_secs(120), || {
+        (get("net.ipv4.conf.lbvx7.rp_filter") == "2" && get("net.ipv4.conf.lbx0.accept_local") == "1").then_some(())
+    });
+    // A tunnel device a CNI makes later gets the same.
+    node.ip(&["link", "add", "lbvx8", "type", "vxlan", "id", "8", "dstport", "4798", "dev", "lbx0"]).unwrap();
+    common::wait_for("the agent to make the new tunnel device loose", Duration::from_secs(10), || {
+        (get("net.ipv4.conf.lbvx8.rp_filter") == "2").then_some(())
+    });
+    assert_eq!(get("net.ipv4.conf.lbx1.rp_filter"), "1", "not a tunnel");
+    assert!(!agent.log_text().contains("failed ("), "{}", agent.log_text());
+    drop(agent);
+    let _ = std::fs::remove_dir_all(&host_sys);
 }
