@@ -495,7 +495,13 @@ fn north_south<A: IpFamily>(
             if let Some(all) = in_cluster {
                 flags |= svc_flags::HAS_INTERNAL;
                 let inner = addr.internal();
-                let inner_flags = (base_flags & !svc_flags::EXT_LOCAL) | kind;
+                let mut inner_flags = (base_flags & !svc_flags::EXT_LOCAL) | kind;
+                // The ranges bind clients inside the cluster too, as
+                // kube-proxy's firewall chains do.
+                if ranges {
+                    inner_flags |= svc_flags::SOURCE_RANGES;
+                    out.source_ranges.insert(inner, m.source_ranges.clone());
+                }
                 let (name, affinity_timeout) = (fe.name.clone(), fe.affinity_timeout);
                 out.frontends.insert(inner, Frontend { addr: inner, name, backends: all.clone(), flags: inner_flags, affinity_timeout });
             }

@@ -349,6 +349,50 @@ fn load_balancer_source_ranges_allow_and_deny() {
     assert!(tcp_request(&c.lab.client, at(node_ip(0), HTTP_PORT)).unwrap().starts_with("web-"));
 }
 
+/// loadBalancerSourceRanges bind clients inside the cluster too, as
+/// kube-proxy's firewall chains (hooked in PREROUTING and OUTPUT) do: a pod
+/// outside the ranges is dropped, and a host client whose node address is
+/// outside them refused with EPERM (what a packet netfilter drops on OUTPUT
+/// gives the application); inside them, both are served. With either
+/// traffic policy: a Local Service's pods and host reach its in-cluster
+/// entry (every endpoint), which carries the ranges as well.
+#[test]
+fn load_balancer_source_ranges_bind_pods_and_the_host_too() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let status = format!("status:\n  loadBalancer:\n    ingress: [{{ip: {LB_IP}}}]\n");
+    for (policy, external_backends) in [("Cluster", 2), ("Local", 1)] {
+        let spec =
+            |range: &str| format!("  type: LoadBalancer\n  externalTrafficPolicy: {policy}\n  loadBalancerSourceRanges: [{range}]\n");
+        let c = cluster(&format!("ranges-in-{policy}"), &manifest(&spec("192.168.50.100/32"), &status, &fixed_endpoints(BOTH)));
+        c.lab.client_route("192.168.60.0/24", 0).unwrap();
+        c.wait_frontend(0, &format!("{LB_IP}:80/TCP"), external_backends);
+        let pod = &c.lab.node(0).pod("cli-a").ns;
+        let host = &c.lab.node(0).ns;
+        // Only the outside client is in the ranges.
+        assert!(tcp_request(&c.lab.client, at(LB_IP, 80)).unwrap().starts_with("web-"), "{policy}");
+        let err = tcp_request_with(pod, at(LB_IP, 80), b"x", Duration::from_millis(700)).expect_err("a pod outside the ranges");
+        assert_eq!(lb_lab::io_error_kind(&err), Some(std::io::ErrorKind::TimedOut), "{policy}: {err:#}");
+        let err = tcp_request(host, at(LB_IP, 80)).expect_err("the host outside the ranges");
+        assert_eq!(lb_lab::io_error_kind(&err), Some(std::io::ErrorKind::PermissionDenied), "{policy}: {err:#}");
+        // The ClusterIP of the same Service is not restricted.
+        assert!(tcp_request(pod, at(Ipv4Addr::new(10, 96, 0, 10), 80)).unwrap().starts_with("web-"), "{policy}");
+
+        // Ranges that hold the pod network and node A's address.
+        c.dir.write("svc.yaml", &manifest(&spec("10.244.0.0/16, 192.168.50.1/32"), &status, &fixed_endpoints(BOTH)));
+        common::wait_for("the pod to be let in", Duration::from_secs(10), || {
+            tcp_request_with(pod, at(LB_IP, 80), b"x", Duration::from_millis(300)).ok()
+        });
+        let seen = c.spread(pod, at(LB_IP, 80), 20);
+        assert_eq!(seen.len(), 2, "{policy}: every endpoint serves the pod: {seen:?}");
+        let seen = c.spread(host, at(LB_IP, 80), 20);
+        assert_eq!(seen.len(), 2, "{policy}: every endpoint serves the host: {seen:?}");
+        let err = tcp_request_with(&c.lab.client, at(LB_IP, 80), b"x", Duration::from_millis(700)).expect_err("the client is out now");
+        assert_eq!(lb_lab::io_error_kind(&err), Some(std::io::ErrorKind::TimedOut), "{policy}: {err:#}");
+    }
+}
+
 #[test]
 fn nodeport_is_reachable_from_a_pod_and_from_the_host() {
     if !kernel_tests_enabled() {

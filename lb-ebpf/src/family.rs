@@ -2,15 +2,16 @@
 //! backend selection, conntrack and the socket translation are written
 //! once (see `lb_common::maps6` for what the families share).
 
-use aya_ebpf::bindings::BPF_ANY;
+use aya_ebpf::{bindings::BPF_ANY, btf_maps::lpm_trie::Key};
 use lb_common::{
-    Addr6, CtEntryOf, CtKeyOf, Family, Frag, Frag4Key, Frag6Key, IPPROTO_TCP, SCOPE_INTERNAL, Service4Value, V4, V6, Vip4, svc_flags,
+    Addr6, CtEntryOf, CtKeyOf, Family, Frag, Frag4Key, Frag6Key, IPPROTO_TCP, SCOPE_INTERNAL, Service4Value, SrcRange4, SrcRange6, V4, V6,
+    Vip4, svc_flags,
 };
 
 use crate::{
     maps::{
-        LB4_CT_ANY, LB4_CT_TCP, LB4_FRAGS, LB4_SOCK_REVNAT, LB6_BACKENDS, LB6_CT_ANY, LB6_CT_TCP, LB6_FRAGS, LB6_REVNAT, LB6_SERVICES,
-        LB6_SOCK_REVNAT, LB6_VIPS,
+        LB4_CT_ANY, LB4_CT_TCP, LB4_FRAGS, LB4_SOCK_REVNAT, LB4_SRC_RANGES, LB6_BACKENDS, LB6_CT_ANY, LB6_CT_TCP, LB6_FRAGS, LB6_NODE,
+        LB6_REVNAT, LB6_SERVICES, LB6_SOCK_REVNAT, LB6_SRC_RANGES, LB6_VIPS,
     },
     select, vip_filter,
 };
@@ -43,6 +44,14 @@ pub trait FamilyMaps: Family {
     fn backend(id: u32) -> Option<Self::Backend>;
     /// The frontend in slot `id` (address, port, version), if in use.
     fn frontend(id: u32) -> Option<(Self::Addr, u16, u16)>;
+    /// Whether `saddr` is inside the loadBalancerSourceRanges of frontend
+    /// `frontend_id` (one LPM trie lookup).
+    fn source_allowed(frontend_id: u32, saddr: Self::Addr) -> bool;
+    /// The address the node's own connections leave with, as far as lb
+    /// knows it: its SNAT address (`LB_NODE`, `LB6_NODE`: the first node
+    /// address unless `--snat-ip` names another); all zeros before the
+    /// agent wrote it.
+    fn node_address() -> Self::Addr;
     fn sock_rev_nat_get(key: Self::SockRevNatKey) -> Option<Self::SockRevNat>;
     fn sock_rev_nat_insert(key: Self::SockRevNatKey, value: Self::SockRevNat) -> Option<()>;
     fn sock_rev_nat_remove(key: Self::SockRevNatKey) -> Option<()>;
@@ -84,6 +93,15 @@ impl FamilyMaps for V4 {
     #[inline(always)]
     fn frontend(id: u32) -> Option<(u32, u16, u16)> {
         select::rev_nat(id).map(|r| (r.addr, r.port, r.version))
+    }
+    #[inline(always)]
+    fn source_allowed(frontend_id: u32, saddr: u32) -> bool {
+        let (len, data) = SrcRange4::client(frontend_id, saddr);
+        LB4_SRC_RANGES.get(&Key::new(len, data)).is_some()
+    }
+    #[inline(always)]
+    fn node_address() -> u32 {
+        select::node_config().map_or(0, |n| n.snat_addr)
     }
     #[inline(always)]
     fn sock_rev_nat_get(key: Self::SockRevNatKey) -> Option<Self::SockRevNat> {
@@ -157,6 +175,15 @@ impl FamilyMaps for V6 {
     #[inline(always)]
     fn frontend(id: u32) -> Option<(Addr6, u16, u16)> {
         V6::rev_nat(LB6_REVNAT.get(id)?)
+    }
+    #[inline(always)]
+    fn source_allowed(frontend_id: u32, saddr: Addr6) -> bool {
+        let (len, data) = SrcRange6::client(frontend_id, saddr);
+        LB6_SRC_RANGES.get(&Key::new(len, data)).is_some()
+    }
+    #[inline(always)]
+    fn node_address() -> Addr6 {
+        LB6_NODE.get(0).map_or(Addr6::default(), |n| n.snat_addr)
     }
     #[inline(always)]
     fn sock_rev_nat_get(key: Self::SockRevNatKey) -> Option<Self::SockRevNat> {

@@ -48,12 +48,11 @@ use core::{mem::MaybeUninit, ops::ControlFlow};
 use aya_ebpf::{
     EbpfContext,
     bindings::{BPF_FIB_LKUP_RET_FRAG_NEEDED, BPF_FIB_LKUP_RET_SUCCESS, bpf_fib_lookup as FibParams, xdp_action},
-    btf_maps::lpm_trie::Key,
 };
 use aya_log_ebpf::debug;
 use lb_common::{
-    Addr6, CT_REPLY, CT_SERVICE, Config, CtEntry, IPPROTO_ICMP, IPPROTO_ICMPV6, NodeConfig, Service4Value, SrcRange4, SrcRange6, V4, V6,
-    Vip4, XDP_META_LOCAL_DNAT, XDP_META_LOCAL_ICMP, backend_flags, ct_entry_flags,
+    Addr6, CT_REPLY, CT_SERVICE, Config, CtEntry, IPPROTO_ICMP, IPPROTO_ICMPV6, NodeConfig, Service4Value, V4, V6, Vip4,
+    XDP_META_LOCAL_DNAT, XDP_META_LOCAL_ICMP, backend_flags, ct_entry_flags,
     packet::{ETH_HLEN, Fragment, IPV4_HLEN, IPV6_HLEN, icmp, icmp6, ip, ip6, is_icmp6_error},
     stat, svc_flags, vip_flags, xdp_call,
 };
@@ -64,7 +63,7 @@ use crate::{
     error::Error,
     family::{Ct, FamilyMaps},
     frag, icmp as icmp_out,
-    maps::{LB4_SRC_RANGES, LB6_NODE, LB6_SERVICES, LB6_SRC_RANGES},
+    maps::{LB6_NODE, LB6_SERVICES},
     nat, nexthop,
     packet::{L4Csum, PacketData, read},
     parse::{Flow, IcmpError, Packet, icmp6_error_at, parse, parse6},
@@ -133,9 +132,6 @@ trait EdgeFamily: Routed {
     /// The frontend at (addr, port, proto) for clients outside the
     /// cluster (`SCOPE_EXTERNAL`).
     fn external_service(addr: Self::Addr, port: u16, proto: u8) -> Option<Service4Value>;
-    /// Whether `saddr` is inside the loadBalancerSourceRanges of frontend
-    /// `frontend_id`.
-    fn source_allowed(frontend_id: u32, saddr: Self::Addr) -> bool;
     /// What a new flow's source becomes, for a backend with `backend_flags`
     /// of a frontend with `svc_flags` (a backend on this node, or an
     /// `externalTrafficPolicy: Local` frontend, whose backends all are:
@@ -169,11 +165,6 @@ impl EdgeFamily for V4 {
     #[inline(always)]
     fn external_service(addr: u32, port: u16, proto: u8) -> Option<Service4Value> {
         crate::select::service(addr, port, proto)
-    }
-    #[inline(always)]
-    fn source_allowed(frontend_id: u32, saddr: u32) -> bool {
-        let (len, data) = SrcRange4::client(frontend_id, saddr);
-        LB4_SRC_RANGES.get(&Key::new(len, data)).is_some()
     }
     #[inline(always)]
     fn source(node: Option<NodeConfig>, backend: u8, svc: u32) -> Option<Source<u32>> {
@@ -231,11 +222,6 @@ impl EdgeFamily for V6 {
     fn external_service(addr: lb_common::Addr6, port: u16, proto: u8) -> Option<Service4Value> {
         // SAFETY: copied out at once.
         unsafe { LB6_SERVICES.get(<V6 as lb_common::Family>::service_key(addr, port, proto)).copied() }
-    }
-    #[inline(always)]
-    fn source_allowed(frontend_id: u32, saddr: lb_common::Addr6) -> bool {
-        let (len, data) = SrcRange6::client(frontend_id, saddr);
-        LB6_SRC_RANGES.get(&Key::new(len, data)).is_some()
     }
     /// As IPv4's, SNATed to the node's IPv6 SNAT address (`LB6_NODE`);
     /// without one, a flow to a backend on another node is not served

@@ -28,6 +28,7 @@ pub(crate) const ALLOW: i32 = 1;
 const REJECT: i32 = 0;
 pub(crate) const ECONNREFUSED: i32 = 111;
 pub(crate) const EHOSTUNREACH: i32 = 113;
+pub(crate) const EPERM: i32 = 1;
 
 #[cgroup_sock_addr(connect4)]
 pub fn lb_connect4(ctx: SockAddrContext) -> i32 {

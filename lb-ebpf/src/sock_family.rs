@@ -10,7 +10,7 @@ use crate::{
     clock::now_ns,
     family::FamilyMaps,
     select::select_backend_of,
-    sock::{ALLOW, ECONNREFUSED, EHOSTUNREACH, refuse},
+    sock::{ALLOW, ECONNREFUSED, EHOSTUNREACH, EPERM, refuse},
     stats,
 };
 
@@ -56,6 +56,15 @@ pub fn forward<F: FamilyMaps>(ctx: &SockAddrContext, cfg: &Config, addr: F::Addr
         }
         return Some(Forward::Pass);
     };
+    // loadBalancerSourceRanges bind host clients too, by the node's
+    // address (a socket's source is not chosen before routing): a range
+    // that holds it lets the host in, as kube-proxy's OUTPUT firewall
+    // chain does, and a refusal is EPERM, what a packet netfilter drops
+    // there gives the application.
+    if svc.flags & svc_flags::SOURCE_RANGES != 0 && !F::source_allowed(svc.frontend_id, F::node_address()) {
+        stats::count(stat::DROP_SOURCE_RANGE);
+        return Some(Forward::Refuse(EPERM));
+    }
     if svc.count == 0 {
         // A Local traffic policy with no endpoint on this node: no route
         // to one; no endpoint at all: refused.

@@ -311,22 +311,22 @@ fn explain_in<A: Explained>(maps: &Maps, q: &Query, (src, dst): (A, A), now_ns: 
         return Ok(x.end(Verdict::Pass, None, format!("no frontend on port {}: passes", q.dst.port())));
     };
     describe_frontend::<A>(maps, &mut x, svc.frontend_id)?;
-    if q.hook == Hook::External {
-        if svc.flags & NORTH_SOUTH == 0 {
-            return Ok(x.end(Verdict::Pass, None, "the frontend is not served from outside: passes"));
+    if q.hook == Hook::External && svc.flags & NORTH_SOUTH == 0 {
+        return Ok(x.end(Verdict::Pass, None, "the frontend is not served from outside: passes"));
+    }
+    // From outside and from pods alike (kube-proxy's firewall chains see
+    // both).
+    if svc.flags & svc_flags::SOURCE_RANGES != 0 {
+        let (len, data) = SrcRangeOf::client(svc.frontend_id, saddr);
+        let allowed = A::pinned_src_ranges(maps).map.get(&LpmKey::new(len, data), 0).is_ok();
+        if !allowed {
+            return Ok(x.end(
+                Verdict::Drop,
+                Some(stat::DROP_SOURCE_RANGE),
+                format!("{} is outside the loadBalancerSourceRanges: dropped", q.src.ip()),
+            ));
         }
-        if svc.flags & svc_flags::SOURCE_RANGES != 0 {
-            let (len, data) = SrcRangeOf::client(svc.frontend_id, saddr);
-            let allowed = A::pinned_src_ranges(maps).map.get(&LpmKey::new(len, data), 0).is_ok();
-            if !allowed {
-                return Ok(x.end(
-                    Verdict::Drop,
-                    Some(stat::DROP_SOURCE_RANGE),
-                    format!("{} is outside the loadBalancerSourceRanges: dropped", q.src.ip()),
-                ));
-            }
-            x.step(format!("{} is inside the loadBalancerSourceRanges", q.src.ip()));
-        }
+        x.step(format!("{} is inside the loadBalancerSourceRanges", q.src.ip()));
     }
     if svc.count == 0 {
         let local = if q.hook == Hook::External { svc_flags::EXT_LOCAL } else { svc_flags::INT_LOCAL | svc_flags::EXT_LOCAL };

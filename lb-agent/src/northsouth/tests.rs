@@ -137,13 +137,18 @@ fn local_policy_gives_clients_inside_the_cluster_every_endpoint() {
             ("192.168.60.10:80", svc_flags::LOAD_BALANCER),
         ] {
             let inner = fa(addr, Protocol::Tcp).internal();
-            assert_eq!(p.frontends[&inner].flags, kind, "{n} {addr}");
+            // The LoadBalancer IP's ranges bind clients inside the cluster
+            // too (kube-proxy's firewall chains come before its
+            // short-circuit).
+            let ranges = if kind == svc_flags::LOAD_BALANCER { svc_flags::SOURCE_RANGES } else { 0 };
+            assert_eq!(p.frontends[&inner].flags, kind | ranges, "{n} {addr}");
+            assert_eq!(p.source_ranges.contains_key(&inner), ranges != 0, "{n} {addr}");
             assert_eq!(p.frontends[&inner].addr.key().scope, lb_common::SCOPE_INTERNAL);
             assert_eq!(backends(&p, inner), ["10.244.1.10", "10.244.2.10", "10.244.1.11"], "{n} {addr}");
             assert_ne!(p.frontends[&fa(addr, Protocol::Tcp)].flags & svc_flags::HAS_INTERNAL, 0, "{n} {addr}");
         }
-        // Source ranges stay on the entry for traffic from outside.
-        assert_eq!(p.source_ranges.len(), 2);
+        // The LoadBalancer IP's two ports, each entry.
+        assert_eq!(p.source_ranges.len(), 4);
     }
 
     // Where every endpoint is local, one entry serves everyone.
