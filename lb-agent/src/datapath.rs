@@ -183,9 +183,9 @@ pub fn xdp_why_text(why: u32) -> &'static str {
         xdp_why::REQUESTED => "as requested",
         xdp_why::AUTO_NATIVE => "auto: the driver runs XDP natively",
         xdp_why::AUTO_VETH => "auto: veth (native XDP there passes partial checksums on and transmits only to peers running XDP)",
-        xdp_why::AUTO_UNSUPPORTED => "auto: the driver has no native XDP",
+        xdp_why::AUTO_UNSUPPORTED => "auto: the driver cannot run it natively, and generic XDP would turn its GRO off",
         xdp_why::AUTO_OVERLAY => {
-            "auto: generic XDP here (veth or no native driver support), and a pod overlay device with a smaller MTU (generic XDP could not answer \"fragmentation needed\" for GRO'd packets forwarded into it)"
+            "auto: generic XDP here (a veth), and a pod overlay device with a smaller MTU (generic XDP could not answer \"fragmentation needed\" for GRO'd packets forwarded into it)"
         }
         _ => "unknown",
     }
@@ -631,13 +631,9 @@ impl Datapath {
                 (XdpAttach::Native, xdp_mode::NATIVE) | (XdpAttach::Generic, xdp_mode::GENERIC) => Some(xdp_why::REQUESTED),
                 (XdpAttach::Auto, xdp_mode::NATIVE) => Some(xdp_why::AUTO_NATIVE),
                 (XdpAttach::Auto, xdp_mode::GENERIC) if auto_mode(&driver) == xdp_mode::GENERIC => Some(xdp_why::AUTO_VETH),
-                (XdpAttach::Auto, xdp_mode::GENERIC) => match self.device_why(ifindex) {
-                    // Asked for generic before: native may work; find out.
-                    // An overlay asks for tc where native does not work.
-                    Some(xdp_why::REQUESTED) => None,
-                    _ if overlay.is_some() => None,
-                    _ => Some(xdp_why::AUTO_UNSUPPORTED),
-                },
+                // Not on a veth: native may work; else tc replaces the link
+                // (an earlier agent's generic fallback, or asked for).
+                (XdpAttach::Auto, xdp_mode::GENERIC) => None,
                 _ => None,
             };
             if let Some(why) = why {
@@ -669,15 +665,16 @@ impl Datapath {
                 self.attach_xdp_mode(ifindex, ifname, xdp_mode::GENERIC)?;
                 (xdp_mode::GENERIC, xdp_why::AUTO_VETH)
             }
+            // Where the driver cannot run the program natively (no XDP, or
+            // an MTU past what its XDP takes: ENA's jumbo frames), the
+            // north-south path goes to tc, as Cilium's does, not to generic
+            // XDP: that turns the interface's hardware GRO and LRO off and
+            // copies every GRO packet into one linear buffer.
             XdpAttach::Auto => match self.attach_xdp_mode(ifindex, ifname, xdp_mode::NATIVE) {
                 Ok(()) => (xdp_mode::NATIVE, xdp_why::AUTO_NATIVE),
                 Err(e) => {
-                    debug!(interface = ifname, driver, "native XDP unavailable: {e:#}");
-                    if let Some(overlay) = &overlay {
-                        return self.attach_overlay_tc(ifindex, ifname, overlay);
-                    }
-                    self.attach_xdp_mode(ifindex, ifname, xdp_mode::GENERIC)?;
-                    (xdp_mode::GENERIC, xdp_why::AUTO_UNSUPPORTED)
+                    info!(interface = ifname, driver, "native XDP unavailable ({e:#}): the north-south path in tc");
+                    return self.attach_north_south_tc(ifindex, ifname, xdp_why::AUTO_UNSUPPORTED);
                 }
             },
         };
@@ -779,13 +776,6 @@ impl Datapath {
             }
         }
         Ok(())
-    }
-
-    /// The `xdp_why` an earlier agent recorded for an interface.
-    fn device_why(&self, ifindex: u32) -> Option<u32> {
-        let map = self.ebpf.map(names::DEVICES)?;
-        let devices: aya::maps::HashMap<_, u32, lb_common::Device> = aya::maps::HashMap::try_from(map).ok()?;
-        devices.get(&ifindex, 0).ok().map(|d| d.why)
     }
 
     /// External interfaces with the XDP program, their `xdp_mode` and why.

@@ -301,9 +301,9 @@ struct RunArgs {
     #[arg(long, env = "LB_SNAT_PORTS", default_value_t = northsouth::DEFAULT_SNAT_PORTS)]
     snat_ports: PortRange,
     /// XDP attach mode on the external interfaces: auto (native where the
-    /// driver supports it, else generic), native, generic, tc (no XDP: the
-    /// north-south path in tc on their ingress), or off (no north-south
-    /// path).
+    /// driver runs it, else tc; generic on veth), native, generic, tc (no
+    /// XDP: the north-south path in tc on their ingress), or off (no
+    /// north-south path).
     #[arg(long, env = "LB_XDP_MODE", value_enum, default_value_t = XdpAttach::Auto)]
     xdp_mode: XdpAttach,
     /// How translated pod traffic reaches a pod of this node: legacy

@@ -866,10 +866,14 @@ pub mod xdp_why {
     /// sender's partial checksums on as they are, and the frames it
     /// transmits arrive only where the peer runs XDP too.
     pub const AUTO_VETH: u32 = 2;
-    /// `auto`: the driver has no native XDP.
+    /// `auto`: the driver cannot run the program natively (it has no
+    /// native XDP, or not at the interface's MTU): the north-south path in
+    /// tc, since generic XDP turns the interface's hardware GRO and LRO
+    /// off and copies every GRO packet. (Agents before 2026-12-06 took
+    /// generic XDP here.)
     pub const AUTO_UNSUPPORTED: u32 = 3;
-    /// `auto`: where it would take generic XDP (a veth, or a driver
-    /// without native XDP), a pod overlay device (VXLAN, Geneve) with a
+    /// `auto`: where it would take generic XDP (a veth), a pod overlay
+    /// device (VXLAN, Geneve) with a
     /// smaller MTU: the north-south path in tc, which sees the size of a
     /// GRO'd packet's segments. Generic XDP does not, so it could not
     /// answer "fragmentation needed" for a flow forwarded into the tunnel
