@@ -424,6 +424,17 @@ impl Backoff for Retry {
     }
 }
 
+/// `config` with its lists served from the API server's watch cache
+/// (`resourceVersion=0`), as client-go's informers ask for theirs, so that
+/// thousands of agents relisting after an outage do not all read etcd.
+/// Unpaged: kube-rs leaves `resourceVersion=0` out of a paged list (the
+/// cache serves such a list whole anyway).
+fn from_cache(config: watcher::Config) -> watcher::Config {
+    let mut config = config.any_semantic();
+    config.page_size = None;
+    config
+}
+
 fn api_resource(kind: Kind) -> ApiResource {
     match kind {
         Kind::Service => ApiResource::erase::<Service>(&()),
@@ -435,7 +446,7 @@ async fn watch_kind(client: Client, kind: Kind, backoff_max: Duration, tx: Sende
     let resources: Api<RawObject> = Api::all_with(client, &api_resource(kind));
     // kube-proxy's selector: the API server leaves out other proxies' and
     // headless Services (and their slices).
-    let config = watcher::Config::default().labels(lean::WATCH_LABEL_SELECTOR);
+    let config = from_cache(watcher::Config::default().labels(lean::WATCH_LABEL_SELECTOR));
     let mut stream = watcher::watcher(resources, config).backoff(Retry::new(backoff_max)).boxed();
     // Objects of a list in progress; sent as one update when complete.
     let mut listing: Option<(Vec<Object>, Vec<Invalid>)> = None;
@@ -508,7 +519,7 @@ async fn watch_kind(client: Client, kind: Kind, backoff_max: Duration, tx: Sende
 /// are for the topology and NodePort work.
 async fn watch_node(client: Client, node: String, backoff_max: Duration, api: Reachability, tx: Sender) {
     let nodes: Api<RawObject> = Api::all_with(client, &ApiResource::erase::<Node>(&()));
-    let config = watcher::Config::default().fields(&format!("metadata.name={node}"));
+    let config = from_cache(watcher::Config::default().fields(&format!("metadata.name={node}")));
     let mut stream = watcher::watcher(nodes, config).backoff(Retry::new(backoff_max)).boxed();
     let metrics = &api.metrics;
     let mut failing = false;
