@@ -542,6 +542,31 @@ fn rejects_are_rate_limited_per_client() {
     assert_eq!(out.verdict, TC_ACT_REDIRECT);
 }
 
+/// A flood from ever-changing sources, each within its own client's
+/// bucket, gets at most the node's burst of rejects (50) and its refill
+/// (1,000 a second), as the kernel's `icmp_msgs_per_sec` caps its own ICMP
+/// errors: not one reject per packet.
+#[test]
+fn rejects_are_rate_limited_for_the_whole_node() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let mut l = loaded("reject-global");
+    let to = sa("10.96.0.20:53");
+    let start = std::time::Instant::now();
+    let clients = (0..1000u32).map(|i| SocketAddrV4::new(Ipv4Addr::from(u32::from(Ipv4Addr::new(10, 244, 100, 0)) + i), 20000));
+    let sent = count_answered(&mut l, clients.map(|c| testrun::udp(c, to, b"q")));
+    let elapsed_ms = start.elapsed().as_millis() as u64;
+    eprintln!("{sent} rejects to 1,000 clients in {elapsed_ms} ms");
+    assert!(
+        // The datapath's clock is the coarse one: it moves by ticks (4 ms
+        // at HZ=250), so allow two more ticks' refill.
+        (lb_common::REJECT_GLOBAL_BURST as u64..=50 + elapsed_ms + 10).contains(&sent),
+        "{sent} rejects to 1,000 clients in {elapsed_ms} ms"
+    );
+    assert_eq!(l.stat(stat::DROP_REJECT_RATE), 1000 - sent);
+}
+
 /// The flags of the forward conntrack entry of `client` -> `vip` (TCP).
 fn forward_entry_flags(l: &Loaded, client: SocketAddrV4, vip: SocketAddrV4) -> Option<u8> {
     let (s, d) = (u32::from_ne_bytes(client.ip().octets()), u32::from_ne_bytes(vip.ip().octets()));

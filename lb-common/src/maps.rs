@@ -141,6 +141,11 @@ map_set! {
     /// This node's IPv6 SNAT address (`Node6Config`), for NAT66, and the
     /// IPv6 session affinity prefix. Version 2: `affinity_host_bits`.
     NODE6 = "LB6_NODE", version 2, sized by Fixed;
+    /// One token bucket (`RejectRate`) for all the ICMP errors the
+    /// datapath sends, both families: the node-wide cap beside the
+    /// per-client ones, as the kernel's `icmp_msgs_per_sec`. Only the
+    /// datapath reads and writes it.
+    REJECT_NODE = "LB_REJECT_NODE", version 1, sized by Fixed;
     /// The layout version of every other pinned map (see [`layout`]).
     LAYOUT = "LB_LAYOUT", version 1, sized by Fixed;
 }
@@ -1035,6 +1040,8 @@ impl NextHop {
 /// `LB4_REJECT_RATE` (LRU): a token bucket per client address for the ICMP
 /// errors the datapath sends (rejects), so it cannot be used as a
 /// reflector: [`REJECT_BURST`] at once, then [`REJECT_PER_SEC`] a second.
+/// Also the node-wide bucket of `LB_REJECT_NODE` ([`REJECT_GLOBAL_BURST`],
+/// [`REJECT_GLOBAL_PER_SEC`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RejectRate {
@@ -1118,8 +1125,15 @@ pub mod tc_call {
     ];
 }
 
+/// Per client (`LB4_REJECT_RATE`, `LB6_REJECT_RATE`).
 pub const REJECT_BURST: u32 = 20;
 pub const REJECT_PER_SEC: u32 = 10;
+/// For the whole node (`LB_REJECT_NODE`): the kernel's defaults for its
+/// own ICMP errors (`net.ipv4.icmp_msgs_burst`, `icmp_msgs_per_sec`), so
+/// that a flood from ever-changing (spoofed) sources, each within its own
+/// bucket, is not reflected one for one.
+pub const REJECT_GLOBAL_BURST: u32 = 50;
+pub const REJECT_GLOBAL_PER_SEC: u32 = 1000;
 
 /// `LB_STATS` (per-CPU array of u64): what the datapath did with packets
 /// it did not simply translate, by index.

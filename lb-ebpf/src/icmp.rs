@@ -2,8 +2,8 @@
 //! without endpoints or on an unserved port, over IPv4 and IPv6;
 //! "fragmentation needed" and "time exceeded" on the north-south path),
 //! each from the address the offending packet was sent to and quoting it,
-//! and the per-client rate limit (one for both families, a map each) that
-//! keeps them from being used as a reflector.
+//! and the rate limits (per client, a map per family, and one for the
+//! whole node) that keep them from being used as a reflector.
 
 use core::{
     net::Ipv6Addr,
@@ -17,7 +17,7 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use lb_common::{
-    Addr6, REJECT_BURST, REJECT_PER_SEC, RejectRate, addr6, csum,
+    Addr6, REJECT_BURST, REJECT_GLOBAL_BURST, REJECT_GLOBAL_PER_SEC, REJECT_PER_SEC, RejectRate, addr6, csum,
     packet::{
         ETH_HLEN, ETH_P_IPV6, ICMP_QUOTE_LEN, ICMP_UNREACH_LEN, ICMP6_ERROR_HLEN, ICMP6_QUOTE_MAX, eth, icmp, icmp_error_packet, icmp6,
         icmp6_error_headers, ip6, swapped_macs,
@@ -26,17 +26,16 @@ use lb_common::{
 };
 
 use crate::{
-    maps::{LB4_REJECT_RATE, LB6_REJECT_RATE},
+    maps::{LB_REJECT_NODE, LB4_REJECT_RATE, LB6_REJECT_RATE},
     packet::{read, redirect_back, write},
     stats,
 };
 
-const NS_PER_TOKEN: u64 = 1_000_000_000 / REJECT_PER_SEC as u64;
-
 /// Whether one more ICMP error may go to `client` now: a token bucket per
 /// client of [`REJECT_BURST`] refilled at [`REJECT_PER_SEC`] a second, as
-/// the kernel limits its own ICMP errors per destination. A refused one is
-/// counted (`stat::DROP_REJECT_RATE`).
+/// the kernel limits its own ICMP errors per destination, and one for the
+/// whole node ([`global_allowed`]). A refused one is counted
+/// (`stat::DROP_REJECT_RATE`).
 #[inline(always)]
 pub fn allowed(client: u32, now: u64) -> bool {
     allowed_in(&LB4_REJECT_RATE, &client, now)
@@ -48,35 +47,62 @@ pub fn allowed6(client: &Addr6, now: u64) -> bool {
     allowed_in(&LB6_REJECT_RATE, client, now)
 }
 
-/// The token bucket of `client` in `map` (its family's).
+/// The token bucket of `client` in `map` (its family's), then the node's.
 #[inline(always)]
 fn allowed_in<K, const M: usize>(map: &LruHashMap<K, RejectRate, M>, client: &K, now: u64) -> bool {
-    let Some(r) = map.get_ptr_mut(client) else {
-        let fresh = RejectRate { last_ns: now, tokens: REJECT_BURST - 1, _pad: 0 };
-        // LRU: fails only on a bad argument; then the client is not limited.
-        let _ = map.insert(client, fresh, 0);
-        return true;
+    let allow = match map.get_ptr_mut(client) {
+        Some(r) => take(r, now, REJECT_BURST, REJECT_PER_SEC),
+        None => {
+            let fresh = RejectRate { last_ns: now, tokens: REJECT_BURST - 1, _pad: 0 };
+            // LRU: fails only on a bad argument; then the client is not
+            // limited.
+            let _ = map.insert(client, fresh, 0);
+            true
+        }
     };
+    let allow = allow && global_allowed(now);
+    if !allow {
+        stats::count(stat::DROP_REJECT_RATE);
+    }
+    allow
+}
+
+/// Whether the node's bucket (`LB_REJECT_NODE`: [`REJECT_GLOBAL_BURST`],
+/// then [`REJECT_GLOBAL_PER_SEC`] a second, the kernel's defaults for its
+/// own ICMP errors) has a token left, taking it: a flood from ever-changing
+/// sources, each within its own bucket, is not reflected one for one.
+#[inline(always)]
+fn global_allowed(now: u64) -> bool {
+    match LB_REJECT_NODE.get_ptr_mut(0) {
+        Some(r) => take(r, now, REJECT_GLOBAL_BURST, REJECT_GLOBAL_PER_SEC),
+        None => true,
+    }
+}
+
+/// Takes a token from the bucket at `r` (refilled at `per_sec`, holding at
+/// most `burst`), if it has one at `now`. A zeroed bucket (a fresh array
+/// slot) fills up at once.
+#[inline(always)]
+fn take(r: *mut RejectRate, now: u64, burst: u32, per_sec: u32) -> bool {
+    let ns_per_token = 1_000_000_000 / per_sec as u64;
     // SAFETY: `r` is a map value pointer from a lookup, valid and aligned
-    // for the program's run. Other CPUs may update the same client's bucket
-    // at once, so each field is read and written once, volatile, through
-    // the raw pointer (READ_ONCE/WRITE_ONCE), never through a reference; a
-    // race at worst lets one more error through.
+    // for the program's run. Other CPUs may update the same bucket at
+    // once, so each field is read and written once, volatile, through the
+    // raw pointer (READ_ONCE/WRITE_ONCE), never through a reference; a race
+    // at worst lets one more error through.
     let (last, tokens) = unsafe { (addr_of!((*r).last_ns).read_volatile(), addr_of!((*r).tokens).read_volatile()) };
-    let refill = now.saturating_sub(last) / NS_PER_TOKEN;
+    let refill = now.saturating_sub(last) / ns_per_token;
     let mut tokens = tokens as u64 + refill;
-    if tokens > REJECT_BURST as u64 {
-        tokens = REJECT_BURST as u64;
+    if tokens > burst as u64 {
+        tokens = burst as u64;
     }
     let allow = tokens > 0;
     if allow {
         tokens -= 1;
-    } else {
-        stats::count(stat::DROP_REJECT_RATE);
     }
     if refill > 0 {
         // SAFETY: as above.
-        unsafe { addr_of_mut!((*r).last_ns).write_volatile(last + refill * NS_PER_TOKEN) };
+        unsafe { addr_of_mut!((*r).last_ns).write_volatile(last + refill * ns_per_token) };
     }
     // SAFETY: as above.
     unsafe { addr_of_mut!((*r).tokens).write_volatile(tokens as u32) };
