@@ -4,9 +4,15 @@
 //!   `/livez`); the DaemonSet's liveness probe;
 //! - `/healthz`: what cloud load balancers probe, as kube-proxy's
 //!   `/healthz` (KEP-3836): 200 while the run loop turns *and* the node is
-//!   eligible for traffic, 503 while its Node is being deleted or carries
-//!   the `ToBeDeletedByClusterAutoscaler` taint, so that load balancers
-//!   drain it before it goes (`nodeEligible` in the body says which);
+//!   eligible for traffic *and* the maps hold what the last sync asked
+//!   for; 503 while its Node is being deleted or carries the
+//!   `ToBeDeletedByClusterAutoscaler` taint, so that load balancers drain
+//!   it before it goes (`nodeEligible` in the body says which), and once
+//!   the syncs have failed (map errors) for [`STALL`], as kube-proxy's
+//!   does when its queued changes wait that long (twice its 30 s sync
+//!   period): a node whose Services are not programmed should not get the
+//!   load balancers' traffic. (`/livez` does not fail for that: a restart
+//!   would not make room in a full map.)
 //! - `/readyz`: 200 once the first full sync is written and while the API
 //!   server can be reached, 503 (saying why) otherwise;
 //! - `/metrics`: [`Metrics`] in the Prometheus text format.
@@ -115,7 +121,8 @@ fn check(heartbeat: &Heartbeat, eligible: bool) -> (bool, String, String) {
 /// traffic, so it fails while the node is on its way out.
 fn healthz(heartbeat: &Heartbeat, metrics: &Metrics) -> Response {
     let eligible = metrics.node_ineligible().is_none();
-    let (healthy, last, now) = check(heartbeat, eligible);
+    let programmed = metrics.sync_failing_for().is_none_or(|d| d < STALL);
+    let (healthy, last, now) = check(heartbeat, eligible && programmed);
     let body = format!("{{\"lastUpdated\": \"{last}\",\"currentTime\": \"{now}\", \"nodeEligible\": {eligible}}}");
     (if healthy { OK } else { UNAVAILABLE }, "application/json", body)
 }
@@ -179,5 +186,43 @@ mod go_time_tests {
         let t = UNIX_EPOCH + Duration::new(1_700_000_000, 123_450_000);
         assert_eq!(super::go_time(t), "2023-11-14 22:13:20.12345 +0000 UTC");
         assert_eq!(super::go_time(UNIX_EPOCH + Duration::from_secs(951_782_400)), "2000-02-29 00:00:00 +0000 UTC");
+    }
+}
+
+#[cfg(test)]
+mod health_tests {
+    use std::time::{Duration, Instant};
+
+    use super::{Heartbeat, OK, STALL, UNAVAILABLE, healthz, livez};
+    use crate::metrics::{Metrics, SyncRecord};
+
+    fn record(map_errors: u64) -> SyncRecord {
+        SyncRecord { latency: Duration::ZERO, map_ops: 1, map_errors, skipped: 0, frontends: 1, services: 1 }
+    }
+
+    /// `/healthz` fails once the syncs have failed for the stall time, as
+    /// kube-proxy's once its queued changes wait that long; `/livez` does
+    /// not; a sync without errors makes it healthy again.
+    #[test]
+    fn healthz_fails_while_the_syncs_have_failed_for_long() {
+        let (heartbeat, metrics) = (Heartbeat::default(), Metrics::default());
+        heartbeat.beat();
+        metrics.record_sync(&record(0));
+        assert_eq!(healthz(&heartbeat, &metrics).0, OK);
+        metrics.record_sync(&record(1));
+        assert!(metrics.sync_failing_for().is_some());
+        assert_eq!(healthz(&heartbeat, &metrics).0, OK, "failing for a moment only");
+        // A later failing sync keeps the first one's time.
+        let long_ago = Instant::now().checked_sub(STALL + Duration::from_secs(1)).unwrap();
+        metrics.set_failing_since(Some(long_ago));
+        metrics.record_sync(&record(2));
+        assert!(metrics.sync_failing_for().unwrap() > STALL);
+        let (status, _, body) = healthz(&heartbeat, &metrics);
+        assert_eq!(status, UNAVAILABLE, "{body}");
+        assert!(body.contains("\"nodeEligible\": true"), "{body}");
+        assert_eq!(livez(&heartbeat).0, OK, "a restart would not help");
+        metrics.record_sync(&record(0));
+        assert_eq!(metrics.sync_failing_for(), None);
+        assert_eq!(healthz(&heartbeat, &metrics).0, OK);
     }
 }

@@ -77,6 +77,11 @@ pub struct RunConfig {
     pub north_south: NorthSouthConfig,
 }
 
+/// How long after a sync with map errors it is tried again when nothing
+/// else changes: kube-proxy's sync period, after which its failed syncs
+/// are retried.
+pub const SYNC_RETRY: Duration = Duration::from_secs(30);
+
 /// A period such as `1h`, `15m`, `30s` or `500ms` (a bare number is
 /// seconds); at least 100 ms.
 pub fn parse_period(s: &str) -> Result<Duration, String> {
@@ -213,13 +218,20 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> anyhow::
     // The first update not yet written to the maps, and when to write.
     let mut oldest_pending: Option<Instant> = None;
     let mut apply_at: Option<tokio::time::Instant> = None;
+    // A sync that ended with map errors is tried again after
+    // `SYNC_RETRY` even if nothing else changes (kube-proxy's
+    // `RetryAfter(syncPeriod)`); new events do not wait for it.
+    let mut retry_at: Option<tokio::time::Instant> = None;
     let mut waiting_logged = false;
     let mut sources_done = false;
     // An address event (or a periodic look) asks for the node's addresses
     // to be read again; a burst of events is read once, at `apply_at`.
     let mut addresses_dirty = false;
     loop {
-        let deadline = apply_at;
+        let deadline = match (apply_at, retry_at) {
+            (Some(a), Some(r)) => Some(a.min(r)),
+            (a, r) => a.or(r),
+        };
         tokio::select! {
             _ = &mut shutdown => break,
             _ = ticker.tick() => {
@@ -274,6 +286,7 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> anyhow::
             }
             _ = async { tokio::time::sleep_until(deadline.unwrap()).await }, if deadline.is_some() => {
                 apply_at = None;
+                retry_at = None;
                 heartbeat.beat();
                 let addresses_changed = std::mem::take(&mut addresses_dirty) && syncer.refresh_node_addresses();
                 if oldest_pending.is_none() && !addresses_changed {
@@ -292,7 +305,17 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> anyhow::
                     (true, SourceConfig::Kube(_)) => "synced from the API server",
                 };
                 let first = oldest_pending.take().unwrap_or_else(Instant::now);
-                syncer.sync(first, what);
+                let record = syncer.sync(first, what);
+                if record.map_errors > 0 {
+                    // Still pending: what failed kept its previous state.
+                    oldest_pending = Some(first);
+                    retry_at = Some(tokio::time::Instant::now() + SYNC_RETRY);
+                    info!(
+                        "the sync left {} map errors: tried again in {}s, or at the next change",
+                        record.map_errors,
+                        SYNC_RETRY.as_secs()
+                    );
+                }
                 if !synced {
                     crate::heap::give_back();
                 }

@@ -144,3 +144,47 @@ fn metrics_are_served_on_localhost_10249_with_the_datapath_figures() {
     }
     assert!(text.contains("lb_map_entries{map=\"LB4_SERVICES\"} "), "{text}");
 }
+
+/// A sync that leaves map errors (here full frontend maps) is tried
+/// again after 30 s with nothing else changing, as kube-proxy retries a
+/// failed sync after its sync period; `/healthz` stays 200 meanwhile (it
+/// fails only after 60 s of failing syncs: the probes module's unit test).
+/// Making room is picked up by the next sync, which ends without errors.
+#[test]
+fn a_sync_with_map_errors_is_tried_again() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let lab = NodeLab::new(&["web"]).unwrap();
+    let pod = lab.pod("web").ip;
+    let dir = ManifestDir::new("retry");
+    let svc = |n: u8| {
+        format!(
+            "apiVersion: v1\nkind: Service\nmetadata: {{name: s{n}, namespace: test}}\nspec:\n  clusterIP: 10.96.1.{n}\n  ports: [{{port: 80, protocol: TCP}}]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: s{n}-1, namespace: test, labels: {{kubernetes.io/service-name: s{n}}}}}\naddressType: IPv4\nports: [{{port: 8080, protocol: TCP}}]\nendpoints:\n- addresses: [{pod}]\n  conditions: {{ready: true}}\n"
+        )
+    };
+    // One frontend fits (ID 0 is never given out).
+    for n in 1..=2 {
+        dir.write(&format!("s{n}.yaml"), &svc(n));
+    }
+    let agent = Agent::start_with(&lab.node, &dir.0, PinDir::new("retry"), &["--services-size", "2", "--xdp-mode", "off"]);
+    let retried = "the sync left";
+    agent.wait_log("a sync with map errors", retried);
+    let first = Instant::now();
+    let count = |a: &Agent| a.log_text().matches(retried).count();
+    assert_eq!(count(&agent), 1);
+    wait_for("the sync to be tried again", Duration::from_secs(45), || (count(&agent) >= 2).then_some(()));
+    let waited = first.elapsed();
+    assert!(waited >= Duration::from_secs(25), "tried again after {waited:?}");
+    assert!(agent.log_text().contains("is full (2 entries)"), "{}", agent.log_text());
+    let (status, body) = common::http_status(&lab.node, SocketAddrV4::new(NODE_IP, 10256));
+    assert_eq!(status, 200, "{body}");
+    // Room: the next sync ends without errors.
+    std::fs::remove_file(dir.0.join("s2.yaml")).unwrap();
+    wait_for("a sync without errors", Duration::from_secs(10), || {
+        agent.log_text().lines().any(|l| l.contains("synced manifests") && l.contains(" errors=0 ")).then_some(())
+    });
+    let rows = agent.rows();
+    assert_eq!(rows.len(), 1, "{rows:#?}");
+    assert_eq!(rows[0].frontend, "10.96.1.1:80/TCP");
+}
