@@ -18,7 +18,13 @@ pub fn monotonic_ns() -> u64 {
 pub fn collect<M: MapStore>(reconciler: &mut Reconciler<M>, timeouts: &CtTimeouts) {
     match reconciler.collect_conntrack(timeouts, monotonic_ns()) {
         Ok(gc) => {
-            debug!(scanned = gc.scanned, deleted = gc.deleted, remaining = gc.remaining, "conntrack garbage collected");
+            debug!(
+                scanned = gc.scanned,
+                deleted = gc.deleted,
+                changed = gc.changed,
+                remaining = gc.remaining,
+                "conntrack garbage collected"
+            );
             for CtFill { map, size_flag, remaining, capacity } in gc.fills {
                 debug!(map, entries = remaining, capacity, "conntrack fill");
                 let fill = remaining as f64 * 100.0 / capacity.max(1) as f64;

@@ -335,6 +335,10 @@ impl MapStore for FakeMaps {
         Ok(A::pick(&self.fam).ct(map).iter().map(|(k, v)| (*k, *v)).collect())
     }
 
+    fn ct_entry<A: MapFamily>(&self, map: CtMap, key: &CtKey<A>) -> Result<Option<CtValue<A>>, MapsError> {
+        Ok(A::pick(&self.fam).ct(map).get(key).copied())
+    }
+
     fn remove_ct<A: MapFamily>(&mut self, map: CtMap, keys: &[CtKey<A>]) -> Result<usize, MapsError> {
         Ok(Self::batch_remove(A::pick_mut(&mut self.fam).ct_mut(map), keys))
     }
@@ -640,6 +644,11 @@ impl<M: MapStore> MapStore for Faulty<M> {
     fn ct_entries<A: MapFamily>(&self, map: CtMap) -> Result<CtEntries<A>, MapsError> {
         self.check(map.kind_of::<A>(), Op::Read, Shape::Batch)?;
         self.inner.ct_entries::<A>(map)
+    }
+
+    fn ct_entry<A: MapFamily>(&self, map: CtMap, key: &CtKey<A>) -> Result<Option<CtValue<A>>, MapsError> {
+        self.check(map.kind_of::<A>(), Op::Read, Shape::Single)?;
+        self.inner.ct_entry::<A>(map, key)
     }
 
     fn remove_ct<A: MapFamily>(&mut self, map: CtMap, keys: &[CtKey<A>]) -> Result<usize, MapsError> {

@@ -53,6 +53,10 @@ pub struct GcStats {
     pub fills: [CtFill; 4],
     /// Affinity entries deleted (their backend is gone or was purged).
     pub affinity_deleted: usize,
+    /// Entries judged to go that had changed when read again just before
+    /// the delete (a flow the datapath reopened on the same tuple
+    /// meanwhile): left alone.
+    pub changed: usize,
 }
 
 /// Why a flow goes, if it does.
@@ -64,18 +68,22 @@ enum Verdict {
     Purged,
 }
 
-/// A conntrack entry to delete, and why.
+/// A conntrack entry to delete, why, and the entry as it was judged.
 #[derive(Clone, Copy)]
-struct Doomed<K> {
+struct Doomed<K, V> {
     key: K,
     verdict: Verdict,
+    seen: V,
 }
 
+/// A doomed entry of family `A`'s conntrack.
+type DoomedCt<A> = Doomed<CtKey<A>, CtValue<A>>;
+
 /// What one pass over a conntrack map found.
-struct Judged<K> {
+struct Judged<K, V> {
     /// Entries read.
     scanned: usize,
-    doomed: Vec<Doomed<K>>,
+    doomed: Vec<Doomed<K, V>>,
 }
 
 impl<M: MapStore> Reconciler<M> {
@@ -152,6 +160,8 @@ fn collect_family<A: MapFamily, M: MapStore>(
     let mut fills = [CtFill::default(); 2];
     for (fill, (map, kind, size_flag)) in fills.iter_mut().zip(A::CT) {
         let Judged { scanned, doomed } = judge_pairs(maps.ct_entries::<A>(map)?, timeouts, now_ns, &judge);
+        let (doomed, changed) = unchanged::<A, M>(maps, map, doomed)?;
+        stats.changed += changed;
         let keys: Vec<CtKey<A>> = doomed.iter().map(|d| d.key).collect();
         let deleted = maps.remove_ct::<A>(map, &keys)?;
         stats.scanned += scanned;
@@ -163,6 +173,30 @@ fn collect_family<A: MapFamily, M: MapStore>(
     Ok(fills)
 }
 
+/// Those of `doomed` whose entry is still as it was judged, read again one
+/// by one, and how many had changed. The maps are read in batches while
+/// the datapath writes them: a timed-out flow reopened on the same tuple
+/// (the datapath overwrites its entries) is a new flow by the time the
+/// delete comes, and must stay. (A write between this read and the
+/// delete can still be lost; the window is one lookup, not a whole scan.)
+fn unchanged<A: MapFamily, M: MapStore>(
+    maps: &M,
+    map: super::CtMap,
+    doomed: Vec<DoomedCt<A>>,
+) -> Result<(Vec<DoomedCt<A>>, usize), MapsError> {
+    let mut keep = Vec::with_capacity(doomed.len());
+    let mut changed = 0;
+    for d in doomed {
+        match maps.ct_entry::<A>(map, &d.key)? {
+            Some(now) if now == d.seen => keep.push(d),
+            Some(_) => changed += 1,
+            // Gone already (LRU eviction, or the datapath's own removal).
+            None => {}
+        }
+    }
+    Ok((keep, changed))
+}
+
 /// The flows of one map's `entries` to delete (both directions), with why,
 /// judged on both directions together.
 fn judge_pairs<A: Copy + Eq + Hash>(
@@ -170,7 +204,7 @@ fn judge_pairs<A: Copy + Eq + Hash>(
     timeouts: &CtTimeouts,
     now_ns: u64,
     judge: &impl Fn(&CtEntryOf<A>) -> Verdict,
-) -> Judged<CtKeyOf<A>> {
+) -> Judged<CtKeyOf<A>, CtEntryOf<A>> {
     let entries: HashMap<CtKeyOf<A>, CtEntryOf<A>> = entries.into_iter().collect();
     let mut doomed: HashSet<CtKeyOf<A>> = HashSet::new();
     let mut out = Vec::new();
@@ -196,10 +230,71 @@ fn judge_pairs<A: Copy + Eq + Hash>(
             continue;
         }
         for k in [*key, twin_key] {
-            if entries.contains_key(&k) && doomed.insert(k) {
-                out.push(Doomed { key: k, verdict });
+            if let Some(seen) = entries.get(&k)
+                && doomed.insert(k)
+            {
+                out.push(Doomed { key: k, verdict, seen: *seen });
             }
         }
     }
     Judged { scanned: entries.len(), doomed: out }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::Ipv4Addr;
+
+    use lb_common::{CT_REPLY, CT_SERVICE, Ct4Key, CtEntry, CtTimeouts, IPPROTO_UDP};
+
+    use super::{Verdict, judge_pairs, unchanged};
+    use crate::reconcile::{MapStore, fake::FakeMaps, store::CtMap};
+
+    const S: u64 = 1_000_000_000;
+
+    fn entry(nat_saddr: u32, nat_daddr: u32, nat_sport: u16, nat_dport: u16, last_seen: u64) -> CtEntry {
+        CtEntry {
+            last_seen,
+            nat_saddr,
+            nat_daddr,
+            nat_sport,
+            nat_dport,
+            backend_id: 1,
+            frontend_id: 1,
+            seq: 0,
+            tcp_flags: 0,
+            peer_flags: 0,
+            flags: 0,
+            _pad: 0,
+            frontend_version: 0,
+            backend_version: 0,
+        }
+    }
+
+    /// A UDP flow judged timed out, then reopened by the datapath on the
+    /// same tuple (its forward entry overwritten) before the delete: the
+    /// new forward entry stays; the old reply entry, unchanged, goes.
+    #[test]
+    fn an_entry_the_datapath_rewrote_after_the_scan_is_not_deleted() {
+        let (client, vip, backend) = (0x0a00_0001u32, 0x0a60_000au32, 0x0af4_0005u32);
+        let fwd_key = Ct4Key::new(client, vip, 4000, 53, IPPROTO_UDP, CT_SERVICE);
+        let reply_key = Ct4Key::new(backend, client, 5353, 4000, IPPROTO_UDP, CT_REPLY);
+        let old_fwd = entry(client, backend, 4000, 5353, S);
+        let old_reply = entry(vip, client, 53, 4000, S);
+        let mut maps = FakeMaps::default();
+        maps.insert_ct(&fwd_key, &old_fwd);
+        maps.insert_ct(&reply_key, &old_reply);
+        let timeouts = CtTimeouts { tcp_syn: 60, tcp_established: 3600, tcp_closing: 10, udp: 30 };
+        let now = 100 * S;
+        let judged = judge_pairs(maps.ct_entries::<Ipv4Addr>(CtMap::Any).unwrap(), &timeouts, now, &|_| Verdict::Keep);
+        assert_eq!(judged.doomed.len(), 2, "both directions timed out");
+        // The client sends again: a new flow over the old forward entry
+        // (to another backend port, its reply tuple elsewhere).
+        let new_fwd = entry(client, backend, 4000, 5354, now);
+        maps.insert_ct(&fwd_key, &new_fwd);
+        let (doomed, changed) = unchanged::<Ipv4Addr, FakeMaps>(&maps, CtMap::Any, judged.doomed).unwrap();
+        assert_eq!(changed, 1);
+        let keys: Vec<Ct4Key> = doomed.iter().map(|d| d.key).collect();
+        assert_eq!(keys, [reply_key]);
+        assert_eq!(maps.ct_entry::<Ipv4Addr>(CtMap::Any, &fwd_key).unwrap(), Some(new_fwd));
+    }
 }

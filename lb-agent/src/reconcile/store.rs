@@ -181,6 +181,8 @@ pub trait MapFamily: IpFamily {
     fn pinned_src_ranges_mut(m: &mut Maps) -> &mut Named<LpmTrie<MapData, SrcRangeOf<Self::VipKey>, u32>>;
     /// Every entry of the family's conntrack map `map`.
     fn pinned_ct_entries(m: &Maps, map: CtMap) -> Result<CtEntries<Self>, MapsError>;
+    /// The entry at `key` in one of its pinned conntrack maps, if any.
+    fn pinned_ct_entry(m: &Maps, map: CtMap, key: &CtKey<Self>) -> Result<Option<CtValue<Self>>, MapsError>;
     /// Deletes `keys` from it in batches; how many were deleted.
     fn remove_pinned_ct(m: &mut Maps, map: CtMap, keys: &[CtKey<Self>]) -> Result<usize, MapsError>;
     /// Adds a frontend address to the pinned maps (its family's pre-filter
@@ -323,6 +325,9 @@ impl MapFamily for Ipv4Addr {
     fn pinned_ct_entries(m: &Maps, map: CtMap) -> Result<Vec<(Ct4Key, CtEntry)>, MapsError> {
         (if map == CtMap::Tcp { &m.ct.tcp } else { &m.ct.any }).entries()
     }
+    fn pinned_ct_entry(m: &Maps, map: CtMap, key: &Ct4Key) -> Result<Option<CtEntry>, MapsError> {
+        (if map == CtMap::Tcp { &m.ct.tcp } else { &m.ct.any }).get(key)
+    }
     fn remove_pinned_ct(m: &mut Maps, map: CtMap, keys: &[Ct4Key]) -> Result<usize, MapsError> {
         (if map == CtMap::Tcp { &mut m.ct.tcp } else { &mut m.ct.any }).remove_all(keys)
     }
@@ -415,6 +420,9 @@ impl MapFamily for Ipv6Addr {
     }
     fn pinned_ct_entries(m: &Maps, map: CtMap) -> Result<Vec<(Ct6Key, Ct6Entry)>, MapsError> {
         (if map == CtMap::Tcp { &m.v6.ct_tcp } else { &m.v6.ct_any }).entries()
+    }
+    fn pinned_ct_entry(m: &Maps, map: CtMap, key: &Ct6Key) -> Result<Option<Ct6Entry>, MapsError> {
+        (if map == CtMap::Tcp { &m.v6.ct_tcp } else { &m.v6.ct_any }).get(key)
     }
     fn remove_pinned_ct(m: &mut Maps, map: CtMap, keys: &[Ct6Key]) -> Result<usize, MapsError> {
         (if map == CtMap::Tcp { &mut m.v6.ct_tcp } else { &mut m.v6.ct_any }).remove_all(keys)
@@ -518,6 +526,8 @@ pub trait MapStore {
 
     /// Conntrack, read and deleted in batches.
     fn ct_entries<A: MapFamily>(&self, map: CtMap) -> Result<CtEntries<A>, MapsError>;
+    /// One entry, read again (the collector's check before it deletes).
+    fn ct_entry<A: MapFamily>(&self, map: CtMap, key: &CtKey<A>) -> Result<Option<CtValue<A>>, MapsError>;
     fn remove_ct<A: MapFamily>(&mut self, map: CtMap, keys: &[CtKey<A>]) -> Result<usize, MapsError>;
 
     /// `LB4_AFFINITY`, read and deleted in batches.
@@ -659,6 +669,10 @@ impl MapStore for Maps {
 
     fn ct_entries<A: MapFamily>(&self, map: CtMap) -> Result<CtEntries<A>, MapsError> {
         A::pinned_ct_entries(self, map)
+    }
+
+    fn ct_entry<A: MapFamily>(&self, map: CtMap, key: &CtKey<A>) -> Result<Option<CtValue<A>>, MapsError> {
+        A::pinned_ct_entry(self, map, key)
     }
 
     fn remove_ct<A: MapFamily>(&mut self, map: CtMap, keys: &[CtKey<A>]) -> Result<usize, MapsError> {
