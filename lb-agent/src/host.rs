@@ -201,6 +201,23 @@ pub fn find_cgroup2() -> io::Result<PathBuf> {
         .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no cgroup2 mount found"))
 }
 
+/// The cgroup2 root at or under `dir` (`--cgroup`, the DaemonSet's mount
+/// of the host's `/sys/fs/cgroup`): `dir` on a unified host, `dir/unified`
+/// on a hybrid one (cgroup v1 controllers beside a cgroup2 mount, as
+/// systemd's hybrid mode lays them out); an error naming both otherwise.
+pub fn cgroup2_at(dir: &Path) -> io::Result<PathBuf> {
+    let unified = dir.join("unified");
+    for candidate in [dir, unified.as_path()] {
+        if fs_magic(candidate).ok() == Some(CGROUP2_SUPER_MAGIC) {
+            return Ok(candidate.to_path_buf());
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::NotFound,
+        format!("neither {} nor {} is a cgroup2 mount: the socket hooks need the host's cgroup2 root", dir.display(), unified.display()),
+    ))
+}
+
 /// Interfaces of the default routes of both families (`/proc/net/route`,
 /// then `/proc/net/ipv6_route`; IPv4's first, each once). An IPv6-only
 /// node has only the second; a dual-stack node may route IPv6 out of

@@ -182,7 +182,8 @@ struct RunArgs {
     /// that appear later.
     #[arg(long, env = "LB_POD_IFACES", value_delimiter = ',', default_value = "lxc*,veth*,cali*,eni*,gke*")]
     pod_ifaces: Vec<String>,
-    /// cgroup2 directory for the socket hooks (default: the cgroup2 mount).
+    /// cgroup2 directory for the socket hooks, or a cgroup v1 hierarchy
+    /// whose `unified` is one (a hybrid host); default: the cgroup2 mount.
     #[arg(long, env = "LB_CGROUP")]
     cgroup: Option<PathBuf>,
     /// Do not attach the socket hooks (host clients then do not reach

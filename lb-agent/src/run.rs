@@ -166,7 +166,7 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> anyhow::
     dp.set_host_routing(cfg.host_routing);
     if cfg.socket_lb {
         let cgroup = match &cfg.cgroup {
-            Some(c) => c.clone(),
+            Some(c) => host::cgroup2_at(c).context("the cgroup for the socket hooks (--cgroup)")?,
             None => host::find_cgroup2().context("finding the cgroup2 mount for the socket hooks")?,
         };
         dp.attach_cgroup(&cgroup)?;

@@ -181,3 +181,34 @@ fn the_agent_sets_the_node_sysctls_through_a_writable_mount_in_a_read_only_proc_
     drop(agent);
     let _ = std::fs::remove_dir_all(&host_sys);
 }
+
+/// On a hybrid cgroup host (systemd's hybrid mode: cgroup v1 controllers
+/// under a tmpfs at /sys/fs/cgroup, cgroup2 at its `unified`), the
+/// DaemonSet's `LB_CGROUP` (its mount of the host's /sys/fs/cgroup) is no
+/// cgroup2 mount: the agent takes its `unified` directory and serves host
+/// clients. The layout is made in the agent's own mount namespace: a tmpfs
+/// with the host's cgroup2 root bound at `unified`.
+#[test]
+fn on_a_hybrid_cgroup_host_the_socket_hooks_go_to_the_unified_hierarchy() {
+    if !kernel_tests_enabled() {
+        return;
+    }
+    let lab = NodeLab::new(&["web"]).unwrap();
+    let web = lab.pod("web");
+    let _server = tcp_server(&web.ns, SocketAddrV4::new(web.ip, 8080), "web").unwrap();
+    let dir = ManifestDir::new("hybrid");
+    dir.write("web.yaml", &service_yaml("web", "10.96.0.33", 80, "TCP", 8080, &[web.ip]));
+    let cgroup2 = lb_agent::host::find_cgroup2().unwrap();
+    let hybrid = std::env::temp_dir().join(format!("lb-hybrid-cgroup-{}", std::process::id()));
+    std::fs::create_dir_all(&hybrid).unwrap();
+    let layout = "mount -t tmpfs lbhybrid \"$1\"; mkdir \"$1/unified\"; mount --bind \"$2\" \"$1/unified\"; shift 2; exec \"$@\"";
+    let (hybrid_arg, cgroup2_arg) = (hybrid.to_str().unwrap().to_string(), cgroup2.to_str().unwrap().to_string());
+    let wrapper =
+        ["unshare", "--mount", "--propagation", "private", "--", "sh", "-ec", layout, "sh", hybrid_arg.as_str(), cgroup2_arg.as_str()];
+    let agent = Agent::start_wrapped(&lab.node, &dir.0, PinDir::new("hybrid"), &wrapper, &["--cgroup", &hybrid_arg]);
+    agent.wait_rows("the web service", |rows| rows.len() == 1 && rows[0].backends.len() == 1);
+    agent.wait_log("the socket hooks on the unified hierarchy", &format!("cgroup={hybrid_arg}/unified"));
+    assert_eq!(tcp_request(&lab.node, SocketAddrV4::new([10, 96, 0, 33].into(), 80)).unwrap(), "web");
+    drop(agent);
+    let _ = std::fs::remove_dir(&hybrid);
+}
