@@ -405,6 +405,13 @@ impl Sysctls {
         std::fs::read_to_string(self.dir.join(key)).ok().map(|v| v.trim().to_string())
     }
 
+    /// The node's ephemeral ports (`net.ipv4.ip_local_port_range`).
+    pub fn ephemeral_ports(&self) -> Option<(u16, u16)> {
+        let v = self.read("net/ipv4/ip_local_port_range")?;
+        let mut it = v.split_whitespace().map(|p| p.parse::<u16>().ok());
+        Some((it.next()??, it.next()??))
+    }
+
     /// Sets sysctl `key` (`net/ipv4/conf/eth0/rp_filter`) to `value`.
     pub fn write(&self, key: &str, value: &str) -> io::Result<()> {
         std::fs::write(self.dir.join(key), value)

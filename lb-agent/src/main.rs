@@ -351,6 +351,7 @@ fn main() -> anyhow::Result<()> {
     init_logs(cli.log_format);
     match cli.command {
         Command::Run(args) => {
+            northsouth::check_snat_ports(args.snat_ports, args.nodeport_range).map_err(anyhow::Error::msg)?;
             lb_agent::heap::one_arena();
             match lb_agent::fd_limit::raise() {
                 Ok((before, after)) if before != after => tracing::info!("open files limit raised from {before} to {after}"),

@@ -56,6 +56,34 @@ impl PortRange {
     pub fn contains(&self, port: u16) -> bool {
         (self.min..=self.max).contains(&port)
     }
+
+    pub fn overlaps(&self, other: &PortRange) -> bool {
+        self.min <= other.max && other.min <= self.max
+    }
+}
+
+/// `--snat-ports` beside the NodePort range: an error when they share a
+/// port (the reply of a SNATed flow would come back to a NodePort).
+pub fn check_snat_ports(snat: PortRange, nodeport: PortRange) -> Result<(), String> {
+    if snat.overlaps(&nodeport) {
+        return Err(format!(
+            "--snat-ports {snat} overlaps --nodeport-range {nodeport}: the replies of SNATed flows would arrive at NodePorts; keep them apart"
+        ));
+    }
+    Ok(())
+}
+
+/// A warning when `--snat-ports` shares ports with the node's ephemeral
+/// range (`net.ipv4.ip_local_port_range`, `ephemeral`): the node's own
+/// connections from its SNAT address could take a tuple a SNATed flow
+/// holds. (Linux's default range ends at 60999, below the default SNAT
+/// ports.)
+pub fn snat_ports_warning(snat: PortRange, ephemeral: PortRange) -> Option<String> {
+    snat.overlaps(&ephemeral).then(|| {
+        format!(
+            "--snat-ports {snat} overlaps the node's ephemeral ports (net.ipv4.ip_local_port_range {ephemeral}): the node's own connections may clash with SNATed flows; keep them apart, or reserve the SNAT ports (net.ipv4.ip_local_reserved_ports)"
+        )
+    })
 }
 
 impl FromStr for PortRange {
@@ -824,6 +852,11 @@ impl NorthSouth {
                     maps.devices.remove(&idx)?;
                 }
             }
+        }
+        if let Some((min, max)) = cfg.sysctls.ephemeral_ports()
+            && let Some(w) = snat_ports_warning(cfg.snat_ports, PortRange { min, max })
+        {
+            warn!("{w}");
         }
         let node_config = NodeConfig {
             snat_addr: snat.map_or(0, |a| u32::from_ne_bytes(a.octets())),

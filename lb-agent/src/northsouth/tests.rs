@@ -404,6 +404,19 @@ fn port_ranges_parse() {
 }
 
 #[test]
+fn snat_ports_must_stay_out_of_the_nodeport_range_and_should_stay_out_of_the_ephemeral_one() {
+    let r = |s: &str| s.parse::<PortRange>().unwrap();
+    assert_eq!(check_snat_ports(DEFAULT_SNAT_PORTS, DEFAULT_NODEPORT_RANGE), Ok(()));
+    let err = check_snat_ports(r("32000-33000"), DEFAULT_NODEPORT_RANGE).unwrap_err();
+    assert!(err.contains("--snat-ports 32000-33000 overlaps --nodeport-range 30000-32767"), "{err}");
+    assert!(check_snat_ports(r("32767-32767"), DEFAULT_NODEPORT_RANGE).is_err(), "one port shared");
+    // Linux's default ephemeral range ends below the default SNAT ports.
+    assert_eq!(snat_ports_warning(DEFAULT_SNAT_PORTS, r("32768-60999")), None);
+    let w = snat_ports_warning(DEFAULT_SNAT_PORTS, r("1024-65535")).unwrap();
+    assert!(w.contains("ip_local_port_range 1024-65535"), "{w}");
+}
+
+#[test]
 fn local_policy_without_any_endpoint_rejects_like_kube_proxy() {
     let yaml = svc("Local", "");
     let cut = yaml.find("endpoints:\n").unwrap();
