@@ -568,7 +568,7 @@ pub const XDP_META_GLOBAL: &str = "LB_XDP_META";
 /// Either entry names its twin: [`CtEntry::twin_key`]. Together they hold
 /// everything a packet of the flow needs, so one lookup per packet does.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CtEntryOf<A> {
     /// The datapath's clock (CLOCK_MONOTONIC_COARSE through its per-CPU
     /// copy, `LB_CLOCK`: at most two ticks behind CLOCK_MONOTONIC) at the

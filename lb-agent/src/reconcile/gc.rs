@@ -252,22 +252,7 @@ mod tests {
     const S: u64 = 1_000_000_000;
 
     fn entry(nat_saddr: u32, nat_daddr: u32, nat_sport: u16, nat_dport: u16, last_seen: u64) -> CtEntry {
-        CtEntry {
-            last_seen,
-            nat_saddr,
-            nat_daddr,
-            nat_sport,
-            nat_dport,
-            backend_id: 1,
-            frontend_id: 1,
-            seq: 0,
-            tcp_flags: 0,
-            peer_flags: 0,
-            flags: 0,
-            _pad: 0,
-            frontend_version: 0,
-            backend_version: 0,
-        }
+        CtEntry { last_seen, nat_saddr, nat_daddr, nat_sport, nat_dport, backend_id: 1, frontend_id: 1, ..CtEntry::default() }
     }
 
     /// A UDP flow judged timed out, then reopened by the datapath on the
