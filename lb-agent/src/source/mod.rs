@@ -265,13 +265,16 @@ impl Store {
         self.touch(key.clone());
     }
 
-    /// Adds or removes slice `key` under the Service `svc` it names.
+    /// Adds or removes slice `key` under the Service `svc` it names. Each
+    /// Service's slices are kept in name order, the order a full
+    /// translation reads them in: the first slice that lists an endpoint
+    /// gives its node and zone, so arrival order must not decide.
     fn index_slice(&mut self, key: &ObjectKey, svc: Option<ObjectKey>, add: bool) {
         let Some(svc) = svc else { return };
         if add {
             let list = self.slices_of.entry(svc.clone()).or_default();
-            if !list.contains(key) {
-                list.push(key.clone());
+            if let Err(at) = list.binary_search(key) {
+                list.insert(at, key.clone());
             }
         } else if let Some(set) = self.slices_of.get_mut(&svc) {
             set.retain(|k| k != key);

@@ -466,6 +466,32 @@ mod incremental {
         assert_eq!(t.translation().desired.len(), 4);
     }
 
+    /// An endpoint two slices of one Service list (during a migration
+    /// between slices) takes its node from the first slice by name, in an
+    /// incremental translation as in a full one, whatever order the slices
+    /// came in.
+    #[test]
+    fn an_endpoint_in_two_slices_takes_the_first_slice_by_name_whatever_came_first() {
+        let mut store = Store::default();
+        let mut t = Translator::default();
+        listed(&mut store, &service("a", "10.96.0.1", &[]));
+        check(&mut t, &mut store);
+        let slice = |name: &str, node: &str| {
+            format!(
+                "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\nmetadata: {{name: {name}, namespace: x, labels: {{kubernetes.io/service-name: a}}}}\naddressType: IPv4\nports: [{{name: http, port: 8080, protocol: TCP}}]\nendpoints:\n- addresses: [10.244.0.1]\n  nodeName: {node}\n"
+            )
+        };
+        for yaml in [slice("a-z", "node-z"), slice("a-b", "node-b")] {
+            for o in objects(&yaml) {
+                store.apply(Update::Applied(o));
+            }
+            check(&mut t, &mut store);
+        }
+        let backends = &t.translation().desired[&fe("10.96.0.1", 80, Protocol::Tcp)].backends;
+        assert_eq!(backends.len(), 1);
+        assert_eq!(backends[0].node_name.as_deref(), Some("node-b"));
+    }
+
     #[test]
     fn ipv6_frontends_follow_changes_and_conflicts_like_ipv4_ones() {
         let mut store = Store::default();
