@@ -103,9 +103,6 @@ struct State {
     /// The current outage of the API server, if it cannot be reached.
     api_outage: Option<Outage>,
     ready: bool,
-    /// Since when every sync has ended with map errors (a state not
-    /// written whole); `None` after a sync without.
-    failing_since: Option<Instant>,
 }
 
 impl Default for Shared {
@@ -224,21 +221,7 @@ impl Metrics {
         m.sync_latency.observe(r.latency.as_secs_f64());
         m.last_sync_unix.set(SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0));
         m.ready.set(1);
-        self.state(|s| {
-            s.ready = true;
-            s.failing_since = if r.map_errors == 0 { None } else { s.failing_since.or(Some(Instant::now())) };
-        });
-    }
-
-    /// How long the syncs have ended with map errors, if the last one did.
-    pub fn sync_failing_for(&self) -> Option<Duration> {
-        self.state(|s| s.failing_since.map(|t| t.elapsed()))
-    }
-
-    /// Sets when the syncs started failing (the health server's tests).
-    #[cfg(test)]
-    pub(crate) fn set_failing_since(&self, since: Option<Instant>) {
-        self.state(|s| s.failing_since = since);
+        self.state(|s| s.ready = true);
     }
 
     /// Observes the network programming latency of slice changes a sync

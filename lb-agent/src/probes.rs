@@ -38,16 +38,21 @@ use crate::{
 /// The run loop is considered stuck when it has not turned for this long.
 pub const STALL: Duration = Duration::from_secs(60);
 
-/// A timestamp the run loop refreshes on every turn.
+/// The proxy's health, shared by the run loop (which writes it) and the
+/// servers that report it: when the loop last turned, and since when the
+/// syncs have left map errors.
 #[derive(Clone, Debug)]
 pub struct Heartbeat {
     start: Instant,
     last_ms: Arc<AtomicU64>,
+    /// Milliseconds after `start` + 1 of the first of the failing syncs
+    /// in a row; 0 while the last sync wrote everything.
+    failing_since_ms: Arc<AtomicU64>,
 }
 
 impl Default for Heartbeat {
     fn default() -> Self {
-        Heartbeat { start: Instant::now(), last_ms: Arc::new(AtomicU64::new(0)) }
+        Heartbeat { start: Instant::now(), last_ms: Arc::new(AtomicU64::new(0)), failing_since_ms: Arc::new(AtomicU64::new(0)) }
     }
 }
 
@@ -59,6 +64,31 @@ impl Heartbeat {
     pub fn age(&self) -> Duration {
         let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
         self.start.elapsed().saturating_sub(last)
+    }
+
+    /// Records how a sync ended: with map errors (a state not written
+    /// whole) or not.
+    pub fn sync_ended(&self, errors: bool) {
+        if !errors {
+            self.failing_since_ms.store(0, Ordering::Relaxed);
+        } else if self.failing_since_ms.load(Ordering::Relaxed) == 0 {
+            self.failing_since_ms.store(self.start.elapsed().as_millis() as u64 + 1, Ordering::Relaxed);
+        }
+    }
+
+    /// How long the syncs have left map errors, if the last one did.
+    pub fn sync_failing_for(&self) -> Option<Duration> {
+        match self.failing_since_ms.load(Ordering::Relaxed) {
+            0 => None,
+            since => Some(self.start.elapsed().saturating_sub(Duration::from_millis(since - 1))),
+        }
+    }
+
+    /// Whether the proxy is healthy, as kube-proxy's health server judges
+    /// its own: the loop turned within [`STALL`], and the syncs have not
+    /// failed for that long (`/healthz`, health check NodePorts' answers).
+    pub fn proxy_healthy(&self) -> bool {
+        self.age() < STALL && self.sync_failing_for().is_none_or(|d| d < STALL)
     }
 }
 
@@ -121,7 +151,7 @@ fn check(heartbeat: &Heartbeat, eligible: bool) -> (bool, String, String) {
 /// traffic, so it fails while the node is on its way out.
 fn healthz(heartbeat: &Heartbeat, metrics: &Metrics) -> Response {
     let eligible = metrics.node_ineligible().is_none();
-    let programmed = metrics.sync_failing_for().is_none_or(|d| d < STALL);
+    let programmed = heartbeat.sync_failing_for().is_none_or(|d| d < STALL);
     let (healthy, last, now) = check(heartbeat, eligible && programmed);
     let body = format!("{{\"lastUpdated\": \"{last}\",\"currentTime\": \"{now}\", \"nodeEligible\": {eligible}}}");
     (if healthy { OK } else { UNAVAILABLE }, "application/json", body)
@@ -191,14 +221,10 @@ mod go_time_tests {
 
 #[cfg(test)]
 mod health_tests {
-    use std::time::{Duration, Instant};
+    use std::time::Duration;
 
     use super::{Heartbeat, OK, STALL, UNAVAILABLE, healthz, livez};
-    use crate::metrics::{Metrics, SyncRecord};
-
-    fn record(map_errors: u64) -> SyncRecord {
-        SyncRecord { latency: Duration::ZERO, map_ops: 1, map_errors, skipped: 0, frontends: 1, services: 1 }
-    }
+    use crate::metrics::Metrics;
 
     /// `/healthz` fails once the syncs have failed for the stall time, as
     /// kube-proxy's once its queued changes wait that long; `/livez` does
@@ -207,22 +233,26 @@ mod health_tests {
     fn healthz_fails_while_the_syncs_have_failed_for_long() {
         let (heartbeat, metrics) = (Heartbeat::default(), Metrics::default());
         heartbeat.beat();
-        metrics.record_sync(&record(0));
+        heartbeat.sync_ended(false);
         assert_eq!(healthz(&heartbeat, &metrics).0, OK);
-        metrics.record_sync(&record(1));
-        assert!(metrics.sync_failing_for().is_some());
+        heartbeat.sync_ended(true);
+        assert!(heartbeat.sync_failing_for().is_some());
         assert_eq!(healthz(&heartbeat, &metrics).0, OK, "failing for a moment only");
-        // A later failing sync keeps the first one's time.
-        let long_ago = Instant::now().checked_sub(STALL + Duration::from_secs(1)).unwrap();
-        metrics.set_failing_since(Some(long_ago));
-        metrics.record_sync(&record(2));
-        assert!(metrics.sync_failing_for().unwrap() > STALL);
-        let (status, _, body) = healthz(&heartbeat, &metrics);
+        assert!(heartbeat.proxy_healthy());
+        // The first failing sync of a row counts: seen from a clock
+        // STALL later (a heartbeat whose start is that much earlier).
+        let mut later = heartbeat.clone();
+        later.start = later.start.checked_sub(STALL + Duration::from_secs(1)).unwrap();
+        later.beat();
+        heartbeat.sync_ended(true);
+        assert!(later.sync_failing_for().unwrap() > STALL);
+        let (status, _, body) = healthz(&later, &metrics);
         assert_eq!(status, UNAVAILABLE, "{body}");
         assert!(body.contains("\"nodeEligible\": true"), "{body}");
-        assert_eq!(livez(&heartbeat).0, OK, "a restart would not help");
-        metrics.record_sync(&record(0));
-        assert_eq!(metrics.sync_failing_for(), None);
-        assert_eq!(healthz(&heartbeat, &metrics).0, OK);
+        assert!(!later.proxy_healthy());
+        assert_eq!(livez(&later).0, OK, "a restart would not help");
+        later.sync_ended(false);
+        assert_eq!(later.sync_failing_for(), None);
+        assert_eq!(healthz(&later, &metrics).0, OK);
     }
 }

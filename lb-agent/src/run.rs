@@ -306,6 +306,7 @@ pub async fn run(cfg: RunConfig, shutdown: impl Future<Output = ()>) -> anyhow::
                 };
                 let first = oldest_pending.take().unwrap_or_else(Instant::now);
                 let record = syncer.sync(first, what);
+                heartbeat.sync_ended(record.map_errors > 0);
                 if record.map_errors > 0 {
                     // Still pending: what failed kept its previous state.
                     oldest_pending = Some(first);

@@ -1,7 +1,8 @@
 //! Health check NodePorts (`spec.healthCheckNodePort` of LoadBalancer
 //! Services with `externalTrafficPolicy: Local`), served as kube-proxy's
 //! `pkg/proxy/healthcheck/service_health.go` does: any path, `200` while
-//! this node has a ready local endpoint (and the agent is healthy), `503`
+//! this node has a ready local endpoint (and the agent is healthy:
+//! `Heartbeat::proxy_healthy`, its syncs included), `503`
 //! otherwise, with the body
 //!
 //! ```json
@@ -32,7 +33,7 @@ use tracing::{info, warn};
 use crate::{
     http_server::{Limits, reply},
     model::ServiceRef,
-    probes::{Heartbeat, STALL},
+    probes::Heartbeat,
 };
 
 /// Port -> (Service, local ready endpoints), shared with the servers.
@@ -96,7 +97,7 @@ async fn serve(listener: TcpListener, port: u16, state: State, heartbeat: Heartb
         let entry = state.lock().unwrap_or_else(|e| e.into_inner()).get(&port).cloned();
         // A port closed between accept and now: kube-proxy answers nothing.
         let (svc, count) = entry?;
-        let (status, body) = response(&svc, count, heartbeat.age() < STALL);
+        let (status, body) = response(&svc, count, heartbeat.proxy_healthy());
         let code = if status.starts_with("200") { 200 } else { 503 };
         Some(reply(req.method() == hyper::Method::HEAD, code, "application/json", body, &[("X-Content-Type-Options", "nosniff")]))
     })
