@@ -184,10 +184,8 @@ pub fn ensure_bpffs(dir: &Path) -> anyhow::Result<()> {
 /// The cgroup2 mount to attach socket hooks to: `/sys/fs/cgroup` on a
 /// unified host, `/sys/fs/cgroup/unified` on a hybrid one.
 pub fn find_cgroup2() -> io::Result<PathBuf> {
-    for candidate in ["/sys/fs/cgroup", "/sys/fs/cgroup/unified"] {
-        if fs_magic(Path::new(candidate)).ok() == Some(CGROUP2_SUPER_MAGIC) {
-            return Ok(PathBuf::from(candidate));
-        }
+    if let Ok(root) = cgroup2_at(Path::new("/sys/fs/cgroup")) {
+        return Ok(root);
     }
     let mounts = std::fs::read_to_string("/proc/self/mounts")?;
     mounts

@@ -84,11 +84,18 @@ impl Heartbeat {
         }
     }
 
+    /// Whether the syncs have not been failing for [`STALL`]: the maps hold
+    /// what was asked of them, or soon will.
+    pub fn programmed(&self) -> bool {
+        self.sync_failing_for().is_none_or(|d| d < STALL)
+    }
+
     /// Whether the proxy is healthy, as kube-proxy's health server judges
-    /// its own: the loop turned within [`STALL`], and the syncs have not
-    /// failed for that long (`/healthz`, health check NodePorts' answers).
+    /// its own: the loop turned within [`STALL`], and it is
+    /// [`programmed`](Self::programmed) (`/healthz`, health check
+    /// NodePorts' answers).
     pub fn proxy_healthy(&self) -> bool {
-        self.age() < STALL && self.sync_failing_for().is_none_or(|d| d < STALL)
+        self.age() < STALL && self.programmed()
     }
 }
 
@@ -151,8 +158,7 @@ fn check(heartbeat: &Heartbeat, eligible: bool) -> (bool, String, String) {
 /// traffic, so it fails while the node is on its way out.
 fn healthz(heartbeat: &Heartbeat, metrics: &Metrics) -> Response {
     let eligible = metrics.node_ineligible().is_none();
-    let programmed = heartbeat.sync_failing_for().is_none_or(|d| d < STALL);
-    let (healthy, last, now) = check(heartbeat, eligible && programmed);
+    let (healthy, last, now) = check(heartbeat, eligible && heartbeat.programmed());
     let body = format!("{{\"lastUpdated\": \"{last}\",\"currentTime\": \"{now}\", \"nodeEligible\": {eligible}}}");
     (if healthy { OK } else { UNAVAILABLE }, "application/json", body)
 }
