@@ -561,7 +561,7 @@ fn rejects_are_rate_limited_for_the_whole_node() {
     assert!(
         // The datapath's clock is the coarse one: it moves by ticks (4 ms
         // at HZ=250), so allow two more ticks' refill.
-        (lb_common::REJECT_GLOBAL_BURST as u64..=50 + elapsed_ms + 10).contains(&sent),
+        (lb_common::REJECT_NODE_BURST as u64..=50 + elapsed_ms + 10).contains(&sent),
         "{sent} rejects to 1,000 clients in {elapsed_ms} ms"
     );
     assert_eq!(l.stat(stat::DROP_REJECT_RATE), 1000 - sent);

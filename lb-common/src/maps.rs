@@ -1040,8 +1040,8 @@ impl NextHop {
 /// `LB4_REJECT_RATE` (LRU): a token bucket per client address for the ICMP
 /// errors the datapath sends (rejects), so it cannot be used as a
 /// reflector: [`REJECT_BURST`] at once, then [`REJECT_PER_SEC`] a second.
-/// Also the node-wide bucket of `LB_REJECT_NODE` ([`REJECT_GLOBAL_BURST`],
-/// [`REJECT_GLOBAL_PER_SEC`]).
+/// Also the node-wide bucket of `LB_REJECT_NODE` ([`REJECT_NODE_BURST`],
+/// [`REJECT_NODE_PER_SEC`]).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RejectRate {
@@ -1132,8 +1132,8 @@ pub const REJECT_PER_SEC: u32 = 10;
 /// own ICMP errors (`net.ipv4.icmp_msgs_burst`, `icmp_msgs_per_sec`), so
 /// that a flood from ever-changing (spoofed) sources, each within its own
 /// bucket, is not reflected one for one.
-pub const REJECT_GLOBAL_BURST: u32 = 50;
-pub const REJECT_GLOBAL_PER_SEC: u32 = 1000;
+pub const REJECT_NODE_BURST: u32 = 50;
+pub const REJECT_NODE_PER_SEC: u32 = 1000;
 
 /// `LB_STATS` (per-CPU array of u64): what the datapath did with packets
 /// it did not simply translate, by index.

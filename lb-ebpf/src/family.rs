@@ -5,7 +5,7 @@
 use aya_ebpf::{bindings::BPF_ANY, btf_maps::lpm_trie::Key};
 use lb_common::{
     Addr6, CtEntryOf, CtKeyOf, Family, Frag, Frag4Key, Frag6Key, IPPROTO_TCP, SCOPE_INTERNAL, Service4Value, SrcRange4, SrcRange6, V4, V6,
-    Vip4, svc_flags,
+    Vip4, stat, svc_flags,
 };
 
 use crate::{
@@ -13,7 +13,7 @@ use crate::{
         LB4_CT_ANY, LB4_CT_TCP, LB4_FRAGS, LB4_SOCK_REVNAT, LB4_SRC_RANGES, LB6_BACKENDS, LB6_CT_ANY, LB6_CT_TCP, LB6_FRAGS, LB6_NODE,
         LB6_REVNAT, LB6_SERVICES, LB6_SOCK_REVNAT, LB6_SRC_RANGES, LB6_VIPS,
     },
-    select, vip_filter,
+    select, stats, vip_filter,
 };
 
 /// A conntrack key of family `F`.
@@ -47,6 +47,18 @@ pub trait FamilyMaps: Family {
     /// Whether `saddr` is inside the loadBalancerSourceRanges of frontend
     /// `frontend_id` (one LPM trie lookup).
     fn source_allowed(frontend_id: u32, saddr: Self::Addr) -> bool;
+    /// Whether frontend `svc` has loadBalancerSourceRanges that leave
+    /// `saddr` out; counted (`stat::DROP_SOURCE_RANGE`). Checked on a
+    /// flow's first packet from outside, from a pod and from a host socket
+    /// alike, as kube-proxy's firewall chains see all three.
+    #[inline(always)]
+    fn source_refused(svc: &Service4Value, saddr: Self::Addr) -> bool {
+        let refused = svc.flags & svc_flags::SOURCE_RANGES != 0 && !Self::source_allowed(svc.frontend_id, saddr);
+        if refused {
+            stats::count(stat::DROP_SOURCE_RANGE);
+        }
+        refused
+    }
     /// The address the node's own connections leave with, as far as lb
     /// knows it: its SNAT address (`LB_NODE`, `LB6_NODE`: the first node
     /// address unless `--snat-ip` names another); all zeros before the

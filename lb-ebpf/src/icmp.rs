@@ -17,7 +17,7 @@ use aya_ebpf::{
     programs::{TcContext, XdpContext},
 };
 use lb_common::{
-    Addr6, REJECT_BURST, REJECT_GLOBAL_BURST, REJECT_GLOBAL_PER_SEC, REJECT_PER_SEC, RejectRate, addr6, csum,
+    Addr6, REJECT_BURST, REJECT_NODE_BURST, REJECT_NODE_PER_SEC, REJECT_PER_SEC, RejectRate, addr6, csum,
     packet::{
         ETH_HLEN, ETH_P_IPV6, ICMP_QUOTE_LEN, ICMP_UNREACH_LEN, ICMP6_ERROR_HLEN, ICMP6_QUOTE_MAX, eth, icmp, icmp_error_packet, icmp6,
         icmp6_error_headers, ip6, swapped_macs,
@@ -34,7 +34,7 @@ use crate::{
 /// Whether one more ICMP error may go to `client` now: a token bucket per
 /// client of [`REJECT_BURST`] refilled at [`REJECT_PER_SEC`] a second, as
 /// the kernel limits its own ICMP errors per destination, and one for the
-/// whole node ([`global_allowed`]). A refused one is counted
+/// whole node ([`node_allowed`]). A refused one is counted
 /// (`stat::DROP_REJECT_RATE`).
 #[inline(always)]
 pub fn allowed(client: u32, now: u64) -> bool {
@@ -60,21 +60,21 @@ fn allowed_in<K, const M: usize>(map: &LruHashMap<K, RejectRate, M>, client: &K,
             true
         }
     };
-    let allow = allow && global_allowed(now);
+    let allow = allow && node_allowed(now);
     if !allow {
         stats::count(stat::DROP_REJECT_RATE);
     }
     allow
 }
 
-/// Whether the node's bucket (`LB_REJECT_NODE`: [`REJECT_GLOBAL_BURST`],
-/// then [`REJECT_GLOBAL_PER_SEC`] a second, the kernel's defaults for its
+/// Whether the node's bucket (`LB_REJECT_NODE`: [`REJECT_NODE_BURST`],
+/// then [`REJECT_NODE_PER_SEC`] a second, the kernel's defaults for its
 /// own ICMP errors) has a token left, taking it: a flood from ever-changing
 /// sources, each within its own bucket, is not reflected one for one.
 #[inline(always)]
-fn global_allowed(now: u64) -> bool {
+fn node_allowed(now: u64) -> bool {
     match LB_REJECT_NODE.get_ptr_mut(0) {
-        Some(r) => take(r, now, REJECT_GLOBAL_BURST, REJECT_GLOBAL_PER_SEC),
+        Some(r) => take(r, now, REJECT_NODE_BURST, REJECT_NODE_PER_SEC),
         None => true,
     }
 }

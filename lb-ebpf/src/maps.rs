@@ -110,7 +110,7 @@ pub static LB4_FRAGS: LruHashMap<Frag4Key, Frag, { sizes::FRAGS as usize }> = Lr
 pub static LB4_REJECT_RATE: LruHashMap<u32, RejectRate, { sizes::REJECT_RATE as usize }> = LruHashMap::new();
 
 /// The node-wide token bucket of the ICMP errors the datapath sends (both
-/// families; `lb_common::REJECT_GLOBAL_PER_SEC`).
+/// families; `lb_common::REJECT_NODE_PER_SEC`).
 #[btf_map]
 pub static LB_REJECT_NODE: Array<RejectRate, 1> = Array::new();
 

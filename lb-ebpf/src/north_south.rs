@@ -833,8 +833,7 @@ fn new_flow<F: EdgeFamily, C: Edge>(
     }
     // loadBalancerSourceRanges are checked when a flow starts, as
     // kube-proxy's firewall chains see only a connection's first packet.
-    if svc.flags & svc_flags::SOURCE_RANGES != 0 && !F::source_allowed(svc.frontend_id, f.saddr) {
-        stats::count(stat::DROP_SOURCE_RANGE);
+    if F::source_refused(&svc, f.saddr) {
         return Ok(ControlFlow::Break(DROP));
     }
     if svc.count == 0 {

@@ -61,8 +61,7 @@ pub fn forward<F: FamilyMaps>(ctx: &SockAddrContext, cfg: &Config, addr: F::Addr
     // that holds it lets the host in, as kube-proxy's OUTPUT firewall
     // chain does, and a refusal is EPERM, what a packet netfilter drops
     // there gives the application.
-    if svc.flags & svc_flags::SOURCE_RANGES != 0 && !F::source_allowed(svc.frontend_id, F::node_address()) {
-        stats::count(stat::DROP_SOURCE_RANGE);
+    if F::source_refused(&svc, F::node_address()) {
         return Some(Forward::Refuse(EPERM));
     }
     if svc.count == 0 {

@@ -739,10 +739,8 @@ fn new_flow<F: TcFamily>(
         }
         return Ok(ControlFlow::Break(NEXT));
     };
-    // loadBalancerSourceRanges bind pods too: kube-proxy's firewall chains
-    // see their connections (PREROUTING) as they see outside clients'.
-    if svc.flags & svc_flags::SOURCE_RANGES != 0 && !F::source_allowed(svc.frontend_id, f.saddr) {
-        stats::count(stat::DROP_SOURCE_RANGE);
+    // loadBalancerSourceRanges bind pods too (PREROUTING, for kube-proxy).
+    if F::source_refused(&svc, f.saddr) {
         return Ok(ControlFlow::Break(SHOT));
     }
     if svc.count == 0 {
