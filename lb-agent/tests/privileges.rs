@@ -28,6 +28,14 @@ fn setpriv(caps: &[String]) -> Vec<String> {
     vec!["setpriv".into(), format!("--bounding-set={}", set.join(",")), "--".into()]
 }
 
+/// A wrapper that runs the agent in a mount namespace of its own, after
+/// `script` (`sh -ec`, with `args` as `$1`...; it ends with `exec "$@"`)
+/// has laid out the mounts a container would see. unshare execs sh, which
+/// execs the rest: one process, which the harness signals.
+fn in_own_mounts(script: &str, args: &[&str]) -> Vec<String> {
+    ["unshare", "--mount", "--propagation", "private", "--", "sh", "-ec", script, "sh"].iter().chain(args).map(|s| s.to_string()).collect()
+}
+
 /// The capabilities of a running process (`CapEff` of its status).
 fn effective_caps(pid: u32) -> u64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
@@ -143,12 +151,9 @@ fn the_agent_sets_the_node_sysctls_through_a_writable_mount_in_a_read_only_proc_
     let host_sys = std::env::temp_dir().join(format!("lb-sysctl-{}", std::process::id()));
     std::fs::create_dir_all(host_sys.join("net")).unwrap();
     let host_sys_arg = host_sys.to_str().unwrap().to_string();
-    // unshare execs sh, which execs setpriv, which execs the agent: one
-    // process, which the harness signals.
     let container = "mount --bind /proc/sys/net \"$1/net\"; shift; \
                      mount --bind /proc/sys /proc/sys; mount -o remount,bind,ro /proc/sys; exec \"$@\"";
-    let mut wrapper: Vec<String> =
-        ["unshare", "--mount", "--propagation", "private", "--", "sh", "-ec", container, "sh", &host_sys_arg].map(String::from).into();
+    let mut wrapper = in_own_mounts(container, &[&host_sys_arg]);
     wrapper.extend(setpriv(&caps()));
     let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
     let args = ["--external-ifaces", "lbx0", "--node-ips", "192.168.77.1", "--xdp-mode", "tc"];
@@ -203,8 +208,8 @@ fn on_a_hybrid_cgroup_host_the_socket_hooks_go_to_the_unified_hierarchy() {
     std::fs::create_dir_all(&hybrid).unwrap();
     let layout = "mount -t tmpfs lbhybrid \"$1\"; mkdir \"$1/unified\"; mount --bind \"$2\" \"$1/unified\"; shift 2; exec \"$@\"";
     let (hybrid_arg, cgroup2_arg) = (hybrid.to_str().unwrap().to_string(), cgroup2.to_str().unwrap().to_string());
-    let wrapper =
-        ["unshare", "--mount", "--propagation", "private", "--", "sh", "-ec", layout, "sh", hybrid_arg.as_str(), cgroup2_arg.as_str()];
+    let wrapper = in_own_mounts(layout, &[&hybrid_arg, &cgroup2_arg]);
+    let wrapper: Vec<&str> = wrapper.iter().map(String::as_str).collect();
     let agent = Agent::start_wrapped(&lab.node, &dir.0, PinDir::new("hybrid"), &wrapper, &["--cgroup", &hybrid_arg]);
     agent.wait_rows("the web service", |rows| rows.len() == 1 && rows[0].backends.len() == 1);
     agent.wait_log("the socket hooks on the unified hierarchy", &format!("cgroup={hybrid_arg}/unified"));
